@@ -1,0 +1,1 @@
+"""Top floor: receivers, decode, pipeline, config, settling, query surface, gate and CLI."""

@@ -1,0 +1,132 @@
+"""The operations behind the query surface, shared by the running collector and the CLI.
+
+While ``serve`` runs it holds the only writable handle on the DuckDB file, so
+every CLI command goes through ``POST /api/<op>`` on the collector's HTTP port
+(loopback, bearer token when auth is set). When no collector runs, the CLI
+opens the file itself and calls the very same :class:`StoreApi`. Reads use
+their own cursor; writes go through ``run_write`` (the writer thread in the
+collector, a plain transaction in the CLI).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+
+from tracesieve.storage import candidates as candidate_store
+from tracesieve.storage import store
+from tracesieve.storage.errors import NotFoundError, UsageError
+from tracesieve.storage.schema import utcnow
+
+WriteRunner = Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any]
+
+
+def jsonable(value: Any) -> Any:
+    """Rows as the wire would carry them (datetimes as ISO text), so local and remote answers are identical."""
+    return json.loads(json.dumps(value, default=_default, ensure_ascii=False))
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    return str(value)
+
+
+class StoreApi:
+    def __init__(self, read_cursor: Callable[[], duckdb.DuckDBPyConnection], run_write: WriteRunner) -> None:
+        self._cursor = read_cursor
+        self._run_write = run_write
+
+    def call(self, op: str, args: dict[str, Any]) -> Any:
+        handler = getattr(self, f"op_{op}", None)
+        if handler is None:
+            raise UsageError(f"unknown operation {op!r}")
+        return jsonable(handler(**args))
+
+    # reads ------------------------------------------------------------------
+
+    def op_query(self, sql: str) -> dict[str, Any]:
+        columns, rows = store.run_read_query(self._cursor(), sql)
+        return {"columns": columns, "rows": [list(r) for r in rows]}
+
+    def op_candidates(self, status: str | None = None, mode: str | None = None, severity: str | None = None,
+                      since: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        since_ts = _parse_since(since)
+        return candidate_store.list_candidates(self._cursor(), status=status, mode=mode, severity=severity,
+                                               since=since_ts, limit=limit)
+
+    def op_candidate(self, candidate_id: str) -> dict[str, Any]:
+        row = candidate_store.get_candidate(self._cursor(), candidate_id)
+        if row is None:
+            raise NotFoundError(f"no candidate {candidate_id!r} (list them with `tracesieve candidates`)")
+        return row
+
+    def op_show(self, candidate_id: str) -> dict[str, Any]:
+        candidate = self.op_candidate(candidate_id)
+        trace_ids = list(candidate.get("trace_ids") or [])
+        source = candidate.get("source") or {}
+        trace_id = source.get("trace_id") or (trace_ids[0] if trace_ids else None)
+        cur = self._cursor()
+        spans: list[dict[str, Any]] = []
+        detections: list[dict[str, Any]] = []
+        if trace_id:
+            rel = cur.execute(
+                "SELECT span_id, parent_span_id, name, span_kind, status_code, status_message, start_time, "
+                "duration_ms, tool_name, llm_model_name FROM spans WHERE trace_id = ? ORDER BY start_time",
+                [trace_id])
+            cols = [d[0] for d in rel.description or []]
+            spans = [dict(zip(cols, r)) for r in rel.fetchall()]
+            rel = cur.execute(
+                "SELECT detection_id, span_id, detector, failure_mode, severity, blast_radius, message, evidence, "
+                "detected_at FROM detections WHERE trace_id = ? ORDER BY detected_at, detection_id", [trace_id])
+            cols = [d[0] for d in rel.description or []]
+            detections = [dict(zip(cols, r)) for r in rel.fetchall()]
+            for d in detections:
+                d["evidence"] = store_json(d.get("evidence"))
+        return {"candidate": candidate, "trace_id": trace_id, "spans": spans, "detections": detections}
+
+    def op_export(self, status: str | None = "promoted", ids: list[str] | None = None) -> list[dict[str, Any]]:
+        if ids:
+            return [self.op_candidate(i) for i in ids]
+        return candidate_store.list_candidates(self._cursor(), status=status)
+
+    # writes -----------------------------------------------------------------
+
+    def op_mark_promoted(self, candidate_id: str, case_id: str, owner: str) -> dict[str, Any]:
+        self._run_write(lambda con: candidate_store.mark_promoted(con, candidate_id, case_id, owner, utcnow()))
+        return self.op_candidate(candidate_id)
+
+    def op_mark_rejected(self, candidate_id: str, reason: str, by: str) -> dict[str, Any]:
+        self._run_write(lambda con: candidate_store.mark_rejected(con, candidate_id, reason, by, utcnow()))
+        return self.op_candidate(candidate_id)
+
+
+def store_json(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _parse_since(since: str | None) -> dt.datetime | None:
+    if not since:
+        return None
+    from tracesieve.storage.units import parse_duration
+
+    try:
+        return utcnow() - dt.timedelta(seconds=parse_duration(since))
+    except ValueError:
+        pass
+    try:
+        ts = dt.datetime.fromisoformat(since)
+    except ValueError:
+        raise UsageError(f"--since {since!r}: give a duration (30m, 2h) or an ISO date (2026-11-21)") from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)

@@ -1,0 +1,109 @@
+"""How a CLI command reaches a store: through the running collector, or by opening the file itself.
+
+``serve`` publishes its query surface in ``<db>.serve.json``; when that file
+names a live process, commands talk to it over loopback HTTP (DuckDB lets only
+one process open the file for writing). Otherwise they open the file directly
+(read-only for reads). Both paths run the same :class:`StoreApi` operations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import duckdb
+import httpx
+
+from tracesieve.collector.api import StoreApi
+from tracesieve.collector.server import discovery_path
+from tracesieve.storage import store
+from tracesieve.storage.errors import NotFoundError, TraceSieveError, UsageError
+
+
+class StoreClient(Protocol):
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class RemoteClient:
+    def __init__(self, url: str, token: str | None, cafile: str | None = None) -> None:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.url = url
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=120.0,
+                                  verify=cafile if cafile else True, trust_env=False)
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        try:
+            response = self._http.post(f"/api/{op}", json=args or {})
+        except httpx.HTTPError as exc:
+            raise TraceSieveError(f"cannot reach the collector at {self.url}: {exc}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": response.text.strip()[:200]}
+        if response.status_code == 200:
+            return body.get("result")
+        message = body.get("error") or f"HTTP {response.status_code}"
+        if response.status_code == 401:
+            raise UsageError(f"the collector at {self.url} refused the request: {message} "
+                             "(set TRACESIEVE_TOKEN to the configured bearer token)")
+        if response.status_code == 404 and body.get("kind") == "not_found":
+            raise NotFoundError(message)
+        if response.status_code in (400, 404):
+            raise UsageError(message)
+        raise TraceSieveError(f"the collector failed: {message}")
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class LocalClient:
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+        self.api = StoreApi(lambda: con, self._run_write)
+
+    def _run_write(self, task: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
+        self._con.execute("BEGIN TRANSACTION")
+        try:
+            result = task(self._con)
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        self._con.execute("COMMIT")
+        return result
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        return self.api.call(op, args or {})
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def running_collector(db_path: str) -> dict[str, Any] | None:
+    """The discovery record of a live ``serve`` on this store, or None."""
+    path = discovery_path(db_path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            info = json.load(fh)
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return info
+
+
+def connect(db_path: str, *, write: bool, token: str | None) -> StoreClient:
+    info = running_collector(db_path)
+    if info is not None:
+        return RemoteClient(str(info["url"]), token, info.get("cafile"))
+    if not os.path.exists(db_path):
+        raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {db_path}` or pass --db)")
+    return LocalClient(store.open_database(db_path, read_only=not write))

@@ -1,0 +1,359 @@
+"""The config model: YAML shaped like the OpenTelemetry Collector's, every default in one place.
+
+``load_config`` reads a file (or nothing: the documented defaults), substitutes
+``${env:VAR}`` / ``${env:VAR:-default}``, validates every key and builds each
+processor through its factory so that bad options are reported at startup, all
+at once, each with its YAML path and the file name.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from tracesieve.collector.registry import ProcessorRegistry
+from tracesieve.processors.base import SpanProcessor, TraceProcessor
+from tracesieve.storage.errors import ConfigError
+from tracesieve.storage.units import format_size, parse_duration, parse_size
+
+DEFAULT_GRPC_ENDPOINT = "127.0.0.1:4317"
+DEFAULT_HTTP_ENDPOINT = "127.0.0.1:4318"
+DEFAULT_DB_PATH = "tracesieve.duckdb"
+DEFAULT_PIPELINE = ["pii", "detectors", "promotion"]
+MAX_RETRY_HINT_SECONDS = 5.0
+
+#: The documented defaults (README "Configuration" shows this tree).
+DEFAULTS: dict[str, Any] = {
+    "receivers": {
+        "otlp": {
+            "protocols": {
+                "grpc": {"endpoint": DEFAULT_GRPC_ENDPOINT},
+                "http": {"endpoint": DEFAULT_HTTP_ENDPOINT},
+            },
+            "limits": {
+                "max_request_size": "64MiB",
+                "max_queued_spans": 200000,
+                "max_attributes_per_span": 2048,
+                "max_value_size": "1MiB",
+                "max_nesting_depth": 32,
+                "retry_after": "1s",
+            },
+        }
+    },
+    "processors": {"pii": {}, "detectors": {}, "promotion": {}},
+    "storage": {"duckdb": {"path": DEFAULT_DB_PATH}},
+    "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": list(DEFAULT_PIPELINE)}}},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsConfig:
+    cert_file: str
+    key_file: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    tls: TlsConfig | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_request_size: int = 64 * 1024 * 1024
+    max_queued_spans: int = 200_000
+    max_attributes_per_span: int = 2048
+    max_value_size: int = 1024 * 1024
+    max_nesting_depth: int = 32
+    retry_after: float = 1.0
+
+
+@dataclasses.dataclass
+class Config:
+    """The validated, effective configuration."""
+
+    source: str
+    grpc: Endpoint | None
+    http: Endpoint | None
+    bearer_token: str | None
+    limits: Limits
+    db_path: str
+    span_processors: list[SpanProcessor]
+    trace_processors: list[TraceProcessor]
+    tree: dict[str, Any]  # the effective YAML tree (for --print-config)
+
+    @property
+    def decision_wait(self) -> float:
+        for proc in self.trace_processors:
+            wait = getattr(proc, "decision_wait", None)
+            if isinstance(wait, (int, float)):
+                return float(wait)
+        return 5.0
+
+    def printable(self) -> str:
+        tree = copy.deepcopy(self.tree)
+        auth = tree.get("receivers", {}).get("otlp", {}).get("auth")
+        if isinstance(auth, dict) and auth.get("bearer_token"):
+            auth["bearer_token"] = "<redacted>"
+        return yaml.safe_dump(tree, sort_keys=False)
+
+    def shutdown_processors(self) -> None:
+        for proc in [*self.span_processors, *self.trace_processors]:
+            proc.shutdown()
+
+
+_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load_config(path: str | None = None, *, db_path: str | None = None,
+                registry: ProcessorRegistry | None = None) -> Config:
+    """Read, validate and build the config. Raises ConfigError naming the file and every bad key."""
+    source = path or "<defaults>"
+    raw: Any = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh)
+        except FileNotFoundError:
+            raise ConfigError([f"config file not found"], source) from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise ConfigError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], source) from None
+        if raw is None:
+            raw = {}
+    problems: list[str] = []
+    raw = _substitute_env(raw, "", problems)
+    if not isinstance(raw, dict):
+        raise ConfigError(["the top level must be a mapping (receivers, processors, storage, service)"], source)
+    config = _build(raw, db_path, registry or ProcessorRegistry.load(), problems)
+    if problems:
+        raise ConfigError(problems, source)
+    assert config is not None
+    config.source = source
+    return config
+
+
+def _substitute_env(node: Any, path: str, problems: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute_env(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_env(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        def repl(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None:
+                if m.group(2) is None:
+                    problems.append(f"{path}: environment variable {m.group(1)} is not set "
+                                    f"(write ${{env:{m.group(1)}:-default}} to give a default)")
+                    return ""
+                return m.group(2)
+            return value
+        return _ENV.sub(repl, node)
+    return node
+
+
+def _check_keys(node: Any, allowed: set[str], path: str, problems: list[str], hint: str = "") -> dict[str, Any]:
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        problems.append(f"{path}: expected a mapping, got {type(node).__name__}")
+        return {}
+    for key in node:
+        if key not in allowed:
+            extra = hint if hint else f" (known: {', '.join(sorted(allowed))})"
+            problems.append(f"{path}.{key}: unknown key{extra}" if path else f"{key}: unknown key{extra}")
+    return node
+
+
+def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegistry,
+           problems: list[str]) -> Config | None:
+    top = _check_keys(raw, {"receivers", "processors", "storage", "service"}, "", problems,
+                      " (known: receivers, processors, storage, service; tracesieve has storage: where "
+                      "the OpenTelemetry Collector has exporters:)")
+    tree: dict[str, Any] = {}
+
+    # receivers -------------------------------------------------------------
+    receivers = _check_keys(top.get("receivers", DEFAULTS["receivers"]), {"otlp"}, "receivers", problems)
+    otlp = _check_keys(receivers.get("otlp", {}), {"protocols", "auth", "limits"}, "receivers.otlp", problems)
+    protocols_raw = otlp.get("protocols", DEFAULTS["receivers"]["otlp"]["protocols"])
+    protocols = _check_keys(protocols_raw, {"grpc", "http"}, "receivers.otlp.protocols", problems)
+    grpc = _endpoint(protocols, "grpc", DEFAULT_GRPC_ENDPOINT, problems)
+    http = _endpoint(protocols, "http", DEFAULT_HTTP_ENDPOINT, problems)
+    if grpc is None and http is None and not problems:
+        problems.append("receivers.otlp.protocols: enable at least one of grpc, http")
+
+    auth = _check_keys(otlp.get("auth"), {"bearer_token"}, "receivers.otlp.auth", problems)
+    token = auth.get("bearer_token")
+    if token is not None and (not isinstance(token, str) or not token):
+        problems.append("receivers.otlp.auth.bearer_token: expected a non-empty string")
+        token = None
+
+    limits = _limits(otlp.get("limits"), problems)
+    tree["receivers"] = {"otlp": {
+        "protocols": {k: _endpoint_tree(v) for k, v in (("grpc", grpc), ("http", http)) if v is not None},
+        **({"auth": {"bearer_token": token}} if token else {}),
+        "limits": {
+            "max_request_size": format_size(limits.max_request_size),
+            "max_queued_spans": limits.max_queued_spans,
+            "max_attributes_per_span": limits.max_attributes_per_span,
+            "max_value_size": format_size(limits.max_value_size),
+            "max_nesting_depth": limits.max_nesting_depth,
+            "retry_after": f"{limits.retry_after:g}s",
+        },
+    }}
+
+    # storage ---------------------------------------------------------------
+    storage = _check_keys(top.get("storage", DEFAULTS["storage"]), {"duckdb", "ducklake"}, "storage", problems)
+    db_path = DEFAULT_DB_PATH
+    if "ducklake" in storage:
+        problems.append("storage.ducklake: DuckLake storage is not available in this version; use storage.duckdb")
+    duck = _check_keys(storage.get("duckdb", {}), {"path"}, "storage.duckdb", problems)
+    if "path" in duck:
+        if isinstance(duck["path"], str) and duck["path"]:
+            db_path = duck["path"]
+        else:
+            problems.append("storage.duckdb.path: expected a file path")
+    if db_override:
+        db_path = db_override
+    tree["storage"] = {"duckdb": {"path": db_path}}
+
+    # processors + pipeline --------------------------------------------------
+    proc_section = top.get("processors")
+    if proc_section is None:
+        proc_section = {}
+    if not isinstance(proc_section, dict):
+        problems.append("processors: expected a mapping of processor id to options")
+        proc_section = {}
+    service = _check_keys(top.get("service", {}), {"pipelines"}, "service", problems)
+    pipelines = _check_keys(service.get("pipelines", {}), {"traces"}, "service.pipelines", problems)
+    traces = _check_keys(pipelines.get("traces", {}), {"receivers", "processors"}, "service.pipelines.traces",
+                         problems)
+    pipeline_receivers = traces.get("receivers", ["otlp"])
+    if pipeline_receivers != ["otlp"]:
+        problems.append("service.pipelines.traces.receivers: only [otlp] is available")
+    names = traces.get("processors", list(DEFAULT_PIPELINE))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        problems.append("service.pipelines.traces.processors: expected a list of processor ids")
+        names = []
+    for pid in proc_section:
+        if registry.get(str(pid).split("/", 1)[0]) is None:
+            problems.append(f"processors.{pid}: unknown processor {str(pid).split('/', 1)[0]!r} "
+                            f"(known: {', '.join(registry.names())})")
+    span_procs: list[SpanProcessor] = []
+    trace_procs: list[TraceProcessor] = []
+    tree_procs: dict[str, Any] = {}
+    seen_trace = False
+    for i, pid in enumerate(names):
+        type_name = pid.split("/", 1)[0]
+        factory = registry.get(type_name)
+        where = f"service.pipelines.traces.processors[{i}]"
+        if factory is None:
+            problems.append(f"{where}: unknown processor {type_name!r} (known: {', '.join(registry.names())})")
+            continue
+        if pid not in proc_section and "/" in pid:
+            problems.append(f"{where}: {pid!r} is not defined under processors:")
+            continue
+        options = proc_section.get(pid) or {}
+        tree_procs[pid] = options
+        try:
+            proc = factory.from_config(options, path=f"processors.{pid}")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if factory.kind == "span":
+            if seen_trace:
+                problems.append(f"{where}: span-stage processor {pid!r} must come before trace-stage processors")
+            span_procs.append(proc)  # type: ignore[arg-type]
+        else:
+            seen_trace = True
+            trace_procs.append(proc)  # type: ignore[arg-type]
+    tree["processors"] = tree_procs
+    tree["service"] = {"pipelines": {"traces": {"receivers": ["otlp"], "processors": names}}}
+    if problems:
+        return None
+    return Config(
+        source="", grpc=grpc, http=http, bearer_token=token, limits=limits, db_path=db_path,
+        span_processors=span_procs, trace_processors=trace_procs, tree=tree,
+    )
+
+
+def _endpoint(protocols: dict[str, Any], name: str, default: str, problems: list[str]) -> Endpoint | None:
+    if name not in protocols:
+        return None
+    path = f"receivers.otlp.protocols.{name}"
+    node = _check_keys(protocols[name] or {}, {"endpoint", "tls"}, path, problems)
+    endpoint = node.get("endpoint", default)
+    if not isinstance(endpoint, str) or ":" not in endpoint:
+        problems.append(f"{path}.endpoint: expected host:port, got {endpoint!r}")
+        return None
+    host, _, port_text = endpoint.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        problems.append(f"{path}.endpoint: port must be a number from 0 to 65535, got {port_text!r}")
+        return None
+    tls = None
+    if "tls" in node:
+        tls_node = _check_keys(node["tls"], {"cert_file", "key_file"}, f"{path}.tls", problems)
+        cert, key = tls_node.get("cert_file"), tls_node.get("key_file")
+        if not isinstance(cert, str) or not isinstance(key, str):
+            problems.append(f"{path}.tls: both cert_file and key_file are required")
+        elif not os.path.exists(cert) or not os.path.exists(key):
+            problems.append(f"{path}.tls: certificate or key file not found ({cert}, {key})")
+        else:
+            tls = TlsConfig(cert, key)
+    return Endpoint(host, int(port_text), tls)
+
+
+def _endpoint_tree(ep: Endpoint) -> dict[str, Any]:
+    out: dict[str, Any] = {"endpoint": ep.address}
+    if ep.tls:
+        out["tls"] = {"cert_file": ep.tls.cert_file, "key_file": ep.tls.key_file}
+    return out
+
+
+def _limits(node: Any, problems: list[str]) -> Limits:
+    path = "receivers.otlp.limits"
+    defaults = Limits()
+    node = _check_keys(node, {f.name for f in dataclasses.fields(Limits)}, path, problems)
+    values: dict[str, Any] = {}
+    for key in ("max_request_size", "max_value_size"):
+        if key in node:
+            try:
+                values[key] = parse_size(node[key])
+                if values[key] <= 0:
+                    raise ValueError("must be greater than zero")
+            except ValueError as exc:
+                problems.append(f"{path}.{key}: {exc}")
+    for key in ("max_queued_spans", "max_attributes_per_span", "max_nesting_depth"):
+        if key in node:
+            value = node[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                problems.append(f"{path}.{key}: expected a positive integer, got {value!r}")
+            else:
+                values[key] = value
+    if "retry_after" in node:
+        try:
+            hint = parse_duration(node["retry_after"])
+            if not 0 < hint <= MAX_RETRY_HINT_SECONDS:
+                raise ValueError(f"must be between 1ms and {MAX_RETRY_HINT_SECONDS:g}s (longer hints make "
+                                 "exporters drop data)")
+            values["retry_after"] = hint
+        except ValueError as exc:
+            problems.append(f"{path}.retry_after: {exc}")
+    return dataclasses.replace(defaults, **values)
+
+
+def default_tree() -> Mapping[str, Any]:
+    return copy.deepcopy(DEFAULTS)

@@ -1,0 +1,480 @@
+"""OTLP trace requests (protobuf or OTLP/JSON) -> one columnar span batch per request.
+
+This is the only place that knows the OTLP wire shapes. It validates each span
+(bad ids, end before start are rejected one by one, for ``partial_success``),
+applies the per-span limits, re-nests flattened attribute keys, derives the
+OpenInference span kind (also from ``gen_ai.*`` keys) and fills the promoted
+columns of the ``spans`` table. Runs on a receiver worker thread; pure function.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tracesieve.storage.errors import PermanentError
+from tracesieve.storage.schema import SPAN_KINDS, SPAN_SCHEMA
+
+_STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
+_OTEL_KIND = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
+_GENAI_OPERATION_KIND = {
+    "chat": "LLM", "text_completion": "LLM", "generate_content": "LLM",
+    "embeddings": "EMBEDDING", "retrieval": "RETRIEVER", "execute_tool": "TOOL",
+    "invoke_agent": "AGENT", "create_agent": "AGENT", "plan": "AGENT",
+    "invoke_workflow": "CHAIN", "handle_conversation_turn": "CHAIN",
+}
+_TRACELOOP_KIND = {"workflow": "CHAIN", "task": "TOOL", "agent": "AGENT", "tool": "TOOL", "llm": "LLM"}
+_KNOWN_KINDS = frozenset(SPAN_KINDS)
+_ZERO_TRACE = bytes(16)
+_ZERO_SPAN = bytes(8)
+_MAX_ERRORS_REPORTED = 10
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+TOO_DEEP = "[too deep]"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeLimits:
+    max_attributes_per_span: int = 2048
+    max_value_size: int = 1024 * 1024
+    max_nesting_depth: int = 32
+
+
+@dataclasses.dataclass
+class DecodeResult:
+    """The accepted spans as one Arrow table, and what was rejected (for partial_success)."""
+
+    batch: pa.Table
+    rejected: int
+    errors: list[str]
+
+    @property
+    def error_message(self) -> str:
+        if not self.errors:
+            return ""
+        more = self.rejected - len(self.errors)
+        tail = f"; and {more} more" if more > 0 else ""
+        return "; ".join(self.errors) + tail
+
+
+# --------------------------------------------------------------------------- wire -> request
+
+
+def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
+    """Parse a binary OTLP request; undecodable bytes (or invalid UTF-8 in a string) are a PermanentError."""
+    try:
+        return ExportTraceServiceRequest.FromString(body)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise PermanentError(f"request body is not a valid ExportTraceServiceRequest: {exc}") from None
+
+
+def parse_json(body: bytes) -> ExportTraceServiceRequest:
+    """Parse OTLP/JSON. Trace and span ids are hex there (not base64 as plain proto3 JSON assumes)."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PermanentError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise PermanentError("request body must be a JSON object with resourceSpans")
+    _hex_ids_to_base64(doc)
+    request = ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(doc, request, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError) as exc:
+        raise PermanentError(f"request body is not a valid OTLP/JSON ExportTraceServiceRequest: {exc}") from None
+    return request
+
+
+_ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+def _hex_ids_to_base64(doc: dict[str, Any]) -> None:
+    for rs in _items(doc, "resourceSpans", "resource_spans"):
+        for ss in _items(rs, "scopeSpans", "scope_spans"):
+            for span in _items(ss, "spans"):
+                _fix_ids(span)
+                for link in _items(span, "links"):
+                    _fix_ids(link)
+
+
+def _items(obj: Any, *keys: str) -> Iterable[dict[str, Any]]:
+    if not isinstance(obj, dict):
+        return ()
+    for key in keys:
+        value = obj.get(key)
+        if isinstance(value, list):
+            return [v for v in value if isinstance(v, dict)]
+    return ()
+
+
+def _fix_ids(obj: dict[str, Any]) -> None:
+    for key in _ID_KEYS:
+        value = obj.get(key)
+        if not isinstance(value, str):
+            continue
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            # Not hex: keep the span but make its id invalid so it is rejected by validation, by itself.
+            raw = b"\xff"
+        obj[key] = base64.b64encode(raw).decode("ascii")
+
+
+# --------------------------------------------------------------------------- request -> batch
+
+
+def count_spans(request: ExportTraceServiceRequest) -> int:
+    return sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+
+
+def decode_request(
+    request: ExportTraceServiceRequest,
+    limits: DecodeLimits | None = None,
+    received_at: dt.datetime | None = None,
+) -> DecodeResult:
+    """Validate and flatten every span of ``request`` into one table of SPAN_SCHEMA."""
+    limits = limits or DecodeLimits()
+    now = received_at or dt.datetime.now(dt.timezone.utc)
+    walker = _AttributeWalker(limits)
+    cols: dict[str, list[Any]] = {name: [] for name in SPAN_SCHEMA.names}
+    rejected = 0
+    errors: list[str] = []
+
+    for ri, rs in enumerate(request.resource_spans):
+        resource_flat, _ = walker.flat(rs.resource.attributes)
+        resource_json = _dumps(walker.nest(resource_flat))
+        service = resource_flat.get("service.name")
+        service_name = service if isinstance(service, str) else None
+        for si, ss in enumerate(rs.scope_spans):
+            scope_name = ss.scope.name or None
+            scope_version = ss.scope.version or None
+            for pi, span in enumerate(ss.spans):
+                problem = _validate(span)
+                if problem:
+                    rejected += 1
+                    if len(errors) < _MAX_ERRORS_REPORTED:
+                        errors.append(f"resource_spans[{ri}].scope_spans[{si}].spans[{pi}]: {problem}")
+                    continue
+                flat, over_limit = walker.flat(span.attributes)
+                _append_span(cols, span, flat, over_limit, walker, service_name, resource_json,
+                             scope_name, scope_version, now)
+
+    batch = pa.Table.from_pydict(cols, schema=SPAN_SCHEMA)
+    return DecodeResult(batch=batch, rejected=rejected, errors=errors)
+
+
+def _validate(span: Any) -> str:
+    tid, sid, pid = span.trace_id, span.span_id, span.parent_span_id
+    if len(tid) != 16:
+        return f"trace_id must be 16 bytes (got {len(tid)})"
+    if tid == _ZERO_TRACE:
+        return "trace_id is all zeros"
+    if len(sid) != 8:
+        return f"span_id must be 8 bytes (got {len(sid)})"
+    if sid == _ZERO_SPAN:
+        return "span_id is all zeros"
+    if len(pid) not in (0, 8):
+        return f"parent_span_id must be empty or 8 bytes (got {len(pid)})"
+    if span.end_time_unix_nano and span.end_time_unix_nano < span.start_time_unix_nano:
+        return "span ends before it starts (end_time_unix_nano < start_time_unix_nano)"
+    return ""
+
+
+def _append_span(
+    cols: dict[str, list[Any]], span: Any, flat: dict[str, Any], over_limit: int,
+    walker: _AttributeWalker, service_name: str | None, resource_json: str,
+    scope_name: str | None, scope_version: str | None, now: dt.datetime,
+) -> None:
+    start_ns, end_ns = span.start_time_unix_nano, span.end_time_unix_nano
+    pid = span.parent_span_id
+    kind = span_kind_of(flat)
+    prompt = _first_int(flat, "llm.token_count.prompt", "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
+    completion = _first_int(flat, "llm.token_count.completion", "gen_ai.usage.output_tokens",
+                            "gen_ai.usage.completion_tokens")
+    total = _first_int(flat, "llm.token_count.total", "llm.usage.total_tokens", "gen_ai.usage.total_tokens")
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    input_value, input_mime = _io_value(flat, "input", kind)
+    output_value, output_mime = _io_value(flat, "output", kind)
+
+    append = cols.__getitem__
+    append("trace_id").append(span.trace_id.hex())
+    append("span_id").append(span.span_id.hex())
+    append("parent_span_id").append(pid.hex() if pid and pid != _ZERO_SPAN else None)
+    append("name").append(walker.text(span.name))
+    append("span_kind").append(kind)
+    append("start_time").append(start_ns // 1000 if start_ns else None)
+    append("end_time").append(end_ns // 1000 if end_ns else None)
+    append("duration_ms").append((end_ns - start_ns) / 1e6 if start_ns and end_ns else None)
+    append("status_code").append(_STATUS.get(span.status.code, "UNSET"))
+    append("status_message").append(walker.text(span.status.message) or None)
+    append("service_name").append(service_name)
+    append("session_id").append(_first_str(flat, "session.id", "gen_ai.conversation.id"))
+    append("user_id").append(_first_str(flat, "user.id", "enduser.id"))
+    append("input_value").append(input_value)
+    append("input_mime_type").append(input_mime)
+    append("output_value").append(output_value)
+    append("output_mime_type").append(output_mime)
+    append("llm_model_name").append(_first_str(
+        flat, "llm.model_name", "gen_ai.response.model", "gen_ai.request.model", "llm.response.model_name",
+        "llm.request.model_name", "embedding.model_name"))
+    provider = _first_str(flat, "llm.provider", "gen_ai.provider.name", "gen_ai.system", "llm.system")
+    append("llm_provider").append(provider.lower() if provider else None)
+    append("llm_finish_reason").append(_finish_reason(flat))
+    append("llm_token_count_prompt").append(prompt)
+    append("llm_token_count_completion").append(completion)
+    append("llm_token_count_total").append(total)
+    append("tool_name").append(_first_str(flat, "tool.name", "gen_ai.tool.name"))
+    append("attributes").append(_dumps(walker.nest(flat)))
+    append("resource_attributes").append(resource_json)
+    append("events").append(_dumps([_event(e, walker) for e in span.events]))
+    append("links").append(_dumps([_link(link, walker) for link in span.links]))
+    append("scope_name").append(scope_name)
+    append("scope_version").append(scope_version)
+    append("otel_span_kind").append(_OTEL_KIND.get(span.kind, "UNSPECIFIED"))
+    append("trace_state").append(span.trace_state or None)
+    append("dropped_attributes_count").append(span.dropped_attributes_count + over_limit)
+    append("dropped_events_count").append(span.dropped_events_count)
+    append("dropped_links_count").append(span.dropped_links_count)
+    append("received_at").append(now)
+    append("pii_redactions").append(None)
+
+
+def span_kind_of(flat: dict[str, Any]) -> str:
+    """The OpenInference kind: explicit ``openinference.span.kind``, else derived from gen_ai / traceloop keys."""
+    oi = flat.get("openinference.span.kind")
+    if isinstance(oi, str) and oi:
+        upper = oi.strip().upper()
+        return upper if upper in _KNOWN_KINDS else "UNKNOWN"
+    op = flat.get("gen_ai.operation.name")
+    if isinstance(op, str) and op:
+        return _GENAI_OPERATION_KIND.get(op.strip().lower(), "LLM")
+    tl = flat.get("traceloop.span.kind")
+    if isinstance(tl, str) and tl.lower() in _TRACELOOP_KIND:
+        return _TRACELOOP_KIND[tl.lower()]
+    has_genai = False
+    for key in flat:
+        if key.startswith("gen_ai."):
+            if key.startswith("gen_ai.agent."):
+                return "AGENT"
+            if key.startswith("gen_ai.tool."):
+                return "TOOL"
+            has_genai = True
+    return "LLM" if has_genai else "UNKNOWN"
+
+
+def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, str | None]:
+    value = flat.get(f"{side}.value")
+    mime = flat.get(f"{side}.mime_type")
+    if value is None:
+        fallbacks = (
+            ("gen_ai.tool.call.arguments", "gen_ai.input.messages", "gen_ai.retrieval.query.text",
+             "traceloop.entity.input")
+            if side == "input"
+            else ("gen_ai.tool.call.result", "gen_ai.output.messages", "traceloop.entity.output")
+        )
+        for key in fallbacks:
+            if flat.get(key) is not None:
+                value = flat[key]
+                if mime is None and key in _JSON_FALLBACKS:
+                    mime = "application/json"
+                break
+    if value is None:
+        return None, mime if isinstance(mime, str) else None
+    if not isinstance(value, str):
+        value = _dumps(value)
+        mime = mime or "application/json"
+    return value, mime if isinstance(mime, str) else None
+
+
+_JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages"})
+
+
+def _finish_reason(flat: dict[str, Any]) -> str | None:
+    reason = flat.get("llm.finish_reason")
+    if isinstance(reason, str) and reason:
+        return reason
+    reasons = flat.get("gen_ai.response.finish_reasons")
+    if isinstance(reasons, list) and reasons and isinstance(reasons[0], str):
+        return reasons[0]
+    if isinstance(reasons, str) and reasons:
+        return reasons
+    reason = flat.get("llm.output_messages.0.message.finish_reason")
+    return reason if isinstance(reason, str) and reason else None
+
+
+def _first_str(flat: dict[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        value = flat.get(key)
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+def _first_int(flat: dict[str, Any], *keys: str) -> int | None:
+    for key in keys:
+        value = flat.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and math.isfinite(value):
+            return int(value)
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+    return None
+
+
+def _event(event: Any, walker: _AttributeWalker) -> dict[str, Any]:
+    flat, over = walker.flat(event.attributes)
+    ns = event.time_unix_nano
+    return {
+        "name": walker.text(event.name),
+        "timestamp": (_EPOCH + dt.timedelta(microseconds=ns // 1000)).isoformat() if ns else None,
+        "time_unix_nano": ns,
+        "attributes": walker.nest(flat),
+        "dropped_attributes_count": event.dropped_attributes_count + over,
+    }
+
+
+def _link(link: Any, walker: _AttributeWalker) -> dict[str, Any]:
+    flat, over = walker.flat(link.attributes)
+    return {
+        "trace_id": link.trace_id.hex(),
+        "span_id": link.span_id.hex(),
+        "trace_state": link.trace_state or None,
+        "attributes": walker.nest(flat),
+        "dropped_attributes_count": link.dropped_attributes_count + over,
+    }
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class _AttributeWalker:
+    """Turns KeyValue lists into Python values under the configured limits."""
+
+    def __init__(self, limits: DecodeLimits) -> None:
+        self.max_attributes = limits.max_attributes_per_span
+        self.max_value = limits.max_value_size
+        self.max_depth = limits.max_nesting_depth
+        # A string of fewer than max_value/4 characters cannot exceed max_value bytes in UTF-8.
+        self._cheap_len = limits.max_value_size // 4
+
+    def text(self, s: str) -> str:
+        if len(s) <= self._cheap_len:
+            return s
+        raw = s.encode("utf-8")
+        if len(raw) <= self.max_value:
+            return s
+        kept = raw[: self.max_value].decode("utf-8", "ignore")
+        return f"{kept}…[truncated {len(raw) - self.max_value} bytes]"
+
+    def flat(self, attributes: Any) -> tuple[dict[str, Any], int]:
+        """Dotted key -> value, first occurrence of a duplicate key wins; returns (attrs, dropped over limit)."""
+        out: dict[str, Any] = {}
+        dropped = 0
+        for kv in attributes:
+            key = kv.key
+            if key in out:
+                continue
+            if len(out) >= self.max_attributes:
+                dropped += 1
+                continue
+            out[key] = self.value(kv.value, 1)
+        return out, dropped
+
+    def value(self, v: Any, depth: int) -> Any:
+        which = v.WhichOneof("value")
+        if which == "string_value":
+            return self.text(v.string_value)
+        if which == "int_value":
+            return v.int_value
+        if which == "bool_value":
+            return v.bool_value
+        if which == "double_value":
+            d = v.double_value
+            return d if math.isfinite(d) else str(d)
+        if which == "array_value":
+            if depth >= self.max_depth:
+                return TOO_DEEP
+            return [self.value(x, depth + 1) for x in v.array_value.values]
+        if which == "kvlist_value":
+            if depth >= self.max_depth:
+                return TOO_DEEP
+            out: dict[str, Any] = {}
+            for kv in v.kvlist_value.values:
+                if kv.key not in out:
+                    out[kv.key] = self.value(kv.value, depth + 1)
+            return out
+        if which == "bytes_value":
+            return self.text(base64.b64encode(v.bytes_value).decode("ascii"))
+        return None
+
+    def nest(self, flat: dict[str, Any]) -> dict[str, Any]:
+        """Re-nest dotted keys: dots make objects, all-digit segments make lists (gaps are null).
+
+        Where a key is both a leaf and a prefix (``a.b`` and ``a.b.c``), the object
+        wins and the leaf is kept under the empty key ``""`` of that object; a
+        kvlist value never gets keys merged into it (the rest of the key stays flat).
+        """
+        root: dict[str, Any] = {}
+        made: set[int] = set()  # ids of the objects created here by splitting keys
+        for key, value in flat.items():
+            parts = key.split(".")
+            node = root
+            for i, part in enumerate(parts[:-1]):
+                child = node.get(part, _MISSING)
+                if child is _MISSING:
+                    child = {}
+                    node[part] = child
+                    made.add(id(child))
+                elif not (isinstance(child, dict) and id(child) in made):
+                    if isinstance(child, (dict, list)):
+                        # A structured value sits where an object is needed: keep the rest of the key flat.
+                        node[".".join(parts[i:])] = value
+                        break
+                    wrapper: dict[str, Any] = {"": child}
+                    node[part] = wrapper
+                    made.add(id(wrapper))
+                    child = wrapper
+                node = child
+            else:
+                last = parts[-1]
+                existing = node.get(last, _MISSING)
+                if existing is _MISSING:
+                    node[last] = value
+                elif isinstance(existing, dict) and id(existing) in made:
+                    existing.setdefault("", value)
+        return _listify(root, made)
+
+
+_MISSING = object()
+
+
+def _listify(node: dict[str, Any], nested_ids: set[int]) -> Any:
+    for key, child in node.items():
+        if isinstance(child, dict) and id(child) in nested_ids:
+            node[key] = _listify(child, nested_ids)
+    if node and all(k.isdigit() for k in node):
+        indexes = [int(k) for k in node]
+        top = max(indexes)
+        if top < 2 * len(node) + 64:
+            out: list[Any] = [None] * (top + 1)
+            for k, child in node.items():
+                out[int(k)] = child
+            return out
+    return node

@@ -1,0 +1,197 @@
+"""OTLP/HTTP receiver (Starlette on uvicorn): ``POST /v1/traces``, health, metrics and the query surface.
+
+Export errors are mapped to HTTP in exactly one function (:func:`error_response`);
+every OTLP response body is encoded like the request (protobuf in, protobuf out;
+JSON in, JSON out). Decoding and committing run in worker threads so the event
+loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf import json_format
+from google.rpc import code_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from tracesieve.collector.decode import parse_json, parse_protobuf
+from tracesieve.collector.export import ExportService
+from tracesieve.storage.errors import (
+    ExportError, NotFoundError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError, UsageError,
+)
+
+log = logging.getLogger("tracesieve.http")
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+SUPPORTED = (PROTOBUF, JSON)
+
+
+def error_response(exc: Exception, media_type: str) -> Response:
+    """The one mapping from an export error to HTTP status + google.rpc.Status body in the request's encoding."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, RetryableError):
+        status, code = 503, code_pb2.UNAVAILABLE
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    elif isinstance(exc, TooLargeError):
+        status, code = 413, code_pb2.RESOURCE_EXHAUSTED
+    elif isinstance(exc, UnauthenticatedError):
+        status, code = 401, code_pb2.UNAUTHENTICATED
+        headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(exc, PermanentError):
+        status, code = 400, code_pb2.INVALID_ARGUMENT
+    else:
+        status, code = 500, code_pb2.INTERNAL
+        exc = Exception("internal error while storing the spans")
+    body = status_pb2.Status(code=code, message=str(exc))
+    return _encode(body, media_type, status, headers)
+
+
+def _encode(message: Any, media_type: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    if media_type == JSON:
+        content = json_format.MessageToJson(message, indent=None).encode() if message.ByteSize() else b"{}"
+    else:
+        content = message.SerializeToString()
+    return Response(content, status_code=status, media_type=media_type, headers=headers)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The decompressed body, never inflated past ``limit`` (413 beyond it)."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise TooLargeError(f"request body is {length} bytes; the limit is {limit} bytes")
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        decompressor = None
+    elif encoding in ("gzip", "x-gzip"):
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        decompressor = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header, auto-detected
+    else:
+        raise PermanentError(f"unsupported Content-Encoding {encoding!r} (use gzip, deflate or none)")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            if decompressor is None:
+                out = chunk
+            else:
+                out = decompressor.decompress(chunk, limit + 1 - size)
+                if decompressor.unconsumed_tail:
+                    raise TooLargeError(f"decompressed body exceeds the limit of {limit} bytes")
+            size += len(out)
+            if size > limit:
+                raise TooLargeError(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(out)
+        if decompressor is not None:
+            if not decompressor.eof:
+                raise PermanentError(f"the {encoding} body is truncated")
+    except zlib.error as exc:
+        raise PermanentError(f"the body is not valid {encoding}: {exc}") from None
+    return b"".join(chunks)
+
+
+ApiHandler = Callable[[str, dict[str, Any]], Any]
+
+
+def build_app(
+    service: ExportService,
+    *,
+    metrics_text: Callable[[], str],
+    ready: Callable[[], bool],
+    api: ApiHandler,
+) -> Starlette:
+    async def traces(request: Request) -> Response:
+        if request.method != "POST":
+            return PlainTextResponse("405 method not allowed: use POST /v1/traces", status_code=405,
+                                     headers={"Allow": "POST"})
+        media_type = _media_type(request)
+        if media_type not in SUPPORTED:
+            return PlainTextResponse(
+                f"415 unsupported media type {media_type or '(none)'!r}: use {PROTOBUF} or {JSON}",
+                status_code=415)
+        try:
+            service.authenticate(request.headers.get("authorization"))
+            body = await _read_body(request, service.max_request_size)
+            outcome = await run_in_threadpool(_export, service, body, media_type)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except ExportError as exc:
+            return error_response(exc, media_type)
+        except Exception as exc:
+            log.error("export failed: %s", type(exc).__name__)
+            return error_response(exc, media_type)
+        response = ExportTraceServiceResponse()
+        if outcome.rejected:
+            response.partial_success.rejected_spans = outcome.rejected
+            response.partial_success.error_message = outcome.error_message
+        return _encode(response, media_type)
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(request: Request) -> Response:
+        if ready():
+            return PlainTextResponse("ready\n")
+        return PlainTextResponse("not ready\n", status_code=503)
+
+    async def metrics(request: Request) -> Response:
+        try:
+            service.authenticate(request.headers.get("authorization"))
+        except UnauthenticatedError as exc:
+            return PlainTextResponse(f"401 {exc}\n", status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        text = await run_in_threadpool(metrics_text)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    async def api_call(request: Request) -> Response:
+        try:
+            service.authenticate(request.headers.get("authorization"))
+        except UnauthenticatedError as exc:
+            return JSONResponse({"error": str(exc), "kind": "unauthenticated"}, status_code=401)
+        op = request.path_params["op"]
+        try:
+            args = await request.json()
+            if not isinstance(args, dict):
+                raise ValueError("expected a JSON object")
+        except ValueError as exc:
+            return JSONResponse({"error": f"bad request body: {exc}", "kind": "usage"}, status_code=400)
+        try:
+            result = await run_in_threadpool(api, op, args)
+        except NotFoundError as exc:
+            return JSONResponse({"error": str(exc), "kind": "not_found"}, status_code=404)
+        except UsageError as exc:
+            return JSONResponse({"error": str(exc), "kind": "usage"}, status_code=400)
+        except Exception as exc:
+            log.error("api %s failed: %s", op, type(exc).__name__)
+            return JSONResponse({"error": f"internal error: {type(exc).__name__}", "kind": "internal"},
+                                status_code=500)
+        return Response(json.dumps({"result": result}, default=str, ensure_ascii=False),
+                        media_type="application/json")
+
+    return Starlette(routes=[
+        Route("/v1/traces", traces, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/api/{op}", api_call, methods=["POST"]),
+    ])
+
+
+def _export(service: ExportService, body: bytes, media_type: str) -> Any:
+    request = parse_json(body) if media_type == JSON else parse_protobuf(body)
+    return service.export(request)
+

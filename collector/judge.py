@@ -1,0 +1,135 @@
+"""Trace settling and the trace stage: judge each trace once it has been quiet for ``decision_wait``.
+
+One judge thread polls ``trace_state`` for traces whose latest version has not
+been judged and that received nothing for ``decision_wait``, runs the trace-stage
+processors on them, and hands the results to the writer thread as one task
+(detections replaced idempotently, candidates upserted, the judged version
+recorded). Because the state lives in the database, a crash loses nothing: the
+next start judges whatever was pending. A span arriving after its trace was
+judged bumps the version, so the trace is judged again, without duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from tracesieve.collector.metrics import Metrics
+from tracesieve.processors.base import TraceBatch, TraceProcessor
+from tracesieve.storage import candidates as candidate_store
+from tracesieve.storage import store
+from tracesieve.storage.schema import utcnow
+from tracesieve.storage.writer import GroupCommitWriter
+
+log = logging.getLogger("tracesieve.judge")
+
+POLL_SECONDS = 0.25
+TRACES_PER_ROUND = 500
+
+
+class CursorReader:
+    """StoreReader over one DuckDB cursor (used only by the judge thread)."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        self._cursor = cursor
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        rel = self._cursor.execute(sql, list(params))
+        columns = [d[0] for d in rel.description or []]
+        return [dict(zip(columns, row)) for row in rel.fetchall()]
+
+
+class Judge:
+    def __init__(
+        self,
+        cursor: duckdb.DuckDBPyConnection,
+        writer: GroupCommitWriter,
+        processors: Sequence[TraceProcessor],
+        decision_wait: float,
+        metrics: Metrics,
+    ) -> None:
+        self._cursor = cursor
+        self._reader = CursorReader(cursor)
+        self._writer = writer
+        self._processors = list(processors)
+        self.decision_wait = decision_wait
+        self._metrics = metrics
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tracesieve-judge", daemon=True)
+        self.pending = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                judged = self.judge_round(quiet=True)
+            except Exception:
+                log.exception("judging failed; will retry")
+                judged = 0
+            if not judged:
+                self._stop.wait(POLL_SECONDS)
+
+    def stop(self) -> None:
+        """Stop polling (the thread finishes its current round)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+
+    def drain(self, deadline: float) -> int:
+        """Judge every pending trace, settled or not, until none is left or ``deadline`` (monotonic) passes."""
+        total = 0
+        while time.monotonic() < deadline:
+            judged = self.judge_round(quiet=False)
+            total += judged
+            if not judged:
+                break
+        return total
+
+    def judge_round(self, *, quiet: bool) -> int:
+        """Judge up to TRACES_PER_ROUND due traces; returns how many were judged."""
+        cur = self._cursor
+        if not self._processors:
+            quiet_since = None if not quiet else utcnow() - dt.timedelta(seconds=self.decision_wait)
+            due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND)
+            if due:
+                self._writer.submit_task(lambda con: store.mark_judged(con, due, utcnow())).result(timeout=60)
+            return len(due)
+        quiet_since = utcnow() - dt.timedelta(seconds=self.decision_wait) if quiet else None
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND)
+            traces = store.load_traces(cur, [t for t, _ in due]) if due else {}
+        finally:
+            cur.execute("COMMIT")
+        self.pending = store.count_unjudged(cur)
+        if not due:
+            return 0
+        batch = TraceBatch(traces=traces)
+        for proc in self._processors:
+            batch = proc.process_traces(batch, self._reader)
+        trace_ids = list(traces)
+        detections = list(batch.detections)
+        candidates = list(batch.candidates)
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            now = utcnow()
+            store.save_detections(con, trace_ids, detections, now)
+            if candidates:
+                candidate_store.upsert_candidates(con, candidates, now)
+            store.mark_judged(con, due, now)
+
+        self._writer.submit_task(write).result(timeout=120)
+        self._metrics.add("traces_judged", len(due))
+        if detections:
+            log.info("judged %d traces: %d detections, %d candidate updates", len(due), len(detections),
+                     len(candidates))
+        return len(due)

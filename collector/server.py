@@ -1,0 +1,170 @@
+"""The running collector: wires the store, writer, judge and both receivers, and shuts them down in order.
+
+Lifecycle (``start`` then ``stop``, each called once from the main thread):
+
+* start: open + migrate the store, start the writer and the judge (which first
+  judges whatever a crash left pending), start gRPC and HTTP, then publish the
+  query surface address in ``<db>.serve.json`` so CLI commands find it.
+* stop (bounded by a deadline): stop accepting, let in-flight exports commit,
+  judge every pending trace, commit, checkpoint, close, remove the address file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from tracesieve.collector.api import StoreApi
+from tracesieve.collector.config import Config
+from tracesieve.collector.export import ExportService
+from tracesieve.collector.grpc_receiver import start_grpc_server
+from tracesieve.collector.http_receiver import build_app
+from tracesieve.collector.judge import Judge
+from tracesieve.collector.metrics import Metrics
+from tracesieve.storage import store
+from tracesieve.storage.writer import GroupCommitWriter
+
+log = logging.getLogger("tracesieve.server")
+
+
+def discovery_path(db_path: str) -> str:
+    return os.path.abspath(db_path) + ".serve.json"
+
+
+class Collector:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self._ready = False
+        self._read_lock = threading.Lock()
+        self.grpc_port: int | None = None
+        self.http_port: int | None = None
+
+    # ------------------------------------------------------------------ start
+
+    def start(self) -> None:
+        cfg = self.config
+        self.con = store.open_database(cfg.db_path)
+        self._read_base = self.con.cursor()
+        self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,
+                                        retry_after=cfg.limits.retry_after)
+        self.service = ExportService(cfg, self.writer, self.metrics)
+        self.judge = Judge(self.con.cursor(), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics)
+        self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60))
+        self.judge.start()
+        self._grpc = None
+        self._uvicorn: uvicorn.Server | None = None
+        try:
+            if cfg.grpc:
+                self._grpc, self.grpc_port = start_grpc_server(cfg.grpc, self.service)
+            if cfg.http:
+                self._start_http()
+        except BaseException:
+            self._abort_start()
+            raise
+        self._ready = True
+        self._write_discovery()
+        log.info(
+            "tracesieve is up: gRPC %s, HTTP %s, store %s, span stage [%s], trace stage [%s], decision_wait %gs",
+            f"{cfg.grpc.host}:{self.grpc_port}" if cfg.grpc else "off",
+            f"{cfg.http.host}:{self.http_port}" if cfg.http else "off",
+            cfg.db_path,
+            ", ".join(type(p).__name__ for p in cfg.span_processors),
+            ", ".join(type(p).__name__ for p in cfg.trace_processors),
+            cfg.decision_wait,
+        )
+
+    def _start_http(self) -> None:
+        ep = self.config.http
+        assert ep is not None
+        app = build_app(self.service, metrics_text=self.metrics_text, ready=lambda: self._ready,
+                        api=self.api.call)
+        kwargs: dict[str, Any] = {}
+        if ep.tls:
+            kwargs = {"ssl_certfile": ep.tls.cert_file, "ssl_keyfile": ep.tls.key_file}
+        server = uvicorn.Server(uvicorn.Config(
+            app, host=ep.host, port=ep.port, log_config=None, access_log=False, lifespan="off",
+            timeout_graceful_shutdown=10, limit_concurrency=1024, backlog=2048, **kwargs,
+        ))
+        self._uvicorn = server
+        self._http_thread = threading.Thread(target=server.run, name="tracesieve-http", daemon=True)
+        self._http_thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                raise OSError(f"cannot start the HTTP receiver on {ep.address} (address in use?)")
+            time.sleep(0.02)
+        sockets = [s for srv in server.servers for s in srv.sockets]
+        self.http_port = sockets[0].getsockname()[1] if sockets else ep.port
+
+    def _abort_start(self) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(0)
+        self.judge.stop()
+        self.writer.close()
+        self.con.close()
+
+    def _new_read_cursor(self) -> Any:
+        with self._read_lock:
+            return self._read_base.cursor()
+
+    def _write_discovery(self) -> None:
+        ep = self.config.http
+        if ep is None:
+            log.warning("the HTTP receiver is off: CLI commands cannot reach this store while it runs")
+            return
+        host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.host
+        scheme = "https" if ep.tls else "http"
+        info = {"pid": os.getpid(), "url": f"{scheme}://{host}:{self.http_port}",
+                "cafile": ep.tls.cert_file if ep.tls else None, "db": os.path.abspath(self.config.db_path)}
+        path = discovery_path(self.config.db_path)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(info, fh)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ metrics
+
+    def metrics_text(self) -> str:
+        cur = self._new_read_cursor()
+        by_mode = dict(cur.execute("SELECT failure_mode, count(*) FROM detections GROUP BY 1").fetchall())
+        by_status = dict(cur.execute("SELECT status, count(*) FROM candidates GROUP BY 1").fetchall())
+        stats = self.writer.stats
+        return self.metrics.render(
+            {"queue_spans": self.writer.queued_spans, "pending_traces": self.judge.pending},
+            by_mode, by_status, lambda: (stats.commits, stats.last_commit_seconds, stats.commit_seconds_total),
+        )
+
+    # ------------------------------------------------------------------ stop
+
+    def stop(self, deadline_seconds: float = 20.0) -> None:
+        """Stop accepting, commit everything acknowledged, judge pending traces, close. Idempotent."""
+        if not self._ready:
+            return
+        self._ready = False
+        deadline = time.monotonic() + deadline_seconds
+        with contextlib.suppress(OSError):
+            path = discovery_path(self.config.db_path)
+            with open(path, encoding="utf-8") as fh:
+                if json.load(fh).get("pid") == os.getpid():
+                    os.remove(path)
+        grpc_stopped = self._grpc.stop(grace=min(5.0, deadline_seconds / 4)) if self._grpc else None
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+            self._http_thread.join(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        if grpc_stopped is not None:
+            grpc_stopped.wait(timeout=max(0.5, deadline - time.monotonic()))
+        self.judge.stop()
+        judged = self.judge.drain(deadline - 2.0)
+        self.writer.close(timeout=max(1.0, deadline - time.monotonic()))
+        self.config.shutdown_processors()
+        self.con.close()
+        log.info("tracesieve stopped: %d spans committed this run, %d traces judged at shutdown",
+                 self.writer.stats.committed_spans, judged)

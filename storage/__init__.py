@@ -1,0 +1,1 @@
+"""Bottom floor: the span batch schema, DuckDB schema and migrations, the group-commit writer, queries."""

@@ -1,0 +1,162 @@
+"""DuckDB schema, created and upgraded by numbered migrations recorded in ``schema_version``.
+
+Opening a file runs every migration newer than the file's version, each in its
+own transaction, so an older store is upgraded in place and a new one is built
+from scratch by the same path. Migrations are append-only: never edit one that
+has shipped; add the next number.
+
+The big text columns use zstd (see shared/notes/storage-performance.md: DuckDB's
+default string compression analysis dominates ingest time on LLM spans).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+_BIG_TEXT = "VARCHAR USING COMPRESSION zstd"
+_BIG_JSON = "JSON USING COMPRESSION zstd"
+
+SPANS_DDL = f"""
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL,
+    parent_span_id VARCHAR,
+    name VARCHAR,
+    span_kind VARCHAR,
+    start_time TIMESTAMPTZ,
+    end_time TIMESTAMPTZ,
+    duration_ms DOUBLE,
+    status_code VARCHAR,
+    status_message VARCHAR,
+    service_name VARCHAR,
+    session_id VARCHAR,
+    user_id VARCHAR,
+    input_value {_BIG_TEXT},
+    input_mime_type VARCHAR,
+    output_value {_BIG_TEXT},
+    output_mime_type VARCHAR,
+    llm_model_name VARCHAR,
+    llm_provider VARCHAR,
+    llm_finish_reason VARCHAR,
+    llm_token_count_prompt BIGINT,
+    llm_token_count_completion BIGINT,
+    llm_token_count_total BIGINT,
+    tool_name VARCHAR,
+    attributes {_BIG_JSON},
+    resource_attributes JSON,
+    events {_BIG_JSON},
+    links JSON,
+    scope_name VARCHAR,
+    scope_version VARCHAR,
+    otel_span_kind VARCHAR,
+    trace_state VARCHAR,
+    dropped_attributes_count BIGINT,
+    dropped_events_count BIGINT,
+    dropped_links_count BIGINT,
+    received_at TIMESTAMPTZ,
+    pii_redactions JSON,
+    PRIMARY KEY (trace_id, span_id)
+)
+"""
+
+DETECTIONS_DDL = """
+CREATE TABLE IF NOT EXISTS detections (
+    detection_id VARCHAR PRIMARY KEY,
+    trace_id VARCHAR NOT NULL,
+    span_id VARCHAR,
+    detector VARCHAR NOT NULL,
+    failure_mode VARCHAR NOT NULL,
+    severity VARCHAR NOT NULL,
+    blast_radius VARCHAR NOT NULL,
+    message VARCHAR,
+    evidence JSON,
+    detected_at TIMESTAMPTZ
+)
+"""
+
+CANDIDATES_DDL = """
+CREATE TABLE IF NOT EXISTS candidates (
+    candidate_id VARCHAR PRIMARY KEY,
+    detector VARCHAR NOT NULL,
+    failure_mode VARCHAR NOT NULL,
+    severity VARCHAR,
+    blast_radius VARCHAR,
+    input_hash VARCHAR NOT NULL,
+    intent VARCHAR,
+    input JSON,
+    context JSON,
+    observed JSON,
+    expected JSON,
+    source JSON,
+    status VARCHAR NOT NULL DEFAULT 'new',
+    duplicate_of VARCHAR,
+    occurrences BIGINT NOT NULL DEFAULT 1,
+    trace_ids VARCHAR[],
+    first_seen TIMESTAMPTZ,
+    last_seen TIMESTAMPTZ,
+    signature UBIGINT[],
+    case_id VARCHAR,
+    reviewed_by VARCHAR,
+    review_reason VARCHAR,
+    reviewed_at TIMESTAMPTZ
+)
+"""
+
+# Settling bookkeeping: when a trace last received a span, and which of its versions was last judged.
+TRACE_STATE_DDL = """
+CREATE TABLE IF NOT EXISTS trace_state (
+    trace_id VARCHAR PRIMARY KEY,
+    last_received_at TIMESTAMPTZ NOT NULL,
+    received_seq BIGINT NOT NULL DEFAULT 1,   -- bumped by every commit that adds spans to the trace
+    judged_seq BIGINT,                        -- received_seq the last judgement saw; differs = judge (again)
+    judged_at TIMESTAMPTZ
+)
+"""
+
+
+def _v1(con: duckdb.DuckDBPyConnection) -> None:
+    for ddl in (SPANS_DDL, DETECTIONS_DDL, CANDIDATES_DDL, TRACE_STATE_DDL):
+        con.execute(ddl)
+    con.execute("CREATE INDEX IF NOT EXISTS detections_trace ON detections (trace_id)")
+
+
+#: (version, description, migration). Append only.
+MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
+    (1, "spans, detections, candidates, trace_state", _v1),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version' "
+        "AND table_schema = current_schema()"
+    ).fetchone()
+    if not exists or not exists[0]:
+        return 0
+    row = con.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the open database up to :data:`LATEST_VERSION`; return the version it started at."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        "version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMPTZ DEFAULT now())"
+    )
+    start = current_version(con)
+    for version, description, step in MIGRATIONS:
+        if version <= start:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            step(con)
+            con.execute("INSERT INTO schema_version (version, description) VALUES (?, ?)", [version, description])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    return start

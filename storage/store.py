@@ -1,0 +1,178 @@
+"""Opening the DuckDB store, read-only SQL, and the reads and writes of the trace stage.
+
+Every function takes an open connection (or cursor); which thread may call what
+is said on each. Writes are only ever run by the writer thread
+(:mod:`tracesieve.storage.writer`) or by a CLI process that owns the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import duckdb
+
+from tracesieve.storage.errors import UsageError
+from tracesieve.storage.migrations import migrate
+from tracesieve.storage.schema import Detection, JSON_SPAN_COLUMNS
+
+#: Statement types a read-only query may contain.
+_READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+def open_database(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (creating and migrating when writable) the store at ``path``.
+
+    Raises UsageError with a one-line explanation when the file is missing (read
+    only), locked by another process, or not a DuckDB file.
+    """
+    if read_only and not os.path.exists(path):
+        raise UsageError(f"no store at {path}: run `tracesieve serve --db {path}` first, or pass --db")
+    try:
+        con = duckdb.connect(
+            path, read_only=read_only, config={"storage_compatibility_version": "latest"}
+        )
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            raise UsageError(
+                f"{path} is locked by another process (is `tracesieve serve` running on it without its "
+                f"query surface? stop it or use the same --db)"
+            ) from None
+        raise UsageError(f"cannot open {path}: {text.splitlines()[0]}") from None
+    except duckdb.Error as exc:
+        raise UsageError(f"cannot open {path}: {str(exc).splitlines()[0]}") from None
+    if not read_only:
+        migrate(con)
+    return con
+
+
+def check_read_only(sql: str) -> None:
+    """Raise UsageError unless ``sql`` is exactly one read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN...)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise UsageError(f"cannot parse the SQL: {str(exc).splitlines()[0]}") from None
+    if not statements:
+        raise UsageError("no SQL statement given")
+    if len(statements) > 1:
+        raise UsageError("only one statement per query is allowed")
+    kind = statements[0].type
+    if kind not in _READ_STATEMENTS:
+        name = getattr(kind, "name", str(kind))
+        raise UsageError(f"only read statements are allowed (SELECT, WITH, SHOW, DESCRIBE); refused a {name} statement")
+
+
+def run_read_query(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Check and run one read statement; returns (column names, rows). Any thread, own cursor."""
+    check_read_only(sql)
+    try:
+        rel = con.execute(sql, list(params)) if params else con.execute(sql)
+        columns = [d[0] for d in rel.description or []]
+        rows = rel.fetchall()
+    except duckdb.Error as exc:
+        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+    return columns, rows
+
+
+def rows_as_dicts(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    return [dict(zip(columns, row)) for row in rows]
+
+
+# --------------------------------------------------------------------------- trace stage
+
+
+def settled_traces(
+    con: duckdb.DuckDBPyConnection, quiet_since: dt.datetime | None, limit: int
+) -> list[tuple[str, int]]:
+    """(trace_id, received_seq) of traces not judged at their latest version and quiet since ``quiet_since``.
+
+    ``quiet_since=None`` returns every unjudged trace (shutdown, crash recovery).
+    """
+    sql = (
+        "SELECT trace_id, received_seq FROM trace_state "
+        "WHERE judged_seq IS DISTINCT FROM received_seq"
+    )
+    params: list[Any] = []
+    if quiet_since is not None:
+        sql += " AND last_received_at <= ?"
+        params.append(quiet_since)
+    sql += " ORDER BY last_received_at LIMIT ?"
+    params.append(limit)
+    return [(r[0], int(r[1])) for r in con.execute(sql, params).fetchall()]
+
+
+def count_unjudged(con: duckdb.DuckDBPyConnection) -> int:
+    row = con.execute(
+        "SELECT count(*) FROM trace_state WHERE judged_seq IS DISTINCT FROM received_seq"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def load_traces(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Spans of the given traces as SpanRow dicts (JSON columns parsed), each trace sorted by start_time."""
+    if not trace_ids:
+        return {}
+    rel = con.execute(
+        "SELECT * FROM spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[])) "
+        "ORDER BY trace_id, start_time NULLS FIRST, span_id",
+        [list(trace_ids)],
+    )
+    columns = [d[0] for d in rel.description or []]
+    json_idx = [i for i, c in enumerate(columns) if c in JSON_SPAN_COLUMNS]
+    out: dict[str, list[dict[str, Any]]] = {tid: [] for tid in trace_ids}
+    for row in rel.fetchall():
+        values = list(row)
+        for i in json_idx:
+            if values[i] is not None:
+                try:
+                    values[i] = json.loads(values[i])
+                except ValueError:
+                    pass
+        span = dict(zip(columns, values))
+        out.setdefault(span["trace_id"], []).append(span)
+    return out
+
+
+def save_detections(
+    con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], detections: Sequence[Detection], now: dt.datetime
+) -> None:
+    """Make the stored detections of ``trace_ids`` equal to ``detections`` (writer thread, in a transaction).
+
+    Detections already stored keep their detection_id and detected_at, so judging
+    a trace again never duplicates a finding.
+    """
+    ids = [d.detection_id for d in detections]
+    con.execute(
+        "DELETE FROM detections WHERE trace_id IN (SELECT unnest(?::VARCHAR[])) "
+        "AND detection_id NOT IN (SELECT unnest(?::VARCHAR[]))",
+        [list(trace_ids), ids],
+    )
+    if not detections:
+        return
+    rows = [d.as_row(now) for d in detections]
+    con.executemany(
+        "INSERT INTO detections (detection_id, trace_id, span_id, detector, failure_mode, severity, "
+        "blast_radius, message, evidence, detected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (detection_id) DO UPDATE SET message = excluded.message, evidence = excluded.evidence, "
+        "severity = excluded.severity, blast_radius = excluded.blast_radius",
+        [[r[k] for k in ("detection_id", "trace_id", "span_id", "detector", "failure_mode", "severity",
+                         "blast_radius", "message", "evidence", "detected_at")] for r in rows],
+    )
+
+
+def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int]], now: dt.datetime) -> None:
+    """Record that each trace was judged at the given received_seq (writer thread)."""
+    if not judged:
+        return
+    con.execute(
+        "UPDATE trace_state SET judged_seq = j.seq, judged_at = $1 "
+        "FROM (SELECT unnest($2::VARCHAR[]) AS tid, unnest($3::BIGINT[]) AS seq) AS j "
+        "WHERE trace_state.trace_id = j.tid",
+        [now, [t for t, _ in judged], [s for _, s in judged]],
+    )

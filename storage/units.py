@@ -1,0 +1,58 @@
+"""Durations (``250ms``, ``5s``, ``2m``) and sizes (``512KiB``, ``64MiB``) as written in config files."""
+
+from __future__ import annotations
+
+import re
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_SIZE_BYTES = {
+    None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+    "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``250ms`` / ``5s`` / ``2m`` / ``1h`` (a bare number is seconds). Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 250ms, 5s or 2m, got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_SECONDS[m.group(2)]
+    raise ValueError(f"expected a duration such as 250ms, 5s or 2m, got {value!r}")
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``512KiB`` / ``64MiB`` / ``1GiB`` (a bare number is bytes). Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size such as 512KiB or 64MiB, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value!r}")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_BYTES[m.group(2)])
+    raise ValueError(f"expected a size such as 512KiB or 64MiB, got {value!r}")
+
+
+def format_duration(seconds: float) -> str:
+    if seconds and seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
+
+
+def format_size(size: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)

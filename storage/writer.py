@@ -1,0 +1,235 @@
+"""The single writer: one thread owns every write to the database and commits many requests at once.
+
+Receivers call :meth:`GroupCommitWriter.reserve` (which refuses with a
+RetryableError when ``max_queued_spans`` would be exceeded), then
+:meth:`submit_spans`, and wait on the returned future: it resolves only after
+the transaction holding those spans has committed, so a client is acknowledged
+only for stored spans. All span batches waiting when the thread wakes go into
+one transaction (group commit). Other writes (judge results, CLI review actions)
+are submitted as callables and run in their own transactions on the same
+thread, so there is never a write-write conflict between threads.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from tracesieve.storage.errors import RetryableError
+from tracesieve.storage.schema import utcnow
+
+log = logging.getLogger("tracesieve.writer")
+
+WriteTask = Callable[[duckdb.DuckDBPyConnection], Any]
+
+
+@dataclasses.dataclass
+class _SpanJob:
+    batch: pa.Table
+    future: Future[int]
+
+
+@dataclasses.dataclass
+class _TaskJob:
+    task: WriteTask
+    future: Future[Any]
+
+
+@dataclasses.dataclass
+class WriterStats:
+    committed_spans: int = 0
+    duplicate_spans: int = 0
+    commits: int = 0
+    last_commit_seconds: float = 0.0
+    commit_seconds_total: float = 0.0
+
+
+class GroupCommitWriter:
+    """Owns ``con`` for writing. Thread-safe ``reserve``/``submit_*``; one background thread commits."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        max_queued_spans: int = 200_000,
+        max_spans_per_commit: int = 50_000,
+        retry_after: float = 1.0,
+    ) -> None:
+        self._con = con
+        self.max_queued_spans = max_queued_spans
+        self._max_per_commit = max_spans_per_commit
+        self._retry_after = retry_after
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._queue: collections.deque[_SpanJob | _TaskJob] = collections.deque()
+        self._queued_spans = 0  # reserved: accepted but not yet committed
+        self._closing = False
+        self.stats = WriterStats()
+        self._thread = threading.Thread(target=self._run, name="tracesieve-writer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producer side
+
+    @property
+    def queued_spans(self) -> int:
+        return self._queued_spans
+
+    def reserve(self, n_spans: int) -> None:
+        """Count ``n_spans`` as queued, or raise RetryableError when that would pass the limit.
+
+        A single request larger than the limit is accepted when nothing is queued.
+        Every successful reserve must be followed by ``submit_spans`` or ``release``.
+        """
+        with self._lock:
+            if self._closing:
+                raise RetryableError("the collector is shutting down; retry against the new instance",
+                                     self._retry_after)
+            if self._queued_spans and self._queued_spans + n_spans > self.max_queued_spans:
+                raise RetryableError(
+                    f"write queue is full ({self._queued_spans} spans waiting for commit); retry shortly",
+                    self._retry_after,
+                )
+            self._queued_spans += n_spans
+
+    def release(self, n_spans: int) -> None:
+        with self._lock:
+            self._queued_spans -= n_spans
+
+    def submit_spans(self, batch: pa.Table, reserved: int) -> Future[int]:
+        """Queue a reserved batch; the future gives the number of new spans once committed."""
+        future: Future[int] = Future()
+        with self._lock:
+            if reserved != batch.num_rows:
+                self._queued_spans += batch.num_rows - reserved
+            self._queue.append(_SpanJob(batch, future))
+            self._wakeup.notify()
+        return future
+
+    def submit_task(self, task: WriteTask) -> Future[Any]:
+        """Run ``task(con)`` on the writer thread inside its own transaction; the future gives its result."""
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closing and not self._thread.is_alive():
+                future.set_exception(RetryableError("the writer is closed"))
+                return future
+            self._queue.append(_TaskJob(task, future))
+            self._wakeup.notify()
+        return future
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking spans, commit everything queued, checkpoint. Idempotent."""
+        with self._lock:
+            self._closing = True
+            self._wakeup.notify()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing:
+                    self._wakeup.wait()
+                if not self._queue and self._closing:
+                    break
+                span_jobs: list[_SpanJob] = []
+                task_jobs: list[_TaskJob] = []
+                n = 0
+                while self._queue:
+                    job = self._queue[0]
+                    if isinstance(job, _SpanJob):
+                        if span_jobs and n + job.batch.num_rows > self._max_per_commit:
+                            break
+                        n += job.batch.num_rows
+                        span_jobs.append(job)
+                    else:
+                        task_jobs.append(job)
+                    self._queue.popleft()
+            if span_jobs:
+                self._commit_spans(span_jobs, n)
+            for task_job in task_jobs:
+                self._run_task(task_job)
+        try:
+            self._con.execute("CHECKPOINT")
+        except duckdb.Error as exc:  # pragma: no cover - reported, data is in the WAL anyway
+            log.warning("checkpoint at shutdown failed: %s", exc)
+
+    def _commit_spans(self, jobs: list[_SpanJob], n: int) -> None:
+        started = time.perf_counter()
+        try:
+            table = pa.concat_tables([j.batch for j in jobs]) if len(jobs) > 1 else jobs[0].batch
+            table = _drop_repeated_keys(table)
+            con = self._con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.register("_incoming_spans", table)
+                row = con.execute(
+                    "INSERT INTO spans SELECT * FROM _incoming_spans ON CONFLICT DO NOTHING").fetchone()
+                inserted = int(row[0]) if row else 0
+                con.execute(
+                    "INSERT INTO trace_state (trace_id, last_received_at, received_seq) "
+                    "SELECT DISTINCT trace_id, ?::TIMESTAMPTZ, 1 FROM _incoming_spans "
+                    "ON CONFLICT (trace_id) DO UPDATE SET last_received_at = excluded.last_received_at, "
+                    "received_seq = trace_state.received_seq + 1",
+                    [utcnow()],
+                )
+                con.unregister("_incoming_spans")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            log.error("commit of %d spans failed: %s", n, type(exc).__name__)
+            error = RetryableError(f"the store could not commit the spans ({type(exc).__name__}); retry", 1.0)
+            for job in jobs:
+                job.future.set_exception(error)
+        else:
+            elapsed = time.perf_counter() - started
+            self.stats.commits += 1
+            self.stats.committed_spans += inserted
+            self.stats.duplicate_spans += n - inserted
+            self.stats.last_commit_seconds = elapsed
+            self.stats.commit_seconds_total += elapsed
+            for job in jobs:
+                job.future.set_result(job.batch.num_rows)
+        finally:
+            self.release(n)
+
+    def _run_task(self, job: _TaskJob) -> None:
+        con = self._con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                result = job.task(con)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(result)
+
+
+def _drop_repeated_keys(table: pa.Table) -> pa.Table:
+    """Keep the first copy of a (trace_id, span_id) repeated inside one group commit."""
+    if table.num_rows < 2:
+        return table
+    seen: set[tuple[str, str]] = set()
+    keep: list[int] = []
+    for i, key in enumerate(zip(table.column("trace_id").to_pylist(), table.column("span_id").to_pylist())):
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    if len(keep) == table.num_rows:
+        return table
+    return table.take(pa.array(keep))

@@ -1,0 +1,316 @@
+"""OTLP receivers end to end: the real OTel SDK exporters and hand-built requests against a real `serve`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import threading
+
+import grpc
+import httpx
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+)
+
+from conftest import TESTDATA
+from sdk_helpers import emit_agent_trace, sdk_tracer
+
+NO_JUDGE = {"service": {"pipelines": {"traces": {"processors": []}}}}
+
+
+def make_request(n_spans: int = 3, *, trace_id: bytes | None = None, pad: int = 0) -> ExportTraceServiceRequest:
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = "hand-built"
+    ss = rs.scope_spans.add()
+    tid = trace_id or os.urandom(16)
+    for i in range(n_spans):
+        span = ss.spans.add(trace_id=tid, span_id=os.urandom(8), name=f"span-{i}",
+                            start_time_unix_nano=1_795_300_000_000_000_000 + i,
+                            end_time_unix_nano=1_795_300_001_000_000_000 + i)
+        span.attributes.add(key="openinference.span.kind").value.string_value = "CHAIN"
+        if pad:
+            span.attributes.add(key="input.value").value.string_value = "x" * pad
+    return req
+
+
+def post(collector, body: bytes, content_type: str = "application/x-protobuf", **headers: str) -> httpx.Response:
+    return httpx.post(f"{collector.http_url}/v1/traces", content=body,
+                      headers={"content-type": content_type, **headers}, timeout=30)
+
+
+# --------------------------------------------------------------------------- the real SDK
+
+
+@pytest.mark.parametrize("transport,compression", [("grpc", None), ("grpc", "gzip"), ("http", None),
+                                                   ("http", "gzip")])
+def test_sdk_exporter_spans_are_stored(start_collector, transport, compression):
+    c = start_collector(NO_JUDGE)
+    endpoint = c.grpc_endpoint if transport == "grpc" else c.http_url
+    with sdk_tracer(transport, endpoint, compression=compression) as tracer:
+        trace_id = emit_agent_trace(tracer)
+    rows = c.query(f"SELECT span_kind, name, service_name, session_id FROM spans WHERE trace_id = '{trace_id}' "
+                   "ORDER BY start_time")
+    assert [r["span_kind"] for r in rows] == ["AGENT", "RETRIEVER", "LLM", "TOOL", "LLM"]
+    assert {r["service_name"] for r in rows} == {"test-agent"}
+    assert rows[0]["session_id"] == "sess-1"
+
+
+def test_flattened_openinference_keys_are_reachable_as_json_paths(start_collector):
+    c = start_collector(NO_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_id = emit_agent_trace(tracer, question="How do refunds work?")
+    rows = c.query(
+        "SELECT attributes->>'$.llm.input_messages[1].message.content' AS q, "
+        "attributes->>'$.llm.output_messages[0].message.tool_calls[0].tool_call.function.name' AS tool "
+        f"FROM spans WHERE trace_id = '{trace_id}' AND span_kind = 'LLM' AND tool_name IS NULL "
+        "ORDER BY start_time LIMIT 1")
+    assert rows == [{"q": "How do refunds work?", "tool": "lookup_order"}]
+
+
+# --------------------------------------------------------------------------- OTLP/JSON and golden payloads
+
+
+def test_otlp_json_golden_payload_fills_every_column(start_collector):
+    c = start_collector(NO_JUDGE)
+    body = (TESTDATA / "otlp_openinference.json").read_bytes()
+    response = post(c, body, "application/json; charset=utf-8")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {}
+    rows = c.query("SELECT * FROM spans ORDER BY span_id")
+    assert {r["trace_id"] for r in rows} == {"5b8efff798038103d269b633813fc60c"}
+    expected = json.loads((TESTDATA / "otlp_openinference.expected.json").read_text())
+    by_id = {r["span_id"]: r for r in rows}
+    for want in expected:
+        got = by_id[want["span_id"]]
+        for key, value in want.items():
+            assert got[key] == value, (want["span_id"], key)
+    tool = by_id["eee19b7ec3c1b175"]
+    events = json.loads(tool["events"]) if isinstance(tool["events"], str) else tool["events"]
+    assert events[0]["name"] == "exception"
+    assert events[0]["attributes"]["exception"]["message"] == "order service timed out"
+    links = json.loads(tool["links"]) if isinstance(tool["links"], str) else tool["links"]
+    assert links[0]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert links[0]["span_id"] == "b7ad6b7169203331"
+    res = json.loads(tool["resource_attributes"])
+    assert res["service"]["name"] == "golden-agent"
+    genai = by_id["eee19b7ec3c1b176"]
+    assert json.loads(genai["attributes"])["gen_ai"]["operation"]["name"] == "chat"
+
+
+def test_protobuf_gzip_over_http_is_answered_in_protobuf(start_collector):
+    c = start_collector(NO_JUDGE)
+    req = make_request(4)
+    response = post(c, gzip.compress(req.SerializeToString()), **{"content-encoding": "gzip"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/x-protobuf"
+    assert ExportTraceServiceResponse.FromString(response.content) == ExportTraceServiceResponse()
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 4}]
+
+
+def test_redelivered_span_is_stored_once(start_collector):
+    c = start_collector(NO_JUDGE)
+    body = make_request(3).SerializeToString()
+    assert post(c, body).status_code == 200
+    assert post(c, body).status_code == 200
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 3}]
+
+
+# --------------------------------------------------------------------------- partial success
+
+
+def test_bad_ids_are_rejected_one_by_one_through_partial_success(start_collector):
+    c = start_collector(NO_JUDGE)
+    req = make_request(2)
+    spans = req.resource_spans[0].scope_spans[0].spans
+    spans.add(trace_id=os.urandom(12), span_id=os.urandom(8), name="short trace id")
+    spans.add(trace_id=bytes(16), span_id=os.urandom(8), name="zero trace id")
+    spans.add(trace_id=os.urandom(16), span_id=bytes(8), name="zero span id")
+    spans.add(trace_id=os.urandom(16), span_id=os.urandom(8), name="backwards",
+              start_time_unix_nano=2_000, end_time_unix_nano=1_000)
+    with grpc.insecure_channel(c.grpc_endpoint) as channel:
+        response = trace_service_pb2_grpc.TraceServiceStub(channel).Export(req, timeout=30)
+    assert response.partial_success.rejected_spans == 4
+    assert "trace_id must be 16 bytes (got 12)" in response.partial_success.error_message
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 2}]
+
+
+def test_partial_success_over_http_json(start_collector):
+    c = start_collector(NO_JUDGE)
+    doc = json.loads((TESTDATA / "otlp_openinference.json").read_text())
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"] = "0000000000000000"
+    response = post(c, json.dumps(doc).encode(), "application/json")
+    assert response.status_code == 200
+    body = response.json()
+    assert int(body["partialSuccess"]["rejectedSpans"]) == 1
+    assert "span_id is all zeros" in body["partialSuccess"]["errorMessage"]
+
+
+# --------------------------------------------------------------------------- bad input, one status each
+
+
+def test_undecodable_protobuf_is_400_with_a_status_body(start_collector):
+    c = start_collector(NO_JUDGE)
+    response = post(c, b"\x0a\xff\xff\xff\xff\x0fnot a protobuf")
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/x-protobuf"
+    status = status_pb2.Status.FromString(response.content)
+    assert "not a valid ExportTraceServiceRequest" in status.message
+
+
+def test_malformed_json_is_400_answered_in_json(start_collector):
+    c = start_collector(NO_JUDGE)
+    response = post(c, b'{"resourceSpans": [', "application/json")
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/json"
+    assert "not valid JSON" in response.json()["message"]
+
+
+def test_invalid_utf8_in_a_string_field_is_400(start_collector):
+    c = start_collector(NO_JUDGE)
+    req = make_request(1)
+    req.resource_spans[0].scope_spans[0].spans[0].name = "NAMEMARK"
+    body = req.SerializeToString().replace(b"NAMEMARK", b"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8")
+    assert post(c, body).status_code == 400
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 0}]
+
+
+def test_unknown_path_is_404_and_wrong_method_is_405(start_collector):
+    c = start_collector(NO_JUDGE)
+    assert httpx.post(f"{c.http_url}/v1/logs", content=b"").status_code == 404
+    response = httpx.get(f"{c.http_url}/v1/traces")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+
+
+def test_unsupported_content_type_is_415(start_collector):
+    c = start_collector(NO_JUDGE)
+    assert post(c, b"hello", "text/plain").status_code == 415
+
+
+def test_over_the_size_limit_is_413_even_when_gzipped(start_collector):
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_request_size": "64KiB"}}}})
+    body = make_request(1, pad=200_000).SerializeToString()
+    assert post(c, body).status_code == 413
+    bomb = gzip.compress(body)
+    assert len(bomb) < 64 * 1024
+    assert post(c, bomb, **{"content-encoding": "gzip"}).status_code == 413
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 0}]
+
+
+def test_grpc_undecodable_is_invalid_argument_and_oversize_is_resource_exhausted(start_collector):
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_request_size": "64KiB"}}}})
+    with grpc.insecure_channel(c.grpc_endpoint) as channel:
+        raw = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                  request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as bad:
+            raw(b"\x0a\xff\xff\xff\xff\x0fgarbage", timeout=10)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as big:
+            stub.Export(make_request(1, pad=200_000), timeout=10)
+        assert big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_default_grpc_limit_is_far_above_4_mib(start_collector):
+    c = start_collector(NO_JUDGE)
+    with grpc.insecure_channel(c.grpc_endpoint, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
+        response = trace_service_pb2_grpc.TraceServiceStub(ch).Export(make_request(2, pad=3_000_000), timeout=60)
+    assert not response.HasField("partial_success")
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 2}]
+
+
+# --------------------------------------------------------------------------- backpressure
+
+
+def test_full_queue_throttles_with_retry_hints_and_loses_nothing(start_collector):
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_queued_spans": 20}}}})
+    throttled: list[tuple[str, object]] = []
+    trace_id = os.urandom(16)
+    requests = [make_request(15, trace_id=trace_id, pad=2000) for _ in range(24)]
+
+    def send_grpc(req: ExportTraceServiceRequest) -> None:
+        with grpc.insecure_channel(c.grpc_endpoint) as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            for _ in range(200):
+                try:
+                    stub.Export(req, timeout=30)
+                    return
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                    trailers = dict(exc.trailing_metadata() or ())
+                    info = error_details_pb2.RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"])
+                    rich = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+                    assert 0 < info.retry_delay.ToTimedelta().total_seconds() <= 5
+                    assert rich.details
+                    throttled.append(("grpc", info))
+
+    def send_http(req: ExportTraceServiceRequest) -> None:
+        body = req.SerializeToString()
+        for _ in range(200):
+            response = post(c, body)
+            if response.status_code == 200:
+                return
+            assert response.status_code == 503
+            assert 1 <= int(response.headers["retry-after"]) <= 5
+            throttled.append(("http", response.headers["retry-after"]))
+
+    threads = [threading.Thread(target=send_grpc if i % 2 else send_http, args=(r,))
+               for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert throttled, "24 concurrent requests of 15 spans against a 20-span queue must be throttled"
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 24 * 15}]
+
+
+# --------------------------------------------------------------------------- auth
+
+
+def test_bearer_token_guards_ingest_metrics_and_queries(start_collector):
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"auth": {"bearer_token": "${env:TS_TEST_TOKEN}"}}}},
+                        env={"TS_TEST_TOKEN": "s3cret-token-value"})
+    body = make_request(2).SerializeToString()
+    assert post(c, body).status_code == 401
+    assert post(c, body, authorization="Bearer wrong").status_code == 401
+    with grpc.insecure_channel(c.grpc_endpoint) as channel:
+        with pytest.raises(grpc.RpcError) as denied:
+            trace_service_pb2_grpc.TraceServiceStub(channel).Export(make_request(1), timeout=10)
+        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert httpx.get(f"{c.http_url}/healthz").status_code == 200
+    assert httpx.get(f"{c.http_url}/metrics").status_code == 401
+    assert post(c, body, authorization="Bearer s3cret-token-value").status_code == 200
+    refused = c.cli("query", "SELECT count(*) FROM spans")
+    assert refused.returncode == 2 and "TRACESIEVE_TOKEN" in refused.stderr
+    ok = c.cli("query", "SELECT count(*) AS n FROM spans", "--format", "json",
+               env={"TRACESIEVE_TOKEN": "s3cret-token-value"})
+    assert json.loads(ok.stdout) == [{"n": 2}]
+    assert "s3cret-token-value" not in c.log()
+
+
+# --------------------------------------------------------------------------- health and metrics
+
+
+def test_metrics_count_received_and_accepted_spans(start_collector):
+    c = start_collector(NO_JUDGE)
+    assert post(c, make_request(5).SerializeToString()).status_code == 200
+    text = httpx.get(f"{c.http_url}/metrics").text
+    assert "tracesieve_spans_received_total 5" in text
+    assert "tracesieve_spans_accepted_total 5" in text
+    assert "tracesieve_queue_spans 0" in text
+    assert httpx.get(f"{c.http_url}/readyz").status_code == 200
+
+
+def test_empty_request_is_full_success_on_both_transports(start_collector):
+    c = start_collector(NO_JUDGE)
+    with grpc.insecure_channel(c.grpc_endpoint) as channel:
+        response = trace_service_pb2_grpc.TraceServiceStub(channel).Export(ExportTraceServiceRequest(), timeout=10)
+    assert response.SerializeToString() == b""
+    http_response = post(c, b"{}", "application/json")
+    assert http_response.status_code == 200 and http_response.json() == {}
