@@ -1,0 +1,379 @@
+"""The ``detectors`` trace-stage processor: built-in failure rules plus operator SQL rules.
+
+Runs on the judge thread once a trace has settled (no new span for
+``decision_wait``). For every trace of the batch it runs the built-in rules of
+:mod:`tracesieve.processors.rules` (one or more per failure mode of the closed
+taxonomy), then the operator's SQL rules, then the blast-radius rule (which
+needs every other finding), and appends one :class:`Detection` per
+(trace, span, detector, failure_mode) to ``batch.detections``; several findings
+with the same key are merged into one detection whose evidence lists them all.
+Deterministic: judging a trace twice yields the same detections and ids.
+
+Config (``processors.detectors``; every default lives in :class:`DetectorsConfig`)::
+
+    decision_wait: 5s
+    latency_breach: {LLM: 30s, TOOL: 10s, RETRIEVER: 5s, AGENT: 120s}   # merged over the defaults; null turns a kind off
+    blast_radius: {send_email: irreversible_write}   # per tool: its blast radius on tool findings
+    severity: {hallucination: P0}                    # per failure mode, over the built-in defaults
+    retrieval_min_score: null                        # a number turns on low_score_retrieval
+    citation_pattern: '\\[((?:doc|document|source|src)...)\\]'  # group 1 = the cited id(s)
+    refusal_phrases: [...]                           # replaces the built-in list
+    loop: {max_repeats: 3, max_steps: 50}
+    feedback_score_threshold: 0.0
+    disable: [latency_breach]                        # failure modes or detector names
+    rules:                                           # operator SQL rules over `spans`
+      - {name: ..., failure_mode: ..., severity: P2, blast_radius: internal_visible, sql: SELECT ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
+from tracesieve.processors.options import OptionReader
+from tracesieve.processors.rules import (
+    BUILTIN_DETECTORS, DEFAULT_REFUSAL_PHRASES, TRACE_RULES, Finding, RuleSettings, TraceView,
+    irreversible_after_failure,
+)
+from tracesieve.processors.spanview import clip, loose
+from tracesieve.storage.errors import ConfigError
+from tracesieve.storage.schema import BLAST_RADII, FAILURE_MODES, SEVERITIES, SPAN_KINDS, Detection
+from tracesieve.storage.sqlcheck import RuleSqlChecker, wrap_rule_sql
+
+log = logging.getLogger(__name__)
+
+_ID = r"(?:doc|document|source|src)[-_:#]?[A-Za-z0-9][\w.:/-]*"
+
+#: Built-in (severity, blast_radius) per failure mode.
+DEFAULT_SEVERITY: dict[str, tuple[str, str]] = {
+    "tool_invocation": ("P2", "internal_visible"),
+    "tool_argument": ("P1", "internal_visible"),
+    "retrieval_miss": ("P2", "internal_visible"),
+    "hallucination": ("P1", "customer_visible"),
+    "format_violation": ("P2", "internal_visible"),
+    "truncation": ("P2", "customer_visible"),
+    "refusal_overreach": ("P2", "customer_visible"),
+    "latency_breach": ("P3", "internal_visible"),
+    "loop": ("P2", "internal_visible"),
+    "blast_radius_breach": ("P0", "irreversible_write"),
+    "llm_error": ("P2", "internal_visible"),
+    "negative_feedback": ("P2", "customer_visible"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SqlRule:
+    """One operator rule, already checked against the spans table shape."""
+
+    name: str
+    failure_mode: str
+    severity: str
+    blast_radius: str
+    sql: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorsConfig:
+    """The typed config of ``processors.detectors``; its defaults are the documented ones."""
+
+    decision_wait: float = 5.0
+    latency_breach: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"LLM": 30.0, "TOOL": 10.0, "RETRIEVER": 5.0, "AGENT": 120.0})
+    blast_radius: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    severity: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    retrieval_min_score: float | None = None
+    citation_pattern: str = rf"\[\s*({_ID}(?:\s*[,;]\s*{_ID})*)\s*\]"
+    refusal_phrases: tuple[str, ...] = DEFAULT_REFUSAL_PHRASES
+    max_repeats: int = 3
+    max_steps: int = 50
+    feedback_score_threshold: float = 0.0
+    disable: frozenset[str] = frozenset()
+    rules: tuple[SqlRule, ...] = ()
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None, path: str) -> DetectorsConfig:
+        """Validate every option; raise ConfigError listing each problem with its YAML path."""
+        d = cls()
+        opts = OptionReader(options, path)
+        wait = opts.duration("decision_wait", d.decision_wait)
+
+        latency = dict(d.latency_breach)
+        for kind, value in opts.mapping("latency_breach").items():
+            where = f"{opts.here('latency_breach')}.{kind}"
+            if not isinstance(kind, str) or kind.upper() not in SPAN_KINDS:
+                opts.problems.append(f"{where}: unknown span kind (one of {', '.join(SPAN_KINDS)})")
+                continue
+            if value is None:
+                latency.pop(kind.upper(), None)
+                continue
+            sub = OptionReader({"v": value}, where)
+            seconds = sub.duration("v", 0.0)
+            opts.problems.extend(p.replace(f"{where}.v", where) for p in sub.problems)
+            if not sub.problems:
+                latency[kind.upper()] = seconds
+
+        blast: dict[str, str] = {}
+        for tool, cls_ in opts.mapping("blast_radius").items():
+            if cls_ not in BLAST_RADII:
+                opts.problems.append(f"{opts.here('blast_radius')}.{tool}: expected one of {', '.join(BLAST_RADII)}, got {cls_!r}")
+            else:
+                blast[str(tool)] = cls_
+
+        severity: dict[str, str] = {}
+        for mode, sev in opts.mapping("severity").items():
+            where = f"{opts.here('severity')}.{mode}"
+            if mode not in FAILURE_MODES:
+                opts.problems.append(f"{where}: unknown failure mode (one of {', '.join(FAILURE_MODES)})")
+            elif sev not in SEVERITIES:
+                opts.problems.append(f"{where}: expected one of {', '.join(SEVERITIES)}, got {sev!r}")
+            else:
+                severity[mode] = sev
+
+        min_score = opts.raw("retrieval_min_score", None)
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))):
+            opts.problem("retrieval_min_score", f"expected a number or null, got {min_score!r}")
+            min_score = None
+
+        pattern = opts.str("citation_pattern", d.citation_pattern)
+        try:
+            compiled = re.compile(pattern)
+            if compiled.groups > 1:
+                opts.problem("citation_pattern", "use at most one capturing group (the cited id); make others (?:...)")
+        except re.error as exc:
+            opts.problem("citation_pattern", f"not a valid regular expression: {exc}")
+
+        phrases = opts.list("refusal_phrases", list(d.refusal_phrases))
+        clean_phrases = []
+        for i, p in enumerate(phrases):
+            if not isinstance(p, str) or not p.strip():
+                opts.problems.append(f"{opts.here('refusal_phrases')}[{i}]: expected a non-empty string")
+            else:
+                clean_phrases.append(p.strip().lower().replace("\u2019", "'"))
+
+        loop = OptionReader(opts.mapping("loop"), opts.here("loop"))
+        max_repeats = loop.int("max_repeats", d.max_repeats)
+        max_steps = loop.int("max_steps", d.max_steps)
+        if max_repeats < 2:
+            loop.problem("max_repeats", f"must be at least 2, got {max_repeats}")
+        if max_steps < 1:
+            loop.problem("max_steps", f"must be at least 1, got {max_steps}")
+        _absorb(opts, loop)
+
+        threshold = opts.number("feedback_score_threshold", d.feedback_score_threshold)
+
+        disable = set()
+        for i, item in enumerate(opts.list("disable")):
+            if item not in FAILURE_MODES and item not in BUILTIN_DETECTORS:
+                opts.problems.append(f"{opts.here('disable')}[{i}]: {item!r} is neither a failure mode nor a detector")
+            else:
+                disable.add(item)
+
+        rules = _read_rules(opts, opts.list("rules"))
+        opts.finish()
+        return cls(
+            decision_wait=wait, latency_breach=latency, blast_radius=blast, severity=severity,
+            retrieval_min_score=float(min_score) if min_score is not None else None,
+            citation_pattern=pattern, refusal_phrases=tuple(clean_phrases), max_repeats=max_repeats,
+            max_steps=max_steps, feedback_score_threshold=threshold, disable=frozenset(disable), rules=rules,
+        )
+
+
+def _absorb(parent: OptionReader, child: OptionReader) -> None:
+    """Collect a nested reader's problems (unknown keys included) into its parent."""
+    try:
+        child.finish()
+    except ConfigError as exc:
+        parent.problems.extend(exc.problems)
+
+
+_RULE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _read_rules(opts: OptionReader, items: Sequence[Any]) -> tuple[SqlRule, ...]:
+    rules: list[SqlRule] = []
+    seen: set[str] = set()
+    checker: RuleSqlChecker | None = None
+    try:
+        for i, item in enumerate(items):
+            where = f"{opts.here('rules')}[{i}]"
+            r = OptionReader(item, where)
+            name = r.str("name", None)
+            mode = r.str("failure_mode", None)
+            severity = r.str("severity", None)
+            blast = r.str("blast_radius", None)
+            sql = r.str("sql", None)
+            if name is None:
+                r.problem("name", "required")
+            elif not _RULE_NAME.match(name):
+                r.problem("name", f"use lower_snake_case, got {name!r}")
+            elif name in BUILTIN_DETECTORS or name in seen:
+                r.problem("name", f"{name!r} is already a detector name")
+            if mode is None:
+                r.problem("failure_mode", "required")
+            elif mode not in FAILURE_MODES:
+                r.problem("failure_mode", f"{mode!r} is not in the failure taxonomy ({', '.join(FAILURE_MODES)})")
+            if severity is None:
+                r.problem("severity", "required")
+            elif severity not in SEVERITIES:
+                r.problem("severity", f"expected one of {', '.join(SEVERITIES)}, got {severity!r}")
+            if blast is not None and blast not in BLAST_RADII:
+                r.problem("blast_radius", f"expected one of {', '.join(BLAST_RADII)}, got {blast!r}")
+            if sql is None:
+                r.problem("sql", "required")
+            else:
+                checker = checker or RuleSqlChecker()
+                r.problems.extend(f"{where}.{p}" for p in checker.check(sql))
+            before = len(opts.problems)
+            _absorb(opts, r)
+            if len(opts.problems) == before and name and mode and severity and sql:
+                seen.add(name)
+                rules.append(SqlRule(name, mode, severity, blast or DEFAULT_SEVERITY[mode][1], sql))
+    finally:
+        if checker is not None:
+            checker.close()
+    return tuple(rules)
+
+
+class DetectorsProcessor:
+    """Trace-stage processor that judges settled traces and appends detections.
+
+    Runs on the single judge thread. ``process_traces`` does not mutate spans;
+    it only appends to ``batch.detections``. ``decision_wait`` (seconds) is read
+    by the collector's settler. A built-in rule that raises on one trace or an
+    operator rule that fails at run time is counted in ``errors`` and skipped
+    (logged once per batch without span content), unless ``strict`` is set.
+    """
+
+    kind: ClassVar[str] = "trace"
+
+    def __init__(self, config: DetectorsConfig | None = None, *, strict: bool = False) -> None:
+        self.config = config or DetectorsConfig()
+        self.decision_wait: float = self.config.decision_wait
+        self.strict = strict
+        self.errors = 0
+        c = self.config
+        self._settings = RuleSettings(
+            latency_ms={k: v * 1000.0 for k, v in c.latency_breach.items()},
+            retrieval_min_score=c.retrieval_min_score,
+            citation_pattern=re.compile(c.citation_pattern),
+            refusal_phrases=c.refusal_phrases,
+            max_repeats=c.max_repeats,
+            max_steps=c.max_steps,
+            feedback_score_threshold=c.feedback_score_threshold,
+            tool_classes=c.blast_radius,
+        )
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any] | None, *, path: str = "processors.detectors") -> DetectorsProcessor:
+        return cls(DetectorsConfig.from_options(options, path))
+
+    # ------------------------------------------------------------------ judging
+
+    def _enabled(self, detector: str, mode: str) -> bool:
+        return detector not in self.config.disable and mode not in self.config.disable
+
+    def judge(self, trace_id: str, spans: Sequence[SpanRow], extra: Sequence[Finding] = ()) -> list[Finding]:
+        """Every enabled finding for one trace: built-in rules, then ``extra`` (operator rules), then blast radius."""
+        if not spans:
+            return []
+        view = TraceView(trace_id, spans)
+        findings: list[Finding] = []
+        failures = 0
+        for rule in TRACE_RULES:
+            try:
+                found = rule(view, self._settings)
+            except Exception:
+                if self.strict:
+                    raise
+                failures += 1
+                continue
+            findings.extend(f for f in found if self._enabled(f.detector, f.failure_mode))
+        findings.extend(f for f in extra if self._enabled(f.detector, f.failure_mode))
+        if self._enabled("irreversible_after_failure", "blast_radius_breach"):
+            try:
+                findings.extend(irreversible_after_failure(view, self._settings, findings))
+            except Exception:
+                if self.strict:
+                    raise
+                failures += 1
+        self.errors += failures
+        if failures:
+            log.warning("detectors: %d rule(s) failed on one trace and were skipped", failures)
+        return findings
+
+    def _to_detections(self, trace_id: str, findings: Sequence[Finding],
+                       sql_rules: Mapping[str, SqlRule]) -> list[Detection]:
+        groups: dict[tuple[str, str, str], list[Finding]] = {}
+        for f in findings:
+            groups.setdefault((f.span_id, f.detector, f.failure_mode), []).append(f)
+        out = []
+        for (span_id, detector, mode), group in groups.items():
+            first = group[0]
+            if detector in sql_rules:
+                rule = sql_rules[detector]
+                severity, blast = rule.severity, rule.blast_radius
+            else:
+                severity = self.config.severity.get(mode, DEFAULT_SEVERITY[mode][0])
+                blast = DEFAULT_SEVERITY[mode][1]
+                if first.tool and first.tool in self.config.blast_radius:
+                    blast = self.config.blast_radius[first.tool]
+            if len(group) == 1:
+                message, evidence = first.message, first.evidence
+            else:
+                message = f"{first.message} (+{len(group) - 1} more)"
+                evidence = {"count": len(group), "findings": [g.evidence for g in group]}
+            out.append(Detection(trace_id, span_id, detector, mode, severity, blast, message, dict(evidence)))
+        return out
+
+    def _run_sql_rules(self, batch: TraceBatch, store: StoreReader) -> dict[str, list[Finding]]:
+        per_trace: dict[str, list[Finding]] = {}
+        rules = [r for r in self.config.rules if self._enabled(r.name, r.failure_mode)]
+        if not rules or not batch.traces:
+            return per_trace
+        trace_ids = sorted(batch.traces)
+        failed = 0
+        for rule in rules:
+            try:
+                rows = store.query(wrap_rule_sql(rule.sql), [trace_ids])
+            except Exception:
+                if self.strict:
+                    raise
+                failed += 1
+                continue
+            for row in rows:
+                trace_id = row.get("trace_id")
+                if trace_id not in batch.traces:
+                    continue
+                spans = batch.traces[trace_id]
+                span_id = row.get("span_id")
+                if not span_id:
+                    span_id = TraceView(trace_id, spans).root_id if spans else ""
+                evidence = loose(row.get("evidence"))
+                if not isinstance(evidence, Mapping):
+                    evidence = {"value": clip(evidence) if evidence is not None else None}
+                message = row.get("message")
+                per_trace.setdefault(trace_id, []).append(Finding(
+                    str(span_id), rule.name, rule.failure_mode,
+                    str(message) if message else f"operator rule {rule.name} matched",
+                    {"rule": rule.name, **evidence},
+                ))
+        self.errors += failed
+        if failed:
+            log.warning("detectors: %d operator SQL rule(s) failed on this batch and were skipped", failed)
+        return per_trace
+
+    def process_traces(self, batch: TraceBatch, store: StoreReader) -> TraceBatch:
+        """Append this batch's detections (idempotent ids) and return the same batch."""
+        sql_findings = self._run_sql_rules(batch, store)
+        sql_rules = {r.name: r for r in self.config.rules}
+        for trace_id in batch.traces:
+            findings = self.judge(trace_id, batch.traces[trace_id], sql_findings.get(trace_id, ()))
+            batch.detections.extend(self._to_detections(trace_id, findings, sql_rules))
+        return batch
+
+    def shutdown(self) -> None:
+        """Nothing to release. Safe to call twice, and before any batch."""

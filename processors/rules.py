@@ -1,0 +1,912 @@
+"""The built-in detector rules: one small, deterministic function per finding, over one settled trace.
+
+A rule takes a :class:`TraceView` and the :class:`RuleSettings` and returns
+:class:`Finding`s. It never mutates the trace, never reads anything but the
+trace, and returns findings in span order, so judging the same trace twice
+gives the same findings. Severity and blast radius are not decided here: the
+processor assigns them from config (per mode, per tool).
+
+The rule table is :data:`BUILTIN_DETECTORS` (detector name -> failure mode and
+one-sentence definition); the functions' docstrings repeat that sentence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jsonschema
+
+from tracesieve.processors.base import SpanRow
+from tracesieve.processors.spanview import (
+    JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
+    documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
+    is_error, loose, output_messages, requested_tool_calls, retrieval_outcome, span_kind, tool_name,
+    tool_span_arguments, try_json, walk_strings,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """What a rule saw, before severity and blast radius are assigned."""
+
+    span_id: str
+    detector: str
+    failure_mode: str
+    message: str
+    evidence: dict[str, Any]
+    tool: str | None = None  # the tool whose configured blast radius applies, if any
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleSettings:
+    """The knobs the built-in rules read (built by the processor from config)."""
+
+    latency_ms: Mapping[str, float]
+    retrieval_min_score: float | None
+    citation_pattern: re.Pattern[str]
+    refusal_phrases: tuple[str, ...]
+    max_repeats: int
+    max_steps: int
+    feedback_score_threshold: float
+    tool_classes: Mapping[str, str]
+
+
+class TraceView:
+    """One trace's spans with the lookups the rules share (built once per trace, read-only)."""
+
+    def __init__(self, trace_id: str, spans: Sequence[SpanRow]) -> None:
+        self.trace_id = trace_id
+        self.spans = list(spans)
+        self.by_id: dict[str, SpanRow] = {s["span_id"]: s for s in self.spans if s.get("span_id")}
+        self.children: dict[str, list[SpanRow]] = {}
+        roots = []
+        for s in self.spans:
+            parent = s.get("parent_span_id")
+            if parent and parent in self.by_id and parent != s.get("span_id"):
+                self.children.setdefault(parent, []).append(s)
+            else:
+                roots.append(s)
+        self.root: SpanRow = roots[0] if roots else self.spans[0]
+
+    @property
+    def root_id(self) -> str:
+        return str(self.root["span_id"])
+
+    def of_kind(self, *kinds: str) -> list[SpanRow]:
+        return [s for s in self.spans if span_kind(s) in kinds]
+
+    def descendants(self, span_id: str) -> list[SpanRow]:
+        out, stack, seen = [], list(self.children.get(span_id, ())), {span_id}
+        while stack:
+            s = stack.pop()
+            if s["span_id"] in seen:
+                continue
+            seen.add(s["span_id"])
+            out.append(s)
+            stack.extend(self.children.get(s["span_id"], ()))
+        return out
+
+    @functools.cached_property
+    def tool_schemas(self) -> dict[str, Any]:
+        """Tool name -> declared parameters schema, from every LLM span of the trace (first declaration wins)."""
+        found: dict[str, Any] = {}
+        for s in self.spans:
+            for name, schema in declared_tools(s).items():
+                found.setdefault(name, schema)
+        return found
+
+    @functools.cached_property
+    def tools_available(self) -> bool:
+        return bool(self.tool_schemas) or bool(self.of_kind("TOOL"))
+
+    @functools.cached_property
+    def retrieved_ids(self) -> set[str]:
+        ids: set[str] = set()
+        for s in self.of_kind("RETRIEVER", "RERANKER"):
+            for d in documents(s) or []:
+                if d.get("id") is not None:
+                    ids.add(str(d["id"]).strip().lower())
+        return ids
+
+    @functools.cached_property
+    def context_text(self) -> str:
+        """Text the model was given from outside: tool results (spans and tool-role messages)."""
+        parts = [s["output_value"] for s in self.of_kind("TOOL") if isinstance(s.get("output_value"), str)]
+        for s in self.of_kind("LLM"):
+            for m in input_messages(s):
+                if m.get("role") in ("tool", "function"):
+                    parts.append(m["text"])
+                    parts.extend(walk_strings(m.get("responses")))
+        return "\n".join(parts)
+
+    @functools.cached_property
+    def final_answer(self) -> tuple[SpanRow, str] | None:
+        """The last LLM text answer of the trace (by end time), else the root span's output."""
+        best: tuple[SpanRow, str] | None = None
+        for s in self.of_kind("LLM"):
+            text = assistant_text(s).strip()
+            if text and (best is None or _end_key(s) >= _end_key(best[0])):
+                best = (s, text)
+        if best:
+            return best
+        out = self.root.get("output_value")
+        return (self.root, out) if isinstance(out, str) and out.strip() else None
+
+
+def _ts(value: Any) -> float:
+    try:
+        return float(value.timestamp())
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return 0.0
+
+
+def _end_key(span: SpanRow) -> float:
+    return _ts(span.get("end_time") or span.get("start_time"))
+
+
+Rule = Callable[[TraceView, RuleSettings], list[Finding]]
+
+
+# ==================================================================== tool_invocation
+
+
+def tool_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """A TOOL span ended with status ERROR or recorded an exception event (even if a later retry succeeded)."""
+    found = []
+    tools = view.of_kind("TOOL")
+    for i, s in enumerate(tools):
+        if not failed(s):
+            continue
+        name = tool_name(s)
+        retry = next((t for t in tools[i + 1:] if tool_name(t) == name and not failed(t)), None)
+        exc = exception_events(s)
+        reason = s.get("status_message") or (exc[0]["message"] if exc else None) or (exc[0]["type"] if exc else None)
+        found.append(Finding(
+            s["span_id"], "tool_error", "tool_invocation",
+            f"tool {name or s.get('name')!s} failed" + (f": {clip(str(reason), 160)}" if reason else "")
+            + (" (a retry succeeded)" if retry else ""),
+            {"tool": name, "status_code": s.get("status_code"), "status_message": clip(s.get("status_message"), 500),
+             "exceptions": exc, "retried_successfully": retry is not None,
+             "retry_span_id": retry["span_id"] if retry else None},
+            tool=name,
+        ))
+    return found
+
+
+# ==================================================================== tool_argument
+
+
+_PLACEHOLDER_SENSITIVE = frozenset({"pattern", "format", "minLength", "maxLength", "enum", "const"})
+
+
+def _schema_errors(schema: Any, instance: Any) -> list[dict[str, Any]]:
+    """Violations of ``schema`` by ``instance``; empty when it conforms or the schema itself is unusable.
+
+    A string holding a PII placeholder (``<EMAIL>``) is not held against
+    pattern/format/length/enum keywords: the sanitizer put it there, not the model.
+    """
+    if not isinstance(schema, Mapping):
+        return []
+    try:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls.check_schema(schema)
+        validator = cls(schema)
+        errors = sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
+    except (jsonschema.SchemaError, jsonschema.exceptions.UnknownType, TypeError, ValueError, RecursionError):
+        return []
+    out = []
+    for e in errors:
+        if e.validator in _PLACEHOLDER_SENSITIVE and isinstance(e.instance, str) and PLACEHOLDER.search(e.instance):
+            continue
+        path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
+        out.append({"path": path, "validator": str(e.validator), "message": clip(e.message, 300)})
+    return out[:5]
+
+
+def _check_arguments(name: str | None, raw: Any, schema: Any, declared_json: bool) -> tuple[str, dict[str, Any]] | None:
+    """(detector, evidence) when arguments are unparseable or break the schema; None when fine or unknowable."""
+    if isinstance(raw, str):
+        if not raw.strip():
+            raw = "{}"  # providers send "" for a call without arguments
+        ok, parsed = try_json(raw)
+        if not ok:
+            if not declared_json or is_collector_truncated(raw):
+                return None
+            return "tool_args_json", {"tool": name, "arguments": clip(raw), "error": parsed}
+    else:
+        parsed = raw
+    errors = _schema_errors(schema, parsed)
+    if errors:
+        return "tool_schema", {"tool": name, "arguments": clip(json.dumps(parsed, ensure_ascii=False, default=str)),
+                               "schema": schema, "errors": errors}
+    return None
+
+
+def tool_arguments(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """Tool-call arguments (requested by an LLM or received by a TOOL span) are not valid JSON or break the tool's declared schema."""
+    schemas = view.tool_schemas
+    found: list[Finding] = []
+    flagged: set[tuple[str | None, str | None]] = set()
+    # LLM-requested calls: one finding per (span, detector), every bad call listed.
+    for s in view.of_kind("LLM", "AGENT", "CHAIN"):
+        per: dict[str, list[dict[str, Any]]] = {}
+        for call in requested_tool_calls(s):
+            name = call.get("name")
+            result = _check_arguments(name, call.get("arguments"), schemas.get(name) if name else None, True)
+            if result:
+                det, ev = result
+                ev["tool_call_id"] = call.get("id")
+                per.setdefault(det, []).append(ev)
+                flagged.add((name, canonical_arguments(call.get("arguments"))))
+        for det, calls in per.items():
+            found.append(_args_finding(s["span_id"], det, calls, "requested"))
+    # TOOL spans: skip a call already flagged where the model asked for it.
+    for s in view.of_kind("TOOL"):
+        args = tool_span_arguments(s)
+        if args is None:
+            continue
+        source, raw, declared_json = args
+        name = tool_name(s)
+        if (name, canonical_arguments(raw)) in flagged:
+            continue
+        result = _check_arguments(name, raw, schemas.get(name) if name else None, declared_json)
+        if result:
+            det, ev = result
+            ev["source"] = source
+            found.append(_args_finding(s["span_id"], det, [ev], "received"))
+    return found
+
+
+def _args_finding(span_id: str, detector: str, calls: list[dict[str, Any]], how: str) -> Finding:
+    first = calls[0]
+    tool = first.get("tool")
+    if detector == "tool_args_json":
+        msg = f"arguments {how} for tool {tool} are not valid JSON ({first['error']})"
+    else:
+        err = first["errors"][0]
+        msg = f"arguments {how} for tool {tool} break its schema at {err['path']}: {err['message']}"
+    if len(calls) > 1:
+        msg += f" (+{len(calls) - 1} more call(s))"
+    evidence: dict[str, Any] = dict(first) if len(calls) == 1 else {"calls": calls}
+    return Finding(span_id, detector, "tool_argument", msg, evidence, tool=tool)
+
+
+# ==================================================================== retrieval_miss
+
+
+def retrieval(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """A RETRIEVER span returned no documents, or every returned score is under ``retrieval_min_score``."""
+    found = []
+    for s in view.of_kind("RETRIEVER"):
+        outcome = retrieval_outcome(s)
+        query = clip(s.get("input_value") or dig(attrs(s), "gen_ai", "retrieval", "query", "text"), 500)
+        if outcome == "empty":
+            found.append(Finding(
+                s["span_id"], "empty_retrieval", "retrieval_miss",
+                f"retriever {s.get('name')} returned no documents" + (" (it errored)" if is_error(s) else ""),
+                {"query": query, "documents": 0, "status_code": s.get("status_code"),
+                 "status_message": clip(s.get("status_message"), 300)},
+            ))
+        elif outcome == "found" and cfg.retrieval_min_score is not None:
+            docs = documents(s) or []
+            scores = [d["score"] for d in docs if isinstance(d.get("score"), (int, float)) and not isinstance(d.get("score"), bool)]
+            if scores and len(scores) == len(docs) and max(scores) < cfg.retrieval_min_score:
+                found.append(Finding(
+                    s["span_id"], "low_score_retrieval", "retrieval_miss",
+                    f"retriever {s.get('name')} returned {len(docs)} document(s), best score {max(scores):g} "
+                    f"under the floor {cfg.retrieval_min_score:g}",
+                    {"query": query, "scores": scores[:20], "ids": [d.get("id") for d in docs][:20],
+                     "min_score": cfg.retrieval_min_score},
+                ))
+    return found
+
+
+# ==================================================================== hallucination
+
+
+_ID_PREFIX = re.compile(r"^(?:doc|document|source|src)[-_:#]?", re.IGNORECASE)
+
+
+def _cited_ids(pattern: re.Pattern[str], text: str) -> list[str]:
+    ids: list[str] = []
+    for m in pattern.finditer(text):
+        group = m.group(1) if pattern.groups else m.group(0)
+        for part in re.split(r"\s*[,;]\s*", group or ""):
+            part = part.strip()
+            if part and part not in ids:
+                ids.append(part)
+    return ids
+
+
+def _known(view: TraceView, cited: str) -> bool:
+    key = cited.lower()
+    if key in view.retrieved_ids or _ID_PREFIX.sub("", key) in view.retrieved_ids:
+        return True
+    return re.search(r"(?<![\w-])" + re.escape(cited) + r"(?![\w-])", view.context_text, re.IGNORECASE) is not None
+
+
+def uncited_id(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """The answer cites a document id that no retriever, reranker or tool result of the trace returned."""
+    found = []
+    reported: set[str] = set()
+    carriers = [(s, assistant_text(s)) for s in view.of_kind("LLM")]
+    if span_kind(view.root) != "LLM" and isinstance(view.root.get("output_value"), str):
+        carriers.append((view.root, view.root["output_value"]))
+    for s, text in carriers:
+        missing = [c for c in _cited_ids(cfg.citation_pattern, text) if not _known(view, c) and c not in reported]
+        if not missing:
+            continue
+        reported.update(missing)
+        found.append(Finding(
+            s["span_id"], "uncited_id", "hallucination",
+            f"answer cites {', '.join(missing[:5])} but no such document was retrieved in this trace",
+            {"missing_ids": missing, "retrieved_ids": sorted(view.retrieved_ids)[:50],
+             "answer": clip(text, 1000)},
+        ))
+    return found
+
+
+_NO_ANSWER = (
+    "i don't know", "i do not know", "couldn't find", "could not find", "can't find", "cannot find",
+    "no information", "no relevant", "not sure", "unable to find", "didn't find", "did not find",
+    "no results", "no documents", "nothing relevant", "don't have information", "do not have information",
+    "don't have enough information", "do not have enough information",
+)
+_SUBSTANTIVE_WORDS = 12
+
+
+def _normalize(text: str) -> str:
+    return text.lower().replace("\u2019", "'").replace("\u2018", "'")
+
+
+def answer_after_empty_retrieval(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """The first LLM answer after an empty retrieval, with no grounding in between, states facts instead of saying it found nothing."""
+    found = []
+    spans = sorted(view.spans, key=lambda s: _ts(s.get("start_time")))
+    for r in view.of_kind("RETRIEVER"):
+        if retrieval_outcome(r) != "empty" or r.get("end_time") is None:
+            continue
+        for s in spans:
+            if s is r or _ts(s.get("start_time")) < _ts(r["end_time"]):
+                continue
+            kind = span_kind(s)
+            if kind in ("RETRIEVER", "RERANKER") and retrieval_outcome(s) == "found":
+                break
+            if kind == "TOOL" and not failed(s) and (s.get("output_value") or "").strip():
+                break
+            if kind != "LLM":
+                continue
+            text = assistant_text(s).strip()
+            if not text:
+                continue  # a tool call, not an answer: keep looking
+            norm = _normalize(text)
+            if len(text.split()) >= _SUBSTANTIVE_WORDS and not any(p in norm for p in _NO_ANSWER + cfg.refusal_phrases):
+                found.append(Finding(
+                    s["span_id"], "answer_after_empty_retrieval", "hallucination",
+                    f"answered with {len(text.split())} words right after retriever {r.get('name')} returned nothing",
+                    {"retriever_span_id": r["span_id"], "query": clip(r.get("input_value"), 500),
+                     "answer": clip(text, 1000)},
+                ))
+            break
+    # Two empty retrievals before one answer are one finding on that answer.
+    merged: dict[str, Finding] = {}
+    for f in found:
+        merged.setdefault(f.span_id, f)
+    return list(merged.values())
+
+
+# ==================================================================== format_violation
+
+
+_TRUNCATING = frozenset({"length", "max_tokens", "max_output_tokens", "model_length", "max_tokens_reached"})
+
+
+def _truncated(span: SpanRow) -> bool:
+    return any(v.lower() in _TRUNCATING for _, v in finish_reasons(span))
+
+
+def _declared_json(span: SpanRow) -> tuple[str, Any] | None:
+    """(where, schema or None) when this LLM call asked the model for JSON output."""
+    a = attrs(span)
+    params = loose(dig(a, "llm", "invocation_parameters"))
+    rf = loose(dig(params, "response_format")) if isinstance(params, Mapping) else None
+    if isinstance(rf, Mapping):
+        rtype = rf.get("type")
+        if rtype == "json_object":
+            return "llm.invocation_parameters.response_format", None
+        if rtype == "json_schema":
+            js = rf.get("json_schema") if isinstance(rf.get("json_schema"), Mapping) else {}
+            return "llm.invocation_parameters.response_format", loose(js.get("schema"))
+    elif rf in ("json_object", "json"):
+        return "llm.invocation_parameters.response_format", None
+    out_type = dig(a, "gen_ai", "output", "type")
+    legacy = dig(a, "gen_ai", "openai", "request", "response_format")
+    if out_type == "json" or legacy in ("json_object", "json_schema"):
+        return "gen_ai.output.type", None
+    return None
+
+
+_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
+
+
+def _strip_fence(text: str) -> str:
+    m = _FENCE.match(text.strip())
+    return m.group(1) if m else text
+
+
+def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """Output declared as JSON (output mime type, response_format, gen_ai.output.type json) does not parse or breaks its declared schema."""
+    found = []
+    for s in view.spans:
+        declared = _declared_json(s) if span_kind(s) == "LLM" else None
+        if declared is not None:
+            if _truncated(s):
+                continue  # cut off by the token limit: that is truncation, reported there
+            where, schema = declared
+            texts = [m["text"] for m in output_messages(s) if m["text"]] or ([assistant_text(s)] if assistant_text(s) else [])
+            for text in texts:
+                ok, parsed = try_json(_strip_fence(text))
+                if not ok:
+                    found.append(Finding(
+                        s["span_id"], "json_output", "format_violation",
+                        f"model was asked for JSON ({where}) but answered text that does not parse: {parsed}",
+                        {"declared_by": where, "output": clip(text, 1000), "error": parsed},
+                    ))
+                    break
+                errors = _schema_errors(schema, parsed)
+                if errors:
+                    found.append(Finding(
+                        s["span_id"], "output_schema", "format_violation",
+                        f"JSON answer breaks the declared schema at {errors[0]['path']}: {errors[0]['message']}",
+                        {"declared_by": where, "output": clip(text, 1000), "schema": schema, "errors": errors},
+                    ))
+                    break
+            continue
+        out = s.get("output_value")
+        if s.get("output_mime_type") == JSON_MIME and isinstance(out, str) and not is_collector_truncated(out):
+            ok, err = try_json(out)
+            if not ok:
+                found.append(Finding(
+                    s["span_id"], "json_output", "format_violation",
+                    f"output declared application/json does not parse: {err}",
+                    {"declared_by": "output.mime_type", "output": clip(out, 1000), "error": err},
+                ))
+    return found
+
+
+# ==================================================================== truncation
+
+
+def finish_length(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """A model call stopped on its token limit (finish reason length / max_tokens / MAX_TOKENS / max_output_tokens)."""
+    found = []
+    for s in view.spans:
+        hits = [(w, v) for w, v in finish_reasons(s) if v.lower() in _TRUNCATING]
+        if not hits:
+            continue
+        a = attrs(s)
+        params = loose(dig(a, "llm", "invocation_parameters"))
+        limit = None
+        if isinstance(params, Mapping):
+            limit = params.get("max_tokens", params.get("max_completion_tokens", params.get("max_output_tokens")))
+        if limit is None:
+            limit = dig(a, "gen_ai", "request", "max_tokens")
+        found.append(Finding(
+            s["span_id"], "finish_length", "truncation",
+            f"{s.get('llm_model_name') or s.get('name')} stopped at its token limit (finish reason {hits[0][1]})",
+            {"finish_reasons": [{"where": w, "value": v} for w, v in hits],
+             "completion_tokens": s.get("llm_token_count_completion")
+             or dig(a, "gen_ai", "usage", "output_tokens"), "max_tokens": limit,
+             "output_tail": clip(assistant_text(s)[-300:], 300)},
+        ))
+    return found
+
+
+# ==================================================================== refusal_overreach
+
+
+DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
+    "i can't help with", "i cannot help with", "i can't assist with", "i cannot assist with",
+    "i'm unable to help", "i am unable to help", "i'm unable to assist", "i am unable to assist",
+    "i'm not able to help", "i am not able to help", "i can't provide", "i cannot provide",
+    "i'm unable to provide", "i am unable to provide", "i don't have access to", "i do not have access to",
+    "i don't have the ability to", "i do not have the ability to", "as an ai language model",
+    "i can't do that", "i cannot do that", "i'm not allowed to", "i am not allowed to",
+    "i can't answer", "i cannot answer", "i'm unable to answer", "i am unable to answer",
+    "i must decline", "i won't be able to help",
+)
+_REFUSAL_WINDOW = 400  # refusals lead the answer; a phrase deep inside a long answer is not one
+
+
+def refusal(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """The final answer opens with refusal phrasing although the agent had tools or retrieved documents to work with."""
+    answer = view.final_answer
+    if answer is None:
+        return []
+    span, text = answer
+    head = _normalize(text[:_REFUSAL_WINDOW])
+    phrase = next((p for p in cfg.refusal_phrases if p in head), None)
+    if phrase is None:
+        return []
+    tools = sorted(view.tool_schemas) or sorted({tool_name(s) or "?" for s in view.of_kind("TOOL")})
+    docs = len(view.retrieved_ids) or sum(len(documents(s) or []) for s in view.of_kind("RETRIEVER"))
+    if not tools and not docs:
+        return []
+    return [Finding(
+        span["span_id"], "refusal", "refusal_overreach",
+        f"answer refuses (\"{phrase}\") although {len(tools)} tool(s) and {docs} retrieved document(s) were available",
+        {"phrase": phrase, "answer": clip(text, 1000), "tools_available": tools[:30], "documents_retrieved": docs},
+    )]
+
+
+# ==================================================================== latency_breach
+
+
+def slow_span(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """A span took longer than the threshold configured for its kind (``latency_breach``)."""
+    found = []
+    for s in view.spans:
+        kind = span_kind(s)
+        limit = cfg.latency_ms.get(kind)
+        took = duration_ms(s)
+        if limit is None or took is None or took <= limit:
+            continue
+        found.append(Finding(
+            s["span_id"], "slow_span", "latency_breach",
+            f"{kind} span {s.get('name')} took {took / 1000:.1f}s, over the {limit / 1000:g}s threshold",
+            {"kind": kind, "name": s.get("name"), "duration_ms": took, "threshold_ms": limit,
+             "tool": tool_name(s) if kind == "TOOL" else None, "model": s.get("llm_model_name")},
+        ))
+    return found
+
+
+# ==================================================================== loop
+
+
+def repeated_tool_call(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """The same tool ran with the same arguments ``loop.max_repeats`` times or more; reported on the last repeat."""
+    calls: list[tuple[SpanRow, str, str]] = []
+    tool_spans = view.of_kind("TOOL")
+    if tool_spans:
+        for s in tool_spans:
+            args = tool_span_arguments(s)
+            name = tool_name(s)
+            canon = canonical_arguments(args[1]) if args else None
+            if name and canon is not None:
+                calls.append((s, name, canon))
+    else:  # no TOOL spans recorded: count the calls the model asked for
+        for s in view.of_kind("LLM"):
+            for c in requested_tool_calls(s):
+                canon = canonical_arguments(c.get("arguments") if c.get("arguments") is not None else "{}")
+                if c.get("name") and canon is not None:
+                    calls.append((s, c["name"], canon))
+    groups: dict[tuple[str, str], list[SpanRow]] = {}
+    for s, name, canon in calls:
+        groups.setdefault((name, canon), []).append(s)
+    found = []
+    for (name, canon), spans in groups.items():
+        if len(spans) < cfg.max_repeats:
+            continue
+        last = spans[-1]
+        found.append(Finding(
+            last["span_id"], "repeated_tool_call", "loop",
+            f"tool {name} was called {len(spans)} times with the same arguments",
+            {"tool": name, "arguments": clip(canon, 1000), "count": len(spans), "max_repeats": cfg.max_repeats,
+             "span_ids": list(dict.fromkeys(s["span_id"] for s in spans))[:50]},
+            tool=name,
+        ))
+    return found
+
+
+def step_limit(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """The trace made more than ``loop.max_steps`` steps (LLM calls plus tool runs); reported on the root span."""
+    llm = len(view.of_kind("LLM"))
+    tools = len(view.of_kind("TOOL"))
+    if llm + tools <= cfg.max_steps:
+        return []
+    return [Finding(
+        view.root_id, "step_limit", "loop",
+        f"trace took {llm + tools} steps ({llm} LLM calls, {tools} tool runs), over the limit of {cfg.max_steps}",
+        {"steps": llm + tools, "llm_calls": llm, "tool_runs": tools, "max_steps": cfg.max_steps},
+    )]
+
+
+# ==================================================================== llm_error
+
+
+_ERROR_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((name, re.compile(p, re.IGNORECASE)) for name, p in (
+    ("rate_limit", r"\b429\b|rate.?limit|too many requests|quota|resource.?exhausted"),
+    ("timeout", r"time.?out|timed out|deadline.?exceeded|\b408\b|\b504\b"),
+    ("auth", r"\b401\b|\b403\b|authenticat|unauthori[sz]ed|permission.?denied|invalid.?api.?key"),
+    ("context_length", r"context.?length|maximum context|prompt is too long|too many tokens"),
+    ("content_filter", r"content.?filter|content management policy|safety"),
+    ("provider_error", r"\b5\d\d\b|overloaded|internal.?server.?error|service.?unavailable|bad.?gateway"
+                       r"|apierror|api.?connection|connection (?:error|reset|refused)"),
+    ("bad_request", r"\b400\b|bad.?request|invalid.?request|unprocessable|\b422\b"),
+))
+
+
+def classify_error(*texts: Any) -> str:
+    """rate_limit | timeout | auth | context_length | content_filter | provider_error | bad_request | other."""
+    blob = " ".join(str(t) for t in texts if t)
+    return next((name for name, rx in _ERROR_CLASSES if rx.search(blob)), "other")
+
+
+def _error_facts(span: SpanRow) -> dict[str, Any]:
+    exc = exception_events(span)
+    error_type = dig(attrs(span), "error", "type")
+    texts = [span.get("status_message"), error_type] + [f"{e['type']} {e['message']}" for e in exc]
+    return {
+        "classification": classify_error(*texts),
+        "status_message": clip(span.get("status_message"), 500),
+        "error_type": error_type,
+        "exceptions": exc,
+    }
+
+
+def _same_failure(ancestor: SpanRow, child: SpanRow) -> bool:
+    """True when an errored ancestor only re-reports its errored descendant's failure."""
+    a_msg = str(ancestor.get("status_message") or "")
+    a_types = {e["type"] for e in exception_events(ancestor) if e["type"]}
+    if not a_msg and not a_types:
+        return True
+    c_msg = str(child.get("status_message") or "")
+    c_types = {e["type"] for e in exception_events(child) if e["type"]}
+    if a_types & c_types:
+        return True
+    return bool(c_msg) and bool(a_msg) and (c_msg in a_msg or a_msg in c_msg)
+
+
+def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """An LLM, AGENT or CHAIN span failed (provider error, rate limit, timeout, ...), not merely passing up a descendant's error."""
+    found = []
+    for s in view.of_kind("LLM", "AGENT", "CHAIN"):
+        if failed(s):
+            caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
+            if caused_by:
+                continue  # the failing descendant is the finding (here or in tool_error)
+            facts = _error_facts(s)
+            found.append(Finding(
+                s["span_id"], "llm_call_error", "llm_error",
+                f"{span_kind(s)} span {s.get('name')} failed ({facts['classification']})"
+                + (f": {clip(str(facts['status_message']), 160)}" if facts["status_message"] else ""),
+                {"kind": span_kind(s), "model": s.get("llm_model_name"), "provider": s.get("llm_provider"), **facts},
+            ))
+            continue
+        bad = [(w, v) for w, v in finish_reasons(s) if v.lower() in ("error", "content_filter")]
+        if bad:
+            cls = "content_filter" if bad[0][1].lower() == "content_filter" else "provider_error"
+            found.append(Finding(
+                s["span_id"], "llm_call_error", "llm_error",
+                f"{s.get('llm_model_name') or s.get('name')} stopped abnormally (finish reason {bad[0][1]})",
+                {"kind": span_kind(s), "model": s.get("llm_model_name"), "classification": cls,
+                 "finish_reasons": [{"where": w, "value": v} for w, v in bad]},
+            ))
+    return found
+
+
+# ==================================================================== negative_feedback
+
+
+FAILING_LABELS = frozenset({
+    "incorrect", "bad", "fail", "failed", "failure", "thumbs_down", "thumbsdown", "thumb_down", "negative",
+    "wrong", "hallucinated", "hallucination", "unhelpful", "not_helpful", "irrelevant", "toxic", "unsafe",
+    "inaccurate", "unfaithful", "dislike", "down", "\U0001f44e",
+})
+PASSING_LABELS = frozenset({
+    "correct", "good", "pass", "passed", "thumbs_up", "thumbsup", "thumb_up", "positive", "right", "factual",
+    "helpful", "relevant", "accurate", "faithful", "like", "up", "\U0001f44d",
+})
+
+
+def _norm_label(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return re.sub(r"[\s\-]+", "_", value.strip().lower())
+
+
+def _number(value: Any) -> float | None:
+    value = loose(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _feedback_records(span: SpanRow) -> list[dict[str, Any]]:
+    """Every annotation / evaluation / user-feedback record on the span, with its scope."""
+    a = attrs(span)
+    records: list[dict[str, Any]] = []
+
+    def listed(container: Any, list_key: str, item_key: str, scope: str, source: str) -> None:
+        for item in as_list(dig(container, list_key)):
+            rec = item.get(item_key) if isinstance(item, Mapping) and isinstance(item.get(item_key), Mapping) else item
+            if isinstance(rec, Mapping):
+                records.append({"scope": scope, "source": source, "name": rec.get("name"), "label": rec.get("label"),
+                                "score": rec.get("score"), "explanation": rec.get("explanation"),
+                                "annotator_kind": rec.get("annotator_kind")})
+
+    for scope_key, scope in ((None, "span"), ("trace", "trace"), ("session", "session")):
+        container = a if scope_key is None else a.get(scope_key)
+        prefix = "" if scope_key is None else f"{scope_key}."
+        listed(container, "annotations", "annotation", scope, f"{prefix}annotations")
+        listed(container, "evaluations", "evaluation", scope, f"{prefix}evaluations")
+
+    def genai(ev: Any, source: str) -> None:
+        if isinstance(ev, Mapping):
+            score = ev.get("score")
+            records.append({"scope": "span", "source": source, "name": ev.get("name"),
+                            "label": dig(score, "label") if isinstance(score, Mapping) else None,
+                            "score": dig(score, "value") if isinstance(score, Mapping) else score,
+                            "explanation": ev.get("explanation")})
+
+    genai(dig(a, "gen_ai", "evaluation"), "gen_ai.evaluation")
+    for event in span.get("events") or []:
+        if isinstance(event, Mapping) and event.get("name") == "gen_ai.evaluation.result":
+            genai(dig(event, "attributes", "gen_ai", "evaluation"), "event gen_ai.evaluation.result")
+
+    fb = loose(a.get("feedback"))
+    if isinstance(fb, Mapping):
+        records.append({"scope": "trace", "source": "feedback", "name": "feedback",
+                        "label": fb.get("label", fb.get("value") if isinstance(fb.get("value"), str) else fb.get("thumbs")),
+                        "score": fb.get("score", fb.get("rating", fb.get("value"))), "explanation": fb.get("comment")})
+    uf = loose(a.get("user_feedback"))
+    if isinstance(uf, Mapping):
+        records.append({"scope": "trace", "source": "user_feedback", "name": "user_feedback",
+                        "label": uf.get("label", uf.get("value") if isinstance(uf.get("value"), str) else None),
+                        "score": uf.get("score", uf.get("rating")), "explanation": uf.get("comment")})
+    elif isinstance(uf, str) and _number(uf) is None:
+        records.append({"scope": "trace", "source": "user_feedback", "name": "user_feedback", "label": uf, "score": None})
+    elif _number(uf) is not None:
+        records.append({"scope": "trace", "source": "user_feedback", "name": "user_feedback", "label": None, "score": uf})
+
+    if span_kind(span) == "EVALUATOR" and not records:
+        out = loose(span.get("output_value"))
+        if isinstance(out, Mapping):
+            passed = out.get("passed", out.get("pass"))
+            records.append({"scope": "link", "source": "evaluator output", "name": span.get("name"),
+                            "label": out.get("label", out.get("verdict", out.get("result"))),
+                            "score": out.get("score"), "passed": passed if isinstance(passed, bool) else None,
+                            "explanation": out.get("explanation", out.get("reason"))})
+    return records
+
+
+def _is_negative(rec: Mapping[str, Any], threshold: float) -> bool:
+    label = _norm_label(rec.get("label"))
+    if label in FAILING_LABELS:
+        return True
+    if label in PASSING_LABELS or rec.get("passed") is True:
+        return False
+    if rec.get("passed") is False:
+        return True
+    score = _number(rec.get("score"))
+    return score is not None and score <= threshold
+
+
+def _feedback_target(view: TraceView, span: SpanRow, scope: str) -> tuple[str, dict[str, Any] | None]:
+    """The span the feedback judges: a linked span of this trace, the root for trace scope, else the carrier."""
+    links = [l for l in span.get("links") or [] if isinstance(l, Mapping)]
+    if span_kind(span) == "EVALUATOR" and links:
+        link = links[0]
+        if link.get("trace_id") == view.trace_id:
+            target = link.get("span_id")
+            if scope in ("trace", "session"):
+                return view.root_id, None
+            return (target if target in view.by_id else view.root_id), None
+        return span["span_id"], {"trace_id": link.get("trace_id"), "span_id": link.get("span_id")}
+    if scope == "trace":
+        return view.root_id, None
+    return span["span_id"], None
+
+
+def negative_feedback(view: TraceView, cfg: RuleSettings) -> list[Finding]:
+    """An annotation, evaluation (OpenInference, GenAI or an EVALUATOR span) or user feedback labels the span or trace as failed or scores it at or under ``feedback_score_threshold``."""
+    per_target: dict[str, list[dict[str, Any]]] = {}
+    for s in view.spans:
+        for rec in _feedback_records(s):
+            if not _is_negative(rec, cfg.feedback_score_threshold):
+                continue
+            target, elsewhere = _feedback_target(view, s, rec["scope"])
+            entry = {k: clip(v, 500) for k, v in rec.items() if v is not None}
+            entry["carrier_span_id"] = s["span_id"]
+            if elsewhere:
+                entry["target"] = elsewhere
+            per_target.setdefault(target, []).append(entry)
+    found = []
+    for target, recs in per_target.items():
+        user = [r for r in recs if r["source"] in ("feedback", "user_feedback")]
+        detector = "user_feedback" if len(user) == len(recs) else "negative_annotation"
+        first = recs[0]
+        what = first.get("label") if first.get("label") is not None else f"score {first.get('score')}"
+        found.append(Finding(
+            target, detector, "negative_feedback",
+            f"{first.get('name') or first['source']} judged this {'trace' if target == view.root_id else 'span'} as failed ({what})"
+            + (f" (+{len(recs) - 1} more)" if len(recs) > 1 else ""),
+            {"feedback": recs[:20], "score_threshold": cfg.feedback_score_threshold},
+        ))
+    return found
+
+
+# ==================================================================== blast_radius_breach
+
+
+def irreversible_after_failure(view: TraceView, cfg: RuleSettings, failures: Sequence[Finding]) -> list[Finding]:
+    """A tool classed ``irreversible_write`` ran in a trace that also failed (any other finding except latency, or an errored span), before or after it."""
+    irreversible = {name for name, cls in cfg.tool_classes.items() if cls == "irreversible_write"}
+    found = []
+    for s in view.of_kind("TOOL"):
+        name = tool_name(s)
+        if name not in irreversible:
+            continue
+        others = [f for f in failures if f.failure_mode not in ("latency_breach", "blast_radius_breach")
+                  and not (f.span_id == s["span_id"] and f.failure_mode == "tool_invocation")]
+        causes = [{"span_id": f.span_id, "failure_mode": f.failure_mode, "detector": f.detector} for f in others]
+        covered = {f.span_id for f in others}
+        causes += [{"span_id": e["span_id"], "failure_mode": None, "detector": None, "status_code": "ERROR"}
+                   for e in view.spans if is_error(e) and e["span_id"] != s["span_id"] and e["span_id"] not in covered]
+        if not causes:
+            continue
+        start = s.get("start_time")
+        before = [c for c in causes if _ended_before(view.by_id.get(c["span_id"]), start)]
+        first = (before or causes)[0]
+        what = first["failure_mode"] or "an error"
+        found.append(Finding(
+            s["span_id"], "irreversible_after_failure", "blast_radius_breach",
+            f"irreversible tool {name} ran " + ("after" if before else "in the same trace as")
+            + f" a failure ({what} on span {first['span_id']})",
+            {"tool": name, "tool_class": "irreversible_write", "after_failure": bool(before),
+             "failures": causes[:20], "arguments": clip((tool_span_arguments(s) or ("", None, False))[1], 1000)},
+            tool=name,
+        ))
+    return found
+
+
+def _ended_before(span: SpanRow | None, start: Any) -> bool:
+    if span is None or start is None:
+        return False
+    end = span.get("end_time") or span.get("start_time")
+    try:
+        return bool(end is not None and end <= start)
+    except TypeError:
+        return False
+
+
+# ==================================================================== the table
+
+
+#: Rules that read only the trace, in the order they run.
+TRACE_RULES: tuple[Rule, ...] = (
+    tool_error, tool_arguments, retrieval, uncited_id, answer_after_empty_retrieval, json_output,
+    finish_length, refusal, slow_span, repeated_tool_call, step_limit, llm_call_error, negative_feedback,
+)
+
+#: detector name -> (failure_mode, one-sentence definition). Names are stable: they key detections and candidates.
+BUILTIN_DETECTORS: dict[str, tuple[str, str]] = {
+    "tool_error": ("tool_invocation", tool_error.__doc__ or ""),
+    "tool_args_json": ("tool_argument", "Tool-call arguments (requested by an LLM or received by a TOOL span) are not valid JSON."),
+    "tool_schema": ("tool_argument", "Tool-call arguments break the tool's JSON schema declared on an LLM span of the trace."),
+    "empty_retrieval": ("retrieval_miss", "A RETRIEVER span returned no documents (or errored)."),
+    "low_score_retrieval": ("retrieval_miss", "Every document a RETRIEVER returned scores under retrieval_min_score."),
+    "uncited_id": ("hallucination", uncited_id.__doc__ or ""),
+    "answer_after_empty_retrieval": ("hallucination", answer_after_empty_retrieval.__doc__ or ""),
+    "json_output": ("format_violation", "Output declared as JSON (output mime type, response_format, gen_ai.output.type json) does not parse."),
+    "output_schema": ("format_violation", "A JSON answer breaks the schema declared in response_format json_schema."),
+    "finish_length": ("truncation", finish_length.__doc__ or ""),
+    "refusal": ("refusal_overreach", refusal.__doc__ or ""),
+    "slow_span": ("latency_breach", slow_span.__doc__ or ""),
+    "repeated_tool_call": ("loop", repeated_tool_call.__doc__ or ""),
+    "step_limit": ("loop", step_limit.__doc__ or ""),
+    "irreversible_after_failure": ("blast_radius_breach", irreversible_after_failure.__doc__ or ""),
+    "llm_call_error": ("llm_error", llm_call_error.__doc__ or ""),
+    "negative_annotation": ("negative_feedback", "An annotation or evaluation (OpenInference, GenAI or an EVALUATOR span) labels the span or trace as failed or scores it at or under feedback_score_threshold."),
+    "user_feedback": ("negative_feedback", "User feedback (feedback.*, user_feedback) is negative or scores at or under feedback_score_threshold."),
+}

@@ -1,0 +1,506 @@
+"""Reading OpenInference and OTel GenAI facts out of stored span rows, defensively.
+
+Every function here takes a :data:`~tracesieve.processors.base.SpanRow` (JSON
+columns already parsed, attributes nested back from their dotted keys) and
+returns plain Python values. Producers disagree on shapes -- a list may arrive
+flattened, as a JSON string, or as a native array; a leaf holding JSON is a
+string -- so every accessor accepts all of them and never raises on odd data.
+Pure functions; no state.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from tracesieve.processors.base import SpanRow
+
+#: A PII placeholder left by the sanitizer: ``<EMAIL>`` or ``<EMAIL:3f9a1c>``.
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*(?::[0-9a-f]{6})?>")
+#: The marker the collector appends to a value it cut at ``max_value_size``.
+TRUNCATED_MARK = re.compile(r"…\[truncated \d+ bytes\]$")
+
+JSON_MIME = "application/json"
+
+
+def dig(obj: Any, *path: str | int) -> Any:
+    """``obj[p0][p1]...`` through dicts and lists; None when any step is missing."""
+    for step in path:
+        if isinstance(obj, Mapping):
+            obj = obj.get(step)  # type: ignore[call-overload]
+        elif isinstance(obj, list) and isinstance(step, int) and 0 <= step < len(obj):
+            obj = obj[step]
+        else:
+            return None
+    return obj
+
+
+def attrs(span: SpanRow) -> dict[str, Any]:
+    value = span.get("attributes")
+    return value if isinstance(value, dict) else {}
+
+
+def try_json(value: Any) -> tuple[bool, Any]:
+    """(True, parsed) for JSON text, (True, value) for an already structured value, (False, error) otherwise."""
+    if isinstance(value, (dict, list)):
+        return True, value
+    if not isinstance(value, str):
+        return False, "not a string"
+    try:
+        return True, json.loads(value)
+    except ValueError as exc:
+        return False, str(exc)
+
+
+def loose(value: Any) -> Any:
+    """A JSON string parsed when it parses, any other value unchanged."""
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        ok, parsed = try_json(value)
+        if ok:
+            return parsed
+    return value
+
+
+def as_list(value: Any) -> list[Any]:
+    """A list from a list, a JSON list string, or a dict with all-digit keys; [] otherwise."""
+    value = loose(value)
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict) and value and all(isinstance(k, str) and k.isdigit() for k in value):
+        return [value[k] for k in sorted(value, key=int)]
+    return []
+
+
+def as_text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def clip(value: Any, limit: int = 2000) -> Any:
+    """Bound a string for evidence (evidence rows stay small); other values unchanged."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"…[{len(value) - limit} more chars]"
+    return value
+
+
+def is_collector_truncated(value: Any) -> bool:
+    return isinstance(value, str) and bool(TRUNCATED_MARK.search(value))
+
+
+def span_kind(span: SpanRow) -> str:
+    return str(span.get("span_kind") or "UNKNOWN").upper()
+
+
+def is_error(span: SpanRow) -> bool:
+    return span.get("status_code") == "ERROR"
+
+
+# LangGraph control flow and generator plumbing are raised as exceptions but are not failures.
+_CONTROL_FLOW_EXCEPTIONS = frozenset({
+    "GraphInterrupt", "NodeInterrupt", "ParentCommand", "Command", "GeneratorExit", "StopIteration",
+    "StopAsyncIteration",
+})
+
+
+def exception_events(span: SpanRow) -> list[dict[str, Any]]:
+    """The span's ``exception`` events as {type, message, escaped}, control-flow exceptions left out."""
+    found = []
+    for event in span.get("events") or []:
+        if not isinstance(event, Mapping) or event.get("name") != "exception":
+            continue
+        exc = dig(event, "attributes", "exception") or {}
+        etype = exc.get("type") if isinstance(exc, Mapping) else None
+        short = str(etype).rsplit(".", 1)[-1] if etype else ""
+        if short in _CONTROL_FLOW_EXCEPTIONS:
+            continue
+        found.append({
+            "type": etype,
+            "message": clip(exc.get("message") if isinstance(exc, Mapping) else None, 500),
+        })
+    return found
+
+
+def failed(span: SpanRow) -> bool:
+    """Status ERROR, or an ``exception`` event that is not control flow."""
+    return is_error(span) or bool(exception_events(span))
+
+
+def duration_ms(span: SpanRow) -> float | None:
+    value = span.get("duration_ms")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    start, end = span.get("start_time"), span.get("end_time")
+    try:
+        return (end - start).total_seconds() * 1000.0  # type: ignore[operator]
+    except TypeError:
+        return None
+
+
+# ---------------------------------------------------------------- messages
+
+
+def _message_obj(item: Any) -> dict[str, Any]:
+    """OpenInference list items are {"message": {...}}; a JSON-string list holds the bare message."""
+    if isinstance(item, Mapping):
+        inner = item.get("message")
+        return dict(inner) if isinstance(inner, Mapping) else dict(item)
+    return {}
+
+
+def _oi_tool_call(item: Any) -> dict[str, Any] | None:
+    if not isinstance(item, Mapping):
+        return None
+    call = item.get("tool_call") if isinstance(item.get("tool_call"), Mapping) else item
+    fn = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+    name = fn.get("name") or call.get("name")
+    if name is None and "arguments" not in fn:
+        return None
+    return {"id": call.get("id"), "name": name, "arguments": fn.get("arguments", call.get("arguments"))}
+
+
+def _oi_text(message: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    content = message.get("content")
+    if isinstance(content, str):
+        parts.append(content)
+    for item in as_list(message.get("contents")):
+        mc = item.get("message_content") if isinstance(item, Mapping) else None
+        if isinstance(mc, Mapping) and mc.get("type", "text") == "text" and isinstance(mc.get("text"), str):
+            parts.append(mc["text"])
+    return "\n".join(parts)
+
+
+def _oi_messages(value: Any) -> list[dict[str, Any]]:
+    out = []
+    for item in as_list(value):
+        msg = _message_obj(item)
+        calls = [c for c in (_oi_tool_call(x) for x in as_list(msg.get("tool_calls"))) if c]
+        for part in as_list(msg.get("contents")):
+            if isinstance(part, Mapping):
+                tc = part.get("tool_call") or dig(part, "message_content", "tool_call")
+                call = _oi_tool_call({"tool_call": tc}) if isinstance(tc, Mapping) else None
+                if call:
+                    calls.append(call)
+        out.append({
+            "role": msg.get("role"),
+            "text": _oi_text(msg),
+            "tool_calls": calls,
+            "finish_reason": msg.get("finish_reason"),
+        })
+    return out
+
+
+def _genai_messages(value: Any) -> list[dict[str, Any]]:
+    out = []
+    for msg in as_list(value):
+        if not isinstance(msg, Mapping):
+            continue
+        texts, calls, responses = [], [], []
+        for part in as_list(msg.get("parts")):
+            if not isinstance(part, Mapping):
+                continue
+            ptype = part.get("type")
+            if ptype == "text" and isinstance(part.get("content"), str):
+                texts.append(part["content"])
+            elif ptype == "tool_call":
+                calls.append({"id": part.get("id"), "name": part.get("name"), "arguments": part.get("arguments")})
+            elif ptype == "tool_call_response":
+                responses.append(part.get("response", part.get("result")))
+        out.append({
+            "role": msg.get("role"),
+            "text": "\n".join(texts),
+            "tool_calls": calls,
+            "finish_reason": msg.get("finish_reason"),
+            "responses": responses,
+        })
+    return out
+
+
+def _legacy_genai_messages(value: Any) -> list[dict[str, Any]]:
+    out = []
+    for msg in as_list(value):
+        if not isinstance(msg, Mapping):
+            continue
+        calls = []
+        for c in as_list(msg.get("tool_calls")):
+            if isinstance(c, Mapping):
+                fn = c.get("function") if isinstance(c.get("function"), Mapping) else {}
+                calls.append({"id": c.get("id"), "name": c.get("name", fn.get("name")),
+                              "arguments": c.get("arguments", fn.get("arguments"))})
+        out.append({"role": msg.get("role"), "text": msg.get("content") if isinstance(msg.get("content"), str) else "",
+                    "tool_calls": calls, "finish_reason": msg.get("finish_reason")})
+    return out
+
+
+def output_messages(span: SpanRow) -> list[dict[str, Any]]:
+    """The model's output messages as {role, text, tool_calls: [{id, name, arguments}], finish_reason}.
+
+    Read from ``llm.output_messages`` (flattened or JSON), ``gen_ai.output.messages``,
+    the legacy ``gen_ai.completion`` keys and ``llm.choices``, in that order; the
+    first source present wins.
+    """
+    a = attrs(span)
+    msgs = _oi_messages(dig(a, "llm", "output_messages"))
+    if msgs:
+        return msgs
+    msgs = _genai_messages(dig(a, "gen_ai", "output", "messages"))
+    if msgs:
+        return msgs
+    msgs = _legacy_genai_messages(dig(a, "gen_ai", "completion"))
+    if msgs:
+        return msgs
+    choices = as_list(dig(a, "llm", "choices"))
+    return [{"role": "assistant", "text": t, "tool_calls": [], "finish_reason": None}
+            for t in (dig(c, "completion", "text") for c in choices) if isinstance(t, str)]
+
+
+def input_messages(span: SpanRow) -> list[dict[str, Any]]:
+    a = attrs(span)
+    msgs = _oi_messages(dig(a, "llm", "input_messages"))
+    if msgs:
+        return msgs
+    msgs = _genai_messages(dig(a, "gen_ai", "input", "messages"))
+    if msgs:
+        return msgs
+    return _legacy_genai_messages(dig(a, "gen_ai", "prompt"))
+
+
+def _provider_response(span: SpanRow) -> Any:
+    value = span.get("output_value")
+    if isinstance(value, str) and value[:1] == "{":
+        ok, parsed = try_json(value)
+        if ok and isinstance(parsed, dict):
+            return parsed
+    return None
+
+
+def assistant_text(span: SpanRow) -> str:
+    """The text the model answered on this span (output messages, else the provider response or plain output)."""
+    texts = [m["text"] for m in output_messages(span) if m["text"] and m.get("role") in (None, "assistant", "model", "ai")]
+    if texts:
+        return "\n".join(texts)
+    resp = _provider_response(span)
+    if resp is not None:
+        found = []
+        for choice in as_list(resp.get("choices")):
+            content = dig(choice, "message", "content")
+            if isinstance(content, str):
+                found.append(content)
+        for block in as_list(resp.get("content")):
+            if isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str):
+                found.append(block["text"])
+        return "\n".join(found)
+    value = span.get("output_value")
+    if isinstance(value, str) and span.get("output_mime_type") != JSON_MIME and value[:1] not in ("{", "["):
+        return value
+    return ""
+
+
+def requested_tool_calls(span: SpanRow) -> list[dict[str, Any]]:
+    """Tool calls the model asked for on this span: {id, name, arguments} (arguments raw: string or object)."""
+    calls = [c for m in output_messages(span) for c in m["tool_calls"]]
+    if calls:
+        return calls
+    resp = _provider_response(span)
+    if resp is None:
+        return []
+    for choice in as_list(resp.get("choices")):
+        for item in as_list(dig(choice, "message", "tool_calls")):
+            call = _oi_tool_call(item)
+            if call:
+                calls.append(call)
+    for block in as_list(resp.get("content")):
+        if isinstance(block, Mapping) and block.get("type") == "tool_use":
+            calls.append({"id": block.get("id"), "name": block.get("name"), "arguments": block.get("input")})
+    return calls
+
+
+# ---------------------------------------------------------------- finish reasons
+
+
+def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
+    """Every finish reason the span reports, as (where, value), raw values kept."""
+    a = attrs(span)
+    found: list[tuple[str, str]] = []
+
+    def add(where: str, value: Any) -> None:
+        if isinstance(value, str) and value and (where, value) not in found:
+            found.append((where, value))
+
+    add("llm_finish_reason", span.get("llm_finish_reason"))
+    add("llm.finish_reason", dig(a, "llm", "finish_reason"))
+    reasons = loose(dig(a, "gen_ai", "response", "finish_reasons"))
+    for r in reasons if isinstance(reasons, list) else [reasons]:
+        add("gen_ai.response.finish_reasons", r)
+    for m in _oi_messages(dig(a, "llm", "output_messages")):
+        add("llm.output_messages.message.finish_reason", m["finish_reason"])
+    for m in _genai_messages(dig(a, "gen_ai", "output", "messages")):
+        add("gen_ai.output.messages.finish_reason", m["finish_reason"])
+    for m in _legacy_genai_messages(dig(a, "gen_ai", "completion")):
+        add("gen_ai.completion.finish_reason", m["finish_reason"])
+    resp = _provider_response(span)
+    if resp is not None:
+        for choice in as_list(resp.get("choices")):
+            add("output.value choices.finish_reason", dig(choice, "finish_reason"))
+        for cand in as_list(resp.get("candidates")):
+            add("output.value candidates.finishReason", dig(cand, "finishReason"))
+        add("output.value stop_reason", resp.get("stop_reason"))
+        add("output.value incomplete_details.reason", dig(resp, "incomplete_details", "reason"))
+    return found
+
+
+# ---------------------------------------------------------------- tools
+
+
+def _tool_definition(raw: Any) -> tuple[str, Any] | None:
+    """(name, parameters schema) from OpenAI-nested, GenAI-flat or Anthropic tool definitions."""
+    d = loose(raw)
+    if not isinstance(d, Mapping):
+        return None
+    fn = d.get("function") if isinstance(d.get("function"), Mapping) else d
+    name = fn.get("name")
+    if not isinstance(name, str):
+        return None
+    params = loose(fn.get("parameters", fn.get("input_schema", fn.get("parametersJsonSchema"))))
+    return name, params
+
+
+def declared_tools(span: SpanRow) -> dict[str, Any]:
+    """Tools this LLM span offered the model: name -> parameters JSON schema (None when not declared)."""
+    a = attrs(span)
+    found: dict[str, Any] = {}
+    sources = [dig(item, "tool", "json_schema") if isinstance(item, Mapping) and "tool" in item else item
+               for item in as_list(dig(a, "llm", "tools"))]
+    sources += as_list(dig(a, "gen_ai", "tool", "definitions"))
+    if not sources:
+        request = _provider_request(span)
+        if request is not None:
+            sources = as_list(request.get("tools"))
+    for raw in sources:
+        entry = _tool_definition(raw)
+        if entry and entry[0] not in found:
+            found[entry[0]] = entry[1]
+    return found
+
+
+def _provider_request(span: SpanRow) -> dict[str, Any] | None:
+    value = span.get("input_value")
+    if isinstance(value, str) and value[:1] == "{":
+        ok, parsed = try_json(value)
+        if ok and isinstance(parsed, dict):
+            return parsed
+    return None
+
+
+def tool_name(span: SpanRow) -> str | None:
+    a = attrs(span)
+    for value in (span.get("tool_name"), dig(a, "tool", "name"), dig(a, "gen_ai", "tool", "name")):
+        if isinstance(value, str) and value:
+            return value
+    name = span.get("name")
+    if isinstance(name, str) and name.startswith("execute_tool "):
+        return name[len("execute_tool "):]
+    return None
+
+
+def _looks_like_schema(value: Any) -> bool:
+    return isinstance(value, Mapping) and value.get("type") == "object" and isinstance(value.get("properties"), Mapping)
+
+
+def tool_span_arguments(span: SpanRow) -> tuple[str, Any, bool] | None:
+    """(source, raw arguments, declared_json) of a TOOL span, or None when none were recorded.
+
+    Sources in order: ``gen_ai.tool.call.arguments``, ``tool.parameters`` (when it
+    holds arguments rather than a parameter schema), ``input.value``.
+    ``declared_json`` says the source is JSON by contract, so text that does not
+    parse is a finding rather than a plain-text input.
+    """
+    a = attrs(span)
+    value = dig(a, "gen_ai", "tool", "call", "arguments")
+    if value is not None:
+        return "gen_ai.tool.call.arguments", value, True
+    value = dig(a, "tool", "parameters")
+    if value is not None and not _looks_like_schema(loose(value)):
+        return "tool.parameters", value, True
+    value = span.get("input_value")
+    if value is not None:
+        return "input.value", value, span.get("input_mime_type") == JSON_MIME
+    return None
+
+
+def canonical_arguments(value: Any) -> str | None:
+    """A stable text form of tool arguments (sorted-key JSON when they parse); None when absent."""
+    if value is None:
+        return None
+    ok, parsed = try_json(value)
+    if ok:
+        try:
+            return json.dumps(parsed, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        except (ValueError, TypeError, RecursionError):
+            pass
+    return str(value).strip()
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+def documents(span: SpanRow) -> list[dict[str, Any]] | None:
+    """Documents a RETRIEVER/RERANKER span returned as {id, score}; None when the span records none at all."""
+    a = attrs(span)
+    present = False
+    docs: list[dict[str, Any]] = []
+    oi_sources = [dig(a, "retrieval", "documents")]
+    if span_kind(span) == "RERANKER":
+        oi_sources.append(dig(a, "reranker", "output_documents"))
+    for source in oi_sources:
+        if source is None:
+            continue
+        present = True
+        for item in as_list(source):
+            doc = item.get("document") if isinstance(item, Mapping) and isinstance(item.get("document"), Mapping) else item
+            if isinstance(doc, Mapping):
+                docs.append({"id": doc.get("id"), "score": doc.get("score")})
+            elif item is not None:
+                docs.append({"id": None, "score": None})
+    genai = dig(a, "gen_ai", "retrieval", "documents")
+    if genai is not None:
+        present = True
+        for doc in as_list(genai):
+            if isinstance(doc, Mapping):
+                docs.append({"id": doc.get("id"), "score": doc.get("score")})
+    return docs if present or docs else None
+
+
+def retrieval_outcome(span: SpanRow) -> str:
+    """'found', 'empty' or 'unknown' for a RETRIEVER span.
+
+    OpenInference cannot flatten an empty list, so a retriever with no
+    ``retrieval.documents`` keys returned nothing. A GenAI retrieval span that
+    lacks ``gen_ai.retrieval.documents`` did not capture content (it is opt-in):
+    unknown, not empty.
+    """
+    docs = documents(span)
+    if docs:
+        return "found"
+    if docs is not None:
+        return "empty"
+    a = attrs(span)
+    genai_only = dig(a, "gen_ai", "operation", "name") is not None and dig(a, "openinference") is None
+    out = span.get("output_value")
+    if isinstance(out, str) and out.strip() in ("[]", "{}", ""):
+        return "empty"
+    if genai_only:
+        return "unknown"
+    return "empty"
+
+
+def walk_strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from walk_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from walk_strings(v)

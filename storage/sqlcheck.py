@@ -1,0 +1,124 @@
+"""Operator SQL detector rules: how they are wrapped to run, and how they are checked at config time.
+
+An operator rule is one ``SELECT`` over a table named ``spans`` that returns the
+columns ``trace_id, span_id, message, evidence``. At judge time it must see only
+the spans of the traces being judged, so :func:`wrap_rule_sql` puts it inside a
+query whose CTE ``spans`` shadows the real table::
+
+    WITH spans AS (SELECT * FROM main.spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[])))
+    SELECT trace_id, span_id, message, evidence FROM (<rule sql>) AS operator_rule
+
+The rule sits in a subquery, so a rule that has its own ``WITH`` (even
+``WITH RECURSIVE``) needs no rewriting: its CTEs are scoped to the subquery and
+still see the outer ``spans``. The one parameter is the list of trace ids.
+
+:class:`RuleSqlChecker` compiles a rule at config time against an in-memory
+DuckDB holding an empty ``spans`` table of the real shape
+(:data:`tracesieve.storage.migrations.SPANS_DDL`), so syntax errors, unknown
+columns, wrong result columns and extra parameters are found at startup. The
+checker connection has external access disabled: a rule reads ``spans`` only.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import duckdb
+
+from tracesieve.storage.migrations import SPANS_DDL
+
+#: The columns an operator rule must return, in any order.
+RULE_COLUMNS: tuple[str, ...] = ("trace_id", "span_id", "message", "evidence")
+
+
+def strip_rule_sql(sql: str) -> str:
+    """The rule text without surrounding whitespace and trailing semicolons."""
+    text = sql.strip()
+    while text.endswith(";"):
+        text = text[:-1].rstrip()
+    return text
+
+
+def wrap_rule_sql(sql: str) -> str:
+    """The statement to run for one rule; bind one parameter: the list of trace ids being judged."""
+    body = strip_rule_sql(sql)
+    columns = ", ".join(f"operator_rule.{c}" for c in RULE_COLUMNS)
+    return (
+        "WITH spans AS (SELECT * FROM main.spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[])))\n"
+        f"SELECT {columns} FROM (\n{body}\n) AS operator_rule"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class RuleSqlChecker:
+    """Compiles operator rules against an empty in-memory ``spans`` table. Thread-safe; cheap to keep."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._con = duckdb.connect(":memory:")
+        self._con.execute(SPANS_DDL)
+        self._con.execute("SET enable_external_access = false")
+        self._con.execute("SET lock_configuration = true")
+
+    def check(self, sql: object) -> list[str]:
+        """Every problem with one rule's SQL, as short messages (empty when the rule is usable)."""
+        if not isinstance(sql, str) or not sql.strip():
+            return ["sql: expected a non-empty SELECT statement"]
+        body = strip_rule_sql(sql)
+        try:
+            statements = duckdb.extract_statements(body)
+        except duckdb.Error as exc:
+            return [f"sql: {_first_line(exc)}"]
+        if len(statements) != 1:
+            return [f"sql: expected exactly one statement, got {len(statements)}"]
+        if statements[0].type != duckdb.StatementType.SELECT:
+            return [f"sql: expected a SELECT statement, got {statements[0].type.name}"]
+        with self._lock:
+            # The raw rule first: its own columns, before the wrapper reports them as missing.
+            try:
+                cur = self._con.cursor()
+                cur.execute(f"SELECT * FROM (\n{body}\n) AS operator_rule LIMIT 0")
+                names = [d[0] for d in (cur.description or [])]
+            except duckdb.Error as exc:
+                return [f"sql: {_first_line(exc)}"]
+            missing = [c for c in RULE_COLUMNS if c not in names]
+            extra = [c for c in names if c not in RULE_COLUMNS]
+            problems: list[str] = []
+            if missing:
+                problems.append(f"sql: result is missing column(s) {', '.join(missing)} "
+                                f"(a rule returns {', '.join(RULE_COLUMNS)})")
+            if extra:
+                problems.append(f"sql: result has unexpected column(s) {', '.join(extra)} "
+                                f"(put extra facts into evidence)")
+            if len(set(names)) != len(names):
+                problems.append("sql: result has duplicate column names")
+            if problems:
+                return problems
+            try:
+                cur = self._con.cursor()
+                cur.execute(wrap_rule_sql(body), [[]])
+                cur.fetchall()
+            except duckdb.Error as exc:
+                return [f"sql: {_first_line(exc)}"]
+        return []
+
+    def close(self) -> None:
+        """Release the in-memory database. Safe to call twice."""
+        with self._lock:
+            try:
+                self._con.close()
+            except duckdb.Error:
+                pass
+
+
+def check_rule_sql(sql: object) -> list[str]:
+    """Problems with one operator rule (see :class:`RuleSqlChecker`); empty when it is usable."""
+    checker = RuleSqlChecker()
+    try:
+        return checker.check(sql)
+    finally:
+        checker.close()

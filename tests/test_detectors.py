@@ -1,0 +1,828 @@
+"""The detectors processor: one behaviour per test, OpenInference and GenAI forms, near misses beside hits."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+import pytest
+
+from detector_builders import (
+    EMAIL_TOOL, WEATHER_TOOL, llm, make_span, make_trace, retriever, tool, unflatten,
+)
+from tracesieve.processors.base import TraceBatch, TraceProcessor
+from tracesieve.processors.detectors import DetectorsConfig, DetectorsProcessor
+from tracesieve.processors.rules import BUILTIN_DETECTORS, classify_error
+from tracesieve.storage.errors import ConfigError
+from tracesieve.storage.migrations import migrate
+from tracesieve.storage.schema import BLAST_RADII, FAILURE_MODES, SEVERITIES, SPAN_COLUMNS
+
+
+class NoStore:
+    """A StoreReader for batches without operator rules: it must never be asked."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        raise AssertionError("no operator rule configured, the store must not be queried")
+
+
+def processor(**options: Any) -> DetectorsProcessor:
+    return DetectorsProcessor(DetectorsConfig.from_options(options, "processors.detectors"), strict=True)
+
+
+def detect(trace: list[dict[str, Any]], store: Any = None, **options: Any):
+    batch = TraceBatch(traces={trace[0]["trace_id"]: trace})
+    return processor(**options).process_traces(batch, store or NoStore()).detections
+
+
+def modes(trace, **options) -> list[str]:
+    return sorted(d.failure_mode for d in detect(trace, **options))
+
+
+def only(trace, mode: str, **options):
+    found = [d for d in detect(trace, **options) if d.failure_mode == mode]
+    assert len(found) == 1, found
+    return found[0]
+
+
+# ====================================================================== builders
+
+
+def test_unflatten_builds_lists_from_digit_segments_with_gaps():
+    nested = unflatten({"llm.input_messages.0.message.content": "hi", "llm.input_messages.2.message.role": "user",
+                        "gen_ai.operation.name": "chat"})
+    assert nested["llm"]["input_messages"][0]["message"]["content"] == "hi"
+    assert nested["llm"]["input_messages"][1] is None
+    assert nested["gen_ai"]["operation"]["name"] == "chat"
+
+
+def test_processor_is_a_trace_processor_with_decision_wait_in_seconds():
+    p = DetectorsProcessor.from_config({"decision_wait": "750ms"}, path="processors.detectors")
+    assert isinstance(p, TraceProcessor) and p.kind == "trace"
+    assert p.decision_wait == pytest.approx(0.75)
+    assert DetectorsProcessor.from_config({}, path="processors.detectors").decision_wait == 5.0
+    p.shutdown()
+    p.shutdown()
+
+
+def test_every_failure_mode_has_a_builtin_detector():
+    assert {mode for mode, _ in BUILTIN_DETECTORS.values()} == set(FAILURE_MODES)
+    assert all(definition.strip() for _, definition in BUILTIN_DETECTORS.values())
+
+
+# ====================================================================== tool_invocation
+
+
+@pytest.mark.parametrize("genai", [False, True])
+def test_tool_error_is_a_tool_invocation_failure(genai):
+    bad = tool(status="ERROR", status_message="ConnectionError: weather API down", genai=genai)
+    d = only(make_trace(llm(None, tool_calls=[("get_weather", '{"city": "Paris"}')], tools=[WEATHER_TOOL], finish="tool_calls",
+                            genai=genai), bad, llm("It is 18C in Paris.", genai=genai)), "tool_invocation")
+    assert (d.detector, d.span_id) == ("tool_error", bad["span_id"])
+    assert "weather API down" in d.message and d.evidence["tool"] == "get_weather"
+
+
+def test_exception_event_on_an_ok_tool_span_is_a_tool_invocation_failure():
+    bad = tool(exception=("TimeoutError", "read timed out"))
+    assert only(make_trace(bad), "tool_invocation").evidence["exceptions"][0]["type"] == "TimeoutError"
+
+
+def test_tool_error_retried_successfully_is_still_a_tool_invocation_failure():
+    bad, retry = tool(status="ERROR", status_message="503"), tool()
+    d = only(make_trace(bad, retry, llm("18C in Paris.")), "tool_invocation")
+    assert d.span_id == bad["span_id"]
+    assert d.evidence["retried_successfully"] is True and d.evidence["retry_span_id"] == retry["span_id"]
+
+
+def test_langgraph_interrupt_event_is_not_a_tool_failure():
+    t = tool(exception=("langgraph.errors.GraphInterrupt", "waiting for human"))
+    assert modes(make_trace(t)) == []
+
+
+def test_tool_error_takes_the_tool_blast_radius_from_config():
+    bad = tool("refund_payment", '{"amount": 10}', status="ERROR", status_message="declined")
+    d = only(make_trace(bad), "tool_invocation", blast_radius={"refund_payment": "reversible_write"})
+    assert (d.severity, d.blast_radius) == ("P2", "reversible_write")
+
+
+# ====================================================================== tool_argument
+
+
+@pytest.mark.parametrize("genai", [False, True])
+def test_llm_tool_call_breaking_the_declared_schema_is_a_tool_argument_failure(genai):
+    call = llm(None, tool_calls=[("get_weather", {"city": "Paris", "unit": "kelvin"})], tools=[WEATHER_TOOL],
+               finish="tool_calls", genai=genai)
+    d = only(make_trace(call), "tool_argument")
+    assert (d.detector, d.span_id) == ("tool_schema", call["span_id"])
+    assert d.evidence["errors"][0]["path"] == "$.unit" and "kelvin" in d.evidence["arguments"]
+
+
+def test_llm_tool_call_with_invalid_json_arguments_is_a_tool_argument_failure():
+    call = llm(None, tool_calls=[("get_weather", '{"city": "Paris"')], tools=[WEATHER_TOOL], finish="tool_calls")
+    d = only(make_trace(call), "tool_argument")
+    assert d.detector == "tool_args_json" and d.evidence["arguments"] == '{"city": "Paris"'
+
+
+def test_genai_tool_call_with_unparseable_string_arguments_is_a_tool_argument_failure():
+    call = llm(None, tool_calls=[("get_weather", "city=Paris")], tools=[WEATHER_TOOL], finish="tool_call", genai=True)
+    assert only(make_trace(call), "tool_argument").detector == "tool_args_json"
+
+
+@pytest.mark.parametrize("genai", [False, True])
+def test_tool_span_arguments_are_checked_against_the_schema_declared_on_llm_spans(genai):
+    decl = llm("Let me check.", tools=[WEATHER_TOOL], genai=genai)
+    run = tool("get_weather", '{"town": "Paris"}', genai=genai)
+    d = only(make_trace(decl, run), "tool_argument")
+    assert (d.detector, d.span_id) == ("tool_schema", run["span_id"])
+    assert d.evidence["source"] == ("gen_ai.tool.call.arguments" if genai else "input.value")
+
+
+def test_tool_parameters_attribute_holds_arguments_too():
+    run = tool("get_weather", None, extra={"tool.parameters": '{"city": 42}'})
+    assert only(make_trace(llm(tools=[WEATHER_TOOL]), run), "tool_argument").evidence["source"] == "tool.parameters"
+
+
+def test_tool_parameters_holding_a_schema_is_not_taken_for_arguments():
+    schema = json.dumps(WEATHER_TOOL["function"]["parameters"])
+    run = tool("get_weather", '{"city": "Paris"}', extra={"tool.parameters": schema})
+    assert modes(make_trace(llm(tools=[WEATHER_TOOL]), run)) == []
+
+
+def test_bad_call_requested_and_executed_is_reported_once_on_the_llm_span():
+    call = llm(None, tool_calls=[("get_weather", '{"city": 7}')], tools=[WEATHER_TOOL], finish="tool_calls")
+    run = tool("get_weather", '{"city": 7}')
+    assert [d.span_id for d in detect(make_trace(call, run)) if d.failure_mode == "tool_argument"] == [call["span_id"]]
+
+
+def test_two_bad_calls_on_one_llm_span_are_one_detection_listing_both():
+    call = llm(None, tool_calls=[("get_weather", '{"city": 1}'), ("get_weather", '{"unit": "c"}')],
+               tools=[WEATHER_TOOL], finish="tool_calls")
+    d = only(make_trace(call), "tool_argument")
+    assert len(d.evidence["calls"]) == 2 and "+1 more" in d.message
+
+
+def test_valid_arguments_are_not_a_tool_argument_failure():
+    call = llm(None, tool_calls=[("get_weather", '{"city": "Paris", "unit": "c"}')], tools=[WEATHER_TOOL], finish="tool_calls")
+    assert modes(make_trace(call, tool("get_weather", '{"city": "Paris", "unit": "c"}'))) == []
+
+
+def test_pii_placeholder_does_not_break_a_pattern_in_the_schema():
+    call = llm(None, tool_calls=[("send_email", '{"to": "<EMAIL:3f9a1c>", "body": "hi"}')], tools=[EMAIL_TOOL],
+               finish="tool_calls")
+    assert modes(make_trace(call)) == []
+
+
+def test_undeclared_tool_and_plain_text_tool_input_are_not_judged():
+    run = tool("search", "refund policy for <EMAIL>", result="Refunds within 30 days.")
+    run["input_mime_type"] = "text/plain"
+    assert modes(make_trace(llm(tools=[WEATHER_TOOL]), run)) == []
+
+
+# ====================================================================== retrieval_miss
+
+
+@pytest.mark.parametrize("genai", [False, True])
+def test_retriever_with_no_documents_is_a_retrieval_miss(genai):
+    r = retriever([], genai=genai)
+    d = only(make_trace(r, llm("I could not find anything about that.", genai=genai)), "retrieval_miss")
+    assert (d.detector, d.span_id) == ("empty_retrieval", r["span_id"])
+
+
+@pytest.mark.parametrize("genai", [False, True])
+def test_all_scores_under_the_floor_is_a_retrieval_miss(genai):
+    r = retriever([("doc-1", 0.11), ("doc-2", 0.08)], genai=genai)
+    d = only(make_trace(r, llm("Refunds take 30 days [doc-1].", genai=genai)), "retrieval_miss", retrieval_min_score=0.3)
+    assert d.detector == "low_score_retrieval" and d.evidence["scores"] == [0.11, 0.08]
+
+
+def test_one_score_over_the_floor_is_not_a_retrieval_miss():
+    r = retriever([("doc-1", 0.11), ("doc-2", 0.5)])
+    assert modes(make_trace(r, llm("Refunds take 30 days [doc-2].")), retrieval_min_score=0.3) == []
+
+
+def test_scores_are_not_judged_without_a_configured_floor():
+    assert modes(make_trace(retriever([("doc-1", 0.01)]), llm("See [doc-1]."))) == []
+
+
+def test_genai_retriever_that_did_not_capture_documents_is_not_a_retrieval_miss():
+    assert modes(make_trace(retriever([], genai=True, record_documents=False), llm("Refunds take 30 days."))) == []
+
+
+# ====================================================================== hallucination
+
+
+@pytest.mark.parametrize("genai", [False, True])
+def test_citing_an_id_that_was_not_retrieved_is_hallucination(genai):
+    answer = llm("Refunds take 30 days [doc-1], shipping is free [doc-99].", genai=genai)
+    d = only(make_trace(retriever(genai=genai), answer), "hallucination")
+    assert (d.detector, d.span_id, d.evidence["missing_ids"]) == ("uncited_id", answer["span_id"], ["doc-99"])
+    assert (d.severity, d.blast_radius) == ("P1", "customer_visible")
+
+
+def test_citing_only_retrieved_ids_is_not_hallucination():
+    assert modes(make_trace(retriever(), llm("Refunds take 30 days [doc-1][doc-2]."))) == []
+
+
+def test_an_id_returned_by_a_tool_counts_as_retrieved():
+    search = tool("search_kb", '{"q": "refunds"}', result='[{"id": "doc-7", "text": "30 days"}]')
+    assert modes(make_trace(search, llm("Refunds take 30 days [doc-7]."))) == []
+
+
+def test_a_custom_citation_pattern_finds_other_id_shapes():
+    answer = llm("Refunds take 30 days (source: kb-42).")
+    d = only(make_trace(retriever([("kb-1", 0.9)]), answer), "hallucination", citation_pattern=r"\(source: ([\w-]+)\)")
+    assert d.evidence["missing_ids"] == ["kb-42"]
+
+
+def test_the_same_missing_id_in_the_llm_output_and_the_root_output_is_one_detection():
+    answer_text = "Shipping is free [doc-99]."
+    root = make_span("AGENT", name="agent", output=answer_text)
+    trace = make_trace(retriever(), llm(answer_text), root=root)
+    assert len([d for d in detect(trace) if d.failure_mode == "hallucination"]) == 1
+
+
+@pytest.mark.parametrize("genai", [False, True])
+def test_a_substantive_answer_right_after_an_empty_retrieval_is_hallucination(genai):
+    answer = llm("Our premium plan includes unlimited seats, a dedicated manager, 24/7 phone support and a "
+                 "99.99% uptime guarantee backed by service credits.", genai=genai)
+    ds = [d for d in detect(make_trace(retriever([], genai=genai), answer)) if d.failure_mode == "hallucination"]
+    assert [(d.detector, d.span_id) for d in ds] == [("answer_after_empty_retrieval", answer["span_id"])]
+
+
+def test_saying_nothing_was_found_after_an_empty_retrieval_is_not_hallucination():
+    answer = llm("I'm sorry, I couldn't find any information about the premium plan in our knowledge base right now.")
+    assert modes(make_trace(retriever([]), answer)) == ["retrieval_miss"]
+
+
+def test_an_answer_grounded_by_a_later_tool_after_an_empty_retrieval_is_not_hallucination():
+    answer = llm("Our premium plan includes unlimited seats, a dedicated manager, 24/7 phone support and a "
+                 "99.99% uptime guarantee backed by service credits.")
+    web = tool("web_search", '{"q": "premium plan"}', result="Premium: unlimited seats, dedicated manager ...")
+    assert modes(make_trace(retriever([]), web, answer)) == ["retrieval_miss"]
+
+
+# ====================================================================== format_violation
+
+
+@pytest.mark.parametrize("genai", [False, True])
+def test_declared_json_answer_that_does_not_parse_is_a_format_violation(genai):
+    answer = llm("Sure! Here is the JSON: {name: Paris}", response_format={"type": "json_object"}, genai=genai)
+    d = only(make_trace(answer), "format_violation")
+    assert (d.detector, d.span_id) == ("json_output", answer["span_id"])
+
+
+def test_json_answer_breaking_the_response_format_schema_is_a_format_violation():
+    rf = {"type": "json_schema", "json_schema": {"name": "city", "schema": {
+        "type": "object", "properties": {"city": {"type": "string"}, "temp": {"type": "number"}}, "required": ["city", "temp"]}}}
+    d = only(make_trace(llm('{"city": "Paris"}', response_format=rf)), "format_violation")
+    assert d.detector == "output_schema" and "temp" in d.evidence["errors"][0]["message"]
+
+
+def test_output_mime_type_json_that_does_not_parse_is_a_format_violation():
+    step = make_span("CHAIN", name="extract", output="{'city': 'Paris'}", output_mime="application/json")
+    assert only(make_trace(step), "format_violation").evidence["declared_by"] == "output.mime_type"
+
+
+def test_valid_declared_json_is_not_a_format_violation():
+    rf = {"type": "json_schema", "json_schema": {"name": "c", "schema": {"type": "object", "required": ["city"]}}}
+    trace = make_trace(llm('{"city": "Paris"}', response_format=rf), llm('```json\n{"a": 1}\n```', genai=True,
+                       response_format="json"))
+    assert modes(trace) == []
+
+
+def test_text_answer_without_declared_json_is_not_a_format_violation():
+    assert modes(make_trace(llm("{not json at all"))) == []
+
+
+def test_json_cut_by_the_token_limit_is_truncation_not_format_violation():
+    assert modes(make_trace(llm('{"items": [1, 2,', response_format={"type": "json_object"}, finish="length"))) == ["truncation"]
+
+
+def test_output_cut_by_the_collector_size_limit_is_not_a_format_violation():
+    step = make_span("CHAIN", output='{"a": "xxxx…[truncated 2048 bytes]', output_mime="application/json")
+    assert modes(make_trace(step)) == []
+
+
+# ====================================================================== truncation
+
+
+@pytest.mark.parametrize("genai,finish", [(False, "length"), (True, "length"), (False, "max_tokens"), (True, "MAX_TOKENS")])
+def test_token_limit_finish_reason_is_truncation(genai, finish):
+    span = llm("The refund process has three steps: first you", finish=finish, genai=genai)
+    d = only(make_trace(span), "truncation")
+    assert (d.detector, d.span_id) == ("finish_length", span["span_id"])
+    assert finish in [r["value"] for r in d.evidence["finish_reasons"]]
+
+
+def test_truncation_read_from_the_provider_response_in_output_value():
+    span = llm(None, finish=None, output='{"id": "x", "choices": [{"index": 0, "finish_reason": "length", '
+                                          '"message": {"role": "assistant", "content": "The steps are"}}]}',
+               output_mime="application/json")
+    assert only(make_trace(span), "truncation").evidence["finish_reasons"][0]["where"].startswith("output.value")
+
+
+def test_truncation_read_from_genai_output_messages_only():
+    span = llm("Partial", genai=True, finish=None,
+               extra={"gen_ai.output.messages": json.dumps([{"role": "assistant", "finish_reason": "length",
+                                                             "parts": [{"type": "text", "content": "Partial"}]}])})
+    assert modes(make_trace(span)) == ["truncation"]
+
+
+@pytest.mark.parametrize("finish", ["stop", "tool_calls", "end_turn", "STOP"])
+def test_normal_finish_reasons_are_not_truncation(finish):
+    assert modes(make_trace(llm("Done.", finish=finish))) == []
+
+
+# ====================================================================== refusal_overreach
+
+
+@pytest.mark.parametrize("genai", [False, True])
+def test_refusing_while_tools_were_available_is_refusal_overreach(genai):
+    answer = llm("I'm sorry, but I can't help with checking the weather.", tools=[WEATHER_TOOL], genai=genai)
+    d = only(make_trace(answer), "refusal_overreach")
+    assert (d.detector, d.span_id) == ("refusal", answer["span_id"]) and d.evidence["tools_available"] == ["get_weather"]
+
+
+def test_refusing_with_retrieved_context_is_refusal_overreach():
+    d = only(make_trace(retriever(), llm("I don't have access to our refund policy.")), "refusal_overreach")
+    assert d.evidence["documents_retrieved"] == 2
+
+
+def test_refusing_without_tools_or_context_is_not_refusal_overreach():
+    assert modes(make_trace(llm("I can't help with that request."))) == []
+
+
+def test_refusal_phrases_are_configurable():
+    answer = llm("Désolé, je ne peux pas vous aider.", tools=[WEATHER_TOOL])
+    assert modes(make_trace(answer), refusal_phrases=["je ne peux pas"]) == ["refusal_overreach"]
+    assert modes(make_trace(llm("I can't help with that.", tools=[WEATHER_TOOL])), refusal_phrases=["je ne peux pas"]) == []
+
+
+def test_an_apology_deep_inside_a_helpful_answer_is_not_a_refusal():
+    text = "Here are the three options for your trip: " + "details " * 80 + "I can't provide prices for 2027 yet."
+    assert modes(make_trace(llm(text, tools=[WEATHER_TOOL]))) == []
+
+
+# ====================================================================== latency_breach
+
+
+@pytest.mark.parametrize("kind,ms", [("LLM", 31_000), ("TOOL", 10_500), ("RETRIEVER", 6_000), ("AGENT", 121_000)])
+def test_span_over_its_kind_threshold_is_a_latency_breach(kind, ms):
+    span = make_span(kind, name=f"slow {kind}", duration_ms=ms)
+    d = only(make_trace(span, root=make_span("CHAIN", name="root")), "latency_breach")
+    assert (d.detector, d.span_id, d.severity, d.blast_radius) == ("slow_span", span["span_id"], "P3", "internal_visible")
+    assert d.evidence["duration_ms"] == ms
+
+
+def test_span_under_its_threshold_and_kinds_without_threshold_are_not_latency_breaches():
+    trace = make_trace(make_span("LLM", duration_ms=29_000), make_span("EMBEDDING", duration_ms=900_000),
+                       root=make_span("CHAIN", name="root"))
+    assert modes(trace) == []
+
+
+def test_latency_thresholds_are_configurable_per_kind():
+    trace = make_trace(make_span("LLM", duration_ms=45_000), make_span("EMBEDDING", duration_ms=3_000))
+    assert modes(trace, latency_breach={"LLM": "1m", "EMBEDDING": "2s"}) == ["latency_breach"]
+    assert modes(make_trace(make_span("TOOL", duration_ms=60_000)), latency_breach={"TOOL": None}) == []
+
+
+# ====================================================================== loop
+
+
+@pytest.mark.parametrize("genai", [False, True])
+def test_same_tool_with_same_arguments_three_times_is_a_loop_on_the_last_call(genai):
+    calls = [tool("get_weather", '{"city": "Paris"}', genai=genai) for _ in range(2)]
+    calls.append(tool("get_weather", '{ "city":"Paris" }', genai=genai))
+    d = only(make_trace(*calls), "loop")
+    assert (d.detector, d.span_id, d.evidence["count"]) == ("repeated_tool_call", calls[-1]["span_id"], 3)
+
+
+def test_same_tool_with_different_arguments_is_not_a_loop():
+    assert modes(make_trace(*(tool("get_weather", {"city": c}) for c in ("Paris", "Lyon", "Nice", "Lille")))) == []
+
+
+def test_two_repeats_are_under_the_default_and_max_repeats_is_configurable():
+    trace = make_trace(tool(), tool())
+    assert modes(trace) == []
+    assert modes(trace, loop={"max_repeats": 2}) == ["loop"]
+
+
+def test_repeated_tool_calls_requested_by_the_model_count_when_no_tool_spans_exist():
+    calls = [llm(None, tool_calls=[("get_weather", '{"city": "Paris"}')], finish="tool_calls") for _ in range(3)]
+    assert only(make_trace(*calls), "loop").span_id == calls[-1]["span_id"]
+
+
+def test_more_steps_than_the_limit_is_a_loop_on_the_root():
+    steps = [llm(f"step {i}") if i % 2 else tool("lookup", {"i": i}) for i in range(12)]
+    trace = make_trace(*steps)
+    d = only(trace, "loop", loop={"max_steps": 10})
+    assert (d.detector, d.span_id, d.evidence["steps"]) == ("step_limit", trace[0]["span_id"], 12)
+    assert modes(make_trace(*[llm(f"step {i}") for i in range(10)]), loop={"max_steps": 10}) == []
+
+
+# ====================================================================== blast_radius_breach
+
+
+def test_irreversible_tool_after_a_failure_is_a_blast_radius_breach():
+    bad = tool("lookup_order", '{"id": 1}', status="ERROR", status_message="not found")
+    email = tool("send_email", '{"to": "<EMAIL>", "body": "Your refund is on its way"}')
+    ds = detect(make_trace(bad, email), blast_radius={"send_email": "irreversible_write"})
+    d = next(d for d in ds if d.failure_mode == "blast_radius_breach")
+    assert (d.detector, d.span_id, d.severity, d.blast_radius) == ("irreversible_after_failure", email["span_id"], "P0", "irreversible_write")
+    assert d.evidence["after_failure"] is True and d.evidence["failures"][0]["span_id"] == bad["span_id"]
+
+
+def test_irreversible_tool_in_a_trace_that_fails_later_is_a_blast_radius_breach():
+    email = tool("send_email", '{"to": "<EMAIL>", "body": "done"}', genai=True)
+    answer = llm("Done, I emailed you [doc-404].", genai=True)
+    ds = detect(make_trace(email, answer), blast_radius={"send_email": "irreversible_write"})
+    d = next(d for d in ds if d.failure_mode == "blast_radius_breach")
+    assert d.evidence["after_failure"] is False and d.evidence["failures"][0]["failure_mode"] == "hallucination"
+
+
+def test_irreversible_tool_in_a_clean_trace_is_not_a_breach():
+    email = tool("send_email", '{"to": "<EMAIL>", "body": "done"}')
+    assert modes(make_trace(email, llm("Sent.")), blast_radius={"send_email": "irreversible_write"}) == []
+
+
+def test_reversible_tool_after_a_failure_is_not_a_breach():
+    bad = tool("lookup_order", status="ERROR")
+    note = tool("add_note", '{"text": "x"}')
+    assert modes(make_trace(bad, note), blast_radius={"add_note": "reversible_write"}) == ["tool_invocation"]
+
+
+def test_irreversible_tool_failing_by_itself_is_not_a_breach():
+    email = tool("send_email", '{"to": "<EMAIL>"}', status="ERROR", status_message="SMTP 550")
+    d = only(make_trace(email), "tool_invocation", blast_radius={"send_email": "irreversible_write"})
+    assert d.blast_radius == "irreversible_write"
+    assert modes(make_trace(email), blast_radius={"send_email": "irreversible_write"}) == ["tool_invocation"]
+
+
+def test_a_slow_span_alone_does_not_make_an_irreversible_tool_a_breach():
+    email = tool("send_email", '{"to": "<EMAIL>", "body": "x"}')
+    slow = llm("Sent.", duration_ms=45_000)
+    assert modes(make_trace(email, slow), blast_radius={"send_email": "irreversible_write"}) == ["latency_breach"]
+
+
+# ====================================================================== llm_error
+
+
+@pytest.mark.parametrize("message,expected", [
+    ("RateLimitError: Error code: 429 - rate limit reached", "rate_limit"),
+    ("APITimeoutError: Request timed out.", "timeout"),
+    ("InternalServerError: Error code: 503 - overloaded", "provider_error"),
+    ("BadRequestError: This model's maximum context length is 128000 tokens", "context_length"),
+    ("AuthenticationError: Error code: 401 - invalid api key", "auth"),
+])
+def test_llm_span_error_is_an_llm_error_classified_in_evidence(message, expected):
+    span = llm(None, finish=None, status="ERROR", status_message=message)
+    d = only(make_trace(span), "llm_error")
+    assert (d.detector, d.span_id, d.evidence["classification"]) == ("llm_call_error", span["span_id"], expected)
+
+
+def test_genai_llm_error_is_classified_from_error_type_and_exception():
+    span = llm(None, genai=True, finish=None, status="ERROR", extra={"error.type": "timeout"},
+               events=[{"name": "exception", "timestamp": "2026-09-01T12:00:01Z",
+                        "attributes": {"exception": {"type": "httpx.ReadTimeout", "message": "read"}}}])
+    assert only(make_trace(span), "llm_error").evidence["classification"] == "timeout"
+
+
+def test_an_error_passed_up_to_the_agent_and_chain_is_reported_once_on_its_source():
+    root = make_span("CHAIN", name="root", status="ERROR", status_message="RateLimitError: 429")
+    agent = make_span("AGENT", name="agent", status="ERROR", status_message="RateLimitError: 429")
+    call = llm(None, finish=None, status="ERROR", status_message="RateLimitError: 429", parent=agent["span_id"])
+    ds = detect(make_trace(agent, call, root=root))
+    assert [(d.failure_mode, d.span_id) for d in ds] == [("llm_error", call["span_id"])]
+
+
+def test_a_tool_error_passed_up_to_the_agent_is_a_tool_invocation_only():
+    agent = make_span("AGENT", name="agent", status="ERROR", status_message="ToolError: boom")
+    bad = tool(status="ERROR", status_message="ToolError: boom", parent=agent["span_id"])
+    assert modes(make_trace(agent, bad)) == ["tool_invocation"]
+
+
+def test_agent_timeout_of_its_own_is_an_llm_error_on_the_agent():
+    agent = make_span("AGENT", name="agent", status="ERROR", status_message="deadline exceeded after 300s")
+    d = only(make_trace(agent, root=make_span("CHAIN", name="root")), "llm_error")
+    assert (d.span_id, d.evidence["classification"]) == (agent["span_id"], "timeout")
+
+
+def test_genai_finish_reason_error_on_an_ok_span_is_an_llm_error():
+    assert modes(make_trace(llm("", genai=True, finish="error"))) == ["llm_error"]
+
+
+def test_classify_error_falls_back_to_other():
+    assert classify_error("ValueError: nope") == "other"
+
+
+# ====================================================================== negative_feedback
+
+
+def test_failing_annotation_label_on_a_span_is_negative_feedback():
+    span = llm("It is 18C.", extra={"annotations.0.annotation.name": "correctness",
+                                    "annotations.0.annotation.label": "incorrect",
+                                    "annotations.0.annotation.annotator_kind": "HUMAN"})
+    d = only(make_trace(span), "negative_feedback")
+    assert (d.detector, d.span_id, d.evidence["feedback"][0]["label"]) == ("negative_annotation", span["span_id"], "incorrect")
+
+
+def test_low_evaluation_score_is_negative_feedback_and_the_threshold_is_configurable():
+    span = llm("ok", extra={"evaluations.0.evaluation.name": "helpfulness", "evaluations.0.evaluation.score": 0.3})
+    assert modes(make_trace(span)) == []
+    assert modes(make_trace(span), feedback_score_threshold=0.5) == ["negative_feedback"]
+
+
+def test_passing_label_wins_over_a_low_score():
+    span = llm("ok", extra={"evaluations.0.evaluation.label": "correct", "evaluations.0.evaluation.score": 0})
+    assert modes(make_trace(span)) == []
+
+
+def test_trace_annotation_is_reported_on_the_root():
+    span = llm("ok", extra={"trace.annotations.0.annotation.name": "user", "trace.annotations.0.annotation.label": "thumbs_down"})
+    trace = make_trace(span)
+    assert only(trace, "negative_feedback").span_id == trace[0]["span_id"]
+
+
+def test_evaluator_span_linked_to_a_span_reports_on_the_target():
+    answer = llm("Paris is in Spain.")
+    ev = make_span("EVALUATOR", name="hallucination_eval", links=[{"trace_id": None, "span_id": answer["span_id"]}],
+                   attrs={"evaluations.0.evaluation.name": "hallucination", "evaluations.0.evaluation.label": "hallucinated",
+                          "evaluations.0.evaluation.score": 1})
+    trace = make_trace(answer, ev)
+    ev["links"][0]["trace_id"] = trace[0]["trace_id"]
+    d = only(trace, "negative_feedback")
+    assert d.span_id == answer["span_id"] and d.evidence["feedback"][0]["carrier_span_id"] == ev["span_id"]
+
+
+def test_evaluator_span_output_scoring_failed_is_negative_feedback():
+    ev = make_span("EVALUATOR", name="qa_eval", output='{"passed": false, "explanation": "wrong city"}',
+                   output_mime="application/json")
+    assert modes(make_trace(llm("ok"), ev)) == ["negative_feedback"]
+
+
+@pytest.mark.parametrize("where", ["attribute", "event"])
+def test_genai_evaluation_result_with_failing_label_is_negative_feedback(where):
+    ev = {"gen_ai.evaluation.name": "relevance", "gen_ai.evaluation.score.value": 0.1,
+          "gen_ai.evaluation.score.label": "irrelevant"}
+    if where == "attribute":
+        span = llm("ok", genai=True, extra=ev)
+    else:
+        span = llm("ok", genai=True, events=[{"name": "gen_ai.evaluation.result", "timestamp": "2026-09-01T12:00:02Z",
+                                              "attributes": unflatten(ev)}])
+    assert only(make_trace(span), "negative_feedback").evidence["feedback"][0]["label"] == "irrelevant"
+
+
+@pytest.mark.parametrize("extra", [{"feedback.score": -1}, {"user_feedback": "thumbs_down"}, {"feedback.label": "bad"}])
+def test_negative_user_feedback_is_reported_on_the_root(extra):
+    trace = make_trace(llm("ok"), root=make_span("AGENT", name="agent", attrs=extra))
+    d = only(trace, "negative_feedback")
+    assert (d.detector, d.span_id) == ("user_feedback", trace[0]["span_id"])
+
+
+@pytest.mark.parametrize("extra", [{"feedback.score": 1}, {"user_feedback": "thumbs_up"},
+                                   {"annotations.0.annotation.label": "correct", "annotations.0.annotation.score": 1}])
+def test_positive_feedback_is_not_negative_feedback(extra):
+    assert modes(make_trace(llm("ok", extra=extra))) == []
+
+
+# ====================================================================== config, severity, merging, ids
+
+
+def test_severity_is_overridable_per_mode():
+    d = only(make_trace(llm("[doc-9]")), "hallucination", severity={"hallucination": "P0"})
+    assert d.severity == "P0"
+
+
+def test_disable_turns_off_modes_and_detectors():
+    trace = make_trace(tool(status="ERROR"), llm("x", finish="length"))
+    assert modes(trace, disable=["truncation"]) == ["tool_invocation"]
+    assert modes(trace, disable=["tool_error"]) == ["truncation"]
+
+
+def test_judging_twice_gives_the_same_detection_ids():
+    trace = make_trace(tool(status="ERROR"), retriever([]), llm("x [doc-5]", finish="length"))
+    assert [d.detection_id for d in detect(trace)] == [d.detection_id for d in detect(trace)]
+
+
+def test_no_two_detections_share_trace_span_detector_and_mode():
+    trace = make_trace(*(tool(status="ERROR") for _ in range(4)), retriever([]), retriever([]),
+                       llm("[doc-8] [doc-9]", finish="length"))
+    keys = [(d.trace_id, d.span_id, d.detector, d.failure_mode) for d in detect(trace)]
+    assert len(keys) == len(set(keys))
+
+
+def test_detections_are_json_rows_with_taxonomy_values():
+    trace = make_trace(tool(status="ERROR"), retriever([]), llm("x [doc-5]", finish="length"))
+    for d in detect(trace):
+        assert d.failure_mode in FAILURE_MODES and d.severity in SEVERITIES and d.blast_radius in BLAST_RADII
+        json.loads(d.as_row(d_at := trace[0]["start_time"])["evidence"])
+        assert d.message and "\n" not in d.message and d_at
+
+
+@pytest.mark.parametrize("options,path", [
+    ({"latency_breach": {"LLMM": "1s"}}, "processors.detectors.latency_breach.LLMM"),
+    ({"latency_breach": {"LLM": "fast"}}, "processors.detectors.latency_breach.LLM"),
+    ({"blast_radius": {"send_email": "very_bad"}}, "processors.detectors.blast_radius.send_email"),
+    ({"severity": {"hallucination": "P5"}}, "processors.detectors.severity.hallucination"),
+    ({"severity": {"made_up": "P1"}}, "processors.detectors.severity.made_up"),
+    ({"citation_pattern": "[unclosed"}, "processors.detectors.citation_pattern"),
+    ({"loop": {"max_repeats": "3"}}, "processors.detectors.loop.max_repeats"),
+    ({"loop": {"max_reps": 3}}, "processors.detectors.loop.max_reps"),
+    ({"disable": ["nonsense"]}, "processors.detectors.disable[0]"),
+    ({"retrieval_min_score": "high"}, "processors.detectors.retrieval_min_score"),
+    ({"decision_wait": "soon"}, "processors.detectors.decision_wait"),
+    ({"feedback_score_threshold": "low"}, "processors.detectors.feedback_score_threshold"),
+    ({"surprise": 1}, "processors.detectors.surprise"),
+])
+def test_bad_options_are_config_errors_naming_the_yaml_path(options, path):
+    with pytest.raises(ConfigError) as exc:
+        DetectorsProcessor.from_config(options, path="processors.detectors")
+    assert any(p.startswith(path + ":") for p in exc.value.problems), exc.value.problems
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as exc:
+        DetectorsProcessor.from_config({"severity": {"loop": "P7"}, "surprise": 1,
+                                        "rules": [{"name": "r", "failure_mode": "x", "severity": "P1", "sql": "SELEC"}]},
+                                       path="processors.detectors")
+    assert len(exc.value.problems) >= 4
+
+
+# ====================================================================== operator SQL rules
+
+GOOD_SQL = """
+SELECT trace_id, span_id,
+       'tool ' || tool_name || ' returned an empty result' AS message,
+       json_object('tool', tool_name, 'output', output_value) AS evidence
+FROM spans
+WHERE span_kind = 'TOOL' AND trim(coalesce(output_value, '')) IN ('', '[]', '{}')
+"""
+
+CTE_SQL = """
+WITH per_trace AS (
+    SELECT trace_id, sum(llm_token_count_total) AS tokens, arg_min(span_id, start_time) AS first_span
+    FROM spans GROUP BY trace_id
+)
+SELECT trace_id, first_span AS span_id, 'trace used ' || tokens || ' tokens' AS message,
+       json_object('tokens', tokens) AS evidence
+FROM per_trace WHERE tokens > 1000;
+"""
+
+
+class DuckStore:
+    """A StoreReader over a real DuckDB connection, as the collector gives one to the judge."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.con.cursor()
+        cur.execute(sql, list(params))
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def store_with(tmp_path, *traces: list[dict[str, Any]]) -> DuckStore:
+    con = duckdb.connect(str(tmp_path / "tracesieve.duckdb"))
+    migrate(con)
+    for trace in traces:
+        for span in trace:
+            row = {c: span.get(c) for c in SPAN_COLUMNS}
+            for c in ("attributes", "resource_attributes", "events", "links", "pii_redactions"):
+                row[c] = json.dumps(row[c]) if row[c] is not None else None
+            cols = ", ".join(row)
+            con.execute(f"INSERT INTO spans ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    return DuckStore(con)
+
+
+def rule(name: str, sql: str, mode: str = "tool_invocation", **kw: Any) -> dict[str, Any]:
+    return {"name": name, "failure_mode": mode, "severity": "P2", "sql": sql, **kw}
+
+
+def test_operator_sql_rule_finds_spans_of_the_judged_traces_only(tmp_path):
+    empty = tool("search_kb", '{"q": "x"}', result="[]")
+    judged = make_trace(empty, llm("Nothing found."))
+    other = make_trace(tool("search_kb", '{"q": "y"}', result="[]"))
+    store = store_with(tmp_path, judged, other)
+    p = processor(rules=[rule("empty_tool_result", GOOD_SQL, blast_radius="internal_visible")])
+    ds = p.process_traces(TraceBatch(traces={judged[0]["trace_id"]: judged}), store).detections
+    assert [(d.detector, d.span_id, d.failure_mode, d.severity) for d in ds] == [
+        ("empty_tool_result", empty["span_id"], "tool_invocation", "P2")]
+    assert ds[0].evidence == {"rule": "empty_tool_result", "tool": "search_kb", "output": "[]"}
+
+
+def test_operator_sql_rule_with_its_own_with_clause_runs(tmp_path):
+    calls = [llm("step", extra={}) for _ in range(10)]
+    trace = make_trace(*calls)
+    store = store_with(tmp_path, trace)
+    p = processor(rules=[rule("token_budget", CTE_SQL, mode="loop")])
+    ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store).detections
+    assert [(d.detector, d.message) for d in ds] == [("token_budget", "trace used 1600 tokens")]
+    assert ds[0].blast_radius == "internal_visible"  # the mode's default when the rule names none
+
+
+def test_operator_rule_findings_count_as_failures_for_blast_radius(tmp_path):
+    empty = tool("search_kb", '{"q": "x"}', result="[]")
+    email = tool("send_email", '{"to": "<EMAIL>", "body": "b"}')
+    trace = make_trace(empty, email)
+    p = processor(rules=[rule("empty_tool_result", GOOD_SQL)], blast_radius={"send_email": "irreversible_write"})
+    ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    assert sorted(d.failure_mode for d in ds) == ["blast_radius_breach", "tool_invocation"]
+
+
+def test_example_rules_file_is_valid_and_runs(tmp_path):
+    import pathlib
+
+    import yaml
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "sql_rules.yaml"
+    options = yaml.safe_load(path.read_text())["processors"]["detectors"]
+    p = DetectorsProcessor(DetectorsConfig.from_options(options, "processors.detectors"), strict=True)
+    assert len(p.config.rules) == 2
+    trace = make_trace(llm("ok"))
+    p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace))
+
+
+@pytest.mark.parametrize("bad,fragment", [
+    (rule("r", "SELEC trace_id FROM spans"), "syntax error"),
+    (rule("r", "SELECT trace_id, span_id, nope AS message, '{}' AS evidence FROM spans"), "nope"),
+    (rule("r", "SELECT trace_id, span_id, name AS message FROM spans"), "missing column(s) evidence"),
+    (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence, 1 AS extra FROM spans"), "unexpected column(s) extra"),
+    (rule("r", "DELETE FROM spans"), "SELECT"),
+    (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans", mode="vibes"), "failure taxonomy"),
+    (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans", blast_radius="huge"), "blast_radius"),
+    (rule("tool_error", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans"), "already a detector"),
+    ({"name": "r", "failure_mode": "loop", "severity": "P1"}, "sql: required"),
+])
+def test_broken_operator_rule_is_a_config_error_naming_the_rule(bad, fragment):
+    good = rule("fine", GOOD_SQL)
+    with pytest.raises(ConfigError) as exc:
+        DetectorsProcessor.from_config({"rules": [good, bad]}, path="processors.detectors")
+    assert all(p.startswith("processors.detectors.rules[1]") for p in exc.value.problems), exc.value.problems
+    assert fragment in str(exc.value)
+
+
+# ====================================================================== a clean corpus
+
+
+def _clean_trace(rng: random.Random, n: int) -> list[dict[str, Any]]:
+    genai = n % 2 == 1
+    shape = n % 5
+    city = rng.choice(["Paris", "Lyon", "Nice", "Lille", "Nantes"])
+    if shape == 0:  # tool use, arguments valid
+        return make_trace(
+            llm(None, tool_calls=[("get_weather", {"city": city, "unit": rng.choice("cf")})], tools=[WEATHER_TOOL],
+                finish="tool_calls" if not genai else "tool_call", genai=genai),
+            tool("get_weather", {"city": city}, result=f'{{"temp_c": {rng.randint(5, 30)}}}', genai=genai),
+            llm(f"It is sunny in {city} today.", tools=[WEATHER_TOOL], genai=genai, duration_ms=rng.randint(300, 9000)))
+    if shape == 1:  # RAG with correct citations
+        ids = [f"doc-{rng.randint(1, 999)}" for _ in range(3)]
+        docs = [(i, round(rng.uniform(0.5, 0.95), 2)) for i in ids]
+        return make_trace(retriever(docs, genai=genai),
+                          llm(f"Refunds are processed within 14 days [{ids[0]}], see also [{ids[1]}].", genai=genai))
+    if shape == 2:  # structured output
+        rf = {"type": "json_schema", "json_schema": {"name": "t", "schema": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+        return make_trace(llm(json.dumps({"city": city, "confidence": rng.random()}), response_format=rf if not genai else "json",
+                              genai=genai))
+    if shape == 3:  # plain chat with positive feedback and a guardrail
+        guard = make_span("GUARDRAIL", name="moderation", output="pass")
+        return make_trace(guard, llm(f"Hello! How can I help you plan a trip to {city}?", genai=genai,
+                                     extra={"annotations.0.annotation.name": "helpfulness",
+                                            "annotations.0.annotation.label": "helpful",
+                                            "annotations.0.annotation.score": 1}),
+                          root=make_span("AGENT", name="agent", attrs={"feedback.score": 1}))
+    # multi-step agent: distinct tool calls, a chain, an embedding, send_email after success
+    steps = [make_span("EMBEDDING", name="CreateEmbeddings", duration_ms=120)]
+    for i in range(rng.randint(2, 6)):
+        steps.append(llm(None, tool_calls=[("lookup_order", {"order": i})], finish="tool_calls", genai=genai))
+        steps.append(tool("lookup_order", {"order": i}, result='{"status": "shipped"}', genai=genai))
+    steps.append(tool("send_email", {"to": "<EMAIL>", "body": "Your order shipped."}, genai=genai))
+    steps.append(llm("All your orders have shipped; I emailed you the details.", genai=genai))
+    return make_trace(*steps, root=make_span("CHAIN", name="workflow", output="All your orders have shipped."))
+
+
+def test_a_corpus_of_clean_realistic_traces_yields_no_detections():
+    rng = random.Random(7)
+    traces = [_clean_trace(rng, n) for n in range(50)]
+    batch = TraceBatch(traces={t[0]["trace_id"]: t for t in traces})
+    p = processor(blast_radius={"send_email": "irreversible_write"}, retrieval_min_score=0.3)
+    found = p.process_traces(batch, NoStore()).detections
+    assert found == [], [(d.detector, d.message) for d in found]
+    assert len(batch.traces) == 50 and p.errors == 0
+
+
+def test_example_token_budget_rule_fires_on_a_runaway_trace(tmp_path):
+    import pathlib
+
+    import yaml
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "sql_rules.yaml"
+    p = processor(**yaml.safe_load(path.read_text())["processors"]["detectors"])
+    root = make_span("AGENT", name="agent")
+    trace = make_trace(*(llm("step", extra={"llm.token_count.total": 90_000}) for _ in range(3)), root=root)
+    ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    budget = [d for d in ds if d.detector == "token_budget"]
+    assert [(d.span_id, d.failure_mode, d.evidence["tokens"]) for d in budget] == [(root["span_id"], "loop", 270000)]
