@@ -1,0 +1,548 @@
+"""The failure dataset on disk: ``cases.yaml``, its removal ledger and its history.
+
+Three files live side by side (DESIGN.md, "Failure dataset file")::
+
+    cases.yaml           schema_version, failure_modes (the whole taxonomy), cases: [...]
+    cases_removed.yaml   append-only ledger   removed: [{id, reason, by, at}]
+    history.jsonl        append-only events   {"at", "event", "case_id", "detail"} per line
+
+:func:`promote_case` only ever appends: an existing ``cases.yaml`` keeps its bytes
+(comments, order, quoting) and the new case's lines are inserted after the last case; when the
+file's shape makes a plain text insert unsafe (an empty or flow-style ``cases``
+list), it falls back to a ruamel.yaml round-trip, which still keeps comments and
+order. Case ids are ``TS-0001``, ``TS-0002``, ... and never reused: the next id is one
+past the highest found in any of the three files.
+
+Nothing here prints or exits; errors are :class:`UsageError` / :class:`NotFoundError`.
+Not safe for two writers at once on the same files (the CLI is the only writer).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+
+from tracesieve.storage.errors import NotFoundError, UsageError
+from tracesieve.storage.schema import (
+    BLAST_RADII,
+    DATASET_SCHEMA_VERSION,
+    FAILURE_MODES,
+    SEVERITIES,
+    utcnow,
+)
+
+REMOVED_FILE = "cases_removed.yaml"
+HISTORY_FILE = "history.jsonl"
+HISTORY_EVENTS = ("promoted", "passed", "failed", "flipped", "removed")
+CASE_STATUSES = ("active", "deprecated")
+CASE_ID = re.compile(r"^TS-(\d{4,})$")
+
+#: The fields of a case, in the order promote writes them.
+CASE_FIELDS = (
+    "id", "failure_mode", "severity", "blast_radius", "status", "discovered_at", "discovered_by",
+    "source", "input", "context", "expected_behavior", "remediation", "regressed_count",
+)
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+
+#: JSON Schema of one case (after YAML timestamps are turned into ISO strings).
+#: ``failure_mode`` is checked against the taxonomy separately, for a clearer message.
+CASE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": list(CASE_FIELDS),
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string", "pattern": CASE_ID.pattern},
+        "failure_mode": {"type": "string"},
+        "severity": {"enum": list(SEVERITIES)},
+        "blast_radius": {"enum": list(BLAST_RADII)},
+        "status": {"enum": list(CASE_STATUSES)},
+        "discovered_at": {"type": "string"},
+        "discovered_by": {"type": "string", "minLength": 1},
+        "source": {
+            "type": "object",
+            "required": ["trace_id"],
+            "properties": {
+                "trace_id": {"type": "string"},
+                "span_ids": {"type": "array", "items": {"type": "string"}},
+                "candidate_id": _NULLABLE_STR,
+                "model": _NULLABLE_STR,
+                "prompt_version": {"type": ["string", "number", "null"]},
+            },
+        },
+        "input": {
+            "type": "object",
+            "required": ["user_message", "conversation_history"],
+            "properties": {
+                "user_message": {"type": "string"},
+                "conversation_history": {"type": "array"},
+            },
+        },
+        "context": {"type": "object"},
+        "expected_behavior": {"type": "object"},
+        "remediation": {"type": "array"},
+        "regressed_count": {"type": "integer", "minimum": 0},
+    },
+}
+
+_HEADER = (
+    "# tracesieve failure dataset (schema_version 1).\n"
+    "# `tracesieve promote` appends cases; edit expected_behavior and remediation by hand.\n"
+    "# Remove a case only together with an entry in cases_removed.yaml (see `tracesieve cases lint`).\n"
+)
+
+
+# ---------------------------------------------------------------------------
+# YAML plumbing
+
+def _iso(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    value = value.astimezone(dt.timezone.utc)
+    text = value.isoformat(timespec="microseconds" if value.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def _yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.preserve_quotes = True
+    y.indent(mapping=2, sequence=4, offset=2)
+    y.width = 1_000_000  # never fold long strings
+    y.representer.add_representer(
+        dt.datetime, lambda rep, data: rep.represent_scalar("tag:yaml.org,2002:timestamp", _iso(data))
+    )
+    return y
+
+
+def _plain(value: Any) -> Any:
+    """ruamel round-trip data -> plain JSON-able Python (timestamps as ISO strings)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return _iso(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _load(path: Path) -> Any:
+    with path.open("r", encoding="utf-8") as f:
+        return _yaml().load(f)
+
+
+def _line(node: Any, index: int | None = None) -> int | None:
+    try:
+        if index is None:
+            return int(node.lc.line) + 1
+        return int(node.lc.item(index)[0]) + 1
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------
+# reading the three files
+
+def _read_history(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    events: list[tuple[int, dict[str, Any]]] = []
+    problems: list[str] = []
+    if not path.exists():
+        return events, problems
+    with path.open("r", encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                problems.append(f"{path.name}:{n}: not a JSON object")
+                continue
+            if not isinstance(ev, dict):
+                problems.append(f"{path.name}:{n}: not a JSON object")
+                continue
+            missing = [k for k in ("at", "event", "case_id") if not ev.get(k)]
+            if missing:
+                problems.append(f"{path.name}:{n}: missing {', '.join(missing)}")
+            elif ev["event"] not in HISTORY_EVENTS:
+                problems.append(f"{path.name}:{n}: {ev['case_id']}: unknown event {ev['event']!r}")
+            events.append((n, ev))
+    return events, problems
+
+
+def _read_removed(path: Path) -> tuple[dict[str, int | None], list[str]]:
+    """Ledger ids -> line, and problems."""
+    ids: dict[str, int | None] = {}
+    problems: list[str] = []
+    if not path.exists():
+        return ids, problems
+    try:
+        doc = _load(path)
+    except YAMLError as exc:
+        return ids, [f"{path.name}: not valid YAML: {' '.join(str(exc).split())}"]
+    if doc is None:
+        return ids, problems
+    entries = doc.get("removed") if isinstance(doc, Mapping) else None
+    if not isinstance(entries, list):
+        return ids, [f"{path.name}: expected a mapping with a list under 'removed'"]
+    for i, entry in enumerate(entries):
+        line = _line(entries, i)
+        where = f"{path.name}:{line}" if line else path.name
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where}: removed[{i}]: expected a mapping with id, reason, by, at")
+            continue
+        missing = [k for k in ("id", "reason", "by", "at") if not entry.get(k)]
+        label = entry.get("id") or f"removed[{i}]"
+        if missing:
+            problems.append(f"{where}: {label}: missing {', '.join(missing)}")
+        if entry.get("id"):
+            ids[str(entry["id"])] = line
+    return ids, problems
+
+
+def _case_ids(doc: Any) -> list[str]:
+    cases = doc.get("cases") if isinstance(doc, Mapping) else None
+    if not isinstance(cases, list):
+        return []
+    return [str(c["id"]) for c in cases if isinstance(c, Mapping) and c.get("id")]
+
+
+def _id_number(case_id: str) -> int:
+    m = CASE_ID.match(case_id)
+    return int(m.group(1)) if m else 0
+
+
+# ---------------------------------------------------------------------------
+# promote
+
+def _build_case(
+    case_id: str, candidate: Mapping[str, Any], owner: str, severity: str, now: dt.datetime
+) -> CommentedMap:
+    src = candidate.get("source") or {}
+    trace_ids = candidate.get("trace_ids") or []
+    inp = candidate.get("input") or {}
+    case = CommentedMap()
+    case["id"] = case_id
+    case["failure_mode"] = candidate.get("failure_mode")
+    case["severity"] = severity
+    case["blast_radius"] = candidate.get("blast_radius")
+    case["status"] = "active"
+    case["discovered_at"] = now
+    case["discovered_by"] = owner
+    case["source"] = {
+        "trace_id": src.get("trace_id") or (trace_ids[0] if trace_ids else None),
+        "span_ids": list(src.get("span_ids") or []),
+        "candidate_id": candidate.get("candidate_id"),
+        "model": src.get("model"),
+        "prompt_version": src.get("prompt_version"),
+    }
+    case["input"] = {
+        "user_message": inp.get("user_message") or "",
+        "conversation_history": list(inp.get("conversation_history") or []),
+    }
+    case["context"] = dict(candidate.get("context") or {})
+    case["expected_behavior"] = dict(candidate.get("expected") or {})
+    case["remediation"] = []
+    case["regressed_count"] = 0
+    return case
+
+
+def _dump(y: YAML, data: Any) -> str:
+    buf = io.StringIO()
+    y.dump(data, buf)
+    return buf.getvalue()
+
+
+def _append_text(text: str, doc: CommentedMap, case: CommentedMap, y: YAML) -> str | None:
+    """The file text with ``case`` inserted after the last case, or None when that is unsafe.
+
+    Existing lines are never changed: the new item goes at the end of the file when
+    ``cases`` is the last key, else just before the comments and blank lines that lead
+    into the next top-level key.
+    """
+    cases = doc.get("cases")
+    if not (isinstance(cases, CommentedSeq) and len(cases)) or cases.fa.flow_style():
+        return None
+    first_line = _line(cases, 0)
+    lines = text.splitlines()
+    if first_line is None or first_line > len(lines):
+        return None
+    head = lines[first_line - 1]
+    dash = len(head) - len(head.lstrip(" "))
+    if not head[dash:].startswith("-"):
+        return None
+    keys = list(doc.keys())
+    at = len(lines)
+    if keys[-1] != "cases":
+        try:
+            at = int(doc.lc.key(keys[keys.index("cases") + 1])[0])
+        except (AttributeError, KeyError, IndexError, TypeError):
+            return None
+        last_item = _line(cases, len(cases) - 1) or first_line
+        while at - 1 >= last_item and (not lines[at - 1].strip() or lines[at - 1].lstrip().startswith("#")):
+            at -= 1
+    snippet = _dump(y, {"cases": [case]}).splitlines()[1:]  # drop "cases:"; items start at column 2
+    shift = dash - 2
+    out = []
+    for ln in snippet:
+        if shift >= 0:
+            out.append(" " * shift + ln)
+        elif ln[: -shift].strip():
+            return None
+        else:
+            out.append(ln[-shift:])
+    new_lines = lines[:at] + out + lines[at:]
+    return "\n".join(new_lines) + "\n"
+
+
+def promote_case(
+    cases_path: str | os.PathLike[str],
+    candidate: Mapping[str, Any],
+    owner: str,
+    severity: str | None = None,
+    case_id: str | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Append ``candidate`` (a dict as :func:`get_candidate` returns it) to cases.yaml as a new case.
+
+    Creates cases.yaml (schema_version 1, the whole taxonomy) when missing; appends a
+    ``promoted`` event to history.jsonl beside it. ``severity`` overrides the
+    candidate's; ``case_id`` overrides the next free ``TS-NNNN``. Returns the case as
+    plain data. Raises UsageError when the candidate is already a case, the id is used
+    (in cases.yaml, cases_removed.yaml or history.jsonl) or malformed, the owner is
+    empty, or the existing file is not a failure dataset. Appends only; not idempotent
+    (a second call is refused, not repeated).
+    """
+    path = Path(cases_path)
+    now = (now or utcnow()).replace(microsecond=0)
+    if not owner or not str(owner).strip():
+        raise UsageError("promote needs an owner (--owner NAME)")
+    candidate_id = candidate.get("candidate_id")
+    if not candidate_id:
+        raise UsageError("the candidate has no candidate_id")
+    severity = severity or candidate.get("severity")
+    if severity not in SEVERITIES:
+        raise UsageError(f"severity {severity!r} is not one of {', '.join(SEVERITIES)}")
+    if candidate.get("failure_mode") not in FAILURE_MODES:
+        raise UsageError(f"failure_mode {candidate.get('failure_mode')!r} is not in the taxonomy")
+
+    y = _yaml()
+    doc: Any = None
+    text = ""
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+        try:
+            doc = y.load(text)
+        except YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())}); fix it first") from None
+    if doc is not None:
+        if not isinstance(doc, CommentedMap):
+            raise UsageError(f"{path}: not a failure dataset (expected schema_version, failure_modes, cases)")
+        if doc.get("schema_version") != DATASET_SCHEMA_VERSION:
+            raise UsageError(
+                f"{path}: schema_version {doc.get('schema_version')!r}; this tracesieve writes {DATASET_SCHEMA_VERSION}"
+            )
+        if doc.get("cases") is not None and not isinstance(doc.get("cases"), list):
+            raise UsageError(f"{path}: 'cases' must be a list")
+        for case in doc.get("cases") or []:
+            if isinstance(case, Mapping) and isinstance(case.get("source"), Mapping) \
+                    and case["source"].get("candidate_id") == candidate_id:
+                raise UsageError(f"candidate {candidate_id} is already case {case.get('id')} in {path}")
+
+    removed, _ = _read_removed(path.parent / REMOVED_FILE)
+    events, _ = _read_history(path.parent / HISTORY_FILE)
+    used = set(_case_ids(doc)) | set(removed) | {str(ev.get("case_id")) for _, ev in events if ev.get("case_id")}
+    if case_id is not None:
+        if not CASE_ID.match(case_id):
+            raise UsageError(f"case id {case_id!r} must look like TS-0001")
+        if case_id in used:
+            raise UsageError(f"case id {case_id} is already used (cases.yaml, {REMOVED_FILE} or {HISTORY_FILE})")
+    else:
+        case_id = f"TS-{max((_id_number(i) for i in used), default=0) + 1:04d}"
+
+    case = _build_case(case_id, candidate, str(owner).strip(), severity, now)
+    plain = _plain(case)
+    errors = sorted(jsonschema.Draft202012Validator(CASE_SCHEMA).iter_errors(plain), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        where = ".".join(str(p) for p in first.path) or "case"
+        raise UsageError(f"candidate {candidate_id} does not make a valid case: {where}: {first.message}")
+
+    if doc is None:
+        new_doc = CommentedMap()
+        new_doc["schema_version"] = DATASET_SCHEMA_VERSION
+        modes = CommentedSeq(FAILURE_MODES)
+        modes.fa.set_flow_style()
+        new_doc["failure_modes"] = modes
+        new_doc["cases"] = CommentedSeq([case])
+        new_text = _HEADER + _dump(y, new_doc)
+    else:
+        new_text = _append_text(text, doc, case, y) or ""
+        if new_text:  # verify the text append parses to exactly old + new
+            check = y.load(new_text)
+            old_cases = _plain(doc.get("cases") or [])
+            if _plain(check.get("cases") or []) != old_cases + [plain] or \
+                    {k: _plain(v) for k, v in check.items() if k != "cases"} != \
+                    {k: _plain(v) for k, v in doc.items() if k != "cases"}:
+                new_text = ""
+        if not new_text:  # round-trip fallback: keeps comments and order, may restyle
+            cases = doc.get("cases")
+            if not isinstance(cases, CommentedSeq):
+                cases = CommentedSeq(cases or [])
+                doc["cases"] = cases
+            cases.fa.set_block_style()
+            cases.append(case)
+            new_text = _dump(y, doc)
+    _atomic_write(path, new_text)
+
+    event = {"at": _iso(now), "event": "promoted", "case_id": case_id,
+             "detail": {"candidate_id": candidate_id, "by": str(owner).strip(),
+                        "failure_mode": candidate.get("failure_mode"), "trace_id": plain["source"]["trace_id"]}}
+    with (path.parent / HISTORY_FILE).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(event, ensure_ascii=False) + "\n")
+    return plain
+
+
+# ---------------------------------------------------------------------------
+# lint
+
+def lint_cases(path: str | os.PathLike[str]) -> list[str]:
+    """Every problem of a failure dataset and its ledger, one line each; empty when clean.
+
+    Reports: invalid YAML, schema errors (missing or unknown keys, wrong types, severity /
+    blast_radius / status outside their enums, malformed ids), duplicate ids, a
+    failure_mode outside the taxonomy, bad ledger entries or history lines, an id in both
+    cases.yaml and the ledger, and an id that history.jsonl recorded as promoted that is
+    missing from cases.yaml without a ledger entry. Raises NotFoundError when the file is
+    missing. Read-only.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise NotFoundError(f"no failure dataset at {p}")
+    name = p.name
+    try:
+        doc = _load(p)
+    except YAMLError as exc:
+        return [f"{name}: not valid YAML: {' '.join(str(exc).split())}"]
+    problems: list[str] = []
+    if not isinstance(doc, Mapping):
+        return [f"{name}: expected a mapping with schema_version, failure_modes and cases"]
+    for key in doc:
+        if key not in ("schema_version", "failure_modes", "cases"):
+            problems.append(f"{name}: unknown top-level key {key!r}")
+    if doc.get("schema_version") != DATASET_SCHEMA_VERSION:
+        problems.append(f"{name}: schema_version must be {DATASET_SCHEMA_VERSION}, got {doc.get('schema_version')!r}")
+    modes = doc.get("failure_modes")
+    if not isinstance(modes, list):
+        problems.append(f"{name}: failure_modes must list the taxonomy")
+    else:
+        for m in modes:
+            if m not in FAILURE_MODES:
+                problems.append(f"{name}: failure_modes: {m!r} is not in the taxonomy (schema_version 1)")
+        missing = [m for m in FAILURE_MODES if m not in modes]
+        if missing:
+            problems.append(f"{name}: failure_modes is missing {', '.join(missing)}")
+    cases = doc.get("cases")
+    if cases is None:
+        cases = []
+    if not isinstance(cases, list):
+        problems.append(f"{name}: cases must be a list")
+        cases = []
+
+    validator = jsonschema.Draft202012Validator(CASE_SCHEMA)
+    seen: dict[str, list[int | None]] = {}
+    for i, case in enumerate(cases):
+        line = _line(cases, i)
+        where = f"{name}:{line}" if line else name
+        if not isinstance(case, Mapping):
+            problems.append(f"{where}: cases[{i}]: expected a mapping")
+            continue
+        label = str(case.get("id")) if case.get("id") else f"cases[{i}]"
+        plain = _plain(case)
+        for err in sorted(validator.iter_errors(plain), key=lambda e: [str(x) for x in e.path]):
+            key = ".".join(str(x) for x in err.path)
+            problems.append(f"{where}: {label}: {key + ': ' if key else ''}{err.message}")
+        mode = case.get("failure_mode")
+        if mode is not None and mode not in FAILURE_MODES:
+            problems.append(f"{where}: {label}: failure_mode {mode!r} is outside the taxonomy")
+        at = plain.get("discovered_at")
+        if isinstance(at, str):
+            try:
+                dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+            except ValueError:
+                problems.append(f"{where}: {label}: discovered_at {at!r} is not an ISO 8601 time")
+        if case.get("id"):
+            seen.setdefault(str(case["id"]), []).append(line)
+    for cid, lines in seen.items():
+        if len(lines) > 1:
+            problems.append(f"{name}: {cid}: duplicate id (lines {', '.join(str(x) for x in lines)})")
+
+    removed, removed_problems = _read_removed(p.parent / REMOVED_FILE)
+    problems.extend(removed_problems)
+    for cid in removed:
+        if cid in seen:
+            problems.append(f"{REMOVED_FILE}: {cid}: listed as removed but still in {name}")
+    events, history_problems = _read_history(p.parent / HISTORY_FILE)
+    problems.extend(history_problems)
+    reported: set[str] = set()
+    for n, ev in events:
+        cid = str(ev.get("case_id") or "")
+        if ev.get("event") == "promoted" and cid and cid not in seen and cid not in removed and cid not in reported:
+            reported.add(cid)
+            problems.append(
+                f"{HISTORY_FILE}:{n}: {cid}: promoted but missing from {name} with no entry in {REMOVED_FILE}"
+            )
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# export
+
+def export_record(candidate: Mapping[str, Any]) -> dict[str, Any]:
+    """One dataset row for other eval tools: ``{input, expected, metadata}`` (JSON-able).
+
+    | record field | taken from the candidate | Phoenix example (`datasets.create_dataset` `inputs` / `outputs` / `metadata`) | Langfuse (`create_dataset_item`) | Braintrust (`dataset.insert`) |
+    |---|---|---|---|---|
+    | `input` | `input`: `{user_message, conversation_history}` | `input` | `input` | `input` |
+    | `expected` | `expected`: the draft assertions (`required_tool_sequence`, `must_not`, `output_schema`, ...) | `output` | `expected_output` | `expected` |
+    | `metadata` | `candidate_id`, `case_id`, `failure_mode`, `severity`, `blast_radius`, `detector`, `status`, `duplicate_of`, `occurrences`, `trace_ids`, `first_seen`, `last_seen`, `source`, `context`, `observed` | `metadata` | `metadata` (and `metadata.source.trace_id` fits `source_trace_id`) | `metadata` (and `metadata.candidate_id` fits `id`) |
+
+    Times are ISO 8601 strings (UTC, ``Z``). Pure.
+    """
+    meta_keys = ("candidate_id", "case_id", "failure_mode", "severity", "blast_radius", "detector",
+                 "status", "duplicate_of", "occurrences", "trace_ids", "first_seen", "last_seen",
+                 "source", "context", "observed")
+    metadata = {k: _plain(candidate.get(k)) for k in meta_keys if candidate.get(k) is not None}
+    return {
+        "input": _plain(candidate.get("input") or {"user_message": "", "conversation_history": []}),
+        "expected": _plain(candidate.get("expected") or {}),
+        "metadata": metadata,
+    }

@@ -1,0 +1,953 @@
+"""Promotion: turn the detections on settled traces into candidate regression rows.
+
+One candidate per (trace, detector, failure_mode): several detections of the same
+rule on one trace make one candidate. Each candidate carries
+
+* ``input``    -- ``{user_message, conversation_history}``, read from the first AGENT, then
+  LLM span with input messages (OpenInference ``llm.input_messages``, GenAI
+  ``gen_ai.input.messages``, legacy ``gen_ai.prompt`` / ``llm.prompts``), else from the
+  root span's ``input_value`` (an OpenAI-style ``{"messages": [...]}`` request, a JSON
+  object with an ``input``/``query``/``question``/``message`` field, or plain text).
+  System messages are left out (the prompt is identified in ``source``); messages
+  after the last user message are left out too;
+* ``context``  -- retrieved ``documents`` (id, score, content, span_id), ``retrieval_queries``,
+  ``tool_calls`` (name, arguments, result, status, error, span_id) and ``available_tools``;
+* ``observed`` -- ``final_answer``, ``tool_sequence``, ``failing_calls`` (one per detection
+  span) and the ``detections`` (message + evidence);
+* ``expected`` -- a draft assertion fitted to the failure mode (see :func:`draft_expected`);
+* ``source``   -- trace_id, span_ids, service, model, prompt template / version / id,
+  agent name / version, session, detector.
+
+Dedupe, in this order, for a candidate whose id is not stored yet:
+
+1. **same candidate**: ``candidate_id`` derives from detector + failure_mode + ``input_hash``,
+   the sha256 of the input's normal form (:func:`normal_form`: placeholders reduced to
+   their type, whitespace collapsed, case folded). A known id is passed on unchanged;
+   the upsert appends the trace and counts the occurrence.
+2. **near duplicate**: a MinHash signature over word shingles of the normal form is
+   compared (through a banded LSH index, each hit verified) with the stored non-duplicate
+   candidates of the same failure mode and those earlier in the batch; at or over
+   ``near_duplicate_threshold`` the candidate gets status ``duplicate`` and
+   ``duplicate_of`` = the most similar one (earliest on ties).
+3. **cap**: at most ``max_per_intent`` rows (any status) per (failure_mode, intent);
+   past it a new candidate is not emitted and ``stats["capped"]`` counts it. Recurrences
+   of stored candidates are never capped.
+
+Intent (our choice): ``tool:<name>`` when the failure is on a tool (the detection's
+span is a TOOL span, or its evidence names ``tool_name``/``tool``), else ``text:`` + the
+first ``intent_words`` words of the normalized user message, else ``span:<name>``.
+
+An input with no text at all (content capture off) is hashed as ``{"empty_input": true,
+"span": <first failing span's tool or span name>}``, so such failures group per failing
+call instead of all into one.
+
+Options (``processors.promotion``), defaults::
+
+    near_duplicate_threshold: 0.8   # estimated Jaccard similarity of word shingles, (0, 1]
+    max_per_intent: 20              # rows per (failure_mode, intent); 0 = no cap
+    minhash_permutations: 64        # 64 or 128 (stored in candidates.signature)
+    shingle_words: 3                # words per shingle
+    intent_words: 4                 # words of the user message in a text intent
+    max_text_chars: 2000            # longer context / observed strings are cut and marked
+
+Evidence keys read when a detector provides them (all optional; the spans are the
+fallback): ``tool_name``/``tool``, ``schema``/``json_schema``/``output_schema``,
+``cited_ids``/``missing_ids``/``unknown_ids``, ``phrase``/``matched``, ``threshold_ms``,
+``max_identical_calls``/``limit``, ``min_score``/``threshold``, ``annotation``/``name``.
+
+Runs on the judge thread; deterministic for a given batch and store content. Reads the
+store only through ``StoreReader.query``; stores nothing itself (the writer upserts
+``batch.candidates``). Near-duplicate and cap checks see what is committed plus the
+current batch, so the judge loop should commit one batch's candidates before judging
+the next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import operator
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
+from tracesieve.processors.options import OptionReader
+from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
+from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
+
+# ---------------------------------------------------------------------------
+# normal form, hash, MinHash
+
+_KEYED_PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*):[0-9a-fA-F]{6}>")
+_WS = re.compile(r"\s+")
+_WORD = re.compile(r"<[a-z_]+>|\w+")
+_MERSENNE = (1 << 61) - 1
+
+
+def normalize_text(text: str) -> str:
+    """Redaction-stable text: ``<EMAIL:3f9a1c>`` -> ``<EMAIL>``, whitespace collapsed, case folded."""
+    return _WS.sub(" ", _KEYED_PLACEHOLDER.sub(r"<\1>", text)).strip().casefold()
+
+
+def normal_form(inp: Mapping[str, Any], empty_key: str = "") -> str:
+    """The canonical JSON text the input hash is taken over.
+
+    Covers the user message and, per history message, role, content and the names of
+    tool calls (never ids or arguments, which differ per run).
+    """
+    history = []
+    for msg in inp.get("conversation_history") or []:
+        if not isinstance(msg, Mapping):
+            continue
+        item: dict[str, Any] = {
+            "role": normalize_text(str(msg.get("role") or "")),
+            "content": normalize_text(str(msg.get("content") or "")),
+        }
+        calls = [str(c.get("name") or "") for c in msg.get("tool_calls") or [] if isinstance(c, Mapping)]
+        if calls:
+            item["tool_calls"] = calls
+        history.append(item)
+    user = normalize_text(str(inp.get("user_message") or ""))
+    if not user and not any(h["content"] or h.get("tool_calls") for h in history):
+        form: dict[str, Any] = {"empty_input": True, "span": normalize_text(empty_key)}
+    else:
+        form = {"user_message": user, "conversation_history": history}
+    return json.dumps(form, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def input_hash(inp: Mapping[str, Any], empty_key: str = "") -> str:
+    """sha256 hex of :func:`normal_form`: equal for the same input from different customers."""
+    return hashlib.sha256(normal_form(inp, empty_key).encode("utf-8")).hexdigest()
+
+
+def _shingle_text(inp: Mapping[str, Any]) -> str:
+    parts = [str(m.get("content") or "") for m in inp.get("conversation_history") or [] if isinstance(m, Mapping)]
+    parts.append(str(inp.get("user_message") or ""))
+    return normalize_text(" ".join(parts))
+
+
+def shingles(text: str, k: int = 3) -> set[str]:
+    """Word k-shingles of already normalized text (placeholders count as words)."""
+    words = _WORD.findall(text)
+    if not words:
+        return set()
+    if len(words) <= k:
+        return {" ".join(words)}
+    return {" ".join(words[i:i + k]) for i in range(len(words) - k + 1)}
+
+
+def _perm_params(num_perm: int) -> list[tuple[int, int]]:
+    params = []
+    for i in range(num_perm):
+        seed = hashlib.sha256(f"tracesieve-minhash-{i}".encode()).digest()
+        a = int.from_bytes(seed[:8], "big") % (_MERSENNE - 1) + 1
+        b = int.from_bytes(seed[8:16], "big") % _MERSENNE
+        params.append((a, b))
+    return params
+
+
+_PERMS: dict[int, list[tuple[int, int]]] = {}
+
+
+def minhash(items: Iterable[str], num_perm: int = 64) -> list[int]:
+    """MinHash signature (values < 2**61, fit UBIGINT); empty input gives an empty signature."""
+    hashes = [int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest(), "big") for s in items]
+    if not hashes:
+        return []
+    perms = _PERMS.get(num_perm)
+    if perms is None:
+        perms = _PERMS[num_perm] = _perm_params(num_perm)
+    return [min((a * x + b) % _MERSENNE for x in hashes) for a, b in perms]
+
+
+def similarity(a: Sequence[int], b: Sequence[int]) -> float:
+    """Estimated Jaccard similarity of two signatures of equal length (0.0 otherwise)."""
+    if not a or len(a) != len(b):
+        return 0.0
+    return sum(map(operator.eq, a, b)) / len(a)
+
+
+class LshIndex:
+    """Banded MinHash index: finds the signatures likely to be at or over a threshold without comparing all.
+
+    Bands of 4 rows (16 bands for 64 permutations): two inputs with similarity 0.8 share
+    a band with probability 1 - (1 - 0.8**4)**16 > 0.999. Every hit is then checked with
+    :func:`similarity`, so the index never reports a pair under the threshold.
+    """
+
+    ROWS = 4
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+        self._sigs: dict[str, tuple[int, Sequence[int]]] = {}  # key -> (insertion order, signature)
+
+    def add(self, key: str, sig: Sequence[int]) -> None:
+        if not sig or key in self._sigs:
+            return
+        self._sigs[key] = (len(self._sigs), sig)
+        for band in range(len(sig) // self.ROWS):
+            self._buckets.setdefault((band, tuple(sig[band * self.ROWS:(band + 1) * self.ROWS])), []).append(key)
+
+    def best(self, sig: Sequence[int], threshold: float) -> tuple[float, str] | None:
+        """The most similar stored key at or over ``threshold`` (the earliest added on ties)."""
+        if not sig:
+            return None
+        seen: set[str] = set()
+        best: tuple[float, int, str] | None = None
+        for band in range(len(sig) // self.ROWS):
+            for key in self._buckets.get((band, tuple(sig[band * self.ROWS:(band + 1) * self.ROWS])), ()):
+                if key in seen:
+                    continue
+                seen.add(key)
+                order, other = self._sigs[key]
+                sim = similarity(sig, other)
+                if sim >= threshold and (best is None or (sim, -order) > (best[0], -best[1])):
+                    best = (sim, order, key)
+        return None if best is None else (best[0], best[2])
+
+
+# ---------------------------------------------------------------------------
+# reading spans
+
+def _get(obj: Any, dotted: str) -> Any:
+    """``attributes`` lookup by dotted key: nested (as stored) first, then a flat key."""
+    if not isinstance(obj, Mapping):
+        return None
+    cur: Any = obj
+    for part in dotted.split("."):
+        if isinstance(cur, Mapping) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            cur = None
+            break
+    if cur is None and dotted in obj:
+        cur = obj[dotted]
+    return cur
+
+
+def _attrs(span: SpanRow) -> Mapping[str, Any]:
+    a = span.get("attributes")
+    return a if isinstance(a, Mapping) else {}
+
+
+def _maybe_json(value: Any) -> Any:
+    if isinstance(value, str):
+        s = value.strip()
+        if s[:1] in ("{", "[", '"'):
+            try:
+                return json.loads(s)
+            except ValueError:
+                return value
+    return value
+
+
+def _as_list(value: Any) -> list[Any]:
+    value = _maybe_json(value)
+    if isinstance(value, list):
+        return [v for v in value if v is not None]
+    if isinstance(value, Mapping):  # a list whose indices arrived as object keys
+        try:
+            return [value[k] for k in sorted(value, key=int)]
+        except (TypeError, ValueError):
+            return []
+    return []
+
+
+def _clip(value: Any, limit: int) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"…[truncated {len(value) - limit} chars]"
+    if isinstance(value, list):
+        return [_clip(v, limit) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _clip(v, limit) for k, v in value.items()}
+    return value
+
+
+_ROLES = {"human": "user", "ai": "assistant", "model": "assistant", "agent": "assistant",
+          "developer": "system", "function": "tool"}
+
+
+def _role(value: Any) -> str:
+    r = str(value or "").strip().lower()
+    return _ROLES.get(r, r)
+
+
+def _content_text(value: Any) -> str:
+    """Text of a message content in any of the shapes producers send."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(t for t in (_content_text(v) for v in value) if t)
+    if isinstance(value, Mapping):
+        if "message_content" in value:
+            return _content_text(value["message_content"])
+        kind = value.get("type")
+        if kind not in (None, "text", "input_text", "output_text"):
+            return ""
+        for key in ("text", "content"):
+            if isinstance(value.get(key), str):
+                return value[key]
+        return ""
+    return str(value)
+
+
+def _oi_message(item: Any) -> dict[str, Any] | None:
+    m = item.get("message", item) if isinstance(item, Mapping) else None
+    if not isinstance(m, Mapping):
+        return None
+    content = _content_text(m.get("content"))
+    if not content and m.get("contents") is not None:
+        content = _content_text(_as_list(m.get("contents")))
+    msg: dict[str, Any] = {"role": _role(m.get("role")), "content": content}
+    calls = []
+    for tc in _as_list(m.get("tool_calls")):
+        call = tc.get("tool_call", tc) if isinstance(tc, Mapping) else None
+        if isinstance(call, Mapping):
+            fn = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+            calls.append({"name": fn.get("name") or call.get("name") or "",
+                          "arguments": _maybe_json(fn.get("arguments", call.get("arguments")))})
+    if calls:
+        msg["tool_calls"] = calls
+    return msg
+
+
+def _genai_message(item: Any) -> dict[str, Any] | None:
+    if not isinstance(item, Mapping):
+        return None
+    if "parts" not in item:  # deprecated {role, content} shapes and OpenAI-style requests
+        msg = {"role": _role(item.get("role")), "content": _content_text(item.get("content"))}
+        calls = []
+        for tc in _as_list(item.get("tool_calls")):
+            if isinstance(tc, Mapping):
+                fn = tc.get("function") if isinstance(tc.get("function"), Mapping) else tc
+                calls.append({"name": fn.get("name") or "", "arguments": _maybe_json(fn.get("arguments"))})
+        if calls:
+            msg["tool_calls"] = calls
+        return msg
+    texts, calls = [], []
+    for part in _as_list(item.get("parts")):
+        if not isinstance(part, Mapping):
+            continue
+        kind = part.get("type")
+        if kind == "text":
+            texts.append(_content_text(part.get("content")))
+        elif kind == "tool_call":
+            calls.append({"name": part.get("name") or "", "arguments": _maybe_json(part.get("arguments"))})
+        elif kind == "tool_call_response":
+            resp = part.get("response", part.get("result"))
+            texts.append(resp if isinstance(resp, str) else json.dumps(resp, ensure_ascii=False, default=str))
+    msg = {"role": _role(item.get("role")), "content": "\n".join(t for t in texts if t)}
+    if calls:
+        msg["tool_calls"] = calls
+    return msg
+
+
+def span_input_messages(span: SpanRow) -> list[dict[str, Any]]:
+    """Input messages of a span in OpenInference or GenAI form (empty when it has none)."""
+    a = _attrs(span)
+    oi = [m for m in (_oi_message(i) for i in _as_list(_get(a, "llm.input_messages"))) if m]
+    if oi:
+        return oi
+    for key in ("gen_ai.input.messages", "gen_ai.prompt"):
+        msgs = [m for m in (_genai_message(i) for i in _as_list(_get(a, key))) if m]
+        if msgs:
+            return msgs
+    prompts = [_content_text(_get(p, "prompt.text") if isinstance(p, Mapping) else p)
+               for p in _as_list(_get(a, "llm.prompts"))]
+    prompts = [p for p in prompts if p]
+    if prompts:
+        return [{"role": "user", "content": prompts[-1]}]
+    return []
+
+
+def span_output_text(span: SpanRow) -> str:
+    """The text an LLM span answered (choice 0), OpenInference or GenAI."""
+    a = _attrs(span)
+    for item in _as_list(_get(a, "llm.output_messages"))[:1]:
+        msg = _oi_message(item)
+        if msg and msg["content"]:
+            return msg["content"]
+    for key in ("gen_ai.output.messages", "gen_ai.completion"):
+        for item in _as_list(_get(a, key))[:1]:
+            msg = _genai_message(item)
+            if msg and msg["content"]:
+                return msg["content"]
+    return ""
+
+
+def _split_messages(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    convo = [m for m in messages if m.get("role") != "system"]
+    last_user = max((i for i, m in enumerate(convo) if m.get("role") == "user"), default=None)
+    if last_user is None:
+        return {"user_message": "", "conversation_history": convo}
+    return {"user_message": convo[last_user]["content"], "conversation_history": convo[:last_user]}
+
+
+_INPUT_KEYS = ("input", "query", "question", "message", "user_message", "prompt", "text")
+
+
+def _input_from_value(value: Any) -> dict[str, Any]:
+    parsed = _maybe_json(value)
+    if isinstance(parsed, Mapping):
+        msgs = parsed.get("messages")
+        if isinstance(msgs, list):
+            got = [m for m in (_genai_message(i) for i in msgs) if m]
+            if got:
+                return _split_messages(got)
+        for key in _INPUT_KEYS:
+            if isinstance(parsed.get(key), str):
+                return {"user_message": parsed[key], "conversation_history": []}
+    if isinstance(parsed, list) and parsed and all(isinstance(m, Mapping) and "role" in m for m in parsed):
+        got = [m for m in (_genai_message(i) for i in parsed) if m]
+        return _split_messages(got)
+    if value is None:
+        return {"user_message": "", "conversation_history": []}
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return {"user_message": text, "conversation_history": []}
+
+
+def _root(spans: Sequence[SpanRow]) -> SpanRow | None:
+    for s in spans:
+        if not s.get("parent_span_id"):
+            return s
+    return spans[0] if spans else None
+
+
+def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
+    """``{user_message, conversation_history}`` of a trace (see the module docstring for the order)."""
+    for kinds in (("AGENT",), ("LLM",), None):
+        for s in spans:
+            if kinds is not None and s.get("span_kind") not in kinds:
+                continue
+            msgs = span_input_messages(s)
+            if msgs:
+                split = _split_messages(msgs)
+                if split["user_message"] or split["conversation_history"]:
+                    return split
+    root = _root(spans)
+    ordered = ([root] if root else []) + [s for s in spans if s.get("span_kind") == "AGENT"] + list(spans)
+    for s in ordered:
+        if s.get("input_value"):
+            return _input_from_value(s["input_value"])
+    return {"user_message": "", "conversation_history": []}
+
+
+def _tool_name(span: SpanRow) -> str:
+    a = _attrs(span)
+    return str(span.get("tool_name") or _get(a, "tool.name") or _get(a, "gen_ai.tool.name") or "")
+
+
+def _exception_message(span: SpanRow) -> str | None:
+    for ev in span.get("events") or []:
+        if isinstance(ev, Mapping) and ev.get("name") == "exception":
+            attrs = ev.get("attributes") if isinstance(ev.get("attributes"), Mapping) else ev
+            msg = _get(attrs, "exception.message") or _get(attrs, "exception.type")
+            if msg:
+                return str(msg)
+    return None
+
+
+def tool_arguments(span: SpanRow) -> Any:
+    """Arguments of a TOOL span: ``input_value`` (JSON), else ``tool.parameters``, else GenAI's."""
+    a = _attrs(span)
+    for value in (span.get("input_value"), _get(a, "tool.parameters"), _get(a, "gen_ai.tool.call.arguments")):
+        if value not in (None, ""):
+            return _maybe_json(value)
+    return None
+
+
+def _tool_call(span: SpanRow, limit: int) -> dict[str, Any]:
+    a = _attrs(span)
+    result = span.get("output_value")
+    if result in (None, ""):
+        result = _get(a, "gen_ai.tool.call.result")
+    call: dict[str, Any] = {
+        "span_id": span.get("span_id"),
+        "name": _tool_name(span) or span.get("name"),
+        "arguments": _clip(tool_arguments(span), limit),
+        "result": _clip(_maybe_json(result), limit),
+        "status": span.get("status_code"),
+    }
+    error = span.get("status_message") or _exception_message(span)
+    if error or span.get("status_code") == "ERROR":
+        call["error"] = _clip(error or "", limit)
+    return call
+
+
+def _documents(span: SpanRow, limit: int) -> list[dict[str, Any]]:
+    a = _attrs(span)
+    docs = []
+    for item in _as_list(_get(a, "retrieval.documents")):
+        d = item.get("document", item) if isinstance(item, Mapping) else None
+        if isinstance(d, Mapping):
+            docs.append({"id": d.get("id"), "score": d.get("score"), "content": _clip(d.get("content"), limit)})
+    if not docs:
+        for d in _as_list(_get(a, "gen_ai.retrieval.documents")):
+            if isinstance(d, Mapping):
+                docs.append({"id": d.get("id"), "score": d.get("score"),
+                             "content": _clip(d.get("content"), limit)})
+    for d in docs:
+        d["span_id"] = span.get("span_id")
+    return docs
+
+
+def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
+    """Tool name -> declared JSON schema of its parameters, from ``llm.tools`` or ``gen_ai.tool.definitions``."""
+    tools: dict[str, Any] = {}
+    for s in spans:
+        a = _attrs(s)
+        for item in _as_list(_get(a, "llm.tools")):
+            raw = _get(item, "tool.json_schema") if isinstance(item, Mapping) else item
+            spec = _maybe_json(raw)
+            if isinstance(spec, Mapping):
+                fn = spec.get("function") if isinstance(spec.get("function"), Mapping) else spec
+                if fn.get("name"):
+                    tools.setdefault(str(fn["name"]), fn.get("parameters") or fn.get("input_schema") or {})
+        for spec in _as_list(_get(a, "gen_ai.tool.definitions")):
+            if isinstance(spec, Mapping):
+                fn = spec.get("function") if isinstance(spec.get("function"), Mapping) else spec
+                if fn.get("name"):
+                    tools.setdefault(str(fn["name"]), fn.get("parameters") or {})
+    return tools
+
+
+def extract_context(spans: Sequence[SpanRow], limit: int = 2000) -> dict[str, Any]:
+    """Retrieved documents, retrieval queries, tool calls (executed, else requested) and available tools."""
+    documents: list[dict[str, Any]] = []
+    queries: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for s in spans:
+        kind = s.get("span_kind")
+        if kind == "RETRIEVER":
+            documents.extend(_documents(s, limit))
+            q = s.get("input_value") or _get(_attrs(s), "gen_ai.retrieval.query.text")
+            if q:
+                queries.append(_clip(str(q), limit))
+        elif kind == "TOOL":
+            calls.append(_tool_call(s, limit))
+    if not calls:  # no TOOL spans: the calls the model asked for
+        for s in spans:
+            a = _attrs(s)
+            outs = [_oi_message(i) for i in _as_list(_get(a, "llm.output_messages"))]
+            outs += [_genai_message(i) for i in _as_list(_get(a, "gen_ai.output.messages"))]
+            for msg in outs:
+                for c in (msg or {}).get("tool_calls", []):
+                    calls.append({"span_id": s.get("span_id"), "name": c["name"],
+                                  "arguments": _clip(c["arguments"], limit), "requested_only": True})
+    context: dict[str, Any] = {"documents": documents, "tool_calls": calls,
+                               "available_tools": sorted(available_tools(spans))}
+    if queries:
+        context["retrieval_queries"] = queries
+    return context
+
+
+def _final_answer(spans: Sequence[SpanRow], limit: int) -> Any:
+    root = _root(spans)
+    if root is not None and root.get("output_value"):
+        return _clip(_maybe_json(root["output_value"]), limit)
+    for s in reversed(spans):
+        if s.get("span_kind") == "LLM":
+            text = span_output_text(s)
+            if text:
+                return _clip(text, limit)
+            if s.get("output_value"):
+                return _clip(_maybe_json(s["output_value"]), limit)
+    return None
+
+
+def _call_summary(span: SpanRow, limit: int) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "span_id": span.get("span_id"), "name": span.get("name"), "kind": span.get("span_kind"),
+        "status": span.get("status_code"), "duration_ms": span.get("duration_ms"),
+    }
+    if span.get("span_kind") == "TOOL":
+        out["tool"] = _tool_name(span)
+        out["arguments"] = _clip(tool_arguments(span), limit)
+    if span.get("output_value"):
+        out["output"] = _clip(_maybe_json(span["output_value"]), limit)
+    elif span.get("span_kind") == "LLM" and span_output_text(span):
+        out["output"] = _clip(span_output_text(span), limit)
+    error = span.get("status_message") or _exception_message(span)
+    if error:
+        out["error"] = _clip(error, limit)
+    if span.get("llm_finish_reason"):
+        out["finish_reason"] = span["llm_finish_reason"]
+    return out
+
+
+def extract_observed(spans: Sequence[SpanRow], detections: Sequence[Detection], limit: int = 2000) -> dict[str, Any]:
+    """What the agent did and said: final answer, tool sequence, failing calls, detections."""
+    by_id = {s.get("span_id"): s for s in spans}
+    failing, seen = [], set()
+    for d in detections:
+        if d.span_id in by_id and d.span_id not in seen:
+            seen.add(d.span_id)
+            failing.append(_call_summary(by_id[d.span_id], limit))
+    return {
+        "final_answer": _final_answer(spans, limit),
+        "tool_sequence": [_tool_name(s) or s.get("name") for s in spans if s.get("span_kind") == "TOOL"],
+        "failing_calls": failing,
+        "detections": [{"detector": d.detector, "span_id": d.span_id, "message": d.message,
+                        "evidence": _clip(dict(d.evidence), limit)} for d in detections],
+    }
+
+
+def _first_model(spans: Sequence[SpanRow], prefer: Sequence[str]) -> str | None:
+    by_id = {s.get("span_id"): s for s in spans}
+    for sid in prefer:
+        s = by_id.get(sid)
+        if s is not None and s.get("llm_model_name"):
+            return s["llm_model_name"]
+    for s in spans:
+        if s.get("llm_model_name"):
+            return s["llm_model_name"]
+    return None
+
+
+def _first_attr(spans: Sequence[SpanRow], *keys: str) -> Any:
+    for s in spans:
+        for key in keys:
+            v = _get(_attrs(s), key)
+            if v not in (None, ""):
+                return v
+    return None
+
+
+def extract_source(spans: Sequence[SpanRow], detections: Sequence[Detection], limit: int = 2000) -> dict[str, Any]:
+    """Where the failure came from: trace, spans, service, model, prompt, agent, session."""
+    span_ids = list(dict.fromkeys(d.span_id for d in detections))
+    root = _root(spans) or {}
+    resource = root.get("resource_attributes") if isinstance(root.get("resource_attributes"), Mapping) else {}
+    template = _first_attr(spans, "llm.prompt_template.template")
+    return {
+        "trace_id": detections[0].trace_id if detections else root.get("trace_id"),
+        "span_ids": span_ids,
+        "detector": detections[0].detector if detections else None,
+        "service": root.get("service_name") or next((s.get("service_name") for s in spans if s.get("service_name")), None),
+        "service_version": _get(resource, "service.version"),
+        "model": _first_model(spans, span_ids),
+        "prompt_template": _clip(template, limit) if template else None,
+        "prompt_version": _first_attr(spans, "llm.prompt_template.version"),
+        "prompt_id": _first_attr(spans, "prompt.id", "gen_ai.prompt.name"),
+        "agent_name": _first_attr(spans, "agent.name", "gen_ai.agent.name"),
+        "agent_version": _first_attr(spans, "gen_ai.agent.version", "agent.version"),
+        "session_id": next((s.get("session_id") for s in spans if s.get("session_id")), None)
+        or _first_attr(spans, "gen_ai.conversation.id"),
+    }
+
+
+# ---------------------------------------------------------------------------
+# expected drafts
+
+def _evidence(detections: Sequence[Detection], *keys: str) -> Any:
+    for d in detections:
+        for key in keys:
+            v = d.evidence.get(key) if isinstance(d.evidence, Mapping) else None
+            if v not in (None, "", []):
+                return v
+    return None
+
+
+_REFUSAL = re.compile(
+    r"(?i)\b(i(?:'| a)?m sorry|i apologi[sz]e|i (?:cannot|can't|can not|am unable to|'m unable to|won't be able to)"
+    r"|unfortunately,? i|as an ai)\b[^.!?\n]{0,80}"
+)
+
+
+def _refusal_phrase(detections: Sequence[Detection], observed: Mapping[str, Any]) -> str | None:
+    phrase = _evidence(detections, "phrase", "matched", "match", "refusal")
+    if isinstance(phrase, str):
+        return phrase
+    answer = observed.get("final_answer")
+    if isinstance(answer, str):
+        m = _REFUSAL.search(answer)
+        if m:
+            return m.group(0).strip()
+        first = re.split(r"(?<=[.!?])\s", answer.strip(), maxsplit=1)[0]
+        return first[:120] or None
+    return None
+
+
+def failing_tool(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> str | None:
+    """The tool a failure is about: a detection span that is a TOOL, else the evidence's tool name."""
+    by_id = {s.get("span_id"): s for s in spans}
+    for d in detections:
+        s = by_id.get(d.span_id)
+        if s is not None and s.get("span_kind") == "TOOL" and _tool_name(s):
+            return _tool_name(s)
+    name = _evidence(detections, "tool_name", "tool")
+    return str(name) if isinstance(name, str) and name else None
+
+
+def _response_format_schema(spans: Sequence[SpanRow]) -> Any:
+    for s in spans:
+        params = _maybe_json(_get(_attrs(s), "llm.invocation_parameters"))
+        if isinstance(params, Mapping):
+            rf = params.get("response_format")
+            if isinstance(rf, Mapping):
+                js = rf.get("json_schema")
+                if isinstance(js, Mapping):
+                    return js.get("schema", js)
+    return None
+
+
+def draft_expected(
+    failure_mode: str,
+    spans: Sequence[SpanRow],
+    detections: Sequence[Detection],
+    context: Mapping[str, Any],
+    observed: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A draft ``expected_behavior`` for the failure mode; the reviewer edits it before promoting.
+
+    | failure_mode        | draft |
+    |---------------------|-------|
+    | tool_invocation     | ``required_tool_sequence: [tool]``, ``tool_calls_succeed: [tool]`` |
+    | tool_argument       | ``tool_arguments_schema: {tool: declared schema}``, ``required_tool_sequence: [tool]`` |
+    | retrieval_miss      | ``min_retrieved_documents: 1`` (+ ``min_document_score`` from evidence) |
+    | hallucination       | ``cited_ids_within_retrieved: true``, ``must_not: [invented ids]`` |
+    | format_violation    | ``output_schema`` (evidence, else response_format), ``output_mime_type`` |
+    | truncation          | ``finish_reason_not: [length]`` |
+    | refusal_overreach   | ``must_not: [the refusal phrase]`` |
+    | latency_breach      | ``max_duration_ms: {KIND: threshold}`` |
+    | loop                | ``max_identical_calls: N`` (evidence, else 2), ``required_tool_sequence: [tool]`` |
+    | blast_radius_breach | ``must_not_call_after_error: [tool]`` |
+    | llm_error           | ``no_error_spans: true`` |
+    | negative_feedback   | ``feedback_passes: [annotation names]`` |
+    """
+    tool = failing_tool(spans, detections)
+    exp: dict[str, Any] = {}
+    if failure_mode == "tool_invocation":
+        if tool:
+            exp["required_tool_sequence"] = [tool]
+            exp["tool_calls_succeed"] = [tool]
+        else:
+            exp["no_error_spans"] = True
+    elif failure_mode == "tool_argument":
+        schema = _evidence(detections, "schema", "json_schema", "tool_schema")
+        if schema is None and tool:
+            schema = available_tools(spans).get(tool)
+        exp["tool_arguments_schema"] = {tool or "*": schema if schema is not None else {}}
+        if tool:
+            exp["required_tool_sequence"] = [tool]
+    elif failure_mode == "retrieval_miss":
+        exp["min_retrieved_documents"] = 1
+        score = _evidence(detections, "min_score", "score_threshold", "threshold")
+        if isinstance(score, (int, float)):
+            exp["min_document_score"] = score
+    elif failure_mode == "hallucination":
+        exp["cited_ids_within_retrieved"] = True
+        invented = _evidence(detections, "missing_ids", "unknown_ids", "invented_ids", "cited_ids")
+        retrieved = {str(d.get("id")) for d in context.get("documents", []) if d.get("id") is not None}
+        if isinstance(invented, list):
+            bad = [str(i) for i in invented if str(i) not in retrieved]
+            if bad:
+                exp["must_not"] = bad
+        if not retrieved:
+            exp["no_facts_without_retrieval"] = True
+    elif failure_mode == "format_violation":
+        schema = _evidence(detections, "schema", "output_schema", "json_schema")
+        exp["output_schema"] = schema if schema is not None else (_response_format_schema(spans) or {})
+        exp["output_mime_type"] = "application/json"
+    elif failure_mode == "truncation":
+        exp["finish_reason_not"] = ["length"]
+    elif failure_mode == "refusal_overreach":
+        phrase = _refusal_phrase(detections, observed)
+        exp["must_not"] = [phrase] if phrase else []
+    elif failure_mode == "latency_breach":
+        by_id = {s.get("span_id"): s for s in spans}
+        limits: dict[str, Any] = {}
+        threshold = _evidence(detections, "threshold_ms", "limit_ms")
+        for d in detections:
+            kind = (by_id.get(d.span_id) or {}).get("span_kind") or "UNKNOWN"
+            limits[kind] = threshold
+        exp["max_duration_ms"] = limits or {"UNKNOWN": threshold}
+    elif failure_mode == "loop":
+        limit = _evidence(detections, "max_identical_calls", "limit")
+        exp["max_identical_calls"] = limit if isinstance(limit, int) and limit > 0 else 2
+        steps = _evidence(detections, "max_steps")
+        if isinstance(steps, int):
+            exp["max_steps"] = steps
+        if tool:
+            exp["required_tool_sequence"] = [tool]
+    elif failure_mode == "blast_radius_breach":
+        exp["must_not_call_after_error"] = [tool] if tool else []
+    elif failure_mode == "llm_error":
+        exp["no_error_spans"] = True
+    elif failure_mode == "negative_feedback":
+        name = _evidence(detections, "annotation", "name", "evaluation")
+        exp["feedback_passes"] = [name] if isinstance(name, str) else []
+    return exp
+
+
+# ---------------------------------------------------------------------------
+# the processor
+
+def _intent(inp: Mapping[str, Any], tool: str | None, span_name: str, words: int) -> str:
+    if tool:
+        return f"tool:{normalize_text(tool)}"[:80]
+    text = normalize_text(str(inp.get("user_message") or ""))
+    toks = _WORD.findall(text)[:words]
+    if toks:
+        return ("text:" + " ".join(toks))[:80]
+    return f"span:{normalize_text(span_name)}"[:80]
+
+
+#: Most to least severe, for the blast radius of a group of detections.
+_BLAST_RANK = ("irreversible_write", "customer_visible", "reversible_write", "internal_visible", "no_external_effect")
+
+
+def _worst(values: Iterable[str], order: Sequence[str]) -> str:
+    vals = list(values)
+    return min(vals, key=lambda v: order.index(v) if v in order else len(order))
+
+
+@dataclasses.dataclass(frozen=True)
+class PromotionConfig:
+    near_duplicate_threshold: float = 0.8
+    max_per_intent: int = 20
+    minhash_permutations: int = 64
+    shingle_words: int = 3
+    intent_words: int = 4
+    max_text_chars: int = 2000
+
+
+class PromotionProcessor:
+    """Trace-stage step: detections -> candidates, deduped, near-duplicates marked, capped per intent.
+
+    ``stats`` (cumulative since start, for metrics and the per-batch log line):
+    ``new`` candidates emitted for the first time (duplicates included), ``duplicates``
+    among them, ``recurrences`` of known candidates, ``capped`` dropped by the per-intent cap.
+    """
+
+    kind: ClassVar[str] = "trace"
+
+    def __init__(self, config: PromotionConfig | None = None) -> None:
+        self.config = config or PromotionConfig()
+        self.stats = {"new": 0, "duplicates": 0, "recurrences": 0, "capped": 0}
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any] | None, *, path: str = "processors.promotion") -> PromotionProcessor:
+        opts = OptionReader(options, path)
+        d = PromotionConfig()
+        threshold = opts.number("near_duplicate_threshold", d.near_duplicate_threshold)
+        if not 0 < threshold <= 1:
+            opts.problem("near_duplicate_threshold", f"must be over 0 and at most 1, got {threshold}")
+        cap = opts.int("max_per_intent", d.max_per_intent)
+        if cap < 0:
+            opts.problem("max_per_intent", f"must be 0 (no cap) or more, got {cap}")
+        perms = opts.int("minhash_permutations", d.minhash_permutations)
+        if perms not in (64, 128):
+            opts.problem("minhash_permutations", f"expected 64 or 128, got {perms}")
+        shingle = opts.int("shingle_words", d.shingle_words)
+        if not 1 <= shingle <= 10:
+            opts.problem("shingle_words", f"expected 1 to 10, got {shingle}")
+        words = opts.int("intent_words", d.intent_words)
+        if not 1 <= words <= 20:
+            opts.problem("intent_words", f"expected 1 to 20, got {words}")
+        chars = opts.int("max_text_chars", d.max_text_chars)
+        if chars < 100:
+            opts.problem("max_text_chars", f"expected 100 or more, got {chars}")
+        opts.finish()
+        return cls(PromotionConfig(threshold, cap, perms, shingle, words, chars))
+
+    # -- building -----------------------------------------------------------
+
+    def build_candidate(self, spans: Sequence[SpanRow], detections: Sequence[Detection]) -> Candidate:
+        """One candidate from the detections of one (trace, detector, failure_mode). Pure."""
+        cfg = self.config
+        first = detections[0]
+        inp = extract_input(spans)
+        by_id = {s.get("span_id"): s for s in spans}
+        fail_span = by_id.get(first.span_id) or {}
+        span_name = _tool_name(fail_span) or str(fail_span.get("name") or "")
+        context = extract_context(spans, cfg.max_text_chars)
+        observed = extract_observed(spans, detections, cfg.max_text_chars)
+        tool = failing_tool(spans, detections)
+        return Candidate(
+            detector=first.detector,
+            failure_mode=first.failure_mode,
+            severity=_worst((d.severity for d in detections), SEVERITIES),
+            blast_radius=_worst((d.blast_radius for d in detections), _BLAST_RANK),
+            input_hash=input_hash(inp, span_name),
+            input=inp,
+            context=context,
+            observed=observed,
+            expected=draft_expected(first.failure_mode, spans, detections, context, observed),
+            source=extract_source(spans, detections, cfg.max_text_chars),
+            trace_id=first.trace_id,
+            intent=_intent(inp, tool, span_name, cfg.intent_words),
+            signature=minhash(shingles(_shingle_text(inp), cfg.shingle_words), cfg.minhash_permutations),
+        )
+
+    # -- the stage ----------------------------------------------------------
+
+    def process_traces(self, batch: TraceBatch, store: StoreReader) -> TraceBatch:
+        """Add one candidate per (trace, detector, failure_mode) to ``batch.candidates``.
+
+        Never mutates spans or detections. Deterministic: traces in order of their first
+        span's start time (then id), groups by (detector, failure_mode).
+        """
+        groups: dict[tuple[str, str, str], list[Detection]] = {}
+        for d in batch.detections:
+            if d.trace_id in batch.traces:
+                groups.setdefault((d.trace_id, d.detector, d.failure_mode), []).append(d)
+        if not groups:
+            return batch
+
+        def trace_order(tid: str) -> tuple[str, str]:
+            spans = batch.traces[tid]
+            start = spans[0].get("start_time") if spans else None
+            return (start.isoformat() if hasattr(start, "isoformat") else str(start or ""), tid)
+
+        keys = sorted(groups, key=lambda k: (trace_order(k[0]), k[1], k[2]))
+        built = [self.build_candidate(batch.traces[k[0]], groups[k]) for k in keys]
+
+        existing = {r["candidate_id"]: r for r in store.query(EXISTING_SQL, [sorted({c.candidate_id for c in built})])}
+        indexes: dict[str, LshIndex] = {}
+        intent_counts: dict[tuple[str, str], int] = {}
+        emitted: dict[str, Candidate] = {}
+        cfg = self.config
+        for cand in built:
+            cid = cand.candidate_id
+            if cid in existing or cid in emitted:
+                prior = existing.get(cid)
+                if prior is not None:
+                    cand.status, cand.duplicate_of = prior["status"], prior.get("duplicate_of")
+                else:
+                    cand.status, cand.duplicate_of = emitted[cid].status, emitted[cid].duplicate_of
+                batch.candidates.append(cand)
+                self.stats["recurrences"] += 1
+                continue
+            mode = cand.failure_mode
+            if mode not in indexes:
+                indexes[mode] = LshIndex()
+                for r in store.query(SIGNATURES_SQL, [mode, cfg.minhash_permutations]):
+                    indexes[mode].add(r["candidate_id"], list(r["signature"]))
+            best = indexes[mode].best(cand.signature, cfg.near_duplicate_threshold)
+            key = (mode, cand.intent)
+            if key not in intent_counts:
+                rows = store.query(INTENT_COUNT_SQL, [mode, cand.intent])
+                intent_counts[key] = int(rows[0]["n"]) if rows else 0
+            if cfg.max_per_intent and intent_counts[key] >= cfg.max_per_intent:
+                self.stats["capped"] += 1
+                continue
+            intent_counts[key] += 1
+            if best is not None:
+                cand.status, cand.duplicate_of = "duplicate", best[1]
+                self.stats["duplicates"] += 1
+            else:
+                indexes[mode].add(cid, cand.signature)
+            emitted[cid] = cand
+            batch.candidates.append(cand)
+            self.stats["new"] += 1
+        return batch
+
+    def shutdown(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,310 @@
+"""The ``candidates`` table: upsert from the trace stage, listing and review transitions for the CLI.
+
+Every function takes an open DuckDB connection and runs plain statements on it;
+none of them opens, commits or rolls back a transaction. The writer thread calls
+:func:`upsert_candidates` inside its group-commit transaction; the CLI calls the
+rest inside its own. Callers own the connection and its thread.
+
+Review transitions (refused ones raise :class:`UsageError`)::
+
+    new ───────┬──> promoted   (mark_promoted; final)
+    duplicate ─┤
+    rejected ──┘
+    new / duplicate ──> rejected   (mark_rejected)
+
+A promoted candidate can be neither promoted again nor rejected (remove the case
+from cases.yaml through the removal ledger instead); a rejected one can still be
+promoted when a reviewer changes their mind.
+
+The processor reads the table through ``StoreReader.query``, with the SQL text
+constants below (``EXISTING_SQL``, ``SIGNATURES_SQL``, ``INTENT_COUNT_SQL``), so
+the SQL lives with the table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from tracesieve.storage.errors import NotFoundError, UsageError
+from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES, Candidate
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; processors import this module without duckdb
+    import duckdb
+
+#: Columns returned by list/get, in table order (``signature`` is internal and left out).
+PUBLIC_COLUMNS = (
+    "candidate_id", "detector", "failure_mode", "severity", "blast_radius", "input_hash",
+    "intent", "input", "context", "observed", "expected", "source", "status", "duplicate_of",
+    "occurrences", "trace_ids", "first_seen", "last_seen", "case_id", "reviewed_by",
+    "review_reason", "reviewed_at",
+)
+JSON_COLUMNS = frozenset({"input", "context", "observed", "expected", "source"})
+
+#: Which of these candidate ids exist already, with their status. Param: a VARCHAR list.
+EXISTING_SQL = (
+    "SELECT candidate_id, status, duplicate_of FROM candidates "
+    "WHERE list_contains(?::VARCHAR[], candidate_id)"
+)
+#: Signatures a new candidate of one failure mode is compared with: every non-duplicate
+#: row of that mode whose signature has the same length. Params: failure_mode, length.
+SIGNATURES_SQL = (
+    "SELECT candidate_id, signature FROM candidates "
+    "WHERE failure_mode = ? AND status <> 'duplicate' AND signature IS NOT NULL "
+    "AND len(signature) = ? ORDER BY first_seen, candidate_id"
+)
+#: Rows already stored for one (failure_mode, intent): the per-intent cap. Params: failure_mode, intent.
+INTENT_COUNT_SQL = "SELECT count(*) AS n FROM candidates WHERE failure_mode = ? AND intent = ?"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False, sort_keys=False)
+
+
+def _severity_rank(severity: str | None) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
+
+
+_NEW_ROWS_SCHEMA = pa.schema([
+    ("candidate_id", pa.string()), ("detector", pa.string()), ("failure_mode", pa.string()),
+    ("severity", pa.string()), ("blast_radius", pa.string()), ("input_hash", pa.string()),
+    ("intent", pa.string()), ("input", pa.string()), ("context", pa.string()), ("observed", pa.string()),
+    ("expected", pa.string()), ("source", pa.string()), ("status", pa.string()), ("duplicate_of", pa.string()),
+    ("occurrences", pa.int64()), ("trace_ids", pa.list_(pa.string())), ("signature", pa.list_(pa.uint64())),
+])
+_RECURRENCE_SCHEMA = pa.schema([
+    ("candidate_id", pa.string()), ("add_trace_ids", pa.list_(pa.string())), ("severity", pa.string()),
+])
+
+
+def upsert_candidates(
+    con: duckdb.DuckDBPyConnection, candidates: Iterable[Candidate], now: dt.datetime
+) -> dict[str, int]:
+    """Insert new candidates and record recurrences of known ones. Idempotent per (candidate, trace).
+
+    * unknown candidate_id: inserted with ``trace_ids = [trace_id]``, ``occurrences`` = 1,
+      ``first_seen = last_seen = now`` and the candidate's own status / duplicate_of / signature;
+    * known candidate_id, trace not yet in ``trace_ids``: the trace id is appended,
+      ``occurrences`` + 1, ``last_seen = now``, severity raised if the new one is more severe;
+      status, content and review fields are left as they are;
+    * known candidate_id and trace: nothing changes (re-judging a trace is a no-op).
+
+    Candidates sharing an id within one call count as recurrences of the first. A handful
+    of statements per call whatever its size; runs inside the caller's transaction.
+    Returns counts ``{"inserted", "recurred", "unchanged"}``.
+    """
+    cands = list(candidates)
+    counts = {"inserted": 0, "recurred": 0, "unchanged": 0}
+    if not cands:
+        return counts
+    ids = sorted({c.candidate_id for c in cands})
+    stored = {
+        cid: (list(tids or []), sev)
+        for cid, tids, sev in con.execute(
+            "SELECT candidate_id, trace_ids, severity FROM candidates WHERE list_contains(?::VARCHAR[], candidate_id)",
+            [ids],
+        ).fetchall()
+    }
+    new_rows: dict[str, dict[str, Any]] = {}
+    recur: dict[str, dict[str, Any]] = {}
+    for cand in cands:
+        cid = cand.candidate_id
+        if cid in new_rows:
+            row = new_rows[cid]
+            if cand.trace_id in row["trace_ids"]:
+                counts["unchanged"] += 1
+            else:
+                row["trace_ids"].append(cand.trace_id)
+                row["occurrences"] += 1
+                if _severity_rank(cand.severity) < _severity_rank(row["severity"]):
+                    row["severity"] = cand.severity
+                counts["recurred"] += 1
+            continue
+        if cid not in stored:
+            dup = cand.status == "duplicate"
+            new_rows[cid] = {
+                "candidate_id": cid, "detector": cand.detector, "failure_mode": cand.failure_mode,
+                "severity": cand.severity, "blast_radius": cand.blast_radius, "input_hash": cand.input_hash,
+                "intent": cand.intent, "input": _dumps(cand.input), "context": _dumps(cand.context),
+                "observed": _dumps(cand.observed), "expected": _dumps(cand.expected), "source": _dumps(cand.source),
+                "status": "duplicate" if dup else "new", "duplicate_of": cand.duplicate_of if dup else None,
+                "occurrences": 1, "trace_ids": [cand.trace_id], "signature": list(cand.signature) or None,
+            }
+            counts["inserted"] += 1
+            continue
+        trace_ids, severity = stored[cid]
+        entry = recur.setdefault(cid, {"candidate_id": cid, "add_trace_ids": [], "severity": severity})
+        if cand.trace_id in trace_ids or cand.trace_id in entry["add_trace_ids"]:
+            counts["unchanged"] += 1
+            continue
+        entry["add_trace_ids"].append(cand.trace_id)
+        if _severity_rank(cand.severity) < _severity_rank(entry["severity"]):
+            entry["severity"] = cand.severity
+        counts["recurred"] += 1
+
+    if new_rows:
+        table = pa.Table.from_pylist(list(new_rows.values()), schema=_NEW_ROWS_SCHEMA)
+        con.register("_tracesieve_new_candidates", table)
+        try:
+            con.execute(
+                "INSERT INTO candidates (candidate_id, detector, failure_mode, severity, blast_radius, input_hash, "
+                "intent, input, context, observed, expected, source, status, duplicate_of, occurrences, trace_ids, "
+                "signature, first_seen, last_seen) "
+                "SELECT candidate_id, detector, failure_mode, severity, blast_radius, input_hash, intent, input, "
+                "context, observed, expected, source, status, duplicate_of, occurrences, trace_ids, signature, "
+                "?::TIMESTAMPTZ, ?::TIMESTAMPTZ FROM _tracesieve_new_candidates",
+                [now, now],
+            )
+        finally:
+            con.unregister("_tracesieve_new_candidates")
+    updates = [e for e in recur.values() if e["add_trace_ids"]]
+    if updates:
+        table = pa.Table.from_pylist(updates, schema=_RECURRENCE_SCHEMA)
+        con.register("_tracesieve_recurrences", table)
+        try:
+            con.execute(
+                "UPDATE candidates SET "
+                "trace_ids = list_concat(coalesce(candidates.trace_ids, []::VARCHAR[]), u.add_trace_ids), "
+                "occurrences = candidates.occurrences + len(u.add_trace_ids), "
+                "last_seen = greatest(coalesce(candidates.last_seen, ?::TIMESTAMPTZ), ?::TIMESTAMPTZ), "
+                "severity = u.severity "
+                "FROM _tracesieve_recurrences AS u WHERE candidates.candidate_id = u.candidate_id",
+                [now, now],
+            )
+        finally:
+            con.unregister("_tracesieve_recurrences")
+    return counts
+
+
+def _row_dict(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in zip(names, row):
+        if name in JSON_COLUMNS and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        out[name] = value
+    return out
+
+
+def _check_choice(what: str, value: str | None, choices: Sequence[str]) -> None:
+    if value is not None and value not in choices:
+        raise UsageError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+
+
+def list_candidates(
+    con: duckdb.DuckDBPyConnection,
+    status: str | None = None,
+    mode: str | None = None,
+    severity: str | None = None,
+    since: dt.datetime | str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Candidates matching every given filter, most recently seen first (JSON columns parsed).
+
+    ``since`` keeps rows whose ``last_seen`` is at or after it (a datetime or an ISO 8601
+    string). Unknown status / mode / severity values and a negative limit raise UsageError.
+    Read-only.
+    """
+    _check_choice("status", status, CANDIDATE_STATUSES)
+    _check_choice("failure mode", mode, FAILURE_MODES)
+    _check_choice("severity", severity, SEVERITIES)
+    where: list[str] = []
+    params: list[Any] = []
+    for column, value in (("status", status), ("failure_mode", mode), ("severity", severity)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if since is not None:
+        if isinstance(since, str):
+            try:
+                since = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
+            except ValueError:
+                raise UsageError(f"--since {since!r} is not an ISO 8601 time") from None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=dt.timezone.utc)
+        where.append("last_seen >= ?")
+        params.append(since)
+    sql = f"SELECT {', '.join(PUBLIC_COLUMNS)} FROM candidates"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY last_seen DESC, candidate_id"
+    if limit is not None:
+        if limit < 0:
+            raise UsageError(f"limit must be 0 or more, got {limit}")
+        sql += f" LIMIT {int(limit)}"
+    rows = con.execute(sql, params).fetchall()
+    return [_row_dict(PUBLIC_COLUMNS, row) for row in rows]
+
+
+def get_candidate(con: duckdb.DuckDBPyConnection, candidate_id: str) -> dict[str, Any] | None:
+    """One candidate as a dict (JSON columns parsed), or None. Read-only."""
+    row = con.execute(
+        f"SELECT {', '.join(PUBLIC_COLUMNS)} FROM candidates WHERE candidate_id = ?", [candidate_id]
+    ).fetchone()
+    return None if row is None else _row_dict(PUBLIC_COLUMNS, row)
+
+
+def _require(con: duckdb.DuckDBPyConnection, candidate_id: str) -> tuple[str, str | None]:
+    row = con.execute(
+        "SELECT status, case_id FROM candidates WHERE candidate_id = ?", [candidate_id]
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no candidate {candidate_id!r} (list them with `tracesieve candidates`)")
+    return row[0], row[1]
+
+
+def mark_promoted(
+    con: duckdb.DuckDBPyConnection, candidate_id: str, case_id: str, owner: str, now: dt.datetime
+) -> None:
+    """Record that ``candidate_id`` became case ``case_id``, reviewed by ``owner``.
+
+    NotFoundError for an unknown id; UsageError when it is already promoted.
+    """
+    status, existing_case = _require(con, candidate_id)
+    if status == "promoted":
+        raise UsageError(f"candidate {candidate_id} is already promoted as {existing_case}")
+    if not owner:
+        raise UsageError("promoting needs an owner (--owner NAME)")
+    con.execute(
+        "UPDATE candidates SET status = 'promoted', case_id = ?, reviewed_by = ?, reviewed_at = ? "
+        "WHERE candidate_id = ?",
+        [case_id, owner, now, candidate_id],
+    )
+
+
+def mark_rejected(
+    con: duckdb.DuckDBPyConnection, candidate_id: str, reason: str, by: str, now: dt.datetime
+) -> None:
+    """Reject ``candidate_id`` with a reason; the row is kept.
+
+    NotFoundError for an unknown id; UsageError for an empty reason or a candidate that
+    is already promoted (remove its case instead) or already rejected.
+    """
+    status, existing_case = _require(con, candidate_id)
+    if not reason or not reason.strip():
+        raise UsageError("rejecting needs a reason (--reason TEXT)")
+    if status == "promoted":
+        raise UsageError(
+            f"candidate {candidate_id} is promoted as {existing_case}; remove the case through "
+            "cases_removed.yaml instead of rejecting it"
+        )
+    if status == "rejected":
+        raise UsageError(f"candidate {candidate_id} is already rejected")
+    con.execute(
+        "UPDATE candidates SET status = 'rejected', review_reason = ?, reviewed_by = ?, reviewed_at = ? "
+        "WHERE candidate_id = ?",
+        [reason.strip(), by, now, candidate_id],
+    )
+
+
+def signatures_for_mode(
+    con: duckdb.DuckDBPyConnection, failure_mode: str, length: int
+) -> list[tuple[str, list[int]]]:
+    """``(candidate_id, signature)`` of every non-duplicate candidate of a mode, oldest first."""
+    return [(cid, list(sig)) for cid, sig in con.execute(SIGNATURES_SQL, [failure_mode, length]).fetchall()]

@@ -1,0 +1,252 @@
+"""The failure dataset files: promote (append-only), ids, re-promotion, lint, export records."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from tracesieve.collector.cases import export_record, lint_cases, promote_case
+from tracesieve.storage.errors import NotFoundError, UsageError
+from tracesieve.storage.schema import FAILURE_MODES
+
+NOW = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.timezone.utc)
+
+
+def candidate(cid: str = "c0123456789a", mode: str = "tool_argument", **extra: Any) -> dict[str, Any]:
+    row = {
+        "candidate_id": cid, "detector": "tool_schema", "failure_mode": mode, "severity": "P1",
+        "blast_radius": "irreversible_write", "status": "new", "occurrences": 3,
+        "trace_ids": ["a" * 32, "b" * 32],
+        "input": {"user_message": "Refund order 42 for <EMAIL>", "conversation_history": []},
+        "context": {"documents": [], "tool_calls": [{"name": "refund_payment", "arguments": {"order_id": "42"}}]},
+        "observed": {"final_answer": "Done."},
+        "expected": {"tool_arguments_schema": {"refund_payment": {"type": "object"}},
+                     "required_tool_sequence": ["refund_payment"]},
+        "source": {"trace_id": "a" * 32, "span_ids": ["1" * 16], "model": "gpt-4o", "prompt_version": "v7",
+                   "service": "support-agent"},
+        "first_seen": NOW, "last_seen": NOW,
+    }
+    row.update(extra)
+    return row
+
+
+def load(path: Path) -> Any:
+    return YAML(typ="safe").load(path.read_text())
+
+
+HAND_WRITTEN = """\
+# Our failure dataset. Reviewed weekly.
+schema_version: 1
+failure_modes: [tool_invocation, tool_argument, retrieval_miss, hallucination, format_violation, truncation,
+  refusal_overreach, latency_breach, loop, blast_radius_breach, llm_error, negative_feedback]
+cases:
+# the refund incident of November
+- id: TS-0001
+  failure_mode: tool_invocation
+  severity: P0     # customers were charged twice
+  blast_radius: irreversible_write
+  status: active
+  discovered_at: 2026-11-01T09:00:00Z
+  discovered_by: ann
+  source: {trace_id: "0000000000000000000000000000000f", span_ids: [], candidate_id: cold, model: null, prompt_version: null}
+  input: {user_message: "Refund me", conversation_history: []}
+  context: {}
+  expected_behavior: {tool_calls_succeed: [refund_payment]}
+  remediation:
+    - "2026-11-02 ann: retry with idempotency key"
+  regressed_count: 0
+"""
+
+
+# ---------------------------------------------------------------------------
+# promote
+
+
+def test_promote_creates_the_dataset_with_the_whole_taxonomy(tmp_path):
+    path = tmp_path / "cases.yaml"
+    case = promote_case(path, candidate(), owner="ann", now=NOW)
+    doc = load(path)
+    assert doc["schema_version"] == 1
+    assert doc["failure_modes"] == list(FAILURE_MODES)
+    assert [c["id"] for c in doc["cases"]] == ["TS-0001"] == [case["id"]]
+    assert list(doc["cases"][0]) == ["id", "failure_mode", "severity", "blast_radius", "status", "discovered_at",
+                                     "discovered_by", "source", "input", "context", "expected_behavior",
+                                     "remediation", "regressed_count"]
+    assert case["source"] == {"trace_id": "a" * 32, "span_ids": ["1" * 16], "candidate_id": "c0123456789a",
+                              "model": "gpt-4o", "prompt_version": "v7"}
+    assert (case["status"], case["remediation"], case["regressed_count"]) == ("active", [], 0)
+    assert case["discovered_at"] == "2026-11-21T10:00:00Z"
+    assert lint_cases(path) == []
+
+
+def test_promote_records_a_history_event(tmp_path):
+    path = tmp_path / "cases.yaml"
+    promote_case(path, candidate(), owner="ann", now=NOW)
+    (line,) = (tmp_path / "history.jsonl").read_text().splitlines()
+    event = json.loads(line)
+    assert (event["at"], event["event"], event["case_id"]) == ("2026-11-21T10:00:00Z", "promoted", "TS-0001")
+    assert event["detail"]["candidate_id"] == "c0123456789a"
+
+
+def test_promote_appends_and_keeps_every_existing_byte(tmp_path):
+    path = tmp_path / "cases.yaml"
+    path.write_text(HAND_WRITTEN)
+    promote_case(path, candidate(), owner="bob", now=NOW)
+    text = path.read_text()
+    assert text.startswith(HAND_WRITTEN)
+    doc = load(path)
+    assert [c["id"] for c in doc["cases"]] == ["TS-0001", "TS-0002"]
+    assert doc["cases"][1]["discovered_by"] == "bob"
+    assert lint_cases(path) == []
+
+
+def test_promote_inserts_before_the_next_key_when_cases_is_not_last(tmp_path):
+    path = tmp_path / "cases.yaml"
+    body = HAND_WRITTEN.split("cases:\n")
+    original = "cases:\n" + body[1] + "\n# taxonomy below\n" + body[0]
+    path.write_text(original)
+    promote_case(path, candidate(), owner="bob", now=NOW)
+    new_lines = path.read_text().splitlines()
+    old_lines = original.splitlines()
+    start = new_lines.index("- id: TS-0002")
+    end = start + next(i for i, ln in enumerate(new_lines[start + 1:], 1) if not ln.startswith(" "))
+    assert new_lines[:start] + new_lines[end:] == old_lines
+    assert new_lines[end:end + 2] == ["", "# taxonomy below"]
+    assert [c["id"] for c in load(path)["cases"]] == ["TS-0001", "TS-0002"]
+    assert lint_cases(path) == []
+
+
+def test_promote_into_an_empty_case_list(tmp_path):
+    path = tmp_path / "cases.yaml"
+    path.write_text("schema_version: 1  # keep\nfailure_modes: [%s]\ncases: []\n" % ", ".join(FAILURE_MODES))
+    promote_case(path, candidate(), owner="ann", now=NOW)
+    assert "# keep" in path.read_text()
+    assert [c["id"] for c in load(path)["cases"]] == ["TS-0001"]
+
+
+def test_ids_follow_the_highest_used_in_cases_ledger_and_history(tmp_path):
+    path = tmp_path / "cases.yaml"
+    assert promote_case(path, candidate("c1"), owner="ann", now=NOW)["id"] == "TS-0001"
+    assert promote_case(path, candidate("c2"), owner="ann", now=NOW)["id"] == "TS-0002"
+    (tmp_path / "cases_removed.yaml").write_text(
+        "removed:\n  - {id: TS-0007, reason: duplicate of TS-0001, by: ann, at: 2026-11-20T00:00:00Z}\n")
+    assert promote_case(path, candidate("c3"), owner="ann", now=NOW)["id"] == "TS-0008"
+    with (tmp_path / "history.jsonl").open("a") as f:
+        f.write(json.dumps({"at": "2026-11-20T00:00:00Z", "event": "removed", "case_id": "TS-0012",
+                            "detail": "gone"}) + "\n")
+    assert promote_case(path, candidate("c4"), owner="ann", now=NOW)["id"] == "TS-0013"
+
+
+def test_promoting_the_same_candidate_twice_is_refused(tmp_path):
+    path = tmp_path / "cases.yaml"
+    promote_case(path, candidate(), owner="ann", now=NOW)
+    before = path.read_text()
+    with pytest.raises(UsageError, match="already case TS-0001"):
+        promote_case(path, candidate(), owner="bob", now=NOW)
+    assert path.read_text() == before
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 1
+
+
+def test_an_explicit_id_is_used_once(tmp_path):
+    path = tmp_path / "cases.yaml"
+    assert promote_case(path, candidate("c1"), owner="ann", case_id="TS-0100", now=NOW)["id"] == "TS-0100"
+    with pytest.raises(UsageError, match="already used"):
+        promote_case(path, candidate("c2"), owner="ann", case_id="TS-0100", now=NOW)
+    with pytest.raises(UsageError, match="TS-0001"):
+        promote_case(path, candidate("c2"), owner="ann", case_id="case-7", now=NOW)
+    assert promote_case(path, candidate("c2"), owner="ann", now=NOW)["id"] == "TS-0101"
+
+
+def test_severity_override_and_bad_severity(tmp_path):
+    path = tmp_path / "cases.yaml"
+    assert promote_case(path, candidate("c1"), owner="ann", severity="P0", now=NOW)["severity"] == "P0"
+    with pytest.raises(UsageError):
+        promote_case(path, candidate("c2"), owner="ann", severity="P9", now=NOW)
+    with pytest.raises(UsageError):
+        promote_case(path, candidate("c3"), owner="", now=NOW)
+
+
+# ---------------------------------------------------------------------------
+# lint
+
+
+def write_cases(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cases.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_lint_is_clean_on_a_hand_written_dataset(tmp_path):
+    assert lint_cases(write_cases(tmp_path, HAND_WRITTEN)) == []
+
+
+def test_lint_reports_duplicate_ids(tmp_path):
+    case = HAND_WRITTEN.split("cases:\n")[1]
+    problems = lint_cases(write_cases(tmp_path, HAND_WRITTEN + case))
+    assert len(problems) == 1
+    assert "TS-0001: duplicate id" in problems[0]
+
+
+def test_lint_reports_a_mode_outside_the_taxonomy(tmp_path):
+    problems = lint_cases(write_cases(tmp_path, HAND_WRITTEN.replace(
+        "failure_mode: tool_invocation", "failure_mode: vibes")))
+    assert problems == ["cases.yaml:7: TS-0001: failure_mode 'vibes' is outside the taxonomy"]
+
+
+def test_lint_reports_schema_errors(tmp_path):
+    text = HAND_WRITTEN.replace("severity: P0", "severity: P7").replace("  regressed_count: 0\n", "")
+    problems = lint_cases(write_cases(tmp_path, text))
+    assert any("TS-0001: severity: 'P7' is not one of" in p for p in problems)
+    assert any("TS-0001: 'regressed_count' is a required property" in p for p in problems)
+
+
+def test_lint_reports_invalid_yaml(tmp_path):
+    (problem,) = lint_cases(write_cases(tmp_path, "cases: [\n"))
+    assert problem.startswith("cases.yaml: not valid YAML")
+
+
+def test_lint_reports_a_promoted_case_missing_without_a_ledger_entry(tmp_path):
+    path = tmp_path / "cases.yaml"
+    promote_case(path, candidate("c1"), owner="ann", now=NOW)
+    promote_case(path, candidate("c2"), owner="ann", now=NOW)
+    doc = load(path)
+    doc["cases"] = doc["cases"][:1]
+    YAML(typ="safe").dump(doc, path)
+    (problem,) = lint_cases(path)
+    assert problem == ("history.jsonl:2: TS-0002: promoted but missing from cases.yaml "
+                       "with no entry in cases_removed.yaml")
+    (tmp_path / "cases_removed.yaml").write_text(
+        "removed:\n  - {id: TS-0002, reason: flaky upstream, by: ann, at: 2026-11-22T00:00:00Z}\n")
+    assert lint_cases(path) == []
+
+
+def test_lint_reports_an_incomplete_ledger_entry(tmp_path):
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    (tmp_path / "cases_removed.yaml").write_text("removed:\n  - {id: TS-0003, by: ann}\n")
+    (problem,) = lint_cases(path)
+    assert "TS-0003: missing reason, at" in problem
+
+
+def test_lint_of_a_missing_file_is_not_found(tmp_path):
+    with pytest.raises(NotFoundError):
+        lint_cases(tmp_path / "cases.yaml")
+
+
+# ---------------------------------------------------------------------------
+# export
+
+
+def test_export_record_has_input_expected_and_metadata():
+    rec = export_record(candidate(case_id="TS-0004"))
+    assert set(rec) == {"input", "expected", "metadata"}
+    assert rec["input"] == {"user_message": "Refund order 42 for <EMAIL>", "conversation_history": []}
+    assert rec["expected"]["required_tool_sequence"] == ["refund_payment"]
+    meta = rec["metadata"]
+    assert (meta["candidate_id"], meta["case_id"], meta["failure_mode"]) == ("c0123456789a", "TS-0004", "tool_argument")
+    assert meta["first_seen"] == "2026-11-21T10:00:00Z"
+    json.dumps(rec)

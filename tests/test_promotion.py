@@ -1,0 +1,532 @@
+"""Promotion: detections -> candidates (input, context, observed, expected, source), dedupe, near-duplicates, cap."""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from tracesieve.processors.base import TraceBatch
+from tracesieve.processors.promotion import (
+    PromotionProcessor,
+    extract_context,
+    extract_input,
+    extract_source,
+    input_hash,
+    normal_form,
+)
+from tracesieve.storage.candidates import (
+    get_candidate,
+    list_candidates,
+    mark_promoted,
+    mark_rejected,
+    upsert_candidates,
+)
+from tracesieve.storage.errors import ConfigError, NotFoundError, UsageError
+from tracesieve.storage.migrations import migrate
+from tracesieve.storage.schema import Detection
+
+T0 = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.timezone.utc)
+
+
+# ---------------------------------------------------------------------------
+# builders
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flattened OTLP keys -> the nested attributes the trace stage sees (digit segments make lists)."""
+    root: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        cur: Any = root
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            nxt_is_index = not last and parts[i + 1].isdigit()
+            if isinstance(cur, list):
+                idx = int(part)
+                while len(cur) <= idx:
+                    cur.append(None)
+                if last:
+                    cur[idx] = value
+                else:
+                    if cur[idx] is None:
+                        cur[idx] = [] if nxt_is_index else {}
+                    cur = cur[idx]
+            else:
+                if last:
+                    cur[part] = value
+                else:
+                    cur = cur.setdefault(part, [] if nxt_is_index else {})
+    return root
+
+
+def span(
+    trace_id: str,
+    span_id: str,
+    kind: str = "CHAIN",
+    *,
+    parent: str | None = None,
+    name: str | None = None,
+    attrs: dict[str, Any] | None = None,
+    input_value: str | None = None,
+    output_value: str | None = None,
+    status: str = "OK",
+    status_message: str | None = None,
+    tool_name: str | None = None,
+    model: str | None = None,
+    finish_reason: str | None = None,
+    at: int = 0,
+    service: str = "support-agent",
+    session: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "trace_id": trace_id, "span_id": span_id, "parent_span_id": parent,
+        "name": name or f"{kind.lower()} {span_id}", "span_kind": kind,
+        "start_time": T0 + dt.timedelta(milliseconds=at), "end_time": T0 + dt.timedelta(milliseconds=at + 10),
+        "duration_ms": 10.0, "status_code": status, "status_message": status_message,
+        "service_name": service, "session_id": session, "user_id": None,
+        "input_value": input_value, "output_value": output_value,
+        "llm_model_name": model, "llm_finish_reason": finish_reason, "tool_name": tool_name,
+        "attributes": nest(attrs or {}), "resource_attributes": {"service": {"name": service}},
+        "events": [], "links": [],
+    }
+
+
+def oi_messages(prefix: str, *messages: tuple[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i, (role, content) in enumerate(messages):
+        out[f"{prefix}.{i}.message.role"] = role
+        out[f"{prefix}.{i}.message.content"] = content
+    return out
+
+
+def agent_trace(trace_id: str, user_message: str, *, tool: str = "refund_payment",
+                tool_status: str = "ERROR", answer: str = "Done.") -> list[dict[str, Any]]:
+    """AGENT root -> LLM (OpenInference messages) -> TOOL."""
+    return [
+        span(trace_id, "a0", "AGENT", input_value=user_message, output_value=answer, at=0,
+             attrs={"agent.name": "support"}),
+        span(trace_id, "l1", "LLM", parent="a0", model="gpt-4o", at=1,
+             attrs={**oi_messages("llm.input_messages", ("system", "You are support."), ("user", user_message)),
+                    "llm.prompt_template.version": "v7"}),
+        span(trace_id, "t2", "TOOL", parent="a0", tool_name=tool, status=tool_status, at=2,
+             input_value='{"order_id": 42}', output_value='{"error": "gateway timeout"}',
+             status_message="TimeoutError: gateway" if tool_status == "ERROR" else None),
+    ]
+
+
+def detection(trace_id: str, span_id: str = "t2", mode: str = "tool_invocation", detector: str = "tool_error",
+              severity: str = "P1", evidence: dict[str, Any] | None = None) -> Detection:
+    return Detection(trace_id=trace_id, span_id=span_id, detector=detector, failure_mode=mode, severity=severity,
+                     blast_radius="irreversible_write", message=f"{mode} on {span_id}", evidence=evidence or {})
+
+
+class DuckStore:
+    """The StoreReader the trace stage gets, over a real DuckDB connection."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        cur = self.con.execute(sql, list(params))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+
+@pytest.fixture
+def con(tmp_path: Path) -> duckdb.DuckDBPyConnection:
+    c = duckdb.connect(str(tmp_path / "store.duckdb"))
+    migrate(c)
+    yield c
+    c.close()
+
+
+def judge(proc: PromotionProcessor, con: duckdb.DuckDBPyConnection, traces: dict[str, list[dict[str, Any]]],
+          detections: list[Detection], now: dt.datetime = T0) -> TraceBatch:
+    """What the judge thread + writer do: process, then upsert in one transaction."""
+    batch = proc.process_traces(TraceBatch(traces=traces, detections=detections), DuckStore(con))
+    con.execute("BEGIN TRANSACTION")
+    upsert_candidates(con, batch.candidates, now)
+    con.execute("COMMIT")
+    return batch
+
+
+def one(traces: dict[str, list[dict[str, Any]]], detections: list[Detection], **cfg: Any):
+    proc = PromotionProcessor.from_config(cfg)
+    return proc.process_traces(TraceBatch(traces=traces, detections=detections), _EmptyStore()).candidates
+
+
+class _EmptyStore:
+    def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        return [{"n": 0}] if "count(*)" in sql else []
+
+
+LONG = ("I ordered a blue winter jacket three weeks ago and it still has not arrived, the tracking page "
+        "says it is stuck in the warehouse, can you please refund order 42 to my card")
+
+
+# ---------------------------------------------------------------------------
+# dedupe
+
+
+def test_same_failure_from_four_customers_is_one_candidate(con):
+    proc = PromotionProcessor.from_config({})
+    emails = ["<EMAIL:aaaaaa>", "<EMAIL:bbbbbb>", "<EMAIL:cccccc>", "<EMAIL:dddddd>"]
+    traces = {f"{i:032x}": agent_trace(f"{i:032x}", f"Refund order 42 for  {e}, please") for i, e in enumerate(emails, 1)}
+    judge(proc, con, traces, [detection(t) for t in traces])
+    rows = list_candidates(con)
+    assert len(rows) == 1
+    assert rows[0]["occurrences"] == 4
+    assert sorted(rows[0]["trace_ids"]) == sorted(traces)
+
+
+def test_recurrences_in_later_batches_grow_the_same_candidate(con):
+    proc = PromotionProcessor.from_config({})
+    for i, e in enumerate(["<EMAIL:aaaaaa>", "<EMAIL:bbbbbb>"], 1):
+        tid = f"{i:032x}"
+        judge(proc, con, {tid: agent_trace(tid, f"Refund order 42 for {e}")}, [detection(tid)],
+              now=T0 + dt.timedelta(minutes=i))
+    (row,) = list_candidates(con)
+    assert row["occurrences"] == 2
+    assert row["first_seen"] < row["last_seen"]
+
+
+def test_rejudging_a_trace_does_not_count_it_twice(con):
+    proc = PromotionProcessor.from_config({})
+    tid = "1" * 32
+    traces = {tid: agent_trace(tid, "Refund order 42 for <EMAIL:aaaaaa>")}
+    judge(proc, con, traces, [detection(tid)])
+    judge(proc, con, traces, [detection(tid)], now=T0 + dt.timedelta(minutes=5))
+    (row,) = list_candidates(con)
+    assert row["occurrences"] == 1
+    assert row["trace_ids"] == [tid]
+
+
+def test_several_detections_of_one_rule_on_one_trace_make_one_candidate():
+    tid = "2" * 32
+    spans = agent_trace(tid, "Where is my parcel?")
+    spans.append(span(tid, "t3", "TOOL", parent="a0", tool_name="refund_payment", status="ERROR", at=3))
+    cands = one({tid: spans}, [detection(tid, "t2"), detection(tid, "t3", severity="P0"),
+                               detection(tid, "l1", mode="llm_error", detector="llm_error")])
+    assert sorted(c.failure_mode for c in cands) == ["llm_error", "tool_invocation"]
+    tool = next(c for c in cands if c.failure_mode == "tool_invocation")
+    assert tool.source["span_ids"] == ["t2", "t3"]
+    assert tool.severity == "P0"
+
+
+def test_normal_form_reduces_placeholders_whitespace_and_case():
+    a = {"user_message": "Mail  <EMAIL:3f9a1c> NOW", "conversation_history": []}
+    b = {"user_message": "mail <EMAIL:77b0e2>\n now", "conversation_history": []}
+    c = {"user_message": "mail <PHONE:77b0e2> now", "conversation_history": []}
+    assert input_hash(a) == input_hash(b)
+    assert input_hash(a) != input_hash(c)
+    assert "<email>" in normal_form(a)
+
+
+def test_inputs_without_text_group_per_failing_call():
+    t1, t2 = "3" * 32, "4" * 32
+    bare = lambda tid, tool: [span(tid, "t2", "TOOL", tool_name=tool, status="ERROR")]  # noqa: E731
+    a, b = one({t1: bare(t1, "search"), t2: bare(t2, "refund")}, [detection(t1), detection(t2)])
+    assert a.input_hash != b.input_hash
+
+
+# ---------------------------------------------------------------------------
+# near duplicates and the cap
+
+
+def test_near_duplicate_of_a_stored_candidate_is_marked_duplicate(con):
+    proc = PromotionProcessor.from_config({})
+    t1, t2 = "5" * 32, "6" * 32
+    judge(proc, con, {t1: agent_trace(t1, LONG + " thanks")}, [detection(t1)])
+    judge(proc, con, {t2: agent_trace(t2, LONG + " cheers")}, [detection(t2)], now=T0 + dt.timedelta(minutes=1))
+    first = get_candidate(con, list_candidates(con, status="new")[0]["candidate_id"])
+    (dup,) = list_candidates(con, status="duplicate")
+    assert dup["duplicate_of"] == first["candidate_id"]
+    assert dup["trace_ids"] == [t2]
+
+
+def test_near_duplicates_within_one_batch_point_to_the_earlier_one():
+    t1, t2 = "7" * 32, "8" * 32
+    first = agent_trace(t1, LONG + " thanks")
+    second = [dict(s, start_time=s["start_time"] + dt.timedelta(seconds=1)) for s in agent_trace(t2, LONG + " cheers")]
+    a, b = one({t2: second, t1: first}, [detection(t2), detection(t1)])
+    assert (a.trace_id, a.status) == (t1, "new")
+    assert (b.status, b.duplicate_of) == ("duplicate", a.candidate_id)
+
+
+def test_a_different_input_is_not_a_near_duplicate(con):
+    proc = PromotionProcessor.from_config({})
+    t1, t2 = "9" * 32, "a" * 32
+    judge(proc, con, {t1: agent_trace(t1, LONG)}, [detection(t1)])
+    judge(proc, con, {t2: agent_trace(t2, "Cancel my subscription to the premium plan today")}, [detection(t2)])
+    assert {r["status"] for r in list_candidates(con)} == {"new"}
+
+
+def test_threshold_comes_from_config(con):
+    proc = PromotionProcessor.from_config({"near_duplicate_threshold": 1.0})
+    t1, t2 = "b" * 32, "c" * 32
+    judge(proc, con, {t1: agent_trace(t1, LONG + " thanks")}, [detection(t1)])
+    judge(proc, con, {t2: agent_trace(t2, LONG + " cheers")}, [detection(t2)])
+    assert {r["status"] for r in list_candidates(con)} == {"new"}
+
+
+def test_cap_per_intent_stops_new_candidates_but_not_recurrences(con):
+    proc = PromotionProcessor.from_config({"max_per_intent": 2})
+    messages = ["Refund my order", "Cancel the premium plan", "Change my delivery address", "Why was I charged twice"]
+    tids = [f"{i:032x}" for i in range(20, 24)]
+    judge(proc, con, {t: agent_trace(t, m) for t, m in zip(tids, messages)}, [detection(t) for t in tids])
+    rows = list_candidates(con)
+    assert len(rows) == 2
+    assert {r["intent"] for r in rows} == {"tool:refund_payment"}
+    assert proc.stats["capped"] == 2
+    again = f"{99:032x}"
+    judge(proc, con, {again: agent_trace(again, messages[0])}, [detection(again)])
+    assert sum(r["occurrences"] for r in list_candidates(con)) == 3
+
+
+def test_cap_counts_each_intent_separately(con):
+    proc = PromotionProcessor.from_config({"max_per_intent": 1})
+    t1, t2 = "d" * 32, "e" * 32
+    judge(proc, con, {t1: agent_trace(t1, "Refund my order", tool="refund_payment"),
+                      t2: agent_trace(t2, "Find my order", tool="search_orders")}, [detection(t1), detection(t2)])
+    assert len(list_candidates(con)) == 2
+
+
+def test_unknown_or_bad_options_are_config_errors():
+    with pytest.raises(ConfigError) as err:
+        PromotionProcessor.from_config({"near_duplicate_threshold": 1.5, "max_per_intnet": 3},
+                                       path="processors.promotion")
+    assert "processors.promotion.near_duplicate_threshold" in str(err.value)
+    assert "processors.promotion.max_per_intnet: unknown key" in str(err.value)
+
+
+# ---------------------------------------------------------------------------
+# input extraction
+
+
+def test_input_from_openinference_llm_messages():
+    tid = "f" * 32
+    spans = [span(tid, "l1", "LLM", attrs=oi_messages(
+        "llm.input_messages", ("system", "You are support."), ("user", "Hi"), ("assistant", "Hello! How can I help?"),
+        ("user", "Refund order 42"), ))]
+    assert extract_input(spans) == {
+        "user_message": "Refund order 42",
+        "conversation_history": [{"role": "user", "content": "Hi"},
+                                 {"role": "assistant", "content": "Hello! How can I help?"}],
+    }
+
+
+def test_input_from_openinference_content_parts():
+    tid = "f" * 32
+    spans = [span(tid, "l1", "LLM", attrs={
+        "llm.input_messages.0.message.role": "user",
+        "llm.input_messages.0.message.contents.0.message_content.type": "text",
+        "llm.input_messages.0.message.contents.0.message_content.text": "What does this invoice say?",
+        "llm.input_messages.0.message.contents.1.message_content.type": "image",
+        "llm.input_messages.0.message.contents.1.message_content.image.image.url": "https://x/y.png",
+    })]
+    assert extract_input(spans)["user_message"] == "What does this invoice say?"
+
+
+def test_input_from_genai_messages():
+    tid = "f" * 32
+    messages = [
+        {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]},
+        {"role": "user", "parts": [{"type": "text", "content": "Weather in Paris?"}]},
+        {"role": "assistant", "parts": [{"type": "tool_call", "id": "c1", "name": "get_weather",
+                                         "arguments": {"city": "Paris"}}]},
+        {"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": "rainy"}]},
+        {"role": "user", "parts": [{"type": "text", "content": "And tomorrow?"}]},
+    ]
+    spans = [span(tid, "c0", "LLM", attrs={"gen_ai.operation.name": "chat",
+                                           "gen_ai.input.messages": json.dumps(messages)})]
+    got = extract_input(spans)
+    assert got["user_message"] == "And tomorrow?"
+    assert [m["role"] for m in got["conversation_history"]] == ["user", "assistant", "tool"]
+    assert got["conversation_history"][1]["tool_calls"] == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert got["conversation_history"][2]["content"] == "rainy"
+
+
+def test_input_falls_back_to_the_root_input_value():
+    tid = "f" * 32
+    assert extract_input([span(tid, "r", "CHAIN", input_value="Where is my parcel?")]) == {
+        "user_message": "Where is my parcel?", "conversation_history": []}
+    request = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi there"}]})
+    assert extract_input([span(tid, "r", "CHAIN", input_value=request)])["user_message"] == "Hi there"
+    assert extract_input([span(tid, "r", "CHAIN", input_value='{"question": "Why?"}')])["user_message"] == "Why?"
+
+
+# ---------------------------------------------------------------------------
+# context, observed, source
+
+
+def test_context_holds_documents_and_tool_calls():
+    tid = "1" * 32
+    spans = [
+        span(tid, "a0", "AGENT", input_value="q"),
+        span(tid, "r1", "RETRIEVER", parent="a0", input_value="refund policy", attrs={
+            "retrieval.documents.0.document.id": "doc-1", "retrieval.documents.0.document.score": 0.91,
+            "retrieval.documents.0.document.content": "Refunds within 30 days.",
+            "retrieval.documents.1.document.id": "doc-2", "retrieval.documents.1.document.score": 0.4}),
+        span(tid, "t1", "TOOL", parent="a0", tool_name="lookup_order", input_value='{"order_id": 42}',
+             output_value='{"status": "shipped"}'),
+    ]
+    ctx = extract_context(spans)
+    assert [(d["id"], d["score"]) for d in ctx["documents"]] == [("doc-1", 0.91), ("doc-2", 0.4)]
+    assert ctx["retrieval_queries"] == ["refund policy"]
+    assert ctx["tool_calls"][0] == {"span_id": "t1", "name": "lookup_order", "arguments": {"order_id": 42},
+                                    "result": {"status": "shipped"}, "status": "OK"}
+
+
+def test_context_reads_genai_documents_and_tool_spans():
+    tid = "1" * 32
+    spans = [
+        span(tid, "r1", "RETRIEVER", attrs={"gen_ai.retrieval.documents": json.dumps([{"id": "kb7", "score": 0.7}])}),
+        span(tid, "t1", "TOOL", attrs={"gen_ai.tool.name": "get_weather",
+                                       "gen_ai.tool.call.arguments": '{"city": "Paris"}',
+                                       "gen_ai.tool.call.result": '"rainy"'}),
+    ]
+    ctx = extract_context(spans)
+    assert ctx["documents"][0]["id"] == "kb7"
+    assert ctx["tool_calls"][0]["name"] == "get_weather"
+    assert ctx["tool_calls"][0]["arguments"] == {"city": "Paris"}
+    assert ctx["tool_calls"][0]["result"] == "rainy"
+
+
+def test_source_names_trace_spans_service_model_prompt_agent_session():
+    tid = "1" * 32
+    spans = agent_trace(tid, "Refund order 42")
+    spans[0]["session_id"] = "sess-9"
+    src = extract_source(spans, [detection(tid)])
+    assert src["trace_id"] == tid
+    assert src["span_ids"] == ["t2"]
+    assert (src["service"], src["model"], src["prompt_version"]) == ("support-agent", "gpt-4o", "v7")
+    assert (src["agent_name"], src["session_id"]) == ("support", "sess-9")
+
+
+def test_observed_holds_final_answer_and_failing_call():
+    tid = "1" * 32
+    (cand,) = one({tid: agent_trace(tid, "Refund order 42", answer="Your refund is on its way.")}, [detection(tid)])
+    assert cand.observed["final_answer"] == "Your refund is on its way."
+    assert cand.observed["failing_calls"][0]["tool"] == "refund_payment"
+    assert cand.observed["failing_calls"][0]["error"] == "TimeoutError: gateway"
+
+
+# ---------------------------------------------------------------------------
+# expected drafts
+
+
+def _tools_attr(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"llm.tools.0.tool.json_schema": json.dumps(
+        {"type": "function", "function": {"name": name, "description": "", "parameters": params}})}
+
+
+def test_tool_argument_draft_is_the_tools_declared_schema():
+    tid = "1" * 32
+    params = {"type": "object", "properties": {"order_id": {"type": "integer"}}, "required": ["order_id"]}
+    spans = agent_trace(tid, "Refund order 42")
+    spans[1]["attributes"].update(nest(_tools_attr("refund_payment", params)))
+    (cand,) = one({tid: spans}, [detection(tid, mode="tool_argument", detector="tool_schema")])
+    assert cand.expected["tool_arguments_schema"] == {"refund_payment": params}
+    assert cand.expected["required_tool_sequence"] == ["refund_payment"]
+
+
+def test_truncation_draft_forbids_finish_reason_length():
+    tid = "1" * 32
+    spans = [span(tid, "l1", "LLM", input_value="Summarise", finish_reason="length")]
+    (cand,) = one({tid: spans}, [detection(tid, "l1", mode="truncation", detector="finish_reason")])
+    assert cand.expected == {"finish_reason_not": ["length"]}
+
+
+def test_hallucination_draft_keeps_citations_within_retrieved_ids():
+    tid = "1" * 32
+    spans = [span(tid, "a0", "AGENT", input_value="policy?", output_value="See [doc-9]."),
+             span(tid, "r1", "RETRIEVER", parent="a0", attrs={"retrieval.documents.0.document.id": "doc-1"}),
+             span(tid, "l1", "LLM", parent="a0")]
+    (cand,) = one({tid: spans}, [detection(tid, "l1", mode="hallucination", detector="citations",
+                                           evidence={"cited_ids": ["doc-9", "doc-1"]})])
+    assert cand.expected["cited_ids_within_retrieved"] is True
+    assert cand.expected["must_not"] == ["doc-9"]
+
+
+def test_refusal_draft_forbids_the_refusal_phrase():
+    tid = "1" * 32
+    spans = agent_trace(tid, "Refund order 42", tool_status="OK",
+                        answer="I'm sorry, I cannot help with refunds. Please call us.")
+    (cand,) = one({tid: spans}, [detection(tid, "a0", mode="refusal_overreach", detector="refusal")])
+    assert cand.expected["must_not"] == ["I'm sorry, I cannot help with refunds"]
+
+
+def test_loop_draft_caps_identical_calls():
+    tid = "1" * 32
+    spans = agent_trace(tid, "Find order 42", tool="search_orders", tool_status="OK")
+    (cand,) = one({tid: spans}, [detection(tid, mode="loop", detector="repeated_call",
+                                           evidence={"max_identical_calls": 3})])
+    assert cand.expected == {"max_identical_calls": 3, "required_tool_sequence": ["search_orders"]}
+
+
+def test_tool_invocation_draft_requires_the_tool_to_succeed():
+    tid = "1" * 32
+    (cand,) = one({tid: agent_trace(tid, "Refund order 42")}, [detection(tid)])
+    assert cand.expected == {"required_tool_sequence": ["refund_payment"], "tool_calls_succeed": ["refund_payment"]}
+
+
+def test_format_violation_draft_uses_the_response_format_schema():
+    tid = "1" * 32
+    schema = {"type": "object", "required": ["answer"]}
+    params = json.dumps({"model": "gpt-4o", "response_format": {"type": "json_schema",
+                                                               "json_schema": {"name": "a", "schema": schema}}})
+    spans = [span(tid, "l1", "LLM", input_value="q", attrs={"llm.invocation_parameters": params})]
+    (cand,) = one({tid: spans}, [detection(tid, "l1", mode="format_violation", detector="json_output")])
+    assert cand.expected["output_schema"] == schema
+
+
+# ---------------------------------------------------------------------------
+# the candidates table
+
+
+def test_stored_candidate_parses_json_columns(con):
+    tid = "1" * 32
+    judge(PromotionProcessor.from_config({}), con, {tid: agent_trace(tid, "Refund order 42")}, [detection(tid)])
+    (row,) = list_candidates(con, mode="tool_invocation", severity="P1", since=T0)
+    got = get_candidate(con, row["candidate_id"])
+    assert got["input"]["user_message"] == "Refund order 42"
+    assert got["source"]["trace_id"] == tid
+    assert got["status"] == "new"
+    assert list_candidates(con, mode="loop") == []
+    with pytest.raises(UsageError):
+        list_candidates(con, status="open")
+
+
+def test_review_transitions(con):
+    proc = PromotionProcessor.from_config({})
+    t1, t2 = "1" * 32, "2" * 32
+    judge(proc, con, {t1: agent_trace(t1, "Refund order 42"), t2: agent_trace(t2, "Cancel my plan")},
+          [detection(t1), detection(t2)])
+    a, b = (r["candidate_id"] for r in list_candidates(con))
+    mark_promoted(con, a, "TS-0001", "ann", T0)
+    assert get_candidate(con, a)["case_id"] == "TS-0001"
+    with pytest.raises(UsageError):
+        mark_promoted(con, a, "TS-0002", "ann", T0)
+    with pytest.raises(UsageError):
+        mark_rejected(con, a, "noise", "ann", T0)
+    mark_rejected(con, b, "flaky gateway, not our bug", "bob", T0)
+    assert get_candidate(con, b)["review_reason"] == "flaky gateway, not our bug"
+    with pytest.raises(UsageError):
+        mark_rejected(con, b, "again", "bob", T0)
+    with pytest.raises(NotFoundError):
+        mark_promoted(con, "cmissing", "TS-0003", "ann", T0)
+    with pytest.raises(NotFoundError):
+        mark_rejected(con, "cmissing", "x", "ann", T0)
+
+
+def test_promotion_imports_no_duckdb_and_no_collector():
+    tree = ast.parse(Path(__file__).parents[1].joinpath("processors", "promotion.py").read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(n.startswith(("duckdb", "tracesieve.collector")) for n in names)
