@@ -345,8 +345,13 @@ def cases() -> None:
 
 @cases.command("lint")
 @click.argument("path")
-def cases_lint(path: str) -> None:
-    """Validate cases.yaml, its removal ledger and history; exit 1 on any problem."""
+@db_option
+@config_option
+def cases_lint(path: str, db_path: str | None, config_path: str | None) -> None:
+    """Validate cases.yaml, its removal ledger and history; exit 1 on any problem.
+
+    (--db and --config are accepted like on every command; lint reads only the dataset files.)
+    """
     from tracesieve.collector.cases import lint_cases
 
     problems = lint_cases(path)

@@ -1,0 +1,108 @@
+"""Config: collector-shaped YAML, validation that names file and key, defaults, env substitution, plugins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_cli
+from test_receivers import make_request, post
+
+EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "processor-plugin"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tracesieve.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_no_config_means_the_documented_defaults(tmp_path):
+    result = run_cli("serve", "--print-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    tree = yaml.safe_load(result.stdout)
+    assert tree["receivers"]["otlp"]["protocols"] == {"grpc": {"endpoint": "127.0.0.1:4317"},
+                                                      "http": {"endpoint": "127.0.0.1:4318"}}
+    assert tree["storage"] == {"duckdb": {"path": "tracesieve.duckdb"}}
+    assert tree["service"]["pipelines"]["traces"]["processors"] == ["pii", "detectors", "promotion"]
+    assert tree["receivers"]["otlp"]["limits"]["max_request_size"] == "64MiB"
+    assert tree["receivers"]["otlp"]["limits"]["max_queued_spans"] == 200000
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("exporters: {}\n", "exporters: unknown key"),
+    ("receivers: {otlp: {protocols: {grpc: {endpiont: 1.2.3.4:1}}}}\n",
+     "receivers.otlp.protocols.grpc.endpiont: unknown key"),
+    ("receivers: {otlp: {limits: {max_queued_spans: lots}}}\n",
+     "receivers.otlp.limits.max_queued_spans: expected a positive integer"),
+    ("receivers: {otlp: {limits: {max_request_size: 12 parsecs}}}\n",
+     "receivers.otlp.limits.max_request_size: expected a size"),
+    ("processors: {piii: {}}\n", "processors.piii: unknown processor 'piii'"),
+    ("service: {pipelines: {traces: {processors: [pii, nosuch]}}}\n",
+     "service.pipelines.traces.processors[1]: unknown processor 'nosuch'"),
+    ("processors: {detectors: {decision_wait: soon}}\n", "processors.detectors.decision_wait"),
+    ("processors: {pii: {extra_patterns: [{name: X, regex: '(unclosed'}]}}\n", "processors.pii.extra_patterns[0]"),
+    ("receivers: {otlp: {auth: {bearer_token: '${env:TS_SURELY_UNSET_VAR}'}}}\n",
+     "receivers.otlp.auth.bearer_token: environment variable TS_SURELY_UNSET_VAR is not set"),
+    ("receivers: [otlp\n", "not valid YAML"),
+])
+def test_bad_config_names_the_file_and_the_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 2
+    assert str(path) in result.stderr
+    assert expected in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = write(tmp_path, "exporters: {}\nreceivers: {otlp: {limits: {max_nesting_depth: -1}}}\n"
+                           "processors: {detectors: {decision_wait: never}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 2
+    for key in ("exporters", "max_nesting_depth", "decision_wait"):
+        assert key in result.stderr
+
+
+def test_durations_sizes_and_env_defaults(tmp_path):
+    path = write(tmp_path, "receivers: {otlp: {limits: {max_value_size: 512KiB, retry_after: 250ms},\n"
+                           "  protocols: {http: {endpoint: '127.0.0.1:${env:TS_UNSET_PORT:-4999}'}}}}\n"
+                           "processors: {detectors: {decision_wait: 2m}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 0, result.stderr
+    tree = yaml.safe_load(result.stdout)
+    assert tree["receivers"]["otlp"]["limits"]["max_value_size"] == "512KiB"
+    assert tree["receivers"]["otlp"]["protocols"] == {"http": {"endpoint": "127.0.0.1:4999"}}
+    assert tree["processors"]["detectors"] == {"decision_wait": "2m"}
+
+
+def test_print_config_never_shows_the_token(tmp_path):
+    path = write(tmp_path, "receivers: {otlp: {auth: {bearer_token: hunter2-token}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 0
+    assert "hunter2-token" not in result.stdout and "<redacted>" in result.stdout
+
+
+def test_third_party_processor_from_an_installed_package_runs_in_the_pipeline(start_collector, tmp_path):
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--target", str(site), str(EXAMPLE_PLUGIN)], check=True, capture_output=True, timeout=300)
+    config = {
+        "processors": {"drop_spans": {"names": ["span-1"]}},
+        "service": {"pipelines": {"traces": {"processors": ["pii", "drop_spans"]}}},
+    }
+    c = start_collector(config, env={"PYTHONPATH": str(site)})
+    assert post(c, make_request(3).SerializeToString()).status_code == 200
+    names = [r["name"] for r in c.query("SELECT name FROM spans ORDER BY name")]
+    assert names == ["span-0", "span-2"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("processors: {drop_spans: {names: [1], colour: red}}\n"
+                   "service: {pipelines: {traces: {processors: [drop_spans]}}}\n")
+    result = run_cli("serve", "--config", str(bad), "--print-config", env={"PYTHONPATH": str(site)})
+    assert result.returncode == 2
+    assert "processors.drop_spans.colour: unknown key" in result.stderr
+    assert "processors.drop_spans.names" in result.stderr

@@ -1,0 +1,149 @@
+"""The whole loop through real processes: SDK -> receivers -> detectors -> candidates -> CLI review -> cases.yaml."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import yaml
+
+from conftest import FAST_JUDGE
+from sdk_helpers import emit_agent_trace, sdk_tracer
+
+SLOW_JUDGE = {"processors": {"detectors": {"decision_wait": "1m"}}}
+
+
+def detections_for(c, trace_id: str, timeout: float = 30) -> list[dict]:
+    return c.wait_for(f"SELECT failure_mode, detector, span_id FROM detections WHERE trace_id = '{trace_id}'",
+                      lambda rows: len(rows) > 0, timeout)
+
+
+def test_failed_tool_call_becomes_a_detection_and_a_candidate(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        failing = emit_agent_trace(tracer, tool_error=True)
+        clean = emit_agent_trace(tracer, question="Do you ship to Canada?")
+    rows = detections_for(c, failing)
+    assert [r["failure_mode"] for r in rows] == ["tool_invocation"]
+    tool_span = c.query(f"SELECT span_id FROM spans WHERE trace_id = '{failing}' AND span_kind = 'TOOL'")
+    assert rows[0]["span_id"] == tool_span[0]["span_id"]
+    c.wait_for(f"SELECT 1 FROM trace_state WHERE trace_id = '{clean}' AND judged_seq = received_seq",
+               lambda r: len(r) == 1)
+    assert c.query(f"SELECT count(*) AS n FROM detections WHERE trace_id = '{clean}'") == [{"n": 0}]
+    candidates = c.wait_for("SELECT candidate_id, failure_mode, status, occurrences FROM candidates",
+                            lambda r: len(r) == 1)
+    assert candidates[0]["failure_mode"] == "tool_invocation" and candidates[0]["status"] == "new"
+
+
+def test_review_commands_while_serve_runs_and_after(start_collector, tmp_path):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url) as tracer:
+        emit_agent_trace(tracer, tool_error=True, question="Cancel order ORD-1 please")
+        emit_agent_trace(tracer, tool_error=True, question="Where is the nearest store to Paris?")
+    c.wait_for("SELECT candidate_id FROM candidates", lambda r: len(r) == 2)
+
+    listed = c.cli("candidates", "--format", "json", "--status", "new")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 2 and {r["failure_mode"] for r in rows} == {"tool_invocation"}
+    first, second = sorted(r["candidate_id"] for r in rows)
+    table = c.cli("candidates", "--mode", "tool_invocation")
+    assert table.returncode == 0 and first in table.stdout
+
+    show = c.cli("show", first)
+    assert show.returncode == 0, show.stderr
+    assert "tool_invocation" in show.stdout and "TOOL lookup_order" in show.stdout
+    shown = json.loads(c.cli("show", first, "--format", "json").stdout)
+    assert shown["detections"][0]["evidence"]
+
+    cases = tmp_path / "dataset" / "cases.yaml"
+    cases.parent.mkdir()
+    promoted = c.cli("promote", first, "--cases", str(cases), "--owner", "alice", "--severity", "P1")
+    assert promoted.returncode == 0, promoted.stderr
+    assert "TS-0001" in promoted.stdout
+    doc = yaml.safe_load(cases.read_text())
+    assert doc["schema_version"] == 1 and len(doc["failure_modes"]) == 12
+    case = doc["cases"][0]
+    assert case["id"] == "TS-0001" and case["discovered_by"] == "alice" and case["severity"] == "P1"
+    assert case["source"]["candidate_id"] == first
+    history = [json.loads(line) for line in (cases.parent / "history.jsonl").read_text().splitlines()]
+    assert history[0]["event"] == "promoted" and history[0]["case_id"] == "TS-0001"
+
+    again = c.cli("promote", first, "--cases", str(cases), "--owner", "bob")
+    assert again.returncode == 2 and "already promoted" in again.stderr
+    assert yaml.safe_load(cases.read_text())["cases"].__len__() == 1
+
+    assert c.cli("cases", "lint", str(cases)).returncode == 0
+    assert c.cli("show", "cdoesnotexist").returncode == 2
+
+    assert c.stop() == 0
+    # the same commands open the file directly when no collector runs
+    rejected = c.cli("reject", second, "--reason", "flaky upstream, not the agent")
+    assert rejected.returncode == 0, rejected.stderr
+    statuses = {r["candidate_id"]: r["status"] for r in json.loads(c.cli("candidates", "--format", "json").stdout)}
+    assert statuses == {first: "promoted", second: "rejected"}
+    exported = c.cli("export", "--format", "jsonl")
+    assert exported.returncode == 0, exported.stderr
+    records = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert len(records) == 1 and set(records[0]) == {"input", "expected", "metadata"}
+    assert records[0]["metadata"]["candidate_id"] == first
+
+
+def test_same_failure_from_four_customers_is_one_candidate(start_collector):
+    c = start_collector(FAST_JUDGE)
+    emails = ["ann@example.com", "bob.smith@corp.example.org", "c.lee@mail.example.net", "dana+x@example.io"]
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        traces = [emit_agent_trace(tracer, tool_error=True, question=f"I am {e}, where is my refund?")
+                  for e in emails]
+    rows = c.wait_for("SELECT candidate_id, occurrences, trace_ids FROM candidates",
+                      lambda r: len(r) == 1 and r[0]["occurrences"] == 4)
+    assert sorted(rows[0]["trace_ids"]) == sorted(traces)
+    stored = json.dumps(c.query("SELECT input FROM candidates"))
+    for e in emails:
+        assert e not in stored
+
+
+def test_late_span_rejudges_without_duplicates(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_id = emit_agent_trace(tracer, tool_error=True)
+    detections_for(c, trace_id)
+    first_ids = c.query(f"SELECT detection_id FROM detections WHERE trace_id = '{trace_id}'")
+    # the same spans again (a client retry) and one more late span of the same trace
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from test_receivers import post
+
+    req = ExportTraceServiceRequest()
+    span = req.resource_spans.add().scope_spans.add().spans.add(
+        trace_id=bytes.fromhex(trace_id), span_id=bytes.fromhex("00aa00aa00aa00aa"), name="late_tool",
+        start_time_unix_nano=time.time_ns(), end_time_unix_nano=time.time_ns() + 1000)
+    span.attributes.add(key="openinference.span.kind").value.string_value = "TOOL"
+    span.attributes.add(key="tool.name").value.string_value = "late_tool"
+    span.status.code = 2
+    assert post(c, req.SerializeToString()).status_code == 200
+    rows = c.wait_for(f"SELECT detection_id, span_id FROM detections WHERE trace_id = '{trace_id}'",
+                      lambda r: len(r) == 2)
+    assert {r["detection_id"] for r in first_ids} < {r["detection_id"] for r in rows}
+    cand = c.query("SELECT occurrences FROM candidates WHERE failure_mode = 'tool_invocation'")
+    assert all(r["occurrences"] == 1 for r in cand)
+
+
+def test_shutdown_judges_pending_traces(start_collector):
+    c = start_collector(SLOW_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_id = emit_agent_trace(tracer, tool_error=True)
+    assert c.query("SELECT count(*) AS n FROM detections") == [{"n": 0}]
+    assert c.stop() == 0
+    rows = c.query(f"SELECT failure_mode FROM detections WHERE trace_id = '{trace_id}'")
+    assert rows == [{"failure_mode": "tool_invocation"}]
+
+
+def test_pending_traces_are_judged_after_a_crash(start_collector):
+    c = start_collector(SLOW_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_id = emit_agent_trace(tracer, tool_error=True)
+    c.stop(signal.SIGKILL)
+    c.config_path.write_text(c.config_path.read_text().replace("1m", "300ms"))
+    c.start()
+    detections_for(c, trace_id)

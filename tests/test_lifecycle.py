@@ -1,0 +1,109 @@
+"""serve's lifecycle and the query path: graceful shutdown, restart persistence, query with and without serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import duckdb
+import httpx
+
+from conftest import run_cli
+from sdk_helpers import emit_agent_trace, sdk_tracer
+from test_receivers import make_request, post
+
+NO_JUDGE = {"service": {"pipelines": {"traces": {"processors": []}}}}
+
+
+def test_sigterm_drains_commits_and_exits_zero_then_restart_keeps_everything(start_collector, tmp_path):
+    c = start_collector(NO_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_ids = [emit_agent_trace(tracer) for _ in range(5)]
+    assert post(c, make_request(7).SerializeToString()).status_code == 200
+    started = time.monotonic()
+    assert c.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    assert not os.path.exists(str(c.db_path) + ".serve.json")
+    # the file is closed: the CLI opens it directly now
+    direct = c.cli("query", "SELECT count(*) AS n, count(DISTINCT trace_id) AS t FROM spans", "--format", "json")
+    assert direct.returncode == 0, direct.stderr
+    assert json.loads(direct.stdout) == [{"n": 5 * 5 + 7, "t": 6}]
+    c.start()
+    rows = c.query("SELECT DISTINCT trace_id FROM spans WHERE service_name = 'test-agent'")
+    assert sorted(r["trace_id"] for r in rows) == sorted(trace_ids)
+    assert c.stop(signal.SIGINT) == 0
+
+
+def test_query_refuses_writes_and_changes_nothing(start_collector):
+    c = start_collector(NO_JUDGE)
+    assert post(c, make_request(3).SerializeToString()).status_code == 200
+    for statement in ("DELETE FROM spans", "DROP TABLE spans", "INSERT INTO spans (trace_id, span_id) VALUES ('a','b')",
+                      "SELECT 1; DELETE FROM spans", "COPY spans TO '/tmp/x.csv'", "ATTACH '/tmp/other.db'"):
+        result = c.cli("query", statement)
+        assert result.returncode == 2, statement
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("tracesieve: error:")
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 3}]
+    c.stop()
+    offline = c.cli("query", "UPDATE spans SET name = 'x'")
+    assert offline.returncode == 2
+    assert c.cli("query", "SELECT count(*) AS n FROM spans WHERE name = 'x'", "--format", "json").stdout.strip() \
+        == '[\n  {\n    "n": 0\n  }\n]'
+
+
+def test_query_formats_table_json_csv(start_collector):
+    c = start_collector(NO_JUDGE)
+    assert post(c, make_request(2).SerializeToString()).status_code == 200
+    table = c.cli("query", "SELECT span_kind, count(*) AS n FROM spans GROUP BY 1")
+    assert table.returncode == 0 and "CHAIN" in table.stdout and "(1 row)" in table.stdout
+    csv_out = c.cli("query", "SELECT span_kind, count(*) AS n FROM spans GROUP BY 1", "--format", "csv")
+    assert csv_out.stdout.splitlines() == ["span_kind,n", "CHAIN,2"]
+    js = c.cli("query", "SELECT span_kind, count(*) AS n FROM spans GROUP BY 1", "--format", "json")
+    assert json.loads(js.stdout) == [{"span_kind": "CHAIN", "n": 2}]
+
+
+def test_query_errors_are_one_line_with_exit_2(tmp_path):
+    missing = run_cli("query", "SELECT 1", "--db", str(tmp_path / "nope.duckdb"))
+    assert missing.returncode == 2 and "no store at" in missing.stderr
+    assert missing.stderr.count("\n") == 1
+    duckdb.connect(str(tmp_path / "x.duckdb")).close()
+    bad_sql = run_cli("query", "SELEC nonsense", "--db", str(tmp_path / "x.duckdb"))
+    assert bad_sql.returncode == 2 and bad_sql.stderr.count("\n") == 1
+
+
+def test_store_is_migrated_and_versioned(tmp_path):
+    from tracesieve.storage.migrations import LATEST_VERSION
+    from tracesieve.storage.store import open_database
+
+    path = str(tmp_path / "old.duckdb")
+    old = duckdb.connect(path)
+    old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR, "
+                "applied_at TIMESTAMPTZ DEFAULT now())")
+    old.close()  # a store from before any migration ran
+    con = open_database(path)
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == LATEST_VERSION
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert {"spans", "detections", "candidates", "trace_state"} <= tables
+    con.close()
+    again = open_database(path)  # opening again runs nothing twice
+    assert again.execute("SELECT count(*) FROM schema_version").fetchone()[0] == LATEST_VERSION
+    again.close()
+
+
+def test_serve_on_a_busy_port_fails_with_one_line(start_collector, tmp_path):
+    c = start_collector(NO_JUDGE)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "c.yaml").write_text(
+        f"receivers: {{otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{c.grpc_port}'}}, "
+        f"http: {{endpoint: '127.0.0.1:{c.http_port}'}}}}}}}}\n")
+    result = run_cli("serve", "--config", str(other / "c.yaml"), "--db", str(other / "s.duckdb"), timeout=60)
+    assert result.returncode == 2
+    assert "tracesieve: error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_healthz_and_readyz(start_collector):
+    c = start_collector(NO_JUDGE)
+    assert httpx.get(f"{c.http_url}/healthz").text == "ok\n"
+    assert httpx.get(f"{c.http_url}/readyz").status_code == 200
