@@ -362,6 +362,46 @@ def cases_lint(path: str, db_path: str | None, config_path: str | None) -> None:
     click.echo(f"ok: {path}")
 
 
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--cases", "cases_path", required=True, metavar="PATH", help="the failure dataset (cases.yaml)")
+@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="runs per case")
+@click.option("--case", "only", multiple=True, metavar="ID", help="run only these cases (repeatable)")
+@click.option("--protocol", type=click.Choice(["grpc", "http/protobuf"]), default="grpc", show_default=True,
+              help="OTEL_EXPORTER_OTLP_PROTOCOL given to the agent")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds per agent run")
+@db_option
+@config_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def gate(cases_path: str, repeat: int, only: tuple[str, ...], protocol: str, timeout: float,
+         db_path: str | None, config_path: str | None, fmt: str, command: tuple[str, ...]) -> None:
+    """Run the agent on every active case (tracesieve gate --cases cases.yaml -- CMD...); exit 1 on any failure.
+
+    The agent gets the case input as JSON on stdin and in TRACESIEVE_CASE_INPUT, the id in
+    TRACESIEVE_CASE_ID, and OTEL_EXPORTER_OTLP_ENDPOINT / _PROTOCOL / OTEL_RESOURCE_ATTRIBUTES
+    pointing at an embedded collector (its store is temporary; --db is not written).
+    """
+    from tracesieve.collector.config import load_config
+    from tracesieve.collector.gate import run_gate
+
+    config = load_config(config_path)
+    results = run_gate(config, cases_path, command, repeat=repeat, only=only, protocol=protocol,
+                       timeout=timeout, workdir=os.getcwd())
+    failed = [r for r in results if not r.passed]
+    if fmt == "json":
+        click.echo(json.dumps([{"case_id": r.case_id, "failure_mode": r.failure_mode,
+                                "result": "passed" if r.passed else "failed", "runs": r.runs,
+                                "traces": r.traces, "reasons": r.reasons} for r in results], indent=2))
+    else:
+        _print_rows(("case", "failure_mode", "result", "runs", "traces", "why"),
+                    [[r.case_id, r.failure_mode, "pass" if r.passed else "FAIL", r.runs, len(r.traces),
+                      "; ".join(r.reasons)] for r in results], "table")
+    summary = f"gate: {len(results) - len(failed)} of {len(results)} cases passed"
+    if failed:
+        raise CommandFailed(summary + f"; failing: {', '.join(r.case_id for r in failed)}")
+    click.echo(summary, err=True)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
