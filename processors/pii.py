@@ -1,0 +1,503 @@
+"""The PII and secret sanitizer: the ``pii`` span-stage processor.
+
+Every column of :data:`~tracesieve.storage.schema.TEXT_SPAN_COLUMNS` is scanned;
+each match is replaced by ``<TYPE>`` or, with ``secret_key``, by a keyed
+pseudonym ``<TYPE:hhhhhh>`` (first 6 hex of HMAC-SHA256(key, "TYPE:value"), so
+the same value gets the same token in every span). Only the matched substring
+changes: JSON columns are never re-serialised and stay valid JSON. The span's
+``pii_redactions`` column receives the count per type, never a value.
+
+How it is fast (the kernel is columnar, the seam is batch in, batch out):
+
+1. all text columns of a batch are concatenated and tested by RE2
+   (``pyarrow.compute``) in one call against the *trigger* pattern: small,
+   literal-anchored patterns (``@``, ``eyJ``, ``password=``, digit shapes, ...)
+   whose automaton is cheap to build per call; a trigger fires wherever some
+   rule could accept a value;
+2. on the flagged cells only, RE2 wraps every trigger in marker characters;
+3. Python re-matches the exact combined pattern (the built-in rules of
+   :mod:`.pii_patterns`) at the few positions where a value containing that
+   trigger can start, and runs the rule's validator (Luhn, mod-97, JSON
+   escapes, HMAC, ...). Rows without a trigger never reach Python.
+
+``Sanitizer.redact`` (one string) runs the exact pattern over the whole text;
+the columnar path gives the same result (a test holds them equal on the corpus).
+
+Options (``processors.pii``)::
+
+    secret_key: "..."                 # keyed pseudonyms instead of bare <TYPE>
+    extra_patterns: [{name: EMPLOYEE_ID, regex: "EMP-[0-9]{6}"}]
+    skip_keys: [http.user_agent]      # attribute keys (leaf or full dotted) left unscanned
+    disable_types: [IP]               # built-in types to turn off
+
+Thread safety: a processor is immutable after ``from_config`` except a bounded
+pseudonym cache; ``process`` may run on several receiver threads at once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import hmac
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tracesieve.processors.options import OptionReader
+from tracesieve.processors.pii_patterns import BACK_CHARS, BUILTIN_RULES, KNOWN_TYPES, Rule
+from tracesieve.storage.errors import ConfigError
+from tracesieve.storage.schema import JSON_SPAN_COLUMNS, TEXT_SPAN_COLUMNS
+
+__all__ = ["PiiProcessor", "Sanitizer", "ExtraPattern"]
+
+_START, _END = "\x01", "\x02"
+_TYPE_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
+_NAMED_GROUP = re.compile(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>")
+_LEADING_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+_CACHE_MAX = 65536
+_WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_SLACK = 96          # how far past a trigger the exact pass looks for the start of its value
+
+#: Text columns that carry one attribute's value: skip_keys match them by this key.
+COLUMN_KEYS = {
+    "input_value": "input.value", "output_value": "output.value", "session_id": "session.id",
+    "user_id": "user.id", "llm_model_name": "llm.model_name", "tool_name": "tool.name",
+    "service_name": "service.name", "status_message": "status.message", "scope_name": "scope.name",
+    "trace_state": "trace_state", "name": "name",
+}
+
+# A tolerant JSON tokenizer for skip_keys: strings, punctuation, bare scalars.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s{}\[\],:"]+', re.DOTALL)
+
+
+class ExtraPattern(Rule):
+    """A user rule from ``extra_patterns``: the whole match is the value."""
+
+
+def _python_flags(regex: str) -> str:
+    """Turn leading global flags ``(?i)`` into a scoped group, which an alternation allows."""
+    m = _LEADING_FLAGS.match(regex)
+    if m:
+        return f"(?{m.group(1)}:{regex[m.end():]})"
+    return regex
+
+
+def _re2_check(regex: str) -> str | None:
+    try:
+        pc.match_substring_regex(pa.array([""], pa.string()), regex)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        return f"not valid RE2 syntax (lookarounds and backreferences are not supported): {exc}"
+    return None
+
+
+def _backslash_run(text: str, end: int) -> int:
+    n = 0
+    while end - n > 0 and text[end - n - 1] == "\\":
+        n += 1
+    return n
+
+
+class Sanitizer:
+    """Finds and replaces PII in text. Immutable after construction (but for a pseudonym cache).
+
+    ``redact`` works on one string, ``redact_array`` on a whole Arrow column (the fast path).
+    """
+
+    def __init__(
+        self,
+        *,
+        secret_key: str | bytes | None = None,
+        extra_patterns: Sequence[tuple[str, str]] = (),
+        skip_keys: Iterable[str] = (),
+        disable_types: Iterable[str] = (),
+    ) -> None:
+        disabled = set(disable_types)
+        rules: list[Rule] = [ExtraPattern(name, _python_flags(rx)) for name, rx in extra_patterns]
+        rules += [r for r in BUILTIN_RULES if r.type not in disabled]
+        self.rules = tuple(rules)
+        self._has_extras = any(isinstance(r, ExtraPattern) for r in rules)
+        self._key = secret_key.encode() if isinstance(secret_key, str) else secret_key
+        self._cache: dict[tuple[str, str], str] = {}
+        self.skip_keys = tuple(tuple(k.split(".")) for k in skip_keys if k)
+
+        py_parts, re2_parts = [], []
+        self._value_groups: list[tuple[str, ...]] = []
+        for i, rule in enumerate(self.rules):
+            if isinstance(rule, ExtraPattern):
+                body = f"(?P<_v{i}_0>{rule.pattern})"
+                groups = (f"_v{i}_0",)
+            else:
+                counter = iter(range(10))
+                body = re.sub(r"\(\?P<v[0-9]?>", lambda _m: f"(?P<_v{i}_{next(counter)}>", rule.pattern)
+                groups = tuple(f"_v{i}_{j}" for j in range(body.count(f"(?P<_v{i}_")))
+            self._value_groups.append(groups)
+            py_parts.append(f"(?P<_a{i}>{body})")
+            re2_parts.append(f"(?:{_NAMED_GROUP.sub('(?:', rule.pattern)})")
+        self.enabled = bool(self.rules)
+        self.python_pattern = "|".join(py_parts) or "(?!)"
+        #: the exact pattern in RE2 syntax (same candidates as ``python_pattern``); kept for tests
+        self.re2_pattern = "|".join(re2_parts)
+        triggers = [r.pattern if isinstance(r, ExtraPattern) else r.trigger for r in self.rules]
+        #: the column prefilter: fires wherever some rule could accept a value
+        self.trigger_pattern = "|".join(f"(?:{_NAMED_GROUP.sub('(?:', t)})" for t in dict.fromkeys(triggers) if t)
+        self._exact = re.compile(self.python_pattern, re.ASCII)
+        self._rule_of_group = {f"_a{i}": i for i in range(len(self.rules))}
+
+    # ------------------------------------------------------------------ one string
+
+    def redact(self, text: str, *, json_text: bool = False, column_key: str | None = None) -> tuple[str, Counter]:
+        """Return the redacted text and the count per type (empty Counter when nothing changed)."""
+        if not self.enabled or not text or (column_key and self._skipped_path(column_key.split("."))):
+            return text, Counter()
+        out, counts = self._redact_python(text, json_text)
+        return out, counts
+
+    # ------------------------------------------------------------------ one column
+
+    def redact_array(
+        self, arr: pa.Array | pa.ChunkedArray, json_text: bool, *, column_key: str | None = None,
+    ) -> tuple[pa.Array, list[Counter | None]]:
+        """Redact a string column. Returns the new column and, per row, a Counter (None: nothing found).
+
+        Rows where no trigger fires are never touched by Python. Nulls stay null.
+        """
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+        n = len(arr)
+        if (not self.enabled or n == 0 or arr.null_count == n
+                or (column_key and self._skipped_path(column_key.split(".")))):
+            return arr, [None] * n
+        return self._redact_cells(arr, [json_text] * n)
+
+    def _redact_cells(self, arr: pa.Array, json_flags: Sequence[bool]) -> tuple[pa.Array, list[Counter | None]]:
+        """One RE2 pass over ``arr`` (any mix of columns), then the exact pass on the cells it flags."""
+        n = len(arr)
+        counters: list[Counter | None] = [None] * n
+        mask = pc.fill_null(pc.match_substring_regex(arr, self.trigger_pattern), False)
+        hits = pc.indices_nonzero(mask).to_pylist()
+        if not hits:
+            return arr, counters
+        subset = arr.filter(mask)
+        originals = subset.to_pylist()
+        marked = pc.replace_substring_regex(subset, self.trigger_pattern, _START + r"\0" + _END).to_pylist()
+        new_values: list[str] = []
+        changed = False
+        for row, text, mk in zip(hits, originals, marked):
+            out, counts = self._redact_marked(text, mk, json_flags[row])
+            if counts:
+                counters[row] = counts
+                changed = True
+            new_values.append(out)
+        if not changed:
+            return arr, counters
+        return pc.replace_with_mask(arr, mask, pa.array(new_values, arr.type)), counters
+
+    def _redact_marked(self, text: str, marked: str, json_text: bool) -> tuple[str, Counter]:
+        """Exact pass near each trigger: the value starts at the trigger, or just before it, or at
+        the start of the key/local-part run that ends at the trigger."""
+        if _START in text or _END in text:
+            return self._redact_python(text, json_text)
+        exact = self._exact
+        pieces = marked.split(_START)
+        matches: list[re.Match[str]] = []
+        covered = 0                      # the exact pass never looks before this again
+        ts = len(pieces[0])
+        for piece in pieces[1:]:
+            trig, _, rest = piece.partition(_END)
+            te = ts + len(trig)
+            if te > covered:
+                bs = ts
+                while bs > covered and text[bs - 1] in BACK_CHARS:
+                    bs -= 1
+                m = None
+                if self._has_extras:
+                    m0 = exact.search(text, max(covered, bs - 2), te + _SLACK)
+                    if m0 is not None:
+                        m = exact.match(text, m0.start())
+                else:
+                    # a built-in value starts right after its left context: the start of text, an
+                    # escape, or a non-word character -- only those positions can begin a match
+                    for q in range(max(covered, bs - 2), ts + 1):
+                        if text[q] in _WORD and q:
+                            continue
+                        m = exact.match(text, q)
+                        if m is not None:
+                            break
+                if m is not None and m.end() > m.start():
+                    matches.append(m)
+                    covered = m.end()
+            ts = te + len(rest)
+        return self._apply(text, matches, json_text)
+
+    def _redact_python(self, text: str, json_text: bool) -> tuple[str, Counter]:
+        return self._apply(text, self._exact.finditer(text), json_text)
+
+    def _apply(self, text: str, matches: Iterable[re.Match[str]], json_text: bool) -> tuple[str, Counter]:
+        counts: Counter = Counter()
+        out: list[str] = []
+        last = 0
+        paths: tuple[list[int], list[int], list[tuple[str, ...]]] | None = None
+        for m in matches:
+            i = self._rule_of_group[m.lastgroup]  # type: ignore[index]
+            rule = self.rules[i]
+            for g in self._value_groups[i]:
+                s = m.start(g)
+                if s >= 0:
+                    e = m.end(g)
+                    break
+            else:
+                continue
+            if s == e:
+                continue
+            if rule.validate is not None:
+                found = rule.validate(text, s, e, json_text)
+                if found is None:
+                    continue
+                type_, s, e = found
+            else:
+                type_ = rule.type
+            if json_text:
+                value = text[s:e]
+                # never start inside an escape, never cut one, never swallow a quote
+                if _backslash_run(text, s) % 2 or _backslash_run(text, e) % 2:
+                    continue
+                if isinstance(rule, ExtraPattern) and ('"' in value or "\\" in value):
+                    continue
+                if self.skip_keys:
+                    if paths is None:
+                        paths = _json_value_paths(text)
+                    path = _path_at(paths, s)
+                    if path is not None and self._skipped_path(path):
+                        continue
+            if s < last:
+                continue
+            out.append(text[last:s])
+            out.append(self._placeholder(type_, text[s:e], json_text))
+            last = e
+            counts[type_] += 1
+        if not counts:
+            return text, counts
+        out.append(text[last:])
+        return "".join(out), counts
+
+    def _placeholder(self, type_: str, value: str, json_text: bool) -> str:
+        if self._key is None:
+            return f"<{type_}>"
+        if json_text and "\\" in value:
+            try:
+                value = json.loads(f'"{value}"')     # the same value hashes alike in JSON and plain text
+            except ValueError:
+                pass
+        key = (type_, value)
+        token = self._cache.get(key)
+        if token is None:
+            digest = hmac.new(self._key, f"{type_}:{value}".encode("utf-8", "surrogatepass"), hashlib.sha256)
+            token = f"<{type_}:{digest.hexdigest()[:6]}>"
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[key] = token
+        return token
+
+    def _skipped_path(self, path: Sequence[str]) -> bool:
+        for key in self.skip_keys:
+            k = len(key)
+            for j in range(len(path) - k + 1):
+                if tuple(path[j:j + k]) == key:
+                    return True
+        return False
+
+
+def _json_value_paths(text: str) -> tuple[list[int], list[int], list[tuple[str, ...]]]:
+    """Spans of the scalar values of a JSON text with their key paths (dotted segments)."""
+    starts: list[int] = []
+    ends: list[int] = []
+    paths: list[tuple[str, ...]] = []
+    stack: list[list[Any]] = []            # [is_object, current key or index, expecting_key]
+    for tok in _JSON_TOKEN.finditer(text):
+        t = tok.group()
+        c = t[0]
+        if c in "{[":
+            stack.append([c == "{", "" if c == "{" else 0, c == "{"])
+        elif c in "}]":
+            if stack:
+                stack.pop()
+        elif c == ",":
+            if stack:
+                top = stack[-1]
+                if top[0]:
+                    top[2] = True
+                else:
+                    top[1] += 1
+        elif c == ":":
+            continue
+        else:
+            if stack and stack[-1][0] and stack[-1][2]:
+                try:
+                    stack[-1][1] = json.loads(t) if c == '"' else t
+                except ValueError:
+                    stack[-1][1] = t.strip('"')
+                stack[-1][2] = False
+                continue
+            path: list[str] = []
+            for frame in stack:
+                path.extend(str(frame[1]).split("."))
+            starts.append(tok.start())
+            ends.append(tok.end())
+            paths.append(tuple(path))
+    return starts, ends, paths
+
+
+def _path_at(paths: tuple[list[int], list[int], list[tuple[str, ...]]], pos: int) -> tuple[str, ...] | None:
+    starts, ends, keys = paths
+    i = bisect.bisect_right(starts, pos) - 1
+    if i >= 0 and pos < ends[i]:
+        return keys[i]
+    return None
+
+
+class PiiProcessor:
+    """Span-stage processor ``pii``: redacts every text column of a batch and counts per type."""
+
+    kind: ClassVar[str] = "span"
+
+    def __init__(self, sanitizer: Sanitizer) -> None:
+        self.sanitizer = sanitizer
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any] | None, *, path: str) -> PiiProcessor:
+        """Validate every option (all problems at once, each with its YAML path) and compile the rules."""
+        opts = OptionReader(options, path)
+        secret_key = opts.str("secret_key", None)
+        if secret_key == "":
+            opts.problem("secret_key", "must not be empty (leave it out for plain <TYPE> placeholders)")
+            secret_key = None
+        extras: list[tuple[str, str]] = []
+        for i, item in enumerate(opts.list("extra_patterns")):
+            where = f"{opts.here('extra_patterns')}[{i}]"
+            if not isinstance(item, Mapping):
+                opts.problems.append(f"{where}: expected a mapping with name and regex")
+                continue
+            unknown = sorted(set(item) - {"name", "regex"})
+            for key in unknown:
+                opts.problems.append(f"{where}.{key}: unknown key")
+            name, regex = item.get("name"), item.get("regex")
+            ok = True
+            if not isinstance(name, str) or not _TYPE_NAME.match(name):
+                opts.problems.append(f"{where}.name: expected an UPPER_SNAKE type name, got {name!r}")
+                ok = False
+            if not isinstance(regex, str) or not regex:
+                opts.problems.append(f"{where}.regex: expected a non-empty string")
+                continue
+            problem = _check_regex(regex)
+            if problem:
+                opts.problems.append(f"{where}: {problem}")
+                ok = False
+            if ok:
+                extras.append((name, regex))   # type: ignore[arg-type]
+        skip_keys = _str_list(opts, "skip_keys")
+        disable = _str_list(opts, "disable_types")
+        known = set(KNOWN_TYPES) | {name for name, _ in extras}
+        for i, t in enumerate(disable):
+            if t not in known:
+                opts.problems.append(
+                    f"{opts.here('disable_types')}[{i}]: unknown type {t!r} (known: {', '.join(KNOWN_TYPES)})")
+        opts.finish()
+        try:
+            sanitizer = Sanitizer(secret_key=secret_key, extra_patterns=extras, skip_keys=skip_keys,
+                                  disable_types=disable)
+        except re.error as exc:  # pragma: no cover - each pattern was checked alone above
+            raise ConfigError([f"{opts.here('extra_patterns')}: {exc}"]) from None
+        return cls(sanitizer)
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        """Return the batch with every text column redacted and ``pii_redactions`` merged. Pure.
+
+        All text columns go through RE2 together (one kernel call per batch: building the
+        regex automaton is the fixed cost that matters at request-sized batches).
+        """
+        n = batch.num_rows
+        san = self.sanitizer
+        if n == 0 or not san.enabled:
+            return batch
+        names = batch.schema.names
+        cols = [c for c in TEXT_SPAN_COLUMNS
+                if c in names and not (c in COLUMN_KEYS and san._skipped_path(COLUMN_KEYS[c].split(".")))]
+        arrays = []
+        for c in cols:
+            a = batch.column(c)
+            arrays.append(a.combine_chunks() if a.num_chunks != 1 else a.chunk(0))
+        if not arrays:
+            return batch
+        flags = [c in JSON_SPAN_COLUMNS for c in cols for _ in range(n)]
+        whole = pa.concat_arrays(arrays) if len(arrays) > 1 else arrays[0]
+        new, counters = san._redact_cells(whole, flags)
+        if not any(counters):
+            return batch
+        totals: list[Counter | None] = [None] * n
+        for k, c in enumerate(cols):
+            part = counters[k * n:(k + 1) * n]
+            if not any(part):
+                continue
+            i = names.index(c)
+            batch = batch.set_column(i, batch.schema.field(i), new.slice(k * n, n))
+            for row, cnt in enumerate(part):
+                if cnt:
+                    t = totals[row]
+                    if t is None:
+                        totals[row] = Counter(cnt)
+                    else:
+                        t.update(cnt)
+        if "pii_redactions" in names:
+            i = names.index("pii_redactions")
+            old = batch.column(i).to_pylist()
+            merged = []
+            for before, c in zip(old, totals):
+                if not c:
+                    merged.append(before)
+                    continue
+                prior = _parse_counts(before)
+                prior.update(c)
+                merged.append(json.dumps(dict(sorted(prior.items())), separators=(",", ":")))
+            batch = batch.set_column(i, batch.schema.field(i), pa.array(merged, pa.string()))
+        return batch
+
+    def shutdown(self) -> None:
+        """Nothing to release; idempotent."""
+
+
+def _check_regex(regex: str) -> str | None:
+    try:
+        compiled = re.compile(_python_flags(regex), re.ASCII)
+    except re.error as exc:
+        return str(exc)
+    if compiled.fullmatch(""):
+        return "matches the empty string"
+    return _re2_check(regex)
+
+
+def _str_list(opts: OptionReader, key: str) -> list[str]:
+    items = opts.list(key)
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str) and item:
+            out.append(item)
+        else:
+            opts.problems.append(f"{opts.here(key)}[{i}]: expected a non-empty string, got {item!r}")
+    return out
+
+
+def _parse_counts(text: str | None) -> Counter:
+    if not text:
+        return Counter()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return Counter()
+    if not isinstance(doc, dict):
+        return Counter()
+    return Counter({k: v for k, v in doc.items() if isinstance(k, str) and isinstance(v, int)})

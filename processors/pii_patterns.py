@@ -1,0 +1,365 @@
+"""The built-in PII and secret rules: one regex per rule plus a validator.
+
+Every pattern is written in the syntax shared by RE2 (pyarrow.compute) and
+Python ``re``: no lookarounds, no backreferences, no global inline flags (only
+scoped ``(?i:...)``), explicit ASCII classes instead of ``\\d``/``\\w``/``\\s``.
+The same alternation therefore finds the same leftmost-first candidates in both
+engines; RE2 finds them over whole columns, Python only re-matches each
+candidate at its known offset and runs the validator (Luhn, mod-97, address
+parsing, right-hand context, JSON escapes) that a regex cannot express.
+
+A rule's pattern is ``LEFT + BODY``: ``LEFT`` is the left context (start of
+text, a non-word character, or the tail of a JSON escape such as ``\\n``), so a
+value never starts in the middle of a word or right after a backslash. ``BODY``
+names the part to replace with ``(?P<v>...)`` (several ``v``, ``v2``, ... groups
+for alternative forms; the first that matched is replaced).
+
+Pure data and pure functions; importable anywhere, no state.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import ipaddress
+import json
+import re
+from collections.abc import Callable
+
+#: Every placeholder type DESIGN.md names. The last four are accepted in
+#: ``disable_types`` but no built-in rule produces them.
+KNOWN_TYPES = (
+    "EMAIL", "PHONE", "CARD", "SSN", "IBAN", "IP", "MAC", "URL_CREDENTIALS", "JWT",
+    "BEARER_TOKEN", "PRIVATE_KEY", "API_KEY", "SECRET", "PERSON", "ADDRESS", "DOB", "PASSPORT",
+)
+
+# Left contexts. ``\\[nrt]`` lets a value start right after a JSON escape
+# (``"hi\nbob@x.com"``); a bare backslash is never a left context.
+_ESC = r"\\[nrt]"
+LEFT = rf"(?:^|[^A-Za-z0-9_\\]|{_ESC})"              # words: keys, tokens
+LEFT_EMAIL = rf"(?:^|[^A-Za-z0-9_.%+\\-]|{_ESC})"
+LEFT_NUM = rf"(?:^|[^A-Za-z0-9_.\\-]|{_ESC})"         # numbers: not inside ORD-2024-1, v1.2.3.4, 2024-08-06
+LEFT_HEX = rf"(?:^|[^A-Za-z0-9_.:\\-]|{_ESC})"       # hex-and-colon runs
+
+# ``key = value`` separators, also inside JSON and JSON-in-JSON (``\"key\": \"v\"``).
+_Q = r"""(?:\\*["'])?"""
+SEP = rf"{_Q}[ \t]*[:=][ \t]*"
+# A value: double-quoted (escapes kept whole, never ends inside one), single-quoted, or bare.
+_VALUE = (
+    r'''(?:\\*"(?P<v>(?:[^"\\]|\\[^"\\])+)'''
+    r"""|'(?P<v2>[^'"\\]+)"""
+    r"""|(?P<v3>[^ \t\r\n"'\\,;&<>(){}\[\]]+))"""
+)
+_SECRET_KEYWORDS = (
+    r"(?i:password|passwd|passphrase|pwd|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
+    r"|access[_-]?token|auth[_-]?token|refresh[_-]?token|session[_-]?token|id[_-]?token|token"
+    r"|private[_-]?key|credentials?)"
+)
+
+_API_KEY_BODY = (
+    r"(?P<v>sk-(?:proj-|ant-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"
+    r"|(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[A-Z0-9]{16}"
+    r"|gh[pousr]_[A-Za-z0-9]{36,}"
+    r"|github_pat_[A-Za-z0-9_]{22,}"
+    r"|xox[abprse]-[A-Za-z0-9-]{10,}"
+    r"|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"
+    r"|AIza[0-9A-Za-z_-]{35}"
+    r"|hf_[A-Za-z0-9]{30,})"
+)
+API_KEY_RE = re.compile(_API_KEY_BODY.replace("(?P<v>", "(?:") + r"\Z", re.ASCII)
+_JWT_BODY = r"(?P<v>eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)"
+JWT_RE = re.compile(_JWT_BODY.replace("(?P<v>", "(?:") + r"\Z", re.ASCII)
+
+_PEM_BEGIN = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+_PEM_END = r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+
+
+Validator = Callable[[str, int, int, bool], "tuple[str, int, int] | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One alternative of the combined pattern. ``validate(text, start, end, json_text)``
+    returns the (type, start, end) to replace -- possibly narrowed or re-typed -- or None."""
+
+    type: str
+    pattern: str
+    validate: Validator | None = None
+    #: RE2 prefilter that fires wherever this rule can *accept* a value, starting at the value
+    #: or right after a run of ``BACK_CHARS`` that ends where the value's key/local part ends.
+    trigger: str = ""
+
+
+# --------------------------------------------------------------------------- validators
+
+def _word(ch: str) -> bool:
+    return ch.isascii() and (ch.isalnum() or ch == "_")
+
+
+def _free_right(text: str, end: int) -> bool:
+    """True when the value is not glued to a following word character."""
+    return end >= len(text) or not _word(text[end])
+
+
+def _free_right_num(text: str, end: int) -> bool:
+    """Also not followed by ``.5``/``-5`` (part of a longer number or date)."""
+    if not _free_right(text, end):
+        return False
+    if end + 1 < len(text) and text[end] in ".-" and text[end + 1].isdigit():
+        return False
+    return True
+
+
+def _bounded(type_: str) -> Validator:
+    def check(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+        return (type_, s, e) if _free_right(text, e) else None
+    return check
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _card_prefix_ok(d: str) -> bool:
+    n = len(d)
+    if d[0] == "4":
+        return n in (13, 16, 19)                                  # Visa
+    p2, p4 = int(d[:2]), int(d[:4])
+    if 51 <= p2 <= 55 or 2221 <= p4 <= 2720:
+        return n == 16                                            # Mastercard
+    if p2 in (34, 37):
+        return n == 15                                            # Amex
+    if p2 in (36, 38, 39) or 300 <= int(d[:3]) <= 305:
+        return 14 <= n <= 19                                      # Diners
+    if p4 == 6011 or p2 == 65 or 644 <= int(d[:3]) <= 649 or p2 == 62:
+        return 16 <= n <= 19                                      # Discover, UnionPay
+    if 3528 <= p4 <= 3589:
+        return 16 <= n <= 19                                      # JCB
+    if p2 == 50 or 56 <= p2 <= 69:
+        return 12 <= n <= 19                                      # Maestro
+    return False
+
+
+_CARD_GROUPS = {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2), (4, 4, 4, 3), (4, 4, 4, 1)}
+
+
+def _card(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    raw = text[s:e]
+    seps = {c for c in raw if c in " -"}
+    if len(seps) > 1:
+        return None
+    if seps:
+        groups = raw.split(seps.pop())
+        # a longer run of groups (card followed by a year, ...): keep the longest valid prefix
+        for k in range(len(groups), 1, -1):
+            shape = tuple(len(g) for g in groups[:k])
+            if shape in _CARD_GROUPS:
+                digits = "".join(groups[:k])
+                end = s + len(" ".join(groups[:k]))
+                if _card_prefix_ok(digits) and luhn_ok(digits) and _free_right_num(text, end):
+                    return ("CARD", s, end)
+        return None
+    if not (13 <= len(raw) <= 19) or not _free_right_num(text, e):
+        return None
+    return ("CARD", s, e) if _card_prefix_ok(raw) and luhn_ok(raw) else None
+
+
+def _ssn(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    area, group, serial = text[s:e].split("-")
+    if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+        return None
+    return ("SSN", s, e) if _free_right_num(text, e) else None
+
+
+def _phone(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    raw = text[s:e]
+    n = sum(c.isdigit() for c in raw)
+    if raw.startswith("+"):
+        if not 8 <= n <= 15:
+            return None
+    elif n not in (10, 11):
+        return None
+    return ("PHONE", s, e) if _free_right_num(text, e) else None
+
+
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24,
+    "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21,
+    "HU": 28, "IE": 22, "IL": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LI": 21,
+    "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30,
+    "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24,
+    "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TN": 24, "TR": 26, "UA": 29, "VG": 24, "XK": 20,
+}
+
+
+def iban_ok(compact: str) -> bool:
+    want = _IBAN_LENGTHS.get(compact[:2])
+    if want is not None and len(compact) != want:
+        return False
+    if not 15 <= len(compact) <= 34:
+        return False
+    moved = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+def _iban(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    raw = text[s:e]
+    # trailing upper-case words may have been swallowed: try the longest prefix that validates
+    cut = e
+    while cut - s >= 15:
+        compact = text[s:cut].replace(" ", "")
+        if iban_ok(compact) and _free_right(text, cut):
+            return ("IBAN", s, cut)
+        nxt = text.rfind(" ", s, cut)
+        if nxt <= s or " " not in raw:
+            break
+        cut = nxt
+    return None
+
+
+def _ipv4(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    parts = text[s:e].split(".")
+    if len(parts) != 4 or any(int(p) > 255 for p in parts):
+        return None
+    return ("IP", s, e) if _free_right(text, e) else None
+
+
+def _ipv6(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    raw = text[s:e]
+    if sum(c not in ":." for c in raw) < 4 or raw.count(":") < 2:
+        return None
+    try:
+        ipaddress.IPv6Address(raw)
+    except ValueError:
+        return None
+    if e < len(text) and (_word(text[e]) or text[e] == ":"):
+        port = re.match(r":[0-9]{1,5}(?![0-9A-Za-z:])", text[e:e + 7])     # written host:port without brackets
+        if port is None:
+            return None
+    return ("IP", s, e)
+
+
+def _mac(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    raw = text[s:e]
+    if len(raw) != 17 or len({raw[i] for i in range(2, 17, 3)}) != 1:
+        return None
+    if e < len(text) and (_word(text[e]) or text[e] in ":-"):
+        return None
+    return ("MAC", s, e)
+
+
+_FILE_TLDS = frozenset(
+    "png jpg jpeg gif svg webp ico bmp js mjs ts tsx jsx css scss py json yaml yml md txt html htm "
+    "xml csv log lock toml ini cfg sh zip gz tar pdf".split())
+
+
+def _email(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    tld = text[text.rfind(".", s, e) + 1:e].lower()
+    if tld in _FILE_TLDS:
+        return None
+    return ("EMAIL", s, e) if _free_right(text, e) else None
+
+
+def _jwt(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    head = text[s:text.index(".", s)]
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    return ("JWT", s, e) if _free_right(text, e) else None
+
+
+def _bearer_loose(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """``Bearer <token>`` without an Authorization header: only token-looking values."""
+    val = text[s:e]
+    if len(val) < 12 or not any(c.isdigit() for c in val) or not _free_right(text, e):
+        return None
+    return ("BEARER_TOKEN", s, e)
+
+
+_NOT_SECRETS = frozenset({"null", "none", "true", "false", "undefined", "nil", "redacted", "[redacted]", "***"})
+
+
+def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    while e - s > 1 and text[e - 1] in ".," and (e == len(text) or not _word(text[e])):
+        e -= 1                                           # sentence punctuation after a bare value
+    val = text[s:e]
+    low = val.lower()
+    if low in _NOT_SECRETS or val.startswith(("<", "${", "***", "{{")) or set(val) <= {"*", "x", "X", "•"}:
+        return None
+    if val.isdigit() and len(val) < 6:
+        return None                                      # counts and flags, not credentials
+    if API_KEY_RE.match(val):
+        return ("API_KEY", s, e)
+    if JWT_RE.match(val):
+        return ("JWT", s, e)
+    return ("SECRET", s, e)
+
+
+def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    user, _, pw = text[s:e].partition(":")
+    return ("URL_CREDENTIALS", s, e) if user and pw else None
+
+
+# --------------------------------------------------------------------------- the rules (order matters)
+
+#: Leftmost-first: at one start position the first rule that matches wins, so
+#: specific rules come before general ones (SSN and PHONE before CARD, MAC before IP).
+#: Triggers are small RE2 patterns (literal anchors, no left context) whose DFA is
+#: cheap to build per batch; each must fire wherever its rule can accept a value.
+_HEX2 = "[0-9A-Fa-f]{2}"
+BUILTIN_RULES: tuple[Rule, ...] = (
+    Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_BEGIN}(?:[^-\"\\]|\\[^\"]|-[^-\"\\])*?{_PEM_END}"
+                              rf"|{_PEM_BEGIN}(?:[A-Za-z0-9+/=\r\n]|\\[nr])*)",
+         trigger="-----BEGIN "),
+    Rule("JWT", LEFT + _JWT_BODY, _jwt, trigger="eyJ"),
+    Rule("BEARER_TOKEN", LEFT + r"(?i:proxy-)?(?i:authorization)" + SEP + _Q
+         + r"(?i:bearer|basic|token|digest)[ ]+(?P<v>[A-Za-z0-9._~+/-]+=*)",
+         trigger="(?i:authorization)"),
+    Rule("BEARER_TOKEN", LEFT + r"(?:Bearer|bearer|BEARER)[ ]+(?P<v>[A-Za-z0-9._~+/-]+=*)", _bearer_loose,
+         trigger="(?:Bearer|bearer|BEARER) "),
+    Rule("URL_CREDENTIALS", LEFT + r"[A-Za-z][A-Za-z0-9+.-]*://(?P<v>[^/ \t\r\n:@\"\\<>]+:[^/ \t\r\n@\"\\<>]+)@",
+         _url_creds, trigger=r"://[^/ \t\r\n:@\"\\<>]+:[^/ \t\r\n@\"\\<>]+@"),
+    Rule("API_KEY", LEFT + r"[A-Za-z0-9_.-]*(?i:secret[_.-]?access[_.-]?key|aws[A-Za-z0-9_.-]*secret[A-Za-z0-9_.-]*)"
+         + SEP + _Q
+         + r"(?P<v>[A-Za-z0-9/+=]{40})", _bounded("API_KEY"), trigger=r"(?i:aws)"),
+    Rule("SECRET", LEFT + r"[A-Za-z0-9_.-]*" + _SECRET_KEYWORDS + SEP + _VALUE, _secret,
+         trigger=r"(?i:pass(?:word|wd|phrase)|pwd|secret|key|token|credentials?)" + SEP),
+    Rule("API_KEY", LEFT + _API_KEY_BODY, _bounded("API_KEY"),
+         trigger=r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|xox[abprse]-|[sr]k_(?:live|test)_"
+                 r"|AIza|hf_"),
+    Rule("EMAIL", LEFT_EMAIL + r"(?P<v>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
+         trigger=r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]"),
+    Rule("IBAN", LEFT + r"(?P<v>[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?)", _iban,
+         trigger=r"[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4} ?[A-Z0-9]{4}"),
+    Rule("MAC", LEFT_HEX + r"(?P<v>[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5,})", _mac,
+         trigger=_HEX2 + ("[:-]" + _HEX2) * 5),
+    Rule("IP", LEFT_HEX + r"(?P<v>(?:[0-9A-Fa-f]{1,4})?(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.[0-9]{1,3}){0,3})", _ipv6,
+         trigger=r"::|(?::[0-9A-Fa-f]{1,4}){5}:"),
+    Rule("IP", LEFT_NUM + r"(?P<v>[0-9]{1,3}(?:\.[0-9]{1,3}){3,})", _ipv4,
+         trigger=r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
+    Rule("SSN", LEFT_NUM + r"(?P<v>[0-9]{3}-[0-9]{2}-[0-9]{4})", _ssn, trigger="[0-9]{3}-[0-9]{2}-[0-9]{4}"),
+    Rule("PHONE", LEFT_NUM + r"(?P<v>(?:\+?1[ .-]?)?(?:\([0-9]{3}\)[ ]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4})", _phone,
+         trigger=r"(?:\+?1[ .-]?)?(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"),
+    Rule("PHONE", LEFT_NUM + r"(?P<v>\+[0-9]{1,3}(?:[ .-]?(?:\([0-9]{1,4}\)|[0-9]{1,5})){1,6})", _phone,
+         trigger=r"\+[0-9]"),
+    Rule("CARD", LEFT_NUM + r"(?P<v>[0-9](?:[ -]?[0-9]){12,18})", _card, trigger="[0-9]{4}[ -]?[0-9]{4}"),
+)
+
+#: Characters a value (or its key, local part, scheme) may extend backwards over from
+#: where its trigger fired: the exact pass tries the value start at the run's start too.
+BACK_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.%+:-")
+
+BUILTIN_TYPES = tuple(dict.fromkeys(r.type for r in BUILTIN_RULES))

@@ -1,0 +1,120 @@
+"""No unredacted byte reaches the database, its WAL or the logs: canaries through both receivers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from opentelemetry.trace import Status, StatusCode
+
+from conftest import FAST_JUDGE
+from sdk_helpers import sdk_tracer
+from test_receivers import post
+
+# One canary per structured type; each is unique so a hit anywhere is unambiguous.
+CANARIES = {
+    "EMAIL": "canary.person+q7@example-mail.com",
+    "PHONE": "+1 (415) 555-0142",
+    "CARD": "4111 1111 1111 1111",
+    "SSN": "219-09-9999",
+    "IBAN": "GB82 WEST 1234 5698 7654 32",
+    "IP": "203.0.113.77",
+    "JWT": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJjYW5hcnkiLCJpYXQiOjE1MTYyMzkwMjJ9."
+           "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+    "API_KEY": "sk-proj-CANARYq8W2n4Lr7Xv1Zt9Yp3Kd6Hs0Jm5Ub2Nf8Gc4Ve",
+    "AWS": "AKIAIOSFODNN7CANARY1",
+    "GITHUB": "ghp_CanaryTokenAbCdEfGhIjKlMnOpQrStUvWx12",
+    "BEARER": "Bearer abc123CanaryBearerTokenValue987xyz",
+    "SECRET": "password=Canary-Hunter2-Secret!",
+    "URL_CREDENTIALS": "postgres://admin:CanaryPassw0rd@db.internal:5432/app",
+}
+# The substrings that must never be stored (for assignments and URLs: the secret part).
+MUST_NOT_APPEAR = [v for k, v in CANARIES.items() if k not in ("BEARER", "SECRET", "URL_CREDENTIALS")] + [
+    "abc123CanaryBearerTokenValue987xyz", "Canary-Hunter2-Secret!", "CanaryPassw0rd",
+]
+
+
+def text_with_all() -> str:
+    return " | ".join(f"{k}: {v}" for k, v in CANARIES.items())
+
+
+def emit_canary_trace(tracer) -> None:
+    everything = text_with_all()
+    with tracer.start_as_current_span(f"agent for {CANARIES['EMAIL']}") as root:
+        root.set_attribute("openinference.span.kind", "AGENT")
+        root.set_attribute("input.value", everything)
+        root.set_attribute("user.id", CANARIES["EMAIL"])
+        with tracer.start_as_current_span("llm") as llm:
+            llm.set_attribute("openinference.span.kind", "LLM")
+            llm.set_attribute("llm.input_messages.0.message.role", "user")
+            llm.set_attribute("llm.input_messages.0.message.content", everything)
+            llm.set_attribute("llm.output_messages.0.message.tool_calls.0.tool_call.function.arguments",
+                              json.dumps({"card": CANARIES["CARD"], "email": CANARIES["EMAIL"]}))
+            llm.set_attribute("llm.output_messages.0.message.tool_calls.0.tool_call.function.name", "charge")
+        with tracer.start_as_current_span("charge") as tool:
+            tool.set_attribute("openinference.span.kind", "TOOL")
+            tool.set_attribute("tool.name", "charge")
+            tool.set_attribute("input.value", json.dumps({"card": CANARIES["CARD"], "iban": CANARIES["IBAN"],
+                                                          "auth": "Authorization: " + CANARIES["BEARER"]}))
+            try:
+                raise ValueError(f"card {CANARIES['CARD']} declined for {CANARIES['EMAIL']} "
+                                 f"from {CANARIES['IP']} with {CANARIES['API_KEY']}")
+            except ValueError as exc:
+                tool.record_exception(exc)
+            tool.set_status(Status(StatusCode.ERROR, f"declined: {CANARIES['SSN']} {CANARIES['JWT']}"))
+        with tracer.start_as_current_span("retrieve") as r:
+            r.set_attribute("openinference.span.kind", "RETRIEVER")
+            r.set_attribute("retrieval.documents.0.document.id", "doc-1")
+            r.set_attribute("retrieval.documents.0.document.content", everything)
+            r.add_event("note", {"detail": f"{CANARIES['AWS']} {CANARIES['GITHUB']} {CANARIES['URL_CREDENTIALS']}"})
+
+
+def json_payload() -> bytes:
+    everything = text_with_all()
+    attr = lambda k, v: {"key": k, "value": {"stringValue": v}}  # noqa: E731
+    doc = {"resourceSpans": [{
+        "resource": {"attributes": [attr("service.name", "canary-json"), attr("deployment.owner", CANARIES["EMAIL"])]},
+        "scopeSpans": [{"scope": {"name": "canary"}, "spans": [{
+            "traceId": os.urandom(16).hex(), "spanId": os.urandom(8).hex(), "name": f"call {CANARIES['PHONE']}",
+            "startTimeUnixNano": "1795300000000000000", "endTimeUnixNano": "1795300001000000000",
+            "attributes": [attr("openinference.span.kind", "CHAIN"), attr("output.value", everything)],
+            "links": [{"traceId": os.urandom(16).hex(), "spanId": os.urandom(8).hex(),
+                       "attributes": [attr("why", CANARIES["SECRET"])]}],
+            "status": {"code": 2, "message": everything},
+        }]}]}]}
+    return json.dumps(doc).encode()
+
+
+def assert_no_canary(blob: bytes, where: str) -> None:
+    for value in MUST_NOT_APPEAR:
+        assert value.encode() not in blob, f"{value!r} found in {where}"
+
+
+def test_canaries_never_reach_the_database_wal_or_logs(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, resource={"owner.email": CANARIES["EMAIL"]}) as tracer:
+        emit_canary_trace(tracer)
+    with sdk_tracer("http", c.http_url, compression="gzip") as tracer:
+        emit_canary_trace(tracer)
+    assert post(c, json_payload(), "application/json").status_code == 200
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 9)
+    c.wait_for("SELECT count(*) AS n FROM trace_state WHERE judged_seq IS NOT DISTINCT FROM received_seq",
+               lambda r: r[0]["n"] == 3)
+
+    # while running: the WAL holds the uncompressed recent writes
+    wal = Path(str(c.db_path) + ".wal")
+    if wal.exists():
+        assert_no_canary(wal.read_bytes(), "the WAL")
+    # every stored value, as text, through SQL (the file itself is compressed)
+    for table in ("spans", "detections", "candidates"):
+        dump = json.dumps(c.query(f"SELECT * FROM {table}"), default=str, ensure_ascii=False)
+        assert_no_canary(dump.encode(), f"table {table}")
+    counts = c.query("SELECT pii_redactions FROM spans WHERE span_kind = 'TOOL'")
+    assert json.loads(counts[0]["pii_redactions"]).get("CARD", 0) >= 1
+
+    assert c.stop() == 0
+    assert_no_canary(Path(c.db_path).read_bytes(), "the database file")
+    if wal.exists():
+        assert_no_canary(wal.read_bytes(), "the WAL after shutdown")
+    assert_no_canary(c.log().encode(), "the server log")
