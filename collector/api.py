@@ -69,27 +69,37 @@ class StoreApi:
 
     def op_show(self, candidate_id: str) -> dict[str, Any]:
         candidate = self.op_candidate(candidate_id)
-        trace_ids = list(candidate.get("trace_ids") or [])
-        source = candidate.get("source") or {}
-        trace_id = source.get("trace_id") or (trace_ids[0] if trace_ids else None)
-        cur = self._cursor()
-        spans: list[dict[str, Any]] = []
-        detections: list[dict[str, Any]] = []
-        if trace_id:
-            rel = cur.execute(
-                "SELECT span_id, parent_span_id, name, span_kind, status_code, status_message, start_time, "
-                "duration_ms, tool_name, llm_model_name FROM spans WHERE trace_id = ? ORDER BY start_time",
-                [trace_id])
-            cols = [d[0] for d in rel.description or []]
-            spans = [dict(zip(cols, r)) for r in rel.fetchall()]
-            rel = cur.execute(
-                "SELECT detection_id, span_id, detector, failure_mode, severity, blast_radius, message, evidence, "
-                "detected_at FROM detections WHERE trace_id = ? ORDER BY detected_at, detection_id", [trace_id])
-            cols = [d[0] for d in rel.description or []]
-            detections = [dict(zip(cols, r)) for r in rel.fetchall()]
-            for d in detections:
-                d["evidence"] = store_json(d.get("evidence"))
+        trace_id = _source_trace(candidate)
+        spans, detections = self._trace_detail(trace_id) if trace_id else ([], [])
         return {"candidate": candidate, "trace_id": trace_id, "spans": spans, "detections": detections}
+
+    def op_report_data(self, status: str | None = None, limit: int | None = 500) -> dict[str, Any]:
+        """Everything ``tracesieve report`` renders: candidates with their source trace and its detections."""
+        candidates = candidate_store.list_candidates(self._cursor(), status=status, limit=limit)
+        traces: dict[str, Any] = {}
+        detections: dict[str, Any] = {}
+        for c in candidates:
+            trace_id = _source_trace(c)
+            if trace_id and trace_id not in traces:
+                traces[trace_id], detections[trace_id] = self._trace_detail(trace_id)
+        return {"generated_at": utcnow().isoformat(), "candidates": candidates, "traces": traces,
+                "detections": detections}
+
+    def _trace_detail(self, trace_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        cur = self._cursor()
+        rel = cur.execute(
+            "SELECT span_id, parent_span_id, name, span_kind, status_code, status_message, start_time, end_time, "
+            "duration_ms, tool_name, llm_model_name FROM spans WHERE trace_id = ? ORDER BY start_time", [trace_id])
+        cols = [d[0] for d in rel.description or []]
+        spans = [dict(zip(cols, r)) for r in rel.fetchall()]
+        rel = cur.execute(
+            "SELECT detection_id, span_id, detector, failure_mode, severity, blast_radius, message, evidence, "
+            "detected_at FROM detections WHERE trace_id = ? ORDER BY detected_at, detection_id", [trace_id])
+        cols = [d[0] for d in rel.description or []]
+        detections = [dict(zip(cols, r)) for r in rel.fetchall()]
+        for d in detections:
+            d["evidence"] = store_json(d.get("evidence"))
+        return spans, detections
 
     def op_export(self, status: str | None = "promoted", ids: list[str] | None = None) -> list[dict[str, Any]]:
         if ids:
@@ -105,6 +115,12 @@ class StoreApi:
     def op_mark_rejected(self, candidate_id: str, reason: str, by: str) -> dict[str, Any]:
         self._run_write(lambda con: candidate_store.mark_rejected(con, candidate_id, reason, by, utcnow()))
         return self.op_candidate(candidate_id)
+
+
+def _source_trace(candidate: dict[str, Any]) -> str | None:
+    source = candidate.get("source") or {}
+    trace_ids = list(candidate.get("trace_ids") or [])
+    return source.get("trace_id") or (trace_ids[0] if trace_ids else None)
 
 
 def store_json(value: Any) -> Any:

@@ -338,6 +338,30 @@ def export(fmt: str, status: str, ids: tuple[str, ...], out_path: str | None, db
         click.echo(text, nl=False)
 
 
+@cli.command()
+@click.option("--out", "out_path", required=True, metavar="FILE.html", help="where to write the page")
+@click.option("--status", type=click.Choice(["new", "promoted", "rejected", "duplicate"]), default=None,
+              help="only candidates with this status")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=500, show_default=True)
+@db_option
+@config_option
+def report(out_path: str, status: str | None, limit: int, db_path: str | None, config_path: str | None) -> None:
+    """Write one self-contained HTML review page: candidates by mode and severity, traces as waterfalls."""
+    from tracesieve.collector.report import render_report
+
+    db = _resolve_db(db_path, config_path)
+    client = _client(db_path, config_path)
+    try:
+        data = client.call("report_data", {"status": status, "limit": limit})
+    finally:
+        client.close()
+    data["db"] = db
+    html_text = render_report(data)
+    with open(out_path, "w", encoding="utf-8") as fh:
+        fh.write(html_text)
+    click.echo(f"wrote {out_path}: {len(data['candidates'])} candidates")
+
+
 @cli.group()
 def cases() -> None:
     """Work with the failure dataset (cases.yaml)."""

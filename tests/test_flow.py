@@ -75,6 +75,12 @@ def test_review_commands_while_serve_runs_and_after(start_collector, tmp_path):
     assert yaml.safe_load(cases.read_text())["cases"].__len__() == 1
 
     assert c.cli("cases", "lint", str(cases)).returncode == 0
+    page = tmp_path / "review.html"
+    reported = c.cli("report", "--out", str(page))
+    assert reported.returncode == 0, reported.stderr
+    html_text = page.read_text()
+    assert first in html_text and second in html_text and "lookup_order" in html_text
+    assert "<script src" not in html_text and "http://" not in html_text
     assert c.cli("show", "cdoesnotexist").returncode == 2
 
     assert c.stop() == 0

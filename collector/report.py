@@ -1,0 +1,504 @@
+"""The HTML review page behind ``tracesieve report --out FILE.html``.
+
+:func:`render_report` turns a plain dict (built by the store's query surface) into
+one self-contained HTML5 document: inline CSS, no external resource, readable
+without JavaScript (one small inline script adds a filter bar; a Content-Security-
+Policy allows that script by hash and nothing else, so nothing on the page can
+load or run anything else). Every value that comes from the store is escaped:
+span names, inputs and answers are user data.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import html
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES, SPAN_KINDS
+
+#: Statuses whose candidates still wait for a reviewer: the page shows their promote command.
+REVIEWABLE_STATUSES = frozenset({"new", "duplicate"})
+#: Depth past which the waterfall stops indenting (the row still shows its depth).
+_MAX_INDENT_DEPTH = 24
+#: The narrowest bar drawn, in percent of the trace, so a 0 ms span stays visible.
+_MIN_BAR_PCT = 0.4
+
+_KIND_COLOURS = {
+    "LLM": "#7c5cff", "TOOL": "#1f9d8b", "AGENT": "#3a6fd8", "RETRIEVER": "#d98a1c",
+    "CHAIN": "#6b7a90", "EMBEDDING": "#b55fb5", "RERANKER": "#c0792f", "GUARDRAIL": "#2f8f4e",
+    "EVALUATOR": "#8a6d3b", "PROMPT": "#5b8fa8", "DECISION": "#a05a7a", "UNKNOWN": "#9aa3ad",
+}
+
+_CSS = """
+:root{--fg:#1d232b;--muted:#5f6b7a;--line:#dde2e8;--bg:#f6f7f9;--card:#fff;--err:#d32f2f;--hl:#fff4c2}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
+header{background:#1d232b;color:#fff;padding:18px 28px}
+header h1{margin:0 0 4px;font-size:22px}
+header .meta{color:#b9c2cc;font-size:12px}
+.counts{display:flex;flex-wrap:wrap;gap:10px;margin-top:12px}
+.count{background:#2c3540;border-radius:6px;padding:6px 12px}
+.count b{font-size:18px;display:block}
+main{padding:20px 28px;max-width:1500px}
+h2{font-size:18px;margin:26px 0 10px}
+h3{font-size:14px;margin:16px 0 6px;color:var(--muted);text-transform:uppercase;letter-spacing:.04em}
+table.matrix{border-collapse:collapse;background:var(--card)}
+table.matrix th,table.matrix td{border:1px solid var(--line);padding:5px 12px;text-align:right}
+table.matrix th:first-child,table.matrix td:first-child{text-align:left}
+table.matrix td.zero{color:#c2c8cf}
+table.matrix tr.total td,table.matrix tr.total th{font-weight:600;background:#eef1f4}
+.matrices{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}
+section.cand{background:var(--card);border:1px solid var(--line);border-left:6px solid #9aa3ad;border-radius:6px;margin:18px 0;padding:14px 18px}
+section.cand.sev-P0{border-left-color:#b71c1c}section.cand.sev-P1{border-left-color:#ef6c00}
+section.cand.sev-P2{border-left-color:#f9a825}section.cand.sev-P3{border-left-color:#78909c}
+section.cand h2{margin:0 0 8px;font-size:17px}
+.badge{display:inline-block;border-radius:4px;padding:1px 7px;font-size:12px;font-weight:600;background:#e8ecf0;margin-right:4px}
+.badge.P0{background:#b71c1c;color:#fff}.badge.P1{background:#ef6c00;color:#fff}
+.badge.P2{background:#f9a825}.badge.P3{background:#cfd8dc}
+.badge.st-new{background:#e3f2fd}.badge.st-duplicate{background:#ede7f6}
+.badge.st-promoted{background:#e8f5e9}.badge.st-rejected{background:#fbe9e7}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:8px 0}
+dl.facts dt{color:var(--muted)}dl.facts dd{margin:0}
+pre{background:#f3f5f7;border:1px solid var(--line);border-radius:4px;padding:8px 10px;overflow:auto;max-height:360px;white-space:pre-wrap;word-break:break-word;margin:4px 0}
+.usermsg{background:#f3f5f7;border-left:3px solid #3a6fd8;padding:6px 10px;white-space:pre-wrap;word-break:break-word}
+.promote{background:#10161d;color:#d6f5d6;border:0}
+.grid2{display:grid;grid-template-columns:1fr 1fr;gap:16px}
+@media (max-width:900px){.grid2{grid-template-columns:1fr}}
+.det{border:1px solid var(--line);border-radius:4px;padding:6px 10px;margin:6px 0}
+.det.other{opacity:.75}
+.wf{border:1px solid var(--line);border-radius:4px;font-size:12px;background:var(--card)}
+.wf .row{display:grid;grid-template-columns:minmax(260px,38%) 1fr 80px;align-items:center;border-top:1px solid #eef0f3;min-height:24px}
+.wf .row:first-child{border-top:0}
+.wf .row.head{background:#eef1f4;font-weight:600}
+.wf .row.hl{background:var(--hl);outline:2px solid #f0b400;outline-offset:-2px}
+.wf .label{padding:2px 8px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.wf .kind{display:inline-block;min-width:64px;font-size:10px;font-weight:700;color:#fff;border-radius:3px;padding:0 4px;margin-right:6px;text-align:center}
+.wf .track{position:relative;height:16px;margin:0 6px;background:repeating-linear-gradient(90deg,transparent 0,transparent calc(25% - 1px),#eef0f3 calc(25% - 1px),#eef0f3 25%)}
+.wf .bar{position:absolute;top:2px;height:12px;border-radius:2px;min-width:2px}
+.wf .bar.err{background:var(--err)!important;box-shadow:0 0 0 1px #7f0000}
+.wf .dur{text-align:right;padding-right:8px;color:var(--muted)}
+.wf .errmark{color:var(--err);font-weight:700}
+.wf .flag{color:#a66f00;font-weight:700}
+.wf .notime{color:var(--muted);font-style:italic;padding-left:8px}
+.legend{font-size:12px;color:var(--muted);margin:4px 0}
+.legend span{display:inline-block;margin-right:10px}
+.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:3px;vertical-align:middle}
+.empty{background:var(--card);border:1px dashed var(--line);border-radius:6px;padding:40px;text-align:center;color:var(--muted)}
+.muted{color:var(--muted)}
+#filters{display:none;gap:10px;align-items:center;margin:10px 0}
+#filters.on{display:flex}
+"""
+
+_SCRIPT = """
+(function(){var f=document.getElementById('filters');if(!f)return;f.className='on';
+var sel=f.querySelectorAll('select');function apply(){var want={};
+for(var i=0;i<sel.length;i++){want[sel[i].name]=sel[i].value;}
+var cs=document.querySelectorAll('section.cand');for(var j=0;j<cs.length;j++){var c=cs[j],ok=true;
+for(var k in want){if(want[k]&&c.getAttribute('data-'+k)!==want[k])ok=false;}c.style.display=ok?'':'none';}}
+for(var i=0;i<sel.length;i++){sel[i].addEventListener('change',apply);}})();
+"""
+_SCRIPT_HASH = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
+_CSP = (f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{_SCRIPT_HASH}'; "
+        "img-src 'none'; form-action 'none'; base-uri 'none'")
+
+
+def render_report(data: Mapping[str, Any]) -> str:
+    """Render the review page. Pure: no I/O, no clock, no environment; the same data gives the same text.
+
+    ``data`` (every key optional; missing or NULL values are shown as such)::
+
+        {"generated_at": str,                  # ISO 8601, shown in the header
+         "db": str,                            # the store the page was made from
+         "candidates": [dict, ...],            # rows as storage.candidates.list_candidates returns them:
+             # candidate_id, failure_mode, severity, blast_radius, status, occurrences,
+             # first_seen, last_seen, input, context, observed, expected, source (JSON columns parsed;
+             # source carries trace_id and span_ids), duplicate_of, trace_ids, case_id
+         "traces": {trace_id: [dict, ...]},    # spans: span_id, parent_span_id, name, span_kind,
+             # status_code, status_message, start_time, end_time (ISO str or datetime, may be None),
+             # duration_ms, tool_name, llm_model_name
+         "detections": {trace_id: [dict, ...]}}  # detection_id, span_id, detector, failure_mode,
+             # severity, blast_radius, message, evidence (parsed JSON), detected_at
+
+    Candidates appear by severity (P0 first), then occurrences (most first), then id. Each shows
+    the trace named by ``source.trace_id`` (else its first ``trace_ids`` entry) as a waterfall.
+    """
+    candidates = [c for c in (data.get("candidates") or []) if isinstance(c, Mapping)]
+    traces: Mapping[str, Any] = data.get("traces") or {}
+    detections: Mapping[str, Any] = data.get("detections") or {}
+    ordered = sorted(candidates, key=_candidate_order)
+
+    parts = [
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">\n",
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
+        f"<title>tracesieve review: {len(candidates)} candidate{'s' if len(candidates) != 1 else ''}</title>\n",
+        f"<style>{_CSS}</style>\n</head>\n<body>\n",
+        _header(data, candidates, traces, detections),
+        "<main>\n",
+    ]
+    if not candidates:
+        parts.append(
+            "<div class=\"empty\"><h2>No candidates yet</h2>"
+            "<p>Nothing has been detected in this store so far. Point an agent's OTLP exporter at "
+            "<code>tracesieve serve</code>; failures found in settled traces show up here as candidates "
+            "to review.</p></div>\n")
+    else:
+        parts.append(_summary(candidates))
+        parts.append(_filters(candidates))
+        parts.append("<h2>Candidates</h2>\n")
+        for cand in ordered:
+            parts.append(_candidate_section(cand, traces, detections))
+    parts.append(f"</main>\n<script>{_SCRIPT}</script>\n</body>\n</html>\n")
+    return "".join(parts)
+
+
+# --- pieces -------------------------------------------------------------------------------------
+
+def _e(value: Any, empty: str = "—") -> str:
+    """Escaped text of a value (quotes included, so it is safe in attributes too)."""
+    if value is None or value == "":
+        return empty
+    if isinstance(value, (dt.datetime, dt.date)):
+        value = value.isoformat()
+    return html.escape(str(value), quote=True)
+
+
+def _pretty(value: Any) -> str:
+    """A value as escaped, indented JSON for a ``<pre>``."""
+    if isinstance(value, str):
+        return html.escape(value)
+    try:
+        text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return html.escape(text)
+
+
+def _severity_rank(severity: Any) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _candidate_order(cand: Mapping[str, Any]) -> tuple[int, int, str]:
+    return (_severity_rank(cand.get("severity")), -_int(cand.get("occurrences")), str(cand.get("candidate_id") or ""))
+
+
+def _anchor(candidate_id: Any) -> str:
+    return "c-" + _e(candidate_id, "unknown")
+
+
+def _header(data: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]],
+            traces: Mapping[str, Any], detections: Mapping[str, Any]) -> str:
+    by_status = {s: 0 for s in CANDIDATE_STATUSES}
+    for c in candidates:
+        by_status[str(c.get("status"))] = by_status.get(str(c.get("status")), 0) + 1
+    occurrences = sum(_int(c.get("occurrences")) for c in candidates)
+    n_detections = sum(len(v) for v in detections.values() if isinstance(v, list))
+    counts = [("candidates", len(candidates)), ("occurrences", occurrences), ("awaiting review",
+              sum(n for s, n in by_status.items() if s in REVIEWABLE_STATUSES)),
+              ("traces shown", len(traces)), ("detections shown", n_detections)]
+    tiles = "".join(f"<div class=\"count\"><b>{n}</b>{_e(label)}</div>" for label, n in counts)
+    return (f"<header>\n<h1>tracesieve review</h1>\n<div class=\"meta\">store <code>{_e(data.get('db'))}</code>"
+            f" · generated {_e(data.get('generated_at'))}</div>\n<div class=\"counts\">{tiles}</div>\n</header>\n")
+
+
+def _ordered_values(seen: Iterable[Any], known: Sequence[str]) -> list[str]:
+    present = {str(v) for v in seen}
+    return [k for k in known if k in present] + sorted(present - set(known))
+
+
+def _summary(candidates: Sequence[Mapping[str, Any]]) -> str:
+    modes = _ordered_values((c.get("failure_mode") for c in candidates), FAILURE_MODES)
+    sevs = list(SEVERITIES) + sorted({str(c.get("severity")) for c in candidates} - set(SEVERITIES))
+    statuses = list(CANDIDATE_STATUSES) + sorted({str(c.get("status")) for c in candidates} - set(CANDIDATE_STATUSES))
+
+    def cell(n: int) -> str:
+        return f"<td class=\"zero\">{n}</td>" if n == 0 else f"<td>{n}</td>"
+
+    def matrix(title: str, cols: Sequence[str]) -> str:
+        key = "severity" if title == "severity" else "status"
+        rows = [f"<table class=\"matrix\" id=\"matrix-{key}\">\n<caption class=\"muted\">failure mode × {title}"
+                "</caption>\n<thead><tr><th>failure mode</th>"
+                + "".join(f"<th>{_e(c)}</th>" for c in cols) + "<th>total</th></tr></thead>\n<tbody>\n"]
+        for mode in modes:
+            mine = [c for c in candidates if str(c.get("failure_mode")) == mode]
+            counts = [sum(1 for c in mine if str(c.get(key)) == col) for col in cols]
+            rows.append(f"<tr data-mode=\"{_e(mode)}\"><td>{_e(mode)}</td>" + "".join(cell(n) for n in counts)
+                        + f"<td>{len(mine)}</td></tr>\n")
+        totals = [sum(1 for c in candidates if str(c.get(key)) == col) for col in cols]
+        rows.append("<tr class=\"total\"><th>all modes</th>" + "".join(cell(n) for n in totals)
+                    + f"<td>{len(candidates)}</td></tr>\n</tbody>\n</table>\n")
+        return "".join(rows)
+
+    return ("<h2>Summary</h2>\n<div class=\"matrices\">\n" + matrix("severity", sevs)
+            + matrix("status", statuses) + "</div>\n")
+
+
+def _filters(candidates: Sequence[Mapping[str, Any]]) -> str:
+    def select(name: str, values: list[str]) -> str:
+        opts = "".join(f"<option value=\"{_e(v)}\">{_e(v)}</option>" for v in values)
+        return f"<label>{name} <select name=\"{name}\"><option value=\"\">all</option>{opts}</select></label>"
+
+    modes = _ordered_values((c.get("failure_mode") for c in candidates), FAILURE_MODES)
+    sevs = _ordered_values((c.get("severity") for c in candidates), SEVERITIES)
+    statuses = _ordered_values((c.get("status") for c in candidates), CANDIDATE_STATUSES)
+    return (f"<div id=\"filters\">{select('mode', modes)}{select('severity', sevs)}"
+            f"{select('status', statuses)}</div>\n")
+
+
+def _candidate_section(cand: Mapping[str, Any], traces: Mapping[str, Any], detections: Mapping[str, Any]) -> str:
+    cid = cand.get("candidate_id")
+    status = str(cand.get("status") or "")
+    severity = str(cand.get("severity") or "")
+    mode = str(cand.get("failure_mode") or "")
+    raw_source = cand.get("source")
+    source: Mapping[str, Any] = raw_source if isinstance(raw_source, Mapping) else {}
+    trace_ids = [str(t) for t in (cand.get("trace_ids") or [])]
+    raw_trace = source.get("trace_id") or (trace_ids[0] if trace_ids else None)
+    trace_id = str(raw_trace) if raw_trace else None
+    sev_class = severity if severity in SEVERITIES else "unknown"
+    st_class = status if status in CANDIDATE_STATUSES else "unknown"
+
+    out = [f"<section class=\"cand sev-{sev_class}\" id=\"{_anchor(cid)}\" data-mode=\"{_e(mode, '')}\" "
+           f"data-severity=\"{_e(severity, '')}\" data-status=\"{_e(status, '')}\">\n",
+           f"<h2><span class=\"badge {sev_class}\">{_e(severity)}</span>"
+           f"<span class=\"badge st-{st_class}\">{_e(status)}</span> {_e(mode)} "
+           f"<code>{_e(cid)}</code></h2>\n"]
+    facts = [
+        ("blast radius", _e(cand.get("blast_radius"))),
+        ("occurrences", _e(cand.get("occurrences"))),
+        ("first seen", _e(cand.get("first_seen"))),
+        ("last seen", _e(cand.get("last_seen"))),
+        ("source trace", f"<code>{_e(trace_id)}</code>"),
+    ]
+    if len(trace_ids) > 1:
+        facts.append(("all traces", " ".join(f"<code>{_e(t)}</code>" for t in trace_ids)))
+    if cand.get("duplicate_of"):
+        dup = cand.get("duplicate_of")
+        facts.append(("duplicate of", f"<a href=\"#{_anchor(dup)}\"><code>{_e(dup)}</code></a>"))
+    if cand.get("case_id"):
+        facts.append(("case", f"<code>{_e(cand.get('case_id'))}</code>"))
+    for key in ("reviewed_by", "review_reason"):
+        if cand.get(key):
+            facts.append((key.replace("_", " "), _e(cand.get(key))))
+    out.append("<dl class=\"facts\">" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>\n")
+
+    if status in REVIEWABLE_STATUSES:
+        out.append("<h3>Promote</h3>\n<pre class=\"promote\">"
+                   f"tracesieve promote {_e(cid)} --cases cases.yaml --owner &lt;you&gt;</pre>\n")
+
+    out.append(_input_block(cand.get("input")))
+    out.append("<div class=\"grid2\">\n<div><h3>Observed</h3>\n" + _observed_block(cand.get("observed"))
+               + "</div>\n<div><h3>Expected (draft)</h3>\n<pre>" + _pretty(cand.get("expected")) + "</pre></div>\n</div>\n")
+    if cand.get("context"):
+        out.append("<details><summary>Context (retrieved documents, tool calls)</summary>\n<pre>"
+                   + _pretty(cand.get("context")) + "</pre></details>\n")
+
+    trace_dets = [d for d in (detections.get(trace_id) or []) if isinstance(d, Mapping)] if trace_id else []
+    mine = [d for d in trace_dets if d.get("failure_mode") == mode] or trace_dets
+    flagged = {str(s) for s in (source.get("span_ids") or [])} | {str(d.get("span_id")) for d in mine if d.get("span_id")}
+    out.append(_detections_block(trace_dets, mine))
+    out.append("<h3>Trace waterfall</h3>\n")
+    spans = traces.get(trace_id) if trace_id else None
+    if not spans:
+        out.append(f"<p class=\"muted\">The spans of trace <code>{_e(trace_id)}</code> are not in this report "
+                   "(trace not found in the store).</p>\n")
+    else:
+        out.append(_waterfall([s for s in spans if isinstance(s, Mapping)], flagged))
+    out.append("</section>\n")
+    return "".join(out)
+
+
+def _input_block(value: Any) -> str:
+    out = ["<h3>User input</h3>\n"]
+    if isinstance(value, Mapping):
+        msg = value.get("user_message")
+        if msg:
+            out.append(f"<div class=\"usermsg\">{_e(msg)}</div>\n")
+        rest = {k: v for k, v in value.items() if k != "user_message" and v not in (None, "", [], {})}
+        if rest:
+            out.append(f"<details><summary>{_e(', '.join(sorted(rest)))}</summary>\n<pre>{_pretty(rest)}</pre></details>\n")
+        if not msg and not rest:
+            out.append("<p class=\"muted\">no input captured</p>\n")
+    elif value in (None, ""):
+        out.append("<p class=\"muted\">no input captured</p>\n")
+    else:
+        out.append(f"<pre>{_pretty(value)}</pre>\n")
+    return "".join(out)
+
+
+def _observed_block(value: Any) -> str:
+    if isinstance(value, Mapping) and value.get("final_answer"):
+        rest = {k: v for k, v in value.items() if k != "final_answer"}
+        return (f"<div class=\"usermsg\">{_e(value.get('final_answer'))}</div>\n"
+                + (f"<pre>{_pretty(rest)}</pre>\n" if rest else ""))
+    return f"<pre>{_pretty(value)}</pre>\n"
+
+
+def _detections_block(all_dets: Sequence[Mapping[str, Any]], mine: Sequence[Mapping[str, Any]]) -> str:
+    if not all_dets:
+        return "<h3>Detections</h3>\n<p class=\"muted\">no detections recorded for this trace</p>\n"
+    out = [f"<h3>Detections ({len(all_dets)})</h3>\n"]
+    mine_ids = {id(d) for d in mine}
+    for d in sorted(all_dets, key=lambda d: (id(d) not in mine_ids, _severity_rank(d.get("severity")))):
+        cls = "det" if id(d) in mine_ids else "det other"
+        sev = str(d.get("severity") or "")
+        out.append(
+            f"<div class=\"{cls}\"><span class=\"badge {sev if sev in SEVERITIES else ''}\">{_e(sev)}</span>"
+            f"<b>{_e(d.get('failure_mode'))}</b> by <code>{_e(d.get('detector'))}</code> on span "
+            f"<code>{_e(d.get('span_id'))}</code> · {_e(d.get('blast_radius'))}"
+            f"<div>{_e(d.get('message'))}</div>"
+            f"<details open><summary>evidence</summary><pre>{_pretty(d.get('evidence'))}</pre></details></div>\n")
+    return "".join(out)
+
+
+# --- waterfall ----------------------------------------------------------------------------------
+
+def _ts(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        ts = value
+    elif isinstance(value, str) and value:
+        try:
+            ts = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    else:
+        return None
+    return ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f and f >= 0 else None  # NaN and negatives mean "unknown"
+
+
+def _span_times(span: Mapping[str, Any]) -> tuple[dt.datetime | None, dt.datetime | None]:
+    start, end = _ts(span.get("start_time")), _ts(span.get("end_time"))
+    dur = _float(span.get("duration_ms"))
+    if start and end is None and dur is not None:
+        end = start + dt.timedelta(milliseconds=dur)
+    if end and start is None and dur is not None:
+        start = end - dt.timedelta(milliseconds=dur)
+    if start and end and end < start:
+        end = start
+    return start, end
+
+
+def tree_order(spans: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], int]]:
+    """Spans depth first from the roots, siblings by start time, each with its depth.
+
+    A span whose parent is absent from the trace counts as a root; spans caught in a parent cycle
+    come last at depth 0, so every span appears exactly once.
+    """
+    by_id = {str(s.get("span_id")): s for s in spans}
+    children: dict[str, list[Mapping[str, Any]]] = {}
+    roots: list[Mapping[str, Any]] = []
+    for s in spans:
+        parent = s.get("parent_span_id")
+        if parent and str(parent) in by_id and str(parent) != str(s.get("span_id")):
+            children.setdefault(str(parent), []).append(s)
+        else:
+            roots.append(s)
+
+    def key(s: Mapping[str, Any]) -> tuple[int, str, str]:
+        start = _span_times(s)[0]
+        return (start is None, start.isoformat() if start else "", str(s.get("span_id")))
+
+    out: list[tuple[Mapping[str, Any], int]] = []
+    seen: set[int] = set()
+    stack = [(s, 0) for s in sorted(roots, key=key, reverse=True)]
+    while stack:
+        span, depth = stack.pop()
+        if id(span) in seen:
+            continue
+        seen.add(id(span))
+        out.append((span, depth))
+        kids = children.get(str(span.get("span_id")), [])
+        stack.extend((k, depth + 1) for k in sorted(kids, key=key, reverse=True))
+    out.extend((s, 0) for s in sorted((s for s in spans if id(s) not in seen), key=key))
+    return out
+
+
+def _fmt_ms(ms: float | None) -> str:
+    if ms is None:
+        return "—"
+    if ms >= 1000:
+        return f"{ms / 1000:.2f} s"
+    return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def bar_geometry(start: dt.datetime, end: dt.datetime, t0: dt.datetime, total_ms: float) -> tuple[float, float]:
+    """(left, width) in percent of the trace, both within 0..100 and left + width <= 100."""
+    if total_ms <= 0:
+        return 0.0, 100.0
+    left = (start - t0).total_seconds() * 1000 / total_ms * 100
+    width = (end - start).total_seconds() * 1000 / total_ms * 100
+    left = min(max(left, 0.0), 100.0 - _MIN_BAR_PCT)
+    width = min(max(width, _MIN_BAR_PCT), 100.0 - left)
+    return round(left, 3), round(width, 3)
+
+
+def _waterfall(spans: Sequence[Mapping[str, Any]], flagged: set[str]) -> str:
+    times = [_span_times(s) for s in spans]
+    starts = [t[0] for t in times if t[0]]
+    ends = [t[1] or t[0] for t in times if t[0]]
+    t0 = min(starts) if starts else None
+    total_ms = (max(e for e in ends if e) - t0).total_seconds() * 1000 if t0 and ends else 0.0
+    kinds = sorted({_kind(s) for s in spans}, key=lambda k: SPAN_KINDS.index(k))
+    legend = ("<div class=\"legend\">" + "".join(
+        f"<span><i style=\"background:{_KIND_COLOURS[k]}\"></i>{k}</span>" for k in kinds)
+        + "<span><i style=\"background:#d32f2f\"></i>error</span>"
+        "<span><i style=\"background:#fff4c2;outline:2px solid #f0b400\"></i>span that shows the failure</span></div>\n")
+    rows = [legend, "<div class=\"wf\">\n",
+            f"<div class=\"row head\"><div class=\"label\">span ({len(spans)})</div>"
+            f"<div class=\"label\">0 → {_fmt_ms(total_ms if t0 else None)}</div><div class=\"dur\">duration</div></div>\n"]
+    for span, depth in tree_order(spans):
+        sid = str(span.get("span_id"))
+        kind = _kind(span)
+        is_err = str(span.get("status_code") or "").upper() == "ERROR"
+        is_hl = sid in flagged
+        classes = "row" + (" hl" if is_hl else "") + (" error" if is_err else "")
+        indent = min(depth, _MAX_INDENT_DEPTH) * 14 + 8
+        extra = span.get("tool_name") or span.get("llm_model_name")
+        title = f"{span.get('name')} · span {sid}" + (f" · {span.get('status_message')}" if span.get("status_message") else "")
+        label = (f"<span class=\"kind\" style=\"background:{_KIND_COLOURS[kind]}\">{kind}</span>"
+                 + ("<span class=\"flag\">▶ failure</span> " if is_hl else "")
+                 + ("<span class=\"errmark\">ERROR</span> " if is_err else "")
+                 + _e(span.get("name"))
+                 + (f" <span class=\"muted\">({_e(extra)})</span>" if extra else ""))
+        start, end = _span_times(span)
+        if t0 and start:
+            left, width = bar_geometry(start, end or start, t0, total_ms)
+            track = (f"<div class=\"track\"><div class=\"bar{' err' if is_err else ''}\" "
+                     f"style=\"left:{left}%;width:{width}%;background:{_KIND_COLOURS[kind]}\"></div></div>")
+        else:
+            track = "<div class=\"notime\">no timing recorded</div>"
+        dur = _float(span.get("duration_ms"))
+        if dur is None and start and end:
+            dur = (end - start).total_seconds() * 1000
+        rows.append(f"<div class=\"{classes}\" data-span-id=\"{_e(sid)}\" title=\"{_e(title)}\">"
+                    f"<div class=\"label\" style=\"padding-left:{indent}px\">{label}</div>{track}"
+                    f"<div class=\"dur\">{_fmt_ms(dur)}</div></div>\n")
+        if is_err and span.get("status_message"):
+            rows.append(f"<div class=\"row{' hl' if is_hl else ''}\"><div class=\"label muted\" "
+                        f"style=\"padding-left:{indent + 14}px\">↳ {_e(span.get('status_message'))}</div></div>\n")
+    rows.append("</div>\n")
+    return "".join(rows)
+
+
+def _kind(span: Mapping[str, Any]) -> str:
+    kind = str(span.get("span_kind") or "UNKNOWN").upper()
+    return kind if kind in _KIND_COLOURS else "UNKNOWN"
