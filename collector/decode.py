@@ -429,52 +429,65 @@ class _AttributeWalker:
 
         Where a key is both a leaf and a prefix (``a.b`` and ``a.b.c``), the object
         wins and the leaf is kept under the empty key ``""`` of that object; a
-        kvlist value never gets keys merged into it (the rest of the key stays flat).
+        structured (kvlist/array) value never gets keys merged into it: the rest of
+        the key stays dotted beside it.
         """
         root: dict[str, Any] = {}
-        made: set[int] = set()  # ids of the objects created here by splitting keys
+        nodes: dict[str, dict[str, Any]] = {"": root}  # dotted prefix -> the object made for it
+        made: list[tuple[dict[str, Any], dict[str, Any], str]] = []  # (object, parent, key), creation order
+        made_ids: set[int] = set()
+        digit_keyed: set[int] = set()
         for key, value in flat.items():
-            parts = key.split(".")
-            node = root
-            for i, part in enumerate(parts[:-1]):
-                child = node.get(part, _MISSING)
-                if child is _MISSING:
-                    child = {}
-                    node[part] = child
-                    made.add(id(child))
-                elif not (isinstance(child, dict) and id(child) in made):
-                    if isinstance(child, (dict, list)):
-                        # A structured value sits where an object is needed: keep the rest of the key flat.
-                        node[".".join(parts[i:])] = value
-                        break
-                    wrapper: dict[str, Any] = {"": child}
-                    node[part] = wrapper
-                    made.add(id(wrapper))
-                    child = wrapper
-                node = child
-            else:
-                last = parts[-1]
-                existing = node.get(last, _MISSING)
-                if existing is _MISSING:
-                    node[last] = value
-                elif isinstance(existing, dict) and id(existing) in made:
-                    existing.setdefault("", value)
-        return _listify(root, made)
+            prefix, _, last = key.rpartition(".")
+            node = nodes.get(prefix)
+            if node is None:
+                node, last = self._path(root, nodes, prefix, last, made, made_ids, digit_keyed)
+            existing = node.get(last, _MISSING)
+            if existing is _MISSING:
+                node[last] = value
+                if last.isdigit():
+                    digit_keyed.add(id(node))
+            elif id(existing) in made_ids:
+                existing.setdefault("", value)
+        for obj, parent, key in reversed(made):  # children before parents
+            if id(obj) in digit_keyed and obj and all(k.isdigit() for k in obj):
+                top = max(int(k) for k in obj)
+                if top < 2 * len(obj) + 64:
+                    items: list[Any] = [None] * (top + 1)
+                    for k, child in obj.items():
+                        items[int(k)] = child
+                    parent[key] = items
+        return root  # the top level stays an object even when every key is a number
+
+    @staticmethod
+    def _path(root: dict[str, Any], nodes: dict[str, dict[str, Any]], prefix: str, last: str,
+              made: list[tuple[dict[str, Any], dict[str, Any], str]],
+              made_ids: set[int], digit_keyed: set[int]) -> tuple[dict[str, Any], str]:
+        """Walk/create the objects for ``prefix``; returns (object to hold the leaf, leaf key)."""
+        node = root
+        walked = ""
+        parts = prefix.split(".")
+        for i, part in enumerate(parts):
+            walked = f"{walked}.{part}" if walked else part
+            cached = nodes.get(walked)
+            if cached is not None:
+                node = cached
+                continue
+            child = node.get(part, _MISSING)
+            if child is _MISSING or not (isinstance(child, dict) and id(child) in made_ids):
+                if child is not _MISSING and isinstance(child, (dict, list)):
+                    # A structured value sits where an object is needed: keep the rest of the key dotted.
+                    return node, ".".join([*parts[i:], last])
+                new: dict[str, Any] = {} if child is _MISSING else {"": child}
+                node[part] = new
+                if part.isdigit():
+                    digit_keyed.add(id(node))
+                made.append((new, node, part))
+                made_ids.add(id(new))
+                child = new
+            nodes[walked] = child
+            node = child
+        return node, last
 
 
 _MISSING = object()
-
-
-def _listify(node: dict[str, Any], nested_ids: set[int]) -> Any:
-    for key, child in node.items():
-        if isinstance(child, dict) and id(child) in nested_ids:
-            node[key] = _listify(child, nested_ids)
-    if node and all(k.isdigit() for k in node):
-        indexes = [int(k) for k in node]
-        top = max(indexes)
-        if top < 2 * len(node) + 64:
-            out: list[Any] = [None] * (top + 1)
-            for k, child in node.items():
-                out[int(k)] = child
-            return out
-    return node

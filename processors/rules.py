@@ -184,6 +184,31 @@ def tool_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 _PLACEHOLDER_SENSITIVE = frozenset({"pattern", "format", "minLength", "maxLength", "enum", "const"})
 
 
+_VALIDATORS: dict[str, Any] = {}
+_VALIDATOR_CACHE_SIZE = 4096
+
+
+def _validator_for(schema: Mapping[str, Any]) -> Any:
+    """A checked validator per distinct schema, cached: agents declare the same few tools on every call,
+    and checking a schema against its meta-schema costs far more than validating arguments."""
+    try:
+        key = json.dumps(schema, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return None
+    if key in _VALIDATORS:
+        return _VALIDATORS[key]
+    try:
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls.check_schema(schema)
+        validator: Any = cls(schema)
+    except (jsonschema.SchemaError, jsonschema.exceptions.UnknownType, TypeError, ValueError, RecursionError):
+        validator = None
+    if len(_VALIDATORS) >= _VALIDATOR_CACHE_SIZE:
+        _VALIDATORS.clear()
+    _VALIDATORS[key] = validator
+    return validator
+
+
 def _schema_errors(schema: Any, instance: Any) -> list[dict[str, Any]]:
     """Violations of ``schema`` by ``instance``; empty when it conforms or the schema itself is unusable.
 
@@ -192,10 +217,10 @@ def _schema_errors(schema: Any, instance: Any) -> list[dict[str, Any]]:
     """
     if not isinstance(schema, Mapping):
         return []
+    validator = _validator_for(schema)
+    if validator is None:
+        return []
     try:
-        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-        cls.check_schema(schema)
-        validator = cls(schema)
         errors = sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
     except (jsonschema.SchemaError, jsonschema.exceptions.UnknownType, TypeError, ValueError, RecursionError):
         return []
