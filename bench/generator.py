@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 __all__ = [
     "FAILURES", "EXPECTED_MODE", "make_trace", "make_requests", "reidentify",
@@ -826,7 +826,6 @@ def make_trace(rng: random.Random, *, now_ns: int, failure: str | None = None, g
                      "metadata": json.dumps({"channel": r.choice(["web", "mobile", "email", "slack"]),
                                              "locale": r.choice(["en-US", "en-GB", "en-IE", "en-IN"]),
                                              "app_version": f"{r.randint(1, 4)}.{r.randint(0, 20)}.{r.randint(0, 9)}"})}
-    timeline = []  # (kind, start_ms, dur_ms, builder)
 
     # RETRIEVER
     empty = failure == "empty_retrieval"

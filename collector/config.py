@@ -126,7 +126,7 @@ def load_config(path: str | None = None, *, db_path: str | None = None,
             with open(path, encoding="utf-8") as fh:
                 raw = yaml.safe_load(fh)
         except FileNotFoundError:
-            raise ConfigError([f"config file not found"], source) from None
+            raise ConfigError(["config file not found"], source) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""

@@ -10,7 +10,6 @@ columns of the ``spans`` table. Runs on a receiver worker thread; pure function.
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import datetime as dt
 import json

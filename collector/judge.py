@@ -107,7 +107,9 @@ class Judge:
         cur.execute("BEGIN TRANSACTION")
         try:
             due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND)
-            traces = store.load_traces(cur, [t for t, _ in due]) if due else {}
+            firsts = [d[2] for d in due if d[2] is not None]
+            since = min(firsts) if len(firsts) == len(due) and firsts else None
+            traces = store.load_traces(cur, [d[0] for d in due], since) if due else {}
         finally:
             cur.execute("COMMIT")
         self.pending = store.count_unjudged(cur)

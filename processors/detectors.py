@@ -353,7 +353,7 @@ class DetectorsProcessor:
                 if not span_id:
                     span_id = TraceView(trace_id, spans).root_id if spans else ""
                 evidence = loose(row.get("evidence"))
-                if not isinstance(evidence, Mapping):
+                if not isinstance(evidence, dict):
                     evidence = {"value": clip(evidence) if evidence is not None else None}
                 message = row.get("message")
                 per_trace.setdefault(trace_id, []).append(Finding(

@@ -99,13 +99,13 @@ def normal_form(inp: Mapping[str, Any], empty_key: str = "") -> str:
     """
     history = []
     for msg in inp.get("conversation_history") or []:
-        if not isinstance(msg, Mapping):
+        if not isinstance(msg, dict):
             continue
         item: dict[str, Any] = {
             "role": normalize_text(str(msg.get("role") or "")),
             "content": normalize_text(str(msg.get("content") or "")),
         }
-        calls = [str(c.get("name") or "") for c in msg.get("tool_calls") or [] if isinstance(c, Mapping)]
+        calls = [str(c.get("name") or "") for c in msg.get("tool_calls") or [] if isinstance(c, dict)]
         if calls:
             item["tool_calls"] = calls
         history.append(item)
@@ -123,7 +123,7 @@ def input_hash(inp: Mapping[str, Any], empty_key: str = "") -> str:
 
 
 def _shingle_text(inp: Mapping[str, Any]) -> str:
-    parts = [str(m.get("content") or "") for m in inp.get("conversation_history") or [] if isinstance(m, Mapping)]
+    parts = [str(m.get("content") or "") for m in inp.get("conversation_history") or [] if isinstance(m, dict)]
     parts.append(str(inp.get("user_message") or ""))
     return normalize_text(" ".join(parts))
 
@@ -213,11 +213,11 @@ class LshIndex:
 
 def _get(obj: Any, dotted: str) -> Any:
     """``attributes`` lookup by dotted key: nested (as stored) first, then a flat key."""
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, dict):
         return None
     cur: Any = obj
     for part in dotted.split("."):
-        if isinstance(cur, Mapping) and part in cur:
+        if isinstance(cur, dict) and part in cur:
             cur = cur[part]
         elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
             cur = cur[int(part)]
@@ -231,7 +231,7 @@ def _get(obj: Any, dotted: str) -> Any:
 
 def _attrs(span: SpanRow) -> Mapping[str, Any]:
     a = span.get("attributes")
-    return a if isinstance(a, Mapping) else {}
+    return a if isinstance(a, dict) else {}
 
 
 def _maybe_json(value: Any) -> Any:
@@ -249,7 +249,7 @@ def _as_list(value: Any) -> list[Any]:
     value = _maybe_json(value)
     if isinstance(value, list):
         return [v for v in value if v is not None]
-    if isinstance(value, Mapping):  # a list whose indices arrived as object keys
+    if isinstance(value, dict):  # a list whose indices arrived as object keys
         try:
             return [value[k] for k in sorted(value, key=int)]
         except (TypeError, ValueError):
@@ -262,7 +262,7 @@ def _clip(value: Any, limit: int) -> Any:
         return value[:limit] + f"…[truncated {len(value) - limit} chars]"
     if isinstance(value, list):
         return [_clip(v, limit) for v in value]
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return {k: _clip(v, limit) for k, v in value.items()}
     return value
 
@@ -284,7 +284,7 @@ def _content_text(value: Any) -> str:
         return value
     if isinstance(value, list):
         return "\n".join(t for t in (_content_text(v) for v in value) if t)
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         if "message_content" in value:
             return _content_text(value["message_content"])
         kind = value.get("type")
@@ -298,8 +298,8 @@ def _content_text(value: Any) -> str:
 
 
 def _oi_message(item: Any) -> dict[str, Any] | None:
-    m = item.get("message", item) if isinstance(item, Mapping) else None
-    if not isinstance(m, Mapping):
+    m = item.get("message", item) if isinstance(item, dict) else None
+    if not isinstance(m, dict):
         return None
     content = _content_text(m.get("content"))
     if not content and m.get("contents") is not None:
@@ -307,9 +307,9 @@ def _oi_message(item: Any) -> dict[str, Any] | None:
     msg: dict[str, Any] = {"role": _role(m.get("role")), "content": content}
     calls = []
     for tc in _as_list(m.get("tool_calls")):
-        call = tc.get("tool_call", tc) if isinstance(tc, Mapping) else None
-        if isinstance(call, Mapping):
-            fn = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+        call = tc.get("tool_call", tc) if isinstance(tc, dict) else None
+        if isinstance(call, dict):
+            fn = call.get("function") if isinstance(call.get("function"), dict) else {}
             calls.append({"name": fn.get("name") or call.get("name") or "",
                           "arguments": _maybe_json(fn.get("arguments", call.get("arguments")))})
     if calls:
@@ -318,21 +318,21 @@ def _oi_message(item: Any) -> dict[str, Any] | None:
 
 
 def _genai_message(item: Any) -> dict[str, Any] | None:
-    if not isinstance(item, Mapping):
+    if not isinstance(item, dict):
         return None
     if "parts" not in item:  # deprecated {role, content} shapes and OpenAI-style requests
         msg = {"role": _role(item.get("role")), "content": _content_text(item.get("content"))}
         calls = []
         for tc in _as_list(item.get("tool_calls")):
-            if isinstance(tc, Mapping):
-                fn = tc.get("function") if isinstance(tc.get("function"), Mapping) else tc
+            if isinstance(tc, dict):
+                fn = tc.get("function") if isinstance(tc.get("function"), dict) else tc
                 calls.append({"name": fn.get("name") or "", "arguments": _maybe_json(fn.get("arguments"))})
         if calls:
             msg["tool_calls"] = calls
         return msg
     texts, calls = [], []
     for part in _as_list(item.get("parts")):
-        if not isinstance(part, Mapping):
+        if not isinstance(part, dict):
             continue
         kind = part.get("type")
         if kind == "text":
@@ -358,7 +358,7 @@ def span_input_messages(span: SpanRow) -> list[dict[str, Any]]:
         msgs = [m for m in (_genai_message(i) for i in _as_list(_get(a, key))) if m]
         if msgs:
             return msgs
-    prompts = [_content_text(_get(p, "prompt.text") if isinstance(p, Mapping) else p)
+    prompts = [_content_text(_get(p, "prompt.text") if isinstance(p, dict) else p)
                for p in _as_list(_get(a, "llm.prompts"))]
     prompts = [p for p in prompts if p]
     if prompts:
@@ -394,7 +394,7 @@ _INPUT_KEYS = ("input", "query", "question", "message", "user_message", "prompt"
 
 def _input_from_value(value: Any) -> dict[str, Any]:
     parsed = _maybe_json(value)
-    if isinstance(parsed, Mapping):
+    if isinstance(parsed, dict):
         msgs = parsed.get("messages")
         if isinstance(msgs, list):
             got = [m for m in (_genai_message(i) for i in msgs) if m]
@@ -403,7 +403,7 @@ def _input_from_value(value: Any) -> dict[str, Any]:
         for key in _INPUT_KEYS:
             if isinstance(parsed.get(key), str):
                 return {"user_message": parsed[key], "conversation_history": []}
-    if isinstance(parsed, list) and parsed and all(isinstance(m, Mapping) and "role" in m for m in parsed):
+    if isinstance(parsed, list) and parsed and all(isinstance(m, dict) and "role" in m for m in parsed):
         got = [m for m in (_genai_message(i) for i in parsed) if m]
         return _split_messages(got)
     if value is None:
@@ -445,8 +445,8 @@ def _tool_name(span: SpanRow) -> str:
 
 def _exception_message(span: SpanRow) -> str | None:
     for ev in span.get("events") or []:
-        if isinstance(ev, Mapping) and ev.get("name") == "exception":
-            attrs = ev.get("attributes") if isinstance(ev.get("attributes"), Mapping) else ev
+        if isinstance(ev, dict) and ev.get("name") == "exception":
+            attrs = ev.get("attributes") if isinstance(ev.get("attributes"), dict) else ev
             msg = _get(attrs, "exception.message") or _get(attrs, "exception.type")
             if msg:
                 return str(msg)
@@ -484,12 +484,12 @@ def _documents(span: SpanRow, limit: int) -> list[dict[str, Any]]:
     a = _attrs(span)
     docs = []
     for item in _as_list(_get(a, "retrieval.documents")):
-        d = item.get("document", item) if isinstance(item, Mapping) else None
-        if isinstance(d, Mapping):
+        d = item.get("document", item) if isinstance(item, dict) else None
+        if isinstance(d, dict):
             docs.append({"id": d.get("id"), "score": d.get("score"), "content": _clip(d.get("content"), limit)})
     if not docs:
         for d in _as_list(_get(a, "gen_ai.retrieval.documents")):
-            if isinstance(d, Mapping):
+            if isinstance(d, dict):
                 docs.append({"id": d.get("id"), "score": d.get("score"),
                              "content": _clip(d.get("content"), limit)})
     for d in docs:
@@ -503,15 +503,15 @@ def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
     for s in spans:
         a = _attrs(s)
         for item in _as_list(_get(a, "llm.tools")):
-            raw = _get(item, "tool.json_schema") if isinstance(item, Mapping) else item
+            raw = _get(item, "tool.json_schema") if isinstance(item, dict) else item
             spec = _maybe_json(raw)
-            if isinstance(spec, Mapping):
-                fn = spec.get("function") if isinstance(spec.get("function"), Mapping) else spec
+            if isinstance(spec, dict):
+                fn = spec.get("function") if isinstance(spec.get("function"), dict) else spec
                 if fn.get("name"):
                     tools.setdefault(str(fn["name"]), fn.get("parameters") or fn.get("input_schema") or {})
         for spec in _as_list(_get(a, "gen_ai.tool.definitions")):
-            if isinstance(spec, Mapping):
-                fn = spec.get("function") if isinstance(spec.get("function"), Mapping) else spec
+            if isinstance(spec, dict):
+                fn = spec.get("function") if isinstance(spec.get("function"), dict) else spec
                 if fn.get("name"):
                     tools.setdefault(str(fn["name"]), fn.get("parameters") or {})
     return tools
@@ -623,7 +623,7 @@ def extract_source(spans: Sequence[SpanRow], detections: Sequence[Detection], li
     """Where the failure came from: trace, spans, service, model, prompt, agent, session."""
     span_ids = list(dict.fromkeys(d.span_id for d in detections))
     root = _root(spans) or {}
-    resource = root.get("resource_attributes") if isinstance(root.get("resource_attributes"), Mapping) else {}
+    resource = root.get("resource_attributes") if isinstance(root.get("resource_attributes"), dict) else {}
     template = _first_attr(spans, "llm.prompt_template.template")
     return {
         "trace_id": detections[0].trace_id if detections else root.get("trace_id"),
@@ -648,7 +648,7 @@ def extract_source(spans: Sequence[SpanRow], detections: Sequence[Detection], li
 def _evidence(detections: Sequence[Detection], *keys: str) -> Any:
     for d in detections:
         for key in keys:
-            v = d.evidence.get(key) if isinstance(d.evidence, Mapping) else None
+            v = d.evidence.get(key) if isinstance(d.evidence, dict) else None
             if v not in (None, "", []):
                 return v
     return None
@@ -688,11 +688,11 @@ def failing_tool(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> s
 def _response_format_schema(spans: Sequence[SpanRow]) -> Any:
     for s in spans:
         params = _maybe_json(_get(_attrs(s), "llm.invocation_parameters"))
-        if isinstance(params, Mapping):
+        if isinstance(params, dict):
             rf = params.get("response_format")
-            if isinstance(rf, Mapping):
+            if isinstance(rf, dict):
                 js = rf.get("json_schema")
-                if isinstance(js, Mapping):
+                if isinstance(js, dict):
                     return js.get("schema", js)
     return None
 

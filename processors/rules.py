@@ -215,7 +215,7 @@ def _schema_errors(schema: Any, instance: Any) -> list[dict[str, Any]]:
     A string holding a PII placeholder (``<EMAIL>``) is not held against
     pattern/format/length/enum keywords: the sanitizer put it there, not the model.
     """
-    if not isinstance(schema, Mapping):
+    if not isinstance(schema, dict):
         return []
     validator = _validator_for(schema)
     if validator is None:
@@ -439,13 +439,13 @@ def _declared_json(span: SpanRow) -> tuple[str, Any] | None:
     """(where, schema or None) when this LLM call asked the model for JSON output."""
     a = attrs(span)
     params = loose(dig(a, "llm", "invocation_parameters"))
-    rf = loose(dig(params, "response_format")) if isinstance(params, Mapping) else None
-    if isinstance(rf, Mapping):
+    rf = loose(dig(params, "response_format")) if isinstance(params, dict) else None
+    if isinstance(rf, dict):
         rtype = rf.get("type")
         if rtype == "json_object":
             return "llm.invocation_parameters.response_format", None
         if rtype == "json_schema":
-            js = rf.get("json_schema") if isinstance(rf.get("json_schema"), Mapping) else {}
+            js = rf.get("json_schema") if isinstance(rf.get("json_schema"), dict) else {}
             return "llm.invocation_parameters.response_format", loose(js.get("schema"))
     elif rf in ("json_object", "json"):
         return "llm.invocation_parameters.response_format", None
@@ -517,7 +517,7 @@ def finish_length(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         a = attrs(s)
         params = loose(dig(a, "llm", "invocation_parameters"))
         limit = None
-        if isinstance(params, Mapping):
+        if isinstance(params, dict):
             limit = params.get("max_tokens", params.get("max_completion_tokens", params.get("max_output_tokens")))
         if limit is None:
             limit = dig(a, "gen_ai", "request", "max_tokens")
@@ -754,8 +754,8 @@ def _feedback_records(span: SpanRow) -> list[dict[str, Any]]:
 
     def listed(container: Any, list_key: str, item_key: str, scope: str, source: str) -> None:
         for item in as_list(dig(container, list_key)):
-            rec = item.get(item_key) if isinstance(item, Mapping) and isinstance(item.get(item_key), Mapping) else item
-            if isinstance(rec, Mapping):
+            rec = item.get(item_key) if isinstance(item, dict) and isinstance(item.get(item_key), dict) else item
+            if isinstance(rec, dict):
                 records.append({"scope": scope, "source": source, "name": rec.get("name"), "label": rec.get("label"),
                                 "score": rec.get("score"), "explanation": rec.get("explanation"),
                                 "annotator_kind": rec.get("annotator_kind")})
@@ -767,25 +767,25 @@ def _feedback_records(span: SpanRow) -> list[dict[str, Any]]:
         listed(container, "evaluations", "evaluation", scope, f"{prefix}evaluations")
 
     def genai(ev: Any, source: str) -> None:
-        if isinstance(ev, Mapping):
+        if isinstance(ev, dict):
             score = ev.get("score")
             records.append({"scope": "span", "source": source, "name": ev.get("name"),
-                            "label": dig(score, "label") if isinstance(score, Mapping) else None,
-                            "score": dig(score, "value") if isinstance(score, Mapping) else score,
+                            "label": dig(score, "label") if isinstance(score, dict) else None,
+                            "score": dig(score, "value") if isinstance(score, dict) else score,
                             "explanation": ev.get("explanation")})
 
     genai(dig(a, "gen_ai", "evaluation"), "gen_ai.evaluation")
     for event in span.get("events") or []:
-        if isinstance(event, Mapping) and event.get("name") == "gen_ai.evaluation.result":
+        if isinstance(event, dict) and event.get("name") == "gen_ai.evaluation.result":
             genai(dig(event, "attributes", "gen_ai", "evaluation"), "event gen_ai.evaluation.result")
 
     fb = loose(a.get("feedback"))
-    if isinstance(fb, Mapping):
+    if isinstance(fb, dict):
         records.append({"scope": "trace", "source": "feedback", "name": "feedback",
                         "label": fb.get("label", fb.get("value") if isinstance(fb.get("value"), str) else fb.get("thumbs")),
                         "score": fb.get("score", fb.get("rating", fb.get("value"))), "explanation": fb.get("comment")})
     uf = loose(a.get("user_feedback"))
-    if isinstance(uf, Mapping):
+    if isinstance(uf, dict):
         records.append({"scope": "trace", "source": "user_feedback", "name": "user_feedback",
                         "label": uf.get("label", uf.get("value") if isinstance(uf.get("value"), str) else None),
                         "score": uf.get("score", uf.get("rating")), "explanation": uf.get("comment")})
@@ -796,7 +796,7 @@ def _feedback_records(span: SpanRow) -> list[dict[str, Any]]:
 
     if span_kind(span) == "EVALUATOR" and not records:
         out = loose(span.get("output_value"))
-        if isinstance(out, Mapping):
+        if isinstance(out, dict):
             passed = out.get("passed", out.get("pass"))
             records.append({"scope": "link", "source": "evaluator output", "name": span.get("name"),
                             "label": out.get("label", out.get("verdict", out.get("result"))),
@@ -819,7 +819,7 @@ def _is_negative(rec: Mapping[str, Any], threshold: float) -> bool:
 
 def _feedback_target(view: TraceView, span: SpanRow, scope: str) -> tuple[str, dict[str, Any] | None]:
     """The span the feedback judges: a linked span of this trace, the root for trace scope, else the carrier."""
-    links = [l for l in span.get("links") or [] if isinstance(l, Mapping)]
+    links = [l for l in span.get("links") or [] if isinstance(l, dict)]
     if span_kind(span) == "EVALUATOR" and links:
         link = links[0]
         if link.get("trace_id") == view.trace_id:

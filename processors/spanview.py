@@ -28,7 +28,7 @@ JSON_MIME = "application/json"
 def dig(obj: Any, *path: str | int) -> Any:
     """``obj[p0][p1]...`` through dicts and lists; None when any step is missing."""
     for step in path:
-        if isinstance(obj, Mapping):
+        if isinstance(obj, dict):
             obj = obj.get(step)  # type: ignore[call-overload]
         elif isinstance(obj, list) and isinstance(step, int) and 0 <= step < len(obj):
             obj = obj[step]
@@ -107,16 +107,16 @@ def exception_events(span: SpanRow) -> list[dict[str, Any]]:
     """The span's ``exception`` events as {type, message, escaped}, control-flow exceptions left out."""
     found = []
     for event in span.get("events") or []:
-        if not isinstance(event, Mapping) or event.get("name") != "exception":
+        if not isinstance(event, dict) or event.get("name") != "exception":
             continue
         exc = dig(event, "attributes", "exception") or {}
-        etype = exc.get("type") if isinstance(exc, Mapping) else None
+        etype = exc.get("type") if isinstance(exc, dict) else None
         short = str(etype).rsplit(".", 1)[-1] if etype else ""
         if short in _CONTROL_FLOW_EXCEPTIONS:
             continue
         found.append({
             "type": etype,
-            "message": clip(exc.get("message") if isinstance(exc, Mapping) else None, 500),
+            "message": clip(exc.get("message") if isinstance(exc, dict) else None, 500),
         })
     return found
 
@@ -142,17 +142,17 @@ def duration_ms(span: SpanRow) -> float | None:
 
 def _message_obj(item: Any) -> dict[str, Any]:
     """OpenInference list items are {"message": {...}}; a JSON-string list holds the bare message."""
-    if isinstance(item, Mapping):
+    if isinstance(item, dict):
         inner = item.get("message")
-        return dict(inner) if isinstance(inner, Mapping) else dict(item)
+        return dict(inner) if isinstance(inner, dict) else dict(item)
     return {}
 
 
 def _oi_tool_call(item: Any) -> dict[str, Any] | None:
-    if not isinstance(item, Mapping):
+    if not isinstance(item, dict):
         return None
-    call = item.get("tool_call") if isinstance(item.get("tool_call"), Mapping) else item
-    fn = call.get("function") if isinstance(call.get("function"), Mapping) else {}
+    call = item.get("tool_call") if isinstance(item.get("tool_call"), dict) else item
+    fn = call.get("function") if isinstance(call.get("function"), dict) else {}
     name = fn.get("name") or call.get("name")
     if name is None and "arguments" not in fn:
         return None
@@ -165,8 +165,8 @@ def _oi_text(message: Mapping[str, Any]) -> str:
     if isinstance(content, str):
         parts.append(content)
     for item in as_list(message.get("contents")):
-        mc = item.get("message_content") if isinstance(item, Mapping) else None
-        if isinstance(mc, Mapping) and mc.get("type", "text") == "text" and isinstance(mc.get("text"), str):
+        mc = item.get("message_content") if isinstance(item, dict) else None
+        if isinstance(mc, dict) and mc.get("type", "text") == "text" and isinstance(mc.get("text"), str):
             parts.append(mc["text"])
     return "\n".join(parts)
 
@@ -177,9 +177,9 @@ def _oi_messages(value: Any) -> list[dict[str, Any]]:
         msg = _message_obj(item)
         calls = [c for c in (_oi_tool_call(x) for x in as_list(msg.get("tool_calls"))) if c]
         for part in as_list(msg.get("contents")):
-            if isinstance(part, Mapping):
+            if isinstance(part, dict):
                 tc = part.get("tool_call") or dig(part, "message_content", "tool_call")
-                call = _oi_tool_call({"tool_call": tc}) if isinstance(tc, Mapping) else None
+                call = _oi_tool_call({"tool_call": tc}) if isinstance(tc, dict) else None
                 if call:
                     calls.append(call)
         out.append({
@@ -194,11 +194,11 @@ def _oi_messages(value: Any) -> list[dict[str, Any]]:
 def _genai_messages(value: Any) -> list[dict[str, Any]]:
     out = []
     for msg in as_list(value):
-        if not isinstance(msg, Mapping):
+        if not isinstance(msg, dict):
             continue
         texts, calls, responses = [], [], []
         for part in as_list(msg.get("parts")):
-            if not isinstance(part, Mapping):
+            if not isinstance(part, dict):
                 continue
             ptype = part.get("type")
             if ptype == "text" and isinstance(part.get("content"), str):
@@ -220,12 +220,12 @@ def _genai_messages(value: Any) -> list[dict[str, Any]]:
 def _legacy_genai_messages(value: Any) -> list[dict[str, Any]]:
     out = []
     for msg in as_list(value):
-        if not isinstance(msg, Mapping):
+        if not isinstance(msg, dict):
             continue
         calls = []
         for c in as_list(msg.get("tool_calls")):
-            if isinstance(c, Mapping):
-                fn = c.get("function") if isinstance(c.get("function"), Mapping) else {}
+            if isinstance(c, dict):
+                fn = c.get("function") if isinstance(c.get("function"), dict) else {}
                 calls.append({"id": c.get("id"), "name": c.get("name", fn.get("name")),
                               "arguments": c.get("arguments", fn.get("arguments"))})
         out.append({"role": msg.get("role"), "text": msg.get("content") if isinstance(msg.get("content"), str) else "",
@@ -288,7 +288,7 @@ def assistant_text(span: SpanRow) -> str:
             if isinstance(content, str):
                 found.append(content)
         for block in as_list(resp.get("content")):
-            if isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str):
+            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
                 found.append(block["text"])
         return "\n".join(found)
     value = span.get("output_value")
@@ -311,7 +311,7 @@ def requested_tool_calls(span: SpanRow) -> list[dict[str, Any]]:
             if call:
                 calls.append(call)
     for block in as_list(resp.get("content")):
-        if isinstance(block, Mapping) and block.get("type") == "tool_use":
+        if isinstance(block, dict) and block.get("type") == "tool_use":
             calls.append({"id": block.get("id"), "name": block.get("name"), "arguments": block.get("input")})
     return calls
 
@@ -356,9 +356,9 @@ def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
 def _tool_definition(raw: Any) -> tuple[str, Any] | None:
     """(name, parameters schema) from OpenAI-nested, GenAI-flat or Anthropic tool definitions."""
     d = loose(raw)
-    if not isinstance(d, Mapping):
+    if not isinstance(d, dict):
         return None
-    fn = d.get("function") if isinstance(d.get("function"), Mapping) else d
+    fn = d.get("function") if isinstance(d.get("function"), dict) else d
     name = fn.get("name")
     if not isinstance(name, str):
         return None
@@ -370,7 +370,7 @@ def declared_tools(span: SpanRow) -> dict[str, Any]:
     """Tools this LLM span offered the model: name -> parameters JSON schema (None when not declared)."""
     a = attrs(span)
     found: dict[str, Any] = {}
-    sources = [dig(item, "tool", "json_schema") if isinstance(item, Mapping) and "tool" in item else item
+    sources = [dig(item, "tool", "json_schema") if isinstance(item, dict) and "tool" in item else item
                for item in as_list(dig(a, "llm", "tools"))]
     sources += as_list(dig(a, "gen_ai", "tool", "definitions"))
     if not sources:
@@ -405,7 +405,7 @@ def tool_name(span: SpanRow) -> str | None:
 
 
 def _looks_like_schema(value: Any) -> bool:
-    return isinstance(value, Mapping) and value.get("type") == "object" and isinstance(value.get("properties"), Mapping)
+    return isinstance(value, dict) and value.get("type") == "object" and isinstance(value.get("properties"), dict)
 
 
 def tool_span_arguments(span: SpanRow) -> tuple[str, Any, bool] | None:
@@ -458,8 +458,8 @@ def documents(span: SpanRow) -> list[dict[str, Any]] | None:
             continue
         present = True
         for item in as_list(source):
-            doc = item.get("document") if isinstance(item, Mapping) and isinstance(item.get("document"), Mapping) else item
-            if isinstance(doc, Mapping):
+            doc = item.get("document") if isinstance(item, dict) and isinstance(item.get("document"), dict) else item
+            if isinstance(doc, dict):
                 docs.append({"id": doc.get("id"), "score": doc.get("score")})
             elif item is not None:
                 docs.append({"id": None, "score": None})
@@ -467,7 +467,7 @@ def documents(span: SpanRow) -> list[dict[str, Any]] | None:
     if genai is not None:
         present = True
         for doc in as_list(genai):
-            if isinstance(doc, Mapping):
+            if isinstance(doc, dict):
                 docs.append({"id": doc.get("id"), "score": doc.get("score")})
     return docs if present or docs else None
 
@@ -498,7 +498,7 @@ def retrieval_outcome(span: SpanRow) -> str:
 def walk_strings(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         yield value
-    elif isinstance(value, Mapping):
+    elif isinstance(value, dict):
         for v in value.values():
             yield from walk_strings(v)
     elif isinstance(value, list):

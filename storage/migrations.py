@@ -108,6 +108,7 @@ CREATE TABLE IF NOT EXISTS candidates (
 TRACE_STATE_DDL = """
 CREATE TABLE IF NOT EXISTS trace_state (
     trace_id VARCHAR PRIMARY KEY,
+    first_received_at TIMESTAMPTZ,           -- lets the judge skip old row groups of spans (zonemaps)
     last_received_at TIMESTAMPTZ NOT NULL,
     received_seq BIGINT NOT NULL DEFAULT 1,   -- bumped by every commit that adds spans to the trace
     judged_seq BIGINT,                        -- received_seq the last judgement saw; differs = judge (again)

@@ -89,13 +89,12 @@ def rows_as_dicts(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> list[d
 
 def settled_traces(
     con: duckdb.DuckDBPyConnection, quiet_since: dt.datetime | None, limit: int
-) -> list[tuple[str, int]]:
-    """(trace_id, received_seq) of traces not judged at their latest version and quiet since ``quiet_since``.
-
-    ``quiet_since=None`` returns every unjudged trace (shutdown, crash recovery).
+) -> list[tuple[str, int, dt.datetime | None]]:
+    """(trace_id, received_seq, first_received_at) of traces not judged at their latest version and quiet
+    since ``quiet_since``. ``quiet_since=None`` returns every unjudged trace (shutdown, crash recovery).
     """
     sql = (
-        "SELECT trace_id, received_seq FROM trace_state "
+        "SELECT trace_id, received_seq, first_received_at FROM trace_state "
         "WHERE judged_seq IS DISTINCT FROM received_seq"
     )
     params: list[Any] = []
@@ -104,7 +103,7 @@ def settled_traces(
         params.append(quiet_since)
     sql += " ORDER BY last_received_at LIMIT ?"
     params.append(limit)
-    return [(r[0], int(r[1])) for r in con.execute(sql, params).fetchall()]
+    return [(r[0], int(r[1]), r[2]) for r in con.execute(sql, params).fetchall()]
 
 
 def count_unjudged(con: duckdb.DuckDBPyConnection) -> int:
@@ -114,15 +113,26 @@ def count_unjudged(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def load_traces(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """Spans of the given traces as SpanRow dicts (JSON columns parsed), each trace sorted by start_time."""
+#: Spans are stamped ``received_at`` when decoded, a little before the commit that records the trace.
+RECEIVED_MARGIN = dt.timedelta(minutes=5)
+
+
+def load_traces(
+    con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], received_since: dt.datetime | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Spans of the given traces as SpanRow dicts (JSON columns parsed), each trace sorted by start_time.
+
+    ``received_since`` (the earliest first_received_at of those traces) lets DuckDB skip every older
+    row group instead of scanning the whole table on each judge round.
+    """
     if not trace_ids:
         return {}
-    rel = con.execute(
-        "SELECT * FROM spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[])) "
-        "ORDER BY trace_id, start_time NULLS FIRST, span_id",
-        [list(trace_ids)],
-    )
+    sql = "SELECT * FROM spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))"
+    params: list[Any] = [list(trace_ids)]
+    if received_since is not None:
+        sql += " AND received_at >= ?"
+        params.append(received_since - RECEIVED_MARGIN)
+    rel = con.execute(sql + " ORDER BY trace_id, start_time NULLS FIRST, span_id", params)
     columns = [d[0] for d in rel.description or []]
     json_idx = [i for i, c in enumerate(columns) if c in JSON_SPAN_COLUMNS]
     out: dict[str, list[dict[str, Any]]] = {tid: [] for tid in trace_ids}
@@ -166,7 +176,7 @@ def save_detections(
     )
 
 
-def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int]], now: dt.datetime) -> None:
+def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int, Any]], now: dt.datetime) -> None:
     """Record that each trace was judged at the given received_seq (writer thread)."""
     if not judged:
         return
@@ -174,5 +184,5 @@ def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int]
         "UPDATE trace_state SET judged_seq = j.seq, judged_at = $1 "
         "FROM (SELECT unnest($2::VARCHAR[]) AS tid, unnest($3::BIGINT[]) AS seq) AS j "
         "WHERE trace_state.trace_id = j.tid",
-        [now, [t for t, _ in judged], [s for _, s in judged]],
+        [now, [j[0] for j in judged], [j[1] for j in judged]],
     )

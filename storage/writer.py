@@ -176,8 +176,8 @@ class GroupCommitWriter:
                     "INSERT INTO spans SELECT * FROM _incoming_spans ON CONFLICT DO NOTHING").fetchone()
                 inserted = int(row[0]) if row else 0
                 con.execute(
-                    "INSERT INTO trace_state (trace_id, last_received_at, received_seq) "
-                    "SELECT DISTINCT trace_id, ?::TIMESTAMPTZ, 1 FROM _incoming_spans "
+                    "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq) "
+                    "SELECT DISTINCT trace_id, $1::TIMESTAMPTZ, $1::TIMESTAMPTZ, 1 FROM _incoming_spans "
                     "ON CONFLICT (trace_id) DO UPDATE SET last_received_at = excluded.last_received_at, "
                     "received_seq = trace_state.received_seq + 1",
                     [utcnow()],
