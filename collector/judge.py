@@ -72,8 +72,8 @@ class Judge:
         while not self._stop.is_set():
             try:
                 judged = self.judge_round(quiet=True)
-            except Exception:
-                log.exception("judging failed; will retry")
+            except Exception as exc:
+                log.error("judging failed (%s: %s); will retry", type(exc).__name__, str(exc)[:200])
                 judged = 0
             if not judged:
                 self._stop.wait(POLL_SECONDS)
@@ -93,6 +93,12 @@ class Judge:
             if not judged:
                 break
         return total
+
+    def _run_processors(self, traces: dict[str, list[dict[str, Any]]]) -> TraceBatch:
+        batch = TraceBatch(traces=traces)
+        for proc in self._processors:
+            batch = proc.process_traces(batch, self._reader)
+        return batch
 
     def judge_round(self, *, quiet: bool) -> int:
         """Judge up to TRACES_PER_ROUND due traces; returns how many were judged."""
@@ -115,9 +121,22 @@ class Judge:
         self.pending = store.count_unjudged(cur)
         if not due:
             return 0
-        batch = TraceBatch(traces=traces)
-        for proc in self._processors:
-            batch = proc.process_traces(batch, self._reader)
+        try:
+            batch = self._run_processors(traces)
+        except Exception as exc:
+            # One bad trace must not block the others forever: judge one by one, skip the failing ones.
+            log.error("trace stage failed on a batch of %d traces (%s); judging them one by one",
+                      len(traces), type(exc).__name__)
+            batch = TraceBatch(traces=traces)
+            for trace_id, spans in traces.items():
+                try:
+                    single = self._run_processors({trace_id: spans})
+                except Exception as single_exc:
+                    log.error("trace %s could not be judged (%s); it is marked judged without findings",
+                              trace_id, type(single_exc).__name__)
+                    continue
+                batch.detections.extend(single.detections)
+                batch.candidates.extend(single.candidates)
         trace_ids = list(traces)
         detections = list(batch.detections)
         candidates = list(batch.candidates)

@@ -314,3 +314,27 @@ def test_empty_request_is_full_success_on_both_transports(start_collector):
     assert response.SerializeToString() == b""
     http_response = post(c, b"{}", "application/json")
     assert http_response.status_code == 200 and http_response.json() == {}
+
+
+# --------------------------------------------------------------------------- per-span limits
+
+
+def test_per_span_limits_cut_drop_and_mark(start_collector):
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {
+        "max_attributes_per_span": 4, "max_value_size": "1KiB", "max_nesting_depth": 2}}}})
+    req = make_request(1)
+    span = req.resource_spans[0].scope_spans[0].spans[0]
+    span.dropped_attributes_count = 3
+    span.attributes.add(key="input.value").value.string_value = "é" * 1000  # 2000 bytes in UTF-8
+    deep = span.attributes.add(key="deep").value
+    deep.kvlist_value.values.add(key="level1").value.kvlist_value.values.add(key="level2").value.string_value = "x"
+    for i in range(5):
+        span.attributes.add(key=f"extra.{i}").value.int_value = i
+    assert post(c, req.SerializeToString()).status_code == 200
+    row = c.query("SELECT input_value, attributes, dropped_attributes_count FROM spans")[0]
+    assert row["input_value"].startswith("é" * 512)
+    assert row["input_value"].endswith("…[truncated 976 bytes]")
+    attrs = json.loads(row["attributes"])
+    assert attrs["deep"] == {"level1": "[too deep]"}
+    assert set(attrs) == {"openinference", "input", "deep", "extra"} and attrs["extra"] == [0]
+    assert row["dropped_attributes_count"] == 3 + 4
