@@ -72,7 +72,7 @@ class Server:
 
     def __init__(self, *, pii: bool = True, decision_wait: str | None = None, workdir: str | None = None,
                  cli: list[str] | None = None, keep: bool = False, extra_config: dict | None = None,
-                 max_queued_spans: int | None = None) -> None:
+                 max_queued_spans: int | None = None, trace_stage: bool = True) -> None:
         self.cli = cli or DEFAULT_CLI
         self.keep = keep
         self.dir = workdir or tempfile.mkdtemp(prefix="tracesieve-bench-")
@@ -82,9 +82,9 @@ class Server:
         self.log_path = os.path.join(self.dir, "server.log")
         self.grpc_port = free_port()
         self.http_port = free_port()
-        procs = ["pii", "detectors", "promotion"] if pii else ["detectors", "promotion"]
+        procs = (["pii"] if pii else []) + (["detectors", "promotion"] if trace_stage else [])
         processors: dict = {name: {} for name in procs}
-        if decision_wait is not None:
+        if decision_wait is not None and trace_stage:
             processors["detectors"]["decision_wait"] = decision_wait
         self.config = {
             "receivers": {"otlp": {"protocols": {
@@ -238,6 +238,8 @@ def main(argv=None) -> int:
     ap.add_argument("--transport", choices=["grpc", "http"], default="grpc")
     ap.add_argument("--gzip", action="store_true")
     ap.add_argument("--pii", choices=["on", "off"], default="on")
+    ap.add_argument("--trace-stage", choices=["on", "off"], default="on",
+                    help="off: no detectors/promotion, to see what the span stage and writer alone sustain")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--traces-per-request", type=int, default=8)
     ap.add_argument("--pool-traces", type=int, default=3000,
@@ -264,7 +266,7 @@ def main(argv=None) -> int:
     print(f"generated          {n_pool} distinct traces, {pool_spans:,} spans, {pool_bytes / pool_spans:,.0f} B/span "
           f"on the wire, {gen_s:.1f} s; sending {a.traces} traces in {n_requests} requests")
 
-    server = Server(pii=a.pii == "on", cli=shlex.split(a.cli) if a.cli else None, keep=a.keep,
+    server = Server(pii=a.pii == "on", trace_stage=a.trace_stage == "on", cli=shlex.split(a.cli) if a.cli else None, keep=a.keep,
                     max_queued_spans=a.max_queued_spans)
     ok = False
     try:
@@ -281,7 +283,7 @@ def main(argv=None) -> int:
         except Exception as e:  # report, do not crash: the figures above are still worth printing
             stored_err = str(e).splitlines()[0][:200]
         print(f"== ingest: {a.traces} traces, transport {a.transport}{' +gzip' if a.gzip else ''}, "
-              f"concurrency {a.concurrency}, pii {a.pii}, seed {a.seed}"
+              f"concurrency {a.concurrency}, pii {a.pii}, trace stage {a.trace_stage}, seed {a.seed}"
               + (f", max_queued_spans {a.max_queued_spans}" if a.max_queued_spans is not None else ""))
         print(send.format_result(res))
         print(f"peak RSS           {server.peak_rss_kib / 1024:,.0f} MB (server VmHWM)")
