@@ -50,6 +50,15 @@ def open_database(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConne
     return con
 
 
+def forbid_file_access(con: duckdb.DuckDBPyConnection) -> None:
+    """Stop SQL on this database from reading or writing other files (read_csv, COPY, ATTACH...).
+
+    The running collector answers queries for other processes; they may read the store, not the
+    collector's file system. Irreversible for the database instance, which needs nothing else.
+    """
+    con.execute("SET enable_external_access = false")
+
+
 def check_read_only(sql: str) -> None:
     """Raise UsageError unless ``sql`` is exactly one read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN...)."""
     try:

@@ -52,6 +52,13 @@ def test_query_refuses_writes_and_changes_nothing(start_collector):
         == '[\n  {\n    "n": 0\n  }\n]'
 
 
+def test_queries_through_the_collector_cannot_read_its_files(start_collector):
+    c = start_collector(NO_JUDGE)
+    result = c.cli("query", "SELECT * FROM read_text('/etc/hostname')")
+    assert result.returncode == 2
+    assert "file system operations" in result.stderr or "Permission" in result.stderr
+
+
 def test_query_formats_table_json_csv(start_collector):
     c = start_collector(NO_JUDGE)
     assert post(c, make_request(2).SerializeToString()).status_code == 200
