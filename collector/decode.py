@@ -359,6 +359,11 @@ def _link(link: Any, walker: _AttributeWalker) -> dict[str, Any]:
     }
 
 
+def nest_attributes(flat: dict[str, Any], limits: DecodeLimits | None = None) -> dict[str, Any]:
+    """The nested ``attributes`` object stored for flattened OTLP keys (also what test builders use)."""
+    return _AttributeWalker(limits or DecodeLimits()).nest(flat)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 

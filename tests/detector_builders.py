@@ -11,6 +11,7 @@ import datetime as dt
 import itertools
 import json
 from typing import Any
+from tracesieve.collector.decode import nest_attributes
 
 T0 = dt.datetime(2026, 9, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 _ids = itertools.count(1)
@@ -23,26 +24,8 @@ _GENAI_KIND = {
 
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    """Nest dotted keys: segments make objects, all-digit segments make lists (gaps filled with None)."""
-    root: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        node: Any = root
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            nxt: Any = value if last else ([] if parts[i + 1].isdigit() else {})
-            if isinstance(node, list):
-                idx = int(part)
-                while len(node) <= idx:
-                    node.append(None)
-                if node[idx] is None or last:
-                    node[idx] = nxt
-                node = node[idx]
-            else:
-                if part not in node or last:
-                    node[part] = nxt
-                node = node[part]
-    return root
+    """Flattened OTLP keys -> the nested attributes the collector stores (the production function)."""
+    return nest_attributes(flat)
 
 
 def make_span(kind: str = "CHAIN", *, name: str | None = None, status: str = "OK", status_message: str | None = None,

@@ -30,6 +30,7 @@ from tracesieve.storage.candidates import (
 from tracesieve.storage.errors import ConfigError, NotFoundError, UsageError
 from tracesieve.storage.migrations import migrate
 from tracesieve.storage.schema import Detection
+from tracesieve.collector.decode import nest_attributes
 
 T0 = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.timezone.utc)
 
@@ -39,30 +40,8 @@ T0 = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.timezone.utc)
 
 
 def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """Flattened OTLP keys -> the nested attributes the trace stage sees (digit segments make lists)."""
-    root: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        cur: Any = root
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            nxt_is_index = not last and parts[i + 1].isdigit()
-            if isinstance(cur, list):
-                idx = int(part)
-                while len(cur) <= idx:
-                    cur.append(None)
-                if last:
-                    cur[idx] = value
-                else:
-                    if cur[idx] is None:
-                        cur[idx] = [] if nxt_is_index else {}
-                    cur = cur[idx]
-            else:
-                if last:
-                    cur[part] = value
-                else:
-                    cur = cur.setdefault(part, [] if nxt_is_index else {})
-    return root
+    """Flattened OTLP keys -> the nested attributes the collector stores (the production function)."""
+    return nest_attributes(flat)
 
 
 def span(
