@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -32,8 +33,8 @@ class RemoteClient:
     def __init__(self, url: str, token: str | None, cafile: str | None = None) -> None:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.url = url
-        self._http = httpx.Client(base_url=url, headers=headers, timeout=120.0,
-                                  verify=cafile if cafile else True, trust_env=False)
+        verify: Any = ssl.create_default_context(cafile=cafile) if cafile else True
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=120.0, verify=verify, trust_env=False)
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         try:

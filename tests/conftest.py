@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -49,6 +50,8 @@ class RunningCollector:
             protocols["grpc"] = {**(protocols["grpc"] or {}), "endpoint": f"127.0.0.1:{self.grpc_port}"}
         if "http" in protocols:
             protocols["http"] = {**(protocols["http"] or {}), "endpoint": f"127.0.0.1:{self.http_port}"}
+        http_tls = (protocols.get("http") or {}).get("tls") or {}
+        self.cafile: str | None = http_tls.get("cert_file")
         self.config_path = workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.db_path = workdir / "store.duckdb"
@@ -58,7 +61,11 @@ class RunningCollector:
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.cafile else 'http'}://127.0.0.1:{self.http_port}"
+
+    @property
+    def verify(self) -> Any:
+        return ssl.create_default_context(cafile=self.cafile) if self.cafile else True
 
     @property
     def grpc_endpoint(self) -> str:
@@ -76,7 +83,7 @@ class RunningCollector:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.http_url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.http_url}/readyz", timeout=1, verify=self.verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

@@ -9,6 +9,7 @@ import time
 
 import duckdb
 import httpx
+import pytest
 
 from conftest import run_cli
 from sdk_helpers import emit_agent_trace, sdk_tracer
@@ -114,3 +115,30 @@ def test_healthz_and_readyz(start_collector):
     c = start_collector(NO_JUDGE)
     assert httpx.get(f"{c.http_url}/healthz").text == "ok\n"
     assert httpx.get(f"{c.http_url}/readyz").status_code == 200
+
+
+def test_tls_on_both_receivers_and_the_query_surface(start_collector, tmp_path):
+    import shutil
+    import subprocess
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    assert shutil.which("openssl"), "openssl makes the test certificate"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    tls = {"cert_file": str(cert), "key_file": str(key)}
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"protocols": {"grpc": {"tls": tls}, "http": {"tls": tls}}}}})
+    assert c.http_url.startswith("https://")
+    response = httpx.post(f"{c.http_url}/v1/traces", content=make_request(2).SerializeToString(), verify=c.verify,
+                          headers={"content-type": "application/x-protobuf"})
+    assert response.status_code == 200
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(f"http://127.0.0.1:{c.http_port}/v1/traces", content=b"", timeout=5)
+    creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    with grpc.secure_channel(c.grpc_endpoint, creds) as channel:
+        trace_service_pb2_grpc.TraceServiceStub(channel).Export(make_request(3), timeout=10)
+    # the CLI reaches the TLS query surface with the certificate the collector published
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 5}]
