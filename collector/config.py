@@ -48,7 +48,10 @@ DEFAULTS: dict[str, Any] = {
     },
     "processors": {"pii": {}, "detectors": {}, "promotion": {}},
     "storage": {"duckdb": {"path": DEFAULT_DB_PATH}},
-    "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": list(DEFAULT_PIPELINE)}}},
+    "service": {
+        "pipelines": {"traces": {"receivers": ["otlp"], "processors": list(DEFAULT_PIPELINE)}},
+        "span_workers": "auto",
+    },
 }
 
 
@@ -84,6 +87,7 @@ class Config:
     """The validated, effective configuration."""
 
     source: str
+    path: str | None  # the config file (worker processes load it again); None: the defaults
     grpc: Endpoint | None
     http: Endpoint | None
     bearer_token: str | None
@@ -92,6 +96,7 @@ class Config:
     span_processors: list[SpanProcessor]
     trace_processors: list[TraceProcessor]
     tree: dict[str, Any]  # the effective YAML tree (for --print-config)
+    span_workers: int = 0  # worker processes for decode + span stage; 0 = in the receiving threads
 
     @property
     def decision_wait(self) -> float:
@@ -142,6 +147,7 @@ def load_config(path: str | None = None, *, db_path: str | None = None,
         raise ConfigError(problems, source)
     assert config is not None
     config.source = source
+    config.path = path
     return config
 
 
@@ -236,7 +242,8 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     if not isinstance(proc_section, dict):
         problems.append("processors: expected a mapping of processor id to options")
         proc_section = {}
-    service = _check_keys(top.get("service", {}), {"pipelines"}, "service", problems)
+    service = _check_keys(top.get("service", {}), {"pipelines", "span_workers"}, "service", problems)
+    span_workers = _span_workers(service.get("span_workers", "auto"), problems)
     pipelines = _check_keys(service.get("pipelines", {}), {"traces"}, "service.pipelines", problems)
     traces = _check_keys(pipelines.get("traces", {}), {"receivers", "processors"}, "service.pipelines.traces",
                          problems)
@@ -280,13 +287,25 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
             seen_trace = True
             trace_procs.append(proc)  # type: ignore[arg-type]
     tree["processors"] = tree_procs
-    tree["service"] = {"pipelines": {"traces": {"receivers": ["otlp"], "processors": names}}}
+    tree["service"] = {"pipelines": {"traces": {"receivers": ["otlp"], "processors": names}},
+                       "span_workers": service.get("span_workers", "auto")}
     if problems:
         return None
     return Config(
-        source="", grpc=grpc, http=http, bearer_token=token, limits=limits, db_path=db_path,
+        source="", path=None, grpc=grpc, http=http, span_workers=span_workers, bearer_token=token, limits=limits, db_path=db_path,
         span_processors=span_procs, trace_processors=trace_procs, tree=tree,
     )
+
+
+def _span_workers(value: Any, problems: list[str]) -> int:
+    """``auto``: one worker process per core, at most 4; none on a single core."""
+    if value == "auto":
+        cores = os.cpu_count() or 1
+        return min(4, cores) if cores > 1 else 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+        problems.append(f"service.span_workers: expected auto or a number from 0 to 64, got {value!r}")
+        return 0
+    return value
 
 
 def _endpoint(protocols: dict[str, Any], name: str, default: str, problems: list[str]) -> Endpoint | None:

@@ -1,6 +1,6 @@
 """The one Export implementation behind both receivers: decode -> span stage -> writer -> ack.
 
-Receivers hand over a parsed request and map the outcome (or the
+Receivers hand over the request body and map the outcome (or the
 :mod:`tracesieve.storage.errors` exception raised here) to their wire format.
 Called concurrently from receiver worker threads; blocks until the spans are
 committed, so returning means "stored".
@@ -19,9 +19,9 @@ import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracesieve.collector.config import Config
-from tracesieve.collector.decode import DecodeLimits, count_spans, decode_request
+from tracesieve.collector.decode import DecodeLimits, count_spans, parse_json, parse_protobuf
 from tracesieve.collector.metrics import Metrics
-from tracesieve.processors.base import SpanProcessor
+from tracesieve.collector.span_stage import InlineSpanStage, ProcessSpanStage, SpanStage
 from tracesieve.storage.errors import RetryableError, UnauthenticatedError
 from tracesieve.storage.writer import GroupCommitWriter
 
@@ -38,15 +38,22 @@ class ExportOutcome:
     error_message: str
 
 
-class ExportService:
-    def __init__(self, config: Config, writer: GroupCommitWriter, metrics: Metrics) -> None:
-        self._token = config.bearer_token
-        self._limits = DecodeLimits(
+def span_stage_for(config: Config) -> SpanStage:
+    """Inline when ``service.span_workers`` is 0, else a pool of that many worker processes."""
+    if config.span_workers <= 0:
+        limits = DecodeLimits(
             max_attributes_per_span=config.limits.max_attributes_per_span,
             max_value_size=config.limits.max_value_size,
             max_nesting_depth=config.limits.max_nesting_depth,
         )
-        self._processors: list[SpanProcessor] = list(config.span_processors)
+        return InlineSpanStage(limits, config.span_processors)
+    return ProcessSpanStage(config.span_workers, config.path, config.db_path)
+
+
+class ExportService:
+    def __init__(self, config: Config, writer: GroupCommitWriter, metrics: Metrics, stage: SpanStage) -> None:
+        self._token = config.bearer_token
+        self._stage = stage
         self._writer = writer
         self._metrics = metrics
         self.max_request_size = config.limits.max_request_size
@@ -65,7 +72,13 @@ class ExportService:
         if not hmac.compare_digest(presented.encode(), self._token.encode()):
             raise UnauthenticatedError("missing or wrong bearer token")
 
-    def export(self, request: ExportTraceServiceRequest) -> ExportOutcome:
+    def export_body(self, body: bytes, media_type: str) -> ExportOutcome:
+        """Parse an OTLP body (protobuf, or OTLP/JSON when ``media_type`` is application/json) and export it."""
+        if media_type == "application/json":
+            return self.export(parse_json(body))
+        return self.export(parse_protobuf(body), wire=body)
+
+    def export(self, request: ExportTraceServiceRequest, wire: bytes | None = None) -> ExportOutcome:
         started = time.perf_counter()
         n = count_spans(request)
         self._metrics.add("spans_received", n)
@@ -79,10 +92,8 @@ class ExportService:
             raise
         reserved = n
         try:
-            result = decode_request(request, self._limits)
+            result = self._stage.run(request, wire)
             batch = result.batch
-            for proc in self._processors:
-                batch = proc.process(batch)
             if result.rejected:
                 self._metrics.add("spans_rejected", result.rejected)
                 log.info("rejected %d of %d spans: %s", result.rejected, n, _first_line(result.errors))

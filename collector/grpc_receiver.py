@@ -11,7 +11,6 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from tracesieve.collector.config import Endpoint
-from tracesieve.collector.decode import parse_protobuf
 from tracesieve.collector.export import ExportService
 from tracesieve.storage.errors import (
     ExportError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError,
@@ -56,7 +55,7 @@ class _TraceServicer:
             if self._service.auth_required:
                 metadata = dict(context.invocation_metadata())
                 self._service.authenticate(metadata.get("authorization"))
-            outcome = self._service.export(parse_protobuf(body))
+            outcome = self._service.export_body(body, "application/x-protobuf")
         except ExportError as exc:
             abort_with(context, exc)
             raise  # unreachable: abort raises

@@ -24,7 +24,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tracesieve.collector.decode import parse_json, parse_protobuf
 from tracesieve.collector.export import ExportService
 from tracesieve.storage.errors import (
     ExportError, NotFoundError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError, UsageError,
@@ -127,7 +126,7 @@ def build_app(
         try:
             service.authenticate(request.headers.get("authorization"))
             body = await _read_body(request, service.max_request_size)
-            outcome = await run_in_threadpool(_export, service, body, media_type)
+            outcome = await run_in_threadpool(service.export_body, body, media_type)
         except ClientDisconnect:
             return Response(status_code=499)
         except ExportError as exc:
@@ -190,8 +189,4 @@ def build_app(
         Route("/api/{op}", api_call, methods=["POST"]),
     ])
 
-
-def _export(service: ExportService, body: bytes, media_type: str) -> Any:
-    request = parse_json(body) if media_type == JSON else parse_protobuf(body)
-    return service.export(request)
 

@@ -23,7 +23,7 @@ import uvicorn
 
 from tracesieve.collector.api import StoreApi
 from tracesieve.collector.config import Config
-from tracesieve.collector.export import ExportService
+from tracesieve.collector.export import ExportService, span_stage_for
 from tracesieve.collector.grpc_receiver import start_grpc_server
 from tracesieve.collector.http_receiver import build_app
 from tracesieve.collector.judge import Judge
@@ -56,7 +56,8 @@ class Collector:
         self._read_base = self.con.cursor()
         self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,
                                         retry_after=cfg.limits.retry_after)
-        self.service = ExportService(cfg, self.writer, self.metrics)
+        self._stage = span_stage_for(cfg)
+        self.service = ExportService(cfg, self.writer, self.metrics, self._stage)
         self.judge = Judge(self.con.cursor(), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics)
         self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60))
         self.judge.start()
@@ -108,6 +109,7 @@ class Collector:
     def _abort_start(self) -> None:
         if self._grpc is not None:
             self._grpc.stop(0)
+        self._stage.shutdown()
         self.judge.stop()
         self.writer.close()
         self.con.close()
@@ -162,6 +164,7 @@ class Collector:
             self._http_thread.join(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
         if grpc_stopped is not None:
             grpc_stopped.wait(timeout=max(0.5, deadline - time.monotonic()))
+        self._stage.shutdown()
         self.judge.stop()
         judged = self.judge.drain(deadline - 2.0)
         self.writer.close(timeout=max(1.0, deadline - time.monotonic()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,7 @@ def test_no_config_means_the_documented_defaults(tmp_path):
     ("receivers: {otlp: {auth: {bearer_token: '${env:TS_SURELY_UNSET_VAR}'}}}\n",
      "receivers.otlp.auth.bearer_token: environment variable TS_SURELY_UNSET_VAR is not set"),
     ("receivers: [otlp\n", "not valid YAML"),
+    ("service: {span_workers: many}\n", "service.span_workers: expected auto or a number"),
 ])
 def test_bad_config_names_the_file_and_the_key(tmp_path, text, expected):
     path = write(tmp_path, text)
@@ -106,3 +108,21 @@ def test_third_party_processor_from_an_installed_package_runs_in_the_pipeline(st
     assert result.returncode == 2
     assert "processors.drop_spans.colour: unknown key" in result.stderr
     assert "processors.drop_spans.names" in result.stderr
+
+
+def test_span_stage_runs_inline_or_in_worker_processes_with_the_same_result(start_collector, tmp_path):
+    rows = {}
+    for workers in (0, 2):
+        where = tmp_path / f"w{workers}"
+        where.mkdir()
+        c = start_collector({"service": {"span_workers": workers, "pipelines": {"traces": {"processors": ["pii"]}}}},
+                            workdir=where)
+        req = make_request(3)
+        req.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="input.value").value.string_value = \
+            "mail ann@example.com please"
+        assert post(c, req.SerializeToString()).status_code == 200
+        rows[workers] = c.query("SELECT input_value, pii_redactions FROM spans WHERE input_value IS NOT NULL")
+        c.stop()
+    assert rows[0] == rows[2]
+    assert rows[0][0]["input_value"] == "mail <EMAIL> please"
+    assert json.loads(rows[0][0]["pii_redactions"])["EMAIL"] >= 1

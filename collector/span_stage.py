@@ -1,0 +1,124 @@
+"""Where decode and the span-stage processors run: inline, or in a pool of worker processes.
+
+Decoding and sanitizing are pure-Python work per attribute; in one process they
+hold the GIL that the judge and the receivers also need. With ``service.span_workers``
+above zero they run in that many worker processes (spawned, so no gRPC or DuckDB
+state is forked), each building the same processors from the same config file.
+A request travels to a worker as serialized OTLP protobuf and comes back as an
+Arrow IPC stream of the sanitized batch: nothing unredacted leaves the worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Protocol
+
+import pyarrow as pa
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tracesieve.collector.decode import DecodeLimits, DecodeResult, decode_request, parse_protobuf
+from tracesieve.processors.base import SpanProcessor
+from tracesieve.storage.errors import RetryableError
+
+
+class SpanStage(Protocol):
+    def run(self, request: ExportTraceServiceRequest, wire: bytes | None) -> DecodeResult:
+        """Decode ``request`` (``wire``: its protobuf bytes when already at hand) and run the processors."""
+        ...
+
+    def shutdown(self) -> None: ...
+
+
+def run_inline(request: ExportTraceServiceRequest, limits: DecodeLimits,
+               processors: Sequence[SpanProcessor]) -> DecodeResult:
+    result = decode_request(request, limits)
+    batch = result.batch
+    for proc in processors:
+        batch = proc.process(batch)
+    result.batch = batch
+    return result
+
+
+class InlineSpanStage:
+    """Runs in the receiver's worker thread."""
+
+    def __init__(self, limits: DecodeLimits, processors: Sequence[SpanProcessor]) -> None:
+        self._limits = limits
+        self._processors = list(processors)
+
+    def run(self, request: ExportTraceServiceRequest, wire: bytes | None) -> DecodeResult:
+        return run_inline(request, self._limits, self._processors)
+
+    def shutdown(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_WORKER: tuple[DecodeLimits, list[SpanProcessor]] | None = None
+
+
+def _init_worker(config_path: str | None, db_path: str) -> None:
+    """Build the span stage from the same config file the collector loaded (runs once per worker)."""
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the collector decides when workers stop
+    from tracesieve.collector.config import load_config
+
+    config = load_config(config_path, db_path=db_path)
+    limits = DecodeLimits(
+        max_attributes_per_span=config.limits.max_attributes_per_span,
+        max_value_size=config.limits.max_value_size,
+        max_nesting_depth=config.limits.max_nesting_depth,
+    )
+    _WORKER = (limits, list(config.span_processors))
+
+
+def _work(wire: bytes) -> tuple[bytes, int, list[str]]:
+    assert _WORKER is not None, "worker used before its initializer ran"
+    limits, processors = _WORKER
+    result = run_inline(parse_protobuf(wire), limits, processors)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, result.batch.schema) as writer:
+        writer.write_table(result.batch)
+    return sink.getvalue().to_pybytes(), result.rejected, result.errors
+
+
+class ProcessSpanStage:
+    """A pool of spawned worker processes; a crashed pool is replaced and the request asked to retry."""
+
+    def __init__(self, workers: int, config_path: str | None, db_path: str) -> None:
+        self._workers = workers
+        self._initargs = (config_path, db_path)
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+        # Start every worker now (and surface config problems) instead of on the first request.
+        list(self._pool.map(_noop, range(workers)))
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=self._initargs)
+
+    def run(self, request: ExportTraceServiceRequest, wire: bytes | None) -> DecodeResult:
+        payload = wire if wire is not None else request.SerializeToString()
+        pool = self._pool
+        try:
+            ipc, rejected, errors = pool.submit(_work, payload).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = self._new_pool()
+            raise RetryableError("a span-stage worker died; retry", 1.0) from None
+        batch = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all()
+        return DecodeResult(batch=batch, rejected=rejected, errors=errors)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+def _noop(_: int) -> None:
+    return None
