@@ -389,7 +389,7 @@ def promote_case(
         case_id = f"TS-{max((_id_number(i) for i in used), default=0) + 1:04d}"
 
     case = _build_case(case_id, candidate, str(owner).strip(), severity, now)
-    plain = _plain(case)
+    plain: dict[str, Any] = _plain(case)
     errors = sorted(jsonschema.Draft202012Validator(CASE_SCHEMA).iter_errors(plain), key=lambda e: list(e.path))
     if errors:
         first = errors[0]

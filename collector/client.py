@@ -88,7 +88,7 @@ def running_collector(db_path: str) -> dict[str, Any] | None:
     path = discovery_path(db_path)
     try:
         with open(path, encoding="utf-8") as fh:
-            info = json.load(fh)
+            info: dict[str, Any] = json.load(fh)
         pid = int(info["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

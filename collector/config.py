@@ -114,8 +114,10 @@ class Config:
         return yaml.safe_dump(tree, sort_keys=False)
 
     def shutdown_processors(self) -> None:
-        for proc in [*self.span_processors, *self.trace_processors]:
-            proc.shutdown()
+        for span_proc in self.span_processors:
+            span_proc.shutdown()
+        for trace_proc in self.trace_processors:
+            trace_proc.shutdown()
 
 
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

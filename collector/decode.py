@@ -72,7 +72,8 @@ class DecodeResult:
 def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     """Parse a binary OTLP request; undecodable bytes (or invalid UTF-8 in a string) are a PermanentError."""
     try:
-        return ExportTraceServiceRequest.FromString(body)
+        request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(body)
+        return request
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise PermanentError(f"request body is not a valid ExportTraceServiceRequest: {exc}") from None
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: collections.defaultdict[str, float] = collections.defaultdict(float)
         self.redactions: collections.Counter[str] = collections.Counter()
         self.refused_by_reason: collections.Counter[str] = collections.Counter()
         self.export_seconds_total = 0.0

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from openinference.semconv.trace import SpanAttributes
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.sdk.resources import Resource
@@ -50,19 +51,19 @@ def emit_agent_trace(tracer: Tracer, *, question: str = "What is our refund poli
                      tool_error: bool = False, session: str = "sess-1") -> str:
     """An OpenInference agent trace: AGENT -> RETRIEVER -> LLM -> TOOL -> LLM. Returns the trace id (hex)."""
     with tracer.start_as_current_span("agent") as root:
-        root.set_attribute("openinference.span.kind", "AGENT")
-        root.set_attribute("input.value", question)
-        root.set_attribute("session.id", session)
+        root.set_attribute(SpanAttributes.OPENINFERENCE_SPAN_KIND, "AGENT")
+        root.set_attribute(SpanAttributes.INPUT_VALUE, question)
+        root.set_attribute(SpanAttributes.SESSION_ID, session)
         with tracer.start_as_current_span("retrieve") as r:
-            r.set_attribute("openinference.span.kind", "RETRIEVER")
-            r.set_attribute("input.value", question)
+            r.set_attribute(SpanAttributes.OPENINFERENCE_SPAN_KIND, "RETRIEVER")
+            r.set_attribute(SpanAttributes.INPUT_VALUE, question)
             for i in range(2):
                 r.set_attribute(f"retrieval.documents.{i}.document.id", f"doc-{i + 1}")
                 r.set_attribute(f"retrieval.documents.{i}.document.score", 0.9 - i * 0.1)
                 r.set_attribute(f"retrieval.documents.{i}.document.content", f"Policy text {i}")
         with tracer.start_as_current_span("llm") as llm:
-            llm.set_attribute("openinference.span.kind", "LLM")
-            llm.set_attribute("llm.model_name", "gpt-4o-2024-08-06")
+            llm.set_attribute(SpanAttributes.OPENINFERENCE_SPAN_KIND, "LLM")
+            llm.set_attribute(SpanAttributes.LLM_MODEL_NAME, "gpt-4o-2024-08-06")
             llm.set_attribute("llm.provider", "openai")
             llm.set_attribute("llm.input_messages.0.message.role", "system")
             llm.set_attribute("llm.input_messages.0.message.content", "You are a helpful support agent.")
@@ -76,23 +77,23 @@ def emit_agent_trace(tracer: Tracer, *, question: str = "What is our refund poli
             llm.set_attribute("llm.token_count.completion", 12)
             llm.set_attribute("llm.finish_reason", "tool_calls")
         with tracer.start_as_current_span("lookup_order") as tool:
-            tool.set_attribute("openinference.span.kind", "TOOL")
-            tool.set_attribute("tool.name", "lookup_order")
-            tool.set_attribute("input.value", json.dumps({"order_id": "ORD-1"}))
+            tool.set_attribute(SpanAttributes.OPENINFERENCE_SPAN_KIND, "TOOL")
+            tool.set_attribute(SpanAttributes.TOOL_NAME, "lookup_order")
+            tool.set_attribute(SpanAttributes.INPUT_VALUE, json.dumps({"order_id": "ORD-1"}))
             tool.set_attribute("input.mime_type", "application/json")
             if tool_error:
                 tool.record_exception(RuntimeError("order service returned 502"))
                 tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
             else:
-                tool.set_attribute("output.value", json.dumps({"status": "shipped"}))
+                tool.set_attribute(SpanAttributes.OUTPUT_VALUE, json.dumps({"status": "shipped"}))
         with tracer.start_as_current_span("llm") as final:
-            final.set_attribute("openinference.span.kind", "LLM")
-            final.set_attribute("llm.model_name", "gpt-4o-2024-08-06")
+            final.set_attribute(SpanAttributes.OPENINFERENCE_SPAN_KIND, "LLM")
+            final.set_attribute(SpanAttributes.LLM_MODEL_NAME, "gpt-4o-2024-08-06")
             final.set_attribute("llm.input_messages.0.message.role", "user")
             final.set_attribute("llm.input_messages.0.message.content", question)
             final.set_attribute("llm.output_messages.0.message.role", "assistant")
             final.set_attribute("llm.output_messages.0.message.content", "Refunds are accepted within 30 days [doc-1].")
-            final.set_attribute("output.value", "Refunds are accepted within 30 days [doc-1].")
+            final.set_attribute(SpanAttributes.OUTPUT_VALUE, "Refunds are accepted within 30 days [doc-1].")
             final.set_attribute("llm.finish_reason", "stop")
-        root.set_attribute("output.value", "Refunds are accepted within 30 days [doc-1].")
+        root.set_attribute(SpanAttributes.OUTPUT_VALUE, "Refunds are accepted within 30 days [doc-1].")
         return format(root.get_span_context().trace_id, "032x")

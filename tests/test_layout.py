@@ -57,3 +57,11 @@ def test_every_command_has_help_and_is_in_the_readme(command):
     assert result.returncode == 0, result.stderr
     assert "Usage:" in result.stdout
     assert f"tracesieve {command}" in (ROOT / "README.md").read_text()
+
+
+def test_every_openinference_span_kind_is_a_known_kind():
+    from openinference.semconv.trace import OpenInferenceSpanKindValues
+
+    from tracesieve.storage.schema import SPAN_KINDS
+
+    assert {k.value for k in OpenInferenceSpanKindValues} <= set(SPAN_KINDS)
