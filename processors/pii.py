@@ -436,8 +436,6 @@ class PiiProcessor:
         flags = [c in JSON_SPAN_COLUMNS for c in cols for _ in range(n)]
         whole = pa.concat_arrays(arrays) if len(arrays) > 1 else arrays[0]
         new, counters = san._redact_cells(whole, flags)
-        if not any(counters):
-            return batch
         totals: list[Counter | None] = [None] * n
         for k, c in enumerate(cols):
             part = counters[k * n:(k + 1) * n]
@@ -458,7 +456,7 @@ class PiiProcessor:
             merged = []
             for before, c in zip(old, totals):
                 if not c:
-                    merged.append(before)
+                    merged.append("{}" if before is None else before)  # scanned, nothing found
                     continue
                 prior = _parse_counts(before)
                 prior.update(c)
