@@ -51,6 +51,12 @@ def test_no_config_means_the_documented_defaults(tmp_path):
      "receivers.otlp.auth.bearer_token: environment variable TS_SURELY_UNSET_VAR is not set"),
     ("receivers: [otlp\n", "not valid YAML"),
     ("service: {span_workers: many}\n", "service.span_workers: expected auto or a number"),
+    ("processors: {detectors: {rules: [{name: bad_rule, failure_mode: loop, severity: P2,\n"
+     "  sql: 'SELECT trace_id, span_id, nme AS message, NULL AS evidence FROM spans'}]}}\n",
+     "processors.detectors.rules[0]"),
+    ("processors: {detectors: {rules: [{name: odd_mode, failure_mode: vibes, severity: P2,\n"
+     "  sql: 'SELECT trace_id, span_id, name AS message, NULL AS evidence FROM spans'}]}}\n",
+     "processors.detectors.rules[0].failure_mode"),
 ])
 def test_bad_config_names_the_file_and_the_key(tmp_path, text, expected):
     path = write(tmp_path, text)
