@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from tracesieve.storage.errors import UsageError
 from tracesieve.storage.migrations import migrate
@@ -126,36 +127,46 @@ def count_unjudged(con: duckdb.DuckDBPyConnection) -> int:
 RECEIVED_MARGIN = dt.timedelta(minutes=5)
 
 
-def load_traces(
+def load_traces_table(
     con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], received_since: dt.datetime | None = None
-) -> dict[str, list[dict[str, Any]]]:
-    """Spans of the given traces as SpanRow dicts (JSON columns parsed), each trace sorted by start_time.
+) -> pa.Table:
+    """The spans rows of the given traces as one Arrow table (JSON columns still text).
 
     ``received_since`` (the earliest first_received_at of those traces) lets DuckDB skip every older
     row group instead of scanning the whole table on each judge round.
     """
-    if not trace_ids:
-        return {}
     sql = "SELECT * FROM spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))"
     params: list[Any] = [list(trace_ids)]
     if received_since is not None:
         sql += " AND received_at >= ?"
         params.append(received_since - RECEIVED_MARGIN)
-    rel = con.execute(sql + " ORDER BY trace_id, start_time NULLS FIRST, span_id", params)
-    columns = [d[0] for d in rel.description or []]
-    json_idx = [i for i, c in enumerate(columns) if c in JSON_SPAN_COLUMNS]
+    table: pa.Table = con.execute(sql + " ORDER BY trace_id, start_time NULLS FIRST, span_id", params).to_arrow_table()
+    return table
+
+
+def traces_from_table(table: pa.Table, trace_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """SpanRow dicts grouped by trace (JSON columns parsed), in the table's order. Any thread or process."""
     out: dict[str, list[dict[str, Any]]] = {tid: [] for tid in trace_ids}
-    for row in rel.fetchall():
-        values = list(row)
-        for i in json_idx:
-            if values[i] is not None:
+    json_columns = [c for c in table.column_names if c in JSON_SPAN_COLUMNS]
+    for span in table.to_pylist():
+        for c in json_columns:
+            value = span[c]
+            if value is not None:
                 try:
-                    values[i] = json.loads(values[i])
+                    span[c] = json.loads(value)
                 except ValueError:
                     pass
-        span = dict(zip(columns, values))
         out.setdefault(span["trace_id"], []).append(span)
     return out
+
+
+def load_traces(
+    con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], received_since: dt.datetime | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Spans of the given traces as SpanRow dicts (JSON columns parsed), each trace sorted by start_time."""
+    if not trace_ids:
+        return {}
+    return traces_from_table(load_traces_table(con, trace_ids, received_since), trace_ids)
 
 
 def save_detections(

@@ -232,11 +232,14 @@ def test_full_queue_throttles_with_retry_hints_and_loses_nothing(start_collector
     c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_queued_spans": 20}}}})
     throttled: list[tuple[str, object]] = []
     trace_id = os.urandom(16)
-    requests = [make_request(15, trace_id=trace_id, pad=2000) for _ in range(24)]
+    requests = [make_request(15, trace_id=trace_id, pad=20_000) for _ in range(24)]
+    start_together = threading.Barrier(len(requests))
 
     def send_grpc(req: ExportTraceServiceRequest) -> None:
         with grpc.insecure_channel(c.grpc_endpoint) as channel:
             stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=30)
+            start_together.wait(60)
             for _ in range(200):
                 try:
                     stub.Export(req, timeout=30)
@@ -252,6 +255,7 @@ def test_full_queue_throttles_with_retry_hints_and_loses_nothing(start_collector
 
     def send_http(req: ExportTraceServiceRequest) -> None:
         body = req.SerializeToString()
+        start_together.wait(60)
         for _ in range(200):
             response = post(c, body)
             if response.status_code == 200:
