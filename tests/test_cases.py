@@ -250,3 +250,24 @@ def test_export_record_has_input_expected_and_metadata():
     assert (meta["candidate_id"], meta["case_id"], meta["failure_mode"]) == ("c0123456789a", "TS-0004", "tool_argument")
     assert meta["first_seen"] == "2026-11-21T10:00:00Z"
     json.dumps(rec)
+
+
+# --------------------------------------------------------------------------- the CLI, as a real subprocess
+
+
+def test_cases_lint_command_exit_codes(tmp_path):
+    from conftest import run_cli
+
+    clean = write_cases(tmp_path, HAND_WRITTEN)
+    ok = run_cli("cases", "lint", str(clean))
+    assert ok.returncode == 0 and ok.stdout.startswith("ok")
+
+    clean.write_text(HAND_WRITTEN.replace("failure_mode: tool_invocation", "failure_mode: vibes"))
+    bad = run_cli("cases", "lint", str(clean))
+    assert bad.returncode == 1
+    assert "failure_mode 'vibes' is outside the taxonomy" in bad.stdout
+    assert "1 problem" in bad.stderr
+
+    missing = run_cli("cases", "lint", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and missing.stderr.startswith("tracesieve: error:")
+    assert missing.stderr.count("\n") == 1
