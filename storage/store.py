@@ -8,12 +8,12 @@ is said on each. Writes are only ever run by the writer thread
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from tracesieve.storage.errors import UsageError
@@ -153,8 +153,8 @@ def traces_from_table(table: pa.Table, trace_ids: Sequence[str]) -> dict[str, li
             value = span[c]
             if value is not None:
                 try:
-                    span[c] = json.loads(value)
-                except ValueError:
+                    span[c] = orjson.loads(value)
+                except ValueError:  # orjson.JSONDecodeError is a ValueError
                     pass
         out.setdefault(span["trace_id"], []).append(span)
     return out
