@@ -33,11 +33,12 @@ def test_gate_fails_while_the_bug_is_there_and_passes_once_fixed(start_collector
     assert "ann@example.com" not in json.dumps(case, default=str)
     c.stop()
 
-    broken = run_cli("gate", "--cases", str(cases), "--format", "json", "--", sys.executable, AGENT,
+    broken = run_cli("gate", "--cases", str(cases), "--format", "json", "--repeat", "2", "--", sys.executable, AGENT,
                      "--bug", "tool_error", cwd=tmp_path, timeout=180)
     assert broken.returncode == 1, broken.stderr
     result = json.loads(broken.stdout)[0]
     assert result["case_id"] == "TS-0001" and result["result"] == "failed"
+    assert result["runs"] == 2 and len(result["traces"]) == 2
     assert any("tool_invocation again" in r for r in result["reasons"])
 
     fixed = run_cli("gate", "--cases", str(cases), "--protocol", "http/protobuf", "--", sys.executable, AGENT,

@@ -342,3 +342,9 @@ def test_per_span_limits_cut_drop_and_mark(start_collector):
     assert attrs["deep"] == {"level1": "[too deep]"}
     assert set(attrs) == {"openinference", "input", "deep", "extra"} and attrs["extra"] == [0]
     assert row["dropped_attributes_count"] == 3 + 4
+
+
+def test_a_single_request_larger_than_the_queue_is_accepted_when_nothing_is_queued(start_collector):
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_queued_spans": 5}}}})
+    assert post(c, make_request(40).SerializeToString()).status_code == 200
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 40}]
