@@ -207,9 +207,12 @@ def check_expected(expected: dict[str, Any], spans: list[dict[str, Any]]) -> lis
         worst = max(seen.values(), default=0)
         if worst > limit:
             problems.append(f"a tool was called {worst} times with the same arguments (max {limit})")
-    if expected.get("tool_calls_succeed"):
+    must_succeed = expected.get("tool_calls_succeed")
+    if must_succeed:
+        named = set(must_succeed) if isinstance(must_succeed, list) else None  # a list names the tools; true: all
         failed = [s.get("tool_name") or s.get("name") for s in spans
-                  if s.get("span_kind") == "TOOL" and s.get("status_code") == "ERROR"]
+                  if s.get("span_kind") == "TOOL" and s.get("status_code") == "ERROR"
+                  and (named is None or (s.get("tool_name") or s.get("name")) in named)]
         if failed:
             problems.append(f"tool calls failed: {failed}")
     if expected.get("no_error_spans"):
