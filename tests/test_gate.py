@@ -65,3 +65,32 @@ def test_gate_usage_errors_exit_2(tmp_path):
     (tmp_path / "cases.yaml").write_text("schema_version: 1\ncases: []\n")
     no_cmd = run_cli("gate", "--cases", str(tmp_path / "cases.yaml"), cwd=tmp_path)
     assert no_cmd.returncode == 2 and "agent command" in no_cmd.stderr
+
+
+def test_expected_behavior_assertions_each_catch_their_failure():
+    from tracesieve.collector.gate import check_expected
+
+    def span(kind, name, *, parent="root", status="OK", output=None, reason=None, args=None, ms=10.0):
+        return {"span_id": name, "parent_span_id": parent, "span_kind": kind, "name": name, "tool_name":
+                name if kind == "TOOL" else None, "status_code": status, "output_value": output,
+                "llm_finish_reason": reason, "input_value": args, "duration_ms": ms, "attributes": {}}
+
+    trace = [span("AGENT", "root", parent=None, output='{"answer": "sorry, I cannot"}'),
+             span("TOOL", "search", args='{"q": 1}'), span("TOOL", "search", args='{"q": 1}'),
+             span("TOOL", "refund", status="ERROR"), span("LLM", "llm", reason="length", ms=45_000.0)]
+    assert check_expected({}, trace) == []
+    cases = {
+        "required_tool_sequence": (["refund", "search"], "does not contain"),
+        "must_not": (["cannot"], "contains 'cannot'"),
+        "must_include": (["refund issued"], "does not contain 'refund issued'"),
+        "output_schema": ({"type": "object", "required": ["order_id"]}, "breaks output_schema"),
+        "finish_reason_not": (["length"], "finished with length"),
+        "max_identical_calls": (1, "called 2 times"),
+        "tool_calls_succeed": (["refund"], "tool calls failed"),
+        "max_duration_ms": ({"LLM": 30_000}, "took 45000ms"),
+    }
+    for key, (value, message) in cases.items():
+        problems = check_expected({key: value}, trace)
+        assert len(problems) == 1 and message in problems[0], (key, problems)
+    assert check_expected({"required_tool_sequence": ["search", "refund"], "tool_calls_succeed": ["search"]},
+                          trace) == []
