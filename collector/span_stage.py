@@ -11,8 +11,10 @@ Arrow IPC stream of the sanitized batch: nothing unredacted leaves the worker.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -63,10 +65,12 @@ class InlineSpanStage:
 _WORKER: tuple[DecodeLimits, list[SpanProcessor]] | None = None
 
 
-def _init_worker(config_path: str | None, db_path: str) -> None:
+def _init_worker(config_path: str | None, db_path: str, collector_pid: int) -> None:
     """Build the span stage from the same config file the collector loaded (runs once per worker)."""
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the collector decides when workers stop
+    threading.Thread(target=_exit_with_collector, args=(collector_pid,), name="watch-collector",
+                     daemon=True).start()
     from tracesieve.collector.config import load_config
 
     config = load_config(config_path, db_path=db_path)
@@ -76,6 +80,13 @@ def _init_worker(config_path: str | None, db_path: str) -> None:
         max_nesting_depth=config.limits.max_nesting_depth,
     )
     _WORKER = (limits, list(config.span_processors))
+
+
+def _exit_with_collector(collector_pid: int) -> None:
+    """A collector killed with SIGKILL cannot stop its pool: each worker leaves when it is orphaned."""
+    while os.getppid() == collector_pid:
+        time.sleep(0.5)
+    os._exit(0)
 
 
 def _work(wire: bytes) -> tuple[bytes, int, list[str]]:
@@ -93,7 +104,7 @@ class ProcessSpanStage:
 
     def __init__(self, workers: int, config_path: str | None, db_path: str) -> None:
         self._workers = workers
-        self._initargs = (config_path, db_path)
+        self._initargs = (config_path, db_path, os.getpid())
         self._lock = threading.Lock()
         self._pool = self._new_pool()
         # Start every worker now (and surface config problems) instead of on the first request.

@@ -103,9 +103,14 @@ class RunningCollector:
         return int(self.proc.returncode)
 
     def kill(self) -> None:
+        """Clean-up: a graceful stop first, SIGKILL only if it hangs."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

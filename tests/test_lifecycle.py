@@ -142,3 +142,24 @@ def test_tls_on_both_receivers_and_the_query_surface(start_collector, tmp_path):
         trace_service_pb2_grpc.TraceServiceStub(channel).Export(make_request(3), timeout=10)
     # the CLI reaches the TLS query surface with the certificate the collector published
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 5}]
+
+
+def test_span_workers_do_not_outlive_a_killed_collector(start_collector):
+    c = start_collector({**NO_JUDGE, "service": {"span_workers": 2, "pipelines": {"traces": {"processors": []}}}})
+    assert post(c, make_request(2).SerializeToString()).status_code == 200
+    children = [int(p) for p in open(f"/proc/{c.proc.pid}/task/{c.proc.pid}/children").read().split()]
+    assert len(children) >= 2
+    c.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    alive = children
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if os.path.exists(f"/proc/{p}") and "Z" not in _state(p)]
+        time.sleep(0.2)
+    assert alive == [], f"orphaned span workers still running: {alive}"
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
