@@ -7,6 +7,7 @@ import signal
 import time
 
 import yaml
+from opentelemetry.trace import Status, StatusCode
 
 from conftest import FAST_JUDGE
 from sdk_helpers import emit_agent_trace, sdk_tracer
@@ -153,3 +154,37 @@ def test_pending_traces_are_judged_after_a_crash(start_collector):
     c.config_path.write_text(c.config_path.read_text().replace("1m", "300ms"))
     c.start()
     detections_for(c, trace_id)
+
+
+def test_genai_spans_are_judged_end_to_end(start_collector):
+    import json as _json
+
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("invoke_agent support") as root:
+            root.set_attribute("gen_ai.operation.name", "invoke_agent")
+            root.set_attribute("gen_ai.agent.name", "support")
+            with tracer.start_as_current_span("chat gpt-4o") as chat:
+                chat.set_attribute("gen_ai.operation.name", "chat")
+                chat.set_attribute("gen_ai.provider.name", "openai")
+                chat.set_attribute("gen_ai.request.model", "gpt-4o")
+                chat.set_attribute("gen_ai.response.finish_reasons", ["length"])
+                chat.set_attribute("gen_ai.input.messages", _json.dumps(
+                    [{"role": "user", "parts": [{"type": "text", "content": "Summarise my last 3 orders"}]}]))
+                chat.set_attribute("gen_ai.output.messages", _json.dumps(
+                    [{"role": "assistant", "parts": [{"type": "text", "content": "Your orders were"}],
+                      "finish_reason": "length"}]))
+            with tracer.start_as_current_span("execute_tool lookup_order") as tool:
+                tool.set_attribute("gen_ai.operation.name", "execute_tool")
+                tool.set_attribute("gen_ai.tool.name", "lookup_order")
+                tool.set_attribute("gen_ai.tool.call.arguments", '{"order_id": "ORD-9"}')
+                tool.set_attribute("error.type", "TimeoutError")
+                tool.set_status(Status(StatusCode.ERROR, "timed out"))
+            trace_id = format(root.get_span_context().trace_id, "032x")
+    kinds = c.query(f"SELECT span_kind FROM spans WHERE trace_id = '{trace_id}' ORDER BY span_kind")
+    assert [k["span_kind"] for k in kinds] == ["AGENT", "LLM", "TOOL"]
+    rows = c.wait_for(f"SELECT failure_mode FROM detections WHERE trace_id = '{trace_id}' ORDER BY 1",
+                      lambda r: len(r) >= 2)
+    assert {"truncation", "tool_invocation"} <= {r["failure_mode"] for r in rows}
+    cand = c.wait_for("SELECT input FROM candidates WHERE failure_mode = 'truncation'", lambda r: len(r) == 1)
+    assert "Summarise my last 3 orders" in cand[0]["input"]
