@@ -157,8 +157,6 @@ def test_pending_traces_are_judged_after_a_crash(start_collector):
 
 
 def test_genai_spans_are_judged_end_to_end(start_collector):
-    import json as _json
-
     c = start_collector(FAST_JUDGE)
     with sdk_tracer("http", c.http_url) as tracer:
         with tracer.start_as_current_span("invoke_agent support") as root:
@@ -169,9 +167,9 @@ def test_genai_spans_are_judged_end_to_end(start_collector):
                 chat.set_attribute("gen_ai.provider.name", "openai")
                 chat.set_attribute("gen_ai.request.model", "gpt-4o")
                 chat.set_attribute("gen_ai.response.finish_reasons", ["length"])
-                chat.set_attribute("gen_ai.input.messages", _json.dumps(
+                chat.set_attribute("gen_ai.input.messages", json.dumps(
                     [{"role": "user", "parts": [{"type": "text", "content": "Summarise my last 3 orders"}]}]))
-                chat.set_attribute("gen_ai.output.messages", _json.dumps(
+                chat.set_attribute("gen_ai.output.messages", json.dumps(
                     [{"role": "assistant", "parts": [{"type": "text", "content": "Your orders were"}],
                       "finish_reason": "length"}]))
             with tracer.start_as_current_span("execute_tool lookup_order") as tool:
