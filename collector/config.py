@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from tracesieve.collector.decode import DecodeLimits
 from tracesieve.collector.registry import ProcessorRegistry
 from tracesieve.processors.base import SpanProcessor, TraceProcessor
 from tracesieve.storage.errors import ConfigError
@@ -97,6 +98,14 @@ class Config:
     trace_processors: list[TraceProcessor]
     tree: dict[str, Any]  # the effective YAML tree (for --print-config)
     span_workers: int = 0  # worker processes for decode + span stage; 0 = in the receiving threads
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(
+            max_attributes_per_span=self.limits.max_attributes_per_span,
+            max_value_size=self.limits.max_value_size,
+            max_nesting_depth=self.limits.max_nesting_depth,
+        )
 
     @property
     def decision_wait(self) -> float:

@@ -19,7 +19,7 @@ import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracesieve.collector.config import Config
-from tracesieve.collector.decode import DecodeLimits, count_spans, parse_json, parse_protobuf
+from tracesieve.collector.decode import count_spans, parse_json, parse_protobuf
 from tracesieve.collector.metrics import Metrics
 from tracesieve.collector.span_stage import InlineSpanStage, ProcessSpanStage, SpanStage
 from tracesieve.storage.errors import RetryableError, UnauthenticatedError
@@ -41,12 +41,7 @@ class ExportOutcome:
 def span_stage_for(config: Config) -> SpanStage:
     """Inline when ``service.span_workers`` is 0, else a pool of that many worker processes."""
     if config.span_workers <= 0:
-        limits = DecodeLimits(
-            max_attributes_per_span=config.limits.max_attributes_per_span,
-            max_value_size=config.limits.max_value_size,
-            max_nesting_depth=config.limits.max_nesting_depth,
-        )
-        return InlineSpanStage(limits, config.span_processors)
+        return InlineSpanStage(config.decode_limits, config.span_processors)
     return ProcessSpanStage(config.span_workers, config.path, config.db_path)
 
 

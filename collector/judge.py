@@ -61,7 +61,6 @@ class Judge:
         self.decision_wait = decision_wait
         self._metrics = metrics
         self._stop = threading.Event()
-        self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracesieve-judge", daemon=True)
         self.pending = 0
 
@@ -103,13 +102,12 @@ class Judge:
     def judge_round(self, *, quiet: bool) -> int:
         """Judge up to TRACES_PER_ROUND due traces; returns how many were judged."""
         cur = self._cursor
+        quiet_since = utcnow() - dt.timedelta(seconds=self.decision_wait) if quiet else None
         if not self._processors:
-            quiet_since = None if not quiet else utcnow() - dt.timedelta(seconds=self.decision_wait)
             due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND)
             if due:
                 self._writer.submit_task(lambda con: store.mark_judged(con, due, utcnow())).result(timeout=60)
             return len(due)
-        quiet_since = utcnow() - dt.timedelta(seconds=self.decision_wait) if quiet else None
         cur.execute("BEGIN TRANSACTION")
         try:
             due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND)

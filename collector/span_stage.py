@@ -74,12 +74,7 @@ def _init_worker(config_path: str | None, db_path: str, collector_pid: int) -> N
     from tracesieve.collector.config import load_config
 
     config = load_config(config_path, db_path=db_path)
-    limits = DecodeLimits(
-        max_attributes_per_span=config.limits.max_attributes_per_span,
-        max_value_size=config.limits.max_value_size,
-        max_nesting_depth=config.limits.max_nesting_depth,
-    )
-    _WORKER = (limits, list(config.span_processors))
+    _WORKER = (config.decode_limits, list(config.span_processors))
 
 
 def _exit_with_collector(collector_pid: int) -> None:
