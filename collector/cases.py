@@ -198,6 +198,23 @@ def _read_history(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[st
     return events, problems
 
 
+def history_events(cases_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The well-formed events of the history.jsonl beside ``cases_path``, oldest first (lint reports the rest)."""
+    events, _ = _read_history(Path(cases_path).parent / HISTORY_FILE)
+    return [ev for _, ev in events]
+
+
+def append_history(cases_path: str | os.PathLike[str], event: str, case_id: str, detail: Mapping[str, Any],
+                   now: dt.datetime | None = None) -> None:
+    """Append one ``{"at", "event", "case_id", "detail"}`` line to the history.jsonl beside ``cases_path``."""
+    if event not in HISTORY_EVENTS:
+        raise ValueError(f"unknown history event {event!r}")
+    record = {"at": _iso(now or dt.datetime.now(dt.timezone.utc)), "event": event, "case_id": case_id,
+              "detail": dict(detail)}
+    with (Path(cases_path).parent / HISTORY_FILE).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+
 def _read_removed(path: Path) -> tuple[dict[str, int | None], list[str]]:
     """Ledger ids -> line, and problems."""
     ids: dict[str, int | None] = {}
@@ -423,11 +440,9 @@ def promote_case(
             new_text = _dump(y, doc)
     _atomic_write(path, new_text)
 
-    event = {"at": _iso(now), "event": "promoted", "case_id": case_id,
-             "detail": {"candidate_id": candidate_id, "by": str(owner).strip(),
-                        "failure_mode": candidate.get("failure_mode"), "trace_id": plain["source"]["trace_id"]}}
-    with (path.parent / HISTORY_FILE).open("a", encoding="utf-8") as f:
-        f.write(json.dumps(event, ensure_ascii=False) + "\n")
+    append_history(path, "promoted", case_id,
+                   {"candidate_id": candidate_id, "by": str(owner).strip(),
+                    "failure_mode": candidate.get("failure_mode"), "trace_id": plain["source"]["trace_id"]}, now)
     return plain
 
 

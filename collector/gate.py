@@ -24,6 +24,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from tracesieve.collector.cases import append_history, history_events
 from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.server import Collector
 from tracesieve.storage import store
@@ -238,25 +239,15 @@ def check_expected(expected: dict[str, Any], spans: list[dict[str, Any]]) -> lis
 
 
 def _record_history(cases_path: str, results: list[CaseResult]) -> None:
-    history = os.path.join(os.path.dirname(os.path.abspath(cases_path)), "history.jsonl")
-    last: dict[str, str] = {}
-    if os.path.exists(history):
-        with open(history, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict) and event.get("event") in ("passed", "failed"):
-                    last[str(event.get("case_id"))] = str(event["event"])
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with open(history, "a", encoding="utf-8") as fh:
-        for r in results:
-            outcome = "passed" if r.passed else "failed"
-            detail: dict[str, Any] = {"runs": r.runs, "traces": r.traces[:20]}
-            if r.reasons:
-                detail["reasons"] = r.reasons[:10]
-            if r.case_id in last and last[r.case_id] != outcome:
-                fh.write(json.dumps({"at": now, "event": "flipped", "case_id": r.case_id,
-                                     "detail": {"from": last[r.case_id], "to": outcome}}) + "\n")
-            fh.write(json.dumps({"at": now, "event": outcome, "case_id": r.case_id, "detail": detail}) + "\n")
+    """passed/failed per case, and flipped when the outcome differs from the case's previous one."""
+    last = {str(ev.get("case_id")): str(ev["event"]) for ev in history_events(cases_path)
+            if ev.get("event") in ("passed", "failed")}
+    now = dt.datetime.now(dt.timezone.utc)
+    for r in results:
+        outcome = "passed" if r.passed else "failed"
+        detail: dict[str, Any] = {"runs": r.runs, "traces": r.traces[:20]}
+        if r.reasons:
+            detail["reasons"] = r.reasons[:10]
+        if r.case_id in last and last[r.case_id] != outcome:
+            append_history(cases_path, "flipped", r.case_id, {"from": last[r.case_id], "to": outcome}, now)
+        append_history(cases_path, outcome, r.case_id, detail, now)
