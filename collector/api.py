@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,11 @@ from tracesieve.storage.errors import NotFoundError, UsageError
 from tracesieve.storage.schema import utcnow
 
 WriteRunner = Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any]
+
+
+def discovery_path(db_path: str) -> str:
+    """Where a running ``serve`` publishes its query surface for the store at ``db_path``."""
+    return os.path.abspath(db_path) + ".serve.json"
 
 
 def jsonable(value: Any) -> Any:

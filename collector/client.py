@@ -17,8 +17,7 @@ from typing import Any, Protocol
 import duckdb
 import httpx
 
-from tracesieve.collector.api import StoreApi
-from tracesieve.collector.server import discovery_path
+from tracesieve.collector.api import StoreApi, discovery_path
 from tracesieve.storage import store
 from tracesieve.storage.errors import NotFoundError, TraceSieveError, UsageError
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import uvicorn
 
-from tracesieve.collector.api import StoreApi
+from tracesieve.collector.api import StoreApi, discovery_path
 from tracesieve.collector.config import Config
 from tracesieve.collector.export import ExportService, span_stage_for
 from tracesieve.collector.grpc_receiver import start_grpc_server
@@ -32,10 +32,6 @@ from tracesieve.storage import store
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.server")
-
-
-def discovery_path(db_path: str) -> str:
-    return os.path.abspath(db_path) + ".serve.json"
 
 
 class Collector:
