@@ -14,7 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -435,6 +435,33 @@ class _AttributeWalker:
         return None
 
     def nest(self, flat: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`nest_slowly`, through a compiled plan when this key set was seen before.
+
+        Spans of one kind from one instrumentor carry the same keys request after
+        request, and walking the dotted keys was the largest cost of decoding. The
+        second time a key set (with the same values structured) appears, its
+        nesting is compiled into one function that builds the object directly.
+        """
+        values = list(flat.values())
+        structured = tuple(i for i, x in enumerate(values) if type(x) is dict or type(x) is list)
+        signature = (tuple(flat), structured)
+        plan = _PLANS.get(signature)
+        if plan is not None:
+            return plan(values)
+        if signature in _SEEN_ONCE:
+            plan = _compile_plan(flat, structured, self.nest_slowly)
+            if plan is not None:
+                if len(_PLANS) >= _MAX_PLANS:
+                    _PLANS.clear()
+                _PLANS[signature] = plan
+                return plan(values)
+        else:
+            if len(_SEEN_ONCE) >= _MAX_PLANS:
+                _SEEN_ONCE.clear()
+            _SEEN_ONCE.add(signature)
+        return self.nest_slowly(flat)
+
+    def nest_slowly(self, flat: dict[str, Any]) -> dict[str, Any]:
         """Re-nest dotted keys: dots make objects, all-digit segments make lists (gaps are null).
 
         Where a key is both a leaf and a prefix (``a.b`` and ``a.b.c``), the object
@@ -501,3 +528,70 @@ class _AttributeWalker:
 
 
 _MISSING = object()
+
+
+# --------------------------------------------------------------------------- compiled nesting plans
+
+_MAX_PLANS = 4096
+_MAX_PLAN_KEYS = 1024
+_MAX_PLAN_DEPTH = 48  # well under the Python parser's limit on nested brackets
+_Plan = Callable[[list[Any]], dict[str, Any]]
+_PLANS: dict[tuple[tuple[str, ...], tuple[int, ...]], _Plan] = {}
+_SEEN_ONCE: set[tuple[tuple[str, ...], tuple[int, ...]]] = set()
+
+
+class _Slot:
+    """Stands for the value at ``index`` while a plan's shape is worked out."""
+
+    __slots__ = ("position",)
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+
+
+class _StructuredSlot(list):  # type: ignore[type-arg]
+    """A structured (array/kvlist) value's stand-in: a list, so nesting never merges keys into it."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__()
+        self.position = position
+
+
+def _compile_plan(flat: dict[str, Any], structured: tuple[int, ...],
+                  nest_slowly: Callable[[dict[str, Any]], dict[str, Any]]) -> _Plan | None:
+    """A function ``values -> nested object`` equal to ``nest_slowly(flat)`` for any values of this shape.
+
+    The shape is found by nesting stand-ins with the slow walk itself, so both
+    paths agree by construction; keys enter the source only through ``repr``.
+    None when the key set is too large or too deep to be worth compiling.
+    """
+    if len(flat) > _MAX_PLAN_KEYS:
+        return None
+    marked = set(structured)
+    stand_ins = {key: (_StructuredSlot(i) if i in marked else _Slot(i)) for i, key in enumerate(flat)}
+    shape = nest_slowly(stand_ins)
+    try:
+        source = _plan_source(shape, 0)
+        code = compile(f"lambda v: {source}", "<nesting plan>", "eval")
+    except (RecursionError, SyntaxError, MemoryError, ValueError, _TooDeep):
+        return None
+    plan: _Plan = eval(code, {"__builtins__": {}})  # noqa: S307 - source built above from repr() of keys only
+    return plan
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _plan_source(node: Any, depth: int) -> str:
+    if depth > _MAX_PLAN_DEPTH:
+        raise _TooDeep
+    if isinstance(node, (_Slot, _StructuredSlot)):
+        return f"v[{node.position}]"
+    if isinstance(node, dict):
+        return "{" + ",".join(f"{key!r}:{_plan_source(child, depth + 1)}" for key, child in node.items()) + "}"
+    if isinstance(node, list):
+        return "[" + ",".join(_plan_source(child, depth + 1) for child in node) + "]"
+    if node is None:
+        return "None"
+    raise ValueError(f"unexpected node in a nesting plan: {type(node).__name__}")

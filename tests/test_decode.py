@@ -1,0 +1,81 @@
+"""Attribute nesting: the compiled plans must build exactly what the reference walk builds."""
+
+from __future__ import annotations
+
+import random
+
+from tracesieve.collector import decode
+from tracesieve.collector.decode import DecodeLimits, _AttributeWalker
+
+
+def nest_three_times(flat):
+    """First sight: slow walk; second: compiles a plan; third: runs the plan."""
+    walker = _AttributeWalker(DecodeLimits())
+    return [walker.nest(dict(flat)) for _ in range(3)]
+
+
+def test_flattened_openinference_keys_become_objects_and_lists():
+    flat = {"llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": "hi",
+            "llm.input_messages.1.message.role": "assistant", "llm.model_name": "gpt-4o", "input.value": "hi"}
+    for nested in nest_three_times(flat):
+        assert nested == {"llm": {"input_messages": [{"message": {"role": "user", "content": "hi"}},
+                                                     {"message": {"role": "assistant"}}],
+                                  "model_name": "gpt-4o"},
+                          "input": {"value": "hi"}}
+
+
+def test_a_leaf_that_is_also_a_prefix_is_kept_under_the_empty_key():
+    for nested in nest_three_times({"a.b": 1, "a.b.c": 2}):
+        assert nested == {"a": {"b": {"": 1, "c": 2}}}
+
+
+def test_structured_values_never_get_keys_merged_into_them():
+    flat = {"tags": ["x", "y"], "tags.0": "z", "meta": {"k": 1}, "meta.k.j": 2}
+    for nested in nest_three_times(flat):
+        assert nested == decode._AttributeWalker(DecodeLimits()).nest_slowly(flat)
+        assert nested["tags"] == ["x", "y"] and nested["meta"] == {"k": 1}
+
+
+def test_the_same_keys_with_a_structured_value_in_a_new_place_get_their_own_plan():
+    walker = _AttributeWalker(DecodeLimits())
+    scalar = {"a": 1, "a.b": 2}
+    structured = {"a": [1], "a.b": 2}
+    for _ in range(3):
+        assert walker.nest(dict(scalar)) == {"a": {"": 1, "b": 2}}
+        assert walker.nest(dict(structured)) == {"a": [1], "a.b": 2}
+
+
+def test_plans_are_made_per_key_set_and_values_are_not_shared_between_calls():
+    walker = _AttributeWalker(DecodeLimits())
+    first = [walker.nest({"k.0": i, "k.1": str(i)}) for i in range(4)]
+    assert first == [{"k": [i, str(i)]} for i in range(4)]
+    first[3]["k"].append("changed")
+    assert walker.nest({"k.0": 9, "k.1": "9"}) == {"k": [9, "9"]}
+
+
+def test_keys_that_look_like_code_are_only_data():
+    flat = {"__import__('os').system('false')": 1, "a.}'\"\\n.0": 2, "a.}'\"\\n.1": 3, "": 4, ".": 5, "..x": 6}
+    reference = _AttributeWalker(DecodeLimits()).nest_slowly(dict(flat))
+    for nested in nest_three_times(flat):
+        assert nested == reference
+
+
+def test_very_deep_keys_fall_back_to_the_walk():
+    flat = {".".join(["d"] * 300): 1, "x": 2}
+    reference = _AttributeWalker(DecodeLimits()).nest_slowly(dict(flat))
+    for nested in nest_three_times(flat):
+        assert nested == reference
+
+
+def test_random_key_sets_nest_the_same_through_plans_and_the_walk():
+    rng = random.Random(7)
+    segments = ["a", "b", "0", "1", "2", "5", "msg", "", "10"]
+    for _ in range(400):
+        keys = {".".join(rng.choice(segments) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 9))}
+        flat = {}
+        for key in sorted(keys, key=lambda _k: rng.random()):
+            roll = rng.random()
+            flat[key] = [1, 2] if roll < 0.1 else ({"z": 1} if roll < 0.2 else rng.randint(0, 9))
+        reference = _AttributeWalker(DecodeLimits()).nest_slowly(dict(flat))
+        for nested in nest_three_times(flat):
+            assert nested == reference, flat
