@@ -859,8 +859,13 @@ class PromotionProcessor:
 
     # -- building -----------------------------------------------------------
 
-    def build_candidate(self, spans: Sequence[SpanRow], detections: Sequence[Detection]) -> Candidate:
-        """One candidate from the detections of one (trace, detector, failure_mode). Pure."""
+    def build_candidate(self, spans: Sequence[SpanRow], detections: Sequence[Detection],
+                        *, with_signature: bool = True) -> Candidate:
+        """One candidate from the detections of one (trace, detector, failure_mode). Pure.
+
+        ``with_signature=False`` leaves the MinHash signature empty: it is only needed
+        when the candidate turns out to be new, and it is the costliest part.
+        """
         cfg = self.config
         first = detections[0]
         inp = extract_input(spans)
@@ -883,8 +888,13 @@ class PromotionProcessor:
             source=extract_source(spans, detections, cfg.max_text_chars),
             trace_id=first.trace_id,
             intent=_intent(inp, tool, span_name, cfg.intent_words),
-            signature=minhash(shingles(_shingle_text(inp), cfg.shingle_words), cfg.minhash_permutations),
+            signature=self.signature(inp) if with_signature else [],
         )
+
+    def signature(self, inp: Any) -> list[int]:
+        """The MinHash signature of a candidate input (what near-duplicates are found by)."""
+        cfg = self.config
+        return minhash(shingles(_shingle_text(inp), cfg.shingle_words), cfg.minhash_permutations)
 
     # -- the stage ----------------------------------------------------------
 
@@ -907,7 +917,7 @@ class PromotionProcessor:
             return (start.isoformat() if hasattr(start, "isoformat") else str(start or ""), tid)
 
         keys = sorted(groups, key=lambda k: (trace_order(k[0]), k[1], k[2]))
-        built = [self.build_candidate(batch.traces[k[0]], groups[k]) for k in keys]
+        built = [self.build_candidate(batch.traces[k[0]], groups[k], with_signature=False) for k in keys]
 
         existing = {r["candidate_id"]: r for r in store.query(EXISTING_SQL, [sorted({c.candidate_id for c in built})])}
         indexes: dict[str, LshIndex] = {}
@@ -926,6 +936,7 @@ class PromotionProcessor:
                 self.stats["recurrences"] += 1
                 continue
             mode = cand.failure_mode
+            cand.signature = self.signature(cand.input)
             if mode not in indexes:
                 indexes[mode] = LshIndex()
                 for r in store.query(SIGNATURES_SQL, [mode, cfg.minhash_permutations]):

@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import orjson
+
 from tracesieve.processors.base import SpanRow
 
 #: A PII placeholder left by the sanitizer: ``<EMAIL>`` or ``<EMAIL:3f9a1c>``.
@@ -43,15 +45,44 @@ def attrs(span: SpanRow) -> dict[str, Any]:
 
 
 def try_json(value: Any) -> tuple[bool, Any]:
-    """(True, parsed) for JSON text, (True, value) for an already structured value, (False, error) otherwise."""
+    """(True, parsed) for JSON text, (True, value) for an already structured value, (False, error) otherwise.
+
+    Rules ask for the same raw request/response JSON of a span many times; long
+    texts are parsed once and remembered by content (callers never mutate what
+    they get back). orjson parses, the standard library only what orjson refuses
+    (NaN, huge integers), so what counts as JSON is unchanged.
+    """
     if isinstance(value, (dict, list)):
         return True, value
     if not isinstance(value, str):
         return False, "not a string"
+    remembered = len(value) >= _REMEMBER_FROM and value[:1] in ("{", "[")
+    if remembered:
+        hit = _PARSED.get(value, _NOT_PARSED)
+        if hit is not _NOT_PARSED:
+            return hit  # type: ignore[no-any-return]
     try:
-        return True, json.loads(value)
-    except ValueError as exc:
-        return False, str(exc)
+        result: tuple[bool, Any] = (True, orjson.loads(value))
+    except ValueError:
+        try:
+            result = (True, json.loads(value))
+        except ValueError as exc:
+            result = (False, str(exc))
+    if remembered:
+        global _parsed_chars
+        _parsed_chars += len(value)
+        if _parsed_chars > _REMEMBER_CHARS:
+            _PARSED.clear()
+            _parsed_chars = len(value)
+        _PARSED[value] = result
+    return result
+
+
+_REMEMBER_FROM = 64
+_REMEMBER_CHARS = 16 * 1024 * 1024  # bounded by text size: a value may be up to max_value_size
+_PARSED: dict[str, tuple[bool, Any]] = {}
+_parsed_chars = 0
+_NOT_PARSED = object()
 
 
 def loose(value: Any) -> Any:
