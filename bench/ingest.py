@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -54,6 +55,16 @@ def _proc_kib(pid: int, field: str) -> int:
     except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError):
         pass
     return 0
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """user + system CPU seconds a live process has used (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError, IndexError):
+        return 0.0
 
 
 def _children(pid: int) -> list[int]:
@@ -101,6 +112,8 @@ class Server:
             yaml.safe_dump(self.config, f, sort_keys=False)
         self.proc: subprocess.Popen | None = None
         self.peak_rss_kib = 0
+        self.startup_cpu_s = 0.0
+        self.cpu_s = 0.0
         self.startup_s = float("nan")
         self.drain_s = float("nan")
         self.exit_code: int | None = None
@@ -146,6 +159,8 @@ class Server:
                                    f"{self.log_tail()}")
             time.sleep(0.1)
         self.startup_s = time.monotonic() - t0
+        pid = self.proc.pid
+        self.startup_cpu_s = _proc_cpu_s(pid) + sum(_proc_cpu_s(c) for c in _children(pid))
 
     def _sample(self) -> None:
         deadline = time.monotonic() + 6 * 3600  # bounded even if nobody stops us
@@ -166,6 +181,7 @@ class Server:
             return None
         self._read_rss()
         t0 = time.monotonic()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -174,6 +190,9 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(10)
         self.drain_s = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # The server is reaped here, with the span workers it reaped: its whole life's CPU, all processes.
+        self.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime) - self.startup_cpu_s
         self.exit_code = self.proc.returncode
         self._sampling.set()
         if self._log:
@@ -290,6 +309,11 @@ def main(argv=None) -> int:
         print(f"db file size       {server.db_bytes() / 1e6:,.1f} MB "
               f"({server.db_bytes() / max(1, res.spans_acked):,.0f} B/span)")
         print(f"shutdown           SIGTERM -> exit {rc} in {server.drain_s:.1f} s")
+        if res.spans_acked:
+            per_span = server.cpu_s / res.spans_acked
+            print(f"server CPU         {server.cpu_s:,.1f} s user+sys after ready, workers and drain included: "
+                  f"{per_span * 1e6:,.0f} us/span, a ceiling of {os.cpu_count() / per_span:,.0f} spans/s "
+                  f"on {os.cpu_count()} cores")
         print(f"stored spans       {stored if stored is not None else 'query failed: ' + stored_err}"
               f" (acked {res.spans_acked:,})")
         ok = (stored is not None and int(stored) == res.spans_acked == res.spans_sent and rc == 0)

@@ -48,6 +48,7 @@ class Collector:
     def start(self) -> None:
         cfg = self.config
         self.con = store.open_database(cfg.db_path)
+        store.tune_for_ingest(self.con)
         store.forbid_file_access(self.con)
         self._read_base = self.con.cursor()
         self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,

@@ -51,6 +51,24 @@ def open_database(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConne
     return con
 
 
+#: Settings for the collector's own (long-lived, write-heavy) connection; see :func:`tune_for_ingest`.
+INGEST_SETTINGS = {
+    # DuckDB checkpoints every 16 MiB of WAL by default, and each checkpoint compresses the current,
+    # partly filled row group again from its start: at LLM-span sizes that rewrote the same rows
+    # dozens of times and was the largest single cost of ingest (bench/README.md, "writer").
+    "checkpoint_threshold": "64MiB",
+    # One thread: a commit of a few thousand spans gains nothing from a second thread but pays for
+    # the hand-off, and the collector's span workers already keep both cores busy.
+    "threads": 1,
+}
+
+
+def tune_for_ingest(con: duckdb.DuckDBPyConnection) -> None:
+    """Apply :data:`INGEST_SETTINGS` to the collector's database instance (CLI processes keep the defaults)."""
+    for name, value in INGEST_SETTINGS.items():
+        con.execute(f"SET {name} = '{value}'")
+
+
 def forbid_file_access(con: duckdb.DuckDBPyConnection) -> None:
     """Stop SQL on this database from reading or writing other files (read_csv, COPY, ATTACH...).
 
