@@ -7,7 +7,10 @@ import os
 import time
 from typing import Any
 
+import grpc
 import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -73,6 +76,9 @@ def test_scrape_counts_spans_by_receiver_and_reason_detections_redactions_and_co
     assert partial.status_code == 200
     assert post(c, request_with_a_bad_span_id(1).SerializeToString()).status_code == 401
     assert post(c, b"\xff\xff not protobuf", **AUTH).status_code == 400
+    with grpc.insecure_channel(c.grpc_endpoint) as channel, pytest.raises(grpc.RpcError) as denied:
+        trace_service_pb2_grpc.TraceServiceStub(channel).Export(request_with_a_bad_span_id(1), timeout=30)
+    assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
     deadline = time.monotonic() + 60
     samples = scrape(c)
@@ -89,6 +95,7 @@ def test_scrape_counts_spans_by_receiver_and_reason_detections_redactions_and_co
     assert value(samples, "tracesieve_spans_refused_total", receiver="http", reason="invalid_span") == 1
     assert value(samples, "tracesieve_export_requests_refused_total", receiver="http", reason="unauthenticated") == 1
     assert value(samples, "tracesieve_export_requests_refused_total", receiver="http", reason="invalid_request") == 1
+    assert value(samples, "tracesieve_export_requests_refused_total", receiver="grpc", reason="unauthenticated") == 1
     assert value(samples, "tracesieve_spans_refused_total", receiver="grpc", reason="invalid_span") == 0
 
     # request latency histogram per receiver: every answered request counted, buckets cumulative
@@ -107,7 +114,9 @@ def test_scrape_counts_spans_by_receiver_and_reason_detections_redactions_and_co
     assert value(samples, "tracesieve_detections", failure_mode="tool_invocation") >= 1
     assert value(samples, "tracesieve_candidates", status="new") >= 1
     assert value(samples, "tracesieve_traces_judged_total") >= 2
-    assert value(samples, "tracesieve_trace_judge_lag_seconds_count") >= 2
+    lags = value(samples, "tracesieve_trace_judge_lag_seconds_count")
+    assert lags >= 2
+    assert 0 <= value(samples, "tracesieve_trace_judge_lag_seconds_sum") / lags < 30, "lag in seconds, not hours"
     assert value(samples, "tracesieve_pending_traces") == 0
     assert value(samples, "tracesieve_trace_stage_lag_seconds") == 0
     assert TOKEN not in c.log() and "jane.roe@example.org" not in c.log()
