@@ -142,7 +142,11 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool, log_
     previous, taken = (collector.status() if interval else {}), time.monotonic()
     while not stop.wait(interval or 1.0):
         if interval:
-            current, now = collector.status(), time.monotonic()
+            try:
+                current, now = collector.status(), time.monotonic()
+            except Exception as exc:  # a status line is never worth stopping the collector for
+                log.warning("status unavailable: %s", type(exc).__name__)
+                continue
             fields = status_fields(previous, current, now - taken)
             logging.getLogger("tracesieve.status").info(status_line(fields), extra=fields)
             previous, taken = current, now

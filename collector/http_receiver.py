@@ -165,7 +165,11 @@ def build_app(
             service.authenticate(request.headers.get("authorization"))
         except UnauthenticatedError as exc:
             return PlainTextResponse(f"401 {exc}\n", status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        body = await run_in_threadpool(metrics_text)
+        try:
+            body = await run_in_threadpool(metrics_text)
+        except Exception as exc:  # e.g. the store is closing: say so instead of a 500 with a traceback
+            log.warning("metrics scrape failed: %s", type(exc).__name__)
+            return PlainTextResponse(f"503 metrics unavailable ({type(exc).__name__}); retry\n", status_code=503)
         return Response(body, headers={"Content-Type": CONTENT_TYPE})
 
     async def api_call(request: Request) -> Response:

@@ -3,8 +3,9 @@
 Structured fields travel as ``extra=`` keys on the log call; the text format
 shows the message (plus an optional ``block`` of indented lines), the JSON
 format ``{"ts", "level", "logger", "msg", ...fields}``. Both formats blank out
-every configured secret (the bearer token) wherever it would appear, as a last
-line of defence: no code path is meant to log one.
+every configured secret (the bearer token) wherever it would appear and show
+only the type of an exception (its message may quote span content), as a last
+line of defence: no code path is meant to log either.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class TextFormatter(_Scrubbing):
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__(secrets, "%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatException(self, ei: Any) -> str:
+        # The type only: an exception's message or traceback locals may quote span content.
+        return f"({ei[0].__name__ if ei and ei[0] else 'exception'}; details omitted from the log)"
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)

@@ -164,3 +164,29 @@ def test_readme_lists_every_metric_the_collector_exposes():
             continue  # prometheus_client's creation timestamps, which `serve` turns off
         shown = family.name + ("_total" if family.type == "counter" else "")
         assert f"`{shown}" in readme, f"{shown} is not documented in README.md"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_log_lines_never_carry_the_token_or_an_exception_message(log_format):
+    import io
+    import logging
+
+    from tracesieve.collector.logs import configure_logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging(log_format, stream, secrets=[TOKEN])
+        try:
+            raise ValueError("the payload was jane.roe@example.org")
+        except ValueError:
+            logging.getLogger("tracesieve.test").exception("failed with Bearer %s", TOKEN)
+        logging.getLogger("tracesieve.test").info("up", extra={"header": f"Bearer {TOKEN}"})
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+    text = stream.getvalue()
+    assert "ValueError" in text and "failed with Bearer [redacted]" in text
+    assert TOKEN not in text and "jane.roe@example.org" not in text
+    if log_format == "json":
+        assert [json.loads(line)["level"] for line in text.splitlines()] == ["error", "info"]
