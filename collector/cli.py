@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -106,18 +107,27 @@ def cli() -> None:
 @config_option
 @db_option
 @click.option("--print-config", is_flag=True, help="Print the effective config and exit.")
-def serve(config_path: str | None, db_path: str | None, print_config: bool) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines as text, or as one JSON object per line (ts, level, logger, msg, fields).")
+@click.option("--status-interval", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              metavar="SECONDS", help="Log a one-line status this often when stderr is a terminal (0: never).")
+def serve(config_path: str | None, db_path: str | None, print_config: bool, log_format: str,
+          status_interval: float) -> None:
     """Run the collector (gRPC 127.0.0.1:4317, HTTP 127.0.0.1:4318, DuckDB ./tracesieve.duckdb by default)."""
+    from prometheus_client import disable_created_metrics
+
     from tracesieve.collector.config import load_config
+    from tracesieve.collector.logs import configure_logging
     from tracesieve.collector.server import Collector
+    from tracesieve.collector.status import startup_block, status_fields, status_line
 
     config = load_config(config_path, db_path=db_path)
     if print_config:
         click.echo(config.printable(), nl=False)
         return
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    configure_logging(log_format, sys.stderr, secrets=[config.bearer_token or ""])
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series on /metrics
+    log = logging.getLogger("tracesieve.serve")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -126,9 +136,21 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool) -> N
         collector.start()
     except OSError as exc:
         raise UsageError(str(exc)) from None
-    while not stop.wait(1.0):
-        pass
-    logging.getLogger("tracesieve.server").info("signal received: draining and judging pending traces")
+    info = collector.startup_info()
+    log.info("tracesieve is up", extra={**info, "block": startup_block(info)})
+    interval = status_interval if status_interval > 0 and sys.stderr.isatty() else 0.0
+    previous, taken = (collector.status() if interval else {}), time.monotonic()
+    while not stop.wait(interval or 1.0):
+        if interval:
+            try:
+                current, now = collector.status(), time.monotonic()
+            except Exception as exc:  # a status line is never worth stopping the collector for
+                log.warning("status unavailable: %s", type(exc).__name__)
+                continue
+            fields = status_fields(previous, current, now - taken)
+            logging.getLogger("tracesieve.status").info(status_line(fields), extra=fields)
+            previous, taken = current, now
+    log.info("signal received: draining and judging pending traces")
     collector.stop()
 
 
@@ -424,6 +446,107 @@ def gate(cases_path: str, repeat: int, only: tuple[str, ...], protocol: str, tim
     if failed:
         raise CommandFailed(summary + f"; failing: {', '.join(r.case_id for r in failed)}")
     click.echo(summary, err=True)
+
+
+# --------------------------------------------------------------------------- completion and examples
+
+COMPLETION_SHELLS = ("bash", "zsh", "fish")
+COMPLETE_VAR = "_TRACESIEVE_COMPLETE"
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(COMPLETION_SHELLS))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    Same as click's built-in: eval "$(_TRACESIEVE_COMPLETE=bash_source tracesieve)" (zsh_source, fish_source).
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # every COMPLETION_SHELLS entry is built into click
+    click.echo(completer(cli, {}, "tracesieve", COMPLETE_VAR).source())
+
+
+#: Shown under "Examples:" at the end of each command's --help (a test checks every command has some).
+EXAMPLES: dict[str, list[str]] = {
+    "": [
+        "tracesieve serve",
+        "tracesieve candidates --status new",
+        "tracesieve report --out review.html",
+    ],
+    "serve": [
+        "tracesieve serve",
+        "tracesieve serve --config tracesieve.yaml --db /var/lib/tracesieve/store.duckdb",
+        "tracesieve serve --log-format json --status-interval 0",
+        "tracesieve serve --config tracesieve.yaml --print-config",
+    ],
+    "query": [
+        'tracesieve query "SELECT span_kind, count(*) AS n FROM spans GROUP BY 1"',
+        'tracesieve query "SELECT failure_mode, message FROM detections LIMIT 5" --format json',
+    ],
+    "candidates": [
+        "tracesieve candidates --status new",
+        "tracesieve candidates --mode tool_invocation --since 2h --format json",
+    ],
+    "show": [
+        "tracesieve show CANDIDATE_ID",
+        "tracesieve show CANDIDATE_ID --format json",
+    ],
+    "promote": [
+        "tracesieve promote CANDIDATE_ID --cases cases.yaml --owner alice",
+        "tracesieve promote CANDIDATE_ID --cases cases.yaml --owner support-team --severity P1 --id TS-0042",
+    ],
+    "reject": [
+        'tracesieve reject CANDIDATE_ID --reason "the refusal was correct: no order id given"',
+    ],
+    "export": [
+        "tracesieve export --format jsonl --out dataset.jsonl",
+        "tracesieve export --status all --format json",
+    ],
+    "cases": [
+        "tracesieve cases lint cases.yaml",
+    ],
+    "cases lint": [
+        "tracesieve cases lint cases.yaml",
+    ],
+    "gate": [
+        "tracesieve gate --cases cases.yaml -- python examples/agent.py",
+        "tracesieve gate --cases cases.yaml --repeat 3 --protocol http/protobuf -- python agent.py",
+    ],
+    "report": [
+        "tracesieve report --out review.html",
+        "tracesieve report --out new.html --status new",
+    ],
+    "completion": [
+        "tracesieve completion bash > ~/.local/share/bash-completion/completions/tracesieve",
+        'tracesieve completion zsh > "${fpath[1]}/_tracesieve"',
+        "tracesieve completion fish > ~/.config/fish/completions/tracesieve.fish",
+    ],
+}
+
+
+def _commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
+    """Every command under ``group`` by its path ("" is the group itself, "cases lint" a subcommand)."""
+    found: dict[str, click.Command] = {prefix.strip(): group}
+    for name, command in group.commands.items():
+        path = f"{prefix}{name}"
+        if isinstance(command, click.Group):
+            found.update(_commands(command, path + " "))
+        else:
+            found[path] = command
+    return found
+
+
+def _add_examples() -> None:
+    for path, command in _commands(cli).items():
+        lines = EXAMPLES.get(path)
+        if lines:
+            # \b keeps click from re-wrapping the block
+            command.epilog = "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+_add_examples()
 
 
 # --------------------------------------------------------------------------- entry point

@@ -12,7 +12,6 @@ import dataclasses
 import hmac
 import json
 import logging
-import time
 from collections import Counter
 
 import pyarrow as pa
@@ -20,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tracesieve.collector.config import Config
 from tracesieve.collector.decode import count_spans, parse_json, parse_protobuf
-from tracesieve.collector.metrics import Metrics
+from tracesieve.collector.metrics import ReceiverMetrics
 from tracesieve.collector.span_stage import InlineSpanStage, ProcessSpanStage, SpanStage
 from tracesieve.storage.errors import RetryableError, UnauthenticatedError
 from tracesieve.storage.writer import GroupCommitWriter
@@ -46,11 +45,11 @@ def span_stage_for(config: Config) -> SpanStage:
 
 
 class ExportService:
-    def __init__(self, config: Config, writer: GroupCommitWriter, metrics: Metrics, stage: SpanStage) -> None:
+    def __init__(self, config: Config, writer: GroupCommitWriter, metrics: ReceiverMetrics, stage: SpanStage) -> None:
         self._token = config.bearer_token
         self._stage = stage
         self._writer = writer
-        self._metrics = metrics
+        self._metrics = self.metrics = metrics  # the receiver records request-level figures
         self.max_request_size = config.limits.max_request_size
 
     @property
@@ -74,11 +73,9 @@ class ExportService:
         return self.export(parse_protobuf(body), wire=body)
 
     def export(self, request: ExportTraceServiceRequest, wire: bytes | None = None) -> ExportOutcome:
-        started = time.perf_counter()
         n = count_spans(request)
-        self._metrics.add("spans_received", n)
+        self._metrics.received(n)
         if n == 0:
-            self._metrics.observe_export(time.perf_counter() - started)
             return ExportOutcome(0, 0, "")
         try:
             self._writer.reserve(n)
@@ -90,7 +87,7 @@ class ExportService:
             result = self._stage.run(request, wire)
             batch = result.batch
             if result.rejected:
-                self._metrics.add("spans_rejected", result.rejected)
+                self._metrics.refused("invalid_span", result.rejected)
                 log.info("rejected %d of %d spans: %s", result.rejected, n, _first_line(result.errors))
             if batch.num_rows == 0:
                 self._writer.release(reserved)
@@ -111,8 +108,7 @@ class ExportService:
         except RetryableError:
             self._metrics.refused("commit_failed", batch.num_rows)
             raise
-        self._metrics.add("spans_accepted", batch.num_rows)
-        self._metrics.observe_export(time.perf_counter() - started)
+        self._metrics.accepted(batch.num_rows)
         return ExportOutcome(batch.num_rows, result.rejected, result.error_message)
 
     def _count_redactions(self, batch: pa.Table) -> None:

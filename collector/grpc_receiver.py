@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -12,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from tracesieve.collector.config import Endpoint
 from tracesieve.collector.export import ExportService
+from tracesieve.collector.metrics import refusal_reason
 from tracesieve.storage.errors import (
     ExportError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError,
 )
@@ -51,18 +53,25 @@ class _TraceServicer:
         self._service = service
 
     def export(self, body: bytes, context: grpc.ServicerContext) -> trace_service_pb2.ExportTraceServiceResponse:
+        started = time.perf_counter()
+        metrics = self._service.metrics
         try:
             if self._service.auth_required:
                 metadata = dict(context.invocation_metadata())
                 self._service.authenticate(metadata.get("authorization"))
             outcome = self._service.export_body(body, "application/x-protobuf")
         except ExportError as exc:
+            metrics.request_refused(refusal_reason(exc))
+            metrics.observe_request(time.perf_counter() - started)
             abort_with(context, exc)
             raise  # unreachable: abort raises
         except Exception as exc:
             log.error("export failed: %s", type(exc).__name__)
+            metrics.request_refused("internal")
+            metrics.observe_request(time.perf_counter() - started)
             abort_with(context, exc)
             raise
+        metrics.observe_request(time.perf_counter() - started)
         response = trace_service_pb2.ExportTraceServiceResponse()
         if outcome.rejected:
             response.partial_success.rejected_spans = outcome.rejected

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from tracesieve.collector.export import ExportService
+from tracesieve.collector.metrics import CONTENT_TYPE, refusal_reason
 from tracesieve.storage.errors import (
     ExportError, NotFoundError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError, UsageError,
 )
@@ -110,7 +112,7 @@ ApiHandler = Callable[[str, dict[str, Any]], Any]
 def build_app(
     service: ExportService,
     *,
-    metrics_text: Callable[[], str],
+    metrics_text: Callable[[], bytes],
     ready: Callable[[], bool],
     api: ApiHandler,
 ) -> Starlette:
@@ -118,8 +120,16 @@ def build_app(
         if request.method != "POST":
             return PlainTextResponse("405 method not allowed: use POST /v1/traces", status_code=405,
                                      headers={"Allow": "POST"})
+        started = time.perf_counter()
+        try:
+            return await export(request)
+        finally:
+            service.metrics.observe_request(time.perf_counter() - started)
+
+    async def export(request: Request) -> Response:
         media_type = _media_type(request)
         if media_type not in SUPPORTED:
+            service.metrics.request_refused("unsupported_media_type")
             return PlainTextResponse(
                 f"415 unsupported media type {media_type or '(none)'!r}: use {PROTOBUF} or {JSON}",
                 status_code=415)
@@ -130,9 +140,11 @@ def build_app(
         except ClientDisconnect:
             return Response(status_code=499)
         except ExportError as exc:
+            service.metrics.request_refused(refusal_reason(exc))
             return error_response(exc, media_type)
         except Exception as exc:
             log.error("export failed: %s", type(exc).__name__)
+            service.metrics.request_refused("internal")
             return error_response(exc, media_type)
         response = ExportTraceServiceResponse()
         if outcome.rejected:
@@ -153,8 +165,12 @@ def build_app(
             service.authenticate(request.headers.get("authorization"))
         except UnauthenticatedError as exc:
             return PlainTextResponse(f"401 {exc}\n", status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        text = await run_in_threadpool(metrics_text)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        try:
+            body = await run_in_threadpool(metrics_text)
+        except Exception as exc:  # e.g. the store is closing: say so instead of a 500 with a traceback
+            log.warning("metrics scrape failed: %s", type(exc).__name__)
+            return PlainTextResponse(f"503 metrics unavailable ({type(exc).__name__}); retry\n", status_code=503)
+        return Response(body, headers={"Content-Type": CONTENT_TYPE})
 
     async def api_call(request: Request) -> Response:
         try:

@@ -107,6 +107,7 @@ class Judge:
             due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND)
             if due:
                 self._writer.submit_task(lambda con: store.mark_judged(con, due, utcnow())).result(timeout=60)
+                self._metrics.judged(len(due))
             return len(due)
         cur.execute("BEGIN TRANSACTION")
         try:
@@ -147,8 +148,19 @@ class Judge:
             store.mark_judged(con, due, now)
 
         self._writer.submit_task(write).result(timeout=120)
-        self._metrics.add("traces_judged", len(due))
+        self._metrics.judged(len(due), settle_lags(traces, self.decision_wait) if quiet else ())
         if detections:
             log.info("judged %d traces: %d detections, %d candidate updates", len(due), len(detections),
                      len(candidates))
         return len(due)
+
+
+def settle_lags(traces: dict[str, list[dict[str, Any]]], decision_wait: float) -> list[float]:
+    """Per trace, seconds from becoming settled (last span received + decision_wait) until now."""
+    now = utcnow()
+    lags: list[float] = []
+    for spans in traces.values():
+        last = max((s["received_at"] for s in spans if s.get("received_at") is not None), default=None)
+        if last is not None:
+            lags.append((now - last).total_seconds() - decision_wait)
+    return lags

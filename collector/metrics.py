@@ -1,80 +1,211 @@
-"""Counters behind ``GET /metrics`` (Prometheus text format). Updated per batch, never per span."""
+"""What ``GET /metrics`` shows (Prometheus text format), kept in one registry per collector.
+
+Each :class:`Metrics` owns its own ``CollectorRegistry`` (never the process-wide
+default), so several collectors in one process (tests, ``gate``) never mix
+their numbers. Instrumentation is per request / per commit / per judge round,
+never per span: the ingest path pays a handful of lock-protected additions per
+request. Values that already live somewhere (queue depth, pending traces, the
+stored detections and candidates) are read when scraped, through
+:class:`StateSource`, instead of being mirrored.
+
+Every metric name and label is listed in README.md (Metrics and operations).
+"""
 
 from __future__ import annotations
 
-import collections
+import dataclasses
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from tracesieve.storage.errors import PermanentError, RetryableError, TooLargeError, UnauthenticatedError
+
+#: The Content-Type of a scrape.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+RECEIVERS = ("grpc", "http")
+
+#: Why spans or requests were refused (the ``reason`` label). Per-span rejections (bad ids, end before
+#: start, answered through partial_success) are ``invalid_span``.
+REFUSAL_REASONS = ("invalid_span", "invalid_request", "too_large", "unauthenticated", "throttled",
+                   "commit_timeout", "commit_failed", "unavailable", "unsupported_media_type", "internal")
+
+REQUEST_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+COMMIT_SPANS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
+LAG_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreState:
+    """What a scrape reads from the store: stored detections and candidates, and the judge's backlog."""
+
+    detections_by_mode: Mapping[str, int]
+    candidates_by_status: Mapping[str, int]
+    trace_stage_lag_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSource:
+    """Callables a scrape reads (any thread): queued spans, pending traces, and the store state."""
+
+    queued_spans: Callable[[], int]
+    pending_traces: Callable[[], int]
+    store_state: Callable[[], StoreState]
+
+
+class ReceiverMetrics:
+    """The span counters of one receiver (``grpc`` or ``http``), children bound once. Thread-safe."""
+
+    def __init__(self, metrics: Metrics, receiver: str) -> None:
+        self._metrics = metrics
+        self.receiver = receiver
+        self._received = metrics.spans_received.labels(receiver)
+        self._accepted = metrics.spans_accepted.labels(receiver)
+        self._duration = metrics.request_seconds.labels(receiver)
+
+    def received(self, spans: int) -> None:
+        """Spans counted in a decoded request, before anything is refused."""
+        self._received.inc(spans)
+
+    def accepted(self, spans: int) -> None:
+        """Spans committed and acknowledged."""
+        self._accepted.inc(spans)
+
+    def refused(self, reason: str, spans: int) -> None:
+        """Spans not stored, by reason (see REFUSAL_REASONS)."""
+        if spans:
+            self._metrics.spans_refused.labels(self.receiver, reason).inc(spans)
+
+    def request_refused(self, reason: str) -> None:
+        """A whole Export request answered with an error status."""
+        self._metrics.requests_refused.labels(self.receiver, reason).inc()
+
+    def observe_request(self, seconds: float) -> None:
+        """One Export request answered (success or not), from arrival to response."""
+        self._duration.observe(seconds)
+
+    def add_redactions(self, counts: Mapping[str, int]) -> None:
+        self._metrics.add_redactions(counts)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The ``reason`` label of a whole Export request answered with ``exc``."""
+    if isinstance(exc, RetryableError):
+        return "unavailable"
+    if isinstance(exc, TooLargeError):
+        return "too_large"
+    if isinstance(exc, UnauthenticatedError):
+        return "unauthenticated"
+    if isinstance(exc, PermanentError):
+        return "invalid_request"
+    return "internal"
 
 
 class Metrics:
     def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.spans_received = Counter(
+            "tracesieve_spans_received", "Spans in decoded Export requests.", ["receiver"], registry=r)
+        self.spans_accepted = Counter(
+            "tracesieve_spans_accepted", "Spans committed to the store and acknowledged.", ["receiver"], registry=r)
+        self.spans_refused = Counter(
+            "tracesieve_spans_refused", "Spans not stored: rejected one by one (reason invalid_span) or "
+            "with their whole request.", ["receiver", "reason"], registry=r)
+        self.requests_refused = Counter(
+            "tracesieve_export_requests_refused", "Export requests answered with an error status.",
+            ["receiver", "reason"], registry=r)
+        self.request_seconds = Histogram(
+            "tracesieve_export_request_duration_seconds", "Time to answer an Export request (to the commit).",
+            ["receiver"], buckets=REQUEST_SECONDS_BUCKETS, registry=r)
+        self.commit_seconds = Histogram(
+            "tracesieve_commit_duration_seconds", "Duration of one group commit of spans.",
+            buckets=COMMIT_SECONDS_BUCKETS, registry=r)
+        self.commit_spans = Histogram(
+            "tracesieve_commit_batch_spans", "Spans in one group commit.", buckets=COMMIT_SPANS_BUCKETS, registry=r)
+        self.redactions = Counter(
+            "tracesieve_redactions", "Values replaced by the pii processor, by type.", ["type"], registry=r)
+        self.traces_judged = Counter("tracesieve_traces_judged", "Trace judgements run.", registry=r)
+        self.judge_lag = Histogram(
+            "tracesieve_trace_judge_lag_seconds", "From a trace becoming settled (quiet for decision_wait) to "
+            "its judgement being stored.", buckets=LAG_SECONDS_BUCKETS, registry=r)
+        for receiver in RECEIVERS:  # zero samples visible from the first scrape
+            self.spans_received.labels(receiver)
+            self.spans_accepted.labels(receiver)
+            self.request_seconds.labels(receiver)
         self._lock = threading.Lock()
-        self.counters: collections.defaultdict[str, float] = collections.defaultdict(float)
-        self.redactions: collections.Counter[str] = collections.Counter()
-        self.refused_by_reason: collections.Counter[str] = collections.Counter()
-        self.export_seconds_total = 0.0
-        self.exports = 0
+        self._state: StateSource | None = None
+        r.register(_ScrapeTimeGauges(self))
 
-    def add(self, name: str, value: float = 1) -> None:
+    def receiver(self, name: str) -> ReceiverMetrics:
+        return ReceiverMetrics(self, name)
+
+    def watch(self, source: StateSource) -> None:
+        """Read the gauges from ``source`` on every scrape (set once the collector has started)."""
         with self._lock:
-            self.counters[name] += value
+            self._state = source
 
     def add_redactions(self, counts: Mapping[str, int]) -> None:
-        if counts:
-            with self._lock:
-                self.redactions.update(counts)
+        for kind, n in counts.items():
+            if n:
+                self.redactions.labels(kind).inc(n)
 
-    def refused(self, reason: str, spans: int) -> None:
+    def observe_commit(self, spans: int, seconds: float) -> None:
+        """One group commit (writer thread)."""
+        self.commit_spans.observe(spans)
+        self.commit_seconds.observe(seconds)
+
+    def judged(self, traces: int, lags: Iterable[float] = ()) -> None:
+        """One judge round stored: how many traces, and each settled trace's lag in seconds."""
+        self.traces_judged.inc(traces)
+        for lag in lags:
+            self.judge_lag.observe(max(0.0, lag))
+
+    def spans_accepted_total(self) -> float:
+        """All receivers together (for the periodic status line)."""
+        return sum(s.value for family in self.spans_accepted.collect() for s in family.samples
+                   if s.name.endswith("_total"))
+
+    def state(self) -> StateSource | None:
         with self._lock:
-            self.refused_by_reason[reason] += spans
-            self.counters["spans_refused"] += spans
+            return self._state
 
-    def observe_export(self, seconds: float) -> None:
-        with self._lock:
-            self.export_seconds_total += seconds
-            self.exports += 1
+    def render(self) -> bytes:
+        """The scrape body, in the Prometheus text format 0.0.4."""
+        return generate_latest(self.registry)
 
-    def render(self, gauges: Mapping[str, float], detections_by_mode: Mapping[str, int],
-               candidates_by_status: Mapping[str, int], commit: Callable[[], tuple[int, float, float]]) -> str:
-        commits, last, total = commit()
-        with self._lock:
-            c = dict(self.counters)
-            red = dict(self.redactions)
-            refused = dict(self.refused_by_reason)
-            exports, export_total = self.exports, self.export_seconds_total
-        lines: list[str] = []
 
-        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in samples:
-                lines.append(f"{name}{labels} {value:g}")
+class _ScrapeTimeGauges:
+    """Gauges read from their owners at scrape time instead of being mirrored on every change."""
 
-        metric("tracesieve_spans_received_total", "counter", "Spans received in export requests.",
-               [("", c.get("spans_received", 0))])
-        metric("tracesieve_spans_accepted_total", "counter", "Spans committed to the store (acknowledged).",
-               [("", c.get("spans_accepted", 0))])
-        metric("tracesieve_spans_rejected_total", "counter", "Spans rejected one by one (partial_success).",
-               [("", c.get("spans_rejected", 0))])
-        metric("tracesieve_spans_refused_total", "counter", "Spans refused with their whole request, by reason.",
-               [(f'{{reason="{r}"}}', v) for r, v in sorted(refused.items())] or [('{reason="none"}', 0)])
-        metric("tracesieve_export_requests_total", "counter", "Export requests answered.", [("", exports)])
-        metric("tracesieve_export_seconds_total", "counter", "Time spent answering export requests.",
-               [("", export_total)])
-        metric("tracesieve_queue_spans", "gauge", "Spans accepted but not yet committed.",
-               [("", gauges.get("queue_spans", 0))])
-        metric("tracesieve_pending_traces", "gauge", "Traces waiting to be judged.",
-               [("", gauges.get("pending_traces", 0))])
-        metric("tracesieve_commits_total", "counter", "Group commits.", [("", commits)])
-        metric("tracesieve_commit_seconds_total", "counter", "Time spent in group commits.", [("", total)])
-        metric("tracesieve_commit_latency_seconds", "gauge", "Duration of the last group commit.", [("", last)])
-        metric("tracesieve_redactions_total", "counter", "Values replaced by the pii processor, by type.",
-               [(f'{{type="{t}"}}', v) for t, v in sorted(red.items())])
-        metric("tracesieve_traces_judged_total", "counter", "Trace judgements run.",
-               [("", c.get("traces_judged", 0))])
-        metric("tracesieve_detections", "gauge", "Stored detections by failure_mode.",
-               [(f'{{failure_mode="{m}"}}', v) for m, v in sorted(detections_by_mode.items())])
-        metric("tracesieve_candidates", "gauge", "Candidates by status.",
-               [(f'{{status="{s}"}}', v) for s, v in sorted(candidates_by_status.items())])
-        return "\n".join(lines) + "\n"
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        source = self._metrics.state()
+        if source is None:
+            return
+        yield GaugeMetricFamily("tracesieve_queued_spans", "Spans accepted but not yet committed (the queue "
+                                "max_queued_spans bounds).", value=source.queued_spans())
+        yield GaugeMetricFamily("tracesieve_pending_traces", "Traces with spans not judged yet.",
+                                value=source.pending_traces())
+        state = source.store_state()
+        yield GaugeMetricFamily("tracesieve_trace_stage_lag_seconds", "How long the oldest settled trace has "
+                                "been waiting for its judgement (0 when the judge is caught up).",
+                                value=state.trace_stage_lag_seconds)
+        detections = GaugeMetricFamily("tracesieve_detections", "Stored detections by failure_mode.",
+                                       labels=["failure_mode"])
+        for mode, n in sorted(state.detections_by_mode.items()):
+            detections.add_metric([mode], n)
+        yield detections
+        candidates = GaugeMetricFamily("tracesieve_candidates", "Candidates by status.", labels=["status"])
+        for status, n in sorted(state.candidates_by_status.items()):
+            candidates.add_metric([status], n)
+        yield candidates

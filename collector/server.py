@@ -12,6 +12,7 @@ Lifecycle (``start`` then ``stop``, each called once from the main thread):
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -27,8 +28,9 @@ from tracesieve.collector.export import ExportService, span_stage_for
 from tracesieve.collector.grpc_receiver import start_grpc_server
 from tracesieve.collector.http_receiver import build_app
 from tracesieve.collector.judge import Judge
-from tracesieve.collector.metrics import Metrics
-from tracesieve.storage import store
+from tracesieve.collector.metrics import Metrics, StateSource, StoreState
+from tracesieve.storage import stats, store
+from tracesieve.storage.schema import utcnow
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.server")
@@ -52,12 +54,15 @@ class Collector:
         store.forbid_file_access(self.con)
         self._read_base = self.con.cursor()
         self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,
-                                        retry_after=cfg.limits.retry_after)
+                                        retry_after=cfg.limits.retry_after, on_commit=self.metrics.observe_commit)
         self._stage = span_stage_for(cfg)
-        self.service = ExportService(cfg, self.writer, self.metrics, self._stage)
+        self.service = ExportService(cfg, self.writer, self.metrics.receiver("grpc"), self._stage)
+        self.http_service = ExportService(cfg, self.writer, self.metrics.receiver("http"), self._stage)
         self.judge = Judge(self.con.cursor(), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics)
         self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60))
         self.judge.start()
+        self.metrics.watch(StateSource(lambda: self.writer.queued_spans, lambda: self.judge.pending,
+                                       self._store_state))
         self._grpc = None
         self._uvicorn: uvicorn.Server | None = None
         try:
@@ -70,21 +75,11 @@ class Collector:
             raise
         self._ready = True
         self._write_discovery()
-        log.info(
-            "tracesieve is up: gRPC %s, HTTP %s, store %s, span stage [%s], trace stage [%s], decision_wait %gs",
-            f"{cfg.grpc.host}:{self.grpc_port}" if cfg.grpc else "off",
-            f"{cfg.http.host}:{self.http_port}" if cfg.http else "off",
-            cfg.db_path,
-            ", ".join(type(p).__name__ for p in cfg.span_processors),
-            ", ".join(type(p).__name__ for p in cfg.trace_processors),
-            cfg.decision_wait,
-        )
 
     def _start_http(self) -> None:
         ep = self.config.http
         assert ep is not None
-        app = build_app(self.service, metrics_text=self.metrics_text, ready=lambda: self._ready,
-                        api=self.api.call)
+        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self.api.call)
         kwargs: dict[str, Any] = {}
         if ep.tls:
             kwargs = {"ssl_certfile": ep.tls.cert_file, "ssl_keyfile": ep.tls.key_file}
@@ -132,15 +127,42 @@ class Collector:
 
     # ------------------------------------------------------------------ metrics
 
-    def metrics_text(self) -> str:
+    def ready(self) -> bool:
+        """Storage open, receivers started and the writer thread running; False from the start of ``stop``."""
+        return self._ready and self.writer.running
+
+    def _store_state(self) -> StoreState:
         cur = self._new_read_cursor()
-        by_mode = dict(cur.execute("SELECT failure_mode, count(*) FROM detections GROUP BY 1").fetchall())
-        by_status = dict(cur.execute("SELECT status, count(*) FROM candidates GROUP BY 1").fetchall())
-        stats = self.writer.stats
-        return self.metrics.render(
-            {"queue_spans": self.writer.queued_spans, "pending_traces": self.judge.pending},
-            by_mode, by_status, lambda: (stats.commits, stats.last_commit_seconds, stats.commit_seconds_total),
-        )
+        quiet_since = utcnow() - dt.timedelta(seconds=self.config.decision_wait)
+        return StoreState(stats.detections_by_mode(cur), stats.candidates_by_status(cur),
+                          stats.settled_backlog_seconds(cur, quiet_since))
+
+    def status(self) -> dict[str, float]:
+        """Figures for the periodic status line: spans accepted so far, queued spans, pending traces, detections."""
+        return {"spans_accepted": self.metrics.spans_accepted_total(), "queued_spans": self.writer.queued_spans,
+                "pending_traces": self.judge.pending,
+                "detections": stats.count_detections(self._new_read_cursor())}
+
+    def startup_info(self) -> dict[str, Any]:
+        """What ``serve`` prints once it is up: endpoints with scheme, store, pipeline, effective limits."""
+        cfg = self.config
+
+        def url(ep: Any, port: int | None) -> str | None:
+            if ep is None:
+                return None
+            return f"{'https' if ep.tls else 'http'}://{ep.host}:{port}"
+
+        tree = cfg.tree
+        return {
+            "grpc": url(cfg.grpc, self.grpc_port),
+            "http": url(cfg.http, self.http_port),
+            "store": os.path.abspath(cfg.db_path),
+            "pipeline": list(tree.get("service", {}).get("pipelines", {}).get("traces", {}).get("processors", [])),
+            "limits": dict(tree.get("receivers", {}).get("otlp", {}).get("limits", {})),
+            "span_workers": cfg.span_workers,
+            "decision_wait_seconds": cfg.decision_wait,
+            "auth": "bearer token" if cfg.bearer_token else "off",
+        }
 
     # ------------------------------------------------------------------ stop
 

@@ -63,8 +63,11 @@ class GroupCommitWriter:
         max_queued_spans: int = 200_000,
         max_spans_per_commit: int = 50_000,
         retry_after: float = 1.0,
+        on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
+        """``on_commit(spans, seconds)`` is called on the writer thread after each group commit of spans."""
         self._con = con
+        self._on_commit = on_commit
         self.max_queued_spans = max_queued_spans
         self._max_per_commit = max_spans_per_commit
         self._retry_after = retry_after
@@ -82,6 +85,11 @@ class GroupCommitWriter:
     @property
     def queued_spans(self) -> int:
         return self._queued_spans
+
+    @property
+    def running(self) -> bool:
+        """True while the writer thread runs and takes spans (False once closing starts)."""
+        return self._thread.is_alive() and not self._closing
 
     def reserve(self, n_spans: int) -> None:
         """Count ``n_spans`` as queued, or raise RetryableError when that would pass the limit.
@@ -201,6 +209,8 @@ class GroupCommitWriter:
             self.stats.commit_seconds_total += elapsed
             for job in jobs:
                 job.future.set_result(job.batch.num_rows)
+            if self._on_commit is not None:
+                self._on_commit(n, elapsed)
         finally:
             self.release(n)
 

@@ -40,8 +40,10 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 class RunningCollector:
     """A ``tracesieve serve`` subprocess; ``stop()`` sends SIGTERM and returns the exit code."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.args = args  # extra `serve` options, e.g. ("--log-format", "json")
         self.grpc_port = free_port()
         self.http_port = free_port()
         receivers = config.setdefault("receivers", {}).setdefault("otlp", {})
@@ -75,7 +77,7 @@ class RunningCollector:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config", str(self.config_path),
-             "--db", str(self.db_path)],
+             "--db", str(self.db_path), *self.args],
             cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
@@ -137,13 +139,13 @@ class RunningCollector:
 
 @pytest.fixture
 def start_collector(tmp_path: Path) -> Iterator[Any]:
-    """Factory: ``start_collector(config_dict=None, env=None)`` -> a started RunningCollector."""
+    """Factory: ``start_collector(config_dict=None, env=None, args=())`` -> a started RunningCollector."""
     started: list[RunningCollector] = []
 
     def factory(config: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-                workdir: Path | None = None) -> RunningCollector:
+                workdir: Path | None = None, args: tuple[str, ...] = ()) -> RunningCollector:
         where = workdir or tmp_path
-        collector = RunningCollector(where, json.loads(json.dumps(config or {})), env)
+        collector = RunningCollector(where, json.loads(json.dumps(config or {})), env, args)
         started.append(collector)
         return collector.start()
 

@@ -298,17 +298,7 @@ def test_bearer_token_guards_ingest_metrics_and_queries(start_collector):
     assert "s3cret-token-value" not in c.log()
 
 
-# --------------------------------------------------------------------------- health and metrics
-
-
-def test_metrics_count_received_and_accepted_spans(start_collector):
-    c = start_collector(NO_JUDGE)
-    assert post(c, make_request(5).SerializeToString()).status_code == 200
-    text = httpx.get(f"{c.http_url}/metrics").text
-    assert "tracesieve_spans_received_total 5" in text
-    assert "tracesieve_spans_accepted_total 5" in text
-    assert "tracesieve_queue_spans 0" in text
-    assert httpx.get(f"{c.http_url}/readyz").status_code == 200
+# --------------------------------------------------------------------------- empty requests (metrics: test_metrics.py)
 
 
 def test_empty_request_is_full_success_on_both_transports(start_collector):
