@@ -420,6 +420,10 @@ def gate(cases_path: str, repeat: int, jobs: int, only: tuple[str, ...], protoco
         failing, failure_line, json_records, junit_xml, matrix_lines, summary,
     )
 
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # a cancelled CI job: run_gate kills the agents it started, then we exit 130
+
+    signal.signal(signal.SIGTERM, interrupted)
     config = load_config(config_path)
     started = time.monotonic()
     results = run_gate(config, cases_path, command, repeat=repeat, jobs=jobs, only=only, protocol=protocol,

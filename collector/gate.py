@@ -181,6 +181,7 @@ class _Runner:
         self.timeout = timeout
         self._live: set[subprocess.Popen[str]] = set()
         self._lock = threading.Lock()
+        self._closed = False
 
     def run(self, env: dict[str, str], stdin: str, run: int) -> RunResult:
         started = time.monotonic()
@@ -188,11 +189,18 @@ class _Runner:
                                 text=True, env=env, cwd=self.workdir, start_new_session=True)
         with self._lock:
             self._live.add(proc)
+            closed = self._closed
+        if closed:  # the gate is stopping: this run started too late to matter
+            self._kill(proc)
         try:
             try:
                 _, err = proc.communicate(stdin, timeout=self.timeout)
             except subprocess.TimeoutExpired:
                 self._kill(proc)
+                try:
+                    proc.communicate(timeout=10)
+                except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipes
+                    pass
                 return RunResult(run, None, time.monotonic() - started,
                                  reasons=[f"timed out after {self.timeout:g}s: the agent's process group was killed"])
         finally:
@@ -207,17 +215,16 @@ class _Runner:
 
     @staticmethod
     def _kill(proc: subprocess.Popen[str]) -> None:
+        """SIGKILL the run's process group; the thread that owns ``proc`` reaps it."""
         try:
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipes
+        except (ProcessLookupError, PermissionError):
             pass
 
     def close(self) -> None:
+        """Kill every run still going (and any that starts from now on). Any thread; idempotent."""
         with self._lock:
+            self._closed = True
             live = list(self._live)
         for proc in live:
             self._kill(proc)
@@ -266,19 +273,21 @@ def run_gate(
         port = collector.grpc_port if protocol == "grpc" else collector.http_port
         endpoint = f"http://127.0.0.1:{port}"
         outcomes: dict[tuple[str, int], RunResult] = {}
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="gate-run")
         try:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="gate-run") as pool:
-                futures = {
-                    pool.submit(runner.run, agent_env(env if env is not None else os.environ, case, n, endpoint,
-                                                      protocol), case_payload(case), n): (str(case["id"]), n)
-                    for case in cases for n in range(1, repeat + 1)
-                }
-                for future in concurrent.futures.as_completed(futures):
-                    outcomes[futures[future]] = future.result()
+            futures = {
+                pool.submit(runner.run, agent_env(env if env is not None else os.environ, case, n, endpoint,
+                                                  protocol), case_payload(case), n): (str(case["id"]), n)
+                for case in cases for n in range(1, repeat + 1)
+            }
+            for future in concurrent.futures.as_completed(futures):
+                outcomes[futures[future]] = future.result()
         except OSError as exc:
             raise UsageError(f"cannot run the agent command {command[0]}: {exc.strerror or exc}") from None
-        finally:
+        finally:  # on an error or an interrupt: no new run starts, and the running ones are killed
+            pool.shutdown(wait=False, cancel_futures=True)
             runner.close()
+            pool.shutdown(wait=True)
             collector.stop(deadline_seconds=60)
         con = store.open_database(gate_config.db_path, read_only=True)
         try:
@@ -332,6 +341,15 @@ def _judge(con: Any, cases: Sequence[Mapping[str, Any]], outcomes: Mapping[tuple
             runs.append(run)
         results.append(CaseResult(case_id, mode, runs))
     return results
+
+
+def check_expected(expected: Mapping[str, Any], spans: Sequence[dict[str, Any]],
+                   settings: RuleSettings | None = None) -> list[str]:
+    """Problems of one run's spans against ``expected_behavior`` (empty: it holds); default detector settings."""
+    problems = expected_problems(expected)
+    if problems:
+        raise UsageError(problems[0])
+    return score(expected, spans, settings or rule_settings(None))
 
 
 # ---------------------------------------------------------------------------

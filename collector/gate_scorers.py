@@ -77,7 +77,7 @@ class Run:
     settings: RuleSettings
 
     def __post_init__(self) -> None:
-        self.spans = sorted(self.spans, key=lambda s: (_start(s), str(s.get("span_id"))))
+        self.spans = sorted(self.spans, key=_start)  # stable: spans without a start keep their order
         self.view = TraceView(str(self.spans[0].get("trace_id") or "") if self.spans else "", self.spans)
         ids = {s.get("span_id") for s in self.spans}
         self.roots = [s for s in self.spans if s.get("parent_span_id") not in ids]
@@ -140,7 +140,7 @@ def required_tool_sequence(value: list[str], run: Run) -> list[str]:
     it = iter(called)
     if all(any(name == want for name in it) for want in value):
         return []
-    return [f"tool calls {called} do not contain {value} in that order"]
+    return [f"tool sequence {called} does not contain {value} in order"]
 
 
 def tool_calls_succeed(value: bool | list[str], run: Run) -> list[str]:
@@ -149,7 +149,7 @@ def tool_calls_succeed(value: bool | list[str], run: Run) -> list[str]:
         return []
     named = set(value) if isinstance(value, list) else None
     bad = [s for s in run.of_kind("TOOL") if failed(s) and (named is None or tool_name(s) in named)]
-    return [f"tool call failed: {_names(bad)}"] if bad else []
+    return [f"tool calls failed: {_names(bad)}"] if bad else []
 
 
 def tool_arguments_schema(value: dict[str, Any], run: Run) -> list[str]:

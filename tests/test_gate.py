@@ -180,7 +180,7 @@ def test_gate_runs_cases_in_parallel_kills_a_hung_agent_and_judges_each_repeat(t
     flaky = by_id["TS-0002"]
     assert [r["result"] for r in flaky["run_results"]] == ["passed", "failed"]
     assert flaky["reasons"][0].startswith("run 2/2: tool_invocation again")
-    assert any(r.startswith("run 2/2: tool_calls_succeed: tool call failed: lookup_order") for r in flaky["reasons"])
+    assert any(r.startswith("run 2/2: tool_calls_succeed: tool calls failed: lookup_order") for r in flaky["reasons"])
     assert all(len(r["traces"]) == 1 for r in flaky["run_results"])
 
     assert by_id["TS-0003"]["reasons"][0].startswith("run 1/2: no trace arrived")

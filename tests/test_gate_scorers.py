@@ -34,9 +34,9 @@ def annotated(label: str):
 SCORER_CASES = {
     "required_tool_sequence": (["search", "refund"],
                                lambda: make_trace(tool("search"), tool("lookup"), tool("refund")),
-                               lambda: make_trace(tool("refund"), tool("search")), "in that order"),
+                               lambda: make_trace(tool("refund"), tool("search")), "does not contain ['search', 'refund'] in order"),
     "tool_calls_succeed": (["refund"], lambda: make_trace(tool("refund"), tool("lookup", status="ERROR")),
-                           lambda: make_trace(tool("refund", status="ERROR")), "tool call failed: refund"),
+                           lambda: make_trace(tool("refund", status="ERROR")), "tool calls failed: refund"),
     "tool_arguments_schema": ({"get_weather": WEATHER_TOOL["function"]["parameters"]},
                               lambda: make_trace(tool(args='{"city": "Paris"}')),
                               lambda: make_trace(tool(args='{"town": "Paris"}')), "'city' is a required property"),
@@ -111,7 +111,7 @@ def test_unknown_key_and_wrong_shape_are_dataset_errors():
 
 def test_a_run_of_several_traces_is_scored_as_one():
     first = make_trace(tool("search"))
-    second = make_trace(tool("refund"), root=make_span("AGENT", name="turn2", start=10))
+    second = make_trace(tool("refund", start=11), root=make_span("AGENT", name="turn2", start=10))
     assert score({"required_tool_sequence": ["search", "refund"]}, first + second, SETTINGS) == []
     assert score({"required_tool_sequence": ["search", "refund"]}, second + first, SETTINGS) == []
 
@@ -184,3 +184,33 @@ def test_junit_has_one_testcase_per_case_and_a_failure_on_each_failing_one():
     assert cases[0].find("failure").get("message") == "cut \ufffd[31m<here>"
     assert cases[1].find("failure") is None
     assert cases[0].get("classname") == "tracesieve.truncation"
+
+
+def test_check_expected_scores_bare_span_rows_in_their_given_order():
+    from tracesieve.collector.gate import check_expected
+
+    def span(kind, name, *, parent="root", status="OK", output=None, reason=None, args=None, ms=10.0):
+        return {"span_id": name, "parent_span_id": parent, "span_kind": kind, "name": name, "tool_name":
+                name if kind == "TOOL" else None, "status_code": status, "output_value": output,
+                "llm_finish_reason": reason, "input_value": args, "duration_ms": ms, "attributes": {}}
+
+    trace = [span("AGENT", "root", parent=None, output='{"answer": "sorry, I cannot"}'),
+             span("TOOL", "search", args='{"q": 1}'), span("TOOL", "search", args='{"q": 1}'),
+             span("TOOL", "refund", status="ERROR"), span("LLM", "llm", reason="length", ms=45_000.0)]
+    assert check_expected({}, trace) == []
+    cases = {
+        "required_tool_sequence": (["refund", "search"], "does not contain"),
+        "must_not": (["cannot"], "contains 'cannot'"),
+        "output_schema": ({"type": "object", "required": ["order_id"]}, "breaks output_schema"),
+        "finish_reason_not": (["length"], "finished with length"),
+        "max_identical_calls": (1, "called 2 times"),
+        "tool_calls_succeed": (["refund"], "tool calls failed"),
+        "max_duration_ms": ({"LLM": 30_000}, "took 45000ms"),
+    }
+    for key, (value, message) in cases.items():
+        problems = check_expected({key: value}, trace)
+        assert len(problems) == 1 and message in problems[0], (key, problems)
+    assert check_expected({"required_tool_sequence": ["search", "refund"], "tool_calls_succeed": ["search"]},
+                          trace) == []
+    with pytest.raises(Exception, match="no scorer"):
+        check_expected({"must_sparkle": True}, trace)
