@@ -117,15 +117,16 @@ def load_active_cases(path: str, only: Sequence[str] = ()) -> list[dict[str, Any
     with open(path, encoding="utf-8") as fh:
         doc = yaml.safe_load(fh) or {}
     active = [c for c in doc.get("cases") or [] if c.get("status") == "active"]
+    unscorable = [f"{path}: {c['id']}: {p}" for c in active for p in expected_problems(c.get("expected_behavior"))]
+    if unscorable:
+        more = f" (+{len(unscorable) - 1} more)" if len(unscorable) > 1 else ""
+        raise UsageError(f"invalid dataset: {unscorable[0]}{more}")
     if only:
         known = {str(c["id"]) for c in active}
         missing = [i for i in only if i not in known]
         if missing:
             raise NotFoundError(f"no active case {missing[0]!r} in {path}")
         active = [c for c in active if str(c["id"]) in set(only)]
-    for case in active:
-        for problem in expected_problems(case.get("expected_behavior")):
-            raise UsageError(f"invalid dataset: {path}: {case['id']}: {problem}")
     return active
 
 

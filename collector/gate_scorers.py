@@ -35,6 +35,7 @@ from tracesieve.processors.spanview import (
     JSON_MIME, assistant_text, canonical_arguments, documents, duration_ms, failed, finish_reasons,
     requested_tool_calls, span_kind, tool_name, tool_span_arguments, try_json,
 )
+from tracesieve.storage.schema import SPAN_KINDS
 
 #: Finish reasons that all mean "cut at the token limit": banning one bans them all.
 TRUNCATING = frozenset({"length", "max_tokens", "max_output_tokens", "model_length", "max_tokens_reached"})
@@ -157,9 +158,9 @@ def tool_arguments_schema(value: dict[str, Any], run: Run) -> list[str]:
     problems = []
     for name, raw, _ in run.tool_calls():
         schema = value.get(name, value.get("*"))
-        if schema is None:
+        if schema is None or raw is None:  # not this tool, or its arguments were not recorded
             continue
-        ok, args = try_json(raw if raw is not None else "")
+        ok, args = try_json(raw)
         if not ok:
             problems.append(f"{name} was called with arguments that are not JSON")
             continue
@@ -282,7 +283,7 @@ def max_duration_ms(value: dict[str, float | None] | float, run: Run) -> list[st
     """No span of a kind took longer than its ceiling (a plain number: the ceiling of every span)."""
     problems = []
     for s in run.spans:
-        limit = value if isinstance(value, (int, float)) else value.get(span_kind(s))
+        limit = value if isinstance(value, (int, float)) else {k.upper(): v for k, v in value.items()}.get(span_kind(s))
         took = duration_ms(s)
         if limit is not None and took is not None and took > limit:
             problems.append(f"{span_kind(s)} span {s.get('name')} took {took:.0f}ms (at most {limit:g}ms)")
@@ -364,7 +365,8 @@ def _schemas_by_tool(v: Any) -> bool:
 def _ceilings(v: Any) -> bool:
     if _number(v):
         return True
-    return isinstance(v, dict) and all(isinstance(k, str) and (x is None or _number(x)) for k, x in v.items())
+    return isinstance(v, dict) and all(isinstance(k, str) and k.upper() in SPAN_KINDS and (x is None or _number(x))
+                                       for k, x in v.items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,7 +392,7 @@ SCORERS: dict[str, Scorer] = {
     "output_mime_type": Scorer(output_mime_type, lambda v: isinstance(v, str) and "/" in v, "a mime type"),
     "finish_reason_not": Scorer(finish_reason_not, _str_list, "a list of finish reasons"),
     "max_duration_ms": Scorer(max_duration_ms, _ceilings,
-                              "a mapping of span kind to milliseconds, or one number of milliseconds"),
+                              "a mapping of span kind (LLM, TOOL, ...) to milliseconds, or one number"),
     "max_identical_calls": Scorer(max_identical_calls, _count, "a whole number"),
     "max_steps": Scorer(max_steps, _count, "a whole number"),
     "must_not_call_after_error": Scorer(must_not_call_after_error, _str_list, "a list of tool names"),

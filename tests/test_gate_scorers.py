@@ -106,6 +106,8 @@ def test_unknown_key_and_wrong_shape_are_dataset_errors():
     assert problems[0].startswith("expected_behavior.must_contain: no scorer for this key")
     assert problems[1] == 'expected_behavior.max_identical_calls: expected a whole number, got "two"'
     assert expected_problems({"output_schema": {"type": "nonsense"}}) != []
+    assert expected_problems({"max_duration_ms": {"llm": 100, "TOOL": None}}) == []
+    assert expected_problems({"max_duration_ms": {"LMM": 100}}) != []  # a typo must not turn the check off
     assert expected_problems(["not", "a", "mapping"]) == ["expected_behavior must be a mapping"]
 
 
@@ -114,6 +116,15 @@ def test_a_run_of_several_traces_is_scored_as_one():
     second = make_trace(tool("refund", start=11), root=make_span("AGENT", name="turn2", start=10))
     assert score({"required_tool_sequence": ["search", "refund"]}, first + second, SETTINGS) == []
     assert score({"required_tool_sequence": ["search", "refund"]}, second + first, SETTINGS) == []
+
+
+def test_ceilings_ignore_the_case_of_span_kinds_and_unrecorded_arguments_are_not_judged():
+    slow = make_trace(llm(duration_ms=45_000))
+    assert score({"max_duration_ms": {"llm": 30_000}}, slow, SETTINGS) != []
+    silent = make_trace(tool(args=None))
+    assert score({"tool_arguments_schema": {"*": {"type": "object"}}}, silent, SETTINGS) == []
+    assert score({"tool_arguments_schema": {"*": {}}}, make_trace(tool(args="not json")), SETTINGS) == [
+        "tool_arguments_schema: get_weather was called with arguments that are not JSON"]
 
 
 def test_resource_attributes_keep_the_callers_pairs_and_replace_ours():
