@@ -407,10 +407,10 @@ def gate(cases_path: str, repeat: int, jobs: int, only: tuple[str, ...], protoco
     """Run the agent on every active case (tracesieve gate --cases cases.yaml -- CMD...); exit 1 on any failure.
 
     The agent gets the case input as JSON on stdin and in TRACESIEVE_CASE_INPUT, the id in
-    TRACESIEVE_CASE_ID, and OTEL_EXPORTER_OTLP_ENDPOINT / _PROTOCOL / OTEL_RESOURCE_ATTRIBUTES
-    (tracesieve.case_id, tracesieve.run) pointing at an embedded collector (its store is temporary;
-    --db is not written). Exit 0 when every active case passes, 1 otherwise, 2 on bad usage or an
-    invalid dataset.
+    TRACESIEVE_CASE_ID, the run number in TRACESIEVE_RUN, and OTEL_EXPORTER_OTLP_ENDPOINT /
+    _PROTOCOL / OTEL_RESOURCE_ATTRIBUTES (tracesieve.case_id, tracesieve.run) pointing at an
+    embedded collector (its store is temporary; --db is not written). Exit 0 when every active case
+    passes, 1 otherwise, 2 on bad usage or an invalid dataset.
     """
     import time
 

@@ -161,6 +161,7 @@ def agent_env(base: Mapping[str, str], case: Mapping[str, Any], run: int, endpoi
     env = {k: v for k, v in base.items() if not k.startswith("OTEL_EXPORTER_OTLP_")}  # nothing goes elsewhere
     env.update({
         "TRACESIEVE_CASE_ID": case_id,
+        "TRACESIEVE_RUN": str(run),
         "TRACESIEVE_CASE_INPUT": case_payload(case),
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
@@ -305,13 +306,13 @@ def run_gate(
 
 def _judge(con: Any, cases: Sequence[Mapping[str, Any]], outcomes: Mapping[tuple[str, int], RunResult],
            repeat: int, settings: RuleSettings) -> list[CaseResult]:
-    traces_of: dict[tuple[str, int], list[str]] = {}
+    traces_of: dict[tuple[str, int], list[str]] = {}  # run 0: traces with the case id but no run number
     for case_id, run, trace_id in con.execute(
             f"SELECT DISTINCT resource_attributes->>'$.{CASE_ATTRIBUTE}', "
             f"resource_attributes->>'$.{RUN_ATTRIBUTE}', trace_id FROM spans "
             f"WHERE resource_attributes->>'$.{CASE_ATTRIBUTE}' IS NOT NULL ORDER BY 3").fetchall():
-        if str(run or "").isdigit():
-            traces_of.setdefault((str(case_id), int(run)), []).append(str(trace_id))
+        n = int(run) if str(run or "").isdigit() else 0
+        traces_of.setdefault((str(case_id), n), []).append(str(trace_id))
     all_traces = sorted({t for ts in traces_of.values() for t in ts})
     spans = store.load_traces(con, all_traces)
     detections: dict[str, list[tuple[str, str]]] = {}
@@ -327,7 +328,9 @@ def _judge(con: Any, cases: Sequence[Mapping[str, Any]], outcomes: Mapping[tuple
         runs = []
         for n in range(1, repeat + 1):
             run = outcomes[(case_id, n)]
-            run.traces = traces_of.get((case_id, n), [])
+            # An agent that builds its resource by hand may carry the case id without the run: such
+            # traces cannot be told apart, so they count for every run of the case.
+            run.traces = traces_of.get((case_id, n), []) + traces_of.get((case_id, 0), [])
             if not run.traces:
                 if run.exit_code is None:
                     runs.append(run)  # killed at the timeout: that is the reason

@@ -151,6 +151,8 @@ AGENT_FOR_CASE = textwrap.dedent("""\
     if case == "TS-0003":  # exports nothing
         sys.exit(0)
     args = ["--bug", "tool_error"] if case == "TS-0002" and run == "2" else []  # flaky: fails on its second run
+    if case == "TS-0004":  # labels its resource by hand, with the case id but not the run
+        os.environ["OTEL_RESOURCE_ATTRIBUTES"] = "tracesieve.case_id=" + os.environ["TRACESIEVE_CASE_ID"]
     os.execv(sys.executable, [sys.executable, AGENT] + args)
 """)
 
@@ -184,7 +186,9 @@ def test_gate_runs_cases_in_parallel_kills_a_hung_agent_and_judges_each_repeat(t
     assert all(len(r["traces"]) == 1 for r in flaky["run_results"])
 
     assert by_id["TS-0003"]["reasons"][0].startswith("run 1/2: no trace arrived")
-    assert by_id["TS-0004"]["result"] == "passed"
+    unlabelled = by_id["TS-0004"]
+    assert unlabelled["result"] == "passed"
+    assert [len(r["traces"]) for r in unlabelled["run_results"]] == [2, 2]  # both runs' traces count for each
 
     # each run saw the caller's resource attributes, then the case and run; all eight ran at once
     logs = {p.stem: p.read_text().split(" ", 1) for p in tmp_path.glob("TS-*.log")}
