@@ -130,7 +130,7 @@ def load_active_cases(path: str, only: Sequence[str] = ()) -> list[dict[str, Any
     return active
 
 
-def _check_command(command: Sequence[str], workdir: str | None) -> None:
+def _check_command(command: Sequence[str], workdir: str | None, env: Mapping[str, str]) -> None:
     if not command:
         raise UsageError("give the agent command after --, e.g. tracesieve gate --cases cases.yaml -- python agent.py")
     exe = command[0]
@@ -138,7 +138,7 @@ def _check_command(command: Sequence[str], workdir: str | None) -> None:
         target = os.path.join(workdir or ".", exe)
         if not (os.path.isfile(target) and os.access(target, os.X_OK)):
             raise UsageError(f"agent command {exe} is not an executable file")
-    elif shutil.which(exe) is None:
+    elif shutil.which(exe, path=env.get("PATH", os.defpath)) is None:
         raise UsageError(f"agent command not found on PATH: {exe}")
 
 
@@ -247,13 +247,14 @@ def run_gate(
 ) -> list[CaseResult]:
     """Run every active case ``repeat`` times through ``command`` (``jobs`` at once), judge, record history.
 
-    ``env`` is the base environment of the agent (the CLI passes its own). Raises
+    ``env`` is the base environment of the agent (the CLI passes its own; None: this process's). Raises
     UsageError / NotFoundError before running anything when the dataset, the
     expected behaviours or the command are unusable. Results are in file order.
     """
     if repeat < 1 or jobs < 1 or timeout <= 0:
         raise UsageError("--repeat and --jobs must be at least 1, --timeout over 0")
-    _check_command(command, workdir)
+    base_env: Mapping[str, str] = os.environ if env is None else env
+    _check_command(command, workdir, base_env)
     cases = load_active_cases(cases_path, only)
     detectors = next((p for p in config.trace_processors if isinstance(p, DetectorsProcessor)), None)
     if detectors is None:  # the gate always judges with the detectors, even if this pipeline left them out
@@ -278,8 +279,8 @@ def run_gate(
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="gate-run")
         try:
             futures = {
-                pool.submit(runner.run, agent_env(env if env is not None else os.environ, case, n, endpoint,
-                                                  protocol), case_payload(case), n): (str(case["id"]), n)
+                pool.submit(runner.run, agent_env(base_env, case, n, endpoint, protocol), case_payload(case), n):
+                (str(case["id"]), n)
                 for case in cases for n in range(1, repeat + 1)
             }
             for future in concurrent.futures.as_completed(futures):
