@@ -227,3 +227,31 @@ def test_gate_refuses_bad_usage_and_invalid_datasets_with_exit_2_before_running(
 
     assert not ran.exists()
     assert not (tmp_path / "history.jsonl").exists()
+
+
+def test_a_cancelled_gate_kills_the_agents_it_started(tmp_path):
+    import signal
+    import time
+
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}, {"id": "TS-0002"}])
+    hang = "import os, time; open(os.environ['TRACESIEVE_CASE_ID'] + '.pid', 'w').write(str(os.getpid())); time.sleep(120)"
+    gate = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "gate", "--cases", str(cases), "--",
+                             sys.executable, "-c", hang], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = [int(p.read_text()) for p in tmp_path.glob("TS-*.pid") if p.read_text()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+        gate.send_signal(signal.SIGTERM)  # what a CI system sends a cancelled job
+        assert gate.wait(30) != 0
+        assert not any(alive(p) for p in pids)
+        assert not (tmp_path / "history.jsonl").exists()  # an interrupted gate records nothing
+    finally:
+        if gate.poll() is None:
+            gate.kill()
+            gate.wait()
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
