@@ -25,7 +25,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -444,6 +444,72 @@ def promote_case(
                    {"candidate_id": candidate_id, "by": str(owner).strip(),
                     "failure_mode": candidate.get("failure_mode"), "trace_id": plain["source"]["trace_id"]}, now)
     return plain
+
+
+# ---------------------------------------------------------------------------
+# regressed_count (written by gate)
+
+_COUNT = re.compile(r"\d+")
+
+
+def bump_regressed_count(cases_path: str | os.PathLike[str], case_ids: Collection[str]) -> dict[str, int]:
+    """Add 1 to ``regressed_count`` of each case in ``case_ids``; returns the new counts.
+
+    Only the digits of those counts change: every other byte (comments, order,
+    quoting) stays. When a count cannot be edited in place (an odd layout), the file
+    goes through a ruamel.yaml round-trip instead, which keeps comments and order.
+    The write is atomic (temp file + rename). Not idempotent: each call adds 1.
+    Raises UsageError when the file is not a failure dataset.
+    """
+    path = Path(cases_path)
+    wanted = set(case_ids)
+    if not wanted:
+        return {}
+    text = path.read_text(encoding="utf-8")
+    y = _yaml()
+    try:
+        doc = y.load(text)
+    except YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    cases = doc.get("cases") if isinstance(doc, CommentedMap) else None
+    if not isinstance(cases, list):
+        raise UsageError(f"{path}: not a failure dataset (no cases list)")
+    lines = text.split("\n")
+    counts: dict[str, int] = {}
+    edits: list[tuple[int, int, int, str]] = []  # line, column, length of the old digits, new digits
+    in_place = True
+    for case in cases:
+        if not isinstance(case, CommentedMap) or str(case.get("id")) not in wanted:
+            continue
+        old = case.get("regressed_count")
+        new = (old if isinstance(old, int) and not isinstance(old, bool) else 0) + 1
+        counts[str(case["id"])] = new
+        try:
+            line, col = case.lc.value("regressed_count")
+            m = _COUNT.match(lines[line], col) if isinstance(old, int) else None
+        except (AttributeError, KeyError, IndexError, TypeError):
+            m = None
+        if m is None or int(m.group(0)) != old:
+            in_place = False
+        else:
+            edits.append((line, col, len(m.group(0)), str(new)))
+    if in_place:
+        for line, col, length, digits in edits:
+            lines[line] = lines[line][:col] + digits + lines[line][col + length:]
+        new_text = "\n".join(lines)
+        check = y.load(new_text)
+        expected = _plain(doc)
+        for case in expected["cases"]:
+            if isinstance(case, dict) and str(case.get("id")) in counts:
+                case["regressed_count"] = counts[str(case["id"])]
+        in_place = _plain(check) == expected
+    if not in_place:
+        for case in cases:
+            if isinstance(case, CommentedMap) and str(case.get("id")) in counts:
+                case["regressed_count"] = counts[str(case["id"])]
+        new_text = _dump(y, doc)
+    _atomic_write(path, new_text)
+    return counts
 
 
 # ---------------------------------------------------------------------------

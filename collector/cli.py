@@ -410,42 +410,63 @@ def cases_lint(path: str, db_path: str | None, config_path: str | None) -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--cases", "cases_path", required=True, metavar="PATH", help="the failure dataset (cases.yaml)")
-@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True, help="runs per case")
+@click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True,
+              help="runs per case; every run must pass")
+@click.option("--jobs", type=click.IntRange(1, 64), default=4, show_default=True, help="agent runs at once")
 @click.option("--case", "only", multiple=True, metavar="ID", help="run only these cases (repeatable)")
 @click.option("--protocol", type=click.Choice(["grpc", "http/protobuf"]), default="grpc", show_default=True,
               help="OTEL_EXPORTER_OTLP_PROTOCOL given to the agent")
-@click.option("--timeout", type=float, default=300.0, show_default=True, help="seconds per agent run")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+              help="seconds per agent run; then its process group is killed and the case fails")
+@click.option("--junit", "junit_path", default=None, metavar="PATH", help="also write JUnit XML here")
 @db_option
 @config_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def gate(cases_path: str, repeat: int, only: tuple[str, ...], protocol: str, timeout: float,
-         db_path: str | None, config_path: str | None, fmt: str, command: tuple[str, ...]) -> None:
+def gate(cases_path: str, repeat: int, jobs: int, only: tuple[str, ...], protocol: str, timeout: float,
+         junit_path: str | None, db_path: str | None, config_path: str | None, fmt: str,
+         command: tuple[str, ...]) -> None:
     """Run the agent on every active case (tracesieve gate --cases cases.yaml -- CMD...); exit 1 on any failure.
 
     The agent gets the case input as JSON on stdin and in TRACESIEVE_CASE_INPUT, the id in
-    TRACESIEVE_CASE_ID, and OTEL_EXPORTER_OTLP_ENDPOINT / _PROTOCOL / OTEL_RESOURCE_ATTRIBUTES
-    pointing at an embedded collector (its store is temporary; --db is not written).
+    TRACESIEVE_CASE_ID, the run number in TRACESIEVE_RUN, and OTEL_EXPORTER_OTLP_ENDPOINT /
+    _PROTOCOL / OTEL_RESOURCE_ATTRIBUTES (tracesieve.case_id, tracesieve.run) pointing at an
+    embedded collector (its store is temporary; --db is not written). Exit 0 when every active case
+    passes, 1 otherwise, 2 on bad usage or an invalid dataset.
     """
+    import time
+
     from tracesieve.collector.config import load_config
     from tracesieve.collector.gate import run_gate
+    from tracesieve.collector.gate_output import (
+        failing, failure_line, json_records, junit_xml, matrix_lines, summary,
+    )
 
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # a cancelled CI job: run_gate kills the agents it started, then we exit 130
+
+    signal.signal(signal.SIGTERM, interrupted)
     config = load_config(config_path)
-    results = run_gate(config, cases_path, command, repeat=repeat, only=only, protocol=protocol,
-                       timeout=timeout, workdir=os.getcwd())
-    failed = [r for r in results if not r.passed]
+    started = time.monotonic()
+    results = run_gate(config, cases_path, command, repeat=repeat, jobs=jobs, only=only, protocol=protocol,
+                       timeout=timeout, workdir=os.getcwd(), env=dict(os.environ))
+    if junit_path:
+        with open(junit_path, "w", encoding="utf-8") as fh:
+            fh.write(junit_xml(results, time.monotonic() - started))
+    bad = failing(results)
     if fmt == "json":
-        click.echo(json.dumps([{"case_id": r.case_id, "failure_mode": r.failure_mode,
-                                "result": "passed" if r.passed else "failed", "runs": r.runs,
-                                "traces": r.traces, "reasons": r.reasons} for r in results], indent=2))
+        click.echo(json.dumps(json_records(results), ensure_ascii=False, indent=2))
     else:
-        _print_rows(("case", "failure_mode", "result", "runs", "traces", "why"),
-                    [[r.case_id, r.failure_mode, "pass" if r.passed else "FAIL", r.runs, len(r.traces),
-                      "; ".join(r.reasons)] for r in results], "table")
-    summary = f"gate: {len(results) - len(failed)} of {len(results)} cases passed"
-    if failed:
-        raise CommandFailed(summary + f"; failing: {', '.join(r.case_id for r in failed)}")
-    click.echo(summary, err=True)
+        for line in matrix_lines(results):
+            click.echo(line)
+        for r in bad:
+            click.echo(failure_line(r))
+        passed = [r.case_id for r in results if r.passed]
+        if passed:
+            click.echo(f"passed: {', '.join(passed)}")
+    if bad:
+        raise CommandFailed(summary(results))
+    click.echo(summary(results) if results else f"gate: no active case in {cases_path}", err=True)
 
 
 # --------------------------------------------------------------------------- completion and examples

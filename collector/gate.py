@@ -1,60 +1,126 @@
 """``tracesieve gate``: replay the failure dataset against the agent and fail CI when a case fails again.
 
-For each active case the agent command runs once (or ``repeat`` times) with the
-case input on stdin and in ``TRACESIEVE_CASE_INPUT``, and the standard OTel
-variables pointing at an embedded collector whose resource attribute
-``tracesieve.case_id`` tags the traces. After every run the embedded collector
-is shut down, which judges every pending trace; then each case is judged on its
-traces: the command must succeed, at least one trace must arrive, no detection
-of the case's failure_mode may appear, and every ``expected_behavior`` assertion
-must hold.
+Order of work (:func:`run_gate`):
+
+1. Check before running anything: the dataset passes the same validation as
+   ``tracesieve cases lint``, every ``expected_behavior`` key has a scorer and a
+   value of the right shape, the agent command exists. Any problem is a
+   :class:`UsageError` (exit 2).
+2. Start an embedded collector (free loopback ports, temporary store, the
+   user's detectors config) and run the agent once per active case and repeat,
+   ``jobs`` at a time. Each run gets the case input as JSON on stdin and in
+   ``TRACESIEVE_CASE_INPUT``, the id in ``TRACESIEVE_CASE_ID``, and OTel variables
+   whose ``OTEL_RESOURCE_ATTRIBUTES`` carry ``tracesieve.case_id=<id>`` and
+   ``tracesieve.run=<n>`` (merged into any the caller set). A run that outlives
+   ``timeout`` has its whole process group killed.
+3. Stop the collector, which judges every pending trace with the detectors.
+4. Judge each run on its own: the agent exited 0, a trace arrived, no detection
+   of the case's failure_mode, every ``expected_behavior`` scorer holds. A case
+   passes when all its runs pass.
+5. Record ``passed`` / ``failed`` (and ``flipped``) in history.jsonl and add 1 to
+   ``regressed_count`` of each case that passed last time and fails now.
+
+Library code: nothing here prints or exits (the CLI formats results).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import datetime as dt
 import json
 import os
+import shutil
+import signal
 import subprocess
 import tempfile
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jsonschema
 import yaml
 
-from tracesieve.collector.cases import append_history, history_events
+from tracesieve.collector.cases import append_history, bump_regressed_count, history_events, lint_cases
 from tracesieve.collector.config import Config, Endpoint
+from tracesieve.collector.gate_scorers import expected_problems, rule_settings, score
 from tracesieve.collector.server import Collector
+from tracesieve.processors.detectors import DetectorsProcessor
+from tracesieve.processors.rules import RuleSettings
 from tracesieve.storage import store
 from tracesieve.storage.errors import NotFoundError, UsageError
 
-LENGTH_REASONS = {"length", "max_tokens", "max_output_tokens"}
+CASE_ATTRIBUTE = "tracesieve.case_id"
+RUN_ATTRIBUTE = "tracesieve.run"
+STDERR_TAIL = 300  # characters of a failing agent's last stderr line kept in the reason
+
+
+@dataclasses.dataclass
+class RunResult:
+    """One run of the agent on one case, judged on its own."""
+
+    run: int
+    exit_code: int | None  # None: killed at the timeout
+    seconds: float
+    traces: list[str] = dataclasses.field(default_factory=list)
+    reasons: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
 
 
 @dataclasses.dataclass
 class CaseResult:
     case_id: str
     failure_mode: str
-    passed: bool
-    runs: int
-    traces: list[str]
-    reasons: list[str]
+    runs: list[RunResult]
+    previous: str | None = None  # the last recorded outcome before this gate: passed | failed | None
+    regressed_count: int | None = None  # the new count, set when this gate is a regression
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.runs)
+
+    @property
+    def regressed(self) -> bool:
+        """Passed last time, fails now."""
+        return self.previous == "passed" and not self.passed
+
+    @property
+    def traces(self) -> list[str]:
+        return [t for r in self.runs for t in r.traces]
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.seconds for r in self.runs)
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why it failed: each failing run's reasons, prefixed with the run when there are several."""
+        many = len(self.runs) > 1
+        return [f"run {r.run}/{len(self.runs)}: {why}" if many else why for r in self.runs for why in r.reasons]
+
+
+# ---------------------------------------------------------------------------
+# before running anything
 
 
 def load_active_cases(path: str, only: Sequence[str] = ()) -> list[dict[str, Any]]:
-    if not os.path.exists(path):
+    """The active cases of a dataset that passes ``cases lint``, in file order; UsageError / NotFoundError otherwise."""
+    if not os.path.isfile(path):
         raise NotFoundError(f"no dataset at {path} (promote a candidate with `tracesieve promote` first)")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    cases = doc.get("cases") if isinstance(doc, dict) else None
-    if not isinstance(cases, list):
-        raise UsageError(f"{path} has no cases list (run `tracesieve cases lint {path}`)")
-    active = [c for c in cases if isinstance(c, dict) and c.get("status", "active") == "active" and c.get("id")]
+    problems = lint_cases(path)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UsageError(f"invalid dataset: {problems[0]}{more}; see `tracesieve cases lint {path}`")
+    with open(path, encoding="utf-8") as fh:
+        doc = yaml.safe_load(fh) or {}
+    active = [c for c in doc.get("cases") or [] if c.get("status") == "active"]
+    unscorable = [f"{path}: {c['id']}: {p}" for c in active for p in expected_problems(c.get("expected_behavior"))]
+    if unscorable:
+        more = f" (+{len(unscorable) - 1} more)" if len(unscorable) > 1 else ""
+        raise UsageError(f"invalid dataset: {unscorable[0]}{more}")
     if only:
         known = {str(c["id"]) for c in active}
         missing = [i for i in only if i not in known]
@@ -64,21 +130,137 @@ def load_active_cases(path: str, only: Sequence[str] = ()) -> list[dict[str, Any
     return active
 
 
+def _check_command(command: Sequence[str], workdir: str | None, env: Mapping[str, str]) -> None:
+    if not command:
+        raise UsageError("give the agent command after --, e.g. tracesieve gate --cases cases.yaml -- python agent.py")
+    exe = command[0]
+    if os.sep in exe:
+        target = os.path.join(workdir or ".", exe)
+        if not (os.path.isfile(target) and os.access(target, os.X_OK)):
+            raise UsageError(f"agent command {exe} is not an executable file")
+    elif shutil.which(exe, path=env.get("PATH", os.defpath)) is None:
+        raise UsageError(f"agent command not found on PATH: {exe}")
+
+
+# ---------------------------------------------------------------------------
+# running
+
+
+def resource_attributes(existing: str | None, case_id: str, run: int) -> str:
+    """OTEL_RESOURCE_ATTRIBUTES: the caller's pairs (minus ours) followed by the case id and run number."""
+    ours = {CASE_ATTRIBUTE: case_id, RUN_ATTRIBUTE: str(run)}
+    kept = [pair.strip() for pair in (existing or "").split(",")
+            if pair.strip() and pair.split("=", 1)[0].strip() not in ours]
+    return ",".join(kept + [f"{k}={v}" for k, v in ours.items()])
+
+
+def agent_env(base: Mapping[str, str], case: Mapping[str, Any], run: int, endpoint: str,
+              protocol: str) -> dict[str, str]:
+    """The agent's environment: ``base`` without OTLP exporter settings, plus the gate protocol variables."""
+    case_id = str(case["id"])
+    env = {k: v for k, v in base.items() if not k.startswith("OTEL_EXPORTER_OTLP_")}  # nothing goes elsewhere
+    env.update({
+        "TRACESIEVE_CASE_ID": case_id,
+        "TRACESIEVE_RUN": str(run),
+        "TRACESIEVE_CASE_INPUT": case_payload(case),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+        "OTEL_RESOURCE_ATTRIBUTES": resource_attributes(base.get("OTEL_RESOURCE_ATTRIBUTES"), case_id, run),
+    })
+    return env
+
+
+def case_payload(case: Mapping[str, Any]) -> str:
+    return json.dumps(case.get("input") or {}, ensure_ascii=False, default=str)
+
+
+class _Runner:
+    """Runs agent processes, each in its own process group, and kills the groups still alive on close."""
+
+    def __init__(self, command: Sequence[str], workdir: str | None, timeout: float) -> None:
+        self.command = list(command)
+        self.workdir = workdir
+        self.timeout = timeout
+        self._live: set[subprocess.Popen[str]] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, env: dict[str, str], stdin: str, run: int) -> RunResult:
+        started = time.monotonic()
+        proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=self.workdir, start_new_session=True)
+        with self._lock:
+            self._live.add(proc)
+            closed = self._closed
+        if closed:  # the gate is stopping: this run started too late to matter
+            self._kill(proc)
+        try:
+            try:
+                _, err = proc.communicate(stdin, timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                self._kill(proc)
+                try:
+                    proc.communicate(timeout=10)
+                except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipes
+                    pass
+                return RunResult(run, None, time.monotonic() - started,
+                                 reasons=[f"timed out after {self.timeout:g}s: the agent's process group was killed"])
+        finally:
+            with self._lock:
+                self._live.discard(proc)
+        result = RunResult(run, proc.returncode, time.monotonic() - started)
+        if proc.returncode != 0:
+            tail = (err or "").strip().splitlines()[-1:]
+            why = f"the agent exited with {proc.returncode}"
+            result.reasons.append(why + (f" ({tail[0][:STDERR_TAIL]})" if tail else ""))
+        return result
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[str]) -> None:
+        """SIGKILL the run's process group; the thread that owns ``proc`` reaps it."""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def close(self) -> None:
+        """Kill every run still going (and any that starts from now on). Any thread; idempotent."""
+        with self._lock:
+            self._closed = True
+            live = list(self._live)
+        for proc in live:
+            self._kill(proc)
+
+
 def run_gate(
     config: Config,
     cases_path: str,
     command: Sequence[str],
     *,
     repeat: int = 1,
+    jobs: int = 1,
     only: Sequence[str] = (),
     protocol: str = "grpc",
     timeout: float = 300.0,
     workdir: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> list[CaseResult]:
-    """Run every active case through ``command`` and judge it. Records results in history.jsonl."""
-    if not command:
-        raise UsageError("give the agent command after --, e.g. tracesieve gate --cases cases.yaml -- python agent.py")
+    """Run every active case ``repeat`` times through ``command`` (``jobs`` at once), judge, record history.
+
+    ``env`` is the base environment of the agent (the CLI passes its own; None: this process's). Raises
+    UsageError / NotFoundError before running anything when the dataset, the
+    expected behaviours or the command are unusable. Results are in file order.
+    """
+    if repeat < 1 or jobs < 1 or timeout <= 0:
+        raise UsageError("--repeat and --jobs must be at least 1, --timeout over 0")
+    base_env: Mapping[str, str] = os.environ if env is None else env
+    _check_command(command, workdir, base_env)
     cases = load_active_cases(cases_path, only)
+    detectors = next((p for p in config.trace_processors if isinstance(p, DetectorsProcessor)), None)
+    if detectors is None:  # the gate always judges with the detectors, even if this pipeline left them out
+        detectors = DetectorsProcessor()
+    settings = rule_settings(detectors.config)
+    runner = _Runner(command, workdir, timeout)
     with tempfile.TemporaryDirectory(prefix="tracesieve-gate-") as tmp:
         gate_config = dataclasses.replace(
             config,
@@ -86,168 +268,119 @@ def run_gate(
             http=Endpoint("127.0.0.1", 0),
             bearer_token=None,
             db_path=os.path.join(tmp, "gate.duckdb"),
+            span_workers=0,  # a gate's volume does not need worker processes
+            trace_processors=[detectors],  # candidates are of no use in a throwaway store
         )
         collector = Collector(gate_config)
         collector.start()
-        runs: dict[str, list[tuple[int, str]]] = {}
+        port = collector.grpc_port if protocol == "grpc" else collector.http_port
+        endpoint = f"http://127.0.0.1:{port}"
+        outcomes: dict[tuple[str, int], RunResult] = {}
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="gate-run")
         try:
-            for case in cases:
-                case_id = str(case["id"])
-                for _ in range(repeat):
-                    runs.setdefault(case_id, []).append(
-                        _run_agent(command, case, collector, protocol, timeout, workdir))
-        finally:
+            futures = {
+                pool.submit(runner.run, agent_env(base_env, case, n, endpoint, protocol), case_payload(case), n):
+                (str(case["id"]), n)
+                for case in cases for n in range(1, repeat + 1)
+            }
+            for future in concurrent.futures.as_completed(futures):
+                outcomes[futures[future]] = future.result()
+        except OSError as exc:
+            raise UsageError(f"cannot run the agent command {command[0]}: {exc.strerror or exc}") from None
+        finally:  # on an error or an interrupt: no new run starts, and the running ones are killed
+            pool.shutdown(wait=False, cancel_futures=True)
+            runner.close()
+            pool.shutdown(wait=True)
             collector.stop(deadline_seconds=60)
         con = store.open_database(gate_config.db_path, read_only=True)
         try:
-            results = [_judge_case(con, case, runs.get(str(case["id"]), [])) for case in cases]
+            results = _judge(con, cases, outcomes, repeat, settings)
         finally:
             con.close()
     _record_history(cases_path, results)
     return results
 
 
-def _run_agent(command: Sequence[str], case: dict[str, Any], collector: Collector, protocol: str,
-               timeout: float, workdir: str | None) -> tuple[int, str]:
-    case_id = str(case["id"])
-    payload = json.dumps(case.get("input") or {}, ensure_ascii=False, default=str)
-    port = collector.grpc_port if protocol == "grpc" else collector.http_port
-    env = dict(os.environ)
-    for key in [k for k in env if k.startswith("OTEL_EXPORTER_OTLP_")]:
-        del env[key]  # nothing may send the case's traces elsewhere
-    env.update({
-        "TRACESIEVE_CASE_ID": case_id,
-        "TRACESIEVE_CASE_INPUT": payload,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc" if protocol == "grpc" else "http/protobuf",
-        "OTEL_RESOURCE_ATTRIBUTES": f"tracesieve.case_id={case_id}",
-    })
-    try:
-        proc = subprocess.run(list(command), input=payload, text=True, env=env, cwd=workdir,
-                              capture_output=True, timeout=timeout)
-    except FileNotFoundError:
-        raise UsageError(f"agent command not found: {command[0]}") from None
-    except subprocess.TimeoutExpired:
-        return -1, f"timed out after {timeout:g}s"
-    tail = (proc.stderr or "").strip().splitlines()[-1:] if proc.returncode else []
-    return proc.returncode, tail[0] if tail else ""
+# ---------------------------------------------------------------------------
+# judging
 
 
-def _judge_case(con: Any, case: dict[str, Any], runs: list[tuple[int, str]]) -> CaseResult:
-    case_id = str(case["id"])
-    mode = str(case.get("failure_mode", ""))
-    reasons: list[str] = []
-    for i, (code, tail) in enumerate(runs):
-        if code != 0:
-            reasons.append(f"run {i + 1}: the agent exited with {code}" + (f" ({tail})" if tail else ""))
-    trace_ids = [r[0] for r in con.execute(
-        "SELECT DISTINCT trace_id FROM spans WHERE resource_attributes->>'$.tracesieve.case_id' = ? ORDER BY 1",
-        [case_id]).fetchall()]
-    if not trace_ids:
-        reasons.append("no trace arrived for this case (does the agent export OTLP with the OTEL_* variables?)")
-    else:
-        recurring = con.execute(
-            "SELECT failure_mode, message FROM detections WHERE trace_id IN (SELECT unnest(?::VARCHAR[])) "
-            "AND failure_mode = ? ORDER BY detected_at", [trace_ids, mode]).fetchall()
-        for fm, message in recurring[:3]:
-            reasons.append(f"{fm} again: {message}")
-        traces = store.load_traces(con, trace_ids)
-        for trace_id, spans in traces.items():
-            reasons.extend(f"trace {trace_id[:12]}: {r}" for r in
-                           check_expected(case.get("expected_behavior") or {}, spans))
-    return CaseResult(case_id, mode, not reasons, len(runs), trace_ids, reasons)
+def _judge(con: Any, cases: Sequence[Mapping[str, Any]], outcomes: Mapping[tuple[str, int], RunResult],
+           repeat: int, settings: RuleSettings) -> list[CaseResult]:
+    traces_of: dict[tuple[str, int], list[str]] = {}  # run 0: traces with the case id but no run number
+    for case_id, run, trace_id in con.execute(
+            f"SELECT DISTINCT resource_attributes->>'$.{CASE_ATTRIBUTE}', "
+            f"resource_attributes->>'$.{RUN_ATTRIBUTE}', trace_id FROM spans "
+            f"WHERE resource_attributes->>'$.{CASE_ATTRIBUTE}' IS NOT NULL ORDER BY 3").fetchall():
+        n = int(run) if str(run or "").isdigit() else 0
+        traces_of.setdefault((str(case_id), n), []).append(str(trace_id))
+    all_traces = sorted({t for ts in traces_of.values() for t in ts})
+    spans = store.load_traces(con, all_traces)
+    detections: dict[str, list[tuple[str, str]]] = {}
+    for trace_id, mode, message in con.execute(
+            "SELECT trace_id, failure_mode, message FROM detections WHERE trace_id IN (SELECT unnest(?::VARCHAR[])) "
+            "ORDER BY detected_at, detection_id", [all_traces]).fetchall():
+        detections.setdefault(str(trace_id), []).append((str(mode), str(message)))
+
+    results = []
+    for case in cases:
+        case_id, mode = str(case["id"]), str(case.get("failure_mode"))
+        expected = case.get("expected_behavior") or {}
+        runs = []
+        for n in range(1, repeat + 1):
+            run = outcomes[(case_id, n)]
+            # An agent that builds its resource by hand may carry the case id without the run: such
+            # traces cannot be told apart, so they count for every run of the case.
+            run.traces = traces_of.get((case_id, n), []) + traces_of.get((case_id, 0), [])
+            if not run.traces:
+                if run.exit_code is None:
+                    runs.append(run)  # killed at the timeout: that is the reason
+                    continue
+                run.reasons.append("no trace arrived (does the agent export OTLP using the OTEL_* variables, "
+                                   "with OTEL_RESOURCE_ATTRIBUTES in its resource?)")
+            else:
+                again = [msg for t in run.traces for m, msg in detections.get(t, []) if m == mode]
+                run.reasons.extend(f"{mode} again: {msg}" for msg in again[:3])
+                run_spans = [s for t in run.traces for s in spans.get(t, [])]
+                run.reasons.extend(score(expected, run_spans, settings))
+            runs.append(run)
+        results.append(CaseResult(case_id, mode, runs))
+    return results
 
 
-def _final_answer(spans: list[dict[str, Any]]) -> str:
-    roots = [s for s in spans if not s.get("parent_span_id")]
-    for s in roots:
-        if s.get("output_value"):
-            return str(s["output_value"])
-    llm = [s for s in spans if s.get("span_kind") == "LLM" and s.get("output_value")]
-    return str(llm[-1]["output_value"]) if llm else ""
+def check_expected(expected: Mapping[str, Any], spans: Sequence[dict[str, Any]],
+                   settings: RuleSettings | None = None) -> list[str]:
+    """Problems of one run's spans against ``expected_behavior`` (empty: it holds); default detector settings."""
+    problems = expected_problems(expected)
+    if problems:
+        raise UsageError(problems[0])
+    return score(expected, spans, settings or rule_settings(None))
 
 
-def check_expected(expected: dict[str, Any], spans: list[dict[str, Any]]) -> list[str]:
-    """Problems with one trace against a case's expected_behavior (empty list: it holds)."""
-    problems: list[str] = []
-    answer = _final_answer(spans)
-    folded = answer.casefold()
-    tools = [s.get("tool_name") or s.get("name") for s in spans if s.get("span_kind") == "TOOL"]
-
-    sequence = expected.get("required_tool_sequence")
-    if isinstance(sequence, list) and sequence:
-        it = iter(tools)
-        if not all(any(t == want for t in it) for want in sequence):
-            problems.append(f"tool sequence {tools} does not contain {sequence} in order")
-    for phrase in expected.get("must_not") or []:
-        if isinstance(phrase, str) and phrase.casefold() in folded:
-            problems.append(f"the answer contains {phrase!r}")
-    for phrase in expected.get("must_include") or []:
-        if isinstance(phrase, str) and phrase.casefold() not in folded:
-            problems.append(f"the answer does not contain {phrase!r}")
-    schema = expected.get("output_schema")
-    if isinstance(schema, dict) and schema:
-        try:
-            jsonschema.validate(json.loads(answer), schema)
-        except (ValueError, jsonschema.ValidationError) as exc:
-            problems.append(f"the answer breaks output_schema: {str(exc).splitlines()[0]}")
-    banned = {str(r).lower() for r in expected.get("finish_reason_not") or []}
-    if banned & LENGTH_REASONS:
-        banned |= LENGTH_REASONS
-    for s in spans:
-        reason = (s.get("llm_finish_reason") or "").lower()
-        if reason and reason in banned:
-            problems.append(f"span {s['span_id']} finished with {reason}")
-    limit = expected.get("max_identical_calls")
-    if isinstance(limit, int):
-        seen: dict[tuple[str, str], int] = {}
-        for s in spans:
-            if s.get("span_kind") == "TOOL":
-                key = (str(s.get("tool_name") or s.get("name")), str(s.get("input_value") or ""))
-                seen[key] = seen.get(key, 0) + 1
-        worst = max(seen.values(), default=0)
-        if worst > limit:
-            problems.append(f"a tool was called {worst} times with the same arguments (max {limit})")
-    must_succeed = expected.get("tool_calls_succeed")
-    if must_succeed:
-        named = set(must_succeed) if isinstance(must_succeed, list) else None  # a list names the tools; true: all
-        failed = [s.get("tool_name") or s.get("name") for s in spans
-                  if s.get("span_kind") == "TOOL" and s.get("status_code") == "ERROR"
-                  and (named is None or (s.get("tool_name") or s.get("name")) in named)]
-        if failed:
-            problems.append(f"tool calls failed: {failed}")
-    if expected.get("no_error_spans"):
-        failed = [s.get("name") for s in spans
-                  if s.get("span_kind") in ("LLM", "AGENT", "CHAIN") and s.get("status_code") == "ERROR"]
-        if failed:
-            problems.append(f"spans errored: {failed}")
-    minimum = expected.get("min_retrieved_documents")
-    if isinstance(minimum, int):
-        for s in spans:
-            if s.get("span_kind") == "RETRIEVER":
-                docs = ((s.get("attributes") or {}).get("retrieval") or {}).get("documents") or []
-                if len([d for d in docs if d]) < minimum:
-                    problems.append(f"retriever {s['span_id']} returned {len(docs)} documents (min {minimum})")
-    durations = expected.get("max_duration_ms")
-    if isinstance(durations, dict):
-        for s in spans:
-            limit_ms = durations.get(s.get("span_kind"))
-            if isinstance(limit_ms, (int, float)) and (s.get("duration_ms") or 0) > limit_ms:
-                problems.append(f"{s.get('span_kind')} span {s['span_id']} took {s['duration_ms']:.0f}ms "
-                                f"(max {limit_ms:g}ms)")
-    return problems
+# ---------------------------------------------------------------------------
+# history
 
 
 def _record_history(cases_path: str, results: list[CaseResult]) -> None:
-    """passed/failed per case, and flipped when the outcome differs from the case's previous one."""
-    last = {str(ev.get("case_id")): str(ev["event"]) for ev in history_events(cases_path)
-            if ev.get("event") in ("passed", "failed")}
+    """passed/failed per case, flipped when the outcome changed, and regressed_count + 1 on passed -> failed."""
+    last: dict[str, str] = {}
+    for ev in history_events(cases_path):
+        if ev.get("event") in ("passed", "failed"):
+            last[str(ev.get("case_id"))] = str(ev["event"])
     now = dt.datetime.now(dt.timezone.utc)
     for r in results:
+        r.previous = last.get(r.case_id)
+    regressed = [r.case_id for r in results if r.regressed]
+    counts = bump_regressed_count(cases_path, regressed) if regressed else {}
+    for r in results:
         outcome = "passed" if r.passed else "failed"
-        detail: dict[str, Any] = {"runs": r.runs, "traces": r.traces[:20]}
+        detail: dict[str, Any] = {"runs": len(r.runs), "traces": r.traces[:20]}
         if r.reasons:
             detail["reasons"] = r.reasons[:10]
-        if r.case_id in last and last[r.case_id] != outcome:
-            append_history(cases_path, "flipped", r.case_id, {"from": last[r.case_id], "to": outcome}, now)
+        if r.previous is not None and r.previous != outcome:
+            flip: dict[str, Any] = {"from": r.previous, "to": outcome}
+            if r.case_id in counts:
+                r.regressed_count = counts[r.case_id]
+                flip["regressed_count"] = counts[r.case_id]
+            append_history(cases_path, "flipped", r.case_id, flip, now)
         append_history(cases_path, outcome, r.case_id, detail, now)

@@ -1,14 +1,23 @@
-"""gate end to end: a real agent process exporting OTLP, a promoted case, the same failure caught again."""
+"""gate end to end: real agent processes exporting OTLP to the embedded collector, real cases.yaml files."""
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
+import subprocess
 import sys
+import textwrap
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import yaml
 from conftest import FAST_JUDGE, run_cli
 
-AGENT = str(Path(__file__).resolve().parents[1] / "examples" / "agent.py")
+ROOT = Path(__file__).resolve().parents[1]
+AGENT = str(ROOT / "examples" / "agent.py")
+WALKTHROUGH = ROOT / "examples" / "gate"
 
 
 def otel_env(c, protocol: str = "grpc") -> dict[str, str]:
@@ -16,12 +25,42 @@ def otel_env(c, protocol: str = "grpc") -> dict[str, str]:
     return {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol}
 
 
-def test_gate_fails_while_the_bug_is_there_and_passes_once_fixed(start_collector, tmp_path):
-    import subprocess
+def history(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
 
+
+def write_dataset(path: Path, cases: list[dict]) -> Path:
+    """A cases.yaml that passes `cases lint`: every field a promoted case has."""
+    full = [{"id": c["id"], "failure_mode": c.get("failure_mode", "tool_invocation"), "severity": "P2",
+             "blast_radius": "internal_visible", "status": c.get("status", "active"),
+             "discovered_at": "2026-11-01T10:00:00Z", "discovered_by": "qa",
+             "source": {"trace_id": "0" * 31 + "1"}, "input": {"user_message": "Where is order ORD-1?",
+                                                              "conversation_history": []},
+             "context": {}, "expected_behavior": c.get("expected_behavior", {}), "remediation": [],
+             "regressed_count": 0} for c in cases]
+    path.write_text(yaml.safe_dump({"schema_version": 1, "failure_modes": list(_modes()), "cases": full},
+                                   sort_keys=False))
+    return path
+
+
+def _modes() -> tuple[str, ...]:
+    from tracesieve.storage.schema import FAILURE_MODES
+    return tuple(FAILURE_MODES)
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_gate_fails_while_the_bug_is_there_and_passes_once_fixed(start_collector, tmp_path):
     c = start_collector(FAST_JUDGE)
     run = subprocess.run([sys.executable, AGENT, "--question", "Where is order ORD-1? I am ann@example.com",
-                          "--bug", "tool_error"], env={**__import__("os").environ, **otel_env(c, "http/protobuf")},
+                          "--bug", "tool_error"], env={**os.environ, **otel_env(c, "http/protobuf")},
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     rows = c.wait_for("SELECT candidate_id FROM candidates WHERE failure_mode = 'tool_invocation'",
@@ -29,7 +68,7 @@ def test_gate_fails_while_the_bug_is_there_and_passes_once_fixed(start_collector
     cases = tmp_path / "cases.yaml"
     promoted = c.cli("promote", rows[0]["candidate_id"], "--cases", str(cases), "--owner", "qa")
     assert promoted.returncode == 0, promoted.stderr
-    case = __import__("yaml").safe_load(cases.read_text())["cases"][0]
+    case = yaml.safe_load(cases.read_text())["cases"][0]
     assert "ann@example.com" not in json.dumps(case, default=str)
     c.stop()
 
@@ -39,58 +78,180 @@ def test_gate_fails_while_the_bug_is_there_and_passes_once_fixed(start_collector
     result = json.loads(broken.stdout)[0]
     assert result["case_id"] == "TS-0001" and result["result"] == "failed"
     assert result["runs"] == 2 and len(result["traces"]) == 2
-    assert any("tool_invocation again" in r for r in result["reasons"])
+    assert [r["result"] for r in result["run_results"]] == ["failed", "failed"]
+    assert any(r.startswith("run 2/2: tool_invocation again") for r in result["reasons"])
 
     fixed = run_cli("gate", "--cases", str(cases), "--protocol", "http/protobuf", "--", sys.executable, AGENT,
                     cwd=tmp_path, timeout=180)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-    assert "TS-0001" in fixed.stdout and "pass" in fixed.stdout
-    events = [json.loads(line)["event"] for line in (tmp_path / "history.jsonl").read_text().splitlines()]
-    assert events == ["promoted", "failed", "flipped", "passed"]
+    assert "passed: TS-0001" in fixed.stdout
+    assert [e["event"] for e in history(tmp_path)] == ["promoted", "failed", "flipped", "passed"]
 
 
-def test_gate_reports_an_agent_that_sends_nothing(tmp_path):
-    cases = tmp_path / "cases.yaml"
-    cases.write_text("schema_version: 1\ncases:\n  - id: TS-0001\n    failure_mode: truncation\n"
-                     "    severity: P2\n    status: active\n    input: {user_message: hi}\n")
-    result = run_cli("gate", "--cases", str(cases), "--", sys.executable, "-c", "print('no telemetry')",
-                     cwd=tmp_path, timeout=120)
-    assert result.returncode == 1
-    assert "no trace arrived" in result.stdout
+def _walkthrough_commands() -> list[list[str]]:
+    """The `$ tracesieve gate ...` lines of examples/gate/README.md, as argv lists for this interpreter."""
+    lines = [line[2:] for line in (WALKTHROUGH / "README.md").read_text().splitlines()
+             if line.startswith("$ tracesieve gate ")]
+    commands = []
+    for line in lines:
+        argv = shlex.split(line, comments=True)
+        argv = [sys.executable, "-m", "tracesieve.collector.cli"] + argv[1:]
+        sep = argv.index("--")
+        if argv[sep + 1] == "python":
+            argv[sep + 1] = sys.executable
+        commands.append(argv)
+    return commands
 
 
-def test_gate_usage_errors_exit_2(tmp_path):
-    missing = run_cli("gate", "--cases", str(tmp_path / "none.yaml"), "--", "true", cwd=tmp_path)
+def test_the_readme_walkthrough_goes_red_then_green_then_flags_the_regression(tmp_path):
+    folder = tmp_path / "gate"
+    shutil.copytree(WALKTHROUGH, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    original = (folder / "cases.yaml").read_text()
+    promoted = len(history(folder))
+    commands = _walkthrough_commands()
+    assert len(commands) == 3
+    readme = (ROOT / "README.md").read_text()
+    for argv in commands:  # the main README shows the same walkthrough
+        assert shlex.join(["tracesieve"] + argv[3:argv.index("--") + 1]) in readme
+
+    runs = [subprocess.run(argv, cwd=folder, capture_output=True, text=True, timeout=180) for argv in commands]
+    assert [r.returncode for r in runs] == [1, 0, 1], [r.stdout + r.stderr for r in runs]
+
+    red, green, regressed = runs
+    assert red.stdout.splitlines()[0].split() == ["failure_mode", "cases", "passed", "failed"]
+    assert red.stdout.splitlines()[5].split() == ["total", "4", "0", "4"]
+    assert [line.split()[1] for line in red.stdout.splitlines() if line.startswith("FAILED")] == \
+        ["TS-0001", "TS-0002", "TS-0003", "TS-0004"]
+    suite = ET.parse(folder / "gate-junit.xml").getroot().find("testsuite")
+    assert suite.get("tests") == "4" and suite.get("failures") == "4"
+    assert all(tc.find("failure").get("message") for tc in suite.findall("testcase"))
+    assert "passed: TS-0001, TS-0002, TS-0003, TS-0004" in green.stdout
+    assert [line.split()[1] for line in regressed.stdout.splitlines() if line.startswith("REGRESSED")] == \
+        ["TS-0001", "TS-0002", "TS-0003", "TS-0004"]
+    assert "regressed: TS-0001, TS-0002, TS-0003, TS-0004" in regressed.stderr
+
+    events = [(e["event"], e["case_id"]) for e in history(folder)[promoted:]]
+    for case_id in ("TS-0001", "TS-0002", "TS-0003", "TS-0004"):
+        assert [ev for ev, cid in events if cid == case_id] == ["failed", "flipped", "passed", "flipped", "failed"]
+    counts = [c["regressed_count"] for c in yaml.safe_load((folder / "cases.yaml").read_text())["cases"]]
+    assert counts == [1, 1, 1, 1]
+    assert (folder / "cases.yaml").read_text() == original.replace("regressed_count: 0", "regressed_count: 1")
+
+
+AGENT_FOR_CASE = textwrap.dedent("""\
+    import os, subprocess, sys, time
+    case, run = os.environ["TRACESIEVE_CASE_ID"], os.environ["OTEL_RESOURCE_ATTRIBUTES"].split("tracesieve.run=")[1]
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, f"{case}-{run}.log"), "w") as fh:
+        fh.write(f"{time.time()} {os.environ['OTEL_RESOURCE_ATTRIBUTES']}")
+    if case == "TS-0001":  # hangs, with a child in its process group
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        open(os.path.join(here, f"child-{run}.pid"), "w").write(str(child.pid))
+        time.sleep(120)
+    if case == "TS-0003":  # exports nothing
+        sys.exit(0)
+    args = ["--bug", "tool_error"] if case == "TS-0002" and run == "2" else []  # flaky: fails on its second run
+    if case == "TS-0004":  # labels its resource by hand, with the case id but not the run
+        os.environ["OTEL_RESOURCE_ATTRIBUTES"] = "tracesieve.case_id=" + os.environ["TRACESIEVE_CASE_ID"]
+    os.execv(sys.executable, [sys.executable, AGENT] + args)
+""")
+
+
+def test_gate_runs_cases_in_parallel_kills_a_hung_agent_and_judges_each_repeat(tmp_path):
+    script = tmp_path / "agent_for_case.py"
+    script.write_text(f"AGENT = {AGENT!r}\n" + AGENT_FOR_CASE)
+    cases = write_dataset(tmp_path / "cases.yaml", [
+        {"id": "TS-0001"}, {"id": "TS-0002", "expected_behavior": {"tool_calls_succeed": True}},
+        {"id": "TS-0003", "failure_mode": "truncation"}, {"id": "TS-0004", "failure_mode": "truncation"},
+        {"id": "TS-0005", "status": "deprecated"}])
+    result = run_cli("gate", "--cases", str(cases), "--repeat", "2", "--jobs", "8", "--timeout", "8",
+                     "--format", "json", "--junit", str(tmp_path / "junit.xml"), "--", sys.executable, str(script),
+                     cwd=tmp_path, env={"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=ci"}, timeout=120)
+    assert result.returncode == 1, result.stderr
+    by_id = {r["case_id"]: r for r in json.loads(result.stdout)}
+    assert sorted(by_id) == ["TS-0001", "TS-0002", "TS-0003", "TS-0004"]
+
+    hung = by_id["TS-0001"]
+    assert hung["result"] == "failed"
+    assert [r["exit_code"] for r in hung["run_results"]] == [None, None]
+    assert all(r["reasons"] == ["timed out after 8s: the agent's process group was killed"]
+               for r in hung["run_results"])
+    for run in (1, 2):
+        assert not alive(int((tmp_path / f"child-{run}.pid").read_text()))
+
+    flaky = by_id["TS-0002"]
+    assert [r["result"] for r in flaky["run_results"]] == ["passed", "failed"]
+    assert flaky["reasons"][0].startswith("run 2/2: tool_invocation again")
+    assert any(r.startswith("run 2/2: tool_calls_succeed: tool calls failed: lookup_order") for r in flaky["reasons"])
+    assert all(len(r["traces"]) == 1 for r in flaky["run_results"])
+
+    assert by_id["TS-0003"]["reasons"][0].startswith("run 1/2: no trace arrived")
+    unlabelled = by_id["TS-0004"]
+    assert unlabelled["result"] == "passed"
+    assert [len(r["traces"]) for r in unlabelled["run_results"]] == [2, 2]  # both runs' traces count for each
+
+    # each run saw the caller's resource attributes, then the case and run; all eight ran at once
+    logs = {p.stem: p.read_text().split(" ", 1) for p in tmp_path.glob("TS-*.log")}
+    assert len(logs) == 8
+    assert logs["TS-0002-2"][1] == "deployment.environment=ci,tracesieve.case_id=TS-0002,tracesieve.run=2"
+    starts = sorted(float(t) for t, _ in logs.values())
+    assert starts[-1] - starts[0] < 6, "runs did not start together under --jobs 8"
+
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures")) == ("4", "3")
+
+
+def test_gate_refuses_bad_usage_and_invalid_datasets_with_exit_2_before_running(tmp_path):
+    ran = tmp_path / "ran"
+    agent = ["--", sys.executable, "-c", f"open({str(ran)!r}, 'w')"]
+    missing = run_cli("gate", "--cases", str(tmp_path / "none.yaml"), *agent, cwd=tmp_path)
     assert missing.returncode == 2 and "no dataset" in missing.stderr
-    (tmp_path / "cases.yaml").write_text("schema_version: 1\ncases: []\n")
-    no_cmd = run_cli("gate", "--cases", str(tmp_path / "cases.yaml"), cwd=tmp_path)
+
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {"must_contain": ["x"]}}])
+    unknown = run_cli("gate", "--cases", str(cases), *agent, cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines() == [
+        "tracesieve: error: invalid dataset: " + str(cases) + ": TS-0001: expected_behavior.must_contain: no scorer "
+        "for this key (the gate checks: " + unknown.stderr.split("(the gate checks: ")[1].strip()]
+
+    write_dataset(cases, [{"id": "TS-0001", "failure_mode": "not_a_mode"}])
+    invalid = run_cli("gate", "--cases", str(cases), *agent, cwd=tmp_path)
+    assert invalid.returncode == 2 and len(invalid.stderr.strip().splitlines()) == 1
+    assert "invalid dataset" in invalid.stderr and "outside the taxonomy" in invalid.stderr
+
+    write_dataset(cases, [{"id": "TS-0001"}])
+    no_cmd = run_cli("gate", "--cases", str(cases), cwd=tmp_path)
     assert no_cmd.returncode == 2 and "agent command" in no_cmd.stderr
+    not_found = run_cli("gate", "--cases", str(cases), "--", "no-such-agent-xyz", cwd=tmp_path)
+    assert not_found.returncode == 2 and "not found" in not_found.stderr
+
+    assert not ran.exists()
+    assert not (tmp_path / "history.jsonl").exists()
 
 
-def test_expected_behavior_assertions_each_catch_their_failure():
-    from tracesieve.collector.gate import check_expected
+def test_a_cancelled_gate_kills_the_agents_it_started(tmp_path):
+    import signal
+    import time
 
-    def span(kind, name, *, parent="root", status="OK", output=None, reason=None, args=None, ms=10.0):
-        return {"span_id": name, "parent_span_id": parent, "span_kind": kind, "name": name, "tool_name":
-                name if kind == "TOOL" else None, "status_code": status, "output_value": output,
-                "llm_finish_reason": reason, "input_value": args, "duration_ms": ms, "attributes": {}}
-
-    trace = [span("AGENT", "root", parent=None, output='{"answer": "sorry, I cannot"}'),
-             span("TOOL", "search", args='{"q": 1}'), span("TOOL", "search", args='{"q": 1}'),
-             span("TOOL", "refund", status="ERROR"), span("LLM", "llm", reason="length", ms=45_000.0)]
-    assert check_expected({}, trace) == []
-    cases = {
-        "required_tool_sequence": (["refund", "search"], "does not contain"),
-        "must_not": (["cannot"], "contains 'cannot'"),
-        "must_include": (["refund issued"], "does not contain 'refund issued'"),
-        "output_schema": ({"type": "object", "required": ["order_id"]}, "breaks output_schema"),
-        "finish_reason_not": (["length"], "finished with length"),
-        "max_identical_calls": (1, "called 2 times"),
-        "tool_calls_succeed": (["refund"], "tool calls failed"),
-        "max_duration_ms": ({"LLM": 30_000}, "took 45000ms"),
-    }
-    for key, (value, message) in cases.items():
-        problems = check_expected({key: value}, trace)
-        assert len(problems) == 1 and message in problems[0], (key, problems)
-    assert check_expected({"required_tool_sequence": ["search", "refund"], "tool_calls_succeed": ["search"]},
-                          trace) == []
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}, {"id": "TS-0002"}])
+    hang = "import os, time; open(os.environ['TRACESIEVE_CASE_ID'] + '.pid', 'w').write(str(os.getpid())); time.sleep(120)"
+    gate = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "gate", "--cases", str(cases), "--",
+                             sys.executable, "-c", hang], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = [int(p.read_text()) for p in tmp_path.glob("TS-*.pid") if p.read_text()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+        gate.send_signal(signal.SIGTERM)  # what a CI system sends a cancelled job
+        assert gate.wait(30) != 0
+        assert not any(alive(p) for p in pids)
+        assert not (tmp_path / "history.jsonl").exists()  # an interrupted gate records nothing
+    finally:
+        if gate.poll() is None:
+            gate.kill()
+            gate.wait()
+        for p in pids:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)

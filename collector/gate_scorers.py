@@ -1,0 +1,431 @@
+"""Deterministic scorers for a case's ``expected_behavior``: one per key, each a pure check over one run's spans.
+
+Every key that promotion drafts (see ``draft_expected`` in
+``tracesieve.processors.promotion``) has a scorer here, plus a few that people
+add by hand (``must_include``, ``allowed_citation_ids``, ``max_latency_ms``).
+:data:`SCORERS` is the table; README's gate section lists the same keys.
+
+A run may export several traces (one per turn, say); the gate pools the spans
+of one run and scores them together, ordered by start time.
+
+An ``expected_behavior`` key without a scorer, or a value of the wrong shape,
+is a dataset error (:func:`dataset_problems`), reported before anything runs:
+a check the gate cannot perform must never pass silently.
+
+Pure and thread-safe: nothing here reads files, the clock or the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jsonschema
+
+from tracesieve.processors.base import SpanRow
+from tracesieve.processors.detectors import DetectorsConfig
+from tracesieve.processors.rules import (
+    RuleSettings, TraceView, answer_after_empty_retrieval, negative_feedback, uncited_id,
+)
+from tracesieve.processors.spanview import (
+    JSON_MIME, assistant_text, canonical_arguments, documents, duration_ms, failed, finish_reasons,
+    requested_tool_calls, span_kind, tool_name, tool_span_arguments, try_json,
+)
+from tracesieve.storage.schema import SPAN_KINDS
+
+#: Finish reasons that all mean "cut at the token limit": banning one bans them all.
+TRUNCATING = frozenset({"length", "max_tokens", "max_output_tokens", "model_length", "max_tokens_reached"})
+
+
+def rule_settings(config: DetectorsConfig | None) -> RuleSettings:
+    """The rule knobs the production detectors use (citation pattern, refusal phrases, ...), for the scorers."""
+    c = config or DetectorsConfig()
+    return RuleSettings(
+        latency_ms={k: v * 1000.0 for k, v in c.latency_breach.items()},
+        retrieval_min_score=c.retrieval_min_score,
+        citation_pattern=re.compile(c.citation_pattern),
+        refusal_phrases=c.refusal_phrases,
+        max_repeats=c.max_repeats,
+        max_steps=c.max_steps,
+        feedback_score_threshold=c.feedback_score_threshold,
+        tool_classes=c.blast_radius,
+    )
+
+
+# ---------------------------------------------------------------------------
+# one run, seen the way the scorers need it
+
+
+def _start(span: Mapping[str, Any]) -> float:
+    value = span.get("start_time")
+    return value.timestamp() if isinstance(value, dt.datetime) else 0.0
+
+
+def _end(span: Mapping[str, Any]) -> float:
+    value = span.get("end_time")
+    return value.timestamp() if isinstance(value, dt.datetime) else _start(span)
+
+
+@dataclasses.dataclass
+class Run:
+    """The spans of one agent run (all its traces), ordered by start time, and the rule settings."""
+
+    spans: list[SpanRow]
+    settings: RuleSettings
+
+    def __post_init__(self) -> None:
+        self.spans = sorted(self.spans, key=_start)  # stable: spans without a start keep their order
+        self.view = TraceView(str(self.spans[0].get("trace_id") or "") if self.spans else "", self.spans)
+        ids = {s.get("span_id") for s in self.spans}
+        self.roots = [s for s in self.spans if s.get("parent_span_id") not in ids]
+
+    def of_kind(self, *kinds: str) -> list[SpanRow]:
+        return [s for s in self.spans if span_kind(s) in kinds]
+
+    def final_answer(self) -> tuple[SpanRow | None, str]:
+        """The answer the run gave: the last root's output, else the last LLM text (or raw output)."""
+        for root in reversed(self.roots):
+            out = root.get("output_value")
+            if isinstance(out, str) and out.strip():
+                return root, out
+        for s in sorted(self.of_kind("LLM"), key=_end, reverse=True):
+            text = assistant_text(s) or s.get("output_value")
+            if isinstance(text, str) and text.strip():
+                return s, text
+        return None, ""
+
+    def answer_texts(self) -> list[str]:
+        """Every text that counts as the run's answer: the final answer and the last LLM text, deduplicated."""
+        texts = [self.final_answer()[1]]
+        if self.spans:
+            last = self.view.final_answer
+            if last:
+                texts.append(last[1])
+        return [t for t in dict.fromkeys(texts) if t]
+
+    def tool_calls(self) -> list[tuple[str, Any, SpanRow]]:
+        """(tool name, raw arguments, span) in order: TOOL spans, else the calls the model requested."""
+        tools = self.of_kind("TOOL")
+        if tools:
+            return [(tool_name(s) or str(s.get("name") or ""), (tool_span_arguments(s) or ("", None, False))[1], s)
+                    for s in tools]
+        return [(str(c.get("name") or ""), c.get("arguments"), s)
+                for s in self.of_kind("LLM") for c in requested_tool_calls(s)]
+
+
+def _fold(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def _strip_fence(text: str) -> str:
+    m = re.match(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", text, re.DOTALL)
+    return m.group(1) if m else text
+
+
+def _names(spans: Sequence[SpanRow]) -> str:
+    names = [str(tool_name(s) or s.get("name")) for s in spans]
+    return ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+
+
+# ---------------------------------------------------------------------------
+# the scorers: (value, run) -> problems
+
+
+def required_tool_sequence(value: list[str], run: Run) -> list[str]:
+    """The tools ran in this order; other calls may come in between (a subsequence)."""
+    called = [name for name, _, _ in run.tool_calls()]
+    it = iter(called)
+    if all(any(name == want for name in it) for want in value):
+        return []
+    return [f"tool sequence {called} does not contain {value} in order"]
+
+
+def tool_calls_succeed(value: bool | list[str], run: Run) -> list[str]:
+    """No call of the named tools (``true``: of any tool) failed."""
+    if value is False:
+        return []
+    named = set(value) if isinstance(value, list) else None
+    bad = [s for s in run.of_kind("TOOL") if failed(s) and (named is None or tool_name(s) in named)]
+    return [f"tool calls failed: {_names(bad)}"] if bad else []
+
+
+def tool_arguments_schema(value: dict[str, Any], run: Run) -> list[str]:
+    """Every call of the tool (``"*"``: of any tool) has JSON arguments that meet its schema (``{}``: any JSON)."""
+    problems = []
+    for name, raw, _ in run.tool_calls():
+        schema = value.get(name, value.get("*"))
+        if schema is None or raw is None:  # not this tool, or its arguments were not recorded
+            continue
+        ok, args = try_json(raw)
+        if not ok:
+            problems.append(f"{name} was called with arguments that are not JSON")
+            continue
+        error = jsonschema.validators.validator_for(schema)(schema).iter_errors(args)
+        first = next(iter(sorted(error, key=lambda e: list(e.path))), None)
+        if first is not None:
+            problems.append(f"{name} arguments break its schema: {first.message}")
+    return problems
+
+
+def min_retrieved_documents(value: int, run: Run) -> list[str]:
+    """A retriever ran, and each retriever returned at least this many documents."""
+    retrievers = run.of_kind("RETRIEVER")
+    if not retrievers:
+        return ["no retriever ran"]
+    return [f"retriever {s.get('name')} returned {len(documents(s) or [])} documents (at least {value} expected)"
+            for s in retrievers if len(documents(s) or []) < value]
+
+
+def min_document_score(value: float, run: Run) -> list[str]:
+    """Each retriever that returned scored documents has its best score at or over this floor."""
+    problems = []
+    for s in run.of_kind("RETRIEVER"):
+        scores = [d["score"] for d in documents(s) or []
+                  if isinstance(d.get("score"), (int, float)) and not isinstance(d.get("score"), bool)]
+        if scores and max(scores) < value:
+            problems.append(f"retriever {s.get('name')} best score {max(scores):g} is under {value:g}")
+    return problems
+
+
+def cited_ids_within_retrieved(value: bool, run: Run) -> list[str]:
+    """Every document id the answer cites was retrieved (or returned by a tool) in the run."""
+    return [f.message for f in uncited_id(run.view, run.settings)] if value else []
+
+
+def _cited(pattern: re.Pattern[str], text: str) -> list[str]:
+    ids: list[str] = []
+    for m in pattern.finditer(text):
+        for part in re.split(r"\s*[,;]\s*", (m.group(1) if pattern.groups else m.group(0)) or ""):
+            if part.strip() and part.strip() not in ids:
+                ids.append(part.strip())
+    return ids
+
+
+def allowed_citation_ids(value: list[str], run: Run) -> list[str]:
+    """The answer cites only these document ids (matched by the detectors' ``citation_pattern``)."""
+    allowed = {v.casefold() for v in value}
+    cited = [c for t in run.answer_texts() for c in _cited(run.settings.citation_pattern, t)]
+    bad = list(dict.fromkeys(c for c in cited if c.casefold() not in allowed))
+    return [f"the answer cites {', '.join(bad)}, outside {value}"] if bad else []
+
+
+def no_facts_without_retrieval(value: bool, run: Run) -> list[str]:
+    """After a retrieval that found nothing, the answer does not state facts."""
+    return [f.message for f in answer_after_empty_retrieval(run.view, run.settings)] if value else []
+
+
+def must_not(value: list[str], run: Run) -> list[str]:
+    """The answer contains none of these phrases (case and whitespace folded)."""
+    folded = [_fold(t) for t in run.answer_texts()]
+    return [f"the answer contains {p!r}" for p in value if p.strip() and any(_fold(p) in t for t in folded)]
+
+
+def must_include(value: list[str], run: Run) -> list[str]:
+    """The answer contains every one of these phrases (case and whitespace folded)."""
+    folded = [_fold(t) for t in run.answer_texts()]
+    return [f"the answer does not contain {p!r}" for p in value if not any(_fold(p) in t for t in folded)]
+
+
+def output_schema(value: dict[str, Any], run: Run) -> list[str]:
+    """The final answer is JSON (a code fence around it is allowed) and meets this schema (``{}``: any JSON)."""
+    _, answer = run.final_answer()
+    ok, data = try_json(_strip_fence(answer).strip())
+    if not ok:
+        return ["the answer is not JSON" if answer else "the run gave no answer (JSON expected)"]
+    errors = sorted(jsonschema.validators.validator_for(value)(value).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(str(p) for p in errors[0].path)
+        return [f"the answer breaks output_schema{' at ' + where if where else ''}: {errors[0].message}"]
+    return []
+
+
+def output_mime_type(value: str, run: Run) -> list[str]:
+    """The answer is not declared with another mime type; for ``application/json`` it parses as JSON."""
+    span, answer = run.final_answer()
+    declared = (span or {}).get("output_mime_type")
+    if declared and declared != value:
+        return [f"the answer is declared {declared}, not {value}"]
+    if value == JSON_MIME and not try_json(_strip_fence(answer).strip())[0]:
+        return ["the answer is not JSON" if answer else "the run gave no answer (JSON expected)"]
+    return []
+
+
+def finish_reason_not(value: list[str], run: Run) -> list[str]:
+    """No model call finished for one of these reasons (``length`` covers every token-limit spelling)."""
+    banned = {str(v).lower() for v in value}
+    if banned & TRUNCATING:
+        banned |= TRUNCATING
+    hits = [(s, r) for s in run.spans for r in {v.lower() for _, v in finish_reasons(s)} if r in banned]
+    return [f"{span_kind(s)} span {s.get('name')} finished with {r}" for s, r in hits[:5]]
+
+
+def max_identical_calls(value: int, run: Run) -> list[str]:
+    """No tool ran more than this many times with the same arguments."""
+    counts: dict[tuple[str, str], int] = {}
+    for name, raw, _ in run.tool_calls():
+        key = (name, canonical_arguments(raw) or "")
+        counts[key] = counts.get(key, 0) + 1
+    return [f"{name} was called {n} times with the same arguments (at most {value})"
+            for (name, _), n in counts.items() if n > value]
+
+
+def max_steps(value: int, run: Run) -> list[str]:
+    """The run made at most this many steps (LLM calls plus tool runs)."""
+    steps = len(run.of_kind("LLM")) + len(run.of_kind("TOOL"))
+    return [f"the run took {steps} steps (at most {value})"] if steps > value else []
+
+
+def max_duration_ms(value: dict[str, float | None] | float, run: Run) -> list[str]:
+    """No span of a kind took longer than its ceiling (a plain number: the ceiling of every span)."""
+    problems = []
+    for s in run.spans:
+        limit = value if isinstance(value, (int, float)) else {k.upper(): v for k, v in value.items()}.get(span_kind(s))
+        took = duration_ms(s)
+        if limit is not None and took is not None and took > limit:
+            problems.append(f"{span_kind(s)} span {s.get('name')} took {took:.0f}ms (at most {limit:g}ms)")
+    return problems
+
+
+def max_latency_ms(value: float, run: Run) -> list[str]:
+    """The whole run, from its first span's start to its last span's end, took at most this long."""
+    if not run.spans:
+        return []
+    took = (max(_end(s) for s in run.spans) - min(_start(s) for s in run.spans)) * 1000.0
+    return [f"the run took {took:.0f}ms end to end (at most {value:g}ms)"] if took > value else []
+
+
+def must_not_call_after_error(value: list[str], run: Run) -> list[str]:
+    """None of these tools (``[]``: no tool at all) starts after another span has failed."""
+    errors = [s for s in run.spans if failed(s)]
+    problems = []
+    for s in run.of_kind("TOOL"):
+        if value and tool_name(s) not in value:
+            continue
+        before = [e for e in errors if e is not s and _end(e) <= _start(s)]
+        if before:
+            problems.append(f"{tool_name(s) or s.get('name')} ran after {_names(before[:1])} failed")
+    return problems
+
+
+def no_error_spans(value: bool, run: Run) -> list[str]:
+    """No span of the run failed (status ERROR or an exception event)."""
+    bad = [s for s in run.spans if failed(s)] if value else []
+    return [f"spans failed: {_names(bad)}"] if bad else []
+
+
+def feedback_passes(value: list[str], run: Run) -> list[str]:
+    """No annotation, evaluation or user feedback with one of these names (``[]``: any) judges the run failed."""
+    names = set(value)
+    problems = []
+    for finding in negative_feedback(run.view, run.settings):
+        recs = [r for r in finding.evidence.get("feedback", []) if not names or r.get("name") in names]
+        if recs:
+            problems.append(finding.message)
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# value shapes
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _flag(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _schema(v: Any) -> bool:
+    if not isinstance(v, dict):
+        return False
+    try:
+        jsonschema.validators.validator_for(v).check_schema(v)
+    except jsonschema.SchemaError:
+        return False
+    return True
+
+
+def _schemas_by_tool(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _schema(s) for k, s in v.items())
+
+
+def _ceilings(v: Any) -> bool:
+    if _number(v):
+        return True
+    return isinstance(v, dict) and all(isinstance(k, str) and k.upper() in SPAN_KINDS and (x is None or _number(x))
+                                       for k, x in v.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+    check: Callable[[Any, Run], list[str]]
+    accepts: Callable[[Any], bool]
+    shape: str  # what a valid value looks like, for the error message
+
+
+#: expected_behavior key -> scorer. Promotion drafts every key above the blank line.
+SCORERS: dict[str, Scorer] = {
+    "required_tool_sequence": Scorer(required_tool_sequence, _str_list, "a list of tool names"),
+    "tool_calls_succeed": Scorer(tool_calls_succeed, lambda v: _flag(v) or _str_list(v),
+                                 "true or a list of tool names"),
+    "tool_arguments_schema": Scorer(tool_arguments_schema, _schemas_by_tool,
+                                    "a mapping of tool name (or \"*\") to a JSON schema"),
+    "min_retrieved_documents": Scorer(min_retrieved_documents, _count, "a whole number"),
+    "min_document_score": Scorer(min_document_score, _number, "a number"),
+    "cited_ids_within_retrieved": Scorer(cited_ids_within_retrieved, _flag, "true or false"),
+    "no_facts_without_retrieval": Scorer(no_facts_without_retrieval, _flag, "true or false"),
+    "must_not": Scorer(must_not, _str_list, "a list of phrases"),
+    "output_schema": Scorer(output_schema, _schema, "a JSON schema (a mapping)"),
+    "output_mime_type": Scorer(output_mime_type, lambda v: isinstance(v, str) and "/" in v, "a mime type"),
+    "finish_reason_not": Scorer(finish_reason_not, _str_list, "a list of finish reasons"),
+    "max_duration_ms": Scorer(max_duration_ms, _ceilings,
+                              "a mapping of span kind (LLM, TOOL, ...) to milliseconds, or one number"),
+    "max_identical_calls": Scorer(max_identical_calls, _count, "a whole number"),
+    "max_steps": Scorer(max_steps, _count, "a whole number"),
+    "must_not_call_after_error": Scorer(must_not_call_after_error, _str_list, "a list of tool names"),
+    "no_error_spans": Scorer(no_error_spans, _flag, "true or false"),
+    "feedback_passes": Scorer(feedback_passes, _str_list, "a list of annotation names"),
+
+    "must_include": Scorer(must_include, _str_list, "a list of phrases"),
+    "allowed_citation_ids": Scorer(allowed_citation_ids, _str_list, "a list of document ids"),
+    "max_latency_ms": Scorer(max_latency_ms, _number, "a number of milliseconds"),
+}
+
+
+def expected_problems(expected: Any) -> list[str]:
+    """Why an ``expected_behavior`` value cannot be scored (unknown key, wrong shape); empty when it can."""
+    if expected is None:
+        return []
+    if not isinstance(expected, Mapping):
+        return ["expected_behavior must be a mapping"]
+    problems = []
+    for key, value in expected.items():
+        scorer = SCORERS.get(str(key))
+        if scorer is None:
+            problems.append(f"expected_behavior.{key}: no scorer for this key (the gate checks: "
+                            f"{', '.join(sorted(SCORERS))})")
+        elif not scorer.accepts(value):
+            problems.append(f"expected_behavior.{key}: expected {scorer.shape}, got {json.dumps(value, default=str)}")
+    return problems
+
+
+def score(expected: Mapping[str, Any], spans: Sequence[SpanRow], settings: RuleSettings) -> list[str]:
+    """Every way one run's spans break ``expected`` (already checked by :func:`expected_problems`); empty: it holds."""
+    run = Run(list(spans), settings)
+    problems: list[str] = []
+    for key, value in expected.items():
+        problems.extend(f"{key}: {p}" for p in SCORERS[str(key)].check(value, run))
+    return problems
