@@ -51,7 +51,7 @@ WHERE span_kind = 'LLM'
 GROUP BY service_name, model
 ORDER BY total_tokens DESC NULLS LAST;
 
--- 4. What happened in one conversation? Every turn (trace) of a session, in order, with its failures.
+-- 4. What happened in one conversation: every turn (trace) of a session, in order, with its failures?
 --    (sess-1005 is a session of examples/support_agent.py; put yours here.)
 SELECT r.trace_id, r.start_time, round(r.duration_ms) AS ms, r.status_code,
        r.input_value AS asked, r.output_value AS answered,
