@@ -73,6 +73,14 @@ def test_the_support_agent_shows_every_failure_mode_and_its_good_runs_stay_clean
     assert same_question == [{"occurrences": 2}]  # two customers, one candidate
 
 
+def test_the_readme_quickstart_shows_a_candidate_the_support_agent_produces(support_store):
+    """Candidate ids derive from detector, mode and input, so the quickstart can name one."""
+    quickstart = (EXAMPLES.parent / "README.md").read_text().split("## Quickstart", 1)[1]
+    shown = re.search(r"tracesieve show (\w+)", quickstart).group(1)
+    rows = support_store.query(f"SELECT failure_mode FROM candidates WHERE candidate_id = '{shown}'")
+    assert rows == [{"failure_mode": "blast_radius_breach"}]
+
+
 def test_its_model_calls_are_openinference_spans_from_the_openai_instrumentor(support_store):
     rows = support_store.query(
         "SELECT scope_name, llm_provider, attributes->>'$.llm.tools[0].tool.json_schema' AS tool_schema, "
