@@ -1,15 +1,10 @@
 -- The ten questions operators ask first, as SQL over the tracesieve store (DuckDB).
 -- Run any one with `tracesieve query "<statement>"` (also while `tracesieve serve` runs).
 -- Tables and columns: spans, detections, candidates (see DESIGN.md / README "Tables").
--- A model call that failed before the provider answered has no llm_model_name (the
--- instrumentation reads it from the response), so "model" falls back to the requested one
--- in llm.invocation_parameters.
 
 -- 1. What share of traces fails, by failure mode and model?
 WITH trace_model AS (
-    SELECT DISTINCT trace_id,
-           coalesce(llm_model_name,
-                    json_extract_string(attributes->>'$.llm.invocation_parameters', '$.model')) AS model
+    SELECT DISTINCT trace_id, llm_model_name AS model
     FROM spans
     WHERE span_kind = 'LLM'
 ), traces_per_model AS (
@@ -38,9 +33,7 @@ GROUP BY 1
 ORDER BY p95_ms DESC;
 
 -- 3. Where do the tokens go: spend by service and model?
-SELECT service_name,
-       coalesce(llm_model_name,
-                json_extract_string(attributes->>'$.llm.invocation_parameters', '$.model')) AS model,
+SELECT service_name, llm_model_name AS model,
        count(*) AS llm_calls,
        sum(llm_token_count_prompt) AS prompt_tokens,
        sum(llm_token_count_completion) AS completion_tokens,
@@ -71,8 +64,7 @@ ORDER BY occurrences DESC, severity, last_seen DESC
 LIMIT 10;
 
 -- 6. How often does each model's call fail (error rate by model), and with what?
-SELECT coalesce(llm_model_name,
-                json_extract_string(attributes->>'$.llm.invocation_parameters', '$.model')) AS model,
+SELECT llm_model_name AS model,
        count(*) AS calls,
        count(*) FILTER (WHERE status_code = 'ERROR') AS errors,
        round(100.0 * count(*) FILTER (WHERE status_code = 'ERROR') / count(*), 1) AS error_pct,

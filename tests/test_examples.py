@@ -71,6 +71,9 @@ def test_the_support_agent_shows_every_failure_mode_and_its_good_runs_stay_clean
         "SELECT occurrences FROM candidates WHERE failure_mode = 'hallucination' "
         "AND (input->>'$.user_message') = 'Do you ship to Canada?'")
     assert same_question == [{"occurrences": 2}]  # two customers, one candidate
+    rate_limited = support_store.query("SELECT source->>'$.model' AS model FROM candidates "
+                                       "WHERE failure_mode = 'llm_error'")
+    assert rate_limited == [{"model": "gpt-4o"}]  # the model it asked for, though none answered
 
 
 def test_the_readme_quickstart_shows_a_candidate_the_support_agent_produces(support_store):
