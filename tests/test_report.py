@@ -7,7 +7,8 @@ import re
 from html.parser import HTMLParser
 from typing import Any
 
-from tracesieve.collector.report import bar_geometry, render_report, tree_order
+from tracesieve.collector.report import render_report
+from tracesieve.collector.waterfall import bar_geometry, tree_order
 
 TRACE = "a" * 32
 OTHER_TRACE = "b" * 32
