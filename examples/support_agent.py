@@ -316,7 +316,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--question", help="ask only this (default: the whole mix of conversations)")
     parser.add_argument("--list", action="store_true", help="print the conversations and the model's scripts")
-    parser.add_argument("--model-url", help="an OpenAI-compatible base URL (default: start the fake model)")
+    parser.add_argument("--model-url", help="an OpenAI-compatible base URL, key in OPENAI_API_KEY "
+                                            "(default: start the fake model on a free loopback port)")
     args = parser.parse_args()
     if args.list:
         for conv in CONVERSATIONS:
@@ -333,7 +334,8 @@ def main() -> int:
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter(), schedule_delay_millis=200))
     OpenAIInstrumentor().instrument(tracer_provider=provider)
-    client = openai.OpenAI(base_url=base_url, api_key="sk-fake-not-a-real-key", max_retries=0, timeout=30)
+    api_key = os.environ.get("OPENAI_API_KEY", "not-needed-by-the-fake-model") if args.model_url else "fake"
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30)
     agent = SupportAgent(client, provider.get_tracer("blendr.support"))
     try:
         for conv in conversations_to_run(args):
