@@ -4,7 +4,8 @@
 one self-contained HTML5 document: inline CSS, no external resource, readable
 without JavaScript (one small inline script adds a filter bar; a Content-Security-
 Policy allows that script by hash and nothing else, so nothing on the page can
-load or run anything else). Every value that comes from the store is escaped:
+load or run anything else). The filters also read the query string, so
+``review.html?severity=P0&status=new`` opens filtered. Every value that comes from the store is escaped:
 span names, inputs and answers are user data.
 """
 
@@ -111,7 +112,8 @@ var cs=document.querySelectorAll('section.cand,tr.qrow');for(j=0;j<cs.length;j++
 for(k in want){if(want[k]&&c.getAttribute('data-'+k)!==want[k])ok=false;}c.style.display=ok?'':'none';}
 var gs=document.querySelectorAll('section.group');for(j=0;j<gs.length;j++){var kids=gs[j].querySelectorAll('section.cand'),vis=false;
 for(k=0;k<kids.length;k++){if(kids[k].style.display!=='none')vis=true;}gs[j].style.display=vis?'':'none';}}
-for(var i=0;i<sel.length;i++){sel[i].addEventListener('change',apply);}})();
+var q=new URLSearchParams(location.search);for(var i=0;i<sel.length;i++){sel[i].addEventListener('change',apply);
+var v=q.get(sel[i].name);if(v!==null){sel[i].value=v;}}apply();})();
 """
 _SCRIPT_HASH = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
 _CSP = (f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{_SCRIPT_HASH}'; "

@@ -211,6 +211,16 @@ def test_the_review_page_shows_every_candidate_in_chromium(review_page, tmp_path
     assert '<div id="filters" class="on">' in dom  # the inline script ran: its CSP hash matches
 
 
+def test_the_review_page_filters_by_the_query_string_in_chromium(review_page, tmp_path):
+    page, candidates = review_page
+    dom = run_chromium(["--dump-dom", page.as_uri() + "?severity=P1"], tmp_path / "profile")
+    sections = re.findall(r'<section class="cand [^"]*" id="c-(\w+)" data-mode="[a-z_]+" data-severity="(P\d)"'
+                          r'[^>]*?(style="display: none;")?>', dom)
+    visible = sorted(cid for cid, _, hidden in sections if not hidden)
+    assert visible and visible == sorted(c["candidate_id"] for c in candidates if c["severity"] == "P1")
+    assert len(sections) == len(candidates)  # the others are on the page, hidden
+
+
 def test_the_review_page_screenshot(review_page, tmp_path):
     page, _ = review_page
     shot = tmp_path / "review.png"
