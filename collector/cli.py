@@ -22,6 +22,7 @@ import click
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tracesieve.storage.errors import ConfigError, TraceSieveError, UsageError
 
@@ -86,9 +87,9 @@ def _print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str)
     else:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False)
         for c in columns:
-            table.add_column(str(c), overflow="fold")
+            table.add_column(Text(str(c)), overflow="fold")
         for r in rows:
-            table.add_row(*[_cell(v) for v in r])
+            table.add_row(*[Text(_cell(v)) for v in r])  # Text: "[doc-7]" in a value is data, not rich markup
         console = _console()
         console.print(table)
         console.print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
@@ -235,15 +236,15 @@ def show(candidate_id: str, db_path: str | None, config_path: str | None, fmt: s
         return
     console = _console()
     c = detail["candidate"]
-    console.print(f"[bold]candidate {c['candidate_id']}[/bold]  {c['failure_mode']}  {c.get('severity')}  "
-                  f"{c.get('blast_radius')}  status={c['status']}  occurrences={c.get('occurrences')}",
-                  highlight=False, markup=True)
+    console.print(Text.assemble((f"candidate {c['candidate_id']}", "bold"),
+                                f"  {c['failure_mode']}  {c.get('severity')}  {c.get('blast_radius')}  "
+                                f"status={c['status']}  occurrences={c.get('occurrences')}"), highlight=False)
     if c.get("duplicate_of"):
         console.print(f"duplicate of {c['duplicate_of']}", highlight=False)
     for key in ("input", "observed", "expected", "context", "source"):
-        console.print(f"[bold]{key}[/bold]: " + json.dumps(c.get(key), ensure_ascii=False, indent=2),
-                      highlight=False, markup=True)
-    console.print(f"[bold]trace {detail.get('trace_id')}[/bold]", markup=True, highlight=False)
+        console.print(Text.assemble((f"{key}: ", "bold"), json.dumps(c.get(key), ensure_ascii=False, indent=2)),
+                      highlight=False)
+    console.print(Text(f"trace {detail.get('trace_id')}", style="bold"), highlight=False)
     for line in _tree_lines(detail.get("spans") or []):
         console.print(line, highlight=False, markup=False)
     console.print("[bold]detections[/bold]", markup=True)

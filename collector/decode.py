@@ -228,7 +228,7 @@ def _append_span(
     append("output_mime_type").append(output_mime)
     append("llm_model_name").append(_first_str(
         flat, "llm.model_name", "gen_ai.response.model", "gen_ai.request.model", "llm.response.model_name",
-        "llm.request.model_name", "embedding.model_name"))
+        "llm.request.model_name", "embedding.model_name") or _requested_model(flat))
     provider = _first_str(flat, "llm.provider", "gen_ai.provider.name", "gen_ai.system", "llm.system")
     append("llm_provider").append(provider.lower() if provider else None)
     append("llm_finish_reason").append(_finish_reason(flat))
@@ -312,6 +312,23 @@ def _finish_reason(flat: dict[str, Any]) -> str | None:
         return reasons
     reason = flat.get("llm.output_messages.0.message.finish_reason")
     return reason if isinstance(reason, str) and reason else None
+
+
+def _requested_model(flat: dict[str, Any]) -> str | None:
+    """The model a call asked for, from OpenInference's ``llm.invocation_parameters`` JSON.
+
+    The OpenAI instrumentor sets ``llm.model_name`` from the provider's response, so a call that failed
+    (rate limit, timeout) names its model only there; without this the failures have no model.
+    """
+    raw = flat.get("llm.invocation_parameters")
+    if not isinstance(raw, str) or '"model"' not in raw:
+        return None
+    try:
+        params = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    model = params.get("model") if isinstance(params, dict) else None
+    return model if isinstance(model, str) and model else None
 
 
 def _first_str(flat: dict[str, Any], *keys: str) -> str | None:

@@ -4,7 +4,8 @@
 one self-contained HTML5 document: inline CSS, no external resource, readable
 without JavaScript (one small inline script adds a filter bar; a Content-Security-
 Policy allows that script by hash and nothing else, so nothing on the page can
-load or run anything else). Every value that comes from the store is escaped:
+load or run anything else). The filters also read the query string, so
+``review.html?severity=P0&status=new`` opens filtered. Every value that comes from the store is escaped:
 span names, inputs and answers are user data.
 """
 
@@ -18,20 +19,12 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES, SPAN_KINDS
+from tracesieve.collector.waterfall import parse_time, render_waterfall
+from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES
 
 #: Statuses whose candidates still wait for a reviewer: the page shows their promote command.
 REVIEWABLE_STATUSES = frozenset({"new", "duplicate"})
-#: Depth past which the waterfall stops indenting (the row still shows its depth).
-_MAX_INDENT_DEPTH = 24
-#: The narrowest bar drawn, in percent of the trace, so a 0 ms span stays visible.
-_MIN_BAR_PCT = 0.4
 
-_KIND_COLOURS = {
-    "LLM": "#7c5cff", "TOOL": "#1f9d8b", "AGENT": "#3a6fd8", "RETRIEVER": "#d98a1c",
-    "CHAIN": "#6b7a90", "EMBEDDING": "#b55fb5", "RERANKER": "#c0792f", "GUARDRAIL": "#2f8f4e",
-    "EVALUATOR": "#8a6d3b", "PROMPT": "#5b8fa8", "DECISION": "#a05a7a", "UNKNOWN": "#9aa3ad",
-}
 
 _CSS = """
 :root{--fg:#1d232b;--muted:#5f6b7a;--line:#dde2e8;--bg:#f6f7f9;--card:#fff;--err:#d32f2f;--hl:#fff4c2}
@@ -61,17 +54,33 @@ section.cand h2{margin:0 0 8px;font-size:17px}
 .badge.P2{background:#f9a825}.badge.P3{background:#cfd8dc}
 .badge.st-new{background:#e3f2fd}.badge.st-duplicate{background:#ede7f6}
 .badge.st-promoted{background:#e8f5e9}.badge.st-rejected{background:#fbe9e7}
-dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:8px 0}
+dl.facts{display:flex;flex-wrap:wrap;gap:4px 22px;margin:8px 0;font-size:13px}
+dl.facts div{display:flex;gap:6px}
 dl.facts dt{color:var(--muted)}dl.facts dd{margin:0}
+p.headline{font-size:15px;margin:0 0 8px;color:#2b3440}
+.answer{background:#f3f5f7;border-left:3px solid #1f9d8b;padding:6px 10px;white-space:pre-wrap;word-break:break-word}
+.seq{margin:8px 0;font-size:13px}
+.chip{display:inline-block;background:#e6f4f1;border:1px solid #b7ded6;border-radius:10px;padding:0 8px;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
+.chip.bad{background:#fdecea;border-color:#f3b4ae;color:#b71c1c}
+details>summary{cursor:pointer;color:var(--muted);margin:4px 0}
+table.queue,table.ctx{border-collapse:collapse;background:var(--card);width:100%;font-size:13px}
+table.queue th,table.queue td,table.ctx th,table.ctx td{border-bottom:1px solid var(--line);padding:5px 8px;text-align:left;vertical-align:top}
+table.queue th,table.ctx th{background:#eef1f4;font-weight:600}
+table.queue td.num,table.ctx td.num{text-align:right;white-space:nowrap}
+table.queue .asked{font-size:12px;margin-top:2px}
+table.ctx{margin:4px 0 8px}table.ctx tr.bad td{background:#fdecea}
+section.group{margin:10px 0 30px}
+h2.grouphead{font-size:18px;margin:30px 0 6px;padding-bottom:6px;border-bottom:2px solid var(--line)}
+h2.grouphead .muted{font-size:14px;font-weight:400}
 pre{background:#f3f5f7;border:1px solid var(--line);border-radius:4px;padding:8px 10px;overflow:auto;max-height:360px;white-space:pre-wrap;word-break:break-word;margin:4px 0}
 .usermsg{background:#f3f5f7;border-left:3px solid #3a6fd8;padding:6px 10px;white-space:pre-wrap;word-break:break-word}
-.promote{background:#10161d;color:#d6f5d6;border:0}
+.promote{background:#10161d;color:#d6f5d6;border:0;user-select:all;cursor:text}
 .grid2{display:grid;grid-template-columns:1fr 1fr;gap:16px}
 @media (max-width:900px){.grid2{grid-template-columns:1fr}}
 .det{border:1px solid var(--line);border-radius:4px;padding:6px 10px;margin:6px 0}
 .det.other{opacity:.75}
 .wf{border:1px solid var(--line);border-radius:4px;font-size:12px;background:var(--card)}
-.wf .row{display:grid;grid-template-columns:minmax(260px,38%) 1fr 80px;align-items:center;border-top:1px solid #eef0f3;min-height:24px}
+.wf .row{display:grid;grid-template-columns:minmax(260px,38%) 1fr 58px 76px;align-items:center;border-top:1px solid #eef0f3;min-height:24px}
 .wf .row:first-child{border-top:0}
 .wf .row.head{background:#eef1f4;font-weight:600}
 .wf .row.hl{background:var(--hl);outline:2px solid #f0b400;outline-offset:-2px}
@@ -81,6 +90,8 @@ pre{background:#f3f5f7;border:1px solid var(--line);border-radius:4px;padding:8p
 .wf .bar{position:absolute;top:2px;height:12px;border-radius:2px;min-width:2px}
 .wf .bar.err{background:var(--err)!important;box-shadow:0 0 0 1px #7f0000}
 .wf .dur{text-align:right;padding-right:8px;color:var(--muted)}
+.wf .st{font-size:11px;font-weight:600;color:var(--muted)}.wf .st-ok{color:#2f8f4e}.wf .st-error{color:var(--err)}
+.wf .row>.msg{grid-column:1/-1}
 .wf .errmark{color:var(--err);font-weight:700}
 .wf .flag{color:#a66f00;font-weight:700}
 .wf .notime{color:var(--muted);font-style:italic;padding-left:8px}
@@ -95,11 +106,14 @@ pre{background:#f3f5f7;border:1px solid var(--line);border-radius:4px;padding:8p
 
 _SCRIPT = """
 (function(){var f=document.getElementById('filters');if(!f)return;f.className='on';
-var sel=f.querySelectorAll('select');function apply(){var want={};
-for(var i=0;i<sel.length;i++){want[sel[i].name]=sel[i].value;}
-var cs=document.querySelectorAll('section.cand');for(var j=0;j<cs.length;j++){var c=cs[j],ok=true;
-for(var k in want){if(want[k]&&c.getAttribute('data-'+k)!==want[k])ok=false;}c.style.display=ok?'':'none';}}
-for(var i=0;i<sel.length;i++){sel[i].addEventListener('change',apply);}})();
+var sel=f.querySelectorAll('select');function apply(){var want={},i,j,k;
+for(i=0;i<sel.length;i++){want[sel[i].name]=sel[i].value;}
+var cs=document.querySelectorAll('section.cand,tr.qrow');for(j=0;j<cs.length;j++){var c=cs[j],ok=true;
+for(k in want){if(want[k]&&c.getAttribute('data-'+k)!==want[k])ok=false;}c.style.display=ok?'':'none';}
+var gs=document.querySelectorAll('section.group');for(j=0;j<gs.length;j++){var kids=gs[j].querySelectorAll('section.cand'),vis=false;
+for(k=0;k<kids.length;k++){if(kids[k].style.display!=='none')vis=true;}gs[j].style.display=vis?'':'none';}}
+var q=new URLSearchParams(location.search);for(var i=0;i<sel.length;i++){sel[i].addEventListener('change',apply);
+var v=q.get(sel[i].name);if(v!==null){sel[i].value=v;}}apply();})();
 """
 _SCRIPT_HASH = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
 _CSP = (f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{_SCRIPT_HASH}'; "
@@ -123,8 +137,10 @@ def render_report(data: Mapping[str, Any]) -> str:
          "detections": {trace_id: [dict, ...]}}  # detection_id, span_id, detector, failure_mode,
              # severity, blast_radius, message, evidence (parsed JSON), detected_at
 
-    Candidates appear by severity (P0 first), then occurrences (most first), then id. Each shows
-    the trace named by ``source.trace_id`` (else its first ``trace_ids`` entry) as a waterfall.
+    Candidates appear in groups of one severity and one failure mode (P0 first, modes in taxonomy
+    order), most occurrences first within a group; a review queue at the top lists them all in that
+    order. Each shows the trace named by ``source.trace_id`` (else its first ``trace_ids`` entry) as a
+    waterfall.
     """
     candidates = [c for c in (data.get("candidates") or []) if isinstance(c, Mapping)]
     traces: Mapping[str, Any] = data.get("traces") or {}
@@ -148,10 +164,14 @@ def render_report(data: Mapping[str, Any]) -> str:
             "to review.</p></div>\n")
     else:
         parts.append(_summary(candidates))
+        parts.append(_queue(ordered, detections))
         parts.append(_filters(candidates))
-        parts.append("<h2>Candidates</h2>\n")
-        for cand in ordered:
-            parts.append(_candidate_section(cand, traces, detections))
+        parts.append("<h2>Candidates by severity and failure mode</h2>\n")
+        for (severity, mode), group in _groups(ordered):
+            parts.append(_group_open(severity, mode, group))
+            for cand in group:
+                parts.append(_candidate_section(cand, traces, detections))
+            parts.append("</section>\n")
     parts.append(f"</main>\n<script>{_SCRIPT}</script>\n</body>\n</html>\n")
     return "".join(parts)
 
@@ -189,8 +209,99 @@ def _int(value: Any) -> int:
         return 0
 
 
-def _candidate_order(cand: Mapping[str, Any]) -> tuple[int, int, str]:
-    return (_severity_rank(cand.get("severity")), -_int(cand.get("occurrences")), str(cand.get("candidate_id") or ""))
+def _mode_rank(mode: Any) -> int:
+    return FAILURE_MODES.index(mode) if mode in FAILURE_MODES else len(FAILURE_MODES)
+
+
+def _candidate_order(cand: Mapping[str, Any]) -> tuple[int, int, str, int, str]:
+    mode = cand.get("failure_mode")
+    return (_severity_rank(cand.get("severity")), _mode_rank(mode), str(mode or ""),
+            -_int(cand.get("occurrences")), str(cand.get("candidate_id") or ""))
+
+
+def _groups(ordered: Sequence[Mapping[str, Any]]) -> list[tuple[tuple[str, str], list[Mapping[str, Any]]]]:
+    """Consecutive runs of one (severity, failure mode) in page order."""
+    out: list[tuple[tuple[str, str], list[Mapping[str, Any]]]] = []
+    for cand in ordered:
+        key = (str(cand.get("severity") or ""), str(cand.get("failure_mode") or ""))
+        if out and out[-1][0] == key:
+            out[-1][1].append(cand)
+        else:
+            out.append((key, [cand]))
+    return out
+
+
+def _group_anchor(severity: str, mode: str) -> str:
+    return "g-" + _e(f"{severity or 'none'}-{mode or 'none'}")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _group_open(severity: str, mode: str, group: Sequence[Mapping[str, Any]]) -> str:
+    sev_class = severity if severity in SEVERITIES else "unknown"
+    occurrences = sum(_int(c.get("occurrences")) for c in group)
+    waiting = sum(1 for c in group if str(c.get("status")) in REVIEWABLE_STATUSES)
+    return (f"<section class=\"group sev-{sev_class}\" id=\"{_group_anchor(severity, mode)}\">\n"
+            f"<h2 class=\"grouphead\"><span class=\"badge {sev_class}\">{_e(severity)}</span> {_e(mode)}"
+            f" <span class=\"muted\">· {_plural(len(group), 'candidate')} · {_plural(occurrences, 'occurrence')}"
+            f" · {waiting} awaiting review</span></h2>\n")
+
+
+def _primary_detection(cand: Mapping[str, Any], detections: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The detection that made this candidate: its mode, on one of its source spans when possible."""
+    raw_source = cand.get("source")
+    source: Mapping[str, Any] = raw_source if isinstance(raw_source, Mapping) else {}
+    trace_id = _trace_of(cand)
+    dets = [d for d in (detections.get(trace_id) or []) if isinstance(d, Mapping)] if trace_id else []
+    mine = [d for d in dets if d.get("failure_mode") == cand.get("failure_mode")]
+    spans = {str(s) for s in (source.get("span_ids") or [])}
+    on_span = [d for d in mine if str(d.get("span_id")) in spans]
+    best = on_span or mine
+    return best[0] if best else None
+
+
+def _trace_of(cand: Mapping[str, Any]) -> str | None:
+    raw_source = cand.get("source")
+    source: Mapping[str, Any] = raw_source if isinstance(raw_source, Mapping) else {}
+    trace_ids = [str(t) for t in (cand.get("trace_ids") or [])]
+    raw_trace = source.get("trace_id") or (trace_ids[0] if trace_ids else None)
+    return str(raw_trace) if raw_trace else None
+
+
+def _user_message(cand: Mapping[str, Any]) -> Any:
+    value = cand.get("input")
+    return value.get("user_message") if isinstance(value, Mapping) else value
+
+
+def _queue(ordered: Sequence[Mapping[str, Any]], detections: Mapping[str, Any]) -> str:
+    """One line per candidate, in page order: what to look at first, with a link to its section."""
+    rows = ["<h2>Review queue</h2>\n<table class=\"queue\" id=\"queue\">\n<thead><tr><th>severity</th>"
+            "<th>failure mode</th><th>candidate</th><th>seen</th><th>status</th><th>what happened</th></tr></thead>\n<tbody>\n"]
+    for cand in ordered:
+        severity = str(cand.get("severity") or "")
+        sev_class = severity if severity in SEVERITIES else ""
+        status = str(cand.get("status") or "")
+        det = _primary_detection(cand, detections)
+        asked = _user_message(cand)
+        rows.append(
+            f"<tr class=\"qrow\" data-mode=\"{_e(cand.get('failure_mode'), '')}\" data-severity=\"{_e(severity, '')}\" "
+            f"data-status=\"{_e(status, '')}\"><td><span class=\"badge {sev_class}\">{_e(severity)}</span></td>"
+            f"<td>{_e(cand.get('failure_mode'))}</td>"
+            f"<td><a href=\"#{_anchor(cand.get('candidate_id'))}\"><code>{_e(cand.get('candidate_id'))}</code></a></td>"
+            f"<td class=\"num\">{_e(_int(cand.get('occurrences')))}×</td>"
+            f"<td><span class=\"badge st-{_e(status, 'unknown')}\">{_e(status)}</span></td>"
+            f"<td>{_e(det.get('message') if det else None)}"
+            + (f"<div class=\"muted asked\">“{_e(_clip(asked, 140))}”</div>" if asked else "")
+            + "</td></tr>\n")
+    rows.append("</tbody>\n</table>\n")
+    return "".join(rows)
+
+
+def _clip(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _anchor(candidate_id: Any) -> str:
@@ -209,7 +320,7 @@ def _header(data: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]],
               ("traces shown", len(traces)), ("detections shown", n_detections)]
     tiles = "".join(f"<div class=\"count\"><b>{n}</b>{_e(label)}</div>" for label, n in counts)
     return (f"<header>\n<h1>tracesieve review</h1>\n<div class=\"meta\">store <code>{_e(data.get('db'))}</code>"
-            f" · generated {_e(data.get('generated_at'))}</div>\n<div class=\"counts\">{tiles}</div>\n</header>\n")
+            f" · generated {_e(_short_time(data.get('generated_at')))}</div>\n<div class=\"counts\">{tiles}</div>\n</header>\n")
 
 
 def _ordered_values(seen: Iterable[Any], known: Sequence[str]) -> list[str]:
@@ -264,23 +375,29 @@ def _candidate_section(cand: Mapping[str, Any], traces: Mapping[str, Any], detec
     raw_source = cand.get("source")
     source: Mapping[str, Any] = raw_source if isinstance(raw_source, Mapping) else {}
     trace_ids = [str(t) for t in (cand.get("trace_ids") or [])]
-    raw_trace = source.get("trace_id") or (trace_ids[0] if trace_ids else None)
-    trace_id = str(raw_trace) if raw_trace else None
+    trace_id = _trace_of(cand)
     sev_class = severity if severity in SEVERITIES else "unknown"
     st_class = status if status in CANDIDATE_STATUSES else "unknown"
+    primary = _primary_detection(cand, detections)
 
     out = [f"<section class=\"cand sev-{sev_class}\" id=\"{_anchor(cid)}\" data-mode=\"{_e(mode, '')}\" "
            f"data-severity=\"{_e(severity, '')}\" data-status=\"{_e(status, '')}\">\n",
            f"<h2><span class=\"badge {sev_class}\">{_e(severity)}</span>"
            f"<span class=\"badge st-{st_class}\">{_e(status)}</span> {_e(mode)} "
            f"<code>{_e(cid)}</code></h2>\n"]
+    if primary is not None:
+        out.append(f"<p class=\"headline\">{_e(primary.get('message'))}</p>\n")
     facts = [
         ("blast radius", _e(cand.get("blast_radius"))),
         ("occurrences", _e(cand.get("occurrences"))),
-        ("first seen", _e(cand.get("first_seen"))),
-        ("last seen", _e(cand.get("last_seen"))),
-        ("source trace", f"<code>{_e(trace_id)}</code>"),
+        ("first seen", _e(_short_time(cand.get("first_seen")))),
+        ("last seen", _e(_short_time(cand.get("last_seen")))),
     ]
+    for label, key in (("service", "service"), ("model", "model"), ("prompt version", "prompt_version"),
+                       ("agent", "agent_name"), ("session", "session_id")):
+        if source.get(key):
+            facts.append((label, _e(source.get(key))))
+    facts.append(("source trace", f"<code>{_e(trace_id)}</code>"))
     if len(trace_ids) > 1:
         facts.append(("all traces", " ".join(f"<code>{_e(t)}</code>" for t in trace_ids)))
     if cand.get("duplicate_of"):
@@ -291,32 +408,39 @@ def _candidate_section(cand: Mapping[str, Any], traces: Mapping[str, Any], detec
     for key in ("reviewed_by", "review_reason"):
         if cand.get(key):
             facts.append((key.replace("_", " "), _e(cand.get(key))))
-    out.append("<dl class=\"facts\">" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>\n")
+    out.append("<dl class=\"facts\">" + "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in facts)
+               + "</dl>\n")
 
     if status in REVIEWABLE_STATUSES:
-        out.append("<h3>Promote</h3>\n<pre class=\"promote\">"
+        out.append("<h3>Promote</h3>\n<pre class=\"promote\" title=\"click once to select the whole command\">"
                    f"tracesieve promote {_e(cid)} --cases cases.yaml --owner &lt;you&gt;</pre>\n")
 
     out.append(_input_block(cand.get("input")))
-    out.append("<div class=\"grid2\">\n<div><h3>Observed</h3>\n" + _observed_block(cand.get("observed"))
+    out.append("<div class=\"grid2\">\n<div><h3>Observed</h3>\n" + _observed_block(cand.get("observed"), cand.get("context"))
                + "</div>\n<div><h3>Expected (draft)</h3>\n<pre>" + _pretty(cand.get("expected")) + "</pre></div>\n</div>\n")
-    if cand.get("context"):
-        out.append("<details><summary>Context (retrieved documents, tool calls)</summary>\n<pre>"
-                   + _pretty(cand.get("context")) + "</pre></details>\n")
 
     trace_dets = [d for d in (detections.get(trace_id) or []) if isinstance(d, Mapping)] if trace_id else []
     mine = [d for d in trace_dets if d.get("failure_mode") == mode] or trace_dets
     flagged = {str(s) for s in (source.get("span_ids") or [])} | {str(d.get("span_id")) for d in mine if d.get("span_id")}
-    out.append(_detections_block(trace_dets, mine))
     out.append("<h3>Trace waterfall</h3>\n")
     spans = traces.get(trace_id) if trace_id else None
     if not spans:
         out.append(f"<p class=\"muted\">The spans of trace <code>{_e(trace_id)}</code> are not in this report "
                    "(trace not found in the store).</p>\n")
     else:
-        out.append(_waterfall([s for s in spans if isinstance(s, Mapping)], flagged))
+        out.append(render_waterfall([s for s in spans if isinstance(s, Mapping)], flagged))
+    out.append(_detections_block(trace_dets, mine))
+    out.append(_context_block(cand.get("context")))
     out.append("</section>\n")
     return "".join(out)
+
+
+def _short_time(value: Any) -> Any:
+    """An ISO timestamp to the second ("2026-11-22 00:52:26 UTC"); anything else unchanged."""
+    ts = parse_time(value)
+    if ts is None:
+        return value
+    return ts.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _input_block(value: Any) -> str:
@@ -337,12 +461,60 @@ def _input_block(value: Any) -> str:
     return "".join(out)
 
 
-def _observed_block(value: Any) -> str:
-    if isinstance(value, Mapping) and value.get("final_answer"):
-        rest = {k: v for k, v in value.items() if k != "final_answer"}
-        return (f"<div class=\"usermsg\">{_e(value.get('final_answer'))}</div>\n"
-                + (f"<pre>{_pretty(rest)}</pre>\n" if rest else ""))
-    return f"<pre>{_pretty(value)}</pre>\n"
+def _observed_block(value: Any, context: Any = None) -> str:
+    """The final answer and the tool sequence up front; the whole record folded away below them."""
+    if not isinstance(value, Mapping) or not (value.get("final_answer") or value.get("tool_sequence")):
+        return f"<pre>{_pretty(value)}</pre>\n"
+    out = []
+    if value.get("final_answer"):
+        out.append(f"<div class=\"answer\">{_e(value.get('final_answer'))}</div>\n")
+    else:
+        out.append("<p class=\"muted\">no final answer</p>\n")
+    sequence = value.get("tool_sequence")
+    if isinstance(sequence, list) and sequence:
+        failed = set()
+        if isinstance(context, Mapping):
+            for call in context.get("tool_calls") or []:
+                if isinstance(call, Mapping) and str(call.get("status") or "").upper() == "ERROR":
+                    failed.add(str(call.get("name")))
+        chips = " → ".join(f"<span class=\"chip{' bad' if str(t) in failed else ''}\">{_e(t)}</span>" for t in sequence)
+        out.append(f"<div class=\"seq\"><span class=\"muted\">tools called:</span> {chips}</div>\n")
+    rest = {k: v for k, v in value.items() if k != "final_answer"}
+    if rest:
+        out.append(f"<details><summary>full observed record ({_e(', '.join(sorted(rest)))})</summary>\n"
+                   f"<pre>{_pretty(rest)}</pre></details>\n")
+    return "".join(out)
+
+
+def _context_block(value: Any) -> str:
+    """What the agent had to work with: retrieved documents and tool calls, then the raw record."""
+    if not value:
+        return ""
+    out = ["<h3>Context</h3>\n"]
+    if isinstance(value, Mapping):
+        docs = [d for d in (value.get("documents") or []) if isinstance(d, Mapping)]
+        if docs:
+            out.append("<table class=\"ctx\"><thead><tr><th>retrieved document</th><th>score</th><th>content</th></tr>"
+                       "</thead><tbody>" + "".join(
+                           f"<tr><td><code>{_e(d.get('id'))}</code></td><td class=\"num\">{_e(d.get('score'))}</td>"
+                           f"<td>{_e(_clip(d.get('content') or '', 300))}</td></tr>" for d in docs)
+                       + "</tbody></table>\n")
+        elif "documents" in value:
+            out.append("<p class=\"muted\">no documents were retrieved</p>\n")
+        calls = [c for c in (value.get("tool_calls") or []) if isinstance(c, Mapping)]
+        if calls:
+            rows = []
+            for c in calls:
+                bad = str(c.get("status") or "").upper() == "ERROR"
+                result = c.get("error") if bad else c.get("result")
+                row_class = " class=\"bad\"" if bad else ""
+                rows.append(f"<tr{row_class}><td><code>{_e(c.get('name'))}</code></td>"
+                            f"<td><code>{_e(_clip(c.get('arguments'), 300))}</code></td><td>{_e(c.get('status'))}</td>"
+                            f"<td>{_e(_clip(result, 300) if result is not None else None)}</td></tr>")
+            out.append("<table class=\"ctx\"><thead><tr><th>tool call</th><th>arguments</th><th>status</th>"
+                       "<th>result</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>\n")
+    out.append(f"<details><summary>raw context record</summary>\n<pre>{_pretty(value)}</pre></details>\n")
+    return "".join(out)
 
 
 def _detections_block(all_dets: Sequence[Mapping[str, Any]], mine: Sequence[Mapping[str, Any]]) -> str:
@@ -358,147 +530,6 @@ def _detections_block(all_dets: Sequence[Mapping[str, Any]], mine: Sequence[Mapp
             f"<b>{_e(d.get('failure_mode'))}</b> by <code>{_e(d.get('detector'))}</code> on span "
             f"<code>{_e(d.get('span_id'))}</code> · {_e(d.get('blast_radius'))}"
             f"<div>{_e(d.get('message'))}</div>"
-            f"<details open><summary>evidence</summary><pre>{_pretty(d.get('evidence'))}</pre></details></div>\n")
+            f"<details{' open' if id(d) in mine_ids else ''}><summary>evidence</summary>"
+            f"<pre>{_pretty(d.get('evidence'))}</pre></details></div>\n")
     return "".join(out)
-
-
-# --- waterfall ----------------------------------------------------------------------------------
-
-def _ts(value: Any) -> dt.datetime | None:
-    if isinstance(value, dt.datetime):
-        ts = value
-    elif isinstance(value, str) and value:
-        try:
-            ts = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    else:
-        return None
-    return ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)
-
-
-def _float(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if f == f and f >= 0 else None  # NaN and negatives mean "unknown"
-
-
-def _span_times(span: Mapping[str, Any]) -> tuple[dt.datetime | None, dt.datetime | None]:
-    start, end = _ts(span.get("start_time")), _ts(span.get("end_time"))
-    dur = _float(span.get("duration_ms"))
-    if start and end is None and dur is not None:
-        end = start + dt.timedelta(milliseconds=dur)
-    if end and start is None and dur is not None:
-        start = end - dt.timedelta(milliseconds=dur)
-    if start and end and end < start:
-        end = start
-    return start, end
-
-
-def tree_order(spans: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], int]]:
-    """Spans depth first from the roots, siblings by start time, each with its depth.
-
-    A span whose parent is absent from the trace counts as a root; spans caught in a parent cycle
-    come last at depth 0, so every span appears exactly once.
-    """
-    by_id = {str(s.get("span_id")): s for s in spans}
-    children: dict[str, list[Mapping[str, Any]]] = {}
-    roots: list[Mapping[str, Any]] = []
-    for s in spans:
-        parent = s.get("parent_span_id")
-        if parent and str(parent) in by_id and str(parent) != str(s.get("span_id")):
-            children.setdefault(str(parent), []).append(s)
-        else:
-            roots.append(s)
-
-    def key(s: Mapping[str, Any]) -> tuple[int, str, str]:
-        start = _span_times(s)[0]
-        return (start is None, start.isoformat() if start else "", str(s.get("span_id")))
-
-    out: list[tuple[Mapping[str, Any], int]] = []
-    seen: set[int] = set()
-    stack = [(s, 0) for s in sorted(roots, key=key, reverse=True)]
-    while stack:
-        span, depth = stack.pop()
-        if id(span) in seen:
-            continue
-        seen.add(id(span))
-        out.append((span, depth))
-        kids = children.get(str(span.get("span_id")), [])
-        stack.extend((k, depth + 1) for k in sorted(kids, key=key, reverse=True))
-    out.extend((s, 0) for s in sorted((s for s in spans if id(s) not in seen), key=key))
-    return out
-
-
-def _fmt_ms(ms: float | None) -> str:
-    if ms is None:
-        return "—"
-    if ms >= 1000:
-        return f"{ms / 1000:.2f} s"
-    return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
-
-
-def bar_geometry(start: dt.datetime, end: dt.datetime, t0: dt.datetime, total_ms: float) -> tuple[float, float]:
-    """(left, width) in percent of the trace, both within 0..100 and left + width <= 100."""
-    if total_ms <= 0:
-        return 0.0, 100.0
-    left = (start - t0).total_seconds() * 1000 / total_ms * 100
-    width = (end - start).total_seconds() * 1000 / total_ms * 100
-    left = min(max(left, 0.0), 100.0 - _MIN_BAR_PCT)
-    width = min(max(width, _MIN_BAR_PCT), 100.0 - left)
-    return round(left, 3), round(width, 3)
-
-
-def _waterfall(spans: Sequence[Mapping[str, Any]], flagged: set[str]) -> str:
-    times = [_span_times(s) for s in spans]
-    starts = [t[0] for t in times if t[0]]
-    ends = [t[1] or t[0] for t in times if t[0]]
-    t0 = min(starts) if starts else None
-    total_ms = (max(e for e in ends if e) - t0).total_seconds() * 1000 if t0 and ends else 0.0
-    kinds = sorted({_kind(s) for s in spans}, key=lambda k: SPAN_KINDS.index(k))
-    legend = ("<div class=\"legend\">" + "".join(
-        f"<span><i style=\"background:{_KIND_COLOURS[k]}\"></i>{k}</span>" for k in kinds)
-        + "<span><i style=\"background:#d32f2f\"></i>error</span>"
-        "<span><i style=\"background:#fff4c2;outline:2px solid #f0b400\"></i>span that shows the failure</span></div>\n")
-    rows = [legend, "<div class=\"wf\">\n",
-            f"<div class=\"row head\"><div class=\"label\">span ({len(spans)})</div>"
-            f"<div class=\"label\">0 → {_fmt_ms(total_ms if t0 else None)}</div><div class=\"dur\">duration</div></div>\n"]
-    for span, depth in tree_order(spans):
-        sid = str(span.get("span_id"))
-        kind = _kind(span)
-        is_err = str(span.get("status_code") or "").upper() == "ERROR"
-        is_hl = sid in flagged
-        classes = "row" + (" hl" if is_hl else "") + (" error" if is_err else "")
-        indent = min(depth, _MAX_INDENT_DEPTH) * 14 + 8
-        extra = span.get("tool_name") or span.get("llm_model_name")
-        title = f"{span.get('name')} · span {sid}" + (f" · {span.get('status_message')}" if span.get("status_message") else "")
-        label = (f"<span class=\"kind\" style=\"background:{_KIND_COLOURS[kind]}\">{kind}</span>"
-                 + ("<span class=\"flag\">▶ failure</span> " if is_hl else "")
-                 + ("<span class=\"errmark\">ERROR</span> " if is_err else "")
-                 + _e(span.get("name"))
-                 + (f" <span class=\"muted\">({_e(extra)})</span>" if extra else ""))
-        start, end = _span_times(span)
-        if t0 and start:
-            left, width = bar_geometry(start, end or start, t0, total_ms)
-            track = (f"<div class=\"track\"><div class=\"bar{' err' if is_err else ''}\" "
-                     f"style=\"left:{left}%;width:{width}%;background:{_KIND_COLOURS[kind]}\"></div></div>")
-        else:
-            track = "<div class=\"notime\">no timing recorded</div>"
-        dur = _float(span.get("duration_ms"))
-        if dur is None and start and end:
-            dur = (end - start).total_seconds() * 1000
-        rows.append(f"<div class=\"{classes}\" data-span-id=\"{_e(sid)}\" title=\"{_e(title)}\">"
-                    f"<div class=\"label\" style=\"padding-left:{indent}px\">{label}</div>{track}"
-                    f"<div class=\"dur\">{_fmt_ms(dur)}</div></div>\n")
-        if is_err and span.get("status_message"):
-            rows.append(f"<div class=\"row{' hl' if is_hl else ''}\"><div class=\"label muted\" "
-                        f"style=\"padding-left:{indent + 14}px\">↳ {_e(span.get('status_message'))}</div></div>\n")
-    rows.append("</div>\n")
-    return "".join(rows)
-
-
-def _kind(span: Mapping[str, Any]) -> str:
-    kind = str(span.get("span_kind") or "UNKNOWN").upper()
-    return kind if kind in _KIND_COLOURS else "UNKNOWN"

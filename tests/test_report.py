@@ -7,7 +7,8 @@ import re
 from html.parser import HTMLParser
 from typing import Any
 
-from tracesieve.collector.report import bar_geometry, render_report, tree_order
+from tracesieve.collector.report import render_report
+from tracesieve.collector.waterfall import bar_geometry, tree_order
 
 TRACE = "a" * 32
 OTHER_TRACE = "b" * 32
@@ -320,3 +321,58 @@ def test_missing_keys_and_null_columns_do_not_break_the_page():
     for data in ({}, {"candidates": [cand]}):
         page = Page(render_report(data))
         assert page.problems == [] and page.stack == []
+
+
+# --- grouping, the review queue, the candidate card ---------------------------------------------------
+
+def test_candidates_are_grouped_by_severity_then_failure_mode_with_counts():
+    cands = [make_candidate("c1", mode="hallucination", severity="P1", occurrences=2),
+             make_candidate("c2", mode="tool_invocation", severity="P1", occurrences=5),
+             make_candidate("c3", mode="tool_invocation", severity="P1", occurrences=1, status="promoted"),
+             make_candidate("c4", mode="loop", severity="P0", occurrences=1)]
+    text = render_report(report_data(cands))
+    page = Page(text)
+    assert [a["id"] for a in page.find("section", "group")] == [
+        "g-P0-loop", "g-P1-tool_invocation", "g-P1-hallucination"]  # severity, then taxonomy order
+    groups = re.findall(r'<section class="group[^"]*" id="([^"]+)">(.*?)(?=<section class="group|</main>)', text, re.S)
+    members = {gid: re.findall(r'<section class="cand[^"]*" id="c-(\w+)"', body) for gid, body in groups}
+    assert members == {"g-P0-loop": ["c4"], "g-P1-tool_invocation": ["c2", "c3"], "g-P1-hallucination": ["c1"]}
+    heading = re.search(r'id="g-P1-tool_invocation">\s*<h2[^>]*>(.*?)</h2>', text, re.S).group(1)
+    assert "2 candidates · 6 occurrences · 1 awaiting review" in heading
+
+
+def test_the_review_queue_lists_every_candidate_with_what_happened_and_a_link():
+    cands = [make_candidate("c00000000p2x", severity="P2"), make_candidate("c00000000p0x", severity="P0")]
+    text = render_report(report_data(cands))
+    queue = re.search(r'<table class="queue" id="queue">.*?</table>', text, re.S).group(0)
+    links = re.findall(r'<a href="#c-(\w+)">', queue)
+    assert links == ["c00000000p0x", "c00000000p2x"]
+    assert queue.count("tool refund_payment failed") == 2  # the detection's message is the headline
+    assert "refund order A1" in queue  # and what the user asked
+    assert re.search(r'<tr class="qrow" data-mode="tool_invocation" data-severity="P0" data-status="new">', queue)
+
+
+def test_each_waterfall_row_shows_the_span_status():
+    page = Page(render_report(report_data([make_candidate("c1")])))
+    statuses = [a["class"].split()[1] for a in page.find("div", "st") if len(a["class"].split()) > 1]
+    assert statuses == ["st-ok", "st-ok", "st-error", "st-ok"]
+
+
+def test_the_context_lists_retrieved_documents_and_tool_calls_with_their_outcome():
+    cand = make_candidate("c1")
+    cand["context"] = {"documents": [{"id": "doc-7", "score": 0.8, "content": "Refunds take 5 days."}],
+                       "tool_calls": [{"name": "refund_payment", "arguments": {"order_id": "A1"},
+                                       "status": "ERROR", "error": "HTTP 500"}]}
+    text = render_report(report_data([cand]))
+    assert "<td><code>doc-7</code></td>" in text
+    assert re.search(r'<tr class="bad"><td><code>refund_payment</code></td>.*?HTTP 500', text)
+
+
+def test_the_observed_answer_comes_first_and_failed_tools_are_marked():
+    cand = make_candidate("c1")
+    cand["observed"] = {"final_answer": "Done.", "tool_sequence": ["lookup_order", "refund_payment"]}
+    cand["context"] = {"tool_calls": [{"name": "lookup_order", "status": "OK"},
+                                      {"name": "refund_payment", "status": "ERROR"}]}
+    text = render_report(report_data([cand]))
+    assert '<div class="answer">Done.</div>' in text
+    assert '<span class="chip">lookup_order</span> → <span class="chip bad">refund_payment</span>' in text
