@@ -176,6 +176,12 @@ class GroupCommitWriter:
         try:
             table = pa.concat_tables([j.batch for j in jobs]) if len(jobs) > 1 else jobs[0].batch
             table = _drop_repeated_keys(table)
+            # received_at is the commit time, the same instant trace_state records: the judge can then
+            # find a trace's spans by received_at >= first_received_at exactly (store.load_traces_table).
+            now = utcnow()
+            at = table.schema.get_field_index("received_at")
+            table = table.set_column(at, table.schema.field(at), pa.repeat(pa.scalar(now, table.schema.field(at).type),
+                                                                          table.num_rows))
             con = self._con
             con.execute("BEGIN TRANSACTION")
             try:
@@ -188,7 +194,7 @@ class GroupCommitWriter:
                     "SELECT DISTINCT trace_id, $1::TIMESTAMPTZ, $1::TIMESTAMPTZ, 1 FROM _incoming_spans "
                     "ON CONFLICT (trace_id) DO UPDATE SET last_received_at = excluded.last_received_at, "
                     "received_seq = trace_state.received_seq + 1",
-                    [utcnow()],
+                    [now],
                 )
                 con.unregister("_incoming_spans")
                 con.execute("COMMIT")
