@@ -53,9 +53,10 @@ class _TraceServicer:
     def export(self, body: bytes, context: grpc.ServicerContext) -> trace_service_pb2.ExportTraceServiceResponse:
         try:
             if self._service.auth_required:
-                metadata = dict(context.invocation_metadata())
-                self._service.authenticate(metadata.get("authorization"))
-            outcome = self._service.export_body(body, "application/x-protobuf")
+                metadata = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
+                self._service.authenticate(metadata)
+            with self._service.holding(len(body)):
+                outcome = self._service.export_body(body, "application/x-protobuf")
         except ExportError as exc:
             abort_with(context, exc)
             raise  # unreachable: abort raises

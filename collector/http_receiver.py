@@ -68,6 +68,12 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
+def _declared_length(request: Request, limit: int) -> int:
+    """Content-Length (capped at the limit: more is refused while reading), held before the body is read."""
+    length = request.headers.get("content-length", "")
+    return min(int(length), limit) if length.isdigit() else 0
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """The decompressed body, never inflated past ``limit`` (413 beyond it)."""
     length = request.headers.get("content-length")
@@ -124,9 +130,11 @@ def build_app(
                 f"415 unsupported media type {media_type or '(none)'!r}: use {PROTOBUF} or {JSON}",
                 status_code=415)
         try:
-            service.authenticate(request.headers.get("authorization"))
-            body = await _read_body(request, service.max_request_size)
-            outcome = await run_in_threadpool(service.export_body, body, media_type)
+            service.authenticate(request.headers)
+            with service.holding(_declared_length(request, service.max_request_size)) as hold:
+                body = await _read_body(request, service.max_request_size)
+                hold.grow_to(len(body))
+                outcome = await run_in_threadpool(service.export_body, body, media_type)
         except ClientDisconnect:
             return Response(status_code=499)
         except ExportError as exc:
@@ -150,7 +158,7 @@ def build_app(
 
     async def metrics(request: Request) -> Response:
         try:
-            service.authenticate(request.headers.get("authorization"))
+            service.authenticate(request.headers)
         except UnauthenticatedError as exc:
             return PlainTextResponse(f"401 {exc}\n", status_code=401, headers={"WWW-Authenticate": "Bearer"})
         text = await run_in_threadpool(metrics_text)
@@ -158,7 +166,7 @@ def build_app(
 
     async def api_call(request: Request) -> Response:
         try:
-            service.authenticate(request.headers.get("authorization"))
+            service.authenticate(request.headers)
         except UnauthenticatedError as exc:
             return JSONResponse({"error": str(exc), "kind": "unauthenticated"}, status_code=401)
         op = request.path_params["op"]

@@ -12,6 +12,7 @@ Lifecycle (``start`` then ``stop``, each called once from the main thread):
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -32,6 +33,26 @@ from tracesieve.storage import store
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.server")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it resolves beyond this machine
+
+
+def warn_if_exposed(cfg: Config) -> list[str]:
+    """Log a WARNING for each receiver bound beyond loopback with no auth; returns the addresses."""
+    if cfg.bearer_token or cfg.api_key:
+        return []
+    exposed = [ep.address for ep in (cfg.grpc, cfg.http) if ep is not None and not is_loopback(ep.host)]
+    for address in exposed:
+        log.warning("listening on %s without auth: anyone who can reach it can send spans and query the store; "
+                    "set receivers.otlp.auth (bearer_token or api_key) or bind 127.0.0.1", address)
+    return exposed
 
 
 class Collector:
@@ -57,6 +78,7 @@ class Collector:
         self.judge = Judge(self.con.cursor(), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics)
         self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60))
         self.judge.start()
+        warn_if_exposed(cfg)
         self._grpc = None
         self._uvicorn: uvicorn.Server | None = None
         try:
