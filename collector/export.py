@@ -12,6 +12,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import random
 import threading
 import time
 from collections import Counter
@@ -149,6 +150,16 @@ class ExportService:
 
 
 API_KEY_HEADER = "x-api-key"
+MAX_RETRY_HINT_SECONDS = 5.0
+
+
+def retry_hint(exc: RetryableError) -> float:
+    """The delay to tell a throttled client: the configured one stretched by up to 2x, at random, at most 5 s.
+
+    The OTel exporters wait exactly the hinted delay (no jitter of their own) and give up after six
+    tries, so clients refused together would otherwise all come back together and collide again.
+    """
+    return min(MAX_RETRY_HINT_SECONDS, exc.retry_after * random.uniform(1.0, 2.0))
 
 
 def _matches(presented: str, secret: bytes | None) -> bool:

@@ -11,7 +11,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from tracesieve.collector.config import Endpoint
-from tracesieve.collector.export import ExportService
+from tracesieve.collector.export import ExportService, retry_hint
 from tracesieve.storage.errors import (
     ExportError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError,
 )
@@ -23,7 +23,7 @@ def abort_with(context: grpc.ServicerContext, exc: Exception) -> None:
     """The one mapping from an export error to a gRPC status (with RetryInfo trailers when retryable)."""
     if isinstance(exc, RetryableError):
         delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        delay.FromNanoseconds(int(retry_hint(exc) * 1e9))
         info = error_details_pb2.RetryInfo(retry_delay=delay)
         status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(exc))
         status.details.add().Pack(info)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tracesieve.collector.export import ExportService
+from tracesieve.collector.export import ExportService, retry_hint
 from tracesieve.storage.errors import (
     ExportError, NotFoundError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError, UsageError,
 )
@@ -41,7 +40,7 @@ def error_response(exc: Exception, media_type: str) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, RetryableError):
         status, code = 503, code_pb2.UNAVAILABLE
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        headers["Retry-After"] = str(max(1, round(retry_hint(exc))))
     elif isinstance(exc, TooLargeError):
         status, code = 413, code_pb2.RESOURCE_EXHAUSTED
     elif isinstance(exc, UnauthenticatedError):
