@@ -311,7 +311,8 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     if problems:
         return None
     return Config(
-        source="", path=None, grpc=grpc, http=http, span_workers=span_workers, bearer_token=token, api_key=api_key, limits=limits, db_path=db_path,
+        source="", path=None, grpc=grpc, http=http, span_workers=span_workers, bearer_token=token, api_key=api_key,
+        limits=limits, db_path=db_path,
         span_processors=span_procs, trace_processors=trace_procs, tree=tree,
     )
 

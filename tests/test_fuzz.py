@@ -93,7 +93,8 @@ def base_request(n_spans: int = 2, text: str = "hello") -> ExportTraceServiceReq
     ss = rs.scope_spans.add()
     for i in range(n_spans):
         span = ss.spans.add(trace_id=os.urandom(16), span_id=os.urandom(8), name=f"s{i}",
-                            start_time_unix_nano=1_795_300_000_000_000_000, end_time_unix_nano=1_795_300_001_000_000_000)
+                            start_time_unix_nano=1_795_300_000_000_000_000,
+                            end_time_unix_nano=1_795_300_001_000_000_000)
         span.attributes.add(key="input.value").value.string_value = f"{text} {CANARIES['EMAIL']}"
     return req
 
