@@ -130,7 +130,7 @@ def test_sigkill_at_random_moments_loses_no_acked_span_and_stores_none_twice(sta
         for s in senders:
             s.start()
         for _ in range(ROUNDS):
-            time.sleep(killer.uniform(0.8, 2.5))
+            time.sleep(killer.uniform(0.5, 1.5))
             orphans += _sigkill(c)
             c.start()
         time.sleep(1.0)
