@@ -187,9 +187,10 @@ class InflightBytes:
     def held(self) -> int:
         return self._held
 
-    def acquire(self, n: int) -> None:
+    def acquire(self, n: int, own: int = 0) -> None:
+        """Hold ``n`` more bytes for a request already holding ``own``; refused only when others hold some."""
         with self._lock:
-            if self._held and self._held + n > self.limit:
+            if self._held > own and self._held + n > self.limit:
                 raise RetryableError(f"too many request bytes in flight ({self._held} held); retry shortly",
                                      self._retry_after)
             self._held += n
@@ -208,7 +209,7 @@ class Hold:
 
     def grow_to(self, n_bytes: int) -> None:
         if n_bytes > self.n_bytes:
-            self._budget.acquire(n_bytes - self.n_bytes)
+            self._budget.acquire(n_bytes - self.n_bytes, own=self.n_bytes)
             self.n_bytes = n_bytes
 
 

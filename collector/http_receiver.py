@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tracesieve.collector.export import ExportService, retry_hint
+from tracesieve.collector.export import ExportService, Hold, retry_hint
 from tracesieve.storage.errors import (
     ExportError, NotFoundError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError, UsageError,
 )
@@ -67,18 +67,12 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def _declared_length(request: Request, limit: int) -> int:
-    """Content-Length, held before the body is read; over the limit it is 413 at once (never worth a retry)."""
-    length = request.headers.get("content-length", "")
-    if not length.isdigit():
-        return 0
-    if int(length) > limit:
-        raise TooLargeError(f"request body is {length} bytes; the limit is {limit} bytes")
-    return int(length)
+async def _read_body(request: Request, limit: int, hold: Hold) -> bytes:
+    """The decompressed body, never inflated past ``limit`` (413 beyond it).
 
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The decompressed body, never inflated past ``limit`` (413 beyond it)."""
+    ``hold`` grows with the bytes actually received (not the declared length: a client that
+    declares 64 MiB and sends nothing must not hold the in-flight budget).
+    """
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise TooLargeError(f"request body is {length} bytes; the limit is {limit} bytes")
@@ -104,6 +98,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
             size += len(out)
             if size > limit:
                 raise TooLargeError(f"request body exceeds the limit of {limit} bytes")
+            hold.grow_to(size)
             chunks.append(out)
         if decompressor is not None:
             if not decompressor.eof:
@@ -134,9 +129,8 @@ def build_app(
                 status_code=415)
         try:
             service.authenticate(request.headers)
-            with service.holding(_declared_length(request, service.max_request_size)) as hold:
-                body = await _read_body(request, service.max_request_size)
-                hold.grow_to(len(body))
+            with service.holding(0) as hold:
+                body = await _read_body(request, service.max_request_size, hold)
                 outcome = await run_in_threadpool(service.export_body, body, media_type)
         except ClientDisconnect:
             return Response(status_code=499)

@@ -179,6 +179,7 @@ def _sigkill(c) -> list[int]:
     assert workers, "span_workers: 1 should have spawned a worker"
     c.stop(signal.SIGKILL)
     left = wait_gone(workers, timeout=15)
+    kill_all(left)
     assert left == [], f"span workers outlived the killed collector: {left}"
     return workers
 

@@ -35,7 +35,8 @@ from tracesieve.collector.decode import DecodeLimits, DecodeResult, decode_reque
 from tracesieve.storage.errors import PermanentError
 
 LIMITS = DecodeLimits(max_attributes_per_span=64, max_value_size=2048, max_nesting_depth=8)
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                database=None)
 HEX32, HEX16 = re.compile(r"[0-9a-f]{32}\Z"), re.compile(r"[0-9a-f]{16}\Z")
 MARKER = re.compile(r"…\[truncated \d+ bytes\]\Z")
 JSON_COLUMNS = ("attributes", "resource_attributes", "events", "links")
@@ -228,7 +229,7 @@ def test_json_parse_errors_name_the_field_never_the_value():
 # --------------------------------------------------------------------------- end to end: fewer examples
 
 
-E2E = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+E2E = settings(FUZZ, max_examples=25)
 LIMITED = {"receivers": {"otlp": {"limits": {"max_request_size": "256KiB", "max_attributes_per_span": 64,
                                              "max_value_size": "2KiB", "max_nesting_depth": 8}}},
            "service": {"span_workers": 1, "pipelines": {"traces": {"processors": ["pii"]}}}}

@@ -10,6 +10,7 @@ collector and its span workers used.
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 
@@ -90,6 +91,16 @@ def test_bytes_in_flight_are_capped_with_retryable_answers_and_memory_stays_boun
     start_together = threading.Barrier(senders)
     bodies = [[make_request(4, pad=250_000) for _ in range(rounds)] for _ in range(senders)]  # ~1 MiB each
 
+    # Clients that declare a body and send none hold nothing: only bytes received count.
+    idle = [_declare_and_stall(c.http_port, 1_500_000) for _ in range(3)]
+    try:
+        alone = httpx.post(f"{c.http_url}/v1/traces", content=bodies[0][0].SerializeToString(),
+                           headers={"content-type": "application/x-protobuf"}, timeout=60)
+        assert alone.status_code == 200, "stalled uploads must not hold the in-flight budget"
+    finally:
+        for s in idle:
+            s.close()
+
     def send_http(i: int) -> None:
         start_together.wait(60)
         for req in bodies[i]:
@@ -145,5 +156,13 @@ def test_bytes_in_flight_are_capped_with_retryable_answers_and_memory_stays_boun
 
     peak = rss_kib(c.proc.pid, "VmHWM") + sum(rss_kib(p, "VmHWM") for p in children_of(c.proc.pid))
     assert 0 < peak < MEMORY_BOUND_KIB, f"collector + span workers peaked at {peak // 1024} MiB"
-    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": senders * rounds * 4}]
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": senders * rounds * 4}]  # the first one was sent twice
     assert "Traceback" not in c.log()
+
+
+def _declare_and_stall(port: int, length: int) -> socket.socket:
+    """An HTTP upload that announces ``length`` bytes, sends a few and stalls."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\n"
+              f"Content-Length: {length}\r\n\r\n".encode() + b"\x0a" * 100)
+    return s
