@@ -30,7 +30,8 @@ class StoreClient(Protocol):
 
 class RemoteClient:
     def __init__(self, url: str, token: str | None, cafile: str | None = None) -> None:
-        headers = {"authorization": f"Bearer {token}"} if token else {}
+        # The collector may guard its surface with a bearer token or an API key: send the one secret as both.
+        headers = {"authorization": f"Bearer {token}", "x-api-key": token} if token else {}
         self.url = url
         verify: Any = ssl.create_default_context(cafile=cafile) if cafile else True
         self._http = httpx.Client(base_url=url, headers=headers, timeout=120.0, verify=verify, trust_env=False)
@@ -49,7 +50,7 @@ class RemoteClient:
         message = body.get("error") or f"HTTP {response.status_code}"
         if response.status_code == 401:
             raise UsageError(f"the collector at {self.url} refused the request: {message} "
-                             "(set TRACESIEVE_TOKEN to the configured bearer token)")
+                             "(set TRACESIEVE_TOKEN to the configured bearer token or API key)")
         if response.status_code == 404 and body.get("kind") == "not_found":
             raise NotFoundError(message)
         if response.status_code in (400, 404):

@@ -28,6 +28,8 @@ DEFAULT_HTTP_ENDPOINT = "127.0.0.1:4318"
 DEFAULT_DB_PATH = "tracesieve.duckdb"
 DEFAULT_PIPELINE = ["pii", "detectors", "promotion"]
 MAX_RETRY_HINT_SECONDS = 5.0
+#: Deeper JSON would pass orjson's recursion limit once dotted keys and kvlist values stack up.
+MAX_NESTING_DEPTH_LIMIT = 100
 
 #: The documented defaults (README "Configuration" shows this tree).
 DEFAULTS: dict[str, Any] = {
@@ -43,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
                 "max_attributes_per_span": 2048,
                 "max_value_size": "1MiB",
                 "max_nesting_depth": 32,
+                "max_inflight_size": "256MiB",
                 "retry_after": "1s",
             },
         }
@@ -80,6 +83,7 @@ class Limits:
     max_attributes_per_span: int = 2048
     max_value_size: int = 1024 * 1024
     max_nesting_depth: int = 32
+    max_inflight_size: int = 256 * 1024 * 1024  # request bytes held at once; beyond it: the throttling answer
     retry_after: float = 1.0
 
 
@@ -97,7 +101,8 @@ class Config:
     span_processors: list[SpanProcessor]
     trace_processors: list[TraceProcessor]
     tree: dict[str, Any]  # the effective YAML tree (for --print-config)
-    span_workers: int = 0  # worker processes for decode + span stage; 0 = in the receiving threads
+    span_workers: int = 0
+    api_key: str | None = None  # accepted in the x-api-key header (bearer_token: in Authorization: Bearer)  # worker processes for decode + span stage; 0 = in the receiving threads
 
     @property
     def decode_limits(self) -> DecodeLimits:
@@ -118,8 +123,10 @@ class Config:
     def printable(self) -> str:
         tree = copy.deepcopy(self.tree)
         auth = tree.get("receivers", {}).get("otlp", {}).get("auth")
-        if isinstance(auth, dict) and auth.get("bearer_token"):
-            auth["bearer_token"] = "<redacted>"
+        if isinstance(auth, dict):
+            for key in ("bearer_token", "api_key"):
+                if auth.get(key):
+                    auth[key] = "<redacted>"
         return yaml.safe_dump(tree, sort_keys=False)
 
     def shutdown_processors(self) -> None:
@@ -211,22 +218,23 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     if grpc is None and http is None and not problems:
         problems.append("receivers.otlp.protocols: enable at least one of grpc, http")
 
-    auth = _check_keys(otlp.get("auth"), {"bearer_token"}, "receivers.otlp.auth", problems)
-    token = auth.get("bearer_token")
-    if token is not None and (not isinstance(token, str) or not token):
-        problems.append("receivers.otlp.auth.bearer_token: expected a non-empty string")
-        token = None
+    auth = _check_keys(otlp.get("auth"), {"bearer_token", "bearer_token_file", "api_key", "api_key_file"},
+                       "receivers.otlp.auth", problems)
+    token = _secret(auth, "bearer_token", problems)
+    api_key = _secret(auth, "api_key", problems)
 
     limits = _limits(otlp.get("limits"), problems)
     tree["receivers"] = {"otlp": {
         "protocols": {k: _endpoint_tree(v) for k, v in (("grpc", grpc), ("http", http)) if v is not None},
-        **({"auth": {"bearer_token": token}} if token else {}),
+        **({"auth": {k: v for k, v in (("bearer_token", token), ("api_key", api_key)) if v}}
+           if token or api_key else {}),
         "limits": {
             "max_request_size": format_size(limits.max_request_size),
             "max_queued_spans": limits.max_queued_spans,
             "max_attributes_per_span": limits.max_attributes_per_span,
             "max_value_size": format_size(limits.max_value_size),
             "max_nesting_depth": limits.max_nesting_depth,
+            "max_inflight_size": format_size(limits.max_inflight_size),
             "retry_after": f"{limits.retry_after:g}s",
         },
     }}
@@ -303,9 +311,37 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     if problems:
         return None
     return Config(
-        source="", path=None, grpc=grpc, http=http, span_workers=span_workers, bearer_token=token, limits=limits, db_path=db_path,
+        source="", path=None, grpc=grpc, http=http, span_workers=span_workers, bearer_token=token, api_key=api_key,
+        limits=limits, db_path=db_path,
         span_processors=span_procs, trace_processors=trace_procs, tree=tree,
     )
+
+
+def _secret(auth: dict[str, Any], name: str, problems: list[str]) -> str | None:
+    """``name`` given inline (``${env:...}`` works) or read from ``name_file`` (trailing newline dropped)."""
+    path = f"receivers.otlp.auth.{name}"
+    inline, file_name = auth.get(name), auth.get(f"{name}_file")
+    if inline is not None and file_name is not None:
+        problems.append(f"{path}: give {name} or {name}_file, not both")
+        return None
+    if file_name is not None:
+        if not isinstance(file_name, str) or not file_name:
+            problems.append(f"{path}_file: expected a file path")
+            return None
+        try:
+            with open(file_name, encoding="utf-8") as fh:
+                inline = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{path}_file: cannot read {file_name} ({type(exc).__name__})")
+            return None
+        if not inline:
+            problems.append(f"{path}_file: {file_name} is empty")
+            return None
+        return str(inline)
+    if inline is not None and (not isinstance(inline, str) or not inline):
+        problems.append(f"{path}: expected a non-empty string")
+        return None
+    return inline if isinstance(inline, str) else None
 
 
 def _span_workers(value: Any, problems: list[str]) -> int:
@@ -358,7 +394,7 @@ def _limits(node: Any, problems: list[str]) -> Limits:
     defaults = Limits()
     node = _check_keys(node, {f.name for f in dataclasses.fields(Limits)}, path, problems)
     values: dict[str, Any] = {}
-    for key in ("max_request_size", "max_value_size"):
+    for key in ("max_request_size", "max_value_size", "max_inflight_size"):
         if key in node:
             try:
                 values[key] = parse_size(node[key])
@@ -371,6 +407,8 @@ def _limits(node: Any, problems: list[str]) -> Limits:
             value = node[key]
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 problems.append(f"{path}.{key}: expected a positive integer, got {value!r}")
+            elif key == "max_nesting_depth" and value > MAX_NESTING_DEPTH_LIMIT:
+                problems.append(f"{path}.{key}: at most {MAX_NESTING_DEPTH_LIMIT}, got {value}")
             else:
                 values[key] = value
     if "retry_after" in node:

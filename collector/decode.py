@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -85,15 +86,29 @@ def parse_json(body: bytes) -> ExportTraceServiceRequest:
         doc = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PermanentError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PermanentError("request body is not valid OTLP/JSON: it is nested too deeply") from None
     if not isinstance(doc, dict):
         raise PermanentError("request body must be a JSON object with resourceSpans")
     _hex_ids_to_base64(doc)
     request = ExportTraceServiceRequest()
     try:
         json_format.ParseDict(doc, request, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError) as exc:
-        raise PermanentError(f"request body is not a valid OTLP/JSON ExportTraceServiceRequest: {exc}") from None
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        raise PermanentError("request body is not a valid OTLP/JSON ExportTraceServiceRequest: "
+                             f"{_parse_error_without_values(exc)}") from None
     return request
+
+
+_FAILED_FIELD = re.compile(r"Failed to parse (\w+) field")
+
+
+def _parse_error_without_values(exc: Exception) -> str:
+    """Name the field that failed, never the value: json_format quotes the offending value (could be PII)."""
+    fields = _FAILED_FIELD.findall(str(exc))
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    return f"bad value in field {'.'.join(fields)}" if fields else "a value has the wrong type"
 
 
 _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
@@ -461,7 +476,7 @@ class _AttributeWalker:
         """
         values = list(flat.values())
         structured = tuple(i for i, x in enumerate(values) if type(x) is dict or type(x) is list)
-        signature = (tuple(flat), structured)
+        signature = (tuple(flat), structured, self.max_depth)  # the depth limit shapes long keys too
         plan = _PLANS.get(signature)
         if plan is not None:
             return plan(values)
@@ -492,7 +507,11 @@ class _AttributeWalker:
         made_ids: set[int] = set()
         digit_keyed: set[int] = set()
         for key, value in flat.items():
-            prefix, _, last = key.rpartition(".")
+            if key.count(".") >= self.max_depth:  # a key of many dots must not nest past the depth limit
+                parts = key.split(".", self.max_depth - 1)  # the rest of the key stays dotted in the leaf
+                prefix, last = ".".join(parts[:-1]), parts[-1]
+            else:
+                prefix, _, last = key.rpartition(".")
             node = nodes.get(prefix)
             if node is None:
                 node, last = self._path(root, nodes, prefix, last, made, made_ids, digit_keyed)
@@ -553,8 +572,9 @@ _MAX_PLANS = 4096
 _MAX_PLAN_KEYS = 1024
 _MAX_PLAN_DEPTH = 48  # well under the Python parser's limit on nested brackets
 _Plan = Callable[[list[Any]], dict[str, Any]]
-_PLANS: dict[tuple[tuple[str, ...], tuple[int, ...]], _Plan] = {}
-_SEEN_ONCE: set[tuple[tuple[str, ...], tuple[int, ...]]] = set()
+_Signature = tuple[tuple[str, ...], tuple[int, ...], int]
+_PLANS: dict[_Signature, _Plan] = {}
+_SEEN_ONCE: set[_Signature] = set()
 
 
 class _Slot:

@@ -12,7 +12,11 @@ import dataclasses
 import hmac
 import json
 import logging
+import random
+import threading
 from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -46,25 +50,44 @@ def span_stage_for(config: Config) -> SpanStage:
 
 class ExportService:
     def __init__(self, config: Config, writer: GroupCommitWriter, metrics: ReceiverMetrics, stage: SpanStage) -> None:
-        self._token = config.bearer_token
+        self._token = config.bearer_token.encode() if config.bearer_token else None
+        self._api_key = config.api_key.encode() if config.api_key else None
         self._stage = stage
         self._writer = writer
         self._metrics = self.metrics = metrics  # the receiver records request-level figures
         self.max_request_size = config.limits.max_request_size
+        self._inflight = InflightBytes(config.limits.max_inflight_size, config.limits.retry_after)
 
     @property
     def auth_required(self) -> bool:
-        return self._token is not None
+        return self._token is not None or self._api_key is not None
 
-    def authenticate(self, authorization: str | None) -> None:
-        """Raise UnauthenticatedError unless ``authorization`` is ``Bearer <configured token>``."""
-        if self._token is None:
+    def authenticate(self, headers: Mapping[str, str]) -> None:
+        """Raise UnauthenticatedError unless ``Authorization: Bearer <token>`` or ``x-api-key: <key>`` matches.
+
+        ``headers`` has lowercase keys (HTTP headers, gRPC metadata). Both comparisons always run,
+        in constant time, so the answer's timing says nothing about either secret.
+        """
+        if not self.auth_required:
             return
-        presented = ""
-        if authorization and authorization[:7].lower() == "bearer ":
-            presented = authorization[7:].strip()
-        if not hmac.compare_digest(presented.encode(), self._token.encode()):
-            raise UnauthenticatedError("missing or wrong bearer token")
+        authorization = headers.get("authorization") or ""
+        bearer = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+        key = (headers.get(API_KEY_HEADER) or "").strip()
+        bearer_ok = _matches(bearer, self._token)
+        key_ok = _matches(key, self._api_key)
+        if not (bearer_ok or key_ok):
+            raise UnauthenticatedError("missing or wrong token (send Authorization: Bearer <token> or "
+                                       f"{API_KEY_HEADER}: <key>)")
+
+    @contextmanager
+    def holding(self, n_bytes: int) -> Iterator[Hold]:
+        """Count ``n_bytes`` of request body as held until the block ends (throttles past max_inflight_size)."""
+        hold = Hold(self._inflight)
+        hold.grow_to(n_bytes)
+        try:
+            yield hold
+        finally:
+            self._inflight.release(hold.n_bytes)
 
     def export_body(self, body: bytes, media_type: str) -> ExportOutcome:
         """Parse an OTLP body (protobuf, or OTLP/JSON when ``media_type`` is application/json) and export it."""
@@ -120,6 +143,70 @@ class ExportService:
                 except (ValueError, TypeError):
                     pass
         self._metrics.add_redactions(totals)
+
+
+API_KEY_HEADER = "x-api-key"
+MAX_RETRY_HINT_SECONDS = 5.0
+
+
+def retry_hint(exc: RetryableError) -> float:
+    """The delay to tell a throttled client: the configured one stretched by up to 2x, at random, at most 5 s.
+
+    The OTel exporters wait exactly the hinted delay (no jitter of their own) and give up after six
+    tries, so clients refused together would otherwise all come back together and collide again.
+    """
+    return min(MAX_RETRY_HINT_SECONDS, exc.retry_after * random.uniform(1.0, 2.0))
+
+
+def _matches(presented: str, secret: bytes | None) -> bool:
+    if secret is None:
+        hmac.compare_digest(b"", b"-")  # the same work either way
+        return False
+    return hmac.compare_digest(presented.encode("utf-8", "replace"), secret)
+
+
+class InflightBytes:
+    """Bytes of request bodies held at once; a request that would pass the limit gets the throttling answer.
+
+    Spans queued for commit are bounded by ``max_queued_spans``; this bounds the bytes before that
+    point (bodies read, parsed, in the span stage). A single request larger than the limit is
+    admitted when nothing else is held, as with queued spans.
+    """
+
+    def __init__(self, limit: int, retry_after: float) -> None:
+        self.limit = limit
+        self._retry_after = retry_after
+        self._held = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def acquire(self, n: int, own: int = 0) -> None:
+        """Hold ``n`` more bytes for a request already holding ``own``; refused only when others hold some."""
+        with self._lock:
+            if self._held > own and self._held + n > self.limit:
+                raise RetryableError(f"too many request bytes in flight ({self._held} held); retry shortly",
+                                     self._retry_after)
+            self._held += n
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self._held -= n
+
+
+class Hold:
+    """One request's share of the in-flight bytes; grows when the body turns out larger than declared."""
+
+    def __init__(self, budget: InflightBytes) -> None:
+        self._budget = budget
+        self.n_bytes = 0
+
+    def grow_to(self, n_bytes: int) -> None:
+        if n_bytes > self.n_bytes:
+            self._budget.acquire(n_bytes - self.n_bytes, own=self.n_bytes)
+            self.n_bytes = n_bytes
 
 
 def _first_line(errors: list[str]) -> str:

@@ -12,7 +12,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from tracesieve.collector.config import Endpoint
-from tracesieve.collector.export import ExportService
+from tracesieve.collector.export import ExportService, retry_hint
 from tracesieve.collector.metrics import refusal_reason
 from tracesieve.storage.errors import (
     ExportError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError,
@@ -25,7 +25,7 @@ def abort_with(context: grpc.ServicerContext, exc: Exception) -> None:
     """The one mapping from an export error to a gRPC status (with RetryInfo trailers when retryable)."""
     if isinstance(exc, RetryableError):
         delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(exc.retry_after * 1e9))
+        delay.FromNanoseconds(int(retry_hint(exc) * 1e9))
         info = error_details_pb2.RetryInfo(retry_delay=delay)
         status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(exc))
         status.details.add().Pack(info)
@@ -57,9 +57,10 @@ class _TraceServicer:
         metrics = self._service.metrics
         try:
             if self._service.auth_required:
-                metadata = dict(context.invocation_metadata())
-                self._service.authenticate(metadata.get("authorization"))
-            outcome = self._service.export_body(body, "application/x-protobuf")
+                metadata = {k.lower(): v for k, v in context.invocation_metadata() if isinstance(v, str)}
+                self._service.authenticate(metadata)
+            with self._service.holding(len(body)):
+                outcome = self._service.export_body(body, "application/x-protobuf")
         except ExportError as exc:
             metrics.request_refused(refusal_reason(exc))
             metrics.observe_request(time.perf_counter() - started)

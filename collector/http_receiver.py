@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import zlib
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from tracesieve.collector.export import ExportService
+from tracesieve.collector.export import ExportService, Hold, retry_hint
 from tracesieve.collector.metrics import CONTENT_TYPE, refusal_reason
 from tracesieve.storage.errors import (
     ExportError, NotFoundError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError, UsageError,
@@ -43,7 +42,7 @@ def error_response(exc: Exception, media_type: str) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, RetryableError):
         status, code = 503, code_pb2.UNAVAILABLE
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        headers["Retry-After"] = str(max(1, round(retry_hint(exc))))
     elif isinstance(exc, TooLargeError):
         status, code = 413, code_pb2.RESOURCE_EXHAUSTED
     elif isinstance(exc, UnauthenticatedError):
@@ -70,8 +69,12 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The decompressed body, never inflated past ``limit`` (413 beyond it)."""
+async def _read_body(request: Request, limit: int, hold: Hold) -> bytes:
+    """The decompressed body, never inflated past ``limit`` (413 beyond it).
+
+    ``hold`` grows with the bytes actually received (not the declared length: a client that
+    declares 64 MiB and sends nothing must not hold the in-flight budget).
+    """
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise TooLargeError(f"request body is {length} bytes; the limit is {limit} bytes")
@@ -97,6 +100,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
             size += len(out)
             if size > limit:
                 raise TooLargeError(f"request body exceeds the limit of {limit} bytes")
+            hold.grow_to(size)
             chunks.append(out)
         if decompressor is not None:
             if not decompressor.eof:
@@ -134,9 +138,10 @@ def build_app(
                 f"415 unsupported media type {media_type or '(none)'!r}: use {PROTOBUF} or {JSON}",
                 status_code=415)
         try:
-            service.authenticate(request.headers.get("authorization"))
-            body = await _read_body(request, service.max_request_size)
-            outcome = await run_in_threadpool(service.export_body, body, media_type)
+            service.authenticate(request.headers)
+            with service.holding(0) as hold:
+                body = await _read_body(request, service.max_request_size, hold)
+                outcome = await run_in_threadpool(service.export_body, body, media_type)
         except ClientDisconnect:
             return Response(status_code=499)
         except ExportError as exc:
@@ -162,7 +167,7 @@ def build_app(
 
     async def metrics(request: Request) -> Response:
         try:
-            service.authenticate(request.headers.get("authorization"))
+            service.authenticate(request.headers)
         except UnauthenticatedError as exc:
             return PlainTextResponse(f"401 {exc}\n", status_code=401, headers={"WWW-Authenticate": "Bearer"})
         try:
@@ -174,7 +179,7 @@ def build_app(
 
     async def api_call(request: Request) -> Response:
         try:
-            service.authenticate(request.headers.get("authorization"))
+            service.authenticate(request.headers)
         except UnauthenticatedError as exc:
             return JSONResponse({"error": str(exc), "kind": "unauthenticated"}, status_code=401)
         op = request.path_params["op"]

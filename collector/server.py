@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ipaddress
 import json
 import logging
 import os
@@ -34,6 +35,26 @@ from tracesieve.storage.schema import utcnow
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.server")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it resolves beyond this machine
+
+
+def warn_if_exposed(cfg: Config) -> list[str]:
+    """Log a WARNING for each receiver bound beyond loopback with no auth; returns the addresses."""
+    if cfg.bearer_token or cfg.api_key:
+        return []
+    exposed = [ep.address for ep in (cfg.grpc, cfg.http) if ep is not None and not is_loopback(ep.host)]
+    for address in exposed:
+        log.warning("listening on %s without auth: anyone who can reach it can send spans and query the store; "
+                    "set receivers.otlp.auth (bearer_token or api_key) or bind 127.0.0.1", address)
+    return exposed
 
 
 class Collector:
@@ -63,6 +84,7 @@ class Collector:
         self.judge.start()
         self.metrics.watch(StateSource(lambda: self.writer.queued_spans, lambda: self.judge.pending,
                                        self._store_state))
+        warn_if_exposed(cfg)
         self._grpc = None
         self._uvicorn: uvicorn.Server | None = None
         try:

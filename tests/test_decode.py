@@ -116,3 +116,12 @@ def test_the_model_that_answered_wins_over_the_requested_one():
 def test_invocation_parameters_that_are_not_json_leave_the_model_empty():
     assert model_column(llm__invocation_parameters='{"model": gpt-4o') is None
     assert model_column(llm__invocation_parameters=json.dumps(["model"])) is None
+
+
+def test_plans_are_kept_apart_for_walkers_with_different_depth_limits():
+    flat = {"a.b.c.d.e.f": 1, "a.b.x": 2}
+    shallow, deep = _AttributeWalker(DecodeLimits(max_nesting_depth=3)), _AttributeWalker(DecodeLimits())
+    for _ in range(3):
+        assert shallow.nest(dict(flat)) == shallow.nest_slowly(dict(flat))
+        assert deep.nest(dict(flat)) == deep.nest_slowly(dict(flat))
+    assert shallow.nest(dict(flat)) != deep.nest(dict(flat))

@@ -1,0 +1,172 @@
+"""Access control: bearer token or API key (from env or a file) on both receivers and the query surface.
+
+The real OTel SDK exporters send the credential the way deployments configure
+it, through ``OTEL_EXPORTER_OTLP_HEADERS``; a wrong or missing one gets
+401 / UNAUTHENTICATED and stores nothing. Secrets never reach the log.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import grpc
+import httpx
+import pytest
+import yaml
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from conftest import run_cli
+from test_receivers import make_request, post
+
+TOKEN = "tok-9f2c1d7e5b-bearer-secret"
+API_KEY = "key-4a8e6c0b2d-api-secret"
+NO_JUDGE = {"service": {"span_workers": 0, "pipelines": {"traces": {"processors": []}}}}
+
+
+@pytest.fixture
+def guarded(start_collector, tmp_path):
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(TOKEN + "\n")  # as `echo` writes it: the newline is not part of the token
+    return start_collector({**NO_JUDGE, "receivers": {"otlp": {"auth": {
+        "bearer_token_file": str(token_file), "api_key": "${env:TS_TEST_API_KEY}"}}}},
+        env={"TS_TEST_API_KEY": API_KEY})
+
+
+def export_with_env_headers(c, transport: str, headers_env: str | None, service: str, monkeypatch) -> None:
+    """One span through the real SDK exporter, whose headers come from OTEL_EXPORTER_OTLP_HEADERS only."""
+    if headers_env is None:
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_HEADERS", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", headers_env)
+    if transport == "grpc":
+        exporter = GrpcExporter(endpoint=f"http://{c.grpc_endpoint}", insecure=True, timeout=20)
+    else:
+        exporter = HttpExporter(endpoint=f"{c.http_url}/v1/traces", timeout=20)
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("access").start_as_current_span("guarded-span"):
+        pass
+    provider.shutdown()
+
+
+def test_sdk_exporters_with_token_or_key_in_otel_headers_are_stored_wrong_or_none_are_not(guarded, monkeypatch):
+    c = guarded
+    cases = {
+        "bearer": f"authorization=Bearer%20{TOKEN}",
+        "apikey": f"x-api-key={API_KEY}",
+        "wrong-bearer": "authorization=Bearer%20not-the-token",
+        "wrong-key": f"x-api-key={TOKEN}",  # the token is not the API key
+        "key-as-bearer": f"authorization=Bearer%20{API_KEY}x",
+        "none": None,
+    }
+    for transport in ("grpc", "http"):
+        for name, headers in cases.items():
+            export_with_env_headers(c, transport, headers, f"svc-{transport}-{name}", monkeypatch)
+    result = c.cli("query", "SELECT service_name, count(*) AS n FROM spans GROUP BY 1 ORDER BY 1", "--format",
+                   "json", env={"TRACESIEVE_TOKEN": TOKEN})
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows == [{"service_name": f"svc-{t}-{name}", "n": 1}
+                    for t in ("grpc", "http") for name in ("apikey", "bearer")]
+
+
+def test_raw_answers_query_surface_and_cli(guarded):
+    c = guarded
+    body = make_request(2).SerializeToString()
+    assert post(c, body).status_code == 401
+    assert post(c, body, authorization=f"Basic {TOKEN}").status_code == 401
+    assert post(c, body, **{"x-api-key": ""}).status_code == 401
+    denied = post(c, body, authorization="Bearer nope")
+    assert denied.status_code == 401 and TOKEN not in denied.text and API_KEY not in denied.text
+    with grpc.insecure_channel(c.grpc_endpoint) as channel:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        for metadata in ((), (("authorization", "Bearer nope"),), (("x-api-key", "nope"),)):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Export(make_request(1), metadata=metadata, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stub.Export(make_request(1), metadata=(("x-api-key", API_KEY),), timeout=10)
+    assert httpx.get(f"{c.http_url}/healthz").status_code == 200
+    assert httpx.get(f"{c.http_url}/readyz").status_code == 200
+    assert httpx.get(f"{c.http_url}/metrics").status_code == 401
+    assert httpx.get(f"{c.http_url}/metrics", headers={"x-api-key": API_KEY}).status_code == 200
+    assert httpx.post(f"{c.http_url}/api/query", json={"sql": "SELECT 1"}).status_code == 401
+    assert post(c, body, authorization=f"Bearer {TOKEN}").status_code == 200
+
+    refused_cli = c.cli("query", "SELECT count(*) FROM spans")
+    assert refused_cli.returncode == 2 and "TRACESIEVE_TOKEN" in refused_cli.stderr
+    for secret in (TOKEN, API_KEY):  # TRACESIEVE_TOKEN may hold either credential
+        ok = c.cli("query", "SELECT count(*) AS n FROM spans", "--format", "json", env={"TRACESIEVE_TOKEN": secret})
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout) == [{"n": 3}]
+    printed = run_cli("serve", "--config", str(c.config_path), "--print-config", env={"TS_TEST_API_KEY": API_KEY})
+    assert printed.returncode == 0 and TOKEN not in printed.stdout and API_KEY not in printed.stdout
+    assert c.stop() == 0
+    log = c.log()
+    assert TOKEN not in log and API_KEY not in log
+
+
+def test_auth_config_problems_are_one_line_each(tmp_path):
+    def serve_with(auth: dict) -> subprocess.CompletedProcess[str]:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump({"receivers": {"otlp": {"auth": auth}}}))
+        return run_cli("serve", "--config", str(cfg), "--print-config")
+
+    missing = serve_with({"bearer_token_file": str(tmp_path / "absent")})
+    assert missing.returncode == 2 and "receivers.otlp.auth.bearer_token_file" in missing.stderr
+    (tmp_path / "empty").write_text("\n")
+    empty = serve_with({"api_key_file": str(tmp_path / "empty")})
+    assert empty.returncode == 2 and "is empty" in empty.stderr
+    both = serve_with({"bearer_token": "a", "bearer_token_file": str(tmp_path / "empty")})
+    assert both.returncode == 2 and "not both" in both.stderr
+    assert all(r.stderr.count("\n") == 1 for r in (missing, empty, both))
+
+
+def _busy_port() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s
+
+
+def test_binding_beyond_loopback_without_auth_logs_a_warning(tmp_path):
+    """The warning is logged before binding; both ports are held on loopback so nothing is ever exposed."""
+    held = [_busy_port(), _busy_port()]
+    try:
+        grpc_port, http_port = (s.getsockname()[1] for s in held)
+        otlp: dict = {"protocols": {"grpc": {"endpoint": f"0.0.0.0:{grpc_port}"},
+                                    "http": {"endpoint": f"0.0.0.0:{http_port}"}}}
+        cfg = tmp_path / "exposed.yaml"
+        cfg.write_text(yaml.safe_dump({"receivers": {"otlp": otlp}, **NO_JUDGE}))
+        proc = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config", str(cfg),
+                                 "--db", str(tmp_path / "s.duckdb")], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        for s in held:
+            s.close()
+    assert proc.returncode == 2, out  # could not bind: the ports are taken
+    assert f"WARNING tracesieve.server: listening on 0.0.0.0:{grpc_port} without auth" in out, out
+
+    # the same config with a credential, or on loopback, warns about nothing
+    from tracesieve.collector.config import load_config
+    from tracesieve.collector.server import warn_if_exposed
+
+    otlp["auth"] = {"api_key": API_KEY}
+    cfg.write_text(yaml.safe_dump({"receivers": {"otlp": otlp}, **NO_JUDGE}))
+    assert warn_if_exposed(load_config(str(cfg))) == []
+    loopback = {"protocols": {"grpc": {"endpoint": "localhost:4317"}, "http": {"endpoint": "[::1]:4318"}}}
+    cfg.write_text(yaml.safe_dump({"receivers": {"otlp": loopback}, **NO_JUDGE}))
+    assert warn_if_exposed(load_config(str(cfg))) == []
