@@ -9,7 +9,6 @@ collector and its span workers used.
 
 from __future__ import annotations
 
-import re
 import socket
 import threading
 import time
@@ -34,9 +33,10 @@ MEMORY_BOUND_KIB = 1_500 * 1024
 
 
 def _refused(c, reason: str) -> float:
+    """Spans refused for ``reason``, summed over both receivers."""
     text = httpx.get(f"{c.http_url}/metrics", timeout=30).text
-    m = re.search(rf'tracesieve_spans_refused_total{{reason="{reason}"}} (\S+)', text)
-    return float(m.group(1)) if m else 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("tracesieve_spans_refused_total{") and f'reason="{reason}"' in line)
 
 
 def test_real_sdk_exporters_recover_from_throttling_without_losing_a_span(start_collector):
