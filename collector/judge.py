@@ -30,7 +30,7 @@ from tracesieve.storage.writer import GroupCommitWriter
 log = logging.getLogger("tracesieve.judge")
 
 POLL_SECONDS = 0.25
-TRACES_PER_ROUND = 500
+TRACES_PER_ROUND = 200
 
 
 class CursorReader:

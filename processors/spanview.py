@@ -79,7 +79,7 @@ def try_json(value: Any) -> tuple[bool, Any]:
 
 
 _REMEMBER_FROM = 64
-_REMEMBER_CHARS = 16 * 1024 * 1024  # bounded by text size: a value may be up to max_value_size
+_REMEMBER_CHARS = 4 * 1024 * 1024  # bounded by text size: a value may be up to max_value_size
 _PARSED: dict[str, tuple[bool, Any]] = {}
 _parsed_chars = 0
 _NOT_PARSED = object()

@@ -60,6 +60,8 @@ INGEST_SETTINGS = {
     # One thread: a commit of a few thousand spans gains nothing from a second thread but pays for
     # the hand-off, and the collector's span workers already keep both cores busy.
     "threads": 1,
+    # DuckDB would otherwise cache up to 80% of RAM; the collector's budget is a few hundred MB in all.
+    "memory_limit": "256MiB",
 }
 
 
