@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,8 @@ from tracesieve.storage.writer import GroupCommitWriter
 log = logging.getLogger("tracesieve.judge")
 
 POLL_SECONDS = 0.25
-TRACES_PER_ROUND = 200
+TRACES_PER_ROUND = 300
+PENDING_COUNT_SECONDS = 2.0
 
 
 class CursorReader:
@@ -63,6 +65,10 @@ class Judge:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracesieve-judge", daemon=True)
         self.pending = 0
+        self._pending_counted_at = 0.0
+        # The write of the previous round, still with the writer: its traces are left out of the next
+        # round, which is judged meanwhile instead of waiting behind the span commits.
+        self._in_flight: tuple[Future[None], frozenset[str]] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -89,9 +95,23 @@ class Judge:
         while time.monotonic() < deadline:
             judged = self.judge_round(quiet=False)
             total += judged
-            if not judged:
+            if not judged and self._in_flight is None:
                 break
+            if not judged:
+                self._settle_in_flight()
+        self._settle_in_flight()
         return total
+
+    def _settle_in_flight(self) -> None:
+        """Wait for the previous round's write; a failed one leaves its traces unjudged, to be judged again."""
+        if self._in_flight is None:
+            return
+        future, _ = self._in_flight
+        self._in_flight = None
+        try:
+            future.result(timeout=120)
+        except Exception as exc:
+            log.error("writing a judged round failed (%s); its traces will be judged again", type(exc).__name__)
 
     def _run_processors(self, traces: dict[str, list[dict[str, Any]]]) -> TraceBatch:
         batch = TraceBatch(traces=traces)
@@ -109,15 +129,21 @@ class Judge:
                 self._writer.submit_task(lambda con: store.mark_judged(con, due, utcnow())).result(timeout=60)
                 self._metrics.judged(len(due))
             return len(due)
+        if self._in_flight is not None and self._in_flight[0].done():
+            self._settle_in_flight()
+        in_flight = self._in_flight[1] if self._in_flight is not None else frozenset()
         cur.execute("BEGIN TRANSACTION")
         try:
-            due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND)
+            due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND + len(in_flight))
+            due = [d for d in due if d[0] not in in_flight][:TRACES_PER_ROUND]
             firsts = [d[2] for d in due if d[2] is not None]
             since = min(firsts) if len(firsts) == len(due) and firsts else None
             traces = store.load_traces(cur, [d[0] for d in due], since) if due else {}
         finally:
             cur.execute("COMMIT")
-        self.pending = store.count_unjudged(cur)
+        if time.monotonic() - self._pending_counted_at > PENDING_COUNT_SECONDS or not due:
+            self.pending = store.count_unjudged(cur)  # a scan of trace_state: not on every round
+            self._pending_counted_at = time.monotonic()
         if not due:
             return 0
         try:
@@ -147,7 +173,8 @@ class Judge:
                 candidate_store.upsert_candidates(con, candidates, now)
             store.mark_judged(con, due, now)
 
-        self._writer.submit_task(write).result(timeout=120)
+        self._settle_in_flight()  # at most one round's write outstanding
+        self._in_flight = (self._writer.submit_task(write), frozenset(trace_ids))
         self._metrics.judged(len(due), settle_lags(traces, self.decision_wait) if quiet else ())
         if detections:
             log.info("judged %d traces: %d detections, %d candidate updates", len(due), len(detections),
