@@ -43,9 +43,9 @@ import yaml
 
 from tracesieve.collector.cases import append_history, bump_regressed_count, history_events, lint_cases
 from tracesieve.collector.config import Config, Endpoint
-from tracesieve.collector.gate_scorers import expected_problems, rule_settings, score
+from tracesieve.collector.gate_scorers import expected_problems, score
 from tracesieve.collector.server import Collector
-from tracesieve.processors.detectors import DetectorsProcessor
+from tracesieve.processors.detectors import DetectorsProcessor, rule_settings
 from tracesieve.processors.rules import RuleSettings
 from tracesieve.storage import store
 from tracesieve.storage.errors import NotFoundError, UsageError

@@ -27,7 +27,6 @@ from typing import Any
 import jsonschema
 
 from tracesieve.processors.base import SpanRow
-from tracesieve.processors.detectors import DetectorsConfig
 from tracesieve.processors.rules import (
     RuleSettings, TraceView, answer_after_empty_retrieval, negative_feedback, uncited_id,
 )
@@ -39,21 +38,6 @@ from tracesieve.storage.schema import SPAN_KINDS
 
 #: Finish reasons that all mean "cut at the token limit": banning one bans them all.
 TRUNCATING = frozenset({"length", "max_tokens", "max_output_tokens", "model_length", "max_tokens_reached"})
-
-
-def rule_settings(config: DetectorsConfig | None) -> RuleSettings:
-    """The rule knobs the production detectors use (citation pattern, refusal phrases, ...), for the scorers."""
-    c = config or DetectorsConfig()
-    return RuleSettings(
-        latency_ms={k: v * 1000.0 for k, v in c.latency_breach.items()},
-        retrieval_min_score=c.retrieval_min_score,
-        citation_pattern=re.compile(c.citation_pattern),
-        refusal_phrases=c.refusal_phrases,
-        max_repeats=c.max_repeats,
-        max_steps=c.max_steps,
-        feedback_score_threshold=c.feedback_score_threshold,
-        tool_classes=c.blast_radius,
-    )
 
 
 # ---------------------------------------------------------------------------

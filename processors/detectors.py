@@ -238,6 +238,24 @@ def _read_rules(opts: OptionReader, items: Sequence[Any]) -> tuple[SqlRule, ...]
     return tuple(rules)
 
 
+
+def rule_settings(config: DetectorsConfig | None = None) -> RuleSettings:
+    """The rule knobs (thresholds, citation pattern, refusal phrases, ...) of a detectors config.
+
+    The gate's scorers use the same settings, so a case is judged by the rules production runs.
+    """
+    c = config or DetectorsConfig()
+    return RuleSettings(
+        latency_ms={k: v * 1000.0 for k, v in c.latency_breach.items()},
+        retrieval_min_score=c.retrieval_min_score,
+        citation_pattern=re.compile(c.citation_pattern),
+        refusal_phrases=c.refusal_phrases,
+        max_repeats=c.max_repeats,
+        max_steps=c.max_steps,
+        feedback_score_threshold=c.feedback_score_threshold,
+        tool_classes=c.blast_radius,
+    )
+
 class DetectorsProcessor:
     """Trace-stage processor that judges settled traces and appends detections.
 
@@ -255,17 +273,7 @@ class DetectorsProcessor:
         self.decision_wait: float = self.config.decision_wait
         self.strict = strict
         self.errors = 0
-        c = self.config
-        self._settings = RuleSettings(
-            latency_ms={k: v * 1000.0 for k, v in c.latency_breach.items()},
-            retrieval_min_score=c.retrieval_min_score,
-            citation_pattern=re.compile(c.citation_pattern),
-            refusal_phrases=c.refusal_phrases,
-            max_repeats=c.max_repeats,
-            max_steps=c.max_steps,
-            feedback_score_threshold=c.feedback_score_threshold,
-            tool_classes=c.blast_radius,
-        )
+        self._settings = rule_settings(self.config)
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any] | None, *, path: str = "processors.detectors") -> DetectorsProcessor:

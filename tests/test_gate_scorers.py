@@ -13,7 +13,8 @@ from detector_builders import WEATHER_TOOL, llm, make_span, make_trace, retrieve
 from tracesieve.collector.cases import bump_regressed_count
 from tracesieve.collector.gate import CaseResult, RunResult, resource_attributes
 from tracesieve.collector.gate_output import failing, junit_xml, mode_matrix
-from tracesieve.collector.gate_scorers import SCORERS, expected_problems, rule_settings, score
+from tracesieve.collector.gate_scorers import SCORERS, expected_problems, score
+from tracesieve.processors.detectors import rule_settings
 from tracesieve.processors import promotion
 
 SETTINGS = rule_settings(None)
