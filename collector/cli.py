@@ -59,8 +59,14 @@ def _resolve_db(db_path: str | None, config_path: str | None) -> str:
 
 
 def _client(db_path: str | None, config_path: str | None, *, write: bool = False) -> Any:
-    from tracesieve.collector.client import connect
+    from tracesieve.collector.client import connect, connect_lake
 
+    if not db_path and config_path:
+        from tracesieve.collector.config import load_config
+
+        config = load_config(config_path)
+        if config.lake is not None:
+            return connect_lake(config.lake, write=write)
     return connect(_resolve_db(db_path, config_path), write=write, token=_token())
 
 

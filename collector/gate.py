@@ -86,6 +86,7 @@ def run_gate(
             http=Endpoint("127.0.0.1", 0),
             bearer_token=None,
             db_path=os.path.join(tmp, "gate.duckdb"),
+            lake=None,  # the gate never writes the production store, file or lake
         )
         collector = Collector(gate_config)
         collector.start()

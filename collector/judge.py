@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 
@@ -24,7 +24,7 @@ from tracesieve.collector.metrics import Metrics
 from tracesieve.processors.base import TraceBatch, TraceProcessor
 from tracesieve.storage import candidates as candidate_store
 from tracesieve.storage import store
-from tracesieve.storage.schema import utcnow
+from tracesieve.storage.schema import Candidate, Detection, utcnow
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.judge")
@@ -45,6 +45,25 @@ class CursorReader:
         return [dict(zip(columns, row)) for row in rel.fetchall()]
 
 
+class TraceStore(Protocol):
+    """Where settling state lives when it is not the DuckDB file's (a lake: storage.lake_writes.LakeTraceStore).
+
+    ``save_judgement`` and ``mark_judged`` run on the writer thread inside its transaction.
+    """
+
+    def settled_traces(self, con: duckdb.DuckDBPyConnection, quiet_since: dt.datetime | None,
+                       limit: int) -> list[tuple[str, int, dt.datetime | None]]: ...
+
+    def count_unjudged(self, con: duckdb.DuckDBPyConnection) -> int: ...
+
+    def save_judgement(self, con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]],
+                       detections: Sequence[Detection], candidates: Sequence[Candidate],
+                       now: dt.datetime) -> None: ...
+
+    def mark_judged(self, con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]],
+                    now: dt.datetime) -> None: ...
+
+
 class Judge:
     def __init__(
         self,
@@ -53,7 +72,9 @@ class Judge:
         processors: Sequence[TraceProcessor],
         decision_wait: float,
         metrics: Metrics,
+        trace_store: TraceStore | None = None,
     ) -> None:
+        self._trace_store = trace_store
         self._cursor = cursor
         self._reader = CursorReader(cursor)
         self._writer = writer
@@ -103,20 +124,22 @@ class Judge:
         """Judge up to TRACES_PER_ROUND due traces; returns how many were judged."""
         cur = self._cursor
         quiet_since = utcnow() - dt.timedelta(seconds=self.decision_wait) if quiet else None
+        states = self._trace_store
         if not self._processors:
-            due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND)
+            due = (states or store).settled_traces(cur, quiet_since, TRACES_PER_ROUND)
             if due:
-                self._writer.submit_task(lambda con: store.mark_judged(con, due, utcnow())).result(timeout=60)
+                mark = states.mark_judged if states else store.mark_judged
+                self._writer.submit_task(lambda con: mark(con, due, utcnow())).result(timeout=60)
             return len(due)
         cur.execute("BEGIN TRANSACTION")
         try:
-            due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND)
+            due = (states or store).settled_traces(cur, quiet_since, TRACES_PER_ROUND)
             firsts = [d[2] for d in due if d[2] is not None]
             since = min(firsts) if len(firsts) == len(due) and firsts else None
             traces = store.load_traces(cur, [d[0] for d in due], since) if due else {}
         finally:
             cur.execute("COMMIT")
-        self.pending = store.count_unjudged(cur)
+        self.pending = (states or store).count_unjudged(cur)
         if not due:
             return 0
         try:
@@ -141,6 +164,9 @@ class Judge:
 
         def write(con: duckdb.DuckDBPyConnection) -> None:
             now = utcnow()
+            if states is not None:
+                states.save_judgement(con, due, detections, candidates, now)
+                return
             store.save_detections(con, trace_ids, detections, now)
             if candidates:
                 candidate_store.upsert_candidates(con, candidates, now)

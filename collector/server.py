@@ -12,9 +12,11 @@ Lifecycle (``start`` then ``stop``, each called once from the main thread):
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from typing import Any
@@ -28,7 +30,8 @@ from tracesieve.collector.grpc_receiver import start_grpc_server
 from tracesieve.collector.http_receiver import build_app
 from tracesieve.collector.judge import Judge
 from tracesieve.collector.metrics import Metrics
-from tracesieve.storage import store
+from tracesieve.storage import lake, store
+from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.server")
@@ -47,14 +50,26 @@ class Collector:
 
     def start(self) -> None:
         cfg = self.config
-        self.con = store.open_database(cfg.db_path)
-        store.forbid_file_access(self.con)
+        trace_store: LakeTraceStore | None = None
+        self.writer: GroupCommitWriter
+        if cfg.lake is not None:
+            # One store, many collectors: serialised lake commits, and this collector judges the traces it owns.
+            owner = lake_owner_id(cfg)
+            self.con = lake.open_lake(cfg.lake)
+            lake.forbid_file_access(self.con, cfg.lake)
+            self.writer = LakeWriter(self.con, owner=owner, max_queued_spans=cfg.limits.max_queued_spans,
+                                     retry_after=cfg.limits.retry_after)
+            trace_store = LakeTraceStore(owner, takeover=lake_takeover(cfg.decision_wait))
+        else:
+            self.con = store.open_database(cfg.db_path)
+            store.forbid_file_access(self.con)
+            self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,
+                                            retry_after=cfg.limits.retry_after)
         self._read_base = self.con.cursor()
-        self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,
-                                        retry_after=cfg.limits.retry_after)
         self._stage = span_stage_for(cfg)
         self.service = ExportService(cfg, self.writer, self.metrics, self._stage)
-        self.judge = Judge(self.con.cursor(), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics)
+        self.judge = Judge(self.con.cursor(), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics,
+                           trace_store)
         self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60))
         self.judge.start()
         self._grpc = None
@@ -73,7 +88,7 @@ class Collector:
             "tracesieve is up: gRPC %s, HTTP %s, store %s, span stage [%s], trace stage [%s], decision_wait %gs",
             f"{cfg.grpc.host}:{self.grpc_port}" if cfg.grpc else "off",
             f"{cfg.http.host}:{self.http_port}" if cfg.http else "off",
-            cfg.db_path,
+            f"DuckLake {cfg.lake.printable_catalog}" if cfg.lake else cfg.db_path,
             ", ".join(type(p).__name__ for p in cfg.span_processors),
             ", ".join(type(p).__name__ for p in cfg.trace_processors),
             cfg.decision_wait,
@@ -115,6 +130,8 @@ class Collector:
             return self._read_base.cursor()
 
     def _write_discovery(self) -> None:
+        if self.config.lake is not None:
+            return  # a lake has no file lock: CLI commands open it themselves
         ep = self.config.http
         if ep is None:
             log.warning("the HTTP receiver is off: CLI commands cannot reach this store while it runs")
@@ -168,3 +185,18 @@ class Collector:
         self.con.close()
         log.info("tracesieve stopped: %d spans committed this run, %d traces judged at shutdown",
                  self.writer.stats.committed_spans, judged)
+
+
+def lake_owner_id(cfg: Config) -> str:
+    """This collector's name in a lake's trace_state.owner: stable across restarts of the same instance.
+
+    Host plus the receiver endpoints, so a restarted instance finds the traces it left pending, and
+    two collectors on one host (different ports) never share a name.
+    """
+    ports = ",".join(ep.address for ep in (cfg.grpc, cfg.http) if ep is not None)
+    return f"{socket.gethostname()}/{ports}"
+
+
+def lake_takeover(decision_wait: float) -> dt.timedelta:
+    """How long a trace's owner may stay silent before any collector judges it (owner crashed or gone)."""
+    return dt.timedelta(seconds=max(30.0, 6 * decision_wait))
