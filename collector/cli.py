@@ -61,7 +61,7 @@ def _resolve_db(db_path: str | None, config_path: str | None) -> str:
 def _client(db_path: str | None, config_path: str | None, *, write: bool = False) -> Any:
     from tracesieve.collector.client import connect, connect_lake
 
-    if not db_path and config_path:
+    if config_path:  # a lake has no file lock: open it directly, whether or not collectors run on it
         from tracesieve.collector.config import load_config
 
         config = load_config(config_path)

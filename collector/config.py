@@ -242,7 +242,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     lake: LakeTarget | None = None
     if "ducklake" in storage and "duckdb" in storage:
         problems.append("storage: give exactly one of duckdb (one machine) or ducklake (many collectors)")
-    elif "ducklake" in storage and not db_override:
+    elif "ducklake" in storage:  # --db then only names where serve publishes its query surface (<db>.serve.json)
         lake = _lake(storage["ducklake"], problems)
     duck = _check_keys(storage.get("duckdb", {}), {"path"}, "storage.duckdb", problems)
     if "path" in duck:

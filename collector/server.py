@@ -130,8 +130,6 @@ class Collector:
             return self._read_base.cursor()
 
     def _write_discovery(self) -> None:
-        if self.config.lake is not None:
-            return  # a lake has no file lock: CLI commands open it themselves
         ep = self.config.http
         if ep is None:
             log.warning("the HTTP receiver is off: CLI commands cannot reach this store while it runs")

@@ -1,104 +1,23 @@
-"""A throwaway PostgreSQL cluster for DuckLake tests, and ``tracesieve serve`` processes on a lake.
-
-The cluster lives in a temporary directory on a free loopback port (initdb + pg_ctl
-from the OS packages, run as the ``postgres`` user when the tests run as root) and
-is stopped and removed afterwards, so the tests need nothing but the binaries.
-"""
+"""``tracesieve serve`` processes on a lake, and their config (the PostgreSQL cluster is pg_cluster.py)."""
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+from conftest import RunningCollector, run_cli
+from pg_cluster import PostgresCluster, postgres_bin_dir
 
-from conftest import RunningCollector, free_port, run_cli
-
-
-def postgres_bin_dir() -> str | None:
-    """The newest PostgreSQL server binaries on this machine (Debian layout first), or None."""
-    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                            key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0,
-                            reverse=True):
-        if os.path.exists(os.path.join(candidate, "initdb")):
-            return candidate
-    initdb = shutil.which("initdb")
-    return os.path.dirname(initdb) if initdb else None
-
-
-class PostgresCluster:
-    """initdb + pg_ctl start on 127.0.0.1:<free port>; ``stop()`` stops it and deletes its files."""
-
-    def __init__(self, bin_dir: str) -> None:
-        self.bin_dir = bin_dir
-        self.port = free_port()
-        self.root = tempfile.mkdtemp(prefix="tracesieve-pg-")
-        self.data = os.path.join(self.root, "data")
-        self._as_postgres = os.geteuid() == 0  # initdb refuses to run as root
-        if self._as_postgres:
-            os.chmod(self.root, 0o755)
-            pw = pwd.getpwnam("postgres")
-            os.chown(self.root, pw.pw_uid, pw.pw_gid)
-
-    def _run(self, *args: str) -> None:
-        cmd = [os.path.join(self.bin_dir, args[0]), *args[1:]]
-        if self._as_postgres:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {result.stdout}{result.stderr}")
-
-    def start(self) -> PostgresCluster:
-        self._run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale",
-                  "--no-sync")
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c max_connections=200")
-        self._run("pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.root, "log"), "-w", "start")
-        return self
-
-    def create_database(self, name: str) -> str:
-        """Create a database; returns its DuckLake catalog string (``postgres:...``)."""
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
-        return self.catalog(name)
-
-    def catalog(self, name: str) -> str:
-        return f"postgres:dbname={name} host=127.0.0.1 port={self.port} user=postgres"
-
-    def stop(self) -> None:
-        try:
-            self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+__all__ = ["LakeCollector", "PostgresCluster", "lake_config", "postgres_bin_dir"]
 
 
 class LakeCollector(RunningCollector):
-    """A ``tracesieve serve`` on a lake: no --db (the config's storage.ducklake is the store)."""
+    """A ``tracesieve serve`` on a lake. ``cli`` passes --config (the CLI opens the lake itself);
+    ``cli_via_db`` passes --db (the CLI finds the running collector through <db>.serve.json)."""
 
-    def start(self, timeout: float = 60) -> LakeCollector:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config", str(self.config_path)],
-            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.http_url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"serve did not become ready:\n{self.log()}")
+    def cli_via_db(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return super().cli(*args, **kwargs)
 
     def cli(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, "--config", str(self.config_path), cwd=self.workdir, **kwargs)
