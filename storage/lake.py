@@ -261,12 +261,14 @@ def is_conflict(exc: BaseException) -> bool:
 
 
 def run_in_transaction(con: duckdb.DuckDBPyConnection, body: Callable[[duckdb.DuckDBPyConnection], T], *,
-                       writer: str, retry_seconds: float = RETRY_SECONDS) -> T:
+                       writer: str, retry_seconds: float = RETRY_SECONDS,
+                       on_conflict: Callable[[], None] | None = None) -> T:
     """Run ``body(con)`` in one lake transaction that also bumps the commit token; retry lost races.
 
     ``body`` must be safe to run again from scratch (it is, when it reads what it needs inside the
     transaction). Non-conflict errors are raised at once; conflicts are retried with jittered
-    backoff until ``retry_seconds`` pass, then the last conflict is raised. Caller's thread.
+    backoff until ``retry_seconds`` pass, then the last conflict is raised; ``on_conflict`` is
+    called before each retry. Caller's thread.
     """
     deadline = time.monotonic() + retry_seconds
     delay = 0.02
@@ -290,6 +292,8 @@ def run_in_transaction(con: duckdb.DuckDBPyConnection, body: Callable[[duckdb.Du
             if not is_conflict(exc) or time.monotonic() + delay > deadline:
                 raise
             log.debug("lake commit conflict (attempt %d, %s); retrying", attempt, writer)
+            if on_conflict is not None:
+                on_conflict()
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 

@@ -6,13 +6,13 @@ start. Inside that guarantee:
 
 * spans are inserted with an anti-join on (trace_id, span_id): a re-delivered span,
   or the same span sent to two collectors, is stored once;
-* ``trace_state`` is upserted with MERGE and records the ``owner`` (the collector
+* ``trace_state`` is upserted (UPDATE + anti-join INSERT) and records the ``owner`` (the collector
   that last received spans of the trace): the owner judges it, so a fleet routed by
   trace id judges each trace once; a trace whose owner went quiet for ``takeover``
   is judged by whoever sees it (crash recovery);
 * a judgement is written only if no collector has already judged that trace at the
   same or a newer version; detections are replaced per trace and keyed by their
-  deterministic id (MERGE), candidates are upserted inside the same serialised
+  deterministic id (UPDATE + anti-join INSERT), candidates are upserted inside the same serialised
   transaction, so the same failure seen by two collectors is one candidate.
 """
 
@@ -64,15 +64,14 @@ def insert_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, owner: str, no
         else:
             result = con.execute("INSERT INTO spans SELECT * FROM _incoming_spans").fetchone()
         inserted = int(result[0]) if result else 0
+        # UPDATE + anti-join INSERT, not MERGE: DuckLake 1.5.5's MERGE fails ("Out of buffer") on this table.
         con.execute(
-            "MERGE INTO trace_state USING (SELECT DISTINCT trace_id FROM _incoming_spans) AS i "
-            "ON trace_state.trace_id = i.trace_id "
-            "WHEN MATCHED THEN UPDATE SET last_received_at = $1, received_seq = trace_state.received_seq + 1, "
-            "owner = $2 "
-            "WHEN NOT MATCHED THEN INSERT (trace_id, first_received_at, last_received_at, received_seq, owner) "
-            "VALUES (i.trace_id, $1, $1, 1, $2)",
-            [now, owner],
-        )
+            "UPDATE trace_state SET last_received_at = $1, received_seq = received_seq + 1, owner = $2 "
+            "WHERE trace_id IN (SELECT trace_id FROM _incoming_spans)", [now, owner])
+        con.execute(
+            "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq, owner) "
+            "SELECT DISTINCT trace_id, $1::TIMESTAMPTZ, $1::TIMESTAMPTZ, 1, $2 FROM _incoming_spans "
+            "WHERE trace_id NOT IN (SELECT trace_id FROM trace_state)", [now, owner])
     finally:
         con.unregister("_incoming_spans")
     return inserted
@@ -92,13 +91,22 @@ class LakeWriter(GroupCommitWriter):
         self.conflict_retries = 0
         super().__init__(con, **kwargs)
 
+    def _count_conflict(self) -> None:
+        self.conflict_retries += 1  # writer thread only
+
+    def close(self, timeout: float = 30.0) -> None:
+        super().close(timeout)
+        log.info("lake writer: %d span commits, %d commit conflicts retried", self.stats.commits,
+                 self.conflict_retries)
+
     def _commit_spans(self, jobs: list[_SpanJob], n: int) -> None:
         started = time.perf_counter()
         try:
             table = pa.concat_tables([j.batch for j in jobs]) if len(jobs) > 1 else jobs[0].batch
             table = _drop_repeated_keys(table)
             inserted = run_in_transaction(
-                self._con, lambda con: insert_spans(con, table, self.owner, utcnow()), writer=self.owner)
+                self._con, lambda con: insert_spans(con, table, self.owner, utcnow()), writer=self.owner,
+                on_conflict=self._count_conflict)
         except Exception as exc:
             log.error("commit of %d spans to the lake failed: %s: %s", n, type(exc).__name__,
                       str(exc).splitlines()[0][:200] if str(exc) else "")
@@ -119,7 +127,7 @@ class LakeWriter(GroupCommitWriter):
 
     def _run_task(self, job: _TaskJob) -> None:
         try:
-            result = run_in_transaction(self._con, job.task, writer=self.owner)
+            result = run_in_transaction(self._con, job.task, writer=self.owner, on_conflict=self._count_conflict)
         except Exception as exc:
             job.future.set_exception(exc)
         else:
@@ -196,7 +204,7 @@ def save_detections(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], de
                     now: dt.datetime) -> None:
     """store.save_detections for a lake: the trace's detections become exactly ``detections``.
 
-    Stored ones keep their detection_id and detected_at (MERGE on the deterministic id).
+    Stored ones keep their detection_id and detected_at (upsert on the deterministic id).
     """
     unique = {d.detection_id: d for d in detections}
     con.execute(
@@ -210,12 +218,14 @@ def save_detections(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], de
     con.register("_incoming_detections", pa.Table.from_pylist(rows, schema=_DETECTION_SCHEMA))
     try:
         con.execute(
-            "MERGE INTO detections USING _incoming_detections AS i ON detections.detection_id = i.detection_id "
-            "WHEN MATCHED THEN UPDATE SET message = i.message, evidence = i.evidence, severity = i.severity, "
-            "blast_radius = i.blast_radius "
-            "WHEN NOT MATCHED THEN INSERT (detection_id, trace_id, span_id, detector, failure_mode, severity, "
-            "blast_radius, message, evidence, detected_at) VALUES (i.detection_id, i.trace_id, i.span_id, "
-            "i.detector, i.failure_mode, i.severity, i.blast_radius, i.message, i.evidence, i.detected_at)")
+            "UPDATE detections SET message = i.message, evidence = i.evidence, severity = i.severity, "
+            "blast_radius = i.blast_radius FROM _incoming_detections AS i "
+            "WHERE detections.detection_id = i.detection_id")
+        con.execute(
+            "INSERT INTO detections (detection_id, trace_id, span_id, detector, failure_mode, severity, "
+            "blast_radius, message, evidence, detected_at) SELECT detection_id, trace_id, span_id, detector, "
+            "failure_mode, severity, blast_radius, message, evidence, detected_at FROM _incoming_detections "
+            "WHERE detection_id NOT IN (SELECT detection_id FROM detections)")
     finally:
         con.unregister("_incoming_detections")
 
