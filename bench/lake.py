@@ -33,7 +33,7 @@ import ingest  # noqa: E402
 import send  # noqa: E402
 from pg_cluster import PostgresCluster, postgres_bin_dir  # noqa: E402
 
-CONFLICTS = re.compile(r"lake writer: (\d+) span commits, (\d+) commit conflicts retried")
+CONFLICTS = re.compile(r"lake writer: (\d+) span commits, (\d+) commit conflicts retried, ([\d.]+) s committing")
 
 
 def run_fleet(n: int, catalog: str, pool: list[send.Payload], n_requests: int, a: argparse.Namespace) -> dict:
@@ -69,16 +69,18 @@ def run_fleet(n: int, catalog: str, pool: list[send.Payload], n_requests: int, a
         sent = sum(r.spans_sent for r in results if r)
         exits = [s.stop(timeout=a.stop_timeout) for s in servers]
         commits = conflicts = 0
+        busy = 0.0
         for s in servers:
             with open(s.log_path, errors="replace") as fh:
                 for m in CONFLICTS.finditer(fh.read()):
                     commits += int(m.group(1))
                     conflicts += int(m.group(2))
+                    busy += float(m.group(3))
         row = servers[0].query("SELECT count(*) AS n, count(DISTINCT (trace_id, span_id)) AS d FROM spans")[0]
         stored = row["n"] if row["n"] == row["d"] else f"{row['n']} ({row['n'] - row['d']} duplicates!)"
         files = sum(len(f) for _, _, f in os.walk(data))
         return {"n": n, "sent": sent, "acked": acked, "stored": stored, "wall": wall, "exits": exits,
-                "commits": commits, "conflicts": conflicts, "files": files, "load": load_before,
+                "commits": commits, "conflicts": conflicts, "busy": busy, "files": files, "load": load_before,
                 "p50": send.pct([x for r in results if r for x in r.request_latencies], 50)}
     finally:
         for s in servers:
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             ok = ok and good
             print(f"{n} writer{'s' if n > 1 else ' '}          {r['acked'] / r['wall']:8,.0f} spans/s aggregate "
                   f"({r['acked']:,} spans in {r['wall']:.1f} s), request p50 {r['p50'] * 1e3:,.0f} ms, "
-                  f"{r['commits']} span commits, {r['conflicts']} conflicts retried, {r['files']} data files, "
+                  f"{r['commits']} span commits ({r['busy'] / max(1, r['commits']) * 1e3:,.0f} ms each incl. retries), "
+                  f"{r['conflicts']} conflicts retried, {r['files']} data files, "
                   f"load avg before {r['load']:.1f}; stored {r['stored']} {'OK' if good else 'MISMATCH'}")
     finally:
         if cluster is not None:

@@ -30,7 +30,7 @@ import pyarrow as pa
 from tracesieve.storage import candidates as candidate_store
 from tracesieve.storage import store
 from tracesieve.storage.errors import RetryableError
-from tracesieve.storage.lake import run_in_transaction
+from tracesieve.storage.lake import redact, run_in_transaction
 from tracesieve.storage.schema import Candidate, Detection, utcnow
 from tracesieve.storage.writer import GroupCommitWriter, _drop_repeated_keys, _SpanJob, _TaskJob
 
@@ -96,8 +96,8 @@ class LakeWriter(GroupCommitWriter):
 
     def close(self, timeout: float = 30.0) -> None:
         super().close(timeout)
-        log.info("lake writer: %d span commits, %d commit conflicts retried", self.stats.commits,
-                 self.conflict_retries)
+        log.info("lake writer: %d span commits, %d commit conflicts retried, %.1f s committing spans",
+                 self.stats.commits, self.conflict_retries, self.stats.commit_seconds_total)
 
     def _commit_spans(self, jobs: list[_SpanJob], n: int) -> None:
         started = time.perf_counter()
@@ -109,7 +109,7 @@ class LakeWriter(GroupCommitWriter):
                 on_conflict=self._count_conflict)
         except Exception as exc:
             log.error("commit of %d spans to the lake failed: %s: %s", n, type(exc).__name__,
-                      str(exc).splitlines()[0][:200] if str(exc) else "")
+                      redact(str(exc).splitlines()[0][:200]) if str(exc) else "")
             error = RetryableError(f"the lake could not commit the spans ({type(exc).__name__}); retry", 1.0)
             for job in jobs:
                 job.future.set_exception(error)

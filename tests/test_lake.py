@@ -217,6 +217,8 @@ def test_three_collectors_write_one_lake_exactly_once(postgres: PostgresCluster,
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == [{"candidate_id": cid, "status": "promoted"},
                                          {"candidate_id": other, "status": "rejected"}]
+    report = run_cli("report", "--out", str(tmp_path / "report.html"), "--config", str(a.config_path))
+    assert report.returncode == 0 and "DuckLake" in (tmp_path / "report.html").read_text(), report.stderr
     # An operator's plain DuckDB session attaches the lake (extensions loaded from the pip packages).
     plain = subprocess.run([sys.executable, "-c", OPERATOR_SESSION, catalog, str(tmp_path / "ext")],
                            capture_output=True, text=True, timeout=120)
@@ -242,9 +244,8 @@ print(json.dumps({"spans": spans, "promoted": promoted}))
 """
 
 
-@needs_postgres
 @needs_lake_extra
-def test_lake_config_errors_are_one_line(postgres: PostgresCluster, tmp_path: Path) -> None:
+def test_lake_config_errors_are_one_line(tmp_path: Path) -> None:
     def serve(config: dict[str, Any], *python_prefix: str) -> subprocess.CompletedProcess[str]:
         path = tmp_path / "cfg.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -260,7 +261,7 @@ def test_lake_config_errors_are_one_line(postgres: PostgresCluster, tmp_path: Pa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "DuckLake catalog" in lines[0] and "s3cret" not in result.stderr, result.stderr
     # Both backends at once.
-    both = lake_config(postgres.catalog("postgres"), tmp_path / "d")
+    both = lake_config(nobody, tmp_path / "d")
     both["storage"]["duckdb"] = {"path": "x.duckdb"}
     result = serve(both)
     assert result.returncode == 2 and "exactly one of duckdb" in result.stderr
@@ -268,8 +269,7 @@ def test_lake_config_errors_are_one_line(postgres: PostgresCluster, tmp_path: Pa
     result = serve(lake_config("sqlite:meta.db", tmp_path / "d"))
     assert result.returncode == 2 and "storage.ducklake.catalog" in result.stderr
     # The extension packages are missing: the pip command to run.
-    result = serve(lake_config(postgres.catalog("postgres"), tmp_path / "d"),
-                   "import sys; sys.modules['duckdb_extension_ducklake'] = None; ")
+    result = serve(lake_config(nobody, tmp_path / "d"), "import sys; sys.modules['duckdb_extension_ducklake'] = None; ")
     assert result.returncode == 2 and "tracesieve[lake]" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     # --print-config never shows the catalog password.
