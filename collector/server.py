@@ -56,9 +56,10 @@ class Collector:
             # One store, many collectors: serialised lake commits, and this collector judges the traces it owns.
             owner = lake_owner_id(cfg)
             self.con = lake.open_lake(cfg.lake)
+            commit_lock = lake.CommitLock(self.con, cfg.lake)
             lake.forbid_file_access(self.con, cfg.lake)
-            self.writer = LakeWriter(self.con, owner=owner, max_queued_spans=cfg.limits.max_queued_spans,
-                                     retry_after=cfg.limits.retry_after)
+            self.writer = LakeWriter(self.con, owner=owner, lock=commit_lock,
+                                     max_queued_spans=cfg.limits.max_queued_spans, retry_after=cfg.limits.retry_after)
             trace_store = LakeTraceStore(owner, takeover=lake_takeover(cfg.decision_wait))
         else:
             self.con = store.open_database(cfg.db_path)

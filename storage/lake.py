@@ -252,23 +252,65 @@ def migrate_lake(con: duckdb.DuckDBPyConnection) -> None:
 # --------------------------------------------------------------------------- serialised commits
 
 
+#: The advisory lock key writers queue on (PostgreSQL scopes advisory locks to the catalog database).
+COMMIT_LOCK_KEY = 0x74726163657369  # "tracesi"
+_LOCK_ALIAS = "tracesieve_commit_lock"
+
+
+class CommitLock:
+    """A PostgreSQL advisory lock on the catalog database, held around each lake write (a context manager).
+
+    Why: DuckLake commits are optimistic, so under contention the losing writer redoes all its work
+    (Parquet files included). Queuing on this lock first makes overlapping writers wait instead, and
+    a DuckLake snapshot taken after the lock sees every earlier commit. Correctness never rests on it:
+    the commit token still turns any overlap into a retried conflict. Attach it before
+    forbid_file_access. Used by one thread (the writer's).
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, target: LakeTarget, timeout_seconds: float = 30.0) -> None:
+        libpq = target.catalog[len("postgres:"):].replace("'", "''")
+        try:
+            con.execute(f"ATTACH '{libpq}' AS {_LOCK_ALIAS} (TYPE postgres)")
+        except duckdb.Error as exc:
+            raise UsageError(_catalog_problem(target, exc)) from None
+        self._cursor = con.cursor()
+        self._sql = (f"CALL postgres_execute('{_LOCK_ALIAS}', 'SET LOCAL lock_timeout = "
+                     f"{int(timeout_seconds * 1000)}; SELECT pg_advisory_xact_lock({COMMIT_LOCK_KEY})')")
+
+    def __enter__(self) -> CommitLock:
+        self._cursor.execute("BEGIN TRANSACTION")
+        try:
+            self._cursor.execute(self._sql)  # held until this cursor's transaction ends
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                self._cursor.execute("ROLLBACK")
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(duckdb.Error):
+            self._cursor.execute("ROLLBACK")  # nothing was written through it: ending it releases the lock
+
+
 def is_conflict(exc: BaseException) -> bool:
     """Whether a failed lake statement or commit lost a race with another writer (worth retrying)."""
     if isinstance(exc, duckdb.TransactionException):
         return True
     text = str(exc).lower()
-    return any(s in text for s in ("conflict", "could not serialize", "duplicate key value", "concurrent"))
+    return any(s in text for s in ("conflict", "could not serialize", "duplicate key value", "concurrent",
+                                   "lock timeout"))
 
 
 def run_in_transaction(con: duckdb.DuckDBPyConnection, body: Callable[[duckdb.DuckDBPyConnection], T], *,
                        writer: str, retry_seconds: float = RETRY_SECONDS,
-                       on_conflict: Callable[[], None] | None = None) -> T:
+                       on_conflict: Callable[[], None] | None = None, lock: CommitLock | None = None) -> T:
     """Run ``body(con)`` in one lake transaction that also bumps the commit token; retry lost races.
 
     ``body`` must be safe to run again from scratch (it is, when it reads what it needs inside the
     transaction). Non-conflict errors are raised at once; conflicts are retried with jittered
     backoff until ``retry_seconds`` pass, then the last conflict is raised; ``on_conflict`` is
-    called before each retry. Caller's thread.
+    called before each retry. With ``lock``, each attempt first queues on the fleet's commit lock.
+    Caller's thread.
     """
     deadline = time.monotonic() + retry_seconds
     delay = 0.02
@@ -276,17 +318,18 @@ def run_in_transaction(con: duckdb.DuckDBPyConnection, body: Callable[[duckdb.Du
     while True:
         attempt += 1
         try:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                result = body(con)
-                con.execute(
-                    "UPDATE commit_token SET commits = commits + 1, last_commit_at = now(), last_writer = ?",
-                    [writer])
-                con.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):  # a failed COMMIT already ended the transaction
-                    con.execute("ROLLBACK")
-                raise
+            with lock if lock is not None else contextlib.nullcontext():
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    result = body(con)
+                    con.execute(
+                        "UPDATE commit_token SET commits = commits + 1, last_commit_at = now(), last_writer = ?",
+                        [writer])
+                    con.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(duckdb.Error):  # a failed COMMIT already ended the transaction
+                        con.execute("ROLLBACK")
+                    raise
             return result
         except duckdb.Error as exc:
             if not is_conflict(exc) or time.monotonic() + delay > deadline:

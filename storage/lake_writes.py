@@ -30,7 +30,7 @@ import pyarrow as pa
 from tracesieve.storage import candidates as candidate_store
 from tracesieve.storage import store
 from tracesieve.storage.errors import RetryableError
-from tracesieve.storage.lake import redact, run_in_transaction
+from tracesieve.storage.lake import CommitLock, redact, run_in_transaction
 from tracesieve.storage.schema import Candidate, Detection, utcnow
 from tracesieve.storage.writer import GroupCommitWriter, _drop_repeated_keys, _SpanJob, _TaskJob
 
@@ -86,8 +86,10 @@ class LakeWriter(GroupCommitWriter):
 
     checkpoint_on_close = False
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, *, owner: str, **kwargs: Any) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, *, owner: str, lock: CommitLock | None = None,
+                 **kwargs: Any) -> None:
         self.owner = owner
+        self._lock_pg = lock
         self.conflict_retries = 0
         super().__init__(con, **kwargs)
 
@@ -106,7 +108,7 @@ class LakeWriter(GroupCommitWriter):
             table = _drop_repeated_keys(table)
             inserted = run_in_transaction(
                 self._con, lambda con: insert_spans(con, table, self.owner, utcnow()), writer=self.owner,
-                on_conflict=self._count_conflict)
+                on_conflict=self._count_conflict, lock=self._lock_pg)
         except Exception as exc:
             log.error("commit of %d spans to the lake failed: %s: %s", n, type(exc).__name__,
                       redact(str(exc).splitlines()[0][:200]) if str(exc) else "")
@@ -127,7 +129,8 @@ class LakeWriter(GroupCommitWriter):
 
     def _run_task(self, job: _TaskJob) -> None:
         try:
-            result = run_in_transaction(self._con, job.task, writer=self.owner, on_conflict=self._count_conflict)
+            result = run_in_transaction(self._con, job.task, writer=self.owner, on_conflict=self._count_conflict,
+                                        lock=self._lock_pg)
         except Exception as exc:
             job.future.set_exception(exc)
         else:
