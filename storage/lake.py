@@ -8,7 +8,10 @@ every tracesieve write transaction on a lake also bumps the one row of
 conflicting, exactly one commits and the other is retried from the start (new
 snapshot, so its anti-joins see what the winner stored). Writes are therefore
 serialisable across processes and machines, and the anti-join inserts of
-:mod:`tracesieve.storage.lake_writes` are exact.
+:mod:`tracesieve.storage.lake_writes` are exact. Collectors also queue on a
+PostgreSQL advisory lock (:class:`CommitLock`) before each write, so that
+overlapping writers wait rather than redo their work; correctness never rests
+on that lock.
 
 The extensions come from the PyPI packages ``duckdb-extension-ducklake`` and
 ``duckdb-extension-postgres`` (extra ``tracesieve[lake]``): they are installed

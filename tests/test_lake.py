@@ -165,10 +165,11 @@ def test_three_collectors_write_one_lake_exactly_once(postgres: PostgresCluster,
             "(SELECT count(*) FROM detections WHERE failure_mode = 'tool_invocation') AS tool_detections, "
             "(SELECT count(DISTINCT trace_id) FROM detections WHERE failure_mode = 'tool_invocation') AS failing, "
             f"(SELECT count(*) FROM detections WHERE trace_id = '{split}') AS split_detections, "
-            "(SELECT count(*) - count(DISTINCT detection_id) FROM detections) AS repeated_detections")[0]
+            "(SELECT count(*) - count(DISTINCT detection_id) FROM detections) AS repeated_detections, "
+            "(SELECT count(*) FROM schema_version) AS migrations, (SELECT count(*) FROM commit_token) AS tokens")[0]
         spans = 5 * (traces - 1) + 3
         assert got == {"spans": spans, "distinct_spans": spans, "tool_detections": failing, "failing": failing,
-                       "split_detections": 1, "repeated_detections": 0}
+                       "split_detections": 1, "repeated_detections": 0, "migrations": 1, "tokens": 1}
         # The same failure seen by all three collectors is one candidate with every occurrence.
         cands = a.query("SELECT candidate_id, occurrences, len(trace_ids) AS n_traces, "
                         "len(list_distinct(trace_ids)) AS n_distinct FROM candidates "
@@ -217,6 +218,8 @@ def test_three_collectors_write_one_lake_exactly_once(postgres: PostgresCluster,
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == [{"candidate_id": cid, "status": "promoted"},
                                          {"candidate_id": other, "status": "rejected"}]
+    exported = run_cli("export", "--format", "jsonl", "--config", str(a.config_path))
+    assert exported.returncode == 0 and cid in exported.stdout, exported.stderr
     report = run_cli("report", "--out", str(tmp_path / "report.html"), "--config", str(a.config_path))
     assert report.returncode == 0 and "DuckLake" in (tmp_path / "report.html").read_text(), report.stderr
     # An operator's plain DuckDB session attaches the lake (extensions loaded from the pip packages).
