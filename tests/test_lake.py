@@ -8,6 +8,7 @@ session attaching the lake the way the README tells operators to.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -280,3 +281,26 @@ def test_lake_config_errors_are_one_line(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(lake_config(nobody, tmp_path / "d")))
     printed = run_cli("serve", "--config", str(path), "--print-config")
     assert printed.returncode == 0 and "ducklake" in printed.stdout and "s3cret" not in printed.stdout
+
+
+@needs_postgres
+@needs_lake_extra
+def test_a_restarted_collector_judges_what_it_left_pending_on_the_lake(postgres: PostgresCluster,
+                                                                       tmp_path: Path) -> None:
+    catalog = postgres.create_database("restart")
+    c = LakeCollector(tmp_path, lake_config(catalog, tmp_path / "data",
+                                            {"processors": {"detectors": {"decision_wait": "1m"}}}))
+    try:
+        c.start(timeout=120)
+        with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+            trace_id = emit_agent_trace(tracer, tool_error=True)
+        c.stop(signal.SIGKILL)  # stored and acknowledged, never judged
+        # The same instance (same host and ports: the same trace_state owner) comes back.
+        c.config_path.write_text(c.config_path.read_text().replace("1m", "300ms"))
+        c.start(timeout=120)
+        rows = c.wait_for(f"SELECT failure_mode FROM detections WHERE trace_id = '{trace_id}'",
+                          lambda r: len(r) == 1, timeout=20)  # well before another member's takeover (30 s)
+        assert rows == [{"failure_mode": "tool_invocation"}]
+        assert c.stop() == 0
+    finally:
+        c.kill()
