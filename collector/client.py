@@ -116,5 +116,5 @@ def connect_lake(target: lake.LakeTarget, *, write: bool) -> StoreClient:
 
     Writes (promote, reject) run in serialised lake transactions, retried when they race a collector.
     """
-    con = lake.open_lake(target, read_only=not write, migrate=False)
+    con = lake.open_lake(target, read_only=not write, migrate=write)  # a first write creates it properly
     return LocalClient(con, lambda task: lake.run_in_transaction(con, task, writer="cli"))
