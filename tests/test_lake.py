@@ -304,3 +304,49 @@ def test_a_restarted_collector_judges_what_it_left_pending_on_the_lake(postgres:
         assert c.stop() == 0
     finally:
         c.kill()
+
+
+@needs_postgres
+@needs_lake_extra
+def test_overlapping_lake_writes_conflict_and_the_retry_sees_the_winner(postgres: PostgresCluster,
+                                                                        tmp_path: Path) -> None:
+    """Two writers insert the same row at once: one commits, the other retries and stores nothing."""
+    from tracesieve.storage import lake
+
+    target = lake.LakeTarget(postgres.create_database("race"), str(tmp_path / "data") + "/")
+    con = lake.open_lake(target)
+    try:
+        lake.run_in_transaction(con, lambda c: c.execute("CREATE TABLE race (k VARCHAR, writer VARCHAR)"),
+                                writer="setup")
+        both_inside = threading.Barrier(2, timeout=30)
+        conflicts: dict[str, int] = {"a": 0, "b": 0}
+        inserted: dict[str, int] = {}
+
+        def write(name: str) -> None:
+            cursor = con.cursor()
+            attempts = 0
+
+            def body(c: Any) -> int:
+                nonlocal attempts
+                attempts += 1
+                row = c.execute("INSERT INTO race SELECT 'k', ? WHERE NOT EXISTS "
+                                "(SELECT 1 FROM race WHERE k = 'k')", [name]).fetchone()
+                if attempts == 1:
+                    both_inside.wait()  # both transactions are open and have inserted before either commits
+                return int(row[0])
+
+            def count() -> None:
+                conflicts[name] += 1
+
+            inserted[name] = lake.run_in_transaction(cursor, body, writer=name, on_conflict=count)
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(inserted.values()) == [0, 1]  # the loser's retry found the winner's row
+        assert sorted(conflicts.values()) == [0, 1]
+        assert con.execute("SELECT count(*) FROM race").fetchone() == (1,)
+    finally:
+        con.close()
