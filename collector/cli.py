@@ -60,9 +60,26 @@ def _resolve_db(db_path: str | None, config_path: str | None) -> str:
     return DEFAULT_DB
 
 
-def _client(db_path: str | None, config_path: str | None, *, write: bool = False) -> Any:
-    from tracesieve.collector.client import connect
+def _store_label(db_path: str | None, config_path: str | None) -> str:
+    """What a report names as its store: the DuckDB path, or the lake's catalog (password hidden)."""
+    if config_path:
+        from tracesieve.collector.config import load_config
 
+        lake = load_config(config_path).lake
+        if lake is not None:
+            return f"DuckLake {lake.printable_catalog}"
+    return _resolve_db(db_path, config_path)
+
+
+def _client(db_path: str | None, config_path: str | None, *, write: bool = False) -> Any:
+    from tracesieve.collector.client import connect, connect_lake
+
+    if config_path:  # a lake has no file lock: open it directly, whether or not collectors run on it
+        from tracesieve.collector.config import load_config
+
+        config = load_config(config_path)
+        if config.lake is not None:
+            return connect_lake(config.lake, write=write)
     return connect(_resolve_db(db_path, config_path), write=write, token=_token())
 
 
@@ -372,7 +389,7 @@ def report(out_path: str, status: str | None, limit: int, db_path: str | None, c
     """Write one self-contained HTML review page: candidates by mode and severity, traces as waterfalls."""
     from tracesieve.collector.report import render_report
 
-    db = _resolve_db(db_path, config_path)
+    db = _store_label(db_path, config_path)
     client = _client(db_path, config_path)
     try:
         data = client.call("report_data", {"status": status, "limit": limit})

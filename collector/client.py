@@ -1,5 +1,6 @@
 """How a CLI command reaches a store: through the running collector, or by opening the file itself.
 
+A lake (``storage.ducklake``) is always opened directly: it has no file lock.
 ``serve`` publishes its query surface in ``<db>.serve.json``; when that file
 names a live process, commands talk to it over loopback HTTP (DuckDB lets only
 one process open the file for writing). Otherwise they open the file directly
@@ -18,7 +19,7 @@ import duckdb
 import httpx
 
 from tracesieve.collector.api import StoreApi, discovery_path
-from tracesieve.storage import store
+from tracesieve.storage import lake, store
 from tracesieve.storage.errors import NotFoundError, TraceSieveError, UsageError
 
 
@@ -62,9 +63,10 @@ class RemoteClient:
 
 
 class LocalClient:
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection,
+                 run_write: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None = None) -> None:
         self._con = con
-        self.api = StoreApi(lambda: con, self._run_write)
+        self.api = StoreApi(lambda: con, run_write or self._run_write)
 
     def _run_write(self, task: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
         self._con.execute("BEGIN TRANSACTION")
@@ -108,3 +110,12 @@ def connect(db_path: str, *, write: bool, token: str | None) -> StoreClient:
     if not os.path.exists(db_path):
         raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {db_path}` or pass --db)")
     return LocalClient(store.open_database(db_path, read_only=not write))
+
+
+def connect_lake(target: lake.LakeTarget, *, write: bool) -> StoreClient:
+    """A client on a lake: opened directly (no file lock), even while collectors write to it.
+
+    Writes (promote, reject) run in serialised lake transactions, retried when they race a collector.
+    """
+    con = lake.open_lake(target, read_only=not write, migrate=write)  # a first write creates it properly
+    return LocalClient(con, lambda task: lake.run_in_transaction(con, task, writer="cli"))

@@ -21,6 +21,7 @@ from tracesieve.collector.decode import DecodeLimits
 from tracesieve.collector.registry import ProcessorRegistry
 from tracesieve.processors.base import SpanProcessor, TraceProcessor
 from tracesieve.storage.errors import ConfigError
+from tracesieve.storage.lake import INSTALL_HINT, LakeTarget, missing_extension_packages, redact
 from tracesieve.storage.units import format_size, parse_duration, parse_size
 
 DEFAULT_GRPC_ENDPOINT = "127.0.0.1:4317"
@@ -101,8 +102,9 @@ class Config:
     span_processors: list[SpanProcessor]
     trace_processors: list[TraceProcessor]
     tree: dict[str, Any]  # the effective YAML tree (for --print-config)
-    span_workers: int = 0
-    api_key: str | None = None  # accepted in the x-api-key header (bearer_token: in Authorization: Bearer)  # worker processes for decode + span stage; 0 = in the receiving threads
+    span_workers: int = 0  # worker processes for decode + span stage; 0 = in the receiving threads
+    api_key: str | None = None  # accepted in the x-api-key header (bearer_token: in Authorization: Bearer)
+    lake: LakeTarget | None = None  # storage.ducklake: many collectors on one store (db_path is then unused)
 
     @property
     def decode_limits(self) -> DecodeLimits:
@@ -127,6 +129,9 @@ class Config:
             for key in ("bearer_token", "api_key"):
                 if auth.get(key):
                     auth[key] = "<redacted>"
+        lake = tree.get("storage", {}).get("ducklake")
+        if isinstance(lake, dict) and isinstance(lake.get("catalog"), str):
+            lake["catalog"] = redact(lake["catalog"])
         return yaml.safe_dump(tree, sort_keys=False)
 
     def shutdown_processors(self) -> None:
@@ -242,8 +247,11 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     # storage ---------------------------------------------------------------
     storage = _check_keys(top.get("storage", DEFAULTS["storage"]), {"duckdb", "ducklake"}, "storage", problems)
     db_path = DEFAULT_DB_PATH
-    if "ducklake" in storage:
-        problems.append("storage.ducklake: DuckLake storage is not available in this version; use storage.duckdb")
+    lake: LakeTarget | None = None
+    if "ducklake" in storage and "duckdb" in storage:
+        problems.append("storage: give exactly one of duckdb (one machine) or ducklake (many collectors)")
+    elif "ducklake" in storage:  # --db then only names where serve publishes its query surface (<db>.serve.json)
+        lake = _lake(storage["ducklake"], problems)
     duck = _check_keys(storage.get("duckdb", {}), {"path"}, "storage.duckdb", problems)
     if "path" in duck:
         if isinstance(duck["path"], str) and duck["path"]:
@@ -252,7 +260,10 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
             problems.append("storage.duckdb.path: expected a file path")
     if db_override:
         db_path = db_override
-    tree["storage"] = {"duckdb": {"path": db_path}}
+    if lake is not None:
+        tree["storage"] = {"ducklake": {"catalog": lake.catalog, "data_path": lake.data_path}}
+    else:
+        tree["storage"] = {"duckdb": {"path": db_path}}
 
     # processors + pipeline --------------------------------------------------
     proc_section = top.get("processors")
@@ -313,7 +324,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     return Config(
         source="", path=None, grpc=grpc, http=http, span_workers=span_workers, bearer_token=token, api_key=api_key,
         limits=limits, db_path=db_path,
-        span_processors=span_procs, trace_processors=trace_procs, tree=tree,
+        span_processors=span_procs, trace_processors=trace_procs, tree=tree, lake=lake,
     )
 
 
@@ -342,6 +353,27 @@ def _secret(auth: dict[str, Any], name: str, problems: list[str]) -> str | None:
         problems.append(f"{path}: expected a non-empty string")
         return None
     return inline if isinstance(inline, str) else None
+
+
+def _lake(node: Any, problems: list[str]) -> LakeTarget | None:
+    """storage.ducklake: {catalog: "postgres:dbname=... host=...", data_path: DIR}; the extensions must be installed."""
+    where = "storage.ducklake"
+    lake = _check_keys(node, {"catalog", "data_path"}, where, problems)
+    catalog, data_path = lake.get("catalog"), lake.get("data_path")
+    before = len(problems)
+    if not isinstance(catalog, str) or not catalog.startswith("postgres:") or not catalog[len("postgres:"):].strip():
+        problems.append(f"{where}.catalog: expected a PostgreSQL connection string such as "
+                        "\"postgres:dbname=tracesieve host=127.0.0.1\" (the database must exist)")
+    if not isinstance(data_path, str) or not data_path:
+        problems.append(f"{where}.data_path: expected the directory (or object store URL) for the lake's Parquet files")
+    if len(problems) > before:
+        return None
+    missing = missing_extension_packages()
+    if missing:
+        problems.append(f"{where}: the DuckDB extensions are not installed ({', '.join(missing)}): {INSTALL_HINT}")
+        return None
+    assert isinstance(catalog, str) and isinstance(data_path, str)
+    return LakeTarget(catalog=catalog, data_path=data_path)
 
 
 def _span_workers(value: Any, problems: list[str]) -> int:

@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import Future
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 
@@ -25,7 +25,7 @@ from tracesieve.collector.metrics import Metrics
 from tracesieve.processors.base import TraceBatch, TraceProcessor
 from tracesieve.storage import candidates as candidate_store
 from tracesieve.storage import store
-from tracesieve.storage.schema import utcnow
+from tracesieve.storage.schema import Candidate, Detection, utcnow
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.judge")
@@ -47,6 +47,25 @@ class CursorReader:
         return [dict(zip(columns, row)) for row in rel.fetchall()]
 
 
+class TraceStore(Protocol):
+    """Where settling state lives when it is not the DuckDB file's (a lake: storage.lake_writes.LakeTraceStore).
+
+    ``save_judgement`` and ``mark_judged`` run on the writer thread inside its transaction.
+    """
+
+    def settled_traces(self, con: duckdb.DuckDBPyConnection, quiet_since: dt.datetime | None,
+                       limit: int) -> list[tuple[str, int, dt.datetime | None]]: ...
+
+    def count_unjudged(self, con: duckdb.DuckDBPyConnection) -> int: ...
+
+    def save_judgement(self, con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]],
+                       detections: Sequence[Detection], candidates: Sequence[Candidate],
+                       now: dt.datetime) -> None: ...
+
+    def mark_judged(self, con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]],
+                    now: dt.datetime) -> None: ...
+
+
 class Judge:
     def __init__(
         self,
@@ -55,7 +74,9 @@ class Judge:
         processors: Sequence[TraceProcessor],
         decision_wait: float,
         metrics: Metrics,
+        trace_store: TraceStore | None = None,
     ) -> None:
+        self._trace_store = trace_store
         self._cursor = cursor
         self._reader = CursorReader(cursor)
         self._writer = writer
@@ -123,10 +144,12 @@ class Judge:
         """Judge up to TRACES_PER_ROUND due traces; returns how many were judged."""
         cur = self._cursor
         quiet_since = utcnow() - dt.timedelta(seconds=self.decision_wait) if quiet else None
+        states = self._trace_store
         if not self._processors:
-            due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND)
+            due = (states or store).settled_traces(cur, quiet_since, TRACES_PER_ROUND)
             if due:
-                self._writer.submit_task(lambda con: store.mark_judged(con, due, utcnow())).result(timeout=60)
+                mark = states.mark_judged if states else store.mark_judged
+                self._writer.submit_task(lambda con: mark(con, due, utcnow())).result(timeout=60)
                 self._metrics.judged(len(due))
             return len(due)
         if self._in_flight is not None and self._in_flight[0].done():
@@ -134,15 +157,16 @@ class Judge:
         in_flight = self._in_flight[1] if self._in_flight is not None else frozenset()
         cur.execute("BEGIN TRANSACTION")
         try:
-            due = store.settled_traces(cur, quiet_since, TRACES_PER_ROUND + len(in_flight))
+            due = (states or store).settled_traces(cur, quiet_since, TRACES_PER_ROUND + len(in_flight))
             due = [d for d in due if d[0] not in in_flight][:TRACES_PER_ROUND]
             firsts = [d[2] for d in due if d[2] is not None]
             since = min(firsts) if len(firsts) == len(due) and firsts else None
-            traces = store.load_traces(cur, [d[0] for d in due], since) if due else {}
+            margin = store.LAKE_RECEIVED_MARGIN if states is not None else store.RECEIVED_MARGIN
+            traces = store.load_traces(cur, [d[0] for d in due], since, margin) if due else {}
         finally:
             cur.execute("COMMIT")
         if time.monotonic() - self._pending_counted_at > PENDING_COUNT_SECONDS or not due:
-            self.pending = store.count_unjudged(cur)  # a scan of trace_state: not on every round
+            self.pending = (states or store).count_unjudged(cur)  # a scan of trace_state: not every round
             self._pending_counted_at = time.monotonic()
         if not due:
             return 0
@@ -168,6 +192,9 @@ class Judge:
 
         def write(con: duckdb.DuckDBPyConnection) -> None:
             now = utcnow()
+            if states is not None:
+                states.save_judgement(con, due, detections, candidates, now)
+                return
             store.save_detections(con, trace_ids, detections, now)
             if candidates:
                 candidate_store.upsert_candidates(con, candidates, now)

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from typing import Any
@@ -30,7 +31,8 @@ from tracesieve.collector.grpc_receiver import start_grpc_server
 from tracesieve.collector.http_receiver import build_app
 from tracesieve.collector.judge import Judge
 from tracesieve.collector.metrics import Metrics, StateSource, StoreState
-from tracesieve.storage import stats, store
+from tracesieve.storage import lake, stats, store
+from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
 from tracesieve.storage.schema import utcnow
 from tracesieve.storage.writer import GroupCommitWriter
 
@@ -70,16 +72,30 @@ class Collector:
 
     def start(self) -> None:
         cfg = self.config
-        self.con = store.open_database(cfg.db_path)
-        store.tune_for_ingest(self.con)
-        store.forbid_file_access(self.con)
+        trace_store: LakeTraceStore | None = None
+        self.writer: GroupCommitWriter
+        if cfg.lake is not None:
+            # One store, many collectors: serialised lake commits, and this collector judges the traces it owns.
+            owner = lake_owner_id(cfg)
+            self.con = lake.open_lake(cfg.lake)
+            commit_lock = lake.CommitLock(self.con, cfg.lake)
+            lake.forbid_file_access(self.con, cfg.lake)
+            self.writer = LakeWriter(self.con, owner=owner, lock=commit_lock,
+                                     max_queued_spans=cfg.limits.max_queued_spans, retry_after=cfg.limits.retry_after,
+                                     on_commit=self.metrics.observe_commit)
+            trace_store = LakeTraceStore(owner, takeover=lake_takeover(cfg.decision_wait))
+        else:
+            self.con = store.open_database(cfg.db_path)
+            store.tune_for_ingest(self.con)
+            store.forbid_file_access(self.con)
+            self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,
+                                            retry_after=cfg.limits.retry_after, on_commit=self.metrics.observe_commit)
         self._read_base = self.con.cursor()
-        self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,
-                                        retry_after=cfg.limits.retry_after, on_commit=self.metrics.observe_commit)
         self._stage = span_stage_for(cfg)
         self.service = ExportService(cfg, self.writer, self.metrics.receiver("grpc"), self._stage)
         self.http_service = ExportService(cfg, self.writer, self.metrics.receiver("http"), self._stage)
-        self.judge = Judge(self.con.cursor(), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics)
+        self.judge = Judge(self.con.cursor(), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics,
+                           trace_store)
         self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60))
         self.judge.start()
         self.metrics.watch(StateSource(lambda: self.writer.queued_spans, lambda: self.judge.pending,
@@ -213,3 +229,18 @@ class Collector:
         self.con.close()
         log.info("tracesieve stopped: %d spans committed this run, %d traces judged at shutdown",
                  self.writer.stats.committed_spans, judged)
+
+
+def lake_owner_id(cfg: Config) -> str:
+    """This collector's name in a lake's trace_state.owner: stable across restarts of the same instance.
+
+    Host plus the receiver endpoints, so a restarted instance finds the traces it left pending, and
+    two collectors on one host (different ports) never share a name.
+    """
+    ports = ",".join(ep.address for ep in (cfg.grpc, cfg.http) if ep is not None)
+    return f"{socket.gethostname()}/{ports}"
+
+
+def lake_takeover(decision_wait: float) -> dt.timedelta:
+    """How long a trace's owner may stay silent before any collector judges it (owner crashed or gone)."""
+    return dt.timedelta(seconds=max(30.0, 6 * decision_wait))

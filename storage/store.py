@@ -147,10 +147,13 @@ def count_unjudged(con: duckdb.DuckDBPyConnection) -> int:
 #: needed for new rows; stores written before that stamped it at decode, up to the 30 s an export
 #: waits for its commit earlier. The judge's scan covers this much more than the traces' own window.
 RECEIVED_MARGIN = dt.timedelta(seconds=30)
+#: On a lake, spans of one trace are stamped by several collectors, each at decode, on its own clock.
+LAKE_RECEIVED_MARGIN = dt.timedelta(minutes=5)
 
 
 def load_traces_table(
-    con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], received_since: dt.datetime | None = None
+    con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], received_since: dt.datetime | None = None,
+    margin: dt.timedelta = RECEIVED_MARGIN,
 ) -> pa.Table:
     """The spans rows of the given traces as one Arrow table (JSON columns still text).
 
@@ -163,7 +166,7 @@ def load_traces_table(
     params: list[Any] = [list(trace_ids)]
     if received_since is not None:
         sql += " AND received_at >= ?"
-        params.append(received_since - RECEIVED_MARGIN)
+        params.append(received_since - margin)
     # Unordered: sorting whole rows (LLM spans are kilobytes) in DuckDB cost more than sorting each
     # trace's few spans in traces_from_table.
     table: pa.Table = con.execute(sql, params).to_arrow_table()
@@ -211,12 +214,13 @@ def _utc_datetimes(column: pa.ChunkedArray) -> list[dt.datetime | None]:
 
 
 def load_traces(
-    con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], received_since: dt.datetime | None = None
+    con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], received_since: dt.datetime | None = None,
+    margin: dt.timedelta = RECEIVED_MARGIN,
 ) -> dict[str, list[dict[str, Any]]]:
     """Spans of the given traces as SpanRow dicts (JSON columns parsed), each trace sorted by start_time."""
     if not trace_ids:
         return {}
-    return traces_from_table(load_traces_table(con, trace_ids, received_since), trace_ids)
+    return traces_from_table(load_traces_table(con, trace_ids, received_since, margin), trace_ids)
 
 
 def save_detections(

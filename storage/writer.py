@@ -56,6 +56,9 @@ class WriterStats:
 class GroupCommitWriter:
     """Owns ``con`` for writing. Thread-safe ``reserve``/``submit_*``; one background thread commits."""
 
+    #: CHECKPOINT after the last commit (a lake subclass leaves maintenance to the operator).
+    checkpoint_on_close = True
+
     def __init__(
         self,
         con: duckdb.DuckDBPyConnection,
@@ -166,6 +169,8 @@ class GroupCommitWriter:
                 self._commit_spans(span_jobs, n)
             for task_job in task_jobs:
                 self._run_task(task_job)
+        if not self.checkpoint_on_close:
+            return
         try:
             self._con.execute("CHECKPOINT")
         except duckdb.Error as exc:  # pragma: no cover - reported, data is in the WAL anyway

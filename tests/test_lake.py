@@ -1,0 +1,352 @@
+"""DuckLake storage: three `tracesieve serve` processes write one lake (PostgreSQL catalog, Parquet data).
+
+Real everything: a throwaway PostgreSQL cluster from the OS packages, real serve
+subprocesses, real OTel SDK exporters, the CLI as a subprocess, and a plain DuckDB
+session attaching the lake the way the README tells operators to.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from opentelemetry import trace as otel_trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status, StatusCode
+
+from conftest import free_port, run_cli
+from lake_helpers import LakeCollector, PostgresCluster, lake_config, postgres_bin_dir
+from sdk_helpers import emit_agent_trace, sdk_tracer
+
+pytestmark = pytest.mark.timeout(240)
+
+PG_BIN = postgres_bin_dir()
+needs_postgres = pytest.mark.skipif(
+    PG_BIN is None, reason="no PostgreSQL server binaries (initdb) on this machine: apt-get install postgresql")
+needs_lake_extra = pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("duckdb_extension_ducklake") is None,
+    reason="the lake extra is not installed: pip install -e '.[lake]'")
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresCluster]:
+    assert PG_BIN is not None
+    cluster = PostgresCluster(PG_BIN).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class Tee(SpanExporter):
+    """Exports every batch through several real OTLP exporters: the same spans reach several collectors."""
+
+    def __init__(self, exporters: Sequence[SpanExporter]) -> None:
+        self.exporters = list(exporters)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        results = [e.export(spans) for e in self.exporters]
+        return SpanExportResult.SUCCESS if all(r == SpanExportResult.SUCCESS for r in results) \
+            else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        for e in self.exporters:
+            e.shutdown()
+
+
+def _provider(endpoints: Sequence[str], service: str) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    exporters = [OTLPSpanExporter(endpoint=f"http://{ep}", insecure=True, timeout=30) for ep in endpoints]
+    provider.add_span_processor(BatchSpanProcessor(exporters[0] if len(exporters) == 1 else Tee(exporters),
+                                                   schedule_delay_millis=100))
+    return provider
+
+
+def _failing_tool(tracer: otel_trace.Tracer, name: str = "lookup_order") -> None:
+    with tracer.start_as_current_span(name) as tool:
+        tool.set_attribute("openinference.span.kind", "TOOL")
+        tool.set_attribute("tool.name", name)
+        tool.set_attribute("input.value", json.dumps({"order_id": "ORD-9"}))
+        tool.record_exception(RuntimeError("order service returned 502"))
+        tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+
+
+def _split_trace(first: otel_trace.Tracer, second: otel_trace.Tracer) -> str:
+    """One trace whose root and LLM span go to one collector and whose failing tool span goes to another."""
+    with first.start_as_current_span("agent") as root:
+        root.set_attribute("openinference.span.kind", "AGENT")
+        root.set_attribute("input.value", "Where is my split order?")
+        with first.start_as_current_span("llm") as llm:
+            llm.set_attribute("openinference.span.kind", "LLM")
+            llm.set_attribute("llm.model_name", "gpt-4o")
+        _failing_tool(second)  # the current context carries the trace: same trace id, other collector
+        return format(root.get_span_context().trace_id, "032x")
+
+
+def _wait_all_judged(c: LakeCollector, expected_traces: int) -> None:
+    c.wait_for(
+        "SELECT count(*) AS traces, count(*) FILTER (WHERE judged_seq IS DISTINCT FROM received_seq) AS pending "
+        "FROM trace_state",
+        lambda rows: rows and rows[0]["traces"] == expected_traces and rows[0]["pending"] == 0,
+        timeout=90,
+    )
+
+
+@needs_postgres
+@needs_lake_extra
+def test_three_collectors_write_one_lake_exactly_once(postgres: PostgresCluster, tmp_path: Path) -> None:
+    catalog = postgres.create_database("fleet")
+    data = tmp_path / "lake-data"
+    collectors = []
+    for i in range(3):
+        workdir = tmp_path / f"c{i}"
+        workdir.mkdir()
+        collectors.append(LakeCollector(workdir, lake_config(catalog, data, {"service": {"span_workers": 0}})))
+    # All three start at once on an empty catalog: concurrent migrations must settle on one schema.
+    errors: list[BaseException] = []
+
+    def start(c: LakeCollector) -> None:
+        try:
+            c.start(timeout=120)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(c,)) for c in collectors]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        a, b, c = collectors
+        # Distinct traffic on each collector, in parallel: commits race; the same failure everywhere.
+        per_collector = 4
+
+        def send(col: LakeCollector, k: int) -> None:
+            with sdk_tracer("grpc", col.grpc_endpoint, service=f"agent-{k}") as tracer:
+                for j in range(per_collector):
+                    emit_agent_trace(tracer, question="Where is my order ORD-1?", tool_error=(j % 2 == 0),
+                                     session=f"s-{k}-{j}")
+
+        senders = [threading.Thread(target=send, args=(col, k)) for k, col in enumerate(collectors)]
+        for t in senders:
+            t.start()
+        # Overlap while they run: every span of two traces reaches b and c (re-delivery / failover)...
+        tee = _provider([b.grpc_endpoint, c.grpc_endpoint], "tee-agent")
+        tee_traces = [emit_agent_trace(tee.get_tracer("t"), question="Where is my order ORD-1?", tool_error=True,
+                                       session=f"tee-{i}") for i in range(2)]
+        tee.shutdown()
+        # ...and one trace is split: root + LLM on a, its failing tool call on b.
+        pa, pb = _provider([a.grpc_endpoint], "split-agent"), _provider([b.grpc_endpoint], "split-agent")
+        split = _split_trace(pa.get_tracer("a"), pb.get_tracer("b"))
+        pa.shutdown()
+        pb.shutdown()
+        for t in senders:
+            t.join()
+
+        traces = 3 * per_collector + len(tee_traces) + 1
+        _wait_all_judged(a, traces)
+        # Exactly once: 5 spans per agent trace, 3 in the split trace, no (trace_id, span_id) twice;
+        # one tool_invocation per failing trace, no detection twice.
+        failing = 3 * len(range(0, per_collector, 2)) + len(tee_traces) + 1
+        got = a.query(
+            "SELECT (SELECT count(*) FROM spans) AS spans, "
+            "(SELECT count(DISTINCT (trace_id, span_id)) FROM spans) AS distinct_spans, "
+            "(SELECT count(*) FROM detections WHERE failure_mode = 'tool_invocation') AS tool_detections, "
+            "(SELECT count(DISTINCT trace_id) FROM detections WHERE failure_mode = 'tool_invocation') AS failing, "
+            f"(SELECT count(*) FROM detections WHERE trace_id = '{split}') AS split_detections, "
+            "(SELECT count(*) - count(DISTINCT detection_id) FROM detections) AS repeated_detections, "
+            "(SELECT count(*) FROM schema_version) AS migrations, (SELECT count(*) FROM commit_token) AS tokens")[0]
+        spans = 5 * (traces - 1) + 3
+        assert got == {"spans": spans, "distinct_spans": spans, "tool_detections": failing, "failing": failing,
+                       "split_detections": 1, "repeated_detections": 0, "migrations": 1, "tokens": 1}
+        # The same failure seen by all three collectors is one candidate with every occurrence.
+        cands = a.query("SELECT candidate_id, occurrences, len(trace_ids) AS n_traces, "
+                        "len(list_distinct(trace_ids)) AS n_distinct FROM candidates "
+                        "WHERE failure_mode = 'tool_invocation' AND status <> 'duplicate' "
+                        "AND input::VARCHAR LIKE '%ORD-1%'")
+        assert len(cands) == 1, cands
+        assert cands[0]["occurrences"] == failing - 1 == cands[0]["n_traces"] == cands[0]["n_distinct"]
+
+        # A late failing span on another collector re-judges its trace there: extended, not duplicated.
+        late_trace = tee_traces[0]
+        provider = _provider([c.grpc_endpoint], "tee-agent")
+        parent = otel_trace.SpanContext(int(late_trace, 16), 0x1234567890ABCDEF, is_remote=True,
+                                        trace_flags=otel_trace.TraceFlags(1))
+        with otel_trace.use_span(otel_trace.NonRecordingSpan(parent)):
+            _failing_tool(provider.get_tracer("late"), "refund_payment")
+        provider.shutdown()
+        rows = c.wait_for(f"SELECT tool_name FROM spans s JOIN detections d USING (trace_id, span_id) "
+                          f"WHERE d.trace_id = '{late_trace}' AND d.failure_mode = 'tool_invocation' ORDER BY 1",
+                          lambda r: len(r) == 2, timeout=90)
+        assert [r["tool_name"] for r in rows] == ["lookup_order", "refund_payment"]
+
+        # Every CLI command works against the lake while the collectors run (no file lock).
+        cid = cands[0]["candidate_id"]
+        listed = json.loads(a.cli("candidates", "--mode", "tool_invocation", "--format", "json").stdout)
+        assert cid in {r["candidate_id"] for r in listed}
+        show = a.cli_via_db("show", cid)  # --db: through the running collector's query surface
+        assert show.returncode == 0 and "tool_invocation" in show.stdout, show.stderr
+        promoted = a.cli("promote", cid, "--cases", str(tmp_path / "cases.yaml"), "--owner", "lake-team")
+        assert promoted.returncode == 0, promoted.stderr
+        other = next(r["candidate_id"] for r in listed if split in r["trace_ids"])
+        rejected = b.cli("reject", other, "--reason", "split test trace")
+        assert rejected.returncode == 0, rejected.stderr
+        refused = a.cli("query", "DELETE FROM spans")
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+
+        for col in collectors:
+            assert col.stop() == 0, col.log()
+            assert not col.db_path.exists()  # serve --db only named the discovery file: the lake is the store
+    finally:
+        for col in collectors:
+            col.kill()
+
+    # The CLI still works with every collector stopped; the candidate kept its review.
+    status = run_cli("query", f"SELECT candidate_id, status FROM candidates WHERE candidate_id IN ('{cid}', "
+                     f"'{other}') ORDER BY status", "--config", str(a.config_path), "--format", "json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == [{"candidate_id": cid, "status": "promoted"},
+                                         {"candidate_id": other, "status": "rejected"}]
+    exported = run_cli("export", "--format", "jsonl", "--config", str(a.config_path))
+    assert exported.returncode == 0 and cid in exported.stdout, exported.stderr
+    report = run_cli("report", "--out", str(tmp_path / "report.html"), "--config", str(a.config_path))
+    assert report.returncode == 0 and "DuckLake" in (tmp_path / "report.html").read_text(), report.stderr
+    # An operator's plain DuckDB session attaches the lake (extensions loaded from the pip packages).
+    plain = subprocess.run([sys.executable, "-c", OPERATOR_SESSION, catalog, str(tmp_path / "ext")],
+                           capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout) == {"spans": spans + 1, "promoted": 1}
+
+
+#: What README "Querying a lake from DuckDB" tells operators to run, as a script.
+OPERATOR_SESSION = r"""
+import json, pathlib, sys
+import duckdb, duckdb_extension_ducklake, duckdb_extension_postgres
+catalog, ext_dir = sys.argv[1], sys.argv[2]
+con = duckdb.connect(config={"extension_directory": ext_dir})
+for pkg, name in ((duckdb_extension_ducklake, "ducklake"), (duckdb_extension_postgres, "postgres")):
+    path = pathlib.Path(pkg.__path__[0], "extensions", "v" + duckdb.__version__, name + ".duckdb_extension")
+    con.execute(f"INSTALL '{path}'")
+con.execute("LOAD ducklake")
+con.execute("LOAD postgres_scanner")
+con.execute(f"ATTACH 'ducklake:{catalog}' AS lake (READ_ONLY)")
+spans = con.execute("SELECT count(*) FROM lake.spans").fetchone()[0]
+promoted = con.execute("SELECT count(*) FROM lake.candidates WHERE status = 'promoted'").fetchone()[0]
+print(json.dumps({"spans": spans, "promoted": promoted}))
+"""
+
+
+@needs_lake_extra
+def test_lake_config_errors_are_one_line(tmp_path: Path) -> None:
+    def serve(config: dict[str, Any], *python_prefix: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / "cfg.yaml"
+        path.write_text(yaml.safe_dump(config))
+        code = ("".join(python_prefix) + "from tracesieve.collector.cli import main; "
+                f"main(['serve', '--config', {str(path)!r}])")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path)
+
+    # The catalog cannot be reached (nothing listens on that port).
+    nobody = f"postgres:dbname=x host=127.0.0.1 port={free_port()} user=postgres password=s3cret"
+    result = serve(lake_config(nobody, tmp_path / "d"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DuckLake catalog" in lines[0] and "s3cret" not in result.stderr, result.stderr
+    # Both backends at once.
+    both = lake_config(nobody, tmp_path / "d")
+    both["storage"]["duckdb"] = {"path": "x.duckdb"}
+    result = serve(both)
+    assert result.returncode == 2 and "exactly one of duckdb" in result.stderr
+    # Not a PostgreSQL catalog.
+    result = serve(lake_config("sqlite:meta.db", tmp_path / "d"))
+    assert result.returncode == 2 and "storage.ducklake.catalog" in result.stderr
+    # The extension packages are missing: the pip command to run.
+    result = serve(lake_config(nobody, tmp_path / "d"), "import sys; sys.modules['duckdb_extension_ducklake'] = None; ")
+    assert result.returncode == 2 and "tracesieve[lake]" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    # --print-config never shows the catalog password.
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(lake_config(nobody, tmp_path / "d")))
+    printed = run_cli("serve", "--config", str(path), "--print-config")
+    assert printed.returncode == 0 and "ducklake" in printed.stdout and "s3cret" not in printed.stdout
+
+
+@needs_postgres
+@needs_lake_extra
+def test_a_restarted_collector_judges_what_it_left_pending_on_the_lake(postgres: PostgresCluster,
+                                                                       tmp_path: Path) -> None:
+    catalog = postgres.create_database("restart")
+    c = LakeCollector(tmp_path, lake_config(catalog, tmp_path / "data",
+                                            {"processors": {"detectors": {"decision_wait": "1m"}}}))
+    try:
+        c.start(timeout=120)
+        with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+            trace_id = emit_agent_trace(tracer, tool_error=True)
+        c.stop(signal.SIGKILL)  # stored and acknowledged, never judged
+        # The same instance (same host and ports: the same trace_state owner) comes back.
+        c.config_path.write_text(c.config_path.read_text().replace("1m", "300ms"))
+        c.start(timeout=120)
+        rows = c.wait_for(f"SELECT failure_mode FROM detections WHERE trace_id = '{trace_id}'",
+                          lambda r: len(r) == 1, timeout=20)  # well before another member's takeover (30 s)
+        assert rows == [{"failure_mode": "tool_invocation"}]
+        assert c.stop() == 0
+    finally:
+        c.kill()
+
+
+@needs_postgres
+@needs_lake_extra
+def test_overlapping_lake_writes_conflict_and_the_retry_sees_the_winner(postgres: PostgresCluster,
+                                                                        tmp_path: Path) -> None:
+    """Two writers insert the same row at once: one commits, the other retries and stores nothing."""
+    from tracesieve.storage import lake
+
+    target = lake.LakeTarget(postgres.create_database("race"), str(tmp_path / "data") + "/")
+    con = lake.open_lake(target)
+    try:
+        lake.run_in_transaction(con, lambda c: c.execute("CREATE TABLE race (k VARCHAR, writer VARCHAR)"),
+                                writer="setup")
+        both_inside = threading.Barrier(2, timeout=30)
+        conflicts: dict[str, int] = {"a": 0, "b": 0}
+        inserted: dict[str, int] = {}
+
+        def write(name: str) -> None:
+            cursor = con.cursor()
+            attempts = 0
+
+            def body(c: Any) -> int:
+                nonlocal attempts
+                attempts += 1
+                row = c.execute("INSERT INTO race SELECT 'k', ? WHERE NOT EXISTS "
+                                "(SELECT 1 FROM race WHERE k = 'k')", [name]).fetchone()
+                if attempts == 1:
+                    both_inside.wait()  # both transactions are open and have inserted before either commits
+                return int(row[0])
+
+            def count() -> None:
+                conflicts[name] += 1
+
+            inserted[name] = lake.run_in_transaction(cursor, body, writer=name, on_conflict=count)
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(inserted.values()) == [0, 1]  # the loser's retry found the winner's row
+        assert sorted(conflicts.values()) == [0, 1]
+        assert con.execute("SELECT count(*) FROM race").fetchone() == (1,)
+    finally:
+        con.close()
