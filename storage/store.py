@@ -54,9 +54,11 @@ def open_database(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConne
 #: Settings for the collector's own (long-lived, write-heavy) connection; see :func:`tune_for_ingest`.
 INGEST_SETTINGS = {
     # DuckDB checkpoints every 16 MiB of WAL by default, and each checkpoint compresses the current,
-    # partly filled row group again from its start: at LLM-span sizes that rewrote the same rows
-    # dozens of times and was the largest single cost of ingest (bench/README.md, "writer").
-    "checkpoint_threshold": "64MiB",
+    # partly filled row group (up to 122,880 rows) again from its start: at LLM-span sizes that
+    # rewrote the same rows dozens of times and was the largest single cost of ingest, growing with
+    # the table (236k spans inserted 2,000 at a time: 134 us/span at 64 MiB, 80 at 256 MiB). The
+    # price is a WAL of up to 256 MiB to replay after a crash.
+    "checkpoint_threshold": "256MiB",
     # One thread: a commit of a few thousand spans gains nothing from a second thread but pays for
     # the hand-off, and the collector's span workers already keep both cores busy.
     "threads": 1,
