@@ -83,7 +83,8 @@ class Server:
 
     def __init__(self, *, pii: bool = True, decision_wait: str | None = None, workdir: str | None = None,
                  cli: list[str] | None = None, keep: bool = False, extra_config: dict | None = None,
-                 max_queued_spans: int | None = None, trace_stage: bool = True) -> None:
+                 max_queued_spans: int | None = None, trace_stage: bool = True,
+                 span_workers: str | None = None) -> None:
         self.cli = cli or DEFAULT_CLI
         self.keep = keep
         self.dir = workdir or tempfile.mkdtemp(prefix="tracesieve-bench-")
@@ -106,6 +107,8 @@ class Server:
         }
         if max_queued_spans is not None:
             self.config["receivers"]["otlp"]["limits"] = {"max_queued_spans": max_queued_spans}
+        if span_workers is not None:
+            self.config["service"]["span_workers"] = int(span_workers) if span_workers.isdigit() else span_workers
         for k, v in (extra_config or {}).items():
             self.config[k] = v
         with open(self.config_path, "w") as f:
@@ -269,6 +272,7 @@ def main(argv=None) -> int:
                                                 "tracesieve.collector.cli)")
     ap.add_argument("--max-queued-spans", type=int, default=None,
                     help="set receivers.otlp.limits.max_queued_spans (small values exercise throttling)")
+    ap.add_argument("--span-workers", default=None, help="service.span_workers (default: the config default, auto)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (db, config, server log)")
     ap.add_argument("--ready-timeout", type=float, default=90.0)
     ap.add_argument("--stop-timeout", type=float, default=300.0)
@@ -286,7 +290,7 @@ def main(argv=None) -> int:
           f"on the wire, {gen_s:.1f} s; sending {a.traces} traces in {n_requests} requests")
 
     server = Server(pii=a.pii == "on", trace_stage=a.trace_stage == "on", cli=shlex.split(a.cli) if a.cli else None, keep=a.keep,
-                    max_queued_spans=a.max_queued_spans)
+                    max_queued_spans=a.max_queued_spans, span_workers=a.span_workers)
     ok = False
     try:
         server.start(timeout=a.ready_timeout)

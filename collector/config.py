@@ -377,10 +377,14 @@ def _lake(node: Any, problems: list[str]) -> LakeTarget | None:
 
 
 def _span_workers(value: Any, problems: list[str]) -> int:
-    """``auto``: one worker process per core, at most 4; none on a single core."""
+    """``auto``: one worker process per core but one, at most 4; none on a single core.
+
+    The collector's own process keeps a core busy too (commits and the trace stage): on two
+    cores a second worker bought no throughput and cost about 200 MB (bench/ingest.py).
+    """
     if value == "auto":
         cores = os.cpu_count() or 1
-        return min(4, cores) if cores > 1 else 0
+        return min(4, cores - 1) if cores > 1 else 0
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
         problems.append(f"service.span_workers: expected auto or a number from 0 to 64, got {value!r}")
         return 0
