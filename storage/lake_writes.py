@@ -112,20 +112,10 @@ class LakeWriter(GroupCommitWriter):
         except Exception as exc:
             log.error("commit of %d spans to the lake failed: %s: %s", n, type(exc).__name__,
                       redact(str(exc).splitlines()[0][:200]) if str(exc) else "")
-            error = RetryableError(f"the lake could not commit the spans ({type(exc).__name__}); retry", 1.0)
-            for job in jobs:
-                job.future.set_exception(error)
+            self._refuse(jobs, RetryableError(
+                f"the lake could not commit the spans ({type(exc).__name__}); retry", 1.0))
         else:
-            elapsed = time.perf_counter() - started
-            self.stats.commits += 1
-            self.stats.committed_spans += inserted
-            self.stats.duplicate_spans += n - inserted
-            self.stats.last_commit_seconds = elapsed
-            self.stats.commit_seconds_total += elapsed
-            if self._on_commit is not None:
-                self._on_commit(n, elapsed)
-            for job in jobs:
-                job.future.set_result(job.batch.num_rows)
+            self._acknowledge(jobs, n, inserted, time.perf_counter() - started)
         finally:
             self.release(n)
 
@@ -190,11 +180,11 @@ class LakeTraceStore:
         mine = [c for c in candidates if c.trace_id in keep]
         if mine:
             candidate_store.upsert_candidates(con, mine, now)
-        mark_judged(con, fresh, now)
+        store.mark_judged(con, fresh, now)
 
     def mark_judged(self, con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]],
                     now: dt.datetime) -> None:
-        mark_judged(con, due, now)
+        store.mark_judged(con, due, now)
 
 
 _DETECTION_SCHEMA = pa.schema([
@@ -233,15 +223,3 @@ def save_detections(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], de
             "WHERE detection_id NOT IN (SELECT detection_id FROM detections)")
     finally:
         con.unregister("_incoming_detections")
-
-
-def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int, Any]], now: dt.datetime) -> None:
-    """Record the judged version of each trace, never moving it backwards."""
-    if not judged:
-        return
-    con.execute(
-        "UPDATE trace_state SET judged_seq = j.seq, judged_at = $1 "
-        "FROM (SELECT unnest($2::VARCHAR[]) AS tid, unnest($3::BIGINT[]) AS seq) AS j "
-        "WHERE trace_state.trace_id = j.tid AND coalesce(trace_state.judged_seq, 0) < j.seq",
-        [now, [j[0] for j in judged], [j[1] for j in judged]],
-    )

@@ -253,12 +253,15 @@ def save_detections(
 
 
 def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int, Any]], now: dt.datetime) -> None:
-    """Record that each trace was judged at the given received_seq (writer thread)."""
+    """Record that each trace was judged at the given received_seq, never moving it backwards (writer thread).
+
+    Also what a lake runs: there two collectors may judge one trace at different versions.
+    """
     if not judged:
         return
     con.execute(
         "UPDATE trace_state SET judged_seq = j.seq, judged_at = $1 "
         "FROM (SELECT unnest($2::VARCHAR[]) AS tid, unnest($3::BIGINT[]) AS seq) AS j "
-        "WHERE trace_state.trace_id = j.tid",
+        "WHERE trace_state.trace_id = j.tid AND coalesce(trace_state.judged_seq, 0) < j.seq",
         [now, [j[0] for j in judged], [j[1] for j in judged]],
     )

@@ -208,22 +208,29 @@ class GroupCommitWriter:
                 raise
         except Exception as exc:
             log.error("commit of %d spans failed: %s", n, type(exc).__name__)
-            error = RetryableError(f"the store could not commit the spans ({type(exc).__name__}); retry", 1.0)
-            for job in jobs:
-                job.future.set_exception(error)
+            self._refuse(jobs, RetryableError(
+                f"the store could not commit the spans ({type(exc).__name__}); retry", 1.0))
         else:
-            elapsed = time.perf_counter() - started
-            self.stats.commits += 1
-            self.stats.committed_spans += inserted
-            self.stats.duplicate_spans += n - inserted
-            self.stats.last_commit_seconds = elapsed
-            self.stats.commit_seconds_total += elapsed
-            for job in jobs:
-                job.future.set_result(job.batch.num_rows)
-            if self._on_commit is not None:
-                self._on_commit(n, elapsed)
+            self._acknowledge(jobs, n, inserted, time.perf_counter() - started)
         finally:
             self.release(n)
+
+    def _acknowledge(self, jobs: list[_SpanJob], n: int, inserted: int, elapsed: float) -> None:
+        """After a group commit of ``n`` spans (``inserted`` of them new): count it, then answer its requests."""
+        self.stats.commits += 1
+        self.stats.committed_spans += inserted
+        self.stats.duplicate_spans += n - inserted
+        self.stats.last_commit_seconds = elapsed
+        self.stats.commit_seconds_total += elapsed
+        for job in jobs:
+            job.future.set_result(job.batch.num_rows)
+        if self._on_commit is not None:
+            self._on_commit(n, elapsed)
+
+    @staticmethod
+    def _refuse(jobs: list[_SpanJob], error: RetryableError) -> None:
+        for job in jobs:
+            job.future.set_exception(error)
 
     def _run_task(self, job: _TaskJob) -> None:
         con = self._con
