@@ -43,10 +43,13 @@ SEP = rf"{_Q}[ \t]*[:=][ \t]*"
 # keyword -> value: quotes of a JSON key/value, ``:``/``=``/``#``/``-``, "is"/"was"/"on"
 _CONNECT = (r"""(?:\\*["'])?[ \t]*(?:(?i:is|was|on)[ \t]+)?(?:[:=#(-][ \t]*)?(?:\\*["'])?[ \t]*""")
 
+# The rest of a key before its keyword (patient_dob, traveler.passport_number, customerName): at
+# most two segments and a camel-case head, so the exact pass gives up at once on ids and digit runs.
+_KEY_PREFIX = r"(?:[A-Za-z][A-Za-z0-9]*[_.-]){0,2}(?:[a-z][a-z0-9]*)?"
 _UP = "A-ZÀ-ÖØ-Þ"
 _LO = "a-zß-öø-ÿ"
-_CAP = rf"(?:[{_UP}]|\\u00[cdCD][0-9a-fA-F])"                  # a capital, also as \u00c9
-_LOWER_RUN = rf"(?:[{_LO}]|\\u00[e-fE-F][0-9a-fA-F])+"     # also \u00e9 of JSON written ensure_ascii
+_CAP = rf"(?:[{_UP}]|\\+u00[cdCD][0-9a-fA-F])"                  # a capital, also as \u00c9
+_LOWER_RUN = rf"(?:[{_LO}]|\\+u00[e-fE-F][0-9a-fA-F])+"     # also \u00e9 of JSON written ensure_ascii
 
 # --------------------------------------------------------------------------- DOB
 
@@ -60,7 +63,7 @@ _DATE = (rf"(?P<v>{_YEAR}[-/.][01]?[0-9][-/.][0-3]?[0-9]"
          rf"|{_DAY}[ ]+(?:of[ ]+)?{_MONTH}\.?,?[ ]+{_YEAR})")
 # "date of birth" can also start at "birth": the trigger fires there and the exact pass looks back
 # only over key characters, so the spaced form is matched from its last word.
-_DOB_KEY = (r"(?:[A-Za-z0-9_.-]*(?i:d\.?o\.?b\.?|date[_.-]?of[_.-]?birth|birth[ _.-]?date|birthday)"
+_DOB_KEY = (_KEY_PREFIX + r"(?:(?i:d\.?o\.?b\.?|date[_.-]?of[_.-]?birth|birth[ _.-]?date|birthday)"
             r"|(?i:(?:date[ ]+of[ ]+)?birth|born))")
 DOB_PATTERN = LEFT + _DOB_KEY + _CONNECT + _DATE
 
@@ -114,7 +117,7 @@ def dob(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | No
 
 # --------------------------------------------------------------------------- PASSPORT
 
-PASSPORT_PATTERN = (LEFT + r"[A-Za-z0-9_.-]*(?i:passport)(?:[ _.-]?(?i:number|num|no\.?|nr\.?|id)|[ ]?#)?"
+PASSPORT_PATTERN = (LEFT + _KEY_PREFIX + r"(?i:passport)(?:[ _.-]?(?i:number|num|no\.?|nr\.?|id)|[ ]?#)?"
                     + _CONNECT + r"(?P<v>[A-Za-z0-9]{6,9})")
 
 
@@ -145,20 +148,25 @@ _ZIP = r"[0-9]{5}(?:-[0-9]{4})?"
 _UNIT = (r"(?P<unit>,?[ ]+(?:(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm|Bldg)\.?[ ]*#?[ ]*"
          r"[A-Za-z0-9-]{1,6}|#[ ]?[A-Za-z0-9-]{1,6}))?")
 _TAIL = (rf"(?P<tail>,[ ]*{_CITY},?[ ]+(?:{_UKPC}|[A-Z]{{2}}[ ]+{_ZIP}|[A-Z]{{2}}|{_ZIP})"
-         rf"|,?[ ]+[A-Z]{{2}}[ ]+{_ZIP}|,[ ]*{_ZIP}(?:[ ]+{_CITY})?|,?[ ]+{_UKPC})?")
+         rf"|,?[ ]+[A-Z]{{2}}[ ]+{_ZIP}|,[ ]*{_ZIP}(?:[ ]+{_CITY})?|,?[ ]+{_UKPC}|,?[ ]+{_ZIP})?")
 _STREET = (rf"[1-9][0-9]{{0,5}}[A-Za-z]?(?:-[0-9]{{1,5}}[A-Za-z]?)?[ ]+{_STREET_WORD}(?:[ ]+{_STREET_WORD}){{0,3}}"
-           rf"[ ]+(?P<suffix>{_SUFFIX})\.?(?:[ ]+(?:NE|NW|SE|SW|N|S|E|W)\.?)?{_UNIT}{_TAIL}")
+           rf"[ ]+(?P<suffix>{_SUFFIX})\.?(?:[ ]+(?:NE|NW|SE|SW|N|S|E|W)\.?DIR_END)?{_UNIT}{_TAIL}")
 ADDRESS_PATTERN = LEFT_KEY + "(?P<v>" + _STREET.replace("(?P<unit>", "(?:").replace("(?P<tail>", "(?:").replace(
-    "(?P<suffix>", "(?:") + ")"
-_STREET_RE = re.compile(_STREET)
+    "(?P<suffix>", "(?:").replace("DIR_END", "") + ")"
+# The validator re-reads the address with a lookahead the shared RE2 syntax lacks: a direction
+# letter is not the start of the next word ("Court Suite 200" is not "Court S").
+_STREET_RE = re.compile(_STREET.replace("DIR_END", "(?![A-Za-z])"))
 # deliberately loose (a number, a space, a capital): a longer trigger costs more RE2 states per batch
 ADDRESS_TRIGGER = rf"[0-9][A-Za-z]? +(?:[{_UP}][{_LO}]|[NSEW]\.? |[0-9]+(?:st|nd|rd|th) )"
 
 _ADDRESS_KEY = (r"(?i:(?:street|shipping|billing|home|mailing|postal|residential|delivery|customer|patient|contact"
                 r"|physical|permanent|current|previous|primary|work|office|ship[_.-]?to|bill[_.-]?to)[_.-]?address"
                 r"|street[_.-]?address|address|street)(?:[_.-]?(?i:line)?[_.-]?[1-3])?")
-ADDRESS_KEY_PATTERN = (LEFT_KEY + _ADDRESS_KEY + SEP + r'''(?:\\*"(?P<v>(?:[^"\\]|\\[^"\\])+)'''
-                       + r"""|'(?P<v2>[^'"\\]+))""")
+# The value's shape is in the pattern, not only in the validator: a match the validator refuses
+# would hide what else the value holds (an IP with its port, an e-mail) from the other rules.
+_ADDR_CH = r'''(?:[^"\\@:]|\\[^"\\])'''
+ADDRESS_KEY_PATTERN = (LEFT_KEY + _ADDRESS_KEY + SEP + rf'''(?:\\*"(?P<v>{_ADDR_CH}*[ ]{_ADDR_CH}*)\\*"'''
+                       + r"""|'(?P<v2>[^'"\\@:]*[ ][^'"\\@:]*)')""")
 
 _NOT_BEFORE_NUMBER = frozenset(
     "chapter step page version v section part top episode season volume vol item figure fig table level phase "
@@ -176,7 +184,7 @@ def address(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
         return None
     e = m.end()
     evidence = bool(m.group("unit") or m.group("tail"))
-    before = text[max(0, s - 48):s]
+    before = re.sub(r"\\[nrt]", "  ", text[max(0, s - 48):s])   # a JSON escape separates words too
     prev = re.search(r"([A-Za-z]+)[ ]*#?[ ]*\Z", before)
     if prev and prev.group(1).lower() in _NOT_BEFORE_NUMBER and not evidence:
         return None
@@ -184,6 +192,8 @@ def address(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
         return None
     if e < len(text) and text[e].isascii() and (text[e].isalnum() or text[e] == "_"):
         return None
+    if text[e - 1] == "." and not evidence:
+        e -= 1                                    # "... 7 Elm Court." ends a sentence
     if not evidence and re.match(rf"[ ]+[{_UP}][{_LO}]", text[e:e + 3]):
         return None                               # "3 Google Street View": part of a longer title
     return ("ADDRESS", s, e)
@@ -209,10 +219,11 @@ PERSON_INTRO_PATTERN = (LEFT + r"(?:(?:[Mm]y|MY)[ ](?:full[ ])?(?:name|NAME)(?:[
                         + _NAME)
 PERSON_INTRO_TRIGGER = r"[Mm]y (?:full )?name|MY NAME|Dear |[Ss]incerely,|[Rr]egards,|[Ss]igned,"
 # One rule for every "<key or label> name: value" form; the validator reads the key back.
-_NAME_VALUE_FORMS = (rf'''(?:\\*"(?P<v>{_CAP}(?:[^"\\]|\\u[0-9a-fA-F]{{4}})*)|'(?P<v2>{_CAP}[^'"\\]*)|'''
+_NAME_CH = rf"(?:[A-Za-z{_UP}{_LO}'’. -]|\\+u[0-9a-fA-F]{{4}})"
+_NAME_VALUE_FORMS = (rf'''(?:\\*"(?P<v>{_CAP}{_NAME_CH}*)\\*"|'(?P<v2>{_CAP}{_NAME_CH}*)'|'''
                      + _NAME.replace("(?P<v>", "(?P<v3>") + ")")
-PERSON_NAMED_PATTERN = (LEFT_KEY + r"[A-Za-z0-9_.-]*(?i:name)(?:" + SEP + r"|[ \t]*-[ \t]*)" + _NAME_VALUE_FORMS)
-PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}]|\\u00[cdCD])"""
+PERSON_NAMED_PATTERN = (LEFT_KEY + _KEY_PREFIX + r"(?i:name)(?:" + SEP + r"|[ \t]*-[ \t]*)" + _NAME_VALUE_FORMS)
+PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}]|\\+u00[cdCD])"""
 #: the shared keyword trigger of DOB, PASSPORT and address keys: one literal set is cheapest for RE2
 KEYWORD_TRIGGER = r"(?i:d\.?o\.?b|birth|born|passport|address|street)"
 
@@ -247,8 +258,8 @@ def person(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] |
     return ("PERSON", s, end)
 
 
-_NAME_VALUE = re.compile(rf"(?:[A-Za-z{_UP}{_LO}'’.-]|\\u[0-9a-fA-F]{{4}})+(?:[ ]+(?:[A-Za-z{_UP}{_LO}'’.-]"
-                         rf"|\\u[0-9a-fA-F]{{4}})+){{0,4}}\Z")
+_NAME_VALUE = re.compile(rf"(?:[A-Za-z{_UP}{_LO}'’.-]|\\+u[0-9a-fA-F]{{4}})+(?:[ ]+(?:[A-Za-z{_UP}{_LO}'’.-]"
+                         rf"|\\+u[0-9a-fA-F]{{4}})+){{0,4}}\Z")
 
 
 def person_value(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
@@ -269,32 +280,32 @@ _PERSON_PARENT = re.compile(
     r'''\\*"(?i:customers?|patients?|contacts?|persons?|people|employees?|passengers?|guests?|recipients?'''
     r'''|senders?|clients?|applicants?|cardholders?|travell?ers?|beneficiar(?:y|ies)|members?|authors?'''
     r'''|users?|account[_-]?holders?|individuals?|students?|tenants?|residents?)\\*"[ \t]*:[ \t]*\Z''')
-_SCAN = 4000
+_SCAN = 800                                        # a person object is small; look no further
+_BRACKETS = re.compile(r"[{}\[\]]")
 
 
 def _container_start(text: str, pos: int) -> int:
     """Index of the unmatched ``{``/``[`` before ``pos`` (-1 when none within the scan window)."""
     depth = 0
-    for i in range(pos - 1, max(-1, pos - _SCAN - 1), -1):
-        c = text[i]
-        if c in "}]":
+    lo = max(0, pos - _SCAN)
+    for m in reversed(list(_BRACKETS.finditer(text, lo, pos))):
+        if m.group() in "}]":
             depth += 1
-        elif c in "{[":
-            if depth == 0:
-                return i
+        elif depth == 0:
+            return m.start()
+        else:
             depth -= 1
     return -1
 
 
 def _container_end(text: str, pos: int) -> int:
     depth = 0
-    for i in range(pos, min(len(text), pos + _SCAN)):
-        c = text[i]
-        if c in "{[":
+    for m in _BRACKETS.finditer(text, pos, min(len(text), pos + _SCAN)):
+        if m.group() in "{[":
             depth += 1
-        elif c in "}]":
-            if depth == 0:
-                return i
+        elif depth == 0:
+            return m.start()
+        else:
             depth -= 1
     return min(len(text), pos + _SCAN)
 
@@ -324,9 +335,38 @@ def person_in_object(text: str, s: int, e: int, json_text: bool) -> tuple[str, i
 
 _QUALIFIERS = ("first", "last", "full", "given", "family", "middle", "customer", "contact", "patient", "client",
                "legal", "passenger", "guest", "cardholder", "employee", "sur", "maiden")
-_KEY_BEFORE_VALUE = re.compile(r"""([A-Za-z0-9_.-]*)((?i:name))(\\*["']?)[ \t]*[:=-][ \t]*\\*["']?\Z""")
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def _key_before_value(text: str, s: int) -> tuple[str, int, bool] | None:
+    """Read ``<prefix>name<quote?> : <quote?>`` backwards from the value start ``s``:
+    (prefix, index of "name", whether the key was quoted), or None."""
+    i = s
+    while i > 0 and text[i - 1] in "\"'\\":
+        i -= 1
+    while i > 0 and text[i - 1] in " \t":
+        i -= 1
+    if i == 0 or text[i - 1] not in ":=-":
+        return None
+    i -= 1
+    while i > 0 and text[i - 1] in " \t":
+        i -= 1
+    j = i
+    while i > 0 and text[i - 1] in "\"'\\":
+        i -= 1
+    quoted = i < j
+    if i < 4 or text[i - 4:i].lower() != "name":
+        return None
+    k = i - 4
+    p = k
+    while p > 0 and text[p - 1] in _KEY_CHARS and k - p < 64:
+        p -= 1
+    if 0 < p < k and text[p - 1] == "\\" and text[p] in "nrt":
+        p += 1                                        # the key starts after a JSON escape (\npatient_name)
+    return text[p:k], k, quoted
 _QUALIFIED_KEY = re.compile(r"(?:^|[_.-])(?i:" + "|".join(_QUALIFIERS) + r")\Z|[a-z0-9](?:"
                             + "|".join(q.capitalize() for q in _QUALIFIERS) + r")\Z")
+_LABEL_START = re.compile(r"""(?:^|[\n"'(\[{]|\\n|[:;,][ ]*)[ \t]*\Z""")
 _QUALIFIER_WORD = re.compile(r"(?i:" + "|".join(_QUALIFIERS) + r")[ ]\Z")
 
 
@@ -338,19 +378,19 @@ def person_named(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, 
     the JSON key ``"name"`` -> only inside an object that looks like a person; anything else
     (``tool_name``, ``model.name``, ``file name:``) -> nothing.
     """
-    m = _KEY_BEFORE_VALUE.search(text, max(0, s - 120), s)
-    if m is None:
+    key = _key_before_value(text, s)
+    if key is None:
         return None
-    prefix = m.group(1).rstrip("_.-")
+    prefix, k, key_quoted = key
+    prefix = prefix.rstrip("_.-")
     quoted = s > 0 and text[s - 1] in "\"'"
     check = person_value if quoted else person
     if prefix:
         return check(text, s, e, json_text) if _QUALIFIED_KEY.search(prefix) else None
-    k = m.start(2)
-    if m.group(3):                                    # "name": a JSON key
+    if key_quoted:                                    # "name": a JSON key
         return person_in_object(text, s, e, json_text) if quoted else None
     if _QUALIFIER_WORD.search(text, max(0, k - 16), k):
         return check(text, s, e, json_text)
-    if k == 0 or text[k - 1] in "\n\"'" or text[max(0, k - 2):k] == "\\n":
-        return check(text, s, e, json_text)           # a "Name:" label opening a line
+    if text[k] == "N" and _LABEL_START.search(text, max(0, k - 4), k):
+        return check(text, s, e, json_text)           # a "Name:" label opening a line, clause or bracket
     return None
