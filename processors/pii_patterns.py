@@ -367,7 +367,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          _phone, trigger=r"(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"),
     Rule("PHONE", LEFT_NUM + r"(?P<v>\+[0-9]{1,3}(?:[ .-]?(?:\([0-9]{1,4}\)|[0-9]{1,5})){1,6})", _phone,
          trigger=r"\+[0-9]"),
-    Rule("CARD", LEFT_NUM + r"(?P<v>[0-9](?:[ -]?[0-9]){12,18})", _card, trigger="[0-9]{4}[ -]?[0-9]{4}"),
+    # The trigger asks for 12+ digits (every accepted grouping: 4-4-4-4, 4-6-5, 4-6-4, 13-19 plain) so
+    # the 8-11 digit runs of hex ids (chatcmpl-..., sess_...) never reach the exact pass.
+    Rule("CARD", LEFT_NUM + r"(?P<v>[0-9](?:[ -]?[0-9]){12,18})", _card,
+         trigger="[0-9]{4}[ -]?[0-9]{4}[0-9]{0,2}[ -]?[0-9]{4}"),
 )
 
 #: Characters a value (or its key, local part, scheme) may extend backwards over from
