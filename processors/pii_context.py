@@ -181,6 +181,9 @@ _ADDRESS_CUE = re.compile(
     r"|\bhome\s+at)[^.\n]{0,12}\Z")
 
 
+_YEAR_NUMBER = re.compile(r"(?:19|20)[0-9]{2}[ ]")
+
+
 def address(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     m = _STREET_RE.match(text, s)
     if m is None:
@@ -191,7 +194,8 @@ def address(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
     prev = re.search(r"([A-Za-z]+)[ ]*#?[ ]*\Z", before)
     if prev and prev.group(1).lower() in _NOT_BEFORE_NUMBER and not evidence:
         return None
-    if m.group("suffix") in _WEAK and not evidence and not _ADDRESS_CUE.search(before):
+    weak = m.group("suffix") in _WEAK or _YEAR_NUMBER.match(text, s)      # "In 2024 Wall Street rallied"
+    if weak and not evidence and not _ADDRESS_CUE.search(before):
         return None
     if e < len(text) and text[e].isascii() and (text[e].isalnum() or text[e] == "_"):
         return None
@@ -238,7 +242,9 @@ _NOT_NAMES = frozenset(
     "department office staff partner partners guest guests patient passenger owner reader readers applicant "
     "candidate sender recipient unknown none null n/a na anonymous redacted test default new order report status "
     "tool agent model system assistant error summary is was not no yes ok okay on in at to for of from with by "
-    "sincerely regards best kind warm signed cheers ps p.s. mr mrs ms dr prof".split())
+    "sincerely regards best kind warm signed cheers ps p.s. mr mrs ms dr prof "
+    # assistants introduce themselves too: "My name is Claude"
+    "claude gpt chatgpt gemini llama mistral copilot siri alexa bot chatbot ai".split())
 
 
 def person(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
