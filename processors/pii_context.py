@@ -174,6 +174,7 @@ ADDRESS_KEY_PATTERN = (LEFT_KEY + _ADDRESS_KEY + SEP + rf'''(?:\\*"(?P<v>{_ADDR_
 _NOT_BEFORE_NUMBER = frozenset(
     "chapter step page version v section part top episode season volume vol item figure fig table level phase "
     "stage round day days week weeks year years order ticket issue rule lesson no number id ref release build "
+    "pages chapters steps sections items parts levels rounds versions episodes "
     "line lines row rows sprint grade class".split())
 _ADDRESS_CUE = re.compile(
     r"(?i:address|\blive[sd]?\s+(?:at|on)|\bliving\s+at|\blocated\s+(?:at|on)|\breside[sd]?\s+at|\bship(?:ped|ping)?\s+to"
@@ -181,6 +182,11 @@ _ADDRESS_CUE = re.compile(
     r"|\bhome\s+at)[^.\n]{0,12}\Z")
 
 
+_NEXT_WORD = re.compile(r"[ ]+([a-z]+)")
+#: lowercase words that may follow an address in a sentence ("12 Oak Lane and ...", "... is my home")
+_AFTER_ADDRESS = frozenset(
+    "and or is was in on by for to with near from at but which where since until before after as apt suite unit "
+    "floor flat room please then so if when".split())
 _YEAR_NUMBER = re.compile(r"(?:19|20)[0-9]{2}[ ]")
 
 
@@ -203,6 +209,9 @@ def address(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
         e -= 1                                    # "... 7 Elm Court." ends a sentence
     if not evidence and re.match(rf"[ ]+[{_UP}][{_LO}]", text[e:e + 3]):
         return None                               # "3 Google Street View": part of a longer title
+    nxt = _NEXT_WORD.match(text, e)
+    if nxt and not evidence and nxt.group(1) not in _AFTER_ADDRESS and not _ADDRESS_CUE.search(before):
+        return None                               # "2 Baker Street addresses": a count of things
     return ("ADDRESS", s, e)
 
 
@@ -244,7 +253,10 @@ _NOT_NAMES = frozenset(
     "tool agent model system assistant error summary is was not no yes ok okay on in at to for of from with by "
     "sincerely regards best kind warm signed cheers ps p.s. mr mrs ms dr prof "
     # assistants introduce themselves too: "My name is Claude"
-    "claude gpt chatgpt gemini llama mistral copilot siri alexa bot chatbot ai".split())
+    "claude gpt chatgpt gemini llama mistral copilot siri alexa bot chatbot "
+    # title-case words of tools, products and documents: "Name: Web Search", "OpenAI Research"
+    "web search api app application product plan project file document page console research group company "
+    "inc ltd llc corp gmbh openai anthropic google microsoft amazon meta data tools".split())
 
 
 def person(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
@@ -270,7 +282,9 @@ _NAME_VALUE = re.compile(rf"(?:[A-Za-z{_UP}{_LO}'’.-]|\\+u[0-9a-fA-F]{{4}})+(?
 def person_value(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     """The whole value of a name key, when it reads like a name (letters, 1-5 words)."""
     value = text[s:e].strip()
-    if not value or len(value) > 80 or not _NAME_VALUE.match(value) or value.lower() in _NOT_NAMES:
+    if not value or len(value) > 80 or not _NAME_VALUE.match(value):
+        return None
+    if any(w.lower().rstrip(".") in _NOT_NAMES for w in value.split()):
         return None
     if not any(c.isalpha() for c in value):
         return None
