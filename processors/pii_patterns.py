@@ -27,8 +27,10 @@ import json
 import re
 from collections.abc import Callable
 
-#: Every placeholder type DESIGN.md names. The last four are accepted in
-#: ``disable_types`` but no built-in rule produces them.
+from tracesieve.processors import pii_context as ctx
+
+#: Every placeholder type DESIGN.md names. The last four come from the context rules of
+#: :mod:`.pii_context` (only where a keyword, key or street suffix says what the value is).
 KNOWN_TYPES = (
     "EMAIL", "PHONE", "CARD", "SSN", "IBAN", "IP", "MAC", "URL_CREDENTIALS", "JWT",
     "BEARER_TOKEN", "PRIVATE_KEY", "API_KEY", "SECRET", "PERSON", "ADDRESS", "DOB", "PASSPORT",
@@ -337,6 +339,13 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          + r"(?P<v>[A-Za-z0-9/+=]{40})", _bounded("API_KEY"), trigger=r"(?i:aws)"),
     Rule("SECRET", LEFT + r"[A-Za-z0-9_.-]*" + _SECRET_KEYWORDS + SEP + _VALUE, _secret,
          trigger=r"(?i:pass(?:word|wd|phrase)|pwd|secret|key|token|credentials?)" + SEP),
+    # context rules: a keyword, key or street suffix says what the value is (see pii_context)
+    Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
+    Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),
+    Rule("ADDRESS", ctx.ADDRESS_KEY_PATTERN, ctx.address_value, trigger=ctx.KEYWORD_TRIGGER),
+    Rule("PERSON", ctx.PERSON_NAMED_PATTERN, ctx.person_named, trigger=ctx.PERSON_NAMED_TRIGGER),
+    Rule("PERSON", ctx.PERSON_INTRO_PATTERN, ctx.person, trigger=ctx.PERSON_INTRO_TRIGGER),
+    Rule("ADDRESS", ctx.ADDRESS_PATTERN, ctx.address, trigger=ctx.ADDRESS_TRIGGER),
     Rule("API_KEY", LEFT + _API_KEY_BODY, _bounded("API_KEY"),
          trigger=r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|xox[abprse]-|[sr]k_(?:live|test)_"
                  r"|AIza|hf_"),
@@ -351,11 +360,17 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("IP", LEFT_NUM + r"(?P<v>[0-9]{1,3}(?:\.[0-9]{1,3}){3,})", _ipv4,
          trigger=r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
     Rule("SSN", LEFT_NUM + r"(?P<v>[0-9]{3}-[0-9]{2}-[0-9]{4})", _ssn, trigger="[0-9]{3}-[0-9]{2}-[0-9]{4}"),
-    Rule("PHONE", LEFT_NUM + r"(?P<v>(?:\+?1[ .-]?)?(?:\([0-9]{3}\)[ ]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4})", _phone,
-         trigger=r"(?:\+?1[ .-]?)?(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"),
+    # The trigger leaves out the optional country code: "+1" fires ``\+[0-9]`` below and "1-"/"1."
+    # are key characters the exact pass looks back over. The optional prefix cost RE2 ~15% of the
+    # whole sanitizer; "1 555 123 4567" (space, no plus) keeps its "1 " in both paths alike.
+    Rule("PHONE", LEFT_NUM + r"(?P<v>(?:\+1[ .-]?|1[.-])?(?:\([0-9]{3}\)[ ]?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4})",
+         _phone, trigger=r"(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"),
     Rule("PHONE", LEFT_NUM + r"(?P<v>\+[0-9]{1,3}(?:[ .-]?(?:\([0-9]{1,4}\)|[0-9]{1,5})){1,6})", _phone,
          trigger=r"\+[0-9]"),
-    Rule("CARD", LEFT_NUM + r"(?P<v>[0-9](?:[ -]?[0-9]){12,18})", _card, trigger="[0-9]{4}[ -]?[0-9]{4}"),
+    # The trigger asks for 12+ digits (every accepted grouping: 4-4-4-4, 4-6-5, 4-6-4, 13-19 plain) so
+    # the 8-11 digit runs of hex ids (chatcmpl-..., sess_...) never reach the exact pass.
+    Rule("CARD", LEFT_NUM + r"(?P<v>[0-9](?:[ -]?[0-9]){12,18})", _card,
+         trigger="[0-9]{4}[ -]?[0-9]{4}[0-9]{0,2}[ -]?[0-9]{4}"),
 )
 
 #: Characters a value (or its key, local part, scheme) may extend backwards over from

@@ -331,8 +331,185 @@ def lookalikes() -> list[dict]:
     return out
 
 
+# --------------------------------------------------------------------------- context types (PERSON, ADDRESS, DOB, PASSPORT)
+# These are PII only by their context, so every positive carries one: a keyword, a key, a street suffix.
+
+NAMES_FIRST = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy", "Zoë", "José",
+               "Priya", "Mallory", "Olivia", "Rupert"]
+NAMES_LAST = ["Smith", "Jones", "Garcia", "Müller", "Nguyen", "Kowalski", "O'Brien", "Tanaka", "Silva", "Dubois",
+              "McDonald", "Haddad", "Van Dyke"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+STREETS = ["Baker", "Main", "Oak", "Maple", "Elm", "Pennsylvania", "Evergreen", "Sunset", "Lincoln", "Cedar Hill",
+           "Old Mill", "Rue Saint", "Kingsley", "Jefferson"]
+STRONG = ["Street", "St", "Avenue", "Ave", "Road", "Rd", "Boulevard", "Blvd", "Lane", "Ln", "Terrace", "Parkway"]
+WEAK = ["Drive", "Dr", "Court", "Ct", "Way", "Place", "Pl", "Circle", "Square"]
+
+
+def person_name() -> str:
+    return rng.choice([f"{rng.choice(NAMES_FIRST)} {rng.choice(NAMES_LAST)}", rng.choice(NAMES_FIRST),
+                       f"{rng.choice(NAMES_FIRST)} {rng.choice(NAMES_FIRST)} {rng.choice(NAMES_LAST)}"])
+
+
+def person_prose() -> tuple[list[str], str]:
+    n = f"{rng.choice(NAMES_FIRST)} {rng.choice(NAMES_LAST)}"
+    form = rng.choice(["my name is {n}", "My name is {n}", "Hi, my full name is {n}", "Dear {n},", "Dear Ms. {n},",
+                       "Kind regards,\n{n}", "Sincerely, {n}", "Best regards,\n\n{n}", "Name: {n}", "Full name: {n}",
+                       "customer name: {n}", "Signed, {n}", "patient_name={n}", "Name - {n}"])
+    return [n], form.format(n=n)
+
+
+def person_json() -> tuple[list[str], str, str]:
+    f, last = rng.choice(NAMES_FIRST), rng.choice(NAMES_LAST)
+    n = f"{f} {last}"
+    kind = rng.choice(["first_last", "customer", "passengers", "contact", "full_name", "camel", "patient"])
+    if kind == "first_last":
+        doc, needles = {"first_name": f, "last_name": last, "tier": "gold"}, [f, last]
+    elif kind == "customer":
+        doc, needles = {"customer": {"name": n, "tier": rng.choice(["gold", "silver"]), "since": 2019}}, [n]
+    elif kind == "passengers":
+        doc, needles = {"booking": "BK-7731", "passengers": [{"name": n, "seat": "3A"}, {"name": "Bo Chen", "seat": "3B"}]}, [n, "Bo Chen"]
+    elif kind == "contact":
+        doc, needles = {"ticket": 1182, "requester": {"name": n, "phone": "555-201-7781"}}, [n]
+    elif kind == "full_name":
+        doc, needles = {"full_name": n, "plan": "basic"}, [n]
+    elif kind == "camel":
+        doc, needles = {"customerName": n, "orderId": "ORD-2024-118834"}, [n]
+    else:
+        doc, needles = {"patient": {"name": n, "ward": "B2"}}, [n]
+    return needles, kind, json.dumps(doc, ensure_ascii=False)
+
+
+def dob_value() -> str:
+    y, m, d = rng.randint(1940, 2005), rng.randint(1, 12), rng.randint(1, 28)
+    return rng.choice([f"{y}-{m:02d}-{d:02d}", f"{d:02d}/{m:02d}/{y}", f"{m:02d}/{d:02d}/{y}", f"{d:02d}.{m:02d}.{y}",
+                       f"{MONTHS[m - 1]} {d}, {y}", f"{d} {MONTHS[m - 1][:3]} {y}", f"{d} {MONTHS[m - 1]} {y}",
+                       f"{y}/{m:02d}/{d:02d}", f"{MONTHS[m - 1][:3]}. {d}, {y}"])
+
+
+def dob_frag(v: str) -> str:
+    return rng.choice(["DOB: {v}", "D.O.B. {v}", "date of birth: {v}", "Date of birth is {v}", "birth date {v}",
+                       "birthdate={v}", "born on {v}", "born {v}", "my date of birth is {v}", "dob={v}",
+                       "DOB {v}", "Birthday: {v}"]).format(v=v)
+
+
+def passport_value() -> str:
+    return rng.choice([
+        rng.choice(string.ascii_uppercase) + "".join(rng.choice(string.digits) for _ in range(7)),
+        "".join(rng.choice(string.digits) for _ in range(9)),
+        rand(string.ascii_uppercase, 2) + "".join(rng.choice(string.digits) for _ in range(7)),
+        "C" + "".join(rng.choice("0123456789CFGHJKLMNPRTVWXYZ") for _ in range(4)) + "".join(rng.choice(string.digits) for _ in range(4)),
+        f"{rng.randint(10, 99)}{rand(string.ascii_uppercase, 2)}{rng.randint(10000, 99999)}",
+    ])
+
+
+def passport_frag(v: str) -> str:
+    return rng.choice(["passport {v}", "passport no. {v}", "Passport Number: {v}", "passport #{v}",
+                       "my passport number is {v}", "PASSPORT: {v}", "passport_number={v}", "Passport No {v}"]).format(v=v)
+
+
+def street() -> tuple[str, bool]:
+    suffix = rng.choice(STRONG + WEAK)
+    num = rng.choice([str(rng.randint(1, 9999)), f"{rng.randint(1, 300)}{rng.choice('AB')}", str(rng.randint(10000, 99999))])
+    words = rng.choice(STREETS) if rng.random() < 0.85 else f"{rng.randint(1, 99)}th"
+    direction = rng.choice(["", "", "", " NW", " SE"])
+    return f"{num} {words} {suffix}{direction}", suffix in WEAK
+
+
+def address_frag() -> tuple[list[str], str]:
+    st, weak = street()
+    unit = rng.choice(["", "", ", Apt 4B", " Suite 200", " #12", ", Unit 7"])
+    tail = rng.choice(["", "", ", Springfield, IL 62704", ", London NW1 6XE", ", Boston, MA 02118", " 90210",
+                       ", Austin TX 78701", ", 10115 Berlin"])
+    value = st + unit + tail
+    needles = [st] + [z for z in ("62704", "NW1 6XE", "02118", "90210", "78701", "10115") if z in tail]
+    if weak and not unit and not tail:
+        return needles, rng.choice(["ship to {v}", "my address is {v}", "I live at {v}", "deliver to {v}",
+                                    "mailing address: {v}"]).format(v=value)
+    return needles, rng.choice(["{v}", "ship to {v}", "my address is {v}", "I live at {v}",
+                                "please send it to {v}"]).format(v=value)
+
+
+def address_json() -> tuple[list[str], str, str]:
+    st, _weak = street()
+    value = st + rng.choice([", Springfield, IL 62704", ", London NW1 6XE", "", ", Apt 4B"])
+    key = rng.choice(["address", "shipping_address", "billing_address", "street_address", "home_address",
+                      "address_line1", "street"])
+    doc = rng.choice([{key: value, "country": "US"}, {"customer": {"id": 42, key: value}},
+                      {"order": "ORD-2024-118834", "ship_to": {key: value}}])
+    return [st], key, json.dumps(doc, ensure_ascii=False)
+
+
+def context_positives() -> list[dict]:
+    out = []
+
+    def add(type_: str, needles: list[str], frag: str) -> None:
+        carrier = rng.choice(CARRIERS)
+        text, js = carrier(frag)
+        out.append({"type": type_, "needles": needles, "text": text, "json_text": js, "carrier": carrier.__name__})
+
+    def add_json(type_: str, needles: list[str], kind: str, doc: str) -> None:
+        inner = rng.random() < 0.5          # as an attribute value, or as tool arguments (JSON inside JSON)
+        text = json.dumps({"tool": {"name": "update_record", "parameters": doc}}, ensure_ascii=False) if inner else doc
+        out.append({"type": type_, "needles": needles, "text": text, "json_text": True,
+                    "carrier": f"{kind}_json_in_json" if inner else f"{kind}_json"})
+
+    for _ in range(50):
+        needles, frag = person_prose(); add("PERSON", needles, frag)
+        v = dob_value(); add("DOB", [v], dob_frag(v))
+        v = passport_value(); add("PASSPORT", [v], passport_frag(v))
+        needles, frag = address_frag(); add("ADDRESS", needles, frag)
+    for _ in range(25):
+        add_json("PERSON", *person_json())
+        needles, key, doc = address_json(); add_json("ADDRESS", needles, key, doc)
+        v = dob_value()
+        key = rng.choice(["dob", "date_of_birth", "birthDate", "patient_dob", "birthdate"])
+        add_json("DOB", [v], key, json.dumps({"patient": {"id": "p-118", key: v}} if rng.random() < 0.5 else {key: v}))
+        v = passport_value()
+        key = rng.choice(["passport", "passport_number", "passportNo", "passport_no"])
+        add_json("PASSPORT", [v], key, json.dumps({"traveler": {"nationality": "DE", key: v}}))
+    return out
+
+
+CONTEXT_LOOKALIKES = {
+    "date_no_dob": ["delivered on 2024-01-31", "created 1990-01-31", "born-again shell 5.2", "born in Lisbon in 1990",
+                    "the dob field is optional", "Adobe release 2024-05-01", "birthday party on 2024-06-01?"
+                    " no, on Friday", "invoice date 31/01/1990"],
+    "passport_no_number": ["bring your passport to the desk", "passport expired last year", "passport photo rules",
+                           "passport office opens 9-17", "Passport renewal takes 6 weeks", "passport v2.0.1 SDK"],
+    "street_no_number": ["near Main Street", "I live near 5th Avenue", "3 Way handshake", "version 2 Drive",
+                         "Step 2 Click Place Order", "Upload 2 Google Drive files", "3 Google Street View images",
+                         "Top 10 Main Street Restaurants", "order 1234 St. Louis shipment", "Chapter 3 Wall Street",
+                         "4 Park Place cards", "Windows 11 Pro Drive", "50 EUR. Students are charged",
+                         "In 2024 Wall Street rallied", "Returned 3 Main Street results",
+                         "We shipped 12 Oak Lane chairs", "Pages 10 High Street"],
+    "not_a_person": ['{"type": "function", "function": {"name": "lookup_order", "parameters": {}}}',
+                     '{"name": "Quarterly Report", "pages": 3}', '{"model": {"name": "Claude Sonnet", "provider": "x"}}',
+                     '{"warehouses": [{"name": "Lisbon", "on_hand": 3}]}', "Dear Customer,", "Dear Valued Customer,",
+                     "Dear Team,", "tool name: Web Search", "Name: lookup_order", "Regards, The Support Team",
+                     "Sincerely, Your Agent", '{"display_name": "Web Search"}', "file_name: Report Final",
+                     "my name is not important", '{"model_name": "GPT 4o"}', "span name: ChatCompletion",
+                     "Hello! My name is Claude, an AI assistant", "Dear Sir or Madam,", "Name: Web Search",
+                     '{"author": {"name": "OpenAI Research"}}', '{"user": {"name": "Admin Console", "role": "admin"}}'],
+    "address_key_not_postal": ['{"server": {"address": "api.internal:8080"}}', '{"address": "0x7ffd5e8c"}',
+                               '{"email_address": "ops at example"}', "the IP address 2 Hosts"],
+}
+
+
+def context_lookalikes() -> list[dict]:
+    out = []
+    for kind, values in CONTEXT_LOOKALIKES.items():
+        for v in values:
+            for _ in range(2):
+                carrier = rng.choice(CARRIERS)
+                text, js = carrier(rng.choice(["{v}", "ref {v}", "({v})"]).format(v=v))
+                out.append({"kind": kind, "value": v, "text": text, "json_text": js, "carrier": carrier.__name__})
+    return out
+
+
 def main() -> None:
-    corpus = {"seed": 20261121, "positives": positives(), "lookalikes": lookalikes()}
+    corpus = {"seed": 20261121, "positives": positives() + context_positives(),
+              "lookalikes": lookalikes() + context_lookalikes()}
     OUT.write_text(json.dumps(corpus, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes): {len(corpus['positives'])} positives, "
           f"{len(corpus['lookalikes'])} lookalikes")
