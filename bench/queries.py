@@ -60,6 +60,7 @@ def build_store(path: str, n_spans: int, base_traces: int) -> str:
     """Fill ``path`` with about ``n_spans`` spans; returns a trace id to fetch."""
     from tracesieve.collector.config import load_config
     from tracesieve.collector.decode import decode_request
+    from tracesieve.collector.judge import CursorReader
     from tracesieve.processors.base import TraceBatch
     from tracesieve.storage import candidates as candidate_store
     from tracesieve.storage import store
@@ -82,7 +83,7 @@ def build_store(path: str, n_spans: int, base_traces: int) -> str:
     trace_ids = [r[0] for r in con.execute("SELECT DISTINCT trace_id FROM spans").fetchall()]
     traces = store.load_traces(con, trace_ids)
     judged = TraceBatch(traces=traces)
-    reader = _Reader(con)
+    reader = CursorReader(con)
     for proc in config.trace_processors:
         judged = proc.process_traces(judged, reader)
     store.save_detections(con, trace_ids, judged.detections, utcnow())
@@ -108,16 +109,6 @@ def build_store(path: str, n_spans: int, base_traces: int) -> str:
     print(f"store              {total:,} spans, {detections:,} detections, {size / 1e6:,.0f} MB "
           f"({size / total:,.0f} B/span), built in {time.perf_counter() - t0:.0f} s")
     return trace_ids[len(trace_ids) // 2]
-
-
-class _Reader:
-    def __init__(self, con):
-        self._con = con
-
-    def query(self, sql, params=()):
-        rel = self._con.execute(sql, list(params))
-        cols = [d[0] for d in rel.description or []]
-        return [dict(zip(cols, row)) for row in rel.fetchall()]
 
 
 def time_in_process(path: str, sql: str, repeat: int) -> tuple[float, int]:
