@@ -241,15 +241,22 @@ def save_detections(
     )
     if not detections:
         return
-    rows = [d.as_row(now) for d in detections]
-    con.executemany(
-        "INSERT INTO detections (detection_id, trace_id, span_id, detector, failure_mode, severity, "
-        "blast_radius, message, evidence, detected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (detection_id) DO UPDATE SET message = excluded.message, evidence = excluded.evidence, "
-        "severity = excluded.severity, blast_radius = excluded.blast_radius",
-        [[r[k] for k in ("detection_id", "trace_id", "span_id", "detector", "failure_mode", "severity",
-                         "blast_radius", "message", "evidence", "detected_at")] for r in rows],
-    )
+    # One Arrow batch, not executemany: DuckDB runs executemany as one statement per row.
+    columns = ("detection_id", "trace_id", "span_id", "detector", "failure_mode", "severity", "blast_radius",
+               "message", "evidence", "detected_at")
+    # One row per detection_id (the last, as row-by-row upserts would leave it): a single INSERT may
+    # not touch one key twice.
+    rows = list({d.detection_id: d.as_row(now) for d in detections}.values())
+    incoming = pa.table({c: pa.array([r[c] for r in rows], type=pa.timestamp("us", tz="UTC")
+                                     if c == "detected_at" else pa.string()) for c in columns})
+    con.register("_incoming_detections", incoming)
+    try:
+        con.execute(
+            f"INSERT INTO detections ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _incoming_detections "
+            "ON CONFLICT (detection_id) DO UPDATE SET message = excluded.message, evidence = excluded.evidence, "
+            "severity = excluded.severity, blast_radius = excluded.blast_radius")
+    finally:
+        con.unregister("_incoming_detections")
 
 
 def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int, Any]], now: dt.datetime) -> None:
