@@ -31,6 +31,7 @@ from tracesieve.collector.grpc_receiver import start_grpc_server
 from tracesieve.collector.http_receiver import build_app
 from tracesieve.collector.judge import Judge
 from tracesieve.collector.metrics import Metrics, StateSource, StoreState
+from tracesieve.collector.runtime import tune_garbage_collector
 from tracesieve.storage import lake, stats, store
 from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
 from tracesieve.storage.schema import utcnow
@@ -90,11 +91,11 @@ class Collector:
             store.forbid_file_access(self.con)
             self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,
                                             retry_after=cfg.limits.retry_after, on_commit=self.metrics.observe_commit)
-        self._read_base = self.con.cursor()
+        self._read_base = store.cursor(self.con)
         self._stage = span_stage_for(cfg)
         self.service = ExportService(cfg, self.writer, self.metrics.receiver("grpc"), self._stage)
         self.http_service = ExportService(cfg, self.writer, self.metrics.receiver("http"), self._stage)
-        self.judge = Judge(self.con.cursor(), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics,
+        self.judge = Judge(store.cursor(self.con), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics,
                            trace_store)
         self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60))
         self.judge.start()
@@ -111,6 +112,7 @@ class Collector:
         except BaseException:
             self._abort_start()
             raise
+        tune_garbage_collector()
         self._ready = True
         self._write_discovery()
 
@@ -146,7 +148,7 @@ class Collector:
 
     def _new_read_cursor(self) -> Any:
         with self._read_lock:
-            return self._read_base.cursor()
+            return store.cursor(self._read_base)
 
     def _write_discovery(self) -> None:
         ep = self.config.http

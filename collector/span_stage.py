@@ -73,8 +73,11 @@ def _init_worker(config_path: str | None, db_path: str, collector_pid: int) -> N
                      daemon=True).start()
     from tracesieve.collector.config import load_config
 
+    from tracesieve.collector.runtime import tune_garbage_collector
+
     config = load_config(config_path, db_path=db_path)
     _WORKER = (config.decode_limits, list(config.span_processors))
+    tune_garbage_collector()
 
 
 def _exit_with_collector(collector_pid: int) -> None:

@@ -13,6 +13,7 @@ thread, so there is never a write-write conflict between threads.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -26,6 +27,7 @@ import pyarrow as pa
 
 from tracesieve.storage.errors import RetryableError
 from tracesieve.storage.schema import utcnow
+from tracesieve.storage.store import RECEIVED_MARGIN
 
 log = logging.getLogger("tracesieve.writer")
 
@@ -187,25 +189,11 @@ class GroupCommitWriter:
             at = table.schema.get_field_index("received_at")
             table = table.set_column(at, table.schema.field(at), pa.repeat(pa.scalar(now, table.schema.field(at).type),
                                                                           table.num_rows))
-            con = self._con
-            con.execute("BEGIN TRANSACTION")
             try:
-                con.register("_incoming_spans", table)
-                row = con.execute(
-                    "INSERT INTO spans SELECT * FROM _incoming_spans ON CONFLICT DO NOTHING").fetchone()
-                inserted = int(row[0]) if row else 0
-                con.execute(
-                    "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq) "
-                    "SELECT DISTINCT trace_id, $1::TIMESTAMPTZ, $1::TIMESTAMPTZ, 1 FROM _incoming_spans "
-                    "ON CONFLICT (trace_id) DO UPDATE SET last_received_at = excluded.last_received_at, "
-                    "received_seq = trace_state.received_seq + 1",
-                    [now],
-                )
-                con.unregister("_incoming_spans")
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                inserted = self._commit_table(table, now, anti_join=True)
+            except duckdb.ConstraintException:
+                # A stored copy older than the anti-join's window (see insert_new_spans): slow but sure.
+                inserted = self._commit_table(table, now, anti_join=False)
         except Exception as exc:
             log.error("commit of %d spans failed: %s", n, type(exc).__name__)
             self._refuse(jobs, RetryableError(
@@ -214,6 +202,22 @@ class GroupCommitWriter:
             self._acknowledge(jobs, n, inserted, time.perf_counter() - started)
         finally:
             self.release(n)
+
+    def _commit_table(self, table: pa.Table, now: Any, *, anti_join: bool) -> int:
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.register("_incoming_spans", table)
+            try:
+                inserted = insert_new_spans(con, now, anti_join=anti_join)
+            finally:
+                con.unregister("_incoming_spans")
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):  # a failed COMMIT leaves no transaction to roll back
+                con.execute("ROLLBACK")
+            raise
+        return inserted
 
     def _acknowledge(self, jobs: list[_SpanJob], n: int, inserted: int, elapsed: float) -> None:
         """After a group commit of ``n`` spans (``inserted`` of them new): count it, then answer its requests."""
@@ -246,6 +250,41 @@ class GroupCommitWriter:
             job.future.set_exception(exc)
         else:
             job.future.set_result(result)
+
+
+def insert_new_spans(con: duckdb.DuckDBPyConnection, now: Any, *, anti_join: bool) -> int:
+    """Store the rows of ``_incoming_spans`` not stored yet and record their traces; returns how many were new.
+
+    ``INSERT ... ON CONFLICT DO NOTHING`` runs as a MERGE in DuckDB 1.5 and cost a third more than a
+    plain insert (245k bench spans: 62 vs 42 us/span). Only a trace ``trace_state`` already knew can
+    have stored spans, so the upsert of ``trace_state`` goes first and says which; spans of new
+    traces are inserted plainly, spans of known ones through an anti-join over the rows received
+    since those traces first were (minus store.RECEIVED_MARGIN, for stores written before
+    ``received_at`` was the commit time). With ``anti_join=False`` it is the ON CONFLICT form.
+    """
+    params: list[Any] = []
+    returned = con.execute(
+        "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq) "
+        "SELECT DISTINCT trace_id, $1::TIMESTAMPTZ, $1::TIMESTAMPTZ, 1 FROM _incoming_spans "
+        "ON CONFLICT (trace_id) DO UPDATE SET last_received_at = excluded.last_received_at, "
+        "received_seq = trace_state.received_seq + 1 "
+        "RETURNING trace_id, first_received_at, received_seq",
+        [now],
+    ).fetchall()
+    known = [(tid, first) for tid, first, seq in returned if seq > 1]
+    if not anti_join:
+        sql = "INSERT INTO spans SELECT * FROM _incoming_spans ON CONFLICT DO NOTHING"
+    elif not known:
+        sql = "INSERT INTO spans SELECT * FROM _incoming_spans"
+    else:
+        firsts = [first for _, first in known if first is not None]
+        window = "s.received_at >= $2 AND " if len(firsts) == len(known) else ""
+        sql = ("INSERT INTO spans SELECT i.* FROM _incoming_spans AS i WHERE NOT (list_contains($1::VARCHAR[], "
+               f"i.trace_id) AND EXISTS (SELECT 1 FROM spans AS s WHERE {window}list_contains($1::VARCHAR[], "
+               "s.trace_id) AND s.trace_id = i.trace_id AND s.span_id = i.span_id))")
+        params = [[tid for tid, _ in known]] + ([min(firsts) - RECEIVED_MARGIN] if window else [])
+    row = con.execute(sql, params).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _drop_repeated_keys(table: pa.Table) -> pa.Table:

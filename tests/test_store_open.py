@@ -1,0 +1,57 @@
+"""How the store file is opened: attached with small row groups, under its usual catalog name."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from tracesieve.storage import store
+from tracesieve.storage.errors import UsageError
+from tracesieve.storage.schema import SPAN_SCHEMA
+
+
+def _spans(n: int) -> pa.Table:
+    cols = {f.name: pa.nulls(n, f.type) for f in SPAN_SCHEMA}
+    cols["trace_id"] = pa.array([f"{i // 4:032x}" for i in range(n)])
+    cols["span_id"] = pa.array([f"{i:016x}" for i in range(n)])
+    return pa.table(cols, schema=SPAN_SCHEMA)
+
+
+def test_spans_are_stored_in_row_groups_of_row_group_size(tmp_path):
+    con = store.open_database(str(tmp_path / "t.duckdb"))
+    con.register("incoming", _spans(3 * store.ROW_GROUP_SIZE))
+    con.execute("INSERT INTO spans SELECT * FROM incoming")
+    con.execute("CHECKPOINT")
+    groups = con.execute("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('spans')").fetchone()[0]
+    con.close()
+    # DuckDB's default (122,880 rows) would hold all 49,152 rows in one group.
+    assert groups == 3
+
+
+def test_catalog_is_the_file_stem_and_cursors_keep_it(tmp_path):
+    con = store.open_database(str(tmp_path / "bench.duckdb"))
+    assert con.execute("SELECT count(*) FROM bench.spans").fetchone() == (0,)
+    cur = store.cursor(con)
+    assert cur.execute("SELECT current_database()").fetchone() == ("bench",)
+    assert cur.execute("SELECT count(*) FROM trace_state").fetchone() == (0,)
+    con.close()
+    # What was written is where a plain DuckDB open finds it, and nothing is left to replay.
+    assert not (tmp_path / "bench.duckdb.wal").exists()
+    ro = store.open_database(str(tmp_path / "bench.duckdb"), read_only=True)
+    assert ro.execute("SELECT count(*) FROM spans").fetchone() == (0,)
+    ro.close()
+
+
+def test_a_file_named_like_a_builtin_catalog_still_opens(tmp_path):
+    con = store.open_database(str(tmp_path / "memory.duckdb"))
+    assert con.execute("SELECT count(*) FROM spans").fetchone() == (0,)
+    con.close()
+
+
+def test_not_a_duckdb_file_is_one_line_usage_error(tmp_path):
+    path = tmp_path / "notes.duckdb"
+    path.write_text("not a database\n" * 100)
+    with pytest.raises(UsageError) as err:
+        store.open_database(str(path))
+    assert "cannot open" in str(err.value) and "\n" not in str(err.value)
+    assert path.read_text() == "not a database\n" * 100
