@@ -159,6 +159,8 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool, log_
     interval = status_interval if status_interval > 0 and sys.stderr.isatty() else 0.0
     previous, taken = (collector.status() if interval else {}), time.monotonic()
     while not stop.wait(interval or 1.0):
+        if collector.writer.fatal is not None:
+            break
         if interval:
             try:
                 current, now = collector.status(), time.monotonic()
@@ -168,6 +170,11 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool, log_
             fields = status_fields(previous, current, now - taken)
             logging.getLogger("tracesieve.status").info(status_line(fields), extra=fields)
             previous, taken = current, now
+    if collector.writer.fatal is not None:
+        log.critical("exiting: the store failed (%s); restart tracesieve to reopen it and replay its WAL",
+                     type(collector.writer.fatal).__name__)
+        collector.stop()
+        sys.exit(1)
     log.info("signal received: draining and judging pending traces")
     collector.stop()
 

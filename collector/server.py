@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any
 
+import duckdb
 import uvicorn
 
 from tracesieve.collector.api import StoreApi, discovery_path
@@ -225,6 +226,15 @@ class Collector:
             grpc_stopped.wait(timeout=max(0.5, deadline - time.monotonic()))
         self._stage.shutdown()
         self.judge.stop()
+        if self.writer.fatal is not None:
+            # The instance refuses every statement: nothing to judge or checkpoint; the WAL holds the commits.
+            self.writer.close(timeout=1.0)
+            self.config.shutdown_processors()
+            with contextlib.suppress(duckdb.Error):
+                self.con.close()
+            log.info("tracesieve stopped after a store failure: %d spans committed this run",
+                     self.writer.stats.committed_spans)
+            return
         judged = self.judge.drain(deadline - 2.0)
         self.writer.close(timeout=max(1.0, deadline - time.monotonic()))
         self.config.shutdown_processors()

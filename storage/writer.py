@@ -81,7 +81,10 @@ class GroupCommitWriter:
         self._queue: collections.deque[_SpanJob | _TaskJob] = collections.deque()
         self._queued_spans = 0  # reserved: accepted but not yet committed
         self._closing = False
+        self._stopped = False  # the thread took its last job: nothing queued now would ever run
         self.stats = WriterStats()
+        #: The DuckDB error that invalidated the database, once one has (see :meth:`_note_fatal`).
+        self.fatal: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="tracesieve-writer", daemon=True)
         self._thread.start()
 
@@ -121,6 +124,11 @@ class GroupCommitWriter:
         """Queue a reserved batch; the future gives the number of new spans once committed."""
         future: Future[int] = Future()
         with self._lock:
+            if self._stopped:
+                self._queued_spans -= reserved
+                future.set_exception(RetryableError("the collector is shutting down; retry against the new instance",
+                                                    self._retry_after))
+                return future
             if reserved != batch.num_rows:
                 self._queued_spans += batch.num_rows - reserved
             self._queue.append(_SpanJob(batch, future))
@@ -131,7 +139,7 @@ class GroupCommitWriter:
         """Run ``task(con)`` on the writer thread inside its own transaction; the future gives its result."""
         future: Future[Any] = Future()
         with self._lock:
-            if self._closing and not self._thread.is_alive():
+            if self._stopped:
                 future.set_exception(RetryableError("the writer is closed"))
                 return future
             self._queue.append(_TaskJob(task, future))
@@ -153,6 +161,7 @@ class GroupCommitWriter:
                 while not self._queue and not self._closing:
                     self._wakeup.wait()
                 if not self._queue and self._closing:
+                    self._stopped = True
                     break
                 span_jobs: list[_SpanJob] = []
                 task_jobs: list[_TaskJob] = []
@@ -195,6 +204,7 @@ class GroupCommitWriter:
                 # A stored copy older than the anti-join's window (see insert_new_spans): slow but sure.
                 inserted = self._commit_table(table, now, anti_join=False)
         except Exception as exc:
+            self._note_fatal(exc)
             log.error("commit of %d spans failed: %s", n, type(exc).__name__)
             self._refuse(jobs, RetryableError(
                 f"the store could not commit the spans ({type(exc).__name__}); retry", 1.0))
@@ -218,6 +228,22 @@ class GroupCommitWriter:
                 con.execute("ROLLBACK")
             raise
         return inserted
+
+    def _note_fatal(self, exc: BaseException) -> None:
+        """After a DuckDB FatalException the database instance refuses every statement until reopened.
+
+        Answering "retry" forever would leave clients to drop spans once their retries run out, so
+        the writer stops taking spans (``running`` turns False: ``/readyz`` answers 503) and
+        ``serve`` exits non-zero: a restart replays the WAL, and nothing acknowledged is lost.
+        """
+        if not isinstance(exc, duckdb.FatalException) or self.fatal is not None:
+            return
+        self.fatal = exc
+        log.critical("the store failed and must be reopened (%s); refusing spans until restart",
+                     type(exc).__name__)
+        with self._lock:
+            self._closing = True
+            self._wakeup.notify_all()
 
     def _acknowledge(self, jobs: list[_SpanJob], n: int, inserted: int, elapsed: float) -> None:
         """After a group commit of ``n`` spans (``inserted`` of them new): count it, then answer its requests."""
@@ -247,6 +273,7 @@ class GroupCommitWriter:
                 con.execute("ROLLBACK")
                 raise
         except Exception as exc:
+            self._note_fatal(exc)
             job.future.set_exception(exc)
         else:
             job.future.set_result(result)

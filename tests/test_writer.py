@@ -67,3 +67,31 @@ def test_a_copy_older_than_the_anti_join_window_is_still_not_stored_twice(tmp_pa
     assert [r[1] for r in rows] == ["old-0", "old-1", "old-2", "again-3", "again-4"]
     assert writer.stats.duplicate_spans == 3
     con.close()
+
+
+def test_after_a_fatal_store_error_the_writer_refuses_spans_instead_of_retrying_forever(tmp_path):
+    import duckdb
+    import pytest
+
+    from tracesieve.storage.errors import RetryableError
+
+    con = store.open_database(str(tmp_path / "w.duckdb"))
+    writer = GroupCommitWriter(con)
+    _write(writer, _spans(3, range(0, 2)))
+
+    def invalidated(_con):
+        # What DuckDB raises once the instance is invalidated (e.g. a commit that ran out of memory).
+        raise duckdb.FatalException("database has been invalidated")
+
+    with pytest.raises(duckdb.FatalException):
+        writer.submit_task(invalidated).result(timeout=30)
+    assert isinstance(writer.fatal, duckdb.FatalException)
+    assert not writer.running           # /readyz answers 503
+    with pytest.raises(RetryableError):
+        writer.reserve(1)
+    writer.close()
+    late = writer.submit_task(lambda c: c.execute("SELECT 1").fetchone())
+    with pytest.raises(RetryableError):
+        late.result(timeout=30)         # answered, not left waiting on a thread that is gone
+    assert con.execute("SELECT count(*) FROM spans").fetchone() == (2,)
+    con.close()
