@@ -98,10 +98,12 @@ def _catalog_name(path: str) -> str:
 #: Settings for the collector's own (long-lived, write-heavy) connection; see :func:`tune_for_ingest`.
 INGEST_SETTINGS = {
     # DuckDB checkpoints every 16 MiB of WAL by default, and each checkpoint compresses the current,
-    # partly filled row group again from its start. With ROW_GROUP_SIZE rows per group, 64 MiB was
-    # the fastest of 64/128/256 MiB (245k spans inserted 2,048 at a time: 68 / 69 / 77 us/span),
-    # and it bounds the WAL a crash leaves to replay.
-    "checkpoint_threshold": "64MiB",
+    # partly filled row group again from its start. With ROW_GROUP_SIZE rows per group the insert
+    # itself was fastest at 64 MiB (245k spans inserted 2,048 at a time: 68 / 69 / 77 us/span at
+    # 64 / 128 / 256 MiB), but until a checkpoint the appended rows stay in memory, uncompressed:
+    # bench/ingest.py (default pipeline, 100k spans) peaked at 878 / 776 / 760 MB of RSS with
+    # 64 / 32 / 16 MiB, for 348 / 362 / 374 us/span of server CPU. 32 MiB is the middle.
+    "checkpoint_threshold": "32MiB",
     # One thread: a commit of a few thousand spans gains nothing from a second thread but pays for
     # the hand-off, and the collector's span workers already keep both cores busy.
     "threads": 1,
