@@ -214,19 +214,14 @@ class GroupCommitWriter:
             self.release(n)
 
     def _commit_table(self, table: pa.Table, now: Any, *, anti_join: bool) -> int:
-        con = self._con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        def work(con: duckdb.DuckDBPyConnection) -> int:
             con.register("_incoming_spans", table)
             try:
-                inserted = insert_new_spans(con, now, anti_join=anti_join)
+                return insert_new_spans(con, now, anti_join=anti_join)
             finally:
                 con.unregister("_incoming_spans")
-            con.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(duckdb.Error):  # a failed COMMIT leaves no transaction to roll back
-                con.execute("ROLLBACK")
-            raise
+
+        inserted: int = _in_transaction(self._con, work)
         return inserted
 
     def _note_fatal(self, exc: BaseException) -> None:
@@ -263,20 +258,26 @@ class GroupCommitWriter:
             job.future.set_exception(error)
 
     def _run_task(self, job: _TaskJob) -> None:
-        con = self._con
         try:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                result = job.task(con)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+            result = _in_transaction(self._con, job.task)
         except Exception as exc:
             self._note_fatal(exc)
             job.future.set_exception(exc)
         else:
             job.future.set_result(result)
+
+
+def _in_transaction(con: duckdb.DuckDBPyConnection, work: WriteTask) -> Any:
+    """``work(con)`` in its own transaction: committed when it returns, rolled back when it raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        result = work(con)
+        con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):  # a failed COMMIT leaves no transaction to roll back
+            con.execute("ROLLBACK")
+        raise
+    return result
 
 
 def insert_new_spans(con: duckdb.DuckDBPyConnection, now: Any, *, anti_join: bool) -> int:
