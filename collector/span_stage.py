@@ -10,6 +10,7 @@ Arrow IPC stream of the sanitized batch: nothing unredacted leaves the worker.
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
 import signal
@@ -18,7 +19,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -109,8 +110,10 @@ class ProcessSpanStage:
         list(self._pool.map(_noop, range(workers)))
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
+        pool = ProcessPoolExecutor(max_workers=self._workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=self._initargs)
+        _widen_pipes(pool)
+        return pool
 
     def run(self, request: ExportTraceServiceRequest, wire: bytes | None) -> DecodeResult:
         payload = wire if wire is not None else request.SerializeToString()
@@ -127,6 +130,27 @@ class ProcessSpanStage:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+_PIPE_SIZE = 1024 * 1024
+
+
+def _widen_pipes(pool: ProcessPoolExecutor) -> None:
+    """Give the pool's request and result pipes 1 MiB instead of 64 KiB, where the OS allows it.
+
+    A 512-span request travels as ~2.4 MB each way. Through 64 KiB pipes that is ~40 reads and
+    wake-ups per direction; with 1 MiB a round trip took 3.7 ms instead of 8.9 and half the
+    collector's CPU (bench: 2.4 MB echoed through a spawned pool). Best effort: the pipes are the
+    pool's internals, and an unprivileged process may not raise a pipe past
+    /proc/sys/fs/pipe-max-size; either way the pool works as before.
+    """
+    try:
+        queues: tuple[Any, ...] = (getattr(pool, "_call_queue"), getattr(pool, "_result_queue"))
+        for queue in queues:
+            for conn in (queue._reader, queue._writer):
+                fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)  # Linux
+    except (AttributeError, OSError, ValueError):
+        return
 
 
 def _noop(_: int) -> None:
