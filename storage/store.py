@@ -45,7 +45,9 @@ def open_database(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConne
     if read_only and not os.path.exists(path):
         raise UsageError(f"no store at {path}: run `tracesieve serve --db {path}` first, or pass --db")
     options = "READ_ONLY" if read_only else f"STORAGE_VERSION 'latest', ROW_GROUP_SIZE {ROW_GROUP_SIZE}"
-    con = duckdb.connect(config={"storage_compatibility_version": "latest"})
+    # Spills go next to the store, as for a plain ``duckdb.connect(path)`` (an in-memory default would
+    # put them in the working directory).
+    con = duckdb.connect(config={"storage_compatibility_version": "latest", "temp_directory": f"{path}.tmp"})
     try:
         con.execute(f"ATTACH {_sql_string(path)} AS {_catalog_name(path)} ({options})")
     except duckdb.IOException as exc:

@@ -33,6 +33,8 @@ def test_catalog_is_the_file_stem_and_cursors_keep_it(tmp_path):
     assert con.execute("SELECT count(*) FROM bench.spans").fetchone() == (0,)
     cur = store.cursor(con)
     assert cur.execute("SELECT current_database()").fetchone() == ("bench",)
+    # spills go next to the store, not into the working directory
+    assert cur.execute("SELECT current_setting('temp_directory')").fetchone() == (f"{tmp_path / 'bench.duckdb'}.tmp",)
     assert cur.execute("SELECT count(*) FROM trace_state").fetchone() == (0,)
     con.close()
     # What was written is where a plain DuckDB open finds it, and nothing is left to replay.
