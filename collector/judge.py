@@ -31,7 +31,7 @@ from tracesieve.storage.writer import GroupCommitWriter
 log = logging.getLogger("tracesieve.judge")
 
 POLL_SECONDS = 0.25
-TRACES_PER_ROUND = 300
+TRACES_PER_ROUND = 150
 PENDING_COUNT_SECONDS = 2.0
 
 
@@ -148,7 +148,7 @@ class Judge:
         if not self._processors:
             due = (states or store).settled_traces(cur, quiet_since, TRACES_PER_ROUND)
             if due:
-                mark = states.mark_judged if states else store.mark_judged
+                mark = states.mark_judged if states else store.mark_judged_pending
                 self._writer.submit_task(lambda con: mark(con, due, utcnow())).result(timeout=60)
                 self._metrics.judged(len(due))
             return len(due)
@@ -166,7 +166,7 @@ class Judge:
         finally:
             cur.execute("COMMIT")
         if time.monotonic() - self._pending_counted_at > PENDING_COUNT_SECONDS or not due:
-            self.pending = (states or store).count_unjudged(cur)  # a scan of trace_state: not every round
+            self.pending = (states or store).count_unjudged(cur)  # a lake scans trace_state: not every round
             self._pending_counted_at = time.monotonic()
         if not due:
             return 0
@@ -198,7 +198,7 @@ class Judge:
             store.save_detections(con, trace_ids, detections, now)
             if candidates:
                 candidate_store.upsert_candidates(con, candidates, now)
-            store.mark_judged(con, due, now)
+            store.mark_judged_pending(con, due, now)
 
         self._settle_in_flight()  # at most one round's write outstanding
         self._in_flight = (self._writer.submit_task(write), frozenset(trace_ids))

@@ -176,7 +176,7 @@ class Collector:
         cur = self._new_read_cursor()
         quiet_since = utcnow() - dt.timedelta(seconds=self.config.decision_wait)
         return StoreState(stats.detections_by_mode(cur), stats.candidates_by_status(cur),
-                          stats.settled_backlog_seconds(cur, quiet_since))
+                          stats.settled_backlog_seconds(cur, quiet_since, lake=self.config.lake is not None))
 
     def status(self) -> dict[str, float]:
         """Figures for the periodic status line: spans accepted so far, queued spans, pending traces, detections."""

@@ -26,16 +26,16 @@ def count_detections(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def settled_backlog_seconds(con: duckdb.DuckDBPyConnection, quiet_since: dt.datetime) -> float:
+def settled_backlog_seconds(con: duckdb.DuckDBPyConnection, quiet_since: dt.datetime, *, lake: bool = False) -> float:
     """How long the oldest trace that is settled (quiet since ``quiet_since``) but not judged has been waiting.
 
-    0.0 when every settled trace is judged: the trace stage is caught up.
+    0.0 when every settled trace is judged: the trace stage is caught up. A file store keeps its
+    unjudged traces in pending_traces; a lake has only trace_state.
     """
-    row = con.execute(
-        "SELECT min(last_received_at) FROM trace_state "
-        "WHERE judged_seq IS DISTINCT FROM received_seq AND last_received_at <= ?",
-        [quiet_since],
-    ).fetchone()
+    sql = ("SELECT min(last_received_at) FROM trace_state WHERE judged_seq IS DISTINCT FROM received_seq "
+           "AND last_received_at <= ?" if lake else
+           "SELECT min(last_received_at) FROM pending_traces WHERE last_received_at <= ?")
+    row = con.execute(sql, [quiet_since]).fetchone()
     if not row or row[0] is None:
         return 0.0
     oldest: dt.datetime = row[0]

@@ -172,13 +172,10 @@ def settled_traces(
     """(trace_id, received_seq, first_received_at) of traces not judged at their latest version and quiet
     since ``quiet_since``. ``quiet_since=None`` returns every unjudged trace (shutdown, crash recovery).
     """
-    sql = (
-        "SELECT trace_id, received_seq, first_received_at FROM trace_state "
-        "WHERE judged_seq IS DISTINCT FROM received_seq"
-    )
+    sql = "SELECT trace_id, received_seq, first_received_at FROM pending_traces"
     params: list[Any] = []
     if quiet_since is not None:
-        sql += " AND last_received_at <= ?"
+        sql += " WHERE last_received_at <= ?"
         params.append(quiet_since)
     sql += " ORDER BY last_received_at LIMIT ?"
     params.append(limit)
@@ -186,9 +183,7 @@ def settled_traces(
 
 
 def count_unjudged(con: duckdb.DuckDBPyConnection) -> int:
-    row = con.execute(
-        "SELECT count(*) FROM trace_state WHERE judged_seq IS DISTINCT FROM received_seq"
-    ).fetchone()
+    row = con.execute("SELECT count(*) FROM pending_traces").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -318,4 +313,19 @@ def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int,
         "FROM (SELECT unnest($2::VARCHAR[]) AS tid, unnest($3::BIGINT[]) AS seq) AS j "
         "WHERE trace_state.trace_id = j.tid AND coalesce(trace_state.judged_seq, 0) < j.seq",
         [now, [j[0] for j in judged], [j[1] for j in judged]],
+    )
+
+
+
+def mark_judged_pending(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int, Any]],
+                        now: dt.datetime) -> None:
+    """:func:`mark_judged` on a file store: also take the traces off pending_traces, unless a commit
+    after the judged version put them back (writer thread, in its transaction)."""
+    mark_judged(con, judged, now)
+    if not judged:
+        return
+    con.execute(
+        "DELETE FROM pending_traces USING (SELECT unnest($1::VARCHAR[]) AS tid, unnest($2::BIGINT[]) AS seq) AS j "
+        "WHERE pending_traces.trace_id = j.tid AND pending_traces.received_seq <= j.seq",
+        [[j[0] for j in judged], [j[1] for j in judged]],
     )

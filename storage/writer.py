@@ -300,6 +300,7 @@ def insert_new_spans(con: duckdb.DuckDBPyConnection, now: Any, *, anti_join: boo
         [now],
     ).fetchall()
     known = [(tid, first) for tid, first, seq in returned if seq > 1]
+    _mark_pending(con, returned, now)
     if not anti_join:
         sql = "INSERT INTO spans SELECT * FROM _incoming_spans ON CONFLICT DO NOTHING"
     elif not known:
@@ -313,6 +314,25 @@ def insert_new_spans(con: duckdb.DuckDBPyConnection, now: Any, *, anti_join: boo
         params = [[tid for tid, _ in known]] + ([min(firsts) - RECEIVED_MARGIN] if window else [])
     row = con.execute(sql, params).fetchone()
     return int(row[0]) if row else 0
+
+
+def _mark_pending(con: duckdb.DuckDBPyConnection, returned: list[tuple[Any, ...]], now: Any) -> None:
+    """Record in pending_traces the traces just committed, at their new received_seq (see migrations)."""
+    if not returned:
+        return
+    rows = pa.table({
+        "trace_id": pa.array([r[0] for r in returned], pa.string()),
+        "received_seq": pa.array([r[2] for r in returned], pa.int64()),
+        "first_received_at": pa.array([r[1] for r in returned], pa.timestamp("us", tz="UTC")),
+    })
+    con.register("_committed_traces", rows)
+    try:
+        con.execute(
+            "INSERT INTO pending_traces SELECT trace_id, received_seq, first_received_at, $1::TIMESTAMPTZ "
+            "FROM _committed_traces ON CONFLICT (trace_id) DO UPDATE SET received_seq = excluded.received_seq, "
+            "last_received_at = excluded.last_received_at", [now])
+    finally:
+        con.unregister("_committed_traces")
 
 
 def _drop_repeated_keys(table: pa.Table) -> pa.Table:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import duckdb
 import pyarrow as pa
 
 from tracesieve.storage import store
@@ -70,7 +71,6 @@ def test_a_copy_older_than_the_anti_join_window_is_still_not_stored_twice(tmp_pa
 
 
 def test_after_a_fatal_store_error_the_writer_refuses_spans_instead_of_retrying_forever(tmp_path):
-    import duckdb
     import pytest
 
     from tracesieve.storage.errors import RetryableError
@@ -94,4 +94,43 @@ def test_after_a_fatal_store_error_the_writer_refuses_spans_instead_of_retrying_
     with pytest.raises(RetryableError):
         late.result(timeout=30)         # answered, not left waiting on a thread that is gone
     assert con.execute("SELECT count(*) FROM spans").fetchone() == (2,)
+    con.close()
+
+
+def test_pending_traces_follow_commits_and_judgements(tmp_path):
+    con = store.open_database(str(tmp_path / "w.duckdb"))
+    writer = GroupCommitWriter(con)
+    now = dt.datetime.now(dt.timezone.utc)
+    try:
+        _write(writer, _spans(1, range(0, 2)))
+        _write(writer, _spans(2, range(0, 2)))
+        assert store.count_unjudged(con) == 2
+        due = store.settled_traces(con, None, 10)
+        assert sorted((tid, seq) for tid, seq, _ in due) == [(f"{1:032x}", 1), (f"{2:032x}", 1)]
+        _write(writer, _spans(1, range(2, 3)))  # trace 1 gets a span while being judged at version 1
+        writer.submit_task(lambda c: store.mark_judged_pending(c, due, now)).result(timeout=30)
+    finally:
+        writer.close()
+    # trace 2 is done; trace 1 stays pending at version 2, and trace_state agrees
+    assert [(tid, seq) for tid, seq, _ in store.settled_traces(con, None, 10)] == [(f"{1:032x}", 2)]
+    assert con.execute("SELECT trace_id FROM trace_state WHERE judged_seq IS DISTINCT FROM received_seq").fetchall() \
+        == [(f"{1:032x}",)]
+    con.close()
+
+
+def test_a_store_from_before_pending_traces_gets_its_unjudged_traces_listed(tmp_path):
+    from tracesieve.storage import migrations
+
+    path = str(tmp_path / "old.duckdb")
+    old = duckdb.connect(path)
+    old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR, "
+                "applied_at TIMESTAMPTZ DEFAULT now())")
+    migrations._v1(old)
+    old.execute("INSERT INTO schema_version (version, description) VALUES (1, 'v1')")
+    old.execute("INSERT INTO trace_state VALUES ('a', now(), now(), 2, 2, now()), ('b', now(), now(), 3, 2, now()), "
+                "('c', now(), now(), 1, NULL, NULL)")
+    old.close()
+    con = store.open_database(path)
+    assert sorted(t for t, _, _ in store.settled_traces(con, None, 10)) == ["b", "c"]
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone() == (migrations.LATEST_VERSION,)
     con.close()
