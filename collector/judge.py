@@ -31,7 +31,7 @@ from tracesieve.storage.writer import GroupCommitWriter
 log = logging.getLogger("tracesieve.judge")
 
 POLL_SECONDS = 0.25
-TRACES_PER_ROUND = 150
+TRACES_PER_ROUND = 300
 PENDING_COUNT_SECONDS = 2.0
 
 
