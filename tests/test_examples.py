@@ -157,11 +157,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def chromium() -> str:
-    """The Chromium binary; skipped locally when absent, an error in CI (.ci/run installs Debian's chromium)."""
+    """The Chromium binary; skipped locally when absent, a failure in CI (conftest: TRACESIEVE_NO_SKIPS)."""
     path = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
     if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed: .ci/run installs it with apt-get install chromium")
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     return path
 
