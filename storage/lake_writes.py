@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +31,7 @@ from tracesieve.storage import store
 from tracesieve.storage.errors import RetryableError
 from tracesieve.storage.lake import CommitLock, redact, run_in_transaction
 from tracesieve.storage.schema import Candidate, Detection, utcnow
-from tracesieve.storage.writer import GroupCommitWriter, _drop_repeated_keys, _SpanJob, _TaskJob
+from tracesieve.storage.writer import GroupCommitWriter, WriteTask
 
 log = logging.getLogger("tracesieve.lake")
 
@@ -101,32 +100,21 @@ class LakeWriter(GroupCommitWriter):
         log.info("lake writer: %d span commits, %d commit conflicts retried, %.1f s committing spans",
                  self.stats.commits, self.conflict_retries, self.stats.commit_seconds_total)
 
-    def _commit_spans(self, jobs: list[_SpanJob], n: int) -> None:
-        started = time.perf_counter()
-        try:
-            table = pa.concat_tables([j.batch for j in jobs]) if len(jobs) > 1 else jobs[0].batch
-            table = _drop_repeated_keys(table)
-            inserted = run_in_transaction(
-                self._con, lambda con: insert_spans(con, table, self.owner, utcnow()), writer=self.owner,
-                on_conflict=self._count_conflict, lock=self._lock_pg)
-        except Exception as exc:
-            log.error("commit of %d spans to the lake failed: %s: %s", n, type(exc).__name__,
-                      redact(str(exc).splitlines()[0][:200]) if str(exc) else "")
-            self._refuse(jobs, RetryableError(
-                f"the lake could not commit the spans ({type(exc).__name__}); retry", 1.0))
-        else:
-            self._acknowledge(jobs, n, inserted, time.perf_counter() - started)
-        finally:
-            self.release(n)
+    store_noun = "lake"
 
-    def _run_task(self, job: _TaskJob) -> None:
-        try:
-            result = run_in_transaction(self._con, job.task, writer=self.owner, on_conflict=self._count_conflict,
-                                        lock=self._lock_pg)
-        except Exception as exc:
-            job.future.set_exception(exc)
-        else:
-            job.future.set_result(result)
+    def _store_spans(self, table: pa.Table) -> int:
+        inserted: int = self._transaction(lambda con: insert_spans(con, table, self.owner, utcnow()))
+        return inserted
+
+    def _transaction(self, work: WriteTask) -> Any:
+        """Serialised on the lake's commit lock, redone when another writer's commit conflicts."""
+        return run_in_transaction(self._con, work, writer=self.owner, on_conflict=self._count_conflict,
+                                  lock=self._lock_pg)
+
+    @staticmethod
+    def _describe(exc: BaseException) -> str:
+        first = redact(str(exc).splitlines()[0][:200]) if str(exc) else ""
+        return f"{type(exc).__name__}: {first}"
 
 
 class LakeTraceStore:

@@ -187,42 +187,66 @@ class GroupCommitWriter:
         except duckdb.Error as exc:  # pragma: no cover - reported, data is in the WAL anyway
             log.warning("checkpoint at shutdown failed: %s", exc)
 
+    #: What the error messages call the database.
+    store_noun = "store"
+
     def _commit_spans(self, jobs: list[_SpanJob], n: int) -> None:
         started = time.perf_counter()
         try:
             table = pa.concat_tables([j.batch for j in jobs]) if len(jobs) > 1 else jobs[0].batch
-            table = _drop_repeated_keys(table)
-            # received_at is the commit time, the same instant trace_state records: the judge can then
-            # find a trace's spans by received_at >= first_received_at exactly (store.load_traces_table).
-            now = utcnow()
-            at = table.schema.get_field_index("received_at")
-            table = table.set_column(at, table.schema.field(at), pa.repeat(pa.scalar(now, table.schema.field(at).type),
-                                                                          table.num_rows))
-            try:
-                inserted = self._commit_table(table, now, anti_join=True)
-            except duckdb.ConstraintException:
-                # A stored copy older than the anti-join's window (see insert_new_spans): slow but sure.
-                inserted = self._commit_table(table, now, anti_join=False)
+            inserted = self._store_spans(_drop_repeated_keys(table))
         except Exception as exc:
             self._note_fatal(exc)
-            log.error("commit of %d spans failed: %s", n, type(exc).__name__)
+            log.error("commit of %d spans to the %s failed: %s", n, self.store_noun, self._describe(exc))
             self._refuse(jobs, RetryableError(
-                f"the store could not commit the spans ({type(exc).__name__}); retry", 1.0))
+                f"the {self.store_noun} could not commit the spans ({type(exc).__name__}); retry", 1.0))
         else:
             self._acknowledge(jobs, n, inserted, time.perf_counter() - started)
         finally:
             self.release(n)
 
-    def _commit_table(self, table: pa.Table, now: Any, *, anti_join: bool) -> int:
-        def work(con: duckdb.DuckDBPyConnection) -> int:
-            con.register("_incoming_spans", table)
-            try:
-                return insert_new_spans(con, now, anti_join=anti_join)
-            finally:
-                con.unregister("_incoming_spans")
+    def _store_spans(self, table: pa.Table) -> int:
+        """Commit ``table`` (no key twice in it); returns how many spans were new."""
+        # received_at is the commit time, the same instant trace_state records: the judge can then
+        # find a trace's spans by received_at >= first_received_at exactly (store.load_traces_table).
+        now = utcnow()
+        at = table.schema.get_field_index("received_at")
+        table = table.set_column(at, table.schema.field(at), pa.repeat(pa.scalar(now, table.schema.field(at).type),
+                                                                      table.num_rows))
 
-        inserted: int = _in_transaction(self._con, work)
+        def insert(anti_join: bool) -> WriteTask:
+            def work(con: duckdb.DuckDBPyConnection) -> int:
+                con.register("_incoming_spans", table)
+                try:
+                    return insert_new_spans(con, now, anti_join=anti_join)
+                finally:
+                    con.unregister("_incoming_spans")
+            return work
+
+        try:
+            inserted: int = self._transaction(insert(anti_join=True))
+        except duckdb.ConstraintException:
+            # A stored copy older than the anti-join's window (see insert_new_spans): slow but sure.
+            inserted = self._transaction(insert(anti_join=False))
         return inserted
+
+    def _transaction(self, work: WriteTask) -> Any:
+        """``work(con)`` in its own transaction: committed when it returns, rolled back when it raises."""
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            result = work(con)
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):  # a failed COMMIT leaves no transaction to roll back
+                con.execute("ROLLBACK")
+            raise
+        return result
+
+    @staticmethod
+    def _describe(exc: BaseException) -> str:
+        """How a failed commit is logged: the error's type only (its text may quote span content)."""
+        return type(exc).__name__
 
     def _note_fatal(self, exc: BaseException) -> None:
         """After a DuckDB FatalException the database instance refuses every statement until reopened.
@@ -259,25 +283,12 @@ class GroupCommitWriter:
 
     def _run_task(self, job: _TaskJob) -> None:
         try:
-            result = _in_transaction(self._con, job.task)
+            result = self._transaction(job.task)
         except Exception as exc:
             self._note_fatal(exc)
             job.future.set_exception(exc)
         else:
             job.future.set_result(result)
-
-
-def _in_transaction(con: duckdb.DuckDBPyConnection, work: WriteTask) -> Any:
-    """``work(con)`` in its own transaction: committed when it returns, rolled back when it raises."""
-    con.execute("BEGIN TRANSACTION")
-    try:
-        result = work(con)
-        con.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(duckdb.Error):  # a failed COMMIT leaves no transaction to roll back
-            con.execute("ROLLBACK")
-        raise
-    return result
 
 
 def insert_new_spans(con: duckdb.DuckDBPyConnection, now: Any, *, anti_join: bool) -> int:
