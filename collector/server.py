@@ -92,6 +92,7 @@ class Collector:
             store.forbid_file_access(self.con)
             self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,
                                             retry_after=cfg.limits.retry_after, on_commit=self.metrics.observe_commit)
+        self._trace_store = trace_store
         self._read_base = store.cursor(self.con)
         self._stage = span_stage_for(cfg)
         self.service = ExportService(cfg, self.writer, self.metrics.receiver("grpc"), self._stage)
@@ -176,7 +177,7 @@ class Collector:
         cur = self._new_read_cursor()
         quiet_since = utcnow() - dt.timedelta(seconds=self.config.decision_wait)
         return StoreState(stats.detections_by_mode(cur), stats.candidates_by_status(cur),
-                          stats.settled_backlog_seconds(cur, quiet_since, lake=self.config.lake is not None))
+                          (self._trace_store or store).settled_backlog_seconds(cur, quiet_since))
 
     def status(self) -> dict[str, float]:
         """Figures for the periodic status line: spans accepted so far, queued spans, pending traces, detections."""

@@ -142,6 +142,12 @@ class LakeTraceStore:
         params.append(limit)
         return [(r[0], int(r[1]), r[2]) for r in con.execute(sql, params).fetchall()]
 
+    def settled_backlog_seconds(self, con: duckdb.DuckDBPyConnection, quiet_since: dt.datetime) -> float:
+        """:func:`store.settled_backlog_seconds` over the whole lake (every collector's traces)."""
+        row = con.execute("SELECT min(last_received_at) FROM trace_state WHERE judged_seq IS DISTINCT FROM "
+                          "received_seq AND last_received_at <= ?", [quiet_since]).fetchone()
+        return store.backlog_seconds(row[0] if row else None, quiet_since)
+
     def count_unjudged(self, con: duckdb.DuckDBPyConnection) -> int:
         row = con.execute("SELECT count(*) FROM trace_state WHERE judged_seq IS DISTINCT FROM received_seq "
                           "AND owner = ?", [self.owner]).fetchone()

@@ -182,6 +182,20 @@ def settled_traces(
     return [(r[0], int(r[1]), r[2]) for r in con.execute(sql, params).fetchall()]
 
 
+def settled_backlog_seconds(con: duckdb.DuckDBPyConnection, quiet_since: dt.datetime) -> float:
+    """How long the oldest trace that is settled (quiet since ``quiet_since``) but not judged has been waiting.
+
+    0.0 when every settled trace is judged: the trace stage is caught up.
+    """
+    row = con.execute("SELECT min(last_received_at) FROM pending_traces WHERE last_received_at <= ?",
+                      [quiet_since]).fetchone()
+    return backlog_seconds(row[0] if row else None, quiet_since)
+
+
+def backlog_seconds(oldest: dt.datetime | None, quiet_since: dt.datetime) -> float:
+    return 0.0 if oldest is None else max(0.0, (quiet_since - oldest).total_seconds())
+
+
 def count_unjudged(con: duckdb.DuckDBPyConnection) -> int:
     row = con.execute("SELECT count(*) FROM pending_traces").fetchone()
     return int(row[0]) if row else 0
