@@ -60,6 +60,8 @@ class GroupCommitWriter:
 
     #: CHECKPOINT after the last commit (a lake subclass leaves maintenance to the operator).
     checkpoint_on_close = True
+    #: What the error messages call the database.
+    store_noun = "store"
 
     def __init__(
         self,
@@ -187,9 +189,6 @@ class GroupCommitWriter:
         except duckdb.Error as exc:  # pragma: no cover - reported, data is in the WAL anyway
             log.warning("checkpoint at shutdown failed: %s", exc)
 
-    #: What the error messages call the database.
-    store_noun = "store"
-
     def _commit_spans(self, jobs: list[_SpanJob], n: int) -> None:
         started = time.perf_counter()
         try:
@@ -213,21 +212,11 @@ class GroupCommitWriter:
         at = table.schema.get_field_index("received_at")
         table = table.set_column(at, table.schema.field(at), pa.repeat(pa.scalar(now, table.schema.field(at).type),
                                                                       table.num_rows))
-
-        def insert(anti_join: bool) -> WriteTask:
-            def work(con: duckdb.DuckDBPyConnection) -> int:
-                con.register("_incoming_spans", table)
-                try:
-                    return insert_new_spans(con, now, anti_join=anti_join)
-                finally:
-                    con.unregister("_incoming_spans")
-            return work
-
         try:
-            inserted: int = self._transaction(insert(anti_join=True))
+            inserted: int = self._transaction(lambda con: insert_new_spans(con, table, now, anti_join=True))
         except duckdb.ConstraintException:
             # A stored copy older than the anti-join's window (see insert_new_spans): slow but sure.
-            inserted = self._transaction(insert(anti_join=False))
+            inserted = self._transaction(lambda con: insert_new_spans(con, table, now, anti_join=False))
         return inserted
 
     def _transaction(self, work: WriteTask) -> Any:
@@ -258,8 +247,8 @@ class GroupCommitWriter:
         if not isinstance(exc, duckdb.FatalException) or self.fatal is not None:
             return
         self.fatal = exc
-        log.critical("the store failed and must be reopened (%s); refusing spans until restart",
-                     type(exc).__name__)
+        log.critical("the %s failed and must be reopened (%s); refusing spans until restart",
+                     self.store_noun, type(exc).__name__)
         with self._lock:
             self._closing = True
             self._wakeup.notify_all()
@@ -291,8 +280,8 @@ class GroupCommitWriter:
             job.future.set_result(result)
 
 
-def insert_new_spans(con: duckdb.DuckDBPyConnection, now: Any, *, anti_join: bool) -> int:
-    """Store the rows of ``_incoming_spans`` not stored yet and record their traces; returns how many were new.
+def insert_new_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, now: Any, *, anti_join: bool) -> int:
+    """Store the rows of ``table`` not stored yet and record their traces; returns how many were new.
 
     ``INSERT ... ON CONFLICT DO NOTHING`` runs as a MERGE in DuckDB 1.5 and cost a third more than a
     plain insert (245k bench spans: 62 vs 42 us/span). Only a trace ``trace_state`` already knew can
@@ -301,6 +290,14 @@ def insert_new_spans(con: duckdb.DuckDBPyConnection, now: Any, *, anti_join: boo
     since those traces first were (minus store.RECEIVED_MARGIN, for stores written before
     ``received_at`` was the commit time). With ``anti_join=False`` it is the ON CONFLICT form.
     """
+    con.register("_incoming_spans", table)
+    try:
+        return _insert_incoming(con, now, anti_join)
+    finally:
+        con.unregister("_incoming_spans")
+
+
+def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any, anti_join: bool) -> int:
     params: list[Any] = []
     returned = con.execute(
         "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq) "
