@@ -7,6 +7,7 @@ unknown id, missing file, refused statement. Every error is one line on stderr.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -50,22 +51,27 @@ def _token() -> str | None:
     return os.environ.get("TRACESIEVE_TOKEN") or None
 
 
+@functools.lru_cache(maxsize=4)
+def _config(config_path: str) -> Any:
+    """The loaded ``--config`` file: one command asks for its store, its lake and its label, and loading
+    builds every processor (compiled patterns and all), so it is loaded once."""
+    from tracesieve.collector.config import load_config
+
+    return load_config(config_path)
+
+
 def _resolve_db(db_path: str | None, config_path: str | None) -> str:
     if db_path:
         return db_path
     if config_path:
-        from tracesieve.collector.config import load_config
-
-        return load_config(config_path).db_path
+        return str(_config(config_path).db_path)
     return DEFAULT_DB
 
 
 def _store_label(db_path: str | None, config_path: str | None) -> str:
     """What a report names as its store: the DuckDB path, or the lake's catalog (password hidden)."""
     if config_path:
-        from tracesieve.collector.config import load_config
-
-        lake = load_config(config_path).lake
+        lake = _config(config_path).lake
         if lake is not None:
             return f"DuckLake {lake.printable_catalog}"
     return _resolve_db(db_path, config_path)
@@ -75,9 +81,7 @@ def _client(db_path: str | None, config_path: str | None, *, write: bool = False
     from tracesieve.collector.client import connect, connect_lake
 
     if config_path:  # a lake has no file lock: open it directly, whether or not collectors run on it
-        from tracesieve.collector.config import load_config
-
-        config = load_config(config_path)
+        config = _config(config_path)
         if config.lake is not None:
             return connect_lake(config.lake, write=write)
     return connect(_resolve_db(db_path, config_path), write=write, token=_token())
