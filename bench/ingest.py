@@ -115,6 +115,7 @@ class Server:
             yaml.safe_dump(self.config, f, sort_keys=False)
         self.proc: subprocess.Popen | None = None
         self.peak_rss_kib = 0
+        self.peak_rss_sampled_kib = 0  # the largest sum of the processes' RSS at one sampling instant
         self.startup_cpu_s = 0.0
         self.cpu_s = 0.0
         self.startup_s = float("nan")
@@ -175,8 +176,11 @@ class Server:
         if self.proc is None or self.proc.poll() is not None:
             return
         pid = self.proc.pid
-        total = _proc_kib(pid, "VmHWM") + sum(_proc_kib(c, "VmHWM") for c in _children(pid))
+        children = _children(pid)
+        total = _proc_kib(pid, "VmHWM") + sum(_proc_kib(c, "VmHWM") for c in children)
         self.peak_rss_kib = max(self.peak_rss_kib, total)
+        together = _proc_kib(pid, "VmRSS") + sum(_proc_kib(c, "VmRSS") for c in children)
+        self.peak_rss_sampled_kib = max(self.peak_rss_sampled_kib, together)
 
     def stop(self, timeout: float = 180.0) -> int | None:
         """SIGTERM and wait for the drain; SIGKILL (this process only) after ``timeout``."""
@@ -309,7 +313,8 @@ def main(argv=None) -> int:
               f"concurrency {a.concurrency}, pii {a.pii}, trace stage {a.trace_stage}, seed {a.seed}"
               + (f", max_queued_spans {a.max_queued_spans}" if a.max_queued_spans is not None else ""))
         print(send.format_result(res))
-        print(f"peak RSS           {server.peak_rss_kib / 1024:,.0f} MB (server VmHWM)")
+        print(f"peak RSS           {server.peak_rss_kib / 1024:,.0f} MB (server VmHWM: each process's own peak, summed); "
+          f"{server.peak_rss_sampled_kib / 1024:,.0f} MB at once (VmRSS sum, sampled every 0.2 s)")
         print(f"db file size       {server.db_bytes() / 1e6:,.1f} MB "
               f"({server.db_bytes() / max(1, res.spans_acked):,.0f} B/span)")
         print(f"shutdown           SIGTERM -> exit {rc} in {server.drain_s:.1f} s")

@@ -32,7 +32,7 @@ from tracesieve.collector.grpc_receiver import start_grpc_server
 from tracesieve.collector.http_receiver import build_app
 from tracesieve.collector.judge import Judge
 from tracesieve.collector.metrics import Metrics, StateSource, StoreState
-from tracesieve.collector.runtime import tune_garbage_collector
+from tracesieve.collector.runtime import HeapTrimmer, limit_malloc_arenas, tune_garbage_collector
 from tracesieve.storage import lake, stats, store
 from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
 from tracesieve.storage.schema import utcnow
@@ -74,6 +74,7 @@ class Collector:
 
     def start(self) -> None:
         cfg = self.config
+        limit_malloc_arenas()
         trace_store: LakeTraceStore | None = None
         self.writer: GroupCommitWriter
         if cfg.lake is not None:
@@ -115,6 +116,7 @@ class Collector:
             self._abort_start()
             raise
         tune_garbage_collector()
+        self._trimmer = HeapTrimmer().start()
         self._ready = True
         self._write_discovery()
 
@@ -227,6 +229,7 @@ class Collector:
             grpc_stopped.wait(timeout=max(0.5, deadline - time.monotonic()))
         self._stage.shutdown()
         self.judge.stop()
+        self._trimmer.stop()
         if self.writer.fatal is not None:
             # The instance refuses every statement: nothing to judge or checkpoint; the WAL holds the commits.
             self.writer.close(timeout=1.0)
