@@ -43,6 +43,7 @@ from tracesieve.processors.spanview import clip, loose
 from tracesieve.storage.errors import ConfigError
 from tracesieve.storage.schema import BLAST_RADII, FAILURE_MODES, SEVERITIES, SPAN_KINDS, Detection
 from tracesieve.storage.sqlcheck import RuleSqlChecker, wrap_rule_sql
+from tracesieve.storage.sqlparams import packed
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,7 @@ class DetectorsProcessor:
         failed = 0
         for rule in rules:
             try:
-                rows = store.query(wrap_rule_sql(rule.sql), [trace_ids])
+                rows = store.query(wrap_rule_sql(rule.sql), [packed(trace_ids)])
             except Exception:
                 if self.strict:
                     raise

@@ -75,6 +75,7 @@ from typing import Any, ClassVar
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
+from tracesieve.storage.sqlparams import packed
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
 
 # ---------------------------------------------------------------------------
@@ -919,7 +920,7 @@ class PromotionProcessor:
         keys = sorted(groups, key=lambda k: (trace_order(k[0]), k[1], k[2]))
         built = [self.build_candidate(batch.traces[k[0]], groups[k], with_signature=False) for k in keys]
 
-        existing = {r["candidate_id"]: r for r in store.query(EXISTING_SQL, [sorted({c.candidate_id for c in built})])}
+        existing = {r["candidate_id"]: r for r in store.query(EXISTING_SQL, [packed(sorted({c.candidate_id for c in built}))])}
         indexes: dict[str, LshIndex] = {}
         intent_counts: dict[tuple[str, str], int] = {}
         emitted: dict[str, Candidate] = {}

@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from tracesieve.storage.errors import NotFoundError, UsageError
 from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES, Candidate
+from tracesieve.storage.sqlparams import packed, unpacked
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; processors import this module without duckdb
     import duckdb
@@ -45,10 +46,10 @@ PUBLIC_COLUMNS = (
 )
 JSON_COLUMNS = frozenset({"input", "context", "observed", "expected", "source"})
 
-#: Which of these candidate ids exist already, with their status. Param: a VARCHAR list.
+#: Which of these candidate ids exist already, with their status. Param: the ids, sqlparams.packed.
 EXISTING_SQL = (
     "SELECT candidate_id, status, duplicate_of FROM candidates "
-    "WHERE list_contains(?::VARCHAR[], candidate_id)"
+    f"WHERE list_contains({unpacked('?')}, candidate_id)"
 )
 #: Signatures a new candidate of one failure mode is compared with: every non-duplicate
 #: row of that mode whose signature has the same length. Params: failure_mode, length.
@@ -105,8 +106,8 @@ def upsert_candidates(
     stored = {
         cid: (list(tids or []), sev)
         for cid, tids, sev in con.execute(
-            "SELECT candidate_id, trace_ids, severity FROM candidates WHERE list_contains(?::VARCHAR[], candidate_id)",
-            [ids],
+            f"SELECT candidate_id, trace_ids, severity FROM candidates WHERE list_contains({unpacked('?')}, candidate_id)",
+            [packed(ids)],
         ).fetchall()
     }
     new_rows: dict[str, dict[str, Any]] = {}

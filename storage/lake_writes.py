@@ -31,6 +31,7 @@ from tracesieve.storage import store
 from tracesieve.storage.errors import RetryableError
 from tracesieve.storage.lake import CommitLock, redact, run_in_transaction
 from tracesieve.storage.schema import Candidate, Detection, utcnow
+from tracesieve.storage.sqlparams import packed, unpacked
 from tracesieve.storage.writer import GroupCommitWriter, WriteTask
 
 log = logging.getLogger("tracesieve.lake")
@@ -164,8 +165,8 @@ class LakeTraceStore:
         if not due:
             return
         current = dict(con.execute(
-            "SELECT trace_id, judged_seq FROM trace_state WHERE trace_id IN (SELECT unnest(?::VARCHAR[]))",
-            [[d[0] for d in due]]).fetchall())
+            f"SELECT trace_id, judged_seq FROM trace_state WHERE trace_id IN (SELECT unnest({unpacked('?')}))",
+            [packed(d[0] for d in due)]).fetchall())
         fresh = [d for d in due if current.get(d[0]) is None or int(current[d[0]]) < d[1]]
         if not fresh:
             return
@@ -197,9 +198,9 @@ def save_detections(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], de
     """
     unique = {d.detection_id: d for d in detections}
     con.execute(
-        "DELETE FROM detections WHERE trace_id IN (SELECT unnest(?::VARCHAR[])) "
-        "AND detection_id NOT IN (SELECT unnest(?::VARCHAR[]))",
-        [list(trace_ids), list(unique)],
+        f"DELETE FROM detections WHERE trace_id IN (SELECT unnest({unpacked('$1')})) "
+        f"AND detection_id NOT IN (SELECT unnest({unpacked('$2')}))",
+        [packed(trace_ids), packed(unique)],
     )
     if not unique:
         return

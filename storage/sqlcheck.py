@@ -5,12 +5,13 @@ columns ``trace_id, span_id, message, evidence``. At judge time it must see only
 the spans of the traces being judged, so :func:`wrap_rule_sql` puts it inside a
 query whose CTE ``spans`` shadows the real table::
 
-    WITH spans AS (SELECT * FROM main.spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[])))
+    WITH spans AS (SELECT * FROM main.spans WHERE trace_id IN (SELECT unnest(string_split(?, chr(31)))))
     SELECT trace_id, span_id, message, evidence FROM (<rule sql>) AS operator_rule
 
 The rule sits in a subquery, so a rule that has its own ``WITH`` (even
 ``WITH RECURSIVE``) needs no rewriting: its CTEs are scoped to the subquery and
-still see the outer ``spans``. The one parameter is the list of trace ids.
+still see the outer ``spans``. The one parameter is the list of trace ids, packed into one string
+(:mod:`tracesieve.storage.sqlparams`).
 
 :class:`RuleSqlChecker` compiles a rule at config time against an in-memory
 DuckDB holding an empty ``spans`` table of the real shape
@@ -26,6 +27,7 @@ import threading
 import duckdb
 
 from tracesieve.storage.migrations import SPANS_DDL
+from tracesieve.storage.sqlparams import packed, unpacked
 
 #: The columns an operator rule must return, in any order.
 RULE_COLUMNS: tuple[str, ...] = ("trace_id", "span_id", "message", "evidence")
@@ -40,11 +42,11 @@ def strip_rule_sql(sql: str) -> str:
 
 
 def wrap_rule_sql(sql: str) -> str:
-    """The statement to run for one rule; bind one parameter: the list of trace ids being judged."""
+    """The statement to run for one rule; bind one parameter: the trace ids being judged, ``packed``."""
     body = strip_rule_sql(sql)
     columns = ", ".join(f"operator_rule.{c}" for c in RULE_COLUMNS)
     return (
-        "WITH spans AS (SELECT * FROM main.spans WHERE trace_id IN (SELECT unnest(?::VARCHAR[])))\n"
+        f"WITH spans AS (SELECT * FROM main.spans WHERE trace_id IN (SELECT unnest({unpacked('?')})))\n"
         f"SELECT {columns} FROM (\n{body}\n) AS operator_rule"
     )
 
@@ -100,7 +102,7 @@ class RuleSqlChecker:
                 return problems
             try:
                 cur = self._con.cursor()
-                cur.execute(wrap_rule_sql(body), [[]])
+                cur.execute(wrap_rule_sql(body), [packed([])])
                 cur.fetchall()
             except duckdb.Error as exc:
                 return [f"sql: {_first_line(exc)}"]

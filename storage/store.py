@@ -19,6 +19,7 @@ import pyarrow as pa
 from tracesieve.storage.errors import UsageError
 from tracesieve.storage.migrations import migrate
 from tracesieve.storage.schema import Detection, JSON_SPAN_COLUMNS
+from tracesieve.storage.sqlparams import packed, unpacked
 
 #: Statement types a read-only query may contain.
 _READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -220,8 +221,8 @@ def load_traces_table(
     """
     # list_contains is a filter DuckDB evaluates inside the scan, so the wide columns are read only
     # around matching rows; ``IN (SELECT unnest(?))`` is a join after a full-width scan (3x the CPU).
-    sql = "SELECT * FROM spans WHERE list_contains(?::VARCHAR[], trace_id)"
-    params: list[Any] = [list(trace_ids)]
+    sql = f"SELECT * FROM spans WHERE list_contains({unpacked('?')}, trace_id)"
+    params: list[Any] = [packed(trace_ids)]
     if received_since is not None:
         sql += " AND received_at >= ?"
         params.append(received_since - margin)
@@ -291,9 +292,9 @@ def save_detections(
     """
     ids = [d.detection_id for d in detections]
     con.execute(
-        "DELETE FROM detections WHERE trace_id IN (SELECT unnest(?::VARCHAR[])) "
-        "AND detection_id NOT IN (SELECT unnest(?::VARCHAR[]))",
-        [list(trace_ids), ids],
+        f"DELETE FROM detections WHERE trace_id IN (SELECT unnest({unpacked('$1')})) "
+        f"AND detection_id NOT IN (SELECT unnest({unpacked('$2')}))",
+        [packed(trace_ids), packed(ids)],
     )
     if not detections:
         return
@@ -324,9 +325,9 @@ def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int,
         return
     con.execute(
         "UPDATE trace_state SET judged_seq = j.seq, judged_at = $1 "
-        "FROM (SELECT unnest($2::VARCHAR[]) AS tid, unnest($3::BIGINT[]) AS seq) AS j "
+        f"FROM (SELECT unnest({unpacked('$2')}) AS tid, unnest({unpacked('$3', 'BIGINT')}) AS seq) AS j "
         "WHERE trace_state.trace_id = j.tid AND coalesce(trace_state.judged_seq, 0) < j.seq",
-        [now, [j[0] for j in judged], [j[1] for j in judged]],
+        [now, packed(j[0] for j in judged), packed(j[1] for j in judged)],
     )
 
 
@@ -339,7 +340,8 @@ def mark_judged_pending(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[s
     if not judged:
         return
     con.execute(
-        "DELETE FROM pending_traces USING (SELECT unnest($1::VARCHAR[]) AS tid, unnest($2::BIGINT[]) AS seq) AS j "
+        f"DELETE FROM pending_traces USING (SELECT unnest({unpacked('$1')}) AS tid, "
+        f"unnest({unpacked('$2', 'BIGINT')}) AS seq) AS j "
         "WHERE pending_traces.trace_id = j.tid AND pending_traces.received_seq <= j.seq",
-        [[j[0] for j in judged], [j[1] for j in judged]],
+        [packed(j[0] for j in judged), packed(j[1] for j in judged)],
     )

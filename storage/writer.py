@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from tracesieve.storage.errors import RetryableError
 from tracesieve.storage.schema import utcnow
+from tracesieve.storage.sqlparams import packed, unpacked
 from tracesieve.storage.store import RECEIVED_MARGIN
 
 log = logging.getLogger("tracesieve.writer")
@@ -316,10 +317,11 @@ def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any, anti_join: bool) 
     else:
         firsts = [first for _, first in known if first is not None]
         window = "s.received_at >= $2 AND " if len(firsts) == len(known) else ""
-        sql = ("INSERT INTO spans SELECT i.* FROM _incoming_spans AS i WHERE NOT (list_contains($1::VARCHAR[], "
-               f"i.trace_id) AND EXISTS (SELECT 1 FROM spans AS s WHERE {window}list_contains($1::VARCHAR[], "
+        ids = unpacked("$1")
+        sql = (f"INSERT INTO spans SELECT i.* FROM _incoming_spans AS i WHERE NOT (list_contains({ids}, "
+               f"i.trace_id) AND EXISTS (SELECT 1 FROM spans AS s WHERE {window}list_contains({ids}, "
                "s.trace_id) AND s.trace_id = i.trace_id AND s.span_id = i.span_id))")
-        params = [[tid for tid, _ in known]] + ([min(firsts) - RECEIVED_MARGIN] if window else [])
+        params = [packed(tid for tid, _ in known)] + ([min(firsts) - RECEIVED_MARGIN] if window else [])
     row = con.execute(sql, params).fetchone()
     return int(row[0]) if row else 0
 

@@ -1,0 +1,33 @@
+"""Lists of ids as one query parameter: DuckDB's Python binding pays per value it converts.
+
+For every parameter value it binds, DuckDB's binding tries ``import pandas`` twice (to
+recognise pandas' missing-value markers); without pandas each try fails, and a failed
+import is never cached: about 7 us a try even when it fails fast (see
+``tracesieve.storage``). A list of 300 trace ids as a ``VARCHAR[]`` parameter cost 4.3 ms,
+the same ids joined into one string and split in SQL 0.36 ms. The judge binds such lists
+several times per round.
+
+    con.execute(f"SELECT ... WHERE list_contains({unpacked('?')}, trace_id)", [packed(trace_ids)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+#: ASCII unit separator: never part of an id (hex trace and span ids, hex detection and candidate ids).
+SEPARATOR = "\x1f"
+
+
+def packed(values: Iterable[object]) -> str:
+    """The values as one string for :func:`unpacked`; an empty list packs to '' (which unpacks to [''])."""
+    texts = [str(v) for v in values]
+    for text in texts:
+        if SEPARATOR in text:
+            raise ValueError(f"cannot pack {text!r}: it contains the separator U+001F")
+    return SEPARATOR.join(texts)
+
+
+def unpacked(placeholder: str, sql_type: str = "VARCHAR") -> str:
+    """SQL for the list a :func:`packed` parameter carries, as ``sql_type[]``."""
+    split = f"string_split({placeholder}, chr(31))"
+    return split if sql_type == "VARCHAR" else f"{split}::{sql_type}[]"
