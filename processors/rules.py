@@ -73,13 +73,24 @@ class TraceView:
             else:
                 roots.append(s)
         self.root: SpanRow = roots[0] if roots else self.spans[0]
+        self._kinds: list[str] | None = None
+        self._finish_reasons: dict[int, list[tuple[str, str]]] = {}
 
     @property
     def root_id(self) -> str:
         return str(self.root["span_id"])
 
     def of_kind(self, *kinds: str) -> list[SpanRow]:
-        return [s for s in self.spans if span_kind(s) in kinds]
+        if self._kinds is None:
+            self._kinds = [span_kind(s) for s in self.spans]
+        return [s for s, kind in zip(self.spans, self._kinds) if kind in kinds]
+
+    def finish_reasons(self, span: SpanRow) -> list[tuple[str, str]]:
+        """spanview.finish_reasons of one of this trace's spans, read once: three rules ask for them."""
+        key = id(span)  # the view holds its spans, so an id is not reused while it lives
+        if key not in self._finish_reasons:
+            self._finish_reasons[key] = finish_reasons(span)
+        return self._finish_reasons[key]
 
     def descendants(self, span_id: str) -> list[SpanRow]:
         out, stack, seen = [], list(self.children.get(span_id, ())), {span_id}
@@ -435,8 +446,8 @@ def answer_after_empty_retrieval(view: TraceView, cfg: RuleSettings) -> list[Fin
 _TRUNCATING = frozenset({"length", "max_tokens", "max_output_tokens", "model_length", "max_tokens_reached"})
 
 
-def _truncated(span: SpanRow) -> bool:
-    return any(v.lower() in _TRUNCATING for _, v in finish_reasons(span))
+def _truncated(view: TraceView, span: SpanRow) -> bool:
+    return any(v.lower() in _TRUNCATING for _, v in view.finish_reasons(span))
 
 
 def _declared_json(span: SpanRow) -> tuple[str, Any] | None:
@@ -474,7 +485,7 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     for s in view.spans:
         declared = _declared_json(s) if span_kind(s) == "LLM" else None
         if declared is not None:
-            if _truncated(s):
+            if _truncated(view, s):
                 continue  # cut off by the token limit: that is truncation, reported there
             where, schema = declared
             texts = [m["text"] for m in output_messages(s) if m["text"]] or ([assistant_text(s)] if assistant_text(s) else [])
@@ -515,7 +526,7 @@ def finish_length(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """A model call stopped on its token limit (finish reason length / max_tokens / MAX_TOKENS / max_output_tokens)."""
     found = []
     for s in view.spans:
-        hits = [(w, v) for w, v in finish_reasons(s) if v.lower() in _TRUNCATING]
+        hits = [(w, v) for w, v in view.finish_reasons(s) if v.lower() in _TRUNCATING]
         if not hits:
             continue
         a = attrs(s)
@@ -707,7 +718,7 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                 {"kind": span_kind(s), "model": s.get("llm_model_name"), "provider": s.get("llm_provider"), **facts},
             ))
             continue
-        bad = [(w, v) for w, v in finish_reasons(s) if v.lower() in ("error", "content_filter")]
+        bad = [(w, v) for w, v in view.finish_reasons(s) if v.lower() in ("error", "content_filter")]
         if bad:
             cls = "content_filter" if bad[0][1].lower() == "content_filter" else "provider_error"
             found.append(Finding(
