@@ -320,14 +320,22 @@ def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int,
     """Record that each trace was judged at the given received_seq, never moving it backwards (writer thread).
 
     Also what a lake runs: there two collectors may judge one trace at different versions.
+
+    ``judged`` carries each trace's first_received_at as ``settled_traces`` read it, and a trace's
+    first_received_at never changes: bounding the scan by the earliest one lets DuckDB skip every
+    older row group of trace_state (a row per trace ever received). Unbounded, the join scanned it
+    all: 4.6 ms a round at 100,000 traces, 30 ms at a million; bounded, 1.3-1.6 ms at both.
     """
     if not judged:
         return
+    firsts = [j[2] for j in judged if j[2] is not None]
+    bounded = len(firsts) == len(judged)
     con.execute(
         "UPDATE trace_state SET judged_seq = j.seq, judged_at = $1 "
         f"FROM (SELECT unnest({unpacked('$2')}) AS tid, unnest({unpacked('$3', 'BIGINT')}) AS seq) AS j "
-        "WHERE trace_state.trace_id = j.tid AND coalesce(trace_state.judged_seq, 0) < j.seq",
-        [now, packed(j[0] for j in judged), packed(j[1] for j in judged)],
+        "WHERE trace_state.trace_id = j.tid AND coalesce(trace_state.judged_seq, 0) < j.seq"
+        + (" AND trace_state.first_received_at >= $4" if bounded else ""),
+        [now, packed(j[0] for j in judged), packed(j[1] for j in judged)] + ([min(firsts)] if bounded else []),
     )
 
 

@@ -118,6 +118,23 @@ def test_pending_traces_follow_commits_and_judgements(tmp_path):
     con.close()
 
 
+def test_mark_judged_records_exactly_the_judged_versions_among_older_and_newer_traces(tmp_path):
+    con = store.open_database(str(tmp_path / "w.duckdb"))
+    writer = GroupCommitWriter(con)
+    now = dt.datetime.now(dt.timezone.utc)
+    try:
+        for trace in range(1, 6):  # five commits, five first_received_at instants
+            _write(writer, _spans(trace, range(0, 2)))
+        due = [d for d in store.settled_traces(con, None, 10) if d[0] in (f"{2:032x}", f"{3:032x}")]
+        assert len(due) == 2 and all(d[2] is not None for d in due)
+        writer.submit_task(lambda c: store.mark_judged(c, due, now)).result(timeout=30)
+    finally:
+        writer.close()
+    judged = con.execute("SELECT trace_id FROM trace_state WHERE judged_seq = received_seq ORDER BY trace_id").fetchall()
+    assert judged == [(f"{2:032x}",), (f"{3:032x}",)]  # the earliest judged one included, no other
+    con.close()
+
+
 def test_a_store_from_before_pending_traces_gets_its_unjudged_traces_listed(tmp_path):
     from tracesieve.storage import migrations
 
