@@ -30,20 +30,15 @@ def tune_garbage_collector() -> None:
 
 # --------------------------------------------------------------------------- the C heap
 
-#: glibc's mallopt parameter for the number of malloc arenas (malloc.h).
-_M_ARENA_MAX = -8
-#: Arenas for the collector's threads (glibc's default is 8 per core).
-MALLOC_ARENAS = 2
 #: Seconds between two returns of the C heap's free pages to the OS.
 TRIM_SECONDS = 2.0
 
 
 def _glibc() -> Any | None:
-    """The C library when it is glibc (mallopt and malloc_trim exist), else None: musl, macOS."""
+    """The C library when it is glibc (malloc_trim exists), else None: musl, macOS."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         return libc
     except (OSError, AttributeError):
         return None
@@ -52,22 +47,13 @@ def _glibc() -> Any | None:
 _LIBC = _glibc()
 
 
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
-    """Let the threads share ``arenas`` malloc arenas instead of up to 16 on two cores.
-
-    Each arena holds on to the pages freed in it; with fewer arenas less sits idle, and
-    :func:`trim_heap` has fewer to walk. Call before the threads start.
-    """
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_ARENA_MAX, arenas)
-
-
 def trim_heap() -> None:
     """Return the C heap's free pages to the OS (DuckDB, protobuf and big Python strings live there).
 
     glibc gives back only the top of a heap by itself; the pages of freed request bodies and
     span rows in the middle stay resident until ``malloc_trim`` releases them. About 10-20 ms
-    for a few hundred MB held.
+    for a few hundred MB held. (Fewer malloc arenas held less as well, but DuckDB's writer then
+    waited on the arena locks: ~3% fewer spans/s in bench/ingest.py.)
     """
     if _LIBC is not None:
         _LIBC.malloc_trim(0)

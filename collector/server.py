@@ -32,7 +32,7 @@ from tracesieve.collector.grpc_receiver import start_grpc_server
 from tracesieve.collector.http_receiver import build_app
 from tracesieve.collector.judge import Judge
 from tracesieve.collector.metrics import Metrics, StateSource, StoreState
-from tracesieve.collector.runtime import HeapTrimmer, limit_malloc_arenas, tune_garbage_collector
+from tracesieve.collector.runtime import HeapTrimmer, tune_garbage_collector
 from tracesieve.storage import lake, stats, store
 from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
 from tracesieve.storage.schema import utcnow
@@ -74,7 +74,6 @@ class Collector:
 
     def start(self) -> None:
         cfg = self.config
-        limit_malloc_arenas()
         trace_store: LakeTraceStore | None = None
         self.writer: GroupCommitWriter
         if cfg.lake is not None:

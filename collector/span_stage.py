@@ -74,9 +74,8 @@ def _init_worker(config_path: str | None, db_path: str, collector_pid: int) -> N
                      daemon=True).start()
     from tracesieve.collector.config import load_config
 
-    from tracesieve.collector.runtime import HeapTrimmer, limit_malloc_arenas, tune_garbage_collector
+    from tracesieve.collector.runtime import HeapTrimmer, tune_garbage_collector
 
-    limit_malloc_arenas()
     config = load_config(config_path, db_path=db_path)
     _WORKER = (config.decode_limits, list(config.span_processors))
     tune_garbage_collector()

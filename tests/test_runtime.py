@@ -11,13 +11,12 @@ import textwrap
 # them. Prints RSS in MB before and after trim_heap.
 PROBE = textwrap.dedent("""
     import sys
-    from tracesieve.collector.runtime import limit_malloc_arenas, trim_heap
+    from tracesieve.collector.runtime import trim_heap
 
     def rss():
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) // 1024 for l in f if l.startswith("VmRSS:"))
 
-    limit_malloc_arenas()
     held = [bytes(4000) + bytes([i % 256]) for i in range(100_000)]
     survivors = held[::50]
     del held
