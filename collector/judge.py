@@ -195,7 +195,7 @@ class Judge:
             if states is not None:
                 states.save_judgement(con, due, detections, candidates, now)
                 return
-            store.save_detections(con, trace_ids, detections, now)
+            store.save_detections(con, trace_ids, detections, now, since)
             if candidates:
                 candidate_store.upsert_candidates(con, candidates, now)
             store.mark_judged_pending(con, due, now)

@@ -283,18 +283,26 @@ def load_traces(
 
 
 def save_detections(
-    con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], detections: Sequence[Detection], now: dt.datetime
+    con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], detections: Sequence[Detection], now: dt.datetime,
+    received_since: dt.datetime | None = None,
 ) -> None:
     """Make the stored detections of ``trace_ids`` equal to ``detections`` (writer thread, in a transaction).
 
     Detections already stored keep their detection_id and detected_at, so judging
     a trace again never duplicates a finding.
+
+    ``received_since`` (the earliest first_received_at of those traces) bounds the search for
+    their stored detections: a trace is judged only after its first spans were committed, so
+    each of its detections was made later (less store.RECEIVED_MARGIN, for a clock stepped
+    back), and DuckDB skips the older row groups. Unbounded, the delete scanned the whole table:
+    7 ms a judge round at 100,000 detections, 45 ms at a million.
     """
     ids = [d.detection_id for d in detections]
+    bound = " AND detected_at >= $3" if received_since is not None else ""
     con.execute(
         f"DELETE FROM detections WHERE trace_id IN (SELECT unnest({unpacked('$1')})) "
-        f"AND detection_id NOT IN (SELECT unnest({unpacked('$2')}))",
-        [packed(trace_ids), packed(ids)],
+        f"AND detection_id NOT IN (SELECT unnest({unpacked('$2')})){bound}",
+        [packed(trace_ids), packed(ids)] + ([received_since - RECEIVED_MARGIN] if bound else []),
     )
     if not detections:
         return

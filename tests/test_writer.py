@@ -151,3 +151,30 @@ def test_a_store_from_before_pending_traces_gets_its_unjudged_traces_listed(tmp_
     assert sorted(t for t, _, _ in store.settled_traces(con, None, 10)) == ["b", "c"]
     assert con.execute("SELECT max(version) FROM schema_version").fetchone() == (migrations.LATEST_VERSION,)
     con.close()
+
+
+def test_judging_again_replaces_a_traces_detections_within_the_received_bound(tmp_path):
+    from tracesieve.storage.schema import Detection
+
+    con = store.open_database(str(tmp_path / "w.duckdb"))
+    writer = GroupCommitWriter(con)
+    try:
+        _write(writer, _spans(1, range(0, 3)))
+        _write(writer, _spans(2, range(0, 3)))
+        (first,) = [d[2] for d in store.settled_traces(con, None, 10) if d[0] == f"{1:032x}"]
+
+        def found(span: int, trace: int = 1) -> Detection:
+            return Detection(f"{trace:032x}", f"{span:016x}", "tool_error", "tool_invocation", "P1",
+                             "internal_visible", f"span {span} failed", {})
+
+        def save(trace_ids, detections):
+            now = dt.datetime.now(dt.timezone.utc)
+            writer.submit_task(lambda c: store.save_detections(c, trace_ids, detections, now, first)).result(timeout=30)
+
+        save([f"{1:032x}", f"{2:032x}"], [found(0), found(1), found(0, trace=2)])
+        save([f"{1:032x}"], [found(1)])  # judged again: span 0's finding is gone, trace 2 untouched
+    finally:
+        writer.close()
+    rows = con.execute("SELECT trace_id, span_id FROM detections ORDER BY trace_id, span_id").fetchall()
+    assert rows == [(f"{1:032x}", f"{1:016x}"), (f"{2:032x}", f"{0:016x}")]
+    con.close()
