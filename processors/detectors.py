@@ -28,6 +28,7 @@ Config (``processors.detectors``; every default lives in :class:`DetectorsConfig
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -344,10 +345,14 @@ class DetectorsProcessor:
         if not rules or not batch.traces:
             return per_trace
         trace_ids = sorted(batch.traces)
+        received = [s.get("received_at") for spans in batch.traces.values() for s in spans]
+        # The spans the judge loaded are all these traces have: none was received before the earliest.
+        bounded = bool(received) and all(isinstance(r, dt.datetime) for r in received)
+        params = ([min(received)] if bounded else []) + [packed(trace_ids)]
         failed = 0
         for rule in rules:
             try:
-                rows = store.query(wrap_rule_sql(rule.sql), [packed(trace_ids)])
+                rows = store.query(wrap_rule_sql(rule.sql, received_bound=bounded), params)
             except Exception:
                 if self.strict:
                     raise

@@ -5,12 +5,15 @@ columns ``trace_id, span_id, message, evidence``. At judge time it must see only
 the spans of the traces being judged, so :func:`wrap_rule_sql` puts it inside a
 query whose CTE ``spans`` shadows the real table::
 
-    WITH spans AS (SELECT * FROM main.spans WHERE trace_id IN (SELECT unnest(string_split(?, chr(31)))))
+    WITH spans AS (SELECT * FROM main.spans
+                   WHERE received_at >= ? AND trace_id IN (SELECT unnest(string_split(?, chr(31)))))
     SELECT trace_id, span_id, message, evidence FROM (<rule sql>) AS operator_rule
 
 The rule sits in a subquery, so a rule that has its own ``WITH`` (even
 ``WITH RECURSIVE``) needs no rewriting: its CTEs are scoped to the subquery and
-still see the outer ``spans``. The one parameter is the list of trace ids, packed into one string
+still see the outer ``spans``. The parameters: the earliest ``received_at`` among the judged
+spans (so DuckDB skips older row groups instead of joining the whole table each round; left out
+when some span has none), and the trace ids, packed into one string
 (:mod:`tracesieve.storage.sqlparams`).
 
 :class:`RuleSqlChecker` compiles a rule at config time against an in-memory
@@ -22,6 +25,7 @@ checker connection has external access disabled: a rule reads ``spans`` only.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 
 import duckdb
@@ -41,12 +45,14 @@ def strip_rule_sql(sql: str) -> str:
     return text
 
 
-def wrap_rule_sql(sql: str) -> str:
-    """The statement to run for one rule; bind one parameter: the trace ids being judged, ``packed``."""
+def wrap_rule_sql(sql: str, *, received_bound: bool = True) -> str:
+    """The statement to run for one rule; bind the earliest received_at of the judged spans (only with
+    ``received_bound``), then their trace ids ``packed``."""
     body = strip_rule_sql(sql)
     columns = ", ".join(f"operator_rule.{c}" for c in RULE_COLUMNS)
+    bound = "received_at >= ? AND " if received_bound else ""
     return (
-        f"WITH spans AS (SELECT * FROM main.spans WHERE trace_id IN (SELECT unnest({unpacked('?')})))\n"
+        f"WITH spans AS (SELECT * FROM main.spans WHERE {bound}trace_id IN (SELECT unnest({unpacked('?')})))\n"
         f"SELECT {columns} FROM (\n{body}\n) AS operator_rule"
     )
 
@@ -102,7 +108,7 @@ class RuleSqlChecker:
                 return problems
             try:
                 cur = self._con.cursor()
-                cur.execute(wrap_rule_sql(body), [packed([])])
+                cur.execute(wrap_rule_sql(body), [dt.datetime.now(dt.timezone.utc), packed([])])
                 cur.fetchall()
             except duckdb.Error as exc:
                 return [f"sql: {_first_line(exc)}"]

@@ -713,6 +713,23 @@ def test_operator_sql_rule_finds_spans_of_the_judged_traces_only(tmp_path):
     assert ds[0].evidence == {"rule": "empty_tool_result", "tool": "search_kb", "output": "[]"}
 
 
+def test_operator_sql_rule_sees_every_span_of_the_judged_traces_from_the_earliest_received(tmp_path):
+    # As the judge loads them: every span carries received_at, and the rule's view is bounded by the
+    # earliest of them, so the first span received (the empty tool result) must still be in view.
+    import datetime as dt
+
+    t0 = dt.datetime(2026, 11, 22, 6, 0, tzinfo=dt.timezone.utc)
+    empty = dict(tool("search_kb", '{"q": "x"}', result="[]"), received_at=t0)
+    answer = dict(llm("Nothing found."), received_at=t0 + dt.timedelta(seconds=3))
+    judged = make_trace(empty, answer)
+    older = make_trace(dict(tool("search_kb", '{"q": "y"}', result="[]"), received_at=t0 - dt.timedelta(hours=1)))
+    store = store_with(tmp_path, judged, older)
+    assert all(s.get("received_at") is not None for s in judged)
+    p = processor(rules=[rule("empty_tool_result", GOOD_SQL, blast_radius="internal_visible")])
+    ds = p.process_traces(TraceBatch(traces={judged[0]["trace_id"]: judged}), store).detections
+    assert [(d.detector, d.span_id) for d in ds] == [("empty_tool_result", empty["span_id"])]
+
+
 def test_operator_sql_rule_with_its_own_with_clause_runs(tmp_path):
     calls = [llm("step", extra={}) for _ in range(10)]
     trace = make_trace(*calls)
