@@ -75,8 +75,8 @@ from typing import Any, ClassVar
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
-from tracesieve.storage.sqlparams import packed
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
+from tracesieve.storage.sqlparams import packed
 
 # ---------------------------------------------------------------------------
 # normal form, hash, MinHash
