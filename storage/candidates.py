@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from tracesieve.storage.errors import NotFoundError, UsageError
 from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES, Candidate
-from tracesieve.storage.sqlparams import packed, unpacked
+from tracesieve.storage.sqlparams import packed, registered, unpacked
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; processors import this module without duckdb
     import duckdb
@@ -149,8 +149,7 @@ def upsert_candidates(
 
     if new_rows:
         table = pa.Table.from_pylist(list(new_rows.values()), schema=_NEW_ROWS_SCHEMA)
-        con.register("_tracesieve_new_candidates", table)
-        try:
+        with registered(con, "_tracesieve_new_candidates", table):
             con.execute(
                 "INSERT INTO candidates (candidate_id, detector, failure_mode, severity, blast_radius, input_hash, "
                 "intent, input, context, observed, expected, source, status, duplicate_of, occurrences, trace_ids, "
@@ -160,13 +159,10 @@ def upsert_candidates(
                 "?::TIMESTAMPTZ, ?::TIMESTAMPTZ FROM _tracesieve_new_candidates",
                 [now, now],
             )
-        finally:
-            con.unregister("_tracesieve_new_candidates")
     updates = [e for e in recur.values() if e["add_trace_ids"]]
     if updates:
         table = pa.Table.from_pylist(updates, schema=_RECURRENCE_SCHEMA)
-        con.register("_tracesieve_recurrences", table)
-        try:
+        with registered(con, "_tracesieve_recurrences", table):
             con.execute(
                 "UPDATE candidates SET "
                 "trace_ids = list_concat(coalesce(candidates.trace_ids, []::VARCHAR[]), u.add_trace_ids), "
@@ -176,8 +172,6 @@ def upsert_candidates(
                 "FROM _tracesieve_recurrences AS u WHERE candidates.candidate_id = u.candidate_id",
                 [now, now],
             )
-        finally:
-            con.unregister("_tracesieve_recurrences")
     return counts
 
 

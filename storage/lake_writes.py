@@ -31,7 +31,7 @@ from tracesieve.storage import store
 from tracesieve.storage.errors import RetryableError
 from tracesieve.storage.lake import CommitLock, redact, run_in_transaction
 from tracesieve.storage.schema import Candidate, Detection, utcnow
-from tracesieve.storage.sqlparams import packed, unpacked
+from tracesieve.storage.sqlparams import packed, registered, unpacked
 from tracesieve.storage.writer import GroupCommitWriter, WriteTask
 
 log = logging.getLogger("tracesieve.lake")
@@ -47,8 +47,7 @@ def insert_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, owner: str, no
     ``trace_state`` can have stored spans, so the anti-join reads spans received since the earliest
     of those traces' first_received_at (minus store.RECEIVED_MARGIN) and is skipped for new traces.
     """
-    con.register("_incoming_spans", table)
-    try:
+    with registered(con, "_incoming_spans", table):
         row = con.execute(
             "SELECT min(first_received_at), count(*) FROM trace_state "
             "WHERE trace_id IN (SELECT DISTINCT trace_id FROM _incoming_spans)").fetchone()
@@ -72,8 +71,6 @@ def insert_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, owner: str, no
             "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq, owner) "
             "SELECT DISTINCT trace_id, $1::TIMESTAMPTZ, $1::TIMESTAMPTZ, 1, $2 FROM _incoming_spans "
             "WHERE trace_id NOT IN (SELECT trace_id FROM trace_state)", [now, owner])
-    finally:
-        con.unregister("_incoming_spans")
     return inserted
 
 
@@ -205,8 +202,7 @@ def save_detections(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], de
     if not unique:
         return
     rows = [d.as_row(now) for d in unique.values()]
-    con.register("_incoming_detections", pa.Table.from_pylist(rows, schema=_DETECTION_SCHEMA))
-    try:
+    with registered(con, "_incoming_detections", pa.Table.from_pylist(rows, schema=_DETECTION_SCHEMA)):
         con.execute(
             "UPDATE detections SET message = i.message, evidence = i.evidence, severity = i.severity, "
             "blast_radius = i.blast_radius FROM _incoming_detections AS i "
@@ -216,5 +212,3 @@ def save_detections(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], de
             "blast_radius, message, evidence, detected_at) SELECT detection_id, trace_id, span_id, detector, "
             "failure_mode, severity, blast_radius, message, evidence, detected_at FROM _incoming_detections "
             "WHERE detection_id NOT IN (SELECT detection_id FROM detections)")
-    finally:
-        con.unregister("_incoming_detections")

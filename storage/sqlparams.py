@@ -1,4 +1,6 @@
-"""Lists of ids as one query parameter: DuckDB's Python binding pays per value it converts.
+"""Python data handed to SQL: id lists as one query parameter, Arrow tables as named views.
+
+DuckDB's Python binding pays per parameter value it converts.
 
 For every parameter value it binds, DuckDB's binding tries ``import pandas`` twice (to
 recognise pandas' missing-value markers); without pandas each try fails, and a failed
@@ -12,7 +14,12 @@ several times per round.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import duckdb
 
 #: ASCII unit separator: never part of an id (hex trace and span ids, hex detection and candidate ids).
 SEPARATOR = "\x1f"
@@ -31,3 +38,13 @@ def unpacked(placeholder: str, sql_type: str = "VARCHAR") -> str:
     """SQL for the list a :func:`packed` parameter carries, as ``sql_type[]``."""
     split = f"string_split({placeholder}, chr(31))"
     return split if sql_type == "VARCHAR" else f"{split}::{sql_type}[]"
+
+
+@contextmanager
+def registered(con: duckdb.DuckDBPyConnection, name: str, table: Any) -> Iterator[None]:
+    """``table`` (Arrow) visible to SQL on ``con`` as the view ``name`` until the block ends, raise or not."""
+    con.register(name, table)
+    try:
+        yield
+    finally:
+        con.unregister(name)

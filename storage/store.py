@@ -19,7 +19,7 @@ import pyarrow as pa
 from tracesieve.storage.errors import UsageError
 from tracesieve.storage.migrations import migrate
 from tracesieve.storage.schema import Detection, JSON_SPAN_COLUMNS
-from tracesieve.storage.sqlparams import packed, unpacked
+from tracesieve.storage.sqlparams import packed, registered, unpacked
 
 #: Statement types a read-only query may contain.
 _READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -318,14 +318,11 @@ def save_detections(
     rows = list({d.detection_id: d.as_row(now) for d in detections}.values())
     incoming = pa.table({c: pa.array([r[c] for r in rows], type=pa.timestamp("us", tz="UTC")
                                      if c == "detected_at" else pa.string()) for c in columns})
-    con.register("_incoming_detections", incoming)
-    try:
+    with registered(con, "_incoming_detections", incoming):
         con.execute(
             f"INSERT INTO detections ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _incoming_detections "
             "ON CONFLICT (detection_id) DO UPDATE SET message = excluded.message, evidence = excluded.evidence, "
             "severity = excluded.severity, blast_radius = excluded.blast_radius")
-    finally:
-        con.unregister("_incoming_detections")
 
 
 def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int, Any]], now: dt.datetime) -> None:

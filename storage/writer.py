@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from tracesieve.storage.errors import RetryableError
 from tracesieve.storage.schema import utcnow
-from tracesieve.storage.sqlparams import packed, unpacked
+from tracesieve.storage.sqlparams import packed, registered, unpacked
 from tracesieve.storage.store import RECEIVED_MARGIN
 
 log = logging.getLogger("tracesieve.writer")
@@ -291,11 +291,8 @@ def insert_new_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, now: Any, 
     since those traces first were (minus store.RECEIVED_MARGIN, for stores written before
     ``received_at`` was the commit time). With ``anti_join=False`` it is the ON CONFLICT form.
     """
-    con.register("_incoming_spans", table)
-    try:
+    with registered(con, "_incoming_spans", table):
         return _insert_incoming(con, now, anti_join)
-    finally:
-        con.unregister("_incoming_spans")
 
 
 def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any, anti_join: bool) -> int:
@@ -335,14 +332,11 @@ def _mark_pending(con: duckdb.DuckDBPyConnection, returned: list[tuple[Any, ...]
         "received_seq": pa.array([r[2] for r in returned], pa.int64()),
         "first_received_at": pa.array([r[1] for r in returned], pa.timestamp("us", tz="UTC")),
     })
-    con.register("_committed_traces", rows)
-    try:
+    with registered(con, "_committed_traces", rows):
         con.execute(
             "INSERT INTO pending_traces SELECT trace_id, received_seq, first_received_at, $1::TIMESTAMPTZ "
             "FROM _committed_traces ON CONFLICT (trace_id) DO UPDATE SET received_seq = excluded.received_seq, "
             "last_received_at = excluded.last_received_at", [now])
-    finally:
-        con.unregister("_committed_traces")
 
 
 def _drop_repeated_keys(table: pa.Table) -> pa.Table:

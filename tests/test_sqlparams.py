@@ -28,3 +28,19 @@ def test_an_empty_list_matches_no_id() -> None:
 def test_a_value_holding_the_separator_is_refused() -> None:
     with pytest.raises(ValueError, match="separator"):
         packed(["ok", "bad\x1fid"])
+
+
+def test_a_registered_table_is_a_view_only_inside_its_block_even_when_it_raises() -> None:
+    import pyarrow as pa
+
+    from tracesieve.storage.sqlparams import registered
+
+    con = duckdb.connect()
+    with registered(con, "_rows", pa.table({"x": [1, 2]})):
+        assert con.execute("SELECT sum(x) FROM _rows").fetchone() == (3,)
+    with pytest.raises(duckdb.CatalogException):
+        con.execute("SELECT * FROM _rows")
+    with pytest.raises(RuntimeError), registered(con, "_rows", pa.table({"x": [1]})):
+        raise RuntimeError("inside")
+    with pytest.raises(duckdb.CatalogException):
+        con.execute("SELECT * FROM _rows")
