@@ -348,7 +348,6 @@ def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int,
     )
 
 
-
 def mark_judged_pending(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int, Any]],
                         now: dt.datetime) -> None:
     """:func:`mark_judged` on a file store: also take the traces off pending_traces, unless a commit

@@ -12,13 +12,23 @@ from tracesieve.storage.schema import SPAN_SCHEMA
 from tracesieve.storage.writer import GroupCommitWriter
 
 
+def _tid(trace: int) -> str:
+    return f"{trace:032x}"
+
+
 def _spans(trace: int, span_ids: range, payload: str = "x") -> pa.Table:
     n = len(span_ids)
     cols = {f.name: pa.nulls(n, f.type) for f in SPAN_SCHEMA}
-    cols["trace_id"] = pa.array([f"{trace:032x}"] * n)
+    cols["trace_id"] = pa.array([_tid(trace)] * n)
     cols["span_id"] = pa.array([f"{i:016x}" for i in span_ids])
     cols["name"] = pa.array([f"{payload}-{i}" for i in span_ids])
     return pa.table(cols, schema=SPAN_SCHEMA)
+
+
+def _open(tmp_path) -> tuple[duckdb.DuckDBPyConnection, GroupCommitWriter]:
+    """A fresh store and its writer (close the writer before reading what it committed)."""
+    con = store.open_database(str(tmp_path / "w.duckdb"))
+    return con, GroupCommitWriter(con)
 
 
 def _write(writer: GroupCommitWriter, batch: pa.Table) -> int:
@@ -28,12 +38,11 @@ def _write(writer: GroupCommitWriter, batch: pa.Table) -> int:
 
 def _stored(con, trace: int) -> list[tuple[str, str]]:
     return con.execute("SELECT span_id, name FROM spans WHERE trace_id = ? ORDER BY span_id",
-                       [f"{trace:032x}"]).fetchall()
+                       [_tid(trace)]).fetchall()
 
 
 def test_redelivered_and_overlapping_spans_are_stored_once(tmp_path):
-    con = store.open_database(str(tmp_path / "w.duckdb"))
-    writer = GroupCommitWriter(con)
+    con, writer = _open(tmp_path)
     try:
         _write(writer, _spans(1, range(0, 4), "first"))
         _write(writer, _spans(1, range(2, 6), "second"))   # known trace: 2 and 3 again, 4 and 5 new
@@ -48,14 +57,13 @@ def test_redelivered_and_overlapping_spans_are_stored_once(tmp_path):
     assert len(_stored(con, 2)) == 3
     assert writer.stats.committed_spans == 4 + 2 + 3
     assert writer.stats.duplicate_spans == 2 + 6
-    seq = con.execute("SELECT received_seq FROM trace_state WHERE trace_id = ?", [f"{1:032x}"]).fetchone()
+    seq = con.execute("SELECT received_seq FROM trace_state WHERE trace_id = ?", [_tid(1)]).fetchone()
     assert seq == (3,)
     con.close()
 
 
 def test_a_copy_older_than_the_anti_join_window_is_still_not_stored_twice(tmp_path):
-    con = store.open_database(str(tmp_path / "w.duckdb"))
-    writer = GroupCommitWriter(con)
+    con, writer = _open(tmp_path)
     try:
         _write(writer, _spans(7, range(0, 3), "old"))
         # As a store written by an older version could hold: received_at long before the window.
@@ -75,8 +83,7 @@ def test_after_a_fatal_store_error_the_writer_refuses_spans_instead_of_retrying_
 
     from tracesieve.storage.errors import RetryableError
 
-    con = store.open_database(str(tmp_path / "w.duckdb"))
-    writer = GroupCommitWriter(con)
+    con, writer = _open(tmp_path)
     _write(writer, _spans(3, range(0, 2)))
 
     def invalidated(_con):
@@ -98,40 +105,38 @@ def test_after_a_fatal_store_error_the_writer_refuses_spans_instead_of_retrying_
 
 
 def test_pending_traces_follow_commits_and_judgements(tmp_path):
-    con = store.open_database(str(tmp_path / "w.duckdb"))
-    writer = GroupCommitWriter(con)
+    con, writer = _open(tmp_path)
     now = dt.datetime.now(dt.timezone.utc)
     try:
         _write(writer, _spans(1, range(0, 2)))
         _write(writer, _spans(2, range(0, 2)))
         assert store.count_unjudged(con) == 2
         due = store.settled_traces(con, None, 10)
-        assert sorted((tid, seq) for tid, seq, _ in due) == [(f"{1:032x}", 1), (f"{2:032x}", 1)]
+        assert sorted((tid, seq) for tid, seq, _ in due) == [(_tid(1), 1), (_tid(2), 1)]
         _write(writer, _spans(1, range(2, 3)))  # trace 1 gets a span while being judged at version 1
         writer.submit_task(lambda c: store.mark_judged_pending(c, due, now)).result(timeout=30)
     finally:
         writer.close()
     # trace 2 is done; trace 1 stays pending at version 2, and trace_state agrees
-    assert [(tid, seq) for tid, seq, _ in store.settled_traces(con, None, 10)] == [(f"{1:032x}", 2)]
+    assert [(tid, seq) for tid, seq, _ in store.settled_traces(con, None, 10)] == [(_tid(1), 2)]
     assert con.execute("SELECT trace_id FROM trace_state WHERE judged_seq IS DISTINCT FROM received_seq").fetchall() \
-        == [(f"{1:032x}",)]
+        == [(_tid(1),)]
     con.close()
 
 
 def test_mark_judged_records_exactly_the_judged_versions_among_older_and_newer_traces(tmp_path):
-    con = store.open_database(str(tmp_path / "w.duckdb"))
-    writer = GroupCommitWriter(con)
+    con, writer = _open(tmp_path)
     now = dt.datetime.now(dt.timezone.utc)
     try:
         for trace in range(1, 6):  # five commits, five first_received_at instants
             _write(writer, _spans(trace, range(0, 2)))
-        due = [d for d in store.settled_traces(con, None, 10) if d[0] in (f"{2:032x}", f"{3:032x}")]
+        due = [d for d in store.settled_traces(con, None, 10) if d[0] in (_tid(2), _tid(3))]
         assert len(due) == 2 and all(d[2] is not None for d in due)
         writer.submit_task(lambda c: store.mark_judged(c, due, now)).result(timeout=30)
     finally:
         writer.close()
     judged = con.execute("SELECT trace_id FROM trace_state WHERE judged_seq = received_seq ORDER BY trace_id").fetchall()
-    assert judged == [(f"{2:032x}",), (f"{3:032x}",)]  # the earliest judged one included, no other
+    assert judged == [(_tid(2),), (_tid(3),)]  # the earliest judged one included, no other
     con.close()
 
 
@@ -156,25 +161,24 @@ def test_a_store_from_before_pending_traces_gets_its_unjudged_traces_listed(tmp_
 def test_judging_again_replaces_a_traces_detections_within_the_received_bound(tmp_path):
     from tracesieve.storage.schema import Detection
 
-    con = store.open_database(str(tmp_path / "w.duckdb"))
-    writer = GroupCommitWriter(con)
+    con, writer = _open(tmp_path)
     try:
         _write(writer, _spans(1, range(0, 3)))
         _write(writer, _spans(2, range(0, 3)))
-        (first,) = [d[2] for d in store.settled_traces(con, None, 10) if d[0] == f"{1:032x}"]
+        (first,) = [d[2] for d in store.settled_traces(con, None, 10) if d[0] == _tid(1)]
 
         def found(span: int, trace: int = 1) -> Detection:
-            return Detection(f"{trace:032x}", f"{span:016x}", "tool_error", "tool_invocation", "P1",
+            return Detection(_tid(trace), f"{span:016x}", "tool_error", "tool_invocation", "P1",
                              "internal_visible", f"span {span} failed", {})
 
         def save(trace_ids, detections):
             now = dt.datetime.now(dt.timezone.utc)
             writer.submit_task(lambda c: store.save_detections(c, trace_ids, detections, now, first)).result(timeout=30)
 
-        save([f"{1:032x}", f"{2:032x}"], [found(0), found(1), found(0, trace=2)])
-        save([f"{1:032x}"], [found(1)])  # judged again: span 0's finding is gone, trace 2 untouched
+        save([_tid(1), _tid(2)], [found(0), found(1), found(0, trace=2)])
+        save([_tid(1)], [found(1)])  # judged again: span 0's finding is gone, trace 2 untouched
     finally:
         writer.close()
     rows = con.execute("SELECT trace_id, span_id FROM detections ORDER BY trace_id, span_id").fetchall()
-    assert rows == [(f"{1:032x}", f"{1:016x}"), (f"{2:032x}", f"{0:016x}")]
+    assert rows == [(_tid(1), f"{1:016x}"), (_tid(2), f"{0:016x}")]
     con.close()
