@@ -20,9 +20,14 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracesieve.collector.metrics import Metrics
 from tracesieve.processors.base import TraceBatch, TraceProcessor
+from tracesieve.processors.detectors import DetectorsProcessor
+from tracesieve.processors.promotion import PromotionProcessor
+from tracesieve.processors.rules import Finding
 from tracesieve.storage import candidates as candidate_store
 from tracesieve.storage import store
 from tracesieve.storage.schema import Candidate, Detection, utcnow
@@ -66,6 +71,12 @@ class TraceStore(Protocol):
                     now: dt.datetime) -> None: ...
 
 
+class RuleFinder(Protocol):
+    """Runs the built-in detector rules elsewhere (span_stage.ProcessSpanStage: in its worker processes)."""
+
+    def find_rule_findings(self, detectors: DetectorsProcessor, table: pa.Table) -> dict[str, list[Finding]]: ...
+
+
 class Judge:
     def __init__(
         self,
@@ -75,8 +86,13 @@ class Judge:
         decision_wait: float,
         metrics: Metrics,
         trace_store: TraceStore | None = None,
+        rule_finder: RuleFinder | None = None,
     ) -> None:
         self._trace_store = trace_store
+        # The rules can run elsewhere when every other step reads only the traces that have detections.
+        self._rule_finder = rule_finder if (
+            processors and isinstance(processors[0], DetectorsProcessor)
+            and all(isinstance(p, PromotionProcessor) for p in processors[1:])) else None
         self._cursor = cursor
         self._reader = CursorReader(cursor)
         self._writer = writer
@@ -140,6 +156,53 @@ class Judge:
             batch = proc.process_traces(batch, self._reader)
         return batch
 
+    def _judge_table(self, table: pa.Table, trace_ids: list[str]) -> TraceBatch:
+        """The trace stage over one round's spans; the built-in rules run in the rule finder when there is one.
+
+        Only the traces with a finding become span dicts here (promotion needs them); a trace an
+        operator rule matched is judged whole here, since blast radius reads every finding.
+        """
+        if self._rule_finder is not None:
+            try:
+                return self._judge_elsewhere(self._rule_finder, table, trace_ids)
+            except Exception as exc:
+                log.warning("judging with the span workers failed (%s); judging this round here", type(exc).__name__)
+        traces = store.traces_from_table(table, trace_ids)
+        try:
+            return self._run_processors(traces)
+        except Exception as exc:
+            # One bad trace must not block the others forever: judge one by one, skip the failing ones.
+            log.error("trace stage failed on a batch of %d traces (%s); judging them one by one",
+                      len(traces), type(exc).__name__)
+        batch = TraceBatch(traces=traces)
+        for trace_id, spans in traces.items():
+            try:
+                single = self._run_processors({trace_id: spans})
+            except Exception as single_exc:
+                log.error("trace %s could not be judged (%s); it is marked judged without findings",
+                          trace_id, type(single_exc).__name__)
+                continue
+            batch.detections.extend(single.detections)
+            batch.candidates.extend(single.candidates)
+        return batch
+
+    def _judge_elsewhere(self, finder: RuleFinder, table: pa.Table, trace_ids: list[str]) -> TraceBatch:
+        detectors = self._processors[0]
+        assert isinstance(detectors, DetectorsProcessor)
+        found = finder.find_rule_findings(detectors, table) if table.num_rows else {}
+        sql = detectors.sql_findings(trace_ids, store.utc_datetimes(table.column("received_at")), self._reader) \
+            if detectors.config.rules else {}
+        failing = [t for t in trace_ids if t in found or t in sql]
+        rows = table.filter(pc.is_in(table.column("trace_id"), pa.array(failing, pa.string()))) if failing else table.slice(0, 0)
+        batch = TraceBatch(traces=store.traces_from_table(rows, failing))
+        for trace_id in failing:
+            spans = batch.traces[trace_id]
+            findings = detectors.judge(trace_id, spans, sql[trace_id]) if trace_id in sql else found[trace_id]
+            batch.detections.extend(detectors.detections_for(trace_id, findings))
+        for proc in self._processors[1:]:
+            batch = proc.process_traces(batch, self._reader)
+        return batch
+
     def judge_round(self, *, quiet: bool) -> int:
         """Judge up to TRACES_PER_ROUND due traces; returns how many were judged."""
         cur = self._cursor
@@ -162,31 +225,16 @@ class Judge:
             firsts = [d[2] for d in due if d[2] is not None]
             since = min(firsts) if len(firsts) == len(due) and firsts else None
             margin = store.LAKE_RECEIVED_MARGIN if states is not None else store.RECEIVED_MARGIN
-            traces = store.load_traces(cur, [d[0] for d in due], since, margin) if due else {}
+            trace_ids = [d[0] for d in due]
+            table = store.load_traces_table(cur, trace_ids, since, margin) if due else None
         finally:
             cur.execute("COMMIT")
         if time.monotonic() - self._pending_counted_at > PENDING_COUNT_SECONDS or not due:
             self.pending = (states or store).count_unjudged(cur)  # a lake scans trace_state: not every round
             self._pending_counted_at = time.monotonic()
-        if not due:
+        if table is None:
             return 0
-        try:
-            batch = self._run_processors(traces)
-        except Exception as exc:
-            # One bad trace must not block the others forever: judge one by one, skip the failing ones.
-            log.error("trace stage failed on a batch of %d traces (%s); judging them one by one",
-                      len(traces), type(exc).__name__)
-            batch = TraceBatch(traces=traces)
-            for trace_id, spans in traces.items():
-                try:
-                    single = self._run_processors({trace_id: spans})
-                except Exception as single_exc:
-                    log.error("trace %s could not be judged (%s); it is marked judged without findings",
-                              trace_id, type(single_exc).__name__)
-                    continue
-                batch.detections.extend(single.detections)
-                batch.candidates.extend(single.candidates)
-        trace_ids = list(traces)
+        batch = self._judge_table(table, trace_ids)
         detections = list(batch.detections)
         candidates = list(batch.candidates)
 
@@ -202,19 +250,15 @@ class Judge:
 
         self._settle_in_flight()  # at most one round's write outstanding
         self._in_flight = (self._writer.submit_task(write), frozenset(trace_ids))
-        self._metrics.judged(len(due), settle_lags(traces, self.decision_wait) if quiet else ())
+        self._metrics.judged(len(due), settle_lags(table, self.decision_wait) if quiet else ())
         if detections:
             log.info("judged %d traces: %d detections, %d candidate updates", len(due), len(detections),
                      len(candidates))
         return len(due)
 
 
-def settle_lags(traces: dict[str, list[dict[str, Any]]], decision_wait: float) -> list[float]:
+def settle_lags(table: pa.Table, decision_wait: float) -> list[float]:
     """Per trace, seconds from becoming settled (last span received + decision_wait) until now."""
     now = utcnow()
-    lags: list[float] = []
-    for spans in traces.values():
-        last = max((s["received_at"] for s in spans if s.get("received_at") is not None), default=None)
-        if last is not None:
-            lags.append((now - last).total_seconds() - decision_wait)
-    return lags
+    last = table.group_by("trace_id").aggregate([("received_at", "max")]).column("received_at_max")
+    return [(now - t).total_seconds() - decision_wait for t in store.utc_datetimes(last) if t is not None]

@@ -33,6 +33,7 @@ from tracesieve.collector.http_receiver import build_app
 from tracesieve.collector.judge import Judge
 from tracesieve.collector.metrics import Metrics, StateSource, StoreState
 from tracesieve.collector.runtime import HeapTrimmer, tune_garbage_collector
+from tracesieve.collector.span_stage import ProcessSpanStage
 from tracesieve.storage import lake, stats, store
 from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
 from tracesieve.storage.schema import utcnow
@@ -98,7 +99,7 @@ class Collector:
         self.service = ExportService(cfg, self.writer, self.metrics.receiver("grpc"), self._stage)
         self.http_service = ExportService(cfg, self.writer, self.metrics.receiver("http"), self._stage)
         self.judge = Judge(store.cursor(self.con), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics,
-                           trace_store)
+                           trace_store, rule_finder=self._stage if isinstance(self._stage, ProcessSpanStage) else None)
         self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60))
         self.judge.start()
         self.metrics.watch(StateSource(lambda: self.writer.queued_spans, lambda: self.judge.pending,
@@ -226,10 +227,10 @@ class Collector:
             self._http_thread.join(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
         if grpc_stopped is not None:
             grpc_stopped.wait(timeout=max(0.5, deadline - time.monotonic()))
-        self._stage.shutdown()
         self.judge.stop()
         self._trimmer.stop()
         if self.writer.fatal is not None:
+            self._stage.shutdown()
             # The instance refuses every statement: nothing to judge or checkpoint; the WAL holds the commits.
             self.writer.close(timeout=1.0)
             self.config.shutdown_processors()
@@ -238,7 +239,8 @@ class Collector:
             log.info("tracesieve stopped after a store failure: %d spans committed this run",
                      self.writer.stats.committed_spans)
             return
-        judged = self.judge.drain(deadline - 2.0)
+        judged = self.judge.drain(deadline - 2.0)  # the span workers are still up: they run the rules
+        self._stage.shutdown()
         self.writer.close(timeout=max(1.0, deadline - time.monotonic()))
         self.config.shutdown_processors()
         self.con.close()

@@ -302,7 +302,8 @@ class DetectorsProcessor:
                 failures += 1
                 continue
             findings.extend(f for f in found if self._enabled(f.detector, f.failure_mode))
-        findings.extend(f for f in extra if self._enabled(f.detector, f.failure_mode))
+        findings.extend(f if f.span_id else dataclasses.replace(f, span_id=view.root_id)  # a rule gave no span
+                        for f in extra if self._enabled(f.detector, f.failure_mode))
         if self._enabled("irreversible_after_failure", "blast_radius_breach"):
             try:
                 findings.extend(irreversible_after_failure(view, self._settings, findings))
@@ -315,11 +316,25 @@ class DetectorsProcessor:
             log.warning("detectors: %d rule(s) failed on one trace and were skipped", failures)
         return findings
 
-    def _to_detections(self, trace_id: str, findings: Sequence[Finding],
-                       sql_rules: Mapping[str, SqlRule]) -> list[Detection]:
+    def findings_by_trace(self, traces: Mapping[str, Sequence[SpanRow]]) -> dict[str, list[Finding]]:
+        """The built-in findings (blast radius included, operator rules not) of each trace that has any.
+
+        Needs nothing but the spans, so the collector runs it in a span worker process, off the
+        judge's GIL; ``process_traces`` gives the same result for traces no operator rule matched.
+        """
+        found = {}
+        for trace_id, spans in traces.items():
+            findings = self.judge(trace_id, spans)
+            if findings:
+                found[trace_id] = findings
+        return found
+
+    def detections_for(self, trace_id: str, findings: Sequence[Finding]) -> list[Detection]:
+        """One Detection per (span, detector, failure_mode) of ``findings``, with severity and blast radius."""
         groups: dict[tuple[str, str, str], list[Finding]] = {}
         for f in findings:
             groups.setdefault((f.span_id, f.detector, f.failure_mode), []).append(f)
+        sql_rules = {r.name: r for r in self.config.rules}
         out = []
         for (span_id, detector, mode), group in groups.items():
             first = group[0]
@@ -339,16 +354,20 @@ class DetectorsProcessor:
             out.append(Detection(trace_id, span_id, detector, mode, severity, blast, message, dict(evidence)))
         return out
 
-    def _run_sql_rules(self, batch: TraceBatch, store: StoreReader) -> dict[str, list[Finding]]:
+    def sql_findings(self, trace_ids: Sequence[str], received_at: Sequence[Any],
+                     store: StoreReader) -> dict[str, list[Finding]]:
+        """The operator rules' findings per trace; ``received_at``: every judged span's (bounds the scan).
+
+        A finding whose rule returned no span_id has span_id "" until :meth:`judge` gives it the root's.
+        """
         per_trace: dict[str, list[Finding]] = {}
         rules = [r for r in self.config.rules if self._enabled(r.name, r.failure_mode)]
-        if not rules or not batch.traces:
+        if not rules or not trace_ids:
             return per_trace
-        trace_ids = sorted(batch.traces)
-        received = [s.get("received_at") for spans in batch.traces.values() for s in spans]
+        judged = set(trace_ids)
         # The spans the judge loaded are all these traces have: none was received before the earliest.
-        bounded = bool(received) and all(isinstance(r, dt.datetime) for r in received)
-        params = ([min(received)] if bounded else []) + [packed(trace_ids)]
+        bounded = bool(received_at) and all(isinstance(r, dt.datetime) for r in received_at)
+        params = ([min(received_at)] if bounded else []) + [packed(sorted(judged))]
         failed = 0
         for rule in rules:
             try:
@@ -360,18 +379,14 @@ class DetectorsProcessor:
                 continue
             for row in rows:
                 trace_id = row.get("trace_id")
-                if trace_id not in batch.traces:
+                if trace_id not in judged:
                     continue
-                spans = batch.traces[trace_id]
-                span_id = row.get("span_id")
-                if not span_id:
-                    span_id = TraceView(trace_id, spans).root_id if spans else ""
                 evidence = loose(row.get("evidence"))
                 if not isinstance(evidence, dict):
                     evidence = {"value": clip(evidence) if evidence is not None else None}
                 message = row.get("message")
                 per_trace.setdefault(trace_id, []).append(Finding(
-                    str(span_id), rule.name, rule.failure_mode,
+                    str(row.get("span_id") or ""), rule.name, rule.failure_mode,
                     str(message) if message else f"operator rule {rule.name} matched",
                     {"rule": rule.name, **evidence},
                 ))
@@ -382,11 +397,11 @@ class DetectorsProcessor:
 
     def process_traces(self, batch: TraceBatch, store: StoreReader) -> TraceBatch:
         """Append this batch's detections (idempotent ids) and return the same batch."""
-        sql_findings = self._run_sql_rules(batch, store)
-        sql_rules = {r.name: r for r in self.config.rules}
-        for trace_id in batch.traces:
-            findings = self.judge(trace_id, batch.traces[trace_id], sql_findings.get(trace_id, ()))
-            batch.detections.extend(self._to_detections(trace_id, findings, sql_rules))
+        received = [s.get("received_at") for spans in batch.traces.values() for s in spans]
+        sql_findings = self.sql_findings(list(batch.traces), received, store)
+        for trace_id, spans in batch.traces.items():
+            findings = self.judge(trace_id, spans, sql_findings.get(trace_id, ()))
+            batch.detections.extend(self.detections_for(trace_id, findings))
         return batch
 
     def shutdown(self) -> None:

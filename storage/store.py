@@ -237,7 +237,7 @@ def traces_from_table(table: pa.Table, trace_ids: Sequence[str]) -> dict[str, li
     out: dict[str, list[dict[str, Any]]] = {tid: [] for tid in trace_ids}
     json_columns = [c for c in table.column_names if c in JSON_SPAN_COLUMNS]
     time_columns = [f.name for f in table.schema if pa.types.is_timestamp(f.type)]
-    times = {c: _utc_datetimes(table.column(c)) for c in time_columns}
+    times = {c: utc_datetimes(table.column(c)) for c in time_columns}
     for i, span in enumerate(table.drop_columns(time_columns).to_pylist()):
         for c in time_columns:
             span[c] = times[c][i]
@@ -262,7 +262,7 @@ def _span_order(span: dict[str, Any]) -> tuple[bool, dt.datetime, str]:
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
-def _utc_datetimes(column: pa.ChunkedArray) -> list[dt.datetime | None]:
+def utc_datetimes(column: pa.ChunkedArray) -> list[dt.datetime | None]:
     """Aware UTC datetimes of a timestamp column; about 6x faster than Arrow's per-value zone lookup."""
     unit = column.type.unit
     per_us = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0}[unit]

@@ -10,8 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+from collections.abc import Sequence
 from typing import Any
+
+import duckdb
+
 from tracesieve.collector.decode import nest_attributes
+from tracesieve.storage.migrations import migrate
+from tracesieve.storage.schema import SPAN_COLUMNS
 
 T0 = dt.datetime(2026, 9, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 _ids = itertools.count(1)
@@ -212,3 +218,33 @@ def retriever(docs: list[tuple[str, float]] | None = None, *, genai: bool = Fals
         a[f"retrieval.documents.{n}.document.score"] = score
         a[f"retrieval.documents.{n}.document.content"] = f"Passage {doc_id} about {query}."
     return make_span("RETRIEVER", name="VectorStoreRetriever", attrs=a, input=query, **kw)
+
+
+# ---------------------------------------------------------------- a real store holding the fixtures
+
+
+class DuckStore:
+    """A StoreReader over a real DuckDB connection, as the collector gives one to the judge."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.con.cursor()
+        cur.execute(sql, list(params))
+        names = [c[0] for c in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def store_with(tmp_path: Any, *traces: list[dict[str, Any]]) -> DuckStore:
+    """A migrated DuckDB file in ``tmp_path`` holding the traces as stored rows (JSON columns as text)."""
+    con = duckdb.connect(str(tmp_path / "tracesieve.duckdb"))
+    migrate(con)
+    for trace in traces:
+        for span in trace:
+            row = {c: span.get(c) for c in SPAN_COLUMNS}
+            for c in ("attributes", "resource_attributes", "events", "links", "pii_redactions"):
+                row[c] = json.dumps(row[c]) if row[c] is not None else None
+            cols = ", ".join(row)
+            con.execute(f"INSERT INTO spans ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    return DuckStore(con)

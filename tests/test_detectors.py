@@ -7,18 +7,16 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-import duckdb
 import pytest
 
 from detector_builders import (
-    EMAIL_TOOL, WEATHER_TOOL, llm, make_span, make_trace, retriever, tool, unflatten,
+    EMAIL_TOOL, WEATHER_TOOL, llm, make_span, make_trace, retriever, store_with, tool, unflatten,
 )
 from tracesieve.processors.base import TraceBatch, TraceProcessor
 from tracesieve.processors.detectors import DetectorsConfig, DetectorsProcessor
 from tracesieve.processors.rules import BUILTIN_DETECTORS, classify_error
 from tracesieve.storage.errors import ConfigError
-from tracesieve.storage.migrations import migrate
-from tracesieve.storage.schema import BLAST_RADII, FAILURE_MODES, SEVERITIES, SPAN_COLUMNS
+from tracesieve.storage.schema import BLAST_RADII, FAILURE_MODES, SEVERITIES
 
 
 class NoStore:
@@ -669,32 +667,6 @@ SELECT trace_id, first_span AS span_id, 'trace used ' || tokens || ' tokens' AS 
        json_object('tokens', tokens) AS evidence
 FROM per_trace WHERE tokens > 1000;
 """
-
-
-class DuckStore:
-    """A StoreReader over a real DuckDB connection, as the collector gives one to the judge."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.con = con
-
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        cur = self.con.cursor()
-        cur.execute(sql, list(params))
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
-
-
-def store_with(tmp_path, *traces: list[dict[str, Any]]) -> DuckStore:
-    con = duckdb.connect(str(tmp_path / "tracesieve.duckdb"))
-    migrate(con)
-    for trace in traces:
-        for span in trace:
-            row = {c: span.get(c) for c in SPAN_COLUMNS}
-            for c in ("attributes", "resource_attributes", "events", "links", "pii_redactions"):
-                row[c] = json.dumps(row[c]) if row[c] is not None else None
-            cols = ", ".join(row)
-            con.execute(f"INSERT INTO spans ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
-    return DuckStore(con)
 
 
 def rule(name: str, sql: str, mode: str = "tool_invocation", **kw: Any) -> dict[str, Any]:

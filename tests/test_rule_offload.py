@@ -1,0 +1,121 @@
+"""The built-in rules run in the span worker processes and find exactly what the judge would find itself.
+
+A real spawned pool (the collector's ProcessSpanStage), real stored rows loaded from a DuckDB
+file the way the judge loads a round; the reference is the same judge without the pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from detector_builders import EMAIL_TOOL, llm, make_span, make_trace, retriever, store_with, tool
+from tracesieve.collector import span_stage
+from tracesieve.collector.judge import Judge
+from tracesieve.collector.metrics import Metrics
+from tracesieve.processors.base import TraceBatch
+from tracesieve.processors.detectors import DetectorsConfig, DetectorsProcessor
+from tracesieve.processors.promotion import PromotionProcessor
+from tracesieve.storage import store
+
+OPTIONS: dict[str, Any] = {
+    "blast_radius": {"send_email": "irreversible_write"},
+    "severity": {"truncation": "P1"},
+    "rules": [{"name": "empty_tool_result", "failure_mode": "tool_invocation", "severity": "P3",
+               "sql": "SELECT trace_id, NULL AS span_id, 'empty result' AS message, NULL AS evidence "
+                      "FROM spans WHERE span_kind = 'TOOL' AND output_value = '[]'"}],
+}
+
+
+def _traces() -> list[list[dict[str, Any]]]:
+    return [
+        make_trace(tool("get_weather", status="ERROR", status_message="timeout"), llm("Sorry.")),   # tool_invocation
+        make_trace(llm("The refund is", finish="length")),                                           # truncation
+        make_trace(retriever([]), llm("Our policy allows refunds within 90 days.")),                 # retrieval + hallucination
+        make_trace(tool("refund_payment", status="ERROR"),                                           # blast radius
+                   tool("send_email", '{"to": "<EMAIL>", "body": "refunded"}'), llm("Done.", tools=[EMAIL_TOOL])),
+        make_trace(tool("search_kb", '{"q": "x"}', result="[]"), llm("Nothing found.")),             # operator rule only
+        make_trace(tool("get_weather"), llm("It is 18 C in Paris.")),                                # clean
+        make_trace(make_span("CHAIN", name="plan"), llm("Hello!")),                                  # clean
+    ]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    stage = span_stage.ProcessSpanStage(1, None, ":memory:")
+    yield stage
+    stage.shutdown()
+
+
+def _round(tmp_path) -> tuple[Any, Any, list[str]]:
+    traces = _traces()
+    reader = store_with(tmp_path, *traces)
+    ids = [t[0]["trace_id"] for t in traces]
+    return reader, store.load_traces_table(reader.con, ids), ids
+
+
+def _judge(reader: Any, finder: Any) -> Judge:
+    processors = [DetectorsProcessor(DetectorsConfig.from_options(OPTIONS, "processors.detectors"), strict=True),
+                  PromotionProcessor()]
+    judge = Judge(reader.con.cursor(), None, processors, 5.0, Metrics(), rule_finder=finder)  # type: ignore[arg-type]
+    judge._reader = reader
+    return judge
+
+
+def _rows(batch: TraceBatch) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    detections = sorted((d.detection_id, d.span_id, d.detector, d.failure_mode, d.severity, d.blast_radius,
+                         d.message, str(d.evidence)) for d in batch.detections)
+    candidates = sorted((c.candidate_id, c.failure_mode, c.status, str(c.source)) for c in batch.candidates)
+    return detections, candidates
+
+
+def test_rules_in_the_workers_find_what_the_judge_finds_itself(tmp_path, pool, monkeypatch):
+    monkeypatch.setattr(span_stage, "RULE_JOB_SPANS", 3)  # several jobs, so findings from each are merged
+    reader, table, ids = _round(tmp_path)
+    assert len(span_stage.rule_jobs(table, 3)) > 1
+    root_of = {t: s["span_id"] for t, s in zip(table.column("trace_id").to_pylist(), table.to_pylist())
+               if s["parent_span_id"] is None}
+
+    here = _judge(reader, None)._judge_table(table, ids)
+    elsewhere = _judge(reader, pool)._judge_table(table, ids)
+
+    assert _rows(elsewhere) == _rows(here)
+    modes = {d.failure_mode for d in elsewhere.detections}
+    assert {"tool_invocation", "truncation", "retrieval_miss", "blast_radius_breach"} <= modes
+    rule_hit = next(d for d in elsewhere.detections if d.detector == "empty_tool_result")
+    assert (rule_hit.trace_id, rule_hit.span_id) == (ids[4], root_of[ids[4]])  # the rule gave no span: the root
+    # Promotion saw the spans of every trace with a finding, and of no clean trace.
+    assert set(elsewhere.traces) == {d.trace_id for d in elsewhere.detections}
+    assert not set(elsewhere.traces) & set(ids[-2:])
+
+
+def test_the_workers_return_findings_for_failing_traces_only(tmp_path, pool):
+    reader, table, ids = _round(tmp_path)
+    detectors = DetectorsProcessor(DetectorsConfig.from_options(OPTIONS, "processors.detectors"))
+    found = pool.find_rule_findings(detectors, table)
+    assert set(found) == set(ids[:4])  # trace 5 fails only an operator rule, which runs in the collector
+    assert found == detectors.findings_by_trace(store.traces_from_table(table, ids))
+
+
+def test_rule_jobs_never_split_a_trace_and_keep_every_row(tmp_path):
+    _, table, ids = _round(tmp_path)
+    jobs = span_stage.rule_jobs(table, 2)
+    seen: list[str] = []
+    for job in jobs:
+        job_ids = set(job.column("trace_id").to_pylist())
+        assert not job_ids & set(seen), "a trace was cut across two jobs"
+        seen.extend(job_ids)
+    assert sum(j.num_rows for j in jobs) == table.num_rows
+    assert sorted(seen) == sorted(ids)
+
+
+class BrokenFinder:
+    def find_rule_findings(self, detectors: DetectorsProcessor, table: Any) -> dict[str, Any]:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+
+def test_a_pool_that_cannot_run_the_rules_leaves_the_judging_to_the_judge(tmp_path):
+    reader, table, ids = _round(tmp_path)
+    assert _rows(_judge(reader, BrokenFinder())._judge_table(table, ids)) == \
+        _rows(_judge(reader, None)._judge_table(table, ids))
