@@ -82,6 +82,7 @@ class LakeWriter(GroupCommitWriter):
     """
 
     checkpoint_on_close = False
+    checkpoint_wal_bytes = None
 
     def __init__(self, con: duckdb.DuckDBPyConnection, *, owner: str, lock: CommitLock | None = None,
                  **kwargs: Any) -> None:

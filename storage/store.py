@@ -105,8 +105,10 @@ INGEST_SETTINGS = {
     # itself was fastest at 64 MiB (245k spans inserted 2,048 at a time: 68 / 69 / 77 us/span at
     # 64 / 128 / 256 MiB), but until a checkpoint the appended rows stay in memory, uncompressed:
     # bench/ingest.py (default pipeline, 100k spans) peaked at 878 / 776 / 760 MB of RSS with
-    # 64 / 32 / 16 MiB, for 348 / 362 / 374 us/span of server CPU. 32 MiB is the middle.
-    "checkpoint_threshold": "32MiB",
+    # 64 / 32 / 16 MiB, for 348 / 362 / 374 us/span of server CPU. 32 MiB is the middle: the writer
+    # checkpoints there itself, after acknowledging (GroupCommitWriter.checkpoint_wal_bytes); DuckDB's
+    # own checkpoint, inside a COMMIT, is the backstop should that ever fall behind.
+    "checkpoint_threshold": "128MiB",
     # One thread: a commit of a few thousand spans gains nothing from a second thread but pays for
     # the hand-off, and the collector's span workers already keep both cores busy.
     "threads": 1,

@@ -182,3 +182,40 @@ def test_judging_again_replaces_a_traces_detections_within_the_received_bound(tm
     rows = con.execute("SELECT trace_id, span_id FROM detections ORDER BY trace_id, span_id").fetchall()
     assert rows == [(_tid(1), f"{1:016x}"), (_tid(2), f"{0:016x}")]
     con.close()
+
+
+def _wal_bytes(tmp_path) -> int:
+    wal = tmp_path / "w.duckdb.wal"
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_the_writer_checkpoints_the_wal_itself_once_it_passes_its_size(tmp_path):
+    """The collector's threshold (INGEST_SETTINGS) is DuckDB's backstop; the writer checkpoints first, after acking."""
+    con = store.open_database(str(tmp_path / "w.duckdb"))
+    store.tune_for_ingest(con)
+    writer = GroupCommitWriter(con)
+    writer.checkpoint_wal_bytes = 1024 * 1024
+    try:
+        biggest = 0
+        for trace in range(12):
+            _write(writer, _spans(trace, range(200), payload="p" * 1000))  # ~200 KB of WAL each
+            biggest = max(biggest, _wal_bytes(tmp_path))
+        assert biggest < 2 * 1024 * 1024  # never much past the mark (without the writer's checkpoints: below)
+        assert writer.submit_task(lambda c: None).result(timeout=30) is None  # runs after the last check
+        assert _wal_bytes(tmp_path) < 1024 * 1024
+    finally:
+        writer.close()
+    assert con.execute("SELECT count(*) FROM spans").fetchone() == (2400,)
+
+
+def test_without_its_own_checkpoints_the_wal_grows_to_duckdbs_threshold(tmp_path):
+    con = store.open_database(str(tmp_path / "w.duckdb"))
+    store.tune_for_ingest(con)
+    writer = GroupCommitWriter(con)
+    writer.checkpoint_wal_bytes = None
+    try:
+        for trace in range(12):
+            _write(writer, _spans(trace, range(200), payload="p" * 1000))
+        assert _wal_bytes(tmp_path) > 2 * 1024 * 1024
+    finally:
+        writer.close()
