@@ -130,12 +130,16 @@ class ProcessSpanStage:
         try:
             ipc, rejected, errors = pool.submit(_work, payload).result()
         except BrokenProcessPool:
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = self._new_pool()
+            self._replace(pool)
             raise RetryableError("a span-stage worker died; retry", 1.0) from None
         batch = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all()
         return DecodeResult(batch=batch, rejected=rejected, errors=errors)
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """Start a new pool in place of ``broken`` (once, whoever notices first)."""
+        with self._lock:
+            if self._pool is broken:
+                self._pool = self._new_pool()
 
     def find_rule_findings(self, detectors: DetectorsProcessor,
                            table: pa.Table) -> dict[str, list[Finding]]:
@@ -145,18 +149,23 @@ class ProcessSpanStage:
         where the second core has room. Raises when the pool cannot (shut down, a worker died):
         the judge then finds them itself.
         """
+        pool = self._pool
         futures = []
-        for job in rule_jobs(table, RULE_JOB_SPANS):
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, job.schema) as writer:
-                writer.write_table(job)
-            futures.append(self._pool.submit(_find_rule_findings, detectors.config, detectors.strict,
-                                             sink.getvalue().to_pybytes()))
-        found: dict[str, list[Finding]] = {}
-        for future in futures:
-            part, failed = future.result()
-            found.update(part)
-            detectors.errors += failed
+        try:
+            for job in rule_jobs(table, RULE_JOB_SPANS):
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, job.schema) as writer:
+                    writer.write_table(job)
+                futures.append(pool.submit(_find_rule_findings, detectors.config, detectors.strict,
+                                           sink.getvalue().to_pybytes()))
+            found: dict[str, list[Finding]] = {}
+            for future in futures:
+                part, failed = future.result()
+                found.update(part)
+                detectors.errors += failed
+        except BrokenProcessPool:
+            self._replace(pool)
+            raise
         return found
 
     def shutdown(self) -> None:

@@ -6,6 +6,9 @@ file the way the judge loads a round; the reference is the same judge without th
 
 from __future__ import annotations
 
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
@@ -119,3 +122,17 @@ def test_a_pool_that_cannot_run_the_rules_leaves_the_judging_to_the_judge(tmp_pa
     reader, table, ids = _round(tmp_path)
     assert _rows(_judge(reader, BrokenFinder())._judge_table(table, ids)) == \
         _rows(_judge(reader, None)._judge_table(table, ids))
+
+
+def test_a_worker_killed_under_the_rules_is_replaced_for_the_next_round(tmp_path):
+    _, table, ids = _round(tmp_path)
+    detectors = DetectorsProcessor(DetectorsConfig.from_options(OPTIONS, "processors.detectors"))
+    stage = span_stage.ProcessSpanStage(1, None, ":memory:")
+    try:
+        for pid in list(getattr(stage._pool, "_processes")):
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool):
+            stage.find_rule_findings(detectors, table)
+        assert set(stage.find_rule_findings(detectors, table)) == set(ids[:4])
+    finally:
+        stage.shutdown()
