@@ -11,12 +11,14 @@ judged bumps the version, so the trace is judged again, without duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
 import time
 from concurrent.futures import Future
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import duckdb
@@ -41,15 +43,18 @@ PENDING_COUNT_SECONDS = 2.0
 
 
 class CursorReader:
-    """StoreReader over one DuckDB cursor (used only by the judge thread)."""
+    """StoreReader over one DuckDB cursor (used only by the judge thread), each query inside ``gate``."""
 
-    def __init__(self, cursor: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, cursor: duckdb.DuckDBPyConnection,
+                 gate: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> None:
         self._cursor = cursor
+        self._gate = gate
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        rel = self._cursor.execute(sql, list(params))
-        columns = [d[0] for d in rel.description or []]
-        return [dict(zip(columns, row)) for row in rel.fetchall()]
+        with self._gate():
+            rel = self._cursor.execute(sql, list(params))
+            columns = [d[0] for d in rel.description or []]
+            return [dict(zip(columns, row)) for row in rel.fetchall()]
 
 
 class TraceStore(Protocol):
@@ -94,7 +99,7 @@ class Judge:
             processors and isinstance(processors[0], DetectorsProcessor)
             and all(isinstance(p, PromotionProcessor) for p in processors[1:])) else None
         self._cursor = cursor
-        self._reader = CursorReader(cursor)
+        self._reader = CursorReader(cursor, writer.reading)
         self._writer = writer
         self._processors = list(processors)
         self.decision_wait = decision_wait
@@ -203,6 +208,24 @@ class Judge:
             batch = proc.process_traces(batch, self._reader)
         return batch
 
+    def _read_round(self, quiet_since: dt.datetime | None, in_flight: frozenset[str]) -> tuple[
+            list[tuple[str, int, Any]], pa.Table | None, list[str], dt.datetime | None]:
+        """The next due traces (those of the write still in flight left out) and their spans, in one snapshot."""
+        cur = self._cursor
+        states = self._trace_store
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            due = (states or store).settled_traces(cur, quiet_since, TRACES_PER_ROUND + len(in_flight))
+            due = [d for d in due if d[0] not in in_flight][:TRACES_PER_ROUND]
+            firsts = [d[2] for d in due if d[2] is not None]
+            since = min(firsts) if len(firsts) == len(due) and firsts else None
+            margin = store.LAKE_RECEIVED_MARGIN if states is not None else store.RECEIVED_MARGIN
+            trace_ids = [d[0] for d in due]
+            table = store.load_traces_table(cur, trace_ids, since, margin) if due else None
+        finally:
+            cur.execute("COMMIT")
+        return due, table, trace_ids, since
+
     def judge_round(self, *, quiet: bool) -> int:
         """Judge up to TRACES_PER_ROUND due traces; returns how many were judged."""
         cur = self._cursor
@@ -218,20 +241,11 @@ class Judge:
         if self._in_flight is not None and self._in_flight[0].done():
             self._settle_in_flight()
         in_flight = self._in_flight[1] if self._in_flight is not None else frozenset()
-        cur.execute("BEGIN TRANSACTION")
-        try:
-            due = (states or store).settled_traces(cur, quiet_since, TRACES_PER_ROUND + len(in_flight))
-            due = [d for d in due if d[0] not in in_flight][:TRACES_PER_ROUND]
-            firsts = [d[2] for d in due if d[2] is not None]
-            since = min(firsts) if len(firsts) == len(due) and firsts else None
-            margin = store.LAKE_RECEIVED_MARGIN if states is not None else store.RECEIVED_MARGIN
-            trace_ids = [d[0] for d in due]
-            table = store.load_traces_table(cur, trace_ids, since, margin) if due else None
-        finally:
-            cur.execute("COMMIT")
-        if time.monotonic() - self._pending_counted_at > PENDING_COUNT_SECONDS or not due:
-            self.pending = (states or store).count_unjudged(cur)  # a lake scans trace_state: not every round
-            self._pending_counted_at = time.monotonic()
+        with self._writer.reading():
+            due, table, trace_ids, since = self._read_round(quiet_since, in_flight)
+            if time.monotonic() - self._pending_counted_at > PENDING_COUNT_SECONDS or not due:
+                self.pending = (states or store).count_unjudged(cur)  # a lake scans trace_state: not every round
+                self._pending_counted_at = time.monotonic()
         if table is None:
             return 0
         batch = self._judge_table(table, trace_ids)

@@ -244,8 +244,9 @@ class Collector:
         self.writer.close(timeout=max(1.0, deadline - time.monotonic()))
         self.config.shutdown_processors()
         self.con.close()
-        log.info("tracesieve stopped: %d spans committed this run, %d traces judged at shutdown",
-                 self.writer.stats.committed_spans, judged)
+        log.info("tracesieve stopped: %d spans committed this run, %d traces judged at shutdown, "
+                 "%d checkpoints (%d deferred)", self.writer.stats.committed_spans, judged,
+                 self.writer.stats.checkpoints, self.writer.stats.checkpoints_deferred)
 
 
 def lake_owner_id(cfg: Config) -> str:

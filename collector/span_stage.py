@@ -146,8 +146,8 @@ class ProcessSpanStage:
         """The built-in findings of the traces in ``table``, found by the worker processes.
 
         What the judge thread spent most of its GIL on (span rows as dicts, then every rule) runs
-        where the second core has room. Raises when the pool cannot (shut down, a worker died):
-        the judge then finds them itself.
+        beside decoding, in another process. Raises when the pool cannot (shut down, a worker
+        died): the judge then finds them itself.
         """
         pool = self._pool
         futures = []
@@ -211,11 +211,15 @@ def _find_rule_findings(config: DetectorsConfig, strict: bool, ipc: bytes) -> tu
     global _RULES
     if _RULES is None or _RULES.config != config or _RULES.strict != strict:
         _RULES = DetectorsProcessor(config, strict=strict)
-    table = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all()
-    trace_ids = list(dict.fromkeys(table.column("trace_id").to_pylist()))
     before = _RULES.errors
-    found = _RULES.findings_by_trace(traces_from_table(table, trace_ids))
+    found = findings_of(_RULES, pa.ipc.open_stream(pa.py_buffer(ipc)).read_all())
     return found, _RULES.errors - before
+
+
+def findings_of(detectors: DetectorsProcessor, table: pa.Table) -> dict[str, list[Finding]]:
+    """The built-in findings of the traces whose spans are the rows of ``table``."""
+    trace_ids = list(dict.fromkeys(table.column("trace_id").to_pylist()))
+    return detectors.findings_by_trace(traces_from_table(table, trace_ids))
 
 
 def rule_jobs(table: pa.Table, job_spans: int = RULE_JOB_SPANS) -> list[pa.Table]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -21,6 +22,7 @@ from tracesieve.processors.base import TraceBatch
 from tracesieve.processors.detectors import DetectorsConfig, DetectorsProcessor
 from tracesieve.processors.promotion import PromotionProcessor
 from tracesieve.storage import store
+from tracesieve.storage.writer import GroupCommitWriter
 
 OPTIONS: dict[str, Any] = {
     "blast_radius": {"send_email": "irreversible_write"},
@@ -61,8 +63,10 @@ def _round(tmp_path) -> tuple[Any, Any, list[str]]:
 def _judge(reader: Any, finder: Any) -> Judge:
     processors = [DetectorsProcessor(DetectorsConfig.from_options(OPTIONS, "processors.detectors"), strict=True),
                   PromotionProcessor()]
-    judge = Judge(reader.con.cursor(), None, processors, 5.0, Metrics(), rule_finder=finder)  # type: ignore[arg-type]
+    writer = GroupCommitWriter(reader.con)
+    judge = Judge(reader.con.cursor(), writer, processors, 5.0, Metrics(), rule_finder=finder)
     judge._reader = reader
+    writer.close()  # only its read gate is used here
     return judge
 
 
@@ -129,10 +133,16 @@ def test_a_worker_killed_under_the_rules_is_replaced_for_the_next_round(tmp_path
     detectors = DetectorsProcessor(DetectorsConfig.from_options(OPTIONS, "processors.detectors"))
     stage = span_stage.ProcessSpanStage(1, None, ":memory:")
     try:
-        for pid in list(getattr(stage._pool, "_processes")):
+        broken = stage._pool
+        for pid in list(getattr(broken, "_processes")):
             os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while not getattr(broken, "_broken") and time.monotonic() < deadline:  # the pool notices the death
+            time.sleep(0.05)
         with pytest.raises(BrokenProcessPool):
             stage.find_rule_findings(detectors, table)
+        assert stage._pool is not broken
         assert set(stage.find_rule_findings(detectors, table)) == set(ids[:4])
     finally:
         stage.shutdown()
+

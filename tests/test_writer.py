@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import duckdb
 import pyarrow as pa
@@ -219,3 +220,32 @@ def test_without_its_own_checkpoints_the_wal_grows_to_duckdbs_threshold(tmp_path
         assert _wal_bytes(tmp_path) > 2 * 1024 * 1024
     finally:
         writer.close()
+
+
+def test_a_due_checkpoint_waits_for_a_reader_holding_the_gate(tmp_path):
+    """The judge reads inside writer.reading(): a checkpoint then waits for it instead of being refused."""
+    con = store.open_database(str(tmp_path / "w.duckdb"))
+    store.tune_for_ingest(con)
+    writer = GroupCommitWriter(con)
+    writer.checkpoint_wal_bytes = 1024 * 1024
+    gate = writer.reading()
+    gate.__enter__()
+    wal_while_held: list[int] = []
+
+    def release() -> None:
+        wal_while_held.append(_wal_bytes(tmp_path))
+        gate.__exit__(None, None, None)
+
+    timer = threading.Timer(1.0, release)
+    timer.start()
+    try:
+        for trace in range(8):
+            _write(writer, _spans(trace, range(200), payload="p" * 1000))
+        assert writer.submit_task(lambda c: None).result(timeout=30) is None
+    finally:
+        timer.join()
+        writer.close()
+    assert wal_while_held and wal_while_held[0] >= 1024 * 1024  # no checkpoint while the reader held the gate
+    assert writer.stats.checkpoints >= 1
+    assert writer.stats.checkpoints_deferred == 0
+    assert _wal_bytes(tmp_path) < 1024 * 1024
