@@ -102,7 +102,7 @@ class Config:
     span_processors: list[SpanProcessor]
     trace_processors: list[TraceProcessor]
     tree: dict[str, Any]  # the effective YAML tree (for --print-config)
-    span_workers: int = 0  # worker processes for decode + span stage; 0 = in the receiving threads
+    span_workers: int = 0  # worker processes for decode + span stage and the built-in rules; 0 = none
     api_key: str | None = None  # accepted in the x-api-key header (bearer_token: in Authorization: Bearer)
     lake: LakeTarget | None = None  # storage.ducklake: many collectors on one store (db_path is then unused)
 

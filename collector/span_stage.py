@@ -77,7 +77,10 @@ _WORKER: tuple[DecodeLimits, list[SpanProcessor]] | None = None
 def _init_worker(config_path: str | None, db_path: str, collector_pid: int) -> None:
     """Build the span stage from the same config file the collector loaded (runs once per worker)."""
     global _WORKER
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the collector decides when workers stop
+    # The collector decides when workers stop: Ctrl-C or `kill %1` signal the whole process group, and
+    # the drain at shutdown still runs the rules here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_collector, args=(collector_pid,), name="watch-collector",
                      daemon=True).start()
     from tracesieve.collector.config import load_config

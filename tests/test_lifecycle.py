@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from conftest import run_cli
+from proc_helpers import children_of
 from sdk_helpers import emit_agent_trace, sdk_tracer
 from test_receivers import make_request, post
 
@@ -163,3 +164,20 @@ def _state(pid: int) -> str:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_sigterm_to_the_whole_process_group_still_judges_pending_traces_in_the_span_workers(start_collector):
+    """`kill %1` and Ctrl-C reach the span workers too: they keep running the rules for the shutdown drain."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "60s"}},
+                         "service": {"span_workers": 1}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        failing = emit_agent_trace(tracer, tool_error=True)
+    workers = children_of(c.proc.pid)
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    assert c.stop(signal.SIGTERM) == 0
+    assert "judging with the span workers failed" not in c.log()
+    judged = c.cli("query", f"SELECT failure_mode FROM detections WHERE trace_id = '{failing}'", "--format", "json")
+    assert judged.returncode == 0, judged.stderr
+    assert {"failure_mode": "tool_invocation"} in json.loads(judged.stdout)
