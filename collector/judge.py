@@ -198,7 +198,7 @@ class Judge:
         sql = detectors.sql_findings(trace_ids, store.utc_datetimes(table.column("received_at")), self._reader) \
             if detectors.config.rules else {}
         failing = [t for t in trace_ids if t in found or t in sql]
-        rows = table.filter(pc.is_in(table.column("trace_id"), pa.array(failing, pa.string()))) if failing else table.slice(0, 0)
+        rows = table.filter(pc.is_in(table.column("trace_id"), pa.array(failing, pa.string())))
         batch = TraceBatch(traces=store.traces_from_table(rows, failing))
         for trace_id in failing:
             spans = batch.traces[trace_id]
