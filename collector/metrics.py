@@ -127,6 +127,15 @@ class Metrics:
             buckets=COMMIT_SECONDS_BUCKETS, registry=r)
         self.commit_spans = Histogram(
             "tracesieve_commit_batch_spans", "Spans in one group commit.", buckets=COMMIT_SPANS_BUCKETS, registry=r)
+        self.checkpoints = Counter(
+            "tracesieve_checkpoints", "Checkpoints of the store's WAL the writer ran (result done) or DuckDB "
+            "refused and the writer will try again (result deferred; many in a row mean the WAL keeps growing).",
+            ["result"], registry=r)
+        self.checkpoint_seconds = Histogram(
+            "tracesieve_checkpoint_duration_seconds", "Duration of one checkpoint the writer ran; requests "
+            "arriving meanwhile wait for it.", buckets=COMMIT_SECONDS_BUCKETS, registry=r)
+        for result in ("done", "deferred"):
+            self.checkpoints.labels(result)
         self.redactions = Counter(
             "tracesieve_redactions", "Values replaced by the pii processor, by type.", ["type"], registry=r)
         self.traces_judged = Counter("tracesieve_traces_judged", "Trace judgements run.", registry=r)
@@ -158,6 +167,12 @@ class Metrics:
         """One group commit (writer thread)."""
         self.commit_spans.observe(spans)
         self.commit_seconds.observe(seconds)
+
+    def observe_checkpoint(self, done: bool, seconds: float) -> None:
+        """One checkpoint the writer ran or had refused (writer thread)."""
+        self.checkpoints.labels("done" if done else "deferred").inc()
+        if done:
+            self.checkpoint_seconds.observe(seconds)
 
     def judged(self, traces: int, lags: Iterable[float] = ()) -> None:
         """One judge round stored: how many traces, and each settled trace's lag in seconds."""

@@ -92,7 +92,8 @@ class Collector:
             store.tune_for_ingest(self.con)
             store.forbid_file_access(self.con)
             self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,
-                                            retry_after=cfg.limits.retry_after, on_commit=self.metrics.observe_commit)
+                                            retry_after=cfg.limits.retry_after, on_commit=self.metrics.observe_commit,
+                                            on_checkpoint=self.metrics.observe_checkpoint)
         self._trace_store = trace_store
         self._read_base = store.cursor(self.con)
         self._stage = span_stage_for(cfg)

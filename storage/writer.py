@@ -84,10 +84,13 @@ class GroupCommitWriter:
         max_spans_per_commit: int = 50_000,
         retry_after: float = 1.0,
         on_commit: Callable[[int, float], None] | None = None,
+        on_checkpoint: Callable[[bool, float], None] | None = None,
     ) -> None:
-        """``on_commit(spans, seconds)`` is called on the writer thread after each group commit of spans."""
+        """``on_commit(spans, seconds)`` is called on the writer thread after each group commit of spans,
+        ``on_checkpoint(done, seconds)`` after each checkpoint it ran (done) or DuckDB refused."""
         self._con = con
         self._on_commit = on_commit
+        self._on_checkpoint = on_checkpoint
         self.max_queued_spans = max_queued_spans
         self._max_per_commit = max_spans_per_commit
         self._retry_after = retry_after
@@ -225,21 +228,31 @@ class GroupCommitWriter:
                 return
         except OSError:  # no WAL file: nothing to checkpoint
             return
+        started = time.perf_counter()
         if not self._read_gate.acquire(timeout=CHECKPOINT_GATE_SECONDS):
-            self.stats.checkpoints_deferred += 1
+            self._checkpointed(False, started)
             return
         try:
             self._con.execute("CHECKPOINT")
         except duckdb.TransactionException as exc:  # the commits are in the WAL; try again after the next
-            self.stats.checkpoints_deferred += 1
             log.debug("checkpoint deferred: %s", str(exc)[:200])
+            self._checkpointed(False, started)
         except duckdb.Error as exc:
             self._note_fatal(exc)
             log.warning("checkpoint failed (%s); will retry after the next commit", type(exc).__name__)
+            self._checkpointed(False, started)
         else:
-            self.stats.checkpoints += 1
+            self._checkpointed(True, started)
         finally:
             self._read_gate.release()
+
+    def _checkpointed(self, done: bool, started: float) -> None:
+        if done:
+            self.stats.checkpoints += 1
+        else:
+            self.stats.checkpoints_deferred += 1
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(done, time.perf_counter() - started)
 
     def _commit_spans(self, jobs: list[_SpanJob], n: int) -> None:
         started = time.perf_counter()

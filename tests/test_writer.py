@@ -1,4 +1,5 @@
-"""The group-commit writer stores each (trace_id, span_id) once, whichever insert path it takes."""
+"""The group-commit writer stores each (trace_id, span_id) once, whichever insert path it takes, and
+checkpoints its WAL itself after acknowledging."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import threading
 
 import duckdb
 import pyarrow as pa
+from prometheus_client.parser import text_string_to_metric_families
 
+from tracesieve.collector.metrics import Metrics
 from tracesieve.storage import store
 from tracesieve.storage.schema import SPAN_SCHEMA
 from tracesieve.storage.writer import GroupCommitWriter
@@ -194,7 +197,8 @@ def test_the_writer_checkpoints_the_wal_itself_once_it_passes_its_size(tmp_path)
     """The collector's threshold (INGEST_SETTINGS) is DuckDB's backstop; the writer checkpoints first, after acking."""
     con = store.open_database(str(tmp_path / "w.duckdb"))
     store.tune_for_ingest(con)
-    writer = GroupCommitWriter(con)
+    metrics = Metrics()
+    writer = GroupCommitWriter(con, on_checkpoint=metrics.observe_checkpoint)
     writer.checkpoint_wal_bytes = 1024 * 1024
     try:
         biggest = 0
@@ -207,6 +211,14 @@ def test_the_writer_checkpoints_the_wal_itself_once_it_passes_its_size(tmp_path)
     finally:
         writer.close()
     assert con.execute("SELECT count(*) FROM spans").fetchone() == (2400,)
+    # /metrics counts them, and how long they took (requests arriving meanwhile waited for that)
+    scraped = {(m.name, tuple(sorted(m.labels.items()))): m.value
+               for family in text_string_to_metric_families(metrics.render().decode()) for m in family.samples}
+    assert writer.stats.checkpoints >= 1
+    assert scraped[("tracesieve_checkpoints_total", (("result", "done"),))] == writer.stats.checkpoints
+    assert scraped[("tracesieve_checkpoints_total", (("result", "deferred"),))] == 0
+    assert scraped[("tracesieve_checkpoint_duration_seconds_count", ())] == writer.stats.checkpoints
+    assert scraped[("tracesieve_checkpoint_duration_seconds_sum", ())] > 0
 
 
 def test_without_its_own_checkpoints_the_wal_grows_to_duckdbs_threshold(tmp_path):
