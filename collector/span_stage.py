@@ -203,7 +203,7 @@ def _noop(_: int) -> None:
 # --------------------------------------------------------------------------- the built-in rules, off the judge's GIL
 
 #: Spans per job: a round (up to 300 traces, ~2,000 spans) is cut into a few jobs at trace boundaries,
-#: so span requests queued behind a round in the pool wait for one job (~30 ms), not the whole round.
+#: so span requests queued behind a round in the pool wait for one job (~45 ms), not the whole round.
 RULE_JOB_SPANS = 512
 
 _RULES: DetectorsProcessor | None = None
