@@ -276,6 +276,7 @@ class DetectorsProcessor:
         self.strict = strict
         self.errors = 0
         self._settings = rule_settings(self.config)
+        self._sql_rules = {r.name: r for r in self.config.rules}
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any] | None, *, path: str = "processors.detectors") -> DetectorsProcessor:
@@ -334,7 +335,7 @@ class DetectorsProcessor:
         groups: dict[tuple[str, str, str], list[Finding]] = {}
         for f in findings:
             groups.setdefault((f.span_id, f.detector, f.failure_mode), []).append(f)
-        sql_rules = {r.name: r for r in self.config.rules}
+        sql_rules = self._sql_rules
         out = []
         for (span_id, detector, mode), group in groups.items():
             first = group[0]
