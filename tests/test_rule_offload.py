@@ -81,8 +81,7 @@ def test_rules_in_the_workers_find_what_the_judge_finds_itself(tmp_path, pool, m
     monkeypatch.setattr(span_stage, "RULE_JOB_SPANS", 3)  # several jobs, so findings from each are merged
     reader, table, ids = _round(tmp_path)
     assert len(span_stage.rule_jobs(table, 3)) > 1
-    root_of = {t: s["span_id"] for t, s in zip(table.column("trace_id").to_pylist(), table.to_pylist())
-               if s["parent_span_id"] is None}
+    root_of = {s["trace_id"]: s["span_id"] for s in table.to_pylist() if s["parent_span_id"] is None}
 
     here = _judge(reader, None)._judge_table(table, ids)
     elsewhere = _judge(reader, pool)._judge_table(table, ids)
