@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from tracesieve.storage.errors import NotFoundError, UsageError
 from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES, Candidate
-from tracesieve.storage.sqlparams import packed, registered, unpacked
+from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; processors import this module without duckdb
     import duckdb
@@ -239,16 +239,13 @@ def list_candidates(
 
 def get_candidate(con: duckdb.DuckDBPyConnection, candidate_id: str) -> dict[str, Any] | None:
     """One candidate as a dict (JSON columns parsed), or None. Read-only."""
-    row = con.execute(
-        f"SELECT {', '.join(PUBLIC_COLUMNS)} FROM candidates WHERE candidate_id = ?", [candidate_id]
-    ).fetchone()
+    row = first_row(con, f"SELECT {', '.join(PUBLIC_COLUMNS)} FROM candidates WHERE candidate_id = ?",
+                    [candidate_id])
     return None if row is None else _row_dict(PUBLIC_COLUMNS, row)
 
 
 def _require(con: duckdb.DuckDBPyConnection, candidate_id: str) -> tuple[str, str | None]:
-    row = con.execute(
-        "SELECT status, case_id FROM candidates WHERE candidate_id = ?", [candidate_id]
-    ).fetchone()
+    row = first_row(con, "SELECT status, case_id FROM candidates WHERE candidate_id = ?", [candidate_id])
     if row is None:
         raise NotFoundError(f"no candidate {candidate_id!r} (list them with `tracesieve candidates`)")
     return row[0], row[1]

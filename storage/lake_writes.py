@@ -31,7 +31,7 @@ from tracesieve.storage import store
 from tracesieve.storage.errors import RetryableError
 from tracesieve.storage.lake import CommitLock, redact, run_in_transaction
 from tracesieve.storage.schema import Candidate, Detection, utcnow
-from tracesieve.storage.sqlparams import packed, registered, unpacked
+from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 from tracesieve.storage.writer import GroupCommitWriter, WriteTask
 
 log = logging.getLogger("tracesieve.lake")
@@ -143,13 +143,13 @@ class LakeTraceStore:
 
     def settled_backlog_seconds(self, con: duckdb.DuckDBPyConnection, quiet_since: dt.datetime) -> float:
         """:func:`store.settled_backlog_seconds` over the whole lake (every collector's traces)."""
-        row = con.execute("SELECT min(last_received_at) FROM trace_state WHERE judged_seq IS DISTINCT FROM "
-                          "received_seq AND last_received_at <= ?", [quiet_since]).fetchone()
+        row = first_row(con, "SELECT min(last_received_at) FROM trace_state WHERE judged_seq IS DISTINCT FROM "
+                        "received_seq AND last_received_at <= ?", [quiet_since])
         return store.backlog_seconds(row[0] if row else None, quiet_since)
 
     def count_unjudged(self, con: duckdb.DuckDBPyConnection) -> int:
-        row = con.execute("SELECT count(*) FROM trace_state WHERE judged_seq IS DISTINCT FROM received_seq "
-                          "AND owner = ?", [self.owner]).fetchone()
+        row = first_row(con, "SELECT count(*) FROM trace_state WHERE judged_seq IS DISTINCT FROM received_seq "
+                        "AND owner = ?", [self.owner])
         return int(row[0]) if row else 0
 
     def save_judgement(self, con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]],

@@ -1,4 +1,4 @@
-"""Python data handed to SQL: id lists as one query parameter, Arrow tables as named views.
+"""Python data handed to SQL (id lists as one query parameter, Arrow tables as named views), and one row back.
 
 DuckDB's Python binding pays per parameter value it converts.
 
@@ -14,7 +14,7 @@ several times per round.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -48,3 +48,17 @@ def registered(con: duckdb.DuckDBPyConnection, name: str, table: Any) -> Iterato
         yield
     finally:
         con.unregister(name)
+
+
+def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+    """The first row of ``sql``'s result, or None; the result is read to its end.
+
+    ``fetchone()`` leaves DuckDB's result open, and with it the cursor's transaction, until the
+    cursor's next statement. On a cursor that then waits (the judge between rounds, the base the
+    query surface's cursors are made from) that open transaction made DuckDB refuse every later
+    CHECKPOINT ("other write transactions active"): the WAL and the uncompressed rows behind it
+    grew for as long as the collector ran (one ``tracesieve query`` under load: 5 checkpoints
+    done, 412 refused).
+    """
+    rows = con.execute(sql, list(params)).fetchall()
+    return rows[0] if rows else None

@@ -7,6 +7,7 @@ thread with its own cursor); none writes.
 from __future__ import annotations
 
 import duckdb
+from tracesieve.storage.sqlparams import first_row
 
 
 def detections_by_mode(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
@@ -20,5 +21,5 @@ def candidates_by_status(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 
 def count_detections(con: duckdb.DuckDBPyConnection) -> int:
-    row = con.execute("SELECT count(*) FROM detections").fetchone()
+    row = first_row(con, "SELECT count(*) FROM detections")
     return int(row[0]) if row else 0

@@ -19,7 +19,7 @@ import pyarrow as pa
 from tracesieve.storage.errors import UsageError
 from tracesieve.storage.migrations import migrate
 from tracesieve.storage.schema import Detection, JSON_SPAN_COLUMNS
-from tracesieve.storage.sqlparams import packed, registered, unpacked
+from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 
 #: Statement types a read-only query may contain.
 _READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -75,7 +75,7 @@ def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     DuckDB does not carry ``USE`` over to cursors, and :func:`open_database` attaches the store
     next to an in-memory default. Not for concurrent use with ``con`` (it runs one query on it).
     """
-    row = con.execute("SELECT current_database()").fetchone()
+    row = first_row(con, "SELECT current_database()")
     cur = con.cursor()
     if row is not None:
         cur.execute(f"USE {_quote(str(row[0]))}")
@@ -190,8 +190,8 @@ def settled_backlog_seconds(con: duckdb.DuckDBPyConnection, quiet_since: dt.date
 
     0.0 when every settled trace is judged: the trace stage is caught up.
     """
-    row = con.execute("SELECT min(last_received_at) FROM pending_traces WHERE last_received_at <= ?",
-                      [quiet_since]).fetchone()
+    row = first_row(con, "SELECT min(last_received_at) FROM pending_traces WHERE last_received_at <= ?",
+                    [quiet_since])
     return backlog_seconds(row[0] if row else None, quiet_since)
 
 
@@ -200,7 +200,7 @@ def backlog_seconds(oldest: dt.datetime | None, quiet_since: dt.datetime) -> flo
 
 
 def count_unjudged(con: duckdb.DuckDBPyConnection) -> int:
-    row = con.execute("SELECT count(*) FROM pending_traces").fetchone()
+    row = first_row(con, "SELECT count(*) FROM pending_traces")
     return int(row[0]) if row else 0
 
 

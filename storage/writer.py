@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from tracesieve.storage.errors import RetryableError
 from tracesieve.storage.schema import utcnow
-from tracesieve.storage.sqlparams import packed, registered, unpacked
+from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 from tracesieve.storage.store import RECEIVED_MARGIN
 
 log = logging.getLogger("tracesieve.writer")
@@ -348,7 +348,7 @@ class GroupCommitWriter:
 
 def _wal_path(con: duckdb.DuckDBPyConnection) -> str | None:
     """The write-ahead log of the connection's current database file (None in memory)."""
-    row = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    row = first_row(con, "SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
     return f"{row[0]}.wal" if row and row[0] else None
 
 
