@@ -210,6 +210,11 @@ def count_unjudged(con: duckdb.DuckDBPyConnection) -> int:
 RECEIVED_MARGIN = dt.timedelta(seconds=30)
 #: On a lake, spans of one trace are stamped by several collectors, each at decode, on its own clock.
 LAKE_RECEIVED_MARGIN = dt.timedelta(minutes=5)
+#: Rows per Arrow batch of the judge's reads. DuckDB reserves every column's buffers for a whole
+#: batch up front, and its default batch is a million rows: for a round of ~2,000 spans that was
+#: ~500 MB allocated and freed per read (memray: 50 GB in a 52 s overload run, more than anything
+#: else in the collector). With 8,192 rows: ~50 MB, and the read took 34 ms instead of 46.
+ARROW_BATCH_ROWS = 8192
 
 
 def load_traces_table(
@@ -230,7 +235,7 @@ def load_traces_table(
         params.append(received_since - margin)
     # Unordered: sorting whole rows (LLM spans are kilobytes) in DuckDB cost more than sorting each
     # trace's few spans in traces_from_table.
-    table: pa.Table = con.execute(sql, params).to_arrow_table()
+    table: pa.Table = con.execute(sql, params).to_arrow_table(ARROW_BATCH_ROWS)
     return table
 
 

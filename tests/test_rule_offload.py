@@ -104,6 +104,19 @@ def test_the_workers_return_findings_for_failing_traces_only(tmp_path, pool):
     assert found == detectors.findings_by_trace(store.traces_from_table(table, ids))
 
 
+def test_a_round_read_in_several_arrow_batches_is_judged_the_same(tmp_path, pool, monkeypatch):
+    """The judge reads in batches of store.ARROW_BATCH_ROWS (DuckDB's default reserved ~500 MB a read)."""
+    reader, whole, ids = _round(tmp_path)
+    detectors = DetectorsProcessor(DetectorsConfig.from_options(OPTIONS, "processors.detectors"))
+    monkeypatch.setattr(store, "ARROW_BATCH_ROWS", 3)
+    table = store.load_traces_table(reader.con, ids)
+    assert table.column("trace_id").num_chunks > 1
+    assert table.sort_by([("trace_id", "ascending"), ("span_id", "ascending")]).equals(
+        whole.sort_by([("trace_id", "ascending"), ("span_id", "ascending")]))
+    assert pool.find_rule_findings(detectors, table) == detectors.findings_by_trace(
+        store.traces_from_table(whole, ids))
+
+
 def test_rule_jobs_never_split_a_trace_and_keep_every_row(tmp_path):
     _, table, ids = _round(tmp_path)
     jobs = span_stage.rule_jobs(table, 2)
