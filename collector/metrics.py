@@ -55,6 +55,7 @@ class StateSource:
     queued_spans: Callable[[], int]
     pending_traces: Callable[[], int]
     store_state: Callable[[], StoreState]
+    wal_bytes: Callable[[], int | None] = lambda: None
 
 
 class ReceiverMetrics:
@@ -211,6 +212,12 @@ class _ScrapeTimeGauges:
                                 "max_queued_spans bounds).", value=source.queued_spans())
         yield GaugeMetricFamily("tracesieve_pending_traces", "Traces with spans not judged yet.",
                                 value=source.pending_traces())
+        wal = source.wal_bytes()
+        if wal is not None:
+            yield GaugeMetricFamily("tracesieve_wal_bytes", "Bytes in the store's write-ahead log: commits not yet "
+                                    "checkpointed, whose rows DuckDB also holds in memory uncompressed. It falls "
+                                    "back after each checkpoint; if it only grows, checkpoints are being refused.",
+                                    value=wal)
         state = source.store_state()
         yield GaugeMetricFamily("tracesieve_trace_stage_lag_seconds", "How long the oldest settled trace has "
                                 "been waiting for its judgement (0 when the judge is caught up).",

@@ -104,7 +104,7 @@ class Collector:
         self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60))
         self.judge.start()
         self.metrics.watch(StateSource(lambda: self.writer.queued_spans, lambda: self.judge.pending,
-                                       self._store_state))
+                                       self._store_state, lambda: self.writer.wal_bytes))
         warn_if_exposed(cfg)
         self._grpc = None
         self._uvicorn: uvicorn.Server | None = None

@@ -221,13 +221,21 @@ class GroupCommitWriter:
         except duckdb.Error as exc:  # pragma: no cover - reported, data is in the WAL anyway
             log.warning("checkpoint at shutdown failed: %s", exc)
 
-    def _checkpoint_if_due(self) -> None:
-        if self._wal_path is None or self.checkpoint_wal_bytes is None or self.fatal is not None:
-            return
+    @property
+    def wal_bytes(self) -> int | None:
+        """Bytes in the store's write-ahead log now; None where the writer checkpoints none (a lake)."""
+        if self._wal_path is None:
+            return None
         try:
-            if os.path.getsize(self._wal_path) < self.checkpoint_wal_bytes:
-                return
-        except OSError:  # no WAL file: nothing to checkpoint
+            return os.path.getsize(self._wal_path)
+        except OSError:  # no WAL file: everything is checkpointed
+            return 0
+
+    def _checkpoint_if_due(self) -> None:
+        wal = self.wal_bytes
+        if wal is None or self.checkpoint_wal_bytes is None or self.fatal is not None:
+            return
+        if wal < self.checkpoint_wal_bytes:
             return
         started = time.perf_counter()
         if not self._read_gate.acquire(timeout=CHECKPOINT_GATE_SECONDS):
