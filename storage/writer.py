@@ -174,7 +174,8 @@ class GroupCommitWriter:
         overload while the judge's reads overlapped commits; it skips its own checkpoint then, and
         the WAL and the uncompressed rows behind it keep growing. The writer takes this gate before
         it checkpoints, so a steady reader (a judge round every few hundred ms) cannot keep
-        deferring them (3-8 refusals in the same runs with the gate).
+        deferring them (3-8 refusals in the same runs with the gate; those were a result the judge
+        left open between rounds, and with sqlparams.first_row they are 0).
         """
         with self._read_gate:
             yield
