@@ -18,7 +18,8 @@ import duckdb
 _BIG_TEXT = "VARCHAR USING COMPRESSION zstd"
 _BIG_JSON = "JSON USING COMPRESSION zstd"
 
-SPANS_DDL = f"""
+# spans as migration 1 created it; unchanged, since migrations are append-only (see _v3).
+_SPANS_V1_DDL = f"""
 CREATE TABLE IF NOT EXISTS spans (
     trace_id VARCHAR NOT NULL,
     span_id VARCHAR NOT NULL,
@@ -58,6 +59,50 @@ CREATE TABLE IF NOT EXISTS spans (
     received_at TIMESTAMPTZ,
     pii_redactions JSON,
     PRIMARY KEY (trace_id, span_id)
+)
+"""
+
+# (trace_id, span_id) is unique, but kept so by the writer (writer.insert_new_spans), not by a
+# primary key: DuckDB holds a key's whole index in memory (see _v3).
+SPANS_DDL = f"""
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id VARCHAR NOT NULL,
+    span_id VARCHAR NOT NULL,
+    parent_span_id VARCHAR,
+    name VARCHAR,
+    span_kind VARCHAR,
+    start_time TIMESTAMPTZ,
+    end_time TIMESTAMPTZ,
+    duration_ms DOUBLE,
+    status_code VARCHAR,
+    status_message VARCHAR,
+    service_name VARCHAR,
+    session_id VARCHAR,
+    user_id VARCHAR,
+    input_value {_BIG_TEXT},
+    input_mime_type VARCHAR,
+    output_value {_BIG_TEXT},
+    output_mime_type VARCHAR,
+    llm_model_name VARCHAR,
+    llm_provider VARCHAR,
+    llm_finish_reason VARCHAR,
+    llm_token_count_prompt BIGINT,
+    llm_token_count_completion BIGINT,
+    llm_token_count_total BIGINT,
+    tool_name VARCHAR,
+    attributes {_BIG_JSON},
+    resource_attributes JSON,
+    events {_BIG_JSON},
+    links JSON,
+    scope_name VARCHAR,
+    scope_version VARCHAR,
+    otel_span_kind VARCHAR,
+    trace_state VARCHAR,
+    dropped_attributes_count BIGINT,
+    dropped_events_count BIGINT,
+    dropped_links_count BIGINT,
+    received_at TIMESTAMPTZ,
+    pii_redactions JSON
 )
 """
 
@@ -133,7 +178,7 @@ CREATE TABLE IF NOT EXISTS pending_traces (
 
 
 def _v1(con: duckdb.DuckDBPyConnection) -> None:
-    for ddl in (SPANS_DDL, DETECTIONS_DDL, CANDIDATES_DDL, TRACE_STATE_DDL):
+    for ddl in (_SPANS_V1_DDL, DETECTIONS_DDL, CANDIDATES_DDL, TRACE_STATE_DDL):
         con.execute(ddl)
     con.execute("CREATE INDEX IF NOT EXISTS detections_trace ON detections (trace_id)")
 
@@ -145,10 +190,38 @@ def _v2(con: duckdb.DuckDBPyConnection) -> None:
         "FROM trace_state WHERE judged_seq IS DISTINCT FROM received_seq")
 
 
+def _v3(con: duckdb.DuckDBPyConnection) -> None:
+    """spans rebuilt without its primary key; each trace's first_received_at made its earliest stored span's.
+
+    DuckDB keeps the whole index of a key in memory once a write touches it, and counts it against
+    ``memory_limit``: ~85 bytes per span stored. A store of ~3 million spans no longer fit the
+    collector's 256 MiB, and every commit after that failed ("failed to pin block"), restart or not.
+    The writer keeps (trace_id, span_id) unique instead: only a trace ``trace_state`` knows can have
+    stored spans, and their anti-join reads spans received since the trace's first_received_at
+    (writer.insert_new_spans). Lowering first_received_at to the earliest stored span keeps that
+    exact for spans an older version stored with an earlier ``received_at``.
+    """
+    constraints = con.execute(
+        "SELECT count(*) FROM duckdb_constraints() WHERE database_name = current_database() "
+        "AND schema_name = current_schema() AND table_name = 'spans' AND constraint_type = 'PRIMARY KEY'"
+    ).fetchall()
+    if constraints[0][0]:
+        con.execute(SPANS_DDL.replace("CREATE TABLE IF NOT EXISTS spans", "CREATE TABLE spans_v3"))
+        con.execute("INSERT INTO spans_v3 SELECT * FROM spans")
+        con.execute("DROP TABLE spans")
+        con.execute("ALTER TABLE spans_v3 RENAME TO spans")
+    for table in ("trace_state", "pending_traces"):
+        con.execute(
+            f"UPDATE {table} SET first_received_at = s.earliest FROM (SELECT trace_id, min(received_at) AS "
+            f"earliest FROM spans GROUP BY trace_id) AS s WHERE {table}.trace_id = s.trace_id AND "
+            f"({table}.first_received_at IS NULL OR s.earliest < {table}.first_received_at)")
+
+
 #: (version, description, migration). Append only.
 MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     (1, "spans, detections, candidates, trace_state", _v1),
     (2, "pending_traces: the unjudged traces the judge polls", _v2),
+    (3, "spans without a primary key: its index grew with the store, in memory", _v3),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

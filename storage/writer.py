@@ -287,11 +287,7 @@ class GroupCommitWriter:
         at = table.schema.get_field_index("received_at")
         table = table.set_column(at, table.schema.field(at), pa.repeat(pa.scalar(now, table.schema.field(at).type),
                                                                       table.num_rows))
-        try:
-            inserted: int = self._transaction(lambda con: insert_new_spans(con, table, now, anti_join=True))
-        except duckdb.ConstraintException:
-            # A stored copy older than the anti-join's window (see insert_new_spans): slow but sure.
-            inserted = self._transaction(lambda con: insert_new_spans(con, table, now, anti_join=False))
+        inserted: int = self._transaction(lambda con: insert_new_spans(con, table, now))
         return inserted
 
     def _transaction(self, work: WriteTask) -> Any:
@@ -361,21 +357,23 @@ def _wal_path(con: duckdb.DuckDBPyConnection) -> str | None:
     return f"{row[0]}.wal" if row and row[0] else None
 
 
-def insert_new_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, now: Any, *, anti_join: bool) -> int:
+def insert_new_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, now: Any) -> int:
     """Store the rows of ``table`` not stored yet and record their traces; returns how many were new.
 
-    ``INSERT ... ON CONFLICT DO NOTHING`` runs as a MERGE in DuckDB 1.5 and cost a third more than a
-    plain insert (245k bench spans: 62 vs 42 us/span). Only a trace ``trace_state`` already knew can
-    have stored spans, so the upsert of ``trace_state`` goes first and says which; spans of new
-    traces are inserted plainly, spans of known ones through an anti-join over the rows received
-    since those traces first were (minus store.RECEIVED_MARGIN, for stores written before
-    ``received_at`` was the commit time). With ``anti_join=False`` it is the ON CONFLICT form.
+    This is what keeps (trace_id, span_id) unique: ``spans`` has no primary key, whose index DuckDB
+    would hold whole in memory (migrations._v3). ``table`` has no key twice (``_drop_repeated_keys``).
+    Only a trace ``trace_state`` already knew can have stored spans, so the upsert of ``trace_state``
+    goes first and says which; spans of new traces are inserted plainly, spans of known ones through
+    an anti-join over the rows received since those traces first were. Every stored span of a trace
+    has ``received_at`` at or after its ``first_received_at`` (both are the commit time, and
+    migration 3 lowered first_received_at where an older version had stored earlier spans);
+    store.RECEIVED_MARGIN is kept as slack.
     """
     with registered(con, "_incoming_spans", table):
-        return _insert_incoming(con, now, anti_join)
+        return _insert_incoming(con, now)
 
 
-def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any, anti_join: bool) -> int:
+def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any) -> int:
     params: list[Any] = []
     returned = con.execute(
         "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq) "
@@ -387,9 +385,7 @@ def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any, anti_join: bool) 
     ).fetchall()
     known = [(tid, first) for tid, first, seq in returned if seq > 1]
     _mark_pending(con, returned, now)
-    if not anti_join:
-        sql = "INSERT INTO spans SELECT * FROM _incoming_spans ON CONFLICT DO NOTHING"
-    elif not known:
+    if not known:
         sql = "INSERT INTO spans SELECT * FROM _incoming_spans"
     else:
         firsts = [first for _, first in known if first is not None]

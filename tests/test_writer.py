@@ -67,19 +67,80 @@ def test_redelivered_and_overlapping_spans_are_stored_once(tmp_path):
     con.close()
 
 
-def test_a_copy_older_than_the_anti_join_window_is_still_not_stored_twice(tmp_path):
-    con, writer = _open(tmp_path)
+def _old_store(path: str) -> duckdb.DuckDBPyConnection:
+    """A store as version 2 of the schema left it: spans with its primary key."""
+    from tracesieve.storage import migrations
+
+    old = duckdb.connect(path)
+    old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR, "
+                "applied_at TIMESTAMPTZ DEFAULT now())")
+    migrations._v1(old)
+    migrations._v2(old)
+    old.execute("INSERT INTO schema_version (version, description) VALUES (1, 'v1'), (2, 'v2')")
+    return old
+
+
+def test_a_copy_stored_before_its_traces_first_arrival_is_still_not_stored_twice(tmp_path):
+    # An older version stored received_at as the receiving instant, before trace_state's
+    # first_received_at; the writer's anti-join reads only from first_received_at on, and no
+    # primary key catches what it misses. Migration 3 lowers first_received_at to the earliest span.
+    path = str(tmp_path / "old.duckdb")
+    old = _old_store(path)
+    old.execute("INSERT INTO spans (trace_id, span_id, name, received_at) VALUES "
+                f"('{_tid(7)}', '{0:016x}', 'old-0', TIMESTAMPTZ '2020-01-01'), "
+                f"('{_tid(7)}', '{1:016x}', 'old-1', TIMESTAMPTZ '2020-01-01')")
+    old.execute(f"INSERT INTO trace_state VALUES ('{_tid(7)}', now(), now(), 1, 1, now())")
+    old.close()
+    con = store.open_database(path)
+    writer = GroupCommitWriter(con)
     try:
-        _write(writer, _spans(7, range(0, 3), "old"))
-        # As a store written by an older version could hold: received_at long before the window.
-        long_ago = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
-        writer.submit_task(lambda c: c.execute("UPDATE spans SET received_at = ?", [long_ago])).result(timeout=30)
-        assert _write(writer, _spans(7, range(0, 5), "again")) == 5
+        assert _write(writer, _spans(7, range(0, 4), "again")) == 4
     finally:
         writer.close()
-    rows = _stored(con, 7)
-    assert [r[1] for r in rows] == ["old-0", "old-1", "old-2", "again-3", "again-4"]
-    assert writer.stats.duplicate_spans == 3
+    assert [r[1] for r in _stored(con, 7)] == ["old-0", "old-1", "again-2", "again-3"]
+    assert writer.stats.duplicate_spans == 2
+    con.close()
+
+
+def test_a_store_with_the_spans_key_is_rebuilt_without_it_and_keeps_every_span(tmp_path):
+    path = str(tmp_path / "old.duckdb")
+    old = _old_store(path)
+    old.execute("INSERT INTO spans (trace_id, span_id, name, received_at) SELECT lpad(to_hex(i // 4), 32, '0'), "
+                "lpad(to_hex(i), 16, '0'), 'old', now() FROM range(1000) AS r(i)")
+    columns = [r[0] for r in old.execute("DESCRIBE spans").fetchall()]
+    old.close()
+    con = store.open_database(path)
+    assert con.execute("SELECT count(*), count(DISTINCT (trace_id, span_id)) FROM spans").fetchone() == (1000, 1000)
+    assert [r[0] for r in con.execute("DESCRIBE spans").fetchall()] == columns
+    assert _key_constraints(con, "spans") == []
+    con.close()
+
+
+def _key_constraints(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    return [r[0] for r in con.execute(
+        "SELECT constraint_type FROM duckdb_constraints() WHERE table_name = ? AND constraint_type IN "
+        "('PRIMARY KEY', 'UNIQUE')", [table]).fetchall()]
+
+
+def test_a_store_too_big_for_a_key_index_in_memory_still_takes_commits(tmp_path):
+    # With the spans primary key, DuckDB loads the key's whole index into memory at the first commit
+    # (~85 bytes a span) and counts it against memory_limit: past that, every commit failed.
+    path = str(tmp_path / "big.duckdb")
+    con = store.open_database(path)
+    con.execute("INSERT INTO spans (trace_id, span_id, name, received_at) SELECT md5('t' || (i // 8)::VARCHAR), "
+                "substr(md5('s' || i::VARCHAR), 1, 16), 'old', now() FROM range(600000) AS r(i)")
+    con.execute("CHECKPOINT")
+    con.close()
+    con = store.open_database(path)
+    store.tune_for_ingest(con)
+    con.execute("SET memory_limit = '24MiB'")  # the index of 600,000 keys alone took ~50 MB
+    writer = GroupCommitWriter(con)
+    try:
+        for trace in range(20):
+            assert _write(writer, _spans(trace, range(0, 500), "new")) == 500
+    finally:
+        writer.close()
+    assert con.execute("SELECT count(*) FROM spans").fetchone() == (600000 + 20 * 500,)
     con.close()
 
 
