@@ -11,9 +11,12 @@ default string compression analysis dominates ingest time on LLM spans).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import duckdb
+
+log = logging.getLogger("tracesieve.store")
 
 _BIG_TEXT = "VARCHAR USING COMPRESSION zstd"
 _BIG_JSON = "JSON USING COMPRESSION zstd"
@@ -206,6 +209,9 @@ def _v3(con: duckdb.DuckDBPyConnection) -> None:
         "AND schema_name = current_schema() AND table_name = 'spans' AND constraint_type = 'PRIMARY KEY'"
     ).fetchall()
     if constraints[0][0]:
+        rows = con.execute("SELECT count(*) FROM spans").fetchall()[0][0]
+        if rows:
+            log.info("upgrading the store: copying %d spans into a table without a primary key (once)", rows)
         con.execute(SPANS_DDL.replace("CREATE TABLE IF NOT EXISTS spans", "CREATE TABLE spans_v3"))
         con.execute("INSERT INTO spans_v3 SELECT * FROM spans")
         con.execute("DROP TABLE spans")

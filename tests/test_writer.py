@@ -102,14 +102,16 @@ def test_a_copy_stored_before_its_traces_first_arrival_is_still_not_stored_twice
     con.close()
 
 
-def test_a_store_with_the_spans_key_is_rebuilt_without_it_and_keeps_every_span(tmp_path):
+def test_a_store_with_the_spans_key_is_rebuilt_without_it_and_keeps_every_span(tmp_path, caplog):
     path = str(tmp_path / "old.duckdb")
     old = _old_store(path)
     old.execute("INSERT INTO spans (trace_id, span_id, name, received_at) SELECT lpad(to_hex(i // 4), 32, '0'), "
                 "lpad(to_hex(i), 16, '0'), 'old', now() FROM range(1000) AS r(i)")
     columns = [r[0] for r in old.execute("DESCRIBE spans").fetchall()]
     old.close()
-    con = store.open_database(path)
+    with caplog.at_level("INFO", logger="tracesieve.store"):
+        con = store.open_database(path)
+    assert "copying 1000 spans into a table without a primary key" in caplog.text
     assert con.execute("SELECT count(*), count(DISTINCT (trace_id, span_id)) FROM spans").fetchone() == (1000, 1000)
     assert [r[0] for r in con.execute("DESCRIBE spans").fetchall()] == columns
     assert _key_constraints(con, "spans") == []
