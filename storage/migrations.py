@@ -67,47 +67,7 @@ CREATE TABLE IF NOT EXISTS spans (
 
 # (trace_id, span_id) is unique, but kept so by the writer (writer.insert_new_spans), not by a
 # primary key: DuckDB holds a key's whole index in memory (see _v3).
-SPANS_DDL = f"""
-CREATE TABLE IF NOT EXISTS spans (
-    trace_id VARCHAR NOT NULL,
-    span_id VARCHAR NOT NULL,
-    parent_span_id VARCHAR,
-    name VARCHAR,
-    span_kind VARCHAR,
-    start_time TIMESTAMPTZ,
-    end_time TIMESTAMPTZ,
-    duration_ms DOUBLE,
-    status_code VARCHAR,
-    status_message VARCHAR,
-    service_name VARCHAR,
-    session_id VARCHAR,
-    user_id VARCHAR,
-    input_value {_BIG_TEXT},
-    input_mime_type VARCHAR,
-    output_value {_BIG_TEXT},
-    output_mime_type VARCHAR,
-    llm_model_name VARCHAR,
-    llm_provider VARCHAR,
-    llm_finish_reason VARCHAR,
-    llm_token_count_prompt BIGINT,
-    llm_token_count_completion BIGINT,
-    llm_token_count_total BIGINT,
-    tool_name VARCHAR,
-    attributes {_BIG_JSON},
-    resource_attributes JSON,
-    events {_BIG_JSON},
-    links JSON,
-    scope_name VARCHAR,
-    scope_version VARCHAR,
-    otel_span_kind VARCHAR,
-    trace_state VARCHAR,
-    dropped_attributes_count BIGINT,
-    dropped_events_count BIGINT,
-    dropped_links_count BIGINT,
-    received_at TIMESTAMPTZ,
-    pii_redactions JSON
-)
-"""
+SPANS_DDL = _SPANS_V1_DDL.replace(",\n    PRIMARY KEY (trace_id, span_id)\n)", "\n)")
 
 DETECTIONS_DDL = """
 CREATE TABLE IF NOT EXISTS detections (
