@@ -115,8 +115,8 @@ INGEST_SETTINGS = {
     # No vacuum at checkpoints. DuckDB merges a table's partly filled row groups at each checkpoint,
     # unless the table has a key index; ``spans`` has none (migrations._v3), and the writer's
     # checkpoint every few thousand spans then rewrote them again and again: 133-152 us of writer CPU
-    # a span against 55 without vacuum (90-102 with the old key), and 140 MB more at the peak. The
-    # collector never deletes spans, so there is nothing else for vacuum to reclaim.
+    # a span against 66-73 without vacuum (86-94 with the old key), and 140 MB more at the peak
+    # (README, Performance). The collector never deletes spans, so vacuum has nothing else to reclaim.
     "max_vacuum_tasks": 0,
     # DuckDB would otherwise cache up to 80% of RAM; the collector's budget is a few hundred MB in all.
     "memory_limit": "256MiB",
