@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import send  # noqa: E402
+from ingest import _proc_kib  # noqa: E402
 
 from tracesieve.collector.decode import DecodeLimits, decode_request, parse_protobuf  # noqa: E402
 from tracesieve.storage import store  # noqa: E402
@@ -38,11 +39,7 @@ FILL_STEP = 500_000
 
 
 def _kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+    return _proc_kib(os.getpid(), field)
 
 
 def _reset_peak_rss() -> None:
@@ -125,8 +122,7 @@ def main() -> int:
             writer.close()
         con.close()
         print(f"commits            {a.commits} of {a.requests_per_commit * batch.num_rows} realistic spans each, "
-              f"{failed} failed, "
-              f"{writer.stats.checkpoints} checkpoints")
+              f"{failed} failed, {writer.stats.checkpoints} checkpoints")
         print(f"commit time        p50 {statistics.median(times) * 1000:.1f} ms, "
               f"max {max(times) * 1000:.1f} ms (checkpoints included)")
         print(f"RSS                {rss_open:,.0f} MB after opening, peak {_kib('VmHWM') / 1024:,.0f} MB "

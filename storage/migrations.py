@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import duckdb
 
+from tracesieve.storage.sqlparams import first_row
+
 log = logging.getLogger("tracesieve.store")
 
 _BIG_TEXT = "VARCHAR USING COMPRESSION zstd"
@@ -164,14 +166,13 @@ def _v3(con: duckdb.DuckDBPyConnection) -> None:
     (writer.insert_new_spans). Lowering first_received_at to the earliest stored span keeps that
     exact for spans an older version stored with an earlier ``received_at``.
     """
-    constraints = con.execute(
-        "SELECT count(*) FROM duckdb_constraints() WHERE database_name = current_database() "
-        "AND schema_name = current_schema() AND table_name = 'spans' AND constraint_type = 'PRIMARY KEY'"
-    ).fetchall()
-    if constraints[0][0]:
-        rows = con.execute("SELECT count(*) FROM spans").fetchall()[0][0]
-        if rows:
-            log.info("upgrading the store: copying %d spans into a table without a primary key (once)", rows)
+    keyed = first_row(
+        con, "SELECT count(*) FROM duckdb_constraints() WHERE database_name = current_database() "
+        "AND schema_name = current_schema() AND table_name = 'spans' AND constraint_type = 'PRIMARY KEY'")
+    if keyed and keyed[0]:
+        rows = first_row(con, "SELECT count(*) FROM spans")
+        if rows and rows[0]:
+            log.info("upgrading the store: copying %d spans into a table without a primary key (once)", rows[0])
         con.execute(SPANS_DDL.replace("CREATE TABLE IF NOT EXISTS spans", "CREATE TABLE spans_v3"))
         con.execute("INSERT INTO spans_v3 SELECT * FROM spans")
         con.execute("DROP TABLE spans")

@@ -67,16 +67,16 @@ def test_redelivered_and_overlapping_spans_are_stored_once(tmp_path):
     con.close()
 
 
-def _old_store(path: str) -> duckdb.DuckDBPyConnection:
-    """A store as version 2 of the schema left it: spans with its primary key."""
+def _old_store(path: str, version: int = 2) -> duckdb.DuckDBPyConnection:
+    """A store as an older version of the schema left it: the migrations up to ``version`` only."""
     from tracesieve.storage import migrations
 
     old = duckdb.connect(path)
     old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR, "
                 "applied_at TIMESTAMPTZ DEFAULT now())")
-    migrations._v1(old)
-    migrations._v2(old)
-    old.execute("INSERT INTO schema_version (version, description) VALUES (1, 'v1'), (2, 'v2')")
+    for number, description, step in migrations.MIGRATIONS[:version]:
+        step(old)
+        old.execute("INSERT INTO schema_version (version, description) VALUES (?, ?)", [number, description])
     return old
 
 
@@ -212,11 +212,7 @@ def test_a_store_from_before_pending_traces_gets_its_unjudged_traces_listed(tmp_
     from tracesieve.storage import migrations
 
     path = str(tmp_path / "old.duckdb")
-    old = duckdb.connect(path)
-    old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR, "
-                "applied_at TIMESTAMPTZ DEFAULT now())")
-    migrations._v1(old)
-    old.execute("INSERT INTO schema_version (version, description) VALUES (1, 'v1')")
+    old = _old_store(path, version=1)
     old.execute("INSERT INTO trace_state VALUES ('a', now(), now(), 2, 2, now()), ('b', now(), now(), 3, 2, now()), "
                 "('c', now(), now(), 1, NULL, NULL)")
     old.close()
