@@ -36,7 +36,7 @@ from tracesieve.collector.runtime import HeapTrimmer, tune_garbage_collector
 from tracesieve.collector.span_stage import ProcessSpanStage
 from tracesieve.storage import lake, stats, store
 from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
-from tracesieve.storage.schema import utcnow
+from tracesieve.storage.schema import CLOCK, utcnow
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.server")
@@ -90,6 +90,7 @@ class Collector:
         else:
             self.con = store.open_database(cfg.db_path)
             store.tune_for_ingest(self.con)
+            CLOCK.not_before(store.latest_received_at(self.con))  # a clock stepped back while stopped
             store.forbid_file_access(self.con)
             self.writer = GroupCommitWriter(self.con, max_queued_spans=cfg.limits.max_queued_spans,
                                             retry_after=cfg.limits.retry_after, on_commit=self.metrics.observe_commit,

@@ -11,7 +11,9 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -96,8 +98,52 @@ def empty_span_batch() -> pa.Table:
     return SPAN_SCHEMA.empty_table()
 
 
+class CommitClock:
+    """UTC wall time that never runs backwards in this process.
+
+    ``spans.received_at`` and ``trace_state.first_received_at`` are stamped with it, and the writer
+    finds a re-delivered span (and the judge a trace's spans) only among rows received since the
+    trace's first arrival, less store.RECEIVED_MARGIN. Had the system clock been stepped back further
+    than that margin (an NTP correction, a resumed VM), a span stored after the step would fall
+    outside that window: stored twice when re-delivered, missed when its trace is judged. When the
+    wall clock is behind the last reading, this one runs on at half the monotonic rate until the wall
+    clock catches up: a step back of a minute is absorbed in two, and the settle delay reads up to
+    twice as long meanwhile.
+    """
+
+    def __init__(self, wall: Callable[[], dt.datetime] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._wall = wall or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._last: dt.datetime | None = None
+        self._last_tick = 0.0
+
+    def now(self) -> dt.datetime:
+        wall = self._wall()
+        with self._lock:
+            tick = self._monotonic()
+            if self._last is not None and wall < self._last:
+                wall = self._last + dt.timedelta(seconds=max(0.0, tick - self._last_tick) / 2)
+            self._last, self._last_tick = wall, tick
+            return wall
+
+    def not_before(self, moment: dt.datetime | None) -> None:
+        """Never read earlier than ``moment``: the latest time the store already holds, at start-up."""
+        if moment is None:
+            return
+        moment = moment.astimezone(dt.timezone.utc)
+        with self._lock:
+            if self._last is None or moment > self._last:
+                self._last, self._last_tick = moment, self._monotonic()
+
+
+#: The collector's clock (see CommitClock); ``utcnow`` reads it.
+CLOCK = CommitClock()
+
+
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return CLOCK.now()
 
 
 def stable_id(*parts: object, length: int = 16) -> str:

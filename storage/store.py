@@ -129,6 +129,12 @@ def tune_for_ingest(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"SET {name} = '{value}'")
 
 
+def latest_received_at(con: duckdb.DuckDBPyConnection) -> dt.datetime | None:
+    """The latest commit time the store holds (its last span's), which the collector's clock must not go behind."""
+    row = first_row(con, "SELECT max(last_received_at) FROM trace_state")
+    return row[0] if row else None
+
+
 def forbid_file_access(con: duckdb.DuckDBPyConnection) -> None:
     """Stop SQL on this database from reading or writing other files (read_csv, COPY, ATTACH...).
 

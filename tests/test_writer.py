@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tracesieve.collector.metrics import Metrics
-from tracesieve.storage import stats, store
+from tracesieve.storage import schema, stats, store
 from tracesieve.storage.schema import SPAN_SCHEMA
 from tracesieve.storage.writer import GroupCommitWriter
 
@@ -66,6 +66,50 @@ def test_redelivered_and_overlapping_spans_are_stored_once(tmp_path):
     assert seq == (3,)
     con.close()
 
+
+
+class SteppedWall:
+    """A system clock an operator (or NTP) can step: the wall time CommitClock reads."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime.now(dt.timezone.utc)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def test_a_wall_clock_stepped_back_neither_runs_the_commit_clock_backwards_nor_stalls_it():
+    wall, ticks = SteppedWall(), iter(float(t) for t in range(0, 1000, 10))
+    clock = schema.CommitClock(wall, monotonic=lambda: next(ticks))
+    first = clock.now()                                   # tick 0
+    wall.now -= dt.timedelta(seconds=60)                  # stepped back a minute, 10 s later
+    readings = [clock.now() for _ in range(12)]           # ticks 10..120
+    assert readings == sorted(readings) and readings[0] > first
+    assert readings[0] - first == dt.timedelta(seconds=5)  # half the monotonic rate until the wall catches up
+    wall.now += dt.timedelta(seconds=200)
+    assert clock.now() == wall.now                         # then the wall clock again
+    clock.not_before(wall.now + dt.timedelta(hours=1))     # a store written by a clock an hour ahead
+    assert clock.now() >= wall.now + dt.timedelta(hours=1)
+
+
+def test_a_span_stored_after_the_clock_stepped_back_is_still_stored_once(tmp_path, monkeypatch):
+    """The anti-join looks for stored copies received since the trace's first arrival (30 s slack)."""
+    wall = SteppedWall()
+    monkeypatch.setattr(schema, "CLOCK", schema.CommitClock(wall))
+    con, writer = _open(tmp_path)
+    try:
+        _write(writer, _spans(1, range(0, 2), "first"))
+        wall.now -= dt.timedelta(minutes=10)
+        _write(writer, _spans(1, range(2, 4), "after the step"))
+        _write(writer, _spans(1, range(0, 4), "redelivered"))
+    finally:
+        writer.close()
+    assert [r[1] for r in _stored(con, 1)] == ["first-0", "first-1", "after the step-2", "after the step-3"]
+    assert writer.stats.duplicate_spans == 4
+    received = con.execute("SELECT received_at FROM spans ORDER BY span_id").fetchall()
+    assert received == sorted(received)
+    assert store.latest_received_at(con) >= received[-1][0]  # the redelivery, all duplicates, counts as received
+    con.close()
 
 def _old_store(path: str, version: int = 2) -> duckdb.DuckDBPyConnection:
     """A store as an older version of the schema left it: the migrations up to ``version`` only."""
