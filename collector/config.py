@@ -22,7 +22,7 @@ from tracesieve.collector.registry import ProcessorRegistry
 from tracesieve.processors.base import SpanProcessor, TraceProcessor
 from tracesieve.storage.errors import ConfigError
 from tracesieve.storage.lake import INSTALL_HINT, LakeTarget, missing_extension_packages, redact
-from tracesieve.storage.units import format_size, parse_duration, parse_size
+from tracesieve.storage.units import EnvText, format_size, parse_duration, parse_size, typed_env
 
 DEFAULT_GRPC_ENDPOINT = "127.0.0.1:4317"
 DEFAULT_HTTP_ENDPOINT = "127.0.0.1:4318"
@@ -132,7 +132,7 @@ class Config:
         lake = tree.get("storage", {}).get("ducklake")
         if isinstance(lake, dict) and isinstance(lake.get("catalog"), str):
             lake["catalog"] = redact(lake["catalog"])
-        return yaml.safe_dump(tree, sort_keys=False)
+        return yaml.safe_dump(_plain(tree), sort_keys=False)
 
     def shutdown_processors(self) -> None:
         for span_proc in self.span_processors:
@@ -189,7 +189,21 @@ def _substitute_env(node: Any, path: str, problems: list[str]) -> Any:
                     return ""
                 return m.group(2)
             return value
-        return _ENV.sub(repl, node)
+        whole = _ENV.fullmatch(node.strip())
+        text = _ENV.sub(repl, node)
+        return EnvText(text) if whole else text
+    return node
+
+
+def _plain(node: Any) -> Any:
+    """``node`` with every :class:`EnvText` as the value it configures (YAML cannot dump a str subclass)."""
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, EnvText):
+        value = typed_env(node)
+        return str(value) if isinstance(value, EnvText) else value
     return node
 
 
@@ -382,6 +396,7 @@ def _span_workers(value: Any, problems: list[str]) -> int:
     The collector's own process keeps a core busy too (commits and the trace stage): on two
     cores a second worker bought no throughput and cost about 200 MB (bench/ingest.py).
     """
+    value = typed_env(value)
     if value == "auto":
         cores = os.cpu_count() or 1
         return min(4, cores - 1) if cores > 1 else 0
@@ -440,7 +455,7 @@ def _limits(node: Any, problems: list[str]) -> Limits:
                 problems.append(f"{path}.{key}: {exc}")
     for key in ("max_queued_spans", "max_attributes_per_span", "max_nesting_depth"):
         if key in node:
-            value = node[key]
+            value = typed_env(node[key])
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 problems.append(f"{path}.{key}: expected a positive integer, got {value!r}")
             elif key == "max_nesting_depth" and value > MAX_NESTING_DEPTH_LIMIT:

@@ -45,6 +45,7 @@ from tracesieve.storage.errors import ConfigError
 from tracesieve.storage.schema import BLAST_RADII, FAILURE_MODES, SEVERITIES, SPAN_KINDS, Detection
 from tracesieve.storage.sqlcheck import RuleSqlChecker, wrap_rule_sql
 from tracesieve.storage.sqlparams import packed
+from tracesieve.storage.units import typed_env
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class DetectorsConfig:
             else:
                 severity[mode] = sev
 
-        min_score = opts.raw("retrieval_min_score", None)
+        min_score = typed_env(opts.raw("retrieval_min_score", None))
         if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))):
             opts.problem("retrieval_min_score", f"expected a number or null, got {min_score!r}")
             min_score = None

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tracesieve.storage.errors import ConfigError
-from tracesieve.storage.units import parse_duration, parse_size
+from tracesieve.storage.units import parse_duration, parse_size, typed_env
 
 _MISSING = object()
 
@@ -46,6 +46,8 @@ class OptionReader:
         if key not in self._options or self._options[key] is None:
             return default
         value = self._options[key]
+        if str not in types:
+            value = typed_env(value)
         if isinstance(value, bool) and bool not in types:
             self.problem(key, f"expected {what}, got {value!r}")
             return default

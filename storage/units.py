@@ -1,4 +1,4 @@
-"""Durations (``250ms``, ``5s``, ``2m``) and sizes (``512KiB``, ``64MiB``) as written in config files."""
+"""Durations (``250ms``, ``5s``, ``2m``), sizes (``512KiB``, ``64MiB``) and ``${env:...}`` values as written in config files."""
 
 from __future__ import annotations
 
@@ -56,3 +56,30 @@ def format_size(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
     return str(size)
+
+
+class EnvText(str):
+    """A config value that was one whole ``${env:VAR}``: the variable's text, typed where it is read.
+
+    An environment variable is always text, so ``max_queued_spans: ${env:QUEUE}`` must still give a
+    number setting its number, while ``bearer_token: ${env:TOKEN}`` keeps a token of digits as text
+    (the OpenTelemetry Collector does the same). Number and boolean settings read it with
+    :func:`typed_env`; text settings take it as it is.
+    """
+
+
+_INT = re.compile(r"^\s*[+-]?\d+\s*$")
+_FLOAT = re.compile(r"^\s*[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?\s*$")
+
+
+def typed_env(value: object) -> object:
+    """An :class:`EnvText` holding an integer, a number or true/false as that; anything else unchanged."""
+    if not isinstance(value, EnvText):
+        return value
+    if _INT.match(value):
+        return int(value)
+    if _FLOAT.match(value):
+        return float(value)
+    if value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return value

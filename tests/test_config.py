@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import run_cli
+from tracesieve.collector.config import load_config
 from test_receivers import make_request, post
 
 EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "processor-plugin"
@@ -86,6 +87,30 @@ def test_durations_sizes_and_env_defaults(tmp_path):
     assert tree["receivers"]["otlp"]["limits"]["max_value_size"] == "512KiB"
     assert tree["receivers"]["otlp"]["protocols"] == {"http": {"endpoint": "127.0.0.1:4999"}}
     assert tree["processors"]["detectors"] == {"decision_wait": "2m"}
+
+
+def test_number_and_boolean_settings_take_their_value_from_the_environment(tmp_path, monkeypatch):
+    """An environment variable is text: ${env:VAR} as a whole value is typed where it is read."""
+    path = write(tmp_path, "receivers: {otlp: {auth: {bearer_token: '${env:TS_TOKEN}'},\n"
+                           "  limits: {max_queued_spans: '${env:TS_QUEUE}', max_nesting_depth: '${env:TS_DEPTH:-12}'}}}\n"
+                           "processors: {detectors: {retrieval_min_score: '${env:TS_FLOOR}',\n"
+                           "  loop: {max_repeats: '${env:TS_REPEATS}'}}}\n"
+                           "service: {span_workers: '${env:TS_WORKERS}'}\n")
+    env = {"TS_TOKEN": "123456", "TS_QUEUE": "77", "TS_FLOOR": "0.25", "TS_REPEATS": "4", "TS_WORKERS": "0"}
+    result = run_cli("serve", "--config", str(path), "--print-config", env=env)
+    assert result.returncode == 0, result.stderr
+    tree = yaml.safe_load(result.stdout)
+    limits = tree["receivers"]["otlp"]["limits"]
+    assert (limits["max_queued_spans"], limits["max_nesting_depth"]) == (77, 12)
+    detectors = tree["processors"]["detectors"]
+    assert (detectors["retrieval_min_score"], detectors["loop"]["max_repeats"]) == (0.25, 4)
+    assert tree["service"]["span_workers"] == 0
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_config(str(path)).bearer_token == "123456"  # a token of digits stays text
+    bad = run_cli("serve", "--config", str(path), "--print-config", env={**env, "TS_QUEUE": "many"})
+    assert bad.returncode == 2
+    assert "max_queued_spans: expected a positive integer, got 'many'" in bad.stderr
 
 
 def test_print_config_never_shows_the_token(tmp_path):
