@@ -20,6 +20,7 @@ import yaml
 from tracesieve.collector.decode import DecodeLimits
 from tracesieve.collector.registry import ProcessorRegistry
 from tracesieve.processors.base import SpanProcessor, TraceProcessor
+from tracesieve.processors.pii import PiiProcessor
 from tracesieve.storage.errors import ConfigError
 from tracesieve.storage.lake import INSTALL_HINT, LakeTarget, missing_extension_packages, redact
 from tracesieve.storage.units import EnvText, format_size, parse_duration, parse_size, typed_env
@@ -112,6 +113,7 @@ class Config:
             max_attributes_per_span=self.limits.max_attributes_per_span,
             max_value_size=self.limits.max_value_size,
             max_nesting_depth=self.limits.max_nesting_depth,
+            safe_cut=next((p.sanitizer.safe_cut for p in self.span_processors if isinstance(p, PiiProcessor)), None),
         )
 
     @property

@@ -49,6 +49,9 @@ class DecodeLimits:
     max_attributes_per_span: int = 2048
     max_value_size: int = 1024 * 1024
     max_nesting_depth: int = 32
+    #: (text, cut) -> where to cut a too-long value instead, so that no PII is cut in two
+    #: (the pii processor's Sanitizer.safe_cut, when it is in the pipeline)
+    safe_cut: Callable[[str, int], int] | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass
@@ -415,6 +418,7 @@ class _AttributeWalker:
         self.max_depth = limits.max_nesting_depth
         # A string of fewer than max_value/4 characters cannot exceed max_value bytes in UTF-8.
         self._cheap_len = limits.max_value_size // 4
+        self._safe_cut = limits.safe_cut
 
     def text(self, s: str) -> str:
         if len(s) <= self._cheap_len:
@@ -423,7 +427,9 @@ class _AttributeWalker:
         if len(raw) <= self.max_value:
             return s
         kept = raw[: self.max_value].decode("utf-8", "ignore")
-        return f"{kept}…[truncated {len(raw) - self.max_value} bytes]"
+        if self._safe_cut is not None:
+            kept = s[: self._safe_cut(s, len(kept))]
+        return f"{kept}…[truncated {len(raw) - len(kept.encode('utf-8'))} bytes]"
 
     def flat(self, attributes: Any) -> tuple[dict[str, Any], int]:
         """Dotted key -> value, first occurrence of a duplicate key wins; returns (attrs, dropped over limit)."""

@@ -42,7 +42,7 @@ import hmac
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -100,6 +100,10 @@ def _backslash_run(text: str, end: int) -> int:
     while end - n > 0 and text[end - n - 1] == "\\":
         n += 1
     return n
+
+
+#: Characters either side of a cut that safe_cut reads: more than any PII value the rules accept.
+_CUT_CONTEXT = 4096
 
 
 class Sanitizer:
@@ -241,6 +245,19 @@ class Sanitizer:
         counts: Counter = Counter()
         out: list[str] = []
         last = 0
+        for type_, s, e in self._accepted(text, matches, json_text):
+            out.append(text[last:s])
+            out.append(self._placeholder(type_, text[s:e], json_text))
+            last = e
+            counts[type_] += 1
+        if not counts:
+            return text, counts
+        out.append(text[last:])
+        return "".join(out), counts
+
+    def _accepted(self, text: str, matches: Iterable[re.Match[str]], json_text: bool) -> Iterator[tuple[str, int, int]]:
+        """(type, start, end) of each match that is PII to replace, in order, none overlapping."""
+        last = 0
         paths: tuple[list[int], list[int], list[tuple[str, ...]]] | None = None
         for m in matches:
             i = self._rule_of_group[m.lastgroup]  # type: ignore[index]
@@ -276,14 +293,24 @@ class Sanitizer:
                         continue
             if s < last:
                 continue
-            out.append(text[last:s])
-            out.append(self._placeholder(type_, text[s:e], json_text))
+            yield type_, s, e
             last = e
-            counts[type_] += 1
-        if not counts:
-            return text, counts
-        out.append(text[last:])
-        return "".join(out), counts
+
+    def safe_cut(self, text: str, cut: int) -> int:
+        """Where to cut ``text`` at or before character ``cut`` so that no PII is cut in two.
+
+        Decoding cuts a value over ``max_value_size`` before this processor sees it, and half a
+        card number or e-mail address is no longer found: it would be stored as it is. The cut
+        moves back to the start of any PII that runs across it.
+        """
+        if not self.enabled or cut >= len(text):
+            return cut
+        start = max(0, cut - _CUT_CONTEXT)
+        window = text[start:cut + _CUT_CONTEXT]
+        for _, s, e in self._accepted(window, self._exact.finditer(window), False):
+            if start + s < cut < start + e:
+                return start + s
+        return cut
 
     def _placeholder(self, type_: str, value: str, json_text: bool) -> str:
         if self._key is None:

@@ -334,6 +334,24 @@ def test_per_span_limits_cut_drop_and_mark(start_collector):
     assert row["dropped_attributes_count"] == 3 + 4
 
 
+def test_a_value_cut_at_the_size_limit_never_keeps_part_of_a_pii_value(start_collector):
+    """The cut comes before the pii processor: half an SSN or card number would not be found any more."""
+    c = start_collector({"receivers": {"otlp": {"limits": {"max_value_size": "100B"}}},
+                         "service": {"pipelines": {"traces": {"processors": ["pii"]}}}})
+    req = make_request(1)
+    span = req.resource_spans[0].scope_spans[0].spans[0]
+    pii = {"ssn": "123-45-6789", "card": "4111 1111 1111 1111", "email": "jonathan.livingston@example.com",
+           "key": "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"}
+    for name, value in pii.items():
+        span.attributes.add(key=f"note.{name}").value.string_value = "x" * 92 + " " + value + " and more text"
+    span.attributes.add(key="note.plain").value.string_value = "a" * 300
+    assert post(c, req.SerializeToString()).status_code == 200
+    notes = json.loads(c.query("SELECT attributes FROM spans")[0]["attributes"])["note"]
+    for name, value in pii.items():
+        assert notes[name] == "x" * 92 + " …[truncated {} bytes]".format(len(value) + 14), name
+    assert notes["plain"] == "a" * 100 + "…[truncated 200 bytes]"  # nothing to move the cut for
+
+
 def test_a_single_request_larger_than_the_queue_is_accepted_when_nothing_is_queued(start_collector):
     c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_queued_spans": 5}}}})
     assert post(c, make_request(40).SerializeToString()).status_code == 200
