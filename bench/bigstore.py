@@ -3,14 +3,16 @@
 Every other benchmark starts from an empty store, which is how a primary key whose index DuckDB
 kept whole in memory went unnoticed until session 7: past ~3 million spans, every commit failed.
 This fills a store with ``--spans`` small spans (ids, a name, a timestamp; the keys are what
-matter, not the payload) and ``--spans / 8`` traces in ``trace_state``, reopens it exactly as
-``tracesieve serve`` does (``open_database`` + ``tune_for_ingest``), and runs ``--commits``
+matter, not the payload) and ``--traces`` (``--spans / 8``) traces in ``trace_state``, reopens it
+exactly as ``tracesieve serve`` does (``open_database``, ``recent_traces.fit_at_start``,
+``tune_for_ingest``), and runs ``--commits``
 group commits of realistic decoded spans (the bench generator's, new trace ids each time) through
 the real writer, checkpointing as the collector does. Prints the commit time, the failed
 commits, the process's peak RSS and DuckDB's memory by tag.
 
     python bench/bigstore.py                        # 4,000,000 spans
     python bench/bigstore.py --spans 1000000 --commits 50
+    python bench/bigstore.py --spans 1000000 --traces 6000000   # trace_state's key (session 8)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import send  # noqa: E402
 from ingest import _proc_kib  # noqa: E402
 
 from tracesieve.collector.decode import DecodeLimits, decode_request, parse_protobuf  # noqa: E402
-from tracesieve.storage import store  # noqa: E402
+from tracesieve.storage import recent_traces, store  # noqa: E402
 from tracesieve.storage.writer import GroupCommitWriter  # noqa: E402
 
 FILL_STEP = 500_000
@@ -51,8 +53,8 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def fill(path: str, n_spans: int) -> float:
-    """``n_spans`` small spans in 8-span traces, and their trace_state rows; returns seconds taken."""
+def fill(path: str, n_spans: int, n_traces: int) -> float:
+    """``n_spans`` small spans in 8-span traces, and ``n_traces`` judged traces; returns seconds taken."""
     t0 = time.perf_counter()
     con = store.open_database(path)
     for start in range(0, n_spans, FILL_STEP):
@@ -60,9 +62,13 @@ def fill(path: str, n_spans: int) -> float:
         con.execute(
             "INSERT INTO spans (trace_id, span_id, name, received_at) SELECT md5('t' || (i // 8)::VARCHAR), "
             f"substr(md5('s' || i::VARCHAR), 1, 16), 'filler', now() FROM range({start}, {stop}) AS r(i)")
-        con.execute(
+        con.execute("CHECKPOINT")
+    for start in range(0, n_traces, FILL_STEP):
+        stop = min(n_traces, start + FILL_STEP)
+        con.execute(  # a day of arrivals, in order
             "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq, judged_seq) "
-            f"SELECT md5('t' || i::VARCHAR), now(), now(), 1, 1 FROM range({start // 8}, {stop // 8}) AS r(i)")
+            f"SELECT md5('t' || i::VARCHAR), now() - INTERVAL 1 DAY + INTERVAL (i * 10) MICROSECOND, "
+            f"now() - INTERVAL 1 DAY + INTERVAL (i * 10) MICROSECOND, 1, 1 FROM range({start}, {stop}) AS r(i)")
         con.execute("CHECKPOINT")
     con.close()
     return time.perf_counter() - t0
@@ -77,6 +83,7 @@ def realistic_batch() -> pa.Table:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spans", type=int, default=4_000_000)
+    ap.add_argument("--traces", type=int, default=None, help="traces in trace_state (default: --spans / 8)")
     ap.add_argument("--commits", type=int, default=100)
     ap.add_argument("--requests-per-commit", type=int, default=4,
                     help="requests of 528 spans grouped in one commit, as the writer groups them under load")
@@ -86,12 +93,18 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="tracesieve-bigstore-")
     path = os.path.join(tmp, "big.duckdb")
     try:
-        filled_s = fill(path, a.spans)
-        print(f"store              {a.spans:,} spans, {a.spans // 8:,} traces, "
+        traces = a.spans // 8 if a.traces is None else a.traces
+        filled_s = fill(path, a.spans, traces)
+        print(f"store              {a.spans:,} spans, {traces:,} traces, "
               f"{os.path.getsize(path) / 2**20:,.0f} MB, filled in {filled_s:.1f} s")
         batch = realistic_batch()
         _reset_peak_rss()
         con = store.open_database(path)
+        started = time.perf_counter()
+        trimmed = recent_traces.fit_at_start(con)
+        if trimmed:
+            print(f"trace_state        {trimmed:,} oldest traces dropped at start in "
+                  f"{time.perf_counter() - started:.1f} s")
         store.tune_for_ingest(con)
         rss_open = _kib("VmRSS") / 1024
         writer = GroupCommitWriter(con)

@@ -34,7 +34,7 @@ from tracesieve.collector.judge import Judge
 from tracesieve.collector.metrics import Metrics, StateSource, StoreState
 from tracesieve.collector.runtime import HeapTrimmer, tune_garbage_collector
 from tracesieve.collector.span_stage import ProcessSpanStage
-from tracesieve.storage import lake, stats, store
+from tracesieve.storage import lake, recent_traces, stats, store
 from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
 from tracesieve.storage.schema import CLOCK, utcnow
 from tracesieve.storage.writer import GroupCommitWriter
@@ -89,6 +89,7 @@ class Collector:
             trace_store = LakeTraceStore(owner, takeover=lake_takeover(cfg.decision_wait))
         else:
             self.con = store.open_database(cfg.db_path)
+            recent_traces.fit_at_start(self.con)  # before the memory limit: a store from before pruning
             store.tune_for_ingest(self.con)
             CLOCK.not_before(store.latest_received_at(self.con))  # a clock stepped back while stopped
             store.forbid_file_access(self.con)

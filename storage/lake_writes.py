@@ -83,6 +83,7 @@ class LakeWriter(GroupCommitWriter):
 
     checkpoint_on_close = False
     checkpoint_wal_bytes = None
+    prunes_trace_state = False  # a lake has no key indexes
 
     def __init__(self, con: duckdb.DuckDBPyConnection, *, owner: str, lock: CommitLock | None = None,
                  **kwargs: Any) -> None:

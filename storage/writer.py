@@ -27,6 +27,7 @@ import duckdb
 import pyarrow as pa
 
 from tracesieve.storage.errors import RetryableError
+from tracesieve.storage.recent_traces import RecentTraces
 from tracesieve.storage.schema import utcnow
 from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 from tracesieve.storage.store import RECEIVED_MARGIN
@@ -75,6 +76,8 @@ class GroupCommitWriter:
     checkpoint_wal_bytes: int | None = 32 * 1024 * 1024
     #: What the error messages call the database.
     store_noun = "store"
+    #: Keep trace_state to the recent traces (recent_traces.py): a key index DuckDB holds in memory.
+    prunes_trace_state = True
 
     def __init__(
         self,
@@ -104,6 +107,7 @@ class GroupCommitWriter:
         #: The DuckDB error that invalidated the database, once one has (see :meth:`_note_fatal`).
         self.fatal: BaseException | None = None
         self._wal_path = _wal_path(con) if self.checkpoint_wal_bytes else None
+        self.recent_traces = RecentTraces(con) if self.prunes_trace_state else None
         self._read_gate = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="tracesieve-writer", daemon=True)
         self._thread.start()
@@ -214,6 +218,7 @@ class GroupCommitWriter:
                 self._commit_spans(span_jobs, n)
             for task_job in task_jobs:
                 self._run_task(task_job)
+            self._prune_if_due()
             self._checkpoint_if_due()
         if not self.checkpoint_on_close:
             return
@@ -256,6 +261,17 @@ class GroupCommitWriter:
         finally:
             self._read_gate.release()
 
+    def _prune_if_due(self) -> None:
+        """Drop the oldest quiet, judged traces from trace_state once it holds too many (after the acks)."""
+        recent = self.recent_traces
+        if recent is None or not recent.due or self.fatal is not None:
+            return
+        try:
+            recent.prune(self._con)
+        except duckdb.Error as exc:
+            self._note_fatal(exc)
+            log.warning("pruning trace_state failed (%s); will retry after the next commit", type(exc).__name__)
+
     def _checkpointed(self, done: bool, started: float) -> None:
         if done:
             self.stats.checkpoints += 1
@@ -287,8 +303,10 @@ class GroupCommitWriter:
         at = table.schema.get_field_index("received_at")
         table = table.set_column(at, table.schema.field(at), pa.repeat(pa.scalar(now, table.schema.field(at).type),
                                                                       table.num_rows))
-        inserted: int = self._transaction(lambda con: insert_new_spans(con, table, now))
-        return inserted
+        inserted, new_traces = self._transaction(lambda con: insert_new_spans(con, table, now))
+        if self.recent_traces is not None:
+            self.recent_traces.committed(now, new_traces)
+        return int(inserted)
 
     def _transaction(self, work: WriteTask) -> Any:
         """``work(con)`` in its own transaction: committed when it returns, rolled back when it raises."""
@@ -357,8 +375,8 @@ def _wal_path(con: duckdb.DuckDBPyConnection) -> str | None:
     return f"{row[0]}.wal" if row and row[0] else None
 
 
-def insert_new_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, now: Any) -> int:
-    """Store the rows of ``table`` not stored yet and record their traces; returns how many were new.
+def insert_new_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, now: Any) -> tuple[int, int]:
+    """Store the rows of ``table`` not stored yet and record their traces; returns (new spans, new traces).
 
     This is what keeps (trace_id, span_id) unique: ``spans`` has no primary key, whose index DuckDB
     would hold whole in memory (migrations._v3). ``table`` has no key twice (``_drop_repeated_keys``).
@@ -373,7 +391,7 @@ def insert_new_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, now: Any) 
         return _insert_incoming(con, now)
 
 
-def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any) -> int:
+def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any) -> tuple[int, int]:
     params: list[Any] = []
     returned = con.execute(
         "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq) "
@@ -396,7 +414,7 @@ def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any) -> int:
                "s.trace_id) AND s.trace_id = i.trace_id AND s.span_id = i.span_id))")
         params = [packed(tid for tid, _ in known)] + ([min(firsts) - RECEIVED_MARGIN] if window else [])
     row = con.execute(sql, params).fetchone()
-    return int(row[0]) if row else 0
+    return (int(row[0]) if row else 0), len(returned) - len(known)
 
 
 def _mark_pending(con: duckdb.DuckDBPyConnection, returned: list[tuple[Any, ...]], now: Any) -> None:
