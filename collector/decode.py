@@ -24,6 +24,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tracesieve.collector.deep_values import TOO_DEEP, clamp_json, clamp_wire
 from tracesieve.storage.errors import PermanentError
 from tracesieve.storage.schema import SPAN_KINDS, SPAN_SCHEMA
 
@@ -41,7 +42,6 @@ _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _MAX_ERRORS_REPORTED = 10
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-TOO_DEEP = "[too deep]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,11 @@ def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
         request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(body)
         return request
     except (DecodeError, ValueError, RuntimeError) as exc:
-        raise PermanentError(f"request body is not a valid ExportTraceServiceRequest: {exc}") from None
+        error = exc
+    try:  # attribute values nested past what the parser takes become "[too deep]" (deep_values.py)
+        return ExportTraceServiceRequest.FromString(clamp_wire(body))
+    except (DecodeError, ValueError, RuntimeError, RecursionError):
+        raise PermanentError(f"request body is not a valid ExportTraceServiceRequest: {error}") from None
 
 
 def parse_json(body: bytes) -> ExportTraceServiceRequest:
@@ -97,9 +101,15 @@ def parse_json(body: bytes) -> ExportTraceServiceRequest:
     request = ExportTraceServiceRequest()
     try:
         json_format.ParseDict(doc, request, ignore_unknown_fields=True)
+        return request
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        error = exc
+    try:  # attribute values nested past what the parser takes become "[too deep]" (deep_values.py)
+        request = ExportTraceServiceRequest()
+        json_format.ParseDict(clamp_json(doc), request, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError):
         raise PermanentError("request body is not a valid OTLP/JSON ExportTraceServiceRequest: "
-                             f"{_parse_error_without_values(exc)}") from None
+                             f"{_parse_error_without_values(error)}") from None
     return request
 
 
