@@ -19,13 +19,15 @@ Not safe for two writers at once on the same files (the CLI is the only writer).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import io
 import json
 import os
 import re
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +155,28 @@ def _line(node: Any, index: int | None = None) -> int | None:
         return int(node.lc.item(index)[0]) + 1
     except (AttributeError, KeyError, IndexError, TypeError):
         return None
+
+
+@contextlib.contextmanager
+def _dataset_locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the dataset's directory while its files are read and rewritten.
+
+    Each writer reads cases.yaml, picks the next id and replaces the file: two ``promote`` runs at
+    once (or ``promote`` during a ``gate``) would each write the file they read plus their own case,
+    and the last rename would drop the other's. The lock is the directory's, since the file itself
+    is replaced on every write; it goes with the process, so a killed writer leaves none behind.
+    """
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # no directory to lock: the write fails on its own, with its own error
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -348,6 +372,19 @@ def promote_case(
     case_id: str | None = None,
     now: dt.datetime | None = None,
 ) -> dict[str, Any]:
+    """:func:`_promote_case` under the dataset's lock: concurrent promotions each get their own id."""
+    with _dataset_locked(Path(cases_path)):
+        return _promote_case(cases_path, candidate, owner, severity, case_id, now)
+
+
+def _promote_case(
+    cases_path: str | os.PathLike[str],
+    candidate: Mapping[str, Any],
+    owner: str,
+    severity: str | None = None,
+    case_id: str | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
     """Append ``candidate`` (a dict as :func:`get_candidate` returns it) to cases.yaml as a new case.
 
     Creates cases.yaml (schema_version 1, the whole taxonomy) when missing; appends a
@@ -453,6 +490,12 @@ _COUNT = re.compile(r"\d+")
 
 
 def bump_regressed_count(cases_path: str | os.PathLike[str], case_ids: Collection[str]) -> dict[str, int]:
+    """:func:`_bump_regressed_count` under the dataset's lock (a promote may be writing the file)."""
+    with _dataset_locked(Path(cases_path)):
+        return _bump_regressed_count(cases_path, case_ids)
+
+
+def _bump_regressed_count(cases_path: str | os.PathLike[str], case_ids: Collection[str]) -> dict[str, int]:
     """Add 1 to ``regressed_count`` of each case in ``case_ids``; returns the new counts.
 
     Only the digits of those counts change: every other byte (comments, order,

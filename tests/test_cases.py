@@ -271,3 +271,23 @@ def test_cases_lint_command_exit_codes(tmp_path):
     missing = run_cli("cases", "lint", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and missing.stderr.startswith("tracesieve: error:")
     assert missing.stderr.count("\n") == 1
+
+
+def _promote_in_a_process(path: str, cid: str) -> str:
+    return promote_case(path, candidate(cid), "ann", now=NOW)["id"]
+
+
+def test_promotions_running_at_once_each_get_their_own_case(tmp_path):
+    """Each promote reads cases.yaml, picks the next id and replaces the file: without a lock, four
+    at once wrote TS-0001 three times and the file kept two cases (a black-box run)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = str(tmp_path / "cases.yaml")
+    cids = [f"c{i:011x}" for i in range(12)]
+    with ProcessPoolExecutor(6, mp_context=multiprocessing.get_context("fork")) as pool:
+        ids = list(pool.map(_promote_in_a_process, [path] * len(cids), cids))
+    assert sorted(ids) == [f"TS-{i:04d}" for i in range(1, 13)]
+    cases = load(Path(path))["cases"]
+    assert sorted(c["source"]["candidate_id"] for c in cases) == sorted(cids)
+    assert lint_cases(path) == []
