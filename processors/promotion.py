@@ -57,9 +57,9 @@ fallback): ``tool_name``/``tool``, ``schema``/``json_schema``/``output_schema``,
 
 Runs on the judge thread; deterministic for a given batch and store content. Reads the
 store only through ``StoreReader.query``; stores nothing itself (the writer upserts
-``batch.candidates``). Near-duplicate and cap checks see what is committed plus the
-current batch, so the judge loop should commit one batch's candidates before judging
-the next.
+``batch.candidates``). Near-duplicate and cap checks see what is committed, the current
+batch, and the candidates this processor emitted that are not committed yet: the judge
+judges its next round while the writer still stores the last one.
 """
 
 from __future__ import annotations
@@ -804,6 +804,10 @@ def _intent(inp: Mapping[str, Any], tool: str | None, span_name: str, words: int
 _BLAST_RANK = ("irreversible_write", "customer_visible", "reversible_write", "internal_visible", "no_external_effect")
 
 
+#: Emitted candidates remembered until the store shows them.
+_UNSETTLED_MAX = 2000
+
+
 def _worst(values: Iterable[str], order: Sequence[str]) -> str:
     vals = list(values)
     return min(vals, key=lambda v: order.index(v) if v in order else len(order))
@@ -832,6 +836,8 @@ class PromotionProcessor:
     def __init__(self, config: PromotionConfig | None = None) -> None:
         self.config = config or PromotionConfig()
         self.stats = {"new": 0, "duplicates": 0, "recurrences": 0, "capped": 0}
+        # Candidates emitted that the store did not show yet, oldest first (see process_traces).
+        self._unsettled: dict[str, Candidate] = {}
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any] | None, *, path: str = "processors.promotion") -> PromotionProcessor:
@@ -920,19 +926,27 @@ class PromotionProcessor:
         keys = sorted(groups, key=lambda k: (trace_order(k[0]), k[1], k[2]))
         built = [self.build_candidate(batch.traces[k[0]], groups[k], with_signature=False) for k in keys]
 
-        existing = {r["candidate_id"]: r for r in store.query(EXISTING_SQL, [packed(sorted({c.candidate_id for c in built}))])}
+        # The last round's candidates may still be on their way to the store: the ones it does not
+        # show yet count as if they were there, or two near-duplicates judged a round apart would
+        # both be new (and the cap per intent passed).
+        ids = {c.candidate_id for c in built} | set(self._unsettled)
+        existing = {r["candidate_id"]: r for r in store.query(EXISTING_SQL, [packed(sorted(ids))])}
+        for cid in [cid for cid in self._unsettled if cid in existing]:
+            del self._unsettled[cid]
+        unsettled = list(self._unsettled.values())
         indexes: dict[str, LshIndex] = {}
         intent_counts: dict[tuple[str, str], int] = {}
         emitted: dict[str, Candidate] = {}
         cfg = self.config
         for cand in built:
             cid = cand.candidate_id
-            if cid in existing or cid in emitted:
+            if cid in existing or cid in emitted or cid in self._unsettled:
                 prior = existing.get(cid)
                 if prior is not None:
                     cand.status, cand.duplicate_of = prior["status"], prior.get("duplicate_of")
                 else:
-                    cand.status, cand.duplicate_of = emitted[cid].status, emitted[cid].duplicate_of
+                    earlier = emitted.get(cid) or self._unsettled[cid]
+                    cand.status, cand.duplicate_of = earlier.status, earlier.duplicate_of
                 batch.candidates.append(cand)
                 self.stats["recurrences"] += 1
                 continue
@@ -942,11 +956,15 @@ class PromotionProcessor:
                 indexes[mode] = LshIndex()
                 for r in store.query(SIGNATURES_SQL, [mode, cfg.minhash_permutations]):
                     indexes[mode].add(r["candidate_id"], list(r["signature"]))
+                for u in unsettled:
+                    if u.failure_mode == mode and u.status != "duplicate" and len(u.signature) == cfg.minhash_permutations:
+                        indexes[mode].add(u.candidate_id, u.signature)
             best = indexes[mode].best(cand.signature, cfg.near_duplicate_threshold)
             key = (mode, cand.intent)
             if key not in intent_counts:
                 rows = store.query(INTENT_COUNT_SQL, [mode, cand.intent])
-                intent_counts[key] = int(rows[0]["n"]) if rows else 0
+                intent_counts[key] = (int(rows[0]["n"]) if rows else 0) + sum(
+                    1 for u in unsettled if (u.failure_mode, u.intent) == key)
             if cfg.max_per_intent and intent_counts[key] >= cfg.max_per_intent:
                 self.stats["capped"] += 1
                 continue
@@ -959,6 +977,9 @@ class PromotionProcessor:
             emitted[cid] = cand
             batch.candidates.append(cand)
             self.stats["new"] += 1
+        self._unsettled.update(emitted)
+        while len(self._unsettled) > _UNSETTLED_MAX:  # a write that failed: its traces are judged again
+            del self._unsettled[next(iter(self._unsettled))]
         return batch
 
     def shutdown(self) -> None:

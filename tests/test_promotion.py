@@ -509,3 +509,20 @@ def test_promotion_imports_no_duckdb_and_no_collector():
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not any(n.startswith(("duckdb", "tracesieve.collector")) for n in names)
+
+
+def test_a_near_duplicate_judged_while_the_first_is_still_being_written_is_a_duplicate(con):
+    """The judge judges a round while the writer still stores the last one's candidates."""
+    proc = PromotionProcessor.from_config({"max_per_intent": 2})
+    t1, t2, t3 = "1" * 31 + "a", "1" * 31 + "b", "1" * 31 + "c"
+    first = proc.process_traces(TraceBatch(traces={t1: agent_trace(t1, LONG + " thanks")},
+                                           detections=[detection(t1)]), DuckStore(con))
+    (new,) = first.candidates  # not written: its round is still with the writer
+    second = proc.process_traces(TraceBatch(traces={t2: agent_trace(t2, LONG + " cheers")},
+                                            detections=[detection(t2)]), DuckStore(con))
+    (dup,) = second.candidates
+    assert (new.status, dup.status, dup.duplicate_of) == ("new", "duplicate", new.candidate_id)
+    # Both count toward the cap of their intent as if stored; the third is capped.
+    third = proc.process_traces(TraceBatch(traces={t3: agent_trace(t3, "Something else entirely")},
+                                           detections=[detection(t3)]), DuckStore(con))
+    assert third.candidates == [] and proc.stats["capped"] == 1
