@@ -98,12 +98,15 @@ def start_grpc_server(endpoint: Endpoint, service: ExportService, max_workers: i
             response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
         ),
     }),))
+    creds = None
     if endpoint.tls:
         with open(endpoint.tls.key_file, "rb") as kf, open(endpoint.tls.cert_file, "rb") as cf:
             creds = grpc.ssl_server_credentials([(kf.read(), cf.read())])
-        port = server.add_secure_port(endpoint.address, creds)
-    else:
-        port = server.add_insecure_port(endpoint.address)
+    try:
+        port = server.add_secure_port(endpoint.address, creds) if endpoint.tls else \
+            server.add_insecure_port(endpoint.address)
+    except RuntimeError:  # grpcio raises instead of returning 0 when the bind fails
+        port = 0
     if port == 0:
         raise OSError(f"cannot bind the gRPC receiver to {endpoint.address} (address in use?)")
     server.start()

@@ -26,7 +26,7 @@ import duckdb
 import uvicorn
 
 from tracesieve.collector.api import StoreApi, discovery_path
-from tracesieve.collector.config import Config
+from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.export import ExportService, span_stage_for
 from tracesieve.collector.grpc_receiver import start_grpc_server
 from tracesieve.collector.http_receiver import build_app
@@ -49,6 +49,33 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: assume it resolves beyond this machine
+
+
+_PROTOCOL_NAMES = {"grpc": "gRPC", "http": "HTTP"}
+
+
+def ensure_free(endpoint: Endpoint, protocol: str) -> None:
+    """Raise OSError (one clear line) when nothing can listen on ``endpoint``, before anything starts.
+
+    Otherwise a taken port surfaced as gRPC's own log line plus a RuntimeError, or uvicorn's, after
+    the store and the span workers had started. SO_REUSEADDR, as the receivers bind: a port in
+    TIME_WAIT after a restart is free.
+    """
+    if endpoint.port == 0:
+        return
+    where = f"receivers.otlp.protocols.{protocol}.endpoint"
+    try:
+        addresses = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {endpoint.address}: {exc.strerror} (check {where})") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise OSError(f"cannot listen on {endpoint.address} for OTLP/{_PROTOCOL_NAMES[protocol]}: "
+                              f"{exc.strerror or exc}; stop what uses it or change {where}") from None
 
 
 def warn_if_exposed(cfg: Config) -> list[str]:
@@ -75,6 +102,10 @@ class Collector:
 
     def start(self) -> None:
         cfg = self.config
+        warn_if_exposed(cfg)
+        for endpoint, name in ((cfg.grpc, "grpc"), (cfg.http, "http")):
+            if endpoint is not None:
+                ensure_free(endpoint, name)
         trace_store: LakeTraceStore | None = None
         self.writer: GroupCommitWriter
         if cfg.lake is not None:
@@ -107,7 +138,6 @@ class Collector:
         self.judge.start()
         self.metrics.watch(StateSource(lambda: self.writer.queued_spans, lambda: self.judge.pending,
                                        self._store_state, lambda: self.writer.wal_bytes))
-        warn_if_exposed(cfg)
         self._grpc = None
         self._uvicorn: uvicorn.Server | None = None
         try:

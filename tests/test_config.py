@@ -157,3 +157,21 @@ def test_span_stage_runs_inline_or_in_worker_processes_with_the_same_result(star
     assert rows[0] == rows[2]
     assert rows[0][0]["input_value"] == "mail <EMAIL> please"
     assert json.loads(rows[0][0]["pii_redactions"])["EMAIL"] >= 1
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_serve_on_a_taken_port_exits_2_with_one_line(tmp_path, protocol):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = {"grpc": "http", "http": "grpc"}[protocol]
+        path = write(tmp_path, f"receivers: {{otlp: {{protocols: {{{protocol}: {{endpoint: '127.0.0.1:{port}'}},\n"
+                               f"  {other}: {{endpoint: '127.0.0.1:0'}}}}}}}}\n")
+        result = run_cli("serve", "--config", str(path), "--db", str(tmp_path / "t.duckdb"), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert f"receivers.otlp.protocols.{protocol}.endpoint" in result.stderr
