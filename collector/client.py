@@ -109,7 +109,9 @@ def connect(db_path: str, *, write: bool, token: str | None) -> StoreClient:
         return RemoteClient(str(info["url"]), token, info.get("cafile"))
     if not os.path.exists(db_path):
         raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {db_path}` or pass --db)")
-    return LocalClient(store.open_database(db_path, read_only=not write))
+    con = store.open_database(db_path, read_only=not write)
+    store.forbid_file_access(con)  # the same SQL as through a running collector: no read_csv('/etc/...')
+    return LocalClient(con)
 
 
 def connect_lake(target: lake.LakeTarget, *, write: bool) -> StoreClient:
@@ -118,4 +120,5 @@ def connect_lake(target: lake.LakeTarget, *, write: bool) -> StoreClient:
     Writes (promote, reject) run in serialised lake transactions, retried when they race a collector.
     """
     con = lake.open_lake(target, read_only=not write, migrate=write)  # a first write creates it properly
+    lake.forbid_file_access(con, target)
     return LocalClient(con, lambda task: lake.run_in_transaction(con, task, writer="cli"))

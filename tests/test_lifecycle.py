@@ -59,6 +59,10 @@ def test_queries_through_the_collector_cannot_read_its_files(start_collector):
     result = c.cli("query", "SELECT * FROM read_text('/etc/hostname')")
     assert result.returncode == 2
     assert "file system operations" in result.stderr or "Permission" in result.stderr
+    c.stop()
+    offline = c.cli("query", "SELECT * FROM read_text('/etc/hostname')")  # the store opened directly
+    assert offline.returncode == 2 and offline.stderr.count("\n") == 1
+    assert "file system operations" in offline.stderr or "Permission" in offline.stderr
 
 
 def test_query_formats_table_json_csv(start_collector):
