@@ -132,13 +132,17 @@ def build_app(
 
     async def export(request: Request) -> Response:
         media_type = _media_type(request)
+        try:  # a request without the token learns nothing else first, not even which body it should send
+            service.authenticate(request.headers)
+        except UnauthenticatedError as exc:
+            service.metrics.request_refused(refusal_reason(exc))
+            return error_response(exc, media_type if media_type in SUPPORTED else PROTOBUF)
         if media_type not in SUPPORTED:
             service.metrics.request_refused("unsupported_media_type")
             return PlainTextResponse(
                 f"415 unsupported media type {media_type or '(none)'!r}: use {PROTOBUF} or {JSON}",
                 status_code=415)
         try:
-            service.authenticate(request.headers)
             with service.holding(0) as hold:
                 body = await _read_body(request, service.max_request_size, hold)
                 outcome = await run_in_threadpool(service.export_body, body, media_type)

@@ -84,6 +84,8 @@ def test_raw_answers_query_surface_and_cli(guarded):
     assert post(c, body).status_code == 401
     assert post(c, body, authorization=f"Basic {TOKEN}").status_code == 401
     assert post(c, body, **{"x-api-key": ""}).status_code == 401
+    assert post(c, b"hello", "text/plain").status_code == 401  # the token first, then what the body is
+    assert post(c, b"hello", "text/plain", authorization=f"Bearer {TOKEN}").status_code == 415
     denied = post(c, body, authorization="Bearer nope")
     assert denied.status_code == 401 and TOKEN not in denied.text and API_KEY not in denied.text
     with grpc.insecure_channel(c.grpc_endpoint) as channel:
