@@ -51,8 +51,10 @@ SEP = rf"{_Q}[ \t]*[:=][ \t]*"
 _VALUE = (
     r'''(?:\\*"(?P<v>(?:[^"\\]|\\[^"\\])+)'''
     r"""|'(?P<v2>[^'"\\]+)"""
-    r"""|(?P<v3>[^ \t\r\n"'\\,;&<>(){}\[\]]+))"""
+    r"""|(?P<v3>[^ \t\r\n"'\\,;&<>(){}\[\]]+(?:[,;&<>(){}\[\]][^ \t\r\n"'\\,;&<>(){}\[\]=]+)*))"""
 )
+# A bare value runs on through punctuation that passwords contain (``Tr0ub4dor&3``, ``hello;world``)
+# as long as no key follows (``&user=``): half a password is still a password.
 _SECRET_KEYWORDS = (
     r"(?i:password|passwd|passphrase|pwd|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
     r"|access[_-]?token|auth[_-]?token|refresh[_-]?token|session[_-]?token|id[_-]?token|token"
@@ -295,6 +297,10 @@ _NOT_SECRETS = frozenset({"null", "none", "true", "false", "undefined", "nil", "
 
 
 def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    if e < len(text) and text[e] == "=":                 # a bare value ran into the next key (abc&user=bob)
+        cut = max(text.rfind(c, s, e) for c in ",;&<>(){}[]")
+        if cut > s:
+            e = cut
     while e - s > 1 and text[e - 1] in ".," and (e == len(text) or not _word(text[e])):
         e -= 1                                           # sentence punctuation after a bare value
     val = text[s:e]

@@ -127,6 +127,17 @@ def test_a_password_in_json_keeps_its_key_and_quotes():
     assert json.loads(out) == {"db": {"user": "app", "password": "<SECRET>"}}
 
 
+@pytest.mark.parametrize("text,redacted", [
+    ("password=Tr0ub4dor&3 ok", "password=<SECRET> ok"),              # was <SECRET>&3: half a password
+    ("db_password=hello;world", "db_password=<SECRET>"),
+    ("login?password=abc&user=bob", "login?password=<SECRET>&user=bob"),  # the next key is not the value
+    ("password: hunter2, and then", "password: <SECRET>, and then"),
+    ("(password=abc)", "(password=<SECRET>)"),
+])
+def test_a_bare_password_is_replaced_whole_through_its_punctuation(text, redacted):
+    assert Sanitizer().redact(text)[0] == redacted
+
+
 def test_a_password_in_json_inside_json_stays_valid_at_both_levels():
     inner = json.dumps({"password": "hun'ter2 two", "n": 1})
     out, _ = Sanitizer().redact(json.dumps({"tool": {"arguments": inner}}), json_text=True)
