@@ -82,7 +82,8 @@ def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     except (DecodeError, ValueError, RuntimeError) as exc:
         error = exc
     try:  # attribute values nested past what the parser takes become "[too deep]" (deep_values.py)
-        return ExportTraceServiceRequest.FromString(clamp_wire(body))
+        clamped: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(clamp_wire(body))
+        return clamped
     except (DecodeError, ValueError, RuntimeError, RecursionError):
         raise PermanentError(f"request body is not a valid ExportTraceServiceRequest: {error}") from None
 

@@ -357,13 +357,14 @@ def _depth(value) -> int:
     return 0
 
 
-@pytest.mark.parametrize("transport", ["grpc", "http-protobuf", "http-json"])
-@pytest.mark.parametrize("levels,kind", [(40, "kvlist"), (300, "kvlist"), (60, "array")])
+@pytest.mark.parametrize("transport,levels,kind", [
+    (transport, levels, kind) for transport in ("grpc", "http-protobuf", "http-json")
+    for levels, kind in ((40, "kvlist"), (300, "kvlist"), (60, "array"))
+    if not (transport == "http-json" and levels > 100)  # Python's JSON encoder cannot write that deep
+])
 def test_a_value_nested_past_what_protobuf_parses_is_stored_as_too_deep(start_collector, transport, levels, kind):
     """protobuf refuses messages nested over 100 levels (a key-value list is three): such a request
     used to fail whole as undecodable, whatever max_nesting_depth said."""
-    if transport == "http-json" and levels > 100:
-        pytest.skip("Python's JSON encoder cannot write it")
     c = start_collector(NO_JUDGE)
     req = _nested(levels, kind)
     if transport == "grpc":
