@@ -38,6 +38,10 @@ from tracesieve.storage.writer import GroupCommitWriter
 log = logging.getLogger("tracesieve.judge")
 
 POLL_SECONDS = 0.25
+#: A round whose traces settled longer ago than this is behind (DESIGN's target: detections within
+#: decision_wait + 2 s): its rule jobs then queue in the span workers all at once, as Export requests
+#: do, instead of one per worker at a time (span_stage.ProcessSpanStage.find_rule_findings).
+LAG_BUDGET_SECONDS = 2.0
 TRACES_PER_ROUND = 300
 PENDING_COUNT_SECONDS = 2.0
 
@@ -79,7 +83,8 @@ class TraceStore(Protocol):
 class RuleFinder(Protocol):
     """Runs the built-in detector rules elsewhere (span_stage.ProcessSpanStage: in its worker processes)."""
 
-    def find_rule_findings(self, detectors: DetectorsProcessor, table: pa.Table) -> dict[str, list[Finding]]: ...
+    def find_rule_findings(self, detectors: DetectorsProcessor, table: pa.Table, *,
+                           behind: bool = False) -> dict[str, list[Finding]]: ...
 
 
 class Judge:
@@ -161,7 +166,7 @@ class Judge:
             batch = proc.process_traces(batch, self._reader)
         return batch
 
-    def _judge_table(self, table: pa.Table, trace_ids: list[str]) -> TraceBatch:
+    def _judge_table(self, table: pa.Table, trace_ids: list[str], behind: bool = False) -> TraceBatch:
         """The trace stage over one round's spans; the built-in rules run in the rule finder when there is one.
 
         Only the traces with a finding become span dicts here (promotion needs them); a trace an
@@ -169,7 +174,7 @@ class Judge:
         """
         if self._rule_finder is not None:
             try:
-                return self._judge_elsewhere(self._rule_finder, table, trace_ids)
+                return self._judge_elsewhere(self._rule_finder, table, trace_ids, behind)
             except Exception as exc:
                 log.warning("judging with the span workers failed (%s); judging this round here", type(exc).__name__)
         traces = store.traces_from_table(table, trace_ids)
@@ -191,10 +196,11 @@ class Judge:
             batch.candidates.extend(single.candidates)
         return batch
 
-    def _judge_elsewhere(self, finder: RuleFinder, table: pa.Table, trace_ids: list[str]) -> TraceBatch:
+    def _judge_elsewhere(self, finder: RuleFinder, table: pa.Table, trace_ids: list[str],
+                         behind: bool = False) -> TraceBatch:
         detectors = self._processors[0]
         assert isinstance(detectors, DetectorsProcessor)
-        found = finder.find_rule_findings(detectors, table) if table.num_rows else {}
+        found = finder.find_rule_findings(detectors, table, behind=behind) if table.num_rows else {}
         sql = detectors.sql_findings(trace_ids, store.utc_datetimes(table.column("received_at")), self._reader) \
             if detectors.config.rules else {}
         failing = [t for t in trace_ids if t in found or t in sql]
@@ -248,7 +254,8 @@ class Judge:
                 self._pending_counted_at = time.monotonic()
         if table is None:
             return 0
-        batch = self._judge_table(table, trace_ids)
+        lags = settle_lags(table, self.decision_wait) if quiet else []
+        batch = self._judge_table(table, trace_ids, behind=max(lags, default=0.0) > LAG_BUDGET_SECONDS)
         detections = list(batch.detections)
         candidates = list(batch.candidates)
 
@@ -264,7 +271,7 @@ class Judge:
 
         self._settle_in_flight()  # at most one round's write outstanding
         self._in_flight = (self._writer.submit_task(write), frozenset(trace_ids))
-        self._metrics.judged(len(due), settle_lags(table, self.decision_wait) if quiet else ())
+        self._metrics.judged(len(due), lags)
         if detections:
             log.info("judged %d traces: %d detections, %d candidate updates", len(due), len(detections),
                      len(candidates))

@@ -145,8 +145,8 @@ class ProcessSpanStage:
             if self._pool is broken:
                 self._pool = self._new_pool()
 
-    def find_rule_findings(self, detectors: DetectorsProcessor,
-                           table: pa.Table) -> dict[str, list[Finding]]:
+    def find_rule_findings(self, detectors: DetectorsProcessor, table: pa.Table, *,
+                           behind: bool = False) -> dict[str, list[Finding]]:
         """The built-in findings of the traces in ``table``, found by the worker processes.
 
         What the judge thread spent most of its GIL on (span rows as dicts, then every rule) runs
@@ -155,7 +155,12 @@ class ProcessSpanStage:
 
         At most one job per worker is queued at a time. The pool serves its queue in order, so an
         Export request that arrives during a round waits for one job (~45 ms), not for the round's
-        four or five.
+        four or five. Unless the judge is ``behind`` (its traces settled more than judge.LAG_BUDGET_SECONDS
+        ago): then the whole round is queued at once, and the rules share the workers with Export
+        requests instead of waiting for every request in between. Spans first, always, made the
+        trace stage fall further behind under full load (bench/ingest.py, 4 senders: the shutdown
+        drain hit its deadline, against 6-8 s), while detections within decision_wait + 2 s are a
+        target too.
         """
         pool = self._pool
         found: dict[str, list[Finding]] = {}
@@ -167,8 +172,10 @@ class ProcessSpanStage:
             detectors.errors += failed
 
         try:
-            for job in rule_jobs(table, RULE_JOB_SPANS):
-                if len(queued) >= self._workers:
+            jobs = rule_jobs(table, RULE_JOB_SPANS)
+            window = len(jobs) if behind else self._workers
+            for job in jobs:
+                if len(queued) >= window:
                     collect()
                 sink = pa.BufferOutputStream()
                 with pa.ipc.new_stream(sink, job.schema) as writer:

@@ -132,7 +132,7 @@ def test_rule_jobs_never_split_a_trace_and_keep_every_row(tmp_path):
 
 
 class BrokenFinder:
-    def find_rule_findings(self, detectors: DetectorsProcessor, table: Any) -> dict[str, Any]:
+    def find_rule_findings(self, detectors: DetectorsProcessor, table: Any, *, behind: bool = False) -> dict[str, Any]:
         raise RuntimeError("cannot schedule new futures after shutdown")
 
 
@@ -209,3 +209,13 @@ def test_a_round_keeps_one_rule_job_per_worker_queued_so_export_requests_pass_be
     judging.join()
     assert result.batch.num_rows == 50
     assert answered < ended[-1]
+
+    # A judge behind its target queues the whole round, as Export requests queue.
+    found.clear()
+    judging = threading.Thread(target=lambda: found.update(pool.find_rule_findings(detectors, table, behind=True)))
+    judging.start()
+    most = 0
+    while judging.is_alive():
+        most = max(most, len(queued))
+    judging.join()
+    assert len(found) == 60 and most > 10
