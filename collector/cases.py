@@ -22,14 +22,15 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import io
 import json
 import os
 import re
 import tempfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import jsonschema
 from ruamel.yaml import YAML
@@ -177,6 +178,21 @@ def _dataset_locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _under_dataset_lock(
+    write: Callable[Concatenate[str | os.PathLike[str], _P], _R],
+) -> Callable[Concatenate[str | os.PathLike[str], _P], _R]:
+    """``write(cases_path, ...)`` run while holding the lock of the dataset at ``cases_path``."""
+    @functools.wraps(write)
+    def locked(cases_path: str | os.PathLike[str], /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with _dataset_locked(Path(cases_path)):
+            return write(cases_path, *args, **kwargs)
+    return locked
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -364,20 +380,8 @@ def _append_text(text: str, doc: CommentedMap, case: CommentedMap, y: YAML) -> s
     return "\n".join(new_lines) + "\n"
 
 
+@_under_dataset_lock
 def promote_case(
-    cases_path: str | os.PathLike[str],
-    candidate: Mapping[str, Any],
-    owner: str,
-    severity: str | None = None,
-    case_id: str | None = None,
-    now: dt.datetime | None = None,
-) -> dict[str, Any]:
-    """:func:`_promote_case` under the dataset's lock: concurrent promotions each get their own id."""
-    with _dataset_locked(Path(cases_path)):
-        return _promote_case(cases_path, candidate, owner, severity, case_id, now)
-
-
-def _promote_case(
     cases_path: str | os.PathLike[str],
     candidate: Mapping[str, Any],
     owner: str,
@@ -489,13 +493,8 @@ def _promote_case(
 _COUNT = re.compile(r"\d+")
 
 
+@_under_dataset_lock
 def bump_regressed_count(cases_path: str | os.PathLike[str], case_ids: Collection[str]) -> dict[str, int]:
-    """:func:`_bump_regressed_count` under the dataset's lock (a promote may be writing the file)."""
-    with _dataset_locked(Path(cases_path)):
-        return _bump_regressed_count(cases_path, case_ids)
-
-
-def _bump_regressed_count(cases_path: str | os.PathLike[str], case_ids: Collection[str]) -> dict[str, int]:
     """Add 1 to ``regressed_count`` of each case in ``case_ids``; returns the new counts.
 
     Only the digits of those counts change: every other byte (comments, order,

@@ -8,29 +8,10 @@ from __future__ import annotations
 
 import logging
 
-import pyarrow as pa
-
+from test_writer import _spans, _tid, _write
 from tracesieve.storage import recent_traces, store
-from tracesieve.storage.schema import SPAN_SCHEMA, utcnow
+from tracesieve.storage.schema import utcnow
 from tracesieve.storage.writer import GroupCommitWriter
-
-
-def _tid(trace: int) -> str:
-    return f"{trace:032x}"
-
-
-def _spans(trace: int, span_ids: range) -> pa.Table:
-    n = len(span_ids)
-    cols = {f.name: pa.nulls(n, f.type) for f in SPAN_SCHEMA}
-    cols["trace_id"] = pa.array([_tid(trace)] * n)
-    cols["span_id"] = pa.array([f"{i:016x}" for i in span_ids])
-    cols["name"] = pa.array([f"span-{i}" for i in span_ids])
-    return pa.table(cols, schema=SPAN_SCHEMA)
-
-
-def _write(writer: GroupCommitWriter, batch: pa.Table) -> None:
-    writer.reserve(batch.num_rows)
-    writer.submit_spans(batch, batch.num_rows).result(timeout=30)
 
 
 def _judge_all_but(writer: GroupCommitWriter, keep_pending: set[str]) -> None:
