@@ -184,11 +184,37 @@ def _v3(con: duckdb.DuckDBPyConnection) -> None:
             f"({table}.first_received_at IS NULL OR s.earliest < {table}.first_received_at)")
 
 
+def _v4(con: duckdb.DuckDBPyConnection) -> None:
+    """detections rebuilt without its primary key and its trace_id index.
+
+    DuckDB holds a key's whole index in memory once writes touch it, counted against the
+    collector's ``memory_limit``: the two indexes of detections took ~113 bytes a detection (1
+    million detections: 113 MB after a hundred judge rounds), so a collector would fail its commits
+    once it had made ~2 million detections, after a day or so at a few thousand spans a second. The
+    writer keeps detection_id unique instead (store.save_detections: an update and an anti-join over
+    the detections made since the judged traces first arrived).
+    """
+    keyed = first_row(
+        con, "SELECT count(*) FROM duckdb_constraints() WHERE database_name = current_database() "
+        "AND schema_name = current_schema() AND table_name = 'detections' AND constraint_type = 'PRIMARY KEY'")
+    if keyed and keyed[0]:
+        rows = first_row(con, "SELECT count(*) FROM detections")
+        if rows and rows[0]:
+            log.info("upgrading the store: copying %d detections into a table without a primary key (once)", rows[0])
+        con.execute(DETECTIONS_DDL.replace("CREATE TABLE IF NOT EXISTS detections", "CREATE TABLE detections_v4")
+                    .replace("detection_id VARCHAR PRIMARY KEY", "detection_id VARCHAR NOT NULL"))
+        con.execute("INSERT INTO detections_v4 SELECT * FROM detections")
+        con.execute("DROP TABLE detections")
+        con.execute("ALTER TABLE detections_v4 RENAME TO detections")
+    con.execute("DROP INDEX IF EXISTS detections_trace")
+
+
 #: (version, description, migration). Append only.
 MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     (1, "spans, detections, candidates, trace_state", _v1),
     (2, "pending_traces: the unjudged traces the judge polls", _v2),
     (3, "spans without a primary key: its index grew with the store, in memory", _v3),
+    (4, "detections without a primary key or trace_id index: they grew with the findings, in memory", _v4),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

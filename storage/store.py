@@ -337,11 +337,18 @@ def save_detections(
     rows = list({d.detection_id: d.as_row(now) for d in detections}.values())
     incoming = pa.table({c: pa.array([r[c] for r in rows], type=pa.timestamp("us", tz="UTC")
                                      if c == "detected_at" else pa.string()) for c in columns})
+    # detections has no key (migrations._v4): a detection already stored is updated in place, the
+    # others inserted; both look only at detections made since the traces first arrived.
+    window, bounds = ("AND detections.detected_at >= ?", params[2:]) if received_since is not None else ("", [])
     with registered(con, "_incoming_detections", incoming):
         con.execute(
+            "UPDATE detections SET message = i.message, evidence = i.evidence, severity = i.severity, "
+            f"blast_radius = i.blast_radius FROM _incoming_detections AS i WHERE detections.detection_id = "
+            f"i.detection_id {window}", bounds)
+        con.execute(
             f"INSERT INTO detections ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _incoming_detections "
-            "ON CONFLICT (detection_id) DO UPDATE SET message = excluded.message, evidence = excluded.evidence, "
-            "severity = excluded.severity, blast_radius = excluded.blast_radius")
+            f"AS i WHERE NOT EXISTS (SELECT 1 FROM detections WHERE detections.detection_id = i.detection_id "
+            f"{window})", bounds)
 
 
 def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int, Any]], now: dt.datetime) -> None:

@@ -4,6 +4,7 @@ checkpoints its WAL itself after acknowledging."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 
 import duckdb
@@ -289,6 +290,46 @@ def test_judging_again_replaces_a_traces_detections_within_the_received_bound(tm
         writer.close()
     rows = con.execute("SELECT trace_id, span_id FROM detections ORDER BY trace_id, span_id").fetchall()
     assert rows == [(_tid(1), f"{1:016x}"), (_tid(2), f"{0:016x}")]
+    con.close()
+
+
+def test_detections_are_kept_unique_without_a_key_and_an_old_store_loses_its_key_once(tmp_path, caplog):
+    """detections' key and trace_id index took ~113 bytes a detection of DuckDB's memory (migrations._v4)."""
+    from tracesieve.storage.schema import Detection
+
+    path = str(tmp_path / "old.duckdb")
+    old = _old_store(path, 3)
+    old.execute("INSERT INTO detections (detection_id, trace_id, span_id, detector, failure_mode, severity, "
+                "blast_radius, message, evidence, detected_at) SELECT substr(md5('d' || i::VARCHAR), 1, 16), "
+                "md5('t' || i::VARCHAR), 's', 'tool_error', 'tool_invocation', 'P2', 'internal_visible', 'm', '{}', "
+                "now() - INTERVAL 1 DAY FROM range(300000) AS r(i)")
+    old.close()
+    with caplog.at_level(logging.INFO, logger="tracesieve.store"):
+        con = store.open_database(path)
+    assert "copying 300000 detections into a table without a primary key" in caplog.text
+    assert _key_constraints(con, "detections") == []
+    assert con.execute("SELECT count(*) FROM duckdb_indexes() WHERE table_name = 'detections'").fetchone() == (0,)
+    store.tune_for_ingest(con)
+    con.execute("SET memory_limit = '24MiB'")  # the two indexes of 300,000 detections alone took ~34 MB
+    writer = GroupCommitWriter(con)
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+
+    def found(trace: int, message: str) -> Detection:
+        return Detection(_tid(trace), "s", "tool_error", "tool_invocation", "P1", "internal_visible", message, {})
+
+    def save(trace_ids, detections):
+        now = dt.datetime.now(dt.timezone.utc)
+        writer.submit_task(lambda c: store.save_detections(c, trace_ids, detections, now, since)).result(timeout=30)
+
+    try:
+        for start in range(0, 2000, 40):  # judge rounds, each with findings on new traces
+            save([_tid(t) for t in range(start, start + 40)], [found(t, "first") for t in range(start, start + 40)])
+        save([_tid(7)], [found(7, "judged again")])   # the same finding again: updated, not duplicated
+    finally:
+        writer.close()
+    assert writer.fatal is None
+    assert con.execute("SELECT count(*), count(DISTINCT detection_id) FROM detections").fetchone() == (302000, 302000)
+    assert con.execute("SELECT message FROM detections WHERE trace_id = ?", [_tid(7)]).fetchall() == [("judged again",)]
     con.close()
 
 
