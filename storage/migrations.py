@@ -155,6 +155,22 @@ def _v2(con: duckdb.DuckDBPyConnection) -> None:
         "FROM trace_state WHERE judged_seq IS DISTINCT FROM received_seq")
 
 
+def _rebuild_without_key(con: duckdb.DuckDBPyConnection, table: str, keyless_ddl: str, scratch: str) -> None:
+    """Copy ``table`` into one made by ``keyless_ddl`` when it has a primary key (DuckDB cannot drop one)."""
+    keyed = first_row(
+        con, "SELECT count(*) FROM duckdb_constraints() WHERE database_name = current_database() "
+        f"AND schema_name = current_schema() AND table_name = '{table}' AND constraint_type = 'PRIMARY KEY'")
+    if not (keyed and keyed[0]):
+        return
+    rows = first_row(con, f"SELECT count(*) FROM {table}")
+    if rows and rows[0]:
+        log.info("upgrading the store: copying %d %s into a table without a primary key (once)", rows[0], table)
+    con.execute(keyless_ddl.replace(f"CREATE TABLE IF NOT EXISTS {table}", f"CREATE TABLE {scratch}"))
+    con.execute(f"INSERT INTO {scratch} SELECT * FROM {table}")
+    con.execute(f"DROP TABLE {table}")
+    con.execute(f"ALTER TABLE {scratch} RENAME TO {table}")
+
+
 def _v3(con: duckdb.DuckDBPyConnection) -> None:
     """spans rebuilt without its primary key; each trace's first_received_at made its earliest stored span's.
 
@@ -166,17 +182,7 @@ def _v3(con: duckdb.DuckDBPyConnection) -> None:
     (writer.insert_new_spans). Lowering first_received_at to the earliest stored span keeps that
     exact for spans an older version stored with an earlier ``received_at``.
     """
-    keyed = first_row(
-        con, "SELECT count(*) FROM duckdb_constraints() WHERE database_name = current_database() "
-        "AND schema_name = current_schema() AND table_name = 'spans' AND constraint_type = 'PRIMARY KEY'")
-    if keyed and keyed[0]:
-        rows = first_row(con, "SELECT count(*) FROM spans")
-        if rows and rows[0]:
-            log.info("upgrading the store: copying %d spans into a table without a primary key (once)", rows[0])
-        con.execute(SPANS_DDL.replace("CREATE TABLE IF NOT EXISTS spans", "CREATE TABLE spans_v3"))
-        con.execute("INSERT INTO spans_v3 SELECT * FROM spans")
-        con.execute("DROP TABLE spans")
-        con.execute("ALTER TABLE spans_v3 RENAME TO spans")
+    _rebuild_without_key(con, "spans", SPANS_DDL, "spans_v3")
     for table in ("trace_state", "pending_traces"):
         con.execute(
             f"UPDATE {table} SET first_received_at = s.earliest FROM (SELECT trace_id, min(received_at) AS "
@@ -194,18 +200,8 @@ def _v4(con: duckdb.DuckDBPyConnection) -> None:
     writer keeps detection_id unique instead (store.save_detections: an update and an anti-join over
     the detections made since the judged traces first arrived).
     """
-    keyed = first_row(
-        con, "SELECT count(*) FROM duckdb_constraints() WHERE database_name = current_database() "
-        "AND schema_name = current_schema() AND table_name = 'detections' AND constraint_type = 'PRIMARY KEY'")
-    if keyed and keyed[0]:
-        rows = first_row(con, "SELECT count(*) FROM detections")
-        if rows and rows[0]:
-            log.info("upgrading the store: copying %d detections into a table without a primary key (once)", rows[0])
-        con.execute(DETECTIONS_DDL.replace("CREATE TABLE IF NOT EXISTS detections", "CREATE TABLE detections_v4")
-                    .replace("detection_id VARCHAR PRIMARY KEY", "detection_id VARCHAR NOT NULL"))
-        con.execute("INSERT INTO detections_v4 SELECT * FROM detections")
-        con.execute("DROP TABLE detections")
-        con.execute("ALTER TABLE detections_v4 RENAME TO detections")
+    _rebuild_without_key(con, "detections", DETECTIONS_DDL.replace(
+        "detection_id VARCHAR PRIMARY KEY", "detection_id VARCHAR NOT NULL"), "detections_v4")
     con.execute("DROP INDEX IF EXISTS detections_trace")
 
 
