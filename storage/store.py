@@ -317,15 +317,14 @@ def save_detections(
     7 ms a judge round at 100,000 detections, 45 ms at a million.
     """
     ids = [d.detection_id for d in detections]
-    params: list[Any] = [packed(trace_ids), packed(ids)]
-    bound = ""
-    if received_since is not None:
-        bound = " AND detected_at >= $3"
-        params.append(received_since - RECEIVED_MARGIN)
+    # The same bound for the delete, the update and the anti-join below: detections has no key
+    # (migrations._v4), so these three statements are what keep detection_id unique.
+    since = [received_since - RECEIVED_MARGIN] if received_since is not None else []
+    window = " AND detections.detected_at >= ?" if since else ""
     con.execute(
-        f"DELETE FROM detections WHERE trace_id IN (SELECT unnest({unpacked('$1')})) "
-        f"AND detection_id NOT IN (SELECT unnest({unpacked('$2')})){bound}",
-        params,
+        f"DELETE FROM detections WHERE trace_id IN (SELECT unnest({unpacked('?')})) "
+        f"AND detection_id NOT IN (SELECT unnest({unpacked('?')})){window}",
+        [packed(trace_ids), packed(ids), *since],
     )
     if not detections:
         return
@@ -337,18 +336,16 @@ def save_detections(
     rows = list({d.detection_id: d.as_row(now) for d in detections}.values())
     incoming = pa.table({c: pa.array([r[c] for r in rows], type=pa.timestamp("us", tz="UTC")
                                      if c == "detected_at" else pa.string()) for c in columns})
-    # detections has no key (migrations._v4): a detection already stored is updated in place, the
-    # others inserted; both look only at detections made since the traces first arrived.
-    window, bounds = ("AND detections.detected_at >= ?", params[2:]) if received_since is not None else ("", [])
+    # A detection already stored is updated in place, the others inserted.
     with registered(con, "_incoming_detections", incoming):
         con.execute(
             "UPDATE detections SET message = i.message, evidence = i.evidence, severity = i.severity, "
             f"blast_radius = i.blast_radius FROM _incoming_detections AS i WHERE detections.detection_id = "
-            f"i.detection_id {window}", bounds)
+            f"i.detection_id{window}", since)
         con.execute(
             f"INSERT INTO detections ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _incoming_detections "
-            f"AS i WHERE NOT EXISTS (SELECT 1 FROM detections WHERE detections.detection_id = i.detection_id "
-            f"{window})", bounds)
+            f"AS i WHERE NOT EXISTS (SELECT 1 FROM detections WHERE detections.detection_id = i.detection_id"
+            f"{window})", since)
 
 
 def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int, Any]], now: dt.datetime) -> None:

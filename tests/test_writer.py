@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tracesieve.collector.metrics import Metrics
 from tracesieve.storage import schema, stats, store
-from tracesieve.storage.schema import SPAN_SCHEMA
+from tracesieve.storage.schema import SPAN_SCHEMA, Detection
 from tracesieve.storage.writer import GroupCommitWriter
 
 
@@ -111,6 +111,17 @@ def test_a_span_stored_after_the_clock_stepped_back_is_still_stored_once(tmp_pat
     assert received == sorted(received)
     assert store.latest_received_at(con) >= received[-1][0]  # the redelivery, all duplicates, counts as received
     con.close()
+
+def _finding(trace: int, span_id: str, message: str) -> Detection:
+    return Detection(_tid(trace), span_id, "tool_error", "tool_invocation", "P1", "internal_visible", message, {})
+
+
+def _save_detections(writer: GroupCommitWriter, trace_ids: list[str], detections: list[Detection],
+                     since: dt.datetime) -> None:
+    """What the judge's write of a round does with its findings, on the writer thread."""
+    now = dt.datetime.now(dt.timezone.utc)
+    writer.submit_task(lambda c: store.save_detections(c, trace_ids, detections, now, since)).result(timeout=30)
+
 
 def _old_store(path: str, version: int = 2) -> duckdb.DuckDBPyConnection:
     """A store as an older version of the schema left it: the migrations up to ``version`` only."""
@@ -268,8 +279,6 @@ def test_a_store_from_before_pending_traces_gets_its_unjudged_traces_listed(tmp_
 
 
 def test_judging_again_replaces_a_traces_detections_within_the_received_bound(tmp_path):
-    from tracesieve.storage.schema import Detection
-
     con, writer = _open(tmp_path)
     try:
         _write(writer, _spans(1, range(0, 3)))
@@ -277,15 +286,10 @@ def test_judging_again_replaces_a_traces_detections_within_the_received_bound(tm
         (first,) = [d[2] for d in store.settled_traces(con, None, 10) if d[0] == _tid(1)]
 
         def found(span: int, trace: int = 1) -> Detection:
-            return Detection(_tid(trace), f"{span:016x}", "tool_error", "tool_invocation", "P1",
-                             "internal_visible", f"span {span} failed", {})
+            return _finding(trace, f"{span:016x}", f"span {span} failed")
 
-        def save(trace_ids, detections):
-            now = dt.datetime.now(dt.timezone.utc)
-            writer.submit_task(lambda c: store.save_detections(c, trace_ids, detections, now, first)).result(timeout=30)
-
-        save([_tid(1), _tid(2)], [found(0), found(1), found(0, trace=2)])
-        save([_tid(1)], [found(1)])  # judged again: span 0's finding is gone, trace 2 untouched
+        _save_detections(writer, [_tid(1), _tid(2)], [found(0), found(1), found(0, trace=2)], first)
+        _save_detections(writer, [_tid(1)], [found(1)], first)  # judged again: span 0's gone, trace 2 untouched
     finally:
         writer.close()
     rows = con.execute("SELECT trace_id, span_id FROM detections ORDER BY trace_id, span_id").fetchall()
@@ -295,7 +299,6 @@ def test_judging_again_replaces_a_traces_detections_within_the_received_bound(tm
 
 def test_detections_are_kept_unique_without_a_key_and_an_old_store_loses_its_key_once(tmp_path, caplog):
     """detections' key and trace_id index took ~113 bytes a detection of DuckDB's memory (migrations._v4)."""
-    from tracesieve.storage.schema import Detection
 
     path = str(tmp_path / "old.duckdb")
     old = _old_store(path, 3)
@@ -313,18 +316,11 @@ def test_detections_are_kept_unique_without_a_key_and_an_old_store_loses_its_key
     con.execute("SET memory_limit = '24MiB'")  # the two indexes of 300,000 detections alone took ~34 MB
     writer = GroupCommitWriter(con)
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
-
-    def found(trace: int, message: str) -> Detection:
-        return Detection(_tid(trace), "s", "tool_error", "tool_invocation", "P1", "internal_visible", message, {})
-
-    def save(trace_ids, detections):
-        now = dt.datetime.now(dt.timezone.utc)
-        writer.submit_task(lambda c: store.save_detections(c, trace_ids, detections, now, since)).result(timeout=30)
-
     try:
         for start in range(0, 2000, 40):  # judge rounds, each with findings on new traces
-            save([_tid(t) for t in range(start, start + 40)], [found(t, "first") for t in range(start, start + 40)])
-        save([_tid(7)], [found(7, "judged again")])   # the same finding again: updated, not duplicated
+            traces = range(start, start + 40)
+            _save_detections(writer, [_tid(t) for t in traces], [_finding(t, "s", "first") for t in traces], since)
+        _save_detections(writer, [_tid(7)], [_finding(7, "s", "judged again")], since)  # updated, not duplicated
     finally:
         writer.close()
     assert writer.fatal is None
