@@ -71,6 +71,11 @@ COLUMN_KEYS = {
     "trace_state": "trace_state", "name": "name",
 }
 
+#: Columns that copy a value out of the span's attributes or its resource (decode lifts them), so
+#: whatever they hold was counted once already where it came from.
+LIFTED_COLUMNS = frozenset({"input_value", "output_value", "session_id", "user_id", "llm_model_name",
+                            "tool_name", "service_name"})
+
 # A tolerant JSON tokenizer for skip_keys: strings, punctuation, bare scalars.
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s{}\[\],:"]+', re.DOTALL)
 
@@ -463,20 +468,28 @@ class PiiProcessor:
         flags = [c in JSON_SPAN_COLUMNS for c in cols for _ in range(n)]
         whole = pa.concat_arrays(arrays) if len(arrays) > 1 else arrays[0]
         new, counters = san._redact_cells(whole, flags)
+        # A value in input_value (or another column lifted out of the attributes) is also in the
+        # attributes JSON: counted in both, one e-mail would count twice. Per type, a span counts the
+        # larger of what its own fields held and what the lifted copies held.
         totals: list[Counter | None] = [None] * n
+        copies: list[Counter | None] = [None] * n
         for k, c in enumerate(cols):
             part = counters[k * n:(k + 1) * n]
             if not any(part):
                 continue
             i = names.index(c)
             batch = batch.set_column(i, batch.schema.field(i), new.slice(k * n, n))
+            into = copies if c in LIFTED_COLUMNS else totals
             for row, cnt in enumerate(part):
                 if cnt:
-                    t = totals[row]
+                    t = into[row]
                     if t is None:
-                        totals[row] = Counter(cnt)
+                        into[row] = Counter(cnt)
                     else:
                         t.update(cnt)
+        for row, lifted in enumerate(copies):
+            if lifted:
+                totals[row] = (totals[row] or Counter()) | lifted  # per type: the larger count
         if "pii_redactions" in names:
             i = names.index("pii_redactions")
             old = batch.column(i).to_pylist()

@@ -193,9 +193,11 @@ def test_disable_types_turns_a_type_off():
 def test_extra_patterns_add_a_type():
     p = pii(extra_patterns=[{"name": "EMPLOYEE_ID", "regex": "EMP-[0-9]{6}"}])
     out = p.process(make_batch(make_span(input_value="ask EMP-123456 about it",
-                                         attributes=json.dumps({"who": "EMP-654321"}))))
+                                         attributes=json.dumps({"input": {"value": "ask EMP-123456 about it"},
+                                                                "who": "EMP-654321"}))))
     assert out.column("input_value")[0].as_py() == "ask <EMPLOYEE_ID> about it"
-    assert json.loads(out.column("attributes")[0].as_py()) == {"who": "<EMPLOYEE_ID>"}
+    assert json.loads(out.column("attributes")[0].as_py()) == {"input": {"value": "ask <EMPLOYEE_ID> about it"},
+                                                               "who": "<EMPLOYEE_ID>"}
     assert json.loads(out.column("pii_redactions")[0].as_py()) == {"EMPLOYEE_ID": 2}
 
 
@@ -238,7 +240,10 @@ def test_process_redacts_every_text_column_and_counts_per_span():
         name="lookup bob@x.com", status_message="token sk-proj-abcdefghijklmnopqrstuvwxyz0123 rejected",
         service_name="agent", session_id="s-dave@x.com", user_id="erin@x.com",
         input_value="card 4111 1111 1111 1111", output_value="SSN 123-45-6789", llm_model_name="gpt-4o-2024-08-06",
-        tool_name="mail_to_frank@x.com", attributes=json.dumps({"input": {"value": "call +44 20 7946 0958"}}),
+        tool_name="mail_to_frank@x.com",
+        attributes=json.dumps({"input": {"value": "card 4111 1111 1111 1111"}, "output": {"value": "SSN 123-45-6789"},
+                               "session": {"id": "s-dave@x.com"}, "user": {"id": "erin@x.com"},
+                               "tool": {"name": "mail_to_frank@x.com"}, "note": "call +44 20 7946 0958"}),
         resource_attributes=resource, events=events, links=links, scope_name="scope 10.9.8.7",
         trace_state="vendor=grace@x.com", pii_redactions=json.dumps({"PERSON": 1}),
     )
@@ -258,6 +263,29 @@ def test_process_redacts_every_text_column_and_counts_per_span():
     assert counts == {"EMAIL": 6, "PHONE": 2, "CARD": 1, "SSN": 1, "IP": 3, "MAC": 1, "API_KEY": 1, "PERSON": 1}
     assert second["input_value"] == "nothing here, order ORD-2024-118834"
     assert second["pii_redactions"] == "{}"  # scanned, nothing found (NULL would mean: not scanned)
+
+
+def test_a_value_lifted_out_of_the_attributes_counts_once():
+    """decode copies input.value, session.id, ... into their own columns; one e-mail is one redaction."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from tracesieve.collector.config import load_config
+    from tracesieve.collector.span_stage import run_inline
+
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.resource.attributes.add(key="service.name", value=AnyValue(string_value="support-agent"))
+    span = rs.scope_spans.add().spans.add(trace_id=bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736"),
+                                          span_id=bytes.fromhex("00f067aa0ba902b7"), name="agent",
+                                          start_time_unix_nano=1, end_time_unix_nano=2)
+    for key, value in (("openinference.span.kind", "AGENT"), ("input.value", "write to dave@example.com"),
+                       ("output.value", "sent to dave@example.com, and to +1 415 555 0100"),
+                       ("user.id", "erin@example.com")):
+        span.attributes.append(KeyValue(key=key, value=AnyValue(string_value=value)))
+    config = load_config(None, db_path="unused.duckdb")
+    row = run_inline(req, config.decode_limits, config.span_processors).batch.to_pylist()[0]
+    assert "@" not in row["input_value"] + row["output_value"] + row["user_id"] + row["attributes"]
+    assert json.loads(row["pii_redactions"]) == {"EMAIL": 3, "PHONE": 1}
 
 
 def test_pii_redactions_hold_counts_never_values():
