@@ -250,9 +250,10 @@ class Sanitizer:
         counts: Counter = Counter()
         out: list[str] = []
         last = 0
-        for type_, s, e in self._accepted(text, matches, json_text):
+        for type_, s, e, bare in self._accepted(text, matches, json_text):
             out.append(text[last:s])
-            out.append(self._placeholder(type_, text[s:e], json_text))
+            placeholder = self._placeholder(type_, text[s:e], json_text)
+            out.append(f'"{placeholder}"' if bare else placeholder)
             last = e
             counts[type_] += 1
         if not counts:
@@ -260,10 +261,18 @@ class Sanitizer:
         out.append(text[last:])
         return "".join(out), counts
 
-    def _accepted(self, text: str, matches: Iterable[re.Match[str]], json_text: bool) -> Iterator[tuple[str, int, int]]:
-        """(type, start, end) of each match that is PII to replace, in order, none overlapping."""
+    def _accepted(
+        self, text: str, matches: Iterable[re.Match[str]], json_text: bool,
+    ) -> Iterator[tuple[str, int, int, bool]]:
+        """(type, start, end, bare) of each match that is PII to replace, in order, none overlapping.
+
+        ``bare``: in JSON text, the match is (part of) a number outside any string, such as an integer
+        attribute holding a card number. Its whole token is replaced, by a quoted placeholder: a bare
+        ``<CARD>`` would leave JSON that DuckDB refuses, and with it the whole commit.
+        """
         last = 0
         paths: tuple[list[int], list[int], list[tuple[str, ...]]] | None = None
+        scalars: tuple[list[int], list[int]] | None = None
         for m in matches:
             i = self._rule_of_group[m.lastgroup]  # type: ignore[index]
             rule = self.rules[i]
@@ -296,9 +305,16 @@ class Sanitizer:
                     path = _path_at(paths, s)
                     if path is not None and self._skipped_path(path):
                         continue
+                if scalars is None:
+                    scalars = _bare_scalars(text)
+                token = _token_at(scalars, s)
+                if token is not None:
+                    s, e = token
+            else:
+                token = None
             if s < last:
                 continue
-            yield type_, s, e
+            yield type_, s, e, token is not None
             last = e
 
     def safe_cut(self, text: str, cut: int) -> int:
@@ -312,7 +328,7 @@ class Sanitizer:
             return cut
         start = max(0, cut - _CUT_CONTEXT)
         window = text[start:cut + _CUT_CONTEXT]
-        for _, s, e in self._accepted(window, self._exact.finditer(window), False):
+        for _, s, e, _ in self._accepted(window, self._exact.finditer(window), False):
             if start + s < cut < start + e:
                 return start + s
         return cut
@@ -382,6 +398,26 @@ def _json_value_paths(text: str) -> tuple[list[int], list[int], list[tuple[str, 
             ends.append(tok.end())
             paths.append(tuple(path))
     return starts, ends, paths
+
+
+def _bare_scalars(text: str) -> tuple[list[int], list[int]]:
+    """Spans of the JSON text's scalars that are not strings (numbers, true, false, null)."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for tok in _JSON_TOKEN.finditer(text):
+        c = tok.group()[0]
+        if c != '"' and c not in "{}[],:":
+            starts.append(tok.start())
+            ends.append(tok.end())
+    return starts, ends
+
+
+def _token_at(scalars: tuple[list[int], list[int]], pos: int) -> tuple[int, int] | None:
+    starts, ends = scalars
+    i = bisect.bisect_right(starts, pos) - 1
+    if i >= 0 and pos < ends[i]:
+        return starts[i], ends[i]
+    return None
 
 
 def _path_at(paths: tuple[list[int], list[int], list[tuple[str, ...]]], pos: int) -> tuple[str, ...] | None:

@@ -122,6 +122,14 @@ def test_a_private_key_with_escaped_newlines_is_one_redaction():
     assert counts == Counter(PRIVATE_KEY=1)
 
 
+def test_a_number_outside_any_json_string_becomes_a_quoted_placeholder():
+    """An integer attribute holding a card number: a bare <CARD> would not be JSON (and DuckDB refuses it)."""
+    text = '{"payment":{"card":4111111111111111,"ids":[4111111111111111,7],"note":"card 4111111111111111"}}'
+    out, counts = Sanitizer().redact(text, json_text=True)
+    assert json.loads(out) == {"payment": {"card": "<CARD>", "ids": ["<CARD>", 7], "note": "card <CARD>"}}
+    assert counts == Counter({"CARD": 3})
+
+
 def test_a_password_in_json_keeps_its_key_and_quotes():
     out, _ = Sanitizer().redact(json.dumps({"db": {"user": "app", "password": "hunter2"}}), json_text=True)
     assert json.loads(out) == {"db": {"user": "app", "password": "<SECRET>"}}

@@ -118,3 +118,22 @@ def test_canaries_never_reach_the_database_wal_or_logs(start_collector):
     if wal.exists():
         assert_no_canary(wal.read_bytes(), "the WAL after shutdown")
     assert_no_canary(c.log().encode(), "the server log")
+
+
+def test_an_integer_attribute_holding_a_card_number_is_stored_redacted_with_its_request(start_collector):
+    """It used to make the whole group commit fail: every request in it was answered "retry", forever."""
+    c = start_collector(FAST_JUDGE)
+    for transport, endpoint in (("grpc", c.grpc_endpoint), ("http", c.http_url)):
+        with sdk_tracer(transport, endpoint) as tracer:
+            with tracer.start_as_current_span(f"pay-{transport}") as span:
+                span.set_attribute("payment.card", 4111111111111111)
+                span.set_attribute("payment.cards", [4111111111111111, 4012888888881881])
+                with tracer.start_as_current_span(f"good-{transport}"):
+                    pass
+    rows = c.wait_for("SELECT name, attributes, pii_redactions FROM spans ORDER BY name",
+                      lambda r: len(r) == 4)
+    assert [r["name"] for r in rows] == ["good-grpc", "good-http", "pay-grpc", "pay-http"]
+    for row in rows[2:]:
+        assert json.loads(row["attributes"])["payment"] == {"card": "<CARD>", "cards": ["<CARD>", "<CARD>"]}
+        assert json.loads(row["pii_redactions"]) == {"CARD": 3}
+    assert "ConversionException" not in c.log()
