@@ -26,13 +26,17 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from tracesieve.storage.errors import RetryableError
+from tracesieve.storage.errors import PermanentError, RetryableError
 from tracesieve.storage.recent_traces import RecentTraces
 from tracesieve.storage.schema import utcnow
 from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 from tracesieve.storage.store import RECEIVED_MARGIN
 
 log = logging.getLogger("tracesieve.writer")
+
+#: DuckDB errors about a value in the batch (a JSON text that does not parse, a number out of range):
+#: committing the same rows again fails again, unlike running out of memory or a busy checkpoint.
+_DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException)
 
 WriteTask = Callable[[duckdb.DuckDBPyConnection], Any]
 
@@ -288,12 +292,39 @@ class GroupCommitWriter:
         except Exception as exc:
             self._note_fatal(exc)
             log.error("commit of %d spans to the %s failed: %s", n, self.store_noun, self._describe(exc))
-            self._refuse(jobs, RetryableError(
-                f"the {self.store_noun} could not commit the spans ({type(exc).__name__}); retry", 1.0))
+            if isinstance(exc, _DATA_ERRORS):
+                self._commit_one_by_one(jobs)
+            else:
+                self._refuse(jobs, RetryableError(
+                    f"the {self.store_noun} could not commit the spans ({type(exc).__name__}); retry", 1.0))
         else:
             self._acknowledge(jobs, n, inserted, time.perf_counter() - started)
         finally:
             self.release(n)
+
+    def _commit_one_by_one(self, jobs: list[_SpanJob]) -> None:
+        """After a group commit failed on a value DuckDB would not take, commit each request alone.
+
+        One request's bad value must not cost the others their spans: the rest are committed and
+        acknowledged, and only a request that fails alone on such a value is refused, as permanent
+        (the same bytes would fail the same way on every retry).
+        """
+        for job in jobs:
+            started = time.perf_counter()
+            try:
+                inserted = self._store_spans(_drop_repeated_keys(job.batch))
+            except _DATA_ERRORS as exc:
+                log.error("a request of %d spans cannot be stored (%s); refused, the other requests of its "
+                          "commit are not", job.batch.num_rows, self._describe(exc))
+                job.future.set_exception(PermanentError(
+                    f"the {self.store_noun} cannot store this request's spans ({type(exc).__name__}); "
+                    "they were not stored, see the collector's log"))
+            except Exception as exc:
+                self._note_fatal(exc)
+                job.future.set_exception(RetryableError(
+                    f"the {self.store_noun} could not commit the spans ({type(exc).__name__}); retry", 1.0))
+            else:
+                self._acknowledge([job], job.batch.num_rows, inserted, time.perf_counter() - started)
 
     def _store_spans(self, table: pa.Table) -> int:
         """Commit ``table`` (no key twice in it); returns how many spans were new."""

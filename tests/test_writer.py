@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tracesieve.collector.metrics import Metrics
 from tracesieve.storage import schema, stats, store
+from tracesieve.storage.errors import PermanentError
 from tracesieve.storage.schema import SPAN_SCHEMA, Detection
 from tracesieve.storage.writer import GroupCommitWriter
 
@@ -45,6 +46,28 @@ def _write(writer: GroupCommitWriter, batch: pa.Table) -> int:
 def _stored(con, trace: int) -> list[tuple[str, str]]:
     return con.execute("SELECT span_id, name FROM spans WHERE trace_id = ? ORDER BY span_id",
                        [_tid(trace)]).fetchall()
+
+
+def test_a_request_the_store_cannot_take_is_refused_alone_and_its_commit_partners_are_stored(tmp_path):
+    con, writer = _open(tmp_path)
+    good_a, good_b = _spans(1, range(1, 4)), _spans(3, range(1, 3))
+    bad = _spans(2, range(1, 3))
+    bad = bad.set_column(bad.schema.get_field_index("attributes"), "attributes",
+                         pa.array(['{"card": <CARD>}', "{}"], pa.string()))  # not JSON: DuckDB refuses it
+    gate = threading.Event()
+    held = writer.submit_task(lambda _con: gate.wait(30))  # keeps the writer busy: the three commit as a group
+    futures = []
+    for batch in (good_a, bad, good_b):
+        writer.reserve(batch.num_rows)
+        futures.append(writer.submit_spans(batch, batch.num_rows))
+    gate.set()
+    held.result(timeout=30)
+    assert futures[0].result(timeout=30) == 3
+    with pytest.raises(PermanentError, match="cannot store this request"):
+        futures[1].result(timeout=30)
+    assert futures[2].result(timeout=30) == 2
+    writer.close()
+    assert len(_stored(con, 1)) == 3 and len(_stored(con, 3)) == 2 and _stored(con, 2) == []
 
 
 def test_redelivered_and_overlapping_spans_are_stored_once(tmp_path):
