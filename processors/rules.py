@@ -398,6 +398,19 @@ _NO_ANSWER = (
     "don't have enough information", "do not have enough information",
 )
 _SUBSTANTIVE_WORDS = 12
+#: A shorter answer states facts when it is no question and has 8 words, or 5 with a figure in them:
+#: "The warranty lasts 24 months and covers water damage." is an answer the retrieval never backed.
+_SHORT_FACT_WORDS, _FIGURE_FACT_WORDS = 8, 5
+_FIGURE = re.compile(r"[0-9]")
+
+
+def _states_facts(text: str) -> bool:
+    words = len(text.split())
+    if words >= _SUBSTANTIVE_WORDS:
+        return True
+    if text.rstrip().endswith("?"):
+        return False
+    return words >= _SHORT_FACT_WORDS or (words >= _FIGURE_FACT_WORDS and bool(_FIGURE.search(text)))
 
 
 def _normalize(text: str) -> str:
@@ -425,7 +438,7 @@ def answer_after_empty_retrieval(view: TraceView, cfg: RuleSettings) -> list[Fin
             if not text:
                 continue  # a tool call, not an answer: keep looking
             norm = _normalize(text)
-            if len(text.split()) >= _SUBSTANTIVE_WORDS and not any(p in norm for p in _NO_ANSWER + cfg.refusal_phrases):
+            if _states_facts(text) and not any(p in norm for p in _NO_ANSWER + cfg.refusal_phrases):
                 found.append(Finding(
                     s["span_id"], "answer_after_empty_retrieval", "hallucination",
                     f"answered with {len(text.split())} words right after retriever {r.get('name')} returned nothing",

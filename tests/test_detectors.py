@@ -249,6 +249,19 @@ def test_a_substantive_answer_right_after_an_empty_retrieval_is_hallucination(ge
     assert [(d.detector, d.span_id) for d in ds] == [("answer_after_empty_retrieval", answer["span_id"])]
 
 
+@pytest.mark.parametrize("text", ["The warranty lasts 24 months and covers water damage.",
+                                  "Your plan includes unlimited seats and a dedicated account manager."])
+def test_a_short_factual_answer_after_an_empty_retrieval_is_hallucination_too(text):
+    answer = llm(text)
+    assert modes(make_trace(retriever([]), answer)) == ["hallucination", "retrieval_miss"]
+
+
+@pytest.mark.parametrize("text", ["Could you tell me which order you mean, and its number?",
+                                  "Sorry, let me check that for you.", "No results for that."])
+def test_a_question_or_a_short_non_answer_after_an_empty_retrieval_is_not_hallucination(text):
+    assert modes(make_trace(retriever([]), llm(text))) == ["retrieval_miss"]
+
+
 def test_saying_nothing_was_found_after_an_empty_retrieval_is_not_hallucination():
     answer = llm("I'm sorry, I couldn't find any information about the premium plan in our knowledge base right now.")
     assert modes(make_trace(retriever([]), answer)) == ["retrieval_miss"]
