@@ -221,8 +221,14 @@ class Sanitizer:
             te = ts + len(trig)
             if te > covered:
                 bs = ts
-                while bs > covered and text[bs - 1] in BACK_CHARS:
-                    bs -= 1
+                while bs > covered:
+                    ch = text[bs - 1]
+                    if ch in BACK_CHARS or (ch > "\x7f" and ch.isalpha()):
+                        bs -= 1
+                    elif ch == "\\" and text.startswith("u", bs):  # a \u escape inside the run (josé as jos\u00e9)
+                        bs -= _backslash_run(text, bs)
+                    else:
+                        break
                 m = None
                 if self._has_extras:
                     m0 = exact.search(text, max(covered, bs - 2), te + _SLACK)

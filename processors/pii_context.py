@@ -1,4 +1,4 @@
-"""Context rules: PERSON, ADDRESS, DOB and PASSPORT, found only where the text says what they are.
+"""Context rules: PERSON, ADDRESS, DOB, PASSPORT and undashed SSN, found only where the text says what they are.
 
 A name, a date or a 9-digit number is not PII by its shape, so these rules fire only on an
 explicit context (a keyword before the value, a JSON key, a street suffix after a house
@@ -11,6 +11,8 @@ model names, delivery dates, order numbers, titles. What each rule accepts:
   Only the date is replaced.
 * PASSPORT -- 6 to 9 letters/digits with at least 4 digits right after ``passport``
   (``passport no``, ``passport number``, ``passport #``, keys ``passport_number``, ...).
+* SSN -- nine digits (or 3-2-4 with spaces) right after ``SSN`` / ``social security`` (``number``,
+  ``no``, ``#``), also as keys (``patient_ssn``); the dashed form needs no context (pii_patterns).
 * ADDRESS -- a house number (1-6 digits, at a word start) + 1-4 capitalised street-name
   words + a street suffix (Street/St, Avenue/Ave, Road/Rd, ...), with an optional unit
   (``Apt 4B``, ``Suite 200``, ``#12``) and an optional ``, City, ST 12345`` / ZIP / UK
@@ -43,8 +45,14 @@ LEFT = rf"(?:^|[^A-Za-z0-9_\\]|{_ESC})"
 LEFT_KEY = rf"(?:^|[^A-Za-z0-9_.\\-]|{_ESC})"       # not inside server.address, tool.name
 _Q = r"""(?:\\*["'])?"""
 SEP = rf"{_Q}[ \t]*[:=][ \t]*"
+# Space between a label and its value: blanks, line breaks, and their JSON escapes (\n, and \\n in
+# JSON inside JSON): "Date of birth:\n1984-07-23" is a form's label and value on two lines.
+_GAP = r"(?:[ \t\r\n]|\\+[nrt])*"
+_GAP1 = r"(?:[ \t\r\n]|\\+[nrt])+"
 # keyword -> value: quotes of a JSON key/value, ``:``/``=``/``#``/``-``, "is"/"was"/"on"
-_CONNECT = (r"""(?:\\*["'])?[ \t]*(?:(?i:is|was|on)[ \t]+)?(?:[:=#(-][ \t]*)?(?:\\*["'])?[ \t]*""")
+# (No two gaps side by side: a long run of blanks must not be split between them in every way.)
+_CONNECT = (r"""(?:\\*["'])?""" + _GAP + r"(?:(?i:is|was|on)" + _GAP1 + r")?(?:[:=#(-]" + _GAP
+            + r""")?(?:\\*["']""" + _GAP + ")?")
 
 # The rest of a key before its keyword (patient_dob, traveler.passport_number, customerName): at
 # most two segments and a camel-case head, so the exact pass gives up at once on ids and digit runs.
@@ -134,6 +142,24 @@ def passport(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int]
                 ch in "-/." and e + 1 < len(text) and text[e + 1].isalnum()):
             return None
     return ("PASSPORT", s, e)
+
+
+# --------------------------------------------------------------------------- SSN
+
+# The dashed form (123-45-6789) is an SSN by its shape alone (pii_patterns); nine digits, or
+# 3-2-4 with spaces, only right after ``SSN`` / ``social security (number|no|#)``, also as keys.
+SSN_PATTERN = (LEFT + _KEY_PREFIX + r"(?i:ssn|social[ _.-]?security)(?:[ _.-]?(?i:number|num|no\.?|nr\.?)|[ ]?#)?"
+               + _CONNECT + r"(?P<v>[0-9]{3}[ ]?[0-9]{2}[ ]?[0-9]{4})")
+
+
+def ssn_digits(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    digits = text[s:e].replace(" ", "")
+    area, group, serial = digits[:3], digits[3:5], digits[5:]
+    if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+        return None
+    if e < len(text) and (text[e].isdigit() or (text[e] in "-." and text[e + 1:e + 2].isdigit())):
+        return None
+    return ("SSN", s, e)
 
 
 # --------------------------------------------------------------------------- ADDRESS
@@ -231,7 +257,7 @@ _NAME = rf"(?P<v>{_NAME_WORD}(?:[ ]+{_NAME_WORD}){{0,2}})"
 _TITLE = r"(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?[ ]+)?"
 PERSON_INTRO_PATTERN = (LEFT + r"(?:(?:[Mm]y|MY)[ ](?:full[ ])?(?:name|NAME)(?:[ ]+(?:is|IS)|'s)[ ]+" + _TITLE
                         + r"|Dear[ ]+" + _TITLE
-                        + r"|(?:[Ss]incerely|[Rr]egards|[Ss]igned),[ ]*(?:\\r)?(?:\\n|\r?\n)?(?:\\n|\r?\n)?[ ]*)"
+                        + r"|(?:[Ss]incerely|[Rr]egards|[Ss]igned),(?:[ \t]|\r?\n|\\+[rnt]){0,6})"
                         + _NAME)
 PERSON_INTRO_TRIGGER = r"[Mm]y (?:full )?name|MY NAME|Dear |[Ss]incerely,|[Rr]egards,|[Ss]igned,"
 # One rule for every "<key or label> name: value" form; the validator reads the key back.
@@ -241,7 +267,7 @@ _NAME_VALUE_FORMS = (rf'''(?:\\*"(?P<v>{_CAP}{_NAME_CH}*)\\*"|'(?P<v2>{_CAP}{_NA
 PERSON_NAMED_PATTERN = (LEFT_KEY + _KEY_PREFIX + r"(?i:name)(?:" + SEP + r"|[ \t]*-[ \t]*)" + _NAME_VALUE_FORMS)
 PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}]|\\+u00[cdCD])"""
 #: the shared keyword trigger of DOB, PASSPORT and address keys: one literal set is cheapest for RE2
-KEYWORD_TRIGGER = r"(?i:d\.?o\.?b|birth|born|passport|address|street)"
+KEYWORD_TRIGGER = r"(?i:d\.?o\.?b|birth|born|passport|address|street|ssn|social.security)"
 
 #: capitalised words that start sentences or address groups, never a name
 _NOT_NAMES = frozenset(

@@ -40,7 +40,10 @@ KNOWN_TYPES = (
 # (``"hi\nbob@x.com"``); a bare backslash is never a left context.
 _ESC = r"\\[nrt]"
 LEFT = rf"(?:^|[^A-Za-z0-9_\\]|{_ESC})"              # words: keys, tokens
-LEFT_EMAIL = rf"(?:^|[^A-Za-z0-9_.%+\\-]|{_ESC})"
+# Local parts may hold accented Latin letters (josé@, émilie@), also as JSON \u escapes (ensure_ascii).
+_LATIN = "À-ÖØ-öø-ɏ"
+_LATIN_ESCAPE = r"\\+u(?:00[c-fC-F][0-9a-fA-F]|0[12][0-9a-fA-F]{2})"
+LEFT_EMAIL = rf"(?:^|[^A-Za-z0-9_.%+{_LATIN}\\-]|{_ESC})"
 LEFT_NUM = rf"(?:^|[^A-Za-z0-9_.\\-]|{_ESC})"         # numbers: not inside ORD-2024-1, v1.2.3.4, 2024-08-06
 LEFT_HEX = rf"(?:^|[^A-Za-z0-9_.:\\-]|{_ESC})"       # hex-and-colon runs
 
@@ -348,6 +351,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # context rules: a keyword, key or street suffix says what the value is (see pii_context)
     Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),
+    Rule("SSN", ctx.SSN_PATTERN, ctx.ssn_digits, trigger=ctx.KEYWORD_TRIGGER),
     Rule("ADDRESS", ctx.ADDRESS_KEY_PATTERN, ctx.address_value, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PERSON", ctx.PERSON_NAMED_PATTERN, ctx.person_named, trigger=ctx.PERSON_NAMED_TRIGGER),
     Rule("PERSON", ctx.PERSON_INTRO_PATTERN, ctx.person, trigger=ctx.PERSON_INTRO_TRIGGER),
@@ -355,8 +359,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("API_KEY", LEFT + _API_KEY_BODY, _bounded("API_KEY"),
          trigger=r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|xox[abprse]-|[sr]k_(?:live|test)_"
                  r"|AIza|hf_"),
-    Rule("EMAIL", LEFT_EMAIL + r"(?P<v>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
-         trigger=r"[A-Za-z0-9._%+-]@[A-Za-z0-9-]"),
+    Rule("EMAIL", LEFT_EMAIL + rf"(?P<v>(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE})+"
+         + r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
+         trigger=rf"[A-Za-z0-9._%+{_LATIN}-]@[A-Za-z0-9-]"),
     Rule("IBAN", LEFT + r"(?P<v>[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?)", _iban,
          trigger=r"[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4} ?[A-Z0-9]{4}"),
     Rule("MAC", LEFT_HEX + r"(?P<v>[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5,})", _mac,

@@ -122,6 +122,38 @@ def test_a_private_key_with_escaped_newlines_is_one_redaction():
     assert counts == Counter(PRIVATE_KEY=1)
 
 
+@pytest.mark.parametrize(("text", "raw", "type_"), [
+    ("Thanks.\nSincerely,\nEvangeline Whitmore", "Whitmore", "PERSON"),
+    ("Thanks.\nBest regards,\r\nCornelius Vanderbilt", "Vanderbilt", "PERSON"),
+    ("Date of birth:\n1984-07-23", "1984-07-23", "DOB"),
+    ("DOB:\t1984-07-23", "1984-07-23", "DOB"),
+    ("Passport number:\nX12345678", "X12345678", "PASSPORT"),
+    ("my social security number is 536221234", "536221234", "SSN"),
+    ("SSN: 536 22 1234", "536 22 1234", "SSN"),
+    ("write to josé@example.com", "example.com", "EMAIL"),
+    ("émilie.dupont@example.fr", "dupont", "EMAIL"),
+])
+def test_context_values_across_line_breaks_and_accented_addresses_in_every_form(text, raw, type_):
+    """Plain text, JSON (ensure_ascii and not), and JSON inside JSON: the raw value is gone from each."""
+    s = Sanitizer()
+    cases = [(text, False)]
+    for ascii_only in (True, False):
+        once = json.dumps({"content": text}, ensure_ascii=ascii_only)
+        cases += [(once, True), (json.dumps({"input": {"value": once}}, ensure_ascii=ascii_only), True)]
+    for doc, json_text in cases:
+        out, counts = s.redact(doc, json_text=json_text)
+        assert not any(f in out for f in forms(raw)), (doc, out)
+        assert counts[type_] == 1, (doc, out)
+        if json_text:
+            json.loads(out)
+
+
+@pytest.mark.parametrize("text", ["ssn 123456789012", "classname 536221234", "ssn: 666221234", "order 536221234",
+                                  "passport\nphoto attached"])
+def test_context_rules_leave_lookalikes_alone(text):
+    assert Sanitizer().redact(text)[0] == text
+
+
 def test_a_number_outside_any_json_string_becomes_a_quoted_placeholder():
     """An integer attribute holding a card number: a bare <CARD> would not be JSON (and DuckDB refuses it)."""
     text = '{"payment":{"card":4111111111111111,"ids":[4111111111111111,7],"note":"card 4111111111111111"}}'
