@@ -260,7 +260,7 @@ def _append_span(
         "llm.request.model_name", "embedding.model_name") or _requested_model(flat))
     provider = _first_str(flat, "llm.provider", "gen_ai.provider.name", "gen_ai.system", "llm.system")
     append("llm_provider").append(provider.lower() if provider else None)
-    append("llm_finish_reason").append(_finish_reason(flat))
+    append("llm_finish_reason").append(_finish_reason(flat, span.events, output_value))
     append("llm_token_count_prompt").append(prompt)
     append("llm_token_count_completion").append(completion)
     append("llm_token_count_total").append(total)
@@ -330,17 +330,75 @@ def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, s
 _JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages"})
 
 
-def _finish_reason(flat: dict[str, Any]) -> str | None:
-    reason = flat.get("llm.finish_reason")
-    if isinstance(reason, str) and reason:
+def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None) -> str | None:
+    """The first choice's finish reason, from where the conventions put it, in the detectors' order
+    (``spanview.finish_reasons``): the column and the truncation rule must not disagree."""
+    reason = _first_str(flat, "llm.finish_reason")
+    if reason:
         return reason
     reasons = flat.get("gen_ai.response.finish_reasons")
     if isinstance(reasons, list) and reasons and isinstance(reasons[0], str):
         return reasons[0]
     if isinstance(reasons, str) and reasons:
         return reasons
-    reason = flat.get("llm.output_messages.0.message.finish_reason")
-    return reason if isinstance(reason, str) and reason else None
+    reason = _first_str(flat, "llm.output_messages.0.message.finish_reason")
+    if reason:
+        return reason
+    reason = _message_finish_reason(flat.get("gen_ai.output.messages"))
+    if reason:
+        return reason
+    reason = _first_str(flat, "gen_ai.completion.0.finish_reason")
+    if reason:
+        return reason
+    for event in events:  # the deprecated gen_ai.choice event: {index, finish_reason, message}
+        if event.name == "gen_ai.choice":
+            for kv in event.attributes:
+                if kv.key == "finish_reason" and kv.value.string_value:
+                    return str(kv.value.string_value)
+    return _response_finish_reason(output_value)
+
+
+def _message_finish_reason(messages: Any) -> str | None:
+    """finish_reason of the first ``gen_ai.output.messages`` item that has one (JSON text or a list)."""
+    if isinstance(messages, str):
+        if '"finish_reason"' not in messages:
+            return None
+        try:
+            messages = orjson.loads(messages)
+        except orjson.JSONDecodeError:
+            return None
+    if not isinstance(messages, list):
+        return None
+    for m in messages:
+        reason = m.get("finish_reason") if isinstance(m, dict) else None
+        if isinstance(reason, str) and reason:
+            return reason
+    return None
+
+
+_RESPONSE_REASON_KEYS = ('"finish_reason"', '"stop_reason"', '"finishReason"', '"incomplete_details"')
+
+
+def _response_finish_reason(output_value: str | None) -> str | None:
+    """From a provider's raw response in output.value (OpenAI choices, Anthropic stop_reason, Gemini
+    candidates, OpenAI Responses incomplete_details): all that spans before semconv 0.1.29 carry."""
+    if not output_value or output_value[:1] != "{" or not any(k in output_value for k in _RESPONSE_REASON_KEYS):
+        return None
+    try:
+        resp = orjson.loads(output_value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(resp, dict):
+        return None
+    candidates: list[Any] = []
+    for key, field in (("choices", "finish_reason"), ("candidates", "finishReason")):
+        items = resp.get(key)
+        if isinstance(items, list) and items and isinstance(items[0], dict):
+            candidates.append(items[0].get(field))
+    candidates.append(resp.get("stop_reason"))
+    details = resp.get("incomplete_details")
+    candidates.append(details.get("reason") if isinstance(details, dict) else None)
+    return next((c for c in candidates if isinstance(c, str) and c), None)
 
 
 def _requested_model(flat: dict[str, Any]) -> str | None:

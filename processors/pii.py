@@ -74,7 +74,7 @@ COLUMN_KEYS = {
 #: Columns that copy a value out of the span's attributes or its resource (decode lifts them), so
 #: whatever they hold was counted once already where it came from.
 LIFTED_COLUMNS = frozenset({"input_value", "output_value", "session_id", "user_id", "llm_model_name",
-                            "tool_name", "service_name"})
+                            "llm_provider", "llm_finish_reason", "tool_name", "service_name"})
 
 # A tolerant JSON tokenizer for skip_keys: strings, punctuation, bare scalars.
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s{}\[\],:"]+', re.DOTALL)

@@ -370,6 +370,9 @@ def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
         add("gen_ai.output.messages.finish_reason", m["finish_reason"])
     for m in _legacy_genai_messages(dig(a, "gen_ai", "completion")):
         add("gen_ai.completion.finish_reason", m["finish_reason"])
+    for event in as_list(span.get("events")):  # the deprecated gen_ai.choice event: {index, finish_reason, message}
+        if isinstance(event, dict) and event.get("name") == "gen_ai.choice":
+            add("gen_ai.choice event", dig(event, "attributes", "finish_reason"))
     resp = _provider_response(span)
     if resp is not None:
         for choice in as_list(resp.get("choices")):

@@ -88,7 +88,7 @@ JSON_SPAN_COLUMNS = frozenset({"attributes", "resource_attributes", "events", "l
 #: Free-text columns the sanitizer scans (every string column that can carry content).
 TEXT_SPAN_COLUMNS = (
     "name", "status_message", "service_name", "session_id", "user_id",
-    "input_value", "output_value", "llm_model_name", "tool_name",
+    "input_value", "output_value", "llm_model_name", "llm_provider", "llm_finish_reason", "tool_name",
     "attributes", "resource_attributes", "events", "links", "scope_name",
     "trace_state",
 )

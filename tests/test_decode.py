@@ -125,3 +125,44 @@ def test_plans_are_kept_apart_for_walkers_with_different_depth_limits():
         assert shallow.nest(dict(flat)) == shallow.nest_slowly(dict(flat))
         assert deep.nest(dict(flat)) == deep.nest_slowly(dict(flat))
     assert shallow.nest(dict(flat)) != deep.nest(dict(flat))
+
+
+def finish_column(request: ExportTraceServiceRequest) -> str | None:
+    return decode_request(request).batch.column("llm_finish_reason")[0].as_py()
+
+
+def test_the_finish_reason_column_reads_every_place_the_conventions_put_it():
+    """The truncation rule reads these too; the column used to stay NULL for the last four."""
+    messages = json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "Once"}],
+                            "finish_reason": "length"}])
+    assert finish_column(llm_span_request(llm__finish_reason="stop")) == "stop"
+    assert finish_column(llm_span_request(gen_ai__output__messages=messages)) == "length"
+    assert finish_column(llm_span_request(gen_ai__completion__0__finish_reason="max_tokens")) == "max_tokens"
+    response = json.dumps({"id": "chatcmpl-1", "choices": [{"index": 0, "finish_reason": "length"}]})
+    assert finish_column(llm_span_request(output__value=response)) == "length"
+    assert finish_column(llm_span_request(output__value=json.dumps({"stop_reason": "max_tokens"}))) == "max_tokens"
+    assert finish_column(llm_span_request(output__value="The answer is 42.")) is None
+
+    request = llm_span_request()
+    event = request.resource_spans[0].scope_spans[0].spans[0].events.add(name="gen_ai.choice", time_unix_nano=1)
+    event.attributes.extend([KeyValue(key="index", value=AnyValue(int_value=0)),
+                             KeyValue(key="finish_reason", value=AnyValue(string_value="max_tokens"))])
+    assert finish_column(request) == "max_tokens"
+
+
+def test_a_gen_ai_choice_event_with_max_tokens_is_truncation():
+    from tracesieve.collector.config import load_config
+    from tracesieve.collector.span_stage import run_inline
+    from tracesieve.processors.detectors import DetectorsProcessor
+    from tracesieve.storage.store import traces_from_table
+
+    request = llm_span_request()
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.attributes.add(key="gen_ai.system", value=AnyValue(string_value="anthropic"))
+    event = span.events.add(name="gen_ai.choice", time_unix_nano=1)
+    event.attributes.add(key="finish_reason", value=AnyValue(string_value="max_tokens"))
+    config = load_config(None, db_path="unused.duckdb")
+    rows = run_inline(request, config.decode_limits, config.span_processors).batch
+    detectors = next(p for p in config.trace_processors if isinstance(p, DetectorsProcessor))
+    found = detectors.findings_by_trace(traces_from_table(rows, [span.trace_id.hex()]))
+    assert [f.failure_mode for f in found[span.trace_id.hex()]] == ["truncation"]

@@ -280,7 +280,7 @@ def test_process_redacts_every_text_column_and_counts_per_span():
         name="lookup bob@x.com", status_message="token sk-proj-abcdefghijklmnopqrstuvwxyz0123 rejected",
         service_name="agent", session_id="s-dave@x.com", user_id="erin@x.com",
         input_value="card 4111 1111 1111 1111", output_value="SSN 123-45-6789", llm_model_name="gpt-4o-2024-08-06",
-        tool_name="mail_to_frank@x.com",
+        tool_name="mail_to_frank@x.com", llm_finish_reason="length for carol@x.com", llm_provider="10.9.8.6",
         attributes=json.dumps({"input": {"value": "card 4111 1111 1111 1111"}, "output": {"value": "SSN 123-45-6789"},
                                "session": {"id": "s-dave@x.com"}, "user": {"id": "erin@x.com"},
                                "tool": {"name": "mail_to_frank@x.com"}, "note": "call +44 20 7946 0958"}),
