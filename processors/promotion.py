@@ -28,7 +28,8 @@ Dedupe, in this order, for a candidate whose id is not stored yet:
    compared (through a banded LSH index, each hit verified) with the stored non-duplicate
    candidates of the same failure mode and those earlier in the batch; at or over
    ``near_duplicate_threshold`` the candidate gets status ``duplicate`` and
-   ``duplicate_of`` = the most similar one (earliest on ties).
+   ``duplicate_of`` = the most similar one (earliest on ties). An equal input (the same
+   input_hash from another detector of the mode) is not a near duplicate: it stays ``new``.
 3. **cap**: at most ``max_per_intent`` rows (any status) per (failure_mode, intent);
    past it a new candidate is not emitted and ``stats["capped"]`` counts it. Recurrences
    of stored candidates are never capped.
@@ -183,16 +184,22 @@ class LshIndex:
     def __init__(self) -> None:
         self._buckets: dict[tuple[int, tuple[int, ...]], list[str]] = {}
         self._sigs: dict[str, tuple[int, Sequence[int]]] = {}  # key -> (insertion order, signature)
+        self._inputs: dict[str, str] = {}                      # key -> input_hash
 
-    def add(self, key: str, sig: Sequence[int]) -> None:
+    def add(self, key: str, sig: Sequence[int], input_hash: str = "") -> None:
         if not sig or key in self._sigs:
             return
         self._sigs[key] = (len(self._sigs), sig)
+        self._inputs[key] = input_hash
         for band in range(len(sig) // self.ROWS):
             self._buckets.setdefault((band, tuple(sig[band * self.ROWS:(band + 1) * self.ROWS])), []).append(key)
 
-    def best(self, sig: Sequence[int], threshold: float) -> tuple[float, str] | None:
-        """The most similar stored key at or over ``threshold`` (the earliest added on ties)."""
+    def best(self, sig: Sequence[int], threshold: float, input_hash: str = "") -> tuple[float, str] | None:
+        """The most similar stored key at or over ``threshold`` (the earliest added on ties).
+
+        A key with the same ``input_hash`` is no near-duplicate: DESIGN's duplicate is a very similar
+        but not equal input (the same input failing another detector is a failure of its own).
+        """
         if not sig:
             return None
         seen: set[str] = set()
@@ -202,6 +209,8 @@ class LshIndex:
                 if key in seen:
                     continue
                 seen.add(key)
+                if input_hash and self._inputs[key] == input_hash:
+                    continue
                 order, other = self._sigs[key]
                 sim = similarity(sig, other)
                 if sim >= threshold and (best is None or (sim, -order) > (best[0], -best[1])):
@@ -955,11 +964,11 @@ class PromotionProcessor:
             if mode not in indexes:
                 indexes[mode] = LshIndex()
                 for r in store.query(SIGNATURES_SQL, [mode, cfg.minhash_permutations]):
-                    indexes[mode].add(r["candidate_id"], list(r["signature"]))
+                    indexes[mode].add(r["candidate_id"], list(r["signature"]), r["input_hash"])
                 for u in unsettled:
                     if u.failure_mode == mode and u.status != "duplicate" and len(u.signature) == cfg.minhash_permutations:
-                        indexes[mode].add(u.candidate_id, u.signature)
-            best = indexes[mode].best(cand.signature, cfg.near_duplicate_threshold)
+                        indexes[mode].add(u.candidate_id, u.signature, u.input_hash)
+            best = indexes[mode].best(cand.signature, cfg.near_duplicate_threshold, cand.input_hash)
             key = (mode, cand.intent)
             if key not in intent_counts:
                 rows = store.query(INTENT_COUNT_SQL, [mode, cand.intent])
@@ -973,7 +982,7 @@ class PromotionProcessor:
                 cand.status, cand.duplicate_of = "duplicate", best[1]
                 self.stats["duplicates"] += 1
             else:
-                indexes[mode].add(cid, cand.signature)
+                indexes[mode].add(cid, cand.signature, cand.input_hash)
             emitted[cid] = cand
             batch.candidates.append(cand)
             self.stats["new"] += 1

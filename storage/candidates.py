@@ -54,7 +54,7 @@ EXISTING_SQL = (
 #: Signatures a new candidate of one failure mode is compared with: every non-duplicate
 #: row of that mode whose signature has the same length. Params: failure_mode, length.
 SIGNATURES_SQL = (
-    "SELECT candidate_id, signature FROM candidates "
+    "SELECT candidate_id, signature, input_hash FROM candidates "
     "WHERE failure_mode = ? AND status <> 'duplicate' AND signature IS NOT NULL "
     "AND len(signature) = ? ORDER BY first_seen, candidate_id"
 )

@@ -246,6 +246,23 @@ def test_a_different_input_is_not_a_near_duplicate(con):
     assert {r["status"] for r in list_candidates(con)} == {"new"}
 
 
+def test_the_same_input_failing_another_detector_of_the_mode_is_not_a_duplicate(con):
+    """DESIGN: a duplicate is a very similar but not equal input; an equal one is its own candidate."""
+    proc = PromotionProcessor.from_config({})
+    t1, t2 = "d" * 32, "e" * 32
+    judge(proc, con, {t1: agent_trace(t1, LONG)}, [detection(t1, mode="tool_argument", detector="tool_args_json")])
+    judge(proc, con, {t2: agent_trace(t2, LONG)}, [detection(t2, mode="tool_argument", detector="tool_schema")],
+          now=T0 + dt.timedelta(minutes=1))
+    rows = list_candidates(con)
+    assert sorted((r["status"], r.get("duplicate_of")) for r in rows) == [("new", None), ("new", None)]
+    # and within one batch
+    t3, t4 = "f" * 32, "1" * 32
+    a, b = one({t3: agent_trace(t3, LONG), t4: agent_trace(t4, LONG)},
+               [detection(t3, mode="retrieval_miss", detector="empty_retrieval"),
+                detection(t4, mode="retrieval_miss", detector="low_score_retrieval")])
+    assert (a.status, b.status) == ("new", "new")
+
+
 def test_threshold_comes_from_config(con):
     proc = PromotionProcessor.from_config({"near_duplicate_threshold": 1.0})
     t1, t2 = "b" * 32, "c" * 32
