@@ -7,7 +7,9 @@ rule on one trace make one candidate. Each candidate carries
   LLM span with input messages (OpenInference ``llm.input_messages``, GenAI
   ``gen_ai.input.messages``, legacy ``gen_ai.prompt`` / ``llm.prompts``), else from the
   root span's ``input_value`` (an OpenAI-style ``{"messages": [...]}`` request, a JSON
-  object with an ``input``/``query``/``question``/``message`` field, or plain text).
+  object with an ``input``/``query``/``question``/``message`` field, or plain text), then
+  an AGENT's, then any other span's but a TOOL's, RETRIEVER's and the like (their input is
+  the agent's, not the user's).
   System messages are left out (the prompt is identified in ``source``); messages
   after the last user message are left out too;
 * ``context``  -- retrieved ``documents`` (id, score, content, span_id), ``retrieval_queries``,
@@ -422,6 +424,9 @@ def _input_from_value(value: Any) -> dict[str, Any]:
     return {"user_message": text, "conversation_history": []}
 
 
+_NOT_USER_INPUT = frozenset({"TOOL", "RETRIEVER", "EMBEDDING", "RERANKER", "GUARDRAIL", "EVALUATOR"})
+
+
 def _root(spans: Sequence[SpanRow]) -> SpanRow | None:
     for s in spans:
         if not s.get("parent_span_id"):
@@ -440,8 +445,11 @@ def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
                 split = _split_messages(msgs)
                 if split["user_message"] or split["conversation_history"]:
                     return split
+    # A tool's or retriever's input is what the agent sent it, not what the user asked: only the root
+    # (whatever its kind) and the spans that speak for the user or the model are read.
     root = _root(spans)
-    ordered = ([root] if root else []) + [s for s in spans if s.get("span_kind") == "AGENT"] + list(spans)
+    ordered = ([root] if root else []) + [s for s in spans if s.get("span_kind") == "AGENT"] + [
+        s for s in spans if s.get("span_kind") not in _NOT_USER_INPUT]
     for s in ordered:
         if s.get("input_value"):
             return _input_from_value(s["input_value"])

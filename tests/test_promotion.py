@@ -357,6 +357,17 @@ def test_input_falls_back_to_the_root_input_value():
     assert extract_input([span(tid, "r", "CHAIN", input_value='{"question": "Why?"}')])["user_message"] == "Why?"
 
 
+def test_a_tools_arguments_are_never_taken_for_the_user_message():
+    """A GenAI agent root without input messages: its tool's arguments are not what the user asked."""
+    tid = "e" * 32
+    spans = [span(tid, "r", "AGENT"), span(tid, "t", "TOOL", parent="r", tool_name="lookup_order",
+                                           input_value='{"order_id": "1234"}'),
+             span(tid, "k", "RETRIEVER", parent="r", input_value="order 1234 status")]
+    assert extract_input(spans) == {"user_message": "", "conversation_history": []}
+    chain = span(tid, "c", "CHAIN", parent="r", input_value="Where is order 1234?")
+    assert extract_input(spans + [chain])["user_message"] == "Where is order 1234?"
+
+
 # ---------------------------------------------------------------------------
 # context, observed, source
 
