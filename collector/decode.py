@@ -260,7 +260,7 @@ def _append_span(
         "llm.request.model_name", "embedding.model_name") or _requested_model(flat))
     provider = _first_str(flat, "llm.provider", "gen_ai.provider.name", "gen_ai.system", "llm.system")
     append("llm_provider").append(provider.lower() if provider else None)
-    append("llm_finish_reason").append(_finish_reason(flat, span.events, output_value))
+    append("llm_finish_reason").append(_finish_reason(flat, span.events, output_value, kind))
     append("llm_token_count_prompt").append(prompt)
     append("llm_token_count_completion").append(completion)
     append("llm_token_count_total").append(total)
@@ -330,7 +330,7 @@ def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, s
 _JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages"})
 
 
-def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None) -> str | None:
+def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, kind: str) -> str | None:
     """The first choice's finish reason, from where the conventions put it, in the detectors' order
     (``spanview.finish_reasons``): the column and the truncation rule must not disagree."""
     reason = _first_str(flat, "llm.finish_reason")
@@ -355,7 +355,7 @@ def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None) 
             for kv in event.attributes:
                 if kv.key == "finish_reason" and kv.value.string_value:
                     return str(kv.value.string_value)
-    return _response_finish_reason(output_value)
+    return _response_finish_reason(output_value) if kind == "LLM" else None
 
 
 def _message_finish_reason(messages: Any) -> str | None:
