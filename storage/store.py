@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,10 +21,6 @@ from tracesieve.storage.errors import UsageError
 from tracesieve.storage.migrations import migrate
 from tracesieve.storage.schema import Detection, JSON_SPAN_COLUMNS
 from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
-
-#: Statement types a read-only query may contain.
-_READ_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-
 
 #: Rows per row group of tables this code creates or appends to (DuckDB's default is 122,880).
 #: A checkpoint compresses the last, partly filled row group again from its start, so with LLM spans
@@ -145,7 +142,35 @@ def forbid_file_access(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def check_read_only(sql: str) -> None:
-    """Raise UsageError unless ``sql`` is exactly one read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN...)."""
+    """Raise UsageError unless ``sql`` is exactly one read statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN...).
+
+    ``EXPLAIN [ANALYZE]`` is a read only when the statement it explains is one: EXPLAIN ANALYZE runs it.
+    A read may not call a function that changes something (:data:`_WRITING_FUNCTIONS`), and the SQL
+    text given to ``query('...')`` is checked the same way. Pure; any thread.
+    """
+    statement = _one_statement(sql)
+    if statement.type == duckdb.StatementType.EXPLAIN:
+        statement = _explained(sql, statement)
+    if statement.type != duckdb.StatementType.SELECT:
+        name = getattr(statement.type, "name", str(statement.type))
+        raise UsageError(f"only read statements are allowed (SELECT, WITH, SHOW, DESCRIBE); refused a {name} statement")
+    _check_functions(statement.query)
+
+
+#: Functions that a SELECT may call but that write or change settings: a checkpoint, sequences, the
+#: session's random seed, logging and profiling switches, SQL run from a serialized plan, and the
+#: maintenance and pass-through functions of the ducklake / postgres / mysql extensions.
+_WRITING_FUNCTIONS = frozenset({
+    "checkpoint", "force_checkpoint", "nextval", "setseed", "enable_logging", "disable_logging",
+    "truncate_duckdb_logs", "enable_profiling", "disable_profiling", "json_execute_serialized_sql",
+    "postgres_execute", "postgres_query", "mysql_execute", "mysql_query",
+    "ducklake_expire_snapshots", "ducklake_merge_adjacent_files", "ducklake_cleanup_old_files",
+    "ducklake_delete_orphaned_files", "ducklake_flush_inlined_data", "ducklake_rewrite_data_files",
+    "ducklake_add_data_files", "ducklake_set_option", "ducklake_set_commit_message",
+})
+
+
+def _one_statement(sql: str) -> Any:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
@@ -154,10 +179,83 @@ def check_read_only(sql: str) -> None:
         raise UsageError("no SQL statement given")
     if len(statements) > 1:
         raise UsageError("only one statement per query is allowed")
-    kind = statements[0].type
-    if kind not in _READ_STATEMENTS:
-        name = getattr(kind, "name", str(kind))
-        raise UsageError(f"only read statements are allowed (SELECT, WITH, SHOW, DESCRIBE); refused a {name} statement")
+    return statements[0]
+
+
+def _explained(sql: str, explain: Any) -> Any:
+    """The statement an ``EXPLAIN [ANALYZE] [(options)]`` statement explains (parsed alone)."""
+    text = explain.query or sql
+    tokens = duckdb.tokenize(text)
+    i = 1  # tokens[0] is EXPLAIN (comments are not tokens)
+    if i < len(tokens) and _token_text(text, tokens, i).upper() in ("ANALYZE", "ANALYSE"):
+        i += 1
+    starts = [tokens[i][0]] if i < len(tokens) else []
+    if i < len(tokens) and _token_text(text, tokens, i) == "(":  # an option list, or a parenthesised query
+        depth = 0
+        for j in range(i, len(tokens)):
+            token = _token_text(text, tokens, j)
+            depth += token == "("
+            depth -= token == ")"
+            if depth == 0:
+                if j + 1 < len(tokens):
+                    starts.append(tokens[j + 1][0])
+                break
+    for start in starts:
+        try:
+            statements = duckdb.extract_statements(text[start:])
+        except duckdb.Error:
+            continue
+        if len(statements) == 1:
+            return statements[0]
+    raise UsageError("cannot tell which statement the EXPLAIN explains; refused")
+
+
+def _token_text(text: str, tokens: list[Any], i: int) -> str:
+    end = tokens[i + 1][0] if i + 1 < len(tokens) else len(text)
+    return text[tokens[i][0]:end].strip()
+
+
+def _check_functions(sql: str) -> None:
+    """Refuse a read that calls one of :data:`_WRITING_FUNCTIONS` (or ``query()`` on SQL that does)."""
+    tree = orjson.loads(_serialized(sql))
+    if tree.get("error"):
+        raise UsageError(f"cannot check the SQL: {tree.get('error_message') or 'not a plain read'}")
+    for node in _function_calls(tree):
+        name = str(node.get("function_name") or "").lower()
+        if name in _WRITING_FUNCTIONS:
+            raise UsageError(f"only read statements are allowed; refused a call of {name}(), which changes the store "
+                             "or its settings")
+        if name == "query":
+            args = node.get("children") or []
+            inner = args[0].get("value") if args and args[0].get("class") == "CONSTANT" else None
+            if not isinstance(inner, dict) or not isinstance(inner.get("value"), str):
+                raise UsageError("query() needs its SQL as a plain string literal here")
+            check_read_only(inner["value"])
+
+
+_parser: duckdb.DuckDBPyConnection | None = None
+_parser_lock = threading.Lock()
+
+
+def _serialized(sql: str) -> str:
+    """DuckDB's parse tree of a SELECT as JSON, from one in-memory instance kept for it (opening one costs ~10 ms)."""
+    global _parser
+    with _parser_lock:
+        if _parser is None:
+            _parser = duckdb.connect()
+        row = _parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    return str(row[0]) if row else "{}"
+
+
+def _function_calls(node: Any) -> Iterable[dict[str, Any]]:
+    if isinstance(node, dict):
+        if "function_name" in node:
+            yield node
+        for value in node.values():
+            yield from _function_calls(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _function_calls(value)
 
 
 def run_read_query(

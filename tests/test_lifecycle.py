@@ -54,6 +54,39 @@ def test_query_refuses_writes_and_changes_nothing(start_collector):
         == '[\n  {\n    "n": 0\n  }\n]'
 
 
+#: Statements that parse as a read (EXPLAIN, SELECT) or as settings, but write or change something.
+DISGUISED_WRITES = (
+    "EXPLAIN ANALYZE DELETE FROM spans", "explain analyse UPDATE spans SET name = 'x'",
+    "EXPLAIN ANALYZE INSERT INTO spans (trace_id, span_id) VALUES ('a', 'b')",
+    "EXPLAIN ANALYZE CREATE TABLE stolen AS SELECT * FROM spans", "EXPLAIN ANALYZE DROP TABLE detections",
+    "EXPLAIN (ANALYZE, FORMAT json) DELETE FROM spans", "/* hi */ EXPLAIN -- there\n ANALYZE DELETE FROM spans",
+    "EXPLAIN DELETE FROM spans", "EXPLAIN ANALYZE SET threads = 1", "SET threads = 1", "RESET threads",
+    "PRAGMA enable_profiling", "CALL checkpoint()", "SELECT * FROM checkpoint()", "SELECT * FROM force_checkpoint()",
+    "SELECT * FROM enable_profiling()", "SELECT setseed(0.5)", "SELECT nextval('s')",
+    "SELECT * FROM query('SELECT * FROM checkpoint()')", "EXPLAIN ANALYZE SELECT * FROM checkpoint()",
+    "INSTALL json", "LOAD json", "EXPORT DATABASE '/tmp/ts-export'", "CHECKPOINT", "VACUUM",
+)
+
+
+def test_explain_analyze_and_writing_functions_are_refused_in_both_modes(start_collector):
+    """EXPLAIN ANALYZE runs the statement it explains: through the collector, EXPLAIN ANALYZE DELETE
+    FROM spans emptied the store."""
+    c = start_collector(NO_JUDGE)
+    assert post(c, make_request(3).SerializeToString()).status_code == 200
+    for served in (True, False):
+        if not served:
+            c.stop()
+        for statement in DISGUISED_WRITES:
+            result = c.cli("query", statement)
+            assert result.returncode == 2, (served, statement, result.stdout)
+            assert result.stderr.count("\n") == 1 and result.stderr.startswith("tracesieve: error:"), result.stderr
+        assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 3}]
+        for statement in ("EXPLAIN SELECT * FROM spans", "EXPLAIN ANALYZE SELECT count(*) FROM spans",
+                          "EXPLAIN (FORMAT json) SELECT 1", "SELECT * FROM query('SELECT count(*) FROM spans')"):
+            result = c.cli("query", statement)
+            assert result.returncode == 0, (served, statement, result.stderr)
+
+
 def test_queries_through_the_collector_cannot_read_its_files(start_collector):
     c = start_collector(NO_JUDGE)
     result = c.cli("query", "SELECT * FROM read_text('/etc/hostname')")
