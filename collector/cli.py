@@ -11,6 +11,7 @@ import functools
 import io
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -95,9 +96,24 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _json(value: Any, indent: int | None = 2) -> str:
+    """``value`` as strict JSON: NaN and the infinities, which JSON has no spelling for, become null."""
+    return json.dumps(_finite(value), ensure_ascii=False, indent=indent, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
     if fmt == "json":
-        click.echo(json.dumps([dict(zip(columns, r)) for r in rows], ensure_ascii=False, indent=2))
+        click.echo(_json([dict(zip(columns, r)) for r in rows]))
     elif fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -241,7 +257,7 @@ def candidates(status: str | None, mode: str | None, severity: str | None, since
     finally:
         client.close()
     if fmt == "json":
-        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        click.echo(_json(rows))
         return
     _print_rows(CANDIDATE_COLUMNS, [[r.get(c) if c != "summary" else _summary(r) for c in CANDIDATE_COLUMNS]
                                     for r in rows], "table")
@@ -260,7 +276,7 @@ def show(candidate_id: str, db_path: str | None, config_path: str | None, fmt: s
     finally:
         client.close()
     if fmt == "json":
-        click.echo(json.dumps(detail, ensure_ascii=False, indent=2))
+        click.echo(_json(detail))
         return
     console = _console()
     c = detail["candidate"]
@@ -378,9 +394,9 @@ def export(fmt: str, status: str, ids: tuple[str, ...], out_path: str | None, db
         client.close()
     records = [export_record(r) for r in rows]
     if fmt == "json":
-        text = json.dumps(records, ensure_ascii=False, indent=2) + "\n"
+        text = _json(records) + "\n"
     else:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        text = "".join(_json(r, indent=None) + "\n" for r in records)
     if out_path:
         with open(out_path, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -484,7 +500,7 @@ def gate(cases_path: str, repeat: int, jobs: int, only: tuple[str, ...], protoco
             fh.write(junit_xml(results, time.monotonic() - started))
     bad = failing(results)
     if fmt == "json":
-        click.echo(json.dumps(json_records(results), ensure_ascii=False, indent=2))
+        click.echo(_json(json_records(results)))
     else:
         for line in matrix_lines(results):
             click.echo(line)

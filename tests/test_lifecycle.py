@@ -109,6 +109,27 @@ def test_query_formats_table_json_csv(start_collector):
     assert json.loads(js.stdout) == [{"span_kind": "CHAIN", "n": 2}]
 
 
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_query_json_prints_null_for_nan_and_infinities_in_both_modes(start_collector):
+    c = start_collector(NO_JUDGE)
+    sql = ("SELECT 'nan'::DOUBLE AS nan, 'inf'::DOUBLE AS inf, '-inf'::DOUBLE AS ninf, 1.5::DOUBLE AS x, "
+           "['nan'::DOUBLE, 2.0] AS l")
+    expected = [{"nan": None, "inf": None, "ninf": None, "x": 1.5, "l": [None, 2.0]}]
+    for served in (True, False):
+        if not served:
+            c.stop()
+        result = c.cli("query", sql, "--format", "json")
+        assert result.returncode == 0, result.stderr
+        assert _strict_json(result.stdout) == expected, (served, result.stdout)
+        table = c.cli("query", sql)  # the table keeps showing what DuckDB returned
+        assert "nan" in table.stdout and "inf" in table.stdout
+
+
 def test_query_errors_are_one_line_with_exit_2(tmp_path):
     missing = run_cli("query", "SELECT 1", "--db", str(tmp_path / "nope.duckdb"))
     assert missing.returncode == 2 and "no store at" in missing.stderr
