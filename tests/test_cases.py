@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
 
-from tracesieve.collector.cases import export_record, lint_cases, promote_case
+from tracesieve.collector.cases import bump_regressed_count, export_record, lint_cases, promote_case
 from tracesieve.storage.errors import NotFoundError, UsageError
 from tracesieve.storage.schema import FAILURE_MODES
 
@@ -291,3 +293,32 @@ def test_promotions_running_at_once_each_get_their_own_case(tmp_path):
     cases = load(Path(path))["cases"]
     assert sorted(c["source"]["candidate_id"] for c in cases) == sorted(cids)
     assert lint_cases(path) == []
+
+
+# --------------------------------------------------------------------------- file modes
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def test_promote_creates_cases_yaml_with_the_default_mode_like_history(tmp_path, umask_027):
+    """The temp file + rename left cases.yaml at 0600 whatever the umask: a CI job under another user
+    could not read the dataset it gates on."""
+    path = tmp_path / "cases.yaml"
+    promote_case(path, candidate(), owner="ann", now=NOW)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "history.jsonl").stat().st_mode) == 0o640
+
+
+def test_promote_and_gate_keep_the_mode_of_an_existing_dataset(tmp_path, umask_027):
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    path.chmod(0o664)
+    promote_case(path, candidate(), owner="bob", now=NOW)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664
+    path.chmod(0o604)
+    assert bump_regressed_count(path, ["TS-0001"]) == {"TS-0001": 1}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o604
