@@ -355,14 +355,15 @@ def _dump(y: YAML, data: Any) -> str:
     return buf.getvalue()
 
 
-def _append_text(text: str, doc: CommentedMap, case: CommentedMap, y: YAML) -> str | None:
-    """The file text with ``case`` inserted after the last case, or None when that is unsafe.
+def _append_text(text: str, doc: CommentedMap, case: CommentedMap, y: YAML, key: str = "cases") -> str | None:
+    """The file text with ``case`` inserted after the last item of the list under ``key``, or None
+    when that is unsafe.
 
     Existing lines are never changed: the new item goes at the end of the file when
-    ``cases`` is the last key, else just before the comments and blank lines that lead
+    ``key`` is the last key, else just before the comments and blank lines that lead
     into the next top-level key.
     """
-    cases = doc.get("cases")
+    cases = doc.get(key)
     if not (isinstance(cases, CommentedSeq) and len(cases)) or cases.fa.flow_style():
         return None
     first_line = _line(cases, 0)
@@ -375,15 +376,15 @@ def _append_text(text: str, doc: CommentedMap, case: CommentedMap, y: YAML) -> s
         return None
     keys = list(doc.keys())
     at = len(lines)
-    if keys[-1] != "cases":
+    if keys[-1] != key:
         try:
-            at = int(doc.lc.key(keys[keys.index("cases") + 1])[0])
+            at = int(doc.lc.key(keys[keys.index(key) + 1])[0])
         except (AttributeError, KeyError, IndexError, TypeError):
             return None
         last_item = _line(cases, len(cases) - 1) or first_line
         while at - 1 >= last_item and (not lines[at - 1].strip() or lines[at - 1].lstrip().startswith("#")):
             at -= 1
-    snippet = _dump(y, {"cases": [case]}).splitlines()[1:]  # drop "cases:"; items start at column 2
+    snippet = _dump(y, {key: [case]}).splitlines()[1:]  # drop "<key>:"; items start at column 2
     shift = dash - 2
     out = []
     for ln in snippet:
@@ -501,6 +502,136 @@ def promote_case(
     append_history(path, "promoted", case_id,
                    {"candidate_id": candidate_id, "by": str(owner).strip(),
                     "failure_mode": candidate.get("failure_mode"), "trace_id": plain["source"]["trace_id"]}, now)
+    return plain
+
+
+# ---------------------------------------------------------------------------
+# remove
+
+def _without_case_text(text: str, doc: CommentedMap, index: int) -> str | None:
+    """The file text without the ``index``-th case's lines, or None when they cannot be told apart.
+
+    The case's lines run from its ``- id`` line to the next case (or the next top-level key, or the
+    end of the file), less the comments and blank lines that lead into what follows.
+    """
+    cases = doc.get("cases")
+    if not isinstance(cases, CommentedSeq) or cases.fa.flow_style():
+        return None
+    start = _line(cases, index)
+    lines = text.splitlines()
+    if start is None:
+        return None
+    start -= 1
+    if index + 1 < len(cases):
+        end = (_line(cases, index + 1) or 0) - 1
+    else:
+        keys = list(doc.keys())
+        end = len(lines)
+        if keys[-1] != "cases":
+            try:
+                end = int(doc.lc.key(keys[keys.index("cases") + 1])[0])
+            except (AttributeError, KeyError, IndexError, TypeError):
+                return None
+    if not 0 <= start < end <= len(lines):
+        return None
+    while end - 1 > start and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
+        end -= 1
+    return "\n".join(lines[:start] + lines[end:]) + "\n"
+
+
+def _appended_to_ledger(path: Path, entry: CommentedMap, y: YAML) -> str:
+    """The text of cases_removed.yaml with ``entry`` appended under ``removed:`` (created when missing)."""
+    if not path.exists():
+        return _dump(y, {"removed": [entry]})
+    text = path.read_text(encoding="utf-8")
+    try:
+        doc = y.load(text)
+    except YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())}); fix it first") from None
+    if doc is None:
+        doc = CommentedMap()
+    if not isinstance(doc, CommentedMap) or not isinstance(doc.get("removed", []), (list, type(None))):
+        raise UsageError(f"{path}: expected a mapping with a list under 'removed'; fix it first")
+    new_text = _append_text(text, doc, entry, y, key="removed") or ""
+    if new_text:  # verify the text append parses to exactly old + new
+        check = y.load(new_text)
+        if _plain(check) != {**_plain(doc), "removed": _plain(doc.get("removed") or []) + [_plain(entry)]}:
+            new_text = ""
+    if not new_text:  # round-trip fallback: keeps comments and order, may restyle
+        entries = doc.get("removed")
+        if not isinstance(entries, CommentedSeq):
+            entries = CommentedSeq(entries or [])
+            doc["removed"] = entries
+        entries.fa.set_block_style()
+        entries.append(entry)
+        new_text = _dump(y, doc)
+    return new_text
+
+
+@_under_dataset_lock
+def remove_case(
+    cases_path: str | os.PathLike[str], case_id: str, reason: str, by: str, now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Remove case ``case_id`` from cases.yaml, with an entry in cases_removed.yaml and a ``removed``
+    event in history.jsonl; returns the ledger entry as plain data.
+
+    The other cases keep their bytes (comments, order, quoting) when the case's lines can be cut out
+    alone, else the file goes through a ruamel.yaml round-trip. The ledger is written first, so a
+    run cut short leaves a state ``cases lint`` reports and a second run completes. Raises
+    NotFoundError for a missing file or an unknown id, UsageError for an empty reason or remover or
+    a file that is not a failure dataset. Not idempotent: a second call finds no such case.
+    """
+    path = Path(cases_path)
+    now = (now or utcnow()).replace(microsecond=0)
+    reason, by = str(reason).strip(), str(by).strip()
+    if not reason:
+        raise UsageError("removing a case needs a reason (--reason TEXT)")
+    if not by:
+        raise UsageError("removing a case needs who removes it (--by NAME)")
+    if not path.is_file():
+        raise NotFoundError(f"no failure dataset at {path}")
+    y = _yaml()
+    text = path.read_text(encoding="utf-8")
+    try:
+        doc = y.load(text)
+    except YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())}); fix it first") from None
+    cases = doc.get("cases") if isinstance(doc, CommentedMap) else None
+    if not isinstance(cases, list):
+        raise UsageError(f"{path}: not a failure dataset (no cases list)")
+    found = [i for i, c in enumerate(cases) if isinstance(c, Mapping) and str(c.get("id")) == case_id]
+    if not found:
+        raise NotFoundError(f"no case {case_id!r} in {path}")
+    if len(found) > 1:
+        raise UsageError(f"{path}: {case_id} is there {len(found)} times; fix the duplicate ids first")
+    index = found[0]
+
+    new_text = _without_case_text(text, doc, index) or ""
+    if new_text:  # verify the cut parses to exactly the old dataset less this case
+        check = y.load(new_text)
+        expected = _plain(doc)
+        expected["cases"] = [c for i, c in enumerate(expected["cases"]) if i != index]
+        got = _plain(check) if isinstance(check, Mapping) else None
+        if got is not None and got.get("cases") is None and expected["cases"] == []:
+            got["cases"] = []
+        if got != expected:
+            new_text = ""
+    if not new_text:  # round-trip fallback: keeps comments and order, may restyle
+        del cases[index]
+        new_text = _dump(y, doc)
+
+    entry = CommentedMap()
+    entry["id"] = case_id
+    entry["reason"] = reason
+    entry["by"] = by
+    entry["at"] = now
+    ledger = path.parent / REMOVED_FILE
+    removed, _ = _read_removed(ledger)
+    if case_id not in removed:  # else an earlier run was cut short after writing the ledger
+        _atomic_write(ledger, _appended_to_ledger(ledger, entry, y))
+    _atomic_write(path, new_text)
+    append_history(path, "removed", case_id, {"reason": reason, "by": by}, now)
+    plain: dict[str, Any] = _plain(entry)
     return plain
 
 

@@ -453,6 +453,29 @@ def cases_lint(path: str, db_path: str | None, config_path: str | None) -> None:
     click.echo(f"ok: {path}")
 
 
+@cases.command("remove")
+@click.argument("case_id")
+@click.option("--cases", "cases_path", required=True, metavar="PATH", help="the failure dataset (cases.yaml)")
+@click.option("--reason", required=True, help="why the case no longer belongs in the dataset")
+@click.option("--by", default=None, help="who removes it (default: $USER)")
+@db_option
+@config_option
+def cases_remove(case_id: str, cases_path: str, reason: str, by: str | None, db_path: str | None,
+                 config_path: str | None) -> None:
+    """Remove a case from cases.yaml, recording it in cases_removed.yaml and history.jsonl.
+
+    (--db is accepted like on every command; remove writes only the dataset files.)
+    """
+    from tracesieve.collector.cases import remove_case
+
+    if config_path:
+        _config(config_path)  # a bad --config is an error here too
+    if not reason.strip():
+        raise UsageError("--reason must say why")
+    remove_case(cases_path, case_id, reason, by or os.environ.get("USER") or "unknown")
+    click.echo(f"removed {case_id} from {cases_path} (recorded in cases_removed.yaml and history.jsonl)")
+
+
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--cases", "cases_path", required=True, metavar="PATH", help="the failure dataset (cases.yaml)")
 @click.option("--repeat", type=click.IntRange(1, 100), default=1, show_default=True,
@@ -572,9 +595,13 @@ EXAMPLES: dict[str, list[str]] = {
     ],
     "cases": [
         "tracesieve cases lint cases.yaml",
+        'tracesieve cases remove TS-0007 --cases cases.yaml --reason "the tool was retired" --by alice',
     ],
     "cases lint": [
         "tracesieve cases lint cases.yaml",
+    ],
+    "cases remove": [
+        'tracesieve cases remove TS-0007 --cases cases.yaml --reason "the tool was retired" --by alice',
     ],
     "gate": [
         "tracesieve gate --cases cases.yaml -- python examples/agent.py",

@@ -322,3 +322,61 @@ def test_promote_and_gate_keep_the_mode_of_an_existing_dataset(tmp_path, umask_0
     path.chmod(0o604)
     assert bump_regressed_count(path, ["TS-0001"]) == {"TS-0001": 1}
     assert stat.S_IMODE(path.stat().st_mode) == 0o604
+
+
+# --------------------------------------------------------------------------- cases remove
+
+
+def test_cases_remove_cuts_the_case_and_records_it_in_the_ledger_and_history(tmp_path):
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    promote_case(path, candidate(), owner="bob", now=NOW)
+    promote_case(path, candidate("c1"), owner="bob", now=NOW)
+    before = path.read_text()
+    result = run_cli("cases", "remove", "TS-0002", "--cases", str(path), "--reason", "a duplicate of TS-0003",
+                     "--by", "ann")
+    assert result.returncode == 0, result.stderr
+    after = path.read_text()
+    assert after.startswith(HAND_WRITTEN)  # every other case keeps its bytes
+    assert [c["id"] for c in load(path)["cases"]] == ["TS-0001", "TS-0003"]
+    lines = before.splitlines()
+    start = lines.index("- id: TS-0002")
+    end = lines.index("- id: TS-0003")
+    assert after.splitlines() == lines[:start] + lines[end:]  # exactly the case's lines went
+    (entry,) = load(tmp_path / "cases_removed.yaml")["removed"]
+    assert (entry["id"], entry["reason"], entry["by"]) == ("TS-0002", "a duplicate of TS-0003", "ann")
+    event = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])
+    assert (event["event"], event["case_id"], event["detail"]) == (
+        "removed", "TS-0002", {"reason": "a duplicate of TS-0003", "by": "ann"})
+    assert run_cli("cases", "lint", str(path)).returncode == 0
+    assert lint_cases(path) == []
+    # removed ids are never handed out again
+    assert promote_case(path, candidate("c2"), owner="bob", now=NOW)["id"] == "TS-0004"
+
+
+@pytest.mark.parametrize(("case_id", "reason"), [("TS-0099", "gone"), ("TS-0001", "  ")])
+def test_cases_remove_of_an_unknown_id_or_without_a_reason_exits_2_and_changes_nothing(tmp_path, case_id, reason):
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    result = run_cli("cases", "remove", case_id, "--cases", str(path), "--reason", reason, "--by", "ann")
+    assert result.returncode == 2
+    assert result.stderr.startswith("tracesieve: error:") and result.stderr.count("\n") == 1
+    assert path.read_text() == HAND_WRITTEN
+    assert not (tmp_path / "cases_removed.yaml").exists() and not (tmp_path / "history.jsonl").exists()
+
+
+def test_cases_remove_appends_to_an_existing_ledger_keeping_its_bytes(tmp_path):
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    ledger = tmp_path / "cases_removed.yaml"
+    old = "# removed cases, never edited\nremoved:\n- id: TS-0000\n  reason: test\n  by: ann\n  at: 2026-10-01T00:00:00Z\n"
+    ledger.write_text(old)
+    assert run_cli("cases", "remove", "TS-0001", "--cases", str(path), "--reason", "fixed for good",
+                   "--by", "ann").returncode == 0
+    assert ledger.read_text().startswith(old)
+    assert [e["id"] for e in load(ledger)["removed"]] == ["TS-0000", "TS-0001"]
+    assert load(path)["cases"] in (None, [])
+    assert lint_cases(path) == []

@@ -51,7 +51,7 @@ def test_only_the_tracesieve_namespace_is_installed(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["serve", "query", "candidates", "show", "promote", "reject", "export",
-                                     "cases lint", "gate", "report", "completion"])
+                                     "cases lint", "cases remove", "gate", "report", "completion"])
 def test_every_command_has_help_and_is_in_the_readme(command):
     result = run_cli(*command.split(), "--help")
     assert result.returncode == 0, result.stderr
