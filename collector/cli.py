@@ -61,6 +61,12 @@ def _config(config_path: str) -> Any:
     return load_config(config_path)
 
 
+def _check_config(config_path: str | None) -> None:
+    """Load ``--config`` for a command that needs nothing from it: a bad config is an error on every command."""
+    if config_path:
+        _config(config_path)
+
+
 def _resolve_db(db_path: str | None, config_path: str | None) -> str:
     if db_path:
         return db_path
@@ -441,10 +447,11 @@ def cases() -> None:
 def cases_lint(path: str, db_path: str | None, config_path: str | None) -> None:
     """Validate cases.yaml, its removal ledger and history; exit 1 on any problem.
 
-    (--db and --config are accepted like on every command; lint reads only the dataset files.)
+    (--db is accepted like on every command; --config is validated, but lint reads only the dataset files.)
     """
     from tracesieve.collector.cases import lint_cases
 
+    _check_config(config_path)
     problems = lint_cases(path)
     for p in problems:
         click.echo(p)
@@ -468,8 +475,7 @@ def cases_remove(case_id: str, cases_path: str, reason: str, by: str | None, db_
     """
     from tracesieve.collector.cases import remove_case
 
-    if config_path:
-        _config(config_path)  # a bad --config is an error here too
+    _check_config(config_path)
     if not reason.strip():
         raise UsageError("--reason must say why")
     remove_case(cases_path, case_id, reason, by or os.environ.get("USER") or "unknown")

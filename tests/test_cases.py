@@ -380,3 +380,20 @@ def test_cases_remove_appends_to_an_existing_ledger_keeping_its_bytes(tmp_path):
     assert [e["id"] for e in load(ledger)["removed"]] == ["TS-0000", "TS-0001"]
     assert load(path)["cases"] in (None, [])
     assert lint_cases(path) == []
+
+
+def test_cases_lint_validates_its_config_like_every_command(tmp_path):
+    """lint accepted --config and never read it: a missing file or an unknown key exited 0."""
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("storage: {duckdb: {path: x.duckdb}}\nexporters: {}\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("storage: {duckdb: {path: x.duckdb}}\n")
+    for config, word in ((tmp_path / "missing.yaml", "not found"), (bad, "exporters")):
+        result = run_cli("cases", "lint", str(path), "--config", str(config))
+        assert result.returncode == 2, result.stdout
+        assert result.stderr.startswith("tracesieve: error: config error:") and word in result.stderr
+        assert result.stderr.count("\n") == 1
+    assert run_cli("cases", "lint", str(path), "--config", str(good)).returncode == 0
