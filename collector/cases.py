@@ -38,6 +38,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
+from tracesieve.collector.gate_scorers import expected_problems
 from tracesieve.storage.errors import NotFoundError, UsageError
 from tracesieve.storage.schema import (
     BLAST_RADII,
@@ -709,8 +710,9 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
     """Every problem of a failure dataset and its ledger, one line each; empty when clean.
 
     Reports: invalid YAML, schema errors (missing or unknown keys, wrong types, severity /
-    blast_radius / status outside their enums, malformed ids), duplicate ids, a
-    failure_mode outside the taxonomy, bad ledger entries or history lines, an id in both
+    blast_radius / status outside their enums, malformed ids), an ``expected_behavior`` of an
+    active case that ``gate`` cannot score (a key with no scorer, a value of the wrong shape),
+    duplicate ids, a failure_mode outside the taxonomy, bad ledger entries or history lines, an id in both
     cases.yaml and the ledger, and an id that history.jsonl recorded as promoted that is
     missing from cases.yaml without a ledger entry. Raises NotFoundError when the file is
     missing. Read-only.
@@ -761,6 +763,8 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
         for err in sorted(validator.iter_errors(plain), key=lambda e: [str(x) for x in e.path]):
             key = ".".join(str(x) for x in err.path)
             problems.append(f"{where}: {label}: {key + ': ' if key else ''}{err.message}")
+        if case.get("status") == "active":  # what gate runs must be scorable: the gate's own check
+            problems.extend(f"{where}: {label}: {p}" for p in expected_problems(case.get("expected_behavior")))
         mode = case.get("failure_mode")
         if mode is not None and mode not in FAILURE_MODES:
             problems.append(f"{where}: {label}: failure_mode {mode!r} is outside the taxonomy")

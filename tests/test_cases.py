@@ -397,3 +397,20 @@ def test_cases_lint_validates_its_config_like_every_command(tmp_path):
         assert result.stderr.startswith("tracesieve: error: config error:") and word in result.stderr
         assert result.stderr.count("\n") == 1
     assert run_cli("cases", "lint", str(path), "--config", str(good)).returncode == 0
+
+
+def test_cases_lint_reports_what_gate_cannot_score(tmp_path):
+    """lint passed a dataset whose expected_behavior key had no scorer, which gate then refused."""
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN.replace("expected_behavior: {tool_calls_succeed: [refund_payment]}",
+                                                      "expected_behavior: {finish_reasons_are_not: [length]}"))
+    result = run_cli("cases", "lint", str(path))
+    assert result.returncode == 1
+    assert "TS-0001: expected_behavior.finish_reasons_are_not: no scorer for this key" in result.stdout
+    assert "1 problem" in result.stderr
+    path.write_text(HAND_WRITTEN.replace("{tool_calls_succeed: [refund_payment]}", "{max_identical_calls: two}"))
+    assert "expected_behavior.max_identical_calls: expected a whole number" in run_cli("cases", "lint", str(path)).stdout
+    path.write_text(HAND_WRITTEN.replace("status: active", "status: deprecated")
+                    .replace("{tool_calls_succeed: [refund_payment]}", "{finish_reasons_are_not: [length]}"))
+    assert run_cli("cases", "lint", str(path)).returncode == 0  # gate does not run deprecated cases either
