@@ -415,7 +415,7 @@ def promote_case(
     candidate's; ``case_id`` overrides the next free ``TS-NNNN``. Returns the case as
     plain data. Raises UsageError when the candidate is already a case, the id is used
     (in cases.yaml, cases_removed.yaml or history.jsonl) or malformed, the owner is
-    empty, or the existing file is not a failure dataset. Appends only; not idempotent
+    empty, or the existing file is not a failure dataset or does not pass :func:`lint_cases`. Appends only; not idempotent
     (a second call is refused, not repeated).
     """
     path = Path(cases_path)
@@ -453,6 +453,10 @@ def promote_case(
             if isinstance(case, Mapping) and isinstance(case.get("source"), Mapping) \
                     and case["source"].get("candidate_id") == candidate_id:
                 raise UsageError(f"candidate {candidate_id} is already case {case.get('id')} in {path}")
+        problems = lint_cases(path)  # appending to a broken dataset would bury the problem under a new case
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise UsageError(f"{path} does not pass `tracesieve cases lint`: {problems[0]}{more}; fix it first")
 
     removed, _ = _read_removed(path.parent / REMOVED_FILE)
     events, _ = _read_history(path.parent / HISTORY_FILE)

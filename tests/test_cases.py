@@ -414,3 +414,48 @@ def test_cases_lint_reports_what_gate_cannot_score(tmp_path):
     path.write_text(HAND_WRITTEN.replace("status: active", "status: deprecated")
                     .replace("{tool_calls_succeed: [refund_payment]}", "{finish_reasons_are_not: [length]}"))
     assert run_cli("cases", "lint", str(path)).returncode == 0  # gate does not run deprecated cases either
+
+
+# --------------------------------------------------------------------------- promote through the CLI
+
+
+def store_with_candidate(tmp_path: Path, mode: str = "tool_argument") -> tuple[Path, str]:
+    """A closed store file holding one new candidate, as the trace stage would have left it."""
+    from tracesieve.storage.candidates import upsert_candidates
+    from tracesieve.storage.schema import Candidate
+    from tracesieve.storage.store import open_database
+
+    db = tmp_path / "store.duckdb"
+    row = candidate(mode=mode)
+    c = Candidate(detector="tool_schema", failure_mode=mode, severity="P1", blast_radius="irreversible_write",
+                  input_hash="h" * 16, input=row["input"], context=row["context"], observed=row["observed"],
+                  expected=row["expected"], source=row["source"], trace_id="a" * 32)
+    con = open_database(str(db))
+    con.execute("BEGIN TRANSACTION")
+    upsert_candidates(con, [c], NOW)
+    con.execute("COMMIT")
+    con.close()
+    return db, c.candidate_id
+
+
+@pytest.mark.parametrize(("broken", "problem"), [
+    (HAND_WRITTEN.replace("tool_invocation, tool_argument, ", "tool_invocation, "), "failure_modes is missing"),
+    (HAND_WRITTEN.replace("failure_mode: tool_invocation", "failure_mode: vibes"), "outside the taxonomy"),
+])
+def test_promote_refuses_a_dataset_that_fails_lint_and_changes_nothing(tmp_path, broken, problem):
+    """promote appended into a dataset lint rejects: a mode missing from failure_modes, a case outside
+    the taxonomy; the new case then hid behind a file that could never pass."""
+    from conftest import run_cli
+
+    db, cid = store_with_candidate(tmp_path)
+    path = write_cases(tmp_path, broken)
+    result = run_cli("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.count("\n") == 1 and "cases lint" in result.stderr and problem in result.stderr
+    assert path.read_text() == broken and not (tmp_path / "history.jsonl").exists()
+    status = run_cli("candidates", "--format", "json", "--db", str(db))
+    assert [r["status"] for r in json.loads(status.stdout)] == ["new"]
+    path.write_text(HAND_WRITTEN)
+    fixed = run_cli("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))
+    assert fixed.returncode == 0, fixed.stderr
+    assert lint_cases(path) == []
