@@ -42,10 +42,23 @@ class CommandFailed(Exception):
     """Raised to end a command with exit code 1 (gate or lint found failures), after its output."""
 
 
+class StdoutClosed(Exception):
+    """The reader of stdout went away (``| head``): the command ends quietly with exit 0."""
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich's own handler exits 1; the json and csv output (click.echo) end with 0, and so does this."""
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more reaches the closed pipe, not even the final flush
+        raise StdoutClosed
+
+
 def _console() -> Console:
     if sys.stdout.isatty():
-        return Console()
-    return Console(width=100_000, no_color=True, soft_wrap=False)
+        return _Console()
+    return _Console(width=100_000, no_color=True, soft_wrap=False)
 
 
 def _token() -> str | None:
@@ -670,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"{exc.strerror or exc}: {exc.filename}" if getattr(exc, "filename", None) else str(exc))
+    except StdoutClosed:
+        sys.exit(0)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # never a bare traceback

@@ -130,6 +130,25 @@ def test_query_json_prints_null_for_nan_and_infinities_in_both_modes(start_colle
         assert "nan" in table.stdout and "inf" in table.stdout
 
 
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_query_output_into_a_pipe_closed_early_exits_0_quietly(tmp_path, fmt):
+    """`tracesieve query ... | head -2`: the table output (rich) exited 1 where json and csv exited 0."""
+    import subprocess
+    import sys
+
+    from tracesieve.storage.store import open_database
+
+    db = tmp_path / "s.duckdb"
+    open_database(str(db)).close()
+    proc = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "query", "SELECT * FROM range(200000)",
+                             "--db", str(db), "--format", fmt], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()
+    proc.stdout.close()  # what head does after its lines
+    assert proc.wait(60) == 0
+    assert proc.stderr.read() == b""
+
+
 def test_query_errors_are_one_line_with_exit_2(tmp_path):
     missing = run_cli("query", "SELECT 1", "--db", str(tmp_path / "nope.duckdb"))
     assert missing.returncode == 2 and "no store at" in missing.stderr
