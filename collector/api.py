@@ -27,8 +27,12 @@ WriteRunner = Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any]
 
 
 def discovery_path(db_path: str) -> str:
-    """Where a running ``serve`` publishes its query surface for the store at ``db_path``."""
-    return os.path.abspath(db_path) + ".serve.json"
+    """Where a running ``serve`` publishes its query surface for the store at ``db_path``.
+
+    Beside the store's real path: a symlink to the store, or another spelling of its path, finds
+    the same collector (instead of failing on the file's lock).
+    """
+    return os.path.realpath(db_path) + ".serve.json"
 
 
 def jsonable(value: Any) -> Any:

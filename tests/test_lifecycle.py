@@ -87,6 +87,19 @@ def test_explain_analyze_and_writing_functions_are_refused_in_both_modes(start_c
             assert result.returncode == 0, (served, statement, result.stderr)
 
 
+def test_a_symlink_or_another_spelling_of_the_store_finds_the_running_collector(start_collector, tmp_path):
+    """--db through a symlink looked for <link>.serve.json, found none, and hit the file lock."""
+    c = start_collector(NO_JUDGE)
+    assert post(c, make_request(3).SerializeToString()).status_code == 200
+    link = tmp_path / "link.duckdb"
+    link.symlink_to(c.db_path)
+    (tmp_path / "alias").symlink_to(tmp_path, target_is_directory=True)
+    for db in (str(link), str(tmp_path / "alias" / "store.duckdb"), "link.duckdb"):
+        result = run_cli("query", "SELECT count(*) AS n FROM spans", "--format", "json", "--db", db, cwd=tmp_path)
+        assert result.returncode == 0, (db, result.stderr)
+        assert json.loads(result.stdout) == [{"n": 3}]
+
+
 def test_queries_through_the_collector_cannot_read_its_files(start_collector):
     c = start_collector(NO_JUDGE)
     result = c.cli("query", "SELECT * FROM read_text('/etc/hostname')")
