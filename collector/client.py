@@ -2,15 +2,16 @@
 
 A lake (``storage.ducklake``) is always opened directly: it has no file lock.
 ``serve`` publishes its query surface in ``<db>.serve.json``; when that file
-names a live process, commands talk to it over loopback HTTP (DuckDB lets only
-one process open the file for writing). Otherwise they open the file directly
-(read-only for reads). Both paths run the same :class:`StoreApi` operations.
+names a live process that accepts connections, commands talk to it over loopback
+HTTP (DuckDB lets only one process open the file for writing). Otherwise they
+open the file directly (read-only for reads). Both paths run the same :class:`StoreApi` operations.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -103,13 +104,41 @@ def running_collector(db_path: str) -> dict[str, Any] | None:
     return info
 
 
+def _refused(url: str) -> bool:
+    """True when nothing listens at ``url`` (a connection is refused); any other outcome is left to the call."""
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        with socket.create_connection((parsed.host, port), timeout=2.0):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except (OSError, ValueError, httpx.InvalidURL):
+        return False
+
+
 def connect(db_path: str, *, write: bool, token: str | None) -> StoreClient:
+    """A client on the store at ``db_path``: the running collector's, or the file opened directly.
+
+    A discovery record whose pid is alive but whose port refuses connections is stale (serve was
+    killed and the pid reused, or another process holds it): the file is then opened directly,
+    unless something still holds its lock.
+    """
     info = running_collector(db_path)
+    stale: str | None = None
     if info is not None:
-        return RemoteClient(str(info["url"]), token, info.get("cafile"))
+        url = str(info["url"])
+        if not _refused(url):
+            return RemoteClient(url, token, info.get("cafile"))
+        stale = url
     if not os.path.exists(db_path):
         raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {db_path}` or pass --db)")
-    con = store.open_database(db_path, read_only=not write)
+    try:
+        con = store.open_database(db_path, read_only=not write)
+    except UsageError as exc:
+        if stale is None:
+            raise
+        raise UsageError(f"cannot reach the collector at {stale} (connection refused), and {exc}") from None
     store.forbid_file_access(con)  # the same SQL as through a running collector: no read_csv('/etc/...')
     return LocalClient(con)
 

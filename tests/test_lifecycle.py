@@ -100,6 +100,32 @@ def test_a_symlink_or_another_spelling_of_the_store_finds_the_running_collector(
         assert json.loads(result.stdout) == [{"n": 3}]
 
 
+def test_a_stale_discovery_file_with_a_live_pid_falls_back_to_the_file(tmp_path):
+    """serve killed hard leaves <db>.serve.json; once its pid is reused, every command failed with
+    'cannot reach the collector ... Connection refused' although the file was free to open."""
+    from conftest import free_port
+    from tracesieve.storage.store import open_database
+
+    db = tmp_path / "store.duckdb"
+    con = open_database(str(db))
+    con.execute("CREATE TABLE marker AS SELECT 42 AS answer")
+    con.close()
+    (tmp_path / "store.duckdb.serve.json").write_text(json.dumps(
+        {"pid": os.getpid(), "url": f"http://127.0.0.1:{free_port()}", "cafile": None, "db": str(db)}))
+    result = run_cli("query", "SELECT answer FROM marker", "--format", "json", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [{"answer": 42}]
+    rejected = run_cli("reject", "c00000000000", "--reason", "no such", "--db", str(db))  # a write, opened directly
+    assert rejected.returncode == 2 and "no candidate" in rejected.stderr, rejected.stderr
+    locked = duckdb.connect(str(db))  # now something holds the file: the error names both problems
+    try:
+        held = run_cli("query", "SELECT 1", "--db", str(db))
+    finally:
+        locked.close()
+    assert held.returncode == 2 and held.stderr.count("\n") == 1
+    assert "cannot reach the collector" in held.stderr and "locked" in held.stderr
+
+
 def test_queries_through_the_collector_cannot_read_its_files(start_collector):
     c = start_collector(NO_JUDGE)
     result = c.cli("query", "SELECT * FROM read_text('/etc/hostname')")
