@@ -134,7 +134,7 @@ def connect(db_path: str, *, write: bool, token: str | None) -> StoreClient:
     if not os.path.exists(db_path):
         raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {db_path}` or pass --db)")
     try:
-        con = store.open_database(db_path, read_only=not write)
+        con = store.open_database(db_path, read_only=not write, existing_store=True)
     except UsageError as exc:
         if stale is None:
             raise

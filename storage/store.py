@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 
 from tracesieve.storage.errors import UsageError
-from tracesieve.storage.migrations import migrate
+from tracesieve.storage.migrations import current_version, migrate
 from tracesieve.storage.schema import Detection, JSON_SPAN_COLUMNS
 from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 
@@ -31,14 +31,16 @@ from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 ROW_GROUP_SIZE = 16_384
 
 
-def open_database(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def open_database(path: str, *, read_only: bool = False, existing_store: bool = False) -> duckdb.DuckDBPyConnection:
     """Open (creating and migrating when writable) the store at ``path``.
 
     The file is attached to an in-memory instance (as the catalog a plain ``duckdb.connect(path)``
     would name, the file's stem) and made the default, so that :data:`ROW_GROUP_SIZE` applies.
+    With ``existing_store`` a DuckDB file without tracesieve's tables is refused, never given them
+    (the CLI opens stores that ``serve`` made; an older one is still migrated when writable).
 
     Raises UsageError with a one-line explanation when the file is missing (read
-    only), locked by another process, or not a DuckDB file.
+    only), locked by another process, not a DuckDB file, or (``existing_store``) not a tracesieve store.
     """
     if read_only and not os.path.exists(path):
         raise UsageError(f"no store at {path}: run `tracesieve serve --db {path}` first, or pass --db")
@@ -61,6 +63,10 @@ def open_database(path: str, *, read_only: bool = False) -> duckdb.DuckDBPyConne
         con.close()
         raise UsageError(f"cannot open {path}: {str(exc).splitlines()[0]}") from None
     con.execute(f"USE {_catalog_name(path)}")
+    if existing_store and current_version(con) == 0:
+        con.close()
+        raise UsageError(f"{path} is not a tracesieve store: it has no tracesieve tables "
+                         f"(`tracesieve serve --db {path}` creates them)")
     if not read_only:
         migrate(con)
     return con

@@ -57,3 +57,28 @@ def test_not_a_duckdb_file_is_one_line_usage_error(tmp_path):
         store.open_database(str(path))
     assert "cannot open" in str(err.value) and "\n" not in str(err.value)
     assert path.read_text() == "not a database\n" * 100
+
+
+@pytest.mark.parametrize("foreign", [False, True])
+def test_a_duckdb_file_without_tracesieve_tables_is_refused_and_left_alone(tmp_path, foreign):
+    """candidates printed 'internal error: CatalogException ...'; reject and promote created the tables."""
+    import duckdb
+
+    from conftest import run_cli
+
+    db = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(db))
+    if foreign:
+        con.execute("CREATE TABLE foo AS SELECT 1 AS a")
+    con.close()
+    for args in (["candidates"], ["show", "c0123456789"], ["export"], ["query", "SELECT 1"],
+                 ["report", "--out", str(tmp_path / "r.html")], ["reject", "c0123456789", "--reason", "no"],
+                 ["promote", "c0123456789", "--cases", str(tmp_path / "cases.yaml"), "--owner", "ann"]):
+        result = run_cli(*args, "--db", str(db))
+        assert result.returncode == 2, (args, result.stdout)
+        assert result.stderr.count("\n") == 1 and "is not a tracesieve store" in result.stderr, (args, result.stderr)
+    con = duckdb.connect(str(db), read_only=True)
+    tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+    con.close()
+    assert tables == (["foo"] if foreign else [])
+    assert not (tmp_path / "cases.yaml").exists()
