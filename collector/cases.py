@@ -422,6 +422,9 @@ def promote_case(
     now = (now or utcnow()).replace(microsecond=0)
     if not owner or not str(owner).strip():
         raise UsageError("promote needs an owner (--owner NAME)")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise NotFoundError(f"no directory {directory} for {path.name} (create it first)")
     candidate_id = candidate.get("candidate_id")
     if not candidate_id:
         raise UsageError("the candidate has no candidate_id")

@@ -459,3 +459,16 @@ def test_promote_refuses_a_dataset_that_fails_lint_and_changes_nothing(tmp_path,
     fixed = run_cli("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))
     assert fixed.returncode == 0, fixed.stderr
     assert lint_cases(path) == []
+
+
+def test_promote_into_a_missing_directory_names_the_directory(tmp_path):
+    """The error named the internal temp file (.cases.yaml.abc123) instead of the missing directory."""
+    from conftest import run_cli
+
+    db, cid = store_with_candidate(tmp_path)
+    missing = tmp_path / "no" / "such"
+    result = run_cli("promote", cid, "--cases", str(missing / "cases.yaml"), "--owner", "ann", "--db", str(db))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"no directory {missing} " in result.stderr and ".cases.yaml." not in result.stderr, result.stderr
+    status = run_cli("candidates", "--format", "json", "--db", str(db))
+    assert [r["status"] for r in json.loads(status.stdout)] == ["new"]
