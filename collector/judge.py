@@ -163,8 +163,39 @@ class Judge:
     def _run_processors(self, traces: dict[str, list[dict[str, Any]]]) -> TraceBatch:
         batch = TraceBatch(traces=traces)
         for proc in self._processors:
-            batch = proc.process_traces(batch, self._reader)
+            batch = self._run_processor(proc, batch)
         return batch
+
+    def _run_processor(self, proc: TraceProcessor, batch: TraceBatch) -> TraceBatch:
+        """One step of the trace stage; a step that raises costs only its own output.
+
+        A third-party step that fails must not take the built-in detectors' findings with it (the
+        traces are marked judged either way): the step is tried again trace by trace, and a trace it
+        still fails on keeps what the earlier steps found for it.
+        """
+        try:
+            return proc.process_traces(batch, self._reader)
+        except Exception as exc:
+            if len(batch.traces) > 1:
+                log.error("trace processor %s failed on %d traces (%s); running it trace by trace",
+                          _step_name(proc), len(batch.traces), type(exc).__name__)
+            else:
+                log.error("trace processor %s failed on trace %s (%s); its findings are kept without it",
+                          _step_name(proc), next(iter(batch.traces), "?"), type(exc).__name__)
+                return batch
+        out = TraceBatch(traces=batch.traces)
+        for trace_id, spans in batch.traces.items():
+            single = TraceBatch(traces={trace_id: spans},
+                                detections=[d for d in batch.detections if d.trace_id == trace_id],
+                                candidates=[c for c in batch.candidates if c.trace_id == trace_id])
+            try:
+                single = proc.process_traces(single, self._reader)
+            except Exception as exc:
+                log.error("trace processor %s failed on trace %s (%s); its findings are kept without it",
+                          _step_name(proc), trace_id, type(exc).__name__)
+            out.detections.extend(single.detections)
+            out.candidates.extend(single.candidates)
+        return out
 
     def _judge_table(self, table: pa.Table, trace_ids: list[str], behind: bool = False) -> TraceBatch:
         """The trace stage over one round's spans; the built-in rules run in the rule finder when there is one.
@@ -177,24 +208,8 @@ class Judge:
                 return self._judge_elsewhere(self._rule_finder, table, trace_ids, behind)
             except Exception as exc:
                 log.warning("judging with the span workers failed (%s); judging this round here", type(exc).__name__)
-        traces = store.traces_from_table(table, trace_ids)
-        try:
-            return self._run_processors(traces)
-        except Exception as exc:
-            # One bad trace must not block the others forever: judge one by one, skip the failing ones.
-            log.error("trace stage failed on a batch of %d traces (%s); judging them one by one",
-                      len(traces), type(exc).__name__)
-        batch = TraceBatch(traces=traces)
-        for trace_id, spans in traces.items():
-            try:
-                single = self._run_processors({trace_id: spans})
-            except Exception as single_exc:
-                log.error("trace %s could not be judged (%s); it is marked judged without findings",
-                          trace_id, type(single_exc).__name__)
-                continue
-            batch.detections.extend(single.detections)
-            batch.candidates.extend(single.candidates)
-        return batch
+        # One bad trace or step must not block the others forever (see _run_processor).
+        return self._run_processors(store.traces_from_table(table, trace_ids))
 
     def _judge_elsewhere(self, finder: RuleFinder, table: pa.Table, trace_ids: list[str],
                          behind: bool = False) -> TraceBatch:
@@ -211,7 +226,7 @@ class Judge:
             findings = detectors.judge(trace_id, spans, sql[trace_id]) if trace_id in sql else found[trace_id]
             batch.detections.extend(detectors.detections_for(trace_id, findings))
         for proc in self._processors[1:]:
-            batch = proc.process_traces(batch, self._reader)
+            batch = self._run_processor(proc, batch)
         return batch
 
     def _read_round(self, quiet_since: dt.datetime | None, in_flight: frozenset[str]) -> tuple[
@@ -283,3 +298,7 @@ def settle_lags(table: pa.Table, decision_wait: float) -> list[float]:
     now = utcnow()
     last = table.group_by("trace_id").aggregate([("received_at", "max")]).column("received_at_max")
     return [(now - t).total_seconds() - decision_wait for t in store.utc_datetimes(last) if t is not None]
+
+
+def _step_name(proc: TraceProcessor) -> str:
+    return str(getattr(proc, "name", None) or type(proc).__name__)

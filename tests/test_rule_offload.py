@@ -219,3 +219,35 @@ def test_a_round_keeps_one_rule_job_per_worker_queued_so_export_requests_pass_be
         most = max(most, len(queued))
     judging.join()
     assert len(found) == 60 and most > 10
+
+
+class _FailingStep:
+    """A third-party trace step that raises: on every batch, or only on traces whose spans name ``poison``."""
+
+    kind = "trace"
+    name = "flaky_plugin"
+
+    def __init__(self, poison: str | None = None) -> None:
+        self.poison = poison
+
+    def process_traces(self, batch: TraceBatch, store: Any) -> TraceBatch:
+        if self.poison is None or any(s.get("name") == self.poison for spans in batch.traces.values() for s in spans):
+            raise RuntimeError("plugin bug")
+        return batch
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("poison", [None, "plan"])
+def test_a_failing_trace_step_costs_only_its_own_output(tmp_path, poison, caplog):
+    """It used to leave every trace of the round judged without findings, the built-in ones included."""
+    reader, table, ids = _round(tmp_path)
+    reference = _judge(reader, None)._judge_table(table, ids)
+    judge = _judge(reader, None)
+    judge._processors.append(_FailingStep(poison))
+    judge._rule_finder = None
+    with caplog.at_level("ERROR", logger="tracesieve"):
+        batch = judge._judge_table(table, ids)
+    assert _rows(batch) == _rows(reference)
+    assert any("trace processor flaky_plugin failed" in r.getMessage() for r in caplog.records)
