@@ -25,7 +25,7 @@ from tracesieve.collector.config import Config
 from tracesieve.collector.decode import count_spans, parse_json, parse_protobuf
 from tracesieve.collector.metrics import ReceiverMetrics
 from tracesieve.collector.span_stage import InlineSpanStage, ProcessSpanStage, SpanStage
-from tracesieve.storage.errors import RetryableError, UnauthenticatedError
+from tracesieve.storage.errors import PermanentError, RetryableError, UnauthenticatedError
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.export")
@@ -128,7 +128,7 @@ class ExportService:
         except TimeoutError:
             self._metrics.refused("commit_timeout", batch.num_rows)
             raise RetryableError("the store is slow to commit; retry", 1.0) from None
-        except RetryableError:
+        except (RetryableError, PermanentError):  # permanent: DuckDB cannot take a value of this request
             self._metrics.refused("commit_failed", batch.num_rows)
             raise
         self._metrics.accepted(batch.num_rows)

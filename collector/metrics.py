@@ -21,7 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from tracesieve.processors.pii_patterns import BUILTIN_TYPES
 from tracesieve.storage.errors import PermanentError, RetryableError, TooLargeError, UnauthenticatedError
+from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES
 
 #: The Content-Type of a scrape.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -143,6 +145,8 @@ class Metrics:
         self.judge_lag = Histogram(
             "tracesieve_trace_judge_lag_seconds", "From a trace becoming settled (quiet for decision_wait) to "
             "its judgement being stored.", buckets=LAG_SECONDS_BUCKETS, registry=r)
+        for kind in BUILTIN_TYPES:  # a type never seen reads 0, not "no data"
+            self.redactions.labels(kind)
         for receiver in RECEIVERS:  # zero samples visible from the first scrape
             self.spans_received.labels(receiver)
             self.spans_accepted.labels(receiver)
@@ -224,10 +228,14 @@ class _ScrapeTimeGauges:
                                 value=state.trace_stage_lag_seconds)
         detections = GaugeMetricFamily("tracesieve_detections", "Stored detections by failure_mode.",
                                        labels=["failure_mode"])
-        for mode, n in sorted(state.detections_by_mode.items()):
+        # Every mode and status is a series from the first scrape: a count that falls to nothing (the
+        # last new candidate rejected) reads 0 instead of vanishing.
+        by_mode = dict.fromkeys(FAILURE_MODES, 0) | dict(state.detections_by_mode)
+        for mode, n in sorted(by_mode.items()):
             detections.add_metric([mode], n)
         yield detections
         candidates = GaugeMetricFamily("tracesieve_candidates", "Candidates by status.", labels=["status"])
-        for status, n in sorted(state.candidates_by_status.items()):
+        by_status = dict.fromkeys(CANDIDATE_STATUSES, 0) | dict(state.candidates_by_status)
+        for status, n in sorted(by_status.items()):
             candidates.add_metric([status], n)
         yield candidates

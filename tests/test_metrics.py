@@ -122,6 +122,16 @@ def test_scrape_counts_spans_by_receiver_and_reason_detections_redactions_and_co
     assert TOKEN not in c.log() and "jane.roe@example.org" not in c.log()
 
 
+def test_every_failure_mode_candidate_status_and_pii_type_is_a_series_from_the_first_scrape(start_collector):
+    c = start_collector(FAST_JUDGE)
+    samples = scrape(c)  # (value() reads a missing series as 0: these look the series up themselves)
+    for mode in ("tool_invocation", "hallucination", "negative_feedback"):
+        assert samples[("tracesieve_detections", (("failure_mode", mode),))] == 0
+    for status in ("new", "promoted", "rejected", "duplicate"):
+        assert samples[("tracesieve_candidates", (("status", status),))] == 0
+    assert samples[("tracesieve_redactions_total", (("type", "EMAIL"),))] == 0
+
+
 def test_two_collectors_in_one_process_keep_separate_metrics():
     from tracesieve.collector.metrics import Metrics
 
