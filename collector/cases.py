@@ -356,6 +356,38 @@ def _dump(y: YAML, data: Any) -> str:
     return buf.getvalue()
 
 
+def _dataset(path: Path, text: str, y: YAML) -> tuple[CommentedMap, list[Any]]:
+    """The parsed dataset and its cases list; UsageError naming the file when it is neither."""
+    try:
+        doc = y.load(text)
+    except YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())}); fix it first") from None
+    cases = doc.get("cases") if isinstance(doc, CommentedMap) else None
+    if not isinstance(cases, list):
+        raise UsageError(f"{path}: not a failure dataset (no cases list)")
+    return doc, cases
+
+
+def _appended(text: str, doc: CommentedMap, item: CommentedMap, y: YAML, key: str) -> str:
+    """The file text with ``item`` appended to the list under ``key``.
+
+    Appended as text when that parses to exactly the old document plus the item (no existing line
+    changes); else through a round-trip dump, which keeps comments and order but may restyle.
+    """
+    new_text = _append_text(text, doc, item, y, key=key) or ""
+    if new_text and _plain(y.load(new_text)) != {**_plain(doc), key: _plain(doc.get(key) or []) + [_plain(item)]}:
+        new_text = ""
+    if not new_text:
+        entries = doc.get(key)
+        if not isinstance(entries, CommentedSeq):
+            entries = CommentedSeq(entries or [])
+            doc[key] = entries
+        entries.fa.set_block_style()
+        entries.append(item)
+        new_text = _dump(y, doc)
+    return new_text
+
+
 def _append_text(text: str, doc: CommentedMap, case: CommentedMap, y: YAML, key: str = "cases") -> str | None:
     """The file text with ``case`` inserted after the last item of the list under ``key``, or None
     when that is unsafe.
@@ -489,22 +521,7 @@ def promote_case(
         new_doc["cases"] = CommentedSeq([case])
         new_text = _HEADER + _dump(y, new_doc)
     else:
-        new_text = _append_text(text, doc, case, y) or ""
-        if new_text:  # verify the text append parses to exactly old + new
-            check = y.load(new_text)
-            old_cases = _plain(doc.get("cases") or [])
-            if _plain(check.get("cases") or []) != old_cases + [plain] or \
-                    {k: _plain(v) for k, v in check.items() if k != "cases"} != \
-                    {k: _plain(v) for k, v in doc.items() if k != "cases"}:
-                new_text = ""
-        if not new_text:  # round-trip fallback: keeps comments and order, may restyle
-            cases = doc.get("cases")
-            if not isinstance(cases, CommentedSeq):
-                cases = CommentedSeq(cases or [])
-                doc["cases"] = cases
-            cases.fa.set_block_style()
-            cases.append(case)
-            new_text = _dump(y, doc)
+        new_text = _appended(text, doc, case, y, "cases")
     _atomic_write(path, new_text)
 
     append_history(path, "promoted", case_id,
@@ -560,20 +577,7 @@ def _appended_to_ledger(path: Path, entry: CommentedMap, y: YAML) -> str:
         doc = CommentedMap()
     if not isinstance(doc, CommentedMap) or not isinstance(doc.get("removed", []), (list, type(None))):
         raise UsageError(f"{path}: expected a mapping with a list under 'removed'; fix it first")
-    new_text = _append_text(text, doc, entry, y, key="removed") or ""
-    if new_text:  # verify the text append parses to exactly old + new
-        check = y.load(new_text)
-        if _plain(check) != {**_plain(doc), "removed": _plain(doc.get("removed") or []) + [_plain(entry)]}:
-            new_text = ""
-    if not new_text:  # round-trip fallback: keeps comments and order, may restyle
-        entries = doc.get("removed")
-        if not isinstance(entries, CommentedSeq):
-            entries = CommentedSeq(entries or [])
-            doc["removed"] = entries
-        entries.fa.set_block_style()
-        entries.append(entry)
-        new_text = _dump(y, doc)
-    return new_text
+    return _appended(text, doc, entry, y, "removed")
 
 
 @_under_dataset_lock
@@ -600,13 +604,7 @@ def remove_case(
         raise NotFoundError(f"no failure dataset at {path}")
     y = _yaml()
     text = path.read_text(encoding="utf-8")
-    try:
-        doc = y.load(text)
-    except YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())}); fix it first") from None
-    cases = doc.get("cases") if isinstance(doc, CommentedMap) else None
-    if not isinstance(cases, list):
-        raise UsageError(f"{path}: not a failure dataset (no cases list)")
+    doc, cases = _dataset(path, text, y)
     found = [i for i, c in enumerate(cases) if isinstance(c, Mapping) and str(c.get("id")) == case_id]
     if not found:
         raise NotFoundError(f"no case {case_id!r} in {path}")
@@ -665,13 +663,7 @@ def bump_regressed_count(cases_path: str | os.PathLike[str], case_ids: Collectio
         return {}
     text = path.read_text(encoding="utf-8")
     y = _yaml()
-    try:
-        doc = y.load(text)
-    except YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    cases = doc.get("cases") if isinstance(doc, CommentedMap) else None
-    if not isinstance(cases, list):
-        raise UsageError(f"{path}: not a failure dataset (no cases list)")
+    doc, cases = _dataset(path, text, y)
     lines = text.split("\n")
     counts: dict[str, int] = {}
     edits: list[tuple[int, int, int, str]] = []  # line, column, length of the old digits, new digits

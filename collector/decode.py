@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -358,15 +358,20 @@ def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, 
     return _response_finish_reason(output_value) if kind == "LLM" else None
 
 
+def _json_holding(text: str, needles: Sequence[str]) -> Any:
+    """``text`` parsed, when it names one of ``needles`` (cheap to look for) and is JSON; else None."""
+    if not any(n in text for n in needles):
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def _message_finish_reason(messages: Any) -> str | None:
     """finish_reason of the first ``gen_ai.output.messages`` item that has one (JSON text or a list)."""
     if isinstance(messages, str):
-        if '"finish_reason"' not in messages:
-            return None
-        try:
-            messages = orjson.loads(messages)
-        except orjson.JSONDecodeError:
-            return None
+        messages = _json_holding(messages, ('"finish_reason"',))
     if not isinstance(messages, list):
         return None
     for m in messages:
@@ -382,12 +387,7 @@ _RESPONSE_REASON_KEYS = ('"finish_reason"', '"stop_reason"', '"finishReason"', '
 def _response_finish_reason(output_value: str | None) -> str | None:
     """From a provider's raw response in output.value (OpenAI choices, Anthropic stop_reason, Gemini
     candidates, OpenAI Responses incomplete_details): all that spans before semconv 0.1.29 carry."""
-    if not output_value or output_value[:1] != "{" or not any(k in output_value for k in _RESPONSE_REASON_KEYS):
-        return None
-    try:
-        resp = orjson.loads(output_value)
-    except orjson.JSONDecodeError:
-        return None
+    resp = _json_holding(output_value, _RESPONSE_REASON_KEYS) if output_value and output_value[:1] == "{" else None
     if not isinstance(resp, dict):
         return None
     candidates: list[Any] = []
