@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -36,6 +37,7 @@ from tracesieve.collector.runtime import HeapTrimmer, tune_garbage_collector
 from tracesieve.collector.span_stage import ProcessSpanStage
 from tracesieve.storage import lake, recent_traces, stats, store
 from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
+from tracesieve.storage.errors import ConfigError
 from tracesieve.storage.schema import CLOCK, utcnow
 from tracesieve.storage.writer import GroupCommitWriter
 
@@ -78,6 +80,38 @@ def ensure_free(endpoint: Endpoint, protocol: str) -> None:
                               f"{exc.strerror or exc}; stop what uses it or change {where}") from None
 
 
+def check_tls(endpoint: Endpoint, protocol: str, source: str) -> None:
+    """Raise ConfigError (one line) when the endpoint's TLS certificate or key does not load, before anything starts.
+
+    The receivers load them only once they start: a bad file surfaced as a traceback from the HTTP
+    receiver's thread, or gRPC's own log lines, each followed by a misleading "address in use?".
+    Loads them as the receivers will (PEM, an unencrypted key that matches the certificate).
+    """
+    tls = endpoint.tls
+    if tls is None:
+        return
+    where = f"receivers.otlp.protocols.{protocol}.tls"
+
+    def refuse(problem: str) -> ConfigError:
+        return ConfigError([f"{where}: {problem}"], source)
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=tls.cert_file)
+    except ssl.SSLError:
+        raise refuse(f"cert_file {tls.cert_file} holds no PEM certificate") from None
+    except OSError as exc:
+        raise refuse(f"cannot read cert_file {tls.cert_file}: {exc.strerror or exc}") from None
+    try:
+        # A password callback: an encrypted key fails here instead of prompting on the terminal.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert_file, tls.key_file, password=lambda: b"")
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise refuse(f"key_file {tls.key_file} is not the key of cert_file {tls.cert_file}") from None
+        raise refuse(f"key_file {tls.key_file} holds no unencrypted PEM private key") from None
+    except OSError as exc:
+        raise refuse(f"cannot read key_file {tls.key_file}: {exc.strerror or exc}") from None
+
+
 def warn_if_exposed(cfg: Config) -> list[str]:
     """Log a WARNING for each receiver bound beyond loopback with no auth; returns the addresses."""
     if cfg.bearer_token or cfg.api_key:
@@ -102,6 +136,9 @@ class Collector:
 
     def start(self) -> None:
         cfg = self.config
+        for endpoint, name in ((cfg.grpc, "grpc"), (cfg.http, "http")):
+            if endpoint is not None:
+                check_tls(endpoint, name, cfg.source)
         warn_if_exposed(cfg)
         for endpoint, name in ((cfg.grpc, "grpc"), (cfg.http, "http")):
             if endpoint is not None:

@@ -10,6 +10,7 @@ import time
 import duckdb
 import httpx
 import pytest
+import yaml
 
 from conftest import run_cli
 from proc_helpers import children_of
@@ -259,6 +260,43 @@ def test_tls_on_both_receivers_and_the_query_surface(start_collector, tmp_path):
         trace_service_pb2_grpc.TraceServiceStub(channel).Export(make_request(3), timeout=10)
     # the CLI reaches the TLS query surface with the certificate the collector published
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 5}]
+
+
+def _self_signed(where, name):
+    import shutil
+    import subprocess
+
+    assert shutil.which("openssl"), "openssl makes the test certificate"
+    cert, key = where / f"{name}.crt", where / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_tls_files_that_do_not_load_exit_2_with_one_line_before_anything_opens(tmp_path, protocol):
+    cert, key = _self_signed(tmp_path, "a")
+    _, other_key = _self_signed(tmp_path, "b")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("junk\n")
+    db = tmp_path / "t.duckdb"
+    cases = [  # (cert_file, key_file, what the line says)
+        (junk, junk, f"cert_file {junk} holds no PEM certificate"),
+        (cert, cert, f"key_file {cert} holds no unencrypted PEM private key"),
+        (cert, other_key, f"key_file {other_key} is not the key of cert_file {cert}"),
+    ]
+    for cert_file, key_file, expected in cases:
+        tls = {"cert_file": str(cert_file), "key_file": str(key_file)}
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({"receivers": {"otlp": {"protocols": {
+            "grpc": {"endpoint": "127.0.0.1:0"}, "http": {"endpoint": "127.0.0.1:0"}, protocol: {
+                "endpoint": "127.0.0.1:0", "tls": tls}}}}}))
+        result = run_cli("serve", "--config", str(config), "--db", str(db), timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert f"receivers.otlp.protocols.{protocol}.tls: {expected}" in result.stderr
+        assert str(config) in result.stderr
+        assert not db.exists()  # refused before the store was opened
 
 
 def test_span_workers_do_not_outlive_a_killed_collector(start_collector):
