@@ -32,6 +32,8 @@ DEFAULT_PIPELINE = ["pii", "detectors", "promotion"]
 MAX_RETRY_HINT_SECONDS = 5.0
 #: Deeper JSON would pass orjson's recursion limit once dotted keys and kvlist values stack up.
 MAX_NESTING_DEPTH_LIMIT = 100
+#: gRPC's max receive message length is a C int: 2GiB - 1 byte is the largest request either receiver takes.
+MAX_REQUEST_SIZE_LIMIT = 2**31 - 1
 
 #: The documented defaults (README "Configuration" shows this tree).
 DEFAULTS: dict[str, Any] = {
@@ -453,6 +455,9 @@ def _limits(node: Any, problems: list[str]) -> Limits:
                 values[key] = parse_size(node[key])
                 if values[key] <= 0:
                     raise ValueError("must be greater than zero")
+                if key == "max_request_size" and values[key] > MAX_REQUEST_SIZE_LIMIT:
+                    raise ValueError(f"at most 2GiB - 1 byte ({MAX_REQUEST_SIZE_LIMIT} bytes, gRPC's largest "
+                                     f"message), got {node[key]}")
             except ValueError as exc:
                 problems.append(f"{path}.{key}: {exc}")
     for key in ("max_queued_spans", "max_attributes_per_span", "max_nesting_depth"):

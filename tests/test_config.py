@@ -14,6 +14,7 @@ from conftest import run_cli
 from tracesieve.collector.config import load_config
 from test_receivers import make_request, post
 
+NO_JUDGE = {"service": {"pipelines": {"traces": {"processors": []}}}}
 EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "processor-plugin"
 
 
@@ -43,6 +44,8 @@ def test_no_config_means_the_documented_defaults(tmp_path):
      "receivers.otlp.limits.max_queued_spans: expected a positive integer"),
     ("receivers: {otlp: {limits: {max_request_size: 12 parsecs}}}\n",
      "receivers.otlp.limits.max_request_size: expected a size"),
+    ("receivers: {otlp: {limits: {max_request_size: 2GiB}}}\n",
+     "receivers.otlp.limits.max_request_size: at most 2GiB - 1 byte (2147483647 bytes"),
     ("processors: {piii: {}}\n", "processors.piii: unknown processor 'piii'"),
     ("service: {pipelines: {traces: {processors: [pii, nosuch]}}}\n",
      "service.pipelines.traces.processors[1]: unknown processor 'nosuch'"),
@@ -66,6 +69,13 @@ def test_bad_config_names_the_file_and_the_key(tmp_path, text, expected):
     assert str(path) in result.stderr
     assert expected in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_the_largest_request_size_serves(start_collector):
+    """2GiB - 1 byte is the gRPC max message size's largest value (a C int); 2GiB is refused by validation."""
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_request_size": 2**31 - 1}}}})
+    assert post(c, make_request(2).SerializeToString()).status_code == 200
+    assert c.stop() == 0
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
