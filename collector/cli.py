@@ -6,6 +6,37 @@ unknown id, missing file, refused statement. Every error is one line on stderr.
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT for ``serve``, recorded from the first line of this module on.
+
+    The default action of SIGTERM kills the process without a word, so a stop asked for while
+    ``serve`` was still importing and opening its store ended it with -15 instead of 0. Until the
+    collector runs, a request is only recorded; ``serve`` honours it once start-up reaches the
+    point where it can drain (or exits 0 at once when nothing is open yet). Main thread only.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.event = threading.Event()
+
+    def record(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        self.event.set()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self.record)
+        signal.signal(signal.SIGINT, self.record)
+
+
+_stop_request = _StopRequest()
+if sys.argv[1:2] == ["serve"] and threading.current_thread() is threading.main_thread():
+    _stop_request.install()  # before the imports below and serve's own: they take most of a second
+
 import csv
 import functools
 import io
@@ -13,9 +44,6 @@ import json
 import logging
 import math
 import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -171,6 +199,8 @@ def cli() -> None:
 def serve(config_path: str | None, db_path: str | None, print_config: bool, log_format: str,
           status_interval: float) -> None:
     """Run the collector (gRPC 127.0.0.1:4317, HTTP 127.0.0.1:4318, DuckDB ./tracesieve.duckdb by default)."""
+    if _stop_request.event.is_set() and not print_config:
+        return  # stopped before anything was imported or opened
     from prometheus_client import disable_created_metrics
 
     from tracesieve.collector.config import load_config
@@ -185,9 +215,11 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool, log_
     configure_logging(log_format, sys.stderr, secrets=[config.bearer_token or ""])
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series on /metrics
     log = logging.getLogger("tracesieve.serve")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    _stop_request.install()  # already in place when started as `tracesieve serve`; not when called in-process
+    stop = _stop_request.event
+    if stop.is_set():
+        log.info("signal received during start-up: exiting before opening the store")
+        return
     collector = Collector(config)
     try:
         collector.start()

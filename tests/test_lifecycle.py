@@ -262,6 +262,46 @@ def test_tls_on_both_receivers_and_the_query_surface(start_collector, tmp_path):
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 5}]
 
 
+def _catches(pid, sig):
+    """Whether process ``pid`` has a handler installed for ``sig`` (SigCgt in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as fh:
+        caught = next(line for line in fh if line.startswith("SigCgt:")).split()[1]
+    return bool(int(caught, 16) & (1 << (sig - 1)))
+
+
+def test_sigterm_during_startup_exits_zero_at_any_point(tmp_path):
+    """From the moment the CLI module runs, a stop request is recorded, never the default action (-15).
+
+    Delay 0 lands while serve is still importing: it exits 0 without ever opening the store.
+    """
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**NO_JUDGE, "receivers": {"otlp": {"protocols": {
+        "grpc": {"endpoint": "127.0.0.1:0"}, "http": {"endpoint": "127.0.0.1:0"}}}}}))
+    for i, delay in enumerate((0.0, 0.1, 0.3, 0.6, 1.0)):
+        db = tmp_path / f"s{i}.duckdb"
+        proc = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config", str(config),
+                                 "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not _catches(proc.pid, signal.SIGTERM):
+                assert proc.poll() is None and time.monotonic() < deadline, "serve never caught SIGTERM"
+                time.sleep(0.001)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, (delay, stderr)
+        assert "Traceback" not in stderr and "error" not in stderr.lower(), stderr
+        if delay == 0.0:
+            assert not db.exists(), "the store was opened although the stop came first"
+
+
 def _self_signed(where, name):
     import shutil
     import subprocess
