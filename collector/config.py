@@ -304,8 +304,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         names = []
     for pid in proc_section:
         if registry.get(str(pid).split("/", 1)[0]) is None:
-            problems.append(f"processors.{pid}: unknown processor {str(pid).split('/', 1)[0]!r} "
-                            f"(known: {', '.join(registry.names())})")
+            problems.append(f"processors.{pid}: {registry.unknown(str(pid).split('/', 1)[0])}")
     span_procs: list[SpanProcessor] = []
     trace_procs: list[TraceProcessor] = []
     tree_procs: dict[str, Any] = {}
@@ -315,7 +314,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         factory = registry.get(type_name)
         where = f"service.pipelines.traces.processors[{i}]"
         if factory is None:
-            problems.append(f"{where}: unknown processor {type_name!r} (known: {', '.join(registry.names())})")
+            problems.append(f"{where}: {registry.unknown(type_name)}")
             continue
         if pid not in proc_section and "/" in pid:
             problems.append(f"{where}: {pid!r} is not defined under processors:")
@@ -326,6 +325,10 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
             proc = factory.from_config(options, path=f"processors.{pid}")
         except ConfigError as exc:
             problems.extend(exc.problems)
+            continue
+        except Exception as exc:  # a third-party factory's own bug: still a config problem, named
+            problems.append(f"processors.{pid}: processor {type_name!r} refused its options: "
+                            f"{type(exc).__name__}: {' '.join(str(exc).split())}")
             continue
         if factory.kind == "span":
             if seen_trace:

@@ -18,6 +18,8 @@ log = logging.getLogger("tracesieve.registry")
 
 
 class ProcessorRegistry:
+    """The processor factories by name; ``broken`` names each entry point that did not load, and why."""
+
     def __init__(self, factories: dict[str, Any], broken: dict[str, str] | None = None) -> None:
         self._factories = factories
         self.broken = broken or {}
@@ -29,13 +31,14 @@ class ProcessorRegistry:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if ep.name in factories:
                 continue
+            where = f"processor {ep.name!r} (entry point {ep.name} = {ep.value!r})"
             try:
                 factory = ep.load()
             except Exception as exc:  # a broken plugin must not take the collector down silently
-                broken[ep.name] = f"{type(exc).__name__}: {exc}"
+                broken[ep.name] = f"{where} could not be loaded: {type(exc).__name__}: {_one_line(exc)}"
                 continue
             if getattr(factory, "kind", None) not in ("span", "trace") or not hasattr(factory, "from_config"):
-                broken[ep.name] = "does not provide kind ('span' or 'trace') and from_config()"
+                broken[ep.name] = f"{where} does not provide kind ('span' or 'trace') and from_config()"
                 continue
             factories[ep.name] = factory
         return cls(factories, broken)
@@ -45,3 +48,11 @@ class ProcessorRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._factories)
+
+    def unknown(self, name: str) -> str:
+        """Why ``name`` has no factory: its entry point failed to load, or no package registers it."""
+        return self.broken.get(name) or f"unknown processor {name!r} (known: {', '.join(self.names())})"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

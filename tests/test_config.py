@@ -151,6 +151,71 @@ def test_third_party_processor_from_an_installed_package_runs_in_the_pipeline(st
     assert "processors.drop_spans.names" in result.stderr
 
 
+FAKE_PLUGINS = """\
+from typing import ClassVar
+
+
+class RaiseSpan:
+    kind: ClassVar[str] = "span"
+
+    @classmethod
+    def from_config(cls, options, *, path):
+        return cls()
+
+    def process(self, batch):
+        raise RuntimeError("span text that must never reach a log")
+
+    def shutdown(self):
+        return None
+
+
+class RaiseConfig(RaiseSpan):
+    @classmethod
+    def from_config(cls, options, *, path):
+        raise ValueError("colour must be a colour")
+"""
+
+
+def installed_plugins(tmp_path: Path) -> dict[str, str]:
+    """A distribution on PYTHONPATH, as an installer leaves it (module + dist-info), registering
+    processors in the entry-point group: one whose module is missing, one whose from_config raises
+    ValueError, one whose process() raises. Returns the env for the subprocess."""
+    site = tmp_path / "site"
+    info = site / "ts_fake_plugins-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "ts_fake_plugins.py").write_text(FAKE_PLUGINS)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ts-fake-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[tracesieve.processors]\nbroken = no_such_module_xyz:X\n"
+                                           "raise_config = ts_fake_plugins:RaiseConfig\n"
+                                           "raise_span = ts_fake_plugins:RaiseSpan\n")
+    return {"PYTHONPATH": str(site)}
+
+
+def test_a_plugin_that_cannot_be_imported_is_reported_with_its_import_error(tmp_path):
+    env = installed_plugins(tmp_path)
+    path = write(tmp_path, "service: {pipelines: {traces: {processors: [pii, broken, detectors]}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config", env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert str(path) in result.stderr
+    assert ("service.pipelines.traces.processors[1]: processor 'broken' (entry point broken = "
+            "'no_such_module_xyz:X') could not be loaded: ModuleNotFoundError: No module named "
+            "'no_such_module_xyz'") in result.stderr
+    assert "unknown processor" not in result.stderr
+
+
+def test_a_plugin_factory_that_raises_is_a_config_error_naming_it(tmp_path):
+    env = installed_plugins(tmp_path)
+    path = write(tmp_path, "processors: {raise_config: {colour: red}}\n"
+                           "service: {pipelines: {traces: {processors: [pii, raise_config]}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config", env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"config error: {path}: processors.raise_config: processor 'raise_config' refused its options: " \
+           "ValueError: colour must be a colour" in result.stderr
+    assert "internal error" not in result.stderr
+
+
 def test_span_stage_runs_inline_or_in_worker_processes_with_the_same_result(start_collector, tmp_path):
     rows = {}
     for workers in (0, 2):
