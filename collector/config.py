@@ -108,6 +108,7 @@ class Config:
     span_workers: int = 0  # worker processes for decode + span stage and the built-in rules; 0 = none
     api_key: str | None = None  # accepted in the x-api-key header (bearer_token: in Authorization: Bearer)
     lake: LakeTarget | None = None  # storage.ducklake: many collectors on one store (db_path is then unused)
+    span_processor_ids: list[str] = dataclasses.field(default_factory=list)  # pipeline ids of span_processors
 
     @property
     def decode_limits(self) -> DecodeLimits:
@@ -306,6 +307,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         if registry.get(str(pid).split("/", 1)[0]) is None:
             problems.append(f"processors.{pid}: {registry.unknown(str(pid).split('/', 1)[0])}")
     span_procs: list[SpanProcessor] = []
+    span_ids: list[str] = []
     trace_procs: list[TraceProcessor] = []
     tree_procs: dict[str, Any] = {}
     seen_trace = False
@@ -334,6 +336,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
             if seen_trace:
                 problems.append(f"{where}: span-stage processor {pid!r} must come before trace-stage processors")
             span_procs.append(proc)  # type: ignore[arg-type]
+            span_ids.append(pid)
         else:
             seen_trace = True
             trace_procs.append(proc)  # type: ignore[arg-type]
@@ -345,7 +348,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     return Config(
         source="", path=None, grpc=grpc, http=http, span_workers=span_workers, bearer_token=token, api_key=api_key,
         limits=limits, db_path=db_path,
-        span_processors=span_procs, trace_processors=trace_procs, tree=tree, lake=lake,
+        span_processors=span_procs, trace_processors=trace_procs, tree=tree, lake=lake, span_processor_ids=span_ids,
     )
 
 

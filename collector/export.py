@@ -25,7 +25,7 @@ from tracesieve.collector.config import Config
 from tracesieve.collector.decode import count_spans, parse_json, parse_protobuf
 from tracesieve.collector.metrics import ReceiverMetrics
 from tracesieve.collector.span_stage import InlineSpanStage, ProcessSpanStage, SpanStage
-from tracesieve.storage.errors import PermanentError, RetryableError, UnauthenticatedError
+from tracesieve.storage.errors import PermanentError, ProcessorFailedError, RetryableError, UnauthenticatedError
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.export")
@@ -44,7 +44,7 @@ class ExportOutcome:
 def span_stage_for(config: Config) -> SpanStage:
     """Inline when ``service.span_workers`` is 0, else a pool of that many worker processes."""
     if config.span_workers <= 0:
-        return InlineSpanStage(config.decode_limits, config.span_processors)
+        return InlineSpanStage(config.decode_limits, config.span_processors, config.span_processor_ids)
     return ProcessSpanStage(config.span_workers, config.path, config.db_path)
 
 
@@ -107,7 +107,11 @@ class ExportService:
             raise
         reserved = n
         try:
-            result = self._stage.run(request, wire)
+            try:
+                result = self._stage.run(request, wire)
+            except ProcessorFailedError as exc:
+                log.error("export failed: %s; the request is refused, nothing of it stored", exc)
+                raise
             batch = result.batch
             if result.rejected:
                 self._metrics.refused("invalid_span", result.rejected)

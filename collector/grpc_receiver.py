@@ -15,7 +15,7 @@ from tracesieve.collector.config import Endpoint
 from tracesieve.collector.export import ExportService, retry_hint
 from tracesieve.collector.metrics import refusal_reason
 from tracesieve.storage.errors import (
-    ExportError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError,
+    ExportError, PermanentError, ProcessorFailedError, RetryableError, TooLargeError, UnauthenticatedError,
 )
 
 log = logging.getLogger("tracesieve.grpc")
@@ -40,6 +40,8 @@ def abort_with(context: grpc.ServicerContext, exc: Exception) -> None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
     if isinstance(exc, PermanentError):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, ProcessorFailedError):
+        context.abort(grpc.StatusCode.INTERNAL, str(exc))
     context.abort(grpc.StatusCode.INTERNAL, "internal error while storing the spans")
 
 

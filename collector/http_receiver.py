@@ -27,7 +27,8 @@ from starlette.routing import Route
 from tracesieve.collector.export import ExportService, Hold, retry_hint
 from tracesieve.collector.metrics import CONTENT_TYPE, refusal_reason
 from tracesieve.storage.errors import (
-    ExportError, NotFoundError, PermanentError, RetryableError, TooLargeError, UnauthenticatedError, UsageError,
+    ExportError, NotFoundError, PermanentError, ProcessorFailedError, RetryableError, TooLargeError,
+    UnauthenticatedError, UsageError,
 )
 
 log = logging.getLogger("tracesieve.http")
@@ -50,6 +51,8 @@ def error_response(exc: Exception, media_type: str) -> Response:
         headers["WWW-Authenticate"] = "Bearer"
     elif isinstance(exc, PermanentError):
         status, code = 400, code_pb2.INVALID_ARGUMENT
+    elif isinstance(exc, ProcessorFailedError):
+        status, code = 500, code_pb2.INTERNAL
     else:
         status, code = 500, code_pb2.INTERNAL
         exc = Exception("internal error while storing the spans")

@@ -34,7 +34,7 @@ from tracesieve.collector.decode import DecodeLimits, DecodeResult, decode_reque
 from tracesieve.processors.base import SpanProcessor
 from tracesieve.processors.detectors import DetectorsConfig, DetectorsProcessor
 from tracesieve.processors.rules import Finding
-from tracesieve.storage.errors import RetryableError
+from tracesieve.storage.errors import ProcessorFailedError, RetryableError
 from tracesieve.storage.store import traces_from_table
 
 
@@ -47,11 +47,19 @@ class SpanStage(Protocol):
 
 
 def run_inline(request: ExportTraceServiceRequest, limits: DecodeLimits,
-               processors: Sequence[SpanProcessor]) -> DecodeResult:
+               processors: Sequence[SpanProcessor], ids: Sequence[str] = ()) -> DecodeResult:
+    """Decode and run ``processors`` (pipeline ``ids``, for errors) in order.
+
+    A processor that raises fails the whole request with ProcessorFailedError naming it.
+    """
     result = decode_request(request, limits)
     batch = result.batch
-    for proc in processors:
-        batch = proc.process(batch)
+    for i, proc in enumerate(processors):
+        try:
+            batch = proc.process(batch)
+        except Exception as exc:
+            name = ids[i] if i < len(ids) else type(proc).__name__
+            raise ProcessorFailedError(f"span processor {name!r} failed: {type(exc).__name__}") from exc
     result.batch = batch
     return result
 
@@ -59,12 +67,13 @@ def run_inline(request: ExportTraceServiceRequest, limits: DecodeLimits,
 class InlineSpanStage:
     """Runs in the receiver's worker thread."""
 
-    def __init__(self, limits: DecodeLimits, processors: Sequence[SpanProcessor]) -> None:
+    def __init__(self, limits: DecodeLimits, processors: Sequence[SpanProcessor], ids: Sequence[str] = ()) -> None:
         self._limits = limits
         self._processors = list(processors)
+        self._ids = list(ids)
 
     def run(self, request: ExportTraceServiceRequest, wire: bytes | None) -> DecodeResult:
-        return run_inline(request, self._limits, self._processors)
+        return run_inline(request, self._limits, self._processors, self._ids)
 
     def shutdown(self) -> None:
         return None
@@ -72,7 +81,7 @@ class InlineSpanStage:
 
 # --------------------------------------------------------------------------- worker processes
 
-_WORKER: tuple[DecodeLimits, list[SpanProcessor]] | None = None
+_WORKER: tuple[DecodeLimits, list[SpanProcessor], list[str]] | None = None
 
 
 def _init_worker(config_path: str | None, db_path: str, collector_pid: int) -> None:
@@ -89,7 +98,7 @@ def _init_worker(config_path: str | None, db_path: str, collector_pid: int) -> N
     from tracesieve.collector.runtime import HeapTrimmer, tune_garbage_collector
 
     config = load_config(config_path, db_path=db_path)
-    _WORKER = (config.decode_limits, list(config.span_processors))
+    _WORKER = (config.decode_limits, list(config.span_processors), list(config.span_processor_ids))
     tune_garbage_collector()
     HeapTrimmer().start()
 
@@ -103,8 +112,11 @@ def _exit_with_collector(collector_pid: int) -> None:
 
 def _work(wire: bytes) -> tuple[bytes, int, list[str]]:
     assert _WORKER is not None, "worker used before its initializer ran"
-    limits, processors = _WORKER
-    result = run_inline(parse_protobuf(wire), limits, processors)
+    limits, processors, ids = _WORKER
+    try:
+        result = run_inline(parse_protobuf(wire), limits, processors, ids)
+    except ProcessorFailedError as exc:
+        raise ProcessorFailedError(str(exc)) from None  # the cause stays here: its text may quote span content
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, result.batch.schema) as writer:
         writer.write_table(result.batch)

@@ -8,6 +8,7 @@
         ├── PermanentError   bad data: HTTP 400 / INVALID_ARGUMENT, never retried
         ├── TooLargeError    over max_request_size: HTTP 413 / RESOURCE_EXHAUSTED, never retried
         ├── UnauthenticatedError  missing or wrong token: HTTP 401 / UNAUTHENTICATED
+        ├── ProcessorFailedError  a span-stage processor raised: HTTP 500 / INTERNAL naming the processor
         └── RetryableError   throttled or shutting down: HTTP 503 + Retry-After / UNAVAILABLE + RetryInfo
 """
 
@@ -52,6 +53,14 @@ class TooLargeError(ExportError):
 
 class UnauthenticatedError(ExportError):
     """The bearer token is missing or wrong."""
+
+
+class ProcessorFailedError(ExportError):
+    """A span-stage processor raised on the batch: nothing of it is stored (it may be a redactor).
+
+    The message names the processor and the exception type, never the exception's text, which
+    may quote span content. Picklable: it travels back from span-stage worker processes.
+    """
 
 
 class RetryableError(ExportError):

@@ -216,6 +216,29 @@ def test_a_plugin_factory_that_raises_is_a_config_error_naming_it(tmp_path):
     assert "internal error" not in result.stderr
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_span_processor_that_raises_refuses_the_request_naming_it(start_collector, tmp_path, workers):
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    env = installed_plugins(tmp_path)
+    c = start_collector({"service": {"span_workers": workers,
+                                     "pipelines": {"traces": {"processors": ["pii", "raise_span"]}}}}, env=env)
+    response = post(c, make_request(2).SerializeToString())
+    assert response.status_code == 500
+    assert b"span processor 'raise_span' failed: RuntimeError" in response.content
+    with grpc.insecure_channel(c.grpc_endpoint) as channel:
+        with pytest.raises(grpc.RpcError) as failed:
+            trace_service_pb2_grpc.TraceServiceStub(channel).Export(make_request(2), timeout=10)
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert failed.value.details() == "span processor 'raise_span' failed: RuntimeError"
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 0}]  # it may be a redactor: nothing stored
+    assert c.stop() == 0
+    log = c.log()
+    assert log.count("export failed: span processor 'raise_span' failed: RuntimeError") == 2, log
+    assert "span text that must never reach a log" not in log and "Traceback" not in log
+
+
 def test_span_stage_runs_inline_or_in_worker_processes_with_the_same_result(start_collector, tmp_path):
     rows = {}
     for workers in (0, 2):
