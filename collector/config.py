@@ -241,6 +241,9 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     http = _endpoint(protocols, "http", DEFAULT_HTTP_ENDPOINT, problems)
     if grpc is None and http is None and not problems:
         problems.append("receivers.otlp.protocols: enable at least one of grpc, http")
+    if grpc is not None and http is not None and _same_socket(grpc, http):
+        problems.append(f"receivers.otlp.protocols: grpc and http cannot share {http.address}; "
+                        "give each its own port (defaults: 4317 and 4318)")
 
     auth = _check_keys(otlp.get("auth"), {"bearer_token", "bearer_token_file", "api_key", "api_key_file"},
                        "receivers.otlp.auth", problems)
@@ -441,6 +444,20 @@ def _endpoint(protocols: dict[str, Any], name: str, default: str, problems: list
         else:
             tls = TlsConfig(cert, key)
     return Endpoint(host, int(port_text), tls)
+
+
+_ANY_HOST = ("0.0.0.0", "::", "")
+
+
+def _same_socket(a: Endpoint, b: Endpoint) -> bool:
+    """Whether two receivers would bind the same port: same host, or one listens on every address."""
+    if a.port == 0 or a.port != b.port:
+        return False
+
+    def norm(host: str) -> str:
+        return "127.0.0.1" if host.lower() == "localhost" else host.lower()
+
+    return norm(a.host) == norm(b.host) or a.host in _ANY_HOST or b.host in _ANY_HOST
 
 
 def _endpoint_tree(ep: Endpoint) -> dict[str, Any]:
