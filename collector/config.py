@@ -147,6 +147,9 @@ class Config:
 
 
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: What substitution replaces, left to right: ``$$`` (a literal ``$``, as in the OpenTelemetry Collector:
+#: ``$${env:X}`` stays the text ``${env:X}``) or a reference.
+_SUBSTITUTION = re.compile(r"\$\$|" + _ENV.pattern)
 
 
 def load_config(path: str | None = None, *, db_path: str | None = None,
@@ -184,8 +187,10 @@ def _substitute_env(node: Any, path: str, problems: list[str]) -> Any:
         return {k: _substitute_env(v, f"{path}.{k}" if path else str(k), problems) for k, v in node.items()}
     if isinstance(node, list):
         return [_substitute_env(v, f"{path}[{i}]", problems) for i, v in enumerate(node)]
-    if isinstance(node, str) and "${" in node:
+    if isinstance(node, str) and ("${" in node or "$$" in node):
         def repl(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
             value = os.environ.get(m.group(1))
             if value is None:
                 if m.group(2) is None:
@@ -195,7 +200,7 @@ def _substitute_env(node: Any, path: str, problems: list[str]) -> Any:
                 return m.group(2)
             return value
         whole = _ENV.fullmatch(node.strip())
-        text = _ENV.sub(repl, node)
+        text = _SUBSTITUTION.sub(repl, node)
         return EnvText(text) if whole else text
     return node
 

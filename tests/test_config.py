@@ -103,6 +103,16 @@ def test_durations_sizes_and_env_defaults(tmp_path):
     assert tree["processors"]["detectors"] == {"decision_wait": "2m"}
 
 
+def test_double_dollar_is_a_literal_dollar_as_in_the_otel_collector(tmp_path, monkeypatch):
+    monkeypatch.setenv("TS_SET_VAR", "value")
+    monkeypatch.setenv("TS_DOLLARS", "x$$y")  # a variable's value is taken as it is
+    path = write(tmp_path, "storage: {duckdb: {path: 'a$$b-$${env:TS_SET_VAR}-$$${env:TS_SET_VAR}-${env:TS_SET_VAR}-"
+                           "${env:TS_DOLLARS}'}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["storage"]["duckdb"]["path"] == "a$b-${env:TS_SET_VAR}-$value-value-x$$y"
+
+
 def test_number_and_boolean_settings_take_their_value_from_the_environment(tmp_path, monkeypatch):
     """An environment variable is text: ${env:VAR} as a whole value is typed where it is read."""
     path = write(tmp_path, "receivers: {otlp: {auth: {bearer_token: '${env:TS_TOKEN}'},\n"
