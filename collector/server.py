@@ -36,8 +36,8 @@ from tracesieve.collector.metrics import Metrics, StateSource, StoreState
 from tracesieve.collector.runtime import HeapTrimmer, tune_garbage_collector
 from tracesieve.collector.span_stage import ProcessSpanStage
 from tracesieve.storage import lake, recent_traces, stats, store
-from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
 from tracesieve.storage.errors import ConfigError
+from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
 from tracesieve.storage.schema import CLOCK, utcnow
 from tracesieve.storage.writer import GroupCommitWriter
 
