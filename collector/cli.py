@@ -6,9 +6,12 @@ unknown id, missing file, refused statement. Every error is one line on stderr.
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import sys
 import threading
+import time
 
 
 class _StopRequest:
@@ -18,19 +21,44 @@ class _StopRequest:
     ``serve`` was still importing and opening its store ended it with -15 instead of 0. Until the
     collector runs, a request is only recorded; ``serve`` honours it once start-up reaches the
     point where it can drain (or exits 0 at once when nothing is open yet). Main thread only.
+
+    The handler takes no lock: it runs in the main thread between two bytecodes, possibly while
+    that thread holds a lock itself (setting a threading.Event there deadlocked inside
+    Event.wait). It stores the signal number and writes a byte to a pipe that :meth:`wait` watches.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.event = threading.Event()
+        self._wake: tuple[int, int] | None = None  # (read end, non-blocking write end)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def record(self, signum: int, frame: object) -> None:
         self.signum = signum
-        self.event.set()
+        if self._wake is not None:
+            try:
+                os.write(self._wake[1], b"\0")
+            except OSError:  # the pipe is full: wait() wakes anyway
+                pass
 
     def install(self) -> None:
+        if self._wake is None:
+            read_end, write_end = os.pipe()
+            os.set_blocking(write_end, False)
+            self._wake = (read_end, write_end)
         signal.signal(signal.SIGTERM, self.record)
         signal.signal(signal.SIGINT, self.record)
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a stop is requested or ``timeout`` seconds pass; returns whether one was requested."""
+        if self.signum is None:
+            if self._wake is None:
+                time.sleep(timeout)
+            else:
+                select.select([self._wake[0]], [], [], timeout)
+        return self.signum is not None
 
 
 _stop_request = _StopRequest()
@@ -43,8 +71,6 @@ import io
 import json
 import logging
 import math
-import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -199,7 +225,7 @@ def cli() -> None:
 def serve(config_path: str | None, db_path: str | None, print_config: bool, log_format: str,
           status_interval: float) -> None:
     """Run the collector (gRPC 127.0.0.1:4317, HTTP 127.0.0.1:4318, DuckDB ./tracesieve.duckdb by default)."""
-    if _stop_request.event.is_set() and not print_config:
+    if _stop_request.requested and not print_config:
         return  # stopped before anything was imported or opened
     from prometheus_client import disable_created_metrics
 
@@ -216,8 +242,8 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool, log_
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series on /metrics
     log = logging.getLogger("tracesieve.serve")
     _stop_request.install()  # already in place when started as `tracesieve serve`; not when called in-process
-    stop = _stop_request.event
-    if stop.is_set():
+    stop = _stop_request
+    if stop.requested:
         log.info("signal received during start-up: exiting before opening the store")
         return
     collector = Collector(config)

@@ -302,6 +302,51 @@ def test_sigterm_during_startup_exits_zero_at_any_point(tmp_path):
             assert not db.exists(), "the store was opened although the stop came first"
 
 
+STOP_HANDLER_PROBE = """
+import signal, sys
+from tracesieve.collector.cli import _StopRequest
+
+for n in range(1, 80):  # the signal lands at the n-th line run inside wait(), wherever that is
+    stop, count = _StopRequest(), 0
+    stop.install()
+
+    def tracer(frame, event, arg):
+        global count
+        if event == "line":
+            count += 1
+            if count == n:
+                signal.raise_signal(signal.SIGTERM)
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        stop.wait(0.01)
+    finally:
+        sys.settrace(None)
+    if count < n:
+        signal.raise_signal(signal.SIGTERM)
+    assert stop.requested and stop.wait(5), n
+"""
+
+
+def test_a_stop_signal_never_deadlocks_the_main_loop_whatever_line_it_interrupts():
+    """The handler runs between two bytecodes of the main thread, which may hold a lock right then.
+
+    When it set a threading.Event, a signal landing inside Event.wait (serve's main loop) just after
+    the wait re-took the Event's lock blocked forever: serve never exited (--status-interval 0.3
+    made it likely enough to hang test_operations once).
+    """
+    import subprocess
+    import sys
+
+    try:
+        result = subprocess.run([sys.executable, "-c", STOP_HANDLER_PROBE], capture_output=True, text=True,
+                                timeout=60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the stop handler deadlocked") from None
+    assert result.returncode == 0, result.stderr
+
+
 def _self_signed(where, name):
     import shutil
     import subprocess
