@@ -311,9 +311,11 @@ class Sanitizer:
                     path = _path_at(paths, s)
                     if path is not None and self._skipped_path(path):
                         continue
-                if scalars is None:
-                    scalars = _bare_scalars(text)
-                token = _token_at(scalars, s)
+                token = None
+                if _maybe_bare(text, s, e):  # cheap; the whole text is tokenized only to confirm
+                    if scalars is None:
+                        scalars = _bare_scalars(text)
+                    token = _token_at(scalars, s)
                 if token is not None:
                     s, e = token
             else:
@@ -404,6 +406,26 @@ def _json_value_paths(text: str) -> tuple[list[int], list[int], list[tuple[str, 
             ends.append(tok.end())
             paths.append(tuple(path))
     return starts, ends, paths
+
+
+_NUMBER_CHARS = frozenset("0123456789+-.eE")
+
+
+def _maybe_bare(text: str, s: int, e: int) -> bool:
+    """Whether ``text[s:e]`` could lie in a number outside any JSON string: the run of number
+    characters around it opens after ``:``, ``,`` or ``[`` and closes before ``,``, ``]`` or ``}``
+    (blanks between). A string holding "..., 4111 1111 1111 1111, ..." can pass this too; the
+    tokenizer then decides."""
+    n = len(text)
+    while s > 0 and text[s - 1] in _NUMBER_CHARS:
+        s -= 1
+    while e < n and text[e] in _NUMBER_CHARS:
+        e += 1
+    while s > 0 and text[s - 1] in " \t\r\n":
+        s -= 1
+    while e < n and text[e] in " \t\r\n":
+        e += 1
+    return s > 0 and text[s - 1] in ":,[" and e < n and text[e] in ",]}"
 
 
 def _bare_scalars(text: str) -> tuple[list[int], list[int]]:

@@ -156,10 +156,12 @@ def test_context_rules_leave_lookalikes_alone(text):
 
 def test_a_number_outside_any_json_string_becomes_a_quoted_placeholder():
     """An integer attribute holding a card number: a bare <CARD> would not be JSON (and DuckDB refuses it)."""
-    text = '{"payment":{"card":4111111111111111,"ids":[4111111111111111,7],"note":"card 4111111111111111"}}'
+    text = ('{"payment":{"card":4111111111111111,"ids":[4111111111111111,7],"note":"card 4111111111111111",'
+            '"list":"a,4111111111111111, b", "spaced": [ 4111111111111111 ]}}')
     out, counts = Sanitizer().redact(text, json_text=True)
-    assert json.loads(out) == {"payment": {"card": "<CARD>", "ids": ["<CARD>", 7], "note": "card <CARD>"}}
-    assert counts == Counter({"CARD": 3})
+    assert json.loads(out) == {"payment": {"card": "<CARD>", "ids": ["<CARD>", 7], "note": "card <CARD>",
+                                           "list": "a,<CARD>, b", "spaced": ["<CARD>"]}}
+    assert counts == Counter({"CARD": 5})
 
 
 def test_a_password_in_json_keeps_its_key_and_quotes():
