@@ -76,7 +76,7 @@ COLUMN_KEYS = {
 LIFTED_COLUMNS = frozenset({"input_value", "output_value", "session_id", "user_id", "llm_model_name",
                             "llm_provider", "llm_finish_reason", "tool_name", "service_name"})
 
-# A tolerant JSON tokenizer for skip_keys: strings, punctuation, bare scalars.
+# A tolerant JSON tokenizer for skip_keys and bare numbers: strings, punctuation, bare scalars.
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s{}\[\],:"]+', re.DOTALL)
 
 
@@ -278,7 +278,6 @@ class Sanitizer:
         """
         last = 0
         paths: tuple[list[int], list[int], list[tuple[str, ...]]] | None = None
-        scalars: tuple[list[int], list[int]] | None = None
         for m in matches:
             i = self._rule_of_group[m.lastgroup]  # type: ignore[index]
             rule = self.rules[i]
@@ -298,6 +297,7 @@ class Sanitizer:
                 type_, s, e = found
             else:
                 type_ = rule.type
+            token = None  # in JSON text: the bare number token the match lies in
             if json_text:
                 value = text[s:e]
                 # never start inside an escape, never cut one, never swallow a quote
@@ -311,15 +311,14 @@ class Sanitizer:
                     path = _path_at(paths, s)
                     if path is not None and self._skipped_path(path):
                         continue
-                token = None
                 if _maybe_bare(text, s, e):  # cheap; the whole text is tokenized only to confirm
-                    if scalars is None:
-                        scalars = _bare_scalars(text)
-                    token = _token_at(scalars, s)
+                    if paths is None:
+                        paths = _json_value_paths(text)
+                    token = _value_at(paths, s)
+                    if token is not None and text[token[0]] == '"':
+                        token = None  # inside a string after all
                 if token is not None:
                     s, e = token
-            else:
-                token = None
             if s < last:
                 continue
             yield type_, s, e, token is not None
@@ -428,32 +427,21 @@ def _maybe_bare(text: str, s: int, e: int) -> bool:
     return s > 0 and text[s - 1] in ":,[" and e < n and text[e] in ",]}"
 
 
-def _bare_scalars(text: str) -> tuple[list[int], list[int]]:
-    """Spans of the JSON text's scalars that are not strings (numbers, true, false, null)."""
-    starts: list[int] = []
-    ends: list[int] = []
-    for tok in _JSON_TOKEN.finditer(text):
-        c = tok.group()[0]
-        if c != '"' and c not in "{}[],:":
-            starts.append(tok.start())
-            ends.append(tok.end())
-    return starts, ends
-
-
-def _token_at(scalars: tuple[list[int], list[int]], pos: int) -> tuple[int, int] | None:
-    starts, ends = scalars
+def _value_index(paths: tuple[list[int], list[int], list[tuple[str, ...]]], pos: int) -> int | None:
+    starts, ends, _ = paths
     i = bisect.bisect_right(starts, pos) - 1
-    if i >= 0 and pos < ends[i]:
-        return starts[i], ends[i]
-    return None
+    return i if i >= 0 and pos < ends[i] else None
 
 
 def _path_at(paths: tuple[list[int], list[int], list[tuple[str, ...]]], pos: int) -> tuple[str, ...] | None:
-    starts, ends, keys = paths
-    i = bisect.bisect_right(starts, pos) - 1
-    if i >= 0 and pos < ends[i]:
-        return keys[i]
-    return None
+    i = _value_index(paths, pos)
+    return None if i is None else paths[2][i]
+
+
+def _value_at(paths: tuple[list[int], list[int], list[tuple[str, ...]]], pos: int) -> tuple[int, int] | None:
+    """(start, end) of the scalar value token holding ``pos``, quotes included for a string."""
+    i = _value_index(paths, pos)
+    return None if i is None else (paths[0][i], paths[1][i])
 
 
 class PiiProcessor:
