@@ -200,7 +200,7 @@ def list_candidates(
     since: dt.datetime | str | None = None,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Candidates matching every given filter, most recently seen first (JSON columns parsed).
+    """Candidates matching every given filter, most severe first, then most recently seen (JSON columns parsed).
 
     ``since`` keeps rows whose ``last_seen`` is at or after it (a datetime or an ISO 8601
     string). Unknown status / mode / severity values and a negative limit raise UsageError.
@@ -228,7 +228,7 @@ def list_candidates(
     sql = f"SELECT {', '.join(PUBLIC_COLUMNS)} FROM candidates"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY last_seen DESC, candidate_id"
+    sql += " ORDER BY severity, last_seen DESC, candidate_id"  # most severe first (P0 < P3), newest first
     if limit is not None:
         if limit < 0:
             raise UsageError(f"limit must be 0 or more, got {limit}")

@@ -271,6 +271,19 @@ def test_threshold_comes_from_config(con):
     assert {r["status"] for r in list_candidates(con)} == {"new"}
 
 
+def test_candidates_are_listed_most_severe_first_then_most_recent(con):
+    proc = PromotionProcessor.from_config({})
+    plan = [("P3", "Refund my order"), ("P0", "Cancel the premium plan"), ("P3", "Change my delivery address"),
+            ("P1", "Why was I charged twice")]
+    for i, (severity, text) in enumerate(plan):
+        tid = f"{i + 60:032x}"
+        judge(proc, con, {tid: agent_trace(tid, text)}, [detection(tid, severity=severity)],
+              now=T0 + dt.timedelta(minutes=i))
+    listed = [(r["severity"], r["input"]["user_message"]) for r in list_candidates(con)]
+    assert listed == [("P0", "Cancel the premium plan"), ("P1", "Why was I charged twice"),
+                      ("P3", "Change my delivery address"), ("P3", "Refund my order")]
+
+
 def test_cap_per_intent_stops_new_candidates_but_not_recurrences(con):
     proc = PromotionProcessor.from_config({"max_per_intent": 2})
     messages = ["Refund my order", "Cancel the premium plan", "Change my delivery address", "Why was I charged twice"]
