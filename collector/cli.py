@@ -362,6 +362,11 @@ def show(candidate_id: str, db_path: str | None, config_path: str | None, fmt: s
                                 f"status={c['status']}  occurrences={c.get('occurrences')}"), highlight=False)
     if c.get("duplicate_of"):
         console.print(f"duplicate of {c['duplicate_of']}", highlight=False)
+    if c.get("reviewed_by") or c.get("case_id"):  # what a reviewer decided, as --format json has it
+        review = f"{c['status']} by {c.get('reviewed_by') or '?'} at {c.get('reviewed_at') or '?'}"
+        review += f" as {c['case_id']}" if c.get("case_id") else ""
+        review += f": {c['review_reason']}" if c.get("review_reason") else ""
+        console.print(review, highlight=False, markup=False)
     for key in ("input", "observed", "expected", "context", "source"):
         console.print(Text.assemble((f"{key}: ", "bold"), json.dumps(c.get(key), ensure_ascii=False, indent=2)),
                       highlight=False)

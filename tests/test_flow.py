@@ -90,6 +90,8 @@ def test_review_commands_while_serve_runs_and_after(start_collector, tmp_path):
     assert rejected.returncode == 0, rejected.stderr
     statuses = {r["candidate_id"]: r["status"] for r in json.loads(c.cli("candidates", "--format", "json").stdout)}
     assert statuses == {first: "promoted", second: "rejected"}
+    assert "flaky upstream, not the agent" in c.cli("show", second).stdout  # the text form says why, as json does
+    assert "promoted by alice" in c.cli("show", first).stdout and "as TS-0001" in c.cli("show", first).stdout
     exported = c.cli("export", "--format", "jsonl")
     assert exported.returncode == 0, exported.stderr
     records = [json.loads(line) for line in exported.stdout.splitlines()]
