@@ -1,4 +1,4 @@
-"""Context rules: PERSON, ADDRESS, DOB, PASSPORT and undashed SSN, found only where the text says what they are.
+"""Context rules: PERSON, ADDRESS, DOB, PASSPORT, undashed SSN and plain-digit PHONE, found only where the text says what they are.
 
 A name, a date or a 9-digit number is not PII by its shape, so these rules fire only on an
 explicit context (a keyword before the value, a JSON key, a street suffix after a house
@@ -13,6 +13,10 @@ model names, delivery dates, order numbers, titles. What each rule accepts:
   (``passport no``, ``passport number``, ``passport #``, keys ``passport_number``, ...).
 * SSN -- nine digits (or 3-2-4 with spaces) right after ``SSN`` / ``social security`` (``number``,
   ``no``, ``#``), also as keys (``patient_ssn``); the dashed form needs no context (pii_patterns).
+* PHONE (plain digits) -- 10 to 15 digits, optionally after ``+``, right after ``phone`` /
+  ``telephone`` / ``tel`` / ``mobile`` / ``cell`` / ``fax`` (``number``, ``no``, ``#``), also as keys
+  (``customer_phone``, ``contactPhone``) and as JSON numbers (``"phone": 4155550132``); numbers
+  with separators are phones by their shape alone (pii_patterns).
 * ADDRESS -- a house number (1-6 digits, at a word start) + 1-4 capitalised street-name
   words + a street suffix (Street/St, Avenue/Ave, Road/Rd, ...), with an optional unit
   (``Apt 4B``, ``Suite 200``, ``#12``) and an optional ``, City, ST 12345`` / ZIP / UK
@@ -160,6 +164,27 @@ def ssn_digits(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
     if e < len(text) and (text[e].isdigit() or (text[e] in "-." and text[e + 1:e + 2].isdigit())):
         return None
     return ("SSN", s, e)
+
+
+# --------------------------------------------------------------------------- PHONE (plain digits)
+
+# "4155550132" is an order number as much as a phone by its shape; after a phone keyword (or as the
+# value of a phone key, a JSON number included) it is a phone. A lower-case head before the keyword
+# only counts before a capital (customerPhone): "hotel 4155550132" is not a phone label.
+PHONE_CONTEXT_PATTERN = (LEFT + r"(?:[A-Za-z][A-Za-z0-9]*[_.-]){0,2}"
+                         + r"(?:(?:[a-z][a-z0-9]*)?(?:Phone|Telephone|Tel|Mobile|Cell|Cellphone|Fax)"
+                         + r"|(?i:phone|telephone|tel|mobile|cell|cellphone|fax))\.?"
+                         + r"(?:[ _.-]?(?i:number|num|no\.?|nr\.?)|[ ]?#)?"
+                         + _CONNECT + r"(?P<v>\+?[0-9]{10,15})")
+# The keyword as a word of its own (or with number/no after it): not "tel" in tell, remotely, telemetry
+# or otel.*, nor "cell" in cancellation. Every cell a trigger flags pays the exact Python pass.
+PHONE_CONTEXT_TRIGGER = r"(?:(?i:phone|mobile|fax|cell)|(?:^|[^Oo])(?i:tel))(?i:number|num|no|nr)?(?:[^0-9A-Za-z]|$)"
+
+
+def phone_digits(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    if e < len(text) and (text[e].isalnum() or text[e] == "_" or (text[e] in "-." and text[e + 1:e + 2].isdigit())):
+        return None
+    return ("PHONE", s, e)
 
 
 # --------------------------------------------------------------------------- ADDRESS

@@ -352,6 +352,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),
     Rule("SSN", ctx.SSN_PATTERN, ctx.ssn_digits, trigger=ctx.KEYWORD_TRIGGER),
+    Rule("PHONE", ctx.PHONE_CONTEXT_PATTERN, ctx.phone_digits, trigger=ctx.PHONE_CONTEXT_TRIGGER),
     Rule("ADDRESS", ctx.ADDRESS_KEY_PATTERN, ctx.address_value, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PERSON", ctx.PERSON_NAMED_PATTERN, ctx.person_named, trigger=ctx.PERSON_NAMED_TRIGGER),
     Rule("PERSON", ctx.PERSON_INTRO_PATTERN, ctx.person, trigger=ctx.PERSON_INTRO_TRIGGER),

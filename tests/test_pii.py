@@ -132,6 +132,9 @@ def test_a_private_key_with_escaped_newlines_is_one_redaction():
     ("SSN: 536 22 1234", "536 22 1234", "SSN"),
     ("write to josé@example.com", "example.com", "EMAIL"),
     ("émilie.dupont@example.fr", "dupont", "EMAIL"),
+    ("my phone number is 4155550132", "4155550132", "PHONE"),
+    ("Mobile:\n+447911123456", "447911123456", "PHONE"),
+    ("Tel.: 4155550132", "4155550132", "PHONE"),
 ])
 def test_context_values_across_line_breaks_and_accented_addresses_in_every_form(text, raw, type_):
     """Plain text, JSON (ensure_ascii and not), and JSON inside JSON: the raw value is gone from each."""
@@ -149,7 +152,9 @@ def test_context_values_across_line_breaks_and_accented_addresses_in_every_form(
 
 
 @pytest.mark.parametrize("text", ["ssn 123456789012", "classname 536221234", "ssn: 666221234", "order 536221234",
-                                  "passport\nphoto attached"])
+                                  "passport\nphoto attached", "order 4155550132", "hotel: 4155550132",
+                                  "otel.span_id: 4155550132", "phone 41555501321234567", "phone: 4155550132x",
+                                  "tell me about 4155550132"])
 def test_context_rules_leave_lookalikes_alone(text):
     assert Sanitizer().redact(text)[0] == text
 
@@ -162,6 +167,15 @@ def test_a_number_outside_any_json_string_becomes_a_quoted_placeholder():
     assert json.loads(out) == {"payment": {"card": "<CARD>", "ids": ["<CARD>", 7], "note": "card <CARD>",
                                            "list": "a,<CARD>, b", "spaced": ["<CARD>"]}}
     assert counts == Counter({"CARD": 5})
+
+
+def test_phone_numbers_without_separators_are_found_by_their_key_also_as_json_numbers():
+    text = ('{"customer":{"phone":4155550132,"phone_number":"4155550132","contactPhone":"+447911123456",'
+            '"mobile": 14155550132,"order_id":4155550132,"tel":415555013}}')
+    out, counts = Sanitizer().redact(text, json_text=True)
+    assert json.loads(out) == {"customer": {"phone": "<PHONE>", "phone_number": "<PHONE>", "contactPhone": "<PHONE>",
+                                            "mobile": "<PHONE>", "order_id": 4155550132, "tel": 415555013}}
+    assert counts == Counter({"PHONE": 4})
 
 
 def test_a_password_in_json_keeps_its_key_and_quotes():

@@ -128,6 +128,7 @@ def test_an_integer_attribute_holding_a_card_number_is_stored_redacted_with_its_
             with tracer.start_as_current_span(f"pay-{transport}") as span:
                 span.set_attribute("payment.card", 4111111111111111)
                 span.set_attribute("payment.cards", [4111111111111111, 4012888888881881])
+                span.set_attribute("customer.phone", 4155550132)
                 with tracer.start_as_current_span(f"good-{transport}"):
                     pass
     rows = c.wait_for("SELECT name, attributes, pii_redactions FROM spans ORDER BY name",
@@ -135,5 +136,6 @@ def test_an_integer_attribute_holding_a_card_number_is_stored_redacted_with_its_
     assert [r["name"] for r in rows] == ["good-grpc", "good-http", "pay-grpc", "pay-http"]
     for row in rows[2:]:
         assert json.loads(row["attributes"])["payment"] == {"card": "<CARD>", "cards": ["<CARD>", "<CARD>"]}
-        assert json.loads(row["pii_redactions"]) == {"CARD": 3}
+        assert json.loads(row["attributes"])["customer"] == {"phone": "<PHONE>"}
+        assert json.loads(row["pii_redactions"]) == {"CARD": 3, "PHONE": 1}
     assert "ConversionException" not in c.log()
