@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import select
+import shlex
 import signal
 import sys
 import threading
@@ -149,6 +150,16 @@ def _store_label(db_path: str | None, config_path: str | None) -> str:
         if lake is not None:
             return f"DuckLake {lake.printable_catalog}"
     return _resolve_db(db_path, config_path)
+
+
+def _store_args(db_path: str | None, config_path: str | None) -> str:
+    """The options that name this store on another command line (absolute: a page is read anywhere)."""
+    args = []
+    if config_path:
+        args += ["--config", os.path.abspath(config_path)]
+    if db_path:
+        args += ["--db", os.path.abspath(db_path)]
+    return shlex.join(args)
 
 
 def _client(db_path: str | None, config_path: str | None, *, write: bool = False) -> Any:
@@ -505,6 +516,7 @@ def report(out_path: str, status: str | None, limit: int, db_path: str | None, c
     finally:
         client.close()
     data["db"] = db
+    data["store_args"] = _store_args(db_path, config_path)
     html_text = render_report(data)
     with open(out_path, "w", encoding="utf-8") as fh:
         fh.write(html_text)

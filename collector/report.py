@@ -127,6 +127,7 @@ def render_report(data: Mapping[str, Any]) -> str:
 
         {"generated_at": str,                  # ISO 8601, shown in the header
          "db": str,                            # the store the page was made from
+         "store_args": str,                    # --db/--config options naming it, for the promote command
          "candidates": [dict, ...],            # rows as storage.candidates.list_candidates returns them:
              # candidate_id, failure_mode, severity, blast_radius, status, occurrences,
              # first_seen, last_seen, input, context, observed, expected, source (JSON columns parsed;
@@ -145,6 +146,7 @@ def render_report(data: Mapping[str, Any]) -> str:
     candidates = [c for c in (data.get("candidates") or []) if isinstance(c, Mapping)]
     traces: Mapping[str, Any] = data.get("traces") or {}
     detections: Mapping[str, Any] = data.get("detections") or {}
+    store_args = str(data.get("store_args") or "")
     ordered = sorted(candidates, key=_candidate_order)
 
     parts = [
@@ -170,7 +172,7 @@ def render_report(data: Mapping[str, Any]) -> str:
         for (severity, mode), group in _groups(ordered):
             parts.append(_group_open(severity, mode, group))
             for cand in group:
-                parts.append(_candidate_section(cand, traces, detections))
+                parts.append(_candidate_section(cand, traces, detections, store_args))
             parts.append("</section>\n")
     parts.append(f"</main>\n<script>{_SCRIPT}</script>\n</body>\n</html>\n")
     return "".join(parts)
@@ -367,7 +369,8 @@ def _filters(candidates: Sequence[Mapping[str, Any]]) -> str:
             f"{select('status', statuses)}</div>\n")
 
 
-def _candidate_section(cand: Mapping[str, Any], traces: Mapping[str, Any], detections: Mapping[str, Any]) -> str:
+def _candidate_section(cand: Mapping[str, Any], traces: Mapping[str, Any], detections: Mapping[str, Any],
+                       store_args: str = "") -> str:
     cid = cand.get("candidate_id")
     status = str(cand.get("status") or "")
     severity = str(cand.get("severity") or "")
@@ -413,7 +416,8 @@ def _candidate_section(cand: Mapping[str, Any], traces: Mapping[str, Any], detec
 
     if status in REVIEWABLE_STATUSES:
         out.append("<h3>Promote</h3>\n<pre class=\"promote\" title=\"click once to select the whole command\">"
-                   f"tracesieve promote {_e(cid)} --cases cases.yaml --owner &lt;you&gt;</pre>\n")
+                   f"tracesieve promote {_e(cid)} --cases cases.yaml --owner &lt;you&gt;"
+                   f"{' ' + _e(store_args) if store_args else ''}</pre>\n")
 
     out.append(_input_block(cand.get("input")))
     out.append("<div class=\"grid2\">\n<div><h3>Observed</h3>\n" + _observed_block(cand.get("observed"), cand.get("context"))
