@@ -83,34 +83,68 @@ async def _read_body(request: Request, limit: int, hold: Hold) -> bytes:
         raise TooLargeError(f"request body is {length} bytes; the limit is {limit} bytes")
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding in ("", "identity"):
-        decompressor = None
-    elif encoding in ("gzip", "x-gzip"):
-        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        decompressor = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header, auto-detected
+        inflater = None
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        inflater = _Inflater(encoding, limit)
     else:
         raise PermanentError(f"unsupported Content-Encoding {encoding!r} (use gzip, deflate or none)")
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
-            if decompressor is None:
-                out = chunk
-            else:
-                out = decompressor.decompress(chunk, limit + 1 - size)
-                if decompressor.unconsumed_tail:
-                    raise TooLargeError(f"decompressed body exceeds the limit of {limit} bytes")
+            out = chunk if inflater is None else inflater.feed(chunk)
             size += len(out)
             if size > limit:
                 raise TooLargeError(f"request body exceeds the limit of {limit} bytes")
             hold.grow_to(size)
             chunks.append(out)
-        if decompressor is not None:
-            if not decompressor.eof:
-                raise PermanentError(f"the {encoding} body is truncated")
+        if inflater is not None:
+            inflater.finish()
     except zlib.error as exc:
         raise PermanentError(f"the body is not valid {encoding}: {exc}") from None
     return b"".join(chunks)
+
+
+class _Inflater:
+    """Decompresses a gzip or deflate body as it arrives, never producing more than ``limit`` bytes.
+
+    gzip: every member of a multi-member body (RFC 1952), as Go's reader in the OTel Collector does;
+    bytes after a member that do not start another are an error. deflate: the zlib format RFC 9110
+    names, or a bare deflate stream as some clients send it.
+    """
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self._encoding = encoding
+        self._limit = limit
+        self._produced = 0
+        self._stream: Any = None  # zlib.Decompress, made when the first bytes of each member arrive
+
+    def feed(self, data: bytes) -> bytes:
+        outs: list[bytes] = []
+        while data:
+            if self._stream is None or self._stream.eof:
+                if self._stream is not None and self._encoding == "deflate":
+                    raise PermanentError("the deflate body has bytes after its end")
+                self._stream = zlib.decompressobj(self._window_bits(data))
+            out = self._stream.decompress(data, self._limit + 1 - self._produced)
+            self._produced += len(out)
+            if self._produced > self._limit or self._stream.unconsumed_tail:
+                raise TooLargeError(f"decompressed body exceeds the limit of {self._limit} bytes")
+            outs.append(out)
+            data = self._stream.unused_data if self._stream.eof else b""
+        return b"".join(outs)
+
+    def finish(self) -> None:
+        """Raise PermanentError when the body stopped inside a stream (an empty body is an empty request)."""
+        if self._stream is not None and not self._stream.eof:
+            raise PermanentError(f"the {self._encoding} body is truncated")
+
+    def _window_bits(self, head: bytes) -> int:
+        if self._encoding != "deflate" or head[:2] == b"\x1f\x8b":
+            return 16 + zlib.MAX_WBITS  # gzip header
+        if len(head) >= 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0:
+            return zlib.MAX_WBITS  # zlib header
+        return -zlib.MAX_WBITS  # bare deflate
 
 
 ApiHandler = Callable[[str, dict[str, Any]], Any]

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import threading
+import zlib
 
 import grpc
 import httpx
@@ -202,6 +203,22 @@ def test_over_the_size_limit_is_413_even_when_gzipped(start_collector):
     assert len(bomb) < 64 * 1024
     assert post(c, bomb, **{"content-encoding": "gzip"}).status_code == 413
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 0}]
+
+
+def test_every_member_of_a_concatenated_gzip_body_is_stored(start_collector):
+    """RFC 1952: a gzip body is a series of members. Reading only the first answered 200 and dropped the rest."""
+    c = start_collector(NO_JUDGE)
+    bare = zlib.compressobj(wbits=-zlib.MAX_WBITS)  # deflate without the zlib header, as some clients send it
+    assert post(c, bare.compress(make_request(1).SerializeToString()) + bare.flush(),
+                **{"content-encoding": "deflate"}).status_code == 200
+    trace_id = os.urandom(16)
+    body = b"".join(gzip.compress(make_request(2, trace_id=trace_id).SerializeToString()) for _ in range(3))
+    response = post(c, body, **{"content-encoding": "gzip"})
+    assert response.status_code == 200
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 7}]
+    trailing = gzip.compress(make_request(1).SerializeToString()) + b"not gzip"
+    assert post(c, trailing, **{"content-encoding": "gzip"}).status_code == 400
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 7}]
 
 
 def test_grpc_undecodable_is_invalid_argument_and_oversize_is_resource_exhausted(start_collector):
