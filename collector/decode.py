@@ -89,7 +89,12 @@ def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
 
 
 def parse_json(body: bytes) -> ExportTraceServiceRequest:
-    """Parse OTLP/JSON. Trace and span ids are hex there (not base64 as plain proto3 JSON assumes)."""
+    """Parse OTLP/JSON. Trace and span ids are hex there (not base64 as plain proto3 JSON assumes).
+
+    An empty body is an empty request, as it is in protobuf (zero bytes are the empty message).
+    """
+    if not body or body.isspace():
+        return ExportTraceServiceRequest()
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:

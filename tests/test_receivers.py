@@ -221,6 +221,16 @@ def test_every_member_of_a_concatenated_gzip_body_is_stored(start_collector):
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 7}]
 
 
+def test_an_empty_body_is_an_empty_request_whatever_its_type_or_encoding(start_collector):
+    c = start_collector(NO_JUDGE)
+    json_response = post(c, b"", "application/json")
+    assert (json_response.status_code, json_response.headers["content-type"]) == (200, "application/json")
+    assert json_response.json() == {}
+    for encoding in ("gzip", "deflate"):
+        response = post(c, b"", **{"content-encoding": encoding})
+        assert (response.status_code, response.content) == (200, b""), encoding
+
+
 def test_grpc_undecodable_is_invalid_argument_and_oversize_is_resource_exhausted(start_collector):
     c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_request_size": "64KiB"}}}})
     with grpc.insecure_channel(c.grpc_endpoint) as channel:
