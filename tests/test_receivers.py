@@ -231,6 +231,40 @@ def test_an_empty_body_is_an_empty_request_whatever_its_type_or_encoding(start_c
         assert (response.status_code, response.content) == (200, b""), encoding
 
 
+def _request_of_exactly(size: int) -> bytes:
+    """A request of ``size`` bytes whose padding is random bytes, so gzip makes it a little larger, not smaller."""
+    req = make_request(1)
+    value = req.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="blob").value
+    value.bytes_value = os.urandom(size - req.ByteSize() - 16)
+    while req.ByteSize() < size:
+        value.bytes_value += os.urandom(size - req.ByteSize())
+    while req.ByteSize() > size:
+        value.bytes_value = value.bytes_value[:-1]
+    assert req.ByteSize() == size
+    return req.SerializeToString()
+
+
+def test_the_size_limit_is_measured_after_decompression_on_the_compressed_side_too(start_collector):
+    """A body at the limit whose gzip form is a few bytes over it is accepted; input that inflates
+    to nothing is still not read without end."""
+    limit = 64 * 1024
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_request_size": "64KiB"}}}})
+    body = _request_of_exactly(limit)
+    compressed = gzip.compress(body)
+    assert len(compressed) > limit
+    assert post(c, compressed, **{"content-encoding": "gzip"}).status_code == 200
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 1}]
+    empty_blocks = b"\x00\x00\x00\xff\xff" * 60_000  # deflate stored blocks holding no data: 300 KB in, 0 out
+
+    def chunked():  # no Content-Length: only the streaming cap can stop it
+        yield b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+        for i in range(0, len(empty_blocks), 65536):
+            yield empty_blocks[i:i + 65536]
+        yield b"\x03\x00" + bytes(8)
+
+    assert post(c, chunked(), **{"content-encoding": "gzip"}).status_code == 413
+
+
 def test_grpc_undecodable_is_invalid_argument_and_oversize_is_resource_exhausted(start_collector):
     c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_request_size": "64KiB"}}}})
     with grpc.insecure_channel(c.grpc_endpoint) as channel:
