@@ -60,6 +60,14 @@ def error_response(exc: Exception, media_type: str) -> Response:
     return _encode(body, media_type, status, headers)
 
 
+def refusal(status: int, code: int, message: str, media_type: str, headers: dict[str, str] | None = None) -> Response:
+    """A 4xx that is not an export error (wrong path or method): a google.rpc.Status encoded like the
+    request when it is an OTLP request (the spec's rule for every error body), plain text otherwise."""
+    if media_type in SUPPORTED:
+        return _encode(status_pb2.Status(code=code, message=message), media_type, status, headers)
+    return PlainTextResponse(f"{status} {message}", status_code=status, headers=headers)
+
+
 def _encode(message: Any, media_type: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     if media_type == JSON:
         content = json_format.MessageToJson(message, indent=None).encode() if message.ByteSize() else b"{}"
@@ -174,8 +182,8 @@ def build_app(
 ) -> Starlette:
     async def traces(request: Request) -> Response:
         if request.method != "POST":
-            return PlainTextResponse("405 method not allowed: use POST /v1/traces", status_code=405,
-                                     headers={"Allow": "POST"})
+            return refusal(405, code_pb2.UNIMPLEMENTED, "method not allowed: use POST /v1/traces",
+                           _media_type(request), {"Allow": "POST"})
         started = time.perf_counter()
         try:
             return await export(request)
@@ -258,7 +266,11 @@ def build_app(
         return Response(json.dumps({"result": result}, default=str, ensure_ascii=False),
                         media_type="application/json")
 
-    return Starlette(routes=[
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return refusal(404, code_pb2.NOT_FOUND, f"not found: {request.url.path} (OTLP traces go to POST /v1/traces)",
+                       _media_type(request))
+
+    return Starlette(exception_handlers={404: not_found}, routes=[
         Route("/v1/traces", traces, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

@@ -231,6 +231,17 @@ def test_an_empty_body_is_an_empty_request_whatever_its_type_or_encoding(start_c
         assert (response.status_code, response.content) == (200, b""), encoding
 
 
+def test_wrong_method_and_unknown_path_answer_a_status_encoded_like_the_request(start_collector):
+    c = start_collector(NO_JUDGE)
+    wrong_method = httpx.put(f"{c.http_url}/v1/traces", content=b"{}", headers={"content-type": "application/json"})
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.headers["content-type"] == "application/json"
+    assert "POST" in wrong_method.json()["message"]
+    not_found = httpx.post(f"{c.http_url}/v1/trace", content=b"", headers={"content-type": "application/x-protobuf"})
+    assert (not_found.status_code, not_found.headers["content-type"]) == (404, "application/x-protobuf")
+    assert "/v1/traces" in status_pb2.Status.FromString(not_found.content).message
+
+
 def _request_of_exactly(size: int) -> bytes:
     """A request of ``size`` bytes whose padding is random bytes, so gzip makes it a little larger, not smaller."""
     req = make_request(1)
