@@ -407,6 +407,30 @@ def test_per_span_limits_cut_drop_and_mark(start_collector):
     assert row["dropped_attributes_count"] == 3 + 4
 
 
+def test_a_value_no_typed_column_can_hold_never_fails_the_request(start_collector):
+    """Token counts past BIGINT, digits int() refuses (superscripts) in a count or a key segment: the
+    span is stored with the typed column empty and the value in attributes. Each used to fail the
+    whole request with a 500, which clients do not retry: the request's good spans were lost too."""
+    c = start_collector(NO_JUDGE)
+    odd = {"llm.token_count.prompt": 1e300, "llm.token_count.completion": "9" * 40,
+           "llm.token_count.total": "\u00b2", "llm.input_messages.\u00b2.message.role": "user"}
+    req = make_request(len(odd) + 1)
+    spans = req.resource_spans[0].scope_spans[0].spans
+    for span, (key, value) in zip(spans, odd.items()):
+        attr = span.attributes.add(key=key).value
+        if isinstance(value, float):
+            attr.double_value = value
+        else:
+            attr.string_value = value
+    response = post(c, req.SerializeToString())
+    assert (response.status_code, response.content) == (200, b"")
+    rows = c.query("SELECT llm_token_count_prompt AS p, llm_token_count_completion AS c, llm_token_count_total AS t, "
+                   "attributes FROM spans ORDER BY name")
+    assert len(rows) == len(odd) + 1
+    assert all(r["p"] is None and r["c"] is None and r["t"] is None for r in rows)
+    assert json.loads(rows[3]["attributes"])["llm"]["input_messages"] == {"\u00b2": {"message": {"role": "user"}}}
+
+
 def _nested(levels: int, kind: str) -> ExportTraceServiceRequest:
     """One span whose attribute ``deep`` nests ``levels`` key-value lists (or arrays), one event likewise."""
     req = make_request(1)
