@@ -103,10 +103,14 @@ async def _read_body(request: Request, limit: int, hold: Hold) -> bytes:
     size = received = 0
     try:
         async for chunk in request.stream():
-            received += len(chunk)
-            if received > cap:
-                raise TooLargeError(f"the {encoding} body exceeds {cap} bytes; the limit is {limit} bytes inflated")
-            out = chunk if inflater is None else inflater.feed(chunk)
+            if inflater is None:
+                out = chunk
+            else:
+                received += len(chunk)
+                if received > cap:
+                    raise TooLargeError(f"the {encoding} body exceeds {cap} bytes; the limit is {limit} bytes "
+                                        "after decompression")
+                out = inflater.feed(chunk)
             size += len(out)
             if size > limit:
                 raise TooLargeError(f"request body exceeds the limit of {limit} bytes")

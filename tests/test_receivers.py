@@ -274,6 +274,9 @@ def test_the_size_limit_is_measured_after_decompression_on_the_compressed_side_t
         yield b"\x03\x00" + bytes(8)
 
     assert post(c, chunked(), **{"content-encoding": "gzip"}).status_code == 413
+    plain = post(c, iter([body, b"\x00"]))  # chunked, not compressed: one byte over
+    assert plain.status_code == 413
+    assert status_pb2.Status.FromString(plain.content).message == "request body exceeds the limit of 65536 bytes"
 
 
 def test_grpc_undecodable_is_invalid_argument_and_oversize_is_resource_exhausted(start_collector):
