@@ -89,7 +89,12 @@ def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
 
 
 def parse_json(body: bytes) -> ExportTraceServiceRequest:
-    """Parse OTLP/JSON. Trace and span ids are hex there (not base64 as plain proto3 JSON assumes)."""
+    """Parse OTLP/JSON. Trace and span ids are hex there (not base64 as plain proto3 JSON assumes).
+
+    An empty body is an empty request, as it is in protobuf (zero bytes are the empty message).
+    """
+    if not body or body.isspace():
+        return ExportTraceServiceRequest()
     try:
         doc = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -232,7 +237,7 @@ def _append_span(
     completion = _first_int(flat, "llm.token_count.completion", "gen_ai.usage.output_tokens",
                             "gen_ai.usage.completion_tokens")
     total = _first_int(flat, "llm.token_count.total", "llm.usage.total_tokens", "gen_ai.usage.total_tokens")
-    if total is None and prompt is not None and completion is not None:
+    if total is None and prompt is not None and completion is not None and prompt + completion in _INT64:
         total = prompt + completion
     input_value, input_mime = _io_value(flat, "input", kind)
     output_value, output_mime = _io_value(flat, "output", kind)
@@ -428,17 +433,21 @@ def _first_str(flat: dict[str, Any], *keys: str) -> str | None:
     return None
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
 def _first_int(flat: dict[str, Any], *keys: str) -> int | None:
+    """The first value of ``keys`` that is a whole number a BIGINT column holds (a number past it is skipped)."""
     for key in keys:
         value = flat.get(key)
         if isinstance(value, bool):
             continue
-        if isinstance(value, int):
-            return value
         if isinstance(value, float) and math.isfinite(value):
-            return int(value)
-        if isinstance(value, str) and value.isdigit():
-            return int(value)
+            value = int(value)
+        elif isinstance(value, str) and value.isdecimal() and len(value) < 20:  # isdigit() takes "²"; int() not
+            value = int(value)
+        if isinstance(value, int) and value in _INT64:
+            return value
     return None
 
 
@@ -593,12 +602,12 @@ class _AttributeWalker:
             existing = node.get(last, _MISSING)
             if existing is _MISSING:
                 node[last] = value
-                if last.isdigit():
+                if last.isdecimal():  # not isdigit(): int() refuses digits such as "²"
                     digit_keyed.add(id(node))
             elif id(existing) in made_ids:
                 existing.setdefault("", value)
         for obj, parent, key in reversed(made):  # children before parents
-            if id(obj) in digit_keyed and obj and all(k.isdigit() for k in obj):
+            if id(obj) in digit_keyed and obj and all(k.isdecimal() for k in obj):
                 top = max(int(k) for k in obj)
                 if top < 2 * len(obj) + 64:
                     items: list[Any] = [None] * (top + 1)
@@ -628,7 +637,7 @@ class _AttributeWalker:
                     return node, ".".join([*parts[i:], last])
                 new: dict[str, Any] = {} if child is _MISSING else {"": child}
                 node[part] = new
-                if part.isdigit():
+                if part.isdecimal():
                     digit_keyed.add(id(node))
                 made.append((new, node, part))
                 made_ids.add(id(new))

@@ -60,6 +60,14 @@ def error_response(exc: Exception, media_type: str) -> Response:
     return _encode(body, media_type, status, headers)
 
 
+def refusal(status: int, code: int, message: str, media_type: str, headers: dict[str, str] | None = None) -> Response:
+    """A 4xx that is not an export error (wrong path or method): a google.rpc.Status encoded like the
+    request when it is an OTLP request (the spec's rule for every error body), plain text otherwise."""
+    if media_type in SUPPORTED:
+        return _encode(status_pb2.Status(code=code, message=message), media_type, status, headers)
+    return PlainTextResponse(f"{status} {message}", status_code=status, headers=headers)
+
+
 def _encode(message: Any, media_type: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     if media_type == JSON:
         content = json_format.MessageToJson(message, indent=None).encode() if message.ByteSize() else b"{}"
@@ -78,39 +86,92 @@ async def _read_body(request: Request, limit: int, hold: Hold) -> bytes:
     ``hold`` grows with the bytes actually received (not the declared length: a client that
     declares 64 MiB and sends nothing must not hold the in-flight budget).
     """
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise TooLargeError(f"request body is {length} bytes; the limit is {limit} bytes")
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding in ("", "identity"):
-        decompressor = None
-    elif encoding in ("gzip", "x-gzip"):
-        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        decompressor = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header, auto-detected
+        inflater = None
+    elif encoding in ("gzip", "x-gzip", "deflate"):
+        inflater = _Inflater(encoding, limit)
     else:
         raise PermanentError(f"unsupported Content-Encoding {encoding!r} (use gzip, deflate or none)")
+    # The limit is on the inflated body; compressed, a body within it can be a little larger (stored
+    # blocks, headers). The cap on what is read stops input that inflates to little or nothing.
+    cap = limit if inflater is None else _compressed_cap(limit)
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > cap:
+        raise TooLargeError(f"request body is {length} bytes; the limit is {limit} bytes")
     chunks: list[bytes] = []
-    size = 0
+    size = received = 0
     try:
         async for chunk in request.stream():
-            if decompressor is None:
+            if inflater is None:
                 out = chunk
             else:
-                out = decompressor.decompress(chunk, limit + 1 - size)
-                if decompressor.unconsumed_tail:
-                    raise TooLargeError(f"decompressed body exceeds the limit of {limit} bytes")
+                received += len(chunk)
+                if received > cap:
+                    raise TooLargeError(f"the {encoding} body exceeds {cap} bytes; the limit is {limit} bytes "
+                                        "after decompression")
+                out = inflater.feed(chunk)
             size += len(out)
             if size > limit:
                 raise TooLargeError(f"request body exceeds the limit of {limit} bytes")
             hold.grow_to(size)
             chunks.append(out)
-        if decompressor is not None:
-            if not decompressor.eof:
-                raise PermanentError(f"the {encoding} body is truncated")
+        if inflater is not None:
+            inflater.finish()
     except zlib.error as exc:
         raise PermanentError(f"the body is not valid {encoding}: {exc}") from None
     return b"".join(chunks)
+
+
+def _compressed_cap(limit: int) -> int:
+    """The most compressed bytes read for a body that may inflate to ``limit``.
+
+    Incompressible data grows by 5 bytes a 64 KiB stored block plus 18 a gzip member; this leaves
+    room for that (and for many members), so no body within the limit is refused for its compressed size.
+    """
+    return limit + limit // 1024 + 64 * 1024
+
+
+class _Inflater:
+    """Decompresses a gzip or deflate body as it arrives, never producing more than ``limit`` bytes.
+
+    gzip: every member of a multi-member body (RFC 1952), as Go's reader in the OTel Collector does;
+    bytes after a member that do not start another are an error. deflate: the zlib format RFC 9110
+    names, or a bare deflate stream as some clients send it.
+    """
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self._encoding = encoding
+        self._limit = limit
+        self._produced = 0
+        self._stream: Any = None  # zlib.Decompress, made when the first bytes of each member arrive
+
+    def feed(self, data: bytes) -> bytes:
+        outs: list[bytes] = []
+        while data:
+            if self._stream is None or self._stream.eof:
+                if self._stream is not None and self._encoding == "deflate":
+                    raise PermanentError("the deflate body has bytes after its end")
+                self._stream = zlib.decompressobj(self._window_bits(data))
+            out = self._stream.decompress(data, self._limit + 1 - self._produced)
+            self._produced += len(out)
+            if self._produced > self._limit or self._stream.unconsumed_tail:
+                raise TooLargeError(f"decompressed body exceeds the limit of {self._limit} bytes")
+            outs.append(out)
+            data = self._stream.unused_data if self._stream.eof else b""
+        return b"".join(outs)
+
+    def finish(self) -> None:
+        """Raise PermanentError when the body stopped inside a stream (an empty body is an empty request)."""
+        if self._stream is not None and not self._stream.eof:
+            raise PermanentError(f"the {self._encoding} body is truncated")
+
+    def _window_bits(self, head: bytes) -> int:
+        if self._encoding != "deflate" or head[:2] == b"\x1f\x8b":
+            return 16 + zlib.MAX_WBITS  # gzip header
+        if len(head) >= 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0:
+            return zlib.MAX_WBITS  # zlib header
+        return -zlib.MAX_WBITS  # bare deflate
 
 
 ApiHandler = Callable[[str, dict[str, Any]], Any]
@@ -125,8 +186,8 @@ def build_app(
 ) -> Starlette:
     async def traces(request: Request) -> Response:
         if request.method != "POST":
-            return PlainTextResponse("405 method not allowed: use POST /v1/traces", status_code=405,
-                                     headers={"Allow": "POST"})
+            return refusal(405, code_pb2.UNIMPLEMENTED, "method not allowed: use POST /v1/traces",
+                           _media_type(request), {"Allow": "POST"})
         started = time.perf_counter()
         try:
             return await export(request)
@@ -209,7 +270,11 @@ def build_app(
         return Response(json.dumps({"result": result}, default=str, ensure_ascii=False),
                         media_type="application/json")
 
-    return Starlette(routes=[
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return refusal(404, code_pb2.NOT_FOUND, f"not found: {request.url.path} (OTLP traces go to POST /v1/traces)",
+                       _media_type(request))
+
+    return Starlette(exception_handlers={404: not_found}, routes=[
         Route("/v1/traces", traces, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

@@ -99,7 +99,7 @@ def as_list(value: Any) -> list[Any]:
     value = loose(value)
     if isinstance(value, list):
         return value
-    if isinstance(value, dict) and value and all(isinstance(k, str) and k.isdigit() for k in value):
+    if isinstance(value, dict) and value and all(isinstance(k, str) and k.isdecimal() for k in value):
         return [value[k] for k in sorted(value, key=int)]
     return []
 

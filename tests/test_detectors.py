@@ -828,3 +828,12 @@ def test_example_token_budget_rule_fires_on_a_runaway_trace(tmp_path):
     ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
     budget = [d for d in ds if d.detector == "token_budget"]
     assert [(d.span_id, d.failure_mode, d.evidence["tokens"]) for d in budget] == [(root["span_id"], "loop", 270000)]
+
+
+def test_messages_keyed_by_digits_int_refuses_are_not_read_as_a_list():
+    """The decoder stores a key segment such as "\u00b2" as an object key (isdigit() says digit, int() refuses)."""
+    from tracesieve.processors.spanview import output_messages
+
+    span = make_span("LLM")
+    span["attributes"]["llm"] = {"output_messages": {"\u00b2": {"message": {"role": "assistant", "content": "hi"}}}}
+    assert output_messages(span) == []

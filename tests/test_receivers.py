@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import threading
+import zlib
 
 import grpc
 import httpx
@@ -204,6 +205,80 @@ def test_over_the_size_limit_is_413_even_when_gzipped(start_collector):
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 0}]
 
 
+def test_every_member_of_a_concatenated_gzip_body_is_stored(start_collector):
+    """RFC 1952: a gzip body is a series of members. Reading only the first answered 200 and dropped the rest."""
+    c = start_collector(NO_JUDGE)
+    bare = zlib.compressobj(wbits=-zlib.MAX_WBITS)  # deflate without the zlib header, as some clients send it
+    assert post(c, bare.compress(make_request(1).SerializeToString()) + bare.flush(),
+                **{"content-encoding": "deflate"}).status_code == 200
+    trace_id = os.urandom(16)
+    body = b"".join(gzip.compress(make_request(2, trace_id=trace_id).SerializeToString()) for _ in range(3))
+    response = post(c, body, **{"content-encoding": "gzip"})
+    assert response.status_code == 200
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 7}]
+    trailing = gzip.compress(make_request(1).SerializeToString()) + b"not gzip"
+    assert post(c, trailing, **{"content-encoding": "gzip"}).status_code == 400
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 7}]
+
+
+def test_an_empty_body_is_an_empty_request_whatever_its_type_or_encoding(start_collector):
+    c = start_collector(NO_JUDGE)
+    json_response = post(c, b"", "application/json")
+    assert (json_response.status_code, json_response.headers["content-type"]) == (200, "application/json")
+    assert json_response.json() == {}
+    for encoding in ("gzip", "deflate"):
+        response = post(c, b"", **{"content-encoding": encoding})
+        assert (response.status_code, response.content) == (200, b""), encoding
+
+
+def test_wrong_method_and_unknown_path_answer_a_status_encoded_like_the_request(start_collector):
+    c = start_collector(NO_JUDGE)
+    wrong_method = httpx.put(f"{c.http_url}/v1/traces", content=b"{}", headers={"content-type": "application/json"})
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.headers["content-type"] == "application/json"
+    assert "POST" in wrong_method.json()["message"]
+    not_found = httpx.post(f"{c.http_url}/v1/trace", content=b"", headers={"content-type": "application/x-protobuf"})
+    assert (not_found.status_code, not_found.headers["content-type"]) == (404, "application/x-protobuf")
+    assert "/v1/traces" in status_pb2.Status.FromString(not_found.content).message
+
+
+def _request_of_exactly(size: int) -> bytes:
+    """A request of ``size`` bytes whose padding is random bytes, so gzip makes it a little larger, not smaller."""
+    req = make_request(1)
+    value = req.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="blob").value
+    value.bytes_value = os.urandom(size - req.ByteSize() - 16)
+    while req.ByteSize() < size:
+        value.bytes_value += os.urandom(size - req.ByteSize())
+    while req.ByteSize() > size:
+        value.bytes_value = value.bytes_value[:-1]
+    assert req.ByteSize() == size
+    return req.SerializeToString()
+
+
+def test_the_size_limit_is_measured_after_decompression_on_the_compressed_side_too(start_collector):
+    """A body at the limit whose gzip form is a few bytes over it is accepted; input that inflates
+    to nothing is still not read without end."""
+    limit = 64 * 1024
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_request_size": "64KiB"}}}})
+    body = _request_of_exactly(limit)
+    compressed = gzip.compress(body)
+    assert len(compressed) > limit
+    assert post(c, compressed, **{"content-encoding": "gzip"}).status_code == 200
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 1}]
+    empty_blocks = b"\x00\x00\x00\xff\xff" * 60_000  # deflate stored blocks holding no data: 300 KB in, 0 out
+
+    def chunked():  # no Content-Length: only the streaming cap can stop it
+        yield b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+        for i in range(0, len(empty_blocks), 65536):
+            yield empty_blocks[i:i + 65536]
+        yield b"\x03\x00" + bytes(8)
+
+    assert post(c, chunked(), **{"content-encoding": "gzip"}).status_code == 413
+    plain = post(c, iter([body, b"\x00"]))  # chunked, not compressed: one byte over
+    assert plain.status_code == 413
+    assert status_pb2.Status.FromString(plain.content).message == "request body exceeds the limit of 65536 bytes"
+
+
 def test_grpc_undecodable_is_invalid_argument_and_oversize_is_resource_exhausted(start_collector):
     c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_request_size": "64KiB"}}}})
     with grpc.insecure_channel(c.grpc_endpoint) as channel:
@@ -333,6 +408,30 @@ def test_per_span_limits_cut_drop_and_mark(start_collector):
     assert attrs["deep"] == {"level1": "[too deep]"}
     assert set(attrs) == {"openinference", "input", "deep", "extra"} and attrs["extra"] == [0]
     assert row["dropped_attributes_count"] == 3 + 4
+
+
+def test_a_value_no_typed_column_can_hold_never_fails_the_request(start_collector):
+    """Token counts past BIGINT, digits int() refuses (superscripts) in a count or a key segment: the
+    span is stored with the typed column empty and the value in attributes. Each used to fail the
+    whole request with a 500, which clients do not retry: the request's good spans were lost too."""
+    c = start_collector(NO_JUDGE)
+    odd = {"llm.token_count.prompt": 1e300, "llm.token_count.completion": "9" * 40,
+           "llm.token_count.total": "\u00b2", "llm.input_messages.\u00b2.message.role": "user"}
+    req = make_request(len(odd) + 1)
+    spans = req.resource_spans[0].scope_spans[0].spans
+    for span, (key, value) in zip(spans, odd.items()):
+        attr = span.attributes.add(key=key).value
+        if isinstance(value, float):
+            attr.double_value = value
+        else:
+            attr.string_value = value
+    response = post(c, req.SerializeToString())
+    assert (response.status_code, response.content) == (200, b"")
+    rows = c.query("SELECT llm_token_count_prompt AS p, llm_token_count_completion AS c, llm_token_count_total AS t, "
+                   "attributes FROM spans ORDER BY name")
+    assert len(rows) == len(odd) + 1
+    assert all(r["p"] is None and r["c"] is None and r["t"] is None for r in rows)
+    assert json.loads(rows[3]["attributes"])["llm"]["input_messages"] == {"\u00b2": {"message": {"role": "user"}}}
 
 
 def _nested(levels: int, kind: str) -> ExportTraceServiceRequest:
