@@ -89,7 +89,8 @@ def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
 
 
 def parse_json(body: bytes) -> ExportTraceServiceRequest:
-    """Parse OTLP/JSON. Trace and span ids are hex there (not base64 as plain proto3 JSON assumes).
+    """Parse OTLP/JSON. Trace and span ids are hex there (not base64 as plain proto3 JSON assumes);
+    base64 ids of the right length are taken too (``json_format.MessageToJson`` of a request writes them).
 
     An empty body is an empty request, as it is in protobuf (zero bytes are the empty message).
     """
@@ -160,9 +161,19 @@ def _fix_ids(obj: dict[str, Any]) -> None:
         try:
             raw = bytes.fromhex(value)
         except ValueError:
-            # Not hex: keep the span but make its id invalid so it is rejected by validation, by itself.
-            raw = b"\xff"
+            raw = _base64_id(value, 16 if key in ("traceId", "trace_id") else 8)
         obj[key] = base64.b64encode(raw).decode("ascii")
+
+
+def _base64_id(value: str, size: int) -> bytes:
+    """An id that is not hex: base64 of exactly ``size`` bytes is taken (proto3 JSON's form, which
+    ``json_format.MessageToJson`` writes; its length never collides with hex's), anything else becomes
+    an invalid id so that its span alone is rejected, with the id rule in the message."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        return b"\xff"
+    return raw if len(raw) == size else b"\xff"
 
 
 # --------------------------------------------------------------------------- request -> batch
@@ -211,15 +222,15 @@ def decode_request(
 def _validate(span: Any) -> str:
     tid, sid, pid = span.trace_id, span.span_id, span.parent_span_id
     if len(tid) != 16:
-        return f"trace_id must be 16 bytes (got {len(tid)})"
+        return f"trace_id must be 16 bytes, 32 hex characters in OTLP/JSON (got {len(tid)} bytes)"
     if tid == _ZERO_TRACE:
         return "trace_id is all zeros"
     if len(sid) != 8:
-        return f"span_id must be 8 bytes (got {len(sid)})"
+        return f"span_id must be 8 bytes, 16 hex characters in OTLP/JSON (got {len(sid)} bytes)"
     if sid == _ZERO_SPAN:
         return "span_id is all zeros"
     if len(pid) not in (0, 8):
-        return f"parent_span_id must be empty or 8 bytes (got {len(pid)})"
+        return f"parent_span_id must be empty or 8 bytes, 16 hex characters in OTLP/JSON (got {len(pid)} bytes)"
     if span.end_time_unix_nano and span.end_time_unix_nano < span.start_time_unix_nano:
         return "span ends before it starts (end_time_unix_nano < start_time_unix_nano)"
     return ""

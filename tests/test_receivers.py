@@ -138,7 +138,7 @@ def test_bad_ids_are_rejected_one_by_one_through_partial_success(start_collector
     with grpc.insecure_channel(c.grpc_endpoint) as channel:
         response = trace_service_pb2_grpc.TraceServiceStub(channel).Export(req, timeout=30)
     assert response.partial_success.rejected_spans == 4
-    assert "trace_id must be 16 bytes (got 12)" in response.partial_success.error_message
+    assert "trace_id must be 16 bytes, 32 hex characters in OTLP/JSON (got 12 bytes)" in response.partial_success.error_message
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 2}]
 
 
@@ -151,6 +151,25 @@ def test_partial_success_over_http_json(start_collector):
     body = response.json()
     assert int(body["partialSuccess"]["rejectedSpans"]) == 1
     assert "span_id is all zeros" in body["partialSuccess"]["errorMessage"]
+
+
+def test_base64_ids_as_message_to_json_writes_them_are_taken_and_other_ids_rejected_by_span(start_collector):
+    """OTLP/JSON ids are hex; json_format.MessageToJson of a request writes base64. Base64 of the right
+    length cannot be mistaken for hex (24 vs 32 characters), so such a request is stored, not refused
+    span by span; an id that is neither is rejected alone, and the message says ids are hex."""
+    c = start_collector(NO_JUDGE)
+    req = make_request(3)
+    doc = json.loads(json_format.MessageToJson(req))
+    spans = doc["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert len(spans[0]["traceId"]) == 24
+    spans[2]["spanId"] = "not-an-id"
+    response = post(c, json.dumps(doc).encode(), "application/json")
+    assert response.status_code == 200
+    assert int(response.json()["partialSuccess"]["rejectedSpans"]) == 1
+    assert "16 hex characters in OTLP/JSON" in response.json()["partialSuccess"]["errorMessage"]
+    stored = c.query("SELECT trace_id, span_id FROM spans ORDER BY span_id")
+    sent = sorted((s.trace_id.hex(), s.span_id.hex()) for s in req.resource_spans[0].scope_spans[0].spans[:2])
+    assert [(r["trace_id"], r["span_id"]) for r in stored] == sent
 
 
 # --------------------------------------------------------------------------- bad input, one status each
