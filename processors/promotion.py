@@ -77,6 +77,7 @@ from typing import Any, ClassVar
 
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
+from tracesieve.processors.spanview import assistant_text, response_text
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
 from tracesieve.storage.sqlparams import packed
@@ -566,12 +567,17 @@ def extract_context(spans: Sequence[SpanRow], limit: int = 2000) -> dict[str, An
 
 
 def _final_answer(spans: Sequence[SpanRow], limit: int) -> Any:
+    """The root's output, else the last LLM answer; a raw model response (an LLM span's output.value:
+    OpenAI / Anthropic JSON, LangChain's LLMResult or AI message, GenAI output messages) is read down
+    to the text it answers."""
     root = _root(spans)
     if root is not None and root.get("output_value"):
-        return _clip(_maybe_json(root["output_value"]), limit)
+        value = _maybe_json(root["output_value"])
+        text = response_text(value) if isinstance(value, (dict, list)) else None
+        return _clip(text if text else value, limit)
     for s in reversed(spans):
         if s.get("span_kind") == "LLM":
-            text = span_output_text(s)
+            text = span_output_text(s) or assistant_text(s)
             if text:
                 return _clip(text, limit)
             if s.get("output_value"):

@@ -306,6 +306,66 @@ def _provider_response(span: SpanRow) -> Any:
     return None
 
 
+def response_text(resp: Any) -> str | None:
+    """The answer text inside a provider's or framework's raw response; None when ``resp`` has no known shape.
+
+    Shapes: OpenAI chat (``choices[].message.content``, else its ``refusal``) and completions
+    (``choices[].text``), Anthropic ``content`` blocks, OpenAI Responses ``output`` items,
+    LangChain's ``LLMResult`` (``generations``) and a dumped LangChain AI message
+    (``{"type": "ai", "data": {...}}``), and a GenAI ``output.messages`` list.
+    """
+    found: list[str] = []
+    if isinstance(resp, list):
+        if not resp or not all(isinstance(m, dict) and "parts" in m for m in resp):
+            return None
+        return "\n".join(m["text"] for m in _genai_messages(resp)
+                         if m["text"] and m.get("role") in (None, "assistant", "model", "ai")) or ""
+    if not isinstance(resp, dict):
+        return None
+    if "choices" in resp:
+        for choice in as_list(resp.get("choices")):
+            message = dig(choice, "message")
+            text = _message_text(message) if isinstance(message, dict) else dig(choice, "text")
+            if isinstance(text, str) and text:
+                found.append(text)
+    elif isinstance(resp.get("content"), list):
+        for block in resp["content"]:
+            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+                found.append(block["text"])
+    elif isinstance(resp.get("output"), list) and "object" in resp:
+        for item in resp["output"]:
+            for part in as_list(dig(item, "content")) if dig(item, "type") == "message" else []:
+                text = dig(part, "text") if dig(part, "type") == "output_text" else dig(part, "refusal")
+                if isinstance(text, str) and text:
+                    found.append(text)
+    elif "generations" in resp:
+        for gen in as_list(dig(resp, "generations", 0)):
+            text = _message_text(dig(gen, "message", "kwargs")) or dig(gen, "text")
+            if isinstance(text, str) and text:
+                found.append(text)
+    elif resp.get("type") in ("ai", "AIMessage", "AIMessageChunk") and isinstance(resp.get("data"), dict):
+        found.append(_message_text(resp["data"]))
+    else:
+        return None
+    return "\n".join(t for t in found if t)
+
+
+def _message_text(message: Any) -> str:
+    """An OpenAI / LangChain message's text content, else the refusal it carries instead."""
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    if isinstance(content, str) and content:
+        return content
+    if isinstance(content, list):
+        text = "\n".join(p["text"] for p in content
+                         if isinstance(p, dict) and p.get("type") in ("text", None) and isinstance(p.get("text"), str))
+        if text:
+            return text
+    refusal = message.get("refusal", dig(message, "additional_kwargs", "refusal"))
+    return refusal if isinstance(refusal, str) else ""
+
+
 def assistant_text(span: SpanRow) -> str:
     """The text the model answered on this span (output messages, else the provider response or plain output)."""
     texts = [m["text"] for m in output_messages(span) if m["text"] and m.get("role") in (None, "assistant", "model", "ai")]
@@ -313,15 +373,7 @@ def assistant_text(span: SpanRow) -> str:
         return "\n".join(texts)
     resp = _provider_response(span)
     if resp is not None:
-        found = []
-        for choice in as_list(resp.get("choices")):
-            content = dig(choice, "message", "content")
-            if isinstance(content, str):
-                found.append(content)
-        for block in as_list(resp.get("content")):
-            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
-                found.append(block["text"])
-        return "\n".join(found)
+        return response_text(resp) or ""
     value = span.get("output_value")
     if isinstance(value, str) and span.get("output_mime_type") != JSON_MIME and value[:1] not in ("{", "["):
         return value

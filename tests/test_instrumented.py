@@ -1,0 +1,185 @@
+"""Spans made by real instrumentation libraries, through a real `tracesieve serve`, read back with the real CLI.
+
+The OpenAI SDK and its OpenInference instrumentor run in this process against a small local stand-in for
+the chat completions API (below); the spans go out through the OTel SDK's OTLP exporters. Where a library
+is not a test dependency, the span is rebuilt with the plain OTel SDK key for key, and the comment names
+the library and version it was copied from.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import openai
+import pytest
+from openinference.instrumentation.openai import OpenAIInstrumentor
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Tracer
+
+from conftest import FAST_JUDGE
+from sdk_helpers import sdk_tracer
+
+LOOKUP_ORDER = {"type": "function", "function": {
+    "name": "lookup_order", "description": "Look up an order",
+    "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}}
+
+#: The user's question -> the assistant message the stand-in model answers with (and its finish reason).
+ANSWERS: dict[str, tuple[dict[str, Any], str]] = {
+    "Cancel my subscription": ({"content": None, "refusal": "I'm sorry, I cannot assist with that request."}, "stop"),
+    "What does the warranty cover?": ({"content": "The warranty covers the motor for five years and"}, "length"),
+}
+
+
+class _ChatCompletions(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        question = request["messages"][-1]["content"]
+        message, finish = ANSWERS[question]
+        body = json.dumps({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1_763_700_000, "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{"index": 0, "message": {"role": "assistant", "refusal": None, **message},
+                         "finish_reason": finish, "logprobs": None}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52},
+        }).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        pass
+
+
+@pytest.fixture
+def model_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatCompletions)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@contextmanager
+def openinference_openai(grpc_endpoint: str) -> Iterator[Tracer]:
+    """openinference-instrumentation-openai on the real OpenAI SDK, exporting over OTLP/gRPC; undone on exit."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "support-bot"}))
+    provider.add_span_processor(BatchSpanProcessor(
+        OTLPSpanExporter(endpoint=f"http://{grpc_endpoint}", insecure=True), schedule_delay_millis=100))
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        yield provider.get_tracer("support-bot")
+    finally:
+        instrumentor.uninstrument()
+        provider.force_flush(30_000)
+        provider.shutdown()
+
+
+def ask(model_url: str, question: str) -> None:
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", tools=[LOOKUP_ORDER], max_tokens=12, messages=[
+        {"role": "system", "content": "You are a support agent."}, {"role": "user", "content": question}])
+
+
+def candidates_of(c: Any, mode: str) -> list[dict[str, Any]]:
+    c.wait_for(f"SELECT 1 FROM candidates WHERE failure_mode = '{mode}'", lambda rows: len(rows) == 1)
+    listed = c.cli("candidates", "--mode", mode, "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows: list[dict[str, Any]] = json.loads(listed.stdout)
+    return rows
+
+
+def test_an_openai_refusal_field_inside_an_agent_is_refusal_overreach(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    with openinference_openai(c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:  # the app's own span around the call
+            root.set_attribute("openinference.span.kind", "AGENT")
+            ask(model_url, "Cancel my subscription")
+    [candidate] = candidates_of(c, "refusal_overreach")
+    llm = c.query("SELECT span_id FROM spans WHERE span_kind = 'LLM'")
+    assert candidate["source"]["span_ids"] == [llm[0]["span_id"]]
+    assert candidate["observed"]["final_answer"] == "I'm sorry, I cannot assist with that request."
+
+
+def test_the_final_answer_of_a_model_call_alone_is_its_text_not_the_provider_response(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    with openinference_openai(c.grpc_endpoint):
+        ask(model_url, "What does the warranty cover?")  # the LLM span is the root: output.value is the response JSON
+    [candidate] = candidates_of(c, "truncation")
+    assert candidate["observed"]["final_answer"] == "The warranty covers the motor for five years and"
+
+
+def test_the_final_answer_of_a_genai_chat_span_alone_is_its_text(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url) as tracer:
+        # opentelemetry-instrumentation-openai-v2 2.4b0 with OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental
+        # and OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=SPAN_ONLY: one CLIENT span, messages as JSON text.
+        with tracer.start_as_current_span("chat gpt-4o-mini") as span:
+            span.set_attributes({
+                "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                "gen_ai.provider.name": "openai", "gen_ai.response.finish_reasons": ["length"],
+                "gen_ai.response.model": "gpt-4o-mini-2024-07-18", "gen_ai.response.id": "chatcmpl-5",
+                "gen_ai.usage.input_tokens": 50, "gen_ai.usage.output_tokens": 10,
+                "gen_ai.input.messages": json.dumps([
+                    {"role": "system", "parts": [{"content": "You are support.", "type": "text"}]},
+                    {"role": "user", "parts": [{"content": "What does the warranty cover?", "type": "text"}]}]),
+                "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [
+                    {"content": "The warranty covers the motor for five years and", "type": "text"}],
+                    "finish_reason": "length"}]),
+            })
+    [candidate] = candidates_of(c, "truncation")
+    assert candidate["input"]["user_message"] == "What does the warranty cover?"
+    assert candidate["observed"]["final_answer"] == "The warranty covers the motor for five years and"
+
+
+def langchain_chat_span(tracer: Tracer, *, question: str, message_kwargs: dict[str, Any], finish: str) -> None:
+    """A ChatOpenAI run as openinference-instrumentation-langchain 0.1.80 (langchain-openai 1.8.1) records it.
+
+    LangChain parses the model's tool calls itself: arguments that are not JSON leave ``tool_calls``
+    empty and land in the AIMessage's ``invalid_tool_calls``, which only ``output.value`` (the
+    LLMResult) carries; ``llm.output_messages`` then holds the role alone. An OpenAI ``refusal`` is
+    in ``additional_kwargs`` the same way.
+    """
+    message = {"lc": 1, "type": "constructor", "id": ["langchain", "schema", "messages", "AIMessage"],
+               "kwargs": {"content": "", "additional_kwargs": {"refusal": None}, "type": "ai",
+                          "tool_calls": [], "invalid_tool_calls": [], **message_kwargs}}
+    result = {"generations": [[{"text": "", "generation_info": {"finish_reason": finish, "logprobs": None},
+                                "type": "ChatGeneration", "message": message}]],
+              "llm_output": {"model_name": "gpt-4o-mini-2024-07-18", "id": "chatcmpl-4"}, "run": None,
+              "type": "LLMResult"}
+    schema = json.dumps(LOOKUP_ORDER)
+    with tracer.start_as_current_span("ChatOpenAI") as span:
+        span.set_attributes({
+            "input.value": json.dumps({"messages": [[{"lc": 1, "type": "constructor", "id": [
+                "langchain", "schema", "messages", "HumanMessage"], "kwargs": {"content": question, "type": "human"}}]]}),
+            "input.mime_type": "application/json",
+            "output.value": json.dumps(result), "output.mime_type": "application/json",
+            "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": question,
+            "llm.output_messages.0.message.role": "assistant",
+            "llm.invocation_parameters": json.dumps({"model": "gpt-4o-mini", "_type": "openai-chat",
+                                                     "tools": [LOOKUP_ORDER]}),
+            "llm.tools.0.tool.json_schema": schema, "llm.provider": "openai", "llm.system": "openai",
+            "llm.model_name": "gpt-4o-mini-2024-07-18", "llm.token_count.prompt": 50,
+            "llm.token_count.completion": 10, "llm.token_count.total": 60, "llm.finish_reason": finish,
+            "openinference.span.kind": "LLM",
+        })
+
+
+def test_a_langchain_refusal_with_tools_declared_is_refusal_overreach(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attribute("openinference.span.kind", "CHAIN")
+            langchain_chat_span(tracer, question="Cancel my subscription", finish="stop", message_kwargs={
+                "additional_kwargs": {"refusal": "I'm sorry, I cannot assist with that request."}})
+    [candidate] = candidates_of(c, "refusal_overreach")
+    assert candidate["observed"]["final_answer"] == "I'm sorry, I cannot assist with that request."
