@@ -383,11 +383,16 @@ def assistant_text(span: SpanRow) -> str:
 def requested_tool_calls(span: SpanRow) -> list[dict[str, Any]]:
     """Tool calls the model asked for on this span: {id, name, arguments} (arguments raw: string or object)."""
     calls = [c for m in output_messages(span) for c in m["tool_calls"]]
-    if calls:
-        return calls
     resp = _provider_response(span)
-    if resp is None:
-        return []
+    if resp is not None and "generations" in resp:
+        # LangChain parses the model's calls itself: arguments that are not JSON are left out of
+        # its tool_calls (so out of llm.output_messages) and kept in the AIMessage's invalid_tool_calls.
+        for gen in as_list(dig(resp, "generations", 0)):
+            for bad in as_list(dig(gen, "message", "kwargs", "invalid_tool_calls")):
+                if isinstance(bad, dict):
+                    calls.append({"id": bad.get("id"), "name": bad.get("name"), "arguments": bad.get("args")})
+    if calls or resp is None:
+        return calls
     for choice in as_list(resp.get("choices")):
         for item in as_list(dig(choice, "message", "tool_calls")):
             call = _oi_tool_call(item)

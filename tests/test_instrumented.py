@@ -174,6 +174,21 @@ def langchain_chat_span(tracer: Tracer, *, question: str, message_kwargs: dict[s
         })
 
 
+def test_langchain_invalid_tool_call_arguments_are_a_tool_argument_failure(start_collector):
+    c = start_collector(FAST_JUDGE)
+    invalid = {"type": "invalid_tool_call", "id": "call_2", "name": "lookup_order", "args": "{order_id: ORD-1",
+               "error": "Function lookup_order arguments:\n\n{order_id: ORD-1\n\nare not valid JSON."}
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("RunnableSequence") as root:
+            root.set_attribute("openinference.span.kind", "CHAIN")
+            langchain_chat_span(tracer, question="Where is my order?", finish="tool_calls",
+                                message_kwargs={"invalid_tool_calls": [invalid]})
+    rows = c.wait_for("SELECT d.failure_mode, d.detector, d.evidence->>'$.arguments' AS arguments, s.name "
+                      "FROM detections d JOIN spans s USING (trace_id, span_id)", lambda r: len(r) > 0)
+    assert rows == [{"failure_mode": "tool_argument", "detector": "tool_args_json",
+                     "arguments": "{order_id: ORD-1", "name": "ChatOpenAI"}]
+
+
 def test_a_langchain_refusal_with_tools_declared_is_refusal_overreach(start_collector):
     c = start_collector(FAST_JUDGE)
     with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
