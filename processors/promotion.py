@@ -718,6 +718,9 @@ def _response_format_schema(spans: Sequence[SpanRow]) -> Any:
                 js = rf.get("json_schema")
                 if isinstance(js, dict):
                     return js.get("schema", js)
+            text_format = _get(params, "text.format")  # the Responses API: {type: json_schema, name, schema}
+            if isinstance(text_format, dict) and isinstance(text_format.get("schema"), dict):
+                return text_format["schema"]
     return None
 
 

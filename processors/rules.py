@@ -468,15 +468,18 @@ def _declared_json(span: SpanRow) -> tuple[str, Any] | None:
     a = attrs(span)
     params = loose(dig(a, "llm", "invocation_parameters"))
     rf = loose(dig(params, "response_format")) if isinstance(params, dict) else None
+    where = "llm.invocation_parameters.response_format"
+    if rf is None and isinstance(params, dict):  # the Responses API asks through text.format
+        rf, where = loose(dig(params, "text", "format")), "llm.invocation_parameters.text.format"
     if isinstance(rf, dict):
         rtype = rf.get("type")
         if rtype == "json_object":
-            return "llm.invocation_parameters.response_format", None
-        if rtype == "json_schema":
-            js = rf.get("json_schema") if isinstance(rf.get("json_schema"), dict) else {}
-            return "llm.invocation_parameters.response_format", loose(js.get("schema"))
+            return where, None
+        if rtype == "json_schema":  # chat: {json_schema: {name, schema}}; Responses: {name, schema}
+            js = rf.get("json_schema") if isinstance(rf.get("json_schema"), dict) else rf
+            return where, loose(js.get("schema"))
     elif rf in ("json_object", "json"):
-        return "llm.invocation_parameters.response_format", None
+        return where, None
     out_type = dig(a, "gen_ai", "output", "type")
     legacy = dig(a, "gen_ai", "openai", "request", "response_format")
     if out_type == "json" or legacy in ("json_object", "json_schema"):

@@ -38,17 +38,42 @@ ANSWERS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
+#: The Responses API: the user's input -> the answer's text.
+RESPONSES = {
+    "Summarize ticket 7 as JSON": "Summary: the customer wants a new lid.",
+    "Summarize ticket 8 as JSON": '{"summary": "wants a new lid"}',
+}
+
+
+def _response(request: dict[str, Any]) -> dict[str, Any]:
+    """A ``POST /v1/responses`` answer, as the OpenAI API shapes it."""
+    return {
+        "id": "resp_1", "object": "response", "created_at": 1_763_700_000, "status": "completed",
+        "incomplete_details": None, "error": None, "model": "gpt-4o-mini-2024-07-18", "instructions": None,
+        "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": RESPONSES[request["input"]], "annotations": []}]}],
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "metadata": {}, "temperature": 1.0,
+        "top_p": 1.0, "text": request.get("text") or {"format": {"type": "text"}},
+        "usage": {"input_tokens": 30, "output_tokens": 8, "total_tokens": 38,
+                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+    }
+
+
 class _ChatCompletions(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-        question = request["messages"][-1]["content"]
-        message, finish = ANSWERS[question]
-        body = json.dumps({
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 1_763_700_000, "model": "gpt-4o-mini-2024-07-18",
-            "choices": [{"index": 0, "message": {"role": "assistant", "refusal": None, **message},
-                         "finish_reason": finish, "logprobs": None}],
-            "usage": {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52},
-        }).encode()
+        if self.path.endswith("/responses"):
+            body = json.dumps(_response(request)).encode()
+        else:
+            question = request["messages"][-1]["content"]
+            message, finish = ANSWERS[question]
+            body = json.dumps({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1_763_700_000,
+                "model": "gpt-4o-mini-2024-07-18",
+                "choices": [{"index": 0, "message": {"role": "assistant", "refusal": None, **message},
+                             "finish_reason": finish, "logprobs": None}],
+                "usage": {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52},
+            }).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -139,6 +164,35 @@ def test_the_final_answer_of_a_genai_chat_span_alone_is_its_text(start_collector
     [candidate] = candidates_of(c, "truncation")
     assert candidate["input"]["user_message"] == "What does the warranty cover?"
     assert candidate["observed"]["final_answer"] == "The warranty covers the motor for five years and"
+
+
+SUMMARY_SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}, "priority": {"type": "integer"}},
+                  "required": ["summary", "priority"]}
+
+
+@pytest.mark.parametrize("text_format", [
+    {"type": "json_object"},
+    {"type": "json_schema", "name": "ticket_summary", "schema": SUMMARY_SCHEMA},
+])
+def test_a_responses_api_answer_that_is_not_the_json_asked_for_is_a_format_violation(
+        start_collector, model_url, text_format):
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    with openinference_openai(c.grpc_endpoint):  # Responses API: the JSON request is `text.format`, not response_format
+        client.responses.create(model="gpt-4o-mini", input="Summarize ticket 7 as JSON", text={"format": text_format})
+    [candidate] = candidates_of(c, "format_violation")
+    assert candidate["observed"]["final_answer"] == "Summary: the customer wants a new lid."
+    assert candidate["expected"]["output_schema"] == text_format.get("schema", {})
+
+
+def test_a_responses_api_json_answer_breaking_the_declared_schema_is_a_format_violation(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    with openinference_openai(c.grpc_endpoint):
+        client.responses.create(model="gpt-4o-mini", input="Summarize ticket 8 as JSON", text={"format": {
+            "type": "json_schema", "name": "ticket_summary", "schema": SUMMARY_SCHEMA}})
+    rows = c.wait_for("SELECT failure_mode, detector FROM detections", lambda r: len(r) > 0)
+    assert rows == [{"failure_mode": "format_violation", "detector": "output_schema"}]
 
 
 def langchain_chat_span(tracer: Tracer, *, question: str, message_kwargs: dict[str, Any], finish: str) -> None:
