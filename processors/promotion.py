@@ -721,6 +721,10 @@ def _response_format_schema(spans: Sequence[SpanRow]) -> Any:
             text_format = _get(params, "text.format")  # the Responses API: {type: json_schema, name, schema}
             if isinstance(text_format, dict) and isinstance(text_format.get("schema"), dict):
                 return text_format["schema"]
+        structured = _maybe_json(_get(_attrs(s), "gen_ai.request.structured_output_schema"))  # OpenLLMetry
+        if isinstance(structured, dict) and structured.get("type") != "json_object":
+            js = structured.get("json_schema")
+            return js.get("schema", js) if isinstance(js, dict) else structured
     return None
 
 

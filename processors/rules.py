@@ -480,6 +480,17 @@ def _declared_json(span: SpanRow) -> tuple[str, Any] | None:
             return where, loose(js.get("schema"))
     elif rf in ("json_object", "json"):
         return where, None
+    # OpenLLMetry (opentelemetry-instrumentation-openai 0.62): the response_format when it names no
+    # schema ({"type": "json_object"}), else the JSON schema itself.
+    structured = loose(dig(a, "gen_ai", "request", "structured_output_schema"))
+    if isinstance(structured, dict):
+        where = "gen_ai.request.structured_output_schema"
+        if structured.get("type") == "json_object":
+            return where, None
+        if structured.get("type") == "json_schema":
+            js = structured.get("json_schema") if isinstance(structured.get("json_schema"), dict) else structured
+            return where, loose(js.get("schema"))
+        return where, structured
     out_type = dig(a, "gen_ai", "output", "type")
     legacy = dig(a, "gen_ai", "openai", "request", "response_format")
     if out_type == "json" or legacy in ("json_object", "json_schema"):

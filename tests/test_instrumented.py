@@ -195,6 +195,34 @@ def test_a_responses_api_json_answer_breaking_the_declared_schema_is_a_format_vi
     assert rows == [{"failure_mode": "format_violation", "detector": "output_schema"}]
 
 
+@pytest.mark.parametrize("declared, answer, detector", [
+    ({"type": "json_object"}, "Summary: the customer wants a new lid.", "json_output"),
+    ({"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]},
+     '{"title": "lid"}', "output_schema"),
+])
+def test_openllmetry_structured_output_that_is_not_the_json_asked_for_is_a_format_violation(
+        start_collector, declared, answer, detector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        # opentelemetry-instrumentation-openai 0.62.4 (OpenLLMetry) on chat.completions.create(response_format=...):
+        # gen_ai.request.structured_output_schema holds {"type": "json_object"}, or json_schema's schema itself.
+        with tracer.start_as_current_span("openai.chat") as span:
+            span.set_attributes({
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o-mini",
+                "gen_ai.is_streaming": False, "gen_ai.request.structured_output_schema": json.dumps(declared),
+                "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [
+                    {"content": "Summarize ticket 7 as JSON", "type": "text"}]}]),
+                "gen_ai.response.model": "gpt-4o-mini-2024-07-18", "gen_ai.response.finish_reasons": ["stop"],
+                "gen_ai.usage.total_tokens": 60, "gen_ai.usage.output_tokens": 10, "gen_ai.usage.input_tokens": 50,
+                "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [
+                    {"content": answer, "type": "text"}], "finish_reason": "stop"}]),
+            })
+    rows = c.wait_for("SELECT failure_mode, detector FROM detections", lambda r: len(r) > 0)
+    assert rows == [{"failure_mode": "format_violation", "detector": detector}]
+    [candidate] = candidates_of(c, "format_violation")
+    assert candidate["expected"]["output_schema"] == ({} if declared["type"] == "json_object" else declared)
+
+
 def langchain_chat_span(tracer: Tracer, *, question: str, message_kwargs: dict[str, Any], finish: str) -> None:
     """A ChatOpenAI run as openinference-instrumentation-langchain 0.1.80 (langchain-openai 1.8.1) records it.
 
