@@ -35,6 +35,7 @@ _GENAI_OPERATION_KIND = {
     "embeddings": "EMBEDDING", "retrieval": "RETRIEVER", "execute_tool": "TOOL",
     "invoke_agent": "AGENT", "create_agent": "AGENT", "plan": "AGENT",
     "invoke_workflow": "CHAIN", "handle_conversation_turn": "CHAIN",
+    "execute_task": "CHAIN",  # OpenLLMetry's LangChain steps (prompt templates, parsers, sub-chains)
 }
 _TRACELOOP_KIND = {"workflow": "CHAIN", "task": "TOOL", "agent": "AGENT", "tool": "TOOL", "llm": "LLM"}
 _KNOWN_KINDS = frozenset(SPAN_KINDS)

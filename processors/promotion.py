@@ -77,7 +77,7 @@ from typing import Any, ClassVar
 
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
-from tracesieve.processors.spanview import assistant_text, response_text
+from tracesieve.processors.spanview import assistant_text, callback_arguments, response_text
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
 from tracesieve.storage.sqlparams import packed
@@ -477,7 +477,7 @@ def tool_arguments(span: SpanRow) -> Any:
     a = _attrs(span)
     for value in (span.get("input_value"), _get(a, "tool.parameters"), _get(a, "gen_ai.tool.call.arguments")):
         if value not in (None, ""):
-            return _maybe_json(value)
+            return _maybe_json(callback_arguments("", value, False)[1])
     return None
 
 

@@ -510,14 +510,32 @@ def tool_span_arguments(span: SpanRow) -> tuple[str, Any, bool] | None:
     a = attrs(span)
     value = dig(a, "gen_ai", "tool", "call", "arguments")
     if value is not None:
-        return "gen_ai.tool.call.arguments", value, True
+        return callback_arguments("gen_ai.tool.call.arguments", value, True)
     value = dig(a, "tool", "parameters")
     if value is not None and not _looks_like_schema(loose(value)):
         return "tool.parameters", value, True
     value = span.get("input_value")
     if value is not None:
-        return "input.value", value, span.get("input_mime_type") == JSON_MIME
+        return callback_arguments("input.value", value, span.get("input_mime_type") == JSON_MIME)
     return None
+
+
+def callback_arguments(source: str, value: Any, declared_json: bool) -> tuple[str, Any, bool]:
+    """(source, arguments, declared_json), looking inside LangChain's tool-callback envelope.
+
+    OpenLLMetry's LangChain instrumentation (0.62) records the whole ``on_tool_start`` call as the
+    arguments: ``{"input_str": <repr of the arguments>, "tags", "metadata", "inputs": {...},
+    "kwargs"}``. The arguments are ``inputs``; without it ``input_str`` is a Python repr, not JSON.
+    """
+    if not (isinstance(value, str) and '"input_str"' in value) and not (isinstance(value, dict) and "input_str" in value):
+        return source, value, declared_json
+    envelope = loose(value)
+    if not isinstance(envelope, dict) or "input_str" not in envelope:
+        return source, value, declared_json
+    inputs = envelope.get("inputs")
+    if isinstance(inputs, dict):
+        return f"{source} inputs", inputs, True
+    return f"{source} input_str", envelope.get("input_str"), False
 
 
 def canonical_arguments(value: Any) -> str | None:

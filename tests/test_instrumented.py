@@ -22,7 +22,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Tracer
+from opentelemetry.trace import Status, StatusCode, Tracer
 
 from conftest import FAST_JUDGE
 from sdk_helpers import sdk_tracer
@@ -280,3 +280,79 @@ def test_a_langchain_refusal_with_tools_declared_is_refusal_overreach(start_coll
                 "additional_kwargs": {"refusal": "I'm sorry, I cannot assist with that request."}})
     [candidate] = candidates_of(c, "refusal_overreach")
     assert candidate["observed"]["final_answer"] == "I'm sorry, I cannot assist with that request."
+
+
+def openllmetry_langchain_agent(tracer: Tracer, *, question: str, arguments: dict[str, Any],
+                                tool_error: str | None = None) -> None:
+    """One agent turn as opentelemetry-instrumentation-langchain 0.62.4 (OpenLLMetry) records it.
+
+    A workflow span, an ``execute_task`` span per chain step (here the prompt template), the chat
+    calls, and an ``execute_tool`` span whose ``gen_ai.tool.call.arguments`` is LangChain's whole
+    callback envelope (``input_str``, ``tags``, ``metadata``, ``inputs``, ``kwargs``), not the arguments.
+    """
+    tools = json.dumps([{"name": "lookup_order", "description": "Look up an order by id.",
+                         "parameters": LOOKUP_ORDER["function"]["parameters"]}])  # type: ignore[index]
+    call = {"type": "tool_call", "id": "call_5", "name": "lookup_order", "arguments": arguments}
+    common = {"traceloop.workflow.name": "support_agent", "traceloop.entity.path": "",
+              "traceloop.association.properties.session_id": "s-42"}
+
+    def chat(messages: list[dict[str, Any]], output: dict[str, Any], finish: str) -> None:
+        with tracer.start_as_current_span("ChatOpenAI.chat") as span:
+            span.set_attributes({**common, "gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat",
+                                 "gen_ai.tool.definitions": tools, "gen_ai.request.model": "gpt-4o-mini",
+                                 "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "Be brief."}]),
+                                 "gen_ai.input.messages": json.dumps(messages),
+                                 "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+                                 "gen_ai.usage.input_tokens": 50, "gen_ai.usage.output_tokens": 10,
+                                 "gen_ai.output.messages": json.dumps([{**output, "finish_reason": finish}]),
+                                 "gen_ai.response.finish_reasons": [finish]})
+
+    user = {"role": "user", "parts": [{"type": "text", "content": question}]}
+    asked = {"role": "assistant", "parts": [call]}
+    with tracer.start_as_current_span("support_agent.workflow") as root:
+        root.set_attributes({**common, "traceloop.span.kind": "workflow", "traceloop.entity.name": "support_agent",
+                             "gen_ai.provider.name": "langchain", "gen_ai.operation.name": "invoke_agent",
+                             "gen_ai.agent.name": "support_agent",
+                             "traceloop.entity.input": json.dumps({"inputs": question, "tags": [], "kwargs": {}}),
+                             "traceloop.entity.output": json.dumps({"outputs": "It shipped.", "kwargs": {"tags": []}})})
+        with tracer.start_as_current_span("execute_task ChatPromptTemplate") as task:
+            task.set_attributes({**common, "traceloop.span.kind": "task", "traceloop.entity.name": "ChatPromptTemplate",
+                                 "gen_ai.provider.name": "langchain", "gen_ai.operation.name": "execute_task",
+                                 "gen_ai.task.name": "ChatPromptTemplate", "gen_ai.task.status": "success",
+                                 "traceloop.entity.input": json.dumps({"inputs": {"question": question}, "tags": []})})
+        chat([user], asked, "tool_call")
+        envelope = json.dumps({"input_str": repr(arguments), "tags": [], "metadata": {"session_id": "s-42"},
+                               "inputs": arguments, "kwargs": {"color": "green", "name": None, "tool_call_id": "call_5"}})
+        with tracer.start_as_current_span("execute_tool lookup_order") as tool:
+            tool.set_attributes({**common, "traceloop.span.kind": "tool", "traceloop.entity.name": "lookup_order",
+                                 "gen_ai.provider.name": "langchain", "gen_ai.operation.name": "execute_tool",
+                                 "gen_ai.tool.name": "lookup_order", "gen_ai.tool.type": "function",
+                                 "traceloop.entity.input": envelope, "gen_ai.tool.call.arguments": envelope,
+                                 "traceloop.entity.output": json.dumps({"output": "shipped", "kwargs": {}}),
+                                 "gen_ai.task.status": "failure" if tool_error else "success"})
+            if tool_error:
+                tool.record_exception(RuntimeError(tool_error))
+                tool.set_status(Status(StatusCode.ERROR, tool_error))
+        result = {"role": "tool", "parts": [{"type": "tool_call_response", "id": "call_5", "response": "shipped"}]}
+        chat([user, asked, result], {"role": "assistant", "parts": [{"type": "text", "content": "It shipped."}]}, "stop")
+
+
+def test_a_clean_openllmetry_langchain_agent_turn_has_no_detection(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        openllmetry_langchain_agent(tracer, question="Where is ORD-1?", arguments={"order_id": "ORD-1"})
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    assert c.query("SELECT failure_mode, message FROM detections") == []
+    kinds = c.query("SELECT name, span_kind FROM spans ORDER BY start_time")
+    assert [r["span_kind"] for r in kinds] == ["AGENT", "CHAIN", "LLM", "TOOL", "LLM"]
+
+
+def test_openllmetry_tool_arguments_are_read_from_the_callback_envelope(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        openllmetry_langchain_agent(tracer, question="Where is ORD-7?", arguments={"order_id": "ORD-7"},
+                                    tool_error="order service returned 502")
+    [candidate] = candidates_of(c, "tool_invocation")
+    assert c.query("SELECT failure_mode FROM detections") == [{"failure_mode": "tool_invocation"}]
+    [call] = candidate["context"]["tool_calls"]
+    assert call["name"] == "lookup_order" and call["arguments"] == {"order_id": "ORD-7"}
