@@ -573,6 +573,8 @@ def _final_answer(spans: Sequence[SpanRow], limit: int) -> Any:
     root = _root(spans)
     if root is not None and root.get("output_value"):
         value = _maybe_json(root["output_value"])
+        if isinstance(value, dict) and "outputs" in value and value.keys() <= {"outputs", "kwargs"}:
+            value = value["outputs"]  # OpenLLMetry's traceloop.entity.output: {outputs, kwargs}
         text = response_text(value) if isinstance(value, (dict, list)) else None
         return _clip(text if text else value, limit)
     for s in reversed(spans):

@@ -356,3 +356,12 @@ def test_openllmetry_tool_arguments_are_read_from_the_callback_envelope(start_co
     assert c.query("SELECT failure_mode FROM detections") == [{"failure_mode": "tool_invocation"}]
     [call] = candidate["context"]["tool_calls"]
     assert call["name"] == "lookup_order" and call["arguments"] == {"order_id": "ORD-7"}
+
+
+def test_the_final_answer_of_an_openllmetry_workflow_is_its_output_not_the_envelope(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        openllmetry_langchain_agent(tracer, question="Where is ORD-8?", arguments={"order_id": "ORD-8"},
+                                    tool_error="order service returned 502")
+    [candidate] = candidates_of(c, "tool_invocation")
+    assert candidate["observed"]["final_answer"] == "It shipped."  # traceloop.entity.output is {outputs, kwargs}
