@@ -233,8 +233,11 @@ def _append_span(
     completion = _first_int(flat, "llm.token_count.completion", "gen_ai.usage.output_tokens",
                             "gen_ai.usage.completion_tokens")
     total = _first_int(flat, "llm.token_count.total", "llm.usage.total_tokens", "gen_ai.usage.total_tokens")
-    if total is None and prompt is not None and completion is not None:
-        total = prompt + completion
+    if total is None and prompt is not None:
+        if completion is not None:
+            total = prompt + completion
+        elif kind == "EMBEDDING":  # an embedding call has input tokens only (GenAI sends no output count)
+            total = prompt
     input_value, input_mime = _io_value(flat, "input", kind)
     output_value, output_mime = _io_value(flat, "output", kind)
 

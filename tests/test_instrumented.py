@@ -365,3 +365,18 @@ def test_the_final_answer_of_an_openllmetry_workflow_is_its_output_not_the_envel
                                     tool_error="order service returned 502")
     [candidate] = candidates_of(c, "tool_invocation")
     assert candidate["observed"]["final_answer"] == "It shipped."  # traceloop.entity.output is {outputs, kwargs}
+
+
+def test_a_genai_embeddings_span_counts_its_input_tokens_as_the_total(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url) as tracer:
+        # opentelemetry-instrumentation-genai-openai 1.3b0, client.embeddings.create(): input tokens only.
+        with tracer.start_as_current_span("embeddings text-embedding-3-small") as span:
+            span.set_attributes({
+                "gen_ai.operation.name": "embeddings", "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": "text-embedding-3-small", "gen_ai.embeddings.dimension.count": 3,
+                "gen_ai.response.model": "text-embedding-3-small", "gen_ai.usage.input_tokens": 5})
+    rows = c.wait_for("SELECT span_kind, llm_model_name, llm_token_count_prompt, llm_token_count_completion, "
+                      "llm_token_count_total FROM spans", lambda r: len(r) == 1)
+    assert rows == [{"span_kind": "EMBEDDING", "llm_model_name": "text-embedding-3-small", "llm_token_count_prompt": 5,
+                     "llm_token_count_completion": None, "llm_token_count_total": 5}]
