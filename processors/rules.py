@@ -515,7 +515,8 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             if _truncated(view, s):
                 continue  # cut off by the token limit: that is truncation, reported there
             where, schema = declared
-            texts = [m["text"] for m in output_messages(s) if m["text"]] or ([assistant_text(s)] if assistant_text(s) else [])
+            answer = assistant_text(s, refusals=False)  # a refusal said instead of the JSON is no malformed JSON
+            texts = [m["text"] for m in output_messages(s) if m["text"]] or ([answer] if answer else [])
             for text in texts:
                 ok, parsed = try_json(_strip_fence(text))
                 if not ok:

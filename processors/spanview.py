@@ -306,13 +306,14 @@ def _provider_response(span: SpanRow) -> Any:
     return None
 
 
-def response_text(resp: Any) -> str | None:
+def response_text(resp: Any, refusals: bool = True) -> str | None:
     """The answer text inside a provider's or framework's raw response; None when ``resp`` has no known shape.
 
     Shapes: OpenAI chat (``choices[].message.content``, else its ``refusal``) and completions
     (``choices[].text``), Anthropic ``content`` blocks, OpenAI Responses ``output`` items,
     LangChain's ``LLMResult`` (``generations``) and a dumped LangChain AI message
-    (``{"type": "ai", "data": {...}}``), and a GenAI ``output.messages`` list.
+    (``{"type": "ai", "data": {...}}``), and a GenAI ``output.messages`` list. With ``refusals``
+    False an OpenAI refusal (said instead of the answer, not as it) is left out.
     """
     found: list[str] = []
     if isinstance(resp, list):
@@ -325,7 +326,7 @@ def response_text(resp: Any) -> str | None:
     if "choices" in resp:
         for choice in as_list(resp.get("choices")):
             message = dig(choice, "message")
-            text = _message_text(message) if isinstance(message, dict) else dig(choice, "text")
+            text = _message_text(message, refusals) if isinstance(message, dict) else dig(choice, "text")
             if isinstance(text, str) and text:
                 found.append(text)
     elif isinstance(resp.get("content"), list):
@@ -335,22 +336,22 @@ def response_text(resp: Any) -> str | None:
     elif isinstance(resp.get("output"), list) and "object" in resp:
         for item in resp["output"]:
             for part in as_list(dig(item, "content")) if dig(item, "type") == "message" else []:
-                text = dig(part, "text") if dig(part, "type") == "output_text" else dig(part, "refusal")
+                text = dig(part, "text") if dig(part, "type") == "output_text" else refusals and dig(part, "refusal")
                 if isinstance(text, str) and text:
                     found.append(text)
     elif "generations" in resp:
         for gen in as_list(dig(resp, "generations", 0)):
-            text = _message_text(dig(gen, "message", "kwargs")) or dig(gen, "text")
+            text = _message_text(dig(gen, "message", "kwargs"), refusals) or dig(gen, "text")
             if isinstance(text, str) and text:
                 found.append(text)
     elif resp.get("type") in ("ai", "AIMessage", "AIMessageChunk") and isinstance(resp.get("data"), dict):
-        found.append(_message_text(resp["data"]))
+        found.append(_message_text(resp["data"], refusals))
     else:
         return None
     return "\n".join(t for t in found if t)
 
 
-def _message_text(message: Any) -> str:
+def _message_text(message: Any, refusals: bool = True) -> str:
     """An OpenAI / LangChain message's text content, else the refusal it carries instead."""
     if not isinstance(message, dict):
         return ""
@@ -362,18 +363,21 @@ def _message_text(message: Any) -> str:
                          if isinstance(p, dict) and p.get("type") in ("text", None) and isinstance(p.get("text"), str))
         if text:
             return text
-    refusal = message.get("refusal", dig(message, "additional_kwargs", "refusal"))
+    refusal = message.get("refusal", dig(message, "additional_kwargs", "refusal")) if refusals else None
     return refusal if isinstance(refusal, str) else ""
 
 
-def assistant_text(span: SpanRow) -> str:
-    """The text the model answered on this span (output messages, else the provider response or plain output)."""
+def assistant_text(span: SpanRow, refusals: bool = True) -> str:
+    """The text the model answered on this span (output messages, else the provider response or plain output).
+
+    With ``refusals`` False an OpenAI refusal recorded only in the raw response is not taken for the answer.
+    """
     texts = [m["text"] for m in output_messages(span) if m["text"] and m.get("role") in (None, "assistant", "model", "ai")]
     if texts:
         return "\n".join(texts)
     resp = _provider_response(span)
     if resp is not None:
-        return response_text(resp) or ""
+        return response_text(resp, refusals) or ""
     value = span.get("output_value")
     if isinstance(value, str) and span.get("output_mime_type") != JSON_MIME and value[:1] not in ("{", "["):
         return value

@@ -35,6 +35,7 @@ LOOKUP_ORDER = {"type": "function", "function": {
 ANSWERS: dict[str, tuple[dict[str, Any], str]] = {
     "Cancel my subscription": ({"content": None, "refusal": "I'm sorry, I cannot assist with that request."}, "stop"),
     "What does the warranty cover?": ({"content": "The warranty covers the motor for five years and"}, "length"),
+    "Summarize ticket 9 as JSON": ({"content": None, "refusal": "I'm sorry, I cannot help with that."}, "stop"),
 }
 
 
@@ -133,6 +134,16 @@ def test_an_openai_refusal_field_inside_an_agent_is_refusal_overreach(start_coll
     llm = c.query("SELECT span_id FROM spans WHERE span_kind = 'LLM'")
     assert candidate["source"]["span_ids"] == [llm[0]["span_id"]]
     assert candidate["observed"]["final_answer"] == "I'm sorry, I cannot assist with that request."
+
+
+def test_an_openai_refusal_of_a_json_request_is_not_a_format_violation(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    with openinference_openai(c.grpc_endpoint):  # no tools, no documents: not refusal_overreach either
+        client.chat.completions.create(model="gpt-4o-mini", messages=[
+            {"role": "user", "content": "Summarize ticket 9 as JSON"}], response_format={"type": "json_object"})
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    assert c.query("SELECT failure_mode FROM detections") == []
 
 
 def test_the_final_answer_of_a_model_call_alone_is_its_text_not_the_provider_response(start_collector, model_url):
