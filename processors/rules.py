@@ -506,6 +506,22 @@ def _strip_fence(text: str) -> str:
     return m.group(1) if m else text
 
 
+_PARSE_FAILURE = re.compile(r"ValidationError|JSONDecodeError|Invalid JSON|json_invalid|is not valid JSON")
+
+
+def _client_parse_failure(span: SpanRow) -> str | None:
+    """The error of an LLM call that failed because the client could not parse the JSON it asked for.
+
+    ``client.chat.completions.parse(response_format=Model)`` raises inside the instrumented call when
+    the answer is not the model's JSON, so the span errors (pydantic ValidationError) with no output.
+    """
+    if span_kind(span) != "LLM" or not (is_error(span) or exception_events(span)):
+        return None
+    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    hit = next((t for t in texts if _PARSE_FAILURE.search(t)), None)
+    return hit if hit is not None and _declared_json(span) is not None else None
+
+
 def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """Output declared as JSON (output mime type, response_format, gen_ai.output.type json) does not parse or breaks its declared schema."""
     found = []
@@ -515,6 +531,15 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             if _truncated(view, s):
                 continue  # cut off by the token limit: that is truncation, reported there
             where, schema = declared
+            parse_error = _client_parse_failure(s)
+            if parse_error is not None:
+                found.append(Finding(
+                    s["span_id"], "json_output", "format_violation",
+                    f"model was asked for JSON ({where}) and the client could not parse the answer: "
+                    f"{clip(parse_error, 200)}",
+                    {"declared_by": where, "error": clip(parse_error, 1000), "schema": schema},
+                ))
+                continue
             answer = assistant_text(s, refusals=False)  # a refusal said instead of the JSON is no malformed JSON
             texts = [m["text"] for m in output_messages(s) if m["text"]] or ([answer] if answer else [])
             for text in texts:
@@ -736,8 +761,8 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     for s in view.of_kind("LLM", "AGENT", "CHAIN"):
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
-            if caused_by:
-                continue  # the failing descendant is the finding (here or in tool_error)
+            if caused_by or _client_parse_failure(s) is not None:
+                continue  # the failing descendant is the finding (here or in tool_error); JSON: json_output
             facts = _error_facts(s)
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",

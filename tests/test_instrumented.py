@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import openai
+import pydantic
 import pytest
 from openinference.instrumentation.openai import OpenAIInstrumentor
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -36,6 +37,7 @@ ANSWERS: dict[str, tuple[dict[str, Any], str]] = {
     "Cancel my subscription": ({"content": None, "refusal": "I'm sorry, I cannot assist with that request."}, "stop"),
     "What does the warranty cover?": ({"content": "The warranty covers the motor for five years and"}, "length"),
     "Summarize ticket 9 as JSON": ({"content": None, "refusal": "I'm sorry, I cannot help with that."}, "stop"),
+    "Summarize ticket 10 as JSON": ({"content": "Summary: the customer wants a new lid."}, "stop"),
 }
 
 
@@ -144,6 +146,20 @@ def test_an_openai_refusal_of_a_json_request_is_not_a_format_violation(start_col
             {"role": "user", "content": "Summarize ticket 9 as JSON"}], response_format={"type": "json_object"})
     c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
     assert c.query("SELECT failure_mode FROM detections") == []
+
+
+def test_a_parse_call_whose_answer_is_not_the_json_model_is_a_format_violation(start_collector, model_url):
+    class TicketSummary(pydantic.BaseModel):
+        summary: str
+
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    with openinference_openai(c.grpc_endpoint), pytest.raises(pydantic.ValidationError):
+        # the SDK parses the answer inside the instrumented call: the LLM span errors, with no output
+        client.chat.completions.parse(model="gpt-4o-mini", response_format=TicketSummary, messages=[
+            {"role": "user", "content": "Summarize ticket 10 as JSON"}])
+    rows = c.wait_for("SELECT failure_mode, detector FROM detections", lambda r: len(r) > 0)
+    assert rows == [{"failure_mode": "format_violation", "detector": "json_output"}]
 
 
 def test_the_final_answer_of_a_model_call_alone_is_its_text_not_the_provider_response(start_collector, model_url):
