@@ -37,6 +37,8 @@ _GENAI_OPERATION_KIND = {
     "invoke_workflow": "CHAIN", "handle_conversation_turn": "CHAIN",
     "execute_task": "CHAIN",  # OpenLLMetry's LangChain steps (prompt templates, parsers, sub-chains)
 }
+#: OpenLLMetry copies LangChain run metadata / association properties here (session_id, thread_id, ...).
+_TRACELOOP_SESSION = tuple(f"traceloop.association.properties.{k}" for k in ("session_id", "conversation_id", "thread_id"))
 _TRACELOOP_KIND = {"workflow": "CHAIN", "task": "TOOL", "agent": "AGENT", "tool": "TOOL", "llm": "LLM"}
 _KNOWN_KINDS = frozenset(SPAN_KINDS)
 _ZERO_TRACE = bytes(16)
@@ -253,8 +255,8 @@ def _append_span(
     append("status_code").append(_STATUS.get(span.status.code, "UNSET"))
     append("status_message").append(walker.text(span.status.message) or None)
     append("service_name").append(service_name)
-    append("session_id").append(_first_str(flat, "session.id", "gen_ai.conversation.id"))
-    append("user_id").append(_first_str(flat, "user.id", "enduser.id"))
+    append("session_id").append(_first_str(flat, "session.id", "gen_ai.conversation.id", *_TRACELOOP_SESSION))
+    append("user_id").append(_first_str(flat, "user.id", "enduser.id", "traceloop.association.properties.user_id"))
     append("input_value").append(input_value)
     append("input_mime_type").append(input_mime)
     append("output_value").append(output_value)

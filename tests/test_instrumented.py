@@ -374,6 +374,14 @@ def test_a_clean_openllmetry_langchain_agent_turn_has_no_detection(start_collect
     assert [r["span_kind"] for r in kinds] == ["AGENT", "CHAIN", "LLM", "TOOL", "LLM"]
 
 
+def test_an_openllmetry_session_is_the_spans_session_id(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:  # LangChain run metadata {"session_id": "s-42"}
+        openllmetry_langchain_agent(tracer, question="Where is ORD-1?", arguments={"order_id": "ORD-1"})
+    rows = c.wait_for("SELECT DISTINCT session_id FROM spans", lambda r: len(r) > 0)
+    assert rows == [{"session_id": "s-42"}]
+
+
 def test_openllmetry_tool_arguments_are_read_from_the_callback_envelope(start_collector):
     c = start_collector(FAST_JUDGE)
     with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
