@@ -415,3 +415,29 @@ def test_a_genai_embeddings_span_counts_its_input_tokens_as_the_total(start_coll
                       "llm_token_count_total FROM spans", lambda r: len(r) == 1)
     assert rows == [{"span_kind": "EMBEDDING", "llm_model_name": "text-embedding-3-small", "llm_token_count_prompt": 5,
                      "llm_token_count_completion": None, "llm_token_count_total": 5}]
+
+
+def test_a_citation_of_a_retrieved_langchain_document_named_in_its_metadata_is_not_hallucination(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        # openinference-instrumentation-langchain 0.1.80: a BaseRetriever's Documents are recorded with their
+        # content and metadata only (Document.id is not recorded); the id the app cites lives in the metadata.
+        with tracer.start_as_current_span("rag_chain") as root:
+            root.set_attributes({"openinference.span.kind": "CHAIN", "input.value": "How long do refunds take?"})
+            with tracer.start_as_current_span("KB") as retriever:
+                retriever.set_attributes({
+                    "openinference.span.kind": "RETRIEVER", "input.value": "How long do refunds take?",
+                    "retrieval.documents.0.document.content": "Refunds are issued within 30 days.",
+                    "retrieval.documents.0.document.metadata": json.dumps({"source": "doc-refunds-01", "score": 0.9}),
+                })
+            with tracer.start_as_current_span("ChatOpenAI") as llm:
+                llm.set_attributes({
+                    "openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini-2024-07-18",
+                    "llm.input_messages.0.message.role": "user",
+                    "llm.input_messages.0.message.content": "How long do refunds take?",
+                    "llm.output_messages.0.message.role": "assistant",
+                    "llm.output_messages.0.message.content": "Refunds are issued within 30 days [doc-refunds-01].",
+                    "llm.finish_reason": "stop",
+                })
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    assert c.query("SELECT failure_mode, message FROM detections") == []
