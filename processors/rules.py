@@ -579,12 +579,36 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 # ==================================================================== truncation
 
 
+_CLIENT_TRUNCATION = re.compile(r"LengthFinishReasonError|length limit was reached|reason='max_output_tokens'")
+
+
+def _client_truncation(span: SpanRow) -> str | None:
+    """The error of an LLM call the client failed because the answer hit the token limit.
+
+    The OpenAI SDK's ``parse()`` raises LengthFinishReasonError on finish reason length, and agent
+    frameworks (OpenAI Agents) raise on an incomplete Responses answer (max_output_tokens): the span
+    errors and records no finish reason.
+    """
+    if span_kind(span) != "LLM" or not (is_error(span) or exception_events(span)):
+        return None
+    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    return next((t for t in texts if _CLIENT_TRUNCATION.search(t)), None)
+
+
 def finish_length(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """A model call stopped on its token limit (finish reason length / max_tokens / MAX_TOKENS / max_output_tokens)."""
     found = []
     for s in view.spans:
         hits = [(w, v) for w, v in view.finish_reasons(s) if v.lower() in _TRUNCATING]
         if not hits:
+            error = _client_truncation(s)
+            if error is not None:
+                found.append(Finding(
+                    s["span_id"], "finish_length", "truncation",
+                    f"{s.get('llm_model_name') or s.get('name')} stopped at its token limit "
+                    f"(the client failed the call: {clip(error, 160)})",
+                    {"finish_reasons": [], "error": clip(error, 1000)},
+                ))
             continue
         a = attrs(s)
         params = loose(dig(a, "llm", "invocation_parameters"))
@@ -765,8 +789,8 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     for s in view.of_kind("LLM", "AGENT", "CHAIN"):
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
-            if caused_by or _client_parse_failure(s) is not None:
-                continue  # the failing descendant is the finding (here or in tool_error); JSON: json_output
+            if caused_by or _client_parse_failure(s) is not None or _client_truncation(s) is not None:
+                continue  # the failing descendant is the finding (here or in tool_error); json_output; finish_length
             facts = _error_facts(s)
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",

@@ -162,6 +162,19 @@ def test_a_parse_call_whose_answer_is_not_the_json_model_is_a_format_violation(s
     assert rows == [{"failure_mode": "format_violation", "detector": "json_output"}]
 
 
+def test_a_parse_call_cut_at_the_token_limit_is_truncation(start_collector, model_url):
+    class Warranty(pydantic.BaseModel):
+        coverage: str
+
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    with openinference_openai(c.grpc_endpoint), pytest.raises(openai.LengthFinishReasonError):
+        client.chat.completions.parse(model="gpt-4o-mini", response_format=Warranty, max_tokens=12, messages=[
+            {"role": "user", "content": "What does the warranty cover?"}])
+    rows = c.wait_for("SELECT failure_mode, detector FROM detections", lambda r: len(r) > 0)
+    assert rows == [{"failure_mode": "truncation", "detector": "finish_length"}]
+
+
 def test_the_final_answer_of_a_model_call_alone_is_its_text_not_the_provider_response(start_collector, model_url):
     c = start_collector(FAST_JUDGE)
     with openinference_openai(c.grpc_endpoint):
