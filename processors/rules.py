@@ -24,7 +24,7 @@ import orjson
 
 from tracesieve.processors.base import SpanRow
 from tracesieve.processors.spanview import (
-    JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
+    HIDDEN, JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
     is_error, loose, output_messages, requested_tool_calls, retrieval_outcome, span_kind, tool_name,
     tool_span_arguments, try_json, walk_strings,
@@ -546,6 +546,7 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                 continue
             answer = assistant_text(s, refusals=False)  # a refusal said instead of the JSON is no malformed JSON
             texts = [m["text"] for m in output_messages(s) if m["text"]] or ([answer] if answer else [])
+            texts = [t for t in texts if t.strip() != HIDDEN]  # OpenInference hid it: present but unknown
             for text in texts:
                 ok, parsed = try_json(_strip_fence(text))
                 if not ok:
@@ -565,7 +566,8 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     break
             continue
         out = s.get("output_value")
-        if s.get("output_mime_type") == JSON_MIME and isinstance(out, str) and not is_collector_truncated(out):
+        if (s.get("output_mime_type") == JSON_MIME and isinstance(out, str) and not is_collector_truncated(out)
+                and out.strip() != HIDDEN):
             ok, err = try_json(out)
             if not ok:
                 found.append(Finding(

@@ -25,6 +25,8 @@ PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*(?::[0-9a-f]{6})?>")
 TRUNCATED_MARK = re.compile(r"…\[truncated \d+ bytes\]$")
 
 JSON_MIME = "application/json"
+#: What OpenInference's OPENINFERENCE_HIDE_* settings leave in place of a value: present, but unknown.
+HIDDEN = "__REDACTED__"
 
 
 def dig(obj: Any, *path: str | int) -> Any:

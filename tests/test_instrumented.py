@@ -18,6 +18,7 @@ from typing import Any
 import openai
 import pydantic
 import pytest
+from openinference.instrumentation import TraceConfig
 from openinference.instrumentation.openai import OpenAIInstrumentor
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -38,6 +39,7 @@ ANSWERS: dict[str, tuple[dict[str, Any], str]] = {
     "What does the warranty cover?": ({"content": "The warranty covers the motor for five years and"}, "length"),
     "Summarize ticket 9 as JSON": ({"content": None, "refusal": "I'm sorry, I cannot help with that."}, "stop"),
     "Summarize ticket 10 as JSON": ({"content": "Summary: the customer wants a new lid."}, "stop"),
+    "Summarize ticket 11 as JSON": ({"content": '{"summary": "wants a new lid"}'}, "stop"),
 }
 
 
@@ -97,13 +99,13 @@ def model_url() -> Iterator[str]:
 
 
 @contextmanager
-def openinference_openai(grpc_endpoint: str) -> Iterator[Tracer]:
+def openinference_openai(grpc_endpoint: str, config: TraceConfig | None = None) -> Iterator[Tracer]:
     """openinference-instrumentation-openai on the real OpenAI SDK, exporting over OTLP/gRPC; undone on exit."""
     provider = TracerProvider(resource=Resource.create({"service.name": "support-bot"}))
     provider.add_span_processor(BatchSpanProcessor(
         OTLPSpanExporter(endpoint=f"http://{grpc_endpoint}", insecure=True), schedule_delay_millis=100))
     instrumentor = OpenAIInstrumentor()
-    instrumentor.instrument(tracer_provider=provider)
+    instrumentor.instrument(tracer_provider=provider, config=config or TraceConfig())
     try:
         yield provider.get_tracer("support-bot")
     finally:
@@ -173,6 +175,18 @@ def test_a_parse_call_cut_at_the_token_limit_is_truncation(start_collector, mode
             {"role": "user", "content": "What does the warranty cover?"}])
     rows = c.wait_for("SELECT failure_mode, detector FROM detections", lambda r: len(r) > 0)
     assert rows == [{"failure_mode": "truncation", "detector": "finish_length"}]
+
+
+def test_a_json_answer_hidden_by_openinference_is_not_a_format_violation(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    # OPENINFERENCE_HIDE_OUTPUTS: output.value is "__REDACTED__", hidden on purpose (present but unknown)
+    with openinference_openai(c.grpc_endpoint, TraceConfig(hide_outputs=True)):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[
+            {"role": "user", "content": "Summarize ticket 11 as JSON"}], response_format={"type": "json_object"})
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    assert c.query("SELECT output_value FROM spans") == [{"output_value": "__REDACTED__"}]
+    assert c.query("SELECT failure_mode FROM detections") == []
 
 
 def test_the_final_answer_of_a_model_call_alone_is_its_text_not_the_provider_response(start_collector, model_url):
