@@ -35,7 +35,10 @@ _GENAI_OPERATION_KIND = {
     "embeddings": "EMBEDDING", "retrieval": "RETRIEVER", "execute_tool": "TOOL",
     "invoke_agent": "AGENT", "create_agent": "AGENT", "plan": "AGENT",
     "invoke_workflow": "CHAIN", "handle_conversation_turn": "CHAIN",
+    "execute_task": "CHAIN",  # OpenLLMetry's LangChain steps (prompt templates, parsers, sub-chains)
 }
+#: OpenLLMetry copies LangChain run metadata / association properties here (session_id, thread_id, ...).
+_TRACELOOP_SESSION = tuple(f"traceloop.association.properties.{k}" for k in ("session_id", "conversation_id", "thread_id"))
 _TRACELOOP_KIND = {"workflow": "CHAIN", "task": "TOOL", "agent": "AGENT", "tool": "TOOL", "llm": "LLM"}
 _KNOWN_KINDS = frozenset(SPAN_KINDS)
 _ZERO_TRACE = bytes(16)
@@ -248,8 +251,11 @@ def _append_span(
     completion = _first_int(flat, "llm.token_count.completion", "gen_ai.usage.output_tokens",
                             "gen_ai.usage.completion_tokens")
     total = _first_int(flat, "llm.token_count.total", "llm.usage.total_tokens", "gen_ai.usage.total_tokens")
-    if total is None and prompt is not None and completion is not None and prompt + completion in _INT64:
-        total = prompt + completion
+    if total is None and prompt is not None:
+        if completion is not None:
+            total = prompt + completion if prompt + completion in _INT64 else None
+        elif kind == "EMBEDDING":  # an embedding call has input tokens only (GenAI sends no output count)
+            total = prompt
     input_value, input_mime = _io_value(flat, "input", kind)
     output_value, output_mime = _io_value(flat, "output", kind)
 
@@ -265,8 +271,8 @@ def _append_span(
     append("status_code").append(_STATUS.get(span.status.code, "UNSET"))
     append("status_message").append(walker.text(span.status.message) or None)
     append("service_name").append(service_name)
-    append("session_id").append(_first_str(flat, "session.id", "gen_ai.conversation.id"))
-    append("user_id").append(_first_str(flat, "user.id", "enduser.id"))
+    append("session_id").append(_first_str(flat, "session.id", "gen_ai.conversation.id", *_TRACELOOP_SESSION))
+    append("user_id").append(_first_str(flat, "user.id", "enduser.id", "traceloop.association.properties.user_id"))
     append("input_value").append(input_value)
     append("input_mime_type").append(input_mime)
     append("output_value").append(output_value)

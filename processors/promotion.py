@@ -77,6 +77,7 @@ from typing import Any, ClassVar
 
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
+from tracesieve.processors.spanview import assistant_text, callback_arguments, response_text
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
 from tracesieve.storage.sqlparams import packed
@@ -476,7 +477,7 @@ def tool_arguments(span: SpanRow) -> Any:
     a = _attrs(span)
     for value in (span.get("input_value"), _get(a, "tool.parameters"), _get(a, "gen_ai.tool.call.arguments")):
         if value not in (None, ""):
-            return _maybe_json(value)
+            return _maybe_json(callback_arguments("", value, False)[1])
     return None
 
 
@@ -566,12 +567,19 @@ def extract_context(spans: Sequence[SpanRow], limit: int = 2000) -> dict[str, An
 
 
 def _final_answer(spans: Sequence[SpanRow], limit: int) -> Any:
+    """The root's output, else the last LLM answer; a raw model response (an LLM span's output.value:
+    OpenAI / Anthropic JSON, LangChain's LLMResult or AI message, GenAI output messages) is read down
+    to the text it answers."""
     root = _root(spans)
     if root is not None and root.get("output_value"):
-        return _clip(_maybe_json(root["output_value"]), limit)
+        value = _maybe_json(root["output_value"])
+        if isinstance(value, dict) and "outputs" in value and value.keys() <= {"outputs", "kwargs"}:
+            value = value["outputs"]  # OpenLLMetry's traceloop.entity.output: {outputs, kwargs}
+        text = response_text(value) if isinstance(value, (dict, list)) else None
+        return _clip(text if text else value, limit)
     for s in reversed(spans):
         if s.get("span_kind") == "LLM":
-            text = span_output_text(s)
+            text = span_output_text(s) or assistant_text(s)
             if text:
                 return _clip(text, limit)
             if s.get("output_value"):
@@ -712,6 +720,13 @@ def _response_format_schema(spans: Sequence[SpanRow]) -> Any:
                 js = rf.get("json_schema")
                 if isinstance(js, dict):
                     return js.get("schema", js)
+            text_format = _get(params, "text.format")  # the Responses API: {type: json_schema, name, schema}
+            if isinstance(text_format, dict) and isinstance(text_format.get("schema"), dict):
+                return text_format["schema"]
+        structured = _maybe_json(_get(_attrs(s), "gen_ai.request.structured_output_schema"))  # OpenLLMetry
+        if isinstance(structured, dict) and structured.get("type") != "json_object":
+            js = structured.get("json_schema")
+            return js.get("schema", js) if isinstance(js, dict) else structured
     return None
 
 

@@ -24,7 +24,7 @@ import orjson
 
 from tracesieve.processors.base import SpanRow
 from tracesieve.processors.spanview import (
-    JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
+    HIDDEN, JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
     is_error, loose, output_messages, requested_tool_calls, retrieval_outcome, span_kind, tool_name,
     tool_span_arguments, try_json, walk_strings,
@@ -127,8 +127,12 @@ class TraceView:
 
     @functools.cached_property
     def context_text(self) -> str:
-        """Text the model was given from outside: tool results (spans and tool-role messages)."""
+        """Text the model was given from outside: tool results (spans and tool-role messages), and the
+        metadata of retrieved documents (LangChain's instrumentors record a Document's id only there)."""
         parts = [s["output_value"] for s in self.of_kind("TOOL") if isinstance(s.get("output_value"), str)]
+        for s in self.of_kind("RETRIEVER", "RERANKER"):
+            for item in as_list(dig(attrs(s), "retrieval", "documents")):
+                parts.extend(walk_strings(dig(item, "document", "metadata")))
         for s in self.of_kind("LLM"):
             for m in input_messages(s):
                 if m.get("role") in ("tool", "function"):
@@ -468,15 +472,29 @@ def _declared_json(span: SpanRow) -> tuple[str, Any] | None:
     a = attrs(span)
     params = loose(dig(a, "llm", "invocation_parameters"))
     rf = loose(dig(params, "response_format")) if isinstance(params, dict) else None
+    where = "llm.invocation_parameters.response_format"
+    if rf is None and isinstance(params, dict):  # the Responses API asks through text.format
+        rf, where = loose(dig(params, "text", "format")), "llm.invocation_parameters.text.format"
     if isinstance(rf, dict):
         rtype = rf.get("type")
         if rtype == "json_object":
-            return "llm.invocation_parameters.response_format", None
-        if rtype == "json_schema":
-            js = rf.get("json_schema") if isinstance(rf.get("json_schema"), dict) else {}
-            return "llm.invocation_parameters.response_format", loose(js.get("schema"))
+            return where, None
+        if rtype == "json_schema":  # chat: {json_schema: {name, schema}}; Responses: {name, schema}
+            js = rf.get("json_schema") if isinstance(rf.get("json_schema"), dict) else rf
+            return where, loose(js.get("schema"))
     elif rf in ("json_object", "json"):
-        return "llm.invocation_parameters.response_format", None
+        return where, None
+    # OpenLLMetry (opentelemetry-instrumentation-openai 0.62): the response_format when it names no
+    # schema ({"type": "json_object"}), else the JSON schema itself.
+    structured = loose(dig(a, "gen_ai", "request", "structured_output_schema"))
+    if isinstance(structured, dict):
+        where = "gen_ai.request.structured_output_schema"
+        if structured.get("type") == "json_object":
+            return where, None
+        if structured.get("type") == "json_schema":
+            js = structured.get("json_schema") if isinstance(structured.get("json_schema"), dict) else structured
+            return where, loose(js.get("schema"))
+        return where, structured
     out_type = dig(a, "gen_ai", "output", "type")
     legacy = dig(a, "gen_ai", "openai", "request", "response_format")
     if out_type == "json" or legacy in ("json_object", "json_schema"):
@@ -492,6 +510,22 @@ def _strip_fence(text: str) -> str:
     return m.group(1) if m else text
 
 
+_PARSE_FAILURE = re.compile(r"ValidationError|JSONDecodeError|Invalid JSON|json_invalid|is not valid JSON")
+
+
+def _client_parse_failure(span: SpanRow) -> str | None:
+    """The error of an LLM call that failed because the client could not parse the JSON it asked for.
+
+    ``client.chat.completions.parse(response_format=Model)`` raises inside the instrumented call when
+    the answer is not the model's JSON, so the span errors (pydantic ValidationError) with no output.
+    """
+    if span_kind(span) != "LLM" or not (is_error(span) or exception_events(span)):
+        return None
+    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    hit = next((t for t in texts if _PARSE_FAILURE.search(t)), None)
+    return hit if hit is not None and _declared_json(span) is not None else None
+
+
 def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """Output declared as JSON (output mime type, response_format, gen_ai.output.type json) does not parse or breaks its declared schema."""
     found = []
@@ -501,7 +535,18 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             if _truncated(view, s):
                 continue  # cut off by the token limit: that is truncation, reported there
             where, schema = declared
-            texts = [m["text"] for m in output_messages(s) if m["text"]] or ([assistant_text(s)] if assistant_text(s) else [])
+            parse_error = _client_parse_failure(s)
+            if parse_error is not None:
+                found.append(Finding(
+                    s["span_id"], "json_output", "format_violation",
+                    f"model was asked for JSON ({where}) and the client could not parse the answer: "
+                    f"{clip(parse_error, 200)}",
+                    {"declared_by": where, "error": clip(parse_error, 1000), "schema": schema},
+                ))
+                continue
+            answer = assistant_text(s, refusals=False)  # a refusal said instead of the JSON is no malformed JSON
+            texts = [m["text"] for m in output_messages(s) if m["text"]] or ([answer] if answer else [])
+            texts = [t for t in texts if t.strip() != HIDDEN]  # OpenInference hid it: present but unknown
             for text in texts:
                 ok, parsed = try_json(_strip_fence(text))
                 if not ok:
@@ -521,7 +566,8 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     break
             continue
         out = s.get("output_value")
-        if s.get("output_mime_type") == JSON_MIME and isinstance(out, str) and not is_collector_truncated(out):
+        if (s.get("output_mime_type") == JSON_MIME and isinstance(out, str) and not is_collector_truncated(out)
+                and out.strip() != HIDDEN):
             ok, err = try_json(out)
             if not ok:
                 found.append(Finding(
@@ -535,12 +581,36 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 # ==================================================================== truncation
 
 
+_CLIENT_TRUNCATION = re.compile(r"LengthFinishReasonError|length limit was reached|reason='max_output_tokens'")
+
+
+def _client_truncation(span: SpanRow) -> str | None:
+    """The error of an LLM call the client failed because the answer hit the token limit.
+
+    The OpenAI SDK's ``parse()`` raises LengthFinishReasonError on finish reason length, and agent
+    frameworks (OpenAI Agents) raise on an incomplete Responses answer (max_output_tokens): the span
+    errors and records no finish reason.
+    """
+    if span_kind(span) != "LLM" or not (is_error(span) or exception_events(span)):
+        return None
+    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    return next((t for t in texts if _CLIENT_TRUNCATION.search(t)), None)
+
+
 def finish_length(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """A model call stopped on its token limit (finish reason length / max_tokens / MAX_TOKENS / max_output_tokens)."""
     found = []
     for s in view.spans:
         hits = [(w, v) for w, v in view.finish_reasons(s) if v.lower() in _TRUNCATING]
         if not hits:
+            error = _client_truncation(s)
+            if error is not None:
+                found.append(Finding(
+                    s["span_id"], "finish_length", "truncation",
+                    f"{s.get('llm_model_name') or s.get('name')} stopped at its token limit "
+                    f"(the client failed the call: {clip(error, 160)})",
+                    {"finish_reasons": [], "error": clip(error, 1000)},
+                ))
             continue
         a = attrs(s)
         params = loose(dig(a, "llm", "invocation_parameters"))
@@ -721,8 +791,8 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     for s in view.of_kind("LLM", "AGENT", "CHAIN"):
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
-            if caused_by:
-                continue  # the failing descendant is the finding (here or in tool_error)
+            if caused_by or _client_parse_failure(s) is not None or _client_truncation(s) is not None:
+                continue  # the failing descendant is the finding (here or in tool_error); json_output; finish_length
             facts = _error_facts(s)
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",

@@ -25,6 +25,8 @@ PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*(?::[0-9a-f]{6})?>")
 TRUNCATED_MARK = re.compile(r"…\[truncated \d+ bytes\]$")
 
 JSON_MIME = "application/json"
+#: What OpenInference's OPENINFERENCE_HIDE_* settings leave in place of a value: present, but unknown.
+HIDDEN = "__REDACTED__"
 
 
 def dig(obj: Any, *path: str | int) -> Any:
@@ -306,22 +308,78 @@ def _provider_response(span: SpanRow) -> Any:
     return None
 
 
-def assistant_text(span: SpanRow) -> str:
-    """The text the model answered on this span (output messages, else the provider response or plain output)."""
+def response_text(resp: Any, refusals: bool = True) -> str | None:
+    """The answer text inside a provider's or framework's raw response; None when ``resp`` has no known shape.
+
+    Shapes: OpenAI chat (``choices[].message.content``, else its ``refusal``) and completions
+    (``choices[].text``), Anthropic ``content`` blocks, OpenAI Responses ``output`` items,
+    LangChain's ``LLMResult`` (``generations``) and a dumped LangChain AI message
+    (``{"type": "ai", "data": {...}}``), and a GenAI ``output.messages`` list. With ``refusals``
+    False an OpenAI refusal (said instead of the answer, not as it) is left out.
+    """
+    found: list[str] = []
+    if isinstance(resp, list):
+        if not resp or not all(isinstance(m, dict) and "parts" in m for m in resp):
+            return None
+        return "\n".join(m["text"] for m in _genai_messages(resp)
+                         if m["text"] and m.get("role") in (None, "assistant", "model", "ai")) or ""
+    if not isinstance(resp, dict):
+        return None
+    if "choices" in resp:
+        for choice in as_list(resp.get("choices")):
+            message = dig(choice, "message")
+            text = _message_text(message, refusals) if isinstance(message, dict) else dig(choice, "text")
+            if isinstance(text, str) and text:
+                found.append(text)
+    elif isinstance(resp.get("content"), list):
+        for block in resp["content"]:
+            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+                found.append(block["text"])
+    elif isinstance(resp.get("output"), list) and "object" in resp:
+        for item in resp["output"]:
+            for part in as_list(dig(item, "content")) if dig(item, "type") == "message" else []:
+                text = dig(part, "text") if dig(part, "type") == "output_text" else refusals and dig(part, "refusal")
+                if isinstance(text, str) and text:
+                    found.append(text)
+    elif "generations" in resp:
+        for gen in as_list(dig(resp, "generations", 0)):
+            text = _message_text(dig(gen, "message", "kwargs"), refusals) or dig(gen, "text")
+            if isinstance(text, str) and text:
+                found.append(text)
+    elif resp.get("type") in ("ai", "AIMessage", "AIMessageChunk") and isinstance(resp.get("data"), dict):
+        found.append(_message_text(resp["data"], refusals))
+    else:
+        return None
+    return "\n".join(t for t in found if t)
+
+
+def _message_text(message: Any, refusals: bool = True) -> str:
+    """An OpenAI / LangChain message's text content, else the refusal it carries instead."""
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    if isinstance(content, str) and content:
+        return content
+    if isinstance(content, list):
+        text = "\n".join(p["text"] for p in content
+                         if isinstance(p, dict) and p.get("type") in ("text", None) and isinstance(p.get("text"), str))
+        if text:
+            return text
+    refusal = message.get("refusal", dig(message, "additional_kwargs", "refusal")) if refusals else None
+    return refusal if isinstance(refusal, str) else ""
+
+
+def assistant_text(span: SpanRow, refusals: bool = True) -> str:
+    """The text the model answered on this span (output messages, else the provider response or plain output).
+
+    With ``refusals`` False an OpenAI refusal recorded only in the raw response is not taken for the answer.
+    """
     texts = [m["text"] for m in output_messages(span) if m["text"] and m.get("role") in (None, "assistant", "model", "ai")]
     if texts:
         return "\n".join(texts)
     resp = _provider_response(span)
     if resp is not None:
-        found = []
-        for choice in as_list(resp.get("choices")):
-            content = dig(choice, "message", "content")
-            if isinstance(content, str):
-                found.append(content)
-        for block in as_list(resp.get("content")):
-            if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
-                found.append(block["text"])
-        return "\n".join(found)
+        return response_text(resp, refusals) or ""
     value = span.get("output_value")
     if isinstance(value, str) and span.get("output_mime_type") != JSON_MIME and value[:1] not in ("{", "["):
         return value
@@ -331,11 +389,16 @@ def assistant_text(span: SpanRow) -> str:
 def requested_tool_calls(span: SpanRow) -> list[dict[str, Any]]:
     """Tool calls the model asked for on this span: {id, name, arguments} (arguments raw: string or object)."""
     calls = [c for m in output_messages(span) for c in m["tool_calls"]]
-    if calls:
-        return calls
     resp = _provider_response(span)
-    if resp is None:
-        return []
+    if resp is not None and "generations" in resp:
+        # LangChain parses the model's calls itself: arguments that are not JSON are left out of
+        # its tool_calls (so out of llm.output_messages) and kept in the AIMessage's invalid_tool_calls.
+        for gen in as_list(dig(resp, "generations", 0)):
+            for bad in as_list(dig(gen, "message", "kwargs", "invalid_tool_calls")):
+                if isinstance(bad, dict):
+                    calls.append({"id": bad.get("id"), "name": bad.get("name"), "arguments": bad.get("args")})
+    if calls or resp is None:
+        return calls
     for choice in as_list(resp.get("choices")):
         for item in as_list(dig(choice, "message", "tool_calls")):
             call = _oi_tool_call(item)
@@ -453,14 +516,32 @@ def tool_span_arguments(span: SpanRow) -> tuple[str, Any, bool] | None:
     a = attrs(span)
     value = dig(a, "gen_ai", "tool", "call", "arguments")
     if value is not None:
-        return "gen_ai.tool.call.arguments", value, True
+        return callback_arguments("gen_ai.tool.call.arguments", value, True)
     value = dig(a, "tool", "parameters")
     if value is not None and not _looks_like_schema(loose(value)):
         return "tool.parameters", value, True
     value = span.get("input_value")
     if value is not None:
-        return "input.value", value, span.get("input_mime_type") == JSON_MIME
+        return callback_arguments("input.value", value, span.get("input_mime_type") == JSON_MIME)
     return None
+
+
+def callback_arguments(source: str, value: Any, declared_json: bool) -> tuple[str, Any, bool]:
+    """(source, arguments, declared_json), looking inside LangChain's tool-callback envelope.
+
+    OpenLLMetry's LangChain instrumentation (0.62) records the whole ``on_tool_start`` call as the
+    arguments: ``{"input_str": <repr of the arguments>, "tags", "metadata", "inputs": {...},
+    "kwargs"}``. The arguments are ``inputs``; without it ``input_str`` is a Python repr, not JSON.
+    """
+    if not (isinstance(value, str) and '"input_str"' in value) and not (isinstance(value, dict) and "input_str" in value):
+        return source, value, declared_json
+    envelope = loose(value)
+    if not isinstance(envelope, dict) or "input_str" not in envelope:
+        return source, value, declared_json
+    inputs = envelope.get("inputs")
+    if isinstance(inputs, dict):
+        return f"{source} inputs", inputs, True
+    return f"{source} input_str", envelope.get("input_str"), False
 
 
 def canonical_arguments(value: Any) -> str | None:

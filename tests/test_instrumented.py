@@ -1,0 +1,470 @@
+"""Spans made by real instrumentation libraries, through a real `tracesieve serve`, read back with the real CLI.
+
+The OpenAI SDK and its OpenInference instrumentor run in this process against a small local stand-in for
+the chat completions API (below); the spans go out through the OTel SDK's OTLP exporters. Where a library
+is not a test dependency, the span is rebuilt with the plain OTel SDK key for key, and the comment names
+the library and version it was copied from.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import openai
+import pydantic
+import pytest
+from openinference.instrumentation import TraceConfig
+from openinference.instrumentation.openai import OpenAIInstrumentor
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Status, StatusCode, Tracer
+
+from conftest import FAST_JUDGE
+from sdk_helpers import sdk_tracer
+
+LOOKUP_ORDER = {"type": "function", "function": {
+    "name": "lookup_order", "description": "Look up an order",
+    "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}}
+
+#: The user's question -> the assistant message the stand-in model answers with (and its finish reason).
+ANSWERS: dict[str, tuple[dict[str, Any], str]] = {
+    "Cancel my subscription": ({"content": None, "refusal": "I'm sorry, I cannot assist with that request."}, "stop"),
+    "What does the warranty cover?": ({"content": "The warranty covers the motor for five years and"}, "length"),
+    "Summarize ticket 9 as JSON": ({"content": None, "refusal": "I'm sorry, I cannot help with that."}, "stop"),
+    "Summarize ticket 10 as JSON": ({"content": "Summary: the customer wants a new lid."}, "stop"),
+    "Summarize ticket 11 as JSON": ({"content": '{"summary": "wants a new lid"}'}, "stop"),
+}
+
+
+#: The Responses API: the user's input -> the answer's text.
+RESPONSES = {
+    "Summarize ticket 7 as JSON": "Summary: the customer wants a new lid.",
+    "Summarize ticket 8 as JSON": '{"summary": "wants a new lid"}',
+}
+
+
+def _response(request: dict[str, Any]) -> dict[str, Any]:
+    """A ``POST /v1/responses`` answer, as the OpenAI API shapes it."""
+    return {
+        "id": "resp_1", "object": "response", "created_at": 1_763_700_000, "status": "completed",
+        "incomplete_details": None, "error": None, "model": "gpt-4o-mini-2024-07-18", "instructions": None,
+        "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": RESPONSES[request["input"]], "annotations": []}]}],
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "metadata": {}, "temperature": 1.0,
+        "top_p": 1.0, "text": request.get("text") or {"format": {"type": "text"}},
+        "usage": {"input_tokens": 30, "output_tokens": 8, "total_tokens": 38,
+                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+    }
+
+
+class _ChatCompletions(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        if self.path.endswith("/responses"):
+            body = json.dumps(_response(request)).encode()
+        else:
+            question = request["messages"][-1]["content"]
+            message, finish = ANSWERS[question]
+            body = json.dumps({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1_763_700_000,
+                "model": "gpt-4o-mini-2024-07-18",
+                "choices": [{"index": 0, "message": {"role": "assistant", "refusal": None, **message},
+                             "finish_reason": finish, "logprobs": None}],
+                "usage": {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52},
+            }).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+        pass
+
+
+@pytest.fixture
+def model_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatCompletions)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+@contextmanager
+def openinference_openai(grpc_endpoint: str, config: TraceConfig | None = None) -> Iterator[Tracer]:
+    """openinference-instrumentation-openai on the real OpenAI SDK, exporting over OTLP/gRPC; undone on exit."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "support-bot"}))
+    provider.add_span_processor(BatchSpanProcessor(
+        OTLPSpanExporter(endpoint=f"http://{grpc_endpoint}", insecure=True), schedule_delay_millis=100))
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=provider, config=config or TraceConfig())
+    try:
+        yield provider.get_tracer("support-bot")
+    finally:
+        instrumentor.uninstrument()
+        provider.force_flush(30_000)
+        provider.shutdown()
+
+
+def ask(model_url: str, question: str) -> None:
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", tools=[LOOKUP_ORDER], max_tokens=12, messages=[
+        {"role": "system", "content": "You are a support agent."}, {"role": "user", "content": question}])
+
+
+def candidates_of(c: Any, mode: str) -> list[dict[str, Any]]:
+    c.wait_for(f"SELECT 1 FROM candidates WHERE failure_mode = '{mode}'", lambda rows: len(rows) == 1)
+    listed = c.cli("candidates", "--mode", mode, "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows: list[dict[str, Any]] = json.loads(listed.stdout)
+    return rows
+
+
+def test_an_openai_refusal_field_inside_an_agent_is_refusal_overreach(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    with openinference_openai(c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:  # the app's own span around the call
+            root.set_attribute("openinference.span.kind", "AGENT")
+            ask(model_url, "Cancel my subscription")
+    [candidate] = candidates_of(c, "refusal_overreach")
+    llm = c.query("SELECT span_id FROM spans WHERE span_kind = 'LLM'")
+    assert candidate["source"]["span_ids"] == [llm[0]["span_id"]]
+    assert candidate["observed"]["final_answer"] == "I'm sorry, I cannot assist with that request."
+
+
+def test_an_openai_refusal_of_a_json_request_is_not_a_format_violation(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    with openinference_openai(c.grpc_endpoint):  # no tools, no documents: not refusal_overreach either
+        client.chat.completions.create(model="gpt-4o-mini", messages=[
+            {"role": "user", "content": "Summarize ticket 9 as JSON"}], response_format={"type": "json_object"})
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    assert c.query("SELECT failure_mode FROM detections") == []
+
+
+def test_a_parse_call_whose_answer_is_not_the_json_model_is_a_format_violation(start_collector, model_url):
+    class TicketSummary(pydantic.BaseModel):
+        summary: str
+
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    with openinference_openai(c.grpc_endpoint), pytest.raises(pydantic.ValidationError):
+        # the SDK parses the answer inside the instrumented call: the LLM span errors, with no output
+        client.chat.completions.parse(model="gpt-4o-mini", response_format=TicketSummary, messages=[
+            {"role": "user", "content": "Summarize ticket 10 as JSON"}])
+    rows = c.wait_for("SELECT failure_mode, detector FROM detections", lambda r: len(r) > 0)
+    assert rows == [{"failure_mode": "format_violation", "detector": "json_output"}]
+
+
+def test_a_parse_call_cut_at_the_token_limit_is_truncation(start_collector, model_url):
+    class Warranty(pydantic.BaseModel):
+        coverage: str
+
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    with openinference_openai(c.grpc_endpoint), pytest.raises(openai.LengthFinishReasonError):
+        client.chat.completions.parse(model="gpt-4o-mini", response_format=Warranty, max_tokens=12, messages=[
+            {"role": "user", "content": "What does the warranty cover?"}])
+    rows = c.wait_for("SELECT failure_mode, detector FROM detections", lambda r: len(r) > 0)
+    assert rows == [{"failure_mode": "truncation", "detector": "finish_length"}]
+
+
+def test_a_json_answer_hidden_by_openinference_is_not_a_format_violation(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    # OPENINFERENCE_HIDE_OUTPUTS: output.value is "__REDACTED__", hidden on purpose (present but unknown)
+    with openinference_openai(c.grpc_endpoint, TraceConfig(hide_outputs=True)):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[
+            {"role": "user", "content": "Summarize ticket 11 as JSON"}], response_format={"type": "json_object"})
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    assert c.query("SELECT output_value FROM spans") == [{"output_value": "__REDACTED__"}]
+    assert c.query("SELECT failure_mode FROM detections") == []
+
+
+def test_the_final_answer_of_a_model_call_alone_is_its_text_not_the_provider_response(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    with openinference_openai(c.grpc_endpoint):
+        ask(model_url, "What does the warranty cover?")  # the LLM span is the root: output.value is the response JSON
+    [candidate] = candidates_of(c, "truncation")
+    assert candidate["observed"]["final_answer"] == "The warranty covers the motor for five years and"
+
+
+def test_the_final_answer_of_a_genai_chat_span_alone_is_its_text(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url) as tracer:
+        # opentelemetry-instrumentation-openai-v2 2.4b0 with OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental
+        # and OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=SPAN_ONLY: one CLIENT span, messages as JSON text.
+        with tracer.start_as_current_span("chat gpt-4o-mini") as span:
+            span.set_attributes({
+                "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                "gen_ai.provider.name": "openai", "gen_ai.response.finish_reasons": ["length"],
+                "gen_ai.response.model": "gpt-4o-mini-2024-07-18", "gen_ai.response.id": "chatcmpl-5",
+                "gen_ai.usage.input_tokens": 50, "gen_ai.usage.output_tokens": 10,
+                "gen_ai.input.messages": json.dumps([
+                    {"role": "system", "parts": [{"content": "You are support.", "type": "text"}]},
+                    {"role": "user", "parts": [{"content": "What does the warranty cover?", "type": "text"}]}]),
+                "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [
+                    {"content": "The warranty covers the motor for five years and", "type": "text"}],
+                    "finish_reason": "length"}]),
+            })
+    [candidate] = candidates_of(c, "truncation")
+    assert candidate["input"]["user_message"] == "What does the warranty cover?"
+    assert candidate["observed"]["final_answer"] == "The warranty covers the motor for five years and"
+
+
+SUMMARY_SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}, "priority": {"type": "integer"}},
+                  "required": ["summary", "priority"]}
+
+
+@pytest.mark.parametrize("text_format", [
+    {"type": "json_object"},
+    {"type": "json_schema", "name": "ticket_summary", "schema": SUMMARY_SCHEMA},
+])
+def test_a_responses_api_answer_that_is_not_the_json_asked_for_is_a_format_violation(
+        start_collector, model_url, text_format):
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    with openinference_openai(c.grpc_endpoint):  # Responses API: the JSON request is `text.format`, not response_format
+        client.responses.create(model="gpt-4o-mini", input="Summarize ticket 7 as JSON", text={"format": text_format})
+    [candidate] = candidates_of(c, "format_violation")
+    assert candidate["observed"]["final_answer"] == "Summary: the customer wants a new lid."
+    assert candidate["expected"]["output_schema"] == text_format.get("schema", {})
+
+
+def test_a_responses_api_json_answer_breaking_the_declared_schema_is_a_format_violation(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    client = openai.OpenAI(base_url=model_url, api_key="sk-test", max_retries=0)
+    with openinference_openai(c.grpc_endpoint):
+        client.responses.create(model="gpt-4o-mini", input="Summarize ticket 8 as JSON", text={"format": {
+            "type": "json_schema", "name": "ticket_summary", "schema": SUMMARY_SCHEMA}})
+    rows = c.wait_for("SELECT failure_mode, detector FROM detections", lambda r: len(r) > 0)
+    assert rows == [{"failure_mode": "format_violation", "detector": "output_schema"}]
+
+
+@pytest.mark.parametrize("declared, answer, detector", [
+    ({"type": "json_object"}, "Summary: the customer wants a new lid.", "json_output"),
+    ({"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]},
+     '{"title": "lid"}', "output_schema"),
+])
+def test_openllmetry_structured_output_that_is_not_the_json_asked_for_is_a_format_violation(
+        start_collector, declared, answer, detector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        # opentelemetry-instrumentation-openai 0.62.4 (OpenLLMetry) on chat.completions.create(response_format=...):
+        # gen_ai.request.structured_output_schema holds {"type": "json_object"}, or json_schema's schema itself.
+        with tracer.start_as_current_span("openai.chat") as span:
+            span.set_attributes({
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o-mini",
+                "gen_ai.is_streaming": False, "gen_ai.request.structured_output_schema": json.dumps(declared),
+                "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [
+                    {"content": "Summarize ticket 7 as JSON", "type": "text"}]}]),
+                "gen_ai.response.model": "gpt-4o-mini-2024-07-18", "gen_ai.response.finish_reasons": ["stop"],
+                "gen_ai.usage.total_tokens": 60, "gen_ai.usage.output_tokens": 10, "gen_ai.usage.input_tokens": 50,
+                "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [
+                    {"content": answer, "type": "text"}], "finish_reason": "stop"}]),
+            })
+    rows = c.wait_for("SELECT failure_mode, detector FROM detections", lambda r: len(r) > 0)
+    assert rows == [{"failure_mode": "format_violation", "detector": detector}]
+    [candidate] = candidates_of(c, "format_violation")
+    assert candidate["expected"]["output_schema"] == ({} if declared["type"] == "json_object" else declared)
+
+
+def langchain_chat_span(tracer: Tracer, *, question: str, message_kwargs: dict[str, Any], finish: str) -> None:
+    """A ChatOpenAI run as openinference-instrumentation-langchain 0.1.80 (langchain-openai 1.8.1) records it.
+
+    LangChain parses the model's tool calls itself: arguments that are not JSON leave ``tool_calls``
+    empty and land in the AIMessage's ``invalid_tool_calls``, which only ``output.value`` (the
+    LLMResult) carries; ``llm.output_messages`` then holds the role alone. An OpenAI ``refusal`` is
+    in ``additional_kwargs`` the same way.
+    """
+    message = {"lc": 1, "type": "constructor", "id": ["langchain", "schema", "messages", "AIMessage"],
+               "kwargs": {"content": "", "additional_kwargs": {"refusal": None}, "type": "ai",
+                          "tool_calls": [], "invalid_tool_calls": [], **message_kwargs}}
+    result = {"generations": [[{"text": "", "generation_info": {"finish_reason": finish, "logprobs": None},
+                                "type": "ChatGeneration", "message": message}]],
+              "llm_output": {"model_name": "gpt-4o-mini-2024-07-18", "id": "chatcmpl-4"}, "run": None,
+              "type": "LLMResult"}
+    schema = json.dumps(LOOKUP_ORDER)
+    with tracer.start_as_current_span("ChatOpenAI") as span:
+        span.set_attributes({
+            "input.value": json.dumps({"messages": [[{"lc": 1, "type": "constructor", "id": [
+                "langchain", "schema", "messages", "HumanMessage"], "kwargs": {"content": question, "type": "human"}}]]}),
+            "input.mime_type": "application/json",
+            "output.value": json.dumps(result), "output.mime_type": "application/json",
+            "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": question,
+            "llm.output_messages.0.message.role": "assistant",
+            "llm.invocation_parameters": json.dumps({"model": "gpt-4o-mini", "_type": "openai-chat",
+                                                     "tools": [LOOKUP_ORDER]}),
+            "llm.tools.0.tool.json_schema": schema, "llm.provider": "openai", "llm.system": "openai",
+            "llm.model_name": "gpt-4o-mini-2024-07-18", "llm.token_count.prompt": 50,
+            "llm.token_count.completion": 10, "llm.token_count.total": 60, "llm.finish_reason": finish,
+            "openinference.span.kind": "LLM",
+        })
+
+
+def test_langchain_invalid_tool_call_arguments_are_a_tool_argument_failure(start_collector):
+    c = start_collector(FAST_JUDGE)
+    invalid = {"type": "invalid_tool_call", "id": "call_2", "name": "lookup_order", "args": "{order_id: ORD-1",
+               "error": "Function lookup_order arguments:\n\n{order_id: ORD-1\n\nare not valid JSON."}
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("RunnableSequence") as root:
+            root.set_attribute("openinference.span.kind", "CHAIN")
+            langchain_chat_span(tracer, question="Where is my order?", finish="tool_calls",
+                                message_kwargs={"invalid_tool_calls": [invalid]})
+    rows = c.wait_for("SELECT d.failure_mode, d.detector, d.evidence->>'$.arguments' AS arguments, s.name "
+                      "FROM detections d JOIN spans s USING (trace_id, span_id)", lambda r: len(r) > 0)
+    assert rows == [{"failure_mode": "tool_argument", "detector": "tool_args_json",
+                     "arguments": "{order_id: ORD-1", "name": "ChatOpenAI"}]
+
+
+def test_a_langchain_refusal_with_tools_declared_is_refusal_overreach(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attribute("openinference.span.kind", "CHAIN")
+            langchain_chat_span(tracer, question="Cancel my subscription", finish="stop", message_kwargs={
+                "additional_kwargs": {"refusal": "I'm sorry, I cannot assist with that request."}})
+    [candidate] = candidates_of(c, "refusal_overreach")
+    assert candidate["observed"]["final_answer"] == "I'm sorry, I cannot assist with that request."
+
+
+def openllmetry_langchain_agent(tracer: Tracer, *, question: str, arguments: dict[str, Any],
+                                tool_error: str | None = None) -> None:
+    """One agent turn as opentelemetry-instrumentation-langchain 0.62.4 (OpenLLMetry) records it.
+
+    A workflow span, an ``execute_task`` span per chain step (here the prompt template), the chat
+    calls, and an ``execute_tool`` span whose ``gen_ai.tool.call.arguments`` is LangChain's whole
+    callback envelope (``input_str``, ``tags``, ``metadata``, ``inputs``, ``kwargs``), not the arguments.
+    """
+    tools = json.dumps([{"name": "lookup_order", "description": "Look up an order by id.",
+                         "parameters": LOOKUP_ORDER["function"]["parameters"]}])  # type: ignore[index]
+    call = {"type": "tool_call", "id": "call_5", "name": "lookup_order", "arguments": arguments}
+    common = {"traceloop.workflow.name": "support_agent", "traceloop.entity.path": "",
+              "traceloop.association.properties.session_id": "s-42"}
+
+    def chat(messages: list[dict[str, Any]], output: dict[str, Any], finish: str) -> None:
+        with tracer.start_as_current_span("ChatOpenAI.chat") as span:
+            span.set_attributes({**common, "gen_ai.provider.name": "openai", "gen_ai.operation.name": "chat",
+                                 "gen_ai.tool.definitions": tools, "gen_ai.request.model": "gpt-4o-mini",
+                                 "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "Be brief."}]),
+                                 "gen_ai.input.messages": json.dumps(messages),
+                                 "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+                                 "gen_ai.usage.input_tokens": 50, "gen_ai.usage.output_tokens": 10,
+                                 "gen_ai.output.messages": json.dumps([{**output, "finish_reason": finish}]),
+                                 "gen_ai.response.finish_reasons": [finish]})
+
+    user = {"role": "user", "parts": [{"type": "text", "content": question}]}
+    asked = {"role": "assistant", "parts": [call]}
+    with tracer.start_as_current_span("support_agent.workflow") as root:
+        root.set_attributes({**common, "traceloop.span.kind": "workflow", "traceloop.entity.name": "support_agent",
+                             "gen_ai.provider.name": "langchain", "gen_ai.operation.name": "invoke_agent",
+                             "gen_ai.agent.name": "support_agent",
+                             "traceloop.entity.input": json.dumps({"inputs": question, "tags": [], "kwargs": {}}),
+                             "traceloop.entity.output": json.dumps({"outputs": "It shipped.", "kwargs": {"tags": []}})})
+        with tracer.start_as_current_span("execute_task ChatPromptTemplate") as task:
+            task.set_attributes({**common, "traceloop.span.kind": "task", "traceloop.entity.name": "ChatPromptTemplate",
+                                 "gen_ai.provider.name": "langchain", "gen_ai.operation.name": "execute_task",
+                                 "gen_ai.task.name": "ChatPromptTemplate", "gen_ai.task.status": "success",
+                                 "traceloop.entity.input": json.dumps({"inputs": {"question": question}, "tags": []})})
+        chat([user], asked, "tool_call")
+        envelope = json.dumps({"input_str": repr(arguments), "tags": [], "metadata": {"session_id": "s-42"},
+                               "inputs": arguments, "kwargs": {"color": "green", "name": None, "tool_call_id": "call_5"}})
+        with tracer.start_as_current_span("execute_tool lookup_order") as tool:
+            tool.set_attributes({**common, "traceloop.span.kind": "tool", "traceloop.entity.name": "lookup_order",
+                                 "gen_ai.provider.name": "langchain", "gen_ai.operation.name": "execute_tool",
+                                 "gen_ai.tool.name": "lookup_order", "gen_ai.tool.type": "function",
+                                 "traceloop.entity.input": envelope, "gen_ai.tool.call.arguments": envelope,
+                                 "traceloop.entity.output": json.dumps({"output": "shipped", "kwargs": {}}),
+                                 "gen_ai.task.status": "failure" if tool_error else "success"})
+            if tool_error:
+                tool.record_exception(RuntimeError(tool_error))
+                tool.set_status(Status(StatusCode.ERROR, tool_error))
+        result = {"role": "tool", "parts": [{"type": "tool_call_response", "id": "call_5", "response": "shipped"}]}
+        chat([user, asked, result], {"role": "assistant", "parts": [{"type": "text", "content": "It shipped."}]}, "stop")
+
+
+def test_a_clean_openllmetry_langchain_agent_turn_has_no_detection(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        openllmetry_langchain_agent(tracer, question="Where is ORD-1?", arguments={"order_id": "ORD-1"})
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    assert c.query("SELECT failure_mode, message FROM detections") == []
+    kinds = c.query("SELECT name, span_kind FROM spans ORDER BY start_time")
+    assert [r["span_kind"] for r in kinds] == ["AGENT", "CHAIN", "LLM", "TOOL", "LLM"]
+
+
+def test_an_openllmetry_session_is_the_spans_session_id(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:  # LangChain run metadata {"session_id": "s-42"}
+        openllmetry_langchain_agent(tracer, question="Where is ORD-1?", arguments={"order_id": "ORD-1"})
+    rows = c.wait_for("SELECT DISTINCT session_id FROM spans", lambda r: len(r) > 0)
+    assert rows == [{"session_id": "s-42"}]
+
+
+def test_openllmetry_tool_arguments_are_read_from_the_callback_envelope(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        openllmetry_langchain_agent(tracer, question="Where is ORD-7?", arguments={"order_id": "ORD-7"},
+                                    tool_error="order service returned 502")
+    [candidate] = candidates_of(c, "tool_invocation")
+    assert c.query("SELECT failure_mode FROM detections") == [{"failure_mode": "tool_invocation"}]
+    [call] = candidate["context"]["tool_calls"]
+    assert call["name"] == "lookup_order" and call["arguments"] == {"order_id": "ORD-7"}
+
+
+def test_the_final_answer_of_an_openllmetry_workflow_is_its_output_not_the_envelope(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        openllmetry_langchain_agent(tracer, question="Where is ORD-8?", arguments={"order_id": "ORD-8"},
+                                    tool_error="order service returned 502")
+    [candidate] = candidates_of(c, "tool_invocation")
+    assert candidate["observed"]["final_answer"] == "It shipped."  # traceloop.entity.output is {outputs, kwargs}
+
+
+def test_a_genai_embeddings_span_counts_its_input_tokens_as_the_total(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url) as tracer:
+        # opentelemetry-instrumentation-genai-openai 1.3b0, client.embeddings.create(): input tokens only.
+        with tracer.start_as_current_span("embeddings text-embedding-3-small") as span:
+            span.set_attributes({
+                "gen_ai.operation.name": "embeddings", "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": "text-embedding-3-small", "gen_ai.embeddings.dimension.count": 3,
+                "gen_ai.response.model": "text-embedding-3-small", "gen_ai.usage.input_tokens": 5})
+    rows = c.wait_for("SELECT span_kind, llm_model_name, llm_token_count_prompt, llm_token_count_completion, "
+                      "llm_token_count_total FROM spans", lambda r: len(r) == 1)
+    assert rows == [{"span_kind": "EMBEDDING", "llm_model_name": "text-embedding-3-small", "llm_token_count_prompt": 5,
+                     "llm_token_count_completion": None, "llm_token_count_total": 5}]
+
+
+def test_a_citation_of_a_retrieved_langchain_document_named_in_its_metadata_is_not_hallucination(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        # openinference-instrumentation-langchain 0.1.80: a BaseRetriever's Documents are recorded with their
+        # content and metadata only (Document.id is not recorded); the id the app cites lives in the metadata.
+        with tracer.start_as_current_span("rag_chain") as root:
+            root.set_attributes({"openinference.span.kind": "CHAIN", "input.value": "How long do refunds take?"})
+            with tracer.start_as_current_span("KB") as retriever:
+                retriever.set_attributes({
+                    "openinference.span.kind": "RETRIEVER", "input.value": "How long do refunds take?",
+                    "retrieval.documents.0.document.content": "Refunds are issued within 30 days.",
+                    "retrieval.documents.0.document.metadata": json.dumps({"source": "doc-refunds-01", "score": 0.9}),
+                })
+            with tracer.start_as_current_span("ChatOpenAI") as llm:
+                llm.set_attributes({
+                    "openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini-2024-07-18",
+                    "llm.input_messages.0.message.role": "user",
+                    "llm.input_messages.0.message.content": "How long do refunds take?",
+                    "llm.output_messages.0.message.role": "assistant",
+                    "llm.output_messages.0.message.content": "Refunds are issued within 30 days [doc-refunds-01].",
+                    "llm.finish_reason": "stop",
+                })
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    assert c.query("SELECT failure_mode, message FROM detections") == []
