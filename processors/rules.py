@@ -519,11 +519,17 @@ def _client_parse_failure(span: SpanRow) -> str | None:
     ``client.chat.completions.parse(response_format=Model)`` raises inside the instrumented call when
     the answer is not the model's JSON, so the span errors (pydantic ValidationError) with no output.
     """
+    hit = _llm_client_error(span, _PARSE_FAILURE)
+    return hit if hit is not None and _declared_json(span) is not None else None
+
+
+def _llm_client_error(span: SpanRow, pattern: re.Pattern[str]) -> str | None:
+    """The first error text of a failed LLM span (status message, then its exception events) that
+    ``pattern`` finds: how a failure the client raised inside the traced call is told apart."""
     if span_kind(span) != "LLM" or not (is_error(span) or exception_events(span)):
         return None
     texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
-    hit = next((t for t in texts if _PARSE_FAILURE.search(t)), None)
-    return hit if hit is not None and _declared_json(span) is not None else None
+    return next((t for t in texts if pattern.search(t)), None)
 
 
 def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
@@ -591,10 +597,7 @@ def _client_truncation(span: SpanRow) -> str | None:
     frameworks (OpenAI Agents) raise on an incomplete Responses answer (max_output_tokens): the span
     errors and records no finish reason.
     """
-    if span_kind(span) != "LLM" or not (is_error(span) or exception_events(span)):
-        return None
-    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
-    return next((t for t in texts if _CLIENT_TRUNCATION.search(t)), None)
+    return _llm_client_error(span, _CLIENT_TRUNCATION)
 
 
 def finish_length(view: TraceView, cfg: RuleSettings) -> list[Finding]:
