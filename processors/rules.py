@@ -730,16 +730,49 @@ def repeated_tool_call(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 
 
 def step_limit(view: TraceView, cfg: RuleSettings) -> list[Finding]:
-    """The trace made more than ``loop.max_steps`` steps (LLM calls plus tool runs); reported on the root span."""
+    """The trace made more than ``loop.max_steps`` steps (LLM calls plus tool runs; reported on the root
+    span), or the agent framework stopped it at its own step limit (reported on the span that says so)."""
+    found = []
+    for s in view.spans:
+        said = _framework_step_limit(s)
+        if said is not None and not any(_framework_step_limit(d) for d in view.descendants(s["span_id"])):
+            found.append(Finding(
+                s["span_id"], "step_limit", "loop",
+                f"the agent framework stopped {span_kind(s)} span {s.get('name')} at its step limit: {clip(said, 160)}",
+                {"framework_stop": clip(said, 1000), "llm_calls": len(view.of_kind("LLM")),
+                 "tool_runs": len(view.of_kind("TOOL"))},
+            ))
     llm = len(view.of_kind("LLM"))
     tools = len(view.of_kind("TOOL"))
-    if llm + tools <= cfg.max_steps:
-        return []
-    return [Finding(
-        view.root_id, "step_limit", "loop",
-        f"trace took {llm + tools} steps ({llm} LLM calls, {tools} tool runs), over the limit of {cfg.max_steps}",
-        {"steps": llm + tools, "llm_calls": llm, "tool_runs": tools, "max_steps": cfg.max_steps},
-    )]
+    if llm + tools > cfg.max_steps:
+        found.append(Finding(
+            view.root_id, "step_limit", "loop",
+            f"trace took {llm + tools} steps ({llm} LLM calls, {tools} tool runs), over the limit of {cfg.max_steps}",
+            {"steps": llm + tools, "llm_calls": llm, "tool_runs": tools, "max_steps": cfg.max_steps},
+        ))
+    return found
+
+
+#: How agent frameworks say they stopped a run at their step limit: OpenAI Agents (MaxTurnsExceeded
+#: "Max turns (10) exceeded"), LangGraph (GraphRecursionError "Recursion limit of 25 reached without
+#: hitting a stop condition"), LangChain's AgentExecutor ("Agent stopped due to iteration limit or time
+#: limit.", an answer, not an error), CrewAI / smolagents ("max iterations" / "max steps" reached).
+_FRAMEWORK_STEP_LIMIT = re.compile(
+    r"MaxTurnsExceeded|Max turns \(\d+\) exceeded|GraphRecursionError|Recursion limit of \d+ reached"
+    r"|Agent stopped due to (?:max )?iteration limit|(?:Reached|reached|exceeded) (?:the )?max(?:imum)?[ _]"
+    r"(?:iterations|steps|turns)|max(?:imum)?[ _](?:iterations|steps|turns) (?:reached|exceeded)")
+
+
+def _framework_step_limit(span: SpanRow) -> str | None:
+    """What an AGENT / CHAIN span's error (or an agent's answer) says about a framework's step limit, if anything."""
+    if span_kind(span) not in ("AGENT", "CHAIN"):
+        return None
+    texts = [str(span.get("status_message") or "")] if is_error(span) else []
+    texts += [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    out = span.get("output_value")
+    if isinstance(out, str) and "Agent stopped due to" in out[:200]:
+        texts.append(out[:200])
+    return next((t for t in texts if _FRAMEWORK_STEP_LIMIT.search(t)), None)
 
 
 # ==================================================================== llm_error
@@ -794,8 +827,10 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     for s in view.of_kind("LLM", "AGENT", "CHAIN"):
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
-            if caused_by or _client_parse_failure(s) is not None or _client_truncation(s) is not None:
-                continue  # the failing descendant is the finding (here or in tool_error); json_output; finish_length
+            if (caused_by or _client_parse_failure(s) is not None or _client_truncation(s) is not None
+                    or _framework_step_limit(s) is not None):
+                continue  # the failing descendant is the finding (here or in tool_error); json_output;
+                # finish_length; step_limit
             facts = _error_facts(s)
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",

@@ -433,6 +433,33 @@ def test_more_steps_than_the_limit_is_a_loop_on_the_root():
     assert modes(make_trace(*[llm(f"step {i}") for i in range(10)]), loop={"max_steps": 10}) == []
 
 
+@pytest.mark.parametrize(("status_message", "exception"), [
+    # OpenAI Agents: Runner.run(..., max_turns=10) raises on the agent span
+    (None, {"exception.type": "agents.exceptions.MaxTurnsExceeded", "exception.message": "Max turns (10) exceeded"}),
+    # LangGraph: the graph's root chain span
+    ("GraphRecursionError: Recursion limit of 25 reached without hitting a stop condition. You can increase the "
+     "limit by setting the `recursion_limit` config key.", None),
+])
+def test_an_agent_framework_stopping_the_run_at_its_step_limit_is_a_loop_not_an_llm_error(status_message, exception):
+    events = [{"name": "exception", "attributes": unflatten(exception)}] if exception else []
+    agent = make_span("AGENT", name="agent", status="ERROR", status_message=status_message, events=events)
+    root = make_span("CHAIN", name="run", status="ERROR", status_message=status_message,
+                     events=[dict(e) for e in events])
+    agent["parent_span_id"] = root["span_id"]
+    steps = [llm("let me check", parent=agent["span_id"]), tool("lookup", {"q": 1}, parent=agent["span_id"])]
+    d = only(make_trace(agent, *steps, root=root), "loop")
+    assert (d.detector, d.span_id) == ("step_limit", agent["span_id"])
+    assert "step limit" in d.message and d.evidence["framework_stop"]
+    assert modes(make_trace(agent, *steps, root=root)) == ["loop"]
+
+
+def test_langchain_agent_executor_stopping_at_its_iteration_limit_is_a_loop():
+    agent = make_span("CHAIN", name="AgentExecutor", output="Agent stopped due to iteration limit or time limit.")
+    assert modes(make_trace(agent, llm("thinking", parent=agent["span_id"]))) == ["loop"]
+    done = make_span("CHAIN", name="AgentExecutor", output="The order shipped yesterday.")
+    assert modes(make_trace(done, llm("thinking", parent=done["span_id"]))) == []
+
+
 # ====================================================================== blast_radius_breach
 
 
