@@ -576,6 +576,8 @@ def _final_answer(spans: Sequence[SpanRow], limit: int) -> Any:
         if isinstance(value, dict) and "outputs" in value and value.keys() <= {"outputs", "kwargs"}:
             value = value["outputs"]  # OpenLLMetry's traceloop.entity.output: {outputs, kwargs}
         text = response_text(value) if isinstance(value, (dict, list)) else None
+        if text == "":
+            return None  # a model response that answered nothing (tool calls only): no answer was said
         return _clip(text if text else value, limit)
     for s in reversed(spans):
         if s.get("span_kind") == "LLM":
@@ -583,7 +585,10 @@ def _final_answer(spans: Sequence[SpanRow], limit: int) -> Any:
             if text:
                 return _clip(text, limit)
             if s.get("output_value"):
-                return _clip(_maybe_json(s["output_value"]), limit)
+                value = _maybe_json(s["output_value"])
+                if isinstance(value, (dict, list)) and response_text(value) == "":
+                    return None  # the last model call asked for tools and said nothing
+                return _clip(value, limit)
     return None
 
 

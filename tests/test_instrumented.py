@@ -40,6 +40,8 @@ ANSWERS: dict[str, tuple[dict[str, Any], str]] = {
     "Summarize ticket 9 as JSON": ({"content": None, "refusal": "I'm sorry, I cannot help with that."}, "stop"),
     "Summarize ticket 10 as JSON": ({"content": "Summary: the customer wants a new lid."}, "stop"),
     "Summarize ticket 11 as JSON": ({"content": '{"summary": "wants a new lid"}'}, "stop"),
+    "Where is order 12?": ({"content": None, "tool_calls": [{"id": "call_12", "type": "function", "function": {
+        "name": "lookup_order", "arguments": '{"order": 12}'}}]}, "tool_calls"),
 }
 
 
@@ -195,6 +197,16 @@ def test_the_final_answer_of_a_model_call_alone_is_its_text_not_the_provider_res
         ask(model_url, "What does the warranty cover?")  # the LLM span is the root: output.value is the response JSON
     [candidate] = candidates_of(c, "truncation")
     assert candidate["observed"]["final_answer"] == "The warranty covers the motor for five years and"
+
+
+def test_a_model_call_that_only_asked_for_tools_has_no_final_answer(start_collector, model_url):
+    """The agent said nothing: the final answer is null, not the provider's whole response JSON."""
+    c = start_collector(FAST_JUDGE)
+    with openinference_openai(c.grpc_endpoint):
+        ask(model_url, "Where is order 12?")  # arguments that break lookup_order's schema: a tool_argument
+    [candidate] = candidates_of(c, "tool_argument")
+    assert candidate["observed"]["final_answer"] is None
+    assert "order" in json.dumps(candidate["observed"]["detections"][0]["evidence"])
 
 
 def test_the_final_answer_of_a_genai_chat_span_alone_is_its_text(start_collector):
