@@ -300,3 +300,50 @@ def signatures_for_mode(
 ) -> list[tuple[str, list[int]]]:
     """``(candidate_id, signature)`` of every non-duplicate candidate of a mode, oldest first."""
     return [(cid, list(sig)) for cid, sig in con.execute(SIGNATURES_SQL, [failure_mode, length]).fetchall()]
+
+
+def withdraw_stale(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], candidates: Iterable[Candidate]) -> int:
+    """Take ``trace_ids`` (traces judged again) off every candidate this judgement no longer makes for them.
+
+    A span arriving after its trace was judged can change what the trace's failure is filed under (the
+    root, with the user's question, is often exported last): the earlier candidate must stop counting
+    the trace, or one failure of one trace shows up twice. Such a candidate loses the trace from
+    ``trace_ids`` and one occurrence per trace. One left with no trace is deleted when nobody has
+    reviewed it (``new`` / ``duplicate``), and the rows marked a duplicate of it become ``new``; a
+    reviewed one (promoted / rejected) is kept, since the review is a record of its own.
+
+    Writer thread, inside the caller's transaction; one read when no candidate counts these traces.
+    Returns how many candidates lost a trace.
+    """
+    if not trace_ids:
+        return 0
+    keep = {(c.trace_id, c.candidate_id) for c in candidates}
+    rejudged = set(trace_ids)
+    rows = con.execute(
+        "SELECT candidate_id, trace_ids, status FROM candidates "
+        f"WHERE list_has_any(trace_ids, {unpacked('?')})", [packed(sorted(rejudged))]).fetchall()
+    updates: list[dict[str, Any]] = []
+    gone: list[str] = []
+    for cid, tids, status in rows:
+        stale = [t for t in tids or [] if t in rejudged and (t, cid) not in keep]
+        if not stale:
+            continue
+        left = [t for t in tids if t not in stale]
+        if not left and status in ("new", "duplicate"):
+            gone.append(cid)
+        else:
+            updates.append({"candidate_id": cid, "trace_ids": left, "removed": len(stale)})
+    if updates:
+        table = pa.Table.from_pylist(updates, schema=pa.schema([
+            ("candidate_id", pa.string()), ("trace_ids", pa.list_(pa.string())), ("removed", pa.int64())]))
+        with registered(con, "_tracesieve_withdrawn", table):
+            con.execute(
+                "UPDATE candidates SET trace_ids = w.trace_ids, "
+                "occurrences = greatest(candidates.occurrences - w.removed, 0) "
+                "FROM _tracesieve_withdrawn AS w WHERE candidates.candidate_id = w.candidate_id")
+    if gone:
+        con.execute(f"DELETE FROM candidates WHERE list_contains({unpacked('?')}, candidate_id)", [packed(gone)])
+        con.execute(
+            "UPDATE candidates SET status = 'new', duplicate_of = NULL "
+            f"WHERE status = 'duplicate' AND list_contains({unpacked('?')}, duplicate_of)", [packed(gone)])
+    return len(updates) + len(gone)

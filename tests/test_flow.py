@@ -6,6 +6,7 @@ import json
 import signal
 import time
 
+import httpx
 import yaml
 from opentelemetry.trace import Status, StatusCode
 
@@ -190,3 +191,34 @@ def test_genai_spans_are_judged_end_to_end(start_collector):
     assert {"truncation", "tool_invocation"} <= {r["failure_mode"] for r in rows}
     cand = c.wait_for("SELECT input FROM candidates WHERE failure_mode = 'truncation'", lambda r: len(r) == 1)
     assert "Summarise my last 3 orders" in cand[0]["input"]
+
+
+def test_a_root_span_arriving_after_the_judgement_leaves_one_candidate_for_the_trace(start_collector):
+    """The SDK exports a long agent run's children before its root: the re-judgement sees the user's
+    question, and the candidate built without it must not keep counting the trace."""
+    from opentelemetry import trace as otel_trace
+
+    c = start_collector({"processors": {"detectors": {"decision_wait": "1s"}}})
+    question = "Where is my parcel for order ORD-7?"
+    with sdk_tracer("grpc", c.grpc_endpoint) as agent_tracer:
+        root = agent_tracer.start_span("agent")
+        root.set_attribute("openinference.span.kind", "AGENT")
+        root.set_attribute("input.value", question)
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        with sdk_tracer("http", c.http_url) as tool_tracer:
+            with tool_tracer.start_as_current_span("lookup_order", context=otel_trace.set_span_in_context(root)) as tool:
+                tool.set_attribute("openinference.span.kind", "TOOL")
+                tool.set_attribute("tool.name", "lookup_order")
+                tool.set_attribute("input.value", json.dumps({"order_id": "ORD-7"}))
+                tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+        c.wait_for(f"SELECT candidate_id FROM candidates WHERE list_contains(trace_ids, '{trace_id}')",
+                   lambda rows: len(rows) == 1)
+        root.end()
+    rows = c.wait_for(
+        f"SELECT candidate_id, input, occurrences, trace_ids FROM candidates WHERE list_contains(trace_ids, '{trace_id}')",
+        lambda rows: any(question in r["input"] for r in rows) and len(rows) == 1)
+    assert rows[0]["occurrences"] == 1 and rows[0]["trace_ids"] == [trace_id]
+    assert c.query("SELECT count(*) AS n FROM candidates") == [{"n": 1}]
+    assert len(detections_for(c, trace_id)) == 1
+    metrics = httpx.get(f"{c.http_url}/metrics").text
+    assert 'tracesieve_candidates{status="new"} 1.0' in metrics
