@@ -77,6 +77,9 @@ _NEW_ROWS_SCHEMA = pa.schema([
     ("expected", pa.string()), ("source", pa.string()), ("status", pa.string()), ("duplicate_of", pa.string()),
     ("occurrences", pa.int64()), ("trace_ids", pa.list_(pa.string())), ("signature", pa.list_(pa.uint64())),
 ])
+_REFRESH_SCHEMA = pa.schema([
+    (name, pa.string()) for name in ("candidate_id", "trace_id", "input", "context", "observed", "expected", "source")
+])
 _RECURRENCE_SCHEMA = pa.schema([
     ("candidate_id", pa.string()), ("add_trace_ids", pa.list_(pa.string())), ("severity", pa.string()),
 ])
@@ -92,7 +95,10 @@ def upsert_candidates(
     * known candidate_id, trace not yet in ``trace_ids``: the trace id is appended,
       ``occurrences`` + 1, ``last_seen = now``, severity raised if the new one is more severe;
       status, content and review fields are left as they are;
-    * known candidate_id and trace: nothing changes (re-judging a trace is a no-op).
+    * known candidate_id and trace (the trace judged again): nothing is counted; when the row was
+      built from this trace (``source.trace_id``) and nobody has reviewed it (``new`` /
+      ``duplicate``), its input / context / observed / expected / source are rebuilt from this
+      judgement, which may have seen spans that arrived late (the root, the final answer).
 
     Candidates sharing an id within one call count as recurrences of the first. A handful
     of statements per call whatever its size; runs inside the caller's transaction.
@@ -112,6 +118,7 @@ def upsert_candidates(
     }
     new_rows: dict[str, dict[str, Any]] = {}
     recur: dict[str, dict[str, Any]] = {}
+    refresh: dict[str, dict[str, Any]] = {}
     for cand in cands:
         cid = cand.candidate_id
         if cid in new_rows:
@@ -140,6 +147,11 @@ def upsert_candidates(
         trace_ids, severity = stored[cid]
         entry = recur.setdefault(cid, {"candidate_id": cid, "add_trace_ids": [], "severity": severity})
         if cand.trace_id in trace_ids or cand.trace_id in entry["add_trace_ids"]:
+            if cand.trace_id in trace_ids:  # the trace judged again: it may have more spans now
+                refresh.setdefault(cid, {
+                    "candidate_id": cid, "trace_id": cand.trace_id, "input": _dumps(cand.input),
+                    "context": _dumps(cand.context), "observed": _dumps(cand.observed),
+                    "expected": _dumps(cand.expected), "source": _dumps(cand.source)})
             counts["unchanged"] += 1
             continue
         entry["add_trace_ids"].append(cand.trace_id)
@@ -172,6 +184,14 @@ def upsert_candidates(
                 "FROM _tracesieve_recurrences AS u WHERE candidates.candidate_id = u.candidate_id",
                 [now, now],
             )
+    if refresh:
+        table = pa.Table.from_pylist(list(refresh.values()), schema=_REFRESH_SCHEMA)
+        with registered(con, "_tracesieve_refreshed", table):
+            con.execute(
+                "UPDATE candidates SET input = r.input, context = r.context, observed = r.observed, "
+                "expected = r.expected, source = r.source FROM _tracesieve_refreshed AS r "
+                "WHERE candidates.candidate_id = r.candidate_id AND candidates.status IN ('new', 'duplicate') "
+                "AND json_extract_string(candidates.source, '$.trace_id') = r.trace_id")
     return counts
 
 

@@ -222,3 +222,38 @@ def test_a_root_span_arriving_after_the_judgement_leaves_one_candidate_for_the_t
     assert len(detections_for(c, trace_id)) == 1
     metrics = httpx.get(f"{c.http_url}/metrics").text
     assert 'tracesieve_candidates{status="new"} 1.0' in metrics
+
+
+def test_a_late_root_span_completes_the_candidate_built_before_it_arrived(start_collector):
+    """The same failure (same input) judged again with the root: source and observed show what it added."""
+    from opentelemetry import trace as otel_trace
+
+    c = start_collector({"processors": {"detectors": {"decision_wait": "1s"}}})
+    answer = "Sorry, I could not look your order up."
+    with sdk_tracer("grpc", c.grpc_endpoint, service="support-agent") as agent_tracer:
+        root = agent_tracer.start_span("agent")
+        root.set_attribute("openinference.span.kind", "AGENT")
+        root.set_attribute("session.id", "sess-late-root")
+        root.set_attribute("agent.name", "support")
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        with sdk_tracer("http", c.http_url, service="support-agent") as child_tracer:
+            inside = otel_trace.set_span_in_context(root)
+            with child_tracer.start_as_current_span("llm", context=inside) as llm:
+                llm.set_attribute("openinference.span.kind", "LLM")
+                llm.set_attribute("llm.input_messages.0.message.role", "user")
+                llm.set_attribute("llm.input_messages.0.message.content", "Where is order ORD-7?")
+            with child_tracer.start_as_current_span("lookup_order", context=inside) as tool:
+                tool.set_attribute("openinference.span.kind", "TOOL")
+                tool.set_attribute("tool.name", "lookup_order")
+                tool.set_attribute("input.value", json.dumps({"order_id": "ORD-7"}))
+                tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+        first = c.wait_for("SELECT candidate_id, source FROM candidates", lambda rows: len(rows) == 1)
+        assert json.loads(first[0]["source"])["session_id"] is None
+        root.set_attribute("output.value", answer)
+        root.end()
+    rows = c.wait_for("SELECT candidate_id, source, observed, occurrences FROM candidates",
+                      lambda rows: len(rows) == 1 and json.loads(rows[0]["source"])["session_id"] is not None)
+    assert rows[0]["candidate_id"] == first[0]["candidate_id"] and rows[0]["occurrences"] == 1
+    source = json.loads(rows[0]["source"])
+    assert (source["session_id"], source["agent_name"], source["trace_id"]) == ("sess-late-root", "support", trace_id)
+    assert json.loads(rows[0]["observed"])["final_answer"] == answer
