@@ -76,12 +76,14 @@ _NEW_ROWS_SCHEMA = pa.schema([
     ("intent", pa.string()), ("input", pa.string()), ("context", pa.string()), ("observed", pa.string()),
     ("expected", pa.string()), ("source", pa.string()), ("status", pa.string()), ("duplicate_of", pa.string()),
     ("occurrences", pa.int64()), ("trace_ids", pa.list_(pa.string())), ("signature", pa.list_(pa.uint64())),
+    ("first_seen", pa.timestamp("us", tz="UTC")), ("last_seen", pa.timestamp("us", tz="UTC")),
 ])
 _REFRESH_SCHEMA = pa.schema([
     (name, pa.string()) for name in ("candidate_id", "trace_id", "input", "context", "observed", "expected", "source")
 ])
 _RECURRENCE_SCHEMA = pa.schema([
     ("candidate_id", pa.string()), ("add_trace_ids", pa.list_(pa.string())), ("severity", pa.string()),
+    ("first_seen", pa.timestamp("us", tz="UTC")), ("last_seen", pa.timestamp("us", tz="UTC")),
 ])
 
 
@@ -91,9 +93,12 @@ def upsert_candidates(
     """Insert new candidates and record recurrences of known ones. Idempotent per (candidate, trace).
 
     * unknown candidate_id: inserted with ``trace_ids = [trace_id]``, ``occurrences`` = 1,
-      ``first_seen = last_seen = now`` and the candidate's own status / duplicate_of / signature;
+      ``first_seen = last_seen = seen_at`` (when the trace's latest span arrived, else ``now``) and
+      the candidate's own status / duplicate_of / signature;
     * known candidate_id, trace not yet in ``trace_ids``: the trace id is appended,
-      ``occurrences`` + 1, ``last_seen = now``, severity raised if the new one is more severe;
+      ``occurrences`` + 1, ``first_seen`` / ``last_seen`` widened to its ``seen_at`` (a trace
+      judged late, after a restart, may have arrived before others), severity raised if the new
+      one is more severe;
       status, content and review fields are left as they are;
     * known candidate_id and trace (the trace judged again): nothing is counted; when the row was
       built from this trace (``source.trace_id``) and nobody has reviewed it (``new`` /
@@ -128,12 +133,15 @@ def upsert_candidates(
             else:
                 row["trace_ids"].append(cand.trace_id)
                 row["occurrences"] += 1
+                seen = cand.seen_at or now
+                row["first_seen"], row["last_seen"] = min(row["first_seen"], seen), max(row["last_seen"], seen)
                 if _severity_rank(cand.severity) < _severity_rank(row["severity"]):
                     row["severity"] = cand.severity
                 counts["recurred"] += 1
             continue
         if cid not in stored:
             dup = cand.status == "duplicate"
+            seen = cand.seen_at or now
             new_rows[cid] = {
                 "candidate_id": cid, "detector": cand.detector, "failure_mode": cand.failure_mode,
                 "severity": cand.severity, "blast_radius": cand.blast_radius, "input_hash": cand.input_hash,
@@ -141,11 +149,14 @@ def upsert_candidates(
                 "observed": _dumps(cand.observed), "expected": _dumps(cand.expected), "source": _dumps(cand.source),
                 "status": "duplicate" if dup else "new", "duplicate_of": cand.duplicate_of if dup else None,
                 "occurrences": 1, "trace_ids": [cand.trace_id], "signature": list(cand.signature) or None,
+                "first_seen": seen, "last_seen": seen,
             }
             counts["inserted"] += 1
             continue
         trace_ids, severity = stored[cid]
-        entry = recur.setdefault(cid, {"candidate_id": cid, "add_trace_ids": [], "severity": severity})
+        seen = cand.seen_at or now
+        entry = recur.setdefault(cid, {"candidate_id": cid, "add_trace_ids": [], "severity": severity,
+                                       "first_seen": seen, "last_seen": seen})
         if cand.trace_id in trace_ids or cand.trace_id in entry["add_trace_ids"]:
             if cand.trace_id in trace_ids:  # the trace judged again: it may have more spans now
                 refresh.setdefault(cid, {
@@ -155,6 +166,7 @@ def upsert_candidates(
             counts["unchanged"] += 1
             continue
         entry["add_trace_ids"].append(cand.trace_id)
+        entry["first_seen"], entry["last_seen"] = min(entry["first_seen"], seen), max(entry["last_seen"], seen)
         if _severity_rank(cand.severity) < _severity_rank(entry["severity"]):
             entry["severity"] = cand.severity
         counts["recurred"] += 1
@@ -168,8 +180,7 @@ def upsert_candidates(
                 "signature, first_seen, last_seen) "
                 "SELECT candidate_id, detector, failure_mode, severity, blast_radius, input_hash, intent, input, "
                 "context, observed, expected, source, status, duplicate_of, occurrences, trace_ids, signature, "
-                "?::TIMESTAMPTZ, ?::TIMESTAMPTZ FROM _tracesieve_new_candidates",
-                [now, now],
+                "first_seen, last_seen FROM _tracesieve_new_candidates",
             )
     updates = [e for e in recur.values() if e["add_trace_ids"]]
     if updates:
@@ -179,10 +190,10 @@ def upsert_candidates(
                 "UPDATE candidates SET "
                 "trace_ids = list_concat(coalesce(candidates.trace_ids, []::VARCHAR[]), u.add_trace_ids), "
                 "occurrences = candidates.occurrences + len(u.add_trace_ids), "
-                "last_seen = greatest(coalesce(candidates.last_seen, ?::TIMESTAMPTZ), ?::TIMESTAMPTZ), "
+                "first_seen = least(coalesce(candidates.first_seen, u.first_seen), u.first_seen), "
+                "last_seen = greatest(coalesce(candidates.last_seen, u.last_seen), u.last_seen), "
                 "severity = u.severity "
                 "FROM _tracesieve_recurrences AS u WHERE candidates.candidate_id = u.candidate_id",
-                [now, now],
             )
     if refresh:
         table = pa.Table.from_pylist(list(refresh.values()), schema=_REFRESH_SCHEMA)

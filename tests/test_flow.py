@@ -257,3 +257,17 @@ def test_a_late_root_span_completes_the_candidate_built_before_it_arrived(start_
     source = json.loads(rows[0]["source"])
     assert (source["session_id"], source["agent_name"], source["trace_id"]) == ("sess-late-root", "support", trace_id)
     assert json.loads(rows[0]["observed"])["final_answer"] == answer
+
+
+def test_first_seen_is_when_the_failing_trace_arrived_not_when_a_restart_judged_it(start_collector):
+    """A trace pending at a crash is judged on the next start; its candidate was seen when it arrived."""
+    c = start_collector(SLOW_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_id = emit_agent_trace(tracer, tool_error=True)
+    arrived = c.query(f"SELECT max(received_at) AS at FROM spans WHERE trace_id = '{trace_id}'")[0]["at"]
+    c.stop(signal.SIGKILL)
+    c.config_path.write_text(c.config_path.read_text().replace("1m", "300ms"))
+    c.start()
+    rows = c.wait_for("SELECT first_seen, last_seen, trace_ids FROM candidates", lambda r: len(r) == 1)
+    assert rows[0]["trace_ids"] == [trace_id]
+    assert rows[0]["first_seen"] == arrived and rows[0]["last_seen"] == arrived
