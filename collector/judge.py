@@ -284,7 +284,7 @@ class Judge:
             if candidates:
                 candidate_store.upsert_candidates(con, candidates, now)
             if rejudged:  # what a late span changed: the trace leaves the candidates it no longer makes
-                candidate_store.withdraw_stale(con, rejudged, candidates)
+                candidate_store.withdraw_stale(con, rejudged, candidates, detections)
             store.mark_judged_pending(con, due, now)
 
         self._settle_in_flight()  # at most one round's write outstanding

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from tracesieve.storage.errors import NotFoundError, UsageError
-from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES, Candidate
+from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES, Candidate, Detection
 from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; processors import this module without duckdb
@@ -333,30 +333,35 @@ def signatures_for_mode(
     return [(cid, list(sig)) for cid, sig in con.execute(SIGNATURES_SQL, [failure_mode, length]).fetchall()]
 
 
-def withdraw_stale(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], candidates: Iterable[Candidate]) -> int:
-    """Take ``trace_ids`` (traces judged again) off every candidate this judgement no longer makes for them.
+def withdraw_stale(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], candidates: Iterable[Candidate],
+                   detections: Iterable[Detection]) -> int:
+    """Take ``trace_ids`` (traces judged again) off the candidates this judgement replaced or cleared.
 
     A span arriving after its trace was judged can change what the trace's failure is filed under (the
-    root, with the user's question, is often exported last): the earlier candidate must stop counting
-    the trace, or one failure of one trace shows up twice. Such a candidate loses the trace from
-    ``trace_ids`` and one occurrence per trace. One left with no trace is deleted when nobody has
-    reviewed it (``new`` / ``duplicate``), and the rows marked a duplicate of it become ``new``; a
-    reviewed one (promoted / rejected) is kept, since the review is a record of its own.
+    root, with the user's question, is often exported last) or end the failure. A candidate that
+    counts one of these traces loses it (from ``trace_ids``, and one occurrence) when this judgement
+    files the trace's failure of the same detector and mode under another candidate, or finds no
+    such failure any more. A failure still detected but filed nowhere (past ``max_per_intent``)
+    stays where it was. A candidate left with no trace is deleted when nobody has reviewed it
+    (``new`` / ``duplicate``), and the rows marked a duplicate of it become ``new``; a reviewed one
+    (promoted / rejected) is kept, since the review is a record of its own.
 
     Writer thread, inside the caller's transaction; one read when no candidate counts these traces.
     Returns how many candidates lost a trace.
     """
     if not trace_ids:
         return 0
-    keep = {(c.trace_id, c.candidate_id) for c in candidates}
+    filed = {(c.trace_id, c.detector, c.failure_mode): c.candidate_id for c in candidates}
+    found = {(d.trace_id, d.detector, d.failure_mode) for d in detections}
     rejudged = set(trace_ids)
     rows = con.execute(
-        "SELECT candidate_id, trace_ids, status FROM candidates "
+        "SELECT candidate_id, detector, failure_mode, trace_ids, status FROM candidates "
         f"WHERE list_has_any(trace_ids, {unpacked('?')})", [packed(sorted(rejudged))]).fetchall()
     updates: list[dict[str, Any]] = []
     gone: list[str] = []
-    for cid, tids, status in rows:
-        stale = [t for t in tids or [] if t in rejudged and (t, cid) not in keep]
+    for cid, detector, mode, tids, status in rows:
+        stale = [t for t in tids or [] if t in rejudged and (
+            (t, detector, mode) not in found or filed.get((t, detector, mode), cid) != cid)]
         if not stale:
             continue
         left = [t for t in tids if t not in stale]

@@ -176,7 +176,7 @@ class LakeTraceStore:
             candidate_store.upsert_candidates(con, mine, now)
         rejudged = [d[0] for d in fresh if current.get(d[0]) is not None]
         if rejudged:
-            candidate_store.withdraw_stale(con, rejudged, mine)
+            candidate_store.withdraw_stale(con, rejudged, mine, [d for d in detections if d.trace_id in keep])
         store.mark_judged(con, fresh, now)
 
     def mark_judged(self, con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]],

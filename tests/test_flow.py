@@ -271,3 +271,30 @@ def test_first_seen_is_when_the_failing_trace_arrived_not_when_a_restart_judged_
     rows = c.wait_for("SELECT first_seen, last_seen, trace_ids FROM candidates", lambda r: len(r) == 1)
     assert rows[0]["trace_ids"] == [trace_id]
     assert rows[0]["first_seen"] == arrived and rows[0]["last_seen"] == arrived
+
+
+def test_a_late_root_whose_candidate_is_capped_leaves_the_trace_where_it_was(start_collector):
+    """Past max_per_intent the re-judged failure is filed nowhere new: the trace must not vanish from the table."""
+    from opentelemetry import trace as otel_trace
+
+    c = start_collector({"processors": {"detectors": {"decision_wait": "1s"}, "promotion": {"max_per_intent": 2}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        emit_agent_trace(tracer, tool_error=True, question="Where is my first order?")
+        root = tracer.start_span("agent")
+        root.set_attribute("openinference.span.kind", "AGENT")
+        root.set_attribute("input.value", "And where is my second order, please?")
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        with sdk_tracer("http", c.http_url) as tool_tracer:
+            with tool_tracer.start_as_current_span("lookup_order", context=otel_trace.set_span_in_context(root)) as tool:
+                tool.set_attribute("openinference.span.kind", "TOOL")
+                tool.set_attribute("tool.name", "lookup_order")
+                tool.set_attribute("input.value", json.dumps({"order_id": "ORD-2"}))
+                tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+        c.wait_for(f"SELECT candidate_id FROM candidates WHERE list_contains(trace_ids, '{trace_id}')",
+                   lambda rows: len(rows) == 1)
+        root.end()
+    c.wait_for(f"SELECT received_seq FROM trace_state WHERE trace_id = '{trace_id}' AND received_seq = judged_seq "
+               "AND received_seq > 1", lambda rows: len(rows) == 1)
+    rows = c.query(f"SELECT occurrences FROM candidates WHERE list_contains(trace_ids, '{trace_id}')")
+    assert rows == [{"occurrences": 1}]
+    assert c.query("SELECT count(*) AS n FROM candidates") == [{"n": 2}]
