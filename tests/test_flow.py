@@ -298,3 +298,37 @@ def test_a_late_root_whose_candidate_is_capped_leaves_the_trace_where_it_was(sta
     rows = c.query(f"SELECT occurrences FROM candidates WHERE list_contains(trace_ids, '{trace_id}')")
     assert rows == [{"occurrences": 1}]
     assert c.query("SELECT count(*) AS n FROM candidates") == [{"n": 2}]
+
+
+def test_a_late_span_that_clears_a_failure_takes_its_detection_and_unreviewed_candidate_away(start_collector):
+    """The answer cited [doc-9]; the retriever span that returned doc-9 arrives after the judgement."""
+    from opentelemetry import trace as otel_trace
+
+    c = start_collector({"processors": {"detectors": {"decision_wait": "1s"}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            root.set_attribute("input.value", "How long is the refund window?")
+            with tracer.start_as_current_span("retrieve") as r:
+                r.set_attribute("openinference.span.kind", "RETRIEVER")
+                r.set_attribute("retrieval.documents.0.document.id", "doc-1")
+                r.set_attribute("retrieval.documents.0.document.score", 0.9)
+            late = tracer.start_span("retrieve_more")
+            with tracer.start_as_current_span("llm") as llm:
+                llm.set_attribute("openinference.span.kind", "LLM")
+                llm.set_attribute("output.value", "Refunds are accepted within 60 days [doc-9].")
+            trace_id = format(root.get_span_context().trace_id, "032x")
+        c.wait_for(f"SELECT failure_mode FROM detections WHERE trace_id = '{trace_id}'",
+                   lambda rows: rows == [{"failure_mode": "hallucination"}])
+        c.wait_for("SELECT candidate_id FROM candidates", lambda rows: len(rows) == 1)
+        with otel_trace.use_span(late, end_on_exit=True):
+            late.set_attribute("openinference.span.kind", "RETRIEVER")
+            late.set_attribute("retrieval.documents.0.document.id", "doc-9")
+            late.set_attribute("retrieval.documents.0.document.score", 0.8)
+    c.wait_for(f"SELECT received_seq FROM trace_state WHERE trace_id = '{trace_id}' AND received_seq = judged_seq "
+               "AND received_seq > 1", lambda rows: len(rows) == 1)
+    assert c.query(f"SELECT count(*) AS n FROM detections WHERE trace_id = '{trace_id}'") == [{"n": 0}]
+    assert c.query("SELECT count(*) AS n FROM candidates") == [{"n": 0}]
+    metrics = httpx.get(f"{c.http_url}/metrics").text
+    assert 'tracesieve_detections{failure_mode="hallucination"} 0.0' in metrics
+    assert 'tracesieve_candidates{status="new"} 0.0' in metrics
