@@ -279,7 +279,8 @@ class Judge:
             if states is not None:
                 states.save_judgement(con, due, detections, candidates, now)
                 return
-            rejudged = store.judged_before(con, due)
+            # Only a trace committed more than once (received_seq > 1) can have been judged before.
+            rejudged = store.judged_before(con, [d for d in due if d[1] > 1])
             store.save_detections(con, trace_ids, detections, now, since)
             if candidates:
                 candidate_store.upsert_candidates(con, candidates, now)
