@@ -27,6 +27,7 @@ import duckdb
 import uvicorn
 
 from tracesieve.collector.api import StoreApi, discovery_path
+from tracesieve.collector.client import running_collector
 from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.export import ExportService, span_stage_for
 from tracesieve.collector.grpc_receiver import start_grpc_server
@@ -36,7 +37,7 @@ from tracesieve.collector.metrics import Metrics, StateSource, StoreState
 from tracesieve.collector.runtime import HeapTrimmer, tune_garbage_collector
 from tracesieve.collector.span_stage import ProcessSpanStage
 from tracesieve.storage import lake, recent_traces, stats, store
-from tracesieve.storage.errors import ConfigError
+from tracesieve.storage.errors import ConfigError, UsageError
 from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
 from tracesieve.storage.schema import CLOCK, utcnow
 from tracesieve.storage.writer import GroupCommitWriter
@@ -156,7 +157,7 @@ class Collector:
                                      on_commit=self.metrics.observe_commit)
             trace_store = LakeTraceStore(owner, takeover=lake_takeover(cfg.decision_wait))
         else:
-            self.con = store.open_database(cfg.db_path)
+            self.con = _open_store(cfg.db_path)
             recent_traces.fit_at_start(self.con)  # before the memory limit: a store from before pruning
             store.tune_for_ingest(self.con)
             CLOCK.not_before(store.latest_received_at(self.con))  # a clock stepped back while stopped
@@ -332,3 +333,15 @@ def lake_owner_id(cfg: Config) -> str:
 def lake_takeover(decision_wait: float) -> dt.timedelta:
     """How long a trace's owner may stay silent before any collector judges it (owner crashed or gone)."""
     return dt.timedelta(seconds=max(30.0, 6 * decision_wait))
+
+
+def _open_store(db_path: str) -> duckdb.DuckDBPyConnection:
+    """The store for ``serve``; a store another ``serve`` holds is refused naming that one (pid, query surface)."""
+    try:
+        return store.open_database(db_path)
+    except UsageError:
+        info = running_collector(db_path)
+        if info is None:
+            raise
+        raise UsageError(f"{db_path} is already served by tracesieve serve (pid {info.get('pid')}, "
+                         f"{info.get('url')}); stop that one first, or give this one another --db") from None

@@ -68,6 +68,7 @@ judges its next round while the writer still stores the last one.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import operator
@@ -933,6 +934,7 @@ class PromotionProcessor:
             trace_id=first.trace_id,
             intent=_intent(inp, tool, span_name, cfg.intent_words),
             signature=self.signature(inp) if with_signature else [],
+            seen_at=max((r for r in (s.get("received_at") for s in spans) if isinstance(r, dt.datetime)), default=None),
         )
 
     def signature(self, inp: Any) -> list[int]:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from tracesieve.storage.errors import NotFoundError, UsageError
-from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES, Candidate
+from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES, Candidate, Detection
 from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; processors import this module without duckdb
@@ -76,9 +76,14 @@ _NEW_ROWS_SCHEMA = pa.schema([
     ("intent", pa.string()), ("input", pa.string()), ("context", pa.string()), ("observed", pa.string()),
     ("expected", pa.string()), ("source", pa.string()), ("status", pa.string()), ("duplicate_of", pa.string()),
     ("occurrences", pa.int64()), ("trace_ids", pa.list_(pa.string())), ("signature", pa.list_(pa.uint64())),
+    ("first_seen", pa.timestamp("us", tz="UTC")), ("last_seen", pa.timestamp("us", tz="UTC")),
+])
+_REFRESH_SCHEMA = pa.schema([
+    (name, pa.string()) for name in ("candidate_id", "trace_id", "input", "context", "observed", "expected", "source")
 ])
 _RECURRENCE_SCHEMA = pa.schema([
     ("candidate_id", pa.string()), ("add_trace_ids", pa.list_(pa.string())), ("severity", pa.string()),
+    ("first_seen", pa.timestamp("us", tz="UTC")), ("last_seen", pa.timestamp("us", tz="UTC")),
 ])
 
 
@@ -88,11 +93,17 @@ def upsert_candidates(
     """Insert new candidates and record recurrences of known ones. Idempotent per (candidate, trace).
 
     * unknown candidate_id: inserted with ``trace_ids = [trace_id]``, ``occurrences`` = 1,
-      ``first_seen = last_seen = now`` and the candidate's own status / duplicate_of / signature;
+      ``first_seen = last_seen = seen_at`` (when the trace's latest span arrived, else ``now``) and
+      the candidate's own status / duplicate_of / signature;
     * known candidate_id, trace not yet in ``trace_ids``: the trace id is appended,
-      ``occurrences`` + 1, ``last_seen = now``, severity raised if the new one is more severe;
+      ``occurrences`` + 1, ``first_seen`` / ``last_seen`` widened to its ``seen_at`` (a trace
+      judged late, after a restart, may have arrived before others), severity raised if the new
+      one is more severe;
       status, content and review fields are left as they are;
-    * known candidate_id and trace: nothing changes (re-judging a trace is a no-op).
+    * known candidate_id and trace (the trace judged again): nothing is counted; when the row was
+      built from this trace (``source.trace_id``) and nobody has reviewed it (``new`` /
+      ``duplicate``), its input / context / observed / expected / source are rebuilt from this
+      judgement, which may have seen spans that arrived late (the root, the final answer).
 
     Candidates sharing an id within one call count as recurrences of the first. A handful
     of statements per call whatever its size; runs inside the caller's transaction.
@@ -112,6 +123,7 @@ def upsert_candidates(
     }
     new_rows: dict[str, dict[str, Any]] = {}
     recur: dict[str, dict[str, Any]] = {}
+    refresh: dict[str, dict[str, Any]] = {}
     for cand in cands:
         cid = cand.candidate_id
         if cid in new_rows:
@@ -121,12 +133,15 @@ def upsert_candidates(
             else:
                 row["trace_ids"].append(cand.trace_id)
                 row["occurrences"] += 1
+                seen = cand.seen_at or now
+                row["first_seen"], row["last_seen"] = min(row["first_seen"], seen), max(row["last_seen"], seen)
                 if _severity_rank(cand.severity) < _severity_rank(row["severity"]):
                     row["severity"] = cand.severity
                 counts["recurred"] += 1
             continue
         if cid not in stored:
             dup = cand.status == "duplicate"
+            seen = cand.seen_at or now
             new_rows[cid] = {
                 "candidate_id": cid, "detector": cand.detector, "failure_mode": cand.failure_mode,
                 "severity": cand.severity, "blast_radius": cand.blast_radius, "input_hash": cand.input_hash,
@@ -134,15 +149,24 @@ def upsert_candidates(
                 "observed": _dumps(cand.observed), "expected": _dumps(cand.expected), "source": _dumps(cand.source),
                 "status": "duplicate" if dup else "new", "duplicate_of": cand.duplicate_of if dup else None,
                 "occurrences": 1, "trace_ids": [cand.trace_id], "signature": list(cand.signature) or None,
+                "first_seen": seen, "last_seen": seen,
             }
             counts["inserted"] += 1
             continue
         trace_ids, severity = stored[cid]
-        entry = recur.setdefault(cid, {"candidate_id": cid, "add_trace_ids": [], "severity": severity})
+        seen = cand.seen_at or now
+        entry = recur.setdefault(cid, {"candidate_id": cid, "add_trace_ids": [], "severity": severity,
+                                       "first_seen": seen, "last_seen": seen})
         if cand.trace_id in trace_ids or cand.trace_id in entry["add_trace_ids"]:
+            if cand.trace_id in trace_ids:  # the trace judged again: it may have more spans now
+                refresh.setdefault(cid, {
+                    "candidate_id": cid, "trace_id": cand.trace_id, "input": _dumps(cand.input),
+                    "context": _dumps(cand.context), "observed": _dumps(cand.observed),
+                    "expected": _dumps(cand.expected), "source": _dumps(cand.source)})
             counts["unchanged"] += 1
             continue
         entry["add_trace_ids"].append(cand.trace_id)
+        entry["first_seen"], entry["last_seen"] = min(entry["first_seen"], seen), max(entry["last_seen"], seen)
         if _severity_rank(cand.severity) < _severity_rank(entry["severity"]):
             entry["severity"] = cand.severity
         counts["recurred"] += 1
@@ -156,8 +180,7 @@ def upsert_candidates(
                 "signature, first_seen, last_seen) "
                 "SELECT candidate_id, detector, failure_mode, severity, blast_radius, input_hash, intent, input, "
                 "context, observed, expected, source, status, duplicate_of, occurrences, trace_ids, signature, "
-                "?::TIMESTAMPTZ, ?::TIMESTAMPTZ FROM _tracesieve_new_candidates",
-                [now, now],
+                "first_seen, last_seen FROM _tracesieve_new_candidates",
             )
     updates = [e for e in recur.values() if e["add_trace_ids"]]
     if updates:
@@ -167,11 +190,19 @@ def upsert_candidates(
                 "UPDATE candidates SET "
                 "trace_ids = list_concat(coalesce(candidates.trace_ids, []::VARCHAR[]), u.add_trace_ids), "
                 "occurrences = candidates.occurrences + len(u.add_trace_ids), "
-                "last_seen = greatest(coalesce(candidates.last_seen, ?::TIMESTAMPTZ), ?::TIMESTAMPTZ), "
+                "first_seen = least(coalesce(candidates.first_seen, u.first_seen), u.first_seen), "
+                "last_seen = greatest(coalesce(candidates.last_seen, u.last_seen), u.last_seen), "
                 "severity = u.severity "
                 "FROM _tracesieve_recurrences AS u WHERE candidates.candidate_id = u.candidate_id",
-                [now, now],
             )
+    if refresh:
+        table = pa.Table.from_pylist(list(refresh.values()), schema=_REFRESH_SCHEMA)
+        with registered(con, "_tracesieve_refreshed", table):
+            con.execute(
+                "UPDATE candidates SET input = r.input, context = r.context, observed = r.observed, "
+                "expected = r.expected, source = r.source FROM _tracesieve_refreshed AS r "
+                "WHERE candidates.candidate_id = r.candidate_id AND candidates.status IN ('new', 'duplicate') "
+                "AND json_extract_string(candidates.source, '$.trace_id') = r.trace_id")
     return counts
 
 
@@ -300,3 +331,55 @@ def signatures_for_mode(
 ) -> list[tuple[str, list[int]]]:
     """``(candidate_id, signature)`` of every non-duplicate candidate of a mode, oldest first."""
     return [(cid, list(sig)) for cid, sig in con.execute(SIGNATURES_SQL, [failure_mode, length]).fetchall()]
+
+
+def withdraw_stale(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], candidates: Iterable[Candidate],
+                   detections: Iterable[Detection]) -> int:
+    """Take ``trace_ids`` (traces judged again) off the candidates this judgement replaced or cleared.
+
+    A span arriving after its trace was judged can change what the trace's failure is filed under (the
+    root, with the user's question, is often exported last) or end the failure. A candidate that
+    counts one of these traces loses it (from ``trace_ids``, and one occurrence) when this judgement
+    files the trace's failure of the same detector and mode under another candidate, or finds no
+    such failure any more. A failure still detected but filed nowhere (past ``max_per_intent``)
+    stays where it was. A candidate left with no trace is deleted when nobody has reviewed it
+    (``new`` / ``duplicate``), and the rows marked a duplicate of it become ``new``; a reviewed one
+    (promoted / rejected) is kept, since the review is a record of its own.
+
+    Writer thread, inside the caller's transaction; one read when no candidate counts these traces.
+    Returns how many candidates lost a trace.
+    """
+    if not trace_ids:
+        return 0
+    filed = {(c.trace_id, c.detector, c.failure_mode): c.candidate_id for c in candidates}
+    found = {(d.trace_id, d.detector, d.failure_mode) for d in detections}
+    rejudged = set(trace_ids)
+    rows = con.execute(
+        "SELECT candidate_id, detector, failure_mode, trace_ids, status FROM candidates "
+        f"WHERE list_has_any(trace_ids, {unpacked('?')})", [packed(sorted(rejudged))]).fetchall()
+    updates: list[dict[str, Any]] = []
+    gone: list[str] = []
+    for cid, detector, mode, tids, status in rows:
+        stale = [t for t in tids or [] if t in rejudged and (
+            (t, detector, mode) not in found or filed.get((t, detector, mode), cid) != cid)]
+        if not stale:
+            continue
+        left = [t for t in tids if t not in stale]
+        if not left and status in ("new", "duplicate"):
+            gone.append(cid)
+        else:
+            updates.append({"candidate_id": cid, "trace_ids": left, "removed": len(stale)})
+    if updates:
+        table = pa.Table.from_pylist(updates, schema=pa.schema([
+            ("candidate_id", pa.string()), ("trace_ids", pa.list_(pa.string())), ("removed", pa.int64())]))
+        with registered(con, "_tracesieve_withdrawn", table):
+            con.execute(
+                "UPDATE candidates SET trace_ids = w.trace_ids, "
+                "occurrences = greatest(candidates.occurrences - w.removed, 0) "
+                "FROM _tracesieve_withdrawn AS w WHERE candidates.candidate_id = w.candidate_id")
+    if gone:
+        con.execute(f"DELETE FROM candidates WHERE list_contains({unpacked('?')}, candidate_id)", [packed(gone)])
+        con.execute(
+            "UPDATE candidates SET status = 'new', duplicate_of = NULL "
+            f"WHERE status = 'duplicate' AND list_contains({unpacked('?')}, duplicate_of)", [packed(gone)])
+    return len(updates) + len(gone)

@@ -174,6 +174,9 @@ class LakeTraceStore:
         mine = [c for c in candidates if c.trace_id in keep]
         if mine:
             candidate_store.upsert_candidates(con, mine, now)
+        rejudged = [d[0] for d in fresh if current.get(d[0]) is not None]
+        if rejudged:
+            candidate_store.withdraw_stale(con, rejudged, mine, [d for d in detections if d.trace_id in keep])
         store.mark_judged(con, fresh, now)
 
     def mark_judged(self, con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]],

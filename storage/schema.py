@@ -206,6 +206,8 @@ class Candidate:
     duplicate_of: str | None = None
     #: MinHash signature of the input's normal form (word shingles), for near-duplicate checks.
     signature: list[int] = dataclasses.field(default_factory=list)
+    #: When the failure was seen: its trace's latest span arrival (``received_at``); None = when stored.
+    seen_at: dt.datetime | None = None
 
     @property
     def candidate_id(self) -> str:

@@ -469,6 +469,24 @@ def save_detections(
             f"{window})", since)
 
 
+def judged_before(con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]]) -> list[str]:
+    """Which of the ``due`` traces (as :func:`settled_traces` returns them) a judgement was already saved for.
+
+    Writer thread, in its transaction, before :func:`mark_judged`. Bounded by the traces'
+    first_received_at like :func:`mark_judged`, so DuckDB skips the older row groups of trace_state.
+    """
+    if not due:
+        return []
+    firsts = [d[2] for d in due if d[2] is not None]
+    bounded = len(firsts) == len(due)
+    rows = con.execute(
+        f"SELECT trace_id FROM trace_state WHERE list_contains({unpacked('$1')}, trace_id) AND judged_seq IS NOT NULL"
+        + (" AND first_received_at >= $2" if bounded else ""),
+        [packed(d[0] for d in due)] + ([min(firsts)] if bounded else []),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def mark_judged(con: duckdb.DuckDBPyConnection, judged: Sequence[tuple[str, int, Any]], now: dt.datetime) -> None:
     """Record that each trace was judged at the given received_seq, never moving it backwards (writer thread).
 

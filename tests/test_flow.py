@@ -6,6 +6,7 @@ import json
 import signal
 import time
 
+import httpx
 import yaml
 from opentelemetry.trace import Status, StatusCode
 
@@ -190,3 +191,144 @@ def test_genai_spans_are_judged_end_to_end(start_collector):
     assert {"truncation", "tool_invocation"} <= {r["failure_mode"] for r in rows}
     cand = c.wait_for("SELECT input FROM candidates WHERE failure_mode = 'truncation'", lambda r: len(r) == 1)
     assert "Summarise my last 3 orders" in cand[0]["input"]
+
+
+def test_a_root_span_arriving_after_the_judgement_leaves_one_candidate_for_the_trace(start_collector):
+    """The SDK exports a long agent run's children before its root: the re-judgement sees the user's
+    question, and the candidate built without it must not keep counting the trace."""
+    from opentelemetry import trace as otel_trace
+
+    c = start_collector({"processors": {"detectors": {"decision_wait": "1s"}}})
+    question = "Where is my parcel for order ORD-7?"
+    with sdk_tracer("grpc", c.grpc_endpoint) as agent_tracer:
+        root = agent_tracer.start_span("agent")
+        root.set_attribute("openinference.span.kind", "AGENT")
+        root.set_attribute("input.value", question)
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        with sdk_tracer("http", c.http_url) as tool_tracer:
+            with tool_tracer.start_as_current_span("lookup_order", context=otel_trace.set_span_in_context(root)) as tool:
+                tool.set_attribute("openinference.span.kind", "TOOL")
+                tool.set_attribute("tool.name", "lookup_order")
+                tool.set_attribute("input.value", json.dumps({"order_id": "ORD-7"}))
+                tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+        c.wait_for(f"SELECT candidate_id FROM candidates WHERE list_contains(trace_ids, '{trace_id}')",
+                   lambda rows: len(rows) == 1)
+        root.end()
+    rows = c.wait_for(
+        f"SELECT candidate_id, input, occurrences, trace_ids FROM candidates WHERE list_contains(trace_ids, '{trace_id}')",
+        lambda rows: any(question in r["input"] for r in rows) and len(rows) == 1)
+    assert rows[0]["occurrences"] == 1 and rows[0]["trace_ids"] == [trace_id]
+    assert c.query("SELECT count(*) AS n FROM candidates") == [{"n": 1}]
+    assert len(detections_for(c, trace_id)) == 1
+    metrics = httpx.get(f"{c.http_url}/metrics").text
+    assert 'tracesieve_candidates{status="new"} 1.0' in metrics
+
+
+def test_a_late_root_span_completes_the_candidate_built_before_it_arrived(start_collector):
+    """The same failure (same input) judged again with the root: source and observed show what it added."""
+    from opentelemetry import trace as otel_trace
+
+    c = start_collector({"processors": {"detectors": {"decision_wait": "1s"}}})
+    answer = "Sorry, I could not look your order up."
+    with sdk_tracer("grpc", c.grpc_endpoint, service="support-agent") as agent_tracer:
+        root = agent_tracer.start_span("agent")
+        root.set_attribute("openinference.span.kind", "AGENT")
+        root.set_attribute("session.id", "sess-late-root")
+        root.set_attribute("agent.name", "support")
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        with sdk_tracer("http", c.http_url, service="support-agent") as child_tracer:
+            inside = otel_trace.set_span_in_context(root)
+            with child_tracer.start_as_current_span("llm", context=inside) as llm:
+                llm.set_attribute("openinference.span.kind", "LLM")
+                llm.set_attribute("llm.input_messages.0.message.role", "user")
+                llm.set_attribute("llm.input_messages.0.message.content", "Where is order ORD-7?")
+            with child_tracer.start_as_current_span("lookup_order", context=inside) as tool:
+                tool.set_attribute("openinference.span.kind", "TOOL")
+                tool.set_attribute("tool.name", "lookup_order")
+                tool.set_attribute("input.value", json.dumps({"order_id": "ORD-7"}))
+                tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+        first = c.wait_for("SELECT candidate_id, source FROM candidates", lambda rows: len(rows) == 1)
+        assert json.loads(first[0]["source"])["session_id"] is None
+        root.set_attribute("output.value", answer)
+        root.end()
+    rows = c.wait_for("SELECT candidate_id, source, observed, occurrences FROM candidates",
+                      lambda rows: len(rows) == 1 and json.loads(rows[0]["source"])["session_id"] is not None)
+    assert rows[0]["candidate_id"] == first[0]["candidate_id"] and rows[0]["occurrences"] == 1
+    source = json.loads(rows[0]["source"])
+    assert (source["session_id"], source["agent_name"], source["trace_id"]) == ("sess-late-root", "support", trace_id)
+    assert json.loads(rows[0]["observed"])["final_answer"] == answer
+
+
+def test_first_seen_is_when_the_failing_trace_arrived_not_when_a_restart_judged_it(start_collector):
+    """A trace pending at a crash is judged on the next start; its candidate was seen when it arrived."""
+    c = start_collector(SLOW_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_id = emit_agent_trace(tracer, tool_error=True)
+    arrived = c.query(f"SELECT max(received_at) AS at FROM spans WHERE trace_id = '{trace_id}'")[0]["at"]
+    c.stop(signal.SIGKILL)
+    c.config_path.write_text(c.config_path.read_text().replace("1m", "300ms"))
+    c.start()
+    rows = c.wait_for("SELECT first_seen, last_seen, trace_ids FROM candidates", lambda r: len(r) == 1)
+    assert rows[0]["trace_ids"] == [trace_id]
+    assert rows[0]["first_seen"] == arrived and rows[0]["last_seen"] == arrived
+
+
+def test_a_late_root_whose_candidate_is_capped_leaves_the_trace_where_it_was(start_collector):
+    """Past max_per_intent the re-judged failure is filed nowhere new: the trace must not vanish from the table."""
+    from opentelemetry import trace as otel_trace
+
+    c = start_collector({"processors": {"detectors": {"decision_wait": "1s"}, "promotion": {"max_per_intent": 2}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        emit_agent_trace(tracer, tool_error=True, question="Where is my first order?")
+        root = tracer.start_span("agent")
+        root.set_attribute("openinference.span.kind", "AGENT")
+        root.set_attribute("input.value", "And where is my second order, please?")
+        trace_id = format(root.get_span_context().trace_id, "032x")
+        with sdk_tracer("http", c.http_url) as tool_tracer:
+            with tool_tracer.start_as_current_span("lookup_order", context=otel_trace.set_span_in_context(root)) as tool:
+                tool.set_attribute("openinference.span.kind", "TOOL")
+                tool.set_attribute("tool.name", "lookup_order")
+                tool.set_attribute("input.value", json.dumps({"order_id": "ORD-2"}))
+                tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+        c.wait_for(f"SELECT candidate_id FROM candidates WHERE list_contains(trace_ids, '{trace_id}')",
+                   lambda rows: len(rows) == 1)
+        root.end()
+    c.wait_for(f"SELECT received_seq FROM trace_state WHERE trace_id = '{trace_id}' AND received_seq = judged_seq "
+               "AND received_seq > 1", lambda rows: len(rows) == 1)
+    rows = c.query(f"SELECT occurrences FROM candidates WHERE list_contains(trace_ids, '{trace_id}')")
+    assert rows == [{"occurrences": 1}]
+    assert c.query("SELECT count(*) AS n FROM candidates") == [{"n": 2}]
+
+
+def test_a_late_span_that_clears_a_failure_takes_its_detection_and_unreviewed_candidate_away(start_collector):
+    """The answer cited [doc-9]; the retriever span that returned doc-9 arrives after the judgement."""
+    from opentelemetry import trace as otel_trace
+
+    c = start_collector({"processors": {"detectors": {"decision_wait": "1s"}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            root.set_attribute("input.value", "How long is the refund window?")
+            with tracer.start_as_current_span("retrieve") as r:
+                r.set_attribute("openinference.span.kind", "RETRIEVER")
+                r.set_attribute("retrieval.documents.0.document.id", "doc-1")
+                r.set_attribute("retrieval.documents.0.document.score", 0.9)
+            late = tracer.start_span("retrieve_more")
+            with tracer.start_as_current_span("llm") as llm:
+                llm.set_attribute("openinference.span.kind", "LLM")
+                llm.set_attribute("output.value", "Refunds are accepted within 60 days [doc-9].")
+            trace_id = format(root.get_span_context().trace_id, "032x")
+        c.wait_for(f"SELECT failure_mode FROM detections WHERE trace_id = '{trace_id}'",
+                   lambda rows: rows == [{"failure_mode": "hallucination"}])
+        c.wait_for("SELECT candidate_id FROM candidates", lambda rows: len(rows) == 1)
+        with otel_trace.use_span(late, end_on_exit=True):
+            late.set_attribute("openinference.span.kind", "RETRIEVER")
+            late.set_attribute("retrieval.documents.0.document.id", "doc-9")
+            late.set_attribute("retrieval.documents.0.document.score", 0.8)
+    c.wait_for(f"SELECT received_seq FROM trace_state WHERE trace_id = '{trace_id}' AND received_seq = judged_seq "
+               "AND received_seq > 1", lambda rows: len(rows) == 1)
+    assert c.query(f"SELECT count(*) AS n FROM detections WHERE trace_id = '{trace_id}'") == [{"n": 0}]
+    assert c.query("SELECT count(*) AS n FROM candidates") == [{"n": 0}]
+    metrics = httpx.get(f"{c.http_url}/metrics").text
+    assert 'tracesieve_detections{failure_mode="hallucination"} 0.0' in metrics
+    assert 'tracesieve_candidates{status="new"} 0.0' in metrics

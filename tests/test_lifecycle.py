@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import free_port, run_cli
 from proc_helpers import children_of
 from sdk_helpers import emit_agent_trace, sdk_tracer
 from test_receivers import make_request, post
@@ -227,6 +227,22 @@ def test_serve_on_a_busy_port_fails_with_one_line(start_collector, tmp_path):
     result = run_cli("serve", "--config", str(other / "c.yaml"), "--db", str(other / "s.duckdb"), timeout=60)
     assert result.returncode == 2
     assert "tracesieve: error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_serve_on_the_same_store_names_the_running_one_and_exits_2(start_collector, tmp_path):
+    c = start_collector(NO_JUDGE)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "c.yaml").write_text(
+        f"receivers: {{otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{free_port()}'}}, "
+        f"http: {{endpoint: '127.0.0.1:{free_port()}'}}}}}}}}\n")
+    result = run_cli("serve", "--config", str(other / "c.yaml"), "--db", str(c.db_path), timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tracesieve: error:"), result.stderr
+    assert f"pid {c.proc.pid}" in lines[0] and f"127.0.0.1:{c.http_port}" in lines[0]
+    assert "without its query surface" not in lines[0]
+    assert c.query("SELECT 1 AS x") == [{"x": 1}]  # the running one still answers the CLI
 
 
 def test_healthz_and_readyz(start_collector):
