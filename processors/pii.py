@@ -68,13 +68,15 @@ COLUMN_KEYS = {
     "input_value": "input.value", "output_value": "output.value", "session_id": "session.id",
     "user_id": "user.id", "llm_model_name": "llm.model_name", "tool_name": "tool.name",
     "service_name": "service.name", "status_message": "status.message", "scope_name": "scope.name",
-    "trace_state": "trace_state", "name": "name",
+    "scope_version": "scope.version", "trace_state": "trace_state", "name": "name",
+    "input_mime_type": "input.mime_type", "output_mime_type": "output.mime_type",
 }
 
 #: Columns that copy a value out of the span's attributes or its resource (decode lifts them), so
 #: whatever they hold was counted once already where it came from.
 LIFTED_COLUMNS = frozenset({"input_value", "output_value", "session_id", "user_id", "llm_model_name",
-                            "llm_provider", "llm_finish_reason", "tool_name", "service_name"})
+                            "llm_provider", "llm_finish_reason", "tool_name", "service_name",
+                            "input_mime_type", "output_mime_type"})
 
 # A tolerant JSON tokenizer for skip_keys and bare numbers: strings, punctuation, bare scalars.
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s{}\[\],:"]+', re.DOTALL)

@@ -139,3 +139,23 @@ def test_an_integer_attribute_holding_a_card_number_is_stored_redacted_with_its_
         assert json.loads(row["attributes"])["customer"] == {"phone": "<PHONE>"}
         assert json.loads(row["pii_redactions"]) == {"CARD": 3, "PHONE": 1}
     assert "ConversionException" not in c.log()
+
+
+def test_scope_version_and_mime_types_are_scanned_like_every_other_text(start_collector):
+    """A client chooses these strings too: the scope's version and the declared mime types were stored as sent."""
+    c = start_collector(FAST_JUDGE)
+    for transport, endpoint in (("grpc", c.grpc_endpoint), ("http", c.http_url)):
+        with sdk_tracer(transport, endpoint, scope_version=f"1.0 {CANARIES['EMAIL']} {CANARIES['API_KEY']}") as tracer:
+            with tracer.start_as_current_span(f"mime-{transport}") as span:
+                span.set_attribute("input.value", "hello")
+                span.set_attribute("input.mime_type", f"text/plain; owner={CANARIES['EMAIL']}")
+                span.set_attribute("output.value", "bye")
+                span.set_attribute("output.mime_type", f"text/plain; key={CANARIES['AWS']}")
+    rows = c.wait_for("SELECT scope_version, input_mime_type, output_mime_type, pii_redactions FROM spans",
+                      lambda r: len(r) == 2)
+    for row in rows:
+        assert row["scope_version"] == "1.0 <EMAIL> <API_KEY>"
+        assert row["input_mime_type"] == "text/plain; owner=<EMAIL>"
+        assert row["output_mime_type"] == "text/plain; key=<API_KEY>"
+    assert c.stop() == 0
+    assert_no_canary(Path(c.db_path).read_bytes(), "the database file")
