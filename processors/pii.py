@@ -133,6 +133,8 @@ class Sanitizer:
         self.rules = tuple(rules)
         self._has_extras = any(isinstance(r, ExtraPattern) for r in rules)
         self._key = secret_key.encode() if isinstance(secret_key, str) else secret_key
+        #: the key as configured (so the log can hide it); None without one
+        self.secret_key = secret_key.decode(errors="replace") if isinstance(secret_key, bytes) else secret_key
         self._cache: dict[tuple[str, str], str] = {}
         self.skip_keys = tuple(tuple(k.split(".")) for k in skip_keys if k)
 
@@ -458,7 +460,7 @@ class PiiProcessor:
     def from_config(cls, options: Mapping[str, Any] | None, *, path: str) -> PiiProcessor:
         """Validate every option (all problems at once, each with its YAML path) and compile the rules."""
         opts = OptionReader(options, path)
-        secret_key = opts.str("secret_key", None)
+        secret_key = opts.secret("secret_key", None)
         if secret_key == "":
             opts.problem("secret_key", "must not be empty (leave it out for plain <TYPE> placeholders)")
             secret_key = None
