@@ -123,6 +123,8 @@ class Config:
             max_value_size=self.limits.max_value_size,
             max_nesting_depth=self.limits.max_nesting_depth,
             safe_cut=next((p.sanitizer.safe_cut for p in self.span_processors if isinstance(p, PiiProcessor)), None),
+            whole_key=next((p.sanitizer.key_holds_pii for p in self.span_processors if isinstance(p, PiiProcessor)),
+                           None),
         )
 
     @property

@@ -109,6 +109,9 @@ def _backslash_run(text: str, end: int) -> int:
     return n
 
 
+#: What a key must contain to hold a value that its dots could cut in two (see key_holds_pii).
+_KEY_SCREEN = re.compile(r"[@=:]|eyJ|[0-9]\.[0-9]")
+
 #: Characters either side of a cut that safe_cut reads: more than any PII value the rules accept.
 _CUT_CONTEXT = 4096
 
@@ -327,6 +330,15 @@ class Sanitizer:
                 continue
             yield type_, s, e, token is not None
             last = e
+
+    def key_holds_pii(self, key: str) -> bool:
+        """Whether an attribute key holds a value some rule finds (decode then keeps the key whole).
+
+        Runs while decode nests a key set it has not seen twice (nesting plans are cached per key
+        set), so only on new key sets; a cheap screen passes only keys with what a value that can
+        contain a dot needs (``@``, ``=``, ``:``, ``eyJ``, digit.digit) to the exact rules.
+        """
+        return bool(self.enabled and _KEY_SCREEN.search(key) and self._redact_python(key, False)[1])
 
     def safe_cut(self, text: str, cut: int) -> int:
         """Where to cut ``text`` at or before character ``cut`` so that no PII is cut in two.

@@ -159,3 +159,28 @@ def test_scope_version_and_mime_types_are_scanned_like_every_other_text(start_co
         assert row["output_mime_type"] == "text/plain; key=<API_KEY>"
     assert c.stop() == 0
     assert_no_canary(Path(c.db_path).read_bytes(), "the database file")
+
+
+def test_pii_in_attribute_keys_is_not_hidden_by_splitting_the_key_at_its_dots(start_collector):
+    """Keys are nested at their dots; an e-mail or a JWT in a key was cut into pieces no rule knows."""
+    c = start_collector(FAST_JUDGE)
+    keyed = [f"visits by {CANARIES['EMAIL']}", f"session.{CANARIES['JWT']}"]
+    with sdk_tracer("grpc", c.grpc_endpoint, resource={f"owner.{CANARIES['EMAIL']}": "yes"}) as tracer:
+        with tracer.start_as_current_span("keys") as span:
+            span.set_attribute("llm.input_messages.0.message.role", "user")
+            for key in keyed:
+                span.set_attribute(key, 1)
+            span.add_event("seen", {f"by.{CANARIES['EMAIL']}": True})
+    rows = c.wait_for("SELECT attributes, resource_attributes, events, pii_redactions FROM spans",
+                      lambda r: len(r) == 1)
+    stored = json.dumps(rows, ensure_ascii=False)
+    for piece in ("canary.person+q7", "person+q7", "example-mail", "eyJzdWIiOiJjYW5hcnkiLCJpYXQiOjE1MTYyMzkwMjJ9",
+                  "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"):
+        assert piece not in stored
+    attributes = json.loads(rows[0]["attributes"])
+    assert attributes["llm"]["input_messages"][0]["message"]["role"] == "user"  # other keys still nest
+    assert {"visits by <EMAIL>", "session.<JWT>"} <= set(attributes)
+    counts = json.loads(rows[0]["pii_redactions"])
+    assert counts["EMAIL"] == 3 and counts["JWT"] == 1
+    assert c.stop() == 0
+    assert_no_canary(Path(c.db_path).read_bytes(), "the database file")
