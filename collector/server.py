@@ -237,6 +237,9 @@ class Collector:
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(info, fh)
+        # readable by other accounts, unlike the store (serve runs with umask 077): it holds no secret, and
+        # an account that holds the token finds the collector through it
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
 
     # ------------------------------------------------------------------ metrics

@@ -8,9 +8,12 @@ it, through ``OTEL_EXPORTER_OTLP_HEADERS``; a wrong or missing one gets
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import httpx
@@ -172,3 +175,23 @@ def test_binding_beyond_loopback_without_auth_logs_a_warning(tmp_path):
     loopback = {"protocols": {"grpc": {"endpoint": "localhost:4317"}, "http": {"endpoint": "[::1]:4318"}}}
     cfg.write_text(yaml.safe_dump({"receivers": {"otlp": loopback}, **NO_JUDGE}))
     assert warn_if_exposed(load_config(str(cfg))) == []
+
+
+def test_the_store_serve_creates_is_readable_by_its_own_user_only(start_collector):
+    """The store holds what users typed (redacted, but still their words): no other account reads it,
+    whatever umask serve was started with. The discovery record names only a pid, a URL and paths:
+    it stays readable, so an account that holds the token can find the collector."""
+    previous = os.umask(0o022)
+    try:
+        c = start_collector(NO_JUDGE)
+    finally:
+        os.umask(previous)
+    assert post(c, make_request(3).SerializeToString()).status_code == 200
+    wal = Path(f"{c.db_path}.wal")
+    assert wal.exists()  # the acknowledged spans sit in the WAL until a checkpoint
+    for path in (Path(c.db_path), wal):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path.name} is {oct(path.stat().st_mode)}"
+    discovery = Path(f"{c.db_path}.serve.json")
+    assert stat.S_IMODE(discovery.stat().st_mode) == 0o644
+    assert json.loads(discovery.read_text())["url"] == c.http_url
+    assert c.stop() == 0
