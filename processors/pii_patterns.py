@@ -49,7 +49,8 @@ LEFT_HEX = rf"(?:^|[^A-Za-z0-9_.:\\-]|{_ESC})"       # hex-and-colon runs
 
 # ``key = value`` separators, also inside JSON and JSON-in-JSON (``\"key\": \"v\"``).
 _Q = r"""(?:\\*["'])?"""
-SEP = rf"{_Q}[ \t]*[:=][ \t]*"
+# An opening ``[`` may follow: captured HTTP headers are lists (``"authorization": ["Bearer ..."]``).
+SEP = rf"{_Q}[ \t]*[:=][ \t]*(?:\[[ \t]*)?"
 # A value: double-quoted (escapes kept whole, never ends inside one), single-quoted, or bare.
 _VALUE = (
     r'''(?:\\*"(?P<v>(?:[^"\\]|\\[^"\\])+)'''

@@ -184,3 +184,23 @@ def test_pii_in_attribute_keys_is_not_hidden_by_splitting_the_key_at_its_dots(st
     assert counts["EMAIL"] == 3 and counts["JWT"] == 1
     assert c.stop() == 0
     assert_no_canary(Path(c.db_path).read_bytes(), "the database file")
+
+
+def test_captured_http_headers_as_semconv_arrays_are_redacted(start_collector):
+    """HTTP instrumentations record ``http.request.header.<name>`` as a list of strings (OTel semantic
+    conventions): a token in that list was stored as sent, while the same token as a plain string was not."""
+    c = start_collector(FAST_JUDGE)
+    token, key = "abcdefghijklmnopqrstuvwxyzCanaryHeaderTok", "CanaryHeaderApiKeyValue-zyxwvutsrq"
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("GET /orders") as span:
+            span.set_attribute("http.request.header.authorization", [f"Bearer {token}"])
+            span.set_attribute("http.request.header.proxy-authorization", ["Basic YWRtaW46Q2FuYXJ5UGFzcw=="])
+            span.set_attribute("http.request.header.x-api-key", [key])
+    rows = c.wait_for("SELECT attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    headers = json.loads(rows[0]["attributes"])["http"]["request"]["header"]
+    assert headers == {"authorization": ["Bearer <BEARER_TOKEN>"], "proxy-authorization": ["Basic <BEARER_TOKEN>"],
+                       "x-api-key": ["<SECRET>"]}
+    assert json.loads(rows[0]["pii_redactions"]) == {"BEARER_TOKEN": 2, "SECRET": 1}
+    assert c.stop() == 0
+    for value in (token, key, "YWRtaW46Q2FuYXJ5UGFzcw=="):
+        assert value.encode() not in Path(c.db_path).read_bytes()
