@@ -55,8 +55,8 @@ class DecodeLimits:
     #: (text, cut) -> where to cut a too-long value instead, so that no PII is cut in two
     #: (the pii processor's Sanitizer.safe_cut, when it is in the pipeline)
     safe_cut: Callable[[str, int], int] | None = dataclasses.field(default=None, compare=False)
-    #: key -> True when the key holds PII that its dots would cut in two (an e-mail, an IPv4
-    #: address, a JWT): such a key is kept whole, unnested, so the scan sees the value entire
+    #: key -> True when the key holds PII that its dots would cut in two (an e-mail address, a
+    #: JWT): such a key is kept whole, unnested, so the scan sees the value entire
     #: (the pii processor's Sanitizer.key_holds_pii, when it is in the pipeline)
     whole_key: Callable[[str], bool] | None = dataclasses.field(default=None, compare=False)
 
