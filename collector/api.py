@@ -35,6 +35,11 @@ def discovery_path(db_path: str) -> str:
     return os.path.realpath(db_path) + ".serve.json"
 
 
+def local_token_path(db_path: str) -> str:
+    """Where a running ``serve`` keeps the query surface's local token (mode 0600) for the store at ``db_path``."""
+    return os.path.realpath(db_path) + ".serve.token"
+
+
 def jsonable(value: Any) -> Any:
     """Rows as the wire would carry them (datetimes as ISO text), so local and remote answers are identical."""
     return json.loads(json.dumps(value, default=_default, ensure_ascii=False))

@@ -249,7 +249,7 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool, log_
     if print_config:
         click.echo(config.printable(), nl=False)
         return
-    configure_logging(log_format, sys.stderr, secrets=[config.bearer_token or ""])
+    configure_logging(log_format, sys.stderr, secrets=config.secrets)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series on /metrics
     log = logging.getLogger("tracesieve.serve")
     _stop_request.install()  # already in place when started as `tracesieve serve`; not when called in-process
@@ -257,6 +257,9 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool, log_
     if stop.requested:
         log.info("signal received during start-up: exiting before opening the store")
         return
+    # The store, its WAL and spill files hold what users typed: readable by this user only, whatever
+    # the umask (the discovery record sets its own mode).
+    os.umask(os.umask(0o077) | 0o077)
     collector = Collector(config)
     try:
         collector.start()

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import duckdb
 import httpx
 
-from tracesieve.collector.api import StoreApi, discovery_path
+from tracesieve.collector.api import StoreApi, discovery_path, local_token_path
 from tracesieve.storage import lake, store
 from tracesieve.storage.errors import NotFoundError, TraceSieveError, UsageError
 
@@ -31,9 +31,11 @@ class StoreClient(Protocol):
 
 
 class RemoteClient:
-    def __init__(self, url: str, token: str | None, cafile: str | None = None) -> None:
+    def __init__(self, url: str, token: str | None, cafile: str | None = None, local_token: str | None = None) -> None:
         # The collector may guard its surface with a bearer token or an API key: send the one secret as both.
         headers = {"authorization": f"Bearer {token}", "x-api-key": token} if token else {}
+        if local_token:  # the collector's own secret for its user (<db>.serve.token)
+            headers["x-tracesieve-local-token"] = local_token
         self.url = url
         verify: Any = ssl.create_default_context(cafile=cafile) if cafile else True
         self._http = httpx.Client(base_url=url, headers=headers, timeout=120.0, verify=verify, trust_env=False)
@@ -52,7 +54,8 @@ class RemoteClient:
         message = body.get("error") or f"HTTP {response.status_code}"
         if response.status_code == 401:
             raise UsageError(f"the collector at {self.url} refused the request: {message} "
-                             "(set TRACESIEVE_TOKEN to the configured bearer token or API key)")
+                             "(set TRACESIEVE_TOKEN to the configured bearer token or API key, or run the "
+                             "command as the collector's user)")
         if response.status_code == 404 and body.get("kind") == "not_found":
             raise NotFoundError(message)
         if response.status_code in (400, 404):
@@ -104,6 +107,15 @@ def running_collector(db_path: str) -> dict[str, Any] | None:
     return info
 
 
+def _local_token(db_path: str) -> str | None:
+    """The running collector's local token, when this user may read it (the collector's own user)."""
+    try:
+        with open(local_token_path(db_path), encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
 def _refused(url: str) -> bool:
     """True when nothing listens at ``url`` (a connection is refused); any other outcome is left to the call."""
     try:
@@ -129,7 +141,7 @@ def connect(db_path: str, *, write: bool, token: str | None) -> StoreClient:
     if info is not None:
         url = str(info["url"])
         if not _refused(url):
-            return RemoteClient(url, token, info.get("cafile"))
+            return RemoteClient(url, token, info.get("cafile"), _local_token(db_path))
         stale = url
     if not os.path.exists(db_path):
         raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {db_path}` or pass --db)")

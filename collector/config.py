@@ -111,12 +111,20 @@ class Config:
     span_processor_ids: list[str] = dataclasses.field(default_factory=list)  # pipeline ids of span_processors
 
     @property
+    def secrets(self) -> list[str]:
+        """Every configured secret the log must never show: token, API key, the pii processors' keys."""
+        keys = [p.sanitizer.secret_key for p in self.span_processors if isinstance(p, PiiProcessor)]
+        return [s for s in (self.bearer_token, self.api_key, *keys) if s]
+
+    @property
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(
             max_attributes_per_span=self.limits.max_attributes_per_span,
             max_value_size=self.limits.max_value_size,
             max_nesting_depth=self.limits.max_nesting_depth,
             safe_cut=next((p.sanitizer.safe_cut for p in self.span_processors if isinstance(p, PiiProcessor)), None),
+            whole_key=next((p.sanitizer.key_holds_pii for p in self.span_processors if isinstance(p, PiiProcessor)),
+                           None),
         )
 
     @property
@@ -134,6 +142,10 @@ class Config:
             for key in ("bearer_token", "api_key"):
                 if auth.get(key):
                     auth[key] = "<redacted>"
+        processors = tree.get("processors")
+        if isinstance(processors, dict):
+            for options in processors.values():
+                _redact_secret_options(options)
         lake = tree.get("storage", {}).get("ducklake")
         if isinstance(lake, dict) and isinstance(lake.get("catalog"), str):
             lake["catalog"] = redact(lake["catalog"])
@@ -144,6 +156,24 @@ class Config:
             span_proc.shutdown()
         for trace_proc in self.trace_processors:
             trace_proc.shutdown()
+
+
+#: Option names whose values --print-config never shows (pii's secret_key; a plugin's token or password).
+_SECRET_OPTION = re.compile(r"secret|token|password|passwd|api_?key|credential", re.IGNORECASE)
+
+
+def _redact_secret_options(node: Any) -> None:
+    """Replace, in place, every scalar value under a secret-looking key of a processor's options."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(key, str) and _SECRET_OPTION.search(key) and value is not None and not isinstance(
+                    value, (dict, list, bool)):
+                node[key] = "<redacted>"
+            else:
+                _redact_secret_options(value)
+    elif isinstance(node, list):
+        for item in node:
+            _redact_secret_options(item)
 
 
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -55,6 +55,10 @@ class DecodeLimits:
     #: (text, cut) -> where to cut a too-long value instead, so that no PII is cut in two
     #: (the pii processor's Sanitizer.safe_cut, when it is in the pipeline)
     safe_cut: Callable[[str, int], int] | None = dataclasses.field(default=None, compare=False)
+    #: key -> True when the key holds PII that its dots would cut in two (an e-mail address, a
+    #: JWT): such a key is kept whole, unnested, so the scan sees the value entire
+    #: (the pii processor's Sanitizer.key_holds_pii, when it is in the pipeline)
+    whole_key: Callable[[str], bool] | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass
@@ -514,6 +518,9 @@ class _AttributeWalker:
         # A string of fewer than max_value/4 characters cannot exceed max_value bytes in UTF-8.
         self._cheap_len = limits.max_value_size // 4
         self._safe_cut = limits.safe_cut
+        self._whole_key = limits.whole_key
+        # nesting plans are shared by every walker: one made without the check must not serve one with it
+        self._plan_tag = id(getattr(limits.whole_key, "__self__", limits.whole_key)) if limits.whole_key else 0
 
     def text(self, s: str) -> str:
         if len(s) <= self._cheap_len:
@@ -577,7 +584,7 @@ class _AttributeWalker:
         """
         values = list(flat.values())
         structured = tuple(i for i, x in enumerate(values) if type(x) is dict or type(x) is list)
-        signature = (tuple(flat), structured, self.max_depth)  # the depth limit shapes long keys too
+        signature = (tuple(flat), structured, self.max_depth, self._plan_tag)  # the depth limit shapes long keys too
         plan = _PLANS.get(signature)
         if plan is not None:
             return plan(values)
@@ -607,8 +614,11 @@ class _AttributeWalker:
         made: list[tuple[dict[str, Any], dict[str, Any], str]] = []  # (object, parent, key), creation order
         made_ids: set[int] = set()
         digit_keyed: set[int] = set()
+        whole_key = self._whole_key
         for key, value in flat.items():
-            if key.count(".") >= self.max_depth:  # a key of many dots must not nest past the depth limit
+            if whole_key is not None and "." in key and whole_key(key):
+                prefix, last = "", key  # PII across a dot: the key stays one string for the scan
+            elif key.count(".") >= self.max_depth:  # a key of many dots must not nest past the depth limit
                 parts = key.split(".", self.max_depth - 1)  # the rest of the key stays dotted in the leaf
                 prefix, last = ".".join(parts[:-1]), parts[-1]
             else:
@@ -673,7 +683,7 @@ _MAX_PLANS = 4096
 _MAX_PLAN_KEYS = 1024
 _MAX_PLAN_DEPTH = 48  # well under the Python parser's limit on nested brackets
 _Plan = Callable[[list[Any]], dict[str, Any]]
-_Signature = tuple[tuple[str, ...], tuple[int, ...], int]
+_Signature = tuple[tuple[str, ...], tuple[int, ...], int, int]
 _PLANS: dict[_Signature, _Plan] = {}
 _SEEN_ONCE: set[_Signature] = set()
 

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import random
+import secrets
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -52,6 +53,8 @@ class ExportService:
     def __init__(self, config: Config, writer: GroupCommitWriter, metrics: ReceiverMetrics, stage: SpanStage) -> None:
         self._token = config.bearer_token.encode() if config.bearer_token else None
         self._api_key = config.api_key.encode() if config.api_key else None
+        #: the query surface's own secret, written by the collector beside the store for its user only
+        self.local_token = secrets.token_urlsafe(32)
         self._stage = stage
         self._writer = writer
         self._metrics = self.metrics = metrics  # the receiver records request-level figures
@@ -78,6 +81,21 @@ class ExportService:
         if not (bearer_ok or key_ok):
             raise UnauthenticatedError("missing or wrong token (send Authorization: Bearer <token> or "
                                        f"{API_KEY_HEADER}: <key>)")
+
+    def authorize_query(self, headers: Mapping[str, str]) -> None:
+        """Raise UnauthenticatedError unless the request may use the query surface (``/api/<op>``).
+
+        With auth set: the configured credentials, as for ingest. Without: the collector's local token
+        (``<db>.serve.token``, readable by the collector's user only, sent in ``x-tracesieve-local-token``),
+        so that a loopback port open to every account on the host does not serve the store that is
+        private on disk.
+        """
+        if self.auth_required:
+            self.authenticate(headers)
+            return
+        if not _matches((headers.get(LOCAL_TOKEN_HEADER) or "").strip(), self.local_token.encode()):
+            raise UnauthenticatedError("the query surface needs the collector's local token (the CLI reads it "
+                                       "from <db>.serve.token: run it as the collector's user)")
 
     @contextmanager
     def holding(self, n_bytes: int) -> Iterator[Hold]:
@@ -150,6 +168,7 @@ class ExportService:
 
 
 API_KEY_HEADER = "x-api-key"
+LOCAL_TOKEN_HEADER = "x-tracesieve-local-token"
 MAX_RETRY_HINT_SECONDS = 5.0
 
 

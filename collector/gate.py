@@ -46,6 +46,7 @@ from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.gate_scorers import expected_problems, score
 from tracesieve.collector.server import Collector
 from tracesieve.processors.detectors import DetectorsProcessor, rule_settings
+from tracesieve.processors.pii import PiiProcessor, Sanitizer
 from tracesieve.processors.rules import RuleSettings
 from tracesieve.storage import store
 from tracesieve.storage.errors import NotFoundError, UsageError
@@ -173,8 +174,11 @@ def case_payload(case: Mapping[str, Any]) -> str:
 class _Runner:
     """Runs agent processes, each in its own process group, and kills the groups still alive on close."""
 
-    def __init__(self, command: Sequence[str], workdir: str | None, timeout: float) -> None:
+    def __init__(self, command: Sequence[str], workdir: str | None, timeout: float,
+                 sanitizer: Sanitizer | None = None) -> None:
         self.command = list(command)
+        # the agent's stderr is as full of user data as its spans: redacted before it is reported
+        self._sanitizer = sanitizer or Sanitizer()
         self.workdir = workdir
         self.timeout = timeout
         self._live: set[subprocess.Popen[str]] = set()
@@ -206,7 +210,8 @@ class _Runner:
                 self._live.discard(proc)
         result = RunResult(run, proc.returncode, time.monotonic() - started)
         if proc.returncode != 0:
-            tail = (err or "").strip().splitlines()[-1:]
+            # redacted before the cut to STDERR_TAIL, so no half of a value escapes the rules
+            tail = [self._sanitizer.redact(line[:65536])[0] for line in (err or "").strip().splitlines()[-1:]]
             why = f"the agent exited with {proc.returncode}"
             result.reasons.append(why + (f" ({tail[0][:STDERR_TAIL]})" if tail else ""))
         return result
@@ -256,7 +261,8 @@ def run_gate(
     if detectors is None:  # the gate always judges with the detectors, even if this pipeline left them out
         detectors = DetectorsProcessor()
     settings = rule_settings(detectors.config)
-    runner = _Runner(command, workdir, timeout)
+    pii = next((p.sanitizer for p in config.span_processors if isinstance(p, PiiProcessor)), None)
+    runner = _Runner(command, workdir, timeout, pii)
     with tempfile.TemporaryDirectory(prefix="tracesieve-gate-") as tmp:
         gate_config = dataclasses.replace(
             config,

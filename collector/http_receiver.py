@@ -247,7 +247,7 @@ def build_app(
 
     async def api_call(request: Request) -> Response:
         try:
-            service.authenticate(request.headers)
+            service.authorize_query(request.headers)
         except UnauthenticatedError as exc:
             return JSONResponse({"error": str(exc), "kind": "unauthenticated"}, status_code=401)
         op = request.path_params["op"]

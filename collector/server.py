@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 import uvicorn
 
-from tracesieve.collector.api import StoreApi, discovery_path
+from tracesieve.collector.api import StoreApi, discovery_path, local_token_path
 from tracesieve.collector.client import running_collector
 from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.export import ExportService, span_stage_for
@@ -234,10 +234,20 @@ class Collector:
         scheme = "https" if ep.tls else "http"
         info = {"pid": os.getpid(), "url": f"{scheme}://{host}:{self.http_port}",
                 "cafile": ep.tls.cert_file if ep.tls else None, "db": os.path.abspath(self.config.db_path)}
+        # the local token first (the CLI reads it once it finds the collector), for this user only
+        token_path = local_token_path(self.config.db_path)
+        fd = os.open(token_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(self.http_service.local_token)
+        os.replace(token_path + ".tmp", token_path)
         path = discovery_path(self.config.db_path)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(info, fh)
+        # readable by other accounts, unlike the store (serve runs with umask 077): it holds no secret, and
+        # an account that holds the token finds the collector through it
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
 
     # ------------------------------------------------------------------ metrics
@@ -292,6 +302,8 @@ class Collector:
             with open(path, encoding="utf-8") as fh:
                 if json.load(fh).get("pid") == os.getpid():
                     os.remove(path)
+                    with contextlib.suppress(OSError):
+                        os.remove(local_token_path(self.config.db_path))
         grpc_stopped = self._grpc.stop(grace=min(5.0, deadline_seconds / 4)) if self._grpc else None
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True

@@ -59,6 +59,17 @@ class OptionReader:
     def str(self, key: str, default: Any = None) -> Any:
         return self._typed(key, default, (str,), "a string")
 
+    def secret(self, key: str, default: Any = None) -> Any:
+        """A string that must never be echoed: a wrong value is named by its type only."""
+        self._seen.add(key)
+        value = self._options.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.problem(key, f"expected a string, got {type(value).__name__} (value not shown: it is a secret)")
+            return default
+        return value
+
     def bool(self, key: str, default: bool) -> bool:
         return self._typed(key, default, (bool,), "true or false")
 

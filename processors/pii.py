@@ -68,13 +68,15 @@ COLUMN_KEYS = {
     "input_value": "input.value", "output_value": "output.value", "session_id": "session.id",
     "user_id": "user.id", "llm_model_name": "llm.model_name", "tool_name": "tool.name",
     "service_name": "service.name", "status_message": "status.message", "scope_name": "scope.name",
-    "trace_state": "trace_state", "name": "name",
+    "scope_version": "scope.version", "trace_state": "trace_state", "name": "name",
+    "input_mime_type": "input.mime_type", "output_mime_type": "output.mime_type",
 }
 
 #: Columns that copy a value out of the span's attributes or its resource (decode lifts them), so
 #: whatever they hold was counted once already where it came from.
 LIFTED_COLUMNS = frozenset({"input_value", "output_value", "session_id", "user_id", "llm_model_name",
-                            "llm_provider", "llm_finish_reason", "tool_name", "service_name"})
+                            "llm_provider", "llm_finish_reason", "tool_name", "service_name",
+                            "input_mime_type", "output_mime_type"})
 
 # A tolerant JSON tokenizer for skip_keys and bare numbers: strings, punctuation, bare scalars.
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s{}\[\],:"]+', re.DOTALL)
@@ -107,6 +109,9 @@ def _backslash_run(text: str, end: int) -> int:
     return n
 
 
+#: What a key must contain to hold a value that its dots could cut in two (see key_holds_pii).
+_KEY_SCREEN = re.compile(r"[@=:]|eyJ|[0-9]\.[0-9]")
+
 #: Characters either side of a cut that safe_cut reads: more than any PII value the rules accept.
 _CUT_CONTEXT = 4096
 
@@ -131,6 +136,8 @@ class Sanitizer:
         self.rules = tuple(rules)
         self._has_extras = any(isinstance(r, ExtraPattern) for r in rules)
         self._key = secret_key.encode() if isinstance(secret_key, str) else secret_key
+        #: the key as configured (so the log can hide it); None without one
+        self.secret_key = secret_key.decode(errors="replace") if isinstance(secret_key, bytes) else secret_key
         self._cache: dict[tuple[str, str], str] = {}
         self.skip_keys = tuple(tuple(k.split(".")) for k in skip_keys if k)
 
@@ -324,6 +331,15 @@ class Sanitizer:
             yield type_, s, e, token is not None
             last = e
 
+    def key_holds_pii(self, key: str) -> bool:
+        """Whether an attribute key holds a value some rule finds (decode then keeps the key whole).
+
+        Runs while decode nests a key set it has not seen twice (nesting plans are cached per key
+        set), so only on new key sets; a cheap screen passes only keys with what a value that can
+        contain a dot needs (``@``, ``=``, ``:``, ``eyJ``, digit.digit) to the exact rules.
+        """
+        return bool(self.enabled and _KEY_SCREEN.search(key) and self._redact_python(key, False)[1])
+
     def safe_cut(self, text: str, cut: int) -> int:
         """Where to cut ``text`` at or before character ``cut`` so that no PII is cut in two.
 
@@ -456,7 +472,7 @@ class PiiProcessor:
     def from_config(cls, options: Mapping[str, Any] | None, *, path: str) -> PiiProcessor:
         """Validate every option (all problems at once, each with its YAML path) and compile the rules."""
         opts = OptionReader(options, path)
-        secret_key = opts.str("secret_key", None)
+        secret_key = opts.secret("secret_key", None)
         if secret_key == "":
             opts.problem("secret_key", "must not be empty (leave it out for plain <TYPE> placeholders)")
             secret_key = None

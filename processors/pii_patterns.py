@@ -49,7 +49,8 @@ LEFT_HEX = rf"(?:^|[^A-Za-z0-9_.:\\-]|{_ESC})"       # hex-and-colon runs
 
 # ``key = value`` separators, also inside JSON and JSON-in-JSON (``\"key\": \"v\"``).
 _Q = r"""(?:\\*["'])?"""
-SEP = rf"{_Q}[ \t]*[:=][ \t]*"
+# An opening ``[`` may follow: captured HTTP headers are lists (``"authorization": ["Bearer ..."]``).
+SEP = rf"{_Q}[ \t]*[:=][ \t]*(?:\[[ \t]*)?"
 # A value: double-quoted (escapes kept whole, never ends inside one), single-quoted, or bare.
 _VALUE = (
     r'''(?:\\*"(?P<v>(?:[^"\\]|\\[^"\\])+)'''
@@ -320,8 +321,8 @@ def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
 
 
 def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
-    user, _, pw = text[s:e].partition(":")
-    return ("URL_CREDENTIALS", s, e) if user and pw else None
+    _, _, pw = text[s:e].partition(":")  # the user may be empty (redis://:password@host)
+    return ("URL_CREDENTIALS", s, e) if pw else None
 
 
 # --------------------------------------------------------------------------- the rules (order matters)
@@ -341,8 +342,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          trigger="(?i:authorization)"),
     Rule("BEARER_TOKEN", LEFT + r"(?:Bearer|bearer|BEARER)[ ]+(?P<v>[A-Za-z0-9._~+/-]+=*)", _bearer_loose,
          trigger="(?:Bearer|bearer|BEARER) "),
-    Rule("URL_CREDENTIALS", LEFT + r"[A-Za-z][A-Za-z0-9+.-]*://(?P<v>[^/ \t\r\n:@\"\\<>]+:[^/ \t\r\n@\"\\<>]+)@",
-         _url_creds, trigger=r"://[^/ \t\r\n:@\"\\<>]+:[^/ \t\r\n@\"\\<>]+@"),
+    Rule("URL_CREDENTIALS", LEFT + r"[A-Za-z][A-Za-z0-9+.-]*://(?P<v>[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+)@",
+         _url_creds, trigger=r"://[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+@"),
     Rule("API_KEY", LEFT + r"[A-Za-z0-9_.-]*(?i:secret[_.-]?access[_.-]?key|aws[A-Za-z0-9_.-]*secret[A-Za-z0-9_.-]*)"
          + SEP + _Q
          + r"(?P<v>[A-Za-z0-9/+=]{40})", _bounded("API_KEY"), trigger=r"(?i:aws)"),

@@ -89,8 +89,8 @@ JSON_SPAN_COLUMNS = frozenset({"attributes", "resource_attributes", "events", "l
 TEXT_SPAN_COLUMNS = (
     "name", "status_message", "service_name", "session_id", "user_id",
     "input_value", "output_value", "llm_model_name", "llm_provider", "llm_finish_reason", "tool_name",
-    "attributes", "resource_attributes", "events", "links", "scope_name",
-    "trace_state",
+    "attributes", "resource_attributes", "events", "links", "scope_name", "scope_version",
+    "trace_state", "input_mime_type", "output_mime_type",
 )
 
 

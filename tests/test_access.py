@@ -8,9 +8,12 @@ it, through ``OTEL_EXPORTER_OTLP_HEADERS``; a wrong or missing one gets
 from __future__ import annotations
 
 import json
+import os
 import socket
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import httpx
@@ -172,3 +175,46 @@ def test_binding_beyond_loopback_without_auth_logs_a_warning(tmp_path):
     loopback = {"protocols": {"grpc": {"endpoint": "localhost:4317"}, "http": {"endpoint": "[::1]:4318"}}}
     cfg.write_text(yaml.safe_dump({"receivers": {"otlp": loopback}, **NO_JUDGE}))
     assert warn_if_exposed(load_config(str(cfg))) == []
+
+
+def test_the_store_serve_creates_is_readable_by_its_own_user_only(start_collector):
+    """The store holds what users typed (redacted, but still their words): no other account reads it,
+    whatever umask serve was started with. The discovery record names only a pid, a URL and paths:
+    it stays readable, so an account that holds the token can find the collector."""
+    previous = os.umask(0o022)
+    try:
+        c = start_collector(NO_JUDGE)
+    finally:
+        os.umask(previous)
+    assert post(c, make_request(3).SerializeToString()).status_code == 200
+    wal = Path(f"{c.db_path}.wal")
+    assert wal.exists()  # the acknowledged spans sit in the WAL until a checkpoint
+    for path in (Path(c.db_path), wal):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path.name} is {oct(path.stat().st_mode)}"
+    discovery = Path(f"{c.db_path}.serve.json")
+    assert stat.S_IMODE(discovery.stat().st_mode) == 0o644
+    assert json.loads(discovery.read_text())["url"] == c.http_url
+    assert c.stop() == 0
+
+
+def test_without_auth_the_query_surface_answers_only_the_collectors_user(start_collector):
+    """Loopback is open to every account on the host: without auth, /api/<op> served the whole store
+    (and took promote/reject writes) from anyone, though the file itself is private. The CLI of the
+    collector's user reads the local token from <db>.serve.token (0600) and works as before."""
+    c = start_collector(NO_JUDGE)
+    assert post(c, make_request(3).SerializeToString()).status_code == 200  # ingest stays open without auth
+    refused = httpx.post(f"{c.http_url}/api/query", json={"sql": "SELECT count(*) FROM spans"})
+    assert refused.status_code == 401 and "local token" in refused.json()["error"]
+    assert httpx.post(f"{c.http_url}/api/mark_rejected", json={"candidate_id": "x", "reason": "r", "by": "me"}
+                      ).status_code == 401
+    token_file = Path(f"{c.db_path}.serve.token")
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    assert token not in Path(f"{c.db_path}.serve.json").read_text()
+    assert httpx.post(f"{c.http_url}/api/query", json={"sql": "SELECT 1 AS n"},
+                      headers={"x-tracesieve-local-token": "wrong"}).status_code == 401
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 3}]  # through the collector, token read from the file
+    assert httpx.get(f"{c.http_url}/metrics").status_code == 200  # scrapes need no token without auth
+    assert c.stop() == 0
+    assert not token_file.exists()
+    assert token not in c.log()

@@ -144,6 +144,21 @@ def test_print_config_never_shows_the_token(tmp_path):
     assert "hunter2-token" not in result.stdout and "<redacted>" in result.stdout
 
 
+def test_print_config_and_config_errors_never_show_the_pii_key(tmp_path):
+    """The pii ``secret_key`` keys every pseudonym: whoever has it can test guesses against <EMAIL:hhhhhh>."""
+    path = write(tmp_path, "processors: {pii/strict: {secret_key: '${env:TS_PII_KEY}'}}\n"
+                           "service: {pipelines: {traces: {processors: [pii/strict]}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config", env={"TS_PII_KEY": "pii-key-7c1e-secret"})
+    assert result.returncode == 0, result.stderr
+    assert "pii-key-7c1e-secret" not in result.stdout
+    assert yaml.safe_load(result.stdout)["processors"]["pii/strict"]["secret_key"] == "<redacted>"
+    wrong_type = write(tmp_path, "processors: {pii: {secret_key: 8675309112233}}\n")
+    bad = run_cli("serve", "--config", str(wrong_type), "--print-config")
+    assert bad.returncode == 2
+    assert "processors.pii.secret_key: expected a string" in bad.stderr
+    assert "8675309112233" not in bad.stderr
+
+
 def test_third_party_processor_from_an_installed_package_runs_in_the_pipeline(start_collector, tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",

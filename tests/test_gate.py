@@ -256,3 +256,25 @@ def test_a_cancelled_gate_kills_the_agents_it_started(tmp_path):
         for p in pids:
             if alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_a_failing_agents_stderr_is_redacted_before_the_gate_reports_or_records_it(tmp_path):
+    """The last stderr line of a crashed agent goes into the reasons, the JUnit file and history.jsonl
+    (a file committed beside cases.yaml): an exception message there quoted what the user typed."""
+    from test_pii_canary import CANARIES, assert_no_canary
+
+    script = tmp_path / "crashing_agent.py"
+    script.write_text("import sys\n"
+                      f"sys.stderr.write('ValueError: card {CANARIES['CARD']} declined for {CANARIES['EMAIL']} '\n"
+                      f"                 'with {CANARIES['API_KEY']}\\n')\n"
+                      "sys.exit(3)\n")
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    for fmt in ("table", "json"):
+        result = run_cli("gate", "--cases", str(cases), "--format", fmt, "--junit", str(tmp_path / "junit.xml"),
+                         "--", sys.executable, str(script), cwd=tmp_path, timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert "the agent exited with 3 (ValueError: card <CARD> declined for <EMAIL> with <API_KEY>)" in result.stdout
+        assert_no_canary((result.stdout + result.stderr).encode(), f"gate --format {fmt}")
+        assert_no_canary((tmp_path / "junit.xml").read_bytes(), "the JUnit file")
+    assert [e["event"] for e in history(tmp_path)] == ["failed", "failed"]
+    assert_no_canary((tmp_path / "history.jsonl").read_bytes(), "history.jsonl")

@@ -395,6 +395,16 @@ def test_url_credentials_replace_only_the_user_and_password():
     assert out == "dsn postgres://<URL_CREDENTIALS>@db.internal:5432/app"
 
 
+@pytest.mark.parametrize("url", ["redis://:s3cretPassw0rd@cache.internal:6379/0",
+                                 "amqp://:s3cretPassw0rd@mq.internal"])
+def test_url_credentials_with_a_password_and_no_user_are_found_in_text_and_columns(url):
+    """redis:// and amqp:// DSNs often carry only a password (``requirepass``): it was stored as sent."""
+    expected = url.replace(":s3cretPassw0rd@", "<URL_CREDENTIALS>@")
+    assert Sanitizer().redact(f"dsn {url}")[0] == f"dsn {expected}"
+    column, _ = Sanitizer().redact_array(pa.array([f'{{"dsn": "{url}"}}']), True)
+    assert column.to_pylist() == [f'{{"dsn": "{expected}"}}']
+
+
 # --------------------------------------------------------------------------- PERSON, ADDRESS, DOB, PASSPORT (by context)
 
 CONTEXT_KINDS = {"date_no_dob", "passport_no_number", "street_no_number", "not_a_person", "address_key_not_postal"}

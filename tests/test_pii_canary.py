@@ -139,3 +139,68 @@ def test_an_integer_attribute_holding_a_card_number_is_stored_redacted_with_its_
         assert json.loads(row["attributes"])["customer"] == {"phone": "<PHONE>"}
         assert json.loads(row["pii_redactions"]) == {"CARD": 3, "PHONE": 1}
     assert "ConversionException" not in c.log()
+
+
+def test_scope_version_and_mime_types_are_scanned_like_every_other_text(start_collector):
+    """A client chooses these strings too: the scope's version and the declared mime types were stored as sent."""
+    c = start_collector(FAST_JUDGE)
+    for transport, endpoint in (("grpc", c.grpc_endpoint), ("http", c.http_url)):
+        with sdk_tracer(transport, endpoint, scope_version=f"1.0 {CANARIES['EMAIL']} {CANARIES['API_KEY']}") as tracer:
+            with tracer.start_as_current_span(f"mime-{transport}") as span:
+                span.set_attribute("input.value", "hello")
+                span.set_attribute("input.mime_type", f"text/plain; owner={CANARIES['EMAIL']}")
+                span.set_attribute("output.value", "bye")
+                span.set_attribute("output.mime_type", f"text/plain; key={CANARIES['AWS']}")
+    rows = c.wait_for("SELECT scope_version, input_mime_type, output_mime_type, pii_redactions FROM spans",
+                      lambda r: len(r) == 2)
+    for row in rows:
+        assert row["scope_version"] == "1.0 <EMAIL> <API_KEY>"
+        assert row["input_mime_type"] == "text/plain; owner=<EMAIL>"
+        assert row["output_mime_type"] == "text/plain; key=<API_KEY>"
+    assert c.stop() == 0
+    assert_no_canary(Path(c.db_path).read_bytes(), "the database file")
+
+
+def test_pii_in_attribute_keys_is_not_hidden_by_splitting_the_key_at_its_dots(start_collector):
+    """Keys are nested at their dots; an e-mail or a JWT in a key was cut into pieces no rule knows."""
+    c = start_collector(FAST_JUDGE)
+    keyed = [f"visits by {CANARIES['EMAIL']}", f"session.{CANARIES['JWT']}"]
+    with sdk_tracer("grpc", c.grpc_endpoint, resource={f"owner.{CANARIES['EMAIL']}": "yes"}) as tracer:
+        with tracer.start_as_current_span("keys") as span:
+            span.set_attribute("llm.input_messages.0.message.role", "user")
+            for key in keyed:
+                span.set_attribute(key, 1)
+            span.add_event("seen", {f"by.{CANARIES['EMAIL']}": True})
+    rows = c.wait_for("SELECT attributes, resource_attributes, events, pii_redactions FROM spans",
+                      lambda r: len(r) == 1)
+    stored = json.dumps(rows, ensure_ascii=False)
+    for piece in ("canary.person+q7", "person+q7", "example-mail", "eyJzdWIiOiJjYW5hcnkiLCJpYXQiOjE1MTYyMzkwMjJ9",
+                  "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"):
+        assert piece not in stored
+    attributes = json.loads(rows[0]["attributes"])
+    assert attributes["llm"]["input_messages"][0]["message"]["role"] == "user"  # other keys still nest
+    assert {"visits by <EMAIL>", "session.<JWT>"} <= set(attributes)
+    counts = json.loads(rows[0]["pii_redactions"])
+    assert counts["EMAIL"] == 3 and counts["JWT"] == 1
+    assert c.stop() == 0
+    assert_no_canary(Path(c.db_path).read_bytes(), "the database file")
+
+
+def test_captured_http_headers_as_semconv_arrays_are_redacted(start_collector):
+    """HTTP instrumentations record ``http.request.header.<name>`` as a list of strings (OTel semantic
+    conventions): a token in that list was stored as sent, while the same token as a plain string was not."""
+    c = start_collector(FAST_JUDGE)
+    token, key = "abcdefghijklmnopqrstuvwxyzCanaryHeaderTok", "CanaryHeaderApiKeyValue-zyxwvutsrq"
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("GET /orders") as span:
+            span.set_attribute("http.request.header.authorization", [f"Bearer {token}"])
+            span.set_attribute("http.request.header.proxy-authorization", ["Basic YWRtaW46Q2FuYXJ5UGFzcw=="])
+            span.set_attribute("http.request.header.x-api-key", [key])
+    rows = c.wait_for("SELECT attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    headers = json.loads(rows[0]["attributes"])["http"]["request"]["header"]
+    assert headers == {"authorization": ["Bearer <BEARER_TOKEN>"], "proxy-authorization": ["Basic <BEARER_TOKEN>"],
+                       "x-api-key": ["<SECRET>"]}
+    assert json.loads(rows[0]["pii_redactions"]) == {"BEARER_TOKEN": 2, "SECRET": 1}
+    assert c.stop() == 0
+    for value in (token, key, "YWRtaW46Q2FuYXJ5UGFzcw=="):
+        assert value.encode() not in Path(c.db_path).read_bytes()
