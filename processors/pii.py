@@ -285,7 +285,12 @@ class Sanitizer:
         """
         last = 0
         paths: tuple[list[int], list[int], list[tuple[str, ...]]] | None = None
-        for m in matches:
+        given_back: list[re.Match[str]] = []  # matches inside text a validator gave back (see below)
+        queue = iter(matches)
+        while True:
+            m = given_back.pop(0) if given_back else next(queue, None)
+            if m is None:
+                break
             i = self._rule_of_group[m.lastgroup]  # type: ignore[index]
             rule = self.rules[i]
             for g in self._value_groups[i]:
@@ -301,7 +306,12 @@ class Sanitizer:
                 found = rule.validate(text, s, e, json_text)
                 if found is None:
                     continue
+                value_end = e
                 type_, s, e = found
+                if e < value_end:
+                    # The validator cut the value short (``api_key=X&token=Y``: the bare value ran into the
+                    # next key). What it gave back was never scanned on its own: it may hold a value.
+                    given_back = self._matches_between(text, e, value_end) + given_back
             else:
                 type_ = rule.type
             token = None  # in JSON text: the bare number token the match lies in
@@ -330,6 +340,18 @@ class Sanitizer:
                 continue
             yield type_, s, e, token is not None
             last = e
+
+    def _matches_between(self, text: str, start: int, stop: int) -> list[re.Match[str]]:
+        """Exact matches that start in ``text[start:stop]`` (they may end past it), in order."""
+        found = []
+        pos = start
+        while pos < stop:
+            m = self._exact.search(text, pos)
+            if m is None or m.start() >= stop:
+                break
+            found.append(m)
+            pos = max(m.end(), m.start() + 1)
+        return found
 
     def key_holds_pii(self, key: str) -> bool:
         """Whether an attribute key holds a value some rule finds (decode then keeps the key whole).

@@ -194,6 +194,20 @@ def test_a_bare_password_is_replaced_whole_through_its_punctuation(text, redacte
     assert Sanitizer().redact(text)[0] == redacted
 
 
+@pytest.mark.parametrize("text,redacted", [
+    ("GET /v1/orders?api_key=abc123def&token=xyz789secret&page=2",
+     "GET /v1/orders?api_key=<SECRET>&token=<SECRET>&page=2"),
+    ("password=hunter2&secret=s3cr3tvalue", "password=<SECRET>&secret=<SECRET>"),
+    ("user=ann;password=pw1;api_key=k2k2k2k2", "user=ann;password=<SECRET>;api_key=<SECRET>"),
+])
+def test_a_secret_right_after_a_cut_one_is_found_too_in_both_paths(text, redacted):
+    """The first bare value ran into the next key and was cut back to its '&': the key it gave
+    back was never scanned on its own, so the second secret was stored as sent."""
+    assert Sanitizer().redact(text)[0] == redacted
+    out = pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py()
+    assert out == redacted
+
+
 def test_a_password_in_json_inside_json_stays_valid_at_both_levels():
     inner = json.dumps({"password": "hun'ter2 two", "n": 1})
     out, _ = Sanitizer().redact(json.dumps({"tool": {"arguments": inner}}), json_text=True)
