@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from typing import Any
 
 import httpx
 import yaml
@@ -193,27 +194,35 @@ def test_genai_spans_are_judged_end_to_end(start_collector):
     assert "Summarise my last 3 orders" in cand[0]["input"]
 
 
+def _failing_tool_judged_before_its_root(c: Any, agent_tracer: Any, question: str, order_id: str) -> str:
+    """An AGENT root asking ``question`` whose failing lookup_order child goes out over HTTP and is judged
+    (a candidate counts the trace) before the root ends and is exported: a long run's export order.
+    Returns the trace id; the root's re-judgement is the caller's to wait for."""
+    from opentelemetry import trace as otel_trace
+
+    root = agent_tracer.start_span("agent")
+    root.set_attribute("openinference.span.kind", "AGENT")
+    root.set_attribute("input.value", question)
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    with sdk_tracer("http", c.http_url) as tool_tracer:
+        with tool_tracer.start_as_current_span("lookup_order", context=otel_trace.set_span_in_context(root)) as tool:
+            tool.set_attribute("openinference.span.kind", "TOOL")
+            tool.set_attribute("tool.name", "lookup_order")
+            tool.set_attribute("input.value", json.dumps({"order_id": order_id}))
+            tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+    c.wait_for(f"SELECT candidate_id FROM candidates WHERE list_contains(trace_ids, '{trace_id}')",
+               lambda rows: len(rows) == 1)
+    root.end()
+    return trace_id
+
+
 def test_a_root_span_arriving_after_the_judgement_leaves_one_candidate_for_the_trace(start_collector):
     """The SDK exports a long agent run's children before its root: the re-judgement sees the user's
     question, and the candidate built without it must not keep counting the trace."""
-    from opentelemetry import trace as otel_trace
-
     c = start_collector({"processors": {"detectors": {"decision_wait": "1s"}}})
     question = "Where is my parcel for order ORD-7?"
     with sdk_tracer("grpc", c.grpc_endpoint) as agent_tracer:
-        root = agent_tracer.start_span("agent")
-        root.set_attribute("openinference.span.kind", "AGENT")
-        root.set_attribute("input.value", question)
-        trace_id = format(root.get_span_context().trace_id, "032x")
-        with sdk_tracer("http", c.http_url) as tool_tracer:
-            with tool_tracer.start_as_current_span("lookup_order", context=otel_trace.set_span_in_context(root)) as tool:
-                tool.set_attribute("openinference.span.kind", "TOOL")
-                tool.set_attribute("tool.name", "lookup_order")
-                tool.set_attribute("input.value", json.dumps({"order_id": "ORD-7"}))
-                tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
-        c.wait_for(f"SELECT candidate_id FROM candidates WHERE list_contains(trace_ids, '{trace_id}')",
-                   lambda rows: len(rows) == 1)
-        root.end()
+        trace_id = _failing_tool_judged_before_its_root(c, agent_tracer, question, "ORD-7")
     rows = c.wait_for(
         f"SELECT candidate_id, input, occurrences, trace_ids FROM candidates WHERE list_contains(trace_ids, '{trace_id}')",
         lambda rows: any(question in r["input"] for r in rows) and len(rows) == 1)
@@ -275,24 +284,10 @@ def test_first_seen_is_when_the_failing_trace_arrived_not_when_a_restart_judged_
 
 def test_a_late_root_whose_candidate_is_capped_leaves_the_trace_where_it_was(start_collector):
     """Past max_per_intent the re-judged failure is filed nowhere new: the trace must not vanish from the table."""
-    from opentelemetry import trace as otel_trace
-
     c = start_collector({"processors": {"detectors": {"decision_wait": "1s"}, "promotion": {"max_per_intent": 2}}})
     with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
         emit_agent_trace(tracer, tool_error=True, question="Where is my first order?")
-        root = tracer.start_span("agent")
-        root.set_attribute("openinference.span.kind", "AGENT")
-        root.set_attribute("input.value", "And where is my second order, please?")
-        trace_id = format(root.get_span_context().trace_id, "032x")
-        with sdk_tracer("http", c.http_url) as tool_tracer:
-            with tool_tracer.start_as_current_span("lookup_order", context=otel_trace.set_span_in_context(root)) as tool:
-                tool.set_attribute("openinference.span.kind", "TOOL")
-                tool.set_attribute("tool.name", "lookup_order")
-                tool.set_attribute("input.value", json.dumps({"order_id": "ORD-2"}))
-                tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
-        c.wait_for(f"SELECT candidate_id FROM candidates WHERE list_contains(trace_ids, '{trace_id}')",
-                   lambda rows: len(rows) == 1)
-        root.end()
+        trace_id = _failing_tool_judged_before_its_root(c, tracer, "And where is my second order, please?", "ORD-2")
     c.wait_for(f"SELECT received_seq FROM trace_state WHERE trace_id = '{trace_id}' AND received_seq = judged_seq "
                "AND received_seq > 1", lambda rows: len(rows) == 1)
     rows = c.query(f"SELECT occurrences FROM candidates WHERE list_contains(trace_ids, '{trace_id}')")
