@@ -283,7 +283,7 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool, log_
             previous, taken = current, now
     if collector.writer.fatal is not None:
         log.critical("exiting: the store failed (%s); restart tracesieve to reopen it and replay its WAL",
-                     type(collector.writer.fatal).__name__)
+                     collector.writer.fatal_reason)
         collector.stop()
         sys.exit(1)
     log.info("signal received: draining and judging pending traces")

@@ -124,6 +124,25 @@ def warn_if_exposed(cfg: Config) -> list[str]:
     return exposed
 
 
+
+def _write_atomically(path: str, text: str, mode: int) -> None:
+    """Write ``path`` through a temporary file (readers never see half of it), with ``mode``.
+
+    On a full disk the temporary file is removed and the error names ``path``: the bare OSError
+    said "[Errno 28] No space left on device" and left ``<path>.tmp`` behind.
+    """
+    tmp = path + ".tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise OSError(exc.errno, exc.strerror, path) from None
+
 class Collector:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -235,20 +254,10 @@ class Collector:
         info = {"pid": os.getpid(), "url": f"{scheme}://{host}:{self.http_port}",
                 "cafile": ep.tls.cert_file if ep.tls else None, "db": os.path.abspath(self.config.db_path)}
         # the local token first (the CLI reads it once it finds the collector), for this user only
-        token_path = local_token_path(self.config.db_path)
-        fd = os.open(token_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o600)
-            fh.write(self.http_service.local_token)
-        os.replace(token_path + ".tmp", token_path)
-        path = discovery_path(self.config.db_path)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(info, fh)
+        _write_atomically(local_token_path(self.config.db_path), self.http_service.local_token, 0o600)
         # readable by other accounts, unlike the store (serve runs with umask 077): it holds no secret, and
         # an account that holds the token finds the collector through it
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        _write_atomically(discovery_path(self.config.db_path), json.dumps(info), 0o644)
 
     # ------------------------------------------------------------------ metrics
 

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,25 @@ log = logging.getLogger("tracesieve.writer")
 _DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException)
 
 WriteTask = Callable[[duckdb.DuckDBPyConnection], Any]
+
+#: How DuckDB reports that its file system refused a write of the store's files (the WAL, the database
+#: file, spill files): the path and the operating system's reason, no span content.
+_WRITE_REFUSED = re.compile(r'Could not write file "([^"]*)": ([^\n"]{1,200})')
+
+
+def store_write_refused(exc: BaseException) -> str | None:
+    """``cannot write PATH: REASON`` when ``exc`` is DuckDB failing to write the store's files, else None.
+
+    A full disk, a file size limit or an I/O error fail the commit (a TransactionException) or the
+    checkpoint (an IOException that invalidates the instance). Retrying such a commit is not harmless:
+    DuckDB keeps a failed commit's long strings in memory (13 MB per ten failed 200-row commits in
+    a probe), so a collector that answered "retry" on a full disk grew to 1.8 GB and then failed
+    every commit with OutOfMemoryException, even after space was freed, until it was restarted.
+    """
+    if not isinstance(exc, duckdb.Error):
+        return None
+    match = _WRITE_REFUSED.search(str(exc))
+    return f"cannot write {match.group(1)}: {match.group(2).strip()}" if match else None
 
 #: How long a due checkpoint waits for a reader's transaction (GroupCommitWriter.reading) to end.
 CHECKPOINT_GATE_SECONDS = 2.0
@@ -110,6 +130,8 @@ class GroupCommitWriter:
         self.stats = WriterStats()
         #: The DuckDB error that invalidated the database, once one has (see :meth:`_note_fatal`).
         self.fatal: BaseException | None = None
+        #: What to tell the operator about it: the error's type, or what could not be written and why.
+        self.fatal_reason = ""
         self._wal_path = _wal_path(con) if self.checkpoint_wal_bytes else None
         self.recent_traces = RecentTraces(con) if self.prunes_trace_state else None
         self._read_gate = threading.Lock()
@@ -354,21 +376,29 @@ class GroupCommitWriter:
 
     @staticmethod
     def _describe(exc: BaseException) -> str:
-        """How a failed commit is logged: the error's type only (its text may quote span content)."""
-        return type(exc).__name__
+        """How a failed commit is logged: the error's type (its text may quote span content), or the file
+        system's refusal, which names only a path and a reason."""
+        return store_write_refused(exc) or type(exc).__name__
 
     def _note_fatal(self, exc: BaseException) -> None:
         """After a DuckDB FatalException the database instance refuses every statement until reopened.
+
+        A write the file system refused (:func:`store_write_refused`: a full disk) is treated the same
+        way: retried in this instance it only grows memory, while a restart replays the WAL.
 
         Answering "retry" forever would leave clients to drop spans once their retries run out, so
         the writer stops taking spans (``running`` turns False: ``/readyz`` answers 503) and
         ``serve`` exits non-zero: a restart replays the WAL, and nothing acknowledged is lost.
         """
-        if not isinstance(exc, duckdb.FatalException) or self.fatal is not None:
+        if self.fatal is not None:
+            return
+        refused = store_write_refused(exc)
+        if refused is None and not isinstance(exc, duckdb.FatalException):
             return
         self.fatal = exc
+        self.fatal_reason = refused or type(exc).__name__
         log.critical("the %s failed and must be reopened (%s); refusing spans until restart",
-                     self.store_noun, type(exc).__name__)
+                     self.store_noun, self.fatal_reason)
         with self._lock:
             self._closing = True
             self._wakeup.notify_all()

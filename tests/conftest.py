@@ -75,6 +75,7 @@ class RunningCollector:
         self.log_path = workdir / "serve.log"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec_fn: Any = None  # run in the child before `serve` starts (e.g. a resource limit)
 
     @property
     def http_url(self) -> str:
@@ -93,7 +94,7 @@ class RunningCollector:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config", str(self.config_path),
              "--db", str(self.db_path), *self.args],
-            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -8,8 +8,10 @@ acknowledged requests are sent again on purpose: re-delivery must not duplicate.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import resource
 import signal
 import threading
 import time
@@ -21,6 +23,7 @@ import httpx
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from conftest import RunningCollector
 from proc_helpers import children_of, kill_all, wait_gone
 from test_pii_canary import CANARIES, assert_no_canary
 
@@ -202,3 +205,50 @@ def test_redelivery_of_the_same_span_with_different_content_keeps_one_row(start_
     rows = c.query("SELECT count(*) AS n, count(DISTINCT span_id) AS d, min(name) AS name FROM spans")
     assert rows == [{"n": 10, "d": 10, "name": "step-0"}]
     assert os.path.exists(c.db_path)
+
+
+def test_a_disk_that_refuses_the_wal_stops_serve_and_the_restart_loses_no_acked_span(tmp_path):
+    """A full disk fails the WAL write of a commit. Answering "retry" from the same DuckDB instance
+    grew its memory with every failed commit until every commit failed, even after space was freed;
+    so `serve` stops taking spans, says what it could not write, and exits 1 for its supervisor,
+    and the restart replays the WAL. A file size limit on `serve` stands in for the full disk
+    (the write fails with EFBIG where a full disk gives ENOSPC; DuckDB reports both the same way).
+    """
+    c = RunningCollector(tmp_path, json.loads(json.dumps(CONFIG)), None, ())
+    limit = 1_500_000
+    c.preexec_fn = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    c.start()
+    stop = threading.Event()
+    senders = [Sender(i, "grpc" if i % 2 == 0 else "http", c, stop) for i in range(2)]
+    try:
+        for s in senders:
+            s.start()
+        assert c.proc is not None
+        c.proc.wait(90)
+        assert c.proc.returncode == 1, c.log()
+        log_text = c.log()
+        wal = f"{os.path.realpath(c.db_path)}.wal"
+        assert f"cannot write {wal}: File too large" in log_text, log_text[-2000:]
+        assert "CRITICAL" in log_text and "Traceback" not in log_text
+        c.preexec_fn = None
+        c.start()
+        time.sleep(1.0)
+        stop.set()
+        for s in senders:
+            s.join(150)
+        assert not any(s.is_alive() for s in senders), "a sender hung"
+        assert c.stop() == 0
+    finally:
+        stop.set()
+        c.kill()
+    acked = set().union(*(s.acked for s in senders))
+    assert [u for s in senders for u in s.unexpected] == []
+    con = duckdb.connect(str(c.db_path))
+    try:
+        total, distinct = con.execute(
+            "SELECT count(*), count(DISTINCT (trace_id, span_id)) FROM spans").fetchone()
+        stored = set(con.execute("SELECT trace_id, span_id FROM spans").fetchall())
+    finally:
+        con.close()
+    assert total == distinct
+    assert acked and not acked - stored, f"{len(acked - stored)} acknowledged spans are not stored"
