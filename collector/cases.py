@@ -256,6 +256,15 @@ def _read_history(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[st
     return events, problems
 
 
+def read_cases(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The cases of a dataset as plain data, read the way ``cases lint`` reads them (YAML 1.2, times as
+    ISO strings): what gate hands the agent and scores is what lint checked. Empty when there is no
+    ``cases`` list; YAMLError when the file is not YAML."""
+    doc = _plain(_load(Path(path)))
+    cases = doc.get("cases") if isinstance(doc, dict) else None
+    return [c for c in cases if isinstance(c, dict)] if isinstance(cases, list) else []
+
+
 def history_events(cases_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The well-formed events of the history.jsonl beside ``cases_path``, oldest first (lint reports the rest)."""
     events, _ = _read_history(Path(cases_path).parent / HISTORY_FILE)

@@ -39,9 +39,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import yaml
 
-from tracesieve.collector.cases import append_history, bump_regressed_count, history_events, lint_cases
+from tracesieve.collector.cases import (
+    append_history, bump_regressed_count, history_events, lint_cases, read_cases,
+)
 from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.gate_scorers import expected_problems, score
 from tracesieve.collector.server import Collector
@@ -115,9 +116,7 @@ def load_active_cases(path: str, only: Sequence[str] = ()) -> list[dict[str, Any
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UsageError(f"invalid dataset: {problems[0]}{more}; see `tracesieve cases lint {path}`")
-    with open(path, encoding="utf-8") as fh:
-        doc = yaml.safe_load(fh) or {}
-    active = [c for c in doc.get("cases") or [] if c.get("status") == "active"]  # lint checked they are scorable
+    active = [c for c in read_cases(path) if c.get("status") == "active"]  # lint checked they are scorable
     if only:
         known = {str(c["id"]) for c in active}
         missing = [i for i in only if i not in known]

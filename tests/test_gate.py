@@ -278,3 +278,24 @@ def test_a_failing_agents_stderr_is_redacted_before_the_gate_reports_or_records_
         assert_no_canary((tmp_path / "junit.xml").read_bytes(), "the JUnit file")
     assert [e["event"] for e in history(tmp_path)] == ["failed", "failed"]
     assert_no_canary((tmp_path / "history.jsonl").read_bytes(), "history.jsonl")
+
+
+def test_the_agent_gets_the_case_input_as_cases_lint_reads_it_and_scorers_get_the_same_values(tmp_path):
+    """gate read cases.yaml as YAML 1.1 (PyYAML) where lint and promote read YAML 1.2: the agent was
+    handed `false` for the user message `no`, 80 for `1:20`, a reformatted timestamp, and a
+    `must_not: [no]` that lint passed crashed the gate after every agent had run."""
+    record = tmp_path / "stdin.json"
+    script = tmp_path / "echo_agent.py"
+    script.write_text("import os, sys\n"
+                      f"open({str(record)!r}, 'w').write(sys.stdin.read() + '\\n' + os.environ['TRACESIEVE_CASE_INPUT'])\n"
+                      f"os.execv(sys.executable, [sys.executable, {AGENT!r}])\n")
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {"must_not": ["@@"]}}])
+    text = cases.read_text()
+    cases.write_text(text.replace("    user_message: Where is order ORD-1?\n    conversation_history: []",
+                                  "    user_message: no\n    conversation_history: [yes, 1:20, 2026-11-01T10:00:00Z]")
+                     .replace("- '@@'", "- no"))
+    assert run_cli("cases", "lint", str(cases)).returncode == 0
+    result = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    want = {"user_message": "no", "conversation_history": ["yes", "1:20", "2026-11-01T10:00:00Z"]}
+    assert [json.loads(part) for part in record.read_text().split("\n")] == [want, want]
