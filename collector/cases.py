@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import jsonschema
+import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
@@ -128,7 +129,22 @@ def _yaml() -> YAML:
     y.representer.add_representer(
         dt.datetime, lambda rep, data: rep.represent_scalar("tag:yaml.org,2002:timestamp", _iso(data))
     )
+    y.representer.add_representer(str, _represent_str)
     return y
+
+
+#: PyYAML's (YAML 1.1) tag for a plain scalar: it reads `no`, `on`, `1:20` as false, true, 80.
+_resolve_1_1: Callable[[type[yaml.Node], str, tuple[bool, bool]], str] = yaml.resolver.Resolver().resolve
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _represent_str(rep: Any, data: str) -> Any:
+    """A string, quoted when a YAML 1.1 reader (PyYAML, most CI tools) would take its plain form for a
+    bool or a number: cases.yaml is read by more than ruamel's YAML 1.2."""
+    node = rep.represent_scalar(_STR_TAG, data)
+    if node.style is None and _resolve_1_1(yaml.ScalarNode, data, (True, False)) != _STR_TAG:
+        node.style = "'"
+    return node
 
 
 def _plain(value: Any) -> Any:

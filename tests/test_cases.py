@@ -107,6 +107,22 @@ def test_promote_appends_and_keeps_every_existing_byte(tmp_path):
     assert lint_cases(path) == []
 
 
+def test_promote_quotes_strings_a_yaml_1_1_reader_would_take_for_booleans_or_numbers(tmp_path):
+    """A user message `no` was written bare: PyYAML (YAML 1.1), the usual reader of a CI's YAML, read it
+    as false, `on` as true and `1:20` as 80; the file is for every reader, not only ours."""
+    import yaml
+
+    words = ["no", "Yes", "on", "OFF", "1:20", "1_000", "0b101", "y"]
+    path = tmp_path / "cases.yaml"
+    promote_case(path, candidate(input={"user_message": "no", "conversation_history": words},
+                                 expected={"must_not": words}), owner="ann", now=NOW)
+    (case,) = yaml.safe_load(path.read_text())["cases"]
+    assert case["input"] == {"user_message": "no", "conversation_history": words}
+    assert case["expected_behavior"] == {"must_not": words}
+    assert load(path)["cases"][0]["input"]["conversation_history"] == words
+    assert lint_cases(path) == []
+
+
 def test_promote_inserts_before_the_next_key_when_cases_is_not_last(tmp_path):
     path = tmp_path / "cases.yaml"
     body = HAND_WRITTEN.split("cases:\n")
