@@ -55,6 +55,8 @@ from tracesieve.storage.errors import NotFoundError, UsageError
 CASE_ATTRIBUTE = "tracesieve.case_id"
 RUN_ATTRIBUTE = "tracesieve.run"
 STDERR_TAIL = 300  # characters of a failing agent's last stderr line kept in the reason
+LEFTOVER_GRACE = 5.0  # seconds the processes an exited agent left holding its output get before they are killed
+POLL_SECONDS = 0.25  # how often a run's wait looks whether the agent itself has exited
 
 
 @dataclasses.dataclass
@@ -194,14 +196,8 @@ class _Runner:
         if closed:  # the gate is stopping: this run started too late to matter
             self._kill(proc)
         try:
-            try:
-                _, err = proc.communicate(stdin, timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                self._kill(proc)
-                try:
-                    proc.communicate(timeout=10)
-                except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipes
-                    pass
+            err = self._communicate(proc, stdin, started + self.timeout)
+            if err is None:
                 return RunResult(run, None, time.monotonic() - started,
                                  reasons=[f"timed out after {self.timeout:g}s: the agent's process group was killed"])
         finally:
@@ -214,6 +210,37 @@ class _Runner:
             why = f"the agent exited with {proc.returncode}"
             result.reasons.append(why + (f" ({tail[0][:STDERR_TAIL]})" if tail else ""))
         return result
+
+    def _communicate(self, proc: subprocess.Popen[str], stdin: str, deadline: float) -> str | None:
+        """Feed the agent its input and collect its stderr until it exits; None when it outlived ``deadline``.
+
+        The run ends when the agent exits: processes it started that still hold its output open get
+        LEFTOVER_GRACE seconds (never past ``deadline``) to finish, a child flushing its spans, then the
+        group is killed. The exit is seen without reaping the agent, so its process group cannot be
+        reused meanwhile.
+        """
+        # communicate() is retried below, and a retried one stops sending input: a thread of its own feeds stdin
+        pipe, proc.stdin = proc.stdin, None
+        threading.Thread(target=_feed, args=(pipe, stdin), name="gate-stdin", daemon=True).start()
+        until = deadline  # then: the agent's group is killed
+        exited = False
+        while True:
+            try:
+                return proc.communicate(timeout=min(max(0.0, until - time.monotonic()), POLL_SECONDS))[1] or ""
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if not exited and _exited(proc):
+                exited, until = True, min(now + LEFTOVER_GRACE, deadline)
+            if now < until:
+                continue
+            self._kill(proc)  # the agent at its timeout, or what it left behind
+            try:
+                err = proc.communicate(timeout=10)[1] or ""
+            except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipes
+                proc.wait()
+                err = ""
+            return err if exited else None
 
     @staticmethod
     def _kill(proc: subprocess.Popen[str]) -> None:
@@ -230,6 +257,27 @@ class _Runner:
             live = list(self._live)
         for proc in live:
             self._kill(proc)
+
+
+def _feed(pipe: Any, text: str) -> None:
+    """Write the case input to the agent's stdin and close it; an agent that does not read it is no error."""
+    try:
+        with pipe:
+            pipe.write(text)
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+
+
+def _exited(proc: subprocess.Popen[str]) -> bool:
+    """True once the agent has exited, without reaping it (its pid and process group stay reserved)."""
+    if proc.returncode is not None:
+        return True
+    if not hasattr(os, "waitid"):  # macOS before Python 3.13: reaping is the only way to look
+        return proc.poll() is not None
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped meanwhile
+        return True
 
 
 def run_gate(

@@ -299,3 +299,25 @@ def test_the_agent_gets_the_case_input_as_cases_lint_reads_it_and_scorers_get_th
     assert result.returncode == 0, result.stdout + result.stderr
     want = {"user_message": "no", "conversation_history": ["yes", "1:20", "2026-11-01T10:00:00Z"]}
     assert [json.loads(part) for part in record.read_text().split("\n")] == [want, want]
+
+
+def test_an_agent_that_exits_is_judged_then_though_a_process_it_started_still_holds_its_output(tmp_path):
+    """An agent that left a background process behind (a helper server, `cmd &`) holding its stdout
+    and stderr was waited for until --timeout and failed as `timed out`, though it had exported and
+    exited 0: the run ends when the agent exits, and what it left behind gets a short grace, then is killed."""
+    import time
+
+    script = tmp_path / "leaves_a_helper.py"
+    script.write_text("import os, subprocess, sys\n"
+                      "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+                      "open('helper.pid', 'w').write(str(helper.pid))\n"
+                      f"os.execv(sys.executable, [sys.executable, {AGENT!r}])\n")
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    started = time.monotonic()
+    result = run_cli("gate", "--cases", str(cases), "--timeout", "60", "--format", "json", "--",
+                     sys.executable, str(script), cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < 40, "the gate waited for the helper until --timeout"
+    (record,) = json.loads(result.stdout)
+    assert record["run_results"][0]["exit_code"] == 0
+    assert not alive(int((tmp_path / "helper.pid").read_text()))
