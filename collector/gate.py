@@ -188,8 +188,9 @@ class _Runner:
 
     def run(self, env: dict[str, str], stdin: str, run: int) -> RunResult:
         started = time.monotonic()
+        # the input is UTF-8 JSON whatever the locale; output bytes that are not UTF-8 are replaced, not a crash
         proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env, cwd=self.workdir, start_new_session=True)
+                                encoding="utf-8", errors="replace", env=env, cwd=self.workdir, start_new_session=True)
         with self._lock:
             self._live.add(proc)
             closed = self._closed

@@ -321,3 +321,20 @@ def test_an_agent_that_exits_is_judged_then_though_a_process_it_started_still_ho
     (record,) = json.loads(result.stdout)
     assert record["run_results"][0]["exit_code"] == 0
     assert not alive(int((tmp_path / "helper.pid").read_text()))
+
+
+def test_an_agent_writing_bytes_that_are_not_utf8_is_judged_not_a_gate_crash(tmp_path):
+    """A crashing agent whose stderr (or stdout) held a byte that is not UTF-8 ended the whole gate with
+    `internal error: UnicodeDecodeError` (exit 2, nothing recorded) instead of failing that case."""
+    script = tmp_path / "binary_agent.py"
+    script.write_text("import sys\n"
+                      "sys.stdout.buffer.write(b'\\x89PNG\\r\\n\\x1a\\n\\xff')\n"
+                      "sys.stderr.buffer.write(b'ValueError: bad byte \\xff\\xfe here\\n')\n"
+                      "sys.exit(3)\n")
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    result = run_cli("gate", "--cases", str(cases), "--format", "json", "--", sys.executable, str(script),
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode == 1, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["reasons"][0] == "the agent exited with 3 (ValueError: bad byte \ufffd\ufffd here)"
+    assert [e["event"] for e in history(tmp_path)] == ["failed"]
