@@ -612,6 +612,14 @@ def gate(cases_path: str, repeat: int, jobs: int, only: tuple[str, ...], protoco
 
     signal.signal(signal.SIGTERM, interrupted)
     config = load_config(config_path)
+    if junit_path:  # checked before any agent runs: the report must not be lost after the gate
+        folder = os.path.dirname(os.path.abspath(junit_path))
+        if os.path.isdir(junit_path):
+            raise UsageError(f"--junit {junit_path}: is a directory (give the XML file's path)")
+        if not os.path.isdir(folder):
+            raise UsageError(f"--junit {junit_path}: no directory {folder}")
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"--junit {junit_path}: cannot write in {folder}")
     started = time.monotonic()
     results = run_gate(config, cases_path, command, repeat=repeat, jobs=jobs, only=only, protocol=protocol,
                        timeout=timeout, workdir=os.getcwd(), env=dict(os.environ))

@@ -132,6 +132,9 @@ def _check_command(command: Sequence[str], workdir: str | None, env: Mapping[str
     if not command:
         raise UsageError("give the agent command after --, e.g. tracesieve gate --cases cases.yaml -- python agent.py")
     exe = command[0]
+    if exe.startswith("-"):  # a misspelt gate option lands here, the command being everything not parsed
+        raise UsageError(f"no such option: {exe} (the agent command goes after --, "
+                         "e.g. tracesieve gate --cases cases.yaml -- python agent.py)")
     if os.sep in exe:
         target = os.path.join(workdir or ".", exe)
         if not (os.path.isfile(target) and os.access(target, os.X_OK)):

@@ -338,3 +338,23 @@ def test_an_agent_writing_bytes_that_are_not_utf8_is_judged_not_a_gate_crash(tmp
     (record,) = json.loads(result.stdout)
     assert record["reasons"][0] == "the agent exited with 3 (ValueError: bad byte \ufffd\ufffd here)"
     assert [e["event"] for e in history(tmp_path)] == ["failed"]
+
+
+def test_a_junit_path_that_cannot_be_written_or_a_misspelt_option_is_refused_before_any_agent_runs(tmp_path):
+    """--junit into a missing directory ran every agent and recorded history, then ended with exit 2
+    and no report at all; a misspelt gate option (--repaet 2) was taken for the agent command
+    (`agent command not found on PATH: --repaet`)."""
+    ran = tmp_path / "ran"
+    agent = ["--", sys.executable, "-c", f"open({str(ran)!r}, 'w')"]
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    for junit in (tmp_path / "no" / "such" / "junit.xml", tmp_path):
+        result = run_cli("gate", "--cases", str(cases), "--junit", str(junit), *agent, cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"tracesieve: error: --junit {junit}: "), line
+    typo = run_cli("gate", "--cases", str(cases), "--repaet", "2", *agent, cwd=tmp_path)
+    assert typo.returncode == 2
+    assert typo.stderr.strip() == ("tracesieve: error: no such option: --repaet "
+                                   "(the agent command goes after --, e.g. tracesieve gate --cases cases.yaml -- "
+                                   "python agent.py)"), typo.stderr
+    assert not ran.exists() and not (tmp_path / "history.jsonl").exists()
