@@ -289,13 +289,22 @@ def history_events(cases_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def append_history(cases_path: str | os.PathLike[str], event: str, case_id: str, detail: Mapping[str, Any],
                    now: dt.datetime | None = None) -> None:
-    """Append one ``{"at", "event", "case_id", "detail"}`` line to the history.jsonl beside ``cases_path``."""
+    """Append one ``{"at", "event", "case_id", "detail"}`` line to the history.jsonl beside ``cases_path``.
+
+    A file whose last line has no newline (saved so by an editor or a merge) gets one first, so the
+    event never joins that line."""
     if event not in HISTORY_EVENTS:
         raise ValueError(f"unknown history event {event!r}")
     record = {"at": _iso(now or dt.datetime.now(dt.timezone.utc)), "event": event, "case_id": case_id,
               "detail": dict(detail)}
-    with (Path(cases_path).parent / HISTORY_FILE).open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+    line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    with (Path(cases_path).parent / HISTORY_FILE).open("a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+        f.write(line)  # append mode: written at the end, whatever was read
 
 
 def _read_removed(path: Path) -> tuple[dict[str, int | None], list[str]]:

@@ -95,6 +95,19 @@ def test_promote_records_a_history_event(tmp_path):
     assert event["detail"]["candidate_id"] == "c0123456789a"
 
 
+def test_an_event_appended_to_a_history_without_a_final_newline_starts_its_own_line(tmp_path):
+    """A history.jsonl saved without its last newline (an editor, a merge) passed lint, then the next
+    promote or gate glued its event onto that line: lint failed and every later gate refused to run."""
+    path = tmp_path / "cases.yaml"
+    promote_case(path, candidate(), owner="ann", now=NOW)
+    history = tmp_path / "history.jsonl"
+    history.write_text(history.read_text().rstrip("\n"))
+    assert lint_cases(path) == []
+    promote_case(path, candidate("c0123456789b"), owner="ann", now=NOW)
+    assert [json.loads(line)["case_id"] for line in history.read_text().splitlines()] == ["TS-0001", "TS-0002"]
+    assert lint_cases(path) == []
+
+
 def test_promote_appends_and_keeps_every_existing_byte(tmp_path):
     path = tmp_path / "cases.yaml"
     path.write_text(HAND_WRITTEN)
