@@ -319,7 +319,8 @@ def run_gate(
             config,
             grpc=Endpoint("127.0.0.1", 0),
             http=Endpoint("127.0.0.1", 0),
-            bearer_token=None,
+            bearer_token=None,  # the agent's OTLP headers are removed: the embedded collector asks no credential
+            api_key=None,
             db_path=os.path.join(tmp, "gate.duckdb"),
             span_workers=0,  # a gate's volume does not need worker processes
             trace_processors=[detectors],  # candidates are of no use in a throwaway store

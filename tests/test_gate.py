@@ -358,3 +358,17 @@ def test_a_junit_path_that_cannot_be_written_or_a_misspelt_option_is_refused_bef
                                    "(the agent command goes after --, e.g. tracesieve gate --cases cases.yaml -- "
                                    "python agent.py)"), typo.stderr
     assert not ran.exists() and not (tmp_path / "history.jsonl").exists()
+
+
+def test_the_embedded_collector_takes_the_agents_spans_when_production_requires_an_api_key(tmp_path):
+    """With `auth: {api_key: ...}` in the production config, the gate's embedded collector kept
+    requiring the key (only bearer_token was dropped): the agent, whose OTLP headers the gate removes,
+    was refused, every case failed with `no trace arrived`, and a passing case was flagged REGRESSED."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"receivers": {"otlp": {"auth": {"api_key": "k-" + "7" * 30}}},
+                                      "processors": {"detectors": {"decision_wait": "300ms"}}}))
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    result = run_cli("gate", "--cases", str(cases), "--config", str(config), "--", sys.executable, AGENT,
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed: TS-0001" in result.stdout
