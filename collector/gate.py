@@ -55,6 +55,8 @@ from tracesieve.storage.errors import NotFoundError, UsageError
 CASE_ATTRIBUTE = "tracesieve.case_id"
 RUN_ATTRIBUTE = "tracesieve.run"
 STDERR_TAIL = 300  # characters of a failing agent's last stderr line kept in the reason
+INPUT_VARIABLE = "TRACESIEVE_CASE_INPUT"
+ENV_STRING_MAX = 128 * 1024  # Linux's MAX_ARG_STRLEN: one NAME=value string (with its NUL) may not be longer
 LEFTOVER_GRACE = 5.0  # seconds the processes an exited agent left holding its output get before they are killed
 POLL_SECONDS = 0.25  # how often a run's wait looks whether the agent itself has exited
 
@@ -160,10 +162,13 @@ def agent_env(base: Mapping[str, str], case: Mapping[str, Any], run: int, endpoi
     """The agent's environment: ``base`` without OTLP exporter settings, plus the gate protocol variables."""
     case_id = str(case["id"])
     env = {k: v for k, v in base.items() if not k.startswith("OTEL_EXPORTER_OTLP_")}  # nothing goes elsewhere
+    env.pop("TRACESIEVE_CASE_INPUT", None)
+    payload = case_payload(case)
+    if len(INPUT_VARIABLE) + 2 + len(payload.encode("utf-8")) <= ENV_STRING_MAX:
+        env[INPUT_VARIABLE] = payload  # else the input is on stdin only: exec would refuse the whole run
     env.update({
         "TRACESIEVE_CASE_ID": case_id,
         "TRACESIEVE_RUN": str(run),
-        "TRACESIEVE_CASE_INPUT": case_payload(case),
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
         "OTEL_RESOURCE_ATTRIBUTES": resource_attributes(base.get("OTEL_RESOURCE_ATTRIBUTES"), case_id, run),

@@ -372,3 +372,25 @@ def test_the_embedded_collector_takes_the_agents_spans_when_production_requires_
                      cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed: TS-0001" in result.stdout
+
+
+def test_an_input_too_long_for_an_environment_variable_reaches_the_agent_on_stdin(tmp_path):
+    """Linux caps one environment string at 128 KiB: a case whose input (a long conversation) was
+    longer made every run fail to start, and the whole gate ended with exit 2 `Argument list too long`
+    naming no case. Such an input now goes on stdin only, with TRACESIEVE_CASE_INPUT unset."""
+    record = tmp_path / "seen.json"
+    script = tmp_path / "stdin_agent.py"
+    script.write_text("import json, os, sys\n"
+                      "data = sys.stdin.read()\n"
+                      f"json.dump({{'stdin': data, 'env': os.environ.get('TRACESIEVE_CASE_INPUT')}}, open({str(record)!r}, 'w'))\n"
+                      "os.environ['TRACESIEVE_CASE_INPUT'] = json.dumps({'user_message': 'short'})\n"
+                      f"os.execv(sys.executable, [sys.executable, {AGENT!r}])\n")
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    doc = yaml.safe_load(cases.read_text())
+    long_input = {"user_message": "Where is order ORD-1?", "conversation_history": ["é" * 100_000]}
+    doc["cases"][0]["input"] = long_input
+    cases.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    result = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = json.loads(record.read_text())
+    assert json.loads(seen["stdin"]) == long_input and seen["env"] is None
