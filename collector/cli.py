@@ -579,7 +579,8 @@ def cases_remove(case_id: str, cases_path: str, reason: str, by: str | None, db_
               help="runs per case; every run must pass")
 @click.option("--jobs", type=click.IntRange(1, 64), default=4, show_default=True, help="agent runs at once")
 @click.option("--case", "only", multiple=True, metavar="ID", help="run only these cases (repeatable)")
-@click.option("--protocol", type=click.Choice(["grpc", "http/protobuf"]), default="grpc", show_default=True,
+@click.option("--protocol", type=click.Choice(["grpc", "http/protobuf", "http/json"]), default="grpc",
+              show_default=True,
               help="OTEL_EXPORTER_OTLP_PROTOCOL given to the agent")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
               help="seconds per agent run; then its process group is killed and the case fails")

@@ -394,3 +394,34 @@ def test_an_input_too_long_for_an_environment_variable_reaches_the_agent_on_stdi
     assert result.returncode == 0, result.stdout + result.stderr
     seen = json.loads(record.read_text())
     assert json.loads(seen["stdin"]) == long_input and seen["env"] is None
+
+
+CURL_AGENT = r"""
+# A non-Python agent: posts one TOOL span as OTLP/JSON with curl, labelled from the gate's variables.
+case="$TRACESIEVE_CASE_ID"; run="$TRACESIEVE_RUN"
+[ "$OTEL_EXPORTER_OTLP_PROTOCOL" = "http/json" ] || { echo "protocol $OTEL_EXPORTER_OTLP_PROTOCOL" >&2; exit 9; }
+now=$(date +%s)000000000
+curl -sS -f -H 'Content-Type: application/json' "$OTEL_EXPORTER_OTLP_ENDPOINT/v1/traces" --data-binary @- <<JSON
+{"resourceSpans": [{"resource": {"attributes": [
+   {"key": "tracesieve.case_id", "value": {"stringValue": "$case"}},
+   {"key": "tracesieve.run", "value": {"stringValue": "$run"}}]},
+ "scopeSpans": [{"spans": [{"traceId": "$(printf '%032x' $$)", "spanId": "00000000000000a1",
+   "name": "lookup_order", "startTimeUnixNano": "$now", "endTimeUnixNano": "$now",
+   "attributes": [{"key": "openinference.span.kind", "value": {"stringValue": "TOOL"}}],
+   "status": {"code": ${STATUS:-1}}}]}]}]}
+JSON
+"""
+
+
+def test_a_shell_agent_posting_otlp_json_with_curl_is_gated_with_protocol_http_json(tmp_path):
+    """`--protocol` offered grpc and http/protobuf only, though http/json is the third value the OTel spec
+    gives OTEL_EXPORTER_OTLP_PROTOCOL (the JS and Go SDKs, or curl, export it) and the HTTP port takes it."""
+    script = tmp_path / "agent.sh"
+    script.write_text(CURL_AGENT)
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    gate = ["gate", "--cases", str(cases), "--protocol", "http/json", "--", "sh", str(script)]
+    fixed = run_cli(*gate, cwd=tmp_path, timeout=120)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    broken = run_cli(*gate, cwd=tmp_path, env={"STATUS": "2"}, timeout=120)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "REGRESSED TS-0001 (tool_invocation) (passed last time): tool_invocation again" in broken.stdout
