@@ -236,6 +236,18 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def _read_text(path: Path) -> str:
+    """The file's text with its line ends as they are (CRLF stays CRLF: a write changes only what it must)."""
+    with path.open("r", encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+def _newline(text: str) -> str:
+    """The line end a file uses: CRLF when its first line ends so, else LF."""
+    first = text.find("\n")
+    return "\r\n" if first > 0 and text[first - 1] == "\r" else "\n"
+
+
 def _umask() -> int:
     """The process umask (reading it means setting it: put straight back)."""
     mask = os.umask(0o022)
@@ -462,7 +474,7 @@ def _append_text(text: str, doc: CommentedMap, case: CommentedMap, y: YAML, key:
         else:
             out.append(ln[-shift:])
     new_lines = lines[:at] + out + lines[at:]
-    return "\n".join(new_lines) + "\n"
+    return _newline(text).join(new_lines) + _newline(text)
 
 
 @_under_dataset_lock
@@ -504,7 +516,7 @@ def promote_case(
     doc: Any = None
     text = ""
     if path.exists():
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
         try:
             doc = y.load(text)
         except YAMLError as exc:
@@ -595,14 +607,14 @@ def _without_case_text(text: str, doc: CommentedMap, index: int) -> str | None:
         return None
     while end - 1 > start and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
         end -= 1
-    return "\n".join(lines[:start] + lines[end:]) + "\n"
+    return _newline(text).join(lines[:start] + lines[end:]) + _newline(text)
 
 
 def _appended_to_ledger(path: Path, entry: CommentedMap, y: YAML) -> str:
     """The text of cases_removed.yaml with ``entry`` appended under ``removed:`` (created when missing)."""
     if not path.exists():
         return _dump(y, {"removed": [entry]})
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         doc = y.load(text)
     except YAMLError as exc:
@@ -637,7 +649,7 @@ def remove_case(
     if not path.is_file():
         raise NotFoundError(f"no failure dataset at {path}")
     y = _yaml()
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     doc, cases = _dataset(path, text, y)
     found = [i for i, c in enumerate(cases) if isinstance(c, Mapping) and str(c.get("id")) == case_id]
     if not found:
@@ -695,7 +707,7 @@ def bump_regressed_count(cases_path: str | os.PathLike[str], case_ids: Collectio
     wanted = set(case_ids)
     if not wanted:
         return {}
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     y = _yaml()
     doc, cases = _dataset(path, text, y)
     lines = text.split("\n")

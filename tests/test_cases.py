@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from tracesieve.collector.cases import bump_regressed_count, export_record, lint_cases, promote_case
+from tracesieve.collector.cases import (
+    bump_regressed_count, export_record, lint_cases, promote_case, remove_case,
+)
 from tracesieve.storage.errors import NotFoundError, UsageError
 from tracesieve.storage.schema import FAILURE_MODES
 
@@ -105,6 +107,23 @@ def test_an_event_appended_to_a_history_without_a_final_newline_starts_its_own_l
     assert lint_cases(path) == []
     promote_case(path, candidate("c0123456789b"), owner="ann", now=NOW)
     assert [json.loads(line)["case_id"] for line in history.read_text().splitlines()] == ["TS-0001", "TS-0002"]
+    assert lint_cases(path) == []
+
+
+def test_a_dataset_with_crlf_line_ends_keeps_them_through_promote_gate_and_remove(tmp_path):
+    """cases.yaml saved with CRLF (a Windows checkout) came back from promote, gate's regressed_count
+    and cases remove with every line end rewritten to LF: each write changed every line of the file."""
+    path = tmp_path / "cases.yaml"
+    crlf = HAND_WRITTEN.replace("\n", "\r\n").encode()
+    path.write_bytes(crlf)
+    assert bump_regressed_count(path, ["TS-0001"]) == {"TS-0001": 1}
+    assert path.read_bytes() == crlf.replace(b"regressed_count: 0", b"regressed_count: 1")
+    promote_case(path, candidate(), owner="bob", now=NOW)
+    text = path.read_bytes()
+    assert text.startswith(crlf.replace(b"regressed_count: 0", b"regressed_count: 1"))
+    assert text.count(b"\n") == text.count(b"\r\n")
+    remove_case(path, "TS-0002", reason="duplicate of TS-0001", by="ann", now=NOW)
+    assert path.read_bytes() == crlf.replace(b"regressed_count: 0", b"regressed_count: 1")
     assert lint_cases(path) == []
 
 
