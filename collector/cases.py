@@ -184,8 +184,9 @@ def _dataset_locked(path: Path) -> Iterator[None]:
     once (or ``promote`` during a ``gate``) would each write the file they read plus their own case,
     and the last rename would drop the other's. The lock is the directory's, since the file itself
     is replaced on every write; it goes with the process, so a killed writer leaves none behind.
+    A symlinked cases.yaml locks the directory of the file it points to, where it is rewritten.
     """
-    directory = path.parent if str(path.parent) else Path(".")
+    directory = Path(os.path.realpath(path)).parent
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # no directory to lock: the write fails on its own, with its own error
@@ -215,7 +216,9 @@ def _under_dataset_lock(
 
 def _atomic_write(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` (temp file + rename). The file keeps its mode; a new file gets
-    the default one, 0666 less the umask, like the history.jsonl that is opened for appending."""
+    the default one, 0666 less the umask, like the history.jsonl that is opened for appending. A
+    symlink stays one: the file it points to is replaced."""
+    path = Path(os.path.realpath(path))
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:

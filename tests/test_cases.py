@@ -127,6 +127,21 @@ def test_a_dataset_with_crlf_line_ends_keeps_them_through_promote_gate_and_remov
     assert lint_cases(path) == []
 
 
+def test_a_symlinked_dataset_is_written_through_the_link(tmp_path):
+    """cases.yaml as a symlink to a shared dataset was replaced by a regular file on the first promote or
+    gate regression: the shared file never got the change and the link was gone."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "cases.yaml").write_text(HAND_WRITTEN)
+    link = tmp_path / "cases.yaml"
+    link.symlink_to(shared / "cases.yaml")
+    bump_regressed_count(link, ["TS-0001"])
+    promote_case(link, candidate(), owner="bob", now=NOW)
+    assert link.is_symlink()
+    assert [c["regressed_count"] for c in load(shared / "cases.yaml")["cases"]] == [1, 0]
+    assert lint_cases(link) == []
+
+
 def test_promote_appends_and_keeps_every_existing_byte(tmp_path):
     path = tmp_path / "cases.yaml"
     path.write_text(HAND_WRITTEN)
