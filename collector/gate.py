@@ -55,6 +55,8 @@ from tracesieve.storage.errors import NotFoundError, UsageError
 CASE_ATTRIBUTE = "tracesieve.case_id"
 RUN_ATTRIBUTE = "tracesieve.run"
 STDERR_TAIL = 300  # characters of a failing agent's last stderr line kept in the reason
+#: The caller's variables that would keep a run's trace from the gate (SDK off, a sampler, another exporter).
+TRACING_OFF = frozenset({"OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACES_EXPORTER"})
 INPUT_VARIABLE = "TRACESIEVE_CASE_INPUT"
 ENV_STRING_MAX = 128 * 1024  # Linux's MAX_ARG_STRLEN: one NAME=value string (with its NUL) may not be longer
 LEFTOVER_GRACE = 5.0  # seconds the processes an exited agent left holding its output get before they are killed
@@ -161,7 +163,8 @@ def agent_env(base: Mapping[str, str], case: Mapping[str, Any], run: int, endpoi
               protocol: str) -> dict[str, str]:
     """The agent's environment: ``base`` without OTLP exporter settings, plus the gate protocol variables."""
     case_id = str(case["id"])
-    env = {k: v for k, v in base.items() if not k.startswith("OTEL_EXPORTER_OTLP_")}  # nothing goes elsewhere
+    # nothing goes elsewhere, and every run's trace comes: no exporter, sampler or off switch of the caller's
+    env = {k: v for k, v in base.items() if not k.startswith("OTEL_EXPORTER_OTLP_") and k not in TRACING_OFF}
     env.pop("TRACESIEVE_CASE_INPUT", None)
     payload = case_payload(case)
     if len(INPUT_VARIABLE) + 2 + len(payload.encode("utf-8")) <= ENV_STRING_MAX:

@@ -425,3 +425,16 @@ def test_a_shell_agent_posting_otlp_json_with_curl_is_gated_with_protocol_http_j
     broken = run_cli(*gate, cwd=tmp_path, env={"STATUS": "2"}, timeout=120)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "REGRESSED TS-0001 (tool_invocation) (passed last time): tool_invocation again" in broken.stdout
+
+
+def test_a_ci_environment_that_turns_tracing_off_or_samples_does_not_blind_the_gate(tmp_path):
+    """OTEL_SDK_DISABLED=true (tests often set it) or a sampler copied from production
+    (OTEL_TRACES_SAMPLER=traceidratio, ARG 0.1) reached the agent: it exported nothing, or one run in
+    ten, and every case failed with `no trace arrived`. The gate needs every run's trace."""
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    env = {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0",
+           "OTEL_TRACES_EXPORTER": "console"}
+    for name, value in env.items():
+        result = run_cli("gate", "--cases", str(cases), "--", sys.executable, AGENT, cwd=tmp_path,
+                         env={name: value}, timeout=120)
+        assert result.returncode == 0, f"{name}={value}: " + result.stdout + result.stderr
