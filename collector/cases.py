@@ -163,8 +163,12 @@ def _plain(value: Any) -> Any:
 
 
 def _load(path: Path) -> Any:
-    with path.open("r", encoding="utf-8") as f:
-        return _yaml().load(f)
+    """The YAML document in ``path``; YAMLError, or UnicodeDecodeError for a file that is not UTF-8."""
+    return _yaml().load(path.read_bytes().decode("utf-8"))
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    return f"{path.name}: not UTF-8 text (byte {exc.start})"
 
 
 def _line(node: Any, index: int | None = None) -> int | None:
@@ -240,9 +244,13 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _read_text(path: Path) -> str:
-    """The file's text with its line ends as they are (CRLF stays CRLF: a write changes only what it must)."""
-    with path.open("r", encoding="utf-8", newline="") as f:
-        return f.read()
+    """The file's text with its line ends as they are (CRLF stays CRLF: a write changes only what it must).
+
+    UsageError when it is not UTF-8."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start}); fix it first") from None
 
 
 def _newline(text: str) -> str:
@@ -266,8 +274,13 @@ def _read_history(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[st
     problems: list[str] = []
     if not path.exists():
         return events, problems
-    with path.open("r", encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                raw = line.decode("utf-8")
+            except UnicodeDecodeError:
+                problems.append(f"{path.name}:{n}: not UTF-8 text")
+                continue
             if not raw.strip():
                 continue
             try:
@@ -332,6 +345,8 @@ def _read_removed(path: Path) -> tuple[dict[str, int | None], list[str]]:
         doc = _load(path)
     except YAMLError as exc:
         return ids, [f"{path.name}: not valid YAML: {' '.join(str(exc).split())}"]
+    except UnicodeDecodeError as exc:
+        return ids, [_not_utf8(path, exc)]
     if doc is None:
         return ids, problems
     entries = doc.get("removed") if isinstance(doc, Mapping) else None
@@ -773,6 +788,8 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
         doc = _load(p)
     except YAMLError as exc:
         return [f"{name}: not valid YAML: {' '.join(str(exc).split())}"]
+    except UnicodeDecodeError as exc:
+        return [_not_utf8(p, exc)]
     problems: list[str] = []
     if not isinstance(doc, Mapping):
         return [f"{name}: expected a mapping with schema_version, failure_modes and cases"]

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,29 @@ def test_lint_reports_schema_errors(tmp_path):
 def test_lint_reports_invalid_yaml(tmp_path):
     (problem,) = lint_cases(write_cases(tmp_path, "cases: [\n"))
     assert problem.startswith("cases.yaml: not valid YAML")
+
+
+def test_files_that_are_not_utf8_are_lint_problems_not_crashes(tmp_path):
+    """A byte that is not UTF-8 in cases.yaml, the ledger or history.jsonl ended `cases lint`, `gate`
+    and `promote` with `internal error: UnicodeDecodeError` instead of naming the file."""
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    path.write_bytes(HAND_WRITTEN.encode().replace(b"Refund me", b"Refund \xff me"))
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 1, lint.stderr
+    assert lint.stdout.startswith("cases.yaml: not UTF-8 text (byte "), lint.stdout
+    gate = run_cli("gate", "--cases", str(path), "--", sys.executable, "-c", "pass")
+    assert gate.returncode == 2 and gate.stderr.startswith("tracesieve: error: invalid dataset: cases.yaml: not UTF-8")
+    db, cid = store_with_candidate(tmp_path)
+    promote = run_cli("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))
+    assert promote.returncode == 2 and "not UTF-8 text" in promote.stderr and "internal" not in promote.stderr
+
+    path.write_text(HAND_WRITTEN)
+    (tmp_path / "cases_removed.yaml").write_bytes(b"removed: [\xff]\n")
+    (tmp_path / "history.jsonl").write_bytes(b'{"at": "2026-11-01T09:00:00Z", "event": "promoted", '
+                                             b'"case_id": "TS-0001", "detail": {}}\n\xff\n')
+    assert lint_cases(path) == ["cases_removed.yaml: not UTF-8 text (byte 10)", "history.jsonl:2: not UTF-8 text"]
 
 
 def test_lint_reports_a_promoted_case_missing_without_a_ledger_entry(tmp_path):
