@@ -219,7 +219,8 @@ class _Runner:
         if proc.returncode != 0:
             # redacted before the cut to STDERR_TAIL, so no half of a value escapes the rules
             tail = [self._sanitizer.redact(line[:65536])[0] for line in (err or "").strip().splitlines()[-1:]]
-            why = f"the agent exited with {proc.returncode}"
+            code = proc.returncode
+            why = f"the agent exited with {code}" if code > 0 else f"the agent was killed by {_signal_name(-code)}"
             result.reasons.append(why + (f" ({tail[0][:STDERR_TAIL]})" if tail else ""))
         return result
 
@@ -269,6 +270,13 @@ class _Runner:
             live = list(self._live)
         for proc in live:
             self._kill(proc)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _feed(pipe: Any, text: str) -> None:

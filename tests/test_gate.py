@@ -438,3 +438,18 @@ def test_a_ci_environment_that_turns_tracing_off_or_samples_does_not_blind_the_g
         result = run_cli("gate", "--cases", str(cases), "--", sys.executable, AGENT, cwd=tmp_path,
                          env={name: value}, timeout=120)
         assert result.returncode == 0, f"{name}={value}: " + result.stdout + result.stderr
+
+
+def test_an_agent_killed_by_a_signal_is_reported_by_the_signals_name(tmp_path):
+    """A crashed agent (a segfault in a native extension, the OOM killer) was reported as
+    `the agent exited with -11`, a negative exit code no shell prints."""
+    script = tmp_path / "segfault_agent.py"
+    script.write_text("import os, signal, sys\nsys.stderr.write('loading model\\n')\nsys.stderr.flush()\n"
+                      "os.kill(os.getpid(), signal.SIGSEGV)\n")
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    result = run_cli("gate", "--cases", str(cases), "--format", "json", "--", sys.executable, str(script),
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode == 1, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["reasons"][0] == "the agent was killed by SIGSEGV (loading model)"
+    assert record["run_results"][0]["exit_code"] == -11
