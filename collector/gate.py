@@ -39,7 +39,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-
 from tracesieve.collector.cases import (
     append_history, bump_regressed_count, history_events, lint_cases, read_cases,
 )
@@ -165,7 +164,7 @@ def agent_env(base: Mapping[str, str], case: Mapping[str, Any], run: int, endpoi
     case_id = str(case["id"])
     # nothing goes elsewhere, and every run's trace comes: no exporter, sampler or off switch of the caller's
     env = {k: v for k, v in base.items() if not k.startswith("OTEL_EXPORTER_OTLP_") and k not in TRACING_OFF}
-    env.pop("TRACESIEVE_CASE_INPUT", None)
+    env.pop(INPUT_VARIABLE, None)
     payload = case_payload(case)
     if len(INPUT_VARIABLE) + 2 + len(payload.encode("utf-8")) <= ENV_STRING_MAX:
         env[INPUT_VARIABLE] = payload  # else the input is on stdin only: exec would refuse the whole run
