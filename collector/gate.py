@@ -8,11 +8,12 @@ Order of work (:func:`run_gate`):
    :class:`UsageError` (exit 2).
 2. Start an embedded collector (free loopback ports, temporary store, the
    user's detectors config) and run the agent once per active case and repeat,
-   ``jobs`` at a time. Each run gets the case input as JSON on stdin and in
-   ``TRACESIEVE_CASE_INPUT``, the id in ``TRACESIEVE_CASE_ID``, and OTel variables
-   whose ``OTEL_RESOURCE_ATTRIBUTES`` carry ``tracesieve.case_id=<id>`` and
-   ``tracesieve.run=<n>`` (merged into any the caller set). A run that outlives
-   ``timeout`` has its whole process group killed.
+   ``jobs`` at a time. Each run gets the case input as JSON on stdin and (when it fits in
+   one environment variable) in ``TRACESIEVE_CASE_INPUT``, the id in ``TRACESIEVE_CASE_ID``,
+   and OTel variables (none that turn tracing off) whose ``OTEL_RESOURCE_ATTRIBUTES``
+   carry ``tracesieve.case_id=<id>`` and ``tracesieve.run=<n>`` (merged into any the
+   caller set). A run ends when the agent exits (what it left holding its output gets a
+   short grace); one that outlives ``timeout`` has its whole process group killed.
 3. Stop the collector, which judges every pending trace with the detectors.
 4. Judge each run on its own: the agent exited 0, a trace arrived, no detection
    of the case's failure_mode, every ``expected_behavior`` scorer holds. A case
