@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import jsonschema
+import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
@@ -128,7 +129,22 @@ def _yaml() -> YAML:
     y.representer.add_representer(
         dt.datetime, lambda rep, data: rep.represent_scalar("tag:yaml.org,2002:timestamp", _iso(data))
     )
+    y.representer.add_representer(str, _represent_str)
     return y
+
+
+#: PyYAML's (YAML 1.1) tag for a plain scalar: it reads `no`, `on`, `1:20` as false, true, 80.
+_resolve_1_1: Callable[[type[yaml.Node], str, tuple[bool, bool]], str] = yaml.resolver.Resolver().resolve
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _represent_str(rep: Any, data: str) -> Any:
+    """A string, quoted when a YAML 1.1 reader (PyYAML, most CI tools) would take its plain form for a
+    bool or a number: cases.yaml is read by more than ruamel's YAML 1.2."""
+    node = rep.represent_scalar(_STR_TAG, data)
+    if node.style is None and _resolve_1_1(yaml.ScalarNode, data, (True, False)) != _STR_TAG:
+        node.style = "'"
+    return node
 
 
 def _plain(value: Any) -> Any:
@@ -147,8 +163,12 @@ def _plain(value: Any) -> Any:
 
 
 def _load(path: Path) -> Any:
-    with path.open("r", encoding="utf-8") as f:
-        return _yaml().load(f)
+    """The YAML document in ``path``; YAMLError, or UnicodeDecodeError for a file that is not UTF-8."""
+    return _yaml().load(path.read_bytes().decode("utf-8"))
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    return f"{path.name}: not UTF-8 text (byte {exc.start})"
 
 
 def _line(node: Any, index: int | None = None) -> int | None:
@@ -168,8 +188,9 @@ def _dataset_locked(path: Path) -> Iterator[None]:
     once (or ``promote`` during a ``gate``) would each write the file they read plus their own case,
     and the last rename would drop the other's. The lock is the directory's, since the file itself
     is replaced on every write; it goes with the process, so a killed writer leaves none behind.
+    A symlinked cases.yaml locks the directory of the file it points to, where it is rewritten.
     """
-    directory = path.parent if str(path.parent) else Path(".")
+    directory = Path(os.path.realpath(path)).parent
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # no directory to lock: the write fails on its own, with its own error
@@ -199,7 +220,9 @@ def _under_dataset_lock(
 
 def _atomic_write(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` (temp file + rename). The file keeps its mode; a new file gets
-    the default one, 0666 less the umask, like the history.jsonl that is opened for appending."""
+    the default one, 0666 less the umask, like the history.jsonl that is opened for appending. A
+    symlink stays one: the file it points to is replaced."""
+    path = Path(os.path.realpath(path))
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
@@ -220,6 +243,22 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def _read_text(path: Path) -> str:
+    """The file's text with its line ends as they are (CRLF stays CRLF: a write changes only what it must).
+
+    UsageError when it is not UTF-8."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start}); fix it first") from None
+
+
+def _newline(text: str) -> str:
+    """The line end a file uses: CRLF when its first line ends so, else LF."""
+    first = text.find("\n")
+    return "\r\n" if first > 0 and text[first - 1] == "\r" else "\n"
+
+
 def _umask() -> int:
     """The process umask (reading it means setting it: put straight back)."""
     mask = os.umask(0o022)
@@ -235,8 +274,13 @@ def _read_history(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[st
     problems: list[str] = []
     if not path.exists():
         return events, problems
-    with path.open("r", encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                raw = line.decode("utf-8")
+            except UnicodeDecodeError:
+                problems.append(f"{path.name}:{n}: not UTF-8 text")
+                continue
             if not raw.strip():
                 continue
             try:
@@ -256,6 +300,15 @@ def _read_history(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[st
     return events, problems
 
 
+def read_cases(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The cases of a dataset as plain data, read the way ``cases lint`` reads them (YAML 1.2, times as
+    ISO strings): what gate hands the agent and scores is what lint checked. Empty when there is no
+    ``cases`` list; YAMLError when the file is not YAML."""
+    doc = _plain(_load(Path(path)))
+    cases = doc.get("cases") if isinstance(doc, dict) else None
+    return [c for c in cases if isinstance(c, dict)] if isinstance(cases, list) else []
+
+
 def history_events(cases_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The well-formed events of the history.jsonl beside ``cases_path``, oldest first (lint reports the rest)."""
     events, _ = _read_history(Path(cases_path).parent / HISTORY_FILE)
@@ -264,13 +317,22 @@ def history_events(cases_path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def append_history(cases_path: str | os.PathLike[str], event: str, case_id: str, detail: Mapping[str, Any],
                    now: dt.datetime | None = None) -> None:
-    """Append one ``{"at", "event", "case_id", "detail"}`` line to the history.jsonl beside ``cases_path``."""
+    """Append one ``{"at", "event", "case_id", "detail"}`` line to the history.jsonl beside ``cases_path``.
+
+    A file whose last line has no newline (saved so by an editor or a merge) gets one first, so the
+    event never joins that line."""
     if event not in HISTORY_EVENTS:
         raise ValueError(f"unknown history event {event!r}")
     record = {"at": _iso(now or dt.datetime.now(dt.timezone.utc)), "event": event, "case_id": case_id,
               "detail": dict(detail)}
-    with (Path(cases_path).parent / HISTORY_FILE).open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+    line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    with (Path(cases_path).parent / HISTORY_FILE).open("a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+        f.write(line)  # append mode: written at the end, whatever was read
 
 
 def _read_removed(path: Path) -> tuple[dict[str, int | None], list[str]]:
@@ -283,6 +345,8 @@ def _read_removed(path: Path) -> tuple[dict[str, int | None], list[str]]:
         doc = _load(path)
     except YAMLError as exc:
         return ids, [f"{path.name}: not valid YAML: {' '.join(str(exc).split())}"]
+    except UnicodeDecodeError as exc:
+        return ids, [_not_utf8(path, exc)]
     if doc is None:
         return ids, problems
     entries = doc.get("removed") if isinstance(doc, Mapping) else None
@@ -428,7 +492,7 @@ def _append_text(text: str, doc: CommentedMap, case: CommentedMap, y: YAML, key:
         else:
             out.append(ln[-shift:])
     new_lines = lines[:at] + out + lines[at:]
-    return "\n".join(new_lines) + "\n"
+    return _newline(text).join(new_lines) + _newline(text)
 
 
 @_under_dataset_lock
@@ -470,7 +534,7 @@ def promote_case(
     doc: Any = None
     text = ""
     if path.exists():
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
         try:
             doc = y.load(text)
         except YAMLError as exc:
@@ -561,14 +625,14 @@ def _without_case_text(text: str, doc: CommentedMap, index: int) -> str | None:
         return None
     while end - 1 > start and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
         end -= 1
-    return "\n".join(lines[:start] + lines[end:]) + "\n"
+    return _newline(text).join(lines[:start] + lines[end:]) + _newline(text)
 
 
 def _appended_to_ledger(path: Path, entry: CommentedMap, y: YAML) -> str:
     """The text of cases_removed.yaml with ``entry`` appended under ``removed:`` (created when missing)."""
     if not path.exists():
         return _dump(y, {"removed": [entry]})
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         doc = y.load(text)
     except YAMLError as exc:
@@ -603,7 +667,7 @@ def remove_case(
     if not path.is_file():
         raise NotFoundError(f"no failure dataset at {path}")
     y = _yaml()
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     doc, cases = _dataset(path, text, y)
     found = [i for i, c in enumerate(cases) if isinstance(c, Mapping) and str(c.get("id")) == case_id]
     if not found:
@@ -661,7 +725,7 @@ def bump_regressed_count(cases_path: str | os.PathLike[str], case_ids: Collectio
     wanted = set(case_ids)
     if not wanted:
         return {}
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     y = _yaml()
     doc, cases = _dataset(path, text, y)
     lines = text.split("\n")
@@ -724,6 +788,8 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
         doc = _load(p)
     except YAMLError as exc:
         return [f"{name}: not valid YAML: {' '.join(str(exc).split())}"]
+    except UnicodeDecodeError as exc:
+        return [_not_utf8(p, exc)]
     problems: list[str] = []
     if not isinstance(doc, Mapping):
         return [f"{name}: expected a mapping with schema_version, failure_modes and cases"]

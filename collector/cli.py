@@ -579,7 +579,8 @@ def cases_remove(case_id: str, cases_path: str, reason: str, by: str | None, db_
               help="runs per case; every run must pass")
 @click.option("--jobs", type=click.IntRange(1, 64), default=4, show_default=True, help="agent runs at once")
 @click.option("--case", "only", multiple=True, metavar="ID", help="run only these cases (repeatable)")
-@click.option("--protocol", type=click.Choice(["grpc", "http/protobuf"]), default="grpc", show_default=True,
+@click.option("--protocol", type=click.Choice(["grpc", "http/protobuf", "http/json"]), default="grpc",
+              show_default=True,
               help="OTEL_EXPORTER_OTLP_PROTOCOL given to the agent")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
               help="seconds per agent run; then its process group is killed and the case fails")
@@ -612,6 +613,14 @@ def gate(cases_path: str, repeat: int, jobs: int, only: tuple[str, ...], protoco
 
     signal.signal(signal.SIGTERM, interrupted)
     config = load_config(config_path)
+    if junit_path:  # checked before any agent runs: the report must not be lost after the gate
+        folder = os.path.dirname(os.path.abspath(junit_path))
+        if os.path.isdir(junit_path):
+            raise UsageError(f"--junit {junit_path}: is a directory (give the XML file's path)")
+        if not os.path.isdir(folder):
+            raise UsageError(f"--junit {junit_path}: no directory {folder}")
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"--junit {junit_path}: cannot write in {folder}")
     started = time.monotonic()
     results = run_gate(config, cases_path, command, repeat=repeat, jobs=jobs, only=only, protocol=protocol,
                        timeout=timeout, workdir=os.getcwd(), env=dict(os.environ))

@@ -8,11 +8,12 @@ Order of work (:func:`run_gate`):
    :class:`UsageError` (exit 2).
 2. Start an embedded collector (free loopback ports, temporary store, the
    user's detectors config) and run the agent once per active case and repeat,
-   ``jobs`` at a time. Each run gets the case input as JSON on stdin and in
-   ``TRACESIEVE_CASE_INPUT``, the id in ``TRACESIEVE_CASE_ID``, and OTel variables
-   whose ``OTEL_RESOURCE_ATTRIBUTES`` carry ``tracesieve.case_id=<id>`` and
-   ``tracesieve.run=<n>`` (merged into any the caller set). A run that outlives
-   ``timeout`` has its whole process group killed.
+   ``jobs`` at a time. Each run gets the case input as JSON on stdin and (when it fits in
+   one environment variable) in ``TRACESIEVE_CASE_INPUT``, the id in ``TRACESIEVE_CASE_ID``,
+   and OTel variables (none that turn tracing off) whose ``OTEL_RESOURCE_ATTRIBUTES``
+   carry ``tracesieve.case_id=<id>`` and ``tracesieve.run=<n>`` (merged into any the
+   caller set). A run ends when the agent exits (what it left holding its output gets a
+   short grace); one that outlives ``timeout`` has its whole process group killed.
 3. Stop the collector, which judges every pending trace with the detectors.
 4. Judge each run on its own: the agent exited 0, a trace arrived, no detection
    of the case's failure_mode, every ``expected_behavior`` scorer holds. A case
@@ -39,9 +40,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import yaml
-
-from tracesieve.collector.cases import append_history, bump_regressed_count, history_events, lint_cases
+from tracesieve.collector.cases import (
+    append_history, bump_regressed_count, history_events, lint_cases, read_cases,
+)
 from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.gate_scorers import expected_problems, score
 from tracesieve.collector.server import Collector
@@ -54,6 +55,12 @@ from tracesieve.storage.errors import NotFoundError, UsageError
 CASE_ATTRIBUTE = "tracesieve.case_id"
 RUN_ATTRIBUTE = "tracesieve.run"
 STDERR_TAIL = 300  # characters of a failing agent's last stderr line kept in the reason
+#: The caller's variables that would keep a run's trace from the gate (SDK off, a sampler, another exporter).
+TRACING_OFF = frozenset({"OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACES_EXPORTER"})
+INPUT_VARIABLE = "TRACESIEVE_CASE_INPUT"
+ENV_STRING_MAX = 128 * 1024  # Linux's MAX_ARG_STRLEN: one NAME=value string (with its NUL) may not be longer
+LEFTOVER_GRACE = 5.0  # seconds the processes an exited agent left holding its output get before they are killed
+POLL_SECONDS = 0.25  # how often a run's wait looks whether the agent itself has exited
 
 
 @dataclasses.dataclass
@@ -115,9 +122,7 @@ def load_active_cases(path: str, only: Sequence[str] = ()) -> list[dict[str, Any
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UsageError(f"invalid dataset: {problems[0]}{more}; see `tracesieve cases lint {path}`")
-    with open(path, encoding="utf-8") as fh:
-        doc = yaml.safe_load(fh) or {}
-    active = [c for c in doc.get("cases") or [] if c.get("status") == "active"]  # lint checked they are scorable
+    active = [c for c in read_cases(path) if c.get("status") == "active"]  # lint checked they are scorable
     if only:
         known = {str(c["id"]) for c in active}
         missing = [i for i in only if i not in known]
@@ -131,6 +136,9 @@ def _check_command(command: Sequence[str], workdir: str | None, env: Mapping[str
     if not command:
         raise UsageError("give the agent command after --, e.g. tracesieve gate --cases cases.yaml -- python agent.py")
     exe = command[0]
+    if exe.startswith("-"):  # a misspelt gate option lands here, the command being everything not parsed
+        raise UsageError(f"no such option: {exe} (the agent command goes after --, "
+                         "e.g. tracesieve gate --cases cases.yaml -- python agent.py)")
     if os.sep in exe:
         target = os.path.join(workdir or ".", exe)
         if not (os.path.isfile(target) and os.access(target, os.X_OK)):
@@ -155,11 +163,15 @@ def agent_env(base: Mapping[str, str], case: Mapping[str, Any], run: int, endpoi
               protocol: str) -> dict[str, str]:
     """The agent's environment: ``base`` without OTLP exporter settings, plus the gate protocol variables."""
     case_id = str(case["id"])
-    env = {k: v for k, v in base.items() if not k.startswith("OTEL_EXPORTER_OTLP_")}  # nothing goes elsewhere
+    # nothing goes elsewhere, and every run's trace comes: no exporter, sampler or off switch of the caller's
+    env = {k: v for k, v in base.items() if not k.startswith("OTEL_EXPORTER_OTLP_") and k not in TRACING_OFF}
+    env.pop(INPUT_VARIABLE, None)
+    payload = case_payload(case)
+    if len(INPUT_VARIABLE) + 2 + len(payload.encode("utf-8")) <= ENV_STRING_MAX:
+        env[INPUT_VARIABLE] = payload  # else the input is on stdin only: exec would refuse the whole run
     env.update({
         "TRACESIEVE_CASE_ID": case_id,
         "TRACESIEVE_RUN": str(run),
-        "TRACESIEVE_CASE_INPUT": case_payload(case),
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
         "OTEL_RESOURCE_ATTRIBUTES": resource_attributes(base.get("OTEL_RESOURCE_ATTRIBUTES"), case_id, run),
@@ -187,22 +199,17 @@ class _Runner:
 
     def run(self, env: dict[str, str], stdin: str, run: int) -> RunResult:
         started = time.monotonic()
+        # the input is UTF-8 JSON whatever the locale; output bytes that are not UTF-8 are replaced, not a crash
         proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env, cwd=self.workdir, start_new_session=True)
+                                encoding="utf-8", errors="replace", env=env, cwd=self.workdir, start_new_session=True)
         with self._lock:
             self._live.add(proc)
             closed = self._closed
         if closed:  # the gate is stopping: this run started too late to matter
             self._kill(proc)
         try:
-            try:
-                _, err = proc.communicate(stdin, timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                self._kill(proc)
-                try:
-                    proc.communicate(timeout=10)
-                except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipes
-                    pass
+            err = self._communicate(proc, stdin, started + self.timeout)
+            if err is None:
                 return RunResult(run, None, time.monotonic() - started,
                                  reasons=[f"timed out after {self.timeout:g}s: the agent's process group was killed"])
         finally:
@@ -212,9 +219,41 @@ class _Runner:
         if proc.returncode != 0:
             # redacted before the cut to STDERR_TAIL, so no half of a value escapes the rules
             tail = [self._sanitizer.redact(line[:65536])[0] for line in (err or "").strip().splitlines()[-1:]]
-            why = f"the agent exited with {proc.returncode}"
+            code = proc.returncode
+            why = f"the agent exited with {code}" if code > 0 else f"the agent was killed by {_signal_name(-code)}"
             result.reasons.append(why + (f" ({tail[0][:STDERR_TAIL]})" if tail else ""))
         return result
+
+    def _communicate(self, proc: subprocess.Popen[str], stdin: str, deadline: float) -> str | None:
+        """Feed the agent its input and collect its stderr until it exits; None when it outlived ``deadline``.
+
+        The run ends when the agent exits: processes it started that still hold its output open get
+        LEFTOVER_GRACE seconds (never past ``deadline``) to finish, a child flushing its spans, then the
+        group is killed. The exit is seen without reaping the agent, so its process group cannot be
+        reused meanwhile.
+        """
+        # communicate() is retried below, and a retried one stops sending input: a thread of its own feeds stdin
+        pipe, proc.stdin = proc.stdin, None
+        threading.Thread(target=_feed, args=(pipe, stdin), name="gate-stdin", daemon=True).start()
+        until = deadline  # then: the agent's group is killed
+        exited = False
+        while True:
+            try:
+                return proc.communicate(timeout=min(max(0.0, until - time.monotonic()), POLL_SECONDS))[1] or ""
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if not exited and _exited(proc):
+                exited, until = True, min(now + LEFTOVER_GRACE, deadline)
+            if now < until:
+                continue
+            self._kill(proc)  # the agent at its timeout, or what it left behind
+            try:
+                err = proc.communicate(timeout=10)[1] or ""
+            except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipes
+                proc.wait()
+                err = ""
+            return err if exited else None
 
     @staticmethod
     def _kill(proc: subprocess.Popen[str]) -> None:
@@ -231,6 +270,34 @@ class _Runner:
             live = list(self._live)
         for proc in live:
             self._kill(proc)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _feed(pipe: Any, text: str) -> None:
+    """Write the case input to the agent's stdin and close it; an agent that does not read it is no error."""
+    try:
+        with pipe:
+            pipe.write(text)
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+
+
+def _exited(proc: subprocess.Popen[str]) -> bool:
+    """True once the agent has exited, without reaping it (its pid and process group stay reserved)."""
+    if proc.returncode is not None:
+        return True
+    if not hasattr(os, "waitid"):  # macOS before Python 3.13: reaping is the only way to look
+        return proc.poll() is not None
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped meanwhile
+        return True
 
 
 def run_gate(
@@ -268,7 +335,8 @@ def run_gate(
             config,
             grpc=Endpoint("127.0.0.1", 0),
             http=Endpoint("127.0.0.1", 0),
-            bearer_token=None,
+            bearer_token=None,  # the agent's OTLP headers are removed: the embedded collector asks no credential
+            api_key=None,
             db_path=os.path.join(tmp, "gate.duckdb"),
             span_workers=0,  # a gate's volume does not need worker processes
             trace_processors=[detectors],  # candidates are of no use in a throwaway store

@@ -6,13 +6,16 @@ import datetime as dt
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
 
-from tracesieve.collector.cases import bump_regressed_count, export_record, lint_cases, promote_case
+from tracesieve.collector.cases import (
+    bump_regressed_count, export_record, lint_cases, promote_case, remove_case,
+)
 from tracesieve.storage.errors import NotFoundError, UsageError
 from tracesieve.storage.schema import FAILURE_MODES
 
@@ -95,6 +98,51 @@ def test_promote_records_a_history_event(tmp_path):
     assert event["detail"]["candidate_id"] == "c0123456789a"
 
 
+def test_an_event_appended_to_a_history_without_a_final_newline_starts_its_own_line(tmp_path):
+    """A history.jsonl saved without its last newline (an editor, a merge) passed lint, then the next
+    promote or gate glued its event onto that line: lint failed and every later gate refused to run."""
+    path = tmp_path / "cases.yaml"
+    promote_case(path, candidate(), owner="ann", now=NOW)
+    history = tmp_path / "history.jsonl"
+    history.write_text(history.read_text().rstrip("\n"))
+    assert lint_cases(path) == []
+    promote_case(path, candidate("c0123456789b"), owner="ann", now=NOW)
+    assert [json.loads(line)["case_id"] for line in history.read_text().splitlines()] == ["TS-0001", "TS-0002"]
+    assert lint_cases(path) == []
+
+
+def test_a_dataset_with_crlf_line_ends_keeps_them_through_promote_gate_and_remove(tmp_path):
+    """cases.yaml saved with CRLF (a Windows checkout) came back from promote, gate's regressed_count
+    and cases remove with every line end rewritten to LF: each write changed every line of the file."""
+    path = tmp_path / "cases.yaml"
+    crlf = HAND_WRITTEN.replace("\n", "\r\n").encode()
+    path.write_bytes(crlf)
+    assert bump_regressed_count(path, ["TS-0001"]) == {"TS-0001": 1}
+    assert path.read_bytes() == crlf.replace(b"regressed_count: 0", b"regressed_count: 1")
+    promote_case(path, candidate(), owner="bob", now=NOW)
+    text = path.read_bytes()
+    assert text.startswith(crlf.replace(b"regressed_count: 0", b"regressed_count: 1"))
+    assert text.count(b"\n") == text.count(b"\r\n")
+    remove_case(path, "TS-0002", reason="duplicate of TS-0001", by="ann", now=NOW)
+    assert path.read_bytes() == crlf.replace(b"regressed_count: 0", b"regressed_count: 1")
+    assert lint_cases(path) == []
+
+
+def test_a_symlinked_dataset_is_written_through_the_link(tmp_path):
+    """cases.yaml as a symlink to a shared dataset was replaced by a regular file on the first promote or
+    gate regression: the shared file never got the change and the link was gone."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "cases.yaml").write_text(HAND_WRITTEN)
+    link = tmp_path / "cases.yaml"
+    link.symlink_to(shared / "cases.yaml")
+    bump_regressed_count(link, ["TS-0001"])
+    promote_case(link, candidate(), owner="bob", now=NOW)
+    assert link.is_symlink()
+    assert [c["regressed_count"] for c in load(shared / "cases.yaml")["cases"]] == [1, 0]
+    assert lint_cases(link) == []
+
+
 def test_promote_appends_and_keeps_every_existing_byte(tmp_path):
     path = tmp_path / "cases.yaml"
     path.write_text(HAND_WRITTEN)
@@ -104,6 +152,22 @@ def test_promote_appends_and_keeps_every_existing_byte(tmp_path):
     doc = load(path)
     assert [c["id"] for c in doc["cases"]] == ["TS-0001", "TS-0002"]
     assert doc["cases"][1]["discovered_by"] == "bob"
+    assert lint_cases(path) == []
+
+
+def test_promote_quotes_strings_a_yaml_1_1_reader_would_take_for_booleans_or_numbers(tmp_path):
+    """A user message `no` was written bare: PyYAML (YAML 1.1), the usual reader of a CI's YAML, read it
+    as false, `on` as true and `1:20` as 80; the file is for every reader, not only ours."""
+    import yaml
+
+    words = ["no", "Yes", "on", "OFF", "1:20", "1_000", "0b101", "y"]
+    path = tmp_path / "cases.yaml"
+    promote_case(path, candidate(input={"user_message": "no", "conversation_history": words},
+                                 expected={"must_not": words}), owner="ann", now=NOW)
+    (case,) = yaml.safe_load(path.read_text())["cases"]
+    assert case["input"] == {"user_message": "no", "conversation_history": words}
+    assert case["expected_behavior"] == {"must_not": words}
+    assert load(path)["cases"][0]["input"]["conversation_history"] == words
     assert lint_cases(path) == []
 
 
@@ -210,6 +274,29 @@ def test_lint_reports_schema_errors(tmp_path):
 def test_lint_reports_invalid_yaml(tmp_path):
     (problem,) = lint_cases(write_cases(tmp_path, "cases: [\n"))
     assert problem.startswith("cases.yaml: not valid YAML")
+
+
+def test_files_that_are_not_utf8_are_lint_problems_not_crashes(tmp_path):
+    """A byte that is not UTF-8 in cases.yaml, the ledger or history.jsonl ended `cases lint`, `gate`
+    and `promote` with `internal error: UnicodeDecodeError` instead of naming the file."""
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    path.write_bytes(HAND_WRITTEN.encode().replace(b"Refund me", b"Refund \xff me"))
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 1, lint.stderr
+    assert lint.stdout.startswith("cases.yaml: not UTF-8 text (byte "), lint.stdout
+    gate = run_cli("gate", "--cases", str(path), "--", sys.executable, "-c", "pass")
+    assert gate.returncode == 2 and gate.stderr.startswith("tracesieve: error: invalid dataset: cases.yaml: not UTF-8")
+    db, cid = store_with_candidate(tmp_path)
+    promote = run_cli("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))
+    assert promote.returncode == 2 and "not UTF-8 text" in promote.stderr and "internal" not in promote.stderr
+
+    path.write_text(HAND_WRITTEN)
+    (tmp_path / "cases_removed.yaml").write_bytes(b"removed: [\xff]\n")
+    (tmp_path / "history.jsonl").write_bytes(b'{"at": "2026-11-01T09:00:00Z", "event": "promoted", '
+                                             b'"case_id": "TS-0001", "detail": {}}\n\xff\n')
+    assert lint_cases(path) == ["cases_removed.yaml: not UTF-8 text (byte 10)", "history.jsonl:2: not UTF-8 text"]
 
 
 def test_lint_reports_a_promoted_case_missing_without_a_ledger_entry(tmp_path):

@@ -278,3 +278,178 @@ def test_a_failing_agents_stderr_is_redacted_before_the_gate_reports_or_records_
         assert_no_canary((tmp_path / "junit.xml").read_bytes(), "the JUnit file")
     assert [e["event"] for e in history(tmp_path)] == ["failed", "failed"]
     assert_no_canary((tmp_path / "history.jsonl").read_bytes(), "history.jsonl")
+
+
+def test_the_agent_gets_the_case_input_as_cases_lint_reads_it_and_scorers_get_the_same_values(tmp_path):
+    """gate read cases.yaml as YAML 1.1 (PyYAML) where lint and promote read YAML 1.2: the agent was
+    handed `false` for the user message `no`, 80 for `1:20`, a reformatted timestamp, and a
+    `must_not: [no]` that lint passed crashed the gate after every agent had run."""
+    record = tmp_path / "stdin.json"
+    script = tmp_path / "echo_agent.py"
+    script.write_text("import os, sys\n"
+                      f"open({str(record)!r}, 'w').write(sys.stdin.read() + '\\n' + os.environ['TRACESIEVE_CASE_INPUT'])\n"
+                      f"os.execv(sys.executable, [sys.executable, {AGENT!r}])\n")
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {"must_not": ["@@"]}}])
+    text = cases.read_text()
+    cases.write_text(text.replace("    user_message: Where is order ORD-1?\n    conversation_history: []",
+                                  "    user_message: no\n    conversation_history: [yes, 1:20, 2026-11-01T10:00:00Z]")
+                     .replace("- '@@'", "- no"))
+    assert run_cli("cases", "lint", str(cases)).returncode == 0
+    result = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    want = {"user_message": "no", "conversation_history": ["yes", "1:20", "2026-11-01T10:00:00Z"]}
+    assert [json.loads(part) for part in record.read_text().split("\n")] == [want, want]
+
+
+def test_an_agent_that_exits_is_judged_then_though_a_process_it_started_still_holds_its_output(tmp_path):
+    """An agent that left a background process behind (a helper server, `cmd &`) holding its stdout
+    and stderr was waited for until --timeout and failed as `timed out`, though it had exported and
+    exited 0: the run ends when the agent exits, and what it left behind gets a short grace, then is killed."""
+    import time
+
+    script = tmp_path / "leaves_a_helper.py"
+    script.write_text("import os, subprocess, sys\n"
+                      "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+                      "open('helper.pid', 'w').write(str(helper.pid))\n"
+                      f"os.execv(sys.executable, [sys.executable, {AGENT!r}])\n")
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    started = time.monotonic()
+    result = run_cli("gate", "--cases", str(cases), "--timeout", "60", "--format", "json", "--",
+                     sys.executable, str(script), cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < 40, "the gate waited for the helper until --timeout"
+    (record,) = json.loads(result.stdout)
+    assert record["run_results"][0]["exit_code"] == 0
+    assert not alive(int((tmp_path / "helper.pid").read_text()))
+
+
+def test_an_agent_writing_bytes_that_are_not_utf8_is_judged_not_a_gate_crash(tmp_path):
+    """A crashing agent whose stderr (or stdout) held a byte that is not UTF-8 ended the whole gate with
+    `internal error: UnicodeDecodeError` (exit 2, nothing recorded) instead of failing that case."""
+    script = tmp_path / "binary_agent.py"
+    script.write_text("import sys\n"
+                      "sys.stdout.buffer.write(b'\\x89PNG\\r\\n\\x1a\\n\\xff')\n"
+                      "sys.stderr.buffer.write(b'ValueError: bad byte \\xff\\xfe here\\n')\n"
+                      "sys.exit(3)\n")
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    result = run_cli("gate", "--cases", str(cases), "--format", "json", "--", sys.executable, str(script),
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode == 1, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["reasons"][0] == "the agent exited with 3 (ValueError: bad byte \ufffd\ufffd here)"
+    assert [e["event"] for e in history(tmp_path)] == ["failed"]
+
+
+def test_a_junit_path_that_cannot_be_written_or_a_misspelt_option_is_refused_before_any_agent_runs(tmp_path):
+    """--junit into a missing directory ran every agent and recorded history, then ended with exit 2
+    and no report at all; a misspelt gate option (--repaet 2) was taken for the agent command
+    (`agent command not found on PATH: --repaet`)."""
+    ran = tmp_path / "ran"
+    agent = ["--", sys.executable, "-c", f"open({str(ran)!r}, 'w')"]
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    for junit in (tmp_path / "no" / "such" / "junit.xml", tmp_path):
+        result = run_cli("gate", "--cases", str(cases), "--junit", str(junit), *agent, cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"tracesieve: error: --junit {junit}: "), line
+    typo = run_cli("gate", "--cases", str(cases), "--repaet", "2", *agent, cwd=tmp_path)
+    assert typo.returncode == 2
+    assert typo.stderr.strip() == ("tracesieve: error: no such option: --repaet "
+                                   "(the agent command goes after --, e.g. tracesieve gate --cases cases.yaml -- "
+                                   "python agent.py)"), typo.stderr
+    assert not ran.exists() and not (tmp_path / "history.jsonl").exists()
+
+
+def test_the_embedded_collector_takes_the_agents_spans_when_production_requires_an_api_key(tmp_path):
+    """With `auth: {api_key: ...}` in the production config, the gate's embedded collector kept
+    requiring the key (only bearer_token was dropped): the agent, whose OTLP headers the gate removes,
+    was refused, every case failed with `no trace arrived`, and a passing case was flagged REGRESSED."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"receivers": {"otlp": {"auth": {"api_key": "k-" + "7" * 30}}},
+                                      "processors": {"detectors": {"decision_wait": "300ms"}}}))
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    result = run_cli("gate", "--cases", str(cases), "--config", str(config), "--", sys.executable, AGENT,
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed: TS-0001" in result.stdout
+
+
+def test_an_input_too_long_for_an_environment_variable_reaches_the_agent_on_stdin(tmp_path):
+    """Linux caps one environment string at 128 KiB: a case whose input (a long conversation) was
+    longer made every run fail to start, and the whole gate ended with exit 2 `Argument list too long`
+    naming no case. Such an input now goes on stdin only, with TRACESIEVE_CASE_INPUT unset."""
+    record = tmp_path / "seen.json"
+    script = tmp_path / "stdin_agent.py"
+    script.write_text("import json, os, sys\n"
+                      "data = sys.stdin.read()\n"
+                      f"json.dump({{'stdin': data, 'env': os.environ.get('TRACESIEVE_CASE_INPUT')}}, open({str(record)!r}, 'w'))\n"
+                      "os.environ['TRACESIEVE_CASE_INPUT'] = json.dumps({'user_message': 'short'})\n"
+                      f"os.execv(sys.executable, [sys.executable, {AGENT!r}])\n")
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    doc = yaml.safe_load(cases.read_text())
+    long_input = {"user_message": "Where is order ORD-1?", "conversation_history": ["é" * 100_000]}
+    doc["cases"][0]["input"] = long_input
+    cases.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    result = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = json.loads(record.read_text())
+    assert json.loads(seen["stdin"]) == long_input and seen["env"] is None
+
+
+CURL_AGENT = r"""
+# A non-Python agent: posts one TOOL span as OTLP/JSON with curl, labelled from the gate's variables.
+case="$TRACESIEVE_CASE_ID"; run="$TRACESIEVE_RUN"
+[ "$OTEL_EXPORTER_OTLP_PROTOCOL" = "http/json" ] || { echo "protocol $OTEL_EXPORTER_OTLP_PROTOCOL" >&2; exit 9; }
+now=$(date +%s)000000000
+curl -sS -f -H 'Content-Type: application/json' "$OTEL_EXPORTER_OTLP_ENDPOINT/v1/traces" --data-binary @- <<JSON
+{"resourceSpans": [{"resource": {"attributes": [
+   {"key": "tracesieve.case_id", "value": {"stringValue": "$case"}},
+   {"key": "tracesieve.run", "value": {"stringValue": "$run"}}]},
+ "scopeSpans": [{"spans": [{"traceId": "$(printf '%032x' $$)", "spanId": "00000000000000a1",
+   "name": "lookup_order", "startTimeUnixNano": "$now", "endTimeUnixNano": "$now",
+   "attributes": [{"key": "openinference.span.kind", "value": {"stringValue": "TOOL"}}],
+   "status": {"code": ${STATUS:-1}}}]}]}]}
+JSON
+"""
+
+
+def test_a_shell_agent_posting_otlp_json_with_curl_is_gated_with_protocol_http_json(tmp_path):
+    """`--protocol` offered grpc and http/protobuf only, though http/json is the third value the OTel spec
+    gives OTEL_EXPORTER_OTLP_PROTOCOL (the JS and Go SDKs, or curl, export it) and the HTTP port takes it."""
+    script = tmp_path / "agent.sh"
+    script.write_text(CURL_AGENT)
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    gate = ["gate", "--cases", str(cases), "--protocol", "http/json", "--", "sh", str(script)]
+    fixed = run_cli(*gate, cwd=tmp_path, timeout=120)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    broken = run_cli(*gate, cwd=tmp_path, env={"STATUS": "2"}, timeout=120)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "REGRESSED TS-0001 (tool_invocation) (passed last time): tool_invocation again" in broken.stdout
+
+
+def test_a_ci_environment_that_turns_tracing_off_or_samples_does_not_blind_the_gate(tmp_path):
+    """OTEL_SDK_DISABLED=true (tests often set it) or a sampler copied from production
+    (OTEL_TRACES_SAMPLER=traceidratio, ARG 0.1) reached the agent: it exported nothing, or one run in
+    ten, and every case failed with `no trace arrived`. The gate needs every run's trace."""
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    env = {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0",
+           "OTEL_TRACES_EXPORTER": "console"}
+    for name, value in env.items():
+        result = run_cli("gate", "--cases", str(cases), "--", sys.executable, AGENT, cwd=tmp_path,
+                         env={name: value}, timeout=120)
+        assert result.returncode == 0, f"{name}={value}: " + result.stdout + result.stderr
+
+
+def test_an_agent_killed_by_a_signal_is_reported_by_the_signals_name(tmp_path):
+    """A crashed agent (a segfault in a native extension, the OOM killer) was reported as
+    `the agent exited with -11`, a negative exit code no shell prints."""
+    script = tmp_path / "segfault_agent.py"
+    script.write_text("import os, signal, sys\nsys.stderr.write('loading model\\n')\nsys.stderr.flush()\n"
+                      "os.kill(os.getpid(), signal.SIGSEGV)\n")
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    result = run_cli("gate", "--cases", str(cases), "--format", "json", "--", sys.executable, str(script),
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode == 1, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["reasons"][0] == "the agent was killed by SIGSEGV (loading model)"
+    assert record["run_results"][0]["exit_code"] == -11
