@@ -754,7 +754,7 @@ def draft_expected(
     | format_violation    | ``output_schema`` (evidence, else response_format), ``output_mime_type`` |
     | truncation          | ``finish_reason_not: [length]`` |
     | refusal_overreach   | ``must_not: [the refusal phrase]`` |
-    | latency_breach      | ``max_duration_ms: {KIND: threshold}`` |
+    | latency_breach      | ``max_duration_ms: {KIND: threshold}`` (each kind its own threshold) |
     | loop                | ``max_identical_calls: N`` (evidence, else 2), ``required_tool_sequence: [tool]`` |
     | blast_radius_breach | ``must_not_call_after_error: [tool]`` |
     | llm_error           | ``no_error_spans: true`` |
@@ -803,9 +803,10 @@ def draft_expected(
         by_id = {s.get("span_id"): s for s in spans}
         limits: dict[str, Any] = {}
         threshold = _evidence(detections, "threshold_ms", "limit_ms")
-        for d in detections:
+        for d in detections:  # each kind keeps its own ceiling: a slow RETRIEVER's 5 s is not the TOOL's
             kind = (by_id.get(d.span_id) or {}).get("span_kind") or "UNKNOWN"
-            limits[kind] = threshold
+            own = _evidence([d], "threshold_ms", "limit_ms")
+            limits[kind] = own if own is not None else limits.get(kind, threshold)
         exp["max_duration_ms"] = limits or {"UNKNOWN": threshold}
     elif failure_mode == "loop":
         limit = _evidence(detections, "max_identical_calls", "limit")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ from tracesieve.storage.errors import ConfigError, NotFoundError, UsageError
 from tracesieve.storage.migrations import migrate
 from tracesieve.storage.schema import Detection
 from tracesieve.collector.decode import nest_attributes
+
+from conftest import FAST_JUDGE
+from sdk_helpers import sdk_tracer
 
 T0 = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.timezone.utc)
 
@@ -567,3 +571,55 @@ def test_a_near_duplicate_judged_while_the_first_is_still_being_written_is_a_dup
     third = proc.process_traces(TraceBatch(traces={t3: agent_trace(t3, "Something else entirely")},
                                            detections=[detection(t3)]), DuckStore(con))
     assert third.candidates == [] and proc.stats["capped"] == 1
+
+
+# ---------------------------------------------------------------------------
+# drafts from real detections: the SDK -> serve -> detectors -> candidate
+
+
+def _timed_agent_turn(tracer: Any, question: str, steps: list[tuple[str, str, float]]) -> str:
+    """An OpenInference AGENT root with children ``(kind, name, seconds)`` one after another, on explicit
+    timestamps (a 12 s tool call without waiting 12 s); a TOOL child is ``lookup_order({"order_id": "ORD-7"})``.
+    Returns the trace id."""
+    from opentelemetry import trace as otel_trace
+
+    ns = 1_000_000_000
+    now = time.time_ns() - 600 * ns
+    root = tracer.start_span("support_agent", start_time=now)
+    root.set_attribute("openinference.span.kind", "AGENT")
+    root.set_attribute("input.value", question)
+    ctx = otel_trace.set_span_in_context(root)
+    for kind, name, seconds in steps:
+        child = tracer.start_span(name, context=ctx, start_time=now)
+        child.set_attribute("openinference.span.kind", kind)
+        if kind == "TOOL":
+            child.set_attribute("tool.name", name)
+            child.set_attribute("input.value", json.dumps({"order_id": "ORD-7"}))
+            child.set_attribute("output.value", json.dumps({"status": "shipped"}))
+        if kind == "RETRIEVER":
+            child.set_attribute("input.value", question)
+            child.set_attribute("retrieval.documents.0.document.id", "doc-1")
+        now += int(seconds * ns)
+        child.end(end_time=now)
+    root.set_attribute("output.value", "Your order ORD-7 has shipped.")
+    root.end(end_time=now + ns // 10)
+    return format(root.get_span_context().trace_id, "032x")
+
+
+def _draft(c: Any, trace_id: str, mode: str) -> dict[str, Any]:
+    rows = c.wait_for(f"SELECT expected FROM candidates WHERE failure_mode = '{mode}' "
+                      f"AND list_contains(trace_ids, '{trace_id}')", lambda r: len(r) == 1)
+    expected = rows[0]["expected"]
+    return json.loads(expected) if isinstance(expected, str) else expected
+
+
+def test_a_latency_draft_holds_each_span_kind_to_its_own_threshold(start_collector):
+    """A slow retriever (5 s ceiling) and a slow tool (10 s) in one trace: the draft must not hold the
+    tool to the retriever's 5 s (it did), or a fixed agent whose tool takes 7 s would fail the gate."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms",
+                                                      "latency_breach": {"RETRIEVER": "5s", "TOOL": "10s"}}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        tid = _timed_agent_turn(tracer, "Where is order ORD-7?",
+                                [("RETRIEVER", "search_help", 6), ("TOOL", "lookup_order", 12)])
+    assert _draft(c, tid, "latency_breach") == {"max_duration_ms": {"RETRIEVER": 5000.0, "TOOL": 10000.0}}
+
