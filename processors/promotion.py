@@ -755,7 +755,7 @@ def draft_expected(
     | truncation          | ``finish_reason_not: [length]`` |
     | refusal_overreach   | ``must_not: [the refusal phrase]`` |
     | latency_breach      | ``max_duration_ms: {KIND: threshold}`` (each kind its own threshold) |
-    | loop                | ``max_identical_calls: N`` (evidence, else 2), ``required_tool_sequence: [tool]`` |
+    | loop                | ``max_identical_calls: N`` (evidence; ``max_repeats`` - 1; else 2), ``required_tool_sequence: [tool]`` |
     | blast_radius_breach | ``must_not_call_after_error: [tool]`` |
     | llm_error           | ``no_error_spans: true`` |
     | negative_feedback   | ``feedback_passes: [annotation names]`` |
@@ -810,6 +810,9 @@ def draft_expected(
         exp["max_duration_ms"] = limits or {"UNKNOWN": threshold}
     elif failure_mode == "loop":
         limit = _evidence(detections, "max_identical_calls", "limit")
+        repeats = _evidence(detections, "max_repeats")  # repeated_tool_call fires at max_repeats identical calls
+        if not (isinstance(limit, int) and limit > 0) and isinstance(repeats, int) and repeats >= 2:
+            limit = repeats - 1
         exp["max_identical_calls"] = limit if isinstance(limit, int) and limit > 0 else 2
         steps = _evidence(detections, "max_steps")
         if isinstance(steps, int):

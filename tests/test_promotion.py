@@ -623,3 +623,11 @@ def test_a_latency_draft_holds_each_span_kind_to_its_own_threshold(start_collect
                                 [("RETRIEVER", "search_help", 6), ("TOOL", "lookup_order", 12)])
     assert _draft(c, tid, "latency_breach") == {"max_duration_ms": {"RETRIEVER": 5000.0, "TOOL": 10000.0}}
 
+
+def test_a_loop_draft_allows_one_identical_call_less_than_the_configured_max_repeats(start_collector):
+    """With ``loop.max_repeats: 5`` four identical calls are no loop: the draft allows 4 (it said 2,
+    failing an agent that the detectors pass)."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms", "loop": {"max_repeats": 5}}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        tid = _timed_agent_turn(tracer, "Where is order ORD-7?", [("TOOL", "lookup_order", 0.1)] * 5)
+    assert _draft(c, tid, "loop") == {"max_identical_calls": 4, "required_tool_sequence": ["lookup_order"]}
