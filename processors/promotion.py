@@ -13,7 +13,9 @@ rule on one trace make one candidate. Each candidate carries
   System messages are left out (the prompt is identified in ``source``); messages
   after the last user message are left out too;
 * ``context``  -- retrieved ``documents`` (id, score, content, span_id), ``retrieval_queries``,
-  ``tool_calls`` (name, arguments, result, status, error, span_id) and ``available_tools``;
+  ``tool_calls`` (name, arguments, result, status, error, span_id) and ``available_tools``; in a
+  trace without TOOL spans, the calls the model asked for (``requested_only``), each with the
+  ``result`` a later model call was given in a tool message;
 * ``observed`` -- ``final_answer``, ``tool_sequence``, ``failing_calls`` (one per detection
   span) and the ``detections`` (message + evidence);
 * ``expected`` -- a draft assertion fitted to the failure mode (see :func:`draft_expected`);
@@ -311,7 +313,8 @@ def _content_text(value: Any) -> str:
     return str(value)
 
 
-def _oi_message(item: Any) -> dict[str, Any] | None:
+def _oi_message(item: Any, ids: bool = False) -> dict[str, Any] | None:
+    """``{role, content, tool_calls?}``; ``ids`` adds each call's ``id`` and a tool message's ``tool_results``."""
     m = item.get("message", item) if isinstance(item, dict) else None
     if not isinstance(m, dict):
         return None
@@ -326,12 +329,17 @@ def _oi_message(item: Any) -> dict[str, Any] | None:
             fn = call.get("function") if isinstance(call.get("function"), dict) else {}
             calls.append({"name": fn.get("name") or call.get("name") or "",
                           "arguments": _maybe_json(fn.get("arguments", call.get("arguments")))})
+            if ids:
+                calls[-1]["id"] = call.get("id")
     if calls:
         msg["tool_calls"] = calls
+    if ids and msg["role"] == "tool":
+        msg["tool_results"] = [(m.get("tool_call_id"), content)]
     return msg
 
 
-def _genai_message(item: Any) -> dict[str, Any] | None:
+def _genai_message(item: Any, ids: bool = False) -> dict[str, Any] | None:
+    """``{role, content, tool_calls?}``; ``ids`` adds each call's ``id`` and a tool message's ``tool_results``."""
     if not isinstance(item, dict):
         return None
     if "parts" not in item:  # deprecated {role, content} shapes and OpenAI-style requests
@@ -341,10 +349,14 @@ def _genai_message(item: Any) -> dict[str, Any] | None:
             if isinstance(tc, dict):
                 fn = tc.get("function") if isinstance(tc.get("function"), dict) else tc
                 calls.append({"name": fn.get("name") or "", "arguments": _maybe_json(fn.get("arguments"))})
+                if ids:
+                    calls[-1]["id"] = tc.get("id")
         if calls:
             msg["tool_calls"] = calls
+        if ids and msg["role"] == "tool":
+            msg["tool_results"] = [(item.get("tool_call_id"), msg["content"])]
         return msg
-    texts, calls = [], []
+    texts, calls, results = [], [], []
     for part in _as_list(item.get("parts")):
         if not isinstance(part, dict):
             continue
@@ -353,23 +365,28 @@ def _genai_message(item: Any) -> dict[str, Any] | None:
             texts.append(_content_text(part.get("content")))
         elif kind == "tool_call":
             calls.append({"name": part.get("name") or "", "arguments": _maybe_json(part.get("arguments"))})
+            if ids:
+                calls[-1]["id"] = part.get("id")
         elif kind == "tool_call_response":
             resp = part.get("response", part.get("result"))
             texts.append(resp if isinstance(resp, str) else json.dumps(resp, ensure_ascii=False, default=str))
+            results.append((part.get("id"), resp))
     msg = {"role": _role(item.get("role")), "content": "\n".join(t for t in texts if t)}
     if calls:
         msg["tool_calls"] = calls
+    if ids and results:
+        msg["tool_results"] = results
     return msg
 
 
-def span_input_messages(span: SpanRow) -> list[dict[str, Any]]:
+def span_input_messages(span: SpanRow, ids: bool = False) -> list[dict[str, Any]]:
     """Input messages of a span in OpenInference or GenAI form (empty when it has none)."""
     a = _attrs(span)
-    oi = [m for m in (_oi_message(i) for i in _as_list(_get(a, "llm.input_messages"))) if m]
+    oi = [m for m in (_oi_message(i, ids) for i in _as_list(_get(a, "llm.input_messages"))) if m]
     if oi:
         return oi
     for key in ("gen_ai.input.messages", "gen_ai.prompt"):
-        msgs = [m for m in (_genai_message(i) for i in _as_list(_get(a, key))) if m]
+        msgs = [m for m in (_genai_message(i, ids) for i in _as_list(_get(a, key))) if m]
         if msgs:
             return msgs
     prompts = [_content_text(_get(p, "prompt.text") if isinstance(p, dict) else p)
@@ -537,6 +554,58 @@ def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
     return tools
 
 
+def _requested_calls(spans: Sequence[SpanRow], limit: int) -> list[dict[str, Any]]:
+    """The tool calls the model asked for, in a trace without TOOL spans (the app ran them unrecorded).
+
+    Asked for in an LLM's output messages or, when the span that asked is not in the trace, seen in a
+    later call's input after its last user message; each with its ``result`` when a later call's input
+    carries the tool message answering it (by tool call id, else in order).
+    """
+    calls: list[dict[str, Any]] = []
+    by_id: dict[str, dict[str, Any]] = {}
+    results: dict[str, Any] = {}
+    in_order: list[Any] = []  # results without ids: the longest run wins (each call's input repeats the earlier ones)
+
+    def add(span: SpanRow, c: Mapping[str, Any], echoed: bool) -> None:
+        cid = c.get("id")
+        if cid and cid in by_id:
+            return
+        arguments = _clip(c["arguments"], limit)
+        if echoed and not cid and any(k["name"] == c["name"] and k["arguments"] == arguments for k in calls):
+            return
+        call = {"span_id": span.get("span_id"), "name": c["name"], "arguments": arguments, "requested_only": True}
+        if cid:
+            by_id[cid] = call
+        calls.append(call)
+
+    for s in spans:
+        a = _attrs(s)
+        inputs = span_input_messages(s, ids=True)
+        last_user = max((i for i, m in enumerate(inputs) if m.get("role") == "user"), default=-1)
+        unnamed = []
+        for msg in inputs[last_user + 1:]:  # this turn's calls so far and what they returned
+            for c in msg.get("tool_calls", []):
+                add(s, c, True)
+            for rid, result in msg.get("tool_results", []):
+                if rid:
+                    results.setdefault(str(rid), result)
+                else:
+                    unnamed.append(result)
+        if len(unnamed) > len(in_order):
+            in_order = unnamed
+        outs = [_oi_message(i, True) for i in _as_list(_get(a, "llm.output_messages"))]
+        outs += [_genai_message(i, True) for i in _as_list(_get(a, "gen_ai.output.messages"))]
+        for out in outs:
+            for c in (out or {}).get("tool_calls", []):
+                add(s, c, False)
+    for cid, call in by_id.items():
+        if str(cid) in results:
+            call["result"] = _clip(_maybe_json(results[str(cid)]), limit)
+    for call, result in zip((c for c in calls if "result" not in c), in_order):
+        call["result"] = _clip(_maybe_json(result), limit)
+    return calls
+
+
 def extract_context(spans: Sequence[SpanRow], limit: int = 2000) -> dict[str, Any]:
     """Retrieved documents, retrieval queries, tool calls (executed, else requested) and available tools."""
     documents: list[dict[str, Any]] = []
@@ -552,14 +621,7 @@ def extract_context(spans: Sequence[SpanRow], limit: int = 2000) -> dict[str, An
         elif kind == "TOOL":
             calls.append(_tool_call(s, limit))
     if not calls:  # no TOOL spans: the calls the model asked for
-        for s in spans:
-            a = _attrs(s)
-            outs = [_oi_message(i) for i in _as_list(_get(a, "llm.output_messages"))]
-            outs += [_genai_message(i) for i in _as_list(_get(a, "gen_ai.output.messages"))]
-            for msg in outs:
-                for c in (msg or {}).get("tool_calls", []):
-                    calls.append({"span_id": s.get("span_id"), "name": c["name"],
-                                  "arguments": _clip(c["arguments"], limit), "requested_only": True})
+        calls = _requested_calls(spans, limit)
     context: dict[str, Any] = {"documents": documents, "tool_calls": calls,
                                "available_tools": sorted(available_tools(spans))}
     if queries:

@@ -631,3 +631,73 @@ def test_a_loop_draft_allows_one_identical_call_less_than_the_configured_max_rep
     with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
         tid = _timed_agent_turn(tracer, "Where is order ORD-7?", [("TOOL", "lookup_order", 0.1)] * 5)
     assert _draft(c, tid, "loop") == {"max_identical_calls": 4, "required_tool_sequence": ["lookup_order"]}
+
+
+def _chat_turn_without_tool_spans(tracer: Any, form: str, question: str, *, root: bool) -> str:
+    """An app that runs its tool itself, unrecorded: model call 1 asks for cancel_order, model call 2 gets the
+    tool's answer in its input messages and refuses. ``root=False``: only call 2 is in its trace (each model
+    call its own trace, as a bare instrumented client sends them). Returns call 2's trace id."""
+    import contextlib
+
+    call = {"id": "call_9", "type": "function",
+            "function": {"name": "cancel_order", "arguments": json.dumps({"order_id": "ORD-555"})}}
+    result = json.dumps({"ok": False, "reason": "order already shipped"})
+    turn = [{"role": "system", "content": "You are support."}, {"role": "user", "content": question}]
+    asked = {"role": "assistant", "content": None, "tool_calls": [call]}
+    answered = {"role": "tool", "tool_call_id": "call_9", "content": result}
+    refusal = {"role": "assistant", "content": "I'm sorry, I can't help with cancellations."}
+
+    def attrs(inputs: list[dict[str, Any]], output: dict[str, Any]) -> dict[str, Any]:
+        if form == "genai":
+            def parts(m: dict[str, Any]) -> dict[str, Any]:
+                ps: list[dict[str, Any]] = []
+                if m["role"] == "tool":
+                    ps.append({"type": "tool_call_response", "id": m["tool_call_id"], "response": m["content"]})
+                elif m.get("content"):
+                    ps.append({"type": "text", "content": m["content"]})
+                ps += [{"type": "tool_call", "id": c["id"], "name": c["function"]["name"],
+                        "arguments": json.loads(c["function"]["arguments"])} for c in m.get("tool_calls", [])]
+                return {"role": m["role"], "parts": ps}
+            return {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                    "gen_ai.tool.definitions": json.dumps([{"type": "function", "name": "cancel_order"}]),
+                    "gen_ai.input.messages": json.dumps([parts(m) for m in inputs]),
+                    "gen_ai.output.messages": json.dumps([parts(output)])}
+        flat: dict[str, Any] = {"openinference.span.kind": "LLM", "llm.model_name": "gpt-4o",
+                                "llm.tools.0.tool.json_schema": json.dumps({"type": "function",
+                                                                            "function": {"name": "cancel_order"}})}
+        for prefix, msgs in (("llm.input_messages", inputs), ("llm.output_messages", [output])):
+            for i, m in enumerate(msgs):
+                flat[f"{prefix}.{i}.message.role"] = m["role"]
+                if m.get("content"):
+                    flat[f"{prefix}.{i}.message.content"] = m["content"]
+                if m.get("tool_call_id"):
+                    flat[f"{prefix}.{i}.message.tool_call_id"] = m["tool_call_id"]
+                for j, c in enumerate(m.get("tool_calls", [])):
+                    flat[f"{prefix}.{i}.message.tool_calls.{j}.tool_call.id"] = c["id"]
+                    flat[f"{prefix}.{i}.message.tool_calls.{j}.tool_call.function.name"] = c["function"]["name"]
+                    flat[f"{prefix}.{i}.message.tool_calls.{j}.tool_call.function.arguments"] = c["function"]["arguments"]
+        return flat
+
+    with tracer.start_as_current_span("agent run") if root else contextlib.nullcontext():
+        if root:
+            with tracer.start_as_current_span("chat gpt-4o", attributes=attrs(turn, asked)):
+                pass
+        with tracer.start_as_current_span("chat gpt-4o", attributes=attrs(turn + [asked, answered], refusal)) as last:
+            return format(last.get_span_context().trace_id, "032x")
+
+
+@pytest.mark.parametrize("form", ["openinference", "genai"])
+def test_tool_calls_the_app_ran_unrecorded_come_with_the_results_the_model_was_given(start_collector, form):
+    """No TOOL spans: the tool's answer is only in the next model call's input (a tool message). The reviewer
+    must see it (the call's ``result`` was missing, and with the asking call in another trace, the call too)."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        traces = {root: _chat_turn_without_tool_spans(tracer, form, f"Cancel order ORD-555 ({form}, {root})", root=root)
+                  for root in (True, False)}
+    for root, tid in traces.items():
+        rows = c.wait_for(f"SELECT context FROM candidates WHERE list_contains(trace_ids, '{tid}')",
+                          lambda r: len(r) == 1)
+        context = json.loads(rows[0]["context"]) if isinstance(rows[0]["context"], str) else rows[0]["context"]
+        (call,) = context["tool_calls"]
+        assert (call["name"], call["arguments"], call["result"]) == (
+            "cancel_order", {"order_id": "ORD-555"}, {"ok": False, "reason": "order already shipped"}), root
