@@ -394,7 +394,67 @@ def span_input_messages(span: SpanRow, ids: bool = False) -> list[dict[str, Any]
     prompts = [p for p in prompts if p]
     if prompts:
         return [{"role": "user", "content": prompts[-1]}]
-    return []
+    return _event_messages(span, ids)
+
+
+#: Older GenAI instrumentations record each message as a span event named for its role (deprecated in
+#: semconv 1.37; the body as JSON in ``gen_ai.event.content``, as Azure AI Inference writes it, or as
+#: attributes), or the whole prompt in one ``gen_ai.content.prompt`` event (semconv 1.27 and before).
+_MESSAGE_EVENTS = {"gen_ai.system.message": "system", "gen_ai.user.message": "user",
+                   "gen_ai.assistant.message": "assistant", "gen_ai.tool.message": "tool"}
+
+
+def _event_body(event: Mapping[str, Any]) -> dict[str, Any]:
+    a = event.get("attributes") if isinstance(event.get("attributes"), dict) else {}
+    body = _maybe_json(_get(a, "gen_ai.event.content"))
+    if isinstance(body, dict):
+        return body
+    return {k: v for k in ("role", "content", "tool_calls", "id", "message") if (v := _get(a, k)) is not None}
+
+
+def _event_messages(span: SpanRow, ids: bool = False) -> list[dict[str, Any]]:
+    """Input messages a span recorded as events (see :data:`_MESSAGE_EVENTS`); empty when it has none."""
+    msgs = []
+    for ev in span.get("events") or []:
+        if not isinstance(ev, dict):
+            continue
+        name = ev.get("name")
+        if name == "gen_ai.content.prompt":
+            a = ev.get("attributes") if isinstance(ev.get("attributes"), dict) else {}
+            got = [m for m in (_genai_message(i, ids) for i in _as_list(_get(a, "gen_ai.prompt"))) if m]
+            if got:
+                return got
+        elif name in _MESSAGE_EVENTS:
+            body = _event_body(ev)
+            body["role"] = body.get("role") or _MESSAGE_EVENTS[name]
+            if name == "gen_ai.tool.message":
+                body.setdefault("tool_call_id", body.get("id"))
+            msg = _genai_message(body, ids)
+            if msg:
+                msgs.append(msg)
+    return msgs
+
+
+def _event_output_text(span: SpanRow) -> str:
+    """The answer a span recorded as a ``gen_ai.content.completion`` or ``gen_ai.choice`` event (choice 0)."""
+    for ev in span.get("events") or []:
+        if not isinstance(ev, dict):
+            continue
+        if ev.get("name") == "gen_ai.content.completion":
+            a = ev.get("attributes") if isinstance(ev.get("attributes"), dict) else {}
+            for item in _as_list(_get(a, "gen_ai.completion"))[:1]:
+                msg = _genai_message(item)
+                if msg and msg["content"]:
+                    return str(msg["content"])
+        elif ev.get("name") == "gen_ai.choice":
+            body = _event_body(ev)
+            if body.get("index") not in (None, 0, "0"):
+                continue
+            message = body.get("message") if isinstance(body.get("message"), dict) else body
+            text = _content_text(message.get("content"))
+            if text:
+                return text
+    return ""
 
 
 def span_output_text(span: SpanRow) -> str:
@@ -409,7 +469,7 @@ def span_output_text(span: SpanRow) -> str:
             msg = _genai_message(item)
             if msg and msg["content"]:
                 return msg["content"]
-    return ""
+    return _event_output_text(span)
 
 
 def _split_messages(messages: list[dict[str, Any]]) -> dict[str, Any]:

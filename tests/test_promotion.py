@@ -701,3 +701,39 @@ def test_tool_calls_the_app_ran_unrecorded_come_with_the_results_the_model_was_g
         (call,) = context["tool_calls"]
         assert (call["name"], call["arguments"], call["result"]) == (
             "cancel_order", {"order_id": "ORD-555"}, {"ok": False, "reason": "order already shipped"}), root
+
+
+@pytest.mark.parametrize("style", ["content_events", "message_events"])
+def test_a_genai_chat_that_records_its_messages_as_span_events_gives_the_candidate_its_input_and_answer(
+        start_collector, style):
+    """Older GenAI instrumentations put the content in span events: one ``gen_ai.content.prompt`` /
+    ``gen_ai.content.completion`` pair (Semantic Kernel, semconv <= 1.27), or one event per message with the
+    body in ``gen_ai.event.content`` (Azure AI Inference). The candidate had an empty input and no answer."""
+    c = start_collector(FAST_JUDGE)
+    question = f"Summarise my three invoices please ({style})"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("chat gpt-4o") as chat:
+            chat.set_attribute("gen_ai.operation.name", "chat")
+            chat.set_attribute("gen_ai.request.model", "gpt-4o")
+            chat.set_attribute("gen_ai.response.finish_reasons", ["length"])
+            if style == "content_events":
+                chat.add_event("gen_ai.content.prompt", {"gen_ai.prompt": json.dumps(
+                    [{"role": "system", "content": "You are a billing bot."}, {"role": "user", "content": "Hi"},
+                     {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": question}])})
+                chat.add_event("gen_ai.content.completion", {"gen_ai.completion": json.dumps(
+                    [{"role": "assistant", "content": "Your three invoices total"}])})
+            else:
+                for event, body in (("gen_ai.system.message", {"role": "system", "content": "You are a billing bot."}),
+                                    ("gen_ai.user.message", {"role": "user", "content": "Hi"}),
+                                    ("gen_ai.assistant.message", {"role": "assistant", "content": "Hello! How can I help?"}),
+                                    ("gen_ai.user.message", {"content": question}),
+                                    ("gen_ai.choice", {"index": 0, "finish_reason": "length",
+                                                       "message": {"content": "Your three invoices total"}})):
+                    chat.add_event(event, {"gen_ai.system": "az.ai.inference", "gen_ai.event.content": json.dumps(body)})
+            tid = format(chat.get_span_context().trace_id, "032x")
+    rows = c.wait_for(f"SELECT input, observed FROM candidates WHERE list_contains(trace_ids, '{tid}')",
+                      lambda r: len(r) == 1)
+    inp, observed = (json.loads(v) if isinstance(v, str) else v for v in (rows[0]["input"], rows[0]["observed"]))
+    assert inp == {"user_message": question, "conversation_history": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}]}
+    assert observed["final_answer"] == "Your three invoices total"
