@@ -947,7 +947,13 @@ def draft_expected(
         exp["no_error_spans"] = True
     elif failure_mode == "negative_feedback":
         name = _evidence(detections, "annotation", "name", "evaluation")
-        exp["feedback_passes"] = [name] if isinstance(name, str) else []
+        names = [name] if isinstance(name, str) else []
+        for d in detections:  # the feedback detectors list each negative record (its name) under "feedback"
+            records = d.evidence.get("feedback") if isinstance(d.evidence, dict) else None
+            for r in records if isinstance(records, list) else []:
+                if isinstance(r, dict) and isinstance(r.get("name"), str) and r["name"]:
+                    names.append(r["name"])
+        exp["feedback_passes"] = list(dict.fromkeys(names))
     return exp
 
 

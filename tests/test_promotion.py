@@ -737,3 +737,20 @@ def test_a_genai_chat_that_records_its_messages_as_span_events_gives_the_candida
     assert inp == {"user_message": question, "conversation_history": [
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}]}
     assert observed["final_answer"] == "Your three invoices total"
+
+
+def test_a_negative_feedback_draft_names_the_annotations_that_judged_the_trace_failed(start_collector):
+    """The draft checks the evaluators that failed the trace (it was always ``[]``: the detector lists the
+    records under ``feedback``, a key the draft did not read)."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            root.set_attribute("input.value", "Can I return a blender after 40 days?")
+            root.set_attribute("output.value", "Yes, any time.")
+            root.set_attribute("annotations.0.annotation.name", "correctness")
+            root.set_attribute("annotations.0.annotation.label", "incorrect")
+            root.add_event("gen_ai.evaluation.result", {"gen_ai.evaluation.name": "helpfulness",
+                                                        "gen_ai.evaluation.score.label": "fail"})
+            tid = format(root.get_span_context().trace_id, "032x")
+    assert _draft(c, tid, "negative_feedback") == {"feedback_passes": ["correctness", "helpfulness"]}
