@@ -828,6 +828,16 @@ def _refusal_phrase(detections: Sequence[Detection], observed: Mapping[str, Any]
     return None
 
 
+def _banned_citation(cited: str, retrieved: Iterable[str], answer: str) -> str | None:
+    """The phrase a ``must_not`` bans for an invented citation: the id itself, unless it is part of a
+    retrieved id (must_not matches substrings, and ``doc-1`` would fail an answer citing the retrieved
+    ``doc-12``); then the bracketed citation as the answer wrote it (``[doc-1]``), else nothing."""
+    if not any(cited.casefold() in r.casefold() for r in retrieved):
+        return cited
+    m = re.search(r"[\[(]\s*" + re.escape(cited) + r"\s*[\])]", answer, re.IGNORECASE)
+    return m.group(0) if m else None
+
+
 def failing_tool(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> str | None:
     """The tool a failure is about: a detection span that is a TOOL, else the evidence's tool name."""
     by_id = {s.get("span_id"): s for s in spans}
@@ -872,7 +882,7 @@ def draft_expected(
     | tool_invocation     | ``required_tool_sequence: [tool]``, ``tool_calls_succeed: [tool]`` |
     | tool_argument       | ``tool_arguments_schema: {tool: declared schema}``, ``required_tool_sequence: [tool]`` |
     | retrieval_miss      | ``min_retrieved_documents: 1`` (+ ``min_document_score`` from evidence) |
-    | hallucination       | ``cited_ids_within_retrieved: true``, ``must_not: [invented ids]`` |
+    | hallucination       | ``cited_ids_within_retrieved: true``, ``must_not: [invented ids]`` (``[id]`` when inside a retrieved id) |
     | format_violation    | ``output_schema`` (evidence, else response_format), ``output_mime_type`` |
     | truncation          | ``finish_reason_not: [length]`` |
     | refusal_overreach   | ``must_not: [the refusal phrase]`` |
@@ -907,9 +917,11 @@ def draft_expected(
         invented = _evidence(detections, "missing_ids", "unknown_ids", "invented_ids", "cited_ids")
         retrieved = {str(d.get("id")) for d in context.get("documents", []) if d.get("id") is not None}
         if isinstance(invented, list):
-            bad = [str(i) for i in invented if str(i) not in retrieved]
-            if bad:
-                exp["must_not"] = bad
+            answer = _evidence(detections, "answer")
+            answer = answer if isinstance(answer, str) else str(observed.get("final_answer") or "")
+            bad = [_banned_citation(str(i), retrieved, answer) for i in invented if str(i) not in retrieved]
+            if any(bad):
+                exp["must_not"] = [b for b in bad if b]
         if not retrieved:
             exp["no_facts_without_retrieval"] = True
     elif failure_mode == "format_violation":

@@ -754,3 +754,20 @@ def test_a_negative_feedback_draft_names_the_annotations_that_judged_the_trace_f
                                                         "gen_ai.evaluation.score.label": "fail"})
             tid = format(root.get_span_context().trace_id, "032x")
     assert _draft(c, tid, "negative_feedback") == {"feedback_passes": ["correctness", "helpfulness"]}
+
+
+def test_a_hallucination_draft_does_not_ban_an_invented_id_inside_a_retrieved_one(start_collector):
+    """The answer cites [doc-1], never retrieved; doc-12 was. ``must_not: [doc-1]`` (a substring check) would
+    fail the fixed answer citing [doc-12]: the draft bans the citation as written, ``[doc-1]``."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms"}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            root.set_attribute("input.value", "How long is the blender warranty?")
+            with tracer.start_as_current_span("search_help") as r:
+                r.set_attribute("openinference.span.kind", "RETRIEVER")
+                r.set_attribute("retrieval.documents.0.document.id", "doc-12")
+                r.set_attribute("retrieval.documents.0.document.content", "Blenders carry a 2-year warranty.")
+            root.set_attribute("output.value", "Blenders carry a 5-year warranty [doc-1].")
+            tid = format(root.get_span_context().trace_id, "032x")
+    assert _draft(c, tid, "hallucination") == {"cited_ids_within_retrieved": True, "must_not": ["[doc-1]"]}
