@@ -16,8 +16,8 @@ rule on one trace make one candidate. Each candidate carries
   ``tool_calls`` (name, arguments, result, status, error, span_id) and ``available_tools``; in a
   trace without TOOL spans, the calls the model asked for (``requested_only``), each with the
   ``result`` a later model call was given in a tool message;
-* ``observed`` -- ``final_answer``, ``tool_sequence``, ``failing_calls`` (one per detection
-  span) and the ``detections`` (message + evidence);
+* ``observed`` -- ``final_answer``, ``tool_sequence`` (the TOOL spans, else the calls the model asked
+  for), ``failing_calls`` (one per detection span) and the ``detections`` (message + evidence);
 * ``expected`` -- a draft assertion fitted to the failure mode (see :func:`draft_expected`);
 * ``source``   -- trace_id, span_ids, service, model, prompt template / version / id,
   agent name / version, session, detector.
@@ -745,7 +745,8 @@ def extract_observed(spans: Sequence[SpanRow], detections: Sequence[Detection], 
             failing.append(_call_summary(by_id[d.span_id], limit))
     return {
         "final_answer": _final_answer(spans, limit),
-        "tool_sequence": [_tool_name(s) or s.get("name") for s in spans if s.get("span_kind") == "TOOL"],
+        "tool_sequence": [_tool_name(s) or s.get("name") for s in spans if s.get("span_kind") == "TOOL"]
+        or [c["name"] for c in _requested_calls(spans, limit)],  # no TOOL spans: what the model called
         "failing_calls": failing,
         "detections": [{"detector": d.detector, "span_id": d.span_id, "message": d.message,
                         "evidence": _clip(dict(d.evidence), limit)} for d in detections],

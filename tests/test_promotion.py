@@ -695,12 +695,13 @@ def test_tool_calls_the_app_ran_unrecorded_come_with_the_results_the_model_was_g
         traces = {root: _chat_turn_without_tool_spans(tracer, form, f"Cancel order ORD-555 ({form}, {root})", root=root)
                   for root in (True, False)}
     for root, tid in traces.items():
-        rows = c.wait_for(f"SELECT context FROM candidates WHERE list_contains(trace_ids, '{tid}')",
+        rows = c.wait_for(f"SELECT context, observed FROM candidates WHERE list_contains(trace_ids, '{tid}')",
                           lambda r: len(r) == 1)
-        context = json.loads(rows[0]["context"]) if isinstance(rows[0]["context"], str) else rows[0]["context"]
+        context, observed = (json.loads(v) if isinstance(v, str) else v for v in (rows[0]["context"], rows[0]["observed"]))
         (call,) = context["tool_calls"]
         assert (call["name"], call["arguments"], call["result"]) == (
             "cancel_order", {"order_id": "ORD-555"}, {"ok": False, "reason": "order already shipped"}), root
+        assert observed["tool_sequence"] == ["cancel_order"], root
 
 
 @pytest.mark.parametrize("style", ["content_events", "message_events"])
