@@ -10,7 +10,7 @@ rule on one trace make one candidate. Each candidate carries
   object with an ``input``/``query``/``question``/``message`` field, or plain text), then
   an AGENT's, then any other span's but a TOOL's, RETRIEVER's and the like (their input is
   the agent's, not the user's).
-  System messages are left out (the prompt is identified in ``source``); messages
+  System messages are left out (``source`` has the prompt: template, version, system prompt); messages
   after the last user message are left out too;
 * ``context``  -- retrieved ``documents`` (id, score, content, span_id), ``retrieval_queries``,
   ``tool_calls`` (name, arguments, result, status, error, span_id) and ``available_tools``; in a
@@ -19,8 +19,8 @@ rule on one trace make one candidate. Each candidate carries
 * ``observed`` -- ``final_answer``, ``tool_sequence`` (the TOOL spans, else the calls the model asked
   for), ``failing_calls`` (one per detection span) and the ``detections`` (message + evidence);
 * ``expected`` -- a draft assertion fitted to the failure mode (see :func:`draft_expected`);
-* ``source``   -- trace_id, span_ids, service, model, prompt template / version / id,
-  agent name / version, session, detector.
+* ``source``   -- trace_id, span_ids, service, model, prompt template / version / id, the first
+  model call's system prompt, agent name / version, session, detector.
 
 Dedupe, in this order, for a candidate whose id is not stored yet:
 
@@ -774,12 +774,26 @@ def _first_attr(spans: Sequence[SpanRow], *keys: str) -> Any:
     return None
 
 
+def _system_prompt(spans: Sequence[SpanRow]) -> str | None:
+    """The first model call's system prompt: its system messages, else GenAI ``gen_ai.system_instructions``."""
+    for s in spans:
+        if s.get("span_kind") != "LLM":
+            continue
+        texts = [m["content"] for m in span_input_messages(s) if m.get("role") == "system" and m.get("content")]
+        if not texts:
+            texts = [t for t in (_content_text(p) for p in _as_list(_get(_attrs(s), "gen_ai.system_instructions"))) if t]
+        if texts:
+            return "\n".join(texts)
+    return None
+
+
 def extract_source(spans: Sequence[SpanRow], detections: Sequence[Detection], limit: int = 2000) -> dict[str, Any]:
     """Where the failure came from: trace, spans, service, model, prompt, agent, session."""
     span_ids = list(dict.fromkeys(d.span_id for d in detections))
     root = _root(spans) or {}
     resource = root.get("resource_attributes") if isinstance(root.get("resource_attributes"), dict) else {}
     template = _first_attr(spans, "llm.prompt_template.template")
+    system = _system_prompt(spans)
     return {
         "trace_id": detections[0].trace_id if detections else root.get("trace_id"),
         "span_ids": span_ids,
@@ -788,6 +802,7 @@ def extract_source(spans: Sequence[SpanRow], detections: Sequence[Detection], li
         "service_version": _get(resource, "service.version"),
         "model": _first_model(spans, span_ids),
         "prompt_template": _clip(template, limit) if template else None,
+        "system_prompt": _clip(system, limit) if system else None,
         "prompt_version": _first_attr(spans, "llm.prompt_template.version"),
         "prompt_id": _first_attr(spans, "prompt.id", "gen_ai.prompt.name"),
         "agent_name": _first_attr(spans, "agent.name", "gen_ai.agent.name"),

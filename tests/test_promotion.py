@@ -772,3 +772,32 @@ def test_a_hallucination_draft_does_not_ban_an_invented_id_inside_a_retrieved_on
             root.set_attribute("output.value", "Blenders carry a 5-year warranty [doc-1].")
             tid = format(root.get_span_context().trace_id, "032x")
     assert _draft(c, tid, "hallucination") == {"cited_ids_within_retrieved": True, "must_not": ["[doc-1]"]}
+
+
+@pytest.mark.parametrize("form", ["openinference", "genai"])
+def test_the_system_prompt_left_out_of_the_input_is_in_the_source(start_collector, form):
+    """The input leaves system messages out; without prompt-template attributes (most instrumentors send
+    none) the reviewer saw the prompt nowhere. ``source.system_prompt`` carries it (sanitized)."""
+    c = start_collector(FAST_JUDGE)
+    system = "You are Acme support. Escalate refunds to ops@example.com. Never promise refunds."
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("chat gpt-4o") as chat:
+            if form == "genai":
+                chat.set_attribute("gen_ai.operation.name", "chat")
+                chat.set_attribute("gen_ai.system_instructions", json.dumps([{"type": "text", "content": system}]))
+                chat.set_attribute("gen_ai.input.messages", json.dumps(
+                    [{"role": "user", "parts": [{"type": "text", "content": "Refund ORD-3 now"}]}]))
+                chat.set_attribute("gen_ai.response.finish_reasons", ["length"])
+            else:
+                chat.set_attribute("openinference.span.kind", "LLM")
+                chat.set_attribute("llm.input_messages.0.message.role", "system")
+                chat.set_attribute("llm.input_messages.0.message.content", system)
+                chat.set_attribute("llm.input_messages.1.message.role", "user")
+                chat.set_attribute("llm.input_messages.1.message.content", "Refund ORD-3 now")
+                chat.set_attribute("llm.finish_reason", "length")
+            tid = format(chat.get_span_context().trace_id, "032x")
+    rows = c.wait_for(f"SELECT input, source FROM candidates WHERE list_contains(trace_ids, '{tid}')",
+                      lambda r: len(r) == 1)
+    inp, source = (json.loads(v) if isinstance(v, str) else v for v in (rows[0]["input"], rows[0]["source"]))
+    assert inp == {"user_message": "Refund ORD-3 now", "conversation_history": []}
+    assert source["system_prompt"] == "You are Acme support. Escalate refunds to <EMAIL>. Never promise refunds."
