@@ -903,7 +903,7 @@ def draft_expected(
     | truncation          | ``finish_reason_not: [length]`` |
     | refusal_overreach   | ``must_not: [the refusal phrase]`` |
     | latency_breach      | ``max_duration_ms: {KIND: threshold}`` (each kind its own threshold) |
-    | loop                | ``max_identical_calls: N`` (evidence; ``max_repeats`` - 1; else 2), ``required_tool_sequence: [tool]`` |
+    | loop                | ``max_identical_calls: N`` (evidence; ``max_repeats`` - 1; else 2, unless ``max_steps``), ``max_steps``, ``required_tool_sequence: [tool]`` |
     | blast_radius_breach | ``must_not_call_after_error: [tool]`` |
     | llm_error           | ``no_error_spans: true`` |
     | negative_feedback   | ``feedback_passes: [annotation names]`` |
@@ -963,9 +963,10 @@ def draft_expected(
         repeats = _evidence(detections, "max_repeats")  # repeated_tool_call fires at max_repeats identical calls
         if not (isinstance(limit, int) and limit > 0) and isinstance(repeats, int) and repeats >= 2:
             limit = repeats - 1
-        exp["max_identical_calls"] = limit if isinstance(limit, int) and limit > 0 else 2
         steps = _evidence(detections, "max_steps")
-        if isinstance(steps, int):
+        if isinstance(limit, int) and limit > 0 or not isinstance(steps, int):
+            exp["max_identical_calls"] = limit if isinstance(limit, int) and limit > 0 else 2
+        if isinstance(steps, int):  # too many steps: the steps are the assertion, not a guess at repeats
             exp["max_steps"] = steps
         if tool:
             exp["required_tool_sequence"] = [tool]

@@ -801,3 +801,15 @@ def test_the_system_prompt_left_out_of_the_input_is_in_the_source(start_collecto
     inp, source = (json.loads(v) if isinstance(v, str) else v for v in (rows[0]["input"], rows[0]["source"]))
     assert inp == {"user_message": "Refund ORD-3 now", "conversation_history": []}
     assert source["system_prompt"] == "You are Acme support. Escalate refunds to <EMAIL>. Never promise refunds."
+
+
+def test_a_step_limit_draft_caps_the_steps_and_guesses_no_repeat_limit(start_collector):
+    """Too many steps (``loop.max_steps: 4``, five different lookups): the draft is ``max_steps: 4``. It also
+    said ``max_identical_calls: 2``, a limit the detectors do not hold (``max_repeats: 5`` here), failing a
+    fixed agent that looks one order up three times."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms",
+                                                      "loop": {"max_repeats": 5, "max_steps": 4}}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        tid = _timed_agent_turn(tracer, "Where are my five orders?",
+                                [("TOOL", f"lookup_{n}", 0.1) for n in ("a", "b", "c", "d", "e")])
+    assert _draft(c, tid, "loop") == {"max_steps": 4}
