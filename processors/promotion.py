@@ -865,6 +865,15 @@ def failing_tool(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> s
     return str(name) if isinstance(name, str) and name else None
 
 
+def _gave_the_answer(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> bool:
+    """Whether a detection is on the span that gave the trace's answer: the root or the last model call
+    (not a tool's output, a step's, or a router's JSON before the answer)."""
+    root = _root(spans)
+    llms = [s.get("span_id") for s in spans if s.get("span_kind") == "LLM"]
+    answering = {root.get("span_id") if root else None, llms[-1] if llms else None} - {None}
+    return any(d.span_id in answering for d in detections)
+
+
 def _response_format_schema(spans: Sequence[SpanRow]) -> Any:
     for s in spans:
         params = _maybe_json(_get(_attrs(s), "llm.invocation_parameters"))
@@ -899,7 +908,7 @@ def draft_expected(
     | tool_argument       | ``tool_arguments_schema: {tool: declared schema}``, ``required_tool_sequence: [tool]`` |
     | retrieval_miss      | ``min_retrieved_documents: 1`` (+ ``min_document_score`` from evidence) |
     | hallucination       | ``cited_ids_within_retrieved: true``, ``must_not: [invented ids]`` (``[id]`` when inside a retrieved id) |
-    | format_violation    | ``output_schema`` (evidence, else response_format), ``output_mime_type`` |
+    | format_violation    | ``output_schema`` (evidence, else response_format), ``output_mime_type``; none when the output that broke was not the answer (a tool's, a step's) |
     | truncation          | ``finish_reason_not: [length]`` |
     | refusal_overreach   | ``must_not: [the refusal phrase]`` |
     | latency_breach      | ``max_duration_ms: {KIND: threshold}`` (each kind its own threshold) |
@@ -941,9 +950,10 @@ def draft_expected(
         if not retrieved:
             exp["no_facts_without_retrieval"] = True
     elif failure_mode == "format_violation":
-        schema = _evidence(detections, "schema", "output_schema", "json_schema")
-        exp["output_schema"] = schema if schema is not None else (_response_format_schema(spans) or {})
-        exp["output_mime_type"] = "application/json"
+        if _gave_the_answer(spans, detections):  # the gate's output_* keys judge the run's answer only
+            schema = _evidence(detections, "schema", "output_schema", "json_schema")
+            exp["output_schema"] = schema if schema is not None else (_response_format_schema(spans) or {})
+            exp["output_mime_type"] = "application/json"
     elif failure_mode == "truncation":
         exp["finish_reason_not"] = ["length"]
     elif failure_mode == "refusal_overreach":

@@ -813,3 +813,29 @@ def test_a_step_limit_draft_caps_the_steps_and_guesses_no_repeat_limit(start_col
         tid = _timed_agent_turn(tracer, "Where are my five orders?",
                                 [("TOOL", f"lookup_{n}", 0.1) for n in ("a", "b", "c", "d", "e")])
     assert _draft(c, tid, "loop") == {"max_steps": 4}
+
+
+def test_a_format_violation_on_a_step_before_the_answer_drafts_no_assertion_on_the_answer(start_collector):
+    """A router call asked for JSON and broke it; the agent then answered in text. ``output_schema`` /
+    ``output_mime_type`` judge the run's answer, so drafting them (as it did) failed every fixed run; the
+    gate's format_violation detectors still judge the router call."""
+    c = start_collector(FAST_JUDGE)
+    schema = {"type": "object", "properties": {"route": {"enum": ["orders", "billing"]}}, "required": ["route"]}
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            root.set_attribute("input.value", "Where is order ORD-77?")
+            for name, answer, params in (
+                    ("route", "orders", {"response_format": {"type": "json_schema",
+                                                             "json_schema": {"name": "route", "schema": schema}}}),
+                    ("answer", "Your order ORD-77 has shipped.", {})):
+                with tracer.start_as_current_span(name) as call:
+                    call.set_attribute("openinference.span.kind", "LLM")
+                    call.set_attribute("llm.invocation_parameters", json.dumps({"model": "gpt-4o", **params}))
+                    call.set_attribute("llm.input_messages.0.message.role", "user")
+                    call.set_attribute("llm.input_messages.0.message.content", "Where is order ORD-77?")
+                    call.set_attribute("llm.output_messages.0.message.role", "assistant")
+                    call.set_attribute("llm.output_messages.0.message.content", answer)
+            root.set_attribute("output.value", "Your order ORD-77 has shipped.")
+            tid = format(root.get_span_context().trace_id, "032x")
+    assert _draft(c, tid, "format_violation") == {}
