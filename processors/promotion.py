@@ -974,7 +974,7 @@ def draft_expected(
         if not (isinstance(limit, int) and limit > 0) and isinstance(repeats, int) and repeats >= 2:
             limit = repeats - 1
         steps = _evidence(detections, "max_steps")
-        if isinstance(limit, int) and limit > 0 or not isinstance(steps, int):
+        if (isinstance(limit, int) and limit > 0) or not isinstance(steps, int):
             exp["max_identical_calls"] = limit if isinstance(limit, int) and limit > 0 else 2
         if isinstance(steps, int):  # too many steps: the steps are the assertion, not a guess at repeats
             exp["max_steps"] = steps
