@@ -32,7 +32,7 @@ from tracesieve.processors.rules import (
 )
 from tracesieve.processors.spanview import (
     JSON_MIME, assistant_text, canonical_arguments, documents, duration_ms, failed, finish_reasons,
-    requested_tool_calls, span_kind, tool_name, tool_span_arguments, try_json,
+    requested_tool_calls, response_text, span_kind, tool_name, tool_span_arguments, try_json,
 )
 from tracesieve.storage.schema import SPAN_KINDS
 
@@ -75,7 +75,7 @@ class Run:
         for root in reversed(self.roots):
             out = root.get("output_value")
             if isinstance(out, str) and out.strip():
-                return root, out
+                return root, _answer_text(out)
         for s in sorted(self.of_kind("LLM"), key=_end, reverse=True):
             text = assistant_text(s) or s.get("output_value")
             if isinstance(text, str) and text.strip():
@@ -99,6 +99,17 @@ class Run:
                     for s in tools]
         return [(str(c.get("name") or ""), c.get("arguments"), s)
                 for s in self.of_kind("LLM") for c in requested_tool_calls(s)]
+
+
+def _answer_text(output: str) -> str:
+    """A root's output, read down to the answer text when it is a model response or GenAI output messages
+    (an invoke_agent span's ``gen_ai.output.messages`` is its stored output); else the output itself."""
+    if output.lstrip()[:1] in ("{", "["):
+        ok, value = try_json(output)
+        text = response_text(value) if ok else None
+        if text:
+            return text
+    return output
 
 
 def _fold(text: str) -> str:

@@ -10,15 +10,17 @@ rule on one trace make one candidate. Each candidate carries
   object with an ``input``/``query``/``question``/``message`` field, or plain text), then
   an AGENT's, then any other span's but a TOOL's, RETRIEVER's and the like (their input is
   the agent's, not the user's).
-  System messages are left out (the prompt is identified in ``source``); messages
+  System messages are left out (``source`` has the prompt: template, version, system prompt); messages
   after the last user message are left out too;
 * ``context``  -- retrieved ``documents`` (id, score, content, span_id), ``retrieval_queries``,
-  ``tool_calls`` (name, arguments, result, status, error, span_id) and ``available_tools``;
-* ``observed`` -- ``final_answer``, ``tool_sequence``, ``failing_calls`` (one per detection
-  span) and the ``detections`` (message + evidence);
+  ``tool_calls`` (name, arguments, result, status, error, span_id) and ``available_tools``; in a
+  trace without TOOL spans, the calls the model asked for (``requested_only``), each with the
+  ``result`` a later model call was given in a tool message;
+* ``observed`` -- ``final_answer``, ``tool_sequence`` (the TOOL spans, else the calls the model asked
+  for), ``failing_calls`` (one per detection span) and the ``detections`` (message + evidence);
 * ``expected`` -- a draft assertion fitted to the failure mode (see :func:`draft_expected`);
-* ``source``   -- trace_id, span_ids, service, model, prompt template / version / id,
-  agent name / version, session, detector.
+* ``source``   -- trace_id, span_ids, service, model, prompt template / version / id, the first
+  model call's system prompt, agent name / version, session, detector.
 
 Dedupe, in this order, for a candidate whose id is not stored yet:
 
@@ -311,7 +313,8 @@ def _content_text(value: Any) -> str:
     return str(value)
 
 
-def _oi_message(item: Any) -> dict[str, Any] | None:
+def _oi_message(item: Any, ids: bool = False) -> dict[str, Any] | None:
+    """``{role, content, tool_calls?}``; ``ids`` adds each call's ``id`` and a tool message's ``tool_results``."""
     m = item.get("message", item) if isinstance(item, dict) else None
     if not isinstance(m, dict):
         return None
@@ -326,12 +329,17 @@ def _oi_message(item: Any) -> dict[str, Any] | None:
             fn = call.get("function") if isinstance(call.get("function"), dict) else {}
             calls.append({"name": fn.get("name") or call.get("name") or "",
                           "arguments": _maybe_json(fn.get("arguments", call.get("arguments")))})
+            if ids:
+                calls[-1]["id"] = call.get("id")
     if calls:
         msg["tool_calls"] = calls
+    if ids and msg["role"] == "tool":
+        msg["tool_results"] = [(m.get("tool_call_id"), content)]
     return msg
 
 
-def _genai_message(item: Any) -> dict[str, Any] | None:
+def _genai_message(item: Any, ids: bool = False) -> dict[str, Any] | None:
+    """``{role, content, tool_calls?}``; ``ids`` adds each call's ``id`` and a tool message's ``tool_results``."""
     if not isinstance(item, dict):
         return None
     if "parts" not in item:  # deprecated {role, content} shapes and OpenAI-style requests
@@ -341,10 +349,14 @@ def _genai_message(item: Any) -> dict[str, Any] | None:
             if isinstance(tc, dict):
                 fn = tc.get("function") if isinstance(tc.get("function"), dict) else tc
                 calls.append({"name": fn.get("name") or "", "arguments": _maybe_json(fn.get("arguments"))})
+                if ids:
+                    calls[-1]["id"] = tc.get("id")
         if calls:
             msg["tool_calls"] = calls
+        if ids and msg["role"] == "tool":
+            msg["tool_results"] = [(item.get("tool_call_id"), msg["content"])]
         return msg
-    texts, calls = [], []
+    texts, calls, results = [], [], []
     for part in _as_list(item.get("parts")):
         if not isinstance(part, dict):
             continue
@@ -353,23 +365,28 @@ def _genai_message(item: Any) -> dict[str, Any] | None:
             texts.append(_content_text(part.get("content")))
         elif kind == "tool_call":
             calls.append({"name": part.get("name") or "", "arguments": _maybe_json(part.get("arguments"))})
+            if ids:
+                calls[-1]["id"] = part.get("id")
         elif kind == "tool_call_response":
             resp = part.get("response", part.get("result"))
             texts.append(resp if isinstance(resp, str) else json.dumps(resp, ensure_ascii=False, default=str))
+            results.append((part.get("id"), resp))
     msg = {"role": _role(item.get("role")), "content": "\n".join(t for t in texts if t)}
     if calls:
         msg["tool_calls"] = calls
+    if ids and results:
+        msg["tool_results"] = results
     return msg
 
 
-def span_input_messages(span: SpanRow) -> list[dict[str, Any]]:
+def span_input_messages(span: SpanRow, ids: bool = False) -> list[dict[str, Any]]:
     """Input messages of a span in OpenInference or GenAI form (empty when it has none)."""
     a = _attrs(span)
-    oi = [m for m in (_oi_message(i) for i in _as_list(_get(a, "llm.input_messages"))) if m]
+    oi = [m for m in (_oi_message(i, ids) for i in _as_list(_get(a, "llm.input_messages"))) if m]
     if oi:
         return oi
     for key in ("gen_ai.input.messages", "gen_ai.prompt"):
-        msgs = [m for m in (_genai_message(i) for i in _as_list(_get(a, key))) if m]
+        msgs = [m for m in (_genai_message(i, ids) for i in _as_list(_get(a, key))) if m]
         if msgs:
             return msgs
     prompts = [_content_text(_get(p, "prompt.text") if isinstance(p, dict) else p)
@@ -377,7 +394,67 @@ def span_input_messages(span: SpanRow) -> list[dict[str, Any]]:
     prompts = [p for p in prompts if p]
     if prompts:
         return [{"role": "user", "content": prompts[-1]}]
-    return []
+    return _event_messages(span, ids)
+
+
+#: Older GenAI instrumentations record each message as a span event named for its role (deprecated in
+#: semconv 1.37; the body as JSON in ``gen_ai.event.content``, as Azure AI Inference writes it, or as
+#: attributes), or the whole prompt in one ``gen_ai.content.prompt`` event (semconv 1.27 and before).
+_MESSAGE_EVENTS = {"gen_ai.system.message": "system", "gen_ai.user.message": "user",
+                   "gen_ai.assistant.message": "assistant", "gen_ai.tool.message": "tool"}
+
+
+def _event_body(event: Mapping[str, Any]) -> dict[str, Any]:
+    a = event.get("attributes") if isinstance(event.get("attributes"), dict) else {}
+    body = _maybe_json(_get(a, "gen_ai.event.content"))
+    if isinstance(body, dict):
+        return body
+    return {k: v for k in ("role", "content", "tool_calls", "id", "message") if (v := _get(a, k)) is not None}
+
+
+def _event_messages(span: SpanRow, ids: bool = False) -> list[dict[str, Any]]:
+    """Input messages a span recorded as events (see :data:`_MESSAGE_EVENTS`); empty when it has none."""
+    msgs = []
+    for ev in span.get("events") or []:
+        if not isinstance(ev, dict):
+            continue
+        name = ev.get("name")
+        if name == "gen_ai.content.prompt":
+            a = ev.get("attributes") if isinstance(ev.get("attributes"), dict) else {}
+            got = [m for m in (_genai_message(i, ids) for i in _as_list(_get(a, "gen_ai.prompt"))) if m]
+            if got:
+                return got
+        elif name in _MESSAGE_EVENTS:
+            body = _event_body(ev)
+            body["role"] = body.get("role") or _MESSAGE_EVENTS[name]
+            if name == "gen_ai.tool.message":
+                body.setdefault("tool_call_id", body.get("id"))
+            msg = _genai_message(body, ids)
+            if msg:
+                msgs.append(msg)
+    return msgs
+
+
+def _event_output_text(span: SpanRow) -> str:
+    """The answer a span recorded as a ``gen_ai.content.completion`` or ``gen_ai.choice`` event (choice 0)."""
+    for ev in span.get("events") or []:
+        if not isinstance(ev, dict):
+            continue
+        if ev.get("name") == "gen_ai.content.completion":
+            a = ev.get("attributes") if isinstance(ev.get("attributes"), dict) else {}
+            for item in _as_list(_get(a, "gen_ai.completion"))[:1]:
+                msg = _genai_message(item)
+                if msg and msg["content"]:
+                    return str(msg["content"])
+        elif ev.get("name") == "gen_ai.choice":
+            body = _event_body(ev)
+            if body.get("index") not in (None, 0, "0"):
+                continue
+            message = body.get("message") if isinstance(body.get("message"), dict) else body
+            text = _content_text(message.get("content"))
+            if text:
+                return text
+    return ""
 
 
 def span_output_text(span: SpanRow) -> str:
@@ -392,7 +469,7 @@ def span_output_text(span: SpanRow) -> str:
             msg = _genai_message(item)
             if msg and msg["content"]:
                 return msg["content"]
-    return ""
+    return _event_output_text(span)
 
 
 def _split_messages(messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -537,6 +614,58 @@ def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
     return tools
 
 
+def _requested_calls(spans: Sequence[SpanRow], limit: int) -> list[dict[str, Any]]:
+    """The tool calls the model asked for, in a trace without TOOL spans (the app ran them unrecorded).
+
+    Asked for in an LLM's output messages or, when the span that asked is not in the trace, seen in a
+    later call's input after its last user message; each with its ``result`` when a later call's input
+    carries the tool message answering it (by tool call id, else in order).
+    """
+    calls: list[dict[str, Any]] = []
+    by_id: dict[str, dict[str, Any]] = {}
+    results: dict[str, Any] = {}
+    in_order: list[Any] = []  # results without ids: the longest run wins (each call's input repeats the earlier ones)
+
+    def add(span: SpanRow, c: Mapping[str, Any], echoed: bool) -> None:
+        cid = c.get("id")
+        if cid and cid in by_id:
+            return
+        arguments = _clip(c["arguments"], limit)
+        if echoed and not cid and any(k["name"] == c["name"] and k["arguments"] == arguments for k in calls):
+            return
+        call = {"span_id": span.get("span_id"), "name": c["name"], "arguments": arguments, "requested_only": True}
+        if cid:
+            by_id[cid] = call
+        calls.append(call)
+
+    for s in spans:
+        a = _attrs(s)
+        inputs = span_input_messages(s, ids=True)
+        last_user = max((i for i, m in enumerate(inputs) if m.get("role") == "user"), default=-1)
+        unnamed = []
+        for msg in inputs[last_user + 1:]:  # this turn's calls so far and what they returned
+            for c in msg.get("tool_calls", []):
+                add(s, c, True)
+            for rid, result in msg.get("tool_results", []):
+                if rid:
+                    results.setdefault(str(rid), result)
+                else:
+                    unnamed.append(result)
+        if len(unnamed) > len(in_order):
+            in_order = unnamed
+        outs = [_oi_message(i, True) for i in _as_list(_get(a, "llm.output_messages"))]
+        outs += [_genai_message(i, True) for i in _as_list(_get(a, "gen_ai.output.messages"))]
+        for out in outs:
+            for c in (out or {}).get("tool_calls", []):
+                add(s, c, False)
+    for cid, call in by_id.items():
+        if str(cid) in results:
+            call["result"] = _clip(_maybe_json(results[str(cid)]), limit)
+    for call, result in zip((c for c in calls if "result" not in c), in_order):
+        call["result"] = _clip(_maybe_json(result), limit)
+    return calls
+
+
 def extract_context(spans: Sequence[SpanRow], limit: int = 2000) -> dict[str, Any]:
     """Retrieved documents, retrieval queries, tool calls (executed, else requested) and available tools."""
     documents: list[dict[str, Any]] = []
@@ -552,14 +681,7 @@ def extract_context(spans: Sequence[SpanRow], limit: int = 2000) -> dict[str, An
         elif kind == "TOOL":
             calls.append(_tool_call(s, limit))
     if not calls:  # no TOOL spans: the calls the model asked for
-        for s in spans:
-            a = _attrs(s)
-            outs = [_oi_message(i) for i in _as_list(_get(a, "llm.output_messages"))]
-            outs += [_genai_message(i) for i in _as_list(_get(a, "gen_ai.output.messages"))]
-            for msg in outs:
-                for c in (msg or {}).get("tool_calls", []):
-                    calls.append({"span_id": s.get("span_id"), "name": c["name"],
-                                  "arguments": _clip(c["arguments"], limit), "requested_only": True})
+        calls = _requested_calls(spans, limit)
     context: dict[str, Any] = {"documents": documents, "tool_calls": calls,
                                "available_tools": sorted(available_tools(spans))}
     if queries:
@@ -623,7 +745,8 @@ def extract_observed(spans: Sequence[SpanRow], detections: Sequence[Detection], 
             failing.append(_call_summary(by_id[d.span_id], limit))
     return {
         "final_answer": _final_answer(spans, limit),
-        "tool_sequence": [_tool_name(s) or s.get("name") for s in spans if s.get("span_kind") == "TOOL"],
+        "tool_sequence": [_tool_name(s) or s.get("name") for s in spans if s.get("span_kind") == "TOOL"]
+        or [c["name"] for c in _requested_calls(spans, limit)],  # no TOOL spans: what the model called
         "failing_calls": failing,
         "detections": [{"detector": d.detector, "span_id": d.span_id, "message": d.message,
                         "evidence": _clip(dict(d.evidence), limit)} for d in detections],
@@ -651,12 +774,26 @@ def _first_attr(spans: Sequence[SpanRow], *keys: str) -> Any:
     return None
 
 
+def _system_prompt(spans: Sequence[SpanRow]) -> str | None:
+    """The first model call's system prompt: its system messages, else GenAI ``gen_ai.system_instructions``."""
+    for s in spans:
+        if s.get("span_kind") != "LLM":
+            continue
+        texts = [m["content"] for m in span_input_messages(s) if m.get("role") == "system" and m.get("content")]
+        if not texts:
+            texts = [t for t in (_content_text(p) for p in _as_list(_get(_attrs(s), "gen_ai.system_instructions"))) if t]
+        if texts:
+            return "\n".join(texts)
+    return None
+
+
 def extract_source(spans: Sequence[SpanRow], detections: Sequence[Detection], limit: int = 2000) -> dict[str, Any]:
     """Where the failure came from: trace, spans, service, model, prompt, agent, session."""
     span_ids = list(dict.fromkeys(d.span_id for d in detections))
     root = _root(spans) or {}
     resource = root.get("resource_attributes") if isinstance(root.get("resource_attributes"), dict) else {}
     template = _first_attr(spans, "llm.prompt_template.template")
+    system = _system_prompt(spans)
     return {
         "trace_id": detections[0].trace_id if detections else root.get("trace_id"),
         "span_ids": span_ids,
@@ -665,6 +802,7 @@ def extract_source(spans: Sequence[SpanRow], detections: Sequence[Detection], li
         "service_version": _get(resource, "service.version"),
         "model": _first_model(spans, span_ids),
         "prompt_template": _clip(template, limit) if template else None,
+        "system_prompt": _clip(system, limit) if system else None,
         "prompt_version": _first_attr(spans, "llm.prompt_template.version"),
         "prompt_id": _first_attr(spans, "prompt.id", "gen_ai.prompt.name"),
         "agent_name": _first_attr(spans, "agent.name", "gen_ai.agent.name"),
@@ -706,6 +844,16 @@ def _refusal_phrase(detections: Sequence[Detection], observed: Mapping[str, Any]
     return None
 
 
+def _banned_citation(cited: str, retrieved: Iterable[str], answer: str) -> str | None:
+    """The phrase a ``must_not`` bans for an invented citation: the id itself, unless it is part of a
+    retrieved id (must_not matches substrings, and ``doc-1`` would fail an answer citing the retrieved
+    ``doc-12``); then the bracketed citation as the answer wrote it (``[doc-1]``), else nothing."""
+    if not any(cited.casefold() in r.casefold() for r in retrieved):
+        return cited
+    m = re.search(r"[\[(]\s*" + re.escape(cited) + r"\s*[\])]", answer, re.IGNORECASE)
+    return m.group(0) if m else None
+
+
 def failing_tool(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> str | None:
     """The tool a failure is about: a detection span that is a TOOL, else the evidence's tool name."""
     by_id = {s.get("span_id"): s for s in spans}
@@ -715,6 +863,15 @@ def failing_tool(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> s
             return _tool_name(s)
     name = _evidence(detections, "tool_name", "tool")
     return str(name) if isinstance(name, str) and name else None
+
+
+def _gave_the_answer(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> bool:
+    """Whether a detection is on the span that gave the trace's answer: the root or the last model call
+    (not a tool's output, a step's, or a router's JSON before the answer)."""
+    root = _root(spans)
+    llms = [s.get("span_id") for s in spans if s.get("span_kind") == "LLM"]
+    answering = {root.get("span_id") if root else None, llms[-1] if llms else None} - {None}
+    return any(d.span_id in answering for d in detections)
 
 
 def _response_format_schema(spans: Sequence[SpanRow]) -> Any:
@@ -750,12 +907,12 @@ def draft_expected(
     | tool_invocation     | ``required_tool_sequence: [tool]``, ``tool_calls_succeed: [tool]`` |
     | tool_argument       | ``tool_arguments_schema: {tool: declared schema}``, ``required_tool_sequence: [tool]`` |
     | retrieval_miss      | ``min_retrieved_documents: 1`` (+ ``min_document_score`` from evidence) |
-    | hallucination       | ``cited_ids_within_retrieved: true``, ``must_not: [invented ids]`` |
-    | format_violation    | ``output_schema`` (evidence, else response_format), ``output_mime_type`` |
+    | hallucination       | ``cited_ids_within_retrieved: true``, ``must_not: [invented ids]`` (``[id]`` when inside a retrieved id) |
+    | format_violation    | ``output_schema`` (evidence, else response_format), ``output_mime_type``; none when the output that broke was not the answer (a tool's, a step's) |
     | truncation          | ``finish_reason_not: [length]`` |
     | refusal_overreach   | ``must_not: [the refusal phrase]`` |
-    | latency_breach      | ``max_duration_ms: {KIND: threshold}`` |
-    | loop                | ``max_identical_calls: N`` (evidence, else 2), ``required_tool_sequence: [tool]`` |
+    | latency_breach      | ``max_duration_ms: {KIND: threshold}`` (each kind its own threshold) |
+    | loop                | ``max_identical_calls: N`` (evidence; ``max_repeats`` - 1; else 2, unless ``max_steps``), ``max_steps``, ``required_tool_sequence: [tool]`` |
     | blast_radius_breach | ``must_not_call_after_error: [tool]`` |
     | llm_error           | ``no_error_spans: true`` |
     | negative_feedback   | ``feedback_passes: [annotation names]`` |
@@ -785,15 +942,18 @@ def draft_expected(
         invented = _evidence(detections, "missing_ids", "unknown_ids", "invented_ids", "cited_ids")
         retrieved = {str(d.get("id")) for d in context.get("documents", []) if d.get("id") is not None}
         if isinstance(invented, list):
-            bad = [str(i) for i in invented if str(i) not in retrieved]
-            if bad:
-                exp["must_not"] = bad
+            answer = _evidence(detections, "answer")
+            answer = answer if isinstance(answer, str) else str(observed.get("final_answer") or "")
+            bad = [_banned_citation(str(i), retrieved, answer) for i in invented if str(i) not in retrieved]
+            if any(bad):
+                exp["must_not"] = [b for b in bad if b]
         if not retrieved:
             exp["no_facts_without_retrieval"] = True
     elif failure_mode == "format_violation":
-        schema = _evidence(detections, "schema", "output_schema", "json_schema")
-        exp["output_schema"] = schema if schema is not None else (_response_format_schema(spans) or {})
-        exp["output_mime_type"] = "application/json"
+        if _gave_the_answer(spans, detections):  # the gate's output_* keys judge the run's answer only
+            schema = _evidence(detections, "schema", "output_schema", "json_schema")
+            exp["output_schema"] = schema if schema is not None else (_response_format_schema(spans) or {})
+            exp["output_mime_type"] = "application/json"
     elif failure_mode == "truncation":
         exp["finish_reason_not"] = ["length"]
     elif failure_mode == "refusal_overreach":
@@ -803,15 +963,20 @@ def draft_expected(
         by_id = {s.get("span_id"): s for s in spans}
         limits: dict[str, Any] = {}
         threshold = _evidence(detections, "threshold_ms", "limit_ms")
-        for d in detections:
+        for d in detections:  # each kind keeps its own ceiling: a slow RETRIEVER's 5 s is not the TOOL's
             kind = (by_id.get(d.span_id) or {}).get("span_kind") or "UNKNOWN"
-            limits[kind] = threshold
+            own = _evidence([d], "threshold_ms", "limit_ms")
+            limits[kind] = own if own is not None else limits.get(kind, threshold)
         exp["max_duration_ms"] = limits or {"UNKNOWN": threshold}
     elif failure_mode == "loop":
         limit = _evidence(detections, "max_identical_calls", "limit")
-        exp["max_identical_calls"] = limit if isinstance(limit, int) and limit > 0 else 2
+        repeats = _evidence(detections, "max_repeats")  # repeated_tool_call fires at max_repeats identical calls
+        if not (isinstance(limit, int) and limit > 0) and isinstance(repeats, int) and repeats >= 2:
+            limit = repeats - 1
         steps = _evidence(detections, "max_steps")
-        if isinstance(steps, int):
+        if (isinstance(limit, int) and limit > 0) or not isinstance(steps, int):
+            exp["max_identical_calls"] = limit if isinstance(limit, int) and limit > 0 else 2
+        if isinstance(steps, int):  # too many steps: the steps are the assertion, not a guess at repeats
             exp["max_steps"] = steps
         if tool:
             exp["required_tool_sequence"] = [tool]
@@ -821,7 +986,13 @@ def draft_expected(
         exp["no_error_spans"] = True
     elif failure_mode == "negative_feedback":
         name = _evidence(detections, "annotation", "name", "evaluation")
-        exp["feedback_passes"] = [name] if isinstance(name, str) else []
+        names = [name] if isinstance(name, str) else []
+        for d in detections:  # the feedback detectors list each negative record (its name) under "feedback"
+            records = d.evidence.get("feedback") if isinstance(d.evidence, dict) else None
+            for r in records if isinstance(records, list) else []:
+                if isinstance(r, dict) and isinstance(r.get("name"), str) and r["name"]:
+                    names.append(r["name"])
+        exp["feedback_passes"] = list(dict.fromkeys(names))
     return exp
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -225,3 +226,19 @@ def test_check_expected_scores_bare_span_rows_in_their_given_order():
                           trace) == []
     with pytest.raises(Exception, match="no scorer"):
         check_expected({"must_sparkle": True}, trace)
+
+
+def test_a_genai_agent_root_answering_in_output_messages_is_judged_on_its_text():
+    """An invoke_agent root records its answer as ``gen_ai.output.messages`` (stored as its output): the answer
+    is the text in it (output_schema judged the message list, so the fixed agent of a promoted
+    format_violation case failed the gate with "[{'role': 'assistant', ...}] is not of type 'object'")."""
+    def genai_root(text: str):
+        msgs = json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": text}], "finish_reason": "stop"}])
+        return make_trace(llm(text), root=make_span("AGENT", name="invoke_agent support", genai=True, output=msgs,
+                                                     attrs={"gen_ai.operation.name": "invoke_agent",
+                                                            "gen_ai.output.messages": msgs}))
+    expected = {"output_schema": {"type": "object", "required": ["order_id"]}, "output_mime_type": "application/json",
+                "must_include": ["ORD-1"]}
+    assert score(expected, genai_root('{"order_id": "ORD-1"}'), SETTINGS) == []
+    assert score(expected, genai_root("Your order ORD-1 has shipped."), SETTINGS) == [
+        "output_schema: the answer is not JSON", "output_mime_type: the answer is not JSON"]

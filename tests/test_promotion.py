@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ from tracesieve.storage.errors import ConfigError, NotFoundError, UsageError
 from tracesieve.storage.migrations import migrate
 from tracesieve.storage.schema import Detection
 from tracesieve.collector.decode import nest_attributes
+
+from conftest import FAST_JUDGE
+from sdk_helpers import sdk_tracer
 
 T0 = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.timezone.utc)
 
@@ -567,3 +571,271 @@ def test_a_near_duplicate_judged_while_the_first_is_still_being_written_is_a_dup
     third = proc.process_traces(TraceBatch(traces={t3: agent_trace(t3, "Something else entirely")},
                                            detections=[detection(t3)]), DuckStore(con))
     assert third.candidates == [] and proc.stats["capped"] == 1
+
+
+# ---------------------------------------------------------------------------
+# drafts from real detections: the SDK -> serve -> detectors -> candidate
+
+
+def _timed_agent_turn(tracer: Any, question: str, steps: list[tuple[str, str, float]]) -> str:
+    """An OpenInference AGENT root with children ``(kind, name, seconds)`` one after another, on explicit
+    timestamps (a 12 s tool call without waiting 12 s); a TOOL child is ``lookup_order({"order_id": "ORD-7"})``.
+    Returns the trace id."""
+    from opentelemetry import trace as otel_trace
+
+    ns = 1_000_000_000
+    now = time.time_ns() - 600 * ns
+    root = tracer.start_span("support_agent", start_time=now)
+    root.set_attribute("openinference.span.kind", "AGENT")
+    root.set_attribute("input.value", question)
+    ctx = otel_trace.set_span_in_context(root)
+    for kind, name, seconds in steps:
+        child = tracer.start_span(name, context=ctx, start_time=now)
+        child.set_attribute("openinference.span.kind", kind)
+        if kind == "TOOL":
+            child.set_attribute("tool.name", name)
+            child.set_attribute("input.value", json.dumps({"order_id": "ORD-7"}))
+            child.set_attribute("output.value", json.dumps({"status": "shipped"}))
+        if kind == "RETRIEVER":
+            child.set_attribute("input.value", question)
+            child.set_attribute("retrieval.documents.0.document.id", "doc-1")
+        now += int(seconds * ns)
+        child.end(end_time=now)
+    root.set_attribute("output.value", "Your order ORD-7 has shipped.")
+    root.end(end_time=now + ns // 10)
+    return format(root.get_span_context().trace_id, "032x")
+
+
+def _draft(c: Any, trace_id: str, mode: str) -> dict[str, Any]:
+    rows = c.wait_for(f"SELECT expected FROM candidates WHERE failure_mode = '{mode}' "
+                      f"AND list_contains(trace_ids, '{trace_id}')", lambda r: len(r) == 1)
+    expected = rows[0]["expected"]
+    return json.loads(expected) if isinstance(expected, str) else expected
+
+
+def test_a_latency_draft_holds_each_span_kind_to_its_own_threshold(start_collector):
+    """A slow retriever (5 s ceiling) and a slow tool (10 s) in one trace: the draft must not hold the
+    tool to the retriever's 5 s (it did), or a fixed agent whose tool takes 7 s would fail the gate."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms",
+                                                      "latency_breach": {"RETRIEVER": "5s", "TOOL": "10s"}}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        tid = _timed_agent_turn(tracer, "Where is order ORD-7?",
+                                [("RETRIEVER", "search_help", 6), ("TOOL", "lookup_order", 12)])
+    assert _draft(c, tid, "latency_breach") == {"max_duration_ms": {"RETRIEVER": 5000.0, "TOOL": 10000.0}}
+
+
+def test_a_loop_draft_allows_one_identical_call_less_than_the_configured_max_repeats(start_collector):
+    """With ``loop.max_repeats: 5`` four identical calls are no loop: the draft allows 4 (it said 2,
+    failing an agent that the detectors pass)."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms", "loop": {"max_repeats": 5}}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        tid = _timed_agent_turn(tracer, "Where is order ORD-7?", [("TOOL", "lookup_order", 0.1)] * 5)
+    assert _draft(c, tid, "loop") == {"max_identical_calls": 4, "required_tool_sequence": ["lookup_order"]}
+
+
+def _chat_turn_without_tool_spans(tracer: Any, form: str, question: str, *, root: bool) -> str:
+    """An app that runs its tool itself, unrecorded: model call 1 asks for cancel_order, model call 2 gets the
+    tool's answer in its input messages and refuses. ``root=False``: only call 2 is in its trace (each model
+    call its own trace, as a bare instrumented client sends them). Returns call 2's trace id."""
+    import contextlib
+
+    call = {"id": "call_9", "type": "function",
+            "function": {"name": "cancel_order", "arguments": json.dumps({"order_id": "ORD-555"})}}
+    result = json.dumps({"ok": False, "reason": "order already shipped"})
+    turn = [{"role": "system", "content": "You are support."}, {"role": "user", "content": question}]
+    asked = {"role": "assistant", "content": None, "tool_calls": [call]}
+    answered = {"role": "tool", "tool_call_id": "call_9", "content": result}
+    refusal = {"role": "assistant", "content": "I'm sorry, I can't help with cancellations."}
+
+    def attrs(inputs: list[dict[str, Any]], output: dict[str, Any]) -> dict[str, Any]:
+        if form == "genai":
+            def parts(m: dict[str, Any]) -> dict[str, Any]:
+                ps: list[dict[str, Any]] = []
+                if m["role"] == "tool":
+                    ps.append({"type": "tool_call_response", "id": m["tool_call_id"], "response": m["content"]})
+                elif m.get("content"):
+                    ps.append({"type": "text", "content": m["content"]})
+                ps += [{"type": "tool_call", "id": c["id"], "name": c["function"]["name"],
+                        "arguments": json.loads(c["function"]["arguments"])} for c in m.get("tool_calls", [])]
+                return {"role": m["role"], "parts": ps}
+            return {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                    "gen_ai.tool.definitions": json.dumps([{"type": "function", "name": "cancel_order"}]),
+                    "gen_ai.input.messages": json.dumps([parts(m) for m in inputs]),
+                    "gen_ai.output.messages": json.dumps([parts(output)])}
+        flat: dict[str, Any] = {"openinference.span.kind": "LLM", "llm.model_name": "gpt-4o",
+                                "llm.tools.0.tool.json_schema": json.dumps({"type": "function",
+                                                                            "function": {"name": "cancel_order"}})}
+        for prefix, msgs in (("llm.input_messages", inputs), ("llm.output_messages", [output])):
+            for i, m in enumerate(msgs):
+                flat[f"{prefix}.{i}.message.role"] = m["role"]
+                if m.get("content"):
+                    flat[f"{prefix}.{i}.message.content"] = m["content"]
+                if m.get("tool_call_id"):
+                    flat[f"{prefix}.{i}.message.tool_call_id"] = m["tool_call_id"]
+                for j, c in enumerate(m.get("tool_calls", [])):
+                    flat[f"{prefix}.{i}.message.tool_calls.{j}.tool_call.id"] = c["id"]
+                    flat[f"{prefix}.{i}.message.tool_calls.{j}.tool_call.function.name"] = c["function"]["name"]
+                    flat[f"{prefix}.{i}.message.tool_calls.{j}.tool_call.function.arguments"] = c["function"]["arguments"]
+        return flat
+
+    with tracer.start_as_current_span("agent run") if root else contextlib.nullcontext():
+        if root:
+            with tracer.start_as_current_span("chat gpt-4o", attributes=attrs(turn, asked)):
+                pass
+        with tracer.start_as_current_span("chat gpt-4o", attributes=attrs(turn + [asked, answered], refusal)) as last:
+            return format(last.get_span_context().trace_id, "032x")
+
+
+@pytest.mark.parametrize("form", ["openinference", "genai"])
+def test_tool_calls_the_app_ran_unrecorded_come_with_the_results_the_model_was_given(start_collector, form):
+    """No TOOL spans: the tool's answer is only in the next model call's input (a tool message). The reviewer
+    must see it (the call's ``result`` was missing, and with the asking call in another trace, the call too)."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        traces = {root: _chat_turn_without_tool_spans(tracer, form, f"Cancel order ORD-555 ({form}, {root})", root=root)
+                  for root in (True, False)}
+    for root, tid in traces.items():
+        rows = c.wait_for(f"SELECT context, observed FROM candidates WHERE list_contains(trace_ids, '{tid}')",
+                          lambda r: len(r) == 1)
+        context, observed = (json.loads(v) if isinstance(v, str) else v for v in (rows[0]["context"], rows[0]["observed"]))
+        (call,) = context["tool_calls"]
+        assert (call["name"], call["arguments"], call["result"]) == (
+            "cancel_order", {"order_id": "ORD-555"}, {"ok": False, "reason": "order already shipped"}), root
+        assert observed["tool_sequence"] == ["cancel_order"], root
+
+
+@pytest.mark.parametrize("style", ["content_events", "message_events"])
+def test_a_genai_chat_that_records_its_messages_as_span_events_gives_the_candidate_its_input_and_answer(
+        start_collector, style):
+    """Older GenAI instrumentations put the content in span events: one ``gen_ai.content.prompt`` /
+    ``gen_ai.content.completion`` pair (Semantic Kernel, semconv <= 1.27), or one event per message with the
+    body in ``gen_ai.event.content`` (Azure AI Inference). The candidate had an empty input and no answer."""
+    c = start_collector(FAST_JUDGE)
+    question = f"Summarise my three invoices please ({style})"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("chat gpt-4o") as chat:
+            chat.set_attribute("gen_ai.operation.name", "chat")
+            chat.set_attribute("gen_ai.request.model", "gpt-4o")
+            chat.set_attribute("gen_ai.response.finish_reasons", ["length"])
+            if style == "content_events":
+                chat.add_event("gen_ai.content.prompt", {"gen_ai.prompt": json.dumps(
+                    [{"role": "system", "content": "You are a billing bot."}, {"role": "user", "content": "Hi"},
+                     {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": question}])})
+                chat.add_event("gen_ai.content.completion", {"gen_ai.completion": json.dumps(
+                    [{"role": "assistant", "content": "Your three invoices total"}])})
+            else:
+                for event, body in (("gen_ai.system.message", {"role": "system", "content": "You are a billing bot."}),
+                                    ("gen_ai.user.message", {"role": "user", "content": "Hi"}),
+                                    ("gen_ai.assistant.message", {"role": "assistant", "content": "Hello! How can I help?"}),
+                                    ("gen_ai.user.message", {"content": question}),
+                                    ("gen_ai.choice", {"index": 0, "finish_reason": "length",
+                                                       "message": {"content": "Your three invoices total"}})):
+                    chat.add_event(event, {"gen_ai.system": "az.ai.inference", "gen_ai.event.content": json.dumps(body)})
+            tid = format(chat.get_span_context().trace_id, "032x")
+    rows = c.wait_for(f"SELECT input, observed FROM candidates WHERE list_contains(trace_ids, '{tid}')",
+                      lambda r: len(r) == 1)
+    inp, observed = (json.loads(v) if isinstance(v, str) else v for v in (rows[0]["input"], rows[0]["observed"]))
+    assert inp == {"user_message": question, "conversation_history": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}]}
+    assert observed["final_answer"] == "Your three invoices total"
+
+
+def test_a_negative_feedback_draft_names_the_annotations_that_judged_the_trace_failed(start_collector):
+    """The draft checks the evaluators that failed the trace (it was always ``[]``: the detector lists the
+    records under ``feedback``, a key the draft did not read)."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            root.set_attribute("input.value", "Can I return a blender after 40 days?")
+            root.set_attribute("output.value", "Yes, any time.")
+            root.set_attribute("annotations.0.annotation.name", "correctness")
+            root.set_attribute("annotations.0.annotation.label", "incorrect")
+            root.add_event("gen_ai.evaluation.result", {"gen_ai.evaluation.name": "helpfulness",
+                                                        "gen_ai.evaluation.score.label": "fail"})
+            tid = format(root.get_span_context().trace_id, "032x")
+    assert _draft(c, tid, "negative_feedback") == {"feedback_passes": ["correctness", "helpfulness"]}
+
+
+def test_a_hallucination_draft_does_not_ban_an_invented_id_inside_a_retrieved_one(start_collector):
+    """The answer cites [doc-1], never retrieved; doc-12 was. ``must_not: [doc-1]`` (a substring check) would
+    fail the fixed answer citing [doc-12]: the draft bans the citation as written, ``[doc-1]``."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms"}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            root.set_attribute("input.value", "How long is the blender warranty?")
+            with tracer.start_as_current_span("search_help") as r:
+                r.set_attribute("openinference.span.kind", "RETRIEVER")
+                r.set_attribute("retrieval.documents.0.document.id", "doc-12")
+                r.set_attribute("retrieval.documents.0.document.content", "Blenders carry a 2-year warranty.")
+            root.set_attribute("output.value", "Blenders carry a 5-year warranty [doc-1].")
+            tid = format(root.get_span_context().trace_id, "032x")
+    assert _draft(c, tid, "hallucination") == {"cited_ids_within_retrieved": True, "must_not": ["[doc-1]"]}
+
+
+@pytest.mark.parametrize("form", ["openinference", "genai"])
+def test_the_system_prompt_left_out_of_the_input_is_in_the_source(start_collector, form):
+    """The input leaves system messages out; without prompt-template attributes (most instrumentors send
+    none) the reviewer saw the prompt nowhere. ``source.system_prompt`` carries it (sanitized)."""
+    c = start_collector(FAST_JUDGE)
+    system = "You are Acme support. Escalate refunds to ops@example.com. Never promise refunds."
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("chat gpt-4o") as chat:
+            if form == "genai":
+                chat.set_attribute("gen_ai.operation.name", "chat")
+                chat.set_attribute("gen_ai.system_instructions", json.dumps([{"type": "text", "content": system}]))
+                chat.set_attribute("gen_ai.input.messages", json.dumps(
+                    [{"role": "user", "parts": [{"type": "text", "content": "Refund ORD-3 now"}]}]))
+                chat.set_attribute("gen_ai.response.finish_reasons", ["length"])
+            else:
+                chat.set_attribute("openinference.span.kind", "LLM")
+                chat.set_attribute("llm.input_messages.0.message.role", "system")
+                chat.set_attribute("llm.input_messages.0.message.content", system)
+                chat.set_attribute("llm.input_messages.1.message.role", "user")
+                chat.set_attribute("llm.input_messages.1.message.content", "Refund ORD-3 now")
+                chat.set_attribute("llm.finish_reason", "length")
+            tid = format(chat.get_span_context().trace_id, "032x")
+    rows = c.wait_for(f"SELECT input, source FROM candidates WHERE list_contains(trace_ids, '{tid}')",
+                      lambda r: len(r) == 1)
+    inp, source = (json.loads(v) if isinstance(v, str) else v for v in (rows[0]["input"], rows[0]["source"]))
+    assert inp == {"user_message": "Refund ORD-3 now", "conversation_history": []}
+    assert source["system_prompt"] == "You are Acme support. Escalate refunds to <EMAIL>. Never promise refunds."
+
+
+def test_a_step_limit_draft_caps_the_steps_and_guesses_no_repeat_limit(start_collector):
+    """Too many steps (``loop.max_steps: 4``, five different lookups): the draft is ``max_steps: 4``. It also
+    said ``max_identical_calls: 2``, a limit the detectors do not hold (``max_repeats: 5`` here), failing a
+    fixed agent that looks one order up three times."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms",
+                                                      "loop": {"max_repeats": 5, "max_steps": 4}}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        tid = _timed_agent_turn(tracer, "Where are my five orders?",
+                                [("TOOL", f"lookup_{n}", 0.1) for n in ("a", "b", "c", "d", "e")])
+    assert _draft(c, tid, "loop") == {"max_steps": 4}
+
+
+def test_a_format_violation_on_a_step_before_the_answer_drafts_no_assertion_on_the_answer(start_collector):
+    """A router call asked for JSON and broke it; the agent then answered in text. ``output_schema`` /
+    ``output_mime_type`` judge the run's answer, so drafting them (as it did) failed every fixed run; the
+    gate's format_violation detectors still judge the router call."""
+    c = start_collector(FAST_JUDGE)
+    schema = {"type": "object", "properties": {"route": {"enum": ["orders", "billing"]}}, "required": ["route"]}
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            root.set_attribute("input.value", "Where is order ORD-77?")
+            for name, answer, params in (
+                    ("route", "orders", {"response_format": {"type": "json_schema",
+                                                             "json_schema": {"name": "route", "schema": schema}}}),
+                    ("answer", "Your order ORD-77 has shipped.", {})):
+                with tracer.start_as_current_span(name) as call:
+                    call.set_attribute("openinference.span.kind", "LLM")
+                    call.set_attribute("llm.invocation_parameters", json.dumps({"model": "gpt-4o", **params}))
+                    call.set_attribute("llm.input_messages.0.message.role", "user")
+                    call.set_attribute("llm.input_messages.0.message.content", "Where is order ORD-77?")
+                    call.set_attribute("llm.output_messages.0.message.role", "assistant")
+                    call.set_attribute("llm.output_messages.0.message.content", answer)
+            root.set_attribute("output.value", "Your order ORD-77 has shipped.")
+            tid = format(root.get_span_context().trace_id, "032x")
+    assert _draft(c, tid, "format_violation") == {}
