@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 
 _ID = r"(?:doc|document|source|src)[-_:#]?[A-Za-z0-9][\w.:/-]*"
 
+#: The longest ``decision_wait``: a trace quiet for a day has settled.
+MAX_DECISION_WAIT = 24 * 3600.0
+
 #: Built-in (severity, blast_radius) per failure mode.
 DEFAULT_SEVERITY: dict[str, tuple[str, str]] = {
     "tool_invocation": ("P2", "internal_visible"),
@@ -103,6 +106,9 @@ class DetectorsConfig:
         d = cls()
         opts = OptionReader(options, path)
         wait = opts.duration("decision_wait", d.decision_wait)
+        if wait > MAX_DECISION_WAIT:  # the settler subtracts it from now: a huge one never lets a trace settle
+            opts.problem("decision_wait", f"at most 24h, got {opts.raw('decision_wait')!r}")
+            wait = d.decision_wait
 
         latency = dict(d.latency_breach)
         for kind, value in opts.mapping("latency_breach").items():

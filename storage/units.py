@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -18,6 +19,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 250ms, 5s or 2m, got {value!r}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):  # YAML's .inf / .nan
+            raise ValueError(f"expected a finite duration such as 250ms, 5s or 2m, got {value!r}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
         return float(value)
