@@ -174,14 +174,17 @@ class DetectorsConfig:
 
         threshold = opts.number("feedback_score_threshold", d.feedback_score_threshold)
 
+        rule_items = opts.list("rules")
+        rule_names = {item.get("name") for item in rule_items if isinstance(item, Mapping)}
         disable = set()
         for i, item in enumerate(opts.list("disable")):
-            if item not in FAILURE_MODES and item not in BUILTIN_DETECTORS:
-                opts.problems.append(f"{opts.here('disable')}[{i}]: {item!r} is neither a failure mode nor a detector")
+            if item not in FAILURE_MODES and item not in BUILTIN_DETECTORS and item not in rule_names:
+                opts.problems.append(f"{opts.here('disable')}[{i}]: {item!r} is neither a failure mode, "
+                                     "a detector nor an operator rule")
             else:
                 disable.add(item)
 
-        rules = _read_rules(opts, opts.list("rules"))
+        rules = _read_rules(opts, rule_items)
         opts.finish()
         return cls(
             decision_wait=wait, latency_breach=latency, blast_radius=blast, severity=severity,

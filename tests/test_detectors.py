@@ -774,6 +774,19 @@ def test_example_rules_file_is_valid_and_runs(tmp_path):
     p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace))
 
 
+def test_disable_names_an_operator_rule_to_turn_it_off(tmp_path):
+    """README_rules.md: ``disable: [empty_tool_result]`` turns a rule off (it was refused as no detector)."""
+    empty = tool("search_kb", '{"q": "x"}', result="[]")
+    trace = make_trace(empty, tool("lookup", status="ERROR"))
+    p = processor(rules=[rule("empty_tool_result", GOOD_SQL)], disable=["empty_tool_result"])
+    ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    assert [d.detector for d in ds] == ["tool_error"]
+    with pytest.raises(ConfigError) as exc:
+        processor(rules=[rule("empty_tool_result", GOOD_SQL)], disable=["empty_tool_reslt"])
+    assert exc.value.problems == ["processors.detectors.disable[0]: 'empty_tool_reslt' is neither a failure mode, "
+                                  "a detector nor an operator rule"]
+
+
 @pytest.mark.parametrize("bad,fragment", [
     (rule("r", "SELEC trace_id FROM spans"), "syntax error"),
     (rule("r", "SELECT trace_id, span_id, nope AS message, '{}' AS evidence FROM spans"), "nope"),
