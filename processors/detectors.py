@@ -194,6 +194,15 @@ class DetectorsConfig:
         )
 
 
+_MESSAGE_CHARS = 500
+
+
+def one_line(text: str) -> str:
+    """A detection's message as one line a human reads: an exception text or a rule's message may span
+    several lines (the whole text stays in evidence); whitespace runs fold to one space, long ones are clipped."""
+    return clip(" ".join(text.split()), _MESSAGE_CHARS)
+
+
 def _absorb(parent: OptionReader, child: OptionReader) -> None:
     """Collect a nested reader's problems (unknown keys included) into its parent."""
     try:
@@ -357,10 +366,11 @@ class DetectorsProcessor:
                 blast = DEFAULT_SEVERITY[mode][1]
                 if first.tool and first.tool in self.config.blast_radius:
                     blast = self.config.blast_radius[first.tool]
+            message = one_line(first.message)
             if len(group) == 1:
-                message, evidence = first.message, first.evidence
+                evidence = first.evidence
             else:
-                message = f"{first.message} (+{len(group) - 1} more)"
+                message = f"{message} (+{len(group) - 1} more)"
                 evidence = {"count": len(group), "findings": [g.evidence for g in group]}
             out.append(Detection(trace_id, span_id, detector, mode, severity, blast, message, dict(evidence)))
         return out

@@ -639,6 +639,21 @@ def test_disable_turns_off_modes_and_detectors():
     assert modes(trace, disable=["tool_error"]) == ["truncation"]
 
 
+def test_a_message_is_one_line_even_when_the_error_or_the_rule_text_spans_lines(tmp_path):
+    """DESIGN: a one-line human message. A provider error's second line stays in evidence only."""
+    failing = tool("lookup", status="ERROR", status_message="upstream said 502\n  Traceback (most recent call last):")
+    trace = make_trace(failing, tool("search_kb", '{"q": "x"}', result="[]"))
+    multi = GOOD_SQL.replace("'tool ' || tool_name || ' returned an empty result'",
+                             "'tool ' || tool_name || chr(10) || repeat('returned nothing ', 100)")
+    p = processor(rules=[rule("empty_tool_result", multi)])
+    ds = {d.detector: d for d in p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}),
+                                                   store_with(tmp_path, trace)).detections}
+    assert ds["tool_error"].message == "tool lookup failed: upstream said 502 Traceback (most recent call last):"
+    assert ds["tool_error"].evidence["status_message"].startswith("upstream said 502\n")
+    assert "\n" not in ds["empty_tool_result"].message and len(ds["empty_tool_result"].message) < 600
+    assert ds["empty_tool_result"].message.startswith("tool search_kb returned nothing returned nothing")
+
+
 def test_judging_twice_gives_the_same_detection_ids():
     trace = make_trace(tool(status="ERROR"), retriever([]), llm("x [doc-5]", finish="length"))
     assert [d.detection_id for d in detect(trace)] == [d.detection_id for d in detect(trace)]
