@@ -194,6 +194,13 @@ class DetectorsConfig:
         )
 
 
+def _on_root(finding: Finding, root_id: str) -> Finding:
+    """An operator rule's finding on a span that is not one of the trace's (NULL, or another trace's id):
+    the trace's root shows it, and the evidence keeps the id the rule returned."""
+    evidence = {**finding.evidence, "span_id_returned": finding.span_id} if finding.span_id else finding.evidence
+    return dataclasses.replace(finding, span_id=root_id, evidence=evidence)
+
+
 _MESSAGE_CHARS = 500
 
 
@@ -322,7 +329,7 @@ class DetectorsProcessor:
                 failures += 1
                 continue
             findings.extend(f for f in found if self._enabled(f.detector, f.failure_mode))
-        findings.extend(f if f.span_id else dataclasses.replace(f, span_id=view.root_id)  # a rule gave no span
+        findings.extend(f if f.span_id in view.by_id else _on_root(f, view.root_id)
                         for f in extra if self._enabled(f.detector, f.failure_mode))
         if self._enabled("irreversible_after_failure", "blast_radius_breach"):
             try:

@@ -91,6 +91,7 @@ class RuleSqlChecker:
                 cur = self._con.cursor()
                 cur.execute(f"SELECT * FROM (\n{body}\n) AS operator_rule LIMIT 0")
                 names = [d[0] for d in (cur.description or [])]
+                types = {d[0]: str(d[1]) for d in (cur.description or [])}
             except duckdb.Error as exc:
                 return [f"sql: {_first_line(exc)}"]
             missing = [c for c in RULE_COLUMNS if c not in names]
@@ -104,6 +105,8 @@ class RuleSqlChecker:
                                 f"(put extra facts into evidence)")
             if len(set(names)) != len(names):
                 problems.append("sql: result has duplicate column names")
+            if not missing and types["trace_id"] != "VARCHAR":  # it could never name a judged trace
+                problems.append(f"sql: trace_id must be text (VARCHAR), got {types['trace_id']}")
             if problems:
                 return problems
             try:

@@ -776,6 +776,17 @@ def test_operator_rule_findings_count_as_failures_for_blast_radius(tmp_path):
     assert sorted(d.failure_mode for d in ds) == ["blast_radius_breach", "tool_invocation"]
 
 
+def test_operator_rule_naming_a_span_outside_the_trace_reports_on_the_root(tmp_path):
+    """DESIGN: span_id is a span that shows the failure; a rule's made-up or foreign id was stored as is."""
+    sql = ("SELECT trace_id, CASE WHEN tool_name = 'a' THEN 'ffffffffffffffff' ELSE '42' END AS span_id, "
+           "'odd span' AS message, '{}' AS evidence FROM spans WHERE span_kind = 'TOOL'")
+    trace = make_trace(tool("a"), tool("b"))
+    p = processor(rules=[rule("odd_span", sql)])
+    ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    assert [(d.span_id, d.message) for d in ds] == [(trace[0]["span_id"], "odd span (+1 more)")]
+    assert sorted(f["span_id_returned"] for f in ds[0].evidence["findings"]) == ["42", "ffffffffffffffff"]
+
+
 def test_example_rules_file_is_valid_and_runs(tmp_path):
     import pathlib
 
@@ -808,6 +819,8 @@ def test_disable_names_an_operator_rule_to_turn_it_off(tmp_path):
     (rule("r", "SELECT trace_id, span_id, name AS message FROM spans"), "missing column(s) evidence"),
     (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence, 1 AS extra FROM spans"), "unexpected column(s) extra"),
     (rule("r", "DELETE FROM spans"), "SELECT"),
+    (rule("r", "SELECT 1 AS trace_id, span_id, name AS message, '{}' AS evidence FROM spans"),
+     "trace_id must be text (VARCHAR), got INTEGER"),
     (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans", mode="vibes"), "failure taxonomy"),
     (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans", blast_radius="huge"), "blast_radius"),
     (rule("tool_error", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans"), "already a detector"),
