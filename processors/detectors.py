@@ -396,14 +396,14 @@ class DetectorsProcessor:
         # The spans the judge loaded are all these traces have: none was received before the earliest.
         bounded = bool(received_at) and all(isinstance(r, dt.datetime) for r in received_at)
         params = ([min(received_at)] if bounded else []) + [packed(sorted(judged))]
-        failed = 0
+        failed: list[str] = []
         for rule in rules:
             try:
                 rows = store.query(wrap_rule_sql(rule.sql, received_bound=bounded), params)
-            except Exception:
+            except Exception as exc:
                 if self.strict:
                     raise
-                failed += 1
+                failed.append(f"{rule.name} ({type(exc).__name__})")  # its text may quote span content
                 continue
             for row in rows:
                 trace_id = row.get("trace_id")
@@ -418,9 +418,9 @@ class DetectorsProcessor:
                     str(message) if message else f"operator rule {rule.name} matched",
                     {"rule": rule.name, **evidence},
                 ))
-        self.errors += failed
+        self.errors += len(failed)
         if failed:
-            log.warning("detectors: %d operator SQL rule(s) failed on this batch and were skipped", failed)
+            log.warning("detectors: operator SQL rule(s) failed on this batch and were skipped: %s", ", ".join(failed))
         return per_trace
 
     def process_traces(self, batch: TraceBatch, store: StoreReader) -> TraceBatch:

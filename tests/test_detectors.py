@@ -787,6 +787,19 @@ def test_operator_rule_naming_a_span_outside_the_trace_reports_on_the_root(tmp_p
     assert sorted(f["span_id_returned"] for f in ds[0].evidence["findings"]) == ["42", "ffffffffffffffff"]
 
 
+def test_an_operator_rule_failing_at_run_time_is_named_in_the_log_without_span_content(tmp_path, caplog):
+    """The warning said only "1 operator SQL rule(s) failed": with several rules, the operator could not tell which."""
+    cast = ("SELECT trace_id, span_id, 'n' AS message, CAST(tool_name AS INTEGER)::VARCHAR AS evidence "
+            "FROM spans WHERE span_kind = 'TOOL'")
+    trace = make_trace(tool("search_kb", '{"q": "x"}', result="[]"))
+    options = {"rules": [rule("casts_names", cast), rule("empty_tool_result", GOOD_SQL)]}
+    p = DetectorsProcessor(DetectorsConfig.from_options(options, "processors.detectors"))
+    with caplog.at_level("WARNING", logger="tracesieve.processors.detectors"):
+        ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    assert [d.detector for d in ds] == ["empty_tool_result"] and p.errors == 1
+    assert "casts_names (ConversionException)" in caplog.text and "search_kb" not in caplog.text
+
+
 def test_example_rules_file_is_valid_and_runs(tmp_path):
     import pathlib
 
