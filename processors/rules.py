@@ -673,6 +673,13 @@ def refusal(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 # ==================================================================== latency_breach
 
 
+def _millis(ms: float) -> str:
+    """A duration for a message: ``150.1ms`` under a second, else seconds to the millisecond (``31.25s``)."""
+    if ms < 1000:
+        return f"{ms:.1f}".rstrip("0").rstrip(".") + "ms"
+    return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+
+
 def slow_span(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """A span took longer than the threshold configured for its kind (``latency_breach``)."""
     found = []
@@ -684,7 +691,7 @@ def slow_span(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             continue
         found.append(Finding(
             s["span_id"], "slow_span", "latency_breach",
-            f"{kind} span {s.get('name')} took {took / 1000:.1f}s, over the {limit / 1000:g}s threshold",
+            f"{kind} span {s.get('name')} took {_millis(took)}, over the {_millis(limit)} threshold",
             {"kind": kind, "name": s.get("name"), "duration_ms": took, "threshold_ms": limit,
              "tool": tool_name(s) if kind == "TOOL" else None, "model": s.get("llm_model_name")},
         ))

@@ -399,6 +399,17 @@ def test_latency_thresholds_are_configurable_per_kind():
     assert modes(make_trace(make_span("TOOL", duration_ms=60_000)), latency_breach={"TOOL": None}) == []
 
 
+@pytest.mark.parametrize("took,threshold,message", [
+    (150.2, "100ms", "took 150.2ms, over the 100ms threshold"),  # was "took 0.2s, over the 0.1s threshold"
+    (120, "100ms", "took 120ms, over the 100ms threshold"),  # was "took 0.1s, over the 0.1s threshold"
+    (31_250, "30s", "took 31.25s, over the 30s threshold"),
+])
+def test_a_latency_message_shows_durations_precisely_enough_to_compare(took, threshold, message):
+    d = only(make_trace(make_span("LLM", name="chat", duration_ms=took)), "latency_breach",
+             latency_breach={"LLM": threshold})
+    assert d.message == f"LLM span chat {message}"
+
+
 # ====================================================================== loop
 
 
