@@ -994,7 +994,8 @@ def negative_feedback(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         user = [r for r in recs if r["source"] in ("feedback", "user_feedback")]
         detector = "user_feedback" if len(user) == len(recs) else "negative_annotation"
         first = recs[0]
-        what = first.get("label") if first.get("label") is not None else f"score {first.get('score')}"
+        what = (first["label"] if first.get("label") is not None else f"score {first['score']}"
+                if first.get("score") is not None else "passed: false")
         found.append(Finding(
             target, detector, "negative_feedback",
             f"{first.get('name') or first['source']} judged this {'trace' if target == view.root_id else 'span'} as failed ({what})"

@@ -608,7 +608,8 @@ def test_evaluator_span_linked_to_a_span_reports_on_the_target():
 def test_evaluator_span_output_scoring_failed_is_negative_feedback():
     ev = make_span("EVALUATOR", name="qa_eval", output='{"passed": false, "explanation": "wrong city"}',
                    output_mime="application/json")
-    assert modes(make_trace(llm("ok"), ev)) == ["negative_feedback"]
+    d = only(make_trace(llm("ok"), ev), "negative_feedback")
+    assert d.message == "qa_eval judged this span as failed (passed: false)"  # was "(score None)"
 
 
 @pytest.mark.parametrize("where", ["attribute", "event"])
