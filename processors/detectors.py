@@ -240,6 +240,8 @@ def _read_rules(opts: OptionReader, items: Sequence[Any]) -> tuple[SqlRule, ...]
                 r.problem("name", f"use lower_snake_case, got {name!r}")
             elif name in BUILTIN_DETECTORS or name in seen:
                 r.problem("name", f"{name!r} is already a detector name")
+            elif name in FAILURE_MODES:  # `disable: [name]` would turn the whole mode off too
+                r.problem("name", f"{name!r} is a failure mode; name the rule after what it finds")
             if mode is None:
                 r.problem("failure_mode", "required")
             elif mode not in FAILURE_MODES:

@@ -849,6 +849,7 @@ def test_disable_names_an_operator_rule_to_turn_it_off(tmp_path):
     (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans", mode="vibes"), "failure taxonomy"),
     (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans", blast_radius="huge"), "blast_radius"),
     (rule("tool_error", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans"), "already a detector"),
+    (rule("loop", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans"), "'loop' is a failure mode"),
     ({"name": "r", "failure_mode": "loop", "severity": "P1"}, "sql: required"),
 ])
 def test_broken_operator_rule_is_a_config_error_naming_the_rule(bad, fragment):
