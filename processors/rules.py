@@ -356,12 +356,15 @@ def retrieval(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 _ID_PREFIX = re.compile(r"^(?:doc|document|source|src)[-_:#]?", re.IGNORECASE)
 
 
+_BRACKETS = "[](){}<>"
+
+
 def _cited_ids(pattern: re.Pattern[str], text: str) -> list[str]:
     ids: list[str] = []
     for m in pattern.finditer(text):
         group = m.group(1) if pattern.groups else m.group(0)
         for part in re.split(r"\s*[,;]\s*", group or ""):
-            part = part.strip()
+            part = part.strip() if pattern.groups else part.strip().strip(_BRACKETS).strip()  # "[KB-1]" cites KB-1
             if part and part not in ids:
                 ids.append(part)
     return ids

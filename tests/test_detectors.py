@@ -234,6 +234,14 @@ def test_a_custom_citation_pattern_finds_other_id_shapes():
     assert d.evidence["missing_ids"] == ["kb-42"]
 
 
+def test_a_citation_pattern_without_a_group_takes_the_id_inside_its_brackets():
+    """With no group the whole match is the id: '[KB-1]' was compared with the retrieved 'KB-1' and never matched."""
+    answer = llm("Refunds take 30 days [KB-1] (see also [KB-7, KB-42]).")
+    trace = make_trace(retriever([("KB-1", 0.9), ("KB-7", 0.8)]), answer)
+    d = only(trace, "hallucination", citation_pattern=r"\[KB-\d+(?:,\s*KB-\d+)*\]")
+    assert d.evidence["missing_ids"] == ["KB-42"]
+
+
 def test_the_same_missing_id_in_the_llm_output_and_the_root_output_is_one_detection():
     answer_text = "Shipping is free [doc-99]."
     root = make_span("AGENT", name="agent", output=answer_text)
