@@ -15,7 +15,9 @@ _SIZE_BYTES = {
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``250ms`` / ``5s`` / ``2m`` / ``1h`` (a bare number is seconds). Raises ValueError."""
+    """Seconds from ``250ms`` / ``5s`` / ``2m`` / ``1h`` (a bare number is seconds, also one from
+    ``${env:VAR}``). Raises ValueError."""
+    value = typed_env(value)
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 250ms, 5s or 2m, got {value!r}")
     if isinstance(value, (int, float)):

@@ -146,6 +146,19 @@ def test_number_and_boolean_settings_take_their_value_from_the_environment(tmp_p
     assert "max_queued_spans: expected a positive integer, got 'many'" in bad.stderr
 
 
+def test_a_bare_number_from_the_environment_is_seconds_like_a_bare_number_in_yaml(tmp_path, monkeypatch):
+    """`decision_wait: 2` is 2 s; `decision_wait: ${env:DW}` with DW=2 was refused as no duration."""
+    path = write(tmp_path, "receivers: {otlp: {limits: {retry_after: '${env:TS_RETRY}'}}}\n"
+                           "processors: {detectors: {decision_wait: '${env:TS_WAIT}'}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config", env={"TS_WAIT": "2", "TS_RETRY": "0.5"})
+    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv("TS_WAIT", "2")
+    monkeypatch.setenv("TS_RETRY", "0.5")
+    assert load_config(str(path)).decision_wait == 2.0
+    bad = run_cli("serve", "--config", str(path), "--print-config", env={"TS_WAIT": "soon", "TS_RETRY": "1"})
+    assert bad.returncode == 2 and "decision_wait: expected a duration such as 250ms, 5s or 2m, got 'soon'" in bad.stderr
+
+
 def test_print_config_never_shows_the_token(tmp_path):
     path = write(tmp_path, "receivers: {otlp: {auth: {bearer_token: hunter2-token}}}\n")
     result = run_cli("serve", "--config", str(path), "--print-config")
