@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -143,8 +144,9 @@ class DetectorsConfig:
                 severity[mode] = sev
 
         min_score = typed_env(opts.raw("retrieval_min_score", None))
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))):
-            opts.problem("retrieval_min_score", f"expected a number or null, got {min_score!r}")
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                      or not math.isfinite(min_score)):
+            opts.problem("retrieval_min_score", f"expected a finite number or null, got {min_score!r}")
             min_score = None
 
         pattern = opts.str("citation_pattern", d.citation_pattern)
