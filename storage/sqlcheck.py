@@ -38,8 +38,20 @@ RULE_COLUMNS: tuple[str, ...] = ("trace_id", "span_id", "message", "evidence")
 
 
 def strip_rule_sql(sql: str) -> str:
-    """The rule text without surrounding whitespace and trailing semicolons."""
+    """The rule text without surrounding whitespace and trailing semicolons (and what follows them:
+    ``SELECT ...; -- note`` is one statement, which the wrapper's parentheses must not see the ``;`` of)."""
     text = sql.strip()
+    try:
+        tokens = duckdb.tokenize(text)  # comments are no tokens; a ';' in a string literal is inside one
+    except (duckdb.Error, RuntimeError):
+        tokens = []
+    cut = None
+    for pos, kind in reversed(tokens):
+        if kind != duckdb.token_type.operator or text[pos] != ";":
+            break
+        cut = pos
+    if cut is not None:
+        text = text[:cut].rstrip()
     while text.endswith(";"):
         text = text[:-1].rstrip()
     return text

@@ -777,6 +777,15 @@ def test_operator_sql_rule_sees_every_span_of_the_judged_traces_from_the_earlies
     assert [(d.detector, d.span_id) for d in ds] == [("empty_tool_result", empty["span_id"])]
 
 
+def test_operator_sql_rule_ending_in_a_semicolon_and_a_comment_runs(tmp_path):
+    """One statement as DuckDB reads it: it was refused with 'syntax error at or near ";"'."""
+    empty = tool("search_kb", '{"q": "x"}', result="[]")
+    trace = make_trace(empty)
+    p = processor(rules=[rule("empty_tool_result", GOOD_SQL.rstrip() + "; -- tools that found nothing\n")])
+    ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    assert [(d.detector, d.span_id) for d in ds] == [("empty_tool_result", empty["span_id"])]
+
+
 def test_operator_sql_rule_with_its_own_with_clause_runs(tmp_path):
     calls = [llm("step", extra={}) for _ in range(10)]
     trace = make_trace(*calls)
