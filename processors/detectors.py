@@ -13,7 +13,8 @@ Config (``processors.detectors``; every default lives in :class:`DetectorsConfig
 
     decision_wait: 5s
     latency_breach: {LLM: 30s, TOOL: 10s, RETRIEVER: 5s, AGENT: 120s}   # merged over the defaults; null turns a kind off
-    blast_radius: {send_email: irreversible_write}   # per tool: its blast radius on tool findings
+    blast_radius: {send_email: irreversible_write}   # per tool: its blast radius on tool findings;
+                                                     # a failure mode as key: that mode's default
     severity: {hallucination: P0}                    # per failure mode, over the built-in defaults
     retrieval_min_score: null                        # a number turns on low_score_retrieval
     citation_pattern: '\\[((?:doc|document|source|src)...)\\]'  # group 1 = the cited id(s)
@@ -90,7 +91,8 @@ class DetectorsConfig:
     decision_wait: float = 5.0
     latency_breach: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"LLM": 30.0, "TOOL": 10.0, "RETRIEVER": 5.0, "AGENT": 120.0})
-    blast_radius: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    blast_radius: Mapping[str, str] = dataclasses.field(default_factory=dict)  # per tool
+    mode_blast_radius: Mapping[str, str] = dataclasses.field(default_factory=dict)  # per failure mode
     severity: Mapping[str, str] = dataclasses.field(default_factory=dict)
     retrieval_min_score: float | None = None
     citation_pattern: str = rf"\[\s*({_ID}(?:\s*[,;]\s*{_ID})*)\s*\]"
@@ -127,9 +129,12 @@ class DetectorsConfig:
                 latency[kind.upper()] = seconds
 
         blast: dict[str, str] = {}
+        mode_blast: dict[str, str] = {}
         for tool, cls_ in opts.mapping("blast_radius").items():
             if cls_ not in BLAST_RADII:
                 opts.problems.append(f"{opts.here('blast_radius')}.{tool}: expected one of {', '.join(BLAST_RADII)}, got {cls_!r}")
+            elif tool in FAILURE_MODES:  # a mode's default blast radius; a tool's own class still wins
+                mode_blast[tool] = cls_
             else:
                 blast[str(tool)] = cls_
 
@@ -186,10 +191,11 @@ class DetectorsConfig:
             else:
                 disable.add(item)
 
-        rules = _read_rules(opts, rule_items)
+        rules = _read_rules(opts, rule_items, mode_blast)
         opts.finish()
         return cls(
-            decision_wait=wait, latency_breach=latency, blast_radius=blast, severity=severity,
+            decision_wait=wait, latency_breach=latency, blast_radius=blast, mode_blast_radius=mode_blast,
+            severity=severity,
             retrieval_min_score=float(min_score) if min_score is not None else None,
             citation_pattern=pattern, refusal_phrases=tuple(clean_phrases), max_repeats=max_repeats,
             max_steps=max_steps, feedback_score_threshold=threshold, disable=frozenset(disable), rules=rules,
@@ -223,7 +229,7 @@ def _absorb(parent: OptionReader, child: OptionReader) -> None:
 _RULE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def _read_rules(opts: OptionReader, items: Sequence[Any]) -> tuple[SqlRule, ...]:
+def _read_rules(opts: OptionReader, items: Sequence[Any], mode_blast: Mapping[str, str]) -> tuple[SqlRule, ...]:
     rules: list[SqlRule] = []
     seen: set[str] = set()
     checker: RuleSqlChecker | None = None
@@ -263,7 +269,7 @@ def _read_rules(opts: OptionReader, items: Sequence[Any]) -> tuple[SqlRule, ...]
             _absorb(opts, r)
             if len(opts.problems) == before and name and mode and severity and sql:
                 seen.add(name)
-                rules.append(SqlRule(name, mode, severity, blast or DEFAULT_SEVERITY[mode][1], sql))
+                rules.append(SqlRule(name, mode, severity, blast or mode_blast.get(mode, DEFAULT_SEVERITY[mode][1]), sql))
     finally:
         if checker is not None:
             checker.close()
@@ -374,7 +380,7 @@ class DetectorsProcessor:
                 severity, blast = rule.severity, rule.blast_radius
             else:
                 severity = self.config.severity.get(mode, DEFAULT_SEVERITY[mode][0])
-                blast = DEFAULT_SEVERITY[mode][1]
+                blast = self.config.mode_blast_radius.get(mode, DEFAULT_SEVERITY[mode][1])
                 if first.tool and first.tool in self.config.blast_radius:
                     blast = self.config.blast_radius[first.tool]
             message = one_line(first.message)

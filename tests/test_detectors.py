@@ -105,6 +105,24 @@ def test_tool_error_takes_the_tool_blast_radius_from_config():
     assert (d.severity, d.blast_radius) == ("P2", "reversible_write")
 
 
+def test_blast_radius_takes_a_default_per_failure_mode_and_a_tool_class_still_wins(tmp_path):
+    """The issue: blast_radius defaults per mode and per tool; only per tool was configurable."""
+    options = {"blast_radius": {"tool_invocation": "no_external_effect", "hallucination": "internal_visible",
+                                "refund_payment": "reversible_write"},
+               "rules": [rule("empty_tool_result", GOOD_SQL)]}
+    trace = make_trace(tool("lookup", status="ERROR"), tool("refund_payment", status="ERROR"),
+                       tool("search_kb", '{"q": "x"}', result="[]"), llm("See [doc-9]."))
+    p = processor(**options)
+    ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    assert sorted((d.detector, d.evidence.get("tool"), d.blast_radius) for d in ds) == [
+        ("empty_tool_result", "search_kb", "no_external_effect"),  # a rule naming none takes its mode's
+        ("tool_error", "lookup", "no_external_effect"),
+        ("tool_error", "refund_payment", "reversible_write"),
+        ("uncited_id", None, "internal_visible"),
+    ]
+    assert p.config.blast_radius == {"refund_payment": "reversible_write"}  # modes arm no blast_radius_breach
+
+
 # ====================================================================== tool_argument
 
 
