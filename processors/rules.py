@@ -999,9 +999,12 @@ def negative_feedback(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         first = recs[0]
         what = (first["label"] if first.get("label") is not None else f"score {first['score']}"
                 if first.get("score") is not None else "passed: false")
+        elsewhere = first.get("target")  # an EVALUATOR carrier linked to a span of another trace
+        judged = (f"span {elsewhere.get('span_id')} of trace {elsewhere.get('trace_id')}" if elsewhere
+                  else f"this {'trace' if target == view.root_id else 'span'}")
         found.append(Finding(
             target, detector, "negative_feedback",
-            f"{first.get('name') or first['source']} judged this {'trace' if target == view.root_id else 'span'} as failed ({what})"
+            f"{first.get('name') or first['source']} judged {judged} as failed ({what})"
             + (f" (+{len(recs) - 1} more)" if len(recs) > 1 else ""),
             {"feedback": recs[:20], "score_threshold": cfg.feedback_score_threshold},
         ))

@@ -631,6 +631,15 @@ def test_evaluator_span_linked_to_a_span_reports_on_the_target():
     assert d.span_id == answer["span_id"] and d.evidence["feedback"][0]["carrier_span_id"] == ev["span_id"]
 
 
+def test_evaluator_span_linked_to_another_trace_names_that_span_in_its_message():
+    """Post-hoc feedback comes as its own trace; the message said "judged this trace as failed" of the carrier's."""
+    ev = make_span("EVALUATOR", name="eval", links=[{"trace_id": "ab" * 16, "span_id": "cd" * 8}],
+                   attrs={"evaluations.0.evaluation.name": "correctness", "evaluations.0.evaluation.label": "incorrect"})
+    d = only(make_trace(root=ev), "negative_feedback")
+    assert d.message == f"correctness judged span {'cd' * 8} of trace {'ab' * 16} as failed (incorrect)"
+    assert d.evidence["feedback"][0]["target"] == {"trace_id": "ab" * 16, "span_id": "cd" * 8}
+
+
 def test_evaluator_span_output_scoring_failed_is_negative_feedback():
     ev = make_span("EVALUATOR", name="qa_eval", output='{"passed": false, "explanation": "wrong city"}',
                    output_mime="application/json")
