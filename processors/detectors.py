@@ -47,7 +47,7 @@ from tracesieve.storage.errors import ConfigError
 from tracesieve.storage.schema import BLAST_RADII, FAILURE_MODES, SEVERITIES, SPAN_KINDS, Detection
 from tracesieve.storage.sqlcheck import RuleSqlChecker, wrap_rule_sql
 from tracesieve.storage.sqlparams import packed
-from tracesieve.storage.units import typed_env
+from tracesieve.storage.units import format_duration, typed_env
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,23 @@ class DetectorsConfig:
             citation_pattern=pattern, refusal_phrases=tuple(clean_phrases), max_repeats=max_repeats,
             max_steps=max_steps, feedback_score_threshold=threshold, disable=frozenset(disable), rules=rules,
         )
+
+    def as_options(self) -> dict[str, Any]:
+        """The effective options in config shape, defaults included (what ``serve --print-config`` shows)."""
+        return {
+            "decision_wait": format_duration(self.decision_wait),
+            "latency_breach": {**{kind: None for kind in DetectorsConfig().latency_breach},  # a default turned off
+                               **{kind: format_duration(s) for kind, s in self.latency_breach.items()}},
+            "blast_radius": {**self.blast_radius, **self.mode_blast_radius},
+            "severity": dict(self.severity),
+            "retrieval_min_score": self.retrieval_min_score,
+            "citation_pattern": self.citation_pattern,
+            "refusal_phrases": list(self.refusal_phrases),
+            "loop": {"max_repeats": self.max_repeats, "max_steps": self.max_steps},
+            "feedback_score_threshold": self.feedback_score_threshold,
+            "disable": sorted(self.disable),
+            "rules": [dataclasses.asdict(r) for r in self.rules],
+        }
 
 
 def _on_root(finding: Finding, root_id: str) -> Finding:

@@ -36,6 +36,26 @@ def test_no_config_means_the_documented_defaults(tmp_path):
     assert tree["receivers"]["otlp"]["limits"]["max_queued_spans"] == 200000
 
 
+def test_print_config_shows_the_effective_detector_options_and_reads_back_the_same(tmp_path):
+    """README: --print-config prints the effective config, detectors' thresholds included (it printed {})."""
+    result = run_cli("serve", "--print-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    detectors = yaml.safe_load(result.stdout)["processors"]["detectors"]
+    assert detectors["decision_wait"] == "5s"
+    assert detectors["latency_breach"] == {"LLM": "30s", "TOOL": "10s", "RETRIEVER": "5s", "AGENT": "2m"}
+    assert detectors["loop"] == {"max_repeats": 3, "max_steps": 50} and "i can't help with" in detectors["refusal_phrases"]
+    path = write(tmp_path, "processors: {detectors: {latency_breach: {TOOL: null, LLM: 250ms},\n"
+                           "  blast_radius: {send_email: irreversible_write}, refusal_phrases: [no way]}}\n")
+    first = run_cli("serve", "--config", str(path), "--print-config")
+    assert first.returncode == 0, first.stderr
+    detectors = yaml.safe_load(first.stdout)["processors"]["detectors"]
+    assert detectors["latency_breach"] == {"LLM": "250ms", "TOOL": None, "RETRIEVER": "5s", "AGENT": "2m"}
+    assert (detectors["blast_radius"], detectors["refusal_phrases"]) == ({"send_email": "irreversible_write"}, ["no way"])
+    again = tmp_path / "printed.yaml"
+    again.write_text(first.stdout)
+    assert run_cli("serve", "--config", str(again), "--print-config").stdout == first.stdout
+
+
 @pytest.mark.parametrize("text,expected", [
     ("exporters: {}\n", "exporters: unknown key"),
     ("receivers: {otlp: {protocols: {grpc: {endpiont: 1.2.3.4:1}}}}\n",
@@ -113,7 +133,7 @@ def test_durations_sizes_and_env_defaults(tmp_path):
     tree = yaml.safe_load(result.stdout)
     assert tree["receivers"]["otlp"]["limits"]["max_value_size"] == "512KiB"
     assert tree["receivers"]["otlp"]["protocols"] == {"http": {"endpoint": "127.0.0.1:4999"}}
-    assert tree["processors"]["detectors"] == {"decision_wait": "2m"}
+    assert tree["processors"]["detectors"]["decision_wait"] == "2m"
 
 
 def test_double_dollar_is_a_literal_dollar_as_in_the_otel_collector(tmp_path, monkeypatch):
