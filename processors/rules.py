@@ -302,18 +302,20 @@ def tool_arguments(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         if result:
             det, ev = result
             ev["source"] = source
-            found.append(_args_finding(s["span_id"], det, [ev], "received"))
+            found.append(_args_finding(s["span_id"], det, [ev], "received", s.get("name")))
     return found
 
 
-def _args_finding(span_id: str, detector: str, calls: list[dict[str, Any]], how: str) -> Finding:
+def _args_finding(span_id: str, detector: str, calls: list[dict[str, Any]], how: str,
+                  span_name: Any = None) -> Finding:
     first = calls[0]
     tool = first.get("tool")
+    label = f"tool {tool}" if tool else f"span {span_name}" if span_name else "an unnamed tool"  # not "tool None"
     if detector == "tool_args_json":
-        msg = f"arguments {how} for tool {tool} are not valid JSON ({first['error']})"
+        msg = f"arguments {how} for {label} are not valid JSON ({first['error']})"
     else:
         err = first["errors"][0]
-        msg = f"arguments {how} for tool {tool} break its schema at {err['path']}: {err['message']}"
+        msg = f"arguments {how} for {label} break its schema at {err['path']}: {err['message']}"
     if len(calls) > 1:
         msg += f" (+{len(calls) - 1} more call(s))"
     evidence: dict[str, Any] = dict(first) if len(calls) == 1 else {"calls": calls}

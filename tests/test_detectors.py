@@ -179,6 +179,15 @@ def test_two_bad_calls_on_one_llm_span_are_one_detection_listing_both():
     assert len(d.evidence["calls"]) == 2 and "+1 more" in d.message
 
 
+def test_bad_arguments_of_a_call_without_a_tool_name_say_which_call_not_none():
+    """The message read "arguments requested for tool None are not valid JSON"."""
+    asked = llm(None, tool_calls=[(None, '{"city": ')], finish="tool_calls")
+    ran = make_span("TOOL", name="weather_lookup", input='{"town": ', input_mime="application/json")
+    messages = sorted(d.message for d in detect(make_trace(asked, ran)) if d.failure_mode == "tool_argument")
+    assert messages == ["arguments received for span weather_lookup are not valid JSON (Expecting value: line 1 column 10 (char 9))",
+                        "arguments requested for an unnamed tool are not valid JSON (Expecting value: line 1 column 10 (char 9))"]
+
+
 def test_valid_arguments_are_not_a_tool_argument_failure():
     call = llm(None, tool_calls=[("get_weather", '{"city": "Paris", "unit": "c"}')], tools=[WEATHER_TOOL], finish="tool_calls")
     assert modes(make_trace(call, tool("get_weather", '{"city": "Paris", "unit": "c"}'))) == []
