@@ -21,7 +21,7 @@ Config (``processors.detectors``; every default lives in :class:`DetectorsConfig
     refusal_phrases: [...]                           # replaces the built-in list
     loop: {max_repeats: 3, max_steps: 50}
     feedback_score_threshold: 0.0
-    disable: [latency_breach]                        # failure modes or detector names
+    disable: [latency_breach]                        # failure modes, detector or operator rule names
     rules:                                           # operator SQL rules over `spans`
       - {name: ..., failure_mode: ..., severity: P2, blast_radius: internal_visible, sql: SELECT ...}
 """
