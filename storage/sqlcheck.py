@@ -97,6 +97,8 @@ class RuleSqlChecker:
             return [f"sql: expected exactly one statement, got {len(statements)}"]
         if statements[0].type != duckdb.StatementType.SELECT:
             return [f"sql: expected a SELECT statement, got {statements[0].type.name}"]
+        if statements[0].named_parameters:  # nothing binds them: DuckDB's own words were about prepared statements
+            return ["sql: a rule takes no parameters (? or $1); write the values into the SQL"]
         with self._lock:
             # The raw rule first: its own columns, before the wrapper reports them as missing.
             try:

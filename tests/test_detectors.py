@@ -897,6 +897,8 @@ def test_disable_names_an_operator_rule_to_turn_it_off(tmp_path):
     (rule("r", "SELECT trace_id, span_id, name AS message FROM spans"), "missing column(s) evidence"),
     (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence, 1 AS extra FROM spans"), "unexpected column(s) extra"),
     (rule("r", "DELETE FROM spans"), "SELECT"),
+    (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans WHERE duration_ms > ?"),
+     "a rule takes no parameters"),
     (rule("r", "SELECT 1 AS trace_id, span_id, name AS message, '{}' AS evidence FROM spans"),
      "trace_id must be text (VARCHAR), got INTEGER"),
     (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans", mode="vibes"), "failure taxonomy"),
