@@ -396,6 +396,19 @@ def test_refusing_with_retrieved_context_is_refusal_overreach():
     assert d.evidence["documents_retrieved"] == 2
 
 
+@pytest.mark.parametrize("text", ["I'm sorry, I cannot help you with that.", "I cannot fulfill this request.",
+                                  "Sorry, I can't assist.", "I'm not able to provide account details.",
+                                  "As an AI, I cannot share personal data."])
+def test_common_refusals_beyond_the_first_phrasings_are_refusal_overreach(text):
+    """DESIGN: apology/cannot phrasing. These refusals slipped through ("i cannot help with" needs its "with")."""
+    assert modes(make_trace(llm(text, tools=[WEATHER_TOOL]))) == ["refusal_overreach"]
+
+
+@pytest.mark.parametrize("text", ["I can help you with that: it is 18C in Paris.", "Paris is sunny; I can share more."])
+def test_an_answer_that_can_help_is_no_refusal(text):
+    assert modes(make_trace(llm(text, tools=[WEATHER_TOOL]))) == []
+
+
 def test_refusing_without_tools_or_context_is_not_refusal_overreach():
     assert modes(make_trace(llm("I can't help with that request."))) == []
 
