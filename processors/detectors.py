@@ -51,7 +51,7 @@ from tracesieve.storage.units import format_duration, typed_env
 
 log = logging.getLogger(__name__)
 
-_ID = r"(?:doc|document|source|src)[-_:#]?[A-Za-z0-9][\w.:/-]*"
+_ID = r"(?i:doc|document|source|src)[-_:#]?[A-Za-z0-9][\w.:/-]*"  # [doc-1], [Doc-1], [DOC-1]
 
 #: The longest ``decision_wait``: a trace quiet for a day has settled.
 MAX_DECISION_WAIT = 24 * 3600.0

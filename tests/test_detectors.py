@@ -246,6 +246,12 @@ def test_citing_an_id_that_was_not_retrieved_is_hallucination(genai):
     assert (d.severity, d.blast_radius) == ("P1", "customer_visible")
 
 
+def test_a_capitalised_citation_is_read_too():
+    """[DOC-7] and [Doc-1] are the default pattern's ids as much as [doc-7]: DOC-7 was never checked."""
+    d = only(make_trace(retriever([("doc-1", 0.9)]), llm("Refunds take 30 days [Doc-1][DOC-7].")), "hallucination")
+    assert d.evidence["missing_ids"] == ["DOC-7"]
+
+
 def test_citing_only_retrieved_ids_is_not_hallucination():
     assert modes(make_trace(retriever(), llm("Refunds take 30 days [doc-1][doc-2]."))) == []
 
