@@ -939,6 +939,10 @@ def _feedback_records(span: SpanRow) -> list[dict[str, Any]]:
         records.append({"scope": "trace", "source": "feedback", "name": "feedback",
                         "label": fb.get("label", fb.get("value") if isinstance(fb.get("value"), str) else fb.get("thumbs")),
                         "score": fb.get("score", fb.get("rating", fb.get("value"))), "explanation": fb.get("comment")})
+    elif isinstance(fb, str) and _number(fb) is None:  # feedback: "thumbs_down", as user_feedback may be
+        records.append({"scope": "trace", "source": "feedback", "name": "feedback", "label": fb, "score": None})
+    elif _number(fb) is not None:
+        records.append({"scope": "trace", "source": "feedback", "name": "feedback", "label": None, "score": fb})
     uf = loose(a.get("user_feedback"))
     if isinstance(uf, dict):
         records.append({"scope": "trace", "source": "user_feedback", "name": "user_feedback",

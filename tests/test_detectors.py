@@ -687,14 +687,15 @@ def test_genai_evaluation_result_with_failing_label_is_negative_feedback(where):
     assert only(make_trace(span), "negative_feedback").evidence["feedback"][0]["label"] == "irrelevant"
 
 
-@pytest.mark.parametrize("extra", [{"feedback.score": -1}, {"user_feedback": "thumbs_down"}, {"feedback.label": "bad"}])
+@pytest.mark.parametrize("extra", [{"feedback.score": -1}, {"user_feedback": "thumbs_down"}, {"feedback.label": "bad"},
+                                   {"feedback": "thumbs_down"}, {"feedback": 0}])  # the last two were not read
 def test_negative_user_feedback_is_reported_on_the_root(extra):
     trace = make_trace(llm("ok"), root=make_span("AGENT", name="agent", attrs=extra))
     d = only(trace, "negative_feedback")
     assert (d.detector, d.span_id) == ("user_feedback", trace[0]["span_id"])
 
 
-@pytest.mark.parametrize("extra", [{"feedback.score": 1}, {"user_feedback": "thumbs_up"},
+@pytest.mark.parametrize("extra", [{"feedback.score": 1}, {"user_feedback": "thumbs_up"}, {"feedback": "thumbs_up"},
                                    {"annotations.0.annotation.label": "correct", "annotations.0.annotation.score": 1}])
 def test_positive_feedback_is_not_negative_feedback(extra):
     assert modes(make_trace(llm("ok", extra=extra))) == []
