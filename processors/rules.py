@@ -26,7 +26,7 @@ from tracesieve.processors.base import SpanRow
 from tracesieve.processors.spanview import (
     HIDDEN, JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
-    is_error, loose, output_messages, requested_tool_calls, retrieval_outcome, span_kind, tool_name,
+    is_error, is_hidden, loose, output_messages, requested_tool_calls, retrieval_outcome, span_kind, tool_name,
     tool_span_arguments, try_json, walk_strings,
 )
 
@@ -254,6 +254,8 @@ def _schema_errors(schema: Any, instance: Any) -> list[dict[str, Any]]:
 
 def _check_arguments(name: str | None, raw: Any, schema: Any, declared_json: bool) -> tuple[str, dict[str, Any]] | None:
     """(detector, evidence) when arguments are unparseable or break the schema; None when fine or unknowable."""
+    if is_hidden(raw):
+        return None
     if isinstance(raw, str):
         if not raw.strip():
             raw = "{}"  # providers send "" for a call without arguments
@@ -728,7 +730,7 @@ def repeated_tool_call(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         for s in view.of_kind("LLM"):
             for c in requested_tool_calls(s):
                 canon = canonical_arguments(c.get("arguments") if c.get("arguments") is not None else "{}")
-                if c.get("name") and canon is not None:
+                if c.get("name") and canon is not None and not is_hidden(c.get("arguments")):
                     calls.append((s, c["name"], canon))
     groups: dict[tuple[str, str], list[SpanRow]] = {}
     for s, name, canon in calls:

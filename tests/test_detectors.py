@@ -475,6 +475,15 @@ def test_same_tool_with_same_arguments_three_times_is_a_loop_on_the_last_call(ge
     assert (d.detector, d.span_id, d.evidence["count"]) == ("repeated_tool_call", calls[-1]["span_id"], 3)
 
 
+@pytest.mark.parametrize("genai", [False, True])
+def test_arguments_openinference_hid_are_unknown_not_a_loop_nor_bad_json(genai):
+    """OpenInference: "__REDACTED__" is present but unknown. Three hidden calls were a loop and three tool_args_json."""
+    calls = [tool("search_kb", "__REDACTED__", genai=genai) for _ in range(3)]
+    asked = llm(None, tool_calls=[("search_kb", "__REDACTED__")] * 3, finish="tool_calls")
+    assert modes(make_trace(*calls)) == []
+    assert modes(make_trace(asked)) == []
+
+
 def test_same_tool_with_different_arguments_is_not_a_loop():
     assert modes(make_trace(*(tool("get_weather", {"city": c}) for c in ("Paris", "Lyon", "Nice", "Lille")))) == []
 
