@@ -612,7 +612,7 @@ def retrieval_outcome(span: SpanRow) -> str:
     out = span.get("output_value")
     if isinstance(out, str) and out.strip() in ("[]", "{}", ""):
         return "empty"
-    if genai_only:
+    if genai_only or is_hidden(out):  # OpenInference hid the output: what came back is unknown
         return "unknown"
     return "empty"
 

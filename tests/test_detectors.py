@@ -231,6 +231,12 @@ def test_scores_are_not_judged_without_a_configured_floor():
     assert modes(make_trace(retriever([("doc-1", 0.01)]), llm("See [doc-1]."))) == []
 
 
+def test_a_retriever_whose_output_openinference_hid_is_not_a_retrieval_miss():
+    """OPENINFERENCE_HIDE_OUTPUTS: "__REDACTED__" is present but unknown; it was read as no documents."""
+    hidden = make_span("RETRIEVER", name="retrieve", input="refund policy", output="__REDACTED__")
+    assert modes(make_trace(hidden, llm("Refunds are accepted within 30 days of purchase for all items bought."))) == []
+
+
 def test_genai_retriever_that_did_not_capture_documents_is_not_a_retrieval_miss():
     assert modes(make_trace(retriever([], genai=True, record_documents=False), llm("Refunds take 30 days."))) == []
 
