@@ -979,7 +979,8 @@ def _is_negative(rec: Mapping[str, Any], threshold: float) -> bool:
 
 
 def _feedback_target(view: TraceView, span: SpanRow, scope: str) -> tuple[str, dict[str, Any] | None]:
-    """The span the feedback judges: a linked span of this trace, the root for trace scope, else the carrier."""
+    """The span the feedback judges: a linked span of this trace, the root for trace scope or an EVALUATOR
+    carrier without a link, else the carrier."""
     links = [l for l in span.get("links") or [] if isinstance(l, dict)]
     if span_kind(span) == "EVALUATOR" and links:
         link = links[0]
@@ -989,7 +990,7 @@ def _feedback_target(view: TraceView, span: SpanRow, scope: str) -> tuple[str, d
                 return view.root_id, None
             return (target if target in view.by_id else view.root_id), None
         return span["span_id"], {"trace_id": link.get("trace_id"), "span_id": link.get("span_id")}
-    if scope == "trace":
+    if scope == "trace" or span_kind(span) == "EVALUATOR":  # an evaluator linking nowhere judges its trace, not itself
         return view.root_id, None
     return span["span_id"], None
 

@@ -686,8 +686,11 @@ def test_evaluator_span_linked_to_another_trace_names_that_span_in_its_message()
 def test_evaluator_span_output_scoring_failed_is_negative_feedback():
     ev = make_span("EVALUATOR", name="qa_eval", output='{"passed": false, "explanation": "wrong city"}',
                    output_mime="application/json")
-    d = only(make_trace(llm("ok"), ev), "negative_feedback")
-    assert d.message == "qa_eval judged this span as failed (passed: false)"  # was "(score None)"
+    trace = make_trace(llm("ok"), ev)
+    d = only(trace, "negative_feedback")
+    assert d.message == "qa_eval judged this trace as failed (passed: false)"  # was "(score None)"
+    # It links no span: it judges the trace it sits in (the root), not the evaluator span itself.
+    assert (d.span_id, d.evidence["feedback"][0]["carrier_span_id"]) == (trace[0]["span_id"], ev["span_id"])
 
 
 @pytest.mark.parametrize("where", ["attribute", "event"])
