@@ -20,6 +20,7 @@ import yaml
 from tracesieve.collector.decode import DecodeLimits
 from tracesieve.collector.registry import ProcessorRegistry
 from tracesieve.processors.base import SpanProcessor, TraceProcessor
+from tracesieve.processors.detectors import DetectorsProcessor
 from tracesieve.processors.pii import PiiProcessor
 from tracesieve.storage.errors import ConfigError
 from tracesieve.storage.lake import INSTALL_HINT, LakeTarget, missing_extension_packages, redact
@@ -370,6 +371,8 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
             problems.append(f"processors.{pid}: processor {type_name!r} refused its options: "
                             f"{type(exc).__name__}: {' '.join(str(exc).split())}")
             continue
+        if isinstance(proc, DetectorsProcessor):  # --print-config shows its effective thresholds, defaults too
+            tree_procs[pid] = proc.config.as_options()
         if factory.kind == "span":
             if seen_trace:
                 problems.append(f"{where}: span-stage processor {pid!r} must come before trace-stage processors")

@@ -13,14 +13,15 @@ Config (``processors.detectors``; every default lives in :class:`DetectorsConfig
 
     decision_wait: 5s
     latency_breach: {LLM: 30s, TOOL: 10s, RETRIEVER: 5s, AGENT: 120s}   # merged over the defaults; null turns a kind off
-    blast_radius: {send_email: irreversible_write}   # per tool: its blast radius on tool findings
+    blast_radius: {send_email: irreversible_write}   # per tool: its blast radius on tool findings;
+                                                     # a failure mode as key: that mode's default
     severity: {hallucination: P0}                    # per failure mode, over the built-in defaults
     retrieval_min_score: null                        # a number turns on low_score_retrieval
     citation_pattern: '\\[((?:doc|document|source|src)...)\\]'  # group 1 = the cited id(s)
     refusal_phrases: [...]                           # replaces the built-in list
     loop: {max_repeats: 3, max_steps: 50}
     feedback_score_threshold: 0.0
-    disable: [latency_breach]                        # failure modes or detector names
+    disable: [latency_breach]                        # failure modes, detector or operator rule names
     rules:                                           # operator SQL rules over `spans`
       - {name: ..., failure_mode: ..., severity: P2, blast_radius: internal_visible, sql: SELECT ...}
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -45,11 +47,14 @@ from tracesieve.storage.errors import ConfigError
 from tracesieve.storage.schema import BLAST_RADII, FAILURE_MODES, SEVERITIES, SPAN_KINDS, Detection
 from tracesieve.storage.sqlcheck import RuleSqlChecker, wrap_rule_sql
 from tracesieve.storage.sqlparams import packed
-from tracesieve.storage.units import typed_env
+from tracesieve.storage.units import format_duration, typed_env
 
 log = logging.getLogger(__name__)
 
-_ID = r"(?:doc|document|source|src)[-_:#]?[A-Za-z0-9][\w.:/-]*"
+_ID = r"(?i:doc|document|source|src)[-_:#]?[A-Za-z0-9][\w.:/-]*"  # [doc-1], [Doc-1], [DOC-1]
+
+#: The longest ``decision_wait``: a trace quiet for a day has settled.
+MAX_DECISION_WAIT = 24 * 3600.0
 
 #: Built-in (severity, blast_radius) per failure mode.
 DEFAULT_SEVERITY: dict[str, tuple[str, str]] = {
@@ -86,7 +91,8 @@ class DetectorsConfig:
     decision_wait: float = 5.0
     latency_breach: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"LLM": 30.0, "TOOL": 10.0, "RETRIEVER": 5.0, "AGENT": 120.0})
-    blast_radius: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    blast_radius: Mapping[str, str] = dataclasses.field(default_factory=dict)  # per tool
+    mode_blast_radius: Mapping[str, str] = dataclasses.field(default_factory=dict)  # per failure mode
     severity: Mapping[str, str] = dataclasses.field(default_factory=dict)
     retrieval_min_score: float | None = None
     citation_pattern: str = rf"\[\s*({_ID}(?:\s*[,;]\s*{_ID})*)\s*\]"
@@ -103,6 +109,9 @@ class DetectorsConfig:
         d = cls()
         opts = OptionReader(options, path)
         wait = opts.duration("decision_wait", d.decision_wait)
+        if wait > MAX_DECISION_WAIT:  # the settler subtracts it from now: a huge one never lets a trace settle
+            opts.problem("decision_wait", f"at most 24h, got {opts.raw('decision_wait')!r}")
+            wait = d.decision_wait
 
         latency = dict(d.latency_breach)
         for kind, value in opts.mapping("latency_breach").items():
@@ -120,9 +129,12 @@ class DetectorsConfig:
                 latency[kind.upper()] = seconds
 
         blast: dict[str, str] = {}
+        mode_blast: dict[str, str] = {}
         for tool, cls_ in opts.mapping("blast_radius").items():
             if cls_ not in BLAST_RADII:
                 opts.problems.append(f"{opts.here('blast_radius')}.{tool}: expected one of {', '.join(BLAST_RADII)}, got {cls_!r}")
+            elif tool in FAILURE_MODES:  # a mode's default blast radius; a tool's own class still wins
+                mode_blast[tool] = cls_
             else:
                 blast[str(tool)] = cls_
 
@@ -137,8 +149,9 @@ class DetectorsConfig:
                 severity[mode] = sev
 
         min_score = typed_env(opts.raw("retrieval_min_score", None))
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))):
-            opts.problem("retrieval_min_score", f"expected a number or null, got {min_score!r}")
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                      or not math.isfinite(min_score)):
+            opts.problem("retrieval_min_score", f"expected a finite number or null, got {min_score!r}")
             min_score = None
 
         pattern = opts.str("citation_pattern", d.citation_pattern)
@@ -168,21 +181,58 @@ class DetectorsConfig:
 
         threshold = opts.number("feedback_score_threshold", d.feedback_score_threshold)
 
+        rule_items = opts.list("rules")
+        rule_names = {item.get("name") for item in rule_items if isinstance(item, Mapping)}
         disable = set()
         for i, item in enumerate(opts.list("disable")):
-            if item not in FAILURE_MODES and item not in BUILTIN_DETECTORS:
-                opts.problems.append(f"{opts.here('disable')}[{i}]: {item!r} is neither a failure mode nor a detector")
+            if item not in FAILURE_MODES and item not in BUILTIN_DETECTORS and item not in rule_names:
+                opts.problems.append(f"{opts.here('disable')}[{i}]: {item!r} is neither a failure mode, "
+                                     "a detector nor an operator rule")
             else:
                 disable.add(item)
 
-        rules = _read_rules(opts, opts.list("rules"))
+        rules = _read_rules(opts, rule_items, mode_blast)
         opts.finish()
         return cls(
-            decision_wait=wait, latency_breach=latency, blast_radius=blast, severity=severity,
+            decision_wait=wait, latency_breach=latency, blast_radius=blast, mode_blast_radius=mode_blast,
+            severity=severity,
             retrieval_min_score=float(min_score) if min_score is not None else None,
             citation_pattern=pattern, refusal_phrases=tuple(clean_phrases), max_repeats=max_repeats,
             max_steps=max_steps, feedback_score_threshold=threshold, disable=frozenset(disable), rules=rules,
         )
+
+    def as_options(self) -> dict[str, Any]:
+        """The effective options in config shape, defaults included (what ``serve --print-config`` shows)."""
+        return {
+            "decision_wait": format_duration(self.decision_wait),
+            "latency_breach": {**{kind: None for kind in DetectorsConfig().latency_breach},  # a default turned off
+                               **{kind: format_duration(s) for kind, s in self.latency_breach.items()}},
+            "blast_radius": {**self.blast_radius, **self.mode_blast_radius},
+            "severity": dict(self.severity),
+            "retrieval_min_score": self.retrieval_min_score,
+            "citation_pattern": self.citation_pattern,
+            "refusal_phrases": list(self.refusal_phrases),
+            "loop": {"max_repeats": self.max_repeats, "max_steps": self.max_steps},
+            "feedback_score_threshold": self.feedback_score_threshold,
+            "disable": sorted(self.disable),
+            "rules": [dataclasses.asdict(r) for r in self.rules],
+        }
+
+
+def _on_root(finding: Finding, root_id: str) -> Finding:
+    """An operator rule's finding on a span that is not one of the trace's (NULL, or another trace's id):
+    the trace's root shows it, and the evidence keeps the id the rule returned."""
+    evidence = {**finding.evidence, "span_id_returned": finding.span_id} if finding.span_id else finding.evidence
+    return dataclasses.replace(finding, span_id=root_id, evidence=evidence)
+
+
+_MESSAGE_CHARS = 500
+
+
+def one_line(text: str) -> str:
+    """A detection's message as one line a human reads: an exception text or a rule's message may span
+    several lines (the whole text stays in evidence); whitespace runs fold to one space, long ones are clipped."""
+    return clip(" ".join(text.split()), _MESSAGE_CHARS)
 
 
 def _absorb(parent: OptionReader, child: OptionReader) -> None:
@@ -196,7 +246,7 @@ def _absorb(parent: OptionReader, child: OptionReader) -> None:
 _RULE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def _read_rules(opts: OptionReader, items: Sequence[Any]) -> tuple[SqlRule, ...]:
+def _read_rules(opts: OptionReader, items: Sequence[Any], mode_blast: Mapping[str, str]) -> tuple[SqlRule, ...]:
     rules: list[SqlRule] = []
     seen: set[str] = set()
     checker: RuleSqlChecker | None = None
@@ -215,6 +265,8 @@ def _read_rules(opts: OptionReader, items: Sequence[Any]) -> tuple[SqlRule, ...]
                 r.problem("name", f"use lower_snake_case, got {name!r}")
             elif name in BUILTIN_DETECTORS or name in seen:
                 r.problem("name", f"{name!r} is already a detector name")
+            elif name in FAILURE_MODES:  # `disable: [name]` would turn the whole mode off too
+                r.problem("name", f"{name!r} is a failure mode; name the rule after what it finds")
             if mode is None:
                 r.problem("failure_mode", "required")
             elif mode not in FAILURE_MODES:
@@ -234,7 +286,7 @@ def _read_rules(opts: OptionReader, items: Sequence[Any]) -> tuple[SqlRule, ...]
             _absorb(opts, r)
             if len(opts.problems) == before and name and mode and severity and sql:
                 seen.add(name)
-                rules.append(SqlRule(name, mode, severity, blast or DEFAULT_SEVERITY[mode][1], sql))
+                rules.append(SqlRule(name, mode, severity, blast or mode_blast.get(mode, DEFAULT_SEVERITY[mode][1]), sql))
     finally:
         if checker is not None:
             checker.close()
@@ -304,7 +356,7 @@ class DetectorsProcessor:
                 failures += 1
                 continue
             findings.extend(f for f in found if self._enabled(f.detector, f.failure_mode))
-        findings.extend(f if f.span_id else dataclasses.replace(f, span_id=view.root_id)  # a rule gave no span
+        findings.extend(f if f.span_id in view.by_id else _on_root(f, view.root_id)
                         for f in extra if self._enabled(f.detector, f.failure_mode))
         if self._enabled("irreversible_after_failure", "blast_radius_breach"):
             try:
@@ -345,13 +397,14 @@ class DetectorsProcessor:
                 severity, blast = rule.severity, rule.blast_radius
             else:
                 severity = self.config.severity.get(mode, DEFAULT_SEVERITY[mode][0])
-                blast = DEFAULT_SEVERITY[mode][1]
+                blast = self.config.mode_blast_radius.get(mode, DEFAULT_SEVERITY[mode][1])
                 if first.tool and first.tool in self.config.blast_radius:
                     blast = self.config.blast_radius[first.tool]
+            message = one_line(first.message)
             if len(group) == 1:
-                message, evidence = first.message, first.evidence
+                evidence = first.evidence
             else:
-                message = f"{first.message} (+{len(group) - 1} more)"
+                message = f"{message} (+{len(group) - 1} more)"
                 evidence = {"count": len(group), "findings": [g.evidence for g in group]}
             out.append(Detection(trace_id, span_id, detector, mode, severity, blast, message, dict(evidence)))
         return out
@@ -370,14 +423,14 @@ class DetectorsProcessor:
         # The spans the judge loaded are all these traces have: none was received before the earliest.
         bounded = bool(received_at) and all(isinstance(r, dt.datetime) for r in received_at)
         params = ([min(received_at)] if bounded else []) + [packed(sorted(judged))]
-        failed = 0
+        failed: list[str] = []
         for rule in rules:
             try:
                 rows = store.query(wrap_rule_sql(rule.sql, received_bound=bounded), params)
-            except Exception:
+            except Exception as exc:
                 if self.strict:
                     raise
-                failed += 1
+                failed.append(f"{rule.name} ({type(exc).__name__})")  # its text may quote span content
                 continue
             for row in rows:
                 trace_id = row.get("trace_id")
@@ -392,9 +445,9 @@ class DetectorsProcessor:
                     str(message) if message else f"operator rule {rule.name} matched",
                     {"rule": rule.name, **evidence},
                 ))
-        self.errors += failed
+        self.errors += len(failed)
         if failed:
-            log.warning("detectors: %d operator SQL rule(s) failed on this batch and were skipped", failed)
+            log.warning("detectors: operator SQL rule(s) failed on this batch and were skipped: %s", ", ".join(failed))
         return per_trace
 
     def process_traces(self, batch: TraceBatch, store: StoreReader) -> TraceBatch:

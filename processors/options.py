@@ -10,6 +10,7 @@ Usage inside ``from_config``::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,7 +78,11 @@ class OptionReader:
         return self._typed(key, default, (int,), "an integer")
 
     def number(self, key: str, default: float) -> float:
-        return float(self._typed(key, default, (int, float), "a number"))
+        value = float(self._typed(key, default, (int, float), "a number"))
+        if not math.isfinite(value):  # YAML's .inf / .nan: every comparison with it is true, or none is
+            self.problem(key, f"expected a finite number, got {value!r}")
+            return default
+        return value
 
     def list(self, key: str, default: list[Any] | None = None) -> list[Any]:
         return list(self._typed(key, default if default is not None else [], (list,), "a list"))

@@ -26,7 +26,7 @@ from tracesieve.processors.base import SpanRow
 from tracesieve.processors.spanview import (
     HIDDEN, JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
-    is_error, loose, output_messages, requested_tool_calls, retrieval_outcome, span_kind, tool_name,
+    is_error, is_hidden, loose, output_messages, requested_tool_calls, retrieval_outcome, span_kind, tool_name,
     tool_span_arguments, try_json, walk_strings,
 )
 
@@ -254,6 +254,8 @@ def _schema_errors(schema: Any, instance: Any) -> list[dict[str, Any]]:
 
 def _check_arguments(name: str | None, raw: Any, schema: Any, declared_json: bool) -> tuple[str, dict[str, Any]] | None:
     """(detector, evidence) when arguments are unparseable or break the schema; None when fine or unknowable."""
+    if is_hidden(raw):
+        return None
     if isinstance(raw, str):
         if not raw.strip():
             raw = "{}"  # providers send "" for a call without arguments
@@ -302,18 +304,20 @@ def tool_arguments(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         if result:
             det, ev = result
             ev["source"] = source
-            found.append(_args_finding(s["span_id"], det, [ev], "received"))
+            found.append(_args_finding(s["span_id"], det, [ev], "received", s.get("name")))
     return found
 
 
-def _args_finding(span_id: str, detector: str, calls: list[dict[str, Any]], how: str) -> Finding:
+def _args_finding(span_id: str, detector: str, calls: list[dict[str, Any]], how: str,
+                  span_name: Any = None) -> Finding:
     first = calls[0]
     tool = first.get("tool")
+    label = f"tool {tool}" if tool else f"span {span_name}" if span_name else "an unnamed tool"  # not "tool None"
     if detector == "tool_args_json":
-        msg = f"arguments {how} for tool {tool} are not valid JSON ({first['error']})"
+        msg = f"arguments {how} for {label} are not valid JSON ({first['error']})"
     else:
         err = first["errors"][0]
-        msg = f"arguments {how} for tool {tool} break its schema at {err['path']}: {err['message']}"
+        msg = f"arguments {how} for {label} break its schema at {err['path']}: {err['message']}"
     if len(calls) > 1:
         msg += f" (+{len(calls) - 1} more call(s))"
     evidence: dict[str, Any] = dict(first) if len(calls) == 1 else {"calls": calls}
@@ -356,12 +360,15 @@ def retrieval(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 _ID_PREFIX = re.compile(r"^(?:doc|document|source|src)[-_:#]?", re.IGNORECASE)
 
 
+_BRACKETS = "[](){}<>"
+
+
 def _cited_ids(pattern: re.Pattern[str], text: str) -> list[str]:
     ids: list[str] = []
     for m in pattern.finditer(text):
         group = m.group(1) if pattern.groups else m.group(0)
         for part in re.split(r"\s*[,;]\s*", group or ""):
-            part = part.strip()
+            part = part.strip() if pattern.groups else part.strip().strip(_BRACKETS).strip()  # "[KB-1]" cites KB-1
             if part and part not in ids:
                 ids.append(part)
     return ids
@@ -645,6 +652,13 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
     "i can't do that", "i cannot do that", "i'm not allowed to", "i am not allowed to",
     "i can't answer", "i cannot answer", "i'm unable to answer", "i am unable to answer",
     "i must decline", "i won't be able to help",
+    # the same refusals with another object or none ("I cannot help you with that", "I can't assist."), and
+    # other verbs of refusing
+    "i can't help", "i cannot help", "i can't assist", "i cannot assist", "i'm not able to assist",
+    "i am not able to assist", "i'm not able to provide", "i am not able to provide", "i can't fulfill",
+    "i cannot fulfill", "i'm unable to fulfill", "i am unable to fulfill", "i can't comply", "i cannot comply",
+    "i'm unable to comply", "i am unable to comply", "i can't share", "i cannot share", "i'm unable to share",
+    "i am unable to share", "i won't be able to assist", "as an ai, i can't", "as an ai, i cannot",
 )
 _REFUSAL_WINDOW = 400  # refusals lead the answer; a phrase deep inside a long answer is not one
 
@@ -673,6 +687,13 @@ def refusal(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 # ==================================================================== latency_breach
 
 
+def _millis(ms: float) -> str:
+    """A duration for a message: ``150.1ms`` under a second, else seconds to the millisecond (``31.25s``)."""
+    if ms < 1000:
+        return f"{ms:.1f}".rstrip("0").rstrip(".") + "ms"
+    return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+
+
 def slow_span(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """A span took longer than the threshold configured for its kind (``latency_breach``)."""
     found = []
@@ -684,7 +705,7 @@ def slow_span(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             continue
         found.append(Finding(
             s["span_id"], "slow_span", "latency_breach",
-            f"{kind} span {s.get('name')} took {took / 1000:.1f}s, over the {limit / 1000:g}s threshold",
+            f"{kind} span {s.get('name')} took {_millis(took)}, over the {_millis(limit)} threshold",
             {"kind": kind, "name": s.get("name"), "duration_ms": took, "threshold_ms": limit,
              "tool": tool_name(s) if kind == "TOOL" else None, "model": s.get("llm_model_name")},
         ))
@@ -709,7 +730,7 @@ def repeated_tool_call(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         for s in view.of_kind("LLM"):
             for c in requested_tool_calls(s):
                 canon = canonical_arguments(c.get("arguments") if c.get("arguments") is not None else "{}")
-                if c.get("name") and canon is not None:
+                if c.get("name") and canon is not None and not is_hidden(c.get("arguments")):
                     calls.append((s, c["name"], canon))
     groups: dict[tuple[str, str], list[SpanRow]] = {}
     for s, name, canon in calls:
@@ -920,6 +941,10 @@ def _feedback_records(span: SpanRow) -> list[dict[str, Any]]:
         records.append({"scope": "trace", "source": "feedback", "name": "feedback",
                         "label": fb.get("label", fb.get("value") if isinstance(fb.get("value"), str) else fb.get("thumbs")),
                         "score": fb.get("score", fb.get("rating", fb.get("value"))), "explanation": fb.get("comment")})
+    elif isinstance(fb, str) and _number(fb) is None:  # feedback: "thumbs_down", as user_feedback may be
+        records.append({"scope": "trace", "source": "feedback", "name": "feedback", "label": fb, "score": None})
+    elif _number(fb) is not None:
+        records.append({"scope": "trace", "source": "feedback", "name": "feedback", "label": None, "score": fb})
     uf = loose(a.get("user_feedback"))
     if isinstance(uf, dict):
         records.append({"scope": "trace", "source": "user_feedback", "name": "user_feedback",
@@ -954,7 +979,8 @@ def _is_negative(rec: Mapping[str, Any], threshold: float) -> bool:
 
 
 def _feedback_target(view: TraceView, span: SpanRow, scope: str) -> tuple[str, dict[str, Any] | None]:
-    """The span the feedback judges: a linked span of this trace, the root for trace scope, else the carrier."""
+    """The span the feedback judges: a linked span of this trace, the root for trace scope or an EVALUATOR
+    carrier without a link, else the carrier."""
     links = [l for l in span.get("links") or [] if isinstance(l, dict)]
     if span_kind(span) == "EVALUATOR" and links:
         link = links[0]
@@ -964,7 +990,7 @@ def _feedback_target(view: TraceView, span: SpanRow, scope: str) -> tuple[str, d
                 return view.root_id, None
             return (target if target in view.by_id else view.root_id), None
         return span["span_id"], {"trace_id": link.get("trace_id"), "span_id": link.get("span_id")}
-    if scope == "trace":
+    if scope == "trace" or span_kind(span) == "EVALUATOR":  # an evaluator linking nowhere judges its trace, not itself
         return view.root_id, None
     return span["span_id"], None
 
@@ -987,10 +1013,14 @@ def negative_feedback(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         user = [r for r in recs if r["source"] in ("feedback", "user_feedback")]
         detector = "user_feedback" if len(user) == len(recs) else "negative_annotation"
         first = recs[0]
-        what = first.get("label") if first.get("label") is not None else f"score {first.get('score')}"
+        what = (first["label"] if first.get("label") is not None else f"score {first['score']}"
+                if first.get("score") is not None else "passed: false")
+        elsewhere = first.get("target")  # an EVALUATOR carrier linked to a span of another trace
+        judged = (f"span {elsewhere.get('span_id')} of trace {elsewhere.get('trace_id')}" if elsewhere
+                  else f"this {'trace' if target == view.root_id else 'span'}")
         found.append(Finding(
             target, detector, "negative_feedback",
-            f"{first.get('name') or first['source']} judged this {'trace' if target == view.root_id else 'span'} as failed ({what})"
+            f"{first.get('name') or first['source']} judged {judged} as failed ({what})"
             + (f" (+{len(recs) - 1} more)" if len(recs) > 1 else ""),
             {"feedback": recs[:20], "score_threshold": cfg.feedback_score_threshold},
         ))

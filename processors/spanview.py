@@ -511,19 +511,26 @@ def tool_span_arguments(span: SpanRow) -> tuple[str, Any, bool] | None:
     Sources in order: ``gen_ai.tool.call.arguments``, ``tool.parameters`` (when it
     holds arguments rather than a parameter schema), ``input.value``.
     ``declared_json`` says the source is JSON by contract, so text that does not
-    parse is a finding rather than a plain-text input.
+    parse is a finding rather than a plain-text input. Arguments OpenInference hid
+    (``__REDACTED__``) are present but unknown: None, as if none were recorded.
     """
     a = attrs(span)
     value = dig(a, "gen_ai", "tool", "call", "arguments")
     if value is not None:
-        return callback_arguments("gen_ai.tool.call.arguments", value, True)
+        return None if is_hidden(value) else callback_arguments("gen_ai.tool.call.arguments", value, True)
     value = dig(a, "tool", "parameters")
     if value is not None and not _looks_like_schema(loose(value)):
-        return "tool.parameters", value, True
+        return None if is_hidden(value) else ("tool.parameters", value, True)
     value = span.get("input_value")
     if value is not None:
-        return callback_arguments("input.value", value, span.get("input_mime_type") == JSON_MIME)
+        return None if is_hidden(value) else callback_arguments("input.value", value,
+                                                                span.get("input_mime_type") == JSON_MIME)
     return None
+
+
+def is_hidden(value: Any) -> bool:
+    """True for a value OpenInference hid on purpose (``OPENINFERENCE_HIDE_*``): present, but unknown."""
+    return isinstance(value, str) and value.strip() == HIDDEN
 
 
 def callback_arguments(source: str, value: Any, declared_json: bool) -> tuple[str, Any, bool]:
@@ -605,7 +612,7 @@ def retrieval_outcome(span: SpanRow) -> str:
     out = span.get("output_value")
     if isinstance(out, str) and out.strip() in ("[]", "{}", ""):
         return "empty"
-    if genai_only:
+    if genai_only or is_hidden(out):  # OpenInference hid the output: what came back is unknown
         return "unknown"
     return "empty"
 

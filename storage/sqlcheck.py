@@ -38,8 +38,20 @@ RULE_COLUMNS: tuple[str, ...] = ("trace_id", "span_id", "message", "evidence")
 
 
 def strip_rule_sql(sql: str) -> str:
-    """The rule text without surrounding whitespace and trailing semicolons."""
+    """The rule text without surrounding whitespace and trailing semicolons (and what follows them:
+    ``SELECT ...; -- note`` is one statement, which the wrapper's parentheses must not see the ``;`` of)."""
     text = sql.strip()
+    try:
+        tokens = duckdb.tokenize(text)  # comments are no tokens; a ';' in a string literal is inside one
+    except (duckdb.Error, RuntimeError):
+        tokens = []
+    cut = None
+    for pos, kind in reversed(tokens):
+        if kind != duckdb.token_type.operator or text[pos] != ";":
+            break
+        cut = pos
+    if cut is not None:
+        text = text[:cut].rstrip()
     while text.endswith(";"):
         text = text[:-1].rstrip()
     return text
@@ -85,12 +97,15 @@ class RuleSqlChecker:
             return [f"sql: expected exactly one statement, got {len(statements)}"]
         if statements[0].type != duckdb.StatementType.SELECT:
             return [f"sql: expected a SELECT statement, got {statements[0].type.name}"]
+        if statements[0].named_parameters:  # nothing binds them: DuckDB's own words were about prepared statements
+            return ["sql: a rule takes no parameters (? or $1); write the values into the SQL"]
         with self._lock:
             # The raw rule first: its own columns, before the wrapper reports them as missing.
             try:
                 cur = self._con.cursor()
                 cur.execute(f"SELECT * FROM (\n{body}\n) AS operator_rule LIMIT 0")
                 names = [d[0] for d in (cur.description or [])]
+                types = {d[0]: str(d[1]) for d in (cur.description or [])}
             except duckdb.Error as exc:
                 return [f"sql: {_first_line(exc)}"]
             missing = [c for c in RULE_COLUMNS if c not in names]
@@ -104,6 +119,8 @@ class RuleSqlChecker:
                                 f"(put extra facts into evidence)")
             if len(set(names)) != len(names):
                 problems.append("sql: result has duplicate column names")
+            if not missing and types["trace_id"] != "VARCHAR":  # it could never name a judged trace
+                problems.append(f"sql: trace_id must be text (VARCHAR), got {types['trace_id']}")
             if problems:
                 return problems
             try:

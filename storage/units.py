@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
@@ -14,10 +15,14 @@ _SIZE_BYTES = {
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``250ms`` / ``5s`` / ``2m`` / ``1h`` (a bare number is seconds). Raises ValueError."""
+    """Seconds from ``250ms`` / ``5s`` / ``2m`` / ``1h`` (a bare number is seconds, also one from
+    ``${env:VAR}``). Raises ValueError."""
+    value = typed_env(value)
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 250ms, 5s or 2m, got {value!r}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):  # YAML's .inf / .nan
+            raise ValueError(f"expected a finite duration such as 250ms, 5s or 2m, got {value!r}")
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
         return float(value)

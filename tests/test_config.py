@@ -36,6 +36,26 @@ def test_no_config_means_the_documented_defaults(tmp_path):
     assert tree["receivers"]["otlp"]["limits"]["max_queued_spans"] == 200000
 
 
+def test_print_config_shows_the_effective_detector_options_and_reads_back_the_same(tmp_path):
+    """README: --print-config prints the effective config, detectors' thresholds included (it printed {})."""
+    result = run_cli("serve", "--print-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    detectors = yaml.safe_load(result.stdout)["processors"]["detectors"]
+    assert detectors["decision_wait"] == "5s"
+    assert detectors["latency_breach"] == {"LLM": "30s", "TOOL": "10s", "RETRIEVER": "5s", "AGENT": "2m"}
+    assert detectors["loop"] == {"max_repeats": 3, "max_steps": 50} and "i can't help with" in detectors["refusal_phrases"]
+    path = write(tmp_path, "processors: {detectors: {latency_breach: {TOOL: null, LLM: 250ms},\n"
+                           "  blast_radius: {send_email: irreversible_write}, refusal_phrases: [no way]}}\n")
+    first = run_cli("serve", "--config", str(path), "--print-config")
+    assert first.returncode == 0, first.stderr
+    detectors = yaml.safe_load(first.stdout)["processors"]["detectors"]
+    assert detectors["latency_breach"] == {"LLM": "250ms", "TOOL": None, "RETRIEVER": "5s", "AGENT": "2m"}
+    assert (detectors["blast_radius"], detectors["refusal_phrases"]) == ({"send_email": "irreversible_write"}, ["no way"])
+    again = tmp_path / "printed.yaml"
+    again.write_text(first.stdout)
+    assert run_cli("serve", "--config", str(again), "--print-config").stdout == first.stdout
+
+
 @pytest.mark.parametrize("text,expected", [
     ("exporters: {}\n", "exporters: unknown key"),
     ("receivers: {otlp: {protocols: {grpc: {endpiont: 1.2.3.4:1}}}}\n",
@@ -54,6 +74,19 @@ def test_no_config_means_the_documented_defaults(tmp_path):
     ("service: {pipelines: {traces: {processors: [pii, nosuch]}}}\n",
      "service.pipelines.traces.processors[1]: unknown processor 'nosuch'"),
     ("processors: {detectors: {decision_wait: soon}}\n", "processors.detectors.decision_wait"),
+    # A wait no trace outlives (or YAML's .inf / .nan) left the judge failing every round, forever.
+    ("processors: {detectors: {decision_wait: .inf}}\n",
+     "processors.detectors.decision_wait: expected a finite duration"),
+    ("processors: {detectors: {decision_wait: .nan}}\n",
+     "processors.detectors.decision_wait: expected a finite duration"),
+    ("processors: {detectors: {decision_wait: 99999999999s}}\n",
+     "processors.detectors.decision_wait: at most 24h, got '99999999999s'"),
+    ("processors: {detectors: {latency_breach: {LLM: .nan}}}\n",
+     "processors.detectors.latency_breach.LLM: expected a finite duration"),
+    ("processors: {detectors: {retrieval_min_score: .nan}}\n",
+     "processors.detectors.retrieval_min_score: expected a finite number or null, got nan"),
+    ("processors: {detectors: {feedback_score_threshold: .inf}}\n",
+     "processors.detectors.feedback_score_threshold: expected a finite number, got inf"),
     ("processors: {pii: {extra_patterns: [{name: X, regex: '(unclosed'}]}}\n", "processors.pii.extra_patterns[0]"),
     ("receivers: {otlp: {auth: {bearer_token: '${env:TS_SURELY_UNSET_VAR}'}}}\n",
      "receivers.otlp.auth.bearer_token: environment variable TS_SURELY_UNSET_VAR is not set"),
@@ -100,7 +133,7 @@ def test_durations_sizes_and_env_defaults(tmp_path):
     tree = yaml.safe_load(result.stdout)
     assert tree["receivers"]["otlp"]["limits"]["max_value_size"] == "512KiB"
     assert tree["receivers"]["otlp"]["protocols"] == {"http": {"endpoint": "127.0.0.1:4999"}}
-    assert tree["processors"]["detectors"] == {"decision_wait": "2m"}
+    assert tree["processors"]["detectors"]["decision_wait"] == "2m"
 
 
 def test_double_dollar_is_a_literal_dollar_as_in_the_otel_collector(tmp_path, monkeypatch):
@@ -135,6 +168,19 @@ def test_number_and_boolean_settings_take_their_value_from_the_environment(tmp_p
     bad = run_cli("serve", "--config", str(path), "--print-config", env={**env, "TS_QUEUE": "many"})
     assert bad.returncode == 2
     assert "max_queued_spans: expected a positive integer, got 'many'" in bad.stderr
+
+
+def test_a_bare_number_from_the_environment_is_seconds_like_a_bare_number_in_yaml(tmp_path, monkeypatch):
+    """`decision_wait: 2` is 2 s; `decision_wait: ${env:DW}` with DW=2 was refused as no duration."""
+    path = write(tmp_path, "receivers: {otlp: {limits: {retry_after: '${env:TS_RETRY}'}}}\n"
+                           "processors: {detectors: {decision_wait: '${env:TS_WAIT}'}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config", env={"TS_WAIT": "2", "TS_RETRY": "0.5"})
+    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv("TS_WAIT", "2")
+    monkeypatch.setenv("TS_RETRY", "0.5")
+    assert load_config(str(path)).decision_wait == 2.0
+    bad = run_cli("serve", "--config", str(path), "--print-config", env={"TS_WAIT": "soon", "TS_RETRY": "1"})
+    assert bad.returncode == 2 and "decision_wait: expected a duration such as 250ms, 5s or 2m, got 'soon'" in bad.stderr
 
 
 def test_print_config_never_shows_the_token(tmp_path):

@@ -105,6 +105,24 @@ def test_tool_error_takes_the_tool_blast_radius_from_config():
     assert (d.severity, d.blast_radius) == ("P2", "reversible_write")
 
 
+def test_blast_radius_takes_a_default_per_failure_mode_and_a_tool_class_still_wins(tmp_path):
+    """The issue: blast_radius defaults per mode and per tool; only per tool was configurable."""
+    options = {"blast_radius": {"tool_invocation": "no_external_effect", "hallucination": "internal_visible",
+                                "refund_payment": "reversible_write"},
+               "rules": [rule("empty_tool_result", GOOD_SQL)]}
+    trace = make_trace(tool("lookup", status="ERROR"), tool("refund_payment", status="ERROR"),
+                       tool("search_kb", '{"q": "x"}', result="[]"), llm("See [doc-9]."))
+    p = processor(**options)
+    ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    assert sorted((d.detector, d.evidence.get("tool"), d.blast_radius) for d in ds) == [
+        ("empty_tool_result", "search_kb", "no_external_effect"),  # a rule naming none takes its mode's
+        ("tool_error", "lookup", "no_external_effect"),
+        ("tool_error", "refund_payment", "reversible_write"),
+        ("uncited_id", None, "internal_visible"),
+    ]
+    assert p.config.blast_radius == {"refund_payment": "reversible_write"}  # modes arm no blast_radius_breach
+
+
 # ====================================================================== tool_argument
 
 
@@ -161,6 +179,15 @@ def test_two_bad_calls_on_one_llm_span_are_one_detection_listing_both():
     assert len(d.evidence["calls"]) == 2 and "+1 more" in d.message
 
 
+def test_bad_arguments_of_a_call_without_a_tool_name_say_which_call_not_none():
+    """The message read "arguments requested for tool None are not valid JSON"."""
+    asked = llm(None, tool_calls=[(None, '{"city": ')], finish="tool_calls")
+    ran = make_span("TOOL", name="weather_lookup", input='{"town": ', input_mime="application/json")
+    messages = sorted(d.message for d in detect(make_trace(asked, ran)) if d.failure_mode == "tool_argument")
+    assert messages == ["arguments received for span weather_lookup are not valid JSON (Expecting value: line 1 column 10 (char 9))",
+                        "arguments requested for an unnamed tool are not valid JSON (Expecting value: line 1 column 10 (char 9))"]
+
+
 def test_valid_arguments_are_not_a_tool_argument_failure():
     call = llm(None, tool_calls=[("get_weather", '{"city": "Paris", "unit": "c"}')], tools=[WEATHER_TOOL], finish="tool_calls")
     assert modes(make_trace(call, tool("get_weather", '{"city": "Paris", "unit": "c"}'))) == []
@@ -204,6 +231,12 @@ def test_scores_are_not_judged_without_a_configured_floor():
     assert modes(make_trace(retriever([("doc-1", 0.01)]), llm("See [doc-1]."))) == []
 
 
+def test_a_retriever_whose_output_openinference_hid_is_not_a_retrieval_miss():
+    """OPENINFERENCE_HIDE_OUTPUTS: "__REDACTED__" is present but unknown; it was read as no documents."""
+    hidden = make_span("RETRIEVER", name="retrieve", input="refund policy", output="__REDACTED__")
+    assert modes(make_trace(hidden, llm("Refunds are accepted within 30 days of purchase for all items bought."))) == []
+
+
 def test_genai_retriever_that_did_not_capture_documents_is_not_a_retrieval_miss():
     assert modes(make_trace(retriever([], genai=True, record_documents=False), llm("Refunds take 30 days."))) == []
 
@@ -219,6 +252,12 @@ def test_citing_an_id_that_was_not_retrieved_is_hallucination(genai):
     assert (d.severity, d.blast_radius) == ("P1", "customer_visible")
 
 
+def test_a_capitalised_citation_is_read_too():
+    """[DOC-7] and [Doc-1] are the default pattern's ids as much as [doc-7]: DOC-7 was never checked."""
+    d = only(make_trace(retriever([("doc-1", 0.9)]), llm("Refunds take 30 days [Doc-1][DOC-7].")), "hallucination")
+    assert d.evidence["missing_ids"] == ["DOC-7"]
+
+
 def test_citing_only_retrieved_ids_is_not_hallucination():
     assert modes(make_trace(retriever(), llm("Refunds take 30 days [doc-1][doc-2]."))) == []
 
@@ -232,6 +271,14 @@ def test_a_custom_citation_pattern_finds_other_id_shapes():
     answer = llm("Refunds take 30 days (source: kb-42).")
     d = only(make_trace(retriever([("kb-1", 0.9)]), answer), "hallucination", citation_pattern=r"\(source: ([\w-]+)\)")
     assert d.evidence["missing_ids"] == ["kb-42"]
+
+
+def test_a_citation_pattern_without_a_group_takes_the_id_inside_its_brackets():
+    """With no group the whole match is the id: '[KB-1]' was compared with the retrieved 'KB-1' and never matched."""
+    answer = llm("Refunds take 30 days [KB-1] (see also [KB-7, KB-42]).")
+    trace = make_trace(retriever([("KB-1", 0.9), ("KB-7", 0.8)]), answer)
+    d = only(trace, "hallucination", citation_pattern=r"\[KB-\d+(?:,\s*KB-\d+)*\]")
+    assert d.evidence["missing_ids"] == ["KB-42"]
 
 
 def test_the_same_missing_id_in_the_llm_output_and_the_root_output_is_one_detection():
@@ -361,6 +408,19 @@ def test_refusing_with_retrieved_context_is_refusal_overreach():
     assert d.evidence["documents_retrieved"] == 2
 
 
+@pytest.mark.parametrize("text", ["I'm sorry, I cannot help you with that.", "I cannot fulfill this request.",
+                                  "Sorry, I can't assist.", "I'm not able to provide account details.",
+                                  "As an AI, I cannot share personal data."])
+def test_common_refusals_beyond_the_first_phrasings_are_refusal_overreach(text):
+    """DESIGN: apology/cannot phrasing. These refusals slipped through ("i cannot help with" needs its "with")."""
+    assert modes(make_trace(llm(text, tools=[WEATHER_TOOL]))) == ["refusal_overreach"]
+
+
+@pytest.mark.parametrize("text", ["I can help you with that: it is 18C in Paris.", "Paris is sunny; I can share more."])
+def test_an_answer_that_can_help_is_no_refusal(text):
+    assert modes(make_trace(llm(text, tools=[WEATHER_TOOL]))) == []
+
+
 def test_refusing_without_tools_or_context_is_not_refusal_overreach():
     assert modes(make_trace(llm("I can't help with that request."))) == []
 
@@ -399,6 +459,17 @@ def test_latency_thresholds_are_configurable_per_kind():
     assert modes(make_trace(make_span("TOOL", duration_ms=60_000)), latency_breach={"TOOL": None}) == []
 
 
+@pytest.mark.parametrize("took,threshold,message", [
+    (150.2, "100ms", "took 150.2ms, over the 100ms threshold"),  # was "took 0.2s, over the 0.1s threshold"
+    (120, "100ms", "took 120ms, over the 100ms threshold"),  # was "took 0.1s, over the 0.1s threshold"
+    (31_250, "30s", "took 31.25s, over the 30s threshold"),
+])
+def test_a_latency_message_shows_durations_precisely_enough_to_compare(took, threshold, message):
+    d = only(make_trace(make_span("LLM", name="chat", duration_ms=took)), "latency_breach",
+             latency_breach={"LLM": threshold})
+    assert d.message == f"LLM span chat {message}"
+
+
 # ====================================================================== loop
 
 
@@ -408,6 +479,15 @@ def test_same_tool_with_same_arguments_three_times_is_a_loop_on_the_last_call(ge
     calls.append(tool("get_weather", '{ "city":"Paris" }', genai=genai))
     d = only(make_trace(*calls), "loop")
     assert (d.detector, d.span_id, d.evidence["count"]) == ("repeated_tool_call", calls[-1]["span_id"], 3)
+
+
+@pytest.mark.parametrize("genai", [False, True])
+def test_arguments_openinference_hid_are_unknown_not_a_loop_nor_bad_json(genai):
+    """OpenInference: "__REDACTED__" is present but unknown. Three hidden calls were a loop and three tool_args_json."""
+    calls = [tool("search_kb", "__REDACTED__", genai=genai) for _ in range(3)]
+    asked = llm(None, tool_calls=[("search_kb", "__REDACTED__")] * 3, finish="tool_calls")
+    assert modes(make_trace(*calls)) == []
+    assert modes(make_trace(asked)) == []
 
 
 def test_same_tool_with_different_arguments_is_not_a_loop():
@@ -594,10 +674,23 @@ def test_evaluator_span_linked_to_a_span_reports_on_the_target():
     assert d.span_id == answer["span_id"] and d.evidence["feedback"][0]["carrier_span_id"] == ev["span_id"]
 
 
+def test_evaluator_span_linked_to_another_trace_names_that_span_in_its_message():
+    """Post-hoc feedback comes as its own trace; the message said "judged this trace as failed" of the carrier's."""
+    ev = make_span("EVALUATOR", name="eval", links=[{"trace_id": "ab" * 16, "span_id": "cd" * 8}],
+                   attrs={"evaluations.0.evaluation.name": "correctness", "evaluations.0.evaluation.label": "incorrect"})
+    d = only(make_trace(root=ev), "negative_feedback")
+    assert d.message == f"correctness judged span {'cd' * 8} of trace {'ab' * 16} as failed (incorrect)"
+    assert d.evidence["feedback"][0]["target"] == {"trace_id": "ab" * 16, "span_id": "cd" * 8}
+
+
 def test_evaluator_span_output_scoring_failed_is_negative_feedback():
     ev = make_span("EVALUATOR", name="qa_eval", output='{"passed": false, "explanation": "wrong city"}',
                    output_mime="application/json")
-    assert modes(make_trace(llm("ok"), ev)) == ["negative_feedback"]
+    trace = make_trace(llm("ok"), ev)
+    d = only(trace, "negative_feedback")
+    assert d.message == "qa_eval judged this trace as failed (passed: false)"  # was "(score None)"
+    # It links no span: it judges the trace it sits in (the root), not the evaluator span itself.
+    assert (d.span_id, d.evidence["feedback"][0]["carrier_span_id"]) == (trace[0]["span_id"], ev["span_id"])
 
 
 @pytest.mark.parametrize("where", ["attribute", "event"])
@@ -612,14 +705,15 @@ def test_genai_evaluation_result_with_failing_label_is_negative_feedback(where):
     assert only(make_trace(span), "negative_feedback").evidence["feedback"][0]["label"] == "irrelevant"
 
 
-@pytest.mark.parametrize("extra", [{"feedback.score": -1}, {"user_feedback": "thumbs_down"}, {"feedback.label": "bad"}])
+@pytest.mark.parametrize("extra", [{"feedback.score": -1}, {"user_feedback": "thumbs_down"}, {"feedback.label": "bad"},
+                                   {"feedback": "thumbs_down"}, {"feedback": 0}])  # the last two were not read
 def test_negative_user_feedback_is_reported_on_the_root(extra):
     trace = make_trace(llm("ok"), root=make_span("AGENT", name="agent", attrs=extra))
     d = only(trace, "negative_feedback")
     assert (d.detector, d.span_id) == ("user_feedback", trace[0]["span_id"])
 
 
-@pytest.mark.parametrize("extra", [{"feedback.score": 1}, {"user_feedback": "thumbs_up"},
+@pytest.mark.parametrize("extra", [{"feedback.score": 1}, {"user_feedback": "thumbs_up"}, {"feedback": "thumbs_up"},
                                    {"annotations.0.annotation.label": "correct", "annotations.0.annotation.score": 1}])
 def test_positive_feedback_is_not_negative_feedback(extra):
     assert modes(make_trace(llm("ok", extra=extra))) == []
@@ -637,6 +731,21 @@ def test_disable_turns_off_modes_and_detectors():
     trace = make_trace(tool(status="ERROR"), llm("x", finish="length"))
     assert modes(trace, disable=["truncation"]) == ["tool_invocation"]
     assert modes(trace, disable=["tool_error"]) == ["truncation"]
+
+
+def test_a_message_is_one_line_even_when_the_error_or_the_rule_text_spans_lines(tmp_path):
+    """DESIGN: a one-line human message. A provider error's second line stays in evidence only."""
+    failing = tool("lookup", status="ERROR", status_message="upstream said 502\n  Traceback (most recent call last):")
+    trace = make_trace(failing, tool("search_kb", '{"q": "x"}', result="[]"))
+    multi = GOOD_SQL.replace("'tool ' || tool_name || ' returned an empty result'",
+                             "'tool ' || tool_name || chr(10) || repeat('returned nothing ', 100)")
+    p = processor(rules=[rule("empty_tool_result", multi)])
+    ds = {d.detector: d for d in p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}),
+                                                   store_with(tmp_path, trace)).detections}
+    assert ds["tool_error"].message == "tool lookup failed: upstream said 502 Traceback (most recent call last):"
+    assert ds["tool_error"].evidence["status_message"].startswith("upstream said 502\n")
+    assert "\n" not in ds["empty_tool_result"].message and len(ds["empty_tool_result"].message) < 600
+    assert ds["empty_tool_result"].message.startswith("tool search_kb returned nothing returned nothing")
 
 
 def test_judging_twice_gives_the_same_detection_ids():
@@ -742,6 +851,15 @@ def test_operator_sql_rule_sees_every_span_of_the_judged_traces_from_the_earlies
     assert [(d.detector, d.span_id) for d in ds] == [("empty_tool_result", empty["span_id"])]
 
 
+def test_operator_sql_rule_ending_in_a_semicolon_and_a_comment_runs(tmp_path):
+    """One statement as DuckDB reads it: it was refused with 'syntax error at or near ";"'."""
+    empty = tool("search_kb", '{"q": "x"}', result="[]")
+    trace = make_trace(empty)
+    p = processor(rules=[rule("empty_tool_result", GOOD_SQL.rstrip() + "; -- tools that found nothing\n")])
+    ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    assert [(d.detector, d.span_id) for d in ds] == [("empty_tool_result", empty["span_id"])]
+
+
 def test_operator_sql_rule_with_its_own_with_clause_runs(tmp_path):
     calls = [llm("step", extra={}) for _ in range(10)]
     trace = make_trace(*calls)
@@ -761,6 +879,30 @@ def test_operator_rule_findings_count_as_failures_for_blast_radius(tmp_path):
     assert sorted(d.failure_mode for d in ds) == ["blast_radius_breach", "tool_invocation"]
 
 
+def test_operator_rule_naming_a_span_outside_the_trace_reports_on_the_root(tmp_path):
+    """DESIGN: span_id is a span that shows the failure; a rule's made-up or foreign id was stored as is."""
+    sql = ("SELECT trace_id, CASE WHEN tool_name = 'a' THEN 'ffffffffffffffff' ELSE '42' END AS span_id, "
+           "'odd span' AS message, '{}' AS evidence FROM spans WHERE span_kind = 'TOOL'")
+    trace = make_trace(tool("a"), tool("b"))
+    p = processor(rules=[rule("odd_span", sql)])
+    ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    assert [(d.span_id, d.message) for d in ds] == [(trace[0]["span_id"], "odd span (+1 more)")]
+    assert sorted(f["span_id_returned"] for f in ds[0].evidence["findings"]) == ["42", "ffffffffffffffff"]
+
+
+def test_an_operator_rule_failing_at_run_time_is_named_in_the_log_without_span_content(tmp_path, caplog):
+    """The warning said only "1 operator SQL rule(s) failed": with several rules, the operator could not tell which."""
+    cast = ("SELECT trace_id, span_id, 'n' AS message, CAST(tool_name AS INTEGER)::VARCHAR AS evidence "
+            "FROM spans WHERE span_kind = 'TOOL'")
+    trace = make_trace(tool("search_kb", '{"q": "x"}', result="[]"))
+    options = {"rules": [rule("casts_names", cast), rule("empty_tool_result", GOOD_SQL)]}
+    p = DetectorsProcessor(DetectorsConfig.from_options(options, "processors.detectors"))
+    with caplog.at_level("WARNING", logger="tracesieve.processors.detectors"):
+        ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    assert [d.detector for d in ds] == ["empty_tool_result"] and p.errors == 1
+    assert "casts_names (ConversionException)" in caplog.text and "search_kb" not in caplog.text
+
+
 def test_example_rules_file_is_valid_and_runs(tmp_path):
     import pathlib
 
@@ -774,15 +916,33 @@ def test_example_rules_file_is_valid_and_runs(tmp_path):
     p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace))
 
 
+def test_disable_names_an_operator_rule_to_turn_it_off(tmp_path):
+    """README_rules.md: ``disable: [empty_tool_result]`` turns a rule off (it was refused as no detector)."""
+    empty = tool("search_kb", '{"q": "x"}', result="[]")
+    trace = make_trace(empty, tool("lookup", status="ERROR"))
+    p = processor(rules=[rule("empty_tool_result", GOOD_SQL)], disable=["empty_tool_result"])
+    ds = p.process_traces(TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    assert [d.detector for d in ds] == ["tool_error"]
+    with pytest.raises(ConfigError) as exc:
+        processor(rules=[rule("empty_tool_result", GOOD_SQL)], disable=["empty_tool_reslt"])
+    assert exc.value.problems == ["processors.detectors.disable[0]: 'empty_tool_reslt' is neither a failure mode, "
+                                  "a detector nor an operator rule"]
+
+
 @pytest.mark.parametrize("bad,fragment", [
     (rule("r", "SELEC trace_id FROM spans"), "syntax error"),
     (rule("r", "SELECT trace_id, span_id, nope AS message, '{}' AS evidence FROM spans"), "nope"),
     (rule("r", "SELECT trace_id, span_id, name AS message FROM spans"), "missing column(s) evidence"),
     (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence, 1 AS extra FROM spans"), "unexpected column(s) extra"),
     (rule("r", "DELETE FROM spans"), "SELECT"),
+    (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans WHERE duration_ms > ?"),
+     "a rule takes no parameters"),
+    (rule("r", "SELECT 1 AS trace_id, span_id, name AS message, '{}' AS evidence FROM spans"),
+     "trace_id must be text (VARCHAR), got INTEGER"),
     (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans", mode="vibes"), "failure taxonomy"),
     (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans", blast_radius="huge"), "blast_radius"),
     (rule("tool_error", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans"), "already a detector"),
+    (rule("loop", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans"), "'loop' is a failure mode"),
     ({"name": "r", "failure_mode": "loop", "severity": "P1"}, "sql: required"),
 ])
 def test_broken_operator_rule_is_a_config_error_naming_the_rule(bad, fragment):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from typing import Any
@@ -327,3 +328,35 @@ def test_a_late_span_that_clears_a_failure_takes_its_detection_and_unreviewed_ca
     metrics = httpx.get(f"{c.http_url}/metrics").text
     assert 'tracesieve_detections{failure_mode="hallucination"} 0.0' in metrics
     assert 'tracesieve_candidates{status="new"} 0.0' in metrics
+
+
+def test_detector_options_and_operator_rules_hold_through_serve_and_its_span_workers(start_collector):
+    """The knobs fixed in the rules audit, end to end: a rule turned off by name, a rule's finding with no span
+    on the root, one-line messages, a mode's configured blast radius, ms in a sub-second latency message."""
+    rule_sql = ("SELECT trace_id, NULL AS span_id, 'tool failures:' || chr(10) || count(*) AS message, "
+                "json_object('n', count(*)) AS evidence FROM spans WHERE span_kind = 'TOOL' AND status_code = 'ERROR' "
+                "GROUP BY trace_id; -- one per trace")
+    config = {"processors": {"detectors": {
+        "decision_wait": "300ms", "latency_breach": {"TOOL": "50ms"},
+        "blast_radius": {"tool_invocation": "no_external_effect"}, "disable": ["off_rule"],
+        "rules": [{"name": "failed_tools", "failure_mode": "tool_invocation", "severity": "P3", "sql": rule_sql},
+                  {"name": "off_rule", "failure_mode": "loop", "severity": "P3", "sql": rule_sql}]}}}
+    c = start_collector(config)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            with tracer.start_as_current_span("lookup_order") as tool:
+                tool.set_attribute("openinference.span.kind", "TOOL")
+                tool.set_attribute("tool.name", "lookup_order")
+                tool.set_status(Status(StatusCode.ERROR, "order service returned 502\nretry later"))
+                time.sleep(0.08)
+            trace_id = format(root.get_span_context().trace_id, "032x")
+            root_id, tool_id = (format(s.get_span_context().span_id, "016x") for s in (root, tool))
+    rows = c.wait_for(f"SELECT detector, span_id, blast_radius, message FROM detections WHERE trace_id = '{trace_id}' "
+                      "ORDER BY detector", lambda r: len(r) >= 3)
+    by = {r["detector"]: r for r in rows}
+    assert sorted(by) == ["failed_tools", "slow_span", "tool_error"]
+    assert (by["failed_tools"]["span_id"], by["failed_tools"]["message"]) == (root_id, "tool failures: 1")
+    assert (by["tool_error"]["span_id"], by["tool_error"]["blast_radius"]) == (tool_id, "no_external_effect")
+    assert by["tool_error"]["message"] == "tool lookup_order failed: order service returned 502 retry later"
+    assert re.fullmatch(r"TOOL span lookup_order took \d+(\.\d)?ms, over the 50ms threshold", by["slow_span"]["message"])
