@@ -15,6 +15,7 @@ findings come back.
 from __future__ import annotations
 
 import fcntl
+import logging
 import multiprocessing
 import os
 import signal
@@ -36,6 +37,8 @@ from tracesieve.processors.detectors import DetectorsConfig, DetectorsProcessor
 from tracesieve.processors.rules import Finding
 from tracesieve.storage.errors import ProcessorFailedError, RetryableError
 from tracesieve.storage.store import traces_from_table
+
+log = logging.getLogger("tracesieve.span_stage")
 
 
 class SpanStage(Protocol):
@@ -152,9 +155,15 @@ class ProcessSpanStage:
         return DecodeResult(batch=batch, rejected=rejected, errors=errors)
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
-        """Start a new pool in place of ``broken`` (once, whoever notices first)."""
+        """Start a new pool in place of ``broken`` (once, whoever notices first), and say so in the log.
+
+        A worker killed from outside (the kernel's OOM killer picks the biggest process) used to be
+        replaced silently: its requests got "retry", and the operator had nothing to explain them.
+        """
         with self._lock:
             if self._pool is broken:
+                log.warning("a span-stage worker died (%s); the requests it held were answered 'retry' "
+                            "and new workers were started", _how_workers_ended(broken))
                 self._pool = self._new_pool()
 
     def find_rule_findings(self, detectors: DetectorsProcessor, table: pa.Table, *,
@@ -203,6 +212,24 @@ class ProcessSpanStage:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+
+
+def _how_workers_ended(pool: ProcessPoolExecutor) -> str:
+    """How the pool's dead workers ended ("killed by SIGKILL", "exit code 1"), as far as the pool still knows."""
+    ends = []
+    processes: dict[int, Any] = getattr(pool, "_processes", None) or {}
+    for proc in list(processes.values()):
+        code = proc.exitcode
+        if code is None:
+            continue
+        if code < 0:
+            try:
+                ends.append(f"killed by {signal.Signals(-code).name}")
+            except ValueError:
+                ends.append(f"killed by signal {-code}")
+        else:
+            ends.append(f"exit code {code}")
+    return ", ".join(dict.fromkeys(ends)) or "how is unknown"
 
 
 _PIPE_SIZE = 1024 * 1024
