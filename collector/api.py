@@ -154,6 +154,8 @@ def _parse_since(since: str | None) -> dt.datetime | None:
 
     try:
         return utcnow() - dt.timedelta(seconds=parse_duration(since))
+    except OverflowError:  # further back than any time a datetime holds: every row is within it
+        return None
     except ValueError:
         pass
     try:

@@ -559,3 +559,23 @@ def test_promote_into_a_missing_directory_names_the_directory(tmp_path):
     assert f"no directory {missing} " in result.stderr and ".cases.yaml." not in result.stderr, result.stderr
     status = run_cli("candidates", "--format", "json", "--db", str(db))
     assert [r["status"] for r in json.loads(status.stdout)] == ["new"]
+
+
+def test_candidates_since_takes_a_duration_or_a_date_of_any_size(tmp_path):
+    """``--since 999999999999999999999999h`` ended in "internal error: OverflowError": a window reaching
+    further back than any time keeps every candidate."""
+    from conftest import run_cli
+
+    db, cid = store_with_candidate(tmp_path)  # last seen at NOW
+
+    def listed(since: str) -> list[str]:
+        result = run_cli("candidates", "--since", since, "--format", "json", "--db", str(db))
+        assert result.returncode == 0, result.stderr
+        return [r["candidate_id"] for r in json.loads(result.stdout)]
+
+    assert listed("999999999999999999999999h") == [cid]
+    assert listed((NOW - dt.timedelta(days=1)).isoformat()) == [cid]
+    assert listed((NOW + dt.timedelta(days=1)).isoformat()) == []
+    assert listed("1s") == []  # NOW is in the past
+    bad = run_cli("candidates", "--since", "yesterday", "--db", str(db))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--since 'yesterday'" in bad.stderr
