@@ -151,17 +151,22 @@ def _check_command(command: Sequence[str], workdir: str | None, env: Mapping[str
 # running
 
 
-def resource_attributes(existing: str | None, case_id: str, run: int) -> str:
-    """OTEL_RESOURCE_ATTRIBUTES: the caller's pairs (minus ours) followed by the case id and run number."""
-    ours = {CASE_ATTRIBUTE: case_id, RUN_ATTRIBUTE: str(run)}
+def resource_attributes(existing: str | None, case_id: str, run: int | None) -> str:
+    """OTEL_RESOURCE_ATTRIBUTES: the caller's pairs (minus ours) followed by the case id and the run number
+    (None: no run number, DESIGN's ``tracesieve.case_id=<id>`` exactly when the caller set none)."""
+    ours = {CASE_ATTRIBUTE: case_id, RUN_ATTRIBUTE: "" if run is None else str(run)}
     kept = [pair.strip() for pair in (existing or "").split(",")
             if pair.strip() and pair.split("=", 1)[0].strip() not in ours]
-    return ",".join(kept + [f"{k}={v}" for k, v in ours.items()])
+    return ",".join(kept + [f"{k}={v}" for k, v in ours.items() if v])
 
 
 def agent_env(base: Mapping[str, str], case: Mapping[str, Any], run: int, endpoint: str,
-              protocol: str) -> dict[str, str]:
-    """The agent's environment: ``base`` without OTLP exporter settings, plus the gate protocol variables."""
+              protocol: str, repeat: int = 1) -> dict[str, str]:
+    """The agent's environment: ``base`` without OTLP exporter settings, plus the gate protocol variables.
+
+    The resource carries the run number only when a case runs more than once (``--repeat``): a trace
+    without one counts for every run of its case, which for a single run is the same thing.
+    """
     case_id = str(case["id"])
     # nothing goes elsewhere, and every run's trace comes: no exporter, sampler or off switch of the caller's
     env = {k: v for k, v in base.items() if not k.startswith("OTEL_EXPORTER_OTLP_") and k not in TRACING_OFF}
@@ -174,7 +179,8 @@ def agent_env(base: Mapping[str, str], case: Mapping[str, Any], run: int, endpoi
         "TRACESIEVE_RUN": str(run),
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-        "OTEL_RESOURCE_ATTRIBUTES": resource_attributes(base.get("OTEL_RESOURCE_ATTRIBUTES"), case_id, run),
+        "OTEL_RESOURCE_ATTRIBUTES": resource_attributes(base.get("OTEL_RESOURCE_ATTRIBUTES"), case_id,
+                                                        run if repeat > 1 else None),
     })
     return env
 
@@ -350,7 +356,7 @@ def run_gate(
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="gate-run")
         try:
             futures = {
-                pool.submit(runner.run, agent_env(base_env, case, n, endpoint, protocol), case_payload(case), n):
+                pool.submit(runner.run, agent_env(base_env, case, n, endpoint, protocol, repeat), case_payload(case), n):
                 (str(case["id"]), n)
                 for case in cases for n in range(1, repeat + 1)
             }

@@ -287,7 +287,8 @@ def test_the_agent_gets_the_case_input_as_cases_lint_reads_it_and_scorers_get_th
     record = tmp_path / "stdin.json"
     script = tmp_path / "echo_agent.py"
     script.write_text("import os, sys\n"
-                      f"open({str(record)!r}, 'w').write(sys.stdin.read() + '\\n' + os.environ['TRACESIEVE_CASE_INPUT'])\n"
+                      f"open({str(record)!r}, 'w').write(sys.stdin.read() + '\\n' + os.environ['TRACESIEVE_CASE_INPUT']"
+                      " + '\\n' + os.environ['OTEL_RESOURCE_ATTRIBUTES'])\n"
                       f"os.execv(sys.executable, [sys.executable, {AGENT!r}])\n")
     cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {"must_not": ["@@"]}}])
     text = cases.read_text()
@@ -298,7 +299,9 @@ def test_the_agent_gets_the_case_input_as_cases_lint_reads_it_and_scorers_get_th
     result = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     want = {"user_message": "no", "conversation_history": ["yes", "1:20", "2026-11-01T10:00:00Z"]}
-    assert [json.loads(part) for part in record.read_text().split("\n")] == [want, want]
+    stdin, variable, resource = record.read_text().split("\n")
+    assert [json.loads(stdin), json.loads(variable)] == [want, want]
+    assert resource == "tracesieve.case_id=TS-0001"  # DESIGN's value exactly: one run needs no run number
 
 
 def test_an_agent_that_exits_is_judged_then_though_a_process_it_started_still_holds_its_output(tmp_path):

@@ -130,6 +130,7 @@ def test_ceilings_ignore_the_case_of_span_kinds_and_unrecorded_arguments_are_not
 
 def test_resource_attributes_keep_the_callers_pairs_and_replace_ours():
     assert resource_attributes(None, "TS-0001", 1) == "tracesieve.case_id=TS-0001,tracesieve.run=1"
+    assert resource_attributes(None, "TS-0001", None) == "tracesieve.case_id=TS-0001"  # DESIGN's value, one run
     merged = resource_attributes("deployment.environment=ci, tracesieve.case_id=old,service.version=2", "TS-0002", 3)
     assert merged == ("deployment.environment=ci,service.version=2,"
                       "tracesieve.case_id=TS-0002,tracesieve.run=3")
