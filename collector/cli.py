@@ -293,7 +293,27 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool, log_
 # --------------------------------------------------------------------------- query
 
 
-@cli.command()
+class _SqlCommand(click.Command):
+    """``query``: SQL that opens with a ``--`` comment is the statement, not an unknown option.
+
+    An option name never holds whitespace, so an argument that starts with ``-`` and holds some (and is
+    not the value of the option before it, nor ``--opt=value``) is the SQL: it is moved behind ``--``.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" not in args:
+            names = {n for p in self.params if isinstance(p, click.Option) for n in (*p.opts, *p.secondary_opts)}
+            takes_value = {n for p in self.params if isinstance(p, click.Option) and not p.is_flag
+                           for n in p.opts}
+            for i, arg in enumerate(args):
+                if (arg.startswith("-") and any(ch.isspace() for ch in arg)
+                        and arg.split("=", 1)[0] not in names and not (i and args[i - 1] in takes_value)):
+                    args = [*args[:i], *args[i + 1:], "--", arg]
+                    break
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=_SqlCommand)
 @click.argument("sql")
 @db_option
 @config_option

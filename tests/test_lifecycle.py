@@ -198,6 +198,24 @@ def test_query_errors_are_one_line_with_exit_2(tmp_path):
     assert bad_sql.returncode == 2 and bad_sql.stderr.count("\n") == 1
 
 
+def test_sql_that_opens_with_a_line_comment_is_the_statement_not_an_option(tmp_path):
+    """`tracesieve query "-- top models\nSELECT ..."` exited 2 with "No such option '-- top models...'"."""
+    from tracesieve.storage.store import open_database
+
+    db = tmp_path / "s.duckdb"
+    open_database(str(db)).close()
+    for args in (("-- how many\nSELECT 42 AS n", "--db", str(db), "--format", "json"),
+                 ("--db", str(db), "--format", "json", "--\tevery row\nSELECT 42 AS n; -- done"),
+                 ("--format=json", "--db", str(db), "--no-space-here\nSELECT 42 AS n")):
+        result = run_cli("query", *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert json.loads(result.stdout) == [{"n": 42}]
+    refused = run_cli("query", "-- sneaky\nDELETE FROM spans", "--db", str(db))
+    assert refused.returncode == 2 and "DELETE" in refused.stderr and refused.stderr.count("\n") == 1
+    typo = run_cli("query", "SELECT 1", "--db", str(db), "--fromat", "json")  # a mistyped option is still one
+    assert typo.returncode == 2 and "No such option" in typo.stderr
+
+
 def test_store_is_migrated_and_versioned(tmp_path):
     from tracesieve.storage.migrations import LATEST_VERSION
     from tracesieve.storage.store import open_database
