@@ -89,16 +89,18 @@ class StoreApi:
         return {"candidate": candidate, "trace_id": trace_id, "spans": spans, "detections": detections}
 
     def op_report_data(self, status: str | None = None, limit: int | None = 500) -> dict[str, Any]:
-        """Everything ``tracesieve report`` renders: candidates with their source trace and its detections."""
+        """Everything ``tracesieve report`` renders: candidates with their source trace and its detections,
+        and ``total``, how many candidates match ``status`` (more than are listed when ``limit`` cut them)."""
         candidates = candidate_store.list_candidates(self._cursor(), status=status, limit=limit)
+        total = candidate_store.count_candidates(self._cursor(), status)
         traces: dict[str, Any] = {}
         detections: dict[str, Any] = {}
         for c in candidates:
             trace_id = _source_trace(c)
             if trace_id and trace_id not in traces:
                 traces[trace_id], detections[trace_id] = self._trace_detail(trace_id)
-        return {"generated_at": utcnow().isoformat(), "candidates": candidates, "traces": traces,
-                "detections": detections}
+        return {"generated_at": utcnow().isoformat(), "candidates": candidates, "total": max(total, len(candidates)),
+                "limit": limit, "traces": traces, "detections": detections}
 
     def _trace_detail(self, trace_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         cur = self._cursor()

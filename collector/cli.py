@@ -543,7 +543,11 @@ def report(out_path: str, status: str | None, limit: int, db_path: str | None, c
     html_text = render_report(data)
     with open(out_path, "w", encoding="utf-8") as fh:
         fh.write(html_text)
-    click.echo(f"wrote {out_path}: {len(data['candidates'])} candidates")
+    shown, total = len(data["candidates"]), int(data.get("total") or 0)
+    if total > shown:
+        click.echo(f"wrote {out_path}: {shown} of {total} candidates (--limit {limit}; raise it to see every one)")
+    else:
+        click.echo(f"wrote {out_path}: {shown} candidate{'' if shown == 1 else 's'}")
 
 
 @cli.group()

@@ -103,6 +103,26 @@ def test_review_commands_while_serve_runs_and_after(start_collector, tmp_path):
     assert records[0]["metadata"]["candidate_id"] == first
 
 
+def test_report_with_more_candidates_than_its_limit_says_so(start_collector, tmp_path):
+    """`report --limit 2` on a store of 3 candidates printed "wrote ...: 2 candidates" and a page that read
+    like the whole store."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        for question in ("Cancel order ORD-1", "Where is my parcel?", "Change my address"):
+            emit_agent_trace(tracer, tool_error=True, question=question)
+    c.wait_for("SELECT candidate_id FROM candidates", lambda r: len(r) == 3)
+    page = tmp_path / "review.html"
+    cut = c.cli("report", "--out", str(page), "--limit", "2")
+    assert cut.returncode == 0, cut.stderr
+    assert "2 of 3 candidates" in cut.stdout and "--limit" in cut.stdout
+    assert "showing 2 of 3 candidates" in page.read_text()
+    whole = c.cli("report", "--out", str(page))
+    assert whole.returncode == 0 and whole.stdout.strip() == f"wrote {page}: 3 candidates"
+    assert " of 3" not in page.read_text()
+    one = c.cli("report", "--out", str(page), "--limit", "1")
+    assert "1 of 3 candidates" in one.stdout
+
+
 def test_same_failure_from_four_customers_is_one_candidate(start_collector):
     c = start_collector(FAST_JUDGE)
     emails = ["ann@example.com", "bob.smith@corp.example.org", "c.lee@mail.example.net", "dana+x@example.io"]
