@@ -159,7 +159,9 @@ def check_read_only(sql: str) -> None:
         statement = _explained(sql, statement)
     if statement.type != duckdb.StatementType.SELECT:
         name = getattr(statement.type, "name", str(statement.type))
-        raise UsageError(f"only read statements are allowed (SELECT, WITH, SHOW, DESCRIBE); refused a {name} statement")
+        article = "an" if name[:1] in "AEIOU" else "a"
+        raise UsageError(f"only read statements are allowed (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN); "
+                         f"refused {article} {name} statement")
     _check_functions(statement.query)
 
 

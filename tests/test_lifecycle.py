@@ -47,6 +47,7 @@ def test_query_refuses_writes_and_changes_nothing(start_collector):
         result = c.cli("query", statement)
         assert result.returncode == 2, statement
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("tracesieve: error:")
+    assert "refused an INSERT statement" in c.cli("query", "INSERT INTO spans (trace_id) VALUES ('a')").stderr
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 3}]
     c.stop()
     offline = c.cli("query", "UPDATE spans SET name = 'x'")
