@@ -269,15 +269,32 @@ def _function_calls(node: Any) -> Iterable[dict[str, Any]]:
 def run_read_query(
     con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Check and run one read statement; returns (column names, rows). Any thread, own cursor."""
+    """Check and run one read statement; returns (column names, rows). Any thread, own cursor.
+
+    Column names are unique (a repeated one gets ``_1``, as DuckDB names them in a subquery), so that a
+    row read as an object keeps every column: ``SELECT s.span_id, d.span_id`` gives span_id, span_id_1.
+    """
     check_read_only(sql)
     try:
         rel = con.execute(sql, list(params)) if params else con.execute(sql)
-        columns = [d[0] for d in rel.description or []]
+        columns = _unique_names([d[0] for d in rel.description or []])
         rows = rel.fetchall()
     except duckdb.Error as exc:
         raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
     return columns, rows
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    used: set[str] = set()
+    out = []
+    for name in names:
+        unique, k = name, 0
+        while unique in used:
+            k += 1
+            unique = f"{name}_{k}"
+        used.add(unique)
+        out.append(unique)
+    return out
 
 
 def rows_as_dicts(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:

@@ -150,6 +150,19 @@ def test_query_formats_table_json_csv(start_collector):
     assert json.loads(js.stdout) == [{"span_kind": "CHAIN", "n": 2}]
 
 
+def test_query_json_keeps_every_column_when_two_share_a_name_in_both_modes(start_collector):
+    """`SELECT s.span_id, d.span_id ... --format json` printed one span_id: the other column was silently lost."""
+    c = start_collector(NO_JUDGE)
+    sql = "SELECT 1 AS span_id, 2 AS span_id, 3 AS span_id_1, 4 AS name"
+    for served in (True, False):
+        if not served:
+            c.stop()
+        result = c.cli("query", sql, "--format", "json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == [{"span_id": 1, "span_id_1": 2, "span_id_1_1": 3, "name": 4}], served
+        assert c.cli("query", sql, "--format", "csv").stdout.splitlines()[0] == "span_id,span_id_1,span_id_1_1,name"
+
+
 def _strict_json(text: str):
     def refuse(constant: str):
         raise ValueError(f"{constant} is not JSON")
