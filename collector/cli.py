@@ -172,6 +172,16 @@ def _client(db_path: str | None, config_path: str | None, *, write: bool = False
     return connect(_resolve_db(db_path, config_path), write=write, token=_token())
 
 
+#: Control characters (C0 but newline and tab, DEL, C1) as the escapes Python writes: span content is
+#: written by whoever talks to the agent, and ESC / CSI sequences in it would drive the operator's terminal.
+_SHOWN_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\n\t"}
+
+
+def _printable(text: str) -> str:
+    """``text`` for a terminal: control characters shown escaped (``\\x1b``), never sent raw."""
+    return text.translate(_SHOWN_CONTROLS)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
@@ -204,13 +214,13 @@ def _print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str)
         writer.writerow(columns)
         for r in rows:
             writer.writerow([_cell(v) for v in r])
-        click.echo(buf.getvalue(), nl=False)
+        click.echo(buf.getvalue(), nl=False, color=True)  # color=True: click would cut ESC [ sequences out of the data
     else:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False)
         for c in columns:
-            table.add_column(Text(str(c)), overflow="fold")
-        for r in rows:
-            table.add_row(*[Text(_cell(v)) for v in r])  # Text: "[doc-7]" in a value is data, not rich markup
+            table.add_column(Text(_printable(str(c))), overflow="fold")
+        for r in rows:  # Text: "[doc-7]" in a value is data, not rich markup
+            table.add_row(*[Text(_printable(_cell(v))) for v in r])
         console = _console()
         console.print(table)
         console.print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
@@ -400,18 +410,18 @@ def show(candidate_id: str, db_path: str | None, config_path: str | None, fmt: s
         review = f"{c['status']} by {c.get('reviewed_by') or '?'} at {c.get('reviewed_at') or '?'}"
         review += f" as {c['case_id']}" if c.get("case_id") else ""
         review += f": {c['review_reason']}" if c.get("review_reason") else ""
-        console.print(review, highlight=False, markup=False)
+        console.print(_printable(review), highlight=False, markup=False)
     for key in ("input", "observed", "expected", "context", "source"):
-        console.print(Text.assemble((f"{key}: ", "bold"), json.dumps(c.get(key), ensure_ascii=False, indent=2)),
-                      highlight=False)
+        console.print(Text.assemble((f"{key}: ", "bold"),
+                                    _printable(json.dumps(c.get(key), ensure_ascii=False, indent=2))), highlight=False)
     console.print(Text(f"trace {detail.get('trace_id')}", style="bold"), highlight=False)
     for line in _tree_lines(detail.get("spans") or []):
-        console.print(line, highlight=False, markup=False)
+        console.print(_printable(line), highlight=False, markup=False)
     console.print("[bold]detections[/bold]", markup=True)
     for d in detail.get("detections") or []:
-        console.print(f"  {d['failure_mode']} ({d['detector']}, {d['severity']}) on span {d['span_id']}: "
-                      f"{d['message']}", highlight=False, markup=False)
-        console.print("    evidence: " + json.dumps(d.get("evidence"), ensure_ascii=False), highlight=False,
+        console.print(_printable(f"  {d['failure_mode']} ({d['detector']}, {d['severity']}) on span {d['span_id']}: "
+                                 f"{d['message']}"), highlight=False, markup=False)
+        console.print("    evidence: " + _printable(json.dumps(d.get("evidence"), ensure_ascii=False)), highlight=False,
                       markup=False)
     if c["status"] in ("new", "duplicate"):
         console.print(f"promote with: tracesieve promote {c['candidate_id']} --cases cases.yaml --owner YOU",

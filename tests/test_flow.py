@@ -123,6 +123,26 @@ def test_report_with_more_candidates_than_its_limit_says_so(start_collector, tmp
     assert "1 of 3 candidates" in one.stdout
 
 
+def test_span_content_cannot_send_escape_sequences_to_the_operators_terminal(start_collector):
+    """A user's message holding ESC sequences reached the terminal raw through `query`, `candidates` and
+    `show` (rich drops BEL and CR, not ESC): span content could recolour, retitle or hide what the operator
+    reads. Table and text output show control characters escaped; json escapes them; csv keeps the data."""
+    c = start_collector(FAST_JUDGE)
+    hostile = "refund \x1b[8mhidden\x1b[0m \x1b]0;pwned\x07 \x9b31m done"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_id = emit_agent_trace(tracer, tool_error=True, question=hostile)
+    rows = c.wait_for("SELECT candidate_id FROM candidates", lambda r: len(r) == 1)
+    outputs = [c.cli("query", f"SELECT name, input_value FROM spans WHERE trace_id = '{trace_id}'"),
+               c.cli("candidates"), c.cli("show", rows[0]["candidate_id"])]
+    for result in outputs:
+        assert result.returncode == 0, result.stderr
+        assert not any(ch in result.stdout for ch in "\x1b\x07\x9b"), result.stdout
+    assert "refund \\x1b[8mhidden\\x1b[0m \\x1b]0;pwned\\x07 \\x9b31m done" in outputs[0].stdout
+    raw = c.cli("query", f"SELECT input_value FROM spans WHERE trace_id = '{trace_id}' AND span_kind = 'AGENT'",
+                "--format", "csv")
+    assert raw.stdout.splitlines()[1] == hostile  # csv is data for a file: kept as stored
+
+
 def test_same_failure_from_four_customers_is_one_candidate(start_collector):
     c = start_collector(FAST_JUDGE)
     emails = ["ann@example.com", "bob.smith@corp.example.org", "c.lee@mail.example.net", "dana+x@example.io"]
