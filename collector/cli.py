@@ -807,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _fail(message: str) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "error"
-    click.echo(f"tracesieve: error: {first}", err=True)
+    click.echo(f"tracesieve: error: {_printable(first)}", err=True)  # DuckDB errors quote the values they hit
     sys.exit(EXIT_USAGE)
 
 

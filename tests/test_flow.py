@@ -141,6 +141,9 @@ def test_span_content_cannot_send_escape_sequences_to_the_operators_terminal(sta
     raw = c.cli("query", f"SELECT input_value FROM spans WHERE trace_id = '{trace_id}' AND span_kind = 'AGENT'",
                 "--format", "csv")
     assert raw.stdout.splitlines()[1] == hostile  # csv is data for a file: kept as stored
+    failed = c.cli("query", f"SELECT input_value::INTEGER FROM spans WHERE trace_id = '{trace_id}'")
+    assert failed.returncode == 2 and "refund" in failed.stderr  # DuckDB names the value it could not convert
+    assert not any(ch in failed.stderr for ch in "\x1b\x07\x9b") and failed.stderr.count("\n") == 1
 
 
 def test_same_failure_from_four_customers_is_one_candidate(start_collector):
