@@ -516,8 +516,14 @@ def export(fmt: str, status: str, ids: tuple[str, ...], out_path: str | None, db
     client = _client(db_path, config_path)
     try:
         rows = client.call("export", {"status": None if status == "all" else status, "ids": list(ids) or None})
+        others = 0
+        if not rows and not ids and status != "all":  # say why nothing came out, when something else is there
+            others = int(client.call("query", {"sql": "SELECT count(*) FROM candidates"})["rows"][0][0])
     finally:
         client.close()
+    if others:
+        click.echo(f"tracesieve: no {status} candidate to export; {others} other{'s are' if others != 1 else ' is'} "
+                   f"in the store (--status all exports every one)", err=True)
     records = [export_record(r) for r in rows]
     if fmt == "json":
         text = _json(records) + "\n"

@@ -123,6 +123,23 @@ def test_report_with_more_candidates_than_its_limit_says_so(start_collector, tmp
     assert "1 of 3 candidates" in one.stdout
 
 
+def test_export_with_nothing_promoted_says_what_else_there_is(start_collector):
+    """`export --format jsonl` on a store of new candidates printed nothing at all and exited 0."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        emit_agent_trace(tracer, tool_error=True)
+    c.wait_for("SELECT candidate_id FROM candidates", lambda r: len(r) == 1)
+    for served in (True, False):
+        if not served:
+            c.stop()
+        exported = c.cli("export", "--format", "jsonl")
+        assert exported.returncode == 0 and exported.stdout == ""
+        assert exported.stderr.count("\n") == 1 and "no promoted candidate" in exported.stderr
+        assert "1 other" in exported.stderr and "--status all" in exported.stderr
+        every = c.cli("export", "--format", "jsonl", "--status", "all")
+        assert len(every.stdout.splitlines()) == 1 and every.stderr == ""
+
+
 def test_span_content_cannot_send_escape_sequences_to_the_operators_terminal(start_collector):
     """A user's message holding ESC sequences reached the terminal raw through `query`, `candidates` and
     `show` (rich drops BEL and CR, not ESC): span content could recolour, retitle or hide what the operator
