@@ -45,6 +45,11 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_default, ensure_ascii=False))
 
 
+def _encode(value: Any) -> bytes:
+    """``value`` as the wire carries it: what ``json.dumps(jsonable(value))`` writes, without the round trip."""
+    return json.dumps(value, default=_default, ensure_ascii=False).encode()
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
@@ -63,6 +68,20 @@ class StoreApi:
         if handler is None:
             raise UsageError(f"unknown operation {op!r}")
         return jsonable(handler(**args))
+
+    def call_json(self, op: str, args: dict[str, Any]) -> list[bytes]:
+        """``call``, answered as the query surface's body ``{"result": ...}`` (UTF-8 JSON, in pieces to send
+        one after the other): the same values as ``call`` gives, encoded once. A query's rows are read and
+        encoded a chunk at a time, so a big answer costs the collector about its text, not its rows as
+        Python objects twice over besides. The whole answer is made before it returns (its result closed)."""
+        if op != "query":
+            return [_encode({"result": self.call(op, args)})]
+        columns, chunks = store.read_query_chunks(self._cursor(), **args)
+        pieces = [b'{"result": {"columns": ' + _encode(columns) + b', "rows": [']
+        for rows in chunks:
+            pieces.append((b", " if len(pieces) > 1 else b"") + _encode([list(r) for r in rows])[1:-1])
+        pieces.append(b"]}}")
+        return pieces
 
     # reads ------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -282,6 +282,31 @@ def run_read_query(
     except duckdb.Error as exc:
         raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
     return columns, rows
+
+
+def read_query_chunks(
+    con: duckdb.DuckDBPyConnection, sql: str, chunk_rows: int = 10_000
+) -> tuple[list[str], Iterator[list[tuple[Any, ...]]]]:
+    """``run_read_query`` a chunk of rows at a time: (column names, chunks). The result stays open until
+    the chunks are consumed (read them at once: an open result holds back checkpoints). Any thread, own cursor."""
+    check_read_only(sql)
+    try:
+        rel = con.execute(sql)
+        columns = _unique_names([d[0] for d in rel.description or []])
+    except duckdb.Error as exc:
+        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+
+    def chunks() -> Iterator[list[tuple[Any, ...]]]:
+        while True:
+            try:
+                rows = rel.fetchmany(chunk_rows)
+            except duckdb.Error as exc:
+                raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+            if not rows:
+                return
+            yield rows
+
+    return columns, chunks()
 
 
 def _unique_names(names: list[str]) -> list[str]:
