@@ -280,7 +280,7 @@ def run_read_query(
         columns = _unique_names([d[0] for d in rel.description or []])
         rows = rel.fetchall()
     except duckdb.Error as exc:
-        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"query failed: {_query_error(exc)}") from None
     return columns, rows
 
 
@@ -294,19 +294,30 @@ def read_query_chunks(
         rel = con.execute(sql)
         columns = _unique_names([d[0] for d in rel.description or []])
     except duckdb.Error as exc:
-        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"query failed: {_query_error(exc)}") from None
 
     def chunks() -> Iterator[list[tuple[Any, ...]]]:
         while True:
             try:
                 rows = rel.fetchmany(chunk_rows)
             except duckdb.Error as exc:
-                raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+                raise UsageError(f"query failed: {_query_error(exc)}") from None
             if not rows:
                 return
             yield rows
 
     return columns, chunks()
+
+
+def _query_error(exc: duckdb.Error) -> str:
+    """The line of a DuckDB error that says what went wrong. An error met while the rows are fetched reads
+    "Attempting to execute an unsuccessful or closed pending query result" and gives the cause below it."""
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    if "unsuccessful or closed pending query result" in lines[0]:
+        cause = next((line for line in lines[1:] if line.startswith("Error: ")), None)
+        if cause:
+            return cause[len("Error: "):]
+    return lines[0]
 
 
 def _unique_names(names: list[str]) -> list[str]:

@@ -226,6 +226,14 @@ def test_query_errors_are_one_line_with_exit_2(tmp_path):
     duckdb.connect(str(tmp_path / "x.duckdb")).close()
     bad_sql = run_cli("query", "SELEC nonsense", "--db", str(tmp_path / "x.duckdb"))
     assert bad_sql.returncode == 2 and bad_sql.stderr.count("\n") == 1
+    # an error met while rows stream out: DuckDB puts the cause on its message's second line
+    from tracesieve.storage.store import open_database
+
+    open_database(str(tmp_path / "s.duckdb")).close()
+    late = run_cli("query", "SELECT i, (CASE WHEN i > 200000 THEN 'x' ELSE '1' END)::INTEGER FROM range(300000) t(i)",
+                   "--db", str(tmp_path / "s.duckdb"))
+    assert late.returncode == 2 and late.stderr.count("\n") == 1
+    assert "Could not convert string 'x' to INT32" in late.stderr, late.stderr
 
 
 def test_sql_that_opens_with_a_line_comment_is_the_statement_not_an_option(tmp_path):
