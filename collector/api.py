@@ -76,7 +76,10 @@ class StoreApi:
         Python objects twice over besides. The whole answer is made before it returns (its result closed)."""
         if op != "query":
             return [_encode({"result": self.call(op, args)})]
-        columns, chunks = store.read_query_chunks(self._cursor(), **args)
+        return self._query_pieces(**args)
+
+    def _query_pieces(self, sql: str) -> list[bytes]:
+        columns, chunks = store.read_query_chunks(self._cursor(), sql)
         pieces = [b'{"result": {"columns": ' + _encode(columns) + b', "rows": [']
         for rows in chunks:
             pieces.append((b", " if len(pieces) > 1 else b"") + _encode([list(r) for r in rows])[1:-1])
