@@ -424,8 +424,9 @@ def show(candidate_id: str, db_path: str | None, config_path: str | None, fmt: s
         console.print("    evidence: " + _printable(json.dumps(d.get("evidence"), ensure_ascii=False)), highlight=False,
                       markup=False)
     if c["status"] in ("new", "duplicate"):
-        console.print(f"promote with: tracesieve promote {c['candidate_id']} --cases cases.yaml --owner YOU",
-                      highlight=False, markup=False)
+        store_args = _store_args(db_path, config_path)  # pasted anywhere, it reaches this store
+        console.print(f"promote with: tracesieve promote {c['candidate_id']} --cases cases.yaml --owner YOU"
+                      + (f" {store_args}" if store_args else ""), highlight=False, markup=False)
 
 
 def _tree_lines(spans: list[dict[str, Any]]) -> list[str]:

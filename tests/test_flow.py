@@ -57,6 +57,8 @@ def test_review_commands_while_serve_runs_and_after(start_collector, tmp_path):
     show = c.cli("show", first)
     assert show.returncode == 0, show.stderr
     assert "tool_invocation" in show.stdout and "TOOL lookup_order" in show.stdout
+    # the promote command names the store, as the report's does (without it, it would look in ./tracesieve.duckdb)
+    assert f"tracesieve promote {first} --cases cases.yaml --owner YOU --db {c.db_path.resolve()}" in show.stdout
     shown = json.loads(c.cli("show", first, "--format", "json").stdout)
     assert shown["detections"][0]["evidence"]
 
