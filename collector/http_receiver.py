@@ -8,6 +8,7 @@ loop only moves bytes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -273,6 +274,7 @@ def build_app(
         async def pieces() -> AsyncIterator[bytes]:  # sent as the client reads: no copy of the whole answer
             for piece in result:
                 yield piece
+                await asyncio.sleep(0)  # a client gone meanwhile is noticed: no write after it (asyncio warns of each)
 
         return StreamingResponse(pieces(), media_type="application/json")
 

@@ -179,6 +179,20 @@ def test_a_big_query_through_the_collector_costs_it_about_its_answer_in_memory(s
     assert grew < 3 * answer_kib, f"the collector grew {grew} KiB for a {answer_kib} KiB answer"
 
 
+def test_a_client_hanging_up_during_a_big_answer_leaves_the_log_quiet(start_collector):
+    """An answer sent in pieces to a client gone after the first one logged "socket.send() raised exception."
+    once per piece left (hundreds of lines for a Ctrl-C'd query)."""
+    c = start_collector(NO_JUDGE)
+    info = json.loads((c.workdir / "store.duckdb.serve.json").read_text())
+    token = (c.workdir / "store.duckdb.serve.token").read_text().strip()
+    with httpx.Client(base_url=info["url"], headers={"x-tracesieve-local-token": token}, timeout=60) as client:
+        with client.stream("POST", "/api/query", json={"sql": "SELECT range, repeat('x', 100) FROM range(2000000)"}) as r:
+            assert r.status_code == 200
+            next(r.iter_bytes())
+    assert c.query("SELECT 1 AS x") == [{"x": 1}]  # still answering
+    assert "socket.send() raised" not in c.log()
+
+
 def _strict_json(text: str):
     def refuse(constant: str):
         raise ValueError(f"{constant} is not JSON")
