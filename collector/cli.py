@@ -683,13 +683,17 @@ COMPLETE_VAR = "_TRACESIEVE_COMPLETE"
 
 @cli.command()
 @click.argument("shell", type=click.Choice(COMPLETION_SHELLS))
-def completion(shell: str) -> None:
+@db_option
+@config_option
+def completion(shell: str, db_path: str | None, config_path: str | None) -> None:
     """Print the shell completion script for SHELL (bash, zsh or fish).
 
     Same as click's built-in: eval "$(_TRACESIEVE_COMPLETE=bash_source tracesieve)" (zsh_source, fish_source).
+    --db is taken, as by every command, and not needed; --config is checked.
     """
     from click.shell_completion import get_completion_class
 
+    _check_config(config_path)
     completer = get_completion_class(shell)
     assert completer is not None  # every COMPLETION_SHELLS entry is built into click
     click.echo(completer(cli, {}, "tracesieve", COMPLETE_VAR).source())
