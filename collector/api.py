@@ -45,6 +45,11 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_default, ensure_ascii=False))
 
 
+def _encode(value: Any) -> bytes:
+    """``value`` as the wire carries it: what ``json.dumps(jsonable(value))`` writes, without the round trip."""
+    return json.dumps(value, default=_default, ensure_ascii=False).encode()
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
@@ -63,6 +68,23 @@ class StoreApi:
         if handler is None:
             raise UsageError(f"unknown operation {op!r}")
         return jsonable(handler(**args))
+
+    def call_json(self, op: str, args: dict[str, Any]) -> list[bytes]:
+        """``call``, answered as the query surface's body ``{"result": ...}`` (UTF-8 JSON, in pieces to send
+        one after the other): the same values as ``call`` gives, encoded once. A query's rows are read and
+        encoded a chunk at a time, so a big answer costs the collector about its text, not its rows as
+        Python objects twice over besides. The whole answer is made before it returns (its result closed)."""
+        if op != "query":
+            return [_encode({"result": self.call(op, args)})]
+        return self._query_pieces(**args)
+
+    def _query_pieces(self, sql: str) -> list[bytes]:
+        columns, chunks = store.read_query_chunks(self._cursor(), sql)
+        pieces = [b'{"result": {"columns": ' + _encode(columns) + b', "rows": [']
+        for rows in chunks:
+            pieces.append((b", " if len(pieces) > 1 else b"") + _encode([list(r) for r in rows])[1:-1])
+        pieces.append(b"]}}")
+        return pieces
 
     # reads ------------------------------------------------------------------
 
@@ -89,16 +111,18 @@ class StoreApi:
         return {"candidate": candidate, "trace_id": trace_id, "spans": spans, "detections": detections}
 
     def op_report_data(self, status: str | None = None, limit: int | None = 500) -> dict[str, Any]:
-        """Everything ``tracesieve report`` renders: candidates with their source trace and its detections."""
+        """Everything ``tracesieve report`` renders: candidates with their source trace and its detections,
+        and ``total``, how many candidates match ``status`` (more than are listed when ``limit`` cut them)."""
         candidates = candidate_store.list_candidates(self._cursor(), status=status, limit=limit)
+        total = candidate_store.count_candidates(self._cursor(), status)
         traces: dict[str, Any] = {}
         detections: dict[str, Any] = {}
         for c in candidates:
             trace_id = _source_trace(c)
             if trace_id and trace_id not in traces:
                 traces[trace_id], detections[trace_id] = self._trace_detail(trace_id)
-        return {"generated_at": utcnow().isoformat(), "candidates": candidates, "traces": traces,
-                "detections": detections}
+        return {"generated_at": utcnow().isoformat(), "candidates": candidates, "total": max(total, len(candidates)),
+                "limit": limit, "traces": traces, "detections": detections}
 
     def _trace_detail(self, trace_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         cur = self._cursor()

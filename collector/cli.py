@@ -172,6 +172,16 @@ def _client(db_path: str | None, config_path: str | None, *, write: bool = False
     return connect(_resolve_db(db_path, config_path), write=write, token=_token())
 
 
+#: Control characters (C0 but newline and tab, DEL, C1) as the escapes Python writes: span content is
+#: written by whoever talks to the agent, and ESC / CSI sequences in it would drive the operator's terminal.
+_SHOWN_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\n\t"}
+
+
+def _printable(text: str) -> str:
+    """``text`` for a terminal: control characters shown escaped (``\\x1b``), never sent raw."""
+    return text.translate(_SHOWN_CONTROLS)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
@@ -204,13 +214,13 @@ def _print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str)
         writer.writerow(columns)
         for r in rows:
             writer.writerow([_cell(v) for v in r])
-        click.echo(buf.getvalue(), nl=False)
+        click.echo(buf.getvalue(), nl=False, color=True)  # color=True: click would cut ESC [ sequences out of the data
     else:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False)
         for c in columns:
-            table.add_column(Text(str(c)), overflow="fold")
-        for r in rows:
-            table.add_row(*[Text(_cell(v)) for v in r])  # Text: "[doc-7]" in a value is data, not rich markup
+            table.add_column(Text(_printable(str(c))), overflow="fold")
+        for r in rows:  # Text: "[doc-7]" in a value is data, not rich markup
+            table.add_row(*[Text(_printable(_cell(v))) for v in r])
         console = _console()
         console.print(table)
         console.print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
@@ -293,7 +303,27 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool, log_
 # --------------------------------------------------------------------------- query
 
 
-@cli.command()
+class _SqlCommand(click.Command):
+    """``query``: SQL that opens with a ``--`` comment is the statement, not an unknown option.
+
+    An option name never holds whitespace, so an argument that starts with ``-`` and holds some (and is
+    not the value of the option before it, nor ``--opt=value``) is the SQL: it is moved behind ``--``.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" not in args:
+            names = {n for p in self.params if isinstance(p, click.Option) for n in (*p.opts, *p.secondary_opts)}
+            takes_value = {n for p in self.params if isinstance(p, click.Option) and not p.is_flag
+                           for n in p.opts}
+            for i, arg in enumerate(args):
+                if (arg.startswith("-") and any(ch.isspace() for ch in arg)
+                        and arg.split("=", 1)[0] not in names and not (i and args[i - 1] in takes_value)):
+                    args = [*args[:i], *args[i + 1:], "--", arg]
+                    break
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=_SqlCommand)
 @click.argument("sql")
 @db_option
 @config_option
@@ -380,22 +410,23 @@ def show(candidate_id: str, db_path: str | None, config_path: str | None, fmt: s
         review = f"{c['status']} by {c.get('reviewed_by') or '?'} at {c.get('reviewed_at') or '?'}"
         review += f" as {c['case_id']}" if c.get("case_id") else ""
         review += f": {c['review_reason']}" if c.get("review_reason") else ""
-        console.print(review, highlight=False, markup=False)
+        console.print(_printable(review), highlight=False, markup=False)
     for key in ("input", "observed", "expected", "context", "source"):
-        console.print(Text.assemble((f"{key}: ", "bold"), json.dumps(c.get(key), ensure_ascii=False, indent=2)),
-                      highlight=False)
+        console.print(Text.assemble((f"{key}: ", "bold"),
+                                    _printable(json.dumps(c.get(key), ensure_ascii=False, indent=2))), highlight=False)
     console.print(Text(f"trace {detail.get('trace_id')}", style="bold"), highlight=False)
     for line in _tree_lines(detail.get("spans") or []):
-        console.print(line, highlight=False, markup=False)
+        console.print(_printable(line), highlight=False, markup=False)
     console.print("[bold]detections[/bold]", markup=True)
     for d in detail.get("detections") or []:
-        console.print(f"  {d['failure_mode']} ({d['detector']}, {d['severity']}) on span {d['span_id']}: "
-                      f"{d['message']}", highlight=False, markup=False)
-        console.print("    evidence: " + json.dumps(d.get("evidence"), ensure_ascii=False), highlight=False,
+        console.print(_printable(f"  {d['failure_mode']} ({d['detector']}, {d['severity']}) on span {d['span_id']}: "
+                                 f"{d['message']}"), highlight=False, markup=False)
+        console.print("    evidence: " + _printable(json.dumps(d.get("evidence"), ensure_ascii=False)), highlight=False,
                       markup=False)
     if c["status"] in ("new", "duplicate"):
-        console.print(f"promote with: tracesieve promote {c['candidate_id']} --cases cases.yaml --owner YOU",
-                      highlight=False, markup=False)
+        store_args = _store_args(db_path, config_path)  # pasted anywhere, it reaches this store
+        console.print(f"promote with: tracesieve promote {c['candidate_id']} --cases cases.yaml --owner YOU"
+                      + (f" {store_args}" if store_args else ""), highlight=False, markup=False)
 
 
 def _tree_lines(spans: list[dict[str, Any]]) -> list[str]:
@@ -486,8 +517,14 @@ def export(fmt: str, status: str, ids: tuple[str, ...], out_path: str | None, db
     client = _client(db_path, config_path)
     try:
         rows = client.call("export", {"status": None if status == "all" else status, "ids": list(ids) or None})
+        others = 0
+        if not rows and not ids and status != "all":  # say why nothing came out, when something else is there
+            others = int(client.call("query", {"sql": "SELECT count(*) FROM candidates"})["rows"][0][0])
     finally:
         client.close()
+    if others:
+        click.echo(f"tracesieve: no {status} candidate to export; {others} other{'s are' if others != 1 else ' is'} "
+                   f"in the store (--status all exports every one)", err=True)
     records = [export_record(r) for r in rows]
     if fmt == "json":
         text = _json(records) + "\n"
@@ -523,7 +560,11 @@ def report(out_path: str, status: str | None, limit: int, db_path: str | None, c
     html_text = render_report(data)
     with open(out_path, "w", encoding="utf-8") as fh:
         fh.write(html_text)
-    click.echo(f"wrote {out_path}: {len(data['candidates'])} candidates")
+    shown, total = len(data["candidates"]), int(data.get("total") or 0)
+    if total > shown:
+        click.echo(f"wrote {out_path}: {shown} of {total} candidates (--limit {limit}; raise it to see every one)")
+    else:
+        click.echo(f"wrote {out_path}: {shown} candidate{'' if shown == 1 else 's'}")
 
 
 @cli.group()
@@ -651,13 +692,17 @@ COMPLETE_VAR = "_TRACESIEVE_COMPLETE"
 
 @cli.command()
 @click.argument("shell", type=click.Choice(COMPLETION_SHELLS))
-def completion(shell: str) -> None:
+@db_option
+@config_option
+def completion(shell: str, db_path: str | None, config_path: str | None) -> None:
     """Print the shell completion script for SHELL (bash, zsh or fish).
 
     Same as click's built-in: eval "$(_TRACESIEVE_COMPLETE=bash_source tracesieve)" (zsh_source, fish_source).
+    --db is taken, as by every command, and not needed; --config is checked.
     """
     from click.shell_completion import get_completion_class
 
+    _check_config(config_path)
     completer = get_completion_class(shell)
     assert completer is not None  # every COMPLETION_SHELLS entry is built into click
     click.echo(completer(cli, {}, "tracesieve", COMPLETE_VAR).source())
@@ -782,7 +827,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _fail(message: str) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "error"
-    click.echo(f"tracesieve: error: {first}", err=True)
+    click.echo(f"tracesieve: error: {_printable(first)}", err=True)  # DuckDB errors quote the values they hit
     sys.exit(EXIT_USAGE)
 
 

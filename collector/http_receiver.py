@@ -8,11 +8,11 @@ loop only moves bytes.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf import json_format
@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tracesieve.collector.export import ExportService, Hold, retry_hint
@@ -174,7 +174,8 @@ class _Inflater:
         return -zlib.MAX_WBITS  # bare deflate
 
 
-ApiHandler = Callable[[str, dict[str, Any]], Any]
+#: (op, args) -> the answer's JSON body, ``{"result": ...}``, in pieces (StoreApi.call_json)
+ApiHandler = Callable[[str, dict[str, Any]], list[bytes]]
 
 
 def build_app(
@@ -267,8 +268,15 @@ def build_app(
             log.error("api %s failed: %s", op, type(exc).__name__)
             return JSONResponse({"error": f"internal error: {type(exc).__name__}", "kind": "internal"},
                                 status_code=500)
-        return Response(json.dumps({"result": result}, default=str, ensure_ascii=False),
-                        media_type="application/json")
+        if len(result) == 1:
+            return Response(result[0], media_type="application/json")
+
+        async def pieces() -> AsyncIterator[bytes]:  # sent as the client reads: no copy of the whole answer
+            for piece in result:
+                yield piece
+                await asyncio.sleep(0)  # a client gone meanwhile is noticed: no write after it (asyncio warns of each)
+
+        return StreamingResponse(pieces(), media_type="application/json")
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return refusal(404, code_pb2.NOT_FOUND, f"not found: {request.url.path} (OTLP traces go to POST /v1/traces)",

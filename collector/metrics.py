@@ -35,6 +35,11 @@ RECEIVERS = ("grpc", "http")
 REFUSAL_REASONS = ("invalid_span", "invalid_request", "too_large", "unauthenticated", "throttled",
                    "commit_timeout", "commit_failed", "unavailable", "unsupported_media_type", "internal")
 
+#: The reasons each refusal counter shows from the first scrape (README, Metrics and operations).
+SPAN_REFUSAL_REASONS = ("invalid_span", "throttled", "commit_timeout", "commit_failed")
+REQUEST_REFUSAL_REASONS = ("unauthenticated", "too_large", "invalid_request", "unsupported_media_type",
+                           "unavailable", "internal")
+
 REQUEST_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 COMMIT_SPANS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
@@ -151,6 +156,10 @@ class Metrics:
             self.spans_received.labels(receiver)
             self.spans_accepted.labels(receiver)
             self.request_seconds.labels(receiver)
+            for reason in SPAN_REFUSAL_REASONS:
+                self.spans_refused.labels(receiver, reason)
+            for reason in REQUEST_REFUSAL_REASONS:
+                self.requests_refused.labels(receiver, reason)
         self._lock = threading.Lock()
         self._state: StateSource | None = None
         r.register(_ScrapeTimeGauges(self))

@@ -128,6 +128,8 @@ def render_report(data: Mapping[str, Any]) -> str:
         {"generated_at": str,                  # ISO 8601, shown in the header
          "db": str,                            # the store the page was made from
          "store_args": str,                    # --db/--config options naming it, for the promote command
+         "total": int, "limit": int,           # candidates in the store with the page's status, and the
+             # --limit that kept only the first ``limit`` of them (the page says so when it left some out)
          "candidates": [dict, ...],            # rows as storage.candidates.list_candidates returns them:
              # candidate_id, failure_mode, severity, blast_radius, status, occurrences,
              # first_seen, last_seen, input, context, observed, expected, source (JSON columns parsed;
@@ -321,8 +323,13 @@ def _header(data: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]],
               sum(n for s, n in by_status.items() if s in REVIEWABLE_STATUSES)),
               ("traces shown", len(traces)), ("detections shown", n_detections)]
     tiles = "".join(f"<div class=\"count\"><b>{n}</b>{_e(label)}</div>" for label, n in counts)
+    total = _int(data.get("total"))
+    cut = (f"<div class=\"meta cut\">showing {len(candidates)} of {_plural(total, 'candidate')}: the most severe, "
+           f"most recently seen first (--limit {_e(data.get('limit'))}); raise --limit to see every one</div>\n"
+           if total > len(candidates) else "")
     return (f"<header>\n<h1>tracesieve review</h1>\n<div class=\"meta\">store <code>{_e(data.get('db'))}</code>"
-            f" · generated {_e(_short_time(data.get('generated_at')))}</div>\n<div class=\"counts\">{tiles}</div>\n</header>\n")
+            f" · generated {_e(_short_time(data.get('generated_at')))}</div>\n{cut}"
+            f"<div class=\"counts\">{tiles}</div>\n</header>\n")
 
 
 def _ordered_values(seen: Iterable[Any], known: Sequence[str]) -> list[str]:

@@ -213,7 +213,7 @@ class Collector:
     def _start_http(self) -> None:
         ep = self.config.http
         assert ep is not None
-        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self.api.call)
+        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self.api.call_json)
         kwargs: dict[str, Any] = {}
         if ep.tls:
             kwargs = {"ssl_certfile": ep.tls.cert_file, "ssl_keyfile": ep.tls.key_file}

@@ -268,6 +268,16 @@ def list_candidates(
     return [_row_dict(PUBLIC_COLUMNS, row) for row in rows]
 
 
+def count_candidates(con: duckdb.DuckDBPyConnection, status: str | None = None) -> int:
+    """How many candidates there are (with ``status``, when given). Read-only."""
+    _check_choice("status", status, CANDIDATE_STATUSES)
+    if status is None:
+        row = first_row(con, "SELECT count(*) FROM candidates")
+    else:
+        row = first_row(con, "SELECT count(*) FROM candidates WHERE status = ?", [status])
+    return int(row[0]) if row is not None else 0
+
+
 def get_candidate(con: duckdb.DuckDBPyConnection, candidate_id: str) -> dict[str, Any] | None:
     """One candidate as a dict (JSON columns parsed), or None. Read-only."""
     row = first_row(con, f"SELECT {', '.join(PUBLIC_COLUMNS)} FROM candidates WHERE candidate_id = ?",

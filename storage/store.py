@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import duckdb
@@ -159,7 +159,9 @@ def check_read_only(sql: str) -> None:
         statement = _explained(sql, statement)
     if statement.type != duckdb.StatementType.SELECT:
         name = getattr(statement.type, "name", str(statement.type))
-        raise UsageError(f"only read statements are allowed (SELECT, WITH, SHOW, DESCRIBE); refused a {name} statement")
+        article = "an" if name[:1] in "AEIOU" else "a"
+        raise UsageError(f"only read statements are allowed (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN); "
+                         f"refused {article} {name} statement")
     _check_functions(statement.query)
 
 
@@ -267,15 +269,68 @@ def _function_calls(node: Any) -> Iterable[dict[str, Any]]:
 def run_read_query(
     con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Check and run one read statement; returns (column names, rows). Any thread, own cursor."""
+    """Check and run one read statement; returns (column names, rows). Any thread, own cursor.
+
+    Column names are unique (a repeated one gets ``_1``, as DuckDB names them in a subquery), so that a
+    row read as an object keeps every column: ``SELECT s.span_id, d.span_id`` gives span_id, span_id_1.
+    """
     check_read_only(sql)
     try:
         rel = con.execute(sql, list(params)) if params else con.execute(sql)
-        columns = [d[0] for d in rel.description or []]
+        columns = _unique_names([d[0] for d in rel.description or []])
         rows = rel.fetchall()
     except duckdb.Error as exc:
-        raise UsageError(f"query failed: {str(exc).splitlines()[0]}") from None
+        raise UsageError(f"query failed: {_query_error(exc)}") from None
     return columns, rows
+
+
+def read_query_chunks(
+    con: duckdb.DuckDBPyConnection, sql: str, chunk_rows: int = 10_000
+) -> tuple[list[str], Iterator[list[tuple[Any, ...]]]]:
+    """``run_read_query`` a chunk of rows at a time: (column names, chunks). The result stays open until
+    the chunks are consumed (read them at once: an open result holds back checkpoints). Any thread, own cursor."""
+    check_read_only(sql)
+    try:
+        rel = con.execute(sql)
+        columns = _unique_names([d[0] for d in rel.description or []])
+    except duckdb.Error as exc:
+        raise UsageError(f"query failed: {_query_error(exc)}") from None
+
+    def chunks() -> Iterator[list[tuple[Any, ...]]]:
+        while True:
+            try:
+                rows = rel.fetchmany(chunk_rows)
+            except duckdb.Error as exc:
+                raise UsageError(f"query failed: {_query_error(exc)}") from None
+            if not rows:
+                return
+            yield rows
+
+    return columns, chunks()
+
+
+def _query_error(exc: duckdb.Error) -> str:
+    """The line of a DuckDB error that says what went wrong. An error met while the rows are fetched reads
+    "Attempting to execute an unsuccessful or closed pending query result" and gives the cause below it."""
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    if "unsuccessful or closed pending query result" in lines[0]:
+        cause = next((line for line in lines[1:] if line.startswith("Error: ")), None)
+        if cause:
+            return cause[len("Error: "):]
+    return lines[0]
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    used: set[str] = set()
+    out = []
+    for name in names:
+        unique, k = name, 0
+        while unique in used:
+            k += 1
+            unique = f"{name}_{k}"
+        used.add(unique)
+        out.append(unique)
+    return out
 
 
 def rows_as_dicts(columns: list[str], rows: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:

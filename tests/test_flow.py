@@ -58,6 +58,8 @@ def test_review_commands_while_serve_runs_and_after(start_collector, tmp_path):
     show = c.cli("show", first)
     assert show.returncode == 0, show.stderr
     assert "tool_invocation" in show.stdout and "TOOL lookup_order" in show.stdout
+    # the promote command names the store, as the report's does (without it, it would look in ./tracesieve.duckdb)
+    assert f"tracesieve promote {first} --cases cases.yaml --owner YOU --db {c.db_path.resolve()}" in show.stdout
     shown = json.loads(c.cli("show", first, "--format", "json").stdout)
     assert shown["detections"][0]["evidence"]
 
@@ -102,6 +104,66 @@ def test_review_commands_while_serve_runs_and_after(start_collector, tmp_path):
     records = [json.loads(line) for line in exported.stdout.splitlines()]
     assert len(records) == 1 and set(records[0]) == {"input", "expected", "metadata"}
     assert records[0]["metadata"]["candidate_id"] == first
+
+
+def test_report_with_more_candidates_than_its_limit_says_so(start_collector, tmp_path):
+    """`report --limit 2` on a store of 3 candidates printed "wrote ...: 2 candidates" and a page that read
+    like the whole store."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        for question in ("Cancel order ORD-1", "Where is my parcel?", "Change my address"):
+            emit_agent_trace(tracer, tool_error=True, question=question)
+    c.wait_for("SELECT candidate_id FROM candidates", lambda r: len(r) == 3)
+    page = tmp_path / "review.html"
+    cut = c.cli("report", "--out", str(page), "--limit", "2")
+    assert cut.returncode == 0, cut.stderr
+    assert "2 of 3 candidates" in cut.stdout and "--limit" in cut.stdout
+    assert "showing 2 of 3 candidates" in page.read_text()
+    whole = c.cli("report", "--out", str(page))
+    assert whole.returncode == 0 and whole.stdout.strip() == f"wrote {page}: 3 candidates"
+    assert " of 3" not in page.read_text()
+    one = c.cli("report", "--out", str(page), "--limit", "1")
+    assert "1 of 3 candidates" in one.stdout
+
+
+def test_export_with_nothing_promoted_says_what_else_there_is(start_collector):
+    """`export --format jsonl` on a store of new candidates printed nothing at all and exited 0."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        emit_agent_trace(tracer, tool_error=True)
+    c.wait_for("SELECT candidate_id FROM candidates", lambda r: len(r) == 1)
+    for served in (True, False):
+        if not served:
+            c.stop()
+        exported = c.cli("export", "--format", "jsonl")
+        assert exported.returncode == 0 and exported.stdout == ""
+        assert exported.stderr.count("\n") == 1 and "no promoted candidate" in exported.stderr
+        assert "1 other" in exported.stderr and "--status all" in exported.stderr
+        every = c.cli("export", "--format", "jsonl", "--status", "all")
+        assert len(every.stdout.splitlines()) == 1 and every.stderr == ""
+
+
+def test_span_content_cannot_send_escape_sequences_to_the_operators_terminal(start_collector):
+    """A user's message holding ESC sequences reached the terminal raw through `query`, `candidates` and
+    `show` (rich drops BEL and CR, not ESC): span content could recolour, retitle or hide what the operator
+    reads. Table and text output show control characters escaped; json escapes them; csv keeps the data."""
+    c = start_collector(FAST_JUDGE)
+    hostile = "refund \x1b[8mhidden\x1b[0m \x1b]0;pwned\x07 \x9b31m done"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_id = emit_agent_trace(tracer, tool_error=True, question=hostile)
+    rows = c.wait_for("SELECT candidate_id FROM candidates", lambda r: len(r) == 1)
+    outputs = [c.cli("query", f"SELECT name, input_value FROM spans WHERE trace_id = '{trace_id}'"),
+               c.cli("candidates"), c.cli("show", rows[0]["candidate_id"])]
+    for result in outputs:
+        assert result.returncode == 0, result.stderr
+        assert not any(ch in result.stdout for ch in "\x1b\x07\x9b"), result.stdout
+    assert "refund \\x1b[8mhidden\\x1b[0m \\x1b]0;pwned\\x07 \\x9b31m done" in outputs[0].stdout
+    raw = c.cli("query", f"SELECT input_value FROM spans WHERE trace_id = '{trace_id}' AND span_kind = 'AGENT'",
+                "--format", "csv")
+    assert raw.stdout.splitlines()[1] == hostile  # csv is data for a file: kept as stored
+    failed = c.cli("query", f"SELECT input_value::INTEGER FROM spans WHERE trace_id = '{trace_id}'")
+    assert failed.returncode == 2 and "refund" in failed.stderr  # DuckDB names the value it could not convert
+    assert not any(ch in failed.stderr for ch in "\x1b\x07\x9b") and failed.stderr.count("\n") == 1
 
 
 def test_same_failure_from_four_customers_is_one_candidate(start_collector):

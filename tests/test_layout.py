@@ -59,6 +59,18 @@ def test_every_command_has_help_and_is_in_the_readme(command):
     assert f"tracesieve {command}" in (ROOT / "README.md").read_text()
 
 
+def test_every_command_takes_db_and_config():
+    """DESIGN: every command takes --db PATH and --config FILE (`completion` took neither)."""
+    import click
+
+    from tracesieve.collector.cli import _commands, cli
+
+    for path, command in _commands(cli).items():
+        if path and not isinstance(command, click.Group):
+            options = {o for p in command.params for o in getattr(p, "opts", [])}
+            assert {"--db", "--config"} <= options, path
+
+
 def test_every_openinference_span_kind_is_a_known_kind():
     from openinference.semconv.trace import OpenInferenceSpanKindValues
 

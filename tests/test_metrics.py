@@ -132,6 +132,21 @@ def test_every_failure_mode_candidate_status_and_pii_type_is_a_series_from_the_f
     assert samples[("tracesieve_redactions_total", (("type", "EMAIL"),))] == 0
 
 
+def test_every_refusal_reason_is_a_series_from_the_first_scrape(start_collector):
+    """The refusal counters had no sample until a first refusal: `rate()` and alerts on them read "no data"
+    where the detections, candidates and redactions read 0."""
+    c = start_collector(FAST_JUDGE)
+    samples = scrape(c, headers={})
+    for receiver in ("grpc", "http"):
+        for reason in ("invalid_span", "throttled", "commit_timeout", "commit_failed"):
+            key = ("tracesieve_spans_refused_total", (("reason", reason), ("receiver", receiver)))
+            assert samples[key] == 0, key
+        for reason in ("unauthenticated", "too_large", "invalid_request", "unsupported_media_type", "unavailable",
+                       "internal"):
+            key = ("tracesieve_export_requests_refused_total", (("reason", reason), ("receiver", receiver)))
+            assert samples[key] == 0, key
+
+
 def test_two_collectors_in_one_process_keep_separate_metrics():
     from tracesieve.collector.metrics import Metrics
 

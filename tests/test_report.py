@@ -315,6 +315,15 @@ def test_an_empty_store_gives_a_friendly_page():
     assert page.find("table") == []
 
 
+def test_a_page_cut_by_limit_says_how_many_candidates_it_leaves_out():
+    """With more candidates than --limit, the page read like the whole store: "2 candidates", no word of the rest."""
+    data = {**report_data([make_candidate("c1"), make_candidate("c2")]), "total": 7, "limit": 2}
+    page = Page(render_report(data))
+    text = " ".join(" ".join(page.text).split())
+    assert "showing 2 of 7 candidates" in text and "raise --limit" in text
+    assert "of 7" not in " ".join(Page(render_report(report_data([make_candidate("c1")]))).text)
+
+
 def test_missing_keys_and_null_columns_do_not_break_the_page():
     cand = {"candidate_id": "c1", "status": None, "severity": None, "occurrences": None, "input": None,
             "source": None, "trace_ids": None, "expected": None, "observed": None}
