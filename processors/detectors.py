@@ -346,14 +346,14 @@ class DetectorsProcessor:
             return []
         view = TraceView(trace_id, spans)
         findings: list[Finding] = []
-        failures = 0
+        failed: list[str] = []  # "rule (ErrorType)": the error's text may quote span content
         for rule in TRACE_RULES:
             try:
                 found = rule(view, self._settings)
-            except Exception:
+            except Exception as exc:
                 if self.strict:
                     raise
-                failures += 1
+                failed.append(f"{rule.__name__} ({type(exc).__name__})")
                 continue
             findings.extend(f for f in found if self._enabled(f.detector, f.failure_mode))
         findings.extend(f if f.span_id in view.by_id else _on_root(f, view.root_id)
@@ -361,13 +361,14 @@ class DetectorsProcessor:
         if self._enabled("irreversible_after_failure", "blast_radius_breach"):
             try:
                 findings.extend(irreversible_after_failure(view, self._settings, findings))
-            except Exception:
+            except Exception as exc:
                 if self.strict:
                     raise
-                failures += 1
-        self.errors += failures
-        if failures:
-            log.warning("detectors: %d rule(s) failed on one trace and were skipped", failures)
+                failed.append(f"irreversible_after_failure ({type(exc).__name__})")
+        self.errors += len(failed)
+        if failed:  # named, with the trace, so that it can be reported and reproduced
+            log.warning("detectors: built-in rule(s) %s failed on trace %s and were skipped",
+                        ", ".join(failed), trace_id)
         return findings
 
     def findings_by_trace(self, traces: Mapping[str, Sequence[SpanRow]]) -> dict[str, list[Finding]]:

@@ -903,6 +903,23 @@ def test_an_operator_rule_failing_at_run_time_is_named_in_the_log_without_span_c
     assert "casts_names (ConversionException)" in caplog.text and "search_kb" not in caplog.text
 
 
+def test_a_built_in_rule_that_raises_is_named_with_its_trace_and_the_others_still_judge(monkeypatch, caplog):
+    """The warning said only "1 rule(s) failed on one trace": nothing to report or reproduce it by."""
+    from tracesieve.processors import detectors as detectors_module
+
+    def broken_rule(view, settings):
+        raise KeyError("customer jane@example.com")  # an error's text may quote span content
+
+    monkeypatch.setattr(detectors_module, "TRACE_RULES", (broken_rule, *detectors_module.TRACE_RULES))
+    trace = make_trace(tool("lookup_order", '{"id": 1}', status="ERROR"))
+    p = DetectorsProcessor(DetectorsConfig.from_options({}, "processors.detectors"))  # as serve runs it: not strict
+    with caplog.at_level("WARNING", logger="tracesieve.processors.detectors"):
+        found = p.judge(trace[0]["trace_id"], trace)
+    assert [f.failure_mode for f in found] == ["tool_invocation"] and p.errors == 1
+    assert f"broken_rule (KeyError) failed on trace {trace[0]['trace_id']}" in caplog.text
+    assert "jane@example.com" not in caplog.text
+
+
 def test_example_rules_file_is_valid_and_runs(tmp_path):
     import pathlib
 
