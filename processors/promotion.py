@@ -794,6 +794,8 @@ def extract_source(spans: Sequence[SpanRow], detections: Sequence[Detection], li
     resource = root.get("resource_attributes") if isinstance(root.get("resource_attributes"), dict) else {}
     template = _first_attr(spans, "llm.prompt_template.template")
     system = _system_prompt(spans)
+    session = (next((s.get("session_id") for s in spans if s.get("session_id")), None)
+               or _first_attr(spans, "gen_ai.conversation.id"))
     return {
         "trace_id": detections[0].trace_id if detections else root.get("trace_id"),
         "span_ids": span_ids,
@@ -807,8 +809,8 @@ def extract_source(spans: Sequence[SpanRow], detections: Sequence[Detection], li
         "prompt_id": _first_attr(spans, "prompt.id", "gen_ai.prompt.name"),
         "agent_name": _first_attr(spans, "agent.name", "gen_ai.agent.name"),
         "agent_version": _first_attr(spans, "gen_ai.agent.version", "agent.version"),
-        "session_id": next((s.get("session_id") for s in spans if s.get("session_id")), None)
-        or _first_attr(spans, "gen_ai.conversation.id"),
+        "session": session,  # DESIGN's name for it
+        "session_id": session,  # the spans column's name, as the report and earlier rows read it
     }
 
 

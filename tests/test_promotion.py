@@ -431,6 +431,7 @@ def test_source_names_trace_spans_service_model_prompt_agent_session():
     assert src["span_ids"] == ["t2"]
     assert (src["service"], src["model"], src["prompt_version"]) == ("support-agent", "gpt-4o", "v7")
     assert (src["agent_name"], src["session_id"]) == ("support", "sess-9")
+    assert src["session"] == "sess-9"  # DESIGN lists it as "session"
 
 
 def test_observed_holds_final_answer_and_failing_call():
