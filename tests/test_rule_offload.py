@@ -210,15 +210,27 @@ def test_a_round_keeps_one_rule_job_per_worker_queued_so_export_requests_pass_be
     assert result.batch.num_rows == 50
     assert answered < ended[-1]
 
-    # A judge behind its target queues the whole round, as Export requests queue.
+    # A judge behind its target queues the whole round, as Export requests queue. The jobs waiting are
+    # counted at each submission as well as by the loop: on a loaded machine this thread could sleep
+    # through the whole round (the loop alone once saw none queued).
     found.clear()
+    submit = pool._pool.submit
+    at_submit: list[int] = []
+
+    def counted_submit(*args: Any, **kwargs: Any) -> Any:
+        future = submit(*args, **kwargs)
+        at_submit.append(len(queued))
+        return future
+
+    monkeypatch.setattr(pool._pool, "submit", counted_submit)
     judging = threading.Thread(target=lambda: found.update(pool.find_rule_findings(detectors, table, behind=True)))
     judging.start()
     most = 0
     while judging.is_alive():
         most = max(most, len(queued))
     judging.join()
-    assert len(found) == 60 and most > 10
+    assert len(found) == 60 and len(at_submit) >= 30
+    assert max(most, *at_submit) > 1, "the behind round kept to one job at a time"
 
 
 class _FailingStep:
