@@ -70,10 +70,14 @@ _API_KEY_BODY = (
     r"|(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[A-Z0-9]{16}"
     r"|gh[pousr]_[A-Za-z0-9]{36,}"
     r"|github_pat_[A-Za-z0-9_]{22,}"
-    r"|xox[abprse]-[A-Za-z0-9-]{10,}"
-    r"|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"
+    r"|xox[abprse]-[A-Za-z0-9-]{10,}|xapp-[0-9]-[A-Za-z0-9-]{10,}"
+    r"|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,}"
     r"|AIza[0-9A-Za-z_-]{35}"
-    r"|hf_[A-Za-z0-9]{30,})"
+    r"|hf_[A-Za-z0-9]{30,}"
+    r"|glpat-[A-Za-z0-9_-]{20,}"
+    r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{30,}"
+    r"|npm_[A-Za-z0-9]{36,}"
+    r"|gsk_[A-Za-z0-9]{40,}|xai-[A-Za-z0-9]{40,})"
 )
 API_KEY_RE = re.compile(_API_KEY_BODY.replace("(?P<v>", "(?:") + r"\Z", re.ASCII)
 _JWT_BODY = r"(?P<v>eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)"
@@ -360,7 +364,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("ADDRESS", ctx.ADDRESS_PATTERN, ctx.address, trigger=ctx.ADDRESS_TRIGGER),
     Rule("API_KEY", LEFT + _API_KEY_BODY, _bounded("API_KEY"),
          trigger=r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|xox[abprse]-|[sr]k_(?:live|test)_"
-                 r"|AIza|hf_"),
+                 r"|AIza|hf_|xapp-|whsec_|glpat-|SG\.|npm_|gsk_|xai-"),
     Rule("EMAIL", LEFT_EMAIL + rf"(?P<v>(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE})+"
          + r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
          trigger=rf"[A-Za-z0-9._%+{_LATIN}-]@[A-Za-z0-9-]"),

@@ -404,6 +404,26 @@ def test_each_documented_format_is_found(text, type_):
     assert out == f"see <{type_}>." and counts == Counter({type_: 1})
 
 
+PROVIDER_KEYS = [
+    "glpat-" + "Ab1Cd2Ef3Gh4Ij5Kl6Mn", "SG." + "abcdEFGH1234ijklMNOP56" + "." + "Q" * 43, "npm_" + "aB3" * 12,
+    "xapp-1-A0123456789-1234567890123-" + "ab12" * 16, "whsec_" + "Wk9" * 10, "gsk_" + "Gq7" * 17,
+    "xai-" + "Xa1" * 27,
+]
+
+
+@pytest.mark.parametrize("key", PROVIDER_KEYS)
+def test_keys_of_more_providers_are_api_keys_in_text_json_and_columns(key):
+    """DESIGN: API_KEY is any provider's key or token. GitLab, SendGrid, npm, Slack app-level, Stripe
+    webhook, Groq and xAI keys were stored as pasted."""
+    assert Sanitizer().redact(f"my token is {key}, thanks") == ("my token is <API_KEY>, thanks", Counter(API_KEY=1))
+    result = json.dumps({"content": [{"type": "text", "text": json.dumps({"env": f"KEY {key}"})}]})
+    column, counters = Sanitizer().redact_array(pa.array([result, key]), True)
+    assert key not in column[0].as_py() and counters[0] == Counter(API_KEY=1)
+    assert json.loads(json.loads(column[0].as_py())["content"][0]["text"]) == {"env": "KEY <API_KEY>"}
+    column, counters = Sanitizer().redact_array(pa.array([key]), False)
+    assert column.to_pylist() == ["<API_KEY>"]
+
+
 def test_url_credentials_replace_only_the_user_and_password():
     out, _ = Sanitizer().redact("dsn postgres://admin:s3cret@db.internal:5432/app")
     assert out == "dsn postgres://<URL_CREDENTIALS>@db.internal:5432/app"
