@@ -83,8 +83,10 @@ API_KEY_RE = re.compile(_API_KEY_BODY.replace("(?P<v>", "(?:") + r"\Z", re.ASCII
 _JWT_BODY = r"(?P<v>eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)"
 JWT_RE = re.compile(_JWT_BODY.replace("(?P<v>", "(?:") + r"\Z", re.ASCII)
 
-_PEM_BEGIN = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
-_PEM_END = r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+# PEM (RSA, EC, OPENSSH, PKCS#8, ENCRYPTED) and OpenPGP armor (``PRIVATE KEY BLOCK``). A key pasted
+# without its END line runs on over base64 and armor headers (``Version: ...``, ``DEK-Info: ...``).
+_PEM_BEGIN = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+_PEM_END = r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
 
 
 Validator = Callable[[str, int, int, bool], "tuple[str, int, int] | None"]
@@ -338,7 +340,7 @@ def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 _HEX2 = "[0-9A-Fa-f]{2}"
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_BEGIN}(?:[^-\"\\]|\\[^\"]|-[^-\"\\])*?{_PEM_END}"
-                              rf"|{_PEM_BEGIN}(?:[A-Za-z0-9+/=\r\n]|\\[nr])*)",
+                              rf"|{_PEM_BEGIN}(?:[A-Za-z][A-Za-z-]*:[ ][^\r\n\"\\<>]*|[A-Za-z0-9+/=\r\n]|\\[nr])*)",
          trigger="-----BEGIN "),
     Rule("JWT", LEFT + _JWT_BODY, _jwt, trigger="eyJ"),
     Rule("BEARER_TOKEN", LEFT + r"(?i:proxy-)?(?i:authorization)" + SEP + _Q

@@ -424,6 +424,21 @@ def test_keys_of_more_providers_are_api_keys_in_text_json_and_columns(key):
     assert column.to_pylist() == ["<API_KEY>"]
 
 
+PGP_KEY = ("-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\n\nlQOYBF0AbCdEfGhIjKlMnOpQrStUvWxYz0123456789\n"
+           "+/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789==\n=Xy1z\n-----END PGP PRIVATE KEY BLOCK-----")
+
+
+def test_a_pgp_private_key_block_is_one_private_key_in_text_and_json():
+    """``gpg --export-secret-keys --armor`` prints PRIVATE KEY BLOCK: only PEM's PRIVATE KEY was known."""
+    assert Sanitizer().redact(f"my key:\n{PGP_KEY}\nthanks") == ("my key:\n<PRIVATE_KEY>\nthanks", Counter(PRIVATE_KEY=1))
+    column, counters = Sanitizer().redact_array(pa.array([json.dumps({"stdout": PGP_KEY})]), True)
+    assert column.to_pylist() == ['{"stdout": "<PRIVATE_KEY>"}'] and counters == [Counter(PRIVATE_KEY=1)]
+    cut = PGP_KEY.split("-----END")[0]                     # pasted without its end line, armor header and all
+    assert Sanitizer().redact(cut)[0] == "<PRIVATE_KEY>"
+    legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,1A2B3C4D\n\nMIIEpAIBAAKCAQEA\n"
+    assert Sanitizer().redact(legacy)[0] == "<PRIVATE_KEY>"
+
+
 def test_url_credentials_replace_only_the_user_and_password():
     out, _ = Sanitizer().redact("dsn postgres://admin:s3cret@db.internal:5432/app")
     assert out == "dsn postgres://<URL_CREDENTIALS>@db.internal:5432/app"
