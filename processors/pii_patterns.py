@@ -334,7 +334,7 @@ def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 # --------------------------------------------------------------------------- the rules (order matters)
 
 #: Leftmost-first: at one start position the first rule that matches wins, so
-#: specific rules come before general ones (SSN and PHONE before CARD, MAC before IP).
+#: specific rules come before general ones (SSN and PHONE before CARD, MAC before IP, PHONE before IPv4).
 #: Triggers are small RE2 patterns (literal anchors, no left context) whose DFA is
 #: cheap to build per batch; each must fire wherever its rule can accept a value.
 _HEX2 = "[0-9A-Fa-f]{2}"
@@ -376,8 +376,6 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          trigger=_HEX2 + ("[:-]" + _HEX2) * 5),
     Rule("IP", LEFT_HEX + r"(?P<v>(?:[0-9A-Fa-f]{1,4})?(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.[0-9]{1,3}){0,3})", _ipv6,
          trigger=r"::|(?::[0-9A-Fa-f]{1,4}){5}:"),
-    Rule("IP", LEFT_NUM + r"(?P<v>[0-9]{1,3}(?:\.[0-9]{1,3}){3,})", _ipv4,
-         trigger=r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
     Rule("SSN", LEFT_NUM + r"(?P<v>[0-9]{3}-[0-9]{2}-[0-9]{4})", _ssn, trigger="[0-9]{3}-[0-9]{2}-[0-9]{4}"),
     # The trigger leaves out the optional country code: "+1" fires ``\+[0-9]`` below and "1-"/"1."
     # are key characters the exact pass looks back over. The optional prefix cost RE2 ~15% of the
@@ -386,6 +384,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          _phone, trigger=r"(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"),
     Rule("PHONE", LEFT_NUM + r"(?P<v>\+[0-9]{1,3}(?:[ .-]?(?:\([0-9]{1,4}\)|[0-9]{1,5})){1,6})", _phone,
          trigger=r"\+[0-9]"),
+    # IPv4 after the phones: it takes "+" as its left context, so before them "+1.415.555.0132" at the
+    # start of a value was the failed IP candidate "+1.415.555.013" and the phone was never tried.
+    Rule("IP", LEFT_NUM + r"(?P<v>[0-9]{1,3}(?:\.[0-9]{1,3}){3,})", _ipv4,
+         trigger=r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
     # The trigger asks for 12+ digits (every accepted grouping: 4-4-4-4, 4-6-5, 4-6-4, 13-19 plain) so
     # the 8-11 digit runs of hex ids (chatcmpl-..., sess_...) never reach the exact pass.
     Rule("CARD", LEFT_NUM + r"(?P<v>[0-9](?:[ -]?[0-9]){12,18})", _card,

@@ -439,6 +439,17 @@ def test_a_pgp_private_key_block_is_one_private_key_in_text_and_json():
     assert Sanitizer().redact(legacy)[0] == "<PRIVATE_KEY>"
 
 
+@pytest.mark.parametrize("phone", ["+1.415.555.0132", "1.415.555.0132", "+1.212.555.0199 (mobile)"])
+def test_a_dotted_phone_that_opens_a_value_is_a_phone(phone):
+    """At the start of a value (a user.id, a plain input.value) the IPv4 rule took the "+" as its left
+    context, failed on "+1.415.555.013" and hid the phone: it was stored as sent."""
+    number = phone.split(" ")[0]
+    want = phone.replace(number, "<PHONE>")
+    assert Sanitizer().redact(phone) == (want, Counter(PHONE=1))
+    column, _ = Sanitizer().redact_array(pa.array([phone, f"call {phone}"]), False)
+    assert column.to_pylist() == [want, f"call {want}"]
+
+
 def test_url_credentials_replace_only_the_user_and_password():
     out, _ = Sanitizer().redact("dsn postgres://admin:s3cret@db.internal:5432/app")
     assert out == "dsn postgres://<URL_CREDENTIALS>@db.internal:5432/app"
