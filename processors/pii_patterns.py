@@ -60,7 +60,8 @@ _VALUE = (
 # A bare value runs on through punctuation that passwords contain (``Tr0ub4dor&3``, ``hello;world``)
 # as long as no key follows (``&user=``): half a password is still a password.
 _SECRET_KEYWORDS = (
-    r"(?i:password|passwd|passphrase|pwd|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
+    r"(?i:password|passwd|passphrase|passcode|pwd|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
+    r"|account[_-]?key|access[_-]?key"
     r"|access[_-]?token|auth[_-]?token|refresh[_-]?token|session[_-]?token|id[_-]?token|token"
     r"|private[_-]?key|credentials?)"
 )
@@ -354,7 +355,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          + SEP + _Q
          + r"(?P<v>[A-Za-z0-9/+=]{40})", _bounded("API_KEY"), trigger=r"(?i:aws)"),
     Rule("SECRET", LEFT + r"[A-Za-z0-9_.-]*" + _SECRET_KEYWORDS + SEP + _VALUE, _secret,
-         trigger=r"(?i:pass(?:word|wd|phrase)|pwd|secret|key|token|credentials?)" + SEP),
+         trigger=r"(?i:pass(?:word|wd|phrase|code)|pwd|secret|key|token|credentials?)" + SEP),
     # context rules: a keyword, key or street suffix says what the value is (see pii_context)
     Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),

@@ -450,6 +450,22 @@ def test_a_dotted_phone_that_opens_a_value_is_a_phone(phone):
     assert column.to_pylist() == [want, f"call {want}"]
 
 
+@pytest.mark.parametrize("text,kept", [
+    ("DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErC"
+     "z4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;EndpointSuffix=core.windows.net", "AccountName=acme;AccountKey=<SECRET>;Endpoint"),
+    ("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;"
+     "SharedAccessKey=AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfG=", "SharedAccessKey=<SECRET>"),
+    ("door passcode: 829301", "door passcode: <SECRET>"),
+])
+def test_azure_connection_string_keys_and_passcodes_are_secrets(text, kept):
+    """The storage / Service Bus key of an Azure connection string and a `passcode:` were stored as sent."""
+    out, counts = Sanitizer().redact(text)
+    assert kept in out and counts == Counter(SECRET=1)
+    column, _ = Sanitizer().redact_array(pa.array([json.dumps({"stdout": text})]), True)
+    assert json.loads(column[0].as_py()) == {"stdout": out}
+    assert Sanitizer().redact("SharedAccessKeyName=RootManageSharedAccessKey")[1] == Counter()
+
+
 def test_url_credentials_replace_only_the_user_and_password():
     out, _ = Sanitizer().redact("dsn postgres://admin:s3cret@db.internal:5432/app")
     assert out == "dsn postgres://<URL_CREDENTIALS>@db.internal:5432/app"
