@@ -327,6 +327,15 @@ def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
     return ("SECRET", s, e)
 
 
+def _secret_said(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """``my password is X`` in prose: only a value that looks made up (a letter and a digit or a
+    symbol) or 6+ digits, so "the password is incorrect" or "is 8 characters long" stay."""
+    val = text[s:e].rstrip(".,!?")
+    if not (val.isdigit() and len(val) >= 6 or any(c.isalpha() for c in val) and any(not c.isalpha() for c in val)):
+        return None
+    return _secret(text, s, e, json_text)
+
+
 def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     _, _, pw = text[s:e].partition(":")  # the user may be empty (redis://:password@host)
     return ("URL_CREDENTIALS", s, e) if pw else None
@@ -339,6 +348,7 @@ def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 #: Triggers are small RE2 patterns (literal anchors, no left context) whose DFA is
 #: cheap to build per batch; each must fire wherever its rule can accept a value.
 _HEX2 = "[0-9A-Fa-f]{2}"
+_SECRET_TRIGGER = r"(?i:pass(?:word|wd|phrase|code)|pwd|secret|key|token|credentials?)" + rf"(?:{SEP}|[ \t]+(?i:is)[ \t:])"
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_BEGIN}(?:[^-\"\\]|\\[^\"]|-[^-\"\\])*?{_PEM_END}"
                               rf"|{_PEM_BEGIN}(?:[A-Za-z][A-Za-z-]*:[ ][^\r\n\"\\<>]*|[A-Za-z0-9+/=\r\n]|\\[nr])*)",
@@ -354,8 +364,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("API_KEY", LEFT + r"[A-Za-z0-9_.-]*(?i:secret[_.-]?access[_.-]?key|aws[A-Za-z0-9_.-]*secret[A-Za-z0-9_.-]*)"
          + SEP + _Q
          + r"(?P<v>[A-Za-z0-9/+=]{40})", _bounded("API_KEY"), trigger=r"(?i:aws)"),
-    Rule("SECRET", LEFT + r"[A-Za-z0-9_.-]*" + _SECRET_KEYWORDS + SEP + _VALUE, _secret,
-         trigger=r"(?i:pass(?:word|wd|phrase|code)|pwd|secret|key|token|credentials?)" + SEP),
+    Rule("SECRET", LEFT + r"[A-Za-z0-9_.-]*" + _SECRET_KEYWORDS + SEP + _VALUE, _secret, trigger=_SECRET_TRIGGER),
+    # said rather than assigned: "my password is X" (its trigger is the assignments' one, sharing its automaton)
+    Rule("SECRET", LEFT + r"(?i:pass(?:word|wd|phrase|code))[ \t]+(?i:is)(?:[ \t]*:[ \t]*|[ \t]+)" + _VALUE,
+         _secret_said, trigger=_SECRET_TRIGGER),
     # context rules: a keyword, key or street suffix says what the value is (see pii_context)
     Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),

@@ -466,6 +466,22 @@ def test_azure_connection_string_keys_and_passcodes_are_secrets(text, kept):
     assert Sanitizer().redact("SharedAccessKeyName=RootManageSharedAccessKey")[1] == Counter()
 
 
+@pytest.mark.parametrize("text,want", [
+    ("I can't log in, my password is Summer2024! please help", "my password is <SECRET> please help"),
+    ("the password is: hunter2.", "the password is: <SECRET>."),
+    ("The passcode is 829301.", "The passcode is <SECRET>."),
+    ("the password is incorrect", "the password is incorrect"),
+    ("Your password is 8 characters long", "Your password is 8 characters long"),
+    ("password is required", "password is required"),
+])
+def test_a_password_said_in_prose_is_a_secret_when_it_looks_like_one(text, want):
+    """Users type it to a support agent in words, not as an assignment: "my password is Summer2024!" was stored."""
+    out, counts = Sanitizer().redact(text)
+    assert want in out and counts == (Counter(SECRET=1) if "<SECRET>" in want else Counter())
+    column, _ = Sanitizer().redact_array(pa.array([json.dumps({"role": "user", "content": text})]), True)
+    assert json.loads(column[0].as_py())["content"] == out
+
+
 def test_url_credentials_replace_only_the_user_and_password():
     out, _ = Sanitizer().redact("dsn postgres://admin:s3cret@db.internal:5432/app")
     assert out == "dsn postgres://<URL_CREDENTIALS>@db.internal:5432/app"
