@@ -336,6 +336,13 @@ def _secret_said(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, 
     return _secret(text, s, e, json_text)
 
 
+def _cookie(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """A Cookie / Set-Cookie header value: ``name=value`` pairs, the session tokens among them."""
+    while e > s and text[e - 1] in " \t;":
+        e -= 1
+    return ("SECRET", s, e) if "=" in text[s:e] else None
+
+
 def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     _, _, pw = text[s:e].partition(":")  # the user may be empty (redis://:password@host)
     return ("URL_CREDENTIALS", s, e) if pw else None
@@ -348,7 +355,8 @@ def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 #: Triggers are small RE2 patterns (literal anchors, no left context) whose DFA is
 #: cheap to build per batch; each must fire wherever its rule can accept a value.
 _HEX2 = "[0-9A-Fa-f]{2}"
-_SECRET_TRIGGER = r"(?i:pass(?:word|wd|phrase|code)|pwd|secret|key|token|credentials?)" + rf"(?:{SEP}|[ \t]+(?i:is)[ \t:])"
+_SECRET_TRIGGER = (r"(?i:pass(?:word|wd|phrase|code)|pwd|secret|key|token|credentials?|cookie)"
+                   + rf"(?:{SEP}|[ \t]+(?i:is)[ \t:])")
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_BEGIN}(?:[^-\"\\]|\\[^\"]|-[^-\"\\])*?{_PEM_END}"
                               rf"|{_PEM_BEGIN}(?:[A-Za-z][A-Za-z-]*:[ ][^\r\n\"\\<>]*|[A-Za-z0-9+/=\r\n]|\\[nr])*)",
@@ -368,6 +376,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # said rather than assigned: "my password is X" (its trigger is the assignments' one, sharing its automaton)
     Rule("SECRET", LEFT + r"(?i:pass(?:word|wd|phrase|code))[ \t]+(?i:is)(?:[ \t]*:[ \t]*|[ \t]+)" + _VALUE,
          _secret_said, trigger=_SECRET_TRIGGER),
+    # a Cookie header (captured, or in a pasted "Copy as cURL"): the whole value, its session ids in it
+    Rule("SECRET", LEFT + r"(?i:set-)?(?i:cookie)" + SEP + _Q + r"(?P<v>[^\"'\\\r\n]+)", _cookie,
+         trigger=_SECRET_TRIGGER),
     # context rules: a keyword, key or street suffix says what the value is (see pii_context)
     Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),

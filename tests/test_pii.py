@@ -482,6 +482,25 @@ def test_a_password_said_in_prose_is_a_secret_when_it_looks_like_one(text, want)
     assert json.loads(column[0].as_py())["content"] == out
 
 
+@pytest.mark.parametrize("text,want", [
+    ("Cookie: sessionid=9944b09199c62bcf9418ad846dd0e4bb; csrftoken=abcdEFGH1234", "Cookie: <SECRET>"),
+    ("Set-Cookie: connect.sid=s%3Aabc123def456.xyz; Path=/; HttpOnly", "Set-Cookie: <SECRET>"),
+    ("curl 'https://x.example/api' -H 'cookie: _session=abc123; theme=dark' -H 'accept: */*'",
+     "curl 'https://x.example/api' -H 'cookie: <SECRET>' -H 'accept: */*'"),
+    ("cookie: chocolate chip", "cookie: chocolate chip"),
+])
+def test_a_cookie_header_value_is_a_secret(text, want):
+    """A session cookie is a credential: a pasted "Copy as cURL" or a captured header kept it whole."""
+    assert Sanitizer().redact(text)[0] == want
+    if text.startswith("curl"):
+        return
+    value = text.partition(": ")[2]                 # as OTel HTTP instrumentation captures it: a list
+    captured = json.dumps({"http": {"request": {"header": {"cookie": [value]}}}})
+    column, _ = Sanitizer().redact_array(pa.array([captured]), True)
+    stored = json.loads(column[0].as_py())["http"]["request"]["header"]["cookie"]
+    assert stored == (["<SECRET>"] if "<SECRET>" in want else [value])
+
+
 def test_url_credentials_replace_only_the_user_and_password():
     out, _ = Sanitizer().redact("dsn postgres://admin:s3cret@db.internal:5432/app")
     assert out == "dsn postgres://<URL_CREDENTIALS>@db.internal:5432/app"
