@@ -216,12 +216,14 @@ PASTED = {
     "azure": "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=CanaryAzureKey0123456789abcdefABCDEF/+==;"
              "EndpointSuffix=core.windows.net",
     "phone": "+1.415.555.0187",
+    "login": "I can't get in, my password is Canary-Summer2024!",
+    "headers": "Cookie: sid=CanarySession0123abcdef; theme=dark",
 }
-PASTED_SECRETS = [v for k, v in PASTED.items() if k not in ("pgp", "azure")] + [
-    "lQOYBGCanaryPgpKeyMaterial", "CanaryAzureKey0123456789abcdefABCDEF"]
+PASTED_SECRETS = [v for k, v in PASTED.items() if k not in ("pgp", "azure", "login", "headers")] + [
+    "lQOYBGCanaryPgpKeyMaterial", "CanaryAzureKey0123456789abcdefABCDEF", "Canary-Summer2024", "CanarySession0123"]
 
 
-def test_pasted_provider_keys_and_key_blocks_never_reach_the_database_and_ids_survive(start_collector):
+def test_pasted_provider_keys_key_blocks_and_passwords_never_reach_the_database_and_ids_survive(start_collector):
     """Through the real SDK and both receivers: in a user message, a JSON tool result (JSON in JSON) and
     a whole attribute value. The ids an answer cites, trace ids, dates and the model stay as sent, so
     no hallucination is invented by redaction."""
@@ -263,7 +265,7 @@ def test_pasted_provider_keys_and_key_blocks_never_reach_the_database_and_ids_su
     for row in rows:
         if row["span_kind"] == "AGENT":
             assert row["user_id"] == "<PHONE>"
-            assert json.loads(row["pii_redactions"]) == {"API_KEY": 3, "PHONE": 2, "PRIVATE_KEY": 1, "SECRET": 1}
+            assert json.loads(row["pii_redactions"]) == {"API_KEY": 3, "PHONE": 2, "PRIVATE_KEY": 1, "SECRET": 3}
         if row["span_kind"] == "TOOL":
             assert json.loads(row["input_value"]) == {"order_id": "ORD-2024-000123", "since": "2024-08-06"}
             inner = json.loads(json.loads(row["output_value"])["content"][0]["text"])
