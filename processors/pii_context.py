@@ -175,14 +175,19 @@ PHONE_CONTEXT_PATTERN = (LEFT + r"(?:[A-Za-z][A-Za-z0-9]*[_.-]){0,2}"
                          + r"(?:(?:[a-z][a-z0-9]*)?(?:Phone|Telephone|Tel|Mobile|Cell|Cellphone|Fax)"
                          + r"|(?i:phone|telephone|tel|mobile|cell|cellphone|fax))\.?"
                          + r"(?:[ _.-]?(?i:number|num|no\.?|nr\.?)|[ ]?#)?"
-                         + _CONNECT + r"(?P<v>\+?[0-9]{10,15})")
+                         + _CONNECT + r"(?P<v>\+?[0-9](?:[ .-]?[0-9]){9,14})")   # 020 7946 0958, 07911 123456
 # The keyword as a word of its own (or with number/no after it): not "tel" in tell, remotely, telemetry
 # or otel.*, nor "cell" in cancellation. Every cell a trigger flags pays the exact Python pass.
 PHONE_CONTEXT_TRIGGER = r"(?:(?i:phone|mobile|fax|cell)|(?:^|[^Oo])(?i:tel))(?i:number|num|no|nr)?(?:[^0-9A-Za-z]|$)"
 
 
+_DATE_OR_TIME = re.compile(r"[0-9]{4}[-./][0-9]{1,2}[-./][0-9]{1,2}")
+
+
 def phone_digits(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     if e < len(text) and (text[e].isalnum() or text[e] == "_" or (text[e] in "-." and text[e + 1:e + 2].isdigit())):
+        return None
+    if e < len(text) and text[e] == ":" or _DATE_OR_TIME.match(text, s):   # "cell 2024-08-06 12:00"
         return None
     return ("PHONE", s, e)
 

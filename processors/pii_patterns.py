@@ -60,7 +60,8 @@ _VALUE = (
 # A bare value runs on through punctuation that passwords contain (``Tr0ub4dor&3``, ``hello;world``)
 # as long as no key follows (``&user=``): half a password is still a password.
 _SECRET_KEYWORDS = (
-    r"(?i:password|passwd|passphrase|pwd|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
+    r"(?i:password|passwd|passphrase|passcode|pwd|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
+    r"|account[_-]?key|access[_-]?key"
     r"|access[_-]?token|auth[_-]?token|refresh[_-]?token|session[_-]?token|id[_-]?token|token"
     r"|private[_-]?key|credentials?)"
 )
@@ -70,17 +71,23 @@ _API_KEY_BODY = (
     r"|(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[A-Z0-9]{16}"
     r"|gh[pousr]_[A-Za-z0-9]{36,}"
     r"|github_pat_[A-Za-z0-9_]{22,}"
-    r"|xox[abprse]-[A-Za-z0-9-]{10,}"
-    r"|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}"
+    r"|xox[abprse]-[A-Za-z0-9-]{10,}|xapp-[0-9]-[A-Za-z0-9-]{10,}"
+    r"|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,}"
     r"|AIza[0-9A-Za-z_-]{35}"
-    r"|hf_[A-Za-z0-9]{30,})"
+    r"|hf_[A-Za-z0-9]{30,}"
+    r"|glpat-[A-Za-z0-9_-]{20,}"
+    r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{30,}"
+    r"|npm_[A-Za-z0-9]{36,}"
+    r"|gsk_[A-Za-z0-9]{40,}|xai-[A-Za-z0-9]{40,})"
 )
 API_KEY_RE = re.compile(_API_KEY_BODY.replace("(?P<v>", "(?:") + r"\Z", re.ASCII)
 _JWT_BODY = r"(?P<v>eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)"
 JWT_RE = re.compile(_JWT_BODY.replace("(?P<v>", "(?:") + r"\Z", re.ASCII)
 
-_PEM_BEGIN = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----"
-_PEM_END = r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----"
+# PEM (RSA, EC, OPENSSH, PKCS#8, ENCRYPTED) and OpenPGP armor (``PRIVATE KEY BLOCK``). A key pasted
+# without its END line runs on over base64 and armor headers (``Version: ...``, ``DEK-Info: ...``).
+_PEM_BEGIN = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+_PEM_END = r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
 
 
 Validator = Callable[[str, int, int, bool], "tuple[str, int, int] | None"]
@@ -320,6 +327,22 @@ def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
     return ("SECRET", s, e)
 
 
+def _secret_said(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """``my password is X`` in prose: only a value that looks made up (a letter and a digit or a
+    symbol) or 6+ digits, so "the password is incorrect" or "is 8 characters long" stay."""
+    val = text[s:e].rstrip(".,!?")
+    if not (val.isdigit() and len(val) >= 6 or any(c.isalpha() for c in val) and any(not c.isalpha() for c in val)):
+        return None
+    return _secret(text, s, e, json_text)
+
+
+def _cookie(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """A Cookie / Set-Cookie header value: ``name=value`` pairs, the session tokens among them."""
+    while e > s and text[e - 1] in " \t;":
+        e -= 1
+    return ("SECRET", s, e) if "=" in text[s:e] else None
+
+
 def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     _, _, pw = text[s:e].partition(":")  # the user may be empty (redis://:password@host)
     return ("URL_CREDENTIALS", s, e) if pw else None
@@ -328,13 +351,15 @@ def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 # --------------------------------------------------------------------------- the rules (order matters)
 
 #: Leftmost-first: at one start position the first rule that matches wins, so
-#: specific rules come before general ones (SSN and PHONE before CARD, MAC before IP).
+#: specific rules come before general ones (SSN and PHONE before CARD, MAC before IP, PHONE before IPv4).
 #: Triggers are small RE2 patterns (literal anchors, no left context) whose DFA is
 #: cheap to build per batch; each must fire wherever its rule can accept a value.
 _HEX2 = "[0-9A-Fa-f]{2}"
+_SECRET_TRIGGER = (r"(?i:pass(?:word|wd|phrase|code)|pwd|secret|key|token|credentials?|cookie)"
+                   + rf"(?:{SEP}|[ \t]+(?i:is)[ \t:])")
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_BEGIN}(?:[^-\"\\]|\\[^\"]|-[^-\"\\])*?{_PEM_END}"
-                              rf"|{_PEM_BEGIN}(?:[A-Za-z0-9+/=\r\n]|\\[nr])*)",
+                              rf"|{_PEM_BEGIN}(?:[A-Za-z][A-Za-z-]*:[ ][^\r\n\"\\<>]*|[A-Za-z0-9+/=\r\n]|\\[nr])*)",
          trigger="-----BEGIN "),
     Rule("JWT", LEFT + _JWT_BODY, _jwt, trigger="eyJ"),
     Rule("BEARER_TOKEN", LEFT + r"(?i:proxy-)?(?i:authorization)" + SEP + _Q
@@ -347,8 +372,13 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("API_KEY", LEFT + r"[A-Za-z0-9_.-]*(?i:secret[_.-]?access[_.-]?key|aws[A-Za-z0-9_.-]*secret[A-Za-z0-9_.-]*)"
          + SEP + _Q
          + r"(?P<v>[A-Za-z0-9/+=]{40})", _bounded("API_KEY"), trigger=r"(?i:aws)"),
-    Rule("SECRET", LEFT + r"[A-Za-z0-9_.-]*" + _SECRET_KEYWORDS + SEP + _VALUE, _secret,
-         trigger=r"(?i:pass(?:word|wd|phrase)|pwd|secret|key|token|credentials?)" + SEP),
+    Rule("SECRET", LEFT + r"[A-Za-z0-9_.-]*" + _SECRET_KEYWORDS + SEP + _VALUE, _secret, trigger=_SECRET_TRIGGER),
+    # said rather than assigned: "my password is X" (its trigger is the assignments' one, sharing its automaton)
+    Rule("SECRET", LEFT + r"(?i:pass(?:word|wd|phrase|code))[ \t]+(?i:is)(?:[ \t]*:[ \t]*|[ \t]+)" + _VALUE,
+         _secret_said, trigger=_SECRET_TRIGGER),
+    # a Cookie header (captured, or in a pasted "Copy as cURL"): the whole value, its session ids in it
+    Rule("SECRET", LEFT + r"(?i:set-)?(?i:cookie)" + SEP + _Q + r"(?P<v>[^\"'\\\r\n]+)", _cookie,
+         trigger=_SECRET_TRIGGER),
     # context rules: a keyword, key or street suffix says what the value is (see pii_context)
     Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),
@@ -360,7 +390,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("ADDRESS", ctx.ADDRESS_PATTERN, ctx.address, trigger=ctx.ADDRESS_TRIGGER),
     Rule("API_KEY", LEFT + _API_KEY_BODY, _bounded("API_KEY"),
          trigger=r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|xox[abprse]-|[sr]k_(?:live|test)_"
-                 r"|AIza|hf_"),
+                 r"|AIza|hf_|xapp-|whsec_|glpat-|SG\.|npm_|gsk_|xai-"),
     Rule("EMAIL", LEFT_EMAIL + rf"(?P<v>(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE})+"
          + r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
          trigger=rf"[A-Za-z0-9._%+{_LATIN}-]@[A-Za-z0-9-]"),
@@ -370,8 +400,6 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          trigger=_HEX2 + ("[:-]" + _HEX2) * 5),
     Rule("IP", LEFT_HEX + r"(?P<v>(?:[0-9A-Fa-f]{1,4})?(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.[0-9]{1,3}){0,3})", _ipv6,
          trigger=r"::|(?::[0-9A-Fa-f]{1,4}){5}:"),
-    Rule("IP", LEFT_NUM + r"(?P<v>[0-9]{1,3}(?:\.[0-9]{1,3}){3,})", _ipv4,
-         trigger=r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
     Rule("SSN", LEFT_NUM + r"(?P<v>[0-9]{3}-[0-9]{2}-[0-9]{4})", _ssn, trigger="[0-9]{3}-[0-9]{2}-[0-9]{4}"),
     # The trigger leaves out the optional country code: "+1" fires ``\+[0-9]`` below and "1-"/"1."
     # are key characters the exact pass looks back over. The optional prefix cost RE2 ~15% of the
@@ -380,6 +408,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          _phone, trigger=r"(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"),
     Rule("PHONE", LEFT_NUM + r"(?P<v>\+[0-9]{1,3}(?:[ .-]?(?:\([0-9]{1,4}\)|[0-9]{1,5})){1,6})", _phone,
          trigger=r"\+[0-9]"),
+    # IPv4 after the phones: it takes "+" as its left context, so before them "+1.415.555.0132" at the
+    # start of a value was the failed IP candidate "+1.415.555.013" and the phone was never tried.
+    Rule("IP", LEFT_NUM + r"(?P<v>[0-9]{1,3}(?:\.[0-9]{1,3}){3,})", _ipv4,
+         trigger=r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
     # The trigger asks for 12+ digits (every accepted grouping: 4-4-4-4, 4-6-5, 4-6-4, 13-19 plain) so
     # the 8-11 digit runs of hex ids (chatcmpl-..., sess_...) never reach the exact pass.
     Rule("CARD", LEFT_NUM + r"(?P<v>[0-9](?:[ -]?[0-9]){12,18})", _card,

@@ -404,6 +404,115 @@ def test_each_documented_format_is_found(text, type_):
     assert out == f"see <{type_}>." and counts == Counter({type_: 1})
 
 
+PROVIDER_KEYS = [
+    "glpat-" + "Ab1Cd2Ef3Gh4Ij5Kl6Mn", "SG." + "abcdEFGH1234ijklMNOP56" + "." + "Q" * 43, "npm_" + "aB3" * 12,
+    "xapp-1-A0123456789-1234567890123-" + "ab12" * 16, "whsec_" + "Wk9" * 10, "gsk_" + "Gq7" * 17,
+    "xai-" + "Xa1" * 27,
+]
+
+
+@pytest.mark.parametrize("key", PROVIDER_KEYS)
+def test_keys_of_more_providers_are_api_keys_in_text_json_and_columns(key):
+    """DESIGN: API_KEY is any provider's key or token. GitLab, SendGrid, npm, Slack app-level, Stripe
+    webhook, Groq and xAI keys were stored as pasted."""
+    assert Sanitizer().redact(f"my token is {key}, thanks") == ("my token is <API_KEY>, thanks", Counter(API_KEY=1))
+    result = json.dumps({"content": [{"type": "text", "text": json.dumps({"env": f"KEY {key}"})}]})
+    column, counters = Sanitizer().redact_array(pa.array([result, key]), True)
+    assert key not in column[0].as_py() and counters[0] == Counter(API_KEY=1)
+    assert json.loads(json.loads(column[0].as_py())["content"][0]["text"]) == {"env": "KEY <API_KEY>"}
+    column, counters = Sanitizer().redact_array(pa.array([key]), False)
+    assert column.to_pylist() == ["<API_KEY>"]
+
+
+PGP_KEY = ("-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\n\nlQOYBF0AbCdEfGhIjKlMnOpQrStUvWxYz0123456789\n"
+           "+/AbCdEfGhIjKlMnOpQrStUvWxYz0123456789==\n=Xy1z\n-----END PGP PRIVATE KEY BLOCK-----")
+
+
+def test_a_pgp_private_key_block_is_one_private_key_in_text_and_json():
+    """``gpg --export-secret-keys --armor`` prints PRIVATE KEY BLOCK: only PEM's PRIVATE KEY was known."""
+    assert Sanitizer().redact(f"my key:\n{PGP_KEY}\nthanks") == ("my key:\n<PRIVATE_KEY>\nthanks", Counter(PRIVATE_KEY=1))
+    column, counters = Sanitizer().redact_array(pa.array([json.dumps({"stdout": PGP_KEY})]), True)
+    assert column.to_pylist() == ['{"stdout": "<PRIVATE_KEY>"}'] and counters == [Counter(PRIVATE_KEY=1)]
+    cut = PGP_KEY.split("-----END")[0]                     # pasted without its end line, armor header and all
+    assert Sanitizer().redact(cut)[0] == "<PRIVATE_KEY>"
+    legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,1A2B3C4D\n\nMIIEpAIBAAKCAQEA\n"
+    assert Sanitizer().redact(legacy)[0] == "<PRIVATE_KEY>"
+
+
+@pytest.mark.parametrize("phone", ["+1.415.555.0132", "1.415.555.0132", "+1.212.555.0199 (mobile)"])
+def test_a_dotted_phone_that_opens_a_value_is_a_phone(phone):
+    """At the start of a value (a user.id, a plain input.value) the IPv4 rule took the "+" as its left
+    context, failed on "+1.415.555.013" and hid the phone: it was stored as sent."""
+    number = phone.split(" ")[0]
+    want = phone.replace(number, "<PHONE>")
+    assert Sanitizer().redact(phone) == (want, Counter(PHONE=1))
+    column, _ = Sanitizer().redact_array(pa.array([phone, f"call {phone}"]), False)
+    assert column.to_pylist() == [want, f"call {want}"]
+
+
+@pytest.mark.parametrize("text,kept", [
+    ("DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErC"
+     "z4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;EndpointSuffix=core.windows.net", "AccountName=acme;AccountKey=<SECRET>;Endpoint"),
+    ("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=RootManageSharedAccessKey;"
+     "SharedAccessKey=AbCdEfGhIjKlMnOpQrStUvWxYz0123456789AbCdEfG=", "SharedAccessKey=<SECRET>"),
+    ("door passcode: 829301", "door passcode: <SECRET>"),
+])
+def test_azure_connection_string_keys_and_passcodes_are_secrets(text, kept):
+    """The storage / Service Bus key of an Azure connection string and a `passcode:` were stored as sent."""
+    out, counts = Sanitizer().redact(text)
+    assert kept in out and counts == Counter(SECRET=1)
+    column, _ = Sanitizer().redact_array(pa.array([json.dumps({"stdout": text})]), True)
+    assert json.loads(column[0].as_py()) == {"stdout": out}
+    assert Sanitizer().redact("SharedAccessKeyName=RootManageSharedAccessKey")[1] == Counter()
+
+
+@pytest.mark.parametrize("text,want", [
+    ("I can't log in, my password is Summer2024! please help", "my password is <SECRET> please help"),
+    ("the password is: hunter2.", "the password is: <SECRET>."),
+    ("The passcode is 829301.", "The passcode is <SECRET>."),
+    ("the password is incorrect", "the password is incorrect"),
+    ("Your password is 8 characters long", "Your password is 8 characters long"),
+    ("password is required", "password is required"),
+])
+def test_a_password_said_in_prose_is_a_secret_when_it_looks_like_one(text, want):
+    """Users type it to a support agent in words, not as an assignment: "my password is Summer2024!" was stored."""
+    out, counts = Sanitizer().redact(text)
+    assert want in out and counts == (Counter(SECRET=1) if "<SECRET>" in want else Counter())
+    column, _ = Sanitizer().redact_array(pa.array([json.dumps({"role": "user", "content": text})]), True)
+    assert json.loads(column[0].as_py())["content"] == out
+
+
+@pytest.mark.parametrize("text,want", [
+    ("Cookie: sessionid=9944b09199c62bcf9418ad846dd0e4bb; csrftoken=abcdEFGH1234", "Cookie: <SECRET>"),
+    ("Set-Cookie: connect.sid=s%3Aabc123def456.xyz; Path=/; HttpOnly", "Set-Cookie: <SECRET>"),
+    ("curl 'https://x.example/api' -H 'cookie: _session=abc123; theme=dark' -H 'accept: */*'",
+     "curl 'https://x.example/api' -H 'cookie: <SECRET>' -H 'accept: */*'"),
+    ("cookie: chocolate chip", "cookie: chocolate chip"),
+])
+def test_a_cookie_header_value_is_a_secret(text, want):
+    """A session cookie is a credential: a pasted "Copy as cURL" or a captured header kept it whole."""
+    assert Sanitizer().redact(text)[0] == want
+    if text.startswith("curl"):
+        return
+    value = text.partition(": ")[2]                 # as OTel HTTP instrumentation captures it: a list
+    captured = json.dumps({"http": {"request": {"header": {"cookie": [value]}}}})
+    column, _ = Sanitizer().redact_array(pa.array([captured]), True)
+    stored = json.loads(column[0].as_py())["http"]["request"]["header"]["cookie"]
+    assert stored == (["<SECRET>"] if "<SECRET>" in want else [value])
+
+
+@pytest.mark.parametrize("text,want", [
+    ("phone: 020 7946 0958", "phone: <PHONE>"), ("Mobile: 07911 123456.", "Mobile: <PHONE>."),
+    ("tel 030-901820-12 thanks", "tel <PHONE> thanks"), ('{"customer_phone": "020 7946 0958"}', '{"customer_phone": "<PHONE>"}'),
+    ("cell 2024-08-06 12:00", "cell 2024-08-06 12:00"), ("phone: 555 0132", "phone: 555 0132"),
+])
+def test_a_national_number_grouped_by_spaces_after_a_phone_keyword_is_a_phone(text, want):
+    """UK and EU numbers are written without "+" and in groups no shape rule knows; after `phone:` they were kept."""
+    json_text = text.startswith("{")
+    assert Sanitizer().redact(text, json_text=json_text)[0] == want
+    assert Sanitizer().redact_array(pa.array([text]), json_text)[0].to_pylist() == [want]
+
+
 def test_url_credentials_replace_only_the_user_and_password():
     out, _ = Sanitizer().redact("dsn postgres://admin:s3cret@db.internal:5432/app")
     assert out == "dsn postgres://<URL_CREDENTIALS>@db.internal:5432/app"

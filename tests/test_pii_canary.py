@@ -204,3 +204,75 @@ def test_captured_http_headers_as_semconv_arrays_are_redacted(start_collector):
     assert c.stop() == 0
     for value in (token, key, "YWRtaW46Q2FuYXJ5UGFzcw=="):
         assert value.encode() not in Path(c.db_path).read_bytes()
+
+
+# What users paste into a chat agent and tools print: values the first rules missed.
+PASTED = {
+    "gitlab": "glpat-Xq7Rt2Lm9Np4Vs1Kc8Hd",
+    "sendgrid": "SG.Qw3Er5Ty7Ui9Op1As3Df5G.Hj7Kl9Zx1Cv3Bn5Mq7Wr9Ty1Ui3Op5As7Df9Gh1Jk3",
+    "npm": "npm_Ab1Cd2Ef3Gh4Ij5Kl6Mn7Op8Qr9St0Uv1Wx2Y",
+    "pgp": "-----BEGIN PGP PRIVATE KEY BLOCK-----\n\nlQOYBGCanaryPgpKeyMaterial0123456789abcdefABCDEF\n=Zq9x\n"
+           "-----END PGP PRIVATE KEY BLOCK-----",
+    "azure": "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=CanaryAzureKey0123456789abcdefABCDEF/+==;"
+             "EndpointSuffix=core.windows.net",
+    "phone": "+1.415.555.0187",
+    "login": "I can't get in, my password is Canary-Summer2024!",
+    "headers": "Cookie: sid=CanarySession0123abcdef; theme=dark",
+}
+PASTED_SECRETS = [v for k, v in PASTED.items() if k not in ("pgp", "azure", "login", "headers")] + [
+    "lQOYBGCanaryPgpKeyMaterial", "CanaryAzureKey0123456789abcdefABCDEF", "Canary-Summer2024", "CanarySession0123"]
+
+
+def test_pasted_provider_keys_key_blocks_and_passwords_never_reach_the_database_and_ids_survive(start_collector):
+    """Through the real SDK and both receivers: in a user message, a JSON tool result (JSON in JSON) and
+    a whole attribute value. The ids an answer cites, trace ids, dates and the model stay as sent, so
+    no hallucination is invented by redaction."""
+    c = start_collector(FAST_JUDGE)
+    message = "Here is my setup:\n" + "\n".join(f"{k}: {v}" for k, v in PASTED.items())
+    for transport, endpoint in (("grpc", c.grpc_endpoint), ("http", c.http_url)):
+        with sdk_tracer(transport, endpoint) as tracer:
+            with tracer.start_as_current_span(f"agent-{transport}") as root:
+                root.set_attribute("openinference.span.kind", "AGENT")
+                root.set_attribute("user.id", PASTED["phone"])
+                root.set_attribute("input.value", message)
+                with tracer.start_as_current_span("kb_search") as r:
+                    r.set_attribute("openinference.span.kind", "RETRIEVER")
+                    r.set_attribute("retrieval.documents.0.document.id", "KB-42")
+                    r.set_attribute("retrieval.documents.1.document.id", "doc-123")
+                with tracer.start_as_current_span("read_env") as tool:
+                    tool.set_attribute("openinference.span.kind", "TOOL")
+                    tool.set_attribute("tool.name", "read_env")
+                    tool.set_attribute("input.value", json.dumps({"order_id": "ORD-2024-000123", "since": "2024-08-06"}))
+                    tool.set_attribute("input.mime_type", "application/json")
+                    inner = json.dumps({"stdout": message, "run": "550e8400-e29b-41d4-a716-446655440000"})
+                    tool.set_attribute("output.value", json.dumps({"content": [{"type": "text", "text": inner}]}))
+                    tool.set_attribute("output.mime_type", "application/json")
+                with tracer.start_as_current_span("llm") as llm:
+                    llm.set_attribute("openinference.span.kind", "LLM")
+                    llm.set_attribute("llm.model_name", "gpt-4o-2024-08-06")
+                    llm.set_attribute("llm.input_messages.0.message.role", "user")
+                    llm.set_attribute("llm.input_messages.0.message.content", message)
+                    llm.set_attribute("llm.output_messages.0.message.role", "assistant")
+                    llm.set_attribute("llm.output_messages.0.message.content",
+                                      "Rotate those keys now, see [KB-42] and [doc-123].")
+    c.wait_for("SELECT count(*) AS n FROM trace_state WHERE judged_seq IS NOT DISTINCT FROM received_seq",
+               lambda r: r[0]["n"] == 2)
+    rows = c.query("SELECT * FROM spans")
+    assert len(rows) == 8
+    dump = json.dumps(rows, default=str, ensure_ascii=False)
+    for value in PASTED_SECRETS:
+        assert value not in dump, value
+    for row in rows:
+        if row["span_kind"] == "AGENT":
+            assert row["user_id"] == "<PHONE>"
+            assert json.loads(row["pii_redactions"]) == {"API_KEY": 3, "PHONE": 2, "PRIVATE_KEY": 1, "SECRET": 3}
+        if row["span_kind"] == "TOOL":
+            assert json.loads(row["input_value"]) == {"order_id": "ORD-2024-000123", "since": "2024-08-06"}
+            inner = json.loads(json.loads(row["output_value"])["content"][0]["text"])
+            assert inner["run"] == "550e8400-e29b-41d4-a716-446655440000" and "<API_KEY>" in inner["stdout"]
+        if row["span_kind"] == "LLM":
+            assert row["llm_model_name"] == "gpt-4o-2024-08-06"
+    assert c.query("SELECT failure_mode FROM detections") == []
+    assert c.stop() == 0
+    for value in PASTED_SECRETS:
+        assert value.encode() not in Path(c.db_path).read_bytes()
