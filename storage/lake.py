@@ -68,7 +68,10 @@ class LakeTarget:
 
 def redact(text: str) -> str:
     """The text with any ``password=...`` value hidden (catalog strings reach logs and errors)."""
-    return re.sub(r"(password\s*=\s*)(\S+)", r"\1<redacted>", text, flags=re.IGNORECASE)
+    # libpq values are bare words or single-quoted (with \' and \\ escapes, spaces allowed); error
+    # texts quote the whole connection string in double quotes, which end a bare value.
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'\"]+)", r"\1<redacted>", text,
+                  flags=re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- extensions

@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from opentelemetry import trace as otel_trace
@@ -350,3 +352,63 @@ def test_overlapping_lake_writes_conflict_and_the_retry_sees_the_winner(postgres
         assert con.execute("SELECT count(*) FROM race").fetchone() == (1,)
     finally:
         con.close()
+
+
+def _otlp_protobuf(trace: Callable[[otel_trace.Tracer], object]) -> bytes:
+    """An OTLP/HTTP protobuf body, encoded by the real SDK, of the spans ``trace`` records."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "outage-agent"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    trace(provider.get_tracer("outage"))
+    provider.shutdown()
+    return bytes(encode_spans(memory.get_finished_spans()).SerializeToString())
+
+
+@needs_postgres
+@needs_lake_extra
+def test_a_catalog_outage_under_a_running_collector(tmp_path: Path) -> None:
+    """PostgreSQL restarts under a running collector: clients are told to retry, nothing acknowledged is
+    lost, the collector recovers by itself, and its log neither leaks the catalog password nor floods."""
+    assert PG_BIN is not None
+    cluster = PostgresCluster(PG_BIN).start()
+    # trust authentication ignores the password, but it is in the connection string every error quotes
+    catalog = cluster.create_database("outage") + " password=s3cret"
+    c = LakeCollector(tmp_path, lake_config(catalog, tmp_path / "data"))
+    url = f"http://127.0.0.1:{c.http_port}/v1/traces"
+    headers = {"Content-Type": "application/x-protobuf"}
+    try:
+        c.start(timeout=120)
+        with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+            before = emit_agent_trace(tracer, tool_error=True)
+        c.wait_for(f"SELECT 1 FROM detections WHERE trace_id = '{before}'", lambda r: len(r) == 1, timeout=60)
+
+        cluster.stop_server()
+        refused = {}
+        body = _otlp_protobuf(lambda t: refused.setdefault("id", emit_agent_trace(t, tool_error=True)))
+        answer = httpx.post(url, content=body, headers=headers, timeout=60)
+        assert answer.status_code in (429, 503) and "retry-after" in answer.headers, answer.text
+        time.sleep(4)  # the judge keeps polling a catalog that is down
+        cluster.start_server()
+
+        acked = {}
+        body = _otlp_protobuf(lambda t: acked.setdefault("id", emit_agent_trace(t, tool_error=True)))
+        deadline = time.monotonic() + 60
+        while (answer := httpx.post(url, content=body, headers=headers, timeout=60)).status_code != 200:
+            assert answer.status_code in (429, 503) and time.monotonic() < deadline, answer.text
+            time.sleep(0.5)
+        rows = c.wait_for(f"SELECT trace_id, count(*) AS n FROM detections WHERE trace_id IN "
+                          f"('{before}', '{acked['id']}', '{refused['id']}') GROUP BY 1",
+                          lambda r: len(r) == 2, timeout=60)
+        assert {r["trace_id"] for r in rows} == {before, acked["id"]}  # the refused request stored nothing
+        assert c.stop() == 0
+        log = c.log()
+        assert "s3cret" not in log, [line for line in log.splitlines() if "s3cret" in line][:3]
+        failures = [line for line in log.splitlines() if "judging failed" in line]
+        assert 1 <= len(failures) <= 3, failures  # logged once, then at most every few seconds: not 4 a second
+    finally:
+        c.kill()
+        cluster.stop()
