@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -164,11 +165,25 @@ def _catalog_problem(target: LakeTarget, exc: BaseException) -> str:
     return f"cannot open the DuckLake catalog {target.printable_catalog}: {first}"
 
 
+def _check_data_path(data_path: str) -> None:
+    """Create a local data path if needed and make sure files can be written there (UsageError if not).
+
+    Without it, the first Parquet file written (the migration, or a collector's first commit) failed
+    with DuckDB's IOException.
+    """
+    try:
+        os.makedirs(data_path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data_path, prefix=".tracesieve-write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"storage.ducklake.data_path {data_path}: cannot write there: "
+                         f"{exc.strerror or type(exc).__name__}") from None
+
+
 def _bootstrap(target: LakeTarget, directory: str) -> None:
     """Attach with DATA_PATH (creating the catalog tables if the database is empty) and migrate."""
     if "://" not in target.data_path:
-        with contextlib.suppress(OSError):
-            os.makedirs(target.data_path, exist_ok=True)
+        _check_data_path(target.data_path)
     con = duckdb.connect(config=_connect_config(directory))
     try:
         data_path = target.data_path.replace("'", "''")

@@ -287,6 +287,23 @@ def test_lake_config_errors_are_one_line(tmp_path: Path) -> None:
 
 @needs_postgres
 @needs_lake_extra
+def test_a_data_path_that_cannot_be_written_stops_serve_in_one_line(postgres: PostgresCluster,
+                                                                    tmp_path: Path) -> None:
+    catalog = postgres.create_database("unwritable")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a path under a regular file: not writable, even for root
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(lake_config(catalog, blocker / "lake")))
+    for args in (("serve",), ("promote", "c0", "--cases", str(tmp_path / "cases.yaml"), "--owner", "me")):
+        result = run_cli(*args, "--config", str(path), "--db", str(tmp_path / "x.duckdb"), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "storage.ducklake.data_path" in lines[0] and str(blocker) in lines[0], lines
+        assert "internal error" not in lines[0]
+
+
+@needs_postgres
+@needs_lake_extra
 def test_a_restarted_collector_judges_what_it_left_pending_on_the_lake(postgres: PostgresCluster,
                                                                        tmp_path: Path) -> None:
     catalog = postgres.create_database("restart")
