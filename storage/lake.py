@@ -162,6 +162,12 @@ def open_lake(target: LakeTarget, *, read_only: bool = False, migrate: bool = Tr
 
 def _catalog_problem(target: LakeTarget, exc: BaseException) -> str:
     first = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    # DuckDB wraps libpq's answer in the attach call and the connection string, twice; keep libpq's words
+    reason = re.search(r'Unable to connect to Postgres at ".*?failed: (?:FATAL:\s*)?(.*)$', first)
+    if reason:
+        first = reason.group(1).strip()
+        if "does not exist" in first and "database" in first:
+            first += " (the catalog database must exist: create it with createdb; tracesieve creates the tables)"
     return f"cannot open the DuckLake catalog {target.printable_catalog}: {first}"
 
 

@@ -287,6 +287,20 @@ def test_lake_config_errors_are_one_line(tmp_path: Path) -> None:
 
 @needs_postgres
 @needs_lake_extra
+def test_a_catalog_database_that_does_not_exist_is_named_in_one_line(postgres: PostgresCluster,
+                                                                     tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(lake_config(postgres.catalog("nosuchdb"), tmp_path / "lake")))
+    for args in (("serve",), ("query", "SELECT count(*) FROM spans")):
+        result = run_cli(*args, "--config", str(path), "--db", str(tmp_path / "x.duckdb"), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and 'database "nosuchdb" does not exist' in lines[0] and "createdb" in lines[0], lines
+        assert "__ducklake_metadata" not in lines[0]  # DuckDB's wrapping, not the operator's words
+
+
+@needs_postgres
+@needs_lake_extra
 def test_a_data_path_that_cannot_be_written_stops_serve_in_one_line(postgres: PostgresCluster,
                                                                     tmp_path: Path) -> None:
     catalog = postgres.create_database("unwritable")
