@@ -496,6 +496,27 @@ def _append_text(text: str, doc: CommentedMap, case: CommentedMap, y: YAML, key:
 
 
 @_under_dataset_lock
+@contextlib.contextmanager
+def restored_on_error(cases_path: str | os.PathLike[str]) -> Iterator[None]:
+    """Put cases.yaml and the history.jsonl beside it back as they were if the block raises.
+
+    For ``promote``: the case is appended before the store marks the candidate, and that mark may be
+    refused (another reviewer rejected or promoted it meanwhile); the append is then undone.
+    """
+    paths = [Path(cases_path), Path(cases_path).parent / HISTORY_FILE]
+    saved = {p: p.read_bytes() if p.exists() else None for p in paths}
+    try:
+        yield
+    except BaseException:
+        for p, data in saved.items():
+            with contextlib.suppress(OSError):
+                if data is None:
+                    p.unlink(missing_ok=True)
+                else:
+                    p.write_bytes(data)
+        raise
+
+
 def promote_case(
     cases_path: str | os.PathLike[str],
     candidate: Mapping[str, Any],

@@ -462,7 +462,7 @@ def _tree_lines(spans: list[dict[str, Any]]) -> list[str]:
 def promote(candidate_id: str, cases_path: str, owner: str, severity: str | None, case_id: str | None,
             db_path: str | None, config_path: str | None) -> None:
     """Append a reviewed case to the failure dataset and mark the candidate promoted."""
-    from tracesieve.collector.cases import promote_case
+    from tracesieve.collector.cases import promote_case, restored_on_error
 
     if not owner.strip():
         raise UsageError("--owner must name a person or team")
@@ -475,8 +475,9 @@ def promote(candidate_id: str, cases_path: str, owner: str, severity: str | None
         if candidate["status"] == "rejected":
             raise UsageError(f"candidate {candidate_id} was rejected ({candidate.get('review_reason')}); "
                              "it cannot be promoted")
-        case = promote_case(cases_path, candidate, owner, severity=severity, case_id=case_id)
-        client.call("mark_promoted", {"candidate_id": candidate_id, "case_id": case["id"], "owner": owner})
+        with restored_on_error(cases_path):  # the mark is refused if another reviewer decided meanwhile
+            case = promote_case(cases_path, candidate, owner, severity=severity, case_id=case_id)
+            client.call("mark_promoted", {"candidate_id": candidate_id, "case_id": case["id"], "owner": owner})
     finally:
         client.close()
     click.echo(f"promoted {candidate_id} as {case['id']} into {cases_path}")

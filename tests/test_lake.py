@@ -318,6 +318,35 @@ def test_a_data_path_that_cannot_be_written_stops_serve_in_one_line(postgres: Po
 
 @needs_postgres
 @needs_lake_extra
+def test_a_reject_racing_a_promote_on_the_lake_leaves_one_decision(postgres: PostgresCluster,
+                                                                   tmp_path: Path) -> None:
+    """Two reviewers on two machines decide the same candidate at once: one wins, the other is refused,
+    and the loser's cases.yaml does not keep a case for it."""
+    c = LakeCollector(tmp_path, lake_config(postgres.create_database("review_race"), tmp_path / "data"))
+    try:
+        c.start(timeout=120)
+        with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+            for i in range(3):
+                emit_agent_trace(tracer, question=f"Where is my order ORD-{i}?", tool_error=True)
+        rows = c.wait_for("SELECT candidate_id FROM candidates ORDER BY 1", lambda r: len(r) == 3, timeout=60)
+    finally:
+        c.kill()
+    for i, row in enumerate(rows):
+        cid, cases = row["candidate_id"], tmp_path / f"cases-{i}.yaml"
+        procs = [subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", *args, "--config",
+                                   str(c.config_path)], cwd=tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for args in (("reject", cid, "--reason", "noise"),
+                              ("promote", cid, "--cases", str(cases), "--owner", "ann"))]
+        (reject, promote) = [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
+        assert sorted([reject[0], promote[0]]) == [0, 2], (reject, promote)
+        status = c.query(f"SELECT status FROM candidates WHERE candidate_id = '{cid}'")[0]["status"]
+        assert status == ("rejected" if reject[0] == 0 else "promoted")
+        assert (cid in (cases.read_text() if cases.exists() else "")) == (promote[0] == 0)
+
+
+@needs_postgres
+@needs_lake_extra
 def test_a_restarted_collector_judges_what_it_left_pending_on_the_lake(postgres: PostgresCluster,
                                                                        tmp_path: Path) -> None:
     catalog = postgres.create_database("restart")
