@@ -462,7 +462,7 @@ def _tree_lines(spans: list[dict[str, Any]]) -> list[str]:
 def promote(candidate_id: str, cases_path: str, owner: str, severity: str | None, case_id: str | None,
             db_path: str | None, config_path: str | None) -> None:
     """Append a reviewed case to the failure dataset and mark the candidate promoted."""
-    from tracesieve.collector.cases import promote_case, restored_on_error
+    from tracesieve.collector.cases import promote_and_mark
 
     if not owner.strip():
         raise UsageError("--owner must name a person or team")
@@ -475,9 +475,10 @@ def promote(candidate_id: str, cases_path: str, owner: str, severity: str | None
         if candidate["status"] == "rejected":
             raise UsageError(f"candidate {candidate_id} was rejected ({candidate.get('review_reason')}); "
                              "it cannot be promoted")
-        with restored_on_error(cases_path):  # the mark is refused if another reviewer decided meanwhile
-            case = promote_case(cases_path, candidate, owner, severity=severity, case_id=case_id)
-            client.call("mark_promoted", {"candidate_id": candidate_id, "case_id": case["id"], "owner": owner})
+        # the mark is refused if another reviewer decided since the read above; the case is then taken back
+        case = promote_and_mark(cases_path, candidate, owner, lambda case: client.call(
+            "mark_promoted", {"candidate_id": candidate_id, "case_id": case["id"], "owner": owner}),
+            severity=severity, case_id=case_id)
     finally:
         client.close()
     click.echo(f"promoted {candidate_id} as {case['id']} into {cases_path}")
