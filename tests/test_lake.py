@@ -347,6 +347,35 @@ def test_a_reject_racing_a_promote_on_the_lake_leaves_one_decision(postgres: Pos
 
 @needs_postgres
 @needs_lake_extra
+def test_a_span_retried_after_a_slow_lake_commit_is_stored_once(postgres: PostgresCluster, tmp_path: Path) -> None:
+    """Another writer holds the lake's commit lock for longer than a client waits: the client is told to
+    retry, the spans are committed once the lock is free, and the client's retry must not store them again."""
+    from tracesieve.storage import lake
+
+    catalog = postgres.create_database("slow_commit")
+    c = LakeCollector(tmp_path, lake_config(catalog, tmp_path / "data"))
+    holder = lake.open_lake(lake.LakeTarget(catalog, str(tmp_path / "data") + "/"))
+    try:
+        c.start(timeout=120)
+        ids: dict[str, str] = {}
+        body = _otlp_protobuf(lambda t: ids.setdefault("id", emit_agent_trace(t, tool_error=True)))
+        url, headers = f"http://127.0.0.1:{c.http_port}/v1/traces", {"Content-Type": "application/x-protobuf"}
+        with lake.CommitLock(holder, lake.LakeTarget(catalog, str(tmp_path / "data") + "/")):
+            slow = httpx.post(url, content=body, headers=headers, timeout=120)
+        assert slow.status_code in (429, 503), slow.text  # the commit waited past the export's patience
+        deadline = time.monotonic() + 60
+        while (retry := httpx.post(url, content=body, headers=headers, timeout=120)).status_code != 200:
+            assert time.monotonic() < deadline, retry.text
+            time.sleep(0.5)
+        rows = c.query(f"SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans WHERE trace_id = '{ids['id']}'")
+        assert rows == [{"n": 5, "d": 5}]
+    finally:
+        holder.close()
+        c.kill()
+
+
+@needs_postgres
+@needs_lake_extra
 def test_a_restarted_collector_judges_what_it_left_pending_on_the_lake(postgres: PostgresCluster,
                                                                        tmp_path: Path) -> None:
     catalog = postgres.create_database("restart")
