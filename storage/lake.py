@@ -168,6 +168,8 @@ def _catalog_problem(target: LakeTarget, exc: BaseException) -> str:
         first = reason.group(1).strip()
         if "does not exist" in first and "database" in first:
             first += " (the catalog database must exist: create it with createdb; tracesieve creates the tables)"
+    elif "creating a new DuckLake is explicitly disabled" in first:  # a reader on a catalog never written
+        first = "it holds no lake yet (the first `tracesieve serve` on it creates the tables)"
     return f"cannot open the DuckLake catalog {target.printable_catalog}: {first}"
 
 

@@ -297,6 +297,11 @@ def test_a_catalog_database_that_does_not_exist_is_named_in_one_line(postgres: P
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and 'database "nosuchdb" does not exist' in lines[0] and "createdb" in lines[0], lines
         assert "__ducklake_metadata" not in lines[0]  # DuckDB's wrapping, not the operator's words
+    # The database exists but no collector has created the lake in it yet: readers say so.
+    path.write_text(yaml.safe_dump(lake_config(postgres.create_database("empty"), tmp_path / "lake")))
+    result = run_cli("query", "SELECT count(*) FROM spans", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2 and "holds no lake yet" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @needs_postgres
