@@ -149,7 +149,11 @@ def _store_label(db_path: str | None, config_path: str | None) -> str:
         lake = _config(config_path).lake
         if lake is not None:
             return f"DuckLake {lake.printable_catalog}"
-    return _resolve_db(db_path, config_path)
+    db = _resolve_db(db_path, config_path)
+    from tracesieve.collector.client import running_collector
+
+    info = running_collector(db)  # a collector on a lake, reached through its --db
+    return str(info["store"]) if info and info.get("store") else db
 
 
 def _store_args(db_path: str | None, config_path: str | None) -> str:

@@ -253,6 +253,8 @@ class Collector:
         scheme = "https" if ep.tls else "http"
         info = {"pid": os.getpid(), "url": f"{scheme}://{host}:{self.http_port}",
                 "cafile": ep.tls.cert_file if ep.tls else None, "db": os.path.abspath(self.config.db_path)}
+        if self.config.lake is not None:  # --db only names this record: what a report calls the store
+            info["store"] = f"DuckLake {self.config.lake.printable_catalog}"
         # the local token first (the CLI reads it once it finds the collector), for this user only
         _write_atomically(local_token_path(self.config.db_path), self.http_service.local_token, 0o600)
         # readable by other accounts, unlike the store (serve runs with umask 077): it holds no secret, and

@@ -334,6 +334,10 @@ def test_a_reject_racing_a_promote_on_the_lake_leaves_one_decision(postgres: Pos
             for i in range(3):
                 emit_agent_trace(tracer, question=f"Where is my order ORD-{i}?", tool_error=True)
         rows = c.wait_for("SELECT candidate_id FROM candidates ORDER BY 1", lambda r: len(r) == 3, timeout=60)
+        # A report made through the collector's --db names the lake, not the --db path (no file there).
+        page = tmp_path / "review.html"
+        made = c.cli_via_db("report", "--out", str(page))
+        assert made.returncode == 0 and "DuckLake postgres:dbname=review_race" in page.read_text(), made.stderr
     finally:
         c.kill()
     for i, row in enumerate(rows):
