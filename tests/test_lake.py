@@ -489,6 +489,9 @@ def test_a_catalog_outage_under_a_running_collector(tmp_path: Path) -> None:
         body = _otlp_protobuf(lambda t: refused.setdefault("id", emit_agent_trace(t, tool_error=True)))
         answer = httpx.post(url, content=body, headers=headers, timeout=60)
         assert answer.status_code in (429, 503) and "retry-after" in answer.headers, answer.text
+        # /metrics still answers with the process's own series (commit failures included); /readyz stays up
+        scrape = httpx.get(f"{c.http_url}/metrics", timeout=30)
+        assert scrape.status_code == 200 and 'tracesieve_spans_refused_total{reason="commit_failed"' in scrape.text
         time.sleep(4)  # the judge keeps polling a catalog that is down
         cluster.start_server()
 
@@ -502,6 +505,7 @@ def test_a_catalog_outage_under_a_running_collector(tmp_path: Path) -> None:
                           f"('{before}', '{acked['id']}', '{refused['id']}') GROUP BY 1",
                           lambda r: len(r) == 2, timeout=60)
         assert {r["trace_id"] for r in rows} == {before, acked["id"]}  # the refused request stored nothing
+        assert 'tracesieve_candidates{status="new"} 1.0' in httpx.get(f"{c.http_url}/metrics", timeout=30).text
         assert c.stop() == 0
         log = c.log()
         assert "s3cret" not in log, [line for line in log.splitlines() if "s3cret" in line][:3]
