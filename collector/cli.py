@@ -826,7 +826,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # never a bare traceback
-        _fail(f"internal error: {type(exc).__name__}: {exc}")
+        from tracesieve.storage.lake import redact
+
+        _fail(f"internal error: {type(exc).__name__}: {redact(str(exc))}")  # a lake's errors quote its catalog
     else:
         sys.exit(0)
 

@@ -333,7 +333,12 @@ class Collector:
             log.info("tracesieve stopped after a store failure: %d spans committed this run",
                      self.writer.stats.committed_spans)
             return
-        judged = self.judge.drain(deadline - 2.0)  # the span workers are still up: they run the rules
+        try:
+            judged = self.judge.drain(deadline - 2.0)  # the span workers are still up: they run the rules
+        except Exception as exc:  # e.g. a lake's catalog is down: what is pending stays pending, not lost
+            judged = 0
+            log.error("judging at shutdown failed (%s: %s); the pending traces are judged on the next start",
+                      type(exc).__name__, lake.redact(str(exc)[:200]))
         self._stage.shutdown()
         self.writer.close(timeout=max(1.0, deadline - time.monotonic()))
         self.config.shutdown_processors()
