@@ -495,8 +495,7 @@ def _append_text(text: str, doc: CommentedMap, case: CommentedMap, y: YAML, key:
     return _newline(text).join(new_lines) + _newline(text)
 
 
-@_under_dataset_lock
-def promote_case(
+def _promote_case(
     cases_path: str | os.PathLike[str],
     candidate: Mapping[str, Any],
     owner: str,
@@ -592,6 +591,35 @@ def promote_case(
                    {"candidate_id": candidate_id, "by": str(owner).strip(),
                     "failure_mode": candidate.get("failure_mode"), "trace_id": plain["source"]["trace_id"]}, now)
     return plain
+
+
+promote_case = _under_dataset_lock(_promote_case)
+
+
+def promote_and_mark(cases_path: str | os.PathLike[str], candidate: Mapping[str, Any], owner: str,
+                     mark: Callable[[dict[str, Any]], object], *, severity: str | None = None,
+                     case_id: str | None = None) -> dict[str, Any]:
+    """:func:`promote_case`, then ``mark(case)`` (the store records the promotion), under one dataset lock.
+
+    If ``mark`` raises (another reviewer rejected or promoted the candidate since it was read), the
+    case and its history event are taken back out (the files are put back as they were) and the
+    error propagates. The lock is held across ``mark``, so no other writer's change is undone.
+    """
+    path = Path(cases_path)
+    with _dataset_locked(path):
+        saved = {p: p.read_bytes() if p.exists() else None for p in (path, path.parent / HISTORY_FILE)}
+        case = _promote_case(path, candidate, owner, severity=severity, case_id=case_id)
+        try:
+            mark(case)
+        except BaseException:
+            for p, data in saved.items():
+                with contextlib.suppress(OSError):
+                    if data is None:
+                        p.unlink(missing_ok=True)
+                    else:
+                        p.write_bytes(data)
+            raise
+    return case
 
 
 # ---------------------------------------------------------------------------

@@ -149,7 +149,11 @@ def _store_label(db_path: str | None, config_path: str | None) -> str:
         lake = _config(config_path).lake
         if lake is not None:
             return f"DuckLake {lake.printable_catalog}"
-    return _resolve_db(db_path, config_path)
+    db = _resolve_db(db_path, config_path)
+    from tracesieve.collector.client import running_collector
+
+    info = running_collector(db)  # a collector on a lake, reached through its --db
+    return str(info["store"]) if info and info.get("store") else db
 
 
 def _store_args(db_path: str | None, config_path: str | None) -> str:
@@ -462,7 +466,7 @@ def _tree_lines(spans: list[dict[str, Any]]) -> list[str]:
 def promote(candidate_id: str, cases_path: str, owner: str, severity: str | None, case_id: str | None,
             db_path: str | None, config_path: str | None) -> None:
     """Append a reviewed case to the failure dataset and mark the candidate promoted."""
-    from tracesieve.collector.cases import promote_case
+    from tracesieve.collector.cases import promote_and_mark
 
     if not owner.strip():
         raise UsageError("--owner must name a person or team")
@@ -475,8 +479,10 @@ def promote(candidate_id: str, cases_path: str, owner: str, severity: str | None
         if candidate["status"] == "rejected":
             raise UsageError(f"candidate {candidate_id} was rejected ({candidate.get('review_reason')}); "
                              "it cannot be promoted")
-        case = promote_case(cases_path, candidate, owner, severity=severity, case_id=case_id)
-        client.call("mark_promoted", {"candidate_id": candidate_id, "case_id": case["id"], "owner": owner})
+        # the mark is refused if another reviewer decided since the read above; the case is then taken back
+        case = promote_and_mark(cases_path, candidate, owner, lambda case: client.call(
+            "mark_promoted", {"candidate_id": candidate_id, "case_id": case["id"], "owner": owner}),
+            severity=severity, case_id=case_id)
     finally:
         client.close()
     click.echo(f"promoted {candidate_id} as {case['id']} into {cases_path}")
@@ -820,7 +826,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # never a bare traceback
-        _fail(f"internal error: {type(exc).__name__}: {exc}")
+        from tracesieve.storage.lake import redact
+
+        _fail(f"internal error: {type(exc).__name__}: {redact(str(exc))}")  # a lake's errors quote its catalog
     else:
         sys.exit(0)
 

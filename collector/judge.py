@@ -32,12 +32,16 @@ from tracesieve.processors.promotion import PromotionProcessor
 from tracesieve.processors.rules import Finding
 from tracesieve.storage import candidates as candidate_store
 from tracesieve.storage import store
+from tracesieve.storage.lake import redact
 from tracesieve.storage.schema import Candidate, Detection, utcnow
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.judge")
 
 POLL_SECONDS = 0.25
+#: While rounds keep failing (the store or the lake's catalog is down), the poll backs off up to this
+#: and the failure is logged once per this many seconds, not four times a second.
+FAILING_POLL_SECONDS = 5.0
 #: A round whose traces settled longer ago than this is behind (DESIGN's target: detections within
 #: decision_wait + 2 s): its rule jobs then queue in the span workers all at once, as Export requests
 #: do, instead of one per worker at a time (span_stage.ProcessSpanStage.find_rule_findings).
@@ -121,12 +125,23 @@ class Judge:
         self._thread.start()
 
     def _run(self) -> None:
+        failures = 0
+        logged_at = 0.0
         while not self._stop.is_set():
             try:
                 judged = self.judge_round(quiet=True)
             except Exception as exc:
-                log.error("judging failed (%s: %s); will retry", type(exc).__name__, str(exc)[:200])
-                judged = 0
+                failures += 1
+                if failures == 1 or time.monotonic() - logged_at >= FAILING_POLL_SECONDS:
+                    logged_at = time.monotonic()
+                    # redact: a lake's error quotes its catalog connection string, password included
+                    log.error("judging failed (%s: %s); will retry%s", type(exc).__name__, redact(str(exc)[:200]),
+                              f" ({failures} rounds failed so far)" if failures > 1 else "")
+                self._stop.wait(min(POLL_SECONDS * 2 ** min(failures, 5), FAILING_POLL_SECONDS))
+                continue
+            if failures:
+                log.info("judging works again after %d failed rounds", failures)
+                failures = 0
             if not judged:
                 self._stop.wait(POLL_SECONDS)
 

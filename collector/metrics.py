@@ -14,6 +14,7 @@ Every metric name and label is listed in README.md (Metrics and operations).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
@@ -24,6 +25,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from tracesieve.processors.pii_patterns import BUILTIN_TYPES
 from tracesieve.storage.errors import PermanentError, RetryableError, TooLargeError, UnauthenticatedError
 from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES
+
+log = logging.getLogger("tracesieve.metrics")
 
 #: The Content-Type of a scrape.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -231,7 +234,11 @@ class _ScrapeTimeGauges:
                                     "checkpointed, whose rows DuckDB also holds in memory uncompressed. It falls "
                                     "back after each checkpoint; if it only grows, checkpoints are being refused.",
                                     value=wal)
-        state = source.store_state()
+        try:
+            state = source.store_state()
+        except Exception as exc:  # a lake's catalog is down, say: the process's own series still go out
+            log.warning("metrics: the store gauges are left out of this scrape (%s)", type(exc).__name__)
+            return
         yield GaugeMetricFamily("tracesieve_trace_stage_lag_seconds", "How long the oldest settled trace has "
                                 "been waiting for its judgement (0 when the judge is caught up).",
                                 value=state.trace_stage_lag_seconds)

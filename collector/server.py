@@ -253,6 +253,8 @@ class Collector:
         scheme = "https" if ep.tls else "http"
         info = {"pid": os.getpid(), "url": f"{scheme}://{host}:{self.http_port}",
                 "cafile": ep.tls.cert_file if ep.tls else None, "db": os.path.abspath(self.config.db_path)}
+        if self.config.lake is not None:  # --db only names this record: what a report calls the store
+            info["store"] = f"DuckLake {self.config.lake.printable_catalog}"
         # the local token first (the CLI reads it once it finds the collector), for this user only
         _write_atomically(local_token_path(self.config.db_path), self.http_service.local_token, 0o600)
         # readable by other accounts, unlike the store (serve runs with umask 077): it holds no secret, and
@@ -331,7 +333,12 @@ class Collector:
             log.info("tracesieve stopped after a store failure: %d spans committed this run",
                      self.writer.stats.committed_spans)
             return
-        judged = self.judge.drain(deadline - 2.0)  # the span workers are still up: they run the rules
+        try:
+            judged = self.judge.drain(deadline - 2.0)  # the span workers are still up: they run the rules
+        except Exception as exc:  # e.g. a lake's catalog is down: what is pending stays pending, not lost
+            judged = 0
+            log.error("judging at shutdown failed (%s: %s); the pending traces are judged on the next start",
+                      type(exc).__name__, lake.redact(str(exc)[:200]))
         self._stage.shutdown()
         self.writer.close(timeout=max(1.0, deadline - time.monotonic()))
         self.config.shutdown_processors()

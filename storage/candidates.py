@@ -297,11 +297,14 @@ def mark_promoted(
 ) -> None:
     """Record that ``candidate_id`` became case ``case_id``, reviewed by ``owner``.
 
-    NotFoundError for an unknown id; UsageError when it is already promoted.
+    NotFoundError for an unknown id; UsageError when it is already promoted or rejected (checked here,
+    inside the write, since another reviewer may have decided since the caller read it).
     """
     status, existing_case = _require(con, candidate_id)
     if status == "promoted":
         raise UsageError(f"candidate {candidate_id} is already promoted as {existing_case}")
+    if status == "rejected":
+        raise UsageError(f"candidate {candidate_id} was rejected meanwhile; it cannot be promoted")
     if not owner:
         raise UsageError("promoting needs an owner (--owner NAME)")
     con.execute(

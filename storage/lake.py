@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import re
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,7 +69,10 @@ class LakeTarget:
 
 def redact(text: str) -> str:
     """The text with any ``password=...`` value hidden (catalog strings reach logs and errors)."""
-    return re.sub(r"(password\s*=\s*)(\S+)", r"\1<redacted>", text, flags=re.IGNORECASE)
+    # libpq values are bare words or single-quoted (with \' and \\ escapes, spaces allowed); error
+    # texts quote the whole connection string in double quotes, which end a bare value.
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'\"]+)", r"\1<redacted>", text,
+                  flags=re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- extensions
@@ -158,14 +162,36 @@ def open_lake(target: LakeTarget, *, read_only: bool = False, migrate: bool = Tr
 
 def _catalog_problem(target: LakeTarget, exc: BaseException) -> str:
     first = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    # DuckDB wraps libpq's answer in the attach call and the connection string, twice; keep libpq's words
+    reason = re.search(r'Unable to connect to Postgres at ".*?failed: (?:FATAL:\s*)?(.*)$', first)
+    if reason:
+        first = reason.group(1).strip()
+        if "does not exist" in first and "database" in first:
+            first += " (the catalog database must exist: create it with createdb; tracesieve creates the tables)"
+    elif "creating a new DuckLake is explicitly disabled" in first:  # a reader on a catalog never written
+        first = "it holds no lake yet (the first `tracesieve serve` on it creates the tables)"
     return f"cannot open the DuckLake catalog {target.printable_catalog}: {first}"
+
+
+def _check_data_path(data_path: str) -> None:
+    """Create a local data path if needed and make sure files can be written there (UsageError if not).
+
+    Without it, the first Parquet file written (the migration, or a collector's first commit) failed
+    with DuckDB's IOException.
+    """
+    try:
+        os.makedirs(data_path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data_path, prefix=".tracesieve-write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"storage.ducklake.data_path {data_path}: cannot write there: "
+                         f"{exc.strerror or type(exc).__name__}") from None
 
 
 def _bootstrap(target: LakeTarget, directory: str) -> None:
     """Attach with DATA_PATH (creating the catalog tables if the database is empty) and migrate."""
     if "://" not in target.data_path:
-        with contextlib.suppress(OSError):
-            os.makedirs(target.data_path, exist_ok=True)
+        _check_data_path(target.data_path)
     con = duckdb.connect(config=_connect_config(directory))
     try:
         data_path = target.data_path.replace("'", "''")

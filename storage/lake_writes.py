@@ -46,7 +46,13 @@ def insert_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, owner: str, no
     Runs inside a serialised lake transaction (see module docstring). Only traces already known to
     ``trace_state`` can have stored spans, so the anti-join reads spans received since the earliest
     of those traces' first_received_at (minus store.RECEIVED_MARGIN) and is skipped for new traces.
+    ``received_at`` is stamped ``now`` (this attempt's commit time, as in the file writer): stamped at
+    decode, a span whose commit waited over the margin (queued on the commit lock, answered "retry",
+    committed anyway) fell outside the window, and the client's retry stored it a second time.
     """
+    at = table.schema.get_field_index("received_at")
+    table = table.set_column(at, table.schema.field(at),
+                             pa.repeat(pa.scalar(now, table.schema.field(at).type), table.num_rows))
     with registered(con, "_incoming_spans", table):
         row = con.execute(
             "SELECT min(first_received_at), count(*) FROM trace_state "

@@ -59,10 +59,18 @@ class PostgresCluster:
     def start(self) -> PostgresCluster:
         self._run("initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale",
                   "--no-sync")
+        self.start_server()
+        return self
+
+    def start_server(self) -> None:
+        """Start the (initialised) server on its port; with ``stop_server``, an outage of the catalog."""
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c max_connections=200")
         self._run("pg_ctl", "-D", self.data, "-o", options, "-l", os.path.join(self.root, "log"), "-w", "start")
-        return self
+
+    def stop_server(self) -> None:
+        """Stop the server, keeping its files (``start_server`` brings the same databases back)."""
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
 
     def create_database(self, name: str) -> str:
         """Create a database; returns its DuckLake catalog string (``postgres:...``)."""

@@ -14,7 +14,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from tracesieve.collector.cases import (
-    bump_regressed_count, export_record, lint_cases, promote_case, remove_case,
+    bump_regressed_count, export_record, lint_cases, promote_and_mark, promote_case, remove_case,
 )
 from tracesieve.storage.errors import NotFoundError, UsageError
 from tracesieve.storage.schema import FAILURE_MODES
@@ -379,6 +379,25 @@ def test_promotions_running_at_once_each_get_their_own_case(tmp_path):
     assert sorted(ids) == [f"TS-{i:04d}" for i in range(1, 13)]
     cases = load(Path(path))["cases"]
     assert sorted(c["source"]["candidate_id"] for c in cases) == sorted(cids)
+    assert lint_cases(path) == []
+
+
+def test_a_promotion_the_store_refuses_leaves_the_dataset_as_it_was(tmp_path):
+    """promote appends the case, then the store marks the candidate; another reviewer may have rejected
+    it since promote read it: the store refuses, and the case must not stay in cases.yaml."""
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    promote_case(path, candidate("c000000000aa"), owner="ann", now=NOW)
+    before = {p.name: p.read_bytes() for p in (path, tmp_path / "history.jsonl")}
+
+    def refused(case):
+        raise UsageError("candidate c000000000bb was rejected meanwhile; it cannot be promoted")
+
+    with pytest.raises(UsageError, match="rejected meanwhile"):
+        promote_and_mark(path, candidate("c000000000bb"), "bob", refused)
+    assert {p.name: p.read_bytes() for p in (path, tmp_path / "history.jsonl")} == before
+    marked = []
+    case = promote_and_mark(path, candidate("c000000000bb"), "bob", marked.append)
+    assert marked == [case] and case["source"]["candidate_id"] == "c000000000bb"
     assert lint_cases(path) == []
 
 

@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from opentelemetry import trace as otel_trace
@@ -285,6 +287,104 @@ def test_lake_config_errors_are_one_line(tmp_path: Path) -> None:
 
 @needs_postgres
 @needs_lake_extra
+def test_a_catalog_database_that_does_not_exist_is_named_in_one_line(postgres: PostgresCluster,
+                                                                     tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(lake_config(postgres.catalog("nosuchdb"), tmp_path / "lake")))
+    for args in (("serve",), ("query", "SELECT count(*) FROM spans")):
+        result = run_cli(*args, "--config", str(path), "--db", str(tmp_path / "x.duckdb"), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and 'database "nosuchdb" does not exist' in lines[0] and "createdb" in lines[0], lines
+        assert "__ducklake_metadata" not in lines[0]  # DuckDB's wrapping, not the operator's words
+    # The database exists but no collector has created the lake in it yet: readers say so.
+    path.write_text(yaml.safe_dump(lake_config(postgres.create_database("empty"), tmp_path / "lake")))
+    result = run_cli("query", "SELECT count(*) FROM spans", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2 and "holds no lake yet" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@needs_postgres
+@needs_lake_extra
+def test_a_data_path_that_cannot_be_written_stops_serve_in_one_line(postgres: PostgresCluster,
+                                                                    tmp_path: Path) -> None:
+    catalog = postgres.create_database("unwritable")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a path under a regular file: not writable, even for root
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(lake_config(catalog, blocker / "lake")))
+    for args in (("serve",), ("promote", "c0", "--cases", str(tmp_path / "cases.yaml"), "--owner", "me")):
+        result = run_cli(*args, "--config", str(path), "--db", str(tmp_path / "x.duckdb"), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "storage.ducklake.data_path" in lines[0] and str(blocker) in lines[0], lines
+        assert "internal error" not in lines[0]
+
+
+@needs_postgres
+@needs_lake_extra
+def test_a_reject_racing_a_promote_on_the_lake_leaves_one_decision(postgres: PostgresCluster,
+                                                                   tmp_path: Path) -> None:
+    """Two reviewers on two machines decide the same candidate at once: one wins, the other is refused,
+    and the loser's cases.yaml does not keep a case for it."""
+    c = LakeCollector(tmp_path, lake_config(postgres.create_database("review_race"), tmp_path / "data"))
+    try:
+        c.start(timeout=120)
+        with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+            for i in range(3):
+                emit_agent_trace(tracer, question=f"Where is my order ORD-{i}?", tool_error=True)
+        rows = c.wait_for("SELECT candidate_id FROM candidates ORDER BY 1", lambda r: len(r) == 3, timeout=60)
+        # A report made through the collector's --db names the lake, not the --db path (no file there).
+        page = tmp_path / "review.html"
+        made = c.cli_via_db("report", "--out", str(page))
+        assert made.returncode == 0 and "DuckLake postgres:dbname=review_race" in page.read_text(), made.stderr
+    finally:
+        c.kill()
+    for i, row in enumerate(rows):
+        cid, cases = row["candidate_id"], tmp_path / f"cases-{i}.yaml"
+        procs = [subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", *args, "--config",
+                                   str(c.config_path)], cwd=tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for args in (("reject", cid, "--reason", "noise"),
+                              ("promote", cid, "--cases", str(cases), "--owner", "ann"))]
+        (reject, promote) = [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
+        assert sorted([reject[0], promote[0]]) == [0, 2], (reject, promote)
+        status = c.query(f"SELECT status FROM candidates WHERE candidate_id = '{cid}'")[0]["status"]
+        assert status == ("rejected" if reject[0] == 0 else "promoted")
+        assert (cid in (cases.read_text() if cases.exists() else "")) == (promote[0] == 0)
+
+
+@needs_postgres
+@needs_lake_extra
+def test_a_span_retried_after_a_slow_lake_commit_is_stored_once(postgres: PostgresCluster, tmp_path: Path) -> None:
+    """Another writer holds the lake's commit lock for longer than a client waits: the client is told to
+    retry, the spans are committed once the lock is free, and the client's retry must not store them again."""
+    from tracesieve.storage import lake
+
+    catalog = postgres.create_database("slow_commit")
+    c = LakeCollector(tmp_path, lake_config(catalog, tmp_path / "data"))
+    holder = lake.open_lake(lake.LakeTarget(catalog, str(tmp_path / "data") + "/"))
+    try:
+        c.start(timeout=120)
+        ids: dict[str, str] = {}
+        body = _otlp_protobuf(lambda t: ids.setdefault("id", emit_agent_trace(t, tool_error=True)))
+        url, headers = f"http://127.0.0.1:{c.http_port}/v1/traces", {"Content-Type": "application/x-protobuf"}
+        with lake.CommitLock(holder, lake.LakeTarget(catalog, str(tmp_path / "data") + "/")):
+            slow = httpx.post(url, content=body, headers=headers, timeout=120)
+        assert slow.status_code in (429, 503), slow.text  # the commit waited past the export's patience
+        deadline = time.monotonic() + 60
+        while (retry := httpx.post(url, content=body, headers=headers, timeout=120)).status_code != 200:
+            assert time.monotonic() < deadline, retry.text
+            time.sleep(0.5)
+        rows = c.query(f"SELECT count(*) AS n, count(DISTINCT span_id) AS d FROM spans WHERE trace_id = '{ids['id']}'")
+        assert rows == [{"n": 5, "d": 5}]
+    finally:
+        holder.close()
+        c.kill()
+
+
+@needs_postgres
+@needs_lake_extra
 def test_a_restarted_collector_judges_what_it_left_pending_on_the_lake(postgres: PostgresCluster,
                                                                        tmp_path: Path) -> None:
     catalog = postgres.create_database("restart")
@@ -350,3 +450,71 @@ def test_overlapping_lake_writes_conflict_and_the_retry_sees_the_winner(postgres
         assert con.execute("SELECT count(*) FROM race").fetchone() == (1,)
     finally:
         con.close()
+
+
+def _otlp_protobuf(trace: Callable[[otel_trace.Tracer], object]) -> bytes:
+    """An OTLP/HTTP protobuf body, encoded by the real SDK, of the spans ``trace`` records."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "outage-agent"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    trace(provider.get_tracer("outage"))
+    provider.shutdown()
+    return bytes(encode_spans(memory.get_finished_spans()).SerializeToString())
+
+
+@needs_postgres
+@needs_lake_extra
+def test_a_catalog_outage_under_a_running_collector(tmp_path: Path) -> None:
+    """PostgreSQL restarts under a running collector: clients are told to retry, nothing acknowledged is
+    lost, the collector recovers by itself, and its log neither leaks the catalog password nor floods."""
+    assert PG_BIN is not None
+    cluster = PostgresCluster(PG_BIN).start()
+    # trust authentication ignores the password, but it is in the connection string every error quotes
+    catalog = cluster.create_database("outage") + " password=s3cret"
+    c = LakeCollector(tmp_path, lake_config(catalog, tmp_path / "data"))
+    url = f"http://127.0.0.1:{c.http_port}/v1/traces"
+    headers = {"Content-Type": "application/x-protobuf"}
+    try:
+        c.start(timeout=120)
+        with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+            before = emit_agent_trace(tracer, tool_error=True)
+        c.wait_for(f"SELECT 1 FROM detections WHERE trace_id = '{before}'", lambda r: len(r) == 1, timeout=60)
+
+        cluster.stop_server()
+        refused = {}
+        body = _otlp_protobuf(lambda t: refused.setdefault("id", emit_agent_trace(t, tool_error=True)))
+        answer = httpx.post(url, content=body, headers=headers, timeout=60)
+        assert answer.status_code in (429, 503) and "retry-after" in answer.headers, answer.text
+        # /metrics still answers with the process's own series (commit failures included); /readyz stays up
+        scrape = httpx.get(f"{c.http_url}/metrics", timeout=30)
+        assert scrape.status_code == 200 and 'tracesieve_spans_refused_total{reason="commit_failed"' in scrape.text
+        time.sleep(4)  # the judge keeps polling a catalog that is down
+        cluster.start_server()
+
+        acked = {}
+        body = _otlp_protobuf(lambda t: acked.setdefault("id", emit_agent_trace(t, tool_error=True)))
+        deadline = time.monotonic() + 60
+        while (answer := httpx.post(url, content=body, headers=headers, timeout=60)).status_code != 200:
+            assert answer.status_code in (429, 503) and time.monotonic() < deadline, answer.text
+            time.sleep(0.5)
+        rows = c.wait_for(f"SELECT trace_id, count(*) AS n FROM detections WHERE trace_id IN "
+                          f"('{before}', '{acked['id']}', '{refused['id']}') GROUP BY 1",
+                          lambda r: len(r) == 2, timeout=60)
+        assert {r["trace_id"] for r in rows} == {before, acked["id"]}  # the refused request stored nothing
+        assert 'tracesieve_candidates{status="new"} 1.0' in httpx.get(f"{c.http_url}/metrics", timeout=30).text
+        # Stopped while the catalog is down: the drain cannot judge; it says so and exits 0 (nothing is lost)
+        cluster.stop_server()
+        assert c.stop() == 0, c.log()[-2000:]
+        cluster.start_server()
+        log = c.log()
+        assert "judged on the next start" in log and "internal error" not in log
+        assert "s3cret" not in log, [line for line in log.splitlines() if "s3cret" in line][:3]
+        failures = [line for line in log.splitlines() if "judging failed" in line]
+        assert 1 <= len(failures) <= 3, failures  # logged once, then at most every few seconds: not 4 a second
+    finally:
+        c.kill()
+        cluster.stop()

@@ -544,6 +544,9 @@ def test_review_transitions(con):
     assert get_candidate(con, b)["review_reason"] == "flaky gateway, not our bug"
     with pytest.raises(UsageError):
         mark_rejected(con, b, "again", "bob", T0)
+    with pytest.raises(UsageError, match="rejected"):  # a promote that read it before the reject committed
+        mark_promoted(con, b, "TS-0002", "ann", T0)
+    assert get_candidate(con, b)["status"] == "rejected"
     with pytest.raises(NotFoundError):
         mark_promoted(con, "cmissing", "TS-0003", "ann", T0)
     with pytest.raises(NotFoundError):
