@@ -14,6 +14,7 @@ findings come back.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import multiprocessing
@@ -40,13 +41,21 @@ from tracesieve.storage.store import traces_from_table
 
 log = logging.getLogger("tracesieve.span_stage")
 
+#: How long an Export request waits for its span worker before the answer is "retry". A worker that is
+#: stopped (SIGSTOP, a debugger) or stuck used to hold every request, and then `serve`'s shutdown, forever.
+WORKER_WAIT_SECONDS = 30.0
+#: How long the judge waits for one rule job (~45 ms of work) before judging the round itself.
+RULE_JOB_WAIT_SECONDS = 10.0
+#: How long shutdown lets the workers finish their current job before it stops them (SIGKILL).
+SHUTDOWN_WAIT_SECONDS = 5.0
+
 
 class SpanStage(Protocol):
     def run(self, request: ExportTraceServiceRequest, wire: bytes | None) -> DecodeResult:
         """Decode ``request`` (``wire``: its protobuf bytes when already at hand) and run the processors."""
         ...
 
-    def shutdown(self) -> None: ...
+    def shutdown(self, timeout: float = ...) -> None: ...
 
 
 def run_inline(request: ExportTraceServiceRequest, limits: DecodeLimits,
@@ -78,7 +87,7 @@ class InlineSpanStage:
     def run(self, request: ExportTraceServiceRequest, wire: bytes | None) -> DecodeResult:
         return run_inline(request, self._limits, self._processors, self._ids)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 0.0) -> None:
         return None
 
 
@@ -133,6 +142,7 @@ class ProcessSpanStage:
         self._workers = workers
         self._initargs = (config_path, db_path, os.getpid())
         self._lock = threading.Lock()
+        self._closed = False
         self._pool = self._new_pool()
         # Start every worker now (and surface config problems) instead of on the first request.
         list(self._pool.map(_noop, range(workers)))
@@ -146,11 +156,16 @@ class ProcessSpanStage:
     def run(self, request: ExportTraceServiceRequest, wire: bytes | None) -> DecodeResult:
         payload = wire if wire is not None else request.SerializeToString()
         pool = self._pool
+        future = pool.submit(_work, payload)
         try:
-            ipc, rejected, errors = pool.submit(_work, payload).result()
+            ipc, rejected, errors = future.result(timeout=WORKER_WAIT_SECONDS)
         except BrokenProcessPool:
             self._replace(pool)
             raise RetryableError("a span-stage worker died; retry", 1.0) from None
+        except TimeoutError:
+            if not future.cancel():  # a worker took it and never answered: that worker is stuck
+                self._replace_stuck(pool)
+            raise RetryableError("the span-stage workers are not answering; retry", 1.0) from None
         batch = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all()
         return DecodeResult(batch=batch, rejected=rejected, errors=errors)
 
@@ -161,10 +176,22 @@ class ProcessSpanStage:
         replaced silently: its requests got "retry", and the operator had nothing to explain them.
         """
         with self._lock:
-            if self._pool is broken:
+            if self._pool is broken and not self._closed:
                 log.warning("a span-stage worker died (%s); the requests it held were answered 'retry' "
                             "and new workers were started", _how_workers_ended(broken))
                 self._pool = self._new_pool()
+
+    def _replace_stuck(self, stuck: ProcessPoolExecutor) -> None:
+        """Stop the workers of ``stuck`` (their requests get "retry") and start a new pool, once."""
+        with self._lock:
+            if self._pool is not stuck or self._closed:
+                return
+            log.warning("a span-stage worker did not answer within %.0f s (stopped or stuck); its workers were "
+                        "killed, the requests they held were answered 'retry' and new workers were started",
+                        WORKER_WAIT_SECONDS)
+            _kill(_workers_of(stuck))
+            stuck.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
 
     def find_rule_findings(self, detectors: DetectorsProcessor, table: pa.Table, *,
                            behind: bool = False) -> dict[str, list[Finding]]:
@@ -188,7 +215,7 @@ class ProcessSpanStage:
         queued: deque[Future[tuple[dict[str, list[Finding]], int]]] = deque()
 
         def collect() -> None:
-            part, failed = queued.popleft().result()
+            part, failed = queued.popleft().result(timeout=RULE_JOB_WAIT_SECONDS)
             found.update(part)
             detectors.errors += failed
 
@@ -210,8 +237,38 @@ class ProcessSpanStage:
             raise
         return found
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)
+    def shutdown(self, timeout: float = SHUTDOWN_WAIT_SECONDS) -> None:
+        """Let the workers finish their current job for up to ``timeout`` seconds, then stop the rest.
+
+        A stopped or stuck worker used to keep `serve` from ever exiting after SIGTERM; the request it
+        held is answered "retry" (BrokenProcessPool), so nothing acknowledged is lost.
+        """
+        pool = self._pool
+        with self._lock:
+            self._closed = True
+        processes = _workers_of(pool)
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        for proc in processes:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        if any(proc.exitcode is None for proc in processes):
+            log.warning("a span-stage worker did not finish within %.0f s of shutdown (stopped or stuck); "
+                        "it was killed and the request it held answered 'retry'", timeout)
+            _kill(processes)
+
+
+def _workers_of(pool: ProcessPoolExecutor) -> list[Any]:
+    """The worker processes of ``pool`` (read before its shutdown, which forgets them)."""
+    processes: dict[int, Any] = getattr(pool, "_processes", None) or {}
+    return list(processes.values())
+
+
+def _kill(processes: list[Any]) -> None:
+    """SIGKILL the live ones of ``processes`` (a stopped process dies of it too); their pool then breaks."""
+    for proc in processes:
+        if proc.exitcode is None:
+            with contextlib.suppress(OSError, ValueError):
+                proc.kill()
 
 
 def _how_workers_ended(pool: ProcessPoolExecutor) -> str:

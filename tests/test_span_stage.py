@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import random
 import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -16,6 +17,7 @@ import httpx
 from proc_helpers import children_of, wait_gone
 from test_crash import canary_request
 from tracesieve.collector import span_stage
+from tracesieve.storage.errors import RetryableError
 
 
 def _pipe_sizes(pool: ProcessPoolExecutor) -> set[int]:
@@ -74,3 +76,56 @@ def test_a_span_worker_killed_from_outside_is_replaced_and_logged_and_spans_stil
     assert len(new_workers) == 1 and new_workers != workers
     assert "a span-stage worker died (killed by SIGKILL)" in c.log(), c.log()[-2000:]
     assert c.stop() == 0
+
+
+def test_a_stopped_span_worker_gets_retry_after_a_bounded_wait_and_is_replaced(monkeypatch, tmp_path):
+    """A worker that is stuck rather than dead (SIGSTOP, a debugger) used to hold every request forever:
+    past WORKER_WAIT_SECONDS the request is answered "retry", the stuck workers are killed and new ones run."""
+    monkeypatch.setattr(span_stage, "WORKER_WAIT_SECONDS", 2.0)
+    stage = span_stage.ProcessSpanStage(1, None, str(tmp_path / "store.duckdb"))
+    try:
+        stuck = _span_workers(os.getpid())
+        assert len(stuck) == 1
+        os.kill(stuck[0], signal.SIGSTOP)
+        request, _ = canary_request(random.Random(1), 5)
+        started = time.monotonic()
+        try:
+            stage.run(request, None)
+            raise AssertionError("a stopped worker answered")
+        except RetryableError as exc:
+            assert "not answering; retry" in str(exc)
+        assert time.monotonic() - started < 15
+        assert wait_gone(stuck) == []
+        assert stage.run(request, None).batch.num_rows == 5
+    finally:
+        stage.shutdown()
+
+
+def test_serve_stops_within_its_deadline_while_a_span_worker_is_stopped(start_collector):
+    """SIGTERM used to wait forever for a stopped worker; now shutdown kills it after a bounded wait, the
+    request it held is not acknowledged (so the exporter retries it), and serve exits 0."""
+    c = start_collector({"service": {"span_workers": 1, "pipelines": {"traces": {"processors": ["pii"]}}}})
+    workers = _span_workers(c.proc.pid)
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGSTOP)
+    answers: list[object] = []
+
+    def send() -> None:
+        request, _ = canary_request(random.Random(2), 5)
+        try:
+            answers.append(httpx.post(f"{c.http_url}/v1/traces", content=request.SerializeToString(),
+                                      headers={"content-type": "application/x-protobuf"}, timeout=60).status_code)
+        except httpx.HTTPError as exc:
+            answers.append(type(exc).__name__)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    time.sleep(1.0)  # the request is in the stopped worker's hands
+    started = time.monotonic()
+    assert c.stop(timeout=30) == 0
+    assert time.monotonic() - started < 25
+    sender.join(30)
+    assert answers and answers[0] != 200, answers
+    assert wait_gone(workers) == []
+    assert "a span-stage worker did not finish within" in c.log(), c.log()[-2000:]
+    assert "Traceback" not in c.log()
