@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,25 @@ def test_the_columnar_path_equals_the_plain_python_pass_on_the_corpus(corpus_res
     s = Sanitizer()
     for x, text, counts in corpus_results["positives"] + corpus_results["lookalikes"]:
         assert s.redact(x["text"], json_text=x["json_text"]) == (text, counts)
+
+
+# --------------------------------------------------------------------------- marker characters in the text
+
+def test_a_text_holding_the_marker_characters_is_redacted_in_linear_time():
+    """A span name or message may hold \\x01 / \\x02 (the trigger markers): such a text used to get the plain
+    Python pass over all of it, quadratic on a long run of key characters (40 KB of "1-": ~50 s, 100 KB:
+    5 minutes of one span worker). It is now marked like any other text, and its PII still found."""
+    proc = pii()
+    slow = "\x01 token=x " + "1-" * 20_000
+    leaky = "\x01 my password=hunter2 \x02 mail bob@example.com"
+    started = time.monotonic()
+    out = proc.process(make_batch(make_span(name=slow), make_span(span_id="00f067aa0ba902b8", status_message=leaky)))
+    assert time.monotonic() - started < 5
+    row = out.to_pylist()
+    assert "hunter2" not in row[1]["status_message"] and "bob@example.com" not in row[1]["status_message"]
+    assert row[1]["status_message"].startswith("\x01 my password=<SECRET")
+    assert "\x02 mail <EMAIL" in row[1]["status_message"]
+    assert row[0]["name"].endswith("1-" * 100)
 
 
 # --------------------------------------------------------------------------- JSON escapes
