@@ -51,6 +51,9 @@ class _StopRequest:
             self._wake = (read_end, write_end)
         signal.signal(signal.SIGTERM, self.record)
         signal.signal(signal.SIGINT, self.record)
+        # A closed terminal or SSH session (SIGHUP) used to kill serve on the spot: no drain, a stale
+        # <db>.serve.json and token left behind. There is no configuration to reload, so it stops gracefully.
+        signal.signal(signal.SIGHUP, self.record)
 
     def wait(self, timeout: float) -> bool:
         """Sleep until a stop is requested or ``timeout`` seconds pass; returns whether one was requested."""

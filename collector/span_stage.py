@@ -103,6 +103,7 @@ def _init_worker(config_path: str | None, db_path: str, collector_pid: int) -> N
     # the drain at shutdown still runs the rules here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     threading.Thread(target=_exit_with_collector, args=(collector_pid,), name="watch-collector",
                      daemon=True).start()
     from tracesieve.collector.config import load_config

@@ -39,6 +39,20 @@ def test_sigterm_drains_commits_and_exits_zero_then_restart_keeps_everything(sta
     assert c.stop(signal.SIGINT) == 0
 
 
+def test_sighup_drains_and_exits_zero_like_sigterm(start_collector):
+    """A closed terminal or SSH session sends SIGHUP: serve used to die of it at once (no drain, its
+    <db>.serve.json and token left behind); it now stops the way SIGTERM stops it."""
+    c = start_collector(NO_JUDGE)
+    assert post(c, make_request(4).SerializeToString()).status_code == 200
+    assert c.stop(signal.SIGHUP) == 0
+    assert "signal received: draining" in c.log(), c.log()[-2000:]
+    assert not os.path.exists(str(c.db_path) + ".serve.json")
+    assert not os.path.exists(str(c.db_path) + ".serve.token")
+    direct = c.cli("query", "SELECT count(*) AS n FROM spans", "--format", "json")
+    assert direct.returncode == 0, direct.stderr
+    assert json.loads(direct.stdout) == [{"n": 4}]
+
+
 def test_query_refuses_writes_and_changes_nothing(start_collector):
     c = start_collector(NO_JUDGE)
     assert post(c, make_request(3).SerializeToString()).status_code == 200
