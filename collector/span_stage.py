@@ -157,14 +157,15 @@ class ProcessSpanStage:
     def run(self, request: ExportTraceServiceRequest, wire: bytes | None) -> DecodeResult:
         payload = wire if wire is not None else request.SerializeToString()
         pool = self._pool
-        future = pool.submit(_work, payload)
+        future: Future[tuple[bytes, int, list[str]]] | None = None
         try:
+            future = pool.submit(_work, payload)  # raises too when the pool is already broken
             ipc, rejected, errors = future.result(timeout=WORKER_WAIT_SECONDS)
         except BrokenProcessPool:
             self._replace(pool)
             raise RetryableError("a span-stage worker died; retry", 1.0) from None
         except TimeoutError:
-            if not future.cancel():  # a worker took it and never answered: that worker is stuck
+            if future is not None and not future.cancel():  # a worker took it and never answered: it is stuck
                 self._replace_stuck(pool)
             raise RetryableError("the span-stage workers are not answering; retry", 1.0) from None
         batch = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all()
