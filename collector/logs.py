@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
@@ -77,12 +78,44 @@ class JsonFormatter(_Scrubbing):
         return self.scrub(json.dumps(doc, ensure_ascii=False, default=str))
 
 
+class AcceptErrorsOnce(logging.Filter):
+    """One line a minute, instead of a flood, when the HTTP receiver cannot accept connections.
+
+    Out of file descriptors (``ulimit -n``), asyncio logs "socket.accept() out of system resource" with
+    a traceback for every connection waiting in the backlog, again and again: 780,000 lines in 5 s. The
+    first one becomes one clear line, the repeats within a minute are dropped.
+    """
+
+    INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -self.INTERVAL
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "asyncio" or not str(record.msg).startswith("socket.accept() out of system resource"):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.INTERVAL:
+            return False
+        self._last = now
+        exc = record.exc_info[1] if record.exc_info else None
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        record.msg = ("cannot accept connections on the HTTP port: %s (raise the open files limit, ulimit -n); "
+                      "clients wait or retry, and it accepts again once descriptors are free (said once a minute)")
+        record.args = (reason,)
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
 def configure_logging(log_format: str, stream: TextIO, secrets: Iterable[str] = ()) -> None:
     """Send every log record at INFO and above to ``stream`` in ``log_format`` (replaces earlier handlers)."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter(secrets) if log_format == "json" else TextFormatter(secrets))
+    handler.addFilter(AcceptErrorsOnce())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -190,3 +190,34 @@ def test_log_lines_never_carry_the_token_or_an_exception_message(log_format):
     assert TOKEN not in text and "jane.roe@example.org" not in text
     if log_format == "json":
         assert [json.loads(line)["level"] for line in text.splitlines()] == ["error", "info"]
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit")
+def test_out_of_file_descriptors_logs_one_clear_line_and_serve_recovers(start_collector):
+    """With its open files limit reached, serve's HTTP port cannot accept: asyncio used to log a traceback
+    per waiting connection, again and again (780,000 lines in 5 s). Now one line, and serve recovers."""
+    import random
+    import socket
+
+    from test_crash import canary_request
+
+    c = start_collector({"service": {"span_workers": 0}})
+    subprocess.run(["prlimit", f"--pid={c.proc.pid}", "--nofile=64:64"], check=True)
+    port = int(c.http_url.rsplit(":", 1)[1])
+    held = []
+    try:
+        for _ in range(120):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(2)
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(2)
+    request, _ = canary_request(random.Random(3), 3)
+    reply = httpx.post(f"{c.http_url}/v1/traces", content=request.SerializeToString(),
+                       headers={"content-type": "application/x-protobuf"}, timeout=30)
+    assert reply.status_code == 200
+    log = c.log()
+    assert log.count("cannot accept connections on the HTTP port: Too many open files") == 1, log[-3000:]
+    assert len(log.splitlines()) < 40, log[-3000:]
+    assert c.stop() == 0
