@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
@@ -41,11 +41,14 @@ from tracesieve.storage.store import traces_from_table
 
 log = logging.getLogger("tracesieve.span_stage")
 
-#: How long an Export request waits for its span worker before the answer is "retry". A worker that is
-#: stopped (SIGSTOP, a debugger) or stuck used to hold every request, and then `serve`'s shutdown, forever.
+#: How long an Export request waits while the workers finish nothing at all before the answer is "retry".
+#: A worker that is stopped (SIGSTOP, a debugger) or stuck used to hold every request, and then `serve`'s
+#: shutdown, forever. Measured from the pool's last finished job, not from the request's arrival: under
+#: overload a request may queue behind many others, and healthy workers must not be taken for stuck ones.
 WORKER_WAIT_SECONDS = 30.0
-#: How long the judge waits for one rule job (~45 ms of work) before judging the round itself.
+#: The same for the judge's rule jobs (~45 ms of work each); then it judges the round itself.
 RULE_JOB_WAIT_SECONDS = 10.0
+_WAIT_SLICE_SECONDS = 1.0  # how often a waiting caller looks whether the pool still finishes jobs
 #: How long shutdown lets the workers finish their current job before it stops them (SIGKILL).
 SHUTDOWN_WAIT_SECONDS = 5.0
 
@@ -144,6 +147,7 @@ class ProcessSpanStage:
         self._initargs = (config_path, db_path, os.getpid())
         self._lock = threading.Lock()
         self._closed = False
+        self._finished_at = time.monotonic()  # when a job of the pool last finished (see _wait)
         self._pool = self._new_pool()
         # Start every worker now (and surface config problems) instead of on the first request.
         list(self._pool.map(_noop, range(workers)))
@@ -160,7 +164,7 @@ class ProcessSpanStage:
         future: Future[tuple[bytes, int, list[str]]] | None = None
         try:
             future = pool.submit(_work, payload)  # raises too when the pool is already broken
-            ipc, rejected, errors = future.result(timeout=WORKER_WAIT_SECONDS)
+            ipc, rejected, errors = self._wait(future, WORKER_WAIT_SECONDS)
         except BrokenProcessPool:
             self._replace(pool)
             raise RetryableError("a span-stage worker died; retry", 1.0) from None
@@ -168,8 +172,25 @@ class ProcessSpanStage:
             if future is not None and not future.cancel():  # a worker took it and never answered: it is stuck
                 self._replace_stuck(pool)
             raise RetryableError("the span-stage workers are not answering; retry", 1.0) from None
+        except CancelledError:  # shutdown cancelled it before a worker took it
+            raise RetryableError("the collector is shutting down; retry", 1.0) from None
         batch = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all()
         return DecodeResult(batch=batch, rejected=rejected, errors=errors)
+
+    def _wait(self, future: Future[Any], patience: float) -> Any:
+        """``future``'s result; TimeoutError once no job of the pool has finished for ``patience`` seconds."""
+        future.add_done_callback(self._finished)
+        since = time.monotonic()
+        while True:
+            try:
+                return future.result(timeout=_WAIT_SLICE_SECONDS)
+            except TimeoutError:
+                if time.monotonic() - max(self._finished_at, since) >= patience:
+                    raise
+
+    def _finished(self, future: Future[Any]) -> None:
+        if not future.cancelled():
+            self._finished_at = time.monotonic()
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """Start a new pool in place of ``broken`` (once, whoever notices first), and say so in the log.
@@ -217,7 +238,7 @@ class ProcessSpanStage:
         queued: deque[Future[tuple[dict[str, list[Finding]], int]]] = deque()
 
         def collect() -> None:
-            part, failed = queued.popleft().result(timeout=RULE_JOB_WAIT_SECONDS)
+            part, failed = self._wait(queued.popleft(), RULE_JOB_WAIT_SECONDS)
             found.update(part)
             detectors.errors += failed
 

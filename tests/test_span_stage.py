@@ -3,6 +3,7 @@ worker that dies is replaced."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import fcntl
 import multiprocessing
 import os
@@ -97,6 +98,24 @@ def test_a_stopped_span_worker_gets_retry_after_a_bounded_wait_and_is_replaced(m
         assert time.monotonic() - started < 15
         assert wait_gone(stuck) == []
         assert stage.run(request, None).batch.num_rows == 5
+    finally:
+        stage.shutdown()
+
+
+def test_requests_queued_behind_others_on_a_busy_worker_are_not_taken_for_a_stuck_one(monkeypatch, tmp_path):
+    """The wait that ends in "retry" counts from the pool's last finished job: under overload a request may
+    queue behind many others, and timing it from its arrival killed healthy workers and refused everything."""
+    monkeypatch.setattr(span_stage, "WORKER_WAIT_SECONDS", 1.0)
+    stage = span_stage.ProcessSpanStage(1, None, str(tmp_path / "store.duckdb"))
+    try:
+        workers = _span_workers(os.getpid())
+        requests = [canary_request(random.Random(n), 1500)[0] for n in range(24)]
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(len(requests)) as senders:
+            rows = list(senders.map(lambda r: stage.run(r, None).batch.num_rows, requests))
+        assert time.monotonic() - started > 3 * 1.0, "the queue was too short to test the wait"
+        assert rows == [1500] * len(requests)
+        assert _span_workers(os.getpid()) == workers
     finally:
         stage.shutdown()
 
