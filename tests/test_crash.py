@@ -136,11 +136,7 @@ def test_sigkill_at_random_moments_loses_no_acked_span_and_stores_none_twice(sta
             time.sleep(killer.uniform(0.5, 1.5))
             orphans += _sigkill(c)
             c.start()
-        time.sleep(1.0)
-        stop.set()
-        for s in senders:
-            s.join(150)
-        assert not any(s.is_alive() for s in senders), "a sender hung"
+        _let_senders_finish(senders, stop)
         # The end is a crash too: the file must open after SIGKILL with nothing but duckdb.connect.
         orphans += _sigkill(c)
     finally:
@@ -174,6 +170,15 @@ def test_sigkill_at_random_moments_loses_no_acked_span_and_stores_none_twice(sta
     assert_no_canary(db.read_bytes(), "the database file")
     assert_no_canary(c.log().encode(), "the server log")
     assert "Traceback" not in c.log()
+
+
+def _let_senders_finish(senders: list[Sender], stop: threading.Event) -> None:
+    """A last second against the running collector, then each sender delivers what it holds and stops."""
+    time.sleep(1.0)
+    stop.set()
+    for s in senders:
+        s.join(150)
+    assert not any(s.is_alive() for s in senders), "a sender hung"
 
 
 def _sigkill(c) -> list[int]:
@@ -232,11 +237,7 @@ def test_a_disk_that_refuses_the_wal_stops_serve_and_the_restart_loses_no_acked_
         assert "CRITICAL" in log_text and "Traceback" not in log_text
         c.preexec_fn = None
         c.start()
-        time.sleep(1.0)
-        stop.set()
-        for s in senders:
-            s.join(150)
-        assert not any(s.is_alive() for s in senders), "a sender hung"
+        _let_senders_finish(senders, stop)
         assert c.stop() == 0
     finally:
         stop.set()

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import yaml
 from conftest import FAST_JUDGE, run_cli
@@ -326,6 +327,16 @@ def test_an_agent_that_exits_is_judged_then_though_a_process_it_started_still_ho
     assert not alive(int((tmp_path / "helper.pid").read_text()))
 
 
+def failed_case_record(tmp_path: Path, script: Path) -> dict[str, Any]:
+    """Gate one case (TS-0001) with ``script`` as the agent, which must fail it; the case's JSON record."""
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    result = run_cli("gate", "--cases", str(cases), "--format", "json", "--", sys.executable, str(script),
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode == 1, result.stderr
+    (record,) = json.loads(result.stdout)
+    return record
+
+
 def test_an_agent_writing_bytes_that_are_not_utf8_is_judged_not_a_gate_crash(tmp_path):
     """A crashing agent whose stderr (or stdout) held a byte that is not UTF-8 ended the whole gate with
     `internal error: UnicodeDecodeError` (exit 2, nothing recorded) instead of failing that case."""
@@ -334,11 +345,7 @@ def test_an_agent_writing_bytes_that_are_not_utf8_is_judged_not_a_gate_crash(tmp
                       "sys.stdout.buffer.write(b'\\x89PNG\\r\\n\\x1a\\n\\xff')\n"
                       "sys.stderr.buffer.write(b'ValueError: bad byte \\xff\\xfe here\\n')\n"
                       "sys.exit(3)\n")
-    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
-    result = run_cli("gate", "--cases", str(cases), "--format", "json", "--", sys.executable, str(script),
-                     cwd=tmp_path, timeout=120)
-    assert result.returncode == 1, result.stderr
-    (record,) = json.loads(result.stdout)
+    record = failed_case_record(tmp_path, script)
     assert record["reasons"][0] == "the agent exited with 3 (ValueError: bad byte \ufffd\ufffd here)"
     assert [e["event"] for e in history(tmp_path)] == ["failed"]
 
@@ -449,10 +456,6 @@ def test_an_agent_killed_by_a_signal_is_reported_by_the_signals_name(tmp_path):
     script = tmp_path / "segfault_agent.py"
     script.write_text("import os, signal, sys\nsys.stderr.write('loading model\\n')\nsys.stderr.flush()\n"
                       "os.kill(os.getpid(), signal.SIGSEGV)\n")
-    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
-    result = run_cli("gate", "--cases", str(cases), "--format", "json", "--", sys.executable, str(script),
-                     cwd=tmp_path, timeout=120)
-    assert result.returncode == 1, result.stderr
-    (record,) = json.loads(result.stdout)
+    record = failed_case_record(tmp_path, script)
     assert record["reasons"][0] == "the agent was killed by SIGSEGV (loading model)"
     assert record["run_results"][0]["exit_code"] == -11
