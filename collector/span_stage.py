@@ -270,11 +270,14 @@ class ProcessSpanStage:
         with self._lock:
             self._closed = True
         processes = _workers_of(pool)
+        # The pool's manager thread tells the workers to exit and reaps them: its end is theirs. Joining the
+        # processes from here as well raced it for the same exit status (the loser saw "still running"),
+        # which logged a stuck worker and sent SIGKILL to a reaped pid at every shutdown after traffic.
+        manager: threading.Thread | None = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
-        deadline = time.monotonic() + timeout
-        for proc in processes:
-            proc.join(max(0.0, deadline - time.monotonic()))
-        if any(proc.exitcode is None for proc in processes):
+        if manager is not None:
+            manager.join(timeout)
+        if manager is not None and manager.is_alive():  # it waits on a worker that never exits
             log.warning("a span-stage worker did not finish within %.0f s of shutdown (stopped or stuck); "
                         "it was killed and the request it held answered 'retry'", timeout)
             _kill(processes)

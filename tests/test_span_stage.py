@@ -120,6 +120,19 @@ def test_requests_queued_behind_others_on_a_busy_worker_are_not_taken_for_a_stuc
         stage.shutdown()
 
 
+def test_a_graceful_stop_after_traffic_leaves_healthy_workers_to_exit_on_their_own(start_collector):
+    """Shutdown joined the workers while the pool's own thread reaped them: the loser of that race saw a
+    worker "still running", logged it as stuck and sent SIGKILL to its (reaped) pid, after any traffic."""
+    for attempt in range(3):
+        c = start_collector({"service": {"span_workers": 1, "pipelines": {"traces": {"processors": ["pii"]}}}})
+        request, _ = canary_request(random.Random(attempt), 5)
+        reply = httpx.post(f"{c.http_url}/v1/traces", content=request.SerializeToString(),
+                           headers={"content-type": "application/x-protobuf"}, timeout=30)
+        assert reply.status_code == 200
+        assert c.stop() == 0
+        assert "did not finish within" not in c.log() and "killed" not in c.log(), c.log()[-1500:]
+
+
 def test_serve_stops_within_its_deadline_while_a_span_worker_is_stopped(start_collector):
     """SIGTERM used to wait forever for a stopped worker; now shutdown kills it after a bounded wait, the
     request it held is not acknowledged (so the exporter retries it), and serve exits 0."""
