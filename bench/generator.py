@@ -51,7 +51,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 __all__ = [
-    "FAILURES", "EXPECTED_MODE", "make_trace", "make_requests", "reidentify",
+    "FAILURES", "EXPECTED_MODE", "make_trace", "make_requests", "reidentify", "id_positions",
     "trace_ids_of", "span_count",
 ]
 
@@ -1065,14 +1065,43 @@ def trace_ids_of(req: ExportTraceServiceRequest) -> list[bytes]:
     return list(seen)
 
 
-def reidentify(payload: bytes, trace_ids: list[bytes], rng: random.Random) -> tuple[bytes, list[bytes]]:
-    """Return ``payload`` with every trace id replaced by a fresh random one, and the new ids."""
-    new_ids = []
-    for old in trace_ids:
-        new = _id(rng, 16)
-        payload = payload.replace(old, new)
-        new_ids.append(new)
-    return payload, new_ids
+def id_positions(payload: bytes, trace_ids: list[bytes]) -> list[tuple[int, int]]:
+    """``(offset, index into trace_ids)`` of every occurrence of each id in ``payload``, in payload order.
+
+    Finding them costs one scan of the payload per trace id (~70 ms for a 2.4 MB request of 79
+    traces); a sender computes this once per pooled payload and hands it to every later
+    :func:`reidentify` of that payload, which then only splices.
+    """
+    found = []
+    for index, old in enumerate(trace_ids):
+        at = payload.find(old)
+        while at != -1:
+            found.append((at, index))
+            at = payload.find(old, at + len(old))
+    found.sort()
+    return found
+
+
+def reidentify(payload: bytes, trace_ids: list[bytes], rng: random.Random,
+               positions: list[tuple[int, int]] | None = None) -> tuple[bytes, list[bytes]]:
+    """Return ``payload`` with every trace id replaced by a fresh random one, and the new ids.
+
+    ``positions`` (from :func:`id_positions`) saves the search. With it, a resend costs one copy of
+    the payload (~1 ms for 2.4 MB) instead of one ``bytes.replace`` pass per trace id. That
+    difference is CPU the bench client used to take from the collector on this 2-core machine.
+    """
+    new_ids = [_id(rng, 16) for _ in trace_ids]
+    if positions is None:
+        positions = id_positions(payload, trace_ids)
+    view = memoryview(payload)
+    parts: list[bytes | memoryview] = []
+    done = 0
+    for at, index in positions:
+        parts.append(view[done:at])
+        parts.append(new_ids[index])
+        done = at + len(trace_ids[index])
+    parts.append(view[done:])
+    return b"".join(parts), new_ids
 
 
 # ------------------------------------------------------------------------ self-check
@@ -1154,6 +1183,11 @@ def _selfcheck(n_traces: int = 1600) -> None:
     p2, new = reidentify(p, ids, random.Random(9))
     q2 = ExportTraceServiceRequest.FromString(p2)
     assert trace_ids_of(q2) == new and len(p2) == len(p) and span_count(q2) == span_count(q)
+    replaced = p
+    for old, fresh in zip(ids, new):
+        replaced = replaced.replace(old, fresh)
+    assert p2 == replaced, "splicing must give what one replace per id gives"
+    assert reidentify(p, ids, random.Random(9), id_positions(p, ids)) == (p2, new)
     print("determinism and reidentify: ok")
 
 

@@ -56,19 +56,21 @@ class Payload:
     trace_ids: list[bytes]           # distinct trace ids, each trace whole in this request
     failures: list[str | None]       # failure kind per trace id (generator.FAILURES) or None
     gz: bytes | None = None          # gzip body, filled lazily
+    id_positions: list[tuple[int, int]] | None = None  # where trace_ids sit in body (for resends)
 
 
 def build_pool(n_traces: int, *, seed: int = 1, traces_per_request: int = 8, failure_rate: float = 0.0,
                genai_variant: bool = False, service: str = "bench-agent") -> list[Payload]:
-    """Generate and serialize ``n_traces`` traces into payloads."""
+    """Generate and serialize ``n_traces`` traces into payloads, with their trace ids located for resends."""
     manifest: dict[str, str | None] = {}
     pool = []
     for req in generator.make_requests(n_traces, seed=seed, traces_per_request=traces_per_request,
                                        failure_rate=failure_rate, genai_variant=genai_variant,
                                        service=service, manifest=manifest):
         ids = generator.trace_ids_of(req)
-        pool.append(Payload(req.SerializeToString(), generator.span_count(req), ids,
-                            [manifest[i.hex()] for i in ids]))
+        body = req.SerializeToString()
+        pool.append(Payload(body, generator.span_count(req), ids, [manifest[i.hex()] for i in ids],
+                            id_positions=generator.id_positions(body, ids)))
     return pool
 
 
@@ -96,7 +98,9 @@ class PayloadSource:
             base = self.pool[i % len(self.pool)]
             if i < len(self.pool):
                 return base
-            body, ids = generator.reidentify(base.body, base.trace_ids, self._rng)
+            if base.id_positions is None:
+                base.id_positions = generator.id_positions(base.body, base.trace_ids)
+            body, ids = generator.reidentify(base.body, base.trace_ids, self._rng, base.id_positions)
         return Payload(body, base.spans, ids, base.failures)
 
 
