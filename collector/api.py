@@ -10,10 +10,12 @@ collector, a plain transaction in the CLI).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import duckdb
@@ -59,9 +61,13 @@ def _default(value: Any) -> Any:
 
 
 class StoreApi:
-    def __init__(self, read_cursor: Callable[[], duckdb.DuckDBPyConnection], run_write: WriteRunner) -> None:
+    def __init__(self, read_cursor: Callable[[], duckdb.DuckDBPyConnection], run_write: WriteRunner,
+                 query_time_limit: float | None = None) -> None:
         self._cursor = read_cursor
         self._run_write = run_write
+        # In the collector an operator's SQL shares the process with ingest: a runaway join would hold a
+        # core (and the CLI would give up long before it ends). None: no limit (the CLI on the file itself).
+        self._query_time_limit = query_time_limit
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         handler = getattr(self, f"op_{op}", None)
@@ -79,17 +85,48 @@ class StoreApi:
         return self._query_pieces(**args)
 
     def _query_pieces(self, sql: str) -> list[bytes]:
-        columns, chunks = store.read_query_chunks(self._cursor(), sql)
-        pieces = [b'{"result": {"columns": ' + _encode(columns) + b', "rows": [']
-        for rows in chunks:
-            pieces.append((b", " if len(pieces) > 1 else b"") + _encode([list(r) for r in rows])[1:-1])
+        cursor = self._cursor()
+        with self._time_limited(cursor):
+            columns, chunks = store.read_query_chunks(cursor, sql)
+            pieces = [b'{"result": {"columns": ' + _encode(columns) + b', "rows": [']
+            for rows in chunks:
+                pieces.append((b", " if len(pieces) > 1 else b"") + _encode([list(r) for r in rows])[1:-1])
         pieces.append(b"]}}")
         return pieces
+
+    @contextlib.contextmanager
+    def _time_limited(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        """Interrupt ``cursor``'s query once it has run ``query_time_limit``, and say so in one line."""
+        limit = self._query_time_limit
+        if limit is None:
+            yield
+            return
+        fired = threading.Event()
+
+        def interrupt() -> None:
+            fired.set()
+            cursor.interrupt()
+
+        timer = threading.Timer(limit, interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except UsageError:
+            if fired.is_set():
+                raise UsageError(
+                    f"query stopped after {limit:g} s, the running collector's limit (service.query_time_limit): "
+                    "narrow it with WHERE or LIMIT, or run it on a copy of the store") from None
+            raise
+        finally:
+            timer.cancel()
 
     # reads ------------------------------------------------------------------
 
     def op_query(self, sql: str) -> dict[str, Any]:
-        columns, rows = store.run_read_query(self._cursor(), sql)
+        cursor = self._cursor()
+        with self._time_limited(cursor):
+            columns, rows = store.run_read_query(cursor, sql)
         return {"columns": columns, "rows": [list(r) for r in rows]}
 
     def op_candidates(self, status: str | None = None, mode: str | None = None, severity: str | None = None,

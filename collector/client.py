@@ -30,15 +30,22 @@ class StoreClient(Protocol):
     def close(self) -> None: ...
 
 
+#: How long the CLI waits for an answer beyond the collector's own query time limit.
+ANSWER_MARGIN_SECONDS = 10.0
+
+
 class RemoteClient:
-    def __init__(self, url: str, token: str | None, cafile: str | None = None, local_token: str | None = None) -> None:
+    def __init__(self, url: str, token: str | None, cafile: str | None = None, local_token: str | None = None,
+                 query_time_limit: float | None = None) -> None:
         # The collector may guard its surface with a bearer token or an API key: send the one secret as both.
         headers = {"authorization": f"Bearer {token}", "x-api-key": token} if token else {}
         if local_token:  # the collector's own secret for its user (<db>.serve.token)
             headers["x-tracesieve-local-token"] = local_token
         self.url = url
         verify: Any = ssl.create_default_context(cafile=cafile) if cafile else True
-        self._http = httpx.Client(base_url=url, headers=headers, timeout=120.0, verify=verify, trust_env=False)
+        # The collector stops a query at its limit and answers why; waiting past that would hide the answer.
+        timeout = max(120.0, (query_time_limit or 0.0) + ANSWER_MARGIN_SECONDS)
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout, verify=verify, trust_env=False)
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         try:
@@ -107,6 +114,11 @@ def running_collector(db_path: str) -> dict[str, Any] | None:
     return info
 
 
+def _seconds(value: Any) -> float | None:
+    """A number of seconds from a discovery record (None when absent or not a number: an older collector)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _local_token(db_path: str) -> str | None:
     """The running collector's local token, when this user may read it (the collector's own user)."""
     try:
@@ -141,7 +153,8 @@ def connect(db_path: str, *, write: bool, token: str | None) -> StoreClient:
     if info is not None:
         url = str(info["url"])
         if not _refused(url):
-            return RemoteClient(url, token, info.get("cafile"), _local_token(db_path))
+            return RemoteClient(url, token, info.get("cafile"), _local_token(db_path),
+                                _seconds(info.get("query_time_limit")))
         stale = url
     if not os.path.exists(db_path):
         raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {db_path}` or pass --db)")

@@ -31,6 +31,9 @@ DEFAULT_HTTP_ENDPOINT = "127.0.0.1:4318"
 DEFAULT_DB_PATH = "tracesieve.duckdb"
 DEFAULT_PIPELINE = ["pii", "detectors", "promotion"]
 MAX_RETRY_HINT_SECONDS = 5.0
+# An operator's query through serve stops after this long; the CLI waits this plus a margin (client.py).
+DEFAULT_QUERY_TIME_LIMIT = 110.0
+MAX_QUERY_TIME_LIMIT = 24 * 3600.0
 #: Deeper JSON would pass orjson's recursion limit once dotted keys and kvlist values stack up.
 MAX_NESTING_DEPTH_LIMIT = 100
 #: gRPC's max receive message length is a C int: 2GiB - 1 byte is the largest request either receiver takes.
@@ -60,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "service": {
         "pipelines": {"traces": {"receivers": ["otlp"], "processors": list(DEFAULT_PIPELINE)}},
         "span_workers": "auto",
+        "query_time_limit": "110s",
     },
 }
 
@@ -110,6 +114,7 @@ class Config:
     api_key: str | None = None  # accepted in the x-api-key header (bearer_token: in Authorization: Bearer)
     lake: LakeTarget | None = None  # storage.ducklake: many collectors on one store (db_path is then unused)
     span_processor_ids: list[str] = dataclasses.field(default_factory=list)  # pipeline ids of span_processors
+    query_time_limit: float = DEFAULT_QUERY_TIME_LIMIT  # seconds an operator's query may run through serve
 
     @property
     def secrets(self) -> list[str]:
@@ -330,8 +335,10 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     if not isinstance(proc_section, dict):
         problems.append("processors: expected a mapping of processor id to options")
         proc_section = {}
-    service = _check_keys(top.get("service", {}), {"pipelines", "span_workers"}, "service", problems)
+    service = _check_keys(top.get("service", {}), {"pipelines", "span_workers", "query_time_limit"}, "service",
+                          problems)
     span_workers = _span_workers(service.get("span_workers", "auto"), problems)
+    query_time_limit = _query_time_limit(service.get("query_time_limit", DEFAULT_QUERY_TIME_LIMIT), problems)
     pipelines = _check_keys(service.get("pipelines", {}), {"traces"}, "service.pipelines", problems)
     traces = _check_keys(pipelines.get("traces", {}), {"receivers", "processors"}, "service.pipelines.traces",
                          problems)
@@ -383,13 +390,15 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
             trace_procs.append(proc)  # type: ignore[arg-type]
     tree["processors"] = tree_procs
     tree["service"] = {"pipelines": {"traces": {"receivers": ["otlp"], "processors": names}},
-                       "span_workers": service.get("span_workers", "auto")}
+                       "span_workers": service.get("span_workers", "auto"),
+                       "query_time_limit": f"{query_time_limit:g}s"}
     if problems:
         return None
     return Config(
         source="", path=None, grpc=grpc, http=http, span_workers=span_workers, bearer_token=token, api_key=api_key,
         limits=limits, db_path=db_path,
         span_processors=span_procs, trace_processors=trace_procs, tree=tree, lake=lake, span_processor_ids=span_ids,
+        query_time_limit=query_time_limit,
     )
 
 
@@ -439,6 +448,17 @@ def _lake(node: Any, problems: list[str]) -> LakeTarget | None:
         return None
     assert isinstance(catalog, str) and isinstance(data_path, str)
     return LakeTarget(catalog=catalog, data_path=data_path)
+
+
+def _query_time_limit(value: Any, problems: list[str]) -> float:
+    try:
+        seconds = parse_duration(value)
+        if not 1 <= seconds <= MAX_QUERY_TIME_LIMIT:
+            raise ValueError(f"must be between 1s and {MAX_QUERY_TIME_LIMIT / 3600:g}h")
+    except ValueError as exc:
+        problems.append(f"service.query_time_limit: {exc}")
+        return DEFAULT_QUERY_TIME_LIMIT
+    return seconds
 
 
 def _span_workers(value: Any, problems: list[str]) -> int:

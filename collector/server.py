@@ -191,7 +191,8 @@ class Collector:
         self.http_service = ExportService(cfg, self.writer, self.metrics.receiver("http"), self._stage)
         self.judge = Judge(store.cursor(self.con), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics,
                            trace_store, rule_finder=self._stage if isinstance(self._stage, ProcessSpanStage) else None)
-        self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60))
+        self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60),
+                            query_time_limit=cfg.query_time_limit)
         self.judge.start()
         self.metrics.watch(StateSource(lambda: self.writer.queued_spans, lambda: self.judge.pending,
                                        self._store_state, lambda: self.writer.wal_bytes))
@@ -252,7 +253,8 @@ class Collector:
         host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.host
         scheme = "https" if ep.tls else "http"
         info = {"pid": os.getpid(), "url": f"{scheme}://{host}:{self.http_port}",
-                "cafile": ep.tls.cert_file if ep.tls else None, "db": os.path.abspath(self.config.db_path)}
+                "cafile": ep.tls.cert_file if ep.tls else None, "db": os.path.abspath(self.config.db_path),
+                "query_time_limit": self.config.query_time_limit}
         if self.config.lake is not None:  # --db only names this record: what a report calls the store
             info["store"] = f"DuckLake {self.config.lake.printable_catalog}"
         # the local token first (the CLI reads it once it finds the collector), for this user only

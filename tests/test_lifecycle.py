@@ -193,6 +193,37 @@ def test_a_big_query_through_the_collector_costs_it_about_its_answer_in_memory(s
     assert grew < 3 * answer_kib, f"the collector grew {grew} KiB for a {answer_kib} KiB answer"
 
 
+def test_a_query_through_serve_stops_at_the_query_time_limit_and_says_so(start_collector):
+    """A runaway query through the collector ran on after the CLI had given up (120 s), holding a core that
+    ingest needs, for as long as it took. It now stops at service.query_time_limit with a one-line reason."""
+    config = {"service": {"pipelines": {"traces": {"processors": []}}, "query_time_limit": "1s"}}
+    c = start_collector(config)
+    runaway = "SELECT count(*) AS n FROM range(1000000000000) AS a WHERE a.range % 7 = 3"
+    started = time.monotonic()
+    result = c.cli("query", runaway, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "query stopped after 1 s" in result.stderr, result.stderr
+    assert "service.query_time_limit" in result.stderr
+    assert time.monotonic() - started < 30
+    assert post(c, make_request(3).SerializeToString()).status_code == 200  # ingest carries on
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 3}]
+    assert json.loads((c.workdir / "store.duckdb.serve.json").read_text())["query_time_limit"] == 1
+    c.stop()
+    offline = c.cli("query", "SELECT count(*) AS n FROM range(3000000) AS a WHERE a.range % 7 = 3")
+    assert offline.returncode == 0, offline.stderr  # the CLI on the file itself has no such limit
+
+
+def test_query_time_limit_out_of_range_is_a_config_error(tmp_path):
+    config = tmp_path / "c.yaml"
+    for bad in ("0s", "2d", "soon"):
+        config.write_text(yaml.safe_dump({"service": {"query_time_limit": bad}}))
+        result = run_cli("serve", "--config", str(config), "--db", str(tmp_path / "x.duckdb"), "--print-config")
+        assert result.returncode == 2 and "service.query_time_limit" in result.stderr, (bad, result.stderr)
+    config.write_text(yaml.safe_dump({"service": {"query_time_limit": "5m"}}))
+    shown = run_cli("serve", "--config", str(config), "--db", str(tmp_path / "x.duckdb"), "--print-config")
+    assert shown.returncode == 0 and yaml.safe_load(shown.stdout)["service"]["query_time_limit"] == "300s"
+
+
 def test_a_client_hanging_up_during_a_big_answer_leaves_the_log_quiet(start_collector):
     """An answer sent in pieces to a client gone after the first one logged "socket.send() raised exception."
     once per piece left (hundreds of lines for a Ctrl-C'd query)."""
