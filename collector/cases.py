@@ -914,3 +914,24 @@ def export_record(candidate: Mapping[str, Any]) -> dict[str, Any]:
         "expected": _plain(candidate.get("expected") or {}),
         "metadata": metadata,
     }
+
+
+def export_case_record(case: Mapping[str, Any]) -> dict[str, Any]:
+    """One dataset row from a reviewed case of ``cases.yaml``, shaped like :func:`export_record`.
+
+    ``expected`` is the case's ``expected_behavior`` as people left it in review (the store keeps only the
+    candidate's draft); ``metadata`` carries ``case_id`` and the candidate id from ``source``, so rows from
+    either origin line up in another tool.
+    """
+    source = case.get("source")
+    if not isinstance(source, Mapping):
+        source = {}
+    metadata: dict[str, Any] = {"case_id": case.get("id"), "candidate_id": source.get("candidate_id")}
+    for key in ("failure_mode", "severity", "blast_radius", "status", "discovered_at", "discovered_by",
+                "regressed_count", "remediation", "source", "context"):
+        metadata[key] = case.get(key)
+    return {
+        "input": _plain(case.get("input") or {"user_message": "", "conversation_history": []}),
+        "expected": _plain(case.get("expected_behavior") or {}),
+        "metadata": {k: _plain(v) for k, v in metadata.items() if v is not None},
+    }

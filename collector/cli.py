@@ -84,7 +84,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tracesieve.storage.errors import ConfigError, TraceSieveError, UsageError
+from tracesieve.storage.errors import ConfigError, NotFoundError, TraceSieveError, UsageError
 
 DEFAULT_DB = "tracesieve.duckdb"
 EXIT_FAILURES = 1
@@ -514,15 +514,24 @@ def reject(candidate_id: str, reason: str, by: str | None, db_path: str | None, 
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "json"]), default="jsonl", show_default=True)
 @click.option("--status", type=click.Choice(["new", "promoted", "rejected", "duplicate", "all"]),
               default="promoted", show_default=True, help="which candidates to export")
-@click.option("--id", "ids", multiple=True, help="export these candidates (repeatable) instead of --status")
+@click.option("--id", "ids", multiple=True, help="export these candidates (repeatable) instead of --status; "
+              "with --cases: these case ids")
+@click.option("--cases", "cases_path", default=None, metavar="PATH",
+              help="export the reviewed dataset (cases.yaml) instead of the store's candidates: each active case "
+                   "with its expected_behavior as people edited it (--status all adds deprecated ones)")
 @click.option("--out", "out_path", default=None, metavar="FILE", help="write here instead of stdout")
 @db_option
 @config_option
-def export(fmt: str, status: str, ids: tuple[str, ...], out_path: str | None, db_path: str | None,
-           config_path: str | None) -> None:
+def export(fmt: str, status: str, ids: tuple[str, ...], cases_path: str | None, out_path: str | None,
+           db_path: str | None, config_path: str | None) -> None:
     """Dataset rows {input, expected, metadata} for Phoenix, Langfuse, Braintrust and similar tools."""
-    from tracesieve.collector.cases import export_record
+    from tracesieve.collector.cases import export_case_record, export_record
 
+    if cases_path is not None:
+        _check_config(config_path)
+        cases = _dataset_cases(cases_path, status, ids)
+        _write_records([export_case_record(c) for c in cases], fmt, out_path)
+        return
     client = _client(db_path, config_path)
     try:
         rows = client.call("export", {"status": None if status == "all" else status, "ids": list(ids) or None})
@@ -534,7 +543,29 @@ def export(fmt: str, status: str, ids: tuple[str, ...], out_path: str | None, db
     if others:
         click.echo(f"tracesieve: no {status} candidate to export; {others} other{'s are' if others != 1 else ' is'} "
                    f"in the store (--status all exports every one)", err=True)
-    records = [export_record(r) for r in rows]
+    _write_records([export_record(r) for r in rows], fmt, out_path)
+
+
+def _dataset_cases(path: str, status: str, ids: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The cases ``export --cases`` writes: active ones (all with ``--status all``), of a lint-clean dataset."""
+    from tracesieve.collector.cases import read_cases
+    from tracesieve.collector.gate import load_active_cases
+
+    if status not in ("promoted", "all"):
+        raise UsageError(f"--status {status} names candidates in the store; with --cases the dataset's active "
+                         "cases are exported (--status all adds deprecated ones)")
+    active = load_active_cases(path)  # refuses a missing or invalid dataset, in one line
+    cases = [c for c in read_cases(path) if c.get("status") in ("active", "deprecated")] if status == "all" else active
+    if ids:
+        known = {str(c.get("id")) for c in cases}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise NotFoundError(f"no {'' if status == 'all' else 'active '}case {missing[0]!r} in {path}")
+        cases = [c for c in cases if str(c.get("id")) in set(ids)]
+    return cases
+
+
+def _write_records(records: list[dict[str, Any]], fmt: str, out_path: str | None) -> None:
     if fmt == "json":
         text = _json(records) + "\n"
     else:

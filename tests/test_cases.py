@@ -341,6 +341,47 @@ def test_export_record_has_input_expected_and_metadata():
     json.dumps(rec)
 
 
+def test_export_of_the_dataset_gives_reviewed_expectations_without_a_store(tmp_path):
+    """export read only the store's candidates, whose `expected` is the draft: what a reviewer changed in
+    cases.yaml never reached Phoenix / Langfuse / Braintrust, and CI (no store) could not export at all."""
+    from conftest import run_cli
+
+    path = tmp_path / "cases.yaml"
+    promote_case(path, candidate(), owner="ann", now=NOW)
+    promote_case(path, candidate("c0123456789b", mode="truncation"), owner="ann", now=NOW)
+    text = path.read_text()
+    first, second = text.split("- id: TS-0002")
+    first = first.replace("required_tool_sequence:", "must_not: [refund twice]\n      required_tool_sequence:", 1)
+    path.write_text(first + "- id: TS-0002" + second.replace("status: active", "status: deprecated", 1))
+    assert lint_cases(path) == []
+
+    out = run_cli("export", "--cases", str(path), "--format", "json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)
+    assert row["expected"]["must_not"] == ["refund twice"]  # the reviewer's edit, not the draft
+    assert row["input"] == {"user_message": "Refund order 42 for <EMAIL>", "conversation_history": []}
+    meta = row["metadata"]
+    assert (meta["case_id"], meta["candidate_id"], meta["failure_mode"], meta["status"]) == (
+        "TS-0001", "c0123456789a", "tool_argument", "active")
+    assert meta["discovered_at"] == "2026-11-21T10:00:00Z" and meta["discovered_by"] == "ann"
+    assert not list(tmp_path.glob("*.duckdb"))  # no store opened or created
+
+    every = run_cli("export", "--cases", str(path), "--status", "all", cwd=tmp_path)
+    assert every.returncode == 0, every.stderr
+    assert [json.loads(line)["metadata"]["case_id"] for line in every.stdout.splitlines()] == ["TS-0001", "TS-0002"]
+    one = run_cli("export", "--cases", str(path), "--status", "all", "--id", "TS-0002", cwd=tmp_path)
+    assert [json.loads(line)["metadata"]["case_id"] for line in one.stdout.splitlines()] == ["TS-0002"]
+
+    for args in (("--id", "TS-0002"), ("--id", "TS-0009"), ("--status", "new")):
+        refused = run_cli("export", "--cases", str(path), *args, cwd=tmp_path)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, (args, refused.stderr)
+    missing = run_cli("export", "--cases", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+    path.write_text(path.read_text().replace("failure_mode: truncation", "failure_mode: vibes"))
+    invalid = run_cli("export", "--cases", str(path), cwd=tmp_path)
+    assert invalid.returncode == 2 and "invalid dataset" in invalid.stderr and invalid.stderr.count("\n") == 1
+
+
 # --------------------------------------------------------------------------- the CLI, as a real subprocess
 
 
