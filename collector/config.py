@@ -183,6 +183,25 @@ _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SUBSTITUTION = re.compile(r"\$\$|" + _ENV.pattern)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping, as the OpenTelemetry Collector does.
+
+    PyYAML keeps the last value: a second ``receivers:`` silently dropped the first one's ``auth``.
+    Keys a merge (``<<``) brings in may still be overridden.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if (key_node.tag, key_node.value) in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key_node.value!r}",
+                                                        key_node.start_mark)
+            seen.add((key_node.tag, key_node.value))
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | None = None, *, db_path: str | None = None,
                 registry: ProcessorRegistry | None = None) -> Config:
     """Read, validate and build the config. Raises ConfigError naming the file and every bad key."""
@@ -191,7 +210,7 @@ def load_config(path: str | None = None, *, db_path: str | None = None,
     if path is not None:
         try:
             with open(path, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh)
+                raw = yaml.load(fh, Loader=_UniqueKeyLoader)
         except FileNotFoundError:
             raise ConfigError(["config file not found"], source) from None
         except yaml.YAMLError as exc:
