@@ -412,6 +412,10 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     )
 
 
+#: What a credential may hold: visible ASCII, spaces only inside (what a header and gRPC metadata carry).
+_HEADER_SAFE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+
 def _secret(auth: dict[str, Any], name: str, problems: list[str]) -> str | None:
     """``name`` given inline (``${env:...}`` works) or read from ``name_file`` (trailing newline dropped)."""
     path = f"receivers.otlp.auth.{name}"
@@ -435,6 +439,11 @@ def _secret(auth: dict[str, Any], name: str, problems: list[str]) -> str | None:
         return str(inline)
     if inline is not None and (not isinstance(inline, str) or not inline):
         problems.append(f"{path}: expected a non-empty string")
+        return None
+    if isinstance(inline, str) and not _HEADER_SAFE.fullmatch(inline):
+        # Never quoted: a newline from the secret's file, a non-ASCII or control character.
+        problems.append(f"{path}: holds surrounding whitespace, a control or a non-ASCII character, which no HTTP "
+                        "header or gRPC metadata can carry (every client would be refused)")
         return None
     return inline if isinstance(inline, str) else None
 
