@@ -151,6 +151,20 @@ def test_a_token_no_header_can_carry_is_a_config_error_that_does_not_quote_it(tm
     assert spaced.returncode == 0, spaced.stderr  # a space inside is sendable
 
 
+def test_cli_drops_whitespace_around_the_token_and_refuses_one_no_header_can_carry(guarded):
+    """TRACESIEVE_TOKEN with a trailing newline (a secret file's, as *_file drops it) failed with the token
+    quoted on stderr ("Illegal header value b'Bearer ...'"); a non-ASCII one with "internal error: UnicodeEncodeError"."""
+    c = guarded
+    ok = c.cli("query", "SELECT 1 AS n", "--format", "json", env={"TRACESIEVE_TOKEN": TOKEN + "\n"})
+    assert ok.returncode == 0, ok.stderr
+    for bad in (TOKEN[:5] + "\u00e9" + TOKEN[5:], TOKEN + "\r\nx-evil: 1"):
+        refused = c.cli("query", "SELECT 1", env={"TRACESIEVE_TOKEN": bad})
+        assert refused.returncode == 2, refused.stderr
+        assert "TRACESIEVE_TOKEN" in refused.stderr and "internal error" not in refused.stderr
+        assert TOKEN[:8] not in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
+    assert c.stop() == 0
+
+
 def _busy_port() -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
