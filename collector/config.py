@@ -179,8 +179,8 @@ def _redact_secret_options(node: Any) -> None:
 
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: What substitution replaces, left to right: ``$$`` (a literal ``$``, as in the OpenTelemetry Collector:
-#: ``$${env:X}`` stays the text ``${env:X}``) or a reference.
-_SUBSTITUTION = re.compile(r"\$\$|" + _ENV.pattern)
+#: ``$${env:X}`` stays the text ``${env:X}``), a reference, or a ``${`` that opens no reference (an error).
+_SUBSTITUTION = re.compile(r"\$\$|" + _ENV.pattern + r"|\$\{")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -241,6 +241,12 @@ def _substitute_env(node: Any, path: str, problems: list[str]) -> Any:
         def repl(m: re.Match[str]) -> str:
             if m.group(0) == "$$":
                 return "$"
+            if m.group(0) == "${":
+                # `${env:TS-TOKEN}`, the OTel Collector's `${file:...}`, a bare `${VAR}`: kept as text, a bearer
+                # token was the string written in the config. The value is never quoted (it may be a secret).
+                problems.append(f"{path}: a '${{' that is no reference tracesieve substitutes: write ${{env:NAME}} "
+                                "or ${env:NAME:-default} (NAME of letters, digits and _), or $$ for a literal $")
+                return m.group(0)
             value = os.environ.get(m.group(1))
             if value is None:
                 if m.group(2) is None:
