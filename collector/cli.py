@@ -120,7 +120,8 @@ def _console() -> Console:
 
 
 def _token() -> str | None:
-    return os.environ.get("TRACESIEVE_TOKEN") or None
+    """TRACESIEVE_TOKEN without surrounding whitespace (a secret file's newline, as ``*_file`` drops it)."""
+    return os.environ.get("TRACESIEVE_TOKEN", "").strip() or None
 
 
 @functools.lru_cache(maxsize=4)

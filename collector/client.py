@@ -38,6 +38,9 @@ class RemoteClient:
     def __init__(self, url: str, token: str | None, cafile: str | None = None, local_token: str | None = None,
                  query_time_limit: float | None = None) -> None:
         # The collector may guard its surface with a bearer token or an API key: send the one secret as both.
+        if token is not None and not (token.isascii() and token.isprintable()):
+            raise UsageError("TRACESIEVE_TOKEN holds a control or non-ASCII character, which no HTTP header can carry; "
+                             "set it to the configured bearer token or API key")
         headers = {"authorization": f"Bearer {token}", "x-api-key": token} if token else {}
         if local_token:  # the collector's own secret for its user (<db>.serve.token)
             headers["x-tracesieve-local-token"] = local_token

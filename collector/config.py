@@ -184,8 +184,27 @@ def _redact_secret_options(node: Any) -> None:
 
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: What substitution replaces, left to right: ``$$`` (a literal ``$``, as in the OpenTelemetry Collector:
-#: ``$${env:X}`` stays the text ``${env:X}``) or a reference.
-_SUBSTITUTION = re.compile(r"\$\$|" + _ENV.pattern)
+#: ``$${env:X}`` stays the text ``${env:X}``), a reference, or a ``${`` that opens no reference (an error).
+_SUBSTITUTION = re.compile(r"\$\$|" + _ENV.pattern + r"|\$\{")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping, as the OpenTelemetry Collector does.
+
+    PyYAML keeps the last value: a second ``receivers:`` silently dropped the first one's ``auth``.
+    Keys a merge (``<<``) brings in may still be overridden.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if (key_node.tag, key_node.value) in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key_node.value!r}",
+                                                        key_node.start_mark)
+            seen.add((key_node.tag, key_node.value))
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(path: str | None = None, *, db_path: str | None = None,
@@ -196,7 +215,7 @@ def load_config(path: str | None = None, *, db_path: str | None = None,
     if path is not None:
         try:
             with open(path, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh)
+                raw = yaml.load(fh, Loader=_UniqueKeyLoader)
         except FileNotFoundError:
             raise ConfigError(["config file not found"], source) from None
         except yaml.YAMLError as exc:
@@ -227,6 +246,12 @@ def _substitute_env(node: Any, path: str, problems: list[str]) -> Any:
         def repl(m: re.Match[str]) -> str:
             if m.group(0) == "$$":
                 return "$"
+            if m.group(0) == "${":
+                # `${env:TS-TOKEN}`, the OTel Collector's `${file:...}`, a bare `${VAR}`: kept as text, a bearer
+                # token was the string written in the config. The value is never quoted (it may be a secret).
+                problems.append(f"{path}: a '${{' that is no reference tracesieve substitutes: write ${{env:NAME}} "
+                                "or ${env:NAME:-default} (NAME of letters, digits and _), or $$ for a literal $")
+                return m.group(0)
             value = os.environ.get(m.group(1))
             if value is None:
                 if m.group(2) is None:
@@ -402,6 +427,10 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     )
 
 
+#: What a credential may hold: visible ASCII, spaces only inside (what a header and gRPC metadata carry).
+_HEADER_SAFE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+
 def _secret(auth: dict[str, Any], name: str, problems: list[str]) -> str | None:
     """``name`` given inline (``${env:...}`` works) or read from ``name_file`` (trailing newline dropped)."""
     path = f"receivers.otlp.auth.{name}"
@@ -425,6 +454,11 @@ def _secret(auth: dict[str, Any], name: str, problems: list[str]) -> str | None:
         return str(inline)
     if inline is not None and (not isinstance(inline, str) or not inline):
         problems.append(f"{path}: expected a non-empty string")
+        return None
+    if isinstance(inline, str) and not _HEADER_SAFE.fullmatch(inline):
+        # Never quoted: a newline from the secret's file, a non-ASCII or control character.
+        problems.append(f"{path}: holds surrounding whitespace, a control or a non-ASCII character, which no HTTP "
+                        "header or gRPC metadata can carry (every client would be refused)")
         return None
     return inline if isinstance(inline, str) else None
 

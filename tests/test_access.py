@@ -134,6 +134,37 @@ def test_auth_config_problems_are_one_line_each(tmp_path):
     assert all(r.stderr.count("\n") == 1 for r in (missing, empty, both))
 
 
+def test_a_token_no_header_can_carry_is_a_config_error_that_does_not_quote_it(tmp_path):
+    """A secret passed through ${env:...} with its file's trailing newline (or a non-ASCII one) was taken as is:
+    no HTTP header or gRPC metadata can carry it, so every exporter and CLI command was refused."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"receivers": {"otlp": {"auth": {"bearer_token": "${env:TS_TEST_TOKEN}",
+                                                                    "api_key": "${env:TS_TEST_KEY}"}}}}))
+    for bad in (TOKEN + "\n", " " + TOKEN, TOKEN[:5] + "\u00e9" + TOKEN[5:], TOKEN[:5] + "\x07" + TOKEN[5:]):
+        result = run_cli("serve", "--config", str(cfg), "--print-config",
+                         env={"TS_TEST_TOKEN": bad, "TS_TEST_KEY": API_KEY})
+        assert result.returncode == 2, repr(bad)
+        assert "receivers.otlp.auth.bearer_token: " in result.stderr and "header" in result.stderr
+        assert TOKEN[:8] not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    spaced = run_cli("serve", "--config", str(cfg), "--print-config",
+                     env={"TS_TEST_TOKEN": "two words", "TS_TEST_KEY": API_KEY})
+    assert spaced.returncode == 0, spaced.stderr  # a space inside is sendable
+
+
+def test_cli_drops_whitespace_around_the_token_and_refuses_one_no_header_can_carry(guarded):
+    """TRACESIEVE_TOKEN with a trailing newline (a secret file's, as *_file drops it) failed with the token
+    quoted on stderr ("Illegal header value b'Bearer ...'"); a non-ASCII one with "internal error: UnicodeEncodeError"."""
+    c = guarded
+    ok = c.cli("query", "SELECT 1 AS n", "--format", "json", env={"TRACESIEVE_TOKEN": TOKEN + "\n"})
+    assert ok.returncode == 0, ok.stderr
+    for bad in (TOKEN[:5] + "\u00e9" + TOKEN[5:], TOKEN + "\r\nx-evil: 1"):
+        refused = c.cli("query", "SELECT 1", env={"TRACESIEVE_TOKEN": bad})
+        assert refused.returncode == 2, refused.stderr
+        assert "TRACESIEVE_TOKEN" in refused.stderr and "internal error" not in refused.stderr
+        assert TOKEN[:8] not in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
+    assert c.stop() == 0
+
+
 def _busy_port() -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))

@@ -108,6 +108,43 @@ def test_bad_config_names_the_file_and_the_key(tmp_path, text, expected):
     assert result.stderr.count("\n") == 1
 
 
+def test_a_key_given_twice_is_an_error_naming_it_not_silently_the_last(tmp_path):
+    """The second `receivers:` dropped the first one's auth without a word (PyYAML keeps the last value);
+    the OpenTelemetry Collector refuses a mapping key that is already defined."""
+    path = write(tmp_path, "receivers: {otlp: {auth: {bearer_token: s3cret}}}\n"
+                           "processors: {detectors: {decision_wait: 2s}}\n"
+                           "receivers: {otlp: {protocols: {grpc: {endpoint: '127.0.0.1:4400'}}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 2, result.stdout
+    assert str(path) in result.stderr
+    assert "line 3" in result.stderr and "duplicate key 'receivers'" in result.stderr
+    assert result.stderr.count("\n") == 1
+    # a key given again inside one mapping too; a YAML merge key (<<) may still be overridden
+    path = write(tmp_path, "processors: {detectors: {decision_wait: 2s, decision_wait: 3s}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 2 and "duplicate key 'decision_wait'" in result.stderr, result.stderr
+    path = write(tmp_path, "processors:\n  detectors:\n    <<: {decision_wait: 2s}\n    decision_wait: 3s\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["processors"]["detectors"]["decision_wait"] == "3s"
+
+
+@pytest.mark.parametrize("reference", ["${env:TS-TOKEN}", "${file:/run/secrets/ts}", "${TS_TOKEN}", "${env:TS_TOKEN",
+                                       "${env:}"])
+def test_a_reference_tracesieve_does_not_substitute_is_an_error_not_the_literal_text(tmp_path, reference):
+    """`${env:TS-TOKEN}` (not a variable name), the OTel Collector's `${file:...}` or a bare `${VAR}` stayed the
+    literal text: the bearer token became the string written in the config file, which anyone could send."""
+    path = write(tmp_path, f"receivers: {{otlp: {{auth: {{bearer_token: 'x{reference}'}}}}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config", env={"TS_TOKEN": "s3cret"})
+    assert result.returncode == 2, result.stdout
+    assert str(path) in result.stderr and "receivers.otlp.auth.bearer_token: " in result.stderr
+    assert "${env:NAME}" in result.stderr and "$$" in result.stderr
+    assert result.stderr.count("\n") == 1
+    escaped = write(tmp_path, "storage: {duckdb: {path: 'a$${file:b}.duckdb'}}\n")  # $$ is still a literal $
+    result = run_cli("serve", "--config", str(escaped), "--print-config")
+    assert result.returncode == 0 and "a${file:b}.duckdb" in result.stdout, result.stderr
+
+
 def test_the_largest_request_size_serves(start_collector):
     """2GiB - 1 byte is the gRPC max message size's largest value (a C int); 2GiB is refused by validation."""
     c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_request_size": 2**31 - 1}}}})
