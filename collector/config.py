@@ -31,6 +31,8 @@ DEFAULT_HTTP_ENDPOINT = "127.0.0.1:4318"
 DEFAULT_DB_PATH = "tracesieve.duckdb"
 DEFAULT_PIPELINE = ["pii", "detectors", "promotion"]
 MAX_RETRY_HINT_SECONDS = 5.0
+#: Below this a max_memory is a unit slip (``600`` meant as MB is 600 bytes); an idle collector holds more.
+MIN_MEMORY_LIMIT = 64 * 1024 * 1024
 # An operator's query through serve stops after this long; the CLI waits this plus a margin (client.py).
 DEFAULT_QUERY_TIME_LIMIT = 110.0
 MAX_QUERY_TIME_LIMIT = 24 * 3600.0
@@ -54,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
                 "max_value_size": "1MiB",
                 "max_nesting_depth": 32,
                 "max_inflight_size": "256MiB",
+                "max_memory": 0,
                 "retry_after": "1s",
             },
         }
@@ -93,6 +96,7 @@ class Limits:
     max_value_size: int = 1024 * 1024
     max_nesting_depth: int = 32
     max_inflight_size: int = 256 * 1024 * 1024  # request bytes held at once; beyond it: the throttling answer
+    max_memory: int = 0  # resident bytes of the collector and its span workers; beyond it: throttling. 0 = off
     retry_after: float = 1.0
 
 
@@ -328,6 +332,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
             "max_value_size": format_size(limits.max_value_size),
             "max_nesting_depth": limits.max_nesting_depth,
             "max_inflight_size": format_size(limits.max_inflight_size),
+            "max_memory": format_size(limits.max_memory) if limits.max_memory else 0,
             "retry_after": f"{limits.retry_after:g}s",
         },
     }}
@@ -575,6 +580,14 @@ def _limits(node: Any, problems: list[str]) -> Limits:
                                      f"message), got {node[key]}")
             except ValueError as exc:
                 problems.append(f"{path}.{key}: {exc}")
+    if "max_memory" in node:
+        try:
+            values["max_memory"] = parse_size(node["max_memory"])  # 0: off
+            if 0 < values["max_memory"] < MIN_MEMORY_LIMIT:
+                raise ValueError(f"at least {format_size(MIN_MEMORY_LIMIT)} (an idle collector holds more), or 0 "
+                                 f"for no limit; got {node['max_memory']}")
+        except ValueError as exc:
+            problems.append(f"{path}.max_memory: {exc}")
     for key in ("max_queued_spans", "max_attributes_per_span", "max_nesting_depth"):
         if key in node:
             value = typed_env(node[key])

@@ -25,8 +25,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from tracesieve.collector.config import Config
 from tracesieve.collector.decode import count_spans, parse_json, parse_protobuf
 from tracesieve.collector.metrics import ReceiverMetrics
+from tracesieve.collector.runtime import MemoryWatch
 from tracesieve.collector.span_stage import InlineSpanStage, ProcessSpanStage, SpanStage
 from tracesieve.storage.errors import PermanentError, ProcessorFailedError, RetryableError, UnauthenticatedError
+from tracesieve.storage.units import format_size
 from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.export")
@@ -50,7 +52,8 @@ def span_stage_for(config: Config) -> SpanStage:
 
 
 class ExportService:
-    def __init__(self, config: Config, writer: GroupCommitWriter, metrics: ReceiverMetrics, stage: SpanStage) -> None:
+    def __init__(self, config: Config, writer: GroupCommitWriter, metrics: ReceiverMetrics, stage: SpanStage,
+                 memory: MemoryWatch | None = None) -> None:
         self._token = config.bearer_token.encode() if config.bearer_token else None
         self._api_key = config.api_key.encode() if config.api_key else None
         #: the query surface's own secret, written by the collector beside the store for its user only
@@ -60,6 +63,9 @@ class ExportService:
         self._metrics = self.metrics = metrics  # the receiver records request-level figures
         self.max_request_size = config.limits.max_request_size
         self._inflight = InflightBytes(config.limits.max_inflight_size, config.limits.retry_after)
+        self._max_memory = config.limits.max_memory
+        self._retry_after = config.limits.retry_after
+        self._memory = memory if self._max_memory else None
 
     @property
     def auth_required(self) -> bool:
@@ -119,6 +125,11 @@ class ExportService:
         if n == 0:
             return ExportOutcome(0, 0, "")
         try:
+            self._check_memory()
+        except RetryableError:
+            self._metrics.refused("memory", n)
+            raise
+        try:
             self._writer.reserve(n)
         except RetryableError:
             self._metrics.refused("throttled", n)
@@ -155,6 +166,18 @@ class ExportService:
             raise
         self._metrics.accepted(batch.num_rows)
         return ExportOutcome(batch.num_rows, result.rejected, result.error_message)
+
+    def _check_memory(self) -> None:
+        """The throttling answer while the collector is over ``max_memory`` and has spans to commit.
+
+        With nothing queued the request is admitted anyway: the memory is then the store's and the
+        libraries', which refusing cannot lower, and a collector that refused everything would never
+        drain. (The same rule as for a single request larger than max_queued_spans.)
+        """
+        if self._memory is None or self._memory.resident <= self._max_memory or not self._writer.queued_spans:
+            return
+        raise RetryableError(f"the collector is over its memory limit ({self._memory.resident >> 20} MiB resident, "
+                             f"max_memory {format_size(self._max_memory)}); retry shortly", self._retry_after)
 
     def _count_redactions(self, batch: pa.Table) -> None:
         totals: Counter[str] = Counter()

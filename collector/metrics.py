@@ -35,11 +35,11 @@ RECEIVERS = ("grpc", "http")
 
 #: Why spans or requests were refused (the ``reason`` label). Per-span rejections (bad ids, end before
 #: start, answered through partial_success) are ``invalid_span``.
-REFUSAL_REASONS = ("invalid_span", "invalid_request", "too_large", "unauthenticated", "throttled",
+REFUSAL_REASONS = ("invalid_span", "invalid_request", "too_large", "unauthenticated", "throttled", "memory",
                    "commit_timeout", "commit_failed", "unavailable", "unsupported_media_type", "internal")
 
 #: The reasons each refusal counter shows from the first scrape (README, Metrics and operations).
-SPAN_REFUSAL_REASONS = ("invalid_span", "throttled", "commit_timeout", "commit_failed")
+SPAN_REFUSAL_REASONS = ("invalid_span", "throttled", "memory", "commit_timeout", "commit_failed")
 REQUEST_REFUSAL_REASONS = ("unauthenticated", "too_large", "invalid_request", "unsupported_media_type",
                            "unavailable", "internal")
 
@@ -66,6 +66,7 @@ class StateSource:
     pending_traces: Callable[[], int]
     store_state: Callable[[], StoreState]
     wal_bytes: Callable[[], int | None] = lambda: None
+    resident_bytes: Callable[[], int | None] = lambda: None
 
 
 class ReceiverMetrics:
@@ -228,6 +229,10 @@ class _ScrapeTimeGauges:
                                 "max_queued_spans bounds).", value=source.queued_spans())
         yield GaugeMetricFamily("tracesieve_pending_traces", "Traces with spans not judged yet.",
                                 value=source.pending_traces())
+        resident = source.resident_bytes()
+        if resident:
+            yield GaugeMetricFamily("tracesieve_resident_memory_bytes", "Resident memory of the collector and its "
+                                    "span workers (what receivers.otlp.limits.max_memory compares).", value=resident)
         wal = source.wal_bytes()
         if wal is not None:
             yield GaugeMetricFamily("tracesieve_wal_bytes", "Bytes in the store's write-ahead log: commits not yet "

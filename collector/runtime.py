@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 #: Allocations between young-generation collections (Python's default is 700).
@@ -83,3 +85,57 @@ class HeapTrimmer:
     def _run(self) -> None:
         while not self._stop.wait(self._every):
             trim_heap()
+
+
+# --------------------------------------------------------------------------- resident memory
+
+#: Seconds between two readings of the resident memory: a 512-span request grows the collector by a
+#: few MB, so requests arriving within one interval are admitted against the same reading.
+MEMORY_SAMPLE_SECONDS = 0.2
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` (Linux /proc; 0 where that cannot be read: another OS, a process gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class MemoryWatch:
+    """The resident memory of this process and its span workers, read every MEMORY_SAMPLE_SECONDS.
+
+    ``receivers.otlp.limits.max_memory`` compares against it, as the OpenTelemetry Collector's
+    memory_limiter does: past the limit, requests get the throttling answer instead of growing the
+    process (the exporters retry). A daemon thread reads it so that no request pays for the reading.
+    """
+
+    def __init__(self, worker_pids: Callable[[], list[int]], every: float = MEMORY_SAMPLE_SECONDS) -> None:
+        self._worker_pids = worker_pids
+        self._every = every
+        self.resident = self._read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tracesieve-memory", daemon=True)
+
+    def start(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _read(self) -> int:
+        try:
+            pids = self._worker_pids()
+        except Exception:  # the pool is being replaced: count this process alone until the next reading
+            pids = []
+        return sum(resident_bytes(pid) for pid in (os.getpid(), *pids))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self.resident = self._read()

@@ -34,7 +34,7 @@ from tracesieve.collector.grpc_receiver import start_grpc_server
 from tracesieve.collector.http_receiver import build_app
 from tracesieve.collector.judge import Judge
 from tracesieve.collector.metrics import Metrics, StateSource, StoreState
-from tracesieve.collector.runtime import HeapTrimmer, tune_garbage_collector
+from tracesieve.collector.runtime import HeapTrimmer, MemoryWatch, tune_garbage_collector
 from tracesieve.collector.span_stage import ProcessSpanStage
 from tracesieve.storage import lake, recent_traces, stats, store
 from tracesieve.storage.errors import ConfigError, UsageError
@@ -187,15 +187,16 @@ class Collector:
         self._trace_store = trace_store
         self._read_base = store.cursor(self.con)
         self._stage = span_stage_for(cfg)
-        self.service = ExportService(cfg, self.writer, self.metrics.receiver("grpc"), self._stage)
-        self.http_service = ExportService(cfg, self.writer, self.metrics.receiver("http"), self._stage)
+        self.memory = MemoryWatch(self._stage.worker_pids).start()
+        self.service = ExportService(cfg, self.writer, self.metrics.receiver("grpc"), self._stage, self.memory)
+        self.http_service = ExportService(cfg, self.writer, self.metrics.receiver("http"), self._stage, self.memory)
         self.judge = Judge(store.cursor(self.con), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics,
                            trace_store, rule_finder=self._stage if isinstance(self._stage, ProcessSpanStage) else None)
         self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60),
                             query_time_limit=cfg.query_time_limit)
         self.judge.start()
         self.metrics.watch(StateSource(lambda: self.writer.queued_spans, lambda: self.judge.pending,
-                                       self._store_state, lambda: self.writer.wal_bytes))
+                                       self._store_state, lambda: self.writer.wal_bytes, lambda: self.memory.resident))
         self._grpc = None
         self._uvicorn: uvicorn.Server | None = None
         try:
@@ -236,6 +237,7 @@ class Collector:
     def _abort_start(self) -> None:
         if self._grpc is not None:
             self._grpc.stop(0)
+        self.memory.stop()
         self._stage.shutdown()
         self.judge.stop()
         self.writer.close()
@@ -325,6 +327,7 @@ class Collector:
             grpc_stopped.wait(timeout=max(0.5, deadline - time.monotonic()))
         self.judge.stop()
         self._trimmer.stop()
+        self.memory.stop()
         if self.writer.fatal is not None:
             self._stage.shutdown()
             # The instance refuses every statement: nothing to judge or checkpoint; the WAL holds the commits.

@@ -60,6 +60,10 @@ class SpanStage(Protocol):
 
     def shutdown(self, timeout: float = ...) -> None: ...
 
+    def worker_pids(self) -> list[int]:
+        """The processes doing this stage's work besides the collector (their memory counts as its own)."""
+        ...
+
 
 def run_inline(request: ExportTraceServiceRequest, limits: DecodeLimits,
                processors: Sequence[SpanProcessor], ids: Sequence[str] = ()) -> DecodeResult:
@@ -89,6 +93,9 @@ class InlineSpanStage:
 
     def run(self, request: ExportTraceServiceRequest, wire: bytes | None) -> DecodeResult:
         return run_inline(request, self._limits, self._processors, self._ids)
+
+    def worker_pids(self) -> list[int]:
+        return []
 
     def shutdown(self, timeout: float = 0.0) -> None:
         return None
@@ -157,6 +164,9 @@ class ProcessSpanStage:
                                    initializer=_init_worker, initargs=self._initargs)
         _widen_pipes(pool)
         return pool
+
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in _workers_of(self._pool) if p.pid is not None]
 
     def run(self, request: ExportTraceServiceRequest, wire: bytes | None) -> DecodeResult:
         payload = wire if wire is not None else request.SerializeToString()

@@ -92,6 +92,8 @@ def test_print_config_shows_the_effective_detector_options_and_reads_back_the_sa
      "receivers.otlp.auth.bearer_token: environment variable TS_SURELY_UNSET_VAR is not set"),
     ("receivers: [otlp\n", "not valid YAML"),
     ("service: {span_workers: many}\n", "service.span_workers: expected auto or a number"),
+    ("receivers: {otlp: {limits: {max_memory: 600}}}\n", "receivers.otlp.limits.max_memory: at least 64MiB"),
+    ("receivers: {otlp: {limits: {max_memory: lots}}}\n", "receivers.otlp.limits.max_memory: expected a size"),
     ("processors: {detectors: {rules: [{name: bad_rule, failure_mode: loop, severity: P2,\n"
      "  sql: 'SELECT trace_id, span_id, nme AS message, NULL AS evidence FROM spans'}]}}\n",
      "processors.detectors.rules[0]"),
@@ -171,6 +173,10 @@ def test_durations_sizes_and_env_defaults(tmp_path):
     assert tree["receivers"]["otlp"]["limits"]["max_value_size"] == "512KiB"
     assert tree["receivers"]["otlp"]["protocols"] == {"http": {"endpoint": "127.0.0.1:4999"}}
     assert tree["processors"]["detectors"]["decision_wait"] == "2m"
+    assert tree["receivers"]["otlp"]["limits"]["max_memory"] == 0  # off unless set
+    path.write_text("receivers: {otlp: {limits: {max_memory: 600MiB}}}\n")
+    shown = run_cli("serve", "--config", str(path), "--print-config")
+    assert yaml.safe_load(shown.stdout)["receivers"]["otlp"]["limits"]["max_memory"] == "600MiB"
 
 
 def test_double_dollar_is_a_literal_dollar_as_in_the_otel_collector(tmp_path, monkeypatch):

@@ -79,6 +79,65 @@ def test_real_sdk_exporters_recover_from_throttling_without_losing_a_span(start_
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": EXPORTERS * SPANS_EACH}]
 
 
+def test_over_max_memory_requests_get_the_throttling_answer_and_sdk_exporters_lose_nothing(start_collector):
+    """Past max_memory (here below what an idle collector holds) a request is admitted only when nothing else
+    waits for its commit; the others get the retryable answer, and the exporters' retries store every span."""
+    c = start_collector({
+        "receivers": {"otlp": {"limits": {"max_memory": "64MiB"}}},
+        "service": {"pipelines": {"traces": {"processors": ["pii"]}}},
+    })
+    metrics = httpx.get(f"{c.http_url}/metrics", timeout=30).text
+    resident = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                if line.startswith("tracesieve_resident_memory_bytes ")]
+    assert resident and resident[0] > 64 * 1024 * 1024, metrics[:2000]
+    answers: list[httpx.Response] = []
+    start_together = threading.Barrier(8)
+
+    def send() -> None:
+        start_together.wait(60)
+        with httpx.Client(timeout=60) as client:
+            for _ in range(6):
+                answers.append(client.post(f"{c.http_url}/v1/traces", content=make_request(300).SerializeToString(),
+                                           headers={"content-type": "application/x-protobuf"}))
+
+    senders = [threading.Thread(target=send) for _ in range(8)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(120)
+    refused = [a for a in answers if a.status_code != 200]
+    assert len(answers) == 48 and refused, "eight senders over the memory limit must have been pushed back"
+    assert all(a.status_code == 503 and 0 < float(a.headers["retry-after"]) <= 5 for a in refused)
+    assert _refused(c, "memory") == 300 * len(refused)
+    stored = c.query("SELECT count(DISTINCT trace_id) AS t FROM spans")
+    assert stored == [{"t": 48 - len(refused)}]  # one trace a request: each refused one stored nothing
+
+    emitted: list[set[str]] = [set() for _ in range(4)]
+
+    def run(i: int) -> None:
+        exporter = (GrpcExporter(endpoint=f"http://{c.grpc_endpoint}", insecure=True, timeout=30) if i % 2 == 0
+                    else HttpExporter(endpoint=f"{c.http_url}/v1/traces", timeout=30))
+        provider = TracerProvider(resource=Resource.create({"service.name": f"memory-{i}"}))
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=50,
+                                                       max_export_batch_size=200, max_queue_size=4096))
+        tracer = provider.get_tracer("memory")
+        for n in range(300):
+            with tracer.start_as_current_span(f"step-{n}") as span:
+                span.set_attribute("input.value", "payload " * 40)
+                emitted[i].add(format(span.get_span_context().span_id, "016x"))
+        provider.force_flush(60_000)
+        provider.shutdown()
+
+    exporters = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in exporters:
+        t.start()
+    for t in exporters:
+        t.join(180)
+    assert not any(t.is_alive() for t in exporters)
+    stored_ids = {r["span_id"] for r in c.query("SELECT span_id FROM spans WHERE service_name LIKE 'memory-%'")}
+    assert set().union(*emitted) - stored_ids == set()
+
+
 def test_bytes_in_flight_are_capped_with_retryable_answers_and_memory_stays_bounded(start_collector):
     c = start_collector({
         "receivers": {"otlp": {"limits": {"max_inflight_size": "3MiB", "max_queued_spans": 100_000}}},
