@@ -84,7 +84,7 @@ class Server:
     def __init__(self, *, pii: bool = True, decision_wait: str | None = None, workdir: str | None = None,
                  cli: list[str] | None = None, keep: bool = False, extra_config: dict | None = None,
                  max_queued_spans: int | None = None, trace_stage: bool = True,
-                 span_workers: str | None = None) -> None:
+                 span_workers: str | None = None, max_memory: str | None = None) -> None:
         self.cli = cli or DEFAULT_CLI
         self.keep = keep
         self.dir = workdir or tempfile.mkdtemp(prefix="tracesieve-bench-")
@@ -105,8 +105,11 @@ class Server:
             "processors": processors,
             "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": procs}}},
         }
+        limits = self.config["receivers"]["otlp"].setdefault("limits", {})
         if max_queued_spans is not None:
-            self.config["receivers"]["otlp"]["limits"] = {"max_queued_spans": max_queued_spans}
+            limits["max_queued_spans"] = max_queued_spans
+        if max_memory is not None:
+            limits["max_memory"] = max_memory
         if span_workers is not None:
             self.config["service"]["span_workers"] = int(span_workers) if span_workers.isdigit() else span_workers
         for k, v in (extra_config or {}).items():
@@ -274,6 +277,8 @@ def main(argv=None) -> int:
     ap.add_argument("--genai", action="store_true", help="30%% of traces with OTel GenAI conventions")
     ap.add_argument("--cli", default=None, help="command that runs the tracesieve CLI (default: this python -m "
                                                 "tracesieve.collector.cli)")
+    ap.add_argument("--max-memory", default=None, metavar="SIZE",
+                    help="set receivers.otlp.limits.max_memory (e.g. 600MiB): backpressure by resident memory")
     ap.add_argument("--max-queued-spans", type=int, default=None,
                     help="set receivers.otlp.limits.max_queued_spans (small values exercise throttling)")
     ap.add_argument("--span-workers", default=None, help="service.span_workers (default: the config default, auto)")
@@ -294,7 +299,7 @@ def main(argv=None) -> int:
           f"on the wire, {gen_s:.1f} s; sending {a.traces} traces in {n_requests} requests")
 
     server = Server(pii=a.pii == "on", trace_stage=a.trace_stage == "on", cli=shlex.split(a.cli) if a.cli else None, keep=a.keep,
-                    max_queued_spans=a.max_queued_spans, span_workers=a.span_workers)
+                    max_queued_spans=a.max_queued_spans, span_workers=a.span_workers, max_memory=a.max_memory)
     ok = False
     try:
         server.start(timeout=a.ready_timeout)
@@ -311,7 +316,8 @@ def main(argv=None) -> int:
             stored_err = str(e).splitlines()[0][:200]
         print(f"== ingest: {a.traces} traces, transport {a.transport}{' +gzip' if a.gzip else ''}, "
               f"concurrency {a.concurrency}, pii {a.pii}, trace stage {a.trace_stage}, seed {a.seed}"
-              + (f", max_queued_spans {a.max_queued_spans}" if a.max_queued_spans is not None else ""))
+              + (f", max_queued_spans {a.max_queued_spans}" if a.max_queued_spans is not None else "")
+              + (f", max_memory {a.max_memory}" if a.max_memory is not None else ""))
         print(send.format_result(res))
         print(f"peak RSS           {server.peak_rss_kib / 1024:,.0f} MB (server VmHWM: each process's own peak, summed); "
           f"{server.peak_rss_sampled_kib / 1024:,.0f} MB at once (VmRSS sum, sampled every 0.2 s)")
