@@ -472,6 +472,20 @@ def test_a_pgp_private_key_block_is_one_private_key_in_text_and_json():
     assert Sanitizer().redact(legacy)[0] == "<PRIVATE_KEY>"
 
 
+def test_a_private_key_assigned_to_a_secret_key_is_a_private_key():
+    """A service-account file (``"private_key": "-----BEGIN PRIVATE KEY-----..."``) or ``private_key=...``:
+    the secret assignment found the value first and counted it as a SECRET, not the PEM it is."""
+    key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n"
+    doc = json.dumps({"type": "service_account", "private_key": key, "client_id": "1234"})
+    column, counters = Sanitizer().redact_array(pa.array([doc]), True)
+    for out, counts in (Sanitizer().redact(doc, json_text=True), (column.to_pylist()[0], counters[0])):
+        assert json.loads(out) == {"type": "service_account", "private_key": "<PRIVATE_KEY>\n", "client_id": "1234"}
+        assert counts == Counter(PRIVATE_KEY=1)
+    assert Sanitizer().redact(f"secret_key: {PGP_KEY}") == ("secret_key: <PRIVATE_KEY>", Counter(PRIVATE_KEY=1))
+    # unquoted, the assignment's value stopped at the first blank: "<SECRET> PRIVATE KEY-----" and the key body kept
+    assert Sanitizer().redact(f"private_key = {key}") == ("private_key = <PRIVATE_KEY>\n", Counter(PRIVATE_KEY=1))
+
+
 @pytest.mark.parametrize("phone", ["+1.415.555.0132", "1.415.555.0132", "+1.212.555.0199 (mobile)"])
 def test_a_dotted_phone_that_opens_a_value_is_a_phone(phone):
     """At the start of a value (a user.id, a plain input.value) the IPv4 rule took the "+" as its left
