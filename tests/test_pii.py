@@ -163,6 +163,8 @@ def test_a_private_key_with_escaped_newlines_is_one_redaction():
     ("Passport number:\nX12345678", "X12345678", "PASSPORT"),
     ("my social security number is 536221234", "536221234", "SSN"),
     ("SSN: 536 22 1234", "536 22 1234", "SSN"),
+    ("SSN: 987-65-4321", "987-65-4321", "SSN"),           # a 9xx area (an ITIN) counts after the label
+    ("patient_ssn: 912-70-1234", "912-70-1234", "SSN"),
     ("write to josé@example.com", "example.com", "EMAIL"),
     ("émilie.dupont@example.fr", "dupont", "EMAIL"),
     ("my phone number is 4155550132", "4155550132", "PHONE"),
@@ -184,7 +186,8 @@ def test_context_values_across_line_breaks_and_accented_addresses_in_every_form(
             json.loads(out)
 
 
-@pytest.mark.parametrize("text", ["ssn 123456789012", "classname 536221234", "ssn: 666221234", "order 536221234",
+@pytest.mark.parametrize("text", ["ssn 123456789012", "classname 536221234", "ssn: 666221234", "SSN 666-22-1234",
+                                  "order 536221234",
                                   "passport\nphoto attached", "order 4155550132", "hotel: 4155550132",
                                   "otel.span_id: 4155550132", "phone 41555501321234567", "phone: 4155550132x",
                                   "tell me about 4155550132"])
