@@ -10,6 +10,7 @@ Pure functions; no state.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -523,9 +524,28 @@ def tool_span_arguments(span: SpanRow) -> tuple[str, Any, bool] | None:
         return None if is_hidden(value) else ("tool.parameters", value, True)
     value = span.get("input_value")
     if value is not None:
-        return None if is_hidden(value) else callback_arguments("input.value", value,
-                                                                span.get("input_mime_type") == JSON_MIME)
+        mime = span.get("input_mime_type")
+        declared = mime == JSON_MIME or (mime is None and _meant_as_json_object(value))
+        return None if is_hidden(value) else callback_arguments("input.value", value, declared)
     return None
+
+
+def _meant_as_json_object(value: Any) -> bool:
+    """An ``input.value`` with no mime type that opens an object but is neither JSON nor a Python literal.
+
+    The arguments of a TOOL span are JSON (an object) by contract, so ``{"order_id": 5`` is bad JSON
+    whether or not the producer declared the type; plain text (a search query) is not judged, nor is
+    LangChain's Python repr of the arguments (``{'query': 'x'}``).
+    """
+    if not isinstance(value, str) or not value.lstrip().startswith("{"):
+        return False
+    if try_json(value)[0]:
+        return True  # parsed once here, remembered for the rule that reads it next
+    try:
+        ast.literal_eval(value)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return True
+    return False
 
 
 def is_hidden(value: Any) -> bool:

@@ -199,6 +199,19 @@ def test_pii_placeholder_does_not_break_a_pattern_in_the_schema():
     assert modes(make_trace(call)) == []
 
 
+def test_broken_json_arguments_of_a_tool_span_without_a_mime_type_are_a_tool_argument_failure():
+    """OpenInference TOOL spans often leave input.mime_type out; ``{"order_id": 5`` was then taken for plain
+    text and never judged. Plain text, and LangChain's Python repr of the arguments, still are not judged."""
+    def untyped(args: str) -> dict[str, Any]:
+        return make_span("TOOL", name="lookup_order", attrs={"tool.name": "lookup_order"}, input=args)
+
+    run = untyped('{"order_id": 5')
+    d = only(make_trace(run), "tool_argument")
+    assert (d.detector, d.span_id, d.evidence["source"]) == ("tool_args_json", run["span_id"], "input.value")
+    for text in ('{"order_id": 5}', "{'order_id': 5}", "order 5 for {customer}", "Paris"):
+        assert modes(make_trace(untyped(text))) == [], text
+
+
 def test_undeclared_tool_and_plain_text_tool_input_are_not_judged():
     run = tool("search", "refund policy for <EMAIL>", result="Refunds within 30 days.")
     run["input_mime_type"] = "text/plain"
