@@ -290,7 +290,10 @@ def _append_span(
     append("llm_token_count_prompt").append(prompt)
     append("llm_token_count_completion").append(completion)
     append("llm_token_count_total").append(total)
-    append("tool_name").append(_first_str(flat, "tool.name", "gen_ai.tool.name"))
+    tool = _first_str(flat, "tool.name", "gen_ai.tool.name")
+    if tool is None and kind == "TOOL" and span.name.startswith("execute_tool "):
+        tool = walker.text(span.name[13:].strip()) or None  # GenAI names the span "execute_tool {gen_ai.tool.name}"
+    append("tool_name").append(tool)
     append("attributes").append(_dumps(walker.nest(flat)))
     append("resource_attributes").append(resource_json)
     append("events").append(_dumps([_event(e, walker) for e in span.events]))

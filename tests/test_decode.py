@@ -102,6 +102,22 @@ def model_column(**attributes: str) -> str | None:
     return decode_request(llm_span_request(**attributes)).batch.column("llm_model_name")[0].as_py()
 
 
+def test_a_genai_tool_span_without_gen_ai_tool_name_takes_the_tool_from_its_span_name():
+    """The GenAI conventions name an execute_tool span ``execute_tool {gen_ai.tool.name}``; the attribute is only
+    recommended, and without it tool_name was empty. Another span's name is never taken for a tool."""
+    def tool_column(name: str, op: str = "execute_tool") -> str | None:
+        request = ExportTraceServiceRequest()
+        span = request.resource_spans.add().scope_spans.add().spans.add()
+        span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, name
+        span.start_time_unix_nano, span.end_time_unix_nano = 1_000_000_000, 2_000_000_000
+        span.attributes.append(KeyValue(key="gen_ai.operation.name", value=AnyValue(string_value=op)))
+        return decode_request(request).batch.column("tool_name")[0].as_py()
+
+    assert tool_column("execute_tool get_weather") == "get_weather"
+    assert tool_column("execute_tool") is None and tool_column("lookup") is None
+    assert tool_column("execute_tool gpt-4o", op="chat") is None
+
+
 def test_a_failed_openai_call_is_attributed_to_the_model_it_requested():
     # The OpenAI instrumentor names the model from the response; a rate-limited call has none.
     params = json.dumps({"model": "gpt-4o", "max_tokens": 400})
