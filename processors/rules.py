@@ -232,7 +232,8 @@ def _schema_errors(schema: Any, instance: Any) -> list[dict[str, Any]]:
     """Violations of ``schema`` by ``instance``; empty when it conforms or the schema itself is unusable.
 
     A string holding a PII placeholder (``<EMAIL>``) is not held against
-    pattern/format/length/enum keywords: the sanitizer put it there, not the model.
+    pattern/format/length/enum keywords, nor one that is only a placeholder against ``type``: the
+    sanitizer put it there, not the model.
     """
     if not isinstance(schema, dict):
         return []
@@ -247,6 +248,8 @@ def _schema_errors(schema: Any, instance: Any) -> list[dict[str, Any]]:
     for e in errors:
         if e.validator in _PLACEHOLDER_SENSITIVE and isinstance(e.instance, str) and PLACEHOLDER.search(e.instance):
             continue
+        if e.validator == "type" and isinstance(e.instance, str) and PLACEHOLDER.fullmatch(e.instance):
+            continue  # a number the sanitizer replaced ({"phone": 4155550132} -> {"phone": "<PHONE>"})
         path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
         out.append({"path": path, "validator": str(e.validator), "message": clip(e.message, 300)})
     return out[:5]

@@ -212,6 +212,17 @@ def test_broken_json_arguments_of_a_tool_span_without_a_mime_type_are_a_tool_arg
         assert modes(make_trace(untyped(text))) == [], text
 
 
+def test_a_number_the_sanitizer_replaced_does_not_break_an_integer_type_in_the_schema():
+    """{"phone": 4155550132} is stored {"phone": "<PHONE>"}: the placeholder is a string where the schema wants an
+    integer, but the sanitizer put it there. Anything else of the wrong type still is a finding."""
+    dial = {"type": "function", "function": {"name": "dial", "parameters": {
+        "type": "object", "properties": {"phone": {"type": "integer"}}, "required": ["phone"]}}}
+    replaced = tool("dial", '{"phone": "<PHONE:3f9a1c>"}')
+    assert modes(make_trace(llm(tools=[dial]), replaced)) == []
+    wrong = tool("dial", '{"phone": "call me"}')
+    assert only(make_trace(llm(tools=[dial]), wrong), "tool_argument").detector == "tool_schema"
+
+
 def test_undeclared_tool_and_plain_text_tool_input_are_not_judged():
     run = tool("search", "refund policy for <EMAIL>", result="Refunds within 30 days.")
     run["input_mime_type"] = "text/plain"

@@ -205,6 +205,22 @@ def test_a_number_outside_any_json_string_becomes_a_quoted_placeholder():
     assert counts == Counter({"CARD": 5})
 
 
+def test_a_number_in_json_held_as_text_or_in_a_json_string_becomes_a_quoted_placeholder_too():
+    """Tool arguments are JSON in input.value (a text column) and in an attribute (a JSON string in the
+    attributes JSON): a bare <PHONE> there left JSON that no longer parses. Prose keeps its text."""
+    args = '{"customer_phone": 4155550132, "card": 4111111111111111, "note": "call 4155550132, ok", "n": [2]}'
+    want = '{"customer_phone": "<PHONE>", "card": "<CARD>", "note": "call 4155550132, ok", "n": [2]}'
+    attrs = json.dumps({"gen_ai": {"tool": {"call": {"arguments": args}}}})
+    for text, json_text in ((args, False), (attrs, True)):
+        column, counters = Sanitizer().redact_array(pa.array([text]), json_text)
+        for out, counts in (Sanitizer().redact(text, json_text=json_text), (column.to_pylist()[0], counters[0])):
+            inner = json.loads(out)["gen_ai"]["tool"]["call"]["arguments"] if json_text else out
+            assert inner == want and counts == Counter(PHONE=1, CARD=1), out
+    assert Sanitizer().redact("card 4111111111111111, ok") == ("card <CARD>, ok", Counter(CARD=1))
+    prose = json.dumps({"m": "values: 4111111111111111, ok"})
+    assert Sanitizer().redact(prose, json_text=True)[0] == '{"m": "values: <CARD>, ok"}'
+
+
 def test_phone_numbers_without_separators_are_found_by_their_key_also_as_json_numbers():
     text = ('{"customer":{"phone":4155550132,"phone_number":"4155550132","contactPhone":"+447911123456",'
             '"mobile": 14155550132,"order_id":4155550132,"tel":415555013}}')
