@@ -326,8 +326,8 @@ def span_kind_of(flat: dict[str, Any]) -> str:
         if key.startswith("gen_ai."):
             if key.startswith("gen_ai.agent."):
                 return "AGENT"
-            if key.startswith("gen_ai.tool."):
-                return "TOOL"
+            if key.startswith("gen_ai.tool.") and not key.startswith("gen_ai.tool.definitions"):
+                return "TOOL"  # the tools a model call was offered say nothing of a tool running
             has_genai = True
     return "LLM" if has_genai else "UNKNOWN"
 

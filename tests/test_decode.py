@@ -9,7 +9,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from tracesieve.collector import decode
-from tracesieve.collector.decode import DecodeLimits, _AttributeWalker, decode_request
+from tracesieve.collector.decode import DecodeLimits, _AttributeWalker, decode_request, span_kind_of
 
 
 def nest_three_times(flat):
@@ -116,6 +116,15 @@ def test_a_genai_tool_span_without_gen_ai_tool_name_takes_the_tool_from_its_span
     assert tool_column("execute_tool get_weather") == "get_weather"
     assert tool_column("execute_tool") is None and tool_column("lookup") is None
     assert tool_column("execute_tool gpt-4o", op="chat") is None
+
+
+def test_a_model_call_offered_tools_without_an_operation_name_is_an_llm_span_not_a_tool():
+    """With no gen_ai.operation.name, any gen_ai.tool.* key made the span a TOOL, gen_ai.tool.definitions (the
+    tools a chat call offers the model) included."""
+    kinds = [span_kind_of({"gen_ai.system": "openai", "gen_ai.tool.definitions": "[]"}),
+             span_kind_of({"gen_ai.tool.definitions": "[]", "gen_ai.tool.name": "lookup"}),
+             span_kind_of({"gen_ai.tool.call.arguments": "{}"})]
+    assert kinds == ["LLM", "TOOL", "TOOL"]
 
 
 def test_a_failed_openai_call_is_attributed_to_the_model_it_requested():
