@@ -127,12 +127,15 @@ class TraceView:
 
     @functools.cached_property
     def context_text(self) -> str:
-        """Text the model was given from outside: tool results (spans and tool-role messages), and the
-        metadata of retrieved documents (LangChain's instrumentors record a Document's id only there)."""
+        """Text the model was given from outside: tool results (spans and tool-role messages), the
+        metadata of retrieved documents (LangChain's instrumentors record a Document's id only there), and
+        the output of a retriever that recorded no documents."""
         parts = [s["output_value"] for s in self.of_kind("TOOL") if isinstance(s.get("output_value"), str)]
         for s in self.of_kind("RETRIEVER", "RERANKER"):
             for item in as_list(dig(attrs(s), "retrieval", "documents")):
                 parts.extend(walk_strings(dig(item, "document", "metadata")))
+            if documents(s) is None and isinstance(s.get("output_value"), str):
+                parts.append(s["output_value"])  # no documents recorded: what it returned is in its output
         for s in self.of_kind("LLM"):
             for m in input_messages(s):
                 if m.get("role") in ("tool", "function"):

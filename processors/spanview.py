@@ -618,7 +618,8 @@ def retrieval_outcome(span: SpanRow) -> str:
     """'found', 'empty' or 'unknown' for a RETRIEVER span.
 
     OpenInference cannot flatten an empty list, so a retriever with no
-    ``retrieval.documents`` keys returned nothing. A GenAI retrieval span that
+    ``retrieval.documents`` keys returned nothing, unless its ``output.value`` lists
+    what came back as JSON (then what is unknown). A GenAI retrieval span that
     lacks ``gen_ai.retrieval.documents`` did not capture content (it is opt-in):
     unknown, not empty.
     """
@@ -630,11 +631,36 @@ def retrieval_outcome(span: SpanRow) -> str:
     a = attrs(span)
     genai_only = dig(a, "gen_ai", "operation", "name") is not None and dig(a, "openinference") is None
     out = span.get("output_value")
-    if isinstance(out, str) and out.strip() in ("[]", "{}", ""):
+    if isinstance(out, str) and _empty_output(out):
         return "empty"
     if genai_only or is_hidden(out):  # OpenInference hid the output: what came back is unknown
         return "unknown"
+    if isinstance(out, str) and _listed_output(out):
+        return "unknown"  # its output lists what came back, just not as documents
     return "empty"
+
+
+def _empty_output(out: str) -> bool:
+    """``""``, ``[]``, ``{}``, ``null`` or an object of empty lists (``{"documents": []}``)."""
+    text = out.strip()
+    if text in ("", "[]", "{}", "null"):
+        return True
+    if text[:1] != "{":
+        return False
+    ok, parsed = try_json(text)
+    return ok and isinstance(parsed, dict) and all(v in ([], None) for v in parsed.values())
+
+
+def _listed_output(out: str) -> bool:
+    """A JSON list with items, or an object holding one (``{"documents": [...]}``)."""
+    text = out.strip()
+    if text[:1] not in ("[", "{"):
+        return False
+    ok, parsed = try_json(text)
+    if not ok:
+        return False
+    return bool(parsed) if isinstance(parsed, list) else isinstance(parsed, dict) and any(
+        isinstance(v, list) and v for v in parsed.values())
 
 
 def walk_strings(value: Any) -> Iterator[str]:

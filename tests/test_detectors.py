@@ -232,6 +232,21 @@ def test_undeclared_tool_and_plain_text_tool_input_are_not_judged():
 # ====================================================================== retrieval_miss
 
 
+def test_a_retriever_whose_json_output_lists_results_but_records_no_documents_is_no_retrieval_miss():
+    """No retrieval.documents keys but an output.value listing what came back: it returned something, so neither
+    "returned no documents" nor a fact-stating answer right after it is a finding. An empty output still is."""
+    answer = llm("The Model X200 warranty covers parts and labour for 36 months from the date of purchase.")
+    for out in ('[{"id": "kb-7", "text": "X200 warranty: 36 months"}]', '{"documents": [{"page_content": "36 months"}]}'):
+        r = make_span("RETRIEVER", name="kb_search", input="x200 warranty", output=out)
+        assert modes(make_trace(r, answer)) == [], out
+    listed = make_span("RETRIEVER", name="kb_search", input="x200 warranty", output='[{"id": "doc-7", "text": "36 months"}]')
+    assert modes(make_trace(listed, llm("The X200 warranty lasts 36 months [doc-7]."))) == []
+    assert modes(make_trace(listed, llm("It lasts 36 months [doc-9]."))) == ["hallucination"]
+    for out in ('{"documents": []}', "[]", "No documents found."):
+        r = make_span("RETRIEVER", name="kb_search", input="x200 warranty", output=out)
+        assert "retrieval_miss" in modes(make_trace(r, answer)), out
+
+
 @pytest.mark.parametrize("genai", [False, True])
 def test_retriever_with_no_documents_is_a_retrieval_miss(genai):
     r = retriever([], genai=genai)
