@@ -211,10 +211,16 @@ def test_a_number_in_json_held_as_text_or_in_a_json_string_becomes_a_quoted_plac
     args = '{"customer_phone": 4155550132, "card": 4111111111111111, "note": "call 4155550132, ok", "n": [2]}'
     want = '{"customer_phone": "<PHONE>", "card": "<CARD>", "note": "call 4155550132, ok", "n": [2]}'
     attrs = json.dumps({"gen_ai": {"tool": {"call": {"arguments": args}}}})
-    for text, json_text in ((args, False), (attrs, True)):
+    response = json.dumps({"choices": [{"message": {"tool_calls": [{"function": {"arguments": args}}]}}]})
+    in_response = ["choices", 0, "message", "tool_calls", 0, "function", "arguments"]
+    for text, json_text, path in ((args, False, []), (attrs, True, ["gen_ai", "tool", "call", "arguments"]),
+                                  (response, False, in_response),      # a provider response in output.value
+                                  (json.dumps({"output": {"value": response}}), True, ["output", "value"] + in_response)):
         column, counters = Sanitizer().redact_array(pa.array([text]), json_text)
         for out, counts in (Sanitizer().redact(text, json_text=json_text), (column.to_pylist()[0], counters[0])):
-            inner = json.loads(out)["gen_ai"]["tool"]["call"]["arguments"] if json_text else out
+            inner: Any = out
+            for key in path:
+                inner = (json.loads(inner) if isinstance(inner, str) else inner)[key]
             assert inner == want and counts == Counter(PHONE=1, CARD=1), out
     assert Sanitizer().redact("card 4111111111111111, ok") == ("card <CARD>, ok", Counter(CARD=1))
     prose = json.dumps({"m": "values: 4111111111111111, ok"})
