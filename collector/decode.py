@@ -317,7 +317,9 @@ def span_kind_of(flat: dict[str, Any]) -> str:
         return upper if upper in _KNOWN_KINDS else "UNKNOWN"
     op = flat.get("gen_ai.operation.name")
     if isinstance(op, str) and op:
-        return _GENAI_OPERATION_KIND.get(op.strip().lower(), "LLM")
+        known = _GENAI_OPERATION_KIND.get(op.strip().lower())
+        if known is not None:
+            return known  # a custom operation (custom values are allowed) is judged by its keys below
     tl = flat.get("traceloop.span.kind")
     if isinstance(tl, str) and tl.lower() in _TRACELOOP_KIND:
         return _TRACELOOP_KIND[tl.lower()]

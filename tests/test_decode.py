@@ -127,6 +127,14 @@ def test_a_model_call_offered_tools_without_an_operation_name_is_an_llm_span_not
     assert kinds == ["LLM", "TOOL", "TOOL"]
 
 
+def test_a_custom_genai_operation_takes_its_kind_from_its_keys_and_a_known_one_always_wins():
+    """Custom gen_ai.operation.name values are allowed; one with gen_ai.agent.* keys was an LLM span."""
+    assert span_kind_of({"gen_ai.operation.name": "run_crew", "gen_ai.agent.name": "planner"}) == "AGENT"
+    assert span_kind_of({"gen_ai.operation.name": "call_function", "gen_ai.tool.name": "lookup"}) == "TOOL"
+    assert span_kind_of({"gen_ai.operation.name": "chat.completions", "gen_ai.request.model": "m"}) == "LLM"
+    assert span_kind_of({"gen_ai.operation.name": "chat", "gen_ai.agent.name": "planner"}) == "LLM"
+
+
 def test_a_failed_openai_call_is_attributed_to_the_model_it_requested():
     # The OpenAI instrumentor names the model from the response; a rate-limited call has none.
     params = json.dumps({"model": "gpt-4o", "max_tokens": 400})
