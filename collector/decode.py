@@ -290,7 +290,10 @@ def _append_span(
     append("llm_token_count_prompt").append(prompt)
     append("llm_token_count_completion").append(completion)
     append("llm_token_count_total").append(total)
-    append("tool_name").append(_first_str(flat, "tool.name", "gen_ai.tool.name"))
+    tool = _first_str(flat, "tool.name", "gen_ai.tool.name")
+    if tool is None and kind == "TOOL" and span.name.startswith("execute_tool "):
+        tool = walker.text(span.name[13:].strip()) or None  # GenAI names the span "execute_tool {gen_ai.tool.name}"
+    append("tool_name").append(tool)
     append("attributes").append(_dumps(walker.nest(flat)))
     append("resource_attributes").append(resource_json)
     append("events").append(_dumps([_event(e, walker) for e in span.events]))
@@ -314,7 +317,9 @@ def span_kind_of(flat: dict[str, Any]) -> str:
         return upper if upper in _KNOWN_KINDS else "UNKNOWN"
     op = flat.get("gen_ai.operation.name")
     if isinstance(op, str) and op:
-        return _GENAI_OPERATION_KIND.get(op.strip().lower(), "LLM")
+        known = _GENAI_OPERATION_KIND.get(op.strip().lower())
+        if known is not None:
+            return known  # a custom operation (custom values are allowed) is judged by its keys below
     tl = flat.get("traceloop.span.kind")
     if isinstance(tl, str) and tl.lower() in _TRACELOOP_KIND:
         return _TRACELOOP_KIND[tl.lower()]
@@ -323,8 +328,8 @@ def span_kind_of(flat: dict[str, Any]) -> str:
         if key.startswith("gen_ai."):
             if key.startswith("gen_ai.agent."):
                 return "AGENT"
-            if key.startswith("gen_ai.tool."):
-                return "TOOL"
+            if key.startswith("gen_ai.tool.") and not key.startswith("gen_ai.tool.definitions"):
+                return "TOOL"  # the tools a model call was offered say nothing of a tool running
             has_genai = True
     return "LLM" if has_genai else "UNKNOWN"
 

@@ -277,10 +277,10 @@ class Sanitizer:
         counts: Counter = Counter()
         out: list[str] = []
         last = 0
-        for type_, s, e, bare in self._accepted(text, matches, json_text):
+        for type_, s, e, quote in self._accepted(text, matches, json_text):
             out.append(text[last:s])
             placeholder = self._placeholder(type_, text[s:e], json_text)
-            out.append(f'"{placeholder}"' if bare else placeholder)
+            out.append(f"{quote}{placeholder}{quote}" if quote else placeholder)
             last = e
             counts[type_] += 1
         if not counts:
@@ -290,16 +290,20 @@ class Sanitizer:
 
     def _accepted(
         self, text: str, matches: Iterable[re.Match[str]], json_text: bool,
-    ) -> Iterator[tuple[str, int, int, bool]]:
-        """(type, start, end, bare) of each match that is PII to replace, in order, none overlapping.
+    ) -> Iterator[tuple[str, int, int, str]]:
+        """(type, start, end, quote) of each match that is PII to replace, in order, none overlapping.
 
-        ``bare``: in JSON text, the match is (part of) a number outside any string, such as an integer
+        ``quote``: the match is (part of) a number outside any JSON string, such as an integer
         attribute holding a card number. Its whole token is replaced, by a quoted placeholder: a bare
-        ``<CARD>`` would leave JSON that DuckDB refuses, and with it the whole commit.
+        ``<CARD>`` would leave JSON that DuckDB refuses, and with it the whole commit. The same holds
+        for JSON in a text column (a tool call's ``input.value``) and for JSON held in a JSON string
+        (the arguments attribute), quoted there as ``\\"<CARD>\\"``: a tool call's valid arguments
+        stay valid JSON, not a tool_argument failure of the sanitizer's making.
         """
         last = 0
         paths: tuple[list[int], list[int], list[tuple[str, ...]]] | None = None
         given_back: list[re.Match[str]] = []  # matches inside text a validator gave back (see below)
+        strings: dict[int, list[Any] | None] = {}  # JSON strings that may hold JSON (see _bare_in_string)
         queue = iter(matches)
         while True:
             m = given_back.pop(0) if given_back else next(queue, None)
@@ -328,7 +332,8 @@ class Sanitizer:
                     given_back = self._matches_between(text, e, value_end) + given_back
             else:
                 type_ = rule.type
-            token = None  # in JSON text: the bare number token the match lies in
+            token: tuple[int, int] | None = None  # the number outside any JSON string the match lies in
+            quote = ""  # what quotes its placeholder: '"', or '\\"' in JSON held in a JSON string, ...
             if json_text:
                 value = text[s:e]
                 # never start inside an escape, never cut one, never swallow a quote
@@ -345,14 +350,17 @@ class Sanitizer:
                 if _maybe_bare(text, s, e):  # cheap; the whole text is tokenized only to confirm
                     if paths is None:
                         paths = _json_value_paths(text)
-                    token = _value_at(paths, s)
-                    if token is not None and text[token[0]] == '"':
-                        token = None  # inside a string after all
-                if token is not None:
-                    s, e = token
+                    token, quote = _bare_token(text, paths, s, strings)
+            elif _maybe_bare(text, s, e) and _JSON_START.match(text):
+                # JSON in a text column (input.value of a tool call): a number stays a JSON value
+                if paths is None:
+                    paths = _json_value_paths(text)
+                token, quote = _bare_token(text, paths, s, strings)
+            if token is not None:
+                s, e = token
             if s < last:
                 continue
-            yield type_, s, e, token is not None
+            yield type_, s, e, quote
             last = e
 
     def _matches_between(self, text: str, start: int, stop: int) -> list[re.Match[str]]:
@@ -460,6 +468,79 @@ def _json_value_paths(text: str) -> tuple[list[int], list[int], list[tuple[str, 
 
 
 _NUMBER_CHARS = frozenset("0123456789+-.eE")
+_JSON_START = re.compile(r"[ \t\r\n]*[\[{]")
+
+
+def _bare_token(
+    text: str, paths: tuple[list[int], list[int], list[tuple[str, ...]]], pos: int,
+    seen: dict[int, list[Any] | None],
+) -> tuple[tuple[int, int] | None, str]:
+    """The number outside any JSON string that ``pos`` lies in, and the quote its placeholder takes as
+    written in ``text``; (None, "") when ``pos`` is in no such number."""
+    token = _value_at(paths, pos)
+    if token is None:
+        return None, ""
+    if text[token[0]] != '"':
+        return token, '"'
+    inside = _bare_in_string(text, token, pos, seen)
+    return (None, "") if inside is None else ((inside[0], inside[1]), inside[2])
+
+
+#: How many JSON-in-a-JSON-string levels a number is looked for in (a provider response in
+#: ``input.value``, in the attributes JSON, holding tool-call arguments: three).
+_MAX_JSON_IN_STRING = 4
+
+
+def _bare_in_string(
+    text: str, token: tuple[int, int], pos: int, seen: dict[int, list[Any] | None], depth: int = 1,
+) -> tuple[int, int, str] | None:
+    """(start, end, quote) in ``text`` of the number outside any string that ``pos`` lies in, in the JSON
+    text that the JSON string ``token`` holds (``{"arguments": "{\\"phone\\": 4155550132}"}``), or in JSON
+    held in a string of that (and so on); None when there is none. ``quote`` is a JSON quote as written
+    at that depth (``\\"``). Numbers hold no escapes, so the number's characters are the same at every depth.
+
+    ``seen`` keeps, per string, its decoded text, its tokens and the last position mapped, so that a
+    string holding many numbers is decoded and tokenized once and walked once (matches come in order).
+    """
+    state = seen.get(token[0], [])
+    if state is None:
+        return None
+    if not state:
+        try:
+            inner = json.loads(text[token[0]:token[1]])
+        except ValueError:
+            inner = None
+        if not isinstance(inner, str) or not _JSON_START.match(inner):
+            seen[token[0]] = None
+            return None
+        state = seen[token[0]] = [inner, _json_value_paths(inner), token[0] + 1, 0, {}]
+    inner, paths, outer_at, inner_at, deeper = state
+    start = pos
+    while start > token[0] + 1 and text[start - 1] in _NUMBER_CHARS:
+        start -= 1
+    if start < outer_at:
+        return None
+    try:
+        at = inner_at + len(json.loads('"' + text[outer_at:start] + '"'))
+    except ValueError:
+        return None
+    state[2], state[3] = start, at
+    found = _value_at(paths, at)
+    if found is None:
+        return None
+    if inner[found[0]] == '"':
+        nested = _bare_in_string(inner, found, at, deeper, depth + 1) if depth < _MAX_JSON_IN_STRING else None
+        if nested is None or nested[0] != at:
+            return None
+        found, quote = (nested[0], nested[1]), nested[2]
+    elif found[0] != at:
+        return None
+    else:
+        quote = '"'
+    end = start + found[1] - found[0]
+    if text[start:end] != inner[found[0]:found[1]]:
+        return None
+    return start, end, json.dumps(quote)[1:-1]
 
 
 def _maybe_bare(text: str, s: int, e: int) -> bool:

@@ -152,14 +152,16 @@ def passport(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int]
 
 # The dashed form (123-45-6789) is an SSN by its shape alone (pii_patterns); nine digits, or
 # 3-2-4 with spaces, only right after ``SSN`` / ``social security (number|no|#)``, also as keys.
+# After that label the dashed form also counts with a 9xx area (an ITIN, or 987-65-4321 as in
+# examples), which its shape alone does not: the text says what it is.
 SSN_PATTERN = (LEFT + _KEY_PREFIX + r"(?i:ssn|social[ _.-]?security)(?:[ _.-]?(?i:number|num|no\.?|nr\.?)|[ ]?#)?"
-               + _CONNECT + r"(?P<v>[0-9]{3}[ ]?[0-9]{2}[ ]?[0-9]{4})")
+               + _CONNECT + r"(?P<v>[0-9]{3}(?:[ ]?[0-9]{2}[ ]?|-[0-9]{2}-)[0-9]{4})")
 
 
 def ssn_digits(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
-    digits = text[s:e].replace(" ", "")
+    digits = text[s:e].replace(" ", "").replace("-", "")
     area, group, serial = digits[:3], digits[3:5], digits[5:]
-    if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+    if area in ("000", "666") or group == "00" or serial == "0000":
         return None
     if e < len(text) and (text[e].isdigit() or (text[e] in "-." and text[e + 1:e + 2].isdigit())):
         return None

@@ -88,6 +88,9 @@ JWT_RE = re.compile(_JWT_BODY.replace("(?P<v>", "(?:") + r"\Z", re.ASCII)
 # without its END line runs on over base64 and armor headers (``Version: ...``, ``DEK-Info: ...``).
 _PEM_BEGIN = r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
 _PEM_END = r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+_PEM_VALUE = (rf"{_PEM_BEGIN}(?:[^-\"\\]|\\[^\"]|-[^-\"\\])*?{_PEM_END}"
+              rf"|{_PEM_BEGIN}(?:[A-Za-z][A-Za-z-]*:[ ][^\r\n\"\\<>]*|[A-Za-z0-9+/=\r\n]|\\[nr])*")
+_PEM_RE = re.compile(_PEM_VALUE)
 
 
 Validator = Callable[[str, int, int, bool], "tuple[str, int, int] | None"]
@@ -320,6 +323,9 @@ def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
         return None
     if val.isdigit() and len(val) < 6:
         return None                                      # counts and flags, not credentials
+    if text.startswith("-----BEGIN ", s):              # private_key: <PEM>, a service account's JSON: the whole block
+        pem = _PEM_RE.match(text, s)
+        return ("PRIVATE_KEY", s, pem.end()) if pem else ("SECRET", s, e)
     if API_KEY_RE.match(val):
         return ("API_KEY", s, e)
     if JWT_RE.match(val):
@@ -358,9 +364,7 @@ _HEX2 = "[0-9A-Fa-f]{2}"
 _SECRET_TRIGGER = (r"(?i:pass(?:word|wd|phrase|code)|pwd|secret|key|token|credentials?|cookie)"
                    + rf"(?:{SEP}|[ \t]+(?i:is)[ \t:])")
 BUILTIN_RULES: tuple[Rule, ...] = (
-    Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_BEGIN}(?:[^-\"\\]|\\[^\"]|-[^-\"\\])*?{_PEM_END}"
-                              rf"|{_PEM_BEGIN}(?:[A-Za-z][A-Za-z-]*:[ ][^\r\n\"\\<>]*|[A-Za-z0-9+/=\r\n]|\\[nr])*)",
-         trigger="-----BEGIN "),
+    Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_VALUE})", trigger="-----BEGIN "),
     Rule("JWT", LEFT + _JWT_BODY, _jwt, trigger="eyJ"),
     Rule("BEARER_TOKEN", LEFT + r"(?i:proxy-)?(?i:authorization)" + SEP + _Q
          + r"(?i:bearer|basic|token|digest)[ ]+(?P<v>[A-Za-z0-9._~+/-]+=*)",

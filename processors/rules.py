@@ -127,12 +127,15 @@ class TraceView:
 
     @functools.cached_property
     def context_text(self) -> str:
-        """Text the model was given from outside: tool results (spans and tool-role messages), and the
-        metadata of retrieved documents (LangChain's instrumentors record a Document's id only there)."""
+        """Text the model was given from outside: tool results (spans and tool-role messages), the
+        metadata of retrieved documents (LangChain's instrumentors record a Document's id only there), and
+        the output of a retriever that recorded no documents."""
         parts = [s["output_value"] for s in self.of_kind("TOOL") if isinstance(s.get("output_value"), str)]
         for s in self.of_kind("RETRIEVER", "RERANKER"):
             for item in as_list(dig(attrs(s), "retrieval", "documents")):
                 parts.extend(walk_strings(dig(item, "document", "metadata")))
+            if documents(s) is None and isinstance(s.get("output_value"), str):
+                parts.append(s["output_value"])  # no documents recorded: what it returned is in its output
         for s in self.of_kind("LLM"):
             for m in input_messages(s):
                 if m.get("role") in ("tool", "function"):
@@ -232,7 +235,8 @@ def _schema_errors(schema: Any, instance: Any) -> list[dict[str, Any]]:
     """Violations of ``schema`` by ``instance``; empty when it conforms or the schema itself is unusable.
 
     A string holding a PII placeholder (``<EMAIL>``) is not held against
-    pattern/format/length/enum keywords: the sanitizer put it there, not the model.
+    pattern/format/length/enum keywords, nor one that is only a placeholder against ``type``: the
+    sanitizer put it there, not the model.
     """
     if not isinstance(schema, dict):
         return []
@@ -247,6 +251,8 @@ def _schema_errors(schema: Any, instance: Any) -> list[dict[str, Any]]:
     for e in errors:
         if e.validator in _PLACEHOLDER_SENSITIVE and isinstance(e.instance, str) and PLACEHOLDER.search(e.instance):
             continue
+        if e.validator == "type" and isinstance(e.instance, str) and PLACEHOLDER.fullmatch(e.instance):
+            continue  # a number the sanitizer replaced ({"phone": 4155550132} -> {"phone": "<PHONE>"})
         path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
         out.append({"path": path, "validator": str(e.validator), "message": clip(e.message, 300)})
     return out[:5]

@@ -10,6 +10,7 @@ Pure functions; no state.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -523,9 +524,28 @@ def tool_span_arguments(span: SpanRow) -> tuple[str, Any, bool] | None:
         return None if is_hidden(value) else ("tool.parameters", value, True)
     value = span.get("input_value")
     if value is not None:
-        return None if is_hidden(value) else callback_arguments("input.value", value,
-                                                                span.get("input_mime_type") == JSON_MIME)
+        mime = span.get("input_mime_type")
+        declared = mime == JSON_MIME or (mime is None and _meant_as_json_object(value))
+        return None if is_hidden(value) else callback_arguments("input.value", value, declared)
     return None
+
+
+def _meant_as_json_object(value: Any) -> bool:
+    """An ``input.value`` with no mime type that opens an object but is neither JSON nor a Python literal.
+
+    The arguments of a TOOL span are JSON (an object) by contract, so ``{"order_id": 5`` is bad JSON
+    whether or not the producer declared the type; plain text (a search query) is not judged, nor is
+    LangChain's Python repr of the arguments (``{'query': 'x'}``).
+    """
+    if not isinstance(value, str) or not value.lstrip().startswith("{"):
+        return False
+    if try_json(value)[0]:
+        return True  # parsed once here, remembered for the rule that reads it next
+    try:
+        ast.literal_eval(value)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return True
+    return False
 
 
 def is_hidden(value: Any) -> bool:
@@ -598,7 +618,8 @@ def retrieval_outcome(span: SpanRow) -> str:
     """'found', 'empty' or 'unknown' for a RETRIEVER span.
 
     OpenInference cannot flatten an empty list, so a retriever with no
-    ``retrieval.documents`` keys returned nothing. A GenAI retrieval span that
+    ``retrieval.documents`` keys returned nothing, unless its ``output.value`` lists
+    what came back as JSON (then what is unknown). A GenAI retrieval span that
     lacks ``gen_ai.retrieval.documents`` did not capture content (it is opt-in):
     unknown, not empty.
     """
@@ -610,11 +631,36 @@ def retrieval_outcome(span: SpanRow) -> str:
     a = attrs(span)
     genai_only = dig(a, "gen_ai", "operation", "name") is not None and dig(a, "openinference") is None
     out = span.get("output_value")
-    if isinstance(out, str) and out.strip() in ("[]", "{}", ""):
+    if isinstance(out, str) and _empty_output(out):
         return "empty"
     if genai_only or is_hidden(out):  # OpenInference hid the output: what came back is unknown
         return "unknown"
+    if isinstance(out, str) and _listed_output(out):
+        return "unknown"  # its output lists what came back, just not as documents
     return "empty"
+
+
+def _empty_output(out: str) -> bool:
+    """``""``, ``[]``, ``{}``, ``null`` or an object of empty lists (``{"documents": []}``)."""
+    text = out.strip()
+    if text in ("", "[]", "{}", "null"):
+        return True
+    if text[:1] != "{":
+        return False
+    ok, parsed = try_json(text)
+    return ok and isinstance(parsed, dict) and all(v in ([], None) for v in parsed.values())
+
+
+def _listed_output(out: str) -> bool:
+    """A JSON list with items, or an object holding one (``{"documents": [...]}``)."""
+    text = out.strip()
+    if text[:1] not in ("[", "{"):
+        return False
+    ok, parsed = try_json(text)
+    if not ok:
+        return False
+    return bool(parsed) if isinstance(parsed, list) else isinstance(parsed, dict) and any(
+        isinstance(v, list) and v for v in parsed.values())
 
 
 def walk_strings(value: Any) -> Iterator[str]:

@@ -9,7 +9,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from tracesieve.collector import decode
-from tracesieve.collector.decode import DecodeLimits, _AttributeWalker, decode_request
+from tracesieve.collector.decode import DecodeLimits, _AttributeWalker, decode_request, span_kind_of
 
 
 def nest_three_times(flat):
@@ -100,6 +100,39 @@ def llm_span_request(**attributes: str) -> ExportTraceServiceRequest:
 
 def model_column(**attributes: str) -> str | None:
     return decode_request(llm_span_request(**attributes)).batch.column("llm_model_name")[0].as_py()
+
+
+def test_a_genai_tool_span_without_gen_ai_tool_name_takes_the_tool_from_its_span_name():
+    """The GenAI conventions name an execute_tool span ``execute_tool {gen_ai.tool.name}``; the attribute is only
+    recommended, and without it tool_name was empty. Another span's name is never taken for a tool."""
+    def tool_column(name: str, op: str = "execute_tool") -> str | None:
+        request = ExportTraceServiceRequest()
+        span = request.resource_spans.add().scope_spans.add().spans.add()
+        span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, name
+        span.start_time_unix_nano, span.end_time_unix_nano = 1_000_000_000, 2_000_000_000
+        span.attributes.append(KeyValue(key="gen_ai.operation.name", value=AnyValue(string_value=op)))
+        return decode_request(request).batch.column("tool_name")[0].as_py()
+
+    assert tool_column("execute_tool get_weather") == "get_weather"
+    assert tool_column("execute_tool") is None and tool_column("lookup") is None
+    assert tool_column("execute_tool gpt-4o", op="chat") is None
+
+
+def test_a_model_call_offered_tools_without_an_operation_name_is_an_llm_span_not_a_tool():
+    """With no gen_ai.operation.name, any gen_ai.tool.* key made the span a TOOL, gen_ai.tool.definitions (the
+    tools a chat call offers the model) included."""
+    kinds = [span_kind_of({"gen_ai.system": "openai", "gen_ai.tool.definitions": "[]"}),
+             span_kind_of({"gen_ai.tool.definitions": "[]", "gen_ai.tool.name": "lookup"}),
+             span_kind_of({"gen_ai.tool.call.arguments": "{}"})]
+    assert kinds == ["LLM", "TOOL", "TOOL"]
+
+
+def test_a_custom_genai_operation_takes_its_kind_from_its_keys_and_a_known_one_always_wins():
+    """Custom gen_ai.operation.name values are allowed; one with gen_ai.agent.* keys was an LLM span."""
+    assert span_kind_of({"gen_ai.operation.name": "run_crew", "gen_ai.agent.name": "planner"}) == "AGENT"
+    assert span_kind_of({"gen_ai.operation.name": "call_function", "gen_ai.tool.name": "lookup"}) == "TOOL"
+    assert span_kind_of({"gen_ai.operation.name": "chat.completions", "gen_ai.request.model": "m"}) == "LLM"
+    assert span_kind_of({"gen_ai.operation.name": "chat", "gen_ai.agent.name": "planner"}) == "LLM"
 
 
 def test_a_failed_openai_call_is_attributed_to_the_model_it_requested():

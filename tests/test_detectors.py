@@ -199,6 +199,30 @@ def test_pii_placeholder_does_not_break_a_pattern_in_the_schema():
     assert modes(make_trace(call)) == []
 
 
+def test_broken_json_arguments_of_a_tool_span_without_a_mime_type_are_a_tool_argument_failure():
+    """OpenInference TOOL spans often leave input.mime_type out; ``{"order_id": 5`` was then taken for plain
+    text and never judged. Plain text, and LangChain's Python repr of the arguments, still are not judged."""
+    def untyped(args: str) -> dict[str, Any]:
+        return make_span("TOOL", name="lookup_order", attrs={"tool.name": "lookup_order"}, input=args)
+
+    run = untyped('{"order_id": 5')
+    d = only(make_trace(run), "tool_argument")
+    assert (d.detector, d.span_id, d.evidence["source"]) == ("tool_args_json", run["span_id"], "input.value")
+    for text in ('{"order_id": 5}', "{'order_id': 5}", "order 5 for {customer}", "Paris"):
+        assert modes(make_trace(untyped(text))) == [], text
+
+
+def test_a_number_the_sanitizer_replaced_does_not_break_an_integer_type_in_the_schema():
+    """{"phone": 4155550132} is stored {"phone": "<PHONE>"}: the placeholder is a string where the schema wants an
+    integer, but the sanitizer put it there. Anything else of the wrong type still is a finding."""
+    dial = {"type": "function", "function": {"name": "dial", "parameters": {
+        "type": "object", "properties": {"phone": {"type": "integer"}}, "required": ["phone"]}}}
+    replaced = tool("dial", '{"phone": "<PHONE:3f9a1c>"}')
+    assert modes(make_trace(llm(tools=[dial]), replaced)) == []
+    wrong = tool("dial", '{"phone": "call me"}')
+    assert only(make_trace(llm(tools=[dial]), wrong), "tool_argument").detector == "tool_schema"
+
+
 def test_undeclared_tool_and_plain_text_tool_input_are_not_judged():
     run = tool("search", "refund policy for <EMAIL>", result="Refunds within 30 days.")
     run["input_mime_type"] = "text/plain"
@@ -206,6 +230,21 @@ def test_undeclared_tool_and_plain_text_tool_input_are_not_judged():
 
 
 # ====================================================================== retrieval_miss
+
+
+def test_a_retriever_whose_json_output_lists_results_but_records_no_documents_is_no_retrieval_miss():
+    """No retrieval.documents keys but an output.value listing what came back: it returned something, so neither
+    "returned no documents" nor a fact-stating answer right after it is a finding. An empty output still is."""
+    answer = llm("The Model X200 warranty covers parts and labour for 36 months from the date of purchase.")
+    for out in ('[{"id": "kb-7", "text": "X200 warranty: 36 months"}]', '{"documents": [{"page_content": "36 months"}]}'):
+        r = make_span("RETRIEVER", name="kb_search", input="x200 warranty", output=out)
+        assert modes(make_trace(r, answer)) == [], out
+    listed = make_span("RETRIEVER", name="kb_search", input="x200 warranty", output='[{"id": "doc-7", "text": "36 months"}]')
+    assert modes(make_trace(listed, llm("The X200 warranty lasts 36 months [doc-7]."))) == []
+    assert modes(make_trace(listed, llm("It lasts 36 months [doc-9]."))) == ["hallucination"]
+    for out in ('{"documents": []}', "[]", "No documents found."):
+        r = make_span("RETRIEVER", name="kb_search", input="x200 warranty", output=out)
+        assert "retrieval_miss" in modes(make_trace(r, answer)), out
 
 
 @pytest.mark.parametrize("genai", [False, True])

@@ -257,6 +257,38 @@ def test_genai_spans_are_judged_end_to_end(start_collector):
     assert "Summarise my last 3 orders" in cand[0]["input"]
 
 
+def test_tool_arguments_holding_a_phone_number_stay_valid_json_and_are_no_failure(start_collector):
+    """``{"customer_phone": 4155550132}`` became ``{"customer_phone": <PHONE>}`` in input.value and in the GenAI
+    arguments attribute: no longer JSON, so the sanitizer itself made a tool_argument (and a format_violation
+    on the declared JSON output) out of a good call. The number becomes a quoted placeholder instead."""
+    c = start_collector(FAST_JUDGE)
+    args = '{"customer_phone": 4155550132, "card": 4111111111111111, "attempts": 2}'
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            root.set_attribute("input.value", "Call the customer back")
+            with tracer.start_as_current_span("call_customer") as tool:
+                tool.set_attribute("openinference.span.kind", "TOOL")
+                tool.set_attribute("tool.name", "call_customer")
+                for io in ("input", "output"):
+                    tool.set_attribute(f"{io}.value", args)
+                    tool.set_attribute(f"{io}.mime_type", "application/json")
+            with tracer.start_as_current_span("execute_tool call_customer") as call:
+                call.set_attribute("gen_ai.operation.name", "execute_tool")
+                call.set_attribute("gen_ai.tool.name", "call_customer")
+                call.set_attribute("gen_ai.tool.call.arguments", args)
+            trace_id = format(root.get_span_context().trace_id, "032x")
+    c.wait_for(f"SELECT 1 FROM trace_state WHERE trace_id = '{trace_id}' AND judged_seq = received_seq",
+               lambda r: len(r) == 1)
+    rows = c.query(f"SELECT input_value, output_value, attributes FROM spans WHERE trace_id = '{trace_id}' "
+                   "AND span_kind = 'TOOL' ORDER BY name")
+    stored = [rows[0]["input_value"], rows[0]["output_value"],
+              json.loads(rows[1]["attributes"])["gen_ai"]["tool"]["call"]["arguments"]]
+    want = '{"customer_phone": "<PHONE>", "card": "<CARD>", "attempts": 2}'
+    assert stored == [want, want, want]
+    assert c.query(f"SELECT failure_mode FROM detections WHERE trace_id = '{trace_id}'") == []
+
+
 def _failing_tool_judged_before_its_root(c: Any, agent_tracer: Any, question: str, order_id: str) -> str:
     """An AGENT root asking ``question`` whose failing lookup_order child goes out over HTTP and is judged
     (a candidate counts the trace) before the root ends and is exported: a long run's export order.

@@ -163,6 +163,8 @@ def test_a_private_key_with_escaped_newlines_is_one_redaction():
     ("Passport number:\nX12345678", "X12345678", "PASSPORT"),
     ("my social security number is 536221234", "536221234", "SSN"),
     ("SSN: 536 22 1234", "536 22 1234", "SSN"),
+    ("SSN: 987-65-4321", "987-65-4321", "SSN"),           # a 9xx area (an ITIN) counts after the label
+    ("patient_ssn: 912-70-1234", "912-70-1234", "SSN"),
     ("write to josé@example.com", "example.com", "EMAIL"),
     ("émilie.dupont@example.fr", "dupont", "EMAIL"),
     ("my phone number is 4155550132", "4155550132", "PHONE"),
@@ -184,7 +186,8 @@ def test_context_values_across_line_breaks_and_accented_addresses_in_every_form(
             json.loads(out)
 
 
-@pytest.mark.parametrize("text", ["ssn 123456789012", "classname 536221234", "ssn: 666221234", "order 536221234",
+@pytest.mark.parametrize("text", ["ssn 123456789012", "classname 536221234", "ssn: 666221234", "SSN 666-22-1234",
+                                  "order 536221234",
                                   "passport\nphoto attached", "order 4155550132", "hotel: 4155550132",
                                   "otel.span_id: 4155550132", "phone 41555501321234567", "phone: 4155550132x",
                                   "tell me about 4155550132"])
@@ -200,6 +203,28 @@ def test_a_number_outside_any_json_string_becomes_a_quoted_placeholder():
     assert json.loads(out) == {"payment": {"card": "<CARD>", "ids": ["<CARD>", 7], "note": "card <CARD>",
                                            "list": "a,<CARD>, b", "spaced": ["<CARD>"]}}
     assert counts == Counter({"CARD": 5})
+
+
+def test_a_number_in_json_held_as_text_or_in_a_json_string_becomes_a_quoted_placeholder_too():
+    """Tool arguments are JSON in input.value (a text column) and in an attribute (a JSON string in the
+    attributes JSON): a bare <PHONE> there left JSON that no longer parses. Prose keeps its text."""
+    args = '{"customer_phone": 4155550132, "card": 4111111111111111, "note": "call 4155550132, ok", "n": [2]}'
+    want = '{"customer_phone": "<PHONE>", "card": "<CARD>", "note": "call 4155550132, ok", "n": [2]}'
+    attrs = json.dumps({"gen_ai": {"tool": {"call": {"arguments": args}}}})
+    response = json.dumps({"choices": [{"message": {"tool_calls": [{"function": {"arguments": args}}]}}]})
+    in_response = ["choices", 0, "message", "tool_calls", 0, "function", "arguments"]
+    for text, json_text, path in ((args, False, []), (attrs, True, ["gen_ai", "tool", "call", "arguments"]),
+                                  (response, False, in_response),      # a provider response in output.value
+                                  (json.dumps({"output": {"value": response}}), True, ["output", "value"] + in_response)):
+        column, counters = Sanitizer().redact_array(pa.array([text]), json_text)
+        for out, counts in (Sanitizer().redact(text, json_text=json_text), (column.to_pylist()[0], counters[0])):
+            inner: Any = out
+            for key in path:
+                inner = (json.loads(inner) if isinstance(inner, str) else inner)[key]
+            assert inner == want and counts == Counter(PHONE=1, CARD=1), out
+    assert Sanitizer().redact("card 4111111111111111, ok") == ("card <CARD>, ok", Counter(CARD=1))
+    prose = json.dumps({"m": "values: 4111111111111111, ok"})
+    assert Sanitizer().redact(prose, json_text=True)[0] == '{"m": "values: <CARD>, ok"}'
 
 
 def test_phone_numbers_without_separators_are_found_by_their_key_also_as_json_numbers():
@@ -470,6 +495,20 @@ def test_a_pgp_private_key_block_is_one_private_key_in_text_and_json():
     assert Sanitizer().redact(cut)[0] == "<PRIVATE_KEY>"
     legacy = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,1A2B3C4D\n\nMIIEpAIBAAKCAQEA\n"
     assert Sanitizer().redact(legacy)[0] == "<PRIVATE_KEY>"
+
+
+def test_a_private_key_assigned_to_a_secret_key_is_a_private_key():
+    """A service-account file (``"private_key": "-----BEGIN PRIVATE KEY-----..."``) or ``private_key=...``:
+    the secret assignment found the value first and counted it as a SECRET, not the PEM it is."""
+    key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n"
+    doc = json.dumps({"type": "service_account", "private_key": key, "client_id": "1234"})
+    column, counters = Sanitizer().redact_array(pa.array([doc]), True)
+    for out, counts in (Sanitizer().redact(doc, json_text=True), (column.to_pylist()[0], counters[0])):
+        assert json.loads(out) == {"type": "service_account", "private_key": "<PRIVATE_KEY>\n", "client_id": "1234"}
+        assert counts == Counter(PRIVATE_KEY=1)
+    assert Sanitizer().redact(f"secret_key: {PGP_KEY}") == ("secret_key: <PRIVATE_KEY>", Counter(PRIVATE_KEY=1))
+    # unquoted, the assignment's value stopped at the first blank: "<SECRET> PRIVATE KEY-----" and the key body kept
+    assert Sanitizer().redact(f"private_key = {key}") == ("private_key = <PRIVATE_KEY>\n", Counter(PRIVATE_KEY=1))
 
 
 @pytest.mark.parametrize("phone", ["+1.415.555.0132", "1.415.555.0132", "+1.212.555.0199 (mobile)"])
