@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import duckdb
@@ -238,9 +239,9 @@ def test_a_client_hanging_up_during_a_big_answer_leaves_the_log_quiet(start_coll
     assert "socket.send() raised" not in c.log()
 
 
-def _start_runaway_query(c):
-    """A `query` CLI whose statement would run for hours, started once the collector is busy running it."""
-    import subprocess
+def _start_runaway_query(c, served: bool = True):
+    """A `query` CLI whose statement would run for hours, started once the collector (``served``) or the
+    CLI itself is busy running it."""
     import sys
 
     from proc_helpers import cpu_seconds
@@ -249,12 +250,13 @@ def _start_runaway_query(c):
         [sys.executable, "-m", "tracesieve.collector.cli", "query", "--db", str(c.db_path),
          "SELECT count(*) FROM range(100000000000) t(a) WHERE a % 7 = 3"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runner = c.proc.pid if served else cli.pid
     deadline, used = time.monotonic() + 20, 0.0
     while used < 0.3 and time.monotonic() < deadline:  # the CLI starts, sends the query, the collector runs it
-        busy = cpu_seconds(c.proc.pid)
+        busy = cpu_seconds(runner)
         time.sleep(1)
-        used = cpu_seconds(c.proc.pid) - busy
-    assert used >= 0.3, "the query is not running in the collector"
+        used = cpu_seconds(runner) - busy
+    assert used >= 0.3, "the query is not running"
     return cli
 
 
@@ -275,6 +277,22 @@ def test_a_query_whose_client_hangs_up_stops_in_the_collector(start_collector):
     assert cpu_seconds(c.proc.pid) - idle < 0.5, "the query still runs after its client left"
     assert c.query("SELECT 1 AS x") == [{"x": 1}]
     assert "Traceback" not in c.log()
+
+
+def test_ctrl_c_stops_a_query_on_the_file(start_collector):
+    """Without a collector, Ctrl-C on a runaway `query` left the CLI running on (most times: DuckDB's own
+    check for signals stopped it only now and then, and then as `internal error: RuntimeError`)."""
+    c = start_collector(NO_JUDGE)
+    assert c.stop() == 0
+    cli = _start_runaway_query(c, served=False)
+    cli.send_signal(signal.SIGINT)
+    try:
+        _, err = cli.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        cli.kill()
+        cli.communicate()
+        raise AssertionError("the CLI still ran 10 s after Ctrl-C") from None
+    assert cli.returncode == 2 and err.strip() == "tracesieve: error: aborted", err
 
 
 def test_serve_stops_on_sigterm_while_a_query_runs(start_collector):
