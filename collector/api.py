@@ -60,14 +60,43 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
+class Hangup:
+    """Stops the reads of one query-surface call whose client has gone (a Ctrl-C'd runaway query):
+    ``cancel()``, from any thread, interrupts every cursor the call opened and refuses it new ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._cancelled = False
+
+    def track(self, cur: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._cancelled:
+                raise UsageError("the client hung up")
+            self._cursors.append(cur)
+        return cur
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            cursors = list(self._cursors)
+        for cur in cursors:
+            cur.interrupt()
+
+
 class StoreApi:
     def __init__(self, read_cursor: Callable[[], duckdb.DuckDBPyConnection], run_write: WriteRunner,
                  query_time_limit: float | None = None) -> None:
-        self._cursor = read_cursor
+        self._new_cursor = read_cursor
         self._run_write = run_write
         # In the collector an operator's SQL shares the process with ingest: a runaway join would hold a
         # core (and the CLI would give up long before it ends). None: no limit (the CLI on the file itself).
         self._query_time_limit = query_time_limit
+        self._call = threading.local()  # the Hangup of the call this thread runs
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        hangup: Hangup | None = getattr(self._call, "hangup", None)
+        return hangup.track(self._new_cursor()) if hangup is not None else self._new_cursor()
 
     def call(self, op: str, args: dict[str, Any]) -> Any:
         handler = getattr(self, f"op_{op}", None)
@@ -75,14 +104,19 @@ class StoreApi:
             raise UsageError(f"unknown operation {op!r}")
         return jsonable(handler(**args))
 
-    def call_json(self, op: str, args: dict[str, Any]) -> list[bytes]:
+    def call_json(self, op: str, args: dict[str, Any], hangup: Hangup | None = None) -> list[bytes]:
         """``call``, answered as the query surface's body ``{"result": ...}`` (UTF-8 JSON, in pieces to send
         one after the other): the same values as ``call`` gives, encoded once. A query's rows are read and
         encoded a chunk at a time, so a big answer costs the collector about its text, not its rows as
-        Python objects twice over besides. The whole answer is made before it returns (its result closed)."""
-        if op != "query":
-            return [_encode({"result": self.call(op, args)})]
-        return self._query_pieces(**args)
+        Python objects twice over besides. The whole answer is made before it returns (its result closed).
+        ``hangup.cancel()`` stops the call's reads when its client has gone."""
+        self._call.hangup = hangup
+        try:
+            if op != "query":
+                return [_encode({"result": self.call(op, args)})]
+            return self._query_pieces(**args)
+        finally:
+            self._call.hangup = None
 
     def _query_pieces(self, sql: str) -> list[bytes]:
         cursor = self._cursor()

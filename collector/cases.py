@@ -362,9 +362,28 @@ def _read_removed(path: Path) -> tuple[dict[str, int | None], list[str]]:
         label = entry.get("id") or f"removed[{i}]"
         if missing:
             problems.append(f"{where}: {label}: missing {', '.join(missing)}")
+        problems.extend(f"{where}: {label}: {p}" for p in _ledger_field_problems(_plain(entry)))
         if entry.get("id"):
             ids[str(entry["id"])] = line
     return ids, problems
+
+
+def _ledger_field_problems(entry: Mapping[str, Any]) -> list[str]:
+    """Fields of a ledger entry that are present but of the wrong kind, checked like a case's own."""
+    problems = []
+    cid, at = entry.get("id"), entry.get("at")
+    if cid and not (isinstance(cid, str) and CASE_ID.match(cid)):
+        problems.append(f"id {cid!r} is not a case id (TS-0001, ...)")
+    problems.extend(f"{key} {entry[key]!r} is not text" for key in ("reason", "by")
+                    if entry.get(key) and not isinstance(entry[key], str))
+    if at:
+        try:
+            iso = isinstance(at, str) and bool(dt.datetime.fromisoformat(at.replace("Z", "+00:00")))
+        except ValueError:
+            iso = False
+        if not iso:
+            problems.append(f"at {at!r} is not an ISO 8601 time")
+    return problems
 
 
 def _case_ids(doc: Any) -> list[str]:

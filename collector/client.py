@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -93,7 +94,28 @@ class LocalClient:
         return result
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
-        return self.api.call(op, args or {})
+        """``op`` on the file, run in a thread so that Ctrl-C interrupts it: DuckDB's own check for signals
+        stopped a running query only now and then (and then as a RuntimeError), else the CLI ran on."""
+        outcome: list[tuple[bool, Any]] = []
+
+        def run() -> None:
+            try:
+                outcome.append((True, self.api.call(op, args or {})))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append((False, exc))
+
+        worker = threading.Thread(target=run, name="tracesieve-call", daemon=True)
+        worker.start()
+        try:
+            worker.join()
+        except KeyboardInterrupt:
+            self._con.interrupt()
+            worker.join(5)
+            raise
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
 
     def close(self) -> None:
         self._con.close()

@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tracesieve.collector.api import Hangup
 from tracesieve.collector.export import ExportService, Hold, retry_hint
 from tracesieve.collector.metrics import CONTENT_TYPE, refusal_reason
 from tracesieve.storage.errors import (
@@ -174,8 +175,29 @@ class _Inflater:
         return -zlib.MAX_WBITS  # bare deflate
 
 
-#: (op, args) -> the answer's JSON body, ``{"result": ...}``, in pieces (StoreApi.call_json)
-ApiHandler = Callable[[str, dict[str, Any]], list[bytes]]
+#: (op, args, hangup) -> the answer's JSON body, ``{"result": ...}``, in pieces (StoreApi.call_json)
+ApiHandler = Callable[[str, dict[str, Any], Hangup], list[bytes]]
+
+
+async def _until_done_or_hung_up(request: Request, work: asyncio.Future[Any], hangup: Hangup) -> None:
+    """Wait for ``work``; when the client of ``request`` (its body read) closes the connection first, or
+    the server gives up on the request (a shutdown's grace period over), its reads are interrupted: a
+    Ctrl-C'd runaway query must not keep a core busy up to the query time limit, nor hold up serve's exit."""
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    gone = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        hangup.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not work.done() and gone.done() and not gone.cancelled() and gone.exception() is None:
+        hangup.cancel()
 
 
 def build_app(
@@ -259,7 +281,10 @@ def build_app(
         except ValueError as exc:
             return JSONResponse({"error": f"bad request body: {exc}", "kind": "usage"}, status_code=400)
         try:
-            result = await run_in_threadpool(api, op, args)
+            hangup = Hangup()
+            work = asyncio.ensure_future(run_in_threadpool(api, op, args, hangup))
+            await _until_done_or_hung_up(request, work, hangup)
+            result = await work
         except NotFoundError as exc:
             return JSONResponse({"error": str(exc), "kind": "not_found"}, status_code=404)
         except UsageError as exc:

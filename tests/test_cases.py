@@ -321,6 +321,25 @@ def test_lint_reports_an_incomplete_ledger_entry(tmp_path):
     assert "TS-0003: missing reason, at" in problem
 
 
+def test_lint_reports_ledger_fields_of_the_wrong_type(tmp_path):
+    """A ledger entry is {id, reason, by, at} like a case's own fields: `at: yesterday`, `at: 5`, an
+    id that is no case id and a list for a reason passed lint (only missing fields were reported)."""
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    (tmp_path / "cases_removed.yaml").write_text(
+        "removed:\n"
+        "  - {id: TS-0003, reason: dup, by: ann, at: yesterday}\n"
+        "  - {id: TS-0004, reason: dup, by: ann, at: 5}\n"
+        "  - {id: 9, reason: dup, by: ann, at: 2026-11-22T00:00:00Z}\n"
+        "  - {id: TS-0005, reason: [dup], by: ann, at: 2026-11-22T00:00:00Z}\n"
+        "  - {id: TS-0006, reason: dup, by: ann, at: 2026-11-22T00:00:00Z}\n")
+    assert lint_cases(path) == [
+        "cases_removed.yaml:2: TS-0003: at 'yesterday' is not an ISO 8601 time",
+        "cases_removed.yaml:3: TS-0004: at 5 is not an ISO 8601 time",
+        "cases_removed.yaml:4: 9: id 9 is not a case id (TS-0001, ...)",
+        "cases_removed.yaml:5: TS-0005: reason ['dup'] is not text",
+    ]
+
+
 def test_lint_of_a_missing_file_is_not_found(tmp_path):
     with pytest.raises(NotFoundError):
         lint_cases(tmp_path / "cases.yaml")

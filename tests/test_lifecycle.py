@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import duckdb
@@ -236,6 +237,76 @@ def test_a_client_hanging_up_during_a_big_answer_leaves_the_log_quiet(start_coll
             next(r.iter_bytes())
     assert c.query("SELECT 1 AS x") == [{"x": 1}]  # still answering
     assert "socket.send() raised" not in c.log()
+
+
+def _start_runaway_query(c, served: bool = True):
+    """A `query` CLI whose statement would run for hours, started once the collector (``served``) or the
+    CLI itself is busy running it."""
+    import sys
+
+    from proc_helpers import cpu_seconds
+
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "tracesieve.collector.cli", "query", "--db", str(c.db_path),
+         "SELECT count(*) FROM range(100000000000) t(a) WHERE a % 7 = 3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runner = c.proc.pid if served else cli.pid
+    deadline, used = time.monotonic() + 20, 0.0
+    while used < 0.3 and time.monotonic() < deadline:  # the CLI starts, sends the query, the collector runs it
+        busy = cpu_seconds(runner)
+        time.sleep(1)
+        used = cpu_seconds(runner) - busy
+    assert used >= 0.3, "the query is not running"
+    return cli
+
+
+def test_a_query_whose_client_hangs_up_stops_in_the_collector(start_collector):
+    """A runaway `query` Ctrl-C'd while serve ran kept running inside the collector (a core busy for as
+    long as the query would take, up to service.query_time_limit) after the CLI had exited: nothing told
+    DuckDB to stop."""
+    from proc_helpers import cpu_seconds
+
+    c = start_collector(NO_JUDGE)
+    cli = _start_runaway_query(c)
+    cli.send_signal(signal.SIGINT)
+    _, err = cli.communicate(timeout=15)
+    assert cli.returncode == 2 and err.strip() == "tracesieve: error: aborted", err
+    time.sleep(1)  # the collector notices the hang-up
+    idle = cpu_seconds(c.proc.pid)
+    time.sleep(3)
+    assert cpu_seconds(c.proc.pid) - idle < 0.5, "the query still runs after its client left"
+    assert c.query("SELECT 1 AS x") == [{"x": 1}]
+    assert "Traceback" not in c.log()
+
+
+def test_ctrl_c_stops_a_query_on_the_file(start_collector):
+    """Without a collector, Ctrl-C on a runaway `query` left the CLI running on (most times: DuckDB's own
+    check for signals stopped it only now and then, and then as `internal error: RuntimeError`)."""
+    c = start_collector(NO_JUDGE)
+    assert c.stop() == 0
+    cli = _start_runaway_query(c, served=False)
+    cli.send_signal(signal.SIGINT)
+    try:
+        _, err = cli.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        cli.kill()
+        cli.communicate()
+        raise AssertionError("the CLI still ran 10 s after Ctrl-C") from None
+    assert cli.returncode == 2 and err.strip() == "tracesieve: error: aborted", err
+
+
+def test_serve_stops_on_sigterm_while_a_query_runs(start_collector):
+    """SIGTERM while a client waited for a long query: uvicorn gave up on the request after its grace
+    period, but the query ran on in its thread and serve did not exit until service.query_time_limit
+    (110 s) stopped it."""
+    c = start_collector(NO_JUDGE)
+    cli = _start_runaway_query(c)
+    started = time.monotonic()
+    assert c.stop(signal.SIGTERM, timeout=40) == 0
+    assert time.monotonic() - started < 30
+    _, err = cli.communicate(timeout=15)
+    assert cli.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in c.log()
 
 
 def _strict_json(text: str):
