@@ -120,11 +120,50 @@ def parse_json(body: bytes) -> ExportTraceServiceRequest:
         error = exc
     try:  # attribute values nested past what the parser takes become "[too deep]" (deep_values.py)
         request = ExportTraceServiceRequest()
-        json_format.ParseDict(clamp_json(doc), request, ignore_unknown_fields=True)
+        repaired = _repair_javascript_values(doc, surrogates=_is_strict_utf8(body))
+        json_format.ParseDict(clamp_json(repaired), request, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError):
         raise PermanentError("request body is not a valid OTLP/JSON ExportTraceServiceRequest: "
                              f"{_parse_error_without_values(error)}") from None
     return request
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_INT64_MIN, _INT64_END = -(2 ** 63), 2 ** 63
+
+
+def _is_strict_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _repair_javascript_values(node: Any, *, surrogates: bool) -> Any:
+    """What JSON.stringify makes of JS values, as the Node OTLP/JSON exporter sends them, made what
+    the same SDK's protobuf exporter sends: a lone surrogate escape (``"\\ud83c"``, a string cut
+    mid-emoji by ``slice``) becomes U+FFFD, and an ``intValue`` past int64 (``2 ** 64``) a
+    ``doubleValue``. Only run after a request failed to parse, so well-formed requests pay nothing.
+    ``surrogates`` is False when the body is not strict UTF-8: surrogates written as raw bytes are
+    invalid UTF-8 and stay an error."""
+    if isinstance(node, str):
+        return _LONE_SURROGATE.sub("\ufffd", node) if surrogates else node
+    if isinstance(node, list):
+        return [_repair_javascript_values(item, surrogates=surrogates) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {_repair_javascript_values(key, surrogates=surrogates):
+           _repair_javascript_values(value, surrogates=surrogates) for key, value in node.items()}
+    for key in ("intValue", "int_value"):
+        value = out.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not _INT64_MIN <= value < _INT64_END:
+            try:
+                out["doubleValue"] = float(value)
+            except OverflowError:
+                continue
+            del out[key]
+    return out
 
 
 _FAILED_FIELD = re.compile(r"Failed to parse (\w+) field")
