@@ -40,6 +40,14 @@ _GENAI_OPERATION_KIND = {
 #: OpenLLMetry copies LangChain run metadata / association properties here (session_id, thread_id, ...).
 _TRACELOOP_SESSION = tuple(f"traceloop.association.properties.{k}" for k in ("session_id", "conversation_id", "thread_id"))
 _TRACELOOP_KIND = {"workflow": "CHAIN", "task": "TOOL", "agent": "AGENT", "tool": "TOOL", "llm": "LLM"}
+#: The Vercel AI SDK (`ai`, Node) names each span's operation in ``ai.operationId``; its tool calls
+#: and its outer generate/stream calls (the agent loop) carry no gen_ai key.
+_VERCEL_AI_KIND = {
+    "ai.toolCall": "TOOL", "ai.generateText": "AGENT", "ai.streamText": "AGENT", "ai.generateObject": "AGENT",
+    "ai.streamObject": "AGENT", "ai.generateText.doGenerate": "LLM", "ai.streamText.doStream": "LLM",
+    "ai.generateObject.doGenerate": "LLM", "ai.streamObject.doStream": "LLM", "ai.embed": "EMBEDDING",
+    "ai.embedMany": "EMBEDDING", "ai.embed.doEmbed": "EMBEDDING", "ai.embedMany.doEmbed": "EMBEDDING",
+}
 _KNOWN_KINDS = frozenset(SPAN_KINDS)
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -329,7 +337,7 @@ def _append_span(
     append("llm_token_count_prompt").append(prompt)
     append("llm_token_count_completion").append(completion)
     append("llm_token_count_total").append(total)
-    append("tool_name").append(_first_str(flat, "tool.name", "gen_ai.tool.name"))
+    append("tool_name").append(_first_str(flat, "tool.name", "gen_ai.tool.name", "ai.toolCall.name"))
     append("attributes").append(_dumps(walker.nest(flat)))
     append("resource_attributes").append(resource_json)
     append("events").append(_dumps([_event(e, walker) for e in span.events]))
@@ -357,6 +365,9 @@ def span_kind_of(flat: dict[str, Any]) -> str:
     tl = flat.get("traceloop.span.kind")
     if isinstance(tl, str) and tl.lower() in _TRACELOOP_KIND:
         return _TRACELOOP_KIND[tl.lower()]
+    vercel = flat.get("ai.operationId")
+    if isinstance(vercel, str) and vercel in _VERCEL_AI_KIND:
+        return _VERCEL_AI_KIND[vercel]
     has_genai = False
     for key in flat:
         if key.startswith("gen_ai."):
@@ -374,9 +385,10 @@ def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, s
     if value is None:
         fallbacks = (
             ("gen_ai.tool.call.arguments", "gen_ai.input.messages", "gen_ai.retrieval.query.text",
-             "traceloop.entity.input")
+             "traceloop.entity.input", "ai.toolCall.args", "ai.prompt")
             if side == "input"
-            else ("gen_ai.tool.call.result", "gen_ai.output.messages", "traceloop.entity.output")
+            else ("gen_ai.tool.call.result", "gen_ai.output.messages", "traceloop.entity.output",
+                  "ai.toolCall.result", "ai.response.text", "ai.response.object")
         )
         for key in fallbacks:
             if flat.get(key) is not None:
@@ -392,7 +404,8 @@ def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, s
     return value, mime if isinstance(mime, str) else None
 
 
-_JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages"})
+_JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", "ai.toolCall.args", "ai.prompt",
+                             "ai.response.object"})
 
 
 def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, kind: str) -> str | None:
