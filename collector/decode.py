@@ -40,6 +40,14 @@ _GENAI_OPERATION_KIND = {
 #: OpenLLMetry copies LangChain run metadata / association properties here (session_id, thread_id, ...).
 _TRACELOOP_SESSION = tuple(f"traceloop.association.properties.{k}" for k in ("session_id", "conversation_id", "thread_id"))
 _TRACELOOP_KIND = {"workflow": "CHAIN", "task": "TOOL", "agent": "AGENT", "tool": "TOOL", "llm": "LLM"}
+#: The Vercel AI SDK (`ai`, Node) names each span's operation in ``ai.operationId``; its tool calls
+#: and its outer generate/stream calls (the agent loop) carry no gen_ai key.
+_VERCEL_AI_KIND = {
+    "ai.toolCall": "TOOL", "ai.generateText": "AGENT", "ai.streamText": "AGENT", "ai.generateObject": "AGENT",
+    "ai.streamObject": "AGENT", "ai.generateText.doGenerate": "LLM", "ai.streamText.doStream": "LLM",
+    "ai.generateObject.doGenerate": "LLM", "ai.streamObject.doStream": "LLM", "ai.embed": "EMBEDDING",
+    "ai.embedMany": "EMBEDDING", "ai.embed.doEmbed": "EMBEDDING", "ai.embedMany.doEmbed": "EMBEDDING",
+}
 _KNOWN_KINDS = frozenset(SPAN_KINDS)
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -120,11 +128,50 @@ def parse_json(body: bytes) -> ExportTraceServiceRequest:
         error = exc
     try:  # attribute values nested past what the parser takes become "[too deep]" (deep_values.py)
         request = ExportTraceServiceRequest()
-        json_format.ParseDict(clamp_json(doc), request, ignore_unknown_fields=True)
+        repaired = _repair_javascript_values(doc, surrogates=_is_strict_utf8(body))
+        json_format.ParseDict(clamp_json(repaired), request, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError):
         raise PermanentError("request body is not a valid OTLP/JSON ExportTraceServiceRequest: "
                              f"{_parse_error_without_values(error)}") from None
     return request
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_INT64_MIN, _INT64_END = -(2 ** 63), 2 ** 63
+
+
+def _is_strict_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _repair_javascript_values(node: Any, *, surrogates: bool) -> Any:
+    """What JSON.stringify makes of JS values, as the Node OTLP/JSON exporter sends them, made what
+    the same SDK's protobuf exporter sends: a lone surrogate escape (``"\\ud83c"``, a string cut
+    mid-emoji by ``slice``) becomes U+FFFD, and an ``intValue`` past int64 (``2 ** 64``) a
+    ``doubleValue``. Only run after a request failed to parse, so well-formed requests pay nothing.
+    ``surrogates`` is False when the body is not strict UTF-8: surrogates written as raw bytes are
+    invalid UTF-8 and stay an error."""
+    if isinstance(node, str):
+        return _LONE_SURROGATE.sub("\ufffd", node) if surrogates else node
+    if isinstance(node, list):
+        return [_repair_javascript_values(item, surrogates=surrogates) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {_repair_javascript_values(key, surrogates=surrogates):
+           _repair_javascript_values(value, surrogates=surrogates) for key, value in node.items()}
+    for key in ("intValue", "int_value"):
+        value = out.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not _INT64_MIN <= value < _INT64_END:
+            try:
+                out["doubleValue"] = float(value)
+            except OverflowError:
+                continue
+            del out[key]
+    return out
 
 
 _FAILED_FIELD = re.compile(r"Failed to parse (\w+) field")
@@ -290,7 +337,7 @@ def _append_span(
     append("llm_token_count_prompt").append(prompt)
     append("llm_token_count_completion").append(completion)
     append("llm_token_count_total").append(total)
-    tool = _first_str(flat, "tool.name", "gen_ai.tool.name")
+    tool = _first_str(flat, "tool.name", "gen_ai.tool.name", "ai.toolCall.name")
     if tool is None and kind == "TOOL" and span.name.startswith("execute_tool "):
         tool = walker.text(span.name[13:].strip()) or None  # GenAI names the span "execute_tool {gen_ai.tool.name}"
     append("tool_name").append(tool)
@@ -323,6 +370,9 @@ def span_kind_of(flat: dict[str, Any]) -> str:
     tl = flat.get("traceloop.span.kind")
     if isinstance(tl, str) and tl.lower() in _TRACELOOP_KIND:
         return _TRACELOOP_KIND[tl.lower()]
+    vercel = flat.get("ai.operationId")
+    if isinstance(vercel, str) and vercel in _VERCEL_AI_KIND:
+        return _VERCEL_AI_KIND[vercel]
     has_genai = False
     for key in flat:
         if key.startswith("gen_ai."):
@@ -340,9 +390,10 @@ def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, s
     if value is None:
         fallbacks = (
             ("gen_ai.tool.call.arguments", "gen_ai.input.messages", "gen_ai.retrieval.query.text",
-             "traceloop.entity.input")
+             "traceloop.entity.input", "ai.toolCall.args", "ai.prompt")
             if side == "input"
-            else ("gen_ai.tool.call.result", "gen_ai.output.messages", "traceloop.entity.output")
+            else ("gen_ai.tool.call.result", "gen_ai.output.messages", "traceloop.entity.output",
+                  "ai.toolCall.result", "ai.response.text", "ai.response.object")
         )
         for key in fallbacks:
             if flat.get(key) is not None:
@@ -358,7 +409,8 @@ def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, s
     return value, mime if isinstance(mime, str) else None
 
 
-_JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages"})
+_JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", "ai.toolCall.args", "ai.prompt",
+                             "ai.response.object"})
 
 
 def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, kind: str) -> str | None:

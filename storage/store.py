@@ -411,7 +411,8 @@ def load_traces_table(
 
 
 def traces_from_table(table: pa.Table, trace_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """SpanRow dicts grouped by trace (JSON columns parsed), each trace by start_time (unset first), span_id.
+    """SpanRow dicts grouped by trace (JSON columns parsed), each trace by start_time (unset first), then
+    in table order (see _span_order).
 
     A trace's spans mostly carry the same resource, links and events text (``{...}``, ``[]``): each
     distinct text is parsed once per call and its value shared by those spans, so callers must treat
@@ -449,9 +450,14 @@ def traces_from_table(table: pa.Table, trace_ids: Sequence[str]) -> dict[str, li
 _UNPARSED = object()
 
 
-def _span_order(span: dict[str, Any]) -> tuple[bool, dt.datetime, str]:
+def _span_order(span: dict[str, Any]) -> tuple[bool, dt.datetime]:
+    """Spans that start together keep the order they were stored in (a stable sort over the scan,
+    which DuckDB returns in insertion order): the order they were received, which for one SDK is the
+    order they ended. The JS SDK stamps starts in whole milliseconds, so tools run back to back share
+    a start, and their ends (that start plus a measured duration) do not order them either; the span
+    id, the tie-breaker before, is random."""
     start = span.get("start_time")
-    return (start is not None, start or _EPOCH, str(span.get("span_id") or ""))
+    return (start is not None, start or _EPOCH)
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)

@@ -459,3 +459,38 @@ def test_an_agent_killed_by_a_signal_is_reported_by_the_signals_name(tmp_path):
     record = failed_case_record(tmp_path, script)
     assert record["reasons"][0] == "the agent was killed by SIGSEGV (loading model)"
     assert record["run_results"][0]["exit_code"] == -11
+
+
+REPLAY_NODE_AGENT = r"""
+# Sends what a Node agent (@opentelemetry/sdk-trace-node 2.12, BatchSpanProcessor, OTLP/JSON) exported
+# for one run, labelled with the gate's OTEL_RESOURCE_ATTRIBUTES as the SDK's envDetector would.
+import json, os, sys, urllib.request
+body = json.load(open(sys.argv[1]))
+pairs = [p.split("=", 1) for p in os.environ["OTEL_RESOURCE_ATTRIBUTES"].split(",") if "=" in p]
+body["resourceSpans"][0]["resource"]["attributes"] += [{"key": k, "value": {"stringValue": v}} for k, v in pairs]
+urllib.request.urlopen(urllib.request.Request(os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] + "/v1/traces",
+                       json.dumps(body).encode(), {"Content-Type": "application/json"}), timeout=30)
+"""
+
+
+def test_a_node_agents_tools_are_judged_in_the_order_they_ran_though_they_started_in_one_millisecond(tmp_path):
+    """The JS SDK stamps a span's start with Date.now() (whole milliseconds) and its end as that start
+    plus a sub-millisecond duration, so stubbed tools run back to back share one start time, and their
+    ends say nothing about their order (here the first, still-cold call is the slowest:
+    testdata/js_fast_agent_trace.json). The tie was broken by span id: a Node agent calling
+    lookup_order, refund_payment, send_email failed `required_tool_sequence` at random. Spans that
+    start together are taken in the order they were received, the order the SDK ended them."""
+    trace = json.loads((ROOT / "tests" / "testdata" / "js_fast_agent_trace.json").read_text())
+    tools = [s for s in trace["resourceSpans"][0]["scopeSpans"][0]["spans"] if s["name"] != "agent"]
+    assert [s["name"] for s in tools] == ["lookup_order", "refund_payment", "send_email"]
+    assert len({s["startTimeUnixNano"] for s in tools}) == 1
+    assert [s["name"] for s in sorted(tools, key=lambda s: s["spanId"])][0] != "lookup_order"
+    assert [s["name"] for s in sorted(tools, key=lambda s: int(s["endTimeUnixNano"]))][0] != "lookup_order"
+    script = tmp_path / "replay_node_agent.py"
+    script.write_text(REPLAY_NODE_AGENT)
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {
+        "required_tool_sequence": ["lookup_order", "refund_payment", "send_email"]}}])
+    result = run_cli("gate", "--cases", str(cases), "--protocol", "http/json", "--format", "json", "--",
+                     sys.executable, str(script), str(ROOT / "tests" / "testdata" / "js_fast_agent_trace.json"),
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import openai
 import pydantic
 import pytest
@@ -26,7 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode, Tracer
 
-from conftest import FAST_JUDGE
+from conftest import FAST_JUDGE, TESTDATA
 from sdk_helpers import sdk_tracer
 
 LOOKUP_ORDER = {"type": "function", "function": {
@@ -480,3 +481,27 @@ def test_a_citation_of_a_retrieved_langchain_document_named_in_its_metadata_is_n
                 })
     c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
     assert c.query("SELECT failure_mode, message FROM detections") == []
+
+
+def test_a_failing_vercel_ai_sdk_tool_call_is_a_tool_invocation_failure(start_collector):
+    """The Vercel AI SDK (`ai` 6.0, Node's most used LLM library, `experimental_telemetry` on) names its
+    spans by `ai.operationId` and records a tool call as an `ai.toolCall` span with `ai.toolCall.name` /
+    `.args`, no `gen_ai.*` key: the tool span, and its failure, were UNKNOWN and unseen. The payload is
+    what its OTLP/JSON exporter sent for `generateText` with a mock model calling a tool that throws."""
+    c = start_collector(FAST_JUDGE)
+    body = (TESTDATA / "vercel_ai_sdk_tool_error.json").read_bytes()
+    response = httpx.post(f"{c.http_url}/v1/traces", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    rows = c.query("SELECT name, span_kind, tool_name, input_value, input_mime_type, output_value FROM spans "
+                   "ORDER BY start_time")
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["ai.generateText"]["span_kind"] == "AGENT"
+    assert json.loads(by_name["ai.generateText"]["input_value"]) == {"prompt": "Refund ORD-1"}
+    assert by_name["ai.generateText"]["output_value"] == "Sorry, the refund failed."
+    tool = by_name["ai.toolCall"]
+    assert (tool["span_kind"], tool["tool_name"]) == ("TOOL", "refund_payment")
+    assert (json.loads(tool["input_value"]), tool["input_mime_type"]) == ({"order": "ORD-1"}, "application/json")
+    assert {r["span_kind"] for r in rows if r["name"] == "ai.generateText.doGenerate"} == {"LLM"}
+    found = c.wait_for("SELECT d.failure_mode, s.name FROM detections d JOIN spans s USING (span_id)",
+                       lambda r: len(r) > 0)
+    assert found == [{"failure_mode": "tool_invocation", "name": "ai.toolCall"}]

@@ -154,6 +154,39 @@ def test_partial_success_over_http_json(start_collector):
     assert "span_id is all zeros" in body["partialSuccess"]["errorMessage"]
 
 
+def test_otlp_json_from_the_node_exporter_is_stored_as_its_protobuf_twin(start_collector):
+    """@opentelemetry/exporter-trace-otlp-http (0.223) writes what JSON.stringify makes of JS values: an
+    answer cut mid-emoji by String.slice keeps a lone surrogate (``\\ud83c``), NaN becomes
+    ``{"doubleValue": null}``, and an integer past int64 stays an ``intValue`` (2**64). Its protobuf
+    twin (exporter-trace-otlp-proto, the same span: testdata/js_exporter_quirks.js made both) sends
+    U+FFFD and a double, and is stored. The JSON one must be too, with the same values, not refused
+    whole with a 400 that the exporter drops, losing every span of the batch."""
+    c = start_collector(NO_JUDGE)
+    response = post(c, (TESTDATA / "js_exporter_quirks.json").read_bytes(), "application/json")
+    assert response.status_code == 200, response.text
+    twin = ExportTraceServiceRequest.FromString((TESTDATA / "js_exporter_quirks.pb").read_bytes())
+    sent = {kv.key: kv.value for kv in twin.resource_spans[0].scope_spans[0].spans[0].attributes}
+    rows = c.query("SELECT output_value, attributes FROM spans WHERE span_id = '6cd57bff041d4e0f'")
+    assert len(rows) == 1
+    attributes = json.loads(rows[0]["attributes"])
+    assert rows[0]["output_value"] == sent["output.value"].string_value == "Your refund is on its way \ufffd"
+    assert attributes["llm"]["output_messages"][0]["message"]["content"] == sent["output.value"].string_value
+    assert attributes["cache"]["bytes_served"] == sent["cache.bytes_served"].double_value == 2.0 ** 64
+    assert attributes["eval"]["score"] is None
+    assert attributes["llm"]["token_count"]["total"] == 17
+
+
+def test_a_lone_surrogate_in_raw_utf8_bytes_is_still_invalid_utf8(start_collector):
+    """Only the JSON escape is repaired: the same code point written as raw (CESU-8) bytes is invalid
+    UTF-8 and refuses the request whole, as DESIGN says."""
+    c = start_collector(NO_JUDGE)
+    body = (TESTDATA / "js_exporter_quirks.json").read_bytes().replace(b"\\ud83c", "\ud83c".encode("utf-8", "surrogatepass"))
+    assert b"\\ud83c" not in body
+    response = post(c, body, "application/json")
+    assert response.status_code == 400
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 0}]
+
+
 def test_base64_ids_as_message_to_json_writes_them_are_taken_and_other_ids_rejected_by_span(start_collector):
     """OTLP/JSON ids are hex; json_format.MessageToJson of a request writes base64. Base64 of the right
     length cannot be mistaken for hex (24 vs 32 characters), so such a request is stored, not refused
