@@ -117,6 +117,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--traces-per-request", type=int, default=8)
     ap.add_argument("--pool-traces", type=int, default=3000)
+    ap.add_argument("--span-workers", default=None, help="service.span_workers (default: the config default, auto)")
     ap.add_argument("--cli", default=None, help="command that runs the tracesieve CLI")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args(argv)
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
                 acked[tid.hex()] = (wall, kind)
 
     server = Server(pii=a.pii == "on", decision_wait=a.decision_wait, cli=shlex.split(a.cli) if a.cli else None,
-                    keep=a.keep)
+                    keep=a.keep, span_workers=a.span_workers)
     rc_ok = False
     try:
         server.start()
