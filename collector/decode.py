@@ -128,8 +128,9 @@ def parse_json(body: bytes) -> ExportTraceServiceRequest:
         error = exc
     try:  # attribute values nested past what the parser takes become "[too deep]" (deep_values.py)
         request = ExportTraceServiceRequest()
-        repaired = _repair_javascript_values(doc, surrogates=_is_strict_utf8(body))
-        json_format.ParseDict(clamp_json(repaired), request, ignore_unknown_fields=True)
+        # clamped first: the repair walks the whole document, and only a clamped one is shallow enough
+        repaired = _repair_javascript_values(clamp_json(doc), surrogates=_is_strict_utf8(body))
+        json_format.ParseDict(repaired, request, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError):
         raise PermanentError("request body is not a valid OTLP/JSON ExportTraceServiceRequest: "
                              f"{_parse_error_without_values(error)}") from None
