@@ -8,7 +8,7 @@ import gc
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 #: Allocations between young-generation collections (Python's default is 700).
 GC_YOUNG_THRESHOLD = 50_000
@@ -64,17 +64,17 @@ def trim_heap() -> None:
         _LIBC.malloc_trim(0)
 
 
-class HeapTrimmer:
-    """A daemon thread that calls :func:`trim_heap` every ``every`` seconds until stopped."""
+class Periodic:
+    """A daemon thread named ``name`` that calls ``action`` every ``every`` seconds until stopped."""
 
-    def __init__(self, every: float = TRIM_SECONDS) -> None:
+    def __init__(self, every: float, action: Callable[[], None], name: str) -> None:
         self._every = every
+        self._action = action
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tracesieve-heap-trim", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> HeapTrimmer:
-        if _LIBC is not None:
-            self._thread.start()
+    def start(self) -> Self:
+        self._thread.start()
         return self
 
     def stop(self) -> None:
@@ -84,7 +84,17 @@ class HeapTrimmer:
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):
-            trim_heap()
+            self._action()
+
+
+class HeapTrimmer(Periodic):
+    """Calls :func:`trim_heap` every ``every`` seconds until stopped (only where glibc is the C library)."""
+
+    def __init__(self, every: float = TRIM_SECONDS) -> None:
+        super().__init__(every, trim_heap, "tracesieve-heap-trim")
+
+    def start(self) -> Self:
+        return super().start() if _LIBC is not None else self
 
 
 # --------------------------------------------------------------------------- resident memory
@@ -105,7 +115,7 @@ def resident_bytes(pid: int) -> int:
         return 0
 
 
-class MemoryWatch:
+class MemoryWatch(Periodic):
     """The resident memory of this process and its span workers, read every MEMORY_SAMPLE_SECONDS.
 
     ``receivers.otlp.limits.max_memory`` compares against it, as the OpenTelemetry Collector's
@@ -114,20 +124,12 @@ class MemoryWatch:
     """
 
     def __init__(self, worker_pids: Callable[[], list[int]], every: float = MEMORY_SAMPLE_SECONDS) -> None:
+        super().__init__(every, self._refresh, "tracesieve-memory")
         self._worker_pids = worker_pids
-        self._every = every
         self.resident = self._read()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="tracesieve-memory", daemon=True)
 
-    def start(self) -> MemoryWatch:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+    def _refresh(self) -> None:
+        self.resident = self._read()
 
     def _read(self) -> int:
         try:
@@ -135,7 +137,3 @@ class MemoryWatch:
         except Exception:  # the pool is being replaced: count this process alone until the next reading
             pids = []
         return sum(resident_bytes(pid) for pid in (os.getpid(), *pids))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._every):
-            self.resident = self._read()
