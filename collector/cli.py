@@ -84,7 +84,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tracesieve.storage.errors import ConfigError, NotFoundError, TraceSieveError, UsageError
+from tracesieve.storage.errors import ConfigError, TraceSieveError, UsageError
 
 DEFAULT_DB = "tracesieve.duckdb"
 EXIT_FAILURES = 1
@@ -549,21 +549,13 @@ def export(fmt: str, status: str, ids: tuple[str, ...], cases_path: str | None, 
 
 def _dataset_cases(path: str, status: str, ids: tuple[str, ...]) -> list[dict[str, Any]]:
     """The cases ``export --cases`` writes: active ones (all with ``--status all``), of a lint-clean dataset."""
-    from tracesieve.collector.cases import read_cases
     from tracesieve.collector.gate import load_active_cases
 
     if status not in ("promoted", "all"):
         raise UsageError(f"--status {status} names candidates in the store; with --cases the dataset's active "
                          "cases are exported (--status all adds deprecated ones)")
-    active = load_active_cases(path)  # refuses a missing or invalid dataset, in one line
-    cases = [c for c in read_cases(path) if c.get("status") in ("active", "deprecated")] if status == "all" else active
-    if ids:
-        known = {str(c.get("id")) for c in cases}
-        missing = [i for i in ids if i not in known]
-        if missing:
-            raise NotFoundError(f"no {'' if status == 'all' else 'active '}case {missing[0]!r} in {path}")
-        cases = [c for c in cases if str(c.get("id")) in set(ids)]
-    return cases
+    # refuses a missing or invalid dataset, and an unknown id, in one line
+    return load_active_cases(path, ids, ("active", "deprecated") if status == "all" else ("active",))
 
 
 def _write_records(records: list[dict[str, Any]], fmt: str, out_path: str | None) -> None:

@@ -37,7 +37,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from tracesieve.collector.cases import (
@@ -114,20 +114,22 @@ class CaseResult:
 # before running anything
 
 
-def load_active_cases(path: str, only: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The active cases of a dataset that passes ``cases lint``, in file order; UsageError / NotFoundError otherwise."""
+def load_active_cases(path: str, only: Sequence[str] = (),
+                      statuses: Collection[str] = ("active",)) -> list[dict[str, Any]]:
+    """The active cases (or those of ``statuses``) of a dataset that passes ``cases lint``, in file order;
+    UsageError / NotFoundError otherwise."""
     if not os.path.isfile(path):
         raise NotFoundError(f"no dataset at {path} (promote a candidate with `tracesieve promote` first)")
     problems = lint_cases(path)
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UsageError(f"invalid dataset: {problems[0]}{more}; see `tracesieve cases lint {path}`")
-    active = [c for c in read_cases(path) if c.get("status") == "active"]  # lint checked they are scorable
+    active = [c for c in read_cases(path) if c.get("status") in statuses]  # lint checked they are scorable
     if only:
         known = {str(c["id"]) for c in active}
         missing = [i for i in only if i not in known]
         if missing:
-            raise NotFoundError(f"no active case {missing[0]!r} in {path}")
+            raise NotFoundError(f"no {'active ' if set(statuses) == {'active'} else ''}case {missing[0]!r} in {path}")
         active = [c for c in active if str(c["id"]) in set(only)]
     return active
 
