@@ -248,6 +248,8 @@ class Sanitizer:
                         bs -= 1
                     elif ch == "\\" and text.startswith("u", bs):  # a \u escape inside the run (josé as jos\u00e9)
                         bs -= _backslash_run(text, bs)
+                    elif ch == "'" and bs - 1 > covered and text[bs - 2].isalnum() and text[bs].isalnum():
+                        bs -= 1      # an apostrophe inside a word (o'brien@example.com)
                     else:
                         break
                 m = None

@@ -289,9 +289,9 @@ _NAME = rf"(?P<v>{_NAME_WORD}(?:[ ]+{_NAME_WORD}){{0,2}})"
 _TITLE = r"(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?[ ]+)?"
 PERSON_INTRO_PATTERN = (LEFT + r"(?:(?:[Mm]y|MY)[ ](?:full[ ])?(?:name|NAME)(?:[ ]+(?:is|IS)|'s)[ ]+" + _TITLE
                         + r"|Dear[ ]+" + _TITLE
-                        + r"|(?:[Ss]incerely|[Rr]egards|[Ss]igned),(?:[ \t]|\r?\n|\\+[rnt]){0,6})"
+                        + r"|(?:[Ss]incerely|[Rr]egards|[Ss]igned)[,:](?:[ \t]|\r?\n|\\+[rnt]){0,6})"
                         + _NAME)
-PERSON_INTRO_TRIGGER = r"[Mm]y (?:full )?name|MY NAME|Dear |[Ss]incerely,|[Rr]egards,|[Ss]igned,"
+PERSON_INTRO_TRIGGER = r"[Mm]y (?:full )?name|MY NAME|Dear |[Ss]incerely[,:]|[Rr]egards[,:]|[Ss]igned[,:]"
 # One rule for every "<key or label> name: value" form; the validator reads the key back.
 _NAME_CH = rf"(?:[A-Za-z{_UP}{_LO}'’. -]|\\+u[0-9a-fA-F]{{4}})"
 _NAME_VALUE_FORMS = (rf'''(?:\\*"(?P<v>{_CAP}{_NAME_CH}*)\\*"|'(?P<v2>{_CAP}{_NAME_CH}*)'|'''

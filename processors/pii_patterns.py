@@ -395,7 +395,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("API_KEY", LEFT + _API_KEY_BODY, _bounded("API_KEY"),
          trigger=r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|xox[abprse]-|[sr]k_(?:live|test)_"
                  r"|AIza|hf_|xapp-|whsec_|glpat-|SG\.|npm_|gsk_|xai-"),
-    Rule("EMAIL", LEFT_EMAIL + rf"(?P<v>(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE})+"
+    # An apostrophe inside the local part (o'brien@, mary.o'connor@) belongs to it; the value never
+    # starts with one, so a quoted address ('bob@x.com') keeps its quote.
+    Rule("EMAIL", LEFT_EMAIL + rf"(?P<v>(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE})"
+         + rf"(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE}|'[A-Za-z0-9{_LATIN}])*"
          + r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
          trigger=rf"[A-Za-z0-9._%+{_LATIN}-]@[A-Za-z0-9-]"),
     Rule("IBAN", LEFT + r"(?P<v>[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?)", _iban,

@@ -167,6 +167,8 @@ def test_a_private_key_with_escaped_newlines_is_one_redaction():
     ("patient_ssn: 912-70-1234", "912-70-1234", "SSN"),
     ("write to josé@example.com", "example.com", "EMAIL"),
     ("émilie.dupont@example.fr", "dupont", "EMAIL"),
+    ("write to mary.o'connor@example.com", "mary.o", "EMAIL"),   # an apostrophe inside the local part
+    ("Signed: Aiko Tanaka", "Tanaka", "PERSON"),
     ("my phone number is 4155550132", "4155550132", "PHONE"),
     ("Mobile:\n+447911123456", "447911123456", "PHONE"),
     ("Tel.: 4155550132", "4155550132", "PHONE"),
@@ -624,6 +626,8 @@ def test_context_lookalikes_are_never_touched(corpus_results):
     ("my name is Jane Doe", "Jane Doe", "PERSON"), ("Dear John Smith", "John Smith", "PERSON"),
     ("Name: Maria Garcia", "Maria Garcia", "PERSON"), ("Name - Maria Garcia", "Maria Garcia", "PERSON"),
     ("Kind regards,\nMaria Garcia", "Maria Garcia", "PERSON"), ("Signed, Aiko Tanaka", "Aiko Tanaka", "PERSON"),
+    ("Signed: Aiko Tanaka", "Aiko Tanaka", "PERSON"), ("mail o'brien@example.com", "o'brien@example.com", "EMAIL"),
+    ("'bob@example.com'", "bob@example.com", "EMAIL"),   # the quotes around an address are not its local part
 ])
 def test_each_context_form_replaces_only_the_value(text, value, type_):
     out, counts = Sanitizer().redact(text + ".")
