@@ -12,12 +12,13 @@ judged bumps the version, so the trace is judged again, without duplicates.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import threading
 import time
 from concurrent.futures import Future
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -175,10 +176,13 @@ class Judge:
         except Exception as exc:
             log.error("writing a judged round failed (%s); its traces will be judged again", type(exc).__name__)
 
-    def _run_processors(self, traces: dict[str, list[dict[str, Any]]]) -> TraceBatch:
+    def _run_processors(self, traces: dict[str, list[dict[str, Any]]], table: pa.Table,
+                        since: dt.datetime | None) -> TraceBatch:
         batch = TraceBatch(traces=traces)
         for proc in self._processors:
             batch = self._run_processor(proc, batch)
+            if isinstance(proc, DetectorsProcessor):
+                batch = self._linked_feedback(batch, table, list(traces), since)
         return batch
 
     def _run_processor(self, proc: TraceProcessor, batch: TraceBatch) -> TraceBatch:
@@ -212,7 +216,8 @@ class Judge:
             out.candidates.extend(single.candidates)
         return out
 
-    def _judge_table(self, table: pa.Table, trace_ids: list[str], behind: bool = False) -> TraceBatch:
+    def _judge_table(self, table: pa.Table, trace_ids: list[str], since: dt.datetime | None = None,
+                     behind: bool = False) -> TraceBatch:
         """The trace stage over one round's spans; the built-in rules run in the rule finder when there is one.
 
         Only the traces with a finding become span dicts here (promotion needs them); a trace an
@@ -220,14 +225,14 @@ class Judge:
         """
         if self._rule_finder is not None:
             try:
-                return self._judge_elsewhere(self._rule_finder, table, trace_ids, behind)
+                return self._judge_elsewhere(self._rule_finder, table, trace_ids, since, behind)
             except Exception as exc:
                 log.warning("judging with the span workers failed (%s); judging this round here", type(exc).__name__)
         # One bad trace or step must not block the others forever (see _run_processor).
-        return self._run_processors(store.traces_from_table(table, trace_ids))
+        return self._run_processors(store.traces_from_table(table, trace_ids), table, since)
 
     def _judge_elsewhere(self, finder: RuleFinder, table: pa.Table, trace_ids: list[str],
-                         behind: bool = False) -> TraceBatch:
+                         since: dt.datetime | None = None, behind: bool = False) -> TraceBatch:
         detectors = self._processors[0]
         assert isinstance(detectors, DetectorsProcessor)
         found = finder.find_rule_findings(detectors, table, behind=behind) if table.num_rows else {}
@@ -240,9 +245,63 @@ class Judge:
             spans = batch.traces[trace_id]
             findings = detectors.judge(trace_id, spans, sql[trace_id]) if trace_id in sql else found[trace_id]
             batch.detections.extend(detectors.detections_for(trace_id, findings))
+        batch = self._linked_feedback(batch, table, trace_ids, since)
         for proc in self._processors[1:]:
             batch = self._run_processor(proc, batch)
         return batch
+
+    def _linked_feedback(self, batch: TraceBatch, table: pa.Table, trace_ids: Sequence[str],
+                         since: dt.datetime | None) -> TraceBatch:
+        """Feedback sent later, on a carrier span in a trace of its own, is a failure of the trace it links to.
+
+        OpenInference sends post-hoc annotations that way (a new EVALUATOR span with one link to
+        its target). Filed under the carrier's trace, the detection named a span of another trace,
+        and its candidate held the carrier's empty input: every thumbs-down on every conversation
+        became one candidate that nobody could replay. The finding now moves to the linked trace
+        when the store holds it (onto the linked span, or the root for trace feedback), and its
+        candidate is built from that trace's spans. A trace judged again gets back the findings
+        moved onto it earlier (store.linked_feedback): its own spans no longer show them.
+        """
+        moved = [d for d in batch.detections
+                 if d.failure_mode == "negative_feedback" and isinstance(d.evidence.get("target"), Mapping)]
+        margin = store.LAKE_RECEIVED_MARGIN if self._trace_store is not None else store.RECEIVED_MARGIN
+        with self._writer.reading():
+            carried = store.linked_feedback(self._cursor, trace_ids, since, margin)
+        if not moved and not carried:
+            return batch
+        wanted = ({str(d.evidence["target"].get("trace_id")) for d in moved}
+                  | {d.trace_id for d in carried}) - batch.traces.keys()
+        in_round = sorted(wanted & set(trace_ids))
+        spans_of = store.traces_from_table(
+            table.filter(pc.is_in(table.column("trace_id"), pa.array(in_round, pa.string()))), in_round)
+        elsewhere = sorted(wanted - set(in_round))
+        if elsewhere:
+            with self._writer.reading():
+                spans_of.update(store.traces_from_table(store.load_traces_table(self._cursor, elsewhere), elsewhere))
+        traces = dict(batch.traces)
+        moved_ids = {id(d) for d in moved}
+        detections = [d for d in batch.detections if id(d) not in moved_ids]
+        for d in moved:
+            target = d.evidence["target"]
+            trace_id = str(target.get("trace_id"))
+            spans = traces.get(trace_id) or spans_of.get(trace_id)
+            if not spans:  # not stored (yet, or any more): the finding stays with the carrier
+                detections.append(d)
+                continue
+            traces[trace_id] = spans
+            span_ids = {s["span_id"] for s in spans}
+            span_id = str(target.get("span_id"))
+            if target.get("scope") in ("trace", "session") or span_id not in span_ids:
+                span_id = _root_span_id(spans, span_ids)
+            detections.append(dataclasses.replace(d, trace_id=trace_id, span_id=span_id, evidence={
+                **d.evidence, store.CARRIER_TRACE_KEY: d.trace_id, "carrier_span_id": d.span_id}))
+        known = {d.detection_id for d in detections}
+        for d in carried:
+            spans = traces.get(d.trace_id) or spans_of.get(d.trace_id)
+            if spans and d.detection_id not in known:
+                traces[d.trace_id] = spans
+                detections.append(d)
+        return TraceBatch(traces=traces, detections=detections, candidates=list(batch.candidates))
 
     def _read_round(self, quiet_since: dt.datetime | None, in_flight: frozenset[str]) -> tuple[
             list[tuple[str, int, Any]], pa.Table | None, list[str], dt.datetime | None]:
@@ -285,7 +344,7 @@ class Judge:
         if table is None:
             return 0
         lags = settle_lags(table, self.decision_wait) if quiet else []
-        batch = self._judge_table(table, trace_ids, behind=max(lags, default=0.0) > LAG_BUDGET_SECONDS)
+        batch = self._judge_table(table, trace_ids, since, behind=max(lags, default=0.0) > LAG_BUDGET_SECONDS)
         detections = list(batch.detections)
         candidates = list(batch.candidates)
 
@@ -310,6 +369,14 @@ class Judge:
             log.info("judged %d traces: %d detections, %d candidate updates", len(due), len(detections),
                      len(candidates))
         return len(due)
+
+
+def _root_span_id(spans: Sequence[dict[str, Any]], span_ids: set[str]) -> str:
+    """The span of ``spans`` without a parent among them (the earliest, when several are)."""
+    for span in spans:
+        if span.get("parent_span_id") not in span_ids:
+            return str(span["span_id"])
+    return str(spans[0]["span_id"])
 
 
 def settle_lags(table: pa.Table, decision_wait: float) -> list[float]:

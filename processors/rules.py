@@ -1024,11 +1024,14 @@ def negative_feedback(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         elsewhere = first.get("target")  # an EVALUATOR carrier linked to a span of another trace
         judged = (f"span {elsewhere.get('span_id')} of trace {elsewhere.get('trace_id')}" if elsewhere
                   else f"this {'trace' if target == view.root_id else 'span'}")
+        evidence: dict[str, Any] = {"feedback": recs[:20], "score_threshold": cfg.feedback_score_threshold}
+        if elsewhere:  # the judge moves this finding onto that trace when the store holds it (Judge._linked_feedback)
+            evidence["target"] = {**elsewhere, "scope": first["scope"]}
         found.append(Finding(
             target, detector, "negative_feedback",
             f"{first.get('name') or first['source']} judged {judged} as failed ({what})"
             + (f" (+{len(recs) - 1} more)" if len(recs) > 1 else ""),
-            {"feedback": recs[:20], "score_threshold": cfg.feedback_score_threshold},
+            evidence,
         ))
     return found
 

@@ -176,13 +176,15 @@ class LakeTraceStore:
         if not fresh:
             return
         keep = {d[0] for d in fresh}
-        save_detections(con, sorted(keep), [d for d in detections if d.trace_id in keep], now)
-        mine = [c for c in candidates if c.trace_id in keep]
+        # with the findings these traces' feedback moved onto the traces it judges (Judge._linked_feedback)
+        ours = [d for d in detections if d.trace_id in keep or d.evidence.get(store.CARRIER_TRACE_KEY) in keep]
+        save_detections(con, sorted(keep), ours, now)
+        mine = [c for c in candidates if c.trace_id in keep or c.trace_id in {d.trace_id for d in ours}]
         if mine:
             candidate_store.upsert_candidates(con, mine, now)
         rejudged = [d[0] for d in fresh if current.get(d[0]) is not None]
         if rejudged:
-            candidate_store.withdraw_stale(con, rejudged, mine, [d for d in detections if d.trace_id in keep])
+            candidate_store.withdraw_stale(con, rejudged, mine, ours)
         store.mark_judged(con, fresh, now)
 
     def mark_judged(self, con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]],
@@ -207,7 +209,8 @@ def save_detections(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str], de
     unique = {d.detection_id: d for d in detections}
     con.execute(
         f"DELETE FROM detections WHERE trace_id IN (SELECT unnest({unpacked('$1')})) "
-        f"AND detection_id NOT IN (SELECT unnest({unpacked('$2')}))",
+        f"AND detection_id NOT IN (SELECT unnest({unpacked('$2')})) "
+        f"AND json_extract_string(evidence, '$.{store.CARRIER_TRACE_KEY}') IS NULL",  # see store.save_detections
         [packed(trace_ids), packed(unique)],
     )
     if not unique:

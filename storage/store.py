@@ -503,9 +503,11 @@ def save_detections(
     # (migrations._v4), so these three statements are what keep detection_id unique.
     since = [received_since - RECEIVED_MARGIN] if received_since is not None else []
     window = " AND detections.detected_at >= ?" if since else ""
+    # Feedback another trace carried (linked_feedback) is that trace's to keep or replace, not this one's.
     con.execute(
         f"DELETE FROM detections WHERE trace_id IN (SELECT unnest({unpacked('?')})) "
-        f"AND detection_id NOT IN (SELECT unnest({unpacked('?')})){window}",
+        f"AND detection_id NOT IN (SELECT unnest({unpacked('?')})){window} "
+        f"AND json_extract_string(evidence, '$.{CARRIER_TRACE_KEY}') IS NULL",
         [packed(trace_ids), packed(ids), *since],
     )
     if not detections:
@@ -528,6 +530,40 @@ def save_detections(
             f"INSERT INTO detections ({', '.join(columns)}) SELECT {', '.join(columns)} FROM _incoming_detections "
             f"AS i WHERE NOT EXISTS (SELECT 1 FROM detections WHERE detections.detection_id = i.detection_id"
             f"{window})", since)
+
+
+#: Evidence key of a detection moved onto the trace it judges from the trace that carried the feedback.
+CARRIER_TRACE_KEY = "carrier_trace_id"
+
+
+def linked_feedback(con: duckdb.DuckDBPyConnection, trace_ids: Sequence[str],
+                    received_since: dt.datetime | None = None,
+                    margin: dt.timedelta = RECEIVED_MARGIN) -> list[Detection]:
+    """The stored detections of ``trace_ids`` that feedback sent later, in a trace of its own, put there.
+
+    A trace judged again finds only its own spans' findings: these are added to them, so the
+    judgement keeps their candidate (see save_detections, which never deletes them for the trace
+    they judge). ``received_since`` bounds the scan as in save_detections: they were made after
+    the trace's first spans were stored.
+    """
+    if not trace_ids:
+        return []
+    sql = (f"SELECT trace_id, span_id, detector, failure_mode, severity, blast_radius, message, evidence "
+           f"FROM detections WHERE list_contains({unpacked('?')}, trace_id) "
+           f"AND json_extract_string(evidence, '$.{CARRIER_TRACE_KEY}') IS NOT NULL")
+    params: list[Any] = [packed(trace_ids)]
+    if received_since is not None:
+        sql += " AND detected_at >= ?"
+        params.append(received_since - margin)
+    out = []
+    for trace_id, span_id, detector, mode, severity, blast, message, evidence in con.execute(sql, params).fetchall():
+        try:
+            parsed = orjson.loads(evidence) if isinstance(evidence, str) else evidence
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            out.append(Detection(trace_id, span_id, detector, mode, severity, blast, message, parsed))
+    return out
 
 
 def judged_before(con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]]) -> list[str]:

@@ -101,3 +101,41 @@ def emit_agent_trace(tracer: Tracer, *, question: str = "What is our refund poli
             final.set_attribute("llm.finish_reason", "stop")
         root.set_attribute(SpanAttributes.OUTPUT_VALUE, "Refunds are accepted within 30 days [doc-1].")
         return format(root.get_span_context().trace_id, "032x")
+
+
+def emit_conversation(tracer: Any, question: str) -> tuple[str, str]:
+    """A support agent's turn (AGENT -> LLM answer); returns (trace_id, the LLM span's id)."""
+    with tracer.start_as_current_span("support_agent") as root:
+        root.set_attribute("openinference.span.kind", "AGENT")
+        root.set_attribute("input.value", question)
+        with tracer.start_as_current_span("llm") as llm:
+            llm.set_attribute("openinference.span.kind", "LLM")
+            llm.set_attribute("llm.input_messages.0.message.role", "user")
+            llm.set_attribute("llm.input_messages.0.message.content", question)
+            llm.set_attribute("output.value", "Returns are accepted within 90 days.")
+            llm_id = format(llm.get_span_context().span_id, "016x")
+        root.set_attribute("output.value", "Returns are accepted within 90 days.")
+        return format(root.get_span_context().trace_id, "032x"), llm_id
+
+
+def emit_thumbs_down(tracer: Any, trace_id: str, span_id: str, *, scope: str = "annotations") -> str:
+    """Post-hoc feedback as OpenInference sends it: a new EVALUATOR span linked to its target; returns its trace."""
+    from opentelemetry.trace import Link, SpanContext, TraceFlags
+
+    target = SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(1))
+    with tracer.start_as_current_span("user_feedback", links=[Link(target)]) as carrier:
+        carrier.set_attribute("openinference.span.kind", "EVALUATOR")
+        carrier.set_attribute(f"{scope}.0.annotation.name", "thumbs")
+        carrier.set_attribute(f"{scope}.0.annotation.label", "thumbs_down")
+        carrier.set_attribute(f"{scope}.0.annotation.annotator_kind", "HUMAN")
+        return format(carrier.get_span_context().trace_id, "032x")
+
+
+def emit_late_span(tracer: Any, trace_id: str, parent_id: str) -> None:
+    """A span of an existing trace, exported after it (a late child of ``parent_id``)."""
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+    parent = SpanContext(int(trace_id, 16), int(parent_id, 16), is_remote=True, trace_flags=TraceFlags(1))
+    with tracer.start_as_current_span("late_step", context=set_span_in_context(NonRecordingSpan(parent))) as s:
+        s.set_attribute("openinference.span.kind", "CHAIN")
+

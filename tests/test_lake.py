@@ -29,7 +29,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from conftest import free_port, run_cli
 from lake_helpers import LakeCollector, PostgresCluster, lake_config, postgres_bin_dir
-from sdk_helpers import emit_agent_trace, sdk_tracer
+from sdk_helpers import emit_agent_trace, emit_conversation, emit_thumbs_down, sdk_tracer
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -518,3 +518,30 @@ def test_a_catalog_outage_under_a_running_collector(tmp_path: Path) -> None:
     finally:
         c.kill()
         cluster.stop()
+
+
+@needs_postgres
+@needs_lake_extra
+def test_feedback_sent_later_lands_on_the_conversation_it_links_to_on_the_lake(postgres: PostgresCluster,
+                                                                            tmp_path: Path) -> None:
+    """The lake saves a judge round on its own path (lake_writes): the moved finding and its candidate,
+    filed under a trace outside the round, were dropped there at first."""
+    c = LakeCollector(tmp_path, lake_config(postgres.create_database("feedback"), tmp_path / "data"))
+    try:
+        c.start(timeout=120)
+        with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+            conversation, answer = emit_conversation(tracer, "Can I return a blender after 40 days?")
+        c.wait_for(f"SELECT count(*) AS n FROM spans WHERE trace_id = '{conversation}'", lambda r: r[0]["n"] == 2)
+        time.sleep(1.0)
+        with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+            emit_thumbs_down(tracer, conversation, answer)
+        rows = c.wait_for("SELECT trace_id, span_id FROM detections WHERE failure_mode = 'negative_feedback'",
+                          lambda r: len(r) == 1, timeout=30)
+        assert rows == [{"trace_id": conversation, "span_id": answer}]
+        cands = c.wait_for("SELECT input, trace_ids FROM candidates WHERE failure_mode = 'negative_feedback'",
+                           lambda r: len(r) == 1)
+        assert json.loads(cands[0]["input"])["user_message"] == "Can I return a blender after 40 days?"
+        assert cands[0]["trace_ids"] == [conversation]
+        assert c.stop() == 0
+    finally:
+        c.kill()

@@ -34,7 +34,7 @@ from tracesieve.storage.schema import Detection
 from tracesieve.collector.decode import nest_attributes
 
 from conftest import FAST_JUDGE
-from sdk_helpers import sdk_tracer
+from sdk_helpers import emit_conversation, emit_late_span, emit_thumbs_down, sdk_tracer
 
 T0 = dt.datetime(2026, 11, 21, 10, 0, tzinfo=dt.timezone.utc)
 
@@ -843,3 +843,53 @@ def test_a_format_violation_on_a_step_before_the_answer_drafts_no_assertion_on_t
             root.set_attribute("output.value", "Your order ORD-77 has shipped.")
             tid = format(root.get_span_context().trace_id, "032x")
     assert _draft(c, tid, "format_violation") == {}
+
+
+def test_feedback_sent_later_in_its_own_trace_is_a_failure_of_the_conversation_it_links_to(start_collector):
+    """A thumbs-down arrives after the conversation, on a carrier span of its own trace linked to the answer.
+
+    Before, the detection was filed under the carrier's trace and its candidate held the carrier's empty
+    input: every thumbs-down on every conversation became one candidate with nothing to replay. Now the
+    detection lands on the answer it judges, the candidate holds that conversation's question (two
+    conversations, two candidates), and judging either trace again keeps exactly one of each.
+    """
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        first, first_llm = emit_conversation(tracer, "Can I return a blender after 40 days?")
+        second, second_llm = emit_conversation(tracer, "Do you ship to Canada?")
+    c.wait_for("SELECT trace_id FROM spans WHERE name = 'llm'", lambda r: len(r) == 2)
+    time.sleep(1.0)  # both conversations settle and are judged (clean) before the feedback arrives
+    with sdk_tracer("http", c.http_url) as tracer:
+        carrier = emit_thumbs_down(tracer, first, first_llm)
+        emit_thumbs_down(tracer, second, second_llm, scope="trace.annotations")
+        unknown = emit_thumbs_down(tracer, "ab" * 16, "cd" * 8)  # a conversation the store never saw
+
+    sql = ("SELECT trace_id, span_id, evidence FROM detections WHERE failure_mode = 'negative_feedback' "
+           "ORDER BY trace_id")
+    rows = c.wait_for(sql, lambda r: len(r) == 3)
+    by_trace = {r["trace_id"]: r for r in rows}
+    assert by_trace[first]["span_id"] == first_llm
+    assert json.loads(by_trace[first]["evidence"])["carrier_trace_id"] == carrier
+    second_root = c.query(f"SELECT span_id FROM spans WHERE trace_id = '{second}' AND parent_span_id IS NULL")
+    assert by_trace[second]["span_id"] == second_root[0]["span_id"]  # trace feedback: the root
+    assert unknown in by_trace  # nothing to move it to: it stays with its carrier
+
+    cands = c.wait_for("SELECT input, source, trace_ids, occurrences FROM candidates "
+                       "WHERE failure_mode = 'negative_feedback' AND len(trace_ids) = 1", lambda r: len(r) >= 2)
+    questions = {json.loads(r["input"])["user_message"]: r for r in cands}
+    assert {"Can I return a blender after 40 days?", "Do you ship to Canada?"} <= set(questions)
+    blender = questions["Can I return a blender after 40 days?"]
+    assert json.loads(blender["source"])["trace_id"] == first and blender["trace_ids"] == [first]
+
+    # A late span in the conversation and one in the carrier's trace: both are judged again.
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        emit_late_span(tracer, first, first_llm)
+        emit_late_span(tracer, carrier, "ef" * 8)
+    c.wait_for(f"SELECT count(*) AS n FROM spans WHERE name = 'late_step'", lambda r: r[0]["n"] == 2)
+    c.wait_for("SELECT count(*) AS n FROM trace_state WHERE judged_seq < received_seq", lambda r: r[0]["n"] == 0)
+    time.sleep(1.0)
+    again = c.query(f"SELECT span_id FROM detections WHERE trace_id = '{first}' AND failure_mode = 'negative_feedback'")
+    assert again == [{"span_id": first_llm}]
+    kept = c.query("SELECT trace_ids, occurrences FROM candidates WHERE list_contains(trace_ids, "
+                   f"'{first}') AND failure_mode = 'negative_feedback'")
+    assert kept == [{"trace_ids": [first], "occurrences": 1}]
