@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -150,6 +151,7 @@ class ProcessSpanStage:
     """A pool of spawned worker processes; a crashed pool is replaced and the request asked to retry."""
 
     def __init__(self, workers: int, config_path: str | None, db_path: str) -> None:
+        _quiet_resource_tracker()
         self._workers = workers
         self._initargs = (config_path, db_path, os.getpid())
         self._lock = threading.Lock()
@@ -291,6 +293,23 @@ class ProcessSpanStage:
             log.warning("a span-stage worker did not finish within %.0f s of shutdown (stopped or stuck); "
                         "it was killed and the request it held answered 'retry'", timeout)
             _kill(processes)
+
+
+#: The warning multiprocessing's resource tracker prints when the collector was killed (see below).
+_LEAKED_SEMAPHORES_WARNING = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    """Keep the resource tracker's "leaked semaphore objects" warning off the collector's stderr.
+
+    The pool's queues register semaphores with multiprocessing's resource tracker, a helper process
+    that outlives a collector killed with SIGKILL (the OOM killer, a supervisor's last resort), cleans
+    them up, and then wrote a two-line UserWarning into the collector's log. It is not an error: the
+    crash is, and the restart is what tells about it. The tracker takes its warning filters from this
+    process's ``-W`` options when it starts, which is with the first pool.
+    """
+    if _LEAKED_SEMAPHORES_WARNING not in sys.warnoptions:
+        sys.warnoptions.append(_LEAKED_SEMAPHORES_WARNING)
 
 
 def _workers_of(pool: ProcessPoolExecutor) -> list[Any]:

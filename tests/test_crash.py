@@ -192,6 +192,24 @@ def _sigkill(c) -> list[int]:
     return workers
 
 
+def test_a_killed_collector_leaves_no_warning_or_traceback_on_its_stderr(start_collector):
+    """After SIGKILL, multiprocessing's resource tracker (a child that outlives the collector) wrote a
+    two-line "leaked semaphore objects" UserWarning into the collector's stderr."""
+    from sdk_helpers import emit_agent_trace, sdk_tracer
+
+    c = start_collector(CONFIG)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        emit_agent_trace(tracer)
+    children = children_of(c.proc.pid)
+    _sigkill(c)
+    left = wait_gone(children, timeout=15)  # the tracker too: it writes its warning as it leaves
+    kill_all(left)
+    assert left == []
+    log = c.log()
+    assert "tracesieve is up" in log
+    assert "Warning" not in log and "Traceback" not in log, log[-2000:]
+
+
 def test_redelivery_of_the_same_span_with_different_content_keeps_one_row(start_collector):
     """Idempotence is by (trace_id, span_id): a retry whose body differs (re-batched) adds nothing."""
     c = start_collector({"service": {"pipelines": {"traces": {"processors": []}}}})
