@@ -24,7 +24,7 @@ from tracesieve.processors.detectors import DetectorsProcessor
 from tracesieve.processors.pii import PiiProcessor
 from tracesieve.storage.errors import ConfigError
 from tracesieve.storage.lake import INSTALL_HINT, LakeTarget, missing_extension_packages, redact
-from tracesieve.storage.units import EnvText, format_size, parse_duration, parse_size, typed_env
+from tracesieve.storage.units import EnvText, format_duration, format_size, parse_duration, parse_size, typed_env
 
 DEFAULT_GRPC_ENDPOINT = "127.0.0.1:4317"
 DEFAULT_HTTP_ENDPOINT = "127.0.0.1:4318"
@@ -421,7 +421,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     tree["processors"] = tree_procs
     tree["service"] = {"pipelines": {"traces": {"receivers": ["otlp"], "processors": names}},
                        "span_workers": service.get("span_workers", "auto"),
-                       "query_time_limit": f"{query_time_limit:g}s"}
+                       "query_time_limit": format_duration(query_time_limit)}
     if problems:
         return None
     return Config(
