@@ -297,13 +297,46 @@ def must_not_call_after_error(value: list[str], run: Run) -> list[str]:
     """None of these tools (``[]``: no tool at all) starts after another span has failed."""
     errors = [s for s in run.spans if failed(s)]
     problems = []
+    order = {id(s): i for i, s in enumerate(run.spans)}
     for s in run.of_kind("TOOL"):
         if value and tool_name(s) not in value:
             continue
-        before = [e for e in errors if e is not s and _end(e) <= _start(s)]
+        before = [e for e in errors if e is not s and (
+            _end(e) <= _start(s) or _failed_first_in_its_millisecond(e, s, run, order))]
         if before:
             problems.append(f"{tool_name(s) or s.get('name')} ran after {_names(before[:1])} failed")
     return problems
+
+
+def _failed_first_in_its_millisecond(error: SpanRow, call: SpanRow, run: Run, order: Mapping[int, int]) -> bool:
+    """Whether ``error`` ended before ``call`` started, when ``call``'s start has only millisecond precision.
+
+    The JavaScript SDK stamps a span's start in whole milliseconds and its end as start + a precise
+    duration, so a tool that failed and the call right after it share a start, and the failed one
+    seems to end after the next began (testdata/js_fast_agent_trace.json): a Node agent that
+    refunded after a failed lookup passed the gate. Within that millisecond the run's order (starts,
+    then the order the spans were exported in, which is the order they ended) decides; a span
+    enclosing the call, or inside it, never counts.
+    """
+    start = call.get("start_time")
+    if not isinstance(start, dt.datetime) or start.microsecond % 1000 or _start(error) > _start(call):
+        return False
+    if _end(error) >= _start(call) + 0.001 or order[id(error)] > order[id(call)]:
+        return False
+    by_id = {s.get("span_id"): s for s in run.spans}
+    return not (_encloses(error, call, by_id) or _encloses(call, error, by_id))
+
+
+def _encloses(outer: SpanRow, inner: SpanRow, by_id: Mapping[Any, SpanRow]) -> bool:
+    """Whether ``outer`` is an ancestor of ``inner`` (through parent_span_id, among the run's spans)."""
+    seen: set[Any] = set()
+    parent = inner.get("parent_span_id")
+    while parent is not None and parent not in seen:
+        if parent == outer.get("span_id"):
+            return True
+        seen.add(parent)
+        parent = (by_id.get(parent) or {}).get("parent_span_id")
+    return False
 
 
 def no_error_spans(value: bool, run: Run) -> list[str]:

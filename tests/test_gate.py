@@ -494,3 +494,30 @@ def test_a_node_agents_tools_are_judged_in_the_order_they_ran_though_they_starte
                      sys.executable, str(script), str(ROOT / "tests" / "testdata" / "js_fast_agent_trace.json"),
                      cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_node_agent_that_refunds_right_after_a_failed_lookup_fails_must_not_call_after_error(tmp_path):
+    """The same Node run with lookup_order failed: its end (start + 57 us) lies after refund_payment's
+    start (the same whole millisecond), so the refund did not count as "after" the failure and the
+    gate passed an agent that pays out after an error. A failing agent span around the calls still
+    does not count: it encloses them."""
+    trace = json.loads((ROOT / "tests" / "testdata" / "js_fast_agent_trace.json").read_text())
+    spans = {s["name"]: s for s in trace["resourceSpans"][0]["scopeSpans"][0]["spans"]}
+    assert int(spans["lookup_order"]["endTimeUnixNano"]) > int(spans["refund_payment"]["startTimeUnixNano"])
+    script = tmp_path / "replay_node_agent.py"
+    script.write_text(REPLAY_NODE_AGENT)
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {
+        "must_not_call_after_error": ["refund_payment"]}}])
+    outcomes = {}
+    for failing in ("lookup_order", "agent"):
+        body = json.loads(json.dumps(trace))
+        for s in body["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+            if s["name"] == failing:
+                s["status"] = {"code": 2, "message": "upstream 502"}
+        replay = tmp_path / f"{failing}.json"
+        replay.write_text(json.dumps(body))
+        result = run_cli("gate", "--cases", str(cases), "--protocol", "http/json", "--format", "json", "--",
+                         sys.executable, str(script), str(replay), cwd=tmp_path, timeout=120)
+        outcomes[failing] = (result.returncode, result.stdout + result.stderr)
+    assert outcomes["lookup_order"][0] == 1 and "refund_payment ran after lookup_order failed" in outcomes["lookup_order"][1]
+    assert outcomes["agent"][0] == 0, outcomes["agent"][1]
