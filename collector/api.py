@@ -24,8 +24,16 @@ from tracesieve.storage import candidates as candidate_store
 from tracesieve.storage import store
 from tracesieve.storage.errors import NotFoundError, UsageError
 from tracesieve.storage.schema import utcnow
+from tracesieve.storage.units import format_size
 
 WriteRunner = Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any]
+
+
+#: The largest answer the running collector builds for one ``query`` (JSON text). The answer is made whole
+#: before it is sent (an open result holds back checkpoints): ``SELECT * FROM spans`` on a store of a
+#: million spans was ~4.5 GB in the collector's memory, and the kernel's OOM killer takes the biggest
+#: process -- the collector, with the spans it had not committed yet.
+MAX_QUERY_ANSWER_BYTES = 256 * 1024 * 1024
 
 
 def discovery_path(db_path: str) -> str:
@@ -123,8 +131,14 @@ class StoreApi:
         with self._time_limited(cursor):
             columns, chunks = store.read_query_chunks(cursor, sql)
             pieces = [b'{"result": {"columns": ' + _encode(columns) + b', "rows": [']
+            size = 0
             for rows in chunks:
                 pieces.append((b", " if len(pieces) > 1 else b"") + _encode([list(r) for r in rows])[1:-1])
+                size += len(pieces[-1])
+                if size > MAX_QUERY_ANSWER_BYTES:
+                    raise UsageError(
+                        f"the answer passed {format_size(MAX_QUERY_ANSWER_BYTES)}, more than the running collector "
+                        "builds for one query: select fewer columns or rows (LIMIT ... OFFSET pages), or aggregate in SQL")
         pieces.append(b"]}}")
         return pieces
 

@@ -214,6 +214,21 @@ def test_a_query_through_serve_stops_at_the_query_time_limit_and_says_so(start_c
     assert offline.returncode == 0, offline.stderr  # the CLI on the file itself has no such limit
 
 
+def test_a_query_answer_too_big_for_the_collector_is_refused_in_one_line_and_ingest_carries_on(start_collector):
+    """``SELECT *`` over a big store was built whole in the collector's memory (~4.5 GB a million spans):
+    the OOM killer's pick. Past 256 MiB of answer the query stops with a line saying what to do."""
+    c = start_collector({"service": {"pipelines": {"traces": {"processors": []}}}})
+    huge = "SELECT repeat('x', 1000000) AS filler FROM range(400)"  # ~400 MB of answer
+    result = c.cli("query", huge, "--format", "csv", timeout=120)
+    assert result.returncode == 2, result.stderr[-500:]
+    assert result.stderr.count("\n") == 1 and "the answer passed 256MiB" in result.stderr, result.stderr
+    assert "LIMIT" in result.stderr and result.stdout == ""
+    fits = c.cli("query", "SELECT repeat('x', 1000000) AS filler FROM range(20)", "--format", "csv", timeout=120)
+    assert fits.returncode == 0 and fits.stdout.count("x" * 1000000) == 20
+    assert post(c, make_request(3).SerializeToString()).status_code == 200
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 3}]
+
+
 def test_query_time_limit_out_of_range_is_a_config_error(tmp_path):
     config = tmp_path / "c.yaml"
     for bad in ("0s", "2d", "soon"):
