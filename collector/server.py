@@ -159,7 +159,6 @@ class Collector:
         for endpoint, name in ((cfg.grpc, "grpc"), (cfg.http, "http")):
             if endpoint is not None:
                 check_tls(endpoint, name, cfg.source)
-        warn_if_exposed(cfg)
         for endpoint, name in ((cfg.grpc, "grpc"), (cfg.http, "http")):
             if endpoint is not None:
                 ensure_free(endpoint, name)
@@ -207,6 +206,9 @@ class Collector:
         except BaseException:
             self._abort_start()
             raise
+        # Only once both listen: a port refused at start is one error line, not a warning about
+        # a listener that never was before it.
+        warn_if_exposed(cfg)
         tune_garbage_collector()
         self._trimmer = HeapTrimmer().start()
         self._ready = True

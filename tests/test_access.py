@@ -26,7 +26,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from conftest import run_cli
+from conftest import free_port, run_cli
 from test_receivers import make_request, post
 
 TOKEN = "tok-9f2c1d7e5b-bearer-secret"
@@ -173,28 +173,33 @@ def _busy_port() -> socket.socket:
 
 
 def test_binding_beyond_loopback_without_auth_logs_a_warning(tmp_path):
-    """The warning is logged before binding; both ports are held on loopback so nothing is ever exposed."""
-    held = [_busy_port(), _busy_port()]
+    """Logged once the receiver listens. Only gRPC ingest is bound beyond loopback, for the moment it
+    takes to start and stop (the query surface stays on loopback)."""
+    grpc_port = free_port()
+    otlp: dict = {"protocols": {"grpc": {"endpoint": f"0.0.0.0:{grpc_port}"},
+                                "http": {"endpoint": f"127.0.0.1:{free_port()}"}}}
+    cfg = tmp_path / "exposed.yaml"
+    cfg.write_text(yaml.safe_dump({"receivers": {"otlp": otlp}, **NO_JUDGE}))
+    proc = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config", str(cfg),
+                             "--db", str(tmp_path / "s.duckdb")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
-        grpc_port, http_port = (s.getsockname()[1] for s in held)
-        otlp: dict = {"protocols": {"grpc": {"endpoint": f"0.0.0.0:{grpc_port}"},
-                                    "http": {"endpoint": f"0.0.0.0:{http_port}"}}}
-        cfg = tmp_path / "exposed.yaml"
-        cfg.write_text(yaml.safe_dump({"receivers": {"otlp": otlp}, **NO_JUDGE}))
-        proc = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config", str(cfg),
-                                 "--db", str(tmp_path / "s.duckdb")], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        seen = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if "tracesieve is up" in line:
+                break
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
     finally:
-        for s in held:
-            s.close()
-    assert proc.returncode == 2, out  # could not bind: the ports are taken
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(seen) + out
+    assert proc.returncode == 0, out
     assert f"WARNING tracesieve.server: listening on 0.0.0.0:{grpc_port} without auth" in out, out
+    assert out.count("without auth") == 1, out  # the loopback HTTP receiver is not named
 
     # the same config with a credential, or on loopback, warns about nothing
     from tracesieve.collector.config import load_config
@@ -206,6 +211,26 @@ def test_binding_beyond_loopback_without_auth_logs_a_warning(tmp_path):
     loopback = {"protocols": {"grpc": {"endpoint": "localhost:4317"}, "http": {"endpoint": "[::1]:4318"}}}
     cfg.write_text(yaml.safe_dump({"receivers": {"otlp": loopback}, **NO_JUDGE}))
     assert warn_if_exposed(load_config(str(cfg))) == []
+
+
+def test_a_busy_port_beyond_loopback_is_one_error_line_and_no_warning_about_listening(tmp_path):
+    """A port that cannot be bound is exactly one line on stderr: the exposure warning ("listening on
+    0.0.0.0:... without auth") was logged before the bind, for a listener that never was."""
+    held = [_busy_port(), _busy_port()]
+    try:
+        grpc_port, http_port = (s.getsockname()[1] for s in held)
+        otlp: dict = {"protocols": {"grpc": {"endpoint": f"0.0.0.0:{grpc_port}"},
+                                    "http": {"endpoint": f"0.0.0.0:{http_port}"}}}
+        cfg = tmp_path / "exposed.yaml"
+        cfg.write_text(yaml.safe_dump({"receivers": {"otlp": otlp}, **NO_JUDGE}))
+        result = run_cli("serve", "--config", str(cfg), "--db", str(tmp_path / "s.duckdb"), timeout=60)
+    finally:
+        for s in held:
+            s.close()
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"tracesieve: error: cannot listen on 0.0.0.0:{grpc_port}"), result.stderr
+    assert not (tmp_path / "s.duckdb").exists()  # refused before the store was opened
 
 
 def test_the_store_serve_creates_is_readable_by_its_own_user_only(start_collector):
