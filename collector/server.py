@@ -161,7 +161,12 @@ class Collector:
                 check_tls(endpoint, name, cfg.source)
         for endpoint, name in ((cfg.grpc, "grpc"), (cfg.http, "http")):
             if endpoint is not None:
-                ensure_free(endpoint, name)
+                try:
+                    ensure_free(endpoint, name)
+                except OSError:
+                    if cfg.lake is None:
+                        refuse_if_served(cfg.db_path)
+                    raise
         trace_store: LakeTraceStore | None = None
         self.writer: GroupCommitWriter
         if cfg.lake is not None:
@@ -370,13 +375,22 @@ def lake_takeover(decision_wait: float) -> dt.timedelta:
     return dt.timedelta(seconds=max(30.0, 6 * decision_wait))
 
 
+def refuse_if_served(db_path: str) -> None:
+    """Raise UsageError naming the live ``serve`` (pid, query surface) that serves ``db_path``, if any.
+
+    Also asked when a receiver's port is taken: the same ``serve`` command run twice collides on its
+    ports before it reaches the store's lock, and "another serve holds this store" is what to fix.
+    """
+    info = running_collector(db_path)
+    if info is not None:
+        raise UsageError(f"{db_path} is already served by tracesieve serve (pid {info.get('pid')}, "
+                         f"{info.get('url')}); stop that one first, or give this one another --db") from None
+
+
 def _open_store(db_path: str) -> duckdb.DuckDBPyConnection:
     """The store for ``serve``; a store another ``serve`` holds is refused naming that one (pid, query surface)."""
     try:
         return store.open_database(db_path)
     except UsageError:
-        info = running_collector(db_path)
-        if info is None:
-            raise
-        raise UsageError(f"{db_path} is already served by tracesieve serve (pid {info.get('pid')}, "
-                         f"{info.get('url')}); stop that one first, or give this one another --db") from None
+        refuse_if_served(db_path)
+        raise

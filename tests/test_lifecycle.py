@@ -431,6 +431,19 @@ def test_a_second_serve_on_the_same_store_names_the_running_one_and_exits_2(star
     assert c.query("SELECT 1 AS x") == [{"x": 1}]  # the running one still answers the CLI
 
 
+def test_the_same_serve_command_run_twice_names_the_running_one_not_its_ports(start_collector):
+    """Run twice with the same config, the second one's ports are taken before it reaches the store's
+    lock: "cannot listen on 127.0.0.1:<port>; stop what uses it" hid that another serve holds the store."""
+    c = start_collector(NO_JUDGE)
+    result = run_cli("serve", "--config", str(c.config_path), "--db", str(c.db_path), timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tracesieve: error:"), result.stderr
+    assert "already served" in lines[0], lines[0]
+    assert f"pid {c.proc.pid}" in lines[0] and f"127.0.0.1:{c.http_port}" in lines[0]
+    assert c.query("SELECT 1 AS x") == [{"x": 1}]
+
+
 def test_healthz_and_readyz(start_collector):
     c = start_collector(NO_JUDGE)
     assert httpx.get(f"{c.http_url}/healthz").text == "ok\n"
