@@ -186,6 +186,11 @@ def _one_statement(sql: str) -> Any:
     if not statements:
         raise UsageError("no SQL statement given")
     if len(statements) > 1:
+        if any(not statement.query for statement in statements):
+            # Statements DuckDB made itself carry no text: a PIVOT without an IN list becomes a CREATE TYPE
+            # (an enum of the values found) plus the query, and "only one statement" named no mistake.
+            raise UsageError("a PIVOT without an IN list is refused: DuckDB runs it as a CREATE TYPE plus the "
+                             "query; name the values instead: PIVOT ... ON column IN ('a', 'b') USING ...")
         raise UsageError("only one statement per query is allowed")
     return statements[0]
 

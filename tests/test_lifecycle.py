@@ -104,6 +104,24 @@ def test_explain_analyze_and_writing_functions_are_refused_in_both_modes(start_c
             assert result.returncode == 0, (served, statement, result.stderr)
 
 
+def test_a_pivot_without_values_is_refused_for_what_it_is_and_with_values_answers(start_collector):
+    """DuckDB expands a PIVOT without an IN list into two statements (a CREATE TYPE, then the query):
+    one read statement was refused with "only one statement per query is allowed"."""
+    c = start_collector(NO_JUDGE)
+    assert post(c, make_request(3).SerializeToString()).status_code == 200
+    for served in (True, False):
+        if not served:
+            c.stop()
+        refused = c.cli("query", "PIVOT spans ON status_code USING count(*)")
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "PIVOT without an IN list" in refused.stderr and "IN (" in refused.stderr, refused.stderr
+        assert "only one statement" in c.cli("query", "SELECT 1; SELECT 2").stderr
+        named = c.cli("query", "PIVOT (SELECT status_code FROM spans) ON status_code IN ('UNSET', 'OK') USING count(*)",
+                      "--format", "json")
+        assert named.returncode == 0, named.stderr
+        assert json.loads(named.stdout) == [{"UNSET": 3, "OK": 0}], named.stdout
+
+
 def test_a_symlink_or_another_spelling_of_the_store_finds_the_running_collector(start_collector, tmp_path):
     """--db through a symlink looked for <link>.serve.json, found none, and hit the file lock."""
     c = start_collector(NO_JUDGE)
