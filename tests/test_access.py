@@ -165,6 +165,20 @@ def test_cli_drops_whitespace_around_the_token_and_refuses_one_no_header_can_car
     assert c.stop() == 0
 
 
+def test_a_refused_cli_command_says_what_is_wrong_with_its_token(guarded):
+    """The collector's own user, refused for want of TRACESIEVE_TOKEN (or for a wrong one), was told to
+    "run the command as the collector's user" and shown the exporters' header advice."""
+    c = guarded
+    unset = c.cli("query", "SELECT 1", env={"TRACESIEVE_TOKEN": ""})
+    assert unset.returncode == 2 and unset.stderr.count("\n") == 1, unset.stderr
+    assert "auth is set and TRACESIEVE_TOKEN is not" in unset.stderr, unset.stderr
+    assert "collector's user" not in unset.stderr and "x-api-key" not in unset.stderr, unset.stderr
+    wrong = c.cli("candidates", env={"TRACESIEVE_TOKEN": "not-the-token"})
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert "TRACESIEVE_TOKEN is not the configured bearer token or API key" in wrong.stderr, wrong.stderr
+    assert "not-the-token" not in wrong.stderr and TOKEN not in wrong.stderr
+
+
 def _busy_port() -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
