@@ -84,8 +84,16 @@ class Endpoint:
     tls: TlsConfig | None = None
 
     @property
+    def url_host(self) -> str:
+        """The host as a URL or a gRPC target writes it: an IPv6 literal in brackets (``[::1]``).
+
+        Bare, ``::1:4317`` is no address gRPC can bind and ``http://::1:4318`` no URL the CLI can reach.
+        """
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.url_host}:{self.port}"
 
 
 @dataclasses.dataclass(frozen=True)

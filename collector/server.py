@@ -259,7 +259,7 @@ class Collector:
         if ep is None:
             log.warning("the HTTP receiver is off: CLI commands cannot reach this store while it runs")
             return
-        host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.host
+        host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.url_host
         scheme = "https" if ep.tls else "http"
         info = {"pid": os.getpid(), "url": f"{scheme}://{host}:{self.http_port}",
                 "cafile": ep.tls.cert_file if ep.tls else None, "db": os.path.abspath(self.config.db_path),
@@ -297,7 +297,7 @@ class Collector:
         def url(ep: Any, port: int | None) -> str | None:
             if ep is None:
                 return None
-            return f"{'https' if ep.tls else 'http'}://{ep.host}:{port}"
+            return f"{'https' if ep.tls else 'http'}://{ep.url_host}:{port}"
 
         tree = cfg.tree
         return {

@@ -13,7 +13,9 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -245,6 +247,55 @@ def test_a_busy_port_beyond_loopback_is_one_error_line_and_no_warning_about_list
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(f"tracesieve: error: cannot listen on 0.0.0.0:{grpc_port}"), result.stderr
     assert not (tmp_path / "s.duckdb").exists()  # refused before the store was opened
+
+
+def _free_ipv6_loopback_port() -> int | None:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+            return int(s.getsockname()[1])
+    except OSError:
+        return None
+
+
+def test_receivers_on_ipv6_loopback_take_spans_and_answer_the_cli(tmp_path):
+    """``[::1]:PORT`` endpoints: gRPC was handed ``::1:PORT``, which it cannot bind (serve exited 2,
+    "address in use?"), and the discovery record's URL ``http://::1:PORT`` was no URL for the CLI."""
+    grpc_port, http_port = _free_ipv6_loopback_port(), _free_ipv6_loopback_port()
+    if grpc_port is None or http_port is None:
+        pytest.skip("this host has no IPv6 loopback")
+    cfg = tmp_path / "v6.yaml"
+    cfg.write_text(yaml.safe_dump({"receivers": {"otlp": {"protocols": {
+        "grpc": {"endpoint": f"[::1]:{grpc_port}"}, "http": {"endpoint": f"[::1]:{http_port}"}}}}, **NO_JUDGE}))
+    db = tmp_path / "s.duckdb"
+    proc = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config", str(cfg),
+                             "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://[::1]:{http_port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[0]
+        for transport, endpoint in (("grpc", f"[::1]:{grpc_port}"), ("http", f"http://[::1]:{http_port}")):
+            exporter: Any = (GrpcExporter(endpoint=f"http://{endpoint}", insecure=True, timeout=20)
+                             if transport == "grpc" else HttpExporter(endpoint=f"{endpoint}/v1/traces", timeout=20))
+            provider = TracerProvider(resource=Resource.create({"service.name": f"v6-{transport}"}))
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            with provider.get_tracer("access").start_as_current_span("v6-span"):
+                pass
+            provider.shutdown()
+        assert json.loads(db.with_name("s.duckdb.serve.json").read_text())["url"] == f"http://[::1]:{http_port}"
+        answer = run_cli("query", "SELECT service_name FROM spans ORDER BY 1", "--format", "json", "--db", str(db))
+        assert answer.returncode == 0, answer.stderr
+        assert json.loads(answer.stdout) == [{"service_name": "v6-grpc"}, {"service_name": "v6-http"}]
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
 
 
 def test_the_store_serve_creates_is_readable_by_its_own_user_only(start_collector):
