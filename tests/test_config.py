@@ -110,6 +110,20 @@ def test_bad_config_names_the_file_and_the_key(tmp_path, text, expected):
     assert result.stderr.count("\n") == 1
 
 
+def test_an_unset_variable_is_one_problem_not_also_the_empty_value_it_left(tmp_path):
+    """`${env:VAR}` unset was reported, then the empty string it left was checked and reported too:
+    "... TS_DW is not set (...); processors.detectors.decision_wait: expected a duration ..., got ''"."""
+    path = write(tmp_path, "processors: {detectors: {decision_wait: '${env:TS_SURELY_UNSET_DW}'}}\n"
+                           "receivers: {otlp: {auth: {bearer_token: '${env:TS_SURELY_UNSET_TOKEN}'},\n"
+                           "  limits: {max_value_size: lots}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "processors.detectors.decision_wait: environment variable TS_SURELY_UNSET_DW is not set" in result.stderr
+    assert "receivers.otlp.auth.bearer_token: environment variable TS_SURELY_UNSET_TOKEN is not set" in result.stderr
+    assert "got ''" not in result.stderr and "non-empty" not in result.stderr, result.stderr
+    assert "receivers.otlp.limits.max_value_size: expected a size" in result.stderr  # other problems still all shown
+
+
 def test_a_key_given_twice_is_an_error_naming_it_not_silently_the_last(tmp_path):
     """The second `receivers:` dropped the first one's auth without a word (PyYAML keeps the last value);
     the OpenTelemetry Collector refuses a mapping key that is already defined."""
