@@ -203,6 +203,29 @@ def test_double_dollar_is_a_literal_dollar_as_in_the_otel_collector(tmp_path, mo
     assert yaml.safe_load(result.stdout)["storage"]["duckdb"]["path"] == "a$b-${env:TS_SET_VAR}-$value-value-x$$y"
 
 
+def test_go_compound_durations_are_read_and_every_printed_duration_reads_back_the_same(tmp_path):
+    """The OpenTelemetry Collector's configs write Go durations (``1m30s``, ``1h30m``): they were refused.
+    And ``--print-config`` kept six digits (``%g``): 3600001ms printed as ``3600s``, 0.0005s as ``0ms``."""
+    path = write(tmp_path, "processors: {detectors: {decision_wait: 1m30s,\n"
+                           "  latency_breach: {LLM: 1h0m0s, TOOL: 3600001ms, RETRIEVER: 0.0005s, AGENT: 61001ms}}}\n"
+                           "receivers: {otlp: {limits: {retry_after: 1s500ms}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 0, result.stderr
+    detectors = yaml.safe_load(result.stdout)["processors"]["detectors"]
+    assert detectors["decision_wait"] == "90s"
+    assert detectors["latency_breach"] == {"LLM": "60m", "TOOL": "3600.001s", "RETRIEVER": "0.0005s",
+                                           "AGENT": "61.001s"}
+    assert yaml.safe_load(result.stdout)["receivers"]["otlp"]["limits"]["retry_after"] == "1.5s"
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(result.stdout)
+    again = run_cli("serve", "--config", str(printed), "--print-config")
+    assert again.returncode == 0 and again.stdout == result.stdout, again.stderr
+    for bad in ("1m5", "m5s", "1mm", "5S"):
+        path.write_text(f"processors: {{detectors: {{decision_wait: '{bad}'}}}}\n")
+        refused = run_cli("serve", "--config", str(path), "--print-config")
+        assert refused.returncode == 2 and "expected a duration" in refused.stderr, (bad, refused.stderr)
+
+
 def test_number_and_boolean_settings_take_their_value_from_the_environment(tmp_path, monkeypatch):
     """An environment variable is text: ${env:VAR} as a whole value is typed where it is read."""
     path = write(tmp_path, "receivers: {otlp: {auth: {bearer_token: '${env:TS_TOKEN}'},\n"
