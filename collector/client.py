@@ -46,6 +46,8 @@ class RemoteClient:
         if local_token:  # the collector's own secret for its user (<db>.serve.token)
             headers["x-tracesieve-local-token"] = local_token
         self.url = url
+        self._sent_token = bool(token)
+        self._sent_local_token = bool(local_token)
         verify: Any = ssl.create_default_context(cafile=cafile) if cafile else True
         # The collector stops a query at its limit and answers why; waiting past that would hide the answer.
         timeout = max(120.0, (query_time_limit or 0.0) + ANSWER_MARGIN_SECONDS)
@@ -64,14 +66,25 @@ class RemoteClient:
             return body.get("result")
         message = body.get("error") or f"HTTP {response.status_code}"
         if response.status_code == 401:
-            raise UsageError(f"the collector at {self.url} refused the request: {message} "
-                             "(set TRACESIEVE_TOKEN to the configured bearer token or API key, or run the "
-                             "command as the collector's user)")
+            raise UsageError(f"the collector at {self.url} refused the request: {self._unauthenticated_hint(message)}")
         if response.status_code == 404 and body.get("kind") == "not_found":
             raise NotFoundError(message)
         if response.status_code in (400, 404):
             raise UsageError(message)
         raise TraceSieveError(f"the collector failed: {message}")
+
+    def _unauthenticated_hint(self, message: str) -> str:
+        """What to do about a 401, from what was sent: the local token is refused only when auth is set.
+
+        The one hint for every case told the collector's own user, refused for want of TRACESIEVE_TOKEN,
+        to "run the command as the collector's user", and a wrong TRACESIEVE_TOKEN to set it.
+        """
+        if self._sent_local_token:  # this is the collector's user: auth is set and wants its credential
+            if self._sent_token:
+                return "TRACESIEVE_TOKEN is not the configured bearer token or API key"
+            return "auth is set and TRACESIEVE_TOKEN is not; set it to the configured bearer token or API key"
+        return (f"{message} (set TRACESIEVE_TOKEN to the configured bearer token or API key, or run the "
+                "command as the collector's user)")
 
     def close(self) -> None:
         self._http.close()

@@ -84,8 +84,16 @@ class Endpoint:
     tls: TlsConfig | None = None
 
     @property
+    def url_host(self) -> str:
+        """The host as a URL or a gRPC target writes it: an IPv6 literal in brackets (``[::1]``).
+
+        Bare, ``::1:4317`` is no address gRPC can bind and ``http://::1:4318`` no URL the CLI can reach.
+        """
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.url_host}:{self.port}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,15 +238,27 @@ def load_config(path: str | None = None, *, db_path: str | None = None,
             raw = {}
     problems: list[str] = []
     raw = _substitute_env(raw, "", problems)
+    substitution_problems = list(problems)
     if not isinstance(raw, dict):
         raise ConfigError(["the top level must be a mapping (receivers, processors, storage, service)"], source)
     config = _build(raw, db_path, registry or ProcessorRegistry.load(), problems)
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(_without_consequences(problems, substitution_problems), source)
     assert config is not None
     config.source = source
     config.path = path
     return config
+
+
+def _without_consequences(problems: list[str], substitution_problems: list[str]) -> list[str]:
+    """``problems`` less those of a value whose substitution already failed (each is ``path: what``).
+
+    An unset ``${env:VAR}`` leaves an empty value, and the check of that value added a second
+    problem with the same cause (``decision_wait: expected a duration ..., got ''``).
+    """
+    failed = {problem.split(": ", 1)[0] for problem in substitution_problems}
+    return [problem for problem in problems
+            if problem in substitution_problems or problem.split(": ", 1)[0] not in failed]
 
 
 def _substitute_env(node: Any, path: str, problems: list[str]) -> Any:

@@ -159,10 +159,14 @@ class Collector:
         for endpoint, name in ((cfg.grpc, "grpc"), (cfg.http, "http")):
             if endpoint is not None:
                 check_tls(endpoint, name, cfg.source)
-        warn_if_exposed(cfg)
         for endpoint, name in ((cfg.grpc, "grpc"), (cfg.http, "http")):
             if endpoint is not None:
-                ensure_free(endpoint, name)
+                try:
+                    ensure_free(endpoint, name)
+                except OSError:
+                    if cfg.lake is None:
+                        refuse_if_served(cfg.db_path)
+                    raise
         trace_store: LakeTraceStore | None = None
         self.writer: GroupCommitWriter
         if cfg.lake is not None:
@@ -207,6 +211,9 @@ class Collector:
         except BaseException:
             self._abort_start()
             raise
+        # Only once both listen: a port refused at start is one error line, not a warning about
+        # a listener that never was before it.
+        warn_if_exposed(cfg)
         tune_garbage_collector()
         self._trimmer = HeapTrimmer().start()
         self._ready = True
@@ -252,7 +259,7 @@ class Collector:
         if ep is None:
             log.warning("the HTTP receiver is off: CLI commands cannot reach this store while it runs")
             return
-        host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.host
+        host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.url_host
         scheme = "https" if ep.tls else "http"
         info = {"pid": os.getpid(), "url": f"{scheme}://{host}:{self.http_port}",
                 "cafile": ep.tls.cert_file if ep.tls else None, "db": os.path.abspath(self.config.db_path),
@@ -290,7 +297,7 @@ class Collector:
         def url(ep: Any, port: int | None) -> str | None:
             if ep is None:
                 return None
-            return f"{'https' if ep.tls else 'http'}://{ep.host}:{port}"
+            return f"{'https' if ep.tls else 'http'}://{ep.url_host}:{port}"
 
         tree = cfg.tree
         return {
@@ -368,13 +375,22 @@ def lake_takeover(decision_wait: float) -> dt.timedelta:
     return dt.timedelta(seconds=max(30.0, 6 * decision_wait))
 
 
+def refuse_if_served(db_path: str) -> None:
+    """Raise UsageError naming the live ``serve`` (pid, query surface) that serves ``db_path``, if any.
+
+    Also asked when a receiver's port is taken: the same ``serve`` command run twice collides on its
+    ports before it reaches the store's lock, and "another serve holds this store" is what to fix.
+    """
+    info = running_collector(db_path)
+    if info is not None:
+        raise UsageError(f"{db_path} is already served by tracesieve serve (pid {info.get('pid')}, "
+                         f"{info.get('url')}); stop that one first, or give this one another --db") from None
+
+
 def _open_store(db_path: str) -> duckdb.DuckDBPyConnection:
     """The store for ``serve``; a store another ``serve`` holds is refused naming that one (pid, query surface)."""
     try:
         return store.open_database(db_path)
     except UsageError:
-        info = running_collector(db_path)
-        if info is None:
-            raise
-        raise UsageError(f"{db_path} is already served by tracesieve serve (pid {info.get('pid')}, "
-                         f"{info.get('url')}); stop that one first, or give this one another --db") from None
+        refuse_if_served(db_path)
+        raise

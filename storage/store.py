@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 
 from tracesieve.storage.errors import UsageError
-from tracesieve.storage.migrations import current_version, migrate
+from tracesieve.storage.migrations import LATEST_VERSION, current_version, migrate
 from tracesieve.storage.schema import Detection, JSON_SPAN_COLUMNS
 from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 
@@ -40,7 +40,8 @@ def open_database(path: str, *, read_only: bool = False, existing_store: bool = 
     (the CLI opens stores that ``serve`` made; an older one is still migrated when writable).
 
     Raises UsageError with a one-line explanation when the file is missing (read
-    only), locked by another process, not a DuckDB file, or (``existing_store``) not a tracesieve store.
+    only), locked by another process, not a DuckDB file, (``existing_store``) not a tracesieve store, or
+    (writable) a store a newer tracesieve migrated past what this one knows.
     """
     if read_only and not os.path.exists(path):
         raise UsageError(f"no store at {path}: run `tracesieve serve --db {path}` first, or pass --db")
@@ -68,6 +69,11 @@ def open_database(path: str, *, read_only: bool = False, existing_store: bool = 
         raise UsageError(f"{path} is not a tracesieve store: it has no tracesieve tables "
                          f"(`tracesieve serve --db {path}` creates them)")
     if not read_only:
+        found = current_version(con)
+        if found > LATEST_VERSION:  # its newer tables would be written as this version knows them
+            con.close()
+            raise UsageError(f"{path} was written by a newer tracesieve (schema version {found}; this one knows "
+                             f"up to {LATEST_VERSION}): upgrade tracesieve to write to it (queries still work)")
         migrate(con)
     return con
 
@@ -186,6 +192,11 @@ def _one_statement(sql: str) -> Any:
     if not statements:
         raise UsageError("no SQL statement given")
     if len(statements) > 1:
+        if any(not statement.query for statement in statements):
+            # Statements DuckDB made itself carry no text: a PIVOT without an IN list becomes a CREATE TYPE
+            # (an enum of the values found) plus the query, and "only one statement" named no mistake.
+            raise UsageError("a PIVOT without an IN list is refused: DuckDB runs it as a CREATE TYPE plus the "
+                             "query; name the values instead: PIVOT ... ON column IN ('a', 'b') USING ...")
         raise UsageError("only one statement per query is allowed")
     return statements[0]
 

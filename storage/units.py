@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 import re
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+#: One or more ``<number><unit>`` parts: ``5s``, and Go's compound form the OpenTelemetry Collector's
+#: configs use (``1m30s``, ``1h30m``, ``1h0m0s`` as Go prints a duration).
+_DURATION = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h)\s*)+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)")
 _DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
 _SIZE_BYTES = {
@@ -15,8 +19,8 @@ _SIZE_BYTES = {
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``250ms`` / ``5s`` / ``2m`` / ``1h`` (a bare number is seconds, also one from
-    ``${env:VAR}``). Raises ValueError."""
+    """Seconds from ``250ms`` / ``5s`` / ``2m`` / ``1h`` or a sum of them, ``1m30s`` (a bare number is
+    seconds, also one from ``${env:VAR}``). Raises ValueError."""
     value = typed_env(value)
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as 250ms, 5s or 2m, got {value!r}")
@@ -27,9 +31,10 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"a duration cannot be negative, got {value!r}")
         return float(value)
     if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _DURATION_SECONDS[m.group(2)]
+        if _DURATION.match(value):
+            # milliseconds divided, not multiplied by 0.001: 61001ms is 61.001 s, not 61.001000000000005
+            return sum(float(n) / 1000 if unit == "ms" else float(n) * _DURATION_SECONDS[unit]
+                       for n, unit in _DURATION_PART.findall(value))
     raise ValueError(f"expected a duration such as 250ms, 5s or 2m, got {value!r}")
 
 
@@ -49,11 +54,19 @@ def parse_size(value: object) -> int:
 
 
 def format_duration(seconds: float) -> str:
-    if seconds and seconds < 1:
-        return f"{round(seconds * 1000)}ms"
+    """``seconds`` as ``250ms`` / ``5s`` / ``2m``, read back by :func:`parse_duration` as the same number.
+
+    ``%g`` kept six digits: ``1h1ms`` printed as ``3600s`` and ``0.0005s`` as ``0ms``, so a printed
+    config did not read back as the same config.
+    """
     if seconds >= 60 and seconds % 60 == 0:
         return f"{int(seconds // 60)}m"
-    return f"{seconds:g}s"
+    if 0 < seconds < 1 and float(f"{round(seconds * 1000)}") / 1000 == seconds:
+        return f"{round(seconds * 1000)}ms"
+    text = f"{seconds:g}"
+    if float(text) != seconds or "e" in text:
+        text = format(decimal.Decimal(repr(seconds)), "f")  # every digit, never an exponent
+    return f"{text}s"
 
 
 def format_size(size: int) -> str:

@@ -13,7 +13,9 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -26,7 +28,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from conftest import run_cli
+from conftest import free_port, run_cli
 from test_receivers import make_request, post
 
 TOKEN = "tok-9f2c1d7e5b-bearer-secret"
@@ -165,6 +167,20 @@ def test_cli_drops_whitespace_around_the_token_and_refuses_one_no_header_can_car
     assert c.stop() == 0
 
 
+def test_a_refused_cli_command_says_what_is_wrong_with_its_token(guarded):
+    """The collector's own user, refused for want of TRACESIEVE_TOKEN (or for a wrong one), was told to
+    "run the command as the collector's user" and shown the exporters' header advice."""
+    c = guarded
+    unset = c.cli("query", "SELECT 1", env={"TRACESIEVE_TOKEN": ""})
+    assert unset.returncode == 2 and unset.stderr.count("\n") == 1, unset.stderr
+    assert "auth is set and TRACESIEVE_TOKEN is not" in unset.stderr, unset.stderr
+    assert "collector's user" not in unset.stderr and "x-api-key" not in unset.stderr, unset.stderr
+    wrong = c.cli("candidates", env={"TRACESIEVE_TOKEN": "not-the-token"})
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert "TRACESIEVE_TOKEN is not the configured bearer token or API key" in wrong.stderr, wrong.stderr
+    assert "not-the-token" not in wrong.stderr and TOKEN not in wrong.stderr
+
+
 def _busy_port() -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
@@ -173,28 +189,33 @@ def _busy_port() -> socket.socket:
 
 
 def test_binding_beyond_loopback_without_auth_logs_a_warning(tmp_path):
-    """The warning is logged before binding; both ports are held on loopback so nothing is ever exposed."""
-    held = [_busy_port(), _busy_port()]
+    """Logged once the receiver listens. Only gRPC ingest is bound beyond loopback, for the moment it
+    takes to start and stop (the query surface stays on loopback)."""
+    grpc_port = free_port()
+    otlp: dict = {"protocols": {"grpc": {"endpoint": f"0.0.0.0:{grpc_port}"},
+                                "http": {"endpoint": f"127.0.0.1:{free_port()}"}}}
+    cfg = tmp_path / "exposed.yaml"
+    cfg.write_text(yaml.safe_dump({"receivers": {"otlp": otlp}, **NO_JUDGE}))
+    proc = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config", str(cfg),
+                             "--db", str(tmp_path / "s.duckdb")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
-        grpc_port, http_port = (s.getsockname()[1] for s in held)
-        otlp: dict = {"protocols": {"grpc": {"endpoint": f"0.0.0.0:{grpc_port}"},
-                                    "http": {"endpoint": f"0.0.0.0:{http_port}"}}}
-        cfg = tmp_path / "exposed.yaml"
-        cfg.write_text(yaml.safe_dump({"receivers": {"otlp": otlp}, **NO_JUDGE}))
-        proc = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config", str(cfg),
-                                 "--db", str(tmp_path / "s.duckdb")], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        seen = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if "tracesieve is up" in line:
+                break
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
     finally:
-        for s in held:
-            s.close()
-    assert proc.returncode == 2, out  # could not bind: the ports are taken
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(seen) + out
+    assert proc.returncode == 0, out
     assert f"WARNING tracesieve.server: listening on 0.0.0.0:{grpc_port} without auth" in out, out
+    assert out.count("without auth") == 1, out  # the loopback HTTP receiver is not named
 
     # the same config with a credential, or on loopback, warns about nothing
     from tracesieve.collector.config import load_config
@@ -206,6 +227,75 @@ def test_binding_beyond_loopback_without_auth_logs_a_warning(tmp_path):
     loopback = {"protocols": {"grpc": {"endpoint": "localhost:4317"}, "http": {"endpoint": "[::1]:4318"}}}
     cfg.write_text(yaml.safe_dump({"receivers": {"otlp": loopback}, **NO_JUDGE}))
     assert warn_if_exposed(load_config(str(cfg))) == []
+
+
+def test_a_busy_port_beyond_loopback_is_one_error_line_and_no_warning_about_listening(tmp_path):
+    """A port that cannot be bound is exactly one line on stderr: the exposure warning ("listening on
+    0.0.0.0:... without auth") was logged before the bind, for a listener that never was."""
+    held = [_busy_port(), _busy_port()]
+    try:
+        grpc_port, http_port = (s.getsockname()[1] for s in held)
+        otlp: dict = {"protocols": {"grpc": {"endpoint": f"0.0.0.0:{grpc_port}"},
+                                    "http": {"endpoint": f"0.0.0.0:{http_port}"}}}
+        cfg = tmp_path / "exposed.yaml"
+        cfg.write_text(yaml.safe_dump({"receivers": {"otlp": otlp}, **NO_JUDGE}))
+        result = run_cli("serve", "--config", str(cfg), "--db", str(tmp_path / "s.duckdb"), timeout=60)
+    finally:
+        for s in held:
+            s.close()
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"tracesieve: error: cannot listen on 0.0.0.0:{grpc_port}"), result.stderr
+    assert not (tmp_path / "s.duckdb").exists()  # refused before the store was opened
+
+
+def _free_ipv6_loopback_port() -> int | None:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+            return int(s.getsockname()[1])
+    except OSError:
+        return None
+
+
+def test_receivers_on_ipv6_loopback_take_spans_and_answer_the_cli(tmp_path):
+    """``[::1]:PORT`` endpoints: gRPC was handed ``::1:PORT``, which it cannot bind (serve exited 2,
+    "address in use?"), and the discovery record's URL ``http://::1:PORT`` was no URL for the CLI."""
+    grpc_port, http_port = _free_ipv6_loopback_port(), _free_ipv6_loopback_port()
+    if grpc_port is None or http_port is None:
+        pytest.skip("this host has no IPv6 loopback")
+    cfg = tmp_path / "v6.yaml"
+    cfg.write_text(yaml.safe_dump({"receivers": {"otlp": {"protocols": {
+        "grpc": {"endpoint": f"[::1]:{grpc_port}"}, "http": {"endpoint": f"[::1]:{http_port}"}}}}, **NO_JUDGE}))
+    db = tmp_path / "s.duckdb"
+    proc = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config", str(cfg),
+                             "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://[::1]:{http_port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[0]
+        for transport, endpoint in (("grpc", f"[::1]:{grpc_port}"), ("http", f"http://[::1]:{http_port}")):
+            exporter: Any = (GrpcExporter(endpoint=f"http://{endpoint}", insecure=True, timeout=20)
+                             if transport == "grpc" else HttpExporter(endpoint=f"{endpoint}/v1/traces", timeout=20))
+            provider = TracerProvider(resource=Resource.create({"service.name": f"v6-{transport}"}))
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            with provider.get_tracer("access").start_as_current_span("v6-span"):
+                pass
+            provider.shutdown()
+        assert json.loads(db.with_name("s.duckdb.serve.json").read_text())["url"] == f"http://[::1]:{http_port}"
+        answer = run_cli("query", "SELECT service_name FROM spans ORDER BY 1", "--format", "json", "--db", str(db))
+        assert answer.returncode == 0, answer.stderr
+        assert json.loads(answer.stdout) == [{"service_name": "v6-grpc"}, {"service_name": "v6-http"}]
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
 
 
 def test_the_store_serve_creates_is_readable_by_its_own_user_only(start_collector):

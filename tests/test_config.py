@@ -110,6 +110,20 @@ def test_bad_config_names_the_file_and_the_key(tmp_path, text, expected):
     assert result.stderr.count("\n") == 1
 
 
+def test_an_unset_variable_is_one_problem_not_also_the_empty_value_it_left(tmp_path):
+    """`${env:VAR}` unset was reported, then the empty string it left was checked and reported too:
+    "... TS_DW is not set (...); processors.detectors.decision_wait: expected a duration ..., got ''"."""
+    path = write(tmp_path, "processors: {detectors: {decision_wait: '${env:TS_SURELY_UNSET_DW}'}}\n"
+                           "receivers: {otlp: {auth: {bearer_token: '${env:TS_SURELY_UNSET_TOKEN}'},\n"
+                           "  limits: {max_value_size: lots}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "processors.detectors.decision_wait: environment variable TS_SURELY_UNSET_DW is not set" in result.stderr
+    assert "receivers.otlp.auth.bearer_token: environment variable TS_SURELY_UNSET_TOKEN is not set" in result.stderr
+    assert "got ''" not in result.stderr and "non-empty" not in result.stderr, result.stderr
+    assert "receivers.otlp.limits.max_value_size: expected a size" in result.stderr  # other problems still all shown
+
+
 def test_a_key_given_twice_is_an_error_naming_it_not_silently_the_last(tmp_path):
     """The second `receivers:` dropped the first one's auth without a word (PyYAML keeps the last value);
     the OpenTelemetry Collector refuses a mapping key that is already defined."""
@@ -187,6 +201,29 @@ def test_double_dollar_is_a_literal_dollar_as_in_the_otel_collector(tmp_path, mo
     result = run_cli("serve", "--config", str(path), "--print-config")
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["storage"]["duckdb"]["path"] == "a$b-${env:TS_SET_VAR}-$value-value-x$$y"
+
+
+def test_go_compound_durations_are_read_and_every_printed_duration_reads_back_the_same(tmp_path):
+    """The OpenTelemetry Collector's configs write Go durations (``1m30s``, ``1h30m``): they were refused.
+    And ``--print-config`` kept six digits (``%g``): 3600001ms printed as ``3600s``, 0.0005s as ``0ms``."""
+    path = write(tmp_path, "processors: {detectors: {decision_wait: 1m30s,\n"
+                           "  latency_breach: {LLM: 1h0m0s, TOOL: 3600001ms, RETRIEVER: 0.0005s, AGENT: 61001ms}}}\n"
+                           "receivers: {otlp: {limits: {retry_after: 1s500ms}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 0, result.stderr
+    detectors = yaml.safe_load(result.stdout)["processors"]["detectors"]
+    assert detectors["decision_wait"] == "90s"
+    assert detectors["latency_breach"] == {"LLM": "60m", "TOOL": "3600.001s", "RETRIEVER": "0.0005s",
+                                           "AGENT": "61.001s"}
+    assert yaml.safe_load(result.stdout)["receivers"]["otlp"]["limits"]["retry_after"] == "1.5s"
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(result.stdout)
+    again = run_cli("serve", "--config", str(printed), "--print-config")
+    assert again.returncode == 0 and again.stdout == result.stdout, again.stderr
+    for bad in ("1m5", "m5s", "1mm", "5S"):
+        path.write_text(f"processors: {{detectors: {{decision_wait: '{bad}'}}}}\n")
+        refused = run_cli("serve", "--config", str(path), "--print-config")
+        assert refused.returncode == 2 and "expected a duration" in refused.stderr, (bad, refused.stderr)
 
 
 def test_number_and_boolean_settings_take_their_value_from_the_environment(tmp_path, monkeypatch):

@@ -104,6 +104,24 @@ def test_explain_analyze_and_writing_functions_are_refused_in_both_modes(start_c
             assert result.returncode == 0, (served, statement, result.stderr)
 
 
+def test_a_pivot_without_values_is_refused_for_what_it_is_and_with_values_answers(start_collector):
+    """DuckDB expands a PIVOT without an IN list into two statements (a CREATE TYPE, then the query):
+    one read statement was refused with "only one statement per query is allowed"."""
+    c = start_collector(NO_JUDGE)
+    assert post(c, make_request(3).SerializeToString()).status_code == 200
+    for served in (True, False):
+        if not served:
+            c.stop()
+        refused = c.cli("query", "PIVOT spans ON status_code USING count(*)")
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "PIVOT without an IN list" in refused.stderr and "IN (" in refused.stderr, refused.stderr
+        assert "only one statement" in c.cli("query", "SELECT 1; SELECT 2").stderr
+        named = c.cli("query", "PIVOT (SELECT status_code FROM spans) ON status_code IN ('UNSET', 'OK') USING count(*)",
+                      "--format", "json")
+        assert named.returncode == 0, named.stderr
+        assert json.loads(named.stdout) == [{"UNSET": 3, "OK": 0}], named.stdout
+
+
 def test_a_symlink_or_another_spelling_of_the_store_finds_the_running_collector(start_collector, tmp_path):
     """--db through a symlink looked for <link>.serve.json, found none, and hit the file lock."""
     c = start_collector(NO_JUDGE)
@@ -444,6 +462,19 @@ def test_a_second_serve_on_the_same_store_names_the_running_one_and_exits_2(star
     assert f"pid {c.proc.pid}" in lines[0] and f"127.0.0.1:{c.http_port}" in lines[0]
     assert "without its query surface" not in lines[0]
     assert c.query("SELECT 1 AS x") == [{"x": 1}]  # the running one still answers the CLI
+
+
+def test_the_same_serve_command_run_twice_names_the_running_one_not_its_ports(start_collector):
+    """Run twice with the same config, the second one's ports are taken before it reaches the store's
+    lock: "cannot listen on 127.0.0.1:<port>; stop what uses it" hid that another serve holds the store."""
+    c = start_collector(NO_JUDGE)
+    result = run_cli("serve", "--config", str(c.config_path), "--db", str(c.db_path), timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tracesieve: error:"), result.stderr
+    assert "already served" in lines[0], lines[0]
+    assert f"pid {c.proc.pid}" in lines[0] and f"127.0.0.1:{c.http_port}" in lines[0]
+    assert c.query("SELECT 1 AS x") == [{"x": 1}]
 
 
 def test_healthz_and_readyz(start_collector):

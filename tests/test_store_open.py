@@ -82,3 +82,31 @@ def test_a_duckdb_file_without_tracesieve_tables_is_refused_and_left_alone(tmp_p
     con.close()
     assert tables == (["foo"] if foreign else [])
     assert not (tmp_path / "cases.yaml").exists()
+
+
+def test_a_store_from_a_newer_tracesieve_is_not_written_but_still_queried(tmp_path):
+    """A store a newer release had migrated past this one's schema was served and written as if it
+    were current; its new tables and columns went unknown."""
+    import duckdb
+
+    from conftest import run_cli
+    from tracesieve.storage.migrations import LATEST_VERSION
+
+    db = tmp_path / "s.duckdb"
+    store.open_database(str(db)).close()
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO schema_version (version, description) VALUES (?, 'from the future')", [LATEST_VERSION + 1])
+    con.close()
+    with pytest.raises(UsageError) as err:
+        store.open_database(str(db))
+    assert f"schema version {LATEST_VERSION + 1}" in str(err.value) and "newer tracesieve" in str(err.value)
+    config = tmp_path / "c.yaml"
+    config.write_text("receivers: {otlp: {protocols: {grpc: {endpoint: '127.0.0.1:0'}, http: {endpoint: '127.0.0.1:0'}}}}\n")
+    served = run_cli("serve", "--config", str(config), "--db", str(db), timeout=60)
+    assert served.returncode == 2 and served.stderr.count("\n") == 1, served.stderr
+    assert "newer tracesieve" in served.stderr, served.stderr
+    rejected = run_cli("reject", "c0123456789", "--reason", "no", "--db", str(db))
+    assert rejected.returncode == 2 and "newer tracesieve" in rejected.stderr, rejected.stderr
+    queried = run_cli("query", "SELECT max(version) AS v FROM schema_version", "--format", "json", "--db", str(db))
+    assert queried.returncode == 0, queried.stderr
+    assert queried.stdout.split() == ["[", "{", '"v":', f"{LATEST_VERSION + 1}", "}", "]"]
