@@ -84,7 +84,9 @@ class CaseResult:
     failure_mode: str
     runs: list[RunResult]
     previous: str | None = None  # the last recorded outcome before this gate: passed | failed | None
-    regressed_count: int | None = None  # the new count, set when this gate is a regression
+    #: The case's ``regressed_count`` after this gate: as cases.yaml holds it, plus 1 when this gate is a
+    #: regression (``--format json`` shows it for every case, so CI can read a case's record without the file).
+    regressed_count: int = 0
 
     @property
     def passed(self) -> bool:
@@ -423,7 +425,7 @@ def _judge(con: Any, cases: Sequence[Mapping[str, Any]], outcomes: Mapping[tuple
                 run_spans = [s for t in run.traces for s in spans.get(t, [])]
                 run.reasons.extend(score(expected, run_spans, settings))
             runs.append(run)
-        results.append(CaseResult(case_id, mode, runs))
+        results.append(CaseResult(case_id, mode, runs, regressed_count=int(case.get("regressed_count") or 0)))
     return results
 
 

@@ -494,3 +494,24 @@ def test_a_node_agents_tools_are_judged_in_the_order_they_ran_though_they_starte
                      sys.executable, str(script), str(ROOT / "tests" / "testdata" / "js_fast_agent_trace.json"),
                      cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gate_json_gives_every_case_its_regressed_count_not_only_a_regression(tmp_path):
+    """``--format json`` showed ``regressed_count: null`` for every case that did not regress in this gate
+    (a pass, or a failure that also failed last time): CI reading the record could not tell 0 from 4."""
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    cases.write_text(cases.read_text().replace("regressed_count: 0", "regressed_count: 4"))
+
+    def gate_record(*bug: str) -> dict[str, Any]:
+        result = run_cli("gate", "--cases", str(cases), "--format", "json", "--", sys.executable, AGENT, *bug,
+                         cwd=tmp_path, timeout=180)
+        assert result.returncode == (1 if bug else 0), result.stdout + result.stderr
+        return json.loads(result.stdout)[0]
+
+    passed = gate_record()
+    assert (passed["result"], passed["regressed"], passed["regressed_count"]) == ("passed", False, 4)
+    regressed = gate_record("--bug", "tool_error")
+    assert (regressed["result"], regressed["regressed"], regressed["regressed_count"]) == ("failed", True, 5)
+    failed_again = gate_record("--bug", "tool_error")
+    assert (failed_again["result"], failed_again["regressed"], failed_again["regressed_count"]) == ("failed", False, 5)
+    assert yaml.safe_load(cases.read_text())["cases"][0]["regressed_count"] == 5
