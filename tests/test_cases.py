@@ -548,6 +548,25 @@ def test_cases_remove_appends_to_an_existing_ledger_keeping_its_bytes(tmp_path):
     assert lint_cases(path) == []
 
 
+def test_cases_remove_of_a_case_whose_anchor_a_later_case_aliases_keeps_the_later_case_whole(tmp_path):
+    """A dataset that shares a block through a YAML anchor (``&shared`` on the removed case, ``*shared`` on
+    the next one, as ``yaml.safe_dump`` writes a repeated object): cutting the removed case's lines left a
+    dangling alias, and ``cases remove`` died with "internal error: ComposerError" instead of removing it."""
+    from conftest import run_cli
+
+    shared = HAND_WRITTEN.replace("  context: {}\n", "  context: &shared {documents: [refund-policy]}\n")
+    second = shared[shared.index("- id: TS-0001"):].replace("TS-0001", "TS-0002").replace(
+        "context: &shared {documents: [refund-policy]}", "context: *shared")
+    path = write_cases(tmp_path, shared + second)
+    assert lint_cases(path) == []
+    result = run_cli("cases", "remove", "TS-0001", "--cases", str(path), "--reason", "fixed for good", "--by", "ann")
+    assert result.returncode == 0, result.stderr
+    (left,) = load(path)["cases"]
+    assert (left["id"], left["context"]) == ("TS-0002", {"documents": ["refund-policy"]})
+    assert [e["id"] for e in load(tmp_path / "cases_removed.yaml")["removed"]] == ["TS-0001"]
+    assert lint_cases(path) == []
+
+
 def test_cases_lint_validates_its_config_like_every_command(tmp_path):
     """lint accepted --config and never read it: a missing file or an unknown key exited 0."""
     from conftest import run_cli
