@@ -30,6 +30,7 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import signal
@@ -190,7 +191,23 @@ def agent_env(base: Mapping[str, str], case: Mapping[str, Any], run: int, endpoi
 
 
 def case_payload(case: Mapping[str, Any]) -> str:
-    return json.dumps(case.get("input") or {}, ensure_ascii=False, default=str)
+    """The case input as strict JSON, for the agent's stdin and ``TRACESIEVE_CASE_INPUT``.
+
+    YAML's ``.nan`` / ``.inf`` have no JSON spelling: they went out as ``NaN`` / ``Infinity``, which
+    a strict parser (Node's ``JSON.parse``, Go's ``encoding/json``) refuses, so the agent failed before
+    it ran. They go as ``null``, as ``export`` writes them.
+    """
+    return json.dumps(_finite(case.get("input") or {}), ensure_ascii=False, default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class _Runner:

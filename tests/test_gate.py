@@ -515,3 +515,31 @@ def test_gate_json_gives_every_case_its_regressed_count_not_only_a_regression(tm
     failed_again = gate_record("--bug", "tool_error")
     assert (failed_again["result"], failed_again["regressed"], failed_again["regressed_count"]) == ("failed", False, 5)
     assert yaml.safe_load(cases.read_text())["cases"][0]["regressed_count"] == 5
+
+
+def test_the_case_input_reaches_the_agent_as_strict_json_when_yaml_holds_nan_or_infinity(tmp_path):
+    """A case input with YAML's ``.nan`` / ``.inf`` went to the agent as ``NaN`` / ``Infinity``, which no strict
+    JSON parser (Node's JSON.parse, Go) reads: the agent died on its own input. They arrive as null."""
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    doc = yaml.safe_load(cases.read_text())
+    doc["cases"][0]["input"]["threshold"] = float("nan")
+    doc["cases"][0]["input"]["limits"] = [float("inf"), 2.5]
+    cases.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert ".nan" in cases.read_text() and ".inf" in cases.read_text()
+    seen = tmp_path / "seen.json"
+    script = tmp_path / "strict_agent.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys
+        def refuse(name):
+            raise ValueError("not JSON: " + name)
+        stdin = json.loads(sys.stdin.read(), parse_constant=refuse)
+        env = json.loads(os.environ["TRACESIEVE_CASE_INPUT"], parse_constant=refuse)
+        open({str(seen)!r}, "w").write(json.dumps([stdin, env]))
+    """))
+    result = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), cwd=tmp_path, timeout=180)
+    assert result.returncode == 1, result.stdout + result.stderr  # no trace: the input is what is checked here
+    assert "exited with" not in result.stdout, result.stdout
+    stdin, env = json.loads(seen.read_text())
+    assert stdin == env
+    assert (stdin["threshold"], stdin["limits"]) == (None, [None, 2.5])
+    assert stdin["user_message"] == "Where is order ORD-1?"
