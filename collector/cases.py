@@ -37,6 +37,7 @@ import jsonschema
 import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import ConstructorError, RoundTripConstructor
 from ruamel.yaml.error import YAMLError
 
 from tracesieve.collector.gate_scorers import expected_problems
@@ -130,7 +131,22 @@ def _yaml() -> YAML:
         dt.datetime, lambda rep, data: rep.represent_scalar("tag:yaml.org,2002:timestamp", _iso(data))
     )
     y.representer.add_representer(str, _represent_str)
+    y.constructor.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
     return y
+
+
+def _construct_timestamp(constructor: RoundTripConstructor, node: Any) -> Any:
+    """A YAML timestamp; a YAML error naming its line when it is no real date or time.
+
+    ruamel builds it with ``datetime()``, whose ValueError went through every reader: a hand-edited
+    ``discovered_at: 2026-02-30T10:00:00Z`` made ``cases lint`` (and promote, gate, export) exit 2 with
+    "internal error: ValueError: day is out of range for month" instead of reporting the problem.
+    """
+    try:
+        return RoundTripConstructor.construct_yaml_timestamp(constructor, node)
+    except (ValueError, OverflowError) as exc:
+        raise ConstructorError(None, None, f"{node.value!r} is not a real date or time ({exc})",
+                               node.start_mark) from None
 
 
 #: PyYAML's (YAML 1.1) tag for a plain scalar: it reads `no`, `on`, `1:20` as false, true, 80.

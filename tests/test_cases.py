@@ -567,6 +567,25 @@ def test_cases_remove_of_a_case_whose_anchor_a_later_case_aliases_keeps_the_late
     assert lint_cases(path) == []
 
 
+def test_an_impossible_date_is_a_lint_problem_not_an_internal_error(tmp_path):
+    """``discovered_at: 2026-02-30T09:00:00Z`` (a hand edit): ruamel's datetime() raised ValueError through
+    every reader, so `cases lint` exited 2 "internal error: ValueError: day is out of range for month"
+    instead of 1 with the problem, and gate, export and promote died the same way."""
+    from conftest import run_cli
+
+    assert "discovered_at: 2026-11-01T09:00:00Z" in HAND_WRITTEN
+    path = write_cases(tmp_path, HAND_WRITTEN.replace("2026-11-01T09:00:00Z", "2026-02-30T09:00:00Z"))
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 1, lint.stdout + lint.stderr
+    assert "'2026-02-30T09:00:00Z' is not a real date or time" in lint.stdout and "line 12" in lint.stdout
+    for args in (("export", "--format", "jsonl", "--cases", str(path)),
+                 ("gate", "--cases", str(path), "--", sys.executable, "-c", "pass")):
+        refused = run_cli(*args)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "internal error" not in refused.stderr and "not a real date" in refused.stderr
+    assert path.read_text() == HAND_WRITTEN.replace("2026-11-01T09:00:00Z", "2026-02-30T09:00:00Z")
+
+
 def test_cases_lint_validates_its_config_like_every_command(tmp_path):
     """lint accepted --config and never read it: a missing file or an unknown key exited 0."""
     from conftest import run_cli
