@@ -543,3 +543,24 @@ def test_the_case_input_reaches_the_agent_as_strict_json_when_yaml_holds_nan_or_
     assert stdin == env
     assert (stdin["threshold"], stdin["limits"]) == (None, [None, 2.5])
     assert stdin["user_message"] == "Where is order ORD-1?"
+
+
+def test_a_schema_ref_the_gate_cannot_resolve_is_refused_before_any_agent_runs(tmp_path):
+    """``output_schema: {$ref: http://...}`` passed `cases lint`; the gate ran every agent, then died scoring
+    with "internal error: _WrappedReferencingError: Unresolvable" (exit 2, no verdict, no history)."""
+    ran = tmp_path / "ran"
+    agent = ["--", sys.executable, "-c", f"open({str(ran)!r}, 'w')"]
+    local = {"type": "object", "properties": {"order": {"$ref": "#/$defs/Order"}},
+             "$defs": {"Order": {"type": "string"}}}
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {"output_schema": local}}])
+    assert run_cli("cases", "lint", str(cases)).returncode == 0  # a reference inside the schema is fine
+
+    for schema in ({"$ref": "http://127.0.0.1:9/order.json"}, {**local, "$defs": {}}):
+        write_dataset(cases, [{"id": "TS-0001", "expected_behavior": {"output_schema": schema}}])
+        lint = run_cli("cases", "lint", str(cases))
+        assert lint.returncode == 1 and "output_schema" in lint.stdout and "$refs point inside it" in lint.stdout, (
+            lint.stdout + lint.stderr)
+        refused = run_cli("gate", "--cases", str(cases), *agent, cwd=tmp_path, timeout=120)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "internal error" not in refused.stderr and "output_schema" in refused.stderr
+    assert not ran.exists() and not (tmp_path / "history.jsonl").exists()
