@@ -36,7 +36,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import jsonschema
 import yaml
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, CommentedSet, TaggedScalar
 from ruamel.yaml.constructor import ConstructorError, RoundTripConstructor
 from ruamel.yaml.error import YAMLError
 
@@ -176,6 +176,30 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)
     return value
+
+
+def _values_without_json(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted path, YAML kind) of each value in plain case data that JSON cannot hold.
+
+    ``!!binary``, ``!!set`` and custom tags (``!vault x``) pass the case schema where any value is
+    allowed (an input's extra keys, context), and then `export` died with "internal error: TypeError:
+    Object of type bytes is not JSON serializable" while gate handed the agent ``"b'...'"``.
+    """
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _values_without_json(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _values_without_json(v, f"{path}[{i}]")
+    elif not (value is None or isinstance(value, (str, int, float))):  # bool is an int
+        if isinstance(value, bytes):
+            yield path, "!!binary value"
+        elif isinstance(value, CommentedSet):
+            yield path, "!!set"
+        elif isinstance(value, TaggedScalar):
+            yield path, f"value tagged {getattr(value.tag, 'value', value.tag)}"
+        else:
+            yield path, f"{type(value).__name__} value"
 
 
 def _load(path: Path) -> Any:
@@ -894,6 +918,9 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
         for err in sorted(validator.iter_errors(plain), key=lambda e: [str(x) for x in e.path]):
             key = ".".join(str(x) for x in err.path)
             problems.append(f"{where}: {label}: {key + ': ' if key else ''}{err.message}")
+        for key, kind in _values_without_json(plain):
+            problems.append(f"{where}: {label}: {key}: a YAML {kind} has no JSON form (gate hands the case to the "
+                            f"agent as JSON and export writes it as JSON); use a string, number, list or mapping")
         if case.get("status") == "active":  # what gate runs must be scorable: the gate's own check
             problems.extend(f"{where}: {label}: {p}" for p in expected_problems(case.get("expected_behavior")))
         mode = case.get("failure_mode")

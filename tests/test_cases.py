@@ -586,6 +586,25 @@ def test_an_impossible_date_is_a_lint_problem_not_an_internal_error(tmp_path):
     assert path.read_text() == HAND_WRITTEN.replace("2026-11-01T09:00:00Z", "2026-02-30T09:00:00Z")
 
 
+@pytest.mark.parametrize(("value", "kind"), [("!!binary aGVsbG8=", "!!binary value"), ("!!set {a, b}", "!!set"),
+                                           ("!vault secret/refund", "value tagged !vault")])
+def test_a_case_value_json_cannot_hold_is_a_lint_problem_not_an_export_crash(tmp_path, value, kind):
+    """A tagged value under a key the case schema leaves open (an input's extra key) passed lint; then
+    `export --cases` died with "internal error: TypeError: Object of type bytes is not JSON serializable",
+    and gate handed the agent the Python repr ("b'hello'") as the input."""
+    from conftest import run_cli
+
+    old = 'input: {user_message: "Refund me", conversation_history: []}'
+    assert old in HAND_WRITTEN
+    path = write_cases(tmp_path, HAND_WRITTEN.replace(old, old[:-1] + f", attachment: {value}}}"))
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 1, lint.stdout + lint.stderr
+    assert f"TS-0001: input.attachment: a YAML {kind} has no JSON form" in lint.stdout, lint.stdout
+    export = run_cli("export", "--format", "jsonl", "--cases", str(path))
+    assert export.returncode == 2 and export.stderr.count("\n") == 1, export.stderr
+    assert "internal error" not in export.stderr and "input.attachment" in export.stderr
+
+
 def test_cases_lint_validates_its_config_like_every_command(tmp_path):
     """lint accepted --config and never read it: a missing file or an unknown key exited 0."""
     from conftest import run_cli
