@@ -564,3 +564,17 @@ def test_a_schema_ref_the_gate_cannot_resolve_is_refused_before_any_agent_runs(t
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
         assert "internal error" not in refused.stderr and "output_schema" in refused.stderr
     assert not ran.exists() and not (tmp_path / "history.jsonl").exists()
+
+
+def test_the_gate_table_shows_control_characters_from_the_agent_escaped(tmp_path):
+    """A failing run's reason quotes the agent's last stderr line (and detectors quote span status messages,
+    which carry what users typed): the table printed them raw, so a BEL or NUL reached the operator's
+    terminal, which `candidates` and `show` never let through."""
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    agent = [sys.executable, "-c", "import sys; sys.stdin.read(); sys.stderr.write('boom \\x07\\x00\\x9b end\\n'); "
+                                   "sys.exit(3)"]
+    result = run_cli("gate", "--cases", str(cases), "--", *agent, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("FAILED TS-0001")]
+    assert "boom \\x07\\x00\\x9b end" in line, line
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", result.stdout), repr(result.stdout)
