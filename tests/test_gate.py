@@ -578,3 +578,64 @@ def test_the_gate_table_shows_control_characters_from_the_agent_escaped(tmp_path
     (line,) = [x for x in result.stdout.splitlines() if x.startswith("FAILED TS-0001")]
     assert "boom \\x07\\x00\\x9b end" in line, line
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", result.stdout), repr(result.stdout)
+
+
+CITING_AGENT = '''
+import json, sys
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+question = json.loads(sys.stdin.read() or "{}").get("user_message") or "How long is the refund window?"
+documents = [] if sys.argv[1] == "empty_retrieval" else ["doc-1", "doc-2"]
+answer = "Refunds are accepted within 30 days [doc-1]."
+provider = TracerProvider(resource=Resource.create({"service.name": "citing-agent"}))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(insecure=True)))
+tracer = provider.get_tracer("citing-agent")
+with tracer.start_as_current_span("agent") as root:
+    root.set_attribute("openinference.span.kind", "AGENT")
+    root.set_attribute("input.value", question)
+    with tracer.start_as_current_span("retrieve") as retriever:
+        retriever.set_attribute("openinference.span.kind", "RETRIEVER")
+        retriever.set_attribute("input.value", question)
+        for i, doc in enumerate(documents):
+            retriever.set_attribute(f"retrieval.documents.{i}.document.id", doc)
+            retriever.set_attribute(f"retrieval.documents.{i}.document.score", 0.9)
+            retriever.set_attribute(f"retrieval.documents.{i}.document.content", "Refunds within 30 days.")
+    with tracer.start_as_current_span("llm") as llm:
+        llm.set_attribute("openinference.span.kind", "LLM")
+        llm.set_attribute("llm.model_name", "gpt-4o")
+        llm.set_attribute("llm.input_messages.0.message.role", "user")
+        llm.set_attribute("llm.input_messages.0.message.content", question)
+        llm.set_attribute("llm.output_messages.0.message.role", "assistant")
+        llm.set_attribute("llm.output_messages.0.message.content", answer)
+        llm.set_attribute("llm.finish_reason", "stop")
+    root.set_attribute("output.value", answer)
+provider.shutdown()
+'''
+
+
+def test_a_citation_after_an_empty_retrieval_is_not_banned_for_the_agent_that_retrieves_it(start_collector, tmp_path):
+    """The retriever returned nothing and the answer cited [doc-1] anyway: the promoted draft banned ``doc-1``
+    (must_not), so the fixed agent, which retrieves doc-1 and cites it, failed the gate forever."""
+    script = tmp_path / "citing_agent.py"
+    script.write_text(CITING_AGENT)
+    c = start_collector(FAST_JUDGE)
+    run = subprocess.run([sys.executable, str(script), "empty_retrieval"], input="{}", capture_output=True, text=True,
+                         env={**os.environ, **otel_env(c)}, timeout=60)
+    assert run.returncode == 0, run.stderr
+    rows = c.wait_for("SELECT candidate_id, expected::VARCHAR AS expected FROM candidates "
+                      "WHERE failure_mode = 'hallucination'", lambda r: r)
+    cases = tmp_path / "cases.yaml"
+    for row in rows:
+        assert "doc-1" not in json.loads(row["expected"]).get("must_not", []), row
+        assert c.cli("promote", row["candidate_id"], "--cases", str(cases), "--owner", "qa").returncode == 0
+    c.stop()
+
+    still = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), "empty_retrieval",
+                    cwd=tmp_path, timeout=180)
+    assert still.returncode == 1, still.stdout + still.stderr
+    fixed = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), "retrieves",
+                    cwd=tmp_path, timeout=180)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
