@@ -36,7 +36,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import jsonschema
 import yaml
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, CommentedSet, TaggedScalar
+from ruamel.yaml.constructor import ConstructorError, RoundTripConstructor
 from ruamel.yaml.error import YAMLError
 
 from tracesieve.collector.gate_scorers import expected_problems
@@ -130,7 +131,22 @@ def _yaml() -> YAML:
         dt.datetime, lambda rep, data: rep.represent_scalar("tag:yaml.org,2002:timestamp", _iso(data))
     )
     y.representer.add_representer(str, _represent_str)
+    y.constructor.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
     return y
+
+
+def _construct_timestamp(constructor: RoundTripConstructor, node: Any) -> Any:
+    """A YAML timestamp; a YAML error naming its line when it is no real date or time.
+
+    ruamel builds it with ``datetime()``, whose ValueError went through every reader: a hand-edited
+    ``discovered_at: 2026-02-30T10:00:00Z`` made ``cases lint`` (and promote, gate, export) exit 2 with
+    "internal error: ValueError: day is out of range for month" instead of reporting the problem.
+    """
+    try:
+        return RoundTripConstructor.construct_yaml_timestamp(constructor, node)
+    except (ValueError, OverflowError) as exc:
+        raise ConstructorError(None, None, f"{node.value!r} is not a real date or time ({exc})",
+                               node.start_mark) from None
 
 
 #: PyYAML's (YAML 1.1) tag for a plain scalar: it reads `no`, `on`, `1:20` as false, true, 80.
@@ -160,6 +176,30 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)
     return value
+
+
+def _values_without_json(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted path, YAML kind) of each value in plain case data that JSON cannot hold.
+
+    ``!!binary``, ``!!set`` and custom tags (``!vault x``) pass the case schema where any value is
+    allowed (an input's extra keys, context), and then `export` died with "internal error: TypeError:
+    Object of type bytes is not JSON serializable" while gate handed the agent ``"b'...'"``.
+    """
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _values_without_json(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _values_without_json(v, f"{path}[{i}]")
+    elif not (value is None or isinstance(value, (str, int, float))):  # bool is an int
+        if isinstance(value, bytes):
+            yield path, "!!binary value"
+        elif isinstance(value, CommentedSet):
+            yield path, "!!set"
+        elif isinstance(value, TaggedScalar):
+            yield path, f"value tagged {getattr(value.tag, 'value', value.tag)}"
+        else:
+            yield path, f"{type(value).__name__} value"
 
 
 def _load(path: Path) -> Any:
@@ -725,7 +765,10 @@ def remove_case(
 
     new_text = _without_case_text(text, doc, index) or ""
     if new_text:  # verify the cut parses to exactly the old dataset less this case
-        check = y.load(new_text)
+        try:
+            check = y.load(new_text)
+        except YAMLError:  # the cut took an anchor (`&id001`) that a later case's alias still names
+            check = None
         expected = _plain(doc)
         expected["cases"] = [c for i, c in enumerate(expected["cases"]) if i != index]
         got = _plain(check) if isinstance(check, Mapping) else None
@@ -875,6 +918,9 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
         for err in sorted(validator.iter_errors(plain), key=lambda e: [str(x) for x in e.path]):
             key = ".".join(str(x) for x in err.path)
             problems.append(f"{where}: {label}: {key + ': ' if key else ''}{err.message}")
+        for key, kind in _values_without_json(plain):
+            problems.append(f"{where}: {label}: {key}: a YAML {kind} has no JSON form (gate hands the case to the "
+                            f"agent as JSON and export writes it as JSON); use a string, number, list or mapping")
         if case.get("status") == "active":  # what gate runs must be scorable: the gate's own check
             problems.extend(f"{where}: {label}: {p}" for p in expected_problems(case.get("expected_behavior")))
         mode = case.get("failure_mode")

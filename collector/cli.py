@@ -707,8 +707,8 @@ def gate(cases_path: str, repeat: int, jobs: int, only: tuple[str, ...], protoco
     else:
         for line in matrix_lines(results):
             click.echo(line)
-        for r in bad:
-            click.echo(failure_line(r))
+        for r in bad:  # reasons quote the agent's stderr and span status messages: not for the terminal raw
+            click.echo(_printable(failure_line(r)))
         passed = [r.case_id for r in results if r.passed]
         if passed:
             click.echo(f"passed: {', '.join(passed)}")

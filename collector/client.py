@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -22,7 +23,7 @@ import httpx
 
 from tracesieve.collector.api import StoreApi, discovery_path, local_token_path
 from tracesieve.storage import lake, store
-from tracesieve.storage.errors import NotFoundError, TraceSieveError, UsageError
+from tracesieve.storage.errors import NotFoundError, StoreLockedError, TraceSieveError, UsageError
 
 
 class StoreClient(Protocol):
@@ -33,6 +34,12 @@ class StoreClient(Protocol):
 
 #: How long the CLI waits for an answer beyond the collector's own query time limit.
 ANSWER_MARGIN_SECONDS = 10.0
+#: How long a command waits for the store file's lock when no collector serves it. DuckDB lets one
+#: process write or several read: without a wait, `promote` failed while a colleague's `candidates`
+#: held the file for a moment, and a command run just as `serve` started (before it published its
+#: query surface) failed instead of finding the collector.
+LOCK_WAIT_SECONDS = 10.0
+LOCK_POLL_SECONDS = 0.1
 
 
 class RemoteClient:
@@ -184,24 +191,34 @@ def connect(db_path: str, *, write: bool, token: str | None) -> StoreClient:
 
     A discovery record whose pid is alive but whose port refuses connections is stale (serve was
     killed and the pid reused, or another process holds it): the file is then opened directly,
-    unless something still holds its lock.
+    unless something still holds its lock. A held lock is waited for up to :data:`LOCK_WAIT_SECONDS`
+    (another command's moment on the file, or a `serve` that has opened it and not yet published).
     """
-    info = running_collector(db_path)
-    stale: str | None = None
-    if info is not None:
-        url = str(info["url"])
-        if not _refused(url):
-            return RemoteClient(url, token, info.get("cafile"), _local_token(db_path),
-                                _seconds(info.get("query_time_limit")))
-        stale = url
-    if not os.path.exists(db_path):
-        raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {db_path}` or pass --db)")
-    try:
-        con = store.open_database(db_path, read_only=not write, existing_store=True)
-    except UsageError as exc:
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        info = running_collector(db_path)  # again after a wait: a starting `serve` publishes it late
+        stale: str | None = None
+        if info is not None:
+            url = str(info["url"])
+            if not _refused(url):
+                return RemoteClient(url, token, info.get("cafile"), _local_token(db_path),
+                                    _seconds(info.get("query_time_limit")))
+            stale = url
+        if not os.path.exists(db_path):
+            raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {db_path}` or pass --db)")
+        try:
+            con = store.open_database(db_path, read_only=not write, existing_store=True)
+            break
+        except StoreLockedError as exc:
+            if time.monotonic() < deadline:
+                time.sleep(LOCK_POLL_SECONDS)
+                continue
+            error: UsageError = exc
+        except UsageError as exc:
+            error = exc
         if stale is None:
-            raise
-        raise UsageError(f"cannot reach the collector at {stale} (connection refused), and {exc}") from None
+            raise error
+        raise UsageError(f"cannot reach the collector at {stale} (connection refused), and {error}") from None
     store.forbid_file_access(con)  # the same SQL as through a running collector: no read_csv('/etc/...')
     return LocalClient(con)
 

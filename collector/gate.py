@@ -30,6 +30,7 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import signal
@@ -84,7 +85,9 @@ class CaseResult:
     failure_mode: str
     runs: list[RunResult]
     previous: str | None = None  # the last recorded outcome before this gate: passed | failed | None
-    regressed_count: int | None = None  # the new count, set when this gate is a regression
+    #: The case's ``regressed_count`` after this gate: as cases.yaml holds it, plus 1 when this gate is a
+    #: regression (``--format json`` shows it for every case, so CI can read a case's record without the file).
+    regressed_count: int = 0
 
     @property
     def passed(self) -> bool:
@@ -188,7 +191,23 @@ def agent_env(base: Mapping[str, str], case: Mapping[str, Any], run: int, endpoi
 
 
 def case_payload(case: Mapping[str, Any]) -> str:
-    return json.dumps(case.get("input") or {}, ensure_ascii=False, default=str)
+    """The case input as strict JSON, for the agent's stdin and ``TRACESIEVE_CASE_INPUT``.
+
+    YAML's ``.nan`` / ``.inf`` have no JSON spelling: they went out as ``NaN`` / ``Infinity``, which
+    a strict parser (Node's ``JSON.parse``, Go's ``encoding/json``) refuses, so the agent failed before
+    it ran. They go as ``null``, as ``export`` writes them.
+    """
+    return json.dumps(_finite(case.get("input") or {}), ensure_ascii=False, default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class _Runner:
@@ -423,7 +442,7 @@ def _judge(con: Any, cases: Sequence[Mapping[str, Any]], outcomes: Mapping[tuple
                 run_spans = [s for t in run.traces for s in spans.get(t, [])]
                 run.reasons.extend(score(expected, run_spans, settings))
             runs.append(run)
-        results.append(CaseResult(case_id, mode, runs))
+        results.append(CaseResult(case_id, mode, runs, regressed_count=int(case.get("regressed_count") or 0)))
     return results
 
 

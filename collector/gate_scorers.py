@@ -21,10 +21,14 @@ import dataclasses
 import datetime as dt
 import json
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jsonschema
+import referencing
+import referencing.exceptions
+import referencing.jsonschema
 
 from tracesieve.processors.base import SpanRow
 from tracesieve.processors.rules import (
@@ -383,7 +387,49 @@ def _schema(v: Any) -> bool:
         jsonschema.validators.validator_for(v).check_schema(v)
     except jsonschema.SchemaError:
         return False
-    return True
+    return _refs_resolve(v)
+
+
+#: The JSON Schema drafts' own meta-schemas, as jsonschema's validators find them without a network.
+_META_SCHEMAS: referencing.Registry[Any] = getattr(jsonschema.validators, "SPECIFICATIONS", referencing.Registry())
+#: Keywords whose values are data, not subschemas: a ``$ref`` key inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+
+
+def _refs_resolve(schema: dict[str, Any]) -> bool:
+    """Every ``$ref`` of ``schema`` points inside it (the gate fetches nothing).
+
+    A ``$ref`` to another document (``http://...``) or to a missing definition passed the checks and
+    raised ``Unresolvable`` only while scoring, after every agent had run: the gate died with
+    "internal error" instead of refusing the dataset before it ran anything.
+    """
+    spec = referencing.jsonschema.specification_with(
+        str(schema.get("$schema", "")), default=referencing.jsonschema.DRAFT202012)
+    root = spec.create_resource(schema)
+    try:  # on top of the drafts' meta-schemas, which jsonschema resolves offline too
+        registry = _META_SCHEMAS.with_resource(root.id() or "", root).crawl()
+    except (referencing.exceptions.Unresolvable, TypeError, ValueError):
+        return False
+
+    def resolvable(node: Any, base: str) -> bool:
+        if isinstance(node, list):
+            return all(resolvable(item, base) for item in node)
+        if not isinstance(node, dict):
+            return True
+        if isinstance(node.get("$id"), str):
+            base = urllib.parse.urljoin(base, node["$id"])
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                registry.resolver(base_uri=base).lookup(ref)
+            except (referencing.exceptions.Unresolvable, TypeError, ValueError):
+                return False
+        return all(resolvable(v, base) for k, v in node.items() if k not in _DATA_KEYWORDS)
+
+    try:
+        return resolvable(schema, root.id() or "")
+    except RecursionError:
+        return False
 
 
 def _schemas_by_tool(v: Any) -> bool:
@@ -410,13 +456,13 @@ SCORERS: dict[str, Scorer] = {
     "tool_calls_succeed": Scorer(tool_calls_succeed, lambda v: _flag(v) or _str_list(v),
                                  "true or a list of tool names"),
     "tool_arguments_schema": Scorer(tool_arguments_schema, _schemas_by_tool,
-                                    "a mapping of tool name (or \"*\") to a JSON schema"),
+                                    "a mapping of tool name (or \"*\") to a JSON schema whose $refs point inside it"),
     "min_retrieved_documents": Scorer(min_retrieved_documents, _count, "a whole number"),
     "min_document_score": Scorer(min_document_score, _number, "a number"),
     "cited_ids_within_retrieved": Scorer(cited_ids_within_retrieved, _flag, "true or false"),
     "no_facts_without_retrieval": Scorer(no_facts_without_retrieval, _flag, "true or false"),
     "must_not": Scorer(must_not, _str_list, "a list of phrases"),
-    "output_schema": Scorer(output_schema, _schema, "a JSON schema (a mapping)"),
+    "output_schema": Scorer(output_schema, _schema, "a JSON schema (a mapping) whose $refs point inside it"),
     "output_mime_type": Scorer(output_mime_type, lambda v: isinstance(v, str) and "/" in v, "a mime type"),
     "finish_reason_not": Scorer(finish_reason_not, _str_list, "a list of finish reasons"),
     "max_duration_ms": Scorer(max_duration_ms, _ceilings,

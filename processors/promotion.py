@@ -909,7 +909,7 @@ def draft_expected(
     | tool_invocation     | ``required_tool_sequence: [tool]``, ``tool_calls_succeed: [tool]`` |
     | tool_argument       | ``tool_arguments_schema: {tool: declared schema}``, ``required_tool_sequence: [tool]`` |
     | retrieval_miss      | ``min_retrieved_documents: 1`` (+ ``min_document_score`` from evidence) |
-    | hallucination       | ``cited_ids_within_retrieved: true``, ``must_not: [invented ids]`` (``[id]`` when inside a retrieved id) |
+    | hallucination       | ``cited_ids_within_retrieved: true``, ``must_not: [invented ids]`` (``[id]`` when inside a retrieved id; none after an empty retrieval), ``no_facts_without_retrieval`` after one |
     | format_violation    | ``output_schema`` (evidence, else response_format), ``output_mime_type``; none when the output that broke was not the answer (a tool's, a step's) |
     | truncation          | ``finish_reason_not: [length]`` |
     | refusal_overreach   | ``must_not: [the refusal phrase]`` |
@@ -943,7 +943,9 @@ def draft_expected(
         exp["cited_ids_within_retrieved"] = True
         invented = _evidence(detections, "missing_ids", "unknown_ids", "invented_ids", "cited_ids")
         retrieved = {str(d.get("id")) for d in context.get("documents", []) if d.get("id") is not None}
-        if isinstance(invented, list):
+        # After an empty retrieval a cited id may be a real document the retriever failed to return: banning
+        # it failed the fixed agent that retrieves and cites it, and cited_ids_within_retrieved holds already.
+        if isinstance(invented, list) and retrieved:
             answer = _evidence(detections, "answer")
             answer = answer if isinstance(answer, str) else str(observed.get("final_answer") or "")
             bad = [_banned_citation(str(i), retrieved, answer) for i in invented if str(i) not in retrieved]

@@ -3,7 +3,8 @@
     TraceSieveError
     ├── ConfigError          a config value is wrong; carries every problem with its YAML path
     ├── UsageError           a command was asked something it cannot do (unknown id, refused SQL, bad file)
-    │   └── NotFoundError    an id or file that does not exist
+    │   ├── NotFoundError    an id or file that does not exist
+    │   └── StoreLockedError another process holds the store file's lock
     └── ExportError          an OTLP export could not be taken; the receivers map these to the wire in one place
         ├── PermanentError   bad data: HTTP 400 / INVALID_ARGUMENT, never retried
         ├── TooLargeError    over max_request_size: HTTP 413 / RESOURCE_EXHAUSTED, never retried
@@ -37,6 +38,13 @@ class UsageError(TraceSieveError):
 
 class NotFoundError(UsageError):
     """An id or a file that does not exist."""
+
+
+class StoreLockedError(UsageError):
+    """Another process holds the DuckDB file's lock (one writer, or readers while a writer wants in).
+
+    Often for a moment only (another CLI command), so a CLI command waits a little before giving this.
+    """
 
 
 class ExportError(TraceSieveError):

@@ -17,7 +17,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from tracesieve.storage.errors import UsageError
+from tracesieve.storage.errors import StoreLockedError, UsageError
 from tracesieve.storage.migrations import LATEST_VERSION, current_version, migrate
 from tracesieve.storage.schema import Detection, JSON_SPAN_COLUMNS
 from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
@@ -55,7 +55,7 @@ def open_database(path: str, *, read_only: bool = False, existing_store: bool = 
         con.close()
         text = str(exc)
         if "lock" in text.lower():
-            raise UsageError(
+            raise StoreLockedError(
                 f"{path} is locked by another process (is `tracesieve serve` running on it without its "
                 f"query surface? stop it or use the same --db)"
             ) from None

@@ -548,6 +548,63 @@ def test_cases_remove_appends_to_an_existing_ledger_keeping_its_bytes(tmp_path):
     assert lint_cases(path) == []
 
 
+def test_cases_remove_of_a_case_whose_anchor_a_later_case_aliases_keeps_the_later_case_whole(tmp_path):
+    """A dataset that shares a block through a YAML anchor (``&shared`` on the removed case, ``*shared`` on
+    the next one, as ``yaml.safe_dump`` writes a repeated object): cutting the removed case's lines left a
+    dangling alias, and ``cases remove`` died with "internal error: ComposerError" instead of removing it."""
+    from conftest import run_cli
+
+    shared = HAND_WRITTEN.replace("  context: {}\n", "  context: &shared {documents: [refund-policy]}\n")
+    second = shared[shared.index("- id: TS-0001"):].replace("TS-0001", "TS-0002").replace(
+        "context: &shared {documents: [refund-policy]}", "context: *shared")
+    path = write_cases(tmp_path, shared + second)
+    assert lint_cases(path) == []
+    result = run_cli("cases", "remove", "TS-0001", "--cases", str(path), "--reason", "fixed for good", "--by", "ann")
+    assert result.returncode == 0, result.stderr
+    (left,) = load(path)["cases"]
+    assert (left["id"], left["context"]) == ("TS-0002", {"documents": ["refund-policy"]})
+    assert [e["id"] for e in load(tmp_path / "cases_removed.yaml")["removed"]] == ["TS-0001"]
+    assert lint_cases(path) == []
+
+
+def test_an_impossible_date_is_a_lint_problem_not_an_internal_error(tmp_path):
+    """``discovered_at: 2026-02-30T09:00:00Z`` (a hand edit): ruamel's datetime() raised ValueError through
+    every reader, so `cases lint` exited 2 "internal error: ValueError: day is out of range for month"
+    instead of 1 with the problem, and gate, export and promote died the same way."""
+    from conftest import run_cli
+
+    assert "discovered_at: 2026-11-01T09:00:00Z" in HAND_WRITTEN
+    path = write_cases(tmp_path, HAND_WRITTEN.replace("2026-11-01T09:00:00Z", "2026-02-30T09:00:00Z"))
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 1, lint.stdout + lint.stderr
+    assert "'2026-02-30T09:00:00Z' is not a real date or time" in lint.stdout and "line 12" in lint.stdout
+    for args in (("export", "--format", "jsonl", "--cases", str(path)),
+                 ("gate", "--cases", str(path), "--", sys.executable, "-c", "pass")):
+        refused = run_cli(*args)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "internal error" not in refused.stderr and "not a real date" in refused.stderr
+    assert path.read_text() == HAND_WRITTEN.replace("2026-11-01T09:00:00Z", "2026-02-30T09:00:00Z")
+
+
+@pytest.mark.parametrize(("value", "kind"), [("!!binary aGVsbG8=", "!!binary value"), ("!!set {a, b}", "!!set"),
+                                           ("!vault secret/refund", "value tagged !vault")])
+def test_a_case_value_json_cannot_hold_is_a_lint_problem_not_an_export_crash(tmp_path, value, kind):
+    """A tagged value under a key the case schema leaves open (an input's extra key) passed lint; then
+    `export --cases` died with "internal error: TypeError: Object of type bytes is not JSON serializable",
+    and gate handed the agent the Python repr ("b'hello'") as the input."""
+    from conftest import run_cli
+
+    old = 'input: {user_message: "Refund me", conversation_history: []}'
+    assert old in HAND_WRITTEN
+    path = write_cases(tmp_path, HAND_WRITTEN.replace(old, old[:-1] + f", attachment: {value}}}"))
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 1, lint.stdout + lint.stderr
+    assert f"TS-0001: input.attachment: a YAML {kind} has no JSON form" in lint.stdout, lint.stdout
+    export = run_cli("export", "--format", "jsonl", "--cases", str(path))
+    assert export.returncode == 2 and export.stderr.count("\n") == 1, export.stderr
+    assert "internal error" not in export.stderr and "input.attachment" in export.stderr
+
+
 def test_cases_lint_validates_its_config_like_every_command(tmp_path):
     """lint accepted --config and never read it: a missing file or an unknown key exited 0."""
     from conftest import run_cli

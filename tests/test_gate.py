@@ -521,3 +521,148 @@ def test_a_node_agent_that_refunds_right_after_a_failed_lookup_fails_must_not_ca
         outcomes[failing] = (result.returncode, result.stdout + result.stderr)
     assert outcomes["lookup_order"][0] == 1 and "refund_payment ran after lookup_order failed" in outcomes["lookup_order"][1]
     assert outcomes["agent"][0] == 0, outcomes["agent"][1]
+
+
+def test_gate_json_gives_every_case_its_regressed_count_not_only_a_regression(tmp_path):
+    """``--format json`` showed ``regressed_count: null`` for every case that did not regress in this gate
+    (a pass, or a failure that also failed last time): CI reading the record could not tell 0 from 4."""
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    cases.write_text(cases.read_text().replace("regressed_count: 0", "regressed_count: 4"))
+
+    def gate_record(*bug: str) -> dict[str, Any]:
+        result = run_cli("gate", "--cases", str(cases), "--format", "json", "--", sys.executable, AGENT, *bug,
+                         cwd=tmp_path, timeout=180)
+        assert result.returncode == (1 if bug else 0), result.stdout + result.stderr
+        return json.loads(result.stdout)[0]
+
+    passed = gate_record()
+    assert (passed["result"], passed["regressed"], passed["regressed_count"]) == ("passed", False, 4)
+    regressed = gate_record("--bug", "tool_error")
+    assert (regressed["result"], regressed["regressed"], regressed["regressed_count"]) == ("failed", True, 5)
+    failed_again = gate_record("--bug", "tool_error")
+    assert (failed_again["result"], failed_again["regressed"], failed_again["regressed_count"]) == ("failed", False, 5)
+    assert yaml.safe_load(cases.read_text())["cases"][0]["regressed_count"] == 5
+
+
+def test_the_case_input_reaches_the_agent_as_strict_json_when_yaml_holds_nan_or_infinity(tmp_path):
+    """A case input with YAML's ``.nan`` / ``.inf`` went to the agent as ``NaN`` / ``Infinity``, which no strict
+    JSON parser (Node's JSON.parse, Go) reads: the agent died on its own input. They arrive as null."""
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    doc = yaml.safe_load(cases.read_text())
+    doc["cases"][0]["input"]["threshold"] = float("nan")
+    doc["cases"][0]["input"]["limits"] = [float("inf"), 2.5]
+    cases.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert ".nan" in cases.read_text() and ".inf" in cases.read_text()
+    seen = tmp_path / "seen.json"
+    script = tmp_path / "strict_agent.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys
+        def refuse(name):
+            raise ValueError("not JSON: " + name)
+        stdin = json.loads(sys.stdin.read(), parse_constant=refuse)
+        env = json.loads(os.environ["TRACESIEVE_CASE_INPUT"], parse_constant=refuse)
+        open({str(seen)!r}, "w").write(json.dumps([stdin, env]))
+    """))
+    result = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), cwd=tmp_path, timeout=180)
+    assert result.returncode == 1, result.stdout + result.stderr  # no trace: the input is what is checked here
+    assert "exited with" not in result.stdout, result.stdout
+    stdin, env = json.loads(seen.read_text())
+    assert stdin == env
+    assert (stdin["threshold"], stdin["limits"]) == (None, [None, 2.5])
+    assert stdin["user_message"] == "Where is order ORD-1?"
+
+
+def test_a_schema_ref_the_gate_cannot_resolve_is_refused_before_any_agent_runs(tmp_path):
+    """``output_schema: {$ref: http://...}`` passed `cases lint`; the gate ran every agent, then died scoring
+    with "internal error: _WrappedReferencingError: Unresolvable" (exit 2, no verdict, no history)."""
+    ran = tmp_path / "ran"
+    agent = ["--", sys.executable, "-c", f"open({str(ran)!r}, 'w')"]
+    local = {"type": "object", "properties": {"order": {"$ref": "#/$defs/Order"}},
+             "$defs": {"Order": {"type": "string"}}}
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {"output_schema": local}}])
+    assert run_cli("cases", "lint", str(cases)).returncode == 0  # a reference inside the schema is fine
+
+    for schema in ({"$ref": "http://127.0.0.1:9/order.json"}, {**local, "$defs": {}}):
+        write_dataset(cases, [{"id": "TS-0001", "expected_behavior": {"output_schema": schema}}])
+        lint = run_cli("cases", "lint", str(cases))
+        assert lint.returncode == 1 and "output_schema" in lint.stdout and "$refs point inside it" in lint.stdout, (
+            lint.stdout + lint.stderr)
+        refused = run_cli("gate", "--cases", str(cases), *agent, cwd=tmp_path, timeout=120)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "internal error" not in refused.stderr and "output_schema" in refused.stderr
+    assert not ran.exists() and not (tmp_path / "history.jsonl").exists()
+
+
+def test_the_gate_table_shows_control_characters_from_the_agent_escaped(tmp_path):
+    """A failing run's reason quotes the agent's last stderr line (and detectors quote span status messages,
+    which carry what users typed): the table printed them raw, so a BEL or NUL reached the operator's
+    terminal, which `candidates` and `show` never let through."""
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    agent = [sys.executable, "-c", "import sys; sys.stdin.read(); sys.stderr.write('boom \\x07\\x00\\x9b end\\n'); "
+                                   "sys.exit(3)"]
+    result = run_cli("gate", "--cases", str(cases), "--", *agent, cwd=tmp_path, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("FAILED TS-0001")]
+    assert "boom \\x07\\x00\\x9b end" in line, line
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", result.stdout), repr(result.stdout)
+
+
+CITING_AGENT = '''
+import json, sys
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+question = json.loads(sys.stdin.read() or "{}").get("user_message") or "How long is the refund window?"
+documents = [] if sys.argv[1] == "empty_retrieval" else ["doc-1", "doc-2"]
+answer = "Refunds are accepted within 30 days [doc-1]."
+provider = TracerProvider(resource=Resource.create({"service.name": "citing-agent"}))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(insecure=True)))
+tracer = provider.get_tracer("citing-agent")
+with tracer.start_as_current_span("agent") as root:
+    root.set_attribute("openinference.span.kind", "AGENT")
+    root.set_attribute("input.value", question)
+    with tracer.start_as_current_span("retrieve") as retriever:
+        retriever.set_attribute("openinference.span.kind", "RETRIEVER")
+        retriever.set_attribute("input.value", question)
+        for i, doc in enumerate(documents):
+            retriever.set_attribute(f"retrieval.documents.{i}.document.id", doc)
+            retriever.set_attribute(f"retrieval.documents.{i}.document.score", 0.9)
+            retriever.set_attribute(f"retrieval.documents.{i}.document.content", "Refunds within 30 days.")
+    with tracer.start_as_current_span("llm") as llm:
+        llm.set_attribute("openinference.span.kind", "LLM")
+        llm.set_attribute("llm.model_name", "gpt-4o")
+        llm.set_attribute("llm.input_messages.0.message.role", "user")
+        llm.set_attribute("llm.input_messages.0.message.content", question)
+        llm.set_attribute("llm.output_messages.0.message.role", "assistant")
+        llm.set_attribute("llm.output_messages.0.message.content", answer)
+        llm.set_attribute("llm.finish_reason", "stop")
+    root.set_attribute("output.value", answer)
+provider.shutdown()
+'''
+
+
+def test_a_citation_after_an_empty_retrieval_is_not_banned_for_the_agent_that_retrieves_it(start_collector, tmp_path):
+    """The retriever returned nothing and the answer cited [doc-1] anyway: the promoted draft banned ``doc-1``
+    (must_not), so the fixed agent, which retrieves doc-1 and cites it, failed the gate forever."""
+    script = tmp_path / "citing_agent.py"
+    script.write_text(CITING_AGENT)
+    c = start_collector(FAST_JUDGE)
+    run = subprocess.run([sys.executable, str(script), "empty_retrieval"], input="{}", capture_output=True, text=True,
+                         env={**os.environ, **otel_env(c)}, timeout=60)
+    assert run.returncode == 0, run.stderr
+    rows = c.wait_for("SELECT candidate_id, expected::VARCHAR AS expected FROM candidates "
+                      "WHERE failure_mode = 'hallucination'", lambda r: r)
+    cases = tmp_path / "cases.yaml"
+    for row in rows:
+        assert "doc-1" not in json.loads(row["expected"]).get("must_not", []), row
+        assert c.cli("promote", row["candidate_id"], "--cases", str(cases), "--owner", "qa").returncode == 0
+    c.stop()
+
+    still = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), "empty_retrieval",
+                    cwd=tmp_path, timeout=180)
+    assert still.returncode == 1, still.stdout + still.stderr
+    fixed = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), "retrieves",
+                    cwd=tmp_path, timeout=180)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import duckdb
@@ -13,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import free_port, run_cli
+from conftest import FAST_JUDGE, free_port, run_cli
 from proc_helpers import children_of
 from sdk_helpers import emit_agent_trace, sdk_tracer
 from test_receivers import make_request, post
@@ -159,6 +160,28 @@ def test_a_stale_discovery_file_with_a_live_pid_falls_back_to_the_file(tmp_path)
         locked.close()
     assert held.returncode == 2 and held.stderr.count("\n") == 1
     assert "cannot reach the collector" in held.stderr and "locked" in held.stderr
+
+
+def test_a_write_command_waits_for_the_file_another_command_holds_for_a_moment(start_collector, tmp_path):
+    """Without `serve`, `promote` exited 2 "locked by another process" while another command (a
+    colleague's `candidates`, a report) had the file open for a moment; it now waits for the lock."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        emit_agent_trace(tracer, tool_error=True)
+    (row,) = c.wait_for("SELECT candidate_id FROM candidates WHERE failure_mode = 'tool_invocation'", lambda r: r)
+    assert c.stop() == 0
+    reader = duckdb.connect(str(c.db_path), read_only=True)  # another process's read holds the file
+    try:
+        promote = subprocess.Popen(
+            [sys.executable, "-m", "tracesieve.collector.cli", "promote", row["candidate_id"], "--cases",
+             str(tmp_path / "cases.yaml"), "--owner", "qa", "--db", str(c.db_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+    finally:
+        reader.close()
+    out, err = promote.communicate(timeout=60)
+    assert promote.returncode == 0, err
+    assert "TS-0001" in out and (tmp_path / "cases.yaml").exists()
 
 
 def test_queries_through_the_collector_cannot_read_its_files(start_collector):
