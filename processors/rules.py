@@ -184,17 +184,29 @@ def tool_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         name = tool_name(s)
         retry = next((t for t in tools[i + 1:] if tool_name(t) == name and not failed(t)), None)
         exc = exception_events(s)
-        reason = s.get("status_message") or (exc[0]["message"] if exc else None) or (exc[0]["type"] if exc else None)
+        error_type = dig(attrs(s), "error", "type")
+        reason = s.get("status_message") or _exception_text(exc) or error_type
+        if error_type and reason and str(error_type) not in str(reason):
+            reason = f"{error_type}: {reason}"
         found.append(Finding(
             s["span_id"], "tool_error", "tool_invocation",
             f"tool {name or s.get('name')!s} failed" + (f": {clip(str(reason), 160)}" if reason else "")
             + (" (a retry succeeded)" if retry else ""),
             {"tool": name, "status_code": s.get("status_code"), "status_message": clip(s.get("status_message"), 500),
-             "exceptions": exc, "retried_successfully": retry is not None,
-             "retry_span_id": retry["span_id"] if retry else None},
+             "error_type": error_type, "exceptions": exc,
+             "arguments": clip((tool_span_arguments(s) or ("", None, False))[1], 1000),
+             "retried_successfully": retry is not None, "retry_span_id": retry["span_id"] if retry else None},
             tool=name,
         ))
     return found
+
+
+def _exception_text(exc: Sequence[Mapping[str, Any]]) -> str | None:
+    """The first exception as a reviewer reads it, ``KeyError: 'C-3'``: its message alone may not say what broke."""
+    if not exc:
+        return None
+    kind, text = exc[0].get("type"), exc[0].get("message")
+    return f"{kind}: {text}" if kind and text else (text or kind or None)
 
 
 # ==================================================================== tool_argument

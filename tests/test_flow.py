@@ -257,6 +257,35 @@ def test_genai_spans_are_judged_end_to_end(start_collector):
     assert "Summarise my last 3 orders" in cand[0]["input"]
 
 
+def test_a_failed_tool_call_says_what_failed_and_with_which_arguments(start_collector):
+    """A reviewer reads the detection alone: the GenAI ``error.type`` (the class a status text often lacks), the
+    exception's type when only an event was recorded, and the arguments the tool was called with."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("invoke_agent support") as root:
+            root.set_attribute("gen_ai.operation.name", "invoke_agent")
+            with tracer.start_as_current_span("execute_tool lookup_order") as genai_tool:
+                genai_tool.set_attribute("gen_ai.operation.name", "execute_tool")
+                genai_tool.set_attribute("gen_ai.tool.name", "lookup_order")
+                genai_tool.set_attribute("gen_ai.tool.call.arguments", '{"order_id": "ORD-9"}')
+                genai_tool.set_attribute("error.type", "ConnectionError")
+                genai_tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+            with tracer.start_as_current_span("find_invoice") as oi_tool:
+                oi_tool.set_attribute("openinference.span.kind", "TOOL")
+                oi_tool.set_attribute("tool.name", "find_invoice")
+                oi_tool.set_attribute("input.value", '{"invoice": "INV-3"}')
+                oi_tool.add_event("exception", {"exception.type": "KeyError", "exception.message": "'INV-3'"})
+            trace_id = format(root.get_span_context().trace_id, "032x")
+    rows = c.wait_for(f"SELECT message, evidence FROM detections WHERE trace_id = '{trace_id}' ORDER BY message",
+                      lambda r: len(r) == 2)
+    invoice, order = rows
+    assert invoice["message"] == "tool find_invoice failed: KeyError: 'INV-3'"
+    assert json.loads(invoice["evidence"])["arguments"] == '{"invoice": "INV-3"}'
+    assert order["message"] == "tool lookup_order failed: ConnectionError: order service returned 502"
+    evidence = json.loads(order["evidence"])
+    assert (evidence["error_type"], evidence["arguments"]) == ("ConnectionError", '{"order_id": "ORD-9"}')
+
+
 def test_tool_arguments_holding_a_phone_number_stay_valid_json_and_are_no_failure(start_collector):
     """``{"customer_phone": 4155550132}`` became ``{"customer_phone": <PHONE>}`` in input.value and in the GenAI
     arguments attribute: no longer JSON, so the sanitizer itself made a tool_argument (and a format_violation
