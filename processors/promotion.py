@@ -10,6 +10,7 @@ rule on one trace make one candidate. Each candidate carries
   object with an ``input``/``query``/``question``/``message`` field, or plain text), then
   an AGENT's, then any other span's but a TOOL's, RETRIEVER's and the like (their input is
   the agent's, not the user's).
+  An AGENT given only the new turn takes its history from the first model call given that turn.
   System messages are left out (``source`` has the prompt: template, version, system prompt); messages
   after the last user message are left out too;
 * ``context``  -- retrieved ``documents`` (id, score, content, span_id), ``retrieval_queries``,
@@ -513,6 +514,27 @@ def _root(spans: Sequence[SpanRow]) -> SpanRow | None:
     return spans[0] if spans else None
 
 
+def _history_the_model_saw(spans: Sequence[SpanRow], user_message: Any) -> list[dict[str, Any]]:
+    """The turns before ``user_message`` in the first model call that was given it, else none.
+
+    An agent handed only the new turn (an ``invoke_agent`` span whose input is that one message) keeps the
+    conversation itself and passes it to the model: the case must carry that history to replay the failure.
+    """
+    asked = " ".join(str(user_message or "").split())
+    if not asked:
+        return []
+    for s in spans:
+        if s.get("span_kind") != "LLM":
+            continue
+        msgs = span_input_messages(s)
+        if not msgs:
+            continue
+        split = _split_messages(msgs)
+        if " ".join(str(split["user_message"] or "").split()) == asked:
+            return list(split["conversation_history"])
+    return []
+
+
 def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
     """``{user_message, conversation_history}`` of a trace (see the module docstring for the order)."""
     for kinds in (("AGENT",), ("LLM",), None):
@@ -523,6 +545,8 @@ def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
             if msgs:
                 split = _split_messages(msgs)
                 if split["user_message"] or split["conversation_history"]:
+                    if kinds == ("AGENT",) and not split["conversation_history"]:
+                        split["conversation_history"] = _history_the_model_saw(spans, split["user_message"])
                     return split
     # A tool's or retriever's input is what the agent sent it, not what the user asked: only the root
     # (whatever its kind) and the spans that speak for the user or the model are read.

@@ -257,6 +257,34 @@ def test_genai_spans_are_judged_end_to_end(start_collector):
     assert "Summarise my last 3 orders" in cand[0]["input"]
 
 
+def test_an_agent_given_only_the_new_turn_gets_the_history_its_model_saw(start_collector):
+    """DESIGN: a candidate's input is the user message + conversation history. An ``invoke_agent`` span that
+    records only the new turn (the agent keeps the thread) must not make the case lose the history the model
+    answered from: replaying the user message alone would not reproduce the failure."""
+    c = start_collector(FAST_JUDGE)
+    question = "Refund the second one please"
+    history = [{"role": "user", "parts": [{"type": "text", "content": "list my last orders"}]},
+               {"role": "assistant", "parts": [{"type": "text", "content": "ORD-1 (shoes) and ORD-2 (a kettle)."}]}]
+    turn = [{"role": "user", "parts": [{"type": "text", "content": question}]}]
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("invoke_agent support") as root:
+            root.set_attribute("gen_ai.operation.name", "invoke_agent")
+            root.set_attribute("gen_ai.input.messages", json.dumps(turn))
+            with tracer.start_as_current_span("chat gpt-4o") as chat:
+                chat.set_attribute("gen_ai.operation.name", "chat")
+                chat.set_attribute("gen_ai.request.model", "gpt-4o")
+                chat.set_attribute("gen_ai.input.messages", json.dumps(
+                    [{"role": "system", "parts": [{"type": "text", "content": "Be brief."}]}, *history, *turn]))
+            with tracer.start_as_current_span("execute_tool refund") as tool:
+                tool.set_attribute("gen_ai.operation.name", "execute_tool")
+                tool.set_attribute("gen_ai.tool.name", "refund")
+                tool.set_status(Status(StatusCode.ERROR, "payments down"))
+    rows = c.wait_for("SELECT input FROM candidates", lambda r: len(r) == 1)
+    assert json.loads(rows[0]["input"]) == {"user_message": question, "conversation_history": [
+        {"role": "user", "content": "list my last orders"},
+        {"role": "assistant", "content": "ORD-1 (shoes) and ORD-2 (a kettle)."}]}
+
+
 def test_a_failed_tool_call_says_what_failed_and_with_which_arguments(start_collector):
     """A reviewer reads the detection alone: the GenAI ``error.type`` (the class a status text often lacks), the
     exception's type when only an event was recorded, and the arguments the tool was called with."""
