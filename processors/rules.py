@@ -900,8 +900,33 @@ FAILING_LABELS = frozenset({
 })
 PASSING_LABELS = frozenset({
     "correct", "good", "pass", "passed", "thumbs_up", "thumbsup", "thumb_up", "positive", "right", "factual",
-    "helpful", "relevant", "accurate", "faithful", "like", "up", "\U0001f44d",
+    "helpful", "relevant", "accurate", "faithful", "like", "up", "\U0001f44d", "safe",
 })
+_NEGATED_LABEL = re.compile(r"(?:non|not|no)_?(.+)")
+
+
+def _label_verdict(label: Any) -> bool | None:
+    """True when a feedback label says failed, False when it says passed, None when it says neither.
+
+    A label that negates one of the known words means the opposite of that word: an evaluator's
+    ``non-toxic`` passes, ``not relevant`` fails. Read from its score instead, a toxicity check that
+    scores 0 for a clean answer would be reported as a failure labelled "non-toxic".
+    """
+    norm = _norm_label(label)
+    if norm is None:
+        return None
+    if norm in FAILING_LABELS:
+        return True
+    if norm in PASSING_LABELS:
+        return False
+    negated = _NEGATED_LABEL.fullmatch(norm)
+    if negated:
+        word = negated.group(1).lstrip("_")
+        if word in FAILING_LABELS:
+            return False
+        if word in PASSING_LABELS:
+            return True
+    return None
 
 
 def _norm_label(value: Any) -> str | None:
@@ -985,10 +1010,10 @@ def _feedback_records(span: SpanRow) -> list[dict[str, Any]]:
 
 
 def _is_negative(rec: Mapping[str, Any], threshold: float) -> bool:
-    label = _norm_label(rec.get("label"))
-    if label in FAILING_LABELS:
-        return True
-    if label in PASSING_LABELS or rec.get("passed") is True:
+    verdict = _label_verdict(rec.get("label"))
+    if verdict is not None:
+        return verdict
+    if rec.get("passed") is True:
         return False
     if rec.get("passed") is False:
         return True

@@ -314,6 +314,30 @@ def test_a_failed_tool_call_says_what_failed_and_with_which_arguments(start_coll
     assert (evidence["error_type"], evidence["arguments"]) == ("ConnectionError", '{"order_id": "ORD-9"}')
 
 
+def test_an_evaluation_labelled_as_passing_is_no_negative_feedback_whatever_its_score(start_collector):
+    """A toxicity evaluator scores a clean answer 0 and labels it ``non-toxic``: that is no failure (it was
+    reported as "toxicity judged this span as failed (non-toxic)"). A ``not relevant`` label fails a span
+    whatever its score."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_ids = []
+        for label, score in (("non-toxic", 0.0), ("Not Relevant", 1.0)):
+            with tracer.start_as_current_span("llm") as llm:
+                llm.set_attribute("openinference.span.kind", "LLM")
+                llm.set_attribute("llm.output_messages.0.message.role", "assistant")
+                llm.set_attribute("llm.output_messages.0.message.content", "The kettle is in stock.")
+                llm.set_attribute("evaluations.0.evaluation.name", "toxicity" if score == 0.0 else "relevance")
+                llm.set_attribute("evaluations.0.evaluation.label", label)
+                llm.set_attribute("evaluations.0.evaluation.score", score)
+                trace_ids.append(format(llm.get_span_context().trace_id, "032x"))
+    clean, irrelevant = trace_ids
+    rows = c.wait_for(f"SELECT message FROM detections WHERE trace_id = '{irrelevant}'", lambda r: len(r) == 1)
+    assert rows[0]["message"] == "relevance judged this trace as failed (Not Relevant)"
+    c.wait_for(f"SELECT 1 FROM trace_state WHERE trace_id = '{clean}' AND judged_seq = received_seq",
+               lambda r: len(r) == 1)
+    assert c.query(f"SELECT message FROM detections WHERE trace_id = '{clean}'") == []
+
+
 def test_tool_arguments_holding_a_phone_number_stay_valid_json_and_are_no_failure(start_collector):
     """``{"customer_phone": 4155550132}`` became ``{"customer_phone": <PHONE>}`` in input.value and in the GenAI
     arguments attribute: no longer JSON, so the sanitizer itself made a tool_argument (and a format_violation
