@@ -778,12 +778,17 @@ def extract_observed(spans: Sequence[SpanRow], detections: Sequence[Detection], 
 
 
 def _first_model(spans: Sequence[SpanRow], prefer: Sequence[str]) -> str | None:
+    """The failing spans' model, else the first model call's, else any span's.
+
+    A model call names the model that answered (``gpt-4o-2024-08-06``); an agent span names at most the one
+    it was configured to request (``gpt-4o``), which need not be the one that ran.
+    """
     by_id = {s.get("span_id"): s for s in spans}
     for sid in prefer:
         s = by_id.get(sid)
         if s is not None and s.get("llm_model_name"):
             return s["llm_model_name"]
-    for s in spans:
+    for s in sorted(spans, key=lambda s: s.get("span_kind") != "LLM"):
         if s.get("llm_model_name"):
             return s["llm_model_name"]
     return None

@@ -285,6 +285,25 @@ def test_an_agent_given_only_the_new_turn_gets_the_history_its_model_saw(start_c
         {"role": "assistant", "content": "ORD-1 (shoes) and ORD-2 (a kettle)."}]}
 
 
+def test_a_candidates_model_is_the_one_that_answered_not_the_one_its_agent_requested(start_collector):
+    """source.model: the agent span asks for the alias ``gpt-4o``; the model call names the model that ran."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("invoke_agent support") as root:
+            root.set_attribute("gen_ai.operation.name", "invoke_agent")
+            root.set_attribute("gen_ai.request.model", "gpt-4o")
+            with tracer.start_as_current_span("chat gpt-4o") as chat:
+                chat.set_attribute("gen_ai.operation.name", "chat")
+                chat.set_attribute("gen_ai.request.model", "gpt-4o")
+                chat.set_attribute("gen_ai.response.model", "gpt-4o-2024-08-06")
+            with tracer.start_as_current_span("execute_tool refund") as tool:
+                tool.set_attribute("gen_ai.operation.name", "execute_tool")
+                tool.set_attribute("gen_ai.tool.name", "refund")
+                tool.set_status(Status(StatusCode.ERROR, "payments down"))
+    rows = c.wait_for("SELECT source FROM candidates", lambda r: len(r) == 1)
+    assert json.loads(rows[0]["source"])["model"] == "gpt-4o-2024-08-06"
+
+
 def test_a_failed_tool_call_says_what_failed_and_with_which_arguments(start_collector):
     """A reviewer reads the detection alone: the GenAI ``error.type`` (the class a status text often lacks), the
     exception's type when only an event was recorded, and the arguments the tool was called with."""
