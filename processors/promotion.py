@@ -81,7 +81,7 @@ from typing import Any, ClassVar
 
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
-from tracesieve.processors.spanview import assistant_text, callback_arguments, response_text
+from tracesieve.processors.spanview import assistant_text, callback_arguments, list_item, response_text
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
 from tracesieve.storage.sqlparams import packed
@@ -265,7 +265,7 @@ def _maybe_json(value: Any) -> Any:
 def _as_list(value: Any) -> list[Any]:
     value = _maybe_json(value)
     if isinstance(value, list):
-        return [v for v in value if v is not None]
+        return [list_item(v) for v in value if v is not None]
     if isinstance(value, dict):  # a list whose indices arrived as object keys
         try:
             return [value[k] for k in sorted(value, key=int)]

@@ -357,6 +357,35 @@ def test_an_evaluation_labelled_as_passing_is_no_negative_feedback_whatever_its_
     assert c.query(f"SELECT message FROM detections WHERE trace_id = '{clean}'") == []
 
 
+def test_genai_values_sent_as_one_json_text_per_item_are_read_as_the_items(start_collector):
+    """The Python SDK cannot send a list of maps: ``gen_ai.retrieval.documents`` and ``gen_ai.output.messages``
+    can arrive as string lists, one JSON object each. An answer citing the retrieved document is no failure (it
+    was a retrieval_miss and a hallucination: no document and no answer were read), and the columns hold the
+    messages themselves."""
+    c = start_collector(FAST_JUDGE)
+    answer = "Hats can be returned within 14 days [doc-61]."
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("invoke_agent support") as root:
+            root.set_attribute("gen_ai.operation.name", "invoke_agent")
+            with tracer.start_as_current_span("retrieval kb") as retrieval:
+                retrieval.set_attribute("gen_ai.operation.name", "retrieval")
+                retrieval.set_attribute("gen_ai.retrieval.documents",
+                                        [json.dumps({"id": "doc-61", "score": 0.9, "content": "Hats: 14 days."})])
+            with tracer.start_as_current_span("chat gpt-4o") as chat:
+                chat.set_attribute("gen_ai.operation.name", "chat")
+                chat.set_attribute("gen_ai.request.model", "gpt-4o")
+                chat.set_attribute("gen_ai.output.messages", [json.dumps(
+                    {"role": "assistant", "parts": [{"type": "text", "content": answer}], "finish_reason": "stop"})])
+                chat_id = format(chat.get_span_context().span_id, "016x")
+            trace_id = format(root.get_span_context().trace_id, "032x")
+    c.wait_for(f"SELECT 1 FROM trace_state WHERE trace_id = '{trace_id}' AND judged_seq = received_seq",
+               lambda r: len(r) == 1)
+    assert c.query(f"SELECT failure_mode, message FROM detections WHERE trace_id = '{trace_id}'") == []
+    row = c.query(f"SELECT output_value, llm_finish_reason FROM spans WHERE span_id = '{chat_id}'")[0]
+    assert json.loads(row["output_value"])[0]["parts"][0]["content"] == answer
+    assert row["llm_finish_reason"] == "stop"
+
+
 def test_tool_arguments_holding_a_phone_number_stay_valid_json_and_are_no_failure(start_collector):
     """``{"customer_phone": 4155550132}`` became ``{"customer_phone": <PHONE>}`` in input.value and in the GenAI
     arguments attribute: no longer JSON, so the sanitizer itself made a tool_argument (and a format_violation
