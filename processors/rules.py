@@ -426,20 +426,24 @@ _NO_ANSWER = (
     "no results", "no documents", "nothing relevant", "don't have information", "do not have information",
     "don't have enough information", "do not have enough information",
 )
-_SUBSTANTIVE_WORDS = 12
-#: A shorter answer states facts when it is no question and has 8 words, or 5 with a figure in them:
+#: "I don't have any information / details on that": the agent saying it found nothing, in the words the
+#: fixed phrases above miss (the agent itself is the subject: "the Z9 doesn't have data export" is a fact).
+_NO_ANSWER_PATTERN = re.compile(
+    r"\b(?:i|we)\s+(?:don't|do not|didn't|did not)\s+have\s+(?:any\s+|enough\s+|specific\s+|the\s+|more\s+)?"
+    r"(?:information|info|details|data|documentation|records?)\b")
+#: An answer states facts when its statements (its questions left out) have 8 words, or 5 with a figure:
 #: "The warranty lasts 24 months and covers water damage." is an answer the retrieval never backed.
-_SHORT_FACT_WORDS, _FIGURE_FACT_WORDS = 8, 5
+_FACT_WORDS, _FIGURE_FACT_WORDS = 8, 5
 _FIGURE = re.compile(r"[0-9]")
+_SENTENCE = re.compile(r"[^.!?]*[.!?]+|[^.!?]+$")
 
 
 def _states_facts(text: str) -> bool:
-    words = len(text.split())
-    if words >= _SUBSTANTIVE_WORDS:
-        return True
-    if text.rstrip().endswith("?"):
-        return False
-    return words >= _SHORT_FACT_WORDS or (words >= _FIGURE_FACT_WORDS and bool(_FIGURE.search(text)))
+    """The answer asserts something. Its questions do not count: asking the user which product they mean,
+    however long the question, is what an agent should do when its retrieval found nothing."""
+    statements = " ".join(s for s in _SENTENCE.findall(text) if not s.rstrip().endswith("?"))
+    words = len(statements.split())
+    return words >= _FACT_WORDS or (words >= _FIGURE_FACT_WORDS and bool(_FIGURE.search(statements)))
 
 
 def _normalize(text: str) -> str:
@@ -467,7 +471,8 @@ def answer_after_empty_retrieval(view: TraceView, cfg: RuleSettings) -> list[Fin
             if not text:
                 continue  # a tool call, not an answer: keep looking
             norm = _normalize(text)
-            if _states_facts(text) and not any(p in norm for p in _NO_ANSWER + cfg.refusal_phrases):
+            if (_states_facts(text) and not any(p in norm for p in _NO_ANSWER + cfg.refusal_phrases)
+                    and not _NO_ANSWER_PATTERN.search(norm)):
                 found.append(Finding(
                     s["span_id"], "answer_after_empty_retrieval", "hallucination",
                     f"answered with {len(text.split())} words right after retriever {r.get('name')} returned nothing",

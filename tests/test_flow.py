@@ -386,6 +386,39 @@ def test_genai_values_sent_as_one_json_text_per_item_are_read_as_the_items(start
     assert row["llm_finish_reason"] == "stop"
 
 
+def test_after_an_empty_retrieval_a_clarifying_question_or_a_no_answer_is_no_hallucination(start_collector):
+    """DESIGN: hallucination is *answering with facts* after an empty retrieval. Asking which product the user
+    means (a question of 21 words) and "I don't have any information about ..." state no facts; they were
+    P1 hallucinations. Facts followed by a question still are."""
+    c = start_collector(FAST_JUDGE)
+    answers = {
+        "question": "Could you tell me which model of blender you have, so I can look up the right warranty "
+                    "details for you?",
+        "no_answer": "I don't have any information about the Z9 blender in our knowledge base, sorry about that.",
+        "facts": "The Z9 blender costs $129 and ships in two days. Anything else I can help you with today?",
+    }
+    trace_ids = {}
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        for name, answer in answers.items():
+            with tracer.start_as_current_span("agent") as root:
+                root.set_attribute("openinference.span.kind", "AGENT")
+                with tracer.start_as_current_span("retrieve") as retrieve:
+                    retrieve.set_attribute("openinference.span.kind", "RETRIEVER")
+                    retrieve.set_attribute("input.value", "Z9 blender warranty")
+                with tracer.start_as_current_span("llm") as llm:
+                    llm.set_attribute("openinference.span.kind", "LLM")
+                    llm.set_attribute("llm.output_messages.0.message.role", "assistant")
+                    llm.set_attribute("llm.output_messages.0.message.content", answer)
+                trace_ids[name] = format(root.get_span_context().trace_id, "032x")
+    for name, trace_id in trace_ids.items():
+        c.wait_for(f"SELECT 1 FROM trace_state WHERE trace_id = '{trace_id}' AND judged_seq = received_seq",
+                   lambda r: len(r) == 1)
+    found = {name: sorted(r["failure_mode"] for r in c.query(
+        f"SELECT failure_mode FROM detections WHERE trace_id = '{trace_id}'")) for name, trace_id in trace_ids.items()}
+    assert found == {"question": ["retrieval_miss"], "no_answer": ["retrieval_miss"],
+                     "facts": ["hallucination", "retrieval_miss"]}
+
+
 def test_tool_arguments_holding_a_phone_number_stay_valid_json_and_are_no_failure(start_collector):
     """``{"customer_phone": 4155550132}`` became ``{"customer_phone": <PHONE>}`` in input.value and in the GenAI
     arguments attribute: no longer JSON, so the sanitizer itself made a tool_argument (and a format_violation
