@@ -186,7 +186,7 @@ def tool_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         exc = exception_events(s)
         error_type = dig(attrs(s), "error", "type")
         reason = s.get("status_message") or _exception_text(exc) or error_type
-        if error_type and reason and str(error_type) not in str(reason):
+        if error_type and error_type != "_OTHER" and reason and str(error_type) not in str(reason):
             reason = f"{error_type}: {reason}"
         found.append(Finding(
             s["span_id"], "tool_error", "tool_invocation",

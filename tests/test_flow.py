@@ -322,10 +322,16 @@ def test_a_failed_tool_call_says_what_failed_and_with_which_arguments(start_coll
                 oi_tool.set_attribute("tool.name", "find_invoice")
                 oi_tool.set_attribute("input.value", '{"invoice": "INV-3"}')
                 oi_tool.add_event("exception", {"exception.type": "KeyError", "exception.message": "'INV-3'"})
+            with tracer.start_as_current_span("execute_tool send_sms") as other:  # the semconv's "no type known"
+                other.set_attribute("gen_ai.operation.name", "execute_tool")
+                other.set_attribute("gen_ai.tool.name", "send_sms")
+                other.set_attribute("error.type", "_OTHER")
+                other.set_status(Status(StatusCode.ERROR, "quota exceeded"))
             trace_id = format(root.get_span_context().trace_id, "032x")
     rows = c.wait_for(f"SELECT message, evidence FROM detections WHERE trace_id = '{trace_id}' ORDER BY message",
-                      lambda r: len(r) == 2)
-    invoice, order = rows
+                      lambda r: len(r) == 3)
+    invoice, order, sms = rows
+    assert sms["message"] == "tool send_sms failed: quota exceeded"
     assert invoice["message"] == "tool find_invoice failed: KeyError: 'INV-3'"
     assert json.loads(invoice["evidence"])["arguments"] == '{"invoice": "INV-3"}'
     assert order["message"] == "tool lookup_order failed: ConnectionError: order service returned 502"
