@@ -852,14 +852,24 @@ def _error_facts(span: SpanRow) -> dict[str, Any]:
     }
 
 
+def _error_types(span: SpanRow) -> set[str]:
+    """The exception types a span recorded, its GenAI ``error.type`` among them (GenAI spans often record no
+    exception event); the semconv's catch-all ``_OTHER`` names no type."""
+    types = {e["type"] for e in exception_events(span) if e["type"]}
+    error_type = dig(attrs(span), "error", "type")
+    if isinstance(error_type, str) and error_type and error_type != "_OTHER":
+        types.add(error_type)
+    return types
+
+
 def _same_failure(ancestor: SpanRow, child: SpanRow) -> bool:
     """True when an errored ancestor only re-reports its errored descendant's failure."""
     a_msg = str(ancestor.get("status_message") or "")
-    a_types = {e["type"] for e in exception_events(ancestor) if e["type"]}
+    a_types = _error_types(ancestor)
     if not a_msg and not a_types:
         return True
     c_msg = str(child.get("status_message") or "")
-    c_types = {e["type"] for e in exception_events(child) if e["type"]}
+    c_types = _error_types(child)
     if a_types & c_types:
         return True
     return bool(c_msg) and bool(a_msg) and (c_msg in a_msg or a_msg in c_msg)

@@ -425,6 +425,36 @@ def test_after_an_empty_retrieval_a_clarifying_question_or_a_no_answer_is_no_hal
                      "facts": ["hallucination", "retrieval_miss"]}
 
 
+def test_a_genai_agent_passing_up_its_childs_error_type_is_not_a_second_failure(start_collector):
+    """One rate limit is one llm_error: an ``invoke_agent`` span that fails with its chat call's ``error.type``
+    (GenAI records no exception event, and the agent's status text is its own) re-reports the chat's failure,
+    as an OpenInference agent re-raising the same exception does. It was a second llm_error on the agent; a
+    tool's error passed up the same way was an llm_error besides the tool_invocation."""
+    c = start_collector(FAST_JUDGE)
+    spans = {}
+    with sdk_tracer("http", c.http_url) as tracer:
+        for failing in ("chat", "execute_tool"):
+            with tracer.start_as_current_span("invoke_agent support") as root:
+                root.set_attribute("gen_ai.operation.name", "invoke_agent")
+                with tracer.start_as_current_span(f"{failing} child") as child:
+                    child.set_attribute("gen_ai.operation.name", failing)
+                    child.set_attribute("gen_ai.tool.name" if failing == "execute_tool" else "gen_ai.request.model",
+                                        "lookup_order" if failing == "execute_tool" else "gpt-4o")
+                    error_type = "RateLimitError" if failing == "chat" else "UpstreamError"
+                    child.set_attribute("error.type", error_type)
+                    child.set_status(Status(StatusCode.ERROR, "429 rate limit" if failing == "chat" else "502"))
+                root.set_attribute("error.type", error_type)
+                root.set_status(Status(StatusCode.ERROR, "agent run failed"))
+                spans[failing] = (format(root.get_span_context().trace_id, "032x"),
+                                  format(child.get_span_context().span_id, "016x"))
+    for failing, mode in (("chat", "llm_error"), ("execute_tool", "tool_invocation")):
+        trace_id, child_id = spans[failing]
+        c.wait_for(f"SELECT 1 FROM trace_state WHERE trace_id = '{trace_id}' AND judged_seq = received_seq",
+                   lambda r: len(r) == 1)
+        rows = c.query(f"SELECT failure_mode, span_id FROM detections WHERE trace_id = '{trace_id}'")
+        assert rows == [{"failure_mode": mode, "span_id": child_id}], rows
+
+
 def test_tool_arguments_holding_a_phone_number_stay_valid_json_and_are_no_failure(start_collector):
     """``{"customer_phone": 4155550132}`` became ``{"customer_phone": <PHONE>}`` in input.value and in the GenAI
     arguments attribute: no longer JSON, so the sanitizer itself made a tool_argument (and a format_violation
