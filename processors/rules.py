@@ -26,7 +26,8 @@ from tracesieve.processors.base import SpanRow
 from tracesieve.processors.spanview import (
     HIDDEN, JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
-    is_error, is_hidden, loose, output_messages, requested_tool_calls, retrieval_outcome, span_kind, tool_name,
+    is_error, is_hidden, loose, output_messages, requested_tool_calls, response_text, retrieval_outcome, span_kind,
+    tool_name,
     tool_span_arguments, try_json, walk_strings,
 )
 
@@ -153,8 +154,24 @@ class TraceView:
                 best = (s, text)
         if best:
             return best
-        out = self.root.get("output_value")
-        return (self.root, out) if isinstance(out, str) and out.strip() else None
+        out = root_answer(self.root)
+        return (self.root, out) if out else None
+
+
+def root_answer(root: SpanRow, raw: bool = True) -> str | None:
+    """The root span's answer: its output read down to the text when it is a model response or GenAI output
+    messages (an ``invoke_agent`` span stores its ``gen_ai.output.messages`` there); else, with ``raw``, the
+    output as it is. Without ``raw``, None for JSON that holds no answer: its keys are no words said."""
+    out = root.get("output_value")
+    if not isinstance(out, str) or not out.strip():
+        return None
+    if out.lstrip()[:1] in ("{", "["):
+        ok, value = try_json(out)
+        text = response_text(value) if ok else None
+        if text:
+            return text
+        return out if raw or not ok else None
+    return out
 
 
 def _ts(value: Any) -> float:
@@ -404,8 +421,9 @@ def uncited_id(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     found = []
     reported: set[str] = set()
     carriers = [(s, assistant_text(s)) for s in view.of_kind("LLM")]
-    if span_kind(view.root) != "LLM" and isinstance(view.root.get("output_value"), str):
-        carriers.append((view.root, view.root["output_value"]))
+    root_text = root_answer(view.root) if span_kind(view.root) != "LLM" else None
+    if root_text:
+        carriers.append((view.root, root_text))
     for s, text in carriers:
         missing = [c for c in _cited_ids(cfg.citation_pattern, text) if not _known(view, c) and c not in reported]
         if not missing:
@@ -450,6 +468,21 @@ def _normalize(text: str) -> str:
     return text.lower().replace("\u2019", "'").replace("\u2018", "'")
 
 
+def _states_unbacked_facts(text: str, cfg: RuleSettings) -> bool:
+    norm = _normalize(text)
+    return (_states_facts(text) and not any(p in norm for p in _NO_ANSWER + cfg.refusal_phrases)
+            and not _NO_ANSWER_PATTERN.search(norm))
+
+
+def _answer_after_empty(span: SpanRow, retriever: SpanRow, text: str) -> Finding:
+    return Finding(
+        span["span_id"], "answer_after_empty_retrieval", "hallucination",
+        f"answered with {len(text.split())} words right after retriever {retriever.get('name')} returned nothing",
+        {"retriever_span_id": retriever["span_id"], "query": clip(retriever.get("input_value"), 500),
+         "answer": clip(text, 1000)},
+    )
+
+
 def answer_after_empty_retrieval(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """The first LLM answer after an empty retrieval, with no grounding in between, states facts instead of saying it found nothing."""
     found = []
@@ -470,16 +503,17 @@ def answer_after_empty_retrieval(view: TraceView, cfg: RuleSettings) -> list[Fin
             text = assistant_text(s).strip()
             if not text:
                 continue  # a tool call, not an answer: keep looking
-            norm = _normalize(text)
-            if (_states_facts(text) and not any(p in norm for p in _NO_ANSWER + cfg.refusal_phrases)
-                    and not _NO_ANSWER_PATTERN.search(norm)):
-                found.append(Finding(
-                    s["span_id"], "answer_after_empty_retrieval", "hallucination",
-                    f"answered with {len(text.split())} words right after retriever {r.get('name')} returned nothing",
-                    {"retriever_span_id": r["span_id"], "query": clip(r.get("input_value"), 500),
-                     "answer": clip(text, 1000)},
-                ))
+            if _states_unbacked_facts(text, cfg):
+                found.append(_answer_after_empty(s, r, text))
             break
+        else:
+            # No model call recorded an answer after it (GenAI content captured on the agent span only): the
+            # agent's own answer is the one the user got.
+            root = view.root
+            speaks = root is not r and span_kind(root) in ("AGENT", "CHAIN", "UNKNOWN")
+            text = (root_answer(root, raw=False) or "").strip() if speaks else ""
+            if text and _ts(root.get("end_time")) >= _ts(r["end_time"]) and _states_unbacked_facts(text, cfg):
+                found.append(_answer_after_empty(root, r, text))
     # Two empty retrievals before one answer are one finding on that answer.
     merged: dict[str, Finding] = {}
     for f in found:

@@ -455,6 +455,39 @@ def test_a_genai_agent_passing_up_its_childs_error_type_is_not_a_second_failure(
         assert rows == [{"failure_mode": mode, "span_id": child_id}], rows
 
 
+def test_an_answer_recorded_on_the_genai_agent_span_only_is_judged_as_text(start_collector):
+    """GenAI content captured on the ``invoke_agent`` span only (its chat calls record none): the agent's answer
+    is what the user got. Facts stated after an empty retrieval are a hallucination (they were missed), and an
+    invented citation's evidence quotes the answer, not the output messages' JSON."""
+    c = start_collector(FAST_JUDGE)
+
+    def messages(text: str) -> str:
+        return json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": text}], "finish_reason": "stop"}])
+
+    answers = {"facts": "The Z2 battery lasts 14 hours and charges fully in 90 minutes.",
+               "cites": "Kettles have a 2 year warranty [doc-3], 5 years for members [doc-44]."}
+    trace_ids = {}
+    with sdk_tracer("http", c.http_url) as tracer:
+        for name, answer in answers.items():
+            with tracer.start_as_current_span("invoke_agent support") as root:
+                root.set_attribute("gen_ai.operation.name", "invoke_agent")
+                root.set_attribute("gen_ai.output.messages", messages(answer))
+                with tracer.start_as_current_span("retrieval kb") as retrieval:
+                    retrieval.set_attribute("gen_ai.operation.name", "retrieval")
+                    retrieval.set_attribute("gen_ai.retrieval.documents", json.dumps(
+                        [{"id": "doc-3", "score": 0.9}] if name == "cites" else []))
+                with tracer.start_as_current_span("chat gpt-4o") as chat:
+                    chat.set_attribute("gen_ai.operation.name", "chat")
+                    chat.set_attribute("gen_ai.request.model", "gpt-4o")
+                trace_ids[name] = (format(root.get_span_context().trace_id, "032x"),
+                                   format(root.get_span_context().span_id, "016x"))
+    for name, (trace_id, root_id) in trace_ids.items():
+        rows = c.wait_for(f"SELECT span_id, evidence FROM detections WHERE trace_id = '{trace_id}' "
+                          "AND failure_mode = 'hallucination'", lambda r: len(r) == 1)
+        assert rows[0]["span_id"] == root_id
+        assert json.loads(rows[0]["evidence"])["answer"] == answers[name]
+
+
 def test_tool_arguments_holding_a_phone_number_stay_valid_json_and_are_no_failure(start_collector):
     """``{"customer_phone": 4155550132}`` became ``{"customer_phone": <PHONE>}`` in input.value and in the GenAI
     arguments attribute: no longer JSON, so the sanitizer itself made a tool_argument (and a format_violation
