@@ -199,7 +199,8 @@ def tool_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         if not failed(s):
             continue
         name = tool_name(s)
-        retry = next((t for t in tools[i + 1:] if tool_name(t) == name and not failed(t)), None)
+        key = _tool_key(s)
+        retry = next((t for t in tools[i + 1:] if key and _tool_key(t) == key and not failed(t)), None)
         exc = exception_events(s)
         error_type = dig(attrs(s), "error", "type")
         reason = s.get("status_message") or _exception_text(exc) or error_type
@@ -216,6 +217,12 @@ def tool_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             tool=name,
         ))
     return found
+
+
+def _tool_key(span: SpanRow) -> str:
+    """Which tool a TOOL span ran: its tool name, else its span name, which OpenInference instrumentors give the
+    tool. Without it, every span lacking ``tool.name`` was the same tool (None), and none was ``send_email``."""
+    return tool_name(span) or str(span.get("name") or "").strip()
 
 
 def _exception_text(exc: Sequence[Mapping[str, Any]]) -> str | None:
@@ -1127,7 +1134,7 @@ def irreversible_after_failure(view: TraceView, cfg: RuleSettings, failures: Seq
     irreversible = {name for name, cls in cfg.tool_classes.items() if cls == "irreversible_write"}
     found = []
     for s in view.of_kind("TOOL"):
-        name = tool_name(s)
+        name = _tool_key(s)
         if name not in irreversible:
             continue
         others = [f for f in failures if f.failure_mode not in ("latency_breach", "blast_radius_breach")

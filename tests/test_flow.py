@@ -488,6 +488,31 @@ def test_an_answer_recorded_on_the_genai_agent_span_only_is_judged_as_text(start
         assert json.loads(rows[0]["evidence"])["answer"] == answers[name]
 
 
+def test_tool_spans_without_tool_name_are_known_by_their_span_name(start_collector):
+    """An OpenInference TOOL span names its tool; ``tool.name`` is optional. Without it, the failing lookup_order
+    was "retried successfully" by send_email (both had no tool name), and send_email, classed irreversible_write,
+    ran after the failure without a blast_radius_breach."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms",
+                                                      "blast_radius": {"send_email": "irreversible_write"}}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            with tracer.start_as_current_span("lookup_order") as lookup:
+                lookup.set_attribute("openinference.span.kind", "TOOL")
+                lookup.set_attribute("input.value", '{"order_id": "ORD-4"}')
+                lookup.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+            with tracer.start_as_current_span("send_email") as email:
+                email.set_attribute("openinference.span.kind", "TOOL")
+                email.set_attribute("input.value", '{"to": "customer", "body": "Your refund is on its way"}')
+            trace_id = format(root.get_span_context().trace_id, "032x")
+            email_id = format(email.get_span_context().span_id, "016x")
+    rows = c.wait_for(f"SELECT failure_mode, span_id, message FROM detections WHERE trace_id = '{trace_id}' "
+                      "ORDER BY failure_mode", lambda r: len(r) == 2)
+    breach, failed_call = rows
+    assert (breach["failure_mode"], breach["span_id"]) == ("blast_radius_breach", email_id)
+    assert failed_call["message"] == "tool lookup_order failed: order service returned 502"
+
+
 def test_tool_arguments_holding_a_phone_number_stay_valid_json_and_are_no_failure(start_collector):
     """``{"customer_phone": 4155550132}`` became ``{"customer_phone": <PHONE>}`` in input.value and in the GenAI
     arguments attribute: no longer JSON, so the sanitizer itself made a tool_argument (and a format_violation
