@@ -786,7 +786,7 @@ def repeated_tool_call(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     if tool_spans:
         for s in tool_spans:
             args = tool_span_arguments(s)
-            name = tool_name(s)
+            name = _tool_key(s)
             canon = canonical_arguments(args[1]) if args else None
             if name and canon is not None:
                 calls.append((s, name, canon))

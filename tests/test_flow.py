@@ -513,6 +513,25 @@ def test_tool_spans_without_tool_name_are_known_by_their_span_name(start_collect
     assert failed_call["message"] == "tool lookup_order failed: order service returned 502"
 
 
+def test_a_tool_without_tool_name_called_again_and_again_is_a_loop(start_collector):
+    """Three identical calls of a TOOL span named lookup_order, no tool.name: a loop (it was skipped, nameless)."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            for _ in range(3):
+                with tracer.start_as_current_span("lookup_order") as call:
+                    call.set_attribute("openinference.span.kind", "TOOL")
+                    call.set_attribute("input.value", '{"order_id": "ORD-5"}')
+                    call.set_attribute("output.value", '{"status": "pending"}')
+            trace_id = format(root.get_span_context().trace_id, "032x")
+            last_id = format(call.get_span_context().span_id, "016x")
+    rows = c.wait_for(f"SELECT failure_mode, span_id, message FROM detections WHERE trace_id = '{trace_id}'",
+                      lambda r: len(r) == 1)
+    assert rows == [{"failure_mode": "loop", "span_id": last_id,
+                     "message": "tool lookup_order was called 3 times with the same arguments"}]
+
+
 def test_tool_arguments_holding_a_phone_number_stay_valid_json_and_are_no_failure(start_collector):
     """``{"customer_phone": 4155550132}`` became ``{"customer_phone": <PHONE>}`` in input.value and in the GenAI
     arguments attribute: no longer JSON, so the sanitizer itself made a tool_argument (and a format_violation
