@@ -405,9 +405,21 @@ def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, s
     if value is None:
         return None, mime if isinstance(mime, str) else None
     if not isinstance(value, str):
-        value = _dumps(value)
+        value = _dumps([_json_item(v) for v in value] if isinstance(value, list) else value)
         mime = mime or "application/json"
     return value, mime if isinstance(mime, str) else None
+
+
+def _json_item(value: Any) -> Any:
+    """A list item, a JSON object text parsed: the OpenTelemetry Python SDK sends a list of maps (messages,
+    documents) as one JSON text per item, and the column should hold the messages, not JSON texts of them."""
+    if isinstance(value, str) and value[:1] == "{":
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+        return parsed if isinstance(parsed, dict) else value
+    return value
 
 
 _JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", "ai.toolCall.args", "ai.prompt",
@@ -458,7 +470,7 @@ def _message_finish_reason(messages: Any) -> str | None:
         messages = _json_holding(messages, ('"finish_reason"',))
     if not isinstance(messages, list):
         return None
-    for m in messages:
+    for m in map(_json_item, messages):
         reason = m.get("finish_reason") if isinstance(m, dict) else None
         if isinstance(reason, str) and reason:
             return reason

@@ -10,6 +10,7 @@ rule on one trace make one candidate. Each candidate carries
   object with an ``input``/``query``/``question``/``message`` field, or plain text), then
   an AGENT's, then any other span's but a TOOL's, RETRIEVER's and the like (their input is
   the agent's, not the user's).
+  An AGENT given only the new turn takes its history from the first model call given that turn.
   System messages are left out (``source`` has the prompt: template, version, system prompt); messages
   after the last user message are left out too;
 * ``context``  -- retrieved ``documents`` (id, score, content, span_id), ``retrieval_queries``,
@@ -80,7 +81,7 @@ from typing import Any, ClassVar
 
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
-from tracesieve.processors.spanview import assistant_text, callback_arguments, response_text
+from tracesieve.processors.spanview import assistant_text, callback_arguments, list_item, response_text
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
 from tracesieve.storage.sqlparams import packed
@@ -264,7 +265,7 @@ def _maybe_json(value: Any) -> Any:
 def _as_list(value: Any) -> list[Any]:
     value = _maybe_json(value)
     if isinstance(value, list):
-        return [v for v in value if v is not None]
+        return [list_item(v) for v in value if v is not None]
     if isinstance(value, dict):  # a list whose indices arrived as object keys
         try:
             return [value[k] for k in sorted(value, key=int)]
@@ -513,6 +514,27 @@ def _root(spans: Sequence[SpanRow]) -> SpanRow | None:
     return spans[0] if spans else None
 
 
+def _history_the_model_saw(spans: Sequence[SpanRow], user_message: Any) -> list[dict[str, Any]]:
+    """The turns before ``user_message`` in the first model call that was given it, else none.
+
+    An agent handed only the new turn (an ``invoke_agent`` span whose input is that one message) keeps the
+    conversation itself and passes it to the model: the case must carry that history to replay the failure.
+    """
+    asked = " ".join(str(user_message or "").split())
+    if not asked:
+        return []
+    for s in spans:
+        if s.get("span_kind") != "LLM":
+            continue
+        msgs = span_input_messages(s)
+        if not msgs:
+            continue
+        split = _split_messages(msgs)
+        if " ".join(str(split["user_message"] or "").split()) == asked:
+            return list(split["conversation_history"])
+    return []
+
+
 def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
     """``{user_message, conversation_history}`` of a trace (see the module docstring for the order)."""
     for kinds in (("AGENT",), ("LLM",), None):
@@ -523,6 +545,8 @@ def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
             if msgs:
                 split = _split_messages(msgs)
                 if split["user_message"] or split["conversation_history"]:
+                    if kinds == ("AGENT",) and not split["conversation_history"]:
+                        split["conversation_history"] = _history_the_model_saw(spans, split["user_message"])
                     return split
     # A tool's or retriever's input is what the agent sent it, not what the user asked: only the root
     # (whatever its kind) and the spans that speak for the user or the model are read.
@@ -754,12 +778,17 @@ def extract_observed(spans: Sequence[SpanRow], detections: Sequence[Detection], 
 
 
 def _first_model(spans: Sequence[SpanRow], prefer: Sequence[str]) -> str | None:
+    """The failing spans' model, else the first model call's, else any span's.
+
+    A model call names the model that answered (``gpt-4o-2024-08-06``); an agent span names at most the one
+    it was configured to request (``gpt-4o``), which need not be the one that ran.
+    """
     by_id = {s.get("span_id"): s for s in spans}
     for sid in prefer:
         s = by_id.get(sid)
         if s is not None and s.get("llm_model_name"):
             return s["llm_model_name"]
-    for s in spans:
+    for s in sorted(spans, key=lambda s: s.get("span_kind") != "LLM"):
         if s.get("llm_model_name"):
             return s["llm_model_name"]
     return None

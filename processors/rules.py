@@ -26,7 +26,8 @@ from tracesieve.processors.base import SpanRow
 from tracesieve.processors.spanview import (
     HIDDEN, JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
-    is_error, is_hidden, loose, output_messages, requested_tool_calls, retrieval_outcome, span_kind, tool_name,
+    is_error, is_hidden, loose, output_messages, requested_tool_calls, response_text, retrieval_outcome, span_kind,
+    tool_name,
     tool_span_arguments, try_json, walk_strings,
 )
 
@@ -153,8 +154,24 @@ class TraceView:
                 best = (s, text)
         if best:
             return best
-        out = self.root.get("output_value")
-        return (self.root, out) if isinstance(out, str) and out.strip() else None
+        out = root_answer(self.root)
+        return (self.root, out) if out else None
+
+
+def root_answer(root: SpanRow, raw: bool = True) -> str | None:
+    """The root span's answer: its output read down to the text when it is a model response or GenAI output
+    messages (an ``invoke_agent`` span stores its ``gen_ai.output.messages`` there); else, with ``raw``, the
+    output as it is. Without ``raw``, None for JSON that holds no answer: its keys are no words said."""
+    out = root.get("output_value")
+    if not isinstance(out, str) or not out.strip():
+        return None
+    if out.lstrip()[:1] in ("{", "["):
+        ok, value = try_json(out)
+        text = response_text(value) if ok else None
+        if text:
+            return text
+        return out if raw or not ok else None
+    return out
 
 
 def _ts(value: Any) -> float:
@@ -182,19 +199,38 @@ def tool_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         if not failed(s):
             continue
         name = tool_name(s)
-        retry = next((t for t in tools[i + 1:] if tool_name(t) == name and not failed(t)), None)
+        key = _tool_key(s)
+        retry = next((t for t in tools[i + 1:] if key and _tool_key(t) == key and not failed(t)), None)
         exc = exception_events(s)
-        reason = s.get("status_message") or (exc[0]["message"] if exc else None) or (exc[0]["type"] if exc else None)
+        error_type = dig(attrs(s), "error", "type")
+        reason = s.get("status_message") or _exception_text(exc) or error_type
+        if error_type and error_type != "_OTHER" and reason and str(error_type) not in str(reason):
+            reason = f"{error_type}: {reason}"
         found.append(Finding(
             s["span_id"], "tool_error", "tool_invocation",
             f"tool {name or s.get('name')!s} failed" + (f": {clip(str(reason), 160)}" if reason else "")
             + (" (a retry succeeded)" if retry else ""),
             {"tool": name, "status_code": s.get("status_code"), "status_message": clip(s.get("status_message"), 500),
-             "exceptions": exc, "retried_successfully": retry is not None,
-             "retry_span_id": retry["span_id"] if retry else None},
+             "error_type": error_type, "exceptions": exc,
+             "arguments": clip((tool_span_arguments(s) or ("", None, False))[1], 1000),
+             "retried_successfully": retry is not None, "retry_span_id": retry["span_id"] if retry else None},
             tool=name,
         ))
     return found
+
+
+def _tool_key(span: SpanRow) -> str:
+    """Which tool a TOOL span ran: its tool name, else its span name, which OpenInference instrumentors give the
+    tool. Without it, every span lacking ``tool.name`` was the same tool (None), and none was ``send_email``."""
+    return tool_name(span) or str(span.get("name") or "").strip()
+
+
+def _exception_text(exc: Sequence[Mapping[str, Any]]) -> str | None:
+    """The first exception as a reviewer reads it, ``KeyError: 'C-3'``: its message alone may not say what broke."""
+    if not exc:
+        return None
+    kind, text = exc[0].get("type"), exc[0].get("message")
+    return f"{kind}: {text}" if kind and text else (text or kind or None)
 
 
 # ==================================================================== tool_argument
@@ -392,8 +428,9 @@ def uncited_id(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     found = []
     reported: set[str] = set()
     carriers = [(s, assistant_text(s)) for s in view.of_kind("LLM")]
-    if span_kind(view.root) != "LLM" and isinstance(view.root.get("output_value"), str):
-        carriers.append((view.root, view.root["output_value"]))
+    root_text = root_answer(view.root) if span_kind(view.root) != "LLM" else None
+    if root_text:
+        carriers.append((view.root, root_text))
     for s, text in carriers:
         missing = [c for c in _cited_ids(cfg.citation_pattern, text) if not _known(view, c) and c not in reported]
         if not missing:
@@ -414,24 +451,43 @@ _NO_ANSWER = (
     "no results", "no documents", "nothing relevant", "don't have information", "do not have information",
     "don't have enough information", "do not have enough information",
 )
-_SUBSTANTIVE_WORDS = 12
-#: A shorter answer states facts when it is no question and has 8 words, or 5 with a figure in them:
+#: "I don't have any information / details on that": the agent saying it found nothing, in the words the
+#: fixed phrases above miss (the agent itself is the subject: "the Z9 doesn't have data export" is a fact).
+_NO_ANSWER_PATTERN = re.compile(
+    r"\b(?:i|we)\s+(?:don't|do not|didn't|did not)\s+have\s+(?:any\s+|enough\s+|specific\s+|the\s+|more\s+)?"
+    r"(?:information|info|details|data|documentation|records?)\b")
+#: An answer states facts when its statements (its questions left out) have 8 words, or 5 with a figure:
 #: "The warranty lasts 24 months and covers water damage." is an answer the retrieval never backed.
-_SHORT_FACT_WORDS, _FIGURE_FACT_WORDS = 8, 5
+_FACT_WORDS, _FIGURE_FACT_WORDS = 8, 5
 _FIGURE = re.compile(r"[0-9]")
+_SENTENCE = re.compile(r"[^.!?]*[.!?]+|[^.!?]+$")
 
 
 def _states_facts(text: str) -> bool:
-    words = len(text.split())
-    if words >= _SUBSTANTIVE_WORDS:
-        return True
-    if text.rstrip().endswith("?"):
-        return False
-    return words >= _SHORT_FACT_WORDS or (words >= _FIGURE_FACT_WORDS and bool(_FIGURE.search(text)))
+    """The answer asserts something. Its questions do not count: asking the user which product they mean,
+    however long the question, is what an agent should do when its retrieval found nothing."""
+    statements = " ".join(s for s in _SENTENCE.findall(text) if not s.rstrip().endswith("?"))
+    words = len(statements.split())
+    return words >= _FACT_WORDS or (words >= _FIGURE_FACT_WORDS and bool(_FIGURE.search(statements)))
 
 
 def _normalize(text: str) -> str:
     return text.lower().replace("\u2019", "'").replace("\u2018", "'")
+
+
+def _states_unbacked_facts(text: str, cfg: RuleSettings) -> bool:
+    norm = _normalize(text)
+    return (_states_facts(text) and not any(p in norm for p in _NO_ANSWER + cfg.refusal_phrases)
+            and not _NO_ANSWER_PATTERN.search(norm))
+
+
+def _answer_after_empty(span: SpanRow, retriever: SpanRow, text: str) -> Finding:
+    return Finding(
+        span["span_id"], "answer_after_empty_retrieval", "hallucination",
+        f"answered with {len(text.split())} words right after retriever {retriever.get('name')} returned nothing",
+        {"retriever_span_id": retriever["span_id"], "query": clip(retriever.get("input_value"), 500),
+         "answer": clip(text, 1000)},
+    )
 
 
 def answer_after_empty_retrieval(view: TraceView, cfg: RuleSettings) -> list[Finding]:
@@ -454,15 +510,17 @@ def answer_after_empty_retrieval(view: TraceView, cfg: RuleSettings) -> list[Fin
             text = assistant_text(s).strip()
             if not text:
                 continue  # a tool call, not an answer: keep looking
-            norm = _normalize(text)
-            if _states_facts(text) and not any(p in norm for p in _NO_ANSWER + cfg.refusal_phrases):
-                found.append(Finding(
-                    s["span_id"], "answer_after_empty_retrieval", "hallucination",
-                    f"answered with {len(text.split())} words right after retriever {r.get('name')} returned nothing",
-                    {"retriever_span_id": r["span_id"], "query": clip(r.get("input_value"), 500),
-                     "answer": clip(text, 1000)},
-                ))
+            if _states_unbacked_facts(text, cfg):
+                found.append(_answer_after_empty(s, r, text))
             break
+        else:
+            # No model call recorded an answer after it (GenAI content captured on the agent span only): the
+            # agent's own answer is the one the user got.
+            root = view.root
+            speaks = root is not r and span_kind(root) in ("AGENT", "CHAIN", "UNKNOWN")
+            text = (root_answer(root, raw=False) or "").strip() if speaks else ""
+            if text and _ts(root.get("end_time")) >= _ts(r["end_time"]) and _states_unbacked_facts(text, cfg):
+                found.append(_answer_after_empty(root, r, text))
     # Two empty retrievals before one answer are one finding on that answer.
     merged: dict[str, Finding] = {}
     for f in found:
@@ -728,7 +786,7 @@ def repeated_tool_call(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     if tool_spans:
         for s in tool_spans:
             args = tool_span_arguments(s)
-            name = tool_name(s)
+            name = _tool_key(s)
             canon = canonical_arguments(args[1]) if args else None
             if name and canon is not None:
                 calls.append((s, name, canon))
@@ -835,14 +893,24 @@ def _error_facts(span: SpanRow) -> dict[str, Any]:
     }
 
 
+def _error_types(span: SpanRow) -> set[str]:
+    """The exception types a span recorded, its GenAI ``error.type`` among them (GenAI spans often record no
+    exception event); the semconv's catch-all ``_OTHER`` names no type."""
+    types = {e["type"] for e in exception_events(span) if e["type"]}
+    error_type = dig(attrs(span), "error", "type")
+    if isinstance(error_type, str) and error_type and error_type != "_OTHER":
+        types.add(error_type)
+    return types
+
+
 def _same_failure(ancestor: SpanRow, child: SpanRow) -> bool:
     """True when an errored ancestor only re-reports its errored descendant's failure."""
     a_msg = str(ancestor.get("status_message") or "")
-    a_types = {e["type"] for e in exception_events(ancestor) if e["type"]}
+    a_types = _error_types(ancestor)
     if not a_msg and not a_types:
         return True
     c_msg = str(child.get("status_message") or "")
-    c_types = {e["type"] for e in exception_events(child) if e["type"]}
+    c_types = _error_types(child)
     if a_types & c_types:
         return True
     return bool(c_msg) and bool(a_msg) and (c_msg in a_msg or a_msg in c_msg)
@@ -888,8 +956,33 @@ FAILING_LABELS = frozenset({
 })
 PASSING_LABELS = frozenset({
     "correct", "good", "pass", "passed", "thumbs_up", "thumbsup", "thumb_up", "positive", "right", "factual",
-    "helpful", "relevant", "accurate", "faithful", "like", "up", "\U0001f44d",
+    "helpful", "relevant", "accurate", "faithful", "like", "up", "\U0001f44d", "safe",
 })
+_NEGATED_LABEL = re.compile(r"(?:non|not|no)_?(.+)")
+
+
+def _label_verdict(label: Any) -> bool | None:
+    """True when a feedback label says failed, False when it says passed, None when it says neither.
+
+    A label that negates one of the known words means the opposite of that word: an evaluator's
+    ``non-toxic`` passes, ``not relevant`` fails. Read from its score instead, a toxicity check that
+    scores 0 for a clean answer would be reported as a failure labelled "non-toxic".
+    """
+    norm = _norm_label(label)
+    if norm is None:
+        return None
+    if norm in FAILING_LABELS:
+        return True
+    if norm in PASSING_LABELS:
+        return False
+    negated = _NEGATED_LABEL.fullmatch(norm)
+    if negated:
+        word = negated.group(1).lstrip("_")
+        if word in FAILING_LABELS:
+            return False
+        if word in PASSING_LABELS:
+            return True
+    return None
 
 
 def _norm_label(value: Any) -> str | None:
@@ -973,10 +1066,10 @@ def _feedback_records(span: SpanRow) -> list[dict[str, Any]]:
 
 
 def _is_negative(rec: Mapping[str, Any], threshold: float) -> bool:
-    label = _norm_label(rec.get("label"))
-    if label in FAILING_LABELS:
-        return True
-    if label in PASSING_LABELS or rec.get("passed") is True:
+    verdict = _label_verdict(rec.get("label"))
+    if verdict is not None:
+        return verdict
+    if rec.get("passed") is True:
         return False
     if rec.get("passed") is False:
         return True
@@ -1044,7 +1137,7 @@ def irreversible_after_failure(view: TraceView, cfg: RuleSettings, failures: Seq
     irreversible = {name for name, cls in cfg.tool_classes.items() if cls == "irreversible_write"}
     found = []
     for s in view.of_kind("TOOL"):
-        name = tool_name(s)
+        name = _tool_key(s)
         if name not in irreversible:
             continue
         others = [f for f in failures if f.failure_mode not in ("latency_breach", "blast_radius_breach")

@@ -97,11 +97,23 @@ def loose(value: Any) -> Any:
     return value
 
 
+def list_item(value: Any) -> Any:
+    """A list item, a JSON object text parsed: an SDK that cannot send a list of maps (OpenTelemetry
+    Python's attributes are primitives or lists of them) sends ``gen_ai.output.messages``,
+    ``gen_ai.retrieval.documents`` and the like as one JSON text per item."""
+    if isinstance(value, str) and value[:1] == "{":
+        ok, parsed = try_json(value)
+        if ok and isinstance(parsed, dict):
+            return parsed
+    return value
+
+
 def as_list(value: Any) -> list[Any]:
-    """A list from a list, a JSON list string, or a dict with all-digit keys; [] otherwise."""
+    """A list from a list (its JSON object texts parsed), a JSON list string, or a dict with all-digit keys;
+    [] otherwise."""
     value = loose(value)
     if isinstance(value, list):
-        return value
+        return [list_item(v) for v in value]
     if isinstance(value, dict) and value and all(isinstance(k, str) and k.isdecimal() for k in value):
         return [value[k] for k in sorted(value, key=int)]
     return []

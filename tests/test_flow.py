@@ -257,6 +257,281 @@ def test_genai_spans_are_judged_end_to_end(start_collector):
     assert "Summarise my last 3 orders" in cand[0]["input"]
 
 
+def test_an_agent_given_only_the_new_turn_gets_the_history_its_model_saw(start_collector):
+    """DESIGN: a candidate's input is the user message + conversation history. An ``invoke_agent`` span that
+    records only the new turn (the agent keeps the thread) must not make the case lose the history the model
+    answered from: replaying the user message alone would not reproduce the failure."""
+    c = start_collector(FAST_JUDGE)
+    question = "Refund the second one please"
+    history = [{"role": "user", "parts": [{"type": "text", "content": "list my last orders"}]},
+               {"role": "assistant", "parts": [{"type": "text", "content": "ORD-1 (shoes) and ORD-2 (a kettle)."}]}]
+    turn = [{"role": "user", "parts": [{"type": "text", "content": question}]}]
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("invoke_agent support") as root:
+            root.set_attribute("gen_ai.operation.name", "invoke_agent")
+            root.set_attribute("gen_ai.input.messages", json.dumps(turn))
+            with tracer.start_as_current_span("chat gpt-4o") as chat:
+                chat.set_attribute("gen_ai.operation.name", "chat")
+                chat.set_attribute("gen_ai.request.model", "gpt-4o")
+                chat.set_attribute("gen_ai.input.messages", json.dumps(
+                    [{"role": "system", "parts": [{"type": "text", "content": "Be brief."}]}, *history, *turn]))
+            with tracer.start_as_current_span("execute_tool refund") as tool:
+                tool.set_attribute("gen_ai.operation.name", "execute_tool")
+                tool.set_attribute("gen_ai.tool.name", "refund")
+                tool.set_status(Status(StatusCode.ERROR, "payments down"))
+    rows = c.wait_for("SELECT input FROM candidates", lambda r: len(r) == 1)
+    assert json.loads(rows[0]["input"]) == {"user_message": question, "conversation_history": [
+        {"role": "user", "content": "list my last orders"},
+        {"role": "assistant", "content": "ORD-1 (shoes) and ORD-2 (a kettle)."}]}
+
+
+def test_a_candidates_model_is_the_one_that_answered_not_the_one_its_agent_requested(start_collector):
+    """source.model: the agent span asks for the alias ``gpt-4o``; the model call names the model that ran."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("invoke_agent support") as root:
+            root.set_attribute("gen_ai.operation.name", "invoke_agent")
+            root.set_attribute("gen_ai.request.model", "gpt-4o")
+            with tracer.start_as_current_span("chat gpt-4o") as chat:
+                chat.set_attribute("gen_ai.operation.name", "chat")
+                chat.set_attribute("gen_ai.request.model", "gpt-4o")
+                chat.set_attribute("gen_ai.response.model", "gpt-4o-2024-08-06")
+            with tracer.start_as_current_span("execute_tool refund") as tool:
+                tool.set_attribute("gen_ai.operation.name", "execute_tool")
+                tool.set_attribute("gen_ai.tool.name", "refund")
+                tool.set_status(Status(StatusCode.ERROR, "payments down"))
+    rows = c.wait_for("SELECT source FROM candidates", lambda r: len(r) == 1)
+    assert json.loads(rows[0]["source"])["model"] == "gpt-4o-2024-08-06"
+
+
+def test_a_failed_tool_call_says_what_failed_and_with_which_arguments(start_collector):
+    """A reviewer reads the detection alone: the GenAI ``error.type`` (the class a status text often lacks), the
+    exception's type when only an event was recorded, and the arguments the tool was called with."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("invoke_agent support") as root:
+            root.set_attribute("gen_ai.operation.name", "invoke_agent")
+            with tracer.start_as_current_span("execute_tool lookup_order") as genai_tool:
+                genai_tool.set_attribute("gen_ai.operation.name", "execute_tool")
+                genai_tool.set_attribute("gen_ai.tool.name", "lookup_order")
+                genai_tool.set_attribute("gen_ai.tool.call.arguments", '{"order_id": "ORD-9"}')
+                genai_tool.set_attribute("error.type", "ConnectionError")
+                genai_tool.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+            with tracer.start_as_current_span("find_invoice") as oi_tool:
+                oi_tool.set_attribute("openinference.span.kind", "TOOL")
+                oi_tool.set_attribute("tool.name", "find_invoice")
+                oi_tool.set_attribute("input.value", '{"invoice": "INV-3"}')
+                oi_tool.add_event("exception", {"exception.type": "KeyError", "exception.message": "'INV-3'"})
+            with tracer.start_as_current_span("execute_tool send_sms") as other:  # the semconv's "no type known"
+                other.set_attribute("gen_ai.operation.name", "execute_tool")
+                other.set_attribute("gen_ai.tool.name", "send_sms")
+                other.set_attribute("error.type", "_OTHER")
+                other.set_status(Status(StatusCode.ERROR, "quota exceeded"))
+            trace_id = format(root.get_span_context().trace_id, "032x")
+    rows = c.wait_for(f"SELECT message, evidence FROM detections WHERE trace_id = '{trace_id}' ORDER BY message",
+                      lambda r: len(r) == 3)
+    invoice, order, sms = rows
+    assert sms["message"] == "tool send_sms failed: quota exceeded"
+    assert invoice["message"] == "tool find_invoice failed: KeyError: 'INV-3'"
+    assert json.loads(invoice["evidence"])["arguments"] == '{"invoice": "INV-3"}'
+    assert order["message"] == "tool lookup_order failed: ConnectionError: order service returned 502"
+    evidence = json.loads(order["evidence"])
+    assert (evidence["error_type"], evidence["arguments"]) == ("ConnectionError", '{"order_id": "ORD-9"}')
+
+
+def test_an_evaluation_labelled_as_passing_is_no_negative_feedback_whatever_its_score(start_collector):
+    """A toxicity evaluator scores a clean answer 0 and labels it ``non-toxic``: that is no failure (it was
+    reported as "toxicity judged this span as failed (non-toxic)"). A ``not relevant`` label fails a span
+    whatever its score."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_ids = []
+        for label, score in (("non-toxic", 0.0), ("Not Relevant", 1.0)):
+            with tracer.start_as_current_span("llm") as llm:
+                llm.set_attribute("openinference.span.kind", "LLM")
+                llm.set_attribute("llm.output_messages.0.message.role", "assistant")
+                llm.set_attribute("llm.output_messages.0.message.content", "The kettle is in stock.")
+                llm.set_attribute("evaluations.0.evaluation.name", "toxicity" if score == 0.0 else "relevance")
+                llm.set_attribute("evaluations.0.evaluation.label", label)
+                llm.set_attribute("evaluations.0.evaluation.score", score)
+                trace_ids.append(format(llm.get_span_context().trace_id, "032x"))
+    clean, irrelevant = trace_ids
+    rows = c.wait_for(f"SELECT message FROM detections WHERE trace_id = '{irrelevant}'", lambda r: len(r) == 1)
+    assert rows[0]["message"] == "relevance judged this trace as failed (Not Relevant)"
+    c.wait_for(f"SELECT 1 FROM trace_state WHERE trace_id = '{clean}' AND judged_seq = received_seq",
+               lambda r: len(r) == 1)
+    assert c.query(f"SELECT message FROM detections WHERE trace_id = '{clean}'") == []
+
+
+def test_genai_values_sent_as_one_json_text_per_item_are_read_as_the_items(start_collector):
+    """The Python SDK cannot send a list of maps: ``gen_ai.retrieval.documents`` and ``gen_ai.output.messages``
+    can arrive as string lists, one JSON object each. An answer citing the retrieved document is no failure (it
+    was a retrieval_miss and a hallucination: no document and no answer were read), and the columns hold the
+    messages themselves."""
+    c = start_collector(FAST_JUDGE)
+    answer = "Hats can be returned within 14 days [doc-61]."
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("invoke_agent support") as root:
+            root.set_attribute("gen_ai.operation.name", "invoke_agent")
+            with tracer.start_as_current_span("retrieval kb") as retrieval:
+                retrieval.set_attribute("gen_ai.operation.name", "retrieval")
+                retrieval.set_attribute("gen_ai.retrieval.documents",
+                                        [json.dumps({"id": "doc-61", "score": 0.9, "content": "Hats: 14 days."})])
+            with tracer.start_as_current_span("chat gpt-4o") as chat:
+                chat.set_attribute("gen_ai.operation.name", "chat")
+                chat.set_attribute("gen_ai.request.model", "gpt-4o")
+                chat.set_attribute("gen_ai.output.messages", [json.dumps(
+                    {"role": "assistant", "parts": [{"type": "text", "content": answer}], "finish_reason": "stop"})])
+                chat_id = format(chat.get_span_context().span_id, "016x")
+            trace_id = format(root.get_span_context().trace_id, "032x")
+    c.wait_for(f"SELECT 1 FROM trace_state WHERE trace_id = '{trace_id}' AND judged_seq = received_seq",
+               lambda r: len(r) == 1)
+    assert c.query(f"SELECT failure_mode, message FROM detections WHERE trace_id = '{trace_id}'") == []
+    row = c.query(f"SELECT output_value, llm_finish_reason FROM spans WHERE span_id = '{chat_id}'")[0]
+    assert json.loads(row["output_value"])[0]["parts"][0]["content"] == answer
+    assert row["llm_finish_reason"] == "stop"
+
+
+def test_after_an_empty_retrieval_a_clarifying_question_or_a_no_answer_is_no_hallucination(start_collector):
+    """DESIGN: hallucination is *answering with facts* after an empty retrieval. Asking which product the user
+    means (a question of 21 words) and "I don't have any information about ..." state no facts; they were
+    P1 hallucinations. Facts followed by a question still are."""
+    c = start_collector(FAST_JUDGE)
+    answers = {
+        "question": "Could you tell me which model of blender you have, so I can look up the right warranty "
+                    "details for you?",
+        "no_answer": "I don't have any information about the Z9 blender in our knowledge base, sorry about that.",
+        "facts": "The Z9 blender costs $129 and ships in two days. Anything else I can help you with today?",
+    }
+    trace_ids = {}
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        for name, answer in answers.items():
+            with tracer.start_as_current_span("agent") as root:
+                root.set_attribute("openinference.span.kind", "AGENT")
+                with tracer.start_as_current_span("retrieve") as retrieve:
+                    retrieve.set_attribute("openinference.span.kind", "RETRIEVER")
+                    retrieve.set_attribute("input.value", "Z9 blender warranty")
+                with tracer.start_as_current_span("llm") as llm:
+                    llm.set_attribute("openinference.span.kind", "LLM")
+                    llm.set_attribute("llm.output_messages.0.message.role", "assistant")
+                    llm.set_attribute("llm.output_messages.0.message.content", answer)
+                trace_ids[name] = format(root.get_span_context().trace_id, "032x")
+    for name, trace_id in trace_ids.items():
+        c.wait_for(f"SELECT 1 FROM trace_state WHERE trace_id = '{trace_id}' AND judged_seq = received_seq",
+                   lambda r: len(r) == 1)
+    found = {name: sorted(r["failure_mode"] for r in c.query(
+        f"SELECT failure_mode FROM detections WHERE trace_id = '{trace_id}'")) for name, trace_id in trace_ids.items()}
+    assert found == {"question": ["retrieval_miss"], "no_answer": ["retrieval_miss"],
+                     "facts": ["hallucination", "retrieval_miss"]}
+
+
+def test_a_genai_agent_passing_up_its_childs_error_type_is_not_a_second_failure(start_collector):
+    """One rate limit is one llm_error: an ``invoke_agent`` span that fails with its chat call's ``error.type``
+    (GenAI records no exception event, and the agent's status text is its own) re-reports the chat's failure,
+    as an OpenInference agent re-raising the same exception does. It was a second llm_error on the agent; a
+    tool's error passed up the same way was an llm_error besides the tool_invocation."""
+    c = start_collector(FAST_JUDGE)
+    spans = {}
+    with sdk_tracer("http", c.http_url) as tracer:
+        for failing in ("chat", "execute_tool"):
+            with tracer.start_as_current_span("invoke_agent support") as root:
+                root.set_attribute("gen_ai.operation.name", "invoke_agent")
+                with tracer.start_as_current_span(f"{failing} child") as child:
+                    child.set_attribute("gen_ai.operation.name", failing)
+                    child.set_attribute("gen_ai.tool.name" if failing == "execute_tool" else "gen_ai.request.model",
+                                        "lookup_order" if failing == "execute_tool" else "gpt-4o")
+                    error_type = "RateLimitError" if failing == "chat" else "UpstreamError"
+                    child.set_attribute("error.type", error_type)
+                    child.set_status(Status(StatusCode.ERROR, "429 rate limit" if failing == "chat" else "502"))
+                root.set_attribute("error.type", error_type)
+                root.set_status(Status(StatusCode.ERROR, "agent run failed"))
+                spans[failing] = (format(root.get_span_context().trace_id, "032x"),
+                                  format(child.get_span_context().span_id, "016x"))
+    for failing, mode in (("chat", "llm_error"), ("execute_tool", "tool_invocation")):
+        trace_id, child_id = spans[failing]
+        c.wait_for(f"SELECT 1 FROM trace_state WHERE trace_id = '{trace_id}' AND judged_seq = received_seq",
+                   lambda r: len(r) == 1)
+        rows = c.query(f"SELECT failure_mode, span_id FROM detections WHERE trace_id = '{trace_id}'")
+        assert rows == [{"failure_mode": mode, "span_id": child_id}], rows
+
+
+def test_an_answer_recorded_on_the_genai_agent_span_only_is_judged_as_text(start_collector):
+    """GenAI content captured on the ``invoke_agent`` span only (its chat calls record none): the agent's answer
+    is what the user got. Facts stated after an empty retrieval are a hallucination (they were missed), and an
+    invented citation's evidence quotes the answer, not the output messages' JSON."""
+    c = start_collector(FAST_JUDGE)
+
+    def messages(text: str) -> str:
+        return json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": text}], "finish_reason": "stop"}])
+
+    answers = {"facts": "The Z2 battery lasts 14 hours and charges fully in 90 minutes.",
+               "cites": "Kettles have a 2 year warranty [doc-3], 5 years for members [doc-44]."}
+    trace_ids = {}
+    with sdk_tracer("http", c.http_url) as tracer:
+        for name, answer in answers.items():
+            with tracer.start_as_current_span("invoke_agent support") as root:
+                root.set_attribute("gen_ai.operation.name", "invoke_agent")
+                root.set_attribute("gen_ai.output.messages", messages(answer))
+                with tracer.start_as_current_span("retrieval kb") as retrieval:
+                    retrieval.set_attribute("gen_ai.operation.name", "retrieval")
+                    retrieval.set_attribute("gen_ai.retrieval.documents", json.dumps(
+                        [{"id": "doc-3", "score": 0.9}] if name == "cites" else []))
+                with tracer.start_as_current_span("chat gpt-4o") as chat:
+                    chat.set_attribute("gen_ai.operation.name", "chat")
+                    chat.set_attribute("gen_ai.request.model", "gpt-4o")
+                trace_ids[name] = (format(root.get_span_context().trace_id, "032x"),
+                                   format(root.get_span_context().span_id, "016x"))
+    for name, (trace_id, root_id) in trace_ids.items():
+        rows = c.wait_for(f"SELECT span_id, evidence FROM detections WHERE trace_id = '{trace_id}' "
+                          "AND failure_mode = 'hallucination'", lambda r: len(r) == 1)
+        assert rows[0]["span_id"] == root_id
+        assert json.loads(rows[0]["evidence"])["answer"] == answers[name]
+
+
+def test_tool_spans_without_tool_name_are_known_by_their_span_name(start_collector):
+    """An OpenInference TOOL span names its tool; ``tool.name`` is optional. Without it, the failing lookup_order
+    was "retried successfully" by send_email (both had no tool name), and send_email, classed irreversible_write,
+    ran after the failure without a blast_radius_breach."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms",
+                                                      "blast_radius": {"send_email": "irreversible_write"}}}})
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            with tracer.start_as_current_span("lookup_order") as lookup:
+                lookup.set_attribute("openinference.span.kind", "TOOL")
+                lookup.set_attribute("input.value", '{"order_id": "ORD-4"}')
+                lookup.set_status(Status(StatusCode.ERROR, "order service returned 502"))
+            with tracer.start_as_current_span("send_email") as email:
+                email.set_attribute("openinference.span.kind", "TOOL")
+                email.set_attribute("input.value", '{"to": "customer", "body": "Your refund is on its way"}')
+            trace_id = format(root.get_span_context().trace_id, "032x")
+            email_id = format(email.get_span_context().span_id, "016x")
+    rows = c.wait_for(f"SELECT failure_mode, span_id, message FROM detections WHERE trace_id = '{trace_id}' "
+                      "ORDER BY failure_mode", lambda r: len(r) == 2)
+    breach, failed_call = rows
+    assert (breach["failure_mode"], breach["span_id"]) == ("blast_radius_breach", email_id)
+    assert failed_call["message"] == "tool lookup_order failed: order service returned 502"
+
+
+def test_a_tool_without_tool_name_called_again_and_again_is_a_loop(start_collector):
+    """Three identical calls of a TOOL span named lookup_order, no tool.name: a loop (it was skipped, nameless)."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            for _ in range(3):
+                with tracer.start_as_current_span("lookup_order") as call:
+                    call.set_attribute("openinference.span.kind", "TOOL")
+                    call.set_attribute("input.value", '{"order_id": "ORD-5"}')
+                    call.set_attribute("output.value", '{"status": "pending"}')
+            trace_id = format(root.get_span_context().trace_id, "032x")
+            last_id = format(call.get_span_context().span_id, "016x")
+    rows = c.wait_for(f"SELECT failure_mode, span_id, message FROM detections WHERE trace_id = '{trace_id}'",
+                      lambda r: len(r) == 1)
+    assert rows == [{"failure_mode": "loop", "span_id": last_id,
+                     "message": "tool lookup_order was called 3 times with the same arguments"}]
+
+
 def test_tool_arguments_holding_a_phone_number_stay_valid_json_and_are_no_failure(start_collector):
     """``{"customer_phone": 4155550132}`` became ``{"customer_phone": <PHONE>}`` in input.value and in the GenAI
     arguments attribute: no longer JSON, so the sanitizer itself made a tool_argument (and a format_violation
