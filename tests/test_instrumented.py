@@ -505,3 +505,46 @@ def test_a_failing_vercel_ai_sdk_tool_call_is_a_tool_invocation_failure(start_co
     found = c.wait_for("SELECT d.failure_mode, s.name FROM detections d JOIN spans s USING (span_id)",
                        lambda r: len(r) > 0)
     assert found == [{"failure_mode": "tool_invocation", "name": "ai.toolCall"}]
+
+
+def anthropic_tool_use_span(tracer: Tracer, *, question: str, arguments: dict[str, Any]) -> None:
+    """A ``messages.create`` answered with one tool_use block, as openinference-instrumentation-anthropic 3.1.0
+    (anthropic 2.17.0) records it: the block goes both into the message's ``tool_calls`` and, again, into
+    its ``contents`` as a ``tool_use`` part carrying the same tool call."""
+    schema = {"name": "lookup_order", "description": "Look up an order",
+              "input_schema": LOOKUP_ORDER["function"]["parameters"]}  # type: ignore[index]
+    out = "llm.output_messages.0.message"
+    with tracer.start_as_current_span("messages.create") as span:
+        span.set_attributes({
+            "openinference.span.kind": "LLM", "llm.provider": "anthropic", "llm.system": "anthropic",
+            "llm.request.model_name": "claude-3-5-haiku-latest", "llm.model_name": "claude-3-5-haiku-20241022",
+            "llm.invocation_parameters": json.dumps({"max_tokens": 50}),
+            "llm.input_messages.0.message.role": "system",
+            "llm.input_messages.0.message.content": "You are a support agent.",
+            "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": question,
+            "llm.tools.0.tool.json_schema": json.dumps(schema),
+            f"{out}.role": "assistant",
+            f"{out}.tool_calls.0.tool_call.id": "toolu_1",
+            f"{out}.tool_calls.0.tool_call.function.name": "lookup_order",
+            f"{out}.tool_calls.0.tool_call.function.arguments": json.dumps(arguments),
+            f"{out}.contents.0.message_content.type": "tool_use",
+            f"{out}.contents.0.tool_call.id": "toolu_1",
+            f"{out}.contents.0.tool_call.function.name": "lookup_order",
+            f"{out}.contents.0.tool_call.function.arguments": json.dumps(arguments),
+            "llm.finish_reason": "tool_use", "llm.token_count.prompt": 40, "llm.token_count.completion": 12,
+            "llm.token_count.total": 52,
+        })
+
+
+def test_an_anthropic_tool_use_recorded_twice_by_openinference_is_one_call(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            anthropic_tool_use_span(tracer, question="Where is order 12?", arguments={"order": 12})
+    [candidate] = candidates_of(c, "tool_argument")
+    evidence = json.loads(c.query("SELECT evidence FROM detections")[0]["evidence"])
+    assert (evidence["tool"], evidence["tool_call_id"]) == ("lookup_order", "toolu_1")  # one call, not a list of two
+    assert candidate["expected"] == {"tool_arguments_schema": {"lookup_order": LOOKUP_ORDER["function"]["parameters"]},
+                                     "required_tool_sequence": ["lookup_order"]}
+    assert [call["name"] for call in candidate["context"]["tool_calls"]] == ["lookup_order"]
