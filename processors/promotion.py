@@ -867,6 +867,26 @@ def failing_tool(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> s
     return str(name) if isinstance(name, str) and name else None
 
 
+def _bad_calls_schemas(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> dict[str, Any]:
+    """Tool -> schema for each named call of a multi-call ``tool_argument`` finding (``{"calls": [...]}``):
+    the schema the call broke, else the tool's declared one, else ``{}`` (any JSON)."""
+    declared: dict[str, Any] | None = None
+    out: dict[str, Any] = {}
+    for d in detections:
+        calls = d.evidence.get("calls") if isinstance(d.evidence, dict) else None
+        for call in calls if isinstance(calls, list) else []:
+            name = call.get("tool") if isinstance(call, dict) else None
+            if not isinstance(name, str) or not name:
+                continue
+            schema = call.get("schema")
+            if schema is None:
+                declared = available_tools(spans) if declared is None else declared
+                schema = declared.get(name)
+            if schema is not None or name not in out:
+                out[name] = schema if schema is not None else {}
+    return out
+
+
 def _gave_the_answer(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> bool:
     """Whether a detection is on the span that gave the trace's answer: the root or the last model call
     (not a tool's output, a step's, or a router's JSON before the answer)."""
@@ -928,12 +948,20 @@ def draft_expected(
         else:
             exp["no_error_spans"] = True
     elif failure_mode == "tool_argument":
-        schema = _evidence(detections, "schema", "json_schema", "tool_schema")
-        if schema is None and tool:
-            schema = available_tools(spans).get(tool)
-        exp["tool_arguments_schema"] = {tool or "*": schema if schema is not None else {}}
-        if tool:
-            exp["required_tool_sequence"] = [tool]
+        per_tool = _bad_calls_schemas(spans, detections)
+        if per_tool and tool is None:
+            # One model answer with several bad calls (parallel tool calls): the evidence lists them under
+            # `calls`, with no single tool; each tool keeps its own declared schema.
+            exp["tool_arguments_schema"] = per_tool
+            if len(per_tool) == 1:
+                exp["required_tool_sequence"] = list(per_tool)
+        else:
+            schema = _evidence(detections, "schema", "json_schema", "tool_schema")
+            if schema is None and tool:
+                schema = available_tools(spans).get(tool)
+            exp["tool_arguments_schema"] = {tool or "*": schema if schema is not None else {}}
+            if tool:
+                exp["required_tool_sequence"] = [tool]
     elif failure_mode == "retrieval_miss":
         exp["min_retrieved_documents"] = 1
         score = _evidence(detections, "min_score", "score_threshold", "threshold")

@@ -43,6 +43,10 @@ ANSWERS: dict[str, tuple[dict[str, Any], str]] = {
     "Summarize ticket 11 as JSON": ({"content": '{"summary": "wants a new lid"}'}, "stop"),
     "Where is order 12?": ({"content": None, "tool_calls": [{"id": "call_12", "type": "function", "function": {
         "name": "lookup_order", "arguments": '{"order": 12}'}}]}, "tool_calls"),
+    "Where are orders 12 and 13?": ({"content": None, "tool_calls": [  # parallel tool calls, both breaking the schema
+        {"id": "call_12", "type": "function", "function": {"name": "lookup_order", "arguments": '{"order": 12}'}},
+        {"id": "call_13", "type": "function", "function": {"name": "lookup_order", "arguments": '{"order": 13}'}}]},
+        "tool_calls"),
 }
 
 
@@ -548,3 +552,12 @@ def test_an_anthropic_tool_use_recorded_twice_by_openinference_is_one_call(start
     assert candidate["expected"] == {"tool_arguments_schema": {"lookup_order": LOOKUP_ORDER["function"]["parameters"]},
                                      "required_tool_sequence": ["lookup_order"]}
     assert [call["name"] for call in candidate["context"]["tool_calls"]] == ["lookup_order"]
+
+
+def test_parallel_tool_calls_breaking_the_schema_draft_the_tools_schema(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    with openinference_openai(c.grpc_endpoint):
+        ask(model_url, "Where are orders 12 and 13?")
+    [candidate] = candidates_of(c, "tool_argument")
+    assert candidate["expected"] == {"tool_arguments_schema": {"lookup_order": LOOKUP_ORDER["function"]["parameters"]},
+                                     "required_tool_sequence": ["lookup_order"]}
