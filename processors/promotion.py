@@ -932,7 +932,7 @@ def draft_expected(
     | hallucination       | ``cited_ids_within_retrieved: true``, ``must_not: [invented ids]`` (``[id]`` when inside a retrieved id; none after an empty retrieval), ``no_facts_without_retrieval`` after one |
     | format_violation    | ``output_schema`` (evidence, else response_format), ``output_mime_type``; none when the output that broke was not the answer (a tool's, a step's) |
     | truncation          | ``finish_reason_not: [length]`` |
-    | refusal_overreach   | ``must_not: [the refusal phrase]`` |
+    | refusal_overreach   | ``must_not: [the refusal phrase]``; ``finish_reason_not: [refusal]`` for a provider's refusal |
     | latency_breach      | ``max_duration_ms: {KIND: threshold}`` (each kind its own threshold) |
     | loop                | ``max_identical_calls: N`` (evidence; ``max_repeats`` - 1; else 2, unless ``max_steps``), ``max_steps``, ``required_tool_sequence: [tool]`` |
     | blast_radius_breach | ``must_not_call_after_error: [tool]`` |
@@ -989,8 +989,11 @@ def draft_expected(
     elif failure_mode == "truncation":
         exp["finish_reason_not"] = ["length"]
     elif failure_mode == "refusal_overreach":
-        phrase = _refusal_phrase(detections, observed)
-        exp["must_not"] = [phrase] if phrase else []
+        if _evidence(detections, "finish_reason") == "refusal" and _evidence(detections, "phrase") is None:
+            exp["finish_reason_not"] = ["refusal"]  # the provider's own refusal (Claude's stop_reason), often no text
+        else:
+            phrase = _refusal_phrase(detections, observed)
+            exp["must_not"] = [phrase] if phrase else []
     elif failure_mode == "latency_breach":
         by_id = {s.get("span_id"): s for s in spans}
         limits: dict[str, Any] = {}

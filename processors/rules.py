@@ -669,23 +669,41 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
 _REFUSAL_WINDOW = 400  # refusals lead the answer; a phrase deep inside a long answer is not one
 
 
+def _declined_by_model(view: TraceView) -> SpanRow | None:
+    """The last model call, when the provider reports it refused: finish reason ``refusal`` (Anthropic's
+    ``stop_reason: refusal``, its answer often empty, so no phrase to match)."""
+    llms = view.of_kind("LLM")
+    last = max(llms, key=_end_key) if llms else None
+    if last is not None and any(v.lower() == "refusal" for _, v in view.finish_reasons(last)):
+        return last
+    return None
+
+
 def refusal(view: TraceView, cfg: RuleSettings) -> list[Finding]:
-    """The final answer opens with refusal phrasing although the agent had tools or retrieved documents to work with."""
+    """The final answer opens with refusal phrasing, or the last model call finished with reason ``refusal``,
+    although the agent had tools or retrieved documents to work with."""
     answer = view.final_answer
-    if answer is None:
-        return []
-    span, text = answer
+    span, text = answer if answer is not None else (None, "")
     head = _normalize(text[:_REFUSAL_WINDOW])
     phrase = next((p for p in cfg.refusal_phrases if p in head), None)
-    if phrase is None:
+    declined = _declined_by_model(view) if phrase is None else None
+    if phrase is None and declined is None:
         return []
     tools = sorted(view.tool_schemas) or sorted({tool_name(s) or "?" for s in view.of_kind("TOOL")})
     docs = len(view.retrieved_ids) or sum(len(documents(s) or []) for s in view.of_kind("RETRIEVER"))
     if not tools and not docs:
         return []
+    available = f"although {len(tools)} tool(s) and {docs} retrieved document(s) were available"
+    if declined is not None:
+        return [Finding(
+            declined["span_id"], "refusal", "refusal_overreach",
+            f"{declined.get('llm_model_name') or declined.get('name')} refused (finish reason refusal) {available}",
+            {"finish_reason": "refusal", "answer": clip(assistant_text(declined), 1000), "tools_available": tools[:30],
+             "documents_retrieved": docs},
+        )]
+    assert span is not None
     return [Finding(
-        span["span_id"], "refusal", "refusal_overreach",
-        f"answer refuses (\"{phrase}\") although {len(tools)} tool(s) and {docs} retrieved document(s) were available",
+        span["span_id"], "refusal", "refusal_overreach", f"answer refuses (\"{phrase}\") {available}",
         {"phrase": phrase, "answer": clip(text, 1000), "tools_available": tools[:30], "documents_retrieved": docs},
     )]
 

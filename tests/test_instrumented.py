@@ -561,3 +561,29 @@ def test_parallel_tool_calls_breaking_the_schema_draft_the_tools_schema(start_co
     [candidate] = candidates_of(c, "tool_argument")
     assert candidate["expected"] == {"tool_arguments_schema": {"lookup_order": LOOKUP_ORDER["function"]["parameters"]},
                                      "required_tool_sequence": ["lookup_order"]}
+
+
+def test_a_claude_refusal_stop_reason_with_tools_declared_is_refusal_overreach(start_collector):
+    """Claude declines with ``stop_reason: refusal`` and often no text; openinference-instrumentation-anthropic
+    3.1.0 records that as ``llm.finish_reason`` and an output message holding its role alone."""
+    c = start_collector(FAST_JUDGE)
+    schema = {"name": "lookup_order", "description": "Look up an order",
+              "input_schema": LOOKUP_ORDER["function"]["parameters"]}  # type: ignore[index]
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attributes({"openinference.span.kind": "AGENT", "input.value": "Cancel my subscription"})
+            with tracer.start_as_current_span("messages.create") as span:
+                span.set_attributes({
+                    "openinference.span.kind": "LLM", "llm.provider": "anthropic", "llm.system": "anthropic",
+                    "llm.model_name": "claude-sonnet-4-5-20250929",
+                    "llm.input_messages.0.message.role": "user",
+                    "llm.input_messages.0.message.content": "Cancel my subscription",
+                    "llm.tools.0.tool.json_schema": json.dumps(schema),
+                    "llm.output_messages.0.message.role": "assistant", "llm.finish_reason": "refusal",
+                    "llm.token_count.prompt": 40, "llm.token_count.completion": 0, "llm.token_count.total": 40,
+                })
+                llm_span_id = format(span.get_span_context().span_id, "016x")
+            root.set_attribute("output.value", "")
+    [candidate] = candidates_of(c, "refusal_overreach")
+    assert candidate["source"]["span_ids"] == [llm_span_id]
+    assert candidate["expected"] == {"finish_reason_not": ["refusal"]}
