@@ -26,6 +26,7 @@ from tracesieve.processors.base import SpanRow
 from tracesieve.processors.spanview import (
     HIDDEN, JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
+    plain_text_holds_arguments,
     is_error, is_hidden, loose, output_messages, requested_tool_calls, retrieval_outcome, span_kind, tool_name,
     tool_span_arguments, try_json, walk_strings,
 )
@@ -270,6 +271,8 @@ def _check_arguments(name: str | None, raw: Any, schema: Any, declared_json: boo
             if not declared_json or is_collector_truncated(raw):
                 return None
             return "tool_args_json", {"tool": name, "arguments": clip(raw), "error": parsed}
+        if not declared_json and not plain_text_holds_arguments(parsed):
+            return None
     else:
         parsed = raw
     errors = _schema_errors(schema, parsed)

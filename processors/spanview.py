@@ -562,6 +562,16 @@ def _meant_as_json_object(value: Any) -> bool:
     return False
 
 
+def plain_text_holds_arguments(parsed: Any) -> bool:
+    """Whether an undeclared ``input.value`` that parsed as JSON is the tool's arguments (an object).
+
+    openinference-instrumentation-langchain records a one-argument tool's input as that argument's value
+    alone, with no mime type: ``lookup_order(order_id="12")`` is ``input.value = "12"``, which parses as
+    the JSON number 12 and broke every object schema. Such plain text is not judged.
+    """
+    return isinstance(parsed, dict)
+
+
 def is_hidden(value: Any) -> bool:
     """True for a value OpenInference hid on purpose (``OPENINFERENCE_HIDE_*``): present, but unknown."""
     return isinstance(value, str) and value.strip() == HIDDEN

@@ -587,3 +587,23 @@ def test_a_claude_refusal_stop_reason_with_tools_declared_is_refusal_overreach(s
     [candidate] = candidates_of(c, "refusal_overreach")
     assert candidate["source"]["span_ids"] == [llm_span_id]
     assert candidate["expected"] == {"finish_reason_not": ["refusal"]}
+
+
+def test_a_clean_langchain_turn_with_a_one_argument_tool_has_no_detection(start_collector):
+    """openinference-instrumentation-langchain 0.1.80 (langchain-core 1.8.3) records a tool with one argument by
+    that argument's value alone, with no mime type: ``lookup_order(order_id="12")`` has ``input.value`` "12"."""
+    c = start_collector(FAST_JUDGE)
+    call = {"name": "lookup_order", "args": {"order_id": "12"}, "id": "call_1", "type": "tool_call"}
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attributes({"openinference.span.kind": "CHAIN", "input.value": "Where is order 12?"})
+            langchain_chat_span(tracer, question="Where is order 12?", finish="tool_calls",
+                                message_kwargs={"tool_calls": [call]})
+            with tracer.start_as_current_span("lookup_order") as span:
+                span.set_attributes({"openinference.span.kind": "TOOL", "tool.name": "lookup_order",
+                                     "tool.description": "Look up an order", "input.value": "12",
+                                     "output.value": '{"order_id": "12", "status": "shipped"}',
+                                     "output.mime_type": "application/json"})
+            root.set_attribute("output.value", "Order 12 ships tomorrow.")
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    assert c.query("SELECT failure_mode, detector FROM detections") == []
