@@ -607,3 +607,24 @@ def test_a_clean_langchain_turn_with_a_one_argument_tool_has_no_detection(start_
             root.set_attribute("output.value", "Order 12 ships tomorrow.")
     c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
     assert c.query("SELECT failure_mode, detector FROM detections") == []
+
+
+def test_a_streamed_langchain_call_names_the_model_that_answered(start_collector):
+    """A streamed ChatOpenAI run as openinference-instrumentation-langchain 0.1.80 records it: ``llm_output`` is
+    null, so no ``llm.model_name``; the answering model is only in the LLMResult's generation."""
+    c = start_collector(FAST_JUDGE)
+    result = {"generations": [[{"text": "Order 12 ships tomorrow.",
+                                "generation_info": {"finish_reason": "stop", "model_name": "gpt-4o-mini-2024-07-18"},
+                                "type": "ChatGeneration"}]], "llm_output": None, "run": None, "type": "LLMResult"}
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("ChatOpenAI") as span:
+            span.set_attributes({
+                "openinference.span.kind": "LLM", "llm.provider": "openai", "llm.system": "openai",
+                "llm.invocation_parameters": json.dumps({"model": "gpt-4o-mini", "stream": True}),
+                "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": "Where is order 12?",
+                "llm.output_messages.0.message.role": "assistant",
+                "llm.output_messages.0.message.content": "Order 12 ships tomorrow.",
+                "output.value": json.dumps(result), "output.mime_type": "application/json",
+            })
+    rows = c.wait_for("SELECT llm_model_name FROM spans", lambda r: len(r) == 1)
+    assert rows == [{"llm_model_name": "gpt-4o-mini-2024-07-18"}]
