@@ -9,7 +9,8 @@ rule on one trace make one candidate. Each candidate carries
   root span's ``input_value`` (an OpenAI-style ``{"messages": [...]}`` request, a JSON
   object with an ``input``/``query``/``question``/``message`` field, or plain text), then
   an AGENT's, then any other span's but a TOOL's, RETRIEVER's and the like (their input is
-  the agent's, not the user's).
+  the agent's, not the user's). A user turn the messages hold without its text takes the user
+  message from that ``input_value`` too.
   System messages are left out (``source`` has the prompt: template, version, system prompt); messages
   after the last user message are left out too;
 * ``context``  -- retrieved ``documents`` (id, score, content, span_id), ``retrieval_queries``,
@@ -523,9 +524,20 @@ def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
             if msgs:
                 split = _split_messages(msgs)
                 if split["user_message"] or split["conversation_history"]:
+                    if not split["user_message"]:
+                        # The instrumentor kept the history but not the user's turn (opentelemetry-instrumentation-
+                        # openai-v2 2.4b0 records a message whose content is a list of parts as `"parts": []`):
+                        # every such failure had the input "" and was one candidate. The app's root says what
+                        # was asked.
+                        asked = _input_from_root(spans)["user_message"]
+                        split = {**split, "user_message": asked} if asked else split
                     return split
-    # A tool's or retriever's input is what the agent sent it, not what the user asked: only the root
-    # (whatever its kind) and the spans that speak for the user or the model are read.
+    return _input_from_root(spans)
+
+
+def _input_from_root(spans: Sequence[SpanRow]) -> dict[str, Any]:
+    """The input read from ``input.value``: the root's, else an AGENT's, else another span's that speaks for
+    the user or the model. A tool's or retriever's input is what the agent sent it, not what the user asked."""
     root = _root(spans)
     ordered = ([root] if root else []) + [s for s in spans if s.get("span_kind") == "AGENT"] + [
         s for s in spans if s.get("span_kind") not in _NOT_USER_INPUT]

@@ -628,3 +628,31 @@ def test_a_streamed_langchain_call_names_the_model_that_answered(start_collector
             })
     rows = c.wait_for("SELECT llm_model_name FROM spans", lambda r: len(r) == 1)
     assert rows == [{"llm_model_name": "gpt-4o-mini-2024-07-18"}]
+
+
+def test_a_user_turn_the_genai_instrumentor_left_empty_is_read_from_the_agents_input(start_collector):
+    """opentelemetry-instrumentation-openai-v2 2.4b0 records a user message whose content is a list of parts
+    (``[{"type": "text", "text": ...}]``) as ``"parts": []``; the app's AGENT span still says what was asked."""
+    c = start_collector(FAST_JUDGE)
+    questions = ("What does the warranty cover?", "Can I return the kettle?")
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        for question in questions:
+            with tracer.start_as_current_span("support_agent") as root:
+                root.set_attributes({"openinference.span.kind": "AGENT", "input.value": question})
+                with tracer.start_as_current_span("chat gpt-4o-mini") as span:
+                    span.set_attributes({
+                        "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                        "gen_ai.provider.name": "openai", "gen_ai.response.finish_reasons": ["length"],
+                        "gen_ai.input.messages": json.dumps([
+                            {"role": "system", "parts": [{"content": "You are support.", "type": "text"}]},
+                            {"role": "user", "parts": [{"content": "Hello", "type": "text"}]},
+                            {"role": "assistant", "parts": [{"content": "Hi! How can I help?", "type": "text"}]},
+                            {"role": "user", "parts": []}]),
+                        "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [
+                            {"content": "It covers the motor for", "type": "text"}], "finish_reason": "length"}]),
+                    })
+    rows = c.wait_for("SELECT input FROM candidates WHERE failure_mode = 'truncation'", lambda r: len(r) == 2)
+    inputs = sorted((json.loads(r["input"]) for r in rows), key=lambda i: i["user_message"])
+    assert [i["user_message"] for i in inputs] == sorted(questions)
+    assert inputs[0]["conversation_history"] == [{"role": "user", "content": "Hello"},
+                                                 {"role": "assistant", "content": "Hi! How can I help?"}]
