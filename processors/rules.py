@@ -869,13 +869,26 @@ def _same_failure(ancestor: SpanRow, child: SpanRow) -> bool:
     return bool(c_msg) and bool(a_msg) and (c_msg in a_msg or a_msg in c_msg)
 
 
+def _says_why(span: SpanRow) -> bool:
+    return bool(span.get("status_message")) or any(e["type"] or e["message"] for e in exception_events(span))
+
+
+def _reported_by_parent_call(view: TraceView, span: SpanRow) -> bool:
+    """A failed LLM span that says nothing of why, directly inside a failed LLM span that does: one call
+    recorded twice (anthropic 2.x's own span inside openinference-instrumentation-anthropic's), reported
+    once, on the span with the provider's message (it was two llm_error detections of one failure)."""
+    parent = view.by_id.get(str(span.get("parent_span_id") or ""))
+    return (parent is not None and span_kind(span) == "LLM" and span_kind(parent) == "LLM" and failed(parent)
+            and _says_why(parent) and not _says_why(span))
+
+
 def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """An LLM, AGENT or CHAIN span failed (provider error, rate limit, timeout, ...), not merely passing up a descendant's error."""
     found = []
     for s in view.of_kind("LLM", "AGENT", "CHAIN"):
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
-            if (caused_by or _client_parse_failure(s) is not None or _client_truncation(s) is not None
+            if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None or _client_truncation(s) is not None
                     or _framework_step_limit(s) is not None):
                 continue  # the failing descendant is the finding (here or in tool_error); json_output;
                 # finish_length; step_limit

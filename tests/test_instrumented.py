@@ -656,3 +656,29 @@ def test_a_user_turn_the_genai_instrumentor_left_empty_is_read_from_the_agents_i
     assert [i["user_message"] for i in inputs] == sorted(questions)
     assert inputs[0]["conversation_history"] == [{"role": "user", "content": "Hello"},
                                                  {"role": "assistant", "content": "Hi! How can I help?"}]
+
+
+def test_a_rate_limit_recorded_by_both_the_anthropic_sdk_and_openinference_is_one_llm_error(start_collector):
+    """anthropic 2.17.0 records each call itself (scope ``com.anthropic.sdk.python``: GenAI keys, ``error.type``, a
+    bare ERROR status) inside the span openinference-instrumentation-anthropic 3.1.0 wraps around it (the
+    provider's message and the exception)."""
+    c = start_collector(FAST_JUDGE)
+    message = "429 Number of request tokens has exceeded your per-minute rate limit (type: rate_limit_error)"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("messages.create", record_exception=False,
+                                          set_status_on_exception=False) as outer:
+            outer.set_attributes({
+                "openinference.span.kind": "LLM", "llm.provider": "anthropic", "llm.system": "anthropic",
+                "llm.model_name": "claude-3-5-haiku-latest", "llm.input_messages.0.message.role": "user",
+                "llm.input_messages.0.message.content": "Where is order 12?"})
+            with tracer.start_as_current_span("anthropic.messages.create") as inner:
+                inner.set_attributes({
+                    "gen_ai.provider.name": "anthropic", "gen_ai.operation.name": "chat",
+                    "gen_ai.request.model": "claude-3-5-haiku-latest", "http.response.status_code": 429,
+                    "error.type": "rate_limit_error"})
+                inner.set_status(Status(StatusCode.ERROR))
+            outer.record_exception(RuntimeError(message))
+            outer.set_status(Status(StatusCode.ERROR, message))
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    rows = c.query("SELECT s.name, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert rows == [{"name": "messages.create", "failure_mode": "llm_error"}]
