@@ -331,7 +331,8 @@ def _append_span(
     append("output_mime_type").append(output_mime)
     append("llm_model_name").append(_first_str(
         flat, "llm.model_name", "gen_ai.response.model", "gen_ai.request.model", "llm.response.model_name",
-        "llm.request.model_name", "embedding.model_name") or _requested_model(flat))
+        "llm.request.model_name", "embedding.model_name")
+        or (_response_model(output_value) if kind == "LLM" else None) or _requested_model(flat))
     provider = _first_str(flat, "llm.provider", "gen_ai.provider.name", "gen_ai.system", "llm.system")
     append("llm_provider").append(provider.lower() if provider else None)
     append("llm_finish_reason").append(_finish_reason(flat, span.events, output_value, kind))
@@ -494,6 +495,33 @@ def _response_finish_reason(output_value: str | None) -> str | None:
     candidates.append(resp.get("stop_reason"))
     details = resp.get("incomplete_details")
     candidates.append(details.get("reason") if isinstance(details, dict) else None)
+    return next((c for c in candidates if isinstance(c, str) and c), None)
+
+
+def _response_model(output_value: str | None) -> str | None:
+    """The model that answered, from a provider's raw response in output.value (OpenAI, Anthropic: ``model``)
+    or LangChain's LLMResult (``generation_info.model_name``), for spans whose instrumentor set no model key.
+
+    openinference-instrumentation-langchain sets ``llm.model_name`` from ``llm_output``, which a streamed
+    ChatOpenAI run leaves empty: without this its spans named the alias asked for (``gpt-4o-mini``), not
+    the snapshot that answered (``gpt-4o-mini-2024-07-18``).
+    """
+    resp = _json_holding(output_value, ('"model',)) if output_value and output_value[:1] == "{" else None
+    if not isinstance(resp, dict):
+        return None
+    candidates: list[Any] = [resp.get("model")]
+    generations = resp.get("generations")
+    first = generations[0] if isinstance(generations, list) and generations else None
+    first = first[0] if isinstance(first, list) and first else first
+    if isinstance(first, dict):
+        info = first.get("generation_info")
+        candidates.append(info.get("model_name") if isinstance(info, dict) else None)
+        message = first.get("message")
+        kwargs = message.get("kwargs") if isinstance(message, dict) else None
+        meta = kwargs.get("response_metadata") if isinstance(kwargs, dict) else None
+        candidates.append(meta.get("model_name") if isinstance(meta, dict) else None)
+    llm_output = resp.get("llm_output")
+    candidates.append(llm_output.get("model_name") if isinstance(llm_output, dict) else None)
     return next((c for c in candidates if isinstance(c, str) and c), None)
 
 

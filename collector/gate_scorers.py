@@ -36,7 +36,8 @@ from tracesieve.processors.rules import (
 )
 from tracesieve.processors.spanview import (
     JSON_MIME, assistant_text, canonical_arguments, documents, duration_ms, failed, finish_reasons,
-    requested_tool_calls, response_text, span_kind, tool_name, tool_span_arguments, try_json,
+    plain_text_holds_arguments, requested_tool_calls, response_text, span_kind, tool_name, tool_span_arguments,
+    try_json,
 )
 from tracesieve.storage.schema import SPAN_KINDS
 
@@ -155,7 +156,7 @@ def tool_calls_succeed(value: bool | list[str], run: Run) -> list[str]:
 def tool_arguments_schema(value: dict[str, Any], run: Run) -> list[str]:
     """Every call of the tool (``"*"``: of any tool) has JSON arguments that meet its schema (``{}``: any JSON)."""
     problems = []
-    for name, raw, _ in run.tool_calls():
+    for name, raw, span in run.tool_calls():
         schema = value.get(name, value.get("*"))
         if schema is None or raw is None:  # not this tool, or its arguments were not recorded
             continue
@@ -163,6 +164,9 @@ def tool_arguments_schema(value: dict[str, Any], run: Run) -> list[str]:
         if not ok:
             problems.append(f"{name} was called with arguments that are not JSON")
             continue
+        recorded = tool_span_arguments(span) if span_kind(span) == "TOOL" else None
+        if recorded is not None and not recorded[2] and not plain_text_holds_arguments(args):
+            continue  # plain text, as the detectors read it (a LangChain tool's one argument, bare)
         error = jsonschema.validators.validator_for(schema)(schema).iter_errors(args)
         first = next(iter(sorted(error, key=lambda e: list(e.path))), None)
         if first is not None:

@@ -9,7 +9,8 @@ rule on one trace make one candidate. Each candidate carries
   root span's ``input_value`` (an OpenAI-style ``{"messages": [...]}`` request, a JSON
   object with an ``input``/``query``/``question``/``message`` field, or plain text), then
   an AGENT's, then any other span's but a TOOL's, RETRIEVER's and the like (their input is
-  the agent's, not the user's).
+  the agent's, not the user's). A user turn the messages hold without its text takes the user
+  message from that ``input_value`` too.
   An AGENT given only the new turn takes its history from the first model call given that turn.
   System messages are left out (``source`` has the prompt: template, version, system prompt); messages
   after the last user message are left out too;
@@ -545,11 +546,22 @@ def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
             if msgs:
                 split = _split_messages(msgs)
                 if split["user_message"] or split["conversation_history"]:
+                    if not split["user_message"]:
+                        # The instrumentor kept the history but not the user's turn (opentelemetry-instrumentation-
+                        # openai-v2 2.4b0 records a message whose content is a list of parts as `"parts": []`):
+                        # every such failure had the input "" and was one candidate. The app's root says what
+                        # was asked.
+                        asked = _input_from_root(spans)["user_message"]
+                        split = {**split, "user_message": asked} if asked else split
                     if kinds == ("AGENT",) and not split["conversation_history"]:
                         split["conversation_history"] = _history_the_model_saw(spans, split["user_message"])
                     return split
-    # A tool's or retriever's input is what the agent sent it, not what the user asked: only the root
-    # (whatever its kind) and the spans that speak for the user or the model are read.
+    return _input_from_root(spans)
+
+
+def _input_from_root(spans: Sequence[SpanRow]) -> dict[str, Any]:
+    """The input read from ``input.value``: the root's, else an AGENT's, else another span's that speaks for
+    the user or the model. A tool's or retriever's input is what the agent sent it, not what the user asked."""
     root = _root(spans)
     ordered = ([root] if root else []) + [s for s in spans if s.get("span_kind") == "AGENT"] + [
         s for s in spans if s.get("span_kind") not in _NOT_USER_INPUT]
@@ -896,6 +908,26 @@ def failing_tool(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> s
     return str(name) if isinstance(name, str) and name else None
 
 
+def _bad_calls_schemas(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> dict[str, Any]:
+    """Tool -> schema for each named call of a multi-call ``tool_argument`` finding (``{"calls": [...]}``):
+    the schema the call broke, else the tool's declared one, else ``{}`` (any JSON)."""
+    declared: dict[str, Any] | None = None
+    out: dict[str, Any] = {}
+    for d in detections:
+        calls = d.evidence.get("calls") if isinstance(d.evidence, dict) else None
+        for call in calls if isinstance(calls, list) else []:
+            name = call.get("tool") if isinstance(call, dict) else None
+            if not isinstance(name, str) or not name:
+                continue
+            schema = call.get("schema")
+            if schema is None:
+                declared = available_tools(spans) if declared is None else declared
+                schema = declared.get(name)
+            if schema is not None or name not in out:
+                out[name] = schema if schema is not None else {}
+    return out
+
+
 def _gave_the_answer(spans: Sequence[SpanRow], detections: Sequence[Detection]) -> bool:
     """Whether a detection is on the span that gave the trace's answer: the root or the last model call
     (not a tool's output, a step's, or a router's JSON before the answer)."""
@@ -941,7 +973,7 @@ def draft_expected(
     | hallucination       | ``cited_ids_within_retrieved: true``, ``must_not: [invented ids]`` (``[id]`` when inside a retrieved id; none after an empty retrieval), ``no_facts_without_retrieval`` after one |
     | format_violation    | ``output_schema`` (evidence, else response_format), ``output_mime_type``; none when the output that broke was not the answer (a tool's, a step's) |
     | truncation          | ``finish_reason_not: [length]`` |
-    | refusal_overreach   | ``must_not: [the refusal phrase]`` |
+    | refusal_overreach   | ``must_not: [the refusal phrase]``; ``finish_reason_not: [refusal]`` for a provider's refusal |
     | latency_breach      | ``max_duration_ms: {KIND: threshold}`` (each kind its own threshold) |
     | loop                | ``max_identical_calls: N`` (evidence; ``max_repeats`` - 1; else 2, unless ``max_steps``), ``max_steps``, ``required_tool_sequence: [tool]`` |
     | blast_radius_breach | ``must_not_call_after_error: [tool]`` |
@@ -957,12 +989,20 @@ def draft_expected(
         else:
             exp["no_error_spans"] = True
     elif failure_mode == "tool_argument":
-        schema = _evidence(detections, "schema", "json_schema", "tool_schema")
-        if schema is None and tool:
-            schema = available_tools(spans).get(tool)
-        exp["tool_arguments_schema"] = {tool or "*": schema if schema is not None else {}}
-        if tool:
-            exp["required_tool_sequence"] = [tool]
+        per_tool = _bad_calls_schemas(spans, detections)
+        if per_tool and tool is None:
+            # One model answer with several bad calls (parallel tool calls): the evidence lists them under
+            # `calls`, with no single tool; each tool keeps its own declared schema.
+            exp["tool_arguments_schema"] = per_tool
+            if len(per_tool) == 1:
+                exp["required_tool_sequence"] = list(per_tool)
+        else:
+            schema = _evidence(detections, "schema", "json_schema", "tool_schema")
+            if schema is None and tool:
+                schema = available_tools(spans).get(tool)
+            exp["tool_arguments_schema"] = {tool or "*": schema if schema is not None else {}}
+            if tool:
+                exp["required_tool_sequence"] = [tool]
     elif failure_mode == "retrieval_miss":
         exp["min_retrieved_documents"] = 1
         score = _evidence(detections, "min_score", "score_threshold", "threshold")
@@ -990,8 +1030,11 @@ def draft_expected(
     elif failure_mode == "truncation":
         exp["finish_reason_not"] = ["length"]
     elif failure_mode == "refusal_overreach":
-        phrase = _refusal_phrase(detections, observed)
-        exp["must_not"] = [phrase] if phrase else []
+        if _evidence(detections, "finish_reason") == "refusal" and _evidence(detections, "phrase") is None:
+            exp["finish_reason_not"] = ["refusal"]  # the provider's own refusal (Claude's stop_reason), often no text
+        else:
+            phrase = _refusal_phrase(detections, observed)
+            exp["must_not"] = [phrase] if phrase else []
     elif failure_mode == "latency_breach":
         by_id = {s.get("span_id"): s for s in spans}
         limits: dict[str, Any] = {}

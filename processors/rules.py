@@ -26,8 +26,8 @@ from tracesieve.processors.base import SpanRow
 from tracesieve.processors.spanview import (
     HIDDEN, JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
-    is_error, is_hidden, loose, output_messages, requested_tool_calls, response_text, retrieval_outcome, span_kind,
-    tool_name,
+    is_error, is_hidden, loose, output_messages, plain_text_holds_arguments, requested_tool_calls, response_text,
+    retrieval_outcome, span_kind, tool_name,
     tool_span_arguments, try_json, walk_strings,
 )
 
@@ -306,6 +306,8 @@ def _check_arguments(name: str | None, raw: Any, schema: Any, declared_json: boo
             if not declared_json or is_collector_truncated(raw):
                 return None
             return "tool_args_json", {"tool": name, "arguments": clip(raw), "error": parsed}
+        if not declared_json and not plain_text_holds_arguments(parsed):
+            return None
     else:
         parsed = raw
     errors = _schema_errors(schema, parsed)
@@ -727,23 +729,41 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
 _REFUSAL_WINDOW = 400  # refusals lead the answer; a phrase deep inside a long answer is not one
 
 
+def _declined_by_model(view: TraceView) -> SpanRow | None:
+    """The last model call, when the provider reports it refused: finish reason ``refusal`` (Anthropic's
+    ``stop_reason: refusal``, its answer often empty, so no phrase to match)."""
+    llms = view.of_kind("LLM")
+    last = max(llms, key=_end_key) if llms else None
+    if last is not None and any(v.lower() == "refusal" for _, v in view.finish_reasons(last)):
+        return last
+    return None
+
+
 def refusal(view: TraceView, cfg: RuleSettings) -> list[Finding]:
-    """The final answer opens with refusal phrasing although the agent had tools or retrieved documents to work with."""
+    """The final answer opens with refusal phrasing, or the last model call finished with reason ``refusal``,
+    although the agent had tools or retrieved documents to work with."""
     answer = view.final_answer
-    if answer is None:
-        return []
-    span, text = answer
+    span, text = answer if answer is not None else (None, "")
     head = _normalize(text[:_REFUSAL_WINDOW])
     phrase = next((p for p in cfg.refusal_phrases if p in head), None)
-    if phrase is None:
+    declined = _declined_by_model(view) if phrase is None else None
+    if phrase is None and declined is None:
         return []
     tools = sorted(view.tool_schemas) or sorted({tool_name(s) or "?" for s in view.of_kind("TOOL")})
     docs = len(view.retrieved_ids) or sum(len(documents(s) or []) for s in view.of_kind("RETRIEVER"))
     if not tools and not docs:
         return []
+    available = f"although {len(tools)} tool(s) and {docs} retrieved document(s) were available"
+    if declined is not None:
+        return [Finding(
+            declined["span_id"], "refusal", "refusal_overreach",
+            f"{declined.get('llm_model_name') or declined.get('name')} refused (finish reason refusal) {available}",
+            {"finish_reason": "refusal", "answer": clip(assistant_text(declined), 1000), "tools_available": tools[:30],
+             "documents_retrieved": docs},
+        )]
+    assert span is not None
     return [Finding(
-        span["span_id"], "refusal", "refusal_overreach",
-        f"answer refuses (\"{phrase}\") although {len(tools)} tool(s) and {docs} retrieved document(s) were available",
+        span["span_id"], "refusal", "refusal_overreach", f"answer refuses (\"{phrase}\") {available}",
         {"phrase": phrase, "answer": clip(text, 1000), "tools_available": tools[:30], "documents_retrieved": docs},
     )]
 
@@ -916,13 +936,26 @@ def _same_failure(ancestor: SpanRow, child: SpanRow) -> bool:
     return bool(c_msg) and bool(a_msg) and (c_msg in a_msg or a_msg in c_msg)
 
 
+def _says_why(span: SpanRow) -> bool:
+    return bool(span.get("status_message")) or any(e["type"] or e["message"] for e in exception_events(span))
+
+
+def _reported_by_parent_call(view: TraceView, span: SpanRow) -> bool:
+    """A failed LLM span that says nothing of why, directly inside a failed LLM span that does: one call
+    recorded twice (anthropic 2.x's own span inside openinference-instrumentation-anthropic's), reported
+    once, on the span with the provider's message (it was two llm_error detections of one failure)."""
+    parent = view.by_id.get(str(span.get("parent_span_id") or ""))
+    return (parent is not None and span_kind(span) == "LLM" and span_kind(parent) == "LLM" and failed(parent)
+            and _says_why(parent) and not _says_why(span))
+
+
 def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """An LLM, AGENT or CHAIN span failed (provider error, rate limit, timeout, ...), not merely passing up a descendant's error."""
     found = []
     for s in view.of_kind("LLM", "AGENT", "CHAIN"):
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
-            if (caused_by or _client_parse_failure(s) is not None or _client_truncation(s) is not None
+            if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None or _client_truncation(s) is not None
                     or _framework_step_limit(s) is not None):
                 continue  # the failing descendant is the finding (here or in tool_error); json_output;
                 # finish_length; step_limit

@@ -217,16 +217,30 @@ def _oi_text(message: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _call_key(call: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two records of a tool call the same call: its id, else its name and arguments."""
+    if call.get("id") is not None:
+        return ("id", call["id"])
+    return ("call", call.get("name"), json.dumps(call.get("arguments"), sort_keys=True, default=str))
+
+
 def _oi_messages(value: Any) -> list[dict[str, Any]]:
     out = []
     for item in as_list(value):
         msg = _message_obj(item)
         calls = [c for c in (_oi_tool_call(x) for x in as_list(msg.get("tool_calls"))) if c]
+        # openinference-instrumentation-anthropic records each tool_use block twice: in the message's
+        # `tool_calls` and again as a `contents` part. Counting both made one call two (evidence listed it
+        # twice and the promotion draft lost the tool's name and schema), so a part repeating a call
+        # already in `tool_calls` is the same call.
+        listed = [_call_key(c) for c in calls]
         for part in as_list(msg.get("contents")):
             if isinstance(part, dict):
                 tc = part.get("tool_call") or dig(part, "message_content", "tool_call")
                 call = _oi_tool_call({"tool_call": tc}) if isinstance(tc, dict) else None
-                if call:
+                if call and _call_key(call) in listed:
+                    listed.remove(_call_key(call))
+                elif call:
                     calls.append(call)
         out.append({
             "role": msg.get("role"),
@@ -558,6 +572,16 @@ def _meant_as_json_object(value: Any) -> bool:
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return True
     return False
+
+
+def plain_text_holds_arguments(parsed: Any) -> bool:
+    """Whether an undeclared ``input.value`` that parsed as JSON is the tool's arguments (an object).
+
+    openinference-instrumentation-langchain records a one-argument tool's input as that argument's value
+    alone, with no mime type: ``lookup_order(order_id="12")`` is ``input.value = "12"``, which parses as
+    the JSON number 12 and broke every object schema. Such plain text is not judged.
+    """
+    return isinstance(parsed, dict)
 
 
 def is_hidden(value: Any) -> bool:

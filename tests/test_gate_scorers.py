@@ -128,6 +128,16 @@ def test_ceilings_ignore_the_case_of_span_kinds_and_unrecorded_arguments_are_not
         "tool_arguments_schema: get_weather was called with arguments that are not JSON"]
 
 
+def test_a_langchain_tools_one_bare_argument_is_plain_text_not_arguments_breaking_the_schema():
+    # openinference-instrumentation-langchain 0.1.80 records lookup_order(order_id="12") as input.value "12", no
+    # mime type: the JSON number 12 failed every fixed agent held to tool_arguments_schema.
+    bare = make_trace(make_span("TOOL", name="lookup_order", attrs={"tool.name": "lookup_order"}, input="12"))
+    schema = {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}
+    assert score({"tool_arguments_schema": {"lookup_order": schema}}, bare, SETTINGS) == []
+    declared = make_trace(tool("lookup_order", args="12"))  # declared application/json: held to the schema
+    assert score({"tool_arguments_schema": {"lookup_order": schema}}, declared, SETTINGS) != []
+
+
 def test_resource_attributes_keep_the_callers_pairs_and_replace_ours():
     assert resource_attributes(None, "TS-0001", 1) == "tracesieve.case_id=TS-0001,tracesieve.run=1"
     assert resource_attributes(None, "TS-0001", None) == "tracesieve.case_id=TS-0001"  # DESIGN's value, one run

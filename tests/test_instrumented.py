@@ -43,6 +43,10 @@ ANSWERS: dict[str, tuple[dict[str, Any], str]] = {
     "Summarize ticket 11 as JSON": ({"content": '{"summary": "wants a new lid"}'}, "stop"),
     "Where is order 12?": ({"content": None, "tool_calls": [{"id": "call_12", "type": "function", "function": {
         "name": "lookup_order", "arguments": '{"order": 12}'}}]}, "tool_calls"),
+    "Where are orders 12 and 13?": ({"content": None, "tool_calls": [  # parallel tool calls, both breaking the schema
+        {"id": "call_12", "type": "function", "function": {"name": "lookup_order", "arguments": '{"order": 12}'}},
+        {"id": "call_13", "type": "function", "function": {"name": "lookup_order", "arguments": '{"order": 13}'}}]},
+        "tool_calls"),
 }
 
 
@@ -505,3 +509,176 @@ def test_a_failing_vercel_ai_sdk_tool_call_is_a_tool_invocation_failure(start_co
     found = c.wait_for("SELECT d.failure_mode, s.name FROM detections d JOIN spans s USING (span_id)",
                        lambda r: len(r) > 0)
     assert found == [{"failure_mode": "tool_invocation", "name": "ai.toolCall"}]
+
+
+def anthropic_tool_use_span(tracer: Tracer, *, question: str, arguments: dict[str, Any]) -> None:
+    """A ``messages.create`` answered with one tool_use block, as openinference-instrumentation-anthropic 3.1.0
+    (anthropic 2.17.0) records it: the block goes both into the message's ``tool_calls`` and, again, into
+    its ``contents`` as a ``tool_use`` part carrying the same tool call."""
+    schema = {"name": "lookup_order", "description": "Look up an order",
+              "input_schema": LOOKUP_ORDER["function"]["parameters"]}  # type: ignore[index]
+    out = "llm.output_messages.0.message"
+    with tracer.start_as_current_span("messages.create") as span:
+        span.set_attributes({
+            "openinference.span.kind": "LLM", "llm.provider": "anthropic", "llm.system": "anthropic",
+            "llm.request.model_name": "claude-3-5-haiku-latest", "llm.model_name": "claude-3-5-haiku-20241022",
+            "llm.invocation_parameters": json.dumps({"max_tokens": 50}),
+            "llm.input_messages.0.message.role": "system",
+            "llm.input_messages.0.message.content": "You are a support agent.",
+            "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": question,
+            "llm.tools.0.tool.json_schema": json.dumps(schema),
+            f"{out}.role": "assistant",
+            f"{out}.tool_calls.0.tool_call.id": "toolu_1",
+            f"{out}.tool_calls.0.tool_call.function.name": "lookup_order",
+            f"{out}.tool_calls.0.tool_call.function.arguments": json.dumps(arguments),
+            f"{out}.contents.0.message_content.type": "tool_use",
+            f"{out}.contents.0.tool_call.id": "toolu_1",
+            f"{out}.contents.0.tool_call.function.name": "lookup_order",
+            f"{out}.contents.0.tool_call.function.arguments": json.dumps(arguments),
+            "llm.finish_reason": "tool_use", "llm.token_count.prompt": 40, "llm.token_count.completion": 12,
+            "llm.token_count.total": 52,
+        })
+
+
+def test_an_anthropic_tool_use_recorded_twice_by_openinference_is_one_call(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attribute("openinference.span.kind", "AGENT")
+            anthropic_tool_use_span(tracer, question="Where is order 12?", arguments={"order": 12})
+    [candidate] = candidates_of(c, "tool_argument")
+    evidence = json.loads(c.query("SELECT evidence FROM detections")[0]["evidence"])
+    assert (evidence["tool"], evidence["tool_call_id"]) == ("lookup_order", "toolu_1")  # one call, not a list of two
+    assert candidate["expected"] == {"tool_arguments_schema": {"lookup_order": LOOKUP_ORDER["function"]["parameters"]},
+                                     "required_tool_sequence": ["lookup_order"]}
+    assert [call["name"] for call in candidate["context"]["tool_calls"]] == ["lookup_order"]
+
+
+def test_parallel_tool_calls_breaking_the_schema_draft_the_tools_schema(start_collector, model_url):
+    c = start_collector(FAST_JUDGE)
+    with openinference_openai(c.grpc_endpoint):
+        ask(model_url, "Where are orders 12 and 13?")
+    [candidate] = candidates_of(c, "tool_argument")
+    assert candidate["expected"] == {"tool_arguments_schema": {"lookup_order": LOOKUP_ORDER["function"]["parameters"]},
+                                     "required_tool_sequence": ["lookup_order"]}
+
+
+def test_a_claude_refusal_stop_reason_with_tools_declared_is_refusal_overreach(start_collector):
+    """Claude declines with ``stop_reason: refusal`` and often no text; openinference-instrumentation-anthropic
+    3.1.0 records that as ``llm.finish_reason`` and an output message holding its role alone."""
+    c = start_collector(FAST_JUDGE)
+    schema = {"name": "lookup_order", "description": "Look up an order",
+              "input_schema": LOOKUP_ORDER["function"]["parameters"]}  # type: ignore[index]
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attributes({"openinference.span.kind": "AGENT", "input.value": "Cancel my subscription"})
+            with tracer.start_as_current_span("messages.create") as span:
+                span.set_attributes({
+                    "openinference.span.kind": "LLM", "llm.provider": "anthropic", "llm.system": "anthropic",
+                    "llm.model_name": "claude-sonnet-4-5-20250929",
+                    "llm.input_messages.0.message.role": "user",
+                    "llm.input_messages.0.message.content": "Cancel my subscription",
+                    "llm.tools.0.tool.json_schema": json.dumps(schema),
+                    "llm.output_messages.0.message.role": "assistant", "llm.finish_reason": "refusal",
+                    "llm.token_count.prompt": 40, "llm.token_count.completion": 0, "llm.token_count.total": 40,
+                })
+                llm_span_id = format(span.get_span_context().span_id, "016x")
+            root.set_attribute("output.value", "")
+    [candidate] = candidates_of(c, "refusal_overreach")
+    assert candidate["source"]["span_ids"] == [llm_span_id]
+    assert candidate["expected"] == {"finish_reason_not": ["refusal"]}
+
+
+def test_a_clean_langchain_turn_with_a_one_argument_tool_has_no_detection(start_collector):
+    """openinference-instrumentation-langchain 0.1.80 (langchain-core 1.8.3) records a tool with one argument by
+    that argument's value alone, with no mime type: ``lookup_order(order_id="12")`` has ``input.value`` "12"."""
+    c = start_collector(FAST_JUDGE)
+    call = {"name": "lookup_order", "args": {"order_id": "12"}, "id": "call_1", "type": "tool_call"}
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("support_agent") as root:
+            root.set_attributes({"openinference.span.kind": "CHAIN", "input.value": "Where is order 12?"})
+            langchain_chat_span(tracer, question="Where is order 12?", finish="tool_calls",
+                                message_kwargs={"tool_calls": [call]})
+            with tracer.start_as_current_span("lookup_order") as span:
+                span.set_attributes({"openinference.span.kind": "TOOL", "tool.name": "lookup_order",
+                                     "tool.description": "Look up an order", "input.value": "12",
+                                     "output.value": '{"order_id": "12", "status": "shipped"}',
+                                     "output.mime_type": "application/json"})
+            root.set_attribute("output.value", "Order 12 ships tomorrow.")
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    assert c.query("SELECT failure_mode, detector FROM detections") == []
+
+
+def test_a_streamed_langchain_call_names_the_model_that_answered(start_collector):
+    """A streamed ChatOpenAI run as openinference-instrumentation-langchain 0.1.80 records it: ``llm_output`` is
+    null, so no ``llm.model_name``; the answering model is only in the LLMResult's generation."""
+    c = start_collector(FAST_JUDGE)
+    result = {"generations": [[{"text": "Order 12 ships tomorrow.",
+                                "generation_info": {"finish_reason": "stop", "model_name": "gpt-4o-mini-2024-07-18"},
+                                "type": "ChatGeneration"}]], "llm_output": None, "run": None, "type": "LLMResult"}
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("ChatOpenAI") as span:
+            span.set_attributes({
+                "openinference.span.kind": "LLM", "llm.provider": "openai", "llm.system": "openai",
+                "llm.invocation_parameters": json.dumps({"model": "gpt-4o-mini", "stream": True}),
+                "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": "Where is order 12?",
+                "llm.output_messages.0.message.role": "assistant",
+                "llm.output_messages.0.message.content": "Order 12 ships tomorrow.",
+                "output.value": json.dumps(result), "output.mime_type": "application/json",
+            })
+    rows = c.wait_for("SELECT llm_model_name FROM spans", lambda r: len(r) == 1)
+    assert rows == [{"llm_model_name": "gpt-4o-mini-2024-07-18"}]
+
+
+def test_a_user_turn_the_genai_instrumentor_left_empty_is_read_from_the_agents_input(start_collector):
+    """opentelemetry-instrumentation-openai-v2 2.4b0 records a user message whose content is a list of parts
+    (``[{"type": "text", "text": ...}]``) as ``"parts": []``; the app's AGENT span still says what was asked."""
+    c = start_collector(FAST_JUDGE)
+    questions = ("What does the warranty cover?", "Can I return the kettle?")
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        for question in questions:
+            with tracer.start_as_current_span("support_agent") as root:
+                root.set_attributes({"openinference.span.kind": "AGENT", "input.value": question})
+                with tracer.start_as_current_span("chat gpt-4o-mini") as span:
+                    span.set_attributes({
+                        "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                        "gen_ai.provider.name": "openai", "gen_ai.response.finish_reasons": ["length"],
+                        "gen_ai.input.messages": json.dumps([
+                            {"role": "system", "parts": [{"content": "You are support.", "type": "text"}]},
+                            {"role": "user", "parts": [{"content": "Hello", "type": "text"}]},
+                            {"role": "assistant", "parts": [{"content": "Hi! How can I help?", "type": "text"}]},
+                            {"role": "user", "parts": []}]),
+                        "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [
+                            {"content": "It covers the motor for", "type": "text"}], "finish_reason": "length"}]),
+                    })
+    rows = c.wait_for("SELECT input FROM candidates WHERE failure_mode = 'truncation'", lambda r: len(r) == 2)
+    inputs = sorted((json.loads(r["input"]) for r in rows), key=lambda i: i["user_message"])
+    assert [i["user_message"] for i in inputs] == sorted(questions)
+    assert inputs[0]["conversation_history"] == [{"role": "user", "content": "Hello"},
+                                                 {"role": "assistant", "content": "Hi! How can I help?"}]
+
+
+def test_a_rate_limit_recorded_by_both_the_anthropic_sdk_and_openinference_is_one_llm_error(start_collector):
+    """anthropic 2.17.0 records each call itself (scope ``com.anthropic.sdk.python``: GenAI keys, ``error.type``, a
+    bare ERROR status) inside the span openinference-instrumentation-anthropic 3.1.0 wraps around it (the
+    provider's message and the exception)."""
+    c = start_collector(FAST_JUDGE)
+    message = "429 Number of request tokens has exceeded your per-minute rate limit (type: rate_limit_error)"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("messages.create", record_exception=False,
+                                          set_status_on_exception=False) as outer:
+            outer.set_attributes({
+                "openinference.span.kind": "LLM", "llm.provider": "anthropic", "llm.system": "anthropic",
+                "llm.model_name": "claude-3-5-haiku-latest", "llm.input_messages.0.message.role": "user",
+                "llm.input_messages.0.message.content": "Where is order 12?"})
+            with tracer.start_as_current_span("anthropic.messages.create") as inner:
+                inner.set_attributes({
+                    "gen_ai.provider.name": "anthropic", "gen_ai.operation.name": "chat",
+                    "gen_ai.request.model": "claude-3-5-haiku-latest", "http.response.status_code": 429,
+                    "error.type": "rate_limit_error"})
+                inner.set_status(Status(StatusCode.ERROR))
+            outer.record_exception(RuntimeError(message))
+            outer.set_status(Status(StatusCode.ERROR, message))
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
+    rows = c.query("SELECT s.name, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert rows == [{"name": "messages.create", "failure_mode": "llm_error"}]
