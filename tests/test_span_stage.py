@@ -109,7 +109,7 @@ def test_requests_queued_behind_others_on_a_busy_worker_are_not_taken_for_a_stuc
     stage = span_stage.ProcessSpanStage(1, None, str(tmp_path / "store.duckdb"))
     try:
         workers = _span_workers(os.getpid())
-        requests = [canary_request(random.Random(n), 1500)[0] for n in range(24)]
+        requests = [canary_request(random.Random(n), 1500)[0] for n in range(48)]
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(len(requests)) as senders:
             rows = list(senders.map(lambda r: stage.run(r, None).batch.num_rows, requests))
