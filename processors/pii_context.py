@@ -44,7 +44,7 @@ import datetime as _dt
 import re
 
 # Left contexts (copied here to keep the import one way: pii_patterns imports this module).
-_ESC = r"\\[nrt]"
+_ESC = r"\\(?:[nrt]|u[0-9A-Fa-f]{4})"
 LEFT = rf"(?:^|[^A-Za-z0-9_\\]|{_ESC})"
 LEFT_KEY = rf"(?:^|[^A-Za-z0-9_.\\-]|{_ESC})"       # not inside server.address, tool.name
 _Q = r"""(?:\\*["'])?"""

@@ -37,8 +37,11 @@ KNOWN_TYPES = (
 )
 
 # Left contexts. ``\\[nrt]`` lets a value start right after a JSON escape
-# (``"hi\nbob@x.com"``); a bare backslash is never a left context.
-_ESC = r"\\[nrt]"
+# (``"hi\nbob@x.com"``), and ``\\uXXXX`` after an escaped character: Go's encoding/json writes
+# ``<bob@x.com>`` as ``\u003cbob@x.com\u003e``, Python's ensure_ascii ``邮箱：bob@x.com`` as
+# ``\u90ae\u7bb1\uff1abob@x.com``; the escape's hex digits are no word the value is glued to.
+# A bare backslash is never a left context.
+_ESC = r"\\(?:[nrt]|u[0-9A-Fa-f]{4})"
 LEFT = rf"(?:^|[^A-Za-z0-9_\\]|{_ESC})"              # words: keys, tokens
 # Local parts may hold accented Latin letters (josé@, émilie@), also as JSON \u escapes (ensure_ascii).
 _LATIN = "À-ÖØ-öø-ɏ"

@@ -276,3 +276,33 @@ def test_pasted_provider_keys_key_blocks_and_passwords_never_reach_the_database_
     assert c.stop() == 0
     for value in PASTED_SECRETS:
         assert value.encode() not in Path(c.db_path).read_bytes()
+
+
+def test_values_right_after_a_json_unicode_escape_are_redacted(start_collector):
+    """A value glued to a ``\\uXXXX`` escape was kept whole, of every type: Go's encoding/json sends
+    ``<jane@example.com>`` as ``\\u003cjane@example.com\\u003e`` and Python's ``ensure_ascii`` sends
+    ``邮箱：`` + an address as ``\\u90ae\\u7bb1\\uff1a`` + the address; the escape's hex digits read as a
+    word the value was part of. The JSON stays valid and decodes to the text with its placeholders."""
+    c = start_collector(FAST_JUDGE)
+    go_style = {"to": "<jane.escaped@example.com>", "card": "<4111 1111 1111 1111>", "ip": "<203.0.113.91>",
+                "key": f"<{CANARIES['AWS']}>"}
+    go_json = json.dumps(go_style).replace("<", "\\u003c").replace(">", "\\u003e")
+    cjk_json = json.dumps({"content": "邮箱：jane.escaped@example.com，电话：+86 138 0013 8000"}, ensure_ascii=True)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("send_mail") as tool:
+            tool.set_attribute("openinference.span.kind", "TOOL")
+            tool.set_attribute("input.value", go_json)
+            tool.set_attribute("input.mime_type", "application/json")
+            tool.set_attribute("output.value", cjk_json)
+            tool.set_attribute("tool.parameters", go_json)
+    rows = c.wait_for("SELECT input_value, output_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    dump = json.dumps(rows, ensure_ascii=False)
+    for value in ("jane.escaped@example.com", "4111 1111 1111 1111", "203.0.113.91", CANARIES["AWS"], "138 0013 8000"):
+        assert value not in dump, value
+    assert json.loads(row["input_value"]) == {"to": "<<EMAIL>>", "card": "<<CARD>>", "ip": "<<IP>>", "key": "<<API_KEY>>"}
+    assert json.loads(row["output_value"]) == {"content": "邮箱：<EMAIL>，电话：<PHONE>"}
+    assert json.loads(json.loads(row["attributes"])["tool"]["parameters"])["to"] == "<<EMAIL>>"
+    assert json.loads(row["pii_redactions"]) == {"EMAIL": 3, "CARD": 2, "IP": 2, "API_KEY": 2, "PHONE": 1}
+    assert c.stop() == 0
+    assert_no_canary(Path(c.db_path).read_bytes(), "the database file")
