@@ -41,6 +41,7 @@ import hashlib
 import hmac
 import json
 import re
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -410,6 +411,8 @@ class Sanitizer:
                 value = json.loads(f'"{value}"')     # the same value hashes alike in JSON and plain text
             except ValueError:
                 pass
+        if type_ == "EMAIL" and "%" in value:
+            value = urllib.parse.unquote(value)      # jane%40example.com in a URL is jane@example.com
         key = (type_, value)
         token = self._cache.get(key)
         if token is None:

@@ -404,6 +404,12 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          + rf"(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE}|'[A-Za-z0-9{_LATIN}])*"
          + r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
          trigger=rf"[A-Za-z0-9._%+{_LATIN}-]@[A-Za-z0-9-]"),
+    # Percent-encoded in a URL (``?email=jane%40example.com``, ``/users/jane%40x.com/``, ``mailto:``), also
+    # after another escape (``%3Demail%3Djane%40...`` in an encoded redirect URL): the local part holds no
+    # escape but ``%2B`` (its ``+``), so the value starts right after the escape before it.
+    Rule("EMAIL", rf"(?:{LEFT_EMAIL}|%[0-9A-Fa-f]{{2}})(?P<v>(?:[A-Za-z0-9._~+-]|%2[Bb])+"
+         + r"%40[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
+         trigger=r"[A-Za-z0-9._~+-]%40[A-Za-z0-9-]"),
     Rule("IBAN", LEFT + r"(?P<v>[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?)", _iban,
          trigger=r"[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4} ?[A-Z0-9]{4}"),
     Rule("MAC", LEFT_HEX + r"(?P<v>[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5,})", _mac,

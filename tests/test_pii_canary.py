@@ -306,3 +306,27 @@ def test_values_right_after_a_json_unicode_escape_are_redacted(start_collector):
     assert json.loads(row["pii_redactions"]) == {"EMAIL": 3, "CARD": 2, "IP": 2, "API_KEY": 2, "PHONE": 1}
     assert c.stop() == 0
     assert_no_canary(Path(c.db_path).read_bytes(), "the database file")
+
+
+def test_percent_encoded_email_addresses_in_urls_are_redacted_and_pseudonymised_like_plain_ones(start_collector):
+    """``?email=jane%40example.com`` (an HTTP client span's ``url.full``, a tool's request URL) was stored as
+    sent: the address rule wanted a literal ``@``. With a key, both spellings of an address get one pseudonym."""
+    import hashlib
+    import hmac
+
+    key = "pct-email-test-key"
+    c = start_collector({**FAST_JUDGE, "processors": {**FAST_JUDGE["processors"], "pii": {"secret_key": key}}})
+    token = "<EMAIL:" + hmac.new(key.encode(), b"EMAIL:jane.pct@example.com", hashlib.sha256).hexdigest()[:6] + ">"
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("GET /users") as span:
+            span.set_attribute("url.full", "https://api.example/v1/users?email=jane.pct%40example.com&page=2")
+            span.set_attribute("input.value", "Look up jane.pct@example.com, then open "
+                               "https://crm.example/cb%3Femail%3Djane.pct%40example.com and /users/bob%2Bx%40example.org/")
+    rows = c.wait_for("SELECT input_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    dump = json.dumps(rows, ensure_ascii=False)
+    for value in ("jane.pct", "bob%2Bx"):
+        assert value not in dump, value
+    assert json.loads(row["attributes"])["url"]["full"] == f"https://api.example/v1/users?email={token}&page=2"
+    assert row["input_value"].startswith(f"Look up {token}, then open https://crm.example/cb%3Femail%3D{token} and /users/<EMAIL:")
+    assert json.loads(row["pii_redactions"]) == {"EMAIL": 4}
