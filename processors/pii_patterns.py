@@ -66,7 +66,9 @@ _SECRET_KEYWORDS = (
     r"(?i:password|passwd|passphrase|passcode|pwd|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
     r"|account[_-]?key|access[_-]?key"
     r"|access[_-]?token|auth[_-]?token|refresh[_-]?token|session[_-]?token|id[_-]?token|token"
-    r"|private[_-]?key|credentials?)"
+    r"|private[_-]?key|credentials?"
+    # an Azure SAS URL's signature (``?sv=...&sig=...``): the only secret part of a URL that grants access
+    r"|sig)"
 )
 
 _API_KEY_BODY = (
@@ -224,6 +226,7 @@ _IBAN_LENGTHS = {
 
 
 def iban_ok(compact: str) -> bool:
+    compact = compact.upper()              # a labelled IBAN may be typed in lower case
     want = _IBAN_LENGTHS.get(compact[:2])
     if want is not None and len(compact) != want:
         return False
@@ -364,7 +367,7 @@ def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 #: Triggers are small RE2 patterns (literal anchors, no left context) whose DFA is
 #: cheap to build per batch; each must fire wherever its rule can accept a value.
 _HEX2 = "[0-9A-Fa-f]{2}"
-_SECRET_TRIGGER = (r"(?i:pass(?:word|wd|phrase|code)|pwd|secret|key|token|credentials?|cookie)"
+_SECRET_TRIGGER = (r"(?i:pass(?:word|wd|phrase|code)|pwd|secret|key|token|credentials?|cookie|sig)"
                    + rf"(?:{SEP}|[ \t]+(?i:is)[ \t:])")
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_VALUE})", trigger="-----BEGIN "),
@@ -389,6 +392,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # context rules: a keyword, key or street suffix says what the value is (see pii_context)
     Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),
+    Rule("IBAN", ctx.IBAN_LABELLED_PATTERN, _iban, trigger=ctx.KEYWORD_TRIGGER),
     Rule("SSN", ctx.SSN_PATTERN, ctx.ssn_digits, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PHONE", ctx.PHONE_CONTEXT_PATTERN, ctx.phone_digits, trigger=ctx.PHONE_CONTEXT_TRIGGER),
     Rule("ADDRESS", ctx.ADDRESS_KEY_PATTERN, ctx.address_value, trigger=ctx.KEYWORD_TRIGGER),

@@ -330,3 +330,28 @@ def test_percent_encoded_email_addresses_in_urls_are_redacted_and_pseudonymised_
     assert json.loads(row["attributes"])["url"]["full"] == f"https://api.example/v1/users?email={token}&page=2"
     assert row["input_value"].startswith(f"Look up {token}, then open https://crm.example/cb%3Femail%3D{token} and /users/<EMAIL:")
     assert json.loads(row["pii_redactions"]) == {"EMAIL": 4}
+
+
+def test_a_labelled_lower_case_iban_and_an_azure_sas_signature_are_redacted(start_collector):
+    """Typed by a person, "my iban is de89 3704 ..." was stored as sent (the shape rule wants upper case),
+    and so was the ``sig=`` of an Azure SAS URL that a tool returned: a link that opens the blob until it
+    expires. An unlabelled lower-case run and a SAS URL's other fields stay as sent."""
+    c = start_collector(FAST_JUDGE)
+    sas = ("https://acme.blob.core.windows.net/invoices/inv-42.pdf?sv=2022-11-02&ss=b&sp=r"
+           "&se=2026-12-31T00:00:00Z&sig=CanarySasSig0123abcdEFGH%2B4567%3D")
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("refund") as tool:
+            tool.set_attribute("openinference.span.kind", "TOOL")
+            tool.set_attribute("input.value", json.dumps({"customer_iban": "nl91abna0417164300", "run": "de89xyz"}))
+            tool.set_attribute("output.value", f"Invoice: {sas}")
+            tool.set_attribute("llm.input_messages.0.message.content", "my iban is de89 3704 0044 0532 0130 00, thanks")
+    rows = c.wait_for("SELECT input_value, output_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    dump = json.dumps(rows, ensure_ascii=False)
+    for value in ("nl91abna0417164300", "3704 0044", "CanarySasSig"):
+        assert value not in dump, value
+    assert json.loads(row["input_value"]) == {"customer_iban": "<IBAN>", "run": "de89xyz"}
+    assert row["output_value"] == f"Invoice: {sas.split('&sig=')[0]}&sig=<SECRET>"
+    content = json.loads(row["attributes"])["llm"]["input_messages"][0]["message"]["content"]
+    assert content == "my iban is <IBAN>, thanks"
+    assert json.loads(row["pii_redactions"]) == {"IBAN": 2, "SECRET": 1}
