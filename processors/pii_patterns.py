@@ -175,7 +175,28 @@ def _card_prefix_ok(d: str) -> bool:
 _CARD_GROUPS = {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2), (4, 4, 4, 3), (4, 4, 4, 1)}
 
 
+_CARD_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){12,18}")
+
+
 def _card(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    found = _card_at(text, s, e)
+    if found is not None:
+        return found
+    # A number before the card, one space apart ("2024 4111 1111 1111 1111", "1 4111...", a CSV of
+    # blanks): the digit run began at it, and no prefix of the run is a card. Try from each later
+    # group, with the run re-read from there (the first read stopped at 19 digits).
+    for i in range(s + 1, e):
+        if text[i - 1] == " " and text[i].isdigit():
+            run = _CARD_RUN.match(text, i)
+            if run is None:
+                return None
+            found = _card_at(text, i, run.end())
+            if found is not None:
+                return found
+    return None
+
+
+def _card_at(text: str, s: int, e: int) -> tuple[str, int, int] | None:
     raw = text[s:e]
     seps = {c for c in raw if c in " -"}
     if len(seps) > 1:

@@ -355,3 +355,23 @@ def test_a_labelled_lower_case_iban_and_an_azure_sas_signature_are_redacted(star
     content = json.loads(row["attributes"])["llm"]["input_messages"][0]["message"]["content"]
     assert content == "my iban is <IBAN>, thanks"
     assert json.loads(row["pii_redactions"]) == {"IBAN": 2, "SECRET": 1}
+
+
+def test_a_card_number_one_space_after_another_number_is_redacted(start_collector):
+    """A numbered list, a table row or an amount before the card ("1 4111 1111 1111 1111", "amount 1999
+    4111111111111111") kept the card: the digit run began at the first number and no prefix of it was a
+    card; after a word with digits ("#A1234 4012 ...") the card's own trigger never fired. The numbers
+    before the card stay as sent."""
+    c = start_collector(FAST_JUDGE)
+    text = ("Cards on file:\n1 4111 1111 1111 1111\n2 5500-0000-0000-0004\n"
+            "amount 1999 4012888888881881\norder #A1234 3782 822463 10005\nref 2024 2024 done")
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("billing") as span:
+            span.set_attribute("input.value", text)
+            span.set_attribute("tool.parameters", json.dumps({"note": text}))
+    rows = c.wait_for("SELECT input_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    expected = ("Cards on file:\n1 <CARD>\n2 <CARD>\namount 1999 <CARD>\norder #A1234 <CARD>\nref 2024 2024 done")
+    assert row["input_value"] == expected
+    assert json.loads(json.loads(row["attributes"])["tool"]["parameters"]) == {"note": expected}
+    assert json.loads(row["pii_redactions"]) == {"CARD": 8}
