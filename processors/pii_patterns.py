@@ -64,7 +64,7 @@ _VALUE = (
 # as long as no key follows (``&user=``): half a password is still a password.
 _SECRET_KEYWORDS = (
     r"(?i:password|passwd|passphrase|passcode|pwd|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
-    r"|account[_-]?key|access[_-]?key"
+    r"|account[_-]?key|access[_-]?key|subscription[_-]?key"
     r"|access[_-]?token|auth[_-]?token|refresh[_-]?token|session[_-]?token|id[_-]?token|token"
     r"|private[_-]?key|credentials?"
     # an Azure SAS URL's signature (``?sv=...&sig=...``): the only secret part of a URL that grants access
@@ -334,7 +334,9 @@ def _bearer_loose(text: str, s: int, e: int, json_text: bool) -> tuple[str, int,
     return ("BEARER_TOKEN", s, e)
 
 
-_NOT_SECRETS = frozenset({"null", "none", "true", "false", "undefined", "nil", "redacted", "[redacted]", "***"})
+_NOT_SECRETS = frozenset({"null", "none", "true", "false", "undefined", "nil", "redacted", "[redacted]", "***",
+                          # an eval's verdict under a ``pass`` key ("pass": "yes"), never a password
+                          "yes", "no", "ok", "pass", "passed", "fail", "failed"})
 
 
 def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
@@ -388,7 +390,7 @@ def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 #: Triggers are small RE2 patterns (literal anchors, no left context) whose DFA is
 #: cheap to build per batch; each must fire wherever its rule can accept a value.
 _HEX2 = "[0-9A-Fa-f]{2}"
-_SECRET_TRIGGER = (r"(?i:pass(?:word|wd|phrase|code)|pwd|secret|key|token|credentials?|cookie|sig)"
+_SECRET_TRIGGER = (r"(?i:pass(?:word|wd|phrase|code)?|pwd|secret|key|token|credentials?|cookie|sig)"
                    + rf"(?:{SEP}|[ \t]+(?i:is)[ \t:])")
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_VALUE})", trigger="-----BEGIN "),
@@ -403,7 +405,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("API_KEY", LEFT + r"[A-Za-z0-9_.-]*(?i:secret[_.-]?access[_.-]?key|aws[A-Za-z0-9_.-]*secret[A-Za-z0-9_.-]*)"
          + SEP + _Q
          + r"(?P<v>[A-Za-z0-9/+=]{40})", _bounded("API_KEY"), trigger=r"(?i:aws)"),
-    Rule("SECRET", LEFT + r"[A-Za-z0-9_.-]*" + _SECRET_KEYWORDS + SEP + _VALUE, _secret, trigger=_SECRET_TRIGGER),
+    # ``pass`` as a whole key or a key's last segment (DB_PASS, SMTP_PASS, RABBITMQ_DEFAULT_PASS, "pass"),
+    # never the end of a word (compass, bypass)
+    Rule("SECRET", LEFT + r"(?:[A-Za-z0-9_.-]*(?:" + _SECRET_KEYWORDS + r"|[_.-](?i:pass))|(?i:pass))" + SEP + _VALUE,
+         _secret, trigger=_SECRET_TRIGGER),
     # said rather than assigned: "my password is X" (its trigger is the assignments' one, sharing its automaton)
     Rule("SECRET", LEFT + r"(?i:pass(?:word|wd|phrase|code))[ \t]+(?i:is)(?:[ \t]*:[ \t]*|[ \t]+)" + _VALUE,
          _secret_said, trigger=_SECRET_TRIGGER),

@@ -375,3 +375,30 @@ def test_a_card_number_one_space_after_another_number_is_redacted(start_collecto
     assert row["input_value"] == expected
     assert json.loads(json.loads(row["attributes"])["tool"]["parameters"]) == {"note": expected}
     assert json.loads(row["pii_redactions"]) == {"CARD": 8}
+
+
+def test_pass_keys_and_an_azure_subscription_key_header_are_secrets(start_collector):
+    """``DB_PASS=...`` / ``SMTP_PASS: ...`` (a pasted .env or compose file), ``{"pass": ...}`` and the
+    ``Ocp-Apim-Subscription-Key`` header of Azure AI services were stored as sent. Words ending in
+    "pass" and an eval's ``"pass": "yes"`` verdict stay."""
+    c = start_collector(FAST_JUDGE)
+    env_file = ("DB_HOST=db.internal\nDB_PASS=CanaryDbPass-77\nSMTP_PASS: CanarySmtpPass88\n"
+                "RABBITMQ_DEFAULT_PASS=CanaryRabbit99\ncompass: north\nbypass=cache")
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("deploy") as span:
+            span.set_attribute("input.value", env_file)
+            span.set_attribute("tool.parameters", json.dumps({"user": "app", "pass": "CanaryJsonPass11"}))
+            span.set_attribute("http.request.header.ocp-apim-subscription-key", ["CanaryApimKey0123456789abcdef01"])
+            span.set_attribute("eval.result", json.dumps({"pass": "yes", "score": 0.9}))
+    rows = c.wait_for("SELECT input_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    dump = json.dumps(rows, ensure_ascii=False)
+    for value in ("CanaryDbPass", "CanarySmtpPass", "CanaryRabbit", "CanaryJsonPass", "CanaryApimKey"):
+        assert value not in dump, value
+    assert row["input_value"] == ("DB_HOST=db.internal\nDB_PASS=<SECRET>\nSMTP_PASS: <SECRET>\n"
+                                  "RABBITMQ_DEFAULT_PASS=<SECRET>\ncompass: north\nbypass=cache")
+    attributes = json.loads(row["attributes"])
+    assert json.loads(attributes["tool"]["parameters"]) == {"user": "app", "pass": "<SECRET>"}
+    assert attributes["http"]["request"]["header"]["ocp-apim-subscription-key"] == ["<SECRET>"]
+    assert json.loads(attributes["eval"]["result"]) == {"pass": "yes", "score": 0.9}
+    assert json.loads(row["pii_redactions"]) == {"SECRET": 5}
