@@ -432,8 +432,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # starts with one, so a quoted address ('bob@x.com') keeps its quote.
     Rule("EMAIL", LEFT_EMAIL + rf"(?P<v>(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE})"
          + rf"(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE}|'[A-Za-z0-9{_LATIN}])*"
-         + r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
-         trigger=rf"[A-Za-z0-9._%+{_LATIN}-]@[A-Za-z0-9-]"),
+         # the domain may be internationalised too (info@münchen.de, a@b.exämple.com); its TLD is ASCII here
+         + rf"@(?:[A-Za-z0-9{_LATIN}-]|{_LATIN_ESCAPE})+(?:\.(?:[A-Za-z0-9{_LATIN}-]|{_LATIN_ESCAPE})+)*"
+         + r"\.[A-Za-z]{2,})", _email,
+         trigger=rf"[A-Za-z0-9._%+{_LATIN}-]@(?:[A-Za-z0-9{_LATIN}-]|\\)"),
     # Percent-encoded in a URL (``?email=jane%40example.com``, ``/users/jane%40x.com/``, ``mailto:``), also
     # after another escape (``%3Demail%3Djane%40...`` in an encoded redirect URL): the local part holds no
     # escape but ``%2B`` (its ``+``), so the value starts right after the escape before it.

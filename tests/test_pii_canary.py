@@ -402,3 +402,18 @@ def test_pass_keys_and_an_azure_subscription_key_header_are_secrets(start_collec
     assert attributes["http"]["request"]["header"]["ocp-apim-subscription-key"] == ["<SECRET>"]
     assert json.loads(attributes["eval"]["result"]) == {"pass": "yes", "score": 0.9}
     assert json.loads(row["pii_redactions"]) == {"SECRET": 5}
+
+
+def test_an_email_address_with_an_internationalised_domain_is_redacted(start_collector):
+    """``info@münchen.de`` was stored as sent, as text and as Python's ensure_ascii JSON
+    (``info@m\\u00fcnchen.de``): the domain took ASCII letters only."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url, compression="gzip") as tracer:
+        with tracer.start_as_current_span("mail") as span:
+            span.set_attribute("input.value", "Schreiben Sie an kanzlei@anwälte-düsseldorf.de oder info@münchen.de.")
+            span.set_attribute("output.value", json.dumps({"to": "büro@über-uns.example.com"}))
+    rows = c.wait_for("SELECT input_value, output_value, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    assert row["input_value"] == "Schreiben Sie an <EMAIL> oder <EMAIL>."
+    assert json.loads(row["output_value"]) == {"to": "<EMAIL>"}
+    assert json.loads(row["pii_redactions"]) == {"EMAIL": 3}
