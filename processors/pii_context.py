@@ -154,7 +154,8 @@ def passport(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int]
 # lower or mixed case ("my iban is de89 3704 ..."); after the label ``IBAN`` any case counts. The
 # mod-97 check is pii_patterns' (the validator is attached there, which imports this module).
 IBAN_LABELLED_PATTERN = (LEFT + _KEY_PREFIX + r"(?i:iban)(?:[ _.-]?(?i:number|num|no\.?|nr\.?)|[ ]?#)?"
-                         + _CONNECT + r"(?P<v>[A-Za-z]{2}[0-9]{2}(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?)")
+                         + _CONNECT
+                         + r"(?P<v>[A-Za-z]{2}[0-9]{2}(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?)")
 
 
 # --------------------------------------------------------------------------- SSN

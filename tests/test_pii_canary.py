@@ -287,7 +287,8 @@ def test_values_right_after_a_json_unicode_escape_are_redacted(start_collector):
     go_style = {"to": "<jane.escaped@example.com>", "card": "<4111 1111 1111 1111>", "ip": "<203.0.113.91>",
                 "key": f"<{CANARIES['AWS']}>"}
     go_json = json.dumps(go_style).replace("<", "\\u003c").replace(">", "\\u003e")
-    cjk_json = json.dumps({"content": "邮箱：jane.escaped@example.com，电话：+86 138 0013 8000"}, ensure_ascii=True)
+    cjk_json = json.dumps({"content": "邮箱：jane.escaped@example.com，电话：+86 138 0013 8000"},
+                          ensure_ascii=True)
     with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
         with tracer.start_as_current_span("send_mail") as tool:
             tool.set_attribute("openinference.span.kind", "TOOL")
@@ -300,7 +301,8 @@ def test_values_right_after_a_json_unicode_escape_are_redacted(start_collector):
     dump = json.dumps(rows, ensure_ascii=False)
     for value in ("jane.escaped@example.com", "4111 1111 1111 1111", "203.0.113.91", CANARIES["AWS"], "138 0013 8000"):
         assert value not in dump, value
-    assert json.loads(row["input_value"]) == {"to": "<<EMAIL>>", "card": "<<CARD>>", "ip": "<<IP>>", "key": "<<API_KEY>>"}
+    assert json.loads(row["input_value"]) == {"to": "<<EMAIL>>", "card": "<<CARD>>", "ip": "<<IP>>",
+                                              "key": "<<API_KEY>>"}
     assert json.loads(row["output_value"]) == {"content": "邮箱：<EMAIL>，电话：<PHONE>"}
     assert json.loads(json.loads(row["attributes"])["tool"]["parameters"])["to"] == "<<EMAIL>>"
     assert json.loads(row["pii_redactions"]) == {"EMAIL": 3, "CARD": 2, "IP": 2, "API_KEY": 2, "PHONE": 1}
@@ -321,14 +323,16 @@ def test_percent_encoded_email_addresses_in_urls_are_redacted_and_pseudonymised_
         with tracer.start_as_current_span("GET /users") as span:
             span.set_attribute("url.full", "https://api.example/v1/users?email=jane.pct%40example.com&page=2")
             span.set_attribute("input.value", "Look up jane.pct@example.com, then open "
-                               "https://crm.example/cb%3Femail%3Djane.pct%40example.com and /users/bob%2Bx%40example.org/")
+                               "https://crm.example/cb%3Femail%3Djane.pct%40example.com"
+                               " and /users/bob%2Bx%40example.org/")
     rows = c.wait_for("SELECT input_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
     row = rows[0]
     dump = json.dumps(rows, ensure_ascii=False)
     for value in ("jane.pct", "bob%2Bx"):
         assert value not in dump, value
     assert json.loads(row["attributes"])["url"]["full"] == f"https://api.example/v1/users?email={token}&page=2"
-    assert row["input_value"].startswith(f"Look up {token}, then open https://crm.example/cb%3Femail%3D{token} and /users/<EMAIL:")
+    assert row["input_value"].startswith(
+        f"Look up {token}, then open https://crm.example/cb%3Femail%3D{token} and /users/<EMAIL:")
     assert json.loads(row["pii_redactions"]) == {"EMAIL": 4}
 
 
