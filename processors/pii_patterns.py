@@ -25,6 +25,7 @@ import dataclasses
 import ipaddress
 import json
 import re
+import urllib.parse
 from collections.abc import Callable
 
 from tracesieve.processors import pii_context as ctx
@@ -233,6 +234,12 @@ def _phone(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] |
     elif n not in (10, 11):
         return None
     return ("PHONE", s, e) if _free_right_num(text, e) else None
+
+
+def _phone_encoded(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """``%2B14155550132`` / ``%2B44%2020%207946%200958`` in a URL: the digits of the decoded number."""
+    n = sum(c.isdigit() for c in urllib.parse.unquote(text[s:e]))
+    return ("PHONE", s, e) if 8 <= n <= 15 and _free_right_num(text, e) else None
 
 
 _IBAN_LENGTHS = {
@@ -456,6 +463,11 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          _phone, trigger=r"(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"),
     Rule("PHONE", LEFT_NUM + r"(?P<v>\+[0-9]{1,3}(?:[ .-]?(?:\([0-9]{1,4}\)|[0-9]{1,5})){1,6})", _phone,
          trigger=r"\+[0-9]"),
+    # the same, percent-encoded in a URL's query (``?phone=%2B44%2020%207946%200958``, ``+`` for a blank),
+    # also after another escape (``tel%3A%2B1415...`` in an encoded link)
+    Rule("PHONE", rf"(?:{LEFT_NUM}|%[0-9A-Fa-f]{{2}})"
+         + r"(?P<v>%2[Bb][0-9]{1,3}(?:(?:%20|[+.-])?(?:%28[0-9]{1,4}%29|[0-9]{1,5})){1,6})",
+         _phone_encoded, trigger=r"%2[Bb][0-9]"),
     # IPv4 after the phones: it takes "+" as its left context, so before them "+1.415.555.0132" at the
     # start of a value was the failed IP candidate "+1.415.555.013" and the phone was never tried.
     Rule("IP", LEFT_NUM + r"(?P<v>[0-9]{1,3}(?:\.[0-9]{1,3}){3,})", _ipv4,

@@ -421,3 +421,18 @@ def test_an_email_address_with_an_internationalised_domain_is_redacted(start_col
     assert row["input_value"] == "Schreiben Sie an <EMAIL> oder <EMAIL>."
     assert json.loads(row["output_value"]) == {"to": "<EMAIL>"}
     assert json.loads(row["pii_redactions"]) == {"EMAIL": 3}
+
+
+def test_a_percent_encoded_international_phone_number_in_a_url_is_redacted(start_collector):
+    """``?phone=%2B14155550132`` (a CRM lookup's ``url.full``) was stored as sent: the ``+`` form wanted a
+    literal plus. Other encoded plus signs (``C%2B%2B``, ``%2B15%25``) stay."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("GET /contacts") as span:
+            span.set_attribute("url.full", "https://crm.example/contacts?phone=%2B14155550132&lang=C%2B%2B")
+            span.set_attribute("output.value", "callback tel%3A%2B44%2020%207946%200958 score=%2B15%25")
+    rows = c.wait_for("SELECT output_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    assert json.loads(row["attributes"])["url"]["full"] == "https://crm.example/contacts?phone=<PHONE>&lang=C%2B%2B"
+    assert row["output_value"] == "callback tel%3A<PHONE> score=%2B15%25"
+    assert json.loads(row["pii_redactions"]) == {"PHONE": 2}
