@@ -260,10 +260,12 @@ class Sanitizer:
                         m = exact.match(text, m0.start())
                 else:
                     # a built-in value starts right after its left context: the start of text, an
-                    # escape, or a non-word character -- only those positions can begin a match. They
-                    # run on inside the trigger: one that began in a word ("#A1234 4111 1111", the card
-                    # trigger fired at "1234") holds the value's own trigger, which never fires apart.
-                    for q in range(max(covered, bs - 2), te):
+                    # escape, or a non-word character -- only those positions can begin a match. A
+                    # digit trigger that began inside a word ("#A1234 4111 1111": the card trigger fired
+                    # at "1234") holds the value's own trigger, which never fires apart: they run on
+                    # inside it then.
+                    stop = te if ts and text[ts - 1] in _WORD and text[ts].isdigit() else ts + 1
+                    for q in range(max(covered, bs - 2), stop):
                         if text[q] in _WORD and q:
                             continue
                         m = exact.match(text, q)
