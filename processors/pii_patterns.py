@@ -79,7 +79,8 @@ _API_KEY_BODY = (
     r"|github_pat_[A-Za-z0-9_]{22,}"
     r"|xox[abprse]-[A-Za-z0-9-]{10,}|xapp-[0-9]-[A-Za-z0-9-]{10,}"
     r"|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,}"
-    r"|AIza[0-9A-Za-z_-]{35}"
+    r"|AIza[0-9A-Za-z_-]{35}|ya29\.[0-9A-Za-z_-]{20,}"     # Google: API key, OAuth access token
+    r"|pypi-AgE[A-Za-z0-9_-]{50,}"                        # a PyPI upload token (a macaroon)
     r"|hf_[A-Za-z0-9]{30,}"
     r"|glpat-[A-Za-z0-9_-]{20,}"
     r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{30,}"
@@ -434,7 +435,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("ADDRESS", ctx.ADDRESS_PATTERN, ctx.address, trigger=ctx.ADDRESS_TRIGGER),
     Rule("API_KEY", LEFT + _API_KEY_BODY, _bounded("API_KEY"),
          trigger=r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|xox[abprse]-|[sr]k_(?:live|test)_"
-                 r"|AIza|hf_|xapp-|whsec_|glpat-|SG\.|npm_|gsk_|xai-"),
+                 r"|AIza|ya29\.|pypi-AgE|hf_|xapp-|whsec_|glpat-|SG\.|npm_|gsk_|xai-"),
     # An apostrophe inside the local part (o'brien@, mary.o'connor@) belongs to it; the value never
     # starts with one, so a quoted address ('bob@x.com') keeps its quote.
     Rule("EMAIL", LEFT_EMAIL + rf"(?P<v>(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE})"

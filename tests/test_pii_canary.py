@@ -436,3 +436,18 @@ def test_a_percent_encoded_international_phone_number_in_a_url_is_redacted(start
     assert json.loads(row["attributes"])["url"]["full"] == "https://crm.example/contacts?phone=<PHONE>&lang=C%2B%2B"
     assert row["output_value"] == "callback tel%3A<PHONE> score=%2B15%25"
     assert json.loads(row["pii_redactions"]) == {"PHONE": 2}
+
+
+def test_a_google_oauth_access_token_and_a_pypi_token_pasted_bare_are_api_keys(start_collector):
+    """A Google OAuth access token (``ya29.``, what ``gcloud auth print-access-token`` prints) and a PyPI
+    upload token (``pypi-AgE...``) have fixed prefixes like the other providers' keys, but were stored
+    as sent when pasted without a key name."""
+    c = start_collector(FAST_JUDGE)
+    google = "ya29.a0AfH6SMCanaryGoogleOauthTok3nXyZ0123456789abcdefGHIJ"
+    pypi = "pypi-AgEIcHlwaS5vcmcCJCanaryPypiToken0123456789abcdefghijklmnopqrstuvwxyzABCD"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("shell") as span:
+            span.set_attribute("input.value", f"$ gcloud auth print-access-token\n{google}\n$ twine upload -p {pypi}")
+    rows = c.wait_for("SELECT input_value, pii_redactions FROM spans", lambda r: len(r) == 1)
+    assert rows[0]["input_value"] == "$ gcloud auth print-access-token\n<API_KEY>\n$ twine upload -p <API_KEY>"
+    assert json.loads(rows[0]["pii_redactions"]) == {"API_KEY": 2}
