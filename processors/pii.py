@@ -410,11 +410,15 @@ class Sanitizer:
     def _placeholder(self, type_: str, value: str, json_text: bool) -> str:
         if self._key is None:
             return f"<{type_}>"
-        if json_text and "\\" in value:
+        # The same value hashes alike in plain text and as JSON (jos\u00e9@x.com), also as JSON held in a
+        # text column (a tool call's input.value) or in JSON (\\u00e9 in the arguments attribute).
+        for _ in range(2):
+            if "\\" not in value:
+                break
             try:
-                value = json.loads(f'"{value}"')     # the same value hashes alike in JSON and plain text
+                value = json.loads(f'"{value}"')
             except ValueError:
-                pass
+                break
         if type_ == "EMAIL" and "%" in value:
             value = urllib.parse.unquote(value)      # jane%40example.com in a URL is jane@example.com
         key = (type_, value)

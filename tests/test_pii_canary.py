@@ -451,3 +451,28 @@ def test_a_google_oauth_access_token_and_a_pypi_token_pasted_bare_are_api_keys(s
     rows = c.wait_for("SELECT input_value, pii_redactions FROM spans", lambda r: len(r) == 1)
     assert rows[0]["input_value"] == "$ gcloud auth print-access-token\n<API_KEY>\n$ twine upload -p <API_KEY>"
     assert json.loads(rows[0]["pii_redactions"]) == {"API_KEY": 2}
+
+
+def test_one_address_gets_one_pseudonym_as_text_as_json_in_a_text_column_and_as_json_in_json(start_collector):
+    """With a key, ``josé@example.com`` said in plain text and sent as a tool call's JSON arguments
+    (ensure_ascii: ``jos\\u00e9@...``, in ``input.value`` and in ``gen_ai.tool.call.arguments``) got three
+    different pseudonyms: only the JSON attributes were unescaped before the HMAC."""
+    import hashlib
+    import hmac
+
+    key = "one-pseudonym-key"
+    c = start_collector({**FAST_JUDGE, "processors": {**FAST_JUDGE["processors"], "pii": {"secret_key": key}}})
+    address = "josé.garcía@example.com"
+    token = "<EMAIL:" + hmac.new(key.encode(), f"EMAIL:{address}".encode(), hashlib.sha256).hexdigest()[:6] + ">"
+    arguments = json.dumps({"to": address})            # ensure_ascii, as the OpenAI SDK sends them
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("send_email") as tool:
+            tool.set_attribute("openinference.span.kind", "TOOL")
+            tool.set_attribute("input.value", arguments)
+            tool.set_attribute("gen_ai.tool.call.arguments", arguments)
+            tool.set_attribute("output.value", f"sent to {address}")
+    rows = c.wait_for("SELECT input_value, output_value, attributes FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    assert json.loads(row["input_value"]) == {"to": token}
+    assert row["output_value"] == f"sent to {token}"
+    assert json.loads(json.loads(row["attributes"])["gen_ai"]["tool"]["call"]["arguments"]) == {"to": token}
