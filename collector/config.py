@@ -417,7 +417,9 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         if pid not in proc_section and "/" in pid:
             problems.append(f"{where}: {pid!r} is not defined under processors:")
             continue
-        options = proc_section.get(pid) or {}
+        options = proc_section.get(pid)
+        if options is None:          # `pii:` alone; `pii: []` or `pii: false` is the processor's to refuse
+            options = {}
         tree_procs[pid] = options
         try:
             proc = factory.from_config(options, path=f"processors.{pid}")

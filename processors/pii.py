@@ -41,6 +41,7 @@ import hashlib
 import hmac
 import json
 import re
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -259,8 +260,12 @@ class Sanitizer:
                         m = exact.match(text, m0.start())
                 else:
                     # a built-in value starts right after its left context: the start of text, an
-                    # escape, or a non-word character -- only those positions can begin a match
-                    for q in range(max(covered, bs - 2), ts + 1):
+                    # escape, or a non-word character -- only those positions can begin a match. A
+                    # digit trigger that began inside a word ("#A1234 4111 1111": the card trigger fired
+                    # at "1234") holds the value's own trigger, which never fires apart: they run on
+                    # inside it then.
+                    stop = te if ts and text[ts - 1] in _WORD and text[ts].isdigit() else ts + 1
+                    for q in range(max(covered, bs - 2), stop):
                         if text[q] in _WORD and q:
                             continue
                         m = exact.match(text, q)
@@ -405,11 +410,17 @@ class Sanitizer:
     def _placeholder(self, type_: str, value: str, json_text: bool) -> str:
         if self._key is None:
             return f"<{type_}>"
-        if json_text and "\\" in value:
+        # The same value hashes alike in plain text and as JSON (jos\u00e9@x.com), also as JSON held in a
+        # text column (a tool call's input.value) or in JSON (\\u00e9 in the arguments attribute).
+        for _ in range(2):
+            if "\\" not in value:
+                break
             try:
-                value = json.loads(f'"{value}"')     # the same value hashes alike in JSON and plain text
+                value = json.loads(f'"{value}"')
             except ValueError:
-                pass
+                break
+        if type_ == "EMAIL" and "%" in value:
+            value = urllib.parse.unquote(value)      # jane%40example.com in a URL is jane@example.com
         key = (type_, value)
         token = self._cache.get(key)
         if token is None:

@@ -44,7 +44,7 @@ import datetime as _dt
 import re
 
 # Left contexts (copied here to keep the import one way: pii_patterns imports this module).
-_ESC = r"\\[nrt]"
+_ESC = r"\\(?:[nrt]|u[0-9A-Fa-f]{4})"
 LEFT = rf"(?:^|[^A-Za-z0-9_\\]|{_ESC})"
 LEFT_KEY = rf"(?:^|[^A-Za-z0-9_.\\-]|{_ESC})"       # not inside server.address, tool.name
 _Q = r"""(?:\\*["'])?"""
@@ -146,6 +146,16 @@ def passport(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int]
                 ch in "-/." and e + 1 < len(text) and text[e + 1].isalnum()):
             return None
     return ("PASSPORT", s, e)
+
+
+# --------------------------------------------------------------------------- IBAN (labelled)
+
+# An IBAN is found by its shape (upper case, mod-97) in pii_patterns. Typed by a person it is often
+# lower or mixed case ("my iban is de89 3704 ..."); after the label ``IBAN`` any case counts. The
+# mod-97 check is pii_patterns' (the validator is attached there, which imports this module).
+IBAN_LABELLED_PATTERN = (LEFT + _KEY_PREFIX + r"(?i:iban)(?:[ _.-]?(?i:number|num|no\.?|nr\.?)|[ ]?#)?"
+                         + _CONNECT
+                         + r"(?P<v>[A-Za-z]{2}[0-9]{2}(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?)")
 
 
 # --------------------------------------------------------------------------- SSN
@@ -299,7 +309,7 @@ _NAME_VALUE_FORMS = (rf'''(?:\\*"(?P<v>{_CAP}{_NAME_CH}*)\\*"|'(?P<v2>{_CAP}{_NA
 PERSON_NAMED_PATTERN = (LEFT_KEY + _KEY_PREFIX + r"(?i:name)(?:" + SEP + r"|[ \t]*-[ \t]*)" + _NAME_VALUE_FORMS)
 PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}]|\\+u00[cdCD])"""
 #: the shared keyword trigger of DOB, PASSPORT and address keys: one literal set is cheapest for RE2
-KEYWORD_TRIGGER = r"(?i:d\.?o\.?b|birth|born|passport|address|street|ssn|social.security)"
+KEYWORD_TRIGGER = r"(?i:d\.?o\.?b|birth|born|passport|address|street|ssn|social.security|iban)"
 
 #: capitalised words that start sentences or address groups, never a name
 _NOT_NAMES = frozenset(

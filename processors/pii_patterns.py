@@ -25,6 +25,7 @@ import dataclasses
 import ipaddress
 import json
 import re
+import urllib.parse
 from collections.abc import Callable
 
 from tracesieve.processors import pii_context as ctx
@@ -37,8 +38,11 @@ KNOWN_TYPES = (
 )
 
 # Left contexts. ``\\[nrt]`` lets a value start right after a JSON escape
-# (``"hi\nbob@x.com"``); a bare backslash is never a left context.
-_ESC = r"\\[nrt]"
+# (``"hi\nbob@x.com"``), and ``\\uXXXX`` after an escaped character: Go's encoding/json writes
+# ``<bob@x.com>`` as ``\u003cbob@x.com\u003e``, Python's ensure_ascii ``邮箱：bob@x.com`` as
+# ``\u90ae\u7bb1\uff1abob@x.com``; the escape's hex digits are no word the value is glued to.
+# A bare backslash is never a left context.
+_ESC = r"\\(?:[nrt]|u[0-9A-Fa-f]{4})"
 LEFT = rf"(?:^|[^A-Za-z0-9_\\]|{_ESC})"              # words: keys, tokens
 # Local parts may hold accented Latin letters (josé@, émilie@), also as JSON \u escapes (ensure_ascii).
 _LATIN = "À-ÖØ-öø-ɏ"
@@ -61,9 +65,11 @@ _VALUE = (
 # as long as no key follows (``&user=``): half a password is still a password.
 _SECRET_KEYWORDS = (
     r"(?i:password|passwd|passphrase|passcode|pwd|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
-    r"|account[_-]?key|access[_-]?key"
+    r"|account[_-]?key|access[_-]?key|subscription[_-]?key"
     r"|access[_-]?token|auth[_-]?token|refresh[_-]?token|session[_-]?token|id[_-]?token|token"
-    r"|private[_-]?key|credentials?)"
+    r"|private[_-]?key|credentials?"
+    # an Azure SAS URL's signature (``?sv=...&sig=...``): the only secret part of a URL that grants access
+    r"|sig)"
 )
 
 _API_KEY_BODY = (
@@ -73,7 +79,8 @@ _API_KEY_BODY = (
     r"|github_pat_[A-Za-z0-9_]{22,}"
     r"|xox[abprse]-[A-Za-z0-9-]{10,}|xapp-[0-9]-[A-Za-z0-9-]{10,}"
     r"|(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9]{24,}"
-    r"|AIza[0-9A-Za-z_-]{35}"
+    r"|AIza[0-9A-Za-z_-]{35}|ya29\.[0-9A-Za-z_-]{20,}"     # Google: API key, OAuth access token
+    r"|pypi-AgE[A-Za-z0-9_-]{50,}"                        # a PyPI upload token (a macaroon)
     r"|hf_[A-Za-z0-9]{30,}"
     r"|glpat-[A-Za-z0-9_-]{20,}"
     r"|SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{30,}"
@@ -170,7 +177,28 @@ def _card_prefix_ok(d: str) -> bool:
 _CARD_GROUPS = {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2), (4, 4, 4, 3), (4, 4, 4, 1)}
 
 
+_CARD_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){12,18}")
+
+
 def _card(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    found = _card_at(text, s, e)
+    if found is not None:
+        return found
+    # A number before the card, one space apart ("2024 4111 1111 1111 1111", "1 4111...", a CSV of
+    # blanks): the digit run began at it, and no prefix of the run is a card. Try from each later
+    # group, with the run re-read from there (the first read stopped at 19 digits).
+    for i in range(s + 1, e):
+        if text[i - 1] == " " and text[i].isdigit():
+            run = _CARD_RUN.match(text, i)
+            if run is None:
+                return None
+            found = _card_at(text, i, run.end())
+            if found is not None:
+                return found
+    return None
+
+
+def _card_at(text: str, s: int, e: int) -> tuple[str, int, int] | None:
     raw = text[s:e]
     seps = {c for c in raw if c in " -"}
     if len(seps) > 1:
@@ -209,6 +237,12 @@ def _phone(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] |
     return ("PHONE", s, e) if _free_right_num(text, e) else None
 
 
+def _phone_encoded(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """``%2B14155550132`` / ``%2B44%2020%207946%200958`` in a URL: the digits of the decoded number."""
+    n = sum(c.isdigit() for c in urllib.parse.unquote(text[s:e]))
+    return ("PHONE", s, e) if 8 <= n <= 15 and _free_right_num(text, e) else None
+
+
 _IBAN_LENGTHS = {
     "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
     "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24,
@@ -221,6 +255,7 @@ _IBAN_LENGTHS = {
 
 
 def iban_ok(compact: str) -> bool:
+    compact = compact.upper()              # a labelled IBAN may be typed in lower case
     want = _IBAN_LENGTHS.get(compact[:2])
     if want is not None and len(compact) != want:
         return False
@@ -307,7 +342,9 @@ def _bearer_loose(text: str, s: int, e: int, json_text: bool) -> tuple[str, int,
     return ("BEARER_TOKEN", s, e)
 
 
-_NOT_SECRETS = frozenset({"null", "none", "true", "false", "undefined", "nil", "redacted", "[redacted]", "***"})
+_NOT_SECRETS = frozenset({"null", "none", "true", "false", "undefined", "nil", "redacted", "[redacted]", "***",
+                          # an eval's verdict under a ``pass`` key ("pass": "yes"), never a password
+                          "yes", "no", "ok", "pass", "passed", "fail", "failed"})
 
 
 def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
@@ -361,7 +398,7 @@ def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 #: Triggers are small RE2 patterns (literal anchors, no left context) whose DFA is
 #: cheap to build per batch; each must fire wherever its rule can accept a value.
 _HEX2 = "[0-9A-Fa-f]{2}"
-_SECRET_TRIGGER = (r"(?i:pass(?:word|wd|phrase|code)|pwd|secret|key|token|credentials?|cookie)"
+_SECRET_TRIGGER = (r"(?i:pass(?:word|wd|phrase|code)?|pwd|secret|key|token|credentials?|cookie|sig)"
                    + rf"(?:{SEP}|[ \t]+(?i:is)[ \t:])")
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_VALUE})", trigger="-----BEGIN "),
@@ -376,7 +413,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("API_KEY", LEFT + r"[A-Za-z0-9_.-]*(?i:secret[_.-]?access[_.-]?key|aws[A-Za-z0-9_.-]*secret[A-Za-z0-9_.-]*)"
          + SEP + _Q
          + r"(?P<v>[A-Za-z0-9/+=]{40})", _bounded("API_KEY"), trigger=r"(?i:aws)"),
-    Rule("SECRET", LEFT + r"[A-Za-z0-9_.-]*" + _SECRET_KEYWORDS + SEP + _VALUE, _secret, trigger=_SECRET_TRIGGER),
+    # ``pass`` as a whole key or a key's last segment (DB_PASS, SMTP_PASS, RABBITMQ_DEFAULT_PASS, "pass"),
+    # never the end of a word (compass, bypass)
+    Rule("SECRET", LEFT + r"(?:[A-Za-z0-9_.-]*(?:" + _SECRET_KEYWORDS + r"|[_.-](?i:pass))|(?i:pass))" + SEP + _VALUE,
+         _secret, trigger=_SECRET_TRIGGER),
     # said rather than assigned: "my password is X" (its trigger is the assignments' one, sharing its automaton)
     Rule("SECRET", LEFT + r"(?i:pass(?:word|wd|phrase|code))[ \t]+(?i:is)(?:[ \t]*:[ \t]*|[ \t]+)" + _VALUE,
          _secret_said, trigger=_SECRET_TRIGGER),
@@ -386,6 +426,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # context rules: a keyword, key or street suffix says what the value is (see pii_context)
     Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),
+    Rule("IBAN", ctx.IBAN_LABELLED_PATTERN, _iban, trigger=ctx.KEYWORD_TRIGGER),
     Rule("SSN", ctx.SSN_PATTERN, ctx.ssn_digits, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PHONE", ctx.PHONE_CONTEXT_PATTERN, ctx.phone_digits, trigger=ctx.PHONE_CONTEXT_TRIGGER),
     Rule("ADDRESS", ctx.ADDRESS_KEY_PATTERN, ctx.address_value, trigger=ctx.KEYWORD_TRIGGER),
@@ -394,13 +435,21 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("ADDRESS", ctx.ADDRESS_PATTERN, ctx.address, trigger=ctx.ADDRESS_TRIGGER),
     Rule("API_KEY", LEFT + _API_KEY_BODY, _bounded("API_KEY"),
          trigger=r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|xox[abprse]-|[sr]k_(?:live|test)_"
-                 r"|AIza|hf_|xapp-|whsec_|glpat-|SG\.|npm_|gsk_|xai-"),
+                 r"|AIza|ya29\.|pypi-AgE|hf_|xapp-|whsec_|glpat-|SG\.|npm_|gsk_|xai-"),
     # An apostrophe inside the local part (o'brien@, mary.o'connor@) belongs to it; the value never
     # starts with one, so a quoted address ('bob@x.com') keeps its quote.
     Rule("EMAIL", LEFT_EMAIL + rf"(?P<v>(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE})"
          + rf"(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE}|'[A-Za-z0-9{_LATIN}])*"
-         + r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
-         trigger=rf"[A-Za-z0-9._%+{_LATIN}-]@[A-Za-z0-9-]"),
+         # the domain may be internationalised too (info@münchen.de, a@b.exämple.com); its TLD is ASCII here
+         + rf"@(?:[A-Za-z0-9{_LATIN}-]|{_LATIN_ESCAPE})+(?:\.(?:[A-Za-z0-9{_LATIN}-]|{_LATIN_ESCAPE})+)*"
+         + r"\.[A-Za-z]{2,})", _email,
+         trigger=rf"[A-Za-z0-9._%+{_LATIN}-]@(?:[A-Za-z0-9{_LATIN}-]|\\)"),
+    # Percent-encoded in a URL (``?email=jane%40example.com``, ``/users/jane%40x.com/``, ``mailto:``), also
+    # after another escape (``%3Demail%3Djane%40...`` in an encoded redirect URL): the local part holds no
+    # escape but ``%2B`` (its ``+``), so the value starts right after the escape before it.
+    Rule("EMAIL", rf"(?:{LEFT_EMAIL}|%[0-9A-Fa-f]{{2}})(?P<v>(?:[A-Za-z0-9._~+-]|%2[Bb])+"
+         + r"%40[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
+         trigger=r"[A-Za-z0-9._~+-]%40[A-Za-z0-9-]"),
     Rule("IBAN", LEFT + r"(?P<v>[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?)", _iban,
          trigger=r"[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4} ?[A-Z0-9]{4}"),
     Rule("MAC", LEFT_HEX + r"(?P<v>[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5,})", _mac,
@@ -415,6 +464,11 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          _phone, trigger=r"(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"),
     Rule("PHONE", LEFT_NUM + r"(?P<v>\+[0-9]{1,3}(?:[ .-]?(?:\([0-9]{1,4}\)|[0-9]{1,5})){1,6})", _phone,
          trigger=r"\+[0-9]"),
+    # the same, percent-encoded in a URL's query (``?phone=%2B44%2020%207946%200958``, ``+`` for a blank),
+    # also after another escape (``tel%3A%2B1415...`` in an encoded link)
+    Rule("PHONE", rf"(?:{LEFT_NUM}|%[0-9A-Fa-f]{{2}})"
+         + r"(?P<v>%2[Bb][0-9]{1,3}(?:(?:%20|[+.-])?(?:%28[0-9]{1,4}%29|[0-9]{1,5})){1,6})",
+         _phone_encoded, trigger=r"%2[Bb][0-9]"),
     # IPv4 after the phones: it takes "+" as its left context, so before them "+1.415.555.0132" at the
     # start of a value was the failed IP candidate "+1.415.555.013" and the phone was never tried.
     Rule("IP", LEFT_NUM + r"(?P<v>[0-9]{1,3}(?:\.[0-9]{1,3}){3,})", _ipv4,

@@ -428,3 +428,17 @@ def test_serve_on_a_taken_port_exits_2_with_one_line(tmp_path, protocol):
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert f"receivers.otlp.protocols.{protocol}.endpoint" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["[]", "''", "false", "[secret_key, abc]"])
+def test_processor_options_that_are_no_mapping_are_a_config_error(tmp_path, value):
+    """``pii: []`` (or a list where a mapping was meant) started the collector with the default options,
+    silently: a pii section whose settings were never read looks configured. ``pii:`` alone still means
+    the defaults."""
+    path = write(tmp_path, f"processors: {{pii: {value}}}\n")
+    bad = run_cli("serve", "--config", str(path), "--print-config")
+    assert bad.returncode == 2, bad.stdout
+    assert "processors.pii: expected a mapping, got" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    empty = write(tmp_path, "processors: {pii: }\n")
+    assert run_cli("serve", "--config", str(empty), "--print-config").returncode == 0

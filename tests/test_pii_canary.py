@@ -276,3 +276,203 @@ def test_pasted_provider_keys_key_blocks_and_passwords_never_reach_the_database_
     assert c.stop() == 0
     for value in PASTED_SECRETS:
         assert value.encode() not in Path(c.db_path).read_bytes()
+
+
+def test_values_right_after_a_json_unicode_escape_are_redacted(start_collector):
+    """A value glued to a ``\\uXXXX`` escape was kept whole, of every type: Go's encoding/json sends
+    ``<jane@example.com>`` as ``\\u003cjane@example.com\\u003e`` and Python's ``ensure_ascii`` sends
+    ``邮箱：`` + an address as ``\\u90ae\\u7bb1\\uff1a`` + the address; the escape's hex digits read as a
+    word the value was part of. The JSON stays valid and decodes to the text with its placeholders."""
+    c = start_collector(FAST_JUDGE)
+    go_style = {"to": "<jane.escaped@example.com>", "card": "<4111 1111 1111 1111>", "ip": "<203.0.113.91>",
+                "key": f"<{CANARIES['AWS']}>"}
+    go_json = json.dumps(go_style).replace("<", "\\u003c").replace(">", "\\u003e")
+    cjk_json = json.dumps({"content": "邮箱：jane.escaped@example.com，电话：+86 138 0013 8000"},
+                          ensure_ascii=True)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("send_mail") as tool:
+            tool.set_attribute("openinference.span.kind", "TOOL")
+            tool.set_attribute("input.value", go_json)
+            tool.set_attribute("input.mime_type", "application/json")
+            tool.set_attribute("output.value", cjk_json)
+            tool.set_attribute("tool.parameters", go_json)
+    rows = c.wait_for("SELECT input_value, output_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    dump = json.dumps(rows, ensure_ascii=False)
+    for value in ("jane.escaped@example.com", "4111 1111 1111 1111", "203.0.113.91", CANARIES["AWS"], "138 0013 8000"):
+        assert value not in dump, value
+    assert json.loads(row["input_value"]) == {"to": "<<EMAIL>>", "card": "<<CARD>>", "ip": "<<IP>>",
+                                              "key": "<<API_KEY>>"}
+    assert json.loads(row["output_value"]) == {"content": "邮箱：<EMAIL>，电话：<PHONE>"}
+    assert json.loads(json.loads(row["attributes"])["tool"]["parameters"])["to"] == "<<EMAIL>>"
+    assert json.loads(row["pii_redactions"]) == {"EMAIL": 3, "CARD": 2, "IP": 2, "API_KEY": 2, "PHONE": 1}
+    assert c.stop() == 0
+    assert_no_canary(Path(c.db_path).read_bytes(), "the database file")
+
+
+def test_percent_encoded_email_addresses_in_urls_are_redacted_and_pseudonymised_like_plain_ones(start_collector):
+    """``?email=jane%40example.com`` (an HTTP client span's ``url.full``, a tool's request URL) was stored as
+    sent: the address rule wanted a literal ``@``. With a key, both spellings of an address get one pseudonym."""
+    import hashlib
+    import hmac
+
+    key = "pct-email-test-key"
+    c = start_collector({**FAST_JUDGE, "processors": {**FAST_JUDGE["processors"], "pii": {"secret_key": key}}})
+    token = "<EMAIL:" + hmac.new(key.encode(), b"EMAIL:jane.pct@example.com", hashlib.sha256).hexdigest()[:6] + ">"
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("GET /users") as span:
+            span.set_attribute("url.full", "https://api.example/v1/users?email=jane.pct%40example.com&page=2")
+            span.set_attribute("input.value", "Look up jane.pct@example.com, then open "
+                               "https://crm.example/cb%3Femail%3Djane.pct%40example.com"
+                               " and /users/bob%2Bx%40example.org/")
+    rows = c.wait_for("SELECT input_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    dump = json.dumps(rows, ensure_ascii=False)
+    for value in ("jane.pct", "bob%2Bx"):
+        assert value not in dump, value
+    assert json.loads(row["attributes"])["url"]["full"] == f"https://api.example/v1/users?email={token}&page=2"
+    assert row["input_value"].startswith(
+        f"Look up {token}, then open https://crm.example/cb%3Femail%3D{token} and /users/<EMAIL:")
+    assert json.loads(row["pii_redactions"]) == {"EMAIL": 4}
+
+
+def test_a_labelled_lower_case_iban_and_an_azure_sas_signature_are_redacted(start_collector):
+    """Typed by a person, "my iban is de89 3704 ..." was stored as sent (the shape rule wants upper case),
+    and so was the ``sig=`` of an Azure SAS URL that a tool returned: a link that opens the blob until it
+    expires. An unlabelled lower-case run and a SAS URL's other fields stay as sent."""
+    c = start_collector(FAST_JUDGE)
+    sas = ("https://acme.blob.core.windows.net/invoices/inv-42.pdf?sv=2022-11-02&ss=b&sp=r"
+           "&se=2026-12-31T00:00:00Z&sig=CanarySasSig0123abcdEFGH%2B4567%3D")
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("refund") as tool:
+            tool.set_attribute("openinference.span.kind", "TOOL")
+            tool.set_attribute("input.value", json.dumps({"customer_iban": "nl91abna0417164300", "run": "de89xyz"}))
+            tool.set_attribute("output.value", f"Invoice: {sas}")
+            tool.set_attribute("llm.input_messages.0.message.content", "my iban is de89 3704 0044 0532 0130 00, thanks")
+    rows = c.wait_for("SELECT input_value, output_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    dump = json.dumps(rows, ensure_ascii=False)
+    for value in ("nl91abna0417164300", "3704 0044", "CanarySasSig"):
+        assert value not in dump, value
+    assert json.loads(row["input_value"]) == {"customer_iban": "<IBAN>", "run": "de89xyz"}
+    assert row["output_value"] == f"Invoice: {sas.split('&sig=')[0]}&sig=<SECRET>"
+    content = json.loads(row["attributes"])["llm"]["input_messages"][0]["message"]["content"]
+    assert content == "my iban is <IBAN>, thanks"
+    assert json.loads(row["pii_redactions"]) == {"IBAN": 2, "SECRET": 1}
+
+
+def test_a_card_number_one_space_after_another_number_is_redacted(start_collector):
+    """A numbered list, a table row or an amount before the card ("1 4111 1111 1111 1111", "amount 1999
+    4111111111111111") kept the card: the digit run began at the first number and no prefix of it was a
+    card; after a word with digits ("#A1234 4012 ...") the card's own trigger never fired. The numbers
+    before the card stay as sent."""
+    c = start_collector(FAST_JUDGE)
+    text = ("Cards on file:\n1 4111 1111 1111 1111\n2 5500-0000-0000-0004\n"
+            "amount 1999 4012888888881881\norder #A1234 3782 822463 10005\nref 2024 2024 done")
+    with sdk_tracer("http", c.http_url) as tracer:
+        with tracer.start_as_current_span("billing") as span:
+            span.set_attribute("input.value", text)
+            span.set_attribute("tool.parameters", json.dumps({"note": text}))
+    rows = c.wait_for("SELECT input_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    expected = ("Cards on file:\n1 <CARD>\n2 <CARD>\namount 1999 <CARD>\norder #A1234 <CARD>\nref 2024 2024 done")
+    assert row["input_value"] == expected
+    assert json.loads(json.loads(row["attributes"])["tool"]["parameters"]) == {"note": expected}
+    assert json.loads(row["pii_redactions"]) == {"CARD": 8}
+
+
+def test_pass_keys_and_an_azure_subscription_key_header_are_secrets(start_collector):
+    """``DB_PASS=...`` / ``SMTP_PASS: ...`` (a pasted .env or compose file), ``{"pass": ...}`` and the
+    ``Ocp-Apim-Subscription-Key`` header of Azure AI services were stored as sent. Words ending in
+    "pass" and an eval's ``"pass": "yes"`` verdict stay."""
+    c = start_collector(FAST_JUDGE)
+    env_file = ("DB_HOST=db.internal\nDB_PASS=CanaryDbPass-77\nSMTP_PASS: CanarySmtpPass88\n"
+                "RABBITMQ_DEFAULT_PASS=CanaryRabbit99\ncompass: north\nbypass=cache")
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("deploy") as span:
+            span.set_attribute("input.value", env_file)
+            span.set_attribute("tool.parameters", json.dumps({"user": "app", "pass": "CanaryJsonPass11"}))
+            span.set_attribute("http.request.header.ocp-apim-subscription-key", ["CanaryApimKey0123456789abcdef01"])
+            span.set_attribute("eval.result", json.dumps({"pass": "yes", "score": 0.9}))
+    rows = c.wait_for("SELECT input_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    dump = json.dumps(rows, ensure_ascii=False)
+    for value in ("CanaryDbPass", "CanarySmtpPass", "CanaryRabbit", "CanaryJsonPass", "CanaryApimKey"):
+        assert value not in dump, value
+    assert row["input_value"] == ("DB_HOST=db.internal\nDB_PASS=<SECRET>\nSMTP_PASS: <SECRET>\n"
+                                  "RABBITMQ_DEFAULT_PASS=<SECRET>\ncompass: north\nbypass=cache")
+    attributes = json.loads(row["attributes"])
+    assert json.loads(attributes["tool"]["parameters"]) == {"user": "app", "pass": "<SECRET>"}
+    assert attributes["http"]["request"]["header"]["ocp-apim-subscription-key"] == ["<SECRET>"]
+    assert json.loads(attributes["eval"]["result"]) == {"pass": "yes", "score": 0.9}
+    assert json.loads(row["pii_redactions"]) == {"SECRET": 5}
+
+
+def test_an_email_address_with_an_internationalised_domain_is_redacted(start_collector):
+    """``info@münchen.de`` was stored as sent, as text and as Python's ensure_ascii JSON
+    (``info@m\\u00fcnchen.de``): the domain took ASCII letters only."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("http", c.http_url, compression="gzip") as tracer:
+        with tracer.start_as_current_span("mail") as span:
+            span.set_attribute("input.value", "Schreiben Sie an kanzlei@anwälte-düsseldorf.de oder info@münchen.de.")
+            span.set_attribute("output.value", json.dumps({"to": "büro@über-uns.example.com"}))
+    rows = c.wait_for("SELECT input_value, output_value, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    assert row["input_value"] == "Schreiben Sie an <EMAIL> oder <EMAIL>."
+    assert json.loads(row["output_value"]) == {"to": "<EMAIL>"}
+    assert json.loads(row["pii_redactions"]) == {"EMAIL": 3}
+
+
+def test_a_percent_encoded_international_phone_number_in_a_url_is_redacted(start_collector):
+    """``?phone=%2B14155550132`` (a CRM lookup's ``url.full``) was stored as sent: the ``+`` form wanted a
+    literal plus. Other encoded plus signs (``C%2B%2B``, ``%2B15%25``) stay."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("GET /contacts") as span:
+            span.set_attribute("url.full", "https://crm.example/contacts?phone=%2B14155550132&lang=C%2B%2B")
+            span.set_attribute("output.value", "callback tel%3A%2B44%2020%207946%200958 score=%2B15%25")
+    rows = c.wait_for("SELECT output_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    assert json.loads(row["attributes"])["url"]["full"] == "https://crm.example/contacts?phone=<PHONE>&lang=C%2B%2B"
+    assert row["output_value"] == "callback tel%3A<PHONE> score=%2B15%25"
+    assert json.loads(row["pii_redactions"]) == {"PHONE": 2}
+
+
+def test_a_google_oauth_access_token_and_a_pypi_token_pasted_bare_are_api_keys(start_collector):
+    """A Google OAuth access token (``ya29.``, what ``gcloud auth print-access-token`` prints) and a PyPI
+    upload token (``pypi-AgE...``) have fixed prefixes like the other providers' keys, but were stored
+    as sent when pasted without a key name."""
+    c = start_collector(FAST_JUDGE)
+    google = "ya29.a0AfH6SMCanaryGoogleOauthTok3nXyZ0123456789abcdefGHIJ"
+    pypi = "pypi-AgEIcHlwaS5vcmcCJCanaryPypiToken0123456789abcdefghijklmnopqrstuvwxyzABCD"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("shell") as span:
+            span.set_attribute("input.value", f"$ gcloud auth print-access-token\n{google}\n$ twine upload -p {pypi}")
+    rows = c.wait_for("SELECT input_value, pii_redactions FROM spans", lambda r: len(r) == 1)
+    assert rows[0]["input_value"] == "$ gcloud auth print-access-token\n<API_KEY>\n$ twine upload -p <API_KEY>"
+    assert json.loads(rows[0]["pii_redactions"]) == {"API_KEY": 2}
+
+
+def test_one_address_gets_one_pseudonym_as_text_as_json_in_a_text_column_and_as_json_in_json(start_collector):
+    """With a key, ``josé@example.com`` said in plain text and sent as a tool call's JSON arguments
+    (ensure_ascii: ``jos\\u00e9@...``, in ``input.value`` and in ``gen_ai.tool.call.arguments``) got three
+    different pseudonyms: only the JSON attributes were unescaped before the HMAC."""
+    import hashlib
+    import hmac
+
+    key = "one-pseudonym-key"
+    c = start_collector({**FAST_JUDGE, "processors": {**FAST_JUDGE["processors"], "pii": {"secret_key": key}}})
+    address = "josé.garcía@example.com"
+    token = "<EMAIL:" + hmac.new(key.encode(), f"EMAIL:{address}".encode(), hashlib.sha256).hexdigest()[:6] + ">"
+    arguments = json.dumps({"to": address})            # ensure_ascii, as the OpenAI SDK sends them
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("send_email") as tool:
+            tool.set_attribute("openinference.span.kind", "TOOL")
+            tool.set_attribute("input.value", arguments)
+            tool.set_attribute("gen_ai.tool.call.arguments", arguments)
+            tool.set_attribute("output.value", f"sent to {address}")
+    rows = c.wait_for("SELECT input_value, output_value, attributes FROM spans", lambda r: len(r) == 1)
+    row = rows[0]
+    assert json.loads(row["input_value"]) == {"to": token}
+    assert row["output_value"] == f"sent to {token}"
+    assert json.loads(json.loads(row["attributes"])["gen_ai"]["tool"]["call"]["arguments"]) == {"to": token}
