@@ -74,7 +74,6 @@ import functools
 import io
 import json
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,6 +83,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tracesieve.collector.strict_json import strict_json
 from tracesieve.storage.errors import ConfigError, TraceSieveError, UsageError
 
 DEFAULT_DB = "tracesieve.duckdb"
@@ -200,17 +200,7 @@ def _cell(value: Any) -> str:
 
 def _json(value: Any, indent: int | None = 2) -> str:
     """``value`` as strict JSON: NaN and the infinities, which JSON has no spelling for, become null."""
-    return json.dumps(_finite(value), ensure_ascii=False, indent=indent, allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return strict_json(value, indent=indent)
 
 
 def _print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:

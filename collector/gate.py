@@ -30,7 +30,6 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import json
-import math
 import os
 import shutil
 import signal
@@ -47,6 +46,7 @@ from tracesieve.collector.cases import (
 from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.gate_scorers import expected_problems, score
 from tracesieve.collector.server import Collector
+from tracesieve.collector.strict_json import strict_json
 from tracesieve.processors.detectors import DetectorsProcessor, rule_settings
 from tracesieve.processors.pii import PiiProcessor, Sanitizer
 from tracesieve.processors.rules import RuleSettings
@@ -197,17 +197,7 @@ def case_payload(case: Mapping[str, Any]) -> str:
     a strict parser (Node's ``JSON.parse``, Go's ``encoding/json``) refuses, so the agent failed before
     it ran. They go as ``null``, as ``export`` writes them.
     """
-    return json.dumps(_finite(case.get("input") or {}), ensure_ascii=False, default=str, allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return strict_json(case.get("input") or {}, default=str)
 
 
 class _Runner:
