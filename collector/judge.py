@@ -30,7 +30,7 @@ from tracesieve.collector.metrics import Metrics
 from tracesieve.processors.base import TraceBatch, TraceProcessor
 from tracesieve.processors.detectors import DetectorsProcessor
 from tracesieve.processors.promotion import PromotionProcessor
-from tracesieve.processors.rules import Finding
+from tracesieve.processors.rules import Finding, TraceView
 from tracesieve.storage import candidates as candidate_store
 from tracesieve.storage import store
 from tracesieve.storage.lake import redact
@@ -289,10 +289,10 @@ class Judge:
                 detections.append(d)
                 continue
             traces[trace_id] = spans
-            span_ids = {s["span_id"] for s in spans}
+            view = TraceView(trace_id, spans)  # the root as the rules see it, for trace feedback
             span_id = str(target.get("span_id"))
-            if target.get("scope") in ("trace", "session") or span_id not in span_ids:
-                span_id = _root_span_id(spans, span_ids)
+            if target.get("scope") in ("trace", "session") or span_id not in view.by_id:
+                span_id = view.root_id
             detections.append(dataclasses.replace(d, trace_id=trace_id, span_id=span_id, evidence={
                 **d.evidence, store.CARRIER_TRACE_KEY: d.trace_id, "carrier_span_id": d.span_id}))
         known = {d.detection_id for d in detections}
@@ -369,14 +369,6 @@ class Judge:
             log.info("judged %d traces: %d detections, %d candidate updates", len(due), len(detections),
                      len(candidates))
         return len(due)
-
-
-def _root_span_id(spans: Sequence[dict[str, Any]], span_ids: set[str]) -> str:
-    """The span of ``spans`` without a parent among them (the earliest, when several are)."""
-    for span in spans:
-        if span.get("parent_span_id") not in span_ids:
-            return str(span["span_id"])
-    return str(spans[0]["span_id"])
 
 
 def settle_lags(table: pa.Table, decision_wait: float) -> list[float]:
