@@ -91,6 +91,24 @@ def assert_no_canary(blob: bytes, where: str) -> None:
         assert value.encode() not in blob, f"{value!r} found in {where}"
 
 
+def stored_span(c, transport: str, name: str, attributes: dict, columns: str,
+                compression: str | None = None) -> dict:
+    """Send one span with ``attributes`` through the real SDK exporter and return its stored row (``columns``)."""
+    endpoint = c.grpc_endpoint if transport == "grpc" else c.http_url
+    with sdk_tracer(transport, endpoint, compression=compression) as tracer:
+        with tracer.start_as_current_span(name) as span:
+            span.set_attributes(attributes)
+    return c.wait_for(f"SELECT {columns} FROM spans", lambda r: len(r) == 1)[0]
+
+
+def pseudonym(key: str, type_: str, value: str) -> str:
+    """The placeholder DESIGN.md gives a value under ``secret_key``: ``<TYPE:`` + HMAC-SHA256(TYPE:value)[:6] + ``>``."""
+    import hashlib
+    import hmac
+
+    return f"<{type_}:" + hmac.new(key.encode(), f"{type_}:{value}".encode(), hashlib.sha256).hexdigest()[:6] + ">"
+
+
 def test_canaries_never_reach_the_database_wal_or_logs(start_collector):
     c = start_collector(FAST_JUDGE)
     with sdk_tracer("grpc", c.grpc_endpoint, resource={"owner.email": CANARIES["EMAIL"]}) as tracer:
@@ -289,16 +307,10 @@ def test_values_right_after_a_json_unicode_escape_are_redacted(start_collector):
     go_json = json.dumps(go_style).replace("<", "\\u003c").replace(">", "\\u003e")
     cjk_json = json.dumps({"content": "邮箱：jane.escaped@example.com，电话：+86 138 0013 8000"},
                           ensure_ascii=True)
-    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
-        with tracer.start_as_current_span("send_mail") as tool:
-            tool.set_attribute("openinference.span.kind", "TOOL")
-            tool.set_attribute("input.value", go_json)
-            tool.set_attribute("input.mime_type", "application/json")
-            tool.set_attribute("output.value", cjk_json)
-            tool.set_attribute("tool.parameters", go_json)
-    rows = c.wait_for("SELECT input_value, output_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
-    row = rows[0]
-    dump = json.dumps(rows, ensure_ascii=False)
+    row = stored_span(c, "grpc", "send_mail", {
+        "openinference.span.kind": "TOOL", "input.value": go_json, "input.mime_type": "application/json",
+        "output.value": cjk_json, "tool.parameters": go_json}, "input_value, output_value, attributes, pii_redactions")
+    dump = json.dumps(row, ensure_ascii=False)
     for value in ("jane.escaped@example.com", "4111 1111 1111 1111", "203.0.113.91", CANARIES["AWS"], "138 0013 8000"):
         assert value not in dump, value
     assert json.loads(row["input_value"]) == {"to": "<<EMAIL>>", "card": "<<CARD>>", "ip": "<<IP>>",
@@ -313,21 +325,14 @@ def test_values_right_after_a_json_unicode_escape_are_redacted(start_collector):
 def test_percent_encoded_email_addresses_in_urls_are_redacted_and_pseudonymised_like_plain_ones(start_collector):
     """``?email=jane%40example.com`` (an HTTP client span's ``url.full``, a tool's request URL) was stored as
     sent: the address rule wanted a literal ``@``. With a key, both spellings of an address get one pseudonym."""
-    import hashlib
-    import hmac
-
     key = "pct-email-test-key"
     c = start_collector({**FAST_JUDGE, "processors": {**FAST_JUDGE["processors"], "pii": {"secret_key": key}}})
-    token = "<EMAIL:" + hmac.new(key.encode(), b"EMAIL:jane.pct@example.com", hashlib.sha256).hexdigest()[:6] + ">"
-    with sdk_tracer("http", c.http_url) as tracer:
-        with tracer.start_as_current_span("GET /users") as span:
-            span.set_attribute("url.full", "https://api.example/v1/users?email=jane.pct%40example.com&page=2")
-            span.set_attribute("input.value", "Look up jane.pct@example.com, then open "
-                               "https://crm.example/cb%3Femail%3Djane.pct%40example.com"
-                               " and /users/bob%2Bx%40example.org/")
-    rows = c.wait_for("SELECT input_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
-    row = rows[0]
-    dump = json.dumps(rows, ensure_ascii=False)
+    token = pseudonym(key, "EMAIL", "jane.pct@example.com")
+    row = stored_span(c, "http", "GET /users", {
+        "url.full": "https://api.example/v1/users?email=jane.pct%40example.com&page=2",
+        "input.value": "Look up jane.pct@example.com, then open https://crm.example/cb%3Femail%3Djane.pct%40example.com"
+                       " and /users/bob%2Bx%40example.org/"}, "input_value, attributes, pii_redactions")
+    dump = json.dumps(row, ensure_ascii=False)
     for value in ("jane.pct", "bob%2Bx"):
         assert value not in dump, value
     assert json.loads(row["attributes"])["url"]["full"] == f"https://api.example/v1/users?email={token}&page=2"
@@ -343,15 +348,13 @@ def test_a_labelled_lower_case_iban_and_an_azure_sas_signature_are_redacted(star
     c = start_collector(FAST_JUDGE)
     sas = ("https://acme.blob.core.windows.net/invoices/inv-42.pdf?sv=2022-11-02&ss=b&sp=r"
            "&se=2026-12-31T00:00:00Z&sig=CanarySasSig0123abcdEFGH%2B4567%3D")
-    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
-        with tracer.start_as_current_span("refund") as tool:
-            tool.set_attribute("openinference.span.kind", "TOOL")
-            tool.set_attribute("input.value", json.dumps({"customer_iban": "nl91abna0417164300", "run": "de89xyz"}))
-            tool.set_attribute("output.value", f"Invoice: {sas}")
-            tool.set_attribute("llm.input_messages.0.message.content", "my iban is de89 3704 0044 0532 0130 00, thanks")
-    rows = c.wait_for("SELECT input_value, output_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
-    row = rows[0]
-    dump = json.dumps(rows, ensure_ascii=False)
+    row = stored_span(c, "grpc", "refund", {
+        "openinference.span.kind": "TOOL",
+        "input.value": json.dumps({"customer_iban": "nl91abna0417164300", "run": "de89xyz"}),
+        "output.value": f"Invoice: {sas}",
+        "llm.input_messages.0.message.content": "my iban is de89 3704 0044 0532 0130 00, thanks",
+    }, "input_value, output_value, attributes, pii_redactions")
+    dump = json.dumps(row, ensure_ascii=False)
     for value in ("nl91abna0417164300", "3704 0044", "CanarySasSig"):
         assert value not in dump, value
     assert json.loads(row["input_value"]) == {"customer_iban": "<IBAN>", "run": "de89xyz"}
@@ -369,12 +372,8 @@ def test_a_card_number_one_space_after_another_number_is_redacted(start_collecto
     c = start_collector(FAST_JUDGE)
     text = ("Cards on file:\n1 4111 1111 1111 1111\n2 5500-0000-0000-0004\n"
             "amount 1999 4012888888881881\norder #A1234 3782 822463 10005\nref 2024 2024 done")
-    with sdk_tracer("http", c.http_url) as tracer:
-        with tracer.start_as_current_span("billing") as span:
-            span.set_attribute("input.value", text)
-            span.set_attribute("tool.parameters", json.dumps({"note": text}))
-    rows = c.wait_for("SELECT input_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
-    row = rows[0]
+    row = stored_span(c, "http", "billing", {"input.value": text, "tool.parameters": json.dumps({"note": text})},
+                      "input_value, attributes, pii_redactions")
     expected = ("Cards on file:\n1 <CARD>\n2 <CARD>\namount 1999 <CARD>\norder #A1234 <CARD>\nref 2024 2024 done")
     assert row["input_value"] == expected
     assert json.loads(json.loads(row["attributes"])["tool"]["parameters"]) == {"note": expected}
@@ -388,15 +387,13 @@ def test_pass_keys_and_an_azure_subscription_key_header_are_secrets(start_collec
     c = start_collector(FAST_JUDGE)
     env_file = ("DB_HOST=db.internal\nDB_PASS=CanaryDbPass-77\nSMTP_PASS: CanarySmtpPass88\n"
                 "RABBITMQ_DEFAULT_PASS=CanaryRabbit99\ncompass: north\nbypass=cache")
-    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
-        with tracer.start_as_current_span("deploy") as span:
-            span.set_attribute("input.value", env_file)
-            span.set_attribute("tool.parameters", json.dumps({"user": "app", "pass": "CanaryJsonPass11"}))
-            span.set_attribute("http.request.header.ocp-apim-subscription-key", ["CanaryApimKey0123456789abcdef01"])
-            span.set_attribute("eval.result", json.dumps({"pass": "yes", "score": 0.9}))
-    rows = c.wait_for("SELECT input_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
-    row = rows[0]
-    dump = json.dumps(rows, ensure_ascii=False)
+    row = stored_span(c, "grpc", "deploy", {
+        "input.value": env_file,
+        "tool.parameters": json.dumps({"user": "app", "pass": "CanaryJsonPass11"}),
+        "http.request.header.ocp-apim-subscription-key": ["CanaryApimKey0123456789abcdef01"],
+        "eval.result": json.dumps({"pass": "yes", "score": 0.9}),
+    }, "input_value, attributes, pii_redactions")
+    dump = json.dumps(row, ensure_ascii=False)
     for value in ("CanaryDbPass", "CanarySmtpPass", "CanaryRabbit", "CanaryJsonPass", "CanaryApimKey"):
         assert value not in dump, value
     assert row["input_value"] == ("DB_HOST=db.internal\nDB_PASS=<SECRET>\nSMTP_PASS: <SECRET>\n"
@@ -412,12 +409,10 @@ def test_an_email_address_with_an_internationalised_domain_is_redacted(start_col
     """``info@münchen.de`` was stored as sent, as text and as Python's ensure_ascii JSON
     (``info@m\\u00fcnchen.de``): the domain took ASCII letters only."""
     c = start_collector(FAST_JUDGE)
-    with sdk_tracer("http", c.http_url, compression="gzip") as tracer:
-        with tracer.start_as_current_span("mail") as span:
-            span.set_attribute("input.value", "Schreiben Sie an kanzlei@anwälte-düsseldorf.de oder info@münchen.de.")
-            span.set_attribute("output.value", json.dumps({"to": "büro@über-uns.example.com"}))
-    rows = c.wait_for("SELECT input_value, output_value, pii_redactions FROM spans", lambda r: len(r) == 1)
-    row = rows[0]
+    row = stored_span(c, "http", "mail", {
+        "input.value": "Schreiben Sie an kanzlei@anwälte-düsseldorf.de oder info@münchen.de.",
+        "output.value": json.dumps({"to": "büro@über-uns.example.com"}),
+    }, "input_value, output_value, pii_redactions", compression="gzip")
     assert row["input_value"] == "Schreiben Sie an <EMAIL> oder <EMAIL>."
     assert json.loads(row["output_value"]) == {"to": "<EMAIL>"}
     assert json.loads(row["pii_redactions"]) == {"EMAIL": 3}
@@ -427,12 +422,10 @@ def test_a_percent_encoded_international_phone_number_in_a_url_is_redacted(start
     """``?phone=%2B14155550132`` (a CRM lookup's ``url.full``) was stored as sent: the ``+`` form wanted a
     literal plus. Other encoded plus signs (``C%2B%2B``, ``%2B15%25``) stay."""
     c = start_collector(FAST_JUDGE)
-    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
-        with tracer.start_as_current_span("GET /contacts") as span:
-            span.set_attribute("url.full", "https://crm.example/contacts?phone=%2B14155550132&lang=C%2B%2B")
-            span.set_attribute("output.value", "callback tel%3A%2B44%2020%207946%200958 score=%2B15%25")
-    rows = c.wait_for("SELECT output_value, attributes, pii_redactions FROM spans", lambda r: len(r) == 1)
-    row = rows[0]
+    row = stored_span(c, "grpc", "GET /contacts", {
+        "url.full": "https://crm.example/contacts?phone=%2B14155550132&lang=C%2B%2B",
+        "output.value": "callback tel%3A%2B44%2020%207946%200958 score=%2B15%25",
+    }, "output_value, attributes, pii_redactions")
     assert json.loads(row["attributes"])["url"]["full"] == "https://crm.example/contacts?phone=<PHONE>&lang=C%2B%2B"
     assert row["output_value"] == "callback tel%3A<PHONE> score=%2B15%25"
     assert json.loads(row["pii_redactions"]) == {"PHONE": 2}
@@ -445,34 +438,25 @@ def test_a_google_oauth_access_token_and_a_pypi_token_pasted_bare_are_api_keys(s
     c = start_collector(FAST_JUDGE)
     google = "ya29.a0AfH6SMCanaryGoogleOauthTok3nXyZ0123456789abcdefGHIJ"
     pypi = "pypi-AgEIcHlwaS5vcmcCJCanaryPypiToken0123456789abcdefghijklmnopqrstuvwxyzABCD"
-    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
-        with tracer.start_as_current_span("shell") as span:
-            span.set_attribute("input.value", f"$ gcloud auth print-access-token\n{google}\n$ twine upload -p {pypi}")
-    rows = c.wait_for("SELECT input_value, pii_redactions FROM spans", lambda r: len(r) == 1)
-    assert rows[0]["input_value"] == "$ gcloud auth print-access-token\n<API_KEY>\n$ twine upload -p <API_KEY>"
-    assert json.loads(rows[0]["pii_redactions"]) == {"API_KEY": 2}
+    row = stored_span(c, "grpc", "shell", {
+        "input.value": f"$ gcloud auth print-access-token\n{google}\n$ twine upload -p {pypi}"},
+        "input_value, pii_redactions")
+    assert row["input_value"] == "$ gcloud auth print-access-token\n<API_KEY>\n$ twine upload -p <API_KEY>"
+    assert json.loads(row["pii_redactions"]) == {"API_KEY": 2}
 
 
 def test_one_address_gets_one_pseudonym_as_text_as_json_in_a_text_column_and_as_json_in_json(start_collector):
     """With a key, ``josé@example.com`` said in plain text and sent as a tool call's JSON arguments
     (ensure_ascii: ``jos\\u00e9@...``, in ``input.value`` and in ``gen_ai.tool.call.arguments``) got three
     different pseudonyms: only the JSON attributes were unescaped before the HMAC."""
-    import hashlib
-    import hmac
-
     key = "one-pseudonym-key"
     c = start_collector({**FAST_JUDGE, "processors": {**FAST_JUDGE["processors"], "pii": {"secret_key": key}}})
     address = "josé.garcía@example.com"
-    token = "<EMAIL:" + hmac.new(key.encode(), f"EMAIL:{address}".encode(), hashlib.sha256).hexdigest()[:6] + ">"
+    token = pseudonym(key, "EMAIL", address)
     arguments = json.dumps({"to": address})            # ensure_ascii, as the OpenAI SDK sends them
-    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
-        with tracer.start_as_current_span("send_email") as tool:
-            tool.set_attribute("openinference.span.kind", "TOOL")
-            tool.set_attribute("input.value", arguments)
-            tool.set_attribute("gen_ai.tool.call.arguments", arguments)
-            tool.set_attribute("output.value", f"sent to {address}")
-    rows = c.wait_for("SELECT input_value, output_value, attributes FROM spans", lambda r: len(r) == 1)
-    row = rows[0]
+    row = stored_span(c, "grpc", "send_email", {
+        "openinference.span.kind": "TOOL", "input.value": arguments, "gen_ai.tool.call.arguments": arguments,
+        "output.value": f"sent to {address}"}, "input_value, output_value, attributes")
     assert json.loads(row["input_value"]) == {"to": token}
     assert row["output_value"] == f"sent to {token}"
     assert json.loads(json.loads(row["attributes"])["gen_ai"]["tool"]["call"]["arguments"]) == {"to": token}
