@@ -64,9 +64,10 @@ _LEADING_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
 _CACHE_MAX = 65536
 _WORD = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _SLACK = 96          # how far past a trigger the exact pass looks for the start of its value
-# How far before a trigger a value (its key, its local part) may start. Without a bound, every trigger in
-# a long run of word characters ("AB12" x 25,000: each an IBAN trigger) walked back to the last match:
-# 100 KB took 42 s of a span worker. Keys and e-mail local parts are far shorter.
+# How far before a trigger a value (its key, its local part) may start, where extra patterns are
+# configured (their search from there is a scan). Without a bound, every trigger in a long run of word
+# characters ("AB12" x 25,000: each an IBAN trigger) searched back to the last match. The built-in rules
+# need none: they try each position once (Sanitizer._marked_matches).
 _BACK_LIMIT = 256
 _INSIDE_SLACK = 32  # how far past a rejected IBAN shape a value found inside it may run (a card: 23 characters)
 
@@ -242,13 +243,16 @@ class Sanitizer:
         pieces = marked.split(_START)
         matches: list[re.Match[str]] = []
         covered = 0                      # the exact pass never looks before this again
+        # Every start before this failed already: the match at a position does not depend on the trigger,
+        # so the next trigger's back walk and tries stop here (each position is tried once).
+        tried = 0
         ts = len(pieces[0])
         for piece in pieces[1:]:
             trig, _, rest = piece.partition(_END)
             te = ts + len(trig)
             if te > covered:
                 bs = ts
-                floor = max(covered, ts - _BACK_LIMIT)
+                floor = max(covered, ts - _BACK_LIMIT) if self._has_extras else max(covered, tried)
                 while bs > floor:
                     ch = text[bs - 1]
                     if ch in BACK_CHARS or (ch > "\x7f" and ch.isalpha()):
@@ -277,6 +281,8 @@ class Sanitizer:
                         m = exact.match(text, q)
                         if m is not None:
                             break
+                    else:
+                        tried = stop
                 if m is not None and m.end() > m.start():
                     matches.append(m)
                     covered = m.end()

@@ -72,6 +72,11 @@ _SECRET_KEYWORDS = (
     r"|sig)"
 )
 
+# What a key may hold before the word that makes it a secret's key (``DB_PASSWORD``, ``azure.storage.account_key``).
+# Bounded: each try ran to the end of a long run of key characters and back looking for the word, so
+# 20 KB of "eyJa." took 7 s (quadratic) of a span worker.
+_KEY_HEAD = r"[A-Za-z0-9_.-]{0,128}"
+
 _API_KEY_BODY = (
     r"(?P<v>sk-(?:proj-|ant-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"
     r"|(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA)[A-Z0-9]{16}"
@@ -408,14 +413,14 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          trigger="(?i:authorization)"),
     Rule("BEARER_TOKEN", LEFT + r"(?:Bearer|bearer|BEARER)[ ]+(?P<v>[A-Za-z0-9._~+/-]+=*)", _bearer_loose,
          trigger="(?:Bearer|bearer|BEARER) "),
-    Rule("URL_CREDENTIALS", LEFT + r"[A-Za-z][A-Za-z0-9+.-]*://(?P<v>[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+)@",
+    Rule("URL_CREDENTIALS", LEFT + r"[A-Za-z][A-Za-z0-9+.-]{0,39}://(?P<v>[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+)@",
          _url_creds, trigger=r"://[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+@"),
-    Rule("API_KEY", LEFT + r"[A-Za-z0-9_.-]*(?i:secret[_.-]?access[_.-]?key|aws[A-Za-z0-9_.-]*secret[A-Za-z0-9_.-]*)"
+    Rule("API_KEY", LEFT + _KEY_HEAD + r"(?i:secret[_.-]?access[_.-]?key|aws[A-Za-z0-9_.-]{0,64}secret[A-Za-z0-9_.-]{0,64})"
          + SEP + _Q
          + r"(?P<v>[A-Za-z0-9/+=]{40})", _bounded("API_KEY"), trigger=r"(?i:aws)"),
     # ``pass`` as a whole key or a key's last segment (DB_PASS, SMTP_PASS, RABBITMQ_DEFAULT_PASS, "pass"),
     # never the end of a word (compass, bypass)
-    Rule("SECRET", LEFT + r"(?:[A-Za-z0-9_.-]*(?:" + _SECRET_KEYWORDS + r"|[_.-](?i:pass))|(?i:pass))" + SEP + _VALUE,
+    Rule("SECRET", LEFT + r"(?:" + _KEY_HEAD + r"(?:" + _SECRET_KEYWORDS + r"|[_.-](?i:pass))|(?i:pass))" + SEP + _VALUE,
          _secret, trigger=_SECRET_TRIGGER),
     # said rather than assigned: "my password is X" (its trigger is the assignments' one, sharing its automaton)
     Rule("SECRET", LEFT + r"(?i:pass(?:word|wd|phrase|code))[ \t]+(?i:is)(?:[ \t]*:[ \t]*|[ \t]+)" + _VALUE,
@@ -437,9 +442,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          trigger=r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|xox[abprse]-|[sr]k_(?:live|test)_"
                  r"|AIza|ya29\.|pypi-AgE|hf_|xapp-|whsec_|glpat-|SG\.|npm_|gsk_|xai-"),
     # An apostrophe inside the local part (o'brien@, mary.o'connor@) belongs to it; the value never
-    # starts with one, so a quoted address ('bob@x.com') keeps its quote.
+    # starts with one, so a quoted address ('bob@x.com') keeps its quote. A local part holds at most 64
+    # characters (RFC 5321): unbounded, each try ran to the end of a long run ("%2B1" x 12,500 took 170 s).
     Rule("EMAIL", LEFT_EMAIL + rf"(?P<v>(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE})"
-         + rf"(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE}|'[A-Za-z0-9{_LATIN}])*"
+         + rf"(?:[A-Za-z0-9._%+{_LATIN}-]|{_LATIN_ESCAPE}|'[A-Za-z0-9{_LATIN}]){{0,63}}"
          # the domain may be internationalised too (info@münchen.de, a@b.exämple.com); its TLD is ASCII here
          + rf"@(?:[A-Za-z0-9{_LATIN}-]|{_LATIN_ESCAPE})+(?:\.(?:[A-Za-z0-9{_LATIN}-]|{_LATIN_ESCAPE})+)*"
          + r"\.[A-Za-z]{2,})", _email,
@@ -447,7 +453,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # Percent-encoded in a URL (``?email=jane%40example.com``, ``/users/jane%40x.com/``, ``mailto:``), also
     # after another escape (``%3Demail%3Djane%40...`` in an encoded redirect URL): the local part holds no
     # escape but ``%2B`` (its ``+``), so the value starts right after the escape before it.
-    Rule("EMAIL", rf"(?:{LEFT_EMAIL}|%[0-9A-Fa-f]{{2}})(?P<v>(?:[A-Za-z0-9._~+-]|%2[Bb])+"
+    Rule("EMAIL", rf"(?:{LEFT_EMAIL}|%[0-9A-Fa-f]{{2}})(?P<v>(?:[A-Za-z0-9._~+-]|%2[Bb]){{1,64}}"
          + r"%40[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})", _email,
          trigger=r"[A-Za-z0-9._~+-]%40[A-Za-z0-9-]"),
     Rule("IBAN", LEFT + r"(?P<v>[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?)", _iban,
