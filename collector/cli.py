@@ -83,7 +83,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tracesieve.collector.strict_json import strict_json
+from tracesieve.collector.strict_json import strict_json, strict_json_line
 from tracesieve.storage.errors import ConfigError, TraceSieveError, UsageError
 
 DEFAULT_DB = "tracesieve.duckdb"
@@ -552,7 +552,7 @@ def _write_records(records: list[dict[str, Any]], fmt: str, out_path: str | None
     if fmt == "json":
         text = _json(records) + "\n"
     else:
-        text = "".join(_json(r, indent=None) + "\n" for r in records)
+        text = "".join(strict_json_line(r) + "\n" for r in records)
     if out_path:
         with open(out_path, "w", encoding="utf-8") as fh:
             fh.write(text)

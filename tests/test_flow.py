@@ -143,6 +143,24 @@ def test_export_with_nothing_promoted_says_what_else_there_is(start_collector):
         assert len(every.stdout.splitlines()) == 1 and every.stderr == ""
 
 
+def test_export_jsonl_keeps_each_record_on_one_line_whatever_line_breaks_the_input_holds(start_collector):
+    """A user message holding U+2028, U+2029 or NEL was exported with them raw (JSON allows it), so
+    `stdout.splitlines()` cut its record in two and neither half parsed. They are escaped now."""
+    c = start_collector(FAST_JUDGE)
+    question = "first line\u2028second\u2029third\x85fourth: where is my refund?"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        emit_agent_trace(tracer, question=question, tool_error=True)
+    c.wait_for("SELECT candidate_id FROM candidates", lambda r: len(r) == 1)
+    for served in (True, False):
+        if not served:
+            c.stop()
+        exported = c.cli("export", "--format", "jsonl", "--status", "all")
+        assert exported.returncode == 0, exported.stderr
+        lines = exported.stdout.splitlines()
+        assert len(lines) == 1
+        assert json.loads(lines[0])["input"]["user_message"] == question
+
+
 def test_span_content_cannot_send_escape_sequences_to_the_operators_terminal(start_collector):
     """A user's message holding ESC sequences reached the terminal raw through `query`, `candidates` and
     `show` (rich drops BEL and CR, not ESC): span content could recolour, retitle or hide what the operator
