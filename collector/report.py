@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tracesieve.collector.shown_text import printable
 from tracesieve.collector.waterfall import parse_time, render_waterfall
 from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES
 
@@ -183,23 +184,24 @@ def render_report(data: Mapping[str, Any]) -> str:
 # --- pieces -------------------------------------------------------------------------------------
 
 def _e(value: Any, empty: str = "—") -> str:
-    """Escaped text of a value (quotes included, so it is safe in attributes too)."""
+    """Escaped text of a value (quotes included, so it is safe in attributes too; control characters shown
+    as ``\\x1b``, as the CLI shows them)."""
     if value is None or value == "":
         return empty
     if isinstance(value, (dt.datetime, dt.date)):
         value = value.isoformat()
-    return html.escape(str(value), quote=True)
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _pretty(value: Any) -> str:
     """A value as escaped, indented JSON for a ``<pre>``."""
     if isinstance(value, str):
-        return html.escape(value)
+        return html.escape(printable(value))
     try:
         text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
     except (TypeError, ValueError):
         text = repr(value)
-    return html.escape(text)
+    return html.escape(printable(text))
 
 
 def _severity_rank(severity: Any) -> int:
