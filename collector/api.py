@@ -94,9 +94,12 @@ class Hangup:
 
 class StoreApi:
     def __init__(self, read_cursor: Callable[[], duckdb.DuckDBPyConnection], run_write: WriteRunner,
-                 query_time_limit: float | None = None) -> None:
+                 query_time_limit: float | None = None, redact_text: Callable[[str], str] | None = None) -> None:
         self._new_cursor = read_cursor
         self._run_write = run_write
+        # A reviewer's reason and name go into the candidates table: sanitized first, as span text is
+        # (nothing unredacted is written to disk). None: kept as typed (no pii in this store's pipeline).
+        self._redact_text = redact_text or (lambda text: text)
         # In the collector an operator's SQL shares the process with ingest: a runaway join would hold a
         # core (and the CLI would give up long before it ends). None: no limit (the CLI on the file itself).
         self._query_time_limit = query_time_limit
@@ -237,6 +240,7 @@ class StoreApi:
         return self.op_candidate(candidate_id)
 
     def op_mark_rejected(self, candidate_id: str, reason: str, by: str) -> dict[str, Any]:
+        reason, by = self._redact_text(reason), self._redact_text(by)
         self._run_write(lambda con: candidate_store.mark_rejected(con, candidate_id, reason, by, utcnow()))
         return self.op_candidate(candidate_id)
 

@@ -134,6 +134,14 @@ def _config(config_path: str) -> Any:
     return load_config(config_path)
 
 
+@functools.lru_cache(maxsize=1)
+def _default_config() -> Any:
+    """The config ``serve`` runs with when given none (its ``pii`` on with the built-in rules)."""
+    from tracesieve.collector.config import load_config
+
+    return load_config(None)
+
+
 def _check_config(config_path: str | None) -> None:
     """Load ``--config`` for a command that needs nothing from it: a bad config is an error on every command."""
     if config_path:
@@ -174,11 +182,19 @@ def _store_args(db_path: str | None, config_path: str | None) -> str:
 def _client(db_path: str | None, config_path: str | None, *, write: bool = False) -> Any:
     from tracesieve.collector.client import connect, connect_lake
 
+    def redact_text(text: str) -> str:
+        """A review's free text sanitized by this config's ``pii`` (the defaults without --config), loaded
+        only when a write on the file itself needs it."""
+        config = _config(config_path) if config_path else _default_config()
+        redacted: str = config.redact_text(text)
+        return redacted
+
+    redact = redact_text if write else None
     if config_path:  # a lake has no file lock: open it directly, whether or not collectors run on it
         config = _config(config_path)
         if config.lake is not None:
-            return connect_lake(config.lake, write=write)
-    return connect(_resolve_db(db_path, config_path), write=write, token=_token())
+            return connect_lake(config.lake, write=write, redact_text=redact)
+    return connect(_resolve_db(db_path, config_path), write=write, token=_token(), redact_text=redact)
 
 
 def _cell(value: Any) -> str:
