@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -260,13 +261,26 @@ def store_json(value: Any) -> Any:
     return value
 
 
+#: Days and weeks in front of a ``--since`` window (``7d``, ``2w``, ``1d12h``): how far back a reviewer looks
+#: is counted in days, which config durations (Go's units, up to hours) do not spell.
+_SINCE_DAYS = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(.*)\Z", re.DOTALL)
+
+
+def _since_seconds(since: str) -> float:
+    """Seconds of a ``--since`` duration: a config duration, optionally after weeks and days. ValueError else."""
+    from tracesieve.storage.units import parse_duration
+
+    weeks, days, rest = _SINCE_DAYS.match(since).groups()  # type: ignore[union-attr]  # matches any text
+    if weeks is None and days is None:
+        return parse_duration(since)
+    return (int(weeks or 0) * 7 + int(days or 0)) * 86400.0 + (parse_duration(rest) if rest else 0.0)
+
+
 def _parse_since(since: str | None) -> dt.datetime | None:
     if not since:
         return None
-    from tracesieve.storage.units import parse_duration
-
     try:
-        return utcnow() - dt.timedelta(seconds=parse_duration(since))
+        return utcnow() - dt.timedelta(seconds=_since_seconds(since))
     except OverflowError:  # further back than any time a datetime holds: every row is within it
         return None
     except ValueError:
@@ -274,5 +288,5 @@ def _parse_since(since: str | None) -> dt.datetime | None:
     try:
         ts = dt.datetime.fromisoformat(since)
     except ValueError:
-        raise UsageError(f"--since {since!r}: give a duration (30m, 2h) or an ISO date (2026-11-21)") from None
+        raise UsageError(f"--since {since!r}: give a duration (30m, 2h, 7d) or an ISO date (2026-11-21)") from None
     return ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)
