@@ -105,6 +105,9 @@ pre{background:#f3f5f7;border:1px solid var(--line);border-radius:4px;padding:8p
 #filters.on{display:flex}
 """
 
+# A query-string value no candidate on the page has (?severity=P0 on a page without a P0) gets an option of
+# its own: a select cannot take a value it lacks, and falling back to "all" showed every candidate under a
+# link that asked for P0 only.
 _SCRIPT = """
 (function(){var f=document.getElementById('filters');if(!f)return;f.className='on';
 var sel=f.querySelectorAll('select');function apply(){var want={},i,j,k;
@@ -114,7 +117,8 @@ for(k in want){if(want[k]&&c.getAttribute('data-'+k)!==want[k])ok=false;}c.style
 var gs=document.querySelectorAll('section.group');for(j=0;j<gs.length;j++){var kids=gs[j].querySelectorAll('section.cand'),vis=false;
 for(k=0;k<kids.length;k++){if(kids[k].style.display!=='none')vis=true;}gs[j].style.display=vis?'':'none';}}
 var q=new URLSearchParams(location.search);for(var i=0;i<sel.length;i++){sel[i].addEventListener('change',apply);
-var v=q.get(sel[i].name);if(v!==null){sel[i].value=v;}}apply();})();
+var v=q.get(sel[i].name);if(v!==null){sel[i].value=v;if(sel[i].value!==v){var o=document.createElement('option');
+o.value=v;o.textContent=v;sel[i].appendChild(o);sel[i].value=v;}}}apply();})();
 """
 _SCRIPT_HASH = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
 _CSP = (f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{_SCRIPT_HASH}'; "
