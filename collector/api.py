@@ -230,8 +230,8 @@ class StoreApi:
         return spans, detections
 
     def op_export(self, status: str | None = "promoted", ids: list[str] | None = None) -> list[dict[str, Any]]:
-        if ids:
-            return [self.op_candidate(i) for i in ids]
+        if ids:  # each once, in the order given: `--id A --id A` is one dataset row, as with --cases
+            return [self.op_candidate(i) for i in dict.fromkeys(ids)]
         return candidate_store.list_candidates(self._cursor(), status=status)
 
     # writes -----------------------------------------------------------------
