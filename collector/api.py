@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -94,9 +95,12 @@ class Hangup:
 
 class StoreApi:
     def __init__(self, read_cursor: Callable[[], duckdb.DuckDBPyConnection], run_write: WriteRunner,
-                 query_time_limit: float | None = None) -> None:
+                 query_time_limit: float | None = None, redact_text: Callable[[str], str] | None = None) -> None:
         self._new_cursor = read_cursor
         self._run_write = run_write
+        # A reviewer's reason and name go into the candidates table: sanitized first, as span text is
+        # (nothing unredacted is written to disk). None: kept as typed (no pii in this store's pipeline).
+        self._redact_text = redact_text or (lambda text: text)
         # In the collector an operator's SQL shares the process with ingest: a runaway join would hold a
         # core (and the CLI would give up long before it ends). None: no limit (the CLI on the file itself).
         self._query_time_limit = query_time_limit
@@ -226,8 +230,8 @@ class StoreApi:
         return spans, detections
 
     def op_export(self, status: str | None = "promoted", ids: list[str] | None = None) -> list[dict[str, Any]]:
-        if ids:
-            return [self.op_candidate(i) for i in ids]
+        if ids:  # each once, in the order given: `--id A --id A` is one dataset row, as with --cases
+            return [self.op_candidate(i) for i in dict.fromkeys(ids)]
         return candidate_store.list_candidates(self._cursor(), status=status)
 
     # writes -----------------------------------------------------------------
@@ -237,6 +241,7 @@ class StoreApi:
         return self.op_candidate(candidate_id)
 
     def op_mark_rejected(self, candidate_id: str, reason: str, by: str) -> dict[str, Any]:
+        reason, by = self._redact_text(reason), self._redact_text(by)
         self._run_write(lambda con: candidate_store.mark_rejected(con, candidate_id, reason, by, utcnow()))
         return self.op_candidate(candidate_id)
 
@@ -256,13 +261,26 @@ def store_json(value: Any) -> Any:
     return value
 
 
+#: Days and weeks in front of a ``--since`` window (``7d``, ``2w``, ``1d12h``): how far back a reviewer looks
+#: is counted in days, which config durations (Go's units, up to hours) do not spell.
+_SINCE_DAYS = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(.*)\Z", re.DOTALL)
+
+
+def _since_seconds(since: str) -> float:
+    """Seconds of a ``--since`` duration: a config duration, optionally after weeks and days. ValueError else."""
+    from tracesieve.storage.units import parse_duration
+
+    weeks, days, rest = _SINCE_DAYS.match(since).groups()  # type: ignore[union-attr]  # matches any text
+    if weeks is None and days is None:
+        return parse_duration(since)
+    return (int(weeks or 0) * 7 + int(days or 0)) * 86400.0 + (parse_duration(rest) if rest else 0.0)
+
+
 def _parse_since(since: str | None) -> dt.datetime | None:
     if not since:
         return None
-    from tracesieve.storage.units import parse_duration
-
     try:
-        return utcnow() - dt.timedelta(seconds=parse_duration(since))
+        return utcnow() - dt.timedelta(seconds=_since_seconds(since))
     except OverflowError:  # further back than any time a datetime holds: every row is within it
         return None
     except ValueError:
@@ -270,5 +288,5 @@ def _parse_since(since: str | None) -> dt.datetime | None:
     try:
         ts = dt.datetime.fromisoformat(since)
     except ValueError:
-        raise UsageError(f"--since {since!r}: give a duration (30m, 2h) or an ISO date (2026-11-21)") from None
+        raise UsageError(f"--since {since!r}: give a duration (30m, 2h, 7d) or an ISO date (2026-11-21)") from None
     return ts if ts.tzinfo else ts.replace(tzinfo=dt.timezone.utc)

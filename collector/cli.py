@@ -83,7 +83,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tracesieve.collector.strict_json import strict_json
+from tracesieve.collector.shown_text import printable
+from tracesieve.collector.strict_json import strict_json, strict_json_line
 from tracesieve.storage.errors import ConfigError, TraceSieveError, UsageError
 
 DEFAULT_DB = "tracesieve.duckdb"
@@ -133,6 +134,14 @@ def _config(config_path: str) -> Any:
     return load_config(config_path)
 
 
+@functools.lru_cache(maxsize=1)
+def _default_config() -> Any:
+    """The config ``serve`` runs with when given none (its ``pii`` on with the built-in rules)."""
+    from tracesieve.collector.config import load_config
+
+    return load_config(None)
+
+
 def _check_config(config_path: str | None) -> None:
     """Load ``--config`` for a command that needs nothing from it: a bad config is an error on every command."""
     if config_path:
@@ -173,21 +182,19 @@ def _store_args(db_path: str | None, config_path: str | None) -> str:
 def _client(db_path: str | None, config_path: str | None, *, write: bool = False) -> Any:
     from tracesieve.collector.client import connect, connect_lake
 
+    def redact_text(text: str) -> str:
+        """A review's free text sanitized by this config's ``pii`` (the defaults without --config), loaded
+        only when a write on the file itself needs it."""
+        config = _config(config_path) if config_path else _default_config()
+        redacted: str = config.redact_text(text)
+        return redacted
+
+    redact = redact_text if write else None
     if config_path:  # a lake has no file lock: open it directly, whether or not collectors run on it
         config = _config(config_path)
         if config.lake is not None:
-            return connect_lake(config.lake, write=write)
-    return connect(_resolve_db(db_path, config_path), write=write, token=_token())
-
-
-#: Control characters (C0 but newline and tab, DEL, C1) as the escapes Python writes: span content is
-#: written by whoever talks to the agent, and ESC / CSI sequences in it would drive the operator's terminal.
-_SHOWN_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if chr(c) not in "\n\t"}
-
-
-def _printable(text: str) -> str:
-    """``text`` for a terminal: control characters shown escaped (``\\x1b``), never sent raw."""
-    return text.translate(_SHOWN_CONTROLS)
+            return connect_lake(config.lake, write=write, redact_text=redact)
+    return connect(_resolve_db(db_path, config_path), write=write, token=_token(), redact_text=redact)
 
 
 def _cell(value: Any) -> str:
@@ -216,9 +223,9 @@ def _print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str)
     else:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False)
         for c in columns:
-            table.add_column(Text(_printable(str(c))), overflow="fold")
+            table.add_column(Text(printable(str(c))), overflow="fold")
         for r in rows:  # Text: "[doc-7]" in a value is data, not rich markup
-            table.add_row(*[Text(_printable(_cell(v))) for v in r])
+            table.add_row(*[Text(printable(_cell(v))) for v in r])
         console = _console()
         console.print(table)
         console.print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
@@ -408,18 +415,18 @@ def show(candidate_id: str, db_path: str | None, config_path: str | None, fmt: s
         review = f"{c['status']} by {c.get('reviewed_by') or '?'} at {c.get('reviewed_at') or '?'}"
         review += f" as {c['case_id']}" if c.get("case_id") else ""
         review += f": {c['review_reason']}" if c.get("review_reason") else ""
-        console.print(_printable(review), highlight=False, markup=False)
+        console.print(printable(review), highlight=False, markup=False)
     for key in ("input", "observed", "expected", "context", "source"):
         console.print(Text.assemble((f"{key}: ", "bold"),
-                                    _printable(json.dumps(c.get(key), ensure_ascii=False, indent=2))), highlight=False)
+                                    printable(json.dumps(c.get(key), ensure_ascii=False, indent=2))), highlight=False)
     console.print(Text(f"trace {detail.get('trace_id')}", style="bold"), highlight=False)
     for line in _tree_lines(detail.get("spans") or []):
-        console.print(_printable(line), highlight=False, markup=False)
+        console.print(printable(line), highlight=False, markup=False)
     console.print("[bold]detections[/bold]", markup=True)
     for d in detail.get("detections") or []:
-        console.print(_printable(f"  {d['failure_mode']} ({d['detector']}, {d['severity']}) on span {d['span_id']}: "
+        console.print(printable(f"  {d['failure_mode']} ({d['detector']}, {d['severity']}) on span {d['span_id']}: "
                                  f"{d['message']}"), highlight=False, markup=False)
-        console.print("    evidence: " + _printable(json.dumps(d.get("evidence"), ensure_ascii=False)), highlight=False,
+        console.print("    evidence: " + printable(json.dumps(d.get("evidence"), ensure_ascii=False)), highlight=False,
                       markup=False)
     if c["status"] in ("new", "duplicate"):
         store_args = _store_args(db_path, config_path)  # pasted anywhere, it reaches this store
@@ -552,7 +559,7 @@ def _write_records(records: list[dict[str, Any]], fmt: str, out_path: str | None
     if fmt == "json":
         text = _json(records) + "\n"
     else:
-        text = "".join(_json(r, indent=None) + "\n" for r in records)
+        text = "".join(strict_json_line(r) + "\n" for r in records)
     if out_path:
         with open(out_path, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -698,7 +705,7 @@ def gate(cases_path: str, repeat: int, jobs: int, only: tuple[str, ...], protoco
         for line in matrix_lines(results):
             click.echo(line)
         for r in bad:  # reasons quote the agent's stderr and span status messages: not for the terminal raw
-            click.echo(_printable(failure_line(r)))
+            click.echo(printable(failure_line(r)))
         passed = [r.case_id for r in results if r.passed]
         if passed:
             click.echo(f"passed: {', '.join(passed)}")
@@ -852,7 +859,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _fail(message: str) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "error"
-    click.echo(f"tracesieve: error: {_printable(first)}", err=True)  # DuckDB errors quote the values they hit
+    click.echo(f"tracesieve: error: {printable(first)}", err=True)  # DuckDB errors quote the values they hit
     sys.exit(EXIT_USAGE)
 
 

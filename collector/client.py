@@ -99,9 +99,10 @@ class RemoteClient:
 
 class LocalClient:
     def __init__(self, con: duckdb.DuckDBPyConnection,
-                 run_write: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None = None) -> None:
+                 run_write: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None = None,
+                 redact_text: Callable[[str], str] | None = None) -> None:
         self._con = con
-        self.api = StoreApi(lambda: con, run_write or self._run_write)
+        self.api = StoreApi(lambda: con, run_write or self._run_write, redact_text=redact_text)
 
     def _run_write(self, task: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
         self._con.execute("BEGIN TRANSACTION")
@@ -186,8 +187,12 @@ def _refused(url: str) -> bool:
         return False
 
 
-def connect(db_path: str, *, write: bool, token: str | None) -> StoreClient:
+def connect(db_path: str, *, write: bool, token: str | None,
+            redact_text: Callable[[str], str] | None = None) -> StoreClient:
     """A client on the store at ``db_path``: the running collector's, or the file opened directly.
+
+    ``redact_text`` sanitizes what a review writes when the file is opened directly (a running
+    collector sanitizes it with its own config).
 
     A discovery record whose pid is alive but whose port refuses connections is stale (serve was
     killed and the pid reused, or another process holds it): the file is then opened directly,
@@ -220,14 +225,15 @@ def connect(db_path: str, *, write: bool, token: str | None) -> StoreClient:
             raise error
         raise UsageError(f"cannot reach the collector at {stale} (connection refused), and {error}") from None
     store.forbid_file_access(con)  # the same SQL as through a running collector: no read_csv('/etc/...')
-    return LocalClient(con)
+    return LocalClient(con, redact_text=redact_text)
 
 
-def connect_lake(target: lake.LakeTarget, *, write: bool) -> StoreClient:
+def connect_lake(target: lake.LakeTarget, *, write: bool,
+                 redact_text: Callable[[str], str] | None = None) -> StoreClient:
     """A client on a lake: opened directly (no file lock), even while collectors write to it.
 
     Writes (promote, reject) run in serialised lake transactions, retried when they race a collector.
     """
     con = lake.open_lake(target, read_only=not write, migrate=write)  # a first write creates it properly
     lake.forbid_file_access(con, target)
-    return LocalClient(con, lambda task: lake.run_in_transaction(con, task, writer="cli"))
+    return LocalClient(con, lambda task: lake.run_in_transaction(con, task, writer="cli"), redact_text)

@@ -145,6 +145,15 @@ class Config:
                            None),
         )
 
+    def redact_text(self, text: str) -> str:
+        """``text`` as the ``pii`` processors of the pipeline leave span text: what a reviewer types into the
+        store (a reject reason that quotes the customer's e-mail or a key) is sanitized like span content,
+        with the same placeholders and pseudonyms. Unchanged when ``pii`` is not in the pipeline."""
+        for proc in self.span_processors:
+            if isinstance(proc, PiiProcessor):
+                text, _ = proc.sanitizer.redact(text)
+        return text
+
     @property
     def decision_wait(self) -> float:
         for proc in self.trace_processors:

@@ -19,6 +19,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tracesieve.collector.shown_text import printable
 from tracesieve.collector.waterfall import parse_time, render_waterfall
 from tracesieve.storage.schema import CANDIDATE_STATUSES, FAILURE_MODES, SEVERITIES
 
@@ -104,6 +105,9 @@ pre{background:#f3f5f7;border:1px solid var(--line);border-radius:4px;padding:8p
 #filters.on{display:flex}
 """
 
+# A query-string value no candidate on the page has (?severity=P0 on a page without a P0) gets an option of
+# its own: a select cannot take a value it lacks, and falling back to "all" showed every candidate under a
+# link that asked for P0 only.
 _SCRIPT = """
 (function(){var f=document.getElementById('filters');if(!f)return;f.className='on';
 var sel=f.querySelectorAll('select');function apply(){var want={},i,j,k;
@@ -113,7 +117,8 @@ for(k in want){if(want[k]&&c.getAttribute('data-'+k)!==want[k])ok=false;}c.style
 var gs=document.querySelectorAll('section.group');for(j=0;j<gs.length;j++){var kids=gs[j].querySelectorAll('section.cand'),vis=false;
 for(k=0;k<kids.length;k++){if(kids[k].style.display!=='none')vis=true;}gs[j].style.display=vis?'':'none';}}
 var q=new URLSearchParams(location.search);for(var i=0;i<sel.length;i++){sel[i].addEventListener('change',apply);
-var v=q.get(sel[i].name);if(v!==null){sel[i].value=v;}}apply();})();
+var v=q.get(sel[i].name);if(v!==null){sel[i].value=v;if(sel[i].value!==v){var o=document.createElement('option');
+o.value=v;o.textContent=v;sel[i].appendChild(o);sel[i].value=v;}}}apply();})();
 """
 _SCRIPT_HASH = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
 _CSP = (f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{_SCRIPT_HASH}'; "
@@ -183,23 +188,24 @@ def render_report(data: Mapping[str, Any]) -> str:
 # --- pieces -------------------------------------------------------------------------------------
 
 def _e(value: Any, empty: str = "—") -> str:
-    """Escaped text of a value (quotes included, so it is safe in attributes too)."""
+    """Escaped text of a value (quotes included, so it is safe in attributes too; control characters shown
+    as ``\\x1b``, as the CLI shows them)."""
     if value is None or value == "":
         return empty
     if isinstance(value, (dt.datetime, dt.date)):
         value = value.isoformat()
-    return html.escape(str(value), quote=True)
+    return html.escape(printable(str(value)), quote=True)
 
 
 def _pretty(value: Any) -> str:
     """A value as escaped, indented JSON for a ``<pre>``."""
     if isinstance(value, str):
-        return html.escape(value)
+        return html.escape(printable(value))
     try:
         text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
     except (TypeError, ValueError):
         text = repr(value)
-    return html.escape(text)
+    return html.escape(printable(text))
 
 
 def _severity_rank(severity: Any) -> int:

@@ -197,7 +197,7 @@ class Collector:
         self.judge = Judge(store.cursor(self.con), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics,
                            trace_store, rule_finder=self._stage if isinstance(self._stage, ProcessSpanStage) else None)
         self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60),
-                            query_time_limit=cfg.query_time_limit)
+                            query_time_limit=cfg.query_time_limit, redact_text=cfg.redact_text)
         self.judge.start()
         self.metrics.watch(StateSource(lambda: self.writer.queued_spans, lambda: self.judge.pending,
                                        self._store_state, lambda: self.writer.wal_bytes, lambda: self.memory.resident))

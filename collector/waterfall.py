@@ -12,6 +12,7 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tracesieve.collector.shown_text import printable
 from tracesieve.storage.schema import SPAN_KINDS
 
 #: Depth past which the waterfall stops indenting (the row still shows its depth).
@@ -27,9 +28,10 @@ _KIND_COLOURS = {
 
 
 def _e(value: Any, empty: str = "—") -> str:
+    """Escaped text of a value, control characters shown as ``\\x1b`` (span names are user data)."""
     if value is None or value == "":
         return empty
-    return html.escape(str(value), quote=True)
+    return html.escape(printable(str(value)), quote=True)
 
 
 def parse_time(value: Any) -> dt.datetime | None:

@@ -715,3 +715,31 @@ def test_candidates_since_takes_a_duration_or_a_date_of_any_size(tmp_path):
     assert listed("1s") == []  # NOW is in the past
     bad = run_cli("candidates", "--since", "yesterday", "--db", str(db))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--since 'yesterday'" in bad.stderr
+
+
+def test_candidates_since_counts_back_in_days_and_weeks(tmp_path):
+    """``--since 7d`` (how far back a reviewer looks) was refused: durations stopped at hours."""
+    from conftest import run_cli
+
+    db, cid = store_with_candidate(tmp_path)  # last seen at NOW, over a day ago
+
+    def listed(since: str) -> list[str]:
+        result = run_cli("candidates", "--since", since, "--format", "json", "--db", str(db))
+        assert result.returncode == 0, result.stderr
+        return [r["candidate_id"] for r in json.loads(result.stdout)]
+
+    assert listed("1d") == [] and listed("23h") == []
+    assert listed("5000w") == [cid] and listed("5000w3d12h") == [cid] and listed("35000d") == [cid]
+    bad = run_cli("candidates", "--since", "3dd", "--db", str(db))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "7d" in bad.stderr
+
+
+def test_export_of_an_id_given_twice_writes_its_row_once(tmp_path):
+    """`export --id C --id C` wrote C's record twice: an eval tool importing the file got a duplicate item
+    (`export --cases` with a case id given twice wrote it once)."""
+    from conftest import run_cli
+
+    db, cid = store_with_candidate(tmp_path)
+    result = run_cli("export", "--format", "jsonl", "--id", cid, "--id", cid, "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["metadata"]["candidate_id"] for line in result.stdout.splitlines()] == [cid]

@@ -225,3 +225,19 @@ def test_the_review_page_screenshot(review_page, tmp_path):
     run_chromium([f"--screenshot={shot}", page.as_uri()], tmp_path / "profile")
     assert png_size(shot) == (1400, 2400)
     assert shot.stat().st_size > 50_000  # a rendered page, not a blank canvas
+
+
+def test_a_query_string_filter_no_candidate_matches_hides_them_all_in_chromium(tmp_path):
+    """`review.html?severity=P0` on a page without a P0 showed every candidate: the select had no P0 option,
+    so the value fell back to "all". The filter now keeps the value it was given and hides the rest."""
+    from test_report import make_candidate, report_data
+
+    from tracesieve.collector.report import render_report
+
+    page = tmp_path / "review.html"
+    page.write_text(render_report(report_data([make_candidate("c1", severity="P2"), make_candidate("c2", severity="P3")])))
+    for query, visible in (("?severity=P0&status=new", []), ("?severity=P3", ["c2"]), ("?mode=nonesuch", [])):
+        dom = run_chromium(["--dump-dom", page.as_uri() + query], tmp_path / "profile")
+        sections = re.findall(r'<section class="cand [^"]*" id="c-(\w+)"[^>]*?(style="display: none;")?>', dom)
+        assert sorted(cid for cid, hidden in sections) == ["c1", "c2"]
+        assert [cid for cid, hidden in sections if not hidden] == visible, query

@@ -143,6 +143,47 @@ def test_export_with_nothing_promoted_says_what_else_there_is(start_collector):
         assert len(every.stdout.splitlines()) == 1 and every.stderr == ""
 
 
+def test_a_reject_reason_quoting_a_customer_is_stored_sanitized(start_collector):
+    """`reject --reason` wrote the reviewer's text into the candidates table as typed: an e-mail address or
+    an API key pasted from a ticket went to disk unredacted. It is sanitized like span text now, with the
+    store's pii config: through the collector, and on the file itself with the same --config."""
+    config = {"processors": {"pii": {"secret_key": "review-key"}, "detectors": {"decision_wait": "300ms"}}}
+    c = start_collector(config)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        emit_agent_trace(tracer, question="Where is my refund?", tool_error=True)
+        emit_agent_trace(tracer, question="Cancel my subscription", tool_error=True)
+    ids = [r["candidate_id"] for r in c.wait_for("SELECT candidate_id FROM candidates ORDER BY 1", lambda r: len(r) == 2)]
+    reason = "jane.doe@example.com called twice; her key sk-proj-abcdefghijklmnopqrstuvwxyz0123456789ABCD leaked"
+    assert c.cli("reject", ids[0], "--reason", reason, "--by", "ops@example.com").returncode == 0
+    c.stop()
+    assert c.cli("reject", ids[1], "--reason", reason, "--config", str(c.config_path)).returncode == 0
+    rows = {r["candidate_id"]: r for r in json.loads(c.cli("candidates", "--format", "json").stdout)}
+    for cid in ids:
+        stored = rows[cid]["review_reason"]
+        assert "example.com" not in stored and "sk-proj" not in stored, stored
+        assert re.fullmatch(r"<EMAIL:[0-9a-f]{6}> called twice; her key <API_KEY:[0-9a-f]{6}> leaked", stored)
+    assert rows[ids[0]]["review_reason"] == rows[ids[1]]["review_reason"]  # one pseudonym, either way
+    assert "example.com" not in rows[ids[0]]["reviewed_by"]
+
+
+def test_export_jsonl_keeps_each_record_on_one_line_whatever_line_breaks_the_input_holds(start_collector):
+    """A user message holding U+2028, U+2029 or NEL was exported with them raw (JSON allows it), so
+    `stdout.splitlines()` cut its record in two and neither half parsed. They are escaped now."""
+    c = start_collector(FAST_JUDGE)
+    question = "first line\u2028second\u2029third\x85fourth: where is my refund?"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        emit_agent_trace(tracer, question=question, tool_error=True)
+    c.wait_for("SELECT candidate_id FROM candidates", lambda r: len(r) == 1)
+    for served in (True, False):
+        if not served:
+            c.stop()
+        exported = c.cli("export", "--format", "jsonl", "--status", "all")
+        assert exported.returncode == 0, exported.stderr
+        lines = exported.stdout.splitlines()
+        assert len(lines) == 1
+        assert json.loads(lines[0])["input"]["user_message"] == question
+
+
 def test_span_content_cannot_send_escape_sequences_to_the_operators_terminal(start_collector):
     """A user's message holding ESC sequences reached the terminal raw through `query`, `candidates` and
     `show` (rich drops BEL and CR, not ESC): span content could recolour, retitle or hide what the operator

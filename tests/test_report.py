@@ -216,6 +216,20 @@ def test_a_script_in_the_user_input_and_evidence_is_escaped():
     assert "alert(1)&lt;/script&gt;&quot;" in text  # inside the pretty JSON evidence
 
 
+def test_control_characters_in_span_content_are_shown_escaped_never_written_raw():
+    """ESC sequences and other control characters in a user message, a span name, an answer or evidence
+    were written into the page raw: HTML parse errors a browser shows as nothing, and escape sequences
+    for the terminal of whoever reads the file with `cat` or `less`. They are shown as `\\x1b`, as the CLI does."""
+    hostile = "evil \x1b[2J\x1b]0;owned\x07 text \x9b31m"
+    cand = make_candidate("c1", user_message=hostile)
+    cand["observed"] = {"final_answer": hostile}
+    data = report_data([cand], traces={TRACE: agent_trace(tool_name=hostile)},
+                       detections={TRACE: [make_detection("0000000000000003", evidence={"arg": hostile})]})
+    text = render_report(data)
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text)
+    assert "evil \\x1b[2J\\x1b]0;owned\\x07 text \\x9b31m" in "".join(Page(text).text)
+
+
 def test_quotes_in_values_cannot_break_out_of_attributes():
     cand = make_candidate('c1" onmouseover="alert(1)', mode='loop" x="y')
     text = render_report(report_data([cand]))
