@@ -49,8 +49,11 @@ _VERCEL_AI_KIND = {
     "ai.embedMany": "EMBEDDING", "ai.embed.doEmbed": "EMBEDDING", "ai.embedMany.doEmbed": "EMBEDDING",
 }
 _KNOWN_KINDS = frozenset(SPAN_KINDS)
-_ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
+#: What an OTLP/JSON id that is neither hex nor base64 of the right size decodes to: a length no id
+#: has, so its span is rejected, and a value ``_validate`` recognises to say "not hex" rather than
+#: quote a byte count the sender never wrote.
+_NOT_HEX_ID = b"not hex"
 _MAX_ERRORS_REPORTED = 10
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -227,8 +230,8 @@ def _base64_id(value: str, size: int) -> bytes:
     try:
         raw = base64.b64decode(value, validate=True)
     except ValueError:
-        return b"\xff"
-    return raw if len(raw) == size else b"\xff"
+        return _NOT_HEX_ID
+    return raw if len(raw) == size else _NOT_HEX_ID
 
 
 # --------------------------------------------------------------------------- request -> batch
@@ -275,19 +278,33 @@ def decode_request(
 
 
 def _validate(span: Any) -> str:
+    """Why ``span`` is rejected alone ("" when it is stored). A link's ids are checked too: a link
+    names another span, and an id that is not one would be stored as an invented value."""
     tid, sid, pid = span.trace_id, span.span_id, span.parent_span_id
-    if len(tid) != 16:
-        return f"trace_id must be 16 bytes, 32 hex characters in OTLP/JSON (got {len(tid)} bytes)"
-    if tid == _ZERO_TRACE:
-        return "trace_id is all zeros"
-    if len(sid) != 8:
-        return f"span_id must be 8 bytes, 16 hex characters in OTLP/JSON (got {len(sid)} bytes)"
-    if sid == _ZERO_SPAN:
-        return "span_id is all zeros"
-    if len(pid) not in (0, 8):
-        return f"parent_span_id must be empty or 8 bytes, 16 hex characters in OTLP/JSON (got {len(pid)} bytes)"
+    problem = (_id_problem("trace_id", tid, 16, may_be_empty=False) or _id_problem("span_id", sid, 8, may_be_empty=False)
+               or _id_problem("parent_span_id", pid, 8, may_be_empty=True))
+    if problem:
+        return problem
+    for i, link in enumerate(span.links):
+        problem = (_id_problem(f"links[{i}].trace_id", link.trace_id, 16, may_be_empty=True)
+                   or _id_problem(f"links[{i}].span_id", link.span_id, 8, may_be_empty=True))
+        if problem:
+            return problem
     if span.end_time_unix_nano and span.end_time_unix_nano < span.start_time_unix_nano:
         return "span ends before it starts (end_time_unix_nano < start_time_unix_nano)"
+    return ""
+
+
+def _id_problem(field: str, value: bytes, size: int, *, may_be_empty: bool) -> str:
+    """The id rule ``value`` breaks, named by ``field`` ("" when it is a valid id of ``size`` bytes).
+    A span's own trace and span ids must not be all zeros; a parent or a link's id may be empty."""
+    if value == _NOT_HEX_ID:
+        return f"{field} is not hex: ids are {2 * size} hex characters in OTLP/JSON"
+    if len(value) != size and not (may_be_empty and not value):
+        rule = f"{'empty or ' if may_be_empty else ''}{size} bytes, {2 * size} hex characters in OTLP/JSON"
+        return f"{field} must be {rule} (got {len(value)} bytes)"
+    if not may_be_empty and value == bytes(size):
+        return f"{field} is all zeros"
     return ""
 
 
