@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-from google.protobuf import json_format
+from google.protobuf import json_format, unknown_fields
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -94,16 +94,53 @@ class DecodeResult:
 
 def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     """Parse a binary OTLP request; undecodable bytes (or invalid UTF-8 in a string) are a PermanentError."""
+    legacy = _LEGACY_SCOPE_SPANS_KEY in body  # cheap: only such a body is searched for the old field
     try:
         request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(body)
-        return request
+        return _read_legacy_scope_spans(request) if legacy else request
     except (DecodeError, ValueError, RuntimeError) as exc:
         error = exc
     try:  # attribute values nested past what the parser takes become "[too deep]" (deep_values.py)
         clamped: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(clamp_wire(body))
-        return clamped
+        return _read_legacy_scope_spans(clamped) if legacy else clamped
     except (DecodeError, ValueError, RuntimeError, RecursionError):
         raise PermanentError(f"request body is not a valid ExportTraceServiceRequest: {error}") from None
+
+
+#: ``instrumentation_library_spans``: field 1000 of ResourceSpans before OTLP 0.19 (2022), reserved since.
+#: Its messages have ScopeSpans' layout (library = scope: name 1, version 2; spans 2; schema_url 3).
+_LEGACY_SCOPE_SPANS_FIELD = 1000
+_LEGACY_SCOPE_SPANS_KEY = b"\xc2\x3e"  # its key on the wire: field 1000, length-delimited
+_LEGACY_JSON_KEYS = (("instrumentationLibrarySpans", "instrumentationLibrary", "scopeSpans"),
+                     ("instrumentation_library_spans", "instrumentation_library", "scope_spans"))
+
+
+def _read_legacy_scope_spans(request: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
+    """Read the spans of an exporter older than OTLP 0.19 as scope spans. A current parser skips the
+    old field as unknown, and such a client was answered "stored" for spans nobody stored."""
+    for rs in request.resource_spans:
+        legacy = [f.data for f in unknown_fields.UnknownFieldSet(rs)
+                  if f.field_number == _LEGACY_SCOPE_SPANS_FIELD and f.wire_type == 2]
+        if legacy:
+            rs.DiscardUnknownFields()  # read once: a request serialized again must not carry them twice
+            for data in legacy:
+                rs.scope_spans.add().MergeFromString(data)
+    return request
+
+
+def _read_legacy_scope_spans_json(doc: dict[str, Any]) -> None:
+    """The OTLP/JSON form of :func:`_read_legacy_scope_spans`: ``instrumentationLibrarySpans`` become
+    ``scopeSpans`` (their ``instrumentationLibrary`` the ``scope``), after the current ones."""
+    for rs in _items(doc, "resourceSpans", "resource_spans"):
+        for legacy_key, library_key, scope_spans_key in _LEGACY_JSON_KEYS:
+            legacy = rs.pop(legacy_key, None)
+            if not isinstance(legacy, list):
+                continue
+            target = next((k for k in ("scopeSpans", "scope_spans") if k in rs), scope_spans_key)
+            current = rs.get(target)
+            rs[target] = (current if isinstance(current, list) else []) + [
+                {("scope" if key == library_key else key): value for key, value in item.items()}
+                if isinstance(item, dict) else item for item in legacy]
 
 
 def parse_json(body: bytes) -> ExportTraceServiceRequest:
@@ -122,6 +159,7 @@ def parse_json(body: bytes) -> ExportTraceServiceRequest:
         raise PermanentError("request body is not valid OTLP/JSON: it is nested too deeply") from None
     if not isinstance(doc, dict):
         raise PermanentError("request body must be a JSON object with resourceSpans")
+    _read_legacy_scope_spans_json(doc)
     _hex_ids_to_base64(doc)
     request = ExportTraceServiceRequest()
     try:
