@@ -315,6 +315,7 @@ class Collector:
         return {
             "grpc": url(cfg.grpc, self.grpc_port),
             "http": url(cfg.http, self.http_port),
+            "query_surface": f"http://127.0.0.1:{self._query_port}" if self._query_port else None,
             "store": os.path.abspath(cfg.db_path),
             "pipeline": list(tree.get("service", {}).get("pipelines", {}).get("traces", {}).get("processors", [])),
             "limits": dict(tree.get("receivers", {}).get("otlp", {}).get("limits", {})),

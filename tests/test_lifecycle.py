@@ -719,6 +719,7 @@ def test_with_the_http_receiver_off_cli_commands_still_reach_the_running_store(t
         assert json.loads(result.stdout) == [{"n": 5}]
         surface = json.loads(discovery.read_text())["url"]
         assert surface.startswith("http://127.0.0.1:")
+        assert f"OTLP/HTTP      off  (query surface {surface}/api/<op>)" in (tmp_path / "serve.log").read_text()
         assert httpx.post(f"{surface}/v1/traces", content=make_request(1).SerializeToString(),
                           headers={"content-type": "application/x-protobuf"}).status_code == 404
     finally:
