@@ -319,7 +319,8 @@ def _validate(span: Any) -> str:
     """Why ``span`` is rejected alone ("" when it is stored). A link's ids are checked too: a link
     names another span, and an id that is not one would be stored as an invented value."""
     tid, sid, pid = span.trace_id, span.span_id, span.parent_span_id
-    problem = (_id_problem("trace_id", tid, 16, may_be_empty=False) or _id_problem("span_id", sid, 8, may_be_empty=False)
+    problem = (_id_problem("trace_id", tid, 16, may_be_empty=False)
+               or _id_problem("span_id", sid, 8, may_be_empty=False)
                or _id_problem("parent_span_id", pid, 8, may_be_empty=True))
     if problem:
         return problem

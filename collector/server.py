@@ -227,17 +227,18 @@ class Collector:
         assert ep is not None
         app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self.api.call_json)
         tls = {"ssl_certfile": ep.tls.cert_file, "ssl_keyfile": ep.tls.key_file} if ep.tls else {}
-        self.http_port = self._serve_http(app, ep.host, ep.port, ep.address, tls)
+        self.http_port = self._serve_http(app, ep.host, ep.port, f"the HTTP receiver on {ep.address}", tls)
 
     def _start_query_surface(self) -> None:
         """With the HTTP receiver off, the query surface alone on a free loopback port: every CLI command
         must work while ``serve`` runs (DuckDB lets only this process open the store), whatever it receives."""
         app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self.api.call_json,
                         otlp=False)
-        self._query_port = self._serve_http(app, "127.0.0.1", 0, "127.0.0.1:0", {})
+        self._query_port = self._serve_http(app, "127.0.0.1", 0, "the query surface on 127.0.0.1", {})
 
-    def _serve_http(self, app: Any, host: str, port: int, address: str, tls: dict[str, Any]) -> int:
-        """Run ``app`` on uvicorn in a thread; returns the bound port once it listens."""
+    def _serve_http(self, app: Any, host: str, port: int, what: str, tls: dict[str, Any]) -> int:
+        """Run ``app`` on uvicorn in a thread; returns the bound port once it listens (``what``: its name
+        in the error when it cannot)."""
         server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=10, limit_concurrency=1024, backlog=2048, **tls,
@@ -248,7 +249,7 @@ class Collector:
         deadline = time.monotonic() + 15
         while not server.started:
             if not self._http_thread.is_alive() or time.monotonic() > deadline:
-                raise OSError(f"cannot start the HTTP receiver on {address} (address in use?)")
+                raise OSError(f"cannot start {what} (address in use?)")
             time.sleep(0.02)
         sockets = [s for srv in server.servers for s in srv.sockets]
         return int(sockets[0].getsockname()[1]) if sockets else port
