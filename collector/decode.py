@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-from google.protobuf import json_format
+from google.protobuf import json_format, unknown_fields
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -49,8 +49,11 @@ _VERCEL_AI_KIND = {
     "ai.embedMany": "EMBEDDING", "ai.embed.doEmbed": "EMBEDDING", "ai.embedMany.doEmbed": "EMBEDDING",
 }
 _KNOWN_KINDS = frozenset(SPAN_KINDS)
-_ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
+#: What an OTLP/JSON id that is neither hex nor base64 of the right size decodes to: a length no id
+#: has, so its span is rejected, and a value ``_validate`` recognises to say "not hex" rather than
+#: quote a byte count the sender never wrote.
+_NOT_HEX_ID = b"not hex"
 _MAX_ERRORS_REPORTED = 10
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -91,16 +94,53 @@ class DecodeResult:
 
 def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     """Parse a binary OTLP request; undecodable bytes (or invalid UTF-8 in a string) are a PermanentError."""
+    legacy = _LEGACY_SCOPE_SPANS_KEY in body  # cheap: only such a body is searched for the old field
     try:
         request: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(body)
-        return request
+        return _read_legacy_scope_spans(request) if legacy else request
     except (DecodeError, ValueError, RuntimeError) as exc:
         error = exc
     try:  # attribute values nested past what the parser takes become "[too deep]" (deep_values.py)
         clamped: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(clamp_wire(body))
-        return clamped
+        return _read_legacy_scope_spans(clamped) if legacy else clamped
     except (DecodeError, ValueError, RuntimeError, RecursionError):
         raise PermanentError(f"request body is not a valid ExportTraceServiceRequest: {error}") from None
+
+
+#: ``instrumentation_library_spans``: field 1000 of ResourceSpans before OTLP 0.19 (2022), reserved since.
+#: Its messages have ScopeSpans' layout (library = scope: name 1, version 2; spans 2; schema_url 3).
+_LEGACY_SCOPE_SPANS_FIELD = 1000
+_LEGACY_SCOPE_SPANS_KEY = b"\xc2\x3e"  # its key on the wire: field 1000, length-delimited
+_LEGACY_JSON_KEYS = (("instrumentationLibrarySpans", "instrumentationLibrary", "scopeSpans"),
+                     ("instrumentation_library_spans", "instrumentation_library", "scope_spans"))
+
+
+def _read_legacy_scope_spans(request: ExportTraceServiceRequest) -> ExportTraceServiceRequest:
+    """Read the spans of an exporter older than OTLP 0.19 as scope spans. A current parser skips the
+    old field as unknown, and such a client was answered "stored" for spans nobody stored."""
+    for rs in request.resource_spans:
+        legacy = [f.data for f in unknown_fields.UnknownFieldSet(rs)
+                  if f.field_number == _LEGACY_SCOPE_SPANS_FIELD and f.wire_type == 2]
+        if legacy:
+            rs.DiscardUnknownFields()  # read once: a request serialized again must not carry them twice
+            for data in legacy:
+                rs.scope_spans.add().MergeFromString(data)
+    return request
+
+
+def _read_legacy_scope_spans_json(doc: dict[str, Any]) -> None:
+    """The OTLP/JSON form of :func:`_read_legacy_scope_spans`: ``instrumentationLibrarySpans`` become
+    ``scopeSpans`` (their ``instrumentationLibrary`` the ``scope``), after the current ones."""
+    for rs in _items(doc, "resourceSpans", "resource_spans"):
+        for legacy_key, library_key, scope_spans_key in _LEGACY_JSON_KEYS:
+            legacy = rs.pop(legacy_key, None)
+            if not isinstance(legacy, list):
+                continue
+            target = next((k for k in ("scopeSpans", "scope_spans") if k in rs), scope_spans_key)
+            current = rs.get(target)
+            rs[target] = (current if isinstance(current, list) else []) + [
+                {("scope" if key == library_key else key): value for key, value in item.items()}
+                if isinstance(item, dict) else item for item in legacy]
 
 
 def parse_json(body: bytes) -> ExportTraceServiceRequest:
@@ -119,6 +159,7 @@ def parse_json(body: bytes) -> ExportTraceServiceRequest:
         raise PermanentError("request body is not valid OTLP/JSON: it is nested too deeply") from None
     if not isinstance(doc, dict):
         raise PermanentError("request body must be a JSON object with resourceSpans")
+    _read_legacy_scope_spans_json(doc)
     _hex_ids_to_base64(doc)
     request = ExportTraceServiceRequest()
     try:
@@ -227,8 +268,8 @@ def _base64_id(value: str, size: int) -> bytes:
     try:
         raw = base64.b64decode(value, validate=True)
     except ValueError:
-        return b"\xff"
-    return raw if len(raw) == size else b"\xff"
+        return _NOT_HEX_ID
+    return raw if len(raw) == size else _NOT_HEX_ID
 
 
 # --------------------------------------------------------------------------- request -> batch
@@ -275,19 +316,34 @@ def decode_request(
 
 
 def _validate(span: Any) -> str:
+    """Why ``span`` is rejected alone ("" when it is stored). A link's ids are checked too: a link
+    names another span, and an id that is not one would be stored as an invented value."""
     tid, sid, pid = span.trace_id, span.span_id, span.parent_span_id
-    if len(tid) != 16:
-        return f"trace_id must be 16 bytes, 32 hex characters in OTLP/JSON (got {len(tid)} bytes)"
-    if tid == _ZERO_TRACE:
-        return "trace_id is all zeros"
-    if len(sid) != 8:
-        return f"span_id must be 8 bytes, 16 hex characters in OTLP/JSON (got {len(sid)} bytes)"
-    if sid == _ZERO_SPAN:
-        return "span_id is all zeros"
-    if len(pid) not in (0, 8):
-        return f"parent_span_id must be empty or 8 bytes, 16 hex characters in OTLP/JSON (got {len(pid)} bytes)"
+    problem = (_id_problem("trace_id", tid, 16, may_be_empty=False)
+               or _id_problem("span_id", sid, 8, may_be_empty=False)
+               or _id_problem("parent_span_id", pid, 8, may_be_empty=True))
+    if problem:
+        return problem
+    for i, link in enumerate(span.links):
+        problem = (_id_problem(f"links[{i}].trace_id", link.trace_id, 16, may_be_empty=True)
+                   or _id_problem(f"links[{i}].span_id", link.span_id, 8, may_be_empty=True))
+        if problem:
+            return problem
     if span.end_time_unix_nano and span.end_time_unix_nano < span.start_time_unix_nano:
         return "span ends before it starts (end_time_unix_nano < start_time_unix_nano)"
+    return ""
+
+
+def _id_problem(field: str, value: bytes, size: int, *, may_be_empty: bool) -> str:
+    """The id rule ``value`` breaks, named by ``field`` ("" when it is a valid id of ``size`` bytes).
+    A span's own trace and span ids must not be all zeros; a parent or a link's id may be empty."""
+    if value == _NOT_HEX_ID:
+        return f"{field} is not hex: ids are {2 * size} hex characters in OTLP/JSON"
+    if len(value) != size and not (may_be_empty and not value):
+        rule = f"{'empty or ' if may_be_empty else ''}{size} bytes, {2 * size} hex characters in OTLP/JSON"
+        return f"{field} must be {rule} (got {len(value)} bytes)"
+    if not may_be_empty and value == bytes(size):
+        return f"{field} is all zeros"
     return ""
 
 

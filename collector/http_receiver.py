@@ -206,7 +206,9 @@ def build_app(
     metrics_text: Callable[[], bytes],
     ready: Callable[[], bool],
     api: ApiHandler,
+    otlp: bool = True,
 ) -> Starlette:
+    """The HTTP port's routes; ``otlp=False`` serves the query surface alone (the HTTP receiver is off)."""
     async def traces(request: Request) -> Response:
         if request.method != "POST":
             return refusal(405, code_pb2.UNIMPLEMENTED, "method not allowed: use POST /v1/traces",
@@ -307,12 +309,15 @@ def build_app(
         return refusal(404, code_pb2.NOT_FOUND, f"not found: {request.url.path} (OTLP traces go to POST /v1/traces)",
                        _media_type(request))
 
+    surface = [Route("/api/{op}", api_call, methods=["POST"])]
+    if not otlp:
+        return Starlette(exception_handlers={404: not_found}, routes=surface)
     return Starlette(exception_handlers={404: not_found}, routes=[
         Route("/v1/traces", traces, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
-        Route("/api/{op}", api_call, methods=["POST"]),
+        *surface,
     ])
 
 

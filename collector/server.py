@@ -151,6 +151,7 @@ class Collector:
         self._read_lock = threading.Lock()
         self.grpc_port: int | None = None
         self.http_port: int | None = None
+        self._query_port: int | None = None  # the query surface's own port, when the HTTP receiver is off
 
     # ------------------------------------------------------------------ start
 
@@ -208,6 +209,8 @@ class Collector:
                 self._grpc, self.grpc_port = start_grpc_server(cfg.grpc, self.service)
             if cfg.http:
                 self._start_http()
+            else:
+                self._start_query_surface()
         except BaseException:
             self._abort_start()
             raise
@@ -223,12 +226,22 @@ class Collector:
         ep = self.config.http
         assert ep is not None
         app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self.api.call_json)
-        kwargs: dict[str, Any] = {}
-        if ep.tls:
-            kwargs = {"ssl_certfile": ep.tls.cert_file, "ssl_keyfile": ep.tls.key_file}
+        tls = {"ssl_certfile": ep.tls.cert_file, "ssl_keyfile": ep.tls.key_file} if ep.tls else {}
+        self.http_port = self._serve_http(app, ep.host, ep.port, f"the HTTP receiver on {ep.address}", tls)
+
+    def _start_query_surface(self) -> None:
+        """With the HTTP receiver off, the query surface alone on a free loopback port: every CLI command
+        must work while ``serve`` runs (DuckDB lets only this process open the store), whatever it receives."""
+        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self.api.call_json,
+                        otlp=False)
+        self._query_port = self._serve_http(app, "127.0.0.1", 0, "the query surface on 127.0.0.1", {})
+
+    def _serve_http(self, app: Any, host: str, port: int, what: str, tls: dict[str, Any]) -> int:
+        """Run ``app`` on uvicorn in a thread; returns the bound port once it listens (``what``: its name
+        in the error when it cannot)."""
         server = uvicorn.Server(uvicorn.Config(
-            app, host=ep.host, port=ep.port, log_config=None, access_log=False, lifespan="off",
-            timeout_graceful_shutdown=10, limit_concurrency=1024, backlog=2048, **kwargs,
+            app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
+            timeout_graceful_shutdown=10, limit_concurrency=1024, backlog=2048, **tls,
         ))
         self._uvicorn = server
         self._http_thread = threading.Thread(target=server.run, name="tracesieve-http", daemon=True)
@@ -236,10 +249,10 @@ class Collector:
         deadline = time.monotonic() + 15
         while not server.started:
             if not self._http_thread.is_alive() or time.monotonic() > deadline:
-                raise OSError(f"cannot start the HTTP receiver on {ep.address} (address in use?)")
+                raise OSError(f"cannot start {what} (address in use?)")
             time.sleep(0.02)
         sockets = [s for srv in server.servers for s in srv.sockets]
-        self.http_port = sockets[0].getsockname()[1] if sockets else ep.port
+        return int(sockets[0].getsockname()[1]) if sockets else port
 
     def _abort_start(self) -> None:
         if self._grpc is not None:
@@ -257,12 +270,12 @@ class Collector:
     def _write_discovery(self) -> None:
         ep = self.config.http
         if ep is None:
-            log.warning("the HTTP receiver is off: CLI commands cannot reach this store while it runs")
-            return
-        host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.url_host
-        scheme = "https" if ep.tls else "http"
-        info = {"pid": os.getpid(), "url": f"{scheme}://{host}:{self.http_port}",
-                "cafile": ep.tls.cert_file if ep.tls else None, "db": os.path.abspath(self.config.db_path),
+            url, cafile = f"http://127.0.0.1:{self._query_port}", None
+        else:
+            host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.url_host
+            url = f"{'https' if ep.tls else 'http'}://{host}:{self.http_port}"
+            cafile = ep.tls.cert_file if ep.tls else None
+        info = {"pid": os.getpid(), "url": url, "cafile": cafile, "db": os.path.abspath(self.config.db_path),
                 "query_time_limit": self.config.query_time_limit}
         if self.config.lake is not None:  # --db only names this record: what a report calls the store
             info["store"] = f"DuckLake {self.config.lake.printable_catalog}"
@@ -303,6 +316,7 @@ class Collector:
         return {
             "grpc": url(cfg.grpc, self.grpc_port),
             "http": url(cfg.http, self.http_port),
+            "query_surface": f"http://127.0.0.1:{self._query_port}" if self._query_port else None,
             "store": os.path.abspath(cfg.db_path),
             "pipeline": list(tree.get("service", {}).get("pipelines", {}).get("traces", {}).get("processors", [])),
             "limits": dict(tree.get("receivers", {}).get("otlp", {}).get("limits", {})),

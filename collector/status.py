@@ -21,7 +21,9 @@ def startup_block(info: Mapping[str, Any]) -> list[str]:
     workers = int(info.get("span_workers") or 0)
     return [
         f"OTLP/gRPC      {info.get('grpc') or 'off'}",
-        f"OTLP/HTTP      {info.get('http') or 'off'}" + (f"  ({ENDPOINT_PATHS})" if info.get("http") else ""),
+        f"OTLP/HTTP      {info.get('http') or 'off'}" + (f"  ({ENDPOINT_PATHS})" if info.get("http") else
+                                                          f"  (query surface {info['query_surface']}/api/<op>)"
+                                                          if info.get("query_surface") else ""),
         f"store          {info.get('store')}",
         f"pipeline       {' -> '.join(info.get('pipeline') or []) or '(no processors)'}",
         "limits         " + (", ".join(f"{k} {v}" for k, v in limits.items()) or "defaults"),

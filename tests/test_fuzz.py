@@ -54,6 +54,9 @@ def check_batch(batch: pa.Table, limits: DecodeLimits = LIMITS) -> None:
         assert row["parent_span_id"] is None or HEX16.match(row["parent_span_id"])
         for column in JSON_COLUMNS:
             json.loads(row[column])
+        for link in json.loads(row["links"]):  # a link id is the one sent, or empty; never invented
+            assert link["trace_id"] == "" or HEX32.match(link["trace_id"]), link
+            assert link["span_id"] == "" or HEX16.match(link["span_id"]), link
         for column in ("name", "input_value", "output_value", "status_message"):
             value = row[column]
             if isinstance(value, str) and len(value.encode()) > limits.max_value_size:

@@ -691,3 +691,37 @@ def test_sigterm_to_the_whole_process_group_still_judges_pending_traces_in_the_s
     judged = c.cli("query", f"SELECT failure_mode FROM detections WHERE trace_id = '{failing}'", "--format", "json")
     assert judged.returncode == 0, judged.stderr
     assert {"failure_mode": "tool_invocation"} in json.loads(judged.stdout)
+
+
+def test_with_the_http_receiver_off_cli_commands_still_reach_the_running_store(tmp_path):
+    """Every command works while `serve` runs. With only gRPC configured there was no HTTP port, hence
+    no query surface, and `query` exited 2 ("running without its query surface?"): the store is
+    locked by serve. The surface now runs alone on a free loopback port, with no OTLP route."""
+    grpc_port = free_port()
+    (tmp_path / "c.yaml").write_text(
+        f"receivers: {{otlp: {{protocols: {{grpc: {{endpoint: '127.0.0.1:{grpc_port}'}}}}}}}}\n"
+        "service: {pipelines: {traces: {processors: []}}}\n")
+    db = tmp_path / "s.duckdb"
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tracesieve.collector.cli", "serve", "--config",
+                             str(tmp_path / "c.yaml"), "--db", str(db)], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        discovery = tmp_path / "s.duckdb.serve.json"
+        deadline = time.monotonic() + 30
+        while not discovery.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert discovery.exists(), (tmp_path / "serve.log").read_text()
+        with sdk_tracer("grpc", f"127.0.0.1:{grpc_port}") as tracer:
+            trace_id = emit_agent_trace(tracer)
+        result = run_cli("query", f"SELECT count(*) AS n FROM spans WHERE trace_id = '{trace_id}'",
+                         "--format", "json", "--db", str(db), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == [{"n": 5}]
+        surface = json.loads(discovery.read_text())["url"]
+        assert surface.startswith("http://127.0.0.1:")
+        assert f"OTLP/HTTP      off  (query surface {surface}/api/<op>)" in (tmp_path / "serve.log").read_text()
+        assert httpx.post(f"{surface}/v1/traces", content=make_request(1).SerializeToString(),
+                          headers={"content-type": "application/x-protobuf"}).status_code == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0

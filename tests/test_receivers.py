@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
@@ -204,6 +205,82 @@ def test_base64_ids_as_message_to_json_writes_them_are_taken_and_other_ids_rejec
     stored = c.query("SELECT trace_id, span_id FROM spans ORDER BY span_id")
     sent = sorted((s.trace_id.hex(), s.span_id.hex()) for s in req.resource_spans[0].scope_spans[0].spans[:2])
     assert [(r["trace_id"], r["span_id"]) for r in stored] == sent
+
+
+def test_a_link_whose_ids_are_not_ids_rejects_its_span_instead_of_storing_an_invented_id(start_collector):
+    """A link's trace and span ids follow the id rules too (hex in OTLP/JSON, 16 / 8 bytes): a link id
+    that is not hex was stored as "ff", an id nobody sent. Now its span is rejected alone, the message
+    names the link, and a span whose links are well formed (or empty) is stored with them as sent."""
+    c = start_collector(NO_JUDGE)
+    req = make_request(4)
+    good, empty_link, not_hex, short = req.resource_spans[0].scope_spans[0].spans
+    linked_trace, linked_span = os.urandom(16), os.urandom(8)
+    good.links.add(trace_id=linked_trace, span_id=linked_span)
+    empty_link.links.add()
+    not_hex.links.add(trace_id=linked_trace, span_id=linked_span)
+    short.links.add(trace_id=linked_trace[:5], span_id=linked_span)
+    doc = json.loads(json_format.MessageToJson(req))
+    for span in doc["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        for key in ("traceId", "spanId", "parentSpanId"):
+            if key in span:
+                span[key] = base64.b64decode(span[key]).hex()
+        for link in span.get("links", []):
+            for key in ("traceId", "spanId"):
+                if key in link:
+                    link[key] = base64.b64decode(link[key]).hex()
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][2]["links"][0]["traceId"] = "zz" * 16
+
+    response = post(c, json.dumps(doc).encode(), "application/json")
+    assert response.status_code == 200
+    partial = response.json()["partialSuccess"]
+    assert int(partial["rejectedSpans"]) == 2
+    assert "spans[2]: links[0].trace_id is not hex" in partial["errorMessage"]
+    assert "spans[3]: links[0].trace_id must be empty or 16 bytes" in partial["errorMessage"]
+    stored = {r["span_id"]: json.loads(r["links"]) for r in c.query("SELECT span_id, links FROM spans")}
+    assert stored.keys() == {good.span_id.hex(), empty_link.span_id.hex()}
+    assert [(lk["trace_id"], lk["span_id"]) for lk in stored[good.span_id.hex()]] == [(linked_trace.hex(),
+                                                                                     linked_span.hex())]
+    assert [(lk["trace_id"], lk["span_id"]) for lk in stored[empty_link.span_id.hex()]] == [("", "")]
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    key, out = field << 3 | 2, b""
+    for n in (key, len(payload)):
+        while n > 0x7F:
+            out, n = out + bytes([n & 0x7F | 0x80]), n >> 7
+        out += bytes([n])
+    return out + payload
+
+
+def test_spans_of_an_exporter_older_than_otlp_0_19_are_stored_not_silently_skipped(start_collector):
+    """Before OTLP 0.19 spans came in ResourceSpans.instrumentation_library_spans (field 1000, JSON
+    instrumentationLibrarySpans), reserved since: a current parser skips it, so an old exporter got
+    200 / OK and nothing was stored. Those spans are read as scope spans, over both encodings."""
+    c = start_collector(NO_JUDGE)
+    legacy = make_request(2).resource_spans[0].scope_spans[0]
+    legacy.scope.name, legacy.scope.version = "old.library", "0.9"  # InstrumentationLibrary: name 1, version 2
+    current = make_request(1)
+    resource_spans = current.resource_spans[0].SerializeToString() + _length_delimited(1000, legacy.SerializeToString())
+    body = _length_delimited(1, resource_spans)
+    channel = grpc.insecure_channel(c.grpc_endpoint)
+    export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                 request_serializer=lambda b: b, response_deserializer=ExportTraceServiceResponse.FromString)
+    assert export(body, timeout=10).ByteSize() == 0
+    channel.close()
+
+    old_json = json.loads(json_format.MessageToJson(make_request(1).resource_spans[0].scope_spans[0]))
+    old_json["instrumentationLibrary"] = {"name": "old.json.library"}
+    old_json["spans"][0]["traceId"] = base64.b64decode(old_json["spans"][0]["traceId"]).hex()
+    old_json["spans"][0]["spanId"] = base64.b64decode(old_json["spans"][0]["spanId"]).hex()
+    doc = {"resourceSpans": [{"resource": {}, "instrumentationLibrarySpans": [old_json]}]}
+    response = post(c, json.dumps(doc).encode(), "application/json")
+    assert response.status_code == 200 and response.json() == {}
+
+    rows = c.query("SELECT span_id, scope_name, scope_version FROM spans")
+    by_scope = sorted((r["scope_name"] or "", r["scope_version"] or "") for r in rows)
+    assert by_scope == [("", ""), ("old.json.library", ""), ("old.library", "0.9"), ("old.library", "0.9")]
+    sent = {s.span_id.hex() for s in [*legacy.spans, *current.resource_spans[0].scope_spans[0].spans]}
+    assert sent | {old_json["spans"][0]["spanId"]} == {r["span_id"] for r in rows}
 
 
 # --------------------------------------------------------------------------- bad input, one status each
