@@ -41,6 +41,7 @@ from ruamel.yaml.constructor import ConstructorError, RoundTripConstructor
 from ruamel.yaml.error import YAMLError
 
 from tracesieve.collector.gate_scorers import expected_problems
+from tracesieve.collector.strict_json import strict_json_line
 from tracesieve.storage.errors import NotFoundError, UsageError
 from tracesieve.storage.schema import (
     BLAST_RADII,
@@ -365,7 +366,8 @@ def append_history(cases_path: str | os.PathLike[str], event: str, case_id: str,
         raise ValueError(f"unknown history event {event!r}")
     record = {"at": _iso(now or dt.datetime.now(dt.timezone.utc)), "event": event, "case_id": case_id,
               "detail": dict(detail)}
-    line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    # one line whatever the detail holds: a reason with U+2028 written raw was two lines to a line reader
+    line = (strict_json_line(record, default=str) + "\n").encode("utf-8")
     with (Path(cases_path).parent / HISTORY_FILE).open("a+b") as f:
         end = f.seek(0, os.SEEK_END)
         if end:

@@ -98,6 +98,17 @@ def test_promote_records_a_history_event(tmp_path):
     assert event["detail"]["candidate_id"] == "c0123456789a"
 
 
+def test_each_history_event_stays_on_one_line_whatever_line_breaks_its_detail_holds(tmp_path):
+    """A removal reason pasted with U+2028 / U+2029 / NEL was written raw: a reader splitting history.jsonl
+    into lines (str.splitlines, most JSON Lines readers) saw half an event."""
+    path = tmp_path / "cases.yaml"
+    promote_case(path, candidate(), owner="ann\u2028bob", now=NOW)
+    promote_case(path, candidate("c0123456789b"), owner="ann\x85\u2029", now=NOW)
+    lines = (tmp_path / "history.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["case_id"] for line in lines] == ["TS-0001", "TS-0002"]
+    assert lint_cases(path) == []
+
+
 def test_an_event_appended_to_a_history_without_a_final_newline_starts_its_own_line(tmp_path):
     """A history.jsonl saved without its last newline (an editor, a merge) passed lint, then the next
     promote or gate glued its event onto that line: lint failed and every later gate refused to run."""
