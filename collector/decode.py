@@ -434,6 +434,11 @@ def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, 
     if reason:
         return reason
     reasons = flat.get("gen_ai.response.finish_reasons")
+    if isinstance(reasons, str) and reasons[:1] == "[":
+        # an SDK that cannot send a string[] sends its JSON text: the column holds the first reason, as the
+        # truncation rule reads it, not '["length"]'
+        parsed = _json_holding(reasons, ("[",))
+        reasons = parsed if isinstance(parsed, list) else reasons
     if isinstance(reasons, list) and reasons and isinstance(reasons[0], str):
         return reasons[0]
     if isinstance(reasons, str) and reasons:
