@@ -382,6 +382,10 @@ def span_kind_of(flat: dict[str, Any]) -> str:
                 return "AGENT"
             if key.startswith("gen_ai.tool.") and not key.startswith("gen_ai.tool.definitions"):
                 return "TOOL"  # the tools a model call was offered say nothing of a tool running
+            if key.startswith("gen_ai.retrieval."):
+                return "RETRIEVER"  # its query or documents: a search, not a model call
+            if key.startswith("gen_ai.embeddings."):
+                return "EMBEDDING"
             has_genai = True
     return "LLM" if has_genai else "UNKNOWN"
 

@@ -665,7 +665,7 @@ def retrieval_outcome(span: SpanRow) -> str:
     if docs is not None:
         return "empty"
     a = attrs(span)
-    genai_only = dig(a, "gen_ai", "operation", "name") is not None and dig(a, "openinference") is None
+    genai_only = isinstance(dig(a, "gen_ai"), dict) and dig(a, "openinference") is None  # its kind came from gen_ai.*
     out = span.get("output_value")
     if isinstance(out, str) and _empty_output(out):
         return "empty"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from conftest import FAST_JUDGE
 from sdk_helpers import sdk_tracer
 
 
@@ -20,3 +21,31 @@ def test_finish_reasons_sent_as_json_text_give_the_first_reason(start_collector)
     rows = collector.query("SELECT name, llm_finish_reason FROM spans ORDER BY name")
     assert {r["name"]: r["llm_finish_reason"] for r in rows} == {
         "as_text": "length", "as_list": "length", "empty_text": None, "plain": "content_filter"}
+
+
+def test_a_genai_retrieval_or_embeddings_span_without_an_operation_name_keeps_its_kind(start_collector):
+    """``gen_ai.operation.name`` is required but not always sent; a span with only ``gen_ai.retrieval.*`` keys
+    (its query, its documents) was stored as an LLM call, so RETRIEVER queries and the retrieval rules missed it."""
+    collector = start_collector(FAST_JUDGE)
+    documents = json.dumps([{"id": "doc-1", "score": 0.9}])
+    with sdk_tracer("http", collector.http_url) as tracer:
+        for name, attributes in (
+            ("search", {"gen_ai.retrieval.query.text": "refund policy", "gen_ai.retrieval.documents": documents}),
+            ("search_content_not_captured", {"gen_ai.retrieval.query.text": "shipping"}),
+            ("embed", {"gen_ai.request.model": "text-embedding-3-small", "gen_ai.embeddings.dimension.count": 1536}),
+            ("answer", {"gen_ai.request.model": "gpt-4o"}),
+            ("custom_search", {"gen_ai.operation.name": "vector_search", "gen_ai.retrieval.query.text": "refunds"}),
+            ("named_retrieval", {"gen_ai.operation.name": "chat", "gen_ai.retrieval.query.text": "refunds"}),
+        ):
+            with tracer.start_as_current_span(name) as span:
+                span.set_attributes(attributes)
+    rows = collector.query("SELECT name, span_kind, input_value FROM spans")
+    assert {r["name"]: r["span_kind"] for r in rows} == {
+        "search": "RETRIEVER", "search_content_not_captured": "RETRIEVER", "embed": "EMBEDDING", "answer": "LLM", "custom_search": "RETRIEVER",
+        "named_retrieval": "LLM"}
+    assert {r["name"]: r["input_value"] for r in rows}["search"] == "refund policy"
+    assert collector.stop() == 0  # judges every pending trace first
+    # documents are opt-in content in GenAI: a search that did not record them is not a retrieval miss
+    misses = json.loads(collector.cli("query", "SELECT * FROM detections WHERE failure_mode = 'retrieval_miss'",
+                                      "--format", "json").stdout)
+    assert misses == []
