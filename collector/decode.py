@@ -308,8 +308,8 @@ def _append_span(
             total = prompt + completion if prompt + completion in _INT64 else None
         elif kind == "EMBEDDING":  # an embedding call has input tokens only (GenAI sends no output count)
             total = prompt
-    input_value, input_mime = _io_value(flat, "input", kind)
-    output_value, output_mime = _io_value(flat, "output", kind)
+    input_value, input_mime = _io_value(flat, "input", kind, span.events, walker)
+    output_value, output_mime = _io_value(flat, "output", kind, span.events, walker)
 
     append = cols.__getitem__
     append("trace_id").append(span.trace_id.hex())
@@ -390,7 +390,8 @@ def span_kind_of(flat: dict[str, Any]) -> str:
     return "LLM" if has_genai else "UNKNOWN"
 
 
-def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, str | None]:
+def _io_value(flat: dict[str, Any], side: str, kind: str, events: Any,
+              walker: _AttributeWalker) -> tuple[str | None, str | None]:
     value = flat.get(f"{side}.value")
     mime = flat.get(f"{side}.mime_type")
     if value is None:
@@ -408,11 +409,62 @@ def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, s
                     mime = "application/json"
                 break
     if value is None:
+        value = _legacy_genai_content(flat, side, events, walker)
+        if mime is None and (isinstance(value, list) or (isinstance(value, str) and value[:1] in ("[", "{"))):
+            mime = "application/json"
+    if value is None:
         return None, mime if isinstance(mime, str) else None
     if not isinstance(value, str):
         value = _dumps([_json_item(v) for v in value] if isinstance(value, list) else value)
         mime = mime or "application/json"
     return value, mime if isinstance(mime, str) else None
+
+
+#: The deprecated GenAI conventions' per-message span events (semconv 1.28 - 1.36), input side; their
+#: output is the ``gen_ai.choice`` event, ``{index, finish_reason, message}``.
+_GENAI_MESSAGE_EVENTS = {"gen_ai.system.message": "system", "gen_ai.user.message": "user",
+                         "gen_ai.assistant.message": "assistant", "gen_ai.tool.message": "tool"}
+_GENAI_EVENT_FIELDS = ("role", "content", "tool_calls", "id", "index", "finish_reason", "message")
+
+
+def _legacy_genai_content(flat: dict[str, Any], side: str, events: Any, walker: _AttributeWalker) -> Any:
+    """The messages a span sent or received in a deprecated GenAI form, for ``input_value`` / ``output_value``.
+
+    Before ``gen_ai.input.messages`` / ``gen_ai.output.messages``, instrumentations recorded content as the
+    ``gen_ai.prompt`` / ``gen_ai.completion`` JSON text (on the span, or on a ``gen_ai.content.prompt`` /
+    ``.completion`` event: semconv 1.27 and before), as OpenLLMetry's flattened ``gen_ai.prompt.<i>.role`` /
+    ``.content`` keys, or as one event per message (``gen_ai.user.message``, ..., ``gen_ai.choice``). The
+    detectors and candidates read all of these; without this the columns operators query stayed NULL.
+    Returns the JSON text, a list of message objects, or None.
+    """
+    key = "gen_ai.prompt" if side == "input" else "gen_ai.completion"
+    if flat.get(key) is not None:
+        return flat[key]
+    prefix = key + "."
+    indexed = {f"m.{k[len(prefix):]}": v for k, v in flat.items()
+               if k.startswith(prefix) and k[len(prefix):len(prefix) + 1].isdigit()}
+    if indexed:
+        messages = walker.nest(indexed).get("m")
+        if isinstance(messages, list):
+            return [m for m in messages if m is not None]
+    content_event = "gen_ai.content.prompt" if side == "input" else "gen_ai.content.completion"
+    found: list[Any] = []
+    for event in events:
+        if event.name == content_event:
+            value = walker.flat(event.attributes)[0].get(key)
+            if value is not None:
+                return value
+        elif (side == "input" and event.name in _GENAI_MESSAGE_EVENTS) or (
+                side == "output" and event.name == "gen_ai.choice"):
+            event_flat = walker.flat(event.attributes)[0]
+            body = _json_item(event_flat.get("gen_ai.event.content"))  # Azure AI Inference: the body as JSON
+            if not isinstance(body, dict):
+                attributes = walker.nest(event_flat)
+                body = {f: _json_item(attributes[f]) for f in _GENAI_EVENT_FIELDS if f in attributes}
+            if event.name in _GENAI_MESSAGE_EVENTS:
+                body = {"role": _GENAI_MESSAGE_EVENTS[event.name], **body}
+            found.append(body)
+    return found or None
 
 
 def _json_item(value: Any) -> Any:

@@ -49,3 +49,49 @@ def test_a_genai_retrieval_or_embeddings_span_without_an_operation_name_keeps_it
     misses = json.loads(collector.cli("query", "SELECT * FROM detections WHERE failure_mode = 'retrieval_miss'",
                                       "--format", "json").stdout)
     assert misses == []
+
+
+def test_content_in_the_deprecated_genai_forms_lands_in_input_value_and_output_value(start_collector):
+    """GenAI content recorded before ``gen_ai.input.messages`` existed (the ``gen_ai.prompt`` / ``.completion``
+    JSON, OpenLLMetry's ``gen_ai.prompt.<i>.*`` keys, per-message events, ``gen_ai.content.*`` events) was read
+    by the detectors and candidates but left ``input_value`` / ``output_value`` NULL: an operator's
+    ``SELECT input_value, output_value`` showed nothing of what such a chat was asked or answered."""
+    collector = start_collector()
+    question = "Where is order ORD-7? Mail me at jane.doe@example.com"
+    asked = [{"role": "user", "content": question}]
+    answered = [{"role": "assistant", "content": "It shipped on Monday."}]
+    with sdk_tracer("grpc", collector.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("legacy_attributes") as span:
+            span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.prompt": json.dumps(asked),
+                                 "gen_ai.completion": json.dumps(answered)})
+        with tracer.start_as_current_span("openllmetry") as span:
+            span.set_attributes({"gen_ai.system": "openai", "llm.request.type": "chat",
+                                 "gen_ai.prompt.0.role": "user", "gen_ai.prompt.0.content": question,
+                                 "gen_ai.completion.0.role": "assistant",
+                                 "gen_ai.completion.0.content": "It shipped on Monday.",
+                                 "gen_ai.completion.0.finish_reason": "stop"})
+        with tracer.start_as_current_span("content_events") as span:
+            span.set_attribute("gen_ai.operation.name", "chat")
+            span.add_event("gen_ai.content.prompt", {"gen_ai.prompt": json.dumps(asked)})
+            span.add_event("gen_ai.content.completion", {"gen_ai.completion": json.dumps(answered)})
+        with tracer.start_as_current_span("message_events") as span:
+            span.set_attribute("gen_ai.operation.name", "chat")
+            span.add_event("gen_ai.system.message", {"gen_ai.system": "openai", "content": "You are support."})
+            span.add_event("gen_ai.user.message", {"gen_ai.system": "openai", "content": question})
+            span.add_event("gen_ai.choice", {"gen_ai.system": "openai", "index": 0, "finish_reason": "stop",
+                                             "message": json.dumps(answered[0])})
+    rows = {r["name"]: r for r in collector.query(
+        "SELECT name, input_value, input_mime_type, output_value, output_mime_type, pii_redactions FROM spans")}
+    assert set(rows) == {"legacy_attributes", "openllmetry", "content_events", "message_events"}
+    redacted = [{"role": "user", "content": "Where is order ORD-7? Mail me at <EMAIL>"}]
+    for name, row in rows.items():
+        assert (row["input_mime_type"], row["output_mime_type"]) == ("application/json", "application/json"), name
+        assert json.loads(row["pii_redactions"]) == {"EMAIL": 1}, name  # the lifted copy is not counted again
+        got_in, got_out = json.loads(row["input_value"]), json.loads(row["output_value"])
+        if name == "message_events":
+            assert got_in == [{"role": "system", "content": "You are support."}, *redacted]
+            assert got_out == [{"index": 0, "finish_reason": "stop", "message": answered[0]}]
+        elif name == "openllmetry":
+            assert (got_in, got_out) == (redacted, [{**answered[0], "finish_reason": "stop"}])
+        else:
+            assert (got_in, got_out) == (redacted, answered), name
