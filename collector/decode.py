@@ -40,6 +40,9 @@ _GENAI_OPERATION_KIND = {
 #: OpenLLMetry copies LangChain run metadata / association properties here (session_id, thread_id, ...).
 _TRACELOOP_SESSION = tuple(f"traceloop.association.properties.{k}" for k in ("session_id", "conversation_id", "thread_id"))
 _TRACELOOP_KIND = {"workflow": "CHAIN", "task": "TOOL", "agent": "AGENT", "tool": "TOOL", "llm": "LLM"}
+#: OpenLLMetry's model calls say which API they called in ``llm.request.type`` (no gen_ai.operation.name
+#: before its v0.55): an embeddings or rerank call is not a chat.
+_TRACELOOP_REQUEST_KIND = {"chat": "LLM", "completion": "LLM", "embedding": "EMBEDDING", "rerank": "RERANKER"}
 #: The Vercel AI SDK (`ai`, Node) names each span's operation in ``ai.operationId``; its tool calls
 #: and its outer generate/stream calls (the agent loop) carry no gen_ai key.
 _VERCEL_AI_KIND = {
@@ -372,6 +375,9 @@ def span_kind_of(flat: dict[str, Any]) -> str:
     tl = flat.get("traceloop.span.kind")
     if isinstance(tl, str) and tl.lower() in _TRACELOOP_KIND:
         return _TRACELOOP_KIND[tl.lower()]
+    request_type = flat.get("llm.request.type")
+    if isinstance(request_type, str) and request_type.lower() in _TRACELOOP_REQUEST_KIND:
+        return _TRACELOOP_REQUEST_KIND[request_type.lower()]
     vercel = flat.get("ai.operationId")
     if isinstance(vercel, str) and vercel in _VERCEL_AI_KIND:
         return _VERCEL_AI_KIND[vercel]

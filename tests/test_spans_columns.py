@@ -95,3 +95,18 @@ def test_content_in_the_deprecated_genai_forms_lands_in_input_value_and_output_v
             assert (got_in, got_out) == (redacted, [{**answered[0], "finish_reason": "stop"}])
         else:
             assert (got_in, got_out) == (redacted, answered), name
+
+
+def test_an_openllmetry_embeddings_or_rerank_call_is_not_stored_as_a_chat(start_collector):
+    """OpenLLMetry (before v0.55) sends no gen_ai.operation.name; ``llm.request.type`` says which API a model
+    call used. Its embeddings and rerank calls were LLM spans: counted among the chats, judged as chats."""
+    collector = start_collector()
+    with sdk_tracer("http", collector.http_url) as tracer:
+        for name, request_type, system in (("openai.embeddings", "embedding", "openai"),
+                                           ("cohere.rerank", "rerank", "cohere"), ("openai.chat", "chat", "openai")):
+            with tracer.start_as_current_span(name) as span:
+                span.set_attributes({"gen_ai.system": system, "llm.request.type": request_type,
+                                     "gen_ai.request.model": "m", "gen_ai.usage.prompt_tokens": 8})
+    rows = collector.query("SELECT name, span_kind, llm_token_count_total FROM spans")
+    assert {r["name"]: (r["span_kind"], r["llm_token_count_total"]) for r in rows} == {
+        "openai.embeddings": ("EMBEDDING", 8), "cohere.rerank": ("RERANKER", None), "openai.chat": ("LLM", None)}
