@@ -796,12 +796,17 @@ class _AttributeWalker:
                 node[last] = value
                 if last.isdecimal():  # not isdigit(): int() refuses digits such as "²"
                     digit_keyed.add(id(node))
-            elif id(existing) in made_ids:
-                existing.setdefault("", value)
+            elif id(existing) in made_ids and "" not in existing:
+                existing[""] = value
+            else:
+                # Another key already took this place (``lead`` and ``.lead``, ``a.b`` and ``a..b`` walk the
+                # same way; ``a`` and ``a.`` both want ``a``'s empty key): every attribute is stored, so this
+                # one stays whole, its dotted key at the top level.
+                root.setdefault(key, value)
         for obj, parent, key in reversed(made):  # children before parents
             if id(obj) in digit_keyed and obj and all(k.isdecimal() for k in obj):
                 top = max(int(k) for k in obj)
-                if top < 2 * len(obj) + 64:
+                if top < 2 * len(obj) + 64 and len({int(k) for k in obj}) == len(obj):  # "0" and "00": an object
                     items: list[Any] = [None] * (top + 1)
                     for k, child in obj.items():
                         items[int(k)] = child

@@ -110,3 +110,23 @@ def test_an_openllmetry_embeddings_or_rerank_call_is_not_stored_as_a_chat(start_
     rows = collector.query("SELECT name, span_kind, llm_token_count_total FROM spans")
     assert {r["name"]: (r["span_kind"], r["llm_token_count_total"]) for r in rows} == {
         "openai.embeddings": ("EMBEDDING", 8), "cohere.rerank": ("RERANKER", None), "openai.chat": ("LLM", None)}
+
+
+def test_every_attribute_is_kept_when_two_keys_nest_to_the_same_place(start_collector):
+    """``lead`` and ``.lead`` walk to the same place, ``a`` and ``a.`` both to ``a``'s empty key, ``x.0`` and
+    ``x.00`` to one list index: the second value was silently dropped, though ``attributes`` holds every
+    attribute. It is now kept under its whole dotted key, and ``0``/``00`` stay object keys."""
+    collector = start_collector()
+    attributes = {"lead": "y", ".lead": "x", "a": 1, "a.": 2, "a.b": 3, "x.0": "zero", "x.00": "double zero",
+                  "list.0": "first", "list.1": "second"}
+    with sdk_tracer("grpc", collector.grpc_endpoint) as tracer:
+        for name in ("first", "second"):  # the second span's key set goes through a compiled nesting plan
+            with tracer.start_as_current_span(name) as span:
+                span.set_attributes(attributes)
+    rows = collector.query("SELECT name, attributes, attributes->>'$.\".lead\"' AS dotted FROM spans")
+    assert len(rows) == 2
+    for row in rows:
+        assert json.loads(row["attributes"]) == {
+            "lead": "y", ".lead": "x", "a": {"": 1, "b": 3}, "a.": 2, "x": {"0": "zero", "00": "double zero"},
+            "list": ["first", "second"]}, row["name"]
+        assert row["dotted"] == "x"
