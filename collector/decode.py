@@ -501,7 +501,7 @@ def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, 
         # truncation rule reads it, not '["length"]'
         parsed = _json_holding(reasons, ("[",))
         reasons = parsed if isinstance(parsed, list) else reasons
-    if isinstance(reasons, list) and reasons and isinstance(reasons[0], str):
+    if isinstance(reasons, list) and reasons and isinstance(reasons[0], str) and reasons[0]:
         return reasons[0]
     if isinstance(reasons, str) and reasons:
         return reasons
@@ -511,7 +511,8 @@ def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, 
     reason = _message_finish_reason(flat.get("gen_ai.output.messages"))
     if reason:
         return reason
-    reason = _first_str(flat, "gen_ai.completion.0.finish_reason")
+    reason = (_first_str(flat, "gen_ai.completion.0.finish_reason")
+              or _message_finish_reason(flat.get("gen_ai.completion")))  # the legacy JSON text of the messages
     if reason:
         return reason
     for event in events:  # the deprecated gen_ai.choice event: {index, finish_reason, message}
@@ -533,7 +534,8 @@ def _json_holding(text: str, needles: Sequence[str]) -> Any:
 
 
 def _message_finish_reason(messages: Any) -> str | None:
-    """finish_reason of the first ``gen_ai.output.messages`` item that has one (JSON text or a list)."""
+    """finish_reason of the first ``gen_ai.output.messages`` (or legacy ``gen_ai.completion``) item that has one
+    (JSON text or a list)."""
     if isinstance(messages, str):
         messages = _json_holding(messages, ('"finish_reason"',))
     if not isinstance(messages, list):

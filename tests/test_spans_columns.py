@@ -130,3 +130,23 @@ def test_every_attribute_is_kept_when_two_keys_nest_to_the_same_place(start_coll
             "lead": "y", ".lead": "x", "a": {"": 1, "b": 3}, "a.": 2, "x": {"0": "zero", "00": "double zero"},
             "list": ["first", "second"]}, row["name"]
         assert row["dotted"] == "x"
+
+
+def test_the_finish_reason_column_agrees_with_the_truncation_rule(start_collector):
+    """The truncation rule skips an empty finish reason and reads the legacy ``gen_ai.completion`` JSON; the
+    column stored ``""`` for ``["", "length"]`` and NULL for the legacy JSON, so it disagreed with the rule."""
+    collector = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", collector.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("empty_first") as span:
+            span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.response.finish_reasons": ("", "stop"),
+                                 "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [],
+                                                                        "finish_reason": "length"}])})
+        with tracer.start_as_current_span("legacy_completion") as span:
+            span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.completion": json.dumps(
+                [{"role": "assistant", "content": "Your three invoices total", "finish_reason": "length"}])})
+    rows = collector.query("SELECT name, llm_finish_reason FROM spans")
+    assert {r["name"]: r["llm_finish_reason"] for r in rows} == {"empty_first": "length", "legacy_completion": "length"}
+    assert collector.stop() == 0
+    truncated = json.loads(collector.cli("query", "SELECT DISTINCT s.name FROM detections d JOIN spans s USING (span_id)"
+                                         " WHERE d.failure_mode = 'truncation' ORDER BY 1", "--format", "json").stdout)
+    assert [r["name"] for r in truncated] == ["empty_first", "legacy_completion"]
