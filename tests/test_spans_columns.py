@@ -41,7 +41,8 @@ def test_a_genai_retrieval_or_embeddings_span_without_an_operation_name_keeps_it
                 span.set_attributes(attributes)
     rows = collector.query("SELECT name, span_kind, input_value FROM spans")
     assert {r["name"]: r["span_kind"] for r in rows} == {
-        "search": "RETRIEVER", "search_content_not_captured": "RETRIEVER", "embed": "EMBEDDING", "answer": "LLM", "custom_search": "RETRIEVER",
+        "search": "RETRIEVER", "search_content_not_captured": "RETRIEVER", "embed": "EMBEDDING", "answer": "LLM",
+        "custom_search": "RETRIEVER",
         "named_retrieval": "LLM"}
     assert {r["name"]: r["input_value"] for r in rows}["search"] == "refund policy"
     assert collector.stop() == 0  # judges every pending trace first
@@ -147,6 +148,29 @@ def test_the_finish_reason_column_agrees_with_the_truncation_rule(start_collecto
     rows = collector.query("SELECT name, llm_finish_reason FROM spans")
     assert {r["name"]: r["llm_finish_reason"] for r in rows} == {"empty_first": "length", "legacy_completion": "length"}
     assert collector.stop() == 0
-    truncated = json.loads(collector.cli("query", "SELECT DISTINCT s.name FROM detections d JOIN spans s USING (span_id)"
-                                         " WHERE d.failure_mode = 'truncation' ORDER BY 1", "--format", "json").stdout)
+    truncated = json.loads(collector.cli("query", "SELECT DISTINCT s.name FROM detections d JOIN spans s USING"
+                                         " (span_id) WHERE d.failure_mode = 'truncation' ORDER BY 1",
+                                         "--format", "json").stdout)
     assert [r["name"] for r in truncated] == ["empty_first", "legacy_completion"]
+
+
+def test_a_query_reads_times_alike_through_serve_and_on_the_file(start_collector):
+    """DuckDB shows TIMESTAMPTZ and computes ``date_trunc`` in the process's time zone: the same query gave
+    the collector's zone while ``serve`` ran and the CLI's on the file, so a store grouped into other days
+    depending on the path. Both read in UTC."""
+    from conftest import run_cli
+
+    collector = start_collector(env={"TZ": "America/New_York"})
+    start_ns = 1_765_000_000_123_456_789  # 2025-12-06T05:46:40Z: 00:46 in New York, 14:46 in Tokyo
+    with sdk_tracer("grpc", collector.grpc_endpoint) as tracer:
+        tracer.start_span("late_night", start_time=start_ns).end(end_time=start_ns + 1_000_000)
+    sql = ("SELECT start_time, CAST(date_trunc('day', start_time) AS VARCHAR) AS day,"
+           " strftime(start_time, '%H') AS hour FROM spans")
+    tokyo = {"TZ": "Asia/Tokyo"}
+    served = collector.cli("query", sql, "--format", "json", env=tokyo)
+    assert collector.stop() == 0
+    on_file = run_cli("query", sql, "--format", "json", "--db", str(collector.db_path), env=tokyo)
+    assert served.returncode == 0 and on_file.returncode == 0, served.stderr + on_file.stderr
+    expected = [{"start_time": "2025-12-06T05:46:40.123456+00:00", "day": "2025-12-06 00:00:00+00", "hour": "05"}]
+    assert json.loads(served.stdout) == expected
+    assert json.loads(on_file.stdout) == expected
