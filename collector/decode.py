@@ -447,9 +447,10 @@ def _legacy_genai_content(flat: dict[str, Any], side: str, events: Any, walker: 
     if flat.get(key) is not None:
         return flat[key]
     prefix = key + "."
-    indexed = {f"m.{k[len(prefix):]}": v for k, v in flat.items()
-               if k.startswith(prefix) and k[len(prefix):len(prefix) + 1].isdigit()}
-    if indexed:
+    first = f"{prefix}0."
+    if f"{first}content" in flat or f"{first}role" in flat:  # a dict lookup first: most spans have neither
+        indexed = {f"m.{k[len(prefix):]}": v for k, v in flat.items()
+                   if k.startswith(prefix) and k[len(prefix):len(prefix) + 1].isdigit()}
         messages = walker.nest(indexed).get("m")
         if isinstance(messages, list):
             return [m for m in messages if m is not None]
