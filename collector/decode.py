@@ -40,6 +40,9 @@ _GENAI_OPERATION_KIND = {
 #: OpenLLMetry copies LangChain run metadata / association properties here (session_id, thread_id, ...).
 _TRACELOOP_SESSION = tuple(f"traceloop.association.properties.{k}" for k in ("session_id", "conversation_id", "thread_id"))
 _TRACELOOP_KIND = {"workflow": "CHAIN", "task": "TOOL", "agent": "AGENT", "tool": "TOOL", "llm": "LLM"}
+#: OpenLLMetry's model calls say which API they called in ``llm.request.type`` (no gen_ai.operation.name
+#: before its v0.55): an embeddings or rerank call is not a chat.
+_TRACELOOP_REQUEST_KIND = {"chat": "LLM", "completion": "LLM", "embedding": "EMBEDDING", "rerank": "RERANKER"}
 #: The Vercel AI SDK (`ai`, Node) names each span's operation in ``ai.operationId``; its tool calls
 #: and its outer generate/stream calls (the agent loop) carry no gen_ai key.
 _VERCEL_AI_KIND = {
@@ -364,8 +367,8 @@ def _append_span(
             total = prompt + completion if prompt + completion in _INT64 else None
         elif kind == "EMBEDDING":  # an embedding call has input tokens only (GenAI sends no output count)
             total = prompt
-    input_value, input_mime = _io_value(flat, "input", kind)
-    output_value, output_mime = _io_value(flat, "output", kind)
+    input_value, input_mime = _io_value(flat, "input", kind, span.events, walker)
+    output_value, output_mime = _io_value(flat, "output", kind, span.events, walker)
 
     append = cols.__getitem__
     append("trace_id").append(span.trace_id.hex())
@@ -428,6 +431,9 @@ def span_kind_of(flat: dict[str, Any]) -> str:
     tl = flat.get("traceloop.span.kind")
     if isinstance(tl, str) and tl.lower() in _TRACELOOP_KIND:
         return _TRACELOOP_KIND[tl.lower()]
+    request_type = flat.get("llm.request.type")
+    if isinstance(request_type, str) and request_type.lower() in _TRACELOOP_REQUEST_KIND:
+        return _TRACELOOP_REQUEST_KIND[request_type.lower()]
     vercel = flat.get("ai.operationId")
     if isinstance(vercel, str) and vercel in _VERCEL_AI_KIND:
         return _VERCEL_AI_KIND[vercel]
@@ -438,11 +444,16 @@ def span_kind_of(flat: dict[str, Any]) -> str:
                 return "AGENT"
             if key.startswith("gen_ai.tool.") and not key.startswith("gen_ai.tool.definitions"):
                 return "TOOL"  # the tools a model call was offered say nothing of a tool running
+            if key.startswith("gen_ai.retrieval."):
+                return "RETRIEVER"  # its query or documents: a search, not a model call
+            if key.startswith("gen_ai.embeddings."):
+                return "EMBEDDING"
             has_genai = True
     return "LLM" if has_genai else "UNKNOWN"
 
 
-def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, str | None]:
+def _io_value(flat: dict[str, Any], side: str, kind: str, events: Any,
+              walker: _AttributeWalker) -> tuple[str | None, str | None]:
     value = flat.get(f"{side}.value")
     mime = flat.get(f"{side}.mime_type")
     if value is None:
@@ -460,11 +471,63 @@ def _io_value(flat: dict[str, Any], side: str, kind: str) -> tuple[str | None, s
                     mime = "application/json"
                 break
     if value is None:
+        value = _legacy_genai_content(flat, side, events, walker)
+        if mime is None and (isinstance(value, list) or (isinstance(value, str) and value[:1] in ("[", "{"))):
+            mime = "application/json"
+    if value is None:
         return None, mime if isinstance(mime, str) else None
     if not isinstance(value, str):
         value = _dumps([_json_item(v) for v in value] if isinstance(value, list) else value)
         mime = mime or "application/json"
     return value, mime if isinstance(mime, str) else None
+
+
+#: The deprecated GenAI conventions' per-message span events (semconv 1.28 - 1.36), input side; their
+#: output is the ``gen_ai.choice`` event, ``{index, finish_reason, message}``.
+_GENAI_MESSAGE_EVENTS = {"gen_ai.system.message": "system", "gen_ai.user.message": "user",
+                         "gen_ai.assistant.message": "assistant", "gen_ai.tool.message": "tool"}
+_GENAI_EVENT_FIELDS = ("role", "content", "tool_calls", "id", "index", "finish_reason", "message")
+
+
+def _legacy_genai_content(flat: dict[str, Any], side: str, events: Any, walker: _AttributeWalker) -> Any:
+    """The messages a span sent or received in a deprecated GenAI form, for ``input_value`` / ``output_value``.
+
+    Before ``gen_ai.input.messages`` / ``gen_ai.output.messages``, instrumentations recorded content as the
+    ``gen_ai.prompt`` / ``gen_ai.completion`` JSON text (on the span, or on a ``gen_ai.content.prompt`` /
+    ``.completion`` event: semconv 1.27 and before), as OpenLLMetry's flattened ``gen_ai.prompt.<i>.role`` /
+    ``.content`` keys, or as one event per message (``gen_ai.user.message``, ..., ``gen_ai.choice``). The
+    detectors and candidates read all of these; without this the columns operators query stayed NULL.
+    Returns the JSON text, a list of message objects, or None.
+    """
+    key = "gen_ai.prompt" if side == "input" else "gen_ai.completion"
+    if flat.get(key) is not None:
+        return flat[key]
+    prefix = key + "."
+    first = f"{prefix}0."
+    if f"{first}content" in flat or f"{first}role" in flat:  # a dict lookup first: most spans have neither
+        indexed = {f"m.{k[len(prefix):]}": v for k, v in flat.items()
+                   if k.startswith(prefix) and k[len(prefix):len(prefix) + 1].isdigit()}
+        messages = walker.nest(indexed).get("m")
+        if isinstance(messages, list):
+            return [m for m in messages if m is not None]
+    content_event = "gen_ai.content.prompt" if side == "input" else "gen_ai.content.completion"
+    found: list[Any] = []
+    for event in events:
+        if event.name == content_event:
+            value = walker.flat(event.attributes)[0].get(key)
+            if value is not None:
+                return value
+        elif (side == "input" and event.name in _GENAI_MESSAGE_EVENTS) or (
+                side == "output" and event.name == "gen_ai.choice"):
+            event_flat = walker.flat(event.attributes)[0]
+            body = _json_item(event_flat.get("gen_ai.event.content"))  # Azure AI Inference: the body as JSON
+            if not isinstance(body, dict):
+                attributes = walker.nest(event_flat)
+                body = {f: _json_item(attributes[f]) for f in _GENAI_EVENT_FIELDS if f in attributes}
+            if event.name in _GENAI_MESSAGE_EVENTS:
+                body = {"role": _GENAI_MESSAGE_EVENTS[event.name], **body}
+            found.append(body)
+    return found or None
 
 
 def _json_item(value: Any) -> Any:
@@ -490,7 +553,12 @@ def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, 
     if reason:
         return reason
     reasons = flat.get("gen_ai.response.finish_reasons")
-    if isinstance(reasons, list) and reasons and isinstance(reasons[0], str):
+    if isinstance(reasons, str) and reasons[:1] == "[":
+        # an SDK that cannot send a string[] sends its JSON text: the column holds the first reason, as the
+        # truncation rule reads it, not '["length"]'
+        parsed = _json_holding(reasons, ("[",))
+        reasons = parsed if isinstance(parsed, list) else reasons
+    if isinstance(reasons, list) and reasons and isinstance(reasons[0], str) and reasons[0]:
         return reasons[0]
     if isinstance(reasons, str) and reasons:
         return reasons
@@ -500,7 +568,8 @@ def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, 
     reason = _message_finish_reason(flat.get("gen_ai.output.messages"))
     if reason:
         return reason
-    reason = _first_str(flat, "gen_ai.completion.0.finish_reason")
+    reason = (_first_str(flat, "gen_ai.completion.0.finish_reason")
+              or _message_finish_reason(flat.get("gen_ai.completion")))  # the legacy JSON text of the messages
     if reason:
         return reason
     for event in events:  # the deprecated gen_ai.choice event: {index, finish_reason, message}
@@ -522,7 +591,8 @@ def _json_holding(text: str, needles: Sequence[str]) -> Any:
 
 
 def _message_finish_reason(messages: Any) -> str | None:
-    """finish_reason of the first ``gen_ai.output.messages`` item that has one (JSON text or a list)."""
+    """finish_reason of the first ``gen_ai.output.messages`` (or legacy ``gen_ai.completion``) item that has one
+    (JSON text or a list)."""
     if isinstance(messages, str):
         messages = _json_holding(messages, ('"finish_reason"',))
     if not isinstance(messages, list):
@@ -785,12 +855,17 @@ class _AttributeWalker:
                 node[last] = value
                 if last.isdecimal():  # not isdigit(): int() refuses digits such as "²"
                     digit_keyed.add(id(node))
-            elif id(existing) in made_ids:
-                existing.setdefault("", value)
+            elif id(existing) in made_ids and "" not in existing:
+                existing[""] = value
+            else:
+                # Another key already took this place (``lead`` and ``.lead``, ``a.b`` and ``a..b`` walk the
+                # same way; ``a`` and ``a.`` both want ``a``'s empty key): every attribute is stored, so this
+                # one stays whole, its dotted key at the top level.
+                root.setdefault(key, value)
         for obj, parent, key in reversed(made):  # children before parents
             if id(obj) in digit_keyed and obj and all(k.isdecimal() for k in obj):
                 top = max(int(k) for k in obj)
-                if top < 2 * len(obj) + 64:
+                if top < 2 * len(obj) + 64 and len({int(k) for k in obj}) == len(obj):  # "0" and "00": an object
                     items: list[Any] = [None] * (top + 1)
                     for k, child in obj.items():
                         items[int(k)] = child

@@ -346,9 +346,13 @@ def response_text(resp: Any, refusals: bool = True) -> str | None:
     """
     found: list[str] = []
     if isinstance(resp, list):
-        if not resp or not all(isinstance(m, dict) and "parts" in m for m in resp):
+        if resp and all(isinstance(m, dict) and "parts" in m for m in resp):
+            messages = _genai_messages(resp)
+        elif resp and all(_is_legacy_genai_output(m) for m in resp):
+            messages = _legacy_genai_messages([m.get("message", m) for m in resp])
+        else:
             return None
-        return "\n".join(m["text"] for m in _genai_messages(resp)
+        return "\n".join(m["text"] for m in messages
                          if m["text"] and m.get("role") in (None, "assistant", "model", "ai")) or ""
     if not isinstance(resp, dict):
         return None
@@ -378,6 +382,16 @@ def response_text(resp: Any, refusals: bool = True) -> str | None:
     else:
         return None
     return "\n".join(t for t in found if t)
+
+
+def _is_legacy_genai_output(item: Any) -> bool:
+    """An item of what decode stores as a deprecated GenAI span's output: a ``gen_ai.completion`` message
+    (``{role, content}``) or a ``gen_ai.choice`` event's body (``{index, finish_reason, message}``)."""
+    if not isinstance(item, dict):
+        return False
+    if isinstance(item.get("message"), dict):
+        return "index" in item or "finish_reason" in item
+    return isinstance(item.get("role"), str) and ("content" in item or "tool_calls" in item)
 
 
 def _message_text(message: Any, refusals: bool = True) -> str:
@@ -665,7 +679,7 @@ def retrieval_outcome(span: SpanRow) -> str:
     if docs is not None:
         return "empty"
     a = attrs(span)
-    genai_only = dig(a, "gen_ai", "operation", "name") is not None and dig(a, "openinference") is None
+    genai_only = isinstance(dig(a, "gen_ai"), dict) and dig(a, "openinference") is None  # its kind came from gen_ai.*
     out = span.get("output_value")
     if isinstance(out, str) and _empty_output(out):
         return "empty"

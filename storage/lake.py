@@ -36,6 +36,7 @@ from typing import TypeVar
 
 import duckdb
 
+from tracesieve.storage import store
 from tracesieve.storage.errors import UsageError
 from tracesieve.storage.migrations import CANDIDATES_DDL, DETECTIONS_DDL, SPANS_DDL, TRACE_STATE_DDL
 
@@ -157,6 +158,7 @@ def open_lake(target: LakeTarget, *, read_only: bool = False, migrate: bool = Tr
         con = duckdb.connect(f"ducklake:{target.catalog}", read_only=read_only, config=_connect_config(directory))
     except duckdb.Error as exc:
         raise UsageError(_catalog_problem(target, exc)) from None
+    store.read_times_in_utc(con)
     return con
 
 

@@ -64,6 +64,7 @@ def open_database(path: str, *, read_only: bool = False, existing_store: bool = 
         con.close()
         raise UsageError(f"cannot open {path}: {str(exc).splitlines()[0]}") from None
     con.execute(f"USE {_catalog_name(path)}")
+    read_times_in_utc(con)
     if existing_store and current_version(con) == 0:
         con.close()
         raise UsageError(f"{path} is not a tracesieve store: it has no tracesieve tables "
@@ -76,6 +77,17 @@ def open_database(path: str, *, read_only: bool = False, existing_store: bool = 
                              f"up to {LATEST_VERSION}): upgrade tracesieve to write to it (queries still work)")
         migrate(con)
     return con
+
+
+def read_times_in_utc(con: duckdb.DuckDBPyConnection) -> None:
+    """Make UTC the time zone of every cursor of ``con``'s instance.
+
+    DuckDB prints TIMESTAMPTZ values, and computes ``date_trunc('day', ...)``, ``strftime`` and casts to
+    DATE, in the session time zone, by default the process's own: ``tracesieve query`` answered in the
+    collector's zone while ``serve`` ran and in the CLI's zone on the file, so the same SQL grouped the
+    same store into other days depending on the path. Both paths read in UTC.
+    """
+    con.execute("SET GLOBAL TimeZone = 'UTC'")
 
 
 def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
