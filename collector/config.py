@@ -411,6 +411,10 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         type_name = pid.split("/", 1)[0]
         factory = registry.get(type_name)
         where = f"service.pipelines.traces.processors[{i}]"
+        if pid in names[:i]:  # run twice, it would judge twice and redact placeholders; OTel refuses it too
+            problems.append(f"{where}: {pid!r} is already in the pipeline at [{names.index(pid)}]; "
+                            f"a second instance needs its own id, {type_name}/<name>")
+            continue
         if factory is None:
             problems.append(f"{where}: {registry.unknown(type_name)}")
             continue
@@ -429,6 +433,11 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         except Exception as exc:  # a third-party factory's own bug: still a config problem, named
             problems.append(f"processors.{pid}: processor {type_name!r} refused its options: "
                             f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+            continue
+        missing = _missing_methods(proc, factory.kind)
+        if missing:
+            problems.append(f"processors.{pid}: processor {type_name!r} (kind {factory.kind!r}) has no "
+                            f"{' or '.join(missing)} method; see the processor protocol in tracesieve.processors")
             continue
         if isinstance(proc, DetectorsProcessor):  # --print-config shows its effective thresholds, defaults too
             tree_procs[pid] = proc.config.as_options()
@@ -452,6 +461,17 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         span_processors=span_procs, trace_processors=trace_procs, tree=tree, lake=lake, span_processor_ids=span_ids,
         query_time_limit=query_time_limit,
     )
+
+
+
+#: The methods each stage calls on a processor (processors/base.py): checked once the processor is built, so
+#: a plugin of the wrong shape stops startup naming itself instead of failing every judge round or request.
+_STAGE_METHODS: dict[str, tuple[str, ...]] = {"span": ("process", "shutdown"), "trace": ("process_traces", "shutdown")}
+
+
+def _missing_methods(proc: Any, kind: str) -> list[str]:
+    """The stage methods ``proc`` (what ``from_config`` returned) lacks or holds as non-callables."""
+    return [f"{name}()" for name in _STAGE_METHODS.get(kind, ()) if not callable(getattr(proc, name, None))]
 
 
 #: What a credential may hold: visible ASCII, spaces only inside (what a header and gRPC metadata carry).

@@ -328,13 +328,24 @@ class RaiseConfig(RaiseSpan):
     @classmethod
     def from_config(cls, options, *, path):
         raise ValueError("colour must be a colour")
+
+
+class NoProcessTraces:
+    kind: ClassVar[str] = "trace"
+
+    @classmethod
+    def from_config(cls, options, *, path):
+        return cls()
+
+    def shutdown(self):
+        return None
 """
 
 
 def installed_plugins(tmp_path: Path) -> dict[str, str]:
     """A distribution on PYTHONPATH, as an installer leaves it (module + dist-info), registering
     processors in the entry-point group: one whose module is missing, one whose from_config raises
-    ValueError, one whose process() raises. Returns the env for the subprocess."""
+    ValueError, one whose process() raises, one without process_traces(). Returns the env for the subprocess."""
     site = tmp_path / "site"
     info = site / "ts_fake_plugins-0.1.dist-info"
     info.mkdir(parents=True)
@@ -342,7 +353,8 @@ def installed_plugins(tmp_path: Path) -> dict[str, str]:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ts-fake-plugins\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[tracesieve.processors]\nbroken = no_such_module_xyz:X\n"
                                            "raise_config = ts_fake_plugins:RaiseConfig\n"
-                                           "raise_span = ts_fake_plugins:RaiseSpan\n")
+                                           "raise_span = ts_fake_plugins:RaiseSpan\n"
+                                           "no_process = ts_fake_plugins:NoProcessTraces\n")
     return {"PYTHONPATH": str(site)}
 
 
@@ -369,6 +381,24 @@ def test_a_plugin_factory_that_raises_is_a_config_error_naming_it(tmp_path):
     assert f"config error: {path}: processors.raise_config: processor 'raise_config' refused its options: " \
            "ValueError: colour must be a colour" in result.stderr
     assert "internal error" not in result.stderr
+
+
+def test_a_plugin_without_its_stage_method_is_a_config_error_naming_it(tmp_path):
+    env = installed_plugins(tmp_path)
+    path = write(tmp_path, "service: {pipelines: {traces: {processors: [pii, detectors, no_process]}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config", env=env)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert (f"config error: {path}: processors.no_process: processor 'no_process' (kind 'trace') has no "
+            "process_traces() method") in result.stderr
+
+
+def test_a_processor_named_twice_in_the_pipeline_is_a_config_error(tmp_path):
+    path = write(tmp_path, "service: {pipelines: {traces: {processors: [pii, detectors, pii]}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "service.pipelines.traces.processors[2]: 'pii' is already in the pipeline at [0]" in result.stderr
 
 
 @pytest.mark.parametrize("workers", [0, 1])
