@@ -1000,6 +1000,10 @@ def test_disable_names_an_operator_rule_to_turn_it_off(tmp_path):
     (rule("tool_error", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans"), "already a detector"),
     (rule("loop", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans"), "'loop' is a failure mode"),
     ({"name": "r", "failure_mode": "loop", "severity": "P1"}, "sql: required"),
+    # the stored table by name is every span in the store, not the judged traces' spans
+    (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM main.spans"), "qualified name"),
+    (rule("r", "SELECT s.trace_id, s.span_id, 'm' AS message, '{}' AS evidence FROM spans s "
+               "JOIN \"main\".\"spans\" o ON o.trace_id <> s.trace_id"), "qualified name"),
 ])
 def test_broken_operator_rule_is_a_config_error_naming_the_rule(bad, fragment):
     good = rule("fine", GOOD_SQL)
