@@ -411,6 +411,10 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         type_name = pid.split("/", 1)[0]
         factory = registry.get(type_name)
         where = f"service.pipelines.traces.processors[{i}]"
+        filed_before = [j for j, earlier in enumerate(names[:i]) if earlier.split("/", 1)[0] == "promotion"]
+        if type_name == "detectors" and filed_before:  # promotion files only the detections made before it
+            problems.append(f"{where}: 'detectors' must come before 'promotion' (at [{filed_before[0]}]), "
+                            "which files the detections made before it into candidates")
         if pid in names[:i]:  # run twice, it would judge twice and redact placeholders; OTel refuses it too
             problems.append(f"{where}: {pid!r} is already in the pipeline at [{names.index(pid)}]; "
                             f"a second instance needs its own id, {type_name}/<name>")

@@ -401,6 +401,15 @@ def test_a_processor_named_twice_in_the_pipeline_is_a_config_error(tmp_path):
     assert "service.pipelines.traces.processors[2]: 'pii' is already in the pipeline at [0]" in result.stderr
 
 
+def test_promotion_before_detectors_is_a_config_error_not_a_pipeline_that_files_nothing(tmp_path):
+    path = write(tmp_path, "service: {pipelines: {traces: {processors: [pii, promotion, detectors]}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert ("service.pipelines.traces.processors[2]: 'detectors' must come before 'promotion' (at [1])"
+            in result.stderr)
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_span_processor_that_raises_refuses_the_request_naming_it(start_collector, tmp_path, workers):
     import grpc
