@@ -401,6 +401,23 @@ def test_a_processor_named_twice_in_the_pipeline_is_a_config_error(tmp_path):
     assert "service.pipelines.traces.processors[2]: 'pii' is already in the pipeline at [0]" in result.stderr
 
 
+def test_a_plugin_registering_a_built_in_name_is_refused_not_left_to_the_install_order(tmp_path):
+    # Which of two `pii` entry points loads first depends on the order packages are found in: a plugin
+    # must never silently take the redaction's place (or lose to it), so the name is refused.
+    site = tmp_path / "site"
+    info = site / "ts_shadow-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "ts_shadow.py").write_text(FAKE_PLUGINS)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ts-shadow\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[tracesieve.processors]\npii = ts_shadow:RaiseSpan\n")
+    path = write(tmp_path, "service: {pipelines: {traces: {processors: [pii, detectors]}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config", env={"PYTHONPATH": str(site)})
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "processor 'pii' is registered by two packages, " in result.stderr
+    assert "tracesieve" in result.stderr and "ts-shadow" in result.stderr
+
+
 def test_promotion_before_detectors_is_a_config_error_not_a_pipeline_that_files_nothing(tmp_path):
     path = write(tmp_path, "service: {pipelines: {traces: {processors: [pii, promotion, detectors]}}}\n")
     result = run_cli("serve", "--config", str(path), "--print-config")
