@@ -453,6 +453,17 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         else:
             seen_trace = True
             trace_procs.append(proc)  # type: ignore[arg-type]
+    for pid in proc_section:  # configured but not in the pipeline: its options are still checked, as OTel does
+        unused = registry.get(str(pid).split("/", 1)[0])
+        if unused is None or pid in names:
+            continue
+        try:
+            unused.from_config(proc_section.get(pid) or {}, path=f"processors.{pid}").shutdown()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except Exception as exc:
+            problems.append(f"processors.{pid}: processor {str(pid).split('/', 1)[0]!r} refused its options: "
+                            f"{type(exc).__name__}: {' '.join(str(exc).split())}")
     tree["processors"] = tree_procs
     tree["service"] = {"pipelines": {"traces": {"receivers": ["otlp"], "processors": names}},
                        "span_workers": service.get("span_workers", "auto"),

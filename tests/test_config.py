@@ -418,6 +418,16 @@ def test_a_plugin_registering_a_built_in_name_is_refused_not_left_to_the_install
     assert "tracesieve" in result.stderr and "ts-shadow" in result.stderr
 
 
+def test_options_of_a_processor_left_out_of_the_pipeline_are_still_checked(tmp_path):
+    # Otherwise the typo waits until the day someone adds the processor to the pipeline.
+    path = write(tmp_path, "processors: {promotion: {near_duplicate_treshold: 0.9}}\n"
+                           "service: {pipelines: {traces: {processors: [pii, detectors]}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config")
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "processors.promotion.near_duplicate_treshold: unknown key" in result.stderr
+
+
 def test_promotion_before_detectors_is_a_config_error_not_a_pipeline_that_files_nothing(tmp_path):
     path = write(tmp_path, "service: {pipelines: {traces: {processors: [pii, promotion, detectors]}}}\n")
     result = run_cli("serve", "--config", str(path), "--print-config")
