@@ -284,6 +284,9 @@ def _read_rules(opts: OptionReader, items: Sequence[Any], mode_blast: Mapping[st
                 r.problems.extend(f"{where}.{p}" for p in checker.check(sql))
             before = len(opts.problems)
             _absorb(opts, r)
+            if name:  # the index says where to look; the name is what the operator calls the rule
+                opts.problems[before:] = [p if repr(name) in p else f"{p} (rule {name!r})"
+                                          for p in opts.problems[before:]]
             if len(opts.problems) == before and name and mode and severity and sql:
                 seen.add(name)
                 rules.append(SqlRule(name, mode, severity, blast or mode_blast.get(mode, DEFAULT_SEVERITY[mode][1]), sql))

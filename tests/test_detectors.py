@@ -1010,6 +1010,7 @@ def test_broken_operator_rule_is_a_config_error_naming_the_rule(bad, fragment):
     with pytest.raises(ConfigError) as exc:
         DetectorsProcessor.from_config({"rules": [good, bad]}, path="processors.detectors")
     assert all(p.startswith("processors.detectors.rules[1]") for p in exc.value.problems), exc.value.problems
+    assert all(repr(bad["name"]) in p for p in exc.value.problems), exc.value.problems  # the rule by its name too
     assert fragment in str(exc.value)
 
 
