@@ -426,16 +426,25 @@ class DetectorsProcessor:
         judged = set(trace_ids)
         # The spans the judge loaded are all these traces have: none was received before the earliest.
         bounded = bool(received_at) and all(isinstance(r, dt.datetime) for r in received_at)
-        params = ([min(received_at)] if bounded else []) + [packed(sorted(judged))]
+        since = [min(received_at)] if bounded else []
         failed: list[str] = []
         for rule in rules:
+            sql = wrap_rule_sql(rule.sql, received_bound=bounded)
             try:
-                rows = store.query(wrap_rule_sql(rule.sql, received_bound=bounded), params)
+                rows = store.query(sql, [*since, packed(sorted(judged))])
             except Exception as exc:
                 if self.strict:
                     raise
-                failed.append(f"{rule.name} ({type(exc).__name__})")  # its text may quote span content
-                continue
+                # One trace's data (a value a cast breaks) must not cost the traces that settled with it
+                # their findings: run the rule again trace by trace, and skip only where it still fails.
+                rows, errors = [], 0
+                for trace_id in sorted(judged):
+                    try:
+                        rows.extend(store.query(sql, [*since, packed([trace_id])]))
+                    except Exception:
+                        errors += 1
+                if errors:  # its text may quote span content: the class only
+                    failed.append(f"{rule.name} ({type(exc).__name__}) on {errors} of {len(judged)} traces")
             for row in rows:
                 trace_id = row.get("trace_id")
                 if trace_id not in judged:
@@ -451,7 +460,8 @@ class DetectorsProcessor:
                 ))
         self.errors += len(failed)
         if failed:
-            log.warning("detectors: operator SQL rule(s) failed on this batch and were skipped: %s", ", ".join(failed))
+            log.warning("detectors: operator SQL rule(s) failed and were skipped on the traces they failed on: %s",
+                        ", ".join(failed))
         return per_trace
 
     def process_traces(self, batch: TraceBatch, store: StoreReader) -> TraceBatch:

@@ -942,6 +942,21 @@ def test_an_operator_rule_failing_at_run_time_is_named_in_the_log_without_span_c
     assert "casts_names (ConversionException)" in caplog.text and "search_kb" not in caplog.text
 
 
+def test_an_operator_rule_failing_on_one_trace_still_finds_in_the_traces_judged_with_it(tmp_path, caplog):
+    """It used to be skipped for the whole round: whether a trace got the rule's finding depended on
+    which other traces happened to settle with it."""
+    cast = ("SELECT trace_id, span_id, 'count ' || CAST(output_value AS INTEGER) AS message, '{}' AS evidence "
+            "FROM spans WHERE span_kind = 'TOOL'")
+    traces = [make_trace(tool("count", '{"q": "x"}', result=out)) for out in ("12", "not a number", "7")]
+    p = DetectorsProcessor(DetectorsConfig.from_options({"rules": [rule("counts", cast)]}, "processors.detectors"))
+    with caplog.at_level("WARNING", logger="tracesieve.processors.detectors"):
+        ds = p.process_traces(TraceBatch(traces={t[0]["trace_id"]: t for t in traces}),
+                              store_with(tmp_path, *traces)).detections
+    assert sorted((d.trace_id, d.message) for d in ds) == sorted(
+        [(traces[0][0]["trace_id"], "count 12"), (traces[2][0]["trace_id"], "count 7")])
+    assert "counts (ConversionException) on 1 of 3 traces" in caplog.text and "not a number" not in caplog.text
+
+
 def test_a_built_in_rule_that_raises_is_named_with_its_trace_and_the_others_still_judge(monkeypatch, caplog):
     """The warning said only "1 rule(s) failed on one trace": nothing to report or reproduce it by."""
     from tracesieve.processors import detectors as detectors_module
