@@ -229,10 +229,15 @@ def _on_root(finding: Finding, root_id: str) -> Finding:
 _MESSAGE_CHARS = 500
 
 
-def one_line(text: str) -> str:
+def one_line(text: str, limit: int = _MESSAGE_CHARS) -> str:
     """A detection's message as one line a human reads: an exception text or a rule's message may span
-    several lines (the whole text stays in evidence); whitespace runs fold to one space, long ones are clipped."""
-    return clip(" ".join(text.split()), _MESSAGE_CHARS)
+    several lines (the whole text stays in evidence); whitespace runs fold to one space, and a long one is
+    clipped so that with its ``…[N more chars]`` mark it is at most ``limit`` characters."""
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    cut = max(0, limit - len(f"…[{len(flat)} more chars]"))  # the mark's count is at most len(flat)
+    return flat[:cut] + f"…[{len(flat) - cut} more chars]"
 
 
 def _absorb(parent: OptionReader, child: OptionReader) -> None:
@@ -404,11 +409,12 @@ class DetectorsProcessor:
                 blast = self.config.mode_blast_radius.get(mode, DEFAULT_SEVERITY[mode][1])
                 if first.tool and first.tool in self.config.blast_radius:
                     blast = self.config.blast_radius[first.tool]
-            message = one_line(first.message)
             if len(group) == 1:
+                message = one_line(first.message)
                 evidence = first.evidence
             else:
-                message = f"{message} (+{len(group) - 1} more)"
+                more = f" (+{len(group) - 1} more)"
+                message = one_line(first.message, _MESSAGE_CHARS - len(more)) + more
                 evidence = {"count": len(group), "findings": [g.evidence for g in group]}
             out.append(Detection(trace_id, span_id, detector, mode, severity, blast, message, dict(evidence)))
         return out
@@ -452,10 +458,11 @@ class DetectorsProcessor:
                 evidence = loose(row.get("evidence"))
                 if not isinstance(evidence, dict):
                     evidence = {"value": clip(evidence) if evidence is not None else None}
-                message = row.get("message")
+                message = str(row.get("message") or "") or f"operator rule {rule.name} matched"
+                if len(" ".join(message.split())) > _MESSAGE_CHARS and "message" not in evidence:
+                    evidence = {**evidence, "message": clip(message)}  # the detection's message is clipped
                 per_trace.setdefault(trace_id, []).append(Finding(
-                    str(row.get("span_id") or ""), rule.name, rule.failure_mode,
-                    str(message) if message else f"operator rule {rule.name} matched",
+                    str(row.get("span_id") or ""), rule.name, rule.failure_mode, message,
                     {"rule": rule.name, **evidence},
                 ))
         self.errors += len(failed)

@@ -783,8 +783,21 @@ def test_a_message_is_one_line_even_when_the_error_or_the_rule_text_spans_lines(
                                                    store_with(tmp_path, trace)).detections}
     assert ds["tool_error"].message == "tool lookup failed: upstream said 502 Traceback (most recent call last):"
     assert ds["tool_error"].evidence["status_message"].startswith("upstream said 502\n")
-    assert "\n" not in ds["empty_tool_result"].message and len(ds["empty_tool_result"].message) < 600
+    assert "\n" not in ds["empty_tool_result"].message and len(ds["empty_tool_result"].message) <= 500
     assert ds["empty_tool_result"].message.startswith("tool search_kb returned nothing returned nothing")
+    assert ds["empty_tool_result"].message.endswith(" more chars]")  # clipped, mark included in the 500
+    assert ds["empty_tool_result"].evidence["message"].startswith("tool search_kb\nreturned nothing")  # kept whole
+
+
+def test_a_message_with_several_findings_stays_within_500_characters(tmp_path):
+    trace = make_trace(tool("search_kb", '{"q": "x"}', result="[]"))
+    long_sql = ("SELECT trace_id, span_id, repeat('no result ', 80) AS message, '{}' AS evidence FROM spans "
+                "WHERE span_kind = 'TOOL' UNION ALL "
+                "SELECT trace_id, span_id, 'again' AS message, '{}' AS evidence FROM spans WHERE span_kind = 'TOOL'")
+    ds = processor(rules=[rule("twice", long_sql)]).process_traces(
+        TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    twice = [d for d in ds if d.detector == "twice"]
+    assert len(twice) == 1 and twice[0].message.endswith(" (+1 more)") and len(twice[0].message) <= 500
 
 
 def test_judging_twice_gives_the_same_detection_ids():
