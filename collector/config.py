@@ -135,6 +135,11 @@ class Config:
         return [s for s in (self.bearer_token, self.api_key, *keys) if s]
 
     @property
+    def redacts_pii(self) -> bool:
+        """Whether a ``pii`` processor is in the pipeline: without one, spans are stored as received."""
+        return any(isinstance(p, PiiProcessor) for p in self.span_processors)
+
+    @property
     def decode_limits(self) -> DecodeLimits:
         return DecodeLimits(
             max_attributes_per_span=self.limits.max_attributes_per_span,
