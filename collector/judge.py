@@ -193,7 +193,7 @@ class Judge:
         still fails on keeps what the earlier steps found for it.
         """
         try:
-            return proc.process_traces(batch, self._reader)
+            return _stepped(proc, batch, self._reader)
         except Exception as exc:
             if len(batch.traces) > 1:
                 log.error("trace processor %s failed on %d traces (%s); running it trace by trace",
@@ -208,7 +208,7 @@ class Judge:
                                 detections=[d for d in batch.detections if d.trace_id == trace_id],
                                 candidates=[c for c in batch.candidates if c.trace_id == trace_id])
             try:
-                single = proc.process_traces(single, self._reader)
+                single = _stepped(proc, single, self._reader)
             except Exception as exc:
                 log.error("trace processor %s failed on trace %s (%s); its findings are kept without it",
                           _step_name(proc), trace_id, type(exc).__name__)
@@ -376,6 +376,17 @@ def settle_lags(table: pa.Table, decision_wait: float) -> list[float]:
     now = utcnow()
     last = table.group_by("trace_id").aggregate([("received_at", "max")]).column("received_at_max")
     return [(now - t).total_seconds() - decision_wait for t in store.utc_datetimes(last) if t is not None]
+
+
+def _stepped(proc: TraceProcessor, batch: TraceBatch, reader: Any) -> TraceBatch:
+    """``proc.process_traces`` on a copy of the batch's lists, with an answer that is no TraceBatch (a plugin
+    that forgot its ``return``) raised as the step's failure: a step that fails, even after changing the
+    batch it was given, costs its own output, never the findings of the steps before it."""
+    given = TraceBatch(traces=batch.traces, detections=list(batch.detections), candidates=list(batch.candidates))
+    result = proc.process_traces(given, reader)
+    if not isinstance(result, TraceBatch):
+        raise TypeError(f"process_traces returned {type(result).__name__}, not a TraceBatch")
+    return result
 
 
 def _step_name(proc: TraceProcessor) -> str:

@@ -330,6 +330,25 @@ class RaiseConfig(RaiseSpan):
         raise ValueError("colour must be a colour")
 
 
+class DropsName(RaiseSpan):
+    def process(self, batch):
+        return batch.drop_columns(["name"])
+
+
+class ForgetsReturn:
+    kind: ClassVar[str] = "trace"
+
+    @classmethod
+    def from_config(cls, options, *, path):
+        return cls()
+
+    def process_traces(self, batch, store):
+        batch.detections.clear()  # works on the batch in place, then forgets to return it
+
+    def shutdown(self):
+        return None
+
+
 class NoProcessTraces:
     kind: ClassVar[str] = "trace"
 
@@ -345,7 +364,8 @@ class NoProcessTraces:
 def installed_plugins(tmp_path: Path) -> dict[str, str]:
     """A distribution on PYTHONPATH, as an installer leaves it (module + dist-info), registering
     processors in the entry-point group: one whose module is missing, one whose from_config raises
-    ValueError, one whose process() raises, one without process_traces(). Returns the env for the subprocess."""
+    ValueError, one whose process() raises, one without process_traces(), one whose process() drops a
+    column, one whose process_traces() returns nothing. Returns the env for the subprocess."""
     site = tmp_path / "site"
     info = site / "ts_fake_plugins-0.1.dist-info"
     info.mkdir(parents=True)
@@ -354,7 +374,9 @@ def installed_plugins(tmp_path: Path) -> dict[str, str]:
     (info / "entry_points.txt").write_text("[tracesieve.processors]\nbroken = no_such_module_xyz:X\n"
                                            "raise_config = ts_fake_plugins:RaiseConfig\n"
                                            "raise_span = ts_fake_plugins:RaiseSpan\n"
-                                           "no_process = ts_fake_plugins:NoProcessTraces\n")
+                                           "no_process = ts_fake_plugins:NoProcessTraces\n"
+                                           "drops_name = ts_fake_plugins:DropsName\n"
+                                           "forgets_return = ts_fake_plugins:ForgetsReturn\n")
     return {"PYTHONPATH": str(site)}
 
 
@@ -458,6 +480,39 @@ def test_a_span_processor_that_raises_refuses_the_request_naming_it(start_collec
     log = c.log()
     assert log.count("export failed: span processor 'raise_span' failed: RuntimeError") == 2, log
     assert "span text that must never reach a log" not in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_span_processor_that_breaks_the_schema_refuses_the_request_naming_it(start_collector, tmp_path, workers):
+    # It used to reach the writer, whose failed commit answered "retry" for a request that can never be stored.
+    env = installed_plugins(tmp_path)
+    c = start_collector({"service": {"span_workers": workers,
+                                     "pipelines": {"traces": {"processors": ["pii", "drops_name"]}}}}, env=env)
+    response = post(c, make_request(2).SerializeToString())
+    assert response.status_code == 500
+    assert b"span processor 'drops_name' failed: it returned a table without the spans schema (missing: name" \
+        in response.content
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 0}]
+    assert c.stop() == 0
+    assert "tracesieve.writer" not in c.log(), c.log()
+
+
+def test_a_trace_processor_that_returns_nothing_costs_only_its_own_output(start_collector, tmp_path):
+    # The judge used to fail the whole round on the None, again and again, and at shutdown: the detectors'
+    # findings before it were never stored.
+    from sdk_helpers import emit_agent_trace, sdk_tracer
+
+    env = installed_plugins(tmp_path)
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms"}},
+                         "service": {"pipelines": {"traces": {"processors": ["pii", "detectors", "forgets_return",
+                                                                             "promotion"]}}}}, env=env)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_id = emit_agent_trace(tracer, tool_error=True)
+    c.wait_for(f"SELECT detector FROM detections WHERE trace_id = '{trace_id}'",
+               lambda rows: rows == [{"detector": "tool_error"}])
+    c.wait_for("SELECT count(*) AS n FROM candidates", lambda rows: rows == [{"n": 1}])
+    assert c.stop() == 0
+    assert f"trace processor ForgetsReturn failed on trace {trace_id} (TypeError)" in c.log(), c.log()
 
 
 def test_span_stage_runs_inline_or_in_worker_processes_with_the_same_result(start_collector, tmp_path):
