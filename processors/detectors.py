@@ -45,7 +45,7 @@ from tracesieve.processors.rules import (
 from tracesieve.processors.spanview import clip, loose
 from tracesieve.storage.errors import ConfigError
 from tracesieve.storage.schema import BLAST_RADII, FAILURE_MODES, SEVERITIES, SPAN_KINDS, Detection
-from tracesieve.storage.sqlcheck import RuleSqlChecker, wrap_rule_sql
+from tracesieve.storage.sqlcheck import RuleSqlChecker, fails_on_data, wrap_rule_sql
 from tracesieve.storage.sqlparams import packed
 from tracesieve.storage.units import format_duration, typed_env
 
@@ -443,8 +443,10 @@ class DetectorsProcessor:
                     raise
                 # One trace's data (a value a cast breaks) must not cost the traces that settled with it
                 # their findings: run the rule again trace by trace, and skip only where it still fails.
-                rows, errors = [], 0
-                for trace_id in sorted(judged):
+                # A structural error (a missing table, memory) would only fail again, once per trace.
+                retry = sorted(judged) if fails_on_data(exc) else []
+                rows, errors = [], len(judged) - len(retry)
+                for trace_id in retry:
                     try:
                         rows.extend(store.query(sql, [*since, packed([trace_id])]))
                     except Exception:

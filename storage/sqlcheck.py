@@ -75,6 +75,12 @@ def wrap_rule_sql(sql: str, *, received_bound: bool = True, source: str = "main.
     )
 
 
+def fails_on_data(exc: BaseException) -> bool:
+    """Whether a rule's run-time error comes from the values it read (a cast, a range, malformed JSON), so that
+    the same rule may still run on other traces; not a missing table, a bind error or running out of memory."""
+    return isinstance(exc, (duckdb.DataError, duckdb.InvalidInputException, duckdb.TypeMismatchException))
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__

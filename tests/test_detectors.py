@@ -970,6 +970,26 @@ def test_an_operator_rule_failing_on_one_trace_still_finds_in_the_traces_judged_
     assert "counts (ConversionException) on 1 of 3 traces" in caplog.text and "not a number" not in caplog.text
 
 
+def test_an_operator_rule_failing_for_want_of_a_table_is_not_run_again_per_trace(caplog):
+    """Only an error from the values read is worth a run per trace; a missing table fails every trace alike."""
+    import duckdb
+
+    class MissingTable:
+        calls = 0
+
+        def query(self, sql, params=()):
+            MissingTable.calls += 1
+            raise duckdb.CatalogException("Table with name spans does not exist!")
+
+    traces = [make_trace(tool("search_kb", '{"q": "x"}', result="[]")) for _ in range(3)]
+    options = {"rules": [rule("empty_tool_result", GOOD_SQL)]}
+    p = DetectorsProcessor(DetectorsConfig.from_options(options, "processors.detectors"))
+    with caplog.at_level("WARNING", logger="tracesieve.processors.detectors"):
+        p.process_traces(TraceBatch(traces={t[0]["trace_id"]: t for t in traces}), MissingTable())
+    assert MissingTable.calls == 1
+    assert "empty_tool_result (CatalogException) on 3 of 3 traces" in caplog.text
+
+
 def test_a_built_in_rule_that_raises_is_named_with_its_trace_and_the_others_still_judge(monkeypatch, caplog):
     """The warning said only "1 rule(s) failed on one trace": nothing to report or reproduce it by."""
     from tracesieve.processors import detectors as detectors_module
