@@ -126,6 +126,7 @@ class Config:
     api_key: str | None = None  # accepted in the x-api-key header (bearer_token: in Authorization: Bearer)
     lake: LakeTarget | None = None  # storage.ducklake: many collectors on one store (db_path is then unused)
     span_processor_ids: list[str] = dataclasses.field(default_factory=list)  # pipeline ids of span_processors
+    trace_processor_ids: list[str] = dataclasses.field(default_factory=list)  # pipeline ids of trace_processors
     query_time_limit: float = DEFAULT_QUERY_TIME_LIMIT  # seconds an operator's query may run through serve
 
     @property
@@ -410,6 +411,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     span_procs: list[SpanProcessor] = []
     span_ids: list[str] = []
     trace_procs: list[TraceProcessor] = []
+    trace_ids: list[str] = []
     tree_procs: dict[str, Any] = {}
     seen_trace = False
     for i, pid in enumerate(names):
@@ -458,6 +460,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         else:
             seen_trace = True
             trace_procs.append(proc)  # type: ignore[arg-type]
+            trace_ids.append(pid)
     for pid in proc_section:  # configured but not in the pipeline: its options are still checked, as OTel does
         unused = registry.get(str(pid).split("/", 1)[0])
         if unused is None or pid in names:
@@ -479,6 +482,7 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         source="", path=None, grpc=grpc, http=http, span_workers=span_workers, bearer_token=token, api_key=api_key,
         limits=limits, db_path=db_path,
         span_processors=span_procs, trace_processors=trace_procs, tree=tree, lake=lake, span_processor_ids=span_ids,
+        trace_processor_ids=trace_ids,
         query_time_limit=query_time_limit,
     )
 

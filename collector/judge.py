@@ -102,8 +102,11 @@ class Judge:
         metrics: Metrics,
         trace_store: TraceStore | None = None,
         rule_finder: RuleFinder | None = None,
+        step_ids: Sequence[str] = (),
     ) -> None:
         self._trace_store = trace_store
+        # The pipeline ids (``span_counter``, ``detectors/strict``) the log names a failing step by.
+        self._step_ids = {id(p): name for p, name in zip(processors, step_ids)}
         # The rules can run elsewhere when every other step reads only the traces that have detections.
         self._rule_finder = rule_finder if (
             processors and isinstance(processors[0], DetectorsProcessor)
@@ -185,6 +188,9 @@ class Judge:
                 batch = self._linked_feedback(batch, table, list(traces), since)
         return batch
 
+    def _step_name(self, proc: TraceProcessor) -> str:
+        return self._step_ids.get(id(proc)) or str(getattr(proc, "name", None) or type(proc).__name__)
+
     def _run_processor(self, proc: TraceProcessor, batch: TraceBatch) -> TraceBatch:
         """One step of the trace stage; a step that raises costs only its own output.
 
@@ -197,10 +203,10 @@ class Judge:
         except Exception as exc:
             if len(batch.traces) > 1:
                 log.error("trace processor %s failed on %d traces (%s); running it trace by trace",
-                          _step_name(proc), len(batch.traces), type(exc).__name__)
+                          self._step_name(proc), len(batch.traces), type(exc).__name__)
             else:
                 log.error("trace processor %s failed on trace %s (%s); its findings are kept without it",
-                          _step_name(proc), next(iter(batch.traces), "?"), type(exc).__name__)
+                          self._step_name(proc), next(iter(batch.traces), "?"), type(exc).__name__)
                 return batch
         out = TraceBatch(traces=batch.traces)
         for trace_id, spans in batch.traces.items():
@@ -211,7 +217,7 @@ class Judge:
                 single = _stepped(proc, single, self._reader)
             except Exception as exc:
                 log.error("trace processor %s failed on trace %s (%s); its findings are kept without it",
-                          _step_name(proc), trace_id, type(exc).__name__)
+                          self._step_name(proc), trace_id, type(exc).__name__)
             out.detections.extend(single.detections)
             out.candidates.extend(single.candidates)
         return out
@@ -387,7 +393,3 @@ def _stepped(proc: TraceProcessor, batch: TraceBatch, reader: Any) -> TraceBatch
     if not isinstance(result, TraceBatch):
         raise TypeError(f"process_traces returned {type(result).__name__}, not a TraceBatch")
     return result
-
-
-def _step_name(proc: TraceProcessor) -> str:
-    return str(getattr(proc, "name", None) or type(proc).__name__)

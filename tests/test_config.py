@@ -512,7 +512,8 @@ def test_a_trace_processor_that_returns_nothing_costs_only_its_own_output(start_
                lambda rows: rows == [{"detector": "tool_error"}])
     c.wait_for("SELECT count(*) AS n FROM candidates", lambda rows: rows == [{"n": 1}])
     assert c.stop() == 0
-    assert f"trace processor ForgetsReturn failed on trace {trace_id} (TypeError)" in c.log(), c.log()
+    # named by its pipeline id, as the operator wrote it, not by its class
+    assert f"trace processor forgets_return failed on trace {trace_id} (TypeError)" in c.log(), c.log()
 
 
 def test_span_stage_runs_inline_or_in_worker_processes_with_the_same_result(start_collector, tmp_path):
