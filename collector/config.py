@@ -427,7 +427,8 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
                             f"a second instance needs its own id, {type_name}/<name>")
             continue
         if factory is None:
-            problems.append(f"{where}: {registry.unknown(type_name)}")
+            if pid not in proc_section:  # else processors.<pid> already says it, and the line would say it twice
+                problems.append(f"{where}: {registry.unknown(type_name)}")
             continue
         if pid not in proc_section and "/" in pid:
             problems.append(f"{where}: {pid!r} is not defined under processors:")

@@ -393,6 +393,16 @@ def test_a_plugin_that_cannot_be_imported_is_reported_with_its_import_error(tmp_
     assert "unknown processor" not in result.stderr
 
 
+def test_a_plugin_that_cannot_be_imported_is_reported_once_when_it_also_has_options(tmp_path):
+    env = installed_plugins(tmp_path)
+    path = write(tmp_path, "processors: {broken: {colour: red}}\n"
+                           "service: {pipelines: {traces: {processors: [pii, broken]}}}\n")
+    result = run_cli("serve", "--config", str(path), "--print-config", env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("could not be loaded") == 1, result.stderr
+    assert "processors.broken: processor 'broken' (entry point broken = 'no_such_module_xyz:X')" in result.stderr
+
+
 def test_a_plugin_factory_that_raises_is_a_config_error_naming_it(tmp_path):
     env = installed_plugins(tmp_path)
     path = write(tmp_path, "processors: {raise_config: {colour: red}}\n"
