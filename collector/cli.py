@@ -282,6 +282,9 @@ def serve(config_path: str | None, db_path: str | None, print_config: bool, log_
         raise UsageError(str(exc)) from None
     info = collector.startup_info()
     log.info("tracesieve is up", extra={**info, "block": startup_block(info)})
+    if not config.redacts_pii:  # DESIGN: nothing unredacted is written; a pipeline may still leave pii out
+        log.warning("pii is not in service.pipelines.traces.processors: spans are stored as received, "
+                    "with any PII and secrets they carry")
     interval = status_interval if status_interval > 0 and sys.stderr.isatty() else 0.0
     previous, taken = (collector.status() if interval else {}), time.monotonic()
     while not stop.wait(interval or 1.0):

@@ -126,6 +126,7 @@ class Config:
     api_key: str | None = None  # accepted in the x-api-key header (bearer_token: in Authorization: Bearer)
     lake: LakeTarget | None = None  # storage.ducklake: many collectors on one store (db_path is then unused)
     span_processor_ids: list[str] = dataclasses.field(default_factory=list)  # pipeline ids of span_processors
+    trace_processor_ids: list[str] = dataclasses.field(default_factory=list)  # pipeline ids of trace_processors
     query_time_limit: float = DEFAULT_QUERY_TIME_LIMIT  # seconds an operator's query may run through serve
 
     @property
@@ -133,6 +134,11 @@ class Config:
         """Every configured secret the log must never show: token, API key, the pii processors' keys."""
         keys = [p.sanitizer.secret_key for p in self.span_processors if isinstance(p, PiiProcessor)]
         return [s for s in (self.bearer_token, self.api_key, *keys) if s]
+
+    @property
+    def redacts_pii(self) -> bool:
+        """Whether a ``pii`` processor is in the pipeline: without one, spans are stored as received."""
+        return any(isinstance(p, PiiProcessor) for p in self.span_processors)
 
     @property
     def decode_limits(self) -> DecodeLimits:
@@ -414,14 +420,24 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
     span_procs: list[SpanProcessor] = []
     span_ids: list[str] = []
     trace_procs: list[TraceProcessor] = []
+    trace_ids: list[str] = []
     tree_procs: dict[str, Any] = {}
     seen_trace = False
     for i, pid in enumerate(names):
         type_name = pid.split("/", 1)[0]
         factory = registry.get(type_name)
         where = f"service.pipelines.traces.processors[{i}]"
+        filed_before = [j for j, earlier in enumerate(names[:i]) if earlier.split("/", 1)[0] == "promotion"]
+        if type_name == "detectors" and filed_before:  # promotion files only the detections made before it
+            problems.append(f"{where}: 'detectors' must come before 'promotion' (at [{filed_before[0]}]), "
+                            "which files the detections made before it into candidates")
+        if pid in names[:i]:  # run twice, it would judge twice and redact placeholders; OTel refuses it too
+            problems.append(f"{where}: {pid!r} is already in the pipeline at [{names.index(pid)}]; "
+                            f"a second instance needs its own id, {type_name}/<name>")
+            continue
         if factory is None:
-            problems.append(f"{where}: {registry.unknown(type_name)}")
+            if pid not in proc_section:  # else processors.<pid> already says it, and the line would say it twice
+                problems.append(f"{where}: {registry.unknown(type_name)}")
             continue
         if pid not in proc_section and "/" in pid:
             problems.append(f"{where}: {pid!r} is not defined under processors:")
@@ -439,6 +455,11 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
             problems.append(f"processors.{pid}: processor {type_name!r} refused its options: "
                             f"{type(exc).__name__}: {' '.join(str(exc).split())}")
             continue
+        missing = _missing_methods(proc, factory.kind)
+        if missing:
+            problems.append(f"processors.{pid}: processor {type_name!r} (kind {factory.kind!r}) has no "
+                            f"{' or '.join(missing)} method; see the processor protocol in tracesieve.processors")
+            continue
         if isinstance(proc, DetectorsProcessor):  # --print-config shows its effective thresholds, defaults too
             tree_procs[pid] = proc.config.as_options()
         if factory.kind == "span":
@@ -449,6 +470,18 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         else:
             seen_trace = True
             trace_procs.append(proc)  # type: ignore[arg-type]
+            trace_ids.append(pid)
+    for pid in proc_section:  # configured but not in the pipeline: its options are still checked, as OTel does
+        unused = registry.get(str(pid).split("/", 1)[0])
+        if unused is None or pid in names:
+            continue
+        try:
+            unused.from_config(proc_section.get(pid) or {}, path=f"processors.{pid}").shutdown()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        except Exception as exc:
+            problems.append(f"processors.{pid}: processor {str(pid).split('/', 1)[0]!r} refused its options: "
+                            f"{type(exc).__name__}: {' '.join(str(exc).split())}")
     tree["processors"] = tree_procs
     tree["service"] = {"pipelines": {"traces": {"receivers": ["otlp"], "processors": names}},
                        "span_workers": service.get("span_workers", "auto"),
@@ -459,8 +492,20 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         source="", path=None, grpc=grpc, http=http, span_workers=span_workers, bearer_token=token, api_key=api_key,
         limits=limits, db_path=db_path,
         span_processors=span_procs, trace_processors=trace_procs, tree=tree, lake=lake, span_processor_ids=span_ids,
+        trace_processor_ids=trace_ids,
         query_time_limit=query_time_limit,
     )
+
+
+
+#: The methods each stage calls on a processor (processors/base.py): checked once the processor is built, so
+#: a plugin of the wrong shape stops startup naming itself instead of failing every judge round or request.
+_STAGE_METHODS: dict[str, tuple[str, ...]] = {"span": ("process", "shutdown"), "trace": ("process_traces", "shutdown")}
+
+
+def _missing_methods(proc: Any, kind: str) -> list[str]:
+    """The stage methods ``proc`` (what ``from_config`` returned) lacks or holds as non-callables."""
+    return [f"{name}()" for name in _STAGE_METHODS.get(kind, ()) if not callable(getattr(proc, name, None))]
 
 
 #: What a credential may hold: visible ASCII, spaces only inside (what a header and gRPC metadata carry).

@@ -357,6 +357,7 @@ def run_gate(
             db_path=os.path.join(tmp, "gate.duckdb"),
             span_workers=0,  # a gate's volume does not need worker processes
             trace_processors=[detectors],  # candidates are of no use in a throwaway store
+            trace_processor_ids=["detectors"],
             lake=None,  # the gate never writes the production store, file or lake
         )
         collector = Collector(gate_config)

@@ -102,8 +102,11 @@ class Judge:
         metrics: Metrics,
         trace_store: TraceStore | None = None,
         rule_finder: RuleFinder | None = None,
+        step_ids: Sequence[str] = (),
     ) -> None:
         self._trace_store = trace_store
+        # The pipeline ids (``span_counter``, ``detectors/strict``) the log names a failing step by.
+        self._step_ids = {id(p): name for p, name in zip(processors, step_ids)}
         # The rules can run elsewhere when every other step reads only the traces that have detections.
         self._rule_finder = rule_finder if (
             processors and isinstance(processors[0], DetectorsProcessor)
@@ -185,6 +188,9 @@ class Judge:
                 batch = self._linked_feedback(batch, table, list(traces), since)
         return batch
 
+    def _step_name(self, proc: TraceProcessor) -> str:
+        return self._step_ids.get(id(proc)) or str(getattr(proc, "name", None) or type(proc).__name__)
+
     def _run_processor(self, proc: TraceProcessor, batch: TraceBatch) -> TraceBatch:
         """One step of the trace stage; a step that raises costs only its own output.
 
@@ -193,14 +199,14 @@ class Judge:
         still fails on keeps what the earlier steps found for it.
         """
         try:
-            return proc.process_traces(batch, self._reader)
+            return _stepped(proc, batch, self._reader)
         except Exception as exc:
             if len(batch.traces) > 1:
                 log.error("trace processor %s failed on %d traces (%s); running it trace by trace",
-                          _step_name(proc), len(batch.traces), type(exc).__name__)
+                          self._step_name(proc), len(batch.traces), type(exc).__name__)
             else:
                 log.error("trace processor %s failed on trace %s (%s); its findings are kept without it",
-                          _step_name(proc), next(iter(batch.traces), "?"), type(exc).__name__)
+                          self._step_name(proc), next(iter(batch.traces), "?"), type(exc).__name__)
                 return batch
         out = TraceBatch(traces=batch.traces)
         for trace_id, spans in batch.traces.items():
@@ -208,10 +214,10 @@ class Judge:
                                 detections=[d for d in batch.detections if d.trace_id == trace_id],
                                 candidates=[c for c in batch.candidates if c.trace_id == trace_id])
             try:
-                single = proc.process_traces(single, self._reader)
+                single = _stepped(proc, single, self._reader)
             except Exception as exc:
                 log.error("trace processor %s failed on trace %s (%s); its findings are kept without it",
-                          _step_name(proc), trace_id, type(exc).__name__)
+                          self._step_name(proc), trace_id, type(exc).__name__)
             out.detections.extend(single.detections)
             out.candidates.extend(single.candidates)
         return out
@@ -378,5 +384,12 @@ def settle_lags(table: pa.Table, decision_wait: float) -> list[float]:
     return [(now - t).total_seconds() - decision_wait for t in store.utc_datetimes(last) if t is not None]
 
 
-def _step_name(proc: TraceProcessor) -> str:
-    return str(getattr(proc, "name", None) or type(proc).__name__)
+def _stepped(proc: TraceProcessor, batch: TraceBatch, reader: Any) -> TraceBatch:
+    """``proc.process_traces`` on a copy of the batch's lists, with an answer that is no TraceBatch (a plugin
+    that forgot its ``return``) raised as the step's failure: a step that fails, even after changing the
+    batch it was given, costs its own output, never the findings of the steps before it."""
+    given = TraceBatch(traces=batch.traces, detections=list(batch.detections), candidates=list(batch.candidates))
+    result = proc.process_traces(given, reader)
+    if not isinstance(result, TraceBatch):
+        raise TypeError(f"process_traces returned {type(result).__name__}, not a TraceBatch")
+    return result

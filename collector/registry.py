@@ -28,9 +28,18 @@ class ProcessorRegistry:
     def load(cls) -> ProcessorRegistry:
         factories: dict[str, Any] = {}
         broken: dict[str, str] = {}
+        owners: dict[str, str] = {}
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in factories:
+            owner = ep.dist.name if ep.dist is not None else "an unnamed distribution"
+            if ep.name in owners:
+                if owners[ep.name] != owner:
+                    # Which one loads would depend on the order packages are found in; a plugin named
+                    # like a built-in (pii) could replace the redaction. Refuse the name instead.
+                    factories.pop(ep.name, None)
+                    broken[ep.name] = (f"processor {ep.name!r} is registered by two packages, {owners[ep.name]} and "
+                                       f"{owner}: uninstall one, or have the plugin register another name")
                 continue
+            owners[ep.name] = owner
             where = f"processor {ep.name!r} (entry point {ep.name} = {ep.value!r})"
             try:
                 factory = ep.load()

@@ -196,7 +196,8 @@ class Collector:
         self.service = ExportService(cfg, self.writer, self.metrics.receiver("grpc"), self._stage, self.memory)
         self.http_service = ExportService(cfg, self.writer, self.metrics.receiver("http"), self._stage, self.memory)
         self.judge = Judge(store.cursor(self.con), self.writer, cfg.trace_processors, cfg.decision_wait, self.metrics,
-                           trace_store, rule_finder=self._stage if isinstance(self._stage, ProcessSpanStage) else None)
+                           trace_store, rule_finder=self._stage if isinstance(self._stage, ProcessSpanStage) else None,
+                           step_ids=cfg.trace_processor_ids)
         self.api = StoreApi(self._new_read_cursor, lambda task: self.writer.submit_task(task).result(timeout=60),
                             query_time_limit=cfg.query_time_limit, redact_text=cfg.redact_text)
         self.judge.start()

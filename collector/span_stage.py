@@ -38,6 +38,7 @@ from tracesieve.processors.base import SpanProcessor
 from tracesieve.processors.detectors import DetectorsConfig, DetectorsProcessor
 from tracesieve.processors.rules import Finding
 from tracesieve.storage.errors import ProcessorFailedError, RetryableError
+from tracesieve.storage.schema import SPAN_SCHEMA
 from tracesieve.storage.store import traces_from_table
 
 log = logging.getLogger("tracesieve.span_stage")
@@ -75,13 +76,32 @@ def run_inline(request: ExportTraceServiceRequest, limits: DecodeLimits,
     result = decode_request(request, limits)
     batch = result.batch
     for i, proc in enumerate(processors):
+        name = ids[i] if i < len(ids) else type(proc).__name__
         try:
             batch = proc.process(batch)
         except Exception as exc:
-            name = ids[i] if i < len(ids) else type(proc).__name__
             raise ProcessorFailedError(f"span processor {name!r} failed: {type(exc).__name__}") from exc
+        wrong = _not_a_span_batch(batch)
+        if wrong:  # the writer would fail on it, and answer "retry" for a request that can never be stored
+            raise ProcessorFailedError(f"span processor {name!r} failed: it returned {wrong}")
     result.batch = batch
     return result
+
+
+def _not_a_span_batch(batch: object) -> str | None:
+    """What is wrong with a span processor's output, in words without span content; None when it is a table
+    of the ``spans`` schema (processors/base.py: it may rewrite any column but must keep the schema)."""
+    if not isinstance(batch, pa.Table):
+        return f"{type(batch).__name__}, not a pyarrow Table"
+    if batch.schema.equals(SPAN_SCHEMA, check_metadata=False):
+        return None
+    missing = [n for n in SPAN_SCHEMA.names if n not in batch.schema.names]
+    extra = [n for n in batch.schema.names if n not in SPAN_SCHEMA.names]
+    if missing or extra:
+        return (f"a table without the spans schema (missing: {', '.join(missing) or '-'}; "
+                f"extra: {', '.join(extra) or '-'})")
+    changed = [f.name for f in SPAN_SCHEMA if batch.schema.field(f.name).type != f.type]
+    return f"a table whose columns differ from the spans schema ({', '.join(changed) or 'order or nullability'})"
 
 
 class InlineSpanStage:

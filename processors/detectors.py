@@ -45,7 +45,7 @@ from tracesieve.processors.rules import (
 from tracesieve.processors.spanview import clip, loose
 from tracesieve.storage.errors import ConfigError
 from tracesieve.storage.schema import BLAST_RADII, FAILURE_MODES, SEVERITIES, SPAN_KINDS, Detection
-from tracesieve.storage.sqlcheck import RuleSqlChecker, wrap_rule_sql
+from tracesieve.storage.sqlcheck import RuleSqlChecker, fails_on_data, wrap_rule_sql
 from tracesieve.storage.sqlparams import packed
 from tracesieve.storage.units import format_duration, typed_env
 
@@ -229,10 +229,15 @@ def _on_root(finding: Finding, root_id: str) -> Finding:
 _MESSAGE_CHARS = 500
 
 
-def one_line(text: str) -> str:
+def one_line(text: str, limit: int = _MESSAGE_CHARS) -> str:
     """A detection's message as one line a human reads: an exception text or a rule's message may span
-    several lines (the whole text stays in evidence); whitespace runs fold to one space, long ones are clipped."""
-    return clip(" ".join(text.split()), _MESSAGE_CHARS)
+    several lines (the whole text stays in evidence); whitespace runs fold to one space, and a long one is
+    clipped so that with its ``…[N more chars]`` mark it is at most ``limit`` characters."""
+    flat = " ".join(text.split())
+    if len(flat) <= limit:
+        return flat
+    cut = max(0, limit - len(f"…[{len(flat)} more chars]"))  # the mark's count is at most len(flat)
+    return flat[:cut] + f"…[{len(flat) - cut} more chars]"
 
 
 def _absorb(parent: OptionReader, child: OptionReader) -> None:
@@ -284,6 +289,9 @@ def _read_rules(opts: OptionReader, items: Sequence[Any], mode_blast: Mapping[st
                 r.problems.extend(f"{where}.{p}" for p in checker.check(sql))
             before = len(opts.problems)
             _absorb(opts, r)
+            if name:  # the index says where to look; the name is what the operator calls the rule
+                opts.problems[before:] = [p if repr(name) in p else f"{p} (rule {name!r})"
+                                          for p in opts.problems[before:]]
             if len(opts.problems) == before and name and mode and severity and sql:
                 seen.add(name)
                 rules.append(SqlRule(name, mode, severity, blast or mode_blast.get(mode, DEFAULT_SEVERITY[mode][1]), sql))
@@ -401,11 +409,12 @@ class DetectorsProcessor:
                 blast = self.config.mode_blast_radius.get(mode, DEFAULT_SEVERITY[mode][1])
                 if first.tool and first.tool in self.config.blast_radius:
                     blast = self.config.blast_radius[first.tool]
-            message = one_line(first.message)
             if len(group) == 1:
+                message = one_line(first.message)
                 evidence = first.evidence
             else:
-                message = f"{message} (+{len(group) - 1} more)"
+                more = f" (+{len(group) - 1} more)"
+                message = one_line(first.message, _MESSAGE_CHARS - len(more)) + more
                 evidence = {"count": len(group), "findings": [g.evidence for g in group]}
             out.append(Detection(trace_id, span_id, detector, mode, severity, blast, message, dict(evidence)))
         return out
@@ -423,16 +432,27 @@ class DetectorsProcessor:
         judged = set(trace_ids)
         # The spans the judge loaded are all these traces have: none was received before the earliest.
         bounded = bool(received_at) and all(isinstance(r, dt.datetime) for r in received_at)
-        params = ([min(received_at)] if bounded else []) + [packed(sorted(judged))]
+        since = [min(received_at)] if bounded else []
         failed: list[str] = []
         for rule in rules:
+            sql = wrap_rule_sql(rule.sql, received_bound=bounded)
             try:
-                rows = store.query(wrap_rule_sql(rule.sql, received_bound=bounded), params)
+                rows = store.query(sql, [*since, packed(sorted(judged))])
             except Exception as exc:
                 if self.strict:
                     raise
-                failed.append(f"{rule.name} ({type(exc).__name__})")  # its text may quote span content
-                continue
+                # One trace's data (a value a cast breaks) must not cost the traces that settled with it
+                # their findings: run the rule again trace by trace, and skip only where it still fails.
+                # A structural error (a missing table, memory) would only fail again, once per trace.
+                retry = sorted(judged) if fails_on_data(exc) else []
+                rows, errors = [], len(judged) - len(retry)
+                for trace_id in retry:
+                    try:
+                        rows.extend(store.query(sql, [*since, packed([trace_id])]))
+                    except Exception:
+                        errors += 1
+                if errors:  # its text may quote span content: the class only
+                    failed.append(f"{rule.name} ({type(exc).__name__}) on {errors} of {len(judged)} traces")
             for row in rows:
                 trace_id = row.get("trace_id")
                 if trace_id not in judged:
@@ -440,15 +460,17 @@ class DetectorsProcessor:
                 evidence = loose(row.get("evidence"))
                 if not isinstance(evidence, dict):
                     evidence = {"value": clip(evidence) if evidence is not None else None}
-                message = row.get("message")
+                message = str(row.get("message") or "") or f"operator rule {rule.name} matched"
+                if len(" ".join(message.split())) > _MESSAGE_CHARS and "message" not in evidence:
+                    evidence = {**evidence, "message": clip(message)}  # the detection's message is clipped
                 per_trace.setdefault(trace_id, []).append(Finding(
-                    str(row.get("span_id") or ""), rule.name, rule.failure_mode,
-                    str(message) if message else f"operator rule {rule.name} matched",
+                    str(row.get("span_id") or ""), rule.name, rule.failure_mode, message,
                     {"rule": rule.name, **evidence},
                 ))
         self.errors += len(failed)
         if failed:
-            log.warning("detectors: operator SQL rule(s) failed on this batch and were skipped: %s", ", ".join(failed))
+            log.warning("detectors: operator SQL rule(s) failed and were skipped on the traces they failed on: %s",
+                        ", ".join(failed))
         return per_trace
 
     def process_traces(self, batch: TraceBatch, store: StoreReader) -> TraceBatch:

@@ -20,7 +20,8 @@ when some span has none), and the trace ids, packed into one string
 DuckDB holding an empty ``spans`` table of the real shape
 (:data:`tracesieve.storage.migrations.SPANS_DDL`), so syntax errors, unknown
 columns, wrong result columns and extra parameters are found at startup. The
-checker connection has external access disabled: a rule reads ``spans`` only.
+checker connection has external access disabled, and keeps its table outside
+``main``: a rule reads ``spans`` only, never the stored table by a qualified name.
 """
 
 from __future__ import annotations
@@ -57,21 +58,36 @@ def strip_rule_sql(sql: str) -> str:
     return text
 
 
-def wrap_rule_sql(sql: str, *, received_bound: bool = True) -> str:
+#: Where the checker keeps its empty ``spans`` table: not ``main``, so that a rule naming the stored table
+#: itself (``main.spans``, which at judge time is every span in the store) finds nothing and is refused.
+_CHECK_SOURCE = "rule_check_source.spans"
+
+
+def wrap_rule_sql(sql: str, *, received_bound: bool = True, source: str = "main.spans") -> str:
     """The statement to run for one rule; bind the earliest received_at of the judged spans (only with
-    ``received_bound``), then their trace ids ``packed``."""
+    ``received_bound``), then their trace ids ``packed``. ``source`` is the stored table the CTE narrows."""
     body = strip_rule_sql(sql)
     columns = ", ".join(f"operator_rule.{c}" for c in RULE_COLUMNS)
     bound = "received_at >= ? AND " if received_bound else ""
     return (
-        f"WITH spans AS (SELECT * FROM main.spans WHERE {bound}trace_id IN (SELECT unnest({unpacked('?')})))\n"
+        f"WITH spans AS (SELECT * FROM {source} WHERE {bound}trace_id IN (SELECT unnest({unpacked('?')})))\n"
         f"SELECT {columns} FROM (\n{body}\n) AS operator_rule"
     )
 
 
+def fails_on_data(exc: BaseException) -> bool:
+    """Whether a rule's run-time error comes from the values it read (a cast, a range, malformed JSON), so that
+    the same rule may still run on other traces; not a missing table, a bind error or running out of memory."""
+    return isinstance(exc, (duckdb.DataError, duckdb.InvalidInputException, duckdb.TypeMismatchException))
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if line.startswith("Catalog Error: Table with name spans does not exist"):  # only a qualified name misses it
+        return ("reads the stored table by a qualified name (main.spans: every span in the store); "
+                "read spans, which holds only the traces being judged")
+    return line
 
 
 class RuleSqlChecker:
@@ -81,6 +97,9 @@ class RuleSqlChecker:
         self._lock = threading.Lock()
         self._con = duckdb.connect(":memory:")
         self._con.execute(SPANS_DDL)
+        schema = _CHECK_SOURCE.split(".")[0]
+        self._con.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {_CHECK_SOURCE} AS FROM main.spans; "
+                          "DROP TABLE main.spans")
         self._con.execute("SET enable_external_access = false")
         self._con.execute("SET lock_configuration = true")
 
@@ -103,7 +122,7 @@ class RuleSqlChecker:
             # The raw rule first: its own columns, before the wrapper reports them as missing.
             try:
                 cur = self._con.cursor()
-                cur.execute(f"SELECT * FROM (\n{body}\n) AS operator_rule LIMIT 0")
+                cur.execute(f"WITH spans AS (FROM {_CHECK_SOURCE})\nSELECT * FROM (\n{body}\n) AS operator_rule LIMIT 0")
                 names = [d[0] for d in (cur.description or [])]
                 types = {d[0]: str(d[1]) for d in (cur.description or [])}
             except duckdb.Error as exc:
@@ -125,7 +144,7 @@ class RuleSqlChecker:
                 return problems
             try:
                 cur = self._con.cursor()
-                cur.execute(wrap_rule_sql(body), [dt.datetime.now(dt.timezone.utc), packed([])])
+                cur.execute(wrap_rule_sql(body, source=_CHECK_SOURCE), [dt.datetime.now(dt.timezone.utc), packed([])])
                 cur.fetchall()
             except duckdb.Error as exc:
                 return [f"sql: {_first_line(exc)}"]

@@ -783,8 +783,21 @@ def test_a_message_is_one_line_even_when_the_error_or_the_rule_text_spans_lines(
                                                    store_with(tmp_path, trace)).detections}
     assert ds["tool_error"].message == "tool lookup failed: upstream said 502 Traceback (most recent call last):"
     assert ds["tool_error"].evidence["status_message"].startswith("upstream said 502\n")
-    assert "\n" not in ds["empty_tool_result"].message and len(ds["empty_tool_result"].message) < 600
+    assert "\n" not in ds["empty_tool_result"].message and len(ds["empty_tool_result"].message) <= 500
     assert ds["empty_tool_result"].message.startswith("tool search_kb returned nothing returned nothing")
+    assert ds["empty_tool_result"].message.endswith(" more chars]")  # clipped, mark included in the 500
+    assert ds["empty_tool_result"].evidence["message"].startswith("tool search_kb\nreturned nothing")  # kept whole
+
+
+def test_a_message_with_several_findings_stays_within_500_characters(tmp_path):
+    trace = make_trace(tool("search_kb", '{"q": "x"}', result="[]"))
+    long_sql = ("SELECT trace_id, span_id, repeat('no result ', 80) AS message, '{}' AS evidence FROM spans "
+                "WHERE span_kind = 'TOOL' UNION ALL "
+                "SELECT trace_id, span_id, 'again' AS message, '{}' AS evidence FROM spans WHERE span_kind = 'TOOL'")
+    ds = processor(rules=[rule("twice", long_sql)]).process_traces(
+        TraceBatch(traces={trace[0]["trace_id"]: trace}), store_with(tmp_path, trace)).detections
+    twice = [d for d in ds if d.detector == "twice"]
+    assert len(twice) == 1 and twice[0].message.endswith(" (+1 more)") and len(twice[0].message) <= 500
 
 
 def test_judging_twice_gives_the_same_detection_ids():
@@ -942,6 +955,41 @@ def test_an_operator_rule_failing_at_run_time_is_named_in_the_log_without_span_c
     assert "casts_names (ConversionException)" in caplog.text and "search_kb" not in caplog.text
 
 
+def test_an_operator_rule_failing_on_one_trace_still_finds_in_the_traces_judged_with_it(tmp_path, caplog):
+    """It used to be skipped for the whole round: whether a trace got the rule's finding depended on
+    which other traces happened to settle with it."""
+    cast = ("SELECT trace_id, span_id, 'count ' || CAST(output_value AS INTEGER) AS message, '{}' AS evidence "
+            "FROM spans WHERE span_kind = 'TOOL'")
+    traces = [make_trace(tool("count", '{"q": "x"}', result=out)) for out in ("12", "not a number", "7")]
+    p = DetectorsProcessor(DetectorsConfig.from_options({"rules": [rule("counts", cast)]}, "processors.detectors"))
+    with caplog.at_level("WARNING", logger="tracesieve.processors.detectors"):
+        ds = p.process_traces(TraceBatch(traces={t[0]["trace_id"]: t for t in traces}),
+                              store_with(tmp_path, *traces)).detections
+    assert sorted((d.trace_id, d.message) for d in ds) == sorted(
+        [(traces[0][0]["trace_id"], "count 12"), (traces[2][0]["trace_id"], "count 7")])
+    assert "counts (ConversionException) on 1 of 3 traces" in caplog.text and "not a number" not in caplog.text
+
+
+def test_an_operator_rule_failing_for_want_of_a_table_is_not_run_again_per_trace(caplog):
+    """Only an error from the values read is worth a run per trace; a missing table fails every trace alike."""
+    import duckdb
+
+    class MissingTable:
+        calls = 0
+
+        def query(self, sql, params=()):
+            MissingTable.calls += 1
+            raise duckdb.CatalogException("Table with name spans does not exist!")
+
+    traces = [make_trace(tool("search_kb", '{"q": "x"}', result="[]")) for _ in range(3)]
+    options = {"rules": [rule("empty_tool_result", GOOD_SQL)]}
+    p = DetectorsProcessor(DetectorsConfig.from_options(options, "processors.detectors"))
+    with caplog.at_level("WARNING", logger="tracesieve.processors.detectors"):
+        p.process_traces(TraceBatch(traces={t[0]["trace_id"]: t for t in traces}), MissingTable())
+    assert MissingTable.calls == 1
+    assert "empty_tool_result (CatalogException) on 3 of 3 traces" in caplog.text
+
+
 def test_a_built_in_rule_that_raises_is_named_with_its_trace_and_the_others_still_judge(monkeypatch, caplog):
     """The warning said only "1 rule(s) failed on one trace": nothing to report or reproduce it by."""
     from tracesieve.processors import detectors as detectors_module
@@ -1000,12 +1048,17 @@ def test_disable_names_an_operator_rule_to_turn_it_off(tmp_path):
     (rule("tool_error", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans"), "already a detector"),
     (rule("loop", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM spans"), "'loop' is a failure mode"),
     ({"name": "r", "failure_mode": "loop", "severity": "P1"}, "sql: required"),
+    # the stored table by name is every span in the store, not the judged traces' spans
+    (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM main.spans"), "qualified name"),
+    (rule("r", "SELECT s.trace_id, s.span_id, 'm' AS message, '{}' AS evidence FROM spans s "
+               "JOIN \"main\".\"spans\" o ON o.trace_id <> s.trace_id"), "qualified name"),
 ])
 def test_broken_operator_rule_is_a_config_error_naming_the_rule(bad, fragment):
     good = rule("fine", GOOD_SQL)
     with pytest.raises(ConfigError) as exc:
         DetectorsProcessor.from_config({"rules": [good, bad]}, path="processors.detectors")
     assert all(p.startswith("processors.detectors.rules[1]") for p in exc.value.problems), exc.value.problems
+    assert all(repr(bad["name"]) in p for p in exc.value.problems), exc.value.problems  # the rule by its name too
     assert fragment in str(exc.value)
 
 

@@ -68,6 +68,17 @@ def test_json_log_format_is_one_object_per_line_without_secrets(start_collector)
     assert TOKEN not in c.log() and "bob@example.com" not in c.log()
 
 
+def test_a_pipeline_without_pii_is_named_in_a_startup_warning(start_collector, tmp_path):
+    """DESIGN: nothing unredacted is ever written. A pipeline may leave pii out, but not silently."""
+    warning = "WARNING tracesieve.serve: pii is not in service.pipelines.traces.processors: spans are stored as received"
+    for pipeline in (["detectors", "promotion"], ["pii", "detectors", "promotion"]):
+        where = tmp_path / "-".join(pipeline)
+        where.mkdir()
+        c = start_collector({"service": {"pipelines": {"traces": {"processors": pipeline}}}}, workdir=where)
+        assert c.stop() == 0
+        assert (warning in c.log()) == ("pii" not in pipeline), c.log()
+
+
 def test_status_line_is_printed_periodically_on_a_terminal(tmp_path):
     from conftest import free_port
 
