@@ -467,7 +467,7 @@ def _io_value(flat: dict[str, Any], side: str, kind: str, events: Any,
         for key in fallbacks:
             if flat.get(key) is not None:
                 value = flat[key]
-                if mime is None and key in _JSON_FALLBACKS:
+                if mime is None and (key in _JSON_FALLBACKS or key in _TOOL_IO_KEYS and _is_json_text(value)):
                     mime = "application/json"
                 break
     if value is None:
@@ -540,6 +540,22 @@ def _json_item(value: Any) -> Any:
             return value
         return parsed if isinstance(parsed, dict) else value
     return value
+
+
+#: A GenAI tool call's arguments and result: JSON text when the tool takes or gives an object (most do),
+#: plain text otherwise. The mime type says which, as OpenInference's ``input.mime_type`` does.
+_TOOL_IO_KEYS = frozenset({"gen_ai.tool.call.arguments", "gen_ai.tool.call.result"})
+
+
+def _is_json_text(value: Any) -> bool:
+    """Whether ``value`` is a JSON object or array as text."""
+    if not isinstance(value, str) or value.lstrip()[:1] not in ("{", "["):
+        return False
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 _JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", "ai.toolCall.args", "ai.prompt",

@@ -199,3 +199,22 @@ def test_a_gen_ai_choice_event_with_max_tokens_is_truncation():
     detectors = next(p for p in config.trace_processors if isinstance(p, DetectorsProcessor))
     found = detectors.findings_by_trace(traces_from_table(rows, [span.trace_id.hex()]))
     assert [f.failure_mode for f in found[span.trace_id.hex()]] == ["truncation"]
+
+
+def test_a_genai_tool_calls_json_arguments_and_result_are_marked_json_and_plain_text_is_not():
+    """OpenInference says what input.value is in input.mime_type; a GenAI tool span's arguments and result,
+    stored in input_value / output_value, had no mime type, so an operator could not tell JSON from text."""
+    def io_columns(arguments: str, result: str) -> tuple[str | None, str | None]:
+        request = ExportTraceServiceRequest()
+        span = request.resource_spans.add().scope_spans.add().spans.add()
+        span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, "execute_tool lookup_order"
+        span.start_time_unix_nano, span.end_time_unix_nano = 1_000_000_000, 2_000_000_000
+        span.attributes.extend([KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in (
+            ("gen_ai.operation.name", "execute_tool"), ("gen_ai.tool.call.arguments", arguments),
+            ("gen_ai.tool.call.result", result))])
+        batch = decode_request(request).batch
+        return batch.column("input_mime_type")[0].as_py(), batch.column("output_mime_type")[0].as_py()
+
+    assert io_columns('{"order_id": "ORD-9"}', ' [{"id": 1}]') == ("application/json", "application/json")
+    assert io_columns("ORD-9", "shipped") == (None, None)
+    assert io_columns('{"order_id": "ORD-9', "[doc-1] says so") == (None, None)  # cut JSON, a citation
