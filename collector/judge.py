@@ -59,11 +59,20 @@ class CursorReader:
         self._cursor = cursor
         self._gate = gate
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Sequence[Any] = (), *, time_limit: float | None = None) -> list[dict[str, Any]]:
+        """Rows of ``sql`` as dicts; past ``time_limit`` seconds the statement is interrupted (InterruptException)."""
         with self._gate():
-            rel = self._cursor.execute(sql, list(params))
-            columns = [d[0] for d in rel.description or []]
-            return [dict(zip(columns, row)) for row in rel.fetchall()]
+            timer = threading.Timer(time_limit, self._cursor.interrupt) if time_limit else None
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            try:
+                rel = self._cursor.execute(sql, list(params))
+                columns = [d[0] for d in rel.description or []]
+                return [dict(zip(columns, row)) for row in rel.fetchall()]
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
 
 class TraceStore(Protocol):

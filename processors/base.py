@@ -48,8 +48,9 @@ class TraceBatch:
 class StoreReader(Protocol):
     """Read-only access to the store for trace-stage processors (e.g. existing candidates for dedupe)."""
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Run one read statement and return its rows as dicts."""
+    def query(self, sql: str, params: Sequence[Any] = (), *, time_limit: float | None = None) -> list[dict[str, Any]]:
+        """Run one read statement and return its rows as dicts; one running past ``time_limit`` seconds
+        is interrupted and raises."""
         ...
 
 

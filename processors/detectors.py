@@ -24,6 +24,7 @@ Config (``processors.detectors``; every default lives in :class:`DetectorsConfig
     disable: [latency_breach]                        # failure modes, detector or operator rule names
     rules:                                           # operator SQL rules over `spans`
       - {name: ..., failure_mode: ..., severity: P2, blast_radius: internal_visible, sql: SELECT ...}
+    rule_time_limit: 10s                             # an operator rule running longer is interrupted
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ class DetectorsConfig:
     feedback_score_threshold: float = 0.0
     disable: frozenset[str] = frozenset()
     rules: tuple[SqlRule, ...] = ()
+    #: Seconds an operator SQL rule may run on one round's traces before it is interrupted and skipped for
+    #: them (logged like a failed rule). The judge runs one statement at a time, and checkpoints wait on it:
+    #: a rule that joins spans to itself without a key would otherwise stall every detection.
+    rule_time_limit: float = 10.0
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None, path: str) -> DetectorsConfig:
@@ -192,6 +197,10 @@ class DetectorsConfig:
                 disable.add(item)
 
         rules = _read_rules(opts, rule_items, mode_blast)
+        rule_time_limit = opts.duration("rule_time_limit", d.rule_time_limit)
+        if rule_time_limit <= 0:
+            opts.problem("rule_time_limit", f"must be more than 0s, got {opts.raw('rule_time_limit')!r}")
+            rule_time_limit = d.rule_time_limit
         opts.finish()
         return cls(
             decision_wait=wait, latency_breach=latency, blast_radius=blast, mode_blast_radius=mode_blast,
@@ -199,6 +208,7 @@ class DetectorsConfig:
             retrieval_min_score=float(min_score) if min_score is not None else None,
             citation_pattern=pattern, refusal_phrases=tuple(clean_phrases), max_repeats=max_repeats,
             max_steps=max_steps, feedback_score_threshold=threshold, disable=frozenset(disable), rules=rules,
+            rule_time_limit=rule_time_limit,
         )
 
     def as_options(self) -> dict[str, Any]:
@@ -216,6 +226,7 @@ class DetectorsConfig:
             "feedback_score_threshold": self.feedback_score_threshold,
             "disable": sorted(self.disable),
             "rules": [dataclasses.asdict(r) for r in self.rules],
+            "rule_time_limit": format_duration(self.rule_time_limit),
         }
 
 
@@ -227,6 +238,7 @@ def _on_root(finding: Finding, root_id: str) -> Finding:
 
 
 _MESSAGE_CHARS = 500
+
 
 
 def one_line(text: str, limit: int = _MESSAGE_CHARS) -> str:
@@ -437,7 +449,7 @@ class DetectorsProcessor:
         for rule in rules:
             sql = wrap_rule_sql(rule.sql, received_bound=bounded)
             try:
-                rows = store.query(sql, [*since, packed(sorted(judged))])
+                rows = store.query(sql, [*since, packed(sorted(judged))], time_limit=self.config.rule_time_limit)
             except Exception as exc:
                 if self.strict:
                     raise
@@ -448,7 +460,8 @@ class DetectorsProcessor:
                 rows, errors = [], len(judged) - len(retry)
                 for trace_id in retry:
                     try:
-                        rows.extend(store.query(sql, [*since, packed([trace_id])]))
+                        rows.extend(store.query(sql, [*since, packed([trace_id])],
+                                                time_limit=self.config.rule_time_limit))
                     except Exception:
                         errors += 1
                 if errors:  # its text may quote span content: the class only

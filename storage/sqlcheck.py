@@ -26,8 +26,10 @@ checker connection has external access disabled, and keeps its table outside
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
+from collections.abc import Iterator
 
 import duckdb
 
@@ -90,6 +92,25 @@ def _first_line(exc: BaseException) -> str:
     return line
 
 
+#: Seconds a rule may take on an empty ``spans`` at startup: one that runs longer on no spans at all (a join
+#: to a huge ``range``) would hold the judge every round; it stalled startup instead of being reported.
+CHECK_TIME_LIMIT = 5.0
+_TOO_SLOW = (f"sql: still running after {CHECK_TIME_LIMIT:g}s on an empty spans table; a rule runs every few "
+             "seconds, so it must not scan or generate rows of its own (range, a join without a key)")
+
+
+@contextlib.contextmanager
+def _interrupted_after(cur: duckdb.DuckDBPyConnection, seconds: float) -> Iterator[None]:
+    """Interrupt ``cur``'s statement once it has run ``seconds`` (it then raises InterruptException)."""
+    timer = threading.Timer(seconds, cur.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 class RuleSqlChecker:
     """Compiles operator rules against an empty in-memory ``spans`` table. Thread-safe; cheap to keep."""
 
@@ -122,9 +143,12 @@ class RuleSqlChecker:
             # The raw rule first: its own columns, before the wrapper reports them as missing.
             try:
                 cur = self._con.cursor()
-                cur.execute(f"WITH spans AS (FROM {_CHECK_SOURCE})\nSELECT * FROM (\n{body}\n) AS operator_rule LIMIT 0")
+                with _interrupted_after(cur, CHECK_TIME_LIMIT):
+                    cur.execute(f"WITH spans AS (FROM {_CHECK_SOURCE})\nSELECT * FROM (\n{body}\n) AS operator_rule LIMIT 0")
                 names = [d[0] for d in (cur.description or [])]
                 types = {d[0]: str(d[1]) for d in (cur.description or [])}
+            except duckdb.InterruptException:
+                return [_TOO_SLOW]
             except duckdb.Error as exc:
                 return [f"sql: {_first_line(exc)}"]
             missing = [c for c in RULE_COLUMNS if c not in names]
@@ -144,8 +168,11 @@ class RuleSqlChecker:
                 return problems
             try:
                 cur = self._con.cursor()
-                cur.execute(wrap_rule_sql(body, source=_CHECK_SOURCE), [dt.datetime.now(dt.timezone.utc), packed([])])
-                cur.fetchall()
+                with _interrupted_after(cur, CHECK_TIME_LIMIT):
+                    cur.execute(wrap_rule_sql(body, source=_CHECK_SOURCE), [dt.datetime.now(dt.timezone.utc), packed([])])
+                    cur.fetchall()
+            except duckdb.InterruptException:
+                return [_TOO_SLOW]
             except duckdb.Error as exc:
                 return [f"sql: {_first_line(exc)}"]
         return []

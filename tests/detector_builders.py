@@ -229,7 +229,7 @@ class DuckStore:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Sequence[Any] = (), *, time_limit: float | None = None) -> list[dict[str, Any]]:
         cur = self.con.cursor()
         cur.execute(sql, list(params))
         names = [c[0] for c in cur.description]

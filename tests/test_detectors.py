@@ -22,7 +22,7 @@ from tracesieve.storage.schema import BLAST_RADII, FAILURE_MODES, SEVERITIES
 class NoStore:
     """A StoreReader for batches without operator rules: it must never be asked."""
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Sequence[Any] = (), *, time_limit: float | None = None) -> list[dict[str, Any]]:
         raise AssertionError("no operator rule configured, the store must not be queried")
 
 
@@ -834,6 +834,8 @@ def test_detections_are_json_rows_with_taxonomy_values():
     ({"decision_wait": "soon"}, "processors.detectors.decision_wait"),
     ({"feedback_score_threshold": "low"}, "processors.detectors.feedback_score_threshold"),
     ({"surprise": 1}, "processors.detectors.surprise"),
+    ({"rule_time_limit": "0s"}, "processors.detectors.rule_time_limit"),
+    ({"rule_time_limit": "forever"}, "processors.detectors.rule_time_limit"),
 ])
 def test_bad_options_are_config_errors_naming_the_yaml_path(options, path):
     with pytest.raises(ConfigError) as exc:
@@ -977,7 +979,7 @@ def test_an_operator_rule_failing_for_want_of_a_table_is_not_run_again_per_trace
     class MissingTable:
         calls = 0
 
-        def query(self, sql, params=()):
+        def query(self, sql, params=(), *, time_limit=None):
             MissingTable.calls += 1
             raise duckdb.CatalogException("Table with name spans does not exist!")
 
@@ -1052,6 +1054,9 @@ def test_disable_names_an_operator_rule_to_turn_it_off(tmp_path):
     (rule("r", "SELECT trace_id, span_id, name AS message, '{}' AS evidence FROM main.spans"), "qualified name"),
     (rule("r", "SELECT s.trace_id, s.span_id, 'm' AS message, '{}' AS evidence FROM spans s "
                "JOIN \"main\".\"spans\" o ON o.trace_id <> s.trace_id"), "qualified name"),
+    # slow on no spans at all: it held startup for as long as it ran, and would hold every judge round
+    (rule("r", "SELECT s.trace_id, s.span_id, 'm' AS message, '{}' AS evidence FROM spans s, range(100000000000) r "
+               "WHERE r.range = -1"), "still running after 5s on an empty spans table"),
 ])
 def test_broken_operator_rule_is_a_config_error_naming_the_rule(bad, fragment):
     good = rule("fine", GOOD_SQL)

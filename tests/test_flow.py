@@ -740,6 +740,27 @@ def test_a_late_span_that_clears_a_failure_takes_its_detection_and_unreviewed_ca
     assert 'tracesieve_candidates{status="new"} 0.0' in metrics
 
 
+def test_an_operator_rule_that_runs_too_long_is_interrupted_and_the_built_in_rules_still_judge(start_collector):
+    """A rule joining spans to a huge range (or to itself without a key) held the judge thread for as long as
+    it ran, with checkpoints waiting on it: no trace got a detection. It is now interrupted after
+    ``rule_time_limit``, skipped for that round (logged by name), and every built-in finding is still filed."""
+    # fast on no spans (the startup check), a scan of 10^11 rows once there is one
+    slow = ("SELECT s.trace_id, s.span_id, 'never' AS message, '{}' AS evidence "
+            "FROM range(100000000000) r JOIN spans s ON r.range = length(s.name) - 100")
+    config = {"processors": {"detectors": {
+        "decision_wait": "300ms", "rule_time_limit": "1s",
+        "rules": [{"name": "slow_join", "failure_mode": "tool_invocation", "severity": "P3", "sql": slow}]}}}
+    c = start_collector(config)
+    started = time.monotonic()
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_id = emit_agent_trace(tracer, tool_error=True)
+    rows = c.wait_for(f"SELECT detector FROM detections WHERE trace_id = '{trace_id}'", lambda r: len(r) >= 1,
+                      timeout=60)
+    assert [r["detector"] for r in rows] == ["tool_error"]
+    assert time.monotonic() - started < 30  # the rule alone would run for many minutes
+    assert "slow_join (InterruptException)" in c.log()
+
+
 def test_detector_options_and_operator_rules_hold_through_serve_and_its_span_workers(start_collector):
     """The knobs fixed in the rules audit, end to end: a rule turned off by name, a rule's finding with no span
     on the root, one-line messages, a mode's configured blast radius, ms in a sub-second latency message."""

@@ -115,7 +115,7 @@ class DuckStore:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
 
-    def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Any = (), *, time_limit: float | None = None) -> list[dict[str, Any]]:
         cur = self.con.execute(sql, list(params))
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
@@ -145,7 +145,7 @@ def one(traces: dict[str, list[dict[str, Any]]], detections: list[Detection], **
 
 
 class _EmptyStore:
-    def query(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+    def query(self, sql: str, params: Any = (), *, time_limit: float | None = None) -> list[dict[str, Any]]:
         return [{"n": 0}] if "count(*)" in sql else []
 
 
