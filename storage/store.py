@@ -66,7 +66,10 @@ def open_database(path: str, *, read_only: bool = False, existing_store: bool = 
     con.execute(f"USE {_catalog_name(path)}")
     read_times_in_utc(con)
     if existing_store and current_version(con) == 0:
+        others = _foreign_tables(con)
         con.close()
+        if others:
+            raise UsageError(_foreign_store(path, others))
         raise UsageError(f"{path} is not a tracesieve store: it has no tracesieve tables "
                          f"(`tracesieve serve --db {path}` creates them)")
     if not read_only:
@@ -75,8 +78,27 @@ def open_database(path: str, *, read_only: bool = False, existing_store: bool = 
             con.close()
             raise UsageError(f"{path} was written by a newer tracesieve (schema version {found}; this one knows "
                              f"up to {LATEST_VERSION}): upgrade tracesieve to write to it (queries still work)")
+        others = [] if found else _foreign_tables(con)
+        if others:  # someone else's database: our tables would be created among theirs
+            con.close()
+            raise UsageError(_foreign_store(path, others))
         migrate(con)
     return con
+
+
+def _foreign_store(path: str, tables: list[str]) -> str:
+    listed = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+    return (f"{path} is not a tracesieve store: it is a DuckDB database with other tables ({listed}); "
+            "give --db a new path")
+
+
+def _foreign_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Tables and views of the attached file (any schema), for a file that holds no tracesieve store."""
+    rows = con.execute(
+        "SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "UNION ALL SELECT schema_name || '.' || view_name FROM duckdb_views() "
+        "WHERE database_name = current_database() AND NOT internal ORDER BY 1").fetchall()
+    return [str(r[0]) for r in rows]
 
 
 def read_times_in_utc(con: duckdb.DuckDBPyConnection) -> None:

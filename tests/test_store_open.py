@@ -84,6 +84,27 @@ def test_a_duckdb_file_without_tracesieve_tables_is_refused_and_left_alone(tmp_p
     assert not (tmp_path / "cases.yaml").exists()
 
 
+def test_serve_refuses_a_duckdb_file_holding_other_tables_and_leaves_it_alone(tmp_path):
+    """``serve --db`` on someone's analytics database created every tracesieve table among theirs and
+    wrote spans into it; a new or empty file is still made a store."""
+    import duckdb
+
+    from conftest import run_cli
+
+    db = tmp_path / "analytics.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE SCHEMA sales; CREATE TABLE sales.orders AS SELECT 1 AS id; CREATE VIEW v AS SELECT 2 AS x")
+    con.close()
+    config = tmp_path / "config.yaml"
+    config.write_text("receivers: {otlp: {protocols: {grpc: {endpoint: '127.0.0.1:0'}, http: {endpoint: '127.0.0.1:0'}}}}\n")
+    result = run_cli("serve", "--db", str(db), "--config", str(config), timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "is not a tracesieve store" in result.stderr and "sales.orders" in result.stderr
+    con = duckdb.connect(str(db), read_only=True)
+    assert sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()) == ["orders"]
+    con.close()
+
+
 def test_a_store_from_a_newer_tracesieve_is_not_written_but_still_queried(tmp_path):
     """A store a newer release had migrated past this one's schema was served and written as if it
     were current; its new tables and columns went unknown."""
