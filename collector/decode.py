@@ -299,7 +299,9 @@ def decode_request(
         resource_flat, _ = walker.flat(rs.resource.attributes)
         resource_json = _dumps(walker.nest(resource_flat))
         service = resource_flat.get("service.name")
-        service_name = service if isinstance(service, str) else None
+        # a string by the conventions; a number or flag some SDK sent is still the service's name, as text
+        service_name = service if isinstance(service, str) else (
+            _dumps(service) if isinstance(service, (int, float, bool)) else None)
         for si, ss in enumerate(rs.scope_spans):
             scope_name = ss.scope.name or None
             scope_version = ss.scope.version or None

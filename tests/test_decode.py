@@ -218,3 +218,15 @@ def test_a_genai_tool_calls_json_arguments_and_result_are_marked_json_and_plain_
     assert io_columns('{"order_id": "ORD-9"}', ' [{"id": 1}]') == ("application/json", "application/json")
     assert io_columns("ORD-9", "shipped") == (None, None)
     assert io_columns('{"order_id": "ORD-9', "[doc-1] says so") == (None, None)  # cut JSON, a citation
+
+
+def test_a_service_name_sent_as_a_number_is_the_service_name_as_text():
+    """service.name is a string by the conventions, but a resource that sent it as an int (a build number
+    for a name) left service_name NULL: the spans fell out of every per-service query."""
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.append(KeyValue(key="service.name", value=AnyValue(int_value=7)))
+    span = rs.scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = b"\x01" * 16, b"\x02" * 8, "agent"
+    span.start_time_unix_nano, span.end_time_unix_nano = 1_000_000_000, 2_000_000_000
+    assert decode_request(request).batch.column("service_name")[0].as_py() == "7"
