@@ -93,9 +93,11 @@ def _foreign_store(path: str, tables: list[str]) -> str:
 
 
 def _foreign_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Tables and views of the attached file (any schema), for a file that holds no tracesieve store."""
+    """Tables and views of the attached file (any schema), for a file that holds no tracesieve store
+    (its own empty ``schema_version``, from a start that stopped before the first migration, is no other table)."""
     rows = con.execute(
         "SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND NOT (schema_name = current_schema() AND table_name = 'schema_version') "
         "UNION ALL SELECT schema_name || '.' || view_name FROM duckdb_views() "
         "WHERE database_name = current_database() AND NOT internal ORDER BY 1").fetchall()
     return [str(r[0]) for r in rows]
