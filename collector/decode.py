@@ -305,6 +305,8 @@ def decode_request(
         for si, ss in enumerate(rs.scope_spans):
             scope_name = ss.scope.name or None
             scope_version = ss.scope.version or None
+            # the instrumentation scope's own attributes (rare, and redacted like the rest): NULL when none
+            scope_json = _dumps(walker.nest(walker.flat(ss.scope.attributes)[0])) if ss.scope.attributes else None
             for pi, span in enumerate(ss.spans):
                 problem = _validate(span)
                 if problem:
@@ -314,7 +316,7 @@ def decode_request(
                     continue
                 flat, over_limit = walker.flat(span.attributes)
                 _append_span(cols, span, flat, over_limit, walker, service_name, resource_json,
-                             scope_name, scope_version, now)
+                             scope_name, scope_version, scope_json, now)
 
     batch = pa.Table.from_pydict(cols, schema=SPAN_SCHEMA)
     return DecodeResult(batch=batch, rejected=rejected, errors=errors)
@@ -355,7 +357,7 @@ def _id_problem(field: str, value: bytes, size: int, *, may_be_empty: bool) -> s
 def _append_span(
     cols: dict[str, list[Any]], span: Any, flat: dict[str, Any], over_limit: int,
     walker: _AttributeWalker, service_name: str | None, resource_json: str,
-    scope_name: str | None, scope_version: str | None, now: dt.datetime,
+    scope_name: str | None, scope_version: str | None, scope_json: str | None, now: dt.datetime,
 ) -> None:
     start_ns, end_ns = span.start_time_unix_nano, span.end_time_unix_nano
     pid = span.parent_span_id
@@ -410,6 +412,7 @@ def _append_span(
     append("links").append(_dumps([_link(link, walker) for link in span.links]))
     append("scope_name").append(scope_name)
     append("scope_version").append(scope_version)
+    append("scope_attributes").append(scope_json)
     append("otel_span_kind").append(_OTEL_KIND.get(span.kind, "UNSPECIFIED"))
     append("trace_state").append(span.trace_state or None)
     append("dropped_attributes_count").append(span.dropped_attributes_count + over_limit)

@@ -27,7 +27,7 @@ import pyarrow as pa
 from tracesieve.storage.schema import Candidate, Detection
 
 #: A span as the trace stage sees it: one ``spans`` row as a dict, JSON columns
-#: (attributes, resource_attributes, events, links, pii_redactions) already parsed,
+#: (attributes, resource_attributes, scope_attributes, events, links, pii_redactions) already parsed,
 #: times as aware datetimes.
 SpanRow = dict[str, Any]
 

@@ -253,9 +253,14 @@ def _lake_v1(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE trace_state ADD COLUMN IF NOT EXISTS owner VARCHAR")
 
 
+def _lake_v5(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("ALTER TABLE spans ADD COLUMN IF NOT EXISTS scope_attributes JSON")  # a v1 lake's spans lack it
+
+
 #: (version, description, migration) for lakes; the same numbers as storage.migrations. Append only.
 LAKE_MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     (1, "spans, detections, candidates, trace_state (+ owner), commit_token", _lake_v1),
+    (5, "spans.scope_attributes: the instrumentation scope's attributes", _lake_v5),
 ]
 
 

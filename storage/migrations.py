@@ -69,7 +69,11 @@ CREATE TABLE IF NOT EXISTS spans (
 
 # (trace_id, span_id) is unique, but kept so by the writer (writer.insert_new_spans), not by a
 # primary key: DuckDB holds a key's whole index in memory (see _v3).
-SPANS_DDL = _SPANS_V1_DDL.replace(",\n    PRIMARY KEY (trace_id, span_id)\n)", "\n)")
+_SPANS_V3_DDL = _SPANS_V1_DDL.replace(",\n    PRIMARY KEY (trace_id, span_id)\n)", "\n)")
+#: The ``spans`` table as it is now (what a lake and the rule checker create): migration 5 added
+#: scope_attributes at the end.
+SPANS_DDL = _SPANS_V3_DDL.replace("    pii_redactions JSON\n)", "    pii_redactions JSON,\n    scope_attributes JSON\n)")
+assert SPANS_DDL != _SPANS_V3_DDL
 
 DETECTIONS_DDL = """
 CREATE TABLE IF NOT EXISTS detections (
@@ -182,7 +186,7 @@ def _v3(con: duckdb.DuckDBPyConnection) -> None:
     (writer.insert_new_spans). Lowering first_received_at to the earliest stored span keeps that
     exact for spans an older version stored with an earlier ``received_at``.
     """
-    _rebuild_without_key(con, "spans", SPANS_DDL, "spans_v3")
+    _rebuild_without_key(con, "spans", _SPANS_V3_DDL, "spans_v3")
     for table in ("trace_state", "pending_traces"):
         con.execute(
             f"UPDATE {table} SET first_received_at = s.earliest FROM (SELECT trace_id, min(received_at) AS "
@@ -205,12 +209,18 @@ def _v4(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP INDEX IF EXISTS detections_trace")
 
 
+def _v5(con: duckdb.DuckDBPyConnection) -> None:
+    """spans.scope_attributes: the instrumentation scope's own attributes were dropped at decode."""
+    con.execute("ALTER TABLE spans ADD COLUMN IF NOT EXISTS scope_attributes JSON")
+
+
 #: (version, description, migration). Append only.
 MIGRATIONS: list[tuple[int, str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     (1, "spans, detections, candidates, trace_state", _v1),
     (2, "pending_traces: the unjudged traces the judge polls", _v2),
     (3, "spans without a primary key: its index grew with the store, in memory", _v3),
     (4, "detections without a primary key or trace_id index: they grew with the findings, in memory", _v4),
+    (5, "spans.scope_attributes: the instrumentation scope's attributes", _v5),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -78,18 +78,20 @@ SPAN_SCHEMA = pa.schema([
     ("dropped_links_count", pa.int64()),
     ("received_at", _TS),
     ("pii_redactions", pa.string()),
+    ("scope_attributes", pa.string()),  # added by migration 5: last, as ALTER TABLE put it
 ])
 
 SPAN_COLUMNS: tuple[str, ...] = tuple(SPAN_SCHEMA.names)
 
 #: Columns holding JSON text. Redaction treats them as JSON (escapes stay valid).
-JSON_SPAN_COLUMNS = frozenset({"attributes", "resource_attributes", "events", "links", "pii_redactions"})
+JSON_SPAN_COLUMNS = frozenset({"attributes", "resource_attributes", "scope_attributes", "events", "links",
+                               "pii_redactions"})
 
 #: Free-text columns the sanitizer scans (every string column that can carry content).
 TEXT_SPAN_COLUMNS = (
     "name", "status_message", "service_name", "session_id", "user_id",
     "input_value", "output_value", "llm_model_name", "llm_provider", "llm_finish_reason", "tool_name",
-    "attributes", "resource_attributes", "events", "links", "scope_name", "scope_version",
+    "attributes", "resource_attributes", "events", "links", "scope_name", "scope_version", "scope_attributes",
     "trace_state", "input_mime_type", "output_mime_type",
 )
 

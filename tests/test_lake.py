@@ -30,6 +30,7 @@ from opentelemetry.trace import Status, StatusCode
 from conftest import free_port, run_cli
 from lake_helpers import LakeCollector, PostgresCluster, lake_config, postgres_bin_dir
 from sdk_helpers import emit_agent_trace, emit_conversation, emit_thumbs_down, sdk_tracer
+from tracesieve.storage.lake import LAKE_MIGRATIONS
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -172,7 +173,8 @@ def test_three_collectors_write_one_lake_exactly_once(postgres: PostgresCluster,
             "(SELECT count(*) FROM schema_version) AS migrations, (SELECT count(*) FROM commit_token) AS tokens")[0]
         spans = 5 * (traces - 1) + 3
         assert got == {"spans": spans, "distinct_spans": spans, "tool_detections": failing, "failing": failing,
-                       "split_detections": 1, "repeated_detections": 0, "migrations": 1, "tokens": 1}
+                       "split_detections": 1, "repeated_detections": 0, "migrations": len(LAKE_MIGRATIONS),
+                       "tokens": 1}
         # The same failure seen by all three collectors is one candidate with every occurrence.
         cands = a.query("SELECT candidate_id, occurrences, len(trace_ids) AS n_traces, "
                         "len(list_distinct(trace_ids)) AS n_distinct FROM candidates "
@@ -542,6 +544,32 @@ def test_feedback_sent_later_lands_on_the_conversation_it_links_to_on_the_lake(p
                            lambda r: len(r) == 1)
         assert json.loads(cands[0]["input"])["user_message"] == "Can I return a blender after 40 days?"
         assert cands[0]["trace_ids"] == [conversation]
+        assert c.stop() == 0
+    finally:
+        c.kill()
+
+
+@needs_postgres
+@needs_lake_extra
+def test_a_lake_made_before_scope_attributes_is_migrated_and_stores_them(postgres: PostgresCluster, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lake migration 5 adds spans.scope_attributes to a lake the previous release made (spans without it)."""
+    from tracesieve.storage import lake, migrations
+
+    catalog = postgres.create_database("before_scope")
+    with monkeypatch.context() as before:  # the previous release: migration 1 only, its spans table
+        before.setattr(lake, "LAKE_MIGRATIONS", lake.LAKE_MIGRATIONS[:1])
+        before.setattr(lake, "SPANS_DDL", migrations._SPANS_V3_DDL)
+        lake.open_lake(lake.LakeTarget(catalog, str(tmp_path / "data") + "/")).close()
+    c = LakeCollector(tmp_path, lake_config(catalog, tmp_path / "data"))
+    try:
+        c.start(timeout=120)
+        with sdk_tracer("grpc", c.grpc_endpoint, scope_attributes={"library.language": "python"}) as tracer:
+            trace_id = emit_agent_trace(tracer, tool_error=True)
+        rows = c.wait_for(f"SELECT DISTINCT scope_attributes->>'$.library.language' AS language FROM spans "
+                          f"WHERE trace_id = '{trace_id}'", lambda r: len(r) == 1, timeout=60)
+        assert rows == [{"language": "python"}]
+        assert c.query("SELECT max(version) AS v FROM schema_version") == [{"v": 5}]
         assert c.stop() == 0
     finally:
         c.kill()

@@ -174,3 +174,27 @@ def test_a_query_reads_times_alike_through_serve_and_on_the_file(start_collector
     expected = [{"start_time": "2025-12-06T05:46:40.123456+00:00", "day": "2025-12-06 00:00:00+00", "hour": "05"}]
     assert json.loads(served.stdout) == expected
     assert json.loads(on_file.stdout) == expected
+
+
+def test_the_instrumentation_scopes_own_attributes_are_stored_redacted_and_queryable(start_collector):
+    """A scope's attributes (what the instrumentation library says of itself) were dropped at decode, the
+    trap STYLE.md names after Phoenix; stored now as scope_attributes JSON, sanitized like every column."""
+    collector = start_collector()
+    scope = {"library.language": "python", "deployment.owner": "ops-lead@example.com", "shard": 3}
+    with sdk_tracer("grpc", collector.grpc_endpoint, scope_version="1.2.3", scope_attributes=scope) as tracer:
+        with tracer.start_as_current_span("with_scope_attributes"):
+            pass
+    with sdk_tracer("http", collector.http_url) as tracer:
+        with tracer.start_as_current_span("without"):
+            pass
+    rows = collector.query("SELECT name, scope_version, scope_attributes, scope_attributes->>'$.library.language' "
+                           "AS language, pii_redactions FROM spans ORDER BY name")
+    by = {r["name"]: r for r in rows}
+    assert json.loads(by["with_scope_attributes"]["scope_attributes"]) == {
+        "library": {"language": "python"}, "deployment": {"owner": "<EMAIL>"}, "shard": 3}
+    assert (by["with_scope_attributes"]["language"], by["with_scope_attributes"]["scope_version"]) == ("python", "1.2.3")
+    assert json.loads(by["with_scope_attributes"]["pii_redactions"]) == {"EMAIL": 1}
+    assert by["without"]["scope_attributes"] is None
+    for stored in collector.db_path.parent.glob(collector.db_path.name + "*"):  # the file and its WAL
+        if stored.is_file():
+            assert b"ops-lead@example.com" not in stored.read_bytes(), stored

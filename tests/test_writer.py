@@ -192,7 +192,7 @@ def test_a_store_with_the_spans_key_is_rebuilt_without_it_and_keeps_every_span(t
         con = store.open_database(path)
     assert "copying 1000 spans into a table without a primary key" in caplog.text
     assert con.execute("SELECT count(*), count(DISTINCT (trace_id, span_id)) FROM spans").fetchone() == (1000, 1000)
-    assert [r[0] for r in con.execute("DESCRIBE spans").fetchall()] == columns
+    assert [r[0] for r in con.execute("DESCRIBE spans").fetchall()] == [*columns, "scope_attributes"]  # + migration 5
     assert _key_constraints(con, "spans") == []
     con.close()
 
