@@ -666,3 +666,64 @@ def test_a_citation_after_an_empty_retrieval_is_not_banned_for_the_agent_that_re
     fixed = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), "retrieves",
                     cwd=tmp_path, timeout=180)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+
+
+STRICT_RESOURCE_AGENT = r"""
+# An agent whose SDK reads OTEL_RESOURCE_ATTRIBUTES as the spec (and @opentelemetry/resources'
+# envDetector) says: one pair with an unencoded '=' or ',', a bad '%' escape or a value over 255
+# characters, and the whole variable is discarded.
+import json, os, sys
+from urllib.parse import unquote_to_bytes
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+def strict(text):
+    parts = text.split("%")
+    if any(len(p) < 2 or any(c not in "0123456789abcdefABCDEF" for c in p[:2]) for p in parts[1:]):
+        raise ValueError(text)
+    return unquote_to_bytes(text).decode("utf-8")
+
+attributes = {}
+try:
+    for pair in filter(str.strip, os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(",")):
+        fields = pair.split("=")
+        if len(fields) != 2 or not fields[0].strip():
+            raise ValueError(pair)
+        key, value = strict(fields[0].strip()), strict(fields[1].strip())
+        if max(len(key), len(value)) > 255:
+            raise ValueError(pair)
+        attributes[key] = value
+except ValueError as bad:
+    print(f"OTEL_RESOURCE_ATTRIBUTES discarded: {bad}", file=sys.stderr)
+    attributes = {}
+with open(sys.argv[1], "w") as fh:
+    json.dump(attributes, fh)
+provider = TracerProvider(resource=Resource(attributes))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+with provider.get_tracer("strict").start_as_current_span("agent") as span:
+    span.set_attribute("openinference.span.kind", "AGENT")
+    span.set_attribute("output.value", "Order ORD-1 ships tomorrow.")
+provider.shutdown()
+"""
+
+
+def test_a_ci_resource_pair_a_strict_sdk_refuses_does_not_cost_the_agent_its_case_id(tmp_path):
+    """The gate appended its case id to the caller's OTEL_RESOURCE_ATTRIBUTES as they were. A CI
+    variable like `build.url=https://ci/job?id=7` (an unencoded '='), `coverage=50%` (a bad escape) or
+    a long value is malformed, and a spec-strict SDK (Node's envDetector) discards the whole variable
+    on it: the case id went too, and every case failed with `no trace arrived`. The caller's pairs now
+    reach the agent well-formed, meaning what the lenient Python SDK reads from them."""
+    script = tmp_path / "strict_resource_agent.py"
+    script.write_text(STRICT_RESOURCE_AGENT)
+    seen = tmp_path / "resource.json"
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    ci = "build.url=https://ci.example/job?id=7, coverage=50%,deployment.environment=ci,garbage,notes=" + "n" * 300
+    result = run_cli("gate", "--cases", str(cases), "--repeat", "2", "--", sys.executable, str(script), str(seen),
+                     cwd=tmp_path, env={"OTEL_RESOURCE_ATTRIBUTES": ci}, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    resource = json.loads(seen.read_text())
+    assert resource.pop("tracesieve.run") in ("1", "2")
+    assert resource == {"build.url": "https://ci.example/job?id=7", "coverage": "50%",
+                        "deployment.environment": "ci", "tracesieve.case_id": "TS-0001"}
