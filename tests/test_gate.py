@@ -727,3 +727,17 @@ def test_a_ci_resource_pair_a_strict_sdk_refuses_does_not_cost_the_agent_its_cas
     assert resource.pop("tracesieve.run") in ("1", "2")
     assert resource == {"build.url": "https://ci.example/job?id=7", "coverage": "50%",
                         "deployment.environment": "ci", "tracesieve.case_id": "TS-0001"}
+
+
+def test_a_timeout_that_is_not_a_number_is_a_usage_error_not_a_failed_case(tmp_path):
+    """`--timeout nan` passed click's range check (NaN fails every comparison): every run "timed
+    out after nans" and the gate exited 1 as if the agent had failed again, recording `failed` and
+    bumping regressed_count. It is a usage error (exit 2), refused before any agent runs."""
+    ran = tmp_path / "ran"
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    before = cases.read_text()
+    result = run_cli("gate", "--cases", str(cases), "--timeout", "nan", "--", sys.executable, "-c",
+                     f"open({str(ran)!r}, 'w')", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--timeout" in result.stderr and "Traceback" not in result.stderr
+    assert not ran.exists() and not (tmp_path / "history.jsonl").exists() and cases.read_text() == before
