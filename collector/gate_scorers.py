@@ -381,7 +381,14 @@ def _count(v: Any) -> bool:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A number a comparison can fail: YAML's ``.nan`` fails every one, so a ceiling or floor of NaN
+    passed every run, an assertion that could never break."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+def _milliseconds(v: Any) -> bool:
+    """A duration ceiling: a negative one failed every run, whatever the agent did."""
+    return _number(v) and v >= 0
 
 
 def _schema(v: Any) -> bool:
@@ -441,10 +448,10 @@ def _schemas_by_tool(v: Any) -> bool:
 
 
 def _ceilings(v: Any) -> bool:
-    if _number(v):
+    if _milliseconds(v):
         return True
-    return isinstance(v, dict) and all(isinstance(k, str) and k.upper() in SPAN_KINDS and (x is None or _number(x))
-                                       for k, x in v.items())
+    return isinstance(v, dict) and all(isinstance(k, str) and k.upper() in SPAN_KINDS
+                                       and (x is None or _milliseconds(x)) for k, x in v.items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -470,7 +477,7 @@ SCORERS: dict[str, Scorer] = {
     "output_mime_type": Scorer(output_mime_type, lambda v: isinstance(v, str) and "/" in v, "a mime type"),
     "finish_reason_not": Scorer(finish_reason_not, _str_list, "a list of finish reasons"),
     "max_duration_ms": Scorer(max_duration_ms, _ceilings,
-                              "a mapping of span kind (LLM, TOOL, ...) to milliseconds, or one number"),
+                              "a mapping of span kind (LLM, TOOL, ...) to milliseconds (0 or more), or one number"),
     "max_identical_calls": Scorer(max_identical_calls, _count, "a whole number"),
     "max_steps": Scorer(max_steps, _count, "a whole number"),
     "must_not_call_after_error": Scorer(must_not_call_after_error, _str_list, "a list of tool names"),
@@ -479,7 +486,7 @@ SCORERS: dict[str, Scorer] = {
 
     "must_include": Scorer(must_include, _str_list, "a list of phrases"),
     "allowed_citation_ids": Scorer(allowed_citation_ids, _str_list, "a list of document ids"),
-    "max_latency_ms": Scorer(max_latency_ms, _number, "a number of milliseconds"),
+    "max_latency_ms": Scorer(max_latency_ms, _milliseconds, "a number of milliseconds (0 or more)"),
 }
 
 

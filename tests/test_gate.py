@@ -741,3 +741,24 @@ def test_a_timeout_that_is_not_a_number_is_a_usage_error_not_a_failed_case(tmp_p
     assert result.returncode == 2, result.stdout + result.stderr
     assert "--timeout" in result.stderr and "Traceback" not in result.stderr
     assert not ran.exists() and not (tmp_path / "history.jsonl").exists() and cases.read_text() == before
+
+
+def test_a_ceiling_of_nan_or_below_zero_is_refused_not_a_case_that_never_or_always_fails(tmp_path):
+    """`max_latency_ms: .nan` (or `max_duration_ms: {TOOL: .nan}`, `min_document_score: .nan`) fails
+    every comparison, so the scorer passed every run: the case could never catch its failure again.
+    `max_duration_ms: -5` failed every run whatever the agent did. Both are values of the wrong
+    shape: `cases lint` exits 1 and the gate 2, before any agent runs."""
+    ran = tmp_path / "ran"
+    for expected in ({"max_latency_ms": float("nan")}, {"max_duration_ms": {"TOOL": float("nan")}},
+                     {"max_duration_ms": float("nan")}, {"min_document_score": float("nan")},
+                     {"max_duration_ms": -5}, {"max_duration_ms": {"LLM": -1}}, {"max_latency_ms": -1}):
+        cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": expected}])
+        lint = run_cli("cases", "lint", str(cases), cwd=tmp_path)
+        assert lint.returncode == 1 and "expected_behavior." in lint.stdout + lint.stderr, (expected, lint)
+        result = run_cli("gate", "--cases", str(cases), "--", sys.executable, "-c", f"open({str(ran)!r}, 'w')",
+                         cwd=tmp_path, timeout=120)
+        assert result.returncode == 2, (expected, result.stdout + result.stderr)
+        assert not ran.exists()
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {
+        "max_latency_ms": 0, "max_duration_ms": {"TOOL": 10000, "LLM": None}, "min_document_score": -2.5}}])
+    assert run_cli("cases", "lint", str(cases), cwd=tmp_path).returncode == 0
