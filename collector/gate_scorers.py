@@ -247,14 +247,24 @@ def output_schema(value: dict[str, Any], run: Run) -> list[str]:
 
 
 def output_mime_type(value: str, run: Run) -> list[str]:
-    """The answer is not declared with another mime type; for ``application/json`` it parses as JSON."""
+    """The answer is not declared with another mime type; for ``application/json`` it parses as JSON.
+
+    Types compare as media types do, by ``type/subtype`` in any case, parameters aside: an answer
+    declared ``application/json; charset=utf-8`` failed ``output_mime_type: application/json`` as
+    "declared another type", and an expected ``application/json; charset=utf-8`` skipped the JSON check.
+    """
     span, answer = run.final_answer()
     declared = (span or {}).get("output_mime_type")
-    if declared and declared != value:
+    if isinstance(declared, str) and declared.strip() and _media_type(declared) != _media_type(value):
         return [f"the answer is declared {declared}, not {value}"]
-    if value == JSON_MIME and not try_json(_strip_fence(answer).strip())[0]:
+    if _media_type(value) == JSON_MIME and not try_json(_strip_fence(answer).strip())[0]:
         return ["the answer is not JSON" if answer else "the run gave no answer (JSON expected)"]
     return []
+
+
+def _media_type(mime: str) -> str:
+    """``type/subtype`` of a mime type, lower case, without its parameters (``; charset=utf-8``)."""
+    return mime.split(";", 1)[0].strip().lower()
 
 
 def finish_reason_not(value: list[str], run: Run) -> list[str]:

@@ -762,3 +762,40 @@ def test_a_ceiling_of_nan_or_below_zero_is_refused_not_a_case_that_never_or_alwa
     cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {
         "max_latency_ms": 0, "max_duration_ms": {"TOOL": 10000, "LLM": None}, "min_document_score": -2.5}}])
     assert run_cli("cases", "lint", str(cases), cwd=tmp_path).returncode == 0
+
+
+MIME_AGENT = r"""
+# An agent whose root span declares its answer's mime type with a parameter, as HTTP layers write it.
+import sys
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+provider = TracerProvider(resource=Resource.create({}))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+with provider.get_tracer("mime").start_as_current_span("agent") as span:
+    span.set_attribute("openinference.span.kind", "AGENT")
+    span.set_attribute("output.value", sys.argv[1])
+    span.set_attribute("output.mime_type", sys.argv[2])
+provider.shutdown()
+"""
+
+
+def test_output_mime_type_compares_media_types_without_their_parameters(tmp_path):
+    """An answer declared `application/json; charset=utf-8` failed `output_mime_type: application/json`
+    as "declared another type", and an expected `application/json; charset=utf-8` never checked that
+    the answer parses. Mime types compare by type/subtype, in any case, parameters aside."""
+    script = tmp_path / "mime_agent.py"
+    script.write_text(MIME_AGENT)
+    for expected, answer, declared, code in [
+            ("application/json", '{"status": "shipped"}', "application/json; charset=utf-8", 0),
+            ("Application/JSON", '{"status": "shipped"}', "application/json", 0),
+            ("application/json; charset=utf-8", "It has shipped.", "", 1),
+            ("application/json", '{"status": "shipped"}', "text/plain; charset=utf-8", 1)]:
+        cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {
+            "output_mime_type": expected}}])
+        (tmp_path / "history.jsonl").unlink(missing_ok=True)
+        result = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), answer, declared,
+                         cwd=tmp_path, timeout=120)
+        assert result.returncode == code, (expected, declared, result.stdout + result.stderr)
