@@ -40,10 +40,11 @@ import string
 import time
 import urllib.parse
 from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from tracesieve.collector.cases import (
-    append_history, bump_regressed_count, history_events, lint_cases, read_cases,
+    HISTORY_FILE, append_history, bump_regressed_count, history_events, lint_cases, read_cases,
 )
 from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.gate_scorers import expected_problems, score
@@ -152,6 +153,29 @@ def _check_command(command: Sequence[str], workdir: str | None, env: Mapping[str
             raise UsageError(f"agent command {exe} is not an executable file")
     elif shutil.which(exe, path=env.get("PATH", os.defpath)) is None:
         raise UsageError(f"agent command not found on PATH: {exe}")
+
+
+def _check_results_writable(cases_path: str) -> None:
+    """The gate can append to history.jsonl and replace cases.yaml (its regressed counts) when it is done.
+
+    A dataset in a read-only checkout let every agent run, then the gate died on writing the
+    history with a bare ``Operation not permitted: history.jsonl`` (exit 2) and printed no result:
+    a green run went red and a red one lost its report. It is refused before any agent runs.
+    """
+    history = Path(cases_path).parent / HISTORY_FILE
+    dataset_folder = Path(os.path.realpath(cases_path)).parent  # a symlinked cases.yaml is written through the link
+    where = history
+    try:
+        if history.exists():
+            with history.open("ab"):
+                pass
+        for where in dict.fromkeys([dataset_folder] + ([] if history.exists() else [history.parent])):
+            with tempfile.NamedTemporaryFile(dir=where, prefix=".tracesieve-gate-check-"):
+                pass
+    except OSError as exc:
+        raise UsageError(f"cannot record results beside {cases_path} ({where}: {exc.strerror or exc}); the gate "
+                         f"appends to {HISTORY_FILE} and updates regressed_count in cases.yaml: run it on a "
+                         "writable copy of the dataset folder") from None
 
 
 # ---------------------------------------------------------------------------
@@ -381,6 +405,7 @@ def run_gate(
     base_env: Mapping[str, str] = os.environ if env is None else env
     _check_command(command, workdir, base_env)
     cases = load_active_cases(cases_path, only)
+    _check_results_writable(cases_path)
     detectors = next((p for p in config.trace_processors if isinstance(p, DetectorsProcessor)), None)
     if detectors is None:  # the gate always judges with the detectors, even if this pipeline left them out
         detectors = DetectorsProcessor()

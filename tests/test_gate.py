@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from conftest import FAST_JUDGE, run_cli
 
@@ -799,3 +800,42 @@ def test_output_mime_type_compares_media_types_without_their_parameters(tmp_path
         result = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), answer, declared,
                          cwd=tmp_path, timeout=120)
         assert result.returncode == code, (expected, declared, result.stdout + result.stderr)
+
+
+def _make_read_only(path: Path) -> None:
+    """Read-only even for root (the immutable flag), as a read-only checkout is; skip where it cannot be."""
+    if os.geteuid() != 0:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot make a file immutable here")
+
+
+def _make_writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+    else:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_a_dataset_the_gate_cannot_record_into_is_refused_before_any_agent_runs(tmp_path):
+    """In a read-only checkout every agent ran, then the gate died writing history.jsonl with a bare
+    `Operation not permitted: history.jsonl` (exit 2) and printed no result: a green run went red
+    and a red one lost its report. It is refused up front, saying what to do."""
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    ran = tmp_path / "ran"
+    cases = write_dataset(folder / "cases.yaml", [{"id": "TS-0001"}])
+    history_file = folder / "history.jsonl"
+    history_file.write_text("")
+    agent = ["--", sys.executable, "-c", f"open({str(ran)!r}, 'w')"]
+    for read_only in (history_file, folder):
+        _make_read_only(read_only)
+        try:
+            result = run_cli("gate", "--cases", str(cases), *agent, cwd=tmp_path, timeout=120)
+        finally:
+            _make_writable(read_only)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "cannot record results beside" in result.stderr and "writable copy" in result.stderr, result.stderr
+        assert not ran.exists()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
