@@ -382,6 +382,12 @@ def _str_list(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
+def _phrases(v: Any) -> bool:
+    """Phrases with something to find: a blank one is in every answer, so ``must_include: [""]``
+    passed every run and ``must_not: [""]`` was skipped, assertions that never broke."""
+    return _str_list(v) and all(x.strip() for x in v)
+
+
 def _flag(v: Any) -> bool:
     return isinstance(v, bool)
 
@@ -482,7 +488,7 @@ SCORERS: dict[str, Scorer] = {
     "min_document_score": Scorer(min_document_score, _number, "a number"),
     "cited_ids_within_retrieved": Scorer(cited_ids_within_retrieved, _flag, "true or false"),
     "no_facts_without_retrieval": Scorer(no_facts_without_retrieval, _flag, "true or false"),
-    "must_not": Scorer(must_not, _str_list, "a list of phrases"),
+    "must_not": Scorer(must_not, _phrases, "a list of phrases (none blank)"),
     "output_schema": Scorer(output_schema, _schema, "a JSON schema (a mapping) whose $refs point inside it"),
     "output_mime_type": Scorer(output_mime_type, lambda v: isinstance(v, str) and "/" in v, "a mime type"),
     "finish_reason_not": Scorer(finish_reason_not, _str_list, "a list of finish reasons"),
@@ -494,7 +500,7 @@ SCORERS: dict[str, Scorer] = {
     "no_error_spans": Scorer(no_error_spans, _flag, "true or false"),
     "feedback_passes": Scorer(feedback_passes, _str_list, "a list of annotation names"),
 
-    "must_include": Scorer(must_include, _str_list, "a list of phrases"),
+    "must_include": Scorer(must_include, _phrases, "a list of phrases (none blank)"),
     "allowed_citation_ids": Scorer(allowed_citation_ids, _str_list, "a list of document ids"),
     "max_latency_ms": Scorer(max_latency_ms, _milliseconds, "a number of milliseconds (0 or more)"),
 }

@@ -839,3 +839,16 @@ def test_a_dataset_the_gate_cannot_record_into_is_refused_before_any_agent_runs(
         assert "cannot record results beside" in result.stderr and "writable copy" in result.stderr, result.stderr
         assert not ran.exists()
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_a_blank_phrase_is_refused_not_an_assertion_that_never_breaks(tmp_path):
+    """A blank phrase is in every answer: `must_include: [""]` passed every run and `must_not: [" "]`
+    was skipped, so a hand-edited case could never fail again. Lint exits 1, the gate 2."""
+    ran = tmp_path / "ran"
+    for expected in ({"must_include": [""]}, {"must_not": ["refund", " "]}, {"must_include": ["\n"]}):
+        cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": expected}])
+        lint = run_cli("cases", "lint", str(cases), cwd=tmp_path)
+        assert lint.returncode == 1 and "none blank" in lint.stdout + lint.stderr, (expected, lint)
+        result = run_cli("gate", "--cases", str(cases), "--", sys.executable, "-c", f"open({str(ran)!r}, 'w')",
+                         cwd=tmp_path, timeout=120)
+        assert result.returncode == 2 and not ran.exists(), (expected, result.stdout + result.stderr)
