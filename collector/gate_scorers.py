@@ -36,8 +36,8 @@ from tracesieve.processors.rules import (
 )
 from tracesieve.processors.spanview import (
     JSON_MIME, assistant_text, canonical_arguments, documents, duration_ms, failed, finish_reasons,
-    plain_text_holds_arguments, requested_tool_calls, response_text, span_kind, tool_name, tool_span_arguments,
-    try_json,
+    is_collector_truncated, plain_text_holds_arguments, requested_tool_calls, response_text, span_kind, tool_name,
+    tool_span_arguments, try_json,
 )
 from tracesieve.storage.schema import SPAN_KINDS
 
@@ -233,9 +233,16 @@ def must_include(value: list[str], run: Run) -> list[str]:
     return [f"the answer does not contain {p!r}" for p in value if not any(_fold(p) in t for t in folded)]
 
 
+#: Why a JSON answer the embedded collector cut cannot be judged: "not JSON" blamed the agent for the cut.
+CUT_ANSWER = ("the answer is longer than the collector keeps (receivers.otlp.limits.max_value_size, 1MiB by "
+              "default) and was cut, so it cannot be checked as JSON: raise max_value_size in the gate's --config")
+
+
 def output_schema(value: dict[str, Any], run: Run) -> list[str]:
     """The final answer is JSON (a code fence around it is allowed) and meets this schema (``{}``: any JSON)."""
     _, answer = run.final_answer()
+    if is_collector_truncated(answer):
+        return [CUT_ANSWER]
     ok, data = try_json(_strip_fence(answer).strip())
     if not ok:
         return ["the answer is not JSON" if answer else "the run gave no answer (JSON expected)"]
@@ -257,6 +264,8 @@ def output_mime_type(value: str, run: Run) -> list[str]:
     declared = (span or {}).get("output_mime_type")
     if isinstance(declared, str) and declared.strip() and _media_type(declared) != _media_type(value):
         return [f"the answer is declared {declared}, not {value}"]
+    if _media_type(value) == JSON_MIME and is_collector_truncated(answer):
+        return [CUT_ANSWER]
     if _media_type(value) == JSON_MIME and not try_json(_strip_fence(answer).strip())[0]:
         return ["the answer is not JSON" if answer else "the run gave no answer (JSON expected)"]
     return []

@@ -852,3 +852,49 @@ def test_a_blank_phrase_is_refused_not_an_assertion_that_never_breaks(tmp_path):
         result = run_cli("gate", "--cases", str(cases), "--", sys.executable, "-c", f"open({str(ran)!r}, 'w')",
                          cwd=tmp_path, timeout=120)
         assert result.returncode == 2 and not ran.exists(), (expected, result.stdout + result.stderr)
+
+
+LONG_JSON_AGENT = r"""
+# An agent asked for JSON (response_format) whose valid answer is longer than max_value_size (1MiB).
+import json
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+answer = json.dumps({"items": ["x" * 100] * 15000, "status": "ok"})
+provider = TracerProvider(resource=Resource.create({}))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+tracer = provider.get_tracer("long-json")
+with tracer.start_as_current_span("agent") as root:
+    root.set_attribute("openinference.span.kind", "AGENT")
+    with tracer.start_as_current_span("llm") as llm:
+        llm.set_attribute("openinference.span.kind", "LLM")
+        llm.set_attribute("llm.invocation_parameters", json.dumps({"response_format": {"type": "json_object"}}))
+        llm.set_attribute("llm.output_messages.0.message.role", "assistant")
+        llm.set_attribute("llm.output_messages.0.message.content", answer)
+        llm.set_attribute("llm.finish_reason", "stop")
+    root.set_attribute("output.value", answer)
+provider.shutdown()
+"""
+
+
+def test_a_json_answer_the_collector_cut_is_not_blamed_on_the_agent(tmp_path):
+    """A valid 1.5 MB JSON answer is cut at max_value_size (1MiB) by the embedded collector: the gate
+    then failed the case with `format_violation again: ... does not parse` and `output_schema: the
+    answer is not JSON`, blaming a correct agent. The detector now treats a cut answer as unknown,
+    and the scorers fail it saying why and what to raise; with the limit raised, it passes."""
+    script = tmp_path / "long_json_agent.py"
+    script.write_text(LONG_JSON_AGENT)
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "failure_mode": "format_violation",
+                                                     "expected_behavior": {"output_schema": {
+                                                         "type": "object", "required": ["status"]}}}])
+    cut = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), cwd=tmp_path, timeout=120)
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    assert "format_violation again" not in cut.stdout and "not JSON" not in cut.stdout, cut.stdout
+    assert "max_value_size" in cut.stdout, cut.stdout
+    config = tmp_path / "gate.yaml"
+    config.write_text("receivers:\n  otlp:\n    limits: {max_value_size: 4MiB}\n")
+    whole = run_cli("gate", "--config", str(config), "--cases", str(cases), "--", sys.executable, str(script),
+                    cwd=tmp_path, timeout=120)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
