@@ -898,3 +898,22 @@ def test_a_json_answer_the_collector_cut_is_not_blamed_on_the_agent(tmp_path):
     whole = run_cli("gate", "--config", str(config), "--cases", str(cases), "--", sys.executable, str(script),
                     cwd=tmp_path, timeout=120)
     assert whole.returncode == 0, whole.stdout + whole.stderr
+
+
+def test_a_case_text_with_half_an_emoji_is_a_lint_problem_not_an_internal_error(tmp_path):
+    """A YAML escape `"\\ud83d"` (an emoji cut in half, pasted from a log) loads as a lone surrogate,
+    which UTF-8 cannot hold: `cases lint` passed it, then `gate` and `export --cases` died with
+    `internal error: UnicodeEncodeError`. Lint names the value (exit 1); gate and export refuse the
+    dataset with that line (exit 2), before any agent runs."""
+    ran = tmp_path / "ran"
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    cases.write_text(cases.read_text().replace("user_message: Where is order ORD-1?",
+                                               'user_message: "Where is my \\ud83d order?"'))
+    lint = run_cli("cases", "lint", str(cases), cwd=tmp_path)
+    assert lint.returncode == 1 and "input.user_message" in lint.stdout + lint.stderr, lint
+    for command in (["gate", "--cases", str(cases), "--", sys.executable, "-c", f"open({str(ran)!r}, 'w')"],
+                    ["export", "--format", "jsonl", "--cases", str(cases)]):
+        result = run_cli(*command, cwd=tmp_path, timeout=120)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "internal error" not in result.stderr and "input.user_message" in result.stderr, result.stderr
+    assert not ran.exists()
