@@ -179,6 +179,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: A YAML escape such as "\ud83d" (an emoji cut in half) loads as a lone surrogate, which UTF-8 cannot
+#: hold: gate and export died on it with "internal error: UnicodeEncodeError".
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_KIND = "text with a lone surrogate escape (\\ud800-\\udfff, half a character such as an emoji)"
+
+
 def _values_without_json(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
     """(dotted path, YAML kind) of each value in plain case data that JSON cannot hold.
 
@@ -188,11 +194,17 @@ def _values_without_json(value: Any, path: str = "") -> Iterator[tuple[str, str]
     """
     if isinstance(value, Mapping):
         for k, v in value.items():
-            yield from _values_without_json(v, f"{path}.{k}" if path else str(k))
+            key_path = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and _LONE_SURROGATE.search(k):
+                yield key_path.encode("utf-8", "backslashreplace").decode("ascii", "replace"), _SURROGATE_KIND
+            yield from _values_without_json(v, key_path)
     elif isinstance(value, list):
         for i, v in enumerate(value):
             yield from _values_without_json(v, f"{path}[{i}]")
-    elif not (value is None or isinstance(value, (str, int, float))):  # bool is an int
+    elif isinstance(value, str):
+        if _LONE_SURROGATE.search(value):
+            yield path, _SURROGATE_KIND
+    elif not (value is None or isinstance(value, (int, float))):  # bool is an int
         if isinstance(value, bytes):
             yield path, "!!binary value"
         elif isinstance(value, CommentedSet):
@@ -921,8 +933,10 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
             key = ".".join(str(x) for x in err.path)
             problems.append(f"{where}: {label}: {key + ': ' if key else ''}{err.message}")
         for key, kind in _values_without_json(plain):
+            fix = ("write the whole character, or drop the half" if kind == _SURROGATE_KIND
+                   else "use a string, number, list or mapping")
             problems.append(f"{where}: {label}: {key}: a YAML {kind} has no JSON form (gate hands the case to the "
-                            f"agent as JSON and export writes it as JSON); use a string, number, list or mapping")
+                            f"agent as JSON and export writes it as JSON); {fix}")
         if case.get("status") == "active":  # what gate runs must be scorable: the gate's own check
             problems.extend(f"{where}: {label}: {p}" for p in expected_problems(case.get("expected_behavior")))
         mode = case.get("failure_mode")

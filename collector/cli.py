@@ -97,6 +97,21 @@ config_option = click.option("--config", "config_path", default=None, metavar="F
                              help="YAML config (see README, Configuration).")
 
 
+class _Seconds(click.FloatRange):
+    """A FloatRange that refuses NaN.
+
+    ``float("nan")`` fails every comparison, so FloatRange let ``--timeout nan`` through: every run
+    of the gate then "timed out after nans" and the gate exited 1, as if the agent had failed,
+    instead of 2 for the mistyped option.
+    """
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:
+            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
+        return seconds
+
+
 class CommandFailed(Exception):
     """Raised to end a command with exit code 1 (gate or lint found failures), after its output."""
 
@@ -246,7 +261,7 @@ def cli() -> None:
 @click.option("--print-config", is_flag=True, help="Print the effective config and exit.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Log lines as text, or as one JSON object per line (ts, level, logger, msg, fields).")
-@click.option("--status-interval", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--status-interval", type=_Seconds(min=0), default=10.0, show_default=True,
               metavar="SECONDS", help="Log a one-line status this often when stderr is a terminal (0: never).")
 def serve(config_path: str | None, db_path: str | None, print_config: bool, log_format: str,
           status_interval: float) -> None:
@@ -656,7 +671,7 @@ def cases_remove(case_id: str, cases_path: str, reason: str, by: str | None, db_
 @click.option("--protocol", type=click.Choice(["grpc", "http/protobuf", "http/json"]), default="grpc",
               show_default=True,
               help="OTEL_EXPORTER_OTLP_PROTOCOL given to the agent")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+@click.option("--timeout", type=_Seconds(min=0, min_open=True), default=300.0, show_default=True,
               help="seconds per agent run; then its process group is killed and the case fails")
 @click.option("--junit", "junit_path", default=None, metavar="PATH", help="also write JUnit XML here")
 @db_option

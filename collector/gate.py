@@ -36,12 +36,15 @@ import signal
 import subprocess
 import tempfile
 import threading
+import string
 import time
+import urllib.parse
 from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from tracesieve.collector.cases import (
-    append_history, bump_regressed_count, history_events, lint_cases, read_cases,
+    HISTORY_FILE, append_history, bump_regressed_count, history_events, lint_cases, read_cases,
 )
 from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.gate_scorers import expected_problems, score
@@ -152,17 +155,78 @@ def _check_command(command: Sequence[str], workdir: str | None, env: Mapping[str
         raise UsageError(f"agent command not found on PATH: {exe}")
 
 
+def _check_results_writable(cases_path: str) -> None:
+    """The gate can append to history.jsonl and replace cases.yaml (its regressed counts) when it is done.
+
+    A dataset in a read-only checkout let every agent run, then the gate died on writing the
+    history with a bare ``Operation not permitted: history.jsonl`` (exit 2) and printed no result:
+    a green run went red and a red one lost its report. It is refused before any agent runs.
+    """
+    history = Path(cases_path).parent / HISTORY_FILE
+    dataset_folder = Path(os.path.realpath(cases_path)).parent  # a symlinked cases.yaml is written through the link
+    where = history
+    try:
+        if history.exists():
+            with history.open("ab"):
+                pass
+        for where in dict.fromkeys([dataset_folder] + ([] if history.exists() else [history.parent])):
+            with tempfile.NamedTemporaryFile(dir=where, prefix=".tracesieve-gate-check-"):
+                pass
+    except OSError as exc:
+        raise UsageError(f"cannot record results beside {cases_path} ({where}: {exc.strerror or exc}); the gate "
+                         f"appends to {HISTORY_FILE} and updates regressed_count in cases.yaml: run it on a "
+                         "writable copy of the dataset folder") from None
+
+
 # ---------------------------------------------------------------------------
 # running
 
 
+#: Longest key or value (decoded) the JS SDK's env detector takes; past it, it discards the whole variable.
+RESOURCE_VALUE_MAX = 255
+#: What a pair may hold unencoded: printable ASCII but the separators and the escape character.
+_RESOURCE_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "%,=")
+
+
 def resource_attributes(existing: str | None, case_id: str, run: int | None) -> str:
     """OTEL_RESOURCE_ATTRIBUTES: the caller's pairs (minus ours) followed by the case id and the run number
-    (None: no run number, DESIGN's ``tracesieve.case_id=<id>`` exactly when the caller set none)."""
+    (None: no run number, DESIGN's ``tracesieve.case_id=<id>`` exactly when the caller set none).
+
+    The spec has an SDK discard the *whole* variable on one malformed pair (an unencoded ``=`` in a
+    value, a bad ``%`` escape, a value over 255 characters), and the JS SDK does: a CI environment's
+    ``build.url=https://ci/?job=7`` cost a Node agent the case id, so its trace never counted. The
+    caller's pairs are therefore passed on well-formed: a strict pair unchanged, any other re-encoded
+    to what the lenient Python SDK reads from it, one no SDK could read (no ``=``, no key, too long) left out.
+    """
     ours = {CASE_ATTRIBUTE: case_id, RUN_ATTRIBUTE: "" if run is None else str(run)}
-    kept = [pair.strip() for pair in (existing or "").split(",")
-            if pair.strip() and pair.split("=", 1)[0].strip() not in ours]
+    kept = [pair for pair in map(_well_formed_resource_pair, (existing or "").split(","))
+            if pair and pair.split("=", 1)[0] not in ours]
     return ",".join(kept + [f"{k}={v}" for k, v in ours.items() if v])
+
+
+def _well_formed_resource_pair(pair: str) -> str | None:
+    """One ``key=value`` of OTEL_RESOURCE_ATTRIBUTES as every SDK reads it alike, or None to leave it out."""
+    key, sep, value = pair.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key:
+        return None
+    if "=" not in value and _strictly_decodable(key) and _strictly_decodable(value):
+        if max(len(urllib.parse.unquote(key)), len(urllib.parse.unquote(value))) > RESOURCE_VALUE_MAX:
+            return None
+        return f"{key}={value}"
+    decoded_value = urllib.parse.unquote(value)  # as the Python SDK reads it: the rest after the first =
+    if max(len(key), len(decoded_value)) > RESOURCE_VALUE_MAX:
+        return None
+    return f"{urllib.parse.quote(key, safe=_RESOURCE_SAFE)}={urllib.parse.quote(decoded_value, safe=_RESOURCE_SAFE)}"
+
+
+def _strictly_decodable(text: str) -> bool:
+    """Whether a percent-decoder that refuses bad escapes (JS's ``decodeURIComponent``) takes ``text``."""
+    try:
+        urllib.parse.unquote_to_bytes(text).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(len(part) >= 2 and all(c in string.hexdigits for c in part[:2]) for part in text.split("%")[1:])
 
 
 def agent_env(base: Mapping[str, str], case: Mapping[str, Any], run: int, endpoint: str,
@@ -341,6 +405,7 @@ def run_gate(
     base_env: Mapping[str, str] = os.environ if env is None else env
     _check_command(command, workdir, base_env)
     cases = load_active_cases(cases_path, only)
+    _check_results_writable(cases_path)
     detectors = next((p for p in config.trace_processors if isinstance(p, DetectorsProcessor)), None)
     if detectors is None:  # the gate always judges with the detectors, even if this pipeline left them out
         detectors = DetectorsProcessor()

@@ -36,8 +36,8 @@ from tracesieve.processors.rules import (
 )
 from tracesieve.processors.spanview import (
     JSON_MIME, assistant_text, canonical_arguments, documents, duration_ms, failed, finish_reasons,
-    plain_text_holds_arguments, requested_tool_calls, response_text, span_kind, tool_name, tool_span_arguments,
-    try_json,
+    is_collector_truncated, plain_text_holds_arguments, requested_tool_calls, response_text, span_kind, tool_name,
+    tool_span_arguments, try_json,
 )
 from tracesieve.storage.schema import SPAN_KINDS
 
@@ -233,9 +233,16 @@ def must_include(value: list[str], run: Run) -> list[str]:
     return [f"the answer does not contain {p!r}" for p in value if not any(_fold(p) in t for t in folded)]
 
 
+#: Why a JSON answer the embedded collector cut cannot be judged: "not JSON" blamed the agent for the cut.
+CUT_ANSWER = ("the answer is longer than the collector keeps (receivers.otlp.limits.max_value_size, 1MiB by "
+              "default) and was cut, so it cannot be checked as JSON: raise max_value_size in the gate's --config")
+
+
 def output_schema(value: dict[str, Any], run: Run) -> list[str]:
     """The final answer is JSON (a code fence around it is allowed) and meets this schema (``{}``: any JSON)."""
     _, answer = run.final_answer()
+    if is_collector_truncated(answer):
+        return [CUT_ANSWER]
     ok, data = try_json(_strip_fence(answer).strip())
     if not ok:
         return ["the answer is not JSON" if answer else "the run gave no answer (JSON expected)"]
@@ -247,14 +254,26 @@ def output_schema(value: dict[str, Any], run: Run) -> list[str]:
 
 
 def output_mime_type(value: str, run: Run) -> list[str]:
-    """The answer is not declared with another mime type; for ``application/json`` it parses as JSON."""
+    """The answer is not declared with another mime type; for ``application/json`` it parses as JSON.
+
+    Types compare as media types do, by ``type/subtype`` in any case, parameters aside: an answer
+    declared ``application/json; charset=utf-8`` failed ``output_mime_type: application/json`` as
+    "declared another type", and an expected ``application/json; charset=utf-8`` skipped the JSON check.
+    """
     span, answer = run.final_answer()
     declared = (span or {}).get("output_mime_type")
-    if declared and declared != value:
+    if isinstance(declared, str) and declared.strip() and _media_type(declared) != _media_type(value):
         return [f"the answer is declared {declared}, not {value}"]
-    if value == JSON_MIME and not try_json(_strip_fence(answer).strip())[0]:
+    if _media_type(value) == JSON_MIME and is_collector_truncated(answer):
+        return [CUT_ANSWER]
+    if _media_type(value) == JSON_MIME and not try_json(_strip_fence(answer).strip())[0]:
         return ["the answer is not JSON" if answer else "the run gave no answer (JSON expected)"]
     return []
+
+
+def _media_type(mime: str) -> str:
+    """``type/subtype`` of a mime type, lower case, without its parameters (``; charset=utf-8``)."""
+    return mime.split(";", 1)[0].strip().lower()
 
 
 def finish_reason_not(value: list[str], run: Run) -> list[str]:
@@ -372,6 +391,12 @@ def _str_list(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
+def _phrases(v: Any) -> bool:
+    """Phrases with something to find: a blank one is in every answer, so ``must_include: [""]``
+    passed every run and ``must_not: [""]`` was skipped, assertions that never broke."""
+    return _str_list(v) and all(x.strip() for x in v)
+
+
 def _flag(v: Any) -> bool:
     return isinstance(v, bool)
 
@@ -381,7 +406,14 @@ def _count(v: Any) -> bool:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A number a comparison can fail: YAML's ``.nan`` fails every one, so a ceiling or floor of NaN
+    passed every run, an assertion that could never break."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+def _milliseconds(v: Any) -> bool:
+    """A duration ceiling: a negative one failed every run, whatever the agent did."""
+    return _number(v) and v >= 0
 
 
 def _schema(v: Any) -> bool:
@@ -441,10 +473,10 @@ def _schemas_by_tool(v: Any) -> bool:
 
 
 def _ceilings(v: Any) -> bool:
-    if _number(v):
+    if _milliseconds(v):
         return True
-    return isinstance(v, dict) and all(isinstance(k, str) and k.upper() in SPAN_KINDS and (x is None or _number(x))
-                                       for k, x in v.items())
+    return isinstance(v, dict) and all(isinstance(k, str) and k.upper() in SPAN_KINDS
+                                       and (x is None or _milliseconds(x)) for k, x in v.items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -465,21 +497,21 @@ SCORERS: dict[str, Scorer] = {
     "min_document_score": Scorer(min_document_score, _number, "a number"),
     "cited_ids_within_retrieved": Scorer(cited_ids_within_retrieved, _flag, "true or false"),
     "no_facts_without_retrieval": Scorer(no_facts_without_retrieval, _flag, "true or false"),
-    "must_not": Scorer(must_not, _str_list, "a list of phrases"),
+    "must_not": Scorer(must_not, _phrases, "a list of phrases (none blank)"),
     "output_schema": Scorer(output_schema, _schema, "a JSON schema (a mapping) whose $refs point inside it"),
     "output_mime_type": Scorer(output_mime_type, lambda v: isinstance(v, str) and "/" in v, "a mime type"),
     "finish_reason_not": Scorer(finish_reason_not, _str_list, "a list of finish reasons"),
     "max_duration_ms": Scorer(max_duration_ms, _ceilings,
-                              "a mapping of span kind (LLM, TOOL, ...) to milliseconds, or one number"),
+                              "a mapping of span kind (LLM, TOOL, ...) to milliseconds (0 or more), or one number"),
     "max_identical_calls": Scorer(max_identical_calls, _count, "a whole number"),
     "max_steps": Scorer(max_steps, _count, "a whole number"),
     "must_not_call_after_error": Scorer(must_not_call_after_error, _str_list, "a list of tool names"),
     "no_error_spans": Scorer(no_error_spans, _flag, "true or false"),
     "feedback_passes": Scorer(feedback_passes, _str_list, "a list of annotation names"),
 
-    "must_include": Scorer(must_include, _str_list, "a list of phrases"),
+    "must_include": Scorer(must_include, _phrases, "a list of phrases (none blank)"),
     "allowed_citation_ids": Scorer(allowed_citation_ids, _str_list, "a list of document ids"),
-    "max_latency_ms": Scorer(max_latency_ms, _number, "a number of milliseconds"),
+    "max_latency_ms": Scorer(max_latency_ms, _milliseconds, "a number of milliseconds (0 or more)"),
 }
 
 

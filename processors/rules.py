@@ -625,7 +625,8 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                 continue
             answer = assistant_text(s, refusals=False)  # a refusal said instead of the JSON is no malformed JSON
             texts = [m["text"] for m in output_messages(s) if m["text"]] or ([answer] if answer else [])
-            texts = [t for t in texts if t.strip() != HIDDEN]  # OpenInference hid it: present but unknown
+            # OpenInference hid it, or the collector cut it at max_value_size: present but unknown
+            texts = [t for t in texts if t.strip() != HIDDEN and not is_collector_truncated(t)]
             for text in texts:
                 ok, parsed = try_json(_strip_fence(text))
                 if not ok:

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from conftest import FAST_JUDGE, run_cli
 
@@ -666,3 +667,253 @@ def test_a_citation_after_an_empty_retrieval_is_not_banned_for_the_agent_that_re
     fixed = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), "retrieves",
                     cwd=tmp_path, timeout=180)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+
+
+STRICT_RESOURCE_AGENT = r"""
+# An agent whose SDK reads OTEL_RESOURCE_ATTRIBUTES as the spec (and @opentelemetry/resources'
+# envDetector) says: one pair with an unencoded '=' or ',', a bad '%' escape or a value over 255
+# characters, and the whole variable is discarded.
+import json, os, sys
+from urllib.parse import unquote_to_bytes
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+def strict(text):
+    parts = text.split("%")
+    if any(len(p) < 2 or any(c not in "0123456789abcdefABCDEF" for c in p[:2]) for p in parts[1:]):
+        raise ValueError(text)
+    return unquote_to_bytes(text).decode("utf-8")
+
+attributes = {}
+try:
+    for pair in filter(str.strip, os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(",")):
+        fields = pair.split("=")
+        if len(fields) != 2 or not fields[0].strip():
+            raise ValueError(pair)
+        key, value = strict(fields[0].strip()), strict(fields[1].strip())
+        if max(len(key), len(value)) > 255:
+            raise ValueError(pair)
+        attributes[key] = value
+except ValueError as bad:
+    print(f"OTEL_RESOURCE_ATTRIBUTES discarded: {bad}", file=sys.stderr)
+    attributes = {}
+with open(sys.argv[1], "w") as fh:
+    json.dump(attributes, fh)
+provider = TracerProvider(resource=Resource(attributes))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+with provider.get_tracer("strict").start_as_current_span("agent") as span:
+    span.set_attribute("openinference.span.kind", "AGENT")
+    span.set_attribute("output.value", "Order ORD-1 ships tomorrow.")
+provider.shutdown()
+"""
+
+
+def test_a_ci_resource_pair_a_strict_sdk_refuses_does_not_cost_the_agent_its_case_id(tmp_path):
+    """The gate appended its case id to the caller's OTEL_RESOURCE_ATTRIBUTES as they were. A CI
+    variable like `build.url=https://ci/job?id=7` (an unencoded '='), `coverage=50%` (a bad escape) or
+    a long value is malformed, and a spec-strict SDK (Node's envDetector) discards the whole variable
+    on it: the case id went too, and every case failed with `no trace arrived`. The caller's pairs now
+    reach the agent well-formed, meaning what the lenient Python SDK reads from them."""
+    script = tmp_path / "strict_resource_agent.py"
+    script.write_text(STRICT_RESOURCE_AGENT)
+    seen = tmp_path / "resource.json"
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    ci = "build.url=https://ci.example/job?id=7, coverage=50%,deployment.environment=ci,garbage,notes=" + "n" * 300
+    result = run_cli("gate", "--cases", str(cases), "--repeat", "2", "--", sys.executable, str(script), str(seen),
+                     cwd=tmp_path, env={"OTEL_RESOURCE_ATTRIBUTES": ci}, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    resource = json.loads(seen.read_text())
+    assert resource.pop("tracesieve.run") in ("1", "2")
+    assert resource == {"build.url": "https://ci.example/job?id=7", "coverage": "50%",
+                        "deployment.environment": "ci", "tracesieve.case_id": "TS-0001"}
+
+
+def test_a_timeout_that_is_not_a_number_is_a_usage_error_not_a_failed_case(tmp_path):
+    """`--timeout nan` passed click's range check (NaN fails every comparison): every run "timed
+    out after nans" and the gate exited 1 as if the agent had failed again, recording `failed` and
+    bumping regressed_count. It is a usage error (exit 2), refused before any agent runs."""
+    ran = tmp_path / "ran"
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    before = cases.read_text()
+    result = run_cli("gate", "--cases", str(cases), "--timeout", "nan", "--", sys.executable, "-c",
+                     f"open({str(ran)!r}, 'w')", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--timeout" in result.stderr and "Traceback" not in result.stderr
+    assert not ran.exists() and not (tmp_path / "history.jsonl").exists() and cases.read_text() == before
+
+
+def test_a_ceiling_of_nan_or_below_zero_is_refused_not_a_case_that_never_or_always_fails(tmp_path):
+    """`max_latency_ms: .nan` (or `max_duration_ms: {TOOL: .nan}`, `min_document_score: .nan`) fails
+    every comparison, so the scorer passed every run: the case could never catch its failure again.
+    `max_duration_ms: -5` failed every run whatever the agent did. Both are values of the wrong
+    shape: `cases lint` exits 1 and the gate 2, before any agent runs."""
+    ran = tmp_path / "ran"
+    for expected in ({"max_latency_ms": float("nan")}, {"max_duration_ms": {"TOOL": float("nan")}},
+                     {"max_duration_ms": float("nan")}, {"min_document_score": float("nan")},
+                     {"max_duration_ms": -5}, {"max_duration_ms": {"LLM": -1}}, {"max_latency_ms": -1}):
+        cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": expected}])
+        lint = run_cli("cases", "lint", str(cases), cwd=tmp_path)
+        assert lint.returncode == 1 and "expected_behavior." in lint.stdout + lint.stderr, (expected, lint)
+        result = run_cli("gate", "--cases", str(cases), "--", sys.executable, "-c", f"open({str(ran)!r}, 'w')",
+                         cwd=tmp_path, timeout=120)
+        assert result.returncode == 2, (expected, result.stdout + result.stderr)
+        assert not ran.exists()
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {
+        "max_latency_ms": 0, "max_duration_ms": {"TOOL": 10000, "LLM": None}, "min_document_score": -2.5}}])
+    assert run_cli("cases", "lint", str(cases), cwd=tmp_path).returncode == 0
+
+
+MIME_AGENT = r"""
+# An agent whose root span declares its answer's mime type with a parameter, as HTTP layers write it.
+import sys
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+provider = TracerProvider(resource=Resource.create({}))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+with provider.get_tracer("mime").start_as_current_span("agent") as span:
+    span.set_attribute("openinference.span.kind", "AGENT")
+    span.set_attribute("output.value", sys.argv[1])
+    span.set_attribute("output.mime_type", sys.argv[2])
+provider.shutdown()
+"""
+
+
+def test_output_mime_type_compares_media_types_without_their_parameters(tmp_path):
+    """An answer declared `application/json; charset=utf-8` failed `output_mime_type: application/json`
+    as "declared another type", and an expected `application/json; charset=utf-8` never checked that
+    the answer parses. Mime types compare by type/subtype, in any case, parameters aside."""
+    script = tmp_path / "mime_agent.py"
+    script.write_text(MIME_AGENT)
+    for expected, answer, declared, code in [
+            ("application/json", '{"status": "shipped"}', "application/json; charset=utf-8", 0),
+            ("Application/JSON", '{"status": "shipped"}', "application/json", 0),
+            ("application/json; charset=utf-8", "It has shipped.", "", 1),
+            ("application/json", '{"status": "shipped"}', "text/plain; charset=utf-8", 1)]:
+        cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": {
+            "output_mime_type": expected}}])
+        (tmp_path / "history.jsonl").unlink(missing_ok=True)
+        result = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), answer, declared,
+                         cwd=tmp_path, timeout=120)
+        assert result.returncode == code, (expected, declared, result.stdout + result.stderr)
+
+
+def _make_read_only(path: Path) -> None:
+    """Read-only even for root (the immutable flag), as a read-only checkout is; skip where it cannot be."""
+    if os.geteuid() != 0:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot make a file immutable here")
+
+
+def _make_writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+    else:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_a_dataset_the_gate_cannot_record_into_is_refused_before_any_agent_runs(tmp_path):
+    """In a read-only checkout every agent ran, then the gate died writing history.jsonl with a bare
+    `Operation not permitted: history.jsonl` (exit 2) and printed no result: a green run went red
+    and a red one lost its report. It is refused up front, saying what to do."""
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    ran = tmp_path / "ran"
+    cases = write_dataset(folder / "cases.yaml", [{"id": "TS-0001"}])
+    history_file = folder / "history.jsonl"
+    history_file.write_text("")
+    agent = ["--", sys.executable, "-c", f"open({str(ran)!r}, 'w')"]
+    for read_only in (history_file, folder):
+        _make_read_only(read_only)
+        try:
+            result = run_cli("gate", "--cases", str(cases), *agent, cwd=tmp_path, timeout=120)
+        finally:
+            _make_writable(read_only)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "cannot record results beside" in result.stderr and "writable copy" in result.stderr, result.stderr
+        assert not ran.exists()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_a_blank_phrase_is_refused_not_an_assertion_that_never_breaks(tmp_path):
+    """A blank phrase is in every answer: `must_include: [""]` passed every run and `must_not: [" "]`
+    was skipped, so a hand-edited case could never fail again. Lint exits 1, the gate 2."""
+    ran = tmp_path / "ran"
+    for expected in ({"must_include": [""]}, {"must_not": ["refund", " "]}, {"must_include": ["\n"]}):
+        cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "expected_behavior": expected}])
+        lint = run_cli("cases", "lint", str(cases), cwd=tmp_path)
+        assert lint.returncode == 1 and "none blank" in lint.stdout + lint.stderr, (expected, lint)
+        result = run_cli("gate", "--cases", str(cases), "--", sys.executable, "-c", f"open({str(ran)!r}, 'w')",
+                         cwd=tmp_path, timeout=120)
+        assert result.returncode == 2 and not ran.exists(), (expected, result.stdout + result.stderr)
+
+
+LONG_JSON_AGENT = r"""
+# An agent asked for JSON (response_format) whose valid answer is longer than max_value_size (1MiB).
+import json
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+answer = json.dumps({"items": ["x" * 100] * 15000, "status": "ok"})
+provider = TracerProvider(resource=Resource.create({}))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+tracer = provider.get_tracer("long-json")
+with tracer.start_as_current_span("agent") as root:
+    root.set_attribute("openinference.span.kind", "AGENT")
+    with tracer.start_as_current_span("llm") as llm:
+        llm.set_attribute("openinference.span.kind", "LLM")
+        llm.set_attribute("llm.invocation_parameters", json.dumps({"response_format": {"type": "json_object"}}))
+        llm.set_attribute("llm.output_messages.0.message.role", "assistant")
+        llm.set_attribute("llm.output_messages.0.message.content", answer)
+        llm.set_attribute("llm.finish_reason", "stop")
+    root.set_attribute("output.value", answer)
+provider.shutdown()
+"""
+
+
+def test_a_json_answer_the_collector_cut_is_not_blamed_on_the_agent(tmp_path):
+    """A valid 1.5 MB JSON answer is cut at max_value_size (1MiB) by the embedded collector: the gate
+    then failed the case with `format_violation again: ... does not parse` and `output_schema: the
+    answer is not JSON`, blaming a correct agent. The detector now treats a cut answer as unknown,
+    and the scorers fail it saying why and what to raise; with the limit raised, it passes."""
+    script = tmp_path / "long_json_agent.py"
+    script.write_text(LONG_JSON_AGENT)
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001", "failure_mode": "format_violation",
+                                                     "expected_behavior": {"output_schema": {
+                                                         "type": "object", "required": ["status"]}}}])
+    cut = run_cli("gate", "--cases", str(cases), "--", sys.executable, str(script), cwd=tmp_path, timeout=120)
+    assert cut.returncode == 1, cut.stdout + cut.stderr
+    assert "format_violation again" not in cut.stdout and "not JSON" not in cut.stdout, cut.stdout
+    assert "max_value_size" in cut.stdout, cut.stdout
+    config = tmp_path / "gate.yaml"
+    config.write_text("receivers:\n  otlp:\n    limits: {max_value_size: 4MiB}\n")
+    whole = run_cli("gate", "--config", str(config), "--cases", str(cases), "--", sys.executable, str(script),
+                    cwd=tmp_path, timeout=120)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+
+
+def test_a_case_text_with_half_an_emoji_is_a_lint_problem_not_an_internal_error(tmp_path):
+    """A YAML escape `"\\ud83d"` (an emoji cut in half, pasted from a log) loads as a lone surrogate,
+    which UTF-8 cannot hold: `cases lint` passed it, then `gate` and `export --cases` died with
+    `internal error: UnicodeEncodeError`. Lint names the value (exit 1); gate and export refuse the
+    dataset with that line (exit 2), before any agent runs."""
+    ran = tmp_path / "ran"
+    cases = write_dataset(tmp_path / "cases.yaml", [{"id": "TS-0001"}])
+    cases.write_text(cases.read_text().replace("user_message: Where is order ORD-1?",
+                                               'user_message: "Where is my \\ud83d order?"'))
+    lint = run_cli("cases", "lint", str(cases), cwd=tmp_path)
+    assert lint.returncode == 1 and "input.user_message" in lint.stdout + lint.stderr, lint
+    for command in (["gate", "--cases", str(cases), "--", sys.executable, "-c", f"open({str(ran)!r}, 'w')"],
+                    ["export", "--format", "jsonl", "--cases", str(cases)]):
+        result = run_cli(*command, cwd=tmp_path, timeout=120)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "internal error" not in result.stderr and "input.user_message" in result.stderr, result.stderr
+    assert not ran.exists()
