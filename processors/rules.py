@@ -24,7 +24,7 @@ import orjson
 
 from tracesieve.processors.base import SpanRow
 from tracesieve.processors.spanview import (
-    HIDDEN, JSON_MIME, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, dig,
+    HIDDEN, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, declares_json, dig,
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
     is_error, is_hidden, loose, output_messages, plain_text_holds_arguments, requested_tool_calls, response_text,
     retrieval_outcome, span_kind, tool_name,
@@ -646,7 +646,7 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     break
             continue
         out = s.get("output_value")
-        if (s.get("output_mime_type") == JSON_MIME and isinstance(out, str) and not is_collector_truncated(out)
+        if (declares_json(s.get("output_mime_type")) and isinstance(out, str) and not is_collector_truncated(out)
                 and out.strip() != HIDDEN):
             ok, err = try_json(out)
             if not ok:

@@ -26,6 +26,13 @@ PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*(?::[0-9a-f]{6})?>")
 TRUNCATED_MARK = re.compile(r"…\[truncated \d+ bytes\]$")
 
 JSON_MIME = "application/json"
+
+
+def declares_json(mime: object) -> bool:
+    """Whether a mime type says JSON: ``application/json`` in any case, with parameters
+    (``; charset=utf-8``) or not. Compared as a whole string, a declared JSON output with a charset was
+    never checked, and its text was taken for the answer."""
+    return isinstance(mime, str) and mime.split(";", 1)[0].strip().lower() == JSON_MIME
 #: What OpenInference's OPENINFERENCE_HIDE_* settings leave in place of a value: present, but unknown.
 HIDDEN = "__REDACTED__"
 
@@ -422,7 +429,7 @@ def assistant_text(span: SpanRow, refusals: bool = True) -> str:
     if resp is not None:
         return response_text(resp, refusals) or ""
     value = span.get("output_value")
-    if isinstance(value, str) and span.get("output_mime_type") != JSON_MIME and value[:1] not in ("{", "["):
+    if isinstance(value, str) and not declares_json(span.get("output_mime_type")) and value[:1] not in ("{", "["):
         return value
     return ""
 
@@ -565,7 +572,7 @@ def tool_span_arguments(span: SpanRow) -> tuple[str, Any, bool] | None:
     value = span.get("input_value")
     if value is not None:
         mime = span.get("input_mime_type")
-        declared = mime == JSON_MIME or (mime is None and _meant_as_json_object(value))
+        declared = declares_json(mime) or (mime is None and _meant_as_json_object(value))
         return None if is_hidden(value) else callback_arguments("input.value", value, declared)
     return None
 

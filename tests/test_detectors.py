@@ -377,8 +377,10 @@ def test_json_answer_breaking_the_response_format_schema_is_a_format_violation()
     assert d.detector == "output_schema" and "temp" in d.evidence["errors"][0]["message"]
 
 
-def test_output_mime_type_json_that_does_not_parse_is_a_format_violation():
-    step = make_span("CHAIN", name="extract", output="{'city': 'Paris'}", output_mime="application/json")
+@pytest.mark.parametrize("mime", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+def test_output_mime_type_json_that_does_not_parse_is_a_format_violation(mime):
+    """With a charset (what HTTP frameworks write) or in capitals the declaration was not recognised."""
+    step = make_span("CHAIN", name="extract", output="{'city': 'Paris'}", output_mime=mime)
     assert only(make_trace(step), "format_violation").evidence["declared_by"] == "output.mime_type"
 
 
