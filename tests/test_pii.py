@@ -161,6 +161,21 @@ def test_a_long_run_that_fires_a_trigger_every_few_characters_is_redacted_in_lin
     assert out == f"{blob} mail <EMAIL>" and counts == Counter(EMAIL=1)
 
 
+@pytest.mark.parametrize("unit", ["sig=a&", "pwd=a&b="])
+def test_a_long_run_of_assignments_cut_at_the_next_key_is_redacted_in_linear_time(unit):
+    """A bare value runs on to the next key and is cut there ("a&sig" of "sig=a&sig="), and what was cut
+    off is searched again. Each such search handed back the next cut value, and every match of the trigger
+    pass started that chain again to the end of the run: 20 KB of "sig=a&" held a span worker for 17 s,
+    1 MiB for hours. A match handed back once is not handed back again."""
+    blob = unit * (100_000 // len(unit))
+    started = time.monotonic()
+    out, counts = Sanitizer().redact(f"{blob} mail bob@example.com", json_text=False)
+    assert time.monotonic() - started < 5
+    key = unit.split("=")[0]
+    assert out.startswith(f"{key}=<SECRET>&") and out.endswith(" mail <EMAIL>")
+    assert counts["SECRET"] == len(blob) // len(unit) and counts["EMAIL"] == 1
+
+
 @pytest.mark.parametrize("text, redacted", [
     ("ref GB00 4111 1111 1111 1111 thanks", "ref GB00 <CARD> thanks"),
     ('{"note": "XY12 4111 1111 1111 1111"}', '{"note": "XY12 <CARD>"}'),
