@@ -403,16 +403,20 @@ def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 #: Triggers are small RE2 patterns (literal anchors, no left context) whose DFA is
 #: cheap to build per batch; each must fire wherever its rule can accept a value.
 _HEX2 = "[0-9A-Fa-f]{2}"
+_AUTH_TOKEN = r"(?:[A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2})+=*"     # token68, raw or URL-encoded
 _SECRET_TRIGGER = (r"(?i:pass(?:word|wd|phrase|code)?|pwd|secret|key|token|credentials?|cookie|sig)"
                    + rf"(?:{SEP}|[ \t]+(?i:is)[ \t:])")
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_VALUE})", trigger="-----BEGIN "),
     Rule("JWT", LEFT + _JWT_BODY, _jwt, trigger="eyJ"),
+    # The blank after the scheme may be URL-encoded: ``OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20...``
+    # (the form the OTel SDK reads), ``?authorization=Basic+...`` in a form-encoded query; so may the
+    # token's own characters (``%2F``, ``%3D``).
     Rule("BEARER_TOKEN", LEFT + r"(?i:proxy-)?(?i:authorization)" + SEP + _Q
-         + r"(?i:bearer|basic|token|digest)[ ]+(?P<v>[A-Za-z0-9._~+/-]+=*)",
+         + r"(?i:bearer|basic|token|digest)(?:[ ]+|%20|\+)(?P<v>" + _AUTH_TOKEN + ")",
          trigger="(?i:authorization)"),
-    Rule("BEARER_TOKEN", LEFT + r"(?:Bearer|bearer|BEARER)[ ]+(?P<v>[A-Za-z0-9._~+/-]+=*)", _bearer_loose,
-         trigger="(?:Bearer|bearer|BEARER) "),
+    Rule("BEARER_TOKEN", LEFT + r"(?:Bearer|bearer|BEARER)(?:[ ]+|%20)(?P<v>" + _AUTH_TOKEN + ")", _bearer_loose,
+         trigger="(?:Bearer|bearer|BEARER)(?: |%20)"),
     Rule("URL_CREDENTIALS", LEFT + r"[A-Za-z][A-Za-z0-9+.-]{0,39}://(?P<v>[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+)@",
          _url_creds, trigger=r"://[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+@"),
     Rule("API_KEY", LEFT + _KEY_HEAD + r"(?i:secret[_.-]?access[_.-]?key|aws[A-Za-z0-9_.-]{0,64}secret[A-Za-z0-9_.-]{0,64})"

@@ -460,3 +460,20 @@ def test_one_address_gets_one_pseudonym_as_text_as_json_in_a_text_column_and_as_
     assert json.loads(row["input_value"]) == {"to": token}
     assert row["output_value"] == f"sent to {token}"
     assert json.loads(json.loads(row["attributes"])["gen_ai"]["tool"]["call"]["arguments"]) == {"to": token}
+
+
+def test_url_encoded_authorization_values_are_redacted(start_collector):
+    """``OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20...`` (the form the OTel SDK reads: an agent that
+    logs its environment, a deploy tool's output) and ``?authorization=Basic+...`` were stored as sent: the
+    rule wanted a literal blank after the scheme. The scheme and what follows the token stay."""
+    c = start_collector(FAST_JUDGE)
+    env = ("OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20CanaryOtlpTok3n%2Fabc%3D,x-tenant=acme\n"
+           "GET /cb?authorization=Basic+Q2FuYXJ5VXNlcjpwdw==&page=2\n"
+           "retry with Bearer%20CanaryLooseTok3n99 later")
+    row = stored_span(c, "grpc", "deploy", {"input.value": env}, "input_value, pii_redactions")
+    for value in ("CanaryOtlpTok3n", "Q2FuYXJ5VXNlcjpwdw", "CanaryLooseTok3n"):
+        assert value not in row["input_value"], value
+    assert row["input_value"] == ("OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<BEARER_TOKEN>,x-tenant=acme\n"
+                                  "GET /cb?authorization=Basic+<BEARER_TOKEN>&page=2\n"
+                                  "retry with Bearer%20<BEARER_TOKEN> later")
+    assert json.loads(row["pii_redactions"]) == {"BEARER_TOKEN": 3}
