@@ -182,7 +182,12 @@ def _card_prefix_ok(d: str) -> bool:
 _CARD_GROUPS = {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2), (4, 4, 4, 3), (4, 4, 4, 1)}
 
 
-_CARD_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){12,18}")
+# What people put between a card's groups: a blank, a dash, a dot ("4111.1111.1111.1111"), or the no-break
+# and thin spaces a web page or a word processor puts there (copied from a receipt, an e-mail). A dot
+# counts only between groups of a card's shape (_CARD_GROUPS): a decimal such as 3.141592653589793 never is.
+_CARD_SEPS = " -.\u00a0\u2007\u2009\u202f"
+_CARD_SEP = "[" + _CARD_SEPS.replace("-", "") + "-]"                     # the dash last: no range
+_CARD_RUN = re.compile(rf"[0-9](?:{_CARD_SEP}?[0-9]){{12,18}}")
 
 
 def _card(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
@@ -205,7 +210,7 @@ def _card(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | 
 
 def _card_at(text: str, s: int, e: int) -> tuple[str, int, int] | None:
     raw = text[s:e]
-    seps = {c for c in raw if c in " -"}
+    seps = {c for c in raw if c in _CARD_SEPS}
     if len(seps) > 1:
         return None
     if seps:
@@ -485,8 +490,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          trigger=r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
     # The trigger asks for 12+ digits (every accepted grouping: 4-4-4-4, 4-6-5, 4-6-4, 13-19 plain) so
     # the 8-11 digit runs of hex ids (chatcmpl-..., sess_...) never reach the exact pass.
-    Rule("CARD", LEFT_NUM + r"(?P<v>[0-9](?:[ -]?[0-9]){12,18})", _card,
-         trigger="[0-9]{4}[ -]?[0-9]{4}[0-9]{0,2}[ -]?[0-9]{4}"),
+    Rule("CARD", LEFT_NUM + rf"(?P<v>[0-9](?:{_CARD_SEP}?[0-9]){{12,18}})", _card,
+         trigger=f"[0-9]{{4}}{_CARD_SEP}?[0-9]{{4}}[0-9]{{0,2}}{_CARD_SEP}?[0-9]{{4}}"),
 )
 
 #: Characters a value (or its key, local part, scheme) may extend backwards over from

@@ -477,3 +477,19 @@ def test_url_encoded_authorization_values_are_redacted(start_collector):
                                   "GET /cb?authorization=Basic+<BEARER_TOKEN>&page=2\n"
                                   "retry with Bearer%20<BEARER_TOKEN> later")
     assert json.loads(row["pii_redactions"]) == {"BEARER_TOKEN": 3}
+
+
+def test_card_numbers_grouped_by_dots_or_no_break_spaces_are_redacted(start_collector):
+    """"4111.1111.1111.1111" (how many people write it) and a card copied from a web page or a receipt,
+    whose groups a no-break or thin space separates, were stored as sent: the rule took only blanks and
+    dashes. A dot counts only between groups of a card's shape: decimals and versions stay as sent."""
+    c = start_collector(FAST_JUDGE)
+    text = ("paid with 4111.1111.1111.1111, then 5500\u00a00000\u00a00000\u00a00004 and "
+            "3782\u2009822463\u200910005; pi 3.141592653589793, build 4111.1111.1111.1111.5")
+    row = stored_span(c, "http", "billing", {"input.value": text,
+                                             "tool.parameters": json.dumps({"note": text}, ensure_ascii=False)},
+                      "input_value, attributes, pii_redactions")
+    expected = "paid with <CARD>, then <CARD> and <CARD>; pi 3.141592653589793, build 4111.1111.1111.1111.5"
+    assert row["input_value"] == expected
+    assert json.loads(json.loads(row["attributes"])["tool"]["parameters"]) == {"note": expected}
+    assert json.loads(row["pii_redactions"]) == {"CARD": 6}
