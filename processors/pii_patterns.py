@@ -319,6 +319,13 @@ def _ipv6(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | 
 
 def _mac(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     raw = text[s:e]
+    if "." in raw:                                       # Cisco's dotted form, 001a.2b3c.4d5e
+        # with a hex letter (all but 0.4% of addresses): "1733.5800.0012" is a number, not a MAC
+        if not any(c.isalpha() for c in raw):
+            return None
+        if e < len(text) and (_word(text[e]) or text[e] == "." and e + 1 < len(text) and _word(text[e + 1])):
+            return None
+        return ("MAC", s, e)
     if len(raw) != 17 or len({raw[i] for i in range(2, 17, 3)}) != 1:
         return None
     if e < len(text) and (_word(text[e]) or text[e] in ":-"):
@@ -472,8 +479,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          trigger=r"[A-Za-z0-9._~+-]%40[A-Za-z0-9-]"),
     Rule("IBAN", LEFT + r"(?P<v>[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?)", _iban,
          trigger=r"[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4} ?[A-Z0-9]{4}"),
-    Rule("MAC", LEFT_HEX + r"(?P<v>[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5,})", _mac,
-         trigger=_HEX2 + ("[:-]" + _HEX2) * 5),
+    Rule("MAC", LEFT_HEX + r"(?P<v>[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5,}|[0-9A-Fa-f]{4}(?:\.[0-9A-Fa-f]{4}){2})", _mac,
+         trigger=_HEX2 + ("[:-]" + _HEX2) * 5 + r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}"),
     Rule("IP", LEFT_HEX + r"(?P<v>(?:[0-9A-Fa-f]{1,4})?(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.[0-9]{1,3}){0,3})", _ipv6,
          trigger=r"::|(?::[0-9A-Fa-f]{1,4}){5}:"),
     Rule("SSN", LEFT_NUM + r"(?P<v>[0-9]{3}-[0-9]{2}-[0-9]{4})", _ssn, trigger="[0-9]{3}-[0-9]{2}-[0-9]{4}"),

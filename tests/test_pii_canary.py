@@ -493,3 +493,14 @@ def test_card_numbers_grouped_by_dots_or_no_break_spaces_are_redacted(start_coll
     assert row["input_value"] == expected
     assert json.loads(json.loads(row["attributes"])["tool"]["parameters"]) == {"note": expected}
     assert json.loads(row["pii_redactions"]) == {"CARD": 6}
+
+
+def test_a_mac_address_in_ciscos_dotted_form_is_redacted(start_collector):
+    """``show arp`` / ``show mac address-table`` output (a network agent's tool result) writes MACs as
+    ``001a.2b3c.4d5e``: they were stored as sent. A dotted number without a hex letter stays."""
+    c = start_collector(FAST_JUDGE)
+    text = "Internet  10.0.0.7  4  001a.2b3c.4d5e  ARPA  Gi0/1\nuptime 1733.5800.0012, build v1.abcd.ef01.2345x"
+    row = stored_span(c, "grpc", "show_arp", {"output.value": text}, "output_value, pii_redactions")
+    assert row["output_value"] == ("Internet  <IP>  4  <MAC>  ARPA  Gi0/1\n"
+                                   "uptime 1733.5800.0012, build v1.abcd.ef01.2345x")
+    assert json.loads(row["pii_redactions"]) == {"IP": 1, "MAC": 1}
