@@ -479,8 +479,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          trigger=r"[A-Za-z0-9._~+-]%40[A-Za-z0-9-]"),
     Rule("IBAN", LEFT + r"(?P<v>[A-Z]{2}[0-9]{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?)", _iban,
          trigger=r"[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4} ?[A-Z0-9]{4}"),
-    Rule("MAC", LEFT_HEX + r"(?P<v>[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5,}|[0-9A-Fa-f]{4}(?:\.[0-9A-Fa-f]{4}){2})", _mac,
-         trigger=_HEX2 + ("[:-]" + _HEX2) * 5 + r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}"),
+    Rule("MAC", LEFT_HEX + r"(?P<v>[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5,})", _mac,
+         trigger=_HEX2 + ("[:-]" + _HEX2) * 5),
     Rule("IP", LEFT_HEX + r"(?P<v>(?:[0-9A-Fa-f]{1,4})?(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.[0-9]{1,3}){0,3})", _ipv6,
          trigger=r"::|(?::[0-9A-Fa-f]{1,4}){5}:"),
     Rule("SSN", LEFT_NUM + r"(?P<v>[0-9]{3}-[0-9]{2}-[0-9]{4})", _ssn, trigger="[0-9]{3}-[0-9]{2}-[0-9]{4}"),
@@ -504,6 +504,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # the 8-11 digit runs of hex ids (chatcmpl-..., sess_...) never reach the exact pass.
     Rule("CARD", LEFT_NUM + rf"(?P<v>[0-9](?:{_CARD_SEP}?[0-9]){{12,18}})", _card,
          trigger=f"[0-9]{{4}}{_CARD_SEP}?[0-9]{{4}}[0-9]{{0,2}}{_CARD_SEP}?[0-9]{{4}}"),
+    # Cisco's dotted MAC (001a.2b3c.4d5e), after the card: at one start the first rule that matches
+    # wins, and "4111.1111.1111.1111" is a card whose first twelve digits have this shape.
+    Rule("MAC", LEFT_HEX + r"(?P<v>[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})", _mac,
+         trigger=r"[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}"),
 )
 
 #: Characters a value (or its key, local part, scheme) may extend backwards over from
