@@ -76,6 +76,11 @@ _SECRET_KEYWORDS = (
 # Bounded: each try ran to the end of a long run of key characters and back looking for the word, so
 # 20 KB of "eyJa." took 7 s (quadratic) of a span worker.
 _KEY_HEAD = r"[A-Za-z0-9_.-]{0,128}"
+# A key is a run of key characters (its head and its keyword) that a separator ends. Checked first, in one
+# possessive sweep: otherwise every start in a long run of key characters ("1234-1234-...", a base64 or
+# hex blob, "SG.SG.") backed over up to 128 characters trying each keyword at each, ~15 us a start, and
+# 1 MiB of such a run held a span worker for 15-20 s.
+_KEY_THEN_SEP = r"(?=[A-Za-z0-9_.-]{1,160}+" + _Q + r"[ \t]*[:=])"
 
 _API_KEY_BODY = (
     r"(?P<v>sk-(?:proj-|ant-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"
@@ -182,7 +187,12 @@ def _card_prefix_ok(d: str) -> bool:
 _CARD_GROUPS = {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2), (4, 4, 4, 3), (4, 4, 4, 1)}
 
 
-_CARD_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){12,18}")
+# What people put between a card's groups: a blank, a dash, a dot ("4111.1111.1111.1111"), or the no-break
+# and thin spaces a web page or a word processor puts there (copied from a receipt, an e-mail). A dot
+# counts only between groups of a card's shape (_CARD_GROUPS): a decimal such as 3.141592653589793 never is.
+_CARD_SEPS = " -.\u00a0\u2007\u2009\u202f"
+_CARD_SEP = "[" + _CARD_SEPS.replace("-", "") + "-]"                     # the dash last: no range
+_CARD_RUN = re.compile(rf"[0-9](?:{_CARD_SEP}?[0-9]){{12,18}}")
 
 
 def _card(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
@@ -205,7 +215,7 @@ def _card(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | 
 
 def _card_at(text: str, s: int, e: int) -> tuple[str, int, int] | None:
     raw = text[s:e]
-    seps = {c for c in raw if c in " -"}
+    seps = {c for c in raw if c in _CARD_SEPS}
     if len(seps) > 1:
         return None
     if seps:
@@ -309,6 +319,13 @@ def _ipv6(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | 
 
 def _mac(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     raw = text[s:e]
+    if "." in raw:                                       # Cisco's dotted form, 001a.2b3c.4d5e
+        # with a hex letter (all but 0.4% of addresses): "1733.5800.0012" is a number, not a MAC
+        if not any(c.isalpha() for c in raw):
+            return None
+        if e < len(text) and (_word(text[e]) or text[e] == "." and e + 1 < len(text) and _word(text[e + 1])):
+            return None
+        return ("MAC", s, e)
     if len(raw) != 17 or len({raw[i] for i in range(2, 17, 3)}) != 1:
         return None
     if e < len(text) and (_word(text[e]) or text[e] in ":-"):
@@ -403,16 +420,20 @@ def _url_creds(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 #: Triggers are small RE2 patterns (literal anchors, no left context) whose DFA is
 #: cheap to build per batch; each must fire wherever its rule can accept a value.
 _HEX2 = "[0-9A-Fa-f]{2}"
+_AUTH_TOKEN = r"(?:[A-Za-z0-9._~+/-]|%[0-9A-Fa-f]{2})+=*"     # token68, raw or URL-encoded
 _SECRET_TRIGGER = (r"(?i:pass(?:word|wd|phrase|code)?|pwd|secret|key|token|credentials?|cookie|sig)"
                    + rf"(?:{SEP}|[ \t]+(?i:is)[ \t:])")
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("PRIVATE_KEY", LEFT + rf"(?P<v>{_PEM_VALUE})", trigger="-----BEGIN "),
     Rule("JWT", LEFT + _JWT_BODY, _jwt, trigger="eyJ"),
+    # The blank after the scheme may be URL-encoded: ``OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20...``
+    # (the form the OTel SDK reads), ``?authorization=Basic+...`` in a form-encoded query; so may the
+    # token's own characters (``%2F``, ``%3D``).
     Rule("BEARER_TOKEN", LEFT + r"(?i:proxy-)?(?i:authorization)" + SEP + _Q
-         + r"(?i:bearer|basic|token|digest)[ ]+(?P<v>[A-Za-z0-9._~+/-]+=*)",
+         + r"(?i:bearer|basic|token|digest)(?:[ ]+|%20|\+)(?P<v>" + _AUTH_TOKEN + ")",
          trigger="(?i:authorization)"),
-    Rule("BEARER_TOKEN", LEFT + r"(?:Bearer|bearer|BEARER)[ ]+(?P<v>[A-Za-z0-9._~+/-]+=*)", _bearer_loose,
-         trigger="(?:Bearer|bearer|BEARER) "),
+    Rule("BEARER_TOKEN", LEFT + r"(?:Bearer|bearer|BEARER)(?:[ ]+|%20)(?P<v>" + _AUTH_TOKEN + ")", _bearer_loose,
+         trigger="(?:Bearer|bearer|BEARER)(?: |%20)"),
     Rule("URL_CREDENTIALS", LEFT + r"[A-Za-z][A-Za-z0-9+.-]{0,39}://(?P<v>[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+)@",
          _url_creds, trigger=r"://[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+@"),
     Rule("API_KEY", LEFT + _KEY_HEAD + r"(?i:secret[_.-]?access[_.-]?key|aws[A-Za-z0-9_.-]{0,64}secret[A-Za-z0-9_.-]{0,64})"
@@ -420,7 +441,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          + r"(?P<v>[A-Za-z0-9/+=]{40})", _bounded("API_KEY"), trigger=r"(?i:aws)"),
     # ``pass`` as a whole key or a key's last segment (DB_PASS, SMTP_PASS, RABBITMQ_DEFAULT_PASS, "pass"),
     # never the end of a word (compass, bypass)
-    Rule("SECRET", LEFT + r"(?:" + _KEY_HEAD + r"(?:" + _SECRET_KEYWORDS + r"|[_.-](?i:pass))|(?i:pass))" + SEP + _VALUE,
+    Rule("SECRET", LEFT + _KEY_THEN_SEP + r"(?:" + _KEY_HEAD + r"(?:" + _SECRET_KEYWORDS + r"|[_.-](?i:pass))|(?i:pass))" + SEP + _VALUE,
          _secret, trigger=_SECRET_TRIGGER),
     # said rather than assigned: "my password is X" (its trigger is the assignments' one, sharing its automaton)
     Rule("SECRET", LEFT + r"(?i:pass(?:word|wd|phrase|code))[ \t]+(?i:is)(?:[ \t]*:[ \t]*|[ \t]+)" + _VALUE,
@@ -481,8 +502,12 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          trigger=r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
     # The trigger asks for 12+ digits (every accepted grouping: 4-4-4-4, 4-6-5, 4-6-4, 13-19 plain) so
     # the 8-11 digit runs of hex ids (chatcmpl-..., sess_...) never reach the exact pass.
-    Rule("CARD", LEFT_NUM + r"(?P<v>[0-9](?:[ -]?[0-9]){12,18})", _card,
-         trigger="[0-9]{4}[ -]?[0-9]{4}[0-9]{0,2}[ -]?[0-9]{4}"),
+    Rule("CARD", LEFT_NUM + rf"(?P<v>[0-9](?:{_CARD_SEP}?[0-9]){{12,18}})", _card,
+         trigger=f"[0-9]{{4}}{_CARD_SEP}?[0-9]{{4}}[0-9]{{0,2}}{_CARD_SEP}?[0-9]{{4}}"),
+    # Cisco's dotted MAC (001a.2b3c.4d5e), after the card: at one start the first rule that matches
+    # wins, and "4111.1111.1111.1111" is a card whose first twelve digits have this shape.
+    Rule("MAC", LEFT_HEX + r"(?P<v>[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4})", _mac,
+         trigger=r"[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}"),
 )
 
 #: Characters a value (or its key, local part, scheme) may extend backwards over from

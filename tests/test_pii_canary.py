@@ -460,3 +460,47 @@ def test_one_address_gets_one_pseudonym_as_text_as_json_in_a_text_column_and_as_
     assert json.loads(row["input_value"]) == {"to": token}
     assert row["output_value"] == f"sent to {token}"
     assert json.loads(json.loads(row["attributes"])["gen_ai"]["tool"]["call"]["arguments"]) == {"to": token}
+
+
+def test_url_encoded_authorization_values_are_redacted(start_collector):
+    """``OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20...`` (the form the OTel SDK reads: an agent that
+    logs its environment, a deploy tool's output) and ``?authorization=Basic+...`` were stored as sent: the
+    rule wanted a literal blank after the scheme. The scheme and what follows the token stay."""
+    c = start_collector(FAST_JUDGE)
+    env = ("OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20CanaryOtlpTok3n%2Fabc%3D,x-tenant=acme\n"
+           "GET /cb?authorization=Basic+Q2FuYXJ5VXNlcjpwdw==&page=2\n"
+           "retry with Bearer%20CanaryLooseTok3n99 later")
+    row = stored_span(c, "grpc", "deploy", {"input.value": env}, "input_value, pii_redactions")
+    for value in ("CanaryOtlpTok3n", "Q2FuYXJ5VXNlcjpwdw", "CanaryLooseTok3n"):
+        assert value not in row["input_value"], value
+    assert row["input_value"] == ("OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<BEARER_TOKEN>,x-tenant=acme\n"
+                                  "GET /cb?authorization=Basic+<BEARER_TOKEN>&page=2\n"
+                                  "retry with Bearer%20<BEARER_TOKEN> later")
+    assert json.loads(row["pii_redactions"]) == {"BEARER_TOKEN": 3}
+
+
+def test_card_numbers_grouped_by_dots_or_no_break_spaces_are_redacted(start_collector):
+    """"4111.1111.1111.1111" (how many people write it) and a card copied from a web page or a receipt,
+    whose groups a no-break or thin space separates, were stored as sent: the rule took only blanks and
+    dashes. A dot counts only between groups of a card's shape: decimals and versions stay as sent."""
+    c = start_collector(FAST_JUDGE)
+    text = ("paid with 4111.1111.1111.1111, then 5500\u00a00000\u00a00000\u00a00004 and "
+            "3782\u2009822463\u200910005; pi 3.141592653589793, build 4111.1111.1111.1111.5")
+    row = stored_span(c, "http", "billing", {"input.value": text,
+                                             "tool.parameters": json.dumps({"note": text}, ensure_ascii=False)},
+                      "input_value, attributes, pii_redactions")
+    expected = "paid with <CARD>, then <CARD> and <CARD>; pi 3.141592653589793, build 4111.1111.1111.1111.5"
+    assert row["input_value"] == expected
+    assert json.loads(json.loads(row["attributes"])["tool"]["parameters"]) == {"note": expected}
+    assert json.loads(row["pii_redactions"]) == {"CARD": 6}
+
+
+def test_a_mac_address_in_ciscos_dotted_form_is_redacted(start_collector):
+    """``show arp`` / ``show mac address-table`` output (a network agent's tool result) writes MACs as
+    ``001a.2b3c.4d5e``: they were stored as sent. A dotted number without a hex letter stays."""
+    c = start_collector(FAST_JUDGE)
+    text = "Internet  10.0.0.7  4  001a.2b3c.4d5e  ARPA  Gi0/1\nuptime 1733.5800.0012, build v1.abcd.ef01.2345x"
+    row = stored_span(c, "grpc", "show_arp", {"output.value": text}, "output_value, pii_redactions")
+    assert row["output_value"] == ("Internet  <IP>  4  <MAC>  ARPA  Gi0/1\n"
+                                   "uptime 1733.5800.0012, build v1.abcd.ef01.2345x")
+    assert json.loads(row["pii_redactions"]) == {"IP": 1, "MAC": 1}
