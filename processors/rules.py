@@ -923,6 +923,17 @@ def _error_types(span: SpanRow) -> set[str]:
     return types
 
 
+#: The label an agent framework puts before the error it passes up: OpenAI Agents (through
+#: openinference-instrumentation-openai-agents) says ``Error getting response: {'error': '...'}`` on the model
+#: call and ``Error in agent run: {'error': '...'}`` on the agent span that failed with it.
+_ERROR_LABEL = re.compile(r"^[A-Za-z][\w .()-]{0,60}?:\s+(?=[{\[])")
+
+
+def _error_core(message: str) -> str:
+    """A status message without the framework's label before the error it reports."""
+    return _ERROR_LABEL.sub("", message, count=1)
+
+
 def _same_failure(ancestor: SpanRow, child: SpanRow) -> bool:
     """True when an errored ancestor only re-reports its errored descendant's failure."""
     a_msg = str(ancestor.get("status_message") or "")
@@ -933,7 +944,12 @@ def _same_failure(ancestor: SpanRow, child: SpanRow) -> bool:
     c_types = _error_types(child)
     if a_types & c_types:
         return True
-    return bool(c_msg) and bool(a_msg) and (c_msg in a_msg or a_msg in c_msg)
+    if not (c_msg and a_msg):
+        return False
+    if c_msg in a_msg or a_msg in c_msg:
+        return True
+    a_core, c_core = _error_core(a_msg), _error_core(c_msg)
+    return bool(a_core) and bool(c_core) and (c_core in a_core or a_core in c_core)
 
 
 def _says_why(span: SpanRow) -> bool:

@@ -1,0 +1,169 @@
+"""Agent frameworks' traces, rebuilt key for key with the plain OTel SDK and sent to a real `tracesieve serve`.
+
+CI does not install the frameworks: each helper below copies what the named framework and instrumentation
+exported (captured against a local stand-in for the OpenAI API) and the comment names the versions. A clean run
+must give no detection; each failure the framework can produce must give its one failure mode, on the span
+that shows it, with a candidate whose input is the user's question.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry.trace import Status, StatusCode, Tracer
+
+from conftest import FAST_JUDGE
+from sdk_helpers import sdk_tracer
+
+GET_ORDER_SCHEMA = {"properties": {"order_id": {"title": "Order Id", "type": "string"}}, "required": ["order_id"],
+                    "title": "get_order_args", "type": "object", "additionalProperties": False}
+SYSTEM = "You are a support agent. Use tools."
+
+
+def _failed(span: Any, message: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, message))
+
+
+# ------------------------------------------------------------------ OpenAI Agents (openinference)
+# openai-agents 0.24.0 with openinference-instrumentation-openai-agents 2.6.0, the agent's model an
+# OpenAIChatCompletionsModel: spans "Agent workflow" (AGENT) > "Agent workflow" (CHAIN) > the agent (AGENT)
+# > "turn" (CHAIN) per model call > "generation" (LLM) and the function tool's span (TOOL).
+
+
+@contextmanager
+def openai_agents_run(tracer: Tracer, *, agent_error: str | None = None) -> Iterator[None]:
+    with tracer.start_as_current_span("Agent workflow") as workflow:
+        workflow.set_attribute("openinference.span.kind", "AGENT")
+        with tracer.start_as_current_span("Agent workflow") as chain:
+            chain.set_attribute("openinference.span.kind", "CHAIN")
+            with tracer.start_as_current_span("Support") as agent:
+                agent.set_attributes({"graph.node.id": "Support", "agent.name": "Support",
+                                      "openinference.span.kind": "AGENT"})
+                yield
+                if agent_error:
+                    _failed(agent, agent_error)
+
+
+def openai_agents_generation(tracer: Tracer, question: str, *, tool_call: dict[str, Any] | None = None,
+                             tool_result: str | None = None, answer: str | None = None,
+                             error: str | None = None) -> None:
+    """One "turn" with its "generation" span (a Chat Completions call: no ``llm.tools``, no finish reason)."""
+    messages: list[dict[str, Any]] = [{"content": SYSTEM, "role": "system"}, {"role": "user", "content": question}]
+    attributes: dict[str, Any] = {
+        "llm.system": "openai", "llm.model_name": "gpt-4o-mini",
+        "llm.invocation_parameters": json.dumps({"max_tokens": 60, "base_url": "http://127.0.0.1:41649/v1/"}),
+        "input.mime_type": "application/json",
+        "llm.input_messages.0.message.role": "system", "llm.input_messages.0.message.content": SYSTEM,
+        "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": question,
+    }
+    call = ({"id": "call_0_get_order", "type": "function",
+             "function": {"name": "get_order", "arguments": json.dumps(tool_call)}} if tool_call is not None else None)
+    if tool_result is not None and call is not None:
+        messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": call["id"], "content": tool_result}]
+        attributes.update({
+            "llm.input_messages.2.message.role": "assistant",
+            "llm.input_messages.2.message.tool_calls.0.tool_call.id": call["id"],
+            "llm.input_messages.2.message.tool_calls.0.tool_call.function.name": "get_order",
+            "llm.input_messages.2.message.tool_calls.0.tool_call.function.arguments": json.dumps(tool_call),
+            "llm.input_messages.3.message.role": "tool", "llm.input_messages.3.message.content": tool_result,
+            "llm.input_messages.3.message.tool_call_id": call["id"],
+        })
+    attributes["input.value"] = json.dumps(messages)
+    if error is None:
+        out = "llm.output_messages.0.message"
+        attributes.update({"output.mime_type": "application/json", f"{out}.role": "assistant",
+                           "llm.token_count.prompt": 40, "llm.token_count.completion": 12})
+        if tool_result is None and call is not None:
+            attributes["output.value"] = json.dumps([{"content": None, "refusal": None, "role": "assistant",
+                                                      "tool_calls": [call]}])
+            attributes.update({f"{out}.tool_calls.0.tool_call.id": call["id"],
+                               f"{out}.tool_calls.0.tool_call.function.name": "get_order",
+                               f"{out}.tool_calls.0.tool_call.function.arguments": json.dumps(tool_call)})
+        else:
+            attributes["output.value"] = json.dumps([{"content": answer, "refusal": None, "role": "assistant",
+                                                      "tool_calls": None}])
+            attributes[f"{out}.content"] = answer
+    attributes["openinference.span.kind"] = "LLM"
+    with tracer.start_as_current_span("turn") as turn:
+        turn.set_attribute("openinference.span.kind", "CHAIN")
+        with tracer.start_as_current_span("generation") as generation:
+            generation.set_attributes(attributes)
+            if error is not None:
+                _failed(generation, error)
+
+
+def openai_agents_function_tool(tracer: Tracer, arguments: dict[str, Any], *, result: str | None = None) -> None:
+    """The function tool's span; ``result=None`` is a call the SDK failed (bad arguments, or the tool raised)."""
+    with tracer.start_as_current_span("get_order") as tool:
+        tool.set_attributes({
+            "tool.name": "get_order", "input.value": json.dumps(arguments), "input.mime_type": "application/json",
+            "output.value": result if result is not None else "An error occurred while running the tool. Please try again.",
+            "tool.description": "Look up an order's shipping status by its id.",
+            "tool.parameters": json.dumps(GET_ORDER_SCHEMA), "openinference.span.kind": "TOOL",
+        })
+        if result is not None:
+            tool.set_attribute("output.mime_type", "application/json")
+        else:
+            _failed(tool, "Error running tool (non-fatal): {'tool_name': 'get_order', "
+                          "'error': 'Tool execution failed. Error details are redacted.'}")
+
+
+def openai_agents_tool_turns(tracer: Tracer, question: str, arguments: dict[str, Any], *, ok: bool) -> None:
+    with openai_agents_run(tracer):
+        openai_agents_generation(tracer, question, tool_call=arguments)
+        result = json.dumps({"order_id": "42", "status": "shipped"}) if ok else None
+        openai_agents_function_tool(tracer, arguments, result=result)
+        openai_agents_generation(tracer, question, tool_call=arguments,
+                                 tool_result=result or "An error occurred while running the tool. Please try again.",
+                                 answer="Order 42 shipped on Monday." if ok else "Order 7 status is unknown.")
+
+
+def detections_by_span(c: Any) -> list[tuple[str, str]]:
+    rows = c.query("SELECT d.failure_mode, s.name FROM detections d JOIN spans s USING (trace_id, span_id) "
+                   "ORDER BY d.failure_mode")
+    return [(r["failure_mode"], r["name"]) for r in rows]
+
+
+def test_a_clean_openai_agents_tool_run_has_no_detection(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="agents-bot") as tracer:
+        openai_agents_tool_turns(tracer, "What is the status of order 42?", {"order_id": "42"}, ok=True)
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 8)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert c.query("SELECT * FROM detections") == []
+    assert c.query("SELECT * FROM candidates") == []
+
+
+def test_openai_agents_arguments_breaking_the_function_tools_schema_are_a_tool_argument_failure(start_collector):
+    """Over Chat Completions the model call records no ``llm.tools``: the tool's schema is only in its own span's
+    ``tool.parameters``. A call the SDK refused for breaking it was a tool_invocation failure alone."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="agents-bot") as tracer:
+        openai_agents_tool_turns(tracer, "Where is order 7?", {"order": 7}, ok=False)
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'tool_argument'", lambda r: len(r) == 1)
+    # on the model call that asked for it, as when the call declares its tools (the Responses API)
+    assert ("tool_argument", "generation") in detections_by_span(c)
+    [candidate] = json.loads(c.cli("candidates", "--mode", "tool_argument", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": "Where is order 7?", "conversation_history": []}
+    assert candidate["expected"]["tool_arguments_schema"] == {"get_order": GET_ORDER_SCHEMA}
+    assert candidate["expected"]["required_tool_sequence"] == ["get_order"]
+
+
+def test_an_openai_agents_rate_limit_is_one_llm_error_on_the_model_call(start_collector):
+    """The agent span fails with the model call's error under another label ("Error in agent run: ..." around
+    what the call said after "Error getting response: "): one failure, reported once, where it happened."""
+    c = start_collector(FAST_JUDGE)
+    error = "{'error': 'Error code: 429 - Rate limit reached for gpt-4o-mini'}"
+    with sdk_tracer("grpc", c.grpc_endpoint, service="agents-bot") as tracer:
+        with openai_agents_run(tracer, agent_error=f"Error in agent run: {error}"):
+            openai_agents_generation(tracer, "Where is my parcel?", error=f"Error getting response: {error}")
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'llm_error'", lambda r: len(r) == 1)
+    assert detections_by_span(c) == [("llm_error", "generation")]
+    evidence = json.loads(c.query("SELECT evidence FROM detections")[0]["evidence"])
+    assert evidence["classification"] == "rate_limit"
+    [candidate] = json.loads(c.cli("candidates", "--mode", "llm_error", "--format", "json").stdout)
+    assert candidate["input"]["user_message"] == "Where is my parcel?"
