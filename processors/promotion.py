@@ -82,7 +82,7 @@ from typing import Any, ClassVar
 
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
-from tracesieve.processors.spanview import assistant_text, callback_arguments, list_item, response_text
+from tracesieve.processors.spanview import assistant_text, callback_arguments, list_item, response_text, tool_span_schema
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
 from tracesieve.storage.sqlparams import packed
@@ -631,7 +631,8 @@ def _documents(span: SpanRow, limit: int) -> list[dict[str, Any]]:
 
 
 def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
-    """Tool name -> declared JSON schema of its parameters, from ``llm.tools`` or ``gen_ai.tool.definitions``."""
+    """Tool name -> declared JSON schema of its parameters, from ``llm.tools`` or ``gen_ai.tool.definitions``,
+    else from a TOOL span's own ``tool.parameters`` schema (OpenAI Agents over Chat Completions)."""
     tools: dict[str, Any] = {}
     for s in spans:
         a = _attrs(s)
@@ -647,6 +648,10 @@ def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
                 fn = spec.get("function") if isinstance(spec.get("function"), dict) else spec
                 if fn.get("name"):
                     tools.setdefault(str(fn["name"]), fn.get("parameters") or {})
+    for s in spans:
+        name, schema = s.get("tool_name"), tool_span_schema(s)
+        if isinstance(name, str) and name and schema is not None and not tools.get(name):
+            tools[name] = schema
     return tools
 
 

@@ -28,7 +28,7 @@ from tracesieve.processors.spanview import (
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
     is_error, is_hidden, loose, output_messages, plain_text_holds_arguments, requested_tool_calls, response_text,
     retrieval_outcome, span_kind, tool_name,
-    tool_span_arguments, try_json, walk_strings,
+    tool_span_arguments, tool_span_schema, try_json, walk_strings,
 )
 
 
@@ -106,11 +106,16 @@ class TraceView:
 
     @functools.cached_property
     def tool_schemas(self) -> dict[str, Any]:
-        """Tool name -> declared parameters schema, from every LLM span of the trace (first declaration wins)."""
+        """Tool name -> declared parameters schema, from every LLM span of the trace (first declaration wins),
+        else from the TOOL spans that declare their own (``tool.parameters`` holding a schema)."""
         found: dict[str, Any] = {}
         for s in self.spans:
             for name, schema in declared_tools(s).items():
                 found.setdefault(name, schema)
+        for s in self.of_kind("TOOL"):
+            name, schema = tool_name(s), tool_span_schema(s)
+            if name and schema is not None and found.get(name) is None:
+                found[name] = schema
         return found
 
     @functools.cached_property

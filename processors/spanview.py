@@ -546,6 +546,17 @@ def _looks_like_schema(value: Any) -> bool:
     return isinstance(value, dict) and value.get("type") == "object" and isinstance(value.get("properties"), dict)
 
 
+def tool_span_schema(span: SpanRow) -> Any:
+    """The parameters schema a TOOL span declares in ``tool.parameters`` (None when it holds arguments or nothing).
+
+    OpenInference defines ``tool.parameters`` as the tool's parameter definition, and
+    openinference-instrumentation-openai-agents records the function tool's JSON schema there, on a model
+    call (Chat Completions) that itself declares no ``llm.tools``: it is the trace's only declaration.
+    """
+    value = loose(dig(attrs(span), "tool", "parameters"))
+    return value if _looks_like_schema(value) else None
+
+
 def tool_span_arguments(span: SpanRow) -> tuple[str, Any, bool] | None:
     """(source, raw arguments, declared_json) of a TOOL span, or None when none were recorded.
 
