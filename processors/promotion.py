@@ -82,7 +82,9 @@ from typing import Any, ClassVar
 
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
-from tracesieve.processors.spanview import assistant_text, callback_arguments, list_item, response_text, tool_span_schema
+from tracesieve.processors.spanview import (
+    assistant_text, callback_arguments, list_item, response_text, tool_span_schema,
+)
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
 from tracesieve.storage.sqlparams import packed
@@ -556,7 +558,28 @@ def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
                     if kinds == ("AGENT",) and not split["conversation_history"]:
                         split["conversation_history"] = _history_the_model_saw(spans, split["user_message"])
                     return split
+    recorded = _agent_conversation(spans)
+    if recorded is not None:
+        return recorded
     return _input_from_root(spans)
+
+
+def _agent_conversation(spans: Sequence[SpanRow]) -> dict[str, Any] | None:
+    """The input from the conversation an AGENT span recorded as its own (pydantic-ai's
+    ``pydantic_ai.all_messages``, GenAI messages), or None.
+
+    pydantic-ai records the messages on a model call only when the call answers: a run whose first call
+    failed (a rate limit, a provider error) held the user's question nowhere else, and its candidate had
+    the input "" (one candidate for every such failure, and nothing to replay).
+    """
+    for s in spans:
+        if s.get("span_kind") != "AGENT":
+            continue
+        msgs = [m for m in (_genai_message(i) for i in _as_list(_get(_attrs(s), "pydantic_ai.all_messages"))) if m]
+        split = _split_messages(msgs) if msgs else None
+        if split and split["user_message"]:
+            return split
+    return None
 
 
 def _input_from_root(spans: Sequence[SpanRow]) -> dict[str, Any]:

@@ -167,3 +167,88 @@ def test_an_openai_agents_rate_limit_is_one_llm_error_on_the_model_call(start_co
     assert evidence["classification"] == "rate_limit"
     [candidate] = json.loads(c.cli("candidates", "--mode", "llm_error", "--format", "json").stdout)
     assert candidate["input"]["user_message"] == "Where is my parcel?"
+
+
+# ------------------------------------------------------------------ pydantic-ai (native OTel GenAI spans)
+# pydantic-ai-slim 2.78.0, `Agent.instrument_all(InstrumentationSettings(version=5))`, an OpenAIChatModel:
+# "invoke_agent agent" (root) > "chat gpt-4o-mini" per model call and "execute_tool get_order" per tool call.
+
+PYDANTIC_TOOLS = [{"type": "function", "name": "get_order", "description": "Look up an order's shipping status by its id.",
+                   "parameters": {"additionalProperties": False, "properties": {"order_id": {"type": "string"}},
+                                  "required": ["order_id"], "type": "object"}}]
+
+
+def _pydantic_ai_exception(span: Any, error_type: str, message: str) -> None:
+    span.add_event("exception", {"exception.type": f"pydantic_ai.exceptions.{error_type}",
+                                 "exception.message": message, "exception.stacktrace": "Traceback (most recent call last): ...",
+                                 "exception.escaped": "False"})
+    _failed(span, f"{error_type}: {message}")
+
+
+def _pydantic_ai_agent_attributes(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"model_name": "gpt-4o-mini", "agent_name": "agent", "gen_ai.agent.name": "agent",
+            "gen_ai.conversation.id": "01a250db-d1e2-7066-a3fa-ec6a9f8e03d0", "gen_ai.operation.name": "invoke_agent",
+            "logfire.msg": "agent run", "pydantic_ai.all_messages": json.dumps(messages),
+            "gen_ai.system_instructions": json.dumps([{"type": "text", "content": SYSTEM}])}
+
+
+def _pydantic_ai_chat_attributes() -> dict[str, Any]:
+    return {"gen_ai.operation.name": "chat", "gen_ai.agent.name": "agent", "gen_ai.provider.name": "openai",
+            "gen_ai.system": "openai", "server.address": "127.0.0.1", "server.port": 39031,
+            "gen_ai.request.model": "gpt-4o-mini", "gen_ai.tool.definitions": json.dumps(PYDANTIC_TOOLS),
+            "gen_ai.request.max_tokens": 60}
+
+
+def test_a_clean_pydantic_ai_tool_run_has_no_detection(start_collector):
+    c = start_collector(FAST_JUDGE)
+    question = [{"role": "user", "parts": [{"type": "text", "content": "What is the status of order 42?"}]}]
+    call = [{"role": "assistant", "parts": [{"type": "tool_call", "id": "call_0", "name": "get_order",
+                                            "arguments": '{"order_id": "42"}'}], "finish_reason": "tool_call"}]
+    result = [{"role": "user", "parts": [{"type": "tool_call_response", "id": "call_0", "name": "get_order",
+                                         "result": '{"order_id": "42", "status": "shipped"}'}]}]
+    answer = [{"role": "assistant", "parts": [{"type": "text", "content": "Order 42 shipped on Monday."}],
+               "finish_reason": "stop"}]
+    usage = {"gen_ai.usage.input_tokens": 40, "gen_ai.usage.output_tokens": 12,
+             "gen_ai.response.model": "gpt-4o-mini-2024-07-18", "gen_ai.response.id": "chatcmpl-1"}
+    with sdk_tracer("grpc", c.grpc_endpoint, service="pyd-bot") as tracer:
+        with tracer.start_as_current_span("invoke_agent agent") as agent:
+            agent.set_attributes(_pydantic_ai_agent_attributes(question + call + result + answer))
+            agent.set_attribute("final_result", "Order 42 shipped on Monday.")
+            with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                chat.set_attributes({**_pydantic_ai_chat_attributes(), **usage,
+                                     "gen_ai.input.messages": json.dumps(question),
+                                     "gen_ai.output.messages": json.dumps(call),
+                                     "gen_ai.response.finish_reasons": ["tool_call"]})
+            with tracer.start_as_current_span("execute_tool get_order") as tool:
+                tool.set_attributes({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "get_order",
+                                     "gen_ai.tool.call.id": "call_0", "gen_ai.tool.call.arguments": '{"order_id":"42"}',
+                                     "gen_ai.tool.call.result": '{"order_id": "42", "status": "shipped"}'})
+            with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                chat.set_attributes({**_pydantic_ai_chat_attributes(), **usage,
+                                     "gen_ai.input.messages": json.dumps(question + call + result),
+                                     "gen_ai.output.messages": json.dumps(answer),
+                                     "gen_ai.response.finish_reasons": ["stop"]})
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 4)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert c.query("SELECT * FROM detections") == []
+    assert c.query("SELECT * FROM candidates") == []
+
+
+def test_a_pydantic_ai_run_whose_model_call_failed_files_the_users_question(start_collector):
+    """pydantic-ai records a model call's messages only when it answers: after a rate limit the question is
+    only in the agent span's ``pydantic_ai.all_messages``. Its candidate had the input ""."""
+    c = start_collector(FAST_JUDGE)
+    message = ("status_code: 429, model_name: gpt-4o-mini, body: {'message': 'Rate limit reached for gpt-4o-mini', "
+               "'type': 'requests', 'code': 'rate_limit_exceeded'}")
+    question = [{"role": "user", "parts": [{"type": "text", "content": "Where is my parcel?"}]}]
+    with sdk_tracer("grpc", c.grpc_endpoint, service="pyd-bot") as tracer:
+        with tracer.start_as_current_span("invoke_agent agent") as agent:
+            agent.set_attributes(_pydantic_ai_agent_attributes(question))
+            with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                chat.set_attributes(_pydantic_ai_chat_attributes())
+                _pydantic_ai_exception(chat, "ModelRateLimitError", message)
+            _pydantic_ai_exception(agent, "ModelRateLimitError", message)
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'llm_error'", lambda r: len(r) == 1)
+    assert detections_by_span(c) == [("llm_error", "chat gpt-4o-mini")]
+    [candidate] = json.loads(c.cli("candidates", "--mode", "llm_error", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": "Where is my parcel?", "conversation_history": []}
