@@ -620,7 +620,12 @@ def callback_arguments(source: str, value: Any, declared_json: bool) -> tuple[st
     OpenLLMetry's LangChain instrumentation (0.62) records the whole ``on_tool_start`` call as the
     arguments: ``{"input_str": <repr of the arguments>, "tags", "metadata", "inputs": {...},
     "kwargs"}``. The arguments are ``inputs``; without it ``input_str`` is a Python repr, not JSON.
+    openinference-instrumentation-llama-index (4.6) records the bound call ``FunctionTool.acall(**kwargs)``:
+    ``{"kwargs": {"order_id": "42"}}``, or with ``"args": []``; the arguments are ``kwargs``.
     """
+    bound = _bound_call_kwargs(value)
+    if bound is not None:
+        return f"{source} kwargs", bound, True
     if not (isinstance(value, str) and '"input_str"' in value) and not (isinstance(value, dict) and "input_str" in value):
         return source, value, declared_json
     envelope = loose(value)
@@ -630,6 +635,18 @@ def callback_arguments(source: str, value: Any, declared_json: bool) -> tuple[st
     if isinstance(inputs, dict):
         return f"{source} inputs", inputs, True
     return f"{source} input_str", envelope.get("input_str"), False
+
+
+def _bound_call_kwargs(value: Any) -> dict[str, Any] | None:
+    """The keyword arguments of a recorded ``{"args": [], "kwargs": {...}}`` call, else None (positional
+    arguments cannot be matched to the schema's names: such a call is taken as it is)."""
+    if not (isinstance(value, dict) or (isinstance(value, str) and '"kwargs"' in value)):
+        return None
+    call = loose(value)
+    if not (isinstance(call, dict) and "kwargs" in call and set(call) <= {"args", "kwargs"}):
+        return None
+    kwargs, args = call.get("kwargs"), call.get("args", [])
+    return kwargs if isinstance(kwargs, dict) and args == [] else None
 
 
 def canonical_arguments(value: Any) -> str | None:

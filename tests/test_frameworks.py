@@ -252,3 +252,184 @@ def test_a_pydantic_ai_run_whose_model_call_failed_files_the_users_question(star
     assert detections_by_span(c) == [("llm_error", "chat gpt-4o-mini")]
     [candidate] = json.loads(c.cli("candidates", "--mode", "llm_error", "--format", "json").stdout)
     assert candidate["input"] == {"user_message": "Where is my parcel?", "conversation_history": []}
+
+
+# ------------------------------------------------------------------ llama-index (openinference)
+# llama-index-core 0.14.25, llama-index-llms-openai 0.8.3, openinference-instrumentation-llama-index 4.6.1:
+# a FunctionAgent with one FunctionTool, and a VectorStoreIndex query engine. Each span is rebuilt with the
+# keys the detectors and the candidate read; llama-index's Python reprs in other input values are cut short.
+
+LLAMA_TOOL = {"type": "function", "function": {
+    "name": "get_order", "description": "get_order(order_id: str) -> str\nLook up an order's shipping status by its id.",
+    "parameters": {"properties": {"order_id": {"title": "Order Id", "type": "string"}}, "required": ["order_id"],
+                   "type": "object", "additionalProperties": False}}}
+LLAMA_LLM = {"llm.model_name": "gpt-4o-mini", "llm.provider": "openai", "llm.system": "openai",
+             "llm.invocation_parameters": json.dumps({"context_window": 128000, "num_output": 60, "is_chat_model": True,
+                                                      "model_name": "gpt-4o-mini"})}
+
+
+def llama_index_agent_step(tracer: Tracer, question: str, *, arguments: dict[str, Any] | None = None,
+                           result: str | None = None, answer: str | None = None) -> None:
+    """One ``run_agent_step``: the streamed chat call, asking for get_order(arguments) or answering."""
+    attributes: dict[str, Any] = {
+        **LLAMA_LLM, "llm.tools.0.tool.json_schema": json.dumps(LLAMA_TOOL),
+        "input.value": json.dumps({"messages": ["ChatMessage(role=<MessageRole.SYSTEM: 'system'>, ...)"]}),
+        "input.mime_type": "application/json",
+        "llm.input_messages.0.message.role": "system", "llm.input_messages.0.message.content": SYSTEM,
+        "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": question,
+        "llm.token_count.prompt": 40, "llm.token_count.completion": 12, "llm.token_count.total": 52,
+        "llm.output_messages.0.message.role": "assistant", "openinference.span.kind": "LLM",
+    }
+    if result is not None:
+        call = "llm.input_messages.2.message.tool_calls.0.tool_call"
+        attributes.update({"llm.input_messages.2.message.role": "assistant", f"{call}.id": "call_0",
+                           f"{call}.function.name": "get_order", f"{call}.function.arguments": '{"order_id": "42"}',
+                           "llm.input_messages.3.message.role": "tool", "llm.input_messages.3.message.content": result,
+                           "llm.input_messages.3.message.tool_call_id": "call_0"})
+    if answer is None:
+        call = "llm.output_messages.0.message.tool_calls.0.tool_call"
+        attributes.update({"llm.finish_reason": "tool_calls", "output.value": "assistant: ",
+                           "llm.output_messages.0.message.contents.0.message_content.type": "text",
+                           "llm.output_messages.0.message.contents.0.message_content.text": "",
+                           f"{call}.id": "call_0", f"{call}.function.name": "get_order",
+                           f"{call}.function.arguments": json.dumps(arguments)})
+    else:
+        attributes.update({"llm.finish_reason": "stop", "output.value": f"assistant: {answer}",
+                           "llm.output_messages.0.message.content": answer})
+    with tracer.start_as_current_span("BaseWorkflowAgent.run_agent_step") as step:
+        step.set_attributes({"input.value": json.dumps({"ctx": "<workflows.context.context.Context object>",
+                                                        "ev": "AgentSetup(...)"}),
+                             "input.mime_type": "application/json", "openinference.span.kind": "CHAIN"})
+        with tracer.start_as_current_span("OpenAI._prepare_chat_with_tools") as prepare:
+            prepare.set_attributes({**LLAMA_LLM, "openinference.span.kind": "LLM", "input.mime_type": "application/json",
+                                    "input.value": json.dumps({"tools": ["<FunctionTool object>"], "user_msg": None})})
+        with tracer.start_as_current_span("OpenAI.astream_chat") as chat:
+            chat.set_attributes(attributes)
+
+
+def llama_index_function_tool(tracer: Tracer, arguments: dict[str, Any], result: str) -> None:
+    with tracer.start_as_current_span("BaseWorkflowAgent.call_tool") as step:
+        step.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                             "input.value": json.dumps({"ctx": "<workflows.context.context.Context object>",
+                                                        "ev": f"ToolCall(tool_name='get_order', tool_kwargs={arguments!r})"})})
+        with tracer.start_as_current_span("FunctionTool.acall") as tool:
+            tool.set_attributes({
+                "tool.description": LLAMA_TOOL["function"]["description"], "tool.name": "get_order",  # type: ignore[index]
+                "tool.parameters": json.dumps({"properties": {"order_id": {"title": "Order Id", "type": "string"}},
+                                               "required": ["order_id"], "type": "object"}),
+                "input.value": json.dumps({"kwargs": arguments}), "input.mime_type": "application/json",
+                "output.value": json.dumps({"blocks": [{"text": result}], "tool_name": "get_order",
+                                            "raw_input": {"args": [], "kwargs": arguments}, "raw_output": result,
+                                            "is_error": False}),
+                "output.mime_type": "application/json", "openinference.span.kind": "TOOL",
+            })
+
+
+def test_a_clean_llama_index_function_agent_run_has_no_detection(start_collector):
+    """The FunctionTool span's input is the bound call, ``{"kwargs": {"order_id": "42"}}``: read as the
+    arguments themselves it broke the tool's schema ("'order_id' is a required property") on every clean run."""
+    c = start_collector(FAST_JUDGE)
+    question, result = "What is the status of order 42?", '{"order_id": "42", "status": "shipped"}'
+    with sdk_tracer("grpc", c.grpc_endpoint, service="llama-bot") as tracer:
+        with tracer.start_as_current_span("FunctionAgent.run") as root:
+            root.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                 "input.value": json.dumps({"init_state": {"is_running": False}})})
+            llama_index_agent_step(tracer, question, arguments={"order_id": "42"})
+            llama_index_function_tool(tracer, {"order_id": "42"}, result)
+            llama_index_agent_step(tracer, question, result=result, answer="Order 42 shipped on Monday.")
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 9)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert c.query("SELECT * FROM detections") == []
+    assert c.query("SELECT * FROM candidates") == []
+
+
+def test_llama_index_tool_calls_repeated_with_the_same_keyword_arguments_are_a_loop(start_collector):
+    c = start_collector(FAST_JUDGE)
+    question, result = "Check order 5 please", '{"order_id": "5", "status": "processing"}'
+    with sdk_tracer("grpc", c.grpc_endpoint, service="llama-bot") as tracer:
+        with tracer.start_as_current_span("FunctionAgent.run") as root:
+            root.set_attribute("openinference.span.kind", "CHAIN")
+            for _ in range(4):
+                llama_index_agent_step(tracer, question, arguments={"order_id": "5"})
+                llama_index_function_tool(tracer, {"order_id": "5"}, result)
+            llama_index_agent_step(tracer, question, result=result, answer="Order 5 is still processing.")
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'loop'", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert [mode for mode, _ in detections_by_span(c)] == ["loop"]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"]["user_message"] == question
+    assert candidate["context"]["tool_calls"][0]["arguments"] == {"order_id": "5"}
+
+
+def llama_index_query(tracer: Tracer, question: str, *, documents: list[tuple[str, str, float]],
+                      answer: str | None) -> None:
+    """``RetrieverQueryEngine.aquery`` > ``VectorIndexRetriever.aretrieve`` > ``._aretrieve`` (both RETRIEVER), then,
+    when something was retrieved, the synthesizer's ``OpenAI.apredict`` (the prompt template) > ``OpenAI.achat``."""
+    with tracer.start_as_current_span("RetrieverQueryEngine.aquery") as root:
+        root.set_attributes({"input.value": question, "output.value": answer or "Empty Response",
+                             "openinference.span.kind": "CHAIN"})
+        nodes = [f"<NodeWithScore(node=TextNode(id_={node_id}), score={score})>" for node_id, _, score in documents]
+        with tracer.start_as_current_span("VectorIndexRetriever.aretrieve") as outer:
+            outer.set_attributes({"input.value": question, "output.value": json.dumps(nodes),
+                                  "output.mime_type": "application/json", "openinference.span.kind": "RETRIEVER"})
+            for i, (node_id, text, score) in enumerate(documents):
+                outer.set_attributes({f"retrieval.documents.{i}.document.id": node_id,
+                                      f"retrieval.documents.{i}.document.content": text,
+                                      f"retrieval.documents.{i}.document.score": score})
+            with tracer.start_as_current_span("VectorIndexRetriever._aretrieve") as inner:
+                inner.set_attributes({"input.value": json.dumps({"query_bundle": {"query_str": question}}),
+                                      "input.mime_type": "application/json", "output.value": json.dumps(nodes),
+                                      "output.mime_type": "application/json", "openinference.span.kind": "RETRIEVER"})
+        if answer is None:
+            return
+        context = "\n\n".join(text for _, text, _ in documents)
+        template = ("Context information is below.\n---------------------\n{context_str}\n---------------------\n"
+                    "Given the context information and not prior knowledge, answer the query.\nQuery: {query_str}\n"
+                    "Answer: ")
+        prompt = template.format(context_str=context, query_str=question)
+        with tracer.start_as_current_span("OpenAI.apredict") as predict:
+            predict.set_attributes({**LLAMA_LLM, "openinference.span.kind": "LLM", "output.value": answer,
+                                    "input.value": json.dumps({"prompt": "SelectorPromptTemplate(...)"}),
+                                    "input.mime_type": "application/json", "llm.prompt_template.template": template,
+                                    "llm.prompt_template.variables": json.dumps({"context_str": context,
+                                                                                 "query_str": question})})
+            with tracer.start_as_current_span("OpenAI.achat") as chat:
+                chat.set_attributes({
+                    **LLAMA_LLM, "openinference.span.kind": "LLM", "input.mime_type": "application/json",
+                    "input.value": json.dumps({"messages": ["ChatMessage(...)"]}),
+                    "llm.input_messages.0.message.role": "system",
+                    "llm.input_messages.0.message.content": "You are an expert Q&A system that is trusted around the world.",
+                    "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": prompt,
+                    "output.value": f"assistant: {answer}", "llm.finish_reason": "length",
+                    "llm.output_messages.0.message.role": "assistant", "llm.output_messages.0.message.content": answer,
+                    "llm.token_count.prompt": 40, "llm.token_count.completion": 60, "llm.token_count.total": 100,
+                })
+
+
+def test_a_llama_index_retrieval_that_found_nothing_is_one_retrieval_miss(start_collector):
+    """llama-index records one retrieval as two nested RETRIEVER spans (``aretrieve`` around ``_aretrieve``):
+    an empty index gave two retrieval_miss detections of one failure."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="llama-bot") as tracer:
+        llama_index_query(tracer, "What does the refund rule say?", documents=[], answer=None)
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'retrieval_miss'", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("retrieval_miss", "VectorIndexRetriever._aretrieve")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": "What does the refund rule say?", "conversation_history": []}
+
+
+def test_a_llama_index_query_engine_failure_files_the_question_not_the_rendered_prompt(start_collector):
+    """The query engine asks the model with its QA template rendered around the question and the retrieved
+    text: that prompt was the candidate's input, so the case replayed no question and every retrieval made
+    another candidate of the same failure."""
+    c = start_collector(FAST_JUDGE)
+    docs = [("5ba12afa-900a-4532-b116-d51502f67b39", "The warranty covers the motor for five years.", 0.91),
+            ("248c1e7d-69a3-442a-a8a3-ec51951e093a", "Refunds are issued within 14 days of the return.", 0.88)]
+    with sdk_tracer("grpc", c.grpc_endpoint, service="llama-bot") as tracer:
+        llama_index_query(tracer, "What does the warranty cover?", documents=docs,
+                          answer="The warranty covers the motor for five years and")
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'truncation'", lambda r: len(r) == 1)
+    assert detections_by_span(c) == [("truncation", "OpenAI.achat")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": "What does the warranty cover?", "conversation_history": []}
