@@ -379,9 +379,15 @@ def _args_finding(span_id: str, detector: str, calls: list[dict[str, Any]], how:
 def retrieval(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """A RETRIEVER span returned no documents, or every returned score is under ``retrieval_min_score``."""
     found = []
-    for s in view.of_kind("RETRIEVER"):
-        outcome = retrieval_outcome(s)
+    retrievers = view.of_kind("RETRIEVER")
+    outcomes = {s["span_id"]: retrieval_outcome(s) for s in retrievers}
+    for s in retrievers:
+        outcome = outcomes[s["span_id"]]
         query = clip(s.get("input_value") or dig(attrs(s), "gen_ai", "retrieval", "query", "text"), 500)
+        if outcome == "empty" and any(outcomes.get(d["span_id"]) == "empty" for d in view.descendants(s["span_id"])):
+            # One retrieval recorded twice (llama-index's `retrieve` around its `_retrieve`, both
+            # RETRIEVER spans): reported once, on the innermost span, which did the search.
+            continue
         if outcome == "empty":
             found.append(Finding(
                 s["span_id"], "empty_retrieval", "retrieval_miss",
