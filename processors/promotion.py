@@ -557,11 +557,40 @@ def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
                         split = {**split, "user_message": asked} if asked else split
                     if kinds == ("AGENT",) and not split["conversation_history"]:
                         split["conversation_history"] = _history_the_model_saw(spans, split["user_message"])
+                    if kinds == ("LLM",):
+                        asked = _question_behind_template(spans, split["user_message"])
+                        split = {**split, "user_message": asked} if asked else split
                     return split
     recorded = _agent_conversation(spans)
     if recorded is not None:
         return recorded
     return _input_from_root(spans)
+
+
+def _question_behind_template(spans: Sequence[SpanRow], message: Any) -> str | None:
+    """The user's question when the model was given it inside a rendered prompt template, else None.
+
+    A RAG pipeline (llama-index's query engine, a LangChain prompt) asks the model with the template
+    rendered around the question and the retrieved context ("Context information is below. ... Query:
+    <question>"): as a case's input that text replays neither the question nor the failure, and its hash
+    changes with every retrieval. The question is the root's ``input.value`` when it is one of the
+    template's variables (``llm.prompt_template.variables``) and the message holds it.
+    """
+    if not isinstance(message, str) or not message:
+        return None
+    root = _root(spans)
+    asked = _input_from_value(root.get("input_value")) if root is not None else None
+    question = asked["user_message"] if asked and not asked["conversation_history"] else None
+    if not isinstance(question, str) or not question.strip() or question.strip() == message.strip():
+        return None
+    if question.strip() not in message:
+        return None
+    for s in spans:
+        variables = _maybe_json(_get(_attrs(s), "llm.prompt_template.variables"))
+        if isinstance(variables, dict) and any(isinstance(v, str) and v.strip() == question.strip()
+                                               for v in variables.values()):
+            return question
+    return None
 
 
 def _agent_conversation(spans: Sequence[SpanRow]) -> dict[str, Any] | None:
