@@ -433,3 +433,140 @@ def test_a_llama_index_query_engine_failure_files_the_question_not_the_rendered_
     assert detections_by_span(c) == [("truncation", "OpenAI.achat")]
     [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
     assert candidate["input"] == {"user_message": "What does the warranty cover?", "conversation_history": []}
+
+
+# ------------------------------------------------------------------ smolagents (openinference)
+# smolagents 1.26.0 with openinference-instrumentation-smolagents 0.1.43, a ToolCallingAgent on an
+# OpenAIServerModel: "ToolCallingAgent.run" (AGENT) > "Step N" (CHAIN) > "OpenAIModel.generate" (LLM) and the
+# tool's span ("SimpleTool" for a @tool function, "FinalAnswerTool" for the answer, both TOOL).
+
+SMOL_TOOLS = [
+    {"type": "function", "function": {"name": "get_order", "description": "Look up an order's shipping status by its id.",
+                                      "parameters": {"type": "object", "properties": {"order_id": {
+                                          "type": "string", "description": "the order's id"}}, "required": ["order_id"]}}},
+    {"type": "function", "function": {"name": "final_answer", "description": "Provides a final answer to the given problem.",
+                                      "parameters": {"type": "object", "properties": {"answer": {
+                                          "type": "string", "description": "The final answer to the problem"}},
+                                          "required": ["answer"]}}},
+]
+SMOL_SYSTEM = "You are an expert assistant who can solve any task using tool calls."
+
+
+@contextmanager
+def smolagents_run(tracer: Tracer, task: str) -> Iterator[None]:
+    with tracer.start_as_current_span("ToolCallingAgent.run") as agent:
+        agent.set_attributes({"input.value": json.dumps({"task": task, "stream": False, "reset": True, "images": None,
+                                                         "additional_args": None, "max_steps": None}),
+                              "smolagents.max_steps": 6, "smolagents.tools_names": ["get_order", "final_answer"],
+                              "openinference.span.kind": "AGENT"})
+        yield
+
+
+def smolagents_generate(tracer: Tracer, task: str, tool: str, arguments: dict[str, Any], *,
+                        error: str | None = None) -> None:
+    with tracer.start_as_current_span("OpenAIModel.generate") as generate:
+        attributes: dict[str, Any] = {
+            "input.mime_type": "application/json", "input.value": json.dumps({"messages": ["ChatMessage(...)"]}),
+            "llm.invocation_parameters": json.dumps({"max_tokens": 60}),
+            "llm.input_messages.0.message.role": "system",
+            "llm.input_messages.0.message.contents.0.message_content.type": "text",
+            "llm.input_messages.0.message.contents.0.message_content.text": SMOL_SYSTEM,
+            "llm.input_messages.1.message.role": "user",
+            "llm.input_messages.1.message.contents.0.message_content.type": "text",
+            "llm.input_messages.1.message.contents.0.message_content.text": f"New task:\n{task}",
+            "llm.model_name": "gpt-4o-mini", "llm.provider": "openai", "llm.system": "openai",
+            "llm.tools.0.tool.json_schema": json.dumps(SMOL_TOOLS[0]),
+            "llm.tools.1.tool.json_schema": json.dumps(SMOL_TOOLS[1]), "openinference.span.kind": "LLM",
+        }
+        if error is None:
+            call = "llm.output_messages.0.message.tool_calls.0.tool_call"
+            attributes.update({
+                "llm.token_count.prompt": 40, "llm.token_count.completion": 12, "llm.token_count.total": 52,
+                "llm.output_messages.0.message.role": "assistant", f"{call}.id": f"call_{tool}",
+                f"{call}.function.name": tool, f"{call}.function.arguments": json.dumps(arguments),
+                "output.mime_type": "application/json",
+                "output.value": json.dumps({"role": "assistant", "content": None, "tool_calls": [
+                    {"function": {"arguments": json.dumps(arguments), "name": tool, "description": None},
+                     "id": f"call_{tool}", "type": "function"}], "raw": "ChatCompletion(...)"}),
+            })
+        generate.set_attributes(attributes)
+        if error is not None:
+            generate.add_event("exception", {"exception.type": "openai.RateLimitError", "exception.message": error})
+            _failed(generate, f"RateLimitError: {error}")
+
+
+def smolagents_tool(tracer: Tracer, tool: str, arguments: dict[str, Any], output: str) -> None:
+    spec = ({"order_id": {"type": "string", "description": "the order's id"}} if tool == "get_order"
+            else {"answer": {"type": "any", "description": "The final answer to the problem"}})
+    with tracer.start_as_current_span("SimpleTool" if tool == "get_order" else "FinalAnswerTool") as span:
+        span.set_attributes({
+            "input.value": json.dumps({"args": [], "sanitize_inputs_outputs": True, "kwargs": arguments}),
+            "tool.name": tool, "tool.description": "...", "tool.parameters": json.dumps(spec),
+            "output.value": output, "output.mime_type": "text/plain", "openinference.span.kind": "TOOL"})
+
+
+@contextmanager
+def smolagents_step(tracer: Tracer, number: int, *, error: str | None = None) -> Iterator[None]:
+    with tracer.start_as_current_span(f"Step {number}") as step:
+        step.set_attributes({"input.value": json.dumps({"memory_step": f"ActionStep(step_number={number}, ...)"}),
+                             "openinference.span.kind": "CHAIN"})
+        yield
+        if error is not None:
+            error_type, _, message = error.partition(": ")
+            step.add_event("exception", {"exception.type": f"smolagents.utils.{error_type}",
+                                         "exception.message": message})
+            _failed(step, error)
+
+
+def test_a_clean_smolagents_tool_calling_run_has_no_detection(start_collector):
+    """smolagents' TOOL spans record the tool's ``inputs`` spec in ``tool.parameters`` and the bound call
+    ``{"args": [], "sanitize_inputs_outputs": true, "kwargs": {...}}`` as input: read as the arguments, every
+    clean call broke the tool's schema ("... is not of type 'string'")."""
+    c = start_collector(FAST_JUDGE)
+    task, answer = "What is the status of order 42?", "Order 42 shipped on Monday."
+    with sdk_tracer("grpc", c.grpc_endpoint, service="smol-bot") as tracer:
+        with smolagents_run(tracer, task):
+            with smolagents_step(tracer, 1):
+                smolagents_generate(tracer, task, "get_order", {"order_id": "42"})
+                smolagents_tool(tracer, "get_order", {"order_id": "42"}, '{"order_id": "42", "status": "shipped"}')
+            with smolagents_step(tracer, 2):
+                smolagents_generate(tracer, task, "final_answer", {"answer": answer})
+                smolagents_tool(tracer, "final_answer", {"answer": answer}, answer)
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 7)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert c.query("SELECT * FROM detections") == []
+    assert c.query("SELECT * FROM candidates") == []
+
+
+def test_a_smolagents_step_that_refused_a_bad_tool_call_is_a_tool_argument_failure_of_the_task(start_collector):
+    """smolagents fails the step (AgentToolCallError) instead of running a call breaking the schema: that was an
+    llm_error besides the tool_argument finding, and the candidate's input was the prompt "New task:\\n..."."""
+    c = start_collector(FAST_JUDGE)
+    task = "Where is order 7?"
+    with sdk_tracer("grpc", c.grpc_endpoint, service="smol-bot") as tracer:
+        with smolagents_run(tracer, task):
+            with smolagents_step(tracer, 1, error="AgentToolCallError: Argument order is not in the tool's input schema"):
+                smolagents_generate(tracer, task, "get_order", {"order": 7})
+            with smolagents_step(tracer, 2):
+                smolagents_generate(tracer, task, "final_answer", {"answer": "I could not find order 7."})
+                smolagents_tool(tracer, "final_answer", {"answer": "I could not find order 7."}, "I could not find order 7.")
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'tool_argument'", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("tool_argument", "OpenAIModel.generate")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": task, "conversation_history": []}
+
+
+def test_a_smolagents_rate_limit_is_one_llm_error_on_the_model_call(start_collector):
+    """The step fails with "AgentGenerationError: Error while generating output: <the model call's error>"."""
+    c = start_collector(FAST_JUDGE)
+    error = "Error code: 429 - {'error': {'message': 'Rate limit reached for gpt-4o-mini', 'type': 'requests'}}"
+    with sdk_tracer("grpc", c.grpc_endpoint, service="smol-bot") as tracer:
+        with smolagents_run(tracer, "Where is my parcel?"):
+            with smolagents_step(tracer, 1, error=f"AgentGenerationError: Error while generating output: {error}"):
+                smolagents_generate(tracer, "Where is my parcel?", "get_order", {}, error=error)
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'llm_error'", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("llm_error", "OpenAIModel.generate")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"]["user_message"] == "Where is my parcel?"
