@@ -934,15 +934,24 @@ def _error_types(span: SpanRow) -> set[str]:
     return types
 
 
-#: The label an agent framework puts before the error it passes up: OpenAI Agents (through
-#: openinference-instrumentation-openai-agents) says ``Error getting response: {'error': '...'}`` on the model
-#: call and ``Error in agent run: {'error': '...'}`` on the agent span that failed with it.
-_ERROR_LABEL = re.compile(r"^[A-Za-z][\w .()-]{0,60}?:\s+(?=[{\[])")
+#: A label before the error a span reports: the exception's type, or the framework's words around the error
+#: it passes up. OpenAI Agents (openinference-instrumentation-openai-agents) says ``Error getting response:
+#: {'error': '...'}`` on the model call and ``Error in agent run: {'error': '...'}`` on the agent span;
+#: smolagents ``AgentGenerationError: Error while generating output: Error code: 429 - {...}`` on the step
+#: around the model call's ``RateLimitError: Error code: 429 - {...}``.
+_ERROR_LABEL = re.compile(r"^[A-Za-z][\w .()-]{0,60}?:\s+")
+_MIN_ERROR_CORE = 12  # shorter than this, a bare text ("failed") says nothing of which failure it is
 
 
 def _error_core(message: str) -> str:
-    """A status message without the framework's label before the error it reports."""
-    return _ERROR_LABEL.sub("", message, count=1)
+    """A status message without the labels before the error it reports."""
+    core = message.strip()
+    for _ in range(4):
+        stripped = _ERROR_LABEL.sub("", core, count=1)
+        if stripped == core or len(stripped) < _MIN_ERROR_CORE:
+            break
+        core = stripped
+    return core
 
 
 def _same_failure(ancestor: SpanRow, child: SpanRow) -> bool:
@@ -960,7 +969,7 @@ def _same_failure(ancestor: SpanRow, child: SpanRow) -> bool:
     if c_msg in a_msg or a_msg in c_msg:
         return True
     a_core, c_core = _error_core(a_msg), _error_core(c_msg)
-    return bool(a_core) and bool(c_core) and (c_core in a_core or a_core in c_core)
+    return min(len(a_core), len(c_core)) >= _MIN_ERROR_CORE and (c_core in a_core or a_core in c_core)
 
 
 def _says_why(span: SpanRow) -> bool:
@@ -976,6 +985,24 @@ def _reported_by_parent_call(view: TraceView, span: SpanRow) -> bool:
             and _says_why(parent) and not _says_why(span))
 
 
+_TOOL_CALL_REFUSED = re.compile(r"ToolCallError|\bargument|input schema", re.IGNORECASE)
+
+
+def _refused_a_bad_tool_call(view: TraceView, span: SpanRow) -> bool:
+    """A step that failed because the model asked for a tool call breaking the tool's schema: smolagents fails
+    the step (``AgentToolCallError: Argument order is not in the tool's input schema``) without running the
+    tool. The tool_argument finding on the model call is that failure; as an llm_error too it was reported
+    twice, once per step the model repeated it."""
+    if span_kind(span) == "LLM" or not _TOOL_CALL_REFUSED.search(str(span.get("status_message") or "")):
+        return False
+    for d in view.descendants(span["span_id"]):
+        for call in requested_tool_calls(d):
+            name = call.get("name")
+            if _check_arguments(name, call.get("arguments"), view.tool_schemas.get(name) if name else None, True):
+                return True
+    return False
+
+
 def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """An LLM, AGENT or CHAIN span failed (provider error, rate limit, timeout, ...), not merely passing up a descendant's error."""
     found = []
@@ -983,9 +1010,9 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
             if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None or _client_truncation(s) is not None
-                    or _framework_step_limit(s) is not None):
+                    or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)):
                 continue  # the failing descendant is the finding (here or in tool_error); json_output;
-                # finish_length; step_limit
+                # finish_length; step_limit; tool_argument
             facts = _error_facts(s)
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",
