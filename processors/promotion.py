@@ -484,7 +484,7 @@ def _split_messages(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return {"user_message": convo[last_user]["content"], "conversation_history": convo[:last_user]}
 
 
-_INPUT_KEYS = ("input", "query", "question", "message", "user_message", "prompt", "text")
+_INPUT_KEYS = ("input", "query", "question", "message", "user_message", "prompt", "text", "task")
 
 
 def _input_from_value(value: Any) -> dict[str, Any]:
@@ -568,29 +568,22 @@ def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
 
 
 def _question_behind_template(spans: Sequence[SpanRow], message: Any) -> str | None:
-    """The user's question when the model was given it inside a rendered prompt template, else None.
+    """The user's question when the model was given it wrapped in more text, else None.
 
-    A RAG pipeline (llama-index's query engine, a LangChain prompt) asks the model with the template
-    rendered around the question and the retrieved context ("Context information is below. ... Query:
-    <question>"): as a case's input that text replays neither the question nor the failure, and its hash
-    changes with every retrieval. The question is the root's ``input.value`` when it is one of the
-    template's variables (``llm.prompt_template.variables``) and the message holds it.
+    A RAG pipeline (llama-index's query engine, a LangChain prompt) asks the model with a template rendered
+    around the question and the retrieved context ("Context information is below. ... Query: <question>"),
+    and smolagents prefixes the task ("New task:\n<question>"): as a case's input that text replays neither
+    the question nor the failure, and a RAG prompt's hash changes with every retrieval. The question is the
+    root's ``input.value`` (its ``task``, ``query``, ... when it is an object) when the message holds it.
     """
     if not isinstance(message, str) or not message:
         return None
     root = _root(spans)
-    asked = _input_from_value(root.get("input_value")) if root is not None else None
+    asked = _input_from_value(root.get("input_value")) if root is not None and root.get("input_value") else None
     question = asked["user_message"] if asked and not asked["conversation_history"] else None
     if not isinstance(question, str) or not question.strip() or question.strip() == message.strip():
         return None
-    if question.strip() not in message:
-        return None
-    for s in spans:
-        variables = _maybe_json(_get(_attrs(s), "llm.prompt_template.variables"))
-        if isinstance(variables, dict) and any(isinstance(v, str) and v.strip() == question.strip()
-                                               for v in variables.values()):
-            return question
-    return None
+    return question if question.strip() in message else None
 
 
 def _agent_conversation(spans: Sequence[SpanRow]) -> dict[str, Any] | None:
