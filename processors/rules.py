@@ -58,6 +58,10 @@ class RuleSettings:
     tool_classes: Mapping[str, str]
 
 
+#: Tools an agent framework calls to give its final answer: what they return is the answer, not a tool result.
+ANSWER_TOOLS = frozenset({"final_answer"})
+
+
 class TraceView:
     """One trace's spans with the lookups the rules share (built once per trace, read-only)."""
 
@@ -135,8 +139,10 @@ class TraceView:
     def context_text(self) -> str:
         """Text the model was given from outside: tool results (spans and tool-role messages), the
         metadata of retrieved documents (LangChain's instrumentors record a Document's id only there), and
-        the output of a retriever that recorded no documents."""
-        parts = [s["output_value"] for s in self.of_kind("TOOL") if isinstance(s.get("output_value"), str)]
+        the output of a retriever that recorded no documents. Not the output of an answer tool: smolagents'
+        ``final_answer`` returns the agent's own answer, and an id it cites was thereby always "known"."""
+        parts = [s["output_value"] for s in self.of_kind("TOOL")
+                 if isinstance(s.get("output_value"), str) and tool_name(s) not in ANSWER_TOOLS]
         for s in self.of_kind("RETRIEVER", "RERANKER"):
             for item in as_list(dig(attrs(s), "retrieval", "documents")):
                 parts.extend(walk_strings(dig(item, "document", "metadata")))

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode, Tracer
 
 from conftest import FAST_JUDGE
@@ -570,3 +571,21 @@ def test_a_smolagents_rate_limit_is_one_llm_error_on_the_model_call(start_collec
     assert detections_by_span(c) == [("llm_error", "OpenAIModel.generate")]
     [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
     assert candidate["input"]["user_message"] == "Where is my parcel?"
+
+
+def test_a_smolagents_final_answer_citing_a_document_never_retrieved_is_hallucination(start_collector):
+    """smolagents answers through its final_answer tool, whose output is the answer itself: read as a tool
+    result, it made every id the answer cites "retrieved", so no citation was ever found missing."""
+    c = start_collector(FAST_JUDGE)
+    task, answer = "What does the refund policy say?", "Refunds take 30 days [doc-99]."
+    with sdk_tracer("grpc", c.grpc_endpoint, service="smol-bot") as tracer:
+        with smolagents_run(tracer, task):
+            with smolagents_step(tracer, 1):
+                smolagents_generate(tracer, task, "final_answer", {"answer": answer})
+                smolagents_tool(tracer, "final_answer", {"answer": answer}, answer)
+            trace.get_current_span().set_attribute("output.value", answer)
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'hallucination'", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("hallucination", "ToolCallingAgent.run")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": task, "conversation_history": []}
