@@ -82,7 +82,9 @@ from typing import Any, ClassVar
 
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
-from tracesieve.processors.spanview import assistant_text, callback_arguments, list_item, response_text
+from tracesieve.processors.spanview import (
+    assistant_text, callback_arguments, list_item, response_text, tool_span_schema,
+)
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
 from tracesieve.storage.sqlparams import packed
@@ -482,7 +484,7 @@ def _split_messages(messages: list[dict[str, Any]]) -> dict[str, Any]:
     return {"user_message": convo[last_user]["content"], "conversation_history": convo[:last_user]}
 
 
-_INPUT_KEYS = ("input", "query", "question", "message", "user_message", "prompt", "text")
+_INPUT_KEYS = ("input", "query", "question", "message", "user_message", "prompt", "text", "task")
 
 
 def _input_from_value(value: Any) -> dict[str, Any]:
@@ -555,8 +557,51 @@ def extract_input(spans: Sequence[SpanRow]) -> dict[str, Any]:
                         split = {**split, "user_message": asked} if asked else split
                     if kinds == ("AGENT",) and not split["conversation_history"]:
                         split["conversation_history"] = _history_the_model_saw(spans, split["user_message"])
+                    if kinds == ("LLM",):
+                        asked = _question_behind_template(spans, split["user_message"])
+                        split = {**split, "user_message": asked} if asked else split
                     return split
+    recorded = _agent_conversation(spans)
+    if recorded is not None:
+        return recorded
     return _input_from_root(spans)
+
+
+def _question_behind_template(spans: Sequence[SpanRow], message: Any) -> str | None:
+    """The user's question when the model was given it wrapped in more text, else None.
+
+    A RAG pipeline (llama-index's query engine, a LangChain prompt) asks the model with a template rendered
+    around the question and the retrieved context ("Context information is below. ... Query: <question>"),
+    and smolagents prefixes the task ("New task:\n<question>"): as a case's input that text replays neither
+    the question nor the failure, and a RAG prompt's hash changes with every retrieval. The question is the
+    root's ``input.value`` (its ``task``, ``query``, ... when it is an object) when the message holds it.
+    """
+    if not isinstance(message, str) or not message:
+        return None
+    root = _root(spans)
+    asked = _input_from_value(root.get("input_value")) if root is not None and root.get("input_value") else None
+    question = asked["user_message"] if asked and not asked["conversation_history"] else None
+    if not isinstance(question, str) or not question.strip() or question.strip() == message.strip():
+        return None
+    return question if question.strip() in message else None
+
+
+def _agent_conversation(spans: Sequence[SpanRow]) -> dict[str, Any] | None:
+    """The input from the conversation an AGENT span recorded as its own (pydantic-ai's
+    ``pydantic_ai.all_messages``, GenAI messages), or None.
+
+    pydantic-ai records the messages on a model call only when the call answers: a run whose first call
+    failed (a rate limit, a provider error) held the user's question nowhere else, and its candidate had
+    the input "" (one candidate for every such failure, and nothing to replay).
+    """
+    for s in spans:
+        if s.get("span_kind") != "AGENT":
+            continue
+        msgs = [m for m in (_genai_message(i) for i in _as_list(_get(_attrs(s), "pydantic_ai.all_messages"))) if m]
+        split = _split_messages(msgs) if msgs else None
+        if split and split["user_message"]:
+            return split
+    return None
 
 
 def _input_from_root(spans: Sequence[SpanRow]) -> dict[str, Any]:
@@ -631,7 +676,8 @@ def _documents(span: SpanRow, limit: int) -> list[dict[str, Any]]:
 
 
 def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
-    """Tool name -> declared JSON schema of its parameters, from ``llm.tools`` or ``gen_ai.tool.definitions``."""
+    """Tool name -> declared JSON schema of its parameters, from ``llm.tools`` or ``gen_ai.tool.definitions``,
+    else from a TOOL span's own ``tool.parameters`` schema (OpenAI Agents over Chat Completions)."""
     tools: dict[str, Any] = {}
     for s in spans:
         a = _attrs(s)
@@ -647,6 +693,10 @@ def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
                 fn = spec.get("function") if isinstance(spec.get("function"), dict) else spec
                 if fn.get("name"):
                     tools.setdefault(str(fn["name"]), fn.get("parameters") or {})
+    for s in spans:
+        name, schema = s.get("tool_name"), tool_span_schema(s)
+        if isinstance(name, str) and name and schema is not None and not tools.get(name):
+            tools[name] = schema
     return tools
 
 

@@ -28,7 +28,7 @@ from tracesieve.processors.spanview import (
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
     is_error, is_hidden, loose, output_messages, plain_text_holds_arguments, requested_tool_calls, response_text,
     retrieval_outcome, span_kind, tool_name,
-    tool_span_arguments, try_json, walk_strings,
+    tool_span_arguments, tool_span_schema, try_json, walk_strings,
 )
 
 
@@ -56,6 +56,10 @@ class RuleSettings:
     max_steps: int
     feedback_score_threshold: float
     tool_classes: Mapping[str, str]
+
+
+#: Tools an agent framework calls to give its final answer: what they return is the answer, not a tool result.
+ANSWER_TOOLS = frozenset({"final_answer"})
 
 
 class TraceView:
@@ -106,11 +110,16 @@ class TraceView:
 
     @functools.cached_property
     def tool_schemas(self) -> dict[str, Any]:
-        """Tool name -> declared parameters schema, from every LLM span of the trace (first declaration wins)."""
+        """Tool name -> declared parameters schema, from every LLM span of the trace (first declaration wins),
+        else from the TOOL spans that declare their own (``tool.parameters`` holding a schema)."""
         found: dict[str, Any] = {}
         for s in self.spans:
             for name, schema in declared_tools(s).items():
                 found.setdefault(name, schema)
+        for s in self.of_kind("TOOL"):
+            name, schema = tool_name(s), tool_span_schema(s)
+            if name and schema is not None and found.get(name) is None:
+                found[name] = schema
         return found
 
     @functools.cached_property
@@ -130,8 +139,10 @@ class TraceView:
     def context_text(self) -> str:
         """Text the model was given from outside: tool results (spans and tool-role messages), the
         metadata of retrieved documents (LangChain's instrumentors record a Document's id only there), and
-        the output of a retriever that recorded no documents."""
-        parts = [s["output_value"] for s in self.of_kind("TOOL") if isinstance(s.get("output_value"), str)]
+        the output of a retriever that recorded no documents. Not the output of an answer tool: smolagents'
+        ``final_answer`` returns the agent's own answer, and an id it cites was thereby always "known"."""
+        parts = [s["output_value"] for s in self.of_kind("TOOL")
+                 if isinstance(s.get("output_value"), str) and tool_name(s) not in ANSWER_TOOLS]
         for s in self.of_kind("RETRIEVER", "RERANKER"):
             for item in as_list(dig(attrs(s), "retrieval", "documents")):
                 parts.extend(walk_strings(dig(item, "document", "metadata")))
@@ -374,9 +385,15 @@ def _args_finding(span_id: str, detector: str, calls: list[dict[str, Any]], how:
 def retrieval(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """A RETRIEVER span returned no documents, or every returned score is under ``retrieval_min_score``."""
     found = []
-    for s in view.of_kind("RETRIEVER"):
-        outcome = retrieval_outcome(s)
+    retrievers = view.of_kind("RETRIEVER")
+    outcomes = {s["span_id"]: retrieval_outcome(s) for s in retrievers}
+    for s in retrievers:
+        outcome = outcomes[s["span_id"]]
         query = clip(s.get("input_value") or dig(attrs(s), "gen_ai", "retrieval", "query", "text"), 500)
+        if outcome == "empty" and any(outcomes.get(d["span_id"]) == "empty" for d in view.descendants(s["span_id"])):
+            # One retrieval recorded twice (llama-index's `retrieve` around its `_retrieve`, both
+            # RETRIEVER spans): reported once, on the innermost span, which did the search.
+            continue
         if outcome == "empty":
             found.append(Finding(
                 s["span_id"], "empty_retrieval", "retrieval_miss",
@@ -924,6 +941,26 @@ def _error_types(span: SpanRow) -> set[str]:
     return types
 
 
+#: A label before the error a span reports: the exception's type, or the framework's words around the error
+#: it passes up. OpenAI Agents (openinference-instrumentation-openai-agents) says ``Error getting response:
+#: {'error': '...'}`` on the model call and ``Error in agent run: {'error': '...'}`` on the agent span;
+#: smolagents ``AgentGenerationError: Error while generating output: Error code: 429 - {...}`` on the step
+#: around the model call's ``RateLimitError: Error code: 429 - {...}``.
+_ERROR_LABEL = re.compile(r"^[A-Za-z][\w .()-]{0,60}?:\s+")
+_MIN_ERROR_CORE = 12  # shorter than this, a bare text ("failed") says nothing of which failure it is
+
+
+def _error_core(message: str) -> str:
+    """A status message without the labels before the error it reports."""
+    core = message.strip()
+    for _ in range(4):
+        stripped = _ERROR_LABEL.sub("", core, count=1)
+        if stripped == core or len(stripped) < _MIN_ERROR_CORE:
+            break
+        core = stripped
+    return core
+
+
 def _same_failure(ancestor: SpanRow, child: SpanRow) -> bool:
     """True when an errored ancestor only re-reports its errored descendant's failure."""
     a_msg = str(ancestor.get("status_message") or "")
@@ -934,7 +971,12 @@ def _same_failure(ancestor: SpanRow, child: SpanRow) -> bool:
     c_types = _error_types(child)
     if a_types & c_types:
         return True
-    return bool(c_msg) and bool(a_msg) and (c_msg in a_msg or a_msg in c_msg)
+    if not (c_msg and a_msg):
+        return False
+    if c_msg in a_msg or a_msg in c_msg:
+        return True
+    a_core, c_core = _error_core(a_msg), _error_core(c_msg)
+    return min(len(a_core), len(c_core)) >= _MIN_ERROR_CORE and (c_core in a_core or a_core in c_core)
 
 
 def _says_why(span: SpanRow) -> bool:
@@ -950,6 +992,24 @@ def _reported_by_parent_call(view: TraceView, span: SpanRow) -> bool:
             and _says_why(parent) and not _says_why(span))
 
 
+_TOOL_CALL_REFUSED = re.compile(r"ToolCallError|\bargument|input schema", re.IGNORECASE)
+
+
+def _refused_a_bad_tool_call(view: TraceView, span: SpanRow) -> bool:
+    """A step that failed because the model asked for a tool call breaking the tool's schema: smolagents fails
+    the step (``AgentToolCallError: Argument order is not in the tool's input schema``) without running the
+    tool. The tool_argument finding on the model call is that failure; as an llm_error too it was reported
+    twice, once per step the model repeated it."""
+    if span_kind(span) == "LLM" or not _TOOL_CALL_REFUSED.search(str(span.get("status_message") or "")):
+        return False
+    for d in view.descendants(span["span_id"]):
+        for call in requested_tool_calls(d):
+            name = call.get("name")
+            if _check_arguments(name, call.get("arguments"), view.tool_schemas.get(name) if name else None, True):
+                return True
+    return False
+
+
 def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """An LLM, AGENT or CHAIN span failed (provider error, rate limit, timeout, ...), not merely passing up a descendant's error."""
     found = []
@@ -957,9 +1017,9 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
             if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None or _client_truncation(s) is not None
-                    or _framework_step_limit(s) is not None):
+                    or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)):
                 continue  # the failing descendant is the finding (here or in tool_error); json_output;
-                # finish_length; step_limit
+                # finish_length; step_limit; tool_argument
             facts = _error_facts(s)
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",

@@ -553,6 +553,25 @@ def _looks_like_schema(value: Any) -> bool:
     return isinstance(value, dict) and value.get("type") == "object" and isinstance(value.get("properties"), dict)
 
 
+def _looks_like_parameter_specs(value: Any) -> bool:
+    """A map of parameter name -> its spec (``{"type": ..., "description": ...}``), as smolagents declares a tool's
+    ``inputs`` and openinference-instrumentation-smolagents records them in ``tool.parameters``: a definition,
+    not the call's arguments (read as arguments, ``order_id`` "was not of type string" on every clean call)."""
+    return (isinstance(value, dict) and bool(value)
+            and all(isinstance(spec, dict) and "type" in spec and "description" in spec for spec in value.values()))
+
+
+def tool_span_schema(span: SpanRow) -> Any:
+    """The parameters schema a TOOL span declares in ``tool.parameters`` (None when it holds arguments or nothing).
+
+    OpenInference defines ``tool.parameters`` as the tool's parameter definition, and
+    openinference-instrumentation-openai-agents records the function tool's JSON schema there, on a model
+    call (Chat Completions) that itself declares no ``llm.tools``: it is the trace's only declaration.
+    """
+    value = loose(dig(attrs(span), "tool", "parameters"))
+    return value if _looks_like_schema(value) else None
+
+
 def tool_span_arguments(span: SpanRow) -> tuple[str, Any, bool] | None:
     """(source, raw arguments, declared_json) of a TOOL span, or None when none were recorded.
 
@@ -567,7 +586,7 @@ def tool_span_arguments(span: SpanRow) -> tuple[str, Any, bool] | None:
     if value is not None:
         return None if is_hidden(value) else callback_arguments("gen_ai.tool.call.arguments", value, True)
     value = dig(a, "tool", "parameters")
-    if value is not None and not _looks_like_schema(loose(value)):
+    if value is not None and not _looks_like_schema(loose(value)) and not _looks_like_parameter_specs(loose(value)):
         return None if is_hidden(value) else ("tool.parameters", value, True)
     value = span.get("input_value")
     if value is not None:
@@ -616,7 +635,13 @@ def callback_arguments(source: str, value: Any, declared_json: bool) -> tuple[st
     OpenLLMetry's LangChain instrumentation (0.62) records the whole ``on_tool_start`` call as the
     arguments: ``{"input_str": <repr of the arguments>, "tags", "metadata", "inputs": {...},
     "kwargs"}``. The arguments are ``inputs``; without it ``input_str`` is a Python repr, not JSON.
+    openinference-instrumentation-llama-index (4.6) records the bound call ``FunctionTool.acall(**kwargs)``:
+    ``{"kwargs": {"order_id": "42"}}``, or with ``"args": []`` (smolagents' instrumentation too); the
+    arguments are ``kwargs``.
     """
+    bound = _bound_call_kwargs(value)
+    if bound is not None:
+        return f"{source} kwargs", bound, True
     if not (isinstance(value, str) and '"input_str"' in value) and not (isinstance(value, dict) and "input_str" in value):
         return source, value, declared_json
     envelope = loose(value)
@@ -626,6 +651,19 @@ def callback_arguments(source: str, value: Any, declared_json: bool) -> tuple[st
     if isinstance(inputs, dict):
         return f"{source} inputs", inputs, True
     return f"{source} input_str", envelope.get("input_str"), False
+
+
+def _bound_call_kwargs(value: Any) -> dict[str, Any] | None:
+    """The keyword arguments of a recorded ``{"args": [], "kwargs": {...}}`` call, else None (positional
+    arguments cannot be matched to the schema's names: such a call is taken as it is).
+    openinference-instrumentation-smolagents adds the tool's ``sanitize_inputs_outputs`` flag to it."""
+    if not (isinstance(value, dict) or (isinstance(value, str) and '"kwargs"' in value)):
+        return None
+    call = loose(value)
+    if not (isinstance(call, dict) and "kwargs" in call and set(call) <= {"args", "kwargs", "sanitize_inputs_outputs"}):
+        return None
+    kwargs, args = call.get("kwargs"), call.get("args", [])
+    return kwargs if isinstance(kwargs, dict) and args == [] else None
 
 
 def canonical_arguments(value: Any) -> str | None:

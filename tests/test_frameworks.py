@@ -1,0 +1,591 @@
+"""Agent frameworks' traces, rebuilt key for key with the plain OTel SDK and sent to a real `tracesieve serve`.
+
+CI does not install the frameworks: each helper below copies what the named framework and instrumentation
+exported (captured against a local stand-in for the OpenAI API) and the comment names the versions. A clean run
+must give no detection; each failure the framework can produce must give its one failure mode, on the span
+that shows it, with a candidate whose input is the user's question.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode, Tracer
+
+from conftest import FAST_JUDGE
+from sdk_helpers import sdk_tracer
+
+GET_ORDER_SCHEMA = {"properties": {"order_id": {"title": "Order Id", "type": "string"}}, "required": ["order_id"],
+                    "title": "get_order_args", "type": "object", "additionalProperties": False}
+SYSTEM = "You are a support agent. Use tools."
+
+
+def _failed(span: Any, message: str) -> None:
+    span.set_status(Status(StatusCode.ERROR, message))
+
+
+# ------------------------------------------------------------------ OpenAI Agents (openinference)
+# openai-agents 0.24.0 with openinference-instrumentation-openai-agents 2.6.0, the agent's model an
+# OpenAIChatCompletionsModel: spans "Agent workflow" (AGENT) > "Agent workflow" (CHAIN) > the agent (AGENT)
+# > "turn" (CHAIN) per model call > "generation" (LLM) and the function tool's span (TOOL).
+
+
+@contextmanager
+def openai_agents_run(tracer: Tracer, *, agent_error: str | None = None) -> Iterator[None]:
+    with tracer.start_as_current_span("Agent workflow") as workflow:
+        workflow.set_attribute("openinference.span.kind", "AGENT")
+        with tracer.start_as_current_span("Agent workflow") as chain:
+            chain.set_attribute("openinference.span.kind", "CHAIN")
+            with tracer.start_as_current_span("Support") as agent:
+                agent.set_attributes({"graph.node.id": "Support", "agent.name": "Support",
+                                      "openinference.span.kind": "AGENT"})
+                yield
+                if agent_error:
+                    _failed(agent, agent_error)
+
+
+def openai_agents_generation(tracer: Tracer, question: str, *, tool_call: dict[str, Any] | None = None,
+                             tool_result: str | None = None, answer: str | None = None,
+                             error: str | None = None) -> None:
+    """One "turn" with its "generation" span (a Chat Completions call: no ``llm.tools``, no finish reason)."""
+    messages: list[dict[str, Any]] = [{"content": SYSTEM, "role": "system"}, {"role": "user", "content": question}]
+    attributes: dict[str, Any] = {
+        "llm.system": "openai", "llm.model_name": "gpt-4o-mini",
+        "llm.invocation_parameters": json.dumps({"max_tokens": 60, "base_url": "http://127.0.0.1:41649/v1/"}),
+        "input.mime_type": "application/json",
+        "llm.input_messages.0.message.role": "system", "llm.input_messages.0.message.content": SYSTEM,
+        "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": question,
+    }
+    call = ({"id": "call_0_get_order", "type": "function",
+             "function": {"name": "get_order", "arguments": json.dumps(tool_call)}} if tool_call is not None else None)
+    if tool_result is not None and call is not None:
+        messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                     {"role": "tool", "tool_call_id": call["id"], "content": tool_result}]
+        attributes.update({
+            "llm.input_messages.2.message.role": "assistant",
+            "llm.input_messages.2.message.tool_calls.0.tool_call.id": call["id"],
+            "llm.input_messages.2.message.tool_calls.0.tool_call.function.name": "get_order",
+            "llm.input_messages.2.message.tool_calls.0.tool_call.function.arguments": json.dumps(tool_call),
+            "llm.input_messages.3.message.role": "tool", "llm.input_messages.3.message.content": tool_result,
+            "llm.input_messages.3.message.tool_call_id": call["id"],
+        })
+    attributes["input.value"] = json.dumps(messages)
+    if error is None:
+        out = "llm.output_messages.0.message"
+        attributes.update({"output.mime_type": "application/json", f"{out}.role": "assistant",
+                           "llm.token_count.prompt": 40, "llm.token_count.completion": 12})
+        if tool_result is None and call is not None:
+            attributes["output.value"] = json.dumps([{"content": None, "refusal": None, "role": "assistant",
+                                                      "tool_calls": [call]}])
+            attributes.update({f"{out}.tool_calls.0.tool_call.id": call["id"],
+                               f"{out}.tool_calls.0.tool_call.function.name": "get_order",
+                               f"{out}.tool_calls.0.tool_call.function.arguments": json.dumps(tool_call)})
+        else:
+            attributes["output.value"] = json.dumps([{"content": answer, "refusal": None, "role": "assistant",
+                                                      "tool_calls": None}])
+            attributes[f"{out}.content"] = answer
+    attributes["openinference.span.kind"] = "LLM"
+    with tracer.start_as_current_span("turn") as turn:
+        turn.set_attribute("openinference.span.kind", "CHAIN")
+        with tracer.start_as_current_span("generation") as generation:
+            generation.set_attributes(attributes)
+            if error is not None:
+                _failed(generation, error)
+
+
+def openai_agents_function_tool(tracer: Tracer, arguments: dict[str, Any], *, result: str | None = None) -> None:
+    """The function tool's span; ``result=None`` is a call the SDK failed (bad arguments, or the tool raised)."""
+    with tracer.start_as_current_span("get_order") as tool:
+        tool.set_attributes({
+            "tool.name": "get_order", "input.value": json.dumps(arguments), "input.mime_type": "application/json",
+            "output.value": result if result is not None else "An error occurred while running the tool. Please try again.",
+            "tool.description": "Look up an order's shipping status by its id.",
+            "tool.parameters": json.dumps(GET_ORDER_SCHEMA), "openinference.span.kind": "TOOL",
+        })
+        if result is not None:
+            tool.set_attribute("output.mime_type", "application/json")
+        else:
+            _failed(tool, "Error running tool (non-fatal): {'tool_name': 'get_order', "
+                          "'error': 'Tool execution failed. Error details are redacted.'}")
+
+
+def openai_agents_tool_turns(tracer: Tracer, question: str, arguments: dict[str, Any], *, ok: bool) -> None:
+    with openai_agents_run(tracer):
+        openai_agents_generation(tracer, question, tool_call=arguments)
+        result = json.dumps({"order_id": "42", "status": "shipped"}) if ok else None
+        openai_agents_function_tool(tracer, arguments, result=result)
+        openai_agents_generation(tracer, question, tool_call=arguments,
+                                 tool_result=result or "An error occurred while running the tool. Please try again.",
+                                 answer="Order 42 shipped on Monday." if ok else "Order 7 status is unknown.")
+
+
+def detections_by_span(c: Any) -> list[tuple[str, str]]:
+    rows = c.query("SELECT d.failure_mode, s.name FROM detections d JOIN spans s USING (trace_id, span_id) "
+                   "ORDER BY d.failure_mode")
+    return [(r["failure_mode"], r["name"]) for r in rows]
+
+
+def test_a_clean_openai_agents_tool_run_has_no_detection(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="agents-bot") as tracer:
+        openai_agents_tool_turns(tracer, "What is the status of order 42?", {"order_id": "42"}, ok=True)
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 8)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert c.query("SELECT * FROM detections") == []
+    assert c.query("SELECT * FROM candidates") == []
+
+
+def test_openai_agents_arguments_breaking_the_function_tools_schema_are_a_tool_argument_failure(start_collector):
+    """Over Chat Completions the model call records no ``llm.tools``: the tool's schema is only in its own span's
+    ``tool.parameters``. A call the SDK refused for breaking it was a tool_invocation failure alone."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="agents-bot") as tracer:
+        openai_agents_tool_turns(tracer, "Where is order 7?", {"order": 7}, ok=False)
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'tool_argument'", lambda r: len(r) == 1)
+    # on the model call that asked for it, as when the call declares its tools (the Responses API)
+    assert ("tool_argument", "generation") in detections_by_span(c)
+    [candidate] = json.loads(c.cli("candidates", "--mode", "tool_argument", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": "Where is order 7?", "conversation_history": []}
+    assert candidate["expected"]["tool_arguments_schema"] == {"get_order": GET_ORDER_SCHEMA}
+    assert candidate["expected"]["required_tool_sequence"] == ["get_order"]
+
+
+def test_an_openai_agents_rate_limit_is_one_llm_error_on_the_model_call(start_collector):
+    """The agent span fails with the model call's error under another label ("Error in agent run: ..." around
+    what the call said after "Error getting response: "): one failure, reported once, where it happened."""
+    c = start_collector(FAST_JUDGE)
+    error = "{'error': 'Error code: 429 - Rate limit reached for gpt-4o-mini'}"
+    with sdk_tracer("grpc", c.grpc_endpoint, service="agents-bot") as tracer:
+        with openai_agents_run(tracer, agent_error=f"Error in agent run: {error}"):
+            openai_agents_generation(tracer, "Where is my parcel?", error=f"Error getting response: {error}")
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'llm_error'", lambda r: len(r) == 1)
+    assert detections_by_span(c) == [("llm_error", "generation")]
+    evidence = json.loads(c.query("SELECT evidence FROM detections")[0]["evidence"])
+    assert evidence["classification"] == "rate_limit"
+    [candidate] = json.loads(c.cli("candidates", "--mode", "llm_error", "--format", "json").stdout)
+    assert candidate["input"]["user_message"] == "Where is my parcel?"
+
+
+# ------------------------------------------------------------------ pydantic-ai (native OTel GenAI spans)
+# pydantic-ai-slim 2.78.0, `Agent.instrument_all(InstrumentationSettings(version=5))`, an OpenAIChatModel:
+# "invoke_agent agent" (root) > "chat gpt-4o-mini" per model call and "execute_tool get_order" per tool call.
+
+PYDANTIC_TOOLS = [{"type": "function", "name": "get_order", "description": "Look up an order's shipping status by its id.",
+                   "parameters": {"additionalProperties": False, "properties": {"order_id": {"type": "string"}},
+                                  "required": ["order_id"], "type": "object"}}]
+
+
+def _pydantic_ai_exception(span: Any, error_type: str, message: str) -> None:
+    span.add_event("exception", {"exception.type": f"pydantic_ai.exceptions.{error_type}",
+                                 "exception.message": message, "exception.stacktrace": "Traceback (most recent call last): ...",
+                                 "exception.escaped": "False"})
+    _failed(span, f"{error_type}: {message}")
+
+
+def _pydantic_ai_agent_attributes(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"model_name": "gpt-4o-mini", "agent_name": "agent", "gen_ai.agent.name": "agent",
+            "gen_ai.conversation.id": "01a250db-d1e2-7066-a3fa-ec6a9f8e03d0", "gen_ai.operation.name": "invoke_agent",
+            "logfire.msg": "agent run", "pydantic_ai.all_messages": json.dumps(messages),
+            "gen_ai.system_instructions": json.dumps([{"type": "text", "content": SYSTEM}])}
+
+
+def _pydantic_ai_chat_attributes() -> dict[str, Any]:
+    return {"gen_ai.operation.name": "chat", "gen_ai.agent.name": "agent", "gen_ai.provider.name": "openai",
+            "gen_ai.system": "openai", "server.address": "127.0.0.1", "server.port": 39031,
+            "gen_ai.request.model": "gpt-4o-mini", "gen_ai.tool.definitions": json.dumps(PYDANTIC_TOOLS),
+            "gen_ai.request.max_tokens": 60}
+
+
+def test_a_clean_pydantic_ai_tool_run_has_no_detection(start_collector):
+    c = start_collector(FAST_JUDGE)
+    question = [{"role": "user", "parts": [{"type": "text", "content": "What is the status of order 42?"}]}]
+    call = [{"role": "assistant", "parts": [{"type": "tool_call", "id": "call_0", "name": "get_order",
+                                            "arguments": '{"order_id": "42"}'}], "finish_reason": "tool_call"}]
+    result = [{"role": "user", "parts": [{"type": "tool_call_response", "id": "call_0", "name": "get_order",
+                                         "result": '{"order_id": "42", "status": "shipped"}'}]}]
+    answer = [{"role": "assistant", "parts": [{"type": "text", "content": "Order 42 shipped on Monday."}],
+               "finish_reason": "stop"}]
+    usage = {"gen_ai.usage.input_tokens": 40, "gen_ai.usage.output_tokens": 12,
+             "gen_ai.response.model": "gpt-4o-mini-2024-07-18", "gen_ai.response.id": "chatcmpl-1"}
+    with sdk_tracer("grpc", c.grpc_endpoint, service="pyd-bot") as tracer:
+        with tracer.start_as_current_span("invoke_agent agent") as agent:
+            agent.set_attributes(_pydantic_ai_agent_attributes(question + call + result + answer))
+            agent.set_attribute("final_result", "Order 42 shipped on Monday.")
+            with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                chat.set_attributes({**_pydantic_ai_chat_attributes(), **usage,
+                                     "gen_ai.input.messages": json.dumps(question),
+                                     "gen_ai.output.messages": json.dumps(call),
+                                     "gen_ai.response.finish_reasons": ["tool_call"]})
+            with tracer.start_as_current_span("execute_tool get_order") as tool:
+                tool.set_attributes({"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "get_order",
+                                     "gen_ai.tool.call.id": "call_0", "gen_ai.tool.call.arguments": '{"order_id":"42"}',
+                                     "gen_ai.tool.call.result": '{"order_id": "42", "status": "shipped"}'})
+            with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                chat.set_attributes({**_pydantic_ai_chat_attributes(), **usage,
+                                     "gen_ai.input.messages": json.dumps(question + call + result),
+                                     "gen_ai.output.messages": json.dumps(answer),
+                                     "gen_ai.response.finish_reasons": ["stop"]})
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 4)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert c.query("SELECT * FROM detections") == []
+    assert c.query("SELECT * FROM candidates") == []
+
+
+def test_a_pydantic_ai_run_whose_model_call_failed_files_the_users_question(start_collector):
+    """pydantic-ai records a model call's messages only when it answers: after a rate limit the question is
+    only in the agent span's ``pydantic_ai.all_messages``. Its candidate had the input ""."""
+    c = start_collector(FAST_JUDGE)
+    message = ("status_code: 429, model_name: gpt-4o-mini, body: {'message': 'Rate limit reached for gpt-4o-mini', "
+               "'type': 'requests', 'code': 'rate_limit_exceeded'}")
+    question = [{"role": "user", "parts": [{"type": "text", "content": "Where is my parcel?"}]}]
+    with sdk_tracer("grpc", c.grpc_endpoint, service="pyd-bot") as tracer:
+        with tracer.start_as_current_span("invoke_agent agent") as agent:
+            agent.set_attributes(_pydantic_ai_agent_attributes(question))
+            with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                chat.set_attributes(_pydantic_ai_chat_attributes())
+                _pydantic_ai_exception(chat, "ModelRateLimitError", message)
+            _pydantic_ai_exception(agent, "ModelRateLimitError", message)
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'llm_error'", lambda r: len(r) == 1)
+    assert detections_by_span(c) == [("llm_error", "chat gpt-4o-mini")]
+    [candidate] = json.loads(c.cli("candidates", "--mode", "llm_error", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": "Where is my parcel?", "conversation_history": []}
+
+
+# ------------------------------------------------------------------ llama-index (openinference)
+# llama-index-core 0.14.25, llama-index-llms-openai 0.8.3, openinference-instrumentation-llama-index 4.6.1:
+# a FunctionAgent with one FunctionTool, and a VectorStoreIndex query engine. Each span is rebuilt with the
+# keys the detectors and the candidate read; llama-index's Python reprs in other input values are cut short.
+
+LLAMA_TOOL = {"type": "function", "function": {
+    "name": "get_order", "description": "get_order(order_id: str) -> str\nLook up an order's shipping status by its id.",
+    "parameters": {"properties": {"order_id": {"title": "Order Id", "type": "string"}}, "required": ["order_id"],
+                   "type": "object", "additionalProperties": False}}}
+LLAMA_LLM = {"llm.model_name": "gpt-4o-mini", "llm.provider": "openai", "llm.system": "openai",
+             "llm.invocation_parameters": json.dumps({"context_window": 128000, "num_output": 60, "is_chat_model": True,
+                                                      "model_name": "gpt-4o-mini"})}
+
+
+def llama_index_agent_step(tracer: Tracer, question: str, *, arguments: dict[str, Any] | None = None,
+                           result: str | None = None, answer: str | None = None) -> None:
+    """One ``run_agent_step``: the streamed chat call, asking for get_order(arguments) or answering."""
+    attributes: dict[str, Any] = {
+        **LLAMA_LLM, "llm.tools.0.tool.json_schema": json.dumps(LLAMA_TOOL),
+        "input.value": json.dumps({"messages": ["ChatMessage(role=<MessageRole.SYSTEM: 'system'>, ...)"]}),
+        "input.mime_type": "application/json",
+        "llm.input_messages.0.message.role": "system", "llm.input_messages.0.message.content": SYSTEM,
+        "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": question,
+        "llm.token_count.prompt": 40, "llm.token_count.completion": 12, "llm.token_count.total": 52,
+        "llm.output_messages.0.message.role": "assistant", "openinference.span.kind": "LLM",
+    }
+    if result is not None:
+        call = "llm.input_messages.2.message.tool_calls.0.tool_call"
+        attributes.update({"llm.input_messages.2.message.role": "assistant", f"{call}.id": "call_0",
+                           f"{call}.function.name": "get_order", f"{call}.function.arguments": '{"order_id": "42"}',
+                           "llm.input_messages.3.message.role": "tool", "llm.input_messages.3.message.content": result,
+                           "llm.input_messages.3.message.tool_call_id": "call_0"})
+    if answer is None:
+        call = "llm.output_messages.0.message.tool_calls.0.tool_call"
+        attributes.update({"llm.finish_reason": "tool_calls", "output.value": "assistant: ",
+                           "llm.output_messages.0.message.contents.0.message_content.type": "text",
+                           "llm.output_messages.0.message.contents.0.message_content.text": "",
+                           f"{call}.id": "call_0", f"{call}.function.name": "get_order",
+                           f"{call}.function.arguments": json.dumps(arguments)})
+    else:
+        attributes.update({"llm.finish_reason": "stop", "output.value": f"assistant: {answer}",
+                           "llm.output_messages.0.message.content": answer})
+    with tracer.start_as_current_span("BaseWorkflowAgent.run_agent_step") as step:
+        step.set_attributes({"input.value": json.dumps({"ctx": "<workflows.context.context.Context object>",
+                                                        "ev": "AgentSetup(...)"}),
+                             "input.mime_type": "application/json", "openinference.span.kind": "CHAIN"})
+        with tracer.start_as_current_span("OpenAI._prepare_chat_with_tools") as prepare:
+            prepare.set_attributes({**LLAMA_LLM, "openinference.span.kind": "LLM", "input.mime_type": "application/json",
+                                    "input.value": json.dumps({"tools": ["<FunctionTool object>"], "user_msg": None})})
+        with tracer.start_as_current_span("OpenAI.astream_chat") as chat:
+            chat.set_attributes(attributes)
+
+
+def llama_index_function_tool(tracer: Tracer, arguments: dict[str, Any], result: str) -> None:
+    with tracer.start_as_current_span("BaseWorkflowAgent.call_tool") as step:
+        step.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                             "input.value": json.dumps({"ctx": "<workflows.context.context.Context object>",
+                                                        "ev": f"ToolCall(tool_name='get_order', tool_kwargs={arguments!r})"})})
+        with tracer.start_as_current_span("FunctionTool.acall") as tool:
+            tool.set_attributes({
+                "tool.description": LLAMA_TOOL["function"]["description"], "tool.name": "get_order",  # type: ignore[index]
+                "tool.parameters": json.dumps({"properties": {"order_id": {"title": "Order Id", "type": "string"}},
+                                               "required": ["order_id"], "type": "object"}),
+                "input.value": json.dumps({"kwargs": arguments}), "input.mime_type": "application/json",
+                "output.value": json.dumps({"blocks": [{"text": result}], "tool_name": "get_order",
+                                            "raw_input": {"args": [], "kwargs": arguments}, "raw_output": result,
+                                            "is_error": False}),
+                "output.mime_type": "application/json", "openinference.span.kind": "TOOL",
+            })
+
+
+def test_a_clean_llama_index_function_agent_run_has_no_detection(start_collector):
+    """The FunctionTool span's input is the bound call, ``{"kwargs": {"order_id": "42"}}``: read as the
+    arguments themselves it broke the tool's schema ("'order_id' is a required property") on every clean run."""
+    c = start_collector(FAST_JUDGE)
+    question, result = "What is the status of order 42?", '{"order_id": "42", "status": "shipped"}'
+    with sdk_tracer("grpc", c.grpc_endpoint, service="llama-bot") as tracer:
+        with tracer.start_as_current_span("FunctionAgent.run") as root:
+            root.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                 "input.value": json.dumps({"init_state": {"is_running": False}})})
+            llama_index_agent_step(tracer, question, arguments={"order_id": "42"})
+            llama_index_function_tool(tracer, {"order_id": "42"}, result)
+            llama_index_agent_step(tracer, question, result=result, answer="Order 42 shipped on Monday.")
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 9)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert c.query("SELECT * FROM detections") == []
+    assert c.query("SELECT * FROM candidates") == []
+
+
+def test_llama_index_tool_calls_repeated_with_the_same_keyword_arguments_are_a_loop(start_collector):
+    c = start_collector(FAST_JUDGE)
+    question, result = "Check order 5 please", '{"order_id": "5", "status": "processing"}'
+    with sdk_tracer("grpc", c.grpc_endpoint, service="llama-bot") as tracer:
+        with tracer.start_as_current_span("FunctionAgent.run") as root:
+            root.set_attribute("openinference.span.kind", "CHAIN")
+            for _ in range(4):
+                llama_index_agent_step(tracer, question, arguments={"order_id": "5"})
+                llama_index_function_tool(tracer, {"order_id": "5"}, result)
+            llama_index_agent_step(tracer, question, result=result, answer="Order 5 is still processing.")
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'loop'", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert [mode for mode, _ in detections_by_span(c)] == ["loop"]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"]["user_message"] == question
+    assert candidate["context"]["tool_calls"][0]["arguments"] == {"order_id": "5"}
+
+
+def llama_index_query(tracer: Tracer, question: str, *, documents: list[tuple[str, str, float]],
+                      answer: str | None) -> None:
+    """``RetrieverQueryEngine.aquery`` > ``VectorIndexRetriever.aretrieve`` > ``._aretrieve`` (both RETRIEVER), then,
+    when something was retrieved, the synthesizer's ``OpenAI.apredict`` (the prompt template) > ``OpenAI.achat``."""
+    with tracer.start_as_current_span("RetrieverQueryEngine.aquery") as root:
+        root.set_attributes({"input.value": question, "output.value": answer or "Empty Response",
+                             "openinference.span.kind": "CHAIN"})
+        nodes = [f"<NodeWithScore(node=TextNode(id_={node_id}), score={score})>" for node_id, _, score in documents]
+        with tracer.start_as_current_span("VectorIndexRetriever.aretrieve") as outer:
+            outer.set_attributes({"input.value": question, "output.value": json.dumps(nodes),
+                                  "output.mime_type": "application/json", "openinference.span.kind": "RETRIEVER"})
+            for i, (node_id, text, score) in enumerate(documents):
+                outer.set_attributes({f"retrieval.documents.{i}.document.id": node_id,
+                                      f"retrieval.documents.{i}.document.content": text,
+                                      f"retrieval.documents.{i}.document.score": score})
+            with tracer.start_as_current_span("VectorIndexRetriever._aretrieve") as inner:
+                inner.set_attributes({"input.value": json.dumps({"query_bundle": {"query_str": question}}),
+                                      "input.mime_type": "application/json", "output.value": json.dumps(nodes),
+                                      "output.mime_type": "application/json", "openinference.span.kind": "RETRIEVER"})
+        if answer is None:
+            return
+        context = "\n\n".join(text for _, text, _ in documents)
+        template = ("Context information is below.\n---------------------\n{context_str}\n---------------------\n"
+                    "Given the context information and not prior knowledge, answer the query.\nQuery: {query_str}\n"
+                    "Answer: ")
+        prompt = template.format(context_str=context, query_str=question)
+        with tracer.start_as_current_span("OpenAI.apredict") as predict:
+            predict.set_attributes({**LLAMA_LLM, "openinference.span.kind": "LLM", "output.value": answer,
+                                    "input.value": json.dumps({"prompt": "SelectorPromptTemplate(...)"}),
+                                    "input.mime_type": "application/json", "llm.prompt_template.template": template,
+                                    "llm.prompt_template.variables": json.dumps({"context_str": context,
+                                                                                 "query_str": question})})
+            with tracer.start_as_current_span("OpenAI.achat") as chat:
+                chat.set_attributes({
+                    **LLAMA_LLM, "openinference.span.kind": "LLM", "input.mime_type": "application/json",
+                    "input.value": json.dumps({"messages": ["ChatMessage(...)"]}),
+                    "llm.input_messages.0.message.role": "system",
+                    "llm.input_messages.0.message.content": "You are an expert Q&A system that is trusted around the world.",
+                    "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": prompt,
+                    "output.value": f"assistant: {answer}", "llm.finish_reason": "length",
+                    "llm.output_messages.0.message.role": "assistant", "llm.output_messages.0.message.content": answer,
+                    "llm.token_count.prompt": 40, "llm.token_count.completion": 60, "llm.token_count.total": 100,
+                })
+
+
+def test_a_llama_index_retrieval_that_found_nothing_is_one_retrieval_miss(start_collector):
+    """llama-index records one retrieval as two nested RETRIEVER spans (``aretrieve`` around ``_aretrieve``):
+    an empty index gave two retrieval_miss detections of one failure."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="llama-bot") as tracer:
+        llama_index_query(tracer, "What does the refund rule say?", documents=[], answer=None)
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'retrieval_miss'", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("retrieval_miss", "VectorIndexRetriever._aretrieve")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": "What does the refund rule say?", "conversation_history": []}
+
+
+def test_a_llama_index_query_engine_failure_files_the_question_not_the_rendered_prompt(start_collector):
+    """The query engine asks the model with its QA template rendered around the question and the retrieved
+    text: that prompt was the candidate's input, so the case replayed no question and every retrieval made
+    another candidate of the same failure."""
+    c = start_collector(FAST_JUDGE)
+    docs = [("5ba12afa-900a-4532-b116-d51502f67b39", "The warranty covers the motor for five years.", 0.91),
+            ("248c1e7d-69a3-442a-a8a3-ec51951e093a", "Refunds are issued within 14 days of the return.", 0.88)]
+    with sdk_tracer("grpc", c.grpc_endpoint, service="llama-bot") as tracer:
+        llama_index_query(tracer, "What does the warranty cover?", documents=docs,
+                          answer="The warranty covers the motor for five years and")
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'truncation'", lambda r: len(r) == 1)
+    assert detections_by_span(c) == [("truncation", "OpenAI.achat")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": "What does the warranty cover?", "conversation_history": []}
+
+
+# ------------------------------------------------------------------ smolagents (openinference)
+# smolagents 1.26.0 with openinference-instrumentation-smolagents 0.1.43, a ToolCallingAgent on an
+# OpenAIServerModel: "ToolCallingAgent.run" (AGENT) > "Step N" (CHAIN) > "OpenAIModel.generate" (LLM) and the
+# tool's span ("SimpleTool" for a @tool function, "FinalAnswerTool" for the answer, both TOOL).
+
+SMOL_TOOLS = [
+    {"type": "function", "function": {"name": "get_order", "description": "Look up an order's shipping status by its id.",
+                                      "parameters": {"type": "object", "properties": {"order_id": {
+                                          "type": "string", "description": "the order's id"}}, "required": ["order_id"]}}},
+    {"type": "function", "function": {"name": "final_answer", "description": "Provides a final answer to the given problem.",
+                                      "parameters": {"type": "object", "properties": {"answer": {
+                                          "type": "string", "description": "The final answer to the problem"}},
+                                          "required": ["answer"]}}},
+]
+SMOL_SYSTEM = "You are an expert assistant who can solve any task using tool calls."
+
+
+@contextmanager
+def smolagents_run(tracer: Tracer, task: str) -> Iterator[None]:
+    with tracer.start_as_current_span("ToolCallingAgent.run") as agent:
+        agent.set_attributes({"input.value": json.dumps({"task": task, "stream": False, "reset": True, "images": None,
+                                                         "additional_args": None, "max_steps": None}),
+                              "smolagents.max_steps": 6, "smolagents.tools_names": ["get_order", "final_answer"],
+                              "openinference.span.kind": "AGENT"})
+        yield
+
+
+def smolagents_generate(tracer: Tracer, task: str, tool: str, arguments: dict[str, Any], *,
+                        error: str | None = None) -> None:
+    with tracer.start_as_current_span("OpenAIModel.generate") as generate:
+        attributes: dict[str, Any] = {
+            "input.mime_type": "application/json", "input.value": json.dumps({"messages": ["ChatMessage(...)"]}),
+            "llm.invocation_parameters": json.dumps({"max_tokens": 60}),
+            "llm.input_messages.0.message.role": "system",
+            "llm.input_messages.0.message.contents.0.message_content.type": "text",
+            "llm.input_messages.0.message.contents.0.message_content.text": SMOL_SYSTEM,
+            "llm.input_messages.1.message.role": "user",
+            "llm.input_messages.1.message.contents.0.message_content.type": "text",
+            "llm.input_messages.1.message.contents.0.message_content.text": f"New task:\n{task}",
+            "llm.model_name": "gpt-4o-mini", "llm.provider": "openai", "llm.system": "openai",
+            "llm.tools.0.tool.json_schema": json.dumps(SMOL_TOOLS[0]),
+            "llm.tools.1.tool.json_schema": json.dumps(SMOL_TOOLS[1]), "openinference.span.kind": "LLM",
+        }
+        if error is None:
+            call = "llm.output_messages.0.message.tool_calls.0.tool_call"
+            attributes.update({
+                "llm.token_count.prompt": 40, "llm.token_count.completion": 12, "llm.token_count.total": 52,
+                "llm.output_messages.0.message.role": "assistant", f"{call}.id": f"call_{tool}",
+                f"{call}.function.name": tool, f"{call}.function.arguments": json.dumps(arguments),
+                "output.mime_type": "application/json",
+                "output.value": json.dumps({"role": "assistant", "content": None, "tool_calls": [
+                    {"function": {"arguments": json.dumps(arguments), "name": tool, "description": None},
+                     "id": f"call_{tool}", "type": "function"}], "raw": "ChatCompletion(...)"}),
+            })
+        generate.set_attributes(attributes)
+        if error is not None:
+            generate.add_event("exception", {"exception.type": "openai.RateLimitError", "exception.message": error})
+            _failed(generate, f"RateLimitError: {error}")
+
+
+def smolagents_tool(tracer: Tracer, tool: str, arguments: dict[str, Any], output: str) -> None:
+    spec = ({"order_id": {"type": "string", "description": "the order's id"}} if tool == "get_order"
+            else {"answer": {"type": "any", "description": "The final answer to the problem"}})
+    with tracer.start_as_current_span("SimpleTool" if tool == "get_order" else "FinalAnswerTool") as span:
+        span.set_attributes({
+            "input.value": json.dumps({"args": [], "sanitize_inputs_outputs": True, "kwargs": arguments}),
+            "tool.name": tool, "tool.description": "...", "tool.parameters": json.dumps(spec),
+            "output.value": output, "output.mime_type": "text/plain", "openinference.span.kind": "TOOL"})
+
+
+@contextmanager
+def smolagents_step(tracer: Tracer, number: int, *, error: str | None = None) -> Iterator[None]:
+    with tracer.start_as_current_span(f"Step {number}") as step:
+        step.set_attributes({"input.value": json.dumps({"memory_step": f"ActionStep(step_number={number}, ...)"}),
+                             "openinference.span.kind": "CHAIN"})
+        yield
+        if error is not None:
+            error_type, _, message = error.partition(": ")
+            step.add_event("exception", {"exception.type": f"smolagents.utils.{error_type}",
+                                         "exception.message": message})
+            _failed(step, error)
+
+
+def test_a_clean_smolagents_tool_calling_run_has_no_detection(start_collector):
+    """smolagents' TOOL spans record the tool's ``inputs`` spec in ``tool.parameters`` and the bound call
+    ``{"args": [], "sanitize_inputs_outputs": true, "kwargs": {...}}`` as input: read as the arguments, every
+    clean call broke the tool's schema ("... is not of type 'string'")."""
+    c = start_collector(FAST_JUDGE)
+    task, answer = "What is the status of order 42?", "Order 42 shipped on Monday."
+    with sdk_tracer("grpc", c.grpc_endpoint, service="smol-bot") as tracer:
+        with smolagents_run(tracer, task):
+            with smolagents_step(tracer, 1):
+                smolagents_generate(tracer, task, "get_order", {"order_id": "42"})
+                smolagents_tool(tracer, "get_order", {"order_id": "42"}, '{"order_id": "42", "status": "shipped"}')
+            with smolagents_step(tracer, 2):
+                smolagents_generate(tracer, task, "final_answer", {"answer": answer})
+                smolagents_tool(tracer, "final_answer", {"answer": answer}, answer)
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 7)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert c.query("SELECT * FROM detections") == []
+    assert c.query("SELECT * FROM candidates") == []
+
+
+def test_a_smolagents_step_that_refused_a_bad_tool_call_is_a_tool_argument_failure_of_the_task(start_collector):
+    """smolagents fails the step (AgentToolCallError) instead of running a call breaking the schema: that was an
+    llm_error besides the tool_argument finding, and the candidate's input was the prompt "New task:\\n..."."""
+    c = start_collector(FAST_JUDGE)
+    task = "Where is order 7?"
+    with sdk_tracer("grpc", c.grpc_endpoint, service="smol-bot") as tracer:
+        with smolagents_run(tracer, task):
+            with smolagents_step(tracer, 1, error="AgentToolCallError: Argument order is not in the tool's input schema"):
+                smolagents_generate(tracer, task, "get_order", {"order": 7})
+            with smolagents_step(tracer, 2):
+                smolagents_generate(tracer, task, "final_answer", {"answer": "I could not find order 7."})
+                smolagents_tool(tracer, "final_answer", {"answer": "I could not find order 7."}, "I could not find order 7.")
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'tool_argument'", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("tool_argument", "OpenAIModel.generate")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": task, "conversation_history": []}
+
+
+def test_a_smolagents_rate_limit_is_one_llm_error_on_the_model_call(start_collector):
+    """The step fails with "AgentGenerationError: Error while generating output: <the model call's error>"."""
+    c = start_collector(FAST_JUDGE)
+    error = "Error code: 429 - {'error': {'message': 'Rate limit reached for gpt-4o-mini', 'type': 'requests'}}"
+    with sdk_tracer("grpc", c.grpc_endpoint, service="smol-bot") as tracer:
+        with smolagents_run(tracer, "Where is my parcel?"):
+            with smolagents_step(tracer, 1, error=f"AgentGenerationError: Error while generating output: {error}"):
+                smolagents_generate(tracer, "Where is my parcel?", "get_order", {}, error=error)
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'llm_error'", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("llm_error", "OpenAIModel.generate")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"]["user_message"] == "Where is my parcel?"
+
+
+def test_a_smolagents_final_answer_citing_a_document_never_retrieved_is_hallucination(start_collector):
+    """smolagents answers through its final_answer tool, whose output is the answer itself: read as a tool
+    result, it made every id the answer cites "retrieved", so no citation was ever found missing."""
+    c = start_collector(FAST_JUDGE)
+    task, answer = "What does the refund policy say?", "Refunds take 30 days [doc-99]."
+    with sdk_tracer("grpc", c.grpc_endpoint, service="smol-bot") as tracer:
+        with smolagents_run(tracer, task):
+            with smolagents_step(tracer, 1):
+                smolagents_generate(tracer, task, "final_answer", {"answer": answer})
+                smolagents_tool(tracer, "final_answer", {"answer": answer}, answer)
+            trace.get_current_span().set_attribute("output.value", answer)
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'hallucination'", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("hallucination", "ToolCallingAgent.run")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": task, "conversation_history": []}
