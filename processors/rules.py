@@ -117,9 +117,11 @@ class TraceView:
             for name, schema in declared_tools(s).items():
                 found.setdefault(name, schema)
         for s in self.of_kind("TOOL"):
-            name, schema = tool_name(s), tool_span_schema(s)
-            if name and schema is not None and found.get(name) is None:
-                found[name] = schema
+            name = tool_name(s)
+            if name and found.get(name) is None:  # parsed only when no model call declared the tool
+                schema = tool_span_schema(s)
+                if schema is not None:
+                    found[name] = schema
         return found
 
     @functools.cached_property
