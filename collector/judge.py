@@ -64,15 +64,15 @@ class CursorReader:
         with self._gate():
             timer = threading.Timer(time_limit, self._cursor.interrupt) if time_limit else None
             if timer is not None:
-                timer.daemon = True
                 timer.start()
             try:
                 rel = self._cursor.execute(sql, list(params))
                 columns = [d[0] for d in rel.description or []]
                 return [dict(zip(columns, row)) for row in rel.fetchall()]
             finally:
-                if timer is not None:
+                if timer is not None:  # joined: a timer still holding the cursor at exit aborts DuckDB
                     timer.cancel()
+                    timer.join()
 
 
 class TraceStore(Protocol):

@@ -101,14 +101,18 @@ _TOO_SLOW = (f"sql: still running after {CHECK_TIME_LIMIT:g}s on an empty spans 
 
 @contextlib.contextmanager
 def _interrupted_after(cur: duckdb.DuckDBPyConnection, seconds: float) -> Iterator[None]:
-    """Interrupt ``cur``'s statement once it has run ``seconds`` (it then raises InterruptException)."""
+    """Interrupt ``cur``'s statement once it has run ``seconds`` (it then raises InterruptException).
+
+    The timer thread is joined, not left to die as a daemon: a CLI that exits right after a config error
+    with it still holding the cursor aborted in DuckDB's destructor ("terminate called", SIGABRT).
+    """
     timer = threading.Timer(seconds, cur.interrupt)
-    timer.daemon = True
     timer.start()
     try:
         yield
     finally:
         timer.cancel()
+        timer.join()
 
 
 class RuleSqlChecker:
