@@ -434,7 +434,12 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          trigger="(?i:authorization)"),
     Rule("BEARER_TOKEN", LEFT + r"(?:Bearer|bearer|BEARER)(?:[ ]+|%20)(?P<v>" + _AUTH_TOKEN + ")", _bearer_loose,
          trigger="(?:Bearer|bearer|BEARER)(?: |%20)"),
-    Rule("URL_CREDENTIALS", LEFT + r"[A-Za-z][A-Za-z0-9+.-]{0,39}://(?P<v>[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+)@",
+    # The password runs to the last "@" before the host: people paste DSNs with a raw "@" in it
+    # (``mongodb://admin:p@ssw0rd@db``), which RFC 3986 wants percent-encoded; stopping at the first
+    # "@" stored "ssw0rd@db". Past its first "@" the password takes no "?", so a query after
+    # the host (``redis://:pw@host?to=a@b.com``) is not read as part of it. The trigger still fires
+    # at the password's first "@".
+    Rule("URL_CREDENTIALS", LEFT + r"[A-Za-z][A-Za-z0-9+.-]{0,39}://(?P<v>[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+(?:@[^/? \t\r\n@\"\\<>]+)*)@",
          _url_creds, trigger=r"://[^/ \t\r\n:@\"\\<>]*:[^/ \t\r\n@\"\\<>]+@"),
     Rule("API_KEY", LEFT + _KEY_HEAD + r"(?i:secret[_.-]?access[_.-]?key|aws[A-Za-z0-9_.-]{0,64}secret[A-Za-z0-9_.-]{0,64})"
          + SEP + _Q

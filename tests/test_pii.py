@@ -660,6 +660,20 @@ def test_url_credentials_with_a_password_and_no_user_are_found_in_text_and_colum
     assert column.to_pylist() == [f'{{"dsn": "{expected}"}}']
 
 
+@pytest.mark.parametrize("url, expected", [
+    ("mongodb://admin:p@ssw0rd@db.example.com:27017/app", "mongodb://<URL_CREDENTIALS>@db.example.com:27017/app"),
+    ("postgres://svc:a@b@c#d@db.internal/app", "postgres://<URL_CREDENTIALS>@db.internal/app"),
+    ("redis://:pw@cache.internal?notify=ops@example.com", "redis://<URL_CREDENTIALS>@cache.internal?notify=<EMAIL>"),
+])
+def test_url_credentials_whose_password_holds_a_raw_at_sign_are_replaced_up_to_the_host(url, expected):
+    """A DSN pasted with a raw "@" in its password (RFC 3986 wants it percent-encoded; people do not)
+    kept everything after the password's first "@": "ssw0rd" was stored. A query after the host is
+    still the host's, not the password's."""
+    assert Sanitizer().redact(f"dsn {url}")[0] == f"dsn {expected}"
+    column, _ = Sanitizer().redact_array(pa.array([f'{{"dsn": "{url}"}}']), True)
+    assert column.to_pylist() == [f'{{"dsn": "{expected}"}}']
+
+
 # --------------------------------------------------------------------------- PERSON, ADDRESS, DOB, PASSPORT (by context)
 
 CONTEXT_KINDS = {"date_no_dob", "passport_no_number", "street_no_number", "not_a_person", "address_key_not_postal"}
