@@ -729,7 +729,7 @@ def finish_length(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 # ==================================================================== refusal_overreach
 
 
-DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
+DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = tuple(dict.fromkeys((
     "i can't help with", "i cannot help with", "i can't assist with", "i cannot assist with",
     "i'm unable to help", "i am unable to help", "i'm unable to assist", "i am unable to assist",
     "i'm not able to help", "i am not able to help", "i can't provide", "i cannot provide",
@@ -745,7 +745,14 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
     "i cannot fulfill", "i'm unable to fulfill", "i am unable to fulfill", "i can't comply", "i cannot comply",
     "i'm unable to comply", "i am unable to comply", "i can't share", "i cannot share", "i'm unable to share",
     "i am unable to share", "i won't be able to assist", "as an ai, i can't", "as an ai, i cannot",
-)
+    # and every other way of saying it: each refusing subject with each verb ("I'm not able to answer that",
+    # "I can not help", "I will not be able to provide that", "I'm unable to do this"), none missed for its wording
+    *(f"{who} {verb}"
+      for who in ("i can't", "i cannot", "i can not", "i'm unable to", "i am unable to", "i'm not able to",
+                  "i am not able to", "i won't be able to", "i will not be able to")
+      for verb in ("help", "assist", "provide", "answer", "fulfil", "comply", "share", "discuss", "do that",
+                   "do this", "process this request", "process that request", "process your request")),
+)))  # each phrase once, in this order (the first that matches is the one a detection names)
 _REFUSAL_WINDOW = 400  # refusals lead the answer; a phrase deep inside a long answer is not one
 
 

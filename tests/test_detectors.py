@@ -457,6 +457,19 @@ def test_common_refusals_beyond_the_first_phrasings_are_refusal_overreach(text):
     assert modes(make_trace(llm(text, tools=[WEATHER_TOOL]))) == ["refusal_overreach"]
 
 
+@pytest.mark.parametrize("text", [
+    "Sorry, I'm not able to answer that.", "I am not able to answer questions about the weather.",
+    "I can not help with that.", "I'm sorry, I can't do this.", "Unfortunately, I'm not able to share that information.",
+    "I won't be able to answer that.", "I will not be able to help you with that.", "I'm unable to do that.",
+    "I'm sorry, but I cannot process this request.", "I can't discuss that.", "Sorry, I cannot fulfil that request.",
+    "I'm not able to comply with that.", "I won't be able to provide that.",
+])
+def test_a_refusal_in_any_of_its_usual_wordings_is_refusal_overreach(text):
+    """The built-in phrases had each verb with only some subjects: "I'm unable to answer" was a refusal,
+    "I'm not able to answer" was not. Every refusing subject now goes with every verb."""
+    assert modes(make_trace(retriever(), llm(text))) == ["refusal_overreach"]
+
+
 @pytest.mark.parametrize("text", ["I can help you with that: it is 18C in Paris.", "Paris is sunny; I can share more."])
 def test_an_answer_that_can_help_is_no_refusal(text):
     assert modes(make_trace(llm(text, tools=[WEATHER_TOOL]))) == []
