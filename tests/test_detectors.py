@@ -348,6 +348,19 @@ def test_a_question_or_a_short_non_answer_after_an_empty_retrieval_is_not_halluc
     assert modes(make_trace(retriever([]), llm(text))) == ["retrieval_miss"]
 
 
+@pytest.mark.parametrize("text", [
+    "I wasn't able to find anything about the premium plan in our documentation.",
+    "I was not able to find any details about the premium plan in our help center.",
+    "Sorry, I could not locate any documents about the premium plan for your account.",
+    "Unfortunately I found nothing about the premium plan in the knowledge base today.",
+    "I searched our knowledge base but found no matching articles about the premium plan.",
+])
+def test_saying_nothing_was_found_in_other_words_after_an_empty_retrieval_is_not_hallucination(text):
+    """An agent that says it found nothing ("wasn't able to find", "could not locate", "found nothing")
+    answered honestly; only the empty retrieval itself is a failure."""
+    assert modes(make_trace(retriever([]), llm(text))) == ["retrieval_miss"]
+
+
 def test_saying_nothing_was_found_after_an_empty_retrieval_is_not_hallucination():
     answer = llm("I'm sorry, I couldn't find any information about the premium plan in our knowledge base right now.")
     assert modes(make_trace(retriever([]), answer)) == ["retrieval_miss"]
