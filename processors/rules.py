@@ -227,7 +227,7 @@ def tool_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
              "error_type": error_type, "exceptions": exc,
              "arguments": clip((tool_span_arguments(s) or ("", None, False))[1], 1000),
              "retried_successfully": retry is not None, "retry_span_id": retry["span_id"] if retry else None},
-            tool=name,
+            tool=key or None,
         ))
     return found
 
@@ -361,7 +361,8 @@ def tool_arguments(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         if result:
             det, ev = result
             ev["source"] = source
-            found.append(_args_finding(s["span_id"], det, [ev], "received", s.get("name")))
+            finding = _args_finding(s["span_id"], det, [ev], "received", s.get("name"))
+            found.append(dataclasses.replace(finding, tool=_tool_key(s) or None))
     return found
 
 
@@ -823,6 +824,7 @@ def slow_span(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             f"{kind} span {s.get('name')} took {_millis(took)}, over the {_millis(limit)} threshold",
             {"kind": kind, "name": s.get("name"), "duration_ms": took, "threshold_ms": limit,
              "tool": tool_name(s) if kind == "TOOL" else None, "model": s.get("llm_model_name")},
+            tool=_tool_key(s) or None if kind == "TOOL" else None,  # a slow send_email is send_email's finding
         ))
     return found
 

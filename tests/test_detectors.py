@@ -105,6 +105,22 @@ def test_tool_error_takes_the_tool_blast_radius_from_config():
     assert (d.severity, d.blast_radius) == ("P2", "reversible_write")
 
 
+@pytest.mark.parametrize("genai", [False, True])
+def test_every_finding_on_a_tool_span_takes_that_tools_blast_radius(genai):
+    """A slow send_email took the latency default (internal_visible) while its error, bad arguments and loop
+    took its configured class; a TOOL span named by its span name alone took none. All are that tool's findings."""
+    options = {"blast_radius": {"send_email": "irreversible_write"}}
+    slow = tool("send_email", '{"to": "<EMAIL>"}', genai=genai, duration_ms=11_000)
+    assert [(d.failure_mode, d.blast_radius) for d in detect(make_trace(slow), **options)] == [
+        ("latency_breach", "irreversible_write")]
+    unnamed = make_span("TOOL", name="send_email", status="ERROR", status_message="SMTP 550")
+    assert [(d.failure_mode, d.blast_radius) for d in detect(make_trace(unnamed), **options)] == [
+        ("tool_invocation", "irreversible_write")]
+    bad_args = make_span("TOOL", name="send_email", input='{"to": ', input_mime="application/json")
+    assert [(d.failure_mode, d.blast_radius) for d in detect(make_trace(bad_args), **options)
+            if d.failure_mode == "tool_argument"] == [("tool_argument", "irreversible_write")]
+
+
 def test_blast_radius_takes_a_default_per_failure_mode_and_a_tool_class_still_wins(tmp_path):
     """The issue: blast_radius defaults per mode and per tool; only per tool was configurable."""
     options = {"blast_radius": {"tool_invocation": "no_external_effect", "hallucination": "internal_visible",
