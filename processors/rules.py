@@ -355,14 +355,15 @@ def tool_arguments(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             continue
         source, raw, declared_json = args
         name = tool_name(s)
-        if (name, canonical_arguments(raw)) in flagged:
+        key = _tool_key(s) or None  # tool.name, else the span name: which tool's schema and blast radius apply
+        if (key, canonical_arguments(raw)) in flagged:
             continue
-        result = _check_arguments(name, raw, schemas.get(name) if name else None, declared_json)
+        result = _check_arguments(name, raw, schemas.get(key) if key else None, declared_json)
         if result:
             det, ev = result
             ev["source"] = source
             finding = _args_finding(s["span_id"], det, [ev], "received", s.get("name"))
-            found.append(dataclasses.replace(finding, tool=_tool_key(s) or None))
+            found.append(dataclasses.replace(finding, tool=key))
     return found
 
 

@@ -171,6 +171,14 @@ def test_tool_span_arguments_are_checked_against_the_schema_declared_on_llm_span
     assert d.evidence["source"] == ("gen_ai.tool.call.arguments" if genai else "input.value")
 
 
+def test_a_tool_span_known_by_its_span_name_alone_is_checked_against_the_declared_schema():
+    """An OpenInference TOOL span without ``tool.name`` is named for its tool; its arguments broke the declared
+    schema unnoticed because the schema was looked up by ``tool.name`` only."""
+    run = make_span("TOOL", name="get_weather", input='{"town": "Paris"}', input_mime="application/json")
+    d = only(make_trace(llm("Let me check.", tools=[WEATHER_TOOL]), run), "tool_argument")
+    assert (d.detector, d.span_id) == ("tool_schema", run["span_id"])
+
+
 def test_tool_parameters_attribute_holds_arguments_too():
     run = tool("get_weather", None, extra={"tool.parameters": '{"city": 42}'})
     assert only(make_trace(llm(tools=[WEATHER_TOOL]), run), "tool_argument").evidence["source"] == "tool.parameters"
