@@ -1189,9 +1189,14 @@ def _is_negative(rec: Mapping[str, Any], threshold: float) -> bool:
 
 def _feedback_target(view: TraceView, span: SpanRow, scope: str) -> tuple[str, dict[str, Any] | None]:
     """The span the feedback judges: a linked span of this trace, the root for trace scope or an EVALUATOR
-    carrier without a link, else the carrier."""
+    carrier without a link, else the carrier.
+
+    A carrier is an EVALUATOR span, or a span of no kind with exactly one link: OpenInference's post-hoc
+    carrier is "usually" an EVALUATOR, and a producer that sends GenAI ``gen_ai.evaluation.result`` events
+    later has no kind to give the span it sends them on (its feedback was filed under the carrier's own,
+    empty trace)."""
     links = [l for l in span.get("links") or [] if isinstance(l, dict)]
-    if span_kind(span) == "EVALUATOR" and links:
+    if (span_kind(span) == "EVALUATOR" or (span_kind(span) == "UNKNOWN" and len(links) == 1)) and links:
         link = links[0]
         if link.get("trace_id") == view.trace_id:
             target = link.get("span_id")
