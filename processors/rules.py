@@ -476,7 +476,7 @@ _NO_ANSWER = (
     # the same said otherwise: "I wasn't able to find ...", "I could not locate ...", "... but found nothing"
     "wasn't able to find", "was not able to find", "weren't able to find", "were not able to find",
     "couldn't locate", "could not locate", "can't locate", "cannot locate", "unable to locate",
-    "found nothing", "no matching",
+    "found nothing", "no matching results", "no matching documents", "no matching articles", "no matching records",
 )
 #: "I don't have any information / details on that": the agent saying it found nothing, in the words the
 #: fixed phrases above miss (the agent itself is the subject: "the Z9 doesn't have data export" is a fact).
