@@ -227,7 +227,7 @@ def tool_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
              "error_type": error_type, "exceptions": exc,
              "arguments": clip((tool_span_arguments(s) or ("", None, False))[1], 1000),
              "retried_successfully": retry is not None, "retry_span_id": retry["span_id"] if retry else None},
-            tool=name,
+            tool=key or None,
         ))
     return found
 
@@ -355,13 +355,15 @@ def tool_arguments(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             continue
         source, raw, declared_json = args
         name = tool_name(s)
-        if (name, canonical_arguments(raw)) in flagged:
+        key = _tool_key(s) or None  # tool.name, else the span name: which tool's schema and blast radius apply
+        if (key, canonical_arguments(raw)) in flagged:
             continue
-        result = _check_arguments(name, raw, schemas.get(name) if name else None, declared_json)
+        result = _check_arguments(name, raw, schemas.get(key) if key else None, declared_json)
         if result:
             det, ev = result
             ev["source"] = source
-            found.append(_args_finding(s["span_id"], det, [ev], "received", s.get("name")))
+            finding = _args_finding(s["span_id"], det, [ev], "received", s.get("name"))
+            found.append(dataclasses.replace(finding, tool=key))
     return found
 
 
@@ -471,6 +473,10 @@ _NO_ANSWER = (
     "no information", "no relevant", "not sure", "unable to find", "didn't find", "did not find",
     "no results", "no documents", "nothing relevant", "don't have information", "do not have information",
     "don't have enough information", "do not have enough information",
+    # the same said otherwise: "I wasn't able to find ...", "I could not locate ...", "... but found nothing"
+    "wasn't able to find", "was not able to find", "weren't able to find", "were not able to find",
+    "couldn't locate", "could not locate", "can't locate", "cannot locate", "unable to locate",
+    "found nothing", "no matching results", "no matching documents", "no matching articles", "no matching records",
 )
 #: "I don't have any information / details on that": the agent saying it found nothing, in the words the
 #: fixed phrases above miss (the agent itself is the subject: "the Z9 doesn't have data export" is a fact).
@@ -729,7 +735,7 @@ def finish_length(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 # ==================================================================== refusal_overreach
 
 
-DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
+DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = tuple(dict.fromkeys((
     "i can't help with", "i cannot help with", "i can't assist with", "i cannot assist with",
     "i'm unable to help", "i am unable to help", "i'm unable to assist", "i am unable to assist",
     "i'm not able to help", "i am not able to help", "i can't provide", "i cannot provide",
@@ -745,7 +751,14 @@ DEFAULT_REFUSAL_PHRASES: tuple[str, ...] = (
     "i cannot fulfill", "i'm unable to fulfill", "i am unable to fulfill", "i can't comply", "i cannot comply",
     "i'm unable to comply", "i am unable to comply", "i can't share", "i cannot share", "i'm unable to share",
     "i am unable to share", "i won't be able to assist", "as an ai, i can't", "as an ai, i cannot",
-)
+    # and every other way of saying it: each refusing subject with each verb ("I'm not able to answer that",
+    # "I can not help", "I will not be able to provide that", "I'm unable to do this"), none missed for its wording
+    *(f"{who} {verb}"
+      for who in ("i can't", "i cannot", "i can not", "i'm unable to", "i am unable to", "i'm not able to",
+                  "i am not able to", "i won't be able to", "i will not be able to")
+      for verb in ("help", "assist", "provide", "answer", "fulfil", "comply", "share", "discuss", "do that",
+                   "do this", "process this request", "process that request", "process your request")),
+)))  # each phrase once, in this order (the first that matches is the one a detection names)
 _REFUSAL_WINDOW = 400  # refusals lead the answer; a phrase deep inside a long answer is not one
 
 
@@ -812,6 +825,7 @@ def slow_span(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             f"{kind} span {s.get('name')} took {_millis(took)}, over the {_millis(limit)} threshold",
             {"kind": kind, "name": s.get("name"), "duration_ms": took, "threshold_ms": limit,
              "tool": tool_name(s) if kind == "TOOL" else None, "model": s.get("llm_model_name")},
+            tool=_tool_key(s) or None if kind == "TOOL" else None,  # a slow send_email is send_email's finding
         ))
     return found
 
@@ -1175,9 +1189,14 @@ def _is_negative(rec: Mapping[str, Any], threshold: float) -> bool:
 
 def _feedback_target(view: TraceView, span: SpanRow, scope: str) -> tuple[str, dict[str, Any] | None]:
     """The span the feedback judges: a linked span of this trace, the root for trace scope or an EVALUATOR
-    carrier without a link, else the carrier."""
+    carrier without a link, else the carrier.
+
+    A carrier is an EVALUATOR span, or a span of no kind with exactly one link: OpenInference's post-hoc
+    carrier is "usually" an EVALUATOR, and a producer that sends GenAI ``gen_ai.evaluation.result`` events
+    later has no kind to give the span it sends them on (its feedback was filed under the carrier's own,
+    empty trace)."""
     links = [l for l in span.get("links") or [] if isinstance(l, dict)]
-    if span_kind(span) == "EVALUATOR" and links:
+    if (span_kind(span) == "EVALUATOR" or (span_kind(span) == "UNKNOWN" and len(links) == 1)) and links:
         link = links[0]
         if link.get("trace_id") == view.trace_id:
             target = link.get("span_id")

@@ -105,6 +105,22 @@ def test_tool_error_takes_the_tool_blast_radius_from_config():
     assert (d.severity, d.blast_radius) == ("P2", "reversible_write")
 
 
+@pytest.mark.parametrize("genai", [False, True])
+def test_every_finding_on_a_tool_span_takes_that_tools_blast_radius(genai):
+    """A slow send_email took the latency default (internal_visible) while its error, bad arguments and loop
+    took its configured class; a TOOL span named by its span name alone took none. All are that tool's findings."""
+    options = {"blast_radius": {"send_email": "irreversible_write"}}
+    slow = tool("send_email", '{"to": "<EMAIL>"}', genai=genai, duration_ms=11_000)
+    assert [(d.failure_mode, d.blast_radius) for d in detect(make_trace(slow), **options)] == [
+        ("latency_breach", "irreversible_write")]
+    unnamed = make_span("TOOL", name="send_email", status="ERROR", status_message="SMTP 550")
+    assert [(d.failure_mode, d.blast_radius) for d in detect(make_trace(unnamed), **options)] == [
+        ("tool_invocation", "irreversible_write")]
+    bad_args = make_span("TOOL", name="send_email", input='{"to": ', input_mime="application/json")
+    assert [(d.failure_mode, d.blast_radius) for d in detect(make_trace(bad_args), **options)
+            if d.failure_mode == "tool_argument"] == [("tool_argument", "irreversible_write")]
+
+
 def test_blast_radius_takes_a_default_per_failure_mode_and_a_tool_class_still_wins(tmp_path):
     """The issue: blast_radius defaults per mode and per tool; only per tool was configurable."""
     options = {"blast_radius": {"tool_invocation": "no_external_effect", "hallucination": "internal_visible",
@@ -153,6 +169,14 @@ def test_tool_span_arguments_are_checked_against_the_schema_declared_on_llm_span
     d = only(make_trace(decl, run), "tool_argument")
     assert (d.detector, d.span_id) == ("tool_schema", run["span_id"])
     assert d.evidence["source"] == ("gen_ai.tool.call.arguments" if genai else "input.value")
+
+
+def test_a_tool_span_known_by_its_span_name_alone_is_checked_against_the_declared_schema():
+    """An OpenInference TOOL span without ``tool.name`` is named for its tool; its arguments broke the declared
+    schema unnoticed because the schema was looked up by ``tool.name`` only."""
+    run = make_span("TOOL", name="get_weather", input='{"town": "Paris"}', input_mime="application/json")
+    d = only(make_trace(llm("Let me check.", tools=[WEATHER_TOOL]), run), "tool_argument")
+    assert (d.detector, d.span_id) == ("tool_schema", run["span_id"])
 
 
 def test_tool_parameters_attribute_holds_arguments_too():
@@ -348,6 +372,19 @@ def test_a_question_or_a_short_non_answer_after_an_empty_retrieval_is_not_halluc
     assert modes(make_trace(retriever([]), llm(text))) == ["retrieval_miss"]
 
 
+@pytest.mark.parametrize("text", [
+    "I wasn't able to find anything about the premium plan in our documentation.",
+    "I was not able to find any details about the premium plan in our help center.",
+    "Sorry, I could not locate any documents about the premium plan for your account.",
+    "Unfortunately I found nothing about the premium plan in the knowledge base today.",
+    "I searched our knowledge base but found no matching articles about the premium plan.",
+])
+def test_saying_nothing_was_found_in_other_words_after_an_empty_retrieval_is_not_hallucination(text):
+    """An agent that says it found nothing ("wasn't able to find", "could not locate", "found nothing")
+    answered honestly; only the empty retrieval itself is a failure."""
+    assert modes(make_trace(retriever([]), llm(text))) == ["retrieval_miss"]
+
+
 def test_saying_nothing_was_found_after_an_empty_retrieval_is_not_hallucination():
     answer = llm("I'm sorry, I couldn't find any information about the premium plan in our knowledge base right now.")
     assert modes(make_trace(retriever([]), answer)) == ["retrieval_miss"]
@@ -455,6 +492,19 @@ def test_refusing_with_retrieved_context_is_refusal_overreach():
 def test_common_refusals_beyond_the_first_phrasings_are_refusal_overreach(text):
     """DESIGN: apology/cannot phrasing. These refusals slipped through ("i cannot help with" needs its "with")."""
     assert modes(make_trace(llm(text, tools=[WEATHER_TOOL]))) == ["refusal_overreach"]
+
+
+@pytest.mark.parametrize("text", [
+    "Sorry, I'm not able to answer that.", "I am not able to answer questions about the weather.",
+    "I can not help with that.", "I'm sorry, I can't do this.", "Unfortunately, I'm not able to share that information.",
+    "I won't be able to answer that.", "I will not be able to help you with that.", "I'm unable to do that.",
+    "I'm sorry, but I cannot process this request.", "I can't discuss that.", "Sorry, I cannot fulfil that request.",
+    "I'm not able to comply with that.", "I won't be able to provide that.",
+])
+def test_a_refusal_in_any_of_its_usual_wordings_is_refusal_overreach(text):
+    """The built-in phrases had each verb with only some subjects: "I'm unable to answer" was a refusal,
+    "I'm not able to answer" was not. Every refusing subject now goes with every verb."""
+    assert modes(make_trace(retriever(), llm(text))) == ["refusal_overreach"]
 
 
 @pytest.mark.parametrize("text", ["I can help you with that: it is 18C in Paris.", "Paris is sunny; I can share more."])

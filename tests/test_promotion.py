@@ -845,6 +845,37 @@ def test_a_format_violation_on_a_step_before_the_answer_drafts_no_assertion_on_t
     assert _draft(c, tid, "format_violation") == {}
 
 
+def test_feedback_sent_later_on_a_span_of_no_kind_is_a_failure_of_the_conversation_it_links_to(start_collector):
+    """The carrier need not say EVALUATOR: a GenAI producer has no span kind for it and sends the
+    ``gen_ai.evaluation.result`` event on a plain span linked to the answer; an OpenInference one may leave the
+    kind out too. Both were filed under the carrier's own trace, with an empty input; both now land on the answer.
+    """
+    from opentelemetry.trace import Link, SpanContext, TraceFlags
+
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        first, first_llm = emit_conversation(tracer, "Is the X200 blender dishwasher safe?")
+        second, second_llm = emit_conversation(tracer, "Can I pay with PayPal?")
+    c.wait_for("SELECT trace_id FROM spans WHERE name = 'llm'", lambda r: len(r) == 2)
+    time.sleep(1.0)  # judged (clean) before the feedback arrives
+    with sdk_tracer("http", c.http_url) as tracer:
+        answer = SpanContext(int(first, 16), int(first_llm, 16), is_remote=True, trace_flags=TraceFlags(1))
+        with tracer.start_as_current_span("feedback", links=[Link(answer)]) as carrier:
+            carrier.add_event("gen_ai.evaluation.result", {"gen_ai.evaluation.name": "thumbs",
+                                                           "gen_ai.evaluation.score.label": "thumbs_down"})
+        answer = SpanContext(int(second, 16), int(second_llm, 16), is_remote=True, trace_flags=TraceFlags(1))
+        with tracer.start_as_current_span("feedback", links=[Link(answer)]) as carrier:
+            carrier.set_attribute("annotations.0.annotation.name", "thumbs")
+            carrier.set_attribute("annotations.0.annotation.score", 0)
+
+    rows = c.wait_for("SELECT trace_id, span_id FROM detections WHERE failure_mode = 'negative_feedback'",
+                      lambda r: len(r) == 2)
+    assert sorted((r["trace_id"], r["span_id"]) for r in rows) == sorted([(first, first_llm), (second, second_llm)])
+    cands = c.wait_for("SELECT input FROM candidates WHERE failure_mode = 'negative_feedback'", lambda r: len(r) == 2)
+    assert sorted(json.loads(r["input"])["user_message"] for r in cands) == [
+        "Can I pay with PayPal?", "Is the X200 blender dishwasher safe?"]
+
+
 def test_feedback_sent_later_in_its_own_trace_is_a_failure_of_the_conversation_it_links_to(start_collector):
     """A thumbs-down arrives after the conversation, on a carrier span of its own trace linked to the answer.
 
