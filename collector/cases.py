@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import difflib
 import fcntl
 import functools
 import io
@@ -29,7 +30,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -66,11 +67,13 @@ CASE_FIELDS = (
 _NULLABLE_STR = {"type": ["string", "null"]}
 
 #: JSON Schema of one case (after YAML timestamps are turned into ISO strings).
-#: ``failure_mode`` is checked against the taxonomy separately, for a clearer message.
+#: ``failure_mode`` is checked against the taxonomy separately, for a clearer message. Keys of
+#: people's own (``ticket``, ``notes``, ``owner_team``) are allowed: a reviewer annotating a case
+#: must not make the dataset fail lint, and with it every later promote and gate. A key that looks
+#: like a misspelt field is still reported (:func:`_misspelt_keys`).
 CASE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": list(CASE_FIELDS),
-    "additionalProperties": False,
     "properties": {
         "id": {"type": "string", "pattern": CASE_ID.pattern},
         "failure_mode": {"type": "string"},
@@ -438,6 +441,24 @@ def _ledger_field_problems(entry: Mapping[str, Any]) -> list[str]:
         if not iso:
             problems.append(f"at {at!r} is not an ISO 8601 time")
     return problems
+
+
+#: The top-level keys of a dataset.
+DATASET_KEYS = ("schema_version", "failure_modes", "cases")
+
+
+def _misspelt_keys(keys: Iterable[Any], known: Sequence[str]) -> Iterator[str]:
+    """One problem per key that is not in ``known`` but nearly spells one of them.
+
+    Other unknown keys are people's own annotations and are kept; a near miss is a typo whose value
+    nobody reads (``expected_behaviour`` beside ``expected_behavior`` would never be scored).
+    """
+    for key in keys:
+        if not isinstance(key, str) or key in known:
+            continue
+        near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.8)
+        if near:
+            yield f"unknown key {key!r} (did you mean {near[0]!r}?)"
 
 
 def _case_ids(doc: Any) -> list[str]:
@@ -876,7 +897,7 @@ def bump_regressed_count(cases_path: str | os.PathLike[str], case_ids: Collectio
 def lint_cases(path: str | os.PathLike[str]) -> list[str]:
     """Every problem of a failure dataset and its ledger, one line each; empty when clean.
 
-    Reports: invalid YAML, schema errors (missing or unknown keys, wrong types, severity /
+    Reports: invalid YAML, schema errors (missing keys, misspelt ones, wrong types, severity /
     blast_radius / status outside their enums, malformed ids), an ``expected_behavior`` of an
     active case that ``gate`` cannot score (a key with no scorer, a value of the wrong shape),
     duplicate ids, a failure_mode outside the taxonomy, bad ledger entries or history lines, an id in both
@@ -897,9 +918,7 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
     problems: list[str] = []
     if not isinstance(doc, Mapping):
         return [f"{name}: expected a mapping with schema_version, failure_modes and cases"]
-    for key in doc:
-        if key not in ("schema_version", "failure_modes", "cases"):
-            problems.append(f"{name}: unknown top-level key {key!r}")
+    problems.extend(f"{name}: {p}" for p in _misspelt_keys(doc, DATASET_KEYS))
     if doc.get("schema_version") != DATASET_SCHEMA_VERSION:
         problems.append(f"{name}: schema_version must be {DATASET_SCHEMA_VERSION}, got {doc.get('schema_version')!r}")
     modes = doc.get("failure_modes")
@@ -932,6 +951,7 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
         for err in sorted(validator.iter_errors(plain), key=lambda e: [str(x) for x in e.path]):
             key = ".".join(str(x) for x in err.path)
             problems.append(f"{where}: {label}: {key + ': ' if key else ''}{err.message}")
+        problems.extend(f"{where}: {label}: {p}" for p in _misspelt_keys(case, CASE_FIELDS))
         for key, kind in _values_without_json(plain):
             fix = ("write the whole character, or drop the half" if kind == _SURROGATE_KIND
                    else "use a string, number, list or mapping")

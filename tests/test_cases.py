@@ -695,6 +695,37 @@ def test_promote_refuses_a_dataset_that_fails_lint_and_changes_nothing(tmp_path,
     assert lint_cases(path) == []
 
 
+def test_a_reviewers_own_keys_pass_lint_and_survive_promote_and_gate_but_a_misspelt_field_does_not(tmp_path):
+    """A key of the reviewer's own in a case (``ticket``, ``notes``) or beside ``cases`` made the dataset
+    fail lint ("Additional properties are not allowed"), and so every later promote and gate exited 2.
+    They are people's annotations and are kept; only a key that nearly spells a field is a problem,
+    since its value would never be read (an ``expected_behaviour`` the gate never scores)."""
+    from conftest import run_cli
+
+    db, cid = store_with_candidate(tmp_path)
+    annotated = HAND_WRITTEN.replace("# Our failure dataset.", "owner_team: payments\n# Our failure dataset.").replace(
+        "  status: active\n", "  status: active\n  ticket: PAY-1234   # the incident\n  notes: [charged twice]\n")
+    path = write_cases(tmp_path, annotated)
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+    promoted = run_cli("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))
+    assert promoted.returncode == 0, promoted.stderr
+    assert path.read_text().startswith(annotated)
+    case = load(path)["cases"][0]
+    assert (case["ticket"], case["notes"]) == ("PAY-1234", ["charged twice"])
+    gate = run_cli("gate", "--cases", str(path), "--case", "TS-0001", "--", sys.executable, "-c", "pass")
+    assert gate.returncode == 1 and "no trace arrived" in gate.stdout, gate.stdout + gate.stderr
+
+    path.write_text(annotated.replace("  ticket:", "  expected_behaviour: {must_include: [refund]}\n  ticket:"))
+    misspelt = run_cli("cases", "lint", str(path))
+    assert misspelt.returncode == 1
+    assert "TS-0001: unknown key 'expected_behaviour' (did you mean 'expected_behavior'?)" in misspelt.stdout
+    path.write_text(annotated.replace("cases:\n", "case:\n", 1))
+    top = run_cli("cases", "lint", str(path))
+    assert top.returncode == 1 and "unknown key 'case' (did you mean 'cases'?)" in top.stdout, top.stdout
+
+
 def test_promote_into_a_missing_directory_names_the_directory(tmp_path):
     """The error named the internal temp file (.cases.yaml.abc123) instead of the missing directory."""
     from conftest import run_cli
