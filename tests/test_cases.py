@@ -595,6 +595,29 @@ def test_cases_remove_of_a_case_whose_anchor_a_later_case_aliases_keeps_the_late
     assert lint_cases(path) == []
 
 
+@pytest.mark.parametrize("value", ["!!int x", "!!float zz", "!!bool maybe", "!!set x", "!!omap x"])
+def test_a_value_its_yaml_tag_cannot_hold_is_a_lint_problem_not_an_internal_error(tmp_path, value):
+    """``regressed_count: !!int x`` (a hand edit): ruamel's int() raised ValueError (KeyError for a bool,
+    AttributeError for a set) through every reader, so `cases lint` exited 2 "internal error: ValueError:
+    invalid literal for int()" instead of 1 naming the value and its line; promote, export and gate
+    died the same way."""
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN.replace("regressed_count: 0", f"regressed_count: {value}"))
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 1, lint.stdout + lint.stderr
+    assert f"'x' is not a valid" in lint.stdout or "'zz' is not a valid" in lint.stdout \
+        or "'maybe' is not a valid" in lint.stdout, lint.stdout
+    assert "line 20" in lint.stdout and "internal error" not in lint.stderr
+    db, cid = store_with_candidate(tmp_path)
+    for args in (("export", "--format", "jsonl", "--cases", str(path)),
+                 ("gate", "--cases", str(path), "--", sys.executable, "-c", "pass"),
+                 ("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))):
+        refused = run_cli(*args)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "internal error" not in refused.stderr and "line 20" in refused.stderr, refused.stderr
+
+
 def test_an_impossible_date_is_a_lint_problem_not_an_internal_error(tmp_path):
     """``discovered_at: 2026-02-30T09:00:00Z`` (a hand edit): ruamel's datetime() raised ValueError through
     every reader, so `cases lint` exited 2 "internal error: ValueError: day is out of range for month"
