@@ -453,6 +453,8 @@ def _read_removed(path: Path) -> tuple[dict[str, int | None], list[str]]:
     if doc is None:
         return ids, problems
     entries = doc.get("removed") if isinstance(doc, Mapping) else None
+    if entries is None and isinstance(doc, Mapping) and "removed" in doc:
+        return ids, problems  # `removed:` with nothing under it yet, as `cases remove` takes it too
     if not isinstance(entries, list):
         return ids, [f"{path.name}: expected a mapping with a list under 'removed'"]
     for i, entry in enumerate(entries):

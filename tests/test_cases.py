@@ -342,6 +342,21 @@ def test_lint_reports_a_promoted_case_missing_without_a_ledger_entry(tmp_path):
     assert lint_cases(path) == []
 
 
+def test_a_ledger_with_nothing_under_removed_yet_is_empty_not_a_lint_problem(tmp_path):
+    """A hand-started ledger ``removed:`` (nothing under it yet) failed lint with "expected a mapping with
+    a list under 'removed'", though `cases remove` appends to it and an empty ``cases:`` passes; a
+    misspelt key is still reported."""
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    ledger = tmp_path / "cases_removed.yaml"
+    ledger.write_text("# cases taken out of the dataset, with why\nremoved:\n")
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    ledger.write_text("removd:\n")
+    assert lint_cases(path) == ["cases_removed.yaml: expected a mapping with a list under 'removed'"]
+
+
 def test_lint_reports_an_incomplete_ledger_entry(tmp_path):
     path = write_cases(tmp_path, HAND_WRITTEN)
     (tmp_path / "cases_removed.yaml").write_text("removed:\n  - {id: TS-0003, by: ann}\n")
