@@ -509,6 +509,12 @@ def _misspelt_keys(keys: Iterable[Any], known: Sequence[str]) -> Iterator[str]:
             yield f"unknown key {key!r} (did you mean {near[0]!r}?)"
 
 
+def _is_schema_version(value: Any) -> bool:
+    """True for the integer this tracesieve writes. ``true`` and ``1.0`` equal 1 in Python, but a bool or
+    a float is no schema version: they passed lint, and a stricter reader of the file would refuse them."""
+    return type(value) is int and value == DATASET_SCHEMA_VERSION
+
+
 def _case_ids(doc: Any) -> list[str]:
     cases = doc.get("cases") if isinstance(doc, Mapping) else None
     if not isinstance(cases, list):
@@ -683,7 +689,7 @@ def _promote_case(
     if doc is not None:
         if not isinstance(doc, CommentedMap):
             raise UsageError(f"{path}: not a failure dataset (expected schema_version, failure_modes, cases)")
-        if doc.get("schema_version") != DATASET_SCHEMA_VERSION:
+        if not _is_schema_version(doc.get("schema_version")):
             raise UsageError(
                 f"{path}: schema_version {doc.get('schema_version')!r}; this tracesieve writes {DATASET_SCHEMA_VERSION}"
             )
@@ -992,7 +998,7 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
     if not isinstance(doc, Mapping):
         return [f"{name}: expected a mapping with schema_version, failure_modes and cases"]
     problems.extend(f"{name}: {p}" for p in _misspelt_keys(doc, DATASET_KEYS))
-    if doc.get("schema_version") != DATASET_SCHEMA_VERSION:
+    if not _is_schema_version(doc.get("schema_version")):
         problems.append(f"{name}: schema_version must be {DATASET_SCHEMA_VERSION}, got {doc.get('schema_version')!r}")
     modes = doc.get("failure_modes")
     if not isinstance(modes, list):

@@ -282,6 +282,20 @@ def test_lint_reports_schema_errors(tmp_path):
     assert any("TS-0001: 'regressed_count' is a required property" in p for p in problems)
 
 
+@pytest.mark.parametrize("version", ["true", "1.0"])
+def test_a_schema_version_that_only_equals_1_in_python_is_a_lint_problem(tmp_path, version):
+    """``schema_version: true`` and ``1.0`` passed lint (True == 1.0 == 1 in Python); they are a bool and
+    a float, not the dataset's schema version, and promote appended to them."""
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN.replace("schema_version: 1", f"schema_version: {version}"))
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 1 and "schema_version must be 1, got " in lint.stdout, lint.stdout + lint.stderr
+    db, cid = store_with_candidate(tmp_path)
+    promote = run_cli("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))
+    assert promote.returncode == 2 and "schema_version" in promote.stderr, promote.stderr
+
+
 def test_lint_reports_invalid_yaml(tmp_path):
     (problem,) = lint_cases(write_cases(tmp_path, "cases: [\n"))
     assert problem.startswith("cases.yaml: not valid YAML")
