@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import difflib
 import fcntl
 import functools
+import inspect
 import io
 import json
 import os
 import re
 import stat
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -66,11 +68,13 @@ CASE_FIELDS = (
 _NULLABLE_STR = {"type": ["string", "null"]}
 
 #: JSON Schema of one case (after YAML timestamps are turned into ISO strings).
-#: ``failure_mode`` is checked against the taxonomy separately, for a clearer message.
+#: ``failure_mode`` is checked against the taxonomy separately, for a clearer message. Keys of
+#: people's own (``ticket``, ``notes``, ``owner_team``) are allowed: a reviewer annotating a case
+#: must not make the dataset fail lint, and with it every later promote and gate. A key that looks
+#: like a misspelt field is still reported (:func:`_misspelt_keys`).
 CASE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": list(CASE_FIELDS),
-    "additionalProperties": False,
     "properties": {
         "id": {"type": "string", "pattern": CASE_ID.pattern},
         "failure_mode": {"type": "string"},
@@ -133,6 +137,8 @@ def _yaml() -> YAML:
     )
     y.representer.add_representer(str, _represent_str)
     y.constructor.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
+    for tag, construct in _CHECKED_CONSTRUCTORS.items():
+        y.constructor.add_constructor(tag, _checked(construct))
     return y
 
 
@@ -148,6 +154,49 @@ def _construct_timestamp(constructor: RoundTripConstructor, node: Any) -> Any:
     except (ValueError, OverflowError) as exc:
         raise ConstructorError(None, None, f"{node.value!r} is not a real date or time ({exc})",
                                node.start_mark) from None
+
+
+#: Constructors of explicit tags that raise a plain Python error on a value the tag cannot hold
+#: (``!!int x``, ``!!bool maybe``, ``!!set x``): :func:`_checked` turns it into a YAML error.
+_CHECKED_CONSTRUCTORS: dict[str, Callable[..., Any]] = {
+    "tag:yaml.org,2002:bool": RoundTripConstructor.construct_yaml_sbool,
+    "tag:yaml.org,2002:int": RoundTripConstructor.construct_yaml_int,
+    "tag:yaml.org,2002:float": RoundTripConstructor.construct_yaml_float,
+    "tag:yaml.org,2002:binary": RoundTripConstructor.construct_yaml_binary,
+    "tag:yaml.org,2002:omap": RoundTripConstructor.construct_yaml_omap,
+    "tag:yaml.org,2002:pairs": RoundTripConstructor.construct_yaml_pairs,
+    "tag:yaml.org,2002:set": RoundTripConstructor.construct_yaml_set,
+}
+
+
+def _checked(construct: Callable[..., Any]) -> Callable[..., Any]:
+    """``construct`` raising a YAML error that names the value and its line, never ValueError or KeyError.
+
+    A hand-edited ``regressed_count: !!int x`` or ``status: !!set x`` made ``cases lint`` (and promote,
+    gate, export) exit 2 with "internal error: ValueError: invalid literal for int()" (or KeyError,
+    AttributeError) instead of reporting the problem. Collection constructors are generators, which
+    ruamel runs after the call returns: those are wrapped as generators.
+    """
+    def failure(node: Any, exc: Exception) -> ConstructorError:
+        tag = getattr(node.tag, "value", node.tag)
+        value = repr(node.value) if isinstance(node.value, str) else f"a {node.id}"
+        return ConstructorError(None, None, f"{value} is not a valid {tag} value ({type(exc).__name__}: {exc})",
+                                node.start_mark)
+
+    if inspect.isgeneratorfunction(construct):
+        def constructed_in_steps(constructor: RoundTripConstructor, node: Any) -> Iterator[Any]:
+            try:
+                yield from construct(constructor, node)
+            except (ValueError, KeyError, AttributeError, TypeError, OverflowError) as exc:
+                raise failure(node, exc) from None
+        return constructed_in_steps
+
+    def constructed(constructor: RoundTripConstructor, node: Any) -> Any:
+        try:
+            return construct(constructor, node)
+        except (ValueError, KeyError, AttributeError, TypeError, OverflowError) as exc:
+            raise failure(node, exc) from None
+    return constructed
 
 
 #: PyYAML's (YAML 1.1) tag for a plain scalar: it reads `no`, `on`, `1:20` as false, true, 80.
@@ -404,6 +453,8 @@ def _read_removed(path: Path) -> tuple[dict[str, int | None], list[str]]:
     if doc is None:
         return ids, problems
     entries = doc.get("removed") if isinstance(doc, Mapping) else None
+    if entries is None and isinstance(doc, Mapping) and "removed" in doc:
+        return ids, problems  # `removed:` with nothing under it yet, as `cases remove` takes it too
     if not isinstance(entries, list):
         return ids, [f"{path.name}: expected a mapping with a list under 'removed'"]
     for i, entry in enumerate(entries):
@@ -438,6 +489,30 @@ def _ledger_field_problems(entry: Mapping[str, Any]) -> list[str]:
         if not iso:
             problems.append(f"at {at!r} is not an ISO 8601 time")
     return problems
+
+
+#: The top-level keys of a dataset.
+DATASET_KEYS = ("schema_version", "failure_modes", "cases")
+
+
+def _misspelt_keys(keys: Iterable[Any], known: Sequence[str]) -> Iterator[str]:
+    """One problem per key that is not in ``known`` but nearly spells one of them.
+
+    Other unknown keys are people's own annotations and are kept; a near miss is a typo whose value
+    nobody reads (``expected_behaviour`` beside ``expected_behavior`` would never be scored).
+    """
+    for key in keys:
+        if not isinstance(key, str) or key in known:
+            continue
+        near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.8)
+        if near:
+            yield f"unknown key {key!r} (did you mean {near[0]!r}?)"
+
+
+def _is_schema_version(value: Any) -> bool:
+    """True for the integer this tracesieve writes. ``true`` and ``1.0`` equal 1 in Python, but a bool or
+    a float is no schema version: they passed lint, and a stricter reader of the file would refuse them."""
+    return type(value) is int and value == DATASET_SCHEMA_VERSION
 
 
 def _case_ids(doc: Any) -> list[str]:
@@ -614,7 +689,7 @@ def _promote_case(
     if doc is not None:
         if not isinstance(doc, CommentedMap):
             raise UsageError(f"{path}: not a failure dataset (expected schema_version, failure_modes, cases)")
-        if doc.get("schema_version") != DATASET_SCHEMA_VERSION:
+        if not _is_schema_version(doc.get("schema_version")):
             raise UsageError(
                 f"{path}: schema_version {doc.get('schema_version')!r}; this tracesieve writes {DATASET_SCHEMA_VERSION}"
             )
@@ -873,10 +948,35 @@ def bump_regressed_count(cases_path: str | os.PathLike[str], case_ids: Collectio
 # ---------------------------------------------------------------------------
 # lint
 
+def _not_yaml(p: Path, exc: YAMLError) -> str:
+    return f"{p.name}: not valid YAML: {' '.join(str(exc).split())}"
+
+
+def unreadable_dataset(path: str | os.PathLike[str]) -> str | None:
+    """Why the dataset file cannot be read as YAML at all (not UTF-8, broken syntax), else None.
+
+    ``cases lint`` exits 2 on it, as on a missing file (bad input: there is nothing to lint), and 1
+    on the problems of a dataset it could read, an impossible date among them (YAML whose value is
+    wrong). Raises NotFoundError when the file is missing.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise NotFoundError(f"no failure dataset at {p}")
+    try:
+        _load(p)
+    except ConstructorError:
+        return None
+    except YAMLError as exc:
+        return _not_yaml(p, exc)
+    except UnicodeDecodeError as exc:
+        return _not_utf8(p, exc)
+    return None
+
+
 def lint_cases(path: str | os.PathLike[str]) -> list[str]:
     """Every problem of a failure dataset and its ledger, one line each; empty when clean.
 
-    Reports: invalid YAML, schema errors (missing or unknown keys, wrong types, severity /
+    Reports: invalid YAML, schema errors (missing keys, misspelt ones, wrong types, severity /
     blast_radius / status outside their enums, malformed ids), an ``expected_behavior`` of an
     active case that ``gate`` cannot score (a key with no scorer, a value of the wrong shape),
     duplicate ids, a failure_mode outside the taxonomy, bad ledger entries or history lines, an id in both
@@ -891,16 +991,14 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
     try:
         doc = _load(p)
     except YAMLError as exc:
-        return [f"{name}: not valid YAML: {' '.join(str(exc).split())}"]
+        return [_not_yaml(p, exc)]
     except UnicodeDecodeError as exc:
         return [_not_utf8(p, exc)]
     problems: list[str] = []
     if not isinstance(doc, Mapping):
         return [f"{name}: expected a mapping with schema_version, failure_modes and cases"]
-    for key in doc:
-        if key not in ("schema_version", "failure_modes", "cases"):
-            problems.append(f"{name}: unknown top-level key {key!r}")
-    if doc.get("schema_version") != DATASET_SCHEMA_VERSION:
+    problems.extend(f"{name}: {p}" for p in _misspelt_keys(doc, DATASET_KEYS))
+    if not _is_schema_version(doc.get("schema_version")):
         problems.append(f"{name}: schema_version must be {DATASET_SCHEMA_VERSION}, got {doc.get('schema_version')!r}")
     modes = doc.get("failure_modes")
     if not isinstance(modes, list):
@@ -932,6 +1030,7 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
         for err in sorted(validator.iter_errors(plain), key=lambda e: [str(x) for x in e.path]):
             key = ".".join(str(x) for x in err.path)
             problems.append(f"{where}: {label}: {key + ': ' if key else ''}{err.message}")
+        problems.extend(f"{where}: {label}: {p}" for p in _misspelt_keys(case, CASE_FIELDS))
         for key, kind in _values_without_json(plain):
             fix = ("write the whole character, or drop the half" if kind == _SURROGATE_KIND
                    else "use a string, number, list or mapping")

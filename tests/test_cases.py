@@ -282,9 +282,40 @@ def test_lint_reports_schema_errors(tmp_path):
     assert any("TS-0001: 'regressed_count' is a required property" in p for p in problems)
 
 
+@pytest.mark.parametrize("version", ["true", "1.0"])
+def test_a_schema_version_that_only_equals_1_in_python_is_a_lint_problem(tmp_path, version):
+    """``schema_version: true`` and ``1.0`` passed lint (True == 1.0 == 1 in Python); they are a bool and
+    a float, not the dataset's schema version, and promote appended to them."""
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN.replace("schema_version: 1", f"schema_version: {version}"))
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 1 and "schema_version must be 1, got " in lint.stdout, lint.stdout + lint.stderr
+    db, cid = store_with_candidate(tmp_path)
+    promote = run_cli("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))
+    assert promote.returncode == 2 and "schema_version" in promote.stderr, promote.stderr
+
+
 def test_lint_reports_invalid_yaml(tmp_path):
     (problem,) = lint_cases(write_cases(tmp_path, "cases: [\n"))
     assert problem.startswith("cases.yaml: not valid YAML")
+
+
+@pytest.mark.parametrize("text", ["cases: [unclosed\n  - : :\n", "schema_version: 1\n\tcases: []\n"])
+def test_lint_of_a_file_that_is_not_yaml_is_bad_input_not_a_lint_failure(tmp_path, text):
+    """`cases lint` exited 1 ("lint found failures") on a cases.yaml that is not YAML at all; like a
+    missing file it is bad input (exit 2, one line on stderr), while a YAML dataset with wrong content
+    (here: not a mapping) stays a lint failure (exit 1)."""
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, text)
+    result = run_cli("cases", "lint", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("tracesieve: error: cases.yaml: not valid YAML: ") and result.stderr.count("\n") == 1
+    assert result.stdout == ""
+    path.write_text("- just\n- a list\n")
+    wrong_shape = run_cli("cases", "lint", str(path))
+    assert wrong_shape.returncode == 1 and "expected a mapping" in wrong_shape.stdout
 
 
 def test_files_that_are_not_utf8_are_lint_problems_not_crashes(tmp_path):
@@ -295,8 +326,8 @@ def test_files_that_are_not_utf8_are_lint_problems_not_crashes(tmp_path):
     path = write_cases(tmp_path, HAND_WRITTEN)
     path.write_bytes(HAND_WRITTEN.encode().replace(b"Refund me", b"Refund \xff me"))
     lint = run_cli("cases", "lint", str(path))
-    assert lint.returncode == 1, lint.stderr
-    assert lint.stdout.startswith("cases.yaml: not UTF-8 text (byte "), lint.stdout
+    assert lint.returncode == 2, lint.stderr  # not YAML at all: bad input, as a missing file
+    assert lint.stderr.startswith("tracesieve: error: cases.yaml: not UTF-8 text (byte "), lint.stderr
     gate = run_cli("gate", "--cases", str(path), "--", sys.executable, "-c", "pass")
     assert gate.returncode == 2 and gate.stderr.startswith("tracesieve: error: invalid dataset: cases.yaml: not UTF-8")
     db, cid = store_with_candidate(tmp_path)
@@ -323,6 +354,21 @@ def test_lint_reports_a_promoted_case_missing_without_a_ledger_entry(tmp_path):
     (tmp_path / "cases_removed.yaml").write_text(
         "removed:\n  - {id: TS-0002, reason: flaky upstream, by: ann, at: 2026-11-22T00:00:00Z}\n")
     assert lint_cases(path) == []
+
+
+def test_a_ledger_with_nothing_under_removed_yet_is_empty_not_a_lint_problem(tmp_path):
+    """A hand-started ledger ``removed:`` (nothing under it yet) failed lint with "expected a mapping with
+    a list under 'removed'", though `cases remove` appends to it and an empty ``cases:`` passes; a
+    misspelt key is still reported."""
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN)
+    ledger = tmp_path / "cases_removed.yaml"
+    ledger.write_text("# cases taken out of the dataset, with why\nremoved:\n")
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    ledger.write_text("removd:\n")
+    assert lint_cases(path) == ["cases_removed.yaml: expected a mapping with a list under 'removed'"]
 
 
 def test_lint_reports_an_incomplete_ledger_entry(tmp_path):
@@ -578,6 +624,29 @@ def test_cases_remove_of_a_case_whose_anchor_a_later_case_aliases_keeps_the_late
     assert lint_cases(path) == []
 
 
+@pytest.mark.parametrize("value", ["!!int x", "!!float zz", "!!bool maybe", "!!set x", "!!omap x"])
+def test_a_value_its_yaml_tag_cannot_hold_is_a_lint_problem_not_an_internal_error(tmp_path, value):
+    """``regressed_count: !!int x`` (a hand edit): ruamel's int() raised ValueError (KeyError for a bool,
+    AttributeError for a set) through every reader, so `cases lint` exited 2 "internal error: ValueError:
+    invalid literal for int()" instead of 1 naming the value and its line; promote, export and gate
+    died the same way."""
+    from conftest import run_cli
+
+    path = write_cases(tmp_path, HAND_WRITTEN.replace("regressed_count: 0", f"regressed_count: {value}"))
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 1, lint.stdout + lint.stderr
+    assert f"'x' is not a valid" in lint.stdout or "'zz' is not a valid" in lint.stdout \
+        or "'maybe' is not a valid" in lint.stdout, lint.stdout
+    assert "line 20" in lint.stdout and "internal error" not in lint.stderr
+    db, cid = store_with_candidate(tmp_path)
+    for args in (("export", "--format", "jsonl", "--cases", str(path)),
+                 ("gate", "--cases", str(path), "--", sys.executable, "-c", "pass"),
+                 ("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))):
+        refused = run_cli(*args)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "internal error" not in refused.stderr and "line 20" in refused.stderr, refused.stderr
+
+
 def test_an_impossible_date_is_a_lint_problem_not_an_internal_error(tmp_path):
     """``discovered_at: 2026-02-30T09:00:00Z`` (a hand edit): ruamel's datetime() raised ValueError through
     every reader, so `cases lint` exited 2 "internal error: ValueError: day is out of range for month"
@@ -693,6 +762,37 @@ def test_promote_refuses_a_dataset_that_fails_lint_and_changes_nothing(tmp_path,
     fixed = run_cli("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))
     assert fixed.returncode == 0, fixed.stderr
     assert lint_cases(path) == []
+
+
+def test_a_reviewers_own_keys_pass_lint_and_survive_promote_and_gate_but_a_misspelt_field_does_not(tmp_path):
+    """A key of the reviewer's own in a case (``ticket``, ``notes``) or beside ``cases`` made the dataset
+    fail lint ("Additional properties are not allowed"), and so every later promote and gate exited 2.
+    They are people's annotations and are kept; only a key that nearly spells a field is a problem,
+    since its value would never be read (an ``expected_behaviour`` the gate never scores)."""
+    from conftest import run_cli
+
+    db, cid = store_with_candidate(tmp_path)
+    annotated = HAND_WRITTEN.replace("# Our failure dataset.", "owner_team: payments\n# Our failure dataset.").replace(
+        "  status: active\n", "  status: active\n  ticket: PAY-1234   # the incident\n  notes: [charged twice]\n")
+    path = write_cases(tmp_path, annotated)
+    lint = run_cli("cases", "lint", str(path))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+    promoted = run_cli("promote", cid, "--cases", str(path), "--owner", "ann", "--db", str(db))
+    assert promoted.returncode == 0, promoted.stderr
+    assert path.read_text().startswith(annotated)
+    case = load(path)["cases"][0]
+    assert (case["ticket"], case["notes"]) == ("PAY-1234", ["charged twice"])
+    gate = run_cli("gate", "--cases", str(path), "--case", "TS-0001", "--", sys.executable, "-c", "pass")
+    assert gate.returncode == 1 and "no trace arrived" in gate.stdout, gate.stdout + gate.stderr
+
+    path.write_text(annotated.replace("  ticket:", "  expected_behaviour: {must_include: [refund]}\n  ticket:"))
+    misspelt = run_cli("cases", "lint", str(path))
+    assert misspelt.returncode == 1
+    assert "TS-0001: unknown key 'expected_behaviour' (did you mean 'expected_behavior'?)" in misspelt.stdout
+    path.write_text(annotated.replace("cases:\n", "case:\n", 1))
+    top = run_cli("cases", "lint", str(path))
+    assert top.returncode == 1 and "unknown key 'case' (did you mean 'cases'?)" in top.stdout, top.stdout
 
 
 def test_promote_into_a_missing_directory_names_the_directory(tmp_path):
