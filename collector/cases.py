@@ -948,31 +948,6 @@ def bump_regressed_count(cases_path: str | os.PathLike[str], case_ids: Collectio
 # ---------------------------------------------------------------------------
 # lint
 
-def _not_yaml(p: Path, exc: YAMLError) -> str:
-    return f"{p.name}: not valid YAML: {' '.join(str(exc).split())}"
-
-
-def unreadable_dataset(path: str | os.PathLike[str]) -> str | None:
-    """Why the dataset file cannot be read as YAML at all (not UTF-8, broken syntax), else None.
-
-    ``cases lint`` exits 2 on it, as on a missing file (bad input: there is nothing to lint), and 1
-    on the problems of a dataset it could read, an impossible date among them (YAML whose value is
-    wrong). Raises NotFoundError when the file is missing.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise NotFoundError(f"no failure dataset at {p}")
-    try:
-        _load(p)
-    except ConstructorError:
-        return None
-    except YAMLError as exc:
-        return _not_yaml(p, exc)
-    except UnicodeDecodeError as exc:
-        return _not_utf8(p, exc)
-    return None
-
-
 def lint_cases(path: str | os.PathLike[str]) -> list[str]:
     """Every problem of a failure dataset and its ledger, one line each; empty when clean.
 
@@ -991,7 +966,7 @@ def lint_cases(path: str | os.PathLike[str]) -> list[str]:
     try:
         doc = _load(p)
     except YAMLError as exc:
-        return [_not_yaml(p, exc)]
+        return [f"{name}: not valid YAML: {' '.join(str(exc).split())}"]
     except UnicodeDecodeError as exc:
         return [_not_utf8(p, exc)]
     problems: list[str] = []

@@ -625,17 +625,13 @@ def cases() -> None:
 @db_option
 @config_option
 def cases_lint(path: str, db_path: str | None, config_path: str | None) -> None:
-    """Validate cases.yaml, its removal ledger and history; exit 1 on any problem, 2 when the file is
-    missing or not YAML (bad input, as for every command).
+    """Validate cases.yaml, its removal ledger and history; exit 1 on any problem.
 
     (--db is accepted like on every command; --config is validated, but lint reads only the dataset files.)
     """
-    from tracesieve.collector.cases import lint_cases, unreadable_dataset
+    from tracesieve.collector.cases import lint_cases
 
     _check_config(config_path)
-    unreadable = unreadable_dataset(path)
-    if unreadable:
-        raise UsageError(f"{unreadable}; fix it, then lint again")
     problems = lint_cases(path)
     for p in problems:
         click.echo(p)
