@@ -16,7 +16,7 @@ Config (``processors.detectors``; every default lives in :class:`DetectorsConfig
     blast_radius: {send_email: irreversible_write}   # per tool: its blast radius on tool findings;
                                                      # a failure mode as key: that mode's default
     severity: {hallucination: P0}                    # per failure mode, over the built-in defaults
-    retrieval_min_score: null                        # a number turns on low_score_retrieval
+    retrieval_min_score: 0.3                         # every score under it: low_score_retrieval; null: off
     citation_pattern: '\\[((?:doc|document|source|src)...)\\]'  # group 1 = the cited id(s)
     refusal_phrases: [...]                           # replaces the built-in list
     loop: {max_repeats: 3, max_steps: 50}
@@ -95,7 +95,11 @@ class DetectorsConfig:
     blast_radius: Mapping[str, str] = dataclasses.field(default_factory=dict)  # per tool
     mode_blast_radius: Mapping[str, str] = dataclasses.field(default_factory=dict)  # per failure mode
     severity: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    retrieval_min_score: float | None = None
+    # DESIGN: a retrieval_miss is no documents "or every score under the threshold", a threshold on by
+    # default. 0.3 reads scores as similarity or relevance, higher is better (OpenInference's
+    # document.score from llama-index, rerankers, cosine similarity): a best match under it found
+    # nothing useful. A retriever that records distances (lower is better) wants null.
+    retrieval_min_score: float | None = 0.3
     citation_pattern: str = rf"\[\s*({_ID}(?:\s*[,;]\s*{_ID})*)\s*\]"
     refusal_phrases: tuple[str, ...] = DEFAULT_REFUSAL_PHRASES
     max_repeats: int = 3
@@ -153,7 +157,7 @@ class DetectorsConfig:
             else:
                 severity[mode] = sev
 
-        min_score = typed_env(opts.raw("retrieval_min_score", None))
+        min_score = typed_env(opts.raw("retrieval_min_score", d.retrieval_min_score))
         if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
                                       or not math.isfinite(min_score)):
             opts.problem("retrieval_min_score", f"expected a finite number or null, got {min_score!r}")

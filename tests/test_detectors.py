@@ -290,8 +290,19 @@ def test_one_score_over_the_floor_is_not_a_retrieval_miss():
     assert modes(make_trace(r, llm("Refunds take 30 days [doc-2].")), retrieval_min_score=0.3) == []
 
 
-def test_scores_are_not_judged_without_a_configured_floor():
-    assert modes(make_trace(retriever([("doc-1", 0.01)]), llm("See [doc-1]."))) == []
+@pytest.mark.parametrize("genai", [False, True])
+def test_the_default_floor_finds_a_retrieval_whose_every_score_is_low(genai):
+    """DESIGN: "every score is under the threshold" with no threshold configured; scores were judged only
+    once an operator set retrieval_min_score."""
+    r = retriever([("doc-1", 0.12), ("doc-2", 0.05)], genai=genai)
+    d = only(make_trace(r, llm("Refunds take 30 days [doc-1].", genai=genai)), "retrieval_miss")
+    assert (d.detector, d.span_id, d.evidence["min_score"]) == ("low_score_retrieval", r["span_id"], 0.3)
+    assert modes(make_trace(retriever([("doc-1", 0.62), ("doc-2", 0.2)], genai=genai),
+                            llm("Refunds take 30 days [doc-1].", genai=genai))) == []
+
+
+def test_scores_are_not_judged_with_the_floor_turned_off():
+    assert modes(make_trace(retriever([("doc-1", 0.01)]), llm("See [doc-1].")), retrieval_min_score=None) == []
 
 
 def test_a_retriever_whose_output_openinference_hid_is_not_a_retrieval_miss():
