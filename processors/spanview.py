@@ -175,8 +175,22 @@ def exception_events(span: SpanRow) -> list[dict[str, Any]]:
 
 
 def failed(span: SpanRow) -> bool:
-    """Status ERROR, or an ``exception`` event that is not control flow."""
-    return is_error(span) or bool(exception_events(span))
+    """Status ERROR, an ``exception`` event that is not control flow, or an ``error.type`` on a span whose
+    status is not OK.
+
+    The GenAI conventions set ``error.type`` (stable) exactly when the operation ended in an error; the
+    status that should come with it is left UNSET by some producers, whose failed tool calls and model
+    calls were then judged successful. An explicit OK status wins.
+    """
+    return is_error(span) or bool(exception_events(span)) or error_type(span) is not None
+
+
+def error_type(span: SpanRow) -> str | None:
+    """The span's ``error.type`` attribute when it says the operation failed (a non-empty text, status not OK)."""
+    if span.get("status_code") == "OK":
+        return None
+    value = dig(attrs(span), "error", "type")
+    return value.strip() or None if isinstance(value, str) else None
 
 
 def duration_ms(span: SpanRow) -> float | None:

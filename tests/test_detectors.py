@@ -709,6 +709,19 @@ def test_genai_llm_error_is_classified_from_error_type_and_exception():
     assert only(make_trace(span), "llm_error").evidence["classification"] == "timeout"
 
 
+def test_a_genai_span_with_error_type_and_no_status_is_a_failure_and_an_ok_status_wins():
+    """GenAI sets ``error.type`` exactly when the operation failed; a producer that left the status UNSET
+    had its failed tool call and model call judged successful."""
+    bad_tool = tool(genai=True, extra={"error.type": "TimeoutError"}, status="UNSET")
+    d = only(make_trace(bad_tool), "tool_invocation")
+    assert d.span_id == bad_tool["span_id"] and "TimeoutError" in d.message
+    call = llm(None, genai=True, finish=None, status="UNSET", extra={"error.type": "RateLimitError"})
+    d = only(make_trace(call), "llm_error")
+    assert (d.span_id, d.evidence["classification"]) == (call["span_id"], "rate_limit")
+    assert modes(make_trace(tool(genai=True, extra={"error.type": "TimeoutError"}, status="OK"))) == []
+    assert modes(make_trace(tool(genai=True, extra={"error.type": ""}, status="UNSET"))) == []
+
+
 def test_an_error_passed_up_to_the_agent_and_chain_is_reported_once_on_its_source():
     root = make_span("CHAIN", name="root", status="ERROR", status_message="RateLimitError: 429")
     agent = make_span("AGENT", name="agent", status="ERROR", status_message="RateLimitError: 429")
