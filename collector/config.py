@@ -241,10 +241,18 @@ def load_config(path: str | None = None, *, db_path: str | None = None,
     raw: Any = {}
     if path is not None:
         try:
-            with open(path, encoding="utf-8") as fh:
-                raw = yaml.load(fh, Loader=_UniqueKeyLoader)
+            with open(path, "rb") as fh:
+                data = fh.read()
+            raw = yaml.load(data.decode("utf-8"), Loader=_UniqueKeyLoader)
         except FileNotFoundError:
             raise ConfigError(["config file not found"], source) from None
+        except OSError as exc:
+            raise ConfigError([f"cannot read the config file ({exc.strerror or type(exc).__name__})"], source) from None
+        except UnicodeDecodeError as exc:
+            # Said like a YAML error, with its line: "internal error: UnicodeDecodeError" named neither the
+            # file nor where in it (a config saved as Latin-1, a stray byte pasted into a value).
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise ConfigError([f"not valid UTF-8 (line {line}): save the file as UTF-8"], source) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""
