@@ -547,6 +547,24 @@ def test_per_span_limits_cut_drop_and_mark(start_collector):
     assert row["dropped_attributes_count"] == 3 + 4
 
 
+def test_max_value_size_cuts_the_scope_name_version_and_trace_states_too(start_collector):
+    """"A string over max_value_size is cut": the span's name, status and every attribute were, but the scope's
+    name and version and the span's and its links' trace_state were stored whole, however long."""
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_value_size": 100}}}})
+    req = make_request(1)
+    scope_spans = req.resource_spans[0].scope_spans[0]
+    scope_spans.scope.name, scope_spans.scope.version = "s" * 300, "1." * 100
+    span = scope_spans.spans[0]
+    span.trace_state = "vendor=" + "é" * 100  # 207 bytes in UTF-8
+    span.links.add(trace_id=os.urandom(16), span_id=os.urandom(8), trace_state="k=" + "v" * 148)
+    assert post(c, req.SerializeToString()).status_code == 200
+    row = c.query("SELECT scope_name, scope_version, trace_state, links->>'$[0].trace_state' AS link_state FROM spans")[0]
+    assert row == {"scope_name": "s" * 100 + "…[truncated 200 bytes]",
+                   "scope_version": "1." * 50 + "…[truncated 100 bytes]",
+                   "trace_state": "vendor=" + "é" * 46 + "…[truncated 108 bytes]",  # never half a character
+                   "link_state": "k=" + "v" * 98 + "…[truncated 50 bytes]"}
+
+
 def test_a_value_no_typed_column_can_hold_never_fails_the_request(start_collector):
     """Token counts past BIGINT, digits int() refuses (superscripts) in a count or a key segment: the
     span is stored with the typed column empty and the value in attributes. Each used to fail the
