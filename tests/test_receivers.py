@@ -487,6 +487,37 @@ def test_full_queue_throttles_with_retry_hints_and_loses_nothing(start_collector
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 24 * 15}]
 
 
+def test_retry_hints_near_the_cap_stay_spread_not_clipped_to_5s(start_collector):
+    """The hint is retry_after stretched at random by up to 2x, at most 5 s, so that clients refused together
+    come back at different times. It was clipped to 5 s after the draw: with ``retry_after: 4s`` three
+    gRPC clients in four were told exactly 5.0 s, and the OTel exporter waits exactly the hint."""
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_queued_spans": 20, "retry_after": "4s"}}}})
+    requests = [make_request(15, pad=20_000) for _ in range(16)]
+    start_together = threading.Barrier(len(requests))
+    hints: list[float] = []
+
+    def send(req: ExportTraceServiceRequest) -> None:
+        with grpc.insecure_channel(c.grpc_endpoint) as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=30)
+            start_together.wait(60)
+            try:
+                stub.Export(req, timeout=30)
+            except grpc.RpcError as exc:
+                trailers = dict(exc.trailing_metadata() or ())
+                info = error_details_pb2.RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"])
+                hints.append(info.retry_delay.ToTimedelta().total_seconds())
+
+    threads = [threading.Thread(target=send, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert len(hints) >= 5, hints  # 16 requests of 15 spans at once against a 20-span queue
+    assert all(4 <= hint <= 5 for hint in hints), hints
+    assert len(set(hints)) == len(hints), f"clients told to come back at the same moment: {sorted(hints)}"
+
+
 # --------------------------------------------------------------------------- auth
 
 
