@@ -533,6 +533,39 @@ def test_tls_on_both_receivers_and_the_query_surface(start_collector, tmp_path):
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 5}]
 
 
+def test_with_tls_a_connected_exporter_does_not_hold_up_the_stop(start_collector, tmp_path, monkeypatch):
+    """The OTel HTTP exporter keeps its connection open between batches. On TLS uvicorn closed such an idle
+    connection by waiting for the client's close_notify, which never came: every SIGTERM took uvicorn's whole
+    10 s grace, taken from the time left to judge pending traces, while an agent was running."""
+    import shutil
+
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    assert shutil.which("openssl"), "openssl makes the test certificate"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    tls = {"cert_file": str(cert), "key_file": str(key)}
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"protocols": {"grpc": {"tls": tls}, "http": {"tls": tls}}}}})
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # requests lets these override the exporter's CA file
+        monkeypatch.delenv(name, raising=False)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{c.http_url}/v1/traces",
+                                                                     certificate_file=str(cert), timeout=10)))
+    try:
+        with provider.get_tracer("tests").start_as_current_span("before the stop"):
+            pass
+        assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 1}]
+        started = time.monotonic()
+        assert c.stop() == 0
+        assert time.monotonic() - started < 5, f"stop took {time.monotonic() - started:.1f} s"
+    finally:
+        provider.shutdown()
+
+
 def _catches(pid, sig):
     """Whether process ``pid`` has a handler installed for ``sig`` (SigCgt in /proc/PID/status)."""
     with open(f"/proc/{pid}/status") as fh:
