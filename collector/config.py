@@ -358,10 +358,16 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         problems.append(f"receivers.otlp.protocols: grpc and http cannot share {http.address}; "
                         "give each its own port (defaults: 4317 and 4318)")
 
+    before = len(problems)
     auth = _check_keys(otlp.get("auth"), {"bearer_token", "bearer_token_file", "api_key", "api_key_file"},
                        "receivers.otlp.auth", problems)
     token = _secret(auth, "bearer_token", problems)
     api_key = _secret(auth, "api_key", problems)
+    if "auth" in otlp and token is None and api_key is None and len(problems) == before:
+        # `auth:` with its credential line commented out, or `auth: {}`: the collector would have been open
+        # to anyone while its operator believed it guarded
+        problems.append("receivers.otlp.auth: names no credential; give bearer_token, bearer_token_file, "
+                        "api_key or api_key_file, or leave auth out to accept every client")
 
     limits = _limits(otlp.get("limits"), problems)
     tree["receivers"] = {"otlp": {
@@ -524,6 +530,12 @@ def _secret(auth: dict[str, Any], name: str, problems: list[str]) -> str | None:
     """``name`` given inline (``${env:...}`` works) or read from ``name_file`` (trailing newline dropped)."""
     path = f"receivers.otlp.auth.{name}"
     inline, file_name = auth.get(name), auth.get(f"{name}_file")
+    if f"{name}_file" in auth and file_name is None:  # `bearer_token_file:` with no value: not "no auth"
+        problems.append(f"{path}_file: expected a file path")
+        return None
+    if name in auth and inline is None:  # `bearer_token:` with no value: not "no auth", as '' is not either
+        problems.append(f"{path}: expected a non-empty string")
+        return None
     if inline is not None and file_name is not None:
         problems.append(f"{path}: give {name} or {name}_file, not both")
         return None
