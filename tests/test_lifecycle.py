@@ -533,6 +533,51 @@ def test_tls_on_both_receivers_and_the_query_surface(start_collector, tmp_path):
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 5}]
 
 
+def test_the_cli_reaches_a_tls_collector_whose_certificate_names_its_dns_name_or_is_ca_signed(tmp_path):
+    """An operator's certificate names the collector's DNS name, not 127.0.0.1, and is often signed by their
+    CA: every CLI command failed while `serve` ran ("IP address mismatch, certificate is not valid for
+    '127.0.0.1'", or "unable to get local issuer certificate" with the leaf the collector publishes)."""
+    import shutil
+    import ssl
+
+    from conftest import RunningCollector
+
+    assert shutil.which("openssl"), "openssl makes the test certificates"
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=tmp_path)
+
+    name = ["-subj", "/CN=collector.internal", "-addext", "subjectAltName=DNS:collector.internal"]
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *name, "-keyout", "self.key",
+            "-out", "self.pem")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=Ops CA",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", *name, "-keyout", "leaf.key", "-out", "leaf.csr")
+    (tmp_path / "leaf.ext").write_text("subjectAltName=DNS:collector.internal\n")
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+            "-extfile", "leaf.ext", "-out", "leaf.pem")
+
+    class NamedCertificateCollector(RunningCollector):
+        @property
+        def verify(self) -> ssl.SSLContext:  # the readiness probe trusts the CA, by address
+            context = ssl.create_default_context(cafile=str(tmp_path / trusted))
+            context.check_hostname = False
+            return context
+
+    for cert, key, trusted in (("self.pem", "self.key", "self.pem"), ("leaf.pem", "leaf.key", "ca.pem")):
+        workdir = tmp_path / cert.removesuffix(".pem")
+        workdir.mkdir()
+        tls = {"cert_file": str(tmp_path / cert), "key_file": str(tmp_path / key)}
+        c = NamedCertificateCollector(workdir, {**NO_JUDGE, "receivers": {"otlp": {"protocols": {
+            "grpc": {"tls": tls}, "http": {"tls": tls}}}}})
+        try:
+            c.start()
+            assert c.query("SELECT 1 AS one") == [{"one": 1}], cert
+            assert c.cli("candidates").returncode == 0
+        finally:
+            c.kill()
+
+
 def test_with_tls_a_connected_exporter_does_not_hold_up_the_stop(start_collector, tmp_path, monkeypatch):
     """The OTel HTTP exporter keeps its connection open between batches. On TLS uvicorn closed such an idle
     connection by waiting for the client's close_notify, which never came: every SIGTERM took uvicorn's whole
