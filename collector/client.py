@@ -51,7 +51,11 @@ def _published_certificate_context(cafile: str) -> ssl.SSLContext:
     its chain), so it is the trust anchor itself: partial-chain verification also accepts a leaf a CA
     signed, which the file alone could not otherwise verify.
     """
-    context = ssl.create_default_context(cafile=cafile)
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:  # said bare, "[Errno 2] No such file or directory" named no file
+        raise UsageError(f"cannot read the collector's certificate {cafile} (named in its .serve.json): "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
     context.check_hostname = False
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context

@@ -295,7 +295,8 @@ class Collector:
         else:
             host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.url_host
             url = f"{'https' if ep.tls else 'http'}://{host}:{self.http_port}"
-            cafile = ep.tls.cert_file if ep.tls else None
+            # absolute: a path relative to serve's directory named no file for a command run elsewhere
+            cafile = os.path.abspath(ep.tls.cert_file) if ep.tls else None
         info = {"pid": os.getpid(), "url": url, "cafile": cafile, "db": os.path.abspath(self.config.db_path),
                 "query_time_limit": self.config.query_time_limit}
         if self.config.lake is not None:  # --db only names this record: what a report calls the store

@@ -578,6 +578,46 @@ def test_the_cli_reaches_a_tls_collector_whose_certificate_names_its_dns_name_or
             c.kill()
 
 
+def test_the_cli_run_elsewhere_reaches_a_tls_collector_configured_with_relative_certificate_paths(tmp_path):
+    """`cert_file: certs/cert.pem` was published as written in `<db>.serve.json`: a command run from another
+    directory failed with a bare "[Errno 2] No such file or directory", naming no file."""
+    import shutil
+    import ssl
+
+    from conftest import RunningCollector
+
+    assert shutil.which("openssl"), "openssl makes the test certificate"
+    (tmp_path / "certs").mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", "certs/key.pem", "-out", "certs/cert.pem"],
+                   check=True, capture_output=True, timeout=60, cwd=tmp_path)
+    cert = tmp_path / "certs" / "cert.pem"
+
+    class RelativeCertificateCollector(RunningCollector):
+        @property
+        def verify(self) -> ssl.SSLContext:  # the relative path is serve's; the probe runs elsewhere
+            return ssl.create_default_context(cafile=str(cert))
+
+    tls = {"cert_file": "certs/cert.pem", "key_file": "certs/key.pem"}
+    c = RelativeCertificateCollector(tmp_path, {**NO_JUDGE, "receivers": {"otlp": {"protocols": {
+        "grpc": {"tls": tls}, "http": {"tls": tls}}}}})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    try:
+        c.start()
+        result = run_cli("query", "SELECT 1 AS one", "--format", "json", "--db", str(c.db_path), cwd=elsewhere)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == [{"one": 1}]
+        record = json.loads((tmp_path / "store.duckdb.serve.json").read_text())
+        assert record["cafile"] == str(cert)
+        cert.rename(tmp_path / "certs" / "moved.pem")  # a certificate gone since: one line naming it
+        result = run_cli("query", "SELECT 1", "--db", str(c.db_path), cwd=elsewhere)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert f"cannot read the collector's certificate {cert}" in result.stderr
+    finally:
+        c.kill()
+
+
 def test_with_tls_a_connected_exporter_does_not_hold_up_the_stop(start_collector, tmp_path, monkeypatch):
     """The OTel HTTP exporter keeps its connection open between batches. On TLS uvicorn closed such an idle
     connection by waiting for the client's close_notify, which never came: every SIGTERM took uvicorn's whole
