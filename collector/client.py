@@ -42,6 +42,25 @@ LOCK_WAIT_SECONDS = 10.0
 LOCK_POLL_SECONDS = 0.1
 
 
+def _published_certificate_context(cafile: str) -> ssl.SSLContext:
+    """Trust the certificate the collector published in its discovery record, whatever names it carries.
+
+    The CLI reaches the collector on 127.0.0.1 (or the endpoint's address), but an operator's certificate
+    names the collector's DNS name: checking the name failed every command while `serve` ran ("IP address
+    mismatch, certificate is not valid for '127.0.0.1'"). The file is the collector's own certificate (or
+    its chain), so it is the trust anchor itself: partial-chain verification also accepts a leaf a CA
+    signed, which the file alone could not otherwise verify.
+    """
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:  # said bare, "[Errno 2] No such file or directory" named no file
+        raise UsageError(f"cannot read the collector's certificate {cafile} (named in its .serve.json): "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 class RemoteClient:
     def __init__(self, url: str, token: str | None, cafile: str | None = None, local_token: str | None = None,
                  query_time_limit: float | None = None) -> None:
@@ -55,7 +74,7 @@ class RemoteClient:
         self.url = url
         self._sent_token = bool(token)
         self._sent_local_token = bool(local_token)
-        verify: Any = ssl.create_default_context(cafile=cafile) if cafile else True
+        verify: Any = _published_certificate_context(cafile) if cafile else True
         # The collector stops a query at its limit and answers why; waiting past that would hide the answer.
         timeout = max(120.0, (query_time_limit or 0.0) + ANSWER_MARGIN_SECONDS)
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout, verify=verify, trust_env=False)

@@ -241,10 +241,18 @@ def load_config(path: str | None = None, *, db_path: str | None = None,
     raw: Any = {}
     if path is not None:
         try:
-            with open(path, encoding="utf-8") as fh:
-                raw = yaml.load(fh, Loader=_UniqueKeyLoader)
+            with open(path, "rb") as fh:
+                data = fh.read()
+            raw = yaml.load(data.decode("utf-8"), Loader=_UniqueKeyLoader)
         except FileNotFoundError:
             raise ConfigError(["config file not found"], source) from None
+        except OSError as exc:
+            raise ConfigError([f"cannot read the config file ({exc.strerror or type(exc).__name__})"], source) from None
+        except UnicodeDecodeError as exc:
+            # Said like a YAML error, with its line: "internal error: UnicodeDecodeError" named neither the
+            # file nor where in it (a config saved as Latin-1, a stray byte pasted into a value).
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise ConfigError([f"not valid UTF-8 (line {line}): save the file as UTF-8"], source) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""
@@ -350,10 +358,16 @@ def _build(raw: dict[str, Any], db_override: str | None, registry: ProcessorRegi
         problems.append(f"receivers.otlp.protocols: grpc and http cannot share {http.address}; "
                         "give each its own port (defaults: 4317 and 4318)")
 
+    before = len(problems)
     auth = _check_keys(otlp.get("auth"), {"bearer_token", "bearer_token_file", "api_key", "api_key_file"},
                        "receivers.otlp.auth", problems)
     token = _secret(auth, "bearer_token", problems)
     api_key = _secret(auth, "api_key", problems)
+    if "auth" in otlp and token is None and api_key is None and len(problems) == before:
+        # `auth:` with its credential line commented out, or `auth: {}`: the collector would have been open
+        # to anyone while its operator believed it guarded
+        problems.append("receivers.otlp.auth: names no credential; give bearer_token, bearer_token_file, "
+                        "api_key or api_key_file, or leave auth out to accept every client")
 
     limits = _limits(otlp.get("limits"), problems)
     tree["receivers"] = {"otlp": {
@@ -516,6 +530,12 @@ def _secret(auth: dict[str, Any], name: str, problems: list[str]) -> str | None:
     """``name`` given inline (``${env:...}`` works) or read from ``name_file`` (trailing newline dropped)."""
     path = f"receivers.otlp.auth.{name}"
     inline, file_name = auth.get(name), auth.get(f"{name}_file")
+    if f"{name}_file" in auth and file_name is None:  # `bearer_token_file:` with no value: not "no auth"
+        problems.append(f"{path}_file: expected a file path")
+        return None
+    if name in auth and inline is None:  # `bearer_token:` with no value: not "no auth", as '' is not either
+        problems.append(f"{path}: expected a non-empty string")
+        return None
     if inline is not None and file_name is not None:
         problems.append(f"{path}: give {name} or {name}_file, not both")
         return None

@@ -303,8 +303,9 @@ def decode_request(
         service_name = service if isinstance(service, str) else (
             _dumps(service) if isinstance(service, (int, float, bool)) else None)
         for si, ss in enumerate(rs.scope_spans):
-            scope_name = ss.scope.name or None
-            scope_version = ss.scope.version or None
+            # cut like every other string the request carries: a scope name is whatever the library passed
+            scope_name = walker.text(ss.scope.name) or None
+            scope_version = walker.text(ss.scope.version) or None
             # the instrumentation scope's own attributes (rare, and redacted like the rest): NULL when none
             scope_json = _dumps(walker.nest(walker.flat(ss.scope.attributes)[0])) if ss.scope.attributes else None
             for pi, span in enumerate(ss.spans):
@@ -414,7 +415,7 @@ def _append_span(
     append("scope_version").append(scope_version)
     append("scope_attributes").append(scope_json)
     append("otel_span_kind").append(_OTEL_KIND.get(span.kind, "UNSPECIFIED"))
-    append("trace_state").append(span.trace_state or None)
+    append("trace_state").append(walker.text(span.trace_state) or None)
     append("dropped_attributes_count").append(span.dropped_attributes_count + over_limit)
     append("dropped_events_count").append(span.dropped_events_count)
     append("dropped_links_count").append(span.dropped_links_count)
@@ -734,7 +735,7 @@ def _link(link: Any, walker: _AttributeWalker) -> dict[str, Any]:
     return {
         "trace_id": link.trace_id.hex(),
         "span_id": link.span_id.hex(),
-        "trace_state": link.trace_state or None,
+        "trace_state": walker.text(link.trace_state) or None,
         "attributes": walker.nest(flat),
         "dropped_attributes_count": link.dropped_attributes_count + over,
     }

@@ -200,8 +200,11 @@ def retry_hint(exc: RetryableError) -> float:
 
     The OTel exporters wait exactly the hinted delay (no jitter of their own) and give up after six
     tries, so clients refused together would otherwise all come back together and collide again.
+    The draw stays under the cap rather than being clipped to it: with ``retry_after: 4s``, clipping
+    told three refused clients in four to come back after exactly 5 s, together.
     """
-    return min(MAX_RETRY_HINT_SECONDS, exc.retry_after * random.uniform(1.0, 2.0))
+    base = min(exc.retry_after, MAX_RETRY_HINT_SECONDS)
+    return random.uniform(base, min(2 * base, MAX_RETRY_HINT_SECONDS))
 
 
 def _matches(presented: str, secret: bytes | None) -> bool:

@@ -143,6 +143,26 @@ def _write_atomically(path: str, text: str, mode: int) -> None:
             os.remove(tmp)
         raise OSError(exc.errno, exc.strerror, path) from None
 
+class _HttpServer(uvicorn.Server):
+    """uvicorn, except that at shutdown an idle TLS connection is dropped at once.
+
+    uvicorn ends an idle keep-alive connection with ``transport.close()``, which on TLS sends
+    close_notify and waits for the client's; an exporter's pooled connection (the OTel HTTP exporter
+    keeps one per process) never answers, so with TLS on every stop waited uvicorn's whole 10 s grace,
+    and took those 10 s from judging the pending traces. A connection still answering a request is left
+    to finish, as before.
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for connection in list(self.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            transport = getattr(connection, "transport", None)
+            idle = cycle is None or getattr(cycle, "response_complete", False)
+            if idle and transport is not None and transport.get_extra_info("sslcontext") is not None:
+                transport.abort()
+        await super().shutdown(sockets)
+
+
 class Collector:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -240,7 +260,7 @@ class Collector:
     def _serve_http(self, app: Any, host: str, port: int, what: str, tls: dict[str, Any]) -> int:
         """Run ``app`` on uvicorn in a thread; returns the bound port once it listens (``what``: its name
         in the error when it cannot)."""
-        server = uvicorn.Server(uvicorn.Config(
+        server = _HttpServer(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=10, limit_concurrency=1024, backlog=2048, **tls,
         ))
@@ -275,7 +295,8 @@ class Collector:
         else:
             host = "127.0.0.1" if ep.host in ("0.0.0.0", "", "::") else ep.url_host
             url = f"{'https' if ep.tls else 'http'}://{host}:{self.http_port}"
-            cafile = ep.tls.cert_file if ep.tls else None
+            # absolute: a path relative to serve's directory named no file for a command run elsewhere
+            cafile = os.path.abspath(ep.tls.cert_file) if ep.tls else None
         info = {"pid": os.getpid(), "url": url, "cafile": cafile, "db": os.path.abspath(self.config.db_path),
                 "query_time_limit": self.config.query_time_limit}
         if self.config.lake is not None:  # --db only names this record: what a report calls the store

@@ -136,6 +136,29 @@ def test_auth_config_problems_are_one_line_each(tmp_path):
     assert all(r.stderr.count("\n") == 1 for r in (missing, empty, both))
 
 
+def test_an_auth_block_without_a_credential_is_a_config_error_not_an_open_collector(tmp_path):
+    """`auth:` whose credential line is commented out, `auth: {}` or `bearer_token:` with no value served with
+    no auth at all (`bearer_token: ''` was already refused): anyone could send spans and query the store while
+    the operator believed the collector guarded."""
+    cfg = tmp_path / "c.yaml"
+    for text, problem in [
+        ("receivers:\n  otlp:\n    auth:\n      # bearer_token: ${env:TS_TOKEN}\n",
+         "receivers.otlp.auth: names no credential"),
+        ("receivers: {otlp: {auth: {}}}\n", "receivers.otlp.auth: names no credential"),
+        ("receivers: {otlp: {auth: {bearer_token: }}}\n", "receivers.otlp.auth.bearer_token: expected a non-empty"),
+        ("receivers: {otlp: {auth: {api_key_file: }}}\n", "receivers.otlp.auth.api_key_file: expected a file path"),
+        ("receivers: {otlp: {auth: {bearer_token: s3cret, api_key: }}}\n", "receivers.otlp.auth.api_key: expected"),
+    ]:
+        cfg.write_text(text)
+        result = run_cli("serve", "--config", str(cfg), "--print-config")
+        assert result.returncode == 2, (text, result.stdout)
+        assert result.stderr.count("\n") == 1 and problem in result.stderr and str(cfg) in result.stderr, result.stderr
+    cfg.write_text("receivers: {otlp: {auth: {bearer: s3cret}}}\n")  # a misspelt key is said once, as itself
+    result = run_cli("serve", "--config", str(cfg), "--print-config")
+    assert result.returncode == 2 and "receivers.otlp.auth.bearer: unknown key" in result.stderr
+    assert "names no credential" not in result.stderr and "s3cret" not in result.stderr
+
+
 def test_a_token_no_header_can_carry_is_a_config_error_that_does_not_quote_it(tmp_path):
     """A secret passed through ${env:...} with its file's trailing newline (or a non-ASCII one) was taken as is:
     no HTTP header or gRPC metadata can carry it, so every exporter and CLI command was refused."""

@@ -161,6 +161,24 @@ def test_a_reference_tracesieve_does_not_substitute_is_an_error_not_the_literal_
     assert result.returncode == 0 and "a${file:b}.duckdb" in result.stdout, result.stderr
 
 
+def test_a_config_file_that_is_not_utf8_or_not_a_file_is_a_config_error_naming_it(tmp_path):
+    """A config saved as Latin-1 ended as "internal error: UnicodeDecodeError: 'utf-8' codec can't decode byte
+    0xe9 in position 41", naming neither the file nor the line; a directory given for the file named no config."""
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"processors:\n  detectors: {decision_wait: 2s}\n# r\xe9sum\xe9 of the options\n")
+    for command in (("serve", "--print-config"), ("query", "SELECT 1")):
+        result = run_cli(*command, "--config", str(latin1), "--db", str(tmp_path / "s.duckdb"))
+        assert result.returncode == 2, result.stdout
+        assert result.stderr == f"tracesieve: error: config error: {latin1}: not valid UTF-8 (line 3): " \
+                                "save the file as UTF-8\n", result.stderr
+    result = run_cli("serve", "--config", str(tmp_path), "--print-config")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"config error: {tmp_path}: cannot read the config file (Is a directory)" in result.stderr
+    with_bom = write(tmp_path, "\ufeffprocessors: {detectors: {decision_wait: 2s}}\n")  # UTF-8 with a BOM still reads
+    result = run_cli("serve", "--config", str(with_bom), "--print-config")
+    assert result.returncode == 0 and yaml.safe_load(result.stdout)["processors"]["detectors"]["decision_wait"] == "2s"
+
+
 def test_the_largest_request_size_serves(start_collector):
     """2GiB - 1 byte is the gRPC max message size's largest value (a C int); 2GiB is refused by validation."""
     c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_request_size": 2**31 - 1}}}})

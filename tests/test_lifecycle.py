@@ -533,6 +533,124 @@ def test_tls_on_both_receivers_and_the_query_surface(start_collector, tmp_path):
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 5}]
 
 
+def test_the_cli_reaches_a_tls_collector_whose_certificate_names_its_dns_name_or_is_ca_signed(tmp_path):
+    """An operator's certificate names the collector's DNS name, not 127.0.0.1, and is often signed by their
+    CA: every CLI command failed while `serve` ran ("IP address mismatch, certificate is not valid for
+    '127.0.0.1'", or "unable to get local issuer certificate" with the leaf the collector publishes)."""
+    import shutil
+    import ssl
+
+    from conftest import RunningCollector
+
+    assert shutil.which("openssl"), "openssl makes the test certificates"
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=tmp_path)
+
+    name = ["-subj", "/CN=collector.internal", "-addext", "subjectAltName=DNS:collector.internal"]
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *name, "-keyout", "self.key",
+            "-out", "self.pem")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=Ops CA",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", *name, "-keyout", "leaf.key", "-out", "leaf.csr")
+    (tmp_path / "leaf.ext").write_text("subjectAltName=DNS:collector.internal\n")
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+            "-extfile", "leaf.ext", "-out", "leaf.pem")
+
+    class NamedCertificateCollector(RunningCollector):
+        @property
+        def verify(self) -> ssl.SSLContext:  # the readiness probe trusts the CA, by address
+            context = ssl.create_default_context(cafile=str(tmp_path / trusted))
+            context.check_hostname = False
+            return context
+
+    for cert, key, trusted in (("self.pem", "self.key", "self.pem"), ("leaf.pem", "leaf.key", "ca.pem")):
+        workdir = tmp_path / cert.removesuffix(".pem")
+        workdir.mkdir()
+        tls = {"cert_file": str(tmp_path / cert), "key_file": str(tmp_path / key)}
+        c = NamedCertificateCollector(workdir, {**NO_JUDGE, "receivers": {"otlp": {"protocols": {
+            "grpc": {"tls": tls}, "http": {"tls": tls}}}}})
+        try:
+            c.start()
+            assert c.query("SELECT 1 AS one") == [{"one": 1}], cert
+            assert c.cli("candidates").returncode == 0
+        finally:
+            c.kill()
+
+
+def test_the_cli_run_elsewhere_reaches_a_tls_collector_configured_with_relative_certificate_paths(tmp_path):
+    """`cert_file: certs/cert.pem` was published as written in `<db>.serve.json`: a command run from another
+    directory failed with a bare "[Errno 2] No such file or directory", naming no file."""
+    import shutil
+    import ssl
+
+    from conftest import RunningCollector
+
+    assert shutil.which("openssl"), "openssl makes the test certificate"
+    (tmp_path / "certs").mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", "certs/key.pem", "-out", "certs/cert.pem"],
+                   check=True, capture_output=True, timeout=60, cwd=tmp_path)
+    cert = tmp_path / "certs" / "cert.pem"
+
+    class RelativeCertificateCollector(RunningCollector):
+        @property
+        def verify(self) -> ssl.SSLContext:  # the relative path is serve's; the probe runs elsewhere
+            return ssl.create_default_context(cafile=str(cert))
+
+    tls = {"cert_file": "certs/cert.pem", "key_file": "certs/key.pem"}
+    c = RelativeCertificateCollector(tmp_path, {**NO_JUDGE, "receivers": {"otlp": {"protocols": {
+        "grpc": {"tls": tls}, "http": {"tls": tls}}}}})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    try:
+        c.start()
+        result = run_cli("query", "SELECT 1 AS one", "--format", "json", "--db", str(c.db_path), cwd=elsewhere)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == [{"one": 1}]
+        record = json.loads((tmp_path / "store.duckdb.serve.json").read_text())
+        assert record["cafile"] == str(cert)
+        cert.rename(tmp_path / "certs" / "moved.pem")  # a certificate gone since: one line naming it
+        result = run_cli("query", "SELECT 1", "--db", str(c.db_path), cwd=elsewhere)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert f"cannot read the collector's certificate {cert}" in result.stderr
+    finally:
+        c.kill()
+
+
+def test_with_tls_a_connected_exporter_does_not_hold_up_the_stop(start_collector, tmp_path, monkeypatch):
+    """The OTel HTTP exporter keeps its connection open between batches. On TLS uvicorn closed such an idle
+    connection by waiting for the client's close_notify, which never came: every SIGTERM took uvicorn's whole
+    10 s grace, taken from the time left to judge pending traces, while an agent was running."""
+    import shutil
+
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    assert shutil.which("openssl"), "openssl makes the test certificate"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    tls = {"cert_file": str(cert), "key_file": str(key)}
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"protocols": {"grpc": {"tls": tls}, "http": {"tls": tls}}}}})
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # requests lets these override the exporter's CA file
+        monkeypatch.delenv(name, raising=False)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{c.http_url}/v1/traces",
+                                                                     certificate_file=str(cert), timeout=10)))
+    try:
+        with provider.get_tracer("tests").start_as_current_span("before the stop"):
+            pass
+        assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 1}]
+        started = time.monotonic()
+        assert c.stop() == 0
+        assert time.monotonic() - started < 5, f"stop took {time.monotonic() - started:.1f} s"
+    finally:
+        provider.shutdown()
+
+
 def _catches(pid, sig):
     """Whether process ``pid`` has a handler installed for ``sig`` (SigCgt in /proc/PID/status)."""
     with open(f"/proc/{pid}/status") as fh:

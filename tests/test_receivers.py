@@ -487,6 +487,37 @@ def test_full_queue_throttles_with_retry_hints_and_loses_nothing(start_collector
     assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 24 * 15}]
 
 
+def test_retry_hints_near_the_cap_stay_spread_not_clipped_to_5s(start_collector):
+    """The hint is retry_after stretched at random by up to 2x, at most 5 s, so that clients refused together
+    come back at different times. It was clipped to 5 s after the draw: with ``retry_after: 4s`` three
+    gRPC clients in four were told exactly 5.0 s, and the OTel exporter waits exactly the hint."""
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_queued_spans": 20, "retry_after": "4s"}}}})
+    requests = [make_request(15, pad=20_000) for _ in range(16)]
+    start_together = threading.Barrier(len(requests))
+    hints: list[float] = []
+
+    def send(req: ExportTraceServiceRequest) -> None:
+        with grpc.insecure_channel(c.grpc_endpoint) as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            grpc.channel_ready_future(channel).result(timeout=30)
+            start_together.wait(60)
+            try:
+                stub.Export(req, timeout=30)
+            except grpc.RpcError as exc:
+                trailers = dict(exc.trailing_metadata() or ())
+                info = error_details_pb2.RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"])
+                hints.append(info.retry_delay.ToTimedelta().total_seconds())
+
+    threads = [threading.Thread(target=send, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert len(hints) >= 5, hints  # 16 requests of 15 spans at once against a 20-span queue
+    assert all(4 <= hint <= 5 for hint in hints), hints
+    assert len(set(hints)) == len(hints), f"clients told to come back at the same moment: {sorted(hints)}"
+
+
 # --------------------------------------------------------------------------- auth
 
 
@@ -545,6 +576,24 @@ def test_per_span_limits_cut_drop_and_mark(start_collector):
     assert attrs["deep"] == {"level1": "[too deep]"}
     assert set(attrs) == {"openinference", "input", "deep", "extra"} and attrs["extra"] == [0]
     assert row["dropped_attributes_count"] == 3 + 4
+
+
+def test_max_value_size_cuts_the_scope_name_version_and_trace_states_too(start_collector):
+    """"A string over max_value_size is cut": the span's name, status and every attribute were, but the scope's
+    name and version and the span's and its links' trace_state were stored whole, however long."""
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_value_size": 100}}}})
+    req = make_request(1)
+    scope_spans = req.resource_spans[0].scope_spans[0]
+    scope_spans.scope.name, scope_spans.scope.version = "s" * 300, "1." * 100
+    span = scope_spans.spans[0]
+    span.trace_state = "vendor=" + "é" * 100  # 207 bytes in UTF-8
+    span.links.add(trace_id=os.urandom(16), span_id=os.urandom(8), trace_state="k=" + "v" * 148)
+    assert post(c, req.SerializeToString()).status_code == 200
+    row = c.query("SELECT scope_name, scope_version, trace_state, links->>'$[0].trace_state' AS link_state FROM spans")[0]
+    assert row == {"scope_name": "s" * 100 + "…[truncated 200 bytes]",
+                   "scope_version": "1." * 50 + "…[truncated 100 bytes]",
+                   "trace_state": "vendor=" + "é" * 46 + "…[truncated 108 bytes]",  # never half a character
+                   "link_state": "k=" + "v" * 98 + "…[truncated 50 bytes]"}
 
 
 def test_a_value_no_typed_column_can_hold_never_fails_the_request(start_collector):
