@@ -143,6 +143,7 @@ def _write_atomically(path: str, text: str, mode: int) -> None:
             os.remove(tmp)
         raise OSError(exc.errno, exc.strerror, path) from None
 
+
 class _HttpServer(uvicorn.Server):
     """uvicorn, except that at shutdown an idle TLS connection is dropped at once.
 
