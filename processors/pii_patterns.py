@@ -244,7 +244,7 @@ def _ssn(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | N
 def _phone(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     raw = text[s:e]
     n = sum(c.isdigit() for c in raw)
-    if raw.startswith("+"):
+    if raw.startswith("+") or raw.startswith("00"):
         if not 8 <= n <= 15:
             return None
     elif n not in (10, 11):
@@ -496,6 +496,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
          _phone, trigger=r"(?:\([0-9]{3}\) ?|[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}"),
     Rule("PHONE", LEFT_NUM + r"(?P<v>\+[0-9]{1,3}(?:[ .-]?(?:\([0-9]{1,4}\)|[0-9]{1,5})){1,6})", _phone,
          trigger=r"\+[0-9]"),
+    # "00" is how most of the world dials "+" (0044 20 7946 0958, 0049-151-1234-5678): grouped by
+    # separators, so a bare run of digits that happens to start with 00 (an invoice number) stays
+    Rule("PHONE", LEFT_NUM + r"(?P<v>00[1-9][0-9]{0,2}(?:[ .-](?:\([0-9]{1,4}\)|[0-9]{1,5})){2,6})", _phone,
+         trigger=r"00[1-9][0-9]{0,2}[ .-][0-9(]"),
     # the same, percent-encoded in a URL's query (``?phone=%2B44%2020%207946%200958``, ``+`` for a blank),
     # also after another escape (``tel%3A%2B1415...`` in an encoded link)
     Rule("PHONE", rf"(?:{LEFT_NUM}|%[0-9A-Fa-f]{{2}})"

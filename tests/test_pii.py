@@ -512,7 +512,8 @@ def test_lookalikes_from_the_brief_survive(text):
 
 @pytest.mark.parametrize("text,type_", [
     ("(555) 123-4567", "PHONE"), ("555-123-4567", "PHONE"), ("555.123.4567", "PHONE"), ("+1 555 123 4567", "PHONE"),
-    ("+44 20 7946 0958", "PHONE"), ("+4915112345678", "PHONE"), ("4111-1111-1111-1111", "CARD"),
+    ("+44 20 7946 0958", "PHONE"), ("+4915112345678", "PHONE"), ("0044 20 7946 0958", "PHONE"),
+    ("0049-151-1234-5678", "PHONE"), ("4111-1111-1111-1111", "CARD"),
     ("DE89370400440532013000", "IBAN"), ("GB82 WEST 1234 5698 7654 32", "IBAN"), ("fe80::1ff:fe23:4567:890a", "IP"),
     ("AKIAIOSFODNN7EXAMPLE", "API_KEY"), ("ghp_" + "a" * 36, "API_KEY"), ("xoxb-1234567890-abcdefghij", "API_KEY"),
     ("sk_live_" + "b" * 24, "API_KEY"), ("AIza" + "c" * 35, "API_KEY"), ("sk-ant-api03-" + "d" * 40, "API_KEY"),
