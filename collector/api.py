@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import decimal
 import json
 import os
 import re
@@ -62,11 +63,24 @@ def _encode(value: Any) -> bytes:
 
 
 def _default(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return _decimal_number(value)
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
     if isinstance(value, (bytes, bytearray)):
         return value.hex()
     return str(value)
+
+
+def _decimal_number(value: decimal.Decimal) -> int | float | None:
+    """A DECIMAL as a JSON number, as DuckDB's own JSON writes it: ``SELECT 0.5``, ``sum(price)`` on a
+    DECIMAL column and ``100.0 * n`` are DECIMALs, and an operator's ``--format json`` reader (``jq``, a
+    dashboard) compares numbers, not the text "0.5". Whole values stay exact integers; others are doubles
+    (a DECIMAL past ~15 significant digits loses its last ones: cast it to VARCHAR to keep them)."""
+    if not value.is_finite():
+        return None
+    exponent = value.as_tuple().exponent
+    return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
 
 
 class Hangup:

@@ -386,6 +386,23 @@ def test_query_json_prints_null_for_nan_and_infinities_in_both_modes(start_colle
         assert "nan" in table.stdout and "inf" in table.stdout
 
 
+def test_query_json_prints_decimals_as_numbers_in_both_modes(start_collector):
+    """`SELECT 0.5`, `sum()` of a DECIMAL column and `100.0 * n` are DECIMALs in DuckDB: `--format json`
+    printed them as strings ("0.5"), so `jq '.[] | select(.share > 0.2)'` or a dashboard compared text."""
+    c = start_collector(NO_JUDGE)
+    sql = ("SELECT 0.5 AS half, 12.30::DECIMAL(10,2) AS price, 10::DECIMAL(18,0) AS whole, [1.5, 2.5] AS l, "
+           "123456789012345678901234567890::DECIMAL(38,0) AS big")
+    expected = [{"half": 0.5, "price": 12.3, "whole": 10, "l": [1.5, 2.5], "big": 123456789012345678901234567890}]
+    for served in (True, False):
+        if not served:
+            c.stop()
+        result = c.cli("query", sql, "--format", "json")
+        assert result.returncode == 0, result.stderr
+        rows = _strict_json(result.stdout)
+        assert rows == expected, (served, result.stdout)
+        assert isinstance(rows[0]["whole"], int) and isinstance(rows[0]["half"], float)
+
+
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
 def test_query_output_into_a_pipe_closed_early_exits_0_quietly(tmp_path, fmt):
     """`tracesieve query ... | head -2`: the table output (rich) exited 1 where json and csv exited 0."""
