@@ -72,9 +72,10 @@ if sys.argv[1:2] == ["serve"] and threading.current_thread() is threading.main_t
 import csv
 import functools
 import io
+import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import click
@@ -225,16 +226,32 @@ def _json(value: Any, indent: int | None = 2) -> str:
     return strict_json(value, indent=indent)
 
 
+def _csv_text(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """CSV whose records end with "\n", as DuckDB's ``COPY ... (FORMAT csv)`` and ``psql --csv`` write them.
+
+    The csv module ends records with "\r\n", which left a "\r" on the last field for ``cut``, ``awk``,
+    ``read`` and ``xargs`` (an id piped on to ``tracesieve show`` was not found). Its quoting is kept as
+    it is with "\r\n" (a value holding "\r" or "\n" is quoted, and kept as stored): only the terminator
+    of each record is replaced.
+    """
+    record = io.StringIO()
+    writer = csv.writer(record)  # lineterminator "\r\n": both characters make a value quoted
+    out = io.StringIO()
+    for row in itertools.chain([columns], rows):
+        record.seek(0)
+        record.truncate()
+        writer.writerow(row)
+        out.write(record.getvalue()[:-2])
+        out.write("\n")
+    return out.getvalue()
+
+
 def _print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
     if fmt == "json":
         click.echo(_json([dict(zip(columns, r)) for r in rows]))
     elif fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(columns)
-        for r in rows:
-            writer.writerow([_cell(v) for v in r])
-        click.echo(buf.getvalue(), nl=False, color=True)  # color=True: click would cut ESC [ sequences out of the data
+        text = _csv_text(columns, ([_cell(v) for v in r] for r in rows))
+        click.echo(text, nl=False, color=True)  # color=True: click would cut ESC [ sequences out of the data
     else:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False)
         for c in columns:

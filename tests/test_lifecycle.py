@@ -403,6 +403,26 @@ def test_query_json_prints_decimals_as_numbers_in_both_modes(start_collector):
         assert isinstance(rows[0]["whole"], int) and isinstance(rows[0]["half"], float)
 
 
+def test_query_csv_records_end_with_a_bare_newline(tmp_path):
+    """`--format csv` ended every record with "\\r\\n": `... --format csv | tail -n +2 | xargs tracesieve show`
+    passed ids ending in "\\r" (not found), and `cut`/`awk` kept it on the last column."""
+    import csv
+    import io
+
+    from tracesieve.storage.store import open_database
+
+    db = tmp_path / "s.duckdb"
+    open_database(str(db)).close()
+    sql = "SELECT 'c1' AS id, 'a,\"b\"' || chr(10) || 'c' AS text, 'x' || chr(13) || 'y' AS cr, NULL AS none"
+    result = subprocess.run([sys.executable, "-m", "tracesieve.collector.cli", "query", sql, "--db", str(db),
+                             "--format", "csv"], capture_output=True, timeout=60)  # bytes: no newline translation
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert out == 'id,text,cr,none\nc1,"a,""b""\nc","x\ry",\n', repr(out)
+    expected = [["id", "text", "cr", "none"], ["c1", 'a,"b"\nc', "x\ry", ""]]
+    assert list(csv.reader(io.StringIO(out, newline=""))) == expected  # every value reads back as stored
+
+
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
 def test_query_output_into_a_pipe_closed_early_exits_0_quietly(tmp_path, fmt):
     """`tracesieve query ... | head -2`: the table output (rich) exited 1 where json and csv exited 0."""
