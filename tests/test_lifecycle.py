@@ -365,6 +365,19 @@ def test_serve_stops_on_sigterm_while_a_query_runs(start_collector):
     assert "Traceback" not in c.log()
 
 
+def test_a_query_serve_stops_at_shutdown_says_so(start_collector):
+    """The CLI whose query serve's SIGTERM interrupted said `the collector failed: Internal Server Error`
+    (uvicorn's bare 500 for a cancelled request), as if the collector had crashed."""
+    c = start_collector(NO_JUDGE)
+    cli = _start_runaway_query(c)
+    assert c.stop(signal.SIGTERM, timeout=40) == 0
+    _, err = cli.communicate(timeout=15)
+    assert cli.returncode == 2, err
+    assert err.strip().splitlines() == ["tracesieve: error: serve is shutting down and stopped this call before it "
+                                        "finished; run it again once serve has stopped (the CLI then opens the "
+                                        "store itself)"], err
+
+
 def _strict_json(text: str):
     def refuse(constant: str):
         raise ValueError(f"{constant} is not JSON")
