@@ -65,9 +65,22 @@ class _StopRequest:
         return self.signum is not None
 
 
+def _aborted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C while the CLI is still importing (its first few tenths of a second): one line, exit 2, as
+    Ctrl-C on a running command says, where Python printed a KeyboardInterrupt traceback from whichever
+    import it hit. :func:`main` puts Python's own handler back once it runs (a query's Ctrl-C needs it)."""
+    os.write(2, b"tracesieve: error: aborted\n")
+    raise SystemExit(2)
+
+
+#: This process is the command line (the console script, or ``python -m``), not a program importing it.
+_RUN_AS_THE_CLI = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "tracesieve"
 _stop_request = _StopRequest()
-if sys.argv[1:2] == ["serve"] and threading.current_thread() is threading.main_thread():
-    _stop_request.install()  # before the imports below and serve's own: they take most of a second
+if threading.current_thread() is threading.main_thread():
+    if sys.argv[1:2] == ["serve"]:
+        _stop_request.install()  # before the imports below and serve's own: they take most of a second
+    elif _RUN_AS_THE_CLI and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (`&`)
+        signal.signal(signal.SIGINT, _aborted_while_starting)
 
 import csv
 import functools
@@ -862,6 +875,8 @@ _add_examples()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    if signal.getsignal(signal.SIGINT) is _aborted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt again
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="tracesieve", standalone_mode=False)
     except click.UsageError as exc:
@@ -885,11 +900,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # never a bare traceback
-        from tracesieve.storage.lake import redact
-
+        if _interrupted(exc):  # Ctrl-C inside `import duckdb`: its module init failed with an ImportError
+            _fail("aborted")
+        try:
+            from tracesieve.storage.lake import redact
+        except ImportError:  # duckdb itself failed to import: no lake was opened, so no catalog to hide
+            _fail(f"internal error: {type(exc).__name__}: {exc}")
         _fail(f"internal error: {type(exc).__name__}: {redact(str(exc))}")  # a lake's errors quote its catalog
     else:
         sys.exit(0)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt caused ``exc`` (directly or while it was being handled)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _fail(message: str) -> None:

@@ -351,6 +351,34 @@ def test_ctrl_c_stops_a_query_on_the_file(start_collector):
     assert cli.returncode == 2 and err.strip() == "tracesieve: error: aborted", err
 
 
+@pytest.mark.parametrize("interrupted_after", ["click", "tracesieve.storage.errors"])
+def test_ctrl_c_while_the_cli_is_still_importing_is_one_line(tmp_path, interrupted_after):
+    """Ctrl-C in a command's first tenths of a second printed a KeyboardInterrupt traceback from whichever
+    import it hit; inside `import duckdb` (right after tracesieve.storage.errors) DuckDB's module init turned
+    it into an ImportError, and the error handler, importing duckdb again, crashed with a second traceback."""
+    import sys
+
+    from tracesieve.storage.store import open_database
+
+    db = tmp_path / "s.duckdb"
+    open_database(str(db)).close()
+    # -X importtime: each import's line on stderr once it is done, so the signal lands in the imports after it
+    cli = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "tracesieve.collector.cli", "query",
+                            "SELECT 1", "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert cli.stderr is not None
+    lines = []
+    for line in cli.stderr:
+        lines.append(line)
+        if line.rstrip().endswith(f"| {interrupted_after}"):
+            cli.send_signal(signal.SIGINT)
+            break
+    else:
+        raise AssertionError("the import was not seen:\n" + "".join(lines[-20:]))
+    out, err = cli.communicate(timeout=30)
+    messages = [line for line in err.splitlines() if line.strip() and not line.startswith("import time:")]
+    assert cli.returncode == 2 and messages == ["tracesieve: error: aborted"], (cli.returncode, err[-3000:])
+
+
 def test_serve_stops_on_sigterm_while_a_query_runs(start_collector):
     """SIGTERM while a client waited for a long query: uvicorn gave up on the request after its grace
     period, but the query ran on in its thread and serve did not exit until service.query_time_limit
