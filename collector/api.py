@@ -67,6 +67,8 @@ def _default(value: Any) -> Any:
         return _decimal_number(value)
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return _interval_text(value)
     if isinstance(value, (bytes, bytearray)):
         return value.hex()
     return str(value)
@@ -81,6 +83,24 @@ def _decimal_number(value: decimal.Decimal) -> int | float | None:
         return None
     exponent = value.as_tuple().exponent
     return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+
+
+def _interval_text(value: dt.timedelta) -> str:
+    """An INTERVAL as DuckDB writes it (``1 day 02:00:00``, ``00:00:00.056``, ``-00:00:01``), where ``str()``
+    wrote Python's ``0:00:00.056000`` and ``-1 day, 23:59:59``: ``end_time - start_time`` and
+    ``now() - last_seen`` are INTERVALs. DuckDB's Python API hands months over as 30 days, and hours past
+    a day as days."""
+    total = value // dt.timedelta(microseconds=1)
+    sign = "-" if total < 0 else ""
+    days, micros = divmod(abs(total), 86_400_000_000)
+    seconds, micros = divmod(micros, 1_000_000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{sign}{days} day{'s' if days != 1 else ''}"] if days else []
+    if hours or minutes or seconds or micros or not days:
+        fraction = f".{micros:06d}".rstrip("0") if micros else ""
+        parts.append(f"{sign}{hours:02d}:{minutes:02d}:{seconds:02d}{fraction}")
+    return " ".join(parts)
 
 
 class Hangup:

@@ -444,6 +444,24 @@ def test_query_json_prints_decimals_as_numbers_in_both_modes(start_collector):
         assert isinstance(rows[0]["whole"], int) and isinstance(rows[0]["half"], float)
 
 
+def test_query_prints_intervals_as_duckdb_writes_them_in_both_modes(start_collector):
+    """`end_time - start_time` and `now() - last_seen` are INTERVALs: every format printed Python's
+    timedelta text, `0:00:00.056000`, and a negative one as `-1 day, 23:59:59`."""
+    c = start_collector(NO_JUDGE)
+    sql = ("SELECT INTERVAL '56 milliseconds' AS took, INTERVAL '1 day 2 hours' AS age, INTERVAL '2 days' AS days, "
+           "-INTERVAL 1 SECOND AS back, INTERVAL 0 SECOND AS zero")
+    expected = {"took": "00:00:00.056", "age": "1 day 02:00:00", "days": "2 days", "back": "-00:00:01",
+                "zero": "00:00:00"}
+    for served in (True, False):
+        if not served:
+            c.stop()
+        result = c.cli("query", sql, "--format", "json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == [expected], (served, result.stdout)
+        csv_out = c.cli("query", sql, "--format", "csv")
+        assert csv_out.stdout.splitlines()[1] == ",".join(expected.values()), (served, csv_out.stdout)
+
+
 def test_query_csv_records_end_with_a_bare_newline(tmp_path):
     """`--format csv` ended every record with "\\r\\n": `... --format csv | tail -n +2 | xargs tracesieve show`
     passed ids ending in "\\r" (not found), and `cut`/`awk` kept it on the last column."""
