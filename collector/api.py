@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import decimal
 import json
 import os
 import re
@@ -62,11 +63,44 @@ def _encode(value: Any) -> bytes:
 
 
 def _default(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return _decimal_number(value)
     if isinstance(value, (dt.datetime, dt.date)):
         return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return _interval_text(value)
     if isinstance(value, (bytes, bytearray)):
         return value.hex()
     return str(value)
+
+
+def _decimal_number(value: decimal.Decimal) -> int | float | None:
+    """A DECIMAL as a JSON number, as DuckDB's own JSON writes it: ``SELECT 0.5``, ``sum(price)`` on a
+    DECIMAL column and ``100.0 * n`` are DECIMALs, and an operator's ``--format json`` reader (``jq``, a
+    dashboard) compares numbers, not the text "0.5". Whole values stay exact integers; others are doubles
+    (a DECIMAL past ~15 significant digits loses its last ones: cast it to VARCHAR to keep them)."""
+    if not value.is_finite():
+        return None
+    exponent = value.as_tuple().exponent
+    return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
+
+
+def _interval_text(value: dt.timedelta) -> str:
+    """An INTERVAL as DuckDB writes it (``1 day 02:00:00``, ``00:00:00.056``, ``-00:00:01``), where ``str()``
+    wrote Python's ``0:00:00.056000`` and ``-1 day, 23:59:59``: ``end_time - start_time`` and
+    ``now() - last_seen`` are INTERVALs. DuckDB's Python API hands months over as 30 days, and hours past
+    a day as days."""
+    total = value // dt.timedelta(microseconds=1)
+    sign = "-" if total < 0 else ""
+    days, micros = divmod(abs(total), 86_400_000_000)
+    seconds, micros = divmod(micros, 1_000_000)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [f"{sign}{days} day{'s' if days != 1 else ''}"] if days else []
+    if hours or minutes or seconds or micros or not days:
+        fraction = f".{micros:06d}".rstrip("0") if micros else ""
+        parts.append(f"{sign}{hours:02d}:{minutes:02d}:{seconds:02d}{fraction}")
+    return " ".join(parts)
 
 
 class Hangup:

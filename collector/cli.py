@@ -65,16 +65,30 @@ class _StopRequest:
         return self.signum is not None
 
 
+def _aborted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C while the CLI is still importing (its first few tenths of a second): one line, exit 2, as
+    Ctrl-C on a running command says, where Python printed a KeyboardInterrupt traceback from whichever
+    import it hit. :func:`main` puts Python's own handler back once it runs (a query's Ctrl-C needs it)."""
+    os.write(2, b"tracesieve: error: aborted\n")
+    raise SystemExit(2)
+
+
+#: This process is the command line (the console script, or ``python -m``), not a program importing it.
+_RUN_AS_THE_CLI = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "tracesieve"
 _stop_request = _StopRequest()
-if sys.argv[1:2] == ["serve"] and threading.current_thread() is threading.main_thread():
-    _stop_request.install()  # before the imports below and serve's own: they take most of a second
+if threading.current_thread() is threading.main_thread():
+    if sys.argv[1:2] == ["serve"]:
+        _stop_request.install()  # before the imports below and serve's own: they take most of a second
+    elif _RUN_AS_THE_CLI and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (`&`)
+        signal.signal(signal.SIGINT, _aborted_while_starting)
 
 import csv
 import functools
 import io
+import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import click
@@ -225,16 +239,32 @@ def _json(value: Any, indent: int | None = 2) -> str:
     return strict_json(value, indent=indent)
 
 
+def _csv_text(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """CSV whose records end with "\n", as DuckDB's ``COPY ... (FORMAT csv)`` and ``psql --csv`` write them.
+
+    The csv module ends records with "\r\n", which left a "\r" on the last field for ``cut``, ``awk``,
+    ``read`` and ``xargs`` (an id piped on to ``tracesieve show`` was not found). Its quoting is kept as
+    it is with "\r\n" (a value holding "\r" or "\n" is quoted, and kept as stored): only the terminator
+    of each record is replaced.
+    """
+    record = io.StringIO()
+    writer = csv.writer(record)  # lineterminator "\r\n": both characters make a value quoted
+    out = io.StringIO()
+    for row in itertools.chain([columns], rows):
+        record.seek(0)
+        record.truncate()
+        writer.writerow(row)
+        out.write(record.getvalue()[:-2])
+        out.write("\n")
+    return out.getvalue()
+
+
 def _print_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
     if fmt == "json":
         click.echo(_json([dict(zip(columns, r)) for r in rows]))
     elif fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(columns)
-        for r in rows:
-            writer.writerow([_cell(v) for v in r])
-        click.echo(buf.getvalue(), nl=False, color=True)  # color=True: click would cut ESC [ sequences out of the data
+        text = _csv_text(columns, ([_cell(v) for v in r] for r in rows))
+        click.echo(text, nl=False, color=True)  # color=True: click would cut ESC [ sequences out of the data
     else:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False)
         for c in columns:
@@ -845,6 +875,8 @@ _add_examples()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    if signal.getsignal(signal.SIGINT) is _aborted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt again
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="tracesieve", standalone_mode=False)
     except click.UsageError as exc:
@@ -868,11 +900,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # never a bare traceback
-        from tracesieve.storage.lake import redact
-
+        if _interrupted(exc):  # Ctrl-C inside `import duckdb`: its module init failed with an ImportError
+            _fail("aborted")
+        try:
+            from tracesieve.storage.lake import redact
+        except ImportError:  # duckdb itself failed to import: no lake was opened, so no catalog to hide
+            _fail(f"internal error: {type(exc).__name__}: {exc}")
         _fail(f"internal error: {type(exc).__name__}: {redact(str(exc))}")  # a lake's errors quote its catalog
     else:
         sys.exit(0)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt caused ``exc`` (directly or while it was being handled)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _fail(message: str) -> None:

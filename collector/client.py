@@ -97,6 +97,8 @@ class RemoteClient:
             raise NotFoundError(message)
         if response.status_code in (400, 404):
             raise UsageError(message)
+        if response.status_code == 503 and body.get("kind") == "unavailable":
+            raise TraceSieveError(message)  # the collector says what stopped it (its shutdown)
         raise TraceSieveError(f"the collector failed: {message}")
 
     def _unauthenticated_hint(self, message: str) -> str:

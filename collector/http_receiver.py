@@ -287,6 +287,11 @@ def build_app(
             work = asyncio.ensure_future(run_in_threadpool(api, op, args, hangup))
             await _until_done_or_hung_up(request, work, hangup)
             result = await work
+        except asyncio.CancelledError:  # serve's shutdown grace for open requests is over: uvicorn cancels the
+            # call (its reads are interrupted) and would answer a bare "Internal Server Error"; say what happened
+            return JSONResponse({"error": "serve is shutting down and stopped this call before it finished; run it "
+                                 "again once serve has stopped (the CLI then opens the store itself)",
+                                 "kind": "unavailable"}, status_code=503)
         except NotFoundError as exc:
             return JSONResponse({"error": str(exc), "kind": "not_found"}, status_code=404)
         except UsageError as exc:

@@ -351,6 +351,34 @@ def test_ctrl_c_stops_a_query_on_the_file(start_collector):
     assert cli.returncode == 2 and err.strip() == "tracesieve: error: aborted", err
 
 
+@pytest.mark.parametrize("interrupted_after", ["click", "tracesieve.storage.errors"])
+def test_ctrl_c_while_the_cli_is_still_importing_is_one_line(tmp_path, interrupted_after):
+    """Ctrl-C in a command's first tenths of a second printed a KeyboardInterrupt traceback from whichever
+    import it hit; inside `import duckdb` (right after tracesieve.storage.errors) DuckDB's module init turned
+    it into an ImportError, and the error handler, importing duckdb again, crashed with a second traceback."""
+    import sys
+
+    from tracesieve.storage.store import open_database
+
+    db = tmp_path / "s.duckdb"
+    open_database(str(db)).close()
+    # -X importtime: each import's line on stderr once it is done, so the signal lands in the imports after it
+    cli = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "tracesieve.collector.cli", "query",
+                            "SELECT 1", "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert cli.stderr is not None
+    lines = []
+    for line in cli.stderr:
+        lines.append(line)
+        if line.rstrip().endswith(f"| {interrupted_after}"):
+            cli.send_signal(signal.SIGINT)
+            break
+    else:
+        raise AssertionError("the import was not seen:\n" + "".join(lines[-20:]))
+    out, err = cli.communicate(timeout=30)
+    messages = [line for line in err.splitlines() if line.strip() and not line.startswith("import time:")]
+    assert cli.returncode == 2 and messages == ["tracesieve: error: aborted"], (cli.returncode, err[-3000:])
+
+
 def test_serve_stops_on_sigterm_while_a_query_runs(start_collector):
     """SIGTERM while a client waited for a long query: uvicorn gave up on the request after its grace
     period, but the query ran on in its thread and serve did not exit until service.query_time_limit
@@ -363,6 +391,19 @@ def test_serve_stops_on_sigterm_while_a_query_runs(start_collector):
     _, err = cli.communicate(timeout=15)
     assert cli.returncode == 2 and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in c.log()
+
+
+def test_a_query_serve_stops_at_shutdown_says_so(start_collector):
+    """The CLI whose query serve's SIGTERM interrupted said `the collector failed: Internal Server Error`
+    (uvicorn's bare 500 for a cancelled request), as if the collector had crashed."""
+    c = start_collector(NO_JUDGE)
+    cli = _start_runaway_query(c)
+    assert c.stop(signal.SIGTERM, timeout=40) == 0
+    _, err = cli.communicate(timeout=15)
+    assert cli.returncode == 2, err
+    assert err.strip().splitlines() == ["tracesieve: error: serve is shutting down and stopped this call before it "
+                                        "finished; run it again once serve has stopped (the CLI then opens the "
+                                        "store itself)"], err
 
 
 def _strict_json(text: str):
@@ -384,6 +425,61 @@ def test_query_json_prints_null_for_nan_and_infinities_in_both_modes(start_colle
         assert _strict_json(result.stdout) == expected, (served, result.stdout)
         table = c.cli("query", sql)  # the table keeps showing what DuckDB returned
         assert "nan" in table.stdout and "inf" in table.stdout
+
+
+def test_query_json_prints_decimals_as_numbers_in_both_modes(start_collector):
+    """`SELECT 0.5`, `sum()` of a DECIMAL column and `100.0 * n` are DECIMALs in DuckDB: `--format json`
+    printed them as strings ("0.5"), so `jq '.[] | select(.share > 0.2)'` or a dashboard compared text."""
+    c = start_collector(NO_JUDGE)
+    sql = ("SELECT 0.5 AS half, 12.30::DECIMAL(10,2) AS price, 10::DECIMAL(18,0) AS whole, [1.5, 2.5] AS l, "
+           "123456789012345678901234567890::DECIMAL(38,0) AS big")
+    expected = [{"half": 0.5, "price": 12.3, "whole": 10, "l": [1.5, 2.5], "big": 123456789012345678901234567890}]
+    for served in (True, False):
+        if not served:
+            c.stop()
+        result = c.cli("query", sql, "--format", "json")
+        assert result.returncode == 0, result.stderr
+        rows = _strict_json(result.stdout)
+        assert rows == expected, (served, result.stdout)
+        assert isinstance(rows[0]["whole"], int) and isinstance(rows[0]["half"], float)
+
+
+def test_query_prints_intervals_as_duckdb_writes_them_in_both_modes(start_collector):
+    """`end_time - start_time` and `now() - last_seen` are INTERVALs: every format printed Python's
+    timedelta text, `0:00:00.056000`, and a negative one as `-1 day, 23:59:59`."""
+    c = start_collector(NO_JUDGE)
+    sql = ("SELECT INTERVAL '56 milliseconds' AS took, INTERVAL '1 day 2 hours' AS age, INTERVAL '2 days' AS days, "
+           "-INTERVAL 1 SECOND AS back, INTERVAL 0 SECOND AS zero")
+    expected = {"took": "00:00:00.056", "age": "1 day 02:00:00", "days": "2 days", "back": "-00:00:01",
+                "zero": "00:00:00"}
+    for served in (True, False):
+        if not served:
+            c.stop()
+        result = c.cli("query", sql, "--format", "json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == [expected], (served, result.stdout)
+        csv_out = c.cli("query", sql, "--format", "csv")
+        assert csv_out.stdout.splitlines()[1] == ",".join(expected.values()), (served, csv_out.stdout)
+
+
+def test_query_csv_records_end_with_a_bare_newline(tmp_path):
+    """`--format csv` ended every record with "\\r\\n": `... --format csv | tail -n +2 | xargs tracesieve show`
+    passed ids ending in "\\r" (not found), and `cut`/`awk` kept it on the last column."""
+    import csv
+    import io
+
+    from tracesieve.storage.store import open_database
+
+    db = tmp_path / "s.duckdb"
+    open_database(str(db)).close()
+    sql = "SELECT 'c1' AS id, 'a,\"b\"' || chr(10) || 'c' AS text, 'x' || chr(13) || 'y' AS cr, NULL AS none"
+    result = subprocess.run([sys.executable, "-m", "tracesieve.collector.cli", "query", sql, "--db", str(db),
+                             "--format", "csv"], capture_output=True, timeout=60)  # bytes: no newline translation
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert out == 'id,text,cr,none\nc1,"a,""b""\nc","x\ry",\n', repr(out)
+    expected = [["id", "text", "cr", "none"], ["c1", 'a,"b"\nc', "x\ry", ""]]
+    assert list(csv.reader(io.StringIO(out, newline=""))) == expected  # every value reads back as stored
 
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
