@@ -105,7 +105,14 @@ DEFAULT_DB = "tracesieve.duckdb"
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
 
-db_option = click.option("--db", "db_path", default=None, metavar="PATH",
+def _store_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--db ""`` (an unset shell variable) is refused: it silently meant ./tracesieve.duckdb."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty; give the store's path, or leave --db out for ./tracesieve.duckdb")
+    return value
+
+
+db_option = click.option("--db", "db_path", default=None, metavar="PATH", callback=_store_path,
                          help="DuckDB store (default ./tracesieve.duckdb, or storage.duckdb.path of --config).")
 config_option = click.option("--config", "config_path", default=None, metavar="FILE",
                              help="YAML config (see README, Configuration).")
@@ -617,7 +624,7 @@ def _write_records(records: list[dict[str, Any]], fmt: str, out_path: str | None
 
 
 @cli.command()
-@click.option("--out", "out_path", required=True, metavar="FILE.html", help="where to write the page")
+@click.option("--out", "out_path", required=True, metavar="FILE.html", help="where to write the page (- for stdout)")
 @click.option("--status", type=click.Choice(["new", "promoted", "rejected", "duplicate"]), default=None,
               help="only candidates with this status")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=500, show_default=True)
@@ -636,13 +643,19 @@ def report(out_path: str, status: str | None, limit: int, db_path: str | None, c
     data["db"] = db
     data["store_args"] = _store_args(db_path, config_path)
     html_text = render_report(data)
-    with open(out_path, "w", encoding="utf-8") as fh:
-        fh.write(html_text)
-    shown, total = len(data["candidates"]), int(data.get("total") or 0)
-    if total > shown:
-        click.echo(f"wrote {out_path}: {shown} of {total} candidates (--limit {limit}; raise it to see every one)")
+    to_stdout = out_path == "-"  # `--out -`: the page on stdout (piped to a file, a mail, an upload), the summary on stderr
+    if to_stdout:
+        click.echo(html_text, nl=False, color=True)  # color=True: click would cut ESC [ sequences out of the page
     else:
-        click.echo(f"wrote {out_path}: {shown} candidate{'' if shown == 1 else 's'}")
+        with open(out_path, "w", encoding="utf-8") as fh:
+            fh.write(html_text)
+    shown, total = len(data["candidates"]), int(data.get("total") or 0)
+    where = "the page to stdout" if to_stdout else out_path
+    if total > shown:
+        click.echo(f"wrote {where}: {shown} of {total} candidates (--limit {limit}; raise it to see every one)",
+                   err=to_stdout)
+    else:
+        click.echo(f"wrote {where}: {shown} candidate{'' if shown == 1 else 's'}", err=to_stdout)
 
 
 @cli.group()

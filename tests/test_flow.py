@@ -12,7 +12,7 @@ import httpx
 import yaml
 from opentelemetry.trace import Status, StatusCode
 
-from conftest import FAST_JUDGE
+from conftest import FAST_JUDGE, run_cli
 from sdk_helpers import emit_agent_trace, sdk_tracer
 
 SLOW_JUDGE = {"processors": {"detectors": {"decision_wait": "1m"}}}
@@ -124,6 +124,19 @@ def test_report_with_more_candidates_than_its_limit_says_so(start_collector, tmp
     assert " of 3" not in page.read_text()
     one = c.cli("report", "--out", str(page), "--limit", "1")
     assert "1 of 3 candidates" in one.stdout
+    piped = c.cli("report", "--out", "-")  # the page on stdout, the summary on stderr (was: a file named "-")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.lstrip().startswith("<!DOCTYPE html>") and piped.stdout.rstrip().endswith("</html>")
+    assert "wrote the page to stdout: 3 candidates" in piped.stderr and not (c.workdir / "-").exists()
+
+
+def test_an_empty_db_path_is_refused_not_read_as_the_default_store(tmp_path):
+    """`--db "$STORE"` with STORE unset silently opened ./tracesieve.duckdb."""
+    for args in (("query", "SELECT 1"), ("candidates",), ("report", "--out", "-")):
+        result = run_cli(*args, "--db", "", cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "--db" in result.stderr and "empty" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "tracesieve.duckdb").exists()
 
 
 def test_export_with_nothing_promoted_says_what_else_there_is(start_collector):
