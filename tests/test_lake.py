@@ -308,6 +308,26 @@ def test_a_catalog_database_that_does_not_exist_is_named_in_one_line(postgres: P
 
 @needs_postgres
 @needs_lake_extra
+def test_promote_and_reject_never_create_a_lake_in_an_empty_catalog(postgres: PostgresCluster,
+                                                                    tmp_path: Path) -> None:
+    """Only `serve` creates a lake: a review command pointed at an empty database (a mistyped catalog)
+    used to create the whole lake there, pinned to its own data path, and then answer "no candidate"."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(lake_config(postgres.create_database("reviewonly"), tmp_path / "lake")))
+    for args in (("reject", "c0", "--reason", "noise"),
+                 ("promote", "c0", "--cases", str(tmp_path / "cases.yaml"), "--owner", "me")):
+        result = run_cli(*args, "--config", str(path), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "holds no lake yet" in lines[0], lines
+    # ...and the database still holds no lake: readers say so too.
+    result = run_cli("query", "SELECT count(*) FROM spans", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2 and "holds no lake yet" in result.stderr, result.stderr
+    assert not (tmp_path / "cases.yaml").exists()
+
+
+@needs_postgres
+@needs_lake_extra
 def test_a_data_path_that_cannot_be_written_stops_serve_in_one_line(postgres: PostgresCluster,
                                                                     tmp_path: Path) -> None:
     catalog = postgres.create_database("unwritable")
