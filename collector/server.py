@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 import uvicorn
 
-from tracesieve.collector.api import StoreApi, discovery_path, local_token_path
+from tracesieve.collector.api import Hangup, StoreApi, discovery_path, local_token_path
 from tracesieve.collector.client import running_collector
 from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.export import ExportService, span_stage_for
@@ -226,14 +226,24 @@ class Collector:
     def _start_http(self) -> None:
         ep = self.config.http
         assert ep is not None
-        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self.api.call_json)
+        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self._api_call)
         tls = {"ssl_certfile": ep.tls.cert_file, "ssl_keyfile": ep.tls.key_file} if ep.tls else {}
         self.http_port = self._serve_http(app, ep.host, ep.port, f"the HTTP receiver on {ep.address}", tls)
+
+    def _api_call(self, op: str, args: dict[str, Any], hangup: Hangup | None = None) -> list[bytes]:
+        """The query surface's call; on a lake, a catalog that cannot be reached is said so in one line."""
+        try:
+            return self.api.call_json(op, args, hangup)
+        except (duckdb.Error, UsageError) as exc:
+            unreachable = lake.catalog_unreachable(self.config.lake, exc) if self.config.lake else None
+            if unreachable is None:
+                raise
+            raise UsageError(unreachable) from None
 
     def _start_query_surface(self) -> None:
         """With the HTTP receiver off, the query surface alone on a free loopback port: every CLI command
         must work while ``serve`` runs (DuckDB lets only this process open the store), whatever it receives."""
-        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self.api.call_json,
+        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self._api_call,
                         otlp=False)
         self._query_port = self._serve_http(app, "127.0.0.1", 0, "the query surface on 127.0.0.1", {})
 

@@ -177,6 +177,19 @@ def _catalog_problem(target: LakeTarget, exc: BaseException) -> str:
     return f"cannot open the DuckLake catalog {target.printable_catalog}: {first}"
 
 
+def catalog_unreachable(target: LakeTarget, exc: BaseException) -> str | None:
+    """One line saying the catalog cannot be reached, when ``exc`` is a statement that failed for that; else None.
+
+    A statement on an open lake connects to the catalog again: while PostgreSQL is down, a command
+    answered through a running collector got "internal error: IOException", which named neither the
+    catalog nor what to do; a query that met the outage later, "query failed: IO Error: ..." with the
+    catalog string as DuckDB quotes it, password included.
+    """
+    if isinstance(exc, (duckdb.Error, UsageError)) and "Unable to connect to Postgres" in str(exc):
+        return _catalog_problem(target, exc) + " (run the command again once the catalog is back)"
+    return None
+
+
 def _check_data_path(data_path: str) -> None:
     """Create a local data path if needed and make sure files can be written there (UsageError if not).
 

@@ -544,6 +544,33 @@ def test_a_catalog_outage_under_a_running_collector(tmp_path: Path) -> None:
 
 @needs_postgres
 @needs_lake_extra
+def test_commands_through_a_collector_say_when_its_catalog_is_down(tmp_path: Path) -> None:
+    """While PostgreSQL is down, a command answered through the running collector (--db) got
+    "the collector failed: internal error: IOException": now it names the catalog (password hidden)
+    and what to do, in one line, and works again once the catalog is back."""
+    assert PG_BIN is not None
+    cluster = PostgresCluster(PG_BIN).start()
+    catalog = cluster.create_database("down") + " password=s3cret"  # trust ignores it; errors quote it
+    c = LakeCollector(tmp_path, lake_config(catalog, tmp_path / "data", {"service": {"span_workers": 0}}))
+    try:
+        c.start(timeout=120)
+        cluster.stop_server()
+        for args in (("query", "SELECT count(*) FROM spans"), ("candidates",), ("reject", "c0", "--reason", "noise")):
+            result = c.cli_via_db(*args)
+            assert result.returncode == 2, result.stderr
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and "DuckLake catalog" in lines[0] and "Connection refused" in lines[0], lines
+            assert "internal error" not in lines[0] and "s3cret" not in lines[0], lines
+        cluster.start_server()
+        assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 0}]
+        assert c.stop() == 0
+    finally:
+        c.kill()
+        cluster.stop()
+
+
+@needs_postgres
+@needs_lake_extra
 def test_feedback_sent_later_lands_on_the_conversation_it_links_to_on_the_lake(postgres: PostgresCluster,
                                                                             tmp_path: Path) -> None:
     """The lake saves a judge round on its own path (lake_writes): the moved finding and its candidate,
