@@ -36,6 +36,7 @@ from tracesieve.collector.judge import Judge
 from tracesieve.collector.metrics import Metrics, StateSource, StoreState
 from tracesieve.collector.runtime import HeapTrimmer, MemoryWatch, tune_garbage_collector
 from tracesieve.collector.span_stage import ProcessSpanStage
+from tracesieve.processors.promotion import PromotionProcessor
 from tracesieve.storage import lake, recent_traces, stats, store
 from tracesieve.storage.errors import ConfigError, UsageError
 from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
@@ -179,7 +180,8 @@ class Collector:
             self.writer = LakeWriter(self.con, owner=owner, lock=commit_lock,
                                      max_queued_spans=cfg.limits.max_queued_spans, retry_after=cfg.limits.retry_after,
                                      on_commit=self.metrics.observe_commit)
-            trace_store = LakeTraceStore(owner, takeover=lake_takeover(cfg.decision_wait))
+            trace_store = LakeTraceStore(owner, takeover=lake_takeover(cfg.decision_wait),
+                                         max_per_intent=_max_per_intent(cfg))
         else:
             self.con = _open_store(cfg.db_path)
             recent_traces.fit_at_start(self.con)  # before the memory limit: a store from before pruning
@@ -393,6 +395,11 @@ def lake_owner_id(cfg: Config) -> str:
     """
     ports = ",".join(ep.address for ep in (cfg.grpc, cfg.http) if ep is not None)
     return f"{socket.gethostname()}/{ports}"
+
+
+def _max_per_intent(cfg: Config) -> int:
+    """The pipeline's promotion cap (0 without promotion): a lake enforces it again inside each write."""
+    return next((p.config.max_per_intent for p in cfg.trace_processors if isinstance(p, PromotionProcessor)), 0)
 
 
 def lake_takeover(decision_wait: float) -> dt.timedelta:

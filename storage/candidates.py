@@ -87,6 +87,39 @@ _RECURRENCE_SCHEMA = pa.schema([
 ])
 
 
+def within_intent_cap(con: duckdb.DuckDBPyConnection, candidates: Sequence[Candidate],
+                      max_per_intent: int) -> list[Candidate]:
+    """``candidates`` without the new ones (id not stored yet) past ``max_per_intent`` rows per
+    (failure_mode, intent), counted on what ``con``'s transaction sees; recurrences always pass.
+
+    The promotion step caps from a read made before the write: on a lake several collectors judge
+    at once, each read missed what the others were filing, and a fleet of three filed 49 rows for
+    one intent under a cap of 20. Run inside the serialised write, the cap holds across collectors.
+    """
+    if not max_per_intent or not candidates:
+        return list(candidates)
+    ids = sorted({c.candidate_id for c in candidates})
+    stored = {r[0] for r in con.execute(
+        f"SELECT candidate_id FROM candidates WHERE list_contains({unpacked('?')}, candidate_id)",
+        [packed(ids)]).fetchall()}
+    counts: dict[tuple[str, str], int] = {}
+    admitted: set[str] = set()
+    kept = []
+    for cand in candidates:
+        cid = cand.candidate_id
+        if cid not in stored and cid not in admitted:
+            key = (cand.failure_mode, cand.intent)
+            if key not in counts:
+                row = con.execute(INTENT_COUNT_SQL, list(key)).fetchone()
+                counts[key] = int(row[0]) if row else 0
+            if counts[key] >= max_per_intent:
+                continue
+            counts[key] += 1
+            admitted.add(cid)
+        kept.append(cand)
+    return kept
+
+
 def upsert_candidates(
     con: duckdb.DuckDBPyConnection, candidates: Iterable[Candidate], now: dt.datetime
 ) -> dict[str, int]:

@@ -30,6 +30,7 @@ from opentelemetry.trace import Status, StatusCode
 from conftest import free_port, run_cli
 from lake_helpers import LakeCollector, PostgresCluster, lake_config, postgres_bin_dir
 from sdk_helpers import emit_agent_trace, emit_conversation, emit_thumbs_down, sdk_tracer
+from tracesieve.storage.lake import COMMIT_LOCK_KEY as LAKE_COMMIT_LOCK_KEY
 from tracesieve.storage.lake import LAKE_MIGRATIONS
 
 pytestmark = pytest.mark.timeout(240)
@@ -567,6 +568,46 @@ def test_commands_through_a_collector_say_when_its_catalog_is_down(tmp_path: Pat
     finally:
         c.kill()
         cluster.stop()
+
+
+@needs_postgres
+@needs_lake_extra
+def test_the_per_intent_cap_holds_across_collectors(postgres: PostgresCluster, tmp_path: Path) -> None:
+    """`max_per_intent` caps the rows of one (failure_mode, intent): collectors judging at once each read
+    the count before the others' writes, and each filed up to the cap on its own (49 rows under 20)."""
+    catalog = postgres.create_database("capped")
+    extra = {"service": {"span_workers": 0},
+             "processors": {"detectors": {"decision_wait": "2s"}, "promotion": {"max_per_intent": 5}}}
+    collectors = []
+    for i in range(3):
+        (tmp_path / f"c{i}").mkdir()
+        collectors.append(LakeCollector(tmp_path / f"c{i}", lake_config(catalog, tmp_path / "data", extra)))
+    held: subprocess.Popen[bytes] | None = None
+    try:
+        for c in collectors:
+            c.start(timeout=120)
+        for k, c in enumerate(collectors):
+            with sdk_tracer("grpc", c.grpc_endpoint, service=f"agent-{k}") as tracer:
+                for j in range(8):  # distinct inputs, one failing tool: one intent, tool:lookup_order
+                    emit_agent_trace(tracer, tool_error=True, session=f"{k}-{j}",
+                                     question=f"Why was I charged twice for the order ORD-{k}{j} last week?")
+        # Every write queues on the collectors' advisory lock: held here while the traces settle, every
+        # collector judges its round at once, and the three writes then run one after the other.
+        assert PG_BIN is not None
+        held = subprocess.Popen(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p",
+                                 str(postgres.port), "-d", "capped", "-c",
+                                 f"SELECT pg_advisory_lock({LAKE_COMMIT_LOCK_KEY}), pg_sleep(5)"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_all_judged(collectors[0], 24)
+        rows = collectors[0].query("SELECT intent, count(*) AS n FROM candidates GROUP BY 1")
+        assert rows == [{"intent": "tool:lookup_order", "n": 5}], rows
+        for c in collectors:
+            assert c.stop() == 0, c.log()[-2000:]
+    finally:
+        if held is not None:
+            held.wait(30)
+        for c in collectors:
+            c.kill()
 
 
 @needs_postgres
