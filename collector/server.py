@@ -180,8 +180,13 @@ class Collector:
             self.writer = LakeWriter(self.con, owner=owner, lock=commit_lock,
                                      max_queued_spans=cfg.limits.max_queued_spans, retry_after=cfg.limits.retry_after,
                                      on_commit=self.metrics.observe_commit)
+            # promotion decides from a read made before its write: the lake applies its cap and
+            # near-duplicate bar again inside the serialised write, where other collectors' rows are seen
+            promotion = next((p.config for p in cfg.trace_processors if isinstance(p, PromotionProcessor)), None)
             trace_store = LakeTraceStore(owner, takeover=lake_takeover(cfg.decision_wait),
-                                         max_per_intent=_max_per_intent(cfg))
+                                         max_per_intent=promotion.max_per_intent if promotion else 0,
+                                         near_duplicate_threshold=(promotion.near_duplicate_threshold
+                                                                   if promotion else 0.0))
         else:
             self.con = _open_store(cfg.db_path)
             recent_traces.fit_at_start(self.con)  # before the memory limit: a store from before pruning
@@ -395,11 +400,6 @@ def lake_owner_id(cfg: Config) -> str:
     """
     ports = ",".join(ep.address for ep in (cfg.grpc, cfg.http) if ep is not None)
     return f"{socket.gethostname()}/{ports}"
-
-
-def _max_per_intent(cfg: Config) -> int:
-    """The pipeline's promotion cap (0 without promotion): a lake enforces it again inside each write."""
-    return next((p.config.max_per_intent for p in cfg.trace_processors if isinstance(p, PromotionProcessor)), 0)
 
 
 def lake_takeover(decision_wait: float) -> dt.timedelta:

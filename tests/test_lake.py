@@ -612,6 +612,45 @@ def test_the_per_intent_cap_holds_across_collectors(postgres: PostgresCluster, t
 
 @needs_postgres
 @needs_lake_extra
+def test_near_duplicates_seen_by_different_collectors_at_once_are_marked(postgres: PostgresCluster,
+                                                                         tmp_path: Path) -> None:
+    """Three very similar inputs of one failure, one per collector, judged at once: one `new` candidate and
+    two `duplicate`s of it, as one collector files them (each collector used to file its own `new`)."""
+    catalog = postgres.create_database("neardup")
+    collectors = []
+    for i in range(3):
+        (tmp_path / f"c{i}").mkdir()
+        collectors.append(LakeCollector(tmp_path / f"c{i}", lake_config(catalog, tmp_path / "data", {
+            "service": {"span_workers": 0}, "processors": {"detectors": {"decision_wait": "2s"}}})))
+    held: subprocess.Popen[bytes] | None = None
+    try:
+        for c in collectors:
+            c.start(timeout=120)
+        question = ("I was charged twice for my order and I would like a full refund of the second charge "
+                    "to my card please thank you very much for helping")
+        for c, tail in zip(collectors, ("", " today", " asap")):
+            with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+                emit_agent_trace(tracer, question=question + tail, tool_error=True)
+        assert PG_BIN is not None  # the writes wait on the collectors' lock while all three judge (see above)
+        held = subprocess.Popen(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p",
+                                 str(postgres.port), "-d", "neardup", "-c",
+                                 f"SELECT pg_advisory_lock({LAKE_COMMIT_LOCK_KEY}), pg_sleep(5)"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_all_judged(collectors[0], 3)
+        rows = collectors[0].query("SELECT candidate_id, status, duplicate_of FROM candidates ORDER BY status")
+        assert [r["status"] for r in rows] == ["duplicate", "duplicate", "new"], rows
+        assert {r["duplicate_of"] for r in rows[:2]} == {rows[2]["candidate_id"]}, rows
+        for c in collectors:
+            assert c.stop() == 0, c.log()[-2000:]
+    finally:
+        if held is not None:
+            held.wait(30)
+        for c in collectors:
+            c.kill()
+
+
+@needs_postgres
+@needs_lake_extra
 def test_feedback_sent_later_lands_on_the_conversation_it_links_to_on_the_lake(postgres: PostgresCluster,
                                                                             tmp_path: Path) -> None:
     """The lake saves a judge round on its own path (lake_writes): the moved finding and its candidate,
