@@ -69,11 +69,13 @@ class LakeTarget:
 
 
 def redact(text: str) -> str:
-    """The text with any ``password=...`` value hidden (catalog strings reach logs and errors)."""
+    """The text with any ``password=...`` value hidden (catalog strings reach logs and errors), and the
+    password of a libpq URI (``postgresql://user:secret@host/db``), which libpq takes as well."""
     # libpq values are bare words or single-quoted (with \' and \\ escapes, spaces allowed); error
     # texts quote the whole connection string in double quotes, which end a bare value.
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'\"]+)", r"\1<redacted>", text,
+    text = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'\"]+)", r"\1<redacted>", text,
                   flags=re.IGNORECASE)
+    return re.sub(r"(postgres(?:ql)?://[^\s:/@'\"]*:)[^\s@'\"]*@", r"\1<redacted>@", text, flags=re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- extensions

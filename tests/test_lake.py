@@ -288,6 +288,22 @@ def test_lake_config_errors_are_one_line(tmp_path: Path) -> None:
     assert printed.returncode == 0 and "ducklake" in printed.stdout and "s3cret" not in printed.stdout
 
 
+@needs_lake_extra
+def test_the_password_of_a_uri_catalog_stays_out_of_errors_and_print_config(tmp_path: Path) -> None:
+    """libpq takes a URI too (`postgresql://user:secret@host/db`): only `password=` was hidden, so the
+    URI's password was printed by every catalog error and by --print-config."""
+    uri = f"postgres:postgresql://postgres:s3cret@127.0.0.1:{free_port()}/tracesieve"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(lake_config(uri, tmp_path / "lake")))
+    for args in (("serve",), ("query", "SELECT count(*) FROM spans"), ("candidates",)):
+        result = run_cli(*args, "--config", str(path), "--db", str(tmp_path / "x.duckdb"), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "postgres:<redacted>@127.0.0.1" in lines[0] and "s3cret" not in lines[0], lines
+    printed = run_cli("serve", "--config", str(path), "--print-config")
+    assert printed.returncode == 0 and "ducklake" in printed.stdout and "s3cret" not in printed.stdout
+
+
 @needs_postgres
 @needs_lake_extra
 def test_a_catalog_database_that_does_not_exist_is_named_in_one_line(postgres: PostgresCluster,
