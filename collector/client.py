@@ -255,6 +255,7 @@ def connect_lake(target: lake.LakeTarget, *, write: bool,
 
     Writes (promote, reject) run in serialised lake transactions, retried when they race a collector.
     """
-    con = lake.open_lake(target, read_only=not write, migrate=write)  # a first write creates it properly
+    # a write migrates an existing lake but never creates one: only `serve` does, as for a DuckDB file
+    con = lake.open_lake(target, read_only=not write, migrate=write, create=False)
     lake.forbid_file_access(con, target)
     return LocalClient(con, lambda task: lake.run_in_transaction(con, task, writer="cli"), redact_text)

@@ -26,7 +26,7 @@ from typing import Any
 import duckdb
 import uvicorn
 
-from tracesieve.collector.api import StoreApi, discovery_path, local_token_path
+from tracesieve.collector.api import Hangup, StoreApi, discovery_path, local_token_path
 from tracesieve.collector.client import running_collector
 from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.export import ExportService, span_stage_for
@@ -36,6 +36,7 @@ from tracesieve.collector.judge import Judge
 from tracesieve.collector.metrics import Metrics, StateSource, StoreState
 from tracesieve.collector.runtime import HeapTrimmer, MemoryWatch, tune_garbage_collector
 from tracesieve.collector.span_stage import ProcessSpanStage
+from tracesieve.processors.promotion import PromotionProcessor
 from tracesieve.storage import lake, recent_traces, stats, store
 from tracesieve.storage.errors import ConfigError, UsageError
 from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
@@ -200,7 +201,13 @@ class Collector:
             self.writer = LakeWriter(self.con, owner=owner, lock=commit_lock,
                                      max_queued_spans=cfg.limits.max_queued_spans, retry_after=cfg.limits.retry_after,
                                      on_commit=self.metrics.observe_commit)
-            trace_store = LakeTraceStore(owner, takeover=lake_takeover(cfg.decision_wait))
+            # promotion decides from a read made before its write: the lake applies its cap and
+            # near-duplicate bar again inside the serialised write, where other collectors' rows are seen
+            promotion = next((p.config for p in cfg.trace_processors if isinstance(p, PromotionProcessor)), None)
+            trace_store = LakeTraceStore(owner, takeover=lake_takeover(cfg.decision_wait),
+                                         max_per_intent=promotion.max_per_intent if promotion else 0,
+                                         near_duplicate_threshold=(promotion.near_duplicate_threshold
+                                                                   if promotion else 0.0))
         else:
             self.con = _open_store(cfg.db_path)
             recent_traces.fit_at_start(self.con)  # before the memory limit: a store from before pruning
@@ -247,14 +254,24 @@ class Collector:
     def _start_http(self) -> None:
         ep = self.config.http
         assert ep is not None
-        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self.api.call_json)
+        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self._api_call)
         tls = {"ssl_certfile": ep.tls.cert_file, "ssl_keyfile": ep.tls.key_file} if ep.tls else {}
         self.http_port = self._serve_http(app, ep.host, ep.port, f"the HTTP receiver on {ep.address}", tls)
+
+    def _api_call(self, op: str, args: dict[str, Any], hangup: Hangup | None = None) -> list[bytes]:
+        """The query surface's call; on a lake, a catalog that cannot be reached is said so in one line."""
+        try:
+            return self.api.call_json(op, args, hangup)
+        except (duckdb.Error, UsageError) as exc:
+            unreachable = lake.catalog_unreachable(self.config.lake, exc) if self.config.lake else None
+            if unreachable is None:
+                raise
+            raise UsageError(unreachable) from None
 
     def _start_query_surface(self) -> None:
         """With the HTTP receiver off, the query surface alone on a free loopback port: every CLI command
         must work while ``serve`` runs (DuckDB lets only this process open the store), whatever it receives."""
-        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self.api.call_json,
+        app = build_app(self.http_service, metrics_text=self.metrics.render, ready=self.ready, api=self._api_call,
                         otlp=False)
         self._query_port = self._serve_http(app, "127.0.0.1", 0, "the query surface on 127.0.0.1", {})
 

@@ -87,6 +87,79 @@ _RECURRENCE_SCHEMA = pa.schema([
 ])
 
 
+def within_intent_cap(con: duckdb.DuckDBPyConnection, candidates: Sequence[Candidate],
+                      max_per_intent: int) -> list[Candidate]:
+    """``candidates`` without the new ones (id not stored yet) past ``max_per_intent`` rows per
+    (failure_mode, intent), counted on what ``con``'s transaction sees; recurrences always pass.
+
+    The promotion step caps from a read made before the write: on a lake several collectors judge
+    at once, each read missed what the others were filing, and a fleet of three filed 49 rows for
+    one intent under a cap of 20. Run inside the serialised write, the cap holds across collectors.
+    """
+    if not max_per_intent or not candidates:
+        return list(candidates)
+    ids = sorted({c.candidate_id for c in candidates})
+    stored = {r[0] for r in con.execute(
+        f"SELECT candidate_id FROM candidates WHERE list_contains({unpacked('?')}, candidate_id)",
+        [packed(ids)]).fetchall()}
+    counts: dict[tuple[str, str], int] = {}
+    admitted: set[str] = set()
+    kept = []
+    for cand in candidates:
+        cid = cand.candidate_id
+        if cid not in stored and cid not in admitted:
+            key = (cand.failure_mode, cand.intent)
+            if key not in counts:
+                row = con.execute(INTENT_COUNT_SQL, list(key)).fetchone()
+                counts[key] = int(row[0]) if row else 0
+            if counts[key] >= max_per_intent:
+                continue
+            counts[key] += 1
+            admitted.add(cid)
+        kept.append(cand)
+    return kept
+
+
+def mark_late_near_duplicates(con: duckdb.DuckDBPyConnection, candidates: Sequence[Candidate],
+                              threshold: float) -> None:
+    """Mark ``duplicate`` the new candidates (id not stored yet, status ``new``) that nearly duplicate a
+    stored non-duplicate of their failure mode, as the promotion step would had it seen that row.
+
+    The promotion step compares with the candidates it read before its write: on a lake, collectors
+    judging at once each missed what the others were filing, and three near-duplicate inputs seen by
+    three collectors became three ``new`` rows instead of one and two duplicates. Run inside the
+    serialised write, it sees every earlier commit. Same measure and ties as the step (estimated
+    Jaccard of the MinHash signatures, the earliest stored on ties; an equal input is no duplicate).
+    """
+    if not threshold or not candidates:
+        return
+    ids = sorted({c.candidate_id for c in candidates})
+    stored = {r[0] for r in con.execute(
+        f"SELECT candidate_id FROM candidates WHERE list_contains({unpacked('?')}, candidate_id)",
+        [packed(ids)]).fetchall()}
+    rows: dict[tuple[str, int], list[tuple[str, list[int], str]]] = {}
+    repointed: dict[str, str] = {}
+    for cand in candidates:
+        if cand.candidate_id in stored or cand.status != "new" or not cand.signature:
+            continue
+        key = (cand.failure_mode, len(cand.signature))
+        if key not in rows:
+            rows[key] = [(r[0], list(r[1]), r[2]) for r in con.execute(SIGNATURES_SQL, list(key)).fetchall()]
+        best: tuple[float, str] | None = None
+        for other_id, other_sig, other_hash in rows[key]:
+            if other_hash == cand.input_hash:
+                continue
+            sim = sum(1 for a, b in zip(cand.signature, other_sig) if a == b) / len(other_sig)
+            if sim >= threshold and (best is None or sim > best[0]):
+                best = (sim, other_id)
+        if best is not None:
+            cand.status, cand.duplicate_of = "duplicate", best[1]
+            repointed[cand.candidate_id] = best[1]
+    for cand in candidates:  # a duplicate of one that turned out a duplicate itself: of the one it duplicates
+        if cand.status == "duplicate" and cand.duplicate_of in repointed:
+            cand.duplicate_of = repointed[cand.duplicate_of]
+
+
 def upsert_candidates(
     con: duckdb.DuckDBPyConnection, candidates: Iterable[Candidate], now: dt.datetime
 ) -> dict[str, int]:

@@ -69,11 +69,13 @@ class LakeTarget:
 
 
 def redact(text: str) -> str:
-    """The text with any ``password=...`` value hidden (catalog strings reach logs and errors)."""
+    """The text with any ``password=...`` value hidden (catalog strings reach logs and errors), and the
+    password of a libpq URI (``postgresql://user:secret@host/db``), which libpq takes as well."""
     # libpq values are bare words or single-quoted (with \' and \\ escapes, spaces allowed); error
     # texts quote the whole connection string in double quotes, which end a bare value.
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'\"]+)", r"\1<redacted>", text,
+    text = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s'\"]+)", r"\1<redacted>", text,
                   flags=re.IGNORECASE)
+    return re.sub(r"(postgres(?:ql)?://[^\s:/@'\"]*:)[^\s@'\"]*@", r"\1<redacted>@", text, flags=re.IGNORECASE)
 
 
 # --------------------------------------------------------------------------- extensions
@@ -143,17 +145,19 @@ def _connect_config(extension_directory: str) -> dict[str, str | bool | int | fl
 # --------------------------------------------------------------------------- opening
 
 
-def open_lake(target: LakeTarget, *, read_only: bool = False, migrate: bool = True,
+def open_lake(target: LakeTarget, *, read_only: bool = False, migrate: bool = True, create: bool = True,
               extension_directory: str | None = None) -> duckdb.DuckDBPyConnection:
     """A connection whose default database is the lake (so every cursor sees the tables unqualified).
 
-    With ``migrate`` (writers), the lake is first attached with its data path (created on first use)
-    and migrated; several processes may do this at once. Raises UsageError in one line when the
-    extensions are missing or the catalog cannot be reached.
+    With ``migrate`` (writers), the lake is first attached with its data path and migrated; several
+    processes may do this at once. With ``create`` (``serve``) an empty catalog database gets a new
+    lake; without it (``promote``, ``reject``) it is refused like a reader refuses it, so a mistyped
+    catalog never becomes a lake pinned to that command's data path. Raises UsageError in one line
+    when the extensions are missing or the catalog cannot be reached.
     """
     directory = ensure_extensions(extension_directory)
     if migrate and not read_only:
-        _bootstrap(target, directory)
+        _bootstrap(target, directory, create=create)
     try:
         con = duckdb.connect(f"ducklake:{target.catalog}", read_only=read_only, config=_connect_config(directory))
     except duckdb.Error as exc:
@@ -175,6 +179,19 @@ def _catalog_problem(target: LakeTarget, exc: BaseException) -> str:
     return f"cannot open the DuckLake catalog {target.printable_catalog}: {first}"
 
 
+def catalog_unreachable(target: LakeTarget, exc: BaseException) -> str | None:
+    """One line saying the catalog cannot be reached, when ``exc`` is a statement that failed for that; else None.
+
+    A statement on an open lake connects to the catalog again: while PostgreSQL is down, a command
+    answered through a running collector got "internal error: IOException", which named neither the
+    catalog nor what to do; a query that met the outage later, "query failed: IO Error: ..." with the
+    catalog string as DuckDB quotes it, password included.
+    """
+    if isinstance(exc, (duckdb.Error, UsageError)) and "Unable to connect to Postgres" in str(exc):
+        return _catalog_problem(target, exc) + " (run the command again once the catalog is back)"
+    return None
+
+
 def _check_data_path(data_path: str) -> None:
     """Create a local data path if needed and make sure files can be written there (UsageError if not).
 
@@ -190,18 +207,19 @@ def _check_data_path(data_path: str) -> None:
                          f"{exc.strerror or type(exc).__name__}") from None
 
 
-def _bootstrap(target: LakeTarget, directory: str) -> None:
-    """Attach with DATA_PATH (creating the catalog tables if the database is empty) and migrate."""
+def _bootstrap(target: LakeTarget, directory: str, *, create: bool) -> None:
+    """Attach with DATA_PATH (with ``create``, making the catalog tables if the database is empty) and migrate."""
     if "://" not in target.data_path:
         _check_data_path(target.data_path)
     con = duckdb.connect(config=_connect_config(directory))
     try:
         data_path = target.data_path.replace("'", "''")
         catalog = target.catalog.replace("'", "''")
+        create_option = "" if create else ", CREATE_IF_NOT_EXISTS false"
         last: BaseException | None = None
         for attempt in range(6):  # concurrent first attaches race to create the catalog tables
             try:
-                con.execute(f"ATTACH 'ducklake:{catalog}' AS {_ALIAS} (DATA_PATH '{data_path}')")
+                con.execute(f"ATTACH 'ducklake:{catalog}' AS {_ALIAS} (DATA_PATH '{data_path}'{create_option})")
                 break
             except duckdb.Error as exc:
                 last = exc

@@ -126,9 +126,13 @@ class LakeWriter(GroupCommitWriter):
 class LakeTraceStore:
     """The trace-stage reads and writes of one collector on a lake (the judge's storage seam)."""
 
-    def __init__(self, owner: str, takeover: dt.timedelta = DEFAULT_TAKEOVER) -> None:
+    def __init__(self, owner: str, takeover: dt.timedelta = DEFAULT_TAKEOVER, max_per_intent: int = 0,
+                 near_duplicate_threshold: float = 0.0) -> None:
         self.owner = owner
         self.takeover = takeover
+        # promotion's cap and near-duplicate bar, applied again inside the write (0: none)
+        self.max_per_intent = max_per_intent
+        self.near_duplicate_threshold = near_duplicate_threshold
 
     def settled_traces(self, con: duckdb.DuckDBPyConnection, quiet_since: dt.datetime | None,
                        limit: int) -> list[tuple[str, int, dt.datetime | None]]:
@@ -180,6 +184,8 @@ class LakeTraceStore:
         ours = [d for d in detections if d.trace_id in keep or d.evidence.get(store.CARRIER_TRACE_KEY) in keep]
         save_detections(con, sorted(keep), ours, now)
         mine = [c for c in candidates if c.trace_id in keep or c.trace_id in {d.trace_id for d in ours}]
+        mine = candidate_store.within_intent_cap(con, mine, self.max_per_intent)
+        candidate_store.mark_late_near_duplicates(con, mine, self.near_duplicate_threshold)
         if mine:
             candidate_store.upsert_candidates(con, mine, now)
         rejudged = [d[0] for d in fresh if current.get(d[0]) is not None]

@@ -30,6 +30,7 @@ from opentelemetry.trace import Status, StatusCode
 from conftest import free_port, run_cli
 from lake_helpers import LakeCollector, PostgresCluster, lake_config, postgres_bin_dir
 from sdk_helpers import emit_agent_trace, emit_conversation, emit_thumbs_down, sdk_tracer
+from tracesieve.storage.lake import COMMIT_LOCK_KEY as LAKE_COMMIT_LOCK_KEY
 from tracesieve.storage.lake import LAKE_MIGRATIONS
 
 pytestmark = pytest.mark.timeout(240)
@@ -287,6 +288,22 @@ def test_lake_config_errors_are_one_line(tmp_path: Path) -> None:
     assert printed.returncode == 0 and "ducklake" in printed.stdout and "s3cret" not in printed.stdout
 
 
+@needs_lake_extra
+def test_the_password_of_a_uri_catalog_stays_out_of_errors_and_print_config(tmp_path: Path) -> None:
+    """libpq takes a URI too (`postgresql://user:secret@host/db`): only `password=` was hidden, so the
+    URI's password was printed by every catalog error and by --print-config."""
+    uri = f"postgres:postgresql://postgres:s3cret@127.0.0.1:{free_port()}/tracesieve"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(lake_config(uri, tmp_path / "lake")))
+    for args in (("serve",), ("query", "SELECT count(*) FROM spans"), ("candidates",)):
+        result = run_cli(*args, "--config", str(path), "--db", str(tmp_path / "x.duckdb"), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "postgres:<redacted>@127.0.0.1" in lines[0] and "s3cret" not in lines[0], lines
+    printed = run_cli("serve", "--config", str(path), "--print-config")
+    assert printed.returncode == 0 and "ducklake" in printed.stdout and "s3cret" not in printed.stdout
+
+
 @needs_postgres
 @needs_lake_extra
 def test_a_catalog_database_that_does_not_exist_is_named_in_one_line(postgres: PostgresCluster,
@@ -304,6 +321,26 @@ def test_a_catalog_database_that_does_not_exist_is_named_in_one_line(postgres: P
     result = run_cli("query", "SELECT count(*) FROM spans", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 2 and "holds no lake yet" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@needs_postgres
+@needs_lake_extra
+def test_promote_and_reject_never_create_a_lake_in_an_empty_catalog(postgres: PostgresCluster,
+                                                                    tmp_path: Path) -> None:
+    """Only `serve` creates a lake: a review command pointed at an empty database (a mistyped catalog)
+    used to create the whole lake there, pinned to its own data path, and then answer "no candidate"."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(lake_config(postgres.create_database("reviewonly"), tmp_path / "lake")))
+    for args in (("reject", "c0", "--reason", "noise"),
+                 ("promote", "c0", "--cases", str(tmp_path / "cases.yaml"), "--owner", "me")):
+        result = run_cli(*args, "--config", str(path), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "holds no lake yet" in lines[0], lines
+    # ...and the database still holds no lake: readers say so too.
+    result = run_cli("query", "SELECT count(*) FROM spans", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2 and "holds no lake yet" in result.stderr, result.stderr
+    assert not (tmp_path / "cases.yaml").exists()
 
 
 @needs_postgres
@@ -520,6 +557,112 @@ def test_a_catalog_outage_under_a_running_collector(tmp_path: Path) -> None:
     finally:
         c.kill()
         cluster.stop()
+
+
+@needs_postgres
+@needs_lake_extra
+def test_commands_through_a_collector_say_when_its_catalog_is_down(tmp_path: Path) -> None:
+    """While PostgreSQL is down, a command answered through the running collector (--db) got
+    "the collector failed: internal error: IOException": now it names the catalog (password hidden)
+    and what to do, in one line, and works again once the catalog is back."""
+    assert PG_BIN is not None
+    cluster = PostgresCluster(PG_BIN).start()
+    catalog = cluster.create_database("down") + " password=s3cret"  # trust ignores it; errors quote it
+    c = LakeCollector(tmp_path, lake_config(catalog, tmp_path / "data", {"service": {"span_workers": 0}}))
+    try:
+        c.start(timeout=120)
+        cluster.stop_server()
+        for args in (("query", "SELECT count(*) FROM spans"), ("candidates",), ("reject", "c0", "--reason", "noise")):
+            result = c.cli_via_db(*args)
+            assert result.returncode == 2, result.stderr
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and "DuckLake catalog" in lines[0] and "Connection refused" in lines[0], lines
+            assert "internal error" not in lines[0] and "s3cret" not in lines[0], lines
+        cluster.start_server()
+        assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 0}]
+        assert c.stop() == 0
+    finally:
+        c.kill()
+        cluster.stop()
+
+
+@needs_postgres
+@needs_lake_extra
+def test_the_per_intent_cap_holds_across_collectors(postgres: PostgresCluster, tmp_path: Path) -> None:
+    """`max_per_intent` caps the rows of one (failure_mode, intent): collectors judging at once each read
+    the count before the others' writes, and each filed up to the cap on its own (49 rows under 20)."""
+    catalog = postgres.create_database("capped")
+    extra = {"service": {"span_workers": 0},
+             "processors": {"detectors": {"decision_wait": "2s"}, "promotion": {"max_per_intent": 5}}}
+    collectors = []
+    for i in range(3):
+        (tmp_path / f"c{i}").mkdir()
+        collectors.append(LakeCollector(tmp_path / f"c{i}", lake_config(catalog, tmp_path / "data", extra)))
+    held: subprocess.Popen[bytes] | None = None
+    try:
+        for c in collectors:
+            c.start(timeout=120)
+        for k, c in enumerate(collectors):
+            with sdk_tracer("grpc", c.grpc_endpoint, service=f"agent-{k}") as tracer:
+                for j in range(8):  # distinct inputs, one failing tool: one intent, tool:lookup_order
+                    emit_agent_trace(tracer, tool_error=True, session=f"{k}-{j}",
+                                     question=f"Why was I charged twice for the order ORD-{k}{j} last week?")
+        # Every write queues on the collectors' advisory lock: held here while the traces settle, every
+        # collector judges its round at once, and the three writes then run one after the other.
+        assert PG_BIN is not None
+        held = subprocess.Popen(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p",
+                                 str(postgres.port), "-d", "capped", "-c",
+                                 f"SELECT pg_advisory_lock({LAKE_COMMIT_LOCK_KEY}), pg_sleep(5)"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_all_judged(collectors[0], 24)
+        rows = collectors[0].query("SELECT intent, count(*) AS n FROM candidates GROUP BY 1")
+        assert rows == [{"intent": "tool:lookup_order", "n": 5}], rows
+        for c in collectors:
+            assert c.stop() == 0, c.log()[-2000:]
+    finally:
+        if held is not None:
+            held.wait(30)
+        for c in collectors:
+            c.kill()
+
+
+@needs_postgres
+@needs_lake_extra
+def test_near_duplicates_seen_by_different_collectors_at_once_are_marked(postgres: PostgresCluster,
+                                                                         tmp_path: Path) -> None:
+    """Three very similar inputs of one failure, one per collector, judged at once: one `new` candidate and
+    two `duplicate`s of it, as one collector files them (each collector used to file its own `new`)."""
+    catalog = postgres.create_database("neardup")
+    collectors = []
+    for i in range(3):
+        (tmp_path / f"c{i}").mkdir()
+        collectors.append(LakeCollector(tmp_path / f"c{i}", lake_config(catalog, tmp_path / "data", {
+            "service": {"span_workers": 0}, "processors": {"detectors": {"decision_wait": "2s"}}})))
+    held: subprocess.Popen[bytes] | None = None
+    try:
+        for c in collectors:
+            c.start(timeout=120)
+        question = ("I was charged twice for my order and I would like a full refund of the second charge "
+                    "to my card please thank you very much for helping")
+        for c, tail in zip(collectors, ("", " today", " asap")):
+            with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+                emit_agent_trace(tracer, question=question + tail, tool_error=True)
+        assert PG_BIN is not None  # the writes wait on the collectors' lock while all three judge (see above)
+        held = subprocess.Popen(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p",
+                                 str(postgres.port), "-d", "neardup", "-c",
+                                 f"SELECT pg_advisory_lock({LAKE_COMMIT_LOCK_KEY}), pg_sleep(5)"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_all_judged(collectors[0], 3)
+        rows = collectors[0].query("SELECT candidate_id, status, duplicate_of FROM candidates ORDER BY status")
+        assert [r["status"] for r in rows] == ["duplicate", "duplicate", "new"], rows
+        assert {r["duplicate_of"] for r in rows[:2]} == {rows[2]["candidate_id"]}, rows
+        for c in collectors:
+            assert c.stop() == 0, c.log()[-2000:]
+    finally:
+        if held is not None:
+            held.wait(30)
+        for c in collectors:
+            c.kill()
 
 
 @needs_postgres
