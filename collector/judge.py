@@ -378,7 +378,7 @@ class Judge:
             if rejudged:  # what a late span changed: the trace leaves the candidates it no longer makes
                 candidate_store.withdraw_stale(con, rejudged, candidates, detections)
             store.mark_judged_pending(con, due, now)
-            store.requeue_stranded_feedback(con, trace_ids)
+            store.requeue_stranded_feedback(con, trace_ids, since)
 
         self._settle_in_flight()  # at most one round's write outstanding
         self._in_flight = (self._writer.submit_task(write), frozenset(trace_ids))
