@@ -368,14 +368,17 @@ class Judge:
             if states is not None:
                 states.save_judgement(con, due, detections, candidates, now)
                 return
-            # Only a trace committed more than once (received_seq > 1) can have been judged before.
-            rejudged = store.judged_before(con, [d for d in due if d[1] > 1])
+            # Only a trace committed more than once (received_seq > 1) can have been judged before, or a
+            # carrier whose feedback now moved onto its target (store.requeue_stranded_feedback).
+            carriers = {d.evidence.get(store.CARRIER_TRACE_KEY) for d in detections}
+            rejudged = store.judged_before(con, [d for d in due if d[1] > 1 or d[0] in carriers])
             store.save_detections(con, trace_ids, detections, now, since)
             if candidates:
                 candidate_store.upsert_candidates(con, candidates, now)
             if rejudged:  # what a late span changed: the trace leaves the candidates it no longer makes
                 candidate_store.withdraw_stale(con, rejudged, candidates, detections)
             store.mark_judged_pending(con, due, now)
+            store.requeue_stranded_feedback(con, trace_ids, since)
 
         self._settle_in_flight()  # at most one round's write outstanding
         self._in_flight = (self._writer.submit_task(write), frozenset(trace_ids))

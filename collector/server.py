@@ -27,7 +27,7 @@ import duckdb
 import uvicorn
 
 from tracesieve.collector.api import Hangup, StoreApi, discovery_path, local_token_path
-from tracesieve.collector.client import running_collector
+from tracesieve.collector.client import LOCK_POLL_SECONDS, LOCK_WAIT_SECONDS, running_collector
 from tracesieve.collector.config import Config, Endpoint
 from tracesieve.collector.export import ExportService, span_stage_for
 from tracesieve.collector.grpc_receiver import start_grpc_server
@@ -38,7 +38,7 @@ from tracesieve.collector.runtime import HeapTrimmer, MemoryWatch, tune_garbage_
 from tracesieve.collector.span_stage import ProcessSpanStage
 from tracesieve.processors.promotion import PromotionProcessor
 from tracesieve.storage import lake, recent_traces, stats, store
-from tracesieve.storage.errors import ConfigError, UsageError
+from tracesieve.storage.errors import ConfigError, StoreLockedError, UsageError
 from tracesieve.storage.lake_writes import LakeTraceStore, LakeWriter
 from tracesieve.storage.schema import CLOCK, utcnow
 from tracesieve.storage.writer import GroupCommitWriter
@@ -442,9 +442,22 @@ def refuse_if_served(db_path: str) -> None:
 
 
 def _open_store(db_path: str) -> duckdb.DuckDBPyConnection:
-    """The store for ``serve``; a store another ``serve`` holds is refused naming that one (pid, query surface)."""
-    try:
-        return store.open_database(db_path)
-    except UsageError:
-        refuse_if_served(db_path)
-        raise
+    """The store for ``serve``; a store another ``serve`` holds is refused naming that one (pid, query surface).
+
+    A lock held for a moment by something else (a command reading the file while no collector serves it,
+    as an operator's dashboard or cron job does) is waited for up to LOCK_WAIT_SECONDS, as the commands
+    wait: a supervisor's restart after a crash failed (exit 2, "locked by another process") whenever a
+    ``tracesieve query`` happened to be reading the file at that moment.
+    """
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            return store.open_database(db_path)
+        except StoreLockedError:
+            refuse_if_served(db_path)
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(LOCK_POLL_SECONDS)
+        except UsageError:
+            refuse_if_served(db_path)
+            raise

@@ -184,6 +184,27 @@ def test_a_write_command_waits_for_the_file_another_command_holds_for_a_moment(s
     assert "TS-0001" in out and (tmp_path / "cases.yaml").exists()
 
 
+def test_serve_restarting_waits_for_the_file_a_command_holds_for_a_moment(start_collector):
+    """A supervisor restarts `serve` after a crash while an operator's `tracesieve query` (a dashboard, a
+    cron job) has the file open, as commands do while no collector serves it: `serve` exited 2 "locked by
+    another process" at once. It now waits for the lock, as the commands do, and serves the store."""
+    import threading
+
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        trace_id = emit_agent_trace(tracer)
+    assert c.stop() == 0
+    reader = duckdb.connect(str(c.db_path), read_only=True)  # another process's read holds the file
+    release = threading.Timer(2.0, reader.close)
+    release.start()
+    try:
+        c.start(timeout=30)
+    finally:
+        release.join()
+    assert c.query(f"SELECT count(*) AS n FROM spans WHERE trace_id = '{trace_id}'") == [{"n": 5}]
+    assert c.stop() == 0
+
+
 def test_queries_through_the_collector_cannot_read_its_files(start_collector):
     c = start_collector(NO_JUDGE)
     result = c.cli("query", "SELECT * FROM read_text('/etc/hostname')")

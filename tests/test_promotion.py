@@ -876,6 +876,45 @@ def test_feedback_sent_later_on_a_span_of_no_kind_is_a_failure_of_the_conversati
         "Can I pay with PayPal?", "Is the X200 blender dishwasher safe?"]
 
 
+def test_feedback_that_arrives_before_its_conversation_still_lands_on_it(start_collector):
+    """The thumbs-down reaches the collector before the conversation it links to: the agent's batch
+    processor flushes later than the feedback service's, or its exporter retries through a restart.
+
+    The carrier was judged alone and its finding stayed with it for good: no negative_feedback on the
+    conversation, and one candidate with an empty input that every such thumbs-down joined. Once the
+    conversation is judged, its carriers are judged again and the finding moves onto its answer.
+    """
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    c = start_collector(FAST_JUDGE)
+    agent = TracerProvider(resource=Resource.create({"service.name": "support-agent"}))
+    agent.add_span_processor(BatchSpanProcessor(  # holds the conversations until force_flush
+        OTLPSpanExporter(endpoint=f"http://{c.grpc_endpoint}", insecure=True, timeout=30),
+        schedule_delay_millis=600_000))
+    try:
+        tracer = agent.get_tracer("agent")
+        first, first_llm = emit_conversation(tracer, "Can I return a blender after 40 days?")
+        second, second_llm = emit_conversation(tracer, "Do you ship to Canada?")
+        with sdk_tracer("http", c.http_url, service="feedback") as feedback:
+            emit_thumbs_down(feedback, first, first_llm)
+            emit_thumbs_down(feedback, second, second_llm)
+        c.wait_for("SELECT count(*) AS n FROM detections", lambda r: r[0]["n"] == 2)  # the carriers, judged alone
+        assert agent.force_flush(30_000)
+    finally:
+        agent.shutdown()
+
+    rows = c.wait_for("SELECT trace_id, span_id FROM detections WHERE failure_mode = 'negative_feedback' "
+                      "ORDER BY trace_id", lambda r: {x["trace_id"] for x in r} == {first, second})
+    assert sorted((r["trace_id"], r["span_id"]) for r in rows) == sorted([(first, first_llm), (second, second_llm)])
+    cands = c.wait_for("SELECT input, trace_ids, occurrences FROM candidates WHERE failure_mode = 'negative_feedback'",
+                       lambda r: len(r) == 2 and all(x["occurrences"] == 1 for x in r))
+    assert sorted((json.loads(r["input"])["user_message"], r["trace_ids"][0]) for r in cands) == sorted([
+        ("Can I return a blender after 40 days?", first), ("Do you ship to Canada?", second)])
+
+
 def test_feedback_sent_later_in_its_own_trace_is_a_failure_of_the_conversation_it_links_to(start_collector):
     """A thumbs-down arrives after the conversation, on a carrier span of its own trace linked to the answer.
 
