@@ -586,6 +586,16 @@ def test_commands_through_a_collector_say_when_its_catalog_is_down(tmp_path: Pat
         cluster.stop()
 
 
+def _hold_commit_lock(postgres: PostgresCluster, database: str, seconds: float) -> subprocess.Popen[bytes]:
+    """A psql session holding the collectors' commit lock (the advisory lock every lake write queues on)
+    in ``database`` for ``seconds``: every collector then judges its round before any of them writes."""
+    assert PG_BIN is not None
+    return subprocess.Popen(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p",
+                             str(postgres.port), "-d", database, "-c",
+                             f"SELECT pg_advisory_lock({LAKE_COMMIT_LOCK_KEY}), pg_sleep({seconds})"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @needs_postgres
 @needs_lake_extra
 def test_the_per_intent_cap_holds_across_collectors(postgres: PostgresCluster, tmp_path: Path) -> None:
@@ -609,11 +619,7 @@ def test_the_per_intent_cap_holds_across_collectors(postgres: PostgresCluster, t
                                      question=f"Why was I charged twice for the order ORD-{k}{j} last week?")
         # Every write queues on the collectors' advisory lock: held here while the traces settle, every
         # collector judges its round at once, and the three writes then run one after the other.
-        assert PG_BIN is not None
-        held = subprocess.Popen(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p",
-                                 str(postgres.port), "-d", "capped", "-c",
-                                 f"SELECT pg_advisory_lock({LAKE_COMMIT_LOCK_KEY}), pg_sleep(5)"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        held = _hold_commit_lock(postgres, "capped", seconds=5)
         _wait_all_judged(collectors[0], 24)
         rows = collectors[0].query("SELECT intent, count(*) AS n FROM candidates GROUP BY 1")
         assert rows == [{"intent": "tool:lookup_order", "n": 5}], rows
@@ -647,11 +653,7 @@ def test_near_duplicates_seen_by_different_collectors_at_once_are_marked(postgre
         for c, tail in zip(collectors, ("", " today", " asap")):
             with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
                 emit_agent_trace(tracer, question=question + tail, tool_error=True)
-        assert PG_BIN is not None  # the writes wait on the collectors' lock while all three judge (see above)
-        held = subprocess.Popen(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p",
-                                 str(postgres.port), "-d", "neardup", "-c",
-                                 f"SELECT pg_advisory_lock({LAKE_COMMIT_LOCK_KEY}), pg_sleep(5)"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        held = _hold_commit_lock(postgres, "neardup", seconds=5)
         _wait_all_judged(collectors[0], 3)
         rows = collectors[0].query("SELECT candidate_id, status, duplicate_of FROM candidates ORDER BY status")
         assert [r["status"] for r in rows] == ["duplicate", "duplicate", "new"], rows

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import duckdb
 import httpx
@@ -623,19 +624,23 @@ def test_healthz_and_readyz(start_collector):
     assert httpx.get(f"{c.http_url}/readyz").status_code == 200
 
 
-def test_tls_on_both_receivers_and_the_query_surface(start_collector, tmp_path):
+def _self_signed_tls(tmp_path: Path) -> dict[str, str]:
+    """A `tls` block with a one-day self-signed certificate for localhost and 127.0.0.1, made by openssl."""
     import shutil
-    import subprocess
-
-    import grpc
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
     assert shutil.which("openssl"), "openssl makes the test certificate"
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
-    tls = {"cert_file": str(cert), "key_file": str(key)}
+    return {"cert_file": str(cert), "key_file": str(key)}
+
+
+def test_tls_on_both_receivers_and_the_query_surface(start_collector, tmp_path):
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    tls = _self_signed_tls(tmp_path)
     c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"protocols": {"grpc": {"tls": tls}, "http": {"tls": tls}}}}})
     assert c.http_url.startswith("https://")
     response = httpx.post(f"{c.http_url}/v1/traces", content=make_request(2).SerializeToString(), verify=c.verify,
@@ -643,7 +648,7 @@ def test_tls_on_both_receivers_and_the_query_surface(start_collector, tmp_path):
     assert response.status_code == 200
     with pytest.raises(httpx.HTTPError):
         httpx.post(f"http://127.0.0.1:{c.http_port}/v1/traces", content=b"", timeout=5)
-    creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    creds = grpc.ssl_channel_credentials(root_certificates=Path(tls["cert_file"]).read_bytes())
     with grpc.secure_channel(c.grpc_endpoint, creds) as channel:
         trace_service_pb2_grpc.TraceServiceStub(channel).Export(make_request(3), timeout=10)
     # the CLI reaches the TLS query surface with the certificate the collector published
@@ -739,24 +744,17 @@ def test_with_tls_a_connected_exporter_does_not_hold_up_the_stop(start_collector
     """The OTel HTTP exporter keeps its connection open between batches. On TLS uvicorn closed such an idle
     connection by waiting for the client's close_notify, which never came: every SIGTERM took uvicorn's whole
     10 s grace, taken from the time left to judge pending traces, while an agent was running."""
-    import shutil
-
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    assert shutil.which("openssl"), "openssl makes the test certificate"
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    tls = {"cert_file": str(cert), "key_file": str(key)}
+    tls = _self_signed_tls(tmp_path)
     c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"protocols": {"grpc": {"tls": tls}, "http": {"tls": tls}}}}})
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # requests lets these override the exporter's CA file
         monkeypatch.delenv(name, raising=False)
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{c.http_url}/v1/traces",
-                                                                     certificate_file=str(cert), timeout=10)))
+                                                                     certificate_file=tls["cert_file"], timeout=10)))
     try:
         with provider.get_tracer("tests").start_as_current_span("before the stop"):
             pass
