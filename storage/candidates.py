@@ -87,10 +87,19 @@ _RECURRENCE_SCHEMA = pa.schema([
 ])
 
 
+def stored_candidate_ids(con: duckdb.DuckDBPyConnection, candidates: Sequence[Candidate]) -> set[str]:
+    """The ids among ``candidates`` that ``con``'s transaction already holds (the others would be new rows)."""
+    ids = sorted({c.candidate_id for c in candidates})
+    return {r[0] for r in con.execute(
+        f"SELECT candidate_id FROM candidates WHERE list_contains({unpacked('?')}, candidate_id)",
+        [packed(ids)]).fetchall()}
+
+
 def within_intent_cap(con: duckdb.DuckDBPyConnection, candidates: Sequence[Candidate],
-                      max_per_intent: int) -> list[Candidate]:
+                      max_per_intent: int, stored: set[str]) -> list[Candidate]:
     """``candidates`` without the new ones (id not stored yet) past ``max_per_intent`` rows per
-    (failure_mode, intent), counted on what ``con``'s transaction sees; recurrences always pass.
+    (failure_mode, intent), counted on what ``con``'s transaction sees; recurrences (ids in ``stored``,
+    from :func:`stored_candidate_ids`) always pass.
 
     The promotion step caps from a read made before the write: on a lake several collectors judge
     at once, each read missed what the others were filing, and a fleet of three filed 49 rows for
@@ -98,10 +107,6 @@ def within_intent_cap(con: duckdb.DuckDBPyConnection, candidates: Sequence[Candi
     """
     if not max_per_intent or not candidates:
         return list(candidates)
-    ids = sorted({c.candidate_id for c in candidates})
-    stored = {r[0] for r in con.execute(
-        f"SELECT candidate_id FROM candidates WHERE list_contains({unpacked('?')}, candidate_id)",
-        [packed(ids)]).fetchall()}
     counts: dict[tuple[str, str], int] = {}
     admitted: set[str] = set()
     kept = []
@@ -121,7 +126,7 @@ def within_intent_cap(con: duckdb.DuckDBPyConnection, candidates: Sequence[Candi
 
 
 def mark_late_near_duplicates(con: duckdb.DuckDBPyConnection, candidates: Sequence[Candidate],
-                              threshold: float) -> None:
+                              threshold: float, stored: set[str]) -> None:
     """Mark ``duplicate`` the new candidates (id not stored yet, status ``new``) that nearly duplicate a
     stored non-duplicate of their failure mode, as the promotion step would had it seen that row.
 
@@ -133,10 +138,6 @@ def mark_late_near_duplicates(con: duckdb.DuckDBPyConnection, candidates: Sequen
     """
     if not threshold or not candidates:
         return
-    ids = sorted({c.candidate_id for c in candidates})
-    stored = {r[0] for r in con.execute(
-        f"SELECT candidate_id FROM candidates WHERE list_contains({unpacked('?')}, candidate_id)",
-        [packed(ids)]).fetchall()}
     rows: dict[tuple[str, int], list[tuple[str, list[int], str]]] = {}
     repointed: dict[str, str] = {}
     for cand in candidates:

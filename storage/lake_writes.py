@@ -184,8 +184,10 @@ class LakeTraceStore:
         ours = [d for d in detections if d.trace_id in keep or d.evidence.get(store.CARRIER_TRACE_KEY) in keep]
         save_detections(con, sorted(keep), ours, now)
         mine = [c for c in candidates if c.trace_id in keep or c.trace_id in {d.trace_id for d in ours}]
-        mine = candidate_store.within_intent_cap(con, mine, self.max_per_intent)
-        candidate_store.mark_late_near_duplicates(con, mine, self.near_duplicate_threshold)
+        if mine and (self.max_per_intent or self.near_duplicate_threshold):
+            stored = candidate_store.stored_candidate_ids(con, mine)
+            mine = candidate_store.within_intent_cap(con, mine, self.max_per_intent, stored)
+            candidate_store.mark_late_near_duplicates(con, mine, self.near_duplicate_threshold, stored)
         if mine:
             candidate_store.upsert_candidates(con, mine, now)
         rejudged = [d[0] for d in fresh if current.get(d[0]) is not None]
