@@ -7,6 +7,7 @@ session attaching the lake the way the README tells operators to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -586,14 +587,39 @@ def test_commands_through_a_collector_say_when_its_catalog_is_down(tmp_path: Pat
         cluster.stop()
 
 
-def _hold_commit_lock(postgres: PostgresCluster, database: str, seconds: float) -> subprocess.Popen[bytes]:
+@contextlib.contextmanager
+def _commit_lock_held(postgres: PostgresCluster, database: str, seconds: float) -> Iterator[None]:
     """A psql session holding the collectors' commit lock (the advisory lock every lake write queues on)
     in ``database`` for ``seconds``: every collector then judges its round before any of them writes."""
     assert PG_BIN is not None
-    return subprocess.Popen(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p",
+    held = subprocess.Popen(["runuser", "-u", "postgres", "--", f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p",
                              str(postgres.port), "-d", database, "-c",
                              f"SELECT pg_advisory_lock({LAKE_COMMIT_LOCK_KEY}), pg_sleep({seconds})"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        held.wait(30)
+
+
+@contextlib.contextmanager
+def _collectors_on_one_lake(tmp_path: Path, catalog: str, extra: dict[str, Any],
+                            count: int = 3) -> Iterator[list[LakeCollector]]:
+    """``count`` started collectors on one lake, each in its own folder; stopped (exit 0) when the block
+    ends, killed if it fails."""
+    collectors = []
+    for i in range(count):
+        (tmp_path / f"c{i}").mkdir()
+        collectors.append(LakeCollector(tmp_path / f"c{i}", lake_config(catalog, tmp_path / "data", extra)))
+    try:
+        for c in collectors:
+            c.start(timeout=120)
+        yield collectors
+        for c in collectors:
+            assert c.stop() == 0, c.log()[-2000:]
+    finally:
+        for c in collectors:
+            c.kill()
 
 
 @needs_postgres
@@ -604,14 +630,7 @@ def test_the_per_intent_cap_holds_across_collectors(postgres: PostgresCluster, t
     catalog = postgres.create_database("capped")
     extra = {"service": {"span_workers": 0},
              "processors": {"detectors": {"decision_wait": "2s"}, "promotion": {"max_per_intent": 5}}}
-    collectors = []
-    for i in range(3):
-        (tmp_path / f"c{i}").mkdir()
-        collectors.append(LakeCollector(tmp_path / f"c{i}", lake_config(catalog, tmp_path / "data", extra)))
-    held: subprocess.Popen[bytes] | None = None
-    try:
-        for c in collectors:
-            c.start(timeout=120)
+    with _collectors_on_one_lake(tmp_path, catalog, extra) as collectors:
         for k, c in enumerate(collectors):
             with sdk_tracer("grpc", c.grpc_endpoint, service=f"agent-{k}") as tracer:
                 for j in range(8):  # distinct inputs, one failing tool: one intent, tool:lookup_order
@@ -619,17 +638,10 @@ def test_the_per_intent_cap_holds_across_collectors(postgres: PostgresCluster, t
                                      question=f"Why was I charged twice for the order ORD-{k}{j} last week?")
         # Every write queues on the collectors' advisory lock: held here while the traces settle, every
         # collector judges its round at once, and the three writes then run one after the other.
-        held = _hold_commit_lock(postgres, "capped", seconds=5)
-        _wait_all_judged(collectors[0], 24)
+        with _commit_lock_held(postgres, "capped", seconds=5):
+            _wait_all_judged(collectors[0], 24)
         rows = collectors[0].query("SELECT intent, count(*) AS n FROM candidates GROUP BY 1")
         assert rows == [{"intent": "tool:lookup_order", "n": 5}], rows
-        for c in collectors:
-            assert c.stop() == 0, c.log()[-2000:]
-    finally:
-        if held is not None:
-            held.wait(30)
-        for c in collectors:
-            c.kill()
 
 
 @needs_postgres
@@ -639,32 +651,18 @@ def test_near_duplicates_seen_by_different_collectors_at_once_are_marked(postgre
     """Three very similar inputs of one failure, one per collector, judged at once: one `new` candidate and
     two `duplicate`s of it, as one collector files them (each collector used to file its own `new`)."""
     catalog = postgres.create_database("neardup")
-    collectors = []
-    for i in range(3):
-        (tmp_path / f"c{i}").mkdir()
-        collectors.append(LakeCollector(tmp_path / f"c{i}", lake_config(catalog, tmp_path / "data", {
-            "service": {"span_workers": 0}, "processors": {"detectors": {"decision_wait": "2s"}}})))
-    held: subprocess.Popen[bytes] | None = None
-    try:
-        for c in collectors:
-            c.start(timeout=120)
+    extra = {"service": {"span_workers": 0}, "processors": {"detectors": {"decision_wait": "2s"}}}
+    with _collectors_on_one_lake(tmp_path, catalog, extra) as collectors:
         question = ("I was charged twice for my order and I would like a full refund of the second charge "
                     "to my card please thank you very much for helping")
         for c, tail in zip(collectors, ("", " today", " asap")):
             with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
                 emit_agent_trace(tracer, question=question + tail, tool_error=True)
-        held = _hold_commit_lock(postgres, "neardup", seconds=5)
-        _wait_all_judged(collectors[0], 3)
+        with _commit_lock_held(postgres, "neardup", seconds=5):  # the writes wait while all three judge
+            _wait_all_judged(collectors[0], 3)
         rows = collectors[0].query("SELECT candidate_id, status, duplicate_of FROM candidates ORDER BY status")
         assert [r["status"] for r in rows] == ["duplicate", "duplicate", "new"], rows
         assert {r["duplicate_of"] for r in rows[:2]} == {rows[2]["candidate_id"]}, rows
-        for c in collectors:
-            assert c.stop() == 0, c.log()[-2000:]
-    finally:
-        if held is not None:
-            held.wait(30)
-        for c in collectors:
-            c.kill()
 
 
 @needs_postgres
