@@ -115,9 +115,9 @@ def test_a_text_holding_the_marker_characters_is_redacted_in_linear_time():
     proc = pii()
     slow = "\x01 token=x " + "1-" * 20_000
     leaky = "\x01 my password=hunter2 \x02 mail bob@example.com"
-    started = time.monotonic()
+    started = time.process_time()
     out = proc.process(make_batch(make_span(name=slow), make_span(span_id="00f067aa0ba902b8", status_message=leaky)))
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 5
     row = out.to_pylist()
     assert "hunter2" not in row[1]["status_message"] and "bob@example.com" not in row[1]["status_message"]
     assert row[1]["status_message"].startswith("\x01 my password=<SECRET")
@@ -130,19 +130,20 @@ def test_one_text_is_redacted_in_linear_time_too():
     pass over the whole text, quadratic on a long run of key characters: 40 KB of "1-" after a keyword
     took ~50 s. It now looks near the triggers first, like the column path, with the same result."""
     slow = "token=Zx81kq2Lm9 " + "1-" * 20_000
-    started = time.monotonic()
+    started = time.process_time()
     out, counts = Sanitizer().redact(slow)
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 5
     assert out.startswith("token=<SECRET") and out.endswith("1-" * 100) and counts == Counter(SECRET=1)
     text = "my password=hunter2, mail bob@example.com, card 4111 1111 1111 1111"
     assert Sanitizer().redact(text) == (Sanitizer()._redact_python(text, False))
 
 
 def redacted_within_seconds(text: str, seconds: float = 5) -> tuple[str, Counter]:
-    """``Sanitizer().redact(text)``, asserting it took less than ``seconds`` (the slow inputs took minutes)."""
-    started = time.monotonic()
+    """``Sanitizer().redact(text)``, asserting it took less than ``seconds`` of this process's CPU (the
+    slow inputs took minutes; CPU time, so a busy machine or a second test worker does not fail it)."""
+    started = time.process_time()
     out, counts = Sanitizer().redact(text)
-    assert time.monotonic() - started < seconds
+    assert time.process_time() - started < seconds
     return out, counts
 
 
