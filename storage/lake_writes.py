@@ -57,18 +57,21 @@ def insert_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, owner: str, no
         row = con.execute(
             "SELECT min(first_received_at), count(*) FROM trace_state "
             "WHERE trace_id IN (SELECT DISTINCT trace_id FROM _incoming_spans)").fetchone()
-        known = int(row[1]) if row else 0
-        if known:
-            since = row[0] - store.RECEIVED_MARGIN if row and row[0] is not None else None
+        stored: list[tuple[str, str]] = []
+        if row and int(row[1]):
+            since = row[0] - store.RECEIVED_MARGIN if row[0] is not None else None
             window = "s.received_at >= $1 AND " if since is not None else ""
-            params: list[Any] = [since] if since is not None else []
-            result = con.execute(
-                "INSERT INTO spans SELECT i.* FROM _incoming_spans AS i WHERE NOT EXISTS ("
+            stored = [(str(trace_id), str(span_id)) for trace_id, span_id in con.execute(
+                "SELECT i.trace_id, i.span_id FROM _incoming_spans AS i WHERE EXISTS ("
                 f"SELECT 1 FROM spans AS s WHERE {window}s.trace_id = i.trace_id AND s.span_id = i.span_id)",
-                params).fetchone()
-        else:
-            result = con.execute("INSERT INTO spans SELECT * FROM _incoming_spans").fetchone()
-        inserted = int(result[0]) if result else 0
+                [since] if since is not None else []).fetchall()]
+    # Only the traces that got a new span count as an arrival (received_seq + 1, owner, quiet time):
+    # a re-delivery of stored spans (a retry after a lost ack) would otherwise be judged again, later.
+    fresh = without_keys(table, stored) if stored else table
+    if not fresh.num_rows:
+        return 0
+    with registered(con, "_incoming_spans", fresh):
+        con.execute("INSERT INTO spans SELECT * FROM _incoming_spans")
         # UPDATE + anti-join INSERT, not MERGE: DuckLake 1.5.5's MERGE fails ("Out of buffer") on this table.
         con.execute(
             "UPDATE trace_state SET last_received_at = $1, received_seq = received_seq + 1, owner = $2 "
@@ -77,7 +80,15 @@ def insert_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, owner: str, no
             "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq, owner) "
             "SELECT DISTINCT trace_id, $1::TIMESTAMPTZ, $1::TIMESTAMPTZ, 1, $2 FROM _incoming_spans "
             "WHERE trace_id NOT IN (SELECT trace_id FROM trace_state)", [now, owner])
-    return inserted
+    return int(fresh.num_rows)
+
+
+def without_keys(table: pa.Table, keys: Sequence[tuple[str, str]]) -> pa.Table:
+    """``table`` without the rows whose (trace_id, span_id) is one of ``keys``."""
+    drop = set(keys)
+    keep = [i for i, key in enumerate(zip(table.column("trace_id").to_pylist(), table.column("span_id").to_pylist()))
+            if key not in drop]
+    return table.take(pa.array(keep, pa.int64()))
 
 
 class LakeWriter(GroupCommitWriter):

@@ -30,7 +30,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from conftest import free_port, run_cli
 from lake_helpers import LakeCollector, PostgresCluster, lake_config, postgres_bin_dir
-from sdk_helpers import emit_agent_trace, emit_conversation, emit_thumbs_down, sdk_tracer
+from sdk_helpers import emit_agent_trace, emit_conversation, emit_thumbs_down, recorded_spans, sdk_tracer
 from tracesieve.storage.lake import COMMIT_LOCK_KEY as LAKE_COMMIT_LOCK_KEY
 from tracesieve.storage.lake import LAKE_MIGRATIONS
 
@@ -420,6 +420,53 @@ def test_a_span_retried_after_a_slow_lake_commit_is_stored_once(postgres: Postgr
         assert rows == [{"n": 5, "d": 5}]
     finally:
         holder.close()
+        c.kill()
+
+
+@needs_postgres
+@needs_lake_extra
+def test_a_batch_re_sent_to_the_lake_with_nothing_new_is_no_arrival(postgres: PostgresCluster, tmp_path: Path) -> None:
+    """test_flow's re-sent batch on a lake: each stored-again copy used to count as the trace's arrival
+    (received_seq + 1), so a batch re-sent every 200 ms kept its trace from ever settling, and one re-sent
+    after the judgement had it judged again."""
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from test_metrics import scrape, value
+
+    c = LakeCollector(tmp_path, lake_config(postgres.create_database("resent"), tmp_path / "data",
+                                            {"processors": {"detectors": {"decision_wait": "2s"}}}))
+    try:
+        c.start(timeout=120)
+        exporter = OTLPSpanExporter(endpoint=f"http://{c.grpc_endpoint}", insecure=True, timeout=30)
+        trace_id, spans = recorded_spans(lambda tracer: emit_agent_trace(tracer, tool_error=True))
+        stop, results = threading.Event(), []
+
+        def resend() -> None:  # the same batch, again and again, every 200 ms (a query here takes ~1 s)
+            while not stop.is_set():
+                results.append(exporter.export(spans))
+                stop.wait(0.2)
+
+        started = time.monotonic()
+        sender = threading.Thread(target=resend)
+        sender.start()
+        try:
+            c.wait_for(f"SELECT count(*) AS n FROM detections WHERE trace_id = '{trace_id}'",
+                       lambda r: r != [{"n": 0}], timeout=20)
+        finally:
+            stop.set()
+            sender.join()
+        assert time.monotonic() - started < 15 and set(results) == {SpanExportResult.SUCCESS}
+        _wait_all_judged(c, 1)
+        before = scrape(c)
+        for _ in range(3):
+            assert exporter.export(spans) == SpanExportResult.SUCCESS
+        time.sleep(3.5)  # past decision_wait: a copy taken for an arrival would be judged by then
+        assert value(scrape(c), "tracesieve_traces_judged_total") \
+            == value(before, "tracesieve_traces_judged_total") == 1
+        assert c.query("SELECT received_seq, judged_seq FROM trace_state") == [{"received_seq": 1, "judged_seq": 1}]
+        assert c.query(f"SELECT count(*) AS n FROM spans WHERE trace_id = '{trace_id}'") == [{"n": 5}]
+        exporter.shutdown()
+        assert c.stop() == 0
+    finally:
         c.kill()
 
 
