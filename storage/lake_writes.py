@@ -249,7 +249,9 @@ def requeue_stranded_feedback(con: duckdb.DuckDBPyConnection, judged: Sequence[s
     carriers: set[str] = set()
     if judged:
         window = "AND detected_at >= $2 " if since is not None else ""
-        params: list[Any] = [packed(judged)] + ([since - store.STRANDED_FEEDBACK_WINDOW] if since else [])
+        params: list[Any] = [packed(judged)]
+        if since is not None:
+            params.append(since - store.STRANDED_FEEDBACK_WINDOW)
         carriers.update(str(r[0]) for r in con.execute(
             f"SELECT DISTINCT trace_id FROM detections WHERE failure_mode = 'negative_feedback' {window}"
             f"AND json_extract_string(evidence, '$.{store.CARRIER_TRACE_KEY}') IS NULL "
