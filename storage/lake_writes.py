@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -57,18 +57,21 @@ def insert_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, owner: str, no
         row = con.execute(
             "SELECT min(first_received_at), count(*) FROM trace_state "
             "WHERE trace_id IN (SELECT DISTINCT trace_id FROM _incoming_spans)").fetchone()
-        known = int(row[1]) if row else 0
-        if known:
-            since = row[0] - store.RECEIVED_MARGIN if row and row[0] is not None else None
+        stored: list[tuple[str, str]] = []
+        if row and int(row[1]):
+            since = row[0] - store.RECEIVED_MARGIN if row[0] is not None else None
             window = "s.received_at >= $1 AND " if since is not None else ""
-            params: list[Any] = [since] if since is not None else []
-            result = con.execute(
-                "INSERT INTO spans SELECT i.* FROM _incoming_spans AS i WHERE NOT EXISTS ("
+            stored = [(str(trace_id), str(span_id)) for trace_id, span_id in con.execute(
+                "SELECT i.trace_id, i.span_id FROM _incoming_spans AS i WHERE EXISTS ("
                 f"SELECT 1 FROM spans AS s WHERE {window}s.trace_id = i.trace_id AND s.span_id = i.span_id)",
-                params).fetchone()
-        else:
-            result = con.execute("INSERT INTO spans SELECT * FROM _incoming_spans").fetchone()
-        inserted = int(result[0]) if result else 0
+                [since] if since is not None else []).fetchall()]
+    # Only the traces that got a new span count as an arrival (received_seq + 1, owner, quiet time):
+    # a re-delivery of stored spans (a retry after a lost ack) would otherwise be judged again, later.
+    fresh = without_keys(table, stored) if stored else table
+    if not fresh.num_rows:
+        return 0
+    with registered(con, "_incoming_spans", fresh):
+        con.execute("INSERT INTO spans SELECT * FROM _incoming_spans")
         # UPDATE + anti-join INSERT, not MERGE: DuckLake 1.5.5's MERGE fails ("Out of buffer") on this table.
         con.execute(
             "UPDATE trace_state SET last_received_at = $1, received_seq = received_seq + 1, owner = $2 "
@@ -77,7 +80,15 @@ def insert_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, owner: str, no
             "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq, owner) "
             "SELECT DISTINCT trace_id, $1::TIMESTAMPTZ, $1::TIMESTAMPTZ, 1, $2 FROM _incoming_spans "
             "WHERE trace_id NOT IN (SELECT trace_id FROM trace_state)", [now, owner])
-    return inserted
+    return int(fresh.num_rows)
+
+
+def without_keys(table: pa.Table, keys: Sequence[tuple[str, str]]) -> pa.Table:
+    """``table`` without the rows whose (trace_id, span_id) is one of ``keys``."""
+    drop = set(keys)
+    keep = [i for i, key in enumerate(zip(table.column("trace_id").to_pylist(), table.column("span_id").to_pylist()))
+            if key not in drop]
+    return table.take(pa.array(keep, pa.int64()))
 
 
 class LakeWriter(GroupCommitWriter):
@@ -173,9 +184,11 @@ class LakeTraceStore:
         """
         if not due:
             return
-        current = dict(con.execute(
-            f"SELECT trace_id, judged_seq FROM trace_state WHERE trace_id IN (SELECT unnest({unpacked('?')}))",
-            [packed(d[0] for d in due)]).fetchall())
+        rows = con.execute(
+            f"SELECT trace_id, judged_seq, judged_at FROM trace_state WHERE trace_id IN (SELECT unnest({unpacked('?')}))",
+            [packed(d[0] for d in due)]).fetchall()
+        current = {r[0]: r[1] for r in rows}
+        judged_at = {r[0]: r[2] for r in rows}
         fresh = [d for d in due if current.get(d[0]) is None or int(current[d[0]]) < d[1]]
         if not fresh:
             return
@@ -194,10 +207,69 @@ class LakeTraceStore:
         if rejudged:
             candidate_store.withdraw_stale(con, rejudged, mine, ours)
         store.mark_judged(con, fresh, now)
+        firsts = [d[2] for d in fresh if d[2] is not None]
+        requeue_stranded_feedback(con, sorted(keep), min(firsts) if len(firsts) == len(fresh) else None,
+                                  [d for d in ours if _stranded(d)], judged_at)
 
     def mark_judged(self, con: duckdb.DuckDBPyConnection, due: Sequence[tuple[str, int, Any]],
                     now: dt.datetime) -> None:
         store.mark_judged(con, due, now)
+
+
+def _stranded(d: Detection) -> bool:
+    """Feedback filed under its own carrier trace because the trace it links to was not in the lake."""
+    return (d.failure_mode == "negative_feedback" and isinstance(d.evidence.get("target"), Mapping)
+            and store.CARRIER_TRACE_KEY not in d.evidence)
+
+
+def requeue_stranded_feedback(con: duckdb.DuckDBPyConnection, judged: Sequence[str], since: dt.datetime | None,
+                              stranded_now: Sequence[Detection],
+                              judged_at_before: Mapping[str, dt.datetime | None]) -> int:
+    """store.requeue_stranded_feedback for a lake: carriers of early feedback are judged again once it can move.
+
+    Feedback that arrives before the conversation it scores stays with its carrier trace (see
+    Judge._linked_feedback). The file store puts the carrier back on pending_traces once the
+    conversation is judged; a lake has no such queue and never judges a trace again at the same
+    version, so the thumbs-down stayed on its carrier for good and the conversation's candidate
+    never got its negative_feedback. Here the carrier's received_seq is raised (no span is added):
+    whoever owns it judges it again, and the finding then moves onto the conversation.
+
+    Two sources, in the serialised write of a judge round:
+
+    * the carriers whose stranded feedback targets a trace judged in this round (``judged``; the
+      scan bounded, as on the file store, to detections made from STRANDED_FEEDBACK_WINDOW before
+      ``since``, the round's earliest first arrival);
+    * the carriers this round strands (``stranded_now``) while their target is already in the lake:
+      with two collectors, the target's judgement may have been written between this carrier's read
+      and this write, finding nothing to put back. Only a target that arrived after the carrier's
+      previous judgement (``judged_at_before``) counts, so a carrier is put back once, not in a loop.
+
+    Returns how many carriers were put back.
+    """
+    carriers: set[str] = set()
+    if judged:
+        window = "AND detected_at >= $2 " if since is not None else ""
+        params: list[Any] = [packed(judged)]
+        if since is not None:
+            params.append(since - store.STRANDED_FEEDBACK_WINDOW)
+        carriers.update(str(r[0]) for r in con.execute(
+            f"SELECT DISTINCT trace_id FROM detections WHERE failure_mode = 'negative_feedback' {window}"
+            f"AND json_extract_string(evidence, '$.{store.CARRIER_TRACE_KEY}') IS NULL "
+            f"AND list_contains({unpacked('$1')}, json_extract_string(evidence, '$.target.trace_id')) "
+            f"AND NOT list_contains({unpacked('$1')}, trace_id)", params).fetchall())
+    pairs = {(d.trace_id, str(d.evidence["target"].get("trace_id"))) for d in stranded_now} if stranded_now else set()
+    if pairs:
+        arrived = dict(con.execute(
+            f"SELECT trace_id, first_received_at FROM trace_state WHERE list_contains({unpacked('?')}, trace_id)",
+            [packed(sorted({target for _, target in pairs}))]).fetchall())
+        for carrier, target in sorted(pairs):
+            before = judged_at_before.get(carrier)
+            if target in arrived and (before is None or arrived[target] > before):
+                carriers.add(carrier)
+    if carriers:
+        con.execute(f"UPDATE trace_state SET received_seq = received_seq + 1 "
+                    f"WHERE list_contains({unpacked('?')}, trace_id)", [packed(sorted(carriers))])
+    return len(carriers)
 
 
 _DETECTION_SCHEMA = pa.schema([

@@ -20,7 +20,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -446,14 +446,14 @@ def insert_new_spans(con: duckdb.DuckDBPyConnection, table: pa.Table, now: Any) 
     an anti-join over the rows received since those traces first were. Every stored span of a trace
     has ``received_at`` at or after its ``first_received_at`` (both are the commit time, and
     migration 3 lowered first_received_at where an older version had stored earlier spans);
-    store.RECEIVED_MARGIN is kept as slack.
+    store.RECEIVED_MARGIN is kept as slack. Only a trace that got a new span counts as an arrival
+    (see _not_an_arrival).
     """
     with registered(con, "_incoming_spans", table):
         return _insert_incoming(con, now)
 
 
 def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any) -> tuple[int, int]:
-    params: list[Any] = []
     returned = con.execute(
         "INSERT INTO trace_state (trace_id, first_received_at, last_received_at, received_seq) "
         "SELECT DISTINCT trace_id, $1::TIMESTAMPTZ, $1::TIMESTAMPTZ, 1 FROM _incoming_spans "
@@ -463,19 +463,43 @@ def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any) -> tuple[int, int
         [now],
     ).fetchall()
     known = [(tid, first) for tid, first, seq in returned if seq > 1]
-    _mark_pending(con, returned, now)
     if not known:
-        sql = "INSERT INTO spans SELECT * FROM _incoming_spans"
-    else:
-        firsts = [first for _, first in known if first is not None]
-        window = "s.received_at >= $2 AND " if len(firsts) == len(known) else ""
-        ids = unpacked("$1")
-        sql = (f"INSERT INTO spans SELECT i.* FROM _incoming_spans AS i WHERE NOT (list_contains({ids}, "
-               f"i.trace_id) AND EXISTS (SELECT 1 FROM spans AS s WHERE {window}list_contains({ids}, "
-               "s.trace_id) AND s.trace_id = i.trace_id AND s.span_id = i.span_id))")
-        params = [packed(tid for tid, _ in known)] + ([min(firsts) - RECEIVED_MARGIN] if window else [])
-    row = con.execute(sql, params).fetchone()
-    return (int(row[0]) if row else 0), len(returned) - len(known)
+        row = con.execute("INSERT INTO spans SELECT * FROM _incoming_spans").fetchone()
+        _mark_pending(con, returned, now)
+        return (int(row[0]) if row else 0), len(returned)
+    firsts = [first for _, first in known if first is not None]
+    window = "s.received_at >= $2 AND " if len(firsts) == len(known) else ""
+    ids = unpacked("$1")
+    params: list[Any] = [packed(tid for tid, _ in known)] + ([min(firsts) - RECEIVED_MARGIN] if window else [])
+    arrived = con.execute(
+        f"INSERT INTO spans SELECT i.* FROM _incoming_spans AS i WHERE NOT (list_contains({ids}, "
+        f"i.trace_id) AND EXISTS (SELECT 1 FROM spans AS s WHERE {window}list_contains({ids}, "
+        "s.trace_id) AND s.trace_id = i.trace_id AND s.span_id = i.span_id)) RETURNING trace_id", params).fetchall()
+    with_new_spans = {r[0] for r in arrived}
+    nothing_new = [(tid, first) for tid, first in known if tid not in with_new_spans]
+    if nothing_new:
+        _not_an_arrival(con, nothing_new)
+    _mark_pending(con, [r for r in returned if r[0] in with_new_spans], now)
+    return len(arrived), len(returned) - len(known)
+
+
+def _not_an_arrival(con: duckdb.DuckDBPyConnection, traces: Sequence[tuple[str, Any]]) -> None:
+    """Take back the upsert's arrival for known traces whose incoming spans were all stored already.
+
+    An exporter re-sending a batch whose ack it lost (or two members sent the same spans) brings
+    nothing new: counted as an arrival, its trace was judged again, and its judgement waited another
+    ``decision_wait`` for every copy (one re-sent every few seconds was never judged). Such a trace
+    keeps its received_seq and its last arrival (its latest stored span's ``received_at``, the
+    commit time that stamped it), and is not put back on pending_traces. Rare: a re-delivery only.
+    """
+    firsts = [first for _, first in traces if first is not None]
+    window = "received_at >= $2 AND " if len(firsts) == len(traces) else ""
+    con.execute(
+        "UPDATE trace_state SET received_seq = trace_state.received_seq - 1, last_received_at = latest.at "
+        f"FROM (SELECT trace_id, max(received_at) AS at FROM spans WHERE {window}"
+        f"list_contains({unpacked('$1')}, trace_id) GROUP BY trace_id) AS latest "
+        "WHERE trace_state.trace_id = latest.trace_id",
+        [packed(tid for tid, _ in traces)] + ([min(firsts) - RECEIVED_MARGIN] if window else []))
 
 
 def _mark_pending(con: duckdb.DuckDBPyConnection, returned: list[tuple[Any, ...]], now: Any) -> None:

@@ -139,3 +139,17 @@ def emit_late_span(tracer: Any, trace_id: str, parent_id: str) -> None:
     with tracer.start_as_current_span("late_step", context=set_span_in_context(NonRecordingSpan(parent))) as s:
         s.set_attribute("openinference.span.kind", "CHAIN")
 
+
+
+def recorded_spans(record: Any, service: str = "test-agent") -> tuple[Any, list[Any]]:
+    """(what ``record(tracer)`` returns, the finished SDK spans it made), exported nowhere yet: hand them to a
+    real exporter's ``export`` as many times as a test needs (a retry after a lost ack re-sends the batch)."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    result = record(provider.get_tracer("tests"))
+    provider.shutdown()
+    return result, list(memory.get_finished_spans())

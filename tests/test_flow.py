@@ -13,7 +13,7 @@ import yaml
 from opentelemetry.trace import Status, StatusCode
 
 from conftest import FAST_JUDGE, run_cli
-from sdk_helpers import emit_agent_trace, sdk_tracer
+from sdk_helpers import emit_agent_trace, recorded_spans, sdk_tracer
 
 SLOW_JUDGE = {"processors": {"detectors": {"decision_wait": "1m"}}}
 
@@ -257,6 +257,48 @@ def test_late_span_rejudges_without_duplicates(start_collector):
     assert {r["detection_id"] for r in first_ids} < {r["detection_id"] for r in rows}
     cand = c.query("SELECT occurrences FROM candidates WHERE failure_mode = 'tool_invocation'")
     assert all(r["occurrences"] == 1 for r in cand)
+
+
+def test_a_batch_re_sent_with_nothing_new_is_no_arrival(start_collector):
+    """An exporter re-sends a batch whose ack it lost: its spans are stored once, and the trace must neither wait
+    another decision_wait for each copy nor be judged again. Each copy used to count as the trace's latest
+    arrival: re-sent every 200 ms, the trace was never judged; re-sent after its judgement, it was judged again.
+    """
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from test_metrics import scrape, value
+
+    c = start_collector({"processors": {"detectors": {"decision_wait": "2s"}}})
+    exporter = OTLPSpanExporter(endpoint=f"{c.http_url}/v1/traces", timeout=30)
+    trace_id, spans = recorded_spans(lambda tracer: emit_agent_trace(tracer, tool_error=True))
+    started = time.monotonic()
+    assert exporter.export(spans) == SpanExportResult.SUCCESS
+    judged_after = None
+    while time.monotonic() - started < 15:
+        assert exporter.export(spans) == SpanExportResult.SUCCESS  # the same batch again, every ~200 ms
+        if c.query(f"SELECT count(*) AS n FROM detections WHERE trace_id = '{trace_id}'") != [{"n": 0}]:
+            judged_after = time.monotonic() - started
+            break
+        time.sleep(0.2)
+    assert judged_after is not None and judged_after < 8, judged_after  # 2 s + polling, not never
+    c.wait_for("SELECT count(*) AS n FROM candidates", lambda r: r == [{"n": 1}])
+    time.sleep(1.0)
+    before = scrape(c)
+    stored = c.query("SELECT detection_id, detected_at FROM detections ORDER BY 1")
+    candidate = c.query("SELECT candidate_id, occurrences, trace_ids, last_seen FROM candidates")
+    for _ in range(3):  # after the judgement
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
+    time.sleep(3.0)  # past decision_wait (2 s): a re-sent copy taken for an arrival would be judged by then
+    after = scrape(c)
+    assert value(after, "tracesieve_traces_judged_total") == value(before, "tracesieve_traces_judged_total") == 1
+    assert c.query(f"SELECT count(*) AS n FROM spans WHERE trace_id = '{trace_id}'") == [{"n": 5}]
+    assert c.query("SELECT detection_id, detected_at FROM detections ORDER BY 1") == stored
+    assert c.query("SELECT candidate_id, occurrences, trace_ids, last_seen FROM candidates") == candidate
+    # accepted = acknowledged: every copy was answered "stored" (it is, once), as the README's metrics table says
+    assert value(after, "tracesieve_spans_accepted_total", receiver="http") \
+        - value(before, "tracesieve_spans_accepted_total", receiver="http") == 15
+    assert value(after, "tracesieve_pending_traces") == 0
+    exporter.shutdown()
 
 
 def test_shutdown_judges_pending_traces(start_collector):

@@ -30,7 +30,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from conftest import free_port, run_cli
 from lake_helpers import LakeCollector, PostgresCluster, lake_config, postgres_bin_dir
-from sdk_helpers import emit_agent_trace, emit_conversation, emit_thumbs_down, sdk_tracer
+from sdk_helpers import emit_agent_trace, emit_conversation, emit_thumbs_down, recorded_spans, sdk_tracer
 from tracesieve.storage.lake import COMMIT_LOCK_KEY as LAKE_COMMIT_LOCK_KEY
 from tracesieve.storage.lake import LAKE_MIGRATIONS
 
@@ -425,6 +425,53 @@ def test_a_span_retried_after_a_slow_lake_commit_is_stored_once(postgres: Postgr
 
 @needs_postgres
 @needs_lake_extra
+def test_a_batch_re_sent_to_the_lake_with_nothing_new_is_no_arrival(postgres: PostgresCluster, tmp_path: Path) -> None:
+    """test_flow's re-sent batch on a lake: each stored-again copy used to count as the trace's arrival
+    (received_seq + 1), so a batch re-sent every 200 ms kept its trace from ever settling, and one re-sent
+    after the judgement had it judged again."""
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from test_metrics import scrape, value
+
+    c = LakeCollector(tmp_path, lake_config(postgres.create_database("resent"), tmp_path / "data",
+                                            {"processors": {"detectors": {"decision_wait": "2s"}}}))
+    try:
+        c.start(timeout=120)
+        exporter = OTLPSpanExporter(endpoint=f"http://{c.grpc_endpoint}", insecure=True, timeout=30)
+        trace_id, spans = recorded_spans(lambda tracer: emit_agent_trace(tracer, tool_error=True))
+        stop, results = threading.Event(), []
+
+        def resend() -> None:  # the same batch, again and again, every 200 ms (a query here takes ~1 s)
+            while not stop.is_set():
+                results.append(exporter.export(spans))
+                stop.wait(0.2)
+
+        started = time.monotonic()
+        sender = threading.Thread(target=resend)
+        sender.start()
+        try:
+            c.wait_for(f"SELECT count(*) AS n FROM detections WHERE trace_id = '{trace_id}'",
+                       lambda r: r != [{"n": 0}], timeout=20)
+        finally:
+            stop.set()
+            sender.join()
+        assert time.monotonic() - started < 15 and set(results) == {SpanExportResult.SUCCESS}
+        _wait_all_judged(c, 1)
+        before = scrape(c)
+        for _ in range(3):
+            assert exporter.export(spans) == SpanExportResult.SUCCESS
+        time.sleep(3.5)  # past decision_wait: a copy taken for an arrival would be judged by then
+        assert value(scrape(c), "tracesieve_traces_judged_total") \
+            == value(before, "tracesieve_traces_judged_total") == 1
+        assert c.query("SELECT received_seq, judged_seq FROM trace_state") == [{"received_seq": 1, "judged_seq": 1}]
+        assert c.query(f"SELECT count(*) AS n FROM spans WHERE trace_id = '{trace_id}'") == [{"n": 5}]
+        exporter.shutdown()
+        assert c.stop() == 0
+    finally:
+        c.kill()
+
+
+@needs_postgres
+@needs_lake_extra
 def test_a_restarted_collector_judges_what_it_left_pending_on_the_lake(postgres: PostgresCluster,
                                                                        tmp_path: Path) -> None:
     catalog = postgres.create_database("restart")
@@ -690,6 +737,88 @@ def test_feedback_sent_later_lands_on_the_conversation_it_links_to_on_the_lake(p
         assert c.stop() == 0
     finally:
         c.kill()
+
+
+@needs_postgres
+@needs_lake_extra
+def test_feedback_that_arrives_before_its_conversation_lands_on_it_on_the_lake(postgres: PostgresCluster,
+                                                                              tmp_path: Path) -> None:
+    """The thumbs-down reaches one collector before the conversation it scores reaches another. The file store
+    judges the carrier again once the conversation is judged (test_promotion); a lake never judged a trace
+    again at the same version, so the finding stayed on its carrier for good: no negative_feedback on the
+    conversation, and a candidate with the carrier's empty input."""
+    from opentelemetry.sdk.trace.export import SpanExportResult
+    from test_metrics import scrape, value
+
+    catalog = postgres.create_database("early_feedback")
+    with _collectors_on_one_lake(tmp_path, catalog, {}, count=2) as (agent_side, feedback_side):
+        (conversation, answer), spans = recorded_spans(
+            lambda tracer: emit_conversation(tracer, "Can I return a blender after 40 days?"), service="support-agent")
+        with sdk_tracer("http", feedback_side.http_url, service="feedback") as tracer:
+            carrier = emit_thumbs_down(tracer, conversation, answer)
+        feedback_side.wait_for(f"SELECT count(*) AS n FROM detections WHERE trace_id = '{carrier}'",
+                               lambda r: r == [{"n": 1}])  # judged alone: the conversation is not there yet
+        exporter = OTLPSpanExporter(endpoint=f"http://{agent_side.grpc_endpoint}", insecure=True, timeout=30)
+        assert exporter.export(spans) == SpanExportResult.SUCCESS
+        exporter.shutdown()
+
+        rows = agent_side.wait_for("SELECT trace_id, span_id, evidence FROM detections "
+                                   "WHERE failure_mode = 'negative_feedback'",
+                                   lambda r: [x["trace_id"] for x in r] == [conversation], timeout=60)
+        assert rows[0]["span_id"] == answer and json.loads(rows[0]["evidence"])["carrier_trace_id"] == carrier
+        cands = agent_side.wait_for("SELECT input, trace_ids, occurrences FROM candidates "
+                                    "WHERE failure_mode = 'negative_feedback'",
+                                    lambda r: [x["trace_ids"] for x in r] == [[conversation]], timeout=60)
+        assert json.loads(cands[0]["input"])["user_message"] == "Can I return a blender after 40 days?"
+        assert cands[0]["occurrences"] == 1
+        _wait_all_judged(agent_side, 2)
+        judged = [value(scrape(c), "tracesieve_traces_judged_total") for c in (agent_side, feedback_side)]
+        time.sleep(2.0)  # the carrier is judged again once, not over and over
+        assert [value(scrape(c), "tracesieve_traces_judged_total") for c in (agent_side, feedback_side)] == judged
+        assert sum(judged) == 3, judged  # the carrier alone, the conversation, the carrier again
+        assert feedback_side.query("SELECT trace_id FROM detections") == [{"trace_id": conversation}]
+
+
+@needs_postgres
+@needs_lake_extra
+def test_a_carrier_stranded_while_its_conversation_was_judged_elsewhere_is_judged_again_once(
+        postgres: PostgresCluster, tmp_path: Path) -> None:
+    """Two collectors: one reads the carrier's round before the conversation arrives, and writes it after the
+    other collector has judged the conversation (whose write then found no stranded feedback to put back).
+    The carrier's own write sees the conversation in the lake and puts itself back, once: judged again and
+    still stranded (say the conversation's spans could not be read), it is not put back over and over."""
+    import pyarrow as pa
+
+    from tracesieve.storage import lake, lake_writes
+    from tracesieve.storage.schema import SPAN_SCHEMA, Detection, utcnow
+
+    def one_span(trace_id: str) -> pa.Table:
+        cols = {f.name: pa.nulls(1, f.type) for f in SPAN_SCHEMA}
+        cols.update(trace_id=pa.array([trace_id]), span_id=pa.array(["12" * 8]), name=pa.array(["s"]))
+        return pa.table(cols, schema=SPAN_SCHEMA)
+
+    def in_transaction(work: Callable[[Any], object]) -> None:
+        con.execute("BEGIN TRANSACTION")
+        work(con)
+        con.execute("COMMIT")
+
+    con = lake.open_lake(lake.LakeTarget(postgres.create_database("stranded_race"), str(tmp_path / "data") + "/"))
+    try:
+        carrier, conversation = "ab" * 16, "cd" * 16
+        in_transaction(lambda c: lake_writes.insert_spans(c, one_span(carrier), "feedback-side", utcnow()))
+        in_transaction(lambda c: lake_writes.insert_spans(c, one_span(conversation), "agent-side", utcnow()))
+        first = con.execute(f"SELECT first_received_at FROM trace_state WHERE trace_id = '{carrier}'").fetchone()[0]
+        thumbs_down = Detection(carrier, "12" * 8, "feedback", "negative_feedback", "P2", "customer_visible",
+                                "thumbs down", {"target": {"trace_id": conversation, "span_id": "34" * 8}})
+        states = lake_writes.LakeTraceStore("feedback-side")
+        seqs = f"SELECT received_seq, judged_seq FROM trace_state WHERE trace_id = '{carrier}'"
+
+        in_transaction(lambda c: states.save_judgement(c, [(carrier, 1, first)], [thumbs_down], [], utcnow()))
+        assert con.execute(seqs).fetchall() == [(2, 1)]  # to be judged again: the finding can move now
+        in_transaction(lambda c: states.save_judgement(c, [(carrier, 2, first)], [thumbs_down], [], utcnow()))
+        assert con.execute(seqs).fetchall() == [(2, 2)]  # and once only
+    finally:
+        con.close()
 
 
 @needs_postgres
