@@ -151,6 +151,13 @@ class Config:
                            None),
         )
 
+    @property
+    def redaction_types(self) -> list[str]:
+        """Every placeholder type the pipeline's ``pii`` processors write: the built-in ones and each
+        ``extra_patterns`` name."""
+        return sorted({rule.type for proc in self.span_processors if isinstance(proc, PiiProcessor)
+                       for rule in proc.sanitizer.rules})
+
     def redact_text(self, text: str) -> str:
         """``text`` as the ``pii`` processors of the pipeline leave span text: what a reviewer types into the
         store (a reject reason that quotes the customer's e-mail or a key) is sanitized like span content,

@@ -169,6 +169,7 @@ class Collector:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.metrics.expect_redaction_types(config.redaction_types)
         self._ready = False
         self._read_lock = threading.Lock()
         self.grpc_port: int | None = None
