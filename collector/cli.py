@@ -415,9 +415,17 @@ def _summary(row: dict[str, Any]) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _complete_failure_mode(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """--mode's shell completion: the taxonomy. The option is not a click.Choice, so that a wrong mode gets
+    the one-line error naming every mode; completion offered nothing for it (README: choices complete)."""
+    from tracesieve.storage.schema import FAILURE_MODES
+
+    return [mode for mode in FAILURE_MODES if mode.startswith(incomplete)]
+
+
 @cli.command()
 @click.option("--status", type=click.Choice(["new", "promoted", "rejected", "duplicate"]), default=None)
-@click.option("--mode", default=None, help="failure_mode, e.g. tool_argument")
+@click.option("--mode", default=None, help="failure_mode, e.g. tool_argument", shell_complete=_complete_failure_mode)
 @click.option("--severity", type=click.Choice(["P0", "P1", "P2", "P3"]), default=None)
 @click.option("--since", default=None, help="last seen within a duration (30m, 2h) or since an ISO date")
 @click.option("--limit", type=int, default=None)

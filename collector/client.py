@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import ssl
 import threading
@@ -231,7 +232,9 @@ def connect(db_path: str, *, write: bool, token: str | None,
                                     _seconds(info.get("query_time_limit")))
             stale = url
         if not os.path.exists(db_path):
-            raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {db_path}` or pass --db)")
+            # the suggested command quoted, so that it runs as pasted (a path with a space split in two)
+            raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {shlex.quote(db_path)}` "
+                                "or pass --db)")
         try:
             con = store.open_database(db_path, read_only=not write, existing_store=True)
             break

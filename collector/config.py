@@ -151,6 +151,13 @@ class Config:
                            None),
         )
 
+    @property
+    def redaction_types(self) -> list[str]:
+        """Every placeholder type the pipeline's ``pii`` processors write: the built-in ones and each
+        ``extra_patterns`` name."""
+        return sorted({rule.type for proc in self.span_processors if isinstance(proc, PiiProcessor)
+                       for rule in proc.sanitizer.rules})
+
     def redact_text(self, text: str) -> str:
         """``text`` as the ``pii`` processors of the pipeline leave span text: what a reviewer types into the
         store (a reject reason that quotes the customer's e-mail or a key) is sanitized like span content,
@@ -182,7 +189,7 @@ class Config:
         lake = tree.get("storage", {}).get("ducklake")
         if isinstance(lake, dict) and isinstance(lake.get("catalog"), str):
             lake["catalog"] = redact(lake["catalog"])
-        return yaml.safe_dump(_plain(tree), sort_keys=False)
+        return yaml.safe_dump(_dollars_escaped(_plain(tree)), sort_keys=False)
 
     def shutdown_processors(self) -> None:
         for span_proc in self.span_processors:
@@ -322,6 +329,22 @@ def _plain(node: Any) -> Any:
     if isinstance(node, EnvText):
         value = typed_env(node)
         return str(value) if isinstance(value, EnvText) else value
+    return node
+
+
+def _dollars_escaped(node: Any) -> Any:
+    """``node`` with each string that substitution would change written with ``$$`` for every ``$``.
+
+    --print-config's output reads back as the same config: a value holding ``${`` or ``$$`` (configured
+    as ``$${env:X}``, or a regex with ``$$``) was printed as it is, and reading it back substituted it
+    or refused it. A string without either prints unchanged (a regex's lone ``$`` anchor stays ``$``).
+    """
+    if isinstance(node, dict):
+        return {k: _dollars_escaped(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_dollars_escaped(v) for v in node]
+    if isinstance(node, str) and ("${" in node or "$$" in node):
+        return node.replace("$", "$$")
     return node
 
 

@@ -176,6 +176,13 @@ class Metrics:
         with self._lock:
             self._state = source
 
+    def expect_redaction_types(self, types: Iterable[str]) -> None:
+        """Show these placeholder types at 0 from the first scrape, as the built-in ones are: an
+        ``extra_patterns`` name (EMPLOYEE_ID) read "no data" until its first match, and an alert on its
+        rate had nothing to compare."""
+        for kind in types:
+            self.redactions.labels(kind)
+
     def add_redactions(self, counts: Mapping[str, int]) -> None:
         for kind, n in counts.items():
             if n:

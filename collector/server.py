@@ -169,6 +169,7 @@ class Collector:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.metrics.expect_redaction_types(config.redaction_types)
         self._ready = False
         self._read_lock = threading.Lock()
         self.grpc_port: int | None = None
@@ -343,6 +344,17 @@ class Collector:
                 "pending_traces": self.judge.pending,
                 "detections": stats.count_detections(self._new_read_cursor())}
 
+    def _store_description(self) -> str:
+        """The store spans are written to: the DuckDB file, or a lake's catalog (password hidden) and data path.
+
+        With a lake, ``--db`` only names where the query surface is published; the startup block named
+        that unwritten ``tracesieve.duckdb`` as the store.
+        """
+        lake = self.config.lake
+        if lake is None:
+            return os.path.abspath(self.config.db_path)
+        return f"DuckLake {lake.printable_catalog}, data {lake.data_path}"
+
     def startup_info(self) -> dict[str, Any]:
         """What ``serve`` prints once it is up: endpoints with scheme, store, pipeline, effective limits."""
         cfg = self.config
@@ -357,7 +369,7 @@ class Collector:
             "grpc": url(cfg.grpc, self.grpc_port),
             "http": url(cfg.http, self.http_port),
             "query_surface": f"http://127.0.0.1:{self._query_port}" if self._query_port else None,
-            "store": os.path.abspath(cfg.db_path),
+            "store": self._store_description(),
             "pipeline": list(tree.get("service", {}).get("pipelines", {}).get("traces", {}).get("processors", [])),
             "limits": dict(tree.get("receivers", {}).get("otlp", {}).get("limits", {})),
             "span_workers": cfg.span_workers,

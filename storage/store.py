@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shlex
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -44,7 +45,7 @@ def open_database(path: str, *, read_only: bool = False, existing_store: bool = 
     (writable) a store a newer tracesieve migrated past what this one knows.
     """
     if read_only and not os.path.exists(path):
-        raise UsageError(f"no store at {path}: run `tracesieve serve --db {path}` first, or pass --db")
+        raise UsageError(f"no store at {path}: run `tracesieve serve --db {shlex.quote(path)}` first, or pass --db")
     options = "READ_ONLY" if read_only else f"STORAGE_VERSION 'latest', ROW_GROUP_SIZE {ROW_GROUP_SIZE}"
     # Spills go next to the store, as for a plain ``duckdb.connect(path)`` (an in-memory default would
     # put them in the working directory).

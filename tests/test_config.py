@@ -158,7 +158,24 @@ def test_a_reference_tracesieve_does_not_substitute_is_an_error_not_the_literal_
     assert result.stderr.count("\n") == 1
     escaped = write(tmp_path, "storage: {duckdb: {path: 'a$${file:b}.duckdb'}}\n")  # $$ is still a literal $
     result = run_cli("serve", "--config", str(escaped), "--print-config")
-    assert result.returncode == 0 and "a${file:b}.duckdb" in result.stdout, result.stderr
+    assert result.returncode == 0 and "a$${file:b}.duckdb" in result.stdout, result.stderr  # printed as written
+
+
+def test_print_config_writes_a_literal_dollar_so_that_it_reads_back_the_same(tmp_path):
+    """README: the printed file reads back as the same config. A value holding a literal `${` or `$$` (written
+    `$${...}` / `$$$$`) was printed unescaped: read back, `${env:X}` was substituted (an error while X is
+    unset) and `$$` became `$`."""
+    path = write(tmp_path, "processors: {detectors: {citation_pattern: 'cite$${env:X}|a$$$$b|\\[(\\d+)\\]$'}}\n"
+                           "storage: {duckdb: {path: 'a$${file:b}.duckdb'}}\n")
+    first = run_cli("serve", "--config", str(path), "--print-config")
+    assert first.returncode == 0, first.stderr
+    again = tmp_path / "printed.yaml"
+    again.write_text(first.stdout)
+    second = run_cli("serve", "--config", str(again), "--print-config")
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+    plain = write(tmp_path, "processors: {detectors: {citation_pattern: '\\[(\\d+)\\]$'}}\n")
+    assert "citation_pattern: \\[(\\d+)\\]$\n" in run_cli("serve", "--config", str(plain), "--print-config").stdout
 
 
 def test_a_config_file_that_is_not_utf8_or_not_a_file_is_a_config_error_naming_it(tmp_path):
@@ -216,9 +233,10 @@ def test_double_dollar_is_a_literal_dollar_as_in_the_otel_collector(tmp_path, mo
     monkeypatch.setenv("TS_DOLLARS", "x$$y")  # a variable's value is taken as it is
     path = write(tmp_path, "storage: {duckdb: {path: 'a$$b-$${env:TS_SET_VAR}-$$${env:TS_SET_VAR}-${env:TS_SET_VAR}-"
                            "${env:TS_DOLLARS}'}}\n")
-    result = run_cli("serve", "--config", str(path), "--print-config")
-    assert result.returncode == 0, result.stderr
-    assert yaml.safe_load(result.stdout)["storage"]["duckdb"]["path"] == "a$b-${env:TS_SET_VAR}-$value-value-x$$y"
+    result = run_cli("query", "SELECT 1", "--config", str(path), cwd=tmp_path)  # the error names the store path
+    assert result.returncode == 2 and "no store at a$b-${env:TS_SET_VAR}-$value-value-x$$y (" in result.stderr
+    printed = run_cli("serve", "--config", str(path), "--print-config")  # written as the config language reads it
+    assert yaml.safe_load(printed.stdout)["storage"]["duckdb"]["path"] == "a$$b-$${env:TS_SET_VAR}-$$value-value-x$$$$y"
 
 
 def test_go_compound_durations_are_read_and_every_printed_duration_reads_back_the_same(tmp_path):

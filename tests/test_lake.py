@@ -472,6 +472,23 @@ def test_a_batch_re_sent_to_the_lake_with_nothing_new_is_no_arrival(postgres: Po
 
 @needs_postgres
 @needs_lake_extra
+def test_the_startup_record_names_the_lake_as_the_store(postgres: PostgresCluster, tmp_path: Path) -> None:
+    """README: serve logs the store path when it is up. On a lake it named `--db` (store.duckdb), a file that
+    only tells commands where the query surface is: an operator read that spans went to a local file."""
+    catalog = postgres.create_database("startup") + " password=hunter2"  # trust auth: the password is ignored
+    c = LakeCollector(tmp_path, lake_config(catalog, tmp_path / "data"), args=("--log-format", "json"))
+    try:
+        c.start(timeout=120)
+        up = next(json.loads(line) for line in c.log().splitlines() if '"tracesieve is up"' in line)
+        assert up["store"].startswith("DuckLake postgres:") and str(tmp_path / "data") in up["store"], up
+        assert "store.duckdb" not in up["store"] and "hunter2" not in c.log()
+        assert c.stop() == 0
+    finally:
+        c.kill()
+
+
+@needs_postgres
+@needs_lake_extra
 def test_a_restarted_collector_judges_what_it_left_pending_on_the_lake(postgres: PostgresCluster,
                                                                        tmp_path: Path) -> None:
     catalog = postgres.create_database("restart")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -521,6 +522,16 @@ def test_query_output_into_a_pipe_closed_early_exits_0_quietly(tmp_path, fmt):
     proc.stdout.close()  # what head does after its lines
     assert proc.wait(60) == 0
     assert proc.stderr.read() == b""
+
+
+def test_the_missing_store_error_suggests_a_serve_command_that_runs_as_pasted(tmp_path):
+    """`no store at my store.duckdb (start `tracesieve serve --db my store.duckdb` ...)`: pasted, that command
+    passed `my` as the store and `store.duckdb` as a stray argument."""
+    db = tmp_path / "my store.duckdb"
+    missing = run_cli("candidates", "--db", str(db))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+    suggested = missing.stderr.split("`")[1]
+    assert shlex.split(suggested) == ["tracesieve", "serve", "--db", str(db)], missing.stderr
 
 
 def test_query_errors_are_one_line_with_exit_2(tmp_path):

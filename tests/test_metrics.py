@@ -132,6 +132,16 @@ def test_every_failure_mode_candidate_status_and_pii_type_is_a_series_from_the_f
     assert samples[("tracesieve_redactions_total", (("type", "EMAIL"),))] == 0
 
 
+def test_an_extra_pattern_type_is_a_series_from_the_first_scrape(start_collector):
+    """README: every PII type is a series at 0 from the first scrape. A type of the pii processor's own
+    `extra_patterns` (EMPLOYEE_ID) had no sample until its first match: its `rate()` read "no data"."""
+    c = start_collector({**FAST_JUDGE, "processors": {**FAST_JUDGE.get("processors", {}), "pii": {
+        "extra_patterns": [{"name": "EMPLOYEE_ID", "regex": "EMP-[0-9]{6}"}]}}})
+    samples = scrape(c, headers={})
+    assert samples[("tracesieve_redactions_total", (("type", "EMPLOYEE_ID"),))] == 0
+    assert samples[("tracesieve_redactions_total", (("type", "EMAIL"),))] == 0
+
+
 def test_every_refusal_reason_is_a_series_from_the_first_scrape(start_collector):
     """The refusal counters had no sample until a first refusal: `rate()` and alerts on them read "no data"
     where the detections, candidates and redactions read 0."""

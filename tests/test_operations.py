@@ -144,11 +144,15 @@ def test_bash_completion_completes_commands_and_choices(tmp_path):
     script = ('source <(tracesieve completion bash)\n'
               'COMP_WORDS=(tracesieve se); COMP_CWORD=1; _tracesieve_completion tracesieve; echo "${COMPREPLY[@]}"\n'
               'COMPREPLY=(); COMP_WORDS=(tracesieve serve --log-format ""); COMP_CWORD=3; _tracesieve_completion tracesieve; '
-              'echo "${COMPREPLY[@]}"\n')
+              'echo "${COMPREPLY[@]}"\n'
+              # --mode is free text (its error names every mode) but completes the taxonomy like a choice
+              'COMPREPLY=(); COMP_WORDS=(tracesieve candidates --mode tool_); COMP_CWORD=3; '
+              '_tracesieve_completion tracesieve; echo "${COMPREPLY[@]}"\n')
     result = subprocess.run([bash, "-c", script], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["serve", "text json"], result.stdout + result.stderr
+    assert result.stdout.splitlines() == ["serve", "text json", "tool_invocation tool_argument"], \
+        result.stdout + result.stderr
 
 
 def test_status_fields_turn_two_snapshots_into_a_rate():
