@@ -234,8 +234,11 @@ def _client(db_path: str | None, config_path: str | None, *, write: bool = False
 
 
 def _cell(value: Any) -> str:
+    """A value as CSV and the table print it: booleans as SQL and DuckDB write them (``true``), not Python's ``True``."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
     return str(value)

@@ -505,6 +505,23 @@ def test_query_csv_records_end_with_a_bare_newline(tmp_path):
     assert list(csv.reader(io.StringIO(out, newline=""))) == expected  # every value reads back as stored
 
 
+def test_query_prints_booleans_as_sql_writes_them_in_csv_and_the_table(tmp_path):
+    """CSV and the table printed BOOLEANs as Python's `True` / `False`; DuckDB's COPY, its shell and psql
+    write `true` / `false`, and a script comparing a column with `true` found nothing."""
+    from tracesieve.storage.store import open_database
+
+    db = tmp_path / "s.duckdb"
+    open_database(str(db)).close()
+    sql = "SELECT true AS yes, false AS no, NULL::BOOLEAN AS unknown, [true] AS listed"
+    csv_out = run_cli("query", sql, "--db", str(db), "--format", "csv")
+    assert csv_out.returncode == 0, csv_out.stderr
+    assert csv_out.stdout == "yes,no,unknown,listed\ntrue,false,,[true]\n", csv_out.stdout
+    table = run_cli("query", sql, "--db", str(db))
+    assert table.stdout.split("\n")[2].split() == ["true", "false", "[true]"], table.stdout
+    assert json.loads(run_cli("query", sql, "--db", str(db), "--format", "json").stdout) == \
+        [{"yes": True, "no": False, "unknown": None, "listed": [True]}]
+
+
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
 def test_query_output_into_a_pipe_closed_early_exits_0_quietly(tmp_path, fmt):
     """`tracesieve query ... | head -2`: the table output (rich) exited 1 where json and csv exited 0."""
