@@ -84,6 +84,7 @@ if threading.current_thread() is threading.main_thread():
 
 import csv
 import functools
+import getpass
 import io
 import itertools
 import json
@@ -231,6 +232,17 @@ def _client(db_path: str | None, config_path: str | None, *, write: bool = False
         if config.lake is not None:
             return connect_lake(config.lake, write=write, redact_text=redact)
     return connect(_resolve_db(db_path, config_path), write=write, token=_token(), redact_text=redact)
+
+
+def _reviewer(by: str | None) -> str:
+    """``--by``, or the account running the command. ``$USER`` alone is unset in containers, cron jobs and
+    CI runners, where the ledger and the reject reason's reviewer read "unknown"."""
+    if by:
+        return by
+    try:
+        return getpass.getuser()  # LOGNAME, USER, LNAME, USERNAME, then the password database
+    except (OSError, KeyError):
+        return "unknown"
 
 
 def _cell(value: Any) -> str:
@@ -558,7 +570,7 @@ def promote(candidate_id: str, cases_path: str, owner: str, severity: str | None
 @cli.command()
 @click.argument("candidate_id")
 @click.option("--reason", required=True, help="why this is not a case worth keeping")
-@click.option("--by", default=None, help="reviewer (default: $USER)")
+@click.option("--by", default=None, help="reviewer (default: the account running the command)")
 @db_option
 @config_option
 def reject(candidate_id: str, reason: str, by: str | None, db_path: str | None, config_path: str | None) -> None:
@@ -568,7 +580,7 @@ def reject(candidate_id: str, reason: str, by: str | None, db_path: str | None, 
     client = _client(db_path, config_path, write=True)
     try:
         client.call("mark_rejected", {"candidate_id": candidate_id, "reason": reason,
-                                      "by": by or os.environ.get("USER") or "unknown"})
+                                      "by": _reviewer(by)})
     finally:
         client.close()
     click.echo(f"rejected {candidate_id}")
@@ -698,7 +710,7 @@ def cases_lint(path: str, db_path: str | None, config_path: str | None) -> None:
 @click.argument("case_id")
 @click.option("--cases", "cases_path", required=True, metavar="PATH", help="the failure dataset (cases.yaml)")
 @click.option("--reason", required=True, help="why the case no longer belongs in the dataset")
-@click.option("--by", default=None, help="who removes it (default: $USER)")
+@click.option("--by", default=None, help="who removes it (default: the account running the command)")
 @db_option
 @config_option
 def cases_remove(case_id: str, cases_path: str, reason: str, by: str | None, db_path: str | None,
@@ -712,7 +724,7 @@ def cases_remove(case_id: str, cases_path: str, reason: str, by: str | None, db_
     _check_config(config_path)
     if not reason.strip():
         raise UsageError("--reason must say why")
-    remove_case(cases_path, case_id, reason, by or os.environ.get("USER") or "unknown")
+    remove_case(cases_path, case_id, reason, _reviewer(by))
     click.echo(f"removed {case_id} from {cases_path} (recorded in cases_removed.yaml and history.jsonl)")
 
 

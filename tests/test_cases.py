@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pwd
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -557,6 +559,13 @@ def test_cases_remove_cuts_the_case_and_records_it_in_the_ledger_and_history(tmp
         "removed", "TS-0002", {"reason": "a duplicate of TS-0003", "by": "ann"})
     assert run_cli("cases", "lint", str(path)).returncode == 0
     assert lint_cases(path) == []
+    # without --by, the reviewer is the account, also where $USER is unset (a container, cron, CI)
+    no_user = {k: v for k, v in os.environ.items() if k not in ("USER", "LOGNAME", "LNAME", "USERNAME")}
+    result = subprocess.run([sys.executable, "-m", "tracesieve.collector.cli", "cases", "remove", "TS-0003",
+                             "--cases", str(path), "--reason", "retired"], env=no_user, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert load(tmp_path / "cases_removed.yaml")["removed"][-1]["by"] == pwd.getpwuid(os.getuid()).pw_name
     # removed ids are never handed out again
     assert promote_case(path, candidate("c2"), owner="bob", now=NOW)["id"] == "TS-0004"
 
