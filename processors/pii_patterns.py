@@ -177,11 +177,29 @@ def _card_prefix_ok(d: str) -> bool:
         return 14 <= n <= 19                                      # Diners
     if p4 == 6011 or p2 == 65 or 644 <= int(d[:3]) <= 649 or p2 == 62:
         return 16 <= n <= 19                                      # Discover, UnionPay
-    if 3528 <= p4 <= 3589:
-        return 16 <= n <= 19                                      # JCB
-    if p2 == 50 or 56 <= p2 <= 69:
+    if p2 == 35:
+        return 16 <= n <= 19            # JCB (3528-3589 issued; test generators such as Faker use all of 35xx)
+    if p4 in (1800, 2131):
+        return n == 15                                            # JCB's 15-digit cards
+    if p2 == 50 or 56 <= p2 <= 69 or d.startswith("0604"):
         return 12 <= n <= 19                                      # Maestro
     return False
+
+
+# A card keyword right before a value (``card 5038 3079 8685``, ``"card_number": "503830798685"``,
+# ``Maestro: ...``) or an expiry date right after it (``503830798685 11/31``, as a receipt or Faker's
+# credit_card_full writes it). Twelve digits are a card only there: AWS account ids and other 12-digit
+# ids are as often Luhn-valid with a Maestro prefix (1 in 70) and are never written so.
+_CARD_KEYWORD_BEFORE = re.compile(
+    r"(?<![A-Za-z0-9])(?i:card|cc|pan|maestro)(?:[ _.-]?(?i:number|num|no|nr)\.?)?(?:[ ]+(?i:is))?"
+    r"""[ \t:=#"'\\]{0,8}\Z""")
+_CARD_EXPIRY_AFTER = re.compile(r"[ ]+(?:0[1-9]|1[0-2])/(?:[0-9]{2}){1,2}(?![0-9])")
+
+
+def _short_card_context(text: str, s: int, e: int) -> bool:
+    """Whether the 12 digits at ``text[s:e]`` are written as a card (see _CARD_KEYWORD_BEFORE)."""
+    return (_CARD_EXPIRY_AFTER.match(text, e) is not None
+            or _CARD_KEYWORD_BEFORE.search(text, max(0, s - 40), s) is not None)
 
 
 _CARD_GROUPS = {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2), (4, 4, 4, 3), (4, 4, 4, 1)}
@@ -192,7 +210,7 @@ _CARD_GROUPS = {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2
 # counts only between groups of a card's shape (_CARD_GROUPS): a decimal such as 3.141592653589793 never is.
 _CARD_SEPS = " -.\u00a0\u2007\u2009\u202f"
 _CARD_SEP = "[" + _CARD_SEPS.replace("-", "") + "-]"                     # the dash last: no range
-_CARD_RUN = re.compile(rf"[0-9](?:{_CARD_SEP}?[0-9]){{12,18}}")
+_CARD_RUN = re.compile(rf"[0-9](?:{_CARD_SEP}?[0-9]){{11,18}}")
 
 
 def _card(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
@@ -223,13 +241,16 @@ def _card_at(text: str, s: int, e: int) -> tuple[str, int, int] | None:
         # a longer run of groups (card followed by a year, ...): keep the longest valid prefix
         for k in range(len(groups), 1, -1):
             shape = tuple(len(g) for g in groups[:k])
-            if shape in _CARD_GROUPS:
+            end = s + len(" ".join(groups[:k]))
+            if shape in _CARD_GROUPS or shape == (4, 4, 4) and _short_card_context(text, s, end):
                 digits = "".join(groups[:k])
-                end = s + len(" ".join(groups[:k]))
                 if _card_prefix_ok(digits) and luhn_ok(digits) and _free_right_num(text, end):
                     return ("CARD", s, end)
+        # an ungrouped card followed by its expiry or security code ("4111111111111111 12/25"): the first group
+        raw, e = groups[0], s + len(groups[0])
+    if not (12 <= len(raw) <= 19) or not _free_right_num(text, e):
         return None
-    if not (13 <= len(raw) <= 19) or not _free_right_num(text, e):
+    if len(raw) == 12 and not _short_card_context(text, s, e):
         return None
     return ("CARD", s, e) if _card_prefix_ok(raw) and luhn_ok(raw) else None
 
@@ -509,9 +530,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # start of a value was the failed IP candidate "+1.415.555.013" and the phone was never tried.
     Rule("IP", LEFT_NUM + r"(?P<v>[0-9]{1,3}(?:\.[0-9]{1,3}){3,})", _ipv4,
          trigger=r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
-    # The trigger asks for 12+ digits (every accepted grouping: 4-4-4-4, 4-6-5, 4-6-4, 13-19 plain) so
-    # the 8-11 digit runs of hex ids (chatcmpl-..., sess_...) never reach the exact pass.
-    Rule("CARD", LEFT_NUM + rf"(?P<v>[0-9](?:{_CARD_SEP}?[0-9]){{12,18}})", _card,
+    # The trigger asks for 12+ digits (every accepted grouping: 4-4-4-4, 4-6-5, 4-6-4, 13-19 plain, 12 after
+    # a card keyword) so the 8-11 digit runs of hex ids (chatcmpl-..., sess_...) never reach the exact pass.
+    Rule("CARD", LEFT_NUM + rf"(?P<v>[0-9](?:{_CARD_SEP}?[0-9]){{11,18}})", _card,
          trigger=f"[0-9]{{4}}{_CARD_SEP}?[0-9]{{4}}[0-9]{{0,2}}{_CARD_SEP}?[0-9]{{4}}"),
     # Cisco's dotted MAC (001a.2b3c.4d5e), after the card: at one start the first rule that matches
     # wins, and "4111.1111.1111.1111" is a card whose first twelve digits have this shape.

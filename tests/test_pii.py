@@ -196,6 +196,35 @@ def test_a_card_inside_an_iban_shape_that_fails_its_checksum_is_still_found(text
     assert Sanitizer().redact(text, json_text=text.startswith("{")) == (redacted, Counter(CARD=1))
 
 
+# Values Faker makes (credit_card_number of each type, credit_card_full) that were stored as sent.
+@pytest.mark.parametrize("text, redacted", [
+    # credit_card_full: the number, a blank and the expiry
+    ("VISA 16 digit\nKatherine Hart\n4830710099148944 08/36\nCVC: 292\n",
+     "VISA 16 digit\nKatherine Hart\n<CARD> 08/36\nCVC: 292\n"),
+    ("Maestro\nMalik Brown\n060496695499 09/35\nCVV: 317\n", "Maestro\nMalik Brown\n<CARD> 09/35\nCVV: 317\n"),
+    ("card 4111111111111111 123", "card <CARD> 123"),
+    # jcb15 (1800, 2131) and jcb16 outside 3528-3589 (Faker draws all of 35xx)
+    ("paid with 180070900547493", "paid with <CARD>"), ("paid with 213192483435267", "paid with <CARD>"),
+    ("paid with 3510835924519594", "paid with <CARD>"), ("paid with 3598463464848508", "paid with <CARD>"),
+    # maestro: twelve digits, a card after a card keyword
+    ("Charge my card 503830798685 please", "Charge my card <CARD> please"),
+    ('{"card_number": "060430784854"}', '{"card_number": "<CARD>"}'),
+    ("card no. 5038 3079 8685", "card no. <CARD>"),
+])
+def test_generated_card_numbers_of_every_type_are_found(text, redacted):
+    """Faker's card types: a JCB 15 (1800/2131), a JCB 16 in all of 35xx, a 12-digit Maestro, and a card
+    followed by its expiry (credit_card_full) were each stored as sent."""
+    assert Sanitizer().redact(text, json_text=text.startswith("{")) == (redacted, Counter(CARD=1))
+    assert Sanitizer().redact_array(pa.array([text]), text.startswith("{"))[0].to_pylist() == [redacted]
+
+
+@pytest.mark.parametrize("text", ["arn:aws:iam::503830798685:role/deploy", "order 503830798685 shipped",
+                                  "ids 5038 3079 8685", "projects/561602852726/locations", "discard 503830798685"])
+def test_twelve_digit_ids_are_not_cards_without_a_card_keyword_or_expiry(text):
+    """AWS account ids and other 12-digit ids are Luhn-valid with a Maestro prefix one time in 70."""
+    assert Sanitizer().redact(text) == (text, Counter())
+
+
 # --------------------------------------------------------------------------- JSON escapes
 
 def test_a_value_right_after_a_json_escape_is_redacted_without_breaking_the_escape():
