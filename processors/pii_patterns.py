@@ -270,6 +270,7 @@ def _phone(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] |
             return None
     elif n not in (10, 11):
         return None
+    e = ctx.phone_extension_end(text, e)
     return ("PHONE", s, e) if _free_right_num(text, e) else None
 
 
