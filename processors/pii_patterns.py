@@ -59,10 +59,13 @@ SEP = rf"{_Q}[ \t]*[:=][ \t]*(?:\[[ \t]*)?"
 _VALUE = (
     r'''(?:\\*"(?P<v>(?:[^"\\]|\\[^"\\])+)'''
     r"""|'(?P<v2>[^'"\\]+)"""
-    r"""|(?P<v3>[^ \t\r\n"'\\,;&<>(){}\[\]]+(?:[,;&<>(){}\[\]][^ \t\r\n"'\\,;&<>(){}\[\]=]+)*))"""
+    r"""|(?P<v3>(?:[()]{0,3}[^ \t\r\n"'\\,;&<>(){}\[\]]+|[()]{0,2}&[&()]{0,2}[^ \t\r\n"'\\,;&<>(){}\[\]=]+)"""
+    r"""(?:[,;&<>(){}\[\]]{1,3}[^ \t\r\n"'\\,;&<>(){}\[\]=]+)*))"""
 )
-# A bare value runs on through punctuation that passwords contain (``Tr0ub4dor&3``, ``hello;world``)
-# as long as no key follows (``&user=``): half a password is still a password.
+# A bare value runs on through punctuation that passwords contain (``Tr0ub4dor&3``, ``hello;world``,
+# ``xH9NMbZ&(2``) as long as no key follows (``&user=``): half a password is still a password. It may
+# open with a bracket or ``&`` (``)0I0kp3q@S``, ``&4Tvq@+c(9``: one Faker password in ten), but an ``&``
+# then takes no ``=`` in its first run: ``?password=&user=bob`` is an empty password and the next key.
 _SECRET_KEYWORDS = (
     r"(?i:password|passwd|passphrase|passcode|pwd|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
     r"|account[_-]?key|access[_-]?key|subscription[_-]?key"
@@ -396,6 +399,8 @@ def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
         cut = max(text.rfind(c, s, e) for c in ",;&<>(){}[]")
         if cut > s:
             e = cut
+        elif cut == s:                                   # no value, then the next key (password=&user=bob)
+            return None
     while e - s > 1 and text[e - 1] in ".," and (e == len(text) or not _word(text[e])):
         e -= 1                                           # sentence punctuation after a bare value
     val = text[s:e]
@@ -417,7 +422,7 @@ def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
 def _secret_said(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     """``my password is X`` in prose: only a value that looks made up (a letter and a digit or a
     symbol) or 6+ digits, so "the password is incorrect" or "is 8 characters long" stay."""
-    val = text[s:e].rstrip(".,!?")
+    val = text[s:e].rstrip(".,!?").strip("()&")       # "the password is (optional)" is no password
     if not (val.isdigit() and len(val) >= 6 or any(c.isalpha() for c in val) and any(not c.isalpha() for c in val)):
         return None
     return _secret(text, s, e, json_text)

@@ -342,6 +342,27 @@ def test_a_bare_password_is_replaced_whole_through_its_punctuation(text, redacte
     assert Sanitizer().redact(text)[0] == redacted
 
 
+# Faker's password(): one in ten opens with a bracket or "&", and two of its symbols may stand together.
+@pytest.mark.parametrize("password", [")0I0kp3q@S", "(33&5kOiwh", "&4Tvq@+c(9", "5)(WFRAz)5", "(8nqKkeh+t"])
+def test_a_generated_password_that_opens_with_a_bracket_or_ampersand_is_a_secret(password):
+    """Each was stored as sent (or all but its first characters) after ``password=``, ``Password:``,
+    ``DB_PASSWORD=`` and in ``my password is ...``: a bare value could not open with ``(``, ``)`` or ``&``."""
+    for text in (f"password={password}", f"Password: {password} ok", f"DB_PASSWORD={password}",
+                 f"my password is {password}.", f"?password={password}"):
+        out, counts = Sanitizer().redact(text)
+        assert password not in out and not any(part in out for part in re.findall(r"[A-Za-z0-9]{2,}", password)), out
+        assert counts == Counter(SECRET=1), out
+
+
+@pytest.mark.parametrize("text,redacted", [
+    ("?password=&user=bob", "?password=&user=bob"),                   # no password, then the next key
+    ("?password=&token=abc123", "?password=&token=<SECRET>"),         # ... which may be a secret itself
+    ("the password is (optional)", "the password is (optional)"),
+])
+def test_an_empty_password_before_the_next_key_stays_empty(text, redacted):
+    assert Sanitizer().redact(text)[0] == redacted
+
+
 @pytest.mark.parametrize("text,redacted", [
     ("GET /v1/orders?api_key=abc123def&token=xyz789secret&page=2",
      "GET /v1/orders?api_key=<SECRET>&token=<SECRET>&page=2"),
