@@ -321,11 +321,14 @@ PERSON_INTRO_PATTERN = (LEFT + r"(?:(?:[Mm]y|MY)[ ](?:full[ ])?(?:name|NAME)(?:[
                         + _NAME)
 PERSON_INTRO_TRIGGER = r"[Mm]y (?:full )?name|MY NAME|Dear |[Ss]incerely[,:]|[Rr]egards[,:]|[Ss]igned[,:]"
 # One rule for every "<key or label> name: value" form; the validator reads the key back.
-_NAME_CH = rf"(?:[A-Za-z{_UP}{_LO}'’. -]|\\+u[0-9a-fA-F]{{4}})"
-_NAME_VALUE_FORMS = (rf'''(?:\\*"(?P<v>{_CAP}{_NAME_CH}*)\\*"|'(?P<v2>{_CAP}{_NAME_CH}*)'|'''
-                     + _NAME.replace("(?P<v>", "(?P<v3>") + ")")
+# A quoted name value may hold Latin Extended-A letters too (Polish, Czech, Turkish: "Błażej Neska", "Bartoś").
+_EXT_LATIN = "Ā-ſ"
+_NAME_CH = rf"(?:[A-Za-z{_UP}{_LO}{_EXT_LATIN}'’. -]|\\+u[0-9a-fA-F]{{4}})"
+_NAME_CAP = rf"(?:[{_UP}{_EXT_LATIN}]|\\+u00[cdCD][0-9a-fA-F]|\\+u01[0-7][0-9a-fA-F])"
+_NAME_VALUE_FORMS = (rf'''(?:\\*"(?P<v>{_NAME_CAP}{_NAME_CH}*)\\*"|'(?P<v2>{_NAME_CAP}{_NAME_CH}*)'|'''
+                     + _TITLE + _NAME.replace("(?P<v>", "(?P<v3>") + ")")
 PERSON_NAMED_PATTERN = (LEFT_KEY + _KEY_PREFIX + r"(?i:name)(?:" + SEP + r"|[ \t]*-[ \t]*)" + _NAME_VALUE_FORMS)
-PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}]|\\+u00[cdCD])"""
+PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}Ā-ſ]|\\+u0[01][c-fC-F0-7])"""
 #: the shared keyword trigger of DOB, PASSPORT and address keys: one literal set is cheapest for RE2
 KEYWORD_TRIGGER = r"(?i:d\.?o\.?b|birth|born|passport|address|street|ssn|social.security|iban)"
 
@@ -361,8 +364,13 @@ def person(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] |
     return ("PERSON", s, end)
 
 
-_NAME_VALUE = re.compile(rf"(?:[A-Za-z{_UP}{_LO}'’.-]|\\+u[0-9a-fA-F]{{4}})+(?:[ ]+(?:[A-Za-z{_UP}{_LO}'’.-]"
-                         rf"|\\+u[0-9a-fA-F]{{4}})+){{0,4}}\Z")
+_NAME_VALUE = re.compile(rf"(?:[A-Za-z{_UP}{_LO}{_EXT_LATIN}'’.-]|\\+u[0-9a-fA-F]{{4}})+"
+                         rf"(?:[ ]+(?:[A-Za-z{_UP}{_LO}{_EXT_LATIN}'’.-]|\\+u[0-9a-fA-F]{{4}})+){{0,4}}\Z")
+#: titles and honorifics around a name (Faker writes "Dr Ann Green", "Mrs Kelly Anderson", "Prof. Eitel
+#: Heuser", "Sig.ra Melissa Blasi", "pani Janina Fedorczyk"): not names, but no reason to refuse the value
+_TITLE_WORDS = frozenset(
+    "mr mrs ms miss mx dr prof sir dame herr frau mme mlle sig sig.ra sig.na dott dott.ssa sr sra srta dhr mevr "
+    "pan pani ing dipl.-ing univ.prof jr sr. phd md dds dvm b.a b.sc b.eng m.a m.sc mba ii iii iv".split())
 
 
 def person_value(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
@@ -370,7 +378,8 @@ def person_value(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, 
     value = text[s:e].strip()
     if not value or len(value) > 80 or not _NAME_VALUE.match(value):
         return None
-    if any(w.lower().rstrip(".") in _NOT_NAMES for w in value.split()):
+    words = [w for w in value.split() if w.lower().rstrip(".") not in _TITLE_WORDS and w.lower() not in _TITLE_WORDS]
+    if not words or any(w.lower().rstrip(".") in _NOT_NAMES for w in words):
         return None
     if not any(c.isalpha() for c in value):
         return None
@@ -469,6 +478,7 @@ def _key_before_value(text: str, s: int) -> tuple[str, int, bool] | None:
     if 0 < p < k and text[p - 1] == "\\" and text[p] in "nrt":
         p += 1                                        # the key starts after a JSON escape (\npatient_name)
     return text[p:k], k, quoted
+_TITLE_BEFORE = re.compile(r"(?<![A-Za-z])" + _TITLE[3:-2] + r"\Z")
 _QUALIFIED_KEY = re.compile(r"(?:^|[_.-])(?i:" + "|".join(_QUALIFIERS) + r")\Z|[a-z0-9](?:"
                             + "|".join(q.capitalize() for q in _QUALIFIERS) + r")\Z")
 _LABEL_START = re.compile(r"""(?:^|[\n"'(\[{]|\\n|[:;,][ ]*)[ \t]*\Z""")
@@ -483,7 +493,8 @@ def person_named(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, 
     the JSON key ``"name"`` -> only inside an object that looks like a person; anything else
     (``tool_name``, ``model.name``, ``file name:``) -> nothing.
     """
-    key = _key_before_value(text, s)
+    title = _TITLE_BEFORE.search(text, max(0, s - 8), s)   # "Name: Dr Ann Green": the key is before the title
+    key = _key_before_value(text, title.start() if title else s)
     if key is None:
         return None
     prefix, k, key_quoted = key

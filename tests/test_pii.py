@@ -810,6 +810,31 @@ def test_json_keys_of_the_context_types_in_json_and_json_in_json(doc, redacted):
     assert json.loads(json.loads(nested)["tool"]["arguments"]) == redacted
 
 
+# Faker's name() under a qualified name key or after a "Name:" label: a title (Dr, Mrs, Prof.) before the
+# name, or a Latin Extended-A letter in it (pl_PL), and the name was stored as sent.
+@pytest.mark.parametrize("doc, redacted", [
+    ({"customer_name": "Dr Hollie Morgan"}, {"customer_name": "<PERSON>"}),
+    ({"customer_name": "Mrs Kelly Anderson"}, {"customer_name": "<PERSON>"}),
+    ({"contact_name": "Prof. Folkert Lindner B.A."}, {"contact_name": "<PERSON>"}),
+    ({"customer_name": "Krystyna Bartoś"}, {"customer_name": "<PERSON>"}),
+    ({"full_name": "Łukasz Nowak"}, {"full_name": "<PERSON>"}),
+    ({"customer_name": "Dr"}, {"customer_name": "Dr"}),                      # a title alone is no name
+])
+def test_a_generated_name_with_a_title_or_a_polish_letter_under_a_name_key_is_a_person(doc, redacted):
+    s = Sanitizer()
+    for ascii_only in (True, False):
+        out, _ = s.redact(json.dumps(doc, ensure_ascii=ascii_only), json_text=True)
+        assert json.loads(out) == redacted, out
+
+
+@pytest.mark.parametrize("text, redacted", [
+    ("Name: Mrs Kelly Anderson", "Name: Mrs <PERSON>"), ("Name: Dr. Brandon Wilson", "Name: Dr. <PERSON>"),
+    ("Name: Dr", "Name: Dr"), ("file name: Dr Smith", "file name: Dr Smith"),
+])
+def test_a_name_label_followed_by_a_title_finds_the_name_after_it(text, redacted):
+    assert Sanitizer().redact(text)[0] == redacted
+
+
 def test_the_context_types_can_be_disabled_one_by_one():
     text = "DOB: 1990-01-31, passport X1234567, 12 Main Street, my name is Jane Doe"
     assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == (
