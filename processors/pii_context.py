@@ -301,10 +301,15 @@ def address(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
     return ("ADDRESS", s, e)
 
 
+# A word of the address: Latin, or any script's letters (Faker's hi_IN "28 राजीव पाटिल", zh_CN "...廖路v座 314397"),
+# also as the \u escapes of JSON written ensure_ascii.
+_ADDRESS_WORD = re.compile(r"[A-Za-z]{3}|[^\W\d_A-Za-z]{2}|(?:\\+u[0-9a-fA-F]{4}){2}")
+
+
 def address_value(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     """The quoted value of an address key: a postal address has a digit and a word, no @ or URL."""
     value = text[s:e]
-    if (not any(c.isdigit() for c in value) or not re.search(r"[A-Za-z]{3}", value) or " " not in value.strip()
+    if (not any(c.isdigit() for c in value) or not _ADDRESS_WORD.search(value) or " " not in value.strip()
             or "@" in value or "://" in value or value.lower().startswith("0x")):
         return None
     return ("ADDRESS", s, e)

@@ -294,10 +294,11 @@ _IBAN_LENGTHS = {
 }
 
 
-def iban_ok(compact: str) -> bool:
+def iban_ok(compact: str, *, labelled: bool = False) -> bool:
+    """Mod-97 and, unless an IBAN label or key says what it is, the country's length."""
     compact = compact.upper()              # a labelled IBAN may be typed in lower case
     want = _IBAN_LENGTHS.get(compact[:2])
-    if want is not None and len(compact) != want:
+    if want is not None and len(compact) != want and not labelled:
         return False
     if not 15 <= len(compact) <= 34:
         return False
@@ -305,13 +306,19 @@ def iban_ok(compact: str) -> bool:
     return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
-def _iban(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+def _iban_labelled(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """After ``IBAN:`` or as an ``iban`` key's value the country's length is not asked: Faker's zh_CN
+    iban() writes 21-character GB numbers (``GB74ARRT9579032892184``) that pass mod-97."""
+    return _iban(text, s, e, json_text, labelled=True)
+
+
+def _iban(text: str, s: int, e: int, json_text: bool, labelled: bool = False) -> tuple[str, int, int] | None:
     raw = text[s:e]
     # trailing upper-case words may have been swallowed: try the longest prefix that validates
     cut = e
     while cut - s >= 15:
         compact = text[s:cut].replace(" ", "")
-        if iban_ok(compact) and _free_right(text, cut):
+        if iban_ok(compact, labelled=labelled) and _free_right(text, cut):
             return ("IBAN", s, cut)
         nxt = text.rfind(" ", s, cut)
         if nxt <= s or " " not in raw:
@@ -484,7 +491,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # context rules: a keyword, key or street suffix says what the value is (see pii_context)
     Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),
-    Rule("IBAN", ctx.IBAN_LABELLED_PATTERN, _iban, trigger=ctx.KEYWORD_TRIGGER),
+    Rule("IBAN", ctx.IBAN_LABELLED_PATTERN, _iban_labelled, trigger=ctx.KEYWORD_TRIGGER),
     Rule("SSN", ctx.SSN_PATTERN, ctx.ssn_digits, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PHONE", ctx.PHONE_CONTEXT_PATTERN, ctx.phone_digits, trigger=ctx.PHONE_CONTEXT_TRIGGER),
     Rule("ADDRESS", ctx.ADDRESS_KEY_PATTERN, ctx.address_value, trigger=ctx.KEYWORD_TRIGGER),

@@ -196,6 +196,17 @@ def test_a_card_inside_an_iban_shape_that_fails_its_checksum_is_still_found(text
     assert Sanitizer().redact(text, json_text=text.startswith("{")) == (redacted, Counter(CARD=1))
 
 
+@pytest.mark.parametrize("text, redacted", [
+    ("IBAN: GB74ARRT9579032892184", "IBAN: <IBAN>"), ('{"iban": "GB53BVCC0704341925412"}', '{"iban": "<IBAN>"}'),
+    ("send to GB74ARRT9579032892184", "send to GB74ARRT9579032892184"),   # unlabelled: the length still counts
+    ("IBAN: GB00ARRT9579032892184", "IBAN: GB00ARRT9579032892184"),       # labelled: mod-97 still counts
+])
+def test_a_labelled_iban_of_the_wrong_length_for_its_country_is_an_iban(text, redacted):
+    """Faker's zh_CN iban() writes 21-character GB numbers that pass mod-97: after an IBAN label or under
+    an iban key they were stored as sent, since a GB IBAN has 22."""
+    assert Sanitizer().redact(text, json_text=text.startswith("{"))[0] == redacted
+
+
 # Values Faker makes (credit_card_number of each type, credit_card_full) that were stored as sent.
 @pytest.mark.parametrize("text, redacted", [
     # credit_card_full: the number, a blank and the expiry
@@ -833,6 +844,16 @@ def test_a_generated_name_with_a_title_or_a_polish_letter_under_a_name_key_is_a_
 ])
 def test_a_name_label_followed_by_a_title_finds_the_name_after_it(text, redacted):
     assert Sanitizer().redact(text)[0] == redacted
+
+
+# Faker's zh_CN and hi_IN address() under an address key: no three Latin letters in a row, so no "word".
+@pytest.mark.parametrize("address", ["天津市合肥市山亭廖路v座 314397", "28 राजीव पाटिल\nफतेहपुर 555143",
+                                     "5/4 दीपाली दासगुप्ता\nमोकोकचुंग 409016"])
+def test_an_address_in_another_script_under_an_address_key_is_an_address(address):
+    for ascii_only in (True, False):
+        out, counts = Sanitizer().redact(json.dumps({"shipping_address": address}, ensure_ascii=ascii_only), json_text=True)
+        assert json.loads(out) == {"shipping_address": "<ADDRESS>"} and counts == Counter(ADDRESS=1), out
+    assert Sanitizer().redact('{"shipping_address": "ab 12"}', json_text=True)[1] == Counter()
 
 
 def test_the_context_types_can_be_disabled_one_by_one():
