@@ -186,18 +186,21 @@ def ssn_digits(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 # The number: 8 to 15 digits (counted by phone_digits: Poland's and Italy's 9, a local 8 in Australia
 # and Sweden), single blanks, dots or dashes between, the area code maybe in brackets: "020 7946 0958",
 # "507 680 318", "(0118) 4960139", "(08).2687.6822", "08-84 98 52".
-PHONE_CONTEXT_PATTERN = (LEFT + r"(?:[A-Za-z][A-Za-z0-9]*[_.-]){0,2}"
+# Asked to be called: "call me at", "reach us on", "text me at" say what the number is as a keyword does.
+_CALL_ME = r"(?i:call|reach|text|ring|contact|whatsapp)[ ](?i:me|us)(?:[ ](?i:at|on))?"
+PHONE_CONTEXT_PATTERN = (LEFT + r"(?:(?:[A-Za-z][A-Za-z0-9]*[_.-]){0,2}"
                          + r"(?:(?:[a-z][a-z0-9]*)?(?:Phone|Telephone|Tel|Mobile|Cell|Cellphone|Fax)"
                          + r"|(?i:phone|telephone|tel|mobile|cell|cellphone|fax))\.?"
-                         + r"(?:[ _.-]?(?i:number|num|no\.?|nr\.?)|[ ]?#)?"
+                         + r"(?:[ _.-]?(?i:number|num|no\.?|nr\.?)|[ ]?#)?|" + _CALL_ME + ")"
                          + _CONNECT + r"(?P<v>\+?(?:\([0-9]{1,5}\)[ .-]?[0-9](?:[ .-]?[0-9]){2,14}"
                          + r"|[0-9](?:[ .-]?[0-9]){6,14}))")
 # The keyword as a word of its own (or with number/no after it): not "tel" in tell, remotely, telemetry
 # or otel.*, nor "cell" in cancellation. Every cell a trigger flags pays the exact Python pass.
-PHONE_CONTEXT_TRIGGER = r"(?:(?i:phone|mobile|fax|cell)|(?:^|[^Oo])(?i:tel))(?i:number|num|no|nr)?(?:[^0-9A-Za-z]|$)"
+PHONE_CONTEXT_TRIGGER = (r"(?:(?i:phone|mobile|fax|cell)|(?:^|[^Oo])(?i:tel))(?i:number|num|no|nr)?(?:[^0-9A-Za-z]|$)"
+                         r"|(?i:call|reach|text|ring|contact|whatsapp) (?i:me|us) ")
 
 
-_DATE_OR_TIME = re.compile(r"[0-9]{4}[-./][0-9]{1,2}[-./][0-9]{1,2}")
+_DATE_OR_TIME = re.compile(r"[0-9]{4}[-./][0-9]{1,2}[-./][0-9]{1,2}|[0-9]{1,2}([-./ ])[0-9]{1,2}\1[0-9]{4}(?![0-9])")
 
 
 # An extension after a number is part of it: "(299)761-0003x679", "555-123-4567 ext. 12" (Faker's
