@@ -197,7 +197,7 @@ PHONE_CONTEXT_PATTERN = (LEFT + r"(?:(?:[A-Za-z][A-Za-z0-9]*[_.-]){0,2}"
 # The keyword as a word of its own (or with number/no after it): not "tel" in tell, remotely, telemetry
 # or otel.*, nor "cell" in cancellation. Every cell a trigger flags pays the exact Python pass.
 PHONE_CONTEXT_TRIGGER = (r"(?:(?i:phone|mobile|fax|cell)|(?:^|[^Oo])(?i:tel))(?i:number|num|no|nr)?(?:[^0-9A-Za-z]|$)"
-                         r"|(?i:call|reach|text|ring|contact|whatsapp) (?i:me|us) ")
+                         r"|(?i:call|reach|text|ring|contact|whatsapp) (?i:me|us) (?i:at |on )?[0-9(]")
 
 
 _DATE_OR_TIME = re.compile(r"[0-9]{4}[-./][0-9]{1,2}[-./][0-9]{1,2}|[0-9]{1,2}([-./ ])[0-9]{1,2}\1[0-9]{4}(?![0-9])")
@@ -336,7 +336,7 @@ _NAME_CAP = rf"(?:[{_UP}{_EXT_LATIN}]|\\+u00[cdCD][0-9a-fA-F]|\\+u01[0-7][0-9a-f
 _NAME_VALUE_FORMS = (rf'''(?:\\*"(?P<v>{_NAME_CAP}{_NAME_CH}*)\\*"|'(?P<v2>{_NAME_CAP}{_NAME_CH}*)'|'''
                      + _TITLE + _NAME.replace("(?P<v>", "(?P<v3>") + ")")
 PERSON_NAMED_PATTERN = (LEFT_KEY + _KEY_PREFIX + r"(?i:name)(?:" + SEP + r"|[ \t]*-[ \t]*)" + _NAME_VALUE_FORMS)
-PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}Ā-ſ]|\\+u0[01][c-fC-F0-7])"""
+PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}Ā-ſ]|\\+u00[cdCD]|\\+u01[0-7])"""
 #: the shared keyword trigger of DOB, PASSPORT and address keys: one literal set is cheapest for RE2
 KEYWORD_TRIGGER = r"(?i:d\.?o\.?b|birth|born|passport|address|street|ssn|social.security|iban)"
 
