@@ -320,9 +320,15 @@ def address_value(text: str, s: int, e: int, json_text: bool) -> tuple[str, int,
 
 # --------------------------------------------------------------------------- PERSON
 
-_NAME_WORD = (rf"(?:[{_UP}]{_LOWER_RUN}(?:['’-][{_UP}]?{_LOWER_RUN}|[A-Z]{_LOWER_RUN})?|[A-Z]\.)")
-_NAME = rf"(?P<v>{_NAME_WORD}(?:[ ]+{_NAME_WORD}){{0,2}})"
-_TITLE = r"(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?[ ]+)?"
+# Name words take Latin Extended-A letters too (Polish, Czech, Turkish: "Błażej Neska", "Łukasz"), and a
+# surname its particles ("Jort van der Velden", "Pierre du Briand", "Maria da Mota"): without them the
+# name was not found, or found up to the particle with the surname after it kept.
+_NAME_LOWER_RUN = rf"(?:[{_LO}Ā-ſ]|\\+u00[e-fE-F][0-9a-fA-F]|\\+u01[0-7][0-9a-fA-F])+"
+_NAME_WORD_CAP = rf"(?:[{_UP}Ā-ſ]|\\+u00[cdCD][0-9a-fA-F]|\\+u01[0-7][0-9a-fA-F])"
+_NAME_WORD = (rf"(?:{_NAME_WORD_CAP}{_NAME_LOWER_RUN}(?:['’-][{_UP}]?{_NAME_LOWER_RUN}|[A-Z]{_NAME_LOWER_RUN})?|[A-Z]\.)")
+_PARTICLE = r"(?:van|von|der|den|de|du|da|das|dos|do|del|della|di|le|la|ten|ter|zu|bin)[ ]+"
+_NAME = rf"(?P<v>{_NAME_WORD}(?:[ ]+(?:{_PARTICLE}){{0,2}}{_NAME_WORD}){{0,2}})"
+_TITLE = r"(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Ing|Herr|Frau|Mme|Mlle|Sr|Sra|Srta|Sig|Sig\.ra|Dott|Dott\.ssa)\.?[ ]+)?"
 PERSON_INTRO_PATTERN = (LEFT + r"(?:(?:[Mm]y|MY)[ ](?:full[ ])?(?:name|NAME)(?:[ ]+(?:is|IS)|'s)[ ]+" + _TITLE
                         + r"|Dear[ ]+" + _TITLE
                         + r"|(?:[Ss]incerely|[Rr]egards|[Ss]igned)[,:](?:[ \t]|\r?\n|\\+[rnt]){0,6})"
@@ -368,7 +374,10 @@ def person(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] |
         return None
     end = s + len(" ".join(keep)) if len(keep) < len(words) else e
     if end == e and e < len(text) and text[e].isascii() and (text[e].isalnum() or text[e] == "_"):
-        return None
+        if len(keep) < 2:
+            return None
+        keep.pop()                       # "Antje Börner B.Sc.": the degree's "B." is no name word
+        end = s + len(" ".join(keep))
     return ("PERSON", s, end)
 
 

@@ -872,6 +872,21 @@ def test_an_address_in_another_script_under_an_address_key_is_an_address(address
     assert Sanitizer().redact('{"shipping_address": "ab 12"}', json_text=True)[1] == Counter()
 
 
+# Faker's name() after "My name is" / "Name:": a surname particle, a Polish letter, a degree after the name
+# or a title of another language kept the name, or the surname after the particle.
+@pytest.mark.parametrize("text, redacted", [
+    ("My name is Jort van der Velden", "My name is <PERSON>"), ("Name: Pierre Leclercq du Briand", "Name: <PERSON>"),
+    ("Dear Maria da Mota,", "Dear <PERSON>,"), ("My name is Błażej Neska", "My name is <PERSON>"),
+    ("Name: Łukasz Nowak", "Name: <PERSON>"), ("My name is Dr. Antje Börner B.Sc.", "My name is Dr. <PERSON> B.Sc."),
+    ("Name: Sig.ra Matilda Costanzi", "Name: Sig.ra <PERSON>"), ("My name is Sra. Pietra Cassiano", "My name is Sra. <PERSON>"),
+    ("My name is John and I need help", "My name is <PERSON> and I need help"), ("My name is Jo3", "My name is Jo3"),
+])
+def test_a_generated_name_with_a_particle_a_polish_letter_or_a_title_is_a_person(text, redacted):
+    assert Sanitizer().redact(text)[0] == redacted
+    quoted = json.dumps({"content": text}, ensure_ascii=True)
+    assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
+
+
 def test_the_context_types_can_be_disabled_one_by_one():
     text = "DOB: 1990-01-31, passport X1234567, 12 Main Street, my name is Jane Doe"
     assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == (
