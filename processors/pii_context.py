@@ -197,7 +197,9 @@ PHONE_CONTEXT_PATTERN = (LEFT + r"(?:(?:[A-Za-z][A-Za-z0-9]*[_.-]){0,2}"
 # The keyword as a word of its own (or with number/no after it): not "tel" in tell, remotely, telemetry
 # or otel.*, nor "cell" in cancellation. Every cell a trigger flags pays the exact Python pass.
 PHONE_CONTEXT_TRIGGER = (r"(?:(?i:phone|mobile|fax|cell)|(?:^|[^Oo])(?i:tel))(?i:number|num|no|nr)?(?:[^0-9A-Za-z]|$)"
-                         r"|(?i:call|reach|text|ring|contact|whatsapp) (?i:me|us) (?i:at |on )?[0-9(]")
+                         # "call me at 0...": the verb is read back by the exact pass (a run of letters before
+                         # the trigger); left out here, it cost the automaton ~4% of the sanitizer's time
+                         r"| (?:me|us|Me|Us|ME|US) (?:at |on |At |On |AT |ON )?[0-9(]")
 
 
 _DATE_OR_TIME = re.compile(r"[0-9]{4}[-./][0-9]{1,2}[-./][0-9]{1,2}|[0-9]{1,2}([-./ ])[0-9]{1,2}\1[0-9]{4}(?![0-9])")
