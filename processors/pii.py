@@ -353,6 +353,14 @@ class Sanitizer:
                         inside = self._matches_between(text, s + 1, e, endpos=min(len(text), e + _INSIDE_SLACK))
                         rescanned.update(inside)
                         given_back = inside + given_back
+                    elif rule.type == "SECRET" and text.startswith("&", s):
+                        # "?password=&token=abc": no password, and the bare value read the next key; the
+                        # pass went on after it. That key (and its value) starts at the "&".
+                        # Once each: a run of "password=&password=&..." would start the chain again at each.
+                        following = self._exact.match(text, s)
+                        if following is not None and following.span() not in handed_back:
+                            handed_back.add(following.span())
+                            given_back = [following] + given_back
                     continue
                 value_end = e
                 type_, s, e = found

@@ -13,7 +13,7 @@ model names, delivery dates, order numbers, titles. What each rule accepts:
   (``passport no``, ``passport number``, ``passport #``, keys ``passport_number``, ...).
 * SSN -- nine digits (or 3-2-4 with spaces) right after ``SSN`` / ``social security`` (``number``,
   ``no``, ``#``), also as keys (``patient_ssn``); the dashed form needs no context (pii_patterns).
-* PHONE (plain digits) -- 10 to 15 digits, optionally after ``+``, right after ``phone`` /
+* PHONE (plain digits) -- 8 to 15 digits (the area code maybe in brackets), optionally after ``+``, right after ``phone`` /
   ``telephone`` / ``tel`` / ``mobile`` / ``cell`` / ``fax`` (``number``, ``no``, ``#``), also as keys
   (``customer_phone``, ``contactPhone``) and as JSON numbers (``"phone": 4155550132``); numbers
   with separators are phones by their shape alone (pii_patterns).
@@ -183,20 +183,43 @@ def ssn_digits(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, in
 # "4155550132" is an order number as much as a phone by its shape; after a phone keyword (or as the
 # value of a phone key, a JSON number included) it is a phone. A lower-case head before the keyword
 # only counts before a capital (customerPhone): "hotel 4155550132" is not a phone label.
-PHONE_CONTEXT_PATTERN = (LEFT + r"(?:[A-Za-z][A-Za-z0-9]*[_.-]){0,2}"
+# The number: 8 to 15 digits (counted by phone_digits: Poland's and Italy's 9, a local 8 in Australia
+# and Sweden), single blanks, dots or dashes between, the area code maybe in brackets: "020 7946 0958",
+# "507 680 318", "(0118) 4960139", "(08).2687.6822", "08-84 98 52".
+# Asked to be called: "call me at", "reach us on", "text me at" say what the number is as a keyword does.
+_CALL_ME = r"(?i:call|reach|text|ring|contact|whatsapp)[ ](?i:me|us)(?:[ ](?i:at|on))?"
+PHONE_CONTEXT_PATTERN = (LEFT + r"(?:(?:[A-Za-z][A-Za-z0-9]*[_.-]){0,2}"
                          + r"(?:(?:[a-z][a-z0-9]*)?(?:Phone|Telephone|Tel|Mobile|Cell|Cellphone|Fax)"
                          + r"|(?i:phone|telephone|tel|mobile|cell|cellphone|fax))\.?"
-                         + r"(?:[ _.-]?(?i:number|num|no\.?|nr\.?)|[ ]?#)?"
-                         + _CONNECT + r"(?P<v>\+?[0-9](?:[ .-]?[0-9]){9,14})")   # 020 7946 0958, 07911 123456
+                         + r"(?:[ _.-]?(?i:number|num|no\.?|nr\.?)|[ ]?#)?|" + _CALL_ME + ")"
+                         + _CONNECT + r"(?P<v>\+?(?:\([0-9]{1,5}\)[ .-]?[0-9](?:[ .-]?[0-9]){2,14}"
+                         + r"|[0-9](?:[ .-]?[0-9]){6,14}))")
 # The keyword as a word of its own (or with number/no after it): not "tel" in tell, remotely, telemetry
 # or otel.*, nor "cell" in cancellation. Every cell a trigger flags pays the exact Python pass.
-PHONE_CONTEXT_TRIGGER = r"(?:(?i:phone|mobile|fax|cell)|(?:^|[^Oo])(?i:tel))(?i:number|num|no|nr)?(?:[^0-9A-Za-z]|$)"
+PHONE_CONTEXT_TRIGGER = (r"(?:(?i:phone|mobile|fax|cell)|(?:^|[^Oo])(?i:tel))(?i:number|num|no|nr)?(?:[^0-9A-Za-z]|$)"
+                         # "call me at 0...": the verb is read back by the exact pass (a run of letters before
+                         # the trigger); left out here, it cost the automaton ~4% of the sanitizer's time
+                         r"| (?:me|us|Me|Us|ME|US) (?:at |on |At |On |AT |ON )?[0-9(]")
 
 
-_DATE_OR_TIME = re.compile(r"[0-9]{4}[-./][0-9]{1,2}[-./][0-9]{1,2}")
+_DATE_OR_TIME = re.compile(r"[0-9]{4}[-./][0-9]{1,2}[-./][0-9]{1,2}|[0-9]{1,2}([-./ ])[0-9]{1,2}\1[0-9]{4}(?![0-9])")
+
+
+# An extension after a number is part of it: "(299)761-0003x679", "555-123-4567 ext. 12" (Faker's
+# en_US numbers carry one one time in two). Glued to the number, it hid the whole number from the rules.
+_PHONE_EXTENSION = re.compile(r"[ ]?(?:[xX]|[Ee]xt\.?|[Ee]xtension)[ ]?[0-9]{1,6}(?![0-9A-Za-z_])")
+
+
+def phone_extension_end(text: str, e: int) -> int:
+    """Where a phone number ending at ``e`` ends with its extension, if one follows."""
+    ext = _PHONE_EXTENSION.match(text, e)
+    return ext.end() if ext else e
 
 
 def phone_digits(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    if not 8 <= sum(c.isdigit() for c in text[s:e]) <= 15:
+        return None
+    e = phone_extension_end(text, e)
     if e < len(text) and (text[e].isalnum() or text[e] == "_" or (text[e] in "-." and text[e + 1:e + 2].isdigit())):
         return None
     if e < len(text) and text[e] == ":" or _DATE_OR_TIME.match(text, s):   # "cell 2024-08-06 12:00"
@@ -283,10 +306,15 @@ def address(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
     return ("ADDRESS", s, e)
 
 
+# A word of the address: Latin, or any script's letters (Faker's hi_IN "28 राजीव पाटिल", zh_CN "...廖路v座 314397"),
+# also as the \u escapes of JSON written ensure_ascii.
+_ADDRESS_WORD = re.compile(r"[A-Za-z]{3}|[^\W\d_A-Za-z]{2}|(?:\\+u[0-9a-fA-F]{4}){2}")
+
+
 def address_value(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     """The quoted value of an address key: a postal address has a digit and a word, no @ or URL."""
     value = text[s:e]
-    if (not any(c.isdigit() for c in value) or not re.search(r"[A-Za-z]{3}", value) or " " not in value.strip()
+    if (not any(c.isdigit() for c in value) or not _ADDRESS_WORD.search(value) or " " not in value.strip()
             or "@" in value or "://" in value or value.lower().startswith("0x")):
         return None
     return ("ADDRESS", s, e)
@@ -294,20 +322,29 @@ def address_value(text: str, s: int, e: int, json_text: bool) -> tuple[str, int,
 
 # --------------------------------------------------------------------------- PERSON
 
-_NAME_WORD = (rf"(?:[{_UP}]{_LOWER_RUN}(?:['’-][{_UP}]?{_LOWER_RUN}|[A-Z]{_LOWER_RUN})?|[A-Z]\.)")
-_NAME = rf"(?P<v>{_NAME_WORD}(?:[ ]+{_NAME_WORD}){{0,2}})"
-_TITLE = r"(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof)\.?[ ]+)?"
+# Name words take Latin Extended-A letters too (Polish, Czech, Turkish: "Błażej Neska", "Łukasz"), and a
+# surname its particles ("Jort van der Velden", "Pierre du Briand", "Maria da Mota"): without them the
+# name was not found, or found up to the particle with the surname after it kept.
+_NAME_LOWER_RUN = rf"(?:[{_LO}Ā-ſ]|\\+u00[e-fE-F][0-9a-fA-F]|\\+u01[0-7][0-9a-fA-F])+"
+_NAME_WORD_CAP = rf"(?:[{_UP}Ā-ſ]|\\+u00[cdCD][0-9a-fA-F]|\\+u01[0-7][0-9a-fA-F])"
+_NAME_WORD = (rf"(?:{_NAME_WORD_CAP}{_NAME_LOWER_RUN}(?:['’-][{_UP}]?{_NAME_LOWER_RUN}|[A-Z]{_NAME_LOWER_RUN})?|[A-Z]\.)")
+_PARTICLE = r"(?:van|von|der|den|de|du|da|das|dos|do|del|della|di|le|la|ten|ter|zu|bin)[ ]+"
+_NAME = rf"(?P<v>{_NAME_WORD}(?:[ ]+(?:{_PARTICLE}){{0,2}}{_NAME_WORD}){{0,2}})"
+_TITLE = r"(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Ing|Herr|Frau|Mme|Mlle|Sr|Sra|Srta|Sig|Sig\.ra|Dott|Dott\.ssa)\.?[ ]+)?"
 PERSON_INTRO_PATTERN = (LEFT + r"(?:(?:[Mm]y|MY)[ ](?:full[ ])?(?:name|NAME)(?:[ ]+(?:is|IS)|'s)[ ]+" + _TITLE
                         + r"|Dear[ ]+" + _TITLE
                         + r"|(?:[Ss]incerely|[Rr]egards|[Ss]igned)[,:](?:[ \t]|\r?\n|\\+[rnt]){0,6})"
                         + _NAME)
 PERSON_INTRO_TRIGGER = r"[Mm]y (?:full )?name|MY NAME|Dear |[Ss]incerely[,:]|[Rr]egards[,:]|[Ss]igned[,:]"
 # One rule for every "<key or label> name: value" form; the validator reads the key back.
-_NAME_CH = rf"(?:[A-Za-z{_UP}{_LO}'’. -]|\\+u[0-9a-fA-F]{{4}})"
-_NAME_VALUE_FORMS = (rf'''(?:\\*"(?P<v>{_CAP}{_NAME_CH}*)\\*"|'(?P<v2>{_CAP}{_NAME_CH}*)'|'''
-                     + _NAME.replace("(?P<v>", "(?P<v3>") + ")")
+# A quoted name value may hold Latin Extended-A letters too (Polish, Czech, Turkish: "Błażej Neska", "Bartoś").
+_EXT_LATIN = "Ā-ſ"
+_NAME_CH = rf"(?:[A-Za-z{_UP}{_LO}{_EXT_LATIN}'’. -]|\\+u[0-9a-fA-F]{{4}})"
+_NAME_CAP = rf"(?:[{_UP}{_EXT_LATIN}]|\\+u00[cdCD][0-9a-fA-F]|\\+u01[0-7][0-9a-fA-F])"
+_NAME_VALUE_FORMS = (rf'''(?:\\*"(?P<v>{_NAME_CAP}{_NAME_CH}*)\\*"|'(?P<v2>{_NAME_CAP}{_NAME_CH}*)'|'''
+                     + _TITLE + _NAME.replace("(?P<v>", "(?P<v3>") + ")")
 PERSON_NAMED_PATTERN = (LEFT_KEY + _KEY_PREFIX + r"(?i:name)(?:" + SEP + r"|[ \t]*-[ \t]*)" + _NAME_VALUE_FORMS)
-PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}]|\\+u00[cdCD])"""
+PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}Ā-ſ]|\\+u00[cdCD]|\\+u01[0-7])"""
 #: the shared keyword trigger of DOB, PASSPORT and address keys: one literal set is cheapest for RE2
 KEYWORD_TRIGGER = r"(?i:d\.?o\.?b|birth|born|passport|address|street|ssn|social.security|iban)"
 
@@ -339,12 +376,20 @@ def person(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] |
         return None
     end = s + len(" ".join(keep)) if len(keep) < len(words) else e
     if end == e and e < len(text) and text[e].isascii() and (text[e].isalnum() or text[e] == "_"):
-        return None
+        if len(keep) < 2:
+            return None
+        keep.pop()                       # "Antje Börner B.Sc.": the degree's "B." is no name word
+        end = s + len(" ".join(keep))
     return ("PERSON", s, end)
 
 
-_NAME_VALUE = re.compile(rf"(?:[A-Za-z{_UP}{_LO}'’.-]|\\+u[0-9a-fA-F]{{4}})+(?:[ ]+(?:[A-Za-z{_UP}{_LO}'’.-]"
-                         rf"|\\+u[0-9a-fA-F]{{4}})+){{0,4}}\Z")
+_NAME_VALUE = re.compile(rf"(?:[A-Za-z{_UP}{_LO}{_EXT_LATIN}'’.-]|\\+u[0-9a-fA-F]{{4}})+"
+                         rf"(?:[ ]+(?:[A-Za-z{_UP}{_LO}{_EXT_LATIN}'’.-]|\\+u[0-9a-fA-F]{{4}})+){{0,4}}\Z")
+#: titles and honorifics around a name (Faker writes "Dr Ann Green", "Mrs Kelly Anderson", "Prof. Eitel
+#: Heuser", "Sig.ra Melissa Blasi", "pani Janina Fedorczyk"): not names, but no reason to refuse the value
+_TITLE_WORDS = frozenset(
+    "mr mrs ms miss mx dr prof sir dame herr frau mme mlle sig sig.ra sig.na dott dott.ssa sr sra srta dhr mevr "
+    "pan pani ing dipl.-ing univ.prof jr sr. phd md dds dvm b.a b.sc b.eng m.a m.sc mba ii iii iv".split())
 
 
 def person_value(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
@@ -352,7 +397,8 @@ def person_value(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, 
     value = text[s:e].strip()
     if not value or len(value) > 80 or not _NAME_VALUE.match(value):
         return None
-    if any(w.lower().rstrip(".") in _NOT_NAMES for w in value.split()):
+    words = [w for w in value.split() if w.lower().rstrip(".") not in _TITLE_WORDS and w.lower() not in _TITLE_WORDS]
+    if not words or any(w.lower().rstrip(".") in _NOT_NAMES for w in words):
         return None
     if not any(c.isalpha() for c in value):
         return None
@@ -451,6 +497,7 @@ def _key_before_value(text: str, s: int) -> tuple[str, int, bool] | None:
     if 0 < p < k and text[p - 1] == "\\" and text[p] in "nrt":
         p += 1                                        # the key starts after a JSON escape (\npatient_name)
     return text[p:k], k, quoted
+_TITLE_BEFORE = re.compile(r"(?<![A-Za-z])" + _TITLE[3:-2] + r"\Z")
 _QUALIFIED_KEY = re.compile(r"(?:^|[_.-])(?i:" + "|".join(_QUALIFIERS) + r")\Z|[a-z0-9](?:"
                             + "|".join(q.capitalize() for q in _QUALIFIERS) + r")\Z")
 _LABEL_START = re.compile(r"""(?:^|[\n"'(\[{]|\\n|[:;,][ ]*)[ \t]*\Z""")
@@ -465,7 +512,8 @@ def person_named(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, 
     the JSON key ``"name"`` -> only inside an object that looks like a person; anything else
     (``tool_name``, ``model.name``, ``file name:``) -> nothing.
     """
-    key = _key_before_value(text, s)
+    title = _TITLE_BEFORE.search(text, max(0, s - 8), s)   # "Name: Dr Ann Green": the key is before the title
+    key = _key_before_value(text, title.start() if title else s)
     if key is None:
         return None
     prefix, k, key_quoted = key

@@ -59,10 +59,13 @@ SEP = rf"{_Q}[ \t]*[:=][ \t]*(?:\[[ \t]*)?"
 _VALUE = (
     r'''(?:\\*"(?P<v>(?:[^"\\]|\\[^"\\])+)'''
     r"""|'(?P<v2>[^'"\\]+)"""
-    r"""|(?P<v3>[^ \t\r\n"'\\,;&<>(){}\[\]]+(?:[,;&<>(){}\[\]][^ \t\r\n"'\\,;&<>(){}\[\]=]+)*))"""
+    r"""|(?P<v3>(?:[()]{0,3}[^ \t\r\n"'\\,;&<>(){}\[\]]+|[()]{0,2}&[&()]{0,2}[^ \t\r\n"'\\,;&<>(){}\[\]=]+)"""
+    r"""(?:[,;&<>(){}\[\]]{1,3}[^ \t\r\n"'\\,;&<>(){}\[\]=]+)*))"""
 )
-# A bare value runs on through punctuation that passwords contain (``Tr0ub4dor&3``, ``hello;world``)
-# as long as no key follows (``&user=``): half a password is still a password.
+# A bare value runs on through punctuation that passwords contain (``Tr0ub4dor&3``, ``hello;world``,
+# ``xH9NMbZ&(2``) as long as no key follows (``&user=``): half a password is still a password. It may
+# open with a bracket or ``&`` (``)0I0kp3q@S``, ``&4Tvq@+c(9``: one Faker password in ten), but an ``&``
+# then takes no ``=`` in its first run: ``?password=&user=bob`` is an empty password and the next key.
 _SECRET_KEYWORDS = (
     r"(?i:password|passwd|passphrase|passcode|pwd|secret|client[_-]?secret|secret[_-]?key|api[_-]?key|apikey"
     r"|account[_-]?key|access[_-]?key|subscription[_-]?key"
@@ -177,11 +180,29 @@ def _card_prefix_ok(d: str) -> bool:
         return 14 <= n <= 19                                      # Diners
     if p4 == 6011 or p2 == 65 or 644 <= int(d[:3]) <= 649 or p2 == 62:
         return 16 <= n <= 19                                      # Discover, UnionPay
-    if 3528 <= p4 <= 3589:
-        return 16 <= n <= 19                                      # JCB
-    if p2 == 50 or 56 <= p2 <= 69:
+    if p2 == 35:
+        return 16 <= n <= 19            # JCB (3528-3589 issued; test generators such as Faker use all of 35xx)
+    if p4 in (1800, 2131):
+        return n == 15                                            # JCB's 15-digit cards
+    if p2 == 50 or 56 <= p2 <= 69 or d.startswith("0604"):
         return 12 <= n <= 19                                      # Maestro
     return False
+
+
+# A card keyword right before a value (``card 5038 3079 8685``, ``"card_number": "503830798685"``,
+# ``Maestro: ...``) or an expiry date right after it (``503830798685 11/31``, as a receipt or Faker's
+# credit_card_full writes it). Twelve digits are a card only there: AWS account ids and other 12-digit
+# ids are as often Luhn-valid with a Maestro prefix (1 in 70) and are never written so.
+_CARD_KEYWORD_BEFORE = re.compile(
+    r"(?<![A-Za-z0-9])(?i:card|cc|pan|maestro)(?:[ _.-]?(?i:number|num|no|nr)\.?)?(?:[ ]+(?i:is))?"
+    r"""[ \t:=#"'\\]{0,8}\Z""")
+_CARD_EXPIRY_AFTER = re.compile(r"[ ]+(?:0[1-9]|1[0-2])/(?:[0-9]{2}){1,2}(?![0-9])")
+
+
+def _short_card_context(text: str, s: int, e: int) -> bool:
+    """Whether the 12 digits at ``text[s:e]`` are written as a card (see _CARD_KEYWORD_BEFORE)."""
+    return (_CARD_EXPIRY_AFTER.match(text, e) is not None
+            or _CARD_KEYWORD_BEFORE.search(text, max(0, s - 40), s) is not None)
 
 
 _CARD_GROUPS = {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2), (4, 4, 4, 3), (4, 4, 4, 1)}
@@ -192,7 +213,7 @@ _CARD_GROUPS = {(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2
 # counts only between groups of a card's shape (_CARD_GROUPS): a decimal such as 3.141592653589793 never is.
 _CARD_SEPS = " -.\u00a0\u2007\u2009\u202f"
 _CARD_SEP = "[" + _CARD_SEPS.replace("-", "") + "-]"                     # the dash last: no range
-_CARD_RUN = re.compile(rf"[0-9](?:{_CARD_SEP}?[0-9]){{12,18}}")
+_CARD_RUN = re.compile(rf"[0-9](?:{_CARD_SEP}?[0-9]){{11,18}}")
 
 
 def _card(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
@@ -223,13 +244,16 @@ def _card_at(text: str, s: int, e: int) -> tuple[str, int, int] | None:
         # a longer run of groups (card followed by a year, ...): keep the longest valid prefix
         for k in range(len(groups), 1, -1):
             shape = tuple(len(g) for g in groups[:k])
-            if shape in _CARD_GROUPS:
+            end = s + len(" ".join(groups[:k]))
+            if shape in _CARD_GROUPS or shape == (4, 4, 4) and _short_card_context(text, s, end):
                 digits = "".join(groups[:k])
-                end = s + len(" ".join(groups[:k]))
                 if _card_prefix_ok(digits) and luhn_ok(digits) and _free_right_num(text, end):
                     return ("CARD", s, end)
+        # an ungrouped card followed by its expiry or security code ("4111111111111111 12/25"): the first group
+        raw, e = groups[0], s + len(groups[0])
+    if not (12 <= len(raw) <= 19) or not _free_right_num(text, e):
         return None
-    if not (13 <= len(raw) <= 19) or not _free_right_num(text, e):
+    if len(raw) == 12 and not _short_card_context(text, s, e):
         return None
     return ("CARD", s, e) if _card_prefix_ok(raw) and luhn_ok(raw) else None
 
@@ -249,6 +273,7 @@ def _phone(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] |
             return None
     elif n not in (10, 11):
         return None
+    e = ctx.phone_extension_end(text, e)
     return ("PHONE", s, e) if _free_right_num(text, e) else None
 
 
@@ -269,10 +294,11 @@ _IBAN_LENGTHS = {
 }
 
 
-def iban_ok(compact: str) -> bool:
+def iban_ok(compact: str, *, labelled: bool = False) -> bool:
+    """Mod-97 and, unless an IBAN label or key says what it is, the country's length."""
     compact = compact.upper()              # a labelled IBAN may be typed in lower case
     want = _IBAN_LENGTHS.get(compact[:2])
-    if want is not None and len(compact) != want:
+    if want is not None and len(compact) != want and not labelled:
         return False
     if not 15 <= len(compact) <= 34:
         return False
@@ -280,13 +306,19 @@ def iban_ok(compact: str) -> bool:
     return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
-def _iban(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+def _iban_labelled(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """After ``IBAN:`` or as an ``iban`` key's value the country's length is not asked: Faker's zh_CN
+    iban() writes 21-character GB numbers (``GB74ARRT9579032892184``) that pass mod-97."""
+    return _iban(text, s, e, json_text, labelled=True)
+
+
+def _iban(text: str, s: int, e: int, json_text: bool, labelled: bool = False) -> tuple[str, int, int] | None:
     raw = text[s:e]
     # trailing upper-case words may have been swallowed: try the longest prefix that validates
     cut = e
     while cut - s >= 15:
         compact = text[s:cut].replace(" ", "")
-        if iban_ok(compact) and _free_right(text, cut):
+        if iban_ok(compact, labelled=labelled) and _free_right(text, cut):
             return ("IBAN", s, cut)
         nxt = text.rfind(" ", s, cut)
         if nxt <= s or " " not in raw:
@@ -374,6 +406,8 @@ def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
         cut = max(text.rfind(c, s, e) for c in ",;&<>(){}[]")
         if cut > s:
             e = cut
+        elif cut == s:                                   # no value, then the next key (password=&user=bob)
+            return None
     while e - s > 1 and text[e - 1] in ".," and (e == len(text) or not _word(text[e])):
         e -= 1                                           # sentence punctuation after a bare value
     val = text[s:e]
@@ -395,7 +429,7 @@ def _secret(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] 
 def _secret_said(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
     """``my password is X`` in prose: only a value that looks made up (a letter and a digit or a
     symbol) or 6+ digits, so "the password is incorrect" or "is 8 characters long" stay."""
-    val = text[s:e].rstrip(".,!?")
+    val = text[s:e].rstrip(".,!?").strip("()&")       # "the password is (optional)" is no password
     if not (val.isdigit() and len(val) >= 6 or any(c.isalpha() for c in val) and any(not c.isalpha() for c in val)):
         return None
     return _secret(text, s, e, json_text)
@@ -457,7 +491,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # context rules: a keyword, key or street suffix says what the value is (see pii_context)
     Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),
-    Rule("IBAN", ctx.IBAN_LABELLED_PATTERN, _iban, trigger=ctx.KEYWORD_TRIGGER),
+    Rule("IBAN", ctx.IBAN_LABELLED_PATTERN, _iban_labelled, trigger=ctx.KEYWORD_TRIGGER),
     Rule("SSN", ctx.SSN_PATTERN, ctx.ssn_digits, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PHONE", ctx.PHONE_CONTEXT_PATTERN, ctx.phone_digits, trigger=ctx.PHONE_CONTEXT_TRIGGER),
     Rule("ADDRESS", ctx.ADDRESS_KEY_PATTERN, ctx.address_value, trigger=ctx.KEYWORD_TRIGGER),
@@ -509,9 +543,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # start of a value was the failed IP candidate "+1.415.555.013" and the phone was never tried.
     Rule("IP", LEFT_NUM + r"(?P<v>[0-9]{1,3}(?:\.[0-9]{1,3}){3,})", _ipv4,
          trigger=r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]"),
-    # The trigger asks for 12+ digits (every accepted grouping: 4-4-4-4, 4-6-5, 4-6-4, 13-19 plain) so
-    # the 8-11 digit runs of hex ids (chatcmpl-..., sess_...) never reach the exact pass.
-    Rule("CARD", LEFT_NUM + rf"(?P<v>[0-9](?:{_CARD_SEP}?[0-9]){{12,18}})", _card,
+    # The trigger asks for 12+ digits (every accepted grouping: 4-4-4-4, 4-6-5, 4-6-4, 13-19 plain, 12 after
+    # a card keyword) so the 8-11 digit runs of hex ids (chatcmpl-..., sess_...) never reach the exact pass.
+    Rule("CARD", LEFT_NUM + rf"(?P<v>[0-9](?:{_CARD_SEP}?[0-9]){{11,18}})", _card,
          trigger=f"[0-9]{{4}}{_CARD_SEP}?[0-9]{{4}}[0-9]{{0,2}}{_CARD_SEP}?[0-9]{{4}}"),
     # Cisco's dotted MAC (001a.2b3c.4d5e), after the card: at one start the first rule that matches
     # wins, and "4111.1111.1111.1111" is a card whose first twelve digits have this shape.

@@ -197,6 +197,46 @@ def test_a_card_inside_an_iban_shape_that_fails_its_checksum_is_still_found(text
     assert Sanitizer().redact(text, json_text=text.startswith("{")) == (redacted, Counter(CARD=1))
 
 
+@pytest.mark.parametrize("text, redacted", [
+    ("IBAN: GB74ARRT9579032892184", "IBAN: <IBAN>"), ('{"iban": "GB53BVCC0704341925412"}', '{"iban": "<IBAN>"}'),
+    ("send to GB74ARRT9579032892184", "send to GB74ARRT9579032892184"),   # unlabelled: the length still counts
+    ("IBAN: GB00ARRT9579032892184", "IBAN: GB00ARRT9579032892184"),       # labelled: mod-97 still counts
+])
+def test_a_labelled_iban_of_the_wrong_length_for_its_country_is_an_iban(text, redacted):
+    """Faker's zh_CN iban() writes 21-character GB numbers that pass mod-97: after an IBAN label or under
+    an iban key they were stored as sent, since a GB IBAN has 22."""
+    assert Sanitizer().redact(text, json_text=text.startswith("{"))[0] == redacted
+
+
+# Values Faker makes (credit_card_number of each type, credit_card_full) that were stored as sent.
+@pytest.mark.parametrize("text, redacted", [
+    # credit_card_full: the number, a blank and the expiry
+    ("VISA 16 digit\nKatherine Hart\n4830710099148944 08/36\nCVC: 292\n",
+     "VISA 16 digit\nKatherine Hart\n<CARD> 08/36\nCVC: 292\n"),
+    ("Maestro\nMalik Brown\n060496695499 09/35\nCVV: 317\n", "Maestro\nMalik Brown\n<CARD> 09/35\nCVV: 317\n"),
+    ("card 4111111111111111 123", "card <CARD> 123"),
+    # jcb15 (1800, 2131) and jcb16 outside 3528-3589 (Faker draws all of 35xx)
+    ("paid with 180070900547493", "paid with <CARD>"), ("paid with 213192483435267", "paid with <CARD>"),
+    ("paid with 3510835924519594", "paid with <CARD>"), ("paid with 3598463464848508", "paid with <CARD>"),
+    # maestro: twelve digits, a card after a card keyword
+    ("Charge my card 503830798685 please", "Charge my card <CARD> please"),
+    ('{"card_number": "060430784854"}', '{"card_number": "<CARD>"}'),
+    ("card no. 5038 3079 8685", "card no. <CARD>"),
+])
+def test_generated_card_numbers_of_every_type_are_found(text, redacted):
+    """Faker's card types: a JCB 15 (1800/2131), a JCB 16 in all of 35xx, a 12-digit Maestro, and a card
+    followed by its expiry (credit_card_full) were each stored as sent."""
+    assert Sanitizer().redact(text, json_text=text.startswith("{")) == (redacted, Counter(CARD=1))
+    assert Sanitizer().redact_array(pa.array([text]), text.startswith("{"))[0].to_pylist() == [redacted]
+
+
+@pytest.mark.parametrize("text", ["arn:aws:iam::503830798685:role/deploy", "order 503830798685 shipped",
+                                  "ids 5038 3079 8685", "projects/561602852726/locations", "discard 503830798685"])
+def test_twelve_digit_ids_are_not_cards_without_a_card_keyword_or_expiry(text):
+    """AWS account ids and other 12-digit ids are Luhn-valid with a Maestro prefix one time in 70."""
+    assert Sanitizer().redact(text) == (text, Counter())
+
+
 # --------------------------------------------------------------------------- JSON escapes
 
 def test_a_value_right_after_a_json_escape_is_redacted_without_breaking_the_escape():
@@ -289,11 +329,12 @@ def test_a_number_in_json_held_as_text_or_in_a_json_string_becomes_a_quoted_plac
 
 
 def test_phone_numbers_without_separators_are_found_by_their_key_also_as_json_numbers():
+    """Seven digits are too few for a phone (a Polish or Italian number has nine)."""
     text = ('{"customer":{"phone":4155550132,"phone_number":"4155550132","contactPhone":"+447911123456",'
-            '"mobile": 14155550132,"order_id":4155550132,"tel":415555013}}')
+            '"mobile": 14155550132,"order_id":4155550132,"tel":4155501}}')
     out, counts = Sanitizer().redact(text, json_text=True)
     assert json.loads(out) == {"customer": {"phone": "<PHONE>", "phone_number": "<PHONE>", "contactPhone": "<PHONE>",
-                                            "mobile": "<PHONE>", "order_id": 4155550132, "tel": 415555013}}
+                                            "mobile": "<PHONE>", "order_id": 4155550132, "tel": 4155501}}
     assert counts == Counter({"PHONE": 4})
 
 
@@ -310,6 +351,27 @@ def test_a_password_in_json_keeps_its_key_and_quotes():
     ("(password=abc)", "(password=<SECRET>)"),
 ])
 def test_a_bare_password_is_replaced_whole_through_its_punctuation(text, redacted):
+    assert Sanitizer().redact(text)[0] == redacted
+
+
+# Faker's password(): one in ten opens with a bracket or "&", and two of its symbols may stand together.
+@pytest.mark.parametrize("password", [")0I0kp3q@S", "(33&5kOiwh", "&4Tvq@+c(9", "5)(WFRAz)5", "(8nqKkeh+t"])
+def test_a_generated_password_that_opens_with_a_bracket_or_ampersand_is_a_secret(password):
+    """Each was stored as sent (or all but its first characters) after ``password=``, ``Password:``,
+    ``DB_PASSWORD=`` and in ``my password is ...``: a bare value could not open with ``(``, ``)`` or ``&``."""
+    for text in (f"password={password}", f"Password: {password} ok", f"DB_PASSWORD={password}",
+                 f"my password is {password}.", f"?password={password}"):
+        out, counts = Sanitizer().redact(text)
+        assert password not in out and not any(part in out for part in re.findall(r"[A-Za-z0-9]{2,}", password)), out
+        assert counts == Counter(SECRET=1), out
+
+
+@pytest.mark.parametrize("text,redacted", [
+    ("?password=&user=bob", "?password=&user=bob"),                   # no password, then the next key
+    ("?password=&token=abc123", "?password=&token=<SECRET>"),         # ... which may be a secret itself
+    ("the password is (optional)", "the password is (optional)"),
+])
+def test_an_empty_password_before_the_next_key_stays_empty(text, redacted):
     assert Sanitizer().redact(text)[0] == redacted
 
 
@@ -635,10 +697,52 @@ def test_a_cookie_header_value_is_a_secret(text, want):
     assert stored == (["<SECRET>"] if "<SECRET>" in want else [value])
 
 
+# Faker's phone_number / cellphone_number after a phone keyword or under a phone key: national numbers of
+# eight or nine digits, an area code in brackets, mixed separators, an extension glued on.
+@pytest.mark.parametrize("phone", [
+    "507 680 318", "32 371 62 85", "379243573",                               # pl_PL, it_IT: nine digits
+    "24641408", "9009-4236", "08-84 98 52", "0613-942 78",                   # en_AU, sv_SE: eight or nine
+    "(0118) 4960139", "(029) 2018 0290", "(07700) 900564", "(05870) 38156",  # en_GB, de_DE
+    "(075)-6065501", "(07)-1623-6078", "(08).2687.6822",                     # nl_NL, en_AU
+    "(299)761-0003x679", "977.282.5981x533", "001-570-211-5997x64742",       # en_US, with an extension
+])
+def test_generated_national_numbers_after_a_phone_keyword_or_key_are_phones(phone):
+    """Each was stored as sent: under ten digits, a bracketed area code, or an extension glued to the number
+    (the number then ended inside a word, and every rule let it go)."""
+    for text, json_text in ((f"My phone number is {phone}", False), (f"phone: {phone}.", False),
+                            (json.dumps({"customer_phone": phone}), True)):
+        out, counts = Sanitizer().redact(text, json_text=json_text)
+        assert phone not in out and counts == Counter(PHONE=1), out
+        assert Sanitizer().redact_array(pa.array([text]), json_text)[0].to_pylist() == [out]
+
+
+# Faker's phone_number / msisdn of every locale after "Call me at": only +, 00 and North American shapes
+# were found there (ja_JP and zh_CN: none of 36).
+@pytest.mark.parametrize("phone", ["0909 879 0869", "03449 78690", "05 36 90 73 66", "83-4497-8690", "18434497869",
+                                   "(086)-9073662", "0407.366.258", "4890682883607", "8627187357", "08-662 585 17"])
+def test_a_national_number_after_call_me_at_is_a_phone(phone):
+    for text in (f"Call me at {phone} tomorrow", f"you can reach us on {phone}.", f"text me at {phone}"):
+        out, counts = Sanitizer().redact(text)
+        assert phone not in out and counts == Counter(PHONE=1), out
+
+
+@pytest.mark.parametrize("text", ["call me on 12.03.2025", "call me on 12 03 2025 please", "call me at 5",
+                                  "call 4155550132", "phone 12.03.2025", "recall me at 10 30"])
+def test_dates_and_short_numbers_after_call_me_stay(text):
+    assert Sanitizer().redact(text) == (text, Counter())
+
+
+@pytest.mark.parametrize("phone", ["(299)761-0003x679", "977.282.5981x533", "001-570-211-5997x64742",
+                                   "+1-555-123-4567x12", "(712) 865-7070 x499"])
+def test_a_phone_with_its_extension_is_one_phone_without_a_keyword_too(phone):
+    assert Sanitizer().redact(f"Call me at {phone} tomorrow") == ("Call me at <PHONE> tomorrow", Counter(PHONE=1))
+
+
 @pytest.mark.parametrize("text,want", [
     ("phone: 020 7946 0958", "phone: <PHONE>"), ("Mobile: 07911 123456.", "Mobile: <PHONE>."),
     ("tel 030-901820-12 thanks", "tel <PHONE> thanks"), ('{"customer_phone": "020 7946 0958"}', '{"customer_phone": "<PHONE>"}'),
     ("cell 2024-08-06 12:00", "cell 2024-08-06 12:00"), ("phone: 555 0132", "phone: 555 0132"),
+    ("phone (12) 34", "phone (12) 34"), ("Phone: 555-123-4567 ext. 12, ok", "Phone: <PHONE>, ok"),
 ])
 def test_a_national_number_grouped_by_spaces_after_a_phone_keyword_is_a_phone(text, want):
     """UK and EU numbers are written without "+" and in groups no shape rule knows; after `phone:` they were kept."""
@@ -732,6 +836,56 @@ def test_json_keys_of_the_context_types_in_json_and_json_in_json(doc, redacted):
     assert json.loads(out) == redacted
     nested, _ = s.redact(json.dumps({"tool": {"arguments": json.dumps(doc)}}), json_text=True)
     assert json.loads(json.loads(nested)["tool"]["arguments"]) == redacted
+
+
+# Faker's name() under a qualified name key or after a "Name:" label: a title (Dr, Mrs, Prof.) before the
+# name, or a Latin Extended-A letter in it (pl_PL), and the name was stored as sent.
+@pytest.mark.parametrize("doc, redacted", [
+    ({"customer_name": "Dr Hollie Morgan"}, {"customer_name": "<PERSON>"}),
+    ({"customer_name": "Mrs Kelly Anderson"}, {"customer_name": "<PERSON>"}),
+    ({"contact_name": "Prof. Folkert Lindner B.A."}, {"contact_name": "<PERSON>"}),
+    ({"customer_name": "Krystyna Bartoś"}, {"customer_name": "<PERSON>"}),
+    ({"full_name": "Łukasz Nowak"}, {"full_name": "<PERSON>"}),
+    ({"customer_name": "Dr"}, {"customer_name": "Dr"}),                      # a title alone is no name
+])
+def test_a_generated_name_with_a_title_or_a_polish_letter_under_a_name_key_is_a_person(doc, redacted):
+    s = Sanitizer()
+    for ascii_only in (True, False):
+        out, _ = s.redact(json.dumps(doc, ensure_ascii=ascii_only), json_text=True)
+        assert json.loads(out) == redacted, out
+
+
+@pytest.mark.parametrize("text, redacted", [
+    ("Name: Mrs Kelly Anderson", "Name: Mrs <PERSON>"), ("Name: Dr. Brandon Wilson", "Name: Dr. <PERSON>"),
+    ("Name: Dr", "Name: Dr"), ("file name: Dr Smith", "file name: Dr Smith"),
+])
+def test_a_name_label_followed_by_a_title_finds_the_name_after_it(text, redacted):
+    assert Sanitizer().redact(text)[0] == redacted
+
+
+# Faker's zh_CN and hi_IN address() under an address key: no three Latin letters in a row, so no "word".
+@pytest.mark.parametrize("address", ["天津市合肥市山亭廖路v座 314397", "28 राजीव पाटिल\nफतेहपुर 555143",
+                                     "5/4 दीपाली दासगुप्ता\nमोकोकचुंग 409016"])
+def test_an_address_in_another_script_under_an_address_key_is_an_address(address):
+    for ascii_only in (True, False):
+        out, counts = Sanitizer().redact(json.dumps({"shipping_address": address}, ensure_ascii=ascii_only), json_text=True)
+        assert json.loads(out) == {"shipping_address": "<ADDRESS>"} and counts == Counter(ADDRESS=1), out
+    assert Sanitizer().redact('{"shipping_address": "ab 12"}', json_text=True)[1] == Counter()
+
+
+# Faker's name() after "My name is" / "Name:": a surname particle, a Polish letter, a degree after the name
+# or a title of another language kept the name, or the surname after the particle.
+@pytest.mark.parametrize("text, redacted", [
+    ("My name is Jort van der Velden", "My name is <PERSON>"), ("Name: Pierre Leclercq du Briand", "Name: <PERSON>"),
+    ("Dear Maria da Mota,", "Dear <PERSON>,"), ("My name is Błażej Neska", "My name is <PERSON>"),
+    ("Name: Łukasz Nowak", "Name: <PERSON>"), ("My name is Dr. Antje Börner B.Sc.", "My name is Dr. <PERSON> B.Sc."),
+    ("Name: Sig.ra Matilda Costanzi", "Name: Sig.ra <PERSON>"), ("My name is Sra. Pietra Cassiano", "My name is Sra. <PERSON>"),
+    ("My name is John and I need help", "My name is <PERSON> and I need help"), ("My name is Jo3", "My name is Jo3"),
+])
+def test_a_generated_name_with_a_particle_a_polish_letter_or_a_title_is_a_person(text, redacted):
+    assert Sanitizer().redact(text)[0] == redacted
+    quoted = json.dumps({"content": text}, ensure_ascii=True)
+    assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
 
 
 def test_the_context_types_can_be_disabled_one_by_one():
