@@ -313,6 +313,10 @@ class ProcessSpanStage:
             log.warning("a span-stage worker did not finish within %.0f s of shutdown (stopped or stuck); "
                         "it was killed and the request it held answered 'retry'", timeout)
             _kill(processes)
+            # The manager now finds the pool broken and closes its wake-up pipe: let it finish here. At
+            # exit, concurrent.futures writes to every manager's pipe without a lock, and one closing at
+            # that moment printed a "Bad file descriptor" traceback on serve's stderr (seen once in CI).
+            manager.join(timeout)
 
 
 #: The warning multiprocessing's resource tracker prints when the collector was killed (see below).
