@@ -325,9 +325,10 @@ def address_value(text: str, s: int, e: int, json_text: bool) -> tuple[str, int,
 # Name words take Latin Extended-A letters too (Polish, Czech, Turkish: "Błażej Neska", "Łukasz"), and a
 # surname its particles ("Jort van der Velden", "Pierre du Briand", "Maria da Mota"): without them the
 # name was not found, or found up to the particle with the surname after it kept.
-_NAME_LOWER_RUN = rf"(?:[{_LO}Ā-ſ]|\\+u00[e-fE-F][0-9a-fA-F]|\\+u01[0-7][0-9a-fA-F])+"
-_NAME_WORD_CAP = rf"(?:[{_UP}Ā-ſ]|\\+u00[cdCD][0-9a-fA-F]|\\+u01[0-7][0-9a-fA-F])"
-_NAME_WORD = (rf"(?:{_NAME_WORD_CAP}{_NAME_LOWER_RUN}(?:['’-][{_UP}]?{_NAME_LOWER_RUN}|[A-Z]{_NAME_LOWER_RUN})?|[A-Z]\.)")
+_EXT_LATIN = "Ā-ſ"
+_NAME_LOWER_RUN = rf"(?:[{_LO}{_EXT_LATIN}]|\\+u00[e-fE-F][0-9a-fA-F]|\\+u01[0-7][0-9a-fA-F])+"
+_NAME_CAP = rf"(?:[{_UP}{_EXT_LATIN}]|\\+u00[cdCD][0-9a-fA-F]|\\+u01[0-7][0-9a-fA-F])"
+_NAME_WORD = (rf"(?:{_NAME_CAP}{_NAME_LOWER_RUN}(?:['’-][{_UP}]?{_NAME_LOWER_RUN}|[A-Z]{_NAME_LOWER_RUN})?|[A-Z]\.)")
 _PARTICLE = r"(?:van|von|der|den|de|du|da|das|dos|do|del|della|di|le|la|ten|ter|zu|bin)[ ]+"
 _NAME = rf"(?P<v>{_NAME_WORD}(?:[ ]+(?:{_PARTICLE}){{0,2}}{_NAME_WORD}){{0,2}})"
 _TITLE = r"(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Ing|Herr|Frau|Mme|Mlle|Sr|Sra|Srta|Sig|Sig\.ra|Dott|Dott\.ssa)\.?[ ]+)?"
@@ -338,13 +339,11 @@ PERSON_INTRO_PATTERN = (LEFT + r"(?:(?:[Mm]y|MY)[ ](?:full[ ])?(?:name|NAME)(?:[
 PERSON_INTRO_TRIGGER = r"[Mm]y (?:full )?name|MY NAME|Dear |[Ss]incerely[,:]|[Rr]egards[,:]|[Ss]igned[,:]"
 # One rule for every "<key or label> name: value" form; the validator reads the key back.
 # A quoted name value may hold Latin Extended-A letters too (Polish, Czech, Turkish: "Błażej Neska", "Bartoś").
-_EXT_LATIN = "Ā-ſ"
 _NAME_CH = rf"(?:[A-Za-z{_UP}{_LO}{_EXT_LATIN}'’. -]|\\+u[0-9a-fA-F]{{4}})"
-_NAME_CAP = rf"(?:[{_UP}{_EXT_LATIN}]|\\+u00[cdCD][0-9a-fA-F]|\\+u01[0-7][0-9a-fA-F])"
 _NAME_VALUE_FORMS = (rf'''(?:\\*"(?P<v>{_NAME_CAP}{_NAME_CH}*)\\*"|'(?P<v2>{_NAME_CAP}{_NAME_CH}*)'|'''
                      + _TITLE + _NAME.replace("(?P<v>", "(?P<v3>") + ")")
 PERSON_NAMED_PATTERN = (LEFT_KEY + _KEY_PREFIX + r"(?i:name)(?:" + SEP + r"|[ \t]*-[ \t]*)" + _NAME_VALUE_FORMS)
-PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}Ā-ſ]|\\+u00[cdCD]|\\+u01[0-7])"""
+PERSON_NAMED_TRIGGER = rf"""(?i:name)\\*["']?[ \t]*[:=-][ \t]*\\*["']?(?:[{_UP}{_EXT_LATIN}]|\\+u00[cdCD]|\\+u01[0-7])"""
 #: the shared keyword trigger of DOB, PASSPORT and address keys: one literal set is cheapest for RE2
 KEYWORD_TRIGGER = r"(?i:d\.?o\.?b|birth|born|passport|address|street|ssn|social.security|iban)"
 
