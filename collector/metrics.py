@@ -154,8 +154,7 @@ class Metrics:
         self.judge_lag = Histogram(
             "tracesieve_trace_judge_lag_seconds", "From a trace becoming settled (quiet for decision_wait) to "
             "its judgement being stored.", buckets=LAG_SECONDS_BUCKETS, registry=r)
-        for kind in BUILTIN_TYPES:  # a type never seen reads 0, not "no data"
-            self.redactions.labels(kind)
+        self.expect_redaction_types(BUILTIN_TYPES)  # a type never seen reads 0, not "no data"
         for receiver in RECEIVERS:  # zero samples visible from the first scrape
             self.spans_received.labels(receiver)
             self.spans_accepted.labels(receiver)
@@ -177,9 +176,9 @@ class Metrics:
             self._state = source
 
     def expect_redaction_types(self, types: Iterable[str]) -> None:
-        """Show these placeholder types at 0 from the first scrape, as the built-in ones are: an
-        ``extra_patterns`` name (EMPLOYEE_ID) read "no data" until its first match, and an alert on its
-        rate had nothing to compare."""
+        """Show these placeholder types at 0 from the first scrape: the built-in ones, and the collector
+        adds each ``extra_patterns`` name (EMPLOYEE_ID read "no data" until its first match, and an alert
+        on its rate had nothing to compare)."""
         for kind in types:
             self.redactions.labels(kind)
 
