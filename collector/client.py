@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import socket
 import ssl
 import threading
@@ -232,9 +231,7 @@ def connect(db_path: str, *, write: bool, token: str | None,
                                     _seconds(info.get("query_time_limit")))
             stale = url
         if not os.path.exists(db_path):
-            # the suggested command quoted, so that it runs as pasted (a path with a space split in two)
-            raise NotFoundError(f"no store at {db_path} (start `tracesieve serve --db {shlex.quote(db_path)}` "
-                                "or pass --db)")
+            raise NotFoundError(store.no_store_message(db_path))
         try:
             con = store.open_database(db_path, read_only=not write, existing_store=True)
             break

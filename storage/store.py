@@ -32,6 +32,12 @@ from tracesieve.storage.sqlparams import first_row, packed, registered, unpacked
 ROW_GROUP_SIZE = 16_384
 
 
+def no_store_message(path: str) -> str:
+    """The one line for a store path that does not exist, with the ``serve`` command that creates it
+    quoted so that it runs as pasted (a path with a space was split in two)."""
+    return f"no store at {path} (start `tracesieve serve --db {shlex.quote(path)}` or pass --db)"
+
+
 def open_database(path: str, *, read_only: bool = False, existing_store: bool = False) -> duckdb.DuckDBPyConnection:
     """Open (creating and migrating when writable) the store at ``path``.
 
@@ -45,7 +51,7 @@ def open_database(path: str, *, read_only: bool = False, existing_store: bool = 
     (writable) a store a newer tracesieve migrated past what this one knows.
     """
     if read_only and not os.path.exists(path):
-        raise UsageError(f"no store at {path}: run `tracesieve serve --db {shlex.quote(path)}` first, or pass --db")
+        raise UsageError(no_store_message(path))
     options = "READ_ONLY" if read_only else f"STORAGE_VERSION 'latest', ROW_GROUP_SIZE {ROW_GROUP_SIZE}"
     # Spills go next to the store, as for a plain ``duckdb.connect(path)`` (an in-memory default would
     # put them in the working directory).
