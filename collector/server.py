@@ -11,6 +11,7 @@ Lifecycle (``start`` then ``stop``, each called once from the main thread):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import ipaddress
@@ -152,7 +153,7 @@ class _HttpServer(uvicorn.Server):
     close_notify and waits for the client's; an exporter's pooled connection (the OTel HTTP exporter
     keeps one per process) never answers, so with TLS on every stop waited uvicorn's whole 10 s grace,
     and took those 10 s from judging the pending traces. A connection still answering a request is left
-    to finish, as before.
+    to finish, as before; one uvicorn cancels at the end of the grace is let finish its answer.
     """
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -163,6 +164,11 @@ class _HttpServer(uvicorn.Server):
             if idle and transport is not None and transport.get_extra_info("sslcontext") is not None:
                 transport.abort()
         await super().shutdown(sockets)
+        # The calls cancelled at the end of the grace are writing their "shutting down" answer; let them
+        # finish it before the loop closes rather than cancel them a second time halfway through.
+        answering = [task for task in self.server_state.tasks if not task.done()]
+        if answering:
+            await asyncio.wait(answering, timeout=2.0)
 
 
 class Collector:
@@ -395,7 +401,11 @@ class Collector:
         grpc_stopped = self._grpc.stop(grace=min(5.0, deadline_seconds / 4)) if self._grpc else None
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
-            self._http_thread.join(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+            # uvicorn cancels a call still open after its grace, and that call then answers "serve is
+            # shutting down": wait past the grace for that answer, or the process can exit halfway through
+            # it (the client read the headers and then a closed connection)
+            grace = self._uvicorn.config.timeout_graceful_shutdown or 0.0
+            self._http_thread.join(timeout=max(1.0, min(grace + 3.0, deadline - time.monotonic())))
         if grpc_stopped is not None:
             grpc_stopped.wait(timeout=max(0.5, deadline - time.monotonic()))
         self.judge.stop()
