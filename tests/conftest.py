@@ -20,6 +20,12 @@ from ports import free_port
 
 TESTDATA = Path(__file__).parent / "testdata"
 
+# A shell that starts the suite in the background (`cmd &` without job control) makes it ignore
+# SIGINT, and an ignored signal stays ignored in every child: the CLIs the tests Ctrl-C would not
+# notice it. Children of a process that handles SIGINT get the default disposition back at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
