@@ -785,6 +785,8 @@ class _AttributeWalker:
         dropped = 0
         for kv in attributes:
             key = kv.key
+            if len(key) > self._cheap_len:  # a key is a string too: one over max_value_size is cut
+                key = self.text(key)
             if key in out:
                 continue
             if len(out) >= self.max_attributes:
@@ -813,8 +815,9 @@ class _AttributeWalker:
                 return TOO_DEEP
             out: dict[str, Any] = {}
             for kv in v.kvlist_value.values:
-                if kv.key not in out:
-                    out[kv.key] = self.value(kv.value, depth + 1)
+                key = kv.key if len(kv.key) <= self._cheap_len else self.text(kv.key)
+                if key not in out:
+                    out[key] = self.value(kv.value, depth + 1)
             return out
         if which == "bytes_value":
             return self.text(base64.b64encode(v.bytes_value).decode("ascii"))

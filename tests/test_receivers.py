@@ -596,6 +596,25 @@ def test_max_value_size_cuts_the_scope_name_version_and_trace_states_too(start_c
                    "link_state": "k=" + "v" * 98 + "…[truncated 50 bytes]"}
 
 
+def test_max_value_size_cuts_attribute_keys_too(start_collector):
+    """Keys were stored whole: a span with a 2 MiB attribute key (or kvlist key) kept all of it, past a
+    1 MiB max_value_size."""
+    c = start_collector({**NO_JUDGE, "receivers": {"otlp": {"limits": {"max_value_size": 100}}}})
+    req = make_request(1)
+    span = req.resource_spans[0].scope_spans[0].spans[0]
+    span.attributes.add(key="k" * 300).value.string_value = "first"
+    span.attributes.add(key="k" * 300).value.string_value = "a duplicate key: the first one wins"
+    span.attributes.add(key="k" * 400).value.string_value = "cut to the same key as the first"
+    inner = span.attributes.add(key="doc").value.kvlist_value.values.add(key="é" * 80)  # 160 bytes in UTF-8
+    inner.value.int_value = 7
+    assert post(c, req.SerializeToString()).status_code == 200
+    attrs = json.loads(c.query("SELECT attributes FROM spans")[0]["attributes"])
+    assert attrs["k" * 100 + "…[truncated 200 bytes]"] == "first"
+    assert "k" * 100 + "…[truncated 300 bytes]" in attrs  # a different length cut is a different key
+    assert attrs["doc"] == {"é" * 50 + "…[truncated 60 bytes]": 7}
+    assert max(len(key) for key in attrs) < 130
+
+
 def test_a_value_no_typed_column_can_hold_never_fails_the_request(start_collector):
     """Token counts past BIGINT, digits int() refuses (superscripts) in a count or a key segment: the
     span is stored with the typed column empty and the value in attributes. Each used to fail the
