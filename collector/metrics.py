@@ -125,6 +125,10 @@ class Metrics:
             "tracesieve_spans_received", "Spans in decoded Export requests.", ["receiver"], registry=r)
         self.spans_accepted = Counter(
             "tracesieve_spans_accepted", "Spans committed to the store and acknowledged.", ["receiver"], registry=r)
+        self.spans_already_stored = Counter(
+            "tracesieve_spans_already_stored", "Acknowledged spans that were stored already (an exporter's "
+            "retry of a batch whose answer it lost, a re-sent batch): answered as stored, not stored twice.",
+            registry=r)
         self.spans_refused = Counter(
             "tracesieve_spans_refused", "Spans not stored: rejected one by one (reason invalid_span) or "
             "with their whole request.", ["receiver", "reason"], registry=r)
@@ -187,9 +191,11 @@ class Metrics:
             if n:
                 self.redactions.labels(kind).inc(n)
 
-    def observe_commit(self, spans: int, seconds: float) -> None:
-        """One group commit (writer thread)."""
+    def observe_commit(self, spans: int, already_stored: int, seconds: float) -> None:
+        """One group commit of ``spans`` (writer thread), ``already_stored`` of them not stored again."""
         self.commit_spans.observe(spans)
+        if already_stored:
+            self.spans_already_stored.inc(already_stored)
         self.commit_seconds.observe(seconds)
 
     def observe_checkpoint(self, done: bool, seconds: float) -> None:

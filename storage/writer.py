@@ -110,10 +110,11 @@ class GroupCommitWriter:
         max_queued_spans: int = 200_000,
         max_spans_per_commit: int = 50_000,
         retry_after: float = 1.0,
-        on_commit: Callable[[int, float], None] | None = None,
+        on_commit: Callable[[int, int, float], None] | None = None,
         on_checkpoint: Callable[[bool, float], None] | None = None,
     ) -> None:
-        """``on_commit(spans, seconds)`` is called on the writer thread after each group commit of spans,
+        """``on_commit(spans, already_stored, seconds)`` is called on the writer thread after each group
+        commit of ``spans`` (``already_stored`` of them re-sent copies, not stored again),
         ``on_checkpoint(done, seconds)`` after each checkpoint it ran (done) or DuckDB refused."""
         self._con = con
         self._on_commit = on_commit
@@ -413,7 +414,7 @@ class GroupCommitWriter:
         for job in jobs:
             job.future.set_result(job.batch.num_rows)
         if self._on_commit is not None:
-            self._on_commit(n, elapsed)
+            self._on_commit(n, n - inserted, elapsed)
 
     @staticmethod
     def _refuse(jobs: list[_SpanJob], error: RetryableError) -> None:

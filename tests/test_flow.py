@@ -297,6 +297,10 @@ def test_a_batch_re_sent_with_nothing_new_is_no_arrival(start_collector):
     # accepted = acknowledged: every copy was answered "stored" (it is, once), as the README's metrics table says
     assert value(after, "tracesieve_spans_accepted_total", receiver="http") \
         - value(before, "tracesieve_spans_accepted_total", receiver="http") == 15
+    # ... and counted apart, so an operator sees exporters retrying batches that were stored
+    assert value(after, "tracesieve_spans_already_stored_total") \
+        - value(before, "tracesieve_spans_already_stored_total") == 15
+    assert value(before, "tracesieve_spans_already_stored_total") >= 5  # the copies sent while it settled
     assert value(after, "tracesieve_pending_traces") == 0
     exporter.shutdown()
 

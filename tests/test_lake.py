@@ -460,8 +460,10 @@ def test_a_batch_re_sent_to_the_lake_with_nothing_new_is_no_arrival(postgres: Po
         for _ in range(3):
             assert exporter.export(spans) == SpanExportResult.SUCCESS
         time.sleep(3.5)  # past decision_wait: a copy taken for an arrival would be judged by then
-        assert value(scrape(c), "tracesieve_traces_judged_total") \
-            == value(before, "tracesieve_traces_judged_total") == 1
+        after = scrape(c)
+        assert value(after, "tracesieve_traces_judged_total") == value(before, "tracesieve_traces_judged_total") == 1
+        assert value(after, "tracesieve_spans_already_stored_total") \
+            - value(before, "tracesieve_spans_already_stored_total") == 15
         assert c.query("SELECT received_seq, judged_seq FROM trace_state") == [{"received_seq": 1, "judged_seq": 1}]
         assert c.query(f"SELECT count(*) AS n FROM spans WHERE trace_id = '{trace_id}'") == [{"n": 5}]
         exporter.shutdown()
