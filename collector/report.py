@@ -429,7 +429,7 @@ def _candidate_section(cand: Mapping[str, Any], traces: Mapping[str, Any], detec
 
     if status in REVIEWABLE_STATUSES:
         out.append("<h3>Promote</h3>\n<pre class=\"promote\" title=\"click once to select the whole command\">"
-                   f"tracesieve promote {_e(cid)} --cases cases.yaml --owner &lt;you&gt;"
+                   f"tracesieve promote {_e(cid)} --cases cases.yaml --owner YOU"
                    f"{' ' + _e(store_args) if store_args else ''}</pre>\n")
 
     out.append(_input_block(cand.get("input")))

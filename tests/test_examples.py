@@ -201,7 +201,7 @@ def test_the_review_page_shows_every_candidate_in_chromium(review_page, tmp_path
     shown = re.findall(r'<section class="cand [^"]*" id="c-(\w+)" data-mode="([a-z_]+)"', dom)
     assert sorted(shown) == sorted((c["candidate_id"], c["failure_mode"]) for c in candidates)
     for c in candidates:
-        assert f"tracesieve promote {c['candidate_id']} --cases cases.yaml --owner &lt;you&gt;" in dom
+        assert f"tracesieve promote {c['candidate_id']} --cases cases.yaml --owner YOU" in dom
     groups = re.findall(r'<section class="group [^"]*" id="g-(P\d)-([a-z_]+)">', dom)
     assert {mode for _, mode in groups} == EXPECTED_MODES
     assert groups[0] == ("P0", "blast_radius_breach")  # the most severe group leads

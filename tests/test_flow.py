@@ -88,7 +88,7 @@ def test_review_commands_while_serve_runs_and_after(start_collector, tmp_path):
     assert first in html_text and second in html_text and "lookup_order" in html_text
     assert "<script src" not in html_text and "http://" not in html_text
     # the page's promote command names the store it was made from, so it works pasted anywhere
-    assert f"tracesieve promote {second} --cases cases.yaml --owner &lt;you&gt; --db {c.db_path.resolve()}" in html_text
+    assert f"tracesieve promote {second} --cases cases.yaml --owner YOU --db {c.db_path.resolve()}" in html_text
     assert c.cli("show", "cdoesnotexist").returncode == 2
 
     assert c.stop() == 0

@@ -190,8 +190,8 @@ def test_the_promote_command_is_shown_only_while_a_candidate_awaits_review():
     cands = [make_candidate("cnew00000001", status="new"), make_candidate("cdup00000001", status="duplicate"),
              make_candidate("cpro00000001", status="promoted"), make_candidate("crej00000001", status="rejected")]
     text = render_report(report_data(cands))
-    assert "tracesieve promote cnew00000001 --cases cases.yaml --owner &lt;you&gt;" in text
-    assert "tracesieve promote cdup00000001 --cases cases.yaml --owner &lt;you&gt;" in text
+    assert "tracesieve promote cnew00000001 --cases cases.yaml --owner YOU" in text
+    assert "tracesieve promote cdup00000001 --cases cases.yaml --owner YOU" in text
     assert "tracesieve promote cpro00000001" not in text
     assert "tracesieve promote crej00000001" not in text
 
