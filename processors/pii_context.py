@@ -30,6 +30,8 @@ model names, delivery dates, order numbers, titles. What each rule accepts:
   ``patient_name``, ``surname``, ...), and the ``"name"`` key only inside a JSON object that
   looks like a person (a sibling key such as email/phone/dob/address/first_name, or a parent
   key such as customer/patient/contact/passenger). Tool, span and model names never qualify.
+  After the weaker ``I'm`` / ``I am`` / ``Customer:`` (patient, client, cardholder, passenger,
+  recipient) it takes two name words or a title: "I'm Sorry" and "Customer: Premium" stay.
 
 Patterns follow :mod:`.pii_patterns` (RE2-and-Python syntax, ``LEFT + ... (?P<v>...)``); regexes
 used only inside validators may use Python-only lookarounds. Triggers are kept to a few literal
@@ -331,12 +333,18 @@ _NAME_CAP = rf"(?:[{_UP}{_EXT_LATIN}]|\\+u00[cdCD][0-9a-fA-F]|\\+u01[0-7][0-9a-f
 _NAME_WORD = (rf"(?:{_NAME_CAP}{_NAME_LOWER_RUN}(?:['’-][{_UP}]?{_NAME_LOWER_RUN}|[A-Z]{_NAME_LOWER_RUN})?|[A-Z]\.)")
 _PARTICLE = r"(?:van|von|der|den|de|du|da|das|dos|do|del|della|di|le|la|ten|ter|zu|bin)[ ]+"
 _NAME = rf"(?P<v>{_NAME_WORD}(?:[ ]+(?:{_PARTICLE}){{0,2}}{_NAME_WORD}){{0,2}})"
-_TITLE = r"(?:(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Ing|Herr|Frau|Mme|Mlle|Sr|Sra|Srta|Sig|Sig\.ra|Dott|Dott\.ssa)\.?[ ]+)?"
+_TITLE_WORD = r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Ing|Herr|Frau|Mme|Mlle|Sr|Sra|Srta|Sig|Sig\.ra|Dott|Dott\.ssa)"
+_TITLE = rf"(?:{_TITLE_WORD}\.?[ ]+)?"
 PERSON_INTRO_PATTERN = (LEFT + r"(?:(?:[Mm]y|MY)[ ](?:full[ ])?(?:name|NAME)(?:[ ]+(?:is|IS)|'s)[ ]+" + _TITLE
                         + r"|Dear[ ]+" + _TITLE
                         + r"|(?:[Ss]incerely|[Rr]egards|[Ss]igned)[,:](?:[ \t]|\r?\n|\\+[rnt]){0,6})"
                         + _NAME)
 PERSON_INTRO_TRIGGER = r"[Mm]y (?:full )?name|MY NAME|Dear |[Ss]incerely[,:]|[Rr]egards[,:]|[Ss]igned[,:]"
+# Weaker intros: "Hi, I'm Sarah Connor", "Customer: John Smith". "I'm Sorry" or "Customer: Premium" is no name,
+# so these need two name words (person_pair), or a title before one.
+PERSON_PAIR_PATTERN = (LEFT + r"(?:I(?:'|’|\\+u2019)m|I[ ]am|(?:Customer|Patient|Client|Cardholder|Passenger|Recipient)"
+                       r"[ ]?:)[ ]+" + _TITLE + _NAME)
+PERSON_PAIR_TRIGGER = r"I(?:'|’|\\+u2019)m |I am |(?:Customer|Patient|Client|Cardholder|Passenger|Recipient) ?: "
 # One rule for every "<key or label> name: value" form; the validator reads the key back.
 # A quoted name value may hold Latin Extended-A letters too (Polish, Czech, Turkish: "Błażej Neska", "Bartoś").
 _NAME_CH = rf"(?:[A-Za-z{_UP}{_LO}{_EXT_LATIN}'’. -]|\\+u[0-9a-fA-F]{{4}})"
@@ -380,6 +388,18 @@ def person(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] |
         keep.pop()                       # "Antje Börner B.Sc.": the degree's "B." is no name word
         end = s + len(" ".join(keep))
     return ("PERSON", s, end)
+
+
+def person_pair(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """:func:`person` after a weaker intro: two name words at least, or one after a title."""
+    found = person(text, s, e, json_text)
+    if found is None:
+        return None
+    titled = _TITLED.search(text, max(0, s - 12), s) is not None
+    return found if titled or len(text[s:found[2]].split()) >= 2 else None
+
+
+_TITLED = re.compile(rf"(?<![A-Za-z]){_TITLE_WORD}\.?[ ]+\Z")
 
 
 _NAME_VALUE = re.compile(rf"(?:[A-Za-z{_UP}{_LO}{_EXT_LATIN}'’.-]|\\+u[0-9a-fA-F]{{4}})+"

@@ -497,6 +497,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("ADDRESS", ctx.ADDRESS_KEY_PATTERN, ctx.address_value, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PERSON", ctx.PERSON_NAMED_PATTERN, ctx.person_named, trigger=ctx.PERSON_NAMED_TRIGGER),
     Rule("PERSON", ctx.PERSON_INTRO_PATTERN, ctx.person, trigger=ctx.PERSON_INTRO_TRIGGER),
+    Rule("PERSON", ctx.PERSON_PAIR_PATTERN, ctx.person_pair, trigger=ctx.PERSON_PAIR_TRIGGER),
     Rule("ADDRESS", ctx.ADDRESS_PATTERN, ctx.address, trigger=ctx.ADDRESS_TRIGGER),
     Rule("API_KEY", LEFT + _API_KEY_BODY, _bounded("API_KEY"),
          trigger=r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|xox[abprse]-|[sr]k_(?:live|test)_"

@@ -888,6 +888,27 @@ def test_a_generated_name_with_a_particle_a_polish_letter_or_a_title_is_a_person
     assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
 
 
+# "Hi, I'm Sarah Connor" and "Customer: John Smith" kept the name: only "my name is", "Dear", "Name:" and
+# name keys were intros. These weaker ones need two name words (or a title), so "I'm Sorry" stays.
+@pytest.mark.parametrize("text, redacted", [
+    ("Hi, I'm Sarah Connor and my email is sarah.connor@sky.net", "Hi, I'm <PERSON> and my email is <EMAIL>"),
+    ("I am John Smith, order 1182", "I am <PERSON>, order 1182"), ("I\u2019m Jort van der Velden", "I\u2019m <PERSON>"),
+    ("I'm Dr. Watson", "I'm Dr. <PERSON>"), ("Customer: John Smith", "Customer: <PERSON>"),
+    ("Patient: Mrs. Brown", "Patient: Mrs. <PERSON>"), ("Cardholder: Łukasz Nowak", "Cardholder: <PERSON>"),
+    ("I'm Sorry, I can't help with that", "I'm Sorry, I can't help with that"), ("I'm John", "I'm John"),
+    ("I'm Happy To Help", "I'm Happy To Help"), ("I am Not Sure", "I am Not Sure"), ("I'm Claude, an AI", "I'm Claude, an AI"),
+    ("Customer: Premium Plan", "Customer: Premium Plan"), ("Customer: Acme Corp", "Customer: Acme Corp"),
+    ("Recipient: Finance Department", "Recipient: Finance Department"), ("I'm using Google Cloud", "I'm using Google Cloud"),
+])
+def test_a_weaker_intro_finds_a_person_of_two_name_words(text, redacted):
+    assert Sanitizer().redact(text)[0] == redacted
+    for ascii_only in (True, False):
+        quoted = json.dumps({"content": text}, ensure_ascii=ascii_only)
+        assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
+    out = pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py()
+    assert out == redacted
+
+
 def test_the_context_types_can_be_disabled_one_by_one():
     text = "DOB: 1990-01-31, passport X1234567, 12 Main Street, my name is Jane Doe"
     assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == (
