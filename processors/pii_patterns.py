@@ -155,6 +155,11 @@ def _bounded(type_: str) -> Validator:
     return check
 
 
+def _aws_key_pair(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """The key id and its secret; the key id alone when the 40 characters run on (then no secret)."""
+    return ("API_KEY", s, e) if _free_right(text, e) else ("API_KEY", s, s + 20)
+
+
 def luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -499,6 +504,11 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("PERSON", ctx.PERSON_INTRO_PATTERN, ctx.person, trigger=ctx.PERSON_INTRO_TRIGGER),
     Rule("PERSON", ctx.PERSON_PAIR_PATTERN, ctx.person_pair, trigger=ctx.PERSON_PAIR_TRIGGER),
     Rule("ADDRESS", ctx.ADDRESS_PATTERN, ctx.address, trigger=ctx.ADDRESS_TRIGGER),
+    # An AWS secret access key is 40 characters of base64 with nothing of its own to tell it by: found by
+    # its key id right before it ("AKIA... wJalr...", "AKIA...:wJalr...", a CSV row), the pair one
+    # placeholder (before the key id's own rule: the first rule matching at a position wins).
+    Rule("API_KEY", LEFT + r"(?P<v>(?:AKIA|ASIA)[A-Z0-9]{16}(?:[ \t]*[:,;|][ \t]*|[ \t]+)[A-Za-z0-9/+]{40})",
+         _aws_key_pair, trigger=r"(?:AKIA|ASIA)[A-Z0-9]{16}[ \t:,;|]"),
     Rule("API_KEY", LEFT + _API_KEY_BODY, _bounded("API_KEY"),
          trigger=r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|AIPA|gh[pousr]_|github_pat_|xox[abprse]-|[sr]k_(?:live|test)_"
                  r"|AIza|ya29\.|pypi-AgE|hf_|xapp-|whsec_|glpat-|SG\.|npm_|gsk_|xai-"),

@@ -909,6 +909,25 @@ def test_a_weaker_intro_finds_a_person_of_two_name_words(text, redacted):
     assert out == redacted
 
 
+_AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+# An AWS secret access key right after its key id (an agent echoing "AKIA... wJalr...", a credentials CSV
+# row) was stored as sent: only the key id was found. A 41-character run is no secret: the key id alone.
+@pytest.mark.parametrize("text, redacted", [
+    (f"AKIAIOSFODNN7EXAMPLE {_AWS_SECRET}", "<API_KEY>"), (f"ASIAIOSFODNN7EXAMPLE:{_AWS_SECRET}", "<API_KEY>"),
+    (f"user,AKIAIOSFODNN7EXAMPLE,{_AWS_SECRET}\n", "user,<API_KEY>\n"),
+    (f"AKIAIOSFODNN7EXAMPLE | {_AWS_SECRET} | mail bob@example.com", "<API_KEY> | mail <EMAIL>"),
+    (f"AKIAIOSFODNN7EXAMPLE {_AWS_SECRET}X", f"<API_KEY> {_AWS_SECRET}X"),
+    ("AKIAIOSFODNN7EXAMPLE and the rest of the sentence", "<API_KEY> and the rest of the sentence"),
+])
+def test_an_aws_secret_key_after_its_key_id_is_an_api_key(text, redacted):
+    assert Sanitizer().redact(text)[0] == redacted
+    quoted = json.dumps({"content": text})
+    assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
+    assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == redacted
+
+
 def test_the_context_types_can_be_disabled_one_by_one():
     text = "DOB: 1990-01-31, passport X1234567, 12 Main Street, my name is Jane Doe"
     assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == (
