@@ -31,7 +31,9 @@ model names, delivery dates, order numbers, titles. What each rule accepts:
   looks like a person (a sibling key such as email/phone/dob/address/first_name, or a parent
   key such as customer/patient/contact/passenger). Tool, span and model names never qualify.
   After the weaker ``I'm`` / ``I am`` / ``Customer:`` (patient, client, cardholder, passenger,
-  recipient) it takes two name words or a title: "I'm Sorry" and "Customer: Premium" stay.
+  recipient) it takes two name words or a title: "I'm Sorry" and "Customer: Premium" stay. The
+  value of a JSON role key (recipient, sender, author, owner, cardholder, ...) when it is all 2-5
+  capitalised name words.
 
 Patterns follow :mod:`.pii_patterns` (RE2-and-Python syntax, ``LEFT + ... (?P<v>...)``); regexes
 used only inside validators may use Python-only lookarounds. Triggers are kept to a few literal
@@ -345,6 +347,13 @@ PERSON_INTRO_TRIGGER = r"[Mm]y (?:full )?name|MY NAME|Dear |[Ss]incerely[,:]|[Rr
 PERSON_PAIR_PATTERN = (LEFT + r"(?:I(?:'|’|\\+u2019)m|I[ ]am|(?:Customer|Patient|Client|Cardholder|Passenger|Recipient)"
                        r"[ ]?:)[ ]+" + _TITLE + _NAME)
 PERSON_PAIR_TRIGGER = r"I(?:'|’|\\+u2019)m |I am |(?:Customer|Patient|Client|Cardholder|Passenger|Recipient) ?: "
+# A JSON key naming a person's role ("recipient": "Jane Doe", "author": "Jane Doe"), whose whole value is
+# two to five capitalised name words (person_of_role): "Finance Team" or "system" is no one.
+_ROLES = (r"(?i:recipient|sender|author|owner|assignee|reporter|cardholder|account_holder|beneficiary|payee"
+          r"|attendee|requester|requestor|signatory)")
+PERSON_ROLE_PATTERN = (LEFT_KEY + _ROLES + r'\\*"[ \t]*:[ \t]*\\*"(?P<v>' + _NAME_CAP
+                       + r'(?:[^"\\]|\\+u[0-9a-fA-F]{4}){1,80}?)\\*"')
+PERSON_ROLE_TRIGGER = _ROLES + rf'\\*"[ \t]*:[ \t]*\\*"[A-Z{_UP}{_EXT_LATIN}\\]'
 # One rule for every "<key or label> name: value" form; the validator reads the key back.
 # A quoted name value may hold Latin Extended-A letters too (Polish, Czech, Turkish: "Błażej Neska", "Bartoś").
 _NAME_CH = rf"(?:[A-Za-z{_UP}{_LO}{_EXT_LATIN}'’. -]|\\+u[0-9a-fA-F]{{4}})"
@@ -400,6 +409,18 @@ def person_pair(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, i
 
 
 _TITLED = re.compile(rf"(?<![A-Za-z]){_TITLE_WORD}\.?[ ]+\Z")
+
+
+def person_of_role(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """The value of a role key when it is 2-5 capitalised name words (a title before them allowed)."""
+    if person_value(text, s, e, json_text) is None:
+        return None
+    value = _UNICODE_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text[s:e])  # \u0141ukasz is Łukasz
+    words = [w for w in value.split() if w.lower().rstrip(".") not in _TITLE_WORDS]
+    return ("PERSON", s, e) if 2 <= len(words) <= 5 and all(w[:1].isupper() for w in words) else None
+
+
+_UNICODE_ESCAPE = re.compile(r"\\+u([0-9a-fA-F]{4})")
 
 
 _NAME_VALUE = re.compile(rf"(?:[A-Za-z{_UP}{_LO}{_EXT_LATIN}'’.-]|\\+u[0-9a-fA-F]{{4}})+"
@@ -486,7 +507,8 @@ def person_in_object(text: str, s: int, e: int, json_text: bool) -> tuple[str, i
 
 
 _QUALIFIERS = ("first", "last", "full", "given", "family", "middle", "customer", "contact", "patient", "client",
-               "legal", "passenger", "guest", "cardholder", "employee", "sur", "maiden")
+               "legal", "passenger", "guest", "cardholder", "employee", "sur", "maiden", "owner", "recipient",
+               "sender", "holder", "beneficiary", "payee", "applicant", "member", "student")
 _KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 

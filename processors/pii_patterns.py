@@ -501,6 +501,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("PHONE", ctx.PHONE_CONTEXT_PATTERN, ctx.phone_digits, trigger=ctx.PHONE_CONTEXT_TRIGGER),
     Rule("ADDRESS", ctx.ADDRESS_KEY_PATTERN, ctx.address_value, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PERSON", ctx.PERSON_NAMED_PATTERN, ctx.person_named, trigger=ctx.PERSON_NAMED_TRIGGER),
+    Rule("PERSON", ctx.PERSON_ROLE_PATTERN, ctx.person_of_role, trigger=ctx.PERSON_ROLE_TRIGGER),
     Rule("PERSON", ctx.PERSON_INTRO_PATTERN, ctx.person, trigger=ctx.PERSON_INTRO_TRIGGER),
     Rule("PERSON", ctx.PERSON_PAIR_PATTERN, ctx.person_pair, trigger=ctx.PERSON_PAIR_TRIGGER),
     Rule("ADDRESS", ctx.ADDRESS_PATTERN, ctx.address, trigger=ctx.ADDRESS_TRIGGER),

@@ -909,6 +909,28 @@ def test_a_weaker_intro_finds_a_person_of_two_name_words(text, redacted):
     assert out == redacted
 
 
+# A name under a role key ("recipient", "author", "cardholder", ...) or an owner/recipient/sender name key was
+# stored as sent: only name keys qualified as a person's (customer_name) and "name" in a person object counted.
+@pytest.mark.parametrize("doc, redacted", [
+    ({"shipping": {"recipient": "Jane Doe", "zip": "62701"}}, {"shipping": {"recipient": "<PERSON>", "zip": "62701"}}),
+    ({"author": "Jane Doe"}, {"author": "<PERSON>"}), ({"Recipient": "Mary-Ann O'Brien"}, {"Recipient": "<PERSON>"}),
+    ({"sender": "Łukasz Nowak"}, {"sender": "<PERSON>"}), ({"assignee": "Dr. Ann Green"}, {"assignee": "<PERSON>"}),
+    ({"cardholder": "JANE DOE"}, {"cardholder": "<PERSON>"}), ({"owner_name": "Jane Doe"}, {"owner_name": "<PERSON>"}),
+    ({"recipient": "Finance Team"}, {"recipient": "Finance Team"}), ({"author": "system"}, {"author": "system"}),
+    ({"owner": "platform-team"}, {"owner": "platform-team"}), ({"owner": "Jane"}, {"owner": "Jane"}),
+    ({"author": "OpenAI Research"}, {"author": "OpenAI Research"}), ({"coauthor": "Jane Doe"}, {"coauthor": "Jane Doe"}),
+    ({"author": "The Quick Brown Fox Jumps Over"}, {"author": "The Quick Brown Fox Jumps Over"}),
+])
+def test_a_name_under_a_role_key_is_a_person(doc, redacted):
+    for ascii_only in (True, False):
+        text = json.dumps(doc, ensure_ascii=ascii_only)
+        assert json.loads(Sanitizer().redact(text, json_text=True)[0]) == redacted
+        nested = json.dumps({"output": text})  # a tool's JSON output inside a JSON attribute
+        assert json.loads(json.loads(Sanitizer().redact(nested, json_text=True)[0])["output"]) == redacted
+        batch = make_batch(make_span(input_value=text, input_mime_type="application/json"))
+        assert json.loads(pii().process(batch).column("input_value")[0].as_py()) == redacted
+
+
 _AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
 
