@@ -404,11 +404,8 @@ def person_pair(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, i
     found = person(text, s, e, json_text)
     if found is None:
         return None
-    titled = _TITLED.search(text, max(0, s - 12), s) is not None
+    titled = _TITLE_BEFORE.search(text, max(0, s - 12), s) is not None
     return found if titled or len(text[s:found[2]].split()) >= 2 else None
-
-
-_TITLED = re.compile(rf"(?<![A-Za-z]){_TITLE_WORD}\.?[ ]+\Z")
 
 
 def person_of_role(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
@@ -538,7 +535,7 @@ def _key_before_value(text: str, s: int) -> tuple[str, int, bool] | None:
     if 0 < p < k and text[p - 1] == "\\" and text[p] in "nrt":
         p += 1                                        # the key starts after a JSON escape (\npatient_name)
     return text[p:k], k, quoted
-_TITLE_BEFORE = re.compile(r"(?<![A-Za-z])" + _TITLE[3:-2] + r"\Z")
+_TITLE_BEFORE = re.compile(rf"(?<![A-Za-z]){_TITLE_WORD}\.?[ ]+\Z")
 _QUALIFIED_KEY = re.compile(r"(?:^|[_.-])(?i:" + "|".join(_QUALIFIERS) + r")\Z|[a-z0-9](?:"
                             + "|".join(q.capitalize() for q in _QUALIFIERS) + r")\Z")
 _LABEL_START = re.compile(r"""(?:^|[\n"'(\[{]|\\n|[:;,][ ]*)[ \t]*\Z""")
