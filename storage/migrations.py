@@ -152,7 +152,29 @@ def _v1(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE INDEX IF NOT EXISTS detections_trace ON detections (trace_id)")
 
 
+def _trace_state_with_first_received_at(con: duckdb.DuckDBPyConnection) -> None:
+    """Give ``trace_state`` the first_received_at column of a store the first releases made.
+
+    Migration 1 gained first_received_at after it had shipped, so a store from before (schema 1,
+    written by the first day's releases) has a ``trace_state`` without it, and migration 2, the
+    writer and the judge all read it: the upgrade failed on "first_received_at not found". The
+    table is rebuilt rather than altered so that its columns keep migration 1's order, which
+    ``recent_traces.trim_trace_state`` copies by position. Migration 3 then fills the column in.
+    """
+    present = first_row(
+        con, "SELECT count(*) FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND schema_name = current_schema() AND table_name = 'trace_state' AND column_name = 'first_received_at'")
+    if present and present[0]:
+        return
+    log.info("upgrading the store: adding trace_state.first_received_at, which the first releases lacked (once)")
+    con.execute(TRACE_STATE_DDL.replace("CREATE TABLE IF NOT EXISTS trace_state", "CREATE TABLE trace_state_v2"))
+    con.execute("INSERT INTO trace_state_v2 BY NAME SELECT * FROM trace_state")
+    con.execute("DROP TABLE trace_state")
+    con.execute("ALTER TABLE trace_state_v2 RENAME TO trace_state")
+
+
 def _v2(con: duckdb.DuckDBPyConnection) -> None:
+    _trace_state_with_first_received_at(con)
     con.execute(PENDING_TRACES_DDL)
     con.execute(
         "INSERT INTO pending_traces SELECT trace_id, received_seq, first_received_at, last_received_at "

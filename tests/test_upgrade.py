@@ -1,0 +1,77 @@
+"""A store an older tracesieve wrote is taken over by this one: `serve` upgrades it, keeps every row,
+and goes on judging. Each old store is built here from that version's own SQL, not its code."""
+
+from __future__ import annotations
+
+import duckdb
+
+from conftest import FAST_JUDGE
+from sdk_helpers import emit_agent_trace, sdk_tracer
+
+from tracesieve.storage import migrations
+
+# trace_state as the first releases' migration 1 made it (40008ef..47f4347): no first_received_at,
+# which migration 1 gained later. spans, detections and candidates are as migration 1 still makes them.
+_FIRST_RELEASE_TRACE_STATE = """
+CREATE TABLE trace_state (
+    trace_id VARCHAR PRIMARY KEY,
+    last_received_at TIMESTAMPTZ NOT NULL,
+    received_seq BIGINT NOT NULL DEFAULT 1,
+    judged_seq BIGINT,
+    judged_at TIMESTAMPTZ
+)
+"""
+
+_JUDGED, _PENDING = "a1" * 16, "b2" * 16
+
+
+def _first_release_store(path: str) -> None:
+    """A schema-1 store as the first releases left it: a judged trace, and one whose judging a kill cut off."""
+    old = duckdb.connect(path)
+    old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR, "
+                "applied_at TIMESTAMPTZ DEFAULT now())")
+    for ddl in (migrations._SPANS_V1_DDL, migrations.DETECTIONS_DDL, migrations.CANDIDATES_DDL,
+                _FIRST_RELEASE_TRACE_STATE):
+        old.execute(ddl)
+    old.execute("CREATE INDEX detections_trace ON detections (trace_id)")
+    old.execute("INSERT INTO schema_version (version, description) VALUES "
+                "(1, 'spans, detections, candidates, trace_state')")
+    for trace in (_JUDGED, _PENDING):
+        old.execute(
+            "INSERT INTO spans (trace_id, span_id, parent_span_id, name, span_kind, start_time, end_time, duration_ms, "
+            "status_code, status_message, service_name, tool_name, input_value, input_mime_type, attributes, "
+            "resource_attributes, events, links, scope_name, received_at, pii_redactions) VALUES "
+            "(?, '00000000000000a1', NULL, 'agent', 'AGENT', now() - INTERVAL 61 SECOND, now() - INTERVAL 60 SECOND, "
+            " 1000, 'UNSET', NULL, 'old-agent', NULL, 'Where is my order?', 'text/plain', '{}', "
+            " '{\"service\": {\"name\": \"old-agent\"}}', '[]', '[]', 'tests', now() - INTERVAL 60 SECOND, '{}'), "
+            "(?, '00000000000000b2', '00000000000000a1', 'lookup_order', 'TOOL', now() - INTERVAL 61 SECOND, "
+            " now() - INTERVAL 60 SECOND, 500, 'ERROR', 'order service returned 502', 'old-agent', 'lookup_order', "
+            " '{\"order_id\": \"ORD-1\"}', 'application/json', '{\"tool\": {\"name\": \"lookup_order\"}}', "
+            " '{\"service\": {\"name\": \"old-agent\"}}', '[]', '[]', 'tests', now() - INTERVAL 60 SECOND, '{}')",
+            [trace, trace])
+    old.execute("INSERT INTO trace_state VALUES (?, now() - INTERVAL 60 SECOND, 1, 1, now() - INTERVAL 55 SECOND), "
+                "(?, now() - INTERVAL 60 SECOND, 1, NULL, NULL)", [_JUDGED, _PENDING])
+    old.close()
+
+
+def test_a_first_release_store_is_upgraded_and_its_pending_trace_judged(start_collector, tmp_path):
+    """The first releases' trace_state had no first_received_at: `serve` on their store stopped with
+    "internal error: BinderException: ... first_received_at not found" and never came up."""
+    workdir = tmp_path / "old"
+    workdir.mkdir()
+    _first_release_store(str(workdir / "store.duckdb"))
+    c = start_collector(FAST_JUDGE, workdir=workdir)
+    assert "adding trace_state.first_received_at" in c.log()
+    assert c.query("SELECT max(version) AS v FROM schema_version") == [{"v": migrations.LATEST_VERSION}]
+    assert c.query("SELECT count(*) AS n FROM spans") == [{"n": 4}]
+    c.wait_for(f"SELECT failure_mode FROM detections WHERE trace_id = '{_PENDING}'",
+               lambda rows: [r["failure_mode"] for r in rows] == ["tool_invocation"])
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:  # and new traffic is stored and judged as ever
+        new = emit_agent_trace(tracer, tool_error=True)
+    c.wait_for(f"SELECT failure_mode FROM detections WHERE trace_id = '{new}'",
+               lambda rows: "tool_invocation" in [r["failure_mode"] for r in rows])
+    assert c.stop() == 0
+    first_log = c.log()
+    again = start_collector(FAST_JUDGE, workdir=workdir)  # the second start migrates nothing
+    assert "upgrading the store" not in again.log()[len(first_log):]
+    assert again.query("SELECT count(*) AS n FROM schema_version") == [{"n": migrations.LATEST_VERSION}]
