@@ -260,7 +260,11 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
-    """Bring the open database up to :data:`LATEST_VERSION`; return the version it started at."""
+    """Bring the open database up to :data:`LATEST_VERSION`; return the version it started at.
+
+    An upgraded store (not a new one) gets one log line with both versions and what each step did:
+    a step that copies nothing (migration 5 adds a column) said nothing at all.
+    """
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_version ("
         "version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMPTZ DEFAULT now())"
@@ -277,4 +281,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
         except Exception:
             con.execute("ROLLBACK")
             raise
+    if 0 < start < LATEST_VERSION:  # an operator who upgraded reads what changed in the store, in one line
+        log.info("upgraded the store from schema version %d to %d: %s", start, LATEST_VERSION,
+                 "; ".join(f"{version} {description}" for version, description, _ in MIGRATIONS if version > start))
     return start

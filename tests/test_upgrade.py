@@ -75,3 +75,24 @@ def test_a_first_release_store_is_upgraded_and_its_pending_trace_judged(start_co
     again = start_collector(FAST_JUDGE, workdir=workdir)  # the second start migrates nothing
     assert "upgrading the store" not in again.log()[len(first_log):]
     assert again.query("SELECT count(*) AS n FROM schema_version") == [{"n": migrations.LATEST_VERSION}]
+
+
+def test_serve_says_in_one_line_which_schema_versions_it_upgraded_the_store_between(start_collector, tmp_path):
+    """Upgrading a schema-4 store (migration 5 only adds a column) logged nothing at all."""
+    workdir = tmp_path / "old"
+    workdir.mkdir()
+    old = duckdb.connect(str(workdir / "store.duckdb"))
+    old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR, "
+                "applied_at TIMESTAMPTZ DEFAULT now())")
+    for number, description, step in migrations.MIGRATIONS[:4]:  # what a release of 2026-12-07 morning left
+        step(old)
+        old.execute("INSERT INTO schema_version (version, description) VALUES (?, ?)", [number, description])
+    old.close()
+    c = start_collector(FAST_JUDGE, workdir=workdir)
+    upgraded = [line for line in c.log().splitlines() if "upgraded the store" in line]
+    assert len(upgraded) == 1, c.log()
+    assert f"from schema version 4 to {migrations.LATEST_VERSION}: 5 spans.scope_attributes" in upgraded[0]
+    assert c.stop() == 0
+    first_log = c.log()
+    again = start_collector(FAST_JUDGE, workdir=workdir)
+    assert "upgraded the store" not in again.log()[len(first_log):]
