@@ -24,6 +24,7 @@ import httpx
 from tracesieve.collector.api import StoreApi, discovery_path, local_token_path
 from tracesieve.storage import lake, store
 from tracesieve.storage.errors import NotFoundError, StoreLockedError, TraceSieveError, UsageError
+from tracesieve.storage.migrations import LATEST_VERSION, current_version
 
 
 class StoreClient(Protocol):
@@ -119,10 +120,14 @@ class RemoteClient:
 
 
 class LocalClient:
+    """``older_schema``: the version of a store an older tracesieve left, which a read opens without
+    upgrading; a query that names what a later migration made (``scope_attributes``) is told so."""
+
     def __init__(self, con: duckdb.DuckDBPyConnection,
                  run_write: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any] | None = None,
-                 redact_text: Callable[[str], str] | None = None) -> None:
+                 redact_text: Callable[[str], str] | None = None, older_schema: int | None = None) -> None:
         self._con = con
+        self._older_schema = older_schema
         self.api = StoreApi(lambda: con, run_write or self._run_write, redact_text=redact_text)
 
     def _run_write(self, task: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
@@ -156,6 +161,11 @@ class LocalClient:
             raise
         ok, value = outcome[0]
         if not ok:
+            if (op == "query" and self._older_schema is not None and isinstance(value, UsageError)
+                    and "not found" in str(value)):
+                raise UsageError(
+                    f"{value} (this store is at schema version {self._older_schema} of {LATEST_VERSION}, as an older "
+                    "tracesieve left it: the next `tracesieve serve` on it upgrades it)") from None
             raise value
         return value
 
@@ -246,7 +256,8 @@ def connect(db_path: str, *, write: bool, token: str | None,
             raise error
         raise UsageError(f"cannot reach the collector at {stale} (connection refused), and {error}") from None
     store.forbid_file_access(con)  # the same SQL as through a running collector: no read_csv('/etc/...')
-    return LocalClient(con, redact_text=redact_text)
+    found = current_version(con)  # a read leaves an older store as it is (only a writer migrates)
+    return LocalClient(con, redact_text=redact_text, older_schema=found if found < LATEST_VERSION else None)
 
 
 def connect_lake(target: lake.LakeTarget, *, write: bool,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import duckdb
 
-from conftest import FAST_JUDGE
+from conftest import FAST_JUDGE, run_cli
 from sdk_helpers import emit_agent_trace, sdk_tracer
 
 from tracesieve.storage import migrations
@@ -96,3 +96,18 @@ def test_serve_says_in_one_line_which_schema_versions_it_upgraded_the_store_betw
     first_log = c.log()
     again = start_collector(FAST_JUDGE, workdir=workdir)
     assert "upgraded the store" not in again.log()[len(first_log):]
+
+
+def test_a_query_on_an_older_store_naming_a_newer_column_says_serve_upgrades_it(tmp_path):
+    """Read commands leave an older store as it is; `query` naming scope_attributes (migration 5) said only
+    "Binder Error: Referenced column ... not found", as for a typo, and not that the store is an old one."""
+    db = tmp_path / "store.duckdb"
+    _first_release_store(str(db))
+    result = run_cli("query", "SELECT scope_attributes FROM spans", "--db", str(db))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "scope_attributes" in lines[0], result.stderr
+    assert f"schema version 1 of {migrations.LATEST_VERSION}" in lines[0] and "`tracesieve serve`" in lines[0]
+    answered = run_cli("query", "SELECT count(*) AS n, (SELECT max(version) FROM schema_version) AS v FROM spans",
+                       "--db", str(db), "--format", "json")
+    assert answered.returncode == 0 and '"n": 4' in answered.stdout and '"v": 1' in answered.stdout  # read, not migrated
