@@ -159,7 +159,7 @@ def _trace_state_with_first_received_at(con: duckdb.DuckDBPyConnection) -> None:
     written by the first day's releases) has a ``trace_state`` without it, and migration 2, the
     writer and the judge all read it: the upgrade failed on "first_received_at not found". The
     table is rebuilt rather than altered so that its columns keep migration 1's order, which
-    ``recent_traces.trim_trace_state`` copies by position. Migration 3 then fills the column in.
+    ``recent_traces.fit_at_start`` copies by position. Migration 3 then fills the column in.
     """
     present = first_row(
         con, "SELECT count(*) FROM duckdb_columns() WHERE database_name = current_database() "
