@@ -111,3 +111,22 @@ def test_a_query_on_an_older_store_naming_a_newer_column_says_serve_upgrades_it(
     answered = run_cli("query", "SELECT count(*) AS n, (SELECT max(version) FROM schema_version) AS v FROM spans",
                        "--db", str(db), "--format", "json")
     assert answered.returncode == 0 and '"n": 4' in answered.stdout and '"v": 1' in answered.stdout  # read, not migrated
+
+
+def test_a_first_release_trace_state_keeps_its_column_order_for_the_trim_at_start(tmp_path):
+    """The trim at start (recent_traces.fit_at_start) copies trace_state by position: the column a
+    first-release store lacked must come back in migration 1's place, not at the end."""
+    from tracesieve.storage import recent_traces, store
+
+    path = str(tmp_path / "store.duckdb")
+    _first_release_store(path)
+    old = duckdb.connect(path)
+    old.execute("INSERT INTO trace_state SELECT lpad(to_hex(i), 32, '0'), now() - to_seconds(i), 1, 1, now() "
+                "FROM range(100, 130) AS r(i)")
+    old.close()
+    con = store.open_database(path)
+    assert [r[0] for r in con.execute("DESCRIBE trace_state").fetchall()][:3] == [
+        "trace_id", "first_received_at", "last_received_at"]
+    assert recent_traces.fit_at_start(con, keep=5) > 0
+    assert con.execute(f"SELECT count(*) FROM trace_state WHERE trace_id = '{_PENDING}'").fetchone() == (1,)
+    con.close()
