@@ -46,6 +46,13 @@ from tracesieve.storage.writer import GroupCommitWriter
 
 log = logging.getLogger("tracesieve.server")
 
+#: How long the HTTP port keeps an idle keep-alive connection open. The OTel SDKs' batch processors export
+#: every 5 s and keep their connection (Node's exporters, Python's session); uvicorn's own 5 s closed it
+#: just as the next export went out on it, and about one export in twenty from a steady Node agent met a
+#: reset connection and waited a retry. Well above the SDKs' interval, so that race is gone; short enough
+#: that a quiet agent's connection is given back.
+HTTP_KEEP_ALIVE_SECONDS = 30
+
 
 def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
@@ -287,7 +294,8 @@ class Collector:
         in the error when it cannot)."""
         server = _HttpServer(uvicorn.Config(
             app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
-            timeout_graceful_shutdown=10, limit_concurrency=1024, backlog=2048, **tls,
+            timeout_graceful_shutdown=10, limit_concurrency=1024, backlog=2048,
+            timeout_keep_alive=HTTP_KEEP_ALIVE_SECONDS, **tls,
         ))
         self._uvicorn = server
         self._http_thread = threading.Thread(target=server.run, name="tracesieve-http", daemon=True)

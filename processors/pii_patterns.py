@@ -160,6 +160,32 @@ def _aws_key_pair(text: str, s: int, e: int, json_text: bool) -> tuple[str, int,
     return ("API_KEY", s, e) if _free_right(text, e) else ("API_KEY", s, s + 20)
 
 
+def _aws_secret_said(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """A 40-character value after "secret (access) key" is a secret access key when it looks generated
+    (upper and lower case, a digit or a ``/`` ``+``) and is not the start of a longer run."""
+    val = text[s:e]
+    if e < len(text) and (_word(text[e]) or text[e] in "/+="):
+        return None
+    if not (any(c.isupper() for c in val) and any(c.islower() for c in val)
+            and any(c.isdigit() or c in "/+" for c in val)):
+        return None
+    return ("API_KEY", s, e)
+
+
+_PROSE_CREDENTIAL = r"(?i:api|access|auth|client|secret|session|refresh)[ \t_-]?(?i:key|token|secret)"
+
+
+def _credential_said(text: str, s: int, e: int, json_text: bool) -> tuple[str, int, int] | None:
+    """A credential named in prose: a value of letters and digits, 16 characters or more, that no longer
+    run continues (so "the API key is 32 characters long" or "is expired" stay); typed as an assignment's."""
+    while e - s > 16 and text[e - 1] in ".,":
+        e -= 1                                           # the sentence's full stop
+    val = text[s:e]
+    if e < len(text) and _word(text[e]) or not any(c.isdigit() for c in val) or not any(c.isalpha() for c in val):
+        return None
+    return _secret(text, s, e, json_text)
+
+
 def luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -493,6 +519,17 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     # a Cookie header (captured, or in a pasted "Copy as cURL"): the whole value, its session ids in it
     Rule("SECRET", LEFT + r"(?i:set-)?(?i:cookie)" + SEP + _Q + r"(?P<v>[^\"'\\\r\n]+)", _cookie,
          trigger=_SECRET_TRIGGER),
+    # An AWS secret access key named in prose, as an agent answers ("your secret access key is wJalr...",
+    # "AKIA..., secret key wJalr...", "Secret Access Key: wJalr..."): 40 characters of base64 with nothing of
+    # their own to tell them by, and the spaces in the name keep the assignment rules above from seeing a key.
+    # After those rules, so that ``secret: <40 characters>`` stays what it was.
+    Rule("API_KEY", LEFT + r"(?i:secret)(?:[ _.-]?(?i:access))?(?:[ _.-]?(?i:key))?"
+         + rf"(?:{SEP}|[ \t]+(?i:is)(?:[ \t]*:)?[ \t]+|[ \t]+){_Q}(?P<v>[A-Za-z0-9/+]{{40}})",
+         _aws_secret_said, trigger=r"(?i:secret)(?:[ _.-]?(?i:access))?(?:[ _.-]?(?i:key))?[ \t:=\"'\\]"),
+    # Any other credential named in prose: "your API key is 3f9a...", "Client secret: Xy7_...", "access token
+    # a1b2..." (a space in the name, so no assignment rule above sees a key); only a value that looks generated.
+    Rule("SECRET", LEFT + _PROSE_CREDENTIAL + r"(?:[ \t]+(?i:is)(?:[ \t]*:)?[ \t]+|[ \t]*[:=][ \t]*|[ \t]+)" + _Q
+         + r"(?P<v>[A-Za-z0-9_~+/=.-]{16,512})", _credential_said, trigger=_PROSE_CREDENTIAL),
     # context rules: a keyword, key or street suffix says what the value is (see pii_context)
     Rule("DOB", ctx.DOB_PATTERN, ctx.dob, trigger=ctx.KEYWORD_TRIGGER),
     Rule("PASSPORT", ctx.PASSPORT_PATTERN, ctx.passport, trigger=ctx.KEYWORD_TRIGGER),

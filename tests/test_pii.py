@@ -950,6 +950,49 @@ def test_an_aws_secret_key_after_its_key_id_is_an_api_key(text, redacted):
     assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == redacted
 
 
+# An AWS secret access key an agent names in prose ("your secret access key is wJalr...", an answer listing
+# "Access key: AKIA..., secret key wJalr...") was stored as sent: the spaces in its name kept the assignment
+# rules from seeing a key, and only a key id right before it told it apart. A value that does not look
+# generated, or runs on past 40 characters, is left alone, and ``secret: <value>`` stays a SECRET.
+@pytest.mark.parametrize("text, redacted", [
+    (f"Your secret access key is {_AWS_SECRET}.", "Your secret access key is <API_KEY>."),
+    (f"Access key: AKIAIOSFODNN7EXAMPLE, secret key {_AWS_SECRET}", "Access key: <API_KEY>, secret key <API_KEY>"),
+    (f"AWS key AKIAIOSFODNN7EXAMPLE secret {_AWS_SECRET}", "AWS key <API_KEY> secret <API_KEY>"),
+    (f"Secret Access Key: {_AWS_SECRET}", "Secret Access Key: <API_KEY>"),
+    (f"the secret key is {_AWS_SECRET}", "the secret key is <API_KEY>"),
+    (f"secret: {_AWS_SECRET}", "secret: <SECRET>"),
+    (f"secret key {_AWS_SECRET}X", f"secret key {_AWS_SECRET}X"),
+    ("the secret key is ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFGHIJKLMNOP", "the secret key is ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFGHIJKLMNOP"),
+    ("the secret ingredient is love", "the secret ingredient is love"),
+])
+def test_an_aws_secret_key_named_in_prose_is_an_api_key(text, redacted):
+    assert Sanitizer().redact(text)[0] == redacted
+    quoted = json.dumps({"content": text})
+    assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
+    assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == redacted
+
+
+# Any provider's key named in prose ("Your API key is 3f9a...", an answer reading credentials back) was stored
+# as sent: only assignments (``api_key: ...``) and known prefixes were found. A value that looks generated is
+# now a SECRET (an API_KEY when it has a provider's prefix); words and short values after the name stay.
+@pytest.mark.parametrize("text, redacted", [
+    ("Your API key is 3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c.", "Your API key is <SECRET>."),
+    ("Your API key: 3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c", "Your API key: <SECRET>"),
+    ("The client secret is Xy7_abcDEF123ghiJKL456mnoPQR", "The client secret is <SECRET>"),
+    ("the session token a1b2c3d4e5f6a7b8c9d0 was revoked", "the session token <SECRET> was revoked"),
+    ("refresh token: 1//0gAbCdEfGhIjKlMnOpQrStUvWxYz", "refresh token: <SECRET>"),
+    ("Here is your access token: ya29.a0AfH6SMBxyzAbCdEfGhIjKlMnOp", "Here is your access token: <API_KEY>"),
+    ("The API key is 32 characters long", "The API key is 32 characters long"),
+    ("the access token is expired", "the access token is expired"),
+    ("api key version 2024-01-15-preview", "api key version 2024-01-15-preview"),
+])
+def test_a_credential_named_in_prose_is_redacted(text, redacted):
+    assert Sanitizer().redact(text)[0] == redacted
+    quoted = json.dumps({"content": text})
+    assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
+    assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == redacted
+
+
 def test_the_context_types_can_be_disabled_one_by_one():
     text = "DOB: 1990-01-31, passport X1234567, 12 Main Street, my name is Jane Doe"
     assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == (
