@@ -888,6 +888,16 @@ def test_a_generated_name_with_a_particle_a_polish_letter_or_a_title_is_a_person
     assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
 
 
+def assert_redacted_in_text_json_and_batch(text: str, redacted: str) -> None:
+    """``text`` becomes ``redacted`` alone, as a JSON string value (ASCII-escaped or not), and through the
+    pii processor's column path."""
+    assert Sanitizer().redact(text)[0] == redacted
+    for ascii_only in (True, False):
+        quoted = json.dumps({"content": text}, ensure_ascii=ascii_only)
+        assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
+    assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == redacted
+
+
 # "Hi, I'm Sarah Connor" and "Customer: John Smith" kept the name: only "my name is", "Dear", "Name:" and
 # name keys were intros. These weaker ones need two name words (or a title), so "I'm Sorry" stays.
 @pytest.mark.parametrize("text, redacted", [
@@ -901,12 +911,7 @@ def test_a_generated_name_with_a_particle_a_polish_letter_or_a_title_is_a_person
     ("Recipient: Finance Department", "Recipient: Finance Department"), ("I'm using Google Cloud", "I'm using Google Cloud"),
 ])
 def test_a_weaker_intro_finds_a_person_of_two_name_words(text, redacted):
-    assert Sanitizer().redact(text)[0] == redacted
-    for ascii_only in (True, False):
-        quoted = json.dumps({"content": text}, ensure_ascii=ascii_only)
-        assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
-    out = pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py()
-    assert out == redacted
+    assert_redacted_in_text_json_and_batch(text, redacted)
 
 
 # A name under a role key ("recipient", "author", "cardholder", ...) or an owner/recipient/sender name key was
@@ -944,10 +949,7 @@ _AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
     ("AKIAIOSFODNN7EXAMPLE and the rest of the sentence", "<API_KEY> and the rest of the sentence"),
 ])
 def test_an_aws_secret_key_after_its_key_id_is_an_api_key(text, redacted):
-    assert Sanitizer().redact(text)[0] == redacted
-    quoted = json.dumps({"content": text})
-    assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
-    assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == redacted
+    assert_redacted_in_text_json_and_batch(text, redacted)
 
 
 # An AWS secret access key an agent names in prose ("your secret access key is wJalr...", an answer listing
@@ -966,10 +968,7 @@ def test_an_aws_secret_key_after_its_key_id_is_an_api_key(text, redacted):
     ("the secret ingredient is love", "the secret ingredient is love"),
 ])
 def test_an_aws_secret_key_named_in_prose_is_an_api_key(text, redacted):
-    assert Sanitizer().redact(text)[0] == redacted
-    quoted = json.dumps({"content": text})
-    assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
-    assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == redacted
+    assert_redacted_in_text_json_and_batch(text, redacted)
 
 
 # Any provider's key named in prose ("Your API key is 3f9a...", an answer reading credentials back) was stored
@@ -987,10 +986,7 @@ def test_an_aws_secret_key_named_in_prose_is_an_api_key(text, redacted):
     ("api key version 2024-01-15-preview", "api key version 2024-01-15-preview"),
 ])
 def test_a_credential_named_in_prose_is_redacted(text, redacted):
-    assert Sanitizer().redact(text)[0] == redacted
-    quoted = json.dumps({"content": text})
-    assert json.loads(Sanitizer().redact(quoted, json_text=True)[0]) == {"content": redacted}
-    assert pii().process(make_batch(make_span(input_value=text))).column("input_value")[0].as_py() == redacted
+    assert_redacted_in_text_json_and_batch(text, redacted)
 
 
 def test_the_context_types_can_be_disabled_one_by_one():
