@@ -632,7 +632,7 @@ def test_max_value_size_cuts_attribute_keys_too(start_collector):
     span = req.resource_spans[0].scope_spans[0].spans[0]
     span.attributes.add(key="k" * 300).value.string_value = "first"
     span.attributes.add(key="k" * 300).value.string_value = "a duplicate key: the first one wins"
-    span.attributes.add(key="k" * 400).value.string_value = "cut to the same key as the first"
+    span.attributes.add(key="k" * 400).value.string_value = "a longer key, cut to a key of its own"
     inner = span.attributes.add(key="doc").value.kvlist_value.values.add(key="é" * 80)  # 160 bytes in UTF-8
     inner.value.int_value = 7
     assert post(c, req.SerializeToString()).status_code == 200
