@@ -468,10 +468,9 @@ def _insert_incoming(con: duckdb.DuckDBPyConnection, now: Any) -> tuple[int, int
         row = con.execute("INSERT INTO spans SELECT * FROM _incoming_spans").fetchone()
         _mark_pending(con, returned, now)
         return (int(row[0]) if row else 0), len(returned)
-    firsts = [first for _, first in known if first is not None]
-    window = "s.received_at >= $2 AND " if len(firsts) == len(known) else ""
+    window, since = _received_since(known, "s.received_at")
     ids = unpacked("$1")
-    params: list[Any] = [packed(tid for tid, _ in known)] + ([min(firsts) - RECEIVED_MARGIN] if window else [])
+    params: list[Any] = [packed(tid for tid, _ in known), *since]
     arrived = con.execute(
         f"INSERT INTO spans SELECT i.* FROM _incoming_spans AS i WHERE NOT (list_contains({ids}, "
         f"i.trace_id) AND EXISTS (SELECT 1 FROM spans AS s WHERE {window}list_contains({ids}, "
@@ -493,14 +492,23 @@ def _not_an_arrival(con: duckdb.DuckDBPyConnection, traces: Sequence[tuple[str, 
     keeps its received_seq and its last arrival (its latest stored span's ``received_at``, the
     commit time that stamped it), and is not put back on pending_traces. Rare: a re-delivery only.
     """
-    firsts = [first for _, first in traces if first is not None]
-    window = "received_at >= $2 AND " if len(firsts) == len(traces) else ""
+    window, since = _received_since(traces, "received_at")
     con.execute(
         "UPDATE trace_state SET received_seq = trace_state.received_seq - 1, last_received_at = latest.at "
         f"FROM (SELECT trace_id, max(received_at) AS at FROM spans WHERE {window}"
         f"list_contains({unpacked('$1')}, trace_id) GROUP BY trace_id) AS latest "
         "WHERE trace_state.trace_id = latest.trace_id",
-        [packed(tid for tid, _ in traces)] + ([min(firsts) - RECEIVED_MARGIN] if window else []))
+        [packed(tid for tid, _ in traces), *since])
+
+
+def _received_since(traces: Sequence[tuple[str, Any]], column: str) -> tuple[str, list[Any]]:
+    """The ``<column> >= $2 AND `` filter (and its parameter) that keeps a scan of ``spans`` to the row
+    groups received since the earliest first arrival of ``traces`` (trace_id, first_received_at); none
+    when one of them has no first arrival recorded."""
+    firsts = [first for _, first in traces if first is not None]
+    if not firsts or len(firsts) != len(traces):
+        return "", []
+    return f"{column} >= $2 AND ", [min(firsts) - RECEIVED_MARGIN]
 
 
 def _mark_pending(con: duckdb.DuckDBPyConnection, returned: list[tuple[Any, ...]], now: Any) -> None:
