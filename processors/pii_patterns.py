@@ -183,7 +183,19 @@ def _credential_said(text: str, s: int, e: int, json_text: bool) -> tuple[str, i
     val = text[s:e]
     if e < len(text) and _word(text[e]) or not any(c.isdigit() for c in val) or not any(c.isalpha() for c in val):
         return None
+    if _an_identifier(val):
+        return None
     return _secret(text, s, e, json_text)
+
+
+_IDENTIFIER_PART = re.compile(r"[a-z]+|[A-Z]+|[0-9]+|[A-Za-z0-9]{1,3}")
+
+
+def _an_identifier(val: str) -> bool:
+    """A name made of words and numbers (``rotation_policy_2024_v2``, ``KEY_ROTATION_90_DAYS``) is what a
+    key is called, not a key: a generated value has a part mixing letters with digits or cases (and a
+    capitalised word, ``Production-Secret-2024``, may be a secret someone chose, so it is redacted)."""
+    return all(_IDENTIFIER_PART.fullmatch(part) for part in re.split(r"[_./~+=-]+", val) if part)
 
 
 def luhn_ok(digits: str) -> bool:

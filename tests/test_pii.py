@@ -984,6 +984,11 @@ def test_an_aws_secret_key_named_in_prose_is_an_api_key(text, redacted):
     ("The API key is 32 characters long", "The API key is 32 characters long"),
     ("the access token is expired", "the access token is expired"),
     ("api key version 2024-01-15-preview", "api key version 2024-01-15-preview"),
+    # a name made of words and numbers is what the key is called, not the key
+    ("rotate the api key rotation_policy_2024_v2 monthly", "rotate the api key rotation_policy_2024_v2 monthly"),
+    ("access token TOKEN_TTL_3600_SECONDS applies", "access token TOKEN_TTL_3600_SECONDS applies"),
+    ("client secret Production-Secret-2024 in the vault", "client secret <SECRET> in the vault"),
+    ("the session token a1b2c3d4_e5f6a7b8_c9d0 was revoked", "the session token <SECRET> was revoked"),
 ])
 def test_a_credential_named_in_prose_is_redacted(text, redacted):
     assert_redacted_in_text_json_and_batch(text, redacted)
