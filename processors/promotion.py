@@ -83,7 +83,7 @@ from typing import Any, ClassVar
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
 from tracesieve.processors.spanview import (
-    assistant_text, callback_arguments, list_item, response_text, tool_span_schema,
+    assistant_text, callback_arguments, list_item, response_text, tool_span_schema, vercel_tool_definitions,
 )
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
@@ -676,7 +676,8 @@ def _documents(span: SpanRow, limit: int) -> list[dict[str, Any]]:
 
 
 def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
-    """Tool name -> declared JSON schema of its parameters, from ``llm.tools`` or ``gen_ai.tool.definitions``,
+    """Tool name -> declared JSON schema of its parameters, from ``llm.tools``, ``gen_ai.tool.definitions`` or
+    the Vercel AI SDK's ``ai.prompt.tools``,
     else from a TOOL span's own ``tool.parameters`` schema (OpenAI Agents over Chat Completions)."""
     tools: dict[str, Any] = {}
     for s in spans:
@@ -693,6 +694,9 @@ def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
                 fn = spec.get("function") if isinstance(spec.get("function"), dict) else spec
                 if fn.get("name"):
                     tools.setdefault(str(fn["name"]), fn.get("parameters") or {})
+        for spec in vercel_tool_definitions(s):
+            if isinstance(spec, dict) and spec.get("name"):
+                tools.setdefault(str(spec["name"]), spec.get("inputSchema") or spec.get("parameters") or {})
     for s in spans:
         name, schema = s.get("tool_name"), tool_span_schema(s)
         if isinstance(name, str) and name and schema is not None and not tools.get(name):
