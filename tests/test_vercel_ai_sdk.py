@@ -56,3 +56,37 @@ def test_tool_calls_the_sdk_refused_are_tool_argument_failures_and_its_tools_cou
                           "AND observed::VARCHAR LIKE '%is not of type%'")
     tools = json.loads(candidate["context"])["available_tools"]
     assert tools == ["get_weather"]
+
+
+def test_provider_calls_show_what_was_sent_and_answered_and_embeddings_their_model(start_collector):
+    """A provider-call step (``ai.generateText.doGenerate``, ``ai.streamText.doStream``) records its messages in
+    ``ai.prompt.messages`` and, when the model called a tool, the calls in ``ai.response.toolCalls`` (a stream
+    step also an empty ``ai.response.text``); an ``ai.embed.doEmbed`` its model in ``ai.model.id``, its tokens
+    in ``ai.usage.tokens`` and its text in ``ai.value`` (``ai.values``: one JSON text per value), with no
+    ``gen_ai`` key. Their input_value, the tool-calling steps' output_value and the embedding's model and
+    tokens were empty. The outer calls (ai.generateText, ai.embed) repeat or sum their steps: no model or
+    tokens there, so a trace's spend is counted once."""
+    c = start_collector(FAST_JUDGE)
+    send_runs(c, "clean_tool_run", "streamed_tool_run", "embed")
+    rows = c.query("SELECT name, input_value, input_mime_type, output_value, output_mime_type, llm_model_name, "
+                   "llm_provider, llm_token_count_prompt, llm_token_count_total FROM spans ORDER BY start_time")
+    steps = [r for r in rows if r["name"] in ("ai.generateText.doGenerate", "ai.streamText.doStream")]
+    assert len(steps) == 4
+    for step in steps:
+        first = json.loads(step["input_value"])[0]
+        assert first["role"] == "user" and first["content"][0]["text"] in ("What is the weather in Paris?",
+                                                                          "Weather in Rome?")
+        assert step["input_mime_type"] == "application/json"
+    calling = [s for s in steps if s["output_mime_type"] == "application/json"]
+    assert [json.loads(s["output_value"])[0]["toolName"] for s in calling] == ["get_weather", "get_weather"]
+    assert [s["output_value"] for s in steps if s not in calling] == ["It is sunny in Paris, 21C.",
+                                                                      "Rome is warm today."]
+    by_name = {r["name"]: r for r in rows}
+    embed_call = by_name["ai.embed.doEmbed"]
+    assert (embed_call["llm_model_name"], embed_call["llm_provider"]) == ("text-embedding-3-small",
+                                                                         "openai.embedding")
+    assert (embed_call["llm_token_count_prompt"], embed_call["llm_token_count_total"]) == (5, 5)
+    assert json.loads(embed_call["input_value"]) == ["sunny day in Paris"]
+    assert by_name["ai.embed"]["input_value"] == "sunny day in Paris"
+    assert by_name["ai.embed"]["llm_token_count_total"] is None
+    assert by_name["ai.generateText"]["llm_token_count_total"] is None
