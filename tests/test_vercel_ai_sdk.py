@@ -90,3 +90,17 @@ def test_provider_calls_show_what_was_sent_and_answered_and_embeddings_their_mod
     assert by_name["ai.embed"]["input_value"] == "sunny day in Paris"
     assert by_name["ai.embed"]["llm_token_count_total"] is None
     assert by_name["ai.generateText"]["llm_token_count_total"] is None
+
+
+def test_an_object_breaking_its_schema_is_a_format_violation_not_a_provider_error(start_collector):
+    """``generateObject`` asks the model for JSON following a zod schema; the outer span records it in
+    ``ai.schema``, the provider-call step the answer in ``ai.response.object``, and an answer that breaks it,
+    does not parse or is cut at the token limit fails the outer span (NoObjectGeneratedError). That was an
+    llm_error, as if the provider had failed; it is the format_violation (or the truncation) on the step."""
+    c = start_collector(FAST_JUDGE)
+    send_runs(c, "object_breaks_schema", "object_not_json", "object_cut_at_token_limit", "object_matches_schema")
+    assert detections_by_run(c) == {
+        "objbad": [("ai.generateObject.doGenerate", "format_violation", "output_schema")],
+        "objtext": [("ai.generateObject.doGenerate", "format_violation", "json_output")],
+        "objtrunc": [("ai.generateObject.doGenerate", "truncation", "finish_length")],
+    }
