@@ -1067,6 +1067,13 @@ def _vercel_object_rejected(view: TraceView, span: SpanRow, cfg: RuleSettings) -
     return any(step["span_id"] in reported for step in steps)
 
 
+def _abnormal_finish(reason: str) -> str | None:
+    """``error`` or ``content_filter`` when a finish reason says the provider stopped the answer abnormally;
+    the Vercel AI SDK spells the latter ``content-filter`` (its unified reasons are hyphenated)."""
+    normal = reason.lower().replace("-", "_")
+    return normal if normal in ("error", "content_filter") else None
+
+
 def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """An LLM, AGENT or CHAIN span failed (provider error, rate limit, timeout, ...), not merely passing up a descendant's error."""
     found = []
@@ -1086,9 +1093,9 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                 {"kind": span_kind(s), "model": s.get("llm_model_name"), "provider": s.get("llm_provider"), **facts},
             ))
             continue
-        bad = [(w, v) for w, v in view.finish_reasons(s) if v.lower() in ("error", "content_filter")]
+        bad = [(w, v) for w, v in view.finish_reasons(s) if _abnormal_finish(v) is not None]
         if bad:
-            cls = "content_filter" if bad[0][1].lower() == "content_filter" else "provider_error"
+            cls = "content_filter" if _abnormal_finish(bad[0][1]) == "content_filter" else "provider_error"
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",
                 f"{s.get('llm_model_name') or s.get('name')} stopped abnormally (finish reason {bad[0][1]})",

@@ -104,3 +104,13 @@ def test_an_object_breaking_its_schema_is_a_format_violation_not_a_provider_erro
         "objtext": [("ai.generateObject.doGenerate", "format_violation", "json_output")],
         "objtrunc": [("ai.generateObject.doGenerate", "truncation", "finish_length")],
     }
+
+
+def test_an_answer_the_provider_filtered_is_an_llm_error(start_collector):
+    """The SDK unifies providers' finish reasons and hyphenates them: OpenAI's ``content_filter`` is recorded as
+    ``content-filter`` (in ``gen_ai.response.finish_reasons`` too), which was taken for a normal end."""
+    c = start_collector(FAST_JUDGE)
+    send_runs(c, "content_filtered")
+    assert detections_by_run(c) == {"filtered": [("ai.generateText.doGenerate", "llm_error", "llm_call_error")]}
+    [evidence] = c.query("SELECT evidence->>'$.classification' AS classification FROM detections")
+    assert evidence["classification"] == "content_filter"
