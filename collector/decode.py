@@ -39,6 +39,9 @@ _GENAI_OPERATION_KIND = {
 }
 #: OpenLLMetry copies LangChain run metadata / association properties here (session_id, thread_id, ...).
 _TRACELOOP_SESSION = tuple(f"traceloop.association.properties.{k}" for k in ("session_id", "conversation_id", "thread_id"))
+#: The Vercel AI SDK copies ``experimental_telemetry.metadata`` here; ``sessionId`` / ``userId`` are the keys
+#: its tracing integrations (Langfuse's among them) ask users to set for the conversation and the user.
+_VERCEL_SESSION, _VERCEL_USER = "ai.telemetry.metadata.sessionId", "ai.telemetry.metadata.userId"
 _TRACELOOP_KIND = {"workflow": "CHAIN", "task": "TOOL", "agent": "AGENT", "tool": "TOOL", "llm": "LLM"}
 #: OpenLLMetry's model calls say which API they called in ``llm.request.type`` (no gen_ai.operation.name
 #: before its v0.55): an embeddings or rerank call is not a chat.
@@ -397,8 +400,10 @@ def _append_span(
     append("status_code").append(_STATUS.get(span.status.code, "UNSET"))
     append("status_message").append(walker.text(span.status.message) or None)
     append("service_name").append(service_name)
-    append("session_id").append(_first_str(flat, "session.id", "gen_ai.conversation.id", *_TRACELOOP_SESSION))
-    append("user_id").append(_first_str(flat, "user.id", "enduser.id", "traceloop.association.properties.user_id"))
+    append("session_id").append(_first_str(flat, "session.id", "gen_ai.conversation.id", *_TRACELOOP_SESSION,
+                                           _VERCEL_SESSION))
+    append("user_id").append(_first_str(flat, "user.id", "enduser.id", "traceloop.association.properties.user_id",
+                                        _VERCEL_USER))
     append("input_value").append(input_value)
     append("input_mime_type").append(input_mime)
     append("output_value").append(output_value)

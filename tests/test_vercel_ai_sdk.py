@@ -114,3 +114,16 @@ def test_an_answer_the_provider_filtered_is_an_llm_error(start_collector):
     assert detections_by_run(c) == {"filtered": [("ai.generateText.doGenerate", "llm_error", "llm_call_error")]}
     [evidence] = c.query("SELECT evidence->>'$.classification' AS classification FROM detections")
     assert evidence["classification"] == "content_filter"
+
+
+def test_session_and_user_come_from_the_telemetry_metadata(start_collector):
+    """``experimental_telemetry: {metadata: {sessionId, userId}}`` (the keys the SDK's tracing integrations
+    ask for) is recorded as ``ai.telemetry.metadata.sessionId`` / ``.userId`` on every span of the call: the
+    session_id and user_id columns, and so a candidate's session, stayed empty."""
+    c = start_collector(FAST_JUDGE)
+    send_runs(c, "clean_tool_run", "arguments_break_schema")
+    rows = c.query("SELECT DISTINCT session_id, user_id FROM spans ORDER BY 1")
+    assert rows == [{"session_id": "sess-badargs", "user_id": "user-badargs"},
+                    {"session_id": "sess-clean", "user_id": "user-clean"}]
+    [source] = c.query("SELECT source->>'$.session_id' AS session FROM candidates")
+    assert source["session"] == "sess-badargs"
