@@ -53,6 +53,7 @@ _VERCEL_AI_KIND = {
     "ai.streamObject": "AGENT", "ai.generateText.doGenerate": "LLM", "ai.streamText.doStream": "LLM",
     "ai.generateObject.doGenerate": "LLM", "ai.streamObject.doStream": "LLM", "ai.embed": "EMBEDDING",
     "ai.embedMany": "EMBEDDING", "ai.embed.doEmbed": "EMBEDDING", "ai.embedMany.doEmbed": "EMBEDDING",
+    "ai.rerank": "RERANKER", "ai.rerank.doRerank": "RERANKER",
 }
 #: Its provider calls, one per model request. Only they name the model and count tokens: the outer call
 #: (``ai.generateText``, ``ai.embed``) sums or repeats its steps' counts, and reading both doubled a

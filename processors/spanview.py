@@ -593,7 +593,8 @@ def _tool_definition(raw: Any) -> tuple[str, Any] | None:
     name = fn.get("name")
     if not isinstance(name, str):
         return None
-    params = loose(fn.get("parameters", fn.get("input_schema", fn.get("parametersJsonSchema", fn.get("inputSchema")))))
+    params = fn.get("parameters", fn.get("input_schema", fn.get("parametersJsonSchema", fn.get("inputSchema"))))
+    params = loose(params)
     return name, params
 
 

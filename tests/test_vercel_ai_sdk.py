@@ -67,7 +67,7 @@ def test_provider_calls_show_what_was_sent_and_answered_and_embeddings_their_mod
     tokens were empty. The outer calls (ai.generateText, ai.embed) repeat or sum their steps: no model or
     tokens there, so a trace's spend is counted once."""
     c = start_collector(FAST_JUDGE)
-    send_runs(c, "clean_tool_run", "streamed_tool_run", "embed")
+    send_runs(c, "clean_tool_run", "streamed_tool_run", "embed", "embed_many")
     rows = c.query("SELECT name, input_value, input_mime_type, output_value, output_mime_type, llm_model_name, "
                    "llm_provider, llm_token_count_prompt, llm_token_count_total FROM spans ORDER BY start_time")
     steps = [r for r in rows if r["name"] in ("ai.generateText.doGenerate", "ai.streamText.doStream")]
@@ -90,6 +90,18 @@ def test_provider_calls_show_what_was_sent_and_answered_and_embeddings_their_mod
     assert by_name["ai.embed"]["input_value"] == "sunny day in Paris"
     assert by_name["ai.embed"]["llm_token_count_total"] is None
     assert by_name["ai.generateText"]["llm_token_count_total"] is None
+    assert json.loads(by_name["ai.embedMany.doEmbed"]["input_value"]) == ["a", "b"]
+    assert by_name["ai.embedMany.doEmbed"]["llm_model_name"] == "text-embedding-3-small"
+
+
+def test_rerank_spans_are_rerankers(start_collector):
+    """``rerank()`` (new in ``ai`` 6) records ``ai.rerank`` around ``ai.rerank.doRerank``, no gen_ai key: UNKNOWN."""
+    c = start_collector(FAST_JUDGE)
+    send_runs(c, "rerank")
+    rows = c.query("SELECT name, span_kind FROM spans ORDER BY name")
+    assert rows == [{"name": "ai.rerank", "span_kind": "RERANKER"},
+                    {"name": "ai.rerank.doRerank", "span_kind": "RERANKER"}]
+    assert c.query("SELECT failure_mode FROM detections") == []
 
 
 def test_an_object_breaking_its_schema_is_a_format_violation_not_a_provider_error(start_collector):
