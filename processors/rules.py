@@ -1307,7 +1307,7 @@ def irreversible_after_failure(view: TraceView, cfg: RuleSettings, failures: Seq
         others = [f for f in failures if f.failure_mode not in ("latency_breach", "blast_radius_breach")
                   and not (f.span_id == s["span_id"] and f.failure_mode == "tool_invocation")]
         causes = [{"span_id": f.span_id, "failure_mode": f.failure_mode, "detector": f.detector} for f in others]
-        covered = {f.span_id for f in others}
+        covered = {f.span_id for f in others} | _reporting_its_failure(view, s)
         causes += [{"span_id": e["span_id"], "failure_mode": None, "detector": None, "status_code": "ERROR"}
                    for e in view.spans if is_error(e) and e["span_id"] != s["span_id"] and e["span_id"] not in covered]
         if not causes:
@@ -1325,6 +1325,24 @@ def irreversible_after_failure(view: TraceView, cfg: RuleSettings, failures: Seq
             tool=name,
         ))
     return found
+
+
+def _reporting_its_failure(view: TraceView, tool: SpanRow) -> set[str]:
+    """The errored ancestors of a failed tool span that only pass its failure up (the agent call it ended:
+    the Vercel AI SDK 4's ``generateText`` rethrows a tool's error). The tool's own failure is its
+    tool_invocation; counted as another failure of the trace, the irreversible tool that failed was a
+    blast_radius_breach of itself."""
+    if not failed(tool):
+        return set()
+    ancestors: set[str] = set()
+    seen = {tool["span_id"]}
+    parent = view.by_id.get(str(tool.get("parent_span_id") or ""))
+    while parent is not None and parent["span_id"] not in seen:
+        seen.add(parent["span_id"])
+        if is_error(parent) and _same_failure(parent, tool):
+            ancestors.add(parent["span_id"])
+        parent = view.by_id.get(str(parent.get("parent_span_id") or ""))
+    return ancestors
 
 
 def _ended_before(span: SpanRow | None, start: Any) -> bool:

@@ -139,3 +139,19 @@ def test_session_and_user_come_from_the_telemetry_metadata(start_collector):
                     {"session_id": "sess-clean", "user_id": "user-clean"}]
     [source] = c.query("SELECT source->>'$.session_id' AS session FROM candidates")
     assert source["session"] == "sess-badargs"
+
+
+def test_an_irreversible_tool_that_fails_is_not_a_breach_of_itself(start_collector):
+    """``ai`` 4 (4.3.19, still widely deployed) rethrows a tool's error from ``generateText``: the outer span
+    errors with the tool's own message (``testdata/vercel_ai_sdk_4_tool_error.json``). That re-report was
+    taken for another failure of the trace, so an irreversible tool that failed was also a P0
+    blast_radius_breach "in the same trace as a failure": itself. It is one tool_invocation."""
+    c = start_collector({"processors": {"detectors": {
+        "decision_wait": "300ms", "blast_radius": {"refund_payment": "irreversible_write"}}}})
+    body = (TESTDATA / "vercel_ai_sdk_4_tool_error.json").read_bytes()
+    response = httpx.post(f"{c.http_url}/v1/traces", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200
+    c.wait_for("SELECT count(*) AS n FROM trace_state WHERE judged_seq = received_seq", lambda r: r[0]["n"] == 1)
+    assert detections_by_run(c) == {"toolthrows": [("ai.toolCall", "tool_invocation", "tool_error")]}
+    [candidate] = c.query("SELECT failure_mode, blast_radius FROM candidates")
+    assert candidate == {"failure_mode": "tool_invocation", "blast_radius": "irreversible_write"}
