@@ -83,7 +83,8 @@ from typing import Any, ClassVar
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
 from tracesieve.processors.spanview import (
-    assistant_text, callback_arguments, list_item, response_text, tool_span_schema, vercel_tool_definitions,
+    assistant_text, callback_arguments, list_item, response_text, tool_span_schema, vercel_input_messages,
+    vercel_output_messages, vercel_tool_definitions,
 )
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
@@ -384,7 +385,8 @@ def _genai_message(item: Any, ids: bool = False) -> dict[str, Any] | None:
 
 
 def span_input_messages(span: SpanRow, ids: bool = False) -> list[dict[str, Any]]:
-    """Input messages of a span in OpenInference or GenAI form (empty when it has none)."""
+    """Input messages of a span in OpenInference or GenAI form, or a Vercel AI SDK provider call's (empty when it
+    has none)."""
     a = _attrs(span)
     oi = [m for m in (_oi_message(i, ids) for i in _as_list(_get(a, "llm.input_messages"))) if m]
     if oi:
@@ -393,6 +395,9 @@ def span_input_messages(span: SpanRow, ids: bool = False) -> list[dict[str, Any]
         msgs = [m for m in (_genai_message(i, ids) for i in _as_list(_get(a, key))) if m]
         if msgs:
             return msgs
+    msgs = [m for m in (_genai_message(i, ids) for i in vercel_input_messages(span)) if m]
+    if msgs:
+        return msgs
     prompts = [_content_text(_get(p, "prompt.text") if isinstance(p, dict) else p)
                for p in _as_list(_get(a, "llm.prompts"))]
     prompts = [p for p in prompts if p]
@@ -745,6 +750,7 @@ def _requested_calls(spans: Sequence[SpanRow], limit: int) -> list[dict[str, Any
             in_order = unnamed
         outs = [_oi_message(i, True) for i in _as_list(_get(a, "llm.output_messages"))]
         outs += [_genai_message(i, True) for i in _as_list(_get(a, "gen_ai.output.messages"))]
+        outs += [_genai_message(i, True) for i in vercel_output_messages(s)]
         for out in outs:
             for c in (out or {}).get("tool_calls", []):
                 add(s, c, False)

@@ -328,54 +328,54 @@ def is_vercel_model_call(span: SpanRow) -> bool:
 
 
 def _vercel_tool_call(part: Mapping[str, Any]) -> dict[str, Any]:
-    """{id, name, arguments} of a Vercel tool call: ``input`` (JSON text from a generate step, an object from
-    a stream step; ``args`` before ``ai`` 5)."""
-    return {"id": part.get("toolCallId"), "name": part.get("toolName"),
+    """A Vercel tool call as a GenAI ``tool_call`` part: its ``input`` is JSON text from a generate step, an
+    object from a stream step (``args`` before ``ai`` 5)."""
+    return {"type": "tool_call", "id": part.get("toolCallId"), "name": part.get("toolName"),
             "arguments": part.get("input", part.get("args"))}
 
 
-def _vercel_output_messages(a: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The answer of a Vercel provider call: ``ai.response.text`` (or ``.object``, generateObject's JSON) and
-    the tool calls the model asked for in ``ai.response.toolCalls``, which the SDK validates against the
-    tool's schema before running it: a call it refused never became an ``ai.toolCall`` span."""
-    if dig(a, "ai", "operationId") not in VERCEL_MODEL_CALLS:
-        return []
-    response = dig(a, "ai", "response")
+def vercel_output_messages(span: SpanRow) -> list[dict[str, Any]]:
+    """The answer of a Vercel provider call as GenAI output messages (``{role, parts, finish_reason}``):
+    ``ai.response.text`` (or ``.object``, generateObject's JSON) and the tool calls the model asked for in
+    ``ai.response.toolCalls``, which the SDK validates against the tool's schema before running it: a call it
+    refused never became an ``ai.toolCall`` span. Empty for any other span."""
+    response = dig(attrs(span), "ai", "response") if is_vercel_model_call(span) else None
     if not isinstance(response, dict):
         return []
-    calls = [_vercel_tool_call(c) for c in as_list(response.get("toolCalls")) if isinstance(c, dict)]
+    parts = [_vercel_tool_call(c) for c in as_list(response.get("toolCalls")) if isinstance(c, dict)]
     text = response.get("text") or response.get("object")
-    if not calls and not isinstance(text, str):
-        return []
+    if isinstance(text, str):
+        parts.insert(0, {"type": "text", "content": text})
     reason = response.get("finishReason")
-    return [{"role": "assistant", "text": text if isinstance(text, str) else "", "tool_calls": calls,
-             "finish_reason": reason if isinstance(reason, str) else None}]
+    return [{"role": "assistant", "parts": parts, "finish_reason": reason}] if parts else []
 
 
-def _vercel_input_messages(a: Mapping[str, Any]) -> list[dict[str, Any]]:
+def vercel_input_messages(span: SpanRow) -> list[dict[str, Any]]:
     """The messages a Vercel provider call sent (``ai.prompt.messages``: ``{role, content}``, content a text or
-    parts: ``text``, ``tool-call``, ``tool-result`` with its ``output: {type, value}``, ``result`` before 5)."""
-    if dig(a, "ai", "operationId") not in VERCEL_MODEL_CALLS:
+    parts: ``text``, ``tool-call``, ``tool-result`` with its ``output: {type, value}``, ``result`` before 5) as
+    GenAI input messages (``{role, parts}``). Empty for any other span."""
+    if not is_vercel_model_call(span):
         return []
     out = []
-    for msg in as_list(dig(a, "ai", "prompt", "messages")):
+    for msg in as_list(dig(attrs(span), "ai", "prompt", "messages")):
         if not isinstance(msg, dict):
             continue
         content = msg.get("content")
-        texts, calls, responses = [content] if isinstance(content, str) else [], [], []
+        parts: list[dict[str, Any]] = [{"type": "text", "content": content}] if isinstance(content, str) else []
         for part in content if isinstance(content, list) else []:
             if not isinstance(part, dict):
                 continue
             ptype = part.get("type")
             if ptype == "text" and isinstance(part.get("text"), str):
-                texts.append(part["text"])
+                parts.append({"type": "text", "content": part["text"]})
             elif ptype == "tool-call":
-                calls.append(_vercel_tool_call(part))
+                parts.append(_vercel_tool_call(part))
             elif ptype == "tool-result":
                 result = part.get("output", part.get("result"))
-                responses.append(result.get("value") if isinstance(result, dict) and "type" in result else result)
-        out.append({"role": msg.get("role"), "text": "\n".join(texts), "tool_calls": calls, "finish_reason": None,
-                    "responses": responses})
+                parts.append({"type": "tool_call_response", "id": part.get("toolCallId"),
+                              "response": result.get("value") if isinstance(result, dict) and "type" in result
+                              else result})
+        out.append({"role": msg.get("role"), "parts": parts})
     return out
 
 
@@ -396,7 +396,7 @@ def output_messages(span: SpanRow) -> list[dict[str, Any]]:
     msgs = _legacy_genai_messages(dig(a, "gen_ai", "completion"))
     if msgs:
         return msgs
-    msgs = _vercel_output_messages(a)
+    msgs = _genai_messages(vercel_output_messages(span))
     if msgs:
         return msgs
     choices = as_list(dig(a, "llm", "choices"))
@@ -412,7 +412,7 @@ def input_messages(span: SpanRow) -> list[dict[str, Any]]:
     msgs = _genai_messages(dig(a, "gen_ai", "input", "messages"))
     if msgs:
         return msgs
-    msgs = _vercel_input_messages(a)
+    msgs = _genai_messages(vercel_input_messages(span))
     if msgs:
         return msgs
     return _legacy_genai_messages(dig(a, "gen_ai", "prompt"))

@@ -155,3 +155,21 @@ def test_an_irreversible_tool_that_fails_is_not_a_breach_of_itself(start_collect
     assert detections_by_run(c) == {"toolthrows": [("ai.toolCall", "tool_invocation", "tool_error")]}
     [candidate] = c.query("SELECT failure_mode, blast_radius FROM candidates")
     assert candidate == {"failure_mode": "tool_invocation", "blast_radius": "irreversible_write"}
+
+
+def test_candidates_carry_the_calls_the_model_asked_for_and_the_system_prompt(start_collector):
+    """A candidate's context lists the tool calls (executed, else requested) and its source the system prompt,
+    read from the model calls' messages. A Vercel provider call's were not read: a tool_argument candidate
+    listed no call at all (the refused one never ran), and no candidate had a system prompt."""
+    c = start_collector(FAST_JUDGE)
+    send_runs(c, "arguments_break_schema", "conversation_tool_error")
+    rows = c.query("SELECT failure_mode, input, context, source->>'$.system_prompt' AS system_prompt FROM candidates "
+                   "ORDER BY failure_mode")
+    assert [r["failure_mode"] for r in rows] == ["tool_argument", "tool_invocation"]
+    [requested] = json.loads(rows[0]["context"])["tool_calls"]
+    assert (requested["name"], requested["arguments"], requested["requested_only"]) == (
+        "get_weather", {"city": 42}, True)
+    assert "Type validation failed" in requested["result"]  # what the SDK told the model
+    assert rows[1]["system_prompt"] == "You are a support agent."
+    assert json.loads(rows[1]["input"]) == {"user_message": "Refund order A-17", "conversation_history": [
+        {"role": "user", "content": "Hi, I am Jane"}, {"role": "assistant", "content": "Hello Jane, how can I help?"}]}
