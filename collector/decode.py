@@ -615,8 +615,9 @@ def _is_json_text(value: Any) -> bool:
     return True
 
 
+#: Content keys that always hold JSON text (the Vercel AI SDK ``JSON.stringify``s a tool's input and its output).
 _JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", "ai.toolCall.args", "ai.prompt",
-                             "ai.response.object"})
+                             "ai.response.object", "ai.toolCall.result"})
 
 
 def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, kind: str) -> str | None:

@@ -82,6 +82,8 @@ def test_provider_calls_show_what_was_sent_and_answered_and_embeddings_their_mod
     assert [s["output_value"] for s in steps if s not in calling] == ["It is sunny in Paris, 21C.",
                                                                       "Rome is warm today."]
     by_name = {r["name"]: r for r in rows}
+    tool = by_name["ai.toolCall"]  # the SDK JSON.stringify()s a tool's input and output alike
+    assert (tool["input_mime_type"], tool["output_mime_type"]) == ("application/json", "application/json")
     embed_call = by_name["ai.embed.doEmbed"]
     assert (embed_call["llm_model_name"], embed_call["llm_provider"]) == ("text-embedding-3-small",
                                                                          "openai.embedding")
