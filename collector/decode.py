@@ -55,13 +55,10 @@ _VERCEL_AI_KIND = {
     "ai.embedMany": "EMBEDDING", "ai.embed.doEmbed": "EMBEDDING", "ai.embedMany.doEmbed": "EMBEDDING",
     "ai.rerank": "RERANKER", "ai.rerank.doRerank": "RERANKER",
 }
-#: Its provider calls, one per model request. Only they name the model and count tokens: the outer call
-#: (``ai.generateText``, ``ai.embed``) sums or repeats its steps' counts, and reading both doubled a
-#: trace's token spend.
-_VERCEL_PROVIDER_CALLS = frozenset({
-    "ai.generateText.doGenerate", "ai.streamText.doStream", "ai.generateObject.doGenerate",
-    "ai.streamObject.doStream", "ai.embed.doEmbed", "ai.embedMany.doEmbed",
-})
+#: Its provider calls (``.doGenerate``, ``.doStream``, ``.doEmbed``, ``.doRerank``), one per model request. Only
+#: they name the model and count tokens: the outer call (``ai.generateText``, ``ai.embed``) sums or repeats
+#: its steps' counts, and reading both doubled a trace's token spend.
+_VERCEL_PROVIDER_CALLS = frozenset(op for op in _VERCEL_AI_KIND if ".do" in op)
 _KNOWN_KINDS = frozenset(SPAN_KINDS)
 _ZERO_SPAN = bytes(8)
 #: What an OTLP/JSON id that is neither hex nor base64 of the right size decodes to: a length no id
