@@ -39,6 +39,9 @@ _GENAI_OPERATION_KIND = {
 }
 #: OpenLLMetry copies LangChain run metadata / association properties here (session_id, thread_id, ...).
 _TRACELOOP_SESSION = tuple(f"traceloop.association.properties.{k}" for k in ("session_id", "conversation_id", "thread_id"))
+#: The Vercel AI SDK copies ``experimental_telemetry.metadata`` here; ``sessionId`` / ``userId`` are the keys
+#: its tracing integrations (Langfuse's among them) ask users to set for the conversation and the user.
+_VERCEL_SESSION, _VERCEL_USER = "ai.telemetry.metadata.sessionId", "ai.telemetry.metadata.userId"
 _TRACELOOP_KIND = {"workflow": "CHAIN", "task": "TOOL", "agent": "AGENT", "tool": "TOOL", "llm": "LLM"}
 #: OpenLLMetry's model calls say which API they called in ``llm.request.type`` (no gen_ai.operation.name
 #: before its v0.55): an embeddings or rerank call is not a chat.
@@ -50,7 +53,12 @@ _VERCEL_AI_KIND = {
     "ai.streamObject": "AGENT", "ai.generateText.doGenerate": "LLM", "ai.streamText.doStream": "LLM",
     "ai.generateObject.doGenerate": "LLM", "ai.streamObject.doStream": "LLM", "ai.embed": "EMBEDDING",
     "ai.embedMany": "EMBEDDING", "ai.embed.doEmbed": "EMBEDDING", "ai.embedMany.doEmbed": "EMBEDDING",
+    "ai.rerank": "RERANKER", "ai.rerank.doRerank": "RERANKER",
 }
+#: Its provider calls (``.doGenerate``, ``.doStream``, ``.doEmbed``, ``.doRerank``), one per model request. Only
+#: they name the model and count tokens: the outer call (``ai.generateText``, ``ai.embed``) sums or repeats
+#: its steps' counts, and reading both doubled a trace's token spend.
+_VERCEL_PROVIDER_CALLS = frozenset(op for op in _VERCEL_AI_KIND if ".do" in op)
 _KNOWN_KINDS = frozenset(SPAN_KINDS)
 _ZERO_SPAN = bytes(8)
 #: What an OTLP/JSON id that is neither hex nor base64 of the right size decodes to: a length no id
@@ -367,6 +375,9 @@ def _append_span(
     completion = _first_int(flat, "llm.token_count.completion", "gen_ai.usage.output_tokens",
                             "gen_ai.usage.completion_tokens")
     total = _first_int(flat, "llm.token_count.total", "llm.usage.total_tokens", "gen_ai.usage.total_tokens")
+    vercel_call = flat.get("ai.operationId") in _VERCEL_PROVIDER_CALLS
+    if prompt is None and vercel_call:
+        prompt = _first_int(flat, "ai.usage.tokens")  # an embedding call: its gen_ai-less input token count
     if total is None and prompt is not None:
         if completion is not None:
             total = prompt + completion if prompt + completion in _INT64 else None
@@ -387,8 +398,10 @@ def _append_span(
     append("status_code").append(_STATUS.get(span.status.code, "UNSET"))
     append("status_message").append(walker.text(span.status.message) or None)
     append("service_name").append(service_name)
-    append("session_id").append(_first_str(flat, "session.id", "gen_ai.conversation.id", *_TRACELOOP_SESSION))
-    append("user_id").append(_first_str(flat, "user.id", "enduser.id", "traceloop.association.properties.user_id"))
+    append("session_id").append(_first_str(flat, "session.id", "gen_ai.conversation.id", *_TRACELOOP_SESSION,
+                                           _VERCEL_SESSION))
+    append("user_id").append(_first_str(flat, "user.id", "enduser.id", "traceloop.association.properties.user_id",
+                                        _VERCEL_USER))
     append("input_value").append(input_value)
     append("input_mime_type").append(input_mime)
     append("output_value").append(output_value)
@@ -396,8 +409,10 @@ def _append_span(
     append("llm_model_name").append(_first_str(
         flat, "llm.model_name", "gen_ai.response.model", "gen_ai.request.model", "llm.response.model_name",
         "llm.request.model_name", "embedding.model_name")
-        or (_response_model(output_value) if kind == "LLM" else None) or _requested_model(flat))
-    provider = _first_str(flat, "llm.provider", "gen_ai.provider.name", "gen_ai.system", "llm.system")
+        or (_response_model(output_value) if kind == "LLM" else None) or _requested_model(flat)
+        or (_first_str(flat, "ai.model.id") if vercel_call else None))
+    provider = (_first_str(flat, "llm.provider", "gen_ai.provider.name", "gen_ai.system", "llm.system")
+                or (_first_str(flat, "ai.model.provider") if vercel_call else None))
     append("llm_provider").append(provider.lower() if provider else None)
     append("llm_finish_reason").append(_finish_reason(flat, span.events, output_value, kind))
     append("llm_token_count_prompt").append(prompt)
@@ -472,10 +487,15 @@ def _io_value(flat: dict[str, Any], side: str, kind: str, events: Any,
         )
         for key in fallbacks:
             if flat.get(key) is not None:
+                if key == "ai.response.text" and flat[key] == "" and flat.get("ai.response.toolCalls") is not None:
+                    continue  # a stream step that only called tools records an empty text; its calls say more
                 value = flat[key]
                 if mime is None and (key in _JSON_FALLBACKS or key in _TOOL_IO_KEYS and _is_json_text(value)):
                     mime = "application/json"
                 break
+    if value is None and isinstance(flat.get("ai.operationId"), str):
+        value, vercel_mime = _vercel_content(flat, side)
+        mime = mime or vercel_mime
     if value is None:
         value = _legacy_genai_content(flat, side, events, walker)
         if mime is None and (isinstance(value, list) or (isinstance(value, str) and value[:1] in ("[", "{"))):
@@ -486,6 +506,34 @@ def _io_value(flat: dict[str, Any], side: str, kind: str, events: Any,
         value = _dumps([_json_item(v) for v in value] if isinstance(value, list) else value)
         mime = mime or "application/json"
     return value, mime if isinstance(mime, str) else None
+
+
+def _vercel_content(flat: dict[str, Any], side: str) -> tuple[Any, str | None]:
+    """What a Vercel AI SDK span sent or received beyond its tool call and answer text: a provider call's
+    messages (``ai.prompt.messages``) and the tool calls it got back (``ai.response.toolCalls``), an embedding
+    call's text (``ai.value``, or ``ai.values``, one JSON text per value). (value, mime type); (None, None)."""
+    if side == "output":
+        calls = flat.get("ai.response.toolCalls")
+        return (calls, "application/json") if calls is not None else (None, None)
+    if flat.get("ai.prompt.messages") is not None:
+        return flat["ai.prompt.messages"], "application/json"
+    values = flat.get("ai.values")
+    if isinstance(values, list):
+        return _dumps([_json_value(v) for v in values]), "application/json"
+    value = _json_value(flat.get("ai.value"))
+    if value is None or isinstance(value, str):
+        return value, None
+    return _dumps(value), "application/json"
+
+
+def _json_value(text: Any) -> Any:
+    """A value the Vercel AI SDK recorded as its JSON text (``"\"sunny day\""``) parsed back; else unchanged."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
 
 
 #: The deprecated GenAI conventions' per-message span events (semconv 1.28 - 1.36), input side; their
@@ -564,8 +612,9 @@ def _is_json_text(value: Any) -> bool:
     return True
 
 
+#: Content keys that always hold JSON text (the Vercel AI SDK ``JSON.stringify``s a tool's input and its output).
 _JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", "ai.toolCall.args", "ai.prompt",
-                             "ai.response.object"})
+                             "ai.response.object", "ai.toolCall.result"})
 
 
 def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, kind: str) -> str | None:

@@ -83,7 +83,8 @@ from typing import Any, ClassVar
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
 from tracesieve.processors.spanview import (
-    assistant_text, callback_arguments, list_item, response_text, tool_span_schema,
+    assistant_text, callback_arguments, list_item, response_text, tool_span_schema, vercel_input_messages,
+    vercel_output_messages, vercel_tool_definitions,
 )
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
@@ -384,7 +385,8 @@ def _genai_message(item: Any, ids: bool = False) -> dict[str, Any] | None:
 
 
 def span_input_messages(span: SpanRow, ids: bool = False) -> list[dict[str, Any]]:
-    """Input messages of a span in OpenInference or GenAI form (empty when it has none)."""
+    """Input messages of a span in OpenInference or GenAI form, or a Vercel AI SDK provider call's (empty when it
+    has none)."""
     a = _attrs(span)
     oi = [m for m in (_oi_message(i, ids) for i in _as_list(_get(a, "llm.input_messages"))) if m]
     if oi:
@@ -393,6 +395,9 @@ def span_input_messages(span: SpanRow, ids: bool = False) -> list[dict[str, Any]
         msgs = [m for m in (_genai_message(i, ids) for i in _as_list(_get(a, key))) if m]
         if msgs:
             return msgs
+    msgs = [m for m in (_genai_message(i, ids) for i in vercel_input_messages(span)) if m]
+    if msgs:
+        return msgs
     prompts = [_content_text(_get(p, "prompt.text") if isinstance(p, dict) else p)
                for p in _as_list(_get(a, "llm.prompts"))]
     prompts = [p for p in prompts if p]
@@ -676,7 +681,8 @@ def _documents(span: SpanRow, limit: int) -> list[dict[str, Any]]:
 
 
 def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
-    """Tool name -> declared JSON schema of its parameters, from ``llm.tools`` or ``gen_ai.tool.definitions``,
+    """Tool name -> declared JSON schema of its parameters, from ``llm.tools``, ``gen_ai.tool.definitions`` or
+    the Vercel AI SDK's ``ai.prompt.tools``,
     else from a TOOL span's own ``tool.parameters`` schema (OpenAI Agents over Chat Completions)."""
     tools: dict[str, Any] = {}
     for s in spans:
@@ -693,6 +699,9 @@ def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
                 fn = spec.get("function") if isinstance(spec.get("function"), dict) else spec
                 if fn.get("name"):
                     tools.setdefault(str(fn["name"]), fn.get("parameters") or {})
+        for spec in vercel_tool_definitions(s):
+            if isinstance(spec, dict) and spec.get("name"):
+                tools.setdefault(str(spec["name"]), spec.get("inputSchema") or spec.get("parameters") or {})
     for s in spans:
         name, schema = s.get("tool_name"), tool_span_schema(s)
         if isinstance(name, str) and name and schema is not None and not tools.get(name):
@@ -741,6 +750,7 @@ def _requested_calls(spans: Sequence[SpanRow], limit: int) -> list[dict[str, Any
             in_order = unnamed
         outs = [_oi_message(i, True) for i in _as_list(_get(a, "llm.output_messages"))]
         outs += [_genai_message(i, True) for i in _as_list(_get(a, "gen_ai.output.messages"))]
+        outs += [_genai_message(i, True) for i in vercel_output_messages(s)]
         for out in outs:
             for c in (out or {}).get("tool_calls", []):
                 add(s, c, False)

@@ -27,7 +27,7 @@ from tracesieve.processors.spanview import (
     HIDDEN, PLACEHOLDER, as_list, assistant_text, attrs, canonical_arguments, clip, declared_tools, declares_json, dig,
     documents, duration_ms, exception_events, failed, finish_reasons, input_messages, is_collector_truncated,
     is_error, is_hidden, loose, output_messages, plain_text_holds_arguments, requested_tool_calls, response_text,
-    retrieval_outcome, span_kind, tool_name,
+    is_vercel_model_call, retrieval_outcome, span_kind, tool_name,
     tool_span_arguments, tool_span_schema, try_json, walk_strings,
 )
 
@@ -600,6 +600,31 @@ def _declared_json(span: SpanRow) -> tuple[str, Any] | None:
     return None
 
 
+#: The Vercel AI SDK's calls that ask the model for JSON (``generateObject`` / ``streamObject``): the outer span
+#: records the schema the answer must follow (``ai.schema``), its provider-call steps the answer.
+_VERCEL_OBJECT_CALLS = frozenset({"ai.generateObject", "ai.streamObject"})
+
+
+def _vercel_object_call(view: TraceView, step: SpanRow) -> SpanRow | None:
+    """The ``generateObject`` / ``streamObject`` span a Vercel provider-call step belongs to, else None."""
+    if not is_vercel_model_call(step):
+        return None
+    parent = view.by_id.get(str(step.get("parent_span_id") or ""))
+    return parent if parent is not None and dig(attrs(parent), "ai", "operationId") in _VERCEL_OBJECT_CALLS else None
+
+
+def _vercel_declared_json(view: TraceView, step: SpanRow) -> tuple[str, Any] | None:
+    """(where, schema or None) when the step answers a Vercel ``generateObject`` / ``streamObject``: JSON always,
+    and for ``ai.settings.output`` object (the default) the JSON schema in ``ai.schema``. (An array or enum
+    output wraps its schema in an object the SDK does not record: only whether it parses is judged.)"""
+    call = _vercel_object_call(view, step)
+    if call is None:
+        return None
+    output = dig(attrs(call), "ai", "settings", "output")
+    schema = loose(dig(attrs(call), "ai", "schema"))
+    return "ai.schema", schema if isinstance(schema, dict) and output in (None, "object") else None
+
+
 _FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
 
 
@@ -634,7 +659,7 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """Output declared as JSON (output mime type, response_format, gen_ai.output.type json) does not parse or breaks its declared schema."""
     found = []
     for s in view.spans:
-        declared = _declared_json(s) if span_kind(s) == "LLM" else None
+        declared = (_declared_json(s) or _vercel_declared_json(view, s)) if span_kind(s) == "LLM" else None
         if declared is not None:
             if _truncated(view, s):
                 continue  # cut off by the token limit: that is truncation, reported there
@@ -1026,6 +1051,29 @@ def _refused_a_bad_tool_call(view: TraceView, span: SpanRow) -> bool:
     return False
 
 
+def _vercel_object_rejected(view: TraceView, span: SpanRow, cfg: RuleSettings) -> bool:
+    """A Vercel ``generateObject`` / ``streamObject`` that failed because its step's answer did not parse, broke
+    ``ai.schema`` or was cut at the token limit (the SDK raises NoObjectGeneratedError on the outer span): the
+    format_violation or truncation finding on that step is the failure; as an llm_error too it was reported
+    twice, and under the wrong mode."""
+    if dig(attrs(span), "ai", "operationId") not in _VERCEL_OBJECT_CALLS:
+        return False
+    steps = [c for c in view.children.get(span["span_id"], ()) if _vercel_object_call(view, c) is span]
+    if not steps:
+        return False
+    if any(_truncated(view, step) for step in steps):
+        return True
+    reported = {f.span_id for f in json_output(view, cfg)}
+    return any(step["span_id"] in reported for step in steps)
+
+
+def _abnormal_finish(reason: str) -> str | None:
+    """``error`` or ``content_filter`` when a finish reason says the provider stopped the answer abnormally;
+    the Vercel AI SDK spells the latter ``content-filter`` (its unified reasons are hyphenated)."""
+    normal = reason.lower().replace("-", "_")
+    return normal if normal in ("error", "content_filter") else None
+
+
 def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """An LLM, AGENT or CHAIN span failed (provider error, rate limit, timeout, ...), not merely passing up a descendant's error."""
     found = []
@@ -1033,9 +1081,10 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
             if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None or _client_truncation(s) is not None
-                    or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)):
+                    or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)
+                    or _vercel_object_rejected(view, s, cfg)):
                 continue  # the failing descendant is the finding (here or in tool_error); json_output;
-                # finish_length; step_limit; tool_argument
+                # finish_length; step_limit; tool_argument; json_output or finish_length on the object's step
             facts = _error_facts(s)
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",
@@ -1044,9 +1093,9 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                 {"kind": span_kind(s), "model": s.get("llm_model_name"), "provider": s.get("llm_provider"), **facts},
             ))
             continue
-        bad = [(w, v) for w, v in view.finish_reasons(s) if v.lower() in ("error", "content_filter")]
+        bad = [(w, v) for w, v in view.finish_reasons(s) if _abnormal_finish(v) is not None]
         if bad:
-            cls = "content_filter" if bad[0][1].lower() == "content_filter" else "provider_error"
+            cls = "content_filter" if _abnormal_finish(bad[0][1]) == "content_filter" else "provider_error"
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",
                 f"{s.get('llm_model_name') or s.get('name')} stopped abnormally (finish reason {bad[0][1]})",
@@ -1258,7 +1307,7 @@ def irreversible_after_failure(view: TraceView, cfg: RuleSettings, failures: Seq
         others = [f for f in failures if f.failure_mode not in ("latency_breach", "blast_radius_breach")
                   and not (f.span_id == s["span_id"] and f.failure_mode == "tool_invocation")]
         causes = [{"span_id": f.span_id, "failure_mode": f.failure_mode, "detector": f.detector} for f in others]
-        covered = {f.span_id for f in others}
+        covered = {f.span_id for f in others} | _reporting_its_failure(view, s)
         causes += [{"span_id": e["span_id"], "failure_mode": None, "detector": None, "status_code": "ERROR"}
                    for e in view.spans if is_error(e) and e["span_id"] != s["span_id"] and e["span_id"] not in covered]
         if not causes:
@@ -1276,6 +1325,24 @@ def irreversible_after_failure(view: TraceView, cfg: RuleSettings, failures: Seq
             tool=name,
         ))
     return found
+
+
+def _reporting_its_failure(view: TraceView, tool: SpanRow) -> set[str]:
+    """The errored ancestors of a failed tool span that only pass its failure up (the agent call it ended:
+    the Vercel AI SDK 4's ``generateText`` rethrows a tool's error). The tool's own failure is its
+    tool_invocation; counted as another failure of the trace, the irreversible tool that failed was a
+    blast_radius_breach of itself."""
+    if not failed(tool):
+        return set()
+    ancestors: set[str] = set()
+    seen = {tool["span_id"]}
+    parent = view.by_id.get(str(tool.get("parent_span_id") or ""))
+    while parent is not None and parent["span_id"] not in seen:
+        seen.add(parent["span_id"])
+        if is_error(parent) and _same_failure(parent, tool):
+            ancestors.add(parent["span_id"])
+        parent = view.by_id.get(str(parent.get("parent_span_id") or ""))
+    return ancestors
 
 
 def _ended_before(span: SpanRow | None, start: Any) -> bool:

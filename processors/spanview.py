@@ -314,12 +314,77 @@ def _legacy_genai_messages(value: Any) -> list[dict[str, Any]]:
     return out
 
 
+#: The Vercel AI SDK's (npm ``ai``, ``experimental_telemetry``) provider calls, by ``ai.operationId``: one per
+#: step of its generate/stream loop. Only they record what the model was offered (``ai.prompt.tools``,
+#: ``ai.prompt.messages``) and what it answered (``ai.response.toolCalls``); the outer ``ai.generateText``
+#: repeats the last step's text, and reading it too would count each answer twice.
+VERCEL_MODEL_CALLS = frozenset({"ai.generateText.doGenerate", "ai.streamText.doStream",
+                                "ai.generateObject.doGenerate", "ai.streamObject.doStream"})
+
+
+def is_vercel_model_call(span: SpanRow) -> bool:
+    """Whether the span is one of the Vercel AI SDK's provider calls (see :data:`VERCEL_MODEL_CALLS`)."""
+    return dig(attrs(span), "ai", "operationId") in VERCEL_MODEL_CALLS
+
+
+def _vercel_tool_call(part: Mapping[str, Any]) -> dict[str, Any]:
+    """A Vercel tool call as a GenAI ``tool_call`` part: its ``input`` is JSON text from a generate step, an
+    object from a stream step (``args`` before ``ai`` 5)."""
+    return {"type": "tool_call", "id": part.get("toolCallId"), "name": part.get("toolName"),
+            "arguments": part.get("input", part.get("args"))}
+
+
+def vercel_output_messages(span: SpanRow) -> list[dict[str, Any]]:
+    """The answer of a Vercel provider call as GenAI output messages (``{role, parts, finish_reason}``):
+    ``ai.response.text`` (or ``.object``, generateObject's JSON) and the tool calls the model asked for in
+    ``ai.response.toolCalls``, which the SDK validates against the tool's schema before running it: a call it
+    refused never became an ``ai.toolCall`` span. Empty for any other span."""
+    response = dig(attrs(span), "ai", "response") if is_vercel_model_call(span) else None
+    if not isinstance(response, dict):
+        return []
+    parts = [_vercel_tool_call(c) for c in as_list(response.get("toolCalls")) if isinstance(c, dict)]
+    text = response.get("text") or response.get("object")
+    if isinstance(text, str):
+        parts.insert(0, {"type": "text", "content": text})
+    reason = response.get("finishReason")
+    return [{"role": "assistant", "parts": parts, "finish_reason": reason}] if parts else []
+
+
+def vercel_input_messages(span: SpanRow) -> list[dict[str, Any]]:
+    """The messages a Vercel provider call sent (``ai.prompt.messages``: ``{role, content}``, content a text or
+    parts: ``text``, ``tool-call``, ``tool-result`` with its ``output: {type, value}``, ``result`` before 5) as
+    GenAI input messages (``{role, parts}``). Empty for any other span."""
+    if not is_vercel_model_call(span):
+        return []
+    out = []
+    for msg in as_list(dig(attrs(span), "ai", "prompt", "messages")):
+        if not isinstance(msg, dict):
+            continue
+        content = msg.get("content")
+        parts: list[dict[str, Any]] = [{"type": "text", "content": content}] if isinstance(content, str) else []
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, dict):
+                continue
+            ptype = part.get("type")
+            if ptype == "text" and isinstance(part.get("text"), str):
+                parts.append({"type": "text", "content": part["text"]})
+            elif ptype == "tool-call":
+                parts.append(_vercel_tool_call(part))
+            elif ptype == "tool-result":
+                result = part.get("output", part.get("result"))
+                parts.append({"type": "tool_call_response", "id": part.get("toolCallId"),
+                              "response": result.get("value") if isinstance(result, dict) and "type" in result
+                              else result})
+        out.append({"role": msg.get("role"), "parts": parts})
+    return out
+
+
 def output_messages(span: SpanRow) -> list[dict[str, Any]]:
     """The model's output messages as {role, text, tool_calls: [{id, name, arguments}], finish_reason}.
 
     Read from ``llm.output_messages`` (flattened or JSON), ``gen_ai.output.messages``,
-    the legacy ``gen_ai.completion`` keys and ``llm.choices``, in that order; the
-    first source present wins.
+    the legacy ``gen_ai.completion`` keys, the Vercel AI SDK's ``ai.response.*`` and ``llm.choices``, in that
+    order; the first source present wins.
     """
     a = attrs(span)
     msgs = _oi_messages(dig(a, "llm", "output_messages"))
@@ -329,6 +394,9 @@ def output_messages(span: SpanRow) -> list[dict[str, Any]]:
     if msgs:
         return msgs
     msgs = _legacy_genai_messages(dig(a, "gen_ai", "completion"))
+    if msgs:
+        return msgs
+    msgs = _genai_messages(vercel_output_messages(span))
     if msgs:
         return msgs
     choices = as_list(dig(a, "llm", "choices"))
@@ -342,6 +410,9 @@ def input_messages(span: SpanRow) -> list[dict[str, Any]]:
     if msgs:
         return msgs
     msgs = _genai_messages(dig(a, "gen_ai", "input", "messages"))
+    if msgs:
+        return msgs
+    msgs = _genai_messages(vercel_input_messages(span))
     if msgs:
         return msgs
     return _legacy_genai_messages(dig(a, "gen_ai", "prompt"))
@@ -513,7 +584,8 @@ def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
 
 
 def _tool_definition(raw: Any) -> tuple[str, Any] | None:
-    """(name, parameters schema) from OpenAI-nested, GenAI-flat or Anthropic tool definitions."""
+    """(name, parameters schema) from OpenAI-nested, GenAI-flat, Anthropic or Vercel AI SDK tool definitions
+    (``inputSchema``; ``parameters`` before ``ai`` 5)."""
     d = loose(raw)
     if not isinstance(d, dict):
         return None
@@ -521,7 +593,8 @@ def _tool_definition(raw: Any) -> tuple[str, Any] | None:
     name = fn.get("name")
     if not isinstance(name, str):
         return None
-    params = loose(fn.get("parameters", fn.get("input_schema", fn.get("parametersJsonSchema"))))
+    params = fn.get("parameters", fn.get("input_schema", fn.get("parametersJsonSchema", fn.get("inputSchema"))))
+    params = loose(params)
     return name, params
 
 
@@ -532,6 +605,7 @@ def declared_tools(span: SpanRow) -> dict[str, Any]:
     sources = [dig(item, "tool", "json_schema") if isinstance(item, dict) and "tool" in item else item
                for item in as_list(dig(a, "llm", "tools"))]
     sources += as_list(dig(a, "gen_ai", "tool", "definitions"))
+    sources += vercel_tool_definitions(span)
     if not sources:
         request = _provider_request(span)
         if request is not None:
@@ -541,6 +615,12 @@ def declared_tools(span: SpanRow) -> dict[str, Any]:
         if entry and entry[0] not in found:
             found[entry[0]] = entry[1]
     return found
+
+
+def vercel_tool_definitions(span: SpanRow) -> list[Any]:
+    """The tools a Vercel AI SDK provider call offered the model: ``ai.prompt.tools``, one JSON text per tool
+    (``{type: "function", name, description, inputSchema}``)."""
+    return as_list(dig(attrs(span), "ai", "prompt", "tools")) if is_vercel_model_call(span) else []
 
 
 def _provider_request(span: SpanRow) -> dict[str, Any] | None:
