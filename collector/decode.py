@@ -406,6 +406,10 @@ def _append_span(
     tool = _first_str(flat, "tool.name", "gen_ai.tool.name", "ai.toolCall.name")
     if tool is None and kind == "TOOL" and span.name.startswith("execute_tool "):
         tool = walker.text(span.name[13:].strip()) or None  # GenAI names the span "execute_tool {gen_ai.tool.name}"
+    if tool is None and kind == "TOOL" and flat.get("traceloop.span.kind") in ("tool", "task"):
+        # OpenLLMetry JS (@traceloop/node-server-sdk 0.27 withTool / withTask) names the tool only in
+        # traceloop.entity.name; its span is "lookup_order.tool", which no blast_radius entry matches.
+        tool = _first_str(flat, "traceloop.entity.name")
     append("tool_name").append(tool)
     append("attributes").append(_dumps(walker.nest(flat)))
     append("resource_attributes").append(resource_json)

@@ -1,0 +1,39 @@
+"""Spans that Node agents' instrumentations really sent, replayed through a real `tracesieve serve`.
+
+Node is not available in CI, so each payload under tests/testdata/ is what the named packages exported
+(captured once from their OTLP/protobuf exporter, stored as OTLP/JSON with hex ids; the resource trimmed
+to `service.name` and the runtime). The agents ran against a local stand-in for the chat completions API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from conftest import FAST_JUDGE, TESTDATA
+
+BLAST_RADIUS = {"processors": {"detectors": {**FAST_JUDGE["processors"]["detectors"],
+                                             "blast_radius": {"send_email": "irreversible_write"}}}}
+
+
+def replay(c: Any, payload: str) -> None:
+    body = (TESTDATA / payload).read_bytes()
+    response = httpx.post(f"{c.http_url}/v1/traces", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+
+
+def test_a_traceloop_node_tool_is_named_by_its_entity_name(start_collector):
+    """@traceloop/node-server-sdk 0.27.0 (openai 6.49 instrumented): `withTool({name: "send_email"})` records
+    a span "send_email.tool" with `traceloop.span.kind: tool` and `traceloop.entity.name: send_email`, and no
+    `tool.name` / `gen_ai.tool.name` (the Python SDK's LangChain spans carry one). The tool ran after the
+    model's answer was cut at its token limit, so a tool classed irreversible_write ran in a failed trace."""
+    c = start_collector(BLAST_RADIUS)
+    replay(c, "traceloop_node_tool_after_truncation.json")
+    assert c.query("SELECT name, span_kind, tool_name FROM spans WHERE span_kind = 'TOOL'") == [
+        {"name": "send_email.tool", "span_kind": "TOOL", "tool_name": "send_email"}]
+    found = c.wait_for("SELECT d.failure_mode, s.name FROM detections d JOIN spans s USING (span_id) ORDER BY 1",
+                       lambda r: len(r) >= 2)
+    assert found == [{"failure_mode": "blast_radius_breach", "name": "send_email.tool"},
+                     {"failure_mode": "truncation", "name": "chat gpt-4o-mini"}]
+
