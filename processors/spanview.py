@@ -400,9 +400,55 @@ def response_text(resp: Any, refusals: bool = True) -> str | None:
                 found.append(text)
     elif resp.get("type") in ("ai", "AIMessage", "AIMessageChunk") and isinstance(resp.get("data"), dict):
         found.append(_message_text(resp["data"], refusals))
+    elif (said := _langchain_message(resp)) is not None and said[0] == "ai":
+        found.append(_message_text(said[1], refusals))
+    elif isinstance(resp.get("messages"), list) and resp["messages"]:
+        return _conversation_answer(resp["messages"], refusals)
     else:
         return None
     return "\n".join(t for t in found if t)
+
+
+#: LangChain message classes by the role they speak for, as ``Serializable.toJSON()`` names them in ``id``.
+_LANGCHAIN_MESSAGE_ROLES = {"AIMessage": "ai", "AIMessageChunk": "ai", "HumanMessage": "human",
+                            "HumanMessageChunk": "human", "SystemMessage": "system", "ToolMessage": "tool",
+                            "ToolMessageChunk": "tool", "FunctionMessage": "tool", "ChatMessage": "chat"}
+_MESSAGE_ROLES = {"assistant": "ai", "ai": "ai", "user": "human", "human": "human", "system": "system",
+                  "developer": "system", "tool": "tool", "function": "tool"}
+
+
+def _conversation_answer(messages: list[Any], refusals: bool) -> str | None:
+    """The answer a LangGraph run's final state ``{"messages": [...]}`` ends with: its last AI message's
+    text ("" when the conversation ends on the user's turn or an AI message that only called tools);
+    None when an item is not a message (then the state is no conversation)."""
+    said = [_langchain_message(m) for m in messages]
+    roles = [m[0] for m in said if m is not None]
+    if len(roles) < len(said) or "ai" not in roles or roles[-1] == "human":
+        return None if len(roles) < len(said) else ""
+    last_ai = [m[1] for m in said if m is not None and m[0] == "ai"][-1]
+    return _message_text(last_ai, refusals)
+
+
+def _langchain_message(message: Any) -> tuple[str, dict[str, Any]] | None:
+    """(role, fields) of one message in a LangChain / LangGraph output, else None.
+
+    LangChain.js (``@langchain/core`` 1.x, traced by @arizeai/openinference-instrumentation-langchain 4.1)
+    records a chain's or a LangGraph graph's output as the serialized messages,
+    ``{"lc": 1, "type": "constructor", "id": [..., "AIMessage"], "kwargs": {"content": ...}}``, a graph's
+    as its state ``{"messages": [...]}``; the state's input messages may be plain ``{role, content}``
+    dicts, and LangChain Python dumps ``{"type": "ai", "content": ...}``. Read as the whole JSON, the
+    final answer of such a run was the serialized conversation, the user's own words included.
+    """
+    if not isinstance(message, dict):
+        return None
+    cls = message.get("id")
+    if message.get("type") == "constructor" and isinstance(cls, list) and cls and isinstance(message.get("kwargs"), dict):
+        role = _LANGCHAIN_MESSAGE_ROLES.get(str(cls[-1]))
+        return (role, message["kwargs"]) if role else None
+    said_by = message.get("role", message.get("type"))
+    if isinstance(said_by, str) and said_by in _MESSAGE_ROLES and "content" in message:
+        return _MESSAGE_ROLES[said_by], message
+    return None
 
 
 def _is_legacy_genai_output(item: Any) -> bool:

@@ -7,6 +7,7 @@ to `service.name` and the runtime). The agents ran against a local stand-in for 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -37,3 +38,24 @@ def test_a_traceloop_node_tool_is_named_by_its_entity_name(start_collector):
     assert found == [{"failure_mode": "blast_radius_breach", "name": "send_email.tool"},
                      {"failure_mode": "truncation", "name": "chat gpt-4o-mini"}]
 
+
+def final_answers(c: Any) -> dict[str, Any]:
+    rows = c.wait_for("SELECT failure_mode FROM candidates", lambda r: len(r) >= 3)
+    assert sorted(r["failure_mode"] for r in rows) == ["hallucination", "retrieval_miss", "truncation"]
+    listed = c.cli("candidates", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    return {row["failure_mode"]: row["observed"]["final_answer"] for row in json.loads(listed.stdout)}
+
+
+def test_the_final_answer_of_a_langchainjs_run_is_the_ai_messages_text(start_collector):
+    """@arizeai/openinference-instrumentation-langchain 4.1.1 on @langchain/core 1.5.0: the root's output is
+    the serialized messages. A LangGraph `createReactAgent` (@langchain/langgraph 1.7.5) run records its final
+    state, `{"messages": [{"lc": 1, "type": "constructor", "id": [..., "AIMessage"], "kwargs": {...}}, ...]}`
+    (here its answer was cut at the token limit); a `RunnableSequence` (retriever -> prompt -> ChatOpenAI) its
+    AIMessage alone. The candidate's final answer is what the assistant said, not the serialized run."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "langchainjs_openinference_answers.json")
+    answers = final_answers(c)
+    assert answers["truncation"] == "The warranty covers the motor for five years and the"
+    premium = "Our premium plan costs 49 dollars per month and includes 24/7 phone support for all customers."
+    assert answers["hallucination"] == answers["retrieval_miss"] == premium
