@@ -83,7 +83,7 @@ from typing import Any, ClassVar
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
 from tracesieve.processors.spanview import (
-    assistant_text, callback_arguments, list_item, response_text, tool_span_schema,
+    assistant_text, callback_arguments, fill_document_ids, list_item, response_text, tool_span_schema,
 )
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
@@ -665,6 +665,7 @@ def _documents(span: SpanRow, limit: int) -> list[dict[str, Any]]:
         d = item.get("document", item) if isinstance(item, dict) else None
         if isinstance(d, dict):
             docs.append({"id": d.get("id"), "score": d.get("score"), "content": _clip(d.get("content"), limit)})
+    fill_document_ids(span, docs)
     if not docs:
         for d in _as_list(_get(a, "gen_ai.retrieval.documents")):
             if isinstance(d, dict):

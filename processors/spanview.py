@@ -760,6 +760,7 @@ def documents(span: SpanRow) -> list[dict[str, Any]] | None:
                 docs.append({"id": doc.get("id"), "score": doc.get("score")})
             elif item is not None:
                 docs.append({"id": None, "score": None})
+    fill_document_ids(span, docs)
     genai = dig(a, "gen_ai", "retrieval", "documents")
     if genai is not None:
         present = True
@@ -767,6 +768,30 @@ def documents(span: SpanRow) -> list[dict[str, Any]] | None:
             if isinstance(doc, dict):
                 docs.append({"id": doc.get("id"), "score": doc.get("score")})
     return docs if present or docs else None
+
+
+def fill_document_ids(span: SpanRow, docs: list[dict[str, Any]]) -> None:
+    """Give the OpenInference documents of a RETRIEVER span that carry no id the ``id`` its ``output.value``
+    lists for the document at the same place (in place; only when both list the same number of documents).
+
+    @arizeai/openinference-instrumentation-langchain 4.1 (LangChain.js) records a Document's content and
+    metadata but not its ``id`` (``new Document({id: "doc-1", ...})``); the id is only in the output,
+    ``{"documents": [{"pageContent", "metadata", "id"}]}``. Without it an answer citing ``[doc-1]`` cited
+    a document "not retrieved", a hallucination on a clean run.
+    """
+    if not docs or all(d.get("id") is not None for d in docs):
+        return
+    value = span.get("output_value")
+    if not isinstance(value, str) or value.lstrip()[:1] not in ("{", "["):
+        return
+    ok, listed = try_json(value)
+    if ok and isinstance(listed, dict):
+        listed = listed.get("documents")
+    if not ok or not isinstance(listed, list) or len(listed) != len(docs):
+        return
+    for doc, item in zip(docs, listed):
+        if doc.get("id") is None and isinstance(item, dict) and isinstance(item.get("id"), (str, int)):
+            doc["id"] = item["id"]
 
 
 def retrieval_outcome(span: SpanRow) -> str:

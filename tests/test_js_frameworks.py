@@ -59,3 +59,17 @@ def test_the_final_answer_of_a_langchainjs_run_is_the_ai_messages_text(start_col
     assert answers["truncation"] == "The warranty covers the motor for five years and the"
     premium = "Our premium plan costs 49 dollars per month and includes 24/7 phone support for all customers."
     assert answers["hallucination"] == answers["retrieval_miss"] == premium
+
+
+def test_a_citation_of_a_langchainjs_document_by_its_id_is_not_hallucination(start_collector):
+    """@arizeai/openinference-instrumentation-langchain 4.1.1 (@langchain/core 1.5.0) records a retrieved
+    `new Document({id: "doc-1", ...})` with its content and metadata but without its id, which only the
+    retriever's output.value lists (`{"documents": [{"pageContent", "metadata", "id"}]}`). Two RAG turns:
+    one answer cites [doc-1] and [doc-2], both retrieved; the other cites [doc-1] and an invented [doc-999]."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "langchainjs_openinference_document_ids.json")
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 2)
+    found = c.query("SELECT failure_mode, evidence->'missing_ids' AS missing FROM detections")
+    assert [(r["failure_mode"], json.loads(r["missing"])) for r in found] == [("hallucination", ["doc-999"])]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert [d["id"] for d in candidate["context"]["documents"]] == ["doc-1", "doc-2"]
