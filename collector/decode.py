@@ -393,10 +393,7 @@ def _append_span(
     append("input_mime_type").append(input_mime)
     append("output_value").append(output_value)
     append("output_mime_type").append(output_mime)
-    append("llm_model_name").append(_first_str(
-        flat, "llm.model_name", "gen_ai.response.model", "gen_ai.request.model", "llm.response.model_name",
-        "llm.request.model_name", "embedding.model_name")
-        or (_response_model(output_value) if kind == "LLM" else None) or _requested_model(flat))
+    append("llm_model_name").append(_model_name(flat, kind, output_value))
     provider = _first_str(flat, "llm.provider", "gen_ai.provider.name", "gen_ai.system", "llm.system")
     append("llm_provider").append(provider.lower() if provider else None)
     append("llm_finish_reason").append(_finish_reason(flat, span.events, output_value, kind))
@@ -650,6 +647,23 @@ def _response_finish_reason(output_value: str | None) -> str | None:
     return next((c for c in candidates if isinstance(c, str) and c), None)
 
 
+def _model_name(flat: dict[str, Any], kind: str, output_value: str | None) -> str | None:
+    """The model that answered, else the one asked for.
+
+    @arizeai/openinference-instrumentation-langchain (LangChain.js, 4.1) sets ``llm.model_name`` from the
+    invocation parameters, the alias asked for (``gpt-4o-mini``); the snapshot that answered
+    (``gpt-4o-mini-2024-07-18``) is only in the LLMResult in ``output.value``. So a model key that merely
+    repeats the requested model gives way to the one the response names.
+    """
+    named = _first_str(flat, "llm.model_name", "gen_ai.response.model", "gen_ai.request.model",
+                       "llm.response.model_name", "llm.request.model_name", "embedding.model_name")
+    if kind != "LLM":
+        return named or _requested_model(flat)
+    if named is None or named == _requested_model(flat):
+        return _response_model(output_value) or named or _requested_model(flat)
+    return named
+
+
 def _response_model(output_value: str | None) -> str | None:
     """The model that answered, from a provider's raw response in output.value (OpenAI, Anthropic: ``model``)
     or LangChain's LLMResult (``generation_info.model_name``), for spans whose instrumentor set no model key.
@@ -666,7 +680,7 @@ def _response_model(output_value: str | None) -> str | None:
     first = generations[0] if isinstance(generations, list) and generations else None
     first = first[0] if isinstance(first, list) and first else first
     if isinstance(first, dict):
-        info = first.get("generation_info")
+        info = first.get("generation_info", first.get("generationInfo"))  # Python / LangChain.js
         candidates.append(info.get("model_name") if isinstance(info, dict) else None)
         message = first.get("message")
         kwargs = message.get("kwargs") if isinstance(message, dict) else None

@@ -73,3 +73,16 @@ def test_a_citation_of_a_langchainjs_document_by_its_id_is_not_hallucination(sta
     assert [(r["failure_mode"], json.loads(r["missing"])) for r in found] == [("hallucination", ["doc-999"])]
     [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
     assert [d["id"] for d in candidate["context"]["documents"]] == ["doc-1", "doc-2"]
+
+
+def test_a_langchainjs_model_call_names_the_model_that_answered(start_collector):
+    """@arizeai/openinference-instrumentation-langchain 4.1.1 sets `llm.model_name` from the invocation
+    parameters, the alias asked for (`gpt-4o-mini`); the snapshot that answered is in the LLMResult in
+    output.value (the AIMessage's `response_metadata.model_name`)."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "langchainjs_openinference_answers.json")
+    rows = c.query("SELECT DISTINCT llm_model_name, llm_token_count_prompt, llm_token_count_completion, "
+                   "llm_token_count_total FROM spans WHERE span_kind = 'LLM'")
+    assert rows == [{"llm_model_name": "gpt-4o-mini-2024-07-18", "llm_token_count_prompt": 40,
+                     "llm_token_count_completion": 12, "llm_token_count_total": 52}]
+
