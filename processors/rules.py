@@ -608,7 +608,10 @@ def _strip_fence(text: str) -> str:
     return m.group(1) if m else text
 
 
-_PARSE_FAILURE = re.compile(r"ValidationError|JSONDecodeError|Invalid JSON|json_invalid|is not valid JSON")
+#: Python: pydantic's ValidationError, json's JSONDecodeError; Node: JSON.parse's SyntaxError ("is not valid
+#: JSON"), and the ZodError (zod 4: ``$ZodError``) openai-node's ``zodResponseFormat`` parse raises when the
+#: answer is JSON that breaks the schema, as LangChain.js ``withStructuredOutput`` runs it inside the call.
+_PARSE_FAILURE = re.compile(r"ValidationError|JSONDecodeError|Invalid JSON|json_invalid|is not valid JSON|ZodError")
 
 
 def _client_parse_failure(span: SpanRow) -> str | None:

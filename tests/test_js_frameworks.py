@@ -86,3 +86,24 @@ def test_a_langchainjs_model_call_names_the_model_that_answered(start_collector)
     assert rows == [{"llm_model_name": "gpt-4o-mini-2024-07-18", "llm_token_count_prompt": 40,
                      "llm_token_count_completion": 12, "llm_token_count_total": 52}]
 
+
+def test_a_langchainjs_structured_answer_breaking_its_zod_schema_is_a_format_violation(start_collector):
+    """`model.withStructuredOutput(z.object({summary: z.string(), priority: z.number()}))` on @langchain/openai
+    1.5.8 sends the schema as `response_format` and parses the answer with openai-node's zod helper inside the
+    traced call: `{"summary": 5}` is JSON but breaks the schema, so the ChatOpenAI span ends in a ZodError
+    (@arizeai/openinference-instrumentation-langchain 4.1.1 records its message, no exception type). That is
+    the answer breaking the JSON asked for, not a provider error. (Stack paths in the payload rewritten to /app/.)"""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "langchainjs_openinference_structured_output_zod_error.json")
+    [candidate] = candidates_of(c, "format_violation")
+    assert candidate["input"]["user_message"] == "Summarize ticket 10 as JSON [[jsonbad]]"
+    assert candidate["expected"]["output_schema"]["required"] == ["summary", "priority"]
+    assert c.query("SELECT failure_mode FROM detections") == [{"failure_mode": "format_violation"}]
+
+
+def candidates_of(c: Any, mode: str) -> list[dict[str, Any]]:
+    c.wait_for(f"SELECT 1 FROM candidates WHERE failure_mode = '{mode}'", lambda rows: len(rows) == 1)
+    listed = c.cli("candidates", "--mode", mode, "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows: list[dict[str, Any]] = json.loads(listed.stdout)
+    return rows
