@@ -107,3 +107,22 @@ def candidates_of(c: Any, mode: str) -> list[dict[str, Any]]:
     assert listed.returncode == 0, listed.stderr
     rows: list[dict[str, Any]] = json.loads(listed.stdout)
     return rows
+
+
+def test_a_langchainjs_output_parser_failing_on_the_answer_is_its_format_not_an_llm_error(start_collector):
+    """`withStructuredOutput(z.object({summary: z.string(), priority: z.number()}), {method})` on @langchain/openai
+    1.5.8 parses the answer in a parser run after the model call; @arizeai/openinference-instrumentation-langchain
+    4.1.1 records that parser as a CHAIN span that fails with OutputParserException ("Failed to parse. Text: ...").
+    Three turns: function calling with arguments breaking the schema (tool_argument on the model call), JSON mode
+    answering prose (format_violation on the model call), JSON mode answering JSON that breaks the zod schema
+    (only the parser knows: format_violation on it). The parser's failure is the answer's format, never an
+    llm_error. (Stack paths in the payload rewritten to /app/.)"""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "langchainjs_openinference_output_parser_errors.json")
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 3)
+    rows = c.query("SELECT regexp_extract(r.input_value, '\\[\\[(\\w+)\\]\\]', 1) AS turn, d.failure_mode, s.name "
+                   "FROM detections d JOIN spans s USING (trace_id, span_id) "
+                   "JOIN spans r ON r.trace_id = d.trace_id AND r.parent_span_id IS NULL ORDER BY turn")
+    assert rows == [{"turn": "fcbad", "failure_mode": "tool_argument", "name": "ChatOpenAI"},
+                    {"turn": "jmbad", "failure_mode": "format_violation", "name": "ChatOpenAI"},
+                    {"turn": "jmschema", "failure_mode": "format_violation", "name": "StructuredOutputParser"}]
