@@ -429,6 +429,43 @@ def _conversation_answer(messages: list[Any], refusals: bool) -> str | None:
     return _message_text(last_ai, refusals)
 
 
+def tool_message_content(value: Any) -> Any:
+    """What a tool returned, when its recorded output is the LangChain ``ToolMessage`` wrapping it; else ``value``.
+
+    @arizeai/openinference-instrumentation-langchain 4.1 (LangChain.js) records a tool run's output as
+    ``{"output": {"lc": 1, "type": "constructor", "id": [..., "ToolMessage"], "kwargs": {"content": ...}}}``:
+    the tool's result is the message's content, not the serialized message around it.
+    """
+    inner = value.get("output") if isinstance(value, dict) and value.keys() == {"output"} else value
+    said = _langchain_message(inner)
+    if said is None or said[0] != "tool":
+        return value
+    return said[1].get("content")
+
+
+def langchain_tool_call_id(span: SpanRow) -> str | None:
+    """The id of the model's tool call a TOOL span answered, from the LangChain ``ToolMessage`` it returned."""
+    ok, value = try_json(span.get("output_value")) if isinstance(span.get("output_value"), str) else (False, None)
+    inner = value.get("output") if ok and isinstance(value, dict) and value.keys() == {"output"} else value
+    said = _langchain_message(inner) if ok else None
+    call_id = said[1].get("tool_call_id") if said is not None and said[0] == "tool" else None
+    return call_id if isinstance(call_id, str) and call_id else None
+
+
+def langchain_requested_arguments(span: SpanRow) -> dict[str, Any]:
+    """Tool call id -> the arguments the model asked for, from the AIMessage in a LangChain LLMResult
+    (``generations[0][i].message.kwargs.tool_calls``: ``{id, name, args}``, the arguments parsed)."""
+    resp = _provider_response(span)
+    found: dict[str, Any] = {}
+    if resp is None or "generations" not in resp:
+        return found
+    for gen in as_list(dig(resp, "generations", 0)):
+        for call in as_list(dig(gen, "message", "kwargs", "tool_calls")):
+            if isinstance(call, dict) and isinstance(call.get("id"), str) and isinstance(call.get("args"), dict):
+                found[call["id"]] = call["args"]
+    return found
+
+
 def _langchain_message(message: Any) -> tuple[str, dict[str, Any]] | None:
     """(role, fields) of one message in a LangChain / LangGraph output, else None.
 

@@ -126,3 +126,19 @@ def test_a_langchainjs_output_parser_failing_on_the_answer_is_its_format_not_an_
     assert rows == [{"turn": "fcbad", "failure_mode": "tool_argument", "name": "ChatOpenAI"},
                     {"turn": "jmbad", "failure_mode": "format_violation", "name": "ChatOpenAI"},
                     {"turn": "jmschema", "failure_mode": "format_violation", "name": "StructuredOutputParser"}]
+
+
+def test_a_langchainjs_tool_call_in_a_candidate_shows_its_arguments_and_result(start_collector):
+    """A LangGraph `createReactAgent` (@langchain/langgraph 1.7.5) calling `lookup_order` ({order_id: z.string()})
+    four times with the same arguments, as @arizeai/openinference-instrumentation-langchain 4.1.1 records it:
+    the TOOL span's input is the one string value alone (`ORD-9`) and its output the serialized ToolMessage,
+    `{"output": {"lc": 1, "type": "constructor", "id": [..., "ToolMessage"], "kwargs": {"content", "tool_call_id"}}}`.
+    The candidate's tool calls show the arguments the model asked for and what the tool returned."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "langchainjs_openinference_repeated_tool_call.json")
+    [candidate] = candidates_of(c, "loop")
+    calls = candidate["context"]["tool_calls"]
+    assert [(call["name"], call["arguments"], call["result"]) for call in calls] == [
+        ("lookup_order", {"order_id": "ORD-9"}, {"order_id": "ORD-9", "status": "shipped"})] * 4
+    [failing] = candidate["observed"]["failing_calls"]
+    assert (failing["arguments"], failing["output"]) == ({"order_id": "ORD-9"}, {"order_id": "ORD-9", "status": "shipped"})
