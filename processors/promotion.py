@@ -698,8 +698,9 @@ def _documents(span: SpanRow, limit: int) -> list[dict[str, Any]]:
 
 
 def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
-    """Tool name -> declared JSON schema of its parameters, from ``llm.tools`` or ``gen_ai.tool.definitions``,
-    else from a TOOL span's own ``tool.parameters`` schema (OpenAI Agents over Chat Completions)."""
+    """Tool name -> declared JSON schema of its parameters, from ``llm.tools``, ``gen_ai.tool.definitions`` or
+    ``llm.request.functions``, else from a TOOL span's own ``tool.parameters`` schema (OpenAI Agents over Chat
+    Completions)."""
     tools: dict[str, Any] = {}
     for s in spans:
         a = _attrs(s)
@@ -710,11 +711,11 @@ def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
                 fn = spec.get("function") if isinstance(spec.get("function"), dict) else spec
                 if fn.get("name"):
                     tools.setdefault(str(fn["name"]), fn.get("parameters") or fn.get("input_schema") or {})
-        for spec in _as_list(_get(a, "gen_ai.tool.definitions")):
-            if isinstance(spec, dict):
+        for spec in _as_list(_get(a, "gen_ai.tool.definitions")) + _as_list(_get(a, "llm.request.functions")):
+            if isinstance(spec, dict):  # GenAI, else OpenLLMetry's older llm.request.functions.<i>.*
                 fn = spec.get("function") if isinstance(spec.get("function"), dict) else spec
                 if fn.get("name"):
-                    tools.setdefault(str(fn["name"]), fn.get("parameters") or {})
+                    tools.setdefault(str(fn["name"]), _maybe_json(fn.get("parameters", fn.get("arguments"))) or {})
     for s in spans:
         name, schema = s.get("tool_name"), tool_span_schema(s)
         if isinstance(name, str) and name and schema is not None and not tools.get(name):

@@ -608,6 +608,15 @@ def _tool_definition(raw: Any) -> tuple[str, Any] | None:
     return name, params
 
 
+def _openllmetry_function(item: Any) -> Any:
+    """A tool an OpenLLMetry model call declared in its older form, ``llm.request.functions.<i>.name`` /
+    ``.description`` / ``.parameters``, which @traceloop/instrumentation-together (0.27, Node) writes as
+    ``.arguments``: the parameters JSON schema either way (JSON text)."""
+    if isinstance(item, dict) and "parameters" not in item and "arguments" in item:
+        return {**item, "parameters": item["arguments"]}
+    return item
+
+
 def declared_tools(span: SpanRow) -> dict[str, Any]:
     """Tools this LLM span offered the model: name -> parameters JSON schema (None when not declared)."""
     a = attrs(span)
@@ -615,6 +624,7 @@ def declared_tools(span: SpanRow) -> dict[str, Any]:
     sources = [dig(item, "tool", "json_schema") if isinstance(item, dict) and "tool" in item else item
                for item in as_list(dig(a, "llm", "tools"))]
     sources += as_list(dig(a, "gen_ai", "tool", "definitions"))
+    sources += [_openllmetry_function(item) for item in as_list(dig(a, "llm", "request", "functions"))]
     if not sources:
         request = _provider_request(span)
         if request is not None:

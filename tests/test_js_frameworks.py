@@ -142,3 +142,21 @@ def test_a_langchainjs_tool_call_in_a_candidate_shows_its_arguments_and_result(s
         ("lookup_order", {"order_id": "ORD-9"}, {"order_id": "ORD-9", "status": "shipped"})] * 4
     [failing] = candidate["observed"]["failing_calls"]
     assert (failing["arguments"], failing["output"]) == ({"order_id": "ORD-9"}, {"order_id": "ORD-9", "status": "shipped"})
+
+
+def test_tools_declared_by_traceloop_nodes_together_instrumentation_are_held_to_their_schema(start_collector):
+    """@traceloop/instrumentation-together-ai 0.27.0 (together-ai 0.52, via @traceloop/node-server-sdk 0.27.0)
+    still writes OpenLLMetry's older keys: `gen_ai.prompt.<i>.*`, `gen_ai.completion.<i>.*`, `gen_ai.usage.*`,
+    and the tools offered as `llm.request.functions.<i>.name` / `.description` / `.arguments` (the parameters
+    schema, as JSON text). Three turns: a clean tool call, a call asking `lookup_order` for `{"order": 12}`,
+    and a refusal although the tool was offered."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "traceloop_node_together_tools.json")
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 3)
+    rows = c.query("SELECT regexp_extract(r.input_value, '\\[\\[(\\w+)\\]\\]', 1) AS turn, d.failure_mode "
+                   "FROM detections d JOIN spans r ON r.trace_id = d.trace_id AND r.parent_span_id IS NULL ORDER BY turn")
+    assert rows == [{"turn": "badargs", "failure_mode": "tool_argument"},
+                    {"turn": "refusal", "failure_mode": "refusal_overreach"}]
+    [candidate] = candidates_of(c, "tool_argument")
+    assert candidate["expected"]["tool_arguments_schema"]["lookup_order"]["required"] == ["order_id"]
+    assert candidate["context"]["available_tools"] == ["lookup_order"]
