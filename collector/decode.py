@@ -406,11 +406,8 @@ def _append_span(
     append("input_mime_type").append(input_mime)
     append("output_value").append(output_value)
     append("output_mime_type").append(output_mime)
-    append("llm_model_name").append(_first_str(
-        flat, "llm.model_name", "gen_ai.response.model", "gen_ai.request.model", "llm.response.model_name",
-        "llm.request.model_name", "embedding.model_name")
-        or (_response_model(output_value) if kind == "LLM" else None) or _requested_model(flat)
-        or (_first_str(flat, "ai.model.id") if vercel_call else None))
+    append("llm_model_name").append(_model_name(flat, kind, output_value)
+                                    or (_first_str(flat, "ai.model.id") if vercel_call else None))
     provider = (_first_str(flat, "llm.provider", "gen_ai.provider.name", "gen_ai.system", "llm.system")
                 or (_first_str(flat, "ai.model.provider") if vercel_call else None))
     append("llm_provider").append(provider.lower() if provider else None)
@@ -421,6 +418,10 @@ def _append_span(
     tool = _first_str(flat, "tool.name", "gen_ai.tool.name", "ai.toolCall.name")
     if tool is None and kind == "TOOL" and span.name.startswith("execute_tool "):
         tool = walker.text(span.name[13:].strip()) or None  # GenAI names the span "execute_tool {gen_ai.tool.name}"
+    if tool is None and kind == "TOOL" and flat.get("traceloop.span.kind") in ("tool", "task"):
+        # OpenLLMetry JS (@traceloop/node-server-sdk 0.27 withTool / withTask) names the tool only in
+        # traceloop.entity.name; its span is "lookup_order.tool", which no blast_radius entry matches.
+        tool = _first_str(flat, "traceloop.entity.name")
     append("tool_name").append(tool)
     append("attributes").append(_dumps(walker.nest(flat)))
     append("resource_attributes").append(resource_json)
@@ -695,6 +696,26 @@ def _response_finish_reason(output_value: str | None) -> str | None:
     return next((c for c in candidates if isinstance(c, str) and c), None)
 
 
+def _model_name(flat: dict[str, Any], kind: str, output_value: str | None) -> str | None:
+    """The model that answered, else the one asked for.
+
+    @arizeai/openinference-instrumentation-langchain (LangChain.js, 4.1) sets ``llm.model_name`` from the
+    invocation parameters, the alias asked for (``gpt-4o-mini``); the snapshot that answered
+    (``gpt-4o-mini-2024-07-18``) is only in the LLMResult in ``output.value``. So a model key that merely
+    repeats the requested model gives way to the one the response names.
+    """
+    named = _first_str(flat, "llm.model_name", "gen_ai.response.model", "gen_ai.request.model",
+                       "llm.response.model_name", "llm.request.model_name", "embedding.model_name")
+    if named is not None and kind != "LLM":
+        return named
+    requested = _requested_model(flat)
+    if kind != "LLM":
+        return requested
+    if named is None or named == requested:
+        return _response_model(output_value) or named or requested
+    return named
+
+
 def _response_model(output_value: str | None) -> str | None:
     """The model that answered, from a provider's raw response in output.value (OpenAI, Anthropic: ``model``)
     or LangChain's LLMResult (``generation_info.model_name``), for spans whose instrumentor set no model key.
@@ -711,7 +732,7 @@ def _response_model(output_value: str | None) -> str | None:
     first = generations[0] if isinstance(generations, list) and generations else None
     first = first[0] if isinstance(first, list) and first else first
     if isinstance(first, dict):
-        info = first.get("generation_info")
+        info = first.get("generation_info", first.get("generationInfo"))  # Python / LangChain.js
         candidates.append(info.get("model_name") if isinstance(info, dict) else None)
         message = first.get("message")
         kwargs = message.get("kwargs") if isinstance(message, dict) else None

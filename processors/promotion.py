@@ -83,8 +83,9 @@ from typing import Any, ClassVar
 from tracesieve.processors.base import SpanRow, StoreReader, TraceBatch
 from tracesieve.processors.options import OptionReader
 from tracesieve.processors.spanview import (
-    assistant_text, callback_arguments, list_item, response_text, tool_span_schema, vercel_input_messages,
-    vercel_output_messages, vercel_tool_definitions,
+    assistant_text, callback_arguments, fill_document_ids, langchain_requested_arguments, langchain_tool_call_id,
+    list_item, response_text, tool_message_content, tool_span_schema, vercel_input_messages, vercel_output_messages,
+    vercel_tool_definitions,
 )
 from tracesieve.storage.candidates import EXISTING_SQL, INTENT_COUNT_SQL, SIGNATURES_SQL
 from tracesieve.storage.schema import SEVERITIES, Candidate, Detection
@@ -645,7 +646,27 @@ def tool_arguments(span: SpanRow) -> Any:
     return None
 
 
-def _tool_call(span: SpanRow, limit: int) -> dict[str, Any]:
+def _requested_arguments(spans: Sequence[SpanRow]) -> dict[str, Any]:
+    """Tool call id -> the arguments the model asked for, over the trace's LLM spans (LangChain's LLMResult)."""
+    found: dict[str, Any] = {}
+    for s in spans:
+        if s.get("span_kind") == "LLM" and '"tool_calls"' in str(s.get("output_value") or ""):
+            found.update(langchain_requested_arguments(s))
+    return found
+
+
+def _call_arguments(span: SpanRow, requested: Mapping[str, Any]) -> Any:
+    """A TOOL span's arguments; when it recorded a bare value, the arguments the model asked for in the call it
+    answered. @arizeai/openinference-instrumentation-langchain 4.1 (LangChain.js) records a tool whose input has
+    one string value as that value alone (``ORD-9`` for ``{"order_id": "ORD-9"}``), the name lost."""
+    arguments = tool_arguments(span)
+    if isinstance(arguments, (dict, list)) or not requested:
+        return arguments
+    call_id = langchain_tool_call_id(span)
+    return requested.get(call_id, arguments) if call_id else arguments
+
+
+def _tool_call(span: SpanRow, limit: int, requested: Mapping[str, Any]) -> dict[str, Any]:
     a = _attrs(span)
     result = span.get("output_value")
     if result in (None, ""):
@@ -653,8 +674,8 @@ def _tool_call(span: SpanRow, limit: int) -> dict[str, Any]:
     call: dict[str, Any] = {
         "span_id": span.get("span_id"),
         "name": _tool_name(span) or span.get("name"),
-        "arguments": _clip(tool_arguments(span), limit),
-        "result": _clip(_maybe_json(result), limit),
+        "arguments": _clip(_call_arguments(span, requested), limit),
+        "result": _clip(_maybe_json(tool_message_content(_maybe_json(result))), limit),
         "status": span.get("status_code"),
     }
     error = span.get("status_message") or _exception_message(span)
@@ -670,6 +691,7 @@ def _documents(span: SpanRow, limit: int) -> list[dict[str, Any]]:
         d = item.get("document", item) if isinstance(item, dict) else None
         if isinstance(d, dict):
             docs.append({"id": d.get("id"), "score": d.get("score"), "content": _clip(d.get("content"), limit)})
+    fill_document_ids(span, docs)
     if not docs:
         for d in _as_list(_get(a, "gen_ai.retrieval.documents")):
             if isinstance(d, dict):
@@ -681,9 +703,9 @@ def _documents(span: SpanRow, limit: int) -> list[dict[str, Any]]:
 
 
 def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
-    """Tool name -> declared JSON schema of its parameters, from ``llm.tools``, ``gen_ai.tool.definitions`` or
-    the Vercel AI SDK's ``ai.prompt.tools``,
-    else from a TOOL span's own ``tool.parameters`` schema (OpenAI Agents over Chat Completions)."""
+    """Tool name -> declared JSON schema of its parameters, from ``llm.tools``, ``gen_ai.tool.definitions``,
+    ``llm.request.functions`` or the Vercel AI SDK's ``ai.prompt.tools``, else from a TOOL span's own
+    ``tool.parameters`` schema (OpenAI Agents over Chat Completions)."""
     tools: dict[str, Any] = {}
     for s in spans:
         a = _attrs(s)
@@ -694,11 +716,11 @@ def available_tools(spans: Sequence[SpanRow]) -> dict[str, Any]:
                 fn = spec.get("function") if isinstance(spec.get("function"), dict) else spec
                 if fn.get("name"):
                     tools.setdefault(str(fn["name"]), fn.get("parameters") or fn.get("input_schema") or {})
-        for spec in _as_list(_get(a, "gen_ai.tool.definitions")):
-            if isinstance(spec, dict):
+        for spec in _as_list(_get(a, "gen_ai.tool.definitions")) + _as_list(_get(a, "llm.request.functions")):
+            if isinstance(spec, dict):  # GenAI, else OpenLLMetry's older llm.request.functions.<i>.*
                 fn = spec.get("function") if isinstance(spec.get("function"), dict) else spec
                 if fn.get("name"):
-                    tools.setdefault(str(fn["name"]), fn.get("parameters") or {})
+                    tools.setdefault(str(fn["name"]), _maybe_json(fn.get("parameters", fn.get("arguments"))) or {})
         for spec in vercel_tool_definitions(s):
             if isinstance(spec, dict) and spec.get("name"):
                 tools.setdefault(str(spec["name"]), spec.get("inputSchema") or spec.get("parameters") or {})
@@ -767,6 +789,7 @@ def extract_context(spans: Sequence[SpanRow], limit: int = 2000) -> dict[str, An
     documents: list[dict[str, Any]] = []
     queries: list[str] = []
     calls: list[dict[str, Any]] = []
+    requested = _requested_arguments(spans)
     for s in spans:
         kind = s.get("span_kind")
         if kind == "RETRIEVER":
@@ -775,7 +798,7 @@ def extract_context(spans: Sequence[SpanRow], limit: int = 2000) -> dict[str, An
             if q:
                 queries.append(_clip(str(q), limit))
         elif kind == "TOOL":
-            calls.append(_tool_call(s, limit))
+            calls.append(_tool_call(s, limit, requested))
     if not calls:  # no TOOL spans: the calls the model asked for
         calls = _requested_calls(spans, limit)
     context: dict[str, Any] = {"documents": documents, "tool_calls": calls,
@@ -811,16 +834,19 @@ def _final_answer(spans: Sequence[SpanRow], limit: int) -> Any:
     return None
 
 
-def _call_summary(span: SpanRow, limit: int) -> dict[str, Any]:
+def _call_summary(span: SpanRow, limit: int, requested: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "span_id": span.get("span_id"), "name": span.get("name"), "kind": span.get("span_kind"),
         "status": span.get("status_code"), "duration_ms": span.get("duration_ms"),
     }
     if span.get("span_kind") == "TOOL":
         out["tool"] = _tool_name(span)
-        out["arguments"] = _clip(tool_arguments(span), limit)
+        out["arguments"] = _clip(_call_arguments(span, requested), limit)
     if span.get("output_value"):
-        out["output"] = _clip(_maybe_json(span["output_value"]), limit)
+        output = _maybe_json(span["output_value"])
+        if span.get("span_kind") == "TOOL":
+            output = _maybe_json(tool_message_content(output))
+        out["output"] = _clip(output, limit)
     elif span.get("span_kind") == "LLM" and span_output_text(span):
         out["output"] = _clip(span_output_text(span), limit)
     error = span.get("status_message") or _exception_message(span)
@@ -835,10 +861,11 @@ def extract_observed(spans: Sequence[SpanRow], detections: Sequence[Detection], 
     """What the agent did and said: final answer, tool sequence, failing calls, detections."""
     by_id = {s.get("span_id"): s for s in spans}
     failing, seen = [], set()
+    requested = _requested_arguments(spans)
     for d in detections:
         if d.span_id in by_id and d.span_id not in seen:
             seen.add(d.span_id)
-            failing.append(_call_summary(by_id[d.span_id], limit))
+            failing.append(_call_summary(by_id[d.span_id], limit, requested))
     return {
         "final_answer": _final_answer(spans, limit),
         "tool_sequence": [_tool_name(s) or s.get("name") for s in spans if s.get("span_kind") == "TOOL"]

@@ -633,7 +633,10 @@ def _strip_fence(text: str) -> str:
     return m.group(1) if m else text
 
 
-_PARSE_FAILURE = re.compile(r"ValidationError|JSONDecodeError|Invalid JSON|json_invalid|is not valid JSON")
+#: Python: pydantic's ValidationError, json's JSONDecodeError; Node: JSON.parse's SyntaxError ("is not valid
+#: JSON"), and the ZodError (zod 4: ``$ZodError``) openai-node's ``zodResponseFormat`` parse raises when the
+#: answer is JSON that breaks the schema, as LangChain.js ``withStructuredOutput`` runs it inside the call.
+_PARSE_FAILURE = re.compile(r"ValidationError|JSONDecodeError|Invalid JSON|json_invalid|is not valid JSON|ZodError")
 
 
 def _client_parse_failure(span: SpanRow) -> str | None:
@@ -653,6 +656,32 @@ def _llm_client_error(span: SpanRow, pattern: re.Pattern[str]) -> str | None:
         return None
     texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
     return next((t for t in texts if pattern.search(t)), None)
+
+
+#: LangChain's output parsers (``withStructuredOutput`` / ``with_structured_output``, ``JsonOutputParser``, ...)
+#: failing on the model's answer: OutputParserException, whose JS message opens "Failed to parse. Text:" and
+#: whose Python one "Failed to parse X from completion" / "Invalid json output".
+_OUTPUT_PARSER_FAILURE = re.compile(
+    r"OutputParserException|OUTPUT_PARSING_FAILURE|^Failed to parse\b|^Invalid json output", re.MULTILINE)
+
+
+def _output_parser_failure(span: SpanRow) -> str | None:
+    """The error of a CHAIN span (an output parser) that failed because the model's answer did not parse or
+    broke the structure asked for: the answer's format, not a provider or framework error."""
+    if span_kind(span) != "CHAIN" or not failed(span):
+        return None
+    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    return next((t for t in texts if _OUTPUT_PARSER_FAILURE.search(t)), None)
+
+
+def _bad_requested_tool_call(view: TraceView) -> bool:
+    """Some model call of the trace asked for a tool call whose arguments break the tool's schema (tool_argument)."""
+    for s in view.of_kind("LLM"):
+        for call in requested_tool_calls(s):
+            name = call.get("name")
+            if _check_arguments(name, call.get("arguments"), view.tool_schemas.get(name) if name else None, True):
+                return True
+    return False
 
 
 def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
@@ -705,6 +734,18 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     f"output declared application/json does not parse: {err}",
                     {"declared_by": "output.mime_type", "output": clip(out, 1000), "error": err},
                 ))
+    if not found and not _bad_requested_tool_call(view):  # else that finding on the model call is the failure
+        parsers = [s for s in view.of_kind("CHAIN") if _output_parser_failure(s) is not None]
+        for s in parsers:  # the parser itself, not the chains that pass its error up
+            error = _output_parser_failure(s)
+            inner = {d["span_id"] for d in view.descendants(s["span_id"])}
+            if error is not None and not any(p["span_id"] in inner for p in parsers):
+                found.append(Finding(
+                    s["span_id"], "json_output", "format_violation",
+                    f"output parser {s.get('name')} could not parse the model's answer: {clip(error, 200)}",
+                    {"declared_by": "output parser", "parser": s.get("name"), "error": clip(error, 1000)},
+                ))
+                break
     return found
 
 
@@ -1082,9 +1123,10 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
             if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None or _client_truncation(s) is not None
                     or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)
-                    or _vercel_object_rejected(view, s, cfg)):
+                    or _vercel_object_rejected(view, s, cfg) or _output_parser_failure(s) is not None):
                 continue  # the failing descendant is the finding (here or in tool_error); json_output;
-                # finish_length; step_limit; tool_argument; json_output or finish_length on the object's step
+                # finish_length; step_limit; tool_argument; json_output or finish_length on the object's step;
+                # json_output or tool_argument (a parser's failure)
             facts = _error_facts(s)
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",

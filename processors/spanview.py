@@ -471,9 +471,92 @@ def response_text(resp: Any, refusals: bool = True) -> str | None:
                 found.append(text)
     elif resp.get("type") in ("ai", "AIMessage", "AIMessageChunk") and isinstance(resp.get("data"), dict):
         found.append(_message_text(resp["data"], refusals))
+    elif (said := _langchain_message(resp)) is not None and said[0] == "ai":
+        found.append(_message_text(said[1], refusals))
+    elif isinstance(resp.get("messages"), list) and resp["messages"]:
+        return _conversation_answer(resp["messages"], refusals)
     else:
         return None
     return "\n".join(t for t in found if t)
+
+
+#: LangChain message classes by the role they speak for, as ``Serializable.toJSON()`` names them in ``id``.
+_LANGCHAIN_MESSAGE_ROLES = {"AIMessage": "ai", "AIMessageChunk": "ai", "HumanMessage": "human",
+                            "HumanMessageChunk": "human", "SystemMessage": "system", "ToolMessage": "tool",
+                            "ToolMessageChunk": "tool", "FunctionMessage": "tool", "ChatMessage": "chat"}
+_MESSAGE_ROLES = {"assistant": "ai", "ai": "ai", "user": "human", "human": "human", "system": "system",
+                  "developer": "system", "tool": "tool", "function": "tool"}
+
+
+def _conversation_answer(messages: list[Any], refusals: bool) -> str | None:
+    """The answer a LangGraph run's final state ``{"messages": [...]}`` ends with: its last AI message's
+    text ("" when the conversation ends on the user's turn or an AI message that only called tools);
+    None when an item is not a message (then the state is no conversation)."""
+    said = [_langchain_message(m) for m in messages]
+    roles = [m[0] for m in said if m is not None]
+    if len(roles) < len(said) or "ai" not in roles or roles[-1] == "human":
+        return None if len(roles) < len(said) else ""
+    last_ai = [m[1] for m in said if m is not None and m[0] == "ai"][-1]
+    return _message_text(last_ai, refusals)
+
+
+def tool_message_content(value: Any) -> Any:
+    """What a tool returned, when its recorded output is the LangChain ``ToolMessage`` wrapping it; else ``value``.
+
+    @arizeai/openinference-instrumentation-langchain 4.1 (LangChain.js) records a tool run's output as
+    ``{"output": {"lc": 1, "type": "constructor", "id": [..., "ToolMessage"], "kwargs": {"content": ...}}}``:
+    the tool's result is the message's content, not the serialized message around it.
+    """
+    inner = value.get("output") if isinstance(value, dict) and value.keys() == {"output"} else value
+    said = _langchain_message(inner)
+    if said is None or said[0] != "tool":
+        return value
+    return said[1].get("content")
+
+
+def langchain_tool_call_id(span: SpanRow) -> str | None:
+    """The id of the model's tool call a TOOL span answered, from the LangChain ``ToolMessage`` it returned."""
+    ok, value = try_json(span.get("output_value")) if isinstance(span.get("output_value"), str) else (False, None)
+    inner = value.get("output") if ok and isinstance(value, dict) and value.keys() == {"output"} else value
+    said = _langchain_message(inner) if ok else None
+    call_id = said[1].get("tool_call_id") if said is not None and said[0] == "tool" else None
+    return call_id if isinstance(call_id, str) and call_id else None
+
+
+def langchain_requested_arguments(span: SpanRow) -> dict[str, Any]:
+    """Tool call id -> the arguments the model asked for, from the AIMessage in a LangChain LLMResult
+    (``generations[0][i].message.kwargs.tool_calls``: ``{id, name, args}``, the arguments parsed)."""
+    resp = _provider_response(span)
+    found: dict[str, Any] = {}
+    if resp is None or "generations" not in resp:
+        return found
+    for gen in as_list(dig(resp, "generations", 0)):
+        for call in as_list(dig(gen, "message", "kwargs", "tool_calls")):
+            if isinstance(call, dict) and isinstance(call.get("id"), str) and isinstance(call.get("args"), dict):
+                found[call["id"]] = call["args"]
+    return found
+
+
+def _langchain_message(message: Any) -> tuple[str, dict[str, Any]] | None:
+    """(role, fields) of one message in a LangChain / LangGraph output, else None.
+
+    LangChain.js (``@langchain/core`` 1.x, traced by @arizeai/openinference-instrumentation-langchain 4.1)
+    records a chain's or a LangGraph graph's output as the serialized messages,
+    ``{"lc": 1, "type": "constructor", "id": [..., "AIMessage"], "kwargs": {"content": ...}}``, a graph's
+    as its state ``{"messages": [...]}``; the state's input messages may be plain ``{role, content}``
+    dicts, and LangChain Python dumps ``{"type": "ai", "content": ...}``. Read as the whole JSON, the
+    final answer of such a run was the serialized conversation, the user's own words included.
+    """
+    if not isinstance(message, dict):
+        return None
+    cls = message.get("id")
+    if message.get("type") == "constructor" and isinstance(cls, list) and cls and isinstance(message.get("kwargs"), dict):
+        role = _LANGCHAIN_MESSAGE_ROLES.get(str(cls[-1]))
+        return (role, message["kwargs"]) if role else None
+    said_by = message.get("role", message.get("type"))
+    if isinstance(said_by, str) and said_by in _MESSAGE_ROLES and "content" in message:
+        return _MESSAGE_ROLES[said_by], message
+    return None
 
 
 def _is_legacy_genai_output(item: Any) -> bool:
@@ -598,6 +681,15 @@ def _tool_definition(raw: Any) -> tuple[str, Any] | None:
     return name, params
 
 
+def _openllmetry_function(item: Any) -> Any:
+    """A tool an OpenLLMetry model call declared in its older form, ``llm.request.functions.<i>.name`` /
+    ``.description`` / ``.parameters``, which @traceloop/instrumentation-together (0.27, Node) writes as
+    ``.arguments``: the parameters JSON schema either way (JSON text)."""
+    if isinstance(item, dict) and "parameters" not in item and "arguments" in item:
+        return {**item, "parameters": item["arguments"]}
+    return item
+
+
 def declared_tools(span: SpanRow) -> dict[str, Any]:
     """Tools this LLM span offered the model: name -> parameters JSON schema (None when not declared)."""
     a = attrs(span)
@@ -606,6 +698,7 @@ def declared_tools(span: SpanRow) -> dict[str, Any]:
                for item in as_list(dig(a, "llm", "tools"))]
     sources += as_list(dig(a, "gen_ai", "tool", "definitions"))
     sources += vercel_tool_definitions(span)
+    sources += [_openllmetry_function(item) for item in as_list(dig(a, "llm", "request", "functions"))]
     if not sources:
         request = _provider_request(span)
         if request is not None:
@@ -794,6 +887,7 @@ def documents(span: SpanRow) -> list[dict[str, Any]] | None:
                 docs.append({"id": doc.get("id"), "score": doc.get("score")})
             elif item is not None:
                 docs.append({"id": None, "score": None})
+    fill_document_ids(span, docs)
     genai = dig(a, "gen_ai", "retrieval", "documents")
     if genai is not None:
         present = True
@@ -801,6 +895,30 @@ def documents(span: SpanRow) -> list[dict[str, Any]] | None:
             if isinstance(doc, dict):
                 docs.append({"id": doc.get("id"), "score": doc.get("score")})
     return docs if present or docs else None
+
+
+def fill_document_ids(span: SpanRow, docs: list[dict[str, Any]]) -> None:
+    """Give the OpenInference documents of a RETRIEVER span that carry no id the ``id`` its ``output.value``
+    lists for the document at the same place (in place; only when both list the same number of documents).
+
+    @arizeai/openinference-instrumentation-langchain 4.1 (LangChain.js) records a Document's content and
+    metadata but not its ``id`` (``new Document({id: "doc-1", ...})``); the id is only in the output,
+    ``{"documents": [{"pageContent", "metadata", "id"}]}``. Without it an answer citing ``[doc-1]`` cited
+    a document "not retrieved", a hallucination on a clean run.
+    """
+    if not docs or all(d.get("id") is not None for d in docs):
+        return
+    value = span.get("output_value")
+    if not isinstance(value, str) or value.lstrip()[:1] not in ("{", "["):
+        return
+    ok, listed = try_json(value)
+    if ok and isinstance(listed, dict):
+        listed = listed.get("documents")
+    if not ok or not isinstance(listed, list) or len(listed) != len(docs):
+        return
+    for doc, item in zip(docs, listed):
+        if doc.get("id") is None and isinstance(item, dict) and isinstance(item.get("id"), (str, int)):
+            doc["id"] = item["id"]
 
 
 def retrieval_outcome(span: SpanRow) -> str:
