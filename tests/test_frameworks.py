@@ -589,3 +589,113 @@ def test_a_smolagents_final_answer_citing_a_document_never_retrieved_is_hallucin
     assert detections_by_span(c) == [("hallucination", "ToolCallingAgent.run")]
     [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
     assert candidate["input"] == {"user_message": task, "conversation_history": []}
+
+
+# ------------------------------------------------------------------ DSPy (openinference)
+# dspy 3.4.1 with openinference-instrumentation-dspy 0.1.48, `dspy.ReAct("question -> answer", tools=[get_order])`
+# over `dspy.LM("openai/gpt-4o-mini")`: "ReAct.forward" (CHAIN, its input `{"input_args": {...}}`) > per step
+# "Predict.forward" > "Predict(StringSignature).forward" > "ChatAdapter.__call__" (CHAIN) > "LM.__call__" (LLM, the
+# question rendered into the ChatAdapter's "[[ ## question ## ]]" fields), then the tool's "get_order.__call__"
+# (TOOL, no `tool.name`), and "ChainOfThought.forward" extracting the answer.
+
+DSPY_REACT_SYSTEM = ("Your input fields are:\n1. `question` (str): \n2. `trajectory` (str):\nYour output fields are:\n"
+                     "1. `next_thought` (str): \n2. `next_tool_name` (Literal['get_order', 'finish']): \n"
+                     "3. `next_tool_args` (dict[str, Any]):\n...")
+
+
+def dspy_lm_call(tracer: Tracer, question: str, trajectory: str, answer: str) -> None:
+    user = (f"[[ ## question ## ]]\n{question}\n\n[[ ## trajectory ## ]]\n{trajectory}\n\nRespond with the "
+            "corresponding output fields, starting with the field `[[ ## next_thought ## ]]`, then "
+            "`[[ ## next_tool_name ## ]]` (must be formatted as a valid Python Literal['get_order', 'finish']), then "
+            "`[[ ## next_tool_args ## ]]` (must be formatted as a valid Python dict[str, Any]), and then ending with "
+            "the marker for `[[ ## completed ## ]]`.")
+    messages = [{"role": "system", "content": DSPY_REACT_SYSTEM}, {"role": "user", "content": user}]
+    with tracer.start_as_current_span("Predict.forward") as predict:
+        predict.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                "input.value": json.dumps({"question": question, "trajectory": trajectory})})
+        with tracer.start_as_current_span("ChatAdapter.__call__") as adapter:
+            adapter.set_attribute("openinference.span.kind", "CHAIN")
+            with tracer.start_as_current_span("LM.__call__") as lm:
+                lm.set_attributes({
+                    "input.mime_type": "application/json",
+                    "input.value": json.dumps({"prompt": None, "messages": messages, "kwargs": {}}),
+                    "llm.model_name": "gpt-4o-mini", "llm.provider": "openai",
+                    "llm.invocation_parameters": json.dumps({"temperature": None, "max_tokens": None,
+                                                             "api_base": "http://127.0.0.1:42945/v1"}),
+                    "llm.input_messages.0.message.role": "system",
+                    "llm.input_messages.0.message.content": DSPY_REACT_SYSTEM,
+                    "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": user,
+                    "llm.output_messages.0.message.role": "assistant",
+                    "llm.output_messages.0.message.content": answer,
+                    "output.value": json.dumps([answer]), "output.mime_type": "application/json",
+                    "openinference.span.kind": "LLM",
+                })
+
+
+def test_a_dspy_react_tool_failure_files_the_question_not_the_adapters_rendered_fields(start_collector):
+    """ReAct records its call as ``{"input_args": {"question": ...}}`` and the model gets the question inside
+    DSPy's "[[ ## question ## ]]" envelope: the candidate held that envelope, the tool's signature and format
+    instructions with it, instead of what the user asked."""
+    c = start_collector(FAST_JUDGE)
+    question = "Where is order 42?"
+    with sdk_tracer("grpc", c.grpc_endpoint, service="dspy-bot") as tracer:
+        with tracer.start_as_current_span("ReAct.forward") as react:
+            react.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                  "input.value": json.dumps({"input_args": {"question": question}})})
+            dspy_lm_call(tracer, question, "", "[[ ## next_thought ## ]]\nI should look up the order.\n\n"
+                         "[[ ## next_tool_name ## ]]\nget_order\n\n[[ ## next_tool_args ## ]]\n"
+                         '{"order_id": "42"}\n\n[[ ## completed ## ]]')
+            with tracer.start_as_current_span("get_order.__call__") as tool:
+                tool.set_attributes({"openinference.span.kind": "TOOL", "input.mime_type": "application/json",
+                                     "input.value": json.dumps({"kwargs": {"order_id": "42"}})})
+                tool.record_exception(RuntimeError("order service returned 502"))
+                _failed(tool, "RuntimeError: order service returned 502")
+            react.set_attributes({"output.mime_type": "application/json",
+                                  "output.value": json.dumps({"answer": "I could not reach the order service."})})
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'tool_invocation'", lambda r: len(r) == 1)
+    assert detections_by_span(c) == [("tool_invocation", "get_order.__call__")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": question, "conversation_history": []}
+
+
+# ------------------------------------------------------------------ Haystack (openinference)
+# haystack-ai 3.4.1 with openinference-instrumentation-haystack 0.1.46, a RAG `Pipeline`: InMemoryBM25Retriever >
+# ChatPromptBuilder ("Context: ... Question: {{ question }}") > OpenAIChatGenerator. "Pipeline.run" (CHAIN) records
+# the run's inputs per component, `{"data": {"retriever": {"query": ...}, "prompt": {"question": ...}}}`.
+
+
+def test_a_haystack_rag_pipeline_that_retrieved_nothing_files_the_question_not_the_prompt(start_collector):
+    """The model's message is the template rendered around the question; the question sits two levels deep in the
+    pipeline's inputs, beside the retriever's keyword query (which a rendered context may hold too)."""
+    c = start_collector(FAST_JUDGE)
+    question = "How long is the return window for shoes?"
+    rendered = f"Context:\n\nQuestion: {question}"
+    answer = "The return window is 60 days for shoes bought online, and 30 days in stores."
+    with sdk_tracer("grpc", c.grpc_endpoint, service="haystack-bot") as tracer:
+        with tracer.start_as_current_span("Pipeline.run") as run:
+            run.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                "input.value": json.dumps({"data": {"retriever": {"query": "return window"},
+                                                                    "prompt": {"question": question}}})})
+            with tracer.start_as_current_span("InMemoryBM25Retriever.run") as retriever:
+                retriever.set_attributes({
+                    "openinference.span.kind": "RETRIEVER", "input.mime_type": "application/json",
+                    "input.value": json.dumps({"query": "return window", "filters": None, "top_k": None,
+                                               "scale_score": None}),
+                    "output.mime_type": "application/json", "output.value": json.dumps({"documents": []})})
+            with tracer.start_as_current_span("ChatPromptBuilder.run") as builder:
+                builder.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                        "input.value": json.dumps({"template": None, "template_variables": None,
+                                                                   "kwargs": {"question": question, "documents": []}})})
+            with tracer.start_as_current_span("OpenAIChatGenerator.run") as llm:
+                llm.set_attributes({
+                    "openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini-2024-07-18",
+                    "llm.provider": "openai", "llm.system": "openai",
+                    "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": rendered,
+                    "llm.output_messages.0.message.role": "assistant",
+                    "llm.output_messages.0.message.content": answer,
+                    "llm.token_count.prompt": 42, "llm.token_count.completion": 19, "llm.token_count.total": 61})
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 2)
+    assert detections_by_span(c) == [("hallucination", "OpenAIChatGenerator.run"),
+                                     ("retrieval_miss", "InMemoryBM25Retriever.run")]
+    for candidate in json.loads(c.cli("candidates", "--format", "json").stdout):
+        assert candidate["input"] == {"user_message": question, "conversation_history": []}
