@@ -448,9 +448,20 @@ def assistant_text(span: SpanRow, refusals: bool = True) -> str:
     return ""
 
 
+def _legacy_function_calls(span: SpanRow) -> list[dict[str, Any]]:
+    """Calls recorded one per ``gen_ai.completion.<i>.function_call.{name, arguments}``, as LiteLLM's own
+    OpenTelemetry callback (``litellm.callbacks = ["otel"]``, 1.110) writes each tool call of the answer."""
+    calls = []
+    for item in as_list(dig(attrs(span), "gen_ai", "completion")):
+        fn = dig(item, "function_call")
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            calls.append({"id": None, "name": fn["name"], "arguments": fn.get("arguments")})
+    return calls
+
+
 def requested_tool_calls(span: SpanRow) -> list[dict[str, Any]]:
     """Tool calls the model asked for on this span: {id, name, arguments} (arguments raw: string or object)."""
-    calls = [c for m in output_messages(span) for c in m["tool_calls"]]
+    calls = [c for m in output_messages(span) for c in m["tool_calls"]] or _legacy_function_calls(span)
     resp = _provider_response(span)
     if resp is not None and "generations" in resp:
         # LangChain parses the model's calls itself: arguments that are not JSON are left out of
@@ -532,6 +543,8 @@ def declared_tools(span: SpanRow) -> dict[str, Any]:
     sources = [dig(item, "tool", "json_schema") if isinstance(item, dict) and "tool" in item else item
                for item in as_list(dig(a, "llm", "tools"))]
     sources += as_list(dig(a, "gen_ai", "tool", "definitions"))
+    # OpenLLMetry's and LiteLLM's own callback: llm.request.functions.<i>.{name, description, parameters}
+    sources += as_list(dig(a, "llm", "request", "functions"))
     if not sources:
         request = _provider_request(span)
         if request is not None:

@@ -699,3 +699,63 @@ def test_a_haystack_rag_pipeline_that_retrieved_nothing_files_the_question_not_t
                                      ("retrieval_miss", "InMemoryBM25Retriever.run")]
     for candidate in json.loads(c.cli("candidates", "--format", "json").stdout):
         assert candidate["input"] == {"user_message": question, "conversation_history": []}
+
+
+# ------------------------------------------------------------------ LiteLLM's own OpenTelemetry callback
+# litellm 1.110.2, `litellm.callbacks = [OpenTelemetry(OpenTelemetryConfig(exporter="otlp_grpc", ...))]`, a bare
+# `litellm.completion(model="openai/gpt-4o-mini", tools=[...])`: "litellm_request" (GenAI chat) > "raw_gen_ai_request".
+# The tools are OpenLLMetry's `llm.request.functions.<i>.*`; each tool call of the answer is a
+# `gen_ai.completion.<i>.function_call.*` (its `gen_ai.output.messages` item keeps no part for it).
+
+LITELLM_PARAMETERS = {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"],
+                      "additionalProperties": False}
+
+
+def litellm_request(tracer: Tracer, question: str, *, answer: str | None = None,
+                    tool_call: dict[str, Any] | None = None) -> None:
+    finish = "tool_calls" if tool_call is not None else "stop"
+    parts = [{"type": "text", "content": answer}] if answer is not None else []
+    attributes: dict[str, Any] = {
+        "gen_ai.request.model": "gpt-4o-mini", "gen_ai.system": "openai", "gen_ai.operation.name": "chat",
+        "gen_ai.response.id": "chatcmpl-1796687102421881931", "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+        "gen_ai.response.finish_reasons": json.dumps([finish]),
+        "gen_ai.usage.input_tokens": 42, "gen_ai.usage.output_tokens": 9, "gen_ai.usage.total_tokens": 51,
+        "gen_ai.input.messages": json.dumps([
+            {"role": "system", "parts": [{"type": "text", "content": SYSTEM}]},
+            {"role": "user", "parts": [{"type": "text", "content": question}]}]),
+        "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": parts, "finish_reason": finish}]),
+        "litellm.provider.model": "openai/gpt-4o-mini", "llm.request.type": "completion", "llm.is_streaming": "False",
+        "llm.request.functions.0.name": "get_order",
+        "llm.request.functions.0.description": "Look up an order's shipping status by its id.",
+        "llm.request.functions.0.parameters": json.dumps(LITELLM_PARAMETERS),
+    }
+    if tool_call is not None:
+        attributes.update({"gen_ai.completion.0.function_call.arguments": json.dumps(tool_call),
+                           "gen_ai.completion.0.function_call.name": "get_order"})
+    with tracer.start_as_current_span("litellm_request") as span:
+        span.set_attributes(attributes)
+        with tracer.start_as_current_span("raw_gen_ai_request") as raw:
+            raw.set_attributes({"llm.openai.model": "gpt-4o-mini-2024-07-18", "llm.openai.object": "chat.completion"})
+
+
+def test_litellm_otel_callback_tool_calls_are_judged_against_the_declared_functions(start_collector):
+    """The call's arguments and the tool's schema were both there, under keys nothing read: a call breaking the
+    schema went unreported, and a well-formed one must stay clean."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="litellm-bot") as tracer:
+        litellm_request(tracer, "What is the status of order 42?", tool_call={"order_id": "42"})
+        litellm_request(tracer, "Where is order 7?", tool_call={"order": 7})
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert detections_by_span(c) == [("tool_argument", "litellm_request")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": "Where is order 7?", "conversation_history": []}
+    assert candidate["expected"]["tool_arguments_schema"] == {"get_order": LITELLM_PARAMETERS}
+
+
+def test_litellm_otel_callback_refusal_although_functions_were_offered_is_refusal_overreach(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="litellm-bot") as tracer:
+        litellm_request(tracer, "Where is order 42?", answer="I'm sorry, but I can't help with that request.")
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
+    assert detections_by_span(c) == [("refusal_overreach", "litellm_request")]
