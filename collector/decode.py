@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracesieve.collector.deep_values import TOO_DEEP, clamp_json, clamp_wire
+from tracesieve.processors.spanview import haystack_reply_finish_reason
 from tracesieve.storage.errors import PermanentError
 from tracesieve.storage.schema import SPAN_KINDS, SPAN_SCHEMA
 
@@ -599,7 +600,9 @@ def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, 
             for kv in event.attributes:
                 if kv.key == "finish_reason" and kv.value.string_value:
                     return str(kv.value.string_value)
-    return _response_finish_reason(output_value) if kind == "LLM" else None
+    if kind != "LLM":
+        return None
+    return _response_finish_reason(output_value) or haystack_reply_finish_reason(output_value)
 
 
 def _json_holding(text: str, needles: Sequence[str]) -> Any:

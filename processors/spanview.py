@@ -485,6 +485,28 @@ def requested_tool_calls(span: SpanRow) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------- finish reasons
 
+_HAYSTACK_META_REASON = re.compile(r"'finish_reason': '([A-Za-z_]+)'")
+
+
+def haystack_reply_finish_reason(output_value: Any) -> str | None:
+    """The first reply's finish reason in a Haystack chat generator's output, else None.
+
+    openinference-instrumentation-haystack (0.1.46, haystack-ai 3.4) records the replies only as the repr of each
+    ``ChatMessage`` (``{"replies": ["ChatMessage(..., _meta={..., 'finish_reason': 'length', ...})"]}``) and sets
+    no finish-reason key: a reply cut at its token limit was never a truncation. The reason is read from the
+    last ``_meta={`` of the repr, after the reply's own text, which may quote anything.
+    """
+    if not isinstance(output_value, str) or '"replies"' not in output_value or "_meta={" not in output_value:
+        return None
+    ok, parsed = try_json(output_value)
+    replies = parsed.get("replies") if ok and isinstance(parsed, dict) else None
+    first = replies[0] if isinstance(replies, list) and replies else None
+    if not isinstance(first, str) or not first.startswith("ChatMessage("):
+        return None
+    found = _HAYSTACK_META_REASON.search(first, first.rfind("_meta={"))
+    return found.group(1) if found else None
+
+
 
 def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
     """Every finish reason the span reports, as (where, value), raw values kept."""
@@ -509,6 +531,7 @@ def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
     for event in as_list(span.get("events")):  # the deprecated gen_ai.choice event: {index, finish_reason, message}
         if isinstance(event, dict) and event.get("name") == "gen_ai.choice":
             add("gen_ai.choice event", dig(event, "attributes", "finish_reason"))
+    add("output.value replies ChatMessage _meta", haystack_reply_finish_reason(span.get("output_value")))
     resp = _provider_response(span)
     if resp is not None:
         for choice in as_list(resp.get("choices")):

@@ -759,3 +759,46 @@ def test_litellm_otel_callback_refusal_although_functions_were_offered_is_refusa
         litellm_request(tracer, "Where is order 42?", answer="I'm sorry, but I can't help with that request.")
     c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
     assert detections_by_span(c) == [("refusal_overreach", "litellm_request")]
+
+
+def haystack_chat_generator(tracer: Tracer, question: str, answer: str, finish_reason: str) -> None:
+    """"Pipeline.run" > "OpenAIChatGenerator.run": the replies only as each ChatMessage's repr, no finish-reason key."""
+    def chat_message(role: str, text: str, meta: str) -> str:
+        return (f"ChatMessage(_role=<ChatRole.{role.upper()}: '{role}'>, _content=[TextContent(text={text!r})], "
+                f"_name=None, _meta={meta})")
+    meta = (f"{{'model': 'gpt-4o-mini-2024-07-18', 'index': 0, 'finish_reason': '{finish_reason}', 'usage': "
+            "{'completion_tokens': 9, 'prompt_tokens': 42, 'total_tokens': 51, 'completion_tokens_details': None, "
+            "'prompt_tokens_details': None}}")
+    user = chat_message("user", question, "{}")
+    with tracer.start_as_current_span("Pipeline.run") as run:
+        run.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                            "input.value": json.dumps({"data": {"llm": {"messages": [user]}}})})
+        with tracer.start_as_current_span("OpenAIChatGenerator.run") as llm:
+            llm.set_attributes({
+                "openinference.span.kind": "LLM", "input.mime_type": "application/json",
+                "input.value": json.dumps({"messages": [user], "streaming_callback": None, "generation_kwargs": None,
+                                           "tools": None, "tools_strict": None}),
+                "llm.model_name": "gpt-4o-mini-2024-07-18", "llm.provider": "openai", "llm.system": "openai",
+                "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": question,
+                "llm.output_messages.0.message.role": "assistant",
+                "llm.output_messages.0.message.content": answer,
+                "llm.token_count.prompt": 42, "llm.token_count.completion": 9, "llm.token_count.total": 51,
+                "output.mime_type": "application/json",
+                "output.value": json.dumps({"replies": [chat_message("assistant", answer, meta)]})})
+
+
+def test_a_haystack_reply_cut_at_its_token_limit_is_truncation(start_collector):
+    """The finish reason is only in the reply's ``_meta`` inside its repr; a whole reply, whose text quotes a
+    finish reason of its own, stays clean."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="haystack-bot") as tracer:
+        haystack_chat_generator(tracer, "Tell me about order 42", "Order 42 shipped on Mon", "length")
+        haystack_chat_generator(tracer, "What does the API return?",
+                                "It returns {'finish_reason': 'length'} when a reply is cut.", "stop")
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("truncation", "OpenAIChatGenerator.run")]
+    assert c.query("SELECT llm_finish_reason AS r FROM spans WHERE span_kind = 'LLM' ORDER BY start_time") == [
+        {"r": "length"}, {"r": "stop"}]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"]["user_message"] == "Tell me about order 42"
