@@ -407,6 +407,10 @@ def _append_span(
     tool = _first_str(flat, "tool.name", "gen_ai.tool.name", "ai.toolCall.name")
     if tool is None and kind == "TOOL" and span.name.startswith("execute_tool "):
         tool = walker.text(span.name[13:].strip()) or None  # GenAI names the span "execute_tool {gen_ai.tool.name}"
+    elif tool is None and kind == "TOOL" and span.name.endswith(_DSPY_TOOL_CALL_SUFFIXES):
+        # openinference-instrumentation-dspy (0.1.48) sets no tool.name: it names the span "{tool.name}.__call__"
+        # (".acall"); without the name a `blast_radius` class never matched a DSPy tool
+        tool = walker.text(span.name.rsplit(".", 1)[0].strip()) or None
     append("tool_name").append(tool)
     append("attributes").append(_dumps(walker.nest(flat)))
     append("resource_attributes").append(resource_json)
@@ -567,6 +571,9 @@ def _is_json_text(value: Any) -> bool:
 
 _JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", "ai.toolCall.args", "ai.prompt",
                              "ai.response.object"})
+
+
+_DSPY_TOOL_CALL_SUFFIXES = (".__call__", ".acall")
 
 
 def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, kind: str) -> str | None:

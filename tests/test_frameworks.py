@@ -802,3 +802,36 @@ def test_a_haystack_reply_cut_at_its_token_limit_is_truncation(start_collector):
         {"r": "length"}, {"r": "stop"}]
     [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
     assert candidate["input"]["user_message"] == "Tell me about order 42"
+
+
+def dspy_tool_call(tracer: Tracer, tool: str, kwargs: dict[str, Any], *, result: str | None = None,
+                   error: Exception | None = None) -> None:
+    """A DSPy ``Tool``'s span: named "<tool>.__call__", no ``tool.name``, the call as ``{"kwargs": {...}}``."""
+    with tracer.start_as_current_span(f"{tool}.__call__") as span:
+        span.set_attributes({"openinference.span.kind": "TOOL", "input.mime_type": "application/json",
+                             "input.value": json.dumps({"kwargs": kwargs})})
+        if error is not None:
+            span.record_exception(error)
+            _failed(span, f"{type(error).__name__}: {error}")
+        else:
+            span.set_attributes({"output.mime_type": "application/json", "output.value": json.dumps(result)})
+
+
+def test_a_dspy_tool_is_named_so_its_blast_radius_class_applies(start_collector):
+    """Without ``tool.name`` the tool was nameless in ``spans.tool_name`` and ``blast_radius: {send_email: ...}``
+    never matched: an e-mail sent after the refund failed was no blast_radius_breach."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms",
+                                                      "blast_radius": {"send_email": "irreversible_write"}}}})
+    question = "Refund order 42 and tell me by e-mail."
+    with sdk_tracer("grpc", c.grpc_endpoint, service="dspy-bot") as tracer:
+        with tracer.start_as_current_span("ReAct.forward") as react:
+            react.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                  "input.value": json.dumps({"input_args": {"question": question}})})
+            dspy_tool_call(tracer, "refund_payment", {"order_id": "42"}, error=RuntimeError("payment gateway 502"))
+            dspy_tool_call(tracer, "send_email", {"to": "customer", "body": "Your refund is on its way."},
+                           result="sent")
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 2)
+    assert c.query("SELECT tool_name FROM spans WHERE span_kind = 'TOOL' ORDER BY start_time") == [
+        {"tool_name": "refund_payment"}, {"tool_name": "send_email"}]
+    assert detections_by_span(c) == [("blast_radius_breach", "send_email.__call__"),
+                                     ("tool_invocation", "refund_payment.__call__")]
