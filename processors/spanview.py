@@ -546,9 +546,58 @@ def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- tools
 
 
+_HAYSTACK_TOOL_REPR = re.compile(r"\w*Tool\(name='((?:[^'\\]|\\.)*)'")
+
+
+def _balanced_braces(text: str, start: int) -> str | None:
+    """The ``{...}`` opening at ``start``, its quoted strings skipped, else None."""
+    depth, quote, i = 0, "", start
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in ("'", '"'):
+            quote = ch
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i + 1]
+        i += 1
+    return None
+
+
+def _haystack_tool_repr(text: str) -> tuple[str, Any] | None:
+    """(name, parameters schema) from the repr of a Haystack ``Tool`` (``ComponentTool``...), else None.
+
+    openinference-instrumentation-haystack (0.1.46) records a chat generator's tools only in its
+    ``input.value`` as ``"tools": ["Tool(name='get_order', description=..., parameters={...}, function=<...>)"]``:
+    without them a refusal although tools were offered, or a call breaking a tool's schema, went unseen.
+    """
+    found = _HAYSTACK_TOOL_REPR.match(text)
+    if not found:
+        return None
+    params: Any = None
+    at = text.find(", parameters={", found.end())
+    literal = _balanced_braces(text, at + len(", parameters=")) if at >= 0 else None
+    if literal is not None:
+        try:
+            params = ast.literal_eval(literal)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            params = None
+    return found.group(1), params if isinstance(params, dict) else None
+
+
 def _tool_definition(raw: Any) -> tuple[str, Any] | None:
-    """(name, parameters schema) from OpenAI-nested, GenAI-flat or Anthropic tool definitions."""
+    """(name, parameters schema) from OpenAI-nested, GenAI-flat or Anthropic tool definitions (or a Haystack
+    tool's repr)."""
     d = loose(raw)
+    if isinstance(d, str):
+        return _haystack_tool_repr(d)
     if not isinstance(d, dict):
         return None
     fn = d.get("function") if isinstance(d.get("function"), dict) else d

@@ -835,3 +835,56 @@ def test_a_dspy_tool_is_named_so_its_blast_radius_class_applies(start_collector)
         {"tool_name": "refund_payment"}, {"tool_name": "send_email"}]
     assert detections_by_span(c) == [("blast_radius_breach", "send_email.__call__"),
                                      ("tool_invocation", "refund_payment.__call__")]
+
+
+HAYSTACK_TOOL = ("Tool(name='get_order', description=\"Look up an order's shipping status by its id.\", "
+                 "parameters={'type': 'object', 'properties': {'order_id': {'type': 'string'}}, 'required': "
+                 "['order_id'], 'additionalProperties': False}, function=<function get_order at 0x7f2864305e40>, "
+                 "outputs_to_string=None, inputs_from_state=None, outputs_to_state=None, async_function=None)")
+
+
+def haystack_agent_generator(tracer: Tracer, question: str, *, answer: str | None = None,
+                             tool_call: dict[str, Any] | None = None) -> None:
+    """A Haystack ``Agent``'s "OpenAIChatGenerator.run" (run outside a pipeline, each model call is a trace): its
+    tools only as each ``Tool``'s repr in ``input.value``, never as ``llm.tools``."""
+    messages = ["ChatMessage(_role=<ChatRole.SYSTEM: 'system'>, _content=[TextContent(text='You are a support "
+                "agent. Use tools.')], _name=None, _meta={})",
+                f"ChatMessage(_role=<ChatRole.USER: 'user'>, _content=[TextContent(text={question!r})], _name=None, "
+                "_meta={})"]
+    out = "llm.output_messages.0.message"
+    attributes: dict[str, Any] = {
+        "openinference.span.kind": "LLM", "input.mime_type": "application/json",
+        "input.value": json.dumps({"messages": messages, "tools": [HAYSTACK_TOOL]}),
+        "llm.model_name": "gpt-4o-mini-2024-07-18", "llm.provider": "openai", "llm.system": "openai",
+        "llm.input_messages.0.message.role": "system", "llm.input_messages.0.message.content": SYSTEM,
+        "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": question,
+        f"{out}.role": "assistant",
+        "llm.token_count.prompt": 42, "llm.token_count.completion": 9, "llm.token_count.total": 51,
+    }
+    if tool_call is not None:
+        attributes.update({f"{out}.tool_calls.0.tool_call.function.name": "get_order",
+                           f"{out}.tool_calls.0.tool_call.function.arguments": json.dumps(tool_call)})
+    else:
+        attributes[f"{out}.content"] = answer
+    with tracer.start_as_current_span("OpenAIChatGenerator.run") as llm:
+        llm.set_attributes(attributes)
+
+
+def test_haystack_agent_tools_recorded_as_reprs_are_offered_tools_with_their_schema(start_collector):
+    """A refusal although the agent had a tool, and a call breaking the tool's parameters, went unseen: the only
+    record of the tools was their repr. A well-formed call stays clean."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="haystack-bot") as tracer:
+        haystack_agent_generator(tracer, "Where is order 42?", tool_call={"order_id": "42"})
+        haystack_agent_generator(tracer, "Where is order 7?", tool_call={"order": 7})
+        haystack_agent_generator(tracer, "Where is order 9?", answer="I'm sorry, but I can't help with that request.")
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 2)
+    assert c.stop() == 0
+    rows = c.query("SELECT d.failure_mode, s.input_value FROM detections d JOIN spans s USING (trace_id, span_id) "
+                   "ORDER BY d.failure_mode")
+    assert [(r["failure_mode"], "order 9" in r["input_value"], "order 7" in r["input_value"]) for r in rows] == [
+        ("refusal_overreach", True, False), ("tool_argument", False, True)]
+    [tool_argument] = json.loads(c.cli("candidates", "--mode", "tool_argument", "--format", "json").stdout)
+    assert tool_argument["expected"]["tool_arguments_schema"] == {"get_order": {
+        "type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"],
+        "additionalProperties": False}}
