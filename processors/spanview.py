@@ -156,16 +156,23 @@ _CONTROL_FLOW_EXCEPTIONS = frozenset({
 })
 
 
+# asyncio cancels what is left of a streamed run when its loop closes: openinference-instrumentation-autogen-agentchat
+# (0.1.22) records that CancelledError on the agent's span after setting it OK, and a finished, clean run was an
+# llm_error. On a span its producer closed OK a cancellation is plumbing; without that status it stays a failure.
+_CANCELLATIONS = frozenset({"CancelledError"})
+
+
 def exception_events(span: SpanRow) -> list[dict[str, Any]]:
     """The span's ``exception`` events as {type, message, escaped}, control-flow exceptions left out."""
     found = []
+    closed_ok = span.get("status_code") == "OK"
     for event in span.get("events") or []:
         if not isinstance(event, dict) or event.get("name") != "exception":
             continue
         exc = dig(event, "attributes", "exception") or {}
         etype = exc.get("type") if isinstance(exc, dict) else None
         short = str(etype).rsplit(".", 1)[-1] if etype else ""
-        if short in _CONTROL_FLOW_EXCEPTIONS:
+        if short in _CONTROL_FLOW_EXCEPTIONS or (closed_ok and short in _CANCELLATIONS):
             continue
         found.append({
             "type": etype,

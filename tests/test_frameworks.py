@@ -888,3 +888,80 @@ def test_haystack_agent_tools_recorded_as_reprs_are_offered_tools_with_their_sch
     assert tool_argument["expected"]["tool_arguments_schema"] == {"get_order": {
         "type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"],
         "additionalProperties": False}}
+
+
+# ------------------------------------------------------------------ AutoGen AgentChat (openinference)
+# autogen-agentchat 0.7.5 with openinference-instrumentation-autogen-agentchat 0.1.22, an `AssistantAgent` with a
+# `FunctionTool` over `OpenAIChatCompletionClient`: "support.on_messages_stream" (AGENT) > per model call
+# "OpenAIChatCompletionClient.create" (LLM) and per tool call "support.get_order" (TOOL).
+
+
+def autogen_create(tracer: Tracer, question: str, *, tool_result: str | None = None) -> None:
+    out = "llm.output_messages.0.message"
+    attributes: dict[str, Any] = {
+        "openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini-2024-07-18",
+        "llm.input_messages.0.message.role": "developer", "llm.input_messages.0.message.content": SYSTEM,
+        "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": question,
+        "llm.token_count.prompt": 42, "llm.token_count.completion": 9, "llm.token_count.total": 51,
+        "output.mime_type": "application/json", f"{out}.role": "assistant",
+    }
+    call = {"id": "call_8", "arguments": json.dumps({"order_id": "42"}), "name": "get_order"}
+    if tool_result is None:
+        attributes.update({f"{out}.tool_calls.0.tool_call.id": "call_8",
+                           f"{out}.tool_calls.0.tool_call.function.name": "get_order",
+                           f"{out}.tool_calls.0.tool_call.function.arguments": call["arguments"],
+                           "output.value": json.dumps({"finish_reason": "function_calls", "content": [call],
+                                                       "usage": {"prompt_tokens": 42, "completion_tokens": 9},
+                                                       "cached": False, "logprobs": None, "thought": None})})
+    else:
+        answer = "Order 42 shipped on Monday. Anything else?"
+        attributes.update({
+            "llm.input_messages.2.message.role": "assistant",
+            "llm.input_messages.2.message.tool_calls.0.tool_call.id": "call_8",
+            "llm.input_messages.2.message.tool_calls.0.tool_call.function.name": "get_order",
+            "llm.input_messages.2.message.tool_calls.0.tool_call.function.arguments": call["arguments"],
+            "llm.input_messages.3.message.role": "function",
+            "llm.input_messages.3.function": [json.dumps({"name": "get_order", "content": tool_result,
+                                                          "call_id": "call_8", "is_error": False})],
+            f"{out}.content": answer,
+            "output.value": json.dumps({"finish_reason": "stop", "content": answer,
+                                        "usage": {"prompt_tokens": 42, "completion_tokens": 9}, "cached": False,
+                                        "logprobs": None, "thought": None})})
+    with tracer.start_as_current_span("OpenAIChatCompletionClient.create") as span:
+        span.set_attributes(attributes)
+
+
+def test_a_clean_autogen_run_whose_stream_was_cancelled_at_close_has_no_detection(start_collector):
+    """The instrumentor sets the agent's span OK, then records the CancelledError asyncio throws into the run's
+    stream when the loop closes: the answered, clean run was an llm_error."""
+    c = start_collector(FAST_JUDGE)
+    question = "What is the status of order 42?"
+    message = (f"id='bae4f253-7545-4191-a337-e0566f124ddf' source='user' models_usage=None metadata={{}} "
+               f"created_at=datetime.datetime(2026, 12, 8, 0, 1, 40, 384871, tzinfo=datetime.timezone.utc) "
+               f"content='{question}' type='TextMessage'")
+    result = json.dumps({"order_id": "42", "status": "shipped"})
+    with sdk_tracer("grpc", c.grpc_endpoint, service="autogen-bot") as tracer:
+        with tracer.start_as_current_span("support.on_messages_stream") as agent:
+            agent.set_attributes({"openinference.span.kind": "AGENT", "graph.node.id": "support",
+                                  "graph.node.parent_id": "start", "input.value": json.dumps({
+                                      "messages": [message], "cancellation_token":
+                                      "<autogen_core._cancellation_token.CancellationToken object at 0x7f8129>"})})
+            autogen_create(tracer, question)
+            with tracer.start_as_current_span("support.get_order") as tool:
+                tool.set_attributes({"openinference.span.kind": "TOOL", "tool.name": "get_order",
+                                     "tool.description": "Look up an order's shipping status by its id.",
+                                     "tool.parameters": json.dumps({"order_id": "42"}),
+                                     "input.value": json.dumps({"order_id": "42"}),
+                                     "input.mime_type": "application/json",
+                                     "output.value": result, "output.mime_type": "application/json"})
+            autogen_create(tracer, question, tool_result=result)
+            agent.set_status(Status(StatusCode.OK))
+            agent.add_event("exception", {
+                "exception.type": "asyncio.exceptions.CancelledError", "exception.message": "",
+                "exception.stacktrace": "Traceback (most recent call last):\n  File \"_wrappers.py\", line 231, in "
+                                        "wrapped_generator\n    yield event\nasyncio.exceptions.CancelledError\n",
+                "exception.escaped": "False"})
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 4)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert c.query("SELECT * FROM detections") == []
+    assert c.query("SELECT * FROM candidates") == []
