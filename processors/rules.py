@@ -125,6 +125,25 @@ class TraceView:
         return found
 
     @functools.cached_property
+    def tool_results_reported_failed(self) -> set[tuple[str, str]]:
+        """(tool name, result text) of every tool result a model call was handed as failed.
+
+        AutoGen AgentChat's instrumentor (openinference-instrumentation-autogen-agentchat 0.1.22) sets a tool's
+        span OK before it learns the call failed, and OpenTelemetry keeps an OK status: the span says only what the
+        tool returned (its error text), while the next model call gets it as
+        ``llm.input_messages.<i>.function.<j>`` = ``{"name", "content", "call_id", "is_error": true}``.
+        """
+        found: set[tuple[str, str]] = set()
+        for s in self.of_kind("LLM"):
+            for message in as_list(dig(attrs(s), "llm", "input_messages")):
+                for item in as_list(dig(message, "function")):
+                    result = loose(item)
+                    if isinstance(result, dict) and result.get("is_error") is True \
+                            and isinstance(result.get("name"), str) and isinstance(result.get("content"), str):
+                        found.add((result["name"], result["content"]))
+        return found
+
+    @functools.cached_property
     def tools_available(self) -> bool:
         return bool(self.tool_schemas) or bool(self.of_kind("TOOL"))
 
@@ -208,15 +227,22 @@ def tool_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """A TOOL span ended with status ERROR or recorded an exception event (even if a later retry succeeded)."""
     found = []
     tools = view.of_kind("TOOL")
+    reported = view.tool_results_reported_failed
+
+    def tool_failed(s: SpanRow) -> bool:
+        return failed(s) or (tool_name(s) or "", str(s.get("output_value") or "")) in reported
+
     for i, s in enumerate(tools):
-        if not failed(s):
+        if not tool_failed(s):
             continue
         name = tool_name(s)
         key = _tool_key(s)
-        retry = next((t for t in tools[i + 1:] if key and _tool_key(t) == key and not failed(t)), None)
+        retry = next((t for t in tools[i + 1:] if key and _tool_key(t) == key and not tool_failed(t)), None)
         exc = exception_events(s)
         error_type = dig(attrs(s), "error", "type")
         reason = s.get("status_message") or _exception_text(exc) or error_type
+        if not failed(s):
+            reason = f"its result was handed to the model as an error: {s.get('output_value')}"
         if error_type and error_type != "_OTHER" and reason and str(error_type) not in str(reason):
             reason = f"{error_type}: {reason}"
         found.append(Finding(

@@ -896,7 +896,7 @@ def test_haystack_agent_tools_recorded_as_reprs_are_offered_tools_with_their_sch
 # "OpenAIChatCompletionClient.create" (LLM) and per tool call "support.get_order" (TOOL).
 
 
-def autogen_create(tracer: Tracer, question: str, *, tool_result: str | None = None) -> None:
+def autogen_create(tracer: Tracer, question: str, *, tool_result: str | None = None, is_error: bool = False) -> None:
     out = "llm.output_messages.0.message"
     attributes: dict[str, Any] = {
         "openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini-2024-07-18",
@@ -921,8 +921,8 @@ def autogen_create(tracer: Tracer, question: str, *, tool_result: str | None = N
             "llm.input_messages.2.message.tool_calls.0.tool_call.function.name": "get_order",
             "llm.input_messages.2.message.tool_calls.0.tool_call.function.arguments": call["arguments"],
             "llm.input_messages.3.message.role": "function",
-            "llm.input_messages.3.function": [json.dumps({"name": "get_order", "content": tool_result,
-                                                          "call_id": "call_8", "is_error": False})],
+            "llm.input_messages.3.function.0": json.dumps({"name": "get_order", "content": tool_result,
+                                                           "call_id": "call_8", "is_error": is_error}),
             f"{out}.content": answer,
             "output.value": json.dumps({"finish_reason": "stop", "content": answer,
                                         "usage": {"prompt_tokens": 42, "completion_tokens": 9}, "cached": False,
@@ -965,3 +965,37 @@ def test_a_clean_autogen_run_whose_stream_was_cancelled_at_close_has_no_detectio
     assert c.stop() == 0  # judges every pending trace before it exits
     assert c.query("SELECT * FROM detections") == []
     assert c.query("SELECT * FROM candidates") == []
+
+
+def autogen_run(tracer: Tracer, question: str, tool_result: str, *, is_error: bool) -> None:
+    with tracer.start_as_current_span("support.on_messages_stream") as agent:
+        agent.set_attributes({"openinference.span.kind": "AGENT", "graph.node.id": "support",
+                              "graph.node.parent_id": "start"})
+        autogen_create(tracer, question)
+        with tracer.start_as_current_span("support.get_order") as tool:
+            # the tool wrapper sets OK first: its later ERROR for a failed call is dropped (OK is final)
+            tool.set_attributes({"openinference.span.kind": "TOOL", "tool.name": "get_order",
+                                 "tool.description": "Look up an order's shipping status by its id.",
+                                 "tool.parameters": json.dumps({"order_id": "42"}),
+                                 "input.value": json.dumps({"order_id": "42"}), "input.mime_type": "application/json",
+                                 "output.value": tool_result, "output.mime_type": "text/plain"})
+            tool.set_status(Status(StatusCode.OK))
+            if is_error:
+                tool.set_status(Status(StatusCode.ERROR, "Tool execution failed"))
+        autogen_create(tracer, question, tool_result=tool_result, is_error=is_error)
+        agent.set_status(Status(StatusCode.OK))
+
+
+def test_an_autogen_tool_that_raised_is_a_tool_invocation_failure(start_collector):
+    """AutoGen hands the tool's exception text to the model as a result with ``is_error: true``; the tool's span
+    stays OK. The failure went unreported; a result that was no error, even one that reads like one, stays clean."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="autogen-bot") as tracer:
+        autogen_run(tracer, "Where is my order 42?", "order service returned 502", is_error=True)
+        autogen_run(tracer, "Why did order 43 fail?", "order service returned 502", is_error=False)
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("tool_invocation", "support.get_order")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"]["user_message"] == "Where is my order 42?"
+    assert candidate["context"]["tool_calls"][0]["result"] == "order service returned 502"
