@@ -591,6 +591,9 @@ def _truncated(view: TraceView, span: SpanRow) -> bool:
     return any(v.lower() in _TRUNCATING for _, v in view.finish_reasons(span))
 
 
+_MODEL_CLASS_REPR = re.compile(r"<class '[\w.]+'>")
+
+
 def _declared_json(span: SpanRow) -> tuple[str, Any] | None:
     """(where, schema or None) when this LLM call asked the model for JSON output."""
     a = attrs(span)
@@ -607,6 +610,10 @@ def _declared_json(span: SpanRow) -> tuple[str, Any] | None:
             js = rf.get("json_schema") if isinstance(rf.get("json_schema"), dict) else rf
             return where, loose(js.get("schema"))
     elif rf in ("json_object", "json"):
+        return where, None
+    elif isinstance(rf, str) and _MODEL_CLASS_REPR.fullmatch(rf):
+        # openinference-instrumentation-litellm (0.1.51) records `response_format=Order` (a pydantic model, which
+        # LiteLLM sends as a json_schema) as the class's repr: JSON was required, its schema is unknown
         return where, None
     # OpenLLMetry (opentelemetry-instrumentation-openai 0.62): the response_format when it names no
     # schema ({"type": "json_object"}), else the JSON schema itself.

@@ -999,3 +999,37 @@ def test_an_autogen_tool_that_raised_is_a_tool_invocation_failure(start_collecto
     [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
     assert candidate["input"]["user_message"] == "Where is my order 42?"
     assert candidate["context"]["tool_calls"][0]["result"] == "order service returned 502"
+
+
+# ------------------------------------------------------------------ LiteLLM (openinference)
+# litellm 1.110.2 with openinference-instrumentation-litellm 0.1.51: one "completion" (LLM) span per call.
+
+
+def litellm_completion(tracer: Tracer, question: str, answer: str, **parameters: Any) -> None:
+    with tracer.start_as_current_span("completion") as span:
+        span.set_attributes({
+            "llm.model_name": "openai/gpt-4o-mini", "llm.provider": "openai",
+            "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": question,
+            "llm.invocation_parameters": json.dumps({"model": "openai/gpt-4o-mini",
+                                                     "api_base": "http://127.0.0.1:46633/v1", **parameters}),
+            "llm.output_messages.0.message.role": "assistant", "llm.output_messages.0.message.content": answer,
+            "llm.finish_reason": "stop", "llm.token_count.prompt": 42, "llm.token_count.completion": 9,
+            "llm.token_count.total": 51, "llm.cost.total": 1.17e-05,
+            "input.value": json.dumps({"messages": [{"role": "user", "content": question}]}),
+            "input.mime_type": "application/json", "output.value": answer, "openinference.span.kind": "LLM",
+        })
+
+
+def test_a_litellm_answer_that_is_not_the_pydantic_models_json_is_a_format_violation(start_collector):
+    """``litellm.completion(response_format=Order)`` is recorded as the class's repr, ``"<class '__main__.Order'>"``:
+    the request for JSON went unseen and a prose answer was no failure. A JSON answer stays clean."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="litellm-bot") as tracer:
+        litellm_completion(tracer, "Give me order 42 as JSON", "Sure! The order is shipped.",
+                           response_format="<class '__main__.Order'>")
+        litellm_completion(tracer, "Give me order 43 as JSON", json.dumps({"order_id": "43", "status": "shipped"}),
+                           response_format="<class '__main__.Order'>")
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    rows = c.query("SELECT d.failure_mode, s.input_value FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert [(r["failure_mode"], "order 42" in r["input_value"]) for r in rows] == [("format_violation", True)]
