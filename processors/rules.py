@@ -663,9 +663,50 @@ def _llm_client_error(span: SpanRow, pattern: re.Pattern[str]) -> str | None:
     return next((t for t in texts if pattern.search(t)), None)
 
 
+_ADAPTER_PARSE_FAILURE = re.compile(r"AdapterParseError")
+
+
+def _adapter_parse_failure(span: SpanRow) -> str | None:
+    """The error of a DSPy adapter (``ChatAdapter.__call__``, ``JSONAdapter.__call__``: CHAIN spans) that could
+    not parse the model's answer into the signature's output fields, else None.
+
+    It is the model's answer breaking the format it was asked for, not a failed call: DSPy's ChatAdapter falls
+    back to its JSONAdapter on it, and a fallback that parsed makes a clean run.
+    """
+    if span_kind(span) != "CHAIN" or not failed(span):
+        return None
+    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    return next((t for t in texts if _ADAPTER_PARSE_FAILURE.search(t)), None)
+
+
+def _unparsed_dspy_answers(view: TraceView) -> list[Finding]:
+    """One format_violation per DSPy prediction that failed on its adapters' parse errors, on the model call whose
+    answer the last adapter tried could not parse (unless that call asked for JSON: judged as such above)."""
+    found = []
+    for parent_id, children in view.children.items():
+        if not failed(view.by_id[parent_id]):
+            continue  # an adapter fell back to another that parsed the answer
+        failing = [(c, e) for c in children for e in [_adapter_parse_failure(c)] if e is not None]
+        if not failing:
+            continue
+        adapter, error = failing[-1]
+        calls = [d for d in view.descendants(adapter["span_id"]) if span_kind(d) == "LLM"]
+        call = max(calls, key=lambda d: str(d.get("start_time") or "")) if calls else adapter
+        if call is not adapter and _declared_json(call) is not None:
+            continue
+        found.append(Finding(
+            call["span_id"], "json_output", "format_violation",
+            f"{adapter.get('name')} could not parse the model's answer into the output fields it asked for: "
+            f"{clip(error, 200)}",
+            {"declared_by": adapter.get("name"), "error": clip(error, 1000),
+             "output": clip(assistant_text(call), 1000) if call is not adapter else None},
+        ))
+    return found
+
+
 def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """Output declared as JSON (output mime type, response_format, gen_ai.output.type json) does not parse or breaks its declared schema."""
-    found = []
+    found = _unparsed_dspy_answers(view)
     for s in view.spans:
         declared = _declared_json(s) if span_kind(s) == "LLM" else None
         if declared is not None:
@@ -713,7 +754,8 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     f"output declared application/json does not parse: {err}",
                     {"declared_by": "output.mime_type", "output": clip(out, 1000), "error": err},
                 ))
-    return found
+    order = {s.get("span_id"): i for i, s in enumerate(view.spans)}
+    return sorted(found, key=lambda f: order.get(f.span_id, 0))
 
 
 # ==================================================================== truncation
@@ -1065,9 +1107,10 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     for s in view.of_kind("LLM", "AGENT", "CHAIN"):
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
-            if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None or _client_truncation(s) is not None
+            if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None
+                    or _adapter_parse_failure(s) is not None or _client_truncation(s) is not None
                     or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)):
-                continue  # the failing descendant is the finding (here or in tool_error); json_output;
+                continue  # the failing descendant is the finding (here or in tool_error); json_output (also DSPy's);
                 # finish_length; step_limit; tool_argument
             facts = _error_facts(s)
             found.append(Finding(

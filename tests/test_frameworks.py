@@ -1033,3 +1033,61 @@ def test_a_litellm_answer_that_is_not_the_pydantic_models_json_is_a_format_viola
     assert c.stop() == 0
     rows = c.query("SELECT d.failure_mode, s.input_value FROM detections d JOIN spans s USING (trace_id, span_id)")
     assert [(r["failure_mode"], "order 42" in r["input_value"]) for r in rows] == [("format_violation", True)]
+
+
+def dspy_adapter_call(tracer: Tracer, adapter: str, question: str, answer: str, *, parsed: bool,
+                      response_format: str | None = None) -> None:
+    """A DSPy adapter's span over its LM call; an answer it cannot parse fails it with AdapterParseError."""
+    with tracer.start_as_current_span(f"{adapter}.__call__") as span:
+        span.set_attribute("openinference.span.kind", "CHAIN")
+        parameters: dict[str, Any] = {"temperature": None, "max_tokens": None, "api_base": "http://127.0.0.1:35241/v1"}
+        if response_format is not None:
+            parameters["response_format"] = response_format
+        user = f"[[ ## question ## ]]\n{question}\n\nRespond with the corresponding output fields..."
+        with tracer.start_as_current_span("LM.__call__") as lm:
+            lm.set_attributes({
+                "openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini", "llm.provider": "openai",
+                "llm.invocation_parameters": json.dumps(parameters),
+                "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": user,
+                "llm.output_messages.0.message.role": "assistant", "llm.output_messages.0.message.content": answer,
+                "input.mime_type": "application/json", "input.value": json.dumps({
+                    "prompt": None, "messages": [{"role": "user", "content": user}], "kwargs": {}}),
+                "output.mime_type": "application/json", "output.value": json.dumps([answer])})
+        if not parsed:
+            error = (f"Adapter {adapter} failed to parse the LM response. \n\nLM Response: {answer} \n\n"
+                     "Expected to find output fields in the LM response: [answer]")
+            span.add_event("exception", {"exception.type": "dspy.utils.exceptions.AdapterParseError",
+                                         "exception.message": error, "exception.escaped": "False"})
+            _failed(span, f"AdapterParseError: {error}")
+
+
+def dspy_predict(tracer: Tracer, question: str, attempts: list[tuple[str, str, bool]]) -> None:
+    """``dspy.Predict("question -> answer")``: ChatAdapter, then (on a parse error) its JSONAdapter fallback."""
+    with tracer.start_as_current_span("Predict.forward") as predict:
+        predict.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                "input.value": json.dumps({"question": question})})
+        for adapter, answer, parsed in attempts:
+            dspy_adapter_call(tracer, adapter, question, answer, parsed=parsed, response_format=(
+                "<class 'dspy.adapters.json_adapter.DSPyProgramOutputs'>" if adapter == "JSONAdapter" else None))
+        if not attempts[-1][2]:
+            _failed(predict, "AdapterParseError: the LM response could not be parsed")
+
+
+def test_a_dspy_answer_no_adapter_could_parse_is_one_format_violation_and_a_recovered_one_none(start_collector):
+    """An adapter's AdapterParseError was an llm_error on every adapter span tried, also when the JSONAdapter
+    fallback then parsed the answer and the prediction succeeded."""
+    c = start_collector(FAST_JUDGE)
+    answer_json = json.dumps({"answer": "Order 42 shipped on Monday."})
+    with sdk_tracer("grpc", c.grpc_endpoint, service="dspy-bot") as tracer:
+        dspy_predict(tracer, "Where is order 42?", [("ChatAdapter", answer_json, False),
+                                                    ("JSONAdapter", answer_json, True)])
+        dspy_predict(tracer, "Where is order 7?", [("ChatAdapter", "Sure! The order is shipped.", False),
+                                                   ("JSONAdapter", "Sure! The order is shipped.", False)])
+        dspy_predict(tracer, "Where is order 9?", [("ChatAdapter", "Sure! It is on its way.", False)])
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 2)
+    assert c.stop() == 0
+    rows = c.query("SELECT d.failure_mode, p.name AS adapter, s.input_value FROM detections d "
+                   "JOIN spans s USING (trace_id, span_id) JOIN spans p ON p.trace_id = s.trace_id "
+                   "AND p.span_id = s.parent_span_id ORDER BY adapter")
+    assert [(r["failure_mode"], r["adapter"], "order 9" in r["input_value"]) for r in rows] == [
+        ("format_violation", "ChatAdapter.__call__", True), ("format_violation", "JSONAdapter.__call__", False)]
