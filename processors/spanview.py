@@ -514,7 +514,6 @@ def haystack_reply_finish_reason(output_value: Any) -> str | None:
     return found.group(1) if found else None
 
 
-
 def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
     """Every finish reason the span reports, as (where, value), raw values kept."""
     a = attrs(span)
