@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracesieve.collector.deep_values import TOO_DEEP, clamp_json, clamp_wire
+from tracesieve.processors.spanview import haystack_reply_finish_reason
 from tracesieve.storage.errors import PermanentError
 from tracesieve.storage.schema import SPAN_KINDS, SPAN_SCHEMA
 
@@ -418,6 +419,10 @@ def _append_span(
     tool = _first_str(flat, "tool.name", "gen_ai.tool.name", "ai.toolCall.name")
     if tool is None and kind == "TOOL" and span.name.startswith("execute_tool "):
         tool = walker.text(span.name[13:].strip()) or None  # GenAI names the span "execute_tool {gen_ai.tool.name}"
+    elif tool is None and kind == "TOOL" and span.name.endswith(_DSPY_TOOL_CALL_SUFFIXES):
+        # openinference-instrumentation-dspy (0.1.48) sets no tool.name: it names the span "{tool.name}.__call__"
+        # (".acall"); without the name a `blast_radius` class never matched a DSPy tool
+        tool = walker.text(span.name.rsplit(".", 1)[0].strip()) or None
     if tool is None and kind == "TOOL" and flat.get("traceloop.span.kind") in ("tool", "task"):
         # OpenLLMetry JS (@traceloop/node-server-sdk 0.27 withTool / withTask) names the tool only in
         # traceloop.entity.name; its span is "lookup_order.tool", which no blast_radius entry matches.
@@ -618,6 +623,9 @@ _JSON_FALLBACKS = frozenset({"gen_ai.input.messages", "gen_ai.output.messages", 
                              "ai.response.object", "ai.toolCall.result"})
 
 
+_DSPY_TOOL_CALL_SUFFIXES = (".__call__", ".acall")
+
+
 def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, kind: str) -> str | None:
     """The first choice's finish reason, from where the conventions put it, in the detectors' order
     (``spanview.finish_reasons``): the column and the truncation rule must not disagree."""
@@ -649,7 +657,9 @@ def _finish_reason(flat: dict[str, Any], events: Any, output_value: str | None, 
             for kv in event.attributes:
                 if kv.key == "finish_reason" and kv.value.string_value:
                     return str(kv.value.string_value)
-    return _response_finish_reason(output_value) if kind == "LLM" else None
+    if kind != "LLM":
+        return None
+    return _response_finish_reason(output_value) or haystack_reply_finish_reason(output_value)
 
 
 def _json_holding(text: str, needles: Sequence[str]) -> Any:

@@ -587,9 +587,42 @@ def _question_behind_template(spans: Sequence[SpanRow], message: Any) -> str | N
     root = _root(spans)
     asked = _input_from_value(root.get("input_value")) if root is not None and root.get("input_value") else None
     question = asked["user_message"] if asked and not asked["conversation_history"] else None
-    if not isinstance(question, str) or not question.strip() or question.strip() == message.strip():
+    if isinstance(question, str) and question.strip() and question.strip() != message.strip() \
+            and question.strip() in message:
+        return question
+    return _argument_the_message_holds(_maybe_json(root.get("input_value")) if root is not None else None, message)
+
+
+def _argument_the_message_holds(arguments: Any, message: str) -> str | None:
+    """The longest text among the root's nested call arguments that ``message`` wraps, else None.
+
+    Frameworks record a program's call whole: DSPy's ReAct ``{"input_args": {"question": ...}}``, a Haystack
+    pipeline ``{"data": {"retriever": {"query": ...}, "prompt": {"question": ...}}}``. The model's message is
+    the question rendered into the framework's envelope ("[[ ## question ## ]]\n...", "Context: ...
+    Question: ..."); a value under an input-like key (``question``, ``query``...) is preferred over any other
+    text of two words or more, and the longest held wins (a retriever's keyword query is held by the
+    retrieved context too).
+    """
+    if not isinstance(arguments, (dict, list)):
         return None
-    return question if question.strip() in message else None
+    preferred: list[str] = []
+    other: list[str] = []
+    stack: list[tuple[Any, str, int]] = [(arguments, "", 0)]
+    while stack:
+        value, key, depth = stack.pop()
+        if isinstance(value, str):
+            text = value.strip()
+            if text and text != message.strip() and text in message:
+                if key in _INPUT_KEYS:
+                    preferred.append(value)
+                elif len(text.split()) > 1:  # a lone word (a language, an id) is no question
+                    other.append(value)
+        elif depth < 4 and isinstance(value, dict):
+            stack.extend((v, str(k), depth + 1) for k, v in value.items())
+        elif depth < 4 and isinstance(value, list):
+            stack.extend((v, key, depth + 1) for v in value)
+    held = preferred or other
+    return max(held, key=lambda text: len(text.strip())) if held else None
 
 
 def _agent_conversation(spans: Sequence[SpanRow]) -> dict[str, Any] | None:

@@ -125,6 +125,25 @@ class TraceView:
         return found
 
     @functools.cached_property
+    def tool_results_reported_failed(self) -> set[tuple[str, str]]:
+        """(tool name, result text) of every tool result a model call was handed as failed.
+
+        AutoGen AgentChat's instrumentor (openinference-instrumentation-autogen-agentchat 0.1.22) sets a tool's
+        span OK before it learns the call failed, and OpenTelemetry keeps an OK status: the span says only what the
+        tool returned (its error text), while the next model call gets it as
+        ``llm.input_messages.<i>.function.<j>`` = ``{"name", "content", "call_id", "is_error": true}``.
+        """
+        found: set[tuple[str, str]] = set()
+        for s in self.of_kind("LLM"):
+            for message in as_list(dig(attrs(s), "llm", "input_messages")):
+                for item in as_list(dig(message, "function")):
+                    result = loose(item)
+                    if isinstance(result, dict) and result.get("is_error") is True \
+                            and isinstance(result.get("name"), str) and isinstance(result.get("content"), str):
+                        found.add((result["name"], result["content"]))
+        return found
+
+    @functools.cached_property
     def tools_available(self) -> bool:
         return bool(self.tool_schemas) or bool(self.of_kind("TOOL"))
 
@@ -208,15 +227,22 @@ def tool_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """A TOOL span ended with status ERROR or recorded an exception event (even if a later retry succeeded)."""
     found = []
     tools = view.of_kind("TOOL")
+    reported = view.tool_results_reported_failed
+
+    def tool_failed(s: SpanRow) -> bool:
+        return failed(s) or (tool_name(s) or "", str(s.get("output_value") or "")) in reported
+
     for i, s in enumerate(tools):
-        if not failed(s):
+        if not tool_failed(s):
             continue
         name = tool_name(s)
         key = _tool_key(s)
-        retry = next((t for t in tools[i + 1:] if key and _tool_key(t) == key and not failed(t)), None)
+        retry = next((t for t in tools[i + 1:] if key and _tool_key(t) == key and not tool_failed(t)), None)
         exc = exception_events(s)
         error_type = dig(attrs(s), "error", "type")
         reason = s.get("status_message") or _exception_text(exc) or error_type
+        if not failed(s):
+            reason = f"its result was handed to the model as an error: {s.get('output_value')}"
         if error_type and error_type != "_OTHER" and reason and str(error_type) not in str(reason):
             reason = f"{error_type}: {reason}"
         found.append(Finding(
@@ -565,6 +591,9 @@ def _truncated(view: TraceView, span: SpanRow) -> bool:
     return any(v.lower() in _TRUNCATING for _, v in view.finish_reasons(span))
 
 
+_MODEL_CLASS_REPR = re.compile(r"<class '[\w.]+'>")
+
+
 def _declared_json(span: SpanRow) -> tuple[str, Any] | None:
     """(where, schema or None) when this LLM call asked the model for JSON output."""
     a = attrs(span)
@@ -581,6 +610,10 @@ def _declared_json(span: SpanRow) -> tuple[str, Any] | None:
             js = rf.get("json_schema") if isinstance(rf.get("json_schema"), dict) else rf
             return where, loose(js.get("schema"))
     elif rf in ("json_object", "json"):
+        return where, None
+    elif isinstance(rf, str) and _MODEL_CLASS_REPR.fullmatch(rf):
+        # openinference-instrumentation-litellm (0.1.51) records `response_format=Order` (a pydantic model, which
+        # LiteLLM sends as a json_schema) as the class's repr: JSON was required, its schema is unknown
         return where, None
     # OpenLLMetry (opentelemetry-instrumentation-openai 0.62): the response_format when it names no
     # schema ({"type": "json_object"}), else the JSON schema itself.
@@ -684,9 +717,50 @@ def _bad_requested_tool_call(view: TraceView) -> bool:
     return False
 
 
+_ADAPTER_PARSE_FAILURE = re.compile(r"AdapterParseError")
+
+
+def _adapter_parse_failure(span: SpanRow) -> str | None:
+    """The error of a DSPy adapter (``ChatAdapter.__call__``, ``JSONAdapter.__call__``: CHAIN spans) that could
+    not parse the model's answer into the signature's output fields, else None.
+
+    It is the model's answer breaking the format it was asked for, not a failed call: DSPy's ChatAdapter falls
+    back to its JSONAdapter on it, and a fallback that parsed makes a clean run.
+    """
+    if span_kind(span) != "CHAIN" or not failed(span):
+        return None
+    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    return next((t for t in texts if _ADAPTER_PARSE_FAILURE.search(t)), None)
+
+
+def _unparsed_dspy_answers(view: TraceView) -> list[Finding]:
+    """One format_violation per DSPy prediction that failed on its adapters' parse errors, on the model call whose
+    answer the last adapter tried could not parse (unless that call asked for JSON: judged as such above)."""
+    found = []
+    for parent_id, children in view.children.items():
+        if not failed(view.by_id[parent_id]):
+            continue  # an adapter fell back to another that parsed the answer
+        failing = [(c, e) for c in children for e in [_adapter_parse_failure(c)] if e is not None]
+        if not failing:
+            continue
+        adapter, error = failing[-1]
+        calls = [d for d in view.descendants(adapter["span_id"]) if span_kind(d) == "LLM"]
+        call = max(calls, key=lambda d: str(d.get("start_time") or "")) if calls else adapter
+        if call is not adapter and _declared_json(call) is not None:
+            continue
+        found.append(Finding(
+            call["span_id"], "json_output", "format_violation",
+            f"{adapter.get('name')} could not parse the model's answer into the output fields it asked for: "
+            f"{clip(error, 200)}",
+            {"declared_by": adapter.get("name"), "error": clip(error, 1000),
+             "output": clip(assistant_text(call), 1000) if call is not adapter else None},
+        ))
+    return found
+
+
 def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """Output declared as JSON (output mime type, response_format, gen_ai.output.type json) does not parse or breaks its declared schema."""
-    found = []
+    found = _unparsed_dspy_answers(view)
     for s in view.spans:
         declared = (_declared_json(s) or _vercel_declared_json(view, s)) if span_kind(s) == "LLM" else None
         if declared is not None:
@@ -746,7 +820,8 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     {"declared_by": "output parser", "parser": s.get("name"), "error": clip(error, 1000)},
                 ))
                 break
-    return found
+    order = {s.get("span_id"): i for i, s in enumerate(view.spans)}
+    return sorted(found, key=lambda f: order.get(f.span_id, 0))
 
 
 # ==================================================================== truncation
@@ -1121,10 +1196,11 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     for s in view.of_kind("LLM", "AGENT", "CHAIN"):
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
-            if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None or _client_truncation(s) is not None
+            if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None
+                    or _adapter_parse_failure(s) is not None or _client_truncation(s) is not None
                     or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)
                     or _vercel_object_rejected(view, s, cfg) or _output_parser_failure(s) is not None):
-                continue  # the failing descendant is the finding (here or in tool_error); json_output;
+                continue  # the failing descendant is the finding (here or in tool_error); json_output (also DSPy's);
                 # finish_length; step_limit; tool_argument; json_output or finish_length on the object's step;
                 # json_output or tool_argument (a parser's failure)
             facts = _error_facts(s)

@@ -156,16 +156,23 @@ _CONTROL_FLOW_EXCEPTIONS = frozenset({
 })
 
 
+# asyncio cancels what is left of a streamed run when its loop closes: openinference-instrumentation-autogen-agentchat
+# (0.1.22) records that CancelledError on the agent's span after setting it OK, and a finished, clean run was an
+# llm_error. On a span its producer closed OK a cancellation is plumbing; without that status it stays a failure.
+_CANCELLATIONS = frozenset({"CancelledError"})
+
+
 def exception_events(span: SpanRow) -> list[dict[str, Any]]:
     """The span's ``exception`` events as {type, message, escaped}, control-flow exceptions left out."""
     found = []
+    closed_ok = span.get("status_code") == "OK"
     for event in span.get("events") or []:
         if not isinstance(event, dict) or event.get("name") != "exception":
             continue
         exc = dig(event, "attributes", "exception") or {}
         etype = exc.get("type") if isinstance(exc, dict) else None
         short = str(etype).rsplit(".", 1)[-1] if etype else ""
-        if short in _CONTROL_FLOW_EXCEPTIONS:
+        if short in _CONTROL_FLOW_EXCEPTIONS or (closed_ok and short in _CANCELLATIONS):
             continue
         found.append({
             "type": etype,
@@ -602,9 +609,20 @@ def assistant_text(span: SpanRow, refusals: bool = True) -> str:
     return ""
 
 
+def _legacy_function_calls(span: SpanRow) -> list[dict[str, Any]]:
+    """Calls recorded one per ``gen_ai.completion.<i>.function_call.{name, arguments}``, as LiteLLM's own
+    OpenTelemetry callback (``litellm.callbacks = ["otel"]``, 1.110) writes each tool call of the answer."""
+    calls = []
+    for item in as_list(dig(attrs(span), "gen_ai", "completion")):
+        fn = dig(item, "function_call")
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            calls.append({"id": None, "name": fn["name"], "arguments": fn.get("arguments")})
+    return calls
+
+
 def requested_tool_calls(span: SpanRow) -> list[dict[str, Any]]:
     """Tool calls the model asked for on this span: {id, name, arguments} (arguments raw: string or object)."""
-    calls = [c for m in output_messages(span) for c in m["tool_calls"]]
+    calls = [c for m in output_messages(span) for c in m["tool_calls"]] or _legacy_function_calls(span)
     resp = _provider_response(span)
     if resp is not None and "generations" in resp:
         # LangChain parses the model's calls itself: arguments that are not JSON are left out of
@@ -627,6 +645,27 @@ def requested_tool_calls(span: SpanRow) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- finish reasons
+
+_HAYSTACK_META_REASON = re.compile(r"'finish_reason': '([A-Za-z_]+)'")
+
+
+def haystack_reply_finish_reason(output_value: Any) -> str | None:
+    """The first reply's finish reason in a Haystack chat generator's output, else None.
+
+    openinference-instrumentation-haystack (0.1.46, haystack-ai 3.4) records the replies only as the repr of each
+    ``ChatMessage`` (``{"replies": ["ChatMessage(..., _meta={..., 'finish_reason': 'length', ...})"]}``) and sets
+    no finish-reason key: a reply cut at its token limit was never a truncation. The reason is read from the
+    last ``_meta={`` of the repr, after the reply's own text, which may quote anything.
+    """
+    if not isinstance(output_value, str) or '"replies"' not in output_value or "_meta={" not in output_value:
+        return None
+    ok, parsed = try_json(output_value)
+    replies = parsed.get("replies") if ok and isinstance(parsed, dict) else None
+    first = replies[0] if isinstance(replies, list) and replies else None
+    if not isinstance(first, str) or not first.startswith("ChatMessage("):
+        return None
+    found = _HAYSTACK_META_REASON.search(first, first.rfind("_meta={"))
+    return found.group(1) if found else None
 
 
 def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
@@ -652,6 +691,7 @@ def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
     for event in as_list(span.get("events")):  # the deprecated gen_ai.choice event: {index, finish_reason, message}
         if isinstance(event, dict) and event.get("name") == "gen_ai.choice":
             add("gen_ai.choice event", dig(event, "attributes", "finish_reason"))
+    add("output.value replies ChatMessage _meta", haystack_reply_finish_reason(span.get("output_value")))
     resp = _provider_response(span)
     if resp is not None:
         for choice in as_list(resp.get("choices")):
@@ -666,10 +706,58 @@ def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- tools
 
 
+_HAYSTACK_TOOL_REPR = re.compile(r"\w*Tool\(name='((?:[^'\\]|\\.)*)'")
+
+
+def _balanced_braces(text: str, start: int) -> str | None:
+    """The ``{...}`` opening at ``start``, its quoted strings skipped, else None."""
+    depth, quote, i = 0, "", start
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in ("'", '"'):
+            quote = ch
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i + 1]
+        i += 1
+    return None
+
+
+def _haystack_tool_repr(text: str) -> tuple[str, Any] | None:
+    """(name, parameters schema) from the repr of a Haystack ``Tool`` (``ComponentTool``...), else None.
+
+    openinference-instrumentation-haystack (0.1.46) records a chat generator's tools only in its
+    ``input.value`` as ``"tools": ["Tool(name='get_order', description=..., parameters={...}, function=<...>)"]``:
+    without them a refusal although tools were offered, or a call breaking a tool's schema, went unseen.
+    """
+    found = _HAYSTACK_TOOL_REPR.match(text)
+    if not found:
+        return None
+    params: Any = None
+    at = text.find(", parameters={", found.end())
+    literal = _balanced_braces(text, at + len(", parameters=")) if at >= 0 else None
+    if literal is not None:
+        try:
+            params = ast.literal_eval(literal)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            params = None
+    return found.group(1), params if isinstance(params, dict) else None
+
+
 def _tool_definition(raw: Any) -> tuple[str, Any] | None:
     """(name, parameters schema) from OpenAI-nested, GenAI-flat, Anthropic or Vercel AI SDK tool definitions
-    (``inputSchema``; ``parameters`` before ``ai`` 5)."""
+    (``inputSchema``; ``parameters`` before ``ai`` 5), or a Haystack tool's repr."""
     d = loose(raw)
+    if isinstance(d, str):
+        return _haystack_tool_repr(d)
     if not isinstance(d, dict):
         return None
     fn = d.get("function") if isinstance(d.get("function"), dict) else d
@@ -698,6 +786,7 @@ def declared_tools(span: SpanRow) -> dict[str, Any]:
                for item in as_list(dig(a, "llm", "tools"))]
     sources += as_list(dig(a, "gen_ai", "tool", "definitions"))
     sources += vercel_tool_definitions(span)
+    # OpenLLMetry's and LiteLLM's own callback: llm.request.functions.<i>.{name, description, parameters}
     sources += [_openllmetry_function(item) for item in as_list(dig(a, "llm", "request", "functions"))]
     if not sources:
         request = _provider_request(span)

@@ -589,3 +589,505 @@ def test_a_smolagents_final_answer_citing_a_document_never_retrieved_is_hallucin
     assert detections_by_span(c) == [("hallucination", "ToolCallingAgent.run")]
     [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
     assert candidate["input"] == {"user_message": task, "conversation_history": []}
+
+
+# ------------------------------------------------------------------ DSPy (openinference)
+# dspy 3.4.1 with openinference-instrumentation-dspy 0.1.48, `dspy.ReAct("question -> answer", tools=[get_order])`
+# over `dspy.LM("openai/gpt-4o-mini")`: "ReAct.forward" (CHAIN, its input `{"input_args": {...}}`) > per step
+# "Predict.forward" > "Predict(StringSignature).forward" > "ChatAdapter.__call__" (CHAIN) > "LM.__call__" (LLM, the
+# question rendered into the ChatAdapter's "[[ ## question ## ]]" fields), then the tool's "get_order.__call__"
+# (TOOL, no `tool.name`), and "ChainOfThought.forward" extracting the answer.
+
+DSPY_REACT_SYSTEM = ("Your input fields are:\n1. `question` (str): \n2. `trajectory` (str):\nYour output fields are:\n"
+                     "1. `next_thought` (str): \n2. `next_tool_name` (Literal['get_order', 'finish']): \n"
+                     "3. `next_tool_args` (dict[str, Any]):\n...")
+
+
+def dspy_lm_call(tracer: Tracer, question: str, trajectory: str, answer: str) -> None:
+    user = (f"[[ ## question ## ]]\n{question}\n\n[[ ## trajectory ## ]]\n{trajectory}\n\nRespond with the "
+            "corresponding output fields, starting with the field `[[ ## next_thought ## ]]`, then "
+            "`[[ ## next_tool_name ## ]]` (must be formatted as a valid Python Literal['get_order', 'finish']), then "
+            "`[[ ## next_tool_args ## ]]` (must be formatted as a valid Python dict[str, Any]), and then ending with "
+            "the marker for `[[ ## completed ## ]]`.")
+    messages = [{"role": "system", "content": DSPY_REACT_SYSTEM}, {"role": "user", "content": user}]
+    with tracer.start_as_current_span("Predict.forward") as predict:
+        predict.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                "input.value": json.dumps({"question": question, "trajectory": trajectory})})
+        with tracer.start_as_current_span("ChatAdapter.__call__") as adapter:
+            adapter.set_attribute("openinference.span.kind", "CHAIN")
+            with tracer.start_as_current_span("LM.__call__") as lm:
+                lm.set_attributes({
+                    "input.mime_type": "application/json",
+                    "input.value": json.dumps({"prompt": None, "messages": messages, "kwargs": {}}),
+                    "llm.model_name": "gpt-4o-mini", "llm.provider": "openai",
+                    "llm.invocation_parameters": json.dumps({"temperature": None, "max_tokens": None,
+                                                             "api_base": "http://127.0.0.1:42945/v1"}),
+                    "llm.input_messages.0.message.role": "system",
+                    "llm.input_messages.0.message.content": DSPY_REACT_SYSTEM,
+                    "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": user,
+                    "llm.output_messages.0.message.role": "assistant",
+                    "llm.output_messages.0.message.content": answer,
+                    "output.value": json.dumps([answer]), "output.mime_type": "application/json",
+                    "openinference.span.kind": "LLM",
+                })
+
+
+def test_a_dspy_react_tool_failure_files_the_question_not_the_adapters_rendered_fields(start_collector):
+    """ReAct records its call as ``{"input_args": {"question": ...}}`` and the model gets the question inside
+    DSPy's "[[ ## question ## ]]" envelope: the candidate held that envelope, the tool's signature and format
+    instructions with it, instead of what the user asked."""
+    c = start_collector(FAST_JUDGE)
+    question = "Where is order 42?"
+    with sdk_tracer("grpc", c.grpc_endpoint, service="dspy-bot") as tracer:
+        with tracer.start_as_current_span("ReAct.forward") as react:
+            react.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                  "input.value": json.dumps({"input_args": {"question": question}})})
+            dspy_lm_call(tracer, question, "", "[[ ## next_thought ## ]]\nI should look up the order.\n\n"
+                         "[[ ## next_tool_name ## ]]\nget_order\n\n[[ ## next_tool_args ## ]]\n"
+                         '{"order_id": "42"}\n\n[[ ## completed ## ]]')
+            with tracer.start_as_current_span("get_order.__call__") as tool:
+                tool.set_attributes({"openinference.span.kind": "TOOL", "input.mime_type": "application/json",
+                                     "input.value": json.dumps({"kwargs": {"order_id": "42"}})})
+                tool.record_exception(RuntimeError("order service returned 502"))
+                _failed(tool, "RuntimeError: order service returned 502")
+            react.set_attributes({"output.mime_type": "application/json",
+                                  "output.value": json.dumps({"answer": "I could not reach the order service."})})
+    c.wait_for("SELECT 1 FROM candidates WHERE failure_mode = 'tool_invocation'", lambda r: len(r) == 1)
+    assert detections_by_span(c) == [("tool_invocation", "get_order.__call__")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": question, "conversation_history": []}
+
+
+# ------------------------------------------------------------------ Haystack (openinference)
+# haystack-ai 3.4.1 with openinference-instrumentation-haystack 0.1.46, a RAG `Pipeline`: InMemoryBM25Retriever >
+# ChatPromptBuilder ("Context: ... Question: {{ question }}") > OpenAIChatGenerator. "Pipeline.run" (CHAIN) records
+# the run's inputs per component, `{"data": {"retriever": {"query": ...}, "prompt": {"question": ...}}}`.
+
+
+def test_a_haystack_rag_pipeline_that_retrieved_nothing_files_the_question_not_the_prompt(start_collector):
+    """The model's message is the template rendered around the question; the question sits two levels deep in the
+    pipeline's inputs, beside the retriever's keyword query (which a rendered context may hold too)."""
+    c = start_collector(FAST_JUDGE)
+    question = "How long is the return window for shoes?"
+    rendered = f"Context:\n\nQuestion: {question}"
+    answer = "The return window is 60 days for shoes bought online, and 30 days in stores."
+    with sdk_tracer("grpc", c.grpc_endpoint, service="haystack-bot") as tracer:
+        with tracer.start_as_current_span("Pipeline.run") as run:
+            run.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                "input.value": json.dumps({"data": {"retriever": {"query": "return window"},
+                                                                    "prompt": {"question": question}}})})
+            with tracer.start_as_current_span("InMemoryBM25Retriever.run") as retriever:
+                retriever.set_attributes({
+                    "openinference.span.kind": "RETRIEVER", "input.mime_type": "application/json",
+                    "input.value": json.dumps({"query": "return window", "filters": None, "top_k": None,
+                                               "scale_score": None}),
+                    "output.mime_type": "application/json", "output.value": json.dumps({"documents": []})})
+            with tracer.start_as_current_span("ChatPromptBuilder.run") as builder:
+                builder.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                        "input.value": json.dumps({"template": None, "template_variables": None,
+                                                                   "kwargs": {"question": question, "documents": []}})})
+            with tracer.start_as_current_span("OpenAIChatGenerator.run") as llm:
+                llm.set_attributes({
+                    "openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini-2024-07-18",
+                    "llm.provider": "openai", "llm.system": "openai",
+                    "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": rendered,
+                    "llm.output_messages.0.message.role": "assistant",
+                    "llm.output_messages.0.message.content": answer,
+                    "llm.token_count.prompt": 42, "llm.token_count.completion": 19, "llm.token_count.total": 61})
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 2)
+    assert detections_by_span(c) == [("hallucination", "OpenAIChatGenerator.run"),
+                                     ("retrieval_miss", "InMemoryBM25Retriever.run")]
+    for candidate in json.loads(c.cli("candidates", "--format", "json").stdout):
+        assert candidate["input"] == {"user_message": question, "conversation_history": []}
+
+
+# ------------------------------------------------------------------ LiteLLM's own OpenTelemetry callback
+# litellm 1.110.2, `litellm.callbacks = [OpenTelemetry(OpenTelemetryConfig(exporter="otlp_grpc", ...))]`, a bare
+# `litellm.completion(model="openai/gpt-4o-mini", tools=[...])`: "litellm_request" (GenAI chat) > "raw_gen_ai_request".
+# The tools are OpenLLMetry's `llm.request.functions.<i>.*`; each tool call of the answer is a
+# `gen_ai.completion.<i>.function_call.*` (its `gen_ai.output.messages` item keeps no part for it).
+
+LITELLM_PARAMETERS = {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"],
+                      "additionalProperties": False}
+
+
+def litellm_request(tracer: Tracer, question: str, *, answer: str | None = None,
+                    tool_call: dict[str, Any] | None = None) -> None:
+    finish = "tool_calls" if tool_call is not None else "stop"
+    parts = [{"type": "text", "content": answer}] if answer is not None else []
+    attributes: dict[str, Any] = {
+        "gen_ai.request.model": "gpt-4o-mini", "gen_ai.system": "openai", "gen_ai.operation.name": "chat",
+        "gen_ai.response.id": "chatcmpl-1796687102421881931", "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+        "gen_ai.response.finish_reasons": json.dumps([finish]),
+        "gen_ai.usage.input_tokens": 42, "gen_ai.usage.output_tokens": 9, "gen_ai.usage.total_tokens": 51,
+        "gen_ai.input.messages": json.dumps([
+            {"role": "system", "parts": [{"type": "text", "content": SYSTEM}]},
+            {"role": "user", "parts": [{"type": "text", "content": question}]}]),
+        "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": parts, "finish_reason": finish}]),
+        "litellm.provider.model": "openai/gpt-4o-mini", "llm.request.type": "completion", "llm.is_streaming": "False",
+        "llm.request.functions.0.name": "get_order",
+        "llm.request.functions.0.description": "Look up an order's shipping status by its id.",
+        "llm.request.functions.0.parameters": json.dumps(LITELLM_PARAMETERS),
+    }
+    if tool_call is not None:
+        attributes.update({"gen_ai.completion.0.function_call.arguments": json.dumps(tool_call),
+                           "gen_ai.completion.0.function_call.name": "get_order"})
+    with tracer.start_as_current_span("litellm_request") as span:
+        span.set_attributes(attributes)
+        with tracer.start_as_current_span("raw_gen_ai_request") as raw:
+            raw.set_attributes({"llm.openai.model": "gpt-4o-mini-2024-07-18", "llm.openai.object": "chat.completion"})
+
+
+def test_litellm_otel_callback_tool_calls_are_judged_against_the_declared_functions(start_collector):
+    """The call's arguments and the tool's schema were both there, under keys nothing read: a call breaking the
+    schema went unreported, and a well-formed one must stay clean."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="litellm-bot") as tracer:
+        litellm_request(tracer, "What is the status of order 42?", tool_call={"order_id": "42"})
+        litellm_request(tracer, "Where is order 7?", tool_call={"order": 7})
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert detections_by_span(c) == [("tool_argument", "litellm_request")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"] == {"user_message": "Where is order 7?", "conversation_history": []}
+    assert candidate["expected"]["tool_arguments_schema"] == {"get_order": LITELLM_PARAMETERS}
+
+
+def test_litellm_otel_callback_refusal_although_functions_were_offered_is_refusal_overreach(start_collector):
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="litellm-bot") as tracer:
+        litellm_request(tracer, "Where is order 42?", answer="I'm sorry, but I can't help with that request.")
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
+    assert detections_by_span(c) == [("refusal_overreach", "litellm_request")]
+
+
+def haystack_chat_generator(tracer: Tracer, question: str, answer: str, finish_reason: str) -> None:
+    """"Pipeline.run" > "OpenAIChatGenerator.run": the replies only as each ChatMessage's repr, no finish-reason key."""
+    def chat_message(role: str, text: str, meta: str) -> str:
+        return (f"ChatMessage(_role=<ChatRole.{role.upper()}: '{role}'>, _content=[TextContent(text={text!r})], "
+                f"_name=None, _meta={meta})")
+    meta = (f"{{'model': 'gpt-4o-mini-2024-07-18', 'index': 0, 'finish_reason': '{finish_reason}', 'usage': "
+            "{'completion_tokens': 9, 'prompt_tokens': 42, 'total_tokens': 51, 'completion_tokens_details': None, "
+            "'prompt_tokens_details': None}}")
+    user = chat_message("user", question, "{}")
+    with tracer.start_as_current_span("Pipeline.run") as run:
+        run.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                            "input.value": json.dumps({"data": {"llm": {"messages": [user]}}})})
+        with tracer.start_as_current_span("OpenAIChatGenerator.run") as llm:
+            llm.set_attributes({
+                "openinference.span.kind": "LLM", "input.mime_type": "application/json",
+                "input.value": json.dumps({"messages": [user], "streaming_callback": None, "generation_kwargs": None,
+                                           "tools": None, "tools_strict": None}),
+                "llm.model_name": "gpt-4o-mini-2024-07-18", "llm.provider": "openai", "llm.system": "openai",
+                "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": question,
+                "llm.output_messages.0.message.role": "assistant",
+                "llm.output_messages.0.message.content": answer,
+                "llm.token_count.prompt": 42, "llm.token_count.completion": 9, "llm.token_count.total": 51,
+                "output.mime_type": "application/json",
+                "output.value": json.dumps({"replies": [chat_message("assistant", answer, meta)]})})
+
+
+def test_a_haystack_reply_cut_at_its_token_limit_is_truncation(start_collector):
+    """The finish reason is only in the reply's ``_meta`` inside its repr; a whole reply, whose text quotes a
+    finish reason of its own, stays clean."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="haystack-bot") as tracer:
+        haystack_chat_generator(tracer, "Tell me about order 42", "Order 42 shipped on Mon", "length")
+        haystack_chat_generator(tracer, "What does the API return?",
+                                "It returns {'finish_reason': 'length'} when a reply is cut.", "stop")
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("truncation", "OpenAIChatGenerator.run")]
+    assert c.query("SELECT llm_finish_reason AS r FROM spans WHERE span_kind = 'LLM' ORDER BY start_time") == [
+        {"r": "length"}, {"r": "stop"}]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"]["user_message"] == "Tell me about order 42"
+
+
+def dspy_tool_call(tracer: Tracer, tool: str, kwargs: dict[str, Any], *, result: str | None = None,
+                   error: Exception | None = None) -> None:
+    """A DSPy ``Tool``'s span: named "<tool>.__call__", no ``tool.name``, the call as ``{"kwargs": {...}}``."""
+    with tracer.start_as_current_span(f"{tool}.__call__") as span:
+        span.set_attributes({"openinference.span.kind": "TOOL", "input.mime_type": "application/json",
+                             "input.value": json.dumps({"kwargs": kwargs})})
+        if error is not None:
+            span.record_exception(error)
+            _failed(span, f"{type(error).__name__}: {error}")
+        else:
+            span.set_attributes({"output.mime_type": "application/json", "output.value": json.dumps(result)})
+
+
+def test_a_dspy_tool_is_named_so_its_blast_radius_class_applies(start_collector):
+    """Without ``tool.name`` the tool was nameless in ``spans.tool_name`` and ``blast_radius: {send_email: ...}``
+    never matched: an e-mail sent after the refund failed was no blast_radius_breach."""
+    c = start_collector({"processors": {"detectors": {"decision_wait": "300ms",
+                                                      "blast_radius": {"send_email": "irreversible_write"}}}})
+    question = "Refund order 42 and tell me by e-mail."
+    with sdk_tracer("grpc", c.grpc_endpoint, service="dspy-bot") as tracer:
+        with tracer.start_as_current_span("ReAct.forward") as react:
+            react.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                  "input.value": json.dumps({"input_args": {"question": question}})})
+            dspy_tool_call(tracer, "refund_payment", {"order_id": "42"}, error=RuntimeError("payment gateway 502"))
+            dspy_tool_call(tracer, "send_email", {"to": "customer", "body": "Your refund is on its way."},
+                           result="sent")
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 2)
+    assert c.query("SELECT tool_name FROM spans WHERE span_kind = 'TOOL' ORDER BY start_time") == [
+        {"tool_name": "refund_payment"}, {"tool_name": "send_email"}]
+    assert detections_by_span(c) == [("blast_radius_breach", "send_email.__call__"),
+                                     ("tool_invocation", "refund_payment.__call__")]
+
+
+HAYSTACK_TOOL = ("Tool(name='get_order', description=\"Look up an order's shipping status by its id.\", "
+                 "parameters={'type': 'object', 'properties': {'order_id': {'type': 'string'}}, 'required': "
+                 "['order_id'], 'additionalProperties': False}, function=<function get_order at 0x7f2864305e40>, "
+                 "outputs_to_string=None, inputs_from_state=None, outputs_to_state=None, async_function=None)")
+
+
+def haystack_agent_generator(tracer: Tracer, question: str, *, answer: str | None = None,
+                             tool_call: dict[str, Any] | None = None) -> None:
+    """A Haystack ``Agent``'s "OpenAIChatGenerator.run" (run outside a pipeline, each model call is a trace): its
+    tools only as each ``Tool``'s repr in ``input.value``, never as ``llm.tools``."""
+    messages = ["ChatMessage(_role=<ChatRole.SYSTEM: 'system'>, _content=[TextContent(text='You are a support "
+                "agent. Use tools.')], _name=None, _meta={})",
+                f"ChatMessage(_role=<ChatRole.USER: 'user'>, _content=[TextContent(text={question!r})], _name=None, "
+                "_meta={})"]
+    out = "llm.output_messages.0.message"
+    attributes: dict[str, Any] = {
+        "openinference.span.kind": "LLM", "input.mime_type": "application/json",
+        "input.value": json.dumps({"messages": messages, "tools": [HAYSTACK_TOOL]}),
+        "llm.model_name": "gpt-4o-mini-2024-07-18", "llm.provider": "openai", "llm.system": "openai",
+        "llm.input_messages.0.message.role": "system", "llm.input_messages.0.message.content": SYSTEM,
+        "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": question,
+        f"{out}.role": "assistant",
+        "llm.token_count.prompt": 42, "llm.token_count.completion": 9, "llm.token_count.total": 51,
+    }
+    if tool_call is not None:
+        attributes.update({f"{out}.tool_calls.0.tool_call.function.name": "get_order",
+                           f"{out}.tool_calls.0.tool_call.function.arguments": json.dumps(tool_call)})
+    else:
+        attributes[f"{out}.content"] = answer
+    with tracer.start_as_current_span("OpenAIChatGenerator.run") as llm:
+        llm.set_attributes(attributes)
+
+
+def test_haystack_agent_tools_recorded_as_reprs_are_offered_tools_with_their_schema(start_collector):
+    """A refusal although the agent had a tool, and a call breaking the tool's parameters, went unseen: the only
+    record of the tools was their repr. A well-formed call stays clean."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="haystack-bot") as tracer:
+        haystack_agent_generator(tracer, "Where is order 42?", tool_call={"order_id": "42"})
+        haystack_agent_generator(tracer, "Where is order 7?", tool_call={"order": 7})
+        haystack_agent_generator(tracer, "Where is order 9?", answer="I'm sorry, but I can't help with that request.")
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 2)
+    assert c.stop() == 0
+    rows = c.query("SELECT d.failure_mode, s.input_value FROM detections d JOIN spans s USING (trace_id, span_id) "
+                   "ORDER BY d.failure_mode")
+    assert [(r["failure_mode"], "order 9" in r["input_value"], "order 7" in r["input_value"]) for r in rows] == [
+        ("refusal_overreach", True, False), ("tool_argument", False, True)]
+    [tool_argument] = json.loads(c.cli("candidates", "--mode", "tool_argument", "--format", "json").stdout)
+    assert tool_argument["expected"]["tool_arguments_schema"] == {"get_order": {
+        "type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"],
+        "additionalProperties": False}}
+
+
+# ------------------------------------------------------------------ AutoGen AgentChat (openinference)
+# autogen-agentchat 0.7.5 with openinference-instrumentation-autogen-agentchat 0.1.22, an `AssistantAgent` with a
+# `FunctionTool` over `OpenAIChatCompletionClient`: "support.on_messages_stream" (AGENT) > per model call
+# "OpenAIChatCompletionClient.create" (LLM) and per tool call "support.get_order" (TOOL).
+
+
+def autogen_create(tracer: Tracer, question: str, *, tool_result: str | None = None, is_error: bool = False) -> None:
+    out = "llm.output_messages.0.message"
+    attributes: dict[str, Any] = {
+        "openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini-2024-07-18",
+        "llm.input_messages.0.message.role": "developer", "llm.input_messages.0.message.content": SYSTEM,
+        "llm.input_messages.1.message.role": "user", "llm.input_messages.1.message.content": question,
+        "llm.token_count.prompt": 42, "llm.token_count.completion": 9, "llm.token_count.total": 51,
+        "output.mime_type": "application/json", f"{out}.role": "assistant",
+    }
+    call = {"id": "call_8", "arguments": json.dumps({"order_id": "42"}), "name": "get_order"}
+    if tool_result is None:
+        attributes.update({f"{out}.tool_calls.0.tool_call.id": "call_8",
+                           f"{out}.tool_calls.0.tool_call.function.name": "get_order",
+                           f"{out}.tool_calls.0.tool_call.function.arguments": call["arguments"],
+                           "output.value": json.dumps({"finish_reason": "function_calls", "content": [call],
+                                                       "usage": {"prompt_tokens": 42, "completion_tokens": 9},
+                                                       "cached": False, "logprobs": None, "thought": None})})
+    else:
+        answer = "Order 42 shipped on Monday. Anything else?"
+        attributes.update({
+            "llm.input_messages.2.message.role": "assistant",
+            "llm.input_messages.2.message.tool_calls.0.tool_call.id": "call_8",
+            "llm.input_messages.2.message.tool_calls.0.tool_call.function.name": "get_order",
+            "llm.input_messages.2.message.tool_calls.0.tool_call.function.arguments": call["arguments"],
+            "llm.input_messages.3.message.role": "function",
+            "llm.input_messages.3.function.0": json.dumps({"name": "get_order", "content": tool_result,
+                                                           "call_id": "call_8", "is_error": is_error}),
+            f"{out}.content": answer,
+            "output.value": json.dumps({"finish_reason": "stop", "content": answer,
+                                        "usage": {"prompt_tokens": 42, "completion_tokens": 9}, "cached": False,
+                                        "logprobs": None, "thought": None})})
+    with tracer.start_as_current_span("OpenAIChatCompletionClient.create") as span:
+        span.set_attributes(attributes)
+
+
+def test_a_clean_autogen_run_whose_stream_was_cancelled_at_close_has_no_detection(start_collector):
+    """The instrumentor sets the agent's span OK, then records the CancelledError asyncio throws into the run's
+    stream when the loop closes: the answered, clean run was an llm_error."""
+    c = start_collector(FAST_JUDGE)
+    question = "What is the status of order 42?"
+    message = (f"id='bae4f253-7545-4191-a337-e0566f124ddf' source='user' models_usage=None metadata={{}} "
+               f"created_at=datetime.datetime(2026, 12, 8, 0, 1, 40, 384871, tzinfo=datetime.timezone.utc) "
+               f"content='{question}' type='TextMessage'")
+    result = json.dumps({"order_id": "42", "status": "shipped"})
+    with sdk_tracer("grpc", c.grpc_endpoint, service="autogen-bot") as tracer:
+        with tracer.start_as_current_span("support.on_messages_stream") as agent:
+            agent.set_attributes({"openinference.span.kind": "AGENT", "graph.node.id": "support",
+                                  "graph.node.parent_id": "start", "input.value": json.dumps({
+                                      "messages": [message], "cancellation_token":
+                                      "<autogen_core._cancellation_token.CancellationToken object at 0x7f8129>"})})
+            autogen_create(tracer, question)
+            with tracer.start_as_current_span("support.get_order") as tool:
+                tool.set_attributes({"openinference.span.kind": "TOOL", "tool.name": "get_order",
+                                     "tool.description": "Look up an order's shipping status by its id.",
+                                     "tool.parameters": json.dumps({"order_id": "42"}),
+                                     "input.value": json.dumps({"order_id": "42"}),
+                                     "input.mime_type": "application/json",
+                                     "output.value": result, "output.mime_type": "application/json"})
+            autogen_create(tracer, question, tool_result=result)
+            agent.set_status(Status(StatusCode.OK))
+            agent.add_event("exception", {
+                "exception.type": "asyncio.exceptions.CancelledError", "exception.message": "",
+                "exception.stacktrace": "Traceback (most recent call last):\n  File \"_wrappers.py\", line 231, in "
+                                        "wrapped_generator\n    yield event\nasyncio.exceptions.CancelledError\n",
+                "exception.escaped": "False"})
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 4)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert c.query("SELECT * FROM detections") == []
+    assert c.query("SELECT * FROM candidates") == []
+
+
+def autogen_run(tracer: Tracer, question: str, tool_result: str, *, is_error: bool) -> None:
+    with tracer.start_as_current_span("support.on_messages_stream") as agent:
+        agent.set_attributes({"openinference.span.kind": "AGENT", "graph.node.id": "support",
+                              "graph.node.parent_id": "start"})
+        autogen_create(tracer, question)
+        with tracer.start_as_current_span("support.get_order") as tool:
+            # the tool wrapper sets OK first: its later ERROR for a failed call is dropped (OK is final)
+            tool.set_attributes({"openinference.span.kind": "TOOL", "tool.name": "get_order",
+                                 "tool.description": "Look up an order's shipping status by its id.",
+                                 "tool.parameters": json.dumps({"order_id": "42"}),
+                                 "input.value": json.dumps({"order_id": "42"}), "input.mime_type": "application/json",
+                                 "output.value": tool_result, "output.mime_type": "text/plain"})
+            tool.set_status(Status(StatusCode.OK))
+            if is_error:
+                tool.set_status(Status(StatusCode.ERROR, "Tool execution failed"))
+        autogen_create(tracer, question, tool_result=tool_result, is_error=is_error)
+        agent.set_status(Status(StatusCode.OK))
+
+
+def test_an_autogen_tool_that_raised_is_a_tool_invocation_failure(start_collector):
+    """AutoGen hands the tool's exception text to the model as a result with ``is_error: true``; the tool's span
+    stays OK. The failure went unreported; a result that was no error, even one that reads like one, stays clean."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="autogen-bot") as tracer:
+        autogen_run(tracer, "Where is my order 42?", "order service returned 502", is_error=True)
+        autogen_run(tracer, "Why did order 43 fail?", "order service returned 502", is_error=False)
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    assert detections_by_span(c) == [("tool_invocation", "support.get_order")]
+    [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert candidate["input"]["user_message"] == "Where is my order 42?"
+    assert candidate["context"]["tool_calls"][0]["result"] == "order service returned 502"
+
+
+# ------------------------------------------------------------------ LiteLLM (openinference)
+# litellm 1.110.2 with openinference-instrumentation-litellm 0.1.51: one "completion" (LLM) span per call.
+
+
+def litellm_completion(tracer: Tracer, question: str, answer: str, **parameters: Any) -> None:
+    with tracer.start_as_current_span("completion") as span:
+        span.set_attributes({
+            "llm.model_name": "openai/gpt-4o-mini", "llm.provider": "openai",
+            "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": question,
+            "llm.invocation_parameters": json.dumps({"model": "openai/gpt-4o-mini",
+                                                     "api_base": "http://127.0.0.1:46633/v1", **parameters}),
+            "llm.output_messages.0.message.role": "assistant", "llm.output_messages.0.message.content": answer,
+            "llm.finish_reason": "stop", "llm.token_count.prompt": 42, "llm.token_count.completion": 9,
+            "llm.token_count.total": 51, "llm.cost.total": 1.17e-05,
+            "input.value": json.dumps({"messages": [{"role": "user", "content": question}]}),
+            "input.mime_type": "application/json", "output.value": answer, "openinference.span.kind": "LLM",
+        })
+
+
+def test_a_litellm_answer_that_is_not_the_pydantic_models_json_is_a_format_violation(start_collector):
+    """``litellm.completion(response_format=Order)`` is recorded as the class's repr, ``"<class '__main__.Order'>"``:
+    the request for JSON went unseen and a prose answer was no failure. A JSON answer stays clean."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="litellm-bot") as tracer:
+        litellm_completion(tracer, "Give me order 42 as JSON", "Sure! The order is shipped.",
+                           response_format="<class '__main__.Order'>")
+        litellm_completion(tracer, "Give me order 43 as JSON", json.dumps({"order_id": "43", "status": "shipped"}),
+                           response_format="<class '__main__.Order'>")
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
+    assert c.stop() == 0
+    rows = c.query("SELECT d.failure_mode, s.input_value FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert [(r["failure_mode"], "order 42" in r["input_value"]) for r in rows] == [("format_violation", True)]
+
+
+def dspy_adapter_call(tracer: Tracer, adapter: str, question: str, answer: str, *, parsed: bool,
+                      response_format: str | None = None) -> None:
+    """A DSPy adapter's span over its LM call; an answer it cannot parse fails it with AdapterParseError."""
+    with tracer.start_as_current_span(f"{adapter}.__call__") as span:
+        span.set_attribute("openinference.span.kind", "CHAIN")
+        parameters: dict[str, Any] = {"temperature": None, "max_tokens": None, "api_base": "http://127.0.0.1:35241/v1"}
+        if response_format is not None:
+            parameters["response_format"] = response_format
+        user = f"[[ ## question ## ]]\n{question}\n\nRespond with the corresponding output fields..."
+        with tracer.start_as_current_span("LM.__call__") as lm:
+            lm.set_attributes({
+                "openinference.span.kind": "LLM", "llm.model_name": "gpt-4o-mini", "llm.provider": "openai",
+                "llm.invocation_parameters": json.dumps(parameters),
+                "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": user,
+                "llm.output_messages.0.message.role": "assistant", "llm.output_messages.0.message.content": answer,
+                "input.mime_type": "application/json", "input.value": json.dumps({
+                    "prompt": None, "messages": [{"role": "user", "content": user}], "kwargs": {}}),
+                "output.mime_type": "application/json", "output.value": json.dumps([answer])})
+        if not parsed:
+            error = (f"Adapter {adapter} failed to parse the LM response. \n\nLM Response: {answer} \n\n"
+                     "Expected to find output fields in the LM response: [answer]")
+            span.add_event("exception", {"exception.type": "dspy.utils.exceptions.AdapterParseError",
+                                         "exception.message": error, "exception.escaped": "False"})
+            _failed(span, f"AdapterParseError: {error}")
+
+
+def dspy_predict(tracer: Tracer, question: str, attempts: list[tuple[str, str, bool]]) -> None:
+    """``dspy.Predict("question -> answer")``: ChatAdapter, then (on a parse error) its JSONAdapter fallback."""
+    with tracer.start_as_current_span("Predict.forward") as predict:
+        predict.set_attributes({"openinference.span.kind": "CHAIN", "input.mime_type": "application/json",
+                                "input.value": json.dumps({"question": question})})
+        for adapter, answer, parsed in attempts:
+            dspy_adapter_call(tracer, adapter, question, answer, parsed=parsed, response_format=(
+                "<class 'dspy.adapters.json_adapter.DSPyProgramOutputs'>" if adapter == "JSONAdapter" else None))
+        if not attempts[-1][2]:
+            _failed(predict, "AdapterParseError: the LM response could not be parsed")
+
+
+def test_a_dspy_answer_no_adapter_could_parse_is_one_format_violation_and_a_recovered_one_none(start_collector):
+    """An adapter's AdapterParseError was an llm_error on every adapter span tried, also when the JSONAdapter
+    fallback then parsed the answer and the prediction succeeded."""
+    c = start_collector(FAST_JUDGE)
+    answer_json = json.dumps({"answer": "Order 42 shipped on Monday."})
+    with sdk_tracer("grpc", c.grpc_endpoint, service="dspy-bot") as tracer:
+        dspy_predict(tracer, "Where is order 42?", [("ChatAdapter", answer_json, False),
+                                                    ("JSONAdapter", answer_json, True)])
+        dspy_predict(tracer, "Where is order 7?", [("ChatAdapter", "Sure! The order is shipped.", False),
+                                                   ("JSONAdapter", "Sure! The order is shipped.", False)])
+        dspy_predict(tracer, "Where is order 9?", [("ChatAdapter", "Sure! It is on its way.", False)])
+    c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 2)
+    assert c.stop() == 0
+    rows = c.query("SELECT d.failure_mode, p.name AS adapter, s.input_value FROM detections d "
+                   "JOIN spans s USING (trace_id, span_id) JOIN spans p ON p.trace_id = s.trace_id "
+                   "AND p.span_id = s.parent_span_id ORDER BY adapter")
+    assert [(r["failure_mode"], r["adapter"], "order 9" in r["input_value"]) for r in rows] == [
+        ("format_violation", "ChatAdapter.__call__", True), ("format_violation", "JSONAdapter.__call__", False)]
