@@ -808,8 +808,8 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     f"output declared application/json does not parse: {err}",
                     {"declared_by": "output.mime_type", "output": clip(out, 1000), "error": err},
                 ))
-    if not found and not _bad_requested_tool_call(view):  # else that finding on the model call is the failure
-        parsers = [s for s in view.of_kind("CHAIN") if _output_parser_failure(s) is not None]
+    parsers = [s for s in view.of_kind("CHAIN") if _output_parser_failure(s) is not None] if not found else []
+    if parsers and not _bad_requested_tool_call(view):  # else that finding on the model call is the failure
         for s in parsers:  # the parser itself, not the chains that pass its error up
             error = _output_parser_failure(s)
             inner = {d["span_id"] for d in view.descendants(s["span_id"])}
