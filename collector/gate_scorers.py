@@ -154,23 +154,33 @@ def tool_calls_succeed(value: bool | list[str], run: Run) -> list[str]:
 
 
 def tool_arguments_schema(value: dict[str, Any], run: Run) -> list[str]:
-    """Every call of the tool (``"*"``: of any tool) has JSON arguments that meet its schema (``{}``: any JSON)."""
-    problems = []
-    for name, raw, span in run.tool_calls():
+    """Every call of the tool (``"*"``: of any tool) has JSON arguments that meet its schema (``{}``: any JSON).
+
+    The calls the model asked for count as well as the TOOL spans that ran, as in the tool_argument detector: a
+    framework that refuses a call breaking the tool's schema (the Vercel AI SDK, smolagents) records no TOOL span
+    for it, so with another tool run in the trace, the bad call went unjudged and a regressed case passed."""
+    problems: list[str] = []
+    requested = [(str(c.get("name") or ""), c.get("arguments"), s) for s in run.of_kind("LLM")
+                 for c in requested_tool_calls(s)]
+    ran = run.tool_calls() if run.of_kind("TOOL") else []
+    for name, raw, span in requested + ran:
         schema = value.get(name, value.get("*"))
         if schema is None or raw is None:  # not this tool, or its arguments were not recorded
             continue
         ok, args = try_json(raw)
         if not ok:
-            problems.append(f"{name} was called with arguments that are not JSON")
-            continue
-        recorded = tool_span_arguments(span) if span_kind(span) == "TOOL" else None
-        if recorded is not None and not recorded[2] and not plain_text_holds_arguments(args):
-            continue  # plain text, as the detectors read it (a LangChain tool's one argument, bare)
-        error = jsonschema.validators.validator_for(schema)(schema).iter_errors(args)
-        first = next(iter(sorted(error, key=lambda e: list(e.path))), None)
-        if first is not None:
-            problems.append(f"{name} arguments break its schema: {first.message}")
+            problem = f"{name} was called with arguments that are not JSON"
+        else:
+            recorded = tool_span_arguments(span) if span_kind(span) == "TOOL" else None
+            if recorded is not None and not recorded[2] and not plain_text_holds_arguments(args):
+                continue  # plain text, as the detectors read it (a LangChain tool's one argument, bare)
+            error = jsonschema.validators.validator_for(schema)(schema).iter_errors(args)
+            first = next(iter(sorted(error, key=lambda e: list(e.path))), None)
+            if first is None:
+                continue
+            problem = f"{name} arguments break its schema: {first.message}"
+        if problem not in problems:  # a call asked for and run is one call
+            problems.append(problem)
     return problems
 
 

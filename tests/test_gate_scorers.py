@@ -138,6 +138,21 @@ def test_a_langchain_tools_one_bare_argument_is_plain_text_not_arguments_breakin
     assert score({"tool_arguments_schema": {"lookup_order": schema}}, declared, SETTINGS) != []
 
 
+def test_a_call_the_framework_refused_is_held_to_the_schema_beside_the_tools_that_ran():
+    # The Vercel AI SDK (ai 6) and smolagents refuse a call breaking the tool's schema: no TOOL span records it.
+    # With another tool run in the trace, only TOOL spans were judged and the regressed case passed.
+    refused = make_trace(llm(None, tool_calls=[("get_weather", '{"town": "Paris"}'), ("lookup", '{"id": 1}')]),
+                         tool("lookup", args='{"id": 1}'))
+    schema = {"get_weather": WEATHER_TOOL["function"]["parameters"]}
+    assert score({"tool_arguments_schema": schema}, refused, SETTINGS) == [
+        "tool_arguments_schema: get_weather arguments break its schema: 'city' is a required property"]
+    both = make_trace(llm(None, tool_calls=[("get_weather", '{"town": "Paris"}')]), tool(args='{"town": "Paris"}'))
+    assert score({"tool_arguments_schema": schema}, both, SETTINGS) == [
+        "tool_arguments_schema: get_weather arguments break its schema: 'city' is a required property"]
+    fine = make_trace(llm(None, tool_calls=[("get_weather", '{"city": "Paris"}')]), tool("lookup", args='{"id": 1}'))
+    assert score({"tool_arguments_schema": schema}, fine, SETTINGS) == []
+
+
 def test_resource_attributes_keep_the_callers_pairs_and_replace_ours():
     assert resource_attributes(None, "TS-0001", 1) == "tracesieve.case_id=TS-0001,tracesieve.run=1"
     assert resource_attributes(None, "TS-0001", None) == "tracesieve.case_id=TS-0001"  # DESIGN's value, one run
