@@ -968,7 +968,10 @@ def extract_source(spans: Sequence[SpanRow], detections: Sequence[Detection], li
         "system_prompt": _clip(system, limit) if system else None,
         "prompt_version": _first_attr(spans, "llm.prompt_template.version"),
         "prompt_id": _first_attr(spans, "prompt.id", "gen_ai.prompt.name"),
-        "agent_name": _first_attr(spans, "agent.name", "gen_ai.agent.name"),
+        # OpenLLMetry's @workflow name and the Vercel AI SDK's telemetry functionId are the names those
+        # producers give the agent when no agent.name is recorded.
+        "agent_name": _first_attr(spans, "agent.name", "gen_ai.agent.name", "traceloop.workflow.name",
+                                  "ai.telemetry.functionId"),
         "agent_version": _first_attr(spans, "gen_ai.agent.version", "agent.version"),
         "session": session,  # DESIGN's name for it
         "session_id": session,  # the spans column's name, as the report and earlier rows read it

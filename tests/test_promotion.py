@@ -434,6 +434,18 @@ def test_source_names_trace_spans_service_model_prompt_agent_session():
     assert src["session"] == "sess-9"  # DESIGN lists it as "session"
 
 
+@pytest.mark.parametrize("key, name", [
+    ("traceloop.workflow.name", "refund_flow"),   # @traceloop/node-server-sdk 0.27 withWorkflow, OpenLLMetry @workflow
+    ("ai.telemetry.functionId", "support-chat"),  # the Vercel AI SDK's experimental_telemetry.functionId
+])
+def test_source_names_the_agent_by_the_workflow_or_function_its_producer_names(key, name):
+    tid = "2" * 32
+    spans = agent_trace(tid, "Refund order 42")
+    spans[0]["attributes"] = {}
+    spans[1]["attributes"] = {**spans[1]["attributes"], **nest({key: name})}
+    assert extract_source(spans, [detection(tid)])["agent_name"] == name
+
+
 def test_observed_holds_final_answer_and_failing_call():
     tid = "1" * 32
     (cand,) = one({tid: agent_trace(tid, "Refund order 42", answer="Your refund is on its way.")}, [detection(tid)])
