@@ -1115,12 +1115,23 @@ def _abnormal_finish(reason: str) -> str | None:
     return normal if normal in ("error", "content_filter") else None
 
 
+def _failure_reported(span: SpanRow) -> bool:
+    """True when a rule reports this failed span's own failure: TOOL (tool_error), LLM / AGENT / CHAIN
+    (llm_call_error), a RETRIEVER that returned nothing (empty_retrieval). A failed span of another kind (an
+    EMBEDDING call rate-limited, a GUARDRAIL, an HTTP client span, a GenAI retrieval whose documents were not
+    captured) is reported by none: an agent failing with it passes up nothing reported, and was silent
+    (util-genai's invoke_agent around openai-v2's failed `embeddings` span had no detection at all)."""
+    kind = span_kind(span)
+    return kind in ("TOOL", "LLM", "AGENT", "CHAIN") or (kind == "RETRIEVER" and retrieval_outcome(span) == "empty")
+
+
 def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """An LLM, AGENT or CHAIN span failed (provider error, rate limit, timeout, ...), not merely passing up a descendant's error."""
     found = []
     for s in view.of_kind("LLM", "AGENT", "CHAIN"):
         if failed(s):
-            caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
+            caused_by = [d for d in view.descendants(s["span_id"])
+                         if failed(d) and _failure_reported(d) and _same_failure(s, d)]
             if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None or _client_truncation(s) is not None
                     or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)
                     or _vercel_object_rejected(view, s, cfg) or _output_parser_failure(s) is not None):

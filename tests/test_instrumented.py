@@ -21,6 +21,7 @@ import pydantic
 import pytest
 from openinference.instrumentation import TraceConfig
 from openinference.instrumentation.openai import OpenAIInstrumentor
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -682,3 +683,46 @@ def test_a_rate_limit_recorded_by_both_the_anthropic_sdk_and_openinference_is_on
     c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
     rows = c.query("SELECT s.name, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
     assert rows == [{"name": "messages.create", "failure_mode": "llm_error"}]
+
+
+WEATHER_TOOL_DEFINITIONS = json.dumps([{
+    "name": "get_weather", "description": "Weather for a city", "type": "function",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                   "additionalProperties": False}}])
+
+
+def util_genai_agent_span(tracer: Tracer, question: str) -> Any:
+    """The invoke_agent span opentelemetry-util-genai 1.1b0's ``handler.invoke_local_agent()`` makes (with
+    OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental, OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=
+    SPAN_ONLY), as an app wraps its own agent loop around openai-v2's spans."""
+    span = tracer.start_span("invoke_agent weather-agent", record_exception=False, set_status_on_exception=False)
+    span.set_attributes({
+        "gen_ai.operation.name": "invoke_agent", "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.agent.name": "weather-agent", "gen_ai.tool.definitions": WEATHER_TOOL_DEFINITIONS,
+        "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [{"content": question, "type": "text"}]}])})
+    return span
+
+
+def test_a_rate_limited_embeddings_call_failing_the_agent_is_one_llm_error(start_collector):
+    """openai-v2 2.4b0's ``embeddings`` span answered 429 inside util-genai's invoke_agent, which fails with the
+    same error: no rule reports an EMBEDDING span's failure, so the agent's is the finding (there was none)."""
+    c = start_collector(FAST_JUDGE)
+    message = "Error code: 429 - Rate limit reached"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        agent = util_genai_agent_span(tracer, "Find documents like: my kettle leaks")
+        with trace.use_span(agent, end_on_exit=False):
+            with tracer.start_as_current_span("embeddings text-embedding-3-small", record_exception=False,
+                                              set_status_on_exception=False) as embed:
+                embed.set_attributes({
+                    "gen_ai.operation.name": "embeddings", "gen_ai.request.model": "text-embedding-3-small",
+                    "gen_ai.provider.name": "openai", "error.type": "RateLimitError"})
+                embed.set_status(Status(StatusCode.ERROR, message))
+        agent.set_attribute("error.type", "openai.RateLimitError")
+        agent.set_status(Status(StatusCode.ERROR, message))
+        agent.end()
+    [candidate] = candidates_of(c, "llm_error")
+    assert candidate["input"]["user_message"] == "Find documents like: my kettle leaks"
+    rows = c.query("SELECT s.name, d.failure_mode, d.evidence->>'$.classification' AS classification "
+                   "FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert rows == [{"name": "invoke_agent weather-agent", "failure_mode": "llm_error", "classification": "rate_limit"}]
+
