@@ -770,6 +770,10 @@ def finish_length(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     found = []
     for s in view.spans:
         hits = [(w, v) for w, v in view.finish_reasons(s) if v.lower() in _TRUNCATING]
+        if hits and any(_truncated(view, d) for d in view.descendants(s["span_id"])):
+            # An agent whose answer is its model call's, finish reason and all (util-genai's invoke_agent
+            # records the output messages it was given): one cut answer, reported once, on the model call.
+            continue
         if not hits:
             error = _client_truncation(s)
             if error is not None:
@@ -1147,6 +1151,9 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             ))
             continue
         bad = [(w, v) for w, v in view.finish_reasons(s) if _abnormal_finish(v) is not None]
+        if bad and any(_abnormal_finish(v) is not None for d in view.descendants(s["span_id"])
+                       for _, v in view.finish_reasons(d)):
+            continue  # an agent repeating its model call's answer: reported once, on the model call
         if bad:
             cls = "content_filter" if _abnormal_finish(bad[0][1]) == "content_filter" else "provider_error"
             found.append(Finding(

@@ -726,3 +726,31 @@ def test_a_rate_limited_embeddings_call_failing_the_agent_is_one_llm_error(start
                    "FROM detections d JOIN spans s USING (trace_id, span_id)")
     assert rows == [{"name": "invoke_agent weather-agent", "failure_mode": "llm_error", "classification": "rate_limit"}]
 
+
+def test_an_agent_answer_cut_where_its_model_call_was_is_one_truncation(start_collector):
+    """util-genai's invoke_agent records the answer it was given, finish reason and all: openai-v2's chat span
+    and the agent both say ``length`` of one cut answer, reported once, on the model call (it was two)."""
+    c = start_collector(FAST_JUDGE)
+    question = "Describe the weather in Paris"
+    answer = [{"role": "assistant", "parts": [{"content": "The weather in Paris is", "type": "text"}],
+               "finish_reason": "length"}]
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        agent = util_genai_agent_span(tracer, question)
+        with trace.use_span(agent, end_on_exit=False):
+            with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                chat.set_attributes({
+                    "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                    "gen_ai.request.max_tokens": 5, "gen_ai.provider.name": "openai",
+                    "gen_ai.response.finish_reasons": ["length"], "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+                    "gen_ai.response.id": "chatcmpl-17", "gen_ai.usage.input_tokens": 42,
+                    "gen_ai.usage.output_tokens": 9,
+                    "gen_ai.input.messages": json.dumps([
+                        {"role": "system", "parts": [{"content": "You are a weather bot.", "type": "text"}]},
+                        {"role": "user", "parts": [{"content": question, "type": "text"}]}]),
+                    "gen_ai.output.messages": json.dumps(answer)})
+        agent.set_attribute("gen_ai.output.messages", json.dumps(answer))
+        agent.end()
+    [candidate] = candidates_of(c, "truncation")
+    assert candidate["input"]["user_message"] == question
+    rows = c.query("SELECT s.name, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert rows == [{"name": "chat gpt-4o-mini", "failure_mode": "truncation"}]
