@@ -703,28 +703,36 @@ def util_genai_agent_span(tracer: Tracer, question: str) -> Any:
     return span
 
 
-def test_a_rate_limited_embeddings_call_failing_the_agent_is_one_llm_error(start_collector):
-    """openai-v2 2.4b0's ``embeddings`` span answered 429 inside util-genai's invoke_agent, which fails with the
-    same error: no rule reports an EMBEDDING span's failure, so the agent's is the finding (there was none)."""
+@pytest.mark.parametrize(("child_name", "child_attributes", "message"), [
+    # openai-v2 2.4b0's embeddings call answered 429
+    ("embeddings text-embedding-3-small", {
+        "gen_ai.operation.name": "embeddings", "gen_ai.request.model": "text-embedding-3-small",
+        "gen_ai.provider.name": "openai", "error.type": "RateLimitError"}, "Error code: 429 - Rate limit reached"),
+    # util-genai 1.3b0's handler.retrieval() failed: no gen_ai.retrieval.documents, so what came back is unknown
+    ("retrieval kb", {
+        "gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": "kb", "gen_ai.provider.name": "chroma",
+        "gen_ai.retrieval.query.text": "Find documents like: my kettle leaks", "error.type": "ConnectionError"},
+     "connection refused: kb:8000"),
+])
+def test_an_agent_failing_with_a_call_no_rule_reports_is_one_llm_error(start_collector, child_name,
+                                                                         child_attributes, message):
+    """util-genai's invoke_agent fails with the same error as its failed embeddings or retrieval span: no rule
+    reports those spans' own failure, so the agent's is the finding (there was none at all)."""
     c = start_collector(FAST_JUDGE)
-    message = "Error code: 429 - Rate limit reached"
     with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
         agent = util_genai_agent_span(tracer, "Find documents like: my kettle leaks")
         with trace.use_span(agent, end_on_exit=False):
-            with tracer.start_as_current_span("embeddings text-embedding-3-small", record_exception=False,
-                                              set_status_on_exception=False) as embed:
-                embed.set_attributes({
-                    "gen_ai.operation.name": "embeddings", "gen_ai.request.model": "text-embedding-3-small",
-                    "gen_ai.provider.name": "openai", "error.type": "RateLimitError"})
-                embed.set_status(Status(StatusCode.ERROR, message))
-        agent.set_attribute("error.type", "openai.RateLimitError")
+            with tracer.start_as_current_span(child_name, record_exception=False,
+                                              set_status_on_exception=False) as child:
+                child.set_attributes(child_attributes)
+                child.set_status(Status(StatusCode.ERROR, message))
+        agent.set_attribute("error.type", str(child_attributes["error.type"]))
         agent.set_status(Status(StatusCode.ERROR, message))
         agent.end()
     [candidate] = candidates_of(c, "llm_error")
     assert candidate["input"]["user_message"] == "Find documents like: my kettle leaks"
-    rows = c.query("SELECT s.name, d.failure_mode, d.evidence->>'$.classification' AS classification "
-                   "FROM detections d JOIN spans s USING (trace_id, span_id)")
-    assert rows == [{"name": "invoke_agent weather-agent", "failure_mode": "llm_error", "classification": "rate_limit"}]
+    rows = c.query("SELECT s.name, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert rows == [{"name": "invoke_agent weather-agent", "failure_mode": "llm_error"}]
 
 
 def test_an_agent_answer_cut_where_its_model_call_was_is_one_truncation(start_collector):
