@@ -963,11 +963,13 @@ def step_limit(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 
 
 #: How agent frameworks say they stopped a run at their step limit: OpenAI Agents (MaxTurnsExceeded
-#: "Max turns (10) exceeded"), LangGraph (GraphRecursionError "Recursion limit of 25 reached without
-#: hitting a stop condition"), LangChain's AgentExecutor ("Agent stopped due to iteration limit or time
-#: limit.", an answer, not an error), CrewAI / smolagents ("max iterations" / "max steps" reached).
+#: "Max turns (10) exceeded"; its traced span error "Max turns exceeded", which
+#: opentelemetry-instrumentation-openai-agents-v2 0.1.0 sends as "Max turns exceeded: {'max_turns': 10}"),
+#: LangGraph (GraphRecursionError "Recursion limit of 25 reached without hitting a stop condition"),
+#: LangChain's AgentExecutor ("Agent stopped due to iteration limit or time limit.", an answer, not an
+#: error), CrewAI / smolagents ("max iterations" / "max steps" reached).
 _FRAMEWORK_STEP_LIMIT = re.compile(
-    r"MaxTurnsExceeded|Max turns \(\d+\) exceeded|GraphRecursionError|Recursion limit of \d+ reached"
+    r"MaxTurnsExceeded|Max turns (?:\(\d+\) )?exceeded|GraphRecursionError|Recursion limit of \d+ reached"
     r"|Agent stopped due to (?:max )?iteration limit|(?:Reached|reached|exceeded) (?:the )?max(?:imum)?[ _]"
     r"(?:iterations|steps|turns)|max(?:imum)?[ _](?:iterations|steps|turns) (?:reached|exceeded)")
 

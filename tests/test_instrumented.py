@@ -762,3 +762,37 @@ def test_an_agent_answer_cut_where_its_model_call_was_is_one_truncation(start_co
     assert candidate["input"]["user_message"] == question
     rows = c.query("SELECT s.name, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
     assert rows == [{"name": "chat gpt-4o-mini", "failure_mode": "truncation"}]
+
+
+def test_openai_agents_v2_max_turns_is_a_step_limit_not_an_llm_error(start_collector):
+    """opentelemetry-instrumentation-openai-agents-v2 0.1.0 (openai-agents 0.25, Runner.run(max_turns=2)): the
+    SDK's span error "Max turns exceeded" with its data becomes the agent span's status message."""
+    c = start_collector(FAST_JUDGE)
+    agent_keys = {"gen_ai.provider.name": "openai", "gen_ai.system": "openai", "gen_ai.agent.id": "agent",
+                  "gen_ai.agent.name": "OpenAI Agent", "gen_ai.agent.description": "OpenAI Agents instrumentation"}
+    question = [{"role": "system", "parts": [{"type": "text", "content": "You are a weather bot."}]},
+                {"role": "user", "parts": [{"type": "text", "content": "What's the weather in Paris?"}]}]
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("turn", attributes={
+                "gen_ai.provider.name": "openai", "gen_ai.system": "openai", "gen_ai.operation.name": "invoke_agent"}):
+            with tracer.start_as_current_span("invoke_agent weather-agent", record_exception=False,
+                                              set_status_on_exception=False) as agent:
+                agent.set_attributes({**agent_keys, "gen_ai.operation.name": "invoke_agent",
+                                      "gen_ai.agent.name": "weather-agent", "gen_ai.request.model": "gpt-4o-mini",
+                                      "gen_ai.input.messages": json.dumps(question)})
+                for turn in range(2):
+                    with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                        chat.set_attributes({**agent_keys, "gen_ai.operation.name": "chat",
+                                             "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 42,
+                                             "gen_ai.usage.output_tokens": 9,
+                                             "gen_ai.input.messages": json.dumps(question)})
+                    with tracer.start_as_current_span("execute_tool get_weather") as tool:
+                        tool.set_attributes({**agent_keys, "gen_ai.operation.name": "execute_tool",
+                                             "gen_ai.tool.name": "get_weather", "gen_ai.tool.type": "function",
+                                             "gen_ai.tool.call.arguments": json.dumps({"city": f"Paris {turn}"}),
+                                             "gen_ai.tool.call.result": json.dumps({"temp_c": 21})})
+                agent.set_status(Status(StatusCode.ERROR, "Max turns exceeded: {'max_turns': 2}"))
+    [candidate] = candidates_of(c, "loop")
+    assert candidate["input"]["user_message"] == "What's the weather in Paris?"
+    rows = c.query("SELECT s.name, d.detector, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert rows == [{"name": "invoke_agent weather-agent", "detector": "step_limit", "failure_mode": "loop"}]
