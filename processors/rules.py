@@ -660,15 +660,20 @@ def _llm_client_error(span: SpanRow, pattern: re.Pattern[str]) -> str | None:
 
 #: LangChain's output parsers (``withStructuredOutput`` / ``with_structured_output``, ``JsonOutputParser``, ...)
 #: failing on the model's answer: OutputParserException, whose JS message opens "Failed to parse. Text:" and
-#: whose Python one "Failed to parse X from completion" / "Invalid json output".
+#: whose Python one "Failed to parse X from completion" / "Invalid json output". OpenAI Agents validating an
+#: agent's ``output_type``: the span error "Invalid JSON provided" on its agent's turn (as
+#: opentelemetry-instrumentation-openai-agents-v2 0.1.0 sends it: "Invalid JSON provided: {}"), and the
+#: ModelBehaviorError "Invalid JSON when parsing ..." the run raises.
 _OUTPUT_PARSER_FAILURE = re.compile(
-    r"OutputParserException|OUTPUT_PARSING_FAILURE|^Failed to parse\b|^Invalid json output", re.MULTILINE)
+    r"OutputParserException|OUTPUT_PARSING_FAILURE|^Failed to parse\b|^Invalid json output"
+    r"|^Invalid JSON provided\b|ModelBehaviorError: Invalid JSON when parsing", re.MULTILINE)
 
 
 def _output_parser_failure(span: SpanRow) -> str | None:
-    """The error of a CHAIN span (an output parser) that failed because the model's answer did not parse or
-    broke the structure asked for: the answer's format, not a provider or framework error."""
-    if span_kind(span) != "CHAIN" or not failed(span):
+    """The error of a CHAIN span (an output parser) or AGENT span (OpenAI Agents' output_type) that failed
+    because the model's answer did not parse or broke the structure asked for: the answer's format, not a
+    provider or framework error."""
+    if span_kind(span) not in ("CHAIN", "AGENT") or not failed(span):
         return None
     texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
     return next((t for t in texts if _OUTPUT_PARSER_FAILURE.search(t)), None)
@@ -735,7 +740,7 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     {"declared_by": "output.mime_type", "output": clip(out, 1000), "error": err},
                 ))
     if not found and not _bad_requested_tool_call(view):  # else that finding on the model call is the failure
-        parsers = [s for s in view.of_kind("CHAIN") if _output_parser_failure(s) is not None]
+        parsers = [s for s in view.of_kind("CHAIN", "AGENT") if _output_parser_failure(s) is not None]
         for s in parsers:  # the parser itself, not the chains that pass its error up
             error = _output_parser_failure(s)
             inner = {d["span_id"] for d in view.descendants(s["span_id"])}

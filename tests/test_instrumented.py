@@ -796,3 +796,37 @@ def test_openai_agents_v2_max_turns_is_a_step_limit_not_an_llm_error(start_colle
     assert candidate["input"]["user_message"] == "What's the weather in Paris?"
     rows = c.query("SELECT s.name, d.detector, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
     assert rows == [{"name": "invoke_agent weather-agent", "detector": "step_limit", "failure_mode": "loop"}]
+
+
+def test_openai_agents_v2_output_type_that_does_not_parse_is_a_format_violation(start_collector):
+    """opentelemetry-instrumentation-openai-agents-v2 0.1.0 (openai-agents 0.25, an Agent with a pydantic
+    ``output_type`` answered in prose): the SDK's span error "Invalid JSON provided" lands on the agent's turn span
+    (``gen_ai.operation.name`` "unknown"), the run raises ModelBehaviorError. It was an llm_error "(other)"."""
+    c = start_collector(FAST_JUDGE)
+    agent_keys = {"gen_ai.provider.name": "openai", "gen_ai.system": "openai", "gen_ai.agent.id": "agent",
+                  "gen_ai.agent.name": "OpenAI Agent", "gen_ai.agent.description": "OpenAI Agents instrumentation"}
+    question = [{"role": "system", "parts": [{"type": "text", "content": "You are a weather bot."}]},
+                {"role": "user", "parts": [{"type": "text", "content": "What's the weather in Paris?"}]}]
+    answer = [{"role": "assistant", "parts": [{"type": "text", "content": "Sure! city=Paris, temp=21"}]}]
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("turn", attributes={
+                "gen_ai.provider.name": "openai", "gen_ai.system": "openai", "gen_ai.operation.name": "invoke_agent"}):
+            with tracer.start_as_current_span("invoke_agent weather-agent") as agent:
+                agent.set_attributes({**agent_keys, "gen_ai.operation.name": "invoke_agent",
+                                      "gen_ai.agent.name": "weather-agent", "gen_ai.request.model": "gpt-4o-mini",
+                                      "gen_ai.input.messages": json.dumps(question),
+                                      "gen_ai.output.messages": json.dumps(answer), "gen_ai.output.type": "text"})
+                with tracer.start_as_current_span("unknown", record_exception=False,
+                                                  set_status_on_exception=False) as turn:
+                    turn.set_attributes({**agent_keys, "gen_ai.operation.name": "unknown"})
+                    with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                        chat.set_attributes({**agent_keys, "gen_ai.operation.name": "chat",
+                                             "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 42,
+                                             "gen_ai.usage.output_tokens": 9, "gen_ai.output.type": "text",
+                                             "gen_ai.input.messages": json.dumps(question),
+                                             "gen_ai.output.messages": json.dumps(answer)})
+                    turn.set_status(Status(StatusCode.ERROR, "Invalid JSON provided: {}"))
+    [candidate] = candidates_of(c, "format_violation")
+    assert candidate["input"]["user_message"] == "What's the weather in Paris?"
+    rows = c.query("SELECT s.name, d.detector, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert rows == [{"name": "unknown", "detector": "json_output", "failure_mode": "format_violation"}]
