@@ -1119,11 +1119,21 @@ def _vercel_object_rejected(view: TraceView, span: SpanRow, cfg: RuleSettings) -
     return any(step["span_id"] in reported for step in steps)
 
 
+#: Finish reasons that say the provider blocked the answer: OpenAI's ``content_filter`` (the Vercel AI SDK's
+#: ``content-filter``), Gemini's SAFETY / PROHIBITED_CONTENT / BLOCKLIST / SPII / IMAGE_SAFETY / RECITATION
+#: (opentelemetry-instrumentation-google-genai 1.3b0 sends them lowercased in gen_ai.response.finish_reasons,
+#: as is in the output messages).
+_CONTENT_FILTER_FINISH = frozenset({
+    "content_filter", "safety", "prohibited_content", "blocklist", "spii", "image_safety", "recitation"})
+
+
 def _abnormal_finish(reason: str) -> str | None:
-    """``error`` or ``content_filter`` when a finish reason says the provider stopped the answer abnormally;
-    the Vercel AI SDK spells the latter ``content-filter`` (its unified reasons are hyphenated)."""
+    """``error`` or ``content_filter`` when a finish reason says the provider stopped the answer abnormally
+    (a Gemini answer blocked for SAFETY came back empty with no error and no finding)."""
     normal = reason.lower().replace("-", "_")
-    return normal if normal in ("error", "content_filter") else None
+    if normal == "error":
+        return "error"
+    return "content_filter" if normal in _CONTENT_FILTER_FINISH else None
 
 
 def _failure_reported(span: SpanRow) -> bool:

@@ -830,3 +830,28 @@ def test_openai_agents_v2_output_type_that_does_not_parse_is_a_format_violation(
     assert candidate["input"]["user_message"] == "What's the weather in Paris?"
     rows = c.query("SELECT s.name, d.detector, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
     assert rows == [{"name": "unknown", "detector": "json_output", "failure_mode": "format_violation"}]
+
+
+@pytest.mark.parametrize("reason", ["SAFETY", "PROHIBITED_CONTENT", "RECITATION"])
+def test_a_gemini_answer_blocked_by_its_safety_filter_is_an_llm_error(start_collector, reason):
+    """opentelemetry-instrumentation-google-genai 1.3b0 (google-genai 1.x, OTEL_SEMCONV_STABILITY_OPT_IN=
+    gen_ai_latest_experimental, content SPAN_ONLY): a candidate with no parts and finishReason SAFETY comes back
+    without an error; the reason is lowercased in gen_ai.response.finish_reasons and kept in the output messages.
+    It passed with no finding, where OpenAI's content_filter is an llm_error."""
+    c = start_collector(FAST_JUDGE)
+    question = "How do I make my kettle boil faster?"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("generate_content gemini-2.0-flash") as span:
+            span.set_attributes({
+                "gen_ai.operation.name": "generate_content", "gen_ai.provider.name": "gemini",
+                "gen_ai.request.model": "gemini-2.0-flash", "gen_ai.response.finish_reasons": [reason.lower()],
+                "gen_ai.response.model": "gemini-2.0-flash-001", "gen_ai.usage.input_tokens": 42,
+                "server.address": "generativelanguage.googleapis.com",
+                "gen_ai.input.messages": json.dumps([
+                    {"role": "user", "parts": [{"content": question, "type": "text"}], "name": None}]),
+                "gen_ai.output.messages": json.dumps([
+                    {"role": "assistant", "parts": [], "finish_reason": reason, "name": None}])})
+    [candidate] = candidates_of(c, "llm_error")
+    assert candidate["input"]["user_message"] == question
+    rows = c.query("SELECT d.detector, d.evidence->>'$.classification' AS classification FROM detections d")
+    assert rows == [{"detector": "llm_call_error", "classification": "content_filter"}]
