@@ -693,15 +693,20 @@ def _llm_client_error(span: SpanRow, pattern: re.Pattern[str]) -> str | None:
 
 #: LangChain's output parsers (``withStructuredOutput`` / ``with_structured_output``, ``JsonOutputParser``, ...)
 #: failing on the model's answer: OutputParserException, whose JS message opens "Failed to parse. Text:" and
-#: whose Python one "Failed to parse X from completion" / "Invalid json output".
+#: whose Python one "Failed to parse X from completion" / "Invalid json output". OpenAI Agents validating an
+#: agent's ``output_type``: the span error "Invalid JSON provided" on its agent's turn (as
+#: opentelemetry-instrumentation-openai-agents-v2 0.1.0 sends it: "Invalid JSON provided: {}"), and the
+#: ModelBehaviorError "Invalid JSON when parsing ..." the run raises.
 _OUTPUT_PARSER_FAILURE = re.compile(
-    r"OutputParserException|OUTPUT_PARSING_FAILURE|^Failed to parse\b|^Invalid json output", re.MULTILINE)
+    r"OutputParserException|OUTPUT_PARSING_FAILURE|^Failed to parse\b|^Invalid json output"
+    r"|^Invalid JSON provided\b|ModelBehaviorError: Invalid JSON when parsing", re.MULTILINE)
 
 
 def _output_parser_failure(span: SpanRow) -> str | None:
-    """The error of a CHAIN span (an output parser) that failed because the model's answer did not parse or
-    broke the structure asked for: the answer's format, not a provider or framework error."""
-    if span_kind(span) != "CHAIN" or not failed(span):
+    """The error of a CHAIN span (an output parser) or AGENT span (OpenAI Agents' output_type) that failed
+    because the model's answer did not parse or broke the structure asked for: the answer's format, not a
+    provider or framework error."""
+    if span_kind(span) not in ("CHAIN", "AGENT") or not failed(span):
         return None
     texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
     return next((t for t in texts if _OUTPUT_PARSER_FAILURE.search(t)), None)
@@ -808,7 +813,7 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     f"output declared application/json does not parse: {err}",
                     {"declared_by": "output.mime_type", "output": clip(out, 1000), "error": err},
                 ))
-    parsers = [s for s in view.of_kind("CHAIN") if _output_parser_failure(s) is not None] if not found else []
+    parsers = [s for s in view.of_kind("CHAIN", "AGENT") if _output_parser_failure(s) is not None] if not found else []
     if parsers and not _bad_requested_tool_call(view):  # else that finding on the model call is the failure
         for s in parsers:  # the parser itself, not the chains that pass its error up
             error = _output_parser_failure(s)
@@ -845,6 +850,10 @@ def finish_length(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     found = []
     for s in view.spans:
         hits = [(w, v) for w, v in view.finish_reasons(s) if v.lower() in _TRUNCATING]
+        if hits and any(_truncated(view, d) for d in view.descendants(s["span_id"])):
+            # An agent whose answer is its model call's, finish reason and all (util-genai's invoke_agent
+            # records the output messages it was given): one cut answer, reported once, on the model call.
+            continue
         if not hits:
             error = _client_truncation(s)
             if error is not None:
@@ -1034,11 +1043,13 @@ def step_limit(view: TraceView, cfg: RuleSettings) -> list[Finding]:
 
 
 #: How agent frameworks say they stopped a run at their step limit: OpenAI Agents (MaxTurnsExceeded
-#: "Max turns (10) exceeded"), LangGraph (GraphRecursionError "Recursion limit of 25 reached without
-#: hitting a stop condition"), LangChain's AgentExecutor ("Agent stopped due to iteration limit or time
-#: limit.", an answer, not an error), CrewAI / smolagents ("max iterations" / "max steps" reached).
+#: "Max turns (10) exceeded"; its traced span error "Max turns exceeded", which
+#: opentelemetry-instrumentation-openai-agents-v2 0.1.0 sends as "Max turns exceeded: {'max_turns': 10}"),
+#: LangGraph (GraphRecursionError "Recursion limit of 25 reached without hitting a stop condition"),
+#: LangChain's AgentExecutor ("Agent stopped due to iteration limit or time limit.", an answer, not an
+#: error), CrewAI / smolagents ("max iterations" / "max steps" reached).
 _FRAMEWORK_STEP_LIMIT = re.compile(
-    r"MaxTurnsExceeded|Max turns \(\d+\) exceeded|GraphRecursionError|Recursion limit of \d+ reached"
+    r"MaxTurnsExceeded|Max turns (?:\(\d+\) )?exceeded|GraphRecursionError|Recursion limit of \d+ reached"
     r"|Agent stopped due to (?:max )?iteration limit|(?:Reached|reached|exceeded) (?:the )?max(?:imum)?[ _]"
     r"(?:iterations|steps|turns)|max(?:imum)?[ _](?:iterations|steps|turns) (?:reached|exceeded)")
 
@@ -1183,11 +1194,31 @@ def _vercel_object_rejected(view: TraceView, span: SpanRow, cfg: RuleSettings) -
     return any(step["span_id"] in reported for step in steps)
 
 
+#: Finish reasons that say the provider blocked the answer: OpenAI's ``content_filter`` (the Vercel AI SDK's
+#: ``content-filter``), Gemini's SAFETY / PROHIBITED_CONTENT / BLOCKLIST / SPII / IMAGE_SAFETY / RECITATION
+#: (opentelemetry-instrumentation-google-genai 1.3b0 sends them lowercased in gen_ai.response.finish_reasons,
+#: as is in the output messages).
+_CONTENT_FILTER_FINISH = frozenset({
+    "content_filter", "safety", "prohibited_content", "blocklist", "spii", "image_safety", "recitation"})
+
+
 def _abnormal_finish(reason: str) -> str | None:
-    """``error`` or ``content_filter`` when a finish reason says the provider stopped the answer abnormally;
-    the Vercel AI SDK spells the latter ``content-filter`` (its unified reasons are hyphenated)."""
+    """``error`` or ``content_filter`` when a finish reason says the provider stopped the answer abnormally
+    (a Gemini answer blocked for SAFETY came back empty with no error and no finding)."""
     normal = reason.lower().replace("-", "_")
-    return normal if normal in ("error", "content_filter") else None
+    if normal == "error":
+        return "error"
+    return "content_filter" if normal in _CONTENT_FILTER_FINISH else None
+
+
+def _failure_reported(span: SpanRow) -> bool:
+    """True when a rule reports this failed span's own failure: TOOL (tool_error), LLM / AGENT / CHAIN
+    (llm_call_error), a RETRIEVER that returned nothing (empty_retrieval). A failed span of another kind (an
+    EMBEDDING call rate-limited, a GUARDRAIL, an HTTP client span, a GenAI retrieval whose documents were not
+    captured) is reported by none: an agent failing with it passes up nothing reported, and was silent
+    (util-genai's invoke_agent around openai-v2's failed `embeddings` span had no detection at all)."""
+    kind = span_kind(span)
+    return kind in ("TOOL", "LLM", "AGENT", "CHAIN") or (kind == "RETRIEVER" and retrieval_outcome(span) == "empty")
 
 
 def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
@@ -1195,7 +1226,8 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     found = []
     for s in view.of_kind("LLM", "AGENT", "CHAIN"):
         if failed(s):
-            caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
+            caused_by = [d for d in view.descendants(s["span_id"])
+                         if failed(d) and _failure_reported(d) and _same_failure(s, d)]
             if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None
                     or _adapter_parse_failure(s) is not None or _client_truncation(s) is not None
                     or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)
@@ -1212,6 +1244,9 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             ))
             continue
         bad = [(w, v) for w, v in view.finish_reasons(s) if _abnormal_finish(v) is not None]
+        if bad and any(_abnormal_finish(v) is not None for d in view.descendants(s["span_id"])
+                       for _, v in view.finish_reasons(d)):
+            continue  # an agent repeating its model call's answer: reported once, on the model call
         if bad:
             cls = "content_filter" if _abnormal_finish(bad[0][1]) == "content_filter" else "provider_error"
             found.append(Finding(

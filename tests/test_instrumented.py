@@ -21,6 +21,7 @@ import pydantic
 import pytest
 from openinference.instrumentation import TraceConfig
 from openinference.instrumentation.openai import OpenAIInstrumentor
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -682,3 +683,175 @@ def test_a_rate_limit_recorded_by_both_the_anthropic_sdk_and_openinference_is_on
     c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 1)
     rows = c.query("SELECT s.name, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
     assert rows == [{"name": "messages.create", "failure_mode": "llm_error"}]
+
+
+WEATHER_TOOL_DEFINITIONS = json.dumps([{
+    "name": "get_weather", "description": "Weather for a city", "type": "function",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                   "additionalProperties": False}}])
+
+
+def util_genai_agent_span(tracer: Tracer, question: str) -> Any:
+    """The invoke_agent span opentelemetry-util-genai 1.1b0's ``handler.invoke_local_agent()`` makes (with
+    OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental, OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=
+    SPAN_ONLY), as an app wraps its own agent loop around openai-v2's spans."""
+    span = tracer.start_span("invoke_agent weather-agent", record_exception=False, set_status_on_exception=False)
+    span.set_attributes({
+        "gen_ai.operation.name": "invoke_agent", "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.agent.name": "weather-agent", "gen_ai.tool.definitions": WEATHER_TOOL_DEFINITIONS,
+        "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [{"content": question, "type": "text"}]}])})
+    return span
+
+
+@pytest.mark.parametrize(("child_name", "child_attributes", "message"), [
+    # openai-v2 2.4b0's embeddings call answered 429
+    ("embeddings text-embedding-3-small", {
+        "gen_ai.operation.name": "embeddings", "gen_ai.request.model": "text-embedding-3-small",
+        "gen_ai.provider.name": "openai", "error.type": "RateLimitError"}, "Error code: 429 - Rate limit reached"),
+    # util-genai 1.3b0's handler.retrieval() failed: no gen_ai.retrieval.documents, so what came back is unknown
+    ("retrieval kb", {
+        "gen_ai.operation.name": "retrieval", "gen_ai.data_source.id": "kb", "gen_ai.provider.name": "chroma",
+        "gen_ai.retrieval.query.text": "Find documents like: my kettle leaks", "error.type": "ConnectionError"},
+     "connection refused: kb:8000"),
+])
+def test_an_agent_failing_with_a_call_no_rule_reports_is_one_llm_error(start_collector, child_name,
+                                                                         child_attributes, message):
+    """util-genai's invoke_agent fails with the same error as its failed embeddings or retrieval span: no rule
+    reports those spans' own failure, so the agent's is the finding (there was none at all)."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        agent = util_genai_agent_span(tracer, "Find documents like: my kettle leaks")
+        with trace.use_span(agent, end_on_exit=False):
+            with tracer.start_as_current_span(child_name, record_exception=False,
+                                              set_status_on_exception=False) as child:
+                child.set_attributes(child_attributes)
+                child.set_status(Status(StatusCode.ERROR, message))
+        agent.set_attribute("error.type", str(child_attributes["error.type"]))
+        agent.set_status(Status(StatusCode.ERROR, message))
+        agent.end()
+    [candidate] = candidates_of(c, "llm_error")
+    assert candidate["input"]["user_message"] == "Find documents like: my kettle leaks"
+    rows = c.query("SELECT s.name, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert rows == [{"name": "invoke_agent weather-agent", "failure_mode": "llm_error"}]
+
+
+def test_an_agent_answer_cut_where_its_model_call_was_is_one_truncation(start_collector):
+    """util-genai's invoke_agent records the answer it was given, finish reason and all: openai-v2's chat span
+    and the agent both say ``length`` of one cut answer, reported once, on the model call (it was two)."""
+    c = start_collector(FAST_JUDGE)
+    question = "Describe the weather in Paris"
+    answer = [{"role": "assistant", "parts": [{"content": "The weather in Paris is", "type": "text"}],
+               "finish_reason": "length"}]
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        agent = util_genai_agent_span(tracer, question)
+        with trace.use_span(agent, end_on_exit=False):
+            with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                chat.set_attributes({
+                    "gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o-mini",
+                    "gen_ai.request.max_tokens": 5, "gen_ai.provider.name": "openai",
+                    "gen_ai.response.finish_reasons": ["length"], "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+                    "gen_ai.response.id": "chatcmpl-17", "gen_ai.usage.input_tokens": 42,
+                    "gen_ai.usage.output_tokens": 9,
+                    "gen_ai.input.messages": json.dumps([
+                        {"role": "system", "parts": [{"content": "You are a weather bot.", "type": "text"}]},
+                        {"role": "user", "parts": [{"content": question, "type": "text"}]}]),
+                    "gen_ai.output.messages": json.dumps(answer)})
+        agent.set_attribute("gen_ai.output.messages", json.dumps(answer))
+        agent.end()
+    [candidate] = candidates_of(c, "truncation")
+    assert candidate["input"]["user_message"] == question
+    rows = c.query("SELECT s.name, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert rows == [{"name": "chat gpt-4o-mini", "failure_mode": "truncation"}]
+
+
+def test_openai_agents_v2_max_turns_is_a_step_limit_not_an_llm_error(start_collector):
+    """opentelemetry-instrumentation-openai-agents-v2 0.1.0 (openai-agents 0.25, Runner.run(max_turns=2)): the
+    SDK's span error "Max turns exceeded" with its data becomes the agent span's status message."""
+    c = start_collector(FAST_JUDGE)
+    agent_keys = {"gen_ai.provider.name": "openai", "gen_ai.system": "openai", "gen_ai.agent.id": "agent",
+                  "gen_ai.agent.name": "OpenAI Agent", "gen_ai.agent.description": "OpenAI Agents instrumentation"}
+    question = [{"role": "system", "parts": [{"type": "text", "content": "You are a weather bot."}]},
+                {"role": "user", "parts": [{"type": "text", "content": "What's the weather in Paris?"}]}]
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("turn", attributes={
+                "gen_ai.provider.name": "openai", "gen_ai.system": "openai", "gen_ai.operation.name": "invoke_agent"}):
+            with tracer.start_as_current_span("invoke_agent weather-agent", record_exception=False,
+                                              set_status_on_exception=False) as agent:
+                agent.set_attributes({**agent_keys, "gen_ai.operation.name": "invoke_agent",
+                                      "gen_ai.agent.name": "weather-agent", "gen_ai.request.model": "gpt-4o-mini",
+                                      "gen_ai.input.messages": json.dumps(question)})
+                for turn in range(2):
+                    with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                        chat.set_attributes({**agent_keys, "gen_ai.operation.name": "chat",
+                                             "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 42,
+                                             "gen_ai.usage.output_tokens": 9,
+                                             "gen_ai.input.messages": json.dumps(question)})
+                    with tracer.start_as_current_span("execute_tool get_weather") as tool:
+                        tool.set_attributes({**agent_keys, "gen_ai.operation.name": "execute_tool",
+                                             "gen_ai.tool.name": "get_weather", "gen_ai.tool.type": "function",
+                                             "gen_ai.tool.call.arguments": json.dumps({"city": f"Paris {turn}"}),
+                                             "gen_ai.tool.call.result": json.dumps({"temp_c": 21})})
+                agent.set_status(Status(StatusCode.ERROR, "Max turns exceeded: {'max_turns': 2}"))
+    [candidate] = candidates_of(c, "loop")
+    assert candidate["input"]["user_message"] == "What's the weather in Paris?"
+    rows = c.query("SELECT s.name, d.detector, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert rows == [{"name": "invoke_agent weather-agent", "detector": "step_limit", "failure_mode": "loop"}]
+
+
+def test_openai_agents_v2_output_type_that_does_not_parse_is_a_format_violation(start_collector):
+    """opentelemetry-instrumentation-openai-agents-v2 0.1.0 (openai-agents 0.25, an Agent with a pydantic
+    ``output_type`` answered in prose): the SDK's span error "Invalid JSON provided" lands on the agent's turn span
+    (``gen_ai.operation.name`` "unknown"), the run raises ModelBehaviorError. It was an llm_error "(other)"."""
+    c = start_collector(FAST_JUDGE)
+    agent_keys = {"gen_ai.provider.name": "openai", "gen_ai.system": "openai", "gen_ai.agent.id": "agent",
+                  "gen_ai.agent.name": "OpenAI Agent", "gen_ai.agent.description": "OpenAI Agents instrumentation"}
+    question = [{"role": "system", "parts": [{"type": "text", "content": "You are a weather bot."}]},
+                {"role": "user", "parts": [{"type": "text", "content": "What's the weather in Paris?"}]}]
+    answer = [{"role": "assistant", "parts": [{"type": "text", "content": "Sure! city=Paris, temp=21"}]}]
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("turn", attributes={
+                "gen_ai.provider.name": "openai", "gen_ai.system": "openai", "gen_ai.operation.name": "invoke_agent"}):
+            with tracer.start_as_current_span("invoke_agent weather-agent") as agent:
+                agent.set_attributes({**agent_keys, "gen_ai.operation.name": "invoke_agent",
+                                      "gen_ai.agent.name": "weather-agent", "gen_ai.request.model": "gpt-4o-mini",
+                                      "gen_ai.input.messages": json.dumps(question),
+                                      "gen_ai.output.messages": json.dumps(answer), "gen_ai.output.type": "text"})
+                with tracer.start_as_current_span("unknown", record_exception=False,
+                                                  set_status_on_exception=False) as turn:
+                    turn.set_attributes({**agent_keys, "gen_ai.operation.name": "unknown"})
+                    with tracer.start_as_current_span("chat gpt-4o-mini") as chat:
+                        chat.set_attributes({**agent_keys, "gen_ai.operation.name": "chat",
+                                             "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 42,
+                                             "gen_ai.usage.output_tokens": 9, "gen_ai.output.type": "text",
+                                             "gen_ai.input.messages": json.dumps(question),
+                                             "gen_ai.output.messages": json.dumps(answer)})
+                    turn.set_status(Status(StatusCode.ERROR, "Invalid JSON provided: {}"))
+    [candidate] = candidates_of(c, "format_violation")
+    assert candidate["input"]["user_message"] == "What's the weather in Paris?"
+    rows = c.query("SELECT s.name, d.detector, d.failure_mode FROM detections d JOIN spans s USING (trace_id, span_id)")
+    assert rows == [{"name": "unknown", "detector": "json_output", "failure_mode": "format_violation"}]
+
+
+@pytest.mark.parametrize("reason", ["SAFETY", "PROHIBITED_CONTENT", "RECITATION"])
+def test_a_gemini_answer_blocked_by_its_safety_filter_is_an_llm_error(start_collector, reason):
+    """opentelemetry-instrumentation-google-genai 1.3b0 (google-genai 1.x, OTEL_SEMCONV_STABILITY_OPT_IN=
+    gen_ai_latest_experimental, content SPAN_ONLY): a candidate with no parts and finishReason SAFETY comes back
+    without an error; the reason is lowercased in gen_ai.response.finish_reasons and kept in the output messages.
+    It passed with no finding, where OpenAI's content_filter is an llm_error."""
+    c = start_collector(FAST_JUDGE)
+    question = "How do I make my kettle boil faster?"
+    with sdk_tracer("grpc", c.grpc_endpoint) as tracer:
+        with tracer.start_as_current_span("generate_content gemini-2.0-flash") as span:
+            span.set_attributes({
+                "gen_ai.operation.name": "generate_content", "gen_ai.provider.name": "gemini",
+                "gen_ai.request.model": "gemini-2.0-flash", "gen_ai.response.finish_reasons": [reason.lower()],
+                "gen_ai.response.model": "gemini-2.0-flash-001", "gen_ai.usage.input_tokens": 42,
+                "server.address": "generativelanguage.googleapis.com",
+                "gen_ai.input.messages": json.dumps([
+                    {"role": "user", "parts": [{"content": question, "type": "text"}], "name": None}]),
+                "gen_ai.output.messages": json.dumps([
+                    {"role": "assistant", "parts": [], "finish_reason": reason, "name": None}])})
+    [candidate] = candidates_of(c, "llm_error")
+    assert candidate["input"]["user_message"] == question
+    rows = c.query("SELECT d.detector, d.evidence->>'$.classification' AS classification FROM detections d")
+    assert rows == [{"detector": "llm_call_error", "classification": "content_filter"}]
