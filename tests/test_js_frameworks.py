@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from conftest import FAST_JUDGE, TESTDATA
+from test_instrumented import candidates_of
 
 BLAST_RADIUS = {"processors": {"detectors": {**FAST_JUDGE["processors"]["detectors"],
                                              "blast_radius": {"send_email": "irreversible_write"}}}}
@@ -99,14 +100,6 @@ def test_a_langchainjs_structured_answer_breaking_its_zod_schema_is_a_format_vio
     assert candidate["input"]["user_message"] == "Summarize ticket 10 as JSON [[jsonbad]]"
     assert candidate["expected"]["output_schema"]["required"] == ["summary", "priority"]
     assert c.query("SELECT failure_mode FROM detections") == [{"failure_mode": "format_violation"}]
-
-
-def candidates_of(c: Any, mode: str) -> list[dict[str, Any]]:
-    c.wait_for(f"SELECT 1 FROM candidates WHERE failure_mode = '{mode}'", lambda rows: len(rows) == 1)
-    listed = c.cli("candidates", "--mode", mode, "--format", "json")
-    assert listed.returncode == 0, listed.stderr
-    rows: list[dict[str, Any]] = json.loads(listed.stdout)
-    return rows
 
 
 def test_a_langchainjs_output_parser_failing_on_the_answer_is_its_format_not_an_llm_error(start_collector):
