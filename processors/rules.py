@@ -1108,6 +1108,34 @@ def _vercel_object_rejected(view: TraceView, span: SpanRow, cfg: RuleSettings) -
     return any(step["span_id"] in reported for step in steps)
 
 
+#: How the OpenAI Agents SDK for JS (@openai/agents 0.20, through @arizeai/openinference-instrumentation-openai-agents)
+#: fails a run on the model's answer itself, on the turn and agent spans around the model call, and the rule
+#: that reports that answer: an ``outputType`` answer that is not its JSON (``ModelBehaviorError: Invalid output
+#: type``), a refusal (``ModelRefusalError``), an answer cut at ``max_output_tokens`` (``unsuccessful terminal
+#: state "response.incomplete"``, JSON-escaped in the turn's message, so it does not read as the model call's).
+_AGENT_RUN_REJECTED_ANSWER: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("json_output", re.compile(r"ModelBehaviorError: Invalid output type")),
+    ("refusal", re.compile(r"ModelRefusalError|Model refused to produce output")),
+    ("finish_length", re.compile(r"unsuccessful terminal state \\?\"response\.incomplete")),
+)
+
+
+def _agent_run_rejected_answer(view: TraceView, span: SpanRow, cfg: RuleSettings) -> bool:
+    """An AGENT / CHAIN span that failed because the agent framework rejected the model's answer, which a
+    format_violation, refusal_overreach or truncation finding on a model call inside it already reports (as an
+    llm_error too, one failure was reported twice, the second time under a provider error's mode)."""
+    if span_kind(span) not in ("AGENT", "CHAIN"):
+        return False
+    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    rules = {"json_output": json_output, "refusal": refusal, "finish_length": finish_length}
+    inner = {d["span_id"] for d in view.descendants(span["span_id"])}
+    for detector, pattern in _AGENT_RUN_REJECTED_ANSWER:
+        if any(pattern.search(t) for t in texts):
+            if any(f.span_id in inner for f in rules[detector](view, cfg)):
+                return True
+    return False
+
+
 def _abnormal_finish(reason: str) -> str | None:
     """``error`` or ``content_filter`` when a finish reason says the provider stopped the answer abnormally;
     the Vercel AI SDK spells the latter ``content-filter`` (its unified reasons are hyphenated)."""
@@ -1122,11 +1150,13 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         if failed(s):
             caused_by = [d for d in view.descendants(s["span_id"]) if failed(d) and _same_failure(s, d)]
             if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None or _client_truncation(s) is not None
+                    or (span_kind(s) == "LLM" and _truncated(view, s))
                     or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)
-                    or _vercel_object_rejected(view, s, cfg) or _output_parser_failure(s) is not None):
+                    or _vercel_object_rejected(view, s, cfg) or _output_parser_failure(s) is not None
+                    or _agent_run_rejected_answer(view, s, cfg)):
                 continue  # the failing descendant is the finding (here or in tool_error); json_output;
                 # finish_length; step_limit; tool_argument; json_output or finish_length on the object's step;
-                # json_output or tool_argument (a parser's failure)
+                # json_output or tool_argument (a parser's failure); the answer an agent run rejected
             facts = _error_facts(s)
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",
