@@ -1032,11 +1032,25 @@ _ERROR_LABEL = re.compile(r"^[A-Za-z][\w .()-]{0,60}?:\s+")
 _MIN_ERROR_CORE = 12  # shorter than this, a bare text ("failed") says nothing of which failure it is
 
 
+def _wrapped_error(text: str) -> str | None:
+    """The error a framework wrapped in a JSON object, ``{"error": "..."}``: the OpenAI Agents SDK for JS
+    (@arizeai/openinference-instrumentation-openai-agents 0.2) says ``Error in agent run: {"error":"ToolCallError:
+    Failed to run function tools: Error: ..."}`` on the turn around the tool span's ``Error running tool:
+    {"tool_name":"get_weather","error":"Error: ..."}``, its quotes JSON-escaped."""
+    if not (text.startswith("{") and text.endswith("}")):
+        return None
+    ok, parsed = try_json(text)
+    inner = parsed.get("error") if ok and isinstance(parsed, dict) else None
+    return inner.strip() if isinstance(inner, str) else None
+
+
 def _error_core(message: str) -> str:
-    """A status message without the labels before the error it reports."""
+    """A status message without the labels before the error it reports, nor the JSON object around it."""
     core = message.strip()
-    for _ in range(4):
+    for _ in range(8):
         stripped = _ERROR_LABEL.sub("", core, count=1)
+        if stripped == core:
+            stripped = _wrapped_error(core) or core
         if stripped == core or len(stripped) < _MIN_ERROR_CORE:
             break
         core = stripped
@@ -1111,12 +1125,11 @@ def _vercel_object_rejected(view: TraceView, span: SpanRow, cfg: RuleSettings) -
 #: How the OpenAI Agents SDK for JS (@openai/agents 0.20, through @arizeai/openinference-instrumentation-openai-agents)
 #: fails a run on the model's answer itself, on the turn and agent spans around the model call, and the rule
 #: that reports that answer: an ``outputType`` answer that is not its JSON (``ModelBehaviorError: Invalid output
-#: type``), a refusal (``ModelRefusalError``), an answer cut at ``max_output_tokens`` (``unsuccessful terminal
-#: state "response.incomplete"``, JSON-escaped in the turn's message, so it does not read as the model call's).
+#: type``) and a refusal (``ModelRefusalError``). (An answer cut at ``max_output_tokens`` fails the model call too,
+#: ``unsuccessful terminal state "response.incomplete"``: the turn passes that error up, and truncation reports it.)
 _AGENT_RUN_REJECTED_ANSWER: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("json_output", re.compile(r"ModelBehaviorError: Invalid output type")),
     ("refusal", re.compile(r"ModelRefusalError|Model refused to produce output")),
-    ("finish_length", re.compile(r"unsuccessful terminal state \\?\"response\.incomplete")),
 )
 
 
@@ -1127,7 +1140,7 @@ def _agent_run_rejected_answer(view: TraceView, span: SpanRow, cfg: RuleSettings
     if span_kind(span) not in ("AGENT", "CHAIN"):
         return False
     texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
-    rules = {"json_output": json_output, "refusal": refusal, "finish_length": finish_length}
+    rules = {"json_output": json_output, "refusal": refusal}
     inner = {d["span_id"] for d in view.descendants(span["span_id"])}
     for detector, pattern in _AGENT_RUN_REJECTED_ANSWER:
         if any(pattern.search(t) for t in texts):

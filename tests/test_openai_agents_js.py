@@ -83,3 +83,22 @@ def test_clean_openai_agents_js_runs_are_read_and_not_judged_failed(start_collec
     assert roots == [{"output_value": "It is sunny in Paris today, 21 degrees."},
                      {"output_value": "It is sunny in Paris today, 21 degrees."},
                      {"output_value": '{"city": "Paris", "temp_c": 21}'}]
+
+
+def test_a_tool_error_the_agents_sdk_passes_up_is_one_tool_invocation(start_collector):
+    """A tool that throws with `errorFunction: null` fails the run: the SDK's `ToolCallError` says `Error in agent
+    run: {"error":"ToolCallError: Failed to run function tools: Error: ..."}` on the turn, agent and workflow spans
+    around the tool span's `Error running tool: {"tool_name":"get_weather","error":"Error: ..."}`, once through the
+    Responses API and once through chat completions (`OpenAIChatCompletionsModel`). That is the tool's failure,
+    one tool_invocation each, not also an llm_error on the turn (it was classed a provider error). A third run
+    stopped at `maxTurns` (`MaxTurnsExceededError`) is the loop's step_limit, on the agent span."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "openai_agents_js_failed_runs.json")
+    judged(c, 3)
+    found = c.query("SELECT d.failure_mode, s.name, s.span_kind FROM detections d "
+                    "JOIN spans s USING (trace_id, span_id) ORDER BY 1")
+    assert found == [
+        {"failure_mode": "loop", "name": "Weather assistant", "span_kind": "AGENT"},
+        {"failure_mode": "tool_invocation", "name": "get_weather", "span_kind": "TOOL"},
+        {"failure_mode": "tool_invocation", "name": "get_weather", "span_kind": "TOOL"},
+    ]
