@@ -498,6 +498,8 @@ def _io_value(flat: dict[str, Any], side: str, kind: str, events: Any,
         value, vercel_mime = _vercel_content(flat, side)
         mime = mime or vercel_mime
     if value is None:
+        value, mime = _mastra_content(flat, side, mime)
+    if value is None:
         value = _legacy_genai_content(flat, side, events, walker)
         if mime is None and (isinstance(value, list) or (isinstance(value, str) and value[:1] in ("[", "{"))):
             mime = "application/json"
@@ -507,6 +509,36 @@ def _io_value(flat: dict[str, Any], side: str, kind: str, events: Any,
         value = _dumps([_json_item(v) for v in value] if isinstance(value, list) else value)
         mime = mime or "application/json"
     return value, mime if isinstance(mime, str) else None
+
+
+def _mastra_content(flat: dict[str, Any], side: str, mime: Any) -> tuple[Any, Any]:
+    """What a Mastra span sent or received, in Mastra's own keys: @mastra/otel-exporter (1.4, @mastra/core 1.71)
+    records the agent run's input (the user's message) and output only as ``mastra.agent_run.input`` /
+    ``.output``, a model step's as ``mastra.model_step.*``, keyed by ``mastra.span.type``; without them a Mastra
+    run had no input anywhere and its candidates no user message. (value, mime type); (None, mime) if none."""
+    span_type = flat.get("mastra.span.type")
+    value = flat.get(f"mastra.{span_type}.{side}") if isinstance(span_type, str) else None
+    if value is None:
+        return None, mime
+    if side == "output" and isinstance(value, str) and value[:1] == "{":
+        answer = _mastra_answer(value)
+        if answer is not None:
+            return answer or None, mime
+    return value, mime or ("application/json" if _is_json_text(value) else None)
+
+
+def _mastra_answer(output: str) -> str | None:
+    """The text of a Mastra run's or step's output, ``{"text": ..., "files": []}``, when text is all it answered
+    (no structured ``object``, no tool calls): ``""`` for an empty answer (a failed call's), None to keep the JSON."""
+    try:
+        parsed = orjson.loads(output)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("text"), str):
+        return None
+    if parsed.get("object") is not None or parsed.get("toolCalls"):
+        return None
+    return str(parsed["text"])
 
 
 def _vercel_content(flat: dict[str, Any], side: str) -> tuple[Any, str | None]:

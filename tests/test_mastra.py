@@ -1,0 +1,46 @@
+"""Spans Mastra's own observability really sent, replayed through a real `tracesieve serve`.
+
+Node is not available in CI, so each payload under tests/testdata/ is what @mastra/core 1.71.0 exported through
+@mastra/observability 1.17.9 and @mastra/otel-exporter 1.4.0 (provider `custom`, `http/protobuf`; captured once,
+stored as OTLP/JSON with hex ids; the resource trimmed to `service.name`). Eight `agent.generate` runs of one
+weather agent with a `get_weather` tool, against a local stand-in for the chat completions API: a clean run, a
+tool that throws, arguments breaking the tool's zod schema, the same call four times, a 429, a refusal, an answer
+cut at its token limit, and a `structuredOutput` answer that is not JSON. Mastra's spans follow the GenAI
+conventions (`invoke_agent`, `chat`, `execute_tool`) but keep the run's input and output in its own keys
+(`mastra.agent_run.input` / `.output`, `mastra.model_step.*`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from conftest import FAST_JUDGE, TESTDATA
+
+QUESTION = "What's the weather in Paris? Reply to <EMAIL> please."
+
+
+def replay(c: Any, payload: str) -> None:
+    body = (TESTDATA / payload).read_bytes()
+    response = httpx.post(f"{c.http_url}/v1/traces", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+
+
+def test_a_mastra_run_has_the_users_message_in_and_the_answer_out(start_collector):
+    """The agent span's input is the user's message (redacted) and its output the answer's text, so a candidate
+    holds what the user asked and what the agent said; they were empty, every Mastra candidate had the user
+    message ''."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "mastra_otel_exporter_runs.json")
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    [clean] = c.query("SELECT input_value, output_value FROM spans WHERE name = 'invoke_agent weather_chat_clean'")
+    assert clean == {"input_value": QUESTION, "output_value": "It is sunny in Paris today, 21 degrees."}
+    assert c.query("SELECT count(*) AS n FROM spans WHERE CAST(attributes AS VARCHAR) LIKE '%jane.doe%'") == [{"n": 0}]
+    listed = c.cli("candidates", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    by_mode = {row["failure_mode"]: row for row in json.loads(listed.stdout)}
+    assert {mode: row["input"]["user_message"] for mode, row in by_mode.items()} == dict.fromkeys(by_mode, QUESTION)
+    assert by_mode["tool_invocation"]["observed"]["final_answer"] == "It is sunny in Paris today, 21 degrees."
+    assert by_mode["truncation"]["observed"]["final_answer"] == "The weather in Paris today is sunny with a"
