@@ -1156,6 +1156,21 @@ def _abnormal_finish(reason: str) -> str | None:
     return normal if normal in ("error", "content_filter") else None
 
 
+def _inside_a_failure_that_says_why(view: TraceView, span: SpanRow) -> bool:
+    """A span inside a failed span that says why it failed: a model call whose finish reason says it stopped
+    abnormally there is that failure, reported on the span with the message. Mastra (@mastra/otel-exporter 1.4)
+    records a 429 as the ``chat`` span's finish reason ``error`` (status OK, no message) and the provider's
+    message on the failed ``invoke_agent`` span: one rate limit was two llm_error detections."""
+    seen = {span["span_id"]}
+    parent = view.by_id.get(str(span.get("parent_span_id") or ""))
+    while parent is not None and parent["span_id"] not in seen:
+        if failed(parent) and _says_why(parent):
+            return True
+        seen.add(parent["span_id"])
+        parent = view.by_id.get(str(parent.get("parent_span_id") or ""))
+    return False
+
+
 def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """An LLM, AGENT or CHAIN span failed (provider error, rate limit, timeout, ...), not merely passing up a descendant's error."""
     found = []
@@ -1179,7 +1194,7 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
             ))
             continue
         bad = [(w, v) for w, v in view.finish_reasons(s) if _abnormal_finish(v) is not None]
-        if bad:
+        if bad and not _inside_a_failure_that_says_why(view, s):
             cls = "content_filter" if _abnormal_finish(bad[0][1]) == "content_filter" else "provider_error"
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",

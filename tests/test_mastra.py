@@ -44,3 +44,16 @@ def test_a_mastra_run_has_the_users_message_in_and_the_answer_out(start_collecto
     assert {mode: row["input"]["user_message"] for mode, row in by_mode.items()} == dict.fromkeys(by_mode, QUESTION)
     assert by_mode["tool_invocation"]["observed"]["final_answer"] == "It is sunny in Paris today, 21 degrees."
     assert by_mode["truncation"]["observed"]["final_answer"] == "The weather in Paris today is sunny with a"
+
+
+def test_a_rate_limit_in_a_mastra_run_is_one_llm_error(start_collector):
+    """Mastra records a 429 twice: the `chat` span ends OK with finish reason `error` and no message, the
+    `invoke_agent` span around it fails with the provider's message. That is one llm_error, classed a rate limit,
+    on the span that says so (it was two: the second "stopped abnormally (finish reason error)")."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "mastra_otel_exporter_runs.json")
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    found = c.query("SELECT s.name, d.evidence->>'classification' AS classification FROM detections d "
+                    "JOIN spans s USING (trace_id, span_id) WHERE s.trace_id IN "
+                    "(SELECT trace_id FROM spans WHERE name = 'invoke_agent weather_chat_ratelimit')")
+    assert found == [{"name": "invoke_agent weather_chat_ratelimit", "classification": "rate_limit"}]
