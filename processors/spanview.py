@@ -666,10 +666,16 @@ def finish_reasons(span: SpanRow) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- tools
 
 
+_BARE_TOOL_NAME = re.compile(r"[A-Za-z_][\w.-]{0,127}")
+
+
 def _tool_definition(raw: Any) -> tuple[str, Any] | None:
     """(name, parameters schema) from OpenAI-nested, GenAI-flat, Anthropic or Vercel AI SDK tool definitions
-    (``inputSchema``; ``parameters`` before ``ai`` 5)."""
+    (``inputSchema``; ``parameters`` before ``ai`` 5), or a bare tool name with no schema, as Mastra
+    (@mastra/otel-exporter 1.4) lists its agent's tools in ``gen_ai.tool.definitions`` (``["get_weather"]``)."""
     d = loose(raw)
+    if isinstance(d, str) and _BARE_TOOL_NAME.fullmatch(d):
+        return d, None
     if not isinstance(d, dict):
         return None
     fn = d.get("function") if isinstance(d.get("function"), dict) else d

@@ -57,3 +57,16 @@ def test_a_rate_limit_in_a_mastra_run_is_one_llm_error(start_collector):
                     "JOIN spans s USING (trace_id, span_id) WHERE s.trace_id IN "
                     "(SELECT trace_id FROM spans WHERE name = 'invoke_agent weather_chat_ratelimit')")
     assert found == [{"name": "invoke_agent weather_chat_ratelimit", "classification": "rate_limit"}]
+
+
+def test_a_mastra_agent_refusing_although_it_had_a_tool_is_refusal_overreach(start_collector):
+    """Mastra lists the agent's tools by name only, `gen_ai.tool.definitions: ["get_weather"]` on `invoke_agent`
+    (no schema, and the `chat` span declares none): those are tools the agent had. The run that answered "I'm sorry,
+    but I can't assist with that." without calling one is refusal_overreach; it went unreported, as if the agent
+    had no tools."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "mastra_otel_exporter_runs.json")
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    found = c.query("SELECT d.failure_mode, d.evidence->'tools_available' AS tools FROM detections d WHERE d.trace_id IN "
+                    "(SELECT trace_id FROM spans WHERE name = 'invoke_agent weather_chat_refusal')")
+    assert [(r["failure_mode"], json.loads(r["tools"])) for r in found] == [("refusal_overreach", ["get_weather"])]
