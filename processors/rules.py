@@ -674,6 +674,23 @@ def _output_parser_failure(span: SpanRow) -> str | None:
     return next((t for t in texts if _OUTPUT_PARSER_FAILURE.search(t)), None)
 
 
+#: Mastra (@mastra/core 1.71) failing an agent run whose answer did not parse as, or broke, the ``structuredOutput``
+#: schema it asked for: ``error.type`` STRUCTURED_OUTPUT_SCHEMA_VALIDATION_FAILED on ``invoke_agent``.
+_STRUCTURED_OUTPUT_FAILURE = re.compile(r"STRUCTURED_OUTPUT_SCHEMA_VALIDATION_FAILED|^Structured output validation failed")
+
+
+def _structured_output_failure(span: SpanRow) -> str | None:
+    """The error of an AGENT span that failed because the model's answer was not the structured output asked
+    for: the answer's format, not a provider error."""
+    if span_kind(span) != "AGENT" or not failed(span):
+        return None
+    error_type = dig(attrs(span), "error", "type")
+    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    if isinstance(error_type, str) and _STRUCTURED_OUTPUT_FAILURE.search(error_type):
+        return next((t for t in texts if t), error_type)
+    return next((t for t in texts if _STRUCTURED_OUTPUT_FAILURE.search(t)), None)
+
+
 def _bad_requested_tool_call(view: TraceView) -> bool:
     """Some model call of the trace asked for a tool call whose arguments break the tool's schema (tool_argument)."""
     for s in view.of_kind("LLM"):
@@ -744,6 +761,18 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     s["span_id"], "json_output", "format_violation",
                     f"output parser {s.get('name')} could not parse the model's answer: {clip(error, 200)}",
                     {"declared_by": "output parser", "parser": s.get("name"), "error": clip(error, 1000)},
+                ))
+                break
+    if not found:
+        for s in view.of_kind("AGENT"):
+            error = _structured_output_failure(s)
+            if error is not None:
+                found.append(Finding(
+                    s["span_id"], "json_output", "format_violation",
+                    f"agent {s.get('name')} asked for structured output and could not use the model's answer: "
+                    f"{clip(error, 200)}",
+                    {"declared_by": "structured output", "error": clip(error, 1000),
+                     "output": clip(s.get("output_value"), 1000)},
                 ))
                 break
     return found
@@ -1181,7 +1210,7 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     or (span_kind(s) == "LLM" and _truncated(view, s))
                     or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)
                     or _vercel_object_rejected(view, s, cfg) or _output_parser_failure(s) is not None
-                    or _agent_run_rejected_answer(view, s, cfg)):
+                    or _agent_run_rejected_answer(view, s, cfg) or _structured_output_failure(s) is not None):
                 continue  # the failing descendant is the finding (here or in tool_error); json_output;
                 # finish_length; step_limit; tool_argument; json_output or finish_length on the object's step;
                 # json_output or tool_argument (a parser's failure); the answer an agent run rejected

@@ -70,3 +70,19 @@ def test_a_mastra_agent_refusing_although_it_had_a_tool_is_refusal_overreach(sta
     found = c.query("SELECT d.failure_mode, d.evidence->'tools_available' AS tools FROM detections d WHERE d.trace_id IN "
                     "(SELECT trace_id FROM spans WHERE name = 'invoke_agent weather_chat_refusal')")
     assert [(r["failure_mode"], json.loads(r["tools"])) for r in found] == [("refusal_overreach", ["get_weather"])]
+
+
+def test_a_mastra_structured_output_that_is_not_json_is_a_format_violation(start_collector):
+    """`agent.generate(q, {structuredOutput: {schema}})` whose answer is prose: Mastra fails `invoke_agent` with
+    `error.type` STRUCTURED_OUTPUT_SCHEMA_VALIDATION_FAILED (the model call itself ends OK). That is the answer's
+    format, a format_violation on the agent span, not an llm_error (it was one, classed "other")."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "mastra_otel_exporter_runs.json")
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    found = c.query("SELECT d.failure_mode, s.name FROM detections d JOIN spans s USING (trace_id, span_id) "
+                    "WHERE s.trace_id IN (SELECT trace_id FROM spans WHERE name = 'invoke_agent weather_chat_json')")
+    assert found == [{"failure_mode": "format_violation", "name": "invoke_agent weather_chat_json"}]
+    [candidate] = [row for row in json.loads(c.cli("candidates", "--format", "json").stdout)
+                   if row["failure_mode"] == "format_violation"]
+    assert candidate["input"]["user_message"] == QUESTION
+    assert candidate["observed"]["final_answer"] == "Sure! The weather in Paris is lovely."
