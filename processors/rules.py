@@ -358,13 +358,34 @@ def tool_arguments(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         key = _tool_key(s) or None  # tool.name, else the span name: which tool's schema and blast radius apply
         if (key, canonical_arguments(raw)) in flagged:
             continue
-        result = _check_arguments(name, raw, schemas.get(key) if key else None, declared_json)
+        result = _check_arguments(name, raw, schemas.get(key) if key else None, declared_json) or _refused_arguments(s)
         if result:
             det, ev = result
             ev["source"] = source
             finding = _args_finding(s["span_id"], det, [ev], "received", s.get("name"))
             found.append(dataclasses.replace(finding, tool=key))
     return found
+
+
+#: What Mastra's tool (@mastra/core 1.71) returns when the arguments break its zod ``inputSchema``, instead of
+#: running: ``{"error": true, "message": "Tool input validation failed for get_weather. Please fix ...",
+#: "validationErrors": {...}}``, the TOOL span ending OK. No span declares that schema.
+_TOOL_INPUT_REFUSED = re.compile(r"^Tool input validation failed\b")
+
+
+def _refused_arguments(span: SpanRow) -> tuple[str, dict[str, Any]] | None:
+    """("tool_schema", evidence) when a tool answered that the call's arguments broke its input schema."""
+    out = span.get("output_value")
+    if not isinstance(out, str) or not out.startswith("{") or "Tool input validation failed" not in out[:200]:
+        return None
+    ok, parsed = try_json(out)
+    message = parsed.get("message") if ok and isinstance(parsed, dict) and parsed.get("error") is True else None
+    if not isinstance(message, str) or not _TOOL_INPUT_REFUSED.search(message):
+        return None
+    problems = [line[2:] for line in message.splitlines() if line.startswith("- ")] or [message.splitlines()[0]]
+    return "tool_schema", {"tool": tool_name(span), "arguments": clip((tool_span_arguments(span) or ("", None, False))[1], 1000),
+                           "errors": [{"path": "$", "message": clip(p, 300)} for p in problems],
+                           "declared_by": "the tool's answer"}
 
 
 def _args_finding(span_id: str, detector: str, calls: list[dict[str, Any]], how: str,

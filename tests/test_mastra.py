@@ -86,3 +86,19 @@ def test_a_mastra_structured_output_that_is_not_json_is_a_format_violation(start
                    if row["failure_mode"] == "format_violation"]
     assert candidate["input"]["user_message"] == QUESTION
     assert candidate["observed"]["final_answer"] == "Sure! The weather in Paris is lovely."
+
+
+def test_arguments_a_mastra_tool_refused_for_its_schema_are_a_tool_argument(start_collector):
+    """The model called `get_weather` with `{"town": 5}`, breaking the tool's zod `inputSchema` ({city: string}).
+    Mastra does not run the tool: the `execute_tool` span ends OK with the output `{"error": true, "message": "Tool
+    input validation failed for get_weather. ...\\n- city: Invalid input: ...", "validationErrors": {...}}`, and no
+    span declares the schema. That is a tool_argument on the tool span; it went unreported."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "mastra_otel_exporter_runs.json")
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    found = c.query("SELECT d.failure_mode, d.detector, s.name, d.message FROM detections d "
+                    "JOIN spans s USING (trace_id, span_id) WHERE s.trace_id IN "
+                    "(SELECT trace_id FROM spans WHERE name = 'invoke_agent weather_chat_badargs')")
+    assert found == [{"failure_mode": "tool_argument", "detector": "tool_schema", "name": "execute_tool get_weather",
+                      "message": "arguments received for tool get_weather break its schema at $: "
+                                 "city: Invalid input: expected string, received undefined"}]
