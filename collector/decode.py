@@ -37,6 +37,10 @@ _GENAI_OPERATION_KIND = {
     "invoke_workflow": "CHAIN", "handle_conversation_turn": "CHAIN",
     "execute_task": "CHAIN",  # OpenLLMetry's LangChain steps (prompt templates, parsers, sub-chains)
 }
+#: Mastra's spans around a model call (@mastra/otel-exporter 1.4: ``mastra.span.type``, with the custom operation
+#: names model_generation / agent_step / model_chunk): the call itself is the ``chat`` span inside, which names the
+#: model and its tokens. As LLM spans they were four model calls for every one (a run of 13 calls met step_limit).
+_MASTRA_WRAPPERS = frozenset({"model_generation", "model_step", "model_chunk"})
 #: OpenLLMetry copies LangChain run metadata / association properties here (session_id, thread_id, ...).
 _TRACELOOP_SESSION = tuple(f"traceloop.association.properties.{k}" for k in ("session_id", "conversation_id", "thread_id"))
 #: The Vercel AI SDK copies ``experimental_telemetry.metadata`` here; ``sessionId`` / ``userId`` are the keys
@@ -459,6 +463,9 @@ def span_kind_of(flat: dict[str, Any]) -> str:
     vercel = flat.get("ai.operationId")
     if isinstance(vercel, str) and vercel in _VERCEL_AI_KIND:
         return _VERCEL_AI_KIND[vercel]
+    mastra = flat.get("mastra.span.type")
+    if mastra in _MASTRA_WRAPPERS and not any(k in flat for k in ("gen_ai.request.model", "gen_ai.response.model")):
+        return "CHAIN"
     has_genai = False
     for key in flat:
         if key.startswith("gen_ai."):

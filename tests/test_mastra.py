@@ -102,3 +102,22 @@ def test_arguments_a_mastra_tool_refused_for_its_schema_are_a_tool_argument(star
     assert found == [{"failure_mode": "tool_argument", "detector": "tool_schema", "name": "execute_tool get_weather",
                       "message": "arguments received for tool get_weather break its schema at $: "
                                  "city: Invalid input: expected string, received undefined"}]
+
+
+def test_only_the_model_calls_of_a_mastra_run_are_llm_spans(start_collector):
+    """Mastra wraps each model call (`chat gpt-4o-mini`, which names the model and its tokens) in spans of its own
+    with the custom operation names model_generation, agent_step and model_chunk. Those are steps around the call,
+    CHAIN spans: as LLM spans every call counted four times or more (step_limit, the LLM spans an operator counts),
+    and a refusal was reported on the wrapper, not on the call that said it."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "mastra_otel_exporter_runs.json")
+    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    kinds = c.query("SELECT split_part(name, ' ', 1) AS op, span_kind, count(*) AS n FROM spans GROUP BY ALL ORDER BY 1")
+    assert kinds == [
+        {"op": "agent_step", "span_kind": "CHAIN", "n": 15}, {"op": "chat", "span_kind": "LLM", "n": 15},
+        {"op": "execute_tool", "span_kind": "TOOL", "n": 7}, {"op": "invoke_agent", "span_kind": "AGENT", "n": 8},
+        {"op": "model_chunk", "span_kind": "CHAIN", "n": 20}, {"op": "model_generation", "span_kind": "CHAIN", "n": 8},
+    ]
+    [refusal] = c.query("SELECT s.name FROM detections d JOIN spans s USING (trace_id, span_id) "
+                        "WHERE d.failure_mode = 'refusal_overreach'")
+    assert refusal == {"name": "chat gpt-4o-mini"}
