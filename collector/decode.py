@@ -38,6 +38,10 @@ _GENAI_OPERATION_KIND = {
     "invoke_workflow": "CHAIN", "handle_conversation_turn": "CHAIN",
     "execute_task": "CHAIN",  # OpenLLMetry's LangChain steps (prompt templates, parsers, sub-chains)
 }
+#: Mastra's spans around a model call (@mastra/otel-exporter 1.4: ``mastra.span.type``, with the custom operation
+#: names model_generation / agent_step / model_chunk): the call itself is the ``chat`` span inside, which names the
+#: model and its tokens. As LLM spans they were four model calls for every one (a run of 13 calls met step_limit).
+_MASTRA_WRAPPERS = frozenset({"model_generation", "model_step", "model_chunk"})
 #: OpenLLMetry copies LangChain run metadata / association properties here (session_id, thread_id, ...).
 _TRACELOOP_SESSION = tuple(f"traceloop.association.properties.{k}" for k in ("session_id", "conversation_id", "thread_id"))
 #: The Vercel AI SDK copies ``experimental_telemetry.metadata`` here; ``sessionId`` / ``userId`` are the keys
@@ -464,6 +468,9 @@ def span_kind_of(flat: dict[str, Any]) -> str:
     vercel = flat.get("ai.operationId")
     if isinstance(vercel, str) and vercel in _VERCEL_AI_KIND:
         return _VERCEL_AI_KIND[vercel]
+    mastra = flat.get("mastra.span.type")
+    if mastra in _MASTRA_WRAPPERS and not any(k in flat for k in ("gen_ai.request.model", "gen_ai.response.model")):
+        return "CHAIN"
     has_genai = False
     for key in flat:
         if key.startswith("gen_ai."):
@@ -503,6 +510,8 @@ def _io_value(flat: dict[str, Any], side: str, kind: str, events: Any,
         value, vercel_mime = _vercel_content(flat, side)
         mime = mime or vercel_mime
     if value is None:
+        value, mime = _mastra_content(flat, side, mime)
+    if value is None:
         value = _legacy_genai_content(flat, side, events, walker)
         if mime is None and (isinstance(value, list) or (isinstance(value, str) and value[:1] in ("[", "{"))):
             mime = "application/json"
@@ -512,6 +521,36 @@ def _io_value(flat: dict[str, Any], side: str, kind: str, events: Any,
         value = _dumps([_json_item(v) for v in value] if isinstance(value, list) else value)
         mime = mime or "application/json"
     return value, mime if isinstance(mime, str) else None
+
+
+def _mastra_content(flat: dict[str, Any], side: str, mime: Any) -> tuple[Any, Any]:
+    """What a Mastra span sent or received, in Mastra's own keys: @mastra/otel-exporter (1.4, @mastra/core 1.71)
+    records the agent run's input (the user's message) and output only as ``mastra.agent_run.input`` /
+    ``.output``, a model step's as ``mastra.model_step.*``, keyed by ``mastra.span.type``; without them a Mastra
+    run had no input anywhere and its candidates no user message. (value, mime type); (None, mime) if none."""
+    span_type = flat.get("mastra.span.type")
+    value = flat.get(f"mastra.{span_type}.{side}") if isinstance(span_type, str) else None
+    if value is None:
+        return None, mime
+    if side == "output" and isinstance(value, str) and value[:1] == "{":
+        answer = _mastra_answer(value)
+        if answer is not None:
+            return answer or None, mime
+    return value, mime or ("application/json" if _is_json_text(value) else None)
+
+
+def _mastra_answer(output: str) -> str | None:
+    """The text of a Mastra run's or step's output, ``{"text": ..., "files": []}``, when text is all it answered
+    (no structured ``object``, no tool calls): ``""`` for an empty answer (a failed call's), None to keep the JSON."""
+    try:
+        parsed = orjson.loads(output)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("text"), str):
+        return None
+    if parsed.get("object") is not None or parsed.get("toolCalls"):
+        return None
+    return str(parsed["text"])
 
 
 def _vercel_content(flat: dict[str, Any], side: str) -> tuple[Any, str | None]:

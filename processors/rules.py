@@ -384,13 +384,34 @@ def tool_arguments(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         key = _tool_key(s) or None  # tool.name, else the span name: which tool's schema and blast radius apply
         if (key, canonical_arguments(raw)) in flagged:
             continue
-        result = _check_arguments(name, raw, schemas.get(key) if key else None, declared_json)
+        result = _check_arguments(name, raw, schemas.get(key) if key else None, declared_json) or _refused_arguments(s)
         if result:
             det, ev = result
             ev["source"] = source
             finding = _args_finding(s["span_id"], det, [ev], "received", s.get("name"))
             found.append(dataclasses.replace(finding, tool=key))
     return found
+
+
+#: What Mastra's tool (@mastra/core 1.71) returns when the arguments break its zod ``inputSchema``, instead of
+#: running: ``{"error": true, "message": "Tool input validation failed for get_weather. Please fix ...",
+#: "validationErrors": {...}}``, the TOOL span ending OK. No span declares that schema.
+_TOOL_INPUT_REFUSED = re.compile(r"^Tool input validation failed\b")
+
+
+def _refused_arguments(span: SpanRow) -> tuple[str, dict[str, Any]] | None:
+    """("tool_schema", evidence) when a tool answered that the call's arguments broke its input schema."""
+    out = span.get("output_value")
+    if not isinstance(out, str) or not out.startswith("{") or "Tool input validation failed" not in out[:200]:
+        return None
+    ok, parsed = try_json(out)
+    message = parsed.get("message") if ok and isinstance(parsed, dict) and parsed.get("error") is True else None
+    if not isinstance(message, str) or not _TOOL_INPUT_REFUSED.search(message):
+        return None
+    problems = [line[2:] for line in message.splitlines() if line.startswith("- ")] or [message.splitlines()[0]]
+    return "tool_schema", {"tool": tool_name(span), "arguments": clip((tool_span_arguments(span) or ("", None, False))[1], 1000),
+                           "errors": [{"path": "$", "message": clip(p, 300)} for p in problems],
+                           "declared_by": "the tool's answer"}
 
 
 def _args_finding(span_id: str, detector: str, calls: list[dict[str, Any]], how: str,
@@ -712,6 +733,23 @@ def _output_parser_failure(span: SpanRow) -> str | None:
     return next((t for t in texts if _OUTPUT_PARSER_FAILURE.search(t)), None)
 
 
+#: Mastra (@mastra/core 1.71) failing an agent run whose answer did not parse as, or broke, the ``structuredOutput``
+#: schema it asked for: ``error.type`` STRUCTURED_OUTPUT_SCHEMA_VALIDATION_FAILED on ``invoke_agent``.
+_STRUCTURED_OUTPUT_FAILURE = re.compile(r"STRUCTURED_OUTPUT_SCHEMA_VALIDATION_FAILED|^Structured output validation failed")
+
+
+def _structured_output_failure(span: SpanRow) -> str | None:
+    """The error of an AGENT span that failed because the model's answer was not the structured output asked
+    for: the answer's format, not a provider error."""
+    if span_kind(span) != "AGENT" or not failed(span):
+        return None
+    error_type = dig(attrs(span), "error", "type")
+    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    if isinstance(error_type, str) and _STRUCTURED_OUTPUT_FAILURE.search(error_type):
+        return next((t for t in texts if t), error_type)
+    return next((t for t in texts if _STRUCTURED_OUTPUT_FAILURE.search(t)), None)
+
+
 def _bad_requested_tool_call(view: TraceView) -> bool:
     """Some model call of the trace asked for a tool call whose arguments break the tool's schema (tool_argument)."""
     for s in view.of_kind("LLM"):
@@ -823,6 +861,18 @@ def json_output(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     s["span_id"], "json_output", "format_violation",
                     f"output parser {s.get('name')} could not parse the model's answer: {clip(error, 200)}",
                     {"declared_by": "output parser", "parser": s.get("name"), "error": clip(error, 1000)},
+                ))
+                break
+    if not found:
+        for s in view.of_kind("AGENT"):
+            error = _structured_output_failure(s)
+            if error is not None:
+                found.append(Finding(
+                    s["span_id"], "json_output", "format_violation",
+                    f"agent {s.get('name')} asked for structured output and could not use the model's answer: "
+                    f"{clip(error, 200)}",
+                    {"declared_by": "structured output", "error": clip(error, 1000),
+                     "output": clip(s.get("output_value"), 1000)},
                 ))
                 break
     order = {s.get("span_id"): i for i, s in enumerate(view.spans)}
@@ -1118,11 +1168,25 @@ _ERROR_LABEL = re.compile(r"^[A-Za-z][\w .()-]{0,60}?:\s+")
 _MIN_ERROR_CORE = 12  # shorter than this, a bare text ("failed") says nothing of which failure it is
 
 
+def _wrapped_error(text: str) -> str | None:
+    """The error a framework wrapped in a JSON object, ``{"error": "..."}``: the OpenAI Agents SDK for JS
+    (@arizeai/openinference-instrumentation-openai-agents 0.2) says ``Error in agent run: {"error":"ToolCallError:
+    Failed to run function tools: Error: ..."}`` on the turn around the tool span's ``Error running tool:
+    {"tool_name":"get_weather","error":"Error: ..."}``, its quotes JSON-escaped."""
+    if not (text.startswith("{") and text.endswith("}")):
+        return None
+    ok, parsed = try_json(text)
+    inner = parsed.get("error") if ok and isinstance(parsed, dict) else None
+    return inner.strip() if isinstance(inner, str) else None
+
+
 def _error_core(message: str) -> str:
-    """A status message without the labels before the error it reports."""
+    """A status message without the labels before the error it reports, nor the JSON object around it."""
     core = message.strip()
-    for _ in range(4):
+    for _ in range(8):
         stripped = _ERROR_LABEL.sub("", core, count=1)
+        if stripped == core:
+            stripped = _wrapped_error(core) or core
         if stripped == core or len(stripped) < _MIN_ERROR_CORE:
             break
         core = stripped
@@ -1202,6 +1266,33 @@ _CONTENT_FILTER_FINISH = frozenset({
     "content_filter", "safety", "prohibited_content", "blocklist", "spii", "image_safety", "recitation"})
 
 
+#: How the OpenAI Agents SDK for JS (@openai/agents 0.20, through @arizeai/openinference-instrumentation-openai-agents)
+#: fails a run on the model's answer itself, on the turn and agent spans around the model call, and the rule
+#: that reports that answer: an ``outputType`` answer that is not its JSON (``ModelBehaviorError: Invalid output
+#: type``) and a refusal (``ModelRefusalError``). (An answer cut at ``max_output_tokens`` fails the model call too,
+#: ``unsuccessful terminal state "response.incomplete"``: the turn passes that error up, and truncation reports it.)
+_AGENT_RUN_REJECTED_ANSWER: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("json_output", re.compile(r"ModelBehaviorError: Invalid output type")),
+    ("refusal", re.compile(r"ModelRefusalError|Model refused to produce output")),
+)
+
+
+def _agent_run_rejected_answer(view: TraceView, span: SpanRow, cfg: RuleSettings) -> bool:
+    """An AGENT / CHAIN span that failed because the agent framework rejected the model's answer, which a
+    format_violation, refusal_overreach or truncation finding on a model call inside it already reports (as an
+    llm_error too, one failure was reported twice, the second time under a provider error's mode)."""
+    if span_kind(span) not in ("AGENT", "CHAIN"):
+        return False
+    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    rules = {"json_output": json_output, "refusal": refusal}
+    inner = {d["span_id"] for d in view.descendants(span["span_id"])}
+    for detector, pattern in _AGENT_RUN_REJECTED_ANSWER:
+        if any(pattern.search(t) for t in texts):
+            if any(f.span_id in inner for f in rules[detector](view, cfg)):
+                return True
+    return False
+
+
 def _abnormal_finish(reason: str) -> str | None:
     """``error`` or ``content_filter`` when a finish reason says the provider stopped the answer abnormally
     (a Gemini answer blocked for SAFETY came back empty with no error and no finding)."""
@@ -1221,6 +1312,21 @@ def _failure_reported(span: SpanRow) -> bool:
     return kind in ("TOOL", "LLM", "AGENT", "CHAIN") or (kind == "RETRIEVER" and retrieval_outcome(span) == "empty")
 
 
+def _inside_a_failure_that_says_why(view: TraceView, span: SpanRow) -> bool:
+    """A span inside a failed span that says why it failed: a model call whose finish reason says it stopped
+    abnormally there is that failure, reported on the span with the message. Mastra (@mastra/otel-exporter 1.4)
+    records a 429 as the ``chat`` span's finish reason ``error`` (status OK, no message) and the provider's
+    message on the failed ``invoke_agent`` span: one rate limit was two llm_error detections."""
+    seen = {span["span_id"]}
+    parent = view.by_id.get(str(span.get("parent_span_id") or ""))
+    while parent is not None and parent["span_id"] not in seen:
+        if failed(parent) and _says_why(parent):
+            return True
+        seen.add(parent["span_id"])
+        parent = view.by_id.get(str(parent.get("parent_span_id") or ""))
+    return False
+
+
 def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """An LLM, AGENT or CHAIN span failed (provider error, rate limit, timeout, ...), not merely passing up a descendant's error."""
     found = []
@@ -1230,11 +1336,13 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                          if failed(d) and _failure_reported(d) and _same_failure(s, d)]
             if (caused_by or _reported_by_parent_call(view, s) or _client_parse_failure(s) is not None
                     or _adapter_parse_failure(s) is not None or _client_truncation(s) is not None
+                    or (span_kind(s) == "LLM" and _truncated(view, s))
                     or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)
-                    or _vercel_object_rejected(view, s, cfg) or _output_parser_failure(s) is not None):
+                    or _vercel_object_rejected(view, s, cfg) or _output_parser_failure(s) is not None
+                    or _agent_run_rejected_answer(view, s, cfg) or _structured_output_failure(s) is not None):
                 continue  # the failing descendant is the finding (here or in tool_error); json_output (also DSPy's);
                 # finish_length; step_limit; tool_argument; json_output or finish_length on the object's step;
-                # json_output or tool_argument (a parser's failure)
+                # json_output or tool_argument (a parser's failure); the answer an agent run rejected
             facts = _error_facts(s)
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",
@@ -1247,7 +1355,7 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
         if bad and any(_abnormal_finish(v) is not None for d in view.descendants(s["span_id"])
                        for _, v in view.finish_reasons(d)):
             continue  # an agent repeating its model call's answer: reported once, on the model call
-        if bad:
+        if bad and not _inside_a_failure_that_says_why(view, s):
             cls = "content_filter" if _abnormal_finish(bad[0][1]) == "content_filter" else "provider_error"
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",

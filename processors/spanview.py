@@ -752,10 +752,17 @@ def _haystack_tool_repr(text: str) -> tuple[str, Any] | None:
     return found.group(1), params if isinstance(params, dict) else None
 
 
+_BARE_TOOL_NAME = re.compile(r"[A-Za-z_][\w.-]{0,127}")
+
+
 def _tool_definition(raw: Any) -> tuple[str, Any] | None:
     """(name, parameters schema) from OpenAI-nested, GenAI-flat, Anthropic or Vercel AI SDK tool definitions
-    (``inputSchema``; ``parameters`` before ``ai`` 5), or a Haystack tool's repr."""
+    (``inputSchema``; ``parameters`` before ``ai`` 5), a Haystack tool's repr, or a bare tool name with no
+    schema, as Mastra (@mastra/otel-exporter 1.4) lists its agent's tools in ``gen_ai.tool.definitions``
+    (``["get_weather"]``)."""
     d = loose(raw)
+    if isinstance(d, str) and _BARE_TOOL_NAME.fullmatch(d):
+        return d, None
     if isinstance(d, str):
         return _haystack_tool_repr(d)
     if not isinstance(d, dict):
