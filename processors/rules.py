@@ -703,13 +703,22 @@ def _client_parse_failure(span: SpanRow) -> str | None:
     return hit if hit is not None and _declared_json(span) is not None else None
 
 
+def _failure_texts(span: SpanRow) -> list[str]:
+    """What a failed span says of its failure: its status message, then each exception event as ``Type: message``."""
+    return [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+
+
+def _failure_saying(span: SpanRow, pattern: re.Pattern[str]) -> str | None:
+    """The first of the span's failure texts (see :func:`_failure_texts`) that ``pattern`` finds, else None."""
+    return next((t for t in _failure_texts(span) if pattern.search(t)), None)
+
+
 def _llm_client_error(span: SpanRow, pattern: re.Pattern[str]) -> str | None:
     """The first error text of a failed LLM span (status message, then its exception events) that
     ``pattern`` finds: how a failure the client raised inside the traced call is told apart."""
     if span_kind(span) != "LLM" or not (is_error(span) or exception_events(span)):
         return None
-    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
-    return next((t for t in texts if pattern.search(t)), None)
+    return _failure_saying(span, pattern)
 
 
 #: LangChain's output parsers (``withStructuredOutput`` / ``with_structured_output``, ``JsonOutputParser``, ...)
@@ -729,8 +738,7 @@ def _output_parser_failure(span: SpanRow) -> str | None:
     provider or framework error."""
     if span_kind(span) not in ("CHAIN", "AGENT") or not failed(span):
         return None
-    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
-    return next((t for t in texts if _OUTPUT_PARSER_FAILURE.search(t)), None)
+    return _failure_saying(span, _OUTPUT_PARSER_FAILURE)
 
 
 #: Mastra (@mastra/core 1.71) failing an agent run whose answer did not parse as, or broke, the ``structuredOutput``
@@ -744,7 +752,7 @@ def _structured_output_failure(span: SpanRow) -> str | None:
     if span_kind(span) != "AGENT" or not failed(span):
         return None
     error_type = dig(attrs(span), "error", "type")
-    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    texts = _failure_texts(span)
     if isinstance(error_type, str) and _STRUCTURED_OUTPUT_FAILURE.search(error_type):
         return next((t for t in texts if t), error_type)
     return next((t for t in texts if _STRUCTURED_OUTPUT_FAILURE.search(t)), None)
@@ -772,8 +780,7 @@ def _adapter_parse_failure(span: SpanRow) -> str | None:
     """
     if span_kind(span) != "CHAIN" or not failed(span):
         return None
-    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
-    return next((t for t in texts if _ADAPTER_PARSE_FAILURE.search(t)), None)
+    return _failure_saying(span, _ADAPTER_PARSE_FAILURE)
 
 
 def _unparsed_dspy_answers(view: TraceView) -> list[Finding]:
@@ -1283,7 +1290,7 @@ def _agent_run_rejected_answer(view: TraceView, span: SpanRow, cfg: RuleSettings
     llm_error too, one failure was reported twice, the second time under a provider error's mode)."""
     if span_kind(span) not in ("AGENT", "CHAIN"):
         return False
-    texts = [str(span.get("status_message") or "")] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    texts = _failure_texts(span)
     rules = {"json_output": json_output, "refusal": refusal}
     inner = {d["span_id"] for d in view.descendants(span["span_id"])}
     for detector, pattern in _AGENT_RUN_REJECTED_ANSWER:
