@@ -62,6 +62,10 @@ class RuleSettings:
 ANSWER_TOOLS = frozenset({"final_answer"})
 
 
+#: The instrumentation scope of openinference-instrumentation-autogen-agentchat's spans (its module's name).
+_AUTOGEN_SCOPE = "openinference.instrumentation.autogen"
+
+
 class TraceView:
     """One trace's spans with the lookups the rules share (built once per trace, read-only)."""
 
@@ -135,6 +139,8 @@ class TraceView:
         """
         found: set[tuple[str, str]] = set()
         for s in self.of_kind("LLM"):
+            if not str(s.get("scope_name") or "").startswith(_AUTOGEN_SCOPE):
+                continue  # only AutoGen's model calls carry these messages: the others' are not read at all
             for message in as_list(dig(attrs(s), "llm", "input_messages")):
                 for item in as_list(dig(message, "function")):
                     result = loose(item)

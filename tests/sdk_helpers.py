@@ -19,10 +19,12 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 @contextmanager
 def sdk_tracer(transport: str, endpoint: str, *, service: str = "test-agent", headers: Mapping[str, str] | None = None,
                compression: str | None = None, resource: Mapping[str, Any] | None = None,
-               scope_version: str | None = None, scope_attributes: Mapping[str, Any] | None = None) -> Iterator[Tracer]:
+               scope: str = "tests", scope_version: str | None = None,
+               scope_attributes: Mapping[str, Any] | None = None) -> Iterator[Tracer]:
     """A tracer whose spans go through BatchSpanProcessor + the real OTLP exporter; flushed on exit.
 
-    ``scope_version`` / ``scope_attributes``: what the instrumentation scope the tracer reports says of itself.
+    ``scope`` / ``scope_version`` / ``scope_attributes``: what the instrumentation scope the tracer reports says
+    of itself (an instrumentor names it after its module).
     """
     if transport == "grpc":
         import grpc
@@ -45,7 +47,7 @@ def sdk_tracer(transport: str, endpoint: str, *, service: str = "test-agent", he
     processor = BatchSpanProcessor(exporter, schedule_delay_millis=100, max_export_batch_size=256)
     provider.add_span_processor(processor)
     try:
-        yield provider.get_tracer("tests", scope_version, attributes=dict(scope_attributes) if scope_attributes else None)
+        yield provider.get_tracer(scope, scope_version, attributes=dict(scope_attributes) if scope_attributes else None)
     finally:
         provider.force_flush(30_000)
         provider.shutdown()

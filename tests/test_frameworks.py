@@ -893,7 +893,9 @@ def test_haystack_agent_tools_recorded_as_reprs_are_offered_tools_with_their_sch
 # ------------------------------------------------------------------ AutoGen AgentChat (openinference)
 # autogen-agentchat 0.7.5 with openinference-instrumentation-autogen-agentchat 0.1.22, an `AssistantAgent` with a
 # `FunctionTool` over `OpenAIChatCompletionClient`: "support.on_messages_stream" (AGENT) > per model call
-# "OpenAIChatCompletionClient.create" (LLM) and per tool call "support.get_order" (TOOL).
+# "OpenAIChatCompletionClient.create" (LLM) and per tool call "support.get_order" (TOOL), all from the tracer the
+# instrumentor names after its module.
+AUTOGEN_SCOPE = "openinference.instrumentation.autogen_agentchat"
 
 
 def autogen_create(tracer: Tracer, question: str, *, tool_result: str | None = None, is_error: bool = False) -> None:
@@ -940,7 +942,7 @@ def test_a_clean_autogen_run_whose_stream_was_cancelled_at_close_has_no_detectio
                f"created_at=datetime.datetime(2026, 12, 8, 0, 1, 40, 384871, tzinfo=datetime.timezone.utc) "
                f"content='{question}' type='TextMessage'")
     result = json.dumps({"order_id": "42", "status": "shipped"})
-    with sdk_tracer("grpc", c.grpc_endpoint, service="autogen-bot") as tracer:
+    with sdk_tracer("grpc", c.grpc_endpoint, service="autogen-bot", scope=AUTOGEN_SCOPE) as tracer:
         with tracer.start_as_current_span("support.on_messages_stream") as agent:
             agent.set_attributes({"openinference.span.kind": "AGENT", "graph.node.id": "support",
                                   "graph.node.parent_id": "start", "input.value": json.dumps({
@@ -990,7 +992,7 @@ def test_an_autogen_tool_that_raised_is_a_tool_invocation_failure(start_collecto
     """AutoGen hands the tool's exception text to the model as a result with ``is_error: true``; the tool's span
     stays OK. The failure went unreported; a result that was no error, even one that reads like one, stays clean."""
     c = start_collector(FAST_JUDGE)
-    with sdk_tracer("grpc", c.grpc_endpoint, service="autogen-bot") as tracer:
+    with sdk_tracer("grpc", c.grpc_endpoint, service="autogen-bot", scope=AUTOGEN_SCOPE) as tracer:
         autogen_run(tracer, "Where is my order 42?", "order service returned 502", is_error=True)
         autogen_run(tracer, "Why did order 43 fail?", "order service returned 502", is_error=False)
     c.wait_for("SELECT 1 FROM candidates", lambda r: len(r) == 1)
