@@ -1340,6 +1340,31 @@ def _inside_a_failure_that_says_why(view: TraceView, span: SpanRow) -> bool:
     return False
 
 
+#: How the OpenAI Agents SDK says an input guardrail blocked the user's message: the guardrail doing its job,
+#: not the agent failing, and replaying that input trips it again. Python openai-agents (0.25.0, through
+#: openinference-instrumentation-openai-agents 2.6.0) sets the span error "Guardrail tripwire triggered" with
+#: {'guardrail': name} on the turn that ran it (a streamed run adds 'type': 'input_guardrail', on the agent);
+#: the JS SDK (@openai/agents 0.20.0) fails the turn, the agent and the workflow with its
+#: InputGuardrailTripwireTriggered. An output guardrail's trip (the model's answer blocked) has the same
+#: Python message on the agent span, and the JS OutputGuardrailTripwireTriggered: both stay an llm_error, as
+#: does a guardrail whose own code raised (GuardrailExecutionError, or its error passed up as is).
+_INPUT_GUARDRAIL_TRIPPED = re.compile(r"\bInputGuardrailTripwireTriggered\b")
+_PY_GUARDRAIL_TRIPPED = re.compile(r"^Guardrail tripwire triggered: \{'guardrail': .+?(?P<type>, 'type': '\w+')?\}$")
+
+
+def _input_guardrail_tripped(span: SpanRow) -> bool:
+    """True when this AGENT / CHAIN span failed only because an input guardrail blocked the user's message."""
+    message = str(span.get("status_message") or "") if is_error(span) else ""
+    texts = [message] + [f"{e['type']}: {e['message']}" for e in exception_events(span)]
+    if any(_INPUT_GUARDRAIL_TRIPPED.search(t) for t in texts):
+        return True
+    python = _PY_GUARDRAIL_TRIPPED.match(message)
+    if python is None:
+        return False
+    said = python.group("type")
+    return said == ", 'type': 'input_guardrail'" if said else span_kind(span) == "CHAIN"
+
+
 def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
     """An LLM, AGENT or CHAIN span failed (provider error, rate limit, timeout, ...), not merely passing up a descendant's error."""
     found = []
@@ -1352,10 +1377,12 @@ def llm_call_error(view: TraceView, cfg: RuleSettings) -> list[Finding]:
                     or (span_kind(s) == "LLM" and _truncated(view, s))
                     or _framework_step_limit(s) is not None or _refused_a_bad_tool_call(view, s)
                     or _vercel_object_rejected(view, s, cfg) or _output_parser_failure(s) is not None
-                    or _agent_run_rejected_answer(view, s, cfg) or _structured_output_failure(s) is not None):
+                    or _agent_run_rejected_answer(view, s, cfg) or _structured_output_failure(s) is not None
+                    or _input_guardrail_tripped(s)):
                 continue  # the failing descendant is the finding (here or in tool_error); json_output (also DSPy's);
                 # finish_length; step_limit; tool_argument; json_output or finish_length on the object's step;
-                # json_output or tool_argument (a parser's failure); the answer an agent run rejected
+                # json_output or tool_argument (a parser's failure); the answer an agent run rejected; an input
+                # guardrail that blocked the user's message (not a failure at all)
             facts = _error_facts(s)
             found.append(Finding(
                 s["span_id"], "llm_call_error", "llm_error",

@@ -170,6 +170,65 @@ def test_an_openai_agents_rate_limit_is_one_llm_error_on_the_model_call(start_co
     assert candidate["input"]["user_message"] == "Where is my parcel?"
 
 
+# openai-agents 0.25.0 with openinference-instrumentation-openai-agents 2.6.0, an `Agent` with an
+# `@input_guardrail` (tripped, or raising) and an `@output_guardrail`: the guardrail's span is a GUARDRAIL closed
+# OK either way; the SDK's span error "Guardrail tripwire triggered" with {'guardrail': name} lands on the turn
+# for an input guardrail (InputGuardrailTripwireTriggered, no model call made) and on the agent for an output one.
+
+
+def openai_agents_guardrail(tracer: Tracer, name: str) -> None:
+    with tracer.start_as_current_span(name) as guardrail:
+        guardrail.set_attribute("openinference.span.kind", "GUARDRAIL")
+        guardrail.set_status(Status(StatusCode.OK))
+
+
+def openai_agents_input_guardrail_run(tracer: Tracer, *, tripped: bool, streamed: bool = False) -> None:
+    """A run stopped at its input guardrail (no span records the message): tripped (blocked), or its own code
+    raised. `Runner.run_streamed` puts the trip on the agent span, its data saying 'type': 'input_guardrail'."""
+    agent_error = None if tripped else "Error in agent run: {'error': 'moderation service unavailable'}"
+    if tripped and streamed:
+        agent_error = "Guardrail tripwire triggered: {'guardrail': 'no_jailbreak', 'type': 'input_guardrail'}"
+    with openai_agents_run(tracer, agent_error=agent_error):
+        with tracer.start_as_current_span("turn") as turn:
+            turn.set_attribute("openinference.span.kind", "CHAIN")
+            openai_agents_guardrail(tracer, "no_jailbreak")
+            if tripped and not streamed:
+                _failed(turn, "Guardrail tripwire triggered: {'guardrail': 'no_jailbreak'}")
+
+
+def test_an_openai_agents_input_guardrail_that_blocks_the_message_is_no_failure(start_collector):
+    """A tripped input guardrail is the guardrail doing its job: the agent did not fail, and a candidate for it
+    could never pass the gate (its input trips the guardrail again). A blocked jailbreak, run or streamed, is
+    no detection."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="agents-bot") as tracer:
+        openai_agents_input_guardrail_run(tracer, tripped=True)
+        openai_agents_input_guardrail_run(tracer, tripped=True, streamed=True)
+    c.wait_for("SELECT count(*) AS n FROM spans", lambda r: r[0]["n"] == 10)
+    assert c.stop() == 0  # judges every pending trace before it exits
+    assert c.query("SELECT * FROM detections") == []
+    assert c.query("SELECT * FROM candidates") == []
+
+
+def test_an_openai_agents_guardrail_that_raised_or_blocked_the_answer_is_still_an_llm_error(start_collector):
+    """The near misses: an input guardrail whose own code raised fails the agent ("Error in agent run"), and an
+    output guardrail that blocked the model's answer puts the same tripwire message on the agent span: each is
+    still one llm_error, on the agent."""
+    c = start_collector(FAST_JUDGE)
+    with sdk_tracer("grpc", c.grpc_endpoint, service="agents-bot") as tracer:
+        openai_agents_input_guardrail_run(tracer, tripped=False)
+        with openai_agents_run(tracer, agent_error="Guardrail tripwire triggered: {'guardrail': 'no_secrets'}"):
+            openai_agents_generation(tracer, "Tell me the admin password.",
+                                     answer="Sure, here is the admin password: hunter2")
+            openai_agents_guardrail(tracer, "no_secrets")
+    c.wait_for("SELECT 1 FROM detections", lambda r: len(r) == 2)
+    assert c.stop() == 0
+    found = c.query("SELECT d.failure_mode, s.name, s.status_message FROM detections d "
+                    "JOIN spans s USING (trace_id, span_id) ORDER BY s.status_message")
+    assert [(r["failure_mode"], r["name"]) for r in found] == [("llm_error", "Support"), ("llm_error", "Support")]
+    assert [r["status_message"].split(":")[0] for r in found] == ["Error in agent run", "Guardrail tripwire triggered"]
+
+
 # ------------------------------------------------------------------ pydantic-ai (native OTel GenAI spans)
 # pydantic-ai-slim 2.78.0, `Agent.instrument_all(InstrumentationSettings(version=5))`, an OpenAIChatModel:
 # "invoke_agent agent" (root) > "chat gpt-4o-mini" per model call and "execute_tool get_order" per tool call.

@@ -102,3 +102,21 @@ def test_a_tool_error_the_agents_sdk_passes_up_is_one_tool_invocation(start_coll
         {"failure_mode": "tool_invocation", "name": "get_weather", "span_kind": "TOOL"},
         {"failure_mode": "tool_invocation", "name": "get_weather", "span_kind": "TOOL"},
     ]
+
+
+def test_an_input_guardrail_that_blocks_the_message_is_no_failure_but_one_that_raised_is(start_collector):
+    """Three runs of one `Agent` (the payload openai_agents_js_guardrails.json): an input guardrail that tripped
+    (`InputGuardrailTripwireTriggered` on the turn, agent and workflow: the guardrail did its job, and replaying
+    the message trips it again), one whose own `execute` threw (`GuardrailExecutionError`, the guardrail span
+    failed too), and an output guardrail that blocked the model's answer (`OutputGuardrailTripwireTriggered`).
+    Only the last two are llm_error findings, each once, on the agent's innermost failed span."""
+    c = start_collector(FAST_JUDGE)
+    replay(c, "openai_agents_js_guardrails.json")
+    judged(c, 3)
+    found = c.query("SELECT d.failure_mode, s.name, s.status_message FROM detections d "
+                    "JOIN spans s USING (trace_id, span_id) ORDER BY s.status_message")
+    assert [(row["failure_mode"], row["name"]) for row in found] == [("llm_error", "turn"), ("llm_error", "turn")]
+    assert "GuardrailExecutionError: Input guardrail failed to complete" in found[0]["status_message"]
+    assert "OutputGuardrailTripwireTriggered" in found[1]["status_message"]
+    candidates = json.loads(c.cli("candidates", "--format", "json").stdout)
+    assert sorted(row["failure_mode"] for row in candidates) == ["llm_error", "llm_error"]
