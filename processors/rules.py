@@ -112,6 +112,16 @@ class TraceView:
             stack.extend(self.children.get(s["span_id"], ()))
         return out
 
+    def ancestors(self, span: SpanRow) -> list[SpanRow]:
+        """The span's parent, its parent's parent, ... up to the root (a cycle of parent ids ends the walk)."""
+        out, seen = [], {span["span_id"]}
+        parent = self.by_id.get(str(span.get("parent_span_id") or ""))
+        while parent is not None and parent["span_id"] not in seen:
+            seen.add(parent["span_id"])
+            out.append(parent)
+            parent = self.by_id.get(str(parent.get("parent_span_id") or ""))
+        return out
+
     @functools.cached_property
     def tool_schemas(self) -> dict[str, Any]:
         """Tool name -> declared parameters schema, from every LLM span of the trace (first declaration wins),
@@ -1330,14 +1340,7 @@ def _inside_a_failure_that_says_why(view: TraceView, span: SpanRow) -> bool:
     abnormally there is that failure, reported on the span with the message. Mastra (@mastra/otel-exporter 1.4)
     records a 429 as the ``chat`` span's finish reason ``error`` (status OK, no message) and the provider's
     message on the failed ``invoke_agent`` span: one rate limit was two llm_error detections."""
-    seen = {span["span_id"]}
-    parent = view.by_id.get(str(span.get("parent_span_id") or ""))
-    while parent is not None and parent["span_id"] not in seen:
-        if failed(parent) and _says_why(parent):
-            return True
-        seen.add(parent["span_id"])
-        parent = view.by_id.get(str(parent.get("parent_span_id") or ""))
-    return False
+    return any(failed(parent) and _says_why(parent) for parent in view.ancestors(span))
 
 
 #: How the OpenAI Agents SDK says an input guardrail blocked the user's message: the guardrail doing its job,
@@ -1635,15 +1638,7 @@ def _reporting_its_failure(view: TraceView, tool: SpanRow) -> set[str]:
     blast_radius_breach of itself."""
     if not failed(tool):
         return set()
-    ancestors: set[str] = set()
-    seen = {tool["span_id"]}
-    parent = view.by_id.get(str(tool.get("parent_span_id") or ""))
-    while parent is not None and parent["span_id"] not in seen:
-        seen.add(parent["span_id"])
-        if is_error(parent) and _same_failure(parent, tool):
-            ancestors.add(parent["span_id"])
-        parent = view.by_id.get(str(parent.get("parent_span_id") or ""))
-    return ancestors
+    return {p["span_id"] for p in view.ancestors(tool) if is_error(p) and _same_failure(p, tool)}
 
 
 def _ended_before(span: SpanRow | None, start: Any) -> bool:
