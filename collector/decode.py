@@ -39,7 +39,7 @@ _GENAI_OPERATION_KIND = {
     "execute_task": "CHAIN",  # OpenLLMetry's LangChain steps (prompt templates, parsers, sub-chains)
 }
 #: Mastra's spans around a model call (@mastra/otel-exporter 1.4: ``mastra.span.type``, with the custom operation
-#: names model_generation / agent_step / model_chunk): the call itself is the ``chat`` span inside, which names the
+#: names model_generation / model_step / model_chunk): the call itself is the ``chat`` span inside, which names the
 #: model and its tokens. As LLM spans they were four model calls for every one (a run of 13 calls met step_limit).
 _MASTRA_WRAPPERS = frozenset({"model_generation", "model_step", "model_chunk"})
 #: OpenLLMetry copies LangChain run metadata / association properties here (session_id, thread_id, ...).
