@@ -10,19 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
-from conftest import FAST_JUDGE, TESTDATA
+from conftest import FAST_JUDGE
+from replay_helpers import judged, replay
 from test_instrumented import candidates_of
 
 BLAST_RADIUS = {"processors": {"detectors": {**FAST_JUDGE["processors"]["detectors"],
                                              "blast_radius": {"send_email": "irreversible_write"}}}}
-
-
-def replay(c: Any, payload: str) -> None:
-    body = (TESTDATA / payload).read_bytes()
-    response = httpx.post(f"{c.http_url}/v1/traces", content=body, headers={"content-type": "application/json"})
-    assert response.status_code == 200, response.text
 
 
 def test_a_traceloop_node_tool_is_named_by_its_entity_name(start_collector):
@@ -69,7 +62,7 @@ def test_a_citation_of_a_langchainjs_document_by_its_id_is_not_hallucination(sta
     one answer cites [doc-1] and [doc-2], both retrieved; the other cites [doc-1] and an invented [doc-999]."""
     c = start_collector(FAST_JUDGE)
     replay(c, "langchainjs_openinference_document_ids.json")
-    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 2)
+    judged(c, 2)
     found = c.query("SELECT failure_mode, evidence->'missing_ids' AS missing FROM detections")
     assert [(r["failure_mode"], json.loads(r["missing"])) for r in found] == [("hallucination", ["doc-999"])]
     [candidate] = json.loads(c.cli("candidates", "--format", "json").stdout)
@@ -112,7 +105,7 @@ def test_a_langchainjs_output_parser_failing_on_the_answer_is_its_format_not_an_
     llm_error. (Stack paths in the payload rewritten to /app/.)"""
     c = start_collector(FAST_JUDGE)
     replay(c, "langchainjs_openinference_output_parser_errors.json")
-    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 3)
+    judged(c, 3)
     rows = c.query("SELECT regexp_extract(r.input_value, '\\[\\[(\\w+)\\]\\]', 1) AS turn, d.failure_mode, s.name "
                    "FROM detections d JOIN spans s USING (trace_id, span_id) "
                    "JOIN spans r ON r.trace_id = d.trace_id AND r.parent_span_id IS NULL ORDER BY turn")
@@ -145,7 +138,7 @@ def test_tools_declared_by_traceloop_nodes_together_instrumentation_are_held_to_
     and a refusal although the tool was offered."""
     c = start_collector(FAST_JUDGE)
     replay(c, "traceloop_node_together_tools.json")
-    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 3)
+    judged(c, 3)
     rows = c.query("SELECT regexp_extract(r.input_value, '\\[\\[(\\w+)\\]\\]', 1) AS turn, d.failure_mode "
                    "FROM detections d JOIN spans r ON r.trace_id = d.trace_id AND r.parent_span_id IS NULL ORDER BY turn")
     assert rows == [{"turn": "badargs", "failure_mode": "tool_argument"},

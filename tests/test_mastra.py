@@ -13,19 +13,11 @@ conventions (`invoke_agent`, `chat`, `execute_tool`) but keep the run's input an
 from __future__ import annotations
 
 import json
-from typing import Any
 
-import httpx
-
-from conftest import FAST_JUDGE, TESTDATA
+from conftest import FAST_JUDGE
+from replay_helpers import judged, replay
 
 QUESTION = "What's the weather in Paris? Reply to <EMAIL> please."
-
-
-def replay(c: Any, payload: str) -> None:
-    body = (TESTDATA / payload).read_bytes()
-    response = httpx.post(f"{c.http_url}/v1/traces", content=body, headers={"content-type": "application/json"})
-    assert response.status_code == 200, response.text
 
 
 def test_a_mastra_run_has_the_users_message_in_and_the_answer_out(start_collector):
@@ -34,7 +26,7 @@ def test_a_mastra_run_has_the_users_message_in_and_the_answer_out(start_collecto
     message ''."""
     c = start_collector(FAST_JUDGE)
     replay(c, "mastra_otel_exporter_runs.json")
-    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    judged(c, 8)
     [clean] = c.query("SELECT input_value, output_value FROM spans WHERE name = 'invoke_agent weather_chat_clean'")
     assert clean == {"input_value": QUESTION, "output_value": "It is sunny in Paris today, 21 degrees."}
     assert c.query("SELECT count(*) AS n FROM spans WHERE CAST(attributes AS VARCHAR) LIKE '%jane.doe%'") == [{"n": 0}]
@@ -52,7 +44,7 @@ def test_a_rate_limit_in_a_mastra_run_is_one_llm_error(start_collector):
     on the span that says so (it was two: the second "stopped abnormally (finish reason error)")."""
     c = start_collector(FAST_JUDGE)
     replay(c, "mastra_otel_exporter_runs.json")
-    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    judged(c, 8)
     found = c.query("SELECT s.name, d.evidence->>'classification' AS classification FROM detections d "
                     "JOIN spans s USING (trace_id, span_id) WHERE s.trace_id IN "
                     "(SELECT trace_id FROM spans WHERE name = 'invoke_agent weather_chat_ratelimit')")
@@ -66,7 +58,7 @@ def test_a_mastra_agent_refusing_although_it_had_a_tool_is_refusal_overreach(sta
     had no tools."""
     c = start_collector(FAST_JUDGE)
     replay(c, "mastra_otel_exporter_runs.json")
-    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    judged(c, 8)
     found = c.query("SELECT d.failure_mode, d.evidence->'tools_available' AS tools FROM detections d WHERE d.trace_id IN "
                     "(SELECT trace_id FROM spans WHERE name = 'invoke_agent weather_chat_refusal')")
     assert [(r["failure_mode"], json.loads(r["tools"])) for r in found] == [("refusal_overreach", ["get_weather"])]
@@ -78,7 +70,7 @@ def test_a_mastra_structured_output_that_is_not_json_is_a_format_violation(start
     format, a format_violation on the agent span, not an llm_error (it was one, classed "other")."""
     c = start_collector(FAST_JUDGE)
     replay(c, "mastra_otel_exporter_runs.json")
-    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    judged(c, 8)
     found = c.query("SELECT d.failure_mode, s.name FROM detections d JOIN spans s USING (trace_id, span_id) "
                     "WHERE s.trace_id IN (SELECT trace_id FROM spans WHERE name = 'invoke_agent weather_chat_json')")
     assert found == [{"failure_mode": "format_violation", "name": "invoke_agent weather_chat_json"}]
@@ -95,7 +87,7 @@ def test_arguments_a_mastra_tool_refused_for_its_schema_are_a_tool_argument(star
     span declares the schema. That is a tool_argument on the tool span; it went unreported."""
     c = start_collector(FAST_JUDGE)
     replay(c, "mastra_otel_exporter_runs.json")
-    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    judged(c, 8)
     found = c.query("SELECT d.failure_mode, d.detector, s.name, d.message FROM detections d "
                     "JOIN spans s USING (trace_id, span_id) WHERE s.trace_id IN "
                     "(SELECT trace_id FROM spans WHERE name = 'invoke_agent weather_chat_badargs')")
@@ -111,7 +103,7 @@ def test_only_the_model_calls_of_a_mastra_run_are_llm_spans(start_collector):
     and a refusal was reported on the wrapper, not on the call that said it."""
     c = start_collector(FAST_JUDGE)
     replay(c, "mastra_otel_exporter_runs.json")
-    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == 8)
+    judged(c, 8)
     kinds = c.query("SELECT split_part(name, ' ', 1) AS op, span_kind, count(*) AS n FROM spans GROUP BY ALL ORDER BY 1")
     assert kinds == [
         {"op": "agent_step", "span_kind": "CHAIN", "n": 15}, {"op": "chat", "span_kind": "LLM", "n": 15},

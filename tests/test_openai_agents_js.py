@@ -11,21 +11,9 @@ failed run's trace starts at the CHAIN span of the same name.
 from __future__ import annotations
 
 import json
-from typing import Any
 
-import httpx
-
-from conftest import FAST_JUDGE, TESTDATA
-
-
-def replay(c: Any, payload: str) -> None:
-    body = (TESTDATA / payload).read_bytes()
-    response = httpx.post(f"{c.http_url}/v1/traces", content=body, headers={"content-type": "application/json"})
-    assert response.status_code == 200, response.text
-
-
-def judged(c: Any, traces: int) -> None:
-    c.wait_for("SELECT 1 FROM trace_state WHERE judged_seq = received_seq", lambda r: len(r) == traces)
+from conftest import FAST_JUDGE
+from replay_helpers import judged, replay
 
 
 def test_an_answer_the_agents_sdk_rejects_is_one_finding_under_its_own_mode(start_collector):
